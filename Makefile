@@ -1,0 +1,34 @@
+# llm-platform: `make plan` (offline plan of the prod stack), `make test`, `make bench`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install plan test bench redis clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+# The gateway's governance tests need a real Redis server; install it when missing.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server (Debian package)"; \
+	  (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null) || \
+	  { echo "error: redis-server is missing and could not be installed" >&2; exit 1; }; }
+
+plan: install
+	$(VENV)/bin/llmp plan --stack prod
+
+test: install redis
+	$(PY) -m pytest
+
+bench: install
+	$(PY) bench/plan_scaling.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

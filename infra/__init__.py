@@ -1,0 +1,1 @@
+"""llm-platform infrastructure: the Pulumi program, its config, policies and offline plan."""
