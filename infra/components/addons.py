@@ -1,0 +1,69 @@
+"""ClusterAddons: the NVIDIA device plugin and ingress-nginx, installed as Helm releases."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.scheduling import GPU_TAINT_KEY, SPOT_TAINT_KEY
+
+DEVICE_PLUGIN = ("nvidia-device-plugin", "0.17.1", "https://nvidia.github.io/k8s-device-plugin")
+INGRESS_NGINX = ("ingress-nginx", "4.12.1", "https://kubernetes.github.io/ingress-nginx")
+INGRESS_NAMESPACE = "ingress-nginx"
+INGRESS_SERVICE = "ingress-nginx-controller"  # from fullnameOverride below
+
+
+@dataclass(frozen=True)
+class ClusterAddonsArgs:
+    region: str
+    certificate_arn: pulumi.Input[str]
+
+
+def _release(name: str, chart: tuple[str, str, str], namespace: str, values: dict,
+             opts: pulumi.ResourceOptions) -> k8s.helm.v3.Release:
+    chart_name, version, repo = chart
+    return k8s.helm.v3.Release(
+        name, name=chart_name, chart=chart_name, version=version,
+        repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=repo),
+        namespace=namespace, create_namespace=True, atomic=True, values=values, opts=opts)
+
+
+class ClusterAddons(pulumi.ComponentResource):
+    """Cluster services the model servers and the gateway rely on."""
+
+    def __init__(self, name: str, args: ClusterAddonsArgs, kubernetes: k8s.Provider,
+                 opts: pulumi.ResourceOptions | None = None):
+        super().__init__("llm-platform:cluster:ClusterAddons", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self, provider=kubernetes)
+        self.device_plugin = _release(f"{name}-nvidia-device-plugin", DEVICE_PLUGIN, "nvidia-device-plugin", {
+            # The plugin must run on every GPU node, spot ones included, whatever their taints.
+            "tolerations": [{"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"},
+                            {"key": SPOT_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
+        }, child)
+        self.ingress = _release(f"{name}-ingress-nginx", INGRESS_NGINX, INGRESS_NAMESPACE, {
+            "fullnameOverride": "ingress-nginx",
+            "controller": {
+                "replicaCount": 2,
+                "service": {
+                    "targetPorts": {"https": "http"},  # TLS ends at the NLB with the ACM certificate
+                    "annotations": {
+                        "service.beta.kubernetes.io/aws-load-balancer-type": "nlb",
+                        "service.beta.kubernetes.io/aws-load-balancer-ssl-cert": args.certificate_arn,
+                        "service.beta.kubernetes.io/aws-load-balancer-ssl-ports": "https",
+                        "service.beta.kubernetes.io/aws-load-balancer-cross-zone-load-balancing-enabled": "true",
+                    },
+                },
+                # Streams must flow token by token; long generations need long reads.
+                "config": {"proxy-buffering": "off", "proxy-read-timeout": "600",
+                           "proxy-send-timeout": "600", "use-forwarded-headers": "true"},
+                "metrics": {"enabled": True},
+                "podDisruptionBudget": {"enabled": True, "minAvailable": 1},
+            },
+        }, child)
+        # The NLB's hostname, known once ingress-nginx's Service has its load balancer.
+        service = k8s.core.v1.Service.get(
+            f"{name}-ingress-lb", f"{INGRESS_NAMESPACE}/{INGRESS_SERVICE}",
+            opts=pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=[self.ingress]))
+        self.load_balancer_hostname = service.status.apply(lambda s: s.load_balancer.ingress[0].hostname)
+        self.register_outputs({"load_balancer_hostname": self.load_balancer_hostname})

@@ -1,0 +1,130 @@
+"""Cluster: an EKS control plane with a private endpoint, KMS-encrypted secrets, IRSA and a system node group."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_kubernetes as k8s
+
+from infra.components.providers import child_opts
+from infra.scheduling import POOL_LABEL
+
+CONTROL_PLANE_LOGS = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
+SYSTEM_POOL = "system"
+NODE_POLICIES = {
+    "worker": "arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
+    "cni": "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy",
+    "ecr": "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly",
+    "ssm": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore",
+}
+
+
+@dataclass(frozen=True)
+class ClusterArgs:
+    region: str
+    cluster_name: str
+    kubernetes_version: str
+    private_subnet_ids: list[pulumi.Input[str]]
+    public_access_cidrs: list[str]
+    system_instance_type: str
+    system_nodes: int
+
+
+def assume_role_policy(service: str) -> str:
+    return json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}],
+    })
+
+
+class Cluster(pulumi.ComponentResource):
+    """EKS cluster. `kubernetes` is the provider its workloads are deployed with."""
+
+    def __init__(self, name: str, args: ClusterArgs, provider: aws.Provider, iam: aws.Provider,
+                 opts: pulumi.ResourceOptions | None = None):
+        super().__init__("llm-platform:cluster:Cluster", name, None, opts)
+        child, iam_child = child_opts(self, provider), child_opts(self, iam)
+
+        role = aws.iam.Role(f"{name}-control-plane", assume_role_policy=assume_role_policy("eks.amazonaws.com"),
+                            opts=iam_child)
+        aws.iam.RolePolicyAttachment(f"{name}-control-plane", role=role.name,
+                                     policy_arn="arn:aws:iam::aws:policy/AmazonEKSClusterPolicy", opts=iam_child)
+        self.secrets_key = aws.kms.Key(
+            f"{name}-secrets", description=f"EKS secrets envelope encryption for {args.cluster_name}",
+            enable_key_rotation=True, deletion_window_in_days=30, opts=child)
+
+        public = bool(args.public_access_cidrs)
+        self.eks = aws.eks.Cluster(
+            name,
+            name=args.cluster_name,
+            role_arn=role.arn,
+            version=args.kubernetes_version,
+            vpc_config=aws.eks.ClusterVpcConfigArgs(
+                subnet_ids=args.private_subnet_ids,
+                endpoint_private_access=True,
+                endpoint_public_access=public,
+                public_access_cidrs=args.public_access_cidrs if public else None,
+            ),
+            encryption_config=aws.eks.ClusterEncryptionConfigArgs(
+                provider=aws.eks.ClusterEncryptionConfigProviderArgs(key_arn=self.secrets_key.arn),
+                resources=["secrets"],
+            ),
+            enabled_cluster_log_types=CONTROL_PLANE_LOGS,
+            access_config=aws.eks.ClusterAccessConfigArgs(
+                authentication_mode="API", bootstrap_cluster_creator_admin_permissions=True),
+            opts=child,
+        )
+        issuer = self.eks.identities.apply(lambda ids: ids[0].oidcs[0].issuer)
+        self.oidc = aws.iam.OpenIdConnectProvider(
+            f"{name}-oidc", url=issuer, client_id_lists=["sts.amazonaws.com"], opts=iam_child)
+        self.oidc_issuer = issuer.apply(lambda url: url.removeprefix("https://"))
+
+        self.node_role = aws.iam.Role(f"{name}-nodes", assume_role_policy=assume_role_policy("ec2.amazonaws.com"),
+                                      opts=iam_child)
+        for short, arn in NODE_POLICIES.items():
+            aws.iam.RolePolicyAttachment(f"{name}-nodes-{short}", role=self.node_role.name, policy_arn=arn,
+                                         opts=iam_child)
+
+        aws.eks.NodeGroup(
+            f"{name}-{SYSTEM_POOL}",
+            cluster_name=self.eks.name,
+            node_role_arn=self.node_role.arn,
+            subnet_ids=args.private_subnet_ids,
+            ami_type="AL2023_x86_64_STANDARD",
+            capacity_type="ON_DEMAND",
+            instance_types=[args.system_instance_type],
+            scaling_config=aws.eks.NodeGroupScalingConfigArgs(
+                min_size=args.system_nodes, max_size=args.system_nodes * 2, desired_size=args.system_nodes),
+            labels={POOL_LABEL: SYSTEM_POOL},
+            update_config=aws.eks.NodeGroupUpdateConfigArgs(max_unavailable=1),
+            opts=child_opts(self, provider, ignore_changes=["scalingConfig.desiredSize"]),
+        )
+
+        self.kubernetes = k8s.Provider(
+            f"{name}-k8s",
+            kubeconfig=pulumi.Output.all(self.eks.name, self.eks.endpoint,
+                                         self.eks.certificate_authority.data).apply(
+                lambda a: kubeconfig(args.region, *a)),
+            enable_server_side_apply=True,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.register_outputs({"name": self.eks.name, "endpoint": self.eks.endpoint,
+                               "oidc_provider_arn": self.oidc.arn})
+
+
+def kubeconfig(region: str, name: str, endpoint: str, ca_data: str) -> str:
+    """A kubeconfig that authenticates with `aws eks get-token` (no static credentials)."""
+    return json.dumps({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": name, "cluster": {"server": endpoint, "certificate-authority-data": ca_data}}],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
+        "current-context": name,
+        "users": [{"name": name, "user": {"exec": {
+            "apiVersion": "client.authentication.k8s.io/v1beta1",
+            "command": "aws",
+            "args": ["eks", "get-token", "--cluster-name", name, "--region", region, "--output", "json"],
+        }}}],
+    })

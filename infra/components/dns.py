@@ -1,0 +1,69 @@
+"""FailoverDns: the stack's DNS zone, a certificate and health-checked latency record per regional gateway."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from infra.components.providers import child_opts
+
+HEALTH_PATH = "/health/ready"
+
+
+def regional_host(region: str, domain: str) -> str:
+    """Each region's gateway also answers on <region>.<domain>: for health checks and cross-region fallback."""
+    return f"{region}.{domain}"
+
+
+@dataclass(frozen=True)
+class FailoverDnsArgs:
+    zone: str
+    domain: str
+
+
+class FailoverDns(pulumi.ComponentResource):
+    """Route53 drops a region from `domain` as soon as its gateway's health check fails."""
+
+    def __init__(self, name: str, args: FailoverDnsArgs, provider: aws.Provider,
+                 opts: pulumi.ResourceOptions | None = None):
+        super().__init__("llm-platform:dns:FailoverDns", name, None, opts)
+        self.args, self.provider = args, provider
+        self.zone = aws.route53.Zone(name, name=args.zone, comment="llm-platform gateway entry point",
+                                     opts=child_opts(self, provider))
+        self.register_outputs({"zone_id": self.zone.zone_id})
+
+    def certificate(self, region: str, provider: aws.Provider) -> pulumi.Output[str]:
+        """An ACM certificate in `region` for the domain and the regional name, validated through the zone."""
+        name = f"{self._name}-{region}"
+        cert = aws.acm.Certificate(
+            name, domain_name=self.args.domain,
+            subject_alternative_names=[regional_host(region, self.args.domain)],
+            validation_method="DNS", opts=child_opts(self, provider))
+        records = []
+        for i in range(2):  # one validation record per name on the certificate
+            option = cert.domain_validation_options[i]
+            records.append(aws.route53.Record(
+                f"{name}-validation-{i}", zone_id=self.zone.zone_id, name=option.resource_record_name,
+                type=option.resource_record_type, records=[option.resource_record_value], ttl=300,
+                allow_overwrite=True, opts=child_opts(self, self.provider)))
+        validation = aws.acm.CertificateValidation(
+            name, certificate_arn=cert.arn, validation_record_fqdns=[r.fqdn for r in records],
+            opts=child_opts(self, provider))
+        return validation.certificate_arn
+
+    def add_region(self, region: str, load_balancer_hostname: pulumi.Input[str]) -> aws.route53.HealthCheck:
+        name = f"{self._name}-{region}"
+        host = regional_host(region, self.args.domain)
+        child = child_opts(self, self.provider)
+        aws.route53.Record(f"{name}-direct", zone_id=self.zone.zone_id, name=host, type="CNAME",
+                           records=[load_balancer_hostname], ttl=60, opts=child)
+        check = aws.route53.HealthCheck(
+            name, type="HTTPS", fqdn=host, port=443, resource_path=HEALTH_PATH, enable_sni=True,
+            request_interval=10, failure_threshold=3, measure_latency=True,
+            tags={"Name": f"llm-platform gateway {region}"}, opts=child)
+        aws.route53.Record(
+            f"{name}-latency", zone_id=self.zone.zone_id, name=self.args.domain, type="CNAME",
+            set_identifier=region, latency_routing_policies=[aws.route53.RecordLatencyRoutingPolicyArgs(region=region)],
+            health_check_id=check.id, records=[load_balancer_hostname], ttl=60, opts=child)
+        return check

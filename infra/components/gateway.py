@@ -1,0 +1,87 @@
+"""Gateway: the regional gateway release (charts/gateway) and the IRSA role it reads its secrets with."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_kubernetes as k8s
+
+from infra.chart_values import (GATEWAY_CHART, GATEWAY_NAMESPACE, GATEWAY_RELEASE, gateway_service_account_subject,
+                                gateway_values)
+from infra.config import Region, StackConfig
+
+
+def irsa_trust_policy(oidc_provider_arn: str, issuer: str) -> dict:
+    """Only the gateway's ServiceAccount in its cluster may assume the role."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"Federated": oidc_provider_arn},
+            "Action": "sts:AssumeRoleWithWebIdentity",
+            "Condition": {"StringEquals": {
+                f"{issuer}:sub": gateway_service_account_subject(),
+                f"{issuer}:aud": "sts.amazonaws.com",
+            }},
+        }],
+    }
+
+
+def secret_read_policy(region: str, secret_arns: list[str], key_arn: str) -> dict:
+    """The gateway of `region` reads exactly its stack's secrets in its own region, nothing else."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "ReadStackSecrets", "Effect": "Allow",
+             "Action": ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+             "Resource": sorted(secret_arns)},
+            {"Sid": "DecryptStackSecrets", "Effect": "Allow", "Action": "kms:Decrypt", "Resource": key_arn,
+             "Condition": {"StringEquals": {"kms:ViaService": f"secretsmanager.{region}.amazonaws.com"}}},
+        ],
+    }
+
+
+def gateway_role(name: str, region: str, tags: dict[str, str], oidc_provider_arn: pulumi.Input[str],
+                 issuer: pulumi.Input[str], iam: aws.Provider, parent: pulumi.Resource) -> aws.iam.Role:
+    return aws.iam.Role(
+        name,
+        description=f"llm-platform gateway in {region}",
+        assume_role_policy=pulumi.Output.all(oidc_provider_arn, issuer).apply(
+            lambda a: json.dumps(irsa_trust_policy(*a))),
+        tags=tags,
+        opts=pulumi.ResourceOptions(parent=parent, provider=iam))
+
+
+@dataclass(frozen=True)
+class GatewayArgs:
+    cfg: StackConfig
+    region: Region
+    role: aws.iam.Role
+    secret_arns: list[pulumi.Input[str]]
+    key_arn: pulumi.Input[str]
+    config: dict
+
+
+class Gateway(pulumi.ComponentResource):
+    def __init__(self, name: str, args: GatewayArgs, kubernetes: k8s.Provider, iam: aws.Provider,
+                 opts: pulumi.ResourceOptions | None = None):
+        super().__init__("llm-platform:gateway:Gateway", name, None, opts)
+        region = args.region.name
+        policy = aws.iam.RolePolicy(
+            f"{name}-secrets",
+            role=args.role.name,
+            policy=pulumi.Output.all(args.key_arn, *args.secret_arns).apply(
+                lambda a: json.dumps(secret_read_policy(region, list(a[1:]), a[0]))),
+            opts=pulumi.ResourceOptions(parent=self, provider=iam))
+        self.release = k8s.helm.v3.Release(
+            name,
+            name=GATEWAY_RELEASE,
+            chart=str(GATEWAY_CHART),
+            namespace=GATEWAY_NAMESPACE,
+            create_namespace=True,
+            atomic=True,
+            values=gateway_values(args.cfg, args.region, role_arn=args.role.arn, config=args.config),
+            opts=pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=[policy]))
+        self.register_outputs({"role_arn": args.role.arn})

@@ -1,0 +1,35 @@
+"""ModelServing: one vLLM release (charts/vllm) serving one model in one region."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.chart_values import MODEL_NAMESPACE, VLLM_CHART, vllm_release_name, vllm_values
+from infra.config import Model, Region, StackConfig
+
+
+@dataclass(frozen=True)
+class ModelServingArgs:
+    cfg: StackConfig
+    model: Model
+    region: Region
+
+
+class ModelServing(pulumi.ComponentResource):
+    def __init__(self, name: str, args: ModelServingArgs, kubernetes: k8s.Provider,
+                 opts: pulumi.ResourceOptions | None = None):
+        super().__init__("llm-platform:serving:ModelServing", name, None, opts)
+        self.release = k8s.helm.v3.Release(
+            name,
+            name=vllm_release_name(args.model),
+            chart=str(VLLM_CHART),
+            namespace=MODEL_NAMESPACE,
+            create_namespace=True,
+            values=vllm_values(args.cfg, args.model, args.region),
+            # Model downloads take minutes; don't fail the deploy while weights load.
+            skip_await=True,
+            opts=pulumi.ResourceOptions(parent=self, provider=kubernetes),
+        )
+        self.register_outputs({"release": self.release.name})

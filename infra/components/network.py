@@ -1,0 +1,80 @@
+"""Network: a VPC over three availability zones with public and private subnets and NAT egress."""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from infra.components.providers import child_opts
+
+AZ_COUNT = 3
+
+
+@dataclass(frozen=True)
+class NetworkArgs:
+    region: str
+    cidr: str
+    cluster_name: str
+    nat_per_az: bool
+
+
+class Network(pulumi.ComponentResource):
+    vpc_id: pulumi.Output[str]
+    private_subnet_ids: list[pulumi.Output[str]]
+    public_subnet_ids: list[pulumi.Output[str]]
+
+    def __init__(self, name: str, args: NetworkArgs, provider: aws.Provider,
+                 opts: pulumi.ResourceOptions | None = None):
+        super().__init__("llm-platform:network:Network", name, None, opts)
+        child = child_opts(self, provider)
+        zones = aws.get_availability_zones_output(
+            state="available", opts=pulumi.InvokeOutputOptions(provider=provider, parent=self))
+        # /16 -> eight /19s: three private (big: pods get VPC IPs), three public, two spare.
+        blocks = list(ipaddress.ip_network(args.cidr).subnets(new_prefix=19))
+        cluster_tag = f"kubernetes.io/cluster/{args.cluster_name}"
+
+        vpc = aws.ec2.Vpc(name, cidr_block=args.cidr, enable_dns_hostnames=True, enable_dns_support=True,
+                          tags={"Name": name}, opts=child)
+        igw = aws.ec2.InternetGateway(name, vpc_id=vpc.id, tags={"Name": name}, opts=child)
+        public_rt = aws.ec2.RouteTable(
+            f"{name}-public", vpc_id=vpc.id,
+            routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=igw.id)],
+            tags={"Name": f"{name}-public"}, opts=child)
+
+        self.public_subnet_ids, self.private_subnet_ids = [], []
+        nat_ids: list[pulumi.Output[str]] = []
+        for i in range(AZ_COUNT):
+            az = zones.names[i]
+            public = aws.ec2.Subnet(
+                f"{name}-public-{i}", vpc_id=vpc.id, cidr_block=str(blocks[AZ_COUNT + i]), availability_zone=az,
+                map_public_ip_on_launch=False,
+                tags={"Name": f"{name}-public-{i}", "kubernetes.io/role/elb": "1", cluster_tag: "shared"},
+                opts=child)
+            aws.ec2.RouteTableAssociation(f"{name}-public-{i}", subnet_id=public.id, route_table_id=public_rt.id,
+                                          opts=child)
+            self.public_subnet_ids.append(public.id)
+            if args.nat_per_az or i == 0:
+                eip = aws.ec2.Eip(f"{name}-nat-{i}", domain="vpc", tags={"Name": f"{name}-nat-{i}"}, opts=child)
+                nat = aws.ec2.NatGateway(f"{name}-{i}", allocation_id=eip.id, subnet_id=public.id,
+                                         tags={"Name": f"{name}-{i}"}, opts=child)
+                nat_ids.append(nat.id)
+
+        for i in range(AZ_COUNT):
+            private = aws.ec2.Subnet(
+                f"{name}-private-{i}", vpc_id=vpc.id, cidr_block=str(blocks[i]), availability_zone=zones.names[i],
+                tags={"Name": f"{name}-private-{i}", "kubernetes.io/role/internal-elb": "1", cluster_tag: "shared"},
+                opts=child)
+            rt = aws.ec2.RouteTable(
+                f"{name}-private-{i}", vpc_id=vpc.id,
+                routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0",
+                                                    nat_gateway_id=nat_ids[i if args.nat_per_az else 0])],
+                tags={"Name": f"{name}-private-{i}"}, opts=child)
+            aws.ec2.RouteTableAssociation(f"{name}-private-{i}", subnet_id=private.id, route_table_id=rt.id,
+                                          opts=child)
+            self.private_subnet_ids.append(private.id)
+
+        self.vpc_id = vpc.id
+        self.nat_gateways = len(nat_ids)
+        self.register_outputs({"vpc_id": vpc.id, "private_subnet_ids": self.private_subnet_ids})

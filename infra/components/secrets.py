@@ -1,0 +1,84 @@
+"""StackSecrets: a stack's secret store per residency zone, encrypted with its own KMS key, replicated only inside the zone."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from infra.components.providers import child_opts
+
+GET_SECRET = "secretsmanager:GetSecretValue"
+
+
+def secret_names(stack: str, providers: list[str]) -> list[str]:
+    """Every secret a stack's gateway reads, under the stack's own path."""
+    return [f"llm-platform/{stack}/providers/{p}" for p in providers] + [f"llm-platform/{stack}/gateway/master-key"]
+
+
+def deny_all_but(readers: list[str], secret_arn: str) -> dict:
+    """Resource policy: nobody but the listed roles may read this secret, whatever their IAM policies say."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "OnlyThisStacksGatewaysRead",
+            "Effect": "Deny",
+            "Principal": {"AWS": "*"},  # narrowed by the condition: a denial of everyone else, not a grant
+            "Action": GET_SECRET,
+            "Resource": secret_arn,
+            "Condition": {"StringNotEquals": {"aws:PrincipalArn": sorted(readers)}},
+        }],
+    }
+
+
+@dataclass(frozen=True)
+class StackSecretsArgs:
+    stack: str
+    zone: str
+    regions: list[str]  # the zone's regions in this stack; the first holds the primary copies
+    providers: list[str]
+    reader_role_arns: list[pulumi.Input[str]]
+
+
+class StackSecrets(pulumi.ComponentResource):
+    """`arns[region]` lists the secret ARNs in that region; `key_arns[region]` the KMS key there."""
+
+    def __init__(self, name: str, args: StackSecretsArgs, providers: dict[str, aws.Provider],
+                 opts: pulumi.ResourceOptions | None = None):
+        super().__init__("llm-platform:secrets:StackSecrets", name, None, opts)
+        primary, replicas = args.regions[0], args.regions[1:]
+        key = aws.kms.Key(
+            f"{name}-key", description=f"llm-platform {args.stack} secrets ({args.zone})",
+            multi_region=True, enable_key_rotation=True, deletion_window_in_days=30,
+            opts=child_opts(self, providers[primary]))
+        self.key_arns: dict[str, pulumi.Output[str]] = {primary: key.arn}
+        for region in replicas:
+            replica = aws.kms.ReplicaKey(
+                f"{name}-key-{region}", primary_key_arn=key.arn, deletion_window_in_days=30,
+                description=f"llm-platform {args.stack} secrets ({args.zone}), replica in {region}",
+                opts=child_opts(self, providers[region]))
+            self.key_arns[region] = replica.arn
+
+        self.arns: dict[str, list[pulumi.Output[str]]] = {r: [] for r in args.regions}
+        for secret_name in secret_names(args.stack, args.providers):
+            short = secret_name.removeprefix(f"llm-platform/{args.stack}/").replace("/", "-")
+            secret = aws.secretsmanager.Secret(
+                f"{name}-{short}",
+                name=secret_name,
+                kms_key_id=key.arn,
+                recovery_window_in_days=7,
+                replicas=[aws.secretsmanager.SecretReplicaArgs(region=r, kms_key_id=self.key_arns[r])
+                          for r in replicas],
+                opts=child_opts(self, providers[primary]))
+            aws.secretsmanager.SecretPolicy(
+                f"{name}-{short}",
+                secret_arn=secret.arn,
+                policy=pulumi.Output.all(secret.arn, *args.reader_role_arns).apply(
+                    lambda a: json.dumps(deny_all_but(list(a[1:]), a[0]))),
+                block_public_policy=True,
+                opts=child_opts(self, providers[primary]))
+            for region in args.regions:
+                # A replica keeps the primary's ARN, with its own region.
+                self.arns[region].append(secret.arn.apply(lambda arn, r=region: arn.replace(f":{primary}:", f":{r}:")))
+        self.register_outputs({"key_arns": self.key_arns})

@@ -1,0 +1,383 @@
+"""The stack config: one typed, validated model of the `llm-platform:*` keys of a Pulumi stack.
+
+Validation runs once, before any resource exists. Every problem is reported with the key path a
+user would edit (`llm-platform:models[1].pool`) and what is wrong, all problems at once.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from infra.catalog import Catalog, load_catalog
+
+NAMESPACE = "llm-platform"
+ROOT = Path(__file__).resolve().parent.parent
+TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
+
+# Kubernetes object names are DNS-1123 labels; model and pool names end up in them.
+Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")]
+Email = Annotated[str, StringConstraints(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+Hostname = Annotated[str, StringConstraints(pattern=r"^([a-z0-9]([a-z0-9-]*[a-z0-9])?\.)+[a-z]{2,}$")]
+
+
+class ConfigError(Exception):
+    """Invalid stack config: a list of (key path, problem)."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  {path}: {problem}" for path, problem in problems)
+        super().__init__(f"invalid stack config {source}:\n{lines}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Budget(_Model):
+    monthly_usd: float = Field(gt=0)
+    alert_thresholds_pct: list[Annotated[int, Field(gt=0, le=200)]] = Field(min_length=1)
+    alert_emails: list[Email] = Field(min_length=1)
+
+
+class Pool(_Model):
+    name: Slug
+    instance_types: list[str] = Field(min_length=1)
+    capacity: Literal["on-demand", "spot"]
+    min_nodes: int = Field(ge=0)
+    max_nodes: int = Field(ge=1)
+    disk_gib: int = Field(default=400, ge=50)
+
+    @property
+    def spot(self) -> bool:
+        return self.capacity == "spot"
+
+
+class Region(_Model):
+    name: str
+    residency: str
+    pools: list[Pool] = Field(min_length=1)
+
+    def pool(self, name: str) -> Pool | None:
+        return next((p for p in self.pools if p.name == name), None)
+
+
+class Replicas(_Model):
+    min: int = Field(ge=0)
+    max: int = Field(ge=1)
+
+
+class Model(_Model):
+    name: Slug
+    source: str = Field(min_length=1)  # Hugging Face repo id or s3:// prefix
+    pool: str
+    gpus: int = Field(ge=1)
+    quantization: Literal["fp8", "awq", "gptq", "bitsandbytes"] | None = None
+    max_model_len: int = Field(ge=256)
+    replicas: Replicas
+    regions: list[str] = Field(min_length=1)
+    tier: Literal["interactive", "batch"] = "interactive"
+    residency: str | None = None  # set: the model is restricted to this zone (data may not leave it)
+    gpu_memory_utilization: float = Field(default=0.90, gt=0.1, le=0.98)
+
+    @property
+    def batch_tolerant(self) -> bool:
+        """Batch models accept spot interruptions; only they may run on spot pools."""
+        return self.tier == "batch"
+
+
+class Failover(_Model):
+    min_regions_per_model: int = Field(ge=1)
+    # model name -> hosted provider models ("together/meta-llama/...") the gateway may fall back to
+    hosted_fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class Gateway(_Model):
+    domain: Hostname
+    zone: Hostname
+    replicas: Replicas
+    image: str = "ghcr.io/llm-platform/gateway:0.1.0"
+
+
+class Cluster(_Model):
+    kubernetes_version: str = "1.32"
+    # Empty: the API endpoint is private only, and `pulumi up` must run inside the VPC.
+    public_access_cidrs: list[str] = Field(default_factory=list)
+    system_instance_type: str = "m7i.xlarge"
+    system_nodes: int = Field(default=2, ge=1)
+
+
+class Network(_Model):
+    cidr: str = "10.40.0.0/16"
+    nat_gateways: Literal["per-az", "single"] = "per-az"
+
+
+class Secrets(_Model):
+    providers: list[Slug] = Field(default_factory=lambda: ["openai", "anthropic"])
+
+
+class Preview(_Model):
+    ttl_hours: int = Field(default=72, ge=1, le=24 * 14)
+
+
+class StackConfig(_Model):
+    stack: str
+    environment: Literal["prod", "preview"]
+    budget: Budget
+    residency: dict[str, list[str]] = Field(min_length=1)
+    regions: list[Region] = Field(min_length=1)
+    models: list[Model] = Field(min_length=1)
+    failover: Failover
+    gateway: Gateway
+    cluster: Cluster = Cluster()
+    network: Network = Network()
+    secrets: Secrets = Secrets()
+    preview: Preview = Preview()
+
+    def region(self, name: str) -> Region:
+        return next(r for r in self.regions if r.name == name)
+
+    def zone_of(self, region: str) -> str:
+        return self.region(region).residency
+
+    def models_in(self, region: str) -> list[Model]:
+        return [m for m in self.models if region in m.regions]
+
+    @property
+    def zones(self) -> list[str]:
+        """Residency zones that have at least one region in this stack, in config order."""
+        return list(dict.fromkeys(r.residency for r in self.regions))
+
+    def regions_in(self, zone: str) -> list[Region]:
+        return [r for r in self.regions if r.residency == zone]
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+def parse(raw: dict[str, Any], stack: str, source: str = "<config>") -> StackConfig:
+    """Validate `llm-platform:*` values (namespace already stripped) into a StackConfig."""
+    try:
+        cfg = StackConfig.model_validate({**raw, "stack": stack})
+    except ValidationError as exc:
+        raise ConfigError(source, [(_key_path(e["loc"]), _describe(e)) for e in exc.errors()]) from None
+    problems = cross_check(cfg, load_catalog())
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg
+
+
+def stack_file(stack: str, root: Path = ROOT) -> Path:
+    return root / f"Pulumi.{stack}.yaml"
+
+
+def read_stack_file(path: Path) -> dict[str, Any]:
+    """The `llm-platform:*` values of a Pulumi.<stack>.yaml, namespace stripped."""
+    source = str(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(source, [("(file)", f"cannot read: {exc.strerror}")]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [("(file)", f"not valid YAML: {exc}")]) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
+        raise ConfigError(source, [("config", "the file has no `config:` mapping")])
+    prefix = NAMESPACE + ":"
+    return {k[len(prefix):]: v for k, v in doc["config"].items() if k.startswith(prefix)}
+
+
+def load_file(path: Path, stack: str) -> StackConfig:
+    return parse(read_stack_file(path), stack, str(path))
+
+
+def to_pulumi_config(raw: dict[str, Any]) -> dict[str, str]:
+    """Stack values as the Pulumi engine hands them to the program: namespaced, objects as JSON."""
+    return {f"{NAMESPACE}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}
+
+
+def from_pulumi() -> StackConfig:
+    """The running stack's config, read through the Pulumi SDK (used by infra/__main__.py)."""
+    import pulumi
+
+    config = pulumi.Config(NAMESPACE)
+    raw: dict[str, Any] = {}
+    for key in StackConfig.model_fields:
+        if key == "stack":
+            continue
+        value = config.get(key)
+        if value is not None:
+            raw[key] = _maybe_json(value)
+    return parse(raw, pulumi.get_stack(), f"stack {pulumi.get_stack()}")
+
+
+def _maybe_json(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    path = NAMESPACE + ":"
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += ("." if i else "") + str(part)
+    return path
+
+
+def _describe(error: dict[str, Any]) -> str:
+    if error["type"] == "missing":
+        return "required key is missing"
+    if error["type"] == "extra_forbidden":
+        return "unknown key (check the spelling)"
+    if error["type"] == "string_pattern_mismatch":
+        return f"{error['input']!r} is not a valid name (lowercase letters, digits and '-')"
+    return f"{error['msg']} (got {error['input']!r})"
+
+
+# --- cross-field checks -------------------------------------------------------------------------
+
+def cross_check(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
+    """Problems that span keys: each with the key path to fix."""
+    problems: list[tuple[str, str]] = []
+    add = lambda path, msg: problems.append((f"{NAMESPACE}:{path}", msg))  # noqa: E731
+
+    if cfg.stack == "prod" and cfg.environment != "prod":
+        add("environment", "the prod stack must have environment 'prod'")
+    for zone, regions in cfg.residency.items():
+        for region in regions:
+            if not catalog.knows_region(region):
+                add(f"residency.{zone}", f"unknown AWS region {region!r}")
+
+    region_names = [r.name for r in cfg.regions]
+    for i, region in enumerate(cfg.regions):
+        at = f"regions[{i}]"
+        if region_names.count(region.name) > 1:
+            add(f"{at}.name", f"region {region.name!r} is listed more than once")
+        if not catalog.knows_region(region.name):
+            add(f"{at}.name", f"unknown AWS region {region.name!r} (no prices in infra/catalog.yaml)")
+        allowed = cfg.residency.get(region.residency)
+        if allowed is None:
+            add(f"{at}.residency", f"zone {region.residency!r} is not defined in {NAMESPACE}:residency "
+                                   f"(defined: {', '.join(cfg.residency)})")
+        elif region.name not in allowed:
+            add(f"{at}.name", f"region {region.name} is outside residency zone {region.residency!r}, "
+                              f"which allows only {', '.join(allowed)}")
+        pool_names = [p.name for p in region.pools]
+        for j, pool in enumerate(region.pools):
+            pat = f"{at}.pools[{j}]"
+            if pool_names.count(pool.name) > 1:
+                add(f"{pat}.name", f"pool {pool.name!r} is defined twice in region {region.name}")
+            if pool.min_nodes > pool.max_nodes:
+                add(f"{pat}.min_nodes", f"min_nodes ({pool.min_nodes}) is above max_nodes ({pool.max_nodes})")
+            for k, itype in enumerate(pool.instance_types):
+                if itype not in catalog.instances:
+                    add(f"{pat}.instance_types[{k}]", f"unknown instance type {itype!r}")
+                elif catalog.instance(itype).gpus == 0:
+                    add(f"{pat}.instance_types[{k}]", f"{itype} has no GPU; GPU pools need GPU instances")
+    if catalog.instances.get(cfg.cluster.system_instance_type) is None:
+        add("cluster.system_instance_type", f"unknown instance type {cfg.cluster.system_instance_type!r}")
+    for k, cidr in enumerate(cfg.cluster.public_access_cidrs):
+        if not _is_cidr(cidr):
+            add(f"cluster.public_access_cidrs[{k}]", f"{cidr!r} is not a CIDR block")
+        elif ipaddress.ip_network(cidr, strict=False).prefixlen == 0:
+            add(f"cluster.public_access_cidrs[{k}]", "0.0.0.0/0 opens the API to the internet; list your CI egress ranges")
+    if not _is_cidr(cfg.network.cidr):
+        add("network.cidr", f"{cfg.network.cidr!r} is not a CIDR block")
+
+    model_names = [m.name for m in cfg.models]
+    for i, model in enumerate(cfg.models):
+        problems.extend(_check_model(cfg, catalog, i, model, model_names))
+
+    for name in cfg.failover.hosted_fallbacks:
+        model = next((m for m in cfg.models if m.name == name), None)
+        if model is None:
+            add(f"failover.hosted_fallbacks.{name}", f"no model named {name!r}")
+        elif model.residency is not None:
+            add(f"failover.hosted_fallbacks.{name}",
+                f"model {name} is restricted to zone {model.residency!r}; it may not fall back to a hosted provider")
+        for k, spec in enumerate(cfg.failover.hosted_fallbacks[name]):
+            provider = spec.partition("/")[0]
+            if provider not in cfg.secrets.providers:
+                add(f"failover.hosted_fallbacks.{name}[{k}]",
+                    f"provider {provider!r} has no key in {NAMESPACE}:secrets.providers "
+                    f"({', '.join(cfg.secrets.providers)})")
+    if not cfg.gateway.domain.endswith("." + cfg.gateway.zone) and cfg.gateway.domain != cfg.gateway.zone:
+        add("gateway.domain", f"{cfg.gateway.domain} is not inside the DNS zone {cfg.gateway.zone}")
+    if cfg.gateway.replicas.min > cfg.gateway.replicas.max:
+        add("gateway.replicas.min", f"min ({cfg.gateway.replicas.min}) is above max ({cfg.gateway.replicas.max})")
+
+    problems.extend(_check_pool_capacity(cfg, catalog))
+    return problems
+
+
+def _check_model(cfg: StackConfig, catalog: Catalog, i: int, model: Model,
+                 model_names: list[str]) -> list[tuple[str, str]]:
+    at = f"{NAMESPACE}:models[{i}]"
+    problems: list[tuple[str, str]] = []
+    if model_names.count(model.name) > 1:
+        problems.append((f"{at}.name", f"model {model.name!r} is defined more than once"))
+    if model.replicas.min > model.replicas.max:
+        problems.append((f"{at}.replicas.min", f"min ({model.replicas.min}) is above max ({model.replicas.max})"))
+    if model.gpus not in TENSOR_PARALLEL_SIZES:
+        problems.append((f"{at}.gpus", f"{model.gpus} GPUs per replica: vLLM tensor parallelism needs 1, 2, 4 or 8"))
+    if model.residency is not None and model.residency not in cfg.residency:
+        problems.append((f"{at}.residency", f"zone {model.residency!r} is not defined in {NAMESPACE}:residency"))
+    known = {r.name: r for r in cfg.regions}
+    for j, name in enumerate(model.regions):
+        region = known.get(name)
+        if region is None:
+            problems.append((f"{at}.regions[{j}]", f"region {name!r} is not one of {NAMESPACE}:regions"))
+            continue
+        if model.residency is not None and region.residency != model.residency:
+            problems.append((f"{at}.regions[{j}]",
+                             f"model {model.name} is restricted to zone {model.residency!r} "
+                             f"but {name} is in zone {region.residency!r}"))
+        pool = region.pool(model.pool)
+        if pool is None:
+            have = ", ".join(p.name for p in region.pools)
+            problems.append((f"{at}.pool", f"pool {model.pool!r} is missing in region {name} (it has: {have})"))
+            continue
+        fits = [catalog.instance(t).gpus for t in pool.instance_types if t in catalog.instances]
+        if fits and model.gpus > min(fits):
+            problems.append((f"{at}.gpus",
+                             f"{model.gpus} GPUs per replica, but pool {pool.name} in {name} has instances "
+                             f"with only {min(fits)} GPU(s) ({', '.join(pool.instance_types)})"))
+    return problems
+
+
+def _check_pool_capacity(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
+    """A pool at max_nodes must hold every model placed on it at max replicas."""
+    problems = []
+    for i, region in enumerate(cfg.regions):
+        for j, pool in enumerate(region.pools):
+            per_node = [catalog.instance(t).gpus for t in pool.instance_types if t in catalog.instances]
+            if not per_node or min(per_node) == 0:
+                continue
+            # Replicas don't span nodes, so count whole replicas per node.
+            demand = [(m.gpus, m.replicas.max) for m in cfg.models_in(region.name) if m.pool == pool.name]
+            need_nodes = sum(-(-reps // max(1, min(per_node) // gpus)) for gpus, reps in demand
+                             if gpus <= min(per_node))
+            if need_nodes > pool.max_nodes:
+                problems.append((f"{NAMESPACE}:regions[{i}].pools[{j}].max_nodes",
+                                 f"pool {pool.name} in {region.name} needs {need_nodes} nodes for its models at "
+                                 f"max replicas, but max_nodes is {pool.max_nodes}"))
+    return problems
+
+
+def _is_cidr(value: str) -> bool:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+PR_STACK = re.compile(r"^pr-(\d+)$")

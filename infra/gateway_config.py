@@ -1,0 +1,69 @@
+"""The gateway config (gateway's native format, see gateway/config.py) the program renders for each region."""
+from __future__ import annotations
+
+from typing import Any
+
+from infra.chart_values import model_base_url
+from infra.components.dns import regional_host
+from infra.config import Model, Region, StackConfig
+
+# Hosted providers a model may fall back to: "<provider>/<upstream model>" in llm-platform:failover.
+HOSTED_PROVIDERS: dict[str, tuple[str, str]] = {
+    "openai": ("openai", "https://api.openai.com/v1"),
+    "anthropic": ("anthropic", "https://api.anthropic.com/v1"),
+    "together": ("openai", "https://api.together.xyz/v1"),
+    "groq": ("openai", "https://api.groq.com/openai/v1"),
+}
+MASTER_KEY_ENV = "LLMP_MASTER_KEY"
+
+
+def provider_key_env(provider: str) -> str:
+    return f"LLMP_PROVIDER_KEY_{provider.upper()}"
+
+
+def hosted_fallback(spec: str) -> tuple[str, str, str, str]:
+    """'together/meta-llama/X' -> (provider, wire protocol, api_base, upstream model)."""
+    provider, _, upstream = spec.partition("/")
+    if provider not in HOSTED_PROVIDERS or not upstream:
+        known = ", ".join(HOSTED_PROVIDERS)
+        raise ValueError(f"hosted fallback {spec!r} must be <provider>/<model> with provider one of {known}")
+    protocol, api_base = HOSTED_PROVIDERS[provider]
+    return provider, protocol, api_base, upstream
+
+
+def _deployments(cfg: StackConfig, model: Model, region: Region) -> list[dict[str, Any]]:
+    zone = region.residency
+    out: list[dict[str, Any]] = []
+    for name in model.regions:
+        if cfg.zone_of(name) != zone:
+            continue  # other zones are never reachable from this gateway
+        common = {"name": f"{model.name}-{name}", "provider": "openai", "model": model.name,
+                  "region": name, "residency": zone}
+        if name == region.name:
+            out.append({**common, "api_base": model_base_url(model)})
+        else:
+            # Another region's pool is reached through that region's gateway.
+            out.append({**common, "api_base": f"https://{regional_host(name, cfg.gateway.domain)}/v1",
+                        "api_key": f"os.environ/{MASTER_KEY_ENV}"})
+    if model.residency is None:
+        for spec in cfg.failover.hosted_fallbacks.get(model.name, []):
+            provider, protocol, api_base, upstream = hosted_fallback(spec)
+            out.append({"name": f"{model.name}-{provider}", "provider": protocol, "model": upstream,
+                        "api_base": api_base, "api_key": f"os.environ/{provider_key_env(provider)}",
+                        "region": region.name, "residency": zone, "tier": "fallback"})
+    return out
+
+
+def gateway_config(cfg: StackConfig, region: Region) -> dict[str, Any]:
+    """Models this region's gateway offers: every model served somewhere in its residency zone."""
+    models = []
+    for model in cfg.models:
+        deployments = _deployments(cfg, model, region)
+        if any(d.get("tier") != "fallback" for d in deployments):
+            models.append({"alias": model.name, "max_tokens": model.max_model_len // 2, "deployments": deployments})
+    return {
+        "version": 1,
+        "gateway": {"region": region.name, "residency": region.residency,
+                    "master_key": f"os.environ/{MASTER_KEY_ENV}"},
+        "models": models,
+    }

@@ -1,0 +1,64 @@
+"""Runs infra/__main__.py in-process under Pulumi's mock engine and returns what it would create."""
+from __future__ import annotations
+
+import logging
+import runpy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import settings as pulumi_settings
+
+from infra.config import StackConfig, parse, to_pulumi_config
+from infra.plan.mocks import PlanMocks, PlannedResource
+
+PROGRAM = Path(__file__).resolve().parent.parent / "__main__.py"
+PROJECT = "llm-platform"
+
+
+class ProgramError(Exception):
+    """The program itself failed under the mock engine (a bug, not a config mistake)."""
+
+
+@dataclass
+class Plan:
+    stack: str
+    config: StackConfig
+    resources: list[PlannedResource]
+
+    def of_type(self, typ: str) -> list[PlannedResource]:
+        return [r for r in self.resources if r.type == typ]
+
+
+class _Errors(logging.Handler):
+    """Pulumi logs failures inside apply() callbacks instead of raising; collect them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def run_program(raw: dict[str, Any], stack: str, source: str = "<config>") -> Plan:
+    """Validate `raw` (llm-platform:* values), then run the program on it under mocks."""
+    cfg = parse(raw, stack, source)  # raises ConfigError before anything runs
+    mocks = PlanMocks()
+    errors = _Errors()
+    logger = logging.getLogger(f"llm-platform.plan.{stack}")
+    logger.addHandler(errors)
+    logger.propagate = False
+    pulumi.runtime.set_all_config(to_pulumi_config(raw))
+    pulumi_mocks.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, logger=logger)
+    pulumi_settings.SETTINGS.rpc_manager.clear()
+    pulumi_settings.SETTINGS.outputs.clear()
+    try:
+        pulumi_mocks._sync_await(pulumi_mocks.run_pulumi_func(lambda: runpy.run_path(str(PROGRAM))))
+    except Exception as exc:  # noqa: BLE001 re-raised with the program named
+        raise ProgramError(f"the Pulumi program failed under the mock engine: {exc}") from exc
+    if errors.messages:
+        raise ProgramError("the Pulumi program failed under the mock engine:\n" + "\n".join(errors.messages))
+    return Plan(stack=stack, config=cfg, resources=mocks.resources)

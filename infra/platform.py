@@ -1,0 +1,87 @@
+"""Platform: builds the whole stack from its config: per region network, cluster, pools, serving, gateway; globally secrets, budget, DNS."""
+from __future__ import annotations
+
+import pulumi
+import pulumi_aws as aws
+
+from infra.components.addons import ClusterAddons, ClusterAddonsArgs
+from infra.components.budget import StackBudget, StackBudgetArgs
+from infra.components.cluster import Cluster, ClusterArgs
+from infra.components.dns import FailoverDns, FailoverDnsArgs
+from infra.components.gateway import Gateway, GatewayArgs, gateway_role
+from infra.components.model_serving import ModelServing, ModelServingArgs
+from infra.components.network import Network, NetworkArgs
+from infra.components.node_pool import NodePool, NodePoolArgs
+from infra.components.providers import global_provider, regional_provider, stack_tags
+from infra.components.secrets import StackSecrets, StackSecretsArgs
+from infra.config import Region, StackConfig
+from infra.gateway_config import gateway_config
+
+
+def cluster_name(stack: str, region: str) -> str:
+    return f"llmp-{stack}-{region}"
+
+
+class RegionalStack:
+    """What one region holds; built in two steps because secrets need every region's gateway role first."""
+
+    def __init__(self, cfg: StackConfig, region: Region, iam: aws.Provider, dns: FailoverDns,
+                 parent: pulumi.Resource, extra_tags: dict[str, str]):
+        name = region.name
+        self.region = region
+        self.provider = regional_provider(cfg.stack, name, region.residency, extra_tags)
+        self.network = Network(name, NetworkArgs(
+            region=name, cidr=cfg.network.cidr, cluster_name=cluster_name(cfg.stack, name),
+            nat_per_az=cfg.network.nat_gateways == "per-az"), self.provider, pulumi.ResourceOptions(parent=parent))
+        self.cluster = Cluster(name, ClusterArgs(
+            region=name, cluster_name=cluster_name(cfg.stack, name),
+            kubernetes_version=cfg.cluster.kubernetes_version,
+            private_subnet_ids=self.network.private_subnet_ids,
+            public_access_cidrs=cfg.cluster.public_access_cidrs,
+            system_instance_type=cfg.cluster.system_instance_type,
+            system_nodes=cfg.cluster.system_nodes), self.provider, iam, pulumi.ResourceOptions(parent=parent))
+        k8s = self.cluster.kubernetes
+        self.pools = {
+            pool.name: NodePool(f"{name}-{pool.name}", NodePoolArgs(
+                pool=pool, cluster_name=self.cluster.eks.name, node_role_arn=self.cluster.node_role.arn,
+                subnet_ids=self.network.private_subnet_ids), self.provider, pulumi.ResourceOptions(parent=parent))
+            for pool in region.pools
+        }
+        self.addons = ClusterAddons(name, ClusterAddonsArgs(
+            region=name, certificate_arn=dns.certificate(name, self.provider)), k8s,
+            pulumi.ResourceOptions(parent=parent, depends_on=list(self.pools.values())))
+        self.serving = [
+            ModelServing(f"{name}-{model.name}", ModelServingArgs(cfg=cfg, model=model, region=region), k8s,
+                         pulumi.ResourceOptions(parent=parent, depends_on=[self.addons]))
+            for model in cfg.models_in(name)
+        ]
+        self.gateway_role = gateway_role(
+            f"{name}-gateway", name, {**stack_tags(cfg.stack, name, region.residency), **extra_tags},
+            self.cluster.oidc.arn, self.cluster.oidc_issuer, iam, parent)
+
+
+class Platform(pulumi.ComponentResource):
+    def __init__(self, name: str, cfg: StackConfig, extra_tags: dict[str, str] | None = None,
+                 opts: pulumi.ResourceOptions | None = None):
+        super().__init__("llm-platform:platform:Platform", name, None, opts)
+        extra_tags = extra_tags or {}
+        here = pulumi.ResourceOptions(parent=self)
+        iam = global_provider(cfg.stack, extra_tags)
+        StackBudget(f"{name}-budget", StackBudgetArgs(stack=cfg.stack, budget=cfg.budget), iam, here)
+        dns = FailoverDns(f"{name}-dns", FailoverDnsArgs(zone=cfg.gateway.zone, domain=cfg.gateway.domain), iam, here)
+
+        regions = {r.name: RegionalStack(cfg, r, iam, dns, self, extra_tags) for r in cfg.regions}
+        providers = {n: rs.provider for n, rs in regions.items()}
+        for zone in cfg.zones:
+            members = [r.name for r in cfg.regions_in(zone)]
+            secrets = StackSecrets(f"{name}-secrets-{zone}", StackSecretsArgs(
+                stack=cfg.stack, zone=zone, regions=members, providers=cfg.secrets.providers,
+                reader_role_arns=[regions[r].gateway_role.arn for r in members]), providers, here)
+            for region_name in members:
+                rs = regions[region_name]
+                gateway = Gateway(f"{region_name}-gateway", GatewayArgs(
+                    cfg=cfg, region=rs.region, role=rs.gateway_role, secret_arns=secrets.arns[region_name],
+                    key_arn=secrets.key_arns[region_name], config=gateway_config(cfg, rs.region)),
+                    rs.cluster.kubernetes, iam, pulumi.ResourceOptions(parent=self, depends_on=rs.serving))
+                dns.add_region(region_name, rs.addons.load_balancer_hostname)
+        self.register_outputs({"regions": list(regions)})
