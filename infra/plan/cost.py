@@ -1,0 +1,95 @@
+"""Monthly cost estimate of a plan at minimum and maximum scale, from the resources it creates and the catalog."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from infra.catalog import HOURS_PER_MONTH, Catalog, load_catalog
+from infra.plan.mocks import PlannedResource
+
+NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
+EKS_CLUSTER = "aws:eks/cluster:Cluster"
+NAT_GATEWAY = "aws:ec2/natGateway:NatGateway"
+
+
+@dataclass(frozen=True)
+class PoolCost:
+    """One node group's monthly cost range. At min scale the cheapest instance type is assumed,
+    at max scale the dearest, so the range brackets any mix the autoscaler picks."""
+    region: str
+    node_group: str
+    pool: str
+    capacity: str
+    instance_types: tuple[str, ...]
+    min_nodes: int
+    max_nodes: int
+    monthly_usd_min: float
+    monthly_usd_max: float
+    gpus_max: int
+
+
+@dataclass
+class CostEstimate:
+    pools: list[PoolCost]
+    fixed_monthly_usd: dict[str, float]  # per region: control planes and NAT gateways
+    budget_usd: float
+    catalog_as_of: str
+    regions: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def monthly_usd_min(self) -> float:
+        return sum(p.monthly_usd_min for p in self.pools) + sum(self.fixed_monthly_usd.values())
+
+    @property
+    def monthly_usd_max(self) -> float:
+        return sum(p.monthly_usd_max for p in self.pools) + sum(self.fixed_monthly_usd.values())
+
+    def as_json(self) -> dict:
+        return {
+            "monthly_usd_min": round(self.monthly_usd_min, 2),
+            "monthly_usd_max": round(self.monthly_usd_max, 2),
+            "budget_usd": self.budget_usd,
+            "catalog_as_of": self.catalog_as_of,
+            "by_region": {region: {k: round(v, 2) for k, v in costs.items()}
+                          for region, costs in self.regions.items()},
+            "pools": [{"region": p.region, "pool": p.pool, "capacity": p.capacity,
+                       "instance_types": list(p.instance_types), "min_nodes": p.min_nodes,
+                       "max_nodes": p.max_nodes, "monthly_usd_min": round(p.monthly_usd_min, 2),
+                       "monthly_usd_max": round(p.monthly_usd_max, 2)} for p in self.pools],
+        }
+
+
+def pool_cost(resource: PlannedResource, catalog: Catalog) -> PoolCost:
+    inputs = resource.inputs
+    spot = inputs.get("capacityType") == "SPOT"
+    types = tuple(inputs["instanceTypes"])
+    scaling = inputs["scalingConfig"]
+    prices = [catalog.hourly_usd(t, resource.region, spot) for t in types]
+    gpus = max(catalog.instance(t).gpus for t in types)
+    return PoolCost(
+        region=resource.region, node_group=resource.name,
+        pool=(inputs.get("labels") or {}).get("llm-platform/pool", resource.name),
+        capacity="spot" if spot else "on-demand", instance_types=types,
+        min_nodes=scaling["minSize"], max_nodes=scaling["maxSize"],
+        monthly_usd_min=min(prices) * scaling["minSize"] * HOURS_PER_MONTH,
+        monthly_usd_max=max(prices) * scaling["maxSize"] * HOURS_PER_MONTH,
+        gpus_max=gpus * scaling["maxSize"])
+
+
+def estimate(resources: list[PlannedResource], budget_usd: float, catalog: Catalog | None = None) -> CostEstimate:
+    catalog = catalog or load_catalog()
+    pools = [pool_cost(r, catalog) for r in resources if r.type == NODE_GROUP]
+    fixed: dict[str, float] = {}
+    for r in resources:
+        item = {EKS_CLUSTER: "eks_control_plane", NAT_GATEWAY: "nat_gateway"}.get(r.type)
+        if item:
+            fixed[r.region] = fixed.get(r.region, 0.0) + catalog.fixed_monthly_usd(item, r.region)
+    result = CostEstimate(pools=pools, fixed_monthly_usd=fixed, budget_usd=budget_usd, catalog_as_of=catalog.as_of)
+    for p in pools:
+        region = result.regions.setdefault(p.region, {"monthly_usd_min": 0.0, "monthly_usd_max": 0.0})
+        region["monthly_usd_min"] += p.monthly_usd_min
+        region["monthly_usd_max"] += p.monthly_usd_max
+    for region_name, amount in fixed.items():
+        region = result.regions.setdefault(region_name, {"monthly_usd_min": 0.0, "monthly_usd_max": 0.0})
+        region["monthly_usd_min"] += amount
+        region["monthly_usd_max"] += amount
+    return result
