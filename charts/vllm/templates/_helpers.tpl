@@ -1,0 +1,72 @@
+{{/* Chart name, truncated to a DNS label. */}}
+{{- define "vllm.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Object names. The release name is used as is when it already contains the chart name, so the
+release `vllm-<model>` gets the Service `vllm-<model>` (the gateway's upstream URLs rely on it).
+*/}}
+{{- define "vllm.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "vllm.headlessName" -}}
+{{- printf "%s-headless" (include "vllm.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "vllm.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "vllm.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "vllm.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "vllm.labels" -}}
+helm.sh/chart: {{ include "vllm.chart" . }}
+{{ include "vllm.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | quote }}
+app.kubernetes.io/component: model-server
+app.kubernetes.io/part-of: llm-platform
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "vllm.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "vllm.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "vllm.servedName" -}}
+{{- default .Values.model.source .Values.model.servedName }}
+{{- end }}
+
+{{- define "vllm.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository .Values.image.tag }}
+{{- end }}
+{{- end }}
+
+{{/* The nginx variable holding the session header: `x-session-id` -> `$http_x_session_id`. */}}
+{{- define "vllm.sessionHashKey" -}}
+{{- printf "$http_%s" (.Values.sessionAffinity.header | lower | replace "-" "_") }}
+{{- end }}
+
+{{- define "vllm.ingressHost" -}}
+{{- default (printf "%s.%s.models.internal" (include "vllm.fullname" .) .Release.Namespace) .Values.ingress.host }}
+{{- end }}

@@ -1,0 +1,123 @@
+"""The Helm values the Pulumi program passes to `charts/vllm` and `charts/gateway`, computed from the stack config.
+
+Release names and namespaces are part of the contract (the gateway's upstream URLs and the IRSA trust
+policy depend on them): the program installs `vllm-<model>` in `llm-serving` and `gateway` in
+`llm-gateway`; the vLLM chart names its Service after the release, so the gateway reaches a model at
+`http://vllm-<model>.llm-serving.svc.cluster.local:8000/v1`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from infra.config import ROOT, Model, Region, StackConfig
+from infra.scheduling import GPU_RESOURCE, pool_node_selector, pool_tolerations
+
+VLLM_CHART: Path = ROOT / "charts" / "vllm"
+GATEWAY_CHART: Path = ROOT / "charts" / "gateway"
+
+MODEL_NAMESPACE = "llm-serving"
+GATEWAY_NAMESPACE = "llm-gateway"
+GATEWAY_RELEASE = "gateway"
+GATEWAY_SERVICE_ACCOUNT = "llm-gateway"
+INGRESS_NAMESPACE = "ingress-nginx"
+INGRESS_CLASS = "nginx"
+
+VLLM_PORT = 8000
+GATEWAY_PORT = 4000
+SESSION_HEADER = "x-session-id"
+
+# Pinned: a tag, never `latest`. Bump deliberately; the chart's appVersion says the same.
+VLLM_IMAGE = {"repository": "vllm/vllm-openai", "tag": "v0.11.0"}
+
+
+def vllm_release_name(model: Model) -> str:
+    return f"vllm-{model.name}"
+
+
+def model_base_url(model: Model) -> str:
+    """Where the gateway reaches a model inside its cluster (the vLLM chart's ClusterIP Service)."""
+    return f"http://{vllm_release_name(model)}.{MODEL_NAMESPACE}.svc.cluster.local:{VLLM_PORT}/v1"
+
+
+def gateway_service_account_subject() -> str:
+    """The IRSA trust policy's `sub`: the gateway chart's ServiceAccount."""
+    return f"system:serviceaccount:{GATEWAY_NAMESPACE}:{GATEWAY_SERVICE_ACCOUNT}"
+
+
+def vllm_values(cfg: StackConfig, model: Model, region: Region) -> dict[str, Any]:
+    """Values for the `vllm-<model>` release serving `model` in `region`."""
+    pool = region.pool(model.pool)
+    if pool is None:
+        raise ValueError(f"model {model.name} uses pool {model.pool!r}, which region {region.name} does not have")
+    s3 = model.source.startswith("s3://")
+    # The HPA cannot go below one replica without the HPAScaleToZero feature gate, so a model whose
+    # minimum is 0 (batch on spot) keeps one warm replica and scales up to its maximum.
+    min_replicas = max(1, model.replicas.min)
+    values: dict[str, Any] = {
+        "image": dict(VLLM_IMAGE),
+        "model": {
+            "source": f"/models/{model.name}" if s3 else model.source,
+            "servedName": model.name,
+            "maxModelLen": model.max_model_len,
+            "gpuMemoryUtilization": model.gpu_memory_utilization,
+            "quantization": model.quantization,
+            "prefixCaching": True,
+        },
+        "gpus": model.gpus,
+        "gpuResource": GPU_RESOURCE,
+        "replicaCount": min_replicas,
+        "autoscaling": {
+            "enabled": model.replicas.max > min_replicas,
+            "minReplicas": min_replicas,
+            "maxReplicas": max(min_replicas, model.replicas.max),
+        },
+        "nodeSelector": pool_node_selector(pool.name),
+        "tolerations": pool_tolerations(pool.spot),
+        "sessionAffinity": {"header": SESSION_HEADER},
+        "ingress": {
+            "enabled": True,
+            "className": INGRESS_CLASS,
+            "host": f"{model.name}.models.{region.name}.{cfg.gateway.domain}",
+            # Only callers inside the VPC (the gateway's pods) may reach a model through the ingress.
+            "allowSourceRanges": [cfg.network.cidr],
+        },
+        "podLabels": {"llm-platform/model": model.name, "llm-platform/tier": model.tier},
+    }
+    if s3:
+        # The weights live in the stack's own bucket: an init container syncs them to the node first.
+        values["modelCache"] = {"s3": {"uri": model.source}}
+    return values
+
+
+def gateway_values(cfg: StackConfig, region: Region, *, role_arn: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """Values for the `gateway` release in `region`. `role_arn` may be a Pulumi Output."""
+    replicas = cfg.gateway.replicas
+    repository, _, tag = cfg.gateway.image.rpartition(":")
+    if not repository or "/" in tag:
+        raise ValueError(f"gateway image {cfg.gateway.image!r} must be pinned as <repository>:<tag>")
+    return {
+        "image": {"repository": repository, "tag": tag},
+        "replicaCount": max(1, replicas.min),
+        "autoscaling": {
+            "enabled": replicas.max > replicas.min,
+            "minReplicas": max(1, replicas.min),
+            "maxReplicas": max(1, replicas.max),
+        },
+        "serviceAccount": {"create": True, "name": GATEWAY_SERVICE_ACCOUNT, "roleArn": role_arn},
+        "ingress": {
+            "enabled": True,
+            "className": INGRESS_CLASS,
+            "hosts": [cfg.gateway.domain, f"{region.name}.{cfg.gateway.domain}"],
+        },
+        "networkPolicy": {
+            "enabled": True,
+            "ingressControllerNamespace": INGRESS_NAMESPACE,
+            "modelNamespace": MODEL_NAMESPACE,
+            "modelPort": VLLM_PORT,
+            # Redis (ElastiCache) lives in the VPC.
+            "redis": {"cidrs": [cfg.network.cidr], "port": 6379},
+        },
+        "region": region.name,
+        "config": config,
+    }
