@@ -62,17 +62,18 @@ def pool_cost(resource: PlannedResource, catalog: Catalog) -> PoolCost:
     inputs = resource.inputs
     spot = inputs.get("capacityType") == "SPOT"
     types = tuple(inputs["instanceTypes"])
-    scaling = inputs["scalingConfig"]
+    # The engine hands numbers over as floats.
+    lo, hi = int(inputs["scalingConfig"]["minSize"]), int(inputs["scalingConfig"]["maxSize"])
     prices = [catalog.hourly_usd(t, resource.region, spot) for t in types]
     gpus = max(catalog.instance(t).gpus for t in types)
     return PoolCost(
         region=resource.region, node_group=resource.name,
         pool=(inputs.get("labels") or {}).get("llm-platform/pool", resource.name),
         capacity="spot" if spot else "on-demand", instance_types=types,
-        min_nodes=scaling["minSize"], max_nodes=scaling["maxSize"],
-        monthly_usd_min=min(prices) * scaling["minSize"] * HOURS_PER_MONTH,
-        monthly_usd_max=max(prices) * scaling["maxSize"] * HOURS_PER_MONTH,
-        gpus_max=gpus * scaling["maxSize"])
+        min_nodes=lo, max_nodes=hi,
+        monthly_usd_min=min(prices) * lo * HOURS_PER_MONTH,
+        monthly_usd_max=max(prices) * hi * HOURS_PER_MONTH,
+        gpus_max=gpus * hi)
 
 
 def estimate(resources: list[PlannedResource], budget_usd: float, catalog: Catalog | None = None) -> CostEstimate:

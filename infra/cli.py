@@ -1,0 +1,115 @@
+"""`llmp`: the project's one command line (plan, report, gateway, keys)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_POLICY, EXIT_CONFIG, EXIT_PROGRAM = 0, 1, 2, 3
+
+
+def _stack_source(args: argparse.Namespace) -> tuple[Path, str]:
+    from infra.config import stack_file
+
+    if args.config_file:
+        path = Path(args.config_file)
+        stack = args.stack or path.name.removeprefix("Pulumi.").removesuffix(".yaml")
+        return path, stack
+    return stack_file(args.stack), args.stack
+
+
+def _plan(args: argparse.Namespace):
+    """Load, validate and run the stack under the mock engine. Returns (plan, cost, results) or exits."""
+    from rich.console import Console
+
+    from infra.config import ConfigError, read_stack_file
+    from infra.plan.cost import estimate
+    from infra.plan.run import ProgramError, run_program
+    from infra.policy.rules import evaluate
+
+    path, stack = _stack_source(args)
+    err = Console(stderr=True, highlight=False)
+    try:
+        raw = read_stack_file(path)
+        with err.status(f"Running the Pulumi program for stack {stack} under the mock engine…",
+                        spinner="dots") if err.is_terminal else _nothing():
+            plan = run_program(raw, stack, str(path))
+    except ConfigError as exc:
+        print(f"llmp: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+    except ProgramError as exc:
+        print(f"llmp: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_PROGRAM) from None
+    return plan, estimate(plan.resources, plan.config.budget.monthly_usd), evaluate(plan)
+
+
+class _nothing:
+    def __enter__(self): return self
+    def __exit__(self, *exc): return False
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from infra.plan import render
+    from infra.plan.summary import summarize
+
+    plan, cost, results = _plan(args)
+    regions = summarize(plan, cost)
+    fmt = {"json": render.to_json, "markdown": render.to_markdown, "table": render.to_table}[args.format]
+    sys.stdout.write(fmt(plan, regions, cost, results))
+    failed = [r for r in results if r.status == "fail" and r.enforcement == "mandatory"]
+    return EXIT_POLICY if failed else EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from infra.policy.report import render_report
+
+    plan, _cost, results = _plan(args)
+    text = render_report(plan, results, args.format)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _add_stack_args(p: argparse.ArgumentParser, stack_required: bool = False) -> None:
+    p.add_argument("--stack", default=None if stack_required else "prod", required=stack_required,
+                   help="stack name: reads Pulumi.<stack>.yaml (default: prod)")
+    p.add_argument("--config-file", help="a Pulumi.<stack>.yaml to plan instead of the stack's own file")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llmp", description="llm-platform: plan, report and run the LLM serving platform")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    plan = sub.add_parser("plan", help="offline plan of a stack: resources, cost, policy controls")
+    _add_stack_args(plan)
+    plan.add_argument("--format", choices=["table", "json", "markdown"], default="table")
+    plan.set_defaults(func=cmd_plan)
+
+    report = sub.add_parser("report", help="compliance report of a stack's policy controls")
+    _add_stack_args(report, stack_required=True)
+    report.add_argument("--format", choices=["markdown", "html"], default="markdown")
+    report.add_argument("--output", "-o", help="write to this file instead of standard output")
+    report.set_defaults(func=cmd_report)
+
+    sub.add_parser("gateway", help="run the OpenAI-compatible gateway (see `llmp gateway --help`)", add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["gateway"]:
+        from gateway.cli import main as gateway_main
+
+        return gateway_main(argv[1:])
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

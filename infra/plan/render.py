@@ -1,0 +1,102 @@
+"""Renders a plan for people (a rich table, Markdown for PR comments) and for machines (JSON)."""
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from typing import Any, Protocol
+
+from rich.console import Console
+from rich.table import Table
+
+from infra.plan.cost import CostEstimate
+from infra.plan.run import Plan
+from infra.plan.summary import RegionSummary
+
+
+class ControlResult(Protocol):
+    id: str
+    status: str
+    enforcement: str
+    violations: list[str]
+
+    def as_json(self) -> dict[str, Any]: ...
+
+
+def usd(amount: float) -> str:
+    return f"${amount:,.0f}"
+
+
+def to_json(plan: Plan, regions: list[RegionSummary], cost: CostEstimate, results: list[ControlResult]) -> str:
+    doc = {
+        "stack": plan.stack,
+        "environment": plan.config.environment,
+        "regions": [r.as_json() for r in regions],
+        "resources": [r.as_json() for r in plan.resources],
+        "cost": cost.as_json(),
+        "policies": [r.as_json() for r in results],
+    }
+    return json.dumps(doc, indent=2, default=str)
+
+
+def to_markdown(plan: Plan, regions: list[RegionSummary], cost: CostEstimate, results: list[ControlResult]) -> str:
+    failed = [r for r in results if r.status == "fail"]
+    lines = [
+        f"### llm-platform plan: `{plan.stack}`",
+        "",
+        f"{len(plan.resources)} resources in {len(regions)} region(s). "
+        f"Estimated monthly cost {usd(cost.monthly_usd_min)} (min scale) to {usd(cost.monthly_usd_max)} "
+        f"(max scale), budget {usd(cost.budget_usd)}; prices as of {cost.catalog_as_of}.",
+        "",
+        "| region | zone | pool | capacity | instance types | nodes | models (replicas) | monthly (min–max) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for region in regions:
+        for pool in region.pools:
+            models = ", ".join(f"{m.model} ({m.min_replicas}–{m.max_replicas})"
+                               for m in region.models if m.pool == pool["name"]) or "–"
+            lines.append(f"| {region.name} | {region.residency} | {pool['name']} | {pool['capacity']} | "
+                         f"{', '.join(pool['instance_types'])} | {pool['min_nodes']}–{pool['max_nodes']} | "
+                         f"{models} | |")
+        lines.append(f"| **{region.name}** | | | | | | | **{usd(region.monthly_usd_min)}–"
+                     f"{usd(region.monthly_usd_max)}** |")
+    lines += ["", "| control | enforcement | result |", "|---|---|---|"]
+    for r in results:
+        mark = "pass" if r.status == "pass" else "**FAIL**"
+        lines.append(f"| `{r.id}` | {r.enforcement} | {mark} |")
+    for r in failed:
+        lines += ["", f"**`{r.id}` violations:**"] + [f"- {v}" for v in r.violations]
+    return "\n".join(lines) + "\n"
+
+
+def to_table(plan: Plan, regions: list[RegionSummary], cost: CostEstimate, results: list[ControlResult],
+             width: int | None = None) -> str:
+    out = io.StringIO()
+    console = Console(file=out, width=width or 140, force_terminal=False, highlight=False)
+    console.print(f"[bold]llm-platform plan[/bold] · stack [bold]{plan.stack}[/bold] "
+                  f"({plan.config.environment}) · {len(plan.resources)} resources · prices as of {cost.catalog_as_of}")
+    for region in regions:
+        table = Table(title=f"{region.name} · zone {region.residency} · "
+                            f"{usd(region.monthly_usd_min)}–{usd(region.monthly_usd_max)}/month",
+                      title_justify="left", expand=False)
+        for col in ("pool", "capacity", "instance types", "nodes", "max GPUs", "models (replicas min–max)"):
+            table.add_column(col)
+        for pool in region.pools:
+            models = "\n".join(f"{m.model} ×{m.min_replicas}–{m.max_replicas} ({m.gpus} GPU)"
+                               for m in region.models if m.pool == pool["name"]) or "–"
+            table.add_row(pool["name"], pool["capacity"], ", ".join(pool["instance_types"]),
+                          f"{pool['min_nodes']}–{pool['max_nodes']}", str(pool["gpus_max"]), models)
+        console.print(table)
+    share = cost.monthly_usd_max / cost.budget_usd * 100 if cost.budget_usd else 0
+    console.print(f"[bold]Cost[/bold]: {usd(cost.monthly_usd_min)} at min scale, {usd(cost.monthly_usd_max)} at "
+                  f"max scale; budget {usd(cost.budget_usd)} (max scale uses {share:.0f}% of it)")
+    counts = Counter(r.type.split(":")[0] + ":" + r.type.rsplit(":", 1)[-1] for r in plan.resources)
+    console.print("[bold]Resources[/bold]: " + ", ".join(f"{n} {t}" for t, n in sorted(counts.items())))
+    policy = Table(title="Policy controls", title_justify="left")
+    for col in ("control", "enforcement", "result", "violations"):
+        policy.add_column(col)
+    for r in results:
+        status = "[green]pass[/green]" if r.status == "pass" else "[red]FAIL[/red]"
+        policy.add_row(r.id, r.enforcement, status, "\n".join(r.violations) or "–")
+    console.print(policy)
+    return out.getvalue()

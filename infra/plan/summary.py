@@ -1,0 +1,63 @@
+"""What a plan amounts to per region: pools, models and replica counts, read from the recorded resources."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from infra.plan.cost import CostEstimate
+from infra.plan.run import Plan
+from infra.scheduling import POOL_LABEL
+
+RELEASE = "kubernetes:helm.sh/v3:Release"
+
+
+@dataclass
+class ModelPlacement:
+    model: str
+    pool: str
+    gpus: int
+    min_replicas: int
+    max_replicas: int
+
+
+@dataclass
+class RegionSummary:
+    name: str
+    residency: str
+    pools: list[dict] = field(default_factory=list)
+    models: list[ModelPlacement] = field(default_factory=list)
+    monthly_usd_min: float = 0.0
+    monthly_usd_max: float = 0.0
+
+    def as_json(self) -> dict:
+        return {"name": self.name, "residency": self.residency, "pools": self.pools,
+                "models": [vars(m) for m in self.models],
+                "monthly_usd_min": round(self.monthly_usd_min, 2), "monthly_usd_max": round(self.monthly_usd_max, 2)}
+
+
+def model_placement(values: dict) -> ModelPlacement:
+    """A vLLM release's values -> where the model runs and how far it scales."""
+    scaling = values.get("autoscaling") or {}
+    replicas = int(values.get("replicaCount", 1))
+    hpa = bool(scaling.get("enabled"))
+    return ModelPlacement(
+        model=values["model"]["servedName"], pool=values["nodeSelector"][POOL_LABEL], gpus=int(values["gpus"]),
+        min_replicas=int(scaling.get("minReplicas", replicas)) if hpa else replicas,
+        max_replicas=int(scaling.get("maxReplicas", replicas)) if hpa else replicas)
+
+
+def summarize(plan: Plan, cost: CostEstimate) -> list[RegionSummary]:
+    regions = {r.name: RegionSummary(r.name, r.residency) for r in plan.config.regions}
+    for p in cost.pools:
+        regions[p.region].pools.append({
+            "name": p.pool, "node_group": p.node_group, "capacity": p.capacity,
+            "instance_types": list(p.instance_types), "min_nodes": p.min_nodes, "max_nodes": p.max_nodes,
+            "gpus_max": p.gpus_max})
+    for r in plan.of_type(RELEASE):
+        values = r.inputs.get("values") or {}
+        if r.region in regions and "model" in values and "nodeSelector" in values:
+            regions[r.region].models.append(model_placement(values))
+    for name, amounts in cost.regions.items():
+        if name in regions:
+            regions[name].monthly_usd_min = amounts["monthly_usd_min"]
+            regions[name].monthly_usd_max = amounts["monthly_usd_max"]
+    return list(regions.values())
