@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install plan test bench redis clean
+.PHONY: install plan test bench redis checkov clean
 
 install: $(STAMP)
 
@@ -21,10 +21,17 @@ redis:
 	  (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null) || \
 	  { echo "error: redis-server is missing and could not be installed" >&2; exit 1; }; }
 
+# checkov pins many packages of its own, so it gets a venv of its own; tests/charts runs it as a subprocess.
+CHECKOV := $(VENV)/checkov/bin/checkov
+checkov: $(CHECKOV)
+$(CHECKOV):
+	$(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/pip install --quiet checkov==3.3.30
+
 plan: install
 	$(VENV)/bin/llmp plan --stack prod
 
-test: install redis
+test: install redis checkov
 	$(PY) -m pytest
 
 bench: install
