@@ -25,7 +25,6 @@ def _plan(args: argparse.Namespace):
     from infra.config import ConfigError, read_stack_file
     from infra.plan.cost import estimate
     from infra.plan.run import ProgramError, run_program
-    from infra.policy.rules import evaluate
 
     path, stack = _stack_source(args)
     err = Console(stderr=True, highlight=False)
@@ -40,6 +39,8 @@ def _plan(args: argparse.Namespace):
     except ProgramError as exc:
         print(f"llmp: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_PROGRAM) from None
+    from infra.policy.rules import evaluate
+
     return plan, estimate(plan.resources, plan.config.budget.monthly_usd), evaluate(plan)
 
 

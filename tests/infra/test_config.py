@@ -1,0 +1,148 @@
+"""The stack config: the shipped stacks load, and each kind of mistake is refused with exit 2 naming the key."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from infra.cli import EXIT_CONFIG, main
+from infra.config import ConfigError, parse
+
+from .conftest import stack_raw, write_stack
+
+Mutation = Callable[[dict[str, Any]], None]
+
+
+def _set(path: str, value: Any) -> Mutation:
+    """A mutation that sets raw[path] (dotted keys, [i] indices) to value."""
+    def mutate(raw: dict[str, Any]) -> None:
+        *parents, last = _split(path)
+        node: Any = raw
+        for part in parents:
+            node = node[part]
+        if value is _DELETE:
+            del node[last]
+        else:
+            node[last] = value
+    return mutate
+
+
+def _split(path: str) -> list[Any]:
+    parts: list[Any] = []
+    for piece in path.replace("]", "").split("."):
+        name, *indices = piece.split("[")
+        parts.append(name)
+        parts.extend(int(i) for i in indices)
+    return parts
+
+
+_DELETE = object()
+
+# (what is wrong, mutation of the prod stack, the key path the message must name, words it must contain)
+BAD_CONFIGS: list[tuple[str, Mutation, str, str]] = [
+    ("unknown instance type", _set("regions[0].pools[0].instance_types[0]", "p9.96xlarge"),
+     "llm-platform:regions[0].pools[0].instance_types[0]", "unknown instance type 'p9.96xlarge'"),
+    ("model's pool missing in one of its regions", _set("models[1].pool", "h100-only-east"),
+     "llm-platform:models[1].pool", "pool 'h100-only-east' is missing in region us-east-1"),
+    ("region outside its residency zone", _set("regions[2].residency", "us"),
+     "llm-platform:regions[2].name", "region eu-west-1 is outside residency zone 'us'"),
+    ("pool min above max", _set("regions[0].pools[1].min_nodes", 9),
+     "llm-platform:regions[0].pools[1].min_nodes", "min_nodes (9) is above max_nodes (2)"),
+    ("GPUs per replica above the pool's instance", _set("models[1].gpus", 8),
+     "llm-platform:models[1].gpus", "8 GPUs per replica, but pool l40s in us-east-1 has instances with only 4 GPU(s)"),
+    ("replica min above max", _set("models[0].replicas", {"min": 3, "max": 2}),
+     "llm-platform:models[0].replicas.min", "min (3) is above max (2)"),
+    ("undefined residency zone", _set("regions[0].residency", "apac"),
+     "llm-platform:regions[0].residency", "zone 'apac' is not defined"),
+    ("capacity type not on-demand or spot", _set("regions[0].pools[2].capacity", "preemptible"),
+     "llm-platform:regions[0].pools[2].capacity", "'on-demand' or 'spot'"),
+    ("budget missing", _set("budget", _DELETE), "llm-platform:budget", "required key is missing"),
+    ("misspelt key", _set("models[0].replica", {"min": 1, "max": 2}),
+     "llm-platform:models[0].replica", "unknown key"),
+    ("restricted model with a hosted fallback", _set("failover.hosted_fallbacks.mistral-small-24b", ["together/x"]),
+     "llm-platform:failover.hosted_fallbacks.mistral-small-24b", "restricted to zone 'eu'"),
+    ("tensor parallel size vLLM cannot use", _set("models[0].gpus", 3),
+     "llm-platform:models[0].gpus", "needs 1, 2, 4 or 8"),
+    ("model in a region the stack does not have", _set("models[0].regions[0]", "ap-south-1"),
+     "llm-platform:models[0].regions[0]", "'ap-south-1' is not one of llm-platform:regions"),
+    ("cluster API open to the internet", _set("cluster.public_access_cidrs", ["0.0.0.0/0"]),
+     "llm-platform:cluster.public_access_cidrs[0]", "opens the API to the internet"),
+    ("pool too small for its models at max replicas", _set("regions[0].pools[0].max_nodes", 1),
+     "llm-platform:regions[0].pools[0].max_nodes", "needs 2 nodes for its models at max replicas"),
+    ("restricted model placed outside its zone", _set("models[2].regions", ["eu-west-1", "us-east-1"]),
+     "llm-platform:models[2].regions[1]", "restricted to zone 'eu' but us-east-1 is in zone 'us'"),
+    ("non-GPU instance in a GPU pool", _set("regions[0].pools[2].instance_types", ["m7i.xlarge"]),
+     "llm-platform:regions[0].pools[2].instance_types[0]", "has no GPU"),
+    ("negative budget", _set("budget.monthly_usd", -5), "llm-platform:budget.monthly_usd", "greater than 0"),
+    ("gateway domain outside its DNS zone", _set("gateway.domain", "api.other.example.org"),
+     "llm-platform:gateway.domain", "is not inside the DNS zone llm.example.com"),
+    ("prod stack declared as preview", _set("environment", "preview"),
+     "llm-platform:environment", "the prod stack must have environment 'prod'"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
+def test_bad_config_exits_2_naming_the_key(case, tmp_path, capsys) -> None:
+    _, mutate, key, words = case
+    raw = stack_raw("prod")
+    mutate(raw)
+    path = write_stack(tmp_path, raw)
+    assert main(["plan", "--stack", "prod", "--config-file", str(path)]) == EXIT_CONFIG
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "Traceback" not in err
+    line = next((ln for ln in err.splitlines() if ln.strip().startswith(key + ":")), None)
+    assert line is not None, f"no line names {key}:\n{err}"
+    assert words in line
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    raw = stack_raw("prod")
+    raw["regions"][0]["pools"][0]["instance_types"] = ["p9.96xlarge"]
+    raw["models"][0]["replicas"] = {"min": 5, "max": 1}
+    with pytest.raises(ConfigError) as exc:
+        parse(raw, "prod")
+    keys = [k for k, _ in exc.value.problems]
+    assert "llm-platform:regions[0].pools[0].instance_types[0]" in keys
+    assert "llm-platform:models[0].replicas.min" in keys
+
+
+def test_unreadable_yaml_exits_2(tmp_path, capsys) -> None:
+    path = tmp_path / "Pulumi.prod.yaml"
+    path.write_text("config:\n  llm-platform:budget: [unclosed\n")
+    assert main(["plan", "--config-file", str(path)]) == EXIT_CONFIG
+    assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_missing_stack_file_exits_2(capsys) -> None:
+    assert main(["plan", "--stack", "no-such-stack"]) == EXIT_CONFIG
+    assert "Pulumi.no-such-stack.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stack", ["prod", "preview"])
+def test_shipped_stacks_are_valid(stack: str) -> None:
+    cfg = parse(stack_raw(stack), stack)
+    assert cfg.environment == stack
+
+
+def test_prod_spans_two_zones_and_four_regions() -> None:
+    cfg = parse(stack_raw("prod"), "prod")
+    assert {z: [r.name for r in cfg.regions_in(z)] for z in cfg.zones} == {
+        "us": ["us-east-1", "us-west-2"], "eu": ["eu-west-1", "eu-central-1"]}
+    pools = {p.name: p for p in cfg.regions[0].pools}
+    assert pools["h100"].instance_types == ["p5.48xlarge"] and not pools["h100"].spot
+    assert pools["l40s"].instance_types[0].startswith("g6e.") and not pools["l40s"].spot
+    assert pools["batch"].spot and {t.split(".")[0] for t in pools["batch"].instance_types} == {"g6e", "g6"}
+    big = next(m for m in cfg.models if m.pool == "h100")
+    assert (big.gpus, big.quantization) == (8, "fp8")
+    for model in cfg.models:
+        for zone in {cfg.zone_of(r) for r in model.regions}:
+            assert len([r for r in model.regions if cfg.zone_of(r) == zone]) >= 2, model.name
+
+
+def test_preview_is_one_region_spot_only_with_a_small_budget() -> None:
+    cfg = parse(stack_raw("preview"), "preview")
+    assert [r.name for r in cfg.regions] == ["us-east-1"]
+    assert all(p.spot for p in cfg.regions[0].pools)
+    assert cfg.budget.monthly_usd <= 5000
