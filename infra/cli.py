@@ -3,36 +3,38 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime
 from pathlib import Path
 
 EXIT_OK, EXIT_POLICY, EXIT_CONFIG, EXIT_PROGRAM = 0, 1, 2, 3
 
 
-def _stack_source(args: argparse.Namespace) -> tuple[Path, str]:
-    from infra.config import stack_file
+def _stack_values(args: argparse.Namespace) -> tuple[dict, str, str]:
+    """(llm-platform values, stack name, where they came from) for --stack / --config-file."""
+    from infra.config import read_stack, read_stack_file
 
     if args.config_file:
         path = Path(args.config_file)
         stack = args.stack or path.name.removeprefix("Pulumi.").removesuffix(".yaml")
-        return path, stack
-    return stack_file(args.stack), args.stack
+        return read_stack_file(path), stack, str(path)
+    raw, source = read_stack(args.stack)
+    return raw, args.stack, source
 
 
 def _plan(args: argparse.Namespace):
     """Load, validate and run the stack under the mock engine. Returns (plan, cost, results) or exits."""
     from rich.console import Console
 
-    from infra.config import ConfigError, read_stack_file
+    from infra.config import ConfigError
     from infra.plan.cost import estimate
     from infra.plan.run import ProgramError, run_program
 
-    path, stack = _stack_source(args)
     err = Console(stderr=True, highlight=False)
     try:
-        raw = read_stack_file(path)
+        raw, stack, source = _stack_values(args)
         with err.status(f"Running the Pulumi program for stack {stack} under the mock engine…",
                         spinner="dots") if err.is_terminal else _nothing():
-            plan = run_program(raw, stack, str(path))
+            plan = run_program(raw, stack, source)
     except ConfigError as exc:
         print(f"llmp: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
@@ -74,6 +76,32 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_preview_config(args: argparse.Namespace) -> int:
+    """Print the Pulumi.<pr-n>.yaml an ephemeral PR stack is created with."""
+    import yaml
+
+    from infra.config import NAMESPACE, PREVIEW_TEMPLATE, ConfigError, parse, preview_config, read_stack_file, stack_file
+
+    try:
+        now = datetime.fromisoformat(args.now) if args.now else None
+        template = stack_file(PREVIEW_TEMPLATE)
+        doc = yaml.safe_load(template.read_text()) or {}
+        raw = preview_config(read_stack_file(template), args.stack, now)
+        parse(raw, args.stack, f"{template} (as {args.stack})")
+    except ValueError as exc:
+        print(f"llmp: --now: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ConfigError as exc:
+        print(f"llmp: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    others = {k: v for k, v in (doc.get("config") or {}).items() if not k.startswith(NAMESPACE + ":")}
+    config = {**others, **{f"{NAMESPACE}:{k}": v for k, v in raw.items()}}
+    sys.stdout.write(f"# Config of the ephemeral stack {args.stack}, made from {template.name} by "
+                     f"`llmp preview-config`.\n")
+    sys.stdout.write(yaml.safe_dump({"config": config}, sort_keys=False))
+    return EXIT_OK
+
+
 def _add_stack_args(p: argparse.ArgumentParser, stack_required: bool = False) -> None:
     p.add_argument("--stack", default=None if stack_required else "prod", required=stack_required,
                    help="stack name: reads Pulumi.<stack>.yaml (default: prod)")
@@ -94,6 +122,11 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=["markdown", "html"], default="markdown")
     report.add_argument("--output", "-o", help="write to this file instead of standard output")
     report.set_defaults(func=cmd_report)
+
+    preview = sub.add_parser("preview-config", help="print the config of an ephemeral pr-<number> stack")
+    preview.add_argument("stack", help="the stack, pr-<pull request number>")
+    preview.add_argument("--now", help="ISO time the expiry counts from (default: now)")
+    preview.set_defaults(func=cmd_preview_config)
 
     sub.add_parser("gateway", help="run the OpenAI-compatible gateway (see `llmp gateway --help`)", add_help=False)
     return p

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from infra.catalog import Catalog, load_catalog
 
 NAMESPACE = "llm-platform"
+PREVIEW_TEMPLATE = "preview"
+PR_STACK = re.compile(r"^pr-([1-9][0-9]*)$")
 ROOT = Path(__file__).resolve().parent.parent
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
 
@@ -124,6 +127,8 @@ class Secrets(_Model):
 
 class Preview(_Model):
     ttl_hours: int = Field(default=72, ge=1, le=24 * 14)
+    # Set on ephemeral pr-<n> stacks by `llmp preview-config`; the reaper destroys the stack after it.
+    expires_at: datetime | None = None
 
 
 class StackConfig(_Model):
@@ -139,6 +144,12 @@ class StackConfig(_Model):
     network: Network = Network()
     secrets: Secrets = Secrets()
     preview: Preview = Preview()
+
+    @property
+    def pr_number(self) -> int | None:
+        """The pull request an ephemeral `pr-<n>` stack belongs to."""
+        match = PR_STACK.match(self.stack)
+        return int(match.group(1)) if match else None
 
     def region(self, name: str) -> Region:
         return next(r for r in self.regions if r.name == name)
@@ -174,6 +185,34 @@ def parse(raw: dict[str, Any], stack: str, source: str = "<config>") -> StackCon
 
 def stack_file(stack: str, root: Path = ROOT) -> Path:
     return root / f"Pulumi.{stack}.yaml"
+
+
+def read_stack(stack: str, root: Path = ROOT, now: datetime | None = None) -> tuple[dict[str, Any], str]:
+    """A stack's values and where they came from: its own file, or for a `pr-<n>` stack without one,
+    the preview template made into that PR's config."""
+    own = stack_file(stack, root)
+    if own.exists() or not PR_STACK.match(stack):
+        return read_stack_file(own), str(own)
+    template = stack_file(PREVIEW_TEMPLATE, root)
+    return preview_config(read_stack_file(template), stack, now), f"{template} (as {stack})"
+
+
+def preview_config(template: dict[str, Any], stack: str, now: datetime | None = None) -> dict[str, Any]:
+    """The config an ephemeral `pr-<n>` stack gets from the preview template: its own DNS name
+    under the preview domain (a zone of its own), and an expiry `ttl_hours` from now."""
+    if not PR_STACK.match(stack):
+        raise ConfigError(stack, [("(stack)", "ephemeral stacks are named pr-<number>, e.g. pr-123")])
+    raw = json.loads(json.dumps(template))  # a deep copy of plain data
+    if raw.get("environment") != "preview":
+        raise ConfigError(PREVIEW_TEMPLATE, [(f"{NAMESPACE}:environment", "the preview template must be 'preview'")])
+    gateway = raw.setdefault("gateway", {})
+    if "domain" in gateway:
+        gateway["domain"] = gateway["zone"] = f"{stack}.{gateway['domain']}"
+    preview = raw.setdefault("preview", {})
+    ttl = int(preview.get("ttl_hours", Preview().ttl_hours))
+    start = (now or datetime.now(timezone.utc)).replace(microsecond=0)
+    preview["expires_at"] = (start + timedelta(hours=ttl)).isoformat().replace("+00:00", "Z")
+    return raw
 
 
 def read_stack_file(path: Path) -> dict[str, Any]:
@@ -251,6 +290,12 @@ def cross_check(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
 
     if cfg.stack == "prod" and cfg.environment != "prod":
         add("environment", "the prod stack must have environment 'prod'")
+    if cfg.pr_number is not None:
+        if cfg.environment != "preview":
+            add("environment", f"ephemeral stack {cfg.stack} must have environment 'preview'")
+        if cfg.preview.expires_at is None:
+            add("preview.expires_at", f"ephemeral stack {cfg.stack} needs an expiry: write its config with "
+                                      f"`llmp preview-config {cfg.stack}`")
     for zone, regions in cfg.residency.items():
         for region in regions:
             if not catalog.knows_region(region):
@@ -380,4 +425,3 @@ def _is_cidr(value: str) -> bool:
     return True
 
 
-PR_STACK = re.compile(r"^pr-(\d+)$")

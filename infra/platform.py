@@ -18,6 +18,18 @@ from infra.config import Region, StackConfig
 from infra.gateway_config import gateway_config
 
 
+TAG_PR = "llm-platform:pr"
+TAG_EXPIRES = "llm-platform:expires-at"
+
+
+def ephemeral_tags(cfg: StackConfig) -> dict[str, str]:
+    """A pr-<n> stack's resources say which PR they serve and when the reaper may remove them."""
+    if cfg.pr_number is None or cfg.preview.expires_at is None:
+        return {}
+    return {TAG_PR: str(cfg.pr_number),
+            TAG_EXPIRES: cfg.preview.expires_at.isoformat().replace("+00:00", "Z")}
+
+
 def cluster_name(stack: str, region: str) -> str:
     return f"llmp-{stack}-{region}"
 
@@ -61,10 +73,9 @@ class RegionalStack:
 
 
 class Platform(pulumi.ComponentResource):
-    def __init__(self, name: str, cfg: StackConfig, extra_tags: dict[str, str] | None = None,
-                 opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, cfg: StackConfig, opts: pulumi.ResourceOptions | None = None):
         super().__init__("llm-platform:platform:Platform", name, None, opts)
-        extra_tags = extra_tags or {}
+        extra_tags = ephemeral_tags(cfg)
         here = pulumi.ResourceOptions(parent=self)
         iam = global_provider(cfg.stack, extra_tags)
         StackBudget(f"{name}-budget", StackBudgetArgs(stack=cfg.stack, budget=cfg.budget), iam, here)
