@@ -1,0 +1,68 @@
+"""`llmp gateway` / `python -m gateway`: arguments, config errors as one clear line, then serving."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.server import fail, run_workers, serve, use_uvloop
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llmp gateway", description="OpenAI-compatible LLM gateway")
+    p.add_argument("--config", help="native or LiteLLM config YAML file")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=4000)
+    p.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (SO_REUSEPORT)")
+    p.add_argument("--dev", action="store_true", help="local development: accept example and short master keys")
+    p.add_argument("--demo", action="store_true", help="run in front of two simulated vLLM replicas (implies --dev)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.workers < 1:
+        return fail("--workers: must be at least 1")
+    if args.demo:
+        from gateway.demo import run_demo
+
+        use_uvloop()
+        return run_demo(args.host, args.port)
+    if not args.config:
+        return fail("--config FILE is required (or --demo)")
+    try:
+        config = load_config(args.config)
+        _check(config, args.dev)
+    except ConfigError as exc:
+        return fail(f"config error: {exc}")
+    if args.workers == 1:
+        return run_one(args.config, args.host, args.port, args.dev, False)
+    return run_workers(run_one, (args.config, args.host, args.port, args.dev, True), args.workers)
+
+
+def _check(config: GatewayConfig, dev: bool) -> None:
+    from gateway.auth import check_master_key
+
+    check_master_key(config.gateway.master_key, dev)
+
+
+def run_one(config_path: str, host: str, port: int, dev: bool, reuse_port: bool) -> int:
+    """One worker process: load config, build the app, serve."""
+    from gateway.app import build_app
+
+    use_uvloop()
+    try:
+        app = build_app(load_config(config_path), dev=dev)
+    except ConfigError as exc:
+        return fail(f"config error: {exc}")
+
+    async def announce() -> None:
+        print(f"llmp gateway listening on http://{host}:{port}", file=sys.stderr, flush=True)
+
+    try:
+        asyncio.run(serve(app, host, port, reuse_port, announce))
+    except OSError as exc:
+        return fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    return 0

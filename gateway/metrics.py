@@ -1,0 +1,39 @@
+"""Prometheus metrics of the gateway, in a registry of its own (no process-global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("llmp_gateway_requests", "Calls answered, by model alias, deployment and status",
+                                ["model", "deployment", "status"], registry=r)
+        self.latency = Histogram("llmp_gateway_request_seconds", "Whole-call latency", ["model"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("llmp_gateway_time_to_first_token_seconds", "Time to the first streamed chunk",
+                              ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.overhead = Histogram("llmp_gateway_overhead_seconds", "Time spent in the gateway, upstream excluded",
+                                  buckets=OVERHEAD_BUCKETS, registry=r)
+        self.tokens = Counter("llmp_gateway_tokens", "Tokens metered", ["model", "kind"], registry=r)
+        self.upstream_errors = Counter("llmp_gateway_upstream_errors", "Failed upstream attempts",
+                                       ["deployment", "reason"], registry=r)
+        self.retries = Counter("llmp_gateway_retries", "Attempts after the first, by model alias", ["model"],
+                               registry=r)
+        self.fallbacks = Counter("llmp_gateway_fallbacks", "Calls moved to a fallback alias",
+                                 ["model", "fallback"], registry=r)
+        self.circuit = Gauge("llmp_gateway_circuit_state", "Replica circuit: 0 closed, 1 half-open, 2 open",
+                             ["deployment", "replica"], registry=r)
+        self.in_flight = Gauge("llmp_gateway_in_flight", "Calls in progress", registry=r)
+
+    def set_circuit(self, deployment: str, replica: str, state: str) -> None:
+        self.circuit.labels(deployment, replica).set(CIRCUIT_STATES[state])
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,230 @@
+"""Getting an answer started upstream: attempts in routing order, retries with backoff, fallbacks, or a 503."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+
+from gateway.config import Retries
+from gateway.errors import GatewayError, unavailable
+from gateway.metrics import GatewayMetrics
+from gateway.retry import Backoff, retry_after_seconds
+from gateway.routing import DeploymentPool, ModelRoute, Replica, Router
+from gateway.sse import TruncatedStream, read_event
+from gateway.usage import CallRecord
+from gateway.wire import MalformedAnswer, Request, StreamAdapter, UpstreamStreamError, read_answer, stream_adapter
+
+# Upstream statuses that say "the request is at fault": the client gets them as they are.
+CLIENT_FAULT = frozenset({400, 413, 422})
+# Failures that say nothing about the replica's health (it is busy, or we are misconfigured for it).
+NOT_HEALTH = frozenset({401, 403, 404, 429})
+
+
+class AttemptFailed(Exception):
+    """One attempt failed before any byte reached the client: try the next candidate."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+@dataclass(slots=True)
+class Opened:
+    """An upstream answer that has begun: the whole body, or a stream and its first output bytes."""
+
+    deployment: DeploymentPool
+    replica: Replica
+    response: aiohttp.ClientResponse | None
+    body: bytes  # non-streaming: the answer; streaming: the first bytes to send
+    adapter: StreamAdapter | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    _finished: bool = False
+
+    def finish(self, ok: bool) -> None:
+        """Release the replica; a stream that broke closes its connection instead of pooling it."""
+        if self._finished:
+            return
+        self._finished = True
+        self.replica.in_flight -= 1
+        if self.response is not None:
+            if ok:
+                self.response.release()
+            else:
+                self.response.close()
+        if ok:
+            self.replica.breaker.on_success()
+        else:
+            self.replica.breaker.on_failure()
+
+
+class Proxy:
+    def __init__(self, session: aiohttp.ClientSession, router: Router, retries: Retries,
+                 metrics: GatewayMetrics, clock: Callable[[], float] = time.monotonic) -> None:
+        self.session = session
+        self.router = router
+        self.retries = retries
+        self.backoff = Backoff(retries.backoff_base, retries.backoff_max)
+        self.metrics = metrics
+        self._clock = clock
+
+    async def open(self, request: Request, route: ModelRoute, record: CallRecord,
+                   session_key: Callable[[], bytes]) -> Opened:
+        """Try the alias, then its fallbacks; raise a GatewayError when nothing answered."""
+        failures: list[str] = []
+        routes = [route]
+        for name in route.fallbacks:
+            fallback = self.router.route(name)
+            if fallback is not None:
+                routes.append(fallback)
+        for position, current in enumerate(routes):
+            if position:
+                self.metrics.fallbacks.labels(route.alias, current.alias).inc()
+                record.fallbacks.append(current.alias)
+            candidates = self.router.candidates(current, request.endpoint, session_key)
+            if not candidates:
+                failures.append(f"{current.alias}: no healthy deployment"
+                                if current.deployments else f"{current.alias}: no deployment in this residency zone")
+                continue
+            opened = await self._try_route(request, current, candidates, record, failures)
+            if opened is not None:
+                return opened
+        raise unavailable(f"No upstream could answer for model `{route.alias}`: " + "; ".join(failures[-6:]))
+
+    async def _try_route(self, request: Request, route: ModelRoute, candidates: list[tuple[DeploymentPool, Replica]],
+                         record: CallRecord, failures: list[str]) -> Opened | None:
+        limit = self.retries.retry_after_max
+        index = 0
+        for attempt in range(self.retries.attempts + 1):
+            pick = None
+            now = self._clock()
+            for _ in range(len(candidates)):
+                dep, replica = candidates[index % len(candidates)]
+                index += 1
+                if replica.usable() and replica.cooling_until - now <= limit:
+                    pick = dep, replica
+                    break
+            if pick is None:
+                break
+            dep, replica = pick
+            if attempt:
+                self.metrics.retries.labels(route.alias).inc()
+                delay = max(self.backoff.delay(attempt), replica.cooling_until - now)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            record.attempts += 1
+            try:
+                return await self._attempt(request, route, dep, replica)
+            except AttemptFailed as failure:
+                self.metrics.upstream_errors.labels(dep.name, failure.reason.split(":", 1)[0]).inc()
+                failures.append(f"{dep.name}: {failure.reason}")
+                if failure.retry_after is not None:
+                    replica.cooling_until = self._clock() + failure.retry_after
+        return None
+
+    async def _attempt(self, request: Request, route: ModelRoute, dep: DeploymentPool, replica: Replica) -> Opened:
+        payload = request.payload_for(dep, route)
+        replica.in_flight += 1
+        replica.breaker.on_attempt()
+        response: aiohttp.ClientResponse | None = None
+        health = True
+        try:
+            async with asyncio.timeout(dep.timeouts.first_byte):
+                response = await self.session.post(
+                    replica.urls[request.endpoint], data=payload, headers=dep.headers, timeout=dep.client_timeout
+                )
+                if response.status != 200:
+                    health = response.status not in NOT_HEALTH
+                    await self._refused(response, dep)
+                if request.stream:
+                    adapter = stream_adapter(dep, request)
+                    first = await _first_output(response, adapter)
+                    return Opened(dep, replica, response, first, adapter)
+                data = await response.read()
+            body, prompt, completion = read_answer(dep, data, route.alias)
+            response.release()
+            opened = Opened(dep, replica, None, body, None, prompt, completion)
+            opened.finish(ok=True)
+            return opened
+        except AttemptFailed:
+            self._failed(replica, response, health)
+            raise
+        except GatewayError:
+            # The upstream judged the request itself bad: not the replica's fault.
+            self._failed(replica, response, health=False)
+            raise
+        except aiohttp.ClientConnectorError as exc:
+            self._failed(replica, response, health)
+            raise AttemptFailed(f"connect_error: {exc.os_error or exc}") from None
+        except aiohttp.ConnectionTimeoutError:
+            self._failed(replica, response, health)
+            raise AttemptFailed(f"connect_timeout: no connection within {dep.timeouts.connect:g}s") from None
+        except TimeoutError:
+            self._failed(replica, response, health)
+            raise AttemptFailed(f"first_byte_timeout: nothing within {dep.timeouts.first_byte:g}s") from None
+        except (MalformedAnswer, orjson.JSONDecodeError) as exc:
+            self._failed(replica, response, health)
+            raise AttemptFailed(f"malformed_response: {exc}") from None
+        except (TruncatedStream, UpstreamStreamError) as exc:
+            self._failed(replica, response, health)
+            raise AttemptFailed(f"stream_error: {exc}") from None
+        except aiohttp.ClientError as exc:
+            self._failed(replica, response, health)
+            raise AttemptFailed(f"upstream_disconnected: {type(exc).__name__}") from None
+        except BaseException:
+            # Client went away (cancellation): close the upstream call, do not blame the replica.
+            self._failed(replica, response, health=False)
+            raise
+
+    @staticmethod
+    def _failed(replica: Replica, response: aiohttp.ClientResponse | None, health: bool) -> None:
+        replica.in_flight -= 1
+        if response is not None:
+            response.close()
+        if health:
+            replica.breaker.on_failure()
+
+    async def _refused(self, response: aiohttp.ClientResponse, dep: DeploymentPool) -> None:
+        status = response.status
+        try:
+            text = await response.read()
+        except aiohttp.ClientError:
+            text = b""
+        message = _upstream_message(text) or response.reason or "error"
+        if status in CLIENT_FAULT:
+            raise GatewayError(status, f"Upstream rejected the request: {message}", "invalid_request_error")
+        retry_after = retry_after_seconds(response.headers.get("Retry-After")) if status in (429, 503) else None
+        raise AttemptFailed(f"http_{status}: {message[:200]}", retry_after)
+
+
+async def _first_output(response: aiohttp.ClientResponse, adapter: StreamAdapter) -> bytes:
+    """Read events until one produces bytes for the client, so failover stays possible until then."""
+    while True:
+        event = await read_event(response.content)
+        if event is None:
+            raise TruncatedStream("stream ended before its first event")
+        out = adapter.feed(*event)
+        if out or adapter.done:
+            return out
+
+
+def _upstream_message(text: bytes) -> str:
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text[:200].decode(errors="replace").strip()
+    if isinstance(obj, dict):
+        error = obj.get("error")
+        if isinstance(error, dict):
+            return str(error.get("message", ""))
+        if isinstance(error, str):
+            return error
+        if "message" in obj:
+            return str(obj["message"])
+    return ""

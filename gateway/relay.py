@@ -1,0 +1,81 @@
+"""Sending an answer to the client: a JSON body, or a stream relayed event by event as it arrives."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from gateway.errors import GatewayError
+from gateway.proxy import Opened
+from gateway.sse import TruncatedStream, read_event
+from gateway.usage import CallRecord
+from gateway.wire import UpstreamStreamError
+
+JSON = "application/json"
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    # Tell nginx-style proxies in front of us not to buffer: each chunk goes out as it comes.
+    "X-Accel-Buffering": "no",
+}
+
+
+def answer(opened: Opened, headers: dict[str, str]) -> web.Response:
+    return web.Response(body=opened.body, content_type=JSON, headers=headers)
+
+
+async def relay_stream(request: web.Request, opened: Opened, headers: dict[str, str], record: CallRecord) -> web.StreamResponse:
+    """Relay the stream; a failure after the first byte ends it with an OpenAI error event."""
+    response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
+    adapter = opened.adapter
+    assert adapter is not None and opened.response is not None
+    upstream = opened.response.content
+    idle = opened.deployment.timeouts.idle
+    loop = asyncio.get_running_loop()
+    ok = False
+    failure: str | None = None
+    try:
+        await response.prepare(request)
+        if opened.body:
+            await response.write(opened.body)
+        if not adapter.done:
+            async with asyncio.timeout(idle) as idle_timer:
+                while True:
+                    event = await read_event(upstream)
+                    if event is None:
+                        raise TruncatedStream("upstream closed the stream before its end")
+                    out = adapter.feed(*event)
+                    if out:
+                        await response.write(out)
+                    if adapter.done:
+                        break
+                    idle_timer.reschedule(loop.time() + idle)
+        ok = True
+    except TimeoutError:
+        failure = f"upstream stream stalled: no data for {idle:g}s (or total timeout reached)"
+    except (TruncatedStream, aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
+        failure = "upstream closed the stream before its end"
+    except orjson.JSONDecodeError:
+        failure = "upstream sent a malformed stream chunk"
+    except UpstreamStreamError as exc:
+        failure = f"upstream error: {exc}"
+    except aiohttp.ClientError as exc:
+        failure = f"upstream connection failed: {type(exc).__name__}"
+    finally:
+        # Runs on client disconnect too (write error or handler cancellation): the upstream call is closed.
+        opened.finish(ok)
+        record.prompt_tokens = adapter.prompt_tokens
+        record.completion_tokens = adapter.completion_tokens
+    if failure is not None:
+        record.error = failure
+        record.status = 502
+        error = GatewayError(502, failure, "upstream_error", None, "upstream_stream_error")
+        try:
+            await response.write(error.sse_event())
+        except ConnectionError:
+            return response
+    await response.write_eof()
+    return response

@@ -1,0 +1,53 @@
+"""Command line of the simulator: `python -m gateway.sim --port 8001 --ttft 0.05 --tokens-per-s 50`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from gateway.sim.server import FAULTS, SimServer, SimSettings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway.sim", description="vLLM-compatible model server simulator")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--model", action="append", help="served model name (repeatable); default sim-model")
+    parser.add_argument("--ttft", type=float, default=0.0, help="seconds before the first token")
+    parser.add_argument("--tokens-per-s", type=float, default=0.0, help="stream pace; 0 = all at once")
+    parser.add_argument("--output-tokens", type=int, default=8)
+    parser.add_argument("--fault", choices=FAULTS, default="none")
+    parser.add_argument("--name", default="sim")
+    args = parser.parse_args(argv)
+    settings = SimSettings(
+        models=tuple(args.model or ["sim-model"]),
+        ttft=args.ttft,
+        tokens_per_s=args.tokens_per_s,
+        output_tokens=args.output_tokens,
+        fault=args.fault,
+        name=args.name,
+    )
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # uvloop is a dependency; plain asyncio still works
+        pass
+
+    async def serve() -> None:
+        server = SimServer(settings, args.host, args.port)
+        server.sim._keep = 0  # long runs keep no request bodies
+        await server.start()
+        print(f"simulator {args.name} serving {', '.join(settings.models)} at {server.base_url}", flush=True)
+        await asyncio.Event().wait()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,446 @@
+"""A model server simulator speaking vLLM's OpenAI API and Anthropic's Messages API, with failure modes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from aiohttp import web
+
+Fault = Literal[
+    "none",
+    "error_500",
+    "rate_limit_429",
+    "hang_before_headers",
+    "hang_mid_stream",
+    "truncate_stream",
+    "malformed_json",
+]
+FAULTS: tuple[str, ...] = Fault.__args__  # type: ignore[attr-defined]
+
+WORDS = (" The", " gateway", " passes", " tokens", " through", " as", " they", " arrive", ".")
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+
+
+@dataclass
+class SimSettings:
+    """Behaviour of one simulated replica; tests change it while the server runs."""
+
+    models: tuple[str, ...] = ("sim-model",)
+    ttft: float = 0.0  # seconds before the first token (and before a non-streaming answer)
+    tokens_per_s: float = 0.0  # 0: every token at once
+    output_tokens: int = 8  # completion length when max_tokens does not cut it shorter
+    fault: Fault = "none"
+    fault_count: int | None = None  # faulty requests before healing; None: forever
+    retry_after: float = 1.0
+    name: str = "sim"  # echoed in the x-sim-replica header so tests see who answered
+
+
+@dataclass
+class SimStats:
+    requests: int = 0
+    in_flight: int = 0
+    cancelled: int = 0  # requests whose client went away before the answer ended
+    completed: int = 0
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    bodies: list[dict[str, Any]] = field(default_factory=list)  # last few request bodies
+    headers: list[dict[str, str]] = field(default_factory=list)
+
+
+class Simulator:
+    """The aiohttp application of one simulated replica."""
+
+    def __init__(self, settings: SimSettings | None = None, keep_bodies: int = 20) -> None:
+        self.settings = settings or SimSettings()
+        self.stats = SimStats()
+        self._keep = keep_bodies
+        self._ids = itertools.count(1)
+        self.app = web.Application()
+        self.app.add_routes(
+            [
+                web.post("/v1/chat/completions", self.chat),
+                web.post("/v1/completions", self.completions),
+                web.post("/v1/embeddings", self.embeddings),
+                web.post("/v1/messages", self.messages),
+                web.get("/v1/models", self.models),
+                web.get("/health", self.health),
+                web.get("/metrics", self.metrics),
+            ]
+        )
+
+    # ---- shared steps -------------------------------------------------------
+
+    async def _begin(self, request: web.Request) -> dict[str, Any]:
+        self.stats.requests += 1
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise web.HTTPBadRequest(
+                body=_error("request body is not valid JSON", "BadRequestError", 400), content_type="application/json"
+            ) from None
+        if self._keep:
+            self.stats.bodies.append(body)
+            self.stats.headers.append(dict(request.headers))
+            del self.stats.bodies[: -self._keep], self.stats.headers[: -self._keep]
+        model = body.get("model")
+        if model not in self.settings.models:
+            raise web.HTTPNotFound(
+                body=_error(f"The model `{model}` does not exist.", "NotFoundError", 404),
+                content_type="application/json",
+            )
+        return body
+
+    def _take_fault(self) -> str:
+        s = self.settings
+        if s.fault == "none":
+            return "none"
+        if s.fault_count is not None:
+            if s.fault_count <= 0:
+                return "none"
+            s.fault_count -= 1
+        return s.fault
+
+    async def _early_fault(self, fault: str, anthropic: bool = False) -> web.Response | None:
+        """Faults that strike before any byte of the answer."""
+        if fault == "error_500":
+            return _json_response(_error("simulated engine failure", "InternalServerError", 500, anthropic), 500)
+        if fault == "rate_limit_429":
+            resp = _json_response(_error("simulated rate limit", "RateLimitError", 429, anthropic), 429)
+            resp.headers["Retry-After"] = f"{self.settings.retry_after:g}"
+            return resp
+        if fault == "hang_before_headers":
+            await asyncio.Event().wait()  # until the client gives up
+        return None
+
+    def _completion_len(self, body: dict[str, Any], key: str = "max_tokens") -> tuple[int, str]:
+        limit = body.get(key) or body.get("max_completion_tokens")
+        n = self.settings.output_tokens
+        if isinstance(limit, int) and limit < n:
+            return limit, "length"
+        return n, "stop"
+
+    async def _pace(self, first: bool) -> None:
+        s = self.settings
+        if first and s.ttft:
+            await asyncio.sleep(s.ttft)
+        elif not first and s.tokens_per_s:
+            await asyncio.sleep(1.0 / s.tokens_per_s)
+
+    def _ident(self, prefix: str) -> str:
+        return f"{prefix}-{self.settings.name}-{next(self._ids)}"
+
+    def _headers(self) -> dict[str, str]:
+        return {"x-sim-replica": self.settings.name}
+
+    async def _stream(self, request: web.Request, events: Any, fault: str) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={**SSE_HEADERS, **self._headers()})
+        await resp.prepare(request)
+        try:
+            for i, event in enumerate(events):
+                if i == 2 and fault == "hang_mid_stream":
+                    await asyncio.Event().wait()
+                if i == 2 and fault == "truncate_stream":
+                    # Drop the connection without the terminating chunk.
+                    request.transport.close() if request.transport else None
+                    return resp
+                await resp.write(event)
+                if i == 0 and fault == "malformed_json":
+                    await resp.write(b"data: {\"id\": \"broken\", \"choices\": [\n\n")
+                    await resp.write_eof()
+                    return resp
+                await self._pace(first=False)
+            await resp.write_eof()
+            self.stats.completed += 1
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.stats.cancelled += 1
+            raise
+        return resp
+
+    # ---- OpenAI API ---------------------------------------------------------
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=True)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=False)
+
+    async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        body = await self._begin(request)
+        self.stats.in_flight += 1
+        try:
+            fault = self._take_fault()
+            early = await self._early_fault(fault)
+            if early is not None:
+                return early
+            prompt = _prompt_tokens(body.get("messages") if chat else body.get("prompt"))
+            n, finish = self._completion_len(body)
+            self.stats.prompt_tokens += prompt
+            self.stats.generation_tokens += n
+            model = body["model"]
+            created = int(time.time())
+            ident = self._ident("chatcmpl" if chat else "cmpl")
+            usage = {"prompt_tokens": prompt, "total_tokens": prompt + n, "completion_tokens": n}
+            if body.get("stream"):
+                opts = body.get("stream_options") or {}
+                events = _openai_events(ident, created, model, n, finish, usage, chat, bool(opts.get("include_usage")))
+                await self._pace(first=True)
+                return await self._stream(request, events, fault)
+            await self._pace(first=True)
+            text = "".join(WORDS[i % len(WORDS)] for i in range(n))
+            if chat:
+                choice = {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "tool_calls": [], "reasoning_content": None},
+                    "logprobs": None,
+                    "finish_reason": finish,
+                    "stop_reason": None,
+                }
+                obj = "chat.completion"
+            else:
+                choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish, "stop_reason": None}
+                obj = "text_completion"
+            payload = orjson.dumps(
+                {"id": ident, "object": obj, "created": created, "model": model, "choices": [choice], "usage": usage}
+            )
+            return await self._body(request, payload, fault)
+        except asyncio.CancelledError:
+            self.stats.cancelled += 1
+            raise
+        finally:
+            self.stats.in_flight -= 1
+
+    async def _body(self, request: web.Request, payload: bytes, fault: str) -> web.StreamResponse:
+        if fault == "malformed_json":
+            payload = payload[: len(payload) // 2]
+        elif fault in ("hang_mid_stream", "truncate_stream"):
+            # Promise the whole body, send half of it, then stall or hang up.
+            resp = web.StreamResponse(headers={"Content-Type": "application/json", **self._headers()})
+            resp.content_length = len(payload)
+            await resp.prepare(request)
+            await resp.write(payload[: len(payload) // 2])
+            if fault == "hang_mid_stream":
+                await asyncio.Event().wait()
+            request.transport.close() if request.transport else None
+            return resp
+        self.stats.completed += 1
+        return web.Response(body=payload, content_type="application/json", headers=self._headers())
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        body = await self._begin(request)
+        fault = self._take_fault()
+        early = await self._early_fault(fault)
+        if early is not None:
+            return early
+        inputs = body.get("input")
+        items = inputs if isinstance(inputs, list) and inputs and not isinstance(inputs[0], int) else [inputs]
+        data = [{"index": i, "object": "embedding", "embedding": _vector(str(item))} for i, item in enumerate(items)]
+        prompt = sum(_prompt_tokens(item) for item in items)
+        payload = orjson.dumps(
+            {
+                "id": self._ident("embd"),
+                "object": "list",
+                "created": int(time.time()),
+                "model": body["model"],
+                "data": data,
+                "usage": {"prompt_tokens": prompt, "total_tokens": prompt, "completion_tokens": 0},
+            }
+        )
+        await self._pace(first=True)
+        return await self._body(request, payload, fault)
+
+    async def models(self, request: web.Request) -> web.Response:
+        created = int(time.time())
+        data = [
+            {"id": m, "object": "model", "created": created, "owned_by": "vllm", "root": m, "parent": None,
+             "max_model_len": 8192}
+            for m in self.settings.models
+        ]
+        return _json_response({"object": "list", "data": data}, 200)
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        s, model = self.stats, self.settings.models[0]
+        label = f'{{model_name="{model}"}}'
+        lines = [
+            "# TYPE vllm:num_requests_running gauge",
+            f"vllm:num_requests_running{label} {s.in_flight}",
+            "# TYPE vllm:num_requests_waiting gauge",
+            f"vllm:num_requests_waiting{label} 0",
+            "# TYPE vllm:prompt_tokens_total counter",
+            f"vllm:prompt_tokens_total{label} {s.prompt_tokens}",
+            "# TYPE vllm:generation_tokens_total counter",
+            f"vllm:generation_tokens_total{label} {s.generation_tokens}",
+            "# TYPE vllm:request_success_total counter",
+            f"vllm:request_success_total{label} {s.completed}",
+        ]
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+    # ---- Anthropic Messages API --------------------------------------------
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        if not request.headers.get("x-api-key") or not request.headers.get("anthropic-version"):
+            return _json_response(
+                _error("x-api-key and anthropic-version headers are required", "authentication_error", 401, True), 401
+            )
+        body = await self._begin(request)
+        if not isinstance(body.get("max_tokens"), int):
+            return _json_response(_error("max_tokens: Field required", "invalid_request_error", 400, True), 400)
+        self.stats.in_flight += 1
+        try:
+            fault = self._take_fault()
+            early = await self._early_fault(fault, anthropic=True)
+            if early is not None:
+                return early
+            system = body.get("system")
+            prompt = _prompt_tokens(body.get("messages")) + (_prompt_tokens(system) if system else 0)
+            n, finish = self._completion_len(body)
+            stop_reason = "max_tokens" if finish == "length" else "end_turn"
+            self.stats.prompt_tokens += prompt
+            self.stats.generation_tokens += n
+            ident = self._ident("msg")
+            await self._pace(first=True)
+            if body.get("stream"):
+                return await self._stream(request, _anthropic_events(ident, body["model"], prompt, n, stop_reason), fault)
+            text = "".join(WORDS[i % len(WORDS)] for i in range(n))
+            payload = orjson.dumps(
+                {
+                    "id": ident,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": body["model"],
+                    "content": [{"type": "text", "text": text}],
+                    "stop_reason": stop_reason,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": prompt, "output_tokens": n},
+                }
+            )
+            return await self._body(request, payload, fault)
+        except asyncio.CancelledError:
+            self.stats.cancelled += 1
+            raise
+        finally:
+            self.stats.in_flight -= 1
+
+
+def _openai_events(
+    ident: str, created: int, model: str, n: int, finish: str, usage: dict[str, int], chat: bool, include_usage: bool
+) -> Any:
+    obj = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(choice: dict[str, Any] | None, extra: dict[str, Any] | None = None) -> bytes:
+        data: dict[str, Any] = {"id": ident, "object": obj, "created": created, "model": model,
+                                "choices": [choice] if choice else []}
+        if extra:
+            data.update(extra)
+        return b"data: " + orjson.dumps(data) + b"\n\n"
+
+    if chat:
+        yield chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None})
+    for i in range(n):
+        word = WORDS[i % len(WORDS)]
+        last = finish if i == n - 1 else None
+        if chat:
+            yield chunk({"index": 0, "delta": {"content": word}, "logprobs": None, "finish_reason": last})
+        else:
+            yield chunk({"index": 0, "text": word, "logprobs": None, "finish_reason": last, "stop_reason": None})
+    if include_usage:
+        yield chunk(None, {"usage": usage})
+    yield b"data: [DONE]\n\n"
+
+
+def _anthropic_events(ident: str, model: str, prompt: int, n: int, stop_reason: str) -> Any:
+    def event(name: str, data: dict[str, Any]) -> bytes:
+        return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+    yield event("message_start", {"type": "message_start", "message": {
+        "id": ident, "type": "message", "role": "assistant", "content": [], "model": model,
+        "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": prompt, "output_tokens": 1}}})
+    yield event("content_block_start", {"type": "content_block_start", "index": 0,
+                                        "content_block": {"type": "text", "text": ""}})
+    yield event("ping", {"type": "ping"})
+    for i in range(n):
+        yield event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                            "delta": {"type": "text_delta", "text": WORDS[i % len(WORDS)]}})
+    yield event("content_block_stop", {"type": "content_block_stop", "index": 0})
+    yield event("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                                  "usage": {"output_tokens": n}})
+    yield event("message_stop", {"type": "message_stop"})
+
+
+def _prompt_tokens(value: Any) -> int:
+    """About four characters a token, like the tokenizers most models use."""
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        return max(1, len(value) // 4)
+    if isinstance(value, list):
+        return sum(_prompt_tokens(v.get("content") if isinstance(v, dict) else v) for v in value)
+    if isinstance(value, int):
+        return 1
+    return max(1, len(str(value)) // 4)
+
+
+def _vector(text: str, dims: int = 8) -> list[float]:
+    digest = hashlib.sha256(text.encode()).digest()
+    return [round(b / 255.0 - 0.5, 6) for b in digest[:dims]]
+
+
+def _error(message: str, kind: str, code: int, anthropic: bool = False) -> dict[str, Any]:
+    if anthropic:
+        kinds = {500: "api_error", 429: "rate_limit_error", 404: "not_found_error"}
+        return {"type": "error", "error": {"type": kinds.get(code, kind), "message": message}}
+    return {"object": "error", "message": message, "type": kind, "param": None, "code": code}
+
+
+def _json_response(data: Any, status: int) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+class SimServer:
+    """Runs a `Simulator` on a real socket: `async with SimServer() as sim: sim.base_url`."""
+
+    def __init__(self, settings: SimSettings | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.sim = Simulator(settings)
+        self.host, self.port = host, port
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def settings(self) -> SimSettings:
+        return self.sim.settings
+
+    @property
+    def stats(self) -> SimStats:
+        return self.sim.stats
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    async def start(self) -> "SimServer":
+        # handler_cancellation: a client hanging up cancels the handler, as in vLLM.
+        self._runner = web.AppRunner(self.sim.app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> "SimServer":
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

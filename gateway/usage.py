@@ -1,0 +1,47 @@
+"""What one call consumed (`CallRecord`) and the hook that accounts for it after the answer is sent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """Facts about one call, filled in along the request path; never holds the prompt or the key."""
+
+    request_id: str
+    key_id: str = ""
+    endpoint: str = ""
+    alias: str = ""
+    deployment: str = ""
+    replica: str = ""
+    region: str = ""
+    status: int = 0
+    stream: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    overhead_ms: float = 0.0
+    attempts: int = 0
+    prompt_hash: str = ""
+    error: str | None = None
+    fallbacks: list[str] = field(default_factory=list)
+
+
+class UsageHook(Protocol):
+    """Called once per finished call, off the client's critical path.
+
+    The governance layer (spend ledger, token limits) implements this; it must
+    not block: queue the record and persist it elsewhere.
+    """
+
+    def record(self, call: CallRecord) -> None: ...
+
+
+class NoUsageAccounting:
+    """Default hook: nothing to account for until governance is configured."""
+
+    def record(self, call: CallRecord) -> None:
+        return None
