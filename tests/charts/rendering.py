@@ -1,0 +1,103 @@
+"""Rendering and installing the charts with real Helm (helm-python-sdk carries Helm v4's library), offline."""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import yaml
+
+from infra.chart_values import (GATEWAY_CHART, GATEWAY_NAMESPACE, GATEWAY_RELEASE, MODEL_NAMESPACE, VLLM_CHART,
+                                gateway_values, vllm_release_name, vllm_values)
+from infra.config import ROOT, StackConfig, load_file
+from infra.gateway_config import gateway_config
+
+KUBE_VERSION = "1.32"
+CHECKOV = Path(os.environ.get("CHECKOV_BIN", ROOT / ".venv" / "checkov" / "bin" / "checkov"))
+ROLE_ARN = "arn:aws:iam::123456789012:role/llm-gateway-us-east-1"
+
+
+@dataclass
+class Rendered:
+    """One release rendered by Helm: its objects (parsed) and its NOTES.txt."""
+
+    name: str
+    namespace: str
+    objects: list[dict[str, Any]]
+    notes: str
+    manifests: dict[str, str] = field(repr=False, default_factory=dict)
+
+    def all(self, kind: str) -> list[dict[str, Any]]:
+        return [o for o in self.objects if o["kind"] == kind]
+
+    def one(self, kind: str, name: str | None = None) -> dict[str, Any]:
+        found = [o for o in self.all(kind) if name is None or o["metadata"]["name"] == name]
+        assert len(found) == 1, f"expected one {kind} {name or ''}, found {[o['metadata']['name'] for o in found]}"
+        return found[0]
+
+    def pod_spec(self) -> dict[str, Any]:
+        return self.one("Deployment")["spec"]["template"]["spec"]
+
+    def container(self, name: str) -> dict[str, Any]:
+        return next(c for c in self.pod_spec()["containers"] if c["name"] == name)
+
+
+def render(chart: Path, values: dict[str, Any] | None, *, name: str, namespace: str) -> Rendered:
+    with helm.Chart.load(chart) as loaded:
+        manifests = loaded.render(values=values, name=name, namespace=namespace, is_install=True)
+    objects: list[dict[str, Any]] = []
+    notes = ""
+    for path, text in sorted(manifests.items()):
+        if path.endswith("NOTES.txt"):
+            notes = text
+            continue
+        objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return Rendered(name, namespace, objects, notes, manifests)
+
+
+def install_error(chart: Path, values: dict[str, Any], *, name: str, namespace: str) -> str:
+    """What `helm install` says about these values (client dry run: no cluster), or '' when it accepts them."""
+    with helm.Config(storage_driver="memory", namespace=namespace, kube_apiserver="http://127.0.0.1:9") as cfg:
+        try:
+            cfg.install(chart, name, values, namespace=namespace, dry_run="client")
+        except helm.HelmError as exc:
+            return str(exc)
+    return ""
+
+
+def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_prod() -> StackConfig:
+    return load_file(ROOT / "Pulumi.prod.yaml", "prod")
+
+
+_PROD = load_prod()
+# (region, model) for every vLLM release the prod stack deploys, and its regions.
+PROD_MODEL_RELEASES = [(r.name, m.name) for r in _PROD.regions for m in _PROD.models_in(r.name)]
+PROD_REGIONS = [r.name for r in _PROD.regions]
+
+
+def render_prod_model(cfg: StackConfig, region: str, model: str) -> Rendered:
+    m = next(x for x in cfg.models if x.name == model)
+    return render(VLLM_CHART, vllm_values(cfg, m, cfg.region(region)), name=vllm_release_name(m),
+                  namespace=MODEL_NAMESPACE)
+
+
+def prod_gateway_values(cfg: StackConfig, region: str) -> dict[str, Any]:
+    r = cfg.region(region)
+    return gateway_values(cfg, r, role_arn=ROLE_ARN, config=gateway_config(cfg, r))
+
+
+def render_prod_gateway(cfg: StackConfig, region: str) -> Rendered:
+    return render(GATEWAY_CHART, prod_gateway_values(cfg, region), name=GATEWAY_RELEASE, namespace=GATEWAY_NAMESPACE)

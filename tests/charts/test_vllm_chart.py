@@ -1,0 +1,293 @@
+"""charts/vllm, rendered by real Helm with the values the Pulumi program computes for the prod stack."""
+from __future__ import annotations
+
+import pytest
+
+from infra.chart_values import MODEL_NAMESPACE, VLLM_CHART, VLLM_PORT, model_base_url, vllm_release_name
+from infra.config import StackConfig
+from infra.scheduling import GPU_RESOURCE, POOL_LABEL, pool_taints, pool_tolerations
+from tests.charts.rendering import PROD_MODEL_RELEASES, Rendered, install_error, render, render_prod_model
+
+RELEASES = pytest.mark.parametrize(("region", "model"), PROD_MODEL_RELEASES,
+                                   ids=[f"{r}/{m}" for r, m in PROD_MODEL_RELEASES])
+
+
+_RENDERED: dict[tuple[str, str], Rendered] = {}
+
+
+def _prod(cfg: StackConfig, region: str, model: str) -> Rendered:
+    if (region, model) not in _RENDERED:
+        _RENDERED[region, model] = render_prod_model(cfg, region, model)
+    return _RENDERED[region, model]
+
+
+def _model(cfg: StackConfig, name: str):
+    return next(m for m in cfg.models if m.name == name)
+
+
+def _args(r: Rendered) -> list[str]:
+    return r.container("vllm")["args"]
+
+
+def _defaults(**override) -> Rendered:
+    return render(VLLM_CHART, override or None, name="vllm-demo", namespace=MODEL_NAMESPACE)
+
+
+# --- naming: the gateway's upstream URL must resolve -------------------------------------------
+
+@RELEASES
+def test_the_service_is_named_after_the_release_so_the_gateways_upstream_url_resolves(prod, region, model):
+    r = _prod(prod, region, model)
+    m = _model(prod, model)
+    service = r.one("Service", vllm_release_name(m))
+    assert service["spec"]["type"] == "ClusterIP"
+    assert [p["port"] for p in service["spec"]["ports"]] == [VLLM_PORT]
+    host = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
+    assert model_base_url(m) == f"http://{host}:{VLLM_PORT}/v1"
+
+
+def test_a_release_name_without_the_chart_name_gets_the_chart_name_appended():
+    r = render(VLLM_CHART, None, name="llama", namespace="models")
+    assert r.one("Deployment")["metadata"]["name"] == "llama-vllm"
+    assert {s["metadata"]["name"] for s in r.all("Service")} == {"llama-vllm", "llama-vllm-headless"}
+
+
+def test_a_headless_service_lists_every_ready_replica_for_discovery():
+    headless = _defaults().one("Service", "vllm-demo-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["publishNotReadyAddresses"] is False
+
+
+# --- the server: GPUs, tensor parallelism, model flags -------------------------------------------
+
+@RELEASES
+def test_gpu_requests_and_limits_equal_the_models_gpus_and_the_tensor_parallel_size(prod, region, model):
+    r = _prod(prod, region, model)
+    gpus = _model(prod, model).gpus
+    resources = r.container("vllm")["resources"]
+    assert resources["requests"][GPU_RESOURCE] == gpus
+    assert resources["limits"][GPU_RESOURCE] == gpus
+    assert f"--tensor-parallel-size={gpus}" in _args(r)
+
+
+@RELEASES
+def test_the_server_serves_the_model_with_its_configured_limits(prod, region, model):
+    r = _prod(prod, region, model)
+    m = _model(prod, model)
+    container = r.container("vllm")
+    args = _args(r)
+    assert container["command"] == ["vllm", "serve"]
+    assert args[0] == m.source
+    assert f"--served-model-name={m.name}" in args
+    assert f"--max-model-len={m.max_model_len}" in args
+    assert f"--gpu-memory-utilization={m.gpu_memory_utilization}" in args
+    assert "--enable-prefix-caching" in args
+    assert f"--port={VLLM_PORT}" in args
+    quantization = [a for a in args if a.startswith("--quantization")]
+    assert quantization == ([f"--quantization={m.quantization}"] if m.quantization else [])
+
+
+def test_the_image_is_pinned_and_can_be_pinned_by_digest():
+    assert _defaults().container("vllm")["image"] == "vllm/vllm-openai:v0.11.0"
+    digest = "sha256:" + "a" * 64
+    r = _defaults(image={"digest": digest})
+    assert r.container("vllm")["image"] == f"vllm/vllm-openai@{digest}"
+
+
+def test_prefix_caching_can_be_turned_off_and_extra_args_are_passed_through():
+    args = _args(_defaults(model={"prefixCaching": False, "extraArgs": ["--enable-chunked-prefill"]}))
+    assert "--no-enable-prefix-caching" in args and "--enable-prefix-caching" not in args
+    assert args[-1] == "--enable-chunked-prefill"
+
+
+# --- scheduling: one source for labels and taints (infra/scheduling.py) --------------------------
+
+def _tolerates(toleration: dict, taint: dict) -> bool:
+    if toleration.get("effect") not in (None, taint["effect"]) or toleration.get("key") != taint["key"]:
+        return False
+    return toleration.get("operator") == "Exists" or toleration.get("value") == taint["value"]
+
+
+@RELEASES
+def test_pods_land_only_on_the_models_pool_and_tolerate_exactly_its_taints(prod, region, model):
+    r = _prod(prod, region, model)
+    pool = prod.region(region).pool(_model(prod, model).pool)
+    spec = r.pod_spec()
+    assert spec["nodeSelector"] == {POOL_LABEL: pool.name}
+    assert spec["tolerations"] == pool_tolerations(pool.spot)
+    for taint in pool_taints(pool.spot):
+        assert any(_tolerates(t, taint) for t in spec["tolerations"]), f"{taint} is not tolerated"
+
+
+def test_only_spot_pool_models_tolerate_the_spot_taint(prod):
+    spot_taint = pool_taints(True)[-1]
+    for region, model in PROD_MODEL_RELEASES:
+        spot = prod.region(region).pool(_model(prod, model).pool).spot
+        tolerations = _prod(prod, region, model).pod_spec()["tolerations"]
+        assert any(_tolerates(t, spot_taint) for t in tolerations) == spot, f"{region}/{model}"
+    assert any(prod.region(r).pool(_model(prod, m).pool).spot for r, m in PROD_MODEL_RELEASES), "no spot model"
+
+
+def test_the_charts_default_scheduling_matches_an_on_demand_gpu_pool():
+    spec = _defaults().pod_spec()
+    assert POOL_LABEL in spec["nodeSelector"]
+    assert spec["tolerations"] == pool_tolerations(False)
+    assert spec["containers"][0]["resources"]["limits"][GPU_RESOURCE] == 1
+
+
+# --- volumes and hardening -----------------------------------------------------------------------
+
+def test_dev_shm_is_memory_backed_and_the_model_cache_is_node_local_scratch_by_default():
+    r = _defaults()
+    volumes = {v["name"]: v for v in r.pod_spec()["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in r.container("vllm")["volumeMounts"]}
+    assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+    assert volumes[mounts["/models"]]["emptyDir"]["sizeLimit"] == "500Gi"
+    env = {e["name"]: e.get("value") for e in r.container("vllm")["env"]}
+    assert env["HF_HOME"].startswith("/models/")
+
+
+def test_the_model_cache_can_be_an_existing_claim():
+    r = _defaults(modelCache={"existingClaim": "model-weights"})
+    cache_volume = next(v for v in r.pod_spec()["volumes"] if v["name"] == "model-cache")
+    assert cache_volume == {"name": "model-cache", "persistentVolumeClaim": {"claimName": "model-weights"}}
+
+
+def test_an_s3_source_is_synced_by_an_init_container_into_the_path_vllm_serves():
+    r = _defaults(model={"source": "/models/llama", "servedName": "llama"},
+                  modelCache={"s3": {"uri": "s3://weights-bucket/llama/"}})
+    init = r.pod_spec()["initContainers"]
+    assert [c["name"] for c in init] == ["fetch-model"]
+    assert init[0]["command"][:3] == ["aws", "s3", "sync"]
+    assert init[0]["args"] == ["s3://weights-bucket/llama/", "/models/llama"]
+    assert _args(r)[0] == "/models/llama"
+    assert {m["name"] for m in init[0]["volumeMounts"]} >= {"model-cache"}
+
+
+def test_the_hugging_face_token_is_mounted_as_a_file_not_an_environment_variable():
+    r = _defaults(model={"hfTokenSecret": {"name": "hf", "key": "token"}})
+    env = {e["name"]: e for e in r.container("vllm")["env"]}
+    assert "HF_TOKEN" not in env
+    assert env["HF_TOKEN_PATH"]["value"] == "/var/run/secrets/huggingface/token"
+    volume = next(v for v in r.pod_spec()["volumes"] if v["name"] == "hf-token")
+    assert volume["secret"]["secretName"] == "hf"
+
+
+def test_the_server_runs_non_root_with_a_read_only_root_and_no_privilege_escalation():
+    r = _defaults(modelCache={"s3": {"uri": "s3://weights-bucket/m"}})
+    spec = r.pod_spec()
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["automountServiceAccountToken"] is False
+    for container in spec["containers"] + spec["initContainers"]:
+        sc = container["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"]
+    writable = {m["mountPath"] for m in r.container("vllm")["volumeMounts"]}
+    assert writable == {"/models", "/dev/shm", "/tmp"}
+
+
+# --- probes, disruption, scaling -----------------------------------------------------------------
+
+def test_probes_give_a_slow_model_load_a_long_startup_budget_then_watch_health():
+    c = _defaults().container("vllm")
+    startup = c["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 20 * 60
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/health", "port": "http"}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": VLLM_PORT}
+
+
+@RELEASES
+def test_every_release_has_a_disruption_budget_covering_its_pods(prod, region, model):
+    r = _prod(prod, region, model)
+    pdb = r.one("PodDisruptionBudget")
+    labels = r.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+
+@RELEASES
+def test_replicas_follow_the_models_min_and_max(prod, region, model):
+    r = _prod(prod, region, model)
+    m = _model(prod, model)
+    floor = max(1, m.replicas.min)  # an HPA cannot scale to zero without a feature gate
+    hpas = r.all("HorizontalPodAutoscaler")
+    if m.replicas.max > floor:
+        (hpa,) = hpas
+        assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (floor, m.replicas.max)
+        assert hpa["spec"]["scaleTargetRef"]["name"] == r.one("Deployment")["metadata"]["name"]
+        assert "replicas" not in r.one("Deployment")["spec"]
+    else:
+        assert hpas == []
+        assert r.one("Deployment")["spec"]["replicas"] == floor
+
+
+# --- session affinity ----------------------------------------------------------------------------
+
+@RELEASES
+def test_the_ingress_hashes_on_the_session_header_so_a_conversation_keeps_its_replica(prod, region, model):
+    r = _prod(prod, region, model)
+    ingress = r.one("Ingress")
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/upstream-hash-by"] == "$http_x_session_id"
+    assert annotations["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"  # tokens stream
+    assert annotations["nginx.ingress.kubernetes.io/whitelist-source-range"] == prod.network.cidr
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": vllm_release_name(_model(prod, model)), "port": {"name": "http"}}
+
+
+def test_the_session_header_is_configurable():
+    ingress = _defaults(sessionAffinity={"header": "X-Conversation-Id"}).one("Ingress")
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/upstream-hash-by"] == \
+        "$http_x_conversation_id"
+
+
+def test_the_notes_say_how_to_reach_the_model_and_what_happens_without_the_header():
+    notes = _defaults(model={"servedName": "demo"}).notes
+    assert "http://vllm-demo.llm-serving.svc.cluster.local:8000/v1" in notes
+    assert '"model": "demo"' in notes
+    assert "x-session-id" in notes and "WITHOUT the header" in notes
+
+
+def test_a_service_monitor_scrapes_the_cluster_ip_service_only():
+    r = _defaults(metrics={"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}})
+    monitor = r.one("ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
+    selector = monitor["spec"]["selector"]
+    selected = [s["metadata"]["name"] for s in r.all("Service")
+                if selector["matchLabels"].items() <= s["metadata"]["labels"].items()
+                and "llm-platform/headless" not in s["metadata"]["labels"]]
+    assert selected == ["vllm-demo"]
+
+
+# --- bad values fail at install, with a message that names the key ------------------------------
+
+BAD_VALUES = {
+    "three GPUs (no tensor parallel split)": ({"gpus": 3}, "/gpus"),
+    "an unpinned image": ({"image": {"tag": "latest"}}, "/image/tag"),
+    "a misspelt key": ({"gpu": 2}, "'gpu'"),
+    "no pool selector": ({"nodeSelector": {"llm-platform/pool": None}}, "llm-platform/pool"),
+    "a header nginx cannot hash on": ({"sessionAffinity": {"header": "x session"}}, "/sessionAffinity/header"),
+    "GPU memory above 98%": ({"model": {"gpuMemoryUtilization": 1.2}}, "/model/gpuMemoryUtilization"),
+    "an unknown quantization": ({"model": {"quantization": "int3"}}, "/model/quantization"),
+    "an S3 URI that is not one": ({"modelCache": {"s3": {"uri": "https://bucket/x"}}}, "/modelCache/s3/uri"),
+    "an HPA floor of zero": ({"autoscaling": {"enabled": True, "minReplicas": 0}}, "/autoscaling/minReplicas"),
+}
+
+
+@pytest.mark.parametrize(("values", "names"), BAD_VALUES.values(), ids=BAD_VALUES.keys())
+def test_bad_values_are_refused_at_install_with_a_message_naming_the_key(values, names):
+    message = install_error(VLLM_CHART, values, name="vllm-demo", namespace=MODEL_NAMESPACE)
+    assert "values don't meet the specifications of the schema" in message
+    assert names in message, message
+
+
+def test_the_prod_values_are_accepted_at_install(prod):
+    from infra.chart_values import vllm_values
+    region = prod.regions[0]
+    for m in prod.models_in(region.name):
+        assert install_error(VLLM_CHART, vllm_values(prod, m, region), name=vllm_release_name(m),
+                             namespace=MODEL_NAMESPACE) == ""
