@@ -150,15 +150,15 @@ class Simulator:
                     # Drop the connection without the terminating chunk.
                     request.transport.close() if request.transport else None
                     return resp
-                await resp.write(event)
-                if i == 0 and fault == "malformed_json":
+                if fault == "malformed_json":
                     await resp.write(b"data: {\"id\": \"broken\", \"choices\": [\n\n")
                     await resp.write_eof()
                     return resp
+                await resp.write(event)
                 await self._pace(first=False)
             await resp.write_eof()
             self.stats.completed += 1
-        except (asyncio.CancelledError, ConnectionResetError):
+        except ConnectionResetError:  # (a cancellation is counted by the caller)
             self.stats.cancelled += 1
             raise
         return resp

@@ -1,0 +1,173 @@
+"""Each upstream failure mode ends in a fallback answer or a clean error, never a hung connection."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import openai
+import pytest
+
+from tests.gateway.conftest import KEY, MODEL, closed_port_url, deployment, gateway_config
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+async def two_replicas(sim_factory, gateway_factory, fault: str, **gateway):
+    bad = await sim_factory(name="bad", fault=fault)
+    good = await sim_factory(name="good")
+    # least-busy with the bad replica listed first: ties are broken at random, so pin the order.
+    config = gateway_config([deployment("bad", bad.base_url, region="r1"),
+                             deployment("good", good.base_url, region="r2")], region="r1", **gateway)
+    return bad, good, await gateway_factory(config)
+
+
+@pytest.mark.parametrize(
+    "fault, stream",
+    [
+        ("error_500", False), ("error_500", True),
+        ("hang_before_headers", False), ("hang_before_headers", True),
+        ("malformed_json", False), ("malformed_json", True),  # streaming: the first chunk is broken
+        ("truncate_stream", False),  # half the JSON body, then the connection drops
+        ("hang_mid_stream", False),  # half the JSON body, then silence
+    ],
+)
+async def test_failing_replica_falls_back_to_a_healthy_one(sim_factory, gateway_factory, fault, stream) -> None:
+    bad, good, gw = await two_replicas(sim_factory, gateway_factory, fault)
+    started = time.monotonic()
+    client = gw.client()
+    if stream:
+        chunks = [c async for c in await client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    else:
+        reply = await client.chat.completions.create(model=MODEL, messages=MESSAGES)
+        text = reply.choices[0].message.content
+    assert "gateway" in text
+    assert bad.stats.requests == 1 and good.stats.requests == 1
+    assert time.monotonic() - started < 5
+    [call] = gw.calls()
+    assert call["deployment"] == "good" and call["attempts"] == 2
+
+
+async def test_refused_connection_falls_back(sim_factory, gateway_factory) -> None:
+    good = await sim_factory(name="good")
+    gw = await gateway_factory(gateway_config([deployment("gone", closed_port_url(), region="r1"),
+                                               deployment("good", good.base_url, region="r2")], region="r1"))
+    reply = await gw.client().chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert reply.choices[0].message.content
+    assert "connect_error" in (await metrics(gw))
+
+
+async def test_429_retry_after_is_honoured_on_the_same_replica(sim_factory, gateway_factory) -> None:
+    only = await sim_factory(name="only", fault="rate_limit_429", fault_count=1, retry_after=0.3)
+    gw = await gateway_factory(gateway_config([deployment("only", only.base_url)]))
+    started = time.monotonic()
+    reply = await gw.client().chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert reply.choices[0].message.content
+    assert time.monotonic() - started >= 0.3, "waited for Retry-After before trying again"
+    assert only.stats.requests == 2
+
+
+async def test_retry_after_beyond_the_limit_is_not_waited_for(sim_factory, gateway_factory) -> None:
+    only = await sim_factory(name="only", fault="rate_limit_429", retry_after=60)
+    gw = await gateway_factory(gateway_config([deployment("only", only.base_url)]))
+    started = time.monotonic()
+    with pytest.raises(openai.InternalServerError) as err:
+        await gw.client().chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert err.value.status_code == 503 and "http_429" in err.value.message
+    assert time.monotonic() - started < 2 and only.stats.requests == 1
+
+
+async def test_everything_failing_is_a_clear_503(sim_factory, gateway_factory) -> None:
+    a = await sim_factory(name="a", fault="error_500")
+    gw = await gateway_factory(gateway_config([deployment("a", a.base_url), deployment("gone", closed_port_url())]))
+    with pytest.raises(openai.InternalServerError) as err:
+        await gw.client().chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert err.value.status_code == 503
+    assert "No upstream could answer for model `sim-model`" in err.value.message
+    assert "http_500" in err.value.message and "connect_error" in err.value.message
+
+
+@pytest.mark.parametrize("fault", ["hang_mid_stream", "truncate_stream"])
+async def test_failure_mid_stream_ends_with_an_error_event(sim, gateway, fault) -> None:
+    sim.settings.fault = fault
+    started = time.monotonic()
+    stream = await gateway.client().chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
+    received = []
+    with pytest.raises(openai.APIError) as err:
+        async for chunk in stream:
+            received.append(chunk)
+    assert received, "the first chunks reached the client before the failure"
+    assert "upstream" in str(err.value.message)
+    assert time.monotonic() - started < 4, "idle timeout (1 s) ends a stalled stream"
+    [call] = gateway.calls()
+    assert call["status"] == 502 and call["error"]
+
+
+async def test_upstream_400_is_passed_to_the_client_without_retry(sim, gateway) -> None:
+    with pytest.raises(openai.NotFoundError):
+        await gateway.client().chat.completions.create(model="unknown", messages=MESSAGES)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                             data=b'{"model":"sim-model","messages":[{"role":"user","content":"x"}],"stream":"yes"}'
+                             ) as resp:
+            assert resp.status == 400
+    assert sim.stats.requests == 0
+
+
+async def test_circuit_opens_after_repeated_failures_and_half_opens_after_cooldown(sim_factory, gateway_factory):
+    bad = await sim_factory(name="bad", fault="error_500")
+    good = await sim_factory(name="good")
+    config = gateway_config([deployment("bad", bad.base_url, region="r1"),
+                             deployment("good", good.base_url, region="r2")], region="r1",
+                            circuit_breaker={"failures": 2, "cooldown": 0.5})
+    gw = await gateway_factory(config)
+    client = gw.client()
+    for _ in range(5):
+        await client.chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert bad.stats.requests == 2, "after 2 failures the circuit is open and the replica is skipped"
+    assert 'llmp_gateway_circuit_state{deployment="bad"' in await metrics(gw)
+    bad.settings.fault = "none"
+    await asyncio.sleep(0.6)
+    await client.chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert bad.stats.requests == 3, "half-open: one trial call"
+    await client.chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert bad.stats.requests == 4, "the trial succeeded: closed again, local region preferred"
+
+
+async def test_client_disconnect_cancels_the_upstream_request(sim, gateway) -> None:
+    sim.settings.tokens_per_s = 20
+    sim.settings.output_tokens = 200
+    async with aiohttp.ClientSession() as http:
+        resp = await http.post(gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                               json={"model": MODEL, "messages": MESSAGES, "stream": True})
+        await resp.content.readline()
+        resp.close()  # hang up mid-stream
+    for _ in range(50):
+        if sim.stats.cancelled:
+            break
+        await asyncio.sleep(0.05)
+    assert sim.stats.cancelled == 1 and sim.stats.in_flight == 0
+    assert gateway.state.router.pools[0].in_flight == 0
+
+
+async def test_client_disconnect_while_waiting_for_the_first_byte_cancels_upstream(sim, gateway) -> None:
+    sim.settings.ttft = 5
+    async with aiohttp.ClientSession() as http:
+        task = asyncio.ensure_future(http.post(gateway.url + "/v1/chat/completions",
+                                               headers={"Authorization": f"Bearer {KEY}"},
+                                               json={"model": MODEL, "messages": MESSAGES}))
+        await asyncio.sleep(0.3)
+        task.cancel()
+    for _ in range(50):
+        if sim.stats.cancelled:
+            break
+        await asyncio.sleep(0.05)
+    assert sim.stats.cancelled == 1
+
+
+async def metrics(gw) -> str:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(gw.url + "/metrics") as resp:
+            return await resp.text()

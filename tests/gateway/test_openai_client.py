@@ -1,0 +1,150 @@
+"""The official openai client works unchanged against the gateway."""
+
+from __future__ import annotations
+
+import aiohttp
+import openai
+import pytest
+
+from tests.gateway.conftest import KEY, MODEL, RunningGateway, deployment, gateway_config
+
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello to the gateway"}]
+
+
+async def test_chat_completion_answers_through_the_gateway(gateway: RunningGateway, sim) -> None:
+    reply = await gateway.client().chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert reply.choices[0].message.content.strip().startswith("The gateway")
+    assert reply.usage.completion_tokens == 8
+    assert sim.stats.requests == 1
+    [call] = gateway.calls()
+    assert call["status"] == 200 and call["completion_tokens"] == 8 and call["deployment"] == "sim-a"
+
+
+async def test_chat_stream_without_include_usage_hides_the_usage_chunk_but_meters_it(gateway, sim) -> None:
+    stream = await gateway.client().chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
+    chunks = [chunk async for chunk in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip().startswith("The gateway")
+    assert all(c.usage is None for c in chunks), "the client did not ask for usage"
+    assert sim.stats.bodies[-1]["stream_options"] == {"include_usage": True}, "injected upstream"
+    [call] = gateway.calls()
+    assert call["completion_tokens"] == 8 and call["prompt_tokens"] > 0 and call["ttft_ms"] is not None
+
+
+async def test_chat_stream_with_include_usage_gets_the_usage_chunk(gateway) -> None:
+    stream = await gateway.client().chat.completions.create(
+        model=MODEL, messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [chunk async for chunk in stream]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 8
+
+
+async def test_completions_plain_and_streaming(gateway) -> None:
+    client = gateway.client()
+    reply = await client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=5)
+    assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 5
+    stream = await client.completions.create(model=MODEL, prompt="Once upon a time", stream=True)
+    texts = [c.choices[0].text async for c in stream if c.choices]
+    assert len(texts) == 8
+
+
+async def test_embeddings(gateway) -> None:
+    reply = await gateway.client().embeddings.create(model=MODEL, input=["one", "two"])
+    assert [d.index for d in reply.data] == [0, 1] and len(reply.data[0].embedding) == 8
+
+
+async def test_models_lists_the_aliases(gateway) -> None:
+    models = await gateway.client().models.list()
+    assert [m.id for m in models.data] == [MODEL]
+
+
+async def test_alias_is_rewritten_to_the_upstream_model_and_max_tokens_capped(gateway_factory, sim_factory) -> None:
+    sim = await sim_factory(models=("meta-llama/Llama-3.1-8B-Instruct",))
+    config = gateway_config(models=[{
+        "alias": "llama", "max_tokens": 3,
+        "deployments": [{"name": "pool", "model": "meta-llama/Llama-3.1-8B-Instruct", "api_base": sim.base_url}],
+    }])
+    gw = await gateway_factory(config)
+    reply = await gw.client().chat.completions.create(model="llama", messages=MESSAGES, max_tokens=100)
+    assert sim.stats.bodies[-1]["model"] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert sim.stats.bodies[-1]["max_tokens"] == 3
+    assert reply.usage.completion_tokens == 3
+    await gw.client().chat.completions.create(model="llama", messages=MESSAGES)
+    assert sim.stats.bodies[-1]["max_tokens"] == 3, "the cap applies when the client gives no max"
+
+
+async def test_untouched_requests_are_forwarded_byte_for_byte(gateway, sim) -> None:
+    raw = b'{"model":"sim-model","messages":[{"role":"user","content":"x"}],  "temperature":0.5}'
+    async with aiohttp.ClientSession() as http:
+        async with http.post(gateway.url + "/v1/chat/completions", data=raw,
+                             headers={"Authorization": f"Bearer {KEY}"}) as resp:
+            assert resp.status == 200
+            assert float(resp.headers["x-gateway-overhead-ms"]) >= 0
+            assert resp.headers["x-request-id"].startswith("req-")
+    assert sim.stats.headers[-1].get("Authorization") is None, "the gateway key never goes upstream"
+
+
+async def test_provider_key_is_sent_upstream_not_the_client_key(gateway_factory, sim) -> None:
+    gw = await gateway_factory(gateway_config([deployment("sim-a", sim.base_url, api_key="sk-upstream-FAKE-1")]))
+    await gw.client().chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert sim.stats.headers[-1]["Authorization"] == "Bearer sk-upstream-FAKE-1"
+
+
+async def test_health_and_metrics(gateway) -> None:
+    await gateway.client().chat.completions.create(model=MODEL, messages=MESSAGES)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(gateway.url + "/health/live") as resp:
+            assert resp.status == 200
+        async with http.get(gateway.url + "/health/ready") as resp:
+            assert resp.status == 200 and (await resp.json())["ready"] is True
+        async with http.get(gateway.url + "/metrics") as resp:
+            text = await resp.text()
+    assert 'llmp_gateway_requests_total{deployment="sim-a",model="sim-model",status="200"} 1.0' in text
+    assert 'llmp_gateway_tokens_total{kind="completion",model="sim-model"} 8.0' in text
+    assert "llmp_gateway_time_to_first_token_seconds" in text
+
+
+async def test_log_line_holds_a_prompt_hash_never_the_prompt_or_key(gateway) -> None:
+    await gateway.client().chat.completions.create(model=MODEL, messages=MESSAGES, user="alice")
+    raw = gateway.log_buffer.getvalue()
+    assert b"Say hello" not in raw and KEY.encode() not in raw
+    [call] = gateway.calls()
+    assert len(call["prompt_hash"]) == 16 and call["key_id"].startswith("key-")
+    for field in ("request_id", "model", "deployment", "region", "status", "latency_ms", "ttft_ms"):
+        assert field in call
+
+
+@pytest.mark.parametrize("api_key", [None, "sk-wrong"])
+async def test_missing_or_wrong_key_is_refused_with_openai_error_shape(gateway, api_key) -> None:
+    if api_key is None:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(gateway.url + "/v1/chat/completions", json={"model": MODEL}) as resp:
+                body = await resp.json()
+                assert resp.status == 401 and body["error"]["code"] == "invalid_api_key"
+        return
+    with pytest.raises(openai.AuthenticationError):
+        await gateway.client(api_key=api_key).chat.completions.create(model=MODEL, messages=MESSAGES)
+
+
+async def test_unknown_model_is_a_404(gateway) -> None:
+    with pytest.raises(openai.NotFoundError) as err:
+        await gateway.client().chat.completions.create(model="nope", messages=MESSAGES)
+    assert err.value.body["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        (b"{not json", None),
+        (b'{"messages": []}', "model"),
+        (b'{"model": "sim-model"}', "messages"),
+        (b'{"model": "sim-model", "messages": [{"role":"user","content":"x"}], "max_tokens": "ten"}', "max_tokens"),
+    ],
+)
+async def test_bad_requests_name_the_field(gateway, body, field) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(gateway.url + "/v1/chat/completions", data=body,
+                             headers={"Authorization": f"Bearer {KEY}"}) as resp:
+            error = (await resp.json())["error"]
+    assert resp.status == 400 and error["type"] == "invalid_request_error"
+    assert error["param"] == field
