@@ -1,0 +1,216 @@
+"""charts/gateway, rendered by real Helm with the values the Pulumi program computes for each prod region."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from infra.chart_values import (GATEWAY_CHART, GATEWAY_NAMESPACE, GATEWAY_PORT, GATEWAY_RELEASE, MODEL_NAMESPACE,
+                                VLLM_PORT, gateway_service_account_subject)
+from infra.components.dns import regional_host
+from infra.config import StackConfig
+from infra.gateway_config import gateway_config
+from tests.charts.rendering import (PROD_REGIONS, ROLE_ARN, Rendered, install_error, merged, prod_gateway_values,
+                                    render, render_prod_gateway)
+
+REGIONS = pytest.mark.parametrize("region", PROD_REGIONS)
+_RENDERED: dict[str, Rendered] = {}
+
+
+def _prod(cfg: StackConfig, region: str) -> Rendered:
+    if region not in _RENDERED:
+        _RENDERED[region] = render_prod_gateway(cfg, region)
+    return _RENDERED[region]
+
+
+def _defaults(values: dict | None = None) -> Rendered:
+    return render(GATEWAY_CHART, values, name=GATEWAY_RELEASE, namespace=GATEWAY_NAMESPACE)
+
+
+# --- identity: IRSA ------------------------------------------------------------------------------
+
+@REGIONS
+def test_the_pods_run_as_the_service_account_the_iam_role_trusts(prod, region):
+    r = _prod(prod, region)
+    account = r.one("ServiceAccount")
+    name, namespace = account["metadata"]["name"], account["metadata"]["namespace"]
+    assert f"system:serviceaccount:{namespace}:{name}" == gateway_service_account_subject()
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == ROLE_ARN
+    assert r.pod_spec()["serviceAccountName"] == name
+
+
+def test_the_default_service_account_is_llm_gateway_even_without_a_role():
+    account = _defaults().one("ServiceAccount")
+    assert account["metadata"]["name"] == "llm-gateway"
+    assert "annotations" not in account["metadata"]
+    assert account["automountServiceAccountToken"] is False
+
+
+# --- config and command --------------------------------------------------------------------------
+
+@REGIONS
+def test_the_gateway_config_is_rendered_into_a_config_map_and_passed_with_config(prod, region):
+    r = _prod(prod, region)
+    config_map = r.one("ConfigMap")
+    assert yaml.safe_load(config_map["data"]["config.yaml"]) == gateway_config(prod, prod.region(region))
+    container = r.container("gateway")
+    assert container["command"] + container["args"] == \
+        ["llmp", "gateway", "--config", "/etc/llm-platform/config.yaml", "--port", str(GATEWAY_PORT)]
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/etc/llm-platform")
+    volume = next(v for v in r.pod_spec()["volumes"] if v["name"] == mount["name"])
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    assert mount["readOnly"] is True
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["AWS_REGION"] == region
+
+
+def test_a_config_change_rolls_the_pods():
+    def checksum(config: dict) -> str:
+        return _defaults({"config": config}).one("Deployment")["spec"]["template"]["metadata"]["annotations"][
+            "checksum/config"]
+    assert checksum({"version": 1}) == checksum({"version": 1})
+    assert checksum({"version": 1}) != checksum({"version": 2})
+
+
+# --- traffic -------------------------------------------------------------------------------------
+
+@REGIONS
+def test_the_ingress_answers_on_the_global_and_the_regional_host(prod, region):
+    ingress = _prod(prod, region).one("Ingress")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    hosts = [rule["host"] for rule in ingress["spec"]["rules"]]
+    assert hosts == [prod.gateway.domain, regional_host(region, prod.gateway.domain)]
+    for rule in ingress["spec"]["rules"]:
+        assert rule["http"]["paths"][0]["backend"]["service"] == {"name": "gateway", "port": {"name": "http"}}
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+
+
+@REGIONS
+def test_the_service_exposes_the_gateway_port(prod, region):
+    service = _prod(prod, region).one("Service")
+    assert service["metadata"]["name"] == "gateway"
+    assert service["spec"]["ports"] == [{"name": "http", "port": GATEWAY_PORT, "targetPort": "http", "protocol": "TCP"}]
+
+
+def test_probes_use_the_gateways_health_endpoints():
+    c = _defaults().container("gateway")
+    assert c["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "http"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": "http"}
+    assert c["startupProbe"]["httpGet"]["path"] == "/health/live"
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": GATEWAY_PORT}
+
+
+def test_prometheus_scrapes_metrics_by_annotation_or_service_monitor():
+    annotations = _defaults().one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert (annotations["prometheus.io/scrape"], annotations["prometheus.io/port"], annotations["prometheus.io/path"]) \
+        == ("true", str(GATEWAY_PORT), "/metrics")
+    monitor = _defaults({"metrics": {"serviceMonitor": {"enabled": True}}}).one("ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+
+
+# --- scaling and disruption ----------------------------------------------------------------------
+
+@REGIONS
+def test_replicas_scale_between_the_configured_min_and_max_and_survive_drains(prod, region):
+    r = _prod(prod, region)
+    hpa = r.one("HorizontalPodAutoscaler")
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == \
+        (prod.gateway.replicas.min, prod.gateway.replicas.max)
+    assert "replicas" not in r.one("Deployment")["spec"]
+    pdb = r.one("PodDisruptionBudget")
+    labels = r.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+
+def test_replicas_spread_across_zones():
+    constraints = _defaults().pod_spec()["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in constraints} == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+    assert all(c["labelSelector"]["matchLabels"]["app.kubernetes.io/name"] == "gateway" for c in constraints)
+
+
+# --- network policy ------------------------------------------------------------------------------
+
+def _peers_allow(rule: dict, port: int, protocol: str = "TCP") -> bool:
+    return any(p["port"] == port and p.get("protocol", "TCP") == protocol for p in rule.get("ports", []))
+
+
+def _namespaces(rule: dict, key: str) -> set[str]:
+    return {peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+            for peer in rule[key] if "namespaceSelector" in peer}
+
+
+@REGIONS
+def test_network_policy_admits_the_ingress_controller_and_the_namespace_only(prod, region):
+    policy = _prod(prod, region).one("NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert "ingress-nginx" in _namespaces(rule, "from")
+    assert {"podSelector": {}} in rule["from"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+
+
+@REGIONS
+def test_network_policy_lets_the_gateway_reach_models_redis_aws_and_dns_only(prod, region):
+    egress = _prod(prod, region).one("NetworkPolicy")["spec"]["egress"]
+    dns = [r for r in egress if _peers_allow(r, 53, "UDP")]
+    assert dns and _namespaces(dns[0], "to") == {"kube-system"}
+    models = [r for r in egress if _peers_allow(r, VLLM_PORT)]
+    assert models and _namespaces(models[0], "to") == {MODEL_NAMESPACE}
+    redis = [r for r in egress if _peers_allow(r, 6379)]
+    assert redis and {"ipBlock": {"cidr": prod.network.cidr}} in redis[0]["to"]
+    https = [r for r in egress if _peers_allow(r, 443) and any("ipBlock" in p for p in r["to"])]
+    assert https, "AWS APIs (STS, Secrets Manager) need HTTPS egress"
+    allowed_ports = {p["port"] for r in egress for p in r["ports"]}
+    assert allowed_ports == {53, VLLM_PORT, 80, 443, 6379}
+    assert all(r.get("to") for r in egress), "an egress rule without peers would allow every destination"
+
+
+# --- hardening -----------------------------------------------------------------------------------
+
+def test_the_gateway_runs_non_root_read_only_without_privilege_escalation():
+    r = _defaults()
+    spec = r.pod_spec()
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = r.container("gateway")["securityContext"]
+    assert (sc["readOnlyRootFilesystem"], sc["allowPrivilegeEscalation"], sc["capabilities"]["drop"]) == \
+        (True, False, ["ALL"])
+
+
+def test_the_notes_give_the_api_urls_and_a_health_check(prod):
+    notes = _prod(prod, PROD_REGIONS[0]).notes
+    assert f"http://{prod.gateway.domain}/v1" in notes
+    assert "http://gateway.llm-gateway.svc.cluster.local:4000/v1" in notes
+    assert "/health/ready" in notes
+
+
+# --- bad values ----------------------------------------------------------------------------------
+
+BAD_VALUES = {
+    "a role that is not an IAM role ARN": ({"serviceAccount": {"roleArn": "gateway-role"}}, "/serviceAccount/roleArn"),
+    "a host with an underscore": ({"ingress": {"hosts": ["api_llm.example.com"]}}, "/ingress/hosts/0"),
+    "an unpinned image": ({"image": {"tag": "latest"}}, "/image/tag"),
+    "config that is not a mapping": ({"config": "models: []"}, "/config"),
+    "a misspelt key": ({"replicas": 3}, "'replicas'"),
+    "a region that is not one": ({"region": "US East"}, "/region"),
+}
+
+
+@pytest.mark.parametrize(("values", "names"), BAD_VALUES.values(), ids=BAD_VALUES.keys())
+def test_bad_values_are_refused_at_install_with_a_message_naming_the_key(values, names):
+    message = install_error(GATEWAY_CHART, values, name=GATEWAY_RELEASE, namespace=GATEWAY_NAMESPACE)
+    assert "values don't meet the specifications of the schema" in message
+    assert names in message, message
+
+
+@REGIONS
+def test_the_prod_values_are_accepted_at_install(prod, region):
+    assert install_error(GATEWAY_CHART, prod_gateway_values(prod, region), name=GATEWAY_RELEASE,
+                         namespace=GATEWAY_NAMESPACE) == ""
+
+
+def test_tls_hosts_switch_the_notes_to_https():
+    r = _defaults(merged({}, {"ingress": {"hosts": ["api.example.com"],
+                                          "tls": [{"secretName": "api-tls", "hosts": ["api.example.com"]}]}}))
+    assert r.one("Ingress")["spec"]["tls"] == [{"secretName": "api-tls", "hosts": ["api.example.com"]}]
+    assert "https://api.example.com/v1" in r.notes
