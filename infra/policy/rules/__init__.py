@@ -1,0 +1,104 @@
+"""The controls: each a pure function over the resources the program would create, and `evaluate` to run them all."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable
+
+from infra.policy.rules import budget, cluster, failover, gpu_pools, residency, secrets
+from infra.policy.rules.base import (ADVISORY, MANDATORY, Control, ControlResult, Findings, ModelIntent, PolicyConfig,
+                                     Resource, Resources)
+
+if TYPE_CHECKING:
+    from infra.plan.run import Plan
+
+__all__ = ["ADVISORY", "CONTROLS", "MANDATORY", "Control", "ControlResult", "Findings", "ModelIntent",
+           "PolicyConfig", "Resource", "Resources", "control", "evaluate", "evaluate_resources"]
+
+_T = "tests/policy/"
+
+CONTROLS: list[Control] = [
+    Control("budget-cap", "Spend is capped by a budget the stack cannot outgrow", budget.DESCRIPTION, MANDATORY,
+            budget.check, [
+                f"{_T}test_budget_cap.py::test_every_stack_has_a_monthly_budget_with_alerts",
+                f"{_T}test_budget_cap.py::test_prod_at_maximum_scale_fits_its_budget",
+                f"{_T}test_budget_cap.py::test_preview_stays_under_the_preview_cap",
+                f"{_T}test_budget_cap.py::test_budget_below_max_scale_cost_is_rejected",
+                f"{_T}test_budget_cap.py::test_preview_budget_above_the_preview_cap_is_rejected",
+                f"{_T}test_budget_cap.py::test_stack_without_a_budget_is_rejected",
+            ]),
+    Control("region-residency", "Resources, restricted models and secrets stay in their residency zone",
+            residency.DESCRIPTION, MANDATORY, residency.check, [
+                f"{_T}test_region_residency.py::test_every_resource_sits_in_a_region_its_zone_allows",
+                f"{_T}test_region_residency.py::test_eu_models_never_leave_eu",
+                f"{_T}test_region_residency.py::test_secret_replicas_stay_in_their_zone",
+                f"{_T}test_region_residency.py::test_only_iam_route53_and_budgets_live_outside_a_region",
+                f"{_T}test_region_residency.py::test_eu_zone_listing_a_us_region_is_rejected",
+                f"{_T}test_region_residency.py::test_restricted_model_served_outside_its_zone_is_rejected",
+                f"{_T}test_region_residency.py::test_secret_replicated_out_of_its_zone_is_rejected",
+                f"{_T}test_region_residency.py::test_regional_resource_on_the_global_provider_is_rejected",
+            ]),
+    Control("failover-topology", "Losing any one region leaves every model serving, and DNS routes around it",
+            failover.DESCRIPTION, MANDATORY, failover.check, [
+                f"{_T}test_failover_topology.py::test_every_prod_model_runs_in_two_regions_of_each_zone_it_serves",
+                f"{_T}test_failover_topology.py::test_prod_survives_loss_of_any_one_region",
+                f"{_T}test_failover_topology.py::test_every_regional_gateway_is_health_checked_in_dns",
+                f"{_T}test_failover_topology.py::test_restricted_models_never_fall_back_out_of_their_zone",
+                f"{_T}test_failover_topology.py::test_prod_model_in_one_region_only_is_rejected",
+                f"{_T}test_failover_topology.py::test_replicas_too_few_to_absorb_a_lost_region_are_rejected",
+                f"{_T}test_failover_topology.py::test_pool_too_small_for_its_failover_replicas_is_rejected",
+                f"{_T}test_failover_topology.py::test_gateway_without_a_health_check_is_rejected",
+                f"{_T}test_failover_topology.py::test_fallback_loop_is_rejected",
+                f"{_T}test_failover_topology.py::test_restricted_model_falling_back_to_a_hosted_provider_is_rejected",
+            ]),
+    Control("secret-scope", "Only this stack's gateways can read its secrets", secrets.DESCRIPTION, MANDATORY,
+            secrets.check, [
+                f"{_T}test_secret_scope.py::test_secrets_are_encrypted_with_the_stacks_own_keys",
+                f"{_T}test_secret_scope.py::test_only_the_stacks_gateway_roles_may_read_its_secrets",
+                f"{_T}test_secret_scope.py::test_no_policy_the_program_writes_has_a_wildcard",
+                f"{_T}test_secret_scope.py::test_a_deny_all_but_fence_is_not_a_wildcard_grant",
+                f"{_T}test_secret_scope.py::test_wildcard_resource_in_a_role_policy_is_rejected",
+                f"{_T}test_secret_scope.py::test_secret_policy_allowing_everyone_is_rejected",
+                f"{_T}test_secret_scope.py::test_secret_on_the_default_key_is_rejected",
+                f"{_T}test_secret_scope.py::test_non_gateway_role_reading_secrets_is_rejected",
+                f"{_T}test_secret_scope_iam.py::test_preview_gateway_cannot_read_prod_secrets",
+                f"{_T}test_secret_scope_iam.py::test_prod_gateways_cannot_read_preview_secrets",
+                f"{_T}test_secret_scope_iam.py::test_a_gateway_role_reads_only_its_own_regions_secrets",
+            ]),
+    Control("gpu-pool-hygiene", "GPU pools are tainted, spot runs only batch models, every pool is bounded",
+            gpu_pools.DESCRIPTION, MANDATORY, gpu_pools.check, [
+                f"{_T}test_gpu_pool_hygiene.py::test_gpu_pools_are_tainted_and_bounded",
+                f"{_T}test_gpu_pool_hygiene.py::test_spot_pools_serve_only_batch_models",
+                f"{_T}test_gpu_pool_hygiene.py::test_interactive_model_on_a_spot_pool_is_rejected",
+                f"{_T}test_gpu_pool_hygiene.py::test_gpu_pool_without_gpu_taint_is_rejected",
+                f"{_T}test_gpu_pool_hygiene.py::test_spot_pool_without_spot_taint_is_rejected",
+                f"{_T}test_gpu_pool_hygiene.py::test_node_group_without_max_size_is_rejected",
+            ]),
+    Control("cluster-hardening", "Cluster APIs are fenced, Kubernetes Secrets encrypted, control planes logged",
+            cluster.DESCRIPTION, MANDATORY, cluster.check, [
+                f"{_T}test_cluster_hardening.py::test_cluster_endpoints_are_allow_listed_encrypted_and_logged",
+                f"{_T}test_cluster_hardening.py::test_api_endpoint_open_to_half_the_internet_is_rejected",
+                f"{_T}test_cluster_hardening.py::test_public_endpoint_without_allow_list_is_rejected",
+                f"{_T}test_cluster_hardening.py::test_cluster_without_secrets_encryption_is_rejected",
+                f"{_T}test_cluster_hardening.py::test_cluster_without_audit_logs_is_rejected",
+            ]),
+]
+
+
+def control(control_id: str) -> Control:
+    return next(c for c in CONTROLS if c.id == control_id)
+
+
+def run_control(c: Control, resources: Resources, policy: PolicyConfig) -> ControlResult:
+    found = c.check(resources, policy)
+    return ControlResult(id=c.id, title=c.title, enforcement=c.enforcement,
+                         status="fail" if found.violations else "pass",
+                         violations=found.violations, evidence=found.evidence)
+
+
+def evaluate_resources(resources: Iterable[Resource], policy: PolicyConfig) -> list[ControlResult]:
+    index = Resources(list(resources))
+    return [run_control(c, index, policy) for c in CONTROLS]
+
+
+def evaluate(plan: "Plan") -> list[ControlResult]:
+    """Every control's result on what the plan's program would create, in CONTROLS order."""
+    return evaluate_resources(plan.resources, PolicyConfig.from_stack(plan.config))

@@ -1,0 +1,62 @@
+"""Control `cluster-hardening`: EKS API endpoints are private or allow-listed, secrets are envelope-encrypted, the control plane logs."""
+from __future__ import annotations
+
+import ipaddress
+
+from infra.policy.rules.base import EKS_CLUSTER, KMS_KEY, Findings, PolicyConfig, Resources, as_list
+
+REQUIRED_LOGS = ("api", "audit", "authenticator")
+# The widest public allow-list entry accepted: a /16 is already 65,536 addresses; CI egress ranges are far smaller.
+WIDEST_PUBLIC_PREFIX = {4: 16, 6: 48}
+
+DESCRIPTION = (
+    "Every EKS cluster's API endpoint is private, or public only to an allow-list of CIDR blocks none wider "
+    f"than a /{WIDEST_PUBLIC_PREFIX[4]} (IPv4) or /{WIDEST_PUBLIC_PREFIX[6]} (IPv6); private access stays on. "
+    "Kubernetes Secrets are envelope-encrypted with a KMS key this stack creates in the cluster's region. "
+    f"Control plane logging is on for at least {', '.join(REQUIRED_LOGS)}.")
+
+
+def check(resources: Resources, policy: PolicyConfig) -> Findings:
+    found = Findings()
+    keys = {str(k.outputs.get("arn")): k.region for k in resources.of_type(KMS_KEY) if k.outputs.get("arn")}
+    clusters = resources.of_type(EKS_CLUSTER)
+    if not clusters:
+        found.fail("the stack creates no EKS cluster to judge")
+    for cluster in clusters:
+        vpc = cluster.inputs.get("vpcConfig") or {}
+        public = bool(vpc.get("endpointPublicAccess", True))  # EKS's default is a public endpoint
+        cidrs = [str(c) for c in as_list(vpc.get("publicAccessCidrs"))]
+        encryption = cluster.inputs.get("encryptionConfig") or {}
+        key = str((encryption.get("provider") or {}).get("keyArn") or "")
+        logs = [str(t) for t in as_list(cluster.inputs.get("enabledClusterLogTypes"))]
+        found.judged(cluster, endpoint_public=public, endpoint_private=bool(vpc.get("endpointPrivateAccess")),
+                     public_access_cidrs=cidrs, secrets_encryption_key=key or None,
+                     encrypted_resources=list(as_list(encryption.get("resources"))), control_plane_logs=logs)
+        if public:
+            if not cidrs:
+                found.fail(f"EKS cluster {cluster.name} in {cluster.region} has a public API endpoint open to the "
+                           f"whole internet (no publicAccessCidrs allow-list)")
+            for cidr in cidrs:
+                try:
+                    net = ipaddress.ip_network(cidr, strict=False)
+                except ValueError:
+                    found.fail(f"EKS cluster {cluster.name}: {cidr!r} is not a CIDR block")
+                    continue
+                if net.prefixlen < WIDEST_PUBLIC_PREFIX[net.version]:
+                    found.fail(f"EKS cluster {cluster.name} in {cluster.region} opens its public API endpoint to "
+                               f"{cidr} ({net.num_addresses:,} addresses); allow-list entries may be at most "
+                               f"/{WIDEST_PUBLIC_PREFIX[net.version]}")
+        if not vpc.get("endpointPrivateAccess"):
+            found.fail(f"EKS cluster {cluster.name} in {cluster.region} has private endpoint access off: nodes "
+                       f"reach the API over the internet")
+        if "secrets" not in as_list(encryption.get("resources")) or not key:
+            found.fail(f"EKS cluster {cluster.name} in {cluster.region} does not envelope-encrypt Kubernetes "
+                       f"Secrets with KMS")
+        elif keys.get(key) != cluster.region:
+            found.fail(f"EKS cluster {cluster.name} in {cluster.region} encrypts Secrets with {key}, which is not "
+                       f"a KMS key this stack creates in {cluster.region}")
+        missing = [t for t in REQUIRED_LOGS if t not in logs]
+        if missing:
+            found.fail(f"EKS cluster {cluster.name} in {cluster.region} does not log {', '.join(missing)} from "
+                       f"its control plane")
+    return found

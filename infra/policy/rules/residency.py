@@ -1,0 +1,108 @@
+"""Control `region-residency`: every resource stays in a region its residency zone allows; restricted models and secret replicas stay in their zone."""
+from __future__ import annotations
+
+from collections import Counter
+
+from infra.policy.rules.base import (GLOBAL, KMS_KEY, KMS_REPLICA_KEY, SECRET, TAG_RESIDENCY, Findings, PolicyConfig,
+                                     Resources, as_list)
+
+# The only resource types allowed outside a region: AWS services that have none. Anything else
+# recorded as "global" was created through the global-services provider by mistake.
+GLOBAL_SERVICE_TYPES = frozenset({
+    "aws:iam/role:Role",
+    "aws:iam/rolePolicy:RolePolicy",
+    "aws:iam/rolePolicyAttachment:RolePolicyAttachment",
+    "aws:iam/policy:Policy",
+    "aws:iam/openIdConnectProvider:OpenIdConnectProvider",
+    "aws:route53/zone:Zone",
+    "aws:route53/record:Record",
+    "aws:route53/healthCheck:HealthCheck",
+    "aws:budgets/budget:Budget",
+})
+
+# A zone named after a jurisdiction may only list that jurisdiction's AWS regions: a typo in
+# `residency.eu` must not quietly make us-east-1 "EU".
+JURISDICTIONS = {"eu": "eu-", "us": "us-", "ca": "ca-", "ap": "ap-", "sa": "sa-", "me": "me-", "af": "af-",
+                 "il": "il-", "mx": "mx-"}
+
+DESCRIPTION = (
+    "Every regional resource the program creates (AWS resources through the region's provider, Kubernetes "
+    "resources through the region's cluster) sits in a region that the residency zone the stack declares for "
+    "it allows, and AWS resources carry that zone in their llm-platform:residency tag. A zone named after a "
+    "jurisdiction (eu, us, ...) lists only that jurisdiction's AWS regions. Models restricted to a zone are "
+    "served (vLLM releases) only in regions of that zone. Secret replicas and KMS replica keys stay in the "
+    "zone of their primary. Only global services, by an explicit list (IAM roles, policies and OIDC providers, "
+    "Route53 zones, records and health checks, AWS Budgets), exist outside a region.")
+
+
+def _arn_region(arn: str) -> str:
+    parts = str(arn).split(":")
+    return parts[3] if len(parts) > 3 else ""
+
+
+def check(resources: Resources, policy: PolicyConfig) -> Findings:
+    found = Findings()
+    for zone, regions in policy.residency.items():
+        prefix = JURISDICTIONS.get(zone)
+        found.judged(None, zone=zone, allows=list(regions), jurisdiction_prefix=prefix)
+        for region in regions:
+            if prefix and not region.startswith(prefix):
+                found.fail(f"residency zone {zone!r} lists {region}, which is outside the {zone.upper()} "
+                           f"jurisdiction (only {prefix}* regions)")
+
+    placed: Counter[tuple[str, str]] = Counter()
+    global_types: Counter[str] = Counter()
+    for r in resources.all:
+        if r.region == GLOBAL:
+            global_types[r.type] += 1
+            if r.type not in GLOBAL_SERVICE_TYPES:
+                found.fail(f"{r.type} {r.name} is created outside any region (global-services provider); only "
+                           f"IAM, Route53 and Budgets may be")
+            continue
+        zone = policy.zone_of(r.region)
+        if zone is None:
+            found.fail(f"{r.type} {r.name} is in {r.region}, which is not one of the stack's regions")
+            continue
+        placed[(r.region, zone)] += 1
+        if r.region not in policy.residency.get(zone, []):
+            found.fail(f"{r.type} {r.name} is in {r.region}, outside residency zone {zone!r} "
+                       f"({', '.join(policy.residency.get(zone, []))})")
+        tagged = (r.tags or {}).get(TAG_RESIDENCY)
+        if r.type.startswith("aws:") and tagged != zone:
+            found.fail(f"{r.type} {r.name} in {r.region} is tagged residency {tagged!r}, but {r.region} is in "
+                       f"zone {zone!r}")
+    for (region, zone), n in sorted(placed.items()):
+        found.judged(None, region=region, zone=zone, resources=n)
+    found.judged(None, outside_any_region={t: n for t, n in sorted(global_types.items())})
+
+    served: dict[str, set[str]] = {}
+    for release, model in resources.model_releases():
+        served.setdefault(model, set()).add(release.region)
+        intent = policy.models.get(model)
+        restricted = intent.residency if intent else None
+        if restricted and policy.zone_of(release.region) != restricted:
+            found.fail(f"model {model} is restricted to zone {restricted!r} but release {release.name} serves it "
+                       f"in {release.region} (zone {policy.zone_of(release.region)!r})")
+    for model, intent in sorted(policy.models.items()):
+        if intent.residency:
+            found.judged(None, model=model, restricted_to=intent.residency,
+                         served_in=sorted(served.get(model, set())))
+
+    for secret in resources.of_type(SECRET):
+        zone = policy.zone_of(secret.region)
+        replicas = [(str(rep.get("region")), str(rep.get("kmsKeyId") or "")) for rep in as_list(secret.inputs.get("replicas"))]
+        found.judged(secret, secret=secret.inputs.get("name"), zone=zone, replicas=[r for r, _ in replicas])
+        for region, key in replicas:
+            if policy.zone_of(region) != zone or region not in policy.residency.get(zone or "", []):
+                found.fail(f"secret {secret.inputs.get('name')} ({secret.region}, zone {zone!r}) is replicated to "
+                           f"{region}, outside its zone")
+            if key and _arn_region(key) != region:
+                found.fail(f"secret {secret.inputs.get('name')} replica in {region} is encrypted with a key in "
+                           f"{_arn_region(key)}")
+    primaries = {str(k.outputs.get("arn")): k for k in resources.of_type(KMS_KEY)}
+    for replica in resources.of_type(KMS_REPLICA_KEY):
+        primary = primaries.get(str(replica.inputs.get("primaryKeyArn")))
+        if primary is not None and policy.zone_of(primary.region) != policy.zone_of(replica.region):
+            found.fail(f"KMS replica key {replica.name} in {replica.region} copies a key from {primary.region}, "
+                       f"another residency zone")
+    return found

@@ -1,0 +1,209 @@
+"""Control `secret-scope`: a stack's secrets are encrypted with its own keys and readable only by its own gateway roles; no policy it writes has a wildcard."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from infra.policy.rules.base import (GATEWAY_CHART_DIR, IAM_POLICY, IAM_ROLE, IAM_ROLE_POLICY,
+                                     IAM_ROLE_POLICY_ATTACHMENT, KMS_KEY, KMS_REPLICA_KEY, SECRET, SECRET_POLICY,
+                                     Findings, PolicyConfig, Resource, Resources, as_list, policy_document,
+                                     statements)
+
+READ_SECRET = "secretsmanager:GetSecretValue"
+
+# AWS managed policies the program may attach, each reviewed to grant no secretsmanager:GetSecretValue.
+# Attaching anything else fails the control until it has been reviewed and added here.
+REVIEWED_MANAGED_POLICIES = frozenset({
+    "arn:aws:iam::aws:policy/AmazonEKSClusterPolicy",
+    "arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
+    "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy",
+    "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly",
+    "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore",
+})
+
+# Condition keys that pin a wildcard principal down to named principals.
+PRINCIPAL_KEYS = {"aws:principalarn", "aws:principalaccount", "aws:principalorgid", "aws:userid"}
+
+# (document input, resource type) of every policy document the program writes.
+POLICY_INPUTS = [(IAM_ROLE, "assumeRolePolicy"), (IAM_ROLE_POLICY, "policy"), (IAM_POLICY, "policy"),
+                 (SECRET_POLICY, "policy"), (KMS_KEY, "policy"), (KMS_REPLICA_KEY, "policy")]
+
+DESCRIPTION = (
+    "Every secret lives under the stack's own path (llm-platform/<stack>/...) and is encrypted, in its primary "
+    "region and in every replica, with a KMS key this stack creates in that region (never the account's default "
+    "aws/secretsmanager key). The only principals allowed to read a stack's secrets are that stack's gateway "
+    "roles (the IRSA roles its gateway releases run as): every identity policy the program writes that allows "
+    "secretsmanager:GetSecretValue on a stack secret belongs to a gateway role, and a gateway role reads only "
+    "this stack's secrets in its own region; every secret has a resource policy denying GetSecretValue to every "
+    "principal but those gateway roles of its zone. No policy document the program writes has a wildcard "
+    "Resource (or NotResource / NotPrincipal), or a wildcard Principal in an Allow statement. A wildcard "
+    "principal is accepted only in a Deny statement whose condition narrows it to named principals "
+    "(aws:PrincipalArn and similar): such a statement denies everyone else and grants nothing. Only AWS managed "
+    "policies from a reviewed list may be attached.")
+
+
+def _matches(pattern: str, value: str) -> bool:
+    return re.fullmatch(re.escape(pattern).replace(r"\*", ".*").replace(r"\?", "."), value) is not None
+
+
+def _grants_read(stmt: dict[str, Any]) -> bool:
+    return stmt.get("Effect") == "Allow" and any(_matches(str(a), READ_SECRET) for a in as_list(stmt.get("Action")))
+
+
+def _is_wildcard_principal(principal: Any) -> bool:
+    if principal == "*":
+        return True
+    if isinstance(principal, dict):
+        return any(v == "*" or "*" in as_list(v) for v in principal.values())
+    return False
+
+
+def _narrowing_keys(stmt: dict[str, Any]) -> set[str]:
+    keys = set()
+    for operator, clause in (stmt.get("Condition") or {}).items():
+        if "NotEquals" in operator or "NotLike" in operator:
+            keys |= {str(k).lower() for k in (clause or {})}
+    return keys & PRINCIPAL_KEYS
+
+
+def _wildcards(doc: dict[str, Any]) -> list[str]:
+    problems = []
+    for i, stmt in enumerate(statements(doc)):
+        sid = stmt.get("Sid") or f"statement {i}"
+        if any("*" in str(r) for r in as_list(stmt.get("Resource"))):
+            problems.append(f"{sid} has a wildcard Resource ({stmt.get('Resource')})")
+        if "NotResource" in stmt:
+            problems.append(f"{sid} uses NotResource (everything but a list)")
+        if "NotPrincipal" in stmt:
+            problems.append(f"{sid} uses NotPrincipal (everyone but a list)")
+        if _is_wildcard_principal(stmt.get("Principal")):
+            if stmt.get("Effect") != "Deny":
+                problems.append(f"{sid} allows a wildcard principal ({stmt.get('Principal')})")
+            elif not _narrowing_keys(stmt):
+                problems.append(f"{sid} denies a wildcard principal without a condition naming who is exempt")
+    return problems
+
+
+def _replica_arn(arn: str, primary_region: str, region: str) -> str:
+    # A replica keeps its primary's ARN, with its own region.
+    return arn.replace(f":{primary_region}:", f":{region}:")
+
+
+def check(resources: Resources, policy: PolicyConfig) -> Findings:
+    found = Findings()
+    prefix = f"llm-platform/{policy.stack}/"
+    key_region = {str(k.outputs.get("arn")): k.region
+                  for k in resources.of_type(KMS_KEY) + resources.of_type(KMS_REPLICA_KEY) if k.outputs.get("arn")}
+    roles_by_name = {str(r.outputs.get("name")): r for r in resources.of_type(IAM_ROLE) if r.outputs.get("name")}
+    roles_by_arn = {str(r.outputs.get("arn")): r for r in resources.of_type(IAM_ROLE) if r.outputs.get("arn")}
+    gateway_roles: dict[str, str] = {}  # role ARN -> region of the gateway that runs as it
+    for gateway in resources.releases(GATEWAY_CHART_DIR):
+        arn = ((gateway.inputs.get("values") or {}).get("serviceAccount") or {}).get("roleArn")
+        if arn:
+            gateway_roles[str(arn)] = gateway.region
+    found.judged(None, gateway_roles={arn: region for arn, region in sorted(gateway_roles.items())})
+
+    # secret ARN (primary or replica) -> (secret, region it is readable in)
+    stack_secrets: dict[str, tuple[Resource, str]] = {}
+    policies_by_secret = {str(p.inputs.get("secretArn")): p for p in resources.of_type(SECRET_POLICY)}
+    for secret in resources.of_type(SECRET):
+        name = str(secret.inputs.get("name") or "")
+        arn = str(secret.outputs.get("arn") or "")
+        stack_secrets[arn] = (secret, secret.region)
+        kms = str(secret.inputs.get("kmsKeyId") or "")
+        replicas = [(str(r.get("region")), str(r.get("kmsKeyId") or "")) for r in as_list(secret.inputs.get("replicas"))]
+        for region, _ in replicas:
+            stack_secrets[_replica_arn(arn, secret.region, region)] = (secret, region)
+        if not name.startswith(prefix):
+            found.fail(f"secret {name or secret.name} is not under the stack's path {prefix}")
+        for region, key in [(secret.region, kms), *replicas]:
+            if not key:
+                found.fail(f"secret {name} in {region} is encrypted with the account's default key, not a key of "
+                           f"stack {policy.stack}")
+            elif key_region.get(key) != region:
+                found.fail(f"secret {name} in {region} is encrypted with {key}, which is not a KMS key this stack "
+                           f"creates in {region}")
+        readers: list[str] = []
+        resource_policy = policies_by_secret.get(arn)
+        doc = policy_document(resource_policy.inputs.get("policy")) if resource_policy else None
+        if doc is None:
+            found.fail(f"secret {name} in {secret.region} has no resource policy: any principal of the account "
+                       f"whose IAM policies allow {READ_SECRET} can read it")
+        else:
+            fences = [s for s in statements(doc) if s.get("Effect") == "Deny" and _is_wildcard_principal(s.get("Principal"))
+                      and any(_matches(str(a), READ_SECRET) for a in as_list(s.get("Action")))
+                      and "aws:principalarn" in _narrowing_keys(s)]
+            for s in fences:
+                for clause in (s.get("Condition") or {}).values():
+                    for k, v in (clause or {}).items():
+                        if str(k).lower() == "aws:principalarn":
+                            readers += [str(x) for x in as_list(v)]
+            if not fences:
+                found.fail(f"secret {name} in {secret.region}: its resource policy does not deny {READ_SECRET} to "
+                           f"every principal but the stack's gateway roles")
+            for s in statements(doc):
+                if s.get("Effect") == "Allow" and any(_matches(str(a), READ_SECRET) for a in as_list(s.get("Action"))):
+                    found.fail(f"secret {name} in {secret.region}: its resource policy grants {READ_SECRET} "
+                               f"({s.get('Principal')}); reads are granted only by gateway roles' own policies")
+            zone = policy.zone_of(secret.region)
+            for reader in readers:
+                if reader not in gateway_roles:
+                    found.fail(f"secret {name} in {secret.region} exempts {reader} from its deny, which is not a "
+                               f"gateway role of stack {policy.stack}")
+                elif policy.zone_of(gateway_roles[reader]) != zone:
+                    found.fail(f"secret {name} (zone {zone!r}) exempts the gateway role of "
+                               f"{gateway_roles[reader]}, in another zone")
+        found.judged(secret, secret=name, key=kms, replicas=[r for r, _ in replicas], readers=sorted(readers))
+
+    # Identity policies: who may read which secret.
+    documents: list[tuple[Resource, Resource | None, dict[str, Any]]] = []  # (policy, role, doc)
+    for rp in resources.of_type(IAM_ROLE_POLICY):
+        doc = policy_document(rp.inputs.get("policy"))
+        if doc is not None:
+            documents.append((rp, roles_by_name.get(str(rp.inputs.get("role"))), doc))
+    managed = {str(p.outputs.get("arn")): p for p in resources.of_type(IAM_POLICY)}
+    for attachment in resources.of_type(IAM_ROLE_POLICY_ATTACHMENT):
+        arn = str(attachment.inputs.get("policyArn"))
+        role = roles_by_name.get(str(attachment.inputs.get("role")))
+        if arn in managed:
+            doc = policy_document(managed[arn].inputs.get("policy"))
+            if doc is not None:
+                documents.append((managed[arn], role, doc))
+        elif arn not in REVIEWED_MANAGED_POLICIES:
+            found.fail(f"{attachment.name} attaches {arn}, which is not on the reviewed list of managed policies "
+                       f"(it may grant {READ_SECRET}); review it and add it to REVIEWED_MANAGED_POLICIES")
+    for source, role, doc in documents:
+        role_arn = str(role.outputs.get("arn")) if role else None
+        granted = {str(r) for s in statements(doc) if _grants_read(s) for r in as_list(s.get("Resource"))}
+        readable = sorted(r for r in granted if any(_matches(r, arn) for arn in stack_secrets))
+        if role_arn in gateway_roles:
+            for foreign in sorted(granted - set(readable)):
+                found.fail(f"{source.name}: the {gateway_roles[role_arn]} gateway role may read {foreign}, which is "
+                           f"not a secret of stack {policy.stack}")
+        if not readable:
+            continue
+        found.judged(source, role=role.name if role else None, reads=readable)
+        if role_arn not in gateway_roles:
+            found.fail(f"{source.name} lets {role.name if role else 'an unknown role'} read stack secrets "
+                       f"({', '.join(readable)}); only the stack's gateway roles may")
+            continue
+        region = gateway_roles[role_arn]
+        for pattern in readable:
+            for arn, (secret, where) in stack_secrets.items():
+                if _matches(pattern, arn) and where != region:
+                    found.fail(f"{source.name}: the {region} gateway role may read {secret.inputs.get('name')} in "
+                               f"{where}; a gateway reads only its own region's copy")
+    for arn, region in gateway_roles.items():
+        if arn not in roles_by_arn:
+            found.fail(f"the gateway in {region} runs as {arn}, which is not a role this stack creates")
+
+    for typ, key in POLICY_INPUTS:
+        for r in resources.of_type(typ):
+            doc = policy_document(r.inputs.get(key))
+            if r.inputs.get(key) and doc is None:
+                found.fail(f"{typ} {r.name}: its {key} is not a JSON policy document")
+            for problem in _wildcards(doc or {}):
+                found.fail(f"{typ} {r.name}: {problem}")
+    found.judged(None, policy_documents_checked=sum(1 for t, k in POLICY_INPUTS for r in resources.of_type(t)
+                                                    if r.inputs.get(k)))
+    return found
