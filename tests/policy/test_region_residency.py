@@ -1,0 +1,89 @@
+"""Control region-residency: resources, restricted models and secret replicas stay inside their residency zone."""
+from __future__ import annotations
+
+from infra.plan.mocks import PlannedResource
+from tests.policy.helpers import (assert_passes, assert_rejected, find, mutated, plan_of, result, result_of_resources,
+                                  stack_raw)
+
+SECRET = "aws:secretsmanager/secret:Secret"
+RELEASE = "kubernetes:helm.sh/v3:Release"
+
+
+def test_every_resource_sits_in_a_region_its_zone_allows(stack_plan):
+    res = result(stack_plan, "region-residency")
+    assert_passes(res)
+    placed = {e["region"]: e["zone"] for e in res.evidence if "resources" in e}
+    assert placed == {r.name: r.residency for r in stack_plan.config.regions}
+
+
+def test_eu_models_never_leave_eu(prod_plan):
+    res = result(prod_plan, "region-residency")
+    assert_passes(res)
+    mistral = next(e for e in res.evidence if e.get("model") == "mistral-small-24b")
+    assert mistral["restricted_to"] == "eu"
+    assert mistral["served_in"] == ["eu-central-1", "eu-west-1"]
+
+
+def test_secret_replicas_stay_in_their_zone(prod_plan):
+    res = result(prod_plan, "region-residency")
+    assert_passes(res)
+    secrets = [e for e in res.evidence if e.get("type") == SECRET]
+    assert len(secrets) == 10
+    for e in secrets:
+        assert {e["region"], *e["replicas"]} in ({"us-east-1", "us-west-2"}, {"eu-west-1", "eu-central-1"})
+
+
+def test_only_iam_route53_and_budgets_live_outside_a_region(prod_plan):
+    res = result(prod_plan, "region-residency")
+    assert_passes(res)
+    outside = next(e["outside_any_region"] for e in res.evidence if "outside_any_region" in e)
+    assert outside and all(t.split(":")[1].split("/")[0] in {"iam", "route53", "budgets"} for t in outside)
+
+
+def test_eu_zone_listing_a_us_region_is_rejected():
+    """Broken config: the zone called "eu" is declared to include us-east-1, and the stack runs there as "eu"."""
+    raw = stack_raw("preview")
+    raw["residency"] = {"eu": ["eu-west-1", "us-east-1"]}
+    raw["regions"][0]["residency"] = "eu"
+    assert_rejected(result(plan_of(raw, "preview"), "region-residency"),
+                    "residency zone 'eu' lists us-east-1, which is outside the EU jurisdiction")
+
+
+def test_restricted_model_served_outside_its_zone_is_rejected(prod_plan):
+    """Program bug (simulated): the EU-restricted model's release in eu-west-1 lands in us-east-1 instead."""
+    resources = mutated(prod_plan, lambda rs: setattr(
+        find(rs, RELEASE, "eu-west-1-mistral-small-24b"), "region", "us-east-1"))
+    assert_rejected(result_of_resources(prod_plan, resources, "region-residency"),
+                    "model mistral-small-24b is restricted to zone 'eu' but release eu-west-1-mistral-small-24b "
+                    "serves it in us-east-1")
+
+
+def test_secret_replicated_out_of_its_zone_is_rejected(prod_plan):
+    """Program bug (simulated): an EU secret gets a replica in us-east-1."""
+    def replicate_to_us(rs):
+        secret = find(rs, SECRET, "llm-platform-secrets-eu-providers-openai")
+        secret.inputs["replicas"] = [*secret.inputs["replicas"], {
+            "region": "us-east-1", "kmsKeyId": "arn:aws:kms:us-east-1:123456789012:key/mrk-x"}]
+    resources = mutated(prod_plan, replicate_to_us)
+    assert_rejected(result_of_resources(prod_plan, resources, "region-residency"),
+                    "secret llm-platform/prod/providers/openai (eu-west-1, zone 'eu') is replicated to us-east-1, "
+                    "outside its zone")
+
+
+def test_regional_resource_on_the_global_provider_is_rejected(prod_plan):
+    """Program bug (simulated): a KMS key created through the global-services provider (no region of its own)."""
+    resources = mutated(prod_plan, lambda rs: rs.append(PlannedResource(
+        "aws:kms/key:Key", "stray-key", "global", {"description": "stray"},
+        {"llm-platform:residency": "global"}, {"arn": "arn:aws:kms:us-east-1:123456789012:key/stray"})))
+    assert_rejected(result_of_resources(prod_plan, resources, "region-residency"),
+                    "aws:kms/key:Key stray-key is created outside any region")
+
+
+def test_resource_tagged_with_the_wrong_zone_is_rejected(prod_plan):
+    """Program bug (simulated): an eu-central-1 resource carries the us residency tag (a mis-wired provider)."""
+    def mistag(rs):
+        vpc = find(rs, "aws:ec2/vpc:Vpc", region="eu-central-1")
+        vpc.tags = {**vpc.tags, "llm-platform:residency": "us"}
+    resources = mutated(prod_plan, mistag)
+    assert_rejected(result_of_resources(prod_plan, resources, "region-residency"),
+                    "is tagged residency 'us', but eu-central-1 is in zone 'eu'")
