@@ -89,8 +89,12 @@ class Proxy:
                 record.fallbacks.append(current.alias)
             candidates = self.router.candidates(current, request.endpoint, session_key)
             if not candidates:
-                failures.append(f"{current.alias}: no healthy deployment"
-                                if current.deployments else f"{current.alias}: no deployment in this residency zone")
+                if not current.deployments:
+                    failures.append(f"{current.alias}: no deployment in this residency zone")
+                elif not any(d.serves(request.endpoint) for d in current.deployments):
+                    failures.append(f"{current.alias}: no deployment offers the {request.endpoint} endpoint")
+                else:
+                    failures.append(f"{current.alias}: no healthy deployment")
                 continue
             opened = await self._try_route(request, current, candidates, record, failures)
             if opened is not None:
