@@ -1,0 +1,115 @@
+"""Control secret-scope: a stack's secrets use its own keys, only its gateway roles read them, no policy has a wildcard."""
+from __future__ import annotations
+
+from infra.plan.mocks import PlannedResource
+from infra.policy.rules.secrets import _wildcards
+from tests.policy.helpers import (assert_passes, assert_rejected, find, mutated, policy_doc, result,
+                                  result_of_resources, set_policy)
+
+SECRET = "aws:secretsmanager/secret:Secret"
+SECRET_POLICY = "aws:secretsmanager/secretPolicy:SecretPolicy"
+ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
+
+
+def test_secrets_are_encrypted_with_the_stacks_own_keys(stack_plan):
+    res = result(stack_plan, "secret-scope")
+    assert_passes(res)
+    keys = {r.outputs["arn"] for r in stack_plan.resources if r.type in ("aws:kms/key:Key", "aws:kms/replicaKey:ReplicaKey")}
+    secrets = [e for e in res.evidence if e.get("type") == SECRET]
+    assert secrets and all(e["key"] in keys for e in secrets)
+    assert all(e["secret"].startswith(f"llm-platform/{stack_plan.stack}/") for e in secrets)
+
+
+def test_only_the_stacks_gateway_roles_may_read_its_secrets(stack_plan):
+    res = result(stack_plan, "secret-scope")
+    assert_passes(res)
+    gateway_roles = next(e["gateway_roles"] for e in res.evidence if "gateway_roles" in e)
+    assert sorted(gateway_roles.values()) == sorted(r.name for r in stack_plan.config.regions)
+    readers = [e for e in res.evidence if "reads" in e]
+    assert len(readers) == len(gateway_roles), "each gateway role reads its region's copies, nobody else reads"
+    for e in [e for e in res.evidence if e.get("type") == SECRET]:
+        zone = stack_plan.config.zone_of(e["region"])
+        assert e["readers"] and all(stack_plan.config.zone_of(gateway_roles[r]) == zone for r in e["readers"])
+
+
+def test_no_policy_the_program_writes_has_a_wildcard(stack_plan):
+    res = result(stack_plan, "secret-scope")
+    assert_passes(res)
+    checked = next(e["policy_documents_checked"] for e in res.evidence if "policy_documents_checked" in e)
+    written = [r for r in stack_plan.resources if r.type in ("aws:iam/role:Role", ROLE_POLICY, SECRET_POLICY)]
+    assert checked == len(written)  # every trust policy, role policy and secret resource policy
+
+
+def test_a_deny_all_but_fence_is_not_a_wildcard_grant():
+    """The secret resource policy denies GetSecretValue to Principal "*" unless aws:PrincipalArn is a gateway
+    role. A wildcard principal is accepted only like this: in a Deny, narrowed by a principal condition."""
+    fence = {"Effect": "Deny", "Principal": {"AWS": "*"}, "Action": "secretsmanager:GetSecretValue",
+             "Resource": "arn:aws:secretsmanager:us-east-1:123456789012:secret:s-abc",
+             "Condition": {"StringNotEquals": {"aws:PrincipalArn": ["arn:aws:iam::123456789012:role/gw"]}}}
+    assert _wildcards({"Statement": [fence]}) == []
+    unconditioned = {k: v for k, v in fence.items() if k != "Condition"}
+    assert _wildcards({"Statement": [unconditioned]}) == [
+        "statement 0 denies a wildcard principal without a condition naming who is exempt"]
+    grant = {**fence, "Effect": "Allow"}
+    assert _wildcards({"Statement": [grant]}) == ["statement 0 allows a wildcard principal ({'AWS': '*'})"]
+
+
+def test_wildcard_resource_in_a_role_policy_is_rejected(prod_plan):
+    """Program bug (simulated): the us-east-1 gateway's role policy reads every secret ("Resource": "*")."""
+    def widen(rs):
+        rp = find(rs, ROLE_POLICY, "us-east-1-gateway-secrets")
+        doc = policy_doc(rp)
+        doc["Statement"][0]["Resource"] = "*"
+        set_policy(rp, "policy", doc)
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, widen), "secret-scope"),
+                    "aws:iam/rolePolicy:RolePolicy us-east-1-gateway-secrets: ReadStackSecrets has a wildcard "
+                    "Resource (*)",
+                    "the us-east-1 gateway role may read llm-platform/prod/providers/openai in us-west-2")
+
+
+def test_secret_policy_allowing_everyone_is_rejected(prod_plan):
+    """Program bug (simulated): a secret's resource policy becomes an Allow for Principal "*"."""
+    def open_up(rs):
+        sp = find(rs, SECRET_POLICY, "llm-platform-secrets-eu-gateway-master-key")
+        doc = policy_doc(sp)
+        doc["Statement"][0]["Effect"] = "Allow"
+        set_policy(sp, "policy", doc)
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, open_up), "secret-scope"),
+                    "OnlyThisStacksGatewaysRead allows a wildcard principal",
+                    "secret llm-platform/prod/gateway/master-key in eu-west-1: its resource policy grants "
+                    "secretsmanager:GetSecretValue")
+
+
+def test_secret_on_the_default_key_is_rejected(prod_plan):
+    """Program bug (simulated): a secret is created without kms_key_id (AWS's default aws/secretsmanager key)."""
+    resources = mutated(prod_plan, lambda rs: find(rs, SECRET, "llm-platform-secrets-us-providers-groq")
+                        .inputs.pop("kmsKeyId"))
+    assert_rejected(result_of_resources(prod_plan, resources, "secret-scope"),
+                    "secret llm-platform/prod/providers/groq in us-east-1 is encrypted with the account's default key")
+
+
+def test_non_gateway_role_reading_secrets_is_rejected(prod_plan):
+    """Program bug (simulated): the node role of us-east-1 gets a policy reading the stack's secrets, and a
+    secret policy exempts it from the deny."""
+    def grant_nodes(rs):
+        nodes = find(rs, "aws:iam/role:Role", "us-east-1-nodes")
+        gateway_policy = find(rs, ROLE_POLICY, "us-east-1-gateway-secrets")
+        rs.append(PlannedResource(ROLE_POLICY, "us-east-1-nodes-secrets", "global",
+                                  {"role": nodes.outputs["name"], "policy": gateway_policy.inputs["policy"]}))
+        sp = find(rs, SECRET_POLICY, "llm-platform-secrets-us-providers-openai")
+        doc = policy_doc(sp)
+        doc["Statement"][0]["Condition"]["StringNotEquals"]["aws:PrincipalArn"].append(nodes.outputs["arn"])
+        set_policy(sp, "policy", doc)
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, grant_nodes), "secret-scope"),
+                    "us-east-1-nodes-secrets lets us-east-1-nodes read stack secrets",
+                    "exempts arn:aws:iam::123456789012:role/us-east-1-nodes-d73a9a2 from its deny, which is not a "
+                    "gateway role of stack prod")
+
+
+def test_unreviewed_managed_policy_is_rejected(prod_plan):
+    """Program bug (simulated): a role gets the AWS managed SecretsManagerReadWrite policy attached."""
+    resources = mutated(prod_plan, lambda rs: rs.append(PlannedResource(
+        "aws:iam/rolePolicyAttachment:RolePolicyAttachment", "us-east-1-nodes-secrets", "global",
+        {"role": "us-east-1-nodes-d73a9a2", "policyArn": "arn:aws:iam::aws:policy/SecretsManagerReadWrite"})))
+    assert_rejected(result_of_resources(prod_plan, resources, "secret-scope"),
+                    "attaches arn:aws:iam::aws:policy/SecretsManagerReadWrite, which is not on the reviewed list")
