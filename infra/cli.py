@@ -17,8 +17,9 @@ def _stack_values(args: argparse.Namespace) -> tuple[dict, str, str]:
         path = Path(args.config_file)
         stack = args.stack or path.name.removeprefix("Pulumi.").removesuffix(".yaml")
         return read_stack_file(path), stack, str(path)
-    raw, source = read_stack(args.stack)
-    return raw, args.stack, source
+    stack = args.stack or "prod"
+    raw, source = read_stack(stack)
+    return raw, stack, source
 
 
 def _plan(args: argparse.Namespace):
@@ -123,8 +124,8 @@ def cmd_reap(args: argparse.Namespace) -> int:
 
 
 def _add_stack_args(p: argparse.ArgumentParser, stack_required: bool = False) -> None:
-    p.add_argument("--stack", default=None if stack_required else "prod", required=stack_required,
-                   help="stack name: reads Pulumi.<stack>.yaml (default: prod)")
+    p.add_argument("--stack", required=stack_required,
+                   help="stack name: reads Pulumi.<stack>.yaml (default: prod, or the --config-file's name)")
     p.add_argument("--config-file", help="a Pulumi.<stack>.yaml to plan instead of the stack's own file")
 
 
