@@ -291,3 +291,12 @@ def test_the_prod_values_are_accepted_at_install(prod):
     for m in prod.models_in(region.name):
         assert install_error(VLLM_CHART, vllm_values(prod, m, region), name=vllm_release_name(m),
                              namespace=MODEL_NAMESPACE) == ""
+
+
+def test_the_chart_the_program_and_the_defaults_pin_the_same_vllm_release():
+    import helm_python as helm
+
+    from infra.chart_values import VLLM_IMAGE
+    with helm.Chart.load(VLLM_CHART) as chart:
+        assert chart.metadata["appVersion"] == chart.values["image"]["tag"] == VLLM_IMAGE["tag"]
+        assert chart.values["image"]["repository"] == VLLM_IMAGE["repository"]
