@@ -1,0 +1,137 @@
+"""Secret scoping proven by IAM enforcement (moto): the program's gateway role policies read exactly their stack's, region's secrets.
+
+The roles get the trust policy and the inline policy the program writes, verbatim except that each planned
+secret ARN is replaced by the ARN moto gave the same secret in the same region (moto picks its own random
+suffix), and each role is named `<stack>-<planned name>`: the mock engine derives physical names from logical
+names only, so both stacks' us-east-1 gateway roles are planned with the same name (a real deploy's auto-naming
+adds a random suffix). The secrets of prod and preview live side by side in one account, so only IAM keeps
+them apart.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from moto import mock_aws
+from moto.core import enable_iam_authentication
+from moto.secretsmanager.responses import SecretsManagerResponse
+
+from infra.plan.run import Plan
+
+SECRET = "aws:secretsmanager/secret:Secret"
+
+
+def _secret_arn(self: SecretsManagerResponse) -> str:
+    """moto's Secrets Manager does not tell its IAM enforcement which secret a call is about (it judges
+    every call against Resource "*", so no ARN-scoped policy could ever pass). Tell it: the secret's ARN."""
+    secret_id = self._get_param("SecretId")
+    try:
+        return self.backend.describe_secret(secret_id).arn
+    except Exception:  # noqa: BLE001 unknown secret: let the action itself answer ResourceNotFound
+        return "*"
+
+
+@dataclass
+class Account:
+    """Secrets and gateway roles of both stacks, created in moto from the plans."""
+    secret_arns: dict[tuple[str, str, str], str]  # (stack, secret name, region) -> moto ARN
+    credentials: dict[tuple[str, str], dict]  # (stack, gateway region) -> assumed-role credentials
+
+    def read(self, reader: tuple[str, str], stack: str, name: str, region: str) -> str:
+        creds = self.credentials[reader]
+        client = boto3.client("secretsmanager", region_name=region, aws_access_key_id=creds["AccessKeyId"],
+                              aws_secret_access_key=creds["SecretAccessKey"], aws_session_token=creds["SessionToken"])
+        with enable_iam_authentication():
+            return client.get_secret_value(SecretId=self.secret_arns[(stack, name, region)])["SecretString"]
+
+    def denied(self, reader: tuple[str, str], stack: str, name: str, region: str) -> bool:
+        try:
+            self.read(reader, stack, name, region)
+        except ClientError as exc:
+            # moto answers IAM denials in IAM's XML, which the JSON client surfaces as a bare 403.
+            error = exc.response["Error"]
+            assert exc.response["ResponseMetadata"]["HTTPStatusCode"] == 403, error
+            assert "<Code>AccessDenied</Code>" in error["Message"], error
+            assert "secretsmanager:GetSecretValue" in error["Message"], error
+            return True
+        return False
+
+
+def _populate(plan: Plan, secret_arns: dict, credentials: dict) -> None:
+    planned_to_moto: dict[str, str] = {}
+    for secret in plan.of_type(SECRET):
+        name = secret.inputs["name"]
+        for region in [secret.region, *(r["region"] for r in secret.inputs.get("replicas", []))]:
+            arn = boto3.client("secretsmanager", region_name=region).create_secret(
+                Name=name, SecretString=f"{plan.stack}:{name}:{region}")["ARN"]
+            secret_arns[(plan.stack, name, region)] = arn
+            planned_to_moto[secret.outputs["arn"].replace(f":{secret.region}:", f":{region}:")] = arn
+    roles = {r.outputs["arn"]: r for r in plan.of_type("aws:iam/role:Role")}
+    role_policies = {r.inputs["role"]: r for r in plan.of_type("aws:iam/rolePolicy:RolePolicy")}
+    iam, sts = boto3.client("iam"), boto3.client("sts", region_name="us-east-1")
+    for release in plan.of_type("kubernetes:helm.sh/v3:Release"):
+        if not release.inputs["chart"].endswith("charts/gateway"):
+            continue
+        role = roles[release.inputs["values"]["serviceAccount"]["roleArn"]]
+        name = role.outputs["name"]
+        moto_name = f"{plan.stack}-{name}"
+        moto_arn = iam.create_role(RoleName=moto_name,
+                                   AssumeRolePolicyDocument=role.inputs["assumeRolePolicy"])["Role"]["Arn"]
+        doc = json.loads(role_policies[name].inputs["policy"])
+        for stmt in doc["Statement"]:
+            if stmt["Sid"] == "ReadStackSecrets":
+                stmt["Resource"] = [planned_to_moto[arn] for arn in stmt["Resource"]]
+        iam.put_role_policy(RoleName=moto_name, PolicyName=role_policies[name].name, PolicyDocument=json.dumps(doc))
+        credentials[(plan.stack, release.region)] = sts.assume_role_with_web_identity(
+            RoleArn=moto_arn, RoleSessionName="gateway", WebIdentityToken="projected-sa-token")["Credentials"]
+
+
+@pytest.fixture
+def account(prod_plan, preview_plan, monkeypatch) -> Account:
+    for var, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.setattr(SecretsManagerResponse, "_determine_resource", _secret_arn, raising=False)
+    with mock_aws():
+        secret_arns: dict = {}
+        credentials: dict = {}
+        _populate(prod_plan, secret_arns, credentials)
+        _populate(preview_plan, secret_arns, credentials)
+        yield Account(secret_arns, credentials)
+
+
+def _names(plan: Plan) -> list[str]:
+    return sorted({s.inputs["name"] for s in plan.of_type(SECRET)})
+
+
+def test_preview_gateway_cannot_read_prod_secrets(account, prod_plan, preview_plan):
+    preview_gateway = ("preview", "us-east-1")
+    for name in _names(preview_plan):  # it does read its own: the denials below are IAM, not a broken setup
+        assert account.read(preview_gateway, "preview", name, "us-east-1") == f"preview:{name}:us-east-1"
+    for name in _names(prod_plan):
+        assert account.denied(preview_gateway, "prod", name, "us-east-1"), f"preview read prod's {name}"
+
+
+def test_prod_gateways_cannot_read_preview_secrets(account, prod_plan, preview_plan):
+    for region in [r.name for r in prod_plan.config.regions]:
+        for name in _names(preview_plan):
+            assert account.denied(("prod", region), "preview", name, "us-east-1"), f"prod {region} read {name}"
+
+
+def test_a_gateway_role_reads_only_its_own_regions_secrets(account, prod_plan):
+    regions = [r.name for r in prod_plan.config.regions]
+    for reader in regions:
+        zone = prod_plan.config.zone_of(reader)
+        for name in _names(prod_plan):
+            for region in regions:
+                if (("prod", name, region)) not in account.secret_arns:
+                    continue
+                if region == reader:
+                    assert account.read(("prod", reader), "prod", name, region) == f"prod:{name}:{region}"
+                else:
+                    assert account.denied(("prod", reader), "prod", name, region), \
+                        f"the {reader} gateway ({zone}) read {name} in {region}"
