@@ -39,6 +39,7 @@ class AppState:
     proxy: Proxy = field(init=False)
     session: aiohttp.ClientSession = field(init=False)
     watchers: list[EndpointSliceWatcher] = field(default_factory=list)
+    in_flight: int = 0
     _ids: Any = field(default_factory=lambda: itertools.count(1))
     _id_prefix: str = field(default_factory=lambda: os.urandom(4).hex())
 
@@ -49,16 +50,19 @@ class AppState:
     def finish(self, record: CallRecord) -> None:
         """After each call: metrics, the log line, then usage accounting (which must not block)."""
         m = self.metrics
-        m.requests.labels(record.alias, record.deployment, str(record.status)).inc()
+        # Client-chosen names must not become label values: one series per configured alias only.
+        alias = record.alias if record.alias in self.router.routes else "unknown"
+        m.call(alias, record.deployment, record.status).inc()
         if record.status == 200:
-            m.latency.labels(record.alias).observe(record.latency_ms / 1000)
+            series = m.model(alias)
+            series.latency.observe(record.latency_ms / 1000)
             m.overhead.observe(record.overhead_ms / 1000)
             if record.ttft_ms is not None:
-                m.ttft.labels(record.alias).observe(record.ttft_ms / 1000)
+                series.ttft.observe(record.ttft_ms / 1000)
             if record.prompt_tokens:
-                m.tokens.labels(record.alias, "prompt").inc(record.prompt_tokens)
+                series.prompt_tokens.inc(record.prompt_tokens)
             if record.completion_tokens:
-                m.tokens.labels(record.alias, "completion").inc(record.completion_tokens)
+                series.completion_tokens.inc(record.completion_tokens)
         self.log.write(record)
         self.usage.record(record)
 
@@ -117,6 +121,7 @@ def build_app(
         discovery_api=discovery_api,
     )
     state.router = Router(config, state.on_circuit)
+    metrics.in_flight.set_function(lambda: state.in_flight)
     app = web.Application(client_max_size=MAX_BODY)
     app[STATE] = state
     app.add_routes(Endpoints(state).routes())

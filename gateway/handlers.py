@@ -54,7 +54,7 @@ class Endpoints:
         state = self.state
         record = CallRecord(http.headers.get("x-request-id") or state.next_request_id(), endpoint=endpoint)
         headers = {"x-request-id": record.request_id}
-        state.metrics.in_flight.inc()
+        state.in_flight += 1
         opened = None
         waited_from = 0.0
         try:
@@ -100,7 +100,7 @@ class Endpoints:
             raise
         finally:
             record.latency_ms = (perf() - started) * 1000
-            state.metrics.in_flight.dec()
+            state.in_flight -= 1
             state.finish(record)
 
     async def models(self, http: web.Request) -> web.Response:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -9,8 +12,20 @@ OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
 
+@dataclass(frozen=True, slots=True)
+class ModelSeries:
+    """The labelled children of one model alias, looked up once instead of on every call."""
+
+    latency: Any
+    ttft: Any
+    prompt_tokens: Any
+    completion_tokens: Any
+
+
 class GatewayMetrics:
     def __init__(self) -> None:
+        self._models: dict[str, ModelSeries] = {}
+        self._calls: dict[tuple[str, str, int], Any] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("llmp_gateway_requests", "Calls answered, by model alias, deployment and status",
@@ -31,6 +46,24 @@ class GatewayMetrics:
         self.circuit = Gauge("llmp_gateway_circuit_state", "Replica circuit: 0 closed, 1 half-open, 2 open",
                              ["deployment", "replica"], registry=r)
         self.in_flight = Gauge("llmp_gateway_in_flight", "Calls in progress", registry=r)
+
+    def model(self, alias: str) -> ModelSeries:
+        series = self._models.get(alias)
+        if series is None:
+            series = self._models[alias] = ModelSeries(
+                self.latency.labels(alias), self.ttft.labels(alias),
+                self.tokens.labels(alias, "prompt"), self.tokens.labels(alias, "completion"),
+            )
+        return series
+
+    def call(self, alias: str, deployment: str, status: int) -> Any:
+        key = (alias, deployment, status)
+        child = self._calls.get(key)
+        if child is None:
+            if len(self._calls) > 10_000:  # unknown aliases from clients must not grow this forever
+                return self.requests.labels(alias, deployment, str(status))
+            child = self._calls[key] = self.requests.labels(alias, deployment, str(status))
+        return child
 
     def set_circuit(self, deployment: str, replica: str, state: str) -> None:
         self.circuit.labels(deployment, replica).set(CIRCUIT_STATES[state])
