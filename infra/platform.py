@@ -12,7 +12,7 @@ from infra.components.gateway import Gateway, GatewayArgs, gateway_role
 from infra.components.model_serving import ModelServing, ModelServingArgs
 from infra.components.network import Network, NetworkArgs
 from infra.components.node_pool import NodePool, NodePoolArgs
-from infra.components.providers import global_provider, regional_provider, stack_tags
+from infra.components.providers import global_provider, iam_path, regional_provider, stack_tags
 from infra.components.secrets import StackSecrets, StackSecretsArgs
 from infra.config import Region, StackConfig
 from infra.gateway_config import gateway_config
@@ -51,7 +51,7 @@ class RegionalStack:
             private_subnet_ids=self.network.private_subnet_ids,
             public_access_cidrs=cfg.cluster.public_access_cidrs,
             system_instance_type=cfg.cluster.system_instance_type,
-            system_nodes=cfg.cluster.system_nodes), self.provider, iam, pulumi.ResourceOptions(parent=parent))
+            system_nodes=cfg.cluster.system_nodes, iam_path=iam_path(cfg.stack)), self.provider, iam, pulumi.ResourceOptions(parent=parent))
         k8s = self.cluster.kubernetes
         self.pools = {
             pool.name: NodePool(f"{name}-{pool.name}", NodePoolArgs(
@@ -68,7 +68,7 @@ class RegionalStack:
             for model in cfg.models_in(name)
         ]
         self.gateway_role = gateway_role(
-            f"{name}-gateway", name, {**stack_tags(cfg.stack, name, region.residency), **extra_tags},
+            f"{name}-gateway", name, iam_path(cfg.stack), {**stack_tags(cfg.stack, name, region.residency), **extra_tags},
             self.cluster.oidc.arn, self.cluster.oidc_issuer, iam, parent)
 
 

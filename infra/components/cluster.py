@@ -30,6 +30,7 @@ class ClusterArgs:
     public_access_cidrs: list[str]
     system_instance_type: str
     system_nodes: int
+    iam_path: str
 
 
 def assume_role_policy(service: str) -> str:
@@ -47,8 +48,8 @@ class Cluster(pulumi.ComponentResource):
         super().__init__("llm-platform:cluster:Cluster", name, None, opts)
         child, iam_child = child_opts(self, provider), child_opts(self, iam)
 
-        role = aws.iam.Role(f"{name}-control-plane", assume_role_policy=assume_role_policy("eks.amazonaws.com"),
-                            opts=iam_child)
+        role = aws.iam.Role(f"{name}-control-plane", path=args.iam_path,
+                            assume_role_policy=assume_role_policy("eks.amazonaws.com"), opts=iam_child)
         aws.iam.RolePolicyAttachment(f"{name}-control-plane", role=role.name,
                                      policy_arn="arn:aws:iam::aws:policy/AmazonEKSClusterPolicy", opts=iam_child)
         self.secrets_key = aws.kms.Key(
@@ -81,8 +82,8 @@ class Cluster(pulumi.ComponentResource):
             f"{name}-oidc", url=issuer, client_id_lists=["sts.amazonaws.com"], opts=iam_child)
         self.oidc_issuer = issuer.apply(lambda url: url.removeprefix("https://"))
 
-        self.node_role = aws.iam.Role(f"{name}-nodes", assume_role_policy=assume_role_policy("ec2.amazonaws.com"),
-                                      opts=iam_child)
+        self.node_role = aws.iam.Role(f"{name}-nodes", path=args.iam_path,
+                                      assume_role_policy=assume_role_policy("ec2.amazonaws.com"), opts=iam_child)
         for short, arn in NODE_POLICIES.items():
             aws.iam.RolePolicyAttachment(f"{name}-nodes-{short}", role=self.node_role.name, policy_arn=arn,
                                          opts=iam_child)

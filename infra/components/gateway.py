@@ -43,10 +43,11 @@ def secret_read_policy(region: str, secret_arns: list[str], key_arn: str) -> dic
     }
 
 
-def gateway_role(name: str, region: str, tags: dict[str, str], oidc_provider_arn: pulumi.Input[str],
+def gateway_role(name: str, region: str, path: str, tags: dict[str, str], oidc_provider_arn: pulumi.Input[str],
                  issuer: pulumi.Input[str], iam: aws.Provider, parent: pulumi.Resource) -> aws.iam.Role:
     return aws.iam.Role(
         name,
+        path=path,
         description=f"llm-platform gateway in {region}",
         assume_role_policy=pulumi.Output.all(oidc_provider_arn, issuer).apply(
             lambda a: json.dumps(irsa_trust_policy(*a))),

@@ -19,6 +19,11 @@ def stack_tags(stack: str, region: str, residency: str) -> dict[str, str]:
     return {TAG_PROJECT: PROJECT, TAG_STACK: stack, TAG_REGION: region, TAG_RESIDENCY: residency}
 
 
+def iam_path(stack: str) -> str:
+    """IAM roles live under the stack's path, so a deploy role can be scoped to `/llm-platform/pr-*`."""
+    return f"/llm-platform/{stack}/"
+
+
 def provider_name(region: str) -> str:
     return f"aws-{region}"
 

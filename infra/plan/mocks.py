@@ -114,7 +114,8 @@ def _outputs(typ: str, name: str, region: str, inputs: dict[str, Any]) -> dict[s
     if typ == "aws:eks/nodeGroup:NodeGroup":
         return {"nodeGroupName": physical, "arn": f"arn:aws:eks:{region}:{ACCOUNT}:nodegroup/{physical}"}
     if typ == "aws:iam/role:Role":
-        return {"name": physical, "arn": f"arn:aws:iam::{ACCOUNT}:role/{physical}", "uniqueId": f"AROA{h.upper()}"}
+        path = inputs.get("path") or "/"
+        return {"name": physical, "arn": f"arn:aws:iam::{ACCOUNT}:role{path}{physical}", "uniqueId": f"AROA{h.upper()}"}
     if typ == "aws:iam/openIdConnectProvider:OpenIdConnectProvider":
         return {"arn": f"arn:aws:iam::{ACCOUNT}:oidc-provider/{inputs['url'].removeprefix('https://')}"}
     if typ == "aws:kms/key:Key":

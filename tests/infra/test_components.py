@@ -218,3 +218,9 @@ def test_every_regional_gateway_has_a_health_check_and_latency_record(prod_plan:
 @pytest.mark.parametrize("typ", ["aws:iam/role:Role", "aws:route53/zone:Zone", "aws:budgets/budget:Budget"])
 def test_global_services_use_the_global_provider(prod_plan: Plan, typ: str) -> None:
     assert {r.region for r in prod_plan.of_type(typ)} == {GLOBAL}
+
+
+def test_iam_roles_live_under_the_stack_path(prod_plan: Plan, preview_plan: Plan) -> None:
+    for plan in (prod_plan, preview_plan):
+        roles = plan.of_type("aws:iam/role:Role")
+        assert roles and {r.inputs["path"] for r in roles} == {f"/llm-platform/{plan.stack}/"}
