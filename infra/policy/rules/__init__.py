@@ -24,6 +24,7 @@ CONTROLS: list[Control] = [
                 f"{_T}test_budget_cap.py::test_budget_below_max_scale_cost_is_rejected",
                 f"{_T}test_budget_cap.py::test_preview_budget_above_the_preview_cap_is_rejected",
                 f"{_T}test_budget_cap.py::test_stack_without_a_budget_is_rejected",
+                f"{_T}test_budget_cap.py::test_budget_without_alerts_is_rejected",
             ]),
     Control("region-residency", "Resources, restricted models and secrets stay in their residency zone",
             residency.DESCRIPTION, MANDATORY, residency.check, [
@@ -35,6 +36,7 @@ CONTROLS: list[Control] = [
                 f"{_T}test_region_residency.py::test_restricted_model_served_outside_its_zone_is_rejected",
                 f"{_T}test_region_residency.py::test_secret_replicated_out_of_its_zone_is_rejected",
                 f"{_T}test_region_residency.py::test_regional_resource_on_the_global_provider_is_rejected",
+                f"{_T}test_region_residency.py::test_resource_tagged_with_the_wrong_zone_is_rejected",
             ]),
     Control("failover-topology", "Losing any one region leaves every model serving, and DNS routes around it",
             failover.DESCRIPTION, MANDATORY, failover.check, [
@@ -48,6 +50,7 @@ CONTROLS: list[Control] = [
                 f"{_T}test_failover_topology.py::test_gateway_without_a_health_check_is_rejected",
                 f"{_T}test_failover_topology.py::test_fallback_loop_is_rejected",
                 f"{_T}test_failover_topology.py::test_restricted_model_falling_back_to_a_hosted_provider_is_rejected",
+                f"{_T}test_failover_topology.py::test_us_gateway_offering_an_eu_restricted_model_is_rejected",
             ]),
     Control("secret-scope", "Only this stack's gateways can read its secrets", secrets.DESCRIPTION, MANDATORY,
             secrets.check, [
@@ -59,6 +62,7 @@ CONTROLS: list[Control] = [
                 f"{_T}test_secret_scope.py::test_secret_policy_allowing_everyone_is_rejected",
                 f"{_T}test_secret_scope.py::test_secret_on_the_default_key_is_rejected",
                 f"{_T}test_secret_scope.py::test_non_gateway_role_reading_secrets_is_rejected",
+                f"{_T}test_secret_scope.py::test_unreviewed_managed_policy_is_rejected",
                 f"{_T}test_secret_scope_iam.py::test_preview_gateway_cannot_read_prod_secrets",
                 f"{_T}test_secret_scope_iam.py::test_prod_gateways_cannot_read_preview_secrets",
                 f"{_T}test_secret_scope_iam.py::test_a_gateway_role_reads_only_its_own_regions_secrets",
@@ -76,6 +80,7 @@ CONTROLS: list[Control] = [
             cluster.DESCRIPTION, MANDATORY, cluster.check, [
                 f"{_T}test_cluster_hardening.py::test_cluster_endpoints_are_allow_listed_encrypted_and_logged",
                 f"{_T}test_cluster_hardening.py::test_api_endpoint_open_to_half_the_internet_is_rejected",
+                f"{_T}test_cluster_hardening.py::test_carrier_grade_nat_range_allow_list_is_rejected",
                 f"{_T}test_cluster_hardening.py::test_public_endpoint_without_allow_list_is_rejected",
                 f"{_T}test_cluster_hardening.py::test_cluster_without_secrets_encryption_is_rejected",
                 f"{_T}test_cluster_hardening.py::test_cluster_without_audit_logs_is_rejected",

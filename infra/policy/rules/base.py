@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from infra.config import StackConfig
 
@@ -204,6 +204,7 @@ def statements(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def as_list(value: Any) -> list[Any]:
+    """A value the engine may give as one item or a list (CrossGuard hands over list proxies, not lists)."""
     if value is None:
         return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
+    return list(value) if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) else [value]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Mapping
 
 from infra.policy.rules.base import (GATEWAY_CHART_DIR, IAM_POLICY, IAM_ROLE, IAM_ROLE_POLICY,
                                      IAM_ROLE_POLICY_ATTACHMENT, KMS_KEY, KMS_REPLICA_KEY, SECRET, SECRET_POLICY,
@@ -53,7 +53,7 @@ def _grants_read(stmt: dict[str, Any]) -> bool:
 def _is_wildcard_principal(principal: Any) -> bool:
     if principal == "*":
         return True
-    if isinstance(principal, dict):
+    if isinstance(principal, Mapping):
         return any(v == "*" or "*" in as_list(v) for v in principal.values())
     return False
 
