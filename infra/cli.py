@@ -123,6 +123,29 @@ def cmd_reap(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_ci_role(args: argparse.Namespace) -> int:
+    """Print the trust and permission policies of a GitHub Actions deploy role."""
+    import json
+
+    from infra.ci_access import ci_roles
+    from infra.config import ConfigError, load_file, stack_file
+
+    if not (args.account_id.isdigit() and len(args.account_id) == 12):
+        print("llmp: --account-id: an AWS account id is 12 digits", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.repository.count("/") != 1:
+        print("llmp: --repository: give it as <owner>/<name>", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        preview, prod = load_file(stack_file("preview"), "preview"), load_file(stack_file("prod"), "prod")
+    except ConfigError as exc:
+        print(f"llmp: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    roles = ci_roles(args.account_id, args.repository, preview.gateway.domain, prod.gateway.domain)
+    print(json.dumps(roles[args.role], indent=2))
+    return EXIT_OK
+
+
 def _add_stack_args(p: argparse.ArgumentParser, stack_required: bool = False) -> None:
     p.add_argument("--stack", required=stack_required,
                    help="stack name: reads Pulumi.<stack>.yaml (default: prod, or the --config-file's name)")
@@ -152,6 +175,12 @@ def parser() -> argparse.ArgumentParser:
     reaper = sub.add_parser("reap", help="destroy ephemeral pr-<number> stacks past their expiry")
     reaper.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
     reaper.set_defaults(func=cmd_reap)
+
+    ci_role = sub.add_parser("ci-role", help="IAM trust and permission policies for a GitHub deploy role")
+    ci_role.add_argument("role", choices=["preview", "prod"])
+    ci_role.add_argument("--account-id", required=True, help="the AWS account the stacks live in")
+    ci_role.add_argument("--repository", required=True, help="the GitHub repository, <owner>/<name>")
+    ci_role.set_defaults(func=cmd_ci_role)
 
     sub.add_parser("gateway", help="run the OpenAI-compatible gateway (see `llmp gateway --help`)", add_help=False)
     return p

@@ -1,0 +1,114 @@
+"""The AWS roles GitHub Actions deploys with: OIDC trust, and permissions scoped to the stacks each may touch."""
+from __future__ import annotations
+
+from infra.components.providers import TAG_STACK
+
+GITHUB_OIDC = "token.actions.githubusercontent.com"
+# What the program creates. Budgets, IAM and Route53 are named or checked by name below; the
+# rest carries the stack tag (provider default tags), which the conditions test.
+TAGGED_SERVICES = ["ec2", "eks", "kms", "acm", "secretsmanager", "elasticloadbalancing"]
+EKS_MANAGED_POLICIES = [
+    "arn:aws:iam::aws:policy/AmazonEKSClusterPolicy",
+    "arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
+    "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy",
+    "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly",
+    "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore",
+]
+
+
+def github_trust_policy(account_id: str, repository: str, environment: str) -> dict:
+    """Only jobs of `repository` running in the GitHub environment `environment` may assume the role."""
+    provider = f"arn:aws:iam::{account_id}:oidc-provider/{GITHUB_OIDC}"
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"Federated": provider},
+            "Action": "sts:AssumeRoleWithWebIdentity",
+            "Condition": {"StringEquals": {
+                f"{GITHUB_OIDC}:aud": "sts.amazonaws.com",
+                f"{GITHUB_OIDC}:sub": f"repo:{repository}:environment:{environment}",
+            }},
+        }],
+    }
+
+
+def deploy_policy(account_id: str, stacks: str, dns_names: list[str], never: list[str]) -> dict:
+    """Permissions to create, change and destroy the resources of the stacks matching `stacks`
+    (a pattern such as `pr-*`), and nothing of the stacks in `never`, whatever else grants it.
+
+    `dns_names` are the record names the role may change (e.g. `*.preview.llm.example.com`)."""
+    acct = account_id
+    read_only = ["ec2:Describe*", "eks:Describe*", "eks:List*", "iam:GetRole", "iam:ListRoles",
+                 "iam:GetOpenIDConnectProvider", "iam:ListOpenIDConnectProviders", "kms:DescribeKey",
+                 "kms:ListAliases", "kms:ListKeys", "acm:DescribeCertificate", "acm:ListCertificates",
+                 "route53:Get*", "route53:List*", "secretsmanager:ListSecrets", "sts:GetCallerIdentity",
+                 "budgets:ViewBudget"]
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            # Reading is harmless and has no resource-level scoping for most of these calls.
+            {"Sid": "Discover", "Effect": "Allow", "Action": read_only, "Resource": "*"},
+            {"Sid": "CreateOnlyWithTheStackTag", "Effect": "Allow",
+             "Action": [f"{svc}:Create*" for svc in TAGGED_SERVICES]
+             + ["ec2:RunInstances", "ec2:AllocateAddress", "acm:RequestCertificate", "kms:ReplicateKey",
+                "ec2:CreateTags", "eks:TagResource", "kms:TagResource", "acm:AddTagsToCertificate",
+                "secretsmanager:TagResource"],
+             "Resource": "*",
+             "Condition": {"StringLike": {f"aws:RequestTag/{TAG_STACK}": stacks}}},
+            {"Sid": "ChangeOnlyTheStacksResources", "Effect": "Allow",
+             "Action": [f"{svc}:*" for svc in TAGGED_SERVICES],
+             "Resource": "*",
+             "Condition": {"StringLike": {f"aws:ResourceTag/{TAG_STACK}": stacks}}},
+            {"Sid": "TheStacksSecretsByName", "Effect": "Allow", "Action": "secretsmanager:*",
+             "Resource": f"arn:aws:secretsmanager:*:{acct}:secret:llm-platform/{stacks}"},
+            {"Sid": "TheStacksRoles", "Effect": "Allow",
+             "Action": ["iam:CreateRole", "iam:DeleteRole", "iam:TagRole", "iam:UntagRole", "iam:UpdateRole",
+                        "iam:UpdateAssumeRolePolicy", "iam:PutRolePolicy", "iam:GetRolePolicy",
+                        "iam:DeleteRolePolicy", "iam:ListRolePolicies", "iam:ListAttachedRolePolicies",
+                        "iam:ListInstanceProfilesForRole", "iam:PassRole"],
+             "Resource": f"arn:aws:iam::{acct}:role/llm-platform/{stacks}"},
+            # Attaching AdministratorAccess to its own role would undo every scope above.
+            {"Sid": "OnlyEksManagedPolicies", "Effect": "Allow",
+             "Action": ["iam:AttachRolePolicy", "iam:DetachRolePolicy"],
+             "Resource": f"arn:aws:iam::{acct}:role/llm-platform/{stacks}",
+             "Condition": {"ArnEquals": {"iam:PolicyARN": EKS_MANAGED_POLICIES}}},
+            {"Sid": "TheStacksOidcProviders", "Effect": "Allow",
+             "Action": ["iam:CreateOpenIDConnectProvider", "iam:DeleteOpenIDConnectProvider",
+                        "iam:TagOpenIDConnectProvider"],
+             "Resource": f"arn:aws:iam::{acct}:oidc-provider/oidc.eks.*.amazonaws.com/id/*",
+             "Condition": {"StringLike": {f"aws:ResourceTag/{TAG_STACK}": stacks}}},
+            {"Sid": "TheStacksBudget", "Effect": "Allow", "Action": "budgets:*",
+             "Resource": f"arn:aws:budgets::{acct}:budget/llm-platform-{stacks}"},
+            {"Sid": "TheStacksDns", "Effect": "Allow",
+             "Action": ["route53:CreateHostedZone", "route53:DeleteHostedZone", "route53:ChangeTagsForResource",
+                        "route53:CreateHealthCheck", "route53:UpdateHealthCheck", "route53:DeleteHealthCheck",
+                        "route53:ChangeResourceRecordSets"],
+             "Resource": "*",
+             "Condition": {"ForAllValues:StringLike": {
+                 "route53:ChangeResourceRecordSetsNormalizedRecordNames": dns_names}}},
+            *(_never(acct, stack) for stack in never),
+        ],
+    }
+
+
+def _never(acct: str, stack: str) -> dict:
+    """An explicit deny: it wins over any allow this role gets now or later."""
+    return {"Sid": f"Never{stack.title().replace('-', '')}", "Effect": "Deny", "Action": "*",
+            "Resource": [f"arn:aws:secretsmanager:*:{acct}:secret:llm-platform/{stack}/*",
+                         f"arn:aws:iam::{acct}:role/llm-platform/{stack}/*",
+                         f"arn:aws:budgets::{acct}:budget/llm-platform-{stack}"]}
+
+
+def ci_roles(account_id: str, repository: str, preview_domain: str, prod_domain: str) -> dict[str, dict]:
+    """The two deploy roles: `preview` (pr-* stacks, GitHub environment `preview`) and `prod`."""
+    return {
+        "preview": {
+            "trust": github_trust_policy(account_id, repository, "preview"),
+            "permissions": deploy_policy(account_id, "pr-*", [f"*.{preview_domain}"], never=["prod"]),
+        },
+        "prod": {
+            "trust": github_trust_policy(account_id, repository, "production"),
+            "permissions": deploy_policy(account_id, "prod", [prod_domain, f"*.{prod_domain}"], never=[]),
+        },
+    }

@@ -1,0 +1,120 @@
+"""GitHub Actions deploy roles: the preview role reaches pr-* stacks' resources and never prod's."""
+from __future__ import annotations
+
+import json
+from fnmatch import fnmatchcase
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from infra.ci_access import EKS_MANAGED_POLICIES, ci_roles
+from infra.cli import EXIT_CONFIG, main
+from infra.config import read_stack
+from infra.plan.run import Plan, run_program
+
+ACCOUNT = "123456789012"  # moto's account, and the plan's
+ROLES = ci_roles(ACCOUNT, "example-org/llm-platform", "preview.llm.example.com", "api.llm.example.com")
+READ_VERBS = ("Describe", "Get", "List", "View")
+
+
+def allowed_resources(policy: dict, action_prefix: str) -> list[str]:
+    out = []
+    for s in policy["Statement"]:
+        actions = s["Action"] if isinstance(s["Action"], list) else [s["Action"]]
+        if s["Effect"] == "Allow" and any(a.startswith(action_prefix) for a in actions):
+            out += s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]]
+    return [r for r in out if r != "*"]
+
+
+def denied_resources(policy: dict) -> list[str]:
+    return [r for s in policy["Statement"] if s["Effect"] == "Deny"
+            for r in (s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]])]
+
+
+def reaches(patterns: list[str], arn: str) -> bool:
+    return any(fnmatchcase(arn, p) for p in patterns)  # IAM's * spans '/' as fnmatch's does
+
+
+@pytest.fixture(scope="module")
+def pr_plan() -> Plan:
+    raw, _ = read_stack("pr-42")
+    return run_program(raw, "pr-42")
+
+
+def arns(plan: Plan, typ: str) -> list[str]:
+    return [r.outputs["arn"] for r in plan.of_type(typ)]
+
+
+@pytest.mark.parametrize("role", ["preview", "prod"])
+def test_policies_are_valid_iam_documents(role: str, monkeypatch) -> None:
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(var, "testing")
+    with mock_aws():
+        iam = boto3.client("iam", region_name="us-east-1")
+        iam.create_role(RoleName=f"llm-platform-{role}-deploy",
+                        AssumeRolePolicyDocument=json.dumps(ROLES[role]["trust"]))
+        iam.create_policy(PolicyName=f"llm-platform-{role}-deploy",
+                          PolicyDocument=json.dumps(ROLES[role]["permissions"]))
+
+
+def test_preview_role_reaches_the_pr_stacks_secrets_and_roles(pr_plan: Plan) -> None:
+    policy = ROLES["preview"]["permissions"]
+    for arn in arns(pr_plan, "aws:secretsmanager/secret:Secret"):
+        assert reaches(allowed_resources(policy, "secretsmanager:"), arn), arn
+        assert not reaches(denied_resources(policy), arn)
+    for arn in arns(pr_plan, "aws:iam/role:Role"):
+        assert reaches(allowed_resources(policy, "iam:CreateRole"), arn), arn
+        assert not reaches(denied_resources(policy), arn)
+    for arn in arns(pr_plan, "aws:budgets/budget:Budget"):
+        assert reaches(allowed_resources(policy, "budgets:"), arn), arn
+
+
+def test_preview_role_never_reaches_prod(prod_plan: Plan) -> None:
+    policy = ROLES["preview"]["permissions"]
+    for typ, prefix in [("aws:secretsmanager/secret:Secret", "secretsmanager:"), ("aws:iam/role:Role", "iam:"),
+                        ("aws:budgets/budget:Budget", "budgets:")]:
+        for arn in arns(prod_plan, typ):
+            assert not reaches(allowed_resources(policy, prefix), arn), arn
+            assert reaches(denied_resources(policy), arn), f"no explicit deny covers {arn}"
+
+
+def test_tag_scoped_statements_scope_on_the_stack_tag() -> None:
+    for role, pattern in [("preview", "pr-*"), ("prod", "prod")]:
+        for s in ROLES[role]["permissions"]["Statement"]:
+            if s["Effect"] != "Allow" or s["Resource"] != "*":
+                continue
+            actions = s["Action"] if isinstance(s["Action"], list) else [s["Action"]]
+            read_only = all(a.split(":")[1].startswith(READ_VERBS) for a in actions)
+            assert read_only or "Condition" in s, f"{role}: {s['Sid']} grants writes on * unconditionally"
+            for test in s.get("Condition", {}).values():
+                for key, value in test.items():
+                    if key.endswith("/llm-platform:stack"):
+                        assert value == pattern
+
+
+def test_roles_can_attach_only_the_eks_managed_policies() -> None:
+    for role in ROLES.values():
+        (attach,) = [s for s in role["permissions"]["Statement"] if "iam:AttachRolePolicy" in s["Action"]]
+        assert attach["Condition"] == {"ArnEquals": {"iam:PolicyARN": EKS_MANAGED_POLICIES}}
+
+
+def test_only_the_repository_environment_may_assume_a_role() -> None:
+    assert ROLES["preview"]["trust"]["Statement"][0]["Condition"]["StringEquals"][
+        "token.actions.githubusercontent.com:sub"] == "repo:example-org/llm-platform:environment:preview"
+    assert ROLES["prod"]["trust"]["Statement"][0]["Condition"]["StringEquals"][
+        "token.actions.githubusercontent.com:sub"] == "repo:example-org/llm-platform:environment:production"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--account-id", "12345", "--repository", "o/r"], "12 digits"),
+    (["--account-id", ACCOUNT, "--repository", "just-a-name"], "<owner>/<name>"),
+])
+def test_ci_role_command_refuses_bad_input(args, words, capsys) -> None:
+    assert main(["ci-role", "preview", *args]) == EXIT_CONFIG
+    assert words in capsys.readouterr().err
+
+
+def test_ci_role_command_prints_both_documents(capsys) -> None:
+    assert main(["ci-role", "preview", "--account-id", ACCOUNT, "--repository", "example-org/llm-platform"]) == 0
+    assert json.loads(capsys.readouterr().out) == ROLES["preview"]
