@@ -94,6 +94,7 @@ def vllm_values(cfg: StackConfig, model: Model, region: Region) -> dict[str, Any
 def gateway_values(cfg: StackConfig, region: Region, *, role_arn: Any, config: dict[str, Any]) -> dict[str, Any]:
     """Values for the `gateway` release in `region`. `role_arn` may be a Pulumi Output."""
     replicas = cfg.gateway.replicas
+    discovered = _discovery_namespaces(config)
     repository, _, tag = cfg.gateway.image.rpartition(":")
     if not repository or "/" in tag:
         raise ValueError(f"gateway image {cfg.gateway.image!r} must be pinned as <repository>:<tag>")
@@ -119,6 +120,23 @@ def gateway_values(cfg: StackConfig, region: Region, *, role_arn: Any, config: d
             # Redis (ElastiCache) lives in the VPC.
             "redis": {"cidrs": [cfg.network.cidr], "port": 6379},
         },
+        # The gateway reads EndpointSlices only in the namespaces its config discovers replicas in.
+        "discovery": {"enabled": bool(discovered), "namespaces": discovered or [MODEL_NAMESPACE]},
         "region": region.name,
         "config": config,
     }
+
+
+def _discovery_namespaces(config: Any) -> list[str]:
+    """Namespaces named by `endpoint_slices` replica sources anywhere in the gateway config."""
+    found: list[str] = []
+    if isinstance(config, dict):
+        slices = config.get("endpoint_slices")
+        if isinstance(slices, dict) and isinstance(slices.get("namespace"), str):
+            found.append(slices["namespace"])
+        for value in config.values():
+            found.extend(_discovery_namespaces(value))
+    elif isinstance(config, list):
+        for item in config:
+            found.extend(_discovery_namespaces(item))
+    return list(dict.fromkeys(found))

@@ -214,3 +214,31 @@ def test_tls_hosts_switch_the_notes_to_https():
                                           "tls": [{"secretName": "api-tls", "hosts": ["api.example.com"]}]}}))
     assert r.one("Ingress")["spec"]["tls"] == [{"secretName": "api-tls", "hosts": ["api.example.com"]}]
     assert "https://api.example.com/v1" in r.notes
+
+
+def test_endpoint_slice_discovery_gets_a_token_and_read_only_access_to_the_model_namespaces():
+    assert _defaults().pod_spec()["automountServiceAccountToken"] is False
+    assert _defaults().all("Role") == []
+    r = _defaults({"discovery": {"enabled": True, "namespaces": [MODEL_NAMESPACE]}})
+    assert r.pod_spec()["automountServiceAccountToken"] is True
+    role = r.one("Role")
+    assert role["metadata"]["namespace"] == MODEL_NAMESPACE
+    assert role["rules"] == [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                              "verbs": ["get", "list", "watch"]}]
+    binding = r.one("RoleBinding")
+    assert binding["metadata"]["namespace"] == MODEL_NAMESPACE
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "llm-gateway", "namespace": GATEWAY_NAMESPACE}]
+
+
+def test_the_program_grants_discovery_exactly_where_the_gateway_config_discovers_replicas(prod):
+    from infra.chart_values import gateway_values
+    region = prod.regions[0]
+    static = gateway_values(prod, region, role_arn=ROLE_ARN, config={"models": [{"alias": "m", "deployments": [
+        {"name": "m", "api_base": "http://vllm-m.llm-serving.svc.cluster.local:8000/v1"}]}]})
+    assert static["discovery"]["enabled"] is False
+    config = {"models": [{"alias": "m", "deployments": [{"name": "m", "replicas": {"endpoint_slices": {
+        "service": "vllm-m-headless", "namespace": MODEL_NAMESPACE, "port": "http"}}}]}]}
+    values = gateway_values(prod, region, role_arn=ROLE_ARN, config=config)
+    assert values["discovery"] == {"enabled": True, "namespaces": [MODEL_NAMESPACE]}
+    r = render(GATEWAY_CHART, values, name=GATEWAY_RELEASE, namespace=GATEWAY_NAMESPACE)
+    assert r.one("RoleBinding")["metadata"]["namespace"] == MODEL_NAMESPACE
