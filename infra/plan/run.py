@@ -1,6 +1,7 @@
 """Runs infra/__main__.py in-process under Pulumi's mock engine and returns what it would create."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import runpy
 from dataclasses import dataclass
@@ -46,6 +47,17 @@ class _Errors(logging.Handler):
 def run_program(raw: dict[str, Any], stack: str, source: str = "<config>") -> Plan:
     """Validate `raw` (llm-platform:* values), then run the program on it under mocks."""
     cfg = parse(raw, stack, source)  # raises ConfigError before anything runs
+    # The engine runs on the thread's current loop; give it one of its own, whatever ran before.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return _run(raw, cfg, stack)
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def _run(raw: dict[str, Any], cfg: StackConfig, stack: str) -> Plan:
     mocks = PlanMocks()
     errors = _Errors()
     logger = logging.getLogger(f"llm-platform.plan.{stack}")
