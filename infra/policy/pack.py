@@ -115,3 +115,21 @@ def pack_config(cfg: StackConfig) -> dict[str, dict[str, Any]]:
     """The `--policy-pack-config` document for a stack: the same PolicyConfig for every policy, minus the stack name."""
     intent = {k: v for k, v in PolicyConfig.from_stack(cfg).as_json().items() if k != "stack"}
     return {c.id: dict(intent) for c in CONTROLS}
+
+
+def write_pack_configs(stacks: Iterable[str] = ("prod", "preview")) -> list[Path]:
+    """Regenerate config/<stack>.json from the stack files (run after editing a Pulumi.<stack>.yaml)."""
+    from infra.config import load_file, stack_file
+
+    written = []
+    CONFIG_DIR.mkdir(exist_ok=True)
+    for stack in stacks:
+        path = CONFIG_DIR / f"{stack}.json"
+        path.write_text(json.dumps(pack_config(load_file(stack_file(stack), stack)), indent=2, sort_keys=True) + "\n")
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":  # python -m infra.policy.pack
+    for written_path in write_pack_configs():
+        print(f"wrote {written_path}")

@@ -133,7 +133,7 @@ def test_values_unknown_during_preview_stop_the_policy_instead_of_passing_it(pre
 def test_pack_config_files_match_the_stacks_and_the_schema(stack):
     on_disk = json.loads((CONFIG_DIR / f"{stack}.json").read_text())
     assert on_disk == pack_config(load_file(stack_file(stack), stack)), \
-        f"infra/policy/config/{stack}.json is stale: regenerate it with infra.policy.pack.pack_config"
+        f"infra/policy/config/{stack}.json is stale: regenerate it with `python -m infra.policy.pack`"
     schema = {"type": "object", "properties": CONFIG_SCHEMA.properties, "required": CONFIG_SCHEMA.required}
     for policy_config in on_disk.values():
         jsonschema.validate(policy_config, schema)
