@@ -64,6 +64,7 @@ def vllm_values(cfg: StackConfig, model: Model, region: Region) -> dict[str, Any
             "gpuMemoryUtilization": model.gpu_memory_utilization,
             "quantization": model.quantization,
             "prefixCaching": True,
+            "hfTokenSecret": {"name": cfg.secrets.huggingface_token_secret or ""},
         },
         "gpus": model.gpus,
         "gpuResource": GPU_RESOURCE,

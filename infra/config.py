@@ -123,6 +123,10 @@ class Network(_Model):
 
 class Secrets(_Model):
     providers: list[Slug] = Field(default_factory=lambda: ["openai", "anthropic"])
+    # A Kubernetes Secret (key `token`) in the serving namespace holding a Hugging Face token, for
+    # gated models. Created by the operator (or External Secrets), never by the program: the token
+    # must not land in Pulumi state.
+    huggingface_token_secret: Slug | None = None
 
 
 class Preview(_Model):

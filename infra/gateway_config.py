@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra.chart_values import model_base_url
+from infra.chart_values import MODEL_NAMESPACE, VLLM_PORT, vllm_release_name
 from infra.components.dns import regional_host
 from infra.config import Model, Region, StackConfig
 
@@ -40,7 +40,10 @@ def _deployments(cfg: StackConfig, model: Model, region: Region) -> list[dict[st
         common = {"name": f"{model.name}-{name}", "provider": "openai", "model": model.name,
                   "region": name, "residency": zone}
         if name == region.name:
-            out.append({**common, "api_base": model_base_url(model)})
+            # The gateway spreads sessions over the replicas itself (bounded-load consistent
+            # hashing), so it needs each replica's address, not the Service's one virtual IP.
+            out.append({**common, "replicas": {"endpoint_slices": {
+                "service": vllm_release_name(model), "namespace": MODEL_NAMESPACE, "port": VLLM_PORT}}})
         else:
             # Another region's pool is reached through that region's gateway.
             out.append({**common, "api_base": f"https://{regional_host(name, cfg.gateway.domain)}/v1",

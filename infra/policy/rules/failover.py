@@ -177,6 +177,8 @@ def _leaves_zone(dep: dict, zone: str, policy: PolicyConfig) -> str | None:
     region = str(dep.get("region"))
     if region not in policy.residency.get(zone, []):
         return f"which is in {region}, outside zone {zone!r}"
+    if "replicas" in dep and "api_base" not in dep:
+        return None  # replicas of the gateway's own cluster (EndpointSlices or a static list)
     host = urlparse(str(dep.get("api_base") or "")).hostname or ""
     if host.endswith(CLUSTER_LOCAL):
         return None
