@@ -9,7 +9,7 @@ import pytest
 from infra.cli import EXIT_CONFIG, main
 from infra.config import ConfigError, parse
 
-from .conftest import stack_raw, write_stack
+from tests.stacks import stack_raw, write_stack
 
 Mutation = Callable[[dict[str, Any]], None]
 

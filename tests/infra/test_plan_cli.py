@@ -10,7 +10,7 @@ import pytest
 from infra.cli import EXIT_OK, EXIT_POLICY, main
 from infra.config import ROOT
 
-from .conftest import stack_raw, write_stack
+from tests.stacks import stack_raw, write_stack
 
 CONTROLS = ["budget-cap", "region-residency", "failover-topology", "secret-scope", "gpu-pool-hygiene",
             "cluster-hardening"]

@@ -15,7 +15,7 @@ from infra.plan.run import Plan, run_program
 from infra.platform import TAG_EXPIRES, TAG_PR
 from infra.reaper import judge, summary
 
-from .conftest import stack_raw
+from tests.stacks import stack_raw
 
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=timezone.utc)
 

@@ -1,20 +1,9 @@
-"""Fixtures for the policy tests: plans of the real stacks, each run once per session."""
+"""Fixtures for the policy tests: each shipped stack in turn."""
 from __future__ import annotations
 
 import pytest
 
-from infra.plan.run import Plan, run_program
-from tests.policy.helpers import stack_raw
-
-
-@pytest.fixture(scope="session")
-def prod_plan() -> Plan:
-    return run_program(stack_raw("prod"), "prod")
-
-
-@pytest.fixture(scope="session")
-def preview_plan() -> Plan:
-    return run_program(stack_raw("preview"), "preview")
+from infra.plan.run import Plan
 
 
 @pytest.fixture(scope="session", params=["prod", "preview"])

@@ -5,14 +5,10 @@ import copy
 import json
 from typing import Any, Callable
 
-from infra.config import ROOT, parse, read_stack_file
+from infra.config import parse
 from infra.plan.run import Plan, run_program
 from infra.policy.rules import ControlResult, PolicyConfig, evaluate, evaluate_resources
-
-
-def stack_raw(stack: str) -> dict[str, Any]:
-    """The stack file's llm-platform:* values, as a fresh copy a test may edit."""
-    return copy.deepcopy(read_stack_file(ROOT / f"Pulumi.{stack}.yaml"))
+from tests.stacks import stack_raw  # noqa: F401  (the policy tests take it from here)
 
 
 def plan_of(raw: dict[str, Any], stack: str) -> Plan:

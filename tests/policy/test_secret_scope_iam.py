@@ -10,6 +10,8 @@ them apart.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import boto3
@@ -19,7 +21,8 @@ from moto import mock_aws
 from moto.core import enable_iam_authentication
 from moto.secretsmanager.responses import SecretsManagerResponse
 
-from infra.plan.run import Plan
+from infra.config import read_stack
+from infra.plan.run import Plan, run_program
 
 SECRET = "aws:secretsmanager/secret:Secret"
 
@@ -89,8 +92,9 @@ def _populate(plan: Plan, secret_arns: dict, credentials: dict) -> None:
             RoleArn=moto_arn, RoleSessionName="gateway", WebIdentityToken="projected-sa-token")["Credentials"]
 
 
-@pytest.fixture
-def account(prod_plan, preview_plan, monkeypatch) -> Account:
+@contextmanager
+def account_with(monkeypatch, *plans: Plan) -> Iterator[Account]:
+    """One moto account holding the secrets and gateway roles of every plan given."""
     for var, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(var, value)
@@ -99,9 +103,15 @@ def account(prod_plan, preview_plan, monkeypatch) -> Account:
     with mock_aws():
         secret_arns: dict = {}
         credentials: dict = {}
-        _populate(prod_plan, secret_arns, credentials)
-        _populate(preview_plan, secret_arns, credentials)
+        for plan in plans:
+            _populate(plan, secret_arns, credentials)
         yield Account(secret_arns, credentials)
+
+
+@pytest.fixture
+def account(prod_plan, preview_plan, monkeypatch) -> Iterator[Account]:
+    with account_with(monkeypatch, prod_plan, preview_plan) as acct:
+        yield acct
 
 
 def _names(plan: Plan) -> list[str]:
@@ -135,3 +145,17 @@ def test_a_gateway_role_reads_only_its_own_regions_secrets(account, prod_plan):
                 else:
                     assert account.denied(("prod", reader), "prod", name, region), \
                         f"the {reader} gateway ({zone}) read {name} in {region}"
+
+
+def test_a_pull_request_stack_gateway_cannot_read_prod_secrets(prod_plan, monkeypatch):
+    raw, _ = read_stack("pr-123")
+    pr_plan = run_program(raw, "pr-123")
+    with account_with(monkeypatch, prod_plan, pr_plan) as acct:
+        pr_gateway = ("pr-123", "us-east-1")
+        for name in _names(pr_plan):
+            assert name.startswith("llm-platform/pr-123/")
+            assert acct.read(pr_gateway, "pr-123", name, "us-east-1") == f"pr-123:{name}:us-east-1"
+        for name in _names(prod_plan):
+            assert acct.denied(pr_gateway, "prod", name, "us-east-1"), f"pr-123 read prod's {name}"
+        for name in _names(pr_plan):
+            assert acct.denied(("prod", "us-east-1"), "pr-123", name, "us-east-1"), f"prod read pr-123's {name}"

@@ -66,6 +66,7 @@ CONTROLS: list[Control] = [
                 f"{_T}test_secret_scope_iam.py::test_preview_gateway_cannot_read_prod_secrets",
                 f"{_T}test_secret_scope_iam.py::test_prod_gateways_cannot_read_preview_secrets",
                 f"{_T}test_secret_scope_iam.py::test_a_gateway_role_reads_only_its_own_regions_secrets",
+                f"{_T}test_secret_scope_iam.py::test_a_pull_request_stack_gateway_cannot_read_prod_secrets",
             ]),
     Control("gpu-pool-hygiene", "GPU pools are tainted, spot runs only batch models, every pool is bounded",
             gpu_pools.DESCRIPTION, MANDATORY, gpu_pools.check, [
