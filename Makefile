@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install plan test bench redis checkov clean
+.PHONY: install plan test bench redis postgres checkov clean
 
 install: $(STAMP)
 
@@ -21,6 +21,13 @@ redis:
 	  (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null) || \
 	  { echo "error: redis-server is missing and could not be installed" >&2; exit 1; }; }
 
+# The spend ledger's PostgreSQL test starts a throwaway cluster (initdb, pg_ctl); install the server when missing.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing postgresql (Debian package)"; \
+	  (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null) || \
+	  { echo "error: postgresql is missing and could not be installed" >&2; exit 1; }; }
+
 # checkov pins many packages of its own, so it gets a venv of its own; tests/charts runs it as a subprocess.
 CHECKOV := $(VENV)/checkov/bin/checkov
 checkov: $(CHECKOV)
@@ -36,7 +43,7 @@ node_modules/.installed: package.json package-lock.json
 plan: install
 	$(VENV)/bin/llmp plan --stack prod
 
-test: install redis checkov node_modules/.installed
+test: install redis postgres checkov node_modules/.installed
 	$(PY) -m pytest
 
 bench: install
