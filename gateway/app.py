@@ -17,6 +17,7 @@ from gateway.config import GatewayConfig
 from gateway.discovery import EndpointSliceWatcher, default_discovery_api
 from gateway.handlers import Endpoints
 from gateway.metrics import GatewayMetrics
+from gateway.provider_keys import SecretRef, SecretRefresher, resolve_secrets
 from gateway.proxy import Proxy
 from gateway.routing import Router
 from gateway.usage import CallRecord, NoUsageAccounting, UsageHook
@@ -39,6 +40,9 @@ class AppState:
     proxy: Proxy = field(init=False)
     session: aiohttp.ClientSession = field(init=False)
     watchers: list[EndpointSliceWatcher] = field(default_factory=list)
+    gate: Any = None  # governance's admission step (gateway.governance.Governance), None when not configured
+    governance: Any = None
+    secrets: SecretRefresher | None = None
     in_flight: int = 0
     _ids: Any = field(default_factory=lambda: itertools.count(1))
     _id_prefix: str = field(default_factory=lambda: os.urandom(4).hex())
@@ -71,6 +75,18 @@ class AppState:
         ready = any(d["healthy"] for d in deployments.values())
         return {"ready": ready, "deployments": deployments}
 
+    def on_secret(self, ref: SecretRef, value: str) -> None:
+        """A rotated secret: the next call uses it (the value is never logged)."""
+        if ref.deployment is None:
+            if self.governance is not None:
+                self.governance.auth.set_master_key(value)
+            else:
+                self.auth = MasterKeyAuth(value)
+            return
+        for pool in self.router.pools:
+            if pool.name == ref.deployment:
+                pool.headers = pool._headers(pool.config.model_copy(update={"api_key": value}))
+
     def on_circuit(self, deployment: str, replica: str, state: str) -> None:
         self.metrics.set_circuit(deployment, replica, state)
         self.log.event("circuit", deployment=deployment, replica=replica, state=state)
@@ -102,7 +118,8 @@ def build_app(
     log_out: BinaryIO | None = None,
     discovery_api: Any = None,
 ) -> web.Application:
-    """The gateway app; raises ConfigError for a master key that must not be used."""
+    """The gateway app; raises ConfigError for a master key that must not be used, or a secret it cannot read."""
+    config, secrets = resolve_secrets(config)
     check_master_key(config.gateway.master_key, dev)
     metrics = GatewayMetrics()
     log = CallLog(log_out)
@@ -121,10 +138,22 @@ def build_app(
         discovery_api=discovery_api,
     )
     state.router = Router(config, state.on_circuit)
+    state.secrets = secrets
+    if config.ledger is not None:
+        from gateway.admin import AdminApi
+        from gateway.governance import build_governance
+
+        state.governance = state.gate = build_governance(config, log.event)
+        state.auth = state.governance.auth
+        state.usage = state.governance
+        app_routes = AdminApi(state.governance).routes()
+    else:
+        app_routes = []
     metrics.in_flight.set_function(lambda: state.in_flight)
     app = web.Application(client_max_size=MAX_BODY)
     app[STATE] = state
     app.add_routes(Endpoints(state).routes())
+    app.add_routes(app_routes)
     app.on_startup.append(_start)
     app.on_cleanup.append(_stop)
     return app
@@ -147,12 +176,21 @@ async def _start(app: web.Application) -> None:
                 state.log.event("discovery_failed", deployment=pool.name, error=f"{type(exc).__name__}: {exc}")
             watcher.start()
             state.watchers.append(watcher)
+    if state.secrets is not None:
+        state.secrets.on_change(state.on_secret)
+        state.secrets.start(state.log.event)
+    if state.governance is not None:
+        await state.governance.start()
     state.log.event("started", models=[m.alias for m in state.config.models], region=state.config.gateway.region,
                     residency=state.config.gateway.residency, deployments=[p.name for p in state.router.pools])
 
 
 async def _stop(app: web.Application) -> None:
     state = app[STATE]
+    if state.governance is not None:
+        await state.governance.stop()  # after aiohttp drained in-flight calls: their records are in the spool
+    if state.secrets is not None:
+        await state.secrets.stop()
     for watcher in state.watchers:
         await watcher.stop()
     await state.session.close()

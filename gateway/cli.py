@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _check(config: GatewayConfig, dev: bool) -> None:
     from gateway.auth import check_master_key
+    from gateway.provider_keys import resolve_secrets
 
+    config, _ = resolve_secrets(config)  # a secret that cannot be read is a start-up error, named
     check_master_key(config.gateway.master_key, dev)
 
 

@@ -72,6 +72,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.governance_config import KeySettings, LedgerSettings, RedisSettings, SecretsSettings
+
 
 class ConfigError(ValueError):
     """A config file problem, worded for the person who wrote the file."""
@@ -160,6 +162,8 @@ class Deployment(_Strict):
     tpm: int | None = Field(None, ge=0)
     session_affinity: bool = True
     timeouts: TimeoutOverrides | None = None
+    input_cost_per_token: float | None = Field(None, ge=0)  # overrides the model's price (hosted fallbacks)
+    output_cost_per_token: float | None = Field(None, ge=0)
 
     @field_validator("api_base")
     @classmethod
@@ -178,6 +182,9 @@ class Model(_Strict):
     max_tokens: int | None = Field(None, ge=1)
     fallbacks: list[str] = []
     deployments: list[Deployment] = Field(min_length=1)
+    input_cost_per_token: float = Field(0.0, ge=0)  # USD, as LiteLLM's model_info; spend ledger and budgets
+    output_cost_per_token: float = Field(0.0, ge=0)
+    max_request_bytes: int | None = Field(None, ge=1)  # larger request bodies get a 400 naming this cap
 
 
 class GatewaySettings(_Strict):
@@ -195,6 +202,10 @@ class GatewayConfig(_Strict):
     version: Literal[1] = 1
     gateway: GatewaySettings = GatewaySettings()
     models: list[Model] = Field(min_length=1)
+    secrets: SecretsSettings = SecretsSettings()
+    redis: RedisSettings | None = None  # None: limits counted in-process (one replica)
+    ledger: LedgerSettings | None = None  # None: no governance (master key only, no spend ledger)
+    keys: KeySettings = KeySettings()
 
     @model_validator(mode="after")
     def _references(self) -> "GatewayConfig":

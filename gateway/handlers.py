@@ -58,13 +58,16 @@ class Endpoints:
         opened = None
         waited_from = 0.0
         try:
-            record.key_id = state.auth.authenticate(http.headers.get("Authorization")).key_id
+            principal = state.auth.authenticate(http.headers.get("Authorization"))
+            record.key_id = principal.key_id
             request = await _parse(http, endpoint)
             record.alias = request.alias
             record.stream = request.stream
             route = state.router.route(request.alias)
             if route is None:
                 raise model_not_found(request.alias)
+            if state.gate is not None:
+                await state.gate.admit(principal, request, route, record)
             record.prompt_hash = _prompt_hash(request.body)
             waited_from = perf()
             opened = await state.proxy.open(request, route, record, _session_key(http, request, state.prefix_chars))
@@ -77,7 +80,7 @@ class Endpoints:
             headers["x-gateway-overhead-ms"] = f"{overhead * 1000:.3f}"
             if request.stream:
                 record.ttft_ms = (perf() - started) * 1000
-                response = await relay_stream(http, opened, headers, record)
+                response = await relay_stream(http, opened, headers, record, state.usage.record)
             else:
                 record.prompt_tokens = opened.prompt_tokens
                 record.completion_tokens = opened.completion_tokens

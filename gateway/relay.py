@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import aiohttp
 import orjson
@@ -27,8 +28,13 @@ def answer(opened: Opened, headers: dict[str, str]) -> web.Response:
     return web.Response(body=opened.body, content_type=JSON, headers=headers)
 
 
-async def relay_stream(request: web.Request, opened: Opened, headers: dict[str, str], record: CallRecord) -> web.StreamResponse:
-    """Relay the stream; a failure after the first byte ends it with an OpenAI error event."""
+async def relay_stream(request: web.Request, opened: Opened, headers: dict[str, str], record: CallRecord,
+                       before_eof: Callable[[CallRecord], None] | None = None) -> web.StreamResponse:
+    """Relay the stream; a failure after the first byte ends it with an OpenAI error event.
+
+    `before_eof` sees the record before the stream's last byte, so usage accounting is
+    durable before the client holds a complete response.
+    """
     response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
     adapter = opened.adapter
     assert adapter is not None and opened.response is not None
@@ -77,5 +83,7 @@ async def relay_stream(request: web.Request, opened: Opened, headers: dict[str, 
             await response.write(error.sse_event())
         except ConnectionError:
             return response
+    if before_eof is not None:
+        before_eof(record)
     await response.write_eof()
     return response

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(slots=True)
@@ -28,6 +28,12 @@ class CallRecord:
     prompt_hash: str = ""
     error: str | None = None
     fallbacks: list[str] = field(default_factory=list)
+    # Governance: who pays (the key's hash, never the key), the limiter's ticket, and whether it was accounted.
+    key_token: str = ""
+    key_alias: str | None = None
+    team_id: str | None = None
+    ticket: Any = None
+    accounted: bool = False
 
 
 class UsageHook(Protocol):

@@ -1,0 +1,191 @@
+"""Governance on the request path: model access, residency, caps, limits on the way in; ledger and settlement on the way out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from gateway.errors import GatewayError, bad_request
+from gateway.governance_config import parse_duration
+from gateway.keys import KeyCache, KeyPrincipal, Limits, Team, VirtualKey, VirtualKeyAuth
+from gateway.ledger import Prices, SpendLedger, spend_row
+from gateway.limits import NO_LIMIT, RateLimiter, Scope, reserve_tokens
+from gateway.usage import CallRecord
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
+    from gateway.routing import ModelRoute
+    from gateway.store import LedgerStore
+    from gateway.wire import Request
+
+MASTER_TOKEN = "master"
+
+
+def forbidden(message: str, code: str, param: str | None = None) -> GatewayError:
+    return GatewayError(403, message, "permission_error", param, code)
+
+
+def _limit(value: int | None) -> int:
+    return NO_LIMIT if value is None else int(value)
+
+
+def _scope(name: str, label: str, limits: Limits, rpm: int | None = None, tpm: int | None = None) -> Scope:
+    return Scope(
+        name, label,
+        rpm=_limit(rpm if rpm is not None else limits.rpm_limit),
+        tpm=_limit(tpm if tpm is not None else limits.tpm_limit),
+        budget=NO_LIMIT if limits.max_budget is None else float(limits.max_budget),
+        budget_seconds=parse_duration(limits.budget_duration) if limits.budget_duration else 0,
+        parallel=_limit(limits.max_parallel_requests),
+    )
+
+
+class Governance:
+    """The gate (`admit`) and the usage hook (`record`) of the app when governance is configured."""
+
+    def __init__(self, config: "GatewayConfig", auth: VirtualKeyAuth, cache: KeyCache, limiter: RateLimiter,
+                 ledger: SpendLedger, store: "LedgerStore", on_event: Callable[..., None]) -> None:
+        self.config = config
+        self.auth = auth
+        self.cache = cache
+        self.limiter = limiter
+        self.ledger = ledger
+        self.store = store
+        self.prices = Prices(config)
+        self.residency = config.gateway.residency
+        self.region = config.gateway.region or ""
+        self.deadline_s = config.gateway.timeouts.total + 60  # a parallel slot outlives any call
+        self.model_bytes = {m.alias: m.max_request_bytes for m in config.models}
+        self._event = on_event
+        self._scopes: dict[tuple[int, int, str], tuple[Scope, ...]] = {}
+
+    # ---- on the way in --------------------------------------------------------------------------
+
+    async def admit(self, principal: Any, request: "Request", route: "ModelRoute", record: CallRecord) -> None:
+        """Refuse with a clear 400/403/429, or count the call in every scope it falls under."""
+        alias = request.alias
+        size = len(request.raw)
+        model_cap = self.model_bytes.get(alias)
+        if model_cap is not None and size > model_cap:
+            raise bad_request(f"Request body is {size} bytes, over the model cap: models[{alias}].max_request_bytes "
+                              f"is {model_cap}.", "messages")
+        key: VirtualKey | None = getattr(principal, "key", None)
+        if key is None:
+            record.key_token = MASTER_TOKEN
+            return
+        team: Team | None = getattr(principal, "team", None)
+        record.key_token = key.token
+        record.key_alias = key.key_alias
+        record.team_id = key.team_id
+        if key.models and alias not in key.models:
+            raise forbidden(f"This key may not call model `{alias}` (allowed: {', '.join(key.models)}).",
+                            "model_not_allowed", "model")
+        if team is not None and team.models and alias not in team.models:
+            raise forbidden(f"Team `{team.team_id}` may not call model `{alias}` (allowed: {', '.join(team.models)}).",
+                            "model_not_allowed", "model")
+        zone = key.residency or (team.residency if team is not None else None)
+        if zone is not None and self.residency is not None and zone != self.residency:
+            raise forbidden(f"This key is pinned to residency zone `{zone}`; this gateway serves `{self.residency}`. "
+                            f"Call the `{zone}` endpoint.", "residency_mismatch")
+        if key.max_request_bytes is not None and size > key.max_request_bytes:
+            raise bad_request(f"Request body is {size} bytes, over the key cap: max_request_bytes is "
+                              f"{key.max_request_bytes}.", "messages")
+        body = request.body
+        asked_field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+        asked = body.get(asked_field)
+        if key.max_tokens is not None and isinstance(asked, int) and asked > key.max_tokens:
+            raise bad_request(f"`{asked_field}` is {asked}, over the key cap: max_tokens is {key.max_tokens}.",
+                                  asked_field)
+        completion_cap = asked if isinstance(asked, int) else None
+        for cap in (route.max_tokens, key.max_tokens):
+            if cap is not None:
+                completion_cap = cap if completion_cap is None else min(completion_cap, cap)
+        scopes = self._scopes_for(key, team, alias)
+        if not scopes:
+            return
+        tokens = reserve_tokens(size, completion_cap if request.endpoint != "embeddings" else 0)
+        inp, out = self.prices.of(alias)
+        cost = reserve_tokens(size, 0) * inp + (completion_cap or 0) * out
+        record.ticket = await self.limiter.admit(record.request_id + ":" + self.ledger.next_id(), scopes, tokens, cost,
+                                                 self.deadline_s)
+
+    def _scopes_for(self, key: VirtualKey, team: Team | None, alias: str) -> tuple[Scope, ...]:
+        # Cached per (key, team) object identity: a cache refresh makes new objects, so new limits apply at once.
+        cache_key = (id(key), id(team), alias)
+        scopes = self._scopes.get(cache_key)
+        if scopes is None:
+            if len(self._scopes) > 50_000:
+                self._scopes.clear()
+            found = [_scope("k:" + key.token[:24], "this key", key.limits)]
+            if team is not None:
+                found.append(_scope("t:" + team.team_id, f"team `{team.team_id}`", team.limits))
+            if alias in key.model_rpm_limit or alias in key.model_tpm_limit:
+                found.append(_scope(f"km:{key.token[:24]}:{alias}", f"this key on model `{alias}`", Limits(),
+                                    key.model_rpm_limit.get(alias), key.model_tpm_limit.get(alias)))
+            scopes = self._scopes[cache_key] = tuple(s for s in found if s.any())
+        return scopes
+
+    # ---- on the way out -------------------------------------------------------------------------
+
+    def record(self, call: CallRecord) -> None:
+        """Once per call (the stream relay may call it before its last byte; later calls do nothing)."""
+        if call.accounted:
+            return
+        call.accounted = True
+        tokens = call.prompt_tokens + call.completion_tokens
+        cost = 0.0
+        if tokens:
+            cost = self.prices.cost(call.alias, call.deployment, call.prompt_tokens, call.completion_tokens)
+        ticket = call.ticket
+        if ticket is not None:
+            self.limiter.settle(ticket, tokens, cost)
+        if call.status == 200 or tokens:
+            self.ledger.write(spend_row(
+                self.ledger.next_id(), call.request_id, call.key_token or MASTER_TOKEN, call.key_alias, call.team_id,
+                call.alias, call.deployment, call.region or self.region, call.status, call.prompt_tokens,
+                call.completion_tokens, cost))
+
+    # ---- life cycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            await self.store.open()
+            await self.cache.refresh(force=True)
+        except Exception as exc:  # noqa: BLE001 - start anyway: the master key works, the refresh keeps trying
+            self._event("key_store_unavailable", error=f"{type(exc).__name__}: {exc}"[:300], serving_cached_keys=0)
+        self.ledger.open()
+        await self.ledger.start()
+        await self.limiter.start()
+        self.cache.start()
+        self._event("governance", limits=self.limiter.description, keys=len(self.cache.by_hash),
+                    teams=len(self.cache.teams), key_refresh_seconds=self.cache.refresh_seconds)
+
+    async def stop(self) -> None:
+        await self.cache.stop()
+        await self.limiter.stop()
+        await self.ledger.stop()
+        await self.store.close()
+
+
+def build_governance(config: "GatewayConfig", on_event: Callable[..., None]) -> Governance:
+    """Governance from the `ledger`, `redis` and `keys` sections (the caller checked `ledger` is set)."""
+    from gateway.limits import LocalLimiter, RedisLimiter
+    from gateway.spool import SpendSpool
+    from gateway.store import open_store
+
+    settings = config.ledger
+    assert settings is not None
+    store = open_store(settings.store, settings.store_timeout)
+    cache = KeyCache(store, config.keys.refresh_seconds, on_event)
+    auth = VirtualKeyAuth(config.gateway.master_key or "", cache)
+    limiter: RateLimiter
+    if config.redis is not None:
+        r = config.redis
+        limiter = RedisLimiter(r.url, fail_open=r.on_unavailable == "fail-open", timeout_ms=r.timeout_ms,
+                               retry_after_ms=r.retry_after_ms, settle_interval_ms=r.settle_interval_ms,
+                               on_event=on_event)
+    else:
+        limiter = LocalLimiter()
+    ledger = SpendLedger(SpendSpool(settings.spool_dir, settings.fsync == "always"), store, settings.flush_interval,
+                         settings.batch, on_event)
+    return Governance(config, auth, cache, limiter, ledger, store, on_event)

@@ -1,0 +1,132 @@
+"""The durable local spool of spend records: append-only segment files, rotated, flushed, replayed after a crash.
+
+A record is one JSON line written with one `write(2)` to the active segment before the
+client's response completes, so it survives the process being killed (SIGKILL, OOM,
+a crash): the bytes are in the kernel. Against a machine crash or power loss they are
+durable once fsynced: `fsync: interval` fsyncs each segment when it is rotated (every
+flush interval), `fsync: always` before each response (slow).
+
+Each live segment is held with an exclusive `flock`; the kernel drops the lock when its
+process dies, however it dies. A segment whose lock can be taken belongs to nobody: it
+is replayed (its records inserted, ignoring ids already present) and deleted. So several
+worker processes may share one spool directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+SUFFIX = ".spool"
+
+
+@dataclass
+class Segment:
+    path: Path
+    fd: int
+    records: int = 0
+
+
+class SpendSpool:
+    def __init__(self, directory: str | Path, fsync_always: bool = False) -> None:
+        self.directory = Path(directory)
+        self.fsync_always = fsync_always
+        self.active: Segment | None = None
+        self._seq = 0
+
+    def open(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.active = self._new_segment()
+
+    def _new_segment(self) -> Segment:
+        self._seq += 1
+        path = self.directory / f"spend-{time.time_ns()}-{os.getpid()}-{self._seq}{SUFFIX}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return Segment(path, fd)
+
+    def append(self, record: dict[str, Any]) -> None:
+        """One record, in the kernel when this returns (and on disk with fsync: always)."""
+        seg = self.active
+        assert seg is not None, "spool not open"
+        os.write(seg.fd, orjson.dumps(record) + b"\n")
+        seg.records += 1
+        if self.fsync_always:
+            os.fsync(seg.fd)
+
+    def rotate(self) -> Segment | None:
+        """Start a new active segment; the old one (still locked by us) is returned for flushing."""
+        old = self.active
+        if old is None or old.records == 0:
+            return None
+        self.active = self._new_segment()
+        return old
+
+    def orphans(self) -> list[Segment]:
+        """Segments of dead processes (their lock is free): now locked by us, for replay."""
+        ours = {self.active.path} if self.active else set()
+        found = []
+        for path in sorted(self.directory.glob(f"*{SUFFIX}")):
+            if path in ours:
+                continue
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # another process replayed it meanwhile
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue  # alive: its owner flushes it
+            if not path.exists():  # replayed and deleted between our glob and our lock
+                os.close(fd)
+                continue
+            found.append(Segment(path, fd, -1))
+        return found
+
+    @staticmethod
+    def read(segment: Segment) -> list[dict[str, Any]]:
+        with open(segment.path, "rb") as f:
+            data = f.read()
+        records = []
+        for line in data.split(b"\n"):
+            if not line:
+                continue
+            try:
+                records.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                continue  # a torn last line (power loss mid-write): its response never completed
+        return records
+
+    @staticmethod
+    def sync(segment: Segment) -> None:
+        os.fsync(segment.fd)
+
+    @staticmethod
+    def done(segment: Segment) -> None:
+        """The segment's records are in the store: delete it, then let go of its lock."""
+        try:
+            segment.path.unlink()
+        except FileNotFoundError:
+            pass
+        os.close(segment.fd)
+
+    @staticmethod
+    def release(segment: Segment) -> None:
+        """Give a segment back unflushed (the store is down): the next flush or start replays it."""
+        os.close(segment.fd)
+
+    def close(self) -> None:
+        if self.active is not None:
+            seg, self.active = self.active, None
+            if seg.records == 0:
+                self.done(seg)
+            else:
+                os.fsync(seg.fd)
+                os.close(seg.fd)

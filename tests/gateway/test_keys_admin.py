@@ -1,0 +1,176 @@
+"""Virtual keys through the LiteLLM-compatible admin API: created, used, limited, capped, updated and revoked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+from tests.gateway.conftest import KEY, MODEL, RunningGateway, deployment, gateway_config
+
+MESSAGES = [{"role": "user", "content": "Say hello to the gateway"}]
+
+
+def governed(sim: Any, tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    config = gateway_config([deployment("sim-a", sim.base_url)])
+    config["models"][0].update(input_cost_per_token=0.001, output_cost_per_token=0.002)
+    config["ledger"] = {"spool_dir": str(tmp_path / "spool"), "store": f"sqlite:///{tmp_path / 'ledger.db'}",
+                        "flush_interval": 0.05}
+    config.update(extra)
+    return config
+
+
+async def admin(gw: RunningGateway, method: str, path: str, body: Any = None, key: str = KEY) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http:
+        async with http.request(method, gw.url + path, json=body, headers={"Authorization": f"Bearer {key}"}) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+
+@pytest.fixture
+async def gov(gateway_factory, sim, tmp_path) -> RunningGateway:
+    return await gateway_factory(governed(sim, tmp_path))
+
+
+async def test_generated_key_calls_models_and_is_stored_hashed(gov, tmp_path) -> None:
+    status, made = await admin(gov, "POST", "/key/generate", {"key_alias": "alice", "models": [MODEL],
+                                                              "max_budget": 10, "budget_duration": "30d"})
+    assert status == 200, made
+    assert made["key"].startswith("sk-llmp-") and made["key_name"].endswith(made["key"][-4:])
+    assert made["token"] != made["key"] and len(made["token"]) == 64
+    assert made["max_budget"] == 10 and made["budget_duration"] == "30d" and made["models"] == [MODEL]
+    reply = await gov.client(api_key=made["key"]).chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert reply.usage.completion_tokens == 8
+    assert made["key"].encode() not in (tmp_path / "ledger.db").read_bytes(), "keys are stored hashed only"
+    await gov.state.governance.ledger.flush()
+    status, info = await admin(gov, "GET", f"/key/info?key={made['key']}")
+    assert status == 200 and info["info"]["key_alias"] == "alice"
+    assert info["info"]["spend"] == pytest.approx(reply.usage.prompt_tokens * 0.001 + 8 * 0.002)
+
+
+async def test_admin_api_needs_the_master_key(gov) -> None:
+    _, made = await admin(gov, "POST", "/key/generate", {})
+    status, body = await admin(gov, "POST", "/key/generate", {}, key=made["key"])
+    assert status == 403 and "master key" in body["error"]["message"]
+    status, body = await admin(gov, "GET", "/key/list", key="sk-wrong-key-0000000000")
+    assert status == 401 and body["error"]["type"] == "authentication_error"
+
+
+async def test_bad_admin_input_names_the_field(gov) -> None:
+    status, body = await admin(gov, "POST", "/key/generate", {"rpm_limit": "lots"})
+    assert status == 400 and body["error"]["message"].startswith("rpm_limit:") and body["error"]["param"] == "rpm_limit"
+    status, body = await admin(gov, "POST", "/key/generate", {"budget_duration": "monthly"})
+    assert status == 400 and "budget_duration" in body["error"]["message"] and "30d" in body["error"]["message"]
+    status, body = await admin(gov, "POST", "/key/generate", {"team_id": "nobody"})
+    assert status == 400 and "team `nobody` does not exist" in body["error"]["message"]
+    status, body = await admin(gov, "GET", "/key/info?key=sk-not-a-key")
+    assert status == 404
+    status, body = await admin(gov, "POST", "/key/generate", {"tags": ["a"], "key_alias": "x"})
+    assert status == 200 and body["ignored_fields"] == ["tags"], "LiteLLM fields we do not use are accepted"
+
+
+async def test_deleted_key_is_refused_and_listed_as_deleted(gov) -> None:
+    _, made = await admin(gov, "POST", "/key/generate", {"key_alias": "temp"})
+    client = gov.client(api_key=made["key"])
+    await client.chat.completions.create(model=MODEL, messages=MESSAGES)
+    status, body = await admin(gov, "POST", "/key/delete", {"keys": [made["key"]]})
+    assert status == 200 and body == {"deleted_keys": [made["token"]]}
+    with pytest.raises(openai.AuthenticationError):
+        await client.chat.completions.create(model=MODEL, messages=MESSAGES)
+    _, listed = await admin(gov, "GET", "/key/list")
+    assert made["token"] not in listed["keys"]
+
+
+async def test_expired_key_and_disallowed_model_are_refused(gov) -> None:
+    _, made = await admin(gov, "POST", "/key/generate", {"expires": "2001-01-01T00:00:00Z"})
+    with pytest.raises(openai.AuthenticationError, match="expired"):
+        await gov.client(api_key=made["key"]).chat.completions.create(model=MODEL, messages=MESSAGES)
+    _, made = await admin(gov, "POST", "/key/generate", {"models": ["other-model"]})
+    with pytest.raises(openai.PermissionDeniedError, match="may not call model"):
+        await gov.client(api_key=made["key"]).chat.completions.create(model=MODEL, messages=MESSAGES)
+
+
+async def test_team_limits_apply_to_its_keys_and_the_tighter_limit_wins(gov) -> None:
+    status, team = await admin(gov, "POST", "/team/new", {"team_id": "ml", "rpm_limit": 2})
+    assert status == 200 and team["rpm_limit"] == 2
+    _, a = await admin(gov, "POST", "/key/generate", {"team_id": "ml", "rpm_limit": 100})
+    _, b = await admin(gov, "POST", "/key/generate", {"team_id": "ml"})
+    await gov.client(api_key=a["key"]).chat.completions.create(model=MODEL, messages=MESSAGES)
+    await gov.client(api_key=b["key"]).chat.completions.create(model=MODEL, messages=MESSAGES)
+    with pytest.raises(openai.RateLimitError, match="team `ml`: rpm_limit 2") as refused:
+        await gov.client(api_key=a["key"]).chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert int(refused.value.response.headers["Retry-After"]) >= 1
+    _, c = await admin(gov, "POST", "/key/generate", {"rpm_limit": 1})
+    await gov.client(api_key=c["key"]).chat.completions.create(model=MODEL, messages=MESSAGES)
+    with pytest.raises(openai.RateLimitError, match="this key: rpm_limit 1"):
+        await gov.client(api_key=c["key"]).chat.completions.create(model=MODEL, messages=MESSAGES)
+
+
+async def test_update_changes_limits_at_once_on_this_replica(gov) -> None:
+    _, made = await admin(gov, "POST", "/key/generate", {"rpm_limit": 1})
+    client = gov.client(api_key=made["key"])
+    await client.chat.completions.create(model=MODEL, messages=MESSAGES)
+    with pytest.raises(openai.RateLimitError):
+        await client.chat.completions.create(model=MODEL, messages=MESSAGES)
+    status, updated = await admin(gov, "POST", "/key/update", {"key": made["key"], "rpm_limit": None})
+    assert status == 200 and updated["rpm_limit"] is None
+    await client.chat.completions.create(model=MODEL, messages=MESSAGES)
+
+
+async def test_caps_refuse_with_a_400_that_names_the_cap(gateway_factory, sim, tmp_path) -> None:
+    config = governed(sim, tmp_path)
+    config["models"][0]["max_request_bytes"] = 2000
+    gw = await gateway_factory(config)
+    _, made = await admin(gw, "POST", "/key/generate", {"max_tokens": 16, "max_request_bytes": 1000})
+    client = gw.client(api_key=made["key"])
+    with pytest.raises(openai.BadRequestError, match="over the key cap: max_tokens is 16") as err:
+        await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=17)
+    assert err.value.body["param"] == "max_tokens"
+    big = [{"role": "user", "content": "x" * 1500}]
+    with pytest.raises(openai.BadRequestError, match="over the key cap: max_request_bytes is 1000"):
+        await client.chat.completions.create(model=MODEL, messages=big)
+    huge = [{"role": "user", "content": "x" * 3000}]
+    with pytest.raises(openai.BadRequestError, match=r"models\[sim-model\].max_request_bytes is 2000"):
+        await gw.client().chat.completions.create(model=MODEL, messages=huge)
+    await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16)
+
+
+async def test_parallel_limit_counts_calls_in_flight(gateway_factory, sim_factory, tmp_path) -> None:
+    import asyncio
+
+    slow = await sim_factory(name="slow", ttft=0.3)
+    gw = await gateway_factory(governed(slow, tmp_path))
+    _, made = await admin(gw, "POST", "/key/generate", {"max_parallel_requests": 2})
+    client = gw.client(api_key=made["key"])
+    results = await asyncio.gather(*(client.chat.completions.create(model=MODEL, messages=MESSAGES)
+                                     for _ in range(4)), return_exceptions=True)
+    refused = [r for r in results if isinstance(r, openai.RateLimitError)]
+    assert len(refused) == 2 and "max_parallel_requests 2" in str(refused[0])
+    await client.chat.completions.create(model=MODEL, messages=MESSAGES)  # slots were freed
+
+
+async def test_spend_report_by_key_team_model_and_day(gov) -> None:
+    await admin(gov, "POST", "/team/new", {"team_id": "search"})
+    _, made = await admin(gov, "POST", "/key/generate", {"team_id": "search", "key_alias": "bob"})
+    for _ in range(3):
+        await gov.client(api_key=made["key"]).chat.completions.create(model=MODEL, messages=MESSAGES)
+    await gov.client().chat.completions.create(model=MODEL, messages=MESSAGES)
+    await gov.state.governance.ledger.flush()
+    _, by_team = await admin(gov, "GET", "/spend/report?group_by=team")
+    rows = {r["team_id"]: r for r in by_team["data"]}
+    assert rows["search"]["requests"] == 3 and rows[None]["requests"] == 1
+    _, by_key = await admin(gov, "GET", "/spend/report?group_by=key")
+    assert {r["key_alias"]: r["requests"] for r in by_key["data"]} == {"bob": 3, None: 1}
+    _, by_model = await admin(gov, "GET", "/spend/report?group_by=model")
+    assert by_model["data"][0]["model"] == MODEL and by_model["data"][0]["completion_tokens"] == 32
+    _, by_day = await admin(gov, "GET", "/spend/report?group_by=day")
+    assert len(by_day["data"]) == 1 and by_day["total_spend"] > 0
+    status, body = await admin(gov, "GET", "/spend/report?group_by=user")
+    assert status == 400 and body["error"]["param"] == "group_by"
+
+
+async def test_embedded_limits_are_announced_at_start(gov) -> None:
+    events = [line for line in gov.log_buffer.getvalue().splitlines() if b'"governance"' in line]
+    assert events and b"in-process counters" in events[0]
