@@ -48,6 +48,7 @@ test: install redis postgres checkov node_modules/.installed
 
 bench: install
 	$(PY) bench/plan_scaling.py
+	$(PY) bench/gateway_vs_litellm.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache node_modules
