@@ -56,6 +56,40 @@ class Target:
     results: dict[str, float | str] = field(default_factory=dict)
 
 
+def serve_passthrough(client: str, port: int, upstream: str) -> None:
+    """A bare aiohttp-server passthrough with the given upstream client: the floor of each stack."""
+    from aiohttp import web
+
+    async def main() -> None:
+        if client == "httpx":
+            import httpx
+
+            hx = httpx.AsyncClient(limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+
+            async def send(data: bytes) -> bytes:
+                r = await hx.post(upstream, content=data, headers={"Content-Type": "application/json"})
+                return r.content
+        else:
+            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+            async def send(data: bytes) -> bytes:
+                async with session.post(upstream, data=data, headers={"Content-Type": "application/json"}) as r:
+                    return await r.read()
+
+        async def handle(request: web.Request) -> web.Response:
+            return web.Response(body=await send(await request.read()), content_type="application/json")
+
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", handle)
+        app.router.add_get("/health", lambda r: web.Response(text="ok"))
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -277,9 +311,10 @@ def table(targets: list[Target], litellm: Target | None, gateway: Target) -> str
     ]
     width = 24
     cols = [t.name for t in targets]
-    out = ["".ljust(width) + "".join(c.rjust(30) for c in cols)]
+    col = 26
+    out = ["".ljust(width) + "".join(c.rjust(col) for c in cols)]
     for label, cell in rows:
-        out.append(label.ljust(width) + "".join(cell(t).rjust(30) for t in targets))
+        out.append(label.ljust(width) + "".join(cell(t).rjust(col) for t in targets))
     return "\n".join(out)
 
 
@@ -292,6 +327,10 @@ async def main() -> int:
     parser.add_argument("--ttfb-count", type=int, default=200)
     parser.add_argument("--rss-requests", type=int, default=100_000)
     parser.add_argument("--skip-litellm", action="store_true")
+    parser.add_argument("--skip-passthrough", action="store_true", help="leave out the bare passthrough baselines")
+    parser.add_argument("--serve-passthrough", choices=("aiohttp", "httpx"), help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--upstream", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     BENCH.mkdir(exist_ok=True)
@@ -317,6 +356,20 @@ async def main() -> int:
         await wait_ready(f"http://127.0.0.1:{gw_port}/health/ready", procs[-1], 20, gw_log)
         gateway = Target("llmp gateway", f"http://127.0.0.1:{gw_port}", ALIAS, key, procs[-1].pid)
         targets = [upstream, gateway]
+
+        if not args.skip_passthrough:
+            # Bare passthroughs (aiohttp server, no routing/auth/metrics): how the upstream client was chosen.
+            clients = [("aiohttp", py)]
+            if litellm_exe is not None:  # httpx as LiteLLM uses it, from LiteLLM's venv
+                clients.append(("httpx", str(LITELLM_VENV / "bin" / "python")))
+            for client, interpreter in clients:
+                port = free_port()
+                log = BENCH / f"passthrough-{client}.log"
+                procs.append(start([interpreter, str(Path(__file__).resolve()), "--serve-passthrough", client, "--port",
+                                    str(port), "--upstream", f"{upstream.url}/v1/chat/completions"], log))
+                await wait_ready(f"http://127.0.0.1:{port}/health", procs[-1], 20, log)
+                targets.append(Target(f"bare {client} passthrough", f"http://127.0.0.1:{port}", UPSTREAM_MODEL, None,
+                                      procs[-1].pid))
 
         litellm = None
         if litellm_exe is not None:
@@ -355,10 +408,12 @@ async def main() -> int:
             t.results["fixed_p50_ms"] = await fixed_rate_latency(t, rate, count)
         print(f"streaming TTFB: {args.ttfb_count} sequential streaming calls", flush=True)
         for t in targets:
-            t.results["ttfb_ms"] = await streaming_ttfb(t, args.ttfb_count if t is not litellm else 50)
+            if "passthrough" not in t.name:  # the bare passthroughs buffer whole bodies: no streaming figure
+                t.results["ttfb_ms"] = await streaming_ttfb(t, args.ttfb_count if t is not litellm else 50)
         for t in targets[1:]:
             t.results["added_p50_ms"] = t.results["fixed_p50_ms"] - upstream.results["fixed_p50_ms"]
-            t.results["ttfb_added_ms"] = t.results["ttfb_ms"] - upstream.results["ttfb_ms"]
+            if "ttfb_ms" in t.results:
+                t.results["ttfb_added_ms"] = t.results["ttfb_ms"] - upstream.results["ttfb_ms"]
 
         print(f"memory: {args.rss_requests:,} requests through the gateway", flush=True)
         gateway.results["rss_before_mb"] = rss_mb(gateway.pid)
@@ -410,4 +465,10 @@ if __name__ == "__main__":
         uvloop.install()
     except ImportError:
         pass
+    if "--serve-passthrough" in sys.argv:
+        sys.argv.remove("--serve-passthrough")
+        client = sys.argv.pop(1)
+        flags = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+        serve_passthrough(client, int(flags["--port"]), flags["--upstream"])
+        sys.exit(0)
     sys.exit(asyncio.run(main()))
