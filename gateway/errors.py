@@ -37,9 +37,22 @@ class GatewayError(Exception):
         headers = {**self.headers, **(extra_headers or {})}
         return web.Response(status=self.status, body=orjson.dumps(self.body()), content_type=JSON, headers=headers)
 
-    def sse_event(self) -> bytes:
+    def sse_event(self, anthropic: bool = False) -> bytes:
         """The same error as a final server-sent event, for failures after the stream began."""
+        if anthropic:
+            return b"event: error\ndata: " + orjson.dumps(self.anthropic_body()) + b"\n\n"
         return b"data: " + orjson.dumps(self.body()) + b"\n\n"
+
+    def anthropic_body(self) -> dict[str, Any]:
+        from gateway.messages_api import anthropic_error
+
+        return anthropic_error(self.status, self.message)
+
+    def anthropic_response(self, extra_headers: dict[str, str] | None = None) -> web.Response:
+        """The error in Anthropic's shape, for clients of /v1/messages."""
+        headers = {**self.headers, **(extra_headers or {})}
+        return web.Response(status=self.status, body=orjson.dumps(self.anthropic_body()), content_type=JSON,
+                            headers=headers)
 
 
 def bad_request(message: str, param: str | None = None) -> GatewayError:

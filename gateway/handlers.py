@@ -30,6 +30,7 @@ class Endpoints:
             web.post("/v1/chat/completions", self.chat),
             web.post("/v1/completions", self.completions),
             web.post("/v1/embeddings", self.embeddings),
+            web.post("/v1/messages", self.messages),  # Anthropic's Messages API
             web.post("/chat/completions", self.chat),  # OpenAI clients configured without /v1
             web.post("/completions", self.completions),
             web.post("/embeddings", self.embeddings),
@@ -49,6 +50,9 @@ class Endpoints:
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         return await self._call(request, "embeddings")
 
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        return await self._call(request, "messages")
+
     async def _call(self, http: web.Request, endpoint: str) -> web.StreamResponse:
         started = perf()
         state = self.state
@@ -58,7 +62,7 @@ class Endpoints:
         opened = None
         waited_from = 0.0
         try:
-            principal = state.auth.authenticate(http.headers.get("Authorization"))
+            principal = state.auth.authenticate(_authorization(http))
             record.key_id = principal.key_id
             request = await _parse(http, endpoint)
             record.alias = request.alias
@@ -90,7 +94,7 @@ class Endpoints:
         except GatewayError as exc:
             record.status = exc.status
             record.error = exc.message
-            return exc.response(headers)
+            return exc.anthropic_response(headers) if endpoint == "messages" else exc.response(headers)
         except web.HTTPException as exc:  # aiohttp's own refusals, e.g. a body over the size limit
             record.status = exc.status
             record.error = exc.reason
@@ -125,6 +129,16 @@ class Endpoints:
         return web.Response(body=self.state.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
 
 
+def _authorization(http: web.Request) -> str | None:
+    """The Bearer header, or Anthropic clients' x-api-key, as one Authorization value."""
+    value = http.headers.get("Authorization")
+    if value is None:
+        key = http.headers.get("x-api-key")
+        if key:
+            return "Bearer " + key
+    return value
+
+
 async def _parse(http: web.Request, endpoint: str) -> Request:
     raw = await http.read()
     try:
@@ -143,7 +157,7 @@ async def _parse(http: web.Request, endpoint: str) -> Request:
         stream = False
         if "input" not in body:
             raise bad_request("`input` is required.", "input")
-    elif endpoint == "chat":
+    elif endpoint in ("chat", "messages"):
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise bad_request("`messages` is required and must be a non-empty list.", "messages")
@@ -153,6 +167,8 @@ async def _parse(http: web.Request, endpoint: str) -> Request:
         value = body.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise bad_request(f"`{key}` must be a positive integer.", key)
+    if endpoint == "messages" and not isinstance(body.get("max_tokens"), int):
+        raise bad_request("`max_tokens` is required by the Messages API.", "max_tokens")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise bad_request("`stream_options` must be an object.", "stream_options")

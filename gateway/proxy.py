@@ -151,7 +151,7 @@ class Proxy:
                     first = await _first_output(response, adapter)
                     return Opened(dep, replica, response, first, adapter)
                 data = await response.read()
-            body, prompt, completion = read_answer(dep, data, route.alias)
+            body, prompt, completion = read_answer(dep, data, route.alias, request.endpoint)
             response.release()
             opened = Opened(dep, replica, None, body, None, prompt, completion)
             opened.finish(ok=True)

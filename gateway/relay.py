@@ -80,7 +80,7 @@ async def relay_stream(request: web.Request, opened: Opened, headers: dict[str, 
         record.status = 502
         error = GatewayError(502, failure, "upstream_error", None, "upstream_stream_error")
         try:
-            await response.write(error.sse_event())
+            await response.write(error.sse_event(anthropic=getattr(adapter, "anthropic_events", False)))
         except ConnectionError:
             return response
     if before_eof is not None:

@@ -15,8 +15,9 @@ from gateway.hashring import BoundedLoadRing
 
 # Endpoints each wire protocol serves, and the path under the deployment's base URL.
 PATHS: dict[str, dict[str, str]] = {
-    "openai": {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"},
-    "anthropic": {"chat": "/messages"},
+    "openai": {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings",
+               "messages": "/chat/completions"},  # Messages clients, translated to chat
+    "anthropic": {"chat": "/messages", "messages": "/messages"},
 }
 ANTHROPIC_VERSION = "2023-06-01"
 

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 import orjson
 
 from gateway.anthropic import AnthropicStream, UpstreamStreamError, from_messages_response, to_messages_request
+from gateway.messages_api import ChatToMessagesStream, MessagesPassthrough, chat_to_message, messages_to_chat
 from gateway.routing import DeploymentPool, ModelRoute
 
 
@@ -15,7 +16,7 @@ from gateway.routing import DeploymentPool, ModelRoute
 class Request:
     """A client request, parsed once: the raw bytes and the few fields the gateway reads."""
 
-    endpoint: str  # chat | completions | embeddings
+    endpoint: str  # chat | completions | embeddings | messages (Anthropic's API, inbound)
     raw: bytes
     body: dict[str, Any]
     alias: str
@@ -32,6 +33,8 @@ class Request:
 
     def _build(self, dep: DeploymentPool, route: ModelRoute) -> bytes:
         body = self.body
+        if self.endpoint == "messages":
+            return self._build_messages(dep, route)
         if dep.provider == "anthropic":
             return orjson.dumps(to_messages_request(body, dep.model, route.max_tokens))
         changes: dict[str, Any] = {}
@@ -51,12 +54,23 @@ class Request:
             return self.raw  # forwarded untouched
         return orjson.dumps({**body, **changes})
 
+    def _build_messages(self, dep: DeploymentPool, route: ModelRoute) -> bytes:
+        body, cap = self.body, route.max_tokens
+        if dep.provider != "anthropic":
+            return orjson.dumps(messages_to_chat(body, dep.model, cap))
+        changes: dict[str, Any] = {}
+        if body.get("model") != dep.model:
+            changes["model"] = dep.model
+        if cap is not None and body.get("max_tokens", cap + 1) > cap:
+            changes["max_tokens"] = cap
+        return orjson.dumps({**body, **changes}) if changes else self.raw
+
 
 class MalformedAnswer(Exception):
     """The upstream answered 200 with a body that is not the JSON it should be."""
 
 
-def read_answer(dep: DeploymentPool, data: bytes, alias: str) -> tuple[bytes, int, int]:
+def read_answer(dep: DeploymentPool, data: bytes, alias: str, endpoint: str = "chat") -> tuple[bytes, int, int]:
     """Answer bytes for the client, with (prompt, completion) tokens; raises MalformedAnswer."""
     try:
         obj = orjson.loads(data)
@@ -64,6 +78,12 @@ def read_answer(dep: DeploymentPool, data: bytes, alias: str) -> tuple[bytes, in
         raise MalformedAnswer(f"answer is not JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise MalformedAnswer("answer is not a JSON object")
+    if endpoint == "messages":
+        if dep.provider == "anthropic":
+            usage = obj.get("usage") or {}
+            return data, int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
+        message, prompt, completion = chat_to_message(obj, alias)
+        return orjson.dumps(message), prompt, completion
     if dep.provider == "anthropic":
         translated, prompt, completion = from_messages_response(obj, alias)
         return orjson.dumps(translated), prompt, completion
@@ -108,6 +128,8 @@ class OpenAIStream:
 
 
 def stream_adapter(dep: DeploymentPool, request: Request) -> StreamAdapter:
+    if request.endpoint == "messages":
+        return MessagesPassthrough() if dep.provider == "anthropic" else ChatToMessagesStream(request.alias)
     if dep.provider == "anthropic":
         return AnthropicStream(request.alias, include_usage=request.wants_usage)
     return OpenAIStream(strip_usage=not request.wants_usage)

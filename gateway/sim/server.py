@@ -287,9 +287,11 @@ class Simulator:
     # ---- Anthropic Messages API --------------------------------------------
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
-        if not request.headers.get("x-api-key") or not request.headers.get("anthropic-version"):
+        has_key = request.headers.get("x-api-key") or request.headers.get("Authorization", "").startswith("Bearer ")
+        if not has_key or not request.headers.get("anthropic-version"):
             return _json_response(
-                _error("x-api-key and anthropic-version headers are required", "authentication_error", 401, True), 401
+                _error("an API key (x-api-key or Bearer) and anthropic-version are required", "authentication_error",
+                       401, True), 401
             )
         body = await self._begin(request)
         if not isinstance(body.get("max_tokens"), int):
