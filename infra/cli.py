@@ -183,6 +183,8 @@ def parser() -> argparse.ArgumentParser:
     ci_role.set_defaults(func=cmd_ci_role)
 
     sub.add_parser("gateway", help="run the OpenAI-compatible gateway (see `llmp gateway --help`)", add_help=False)
+    sub.add_parser("keys", help="virtual keys, teams and spend on a running gateway (see `llmp keys --help`)",
+                   add_help=False)
     return p
 
 
@@ -192,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.cli import main as gateway_main
 
         return gateway_main(argv[1:])
+    if argv[:1] == ["keys"]:
+        from gateway.keys_cli import main as keys_main
+
+        return keys_main(argv[1:])
     args = parser().parse_args(argv)
     try:
         return args.func(args)
