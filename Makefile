@@ -49,6 +49,7 @@ test: install redis postgres checkov node_modules/.installed
 bench: install
 	$(PY) bench/plan_scaling.py
 	$(PY) bench/gateway_vs_litellm.py
+	$(PY) bench/gateway_governance.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache node_modules
