@@ -53,8 +53,8 @@ class RedisSettings(_Strict):
     @field_validator("url")
     @classmethod
     def _scheme(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"{value!r} is not a redis://, rediss:// or unix:// URL")
+        if not value.startswith(("redis://", "rediss://")):
+            raise ValueError(f"{value!r} is not a redis:// or rediss:// URL")
         return value
 
 
