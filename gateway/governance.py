@@ -58,11 +58,12 @@ class Governance:
         self.model_bytes = {m.alias: m.max_request_bytes for m in config.models}
         self._event = on_event
         self._scopes: dict[tuple[int, int, str], tuple[Scope, ...]] = {}
+        self._zone_routes: dict[tuple[str, str], "ModelRoute"] = {}
 
     # ---- on the way in --------------------------------------------------------------------------
 
-    async def admit(self, principal: Any, request: "Request", route: "ModelRoute", record: CallRecord) -> None:
-        """Refuse with a clear 400/403/429, or count the call in every scope it falls under."""
+    async def admit(self, principal: Any, request: "Request", route: "ModelRoute", record: CallRecord) -> "ModelRoute":
+        """Refuse with a clear 400/403/429, or count the call in every scope it falls under; the route to use."""
         alias = request.alias
         size = len(request.raw)
         model_cap = self.model_bytes.get(alias)
@@ -72,7 +73,7 @@ class Governance:
         key: VirtualKey | None = getattr(principal, "key", None)
         if key is None:
             record.key_token = MASTER_TOKEN
-            return
+            return route
         team: Team | None = getattr(principal, "team", None)
         record.key_token = key.token
         record.key_alias = key.key_alias
@@ -87,6 +88,8 @@ class Governance:
         if zone is not None and self.residency is not None and zone != self.residency:
             raise forbidden(f"This key is pinned to residency zone `{zone}`; this gateway serves `{self.residency}`. "
                             f"Call the `{zone}` endpoint.", "residency_mismatch")
+        if zone is not None and self.residency is None:
+            route = self._pinned(route, zone)
         if key.max_request_bytes is not None and size > key.max_request_bytes:
             raise bad_request(f"Request body is {size} bytes, over the key cap: max_request_bytes is "
                               f"{key.max_request_bytes}.", "messages")
@@ -102,12 +105,28 @@ class Governance:
                 completion_cap = cap if completion_cap is None else min(completion_cap, cap)
         scopes = self._scopes_for(key, team, alias)
         if not scopes:
-            return
+            return route
         tokens = reserve_tokens(size, completion_cap if request.endpoint != "embeddings" else 0)
         inp, out = self.prices.of(alias)
         cost = reserve_tokens(size, 0) * inp + (completion_cap or 0) * out
         record.ticket = await self.limiter.admit(record.request_id + ":" + self.ledger.next_id(), scopes, tokens, cost,
                                                  self.deadline_s)
+        return route
+
+    def _pinned(self, route: "ModelRoute", zone: str) -> "ModelRoute":
+        """On a gateway serving every zone, a pinned key's call uses only its zone's deployments."""
+        pinned = self._zone_routes.get((route.alias, zone))
+        if pinned is None:
+            from gateway.routing import ModelRoute
+
+            # No fallback aliases: their deployments are not filtered by the proxy, and could leave the zone.
+            pinned = ModelRoute(route.alias, route.max_tokens, [],
+                                [d for d in route.deployments if d.config.residency == zone])
+            self._zone_routes[(route.alias, zone)] = pinned
+        if not pinned.deployments:
+            raise forbidden(f"Model `{route.alias}` has no deployment in residency zone `{zone}`, "
+                            f"to which this key is pinned.", "residency_unavailable", "model")
+        return pinned
 
     def _scopes_for(self, key: VirtualKey, team: Team | None, alias: str) -> tuple[Scope, ...]:
         # Cached per (key, team) object identity: a cache refresh makes new objects, so new limits apply at once.

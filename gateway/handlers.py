@@ -71,7 +71,7 @@ class Endpoints:
             if route is None:
                 raise model_not_found(request.alias)
             if state.gate is not None:
-                await state.gate.admit(principal, request, route, record)
+                route = await state.gate.admit(principal, request, route, record)
             record.prompt_hash = _prompt_hash(request.body)
             waited_from = perf()
             opened = await state.proxy.open(request, route, record, _session_key(http, request, state.prefix_chars))

@@ -174,3 +174,28 @@ async def test_spend_report_by_key_team_model_and_day(gov) -> None:
 async def test_embedded_limits_are_announced_at_start(gov) -> None:
     events = [line for line in gov.log_buffer.getvalue().splitlines() if b'"governance"' in line]
     assert events and b"in-process counters" in events[0]
+
+
+async def test_a_key_pinned_to_a_residency_zone_only_reaches_that_zone(gateway_factory, sim_factory, tmp_path) -> None:
+    us, eu = await sim_factory(name="us"), await sim_factory(name="eu")
+    config = governed(us, tmp_path)
+    config["models"][0]["deployments"] = [deployment("us-pool", us.base_url, residency="us", region="us-east-1"),
+                                          deployment("eu-pool", eu.base_url, residency="eu", region="eu-west-1")]
+    gw = await gateway_factory(config)  # a gateway without a zone of its own (laptop, global test bed)
+    _, made = await admin(gw, "POST", "/key/generate", {"residency": "eu"})
+    for _ in range(6):
+        await gw.client(api_key=made["key"]).chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert eu.stats.requests == 6 and us.stats.requests == 0
+    _, nowhere = await admin(gw, "POST", "/key/generate", {"residency": "apac"})
+    with pytest.raises(openai.PermissionDeniedError, match="no deployment in residency zone `apac`"):
+        await gw.client(api_key=nowhere["key"]).chat.completions.create(model=MODEL, messages=MESSAGES)
+
+
+async def test_a_zone_gateway_refuses_keys_pinned_elsewhere(gateway_factory, sim, tmp_path) -> None:
+    config = governed(sim, tmp_path)
+    config["gateway"]["residency"] = "us"
+    config["models"][0]["deployments"][0]["residency"] = "us"
+    gw = await gateway_factory(config)
+    _, made = await admin(gw, "POST", "/key/generate", {"residency": "eu"})
+    with pytest.raises(openai.PermissionDeniedError, match="pinned to residency zone `eu`; this gateway serves `us`"):
+        await gw.client(api_key=made["key"]).chat.completions.create(model=MODEL, messages=MESSAGES)
