@@ -58,6 +58,24 @@ then primary deployments in other regions of the same residency zone, then
 alias in ``fallbacks`` in the same order. Deployments outside the gateway's
 residency zone are never used.
 
+Governance sections (see gateway/README.md, "Governance", for semantics and bounds)::
+
+    secrets: {source: env | aws-secretsmanager, stack: prod, region: us-east-1, refresh_seconds: 300}
+    redis: {url: redis://host:6379/0, on_unavailable: fail-open | fail-closed, timeout_ms: 100,
+            retry_after_ms: 1000, settle_interval_ms: 20}        # omit: in-process counters
+    ledger: {spool_dir: ./llmp-spool, store: sqlite:///./llmp-ledger.db | postgresql://...,
+             flush_interval: 0.5, batch: 500, fsync: interval | always, store_timeout: 10}
+    keys: {refresh_seconds: 2}     # bound on revocation delay on every replica
+
+Governance (virtual keys, limits, the spend ledger, the admin API) is on when
+``ledger`` is present. Models add ``input_cost_per_token``,
+``output_cost_per_token`` (USD; deployments may override them) and
+``max_request_bytes``. Any ``api_key`` or ``gateway.master_key`` may be
+``secret/<name>``: read from ``llm-platform/<stack>/<name>`` in Secrets Manager
+(``secret/providers/openai``, ``secret/gateway/master-key``) or, with
+``source: env``, from ``<PROVIDER>_API_KEY`` / ``LLMP_MASTER_KEY`` /
+``LLMP_SECRET_<NAME>`` (see ``gateway.provider_keys``).
+
 LiteLLM's ``config.yaml`` is accepted too (see ``gateway.litellm_config``);
 ``load_config`` tells the two apart by the presence of ``model_list``.
 """
