@@ -57,7 +57,10 @@ class Target:
 
 
 def serve_passthrough(client: str, port: int, upstream: str) -> None:
-    """A bare aiohttp-server passthrough with the given upstream client: the floor of each stack."""
+    """A bare passthrough: aiohttp server with an aiohttp or httpx client, or Starlette (uvicorn) with aiohttp."""
+    if client == "starlette":
+        serve_starlette(port, upstream)
+        return
     from aiohttp import web
 
     async def main() -> None:
@@ -88,6 +91,26 @@ def serve_passthrough(client: str, port: int, upstream: str) -> None:
         await asyncio.Event().wait()
 
     asyncio.run(main())
+
+
+def serve_starlette(port: int, upstream: str) -> None:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse, Response
+    from starlette.routing import Route
+
+    state: dict[str, aiohttp.ClientSession] = {}
+
+    async def handle(request):  # type: ignore[no-untyped-def]
+        if "session" not in state:
+            state["session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        async with state["session"].post(upstream, data=await request.body(),
+                                         headers={"Content-Type": "application/json"}) as r:
+            return Response(await r.read(), media_type="application/json")
+
+    app = Starlette(routes=[Route("/v1/chat/completions", handle, methods=["POST"]),
+                            Route("/health", lambda r: PlainTextResponse("ok"))])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False, loop="uvloop")
 
 
 def free_port() -> int:
@@ -309,9 +332,9 @@ def table(targets: list[Target], litellm: Target | None, gateway: Target) -> str
          + (f" (N={int(t.results['rss_requests']):,})" if t.results.get("rss_requests") else "")),
         ("  RSS growth", lambda t: fmt(t.results.get("rss_growth_mb"), " MB")),
     ]
-    width = 24
+    width = 23
     cols = [t.name for t in targets]
-    col = 26
+    col = 22
     out = ["".ljust(width) + "".join(c.rjust(col) for c in cols)]
     for label, cell in rows:
         out.append(label.ljust(width) + "".join(cell(t).rjust(col) for t in targets))
@@ -328,7 +351,7 @@ async def main() -> int:
     parser.add_argument("--rss-requests", type=int, default=100_000)
     parser.add_argument("--skip-litellm", action="store_true")
     parser.add_argument("--skip-passthrough", action="store_true", help="leave out the bare passthrough baselines")
-    parser.add_argument("--serve-passthrough", choices=("aiohttp", "httpx"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve-passthrough", choices=("aiohttp", "httpx", "starlette"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -360,15 +383,17 @@ async def main() -> int:
         if not args.skip_passthrough:
             # Bare passthroughs (aiohttp server, no routing/auth/metrics): how the upstream client was chosen.
             clients = [("aiohttp", py)]
-            if litellm_exe is not None:  # httpx as LiteLLM uses it, from LiteLLM's venv
+            if litellm_exe is not None:  # httpx as LiteLLM uses it, and Starlette/uvicorn, from LiteLLM's venv
                 clients.append(("httpx", str(LITELLM_VENV / "bin" / "python")))
+                clients.append(("starlette", str(LITELLM_VENV / "bin" / "python")))
             for client, interpreter in clients:
                 port = free_port()
                 log = BENCH / f"passthrough-{client}.log"
                 procs.append(start([interpreter, str(Path(__file__).resolve()), "--serve-passthrough", client, "--port",
                                     str(port), "--upstream", f"{upstream.url}/v1/chat/completions"], log))
                 await wait_ready(f"http://127.0.0.1:{port}/health", procs[-1], 20, log)
-                targets.append(Target(f"bare {client} passthrough", f"http://127.0.0.1:{port}", UPSTREAM_MODEL, None,
+                label = {"aiohttp": "aiohttp+aiohttp", "httpx": "aiohttp+httpx", "starlette": "starlette+aiohttp"}
+                targets.append(Target(f"bare {label[client]}", f"http://127.0.0.1:{port}", UPSTREAM_MODEL, None,
                                       procs[-1].pid))
 
         litellm = None
@@ -414,7 +439,7 @@ async def main() -> int:
             t.results["fixed_p50_ms"] = await fixed_rate_latency(t, rate, count)
         print(f"streaming TTFB: {args.ttfb_count} sequential streaming calls", flush=True)
         for t in targets:
-            if "passthrough" not in t.name:  # the bare passthroughs buffer whole bodies: no streaming figure
+            if not t.name.startswith("bare"):  # the bare passthroughs buffer whole bodies: no streaming figure
                 t.results["ttfb_ms"] = await streaming_ttfb(t, args.ttfb_count if t is not litellm else 50)
         for t in targets[1:]:
             t.results["added_p50_ms"] = t.results["fixed_p50_ms"] - upstream.results["fixed_p50_ms"]
@@ -466,6 +491,10 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
+    import signal
+
+    # A SIGTERM (timeout, Ctrl-C from make) unwinds through `finally`, which stops the servers started here.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         import uvloop
 

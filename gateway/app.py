@@ -105,6 +105,8 @@ def new_session() -> aiohttp.ClientSession:
         timeout=aiohttp.ClientTimeout(total=None),
         read_bufsize=2**18,  # room for large stream events (tool-call arguments)
         skip_auto_headers=("User-Agent",),
+        # Upstream cookies must never be kept and replayed across callers; also spares a jar lookup per call.
+        cookie_jar=aiohttp.DummyCookieJar(),
         json_serialize=lambda obj: orjson.dumps(obj).decode(),
         trust_env=False,
     )

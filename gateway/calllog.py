@@ -45,7 +45,7 @@ class CallLog:
             line["error"] = call.error
         if call.fallbacks:
             line["fallbacks"] = call.fallbacks
-        self._out.write(orjson.dumps(line) + b"\n")
+        self._out.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
 
     def event(self, name: str, **fields: object) -> None:
         """A non-call event (start-up, circuit changes, discovery), same JSON-lines stream."""

@@ -138,19 +138,25 @@ class Proxy:
         replica.breaker.on_attempt()
         response: aiohttp.ClientResponse | None = None
         health = True
+        url = replica.urls[request.endpoint]
         try:
-            async with asyncio.timeout(dep.timeouts.first_byte):
-                response = await self.session.post(
-                    replica.urls[request.endpoint], data=payload, headers=dep.headers, timeout=dep.client_timeout
-                )
-                if response.status != 200:
-                    health = response.status not in NOT_HEALTH
-                    await self._refused(response, dep)
-                if request.stream:
+            if request.stream:
+                # Headers and the first event within first_byte: failover stays possible until then.
+                async with asyncio.timeout(dep.timeouts.first_byte):
+                    response = await self.session.post(url, data=payload, headers=dep.headers,
+                                                       timeout=dep.client_timeout)
+                    if response.status != 200:
+                        health = response.status not in NOT_HEALTH
+                        await self._refused(response, dep)
                     adapter = stream_adapter(dep, request)
                     first = await _first_output(response, adapter)
                     return Opened(dep, replica, response, first, adapter)
-                data = await response.read()
+            # A whole answer: aiohttp's per-read limit (first_byte) bounds the wait; no extra timer per call.
+            response = await self.session.post(url, data=payload, headers=dep.headers, timeout=dep.answer_timeout)
+            if response.status != 200:
+                health = response.status not in NOT_HEALTH
+                await self._refused(response, dep)
+            data = await response.read()
             body, prompt, completion = read_answer(dep, data, route.alias, request.endpoint)
             response.release()
             opened = Opened(dep, replica, None, body, None, prompt, completion)

@@ -55,9 +55,11 @@ class DeploymentPool:
             config.timeouts.over(gateway.gateway.timeouts) if config.timeouts else gateway.gateway.timeouts
         )
         # First-byte and idle limits are enforced around reads; aiohttp enforces connect and total.
-        self.client_timeout = aiohttp.ClientTimeout(
-            total=self.timeouts.total, connect=self.timeouts.connect, sock_connect=self.timeouts.connect
-        )
+        t = self.timeouts
+        self.client_timeout = aiohttp.ClientTimeout(total=t.total, connect=t.connect, sock_connect=t.connect)
+        # Whole answers arrive in one piece after generation: a per-read limit of first_byte bounds them.
+        self.answer_timeout = aiohttp.ClientTimeout(total=t.total, connect=t.connect, sock_connect=t.connect,
+                                                    sock_read=t.first_byte)
         self.headers = self._headers(config)
         self.affinity = config.session_affinity and config.replicas is not None
         self._breaker_settings = gateway.gateway.circuit_breaker
