@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.errors import GatewayError, bad_request
 from gateway.governance_config import parse_duration
-from gateway.keys import KeyCache, KeyPrincipal, Limits, Team, VirtualKey, VirtualKeyAuth
+from gateway.keys import KeyCache, Limits, Team, VirtualKey, VirtualKeyAuth
 from gateway.ledger import Prices, SpendLedger, spend_row
 from gateway.limits import NO_LIMIT, RateLimiter, Scope, reserve_tokens
 from gateway.usage import CallRecord

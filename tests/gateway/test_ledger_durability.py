@@ -17,7 +17,6 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-import pytest
 
 from tests.gateway.conftest import KEY, MODEL, deployment, gateway_config
 from tests.gateway.servers import GatewayProcess, PostgresServer, postgres_server  # noqa: F401 - fixture
