@@ -47,7 +47,7 @@ class RunningGateway:
 def gateway_config(deployments: list[dict[str, Any]] | None = None, models: list[dict[str, Any]] | None = None,
                    **gateway: Any) -> dict[str, Any]:
     settings = {"master_key": KEY, "retries": {"attempts": 2, "backoff_base": 0.01, "backoff_max": 0.05},
-                "timeouts": {"connect": 1, "first_byte": 1, "idle": 1, "total": 10}}
+                "timeouts": {"connect": 1, "first_byte": 2, "idle": 1, "total": 10}}
     settings.update(gateway)
     if models is None:
         models = [{"alias": MODEL, "deployments": deployments or []}]
