@@ -108,6 +108,12 @@ def wrk(binary: str, url: str, key: str, seconds: int, work: Path) -> dict[str, 
             "p99_ms": lat["99"]}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _ms(text: str) -> float:
     value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
@@ -137,12 +143,15 @@ def main() -> int:
         wait_port(sim_port, spawn([sys.executable, "-m", "gateway.sim", "--port", str(sim_port)], "sim"))
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         urls = {}
+        pids = {"redis": procs[0].pid}
         for name, governed in (("bare", False), ("governed", True)):
             path = work / f"{name}.yaml"
             path.write_text(yaml.safe_dump(config(sim_port, governed, work, redis_url)))
             port = free_port()
-            wait_port(port, spawn([sys.executable, "-m", "gateway", "--config", str(path), "--host", "127.0.0.1",
-                                   "--port", str(port)], name))
+            proc = spawn([sys.executable, "-m", "gateway", "--config", str(path), "--host", "127.0.0.1",
+                          "--port", str(port)], name)
+            wait_port(port, proc)
+            pids[name] = proc.pid
             urls[name] = f"http://127.0.0.1:{port}"
         admin(urls["governed"], "/team/new", {"team_id": "bench", "rpm_limit": 10_000_000, "tpm_limit": 10**12,
                                               "max_budget": 1e9, "budget_duration": "30d"})
@@ -156,7 +165,12 @@ def main() -> int:
         for r in range(args.rounds):
             order = ("bare", "governed") if r % 2 == 0 else ("governed", "bare")
             for name in order:
-                rounds[name].append(wrk(wrk_bin, urls[name], keys[name], args.seconds, work))
+                before = {n: cpu_seconds(pids[n]) for n in (name, "redis")}
+                result = wrk(wrk_bin, urls[name], keys[name], args.seconds, work)
+                done = result["requests"] or 1
+                result["cpu_us"] = (cpu_seconds(pids[name]) - before[name]) / done * 1e6
+                result["redis_us"] = (cpu_seconds(pids["redis"]) - before["redis"]) / done * 1e6
+                rounds[name].append(result)
         answered = sum(x["requests"] - x["non_2xx"] for x in rounds["governed"])
         time.sleep(1.5)  # the ledger flushes every 0.5 s
         with sqlite3.connect(work / "ledger.db") as db:
@@ -169,16 +183,19 @@ def main() -> int:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    med = {name: {k: statistics.median(x[k] for x in rs) for k in ("rps", "p50_ms", "p99_ms", "non_2xx")}
+    med = {name: {k: statistics.median(x[k] for x in rs) for k in ("rps", "p50_ms", "p99_ms", "non_2xx", "cpu_us",
+                                                                   "redis_us")}
            for name, rs in rounds.items()}
     ratio = med["governed"]["rps"] / med["bare"]["rps"]
     print(f"\ngateway governance overhead ({args.rounds} rounds x {args.seconds}s, {CONNECTIONS} connections, "
           f"median round)")
-    print(f"{'target':<34}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")
+    print(f"{'target':<34}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}{'CPU us/req':>12}"
+          f"{'redis us/req':>14}")
     labels = {"bare": "bare data path (master key)", "governed": "auth + redis limits + ledger"}
     for name in ("bare", "governed"):
         m = med[name]
-        print(f"{labels[name]:<34}{m['rps']:>10.0f}{m['p50_ms']:>10.2f}{m['p99_ms']:>10.2f}{m['non_2xx']:>10.0f}")
+        print(f"{labels[name]:<34}{m['rps']:>10.0f}{m['p50_ms']:>10.2f}{m['p99_ms']:>10.2f}{m['non_2xx']:>10.0f}"
+              f"{m['cpu_us']:>12.0f}{m['redis_us']:>14.0f}")
     print(f"throughput ratio governed/bare: {ratio:.2f} (target >= {TARGET_RATIO:.2f})")
     print(f"ledger rows for the governed key: {rows} (answered: {answered} timed + warm-up)")
     shutil.rmtree(work, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -62,7 +63,7 @@ class SpendLedger:
 
     def write(self, row: dict[str, Any]) -> None:
         try:
-            self.spool.append(row)
+            self.spool.append(row, _row(row))
         except OSError as exc:  # disk full or gone: say so loudly, never fail the call already answered
             self.write_errors += 1
             self._event("spool_write_failed", error=f"{type(exc).__name__}: {exc}"[:300])
@@ -91,7 +92,7 @@ class SpendLedger:
             try:
                 if seg is current and not self.spool.fsync_always:
                     await asyncio.to_thread(self.spool.sync, seg)  # power-loss durability before the store has it
-                rows = [_row(r) for r in self.spool.read(seg)]
+                rows = seg.rows if seg.rows is not None else [_row(r) for r in self.spool.read(seg)]
                 for start in range(0, len(rows), self.batch):
                     inserted += await self.store.insert_spend(rows[start:start + self.batch])
                 self.spool.done(seg)
@@ -129,6 +130,16 @@ class SpendLedger:
         self.spool.close()
 
 
+def _day(ts: float) -> str:
+    return _day_of_hour(int(ts // 3600))
+
+
+@functools.lru_cache(maxsize=64)
+def _day_of_hour(hour: int) -> str:
+    # The UTC day, formatted once per hour rather than once per call (a pure function, so caching is safe).
+    return time.strftime("%Y-%m-%d", time.gmtime(hour * 3600))
+
+
 def _row(record: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(record.get(c) for c in SPEND_COLUMNS)
 
@@ -137,7 +148,7 @@ def spend_row(record_id: str, request_id: str, key_token: str, key_alias: str | 
               model: str, deployment: str, region: str, status: int, prompt_tokens: int, completion_tokens: int,
               cost: float, now: float | None = None) -> dict[str, Any]:
     ts = time.time() if now is None else now
-    return {"id": record_id, "ts": ts, "day": time.strftime("%Y-%m-%d", time.gmtime(ts)), "request_id": request_id,
+    return {"id": record_id, "ts": ts, "day": _day(ts), "request_id": request_id,
             "key_token": key_token, "key_alias": key_alias, "team_id": team_id, "model": model,
             "deployment": deployment, "region": region, "status": status, "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens, "cost": cost}

@@ -107,22 +107,25 @@ for s = 0, n - 1 do
   local b = 6 + s * 6
   local p, rpm, tpm, budget, bsecs, par = ARGV[b], tonumber(ARGV[b+1]), tonumber(ARGV[b+2]),
     tonumber(ARGV[b+3]), tonumber(ARGV[b+4]), tonumber(ARGV[b+5])
-  if rpm >= 0 then
-    local v = tonumber(redis.call('GET', p .. ':rpm:' .. minute) or '0')
-    if v >= rpm then return {s + 1, 'rpm', tostring(v), now_s} end
-  end
-  if tpm >= 0 then
-    local v = tonumber(redis.call('GET', p .. ':tpm:' .. minute) or '0')
-    if v >= tpm then return {s + 1, 'tpm', tostring(v), now_s} end
+  if rpm >= 0 or tpm >= 0 then
+    -- requests (r) and tokens (t) of the minute in one hash: one read for both
+    local v = redis.call('HMGET', p .. ':m:' .. minute, 'r', 't')
+    if rpm >= 0 and tonumber(v[1] or '0') >= rpm then return {s + 1, 'rpm', tostring(v[1]), now_s} end
+    if tpm >= 0 and tonumber(v[2] or '0') >= tpm then return {s + 1, 'tpm', tostring(v[2]), now_s} end
   end
   if budget >= 0 then
     local v = tonumber(redis.call('GET', p .. ':spend:' .. win(bsecs)) or '0')
     if v >= budget then return {s + 1, 'budget', tostring(v), now_s} end
   end
   if par >= 0 then
-    redis.call('ZREMRANGEBYSCORE', p .. ':par', '-inf', now_ms)
-    local v = redis.call('ZCARD', p .. ':par')
-    if v >= par then return {s + 1, 'parallel', tostring(v), now_s} end
+    local k = p .. ':par'
+    local v = redis.call('ZCARD', k)
+    if v >= par then
+      -- slots past their deadline (their replica died) only matter at the limit: clear them then
+      redis.call('ZREMRANGEBYSCORE', k, '-inf', now_ms)
+      v = redis.call('ZCARD', k)
+      if v >= par then return {s + 1, 'parallel', tostring(v), now_s} end
+    end
   end
 end
 -- Expiries are set when a counter is created, not on every call: less work for the one Redis thread.
@@ -130,13 +133,11 @@ for s = 0, n - 1 do
   local b = 6 + s * 6
   local p, rpm, tpm, budget, bsecs, par = ARGV[b], tonumber(ARGV[b+1]), tonumber(ARGV[b+2]),
     tonumber(ARGV[b+3]), tonumber(ARGV[b+4]), tonumber(ARGV[b+5])
-  if rpm >= 0 then
-    local k = p .. ':rpm:' .. minute
-    if redis.call('INCR', k) == 1 then redis.call('EXPIRE', k, 120) end
-  end
-  if tpm >= 0 then
-    local k = p .. ':tpm:' .. minute
-    if redis.call('INCRBY', k, rt) == rt then redis.call('EXPIRE', k, 120) end
+  if rpm >= 0 or tpm >= 0 then
+    local k = p .. ':m:' .. minute
+    local r = redis.call('HINCRBY', k, 'r', 1)
+    if tpm >= 0 then redis.call('HINCRBY', k, 't', rt) end
+    if r == 1 then redis.call('EXPIRE', k, 120) end
   end
   if budget >= 0 then
     local k = p .. ':spend:' .. win(bsecs)
@@ -162,15 +163,16 @@ for e = 1, tonumber(ARGV[1]) do
   for s = 1, n do
     local p, tpm, bsecs, par = ARGV[i], ARGV[i+1], tonumber(ARGV[i+2]), ARGV[i+3]
     i = i + 4
+    -- A counter that expired meanwhile is created by the increment: give it a short life again.
     if tpm == '1' and dt ~= 0 then
-      local k = p .. ':tpm:' .. minute
-      if redis.call('EXISTS', k) == 1 then redis.call('INCRBY', k, dt) end
+      local k = p .. ':m:' .. minute
+      if redis.call('HINCRBY', k, 't', dt) == dt then redis.call('EXPIRE', k, 120) end
     end
     if bsecs >= 0 and dc ~= 0 then
       local w = 'all'
       if bsecs > 0 then w = tostring(math.floor(now_s / bsecs)) end
       local k = p .. ':spend:' .. w
-      if redis.call('EXISTS', k) == 1 then redis.call('INCRBYFLOAT', k, dc) end
+      if tonumber(redis.call('INCRBYFLOAT', k, dc)) == dc and bsecs > 0 then redis.call('EXPIRE', k, bsecs + 86400) end
     end
     if par == '1' then redis.call('ZREM', p .. ':par', rid) end
   end

@@ -31,6 +31,7 @@ class Segment:
     path: Path
     fd: int
     records: int = 0
+    rows: list[Any] | None = None  # what this process appended, kept so a flush need not read the file back
 
 
 class SpendSpool:
@@ -49,14 +50,16 @@ class SpendSpool:
         path = self.directory / f"spend-{time.time_ns()}-{os.getpid()}-{self._seq}{SUFFIX}"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return Segment(path, fd)
+        return Segment(path, fd, 0, [])
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: dict[str, Any], row: Any = None) -> None:
         """One record, in the kernel when this returns (and on disk with fsync: always)."""
         seg = self.active
         assert seg is not None, "spool not open"
         os.write(seg.fd, orjson.dumps(record) + b"\n")
         seg.records += 1
+        if seg.rows is not None:
+            seg.rows.append(record if row is None else row)
         if self.fsync_always:
             os.fsync(seg.fd)
 

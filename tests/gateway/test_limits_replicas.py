@@ -142,3 +142,15 @@ async def test_revoked_key_is_refused_by_every_replica_within_the_refresh_time(p
         assert time.monotonic() - revoked_at < REFRESH + 1.0, "replica b still accepts the revoked key"
         await asyncio.sleep(0.05)
     assert time.monotonic() - revoked_at <= REFRESH + 1.0
+
+
+async def test_parallel_limit_holds_exactly_for_two_replicas_and_slots_are_freed(pair, sim) -> None:
+    a, b = pair
+    key = await new_key(a, b, max_parallel_requests=3)
+    sim.settings.ttft = 0.4  # calls stay in flight long enough to overlap
+    ok, refused = await burst(a, b, key, 10)
+    assert len(ok) == 3 and "max_parallel_requests 3" in str(refused[0])
+    sim.settings.ttft = 0.0
+    await asyncio.sleep(0.1)  # settlements are batched every 20 ms
+    ok, refused = await burst(a, b, key, 3)
+    assert len(ok) == 3 and not refused, "finished calls gave their slots back on both replicas"
