@@ -170,7 +170,12 @@ async def _start(app: web.Application) -> None:
         replicas = pool.config.replicas
         if replicas is not None and replicas.endpoint_slices is not None:
             if state.discovery_api is None:
-                state.discovery_api = default_discovery_api()
+                try:
+                    state.discovery_api = default_discovery_api()
+                except Exception as exc:  # noqa: BLE001 - no cluster credentials: not ready, and say why
+                    state.log.event("discovery_unavailable", deployment=pool.name,
+                                    error=f"no Kubernetes credentials (in-cluster or ~/.kube/config): {exc}")
+                    continue
             watcher = EndpointSliceWatcher(pool, replicas.endpoint_slices, state.discovery_api, state.log.event)
             try:
                 await watcher.refresh()  # start with replicas known when the API answers; else keep polling

@@ -52,6 +52,10 @@ class CircuitBreaker:
             self._opened_at = None
             self._notify("closed")
 
+    def on_abandon(self) -> None:
+        """The call ended for reasons of its own (client gone, request refused): no verdict on the replica."""
+        self._trial_out = False
+
     def on_failure(self) -> None:
         self._count += 1
         was_open = self._opened_at is not None

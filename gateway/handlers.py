@@ -99,9 +99,22 @@ class Endpoints:
             record.status = exc.status
             record.error = exc.reason
             return GatewayError(exc.status, f"{exc.reason}: {exc.text or ''}".strip(": ")).response(headers)
+        except ConnectionError as exc:  # the client went away while we wrote to it
+            if opened is not None:
+                opened.finish(ok=False, blame=False)
+            record.status = 499
+            record.error = f"client disconnected ({type(exc).__name__})"
+            raise
+        except Exception as exc:  # a bug of ours: a clean 500 for the client, the details in the log
+            if opened is not None:
+                opened.finish(ok=False, blame=False)
+            record.status = 500
+            record.error = f"internal error: {type(exc).__name__}: {exc}"
+            error = GatewayError(500, f"Internal gateway error (request {record.request_id}).", "server_error")
+            return error.response(headers)
         except BaseException as exc:
             if opened is not None:
-                opened.finish(ok=False)
+                opened.finish(ok=False, blame=False)
             record.status = 499  # client closed the connection (nginx's convention)
             record.error = f"client disconnected ({type(exc).__name__})"
             raise

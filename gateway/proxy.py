@@ -47,8 +47,12 @@ class Opened:
     completion_tokens: int = 0
     _finished: bool = False
 
-    def finish(self, ok: bool) -> None:
-        """Release the replica; a stream that broke closes its connection instead of pooling it."""
+    def finish(self, ok: bool, blame: bool = True) -> None:
+        """Release the replica; a stream that broke closes its connection instead of pooling it.
+
+        `blame=False` when the call ended for the client's reasons (it hung up): the
+        connection is closed, but the replica's health is not judged.
+        """
         if self._finished:
             return
         self._finished = True
@@ -60,8 +64,10 @@ class Opened:
                 self.response.close()
         if ok:
             self.replica.breaker.on_success()
-        else:
+        elif blame:
             self.replica.breaker.on_failure()
+        else:
+            self.replica.breaker.on_abandon()
 
 
 class Proxy:
@@ -103,25 +109,21 @@ class Proxy:
 
     async def _try_route(self, request: Request, route: ModelRoute, candidates: list[tuple[DeploymentPool, Replica]],
                          record: CallRecord, failures: list[str]) -> Opened | None:
-        limit = self.retries.retry_after_max
         index = 0
         for attempt in range(self.retries.attempts + 1):
-            pick = None
             now = self._clock()
-            for _ in range(len(candidates)):
-                dep, replica = candidates[index % len(candidates)]
-                index += 1
-                if replica.usable() and replica.cooling_until - now <= limit:
-                    pick = dep, replica
-                    break
+            pick = self._pick(candidates, index, now)
             if pick is None:
                 break
-            dep, replica = pick
+            index = pick + 1
+            dep, replica = candidates[pick % len(candidates)]
+            # A replica that sent Retry-After is waited for only when nothing else is left (see _pick).
+            delay = replica.cooling_until - now
             if attempt:
                 self.metrics.retries.labels(route.alias).inc()
-                delay = max(self.backoff.delay(attempt), replica.cooling_until - now)
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                delay = max(delay, self.backoff.delay(attempt))
+            if delay > 0:
+                await asyncio.sleep(delay)
             record.attempts += 1
             try:
                 return await self._attempt(request, route, dep, replica)
@@ -131,6 +133,22 @@ class Proxy:
                 if failure.retry_after is not None:
                     replica.cooling_until = self._clock() + failure.retry_after
         return None
+
+    def _pick(self, candidates: list[tuple[DeploymentPool, Replica]], start: int, now: float) -> int | None:
+        """Index of the next usable candidate from `start`: one not cooling down after a Retry-After first,
+        else the one cooling for the shortest time within retry_after_max."""
+        waiting: tuple[float, int] | None = None
+        for offset in range(len(candidates)):
+            position = start + offset
+            replica = candidates[position % len(candidates)][1]
+            if not replica.usable():
+                continue
+            wait = replica.cooling_until - now
+            if wait <= 0:
+                return position
+            if wait <= self.retries.retry_after_max and (waiting is None or wait < waiting[0]):
+                waiting = (wait, position)
+        return None if waiting is None else waiting[1]
 
     async def _attempt(self, request: Request, route: ModelRoute, dep: DeploymentPool, replica: Replica) -> Opened:
         payload = request.payload_for(dep, route)
@@ -199,6 +217,8 @@ class Proxy:
             response.close()
         if health:
             replica.breaker.on_failure()
+        else:
+            replica.breaker.on_abandon()
 
     async def _refused(self, response: aiohttp.ClientResponse, dep: DeploymentPool) -> None:
         status = response.status

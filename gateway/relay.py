@@ -72,7 +72,7 @@ async def relay_stream(request: web.Request, opened: Opened, headers: dict[str, 
         failure = f"upstream connection failed: {type(exc).__name__}"
     finally:
         # Runs on client disconnect too (write error or handler cancellation): the upstream call is closed.
-        opened.finish(ok)
+        opened.finish(ok, blame=failure is not None)
         record.prompt_tokens = adapter.prompt_tokens
         record.completion_tokens = adapter.completion_tokens
     if failure is not None:

@@ -172,3 +172,35 @@ async def metrics(gw) -> str:
     async with aiohttp.ClientSession() as http:
         async with http.get(gw.url + "/metrics") as resp:
             return await resp.text()
+
+
+async def test_a_replica_that_sent_retry_after_is_skipped_by_the_next_calls(sim_factory, gateway_factory) -> None:
+    busy = await sim_factory(name="busy", fault="rate_limit_429", retry_after=2)
+    spare = await sim_factory(name="spare")
+    gw = await gateway_factory(gateway_config([deployment("busy", busy.base_url, region="r1"),
+                                               deployment("spare", spare.base_url, region="r2")], region="r1"))
+    client = gw.client()
+    for _ in range(3):
+        await client.chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert busy.stats.requests == 1 and spare.stats.requests == 3, "cooling for 2 s after its Retry-After"
+
+
+async def test_a_client_hanging_up_does_not_count_against_the_replica(sim, gateway_factory) -> None:
+    gw = await gateway_factory(gateway_config([deployment("sim-a", sim.base_url)],
+                                              circuit_breaker={"failures": 1, "cooldown": 30}))
+    sim.settings.tokens_per_s = 20
+    sim.settings.output_tokens = 100
+    async with aiohttp.ClientSession() as http:
+        resp = await http.post(gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                               json={"model": MODEL, "messages": MESSAGES, "stream": True})
+        await resp.content.readline()
+        resp.close()
+    for _ in range(50):
+        if sim.stats.cancelled:
+            break
+        await asyncio.sleep(0.05)
+    replica = gw.state.router.pools[0].replicas[0]
+    assert replica.breaker.state == "closed" and replica.in_flight == 0
+    sim.settings.tokens_per_s = 0
+    reply = await gw.client().chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert reply.choices[0].message.content
