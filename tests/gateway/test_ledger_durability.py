@@ -69,13 +69,15 @@ class Load:
 
 async def kill_rounds(gw: GatewayProcess, signals: list[int]) -> Load:
     load = Load(gw.url, "r")
-    for i, sig in enumerate(signals):
-        await asyncio.to_thread(gw.start)
-        load.prefix = f"round{i}"
-        await load.run_then(lambda: gw.kill(sig), 0.8)
-    await asyncio.to_thread(gw.start)  # replays the spool before it listens
-    await asyncio.sleep(0.5)
-    gw.kill(signal.SIGTERM)  # and a clean stop flushes the rest
+    try:
+        for i, sig in enumerate(signals):
+            await asyncio.to_thread(gw.start)
+            load.prefix = f"round{i}"
+            await load.run_then(lambda: gw.kill(sig), 0.8)
+        await asyncio.to_thread(gw.start)  # replays the spool before it listens
+        await asyncio.sleep(0.5)
+    finally:
+        gw.kill(signal.SIGTERM)  # a clean stop flushes the rest (and no process outlives a failed test)
     return load
 
 
@@ -120,14 +122,19 @@ async def test_records_wait_in_the_spool_while_the_store_is_down(sim, tmp_path, 
     config["ledger"]["store_timeout"] = 1
     gw = GatewayProcess(config, tmp_path)
     load = Load(gw.url, "down")
-    await asyncio.to_thread(gw.start)
-    await load.run_then(lambda: gw.kill(signal.SIGKILL), 0.5, workers=4)
+    try:
+        await asyncio.to_thread(gw.start)
+        await load.run_then(lambda: gw.kill(signal.SIGKILL), 0.5, workers=4)
+    finally:
+        gw.kill()
     assert "ledger_store_unavailable" in gw.log()
     assert list((tmp_path / "spool").glob("*.spool")), "records wait in the spool"
     config["ledger"]["store"] = postgres_server.url  # the store is back
     gw2 = GatewayProcess(config, tmp_path, "gw2")
-    await asyncio.to_thread(gw2.start)
-    gw2.kill(signal.SIGTERM)
+    try:
+        await asyncio.to_thread(gw2.start)
+    finally:
+        gw2.kill(signal.SIGTERM)
     conn = await asyncpg.connect(postgres_server.url, timeout=10)
     try:
         rows = [r[0] for r in await conn.fetch("SELECT request_id FROM llmp_spend WHERE request_id LIKE 'down-%'")]

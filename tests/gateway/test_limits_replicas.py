@@ -33,10 +33,12 @@ def replica_config(sim: Any, tmp_path: Path, name: str, redis_url: str) -> dict[
 async def pair(sim, tmp_path, redis_server: RedisServer):
     a = GatewayProcess(replica_config(sim, tmp_path, "a", redis_server.url), tmp_path, "a")
     b = GatewayProcess(replica_config(sim, tmp_path, "b", redis_server.url), tmp_path, "b")
-    await asyncio.gather(asyncio.to_thread(a.start), asyncio.to_thread(b.start))
-    yield a, b
-    for gw in (a, b):
-        gw.kill()
+    try:
+        await asyncio.gather(asyncio.to_thread(a.start), asyncio.to_thread(b.start))
+        yield a, b
+    finally:
+        for gw in (a, b):
+            gw.kill()
 
 
 def client(gw: GatewayProcess, key: str) -> openai.AsyncOpenAI:
