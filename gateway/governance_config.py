@@ -13,6 +13,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+SECRET = "secret/"
 _DURATION = re.compile(r"^(\d+)(s|m|h|d|mo)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "mo": 30 * 86400}  # a month is 30 days, epoch-aligned
 
@@ -53,6 +54,8 @@ class RedisSettings(_Strict):
     @field_validator("url")
     @classmethod
     def _scheme(cls, value: str) -> str:
+        if value.startswith(SECRET):
+            return value  # read from the secret store at start (gateway.provider_keys)
         if not value.startswith(("redis://", "rediss://")):
             raise ValueError(f"{value!r} is not a redis:// or rediss:// URL")
         return value
@@ -71,6 +74,8 @@ class LedgerSettings(_Strict):
     @field_validator("store")
     @classmethod
     def _store_url(cls, value: str) -> str:
+        if value.startswith(SECRET):
+            return value  # a DSN with a password: read from the secret store at start
         if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ValueError(f"{value!r}: use sqlite:///path or postgresql://user@host/db")
         return value

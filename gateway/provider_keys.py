@@ -6,9 +6,10 @@ A config value `secret/<name>` names a secret relative to the stack: with
 `secret/gateway/master-key`); with `source: env` (local mode) it is read from the
 environment: `providers/<p>` from `<P>_API_KEY` (OPENAI_API_KEY, ANTHROPIC_API_KEY),
 `gateway/master-key` from `LLMP_MASTER_KEY`, anything else from
-`LLMP_SECRET_<NAME>` (upper case, `/` and `-` as `_`). Values are re-read every
-`refresh_seconds`; a rotated provider key is used by the next call. Errors name the
-secret, never its value.
+`LLMP_SECRET_<NAME>` (upper case, `/` and `-` as `_`). Provider keys and the master
+key are re-read every `refresh_seconds`; a rotated value is used by the next call.
+`ledger.store` and `redis.url` may name a secret too (a DSN with a password), read at
+start only. Errors name the secret, never its value.
 """
 
 from __future__ import annotations
@@ -94,9 +95,10 @@ def secret_source(settings: SecretsSettings) -> SecretSource:
 class SecretRef:
     """One config field that names a secret: where it sits, and which secret."""
 
-    field: str  # gateway.master_key | models[alias].deployments[name].api_key
+    field: str  # gateway.master_key | models[alias].deployments[name].api_key | ledger.store | redis.url
     name: str
-    deployment: str | None = None  # None: the master key
+    deployment: str | None = None  # None: the master key (or a start-only value, see `refreshed`)
+    refreshed: bool = True  # False: ledger.store and redis.url, read once at start (a new value needs a restart)
 
 
 def references(config: GatewayConfig) -> list[SecretRef]:
@@ -109,6 +111,10 @@ def references(config: GatewayConfig) -> list[SecretRef]:
             if dep.api_key and dep.api_key.startswith(PREFIX):
                 where = f"models[{model.alias}].deployments[{dep.name}].api_key"
                 refs.append(SecretRef(where, _check_name(dep.api_key, where), dep.name))
+    for where, value in (("ledger.store", config.ledger.store if config.ledger else None),
+                         ("redis.url", config.redis.url if config.redis else None)):
+        if value and value.startswith(PREFIX):
+            refs.append(SecretRef(where, _check_name(value, where), None, refreshed=False))
     return refs
 
 
@@ -138,22 +144,37 @@ def resolve_secrets(config: GatewayConfig, source: SecretSource | None = None) -
         return config, None
     source = source or secret_source(config.secrets)
     values = read_all(source, refs)
-    return apply(config, refs, values), SecretRefresher(source, refs, values, config.secrets.refresh_seconds)
+    config = apply(config, refs, values)
+    refreshed = [r for r in refs if r.refreshed]
+    if not refreshed:
+        return config, None
+    return config, SecretRefresher(source, refreshed, values, config.secrets.refresh_seconds)
 
 
 def apply(config: GatewayConfig, refs: list[SecretRef], values: dict[str, str]) -> GatewayConfig:
     by_dep = {r.deployment: values[r.name] for r in refs if r.deployment is not None}
-    gateway = config.gateway
+    gateway, ledger, redis = config.gateway, config.ledger, config.redis
     for ref in refs:
-        if ref.deployment is None:
+        if ref.field == "gateway.master_key":
             gateway = gateway.model_copy(update={"master_key": values[ref.name]})
+        elif ref.field == "ledger.store" and ledger is not None:
+            ledger = ledger.model_copy(update={"store": _checked_url(values[ref.name], ref, ("sqlite:///", "postgres"))})
+        elif ref.field == "redis.url" and redis is not None:
+            redis = redis.model_copy(update={"url": _checked_url(values[ref.name], ref, ("redis://", "rediss://"))})
     models = [
         m.model_copy(update={"deployments": [
             d.model_copy(update={"api_key": by_dep[d.name]}) if d.name in by_dep else d for d in m.deployments
         ]})
         for m in config.models
     ]
-    return config.model_copy(update={"gateway": gateway, "models": models})
+    return config.model_copy(update={"gateway": gateway, "models": models, "ledger": ledger, "redis": redis})
+
+
+def _checked_url(value: str, ref: SecretRef, schemes: tuple[str, ...]) -> str:
+    if not value.startswith(schemes):
+        # Name the secret and the expected form, never the value (it holds a password).
+        raise ConfigError(f"{ref.field}: secret {ref.name} does not hold a {' or '.join(schemes)} URL")
+    return value
 
 
 Listener = Callable[[SecretRef, str], None]

@@ -78,3 +78,18 @@ async def test_local_mode_reads_provider_keys_from_the_environment(gateway_facto
     monkeypatch.delenv("OPENAI_API_KEY")
     with pytest.raises(ConfigError, match="environment variable OPENAI_API_KEY is not set"):
         build_app(parse_native(config))
+
+
+async def test_the_ledger_store_url_may_come_from_a_secret(gateway_factory, sim, tmp_path, secrets_manager) -> None:
+    _, sm = secrets_manager
+    sm.create_secret(Name="llm-platform/test/gateway/ledger-store", SecretString=f"sqlite:///{tmp_path / 'l.db'}")
+    config = aws_config(sim, None)
+    config["ledger"] = {"store": "secret/gateway/ledger-store", "spool_dir": str(tmp_path / "spool")}
+    gw = await gateway_factory(config)
+    await gw.client(api_key=MASTER).chat.completions.create(model=MODEL, messages=MESSAGES)
+    await gw.state.governance.ledger.flush()
+    assert (tmp_path / "l.db").exists()
+    sm.put_secret_value(SecretId="llm-platform/test/gateway/ledger-store", SecretString="mysql://nope")
+    with pytest.raises(ConfigError, match="ledger.store: secret gateway/ledger-store does not hold a sqlite:/// or "
+                                          "postgres URL"):
+        build_app(parse_native(config))

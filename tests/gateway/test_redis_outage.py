@@ -53,3 +53,17 @@ async def test_fail_open_keeps_serving_when_redis_dies_and_counts_again_when_it_
     assert time.monotonic() - started < 2.0
     assert b'"limits_unavailable"' in gw.log_buffer.getvalue()
     assert b'"fail-open"' in gw.log_buffer.getvalue()
+
+
+async def test_limits_survive_a_redis_that_forgot_its_scripts(gateway_factory, sim, tmp_path,
+                                                               redis_server: RedisServer) -> None:
+    import redis
+
+    gw = await gateway_factory(config_with_redis(sim, tmp_path, redis_server.url, "fail-closed"))
+    _, made = await admin(gw, "POST", "/key/generate", {"rpm_limit": 2})
+    client = gw.client(api_key=made["key"])
+    await client.chat.completions.create(model=MODEL, messages=MESSAGES)
+    redis.Redis(port=redis_server.port).script_flush()  # as after a Redis restart or failover
+    await client.chat.completions.create(model=MODEL, messages=MESSAGES)
+    with pytest.raises(openai.RateLimitError, match="rpm_limit 2"):
+        await client.chat.completions.create(model=MODEL, messages=MESSAGES)
