@@ -57,7 +57,8 @@ class Governance:
         self.deadline_s = config.gateway.timeouts.total + 60  # a parallel slot outlives any call
         self.model_bytes = {m.alias: m.max_request_bytes for m in config.models}
         self._event = on_event
-        self._scopes: dict[tuple[int, int, str], tuple[Scope, ...]] = {}
+        self._scopes: dict[tuple[str, str], tuple[Scope, ...]] = {}
+        self._scopes_generation = -1
         self._zone_routes: dict[tuple[str, str], "ModelRoute"] = {}
 
     # ---- on the way in --------------------------------------------------------------------------
@@ -129,8 +130,11 @@ class Governance:
         return pinned
 
     def _scopes_for(self, key: VirtualKey, team: Team | None, alias: str) -> tuple[Scope, ...]:
-        # Cached per (key, team) object identity: a cache refresh makes new objects, so new limits apply at once.
-        cache_key = (id(key), id(team), alias)
+        # Cached per key and model until the key cache reloads (any key or team changed): new limits apply at once.
+        if self._scopes_generation != self.cache.generation:
+            self._scopes.clear()
+            self._scopes_generation = self.cache.generation
+        cache_key = (key.token, alias)
         scopes = self._scopes.get(cache_key)
         if scopes is None:
             if len(self._scopes) > 50_000:

@@ -112,6 +112,7 @@ class KeyCache:
         self.by_hash: dict[str, VirtualKey] = {}
         self.teams: dict[str, Team] = {}
         self.loaded_at = 0.0
+        self.generation = 0  # bumped on every reload: derived caches (limit scopes) start over
         self._fingerprint: tuple[int, int] | None = None
         self._task: asyncio.Task[None] | None = None
         self._store_down = False
@@ -123,6 +124,7 @@ class KeyCache:
             self.by_hash = {k.token: k for k in keys}
             self.teams = {t.team_id: t for t in teams}
             self._fingerprint = fingerprint
+            self.generation += 1
         self.loaded_at = time.time()
         return True
 
