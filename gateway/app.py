@@ -201,4 +201,5 @@ async def _stop(app: web.Application) -> None:
     for watcher in state.watchers:
         await watcher.stop()
     await state.session.close()
+    state.proxy.client.close([r.connections for p in state.router.pools for r in p.replicas])
     await state.log.stop()

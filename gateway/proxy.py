@@ -16,6 +16,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.retry import Backoff, retry_after_seconds
 from gateway.routing import DeploymentPool, ModelRoute, Replica, Router
 from gateway.sse import TruncatedStream, read_event
+from gateway.upstream_http import UpstreamClient, UpstreamClosed, UpstreamConnectError, UpstreamConnectTimeout
 from gateway.usage import CallRecord
 from gateway.wire import MalformedAnswer, Request, StreamAdapter, UpstreamStreamError, read_answer, stream_adapter
 
@@ -72,8 +73,10 @@ class Opened:
 
 class Proxy:
     def __init__(self, session: aiohttp.ClientSession, router: Router, retries: Retries,
-                 metrics: GatewayMetrics, clock: Callable[[], float] = time.monotonic) -> None:
-        self.session = session
+                 metrics: GatewayMetrics, clock: Callable[[], float] = time.monotonic,
+                 client: UpstreamClient | None = None) -> None:
+        self.session = session  # streams
+        self.client = client or UpstreamClient()  # whole answers
         self.router = router
         self.retries = retries
         self.backoff = Backoff(retries.backoff_base, retries.backoff_max)
@@ -169,14 +172,14 @@ class Proxy:
                     adapter = stream_adapter(dep, request)
                     first = await _first_output(response, adapter)
                     return Opened(dep, replica, response, first, adapter)
-            # A whole answer: aiohttp's per-read limit (first_byte) bounds the wait; no extra timer per call.
-            response = await self.session.post(url, data=payload, headers=dep.headers, timeout=dep.answer_timeout)
-            if response.status != 200:
-                health = response.status not in NOT_HEALTH
-                await self._refused(response, dep)
-            data = await response.read()
-            body, prompt, completion = read_answer(dep, data, route.alias, request.endpoint)
-            response.release()
+            # A whole answer, through the lean client (see upstream_http.py for the measurement).
+            t = dep.timeouts
+            answer = await self.client.post(replica.connections, dep.request_head(replica, request.endpoint), payload,
+                                            t.connect, min(t.first_byte, t.total))
+            if answer.status != 200:
+                health = answer.status not in NOT_HEALTH
+                _refusal(answer.status, answer.reason, answer.headers.get("retry-after"), answer.body)
+            body, prompt, completion = read_answer(dep, answer.body, route.alias, request.endpoint)
             opened = Opened(dep, replica, None, body, None, prompt, completion)
             opened.finish(ok=True)
             return opened
@@ -190,7 +193,13 @@ class Proxy:
         except aiohttp.ClientConnectorError as exc:
             self._failed(replica, response, health)
             raise AttemptFailed(f"connect_error: {exc.os_error or exc}") from None
-        except aiohttp.ConnectionTimeoutError:
+        except UpstreamConnectError as exc:
+            self._failed(replica, response, health)
+            raise AttemptFailed(f"connect_error: {exc}") from None
+        except UpstreamClosed as exc:
+            self._failed(replica, response, health)
+            raise AttemptFailed(f"upstream_disconnected: {exc}") from None
+        except (aiohttp.ConnectionTimeoutError, UpstreamConnectTimeout):
             self._failed(replica, response, health)
             raise AttemptFailed(f"connect_timeout: no connection within {dep.timeouts.connect:g}s") from None
         except TimeoutError:
@@ -221,16 +230,20 @@ class Proxy:
             replica.breaker.on_abandon()
 
     async def _refused(self, response: aiohttp.ClientResponse, dep: DeploymentPool) -> None:
-        status = response.status
         try:
             text = await response.read()
         except aiohttp.ClientError:
             text = b""
-        message = _upstream_message(text) or response.reason or "error"
-        if status in CLIENT_FAULT:
-            raise GatewayError(status, f"Upstream rejected the request: {message}", "invalid_request_error")
-        retry_after = retry_after_seconds(response.headers.get("Retry-After")) if status in (429, 503) else None
-        raise AttemptFailed(f"http_{status}: {message[:200]}", retry_after)
+        _refusal(response.status, response.reason or "", response.headers.get("Retry-After"), text)
+
+
+def _refusal(status: int, reason: str, retry_after_header: str | None, text: bytes) -> None:
+    """Raise what a non-200 upstream answer means: the client's fault, or a failed attempt."""
+    message = _upstream_message(text) or reason or "error"
+    if status in CLIENT_FAULT:
+        raise GatewayError(status, f"Upstream rejected the request: {message}", "invalid_request_error")
+    retry_after = retry_after_seconds(retry_after_header) if status in (429, 503) else None
+    raise AttemptFailed(f"http_{status}: {message[:200]}", retry_after)
 
 
 async def _first_output(response: aiohttp.ClientResponse, adapter: StreamAdapter) -> bytes:

@@ -12,6 +12,7 @@ from yarl import URL
 from gateway.circuit import CircuitBreaker
 from gateway.config import Deployment, GatewayConfig, Timeouts
 from gateway.hashring import BoundedLoadRing
+from gateway.upstream_http import ReplicaConnections
 
 # Endpoints each wire protocol serves, and the path under the deployment's base URL.
 PATHS: dict[str, dict[str, str]] = {
@@ -27,11 +28,16 @@ CircuitListener = Callable[[str, str, str], None]  # deployment, replica, state
 class Replica:
     """One upstream server (a vLLM pod, or a hosted API base URL)."""
 
-    __slots__ = ("base_url", "urls", "in_flight", "breaker", "cooling_until")
+    __slots__ = ("base_url", "urls", "in_flight", "breaker", "cooling_until", "connections", "host_header")
 
     def __init__(self, base_url: str, provider: str, breaker: CircuitBreaker) -> None:
         self.base_url = base_url
         self.urls = {endpoint: URL(base_url + path) for endpoint, path in PATHS[provider].items()}
+        url = URL(base_url)
+        tls = url.scheme == "https"
+        port = url.port or (443 if tls else 80)
+        self.connections = ReplicaConnections(url.raw_host or "", port, tls)
+        self.host_header = url.raw_host if url.is_default_port() else f"{url.raw_host}:{port}"
         self.in_flight = 0
         self.breaker = breaker
         self.cooling_until = 0.0  # monotonic time until which a Retry-After asked us to stay away
@@ -57,10 +63,9 @@ class DeploymentPool:
         # First-byte and idle limits are enforced around reads; aiohttp enforces connect and total.
         t = self.timeouts
         self.client_timeout = aiohttp.ClientTimeout(total=t.total, connect=t.connect, sock_connect=t.connect)
-        # Whole answers arrive in one piece after generation: a per-read limit of first_byte bounds them.
-        self.answer_timeout = aiohttp.ClientTimeout(total=t.total, connect=t.connect, sock_connect=t.connect,
-                                                    sock_read=t.first_byte)
         self.headers = self._headers(config)
+        self._heads: dict[tuple[str, str], bytes] = {}
+        self._heads_for: dict[str, str] | None = None
         self.affinity = config.session_affinity and config.replicas is not None
         self._breaker_settings = gateway.gateway.circuit_breaker
         self._on_circuit = on_circuit
@@ -83,6 +88,20 @@ class DeploymentPool:
             headers["Authorization"] = f"Bearer {config.api_key}"
         return headers
 
+    def request_head(self, replica: Replica, endpoint: str) -> bytes:
+        """Request line and headers up to `Content-Length: `, built once per replica and endpoint."""
+        if self._heads_for is not self.headers:  # headers are replaced when a provider key rotates
+            self._heads, self._heads_for = {}, self.headers
+        key = (replica.base_url, endpoint)
+        head = self._heads.get(key)
+        if head is None:
+            lines = [f"POST {replica.urls[endpoint].raw_path} HTTP/1.1", f"Host: {replica.host_header}"]
+            if any("\r" in v or "\n" in v for v in self.headers.values()):
+                raise ValueError(f"deployment {self.name}: a header value (API key?) contains a line break")
+            lines += [f"{name}: {value}" for name, value in self.headers.items()]
+            head = self._heads[key] = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
+        return head
+
     def serves(self, endpoint: str) -> bool:
         return endpoint in PATHS[self.provider]
 
@@ -95,6 +114,9 @@ class DeploymentPool:
             if replica is None:
                 replica = Replica(url, self.provider, self._breaker(url))
             replicas.append(replica)
+        for gone in set(current.values()) - set(replicas):
+            while gone.connections.idle:  # keep-alive connections to a replica no longer in the pool
+                gone.connections.idle.pop().close()
         self.replicas = replicas
         self.ring = BoundedLoadRing(replicas, lambda r: r.base_url) if self.affinity and len(replicas) > 1 else None
 
