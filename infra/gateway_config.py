@@ -14,11 +14,13 @@ HOSTED_PROVIDERS: dict[str, tuple[str, str]] = {
     "together": ("openai", "https://api.together.xyz/v1"),
     "groq": ("openai", "https://api.groq.com/openai/v1"),
 }
-MASTER_KEY_ENV = "LLMP_MASTER_KEY"
+# References the gateway resolves in its stack's Secrets Manager path, llm-platform/<stack>/<name>
+# (infra/components/secrets.py creates them; the gateway's IRSA role reads exactly these).
+MASTER_KEY = "secret/gateway/master-key"
 
 
-def provider_key_env(provider: str) -> str:
-    return f"LLMP_PROVIDER_KEY_{provider.upper()}"
+def provider_key(provider: str) -> str:
+    return f"secret/providers/{provider}"
 
 
 def hosted_fallback(spec: str) -> tuple[str, str, str, str]:
@@ -46,13 +48,14 @@ def _deployments(cfg: StackConfig, model: Model, region: Region) -> list[dict[st
                 "service": vllm_release_name(model), "namespace": MODEL_NAMESPACE, "port": VLLM_PORT}}})
         else:
             # Another region's pool is reached through that region's gateway.
+            # The zone's gateways share the zone's master key (one secret, replicated in the zone).
             out.append({**common, "api_base": f"https://{regional_host(name, cfg.gateway.domain)}/v1",
-                        "api_key": f"os.environ/{MASTER_KEY_ENV}"})
+                        "api_key": MASTER_KEY})
     if model.residency is None:
         for spec in cfg.failover.hosted_fallbacks.get(model.name, []):
             provider, protocol, api_base, upstream = hosted_fallback(spec)
             out.append({"name": f"{model.name}-{provider}", "provider": protocol, "model": upstream,
-                        "api_base": api_base, "api_key": f"os.environ/{provider_key_env(provider)}",
+                        "api_base": api_base, "api_key": provider_key(provider),
                         "region": region.name, "residency": zone, "tier": "fallback"})
     return out
 
@@ -66,7 +69,7 @@ def gateway_config(cfg: StackConfig, region: Region) -> dict[str, Any]:
             models.append({"alias": model.name, "max_tokens": model.max_model_len // 2, "deployments": deployments})
     return {
         "version": 1,
-        "gateway": {"region": region.name, "residency": region.residency,
-                    "master_key": f"os.environ/{MASTER_KEY_ENV}"},
+        "gateway": {"region": region.name, "residency": region.residency, "master_key": MASTER_KEY},
+        "secrets": {"source": "aws-secretsmanager", "stack": cfg.stack, "region": region.name},
         "models": models,
     }

@@ -224,3 +224,21 @@ def test_iam_roles_live_under_the_stack_path(prod_plan: Plan, preview_plan: Plan
     for plan in (prod_plan, preview_plan):
         roles = plan.of_type("aws:iam/role:Role")
         assert roles and {r.inputs["path"] for r in roles} == {f"/llm-platform/{plan.stack}/"}
+
+
+def test_rendered_gateway_configs_load_in_the_gateway(prod_plan: Plan, preview_plan: Plan, tmp_path) -> None:
+    """The config each region's gateway release carries is one the gateway itself accepts."""
+    import yaml
+
+    from gateway.config import load_config
+
+    for plan in (prod_plan, preview_plan):
+        for g in (r for r in plan.of_type(RELEASE) if r.inputs["chart"] == str(GATEWAY_CHART)):
+            path = tmp_path / f"{plan.stack}-{g.region}.yaml"
+            path.write_text(yaml.safe_dump(g.inputs["values"]["config"]))
+            config = load_config(path)
+            assert config.gateway.region == g.region
+            assert config.secrets.source == "aws-secretsmanager" and config.secrets.stack == plan.stack
+            assert {m.alias for m in config.models} == {m.name for m in plan.config.models
+                                                        if plan.config.zone_of(g.region) in
+                                                        {plan.config.zone_of(r) for r in m.regions}}
