@@ -84,3 +84,26 @@ async def test_numbered_port_and_unreachable_api_keep_the_last_replicas(api_serv
     with pytest.raises(Exception):
         await watcher.refresh()
     assert [r.base_url for r in pool.replicas] == ["http://10.0.0.9:8000/v1"]
+
+
+async def test_gateway_routes_to_replicas_found_in_endpoint_slices(api_server, gateway_factory) -> None:
+    from gateway.sim import SimServer, SimSettings
+
+    api, state = api_server
+    first = await SimServer(SimSettings(models=(MODEL,), name="pod-a"), host="127.0.0.2").start()
+    second = await SimServer(SimSettings(models=(MODEL,), name="pod-b"), host="127.0.0.3", port=first.port).start()
+    try:
+        state["items"] = [endpoint_slice([("127.0.0.2", True), ("127.0.0.3", True)], port=first.port)]
+        config = gateway_config([{"name": "pool", "model": MODEL, "replicas": {"endpoint_slices": {
+            "service": "vllm", "namespace": "models", "port": "http", "refresh": 30}}}])
+        gw = await gateway_factory(config, discovery_api=api)
+        client = gw.client()
+        for i in range(12):
+            await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                                 extra_headers={"x-session-id": f"conversation-{i}"})
+        assert first.stats.requests > 0 and second.stats.requests > 0
+        assert first.stats.requests + second.stats.requests == 12
+        assert gw.state.readiness()["deployments"]["pool"] == {"healthy": True, "replicas": 2}
+    finally:
+        await first.stop()
+        await second.stop()
