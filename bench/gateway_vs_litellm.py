@@ -139,7 +139,10 @@ def ensure_litellm() -> Path:
     print(f"installing {LITELLM_PIN} into {LITELLM_VENV} (first run only)", flush=True)
     BENCH.mkdir(exist_ok=True)
     subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
-    subprocess.run([str(LITELLM_VENV / "bin" / "pip"), "install", "--quiet", LITELLM_PIN], check=True)
+    installed = subprocess.run([str(LITELLM_VENV / "bin" / "pip"), "install", "--quiet", LITELLM_PIN])
+    if installed.returncode != 0:
+        sys.exit(f"error: could not install {LITELLM_PIN} into {LITELLM_VENV} (pip said why above); "
+                 "run with --skip-litellm to benchmark without it")
     marker.write_text(LITELLM_PIN)
     return exe
 
