@@ -24,6 +24,17 @@ SSE_HEADERS = {
 }
 
 
+class ClientGone(Exception):
+    """Writing to the client failed: it hung up."""
+
+
+async def _to_client(response: web.StreamResponse, data: bytes) -> None:
+    try:
+        await response.write(data)
+    except ConnectionError as exc:
+        raise ClientGone() from exc
+
+
 def answer(opened: Opened, headers: dict[str, str]) -> web.Response:
     return web.Response(body=opened.body, content_type=JSON, headers=headers)
 
@@ -44,9 +55,12 @@ async def relay_stream(request: web.Request, opened: Opened, headers: dict[str, 
     ok = False
     failure: str | None = None
     try:
-        await response.prepare(request)
+        try:
+            await response.prepare(request)
+        except ConnectionError as exc:
+            raise ClientGone() from exc
         if opened.body:
-            await response.write(opened.body)
+            await _to_client(response, opened.body)
         if not adapter.done:
             async with asyncio.timeout(idle) as idle_timer:
                 while True:
@@ -55,11 +69,17 @@ async def relay_stream(request: web.Request, opened: Opened, headers: dict[str, 
                         raise TruncatedStream("upstream closed the stream before its end")
                     out = adapter.feed(*event)
                     if out:
-                        await response.write(out)
+                        await _to_client(response, out)
                     if adapter.done:
                         break
                     idle_timer.reschedule(loop.time() + idle)
         ok = True
+    except ClientGone:
+        # aiohttp reports a closed client socket as a ClientError too: it must not count against the upstream.
+        record.status = 499
+        record.error = "client disconnected mid-stream"
+        opened.finish(ok=False, blame=False)
+        raise ConnectionResetError("client disconnected") from None
     except TimeoutError:
         failure = f"upstream stream stalled: no data for {idle:g}s (or total timeout reached)"
     except (TruncatedStream, aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):

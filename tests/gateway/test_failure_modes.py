@@ -204,3 +204,19 @@ async def test_a_client_hanging_up_does_not_count_against_the_replica(sim, gatew
     sim.settings.tokens_per_s = 0
     reply = await gw.client().chat.completions.create(model=MODEL, messages=MESSAGES)
     assert reply.choices[0].message.content
+
+
+async def test_many_clients_hanging_up_mid_stream_leave_the_circuit_closed(sim, gateway_factory) -> None:
+    gw = await gateway_factory(gateway_config([deployment("sim-a", sim.base_url)],
+                                              circuit_breaker={"failures": 2, "cooldown": 30}))
+    sim.settings.output_tokens = 400  # a fast stream: hang-ups are often noticed while writing to the client
+    async with aiohttp.ClientSession() as http:
+        for _ in range(30):
+            resp = await http.post(gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                                   json={"model": MODEL, "messages": MESSAGES, "stream": True})
+            await resp.content.readline()
+            resp.close()
+    await asyncio.sleep(0.2)
+    replica = gw.state.router.pools[0].replicas[0]
+    assert replica.breaker.state == "closed" and replica.in_flight == 0
+    assert all(call["status"] in (200, 499) for call in gw.calls())
