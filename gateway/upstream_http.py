@@ -73,6 +73,7 @@ class _Connection(asyncio.Protocol):
     def expect(self, future: asyncio.Future[Answer]) -> None:
         self._future = future
         self._got_bytes = False
+        self._buf.clear()  # bytes a server sent between answers (a 408 before closing) belong to no request
         self._reset()
 
     def data_received(self, data: bytes) -> None:
