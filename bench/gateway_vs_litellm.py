@@ -198,8 +198,8 @@ def headers(target: Target) -> dict[str, str]:
     return h
 
 
-def wrk_script(target: Target, stop_after: int | None = None) -> Path:
-    lua = ['wrk.method = "POST"', f"wrk.body = {json.dumps(body(target).decode())}"]
+def wrk_script(target: Target, stop_after: int | None = None, stream: bool = False) -> Path:
+    lua = ['wrk.method = "POST"', f"wrk.body = {json.dumps(body(target, stream).decode())}"]
     lua += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers(target).items()]
     if stop_after:
         # Stop the (single) wrk thread once it has seen `stop_after` responses.
@@ -211,8 +211,9 @@ def wrk_script(target: Target, stop_after: int | None = None) -> Path:
     return Path(path)
 
 
-def run_wrk(wrk: str, target: Target, seconds: float, stop_after: int | None = None) -> dict[str, float]:
-    script = wrk_script(target, stop_after)
+def run_wrk(wrk: str, target: Target, seconds: float, stop_after: int | None = None,
+            stream: bool = False) -> dict[str, float]:
+    script = wrk_script(target, stop_after, stream)
     try:
         out = subprocess.run(
             [wrk, "-t1", f"-c{CONNECTIONS}", f"-d{int(seconds)}s", "--latency", "--timeout", "10s", "-s", str(script),
@@ -325,6 +326,9 @@ def table(targets: list[Target], litellm: Target | None, gateway: Target) -> str
         ("  x LiteLLM (per round)", lambda t: fmt(t.results.get("x_litellm"), "x") if litellm else "-"),
         ("p50 latency", lambda t: fmt(t.results["p50_ms"], " ms", 2)),
         ("p99 latency", lambda t: fmt(t.results["p99_ms"], " ms", 2)),
+        ("streams/s (16 conns)", lambda t: fmt(t.results.get("stream_rps"), "", 0)),
+        ("  x LiteLLM", lambda t: fmt(t.results["stream_rps"] / litellm.results["stream_rps"], "x")
+         if litellm and "stream_rps" in t.results else "-"),
         ("p50 @ fixed rate", lambda t: fmt(t.results.get("fixed_p50_ms"), " ms", 3)
          + f" @{t.results.get('fixed_rate', 0):.0f}/s"),
         ("  added over upstream", lambda t: fmt(t.results.get("added_p50_ms"), " ms", 3)),
@@ -431,6 +435,14 @@ async def main() -> int:
             for t in targets:
                 t.results["x_litellm"] = statistics.median(
                     mine["rps"] / theirs["rps"] for mine, theirs in zip(t.rounds, litellm.rounds))
+
+        print(f"streaming throughput: one {args.seconds:g}s round each (16 tokens a stream)", flush=True)
+        for t in targets:
+            if not t.name.startswith("bare"):
+                result = run_wrk(wrk, t, args.seconds, stream=True)
+                t.results["stream_rps"] = result["rps"]
+                print(f"  {t.name:>22}: {result['rps']:>9,.0f} streams/s  p50 {result['p50_ms']:.2f} ms"
+                      f"  non-2xx {result['non_2xx']}", flush=True)
 
         print(f"added latency: {args.rate_count} calls at a fixed {args.rate:g}/s", flush=True)
         for t in targets:
