@@ -37,7 +37,8 @@ class Replica:
         tls = url.scheme == "https"
         port = url.port or (443 if tls else 80)
         self.connections = ReplicaConnections(url.raw_host or "", port, tls)
-        self.host_header = url.raw_host if url.is_default_port() else f"{url.raw_host}:{port}"
+        host = f"[{url.raw_host}]" if ":" in (url.raw_host or "") else url.raw_host  # IPv6 literal
+        self.host_header = host if url.is_default_port() else f"{host}:{port}"
         self.in_flight = 0
         self.breaker = breaker
         self.cooling_until = 0.0  # monotonic time until which a Retry-After asked us to stay away
