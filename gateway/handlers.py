@@ -11,6 +11,7 @@ from aiohttp import web
 
 from gateway.errors import GatewayError, bad_request, model_not_found
 from gateway.relay import answer, relay_stream
+from gateway.routing import HOP_HEADER
 from gateway.usage import CallRecord
 from gateway.wire import Request
 
@@ -186,7 +187,7 @@ async def _parse(http: web.Request, endpoint: str) -> Request:
     if options is not None and not isinstance(options, dict):
         raise bad_request("`stream_options` must be an object.", "stream_options")
     wants_usage = bool(options and options.get("include_usage"))
-    return Request(endpoint, raw, body, alias, stream, wants_usage)
+    return Request(endpoint, raw, body, alias, stream, wants_usage, HOP_HEADER in http.headers)
 
 
 def _prompt_text(body: dict[str, Any]) -> Any:

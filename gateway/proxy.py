@@ -96,10 +96,13 @@ class Proxy:
             if position:
                 self.metrics.fallbacks.labels(route.alias, current.alias).inc()
                 record.fallbacks.append(current.alias)
-            candidates = self.router.candidates(current, request.endpoint, session_key)
+            candidates = self.router.candidates(current, request.endpoint, session_key, request.hopped)
             if not candidates:
                 if not current.deployments:
                     failures.append(f"{current.alias}: no deployment in this residency zone")
+                elif request.hopped:
+                    failures.append(f"{current.alias}: no usable deployment in this region "
+                                    "(the call was passed on by another region's gateway)")
                 elif not any(d.serves(request.endpoint) for d in current.deployments):
                     failures.append(f"{current.alias}: no deployment offers the {request.endpoint} endpoint")
                 else:

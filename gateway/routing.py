@@ -47,6 +47,12 @@ class Replica:
         return self.breaker.available()
 
 
+# Set on calls to another region's pool, which goes through that region's gateway: a call that
+# arrives with it is answered from the receiving region's own pools only, so two regions whose
+# pools are both down answer 503 instead of passing the call back and forth.
+HOP_HEADER = "x-llmp-hop"
+
+
 class DeploymentPool:
     """A configured deployment at run time: its replicas, upstream headers and timeouts."""
 
@@ -57,6 +63,8 @@ class DeploymentPool:
         self.model = config.model
         self.region = config.region or ""
         self.tier = config.tier
+        self.crosses_regions = bool(gateway.gateway.region) and self.region not in ("", gateway.gateway.region) \
+            and self.tier == "primary"
         self.weight = config.weight
         self.timeouts: Timeouts = (
             config.timeouts.over(gateway.gateway.timeouts) if config.timeouts else gateway.gateway.timeouts
@@ -78,9 +86,10 @@ class DeploymentPool:
         elif config.replicas and config.replicas.static:
             self.set_replicas(config.replicas.static)
 
-    @staticmethod
-    def _headers(config: Deployment) -> dict[str, str]:
+    def _headers(self, config: Deployment) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+        if self.crosses_regions:
+            headers[HOP_HEADER] = "1"
         if config.provider == "anthropic":
             headers["anthropic-version"] = ANTHROPIC_VERSION
             if config.api_key:
@@ -187,10 +196,12 @@ class Router:
     def route(self, alias: str) -> ModelRoute | None:
         return self.routes.get(alias)
 
-    def candidates(self, route: ModelRoute, endpoint: str,
-                   session_key: Callable[[], bytes]) -> list[tuple[DeploymentPool, Replica]]:
-        """Primary deployments of the local region, then other regions, then hosted fallbacks."""
-        deployments = [d for d in route.deployments if d.serves(endpoint)]
+    def candidates(self, route: ModelRoute, endpoint: str, session_key: Callable[[], bytes],
+                   hopped: bool = False) -> list[tuple[DeploymentPool, Replica]]:
+        """Primary deployments of the local region, then other regions, then hosted fallbacks.
+        A call another region's gateway passed on (`hopped`) gets the local region's primaries only."""
+        deployments = [d for d in route.deployments if d.serves(endpoint)
+                       and not (hopped and (d.region != self.region or d.tier != "primary"))]
         if len(deployments) > 1:
             deployments = self._rank(deployments)
         out = []

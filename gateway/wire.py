@@ -22,6 +22,7 @@ class Request:
     alias: str
     stream: bool
     wants_usage: bool  # the client asked for stream_options.include_usage
+    hopped: bool = False  # passed on by another region's gateway (routing.HOP_HEADER)
     _payloads: dict[tuple[str, str, int | None], bytes] = field(default_factory=dict)
 
     def payload_for(self, dep: DeploymentPool, route: ModelRoute) -> bytes:
