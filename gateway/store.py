@@ -143,6 +143,7 @@ class SqliteStore:
         self.path = path
         self.timeout = timeout
         self._db: sqlite3.Connection | None = None
+        self._closed = False
         self._lock = threading.Lock()
 
     async def open(self) -> None:
@@ -158,6 +159,7 @@ class SqliteStore:
         self._db = db
 
     async def close(self) -> None:
+        self._closed = True
         if self._db is not None:
             db, self._db = self._db, None
             await asyncio.to_thread(db.close)
@@ -165,9 +167,13 @@ class SqliteStore:
     async def _run(self, fn: Any, *args: Any) -> Any:
         def call() -> Any:
             with self._lock:
-                if self._db is None:
+                if self._closed:
                     raise StoreError("store is closed")
                 try:
+                    if self._db is None:
+                        # Opened lazily again after a failed start (a replica starting beside
+                        # another may find the file locked while that one creates the schema).
+                        self._open()
                     return fn(self._db, *args)
                 except sqlite3.IntegrityError as exc:
                     raise Conflict(str(exc)) from None
