@@ -29,6 +29,7 @@ per region into a ConfigMap)::
     models:
       - alias: llama-3.1-8b      # the `model` clients send
         max_tokens: 4096         # cap applied to max_tokens / max_completion_tokens
+        over_max_tokens: clamp   # clamp: lower a larger request to the cap | refuse: 400 naming the cap
         fallbacks: [gpt-4o-mini] # aliases tried, in order, once every deployment here failed
         deployments:
           - name: llama-8b-us-east-1
@@ -198,6 +199,8 @@ class Deployment(_Strict):
 class Model(_Strict):
     alias: str = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
+    # Over the cap: `clamp` lowers the request's max_tokens to it; `refuse` answers 400 naming the cap.
+    over_max_tokens: Literal["clamp", "refuse"] = "clamp"
     fallbacks: list[str] = []
     deployments: list[Deployment] = Field(min_length=1)
     input_cost_per_token: float = Field(0.0, ge=0)  # USD, as LiteLLM's model_info; spend ledger and budgets

@@ -71,6 +71,8 @@ class Endpoints:
             route = state.router.route(request.alias)
             if route is None:
                 raise model_not_found(request.alias)
+            if route.refuse_over_cap:
+                _refuse_over_model_cap(request, route)
             if state.gate is not None:
                 route = await state.gate.admit(principal, request, route, record)
             record.prompt_hash = _prompt_hash(request.body)
@@ -188,6 +190,14 @@ async def _parse(http: web.Request, endpoint: str) -> Request:
         raise bad_request("`stream_options` must be an object.", "stream_options")
     wants_usage = bool(options and options.get("include_usage"))
     return Request(endpoint, raw, body, alias, stream, wants_usage, HOP_HEADER in http.headers)
+
+
+def _refuse_over_model_cap(request: Request, route: Any) -> None:
+    field = "max_completion_tokens" if "max_completion_tokens" in request.body else "max_tokens"
+    asked = request.body.get(field)
+    if route.max_tokens is not None and isinstance(asked, int) and asked > route.max_tokens:
+        raise bad_request(f"`{field}` is {asked}, over the model cap: models[{route.alias}].max_tokens is "
+                          f"{route.max_tokens}.", field)
 
 
 def _prompt_text(body: dict[str, Any]) -> Any:

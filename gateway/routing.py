@@ -170,6 +170,7 @@ class ModelRoute:
     max_tokens: int | None
     fallbacks: list[str]
     deployments: list[DeploymentPool]
+    refuse_over_cap: bool = False  # models[].over_max_tokens: refuse
 
 
 class Router:
@@ -191,7 +192,8 @@ class Router:
                 pool = DeploymentPool(dep, config, on_circuit)
                 pools.append(pool)
                 self.pools.append(pool)
-            self.routes[model.alias] = ModelRoute(model.alias, model.max_tokens, list(model.fallbacks), pools)
+            self.routes[model.alias] = ModelRoute(model.alias, model.max_tokens, list(model.fallbacks), pools,
+                                                  model.over_max_tokens == "refuse")
 
     def route(self, alias: str) -> ModelRoute | None:
         return self.routes.get(alias)

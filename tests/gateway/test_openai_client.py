@@ -73,6 +73,18 @@ async def test_alias_is_rewritten_to_the_upstream_model_and_max_tokens_capped(ga
     assert sim.stats.bodies[-1]["max_tokens"] == 3, "the cap applies when the client gives no max"
 
 
+async def test_a_model_may_refuse_max_tokens_over_its_cap_naming_the_cap(gateway_factory, sim) -> None:
+    config = gateway_config(models=[{"alias": MODEL, "max_tokens": 64, "over_max_tokens": "refuse",
+                                     "deployments": [deployment("sim-a", sim.base_url)]}])
+    gw = await gateway_factory(config)
+    with pytest.raises(openai.BadRequestError) as refused:
+        await gw.client().chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=65)
+    assert "over the model cap: models[sim-model].max_tokens is 64" in refused.value.message
+    assert sim.stats.requests == 0, "a refused call never reaches the upstream"
+    reply = await gw.client().chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=64)
+    assert reply.choices[0].message.content
+
+
 async def test_untouched_requests_are_forwarded_byte_for_byte(gateway, sim) -> None:
     raw = b'{"model":"sim-model","messages":[{"role":"user","content":"x"}],  "temperature":0.5}'
     async with aiohttp.ClientSession() as http:
