@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway.errors import GatewayError
-from gateway.redis_pipe import RedisPipe
+from gateway.redis_pipe import Encoded, RedisPipe
 
 NO_LIMIT = -1
 MINUTE_TTL = 120
@@ -187,6 +187,7 @@ class RedisLimiter:
     def __init__(self, url: str, *, fail_open: bool, timeout_ms: float, retry_after_ms: float,
                  settle_interval_ms: float, on_event: Callable[..., None], prefix: str = "llmp") -> None:
         self.client = RedisPipe(url)
+        self._encoded: dict[tuple[Scope, ...], Encoded] = {}
         timeout = timeout_ms / 1000
         self.fail_open = fail_open
         self.timeout = timeout
@@ -244,11 +245,17 @@ class RedisLimiter:
         if self._down and time.monotonic() < self._down_until:
             return self._fallback(ticket)  # do not make every call wait out the timeout during an outage
         args: list[Any] = [request_id, tokens, repr(cost), int(deadline_s * 1000), len(scopes)]
-        for s in scopes:
-            args += [f"{self.prefix}:{s.name}", s.rpm, s.tpm, repr(float(s.budget)), s.budget_seconds, s.parallel]
+        limits = self._encoded.get(scopes)
+        if limits is None:
+            # A scope set's limits are the same on every call: encode them once.
+            if len(self._encoded) > 10_000:
+                self._encoded.clear()
+            limits = self._encoded[scopes] = Encoded([
+                v for s in scopes
+                for v in (f"{self.prefix}:{s.name}", s.rpm, s.tpm, repr(float(s.budget)), s.budget_seconds, s.parallel)])
         try:
             async with asyncio.timeout(self.timeout):
-                result = await self.client.script(ADMIT_LUA, args)
+                result = await self.client.script(ADMIT_LUA, args, limits)
         except (asyncio.CancelledError, GeneratorExit):
             raise
         except BaseException as exc:  # noqa: BLE001 - any failure to count is "unavailable", never a hang

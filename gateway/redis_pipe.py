@@ -20,12 +20,29 @@ class RedisReplyError(Exception):
     """Redis answered with an error (`-ERR ...`)."""
 
 
-def encode(args: tuple[Any, ...]) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
+def encode_args(args: Any) -> bytes:
+    """Arguments as RESP bulk strings, without the array header (see `Encoded`)."""
+    out = []
     for a in args:
         b = a if isinstance(a, bytes) else str(a).encode()
         out.append(b"$%d\r\n%s\r\n" % (len(b), b))
     return b"".join(out)
+
+
+class Encoded:
+    """A run of arguments encoded once and sent many times (e.g. a scope's limits on every call)."""
+
+    __slots__ = ("count", "data")
+
+    def __init__(self, args: list[Any]) -> None:
+        self.count = len(args)
+        self.data = encode_args(args)
+
+
+def encode(args: tuple[Any, ...], tail: Encoded | None = None) -> bytes:
+    if tail is None:
+        return b"*%d\r\n" % len(args) + encode_args(args)
+    return b"*%d\r\n" % (len(args) + tail.count) + encode_args(args) + tail.data
 
 
 def parse(buf: bytes, pos: int) -> tuple[Any, int] | None:
@@ -154,25 +171,26 @@ class RedisPipe:
                 await self.call("SELECT", self.db)
             return proto
 
-    async def call(self, *args: Any) -> Any:
+    async def call(self, *args: Any, tail: Encoded | None = None) -> Any:
         proto = self._proto if self._proto is not None and not self._proto.lost else await self._connection()
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         proto.waiting.append(fut)
-        proto.send(encode(args))
+        proto.send(encode(args, tail))
         return await fut
 
-    async def script(self, source: str, args: list[Any]) -> Any:
-        """EVALSHA, loading the script on first use and again after a Redis restart (NOSCRIPT)."""
+    async def script(self, source: str, args: list[Any], tail: Encoded | None = None) -> Any:
+        """EVALSHA, loading the script on first use and again after a Redis restart (NOSCRIPT).
+        `tail`: more arguments, already encoded, after `args`."""
         sha = self._shas.get(source)
         if sha is None:
             sha = self._shas[source] = (await self.call("SCRIPT", "LOAD", source)).decode()
         try:
-            return await self.call("EVALSHA", sha, 0, *args)
+            return await self.call("EVALSHA", sha, 0, *args, tail=tail)
         except RedisReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
             self._shas.pop(source, None)
-            return await self.call("EVAL", source, 0, *args)
+            return await self.call("EVAL", source, 0, *args, tail=tail)
 
     async def close(self) -> None:
         if self._proto is not None and self._proto.transport is not None:
