@@ -8,6 +8,7 @@ from typing import Any
 
 from gateway.config import EndpointSlices
 from gateway.routing import DeploymentPool
+from gateway.tasks import cancel
 
 ServiceLabel = "kubernetes.io/service-name"
 EventSink = Callable[..., None]
@@ -99,10 +100,5 @@ class EndpointSliceWatcher:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel(self._task)
+        self._task = None

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from gateway.auth import Principal, key_id
 from gateway.errors import GatewayError, unauthorized
+from gateway.tasks import cancel
 
 KEY_PREFIX = "sk-llmp-"
 
@@ -150,13 +151,8 @@ class KeyCache:
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
 
 class VirtualKeyAuth:

@@ -13,6 +13,7 @@ from typing import Any
 from gateway.config import GatewayConfig
 from gateway.spool import Segment, SpendSpool
 from gateway.store import SPEND_COLUMNS, LedgerStore
+from gateway.tasks import cancel
 
 
 class Prices:
@@ -115,13 +116,8 @@ class SpendLedger:
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Final flush (SIGTERM path); what cannot be flushed in time stays in the spool for the next start."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         try:
             async with asyncio.timeout(timeout):
                 await self.flush()

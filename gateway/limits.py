@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from gateway.errors import GatewayError
 from gateway.redis_pipe import Encoded, RedisPipe
+from gateway.tasks import cancel
 
 NO_LIMIT = -1
 MINUTE_TTL = 120
@@ -205,13 +206,8 @@ class RedisLimiter:
         self._task = asyncio.get_running_loop().create_task(self._settle_loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         try:
             async with asyncio.timeout(2):
                 await self._flush_settlements()

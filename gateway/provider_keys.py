@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from gateway.config import ConfigError, GatewayConfig
 from gateway.governance_config import SecretsSettings
+from gateway.tasks import cancel
 
 PREFIX = "secret/"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
@@ -229,10 +230,5 @@ class SecretRefresher:
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel(self._task)
+        self._task = None
