@@ -79,7 +79,8 @@ class Platform(pulumi.ComponentResource):
         here = pulumi.ResourceOptions(parent=self)
         iam = global_provider(cfg.stack, extra_tags)
         StackBudget(f"{name}-budget", StackBudgetArgs(stack=cfg.stack, budget=cfg.budget), iam, here)
-        dns = FailoverDns(f"{name}-dns", FailoverDnsArgs(zone=cfg.gateway.zone, domain=cfg.gateway.domain), iam, here)
+        dns = self.dns = FailoverDns(f"{name}-dns", FailoverDnsArgs(zone=cfg.gateway.zone, domain=cfg.gateway.domain),
+                                     iam, here)
 
         regions = {r.name: RegionalStack(cfg, r, iam, dns, self, extra_tags) for r in cfg.regions}
         providers = {n: rs.provider for n, rs in regions.items()}
@@ -90,9 +91,9 @@ class Platform(pulumi.ComponentResource):
                 reader_role_arns=[regions[r].gateway_role.arn for r in members]), providers, here)
             for region_name in members:
                 rs = regions[region_name]
-                gateway = Gateway(f"{region_name}-gateway", GatewayArgs(
+                Gateway(f"{region_name}-gateway", GatewayArgs(
                     cfg=cfg, region=rs.region, role=rs.gateway_role, secret_arns=secrets.arns[region_name],
                     key_arn=secrets.key_arns[region_name], config=gateway_config(cfg, rs.region)),
                     rs.cluster.kubernetes, iam, pulumi.ResourceOptions(parent=self, depends_on=rs.serving))
                 dns.add_region(region_name, rs.addons.load_balancer_hostname)
-        self.register_outputs({"regions": list(regions)})
+        self.register_outputs({"regions": list(regions), "domain": cfg.gateway.domain})
