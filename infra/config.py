@@ -203,7 +203,7 @@ def read_stack(stack: str, root: Path = ROOT, now: datetime | None = None) -> tu
 
 def preview_config(template: dict[str, Any], stack: str, now: datetime | None = None) -> dict[str, Any]:
     """The config an ephemeral `pr-<n>` stack gets from the preview template: its own DNS name
-    under the preview domain (a zone of its own), and an expiry `ttl_hours` from now."""
+    under the preview domain (in the preview's zone), and an expiry `ttl_hours` from now."""
     if not PR_STACK.match(stack):
         raise ConfigError(stack, [("(stack)", "ephemeral stacks are named pr-<number>, e.g. pr-123")])
     raw = json.loads(json.dumps(template))  # a deep copy of plain data
@@ -211,7 +211,7 @@ def preview_config(template: dict[str, Any], stack: str, now: datetime | None = 
         raise ConfigError(PREVIEW_TEMPLATE, [(f"{NAMESPACE}:environment", "the preview template must be 'preview'")])
     gateway = raw.setdefault("gateway", {})
     if "domain" in gateway:
-        gateway["domain"] = gateway["zone"] = f"{stack}.{gateway['domain']}"
+        gateway["domain"] = f"{stack}.{gateway['domain']}"  # records in the preview zone, never a zone of its own
     preview = raw.setdefault("preview", {})
     ttl = int(preview.get("ttl_hours", Preview().ttl_hours))
     start = (now or datetime.now(timezone.utc)).replace(microsecond=0)

@@ -1,4 +1,4 @@
-"""FailoverDns: the stack's DNS zone, a certificate and health-checked latency record per regional gateway."""
+"""FailoverDns: in the stack's DNS zone, a certificate and a health-checked latency record per regional gateway."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,15 +23,19 @@ class FailoverDnsArgs:
 
 
 class FailoverDns(pulumi.ComponentResource):
-    """Route53 drops a region from `domain` as soon as its gateway's health check fails."""
+    """Route53 drops a region from `domain` as soon as its gateway's health check fails.
+
+    The zone is the operator's: a public hosted zone, delegated once from its parent, that stacks
+    only add records to. A zone the stack created itself would not be delegated yet, and its
+    certificates could never validate; pr-<n> stacks share the preview zone this way."""
 
     def __init__(self, name: str, args: FailoverDnsArgs, provider: aws.Provider,
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("llm-platform:dns:FailoverDns", name, None, opts)
         self.args, self.provider = args, provider
-        self.zone = aws.route53.Zone(name, name=args.zone, comment="llm-platform gateway entry point",
-                                     opts=child_opts(self, provider))
-        self.register_outputs({"zone_id": self.zone.zone_id})
+        self.zone_id = aws.route53.get_zone_output(
+            name=args.zone, private_zone=False, opts=pulumi.InvokeOutputOptions(provider=provider, parent=self)).zone_id
+        self.register_outputs({"zone_id": self.zone_id})
 
     def certificate(self, region: str, provider: aws.Provider) -> pulumi.Output[str]:
         """An ACM certificate in `region` for the domain and the regional name, validated through the zone."""
@@ -44,7 +48,7 @@ class FailoverDns(pulumi.ComponentResource):
         for i in range(2):  # one validation record per name on the certificate
             option = cert.domain_validation_options[i]
             records.append(aws.route53.Record(
-                f"{name}-validation-{i}", zone_id=self.zone.zone_id, name=option.resource_record_name,
+                f"{name}-validation-{i}", zone_id=self.zone_id, name=option.resource_record_name,
                 type=option.resource_record_type, records=[option.resource_record_value], ttl=300,
                 allow_overwrite=True, opts=child_opts(self, self.provider)))
         validation = aws.acm.CertificateValidation(
@@ -56,14 +60,14 @@ class FailoverDns(pulumi.ComponentResource):
         name = f"{self._name}-{region}"
         host = regional_host(region, self.args.domain)
         child = child_opts(self, self.provider)
-        aws.route53.Record(f"{name}-direct", zone_id=self.zone.zone_id, name=host, type="CNAME",
+        aws.route53.Record(f"{name}-direct", zone_id=self.zone_id, name=host, type="CNAME",
                            records=[load_balancer_hostname], ttl=60, opts=child)
         check = aws.route53.HealthCheck(
             name, type="HTTPS", fqdn=host, port=443, resource_path=HEALTH_PATH, enable_sni=True,
             request_interval=10, failure_threshold=3, measure_latency=True,
             tags={"Name": f"llm-platform gateway {region}"}, opts=child)
         aws.route53.Record(
-            f"{name}-latency", zone_id=self.zone.zone_id, name=self.args.domain, type="CNAME",
+            f"{name}-latency", zone_id=self.zone_id, name=self.args.domain, type="CNAME",
             set_identifier=region, latency_routing_policies=[aws.route53.RecordLatencyRoutingPolicyArgs(region=region)],
             health_check_id=check.id, records=[load_balancer_hostname], ttl=60, opts=child)
         return check

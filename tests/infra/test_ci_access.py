@@ -118,3 +118,21 @@ def test_ci_role_command_refuses_bad_input(args, words, capsys) -> None:
 def test_ci_role_command_prints_both_documents(capsys) -> None:
     assert main(["ci-role", "preview", "--account-id", ACCOUNT, "--repository", "example-org/llm-platform"]) == 0
     assert json.loads(capsys.readouterr().out) == ROLES["preview"]
+
+
+def test_prod_role_reaches_prods_own_secrets_roles_and_budget(prod_plan: Plan) -> None:
+    policy = ROLES["prod"]["permissions"]
+    assert not denied_resources(policy)
+    for typ, prefix in [("aws:secretsmanager/secret:Secret", "secretsmanager:"), ("aws:iam/role:Role", "iam:CreateRole"),
+                        ("aws:iam/role:Role", "iam:AttachRolePolicy"), ("aws:budgets/budget:Budget", "budgets:")]:
+        for arn in arns(prod_plan, typ):
+            assert reaches(allowed_resources(policy, prefix), arn), f"{prefix} does not reach {arn}"
+
+
+def test_dns_changes_are_limited_to_the_stacks_names() -> None:
+    (records,) = [s for s in ROLES["preview"]["permissions"]["Statement"] if s["Sid"] == "TheStacksDnsRecords"]
+    key = "route53:ChangeResourceRecordSetsNormalizedRecordNames"
+    assert records["Condition"]["ForAllValues:StringLike"][key] == ["*.preview.llm.example.com"]
+    assert records["Condition"]["Null"][key] == "false", "without it, ForAllValues passes when the key is absent"
+    assert not any("HostedZone" in a for s in ROLES["preview"]["permissions"]["Statement"]
+                   for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]]))

@@ -215,7 +215,8 @@ def test_every_regional_gateway_has_a_health_check_and_latency_record(prod_plan:
         assert record.inputs["records"][0].endswith(f".elb.{record.inputs['setIdentifier']}.amazonaws.com")
 
 
-@pytest.mark.parametrize("typ", ["aws:iam/role:Role", "aws:route53/zone:Zone", "aws:budgets/budget:Budget"])
+@pytest.mark.parametrize("typ", ["aws:iam/role:Role", "aws:route53/healthCheck:HealthCheck",
+                                 "aws:budgets/budget:Budget"])
 def test_global_services_use_the_global_provider(prod_plan: Plan, typ: str) -> None:
     assert {r.region for r in prod_plan.of_type(typ)} == {GLOBAL}
 
