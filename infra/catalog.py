@@ -46,7 +46,9 @@ class Catalog:
         return price * self.spot_fraction[itype.family] if spot else price
 
     def fixed_monthly_usd(self, item: str, region: str, count: int = 1) -> float:
-        return self.fixed_hourly[item] * self.region_factor[region] * HOURS_PER_MONTH * count
+        # EKS charges one price in every region; NAT gateways follow the region's prices.
+        factor = 1.0 if item == "eks_control_plane" else self.region_factor[region]
+        return self.fixed_hourly[item] * factor * HOURS_PER_MONTH * count
 
 
 @cache

@@ -109,7 +109,7 @@ class Gateway(_Model):
 
 
 class Cluster(_Model):
-    kubernetes_version: str = "1.32"
+    kubernetes_version: str = "1.34"
     # Empty: the API endpoint is private only, and `pulumi up` must run inside the VPC.
     public_access_cidrs: list[str] = Field(default_factory=list)
     system_instance_type: str = "m7i.xlarge"

@@ -61,7 +61,8 @@ class RegionalStack:
         }
         self.addons = ClusterAddons(name, ClusterAddonsArgs(
             region=name, certificate_arn=dns.certificate(name, self.provider)), k8s,
-            pulumi.ResourceOptions(parent=parent, depends_on=list(self.pools.values())))
+            # ingress-nginx runs on the system nodes (GPU pools are tainted), so they must exist first.
+            pulumi.ResourceOptions(parent=parent, depends_on=[self.cluster.system_nodes, *self.pools.values()]))
         self.serving = [
             ModelServing(f"{name}-{model.name}", ModelServingArgs(cfg=cfg, model=model, region=region), k8s,
                          pulumi.ResourceOptions(parent=parent, depends_on=[self.addons]))
@@ -88,7 +89,8 @@ class Platform(pulumi.ComponentResource):
             members = [r.name for r in cfg.regions_in(zone)]
             secrets = StackSecrets(f"{name}-secrets-{zone}", StackSecretsArgs(
                 stack=cfg.stack, zone=zone, regions=members, providers=cfg.secrets.providers,
-                reader_role_arns=[regions[r].gateway_role.arn for r in members]), providers, here)
+                reader_role_arns=[regions[r].gateway_role.arn for r in members],
+                recovery_window_days=0 if cfg.environment == "preview" else 7), providers, here)
             for region_name in members:
                 rs = regions[region_name]
                 Gateway(f"{region_name}-gateway", GatewayArgs(

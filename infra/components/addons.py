@@ -47,7 +47,10 @@ class ClusterAddons(pulumi.ComponentResource):
                 "replicaCount": 2,
                 "service": {
                     "targetPorts": {"https": "http"},  # TLS ends at the NLB with the ACM certificate
+                    "enableHttp": False,  # no plaintext listener: bearer keys never cross the internet in clear
                     "annotations": {
+                        "service.beta.kubernetes.io/aws-load-balancer-ssl-negotiation-policy":
+                            "ELBSecurityPolicy-TLS13-1-2-2021-06",
                         "service.beta.kubernetes.io/aws-load-balancer-type": "nlb",
                         "service.beta.kubernetes.io/aws-load-balancer-ssl-cert": args.certificate_arn,
                         "service.beta.kubernetes.io/aws-load-balancer-ssl-ports": "https",
@@ -55,10 +58,9 @@ class ClusterAddons(pulumi.ComponentResource):
                     },
                 },
                 # Streams must flow token by token; long generations need long reads.
-                "config": {"proxy-buffering": "off", "proxy-read-timeout": "600",
-                           "proxy-send-timeout": "600", "use-forwarded-headers": "true"},
+                # No use-forwarded-headers: the NLB adds none, so a client could forge X-Forwarded-For.
+                "config": {"proxy-buffering": "off", "proxy-read-timeout": "600", "proxy-send-timeout": "600"},
                 "metrics": {"enabled": True},
-                "podDisruptionBudget": {"enabled": True, "minAvailable": 1},
             },
         }, child)
         # The NLB's hostname, known once ingress-nginx's Service has its load balancer.

@@ -75,6 +75,8 @@ class Cluster(pulumi.ComponentResource):
             enabled_cluster_log_types=CONTROL_PLANE_LOGS,
             access_config=aws.eks.ClusterAccessConfigArgs(
                 authentication_mode="API", bootstrap_cluster_creator_admin_permissions=True),
+            # Extended support costs six times the standard price; upgrade on schedule instead.
+            upgrade_policy=aws.eks.ClusterUpgradePolicyArgs(support_type="STANDARD"),
             opts=child,
         )
         issuer = self.eks.identities.apply(lambda ids: ids[0].oidcs[0].issuer)
@@ -88,7 +90,7 @@ class Cluster(pulumi.ComponentResource):
             aws.iam.RolePolicyAttachment(f"{name}-nodes-{short}", role=self.node_role.name, policy_arn=arn,
                                          opts=iam_child)
 
-        aws.eks.NodeGroup(
+        self.system_nodes = aws.eks.NodeGroup(
             f"{name}-{SYSTEM_POOL}",
             cluster_name=self.eks.name,
             node_role_arn=self.node_role.arn,

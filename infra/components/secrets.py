@@ -17,8 +17,9 @@ def secret_names(stack: str, providers: list[str]) -> list[str]:
     return [f"llm-platform/{stack}/providers/{p}" for p in providers] + [f"llm-platform/{stack}/gateway/master-key"]
 
 
-def deny_all_but(readers: list[str], secret_arn: str) -> dict:
-    """Resource policy: nobody but the listed roles may read this secret, whatever their IAM policies say."""
+def deny_all_but(readers: list[str], secret_arns: list[str]) -> dict:
+    """Resource policy: nobody but the listed roles may read this secret, whatever their IAM policies say.
+    It names every copy: Secrets Manager gives replicas the same policy, under their own ARNs."""
     return {
         "Version": "2012-10-17",
         "Statement": [{
@@ -26,7 +27,7 @@ def deny_all_but(readers: list[str], secret_arn: str) -> dict:
             "Effect": "Deny",
             "Principal": {"AWS": "*"},  # narrowed by the condition: a denial of everyone else, not a grant
             "Action": GET_SECRET,
-            "Resource": secret_arn,
+            "Resource": sorted(secret_arns),
             "Condition": {"StringNotEquals": {"aws:PrincipalArn": sorted(readers)}},
         }],
     }
@@ -39,6 +40,8 @@ class StackSecretsArgs:
     regions: list[str]  # the zone's regions in this stack; the first holds the primary copies
     providers: list[str]
     reader_role_arns: list[pulumi.Input[str]]
+    # 0 deletes at once: a reaped pr-<n> stack must be re-creatable at the next push.
+    recovery_window_days: int = 7
 
 
 class StackSecrets(pulumi.ComponentResource):
@@ -67,18 +70,19 @@ class StackSecrets(pulumi.ComponentResource):
                 f"{name}-{short}",
                 name=secret_name,
                 kms_key_id=key.arn,
-                recovery_window_in_days=7,
+                recovery_window_in_days=args.recovery_window_days,
                 replicas=[aws.secretsmanager.SecretReplicaArgs(region=r, kms_key_id=self.key_arns[r])
                           for r in replicas],
                 opts=child_opts(self, providers[primary]))
+            copies = [secret.arn.apply(lambda arn, r=region: arn.replace(f":{primary}:", f":{r}:"))
+                      for region in args.regions]  # a replica keeps the primary's ARN, with its own region
             aws.secretsmanager.SecretPolicy(
                 f"{name}-{short}",
                 secret_arn=secret.arn,
-                policy=pulumi.Output.all(secret.arn, *args.reader_role_arns).apply(
+                policy=pulumi.Output.all(pulumi.Output.all(*copies), *args.reader_role_arns).apply(
                     lambda a: json.dumps(deny_all_but(list(a[1:]), a[0]))),
                 block_public_policy=True,
                 opts=child_opts(self, providers[primary]))
-            for region in args.regions:
-                # A replica keeps the primary's ARN, with its own region.
-                self.arns[region].append(secret.arn.apply(lambda arn, r=region: arn.replace(f":{primary}:", f":{r}:")))
+            for region, copy in zip(args.regions, copies):
+                self.arns[region].append(copy)
         self.register_outputs({"key_arns": self.key_arns})
