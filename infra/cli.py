@@ -70,7 +70,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     plan, _cost, results = _plan(args)
     text = render_report(plan, results, args.format)
     if args.output:
-        Path(args.output).write_text(text)
+        try:
+            Path(args.output).write_text(text)
+        except OSError as exc:
+            print(f"llmp: --output: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
+            return EXIT_CONFIG
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -81,21 +85,23 @@ def cmd_preview_config(args: argparse.Namespace) -> int:
     """Print the Pulumi.<pr-n>.yaml an ephemeral PR stack is created with."""
     import yaml
 
-    from infra.config import NAMESPACE, PREVIEW_TEMPLATE, ConfigError, parse, preview_config, read_stack_file, stack_file
+    from infra.config import (NAMESPACE, PREVIEW_TEMPLATE, ConfigError, parse, preview_config, read_config_map,
+                              read_stack_file, stack_file)
 
     try:
         now = datetime.fromisoformat(args.now) if args.now else None
-        template = stack_file(PREVIEW_TEMPLATE)
-        doc = yaml.safe_load(template.read_text()) or {}
+    except ValueError as exc:
+        print(f"llmp: --now: {exc} (give an ISO time such as 2026-11-23T08:00:00+00:00)", file=sys.stderr)
+        return EXIT_CONFIG
+    template = stack_file(PREVIEW_TEMPLATE)
+    try:
+        config_map = read_config_map(template)
         raw = preview_config(read_stack_file(template), args.stack, now)
         parse(raw, args.stack, f"{template} (as {args.stack})")
-    except ValueError as exc:
-        print(f"llmp: --now: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
     except ConfigError as exc:
         print(f"llmp: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    others = {k: v for k, v in (doc.get("config") or {}).items() if not k.startswith(NAMESPACE + ":")}
+    others = {k: v for k, v in config_map.items() if not k.startswith(NAMESPACE + ":")}
     config = {**others, **{f"{NAMESPACE}:{k}": v for k, v in raw.items()}}
     sys.stdout.write(f"# Config of the ephemeral stack {args.stack}, made from {template.name} by "
                      f"`llmp preview-config`.\n")
@@ -119,8 +125,11 @@ def cmd_reap(args: argparse.Namespace) -> int:
     except subprocess.CalledProcessError as exc:
         print(f"llmp: `{' '.join(exc.cmd)}` failed:\n{exc.stderr}", file=sys.stderr)
         return EXIT_PROGRAM
+    except RuntimeError as exc:
+        print(f"llmp: {exc}", file=sys.stderr)
+        return EXIT_PROGRAM
     sys.stdout.write(summary(verdicts, args.dry_run))
-    return EXIT_OK
+    return EXIT_PROGRAM if any(v.failed for v in verdicts) else EXIT_OK
 
 
 def cmd_ci_role(args: argparse.Namespace) -> int:

@@ -43,9 +43,29 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Hosted providers a model may fall back to, as "<provider>/<upstream model>": wire protocol and base URL.
+HOSTED_PROVIDERS: dict[str, tuple[str, str]] = {
+    "openai": ("openai", "https://api.openai.com/v1"),
+    "anthropic": ("anthropic", "https://api.anthropic.com/v1"),
+    "together": ("openai", "https://api.together.xyz/v1"),
+    "groq": ("openai", "https://api.groq.com/openai/v1"),
+}
+
+
+def hosted_fallback(spec: str) -> tuple[str, str, str, str]:
+    """'together/meta-llama/X' -> (provider, wire protocol, api_base, upstream model)."""
+    provider, _, upstream = spec.partition("/")
+    if provider not in HOSTED_PROVIDERS or not upstream:
+        known = ", ".join(HOSTED_PROVIDERS)
+        raise ValueError(f"{spec!r} must be <provider>/<model> with provider one of {known}")
+    protocol, api_base = HOSTED_PROVIDERS[provider]
+    return provider, protocol, api_base, upstream
+
+
 class Budget(_Model):
     monthly_usd: float = Field(gt=0)
-    alert_thresholds_pct: list[Annotated[int, Field(gt=0, le=200)]] = Field(min_length=1)
+    # AWS allows five notifications per budget; the program adds a forecast alert at 100%.
+    alert_thresholds_pct: list[Annotated[int, Field(gt=0, le=200)]] = Field(min_length=1, max_length=4)
     alert_emails: list[Email] = Field(min_length=1)
 
 
@@ -213,7 +233,9 @@ def preview_config(template: dict[str, Any], stack: str, now: datetime | None = 
     if "domain" in gateway:
         gateway["domain"] = f"{stack}.{gateway['domain']}"  # records in the preview zone, never a zone of its own
     preview = raw.setdefault("preview", {})
-    ttl = int(preview.get("ttl_hours", Preview().ttl_hours))
+    ttl = preview.get("ttl_hours", Preview().ttl_hours)
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 1:
+        raise ConfigError(PREVIEW_TEMPLATE, [(f"{NAMESPACE}:preview.ttl_hours", f"{ttl!r} is not a number of hours")])
     start = (now or datetime.now(timezone.utc)).replace(microsecond=0)
     preview["expires_at"] = (start + timedelta(hours=ttl)).isoformat().replace("+00:00", "Z")
     return raw
@@ -221,6 +243,12 @@ def preview_config(template: dict[str, Any], stack: str, now: datetime | None = 
 
 def read_stack_file(path: Path) -> dict[str, Any]:
     """The `llm-platform:*` values of a Pulumi.<stack>.yaml, namespace stripped."""
+    prefix = NAMESPACE + ":"
+    return {k[len(prefix):]: v for k, v in read_config_map(path).items() if k.startswith(prefix)}
+
+
+def read_config_map(path: Path) -> dict[str, Any]:
+    """The whole `config:` mapping of a Pulumi.<stack>.yaml, every namespace."""
     source = str(path)
     try:
         doc = yaml.safe_load(path.read_text())
@@ -230,8 +258,7 @@ def read_stack_file(path: Path) -> dict[str, Any]:
         raise ConfigError(source, [("(file)", f"not valid YAML: {exc}")]) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
         raise ConfigError(source, [("config", "the file has no `config:` mapping")])
-    prefix = NAMESPACE + ":"
-    return {k[len(prefix):]: v for k, v in doc["config"].items() if k.startswith(prefix)}
+    return doc["config"]
 
 
 def load_file(path: Path, stack: str) -> StackConfig:
@@ -338,8 +365,10 @@ def cross_check(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
             add(f"cluster.public_access_cidrs[{k}]", f"{cidr!r} is not a CIDR block")
         elif ipaddress.ip_network(cidr, strict=False).prefixlen == 0:
             add(f"cluster.public_access_cidrs[{k}]", "0.0.0.0/0 opens the API to the internet; list your CI egress ranges")
-    if not _is_cidr(cfg.network.cidr):
-        add("network.cidr", f"{cfg.network.cidr!r} is not a CIDR block")
+    problems.extend(_check_network(cfg.network.cidr))
+    thresholds = cfg.budget.alert_thresholds_pct
+    if len(set(thresholds)) != len(thresholds):
+        add("budget.alert_thresholds_pct", f"{thresholds} lists a threshold twice")
 
     model_names = [m.name for m in cfg.models]
     for i, model in enumerate(cfg.models):
@@ -353,7 +382,11 @@ def cross_check(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
             add(f"failover.hosted_fallbacks.{name}",
                 f"model {name} is restricted to zone {model.residency!r}; it may not fall back to a hosted provider")
         for k, spec in enumerate(cfg.failover.hosted_fallbacks[name]):
-            provider = spec.partition("/")[0]
+            try:
+                provider = hosted_fallback(spec)[0]
+            except ValueError as exc:
+                add(f"failover.hosted_fallbacks.{name}[{k}]", str(exc))
+                continue
             if provider not in cfg.secrets.providers:
                 add(f"failover.hosted_fallbacks.{name}[{k}]",
                     f"provider {provider!r} has no key in {NAMESPACE}:secrets.providers "
@@ -419,6 +452,18 @@ def _check_pool_capacity(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, 
                                  f"pool {pool.name} in {region.name} needs {need_nodes} nodes for its models at "
                                  f"max replicas, but max_nodes is {pool.max_nodes}"))
     return problems
+
+
+def _check_network(cidr: str) -> list[tuple[str, str]]:
+    """The VPC is cut into /19s (three private, three public): it must be a clean /8 to /16 block."""
+    at = f"{NAMESPACE}:network.cidr"
+    try:
+        net = ipaddress.IPv4Network(cidr)
+    except ValueError as exc:
+        return [(at, f"{cidr!r} is not an IPv4 CIDR block without host bits ({exc})")]
+    if not 8 <= net.prefixlen <= 16:
+        return [(at, f"{cidr} is a /{net.prefixlen}; the VPC needs a /8 to /16 to hold six /19 subnets")]
+    return []
 
 
 def _is_cidr(value: str) -> bool:

@@ -5,15 +5,7 @@ from typing import Any
 
 from infra.chart_values import MODEL_NAMESPACE, VLLM_PORT, vllm_release_name
 from infra.components.dns import regional_host
-from infra.config import Model, Region, StackConfig
-
-# Hosted providers a model may fall back to: "<provider>/<upstream model>" in llm-platform:failover.
-HOSTED_PROVIDERS: dict[str, tuple[str, str]] = {
-    "openai": ("openai", "https://api.openai.com/v1"),
-    "anthropic": ("anthropic", "https://api.anthropic.com/v1"),
-    "together": ("openai", "https://api.together.xyz/v1"),
-    "groq": ("openai", "https://api.groq.com/openai/v1"),
-}
+from infra.config import Model, Region, StackConfig, hosted_fallback
 # References the gateway resolves in its stack's Secrets Manager path, llm-platform/<stack>/<name>
 # (infra/components/secrets.py creates them; the gateway's IRSA role reads exactly these).
 MASTER_KEY = "secret/gateway/master-key"
@@ -21,16 +13,6 @@ MASTER_KEY = "secret/gateway/master-key"
 
 def provider_key(provider: str) -> str:
     return f"secret/providers/{provider}"
-
-
-def hosted_fallback(spec: str) -> tuple[str, str, str, str]:
-    """'together/meta-llama/X' -> (provider, wire protocol, api_base, upstream model)."""
-    provider, _, upstream = spec.partition("/")
-    if provider not in HOSTED_PROVIDERS or not upstream:
-        known = ", ".join(HOSTED_PROVIDERS)
-        raise ValueError(f"hosted fallback {spec!r} must be <provider>/<model> with provider one of {known}")
-    protocol, api_base = HOSTED_PROVIDERS[provider]
-    return provider, protocol, api_base, upstream
 
 
 def _deployments(cfg: StackConfig, model: Model, region: Region) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ class Verdict:
     expires_at: datetime | None
     expired: bool
     reason: str
+    failed: bool = False  # expired, but destroying it failed: the reaper exits non-zero
 
 
 def judge(stack: str, preview_value: dict | None, now: datetime) -> Verdict:
@@ -44,7 +45,10 @@ def pulumi(args: list[str]) -> str:
 
 def preview_stacks(run: Runner) -> list[str]:
     """pr-<n> stacks of this project, from `pulumi stack ls --json`."""
-    stacks = json.loads(run(["stack", "ls", "--json"]) or "[]")
+    try:
+        stacks = json.loads(run(["stack", "ls", "--json"]) or "[]")
+    except json.JSONDecodeError as exc:
+        raise RuntimeError(f"`pulumi stack ls --json` did not print JSON: {exc}") from None
     names = [s["name"].rsplit("/", 1)[-1] for s in stacks]
     return sorted(n for n in names if PR_STACK.match(n))
 
@@ -64,12 +68,21 @@ def preview_value(stack: str, run: Runner) -> dict | None:
 
 
 def reap(now: datetime, dry_run: bool, run: Runner = pulumi) -> list[Verdict]:
+    """Judge every pr-* stack and destroy the expired ones; one failure does not stop the others."""
     verdicts = [judge(s, preview_value(s, run), now) for s in preview_stacks(run)]
-    if not dry_run:
-        for v in (v for v in verdicts if v.expired):
-            run(["destroy", "--yes", "--stack", v.stack])
-            run(["stack", "rm", "--yes", "--stack", v.stack])
-    return verdicts
+    if dry_run:
+        return verdicts
+    done = []
+    for v in verdicts:
+        if v.expired:
+            try:
+                run(["destroy", "--yes", "--stack", v.stack])
+                run(["stack", "rm", "--yes", "--stack", v.stack])
+            except subprocess.CalledProcessError as exc:
+                detail = (exc.stderr or "").strip().splitlines()[-1:] or [f"exit {exc.returncode}"]
+                v = Verdict(v.stack, v.expires_at, False, f"destroy failed: {detail[0][:200]}", failed=True)
+        done.append(v)
+    return done
 
 
 def summary(verdicts: list[Verdict], dry_run: bool) -> str:
@@ -79,6 +92,6 @@ def summary(verdicts: list[Verdict], dry_run: bool) -> str:
              "| stack | expires at | action |", "|---|---|---|"]
     for v in verdicts:
         when = v.expires_at.isoformat() if v.expires_at else "–"
-        action = (verb if v.expired else "kept") + f" ({v.reason})"
+        action = (verb if v.expired else "FAILED" if v.failed else "kept") + f" ({v.reason})"
         lines.append(f"| {v.stack} | {when} | {action} |")
     return "\n".join(lines) + "\n"

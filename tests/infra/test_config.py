@@ -79,6 +79,16 @@ BAD_CONFIGS: list[tuple[str, Mutation, str, str]] = [
      "llm-platform:gateway.domain", "is not inside the DNS zone llm.example.com"),
     ("prod stack declared as preview", _set("environment", "preview"),
      "llm-platform:environment", "the prod stack must have environment 'prod'"),
+    ("VPC block with host bits", _set("network", {"cidr": "10.60.1.0/16"}),
+     "llm-platform:network.cidr", "without host bits"),
+    ("VPC block too small for six /19 subnets", _set("network", {"cidr": "10.60.0.0/18"}),
+     "llm-platform:network.cidr", "needs a /8 to /16"),
+    ("hosted fallback that names no known provider", _set("failover.hosted_fallbacks.llama-3-1-8b", ["acme/x"]),
+     "llm-platform:failover.hosted_fallbacks.llama-3-1-8b[0]", "with provider one of openai"),
+    ("budget alert threshold given twice", _set("budget.alert_thresholds_pct", [50, 50]),
+     "llm-platform:budget.alert_thresholds_pct", "lists a threshold twice"),
+    ("more budget alerts than AWS allows", _set("budget.alert_thresholds_pct", [10, 20, 30, 40, 50]),
+     "llm-platform:budget.alert_thresholds_pct", "at most 4 items"),
 ]
 
 

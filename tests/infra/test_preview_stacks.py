@@ -13,7 +13,7 @@ from infra.plan.cost import estimate
 from infra.plan.mocks import GLOBAL
 from infra.plan.run import Plan, run_program
 from infra.platform import TAG_EXPIRES, TAG_PR
-from infra.reaper import judge, summary
+from infra.reaper import judge, reap, summary
 
 from tests.stacks import stack_raw
 
@@ -111,3 +111,36 @@ def test_reaper_summary_lists_what_it_removed() -> None:
                 judge("pr-2", {"expires_at": "2026-11-30T00:00:00Z"}, NOW)]
     text = summary(verdicts, dry_run=False)
     assert "removed 1 of 2" in text and "| pr-1 |" in text and "kept" in text
+
+
+def test_reaper_goes_on_after_a_failed_destroy_and_reports_it() -> None:
+    """The Pulumi CLI is played by a function (the reaper's only boundary): pr-1's destroy fails."""
+    import subprocess
+
+    calls: list[list[str]] = []
+
+    def pulumi(args: list[str]) -> str:
+        calls.append(args)
+        if args[:2] == ["stack", "ls"]:
+            return json.dumps([{"name": "org/llm-platform/pr-1"}, {"name": "org/llm-platform/pr-2"},
+                               {"name": "org/llm-platform/prod"}])
+        if args[:2] == ["config", "get"]:
+            return json.dumps({"objectValue": {"expires_at": "2026-11-20T00:00:00Z"}})
+        if args[0] == "destroy" and "pr-1" in args:
+            raise subprocess.CalledProcessError(255, ["pulumi", *args], stderr="error: resource busy")
+        return ""
+
+    verdicts = reap(NOW, dry_run=False, run=pulumi)
+    assert [(v.stack, v.failed) for v in verdicts] == [("pr-1", True), ("pr-2", False)]
+    assert ["stack", "rm", "--yes", "--stack", "pr-2"] in calls and not any("prod" in c for c in calls)
+    assert "FAILED (destroy failed: error: resource busy)" in summary(verdicts, dry_run=False)
+
+
+def test_report_to_an_unwritable_path_is_a_clear_error(capsys) -> None:
+    assert main(["report", "--stack", "preview", "-o", "/nonexistent/dir/report.md"]) == EXIT_CONFIG
+    assert "cannot write /nonexistent/dir/report.md" in capsys.readouterr().err
+
+
+def test_preview_config_rejects_a_bad_now(capsys) -> None:
+    assert main(["preview-config", "pr-5", "--now", "yesterday"]) == EXIT_CONFIG
+    assert "--now" in capsys.readouterr().err
