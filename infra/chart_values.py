@@ -77,11 +77,14 @@ def vllm_values(cfg: StackConfig, model: Model, region: Region) -> dict[str, Any
         "nodeSelector": pool_node_selector(pool.name),
         "tolerations": pool_tolerations(pool.spot),
         "sessionAffinity": {"header": SESSION_HEADER},
+        # Off: the gateway reaches replicas through EndpointSlices and hashes sessions itself, and
+        # ingress-nginx sits behind an internet-facing NLB whose traffic reaches it with node
+        # addresses, so a VPC allow-list would not keep the world out. Settings kept for operators
+        # who expose a model on an internal controller.
         "ingress": {
-            "enabled": True,
+            "enabled": False,
             "className": INGRESS_CLASS,
             "host": f"{model.name}.models.{region.name}.{cfg.gateway.domain}",
-            # Only callers inside the VPC (the gateway's pods) may reach a model through the ingress.
             "allowSourceRanges": [cfg.network.cidr],
         },
         "podLabels": {"llm-platform/model": model.name, "llm-platform/tier": model.tier},

@@ -79,6 +79,11 @@ class Cluster(pulumi.ComponentResource):
             upgrade_policy=aws.eks.ClusterUpgradePolicyArgs(support_type="STANDARD"),
             opts=child,
         )
+        # EKS's VPC CNI ignores NetworkPolicies unless told to enforce them; the charts rely on them.
+        aws.eks.Addon(
+            f"{name}-vpc-cni", cluster_name=self.eks.name, addon_name="vpc-cni",
+            configuration_values=json.dumps({"enableNetworkPolicy": "true"}),
+            resolve_conflicts_on_create="OVERWRITE", resolve_conflicts_on_update="OVERWRITE", opts=child)
         issuer = self.eks.identities.apply(lambda ids: ids[0].oidcs[0].issuer)
         self.oidc = aws.iam.OpenIdConnectProvider(
             f"{name}-oidc", url=issuer, client_id_lists=["sts.amazonaws.com"], opts=iam_child)

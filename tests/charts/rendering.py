@@ -88,10 +88,13 @@ PROD_MODEL_RELEASES = [(r.name, m.name) for r in _PROD.regions for m in _PROD.mo
 PROD_REGIONS = [r.name for r in _PROD.regions]
 
 
-def render_prod_model(cfg: StackConfig, region: str, model: str) -> Rendered:
+def render_prod_model(cfg: StackConfig, region: str, model: str, ingress: bool = False) -> Rendered:
+    """The release as the program installs it; `ingress=True` also switches on the model's ingress."""
     m = next(x for x in cfg.models if x.name == model)
-    return render(VLLM_CHART, vllm_values(cfg, m, cfg.region(region)), name=vllm_release_name(m),
-                  namespace=MODEL_NAMESPACE)
+    values = vllm_values(cfg, m, cfg.region(region))
+    if ingress:
+        values["ingress"]["enabled"] = True
+    return render(VLLM_CHART, values, name=vllm_release_name(m), namespace=MODEL_NAMESPACE)
 
 
 def prod_gateway_values(cfg: StackConfig, region: str) -> dict[str, Any]:

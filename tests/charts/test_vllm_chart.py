@@ -226,8 +226,13 @@ def test_replicas_follow_the_models_min_and_max(prod, region, model):
 # --- session affinity ----------------------------------------------------------------------------
 
 @RELEASES
+def test_the_program_installs_models_without_an_ingress(prod, region, model):
+    assert _prod(prod, region, model).all("Ingress") == []
+
+
+@RELEASES
 def test_the_ingress_hashes_on_the_session_header_so_a_conversation_keeps_its_replica(prod, region, model):
-    r = _prod(prod, region, model)
+    r = render_prod_model(prod, region, model, ingress=True)
     ingress = r.one("Ingress")
     annotations = ingress["metadata"]["annotations"]
     assert annotations["nginx.ingress.kubernetes.io/upstream-hash-by"] == "$http_x_session_id"

@@ -78,6 +78,12 @@ def test_clusters_have_private_endpoints_encrypted_secrets_and_full_logging(prod
                                                            "scheduler"}
 
 
+def test_each_cluster_enforces_network_policies(prod_plan: Plan) -> None:
+    addons = [a for a in prod_plan.of_type("aws:eks/addon:Addon") if a.inputs["addonName"] == "vpc-cni"]
+    assert sorted(a.region for a in addons) == sorted(PROD_REGIONS)
+    assert all(json.loads(a.inputs["configurationValues"]) == {"enableNetworkPolicy": "true"} for a in addons)
+
+
 def test_each_cluster_has_an_oidc_provider_for_irsa(prod_plan: Plan) -> None:
     issuers = {r.inputs["url"] for r in prod_plan.of_type("aws:iam/openIdConnectProvider:OpenIdConnectProvider")}
     assert {u.split(".")[2] for u in issuers} == set(PROD_REGIONS)
