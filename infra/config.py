@@ -436,21 +436,39 @@ def _check_model(cfg: StackConfig, catalog: Catalog, i: int, model: Model,
 
 
 def _check_pool_capacity(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
-    """A pool at max_nodes must hold every model placed on it at max replicas."""
+    """A pool holds its models: at max_nodes every model at max replicas, and at min_nodes every
+    model at its floor (one replica at least: the serving chart keeps one warm, and nothing in
+    the stack adds nodes on demand, so replicas beyond min_nodes would wait unscheduled)."""
     problems = []
     for i, region in enumerate(cfg.regions):
         for j, pool in enumerate(region.pools):
             per_node = [catalog.instance(t).gpus for t in pool.instance_types if t in catalog.instances]
             if not per_node or min(per_node) == 0:
                 continue
-            # Replicas don't span nodes, so count whole replicas per node.
-            demand = [(m.gpus, m.replicas.max) for m in cfg.models_in(region.name) if m.pool == pool.name]
-            need_nodes = sum(-(-reps // max(1, min(per_node) // gpus)) for gpus, reps in demand
-                             if gpus <= min(per_node))
-            if need_nodes > pool.max_nodes:
-                problems.append((f"{NAMESPACE}:regions[{i}].pools[{j}].max_nodes",
-                                 f"pool {pool.name} in {region.name} needs {need_nodes} nodes for its models at "
-                                 f"max replicas, but max_nodes is {pool.max_nodes}"))
+            gpus_per_node = min(per_node)
+            models = [m for m in cfg.models_in(region.name) if m.pool == pool.name and m.gpus <= gpus_per_node]
+
+            def nodes_for(replicas: dict[str, int]) -> int:
+                # Replicas don't span nodes but share them: pack them, largest first, onto whole nodes.
+                free: list[int] = []
+                for size in sorted((m.gpus for m in models for _ in range(replicas[m.name])), reverse=True):
+                    slot = next((k for k, left in enumerate(free) if left >= size), None)
+                    if slot is None:
+                        free.append(gpus_per_node - size)
+                    else:
+                        free[slot] -= size
+                return len(free)
+
+            at = f"{NAMESPACE}:regions[{i}].pools[{j}]"
+            most = nodes_for({m.name: m.replicas.max for m in models})
+            if most > pool.max_nodes:
+                problems.append((f"{at}.max_nodes", f"pool {pool.name} in {region.name} needs {most} nodes for its "
+                                                    f"models at max replicas, but max_nodes is {pool.max_nodes}"))
+            least = nodes_for({m.name: max(1, m.replicas.min) for m in models})
+            if least > pool.min_nodes:
+                problems.append((f"{at}.min_nodes", f"pool {pool.name} in {region.name} needs {least} node(s) for "
+                                                    f"its models' minimum replicas (one at least), but min_nodes is "
+                                                    f"{pool.min_nodes}"))
     return problems
 
 

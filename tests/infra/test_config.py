@@ -156,3 +156,21 @@ def test_preview_is_one_region_spot_only_with_a_small_budget() -> None:
     assert [r.name for r in cfg.regions] == ["us-east-1"]
     assert all(p.spot for p in cfg.regions[0].pools)
     assert cfg.budget.monthly_usd <= 5000
+
+
+def test_a_pool_must_start_big_enough_for_its_models_floors() -> None:
+    """Nothing adds nodes on demand: a model's first replica must fit on the pool's min_nodes."""
+    raw = stack_raw("prod")
+    raw["regions"][0]["pools"][2]["min_nodes"] = 0
+    with pytest.raises(ConfigError) as exc:
+        parse(raw, "prod")
+    assert ("llm-platform:regions[0].pools[2].min_nodes",
+            "pool batch in us-east-1 needs 1 node(s) for its models' minimum replicas (one at least), "
+            "but min_nodes is 0") in exc.value.problems
+
+
+def test_replicas_of_different_models_share_nodes_when_counting() -> None:
+    """eu l40s: 2 x 8B (1 GPU) and 1 x 24B (2 GPUs) fit on one 4-GPU node."""
+    raw = stack_raw("prod")
+    raw["regions"][2]["pools"][1]["min_nodes"] = 1
+    parse(raw, "prod")

@@ -68,6 +68,8 @@ def test_replicas_too_few_to_absorb_a_lost_region_are_rejected():
     take over a lost region's load."""
     raw = stack_raw("prod")
     _model(raw, "llama-3-3-70b")["replicas"] = {"min": 2, "max": 2}
+    for region in raw["regions"]:  # a valid config: the H100 pools start big enough for the two replicas
+        next(p for p in region["pools"] if p["name"] == "h100")["min_nodes"] = 2
     assert_rejected(result(plan_of(raw, "prod"), "failover-topology"),
                     "losing us-east-1 leaves model llama-3-3-70b short in zone 'us': the survivors (us-west-2) "
                     "reach 2 replicas at most, but 4 are needed")

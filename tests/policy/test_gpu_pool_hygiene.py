@@ -37,7 +37,7 @@ def test_interactive_model_on_a_spot_pool_is_rejected():
     model = next(m for m in raw["models"] if m["name"] == "llama-3-1-8b")
     model.update(pool="batch", replicas={"min": 1, "max": 2})
     for region in raw["regions"]:
-        next(p for p in region["pools"] if p["name"] == "batch")["max_nodes"] = 8  # room for both models
+        next(p for p in region["pools"] if p["name"] == "batch").update(min_nodes=2, max_nodes=8)  # room for both
     assert_rejected(result(plan_of(raw, "prod"), "gpu-pool-hygiene"),
                     "model llama-3-1-8b runs on spot pool batch in us-east-1 but is not marked batch-tolerant "
                     "(tier 'interactive')")
