@@ -42,6 +42,7 @@ class RegionalStack:
         name = region.name
         self.region = region
         self.provider = regional_provider(cfg.stack, name, region.residency, extra_tags)
+        tags = {**stack_tags(cfg.stack, name, region.residency), **extra_tags}  # for what default tags miss
         self.network = Network(name, NetworkArgs(
             region=name, cidr=cfg.network.cidr, cluster_name=cluster_name(cfg.stack, name),
             nat_per_az=cfg.network.nat_gateways == "per-az"), self.provider, pulumi.ResourceOptions(parent=parent))
@@ -56,7 +57,9 @@ class RegionalStack:
         self.pools = {
             pool.name: NodePool(f"{name}-{pool.name}", NodePoolArgs(
                 pool=pool, cluster_name=self.cluster.eks.name, node_role_arn=self.cluster.node_role.arn,
-                subnet_ids=self.network.private_subnet_ids), self.provider, pulumi.ResourceOptions(parent=parent))
+                subnet_ids=self.network.private_subnet_ids,
+                tags=tags),
+                self.provider, pulumi.ResourceOptions(parent=parent))
             for pool in region.pools
         }
         self.addons = ClusterAddons(name, ClusterAddonsArgs(
@@ -69,7 +72,7 @@ class RegionalStack:
             for model in cfg.models_in(name)
         ]
         self.gateway_role = gateway_role(
-            f"{name}-gateway", name, iam_path(cfg.stack), {**stack_tags(cfg.stack, name, region.residency), **extra_tags},
+            f"{name}-gateway", name, iam_path(cfg.stack), tags,
             self.cluster.oidc.arn, self.cluster.oidc_issuer, iam, parent)
 
 

@@ -21,6 +21,7 @@ class NodePoolArgs:
     cluster_name: pulumi.Input[str]
     node_role_arn: pulumi.Input[str]
     subnet_ids: list[pulumi.Input[str]]
+    tags: dict[str, str]  # stamped on the instances, their volumes and interfaces
 
 
 def node_labels(pool: Pool) -> dict[str, str]:
@@ -33,6 +34,20 @@ class NodePool(pulumi.ComponentResource):
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("llm-platform:compute:NodePool", name, None, opts)
         pool = args.pool
+        # Managed node groups don't pass their tags on to the instances they start, and the budget
+        # filters on the stack tag: without this template the GPU spend would be invisible to it.
+        template = aws.ec2.LaunchTemplate(
+            name,
+            description=f"llm-platform GPU pool {pool.name}",
+            block_device_mappings=[aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+                device_name="/dev/xvda",
+                ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                    volume_size=pool.disk_gib, volume_type="gp3", encrypted="true", delete_on_termination="true"))],
+            metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(  # IMDSv2 only
+                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=2),
+            tag_specifications=[aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags=args.tags)
+                                for kind in ("instance", "volume", "network-interface")],
+            opts=child_opts(self, provider))
         self.node_group = aws.eks.NodeGroup(
             name,
             cluster_name=args.cluster_name,
@@ -41,7 +56,8 @@ class NodePool(pulumi.ComponentResource):
             ami_type=GPU_AMI,
             capacity_type="SPOT" if pool.spot else "ON_DEMAND",
             instance_types=pool.instance_types,
-            disk_size=pool.disk_gib,
+            launch_template=aws.eks.NodeGroupLaunchTemplateArgs(
+                id=template.id, version=template.latest_version.apply(str)),
             scaling_config=aws.eks.NodeGroupScalingConfigArgs(
                 min_size=pool.min_nodes, max_size=pool.max_nodes, desired_size=pool.min_nodes),
             labels=node_labels(pool),

@@ -151,8 +151,10 @@ def _outputs(typ: str, name: str, region: str, inputs: dict[str, Any]) -> dict[s
                            "status": "deployed", "version": 1}}
     if typ.startswith("aws:ec2/"):
         prefix = {"Vpc": "vpc", "Subnet": "subnet", "InternetGateway": "igw", "NatGateway": "nat",
-                  "Eip": "eipalloc", "RouteTable": "rtb", "RouteTableAssociation": "rtbassoc"}
+                  "Eip": "eipalloc", "RouteTable": "rtb", "RouteTableAssociation": "rtbassoc",
+                  "LaunchTemplate": "lt"}
         kind = typ.rsplit(":", 1)[-1]
-        return {"id": f"{prefix.get(kind, 'res')}-{h[:17]}",
+        versions = {"latestVersion": 1} if kind == "LaunchTemplate" else {}
+        return {**versions, "id": f"{prefix.get(kind, 'res')}-{h[:17]}",
                 "arn": f"arn:aws:ec2:{arn_region}:{ACCOUNT}:{prefix.get(kind, 'res')}/{h[:17]}"}
     return {"arn": f"arn:aws:{typ.split(':')[1].split('/')[0]}:{arn_region}:{ACCOUNT}:{physical}"}

@@ -249,3 +249,16 @@ def test_rendered_gateway_configs_load_in_the_gateway(prod_plan: Plan, preview_p
             assert {m.alias for m in config.models} == {m.name for m in plan.config.models
                                                         if plan.config.zone_of(g.region) in
                                                         {plan.config.zone_of(r) for r in m.regions}}
+
+
+def test_gpu_instances_carry_the_stack_tags_the_budget_filters_on(prod_plan: Plan) -> None:
+    """Node groups don't tag their instances; their launch templates do, or the budget could not see GPU spend."""
+    templates = {r.outputs["id"]: r for r in prod_plan.of_type("aws:ec2/launchTemplate:LaunchTemplate")}
+    for group in gpu_node_groups(prod_plan):
+        template = templates[group.inputs["launchTemplate"]["id"]]
+        kinds = {spec["resourceType"]: spec["tags"] for spec in template.inputs["tagSpecifications"]}
+        assert set(kinds) == {"instance", "volume", "network-interface"}
+        for tags in kinds.values():
+            assert tags[TAG_STACK] == "prod" and tags[TAG_REGION] == group.region
+        assert template.inputs["metadataOptions"]["httpTokens"] == "required"
+        assert "diskSize" not in group.inputs  # the size lives in the template: EKS refuses both
