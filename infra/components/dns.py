@@ -33,6 +33,7 @@ class FailoverDns(pulumi.ComponentResource):
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("llm-platform:dns:FailoverDns", name, None, opts)
         self.args, self.provider = args, provider
+        self._records: dict[str, aws.route53.Record] = {}
         self.zone_id = aws.route53.get_zone_output(
             name=args.zone, private_zone=False, opts=pulumi.InvokeOutputOptions(provider=provider, parent=self)).zone_id
         self.register_outputs({"zone_id": self.zone_id})
@@ -44,17 +45,24 @@ class FailoverDns(pulumi.ComponentResource):
             name, domain_name=self.args.domain,
             subject_alternative_names=[regional_host(region, self.args.domain)],
             validation_method="DNS", opts=child_opts(self, provider))
-        records = []
-        for i in range(2):  # one validation record per name on the certificate
-            option = cert.domain_validation_options[i]
-            records.append(aws.route53.Record(
-                f"{name}-validation-{i}", zone_id=self.zone_id, name=option.resource_record_name,
-                type=option.resource_record_type, records=[option.resource_record_value], ttl=300,
-                allow_overwrite=True, opts=child_opts(self, self.provider)))
+        records = [self._validation_record(cert, host)
+                   for host in (self.args.domain, regional_host(region, self.args.domain))]
         validation = aws.acm.CertificateValidation(
             name, certificate_arn=cert.arn, validation_record_fqdns=[r.fqdn for r in records],
             opts=child_opts(self, provider))
         return validation.certificate_arn
+
+    def _validation_record(self, cert: aws.acm.Certificate, host: str) -> aws.route53.Record:
+        """One record per name, shared by every certificate naming it: ACM asks the same record of each
+        region's certificate for the shared domain, and one stack resource must own it, whichever
+        region's certificate it was read from, so removing a region never deletes it."""
+        if host not in self._records:
+            option = cert.domain_validation_options.apply(lambda opts: next(o for o in opts if o.domain_name == host))
+            self._records[host] = aws.route53.Record(
+                f"{self._name}-validation-{host}", zone_id=self.zone_id, name=option.resource_record_name,
+                type=option.resource_record_type, records=[option.resource_record_value], ttl=300,
+                allow_overwrite=True, opts=child_opts(self, self.provider))
+        return self._records[host]
 
     def add_region(self, region: str, load_balancer_hostname: pulumi.Input[str]) -> aws.route53.HealthCheck:
         name = f"{self._name}-{region}"

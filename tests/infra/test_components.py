@@ -262,3 +262,12 @@ def test_gpu_instances_carry_the_stack_tags_the_budget_filters_on(prod_plan: Pla
             assert tags[TAG_STACK] == "prod" and tags[TAG_REGION] == group.region
         assert template.inputs["metadataOptions"]["httpTokens"] == "required"
         assert "diskSize" not in group.inputs  # the size lives in the template: EKS refuses both
+
+
+def test_each_validation_record_has_one_owner(prod_plan: Plan) -> None:
+    """The shared domain's ACM record is one resource, however many regions' certificates need it."""
+    names = [r.inputs["name"] for r in prod_plan.of_type("aws:route53/record:Record") if r.inputs["type"] == "CNAME"
+             and r.inputs["name"].startswith("_")]
+    assert len(names) == len(set(names)) == 1 + len(PROD_REGIONS)
+    validations = prod_plan.of_type("aws:acm/certificateValidation:CertificateValidation")
+    assert all(len(v.inputs["validationRecordFqdns"]) == 2 for v in validations)
