@@ -110,11 +110,7 @@ def from_litellm(doc: dict[str, Any]) -> GatewayConfig:
     timeout = router.get("timeout", settings.get("request_timeout"))
     if timeout is not None:
         gateway["timeouts"] = {"total": timeout}
-    breaker = {}
-    if router.get("allowed_fails") is not None:
-        breaker["failures"] = router["allowed_fails"]
-    if router.get("cooldown_time") is not None:
-        breaker["cooldown"] = router["cooldown_time"]
+    breaker = _renamed(router, {"allowed_fails": "failures", "cooldown_time": "cooldown"})
     if breaker:
         gateway["circuit_breaker"] = breaker
     # Our extensions, so one LiteLLM file can also carry the gateway's place.
@@ -122,6 +118,11 @@ def from_litellm(doc: dict[str, Any]) -> GatewayConfig:
         if general.get(key) is not None:
             gateway[key] = general[key]
     return parse_native({"version": 1, "gateway": gateway, "models": list(models.values())})
+
+
+def _renamed(source: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    """The LiteLLM settings `source` gives, under the native format's names."""
+    return {ours: source[theirs] for theirs, ours in names.items() if source.get(theirs) is not None}
 
 
 def _section(doc: dict[str, Any], name: str) -> dict[str, Any]:
@@ -168,11 +169,7 @@ def _deployment(params: dict[str, Any], entry: dict[str, Any], where: str, index
         "rpm": params.get("rpm", entry.get("rpm")),
         "tpm": params.get("tpm", entry.get("tpm")),
     }
-    timeouts = {}
-    if params.get("timeout") is not None:
-        timeouts["total"] = params["timeout"]
-    if params.get("stream_timeout") is not None:
-        timeouts["idle"] = params["stream_timeout"]
+    timeouts = _renamed(params, {"timeout": "total", "stream_timeout": "idle"})
     if timeouts:
         dep["timeouts"] = timeouts
     return dep
