@@ -12,7 +12,7 @@ from typing import Any
 
 from gateway.config import GatewayConfig
 from gateway.spool import Segment, SpendSpool
-from gateway.store import SPEND_COLUMNS, LedgerStore
+from gateway.store import LedgerStore
 from gateway.tasks import cancel
 
 
@@ -64,7 +64,7 @@ class SpendLedger:
 
     def write(self, row: dict[str, Any]) -> None:
         try:
-            self.spool.append(row, _row(row))
+            self.spool.append(row)
         except OSError as exc:  # disk full or gone: say so loudly, never fail the call already answered
             self.write_errors += 1
             self._event("spool_write_failed", error=f"{type(exc).__name__}: {exc}"[:300])
@@ -93,9 +93,9 @@ class SpendLedger:
             try:
                 if seg is current and not self.spool.fsync_always:
                     await asyncio.to_thread(self.spool.sync, seg)  # power-loss durability before the store has it
-                rows = seg.rows if seg.rows is not None else [_row(r) for r in self.spool.read(seg)]
-                for start in range(0, len(rows), self.batch):
-                    inserted += await self.store.insert_spend(rows[start:start + self.batch])
+                lines = seg.lines if seg.lines is not None else self.spool.read(seg)
+                for start in range(0, len(lines), self.batch):
+                    inserted += await self.store.insert_spend(lines[start:start + self.batch])
                 self.spool.done(seg)
             except asyncio.CancelledError:
                 for rest in segments[i:]:
@@ -134,10 +134,6 @@ def _day(ts: float) -> str:
 def _day_of_hour(hour: int) -> str:
     # The UTC day, formatted once per hour rather than once per call (a pure function, so caching is safe).
     return time.strftime("%Y-%m-%d", time.gmtime(hour * 3600))
-
-
-def _row(record: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(record.get(c) for c in SPEND_COLUMNS)
 
 
 def spend_row(record_id: str, request_id: str, key_token: str, key_alias: str | None, team_id: str | None,

@@ -31,7 +31,7 @@ class Segment:
     path: Path
     fd: int
     records: int = 0
-    rows: list[Any] | None = None  # what this process appended, kept so a flush need not read the file back
+    lines: list[bytes] | None = None  # what this process appended, kept so a flush need not read the file back
 
 
 class SpendSpool:
@@ -52,14 +52,15 @@ class SpendSpool:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return Segment(path, fd, 0, [])
 
-    def append(self, record: dict[str, Any], row: Any = None) -> None:
+    def append(self, record: dict[str, Any]) -> None:
         """One record, in the kernel when this returns (and on disk with fsync: always)."""
         seg = self.active
         assert seg is not None, "spool not open"
-        os.write(seg.fd, orjson.dumps(record) + b"\n")
+        line = orjson.dumps(record)
+        os.write(seg.fd, line + b"\n")
         seg.records += 1
-        if seg.rows is not None:
-            seg.rows.append(record if row is None else row)
+        if seg.lines is not None:
+            seg.lines.append(line)
         if self.fsync_always:
             os.fsync(seg.fd)
 
@@ -94,18 +95,20 @@ class SpendSpool:
         return found
 
     @staticmethod
-    def read(segment: Segment) -> list[dict[str, Any]]:
+    def read(segment: Segment) -> list[bytes]:
+        """The segment's complete records, one JSON object per item."""
         with open(segment.path, "rb") as f:
             data = f.read()
-        records = []
+        lines = []
         for line in data.split(b"\n"):
             if not line:
                 continue
             try:
-                records.append(orjson.loads(line))
+                orjson.loads(line)
             except orjson.JSONDecodeError:
                 continue  # a torn last line (power loss mid-write): its response never completed
-        return records
+            lines.append(line)
+        return lines
 
     @staticmethod
     def sync(segment: Segment) -> None:

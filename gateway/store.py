@@ -20,8 +20,13 @@ import orjson
 
 from gateway.keys import Limits, Team, VirtualKey
 
-SPEND_COLUMNS = ("id", "ts", "day", "request_id", "key_token", "key_alias", "team_id", "model", "deployment",
-                 "region", "status", "prompt_tokens", "completion_tokens", "cost")
+# Spend columns and their SQL types. Rows travel as the spool's JSON lines: a batch is one JSON array, inserted
+# by one statement that unpacks it inside the database (a single call, no per-row work in the gateway process).
+SPEND_TYPES = {"id": "text", "ts": "double precision", "day": "text", "request_id": "text", "key_token": "text",
+               "key_alias": "text", "team_id": "text", "model": "text", "deployment": "text", "region": "text",
+               "status": "integer", "prompt_tokens": "bigint", "completion_tokens": "bigint",
+               "cost": "double precision"}
+SPEND_COLUMNS = tuple(SPEND_TYPES)
 GROUPS = {"key": ("key_token", "key_alias"), "team": ("team_id",), "model": ("model",), "day": ("day",)}
 
 SCHEMA = [
@@ -37,6 +42,17 @@ SCHEMA = [
         prompt_tokens BIGINT, completion_tokens BIGINT, cost DOUBLE PRECISION)""",
     "CREATE INDEX IF NOT EXISTS llmp_spend_day ON llmp_spend (day)",
 ]
+
+
+SQLITE_INSERT_SPEND = (f"INSERT OR IGNORE INTO llmp_spend ({', '.join(SPEND_COLUMNS)}) SELECT "
+                       + ", ".join(f"json_extract(value, '$.{c}')" for c in SPEND_COLUMNS) + " FROM json_each(?)")
+POSTGRES_INSERT_SPEND = (f"INSERT INTO llmp_spend ({', '.join(SPEND_COLUMNS)}) SELECT {', '.join(SPEND_COLUMNS)} "
+                         "FROM jsonb_to_recordset($1::jsonb) AS r("
+                         + ", ".join(f"{c} {t}" for c, t in SPEND_TYPES.items()) + ") ON CONFLICT (id) DO NOTHING")
+
+
+def json_array(lines: list[bytes]) -> str:
+    return (b"[" + b",".join(lines) + b"]").decode()
 
 
 class StoreError(Exception):
@@ -99,7 +115,10 @@ class LedgerStore(Protocol):
 
     async def list_teams(self) -> list[Team]: ...
 
-    async def insert_spend(self, rows: list[tuple[Any, ...]]) -> int: ...
+    async def insert_spend(self, lines: list[bytes]) -> int:
+        """Insert spend records (JSON objects, one per line of the spool), ignoring ids already present;
+        the number inserted."""
+        ...
 
     async def spend_report(self, group_by: str, start: str | None, end: str | None,
                            key_token: str | None, team_id: str | None) -> list[dict[str, Any]]: ...
@@ -267,13 +286,14 @@ class SqliteStore:
         return await self._run(lambda db: [team_from_doc(r[0]) for r in
                                            db.execute("SELECT doc FROM llmp_teams ORDER BY created_at")])
 
-    async def insert_spend(self, rows: list[tuple[Any, ...]]) -> int:
+    async def insert_spend(self, lines: list[bytes]) -> int:
+        batch = json_array(lines)
+
         def q(db: sqlite3.Connection) -> int:
-            marks = ",".join("?" * len(SPEND_COLUMNS))
             db.execute("BEGIN IMMEDIATE")
             try:
                 before = db.total_changes
-                db.executemany(f"INSERT OR IGNORE INTO llmp_spend ({','.join(SPEND_COLUMNS)}) VALUES ({marks})", rows)
+                db.execute(SQLITE_INSERT_SPEND, (batch,))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -399,21 +419,14 @@ class PostgresStore:
     async def list_teams(self) -> list[Team]:
         return [team_from_doc(r[0]) for r in await self._q("fetch", "SELECT doc FROM llmp_teams ORDER BY created_at")]
 
-    async def insert_spend(self, rows: list[tuple[Any, ...]]) -> int:
+    async def insert_spend(self, lines: list[bytes]) -> int:
         import asyncpg
 
         await self._ready()
-        cols = ",".join(SPEND_COLUMNS)
-        marks = ",".join(f"${i + 1}" for i in range(len(SPEND_COLUMNS)))
         try:
             async with asyncio.timeout(self.timeout):
-                async with self._pool.acquire() as conn:
-                    async with conn.transaction():
-                        before = await conn.fetchval("SELECT COUNT(*) FROM llmp_spend WHERE id = ANY($1)",
-                                                     [r[0] for r in rows])
-                        await conn.executemany(
-                            f"INSERT INTO llmp_spend ({cols}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING", rows)
-            return len(rows) - int(before)
+                status = await self._pool.execute(POSTGRES_INSERT_SPEND, json_array(lines))
+            return int(status.split()[-1])  # "INSERT 0 <rows>"
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"postgresql: {type(exc).__name__}: {exc}") from None
 
