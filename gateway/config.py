@@ -63,7 +63,8 @@ Governance sections (see gateway/README.md, "Governance", for semantics and boun
 
     secrets: {source: env | aws-secretsmanager, stack: prod, region: us-east-1, refresh_seconds: 300}
     redis: {url: redis://host:6379/0, on_unavailable: fail-open | fail-closed, timeout_ms: 100,
-            retry_after_ms: 1000, settle_interval_ms: 20}        # omit: in-process counters
+            retry_after_ms: 1000, settle_interval_ms: 20,
+            lease_requests: 32}                                 # omit: in-process counters
     ledger: {spool_dir: ./llmp-spool, store: sqlite:///./llmp-ledger.db | postgresql://...,
              flush_interval: 0.5, batch: 500, fsync: interval | always, store_timeout: 10}
     keys: {refresh_seconds: 2}     # bound on revocation delay on every replica

@@ -192,7 +192,8 @@ class Governance:
 
 def build_governance(config: "GatewayConfig", on_event: Callable[..., None]) -> Governance:
     """Governance from the `ledger`, `redis` and `keys` sections (the caller checked `ledger` is set)."""
-    from gateway.limits import LocalLimiter, RedisLimiter
+    from gateway.limits import LocalLimiter
+    from gateway.redis_limits import RedisLimiter
     from gateway.spool import SpendSpool
     from gateway.store import open_store
 
@@ -206,7 +207,7 @@ def build_governance(config: "GatewayConfig", on_event: Callable[..., None]) -> 
         r = config.redis
         limiter = RedisLimiter(r.url, fail_open=r.on_unavailable == "fail-open", timeout_ms=r.timeout_ms,
                                retry_after_ms=r.retry_after_ms, settle_interval_ms=r.settle_interval_ms,
-                               on_event=on_event)
+                               lease_requests=r.lease_requests, on_event=on_event)
     else:
         limiter = LocalLimiter()
     ledger = SpendLedger(SpendSpool(settings.spool_dir, settings.fsync == "always"), store, settings.flush_interval,

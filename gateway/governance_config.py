@@ -49,7 +49,8 @@ class RedisSettings(_Strict):
     on_unavailable: Literal["fail-open", "fail-closed"] = "fail-open"
     timeout_ms: float = Field(100.0, gt=0)  # longest wait for one limiter round trip
     retry_after_ms: float = Field(1000.0, ge=0)  # after a failure, skip Redis this long instead of waiting again
-    settle_interval_ms: float = Field(20.0, gt=0)  # settlements are batched: one round trip per interval
+    settle_interval_ms: float = Field(20.0, gt=0)  # settlements and unused leases go back once per interval
+    lease_requests: int = Field(32, ge=0, le=1000)  # calls' worth a replica may lease beyond the call; 0: none
 
     @field_validator("url")
     @classmethod

@@ -1,0 +1,458 @@
+"""Limits shared by every replica through Redis, admitted mostly in-process from small leases.
+
+Each replica leases allowance from Redis per scope: a number of requests and tokens of
+the current minute, an amount of the budget window, a number of parallel slots. A call
+that fits in what the replica holds for every one of its scopes is admitted with no
+round trip; otherwise one Lua script checks every scope and, only if all pass, grants
+the call plus a little more (`lease_requests` more calls' worth, at most 1/8 of what the
+limit still leaves free) and counts the grant in Redis at once, atomically.
+
+So Redis always counts at least what replicas admitted: RPM and parallel limits are
+never exceeded, and TPM and budgets by at most one call's reservation per window (a
+call is admitted while the count is below the limit), whatever the number of replicas.
+The price of leasing is the other way round: a call may be refused while another
+replica holds unused allowance. Every `settle_interval_ms` each replica gives back all
+it holds unused and settles finished calls (reservation replaced by actual use), so such
+a refusal lasts at most one interval, and near a limit leases shrink to the call itself.
+`lease_requests: 0` turns leasing off (one round trip per call, no allowance held).
+
+Parallel slots held by a replica carry its heartbeat deadline (refreshed every interval,
+`timeouts.total` + 60 s ahead): a replica that dies holding slots frees them then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import GatewayError
+from gateway.limits import Scope, Ticket, refused
+from gateway.redis_pipe import Encoded, RedisPipe
+from gateway.tasks import cancel
+
+LEASE_SHARE = 8  # a lease's extra is at most 1/LEASE_SHARE of what the limit leaves free
+
+# ARGV: replica, slot_life_ms, need_tokens, need_cost, lease_requests, held_at_s, n, then 4 values per scope
+# (what this replica holds now: requests and tokens of the minute of held_at_s, cost of its budget window,
+# spare slots), then 6 per scope (prefix, rpm, tpm, budget, budget_seconds, parallel). A dimension is checked
+# only where the call needs more than the replica holds. Returns {0, now_ms, then per scope: requests, tokens,
+# cost, slots granted} or {scope_index, what, value, now_s}.
+LEASE_LUA = """
+local t = redis.call('TIME')
+local now_s = tonumber(t[1])
+local now_ms = now_s * 1000 + math.floor(tonumber(t[2]) / 1000)
+local minute = math.floor(now_s / 60)
+local rid, life, nt, nc, lease, held_at, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
+  tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local share = """ + str(LEASE_SHARE) + """
+local function win(secs) if secs > 0 then return tostring(math.floor(now_s / secs)) end return 'all' end
+local function slots(p)
+  local v = redis.call('HVALS', p .. ':ph')
+  local total = 0
+  for i = 1, #v do total = total + tonumber(v[i]) end
+  return total
+end
+local lim = 8 + 4 * n
+local plan = {}
+for s = 0, n - 1 do
+  local b, h = lim + s * 6, 8 + s * 4
+  local p, rpm, tpm, budget, bsecs, par = ARGV[b], tonumber(ARGV[b+1]), tonumber(ARGV[b+2]),
+    tonumber(ARGV[b+3]), tonumber(ARGV[b+4]), tonumber(ARGV[b+5])
+  -- per dimension: limit, count, need, held, most held after the grant, what a refusal names
+  local d = {{rpm, 0, 1, 0, lease, 'rpm'}, {tpm, 0, nt, 0, lease * nt, 'tpm'},
+             {budget, 0, nc, 0, lease * nc, 'budget'}, {par, 0, 1, tonumber(ARGV[h+3]), lease, 'parallel'}}
+  if math.floor(held_at / 60) == minute then d[1][4], d[2][4] = tonumber(ARGV[h]), tonumber(ARGV[h+1]) end
+  if bsecs == 0 or math.floor(held_at / bsecs) == math.floor(now_s / bsecs) then d[3][4] = tonumber(ARGV[h+2]) end
+  if rpm >= 0 or tpm >= 0 then
+    local v = redis.call('HMGET', p .. ':m:' .. minute, 'r', 't')
+    d[1][2], d[2][2] = tonumber(v[1] or '0'), tonumber(v[2] or '0')
+  end
+  if budget >= 0 then d[3][2] = tonumber(redis.call('GET', p .. ':spend:' .. win(bsecs)) or '0') end
+  if par >= 0 then d[4][2] = slots(p) end
+  for i = 1, 4 do
+    local x = d[i]
+    if x[1] >= 0 and x[3] > x[4] and x[2] >= x[1] then
+      if i == 4 then
+        -- slots of replicas past their deadline (dead) only matter at the limit: clear them then
+        local dead = redis.call('ZRANGEBYSCORE', p .. ':pl', '-inf', now_ms)
+        if #dead > 0 then
+          redis.call('HDEL', p .. ':ph', unpack(dead))
+          redis.call('ZREM', p .. ':pl', unpack(dead))
+          x[2] = slots(p)
+        end
+      end
+      if x[2] >= x[1] then return {s + 1, x[6], tostring(x[2]), now_s} end
+    end
+  end
+  plan[s] = d
+end
+local out = {0, now_ms}
+for s = 0, n - 1 do
+  local b = lim + s * 6
+  local p, bsecs = ARGV[b], tonumber(ARGV[b+4])
+  local g = {0, 0, 0, 0}
+  for i, x in ipairs(plan[s]) do
+    if x[1] >= 0 then
+      -- what the call lacks, plus up to `most` held in all but at most 1/share of what stays free
+      local short = math.max(0, x[3] - x[4])
+      local free = x[1] - x[2] - short
+      local more = 0
+      if free > 0 and x[5] > x[4] + short then more = math.min(x[5] - x[4] - short, free / share) end
+      if i ~= 3 then more = math.floor(more) end
+      g[i] = short + more
+    end
+  end
+  local k = p .. ':m:' .. minute
+  local fresh = redis.call('EXISTS', k) == 0
+  if g[1] > 0 then redis.call('HINCRBY', k, 'r', g[1]) end
+  if g[2] > 0 then redis.call('HINCRBY', k, 't', g[2]) end
+  if fresh and (g[1] > 0 or g[2] > 0) then redis.call('EXPIRE', k, 120) end
+  if g[3] > 0 then
+    k = p .. ':spend:' .. win(bsecs)
+    if tonumber(redis.call('INCRBYFLOAT', k, g[3])) == g[3] and bsecs > 0 then redis.call('EXPIRE', k, bsecs + 86400) end
+  end
+  if g[4] > 0 then
+    redis.call('HINCRBY', p .. ':ph', rid, g[4])
+    redis.call('ZADD', p .. ':pl', now_ms + life, rid)
+    redis.call('PEXPIRE', p .. ':ph', life + 60000)
+    redis.call('PEXPIRE', p .. ':pl', life + 60000)
+  end
+  out[#out + 1] = g[1]
+  out[#out + 1] = g[2]
+  out[#out + 1] = tostring(g[3])
+  out[#out + 1] = g[4]
+end
+return out
+"""
+
+# ARGV: replica, slot_life_ms, count, then 4 values per operation: op, key, amount, budget_seconds.
+# op: 'r' or 't' (requests or tokens of a minute hash), 'c' (a budget window), 'p' (slots held, key = prefix),
+# 'h' (heartbeat of held slots, key = prefix). Counts never go below zero (a Redis that lost its data).
+FLUSH_LUA = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rid, life = ARGV[1], tonumber(ARGV[2])
+local i = 4
+for e = 1, tonumber(ARGV[3]) do
+  local op, k, v, bsecs = ARGV[i], ARGV[i+1], tonumber(ARGV[i+2]), tonumber(ARGV[i+3])
+  i = i + 4
+  if op == 'r' or op == 't' then
+    local now = redis.call('HINCRBY', k, op, v)
+    if now < 0 then redis.call('HSET', k, op, 0) end
+    if redis.call('TTL', k) < 0 then redis.call('EXPIRE', k, 120) end
+  elseif op == 'c' then
+    local now = tonumber(redis.call('INCRBYFLOAT', k, v))
+    if now < 0 then redis.call('SET', k, 0, 'KEEPTTL') end
+    if bsecs > 0 and redis.call('TTL', k) < 0 then redis.call('EXPIRE', k, bsecs + 86400) end
+  elseif op == 'p' then
+    if redis.call('HINCRBY', k .. ':ph', rid, v) <= 0 then
+      redis.call('HDEL', k .. ':ph', rid)
+      redis.call('ZREM', k .. ':pl', rid)
+    end
+  elseif op == 'h' then
+    redis.call('ZADD', k .. ':pl', now_ms + life, rid)
+    redis.call('PEXPIRE', k .. ':ph', life + 60000)
+    redis.call('PEXPIRE', k .. ':pl', life + 60000)
+  end
+end
+return 1
+"""
+
+
+@dataclass(slots=True)
+class Lease:
+    """What this replica holds of one scope, and what it owes Redis when the next flush runs."""
+
+    key: str  # the scope's Redis prefix
+    budget_seconds: int
+    minute: int = -1  # of `requests` and `tokens`
+    requests: int = 0
+    tokens: int = 0
+    window: int = -1  # of `cost`
+    cost: float = 0.0
+    held: int = 0  # parallel slots counted in Redis for this replica
+    used: int = 0  # of which in use
+    busy: bool = True  # admitted a call since the last flush
+
+
+class RedisLimiter:
+    """Counters in Redis, shared by every replica; bounded waits, fail-open or fail-closed when unreachable."""
+
+    def __init__(self, url: str, *, fail_open: bool, timeout_ms: float, retry_after_ms: float,
+                 settle_interval_ms: float, on_event: Callable[..., None], lease_requests: int = 32,
+                 prefix: str = "llmp") -> None:
+        self.client = RedisPipe(url)
+        self.replica = os.urandom(8).hex()
+        self.fail_open = fail_open
+        self.timeout = timeout_ms / 1000
+        self.retry_after = retry_after_ms / 1000
+        self.settle_interval = settle_interval_ms / 1000
+        self.lease_requests = lease_requests
+        self.prefix = prefix
+        self._event = on_event
+        self._encoded: dict[tuple[Scope, ...], Encoded] = {}
+        self._leases: dict[str, Lease] = {}
+        self._locks: dict[tuple[Scope, ...], asyncio.Lock] = {}
+        self._owed: dict[tuple[str, str, int], float] = {}  # (op, key, budget_seconds) -> settlement delta
+        self._offset: float | None = None  # Redis clock minus time.monotonic(), in seconds
+        self._slot_life_ms = 0
+        self._down_until = 0.0
+        self._down = False
+        self._task: asyncio.Task[None] | None = None
+        self.round_trips = 0  # lease scripts sent (for tests and benchmarks)
+        self.description = (f"redis (shared by replicas; on_unavailable: {'fail-open' if fail_open else 'fail-closed'}; "
+                            f"lease_requests: {lease_requests})")
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def stop(self) -> None:
+        await cancel(self._task)
+        self._task = None
+        try:
+            async with asyncio.timeout(2):
+                await self.flush(final=True)
+        except Exception:  # noqa: BLE001 - at shutdown, what is not given back expires with its window or deadline
+            pass
+        await self.client.close()
+
+    # ---- admission ------------------------------------------------------------------------------
+
+    async def admit(self, request_id: str, scopes: tuple[Scope, ...], tokens: int, cost: float,
+                    deadline_s: float) -> Ticket:
+        ticket = Ticket(request_id, scopes, tokens, cost)
+        if self._take(ticket):
+            return ticket
+        lock = self._locks.get(scopes)
+        if lock is None:
+            if len(self._locks) > 10_000:
+                self._locks = {k: v for k, v in self._locks.items() if v.locked()}
+            lock = self._locks[scopes] = asyncio.Lock()
+        # One lease request per scope set at a time: calls that queued behind it use what it brought.
+        async with lock:
+            if self._take(ticket):
+                return ticket
+            if self._down and time.monotonic() < self._down_until:
+                return self._fallback(ticket)  # do not make every call wait out the timeout during an outage
+            self._slot_life_ms = int(deadline_s * 1000)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    result = await self._lease(ticket)
+            except (asyncio.CancelledError, GeneratorExit):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - any failure to count is "unavailable", never a hang
+                self._unavailable(exc)
+                return self._fallback(ticket)
+        self._recovered()
+        if int(result[0]) != 0:
+            return self._refuse(scopes, result)
+        return ticket
+
+    def _clock(self) -> tuple[int, int]:
+        """Redis' time now, as this replica estimates it: (minute, second)."""
+        now = time.monotonic() + (self._offset or 0.0)
+        return int(now // 60), int(now)
+
+    def _take(self, ticket: Ticket) -> bool:
+        """Admit from what this replica holds for every scope, or take nothing."""
+        if self._offset is None:
+            return False
+        minute, now_s = self._clock()
+        leases = self._leases
+        found = []
+        for s in ticket.scopes:
+            lease = leases.get(s.name)
+            if lease is None:
+                return False
+            if s.rpm >= 0 or s.tpm >= 0:
+                if lease.minute != minute or (s.rpm >= 0 and lease.requests < 1) or (
+                        s.tpm >= 0 and lease.tokens < ticket.reserved_tokens):
+                    return False
+            if s.budget >= 0 and (lease.window != _window(now_s, s.budget_seconds) or lease.cost < ticket.reserved_cost):
+                return False
+            if s.parallel >= 0 and lease.used >= lease.held:
+                return False
+            found.append(lease)
+        for s, lease in zip(ticket.scopes, found):
+            if s.rpm >= 0:
+                lease.requests -= 1
+            if s.tpm >= 0:
+                lease.tokens -= ticket.reserved_tokens
+            if s.budget >= 0:
+                lease.cost -= ticket.reserved_cost
+            if s.parallel >= 0:
+                lease.used += 1
+            lease.busy = True
+        ticket.minute, ticket.now_s = minute, now_s
+        return True
+
+    async def _lease(self, ticket: Ticket) -> list[Any]:
+        scopes = ticket.scopes
+        minute, now_s = self._clock()
+        args: list[Any] = [self.replica, self._slot_life_ms, ticket.reserved_tokens, repr(ticket.reserved_cost),
+                           self.lease_requests, now_s, len(scopes)]
+        for s in scopes:
+            lease = self._leases.get(s.name)
+            if lease is None:
+                args += (0, 0, 0, 0)
+            else:
+                this_minute = lease.minute == minute
+                args += (lease.requests if this_minute else 0, lease.tokens if this_minute else 0,
+                         repr(lease.cost) if lease.window == _window(now_s, s.budget_seconds) else 0,
+                         lease.held - lease.used)
+        self.round_trips += 1
+        sent = time.monotonic()
+        result = await self.client.script(LEASE_LUA, args, self._limits(scopes))
+        if int(result[0]) != 0:
+            return result
+        # Redis' clock, read in the middle of the round trip: the windows this replica uses until the next lease.
+        held_minute, held_s = minute, now_s
+        now_ms = int(result[1])
+        self._offset = now_ms / 1000 - (sent + time.monotonic()) / 2
+        minute, now_s = now_ms // 60_000, now_ms // 1000
+        for i, s in enumerate(scopes):
+            got_r, got_t, got_c, got_p = result[2 + 4 * i:6 + 4 * i]
+            lease = self._leases.get(s.name)
+            if lease is None:
+                lease = self._leases[s.name] = Lease(f"{self.prefix}:{s.name}", s.budget_seconds)
+            # What was held for another minute or window is void (Redis counted it there, and ignored it here).
+            if lease.minute != minute or held_minute != minute:
+                lease.minute, lease.requests, lease.tokens = minute, 0, 0
+            window = _window(now_s, s.budget_seconds)
+            if lease.window != window or _window(held_s, s.budget_seconds) != window:
+                lease.window, lease.cost = window, 0.0
+            if s.rpm >= 0:
+                lease.requests += int(got_r) - 1
+            if s.tpm >= 0:
+                lease.tokens += int(got_t) - ticket.reserved_tokens
+            if s.budget >= 0:
+                lease.cost += float(got_c) - ticket.reserved_cost
+            if s.parallel >= 0:
+                lease.held += int(got_p)
+                lease.used += 1
+            lease.busy = True
+        ticket.minute, ticket.now_s = minute, now_s
+        return result
+
+    def _limits(self, scopes: tuple[Scope, ...]) -> Encoded:
+        limits = self._encoded.get(scopes)
+        if limits is None:
+            # A scope set's limits are the same on every call: encode them once.
+            if len(self._encoded) > 10_000:
+                self._encoded.clear()
+            limits = self._encoded[scopes] = Encoded([
+                v for s in scopes
+                for v in (f"{self.prefix}:{s.name}", s.rpm, s.tpm, repr(float(s.budget)), s.budget_seconds, s.parallel)])
+        return limits
+
+    def _refuse(self, scopes: tuple[Scope, ...], result: list[Any]) -> Ticket:
+        scope = scopes[int(result[0]) - 1]
+        what = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
+        now_s = int(result[3])
+        retry = 60 - now_s % 60 if what in ("rpm", "tpm") else 1
+        if what == "budget":
+            retry = scope.budget_seconds - now_s % scope.budget_seconds if scope.budget_seconds else 86400
+        raise refused(scope, what, retry)
+
+    # ---- outages --------------------------------------------------------------------------------
+
+    def _unavailable(self, exc: BaseException) -> None:
+        self._down_until = time.monotonic() + self.retry_after
+        if not self._down:
+            self._down = True
+            self._event("limits_unavailable", error=f"{type(exc).__name__}: {exc}"[:300],
+                        behaviour="fail-open" if self.fail_open else "fail-closed")
+
+    def _recovered(self) -> None:
+        if self._down:
+            self._down = False
+            self._event("limits_recovered")
+
+    def _fallback(self, ticket: Ticket) -> Ticket:
+        if self.fail_open:
+            ticket.counted = False
+            return ticket
+        raise GatewayError(503, "Rate limiter unavailable; the gateway is configured to refuse calls "
+                           "it cannot count (redis.on_unavailable: fail-closed).", "service_unavailable", None,
+                           "limits_unavailable", {"Retry-After": "1"})
+
+    # ---- settlement -----------------------------------------------------------------------------
+
+    def settle(self, ticket: Ticket, tokens: int, cost: float) -> None:
+        """The call ended: its slot is free at once here; the difference to its reservation goes to Redis
+        with the next flush."""
+        if not ticket.counted:
+            return
+        dt = tokens - ticket.reserved_tokens
+        dc = cost - ticket.reserved_cost
+        owed = self._owed
+        for s in ticket.scopes:
+            key = f"{self.prefix}:{s.name}"
+            if s.tpm >= 0 and dt:
+                k = ("t", f"{key}:m:{ticket.minute}", 0)
+                owed[k] = owed.get(k, 0) + dt
+            if s.budget >= 0 and dc:
+                k = ("c", f"{key}:spend:{_window_name(ticket.now_s, s.budget_seconds)}", s.budget_seconds)
+                owed[k] = owed.get(k, 0.0) + dc
+            if s.parallel >= 0:
+                lease = self._leases.get(s.name)
+                if lease is not None and lease.used > 0:
+                    lease.used -= 1
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settle_interval)
+            try:
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - lost returns only leave allowance counted until its window ends
+                self._unavailable(exc)
+
+    async def flush(self, final: bool = False) -> None:
+        """Settle finished calls, give back what scopes idle since the last flush hold unused (`final`: every
+        scope's), and renew the deadline of slots in use."""
+        minute, now_s = self._clock()
+        ops: list[Any] = []
+        for (op, key, bsecs), amount in self._owed.items():
+            ops += (op, key, repr(amount) if op == "c" else int(amount), bsecs)
+        self._owed = {}
+        for name, lease in list(self._leases.items()):
+            if lease.busy and not final:  # it will use what it holds soon; `lease_requests` bounds what that is
+                lease.busy = False
+                if lease.held:
+                    ops += ("h", lease.key, 0, 0)
+                continue
+            if lease.minute == minute:
+                if lease.requests:
+                    ops += ("r", f"{lease.key}:m:{minute}", -lease.requests, 0)
+                if lease.tokens:
+                    ops += ("t", f"{lease.key}:m:{minute}", -lease.tokens, 0)
+            lease.requests = lease.tokens = 0
+            if lease.cost and lease.window == _window(now_s, lease.budget_seconds):
+                ops += ("c", f"{lease.key}:spend:{_window_name(now_s, lease.budget_seconds)}", repr(-lease.cost),
+                        lease.budget_seconds)
+            lease.cost = 0.0
+            if lease.held > lease.used:
+                ops += ("p", lease.key, lease.used - lease.held, 0)
+                lease.held = lease.used
+            if lease.held:
+                ops += ("h", lease.key, 0, 0)
+            else:
+                del self._leases[name]
+        while ops:
+            chunk, ops = ops[:800], ops[800:]
+            async with asyncio.timeout(max(self.timeout * 5, 0.5)):
+                await self.client.script(FLUSH_LUA, [self.replica, self._slot_life_ms, len(chunk) // 4, *chunk])
+
+
+def _window(now_s: int, budget_seconds: int) -> int:
+    return now_s // budget_seconds if budget_seconds else 0
+
+
+def _window_name(now_s: int, budget_seconds: int) -> str:
+    return str(now_s // budget_seconds) if budget_seconds else "all"
