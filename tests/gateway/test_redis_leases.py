@@ -1,0 +1,169 @@
+"""Leased limits against a real Redis: most calls admitted without a round trip, and still never over the limit.
+
+Several `RedisLimiter` instances on one Redis stand for replicas (one event loop, so the
+races are interleavings of round trips, the same as between processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis
+
+from gateway.errors import GatewayError
+from gateway.limits import NO_LIMIT, Scope, Ticket
+from gateway.redis_limits import RedisLimiter
+from tests.gateway.servers import RedisServer, redis_server  # noqa: F401 - fixture
+
+DAY = 86400
+
+
+def scope(**limits: float) -> Scope:
+    values = {"rpm": NO_LIMIT, "tpm": NO_LIMIT, "budget": NO_LIMIT, "parallel": NO_LIMIT, **limits}
+    return Scope("k:test", "this key", rpm=int(values["rpm"]), tpm=int(values["tpm"]), budget=values["budget"],
+                 budget_seconds=DAY if values["budget"] >= 0 else 0, parallel=int(values["parallel"]))
+
+
+@pytest.fixture
+async def replicas(redis_server: RedisServer) -> AsyncIterator[list[RedisLimiter]]:
+    made: list[RedisLimiter] = []
+
+    def make(lease_requests: int = 32) -> RedisLimiter:
+        limiter = RedisLimiter(redis_server.url, fail_open=False, timeout_ms=1000, retry_after_ms=0,
+                               settle_interval_ms=20, lease_requests=lease_requests, on_event=lambda *a, **k: None)
+        made.append(limiter)
+        return limiter
+
+    yield make  # type: ignore[misc]
+    for limiter in made:
+        await limiter.stop()
+
+
+async def start(limiter: RedisLimiter) -> RedisLimiter:
+    await limiter.start()
+    return limiter
+
+
+async def away_from_minute_boundary() -> None:
+    if time.time() % 60 > 55:
+        await asyncio.sleep(61 - time.time() % 60)
+
+
+def minute_count(server: RedisServer, field: str = "r") -> int:
+    r = redis.Redis(port=server.port)
+    keys = r.keys("llmp:k:test:m:*")
+    return sum(int(r.hget(k, field) or 0) for k in keys)
+
+
+async def admit(limiter: RedisLimiter, scopes: tuple[Scope, ...], tokens: int = 10, cost: float = 0.0,
+                deadline_s: float = 60) -> Ticket | None:
+    try:
+        return await limiter.admit("r", scopes, tokens, cost, deadline_s)
+    except GatewayError as exc:
+        assert exc.status == 429, exc.message
+        return None
+
+
+async def test_most_calls_are_admitted_without_a_round_trip(replicas, redis_server) -> None:
+    limiter = await start(replicas())
+    scopes = (scope(rpm=1_000_000, tpm=10**9, budget=1e6, parallel=100),)
+    await away_from_minute_boundary()
+    for _ in range(400):
+        ticket = await admit(limiter, scopes, tokens=50, cost=0.001)
+        assert ticket is not None
+        limiter.settle(ticket, 30, 0.0006)
+    assert limiter.round_trips <= 400 / 30, f"{limiter.round_trips} round trips for 400 calls"
+    await limiter.flush(final=True)
+    # What was leased and not used went back; settlements replaced reservations by use.
+    assert minute_count(redis_server, "r") == 400
+    assert minute_count(redis_server, "t") == 400 * 30
+    spend = float(redis.Redis(port=redis_server.port).get(f"llmp:k:test:spend:{int(time.time()) // DAY}"))
+    assert spend == pytest.approx(400 * 0.0006)
+
+
+async def test_without_leases_every_call_is_one_round_trip(replicas) -> None:
+    limiter = await start(replicas(lease_requests=0))
+    scopes = (scope(rpm=1_000_000),)
+    await away_from_minute_boundary()
+    for _ in range(50):
+        assert await admit(limiter, scopes) is not None
+    assert limiter.round_trips == 50
+
+
+async def test_rpm_is_never_exceeded_by_replicas_racing_with_leases(replicas, redis_server) -> None:
+    limit = 500
+    group = [await start(replicas()) for _ in range(3)]
+    scopes = (scope(rpm=limit),)
+    await away_from_minute_boundary()
+
+    async def demand(limiter: RedisLimiter) -> int:
+        admitted = 0
+        for _ in range(limit):  # each replica alone asks for the whole limit
+            admitted += await admit(limiter, scopes) is not None
+            await asyncio.sleep(0)
+        return admitted
+
+    counts = await asyncio.gather(*(demand(r) for r in group))
+    assert sum(counts) == limit, f"{counts}: leases never overshoot, and under demand every lease is used"
+    assert all(c > 0 for c in counts), counts
+    refusals = 3 * limit - limit  # each a round trip
+    assert sum(r.round_trips for r in group) - refusals < limit / 4
+    for r in group:
+        await r.flush(final=True)
+    assert minute_count(redis_server) == limit
+
+
+async def test_an_idle_replica_gives_back_its_allowance_within_one_interval(replicas) -> None:
+    a, b = await start(replicas()), await start(replicas())
+    scopes = (scope(rpm=100),)
+    await away_from_minute_boundary()
+    assert await admit(a, scopes) is not None  # a leases more than the call: 1 + (99 - 1) / 8
+    assert a._leases["k:test"].requests > 0
+    await asyncio.sleep(0.1)  # a's flushes: busy, then idle -> everything unused goes back
+    assert "k:test" not in a._leases
+    admitted = [await admit(b, scopes) for _ in range(120)]
+    assert sum(t is not None for t in admitted) == 99
+
+
+async def test_parallel_slots_never_exceed_the_limit_and_free_slots_move_between_replicas(replicas) -> None:
+    a, b = await start(replicas()), await start(replicas())
+    scopes = (scope(parallel=40),)
+    held_a = [t for t in await asyncio.gather(*(admit(a, scopes) for _ in range(30))) if t]
+    held_b = [t for t in await asyncio.gather(*(admit(b, scopes) for _ in range(30))) if t]
+    assert len(held_a) + len(held_b) == 40, (len(held_a), len(held_b))
+    assert await admit(a, scopes) is None and await admit(b, scopes) is None
+    for ticket in held_a:
+        a.settle(ticket, 0, 0.0)
+    await asyncio.sleep(0.1)  # a gives its free slots back
+    more_b = [t for t in await asyncio.gather(*(admit(b, scopes) for _ in range(30))) if t]
+    assert len(held_b) + len(more_b) == 40
+    assert await admit(a, scopes) is None, "a holds no slot it gave back"
+
+
+async def test_slots_of_a_replica_that_died_are_freed_at_its_deadline(replicas, redis_server) -> None:
+    a = replicas()  # never started: no flush, no heartbeat, as after a SIGKILL
+    b = await start(replicas())
+    scopes = (scope(parallel=5),)
+    assert all([await admit(a, scopes, deadline_s=0.5) for _ in range(5)])
+    assert await admit(b, scopes) is None
+    await asyncio.sleep(0.6)
+    assert await admit(b, scopes) is not None
+
+
+async def test_a_lease_held_over_the_budget_goes_back_and_the_budget_holds(replicas, redis_server) -> None:
+    a, b = await start(replicas()), await start(replicas())
+    scopes = (scope(budget=1.0),)
+    ticket = await admit(a, scopes, cost=0.01)
+    assert ticket is not None and a._leases["k:test"].cost > 0
+    a.settle(ticket, 0, 0.004)
+    await asyncio.sleep(0.1)
+    spend = float(redis.Redis(port=redis_server.port).get(f"llmp:k:test:spend:{int(time.time()) // DAY}"))
+    assert spend == pytest.approx(0.004)
+    spent = 0.004
+    while (t := await admit(b, scopes, cost=0.01)) is not None:
+        b.settle(t, 0, 0.01)
+        spent += 0.01
+    assert 1.0 - 0.01 <= spent <= 1.0 + 0.01 + 1e-9, "within one call's reservation of the budget"
