@@ -110,8 +110,7 @@ class Governance:
         tokens = reserve_tokens(size, completion_cap if request.endpoint != "embeddings" else 0)
         inp, out = self.prices.of(alias)
         cost = reserve_tokens(size, 0) * inp + (completion_cap or 0) * out
-        record.ticket = await self.limiter.admit(record.request_id + ":" + self.ledger.next_id(), scopes, tokens, cost,
-                                                 self.deadline_s)
+        record.ticket = await self.limiter.admit(record.request_id, scopes, tokens, cost, self.deadline_s)
         return route
 
     def _pinned(self, route: "ModelRoute", zone: str) -> "ModelRoute":

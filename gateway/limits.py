@@ -18,6 +18,7 @@ replicas with the same bounds.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -105,6 +106,7 @@ class LocalLimiter:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._scopes: dict[str, _Counters] = {}
+        self._ids = itertools.count()
 
     async def start(self) -> None:
         return None
@@ -118,6 +120,7 @@ class LocalLimiter:
         now_s = int(now)
         minute = now_s // 60
         counters = [self._scopes.setdefault(s.name, _Counters()) for s in scopes]
+        slot = f"{request_id}:{next(self._ids)}"  # request ids come from clients: not unique
         for s, c in zip(scopes, counters):
             if s.rpm >= 0 and c.rpm.get(minute, 0) >= s.rpm:
                 return _raise(s, "rpm", 60 - now_s % 60)
@@ -139,8 +142,8 @@ class LocalLimiter:
                 w = _window(s, now_s)
                 c.spend[w] = c.spend.get(w, 0.0) + cost
             if s.parallel >= 0:
-                c.parallel[request_id] = now + deadline_s
-        return Ticket(request_id, scopes, tokens, cost, minute, now_s)
+                c.parallel[slot] = now + deadline_s
+        return Ticket(slot, scopes, tokens, cost, minute, now_s)
 
     def settle(self, ticket: Ticket, tokens: int, cost: float) -> None:
         for s in ticket.scopes:

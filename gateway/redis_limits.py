@@ -197,7 +197,8 @@ class RedisLimiter:
         self._encoded: dict[tuple[Scope, ...], Encoded] = {}
         self._leases: dict[str, Lease] = {}
         self._locks: dict[tuple[Scope, ...], asyncio.Lock] = {}
-        self._owed: dict[tuple[str, str, int], float] = {}  # (op, key, budget_seconds) -> settlement delta
+        # settlement deltas: ("t", scope, minute, 0) or ("c", scope, window, budget_seconds) -> amount
+        self._owed: dict[tuple[str, str, int, int], float] = {}
         self._offset: float | None = None  # Redis clock minus time.monotonic(), in seconds
         self._slot_life_ms = 0
         self._down_until = 0.0
@@ -391,12 +392,11 @@ class RedisLimiter:
         dc = cost - ticket.reserved_cost
         owed = self._owed
         for s in ticket.scopes:
-            key = f"{self.prefix}:{s.name}"
             if s.tpm >= 0 and dt:
-                k = ("t", f"{key}:m:{ticket.minute}", 0)
+                k = ("t", s.name, ticket.minute, 0)
                 owed[k] = owed.get(k, 0) + dt
             if s.budget >= 0 and dc:
-                k = ("c", f"{key}:spend:{_window_name(ticket.now_s, s.budget_seconds)}", s.budget_seconds)
+                k = ("c", s.name, _window(ticket.now_s, s.budget_seconds), s.budget_seconds)
                 owed[k] = owed.get(k, 0.0) + dc
             if s.parallel >= 0:
                 lease = self._leases.get(s.name)
@@ -418,9 +418,13 @@ class RedisLimiter:
         scope's), and renew the deadline of slots in use."""
         minute, now_s = self._clock()
         ops: list[Any] = []
-        for (op, key, bsecs), amount in self._owed.items():
-            ops += (op, key, repr(amount) if op == "c" else int(amount), bsecs)
-        self._owed = {}
+        owed, self._owed = self._owed, {}
+        for (op, name, when, bsecs), amount in owed.items():
+            key = f"{self.prefix}:{name}"
+            if op == "t":
+                ops += ("t", f"{key}:m:{when}", int(amount), 0)
+            else:
+                ops += ("c", f"{key}:spend:{when if bsecs else 'all'}", repr(amount), bsecs)
         for name, lease in list(self._leases.items()):
             if lease.busy and not final:  # it will use what it holds soon; `lease_requests` bounds what that is
                 lease.busy = False
@@ -434,8 +438,8 @@ class RedisLimiter:
                     ops += ("t", f"{lease.key}:m:{minute}", -lease.tokens, 0)
             lease.requests = lease.tokens = 0
             if lease.cost and lease.window == _window(now_s, lease.budget_seconds):
-                ops += ("c", f"{lease.key}:spend:{_window_name(now_s, lease.budget_seconds)}", repr(-lease.cost),
-                        lease.budget_seconds)
+                window = lease.window if lease.budget_seconds else "all"
+                ops += ("c", f"{lease.key}:spend:{window}", repr(-lease.cost), lease.budget_seconds)
             lease.cost = 0.0
             if lease.held > lease.used:
                 ops += ("p", lease.key, lease.used - lease.held, 0)
@@ -452,7 +456,3 @@ class RedisLimiter:
 
 def _window(now_s: int, budget_seconds: int) -> int:
     return now_s // budget_seconds if budget_seconds else 0
-
-
-def _window_name(now_s: int, budget_seconds: int) -> str:
-    return str(now_s // budget_seconds) if budget_seconds else "all"
