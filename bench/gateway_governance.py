@@ -5,9 +5,10 @@ Both gateways run one worker each in front of the same vLLM simulator and are dr
 the same load generator (wrk, 16 connections, one thread). Rounds alternate between the
 two so that machine noise hits both; the median round of each is reported. The governed
 gateway's key has RPM, TPM, parallel and budget limits (set high enough never to refuse),
-and belongs to a team with limits too: every request runs the full admission script in a
-real Redis and writes a spool record. At the end the ledger is checked to hold one row per
-answered request.
+and belongs to a team with limits too: every request is admitted against both scopes,
+from allowance leased from a real Redis (the `scripts/req` column: Lua round trips per
+request), settled, and written to the spool. At the end the ledger is checked to hold
+one row per answered request.
 
     python bench/gateway_governance.py [--rounds 3] [--seconds 5]
 """
@@ -114,6 +115,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def redis_scripts(port: int) -> int:
+    """Lua scripts Redis has run so far (the limiter's round trips)."""
+    import redis
+
+    stats = redis.Redis(port=port).info("commandstats")
+    return sum(v["calls"] for k, v in stats.items() if k.startswith(("cmdstat_evalsha", "cmdstat_eval")))
+
+
 def _ms(text: str) -> float:
     value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
@@ -166,10 +175,12 @@ def main() -> int:
             order = ("bare", "governed") if r % 2 == 0 else ("governed", "bare")
             for name in order:
                 before = {n: cpu_seconds(pids[n]) for n in (name, "redis")}
+                scripts = redis_scripts(redis_port)
                 result = wrk(wrk_bin, urls[name], keys[name], args.seconds, work)
                 done = result["requests"] or 1
                 result["cpu_us"] = (cpu_seconds(pids[name]) - before[name]) / done * 1e6
                 result["redis_us"] = (cpu_seconds(pids["redis"]) - before["redis"]) / done * 1e6
+                result["redis_calls"] = (redis_scripts(redis_port) - scripts) / done
                 rounds[name].append(result)
         answered = sum(x["requests"] - x["non_2xx"] for x in rounds["governed"])
         time.sleep(1.5)  # the ledger flushes every 0.5 s
@@ -184,18 +195,18 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
     med = {name: {k: statistics.median(x[k] for x in rs) for k in ("rps", "p50_ms", "p99_ms", "non_2xx", "cpu_us",
-                                                                   "redis_us")}
+                                                                   "redis_us", "redis_calls")}
            for name, rs in rounds.items()}
     ratio = med["governed"]["rps"] / med["bare"]["rps"]
     print(f"\ngateway governance overhead ({args.rounds} rounds x {args.seconds}s, {CONNECTIONS} connections, "
           f"median round)")
     print(f"{'target':<34}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}{'CPU us/req':>12}"
-          f"{'redis us/req':>14}")
+          f"{'redis us/req':>14}{'scripts/req':>13}")
     labels = {"bare": "bare data path (master key)", "governed": "auth + redis limits + ledger"}
     for name in ("bare", "governed"):
         m = med[name]
         print(f"{labels[name]:<34}{m['rps']:>10.0f}{m['p50_ms']:>10.2f}{m['p99_ms']:>10.2f}{m['non_2xx']:>10.0f}"
-              f"{m['cpu_us']:>12.0f}{m['redis_us']:>14.0f}")
+              f"{m['cpu_us']:>12.0f}{m['redis_us']:>14.0f}{m['redis_calls']:>13.3f}")
     print(f"throughput ratio governed/bare: {ratio:.2f} (target >= {TARGET_RATIO:.2f})")
     print(f"ledger rows for the governed key: {rows} (answered: {answered} timed + warm-up)")
     shutil.rmtree(work, ignore_errors=True)
