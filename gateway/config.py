@@ -66,7 +66,8 @@ Governance sections (see gateway/README.md, "Governance", for semantics and boun
             retry_after_ms: 1000, settle_interval_ms: 20,
             lease_requests: 32}                                 # omit: in-process counters
     ledger: {spool_dir: ./llmp-spool, store: sqlite:///./llmp-ledger.db | postgresql://...,
-             flush_interval: 0.5, batch: 500, fsync: interval | always, store_timeout: 10}
+             flush_interval: 0.5, batch: 500, fsync: interval | always, store_timeout: 10,
+             budget_sync_seconds: 60}
     keys: {refresh_seconds: 2}     # bound on revocation delay on every replica
 
 Governance (virtual keys, limits, the spend ledger, the admin API) is on when

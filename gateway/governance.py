@@ -9,10 +9,11 @@ from gateway.errors import GatewayError, bad_request
 from gateway.governance_config import parse_duration
 from gateway.keys import KeyCache, Limits, Team, VirtualKey, VirtualKeyAuth
 from gateway.ledger import Prices, SpendLedger, spend_row
-from gateway.limits import NO_LIMIT, RateLimiter, Scope, reserve_tokens
+from gateway.limits import NO_LIMIT, RateLimiter, Scope, key_scope, reserve_tokens, team_scope
 from gateway.usage import CallRecord
 
 if TYPE_CHECKING:
+    from gateway.budget_sync import BudgetSync
     from gateway.config import GatewayConfig
     from gateway.routing import ModelRoute
     from gateway.store import LedgerStore
@@ -44,13 +45,15 @@ class Governance:
     """The gate (`admit`) and the usage hook (`record`) of the app when governance is configured."""
 
     def __init__(self, config: "GatewayConfig", auth: VirtualKeyAuth, cache: KeyCache, limiter: RateLimiter,
-                 ledger: SpendLedger, store: "LedgerStore", on_event: Callable[..., None]) -> None:
+                 ledger: SpendLedger, store: "LedgerStore", on_event: Callable[..., None],
+                 budgets: "BudgetSync | None" = None) -> None:
         self.config = config
         self.auth = auth
         self.cache = cache
         self.limiter = limiter
         self.ledger = ledger
         self.store = store
+        self.budgets = budgets
         self.prices = Prices(config)
         self.residency = config.gateway.residency
         self.region = config.gateway.region or ""
@@ -138,9 +141,9 @@ class Governance:
         if scopes is None:
             if len(self._scopes) > 50_000:
                 self._scopes.clear()
-            found = [_scope("k:" + key.token[:24], "this key", key.limits)]
+            found = [_scope(key_scope(key.token), "this key", key.limits)]
             if team is not None:
-                found.append(_scope("t:" + team.team_id, f"team `{team.team_id}`", team.limits))
+                found.append(_scope(team_scope(team.team_id), f"team `{team.team_id}`", team.limits))
             if alias in key.model_rpm_limit or alias in key.model_tpm_limit:
                 found.append(_scope(f"km:{key.token[:24]}:{alias}", f"this key on model `{alias}`", Limits(),
                                     key.model_rpm_limit.get(alias), key.model_tpm_limit.get(alias)))
@@ -170,19 +173,25 @@ class Governance:
     # ---- life cycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        store_up = True
         try:
             await self.store.open()
             await self.cache.refresh(force=True)
         except Exception as exc:  # noqa: BLE001 - start anyway: the master key works, the refresh keeps trying
+            store_up = False
             self._event("key_store_unavailable", error=f"{type(exc).__name__}: {exc}"[:300], serving_cached_keys=0)
         self.ledger.open()
         await self.ledger.start()
         await self.limiter.start()
+        if self.budgets is not None:
+            await self.budgets.start(sync_now=store_up)
         self.cache.start()
         self._event("governance", limits=self.limiter.description, keys=len(self.cache.by_hash),
                     teams=len(self.cache.teams), key_refresh_seconds=self.cache.refresh_seconds)
 
     async def stop(self) -> None:
+        if self.budgets is not None:
+            await self.budgets.stop()
         await self.cache.stop()
         await self.limiter.stop()
         await self.ledger.stop()
@@ -191,6 +200,7 @@ class Governance:
 
 def build_governance(config: "GatewayConfig", on_event: Callable[..., None]) -> Governance:
     """Governance from the `ledger`, `redis` and `keys` sections (the caller checked `ledger` is set)."""
+    from gateway.budget_sync import BudgetSync
     from gateway.limits import LocalLimiter
     from gateway.redis_limits import RedisLimiter
     from gateway.spool import SpendSpool
@@ -211,4 +221,7 @@ def build_governance(config: "GatewayConfig", on_event: Callable[..., None]) -> 
         limiter = LocalLimiter()
     ledger = SpendLedger(SpendSpool(settings.spool_dir, settings.fsync == "always"), store, settings.flush_interval,
                          settings.batch, on_event)
-    return Governance(config, auth, cache, limiter, ledger, store, on_event)
+    budgets = None
+    if settings.budget_sync_seconds > 0:
+        budgets = BudgetSync(store, cache, limiter, settings.budget_sync_seconds, on_event)
+    return Governance(config, auth, cache, limiter, ledger, store, on_event, budgets)

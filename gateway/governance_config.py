@@ -71,6 +71,7 @@ class LedgerSettings(_Strict):
     batch: int = Field(500, ge=1, le=100_000)
     fsync: Literal["interval", "always"] = "interval"
     store_timeout: float = Field(10.0, gt=0)
+    budget_sync_seconds: float = Field(60.0, ge=0)  # raise budget counters to the ledger's spend; 0: never
 
     @field_validator("store")
     @classmethod

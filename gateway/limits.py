@@ -67,9 +67,22 @@ class RateLimiter(Protocol):
 
     def settle(self, ticket: Ticket, tokens: int, cost: float) -> None: ...
 
+    async def raise_spend(self, spends: list[tuple[str, int, float]]) -> None:
+        """Raise each (scope, budget_seconds, amount) budget counter of the current window to at least `amount`."""
+        ...
+
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+def key_scope(token: str) -> str:
+    """The scope name of a key's own limits (its hash's first 24 hex digits)."""
+    return "k:" + token[:24]
+
+
+def team_scope(team_id: str) -> str:
+    return "t:" + team_id
 
 
 def refused(scope: Scope, what: str, retry_after: int, detail: str = "") -> GatewayError:
@@ -158,6 +171,13 @@ class LocalLimiter:
                     c.spend[w] += cost - ticket.reserved_cost
             if s.parallel >= 0:
                 c.parallel.pop(ticket.request_id, None)
+
+    async def raise_spend(self, spends: list[tuple[str, int, float]]) -> None:
+        now_s = int(self._clock())
+        for name, budget_seconds, amount in spends:
+            spend = self._scopes.setdefault(name, _Counters()).spend
+            w = str(now_s // budget_seconds) if budget_seconds else "all"
+            spend[w] = max(spend.get(w, 0.0), amount)
 
 
 def _window(scope: Scope, now_s: int) -> str:

@@ -163,6 +163,21 @@ return 1
 """
 
 
+# ARGV: count, then 3 values per counter: key, amount, budget_seconds. Raises each budget counter to `amount`.
+RAISE_LUA = """
+local raised = 0
+for i = 2, tonumber(ARGV[1]) * 3, 3 do
+  local k, v, bsecs = ARGV[i], tonumber(ARGV[i+1]), tonumber(ARGV[i+2])
+  if tonumber(redis.call('GET', k) or '0') < v then
+    redis.call('SET', k, ARGV[i+1])
+    if bsecs > 0 then redis.call('EXPIRE', k, bsecs + 86400) end
+    raised = raised + 1
+  end
+end
+return raised
+"""
+
+
 @dataclass(slots=True)
 class Lease:
     """What this replica holds of one scope, and what it owes Redis when the next flush runs."""
@@ -402,6 +417,17 @@ class RedisLimiter:
                 lease = self._leases.get(s.name)
                 if lease is not None and lease.used > 0:
                     lease.used -= 1
+
+    async def raise_spend(self, spends: list[tuple[str, int, float]]) -> None:
+        now_s = self._clock()[1] if self._offset is not None else int(time.time())
+        args: list[Any] = []
+        for name, budget_seconds, amount in spends:
+            window = now_s // budget_seconds if budget_seconds else "all"
+            args += (f"{self.prefix}:{name}:spend:{window}", repr(amount), budget_seconds)
+        while args:
+            chunk, args = args[:600], args[600:]
+            async with asyncio.timeout(max(self.timeout * 5, 0.5)):
+                await self.client.script(RAISE_LUA, [len(chunk) // 3, *chunk])
 
     async def _flush_loop(self) -> None:
         while True:

@@ -13,6 +13,7 @@ import dataclasses
 import secrets
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -123,6 +124,10 @@ class LedgerStore(Protocol):
     async def spend_report(self, group_by: str, start: str | None, end: str | None,
                            key_token: str | None, team_id: str | None) -> list[dict[str, Any]]: ...
 
+    async def spend_since(self, column: str, since: float, ids: list[str]) -> dict[str, float]:
+        """Spend recorded since `since` (Unix seconds) per `key_token` or `team_id` in `ids`."""
+        ...
+
 
 class Conflict(StoreError):
     """The row already exists (a key or team id given twice)."""
@@ -141,6 +146,21 @@ def _report_sql(group_by: str, start: str | None, end: str | None, key_token: st
            f"FROM llmp_spend {'WHERE ' + ' AND '.join(where) if where else ''} "
            f"GROUP BY {', '.join(cols)} ORDER BY {', '.join(cols)}")
     return sql, args
+
+
+def _since_sql(column: str, since: float, ids: list[str], mark: Any) -> tuple[str, list[Any]]:
+    if column not in ("key_token", "team_id"):
+        raise ValueError(f"spend per {column!r}: key_token or team_id")
+    # `day` first: its index narrows the scan to the window's days.
+    day = time.strftime("%Y-%m-%d", time.gmtime(since))
+    marks = ", ".join(mark(i + 3) for i in range(len(ids)))
+    sql = (f"SELECT {column}, SUM(cost) FROM llmp_spend WHERE day >= {mark(1)} AND ts >= {mark(2)} "
+           f"AND {column} IN ({marks}) GROUP BY {column}")
+    return sql, [day, since, *ids]
+
+
+def _chunks(ids: list[str], size: int = 500) -> list[list[str]]:
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
 
 
 def _report_rows(group_by: str, rows: list[Any]) -> list[dict[str, Any]]:
@@ -307,6 +327,16 @@ class SqliteStore:
         sql, args = _report_sql(group_by, start, end, key_token, team_id, lambda i: "?")
         return await self._run(lambda db: _report_rows(group_by, db.execute(sql, args).fetchall()))
 
+    async def spend_since(self, column: str, since: float, ids: list[str]) -> dict[str, float]:
+        def q(db: sqlite3.Connection) -> dict[str, float]:
+            found: dict[str, float] = {}
+            for chunk in _chunks(ids):
+                sql, args = _since_sql(column, since, chunk, lambda i: "?")
+                found.update((k, float(v)) for k, v in db.execute(sql, args))
+            return found
+
+        return await self._run(q)
+
 
 class PostgresStore:
     """PostgreSQL through an asyncpg pool; every call bounded by the store timeout."""
@@ -434,6 +464,13 @@ class PostgresStore:
                            key_token: str | None, team_id: str | None) -> list[dict[str, Any]]:
         sql, args = _report_sql(group_by, start, end, key_token, team_id, lambda i: f"${i}")
         return _report_rows(group_by, await self._q("fetch", sql, *args))
+
+    async def spend_since(self, column: str, since: float, ids: list[str]) -> dict[str, float]:
+        found: dict[str, float] = {}
+        for chunk in _chunks(ids):
+            sql, args = _since_sql(column, since, chunk, lambda i: f"${i}")
+            found.update((r[0], float(r[1])) for r in await self._q("fetch", sql, *args))
+        return found
 
 
 def open_store(url: str, timeout: float) -> LedgerStore:

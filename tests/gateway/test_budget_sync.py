@@ -1,0 +1,93 @@
+"""Budget counters that were lost (a Redis without persistence restarted, a gateway with in-process counters
+restarted) are raised back to the ledger's spend: a budget cannot be spent twice."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from typing import Any
+
+import openai
+import pytest
+import redis
+
+from tests.gateway.conftest import MODEL
+from tests.gateway.servers import RedisServer, redis_server  # noqa: F401 - fixture
+from tests.gateway.test_keys_admin import admin, governed
+
+MESSAGES = [{"role": "user", "content": "Spend a little of the budget, please."}]
+
+
+def config(sim: Any, tmp_path: Any, sync_seconds: float, redis_url: str | None = None) -> dict[str, Any]:
+    doc = governed(sim, tmp_path)
+    doc["ledger"]["budget_sync_seconds"] = sync_seconds
+    if redis_url:
+        doc["redis"] = {"url": redis_url}
+    return doc
+
+
+async def spend_to_refusal(client: openai.AsyncOpenAI) -> int:
+    for answered in range(200):
+        try:
+            await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
+        except openai.RateLimitError as exc:
+            assert "max_budget" in str(exc)
+            return answered
+    pytest.fail("the budget never refused a call")
+
+
+async def ledger_has(tmp_path: Any, rows: int) -> None:
+    for _ in range(100):
+        with sqlite3.connect(tmp_path / "ledger.db") as db:
+            found = db.execute("SELECT COUNT(*) FROM llmp_spend WHERE key_token != 'master'").fetchone()[0]
+        if found >= rows:
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"the ledger holds {found} rows, expected {rows}")
+
+
+def spent(tmp_path: Any) -> float:
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        return db.execute("SELECT SUM(cost) FROM llmp_spend WHERE key_token != 'master'").fetchone()[0]
+
+
+BUDGET = 0.3
+ONE_CALL = 0.05  # over what one of these calls reserves: ~100 body bytes / 4 at 0.001 + 8 tokens at 0.002
+
+
+@pytest.mark.parametrize("sync_seconds", [0.2, 0])
+async def test_a_redis_that_lost_its_counters_gets_the_ledger_spend_back(gateway_factory, sim, tmp_path,
+                                                                         redis_server: RedisServer,
+                                                                         sync_seconds: float) -> None:
+    gw = await gateway_factory(config(sim, tmp_path, sync_seconds, redis_server.url))
+    _, made = await admin(gw, "POST", "/key/generate", {"max_budget": BUDGET, "budget_duration": "1d"})
+    client = gw.client(api_key=made["key"])
+    answered = await spend_to_refusal(client)
+    assert answered >= 3
+    await ledger_has(tmp_path, answered)
+    redis.Redis(port=redis_server.port).flushall()  # as a Redis without persistence after a restart
+    await asyncio.sleep(0.6)
+    again = await spend_to_refusal(client)
+    await ledger_has(tmp_path, answered + again)
+    if sync_seconds:
+        assert spent(tmp_path) <= BUDGET + ONE_CALL, f"{again} more calls after the sync ({answered} before)"
+        assert b'"budget_sync_failed"' not in gw.log_buffer.getvalue()
+    else:
+        assert spent(tmp_path) > BUDGET + ONE_CALL, "without the sync the budget starts again from zero"
+
+
+@pytest.mark.parametrize("sync_seconds", [60, 0])
+async def test_a_restarted_gateway_with_in_process_counters_keeps_the_budget(gateway_factory, sim, tmp_path,
+                                                                             sync_seconds: float) -> None:
+    first = await gateway_factory(config(sim, tmp_path, sync_seconds))
+    _, made = await admin(first, "POST", "/key/generate", {"max_budget": BUDGET, "budget_duration": "30d"})
+    answered = await spend_to_refusal(first.client(api_key=made["key"]))
+    assert answered >= 3
+    await first.runner.cleanup()  # SIGTERM path: the ledger is flushed
+    second = await gateway_factory(config(sim, tmp_path, sync_seconds))
+    again = await spend_to_refusal(second.client(api_key=made["key"]))
+    await ledger_has(tmp_path, answered + again)
+    if sync_seconds:  # synced once at start, before the first call
+        assert spent(tmp_path) <= BUDGET + ONE_CALL, f"{again} more calls after the restart ({answered} before)"
+    else:
+        assert spent(tmp_path) > BUDGET + ONE_CALL
