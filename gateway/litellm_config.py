@@ -24,17 +24,25 @@ What is read::
       fallbacks: [{llama-3.1-8b: [gpt-4o-mini]}]
       allowed_fails: 3                # -> circuit_breaker.failures
       cooldown_time: 30               # -> circuit_breaker.cooldown
+      redis_host: redis                # with database_url: limits shared through this Redis
+      redis_port: 6379
+      redis_password: os.environ/REDIS_PASSWORD
     litellm_settings: {num_retries, request_timeout, fallbacks}   # read when router_settings lacks them
     general_settings:
       master_key: os.environ/LITELLM_MASTER_KEY
+      database_url: os.environ/DATABASE_URL   # turns governance on: keys, teams and the spend ledger here
 
-Everything else LiteLLM knows (callbacks, databases, guardrails...) is ignored:
-the governance layer owns keys and budgets.
+Prices come from `litellm_params.input_cost_per_token` / `output_cost_per_token` (or
+the same fields under `model_info`). With `database_url` the admin API and virtual
+keys work as in LiteLLM (`/key/generate`, `/team/new`, ...); the gateway keeps its own
+`llmp_*` tables there, next to LiteLLM's. Everything else LiteLLM knows (callbacks,
+caching, guardrails...) is ignored.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from gateway.config import ConfigError, GatewayConfig, parse_native, resolve_env
 
@@ -117,7 +125,24 @@ def from_litellm(doc: dict[str, Any]) -> GatewayConfig:
     for key in ("region", "residency"):
         if general.get(key) is not None:
             gateway[key] = general[key]
-    return parse_native({"version": 1, "gateway": gateway, "models": list(models.values())})
+    return parse_native({"version": 1, "gateway": gateway, "models": list(models.values()),
+                         **_governance(general, router)})
+
+
+def _governance(general: dict[str, Any], router: dict[str, Any]) -> dict[str, Any]:
+    """LiteLLM's database turns governance on, its router Redis shares the limits."""
+    database = general.get("database_url")
+    if not database:
+        return {}
+    if not isinstance(database, str):
+        raise ConfigError("general_settings.database_url: expected a postgresql:// URL")
+    sections: dict[str, Any] = {"ledger": {"store": database}}
+    host = router.get("redis_host")
+    if host:
+        password = router.get("redis_password")
+        auth = f":{quote(str(password), safe='')}@" if password else ""
+        sections["redis"] = {"url": f"redis://{auth}{host}:{router.get('redis_port') or 6379}/0"}
+    return sections
 
 
 def _renamed(source: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
@@ -169,6 +194,10 @@ def _deployment(params: dict[str, Any], entry: dict[str, Any], where: str, index
         "rpm": params.get("rpm", entry.get("rpm")),
         "tpm": params.get("tpm", entry.get("tpm")),
     }
+    for price in ("input_cost_per_token", "output_cost_per_token"):
+        value = params.get(price, info.get(price))
+        if value is not None:
+            dep[price] = value
     timeouts = _renamed(params, {"timeout": "total", "stream_timeout": "idle"})
     if timeouts:
         dep["timeouts"] = timeouts

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from gateway.app import STATE, AppState, build_app
-from gateway.config import parse_native
+from gateway.config import GatewayConfig, parse_native
 from gateway.sim import SimServer, SimSettings
 
 KEY = "sk-llmp-test-0123456789abcdef0123456789abcdef"  # fake, long enough to pass the start-up check
@@ -87,9 +87,9 @@ async def sim(sim_factory: Callable[..., Awaitable[SimServer]]) -> SimServer:
 async def gateway_factory() -> AsyncIterator[Callable[..., Awaitable[RunningGateway]]]:
     started: list[RunningGateway] = []
 
-    async def start(config: dict[str, Any], **kwargs: Any) -> RunningGateway:
+    async def start(config: dict[str, Any] | GatewayConfig, **kwargs: Any) -> RunningGateway:
         log = io.BytesIO()
-        app = build_app(parse_native(config), log_out=log, **kwargs)
+        app = build_app(config if isinstance(config, GatewayConfig) else parse_native(config), log_out=log, **kwargs)
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()

@@ -1,0 +1,62 @@
+"""A LiteLLM config.yaml with a database turns governance on as is: LiteLLM's key scripts and limits work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+import pytest
+
+from gateway.config import ConfigError, parse_config
+from tests.gateway.conftest import KEY
+from tests.gateway.servers import RedisServer, redis_server  # noqa: F401 - fixture
+from tests.gateway.test_keys_admin import admin
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def litellm_doc(sim_url: str, database_url: str, redis_port: int | None = None, password: str | None = None) -> dict:
+    router: dict[str, Any] = {"routing_strategy": "simple-shuffle", "num_retries": 0}
+    if redis_port is not None:
+        router.update(redis_host="127.0.0.1", redis_port=redis_port)
+        if password is not None:
+            router["redis_password"] = password
+    return {
+        "model_list": [{"model_name": "llama", "litellm_params": {
+            "model": "hosted_vllm/sim-model", "api_base": sim_url,
+            "input_cost_per_token": 0.001, "output_cost_per_token": 0.002}}],
+        "router_settings": router,
+        "general_settings": {"master_key": KEY, "database_url": database_url},
+    }
+
+
+def test_database_url_turns_governance_on_and_redis_settings_share_the_limits(tmp_path) -> None:
+    config = parse_config(litellm_doc("http://127.0.0.1:9/v1", "postgresql://llmp@db/llmp", 6380, "p@ss/word"))
+    assert config.ledger is not None and config.ledger.store == "postgresql://llmp@db/llmp"
+    assert config.redis is not None and config.redis.url == "redis://:p%40ss%2Fword@127.0.0.1:6380/0"
+    deployment = config.model("llama").deployments[0]
+    assert (deployment.input_cost_per_token, deployment.output_cost_per_token) == (0.001, 0.002)
+    without = litellm_doc("http://127.0.0.1:9/v1", "postgresql://llmp@db/llmp")
+    del without["general_settings"]["database_url"]
+    assert parse_config(without).ledger is None, "no database: the master key only, as LiteLLM"
+
+
+def test_a_database_url_that_is_not_a_url_names_the_field() -> None:
+    with pytest.raises(ConfigError, match="general_settings.database_url"):
+        parse_config(litellm_doc("http://127.0.0.1:9/v1", ["not", "a", "url"]))  # type: ignore[arg-type]
+
+
+async def test_litellm_key_scripts_and_limits_work_on_a_litellm_config(gateway_factory, sim, tmp_path,
+                                                                       redis_server: RedisServer) -> None:
+    doc = litellm_doc(sim.base_url, f"sqlite:///{tmp_path / 'ledger.db'}", redis_server.port)
+    gw = await gateway_factory(parse_config(doc))
+    status, team = await admin(gw, "POST", "/team/new", {"team_id": "ml", "max_budget": 10})
+    assert status == 200, team
+    status, made = await admin(gw, "POST", "/key/generate", {"team_id": "ml", "rpm_limit": 2, "models": ["llama"]})
+    assert status == 200, made
+    client = gw.client(api_key=made["key"])
+    for _ in range(2):
+        await client.chat.completions.create(model="llama", messages=MESSAGES)
+    with pytest.raises(openai.RateLimitError, match="rpm_limit 2"):
+        await client.chat.completions.create(model="llama", messages=MESSAGES)
+    assert b"redis (shared by replicas" in gw.log_buffer.getvalue()
