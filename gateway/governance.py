@@ -111,7 +111,7 @@ class Governance:
         if not scopes:
             return route
         tokens = reserve_tokens(size, completion_cap if request.endpoint != "embeddings" else 0)
-        inp, out = self.prices.of(alias)
+        inp, out = self.prices.ceiling(alias)
         cost = reserve_tokens(size, 0) * inp + (completion_cap or 0) * out
         record.ticket = await self.limiter.admit(record.request_id, scopes, tokens, cost, self.deadline_s)
         return route

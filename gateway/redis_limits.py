@@ -3,21 +3,26 @@
 Each replica leases allowance from Redis per scope: a number of requests and tokens of
 the current minute, an amount of the budget window, a number of parallel slots. A call
 that fits in what the replica holds for every one of its scopes is admitted with no
-round trip; otherwise one Lua script checks every scope and, only if all pass, grants
-the call plus a little more (`lease_requests` more calls' worth, at most 1/8 of what the
-limit still leaves free) and counts the grant in Redis at once, atomically.
+round trip. Otherwise the replica sets aside what it holds towards the call, and one
+Lua script checks every scope where that is not enough and, only if all pass, grants
+the rest of the call plus a little more (`lease_requests` more calls' worth, at most
+1/8 of what the limit still leaves free), counting the grant in Redis at once.
 
 So Redis always counts at least what replicas admitted: RPM and parallel limits are
 never exceeded, and TPM and budgets by at most one call's reservation per window (a
 call is admitted while the count is below the limit), whatever the number of replicas.
 The price of leasing is the other way round: a call may be refused while another
-replica holds unused allowance. Every `settle_interval_ms` each replica gives back all
-it holds unused and settles finished calls (reservation replaced by actual use), so such
-a refusal lasts at most one interval, and near a limit leases shrink to the call itself.
+replica holds unused allowance. Every `settle_interval_ms` each replica settles
+finished calls (reservation replaced by actual use) and gives back what scopes idle
+since the previous flush hold, so such a refusal lasts at most two intervals after the
+other replica goes idle; near a limit leases shrink to the call itself.
 `lease_requests: 0` turns leasing off (one round trip per call, no allowance held).
 
-Parallel slots held by a replica carry its heartbeat deadline (refreshed every interval,
-`timeouts.total` + 60 s ahead): a replica that dies holding slots frees them then.
+A round trip whose caller left (client gone, timeout) still completes in the
+background and its grant is kept as allowance: nothing Redis counted is forgotten.
+Parallel slots a replica holds are written to Redis as an absolute number with a
+heartbeat deadline (`timeouts.total` + 60 s ahead) every interval, so a lost give-back
+heals at the next flush, and a replica that dies frees its slots at the deadline.
 """
 
 from __future__ import annotations
@@ -36,11 +41,12 @@ from gateway.tasks import cancel
 
 LEASE_SHARE = 8  # a lease's extra is at most 1/LEASE_SHARE of what the limit leaves free
 
-# ARGV: replica, slot_life_ms, need_tokens, need_cost, lease_requests, held_at_s, n, then 4 values per scope
-# (what this replica holds now: requests and tokens of the minute of held_at_s, cost of its budget window,
-# spare slots), then 6 per scope (prefix, rpm, tpm, budget, budget_seconds, parallel). A dimension is checked
-# only where the call needs more than the replica holds. Returns {0, now_ms, then per scope: requests, tokens,
-# cost, slots granted} or {scope_index, what, value, now_s}.
+# ARGV: replica, slot_life_ms, call_tokens, call_cost, lease_requests, held_at_s, n, then 8 values per scope
+# (per dimension requests, tokens, cost, slots: what the replica set aside for this call and what it holds
+# besides, for the minute or window of held_at_s), then 6 per scope (prefix, rpm, tpm, budget, budget_seconds,
+# parallel). A dimension is checked where the call needs more than was set aside (a budget also for a call that
+# reserves nothing). Returns {0, now_ms, then per scope: requests, tokens, cost, slots granted} or
+# {scope_index, what, value, now_s}.
 LEASE_LUA = """
 local t = redis.call('TIME')
 local now_s = tonumber(t[1])
@@ -56,36 +62,44 @@ local function slots(p)
   for i = 1, #v do total = total + tonumber(v[i]) end
   return total
 end
-local lim = 8 + 4 * n
+local function clear_dead(p, most)
+  -- slot holders past their deadline are replicas that died
+  local dead = redis.call('ZRANGEBYSCORE', p .. ':pl', '-inf', now_ms, 'LIMIT', 0, most)
+  if #dead > 0 then
+    redis.call('HDEL', p .. ':ph', unpack(dead))
+    redis.call('ZREM', p .. ':pl', unpack(dead))
+  end
+end
+local lim = 8 + 8 * n
 local plan = {}
 for s = 0, n - 1 do
-  local b, h = lim + s * 6, 8 + s * 4
+  local b, h = lim + s * 6, 8 + s * 8
   local p, rpm, tpm, budget, bsecs, par = ARGV[b], tonumber(ARGV[b+1]), tonumber(ARGV[b+2]),
     tonumber(ARGV[b+3]), tonumber(ARGV[b+4]), tonumber(ARGV[b+5])
-  -- per dimension: limit, count, need, held, most held after the grant, what a refusal names
-  local d = {{rpm, 0, 1, 0, lease, 'rpm'}, {tpm, 0, nt, 0, lease * nt, 'tpm'},
-             {budget, 0, nc, 0, lease * nc, 'budget'}, {par, 0, 1, tonumber(ARGV[h+3]), lease, 'parallel'}}
-  if math.floor(held_at / 60) == minute then d[1][4], d[2][4] = tonumber(ARGV[h]), tonumber(ARGV[h+1]) end
-  if bsecs == 0 or math.floor(held_at / bsecs) == math.floor(now_s / bsecs) then d[3][4] = tonumber(ARGV[h+2]) end
+  local held = {}
+  for i = 0, 7 do held[i] = tonumber(ARGV[h + i]) end
+  if math.floor(held_at / 60) ~= minute then held[0], held[1], held[2], held[3] = 0, 0, 0, 0 end
+  if bsecs > 0 and math.floor(held_at / bsecs) ~= math.floor(now_s / bsecs) then held[4], held[5] = 0, 0 end
+  -- per dimension: limit, count, need, set aside, held besides, most held after the grant, name
+  local d = {{rpm, 0, 1, held[0], held[1], lease, 'rpm'}, {tpm, 0, nt, held[2], held[3], lease * nt, 'tpm'},
+             {budget, 0, nc, held[4], held[5], lease * nc, 'budget'}, {par, 0, 1, held[6], held[7], lease, 'parallel'}}
   if rpm >= 0 or tpm >= 0 then
     local v = redis.call('HMGET', p .. ':m:' .. minute, 'r', 't')
     d[1][2], d[2][2] = tonumber(v[1] or '0'), tonumber(v[2] or '0')
   end
   if budget >= 0 then d[3][2] = tonumber(redis.call('GET', p .. ':spend:' .. win(bsecs)) or '0') end
-  if par >= 0 then d[4][2] = slots(p) end
+  if par >= 0 then
+    clear_dead(p, 16)
+    d[4][2] = slots(p)
+  end
   for i = 1, 4 do
     local x = d[i]
-    if x[1] >= 0 and x[3] > x[4] and x[2] >= x[1] then
+    if x[1] >= 0 and (x[3] > x[4] or (i == 3 and x[3] <= 0)) and x[2] >= x[1] then
       if i == 4 then
-        -- slots of replicas past their deadline (dead) only matter at the limit: clear them then
-        local dead = redis.call('ZRANGEBYSCORE', p .. ':pl', '-inf', now_ms)
-        if #dead > 0 then
-          redis.call('HDEL', p .. ':ph', unpack(dead))
-          redis.call('ZREM', p .. ':pl', unpack(dead))
-          x[2] = slots(p)
-        end
+        clear_dead(p, 100000)
+        x[2] = slots(p)
       end
-      if x[2] >= x[1] then return {s + 1, x[6], tostring(x[2]), now_s} end
+      if x[2] >= x[1] then return {s + 1, x[7], string.format('%.17g', x[2]), now_s} end
     end
   end
   plan[s] = d
@@ -101,7 +115,7 @@ for s = 0, n - 1 do
       local short = math.max(0, x[3] - x[4])
       local free = x[1] - x[2] - short
       local more = 0
-      if free > 0 and x[5] > x[4] + short then more = math.min(x[5] - x[4] - short, free / share) end
+      if free > 0 and x[6] > x[5] + x[3] then more = math.min(x[6] - x[5] - x[3], free / share) end
       if i ~= 3 then more = math.floor(more) end
       g[i] = short + more
     end
@@ -113,7 +127,11 @@ for s = 0, n - 1 do
   if fresh and (g[1] > 0 or g[2] > 0) then redis.call('EXPIRE', k, 120) end
   if g[3] > 0 then
     k = p .. ':spend:' .. win(bsecs)
-    if tonumber(redis.call('INCRBYFLOAT', k, g[3])) == g[3] and bsecs > 0 then redis.call('EXPIRE', k, bsecs + 86400) end
+    if redis.call('EXISTS', k) == 0 and bsecs > 0 then
+      redis.call('SET', k, string.format('%.17g', g[3]), 'EX', bsecs + 86400)
+    else
+      redis.call('INCRBYFLOAT', k, string.format('%.17g', g[3]))
+    end
   end
   if g[4] > 0 then
     redis.call('HINCRBY', p .. ':ph', rid, g[4])
@@ -123,15 +141,16 @@ for s = 0, n - 1 do
   end
   out[#out + 1] = g[1]
   out[#out + 1] = g[2]
-  out[#out + 1] = tostring(g[3])
+  out[#out + 1] = string.format('%.17g', g[3])
   out[#out + 1] = g[4]
 end
 return out
 """
 
 # ARGV: replica, slot_life_ms, count, then 4 values per operation: op, key, amount, budget_seconds.
-# op: 'r' or 't' (requests or tokens of a minute hash), 'c' (a budget window), 'p' (slots held, key = prefix),
-# 'h' (heartbeat of held slots, key = prefix). Counts never go below zero (a Redis that lost its data).
+# op: 'r' or 't' (requests or tokens of a minute hash), 'c' (a budget window), 'P' (the slots this replica
+# holds, absolute, with its heartbeat; key = prefix), 'h' (heartbeat only; key = prefix). Counts never go below
+# zero (a Redis that lost its data).
 FLUSH_LUA = """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -145,15 +164,14 @@ for e = 1, tonumber(ARGV[3]) do
     if now < 0 then redis.call('HSET', k, op, 0) end
     if redis.call('TTL', k) < 0 then redis.call('EXPIRE', k, 120) end
   elseif op == 'c' then
-    local now = tonumber(redis.call('INCRBYFLOAT', k, v))
+    local now = tonumber(redis.call('INCRBYFLOAT', k, ARGV[i-2]))
     if now < 0 then redis.call('SET', k, 0, 'KEEPTTL') end
     if bsecs > 0 and redis.call('TTL', k) < 0 then redis.call('EXPIRE', k, bsecs + 86400) end
-  elseif op == 'p' then
-    if redis.call('HINCRBY', k .. ':ph', rid, v) <= 0 then
-      redis.call('HDEL', k .. ':ph', rid)
-      redis.call('ZREM', k .. ':pl', rid)
-    end
-  elseif op == 'h' then
+  elseif op == 'P' and v <= 0 then
+    redis.call('HDEL', k .. ':ph', rid)
+    redis.call('ZREM', k .. ':pl', rid)
+  else
+    if op == 'P' then redis.call('HSET', k .. ':ph', rid, v) end
     redis.call('ZADD', k .. ':pl', now_ms + life, rid)
     redis.call('PEXPIRE', k .. ':ph', life + 60000)
     redis.call('PEXPIRE', k .. ':pl', life + 60000)
@@ -161,7 +179,6 @@ for e = 1, tonumber(ARGV[3]) do
 end
 return 1
 """
-
 
 # ARGV: count, then 3 values per counter: key, amount, budget_seconds. Raises each budget counter to `amount`.
 RAISE_LUA = """
@@ -180,7 +197,7 @@ return raised
 
 @dataclass(slots=True)
 class Lease:
-    """What this replica holds of one scope, and what it owes Redis when the next flush runs."""
+    """What this replica holds of one scope."""
 
     key: str  # the scope's Redis prefix
     budget_seconds: int
@@ -192,6 +209,20 @@ class Lease:
     held: int = 0  # parallel slots counted in Redis for this replica
     used: int = 0  # of which in use
     busy: bool = True  # admitted a call since the last flush
+    pending: int = 0  # lease round trips in flight for this scope
+
+
+@dataclass(slots=True)
+class LeaseCall:
+    """One lease round trip for one call: what it set aside from each scope, and whether its caller still waits."""
+
+    ticket: Ticket
+    minute: int  # this replica's estimate of Redis' clock when it was sent
+    now_s: int
+    aside: list[tuple[int, int, float, int]]  # per scope: requests, tokens, cost, slot
+    args: list[Any]
+    abandoned: bool = False
+    granted: bool = False
 
 
 class RedisLimiter:
@@ -212,12 +243,14 @@ class RedisLimiter:
         self._encoded: dict[tuple[Scope, ...], Encoded] = {}
         self._leases: dict[str, Lease] = {}
         self._locks: dict[tuple[Scope, ...], asyncio.Lock] = {}
+        self._in_flight: set[asyncio.Task[list[Any]]] = set()
         # settlement deltas: ("t", scope, minute, 0) or ("c", scope, window, budget_seconds) -> amount
         self._owed: dict[tuple[str, str, int, int], float] = {}
         self._offset: float | None = None  # Redis clock minus time.monotonic(), in seconds
         self._slot_life_ms = 0
         self._down_until = 0.0
         self._down = False
+        self._flush_failing = False
         self._task: asyncio.Task[None] | None = None
         self.round_trips = 0  # lease scripts sent (for tests and benchmarks)
         self.description = (f"redis (shared by replicas; on_unavailable: {'fail-open' if fail_open else 'fail-closed'}; "
@@ -229,6 +262,8 @@ class RedisLimiter:
     async def stop(self) -> None:
         await cancel(self._task)
         self._task = None
+        # Round trips in flight are waited for, not cancelled: Redis may have granted them already.
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
         try:
             async with asyncio.timeout(2):
                 await self.flush(final=True)
@@ -241,32 +276,41 @@ class RedisLimiter:
     async def admit(self, request_id: str, scopes: tuple[Scope, ...], tokens: int, cost: float,
                     deadline_s: float) -> Ticket:
         ticket = Ticket(request_id, scopes, tokens, cost)
+        self._slot_life_ms = int(deadline_s * 1000)
         if self._take(ticket):
             return ticket
-        lock = self._locks.get(scopes)
-        if lock is None:
-            if len(self._locks) > 10_000:
-                self._locks = {k: v for k, v in self._locks.items() if v.locked()}
-            lock = self._locks[scopes] = asyncio.Lock()
         # One lease request per scope set at a time: calls that queued behind it use what it brought.
-        async with lock:
+        async with self._lock(scopes):
             if self._take(ticket):
                 return ticket
             if self._down and time.monotonic() < self._down_until:
                 return self._fallback(ticket)  # do not make every call wait out the timeout during an outage
-            self._slot_life_ms = int(deadline_s * 1000)
+            call = self._begin(ticket)
+            task = asyncio.get_running_loop().create_task(self._round_trip(call))
+            self._in_flight.add(task)
+            task.add_done_callback(self._finished)
             try:
                 async with asyncio.timeout(self.timeout):
-                    result = await self._lease(ticket)
+                    result = await asyncio.shield(task)
             except (asyncio.CancelledError, GeneratorExit):
+                self._abandon(call)
                 raise
             except BaseException as exc:  # noqa: BLE001 - any failure to count is "unavailable", never a hang
+                self._abandon(call)
                 self._unavailable(exc)
                 return self._fallback(ticket)
         self._recovered()
         if int(result[0]) != 0:
             return self._refuse(scopes, result)
         return ticket
+
+    def _lock(self, scopes: tuple[Scope, ...]) -> asyncio.Lock:
+        lock = self._locks.get(scopes)
+        if lock is None:
+            if len(self._locks) > 10_000:
+                self._locks = {k: v for k, v in self._locks.items() if v.locked()}
+            lock = self._locks[scopes] = asyncio.Lock()
+        return lock
 
     def _clock(self) -> tuple[int, int]:
         """Redis' time now, as this replica estimates it: (minute, second)."""
@@ -288,7 +332,9 @@ class RedisLimiter:
                 if lease.minute != minute or (s.rpm >= 0 and lease.requests < 1) or (
                         s.tpm >= 0 and lease.tokens < ticket.reserved_tokens):
                     return False
-            if s.budget >= 0 and (lease.window != _window(now_s, s.budget_seconds) or lease.cost < ticket.reserved_cost):
+            # A call that reserves no cost is checked against the budget in Redis every time.
+            if s.budget >= 0 and (lease.window != _window(now_s, s.budget_seconds) or ticket.reserved_cost <= 0
+                                  or lease.cost < ticket.reserved_cost):
                 return False
             if s.parallel >= 0 and lease.used >= lease.held:
                 return False
@@ -306,53 +352,130 @@ class RedisLimiter:
         ticket.minute, ticket.now_s = minute, now_s
         return True
 
-    async def _lease(self, ticket: Ticket) -> list[Any]:
-        scopes = ticket.scopes
+    def _lease_of(self, s: Scope) -> Lease:
+        lease = self._leases.get(s.name)
+        if lease is None:
+            lease = self._leases[s.name] = Lease(f"{self.prefix}:{s.name}", s.budget_seconds)
+        elif lease.budget_seconds != s.budget_seconds:  # the budget's duration changed: its windows did too
+            lease.budget_seconds, lease.window, lease.cost = s.budget_seconds, -1, 0.0
+        return lease
+
+    def _begin(self, ticket: Ticket) -> LeaseCall:
+        """Set aside, synchronously, what this replica holds towards the call (so that nothing else spends it
+        meanwhile), and the round trip's arguments."""
         minute, now_s = self._clock()
-        args: list[Any] = [self.replica, self._slot_life_ms, ticket.reserved_tokens, repr(ticket.reserved_cost),
-                           self.lease_requests, now_s, len(scopes)]
-        for s in scopes:
-            lease = self._leases.get(s.name)
-            if lease is None:
-                args += (0, 0, 0, 0)
-            else:
-                this_minute = lease.minute == minute
-                args += (lease.requests if this_minute else 0, lease.tokens if this_minute else 0,
-                         repr(lease.cost) if lease.window == _window(now_s, s.budget_seconds) else 0,
-                         lease.held - lease.used)
+        tokens, cost = ticket.reserved_tokens, ticket.reserved_cost
+        args: list[Any] = [self.replica, self._slot_life_ms, tokens, repr(cost), self.lease_requests, now_s,
+                           len(ticket.scopes)]
+        aside = []
+        for s in ticket.scopes:
+            lease = self._lease_of(s)
+            lease.pending += 1
+            lease.busy = True
+            this_minute = lease.minute == minute
+            this_window = lease.window == _window(now_s, s.budget_seconds)
+            r = min(lease.requests, 1) if s.rpm >= 0 and this_minute else 0
+            t = min(lease.tokens, tokens) if s.tpm >= 0 and this_minute else 0
+            c = min(lease.cost, cost) if s.budget >= 0 and this_window else 0.0
+            p = 1 if s.parallel >= 0 and lease.held > lease.used else 0
+            r, t, c = max(r, 0), max(t, 0), max(c, 0.0)
+            lease.requests -= r
+            lease.tokens -= t
+            lease.cost -= c
+            lease.used += p
+            args += (r, lease.requests if this_minute else 0, t, lease.tokens if this_minute else 0,
+                     repr(c), repr(lease.cost) if this_window else 0, p, lease.held - lease.used)
+            aside.append((r, t, c, p))
+        return LeaseCall(ticket, minute, now_s, aside, args)
+
+    async def _round_trip(self, call: LeaseCall) -> list[Any]:
+        """The lease script; its grant goes to the leases even when the caller has left."""
+        scopes = call.ticket.scopes
         self.round_trips += 1
         sent = time.monotonic()
-        result = await self.client.script(LEASE_LUA, args, self._limits(scopes))
+        try:
+            async with asyncio.timeout(max(self.timeout * 20, 5.0)):  # a reply that never comes
+                result = await self.client.script(LEASE_LUA, call.args, self._limits(scopes))
+        except BaseException:
+            self._restore(call)
+            raise
         if int(result[0]) != 0:
+            self._restore(call)
             return result
         # Redis' clock, read in the middle of the round trip: the windows this replica uses until the next lease.
-        held_minute, held_s = minute, now_s
         now_ms = int(result[1])
         self._offset = now_ms / 1000 - (sent + time.monotonic()) / 2
         minute, now_s = now_ms // 60_000, now_ms // 1000
-        for i, s in enumerate(scopes):
+        ticket = call.ticket
+        for i, (s, (r, t, c, p)) in enumerate(zip(scopes, call.aside)):
             got_r, got_t, got_c, got_p = result[2 + 4 * i:6 + 4 * i]
-            lease = self._leases.get(s.name)
-            if lease is None:
-                lease = self._leases[s.name] = Lease(f"{self.prefix}:{s.name}", s.budget_seconds)
-            # What was held for another minute or window is void (Redis counted it there, and ignored it here).
-            if lease.minute != minute or held_minute != minute:
-                lease.minute, lease.requests, lease.tokens = minute, 0, 0
+            lease = self._lease_of(s)
+            lease.pending -= 1
+            lease.busy = True
             window = _window(now_s, s.budget_seconds)
-            if lease.window != window or _window(held_s, s.budget_seconds) != window:
+            # What was set aside in another minute or window counted there, not towards this call.
+            if call.minute != minute:
+                r = t = 0
+            if _window(call.now_s, s.budget_seconds) != window:
+                c = 0.0
+            if lease.minute != minute:
+                lease.minute, lease.requests, lease.tokens = minute, 0, 0
+            if lease.window != window:
                 lease.window, lease.cost = window, 0.0
+            # The grant covers what the call lacked and a lease beyond: the call keeps its part.
             if s.rpm >= 0:
-                lease.requests += int(got_r) - 1
+                lease.requests += int(got_r) - (1 - r)
             if s.tpm >= 0:
-                lease.tokens += int(got_t) - ticket.reserved_tokens
+                lease.tokens += int(got_t) - (ticket.reserved_tokens - t)
             if s.budget >= 0:
-                lease.cost += float(got_c) - ticket.reserved_cost
+                lease.cost += float(got_c) - (ticket.reserved_cost - c)
             if s.parallel >= 0:
                 lease.held += int(got_p)
-                lease.used += 1
-            lease.busy = True
+                lease.used += 1 - p
         ticket.minute, ticket.now_s = minute, now_s
+        call.granted = True
+        if call.abandoned:
+            self._release(ticket)
         return result
+
+    def _restore(self, call: LeaseCall) -> None:
+        """No grant: give back to the leases what was set aside for the call."""
+        for s, (r, t, c, p) in zip(call.ticket.scopes, call.aside):
+            lease = self._lease_of(s)
+            lease.pending -= 1
+            if lease.minute == call.minute:
+                lease.requests += r
+                lease.tokens += t
+            if lease.window == _window(call.now_s, s.budget_seconds):
+                lease.cost += c
+            lease.used = max(0, lease.used - p)
+
+    def _abandon(self, call: LeaseCall) -> None:
+        """The caller left: what its round trip was granted for it stays with the leases, as allowance."""
+        call.abandoned = True
+        if call.granted:
+            self._release(call.ticket)
+
+    def _release(self, ticket: Ticket) -> None:
+        """Give an admitted call's share back to the leases (its call never ran)."""
+        for s in ticket.scopes:
+            lease = self._leases.get(s.name)
+            if lease is None:
+                continue
+            if lease.minute == ticket.minute:
+                if s.rpm >= 0:
+                    lease.requests += 1
+                if s.tpm >= 0:
+                    lease.tokens += ticket.reserved_tokens
+            if s.budget >= 0 and lease.window == _window(ticket.now_s, s.budget_seconds):
+                lease.cost += ticket.reserved_cost
+            if s.parallel >= 0 and lease.used > 0:
+                lease.used -= 1
+
+    def _finished(self, task: asyncio.Task[list[Any]]) -> None:
+        self._in_flight.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a caller that left already reported the failure
 
     def _limits(self, scopes: tuple[Scope, ...]) -> Encoded:
         limits = self._encoded.get(scopes)
@@ -436,12 +559,18 @@ class RedisLimiter:
                 await self.flush()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - lost returns only leave allowance counted until its window ends
-                self._unavailable(exc)
+            except Exception as exc:  # noqa: BLE001 - lost give-backs leave allowance counted until its window ends
+                if not self._flush_failing:
+                    self._flush_failing = True
+                    self._event("limits_flush_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            else:
+                if self._flush_failing:
+                    self._flush_failing = False
+                    self._event("limits_flush_recovered")
 
     async def flush(self, final: bool = False) -> None:
         """Settle finished calls, give back what scopes idle since the last flush hold unused (`final`: every
-        scope's), and renew the deadline of slots in use."""
+        scope's), and write the slots this replica holds with their heartbeat."""
         minute, now_s = self._clock()
         ops: list[Any] = []
         owed, self._owed = self._owed, {}
@@ -452,27 +581,29 @@ class RedisLimiter:
             else:
                 ops += ("c", f"{key}:spend:{when if bsecs else 'all'}", repr(amount), bsecs)
         for name, lease in list(self._leases.items()):
-            if lease.busy and not final:  # it will use what it holds soon; `lease_requests` bounds what that is
-                lease.busy = False
+            if lease.pending:  # a grant may be on its way: keep everything, renew the slots' deadline
                 if lease.held:
                     ops += ("h", lease.key, 0, 0)
                 continue
+            if lease.busy and not final:  # it will use what it holds soon; `lease_requests` bounds what that is
+                lease.busy = False
+                if lease.held:
+                    ops += ("P", lease.key, lease.held, 0)
+                continue
             if lease.minute == minute:
-                if lease.requests:
+                if lease.requests > 0:
                     ops += ("r", f"{lease.key}:m:{minute}", -lease.requests, 0)
-                if lease.tokens:
+                if lease.tokens > 0:
                     ops += ("t", f"{lease.key}:m:{minute}", -lease.tokens, 0)
             lease.requests = lease.tokens = 0
-            if lease.cost and lease.window == _window(now_s, lease.budget_seconds):
+            if lease.cost > 0 and lease.window == _window(now_s, lease.budget_seconds):
                 window = lease.window if lease.budget_seconds else "all"
                 ops += ("c", f"{lease.key}:spend:{window}", repr(-lease.cost), lease.budget_seconds)
             lease.cost = 0.0
-            if lease.held > lease.used:
-                ops += ("p", lease.key, lease.used - lease.held, 0)
-                lease.held = lease.used
             if lease.held:
-                ops += ("h", lease.key, 0, 0)
-            else:
+                lease.held = lease.used
+                ops += ("P", lease.key, lease.held, 0)
+            if not lease.held:
                 del self._leases[name]
         while ops:
             chunk, ops = ops[:800], ops[800:]

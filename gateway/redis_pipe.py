@@ -10,6 +10,7 @@ microseconds per call and pipelines naturally under load.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ssl
 from collections import deque
 from typing import Any
@@ -150,12 +151,11 @@ class RedisPipe:
         self.tls = u.scheme == "rediss"
         self._proto: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
+        self._waiting_to_send = 0  # calls queued behind a connection attempt: later calls queue behind them
         self._shas: dict[str, str] = {}
 
     async def _connection(self) -> _Protocol:
-        proto = self._proto
-        if proto is not None and not proto.lost:
-            return proto
+        """The connection, made if needed; callers get it in the order they asked (the lock is FIFO)."""
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
@@ -164,26 +164,40 @@ class RedisPipe:
             loop = asyncio.get_running_loop()
             _, proto = await loop.create_connection(_Protocol, self.host, self.port,
                                                     ssl=ssl.create_default_context() if self.tls else None)
-            self._proto = proto
             if self.password is not None:
-                await self.call(*(("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)))
+                auth = ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)
+                await self._send(proto, encode(auth))
             if self.db:
-                await self.call("SELECT", self.db)
+                await self._send(proto, encode(("SELECT", self.db)))
+            self._proto = proto
             return proto
 
     async def call(self, *args: Any, tail: Encoded | None = None) -> Any:
-        proto = self._proto if self._proto is not None and not self._proto.lost else await self._connection()
+        """Send a command and wait for its reply. Commands reach Redis in the order `call` was entered."""
+        proto = self._proto
+        if proto is None or proto.lost or self._waiting_to_send:
+            self._waiting_to_send += 1
+            try:
+                proto = await self._connection()
+            finally:
+                self._waiting_to_send -= 1
+        return await self._send(proto, encode(args, tail))
+
+    @staticmethod
+    async def _send(proto: _Protocol, data: bytes) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         proto.waiting.append(fut)
-        proto.send(encode(args, tail))
+        proto.send(data)
         return await fut
 
     async def script(self, source: str, args: list[Any], tail: Encoded | None = None) -> Any:
-        """EVALSHA, loading the script on first use and again after a Redis restart (NOSCRIPT).
+        """EVALSHA; EVAL (which caches the script in Redis) on first use and after a Redis restart (NOSCRIPT).
+        Never a separate load first: scripts run in the order they were called.
         `tail`: more arguments, already encoded, after `args`."""
         sha = self._shas.get(source)
         if sha is None:
-            sha = self._shas[source] = (await self.call("SCRIPT", "LOAD", source)).decode()
+            self._shas[source] = hashlib.sha1(source.encode()).hexdigest()
+            return await self.call("EVAL", source, 0, *args, tail=tail)
         try:
             return await self.call("EVALSHA", sha, 0, *args, tail=tail)
         except RedisReplyError as exc:

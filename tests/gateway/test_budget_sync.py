@@ -22,7 +22,7 @@ def config(sim: Any, tmp_path: Any, sync_seconds: float, redis_url: str | None =
     doc = governed(sim, tmp_path)
     doc["ledger"]["budget_sync_seconds"] = sync_seconds
     if redis_url:
-        doc["redis"] = {"url": redis_url}
+        doc["redis"] = {"url": redis_url, "on_unavailable": "fail-closed", "timeout_ms": 2000}
     return doc
 
 

@@ -167,3 +167,86 @@ async def test_a_lease_held_over_the_budget_goes_back_and_the_budget_holds(repli
         b.settle(t, 0, 0.01)
         spent += 0.01
     assert 1.0 - 0.01 <= spent <= 1.0 + 0.01 + 1e-9, "within one call's reservation of the budget"
+
+
+async def fill(limiter: RedisLimiter, scopes: tuple[Scope, ...], **kwargs: float) -> list[Ticket]:
+    got = []
+    while (ticket := await admit(limiter, scopes, **kwargs)) is not None:  # type: ignore[arg-type]
+        got.append(ticket)
+    return got
+
+
+async def test_what_a_lease_round_trip_counts_on_cannot_be_spent_meanwhile(replicas, redis_server) -> None:
+    a, b = await start(replicas()), await start(replicas())
+    scopes = (scope(rpm=20, tpm=10**6),)
+    await away_from_minute_boundary()
+    assert await admit(a, scopes) is not None and a._leases["k:test"].requests == 2
+    admitted = 1 + len(await fill(b, scopes))  # b takes the rest of the minute
+    # One call too big for a's tokens goes to Redis, counting on a's requests; two small ones want them too.
+    got = await asyncio.gather(admit(a, scopes, tokens=1000), admit(a, scopes), admit(a, scopes))
+    admitted += sum(t is not None for t in got)
+    assert admitted == 20
+    await a.stop()
+    await b.stop()
+    assert minute_count(redis_server) == 20
+
+
+async def test_two_keys_of_one_team_never_spend_the_teams_allowance_twice(replicas) -> None:
+    a, b = await start(replicas()), await start(replicas())
+    team = Scope("t:team", "team `team`", rpm=20)
+    one, two, three = (Scope(f"k:{n}", "this key", rpm=10**6) for n in ("one", "two", "three"))
+    await away_from_minute_boundary()
+    assert await admit(a, (two, team)) is not None  # a holds 2 of the team's requests
+    admitted = 1 + len(await fill(b, (three, team)))
+    got = await asyncio.gather(admit(a, (one, team)), admit(a, (two, team)), admit(a, (two, team)))
+    assert admitted + sum(t is not None for t in got) == 20
+
+
+async def test_a_caller_that_leaves_mid_round_trip_leaks_no_slot(replicas, redis_server) -> None:
+    a, b = await start(replicas()), await start(replicas())
+    scopes = (scope(parallel=4),)
+    await admit(a, (Scope("k:warm", "warm", rpm=10**6),))  # connection open, script loaded
+    caller = asyncio.ensure_future(admit(a, scopes, deadline_s=0.5))
+    await asyncio.sleep(0)  # its round trip is on its way
+    caller.cancel()  # the client hung up
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await asyncio.sleep(0.1)  # the grant arrived and became allowance; a is idle and gives it back
+    keep = await admit(a, scopes, deadline_s=0.5)  # one call stays in flight on a
+    assert keep is not None
+    await asyncio.sleep(0.1)
+    got = await fill(b, scopes, deadline_s=0.5)
+    assert len(got) == 3
+
+
+async def test_slots_given_back_by_a_flush_that_failed_are_healed_by_the_next(replicas, redis_server) -> None:
+    from gateway import redis_limits
+
+    a, b = replicas(), await start(replicas())
+    scopes = (scope(parallel=8),)
+    first, second = await admit(a, scopes), await admit(a, scopes)
+    assert first and second and a._leases["k:test"].held == 2
+    a.settle(first, 0, 0.0)
+    await a.flush()  # busy -> idle
+    sent = a.client.script
+
+    async def reset(source: str, args: list, tail: object = None) -> object:
+        if source == redis_limits.FLUSH_LUA:
+            raise ConnectionError("connection reset by peer")
+        return await sent(source, args, tail)
+
+    a.client.script = reset  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        await a.flush()  # its give-back of one slot is lost
+    a.client.script = sent  # type: ignore[method-assign]
+    await a.flush()  # slots are written as an absolute number: healed
+    assert len(await fill(b, scopes)) == 7
+
+
+async def test_budget_counts_keep_every_digit(replicas, redis_server) -> None:
+    a = await start(replicas())
+    scopes = (scope(budget=1 / 3),)
+    ticket = await admit(a, scopes, cost=0.01)
+    a.settle(ticket, 0, 0.01)
+    await a.stop()
+    assert redis.Redis(port=redis_server.port).get(f"llmp:k:test:spend:{int(time.time()) // DAY}") == b"0.01"
