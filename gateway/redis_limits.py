@@ -36,7 +36,7 @@ from typing import Any
 
 from gateway.errors import GatewayError
 from gateway.limits import Scope, Ticket, refused
-from gateway.redis_pipe import Encoded, RedisPipe
+from gateway.redis_pipe import Encoded, RedisPipe, ScriptNotRun
 from gateway.tasks import cancel
 
 LEASE_SHARE = 8  # a lease's extra is at most 1/LEASE_SHARE of what the limit leaves free
@@ -210,6 +210,7 @@ class Lease:
     used: int = 0  # of which in use
     busy: bool = True  # admitted a call since the last flush
     pending: int = 0  # lease round trips in flight for this scope
+    slots: bool = False  # the scope has a parallel limit: the flush writes what this replica holds
 
 
 @dataclass(slots=True)
@@ -358,6 +359,7 @@ class RedisLimiter:
             lease = self._leases[s.name] = Lease(f"{self.prefix}:{s.name}", s.budget_seconds)
         elif lease.budget_seconds != s.budget_seconds:  # the budget's duration changed: its windows did too
             lease.budget_seconds, lease.window, lease.cost = s.budget_seconds, -1, 0.0
+        lease.slots = lease.slots or s.parallel >= 0
         return lease
 
     def _begin(self, ticket: Ticket) -> LeaseCall:
@@ -394,8 +396,14 @@ class RedisLimiter:
         self.round_trips += 1
         sent = time.monotonic()
         try:
-            async with asyncio.timeout(max(self.timeout * 20, 5.0)):  # a reply that never comes
+            async with asyncio.timeout(max(self.timeout * 20, 5.0)):
                 result = await self.client.script(LEASE_LUA, call.args, self._limits(scopes))
+        except TimeoutError:
+            # A Redis this slow is treated as gone: drop the connection, so that no late reply is half-applied.
+            # If Redis still runs the script, its grant stays counted until its window ends (never over a limit).
+            self.client.abort()
+            self._restore(call)
+            raise
         except BaseException:
             self._restore(call)
             raise
@@ -403,8 +411,11 @@ class RedisLimiter:
             self._restore(call)
             return result
         # Redis' clock, read in the middle of the round trip: the windows this replica uses until the next lease.
+        # Only a prompt reply says when Redis ran the script; a late one would skew the clock.
         now_ms = int(result[1])
-        self._offset = now_ms / 1000 - (sent + time.monotonic()) / 2
+        returned = time.monotonic()
+        if self._offset is None or returned - sent <= self.timeout:
+            self._offset = now_ms / 1000 - (sent + returned) / 2
         minute, now_s = now_ms // 60_000, now_ms // 1000
         ticket = call.ticket
         for i, (s, (r, t, c, p)) in enumerate(zip(scopes, call.aside)):
@@ -573,6 +584,7 @@ class RedisLimiter:
         scope's), and write the slots this replica holds with their heartbeat."""
         minute, now_s = self._clock()
         ops: list[Any] = []
+        idle: list[str] = []
         owed, self._owed = self._owed, {}
         for (op, name, when, bsecs), amount in owed.items():
             key = f"{self.prefix}:{name}"
@@ -587,7 +599,7 @@ class RedisLimiter:
                 continue
             if lease.busy and not final:  # it will use what it holds soon; `lease_requests` bounds what that is
                 lease.busy = False
-                if lease.held:
+                if lease.slots:
                     ops += ("P", lease.key, lease.held, 0)
                 continue
             if lease.minute == minute:
@@ -600,15 +612,30 @@ class RedisLimiter:
                 window = lease.window if lease.budget_seconds else "all"
                 ops += ("c", f"{lease.key}:spend:{window}", repr(-lease.cost), lease.budget_seconds)
             lease.cost = 0.0
-            if lease.held:
+            if lease.slots:
                 lease.held = lease.used
-                ops += ("P", lease.key, lease.held, 0)
+                ops += ("P", lease.key, lease.held, 0)  # absolute: sent again by every flush until one succeeds
             if not lease.held:
+                idle.append(name)
+        if not ops:
+            return
+        # One script: what it writes was decided together, and no lease can run in between.
+        async with asyncio.timeout(max(self.timeout * 5, 0.5)):
+            try:
+                await self.client.script(FLUSH_LUA, [self.replica, self._slot_life_ms, len(ops) // 4, *ops],
+                                         retry=False)
+            except ScriptNotRun:
+                # Redis forgot its scripts and ran nothing. Increments go again now; absolute slot counts wait
+                # for the next flush (a lease may have run meanwhile), and so does forgetting idle leases.
+                ops = [v for i in range(0, len(ops), 4) if ops[i] != "P" for v in ops[i:i + 4]]
+                if ops:
+                    await self.client.script(FLUSH_LUA, [self.replica, self._slot_life_ms, len(ops) // 4, *ops])
+                return
+        for name in idle:  # forgotten only once Redis has what they gave back
+            lease = self._leases.get(name)
+            if lease is not None and not (lease.busy or lease.pending or lease.held or lease.requests
+                                          or lease.tokens or lease.cost):
                 del self._leases[name]
-        while ops:
-            chunk, ops = ops[:800], ops[800:]
-            async with asyncio.timeout(max(self.timeout * 5, 0.5)):
-                await self.client.script(FLUSH_LUA, [self.replica, self._slot_life_ms, len(chunk) // 4, *chunk])
 
 
 def _window(now_s: int, budget_seconds: int) -> int:

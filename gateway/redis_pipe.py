@@ -21,6 +21,10 @@ class RedisReplyError(Exception):
     """Redis answered with an error (`-ERR ...`)."""
 
 
+class ScriptNotRun(RedisReplyError):
+    """Redis no longer knew the script (NOSCRIPT): nothing of it ran."""
+
+
 def encode_args(args: Any) -> bytes:
     """Arguments as RESP bulk strings, without the array header (see `Encoded`)."""
     out = []
@@ -164,11 +168,19 @@ class RedisPipe:
             loop = asyncio.get_running_loop()
             _, proto = await loop.create_connection(_Protocol, self.host, self.port,
                                                     ssl=ssl.create_default_context() if self.tls else None)
-            if self.password is not None:
-                auth = ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)
-                await self._send(proto, encode(auth))
-            if self.db:
-                await self._send(proto, encode(("SELECT", self.db)))
+            try:
+                if self.password is not None:
+                    auth = ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)
+                    await self._send(proto, encode(auth))
+                if self.db:
+                    await self._send(proto, encode(("SELECT", self.db)))
+            except BaseException:
+                if proto.transport is not None:
+                    proto.transport.close()
+                raise
+            # A new connection may be a new Redis: each script's first use on it is an EVAL, so that no
+            # NOSCRIPT retry can let a later call run before it.
+            self._shas.clear()
             self._proto = proto
             return proto
 
@@ -190,9 +202,10 @@ class RedisPipe:
         proto.send(data)
         return await fut
 
-    async def script(self, source: str, args: list[Any], tail: Encoded | None = None) -> Any:
+    async def script(self, source: str, args: list[Any], tail: Encoded | None = None, retry: bool = True) -> Any:
         """EVALSHA; EVAL (which caches the script in Redis) on first use and after a Redis restart (NOSCRIPT).
-        Never a separate load first: scripts run in the order they were called.
+        Never a separate load first: scripts run in the order they were called. A NOSCRIPT retry runs after
+        calls made meanwhile: with `retry=False` the caller gets `ScriptNotRun` instead, and decides.
         `tail`: more arguments, already encoded, after `args`."""
         sha = self._shas.get(source)
         if sha is None:
@@ -204,7 +217,15 @@ class RedisPipe:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
             self._shas.pop(source, None)
+            if not retry:
+                raise ScriptNotRun(str(exc)) from None
             return await self.call("EVAL", source, 0, *args, tail=tail)
+
+    def abort(self) -> None:
+        """Drop the connection now: calls waiting for replies fail; the next call connects again."""
+        if self._proto is not None and self._proto.transport is not None:
+            self._proto.transport.abort()
+        self._proto = None
 
     async def close(self) -> None:
         if self._proto is not None and self._proto.transport is not None:

@@ -7,6 +7,7 @@ races are interleavings of round trips, the same as between processes).
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import AsyncIterator
 
@@ -227,20 +228,22 @@ async def test_slots_given_back_by_a_flush_that_failed_are_healed_by_the_next(re
     first, second = await admit(a, scopes), await admit(a, scopes)
     assert first and second and a._leases["k:test"].held == 2
     a.settle(first, 0, 0.0)
+    a.settle(second, 0, 0.0)  # nothing in flight on a: its lease is forgotten once Redis has the give-back
     await a.flush()  # busy -> idle
     sent = a.client.script
 
-    async def reset(source: str, args: list, tail: object = None) -> object:
+    async def reset(source: str, args: list, tail: object = None, **kwargs: object) -> object:
         if source == redis_limits.FLUSH_LUA:
             raise ConnectionError("connection reset by peer")
-        return await sent(source, args, tail)
+        return await sent(source, args, tail, **kwargs)
 
     a.client.script = reset  # type: ignore[method-assign]
     with pytest.raises(ConnectionError):
         await a.flush()  # its give-back of one slot is lost
     a.client.script = sent  # type: ignore[method-assign]
     await a.flush()  # slots are written as an absolute number: healed
-    assert len(await fill(b, scopes)) == 7
+    assert "k:test" not in a._leases
+    assert len(await fill(b, scopes)) == 8
 
 
 async def test_budget_counts_keep_every_digit(replicas, redis_server) -> None:
@@ -250,3 +253,55 @@ async def test_budget_counts_keep_every_digit(replicas, redis_server) -> None:
     a.settle(ticket, 0, 0.01)
     await a.stop()
     assert redis.Redis(port=redis_server.port).get(f"llmp:k:test:spend:{int(time.time()) // DAY}") == b"0.01"
+
+
+async def test_a_lease_never_runs_inside_a_flush_so_absolute_slot_counts_stay_right(replicas, redis_server) -> None:
+    a, b = replicas(), await start(replicas())  # a flushes only when told to
+    scopes = (scope(parallel=2, tpm=10**9),)
+    assert await admit(a, (Scope("k:warm", "warm", rpm=10**6),))
+    await a.flush(final=True)  # both scripts known to Redis
+    first = await admit(a, scopes)
+    for i in range(300):  # a large flush: 300 settlements plus the slot count of k:test
+        other = (Scope(f"k:other{i}", "this key", tpm=10**9),)
+        a.settle(await admit(a, other), 5, 0.0)  # type: ignore[arg-type]
+    flushing = asyncio.ensure_future(a.flush())
+    await asyncio.sleep(0)
+    second = await admit(a, scopes)  # a lease round trip while the flush is on its way
+    await flushing
+    assert first and second
+    assert await admit(b, scopes) is None, "a's two calls hold both slots"
+
+
+async def test_slot_counts_stay_right_after_redis_forgot_its_scripts(replicas, redis_server) -> None:
+    a, b = await start(replicas()), await start(replicas())
+    scopes = (scope(parallel=2, tpm=10**9),)
+    assert await admit(a, scopes)
+    await a.flush()
+    redis.Redis(port=redis_server.port).script_flush()  # as after SCRIPT FLUSH on a live connection
+    assert await admit(a, (Scope("k:other", "this key", rpm=10**6),))
+    flushing = asyncio.ensure_future(a.flush())  # its slot count must not land after the next lease
+    await asyncio.sleep(0)
+    assert await admit(a, scopes)
+    await flushing
+    assert await admit(b, scopes) is None, "a's two calls hold both slots"
+
+
+async def test_a_wrong_password_leaves_no_connection_open(redis_server) -> None:
+    from tests.gateway.servers import free_port, wait_port
+
+    port = free_port()
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               "--requirepass", "right-password"], stdout=subprocess.DEVNULL)
+    try:
+        wait_port(port, 10, server)
+        limiter = RedisLimiter(f"redis://:wrong-password@127.0.0.1:{port}/0", fail_open=True, timeout_ms=1000,
+                               retry_after_ms=0, settle_interval_ms=20, on_event=lambda *a, **k: None)
+        for _ in range(20):
+            ticket = await limiter.admit("r", (scope(rpm=100),), 10, 0.0, 60)
+            assert not ticket.counted  # fail-open: admitted, not counted
+        connected = redis.Redis(port=port, password="right-password").info("clients")["connected_clients"]
+        assert connected == 1, f"{connected} connections: only this check's should be open"
+        await limiter.stop()
+    finally:
+        server.kill()
+        server.wait()
