@@ -19,6 +19,7 @@ from gateway.handlers import Endpoints
 from gateway.metrics import GatewayMetrics
 from gateway.provider_keys import SecretRef, SecretRefresher, resolve_secrets
 from gateway.proxy import Proxy
+from gateway.quotas import DeploymentQuotas
 from gateway.routing import Router
 from gateway.usage import CallRecord, NoUsageAccounting, UsageHook
 
@@ -42,6 +43,7 @@ class AppState:
     watchers: list[EndpointSliceWatcher] = field(default_factory=list)
     gate: Any = None  # governance's admission step (gateway.governance.Governance), None when not configured
     governance: Any = None
+    quotas: Any = None  # deployments' rpm/tpm (gateway.quotas.DeploymentQuotas), None when none has one
     secrets: SecretRefresher | None = None
     in_flight: int = 0
     _ids: Any = field(default_factory=lambda: itertools.count(1))
@@ -69,6 +71,8 @@ class AppState:
                 series.completion_tokens.inc(record.completion_tokens)
         self.log.write(record)
         self.usage.record(record)
+        if record.quota_tickets:
+            self.quotas.settle(record)
 
     def readiness(self) -> dict[str, Any]:
         deployments = {p.name: {"healthy": p.healthy(), "replicas": len(p.replicas)} for p in self.router.pools}
@@ -151,6 +155,7 @@ def build_app(
         app_routes = AdminApi(state.governance).routes()
     else:
         app_routes = []
+    state.quotas = DeploymentQuotas.for_config(config, state.governance.limiter if state.governance else None)
     metrics.in_flight.set_function(lambda: state.in_flight)
     app = web.Application(client_max_size=MAX_BODY)
     app[STATE] = state
@@ -164,7 +169,8 @@ def build_app(
 async def _start(app: web.Application) -> None:
     state = app[STATE]
     state.session = new_session()
-    state.proxy = Proxy(state.session, state.router, state.config.gateway.retries, state.metrics)
+    state.proxy = Proxy(state.session, state.router, state.config.gateway.retries, state.metrics,
+                        quotas=state.quotas)
     state.log.start()
     for pool in state.router.pools:
         replicas = pool.config.replicas

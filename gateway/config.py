@@ -179,7 +179,7 @@ class Deployment(_Strict):
     residency: str | None = None
     tier: Literal["primary", "fallback"] = "primary"
     weight: float = Field(1.0, gt=0)
-    rpm: int | None = Field(None, ge=0)  # recorded for the governance layer; not enforced here
+    rpm: int | None = Field(None, ge=0)  # the deployment's quota: skipped when reached (gateway/quotas.py)
     tpm: int | None = Field(None, ge=0)
     session_affinity: bool = True
     timeouts: TimeoutOverrides | None = None

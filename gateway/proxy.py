@@ -13,6 +13,7 @@ import orjson
 from gateway.config import Retries
 from gateway.errors import GatewayError, unavailable
 from gateway.metrics import GatewayMetrics
+from gateway.quotas import DeploymentQuotas
 from gateway.retry import Backoff, retry_after_seconds
 from gateway.routing import DeploymentPool, ModelRoute, Replica, Router
 from gateway.sse import TruncatedStream, read_event
@@ -74,13 +75,14 @@ class Opened:
 class Proxy:
     def __init__(self, session: aiohttp.ClientSession, router: Router, retries: Retries,
                  metrics: GatewayMetrics, clock: Callable[[], float] = time.monotonic,
-                 client: UpstreamClient | None = None) -> None:
+                 client: UpstreamClient | None = None, quotas: DeploymentQuotas | None = None) -> None:
         self.session = session  # streams
         self.client = client or UpstreamClient()  # whole answers
         self.router = router
         self.retries = retries
         self.backoff = Backoff(retries.backoff_base, retries.backoff_max)
         self.metrics = metrics
+        self.quotas = quotas
         self._clock = clock
 
     async def open(self, request: Request, route: ModelRoute, record: CallRecord,
@@ -119,6 +121,8 @@ class Proxy:
         for attempt in range(self.retries.attempts + 1):
             now = self._clock()
             pick = self._pick(candidates, index, now)
+            if pick is not None and self.quotas is not None:
+                pick = await self._within_quota(candidates, pick, now, request, record, failures)
             if pick is None:
                 break
             index = pick + 1
@@ -138,6 +142,24 @@ class Proxy:
                 failures.append(f"{dep.name}: {failure.reason}")
                 if failure.retry_after is not None:
                     replica.cooling_until = self._clock() + failure.retry_after
+        return None
+
+    async def _within_quota(self, candidates: list[tuple[DeploymentPool, Replica]], pick: int, now: float,
+                            request: Request, record: CallRecord, failures: list[str]) -> int | None:
+        """The first candidate from `pick` whose deployment is within its rpm/tpm quota (the attempt counted)."""
+        assert self.quotas is not None
+        full: set[str] = set()
+        for _ in range(len(candidates)):
+            dep = candidates[pick % len(candidates)][0]
+            if dep.name not in full:
+                if await self.quotas.take(dep.name, request, record):
+                    return pick
+                full.add(dep.name)
+                failures.append(f"{dep.name}: at its rpm/tpm quota")
+            found = self._pick(candidates, pick + 1, now)
+            if found is None:
+                return None
+            pick = found
         return None
 
     def _pick(self, candidates: list[tuple[DeploymentPool, Replica]], start: int, now: float) -> int | None:

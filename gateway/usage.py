@@ -34,6 +34,7 @@ class CallRecord:
     team_id: str | None = None
     ticket: Any = None
     accounted: bool = False
+    quota_tickets: list[Any] = field(default_factory=list)  # (deployment, ticket) per attempt on a quota
 
 
 class UsageHook(Protocol):

@@ -1,0 +1,59 @@
+"""Deployment quotas: `deployments[].rpm` / `tpm` (LiteLLM's per-deployment limits, e.g. a provider's quota).
+
+A deployment at its quota is skipped like an unhealthy one: the call goes to the next
+candidate or fallback, and gets a 503 naming the quota only when nothing else can take it.
+The counters are the governance limiter's, so with `redis` they hold across replicas (with
+the bounds gateway/README.md gives); without it they are in-process, per replica.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gateway.errors import GatewayError
+from gateway.limits import NO_LIMIT, LocalLimiter, RateLimiter, Scope, Ticket, reserve_tokens
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
+    from gateway.usage import CallRecord
+    from gateway.wire import Request
+
+DEADLINE_S = 600.0  # quotas have no parallel slots: this only bounds how long a ticket may be held
+
+
+class DeploymentQuotas:
+    def __init__(self, scopes: dict[str, tuple[Scope, ...]], limiter: RateLimiter) -> None:
+        self.scopes = scopes
+        self.limiter = limiter
+
+    @classmethod
+    def for_config(cls, config: "GatewayConfig", limiter: RateLimiter | None) -> "DeploymentQuotas | None":
+        """None when no deployment has a quota (nothing to do on the request path)."""
+        scopes = {
+            d.name: (Scope(f"d:{d.name}", f"deployment `{d.name}`", rpm=NO_LIMIT if d.rpm is None else d.rpm,
+                           tpm=NO_LIMIT if d.tpm is None else d.tpm),)
+            for m in config.models for d in m.deployments if d.rpm is not None or d.tpm is not None
+        }
+        return cls(scopes, limiter or LocalLimiter()) if scopes else None
+
+    async def take(self, deployment: str, request: "Request", record: "CallRecord") -> bool:
+        """Count one attempt on `deployment`; False when it is at its quota (or its counter cannot be reached)."""
+        scopes = self.scopes.get(deployment)
+        if scopes is None:
+            return True
+        asked = request.body.get("max_completion_tokens", request.body.get("max_tokens"))
+        tokens = reserve_tokens(len(request.raw), asked if isinstance(asked, int) else 0)
+        try:
+            ticket = await self.limiter.admit(record.request_id, scopes, tokens, 0.0, DEADLINE_S)
+        except GatewayError:
+            return False
+        record.quota_tickets.append((deployment, ticket))
+        return True
+
+    def settle(self, record: "CallRecord") -> None:
+        """After the call: the deployment that answered used its tokens; the attempts that failed used none."""
+        tickets: list[tuple[str, Ticket]] = record.quota_tickets
+        for deployment, ticket in tickets:
+            used = record.prompt_tokens + record.completion_tokens if deployment == record.deployment else 0
+            self.limiter.settle(ticket, used, 0.0)
+        tickets.clear()
