@@ -18,13 +18,12 @@ if TYPE_CHECKING:
     from gateway.usage import CallRecord
     from gateway.wire import Request
 
-DEADLINE_S = 600.0  # quotas have no parallel slots: this only bounds how long a ticket may be held
-
 
 class DeploymentQuotas:
-    def __init__(self, scopes: dict[str, tuple[Scope, ...]], limiter: RateLimiter) -> None:
+    def __init__(self, scopes: dict[str, tuple[Scope, ...]], limiter: RateLimiter, deadline_s: float) -> None:
         self.scopes = scopes
         self.limiter = limiter
+        self.deadline_s = deadline_s  # as governance's: the limiter keeps one heartbeat length
 
     @classmethod
     def for_config(cls, config: "GatewayConfig", limiter: RateLimiter | None) -> "DeploymentQuotas | None":
@@ -34,7 +33,9 @@ class DeploymentQuotas:
                            tpm=NO_LIMIT if d.tpm is None else d.tpm),)
             for m in config.models for d in m.deployments if d.rpm is not None or d.tpm is not None
         }
-        return cls(scopes, limiter or LocalLimiter()) if scopes else None
+        if not scopes:
+            return None
+        return cls(scopes, limiter or LocalLimiter(), config.gateway.timeouts.total + 60)
 
     async def take(self, deployment: str, request: "Request", record: "CallRecord") -> bool:
         """Count one attempt on `deployment`; False when it is at its quota (or its counter cannot be reached)."""
@@ -44,7 +45,7 @@ class DeploymentQuotas:
         asked = request.body.get("max_completion_tokens", request.body.get("max_tokens"))
         tokens = reserve_tokens(len(request.raw), asked if isinstance(asked, int) else 0)
         try:
-            ticket = await self.limiter.admit(record.request_id, scopes, tokens, 0.0, DEADLINE_S)
+            ticket = await self.limiter.admit(record.request_id, scopes, tokens, 0.0, self.deadline_s)
         except GatewayError:
             return False
         record.quota_tickets.append((deployment, ticket))
