@@ -139,7 +139,7 @@ class LocalLimiter:
                 return _raise(s, "rpm", 60 - now_s % 60)
             if s.tpm >= 0 and c.tpm.get(minute, 0) >= s.tpm:
                 return _raise(s, "tpm", 60 - now_s % 60)
-            if s.budget >= 0 and c.spend.get(_window(s, now_s), 0.0) >= s.budget:
+            if s.budget >= 0 and c.spend.get(window_name(now_s, s.budget_seconds), 0.0) >= s.budget:
                 return _raise(s, "budget", s.budget_seconds - now_s % s.budget_seconds if s.budget_seconds else 86400)
             if s.parallel >= 0:
                 for rid in [r for r, d in c.parallel.items() if d <= now]:
@@ -152,7 +152,7 @@ class LocalLimiter:
             if s.tpm >= 0:
                 _bump(c.tpm, minute, tokens)
             if s.budget >= 0:
-                w = _window(s, now_s)
+                w = window_name(now_s, s.budget_seconds)
                 c.spend[w] = c.spend.get(w, 0.0) + cost
             if s.parallel >= 0:
                 c.parallel[slot] = now + deadline_s
@@ -166,7 +166,7 @@ class LocalLimiter:
             if s.tpm >= 0 and ticket.minute in c.tpm:
                 c.tpm[ticket.minute] += tokens - ticket.reserved_tokens
             if s.budget >= 0:
-                w = _window(s, ticket.now_s)
+                w = window_name(ticket.now_s, s.budget_seconds)
                 if w in c.spend:
                     c.spend[w] += cost - ticket.reserved_cost
             if s.parallel >= 0:
@@ -176,12 +176,13 @@ class LocalLimiter:
         now_s = int(self._clock())
         for name, budget_seconds, amount in spends:
             spend = self._scopes.setdefault(name, _Counters()).spend
-            w = str(now_s // budget_seconds) if budget_seconds else "all"
+            w = window_name(now_s, budget_seconds)
             spend[w] = max(spend.get(w, 0.0), amount)
 
 
-def _window(scope: Scope, now_s: int) -> str:
-    return str(now_s // scope.budget_seconds) if scope.budget_seconds else "all"
+def window_name(now_s: int, budget_seconds: int) -> str:
+    """The budget window `now_s` falls in, as counters are keyed: windows aligned to the epoch, or "all" (lifetime)."""
+    return str(now_s // budget_seconds) if budget_seconds else "all"
 
 
 def _bump(counts: dict[int, int], minute: int, by: int) -> None:

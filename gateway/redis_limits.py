@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import GatewayError
-from gateway.limits import Scope, Ticket, refused
+from gateway.limits import Scope, Ticket, refused, window_name
 from gateway.redis_pipe import Encoded, RedisPipe, ScriptNotRun
 from gateway.tasks import cancel
 
@@ -204,7 +204,7 @@ class Lease:
     minute: int = -1  # of `requests` and `tokens`
     requests: int = 0
     tokens: int = 0
-    window: int = -1  # of `cost`
+    window: str = ""  # of `cost` (see limits.window_name)
     cost: float = 0.0
     held: int = 0  # parallel slots counted in Redis for this replica
     used: int = 0  # of which in use
@@ -245,8 +245,8 @@ class RedisLimiter:
         self._leases: dict[str, Lease] = {}
         self._locks: dict[tuple[Scope, ...], asyncio.Lock] = {}
         self._in_flight: set[asyncio.Task[list[Any]]] = set()
-        # settlement deltas: ("t", scope, minute, 0) or ("c", scope, window, budget_seconds) -> amount
-        self._owed: dict[tuple[str, str, int, int], float] = {}
+        # settlement deltas: ("t", scope, minute, 0) or ("c", scope, window name, budget_seconds) -> amount
+        self._owed: dict[tuple[str, str, int | str, int], float] = {}
         self._offset: float | None = None  # Redis clock minus time.monotonic(), in seconds
         self._slot_life_ms = 0
         self._down_until = 0.0
@@ -334,7 +334,7 @@ class RedisLimiter:
                         s.tpm >= 0 and lease.tokens < ticket.reserved_tokens):
                     return False
             # A call that reserves no cost is checked against the budget in Redis every time.
-            if s.budget >= 0 and (lease.window != _window(now_s, s.budget_seconds) or ticket.reserved_cost <= 0
+            if s.budget >= 0 and (lease.window != window_name(now_s, s.budget_seconds) or ticket.reserved_cost <= 0
                                   or lease.cost < ticket.reserved_cost):
                 return False
             if s.parallel >= 0 and lease.used >= lease.held:
@@ -358,7 +358,7 @@ class RedisLimiter:
         if lease is None:
             lease = self._leases[s.name] = Lease(f"{self.prefix}:{s.name}", s.budget_seconds)
         elif lease.budget_seconds != s.budget_seconds:  # the budget's duration changed: its windows did too
-            lease.budget_seconds, lease.window, lease.cost = s.budget_seconds, -1, 0.0
+            lease.budget_seconds, lease.window, lease.cost = s.budget_seconds, "", 0.0
         lease.slots = lease.slots or s.parallel >= 0
         return lease
 
@@ -375,7 +375,7 @@ class RedisLimiter:
             lease.pending += 1
             lease.busy = True
             this_minute = lease.minute == minute
-            this_window = lease.window == _window(now_s, s.budget_seconds)
+            this_window = lease.window == window_name(now_s, s.budget_seconds)
             r = min(lease.requests, 1) if s.rpm >= 0 and this_minute else 0
             t = min(lease.tokens, tokens) if s.tpm >= 0 and this_minute else 0
             c = min(lease.cost, cost) if s.budget >= 0 and this_window else 0.0
@@ -423,11 +423,11 @@ class RedisLimiter:
             lease = self._lease_of(s)
             lease.pending -= 1
             lease.busy = True
-            window = _window(now_s, s.budget_seconds)
+            window = window_name(now_s, s.budget_seconds)
             # What was set aside in another minute or window counted there, not towards this call.
             if call.minute != minute:
                 r = t = 0
-            if _window(call.now_s, s.budget_seconds) != window:
+            if window_name(call.now_s, s.budget_seconds) != window:
                 c = 0.0
             if lease.minute != minute:
                 lease.minute, lease.requests, lease.tokens = minute, 0, 0
@@ -457,7 +457,7 @@ class RedisLimiter:
             if lease.minute == call.minute:
                 lease.requests += r
                 lease.tokens += t
-            if lease.window == _window(call.now_s, s.budget_seconds):
+            if lease.window == window_name(call.now_s, s.budget_seconds):
                 lease.cost += c
             lease.used = max(0, lease.used - p)
 
@@ -478,7 +478,7 @@ class RedisLimiter:
                     lease.requests += 1
                 if s.tpm >= 0:
                     lease.tokens += ticket.reserved_tokens
-            if s.budget >= 0 and lease.window == _window(ticket.now_s, s.budget_seconds):
+            if s.budget >= 0 and lease.window == window_name(ticket.now_s, s.budget_seconds):
                 lease.cost += ticket.reserved_cost
             if s.parallel >= 0 and lease.used > 0:
                 lease.used -= 1
@@ -545,7 +545,7 @@ class RedisLimiter:
                 k = ("t", s.name, ticket.minute, 0)
                 owed[k] = owed.get(k, 0) + dt
             if s.budget >= 0 and dc:
-                k = ("c", s.name, _window(ticket.now_s, s.budget_seconds), s.budget_seconds)
+                k = ("c", s.name, window_name(ticket.now_s, s.budget_seconds), s.budget_seconds)
                 owed[k] = owed.get(k, 0.0) + dc
             if s.parallel >= 0:
                 lease = self._leases.get(s.name)
@@ -556,7 +556,7 @@ class RedisLimiter:
         now_s = self._clock()[1] if self._offset is not None else int(time.time())
         args: list[Any] = []
         for name, budget_seconds, amount in spends:
-            window = now_s // budget_seconds if budget_seconds else "all"
+            window = window_name(now_s, budget_seconds)
             args += (f"{self.prefix}:{name}:spend:{window}", repr(amount), budget_seconds)
         while args:
             chunk, args = args[:600], args[600:]
@@ -591,7 +591,7 @@ class RedisLimiter:
             if op == "t":
                 ops += ("t", f"{key}:m:{when}", int(amount), 0)
             else:
-                ops += ("c", f"{key}:spend:{when if bsecs else 'all'}", repr(amount), bsecs)
+                ops += ("c", f"{key}:spend:{when}", repr(amount), bsecs)
         for name, lease in list(self._leases.items()):
             if lease.pending:  # a grant may be on its way: keep everything, renew the slots' deadline
                 if lease.held:
@@ -608,9 +608,8 @@ class RedisLimiter:
                 if lease.tokens > 0:
                     ops += ("t", f"{lease.key}:m:{minute}", -lease.tokens, 0)
             lease.requests = lease.tokens = 0
-            if lease.cost > 0 and lease.window == _window(now_s, lease.budget_seconds):
-                window = lease.window if lease.budget_seconds else "all"
-                ops += ("c", f"{lease.key}:spend:{window}", repr(-lease.cost), lease.budget_seconds)
+            if lease.cost > 0 and lease.window == window_name(now_s, lease.budget_seconds):
+                ops += ("c", f"{lease.key}:spend:{lease.window}", repr(-lease.cost), lease.budget_seconds)
             lease.cost = 0.0
             if lease.slots:
                 lease.held = lease.used
@@ -637,6 +636,3 @@ class RedisLimiter:
                                           or lease.tokens or lease.cost):
                 del self._leases[name]
 
-
-def _window(now_s: int, budget_seconds: int) -> int:
-    return now_s // budget_seconds if budget_seconds else 0
