@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import aiohttp
 import openai
@@ -137,18 +138,23 @@ async def test_circuit_opens_after_repeated_failures_and_half_opens_after_cooldo
     assert bad.stats.requests == 4, "the trial succeeded: closed again, local region preferred"
 
 
-async def test_client_disconnect_cancels_the_upstream_request(sim, gateway) -> None:
+async def hang_up_mid_stream(gw: Any, sim: Any) -> None:
+    """Start a slow stream, hang up after its first line, and wait until the simulator saw the cancellation."""
     sim.settings.tokens_per_s = 20
-    sim.settings.output_tokens = 200
     async with aiohttp.ClientSession() as http:
-        resp = await http.post(gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+        resp = await http.post(gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
                                json={"model": MODEL, "messages": MESSAGES, "stream": True})
         await resp.content.readline()
-        resp.close()  # hang up mid-stream
+        resp.close()
     for _ in range(50):
         if sim.stats.cancelled:
             break
         await asyncio.sleep(0.05)
+
+
+async def test_client_disconnect_cancels_the_upstream_request(sim, gateway) -> None:
+    sim.settings.output_tokens = 200
+    await hang_up_mid_stream(gateway, sim)
     assert sim.stats.cancelled == 1 and sim.stats.in_flight == 0
     assert gateway.state.router.pools[0].in_flight == 0
 
@@ -188,17 +194,8 @@ async def test_a_replica_that_sent_retry_after_is_skipped_by_the_next_calls(sim_
 async def test_a_client_hanging_up_does_not_count_against_the_replica(sim, gateway_factory) -> None:
     gw = await gateway_factory(gateway_config([deployment("sim-a", sim.base_url)],
                                               circuit_breaker={"failures": 1, "cooldown": 30}))
-    sim.settings.tokens_per_s = 20
     sim.settings.output_tokens = 100
-    async with aiohttp.ClientSession() as http:
-        resp = await http.post(gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
-                               json={"model": MODEL, "messages": MESSAGES, "stream": True})
-        await resp.content.readline()
-        resp.close()
-    for _ in range(50):
-        if sim.stats.cancelled:
-            break
-        await asyncio.sleep(0.05)
+    await hang_up_mid_stream(gw, sim)
     replica = gw.state.router.pools[0].replicas[0]
     assert replica.breaker.state == "closed" and replica.in_flight == 0
     sim.settings.tokens_per_s = 0
