@@ -62,13 +62,16 @@ class RegionalStack:
                 self.provider, pulumi.ResourceOptions(parent=parent))
             for pool in region.pools
         }
+        # Failure isolation: ingress, gateway and DNS hang off the system nodes only, so a GPU pool that
+        # cannot get capacity fails its own models and nothing else (with `pulumi up --continue-on-error`:
+        # by default the engine starts no new operation after the first failure).
         self.addons = ClusterAddons(name, ClusterAddonsArgs(
             region=name, certificate_arn=dns.certificate(name, self.provider)), k8s,
             # ingress-nginx runs on the system nodes (GPU pools are tainted), so they must exist first.
-            pulumi.ResourceOptions(parent=parent, depends_on=[self.cluster.system_nodes, *self.pools.values()]))
+            pulumi.ResourceOptions(parent=parent, depends_on=[self.cluster.system_nodes]))
         self.serving = [
             ModelServing(f"{name}-{model.name}", ModelServingArgs(cfg=cfg, model=model, region=region), k8s,
-                         pulumi.ResourceOptions(parent=parent, depends_on=[self.addons]))
+                         pulumi.ResourceOptions(parent=parent, depends_on=[self.addons, self.pools[model.pool]]))
             for model in cfg.models_in(name)
         ]
         self.gateway_role = gateway_role(
@@ -99,6 +102,6 @@ class Platform(pulumi.ComponentResource):
                 Gateway(f"{region_name}-gateway", GatewayArgs(
                     cfg=cfg, region=rs.region, role=rs.gateway_role, secret_arns=secrets.arns[region_name],
                     key_arn=secrets.key_arns[region_name], config=gateway_config(cfg, rs.region)),
-                    rs.cluster.kubernetes, iam, pulumi.ResourceOptions(parent=self, depends_on=rs.serving))
+                    rs.cluster.kubernetes, iam, pulumi.ResourceOptions(parent=self, depends_on=[rs.addons]))
                 dns.add_region(region_name, rs.addons.load_balancer_hostname)
         self.register_outputs({"regions": list(regions), "domain": cfg.gateway.domain})

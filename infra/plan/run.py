@@ -11,6 +11,7 @@ from typing import Any
 import pulumi
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import settings as pulumi_settings
+from pulumi.runtime.stack import wait_for_rpcs
 
 from infra.config import StackConfig, parse, to_pulumi_config
 from infra.plan.mocks import PlanMocks, PlannedResource
@@ -33,6 +34,19 @@ class Plan:
         return [r for r in self.resources if r.type == typ]
 
 
+async def _settle() -> None:
+    """After a registration failed, let every registration that does not depend on it finish, as
+    `pulumi up --continue-on-error` does, so the record is what such an update would leave behind."""
+    manager = pulumi_settings.SETTINGS.rpc_manager
+    for _ in range(10_000):  # each round clears at least one failed RPC
+        manager.unhandled_exception = None
+        try:
+            await wait_for_rpcs()
+            return
+        except Exception:  # noqa: BLE001 a dependent of the failed resource failed too: keep settling
+            continue
+
+
 class _Errors(logging.Handler):
     """Pulumi logs failures inside apply() callbacks instead of raising; collect them."""
 
@@ -44,21 +58,21 @@ class _Errors(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def run_program(raw: dict[str, Any], stack: str, source: str = "<config>") -> Plan:
-    """Validate `raw` (llm-platform:* values), then run the program on it under mocks."""
+def run_program(raw: dict[str, Any], stack: str, source: str = "<config>", mocks: PlanMocks | None = None) -> Plan:
+    """Validate `raw` (llm-platform:* values), then run the program on it under mocks (`mocks` records
+    what was created, and may play a cloud that refuses some of it)."""
     cfg = parse(raw, stack, source)  # raises ConfigError before anything runs
     # The engine runs on the thread's current loop; give it one of its own, whatever ran before.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        return _run(raw, cfg, stack)
+        return _run(raw, cfg, stack, mocks or PlanMocks())
     finally:
         asyncio.set_event_loop(None)
         loop.close()
 
 
-def _run(raw: dict[str, Any], cfg: StackConfig, stack: str) -> Plan:
-    mocks = PlanMocks()
+def _run(raw: dict[str, Any], cfg: StackConfig, stack: str, mocks: PlanMocks) -> Plan:
     errors = _Errors()
     logger = logging.getLogger(f"llm-platform.plan.{stack}")
     logger.addHandler(errors)
@@ -70,6 +84,7 @@ def _run(raw: dict[str, Any], cfg: StackConfig, stack: str) -> Plan:
     try:
         pulumi_mocks._sync_await(pulumi_mocks.run_pulumi_func(lambda: runpy.run_path(str(PROGRAM))))
     except Exception as exc:  # noqa: BLE001 re-raised with the program named
+        pulumi_mocks._sync_await(_settle())
         raise ProgramError(f"the Pulumi program failed under the mock engine: {exc}") from exc
     if errors.messages:
         raise ProgramError("the Pulumi program failed under the mock engine:\n" + "\n".join(errors.messages))
