@@ -128,8 +128,16 @@ class Gateway(_Model):
     image: str = "ghcr.io/llm-platform/gateway:0.1.0"
 
 
+# An IAM role name (resolved in the deploying account) or a role ARN: whoever may administer the clusters.
+IamRole = Annotated[str, StringConstraints(
+    pattern=r"^([A-Za-z0-9+=,.@_-]{1,64}|arn:aws(-[a-z]+)*:iam::[0-9]{12}:role/([A-Za-z0-9+=,.@_-]+/)*[A-Za-z0-9+=,.@_-]{1,64})$")]
+
+
 class Cluster(_Model):
     kubernetes_version: str = "1.34"
+    # EKS access entries with the cluster-admin access policy: the operators' way into every cluster
+    # (besides the identity that created it). Authentication mode API: no aws-auth ConfigMap.
+    admin_roles: list[IamRole] = Field(default_factory=list)
     # Empty: the API endpoint is private only, and `pulumi up` must run inside the VPC.
     public_access_cidrs: list[str] = Field(default_factory=list)
     system_instance_type: str = "m7i.xlarge"
@@ -307,6 +315,8 @@ def _describe(error: dict[str, Any]) -> str:
         return "required key is missing"
     if error["type"] == "extra_forbidden":
         return "unknown key (check the spelling)"
+    if error["type"] == "string_pattern_mismatch" and error["loc"][-2:-1] == ("admin_roles",):
+        return f"{error['input']!r} is neither an IAM role name nor a role ARN (arn:aws:iam::<account>:role/<name>)"
     if error["type"] == "string_pattern_mismatch":
         return f"{error['input']!r} is not a valid name (lowercase letters, digits and '-')"
     return f"{error['msg']} (got {error['input']!r})"
@@ -360,6 +370,10 @@ def cross_check(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
                     add(f"{pat}.instance_types[{k}]", f"{itype} has no GPU; GPU pools need GPU instances")
     if catalog.instances.get(cfg.cluster.system_instance_type) is None:
         add("cluster.system_instance_type", f"unknown instance type {cfg.cluster.system_instance_type!r}")
+    admins = cfg.cluster.admin_roles
+    for k, role in enumerate(admins):
+        if admins.index(role) != k:
+            add(f"cluster.admin_roles[{k}]", f"{role} is listed twice")
     for k, cidr in enumerate(cfg.cluster.public_access_cidrs):
         if not _is_cidr(cidr):
             add(f"cluster.public_access_cidrs[{k}]", f"{cidr!r} is not a CIDR block")

@@ -52,7 +52,8 @@ class RegionalStack:
             private_subnet_ids=self.network.private_subnet_ids,
             public_access_cidrs=cfg.cluster.public_access_cidrs,
             system_instance_type=cfg.cluster.system_instance_type,
-            system_nodes=cfg.cluster.system_nodes, iam_path=iam_path(cfg.stack)), self.provider, iam, pulumi.ResourceOptions(parent=parent))
+            system_nodes=cfg.cluster.system_nodes, iam_path=iam_path(cfg.stack),
+            admin_roles=tuple(cfg.cluster.admin_roles)), self.provider, iam, pulumi.ResourceOptions(parent=parent))
         k8s = self.cluster.kubernetes
         self.pools = {
             pool.name: NodePool(f"{name}-{pool.name}", NodePoolArgs(

@@ -11,6 +11,9 @@ import pulumi_kubernetes as k8s
 from infra.components.providers import child_opts
 from infra.scheduling import POOL_LABEL
 
+# The AWS-managed access policy equal to Kubernetes' cluster-admin ClusterRole
+# (https://docs.aws.amazon.com/eks/latest/userguide/access-policy-permissions.html).
+CLUSTER_ADMIN_POLICY = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
 CONTROL_PLANE_LOGS = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
 SYSTEM_POOL = "system"
 NODE_POLICIES = {
@@ -31,6 +34,7 @@ class ClusterArgs:
     system_instance_type: str
     system_nodes: int
     iam_path: str
+    admin_roles: tuple[str, ...] = ()  # role names (in the deploying account) or role ARNs
 
 
 def assume_role_policy(service: str) -> str:
@@ -110,6 +114,8 @@ class Cluster(pulumi.ComponentResource):
             opts=child_opts(self, provider, ignore_changes=["scalingConfig.desiredSize"]),
         )
 
+        self._grant_admins(name, args.admin_roles, iam, child)
+
         self.kubernetes = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=pulumi.Output.all(self.eks.name, self.eks.endpoint,
@@ -120,6 +126,23 @@ class Cluster(pulumi.ComponentResource):
         )
         self.register_outputs({"name": self.eks.name, "endpoint": self.eks.endpoint,
                                "oidc_provider_arn": self.oidc.arn})
+
+
+    def _grant_admins(self, name: str, roles: tuple[str, ...], iam: aws.Provider,
+                      child: pulumi.ResourceOptions) -> None:
+        """Operators reach the cluster through EKS access entries (authentication mode API), never a
+        hand-edited aws-auth ConfigMap; without one, only the identity that created the cluster could."""
+        if not roles:
+            return
+        account = aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(provider=iam, parent=self)).account_id
+        for i, role in enumerate(roles):
+            arn = role if role.startswith("arn:") else account.apply(lambda acct, r=role: f"arn:aws:iam::{acct}:role/{r}")
+            entry = aws.eks.AccessEntry(f"{name}-admin-{i}", cluster_name=self.eks.name, principal_arn=arn,
+                                        type="STANDARD", opts=child)
+            aws.eks.AccessPolicyAssociation(
+                f"{name}-admin-{i}", cluster_name=self.eks.name, principal_arn=entry.principal_arn,
+                policy_arn=CLUSTER_ADMIN_POLICY,
+                access_scope=aws.eks.AccessPolicyAssociationAccessScopeArgs(type="cluster"), opts=child)
 
 
 def kubeconfig(region: str, name: str, endpoint: str, ca_data: str) -> str:

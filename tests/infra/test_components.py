@@ -271,3 +271,25 @@ def test_each_validation_record_has_one_owner(prod_plan: Plan) -> None:
     assert len(names) == len(set(names)) == 1 + len(PROD_REGIONS)
     validations = prod_plan.of_type("aws:acm/certificateValidation:CertificateValidation")
     assert all(len(v.inputs["validationRecordFqdns"]) == 2 for v in validations)
+
+
+# -- operator access ------------------------------------------------------------------------------
+
+def test_operators_administer_every_cluster_through_access_entries(prod_plan: Plan) -> None:
+    clusters = {c.outputs["name"]: c for c in prod_plan.of_type("aws:eks/cluster:Cluster")}
+    for c in clusters.values():
+        assert c.inputs["accessConfig"]["authenticationMode"] == "API"  # no aws-auth ConfigMap
+    entries = prod_plan.of_type("aws:eks/accessEntry:AccessEntry")
+    grants = prod_plan.of_type("aws:eks/accessPolicyAssociation:AccessPolicyAssociation")
+    roles = prod_plan.config.cluster.admin_roles
+    assert roles, "the prod stack names its operators"
+    assert sorted(e.inputs["clusterName"] for e in entries) == sorted(list(clusters) * len(roles))
+    for entry in entries:
+        assert entry.region == clusters[entry.inputs["clusterName"]].region
+        assert entry.inputs["principalArn"] in {f"arn:aws:iam::123456789012:role/{r}" for r in roles}
+        assert entry.inputs["type"] == "STANDARD"
+    assert {(g.inputs["clusterName"], g.inputs["principalArn"]) for g in grants} == \
+        {(e.inputs["clusterName"], e.inputs["principalArn"]) for e in entries}
+    for g in grants:
+        assert g.inputs["policyArn"] == "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
+        assert g.inputs["accessScope"] == {"type": "cluster"}

@@ -89,6 +89,10 @@ BAD_CONFIGS: list[tuple[str, Mutation, str, str]] = [
      "llm-platform:budget.alert_thresholds_pct", "lists a threshold twice"),
     ("more budget alerts than AWS allows", _set("budget.alert_thresholds_pct", [10, 20, 30, 40, 50]),
      "llm-platform:budget.alert_thresholds_pct", "at most 4 items"),
+    ("cluster admin that is a user, not a role", _set("cluster.admin_roles", ["arn:aws:iam::123456789012:user/alice"]),
+     "llm-platform:cluster.admin_roles[0]", "neither an IAM role name nor a role ARN"),
+    ("cluster admin listed twice", _set("cluster.admin_roles", ["ops", "ops"]),
+     "llm-platform:cluster.admin_roles[1]", "ops is listed twice"),
 ]
 
 
