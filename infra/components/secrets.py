@@ -10,6 +10,14 @@ import pulumi_aws as aws
 from infra.components.providers import child_opts
 
 GET_SECRET = "secretsmanager:GetSecretValue"
+# The first value of every secret. A secret created without a version has no AWSCURRENT value, and
+# GetSecretValue on it fails (ResourceNotFoundException), so its readers would crash before anyone
+# could put the real key in. The gateway reads this value as "not set yet" (the same literal is in
+# gateway/governance/provider_keys.py; a test keeps them equal).
+PLACEHOLDER = "llm-platform:placeholder (not set yet)"
+# Values put in later (console, CLI, rotation) make a new version AWSCURRENT; the program must never
+# write its placeholder back over them, whatever the refreshed state of this version says.
+PLACEHOLDER_IGNORES = ["secretString", "versionStages"]
 
 
 def secret_names(stack: str, providers: list[str]) -> list[str]:
@@ -74,6 +82,9 @@ class StackSecrets(pulumi.ComponentResource):
                 replicas=[aws.secretsmanager.SecretReplicaArgs(region=r, kms_key_id=self.key_arns[r])
                           for r in replicas],
                 opts=child_opts(self, providers[primary]))
+            aws.secretsmanager.SecretVersion(
+                f"{name}-{short}-placeholder", secret_id=secret.id, secret_string=PLACEHOLDER,
+                opts=child_opts(self, providers[primary], ignore_changes=PLACEHOLDER_IGNORES))
             copies = [secret.arn.apply(lambda arn, r=region: arn.replace(f":{primary}:", f":{r}:"))
                       for region in args.regions]  # a replica keeps the primary's ARN, with its own region
             aws.secretsmanager.SecretPolicy(

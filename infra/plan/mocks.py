@@ -129,7 +129,8 @@ def _outputs(typ: str, name: str, region: str, inputs: dict[str, Any]) -> dict[s
         key_id = inputs["primaryKeyArn"].rsplit("/", 1)[-1]
         return {"keyId": key_id, "arn": f"arn:aws:kms:{region}:{ACCOUNT}:key/{key_id}"}
     if typ == "aws:secretsmanager/secret:Secret":
-        return {"arn": f"arn:aws:secretsmanager:{region}:{ACCOUNT}:secret:{physical}-{h[:6]}"}
+        arn = f"arn:aws:secretsmanager:{region}:{ACCOUNT}:secret:{physical}-{h[:6]}"
+        return {"arn": arn, "id": arn}  # the provider's id for a secret is its ARN
     if typ == "aws:acm/certificate:Certificate":
         names = [inputs["domainName"], *(inputs.get("subjectAlternativeNames") or [])]
         return {"arn": f"arn:aws:acm:{region}:{ACCOUNT}:certificate/{_hex('cert', name, n=32)}",

@@ -58,21 +58,24 @@ class _Errors(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def run_program(raw: dict[str, Any], stack: str, source: str = "<config>", mocks: PlanMocks | None = None) -> Plan:
+def run_program(raw: dict[str, Any], stack: str, source: str = "<config>", mocks: PlanMocks | None = None,
+                observe: pulumi.ResourceTransformation | None = None) -> Plan:
     """Validate `raw` (llm-platform:* values), then run the program on it under mocks (`mocks` records
-    what was created, and may play a cloud that refuses some of it)."""
+    what was created, and may play a cloud that refuses some of it; `observe` sees every resource's
+    options, which the mock engine does not record)."""
     cfg = parse(raw, stack, source)  # raises ConfigError before anything runs
     # The engine runs on the thread's current loop; give it one of its own, whatever ran before.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        return _run(raw, cfg, stack, mocks or PlanMocks())
+        return _run(raw, cfg, stack, mocks or PlanMocks(), observe)
     finally:
         asyncio.set_event_loop(None)
         loop.close()
 
 
-def _run(raw: dict[str, Any], cfg: StackConfig, stack: str, mocks: PlanMocks) -> Plan:
+def _run(raw: dict[str, Any], cfg: StackConfig, stack: str, mocks: PlanMocks,
+         observe: pulumi.ResourceTransformation | None) -> Plan:
     errors = _Errors()
     logger = logging.getLogger(f"llm-platform.plan.{stack}")
     logger.addHandler(errors)
@@ -82,7 +85,12 @@ def _run(raw: dict[str, Any], cfg: StackConfig, stack: str, mocks: PlanMocks) ->
     pulumi_settings.SETTINGS.rpc_manager.clear()
     pulumi_settings.SETTINGS.outputs.clear()
     try:
-        pulumi_mocks._sync_await(pulumi_mocks.run_pulumi_func(lambda: runpy.run_path(str(PROGRAM))))
+        def program() -> None:
+            if observe is not None:
+                pulumi.runtime.register_stack_transformation(observe)
+            runpy.run_path(str(PROGRAM))
+
+        pulumi_mocks._sync_await(pulumi_mocks.run_pulumi_func(program))
     except Exception as exc:  # noqa: BLE001 re-raised with the program named
         pulumi_mocks._sync_await(_settle())
         raise ProgramError(f"the Pulumi program failed under the mock engine: {exc}") from exc

@@ -1,0 +1,66 @@
+"""Secrets on the first `up`: each exists with a placeholder value before any reader starts, and a real
+value put in later is never overwritten by the program."""
+from __future__ import annotations
+
+import boto3
+import pulumi
+import pytest
+from botocore.exceptions import ClientError
+from moto import mock_aws
+
+from infra.components.secrets import PLACEHOLDER, PLACEHOLDER_IGNORES
+from infra.plan.run import Plan, run_program
+from tests.stacks import stack_raw
+
+SECRET = "aws:secretsmanager/secret:Secret"
+VERSION = "aws:secretsmanager/secretVersion:SecretVersion"
+
+
+def test_every_secret_has_a_value_before_its_readers_start(prod_plan: Plan) -> None:
+    secrets = prod_plan.of_type(SECRET)
+    versions = {v.inputs["secretId"]: v for v in prod_plan.of_type(VERSION)}
+    assert secrets
+    for secret in secrets:
+        version = versions.get(secret.outputs["arn"])
+        assert version is not None, f"{secret.inputs['name']} has no first version"
+        value = version.inputs["secretString"]  # marked secret by the provider schema: kept out of logs and state
+        assert isinstance(value, dict) and value["value"] == PLACEHOLDER
+        assert version.region == secret.region  # written where the primary lives; replicas copy it
+
+
+def test_a_value_put_in_later_is_never_written_over() -> None:
+    seen: dict[str, list[str]] = {}
+
+    def observe(args: pulumi.ResourceTransformationArgs) -> None:
+        if args.type_ == VERSION:
+            seen[args.name] = list(args.opts.ignore_changes or [])
+
+    run_program(stack_raw("prod"), "prod", observe=observe)
+    assert seen
+    for name, ignored in seen.items():
+        assert {"secretString", "versionStages"} <= set(ignored), name
+    assert PLACEHOLDER_IGNORES == ["secretString", "versionStages"]
+
+
+@mock_aws
+def test_secrets_manager_refuses_to_read_a_secret_that_has_no_value_yet() -> None:
+    """Why the placeholder exists: the gateway reads its keys at start, and this is what it got."""
+    sm = boto3.client("secretsmanager", region_name="us-east-1")
+    sm.create_secret(Name="llm-platform/prod/providers/openai")
+    with pytest.raises(ClientError) as err:
+        sm.get_secret_value(SecretId="llm-platform/prod/providers/openai")
+    assert err.value.response["Error"]["Code"] == "ResourceNotFoundException"
+
+
+@mock_aws
+def test_a_key_put_after_the_first_up_becomes_the_current_value() -> None:
+    sm = boto3.client("secretsmanager", region_name="us-east-1")
+    name = "llm-platform/prod/providers/openai"
+    sm.create_secret(Name=name)
+    first = sm.put_secret_value(SecretId=name, SecretString=PLACEHOLDER)["VersionId"]  # what `up` writes
+    sm.put_secret_value(SecretId=name, SecretString="sk-operator-set-this")  # the operator, later
+    assert sm.get_secret_value(SecretId=name)["SecretString"] == "sk-operator-set-this"
+    # The program's version still exists, demoted: refreshing it shows only its stages changed, which
+    # the program ignores, so the next `up` writes nothing.
+    old = sm.get_secret_value(SecretId=name, VersionId=first)
+    assert old["SecretString"] == PLACEHOLDER and old["VersionStages"] == ["AWSPREVIOUS"]
