@@ -89,6 +89,9 @@ BAD_CONFIGS: list[tuple[str, Mutation, str, str]] = [
      "llm-platform:budget.alert_thresholds_pct", "lists a threshold twice"),
     ("more budget alerts than AWS allows", _set("budget.alert_thresholds_pct", [10, 20, 30, 40, 50]),
      "llm-platform:budget.alert_thresholds_pct", "at most 4 items"),
+    ("the Hugging Face token named as a Kubernetes Secret (the old key)",
+     _set("secrets", {"providers": ["openai"], "huggingface_token_secret": "hf-token"}),
+     "llm-platform:secrets.huggingface_token_secret", "write `llm-platform:secrets.huggingface_token: true`"),
 ]
 
 
