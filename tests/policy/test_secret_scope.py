@@ -186,3 +186,16 @@ def test_a_model_server_role_reading_another_regions_token_is_rejected(prod_plan
         set_policy(rp, "policy", doc)
     assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, widen), "secret-scope"),
                     "the us-east-1 model server role may read llm-platform/prod/huggingface/token in us-west-2")
+
+
+def test_model_servers_running_as_the_gateway_role_are_rejected(prod_plan):
+    """Program bug (simulated): the us-east-1 model releases are given the gateway's role."""
+    def share(rs):
+        gateway_role = find(rs, "aws:iam/role:Role", "us-east-1-gateway").outputs["arn"]
+        for r in rs:
+            if r.type == "kubernetes:helm.sh/v3:Release" and r.region == "us-east-1" \
+                    and str(r.inputs.get("chart", "")).endswith("charts/vllm"):
+                r.inputs["values"]["serviceAccount"]["roleArn"] = gateway_role
+    gateway_role = find(prod_plan.resources, "aws:iam/role:Role", "us-east-1-gateway").outputs["arn"]
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, share), "secret-scope"),
+                    f"{gateway_role} is both a gateway role and a model server role")

@@ -118,6 +118,8 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
     model_roles = _release_roles(resources, VLLM_CHART_DIR)  # role ARN -> region of the model servers
     found.judged(None, gateway_roles=dict(sorted(gateway_roles.items())),
                  model_server_roles=dict(sorted(model_roles.items())))
+    for arn in sorted(set(gateway_roles) & set(model_roles)):
+        found.fail(f"{arn} is both a gateway role and a model server role: each reads only its own kind of secret")
     token_name = huggingface_token_name(policy.stack)
 
     def kind_of(secret_name: str) -> tuple[str, dict[str, str]]:
