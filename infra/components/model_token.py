@@ -1,4 +1,4 @@
-"""The IRSA role a region's model servers mount the Hugging Face token with, and the policy that lets it read exactly that."""
+"""The IRSA role a region's model servers mount the Hugging Face token with, and its policy reading exactly that."""
 from __future__ import annotations
 
 import json

@@ -207,7 +207,8 @@ def test_the_model_pods_mount_the_token_from_secrets_manager_through_their_own_r
         assert role.outputs["arn"] not in gateway_roles
         trust = json.loads(role.inputs["assumeRolePolicy"])["Statement"][0]["Condition"]["StringEquals"]
         subjects = next(v for k, v in trust.items() if k.endswith(":sub"))
-        assert subjects == [f"system:serviceaccount:llm-serving:vllm-{m.name}" for m in prod_plan.config.models_in(region)]
+        models = prod_plan.config.models_in(region)
+        assert subjects == [f"system:serviceaccount:llm-serving:vllm-{m.name}" for m in models]
         assert f"system:serviceaccount:llm-serving:{values['serviceAccount']['name']}" in subjects
         read, decrypt = policies[role.outputs["name"]]["Statement"]
         assert sorted(read["Action"]) == ["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"]
@@ -227,7 +228,8 @@ def test_the_csi_driver_and_its_aws_provider_run_on_the_gpu_nodes_the_model_pods
         store = next(r for r in releases if r.inputs["chart"] == "secrets-store-csi-driver-provider-aws")
         assert store.inputs["version"] and store.inputs["namespace"] == "kube-system"
         assert store.inputs["values"]["secrets-store-csi-driver"]["install"] is True
-        tolerated = {(t["key"], t["effect"]) for t in store.inputs["values"]["tolerations"] if t["operator"] == "Exists"}
+        tolerations = store.inputs["values"]["tolerations"]
+        tolerated = {(t["key"], t["effect"]) for t in tolerations if t["operator"] == "Exists"}
         for pool in prod_plan.config.region(region).pools:
             assert {(t["key"], t["effect"]) for t in pool_taints(pool.spot)} <= tolerated, (region, pool.name)
 

@@ -152,8 +152,8 @@ def test_a_model_server_role_that_can_read_a_provider_key_is_rejected(prod_plan)
         doc["Statement"][0]["Resource"].append(openai)
         set_policy(rp, "policy", doc)
     assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, widen), "secret-scope"),
-                    "us-east-1-models-token: the us-east-1 model server role may read llm-platform/prod/providers/openai, "
-                    "which only gateway roles may read")
+                    "us-east-1-models-token: the us-east-1 model server role may read "
+                    "llm-platform/prod/providers/openai, which only gateway roles may read")
 
 
 def test_a_gateway_role_that_can_read_the_hugging_face_token_is_rejected(prod_plan):
@@ -172,8 +172,8 @@ def test_a_gateway_role_that_can_read_the_hugging_face_token_is_rejected(prod_pl
         set_policy(sp, "policy", fence)
     gateway_role = find(prod_plan.resources, "aws:iam/role:Role", "eu-west-1-gateway").outputs["arn"]
     assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, widen), "secret-scope"),
-                    "eu-west-1-gateway-secrets: the eu-west-1 gateway role may read llm-platform/prod/huggingface/token, "
-                    "which only model server roles may read",
+                    "eu-west-1-gateway-secrets: the eu-west-1 gateway role may read "
+                    "llm-platform/prod/huggingface/token, which only model server roles may read",
                     f"exempts {gateway_role} from its deny, which is not a model server role of stack prod")
 
 
