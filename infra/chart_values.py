@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.components.dns import regional_host
+from infra.components.secrets import huggingface_token_name
 from infra.config import ROOT, Model, Region, StackConfig
 from infra.scheduling import GPU_RESOURCE, pool_node_selector, pool_tolerations
 
@@ -46,8 +47,19 @@ def gateway_service_account_subject() -> str:
     return f"system:serviceaccount:{GATEWAY_NAMESPACE}:{GATEWAY_SERVICE_ACCOUNT}"
 
 
-def vllm_values(cfg: StackConfig, model: Model, region: Region) -> dict[str, Any]:
-    """Values for the `vllm-<model>` release serving `model` in `region`."""
+def model_service_account(model: Model) -> str:
+    """The vLLM chart's ServiceAccount for `model`: named after the release, one per model."""
+    return vllm_release_name(model)
+
+
+def model_service_account_subjects(cfg: StackConfig, region: str) -> list[str]:
+    """The IRSA trust policy's `sub`s for the model servers' role of `region`: each model's ServiceAccount."""
+    return [f"system:serviceaccount:{MODEL_NAMESPACE}:{model_service_account(m)}" for m in cfg.models_in(region)]
+
+
+def vllm_values(cfg: StackConfig, model: Model, region: Region, *, role_arn: Any = None) -> dict[str, Any]:
+    """Values for the `vllm-<model>` release serving `model` in `region`. `role_arn` (may be a Pulumi
+    Output) is the region's model server role, needed when the stack reads a Hugging Face token."""
     pool = region.pool(model.pool)
     if pool is None:
         raise ValueError(f"model {model.name} uses pool {model.pool!r}, which region {region.name} does not have")
@@ -64,7 +76,6 @@ def vllm_values(cfg: StackConfig, model: Model, region: Region) -> dict[str, Any
             "gpuMemoryUtilization": model.gpu_memory_utilization,
             "quantization": model.quantization,
             "prefixCaching": True,
-            "hfTokenSecret": {"name": cfg.secrets.huggingface_token_secret or ""},
         },
         "gpus": model.gpus,
         "gpuResource": GPU_RESOURCE,
@@ -88,7 +99,16 @@ def vllm_values(cfg: StackConfig, model: Model, region: Region) -> dict[str, Any
             "allowSourceRanges": [cfg.network.cidr],
         },
         "podLabels": {"llm-platform/model": model.name, "llm-platform/tier": model.tier},
+        "serviceAccount": {"create": True, "name": model_service_account(model)},
     }
+    if cfg.secrets.huggingface_token:
+        if role_arn is None:
+            raise ValueError(f"model {model.name} in {region.name}: the stack reads a Hugging Face token "
+                             "(secrets.huggingface_token), so the release needs the model server role's ARN")
+        # The pod mounts the region's copy through the Secrets Store CSI driver, as its own IRSA role.
+        values["serviceAccount"]["roleArn"] = role_arn
+        values["model"]["hfToken"] = {"secretsManager": {
+            "secretId": huggingface_token_name(cfg.stack), "region": region.name}}
     if s3:
         # The weights live in the stack's own bucket: an init container syncs them to the node first.
         values["modelCache"] = {"s3": {"uri": model.source}}

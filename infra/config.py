@@ -151,10 +151,10 @@ class Network(_Model):
 
 class Secrets(_Model):
     providers: list[Slug] = Field(default_factory=lambda: ["openai", "anthropic"])
-    # A Kubernetes Secret (key `token`) in the serving namespace holding a Hugging Face token, for
-    # gated models. Created by the operator (or External Secrets), never by the program: the token
-    # must not land in Pulumi state.
-    huggingface_token_secret: Slug | None = None
+    # Gated models need a Hugging Face token: true creates the secret llm-platform/<stack>/huggingface/token
+    # in each zone, which the model pods mount through their own IRSA role. The program never writes
+    # the token's value (it must not land in Pulumi state).
+    huggingface_token: bool = False
 
 
 class Preview(_Model):
@@ -310,7 +310,17 @@ def _key_path(loc: tuple[Any, ...]) -> str:
     return path
 
 
+# Keys that once existed, with what to write instead.
+REPLACED_KEYS = {
+    ("secrets", "huggingface_token_secret"):
+        "no longer supported: the token now comes from Secrets Manager, not a Kubernetes Secret; write "
+        f"`{NAMESPACE}:secrets.huggingface_token: true` and put the token in llm-platform/<stack>/huggingface/token",
+}
+
+
 def _describe(error: dict[str, Any]) -> str:
+    if error["type"] == "extra_forbidden" and tuple(error["loc"]) in REPLACED_KEYS:
+        return REPLACED_KEYS[tuple(error["loc"])]
     if error["type"] == "missing":
         return "required key is missing"
     if error["type"] == "extra_forbidden":

@@ -4,12 +4,14 @@ from __future__ import annotations
 import pulumi
 import pulumi_aws as aws
 
+from infra.chart_values import model_service_account_subjects
 from infra.components.addons import ClusterAddons, ClusterAddonsArgs
 from infra.components.budget import StackBudget, StackBudgetArgs
 from infra.components.cluster import Cluster, ClusterArgs
 from infra.components.dns import FailoverDns, FailoverDnsArgs
 from infra.components.gateway import Gateway, GatewayArgs, gateway_role
 from infra.components.model_serving import ModelServing, ModelServingArgs
+from infra.components.model_token import model_server_role, model_token_policy
 from infra.components.network import Network, NetworkArgs
 from infra.components.node_pool import NodePool, NodePoolArgs
 from infra.components.providers import global_provider, iam_path, regional_provider, stack_tags
@@ -67,17 +69,28 @@ class RegionalStack:
         # cannot get capacity fails its own models and nothing else (with `pulumi up --continue-on-error`:
         # by default the engine starts no new operation after the first failure).
         self.addons = ClusterAddons(name, ClusterAddonsArgs(
-            region=name, certificate_arn=dns.certificate(name, self.provider)), k8s,
+            region=name, certificate_arn=dns.certificate(name, self.provider),
+            secrets_store=cfg.secrets.huggingface_token), k8s,
             # ingress-nginx runs on the system nodes (GPU pools are tainted), so they must exist first.
             pulumi.ResourceOptions(parent=parent, depends_on=[self.cluster.system_nodes]))
-        self.serving = [
-            ModelServing(f"{name}-{model.name}", ModelServingArgs(cfg=cfg, model=model, region=region), k8s,
-                         pulumi.ResourceOptions(parent=parent, depends_on=[self.addons, self.pools[model.pool]]))
-            for model in cfg.models_in(name)
-        ]
         self.gateway_role = gateway_role(
             f"{name}-gateway", name, iam_path(cfg.stack), tags,
             self.cluster.oidc.arn, self.cluster.oidc_issuer, iam, parent)
+        self.model_role = model_server_role(
+            f"{name}-models", name, iam_path(cfg.stack), tags, model_service_account_subjects(cfg, name),
+            self.cluster.oidc.arn, self.cluster.oidc_issuer, iam, parent,
+        ) if cfg.secrets.huggingface_token and cfg.models_in(name) else None
+
+    def serve(self, cfg: StackConfig, parent: pulumi.Resource, token_ready: list[pulumi.Resource]) -> None:
+        """The model releases, once the token they mount (if any) is readable by their role."""
+        role_arn = self.model_role.arn if self.model_role else None
+        self.serving = [
+            ModelServing(f"{self.region.name}-{model.name}", ModelServingArgs(
+                cfg=cfg, model=model, region=self.region, role_arn=role_arn), self.cluster.kubernetes,
+                pulumi.ResourceOptions(parent=parent,
+                                       depends_on=[self.addons, self.pools[model.pool], *token_ready]))
+            for model in cfg.models_in(self.region.name)
+        ]
 
 
 class Platform(pulumi.ComponentResource):
@@ -97,9 +110,14 @@ class Platform(pulumi.ComponentResource):
             secrets = StackSecrets(f"{name}-secrets-{zone}", StackSecretsArgs(
                 stack=cfg.stack, zone=zone, regions=members, providers=cfg.secrets.providers,
                 reader_role_arns=[regions[r].gateway_role.arn for r in members],
+                model_reader_role_arns=[regions[r].model_role.arn for r in members if regions[r].model_role],
                 recovery_window_days=0 if cfg.environment == "preview" else 7), providers, here)
             for region_name in members:
                 rs = regions[region_name]
+                rs.serve(cfg, self, [secrets, model_token_policy(
+                    f"{region_name}-models-token", region_name, rs.model_role,
+                    secrets.huggingface_token_arns[region_name], secrets.key_arns[region_name], iam, self,
+                )] if rs.model_role else [])
                 Gateway(f"{region_name}-gateway", GatewayArgs(
                     cfg=cfg, region=rs.region, role=rs.gateway_role, secret_arns=secrets.arns[region_name],
                     key_arn=secrets.key_arns[region_name], config=gateway_config(cfg, rs.region)),

@@ -1,4 +1,4 @@
-"""ClusterAddons: the NVIDIA device plugin and ingress-nginx, installed as Helm releases."""
+"""ClusterAddons: the NVIDIA device plugin, ingress-nginx and the Secrets Store CSI driver with its AWS provider, as Helm releases."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,6 +10,12 @@ from infra.scheduling import GPU_TAINT_KEY, SPOT_TAINT_KEY
 
 DEVICE_PLUGIN = ("nvidia-device-plugin", "0.17.1", "https://nvidia.github.io/k8s-device-plugin")
 INGRESS_NGINX = ("ingress-nginx", "4.12.1", "https://kubernetes.github.io/ingress-nginx")
+# The AWS provider (ASCP); its chart installs the Secrets Store CSI driver as a dependency (1.6.0 in the
+# chart's Chart.lock) with the `tokenRequests` audience sts.amazonaws.com that IRSA needs. Version 3.1.1
+# is in https://aws.github.io/secrets-store-csi-driver-provider-aws/index.yaml.
+SECRETS_STORE_AWS = ("secrets-store-csi-driver-provider-aws", "3.1.1",
+                     "https://aws.github.io/secrets-store-csi-driver-provider-aws")
+SECRETS_STORE_NAMESPACE = "kube-system"
 INGRESS_NAMESPACE = "ingress-nginx"
 INGRESS_SERVICE = "ingress-nginx-controller"  # from fullnameOverride below
 
@@ -18,6 +24,7 @@ INGRESS_SERVICE = "ingress-nginx-controller"  # from fullnameOverride below
 class ClusterAddonsArgs:
     region: str
     certificate_arn: pulumi.Input[str]
+    secrets_store: bool = False  # the model pods mount a secret from Secrets Manager
 
 
 def _release(name: str, chart: tuple[str, str, str], namespace: str, values: dict,
@@ -36,11 +43,18 @@ class ClusterAddons(pulumi.ComponentResource):
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("llm-platform:cluster:ClusterAddons", name, None, opts)
         child = pulumi.ResourceOptions(parent=self, provider=kubernetes)
+        gpu_nodes = [{"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"},
+                     {"key": SPOT_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}]
         self.device_plugin = _release(f"{name}-nvidia-device-plugin", DEVICE_PLUGIN, "nvidia-device-plugin", {
             # The plugin must run on every GPU node, spot ones included, whatever their taints.
-            "tolerations": [{"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"},
-                            {"key": SPOT_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
+            "tolerations": gpu_nodes,
         }, child)
+        self.secrets_store = _release(f"{name}-secrets-store", SECRETS_STORE_AWS, SECRETS_STORE_NAMESPACE, {
+            # The mount happens on the model pod's node: the provider must run on the tainted GPU nodes too
+            # (the driver's DaemonSet tolerates every taint by default; the provider's tolerates none).
+            "tolerations": gpu_nodes,
+            "secrets-store-csi-driver": {"install": True},
+        }, child) if args.secrets_store else None
         self.ingress = _release(f"{name}-ingress-nginx", INGRESS_NGINX, INGRESS_NAMESPACE, {
             "fullnameOverride": "ingress-nginx",
             "controller": {

@@ -13,8 +13,8 @@ from infra.chart_values import (GATEWAY_CHART, GATEWAY_NAMESPACE, GATEWAY_RELEAS
 from infra.config import Region, StackConfig
 
 
-def irsa_trust_policy(oidc_provider_arn: str, issuer: str) -> dict:
-    """Only the gateway's ServiceAccount in its cluster may assume the role."""
+def irsa_trust_policy(oidc_provider_arn: str, issuer: str, subjects: list[str] | None = None) -> dict:
+    """Only the named ServiceAccounts (by default the gateway's) in its cluster may assume the role."""
     return {
         "Version": "2012-10-17",
         "Statement": [{
@@ -22,7 +22,7 @@ def irsa_trust_policy(oidc_provider_arn: str, issuer: str) -> dict:
             "Principal": {"Federated": oidc_provider_arn},
             "Action": "sts:AssumeRoleWithWebIdentity",
             "Condition": {"StringEquals": {
-                f"{issuer}:sub": gateway_service_account_subject(),
+                f"{issuer}:sub": subjects or gateway_service_account_subject(),
                 f"{issuer}:aud": "sts.amazonaws.com",
             }},
         }],

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -15,6 +16,7 @@ class ModelServingArgs:
     cfg: StackConfig
     model: Model
     region: Region
+    role_arn: Any = None  # pulumi.Input[str]: the region's model server role, when the stack reads a HF token
 
 
 class ModelServing(pulumi.ComponentResource):
@@ -27,7 +29,7 @@ class ModelServing(pulumi.ComponentResource):
             chart=str(VLLM_CHART),
             namespace=MODEL_NAMESPACE,
             create_namespace=True,
-            values=vllm_values(args.cfg, args.model, args.region),
+            values=vllm_values(args.cfg, args.model, args.region, role_arn=args.role_arn),
             # Model downloads take minutes; don't fail the deploy while weights load.
             skip_await=True,
             opts=pulumi.ResourceOptions(parent=self, provider=kubernetes),

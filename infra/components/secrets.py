@@ -25,13 +25,18 @@ def secret_names(stack: str, providers: list[str]) -> list[str]:
     return [f"llm-platform/{stack}/providers/{p}" for p in providers] + [f"llm-platform/{stack}/gateway/master-key"]
 
 
-def deny_all_but(readers: list[str], secret_arns: list[str]) -> dict:
+def huggingface_token_name(stack: str) -> str:
+    """The secret the model servers (and nothing else) read the Hugging Face token from."""
+    return f"llm-platform/{stack}/huggingface/token"
+
+
+def deny_all_but(readers: list[str], secret_arns: list[str], sid: str = "OnlyThisStacksGatewaysRead") -> dict:
     """Resource policy: nobody but the listed roles may read this secret, whatever their IAM policies say.
     It names every copy: Secrets Manager gives replicas the same policy, under their own ARNs."""
     return {
         "Version": "2012-10-17",
         "Statement": [{
-            "Sid": "OnlyThisStacksGatewaysRead",
+            "Sid": sid,
             "Effect": "Deny",
             "Principal": {"AWS": "*"},  # narrowed by the condition: a denial of everyone else, not a grant
             "Action": GET_SECRET,
@@ -48,12 +53,15 @@ class StackSecretsArgs:
     regions: list[str]  # the zone's regions in this stack; the first holds the primary copies
     providers: list[str]
     reader_role_arns: list[pulumi.Input[str]]
+    # The model servers' roles: the only readers of the Hugging Face token, created when this is set.
+    model_reader_role_arns: list[pulumi.Input[str]] | None = None
     # 0 deletes at once: a reaped pr-<n> stack must be re-creatable at the next push.
     recovery_window_days: int = 7
 
 
 class StackSecrets(pulumi.ComponentResource):
-    """`arns[region]` lists the secret ARNs in that region; `key_arns[region]` the KMS key there."""
+    """`arns[region]` lists the gateway's secret ARNs in that region; `key_arns[region]` the KMS key there;
+    `huggingface_token_arns[region]` the model servers' token there (empty without model readers)."""
 
     def __init__(self, name: str, args: StackSecretsArgs, providers: dict[str, aws.Provider],
                  opts: pulumi.ResourceOptions | None = None):
@@ -72,7 +80,13 @@ class StackSecrets(pulumi.ComponentResource):
             self.key_arns[region] = replica.arn
 
         self.arns: dict[str, list[pulumi.Output[str]]] = {r: [] for r in args.regions}
-        for secret_name in secret_names(args.stack, args.providers):
+        self.huggingface_token_arns: dict[str, pulumi.Output[str]] = {}
+        readers_of = {n: (args.reader_role_arns, "OnlyThisStacksGatewaysRead", self.arns)
+                      for n in secret_names(args.stack, args.providers)}
+        if args.model_reader_role_arns:
+            readers_of[huggingface_token_name(args.stack)] = (
+                args.model_reader_role_arns, "OnlyThisStacksModelServersRead", None)
+        for secret_name, (readers, sid, listed) in readers_of.items():
             short = secret_name.removeprefix(f"llm-platform/{args.stack}/").replace("/", "-")
             secret = aws.secretsmanager.Secret(
                 f"{name}-{short}",
@@ -82,18 +96,26 @@ class StackSecrets(pulumi.ComponentResource):
                 replicas=[aws.secretsmanager.SecretReplicaArgs(region=r, kms_key_id=self.key_arns[r])
                           for r in replicas],
                 opts=child_opts(self, providers[primary]))
-            aws.secretsmanager.SecretVersion(
-                f"{name}-{short}-placeholder", secret_id=secret.id, secret_string=PLACEHOLDER,
-                opts=child_opts(self, providers[primary], ignore_changes=PLACEHOLDER_IGNORES))
+            if listed is not None:
+                # The gateway must start before its keys are put in. The Hugging Face token gets no
+                # placeholder: huggingface_hub would send it even for public models and fail with 401;
+                # without a value, the pod's CSI mount waits (ContainerCreating, naming the secret) and
+                # succeeds on its own once the token is put in.
+                aws.secretsmanager.SecretVersion(
+                    f"{name}-{short}-placeholder", secret_id=secret.id, secret_string=PLACEHOLDER,
+                    opts=child_opts(self, providers[primary], ignore_changes=PLACEHOLDER_IGNORES))
             copies = [secret.arn.apply(lambda arn, r=region: arn.replace(f":{primary}:", f":{r}:"))
                       for region in args.regions]  # a replica keeps the primary's ARN, with its own region
             aws.secretsmanager.SecretPolicy(
                 f"{name}-{short}",
                 secret_arn=secret.arn,
-                policy=pulumi.Output.all(pulumi.Output.all(*copies), *args.reader_role_arns).apply(
-                    lambda a: json.dumps(deny_all_but(list(a[1:]), a[0]))),
+                policy=pulumi.Output.all(pulumi.Output.all(*copies), *readers).apply(
+                    lambda a, sid=sid: json.dumps(deny_all_but(list(a[1:]), a[0], sid))),
                 block_public_policy=True,
                 opts=child_opts(self, providers[primary]))
             for region, copy in zip(args.regions, copies):
-                self.arns[region].append(copy)
+                if listed is None:
+                    self.huggingface_token_arns[region] = copy
+                else:
+                    listed[region].append(copy)
         self.register_outputs({"key_arns": self.key_arns})

@@ -18,6 +18,7 @@ from infra.gateway_config import gateway_config
 KUBE_VERSION = "1.32"
 CHECKOV = Path(os.environ.get("CHECKOV_BIN", ROOT / ".venv" / "checkov" / "bin" / "checkov"))
 ROLE_ARN = "arn:aws:iam::123456789012:role/llm-gateway-us-east-1"
+MODEL_ROLE_ARN = "arn:aws:iam::123456789012:role/llm-models-us-east-1"
 
 
 @dataclass
@@ -91,7 +92,7 @@ PROD_REGIONS = [r.name for r in _PROD.regions]
 def render_prod_model(cfg: StackConfig, region: str, model: str, ingress: bool = False) -> Rendered:
     """The release as the program installs it; `ingress=True` also switches on the model's ingress."""
     m = next(x for x in cfg.models if x.name == model)
-    values = vllm_values(cfg, m, cfg.region(region))
+    values = vllm_values(cfg, m, cfg.region(region), role_arn=MODEL_ROLE_ARN)
     if ingress:
         values["ingress"]["enabled"] = True
     return render(VLLM_CHART, values, name=vllm_release_name(m), namespace=MODEL_NAMESPACE)

@@ -1,5 +1,6 @@
 """Both charts, every way the platform renders them: `helm lint` clean, every object valid against the
-Kubernetes 1.32 schema (strict), and checkov clean apart from the findings each chart accepts in writing."""
+Kubernetes 1.32 schema (strict; custom resources against their vendored CRDs), and checkov clean apart
+from the findings each chart accepts in writing."""
 from __future__ import annotations
 
 import json
@@ -8,24 +9,25 @@ from pathlib import Path
 from typing import Any
 
 import helm_python as helm
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
 from infra.chart_values import GATEWAY_CHART, GATEWAY_NAMESPACE, GATEWAY_RELEASE, MODEL_NAMESPACE, VLLM_CHART
-from tests.charts.rendering import (CHECKOV, KUBE_VERSION, PROD_MODEL_RELEASES, PROD_REGIONS, Rendered, load_prod,
-                                    prod_gateway_values, render)
+from tests.charts import custom_resources
+from tests.charts.rendering import (CHECKOV, KUBE_VERSION, MODEL_ROLE_ARN, PROD_MODEL_RELEASES, PROD_REGIONS,
+                                    Rendered, load_prod, prod_gateway_values, render)
 
 DIGEST = "sha256:" + "0" * 64
-# Custom resources that kubernetes-validate has no schema for, checked by the chart specs instead.
-CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 # What each chart accepts from checkov, with the reason in the Deployment's checkov.io/skipN annotations.
 ACCEPTED = {"CKV_K8S_43", "CKV_K8S_15", "CKV_K8S_11", "CKV_K8S_38"}
 
 VLLM_EVERYTHING_ON = {
     "image": {"digest": DIGEST, "pullPolicy": "Always"},
     "model": {"source": "/models/llama", "servedName": "llama", "quantization": "fp8",
-              "hfTokenSecret": {"name": "hf-token", "key": "token"}, "extraArgs": ["--enable-chunked-prefill"]},
+              "hfToken": {"secretsManager": {"secretId": "llm-platform/demo/huggingface/token", "region": "eu-west-1"}},
+              "extraArgs": ["--enable-chunked-prefill"]},
     "gpus": 4,
     "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 3},
     "resources": {"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"cpu": "16", "memory": "128Gi"}},
@@ -33,7 +35,7 @@ VLLM_EVERYTHING_ON = {
                                                       "image": {"digest": DIGEST, "pullPolicy": "Always"}}},
     "ingress": {"host": "llama.models.example.com", "allowSourceRanges": ["10.0.0.0/8"],
                 "tls": [{"secretName": "models-tls", "hosts": ["llama.models.example.com"]}]},
-    "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/weights"}},
+    "serviceAccount": {"roleArn": "arn:aws:iam::123456789012:role/models", "annotations": {"team": "platform"}},
     "metrics": {"serviceMonitor": {"enabled": True}},
     "priorityClassName": "llm-serving",
     "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
@@ -67,10 +69,12 @@ def _vllm_scenarios() -> dict[str, tuple[dict[str, Any] | None, str]]:
     cfg = load_prod()
     out: dict[str, tuple[dict[str, Any] | None, str]] = {
         "defaults": (None, "vllm-demo"), "everything-on": (VLLM_EVERYTHING_ON, "vllm-llama"),
-        "everything-off": (VLLM_EVERYTHING_OFF, "vllm-off")}
+        "everything-off": (VLLM_EVERYTHING_OFF, "vllm-off"),
+        "token-from-a-kubernetes-secret": ({"model": {"hfToken": {"secret": {"name": "hf-token"}}}}, "vllm-k8s")}
     for region, name in PROD_MODEL_RELEASES:
         model = next(m for m in cfg.models if m.name == name)
-        out[f"prod-{region}-{name}"] = (vllm_values(cfg, model, cfg.region(region)), vllm_release_name(model))
+        out[f"prod-{region}-{name}"] = (vllm_values(cfg, model, cfg.region(region), role_arn=MODEL_ROLE_ARN),
+                                        vllm_release_name(model))
     return out
 
 
@@ -117,7 +121,13 @@ def test_every_rendered_object_is_valid_kubernetes_1_32_strictly(chart, scenario
     assert rendered.objects
     for obj in rendered.objects:
         where = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
-        if (obj["apiVersion"], obj["kind"]) in CUSTOM_KINDS:
+        if (obj["apiVersion"], obj["kind"]) in custom_resources.UNVENDORED:
+            continue
+        if custom_resources.is_custom(obj):
+            try:
+                custom_resources.validate(obj)
+            except jsonschema.ValidationError as exc:
+                pytest.fail(f"{chart}:{scenario} {where} at {'.'.join(map(str, exc.path))}: {exc.message}")
             continue
         try:
             kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
@@ -134,6 +144,23 @@ def test_the_validator_would_catch_an_invalid_object():
     broken["spec"]["template"]["spec"]["containers"][0]["resource"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, KUBE_VERSION, strict=True)
+
+
+def test_the_custom_resource_check_would_catch_an_invalid_secret_provider_class():
+    """Rendered SecretProviderClasses are held to the driver's own CRD schema, strictly: a misspelt field or
+    a parameter that is not a string is reported, and a kind without a vendored CRD is not waved through."""
+    spc = _render("vllm", "everything-on").one("SecretProviderClass")
+    custom_resources.validate(spc)
+    misspelt = json.loads(json.dumps(spc))
+    misspelt["spec"]["providers"] = misspelt["spec"].pop("provider")
+    with pytest.raises(jsonschema.ValidationError, match="'providers' was unexpected"):
+        custom_resources.validate(misspelt)
+    not_a_string = json.loads(json.dumps(spc))
+    not_a_string["spec"]["parameters"]["usePodIdentity"] = False
+    with pytest.raises(jsonschema.ValidationError, match="False is not of type 'string'"):
+        custom_resources.validate(not_a_string)
+    with pytest.raises(custom_resources.UnknownCustomResource):
+        custom_resources.validate({**spc, "apiVersion": "secrets-store.csi.x-k8s.io/v2"})
 
 
 def _checkov(chart: str, tmp_path: Path) -> dict[str, Any]:

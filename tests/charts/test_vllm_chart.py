@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
-from infra.chart_values import MODEL_NAMESPACE, VLLM_CHART, VLLM_PORT, model_base_url, vllm_release_name
+from infra.chart_values import (MODEL_NAMESPACE, VLLM_CHART, VLLM_PORT, model_base_url, model_service_account,
+                                vllm_release_name)
+from infra.components.secrets import huggingface_token_name
 from infra.config import StackConfig
 from infra.scheduling import GPU_RESOURCE, POOL_LABEL, pool_taints, pool_tolerations
-from tests.charts.rendering import PROD_MODEL_RELEASES, Rendered, install_error, render, render_prod_model
+from tests.charts.rendering import (MODEL_ROLE_ARN, PROD_MODEL_RELEASES, Rendered, install_error, render,
+                                    render_prod_model)
 
 RELEASES = pytest.mark.parametrize(("region", "model"), PROD_MODEL_RELEASES,
                                    ids=[f"{r}/{m}" for r, m in PROD_MODEL_RELEASES])
@@ -164,13 +168,67 @@ def test_an_s3_source_is_synced_by_an_init_container_into_the_path_vllm_serves()
     assert {m["name"] for m in init[0]["volumeMounts"]} >= {"model-cache"}
 
 
-def test_the_hugging_face_token_is_mounted_as_a_file_not_an_environment_variable():
-    r = _defaults(model={"hfTokenSecret": {"name": "hf", "key": "token"}})
+def test_the_hugging_face_token_can_come_from_an_existing_kubernetes_secret_as_a_file():
+    r = _defaults(model={"hfToken": {"secret": {"name": "hf", "key": "token"}}})
     env = {e["name"]: e for e in r.container("vllm")["env"]}
     assert "HF_TOKEN" not in env
     assert env["HF_TOKEN_PATH"]["value"] == "/var/run/secrets/huggingface/token"
     volume = next(v for v in r.pod_spec()["volumes"] if v["name"] == "hf-token")
     assert volume["secret"]["secretName"] == "hf"
+    assert r.all("SecretProviderClass") == []
+
+
+def _token_file(r: Rendered) -> str:
+    """Where the pod finds the token: the hf-token volume's mount plus the file name the volume gives it."""
+    mount = next(m for m in r.container("vllm")["volumeMounts"] if m["name"] == "hf-token")
+    assert mount["readOnly"] is True
+    objects = yaml.safe_load(r.one("SecretProviderClass")["spec"]["parameters"]["objects"])
+    return f"{mount['mountPath']}/{objects[0]['objectAlias']}"
+
+
+@RELEASES
+def test_prod_model_pods_mount_the_token_from_secrets_manager_through_their_own_role(prod, region, model):
+    """No Kubernetes Secret is needed: the Secrets Store CSI driver mounts the region's copy of the stack's
+    token, read by the AWS provider as the role annotated on the pod's own ServiceAccount."""
+    r = _prod(prod, region, model)
+    m = _model(prod, model)
+    account = r.one("ServiceAccount")
+    assert account["metadata"]["name"] == r.pod_spec()["serviceAccountName"] == model_service_account(m)
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == MODEL_ROLE_ARN
+    spc = r.one("SecretProviderClass")
+    assert spc["apiVersion"] == "secrets-store.csi.x-k8s.io/v1"
+    assert spc["metadata"]["namespace"] == MODEL_NAMESPACE
+    assert spc["spec"]["provider"] == "aws"
+    params = spc["spec"]["parameters"]
+    assert params["region"] == region
+    assert params["usePodIdentity"] == "false"
+    assert yaml.safe_load(params["objects"]) == [{"objectName": huggingface_token_name(prod.stack),
+                                                  "objectType": "secretsmanager", "objectAlias": "token"}]
+    volume = next(v for v in r.pod_spec()["volumes"] if v["name"] == "hf-token")
+    assert volume == {"name": "hf-token", "csi": {
+        "driver": "secrets-store.csi.k8s.io", "readOnly": True,
+        "volumeAttributes": {"secretProviderClass": spc["metadata"]["name"]}}}
+    assert not any("secret" in v for v in r.pod_spec()["volumes"]), "no Kubernetes Secret is mounted"
+    env = {e["name"]: e for e in r.container("vllm")["env"]}
+    assert "HF_TOKEN" not in env
+    # huggingface_hub reads the token from the file HF_TOKEN_PATH names (huggingface_hub/constants.py).
+    assert env["HF_TOKEN_PATH"]["value"] == _token_file(r)
+
+
+def test_without_a_token_there_is_no_provider_class_and_no_token_path():
+    r = _defaults()
+    assert r.all("SecretProviderClass") == []
+    assert "HF_TOKEN_PATH" not in {e["name"] for e in r.container("vllm")["env"]}
+    assert "hf-token" not in {v["name"] for v in r.pod_spec()["volumes"]}
+
+
+@pytest.mark.parametrize(("values", "words"), [
+    ({"model": {"hfToken": {"secretsManager": {"secretId": "hf"}}}}, "needs serviceAccount.roleArn"),
+    ({"model": {"hfToken": {"secretsManager": {"secretId": "hf"}, "secret": {"name": "hf"}}},
+      "serviceAccount": {"roleArn": MODEL_ROLE_ARN}}, "set secretsManager or secret, not both"),
+], ids=["without a role", "from two sources"])
+def test_a_token_source_that_cannot_work_is_refused_at_install(values, words):
+    assert words in install_error(VLLM_CHART, values, name="vllm-demo", namespace=MODEL_NAMESPACE)
 
 
 def test_the_server_runs_non_root_with_a_read_only_root_and_no_privilege_escalation():
@@ -280,6 +338,9 @@ BAD_VALUES = {
     "an unknown quantization": ({"model": {"quantization": "int3"}}, "/model/quantization"),
     "an S3 URI that is not one": ({"modelCache": {"s3": {"uri": "https://bucket/x"}}}, "/modelCache/s3/uri"),
     "an HPA floor of zero": ({"autoscaling": {"enabled": True, "minReplicas": 0}}, "/autoscaling/minReplicas"),
+    "a token region that is not one": ({"model": {"hfToken": {"secretsManager": {"region": "Europe"}}}},
+                                       "/model/hfToken/secretsManager/region"),
+    "a role that is not an IAM role ARN": ({"serviceAccount": {"roleArn": "models"}}, "/serviceAccount/roleArn"),
 }
 
 
@@ -294,8 +355,8 @@ def test_the_prod_values_are_accepted_at_install(prod):
     from infra.chart_values import vllm_values
     region = prod.regions[0]
     for m in prod.models_in(region.name):
-        assert install_error(VLLM_CHART, vllm_values(prod, m, region), name=vllm_release_name(m),
-                             namespace=MODEL_NAMESPACE) == ""
+        values = vllm_values(prod, m, region, role_arn=MODEL_ROLE_ARN)
+        assert install_error(VLLM_CHART, values, name=vllm_release_name(m), namespace=MODEL_NAMESPACE) == ""
 
 
 def test_the_chart_the_program_and_the_defaults_pin_the_same_vllm_release():

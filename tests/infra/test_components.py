@@ -179,6 +179,70 @@ def test_gateway_config_never_routes_outside_the_zone(prod_plan: Plan) -> None:
             assert "mistral-small-24b" not in {m["alias"] for m in config["models"]}
 
 
+# -- the Hugging Face token ------------------------------------------------------------------------
+
+def _vllm_releases(plan: Plan) -> list:
+    return [r for r in plan.of_type(RELEASE) if r.inputs["chart"] == str(VLLM_CHART)]
+
+
+def test_the_model_pods_mount_the_token_from_secrets_manager_through_their_own_role(prod_plan: Plan) -> None:
+    """No Kubernetes Secret is needed: each release, as Helm renders its planned values, mounts the stack's
+    token secret from its own region through the Secrets Store CSI driver, as the region's model server
+    role, which may read exactly that copy and nothing else."""
+    from tests.charts.rendering import render
+    token = "llm-platform/prod/huggingface/token"
+    roles = {r.outputs["arn"]: r for r in prod_plan.of_type("aws:iam/role:Role")}
+    policies = {p.inputs["role"]: json.loads(p.inputs["policy"])
+                for p in prod_plan.of_type("aws:iam/rolePolicy:RolePolicy")}
+    token_copies = {arn.replace(f":{s.region}:", f":{r}:"): r
+                    for s in prod_plan.of_type("aws:secretsmanager/secret:Secret") if s.inputs["name"] == token
+                    for arn in [s.outputs["arn"]] for r in [s.region, *(x["region"] for x in s.inputs["replicas"])]}
+    assert sorted(token_copies.values()) == sorted(PROD_REGIONS)  # one secret per zone, a copy per region
+    assert prod_plan.of_type("kubernetes:core/v1:Secret") == []
+    gateway_roles = {r.inputs["values"]["serviceAccount"]["roleArn"]
+                     for r in prod_plan.of_type(RELEASE) if r.inputs["chart"] == str(GATEWAY_CHART)}
+    for release in _vllm_releases(prod_plan):
+        region, values = release.region, release.inputs["values"]
+        role = roles[values["serviceAccount"]["roleArn"]]
+        assert role.outputs["arn"] not in gateway_roles
+        trust = json.loads(role.inputs["assumeRolePolicy"])["Statement"][0]["Condition"]["StringEquals"]
+        subjects = next(v for k, v in trust.items() if k.endswith(":sub"))
+        models = prod_plan.config.models_in(region)
+        assert subjects == [f"system:serviceaccount:llm-serving:vllm-{m.name}" for m in models]
+        assert f"system:serviceaccount:llm-serving:{values['serviceAccount']['name']}" in subjects
+        read, decrypt = policies[role.outputs["name"]]["Statement"]
+        assert sorted(read["Action"]) == ["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"]
+        assert [token_copies.get(arn) for arn in read["Resource"]] == [region]
+        assert decrypt["Condition"] == {"StringEquals": {"kms:ViaService": f"secretsmanager.{region}.amazonaws.com"}}
+        rendered = render(VLLM_CHART, values, name=release.inputs["name"], namespace=release.inputs["namespace"])
+        params = rendered.one("SecretProviderClass")["spec"]["parameters"]
+        assert params["region"] == region and f'objectName: "{token}"' in params["objects"]
+        volume = next(v for v in rendered.pod_spec()["volumes"] if v["name"] == "hf-token")
+        assert volume["csi"]["driver"] == "secrets-store.csi.k8s.io" and volume["csi"]["readOnly"] is True
+        assert not any("secret" in v for v in rendered.pod_spec()["volumes"])
+
+
+def test_the_csi_driver_and_its_aws_provider_run_on_the_gpu_nodes_the_model_pods_land_on(prod_plan: Plan) -> None:
+    from infra.scheduling import pool_taints
+    for region, releases in by_region(prod_plan, RELEASE).items():
+        store = next(r for r in releases if r.inputs["chart"] == "secrets-store-csi-driver-provider-aws")
+        assert store.inputs["version"] and store.inputs["namespace"] == "kube-system"
+        assert store.inputs["values"]["secrets-store-csi-driver"]["install"] is True
+        tolerations = store.inputs["values"]["tolerations"]
+        tolerated = {(t["key"], t["effect"]) for t in tolerations if t["operator"] == "Exists"}
+        for pool in prod_plan.config.region(region).pools:
+            assert {(t["key"], t["effect"]) for t in pool_taints(pool.spot)} <= tolerated, (region, pool.name)
+
+
+def test_a_stack_without_a_token_has_no_model_server_role_and_no_csi_driver(preview_plan: Plan) -> None:
+    assert not any(r.inputs["chart"] == "secrets-store-csi-driver-provider-aws" for r in preview_plan.of_type(RELEASE))
+    for release in _vllm_releases(preview_plan):
+        assert "roleArn" not in release.inputs["values"]["serviceAccount"]
+        assert "hfToken" not in release.inputs["values"]["model"]
+    assert not any(s.inputs["name"].endswith("/huggingface/token")
+                   for s in preview_plan.of_type("aws:secretsmanager/secret:Secret"))
+
+
 # -- secrets, budget, DNS -------------------------------------------------------------------------
 
 def test_secrets_live_under_the_stack_path_and_replicate_only_inside_their_zone(prod_plan: Plan) -> None:

@@ -93,6 +93,9 @@ BAD_CONFIGS: list[tuple[str, Mutation, str, str]] = [
      "llm-platform:cluster.admin_roles[0]", "neither an IAM role name nor a role ARN"),
     ("cluster admin listed twice", _set("cluster.admin_roles", ["ops", "ops"]),
      "llm-platform:cluster.admin_roles[1]", "ops is listed twice"),
+    ("the Hugging Face token named as a Kubernetes Secret (the old key)",
+     _set("secrets", {"providers": ["openai"], "huggingface_token_secret": "hf-token"}),
+     "llm-platform:secrets.huggingface_token_secret", "write `llm-platform:secrets.huggingface_token: true`"),
 ]
 
 

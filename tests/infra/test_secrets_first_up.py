@@ -16,8 +16,8 @@ SECRET = "aws:secretsmanager/secret:Secret"
 VERSION = "aws:secretsmanager/secretVersion:SecretVersion"
 
 
-def test_every_secret_has_a_value_before_its_readers_start(prod_plan: Plan) -> None:
-    secrets = prod_plan.of_type(SECRET)
+def test_every_gateway_secret_has_a_value_before_the_gateway_starts(prod_plan: Plan) -> None:
+    secrets = [s for s in prod_plan.of_type(SECRET) if "/huggingface/" not in s.inputs["name"]]
     versions = {v.inputs["secretId"]: v for v in prod_plan.of_type(VERSION)}
     assert secrets
     for secret in secrets:
@@ -26,6 +26,13 @@ def test_every_secret_has_a_value_before_its_readers_start(prod_plan: Plan) -> N
         value = version.inputs["secretString"]  # marked secret by the provider schema: kept out of logs and state
         assert isinstance(value, dict) and value["value"] == PLACEHOLDER
         assert version.region == secret.region  # written where the primary lives; replicas copy it
+
+
+def test_the_hugging_face_token_has_no_placeholder_that_model_downloads_would_send(prod_plan: Plan) -> None:
+    tokens = [s for s in prod_plan.of_type(SECRET) if s.inputs["name"].endswith("/huggingface/token")]
+    assert tokens, "prod serves gated models"
+    written = {v.inputs["secretId"] for v in prod_plan.of_type(VERSION)}
+    assert not written & {t.outputs["arn"] for t in tokens}
 
 
 def test_a_value_put_in_later_is_never_written_over() -> None:

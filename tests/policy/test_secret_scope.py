@@ -1,4 +1,5 @@
-"""Control secret-scope: a stack's secrets use its own keys, only its gateway roles read them, no policy has a wildcard."""
+"""Control secret-scope: a stack's secrets use its own keys, each is read only by the roles meant for it (gateway
+roles for provider and master keys, model server roles for the Hugging Face token), no policy has a wildcard."""
 from __future__ import annotations
 
 from infra.plan.mocks import PlannedResource
@@ -9,6 +10,7 @@ from tests.policy.helpers import (assert_passes, assert_rejected, find, mutated,
 SECRET = "aws:secretsmanager/secret:Secret"
 SECRET_POLICY = "aws:secretsmanager/secretPolicy:SecretPolicy"
 ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
+TOKEN = "llm-platform/{}/huggingface/token"
 
 
 def test_secrets_are_encrypted_with_the_stacks_own_keys(stack_plan):
@@ -20,16 +22,42 @@ def test_secrets_are_encrypted_with_the_stacks_own_keys(stack_plan):
     assert all(e["secret"].startswith(f"llm-platform/{stack_plan.stack}/") for e in secrets)
 
 
-def test_only_the_stacks_gateway_roles_may_read_its_secrets(stack_plan):
+def _roles(res, kind: str) -> dict[str, str]:
+    return next(e[kind] for e in res.evidence if kind in e)
+
+
+def test_only_the_stacks_gateway_roles_may_read_its_gateway_secrets(stack_plan):
     res = result(stack_plan, "secret-scope")
     assert_passes(res)
-    gateway_roles = next(e["gateway_roles"] for e in res.evidence if "gateway_roles" in e)
+    gateway_roles = _roles(res, "gateway_roles")
     assert sorted(gateway_roles.values()) == sorted(r.name for r in stack_plan.config.regions)
-    readers = [e for e in res.evidence if "reads" in e]
-    assert len(readers) == len(gateway_roles), "each gateway role reads its region's copies, nobody else reads"
-    for e in [e for e in res.evidence if e.get("type") == SECRET]:
+    readers = [e for e in res.evidence if e.get("kind") == "gateway"]
+    assert len(readers) == len(gateway_roles), "each gateway role reads its region's copies"
+    for e in [e for e in res.evidence if e.get("type") == SECRET and e["secret"] != TOKEN.format(stack_plan.stack)]:
         zone = stack_plan.config.zone_of(e["region"])
         assert e["readers"] and all(stack_plan.config.zone_of(gateway_roles[r]) == zone for r in e["readers"])
+
+
+def test_only_the_model_server_roles_read_the_hugging_face_token(prod_plan):
+    res = result(prod_plan, "secret-scope")
+    assert_passes(res)
+    model_roles = _roles(res, "model_server_roles")
+    assert sorted(model_roles.values()) == sorted(r.name for r in prod_plan.config.regions)
+    assert not set(model_roles) & set(_roles(res, "gateway_roles"))
+    tokens = [e for e in res.evidence if e.get("type") == SECRET and e["secret"] == TOKEN.format("prod")]
+    assert len(tokens) == len(prod_plan.config.zones), "one token per zone, replicated inside it"
+    for e in tokens:
+        zone = prod_plan.config.zone_of(e["region"])
+        assert sorted(model_roles[r] for r in e["readers"]) == sorted(r.name for r in prod_plan.config.regions_in(zone))
+    for e in [e for e in res.evidence if e.get("kind") == "model server"]:
+        assert len(e["reads"]) == 1 and ":secret:llm-platform/prod/huggingface/token" in e["reads"][0]
+
+
+def test_a_stack_without_a_hugging_face_token_has_no_model_server_roles(preview_plan):
+    res = result(preview_plan, "secret-scope")
+    assert_passes(res)
+    assert _roles(res, "model_server_roles") == {}
+    assert TOKEN.format("preview") not in {e.get("secret") for e in res.evidence}
 
 
 def test_no_policy_the_program_writes_has_a_wildcard(stack_plan):
@@ -113,3 +141,61 @@ def test_unreviewed_managed_policy_is_rejected(prod_plan):
         {"role": "us-east-1-nodes-d73a9a2", "policyArn": "arn:aws:iam::aws:policy/SecretsManagerReadWrite"})))
     assert_rejected(result_of_resources(prod_plan, resources, "secret-scope"),
                     "attaches arn:aws:iam::aws:policy/SecretsManagerReadWrite, which is not on the reviewed list")
+
+
+def test_a_model_server_role_that_can_read_a_provider_key_is_rejected(prod_plan):
+    """Program bug (simulated): the us-east-1 model servers' role policy also reads the OpenAI key there."""
+    def widen(rs):
+        openai = find(rs, SECRET, "llm-platform-secrets-us-providers-openai").outputs["arn"]
+        rp = find(rs, ROLE_POLICY, "us-east-1-models-token")
+        doc = policy_doc(rp)
+        doc["Statement"][0]["Resource"].append(openai)
+        set_policy(rp, "policy", doc)
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, widen), "secret-scope"),
+                    "us-east-1-models-token: the us-east-1 model server role may read "
+                    "llm-platform/prod/providers/openai, which only gateway roles may read")
+
+
+def test_a_gateway_role_that_can_read_the_hugging_face_token_is_rejected(prod_plan):
+    """Program bug (simulated): the eu-west-1 gateway's role policy also reads the token, and the token's
+    resource policy exempts the gateway role from its deny."""
+    def widen(rs):
+        token = find(rs, SECRET, "llm-platform-secrets-eu-huggingface-token")
+        rp = find(rs, ROLE_POLICY, "eu-west-1-gateway-secrets")
+        doc = policy_doc(rp)
+        doc["Statement"][0]["Resource"].append(token.outputs["arn"])
+        set_policy(rp, "policy", doc)
+        gateway_role = find(rs, "aws:iam/role:Role", "eu-west-1-gateway").outputs["arn"]
+        sp = find(rs, SECRET_POLICY, "llm-platform-secrets-eu-huggingface-token")
+        fence = policy_doc(sp)
+        fence["Statement"][0]["Condition"]["StringNotEquals"]["aws:PrincipalArn"].append(gateway_role)
+        set_policy(sp, "policy", fence)
+    gateway_role = find(prod_plan.resources, "aws:iam/role:Role", "eu-west-1-gateway").outputs["arn"]
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, widen), "secret-scope"),
+                    "eu-west-1-gateway-secrets: the eu-west-1 gateway role may read "
+                    "llm-platform/prod/huggingface/token, which only model server roles may read",
+                    f"exempts {gateway_role} from its deny, which is not a model server role of stack prod")
+
+
+def test_a_model_server_role_reading_another_regions_token_is_rejected(prod_plan):
+    """Program bug (simulated): the us-east-1 model servers may read the token's us-west-2 copy too."""
+    def widen(rs):
+        rp = find(rs, ROLE_POLICY, "us-east-1-models-token")
+        doc = policy_doc(rp)
+        doc["Statement"][0]["Resource"].append(doc["Statement"][0]["Resource"][0].replace(":us-east-1:", ":us-west-2:"))
+        set_policy(rp, "policy", doc)
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, widen), "secret-scope"),
+                    "the us-east-1 model server role may read llm-platform/prod/huggingface/token in us-west-2")
+
+
+def test_model_servers_running_as_the_gateway_role_are_rejected(prod_plan):
+    """Program bug (simulated): the us-east-1 model releases are given the gateway's role."""
+    def share(rs):
+        gateway_role = find(rs, "aws:iam/role:Role", "us-east-1-gateway").outputs["arn"]
+        for r in rs:
+            if r.type == "kubernetes:helm.sh/v3:Release" and r.region == "us-east-1" \
+                    and str(r.inputs.get("chart", "")).endswith("charts/vllm"):
+                r.inputs["values"]["serviceAccount"]["roleArn"] = gateway_role
+    gateway_role = find(prod_plan.resources, "aws:iam/role:Role", "us-east-1-gateway").outputs["arn"]
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, share), "secret-scope"),
+                    f"{gateway_role} is both a gateway role and a model server role")

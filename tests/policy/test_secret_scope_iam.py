@@ -1,4 +1,5 @@
-"""Secret scoping proven by IAM enforcement (moto): the program's gateway role policies read exactly their stack's, region's secrets.
+"""Secret scoping proven by IAM enforcement (moto): the program's gateway and model server role policies read exactly
+their stack's, region's secrets of their kind.
 
 The roles get the trust policy and the inline policy the program writes, verbatim except that each planned
 secret ARN is replaced by the ARN moto gave the same secret in the same region (moto picks its own random
@@ -25,6 +26,7 @@ from infra.config import read_stack
 from infra.plan.run import Plan, run_program
 
 SECRET = "aws:secretsmanager/secret:Secret"
+TOKEN = "llm-platform/prod/huggingface/token"
 
 
 def _secret_arn(self: SecretsManagerResponse) -> str:
@@ -39,18 +41,19 @@ def _secret_arn(self: SecretsManagerResponse) -> str:
 
 @dataclass
 class Account:
-    """Secrets and gateway roles of both stacks, created in moto from the plans."""
+    """Secrets, gateway roles and model server roles of the plans, created in moto."""
     secret_arns: dict[tuple[str, str, str], str]  # (stack, secret name, region) -> moto ARN
-    credentials: dict[tuple[str, str], dict]  # (stack, gateway region) -> assumed-role credentials
+    # (stack, gateway region) or (stack, region, "models") -> assumed-role credentials
+    credentials: dict[tuple[str, ...], dict]
 
-    def read(self, reader: tuple[str, str], stack: str, name: str, region: str) -> str:
+    def read(self, reader: tuple[str, ...], stack: str, name: str, region: str) -> str:
         creds = self.credentials[reader]
         client = boto3.client("secretsmanager", region_name=region, aws_access_key_id=creds["AccessKeyId"],
                               aws_secret_access_key=creds["SecretAccessKey"], aws_session_token=creds["SessionToken"])
         with enable_iam_authentication():
             return client.get_secret_value(SecretId=self.secret_arns[(stack, name, region)])["SecretString"]
 
-    def denied(self, reader: tuple[str, str], stack: str, name: str, region: str) -> bool:
+    def denied(self, reader: tuple[str, ...], stack: str, name: str, region: str) -> bool:
         try:
             self.read(reader, stack, name, region)
         except ClientError as exc:
@@ -76,7 +79,14 @@ def _populate(plan: Plan, secret_arns: dict, credentials: dict) -> None:
     role_policies = {r.inputs["role"]: r for r in plan.of_type("aws:iam/rolePolicy:RolePolicy")}
     iam, sts = boto3.client("iam"), boto3.client("sts", region_name="us-east-1")
     for release in plan.of_type("kubernetes:helm.sh/v3:Release"):
-        if not release.inputs["chart"].endswith("charts/gateway"):
+        chart = release.inputs["chart"]
+        if chart.endswith("charts/gateway"):
+            reader: tuple[str, ...] = (plan.stack, release.region)
+        elif chart.endswith("charts/vllm") and "roleArn" in release.inputs["values"]["serviceAccount"]:
+            reader = (plan.stack, release.region, "models")
+        else:
+            continue
+        if reader in credentials:  # every model release of a region runs as the same role
             continue
         role = roles[release.inputs["values"]["serviceAccount"]["roleArn"]]
         name = role.outputs["name"]
@@ -88,7 +98,7 @@ def _populate(plan: Plan, secret_arns: dict, credentials: dict) -> None:
             if stmt["Sid"] == "ReadStackSecrets":
                 stmt["Resource"] = [planned_to_moto[arn] for arn in stmt["Resource"]]
         iam.put_role_policy(RoleName=moto_name, PolicyName=role_policies[name].name, PolicyDocument=json.dumps(doc))
-        credentials[(plan.stack, release.region)] = sts.assume_role_with_web_identity(
+        credentials[reader] = sts.assume_role_with_web_identity(
             RoleArn=moto_arn, RoleSessionName="gateway", WebIdentityToken="projected-sa-token")["Credentials"]
 
 
@@ -136,7 +146,7 @@ def test_a_gateway_role_reads_only_its_own_regions_secrets(account, prod_plan):
     regions = [r.name for r in prod_plan.config.regions]
     for reader in regions:
         zone = prod_plan.config.zone_of(reader)
-        for name in _names(prod_plan):
+        for name in [n for n in _names(prod_plan) if n != TOKEN]:  # the model servers' (tested below)
             for region in regions:
                 if (("prod", name, region)) not in account.secret_arns:
                     continue
@@ -159,3 +169,22 @@ def test_a_pull_request_stack_gateway_cannot_read_prod_secrets(prod_plan, monkey
             assert acct.denied(pr_gateway, "prod", name, "us-east-1"), f"pr-123 read prod's {name}"
         for name in _names(pr_plan):
             assert acct.denied(("prod", "us-east-1"), "pr-123", name, "us-east-1"), f"prod read pr-123's {name}"
+
+
+def test_a_model_server_role_reads_the_hugging_face_token_in_its_region_and_no_provider_key(account, prod_plan):
+    regions = [r.name for r in prod_plan.config.regions]
+    gateway_secrets = [n for n in _names(prod_plan) if n != TOKEN]
+    assert TOKEN in _names(prod_plan) and gateway_secrets
+    for reader in regions:
+        models = ("prod", reader, "models")
+        assert account.read(models, "prod", TOKEN, reader) == f"prod:{TOKEN}:{reader}"
+        for region in regions:
+            if region != reader:
+                assert account.denied(models, "prod", TOKEN, region), f"{reader} model servers read {region}'s token"
+        for name in gateway_secrets:
+            assert account.denied(models, "prod", name, reader), f"{reader} model servers read {name}"
+
+
+def test_a_gateway_role_cannot_read_the_hugging_face_token(account, prod_plan):
+    for region in [r.name for r in prod_plan.config.regions]:
+        assert account.denied(("prod", region), "prod", TOKEN, region), f"the {region} gateway read the token"

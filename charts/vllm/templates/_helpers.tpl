@@ -70,3 +70,22 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "vllm.ingressHost" -}}
 {{- default (printf "%s.%s.models.internal" (include "vllm.fullname" .) .Release.Namespace) .Values.ingress.host }}
 {{- end }}
+
+{{/* Where the Hugging Face token comes from: "secretsManager", "secret" or "" (none). */}}
+{{- define "vllm.hfTokenSource" -}}
+{{- $t := .Values.model.hfToken }}
+{{- if and $t.secretsManager.secretId $t.secret.name }}
+{{- fail "model.hfToken: set secretsManager or secret, not both" }}
+{{- else if $t.secretsManager.secretId }}
+{{- if not .Values.serviceAccount.roleArn }}
+{{- fail "model.hfToken.secretsManager needs serviceAccount.roleArn: the IAM role the CSI driver reads the secret as" }}
+{{- end }}
+{{- "secretsManager" }}
+{{- else if $t.secret.name }}
+{{- "secret" }}
+{{- end }}
+{{- end }}
+
+{{- define "vllm.hfTokenProviderClass" -}}
+{{- printf "%s-hf-token" (include "vllm.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- end }}

@@ -1,13 +1,14 @@
-"""Control `secret-scope`: a stack's secrets are encrypted with its own keys and readable only by its own gateway roles; no policy it writes has a wildcard."""
+"""Control `secret-scope`: a stack's secrets are encrypted with its own keys and each is readable only by the roles meant for it (gateway or model server) in its own region; no policy it writes has a wildcard."""
 from __future__ import annotations
 
 import re
 from typing import Any, Mapping
 
+from infra.components.secrets import huggingface_token_name
 from infra.policy.rules.base import (GATEWAY_CHART_DIR, IAM_POLICY, IAM_ROLE, IAM_ROLE_POLICY,
                                      IAM_ROLE_POLICY_ATTACHMENT, KMS_KEY, KMS_REPLICA_KEY, SECRET, SECRET_POLICY,
-                                     Findings, PolicyConfig, Resource, Resources, as_list, policy_document,
-                                     statements)
+                                     VLLM_CHART_DIR, Findings, PolicyConfig, Resource, Resources, as_list,
+                                     policy_document, statements)
 
 READ_SECRET = "secretsmanager:GetSecretValue"
 
@@ -31,11 +32,14 @@ POLICY_INPUTS = [(IAM_ROLE, "assumeRolePolicy"), (IAM_ROLE_POLICY, "policy"), (I
 DESCRIPTION = (
     "Every secret lives under the stack's own path (llm-platform/<stack>/...) and is encrypted, in its primary "
     "region and in every replica, with a KMS key this stack creates in that region (never the account's default "
-    "aws/secretsmanager key). The only principals allowed to read a stack's secrets are that stack's gateway "
-    "roles (the IRSA roles its gateway releases run as): every identity policy the program writes that allows "
-    "secretsmanager:GetSecretValue on a stack secret belongs to a gateway role, and a gateway role reads only "
-    "this stack's secrets in its own region; every secret has a resource policy denying GetSecretValue to every "
-    "principal but those gateway roles of its zone. No policy document the program writes has a wildcard "
+    "aws/secretsmanager key). Each secret has exactly one kind of reader: the provider keys and the gateway "
+    "master key are read only by the stack's gateway roles (the IRSA roles its gateway releases run as), the "
+    "Hugging Face token (llm-platform/<stack>/huggingface/token) only by its model server roles (the IRSA roles "
+    "its vLLM releases' ServiceAccounts stand for, with which the Secrets Store CSI driver mounts the token). "
+    "Every identity policy the program writes that allows secretsmanager:GetSecretValue on a stack secret "
+    "belongs to a role of that secret's kind, and such a role reads only secrets of its kind, of this stack, "
+    "in its own region; every secret has a resource policy denying GetSecretValue to every principal but the "
+    "roles of its kind in its zone. No policy document the program writes has a wildcard "
     "Resource (or NotResource / NotPrincipal), or a wildcard Principal in an Allow statement. A wildcard "
     "principal is accepted only in a Deny statement whose condition narrows it to named principals "
     "(aws:PrincipalArn and similar): such a statement denies everyone else and grants nothing. Only AWS managed "
@@ -89,6 +93,20 @@ def _replica_arn(arn: str, primary_region: str, region: str) -> str:
     return arn.replace(f":{primary_region}:", f":{region}:")
 
 
+def _release_roles(resources: Resources, chart_dir: str) -> dict[str, str]:
+    """role ARN -> region, for every release of the chart whose ServiceAccount stands for an IAM role."""
+    roles: dict[str, str] = {}
+    for release in resources.releases(chart_dir):
+        arn = ((release.inputs.get("values") or {}).get("serviceAccount") or {}).get("roleArn")
+        if arn:
+            roles[str(arn)] = release.region
+    return roles
+
+
+def _role_region(arn: str | None, *role_maps: dict[str, str]) -> str:
+    return next(m[arn] for m in role_maps if arn in m)
+
+
 def check(resources: Resources, policy: PolicyConfig) -> Findings:
     found = Findings()
     prefix = f"llm-platform/{policy.stack}/"
@@ -96,12 +114,17 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
                   for k in resources.of_type(KMS_KEY) + resources.of_type(KMS_REPLICA_KEY) if k.outputs.get("arn")}
     roles_by_name = {str(r.outputs.get("name")): r for r in resources.of_type(IAM_ROLE) if r.outputs.get("name")}
     roles_by_arn = {str(r.outputs.get("arn")): r for r in resources.of_type(IAM_ROLE) if r.outputs.get("arn")}
-    gateway_roles: dict[str, str] = {}  # role ARN -> region of the gateway that runs as it
-    for gateway in resources.releases(GATEWAY_CHART_DIR):
-        arn = ((gateway.inputs.get("values") or {}).get("serviceAccount") or {}).get("roleArn")
-        if arn:
-            gateway_roles[str(arn)] = gateway.region
-    found.judged(None, gateway_roles={arn: region for arn, region in sorted(gateway_roles.items())})
+    gateway_roles = _release_roles(resources, GATEWAY_CHART_DIR)  # role ARN -> region of the gateway
+    model_roles = _release_roles(resources, VLLM_CHART_DIR)  # role ARN -> region of the model servers
+    found.judged(None, gateway_roles=dict(sorted(gateway_roles.items())),
+                 model_server_roles=dict(sorted(model_roles.items())))
+    for arn in sorted(set(gateway_roles) & set(model_roles)):
+        found.fail(f"{arn} is both a gateway role and a model server role: each reads only its own kind of secret")
+    token_name = huggingface_token_name(policy.stack)
+
+    def kind_of(secret_name: str) -> tuple[str, dict[str, str]]:
+        """Who a secret is for: (what its readers are called, their roles)."""
+        return ("model server", model_roles) if secret_name == token_name else ("gateway", gateway_roles)
 
     # secret ARN (primary or replica) -> (secret, region it is readable in)
     stack_secrets: dict[str, tuple[Resource, str]] = {}
@@ -138,21 +161,22 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
                     for k, v in (clause or {}).items():
                         if str(k).lower() == "aws:principalarn":
                             readers += [str(x) for x in as_list(v)]
+            kind, meant = kind_of(name)
             if not fences:
                 found.fail(f"secret {name} in {secret.region}: its resource policy does not deny {READ_SECRET} to "
-                           f"every principal but the stack's gateway roles")
+                           f"every principal but the stack's {kind} roles")
             for s in statements(doc):
                 if s.get("Effect") == "Allow" and any(_matches(str(a), READ_SECRET) for a in as_list(s.get("Action"))):
                     found.fail(f"secret {name} in {secret.region}: its resource policy grants {READ_SECRET} "
-                               f"({s.get('Principal')}); reads are granted only by gateway roles' own policies")
+                               f"({s.get('Principal')}); reads are granted only by {kind} roles' own policies")
             zone = policy.zone_of(secret.region)
             for reader in readers:
-                if reader not in gateway_roles:
+                if reader not in meant:
                     found.fail(f"secret {name} in {secret.region} exempts {reader} from its deny, which is not a "
-                               f"gateway role of stack {policy.stack}")
-                elif policy.zone_of(gateway_roles[reader]) != zone:
-                    found.fail(f"secret {name} (zone {zone!r}) exempts the gateway role of "
-                               f"{gateway_roles[reader]}, in another zone")
+                               f"{kind} role of stack {policy.stack}")
+                elif policy.zone_of(meant[reader]) != zone:
+                    found.fail(f"secret {name} (zone {zone!r}) exempts the {kind} role of "
+                               f"{meant[reader]}, in another zone")
         found.judged(secret, secret=name, key=kms, replicas=[r for r, _ in replicas], readers=sorted(readers))
 
     # Identity policies: who may read which secret.
@@ -174,28 +198,37 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
                        f"(it may grant {READ_SECRET}); review it and add it to REVIEWED_MANAGED_POLICIES")
     for source, role, doc in documents:
         role_arn = str(role.outputs.get("arn")) if role else None
+        role_kind = "gateway" if role_arn in gateway_roles else "model server" if role_arn in model_roles else None
         granted = {str(r) for s in statements(doc) if _grants_read(s) for r in as_list(s.get("Resource"))}
         readable = sorted(r for r in granted if any(_matches(r, arn) for arn in stack_secrets))
-        if role_arn in gateway_roles:
+        if role_kind:
             for foreign in sorted(granted - set(readable)):
-                found.fail(f"{source.name}: the {gateway_roles[role_arn]} gateway role may read {foreign}, which is "
-                           f"not a secret of stack {policy.stack}")
+                found.fail(f"{source.name}: the {_role_region(role_arn, gateway_roles, model_roles)} {role_kind} "
+                           f"role may read {foreign}, which is not a secret of stack {policy.stack}")
         if not readable:
             continue
-        found.judged(source, role=role.name if role else None, reads=readable)
-        if role_arn not in gateway_roles:
+        found.judged(source, role=role.name if role else None, kind=role_kind, reads=readable)
+        if role_kind is None:
             found.fail(f"{source.name} lets {role.name if role else 'an unknown role'} read stack secrets "
-                       f"({', '.join(readable)}); only the stack's gateway roles may")
+                       f"({', '.join(readable)}); only the stack's gateway and model server roles may")
             continue
-        region = gateway_roles[role_arn]
+        region = _role_region(role_arn, gateway_roles, model_roles)
         for pattern in readable:
             for arn, (secret, where) in stack_secrets.items():
-                if _matches(pattern, arn) and where != region:
-                    found.fail(f"{source.name}: the {region} gateway role may read {secret.inputs.get('name')} in "
-                               f"{where}; a gateway reads only its own region's copy")
-    for arn, region in gateway_roles.items():
-        if arn not in roles_by_arn:
-            found.fail(f"the gateway in {region} runs as {arn}, which is not a role this stack creates")
+                if not _matches(pattern, arn):
+                    continue
+                secret_name = str(secret.inputs.get("name"))
+                kind, _ = kind_of(secret_name)
+                if kind != role_kind:
+                    found.fail(f"{source.name}: the {region} {role_kind} role may read {secret_name}, which only "
+                               f"{kind} roles may read")
+                elif where != region:
+                    found.fail(f"{source.name}: the {region} {role_kind} role may read {secret_name} in "
+                               f"{where}; a {role_kind} reads only its own region's copy")
+    for who, roles in (("the gateway in {} runs", gateway_roles), ("the model servers in {} run", model_roles)):
+        for arn, region in roles.items():
+            if arn not in roles_by_arn:
+                found.fail(f"{who.format(region)} as {arn}, which is not a role this stack creates")
 
     for typ, key in POLICY_INPUTS:
         for r in resources.of_type(typ):
