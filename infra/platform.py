@@ -83,8 +83,9 @@ class Platform(pulumi.ComponentResource):
         here = pulumi.ResourceOptions(parent=self)
         iam = global_provider(cfg.stack, extra_tags)
         StackBudget(f"{name}-budget", StackBudgetArgs(stack=cfg.stack, budget=cfg.budget), iam, here)
-        dns = self.dns = FailoverDns(f"{name}-dns", FailoverDnsArgs(zone=cfg.gateway.zone, domain=cfg.gateway.domain),
-                                     iam, here)
+        dns = self.dns = FailoverDns(f"{name}-dns", FailoverDnsArgs(
+            zone=cfg.gateway.zone, domain=cfg.gateway.domain, residency={r.name: r.residency for r in cfg.regions}),
+            iam, here)
 
         regions = {r.name: RegionalStack(cfg, r, iam, dns, self, extra_tags) for r in cfg.regions}
         providers = {n: rs.provider for n, rs in regions.items()}

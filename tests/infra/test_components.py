@@ -208,14 +208,16 @@ def test_budget_filters_on_the_stack_tag_and_alerts_at_each_threshold(prod_plan:
     assert actual == sorted(prod_plan.config.budget.alert_thresholds_pct)
 
 
-def test_every_regional_gateway_has_a_health_check_and_latency_record(prod_plan: Plan) -> None:
+def test_every_regional_gateway_has_a_health_check_and_latency_records(prod_plan: Plan) -> None:
+    """One latency record per region for the global name, and one for its residency zone's name."""
     checks = prod_plan.of_type("aws:route53/healthCheck:HealthCheck")
     assert sorted(c.inputs["fqdn"] for c in checks) == sorted(f"{r}.api.llm.example.com" for r in PROD_REGIONS)
     ids = {c.outputs["id"] for c in checks}
     latency = [r for r in prod_plan.of_type("aws:route53/record:Record") if r.inputs.get("setIdentifier")]
-    assert sorted(r.inputs["setIdentifier"] for r in latency) == sorted(PROD_REGIONS)
+    assert sorted((r.inputs["name"], r.inputs["setIdentifier"]) for r in latency) == sorted(
+        [("api.llm.example.com", region) for region in PROD_REGIONS]
+        + [(f"{zone}.api.llm.example.com", region) for region, zone in PROD_REGIONS.items()])
     for record in latency:
-        assert record.inputs["name"] == "api.llm.example.com"
         assert record.inputs["latencyRoutingPolicies"] == [{"region": record.inputs["setIdentifier"]}]
         assert record.inputs["healthCheckId"] in ids
         assert record.inputs["records"][0].endswith(f".elb.{record.inputs['setIdentifier']}.amazonaws.com")
@@ -268,6 +270,27 @@ def test_each_validation_record_has_one_owner(prod_plan: Plan) -> None:
     """The shared domain's ACM record is one resource, however many regions' certificates need it."""
     names = [r.inputs["name"] for r in prod_plan.of_type("aws:route53/record:Record") if r.inputs["type"] == "CNAME"
              and r.inputs["name"].startswith("_")]
-    assert len(names) == len(set(names)) == 1 + len(PROD_REGIONS)
+    assert len(names) == len(set(names)) == 1 + len(PROD_REGIONS) + len(set(PROD_REGIONS.values()))
     validations = prod_plan.of_type("aws:acm/certificateValidation:CertificateValidation")
-    assert all(len(v.inputs["validationRecordFqdns"]) == 2 for v in validations)
+    assert all(len(v.inputs["validationRecordFqdns"]) == 3 for v in validations)
+
+
+def test_each_regions_certificate_covers_the_global_regional_and_zone_names(prod_plan: Plan) -> None:
+    """TLS ends at each region's NLB: a client of eu.<domain> must get a certificate that names it."""
+    for cert in prod_plan.of_type("aws:acm/certificate:Certificate"):
+        zone = PROD_REGIONS[cert.region]
+        assert cert.inputs["domainName"] == "api.llm.example.com"
+        assert sorted(cert.inputs["subjectAlternativeNames"]) == sorted(
+            [f"{cert.region}.api.llm.example.com", f"{zone}.api.llm.example.com"])
+
+
+def test_each_gateway_answers_on_its_zone_name_and_knows_where_other_zones_models_live(prod_plan: Plan) -> None:
+    """Ingress routes the zone's name to the gateway; a US gateway tells callers of the EU-only model where to go."""
+    for g in (r for r in prod_plan.of_type(RELEASE) if r.inputs["chart"] == str(GATEWAY_CHART)):
+        zone = PROD_REGIONS[g.region]
+        assert f"{zone}.api.llm.example.com" in g.inputs["values"]["ingress"]["hosts"]
+        other = g.inputs["values"]["config"]["other_zones"]
+        if zone == "us":
+            assert other == {"eu": {"url": "https://eu.api.llm.example.com", "models": ["mistral-small-24b"]}}
+        else:
+            assert other == {}

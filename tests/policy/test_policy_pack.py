@@ -91,8 +91,8 @@ def test_pack_blocks_a_stack_missing_a_health_check_and_a_taint(prod_plan):
         find(rs, "aws:eks/nodeGroup:NodeGroup", "eu-west-1-h100").inputs.pop("taints")
     violations = run_pack(prod_plan, mutated(prod_plan, break_it))
     assert violations["failover-topology"] == [
-        "Route53 record llm-platform-dns-us-west-2-latency for the gateway in us-west-2 has no health check: DNS "
-        "keeps sending traffic to us-west-2 when it is down"]
+        f"Route53 record llm-platform-dns-us-west-2-{record} for the gateway in us-west-2 has no health check: DNS "
+        "keeps sending traffic to us-west-2 when it is down" for record in ("latency", "zone-latency")]
     assert violations["gpu-pool-hygiene"] == [
         "GPU node group eu-west-1-h100 in eu-west-1 lacks the taint nvidia.com/gpu=present:NoSchedule: any pod "
         "could land on its GPUs"]

@@ -37,6 +37,10 @@ CONTROLS: list[Control] = [
                 f"{_T}test_region_residency.py::test_secret_replicated_out_of_its_zone_is_rejected",
                 f"{_T}test_region_residency.py::test_regional_resource_on_the_global_provider_is_rejected",
                 f"{_T}test_region_residency.py::test_resource_tagged_with_the_wrong_zone_is_rejected",
+                f"{_T}test_region_residency.py::test_each_zone_name_routes_only_to_its_own_regions",
+                f"{_T}test_region_residency.py::test_eu_zone_name_pointing_at_a_us_load_balancer_is_rejected",
+                f"{_T}test_region_residency.py::test_eu_zone_name_with_a_latency_record_for_a_us_region_is_rejected",
+                f"{_T}test_region_residency.py::test_stack_without_a_name_for_each_zone_is_rejected",
             ]),
     Control("failover-topology", "Losing any one region leaves every model serving, and DNS routes around it",
             failover.DESCRIPTION, MANDATORY, failover.check, [
