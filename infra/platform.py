@@ -52,7 +52,7 @@ class RegionalStack:
             private_subnet_ids=self.network.private_subnet_ids,
             public_access_cidrs=cfg.cluster.public_access_cidrs,
             system_instance_type=cfg.cluster.system_instance_type,
-            system_nodes=cfg.cluster.system_nodes, iam_path=iam_path(cfg.stack)), self.provider, iam, pulumi.ResourceOptions(parent=parent))
+            system_nodes=cfg.cluster.system_nodes, iam_path=iam_path(cfg.stack), tags=tags), self.provider, iam, pulumi.ResourceOptions(parent=parent))
         k8s = self.cluster.kubernetes
         self.pools = {
             pool.name: NodePool(f"{name}-{pool.name}", NodePoolArgs(
@@ -63,7 +63,7 @@ class RegionalStack:
             for pool in region.pools
         }
         self.addons = ClusterAddons(name, ClusterAddonsArgs(
-            region=name, certificate_arn=dns.certificate(name, self.provider)), k8s,
+            region=name, certificate_arn=dns.certificate(name, self.provider), tags=tags), k8s,
             # ingress-nginx runs on the system nodes (GPU pools are tainted), so they must exist first.
             pulumi.ResourceOptions(parent=parent, depends_on=[self.cluster.system_nodes, *self.pools.values()]))
         self.serving = [

@@ -12,12 +12,21 @@ DEVICE_PLUGIN = ("nvidia-device-plugin", "0.17.1", "https://nvidia.github.io/k8s
 INGRESS_NGINX = ("ingress-nginx", "4.12.1", "https://kubernetes.github.io/ingress-nginx")
 INGRESS_NAMESPACE = "ingress-nginx"
 INGRESS_SERVICE = "ingress-nginx-controller"  # from fullnameOverride below
+# No AWS Load Balancer Controller runs here: this Service's NLB is made by the legacy AWS cloud provider
+# (kubernetes/cloud-provider-aws, pkg/providers/v1/aws_loadbalancer.go: ensureLoadBalancerv2 reads this
+# annotation's comma-separated key=value pairs into the NLB's tags when it creates it).
+ADDITIONAL_TAGS = "service.beta.kubernetes.io/aws-load-balancer-additional-resource-tags"
+
+
+def load_balancer_tags(tags: dict[str, str]) -> str:
+    return ",".join(f"{key}={value}" for key, value in sorted(tags.items()))
 
 
 @dataclass(frozen=True)
 class ClusterAddonsArgs:
     region: str
     certificate_arn: pulumi.Input[str]
+    tags: dict[str, str]  # stamped on the NLB, so the budget's tag filter sees its hours and traffic
 
 
 def _release(name: str, chart: tuple[str, str, str], namespace: str, values: dict,
@@ -55,6 +64,7 @@ class ClusterAddons(pulumi.ComponentResource):
                         "service.beta.kubernetes.io/aws-load-balancer-ssl-cert": args.certificate_arn,
                         "service.beta.kubernetes.io/aws-load-balancer-ssl-ports": "https",
                         "service.beta.kubernetes.io/aws-load-balancer-cross-zone-load-balancing-enabled": "true",
+                        ADDITIONAL_TAGS: load_balancer_tags(args.tags),
                     },
                 },
                 # Streams must flow token by token; long generations need long reads.

@@ -294,3 +294,43 @@ def test_each_gateway_answers_on_its_zone_name_and_knows_where_other_zones_model
             assert other == {"eu": {"url": "https://eu.api.llm.example.com", "models": ["mistral-small-24b"]}}
         else:
             assert other == {}
+
+
+# -- what the budget sees -------------------------------------------------------------------------
+
+def test_system_nodes_tag_their_instances_and_volumes_through_a_launch_template(prod_plan: Plan) -> None:
+    templates = {r.outputs["id"]: r for r in prod_plan.of_type("aws:ec2/launchTemplate:LaunchTemplate")}
+    systems = [g for g in prod_plan.of_type(NODE_GROUP) if g.inputs["labels"][POOL_LABEL] == "system"]
+    assert len(systems) == len(PROD_REGIONS)
+    for group in systems:
+        template = templates[group.inputs["launchTemplate"]["id"]]
+        kinds = {spec["resourceType"]: spec["tags"] for spec in template.inputs["tagSpecifications"]}
+        assert {k: t[TAG_STACK] for k, t in kinds.items()} == {
+            "instance": "prod", "volume": "prod", "network-interface": "prod"}
+        assert template.inputs["metadataOptions"]["httpTokens"] == "required"
+
+
+def test_each_cluster_logs_to_a_tagged_log_group_with_a_retention(prod_plan: Plan) -> None:
+    """EKS writes to /aws/eks/<cluster>/cluster; the program creates it so it is tagged and expires."""
+    groups = {g.inputs["name"]: g for g in prod_plan.of_type("aws:cloudwatch/logGroup:LogGroup")}
+    for cluster in prod_plan.of_type("aws:eks/cluster:Cluster"):
+        group = groups[f"/aws/eks/{cluster.inputs['name']}/cluster"]
+        assert group.region == cluster.region and group.tags[TAG_STACK] == "prod"
+        assert group.inputs["retentionInDays"] == 90
+
+
+def test_ingress_nlbs_are_asked_to_carry_the_stack_tags(prod_plan: Plan) -> None:
+    for release in (r for r in prod_plan.of_type(RELEASE) if r.inputs["chart"] == "ingress-nginx"):
+        annotation = release.inputs["values"]["controller"]["service"]["annotations"][
+            "service.beta.kubernetes.io/aws-load-balancer-additional-resource-tags"]
+        tags = dict(pair.split("=", 1) for pair in annotation.split(","))
+        assert tags[TAG_STACK] == "prod" and tags[TAG_REGION] == release.region
+        assert tags[TAG_RESIDENCY] == PROD_REGIONS[release.region]
+
+
+def test_prod_activates_the_stack_cost_allocation_tag_and_previews_do_not(prod_plan: Plan,
+                                                                          preview_plan: Plan) -> None:
+    """Activation is account-wide and payer-account only: prod's stack does it, kept even if prod is destroyed."""
+    (tag,) = prod_plan.of_type("aws:costexplorer/costAllocationTag:CostAllocationTag")
+    assert tag.inputs == {"tagKey": TAG_STACK, "status": "Active"} and tag.region == GLOBAL
+    assert preview_plan.of_type("aws:costexplorer/costAllocationTag:CostAllocationTag") == []

@@ -108,6 +108,11 @@ def test_pack_judges_a_pr_stack_with_the_preview_config(preview_plan):
                 tags = json.loads(r.inputs["defaultTags"])
                 tags["tags"]["llm-platform:stack"] = "pr-42"
                 r.inputs["defaultTags"] = json.dumps(tags)
+            elif r.type.startswith("aws:"):  # what the renamed default tags stamp on each resource
+                r.tags["llm-platform:stack"] = "pr-42"
+            if r.type != "pulumi:providers:aws":  # tags the program writes out itself (launch templates, NLBs)
+                text = json.dumps(r.inputs).replace('"llm-platform:stack": "preview"', '"llm-platform:stack": "pr-42"')
+                r.inputs = json.loads(text.replace("llm-platform:stack=preview", "llm-platform:stack=pr-42"))
     violations = run_pack(preview_plan, mutated(preview_plan, rename), stack="pr-42")
     assert violations["budget-cap"] == [
         "no AWS Budgets budget covers stack pr-42: expected a COST budget filtered on TagKeyValue "

@@ -37,7 +37,8 @@ def test_only_iam_route53_and_budgets_live_outside_a_region(prod_plan):
     res = result(prod_plan, "region-residency")
     assert_passes(res)
     outside = next(e["outside_any_region"] for e in res.evidence if "outside_any_region" in e)
-    assert outside and all(t.split(":")[1].split("/")[0] in {"iam", "route53", "budgets"} for t in outside)
+    assert outside and all(t.split(":")[1].split("/")[0] in {"iam", "route53", "budgets", "costexplorer"}
+                           for t in outside)
 
 
 def test_eu_zone_listing_a_us_region_is_rejected():

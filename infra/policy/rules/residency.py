@@ -19,6 +19,7 @@ GLOBAL_SERVICE_TYPES = frozenset({
     "aws:route53/record:Record",
     "aws:route53/healthCheck:HealthCheck",
     "aws:budgets/budget:Budget",
+    "aws:costexplorer/costAllocationTag:CostAllocationTag",
 })
 
 # A zone named after a jurisdiction may only list that jurisdiction's AWS regions: a typo in
@@ -33,7 +34,8 @@ DESCRIPTION = (
     "jurisdiction (eu, us, ...) lists only that jurisdiction's AWS regions. Models restricted to a zone are "
     "served (vLLM releases) only in regions of that zone. Secret replicas and KMS replica keys stay in the "
     "zone of their primary. Only global services, by an explicit list (IAM roles, policies and OIDC providers, "
-    "Route53 zones, records and health checks, AWS Budgets), exist outside a region. Each residency zone has "
+    "Route53 zones, records and health checks, AWS Budgets and the cost allocation tag's activation), exist "
+    "outside a region. Each residency zone has "
     "its own DNS name (<zone>.<domain>) whose records route only to the zone's regions, both by their latency "
     "region and by the load balancer they point at: Route 53 answers only from the record set asked for, even "
     "when all of it is unhealthy, so that name never resolves outside the zone.")
@@ -64,7 +66,7 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
             global_types[r.type] += 1
             if r.type not in GLOBAL_SERVICE_TYPES:
                 found.fail(f"{r.type} {r.name} is created outside any region (global-services provider); only "
-                           f"IAM, Route53 and Budgets may be")
+                           f"IAM, Route53, Budgets and Cost Explorer may be")
             continue
         zone = policy.zone_of(r.region)
         if zone is None:
