@@ -52,9 +52,10 @@ class FailoverDns(pulumi.ComponentResource):
         self.register_outputs({"zone_id": self.zone_id})
 
     def certificate(self, region: str, provider: aws.Provider) -> pulumi.Output[str]:
-        """An ACM certificate in `region` for the domain, the regional name and the zone's name, validated through the zone."""
+        """An ACM certificate in `region` for the domain, regional name and zone name, validated in the zone."""
         name = f"{self._name}-{region}"
-        alternatives = [regional_host(region, self.args.domain), zone_host(self.args.residency[region], self.args.domain)]
+        alternatives = [regional_host(region, self.args.domain),
+                        zone_host(self.args.residency[region], self.args.domain)]
         cert = aws.acm.Certificate(
             name, domain_name=self.args.domain, subject_alternative_names=alternatives,
             validation_method="DNS", opts=child_opts(self, provider))
