@@ -94,6 +94,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.governance_config import KeySettings, LedgerSettings, RedisSettings, SecretsSettings
+from gateway.other_zones import OtherZone, check_other_zones
 
 
 class ConfigError(ValueError):
@@ -229,6 +230,7 @@ class GatewayConfig(_Strict):
     redis: RedisSettings | None = None  # None: limits counted in-process (one replica)
     ledger: LedgerSettings | None = None  # None: no governance (master key only, no spend ledger)
     keys: KeySettings = KeySettings()
+    other_zones: dict[str, OtherZone] = {}  # models only another residency zone serves (gateway/other_zones.py)
 
     @model_validator(mode="after")
     def _references(self) -> "GatewayConfig":
@@ -255,6 +257,7 @@ class GatewayConfig(_Strict):
                     raise ValueError(
                         f"deployment {dep.name!r}: 'residency' is required when gateway.residency is set"
                     )
+        check_other_zones(self)
         return self
 
     def model(self, alias: str) -> Model | None:

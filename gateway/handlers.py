@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import GatewayError, bad_request, model_not_found
+from gateway.other_zones import misdirected
 from gateway.relay import answer, relay_stream
 from gateway.routing import HOP_HEADER
 from gateway.usage import CallRecord
@@ -70,7 +71,7 @@ class Endpoints:
             record.stream = request.stream
             route = state.router.route(request.alias)
             if route is None:
-                raise model_not_found(request.alias)
+                raise misdirected(state.config.other_zones, request.alias) or model_not_found(request.alias)
             if route.refuse_over_cap:
                 _refuse_over_model_cap(request, route)
             if state.gate is not None:

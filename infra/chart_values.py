@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from infra.components.dns import regional_host
+from infra.components.dns import regional_host, zone_host
 from infra.components.secrets import huggingface_token_name
 from infra.config import ROOT, Model, Region, StackConfig
 from infra.scheduling import GPU_RESOURCE, pool_node_selector, pool_tolerations
@@ -134,7 +134,8 @@ def gateway_values(cfg: StackConfig, region: Region, *, role_arn: Any, config: d
         "ingress": {
             "enabled": True,
             "className": INGRESS_CLASS,
-            "hosts": [cfg.gateway.domain, regional_host(region.name, cfg.gateway.domain)],
+            "hosts": [cfg.gateway.domain, regional_host(region.name, cfg.gateway.domain),
+                      zone_host(region.residency, cfg.gateway.domain)],
         },
         "networkPolicy": {
             "enabled": True,

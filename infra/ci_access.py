@@ -6,7 +6,16 @@ from infra.components.providers import TAG_STACK
 GITHUB_OIDC = "token.actions.githubusercontent.com"
 # What the program creates. Budgets, IAM and Route53 are named or checked by name below; the
 # rest carries the stack tag (provider default tags), which the conditions test.
-TAGGED_SERVICES = ["ec2", "eks", "kms", "acm", "secretsmanager", "elasticloadbalancing"]
+TAGGED_SERVICES = ["ec2", "eks", "kms", "acm", "secretsmanager", "elasticloadbalancing", "logs"]
+# AWS creates a service's service-linked role the first time an account uses the service, with the
+# caller's permission (iam:CreateServiceLinkedRole): the deploy role is the caller for EKS clusters and
+# managed node groups (https://docs.aws.amazon.com/eks/latest/userguide/using-service-linked-roles.html).
+# The stack's other first-use roles are created by AWS's own roles, not the deploy role: the NLB's
+# (elasticloadbalancing) by the cluster role (AmazonEKSClusterPolicy grants iam:CreateServiceLinkedRole),
+# autoscaling's by the node group role (AWSServiceRoleForAmazonEKSNodegroup), Spot's by autoscaling's
+# (AutoScalingServiceRolePolicy). KMS, Secrets Manager, ACM, Route53, Budgets, CloudWatch Logs and
+# Cost Explorer need none for what the program does.
+SERVICE_LINKED_ROLES = ["eks.amazonaws.com", "eks-nodegroup.amazonaws.com"]
 EKS_MANAGED_POLICIES = [
     "arn:aws:iam::aws:policy/AmazonEKSClusterPolicy",
     "arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
@@ -33,17 +42,19 @@ def github_trust_policy(account_id: str, repository: str, environment: str) -> d
     }
 
 
-def deploy_policy(account_id: str, stacks: str, dns_names: list[str], never: list[str]) -> dict:
+def deploy_policy(account_id: str, stacks: str, dns_names: list[str], never: list[str],
+                  activates_cost_tag: bool = False) -> dict:
     """Permissions to create, change and destroy the resources of the stacks matching `stacks`
     (a pattern such as `pr-*`), and nothing of the stacks in `never`, whatever else grants it.
 
-    `dns_names` are the record names the role may change (e.g. `*.preview.llm.example.com`)."""
+    `dns_names` are the record names the role may change (e.g. `*.preview.llm.example.com`);
+    `activates_cost_tag`: the role may activate cost allocation tags (account-wide: prod's role only)."""
     acct = account_id
     read_only = ["ec2:Describe*", "eks:Describe*", "eks:List*", "iam:GetRole", "iam:ListRoles",
                  "iam:GetOpenIDConnectProvider", "iam:ListOpenIDConnectProviders", "kms:DescribeKey",
                  "kms:ListAliases", "kms:ListKeys", "acm:DescribeCertificate", "acm:ListCertificates",
                  "route53:Get*", "route53:List*", "secretsmanager:ListSecrets", "sts:GetCallerIdentity",
-                 "budgets:ViewBudget"]
+                 "budgets:ViewBudget", "logs:DescribeLogGroups"]
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -53,7 +64,7 @@ def deploy_policy(account_id: str, stacks: str, dns_names: list[str], never: lis
              "Action": [f"{svc}:Create*" for svc in TAGGED_SERVICES]
              + ["ec2:RunInstances", "ec2:AllocateAddress", "acm:RequestCertificate", "kms:ReplicateKey",
                 "ec2:CreateTags", "eks:TagResource", "kms:TagResource", "acm:AddTagsToCertificate",
-                "secretsmanager:TagResource"],
+                "secretsmanager:TagResource", "logs:TagResource"],
              "Resource": "*",
              "Condition": {"StringLike": {f"aws:RequestTag/{TAG_STACK}": stacks}}},
             {"Sid": "ChangeOnlyTheStacksResources", "Effect": "Allow",
@@ -92,12 +103,19 @@ def deploy_policy(account_id: str, stacks: str, dns_names: list[str], never: lis
              "Condition": {"ForAllValues:StringLike": {
                  "route53:ChangeResourceRecordSetsNormalizedRecordNames": dns_names},
                  "Null": {"route53:ChangeResourceRecordSetsNormalizedRecordNames": "false"}}},
+            {"Sid": "FirstUseServiceLinkedRoles", "Effect": "Allow", "Action": "iam:CreateServiceLinkedRole",
+             "Resource": [f"arn:aws:iam::{acct}:role/aws-service-role/{service}/*" for service in SERVICE_LINKED_ROLES],
+             "Condition": {"StringEquals": {"iam:AWSServiceName": SERVICE_LINKED_ROLES}}},
             # Health checks have no resource-level conditions in IAM: a deploy role can change any
             # health check of the account. Keep prod and previews in separate accounts to close this.
             {"Sid": "HealthChecks", "Effect": "Allow",
              "Action": ["route53:CreateHealthCheck", "route53:UpdateHealthCheck", "route53:DeleteHealthCheck",
                         "route53:ChangeTagsForResource"],
              "Resource": "arn:aws:route53:::healthcheck/*"},
+            # Cost Explorer has no resource-level permissions; the program only ever activates the stack tag.
+            *([{"Sid": "ActivateTheStackCostTag", "Effect": "Allow",
+                "Action": ["ce:UpdateCostAllocationTagsStatus", "ce:ListCostAllocationTags"], "Resource": "*"}]
+              if activates_cost_tag else []),
             *(_never(acct, stack) for stack in never),
         ],
     }
@@ -120,6 +138,7 @@ def ci_roles(account_id: str, repository: str, preview_domain: str, prod_domain:
         },
         "prod": {
             "trust": github_trust_policy(account_id, repository, "production"),
-            "permissions": deploy_policy(account_id, "prod", [prod_domain, f"*.{prod_domain}"], never=[]),
+            "permissions": deploy_policy(account_id, "prod", [prod_domain, f"*.{prod_domain}"], never=[],
+                                         activates_cost_tag=True),
         },
     }

@@ -67,6 +67,8 @@ class Budget(_Model):
     # AWS allows five notifications per budget; the program adds a forecast alert at 100%.
     alert_thresholds_pct: list[Annotated[int, Field(gt=0, le=200)]] = Field(min_length=1, max_length=4)
     alert_emails: list[Email] = Field(min_length=1)
+    # Activation is account-wide and works only in the payer account: infra/components/budget.py.
+    activate_cost_allocation_tag: bool = True
 
 
 class Pool(_Model):

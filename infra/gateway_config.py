@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from infra.chart_values import MODEL_NAMESPACE, VLLM_PORT, vllm_release_name
-from infra.components.dns import regional_host
+from infra.components.dns import regional_host, zone_host
 from infra.config import Model, Region, StackConfig, hosted_fallback
 # References the gateway resolves in its stack's Secrets Manager path, llm-platform/<stack>/<name>
 # (infra/components/secrets.py creates them; the gateway's IRSA role reads exactly these).
@@ -42,6 +42,18 @@ def _deployments(cfg: StackConfig, model: Model, region: Region) -> list[dict[st
     return out
 
 
+def other_zones(cfg: StackConfig, region: Region) -> dict[str, Any]:
+    """Models restricted to another residency zone, and the zone's own name: the global name may land a
+    request for one of them here, and the gateway answers with where to call instead of a bare 404."""
+    out: dict[str, Any] = {}
+    for model in cfg.models:
+        if model.residency and model.residency != region.residency:
+            zone = out.setdefault(model.residency, {
+                "url": f"https://{zone_host(model.residency, cfg.gateway.domain)}", "models": []})
+            zone["models"].append(model.name)
+    return out
+
+
 def gateway_config(cfg: StackConfig, region: Region) -> dict[str, Any]:
     """Models this region's gateway offers: every model served somewhere in its residency zone."""
     models = []
@@ -54,4 +66,5 @@ def gateway_config(cfg: StackConfig, region: Region) -> dict[str, Any]:
         "gateway": {"region": region.name, "residency": region.residency, "master_key": MASTER_KEY},
         "secrets": {"source": "aws-secretsmanager", "stack": cfg.stack, "region": region.name},
         "models": models,
+        "other_zones": other_zones(cfg, region),
     }

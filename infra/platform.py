@@ -54,7 +54,7 @@ class RegionalStack:
             private_subnet_ids=self.network.private_subnet_ids,
             public_access_cidrs=cfg.cluster.public_access_cidrs,
             system_instance_type=cfg.cluster.system_instance_type,
-            system_nodes=cfg.cluster.system_nodes, iam_path=iam_path(cfg.stack),
+            system_nodes=cfg.cluster.system_nodes, iam_path=iam_path(cfg.stack), tags=tags,
             admin_roles=tuple(cfg.cluster.admin_roles)), self.provider, iam, pulumi.ResourceOptions(parent=parent))
         k8s = self.cluster.kubernetes
         self.pools = {
@@ -69,7 +69,7 @@ class RegionalStack:
         # cannot get capacity fails its own models and nothing else (with `pulumi up --continue-on-error`:
         # by default the engine starts no new operation after the first failure).
         self.addons = ClusterAddons(name, ClusterAddonsArgs(
-            region=name, certificate_arn=dns.certificate(name, self.provider),
+            region=name, certificate_arn=dns.certificate(name, self.provider), tags=tags,
             secrets_store=cfg.secrets.huggingface_token), k8s,
             # ingress-nginx runs on the system nodes (GPU pools are tainted), so they must exist first.
             pulumi.ResourceOptions(parent=parent, depends_on=[self.cluster.system_nodes]))
@@ -100,8 +100,9 @@ class Platform(pulumi.ComponentResource):
         here = pulumi.ResourceOptions(parent=self)
         iam = global_provider(cfg.stack, extra_tags)
         StackBudget(f"{name}-budget", StackBudgetArgs(stack=cfg.stack, budget=cfg.budget), iam, here)
-        dns = self.dns = FailoverDns(f"{name}-dns", FailoverDnsArgs(zone=cfg.gateway.zone, domain=cfg.gateway.domain),
-                                     iam, here)
+        dns = self.dns = FailoverDns(f"{name}-dns", FailoverDnsArgs(
+            zone=cfg.gateway.zone, domain=cfg.gateway.domain, residency={r.name: r.residency for r in cfg.regions}),
+            iam, here)
 
         regions = {r.name: RegionalStack(cfg, r, iam, dns, self, extra_tags) for r in cfg.regions}
         providers = {n: rs.provider for n, rs in regions.items()}

@@ -18,12 +18,21 @@ SECRETS_STORE_AWS = ("secrets-store-csi-driver-provider-aws", "3.1.1",
 SECRETS_STORE_NAMESPACE = "kube-system"
 INGRESS_NAMESPACE = "ingress-nginx"
 INGRESS_SERVICE = "ingress-nginx-controller"  # from fullnameOverride below
+# No AWS Load Balancer Controller runs here: this Service's NLB is made by the legacy AWS cloud provider
+# (kubernetes/cloud-provider-aws, pkg/providers/v1/aws_loadbalancer.go: ensureLoadBalancerv2 reads this
+# annotation's comma-separated key=value pairs into the NLB's tags when it creates it).
+ADDITIONAL_TAGS = "service.beta.kubernetes.io/aws-load-balancer-additional-resource-tags"
+
+
+def load_balancer_tags(tags: dict[str, str]) -> str:
+    return ",".join(f"{key}={value}" for key, value in sorted(tags.items()))
 
 
 @dataclass(frozen=True)
 class ClusterAddonsArgs:
     region: str
     certificate_arn: pulumi.Input[str]
+    tags: dict[str, str]  # stamped on the NLB, so the budget's tag filter sees its hours and traffic
     secrets_store: bool = False  # the model pods mount a secret from Secrets Manager
 
 
@@ -69,6 +78,7 @@ class ClusterAddons(pulumi.ComponentResource):
                         "service.beta.kubernetes.io/aws-load-balancer-ssl-cert": args.certificate_arn,
                         "service.beta.kubernetes.io/aws-load-balancer-ssl-ports": "https",
                         "service.beta.kubernetes.io/aws-load-balancer-cross-zone-load-balancing-enabled": "true",
+                        ADDITIONAL_TAGS: load_balancer_tags(args.tags),
                     },
                 },
                 # Streams must flow token by token; long generations need long reads.

@@ -46,4 +46,13 @@ class StackBudget(pulumi.ComponentResource):
                                                            values=[stack_cost_filter(args.stack)])],
             notifications=notifications,
             opts=child_opts(self, provider))
+        if args.budget.activate_cost_allocation_tag:
+            # Budgets filter only on activated cost allocation tags. Activation is account-wide, works only
+            # in the payer (management) account, and only for a key Billing has already seen on a resource
+            # (up to 24 hours after first use):
+            # https://docs.aws.amazon.com/awsaccountbilling/latest/aboutv2/activating-tags.html
+            # Kept on delete: destroying one stack must not blind every other stack's budget.
+            self.tag = aws.costexplorer.CostAllocationTag(
+                f"{name}-stack-tag", tag_key=TAG_STACK, status="Active",
+                opts=child_opts(self, provider, retain_on_delete=True))
         self.register_outputs({"budget": self.budget.name})

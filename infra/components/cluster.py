@@ -15,6 +15,8 @@ from infra.scheduling import POOL_LABEL
 # (https://docs.aws.amazon.com/eks/latest/userguide/access-policy-permissions.html).
 CLUSTER_ADMIN_POLICY = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
 CONTROL_PLANE_LOGS = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
+# Long enough for a quarter's audit questions; EKS's own log group would keep them forever, untagged.
+LOG_RETENTION_DAYS = 90
 SYSTEM_POOL = "system"
 NODE_POLICIES = {
     "worker": "arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
@@ -34,6 +36,7 @@ class ClusterArgs:
     system_instance_type: str
     system_nodes: int
     iam_path: str
+    tags: dict[str, str]  # stamped on the system nodes' instances, volumes and interfaces
     admin_roles: tuple[str, ...] = ()  # role names (in the deploying account) or role ARNs
 
 
@@ -60,6 +63,12 @@ class Cluster(pulumi.ComponentResource):
             f"{name}-secrets", description=f"EKS secrets envelope encryption for {args.cluster_name}",
             enable_key_rotation=True, deletion_window_in_days=30, opts=child)
 
+        # EKS sends control plane logs to /aws/eks/<cluster>/cluster and creates that group itself,
+        # untagged and never expiring, unless it exists already
+        # (https://docs.aws.amazon.com/eks/latest/userguide/control-plane-logs.html): create it first.
+        self.log_group = aws.cloudwatch.LogGroup(
+            f"{name}-control-plane-logs", name=f"/aws/eks/{args.cluster_name}/cluster",
+            retention_in_days=LOG_RETENTION_DAYS, opts=child)
         public = bool(args.public_access_cidrs)
         self.eks = aws.eks.Cluster(
             name,
@@ -81,7 +90,7 @@ class Cluster(pulumi.ComponentResource):
                 authentication_mode="API", bootstrap_cluster_creator_admin_permissions=True),
             # Extended support costs six times the standard price; upgrade on schedule instead.
             upgrade_policy=aws.eks.ClusterUpgradePolicyArgs(support_type="STANDARD"),
-            opts=child,
+            opts=child_opts(self, provider, depends_on=[self.log_group]),
         )
         # EKS's VPC CNI ignores NetworkPolicies unless told to enforce them; the charts rely on them.
         aws.eks.Addon(
@@ -99,6 +108,14 @@ class Cluster(pulumi.ComponentResource):
             aws.iam.RolePolicyAttachment(f"{name}-nodes-{short}", role=self.node_role.name, policy_arn=arn,
                                          opts=iam_child)
 
+        # As for the GPU pools (node_pool.py): managed node groups don't tag what they start.
+        system_template = aws.ec2.LaunchTemplate(
+            f"{name}-{SYSTEM_POOL}", description="llm-platform system nodes",
+            metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(  # IMDSv2 only
+                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=2),
+            tag_specifications=[aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags=args.tags)
+                                for kind in ("instance", "volume", "network-interface")],
+            opts=child)
         self.system_nodes = aws.eks.NodeGroup(
             f"{name}-{SYSTEM_POOL}",
             cluster_name=self.eks.name,
@@ -110,6 +127,8 @@ class Cluster(pulumi.ComponentResource):
             scaling_config=aws.eks.NodeGroupScalingConfigArgs(
                 min_size=args.system_nodes, max_size=args.system_nodes * 2, desired_size=args.system_nodes),
             labels={POOL_LABEL: SYSTEM_POOL},
+            launch_template=aws.eks.NodeGroupLaunchTemplateArgs(
+                id=system_template.id, version=system_template.latest_version.apply(str)),
             update_config=aws.eks.NodeGroupUpdateConfigArgs(max_unavailable=1),
             opts=child_opts(self, provider, ignore_changes=["scalingConfig.desiredSize"]),
         )

@@ -6,7 +6,7 @@ import yaml
 
 from infra.chart_values import (GATEWAY_CHART, GATEWAY_NAMESPACE, GATEWAY_PORT, GATEWAY_RELEASE, MODEL_NAMESPACE,
                                 VLLM_PORT, gateway_service_account_subject)
-from infra.components.dns import regional_host
+from infra.components.dns import regional_host, zone_host
 from infra.config import StackConfig
 from infra.gateway_config import gateway_config
 from tests.charts.rendering import (PROD_REGIONS, ROLE_ARN, Rendered, install_error, merged, prod_gateway_values,
@@ -74,11 +74,12 @@ def test_a_config_change_rolls_the_pods():
 # --- traffic -------------------------------------------------------------------------------------
 
 @REGIONS
-def test_the_ingress_answers_on_the_global_and_the_regional_host(prod, region):
+def test_the_ingress_answers_on_the_global_the_regional_and_the_zone_host(prod, region):
     ingress = _prod(prod, region).one("Ingress")
     assert ingress["spec"]["ingressClassName"] == "nginx"
     hosts = [rule["host"] for rule in ingress["spec"]["rules"]]
-    assert hosts == [prod.gateway.domain, regional_host(region, prod.gateway.domain)]
+    assert hosts == [prod.gateway.domain, regional_host(region, prod.gateway.domain),
+                     zone_host(prod.zone_of(region), prod.gateway.domain)]
     for rule in ingress["spec"]["rules"]:
         assert rule["http"]["paths"][0]["backend"]["service"] == {"name": "gateway", "port": {"name": "http"}}
     assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"

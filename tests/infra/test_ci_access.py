@@ -86,7 +86,9 @@ def test_tag_scoped_statements_scope_on_the_stack_tag() -> None:
                 continue
             actions = s["Action"] if isinstance(s["Action"], list) else [s["Action"]]
             read_only = all(a.split(":")[1].startswith(READ_VERBS) for a in actions)
-            assert read_only or "Condition" in s, f"{role}: {s['Sid']} grants writes on * unconditionally"
+            # Cost Explorer has no resource-level permissions: activating the stack tag needs "*" (prod only).
+            exempt = role == "prod" and s["Sid"] == "ActivateTheStackCostTag"
+            assert read_only or "Condition" in s or exempt, f"{role}: {s['Sid']} grants writes on * unconditionally"
             for test in s.get("Condition", {}).values():
                 for key, value in test.items():
                     if key.endswith("/llm-platform:stack"):
@@ -136,3 +138,85 @@ def test_dns_changes_are_limited_to_the_stacks_names() -> None:
     assert records["Condition"]["Null"][key] == "false", "without it, ForAllValues passes when the key is absent"
     assert not any("HostedZone" in a for s in ROLES["preview"]["permissions"]["Statement"]
                    for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]]))
+
+
+# -- service-linked roles, judged by moto's IAM enforcement ---------------------------------------
+_REQUEST_CONTEXT: dict[str, str] = {}
+
+
+def _service_linked_role_arn(self) -> str:
+    """moto judges IAM calls against Resource "*" and no condition keys. Tell it what IAM would: the role
+    CreateServiceLinkedRole makes lives under /aws-service-role/<service>/, and iam:AWSServiceName is the
+    service asked for."""
+    service = self._get_param("AWSServiceName")
+    _REQUEST_CONTEXT.clear()
+    if not service:
+        return "*"
+    _REQUEST_CONTEXT["iam:AWSServiceName"] = service
+    return f"arn:aws:iam::{ACCOUNT}:role/aws-service-role/{service}/AWSServiceRoleFor{service.split('.')[0]}"
+
+
+@pytest.fixture
+def deploy_clients(monkeypatch):
+    """Per deploy role, an IAM client whose calls moto authorises against that role's permissions."""
+    from moto.core import enable_iam_authentication
+    from moto.iam.access_control import IAMPolicy
+    from moto.iam.responses import IamResponse
+
+    judge = IAMPolicy.is_action_permitted
+
+    def with_request_context(self, action, resource="*", principal=None, incoming_condition_values=None):
+        return judge(self, action, resource, principal, incoming_condition_values or dict(_REQUEST_CONTEXT))
+
+    for var, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.setattr(IamResponse, "_determine_resource", _service_linked_role_arn, raising=False)
+    monkeypatch.setattr(IAMPolicy, "is_action_permitted", with_request_context)
+    with mock_aws():
+        admin = boto3.client("iam", region_name="us-east-1")
+        clients = {}
+        for role, docs in ROLES.items():
+            admin.create_user(UserName=f"{role}-deployer")
+            admin.put_user_policy(UserName=f"{role}-deployer", PolicyName="deploy",
+                                  PolicyDocument=json.dumps(docs["permissions"]))
+            key = admin.create_access_key(UserName=f"{role}-deployer")["AccessKey"]
+            clients[role] = boto3.client("iam", region_name="us-east-1", aws_access_key_id=key["AccessKeyId"],
+                                         aws_secret_access_key=key["SecretAccessKey"])
+        with enable_iam_authentication():
+            yield clients
+
+
+def _may_create_service_linked_role(client, service: str) -> bool:
+    try:
+        client.create_service_linked_role(AWSServiceName=service)
+    except client.exceptions.ClientError as exc:
+        assert exc.response["Error"]["Code"] == "AccessDenied", exc.response["Error"]
+        return False
+    return True
+
+
+@pytest.mark.parametrize("role", ["preview", "prod"])
+def test_deploy_role_creates_the_eks_service_linked_roles_on_first_use(deploy_clients, role: str) -> None:
+    """A new account's first cluster and first managed node group make EKS create its service-linked roles,
+    with the caller's permission: without it the first `pulumi up` fails at the first cluster."""
+    for service in ("eks.amazonaws.com", "eks-nodegroup.amazonaws.com"):
+        assert _may_create_service_linked_role(deploy_clients[role], service), service
+
+
+@pytest.mark.parametrize("role", ["preview", "prod"])
+def test_deploy_role_creates_no_other_service_linked_role(deploy_clients, role: str) -> None:
+    """ELB's, Auto Scaling's and Spot's are made by the cluster and node group roles, not by the deployer;
+    any other service's role would be a grant nobody needs."""
+    for service in ("elasticloadbalancing.amazonaws.com", "autoscaling.amazonaws.com", "spot.amazonaws.com",
+                    "rds.amazonaws.com"):
+        assert not _may_create_service_linked_role(deploy_clients[role], service), service
+
+
+def test_only_the_prod_role_may_activate_the_cost_allocation_tag_and_both_create_tagged_log_groups() -> None:
+    """The tag's activation is account-wide; log groups (control plane logs) are created only with the stack tag."""
+    for role in ROLES:
+        statements = {s["Sid"]: s for s in ROLES[role]["permissions"]["Statement"]}
+        assert ("ActivateTheStackCostTag" in statements) == (role == "prod")
+        create = statements["CreateOnlyWithTheStackTag"]
+        assert {"logs:Create*", "logs:TagResource"} <= set(create["Action"]) and "Condition" in create

@@ -272,14 +272,16 @@ def test_budget_filters_on_the_stack_tag_and_alerts_at_each_threshold(prod_plan:
     assert actual == sorted(prod_plan.config.budget.alert_thresholds_pct)
 
 
-def test_every_regional_gateway_has_a_health_check_and_latency_record(prod_plan: Plan) -> None:
+def test_every_regional_gateway_has_a_health_check_and_latency_records(prod_plan: Plan) -> None:
+    """One latency record per region for the global name, and one for its residency zone's name."""
     checks = prod_plan.of_type("aws:route53/healthCheck:HealthCheck")
     assert sorted(c.inputs["fqdn"] for c in checks) == sorted(f"{r}.api.llm.example.com" for r in PROD_REGIONS)
     ids = {c.outputs["id"] for c in checks}
     latency = [r for r in prod_plan.of_type("aws:route53/record:Record") if r.inputs.get("setIdentifier")]
-    assert sorted(r.inputs["setIdentifier"] for r in latency) == sorted(PROD_REGIONS)
+    assert sorted((r.inputs["name"], r.inputs["setIdentifier"]) for r in latency) == sorted(
+        [("api.llm.example.com", region) for region in PROD_REGIONS]
+        + [(f"{zone}.api.llm.example.com", region) for region, zone in PROD_REGIONS.items()])
     for record in latency:
-        assert record.inputs["name"] == "api.llm.example.com"
         assert record.inputs["latencyRoutingPolicies"] == [{"region": record.inputs["setIdentifier"]}]
         assert record.inputs["healthCheckId"] in ids
         assert record.inputs["records"][0].endswith(f".elb.{record.inputs['setIdentifier']}.amazonaws.com")
@@ -332,9 +334,70 @@ def test_each_validation_record_has_one_owner(prod_plan: Plan) -> None:
     """The shared domain's ACM record is one resource, however many regions' certificates need it."""
     names = [r.inputs["name"] for r in prod_plan.of_type("aws:route53/record:Record") if r.inputs["type"] == "CNAME"
              and r.inputs["name"].startswith("_")]
-    assert len(names) == len(set(names)) == 1 + len(PROD_REGIONS)
+    assert len(names) == len(set(names)) == 1 + len(PROD_REGIONS) + len(set(PROD_REGIONS.values()))
     validations = prod_plan.of_type("aws:acm/certificateValidation:CertificateValidation")
-    assert all(len(v.inputs["validationRecordFqdns"]) == 2 for v in validations)
+    assert all(len(v.inputs["validationRecordFqdns"]) == 3 for v in validations)
+
+
+def test_each_regions_certificate_covers_the_global_regional_and_zone_names(prod_plan: Plan) -> None:
+    """TLS ends at each region's NLB: a client of eu.<domain> must get a certificate that names it."""
+    for cert in prod_plan.of_type("aws:acm/certificate:Certificate"):
+        zone = PROD_REGIONS[cert.region]
+        assert cert.inputs["domainName"] == "api.llm.example.com"
+        assert sorted(cert.inputs["subjectAlternativeNames"]) == sorted(
+            [f"{cert.region}.api.llm.example.com", f"{zone}.api.llm.example.com"])
+
+
+def test_each_gateway_answers_on_its_zone_name_and_knows_where_other_zones_models_live(prod_plan: Plan) -> None:
+    """Ingress routes the zone's name to the gateway; a US gateway tells callers of the EU-only model where to go."""
+    for g in (r for r in prod_plan.of_type(RELEASE) if r.inputs["chart"] == str(GATEWAY_CHART)):
+        zone = PROD_REGIONS[g.region]
+        assert f"{zone}.api.llm.example.com" in g.inputs["values"]["ingress"]["hosts"]
+        other = g.inputs["values"]["config"]["other_zones"]
+        if zone == "us":
+            assert other == {"eu": {"url": "https://eu.api.llm.example.com", "models": ["mistral-small-24b"]}}
+        else:
+            assert other == {}
+
+
+# -- what the budget sees -------------------------------------------------------------------------
+
+def test_system_nodes_tag_their_instances_and_volumes_through_a_launch_template(prod_plan: Plan) -> None:
+    templates = {r.outputs["id"]: r for r in prod_plan.of_type("aws:ec2/launchTemplate:LaunchTemplate")}
+    systems = [g for g in prod_plan.of_type(NODE_GROUP) if g.inputs["labels"][POOL_LABEL] == "system"]
+    assert len(systems) == len(PROD_REGIONS)
+    for group in systems:
+        template = templates[group.inputs["launchTemplate"]["id"]]
+        kinds = {spec["resourceType"]: spec["tags"] for spec in template.inputs["tagSpecifications"]}
+        assert {k: t[TAG_STACK] for k, t in kinds.items()} == {
+            "instance": "prod", "volume": "prod", "network-interface": "prod"}
+        assert template.inputs["metadataOptions"]["httpTokens"] == "required"
+
+
+def test_each_cluster_logs_to_a_tagged_log_group_with_a_retention(prod_plan: Plan) -> None:
+    """EKS writes to /aws/eks/<cluster>/cluster; the program creates it so it is tagged and expires."""
+    groups = {g.inputs["name"]: g for g in prod_plan.of_type("aws:cloudwatch/logGroup:LogGroup")}
+    for cluster in prod_plan.of_type("aws:eks/cluster:Cluster"):
+        group = groups[f"/aws/eks/{cluster.inputs['name']}/cluster"]
+        assert group.region == cluster.region and group.tags[TAG_STACK] == "prod"
+        assert group.inputs["retentionInDays"] == 90
+
+
+def test_ingress_nlbs_are_asked_to_carry_the_stack_tags(prod_plan: Plan) -> None:
+    for release in (r for r in prod_plan.of_type(RELEASE) if r.inputs["chart"] == "ingress-nginx"):
+        annotation = release.inputs["values"]["controller"]["service"]["annotations"][
+            "service.beta.kubernetes.io/aws-load-balancer-additional-resource-tags"]
+        tags = dict(pair.split("=", 1) for pair in annotation.split(","))
+        assert tags[TAG_STACK] == "prod" and tags[TAG_REGION] == release.region
+        assert tags[TAG_RESIDENCY] == PROD_REGIONS[release.region]
+
+
+def test_prod_activates_the_stack_cost_allocation_tag_and_previews_do_not(prod_plan: Plan,
+                                                                          preview_plan: Plan) -> None:
+    """Activation is account-wide and payer-account only: prod's stack does it, kept even if prod is destroyed."""
+    (tag,) = prod_plan.of_type("aws:costexplorer/costAllocationTag:CostAllocationTag")
+    assert tag.inputs == {"tagKey": TAG_STACK, "status": "Active"} and tag.region == GLOBAL
+    assert preview_plan.of_type("aws:costexplorer/costAllocationTag:CostAllocationTag") == []
 
 
 # -- operator access ------------------------------------------------------------------------------

@@ -85,6 +85,8 @@ BAD_CONFIGS: list[tuple[str, Mutation, str, str]] = [
      "llm-platform:network.cidr", "needs a /8 to /16"),
     ("hosted fallback that names no known provider", _set("failover.hosted_fallbacks.llama-3-1-8b", ["acme/x"]),
      "llm-platform:failover.hosted_fallbacks.llama-3-1-8b[0]", "with provider one of openai"),
+    ("cost allocation tag switch not a boolean", _set("budget.activate_cost_allocation_tag", "maybe"),
+     "llm-platform:budget.activate_cost_allocation_tag", "boolean"),
     ("budget alert threshold given twice", _set("budget.alert_thresholds_pct", [50, 50]),
      "llm-platform:budget.alert_thresholds_pct", "lists a threshold twice"),
     ("more budget alerts than AWS allows", _set("budget.alert_thresholds_pct", [10, 20, 30, 40, 50]),

@@ -62,3 +62,62 @@ def test_budget_without_alerts_is_rejected(prod_plan):
     """Program bug (simulated): the budget is created without notifications."""
     resources = mutated(prod_plan, lambda rs: find(rs, BUDGET).inputs.update(notifications=[]))
     assert_rejected(result_of_resources(prod_plan, resources, "budget-cap"), "has no alert thresholds")
+
+
+# -- the budget sees the whole spend: every cost-bearing resource carries the stack tag -----------
+LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
+LOG_GROUP = "aws:cloudwatch/logGroup:LogGroup"
+NLB_TAGS = "service.beta.kubernetes.io/aws-load-balancer-additional-resource-tags"
+
+
+def ingress_annotations(resources: list, region: str) -> dict:
+    release = find(resources, "kubernetes:helm.sh/v3:Release", f"{region}-ingress-nginx")
+    return release.inputs["values"]["controller"]["service"]["annotations"]
+
+
+def test_every_cost_bearing_resource_carries_the_stack_tag(stack_plan):
+    """Clusters, nodes (instances and volumes), NAT, keys, secrets, log groups, health checks and NLBs."""
+    res = result(stack_plan, "budget-cap")
+    assert_passes(res)
+    coverage = next(e for e in res.evidence if "cost_bearing_resources" in e)
+    assert coverage["cost_bearing_resources"] > 0 and coverage["untagged"] == []
+    groups = [e for e in res.evidence if "node_group_tags_instances_and_volumes" in e]
+    assert groups and all(e["node_group_tags_instances_and_volumes"] for e in groups)
+    assert any(e["resource"].endswith("-system") for e in groups), "the system nodes are judged too"
+    logs = [e for e in res.evidence if "control_plane_log_group" in e]
+    assert len(logs) == len(stack_plan.config.regions) and all(e["created_by_program"] for e in logs)
+    nlbs = [e for e in res.evidence if "load_balancer_tags" in e]
+    assert len(nlbs) == len(stack_plan.config.regions)
+    assert all(e["load_balancer_tags"]["llm-platform:stack"] == stack_plan.stack for e in nlbs)
+
+
+def test_cluster_whose_log_group_eks_would_create_is_rejected(prod_plan):
+    """Program bug (simulated): the control plane log group is left for EKS to create, untagged."""
+    resources = mutated(prod_plan, lambda rs: rs.remove(find(rs, LOG_GROUP, region="eu-west-1")))
+    assert_rejected(result_of_resources(prod_plan, resources, "budget-cap"),
+                    "logs to /aws/eks/llmp-prod-eu-west-1/cluster, which the program does not create")
+
+
+def test_log_group_without_the_stack_tag_is_rejected(prod_plan):
+    """Program bug (simulated): a log group created through a provider without the stack's default tags."""
+    resources = mutated(prod_plan, lambda rs: setattr(find(rs, LOG_GROUP, region="us-east-1"), "tags", {}))
+    assert_rejected(result_of_resources(prod_plan, resources, "budget-cap"),
+                    "aws:cloudwatch/logGroup:LogGroup", "lacks the tag llm-platform:stack=prod")
+
+
+def test_ingress_nlb_without_the_tag_annotation_is_rejected(prod_plan):
+    """Program bug (simulated): ingress-nginx's Service asks for an NLB without the stack tag."""
+    resources = mutated(prod_plan, lambda rs: ingress_annotations(rs, "us-west-2").pop(NLB_TAGS))
+    assert_rejected(result_of_resources(prod_plan, resources, "budget-cap"),
+                    "the load balancer of us-west-2-ingress-nginx in us-west-2 lacks the tag llm-platform:stack=prod")
+
+
+def test_system_nodes_without_a_tagging_launch_template_are_rejected(prod_plan):
+    """Program bug (simulated): the system node group's launch template tags instances but not volumes."""
+    def untag_volumes(rs):
+        template = find(rs, LAUNCH_TEMPLATE, "us-east-1-system")
+        template.inputs["tagSpecifications"] = [s for s in template.inputs["tagSpecifications"]
+                                                if s["resourceType"] != "volume"]
+    resources = mutated(prod_plan, untag_volumes)
+    assert_rejected(result_of_resources(prod_plan, resources, "budget-cap"),
+                    "node group us-east-1-system in us-east-1 starts volumes without the tag llm-platform:stack=prod")

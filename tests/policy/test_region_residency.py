@@ -37,7 +37,8 @@ def test_only_iam_route53_and_budgets_live_outside_a_region(prod_plan):
     res = result(prod_plan, "region-residency")
     assert_passes(res)
     outside = next(e["outside_any_region"] for e in res.evidence if "outside_any_region" in e)
-    assert outside and all(t.split(":")[1].split("/")[0] in {"iam", "route53", "budgets"} for t in outside)
+    assert outside and all(t.split(":")[1].split("/")[0] in {"iam", "route53", "budgets", "costexplorer"}
+                           for t in outside)
 
 
 def test_eu_zone_listing_a_us_region_is_rejected():
@@ -87,3 +88,51 @@ def test_resource_tagged_with_the_wrong_zone_is_rejected(prod_plan):
     resources = mutated(prod_plan, mistag)
     assert_rejected(result_of_resources(prod_plan, resources, "region-residency"),
                     "is tagged residency 'us', but eu-central-1 is in zone 'eu'")
+
+
+# -- DNS: each zone's name resolves only inside the zone ------------------------------------------
+RECORD = "aws:route53/record:Record"
+US_NLB = "a0123456789abcdef-01234567.elb.us-east-1.amazonaws.com"
+
+
+def zone_record(resources: list, zone: str, region: str):
+    return next(r for r in resources if r.type == RECORD and r.inputs.get("name") == f"{zone}.api.llm.example.com"
+                and r.inputs.get("setIdentifier") == region)
+
+
+def test_each_zone_name_routes_only_to_its_own_regions(prod_plan):
+    """eu.<domain> and us.<domain> are latency record sets over their own zone's load balancers only."""
+    res = result(prod_plan, "region-residency")
+    assert_passes(res)
+    judged = [e for e in res.evidence if "zone_name" in e]
+    assert sorted((e["zone_name"], e["latency_region"][0]) for e in judged) == sorted([
+        ("us.api.llm.example.com", "us-east-1"), ("us.api.llm.example.com", "us-west-2"),
+        ("eu.api.llm.example.com", "eu-west-1"), ("eu.api.llm.example.com", "eu-central-1")])
+    for e in judged:
+        assert set(e["target_regions"]) <= set(prod_plan.config.residency[e["zone"]]), e
+
+
+def test_eu_zone_name_pointing_at_a_us_load_balancer_is_rejected(prod_plan):
+    """Program bug (simulated): eu.<domain>'s eu-west-1 record points at us-east-1's NLB."""
+    resources = mutated(prod_plan, lambda rs: zone_record(rs, "eu", "eu-west-1").inputs.update(records=[US_NLB]))
+    assert_rejected(result_of_resources(prod_plan, resources, "region-residency"),
+                    "points eu.api.llm.example.com (residency zone 'eu') at a load balancer in us-east-1, "
+                    "outside the zone")
+
+
+def test_eu_zone_name_with_a_latency_record_for_a_us_region_is_rejected(prod_plan):
+    """Program bug (simulated): eu.<domain> gets a record answering from us-east-1, so Route 53 may pick it."""
+    def route_from_us(rs):
+        record = zone_record(rs, "eu", "eu-central-1")
+        record.inputs.update(latencyRoutingPolicies=[{"region": "us-east-1"}])
+    resources = mutated(prod_plan, route_from_us)
+    assert_rejected(result_of_resources(prod_plan, resources, "region-residency"),
+                    "routes eu.api.llm.example.com (residency zone 'eu') by latency from us-east-1")
+
+
+def test_stack_without_a_name_for_each_zone_is_rejected(prod_plan):
+    """Program bug (simulated): only the global name exists, so EU clients have no name that stays in the EU."""
+    resources = mutated(prod_plan, lambda rs: [rs.remove(r) for r in list(rs) if r.type == RECORD
+                                               and r.inputs.get("name") == "eu.api.llm.example.com"])
+    assert_rejected(result_of_resources(prod_plan, resources, "region-residency"),
+                    "residency zone 'eu' has no DNS name of its own")

@@ -25,6 +25,11 @@ CONTROLS: list[Control] = [
                 f"{_T}test_budget_cap.py::test_preview_budget_above_the_preview_cap_is_rejected",
                 f"{_T}test_budget_cap.py::test_stack_without_a_budget_is_rejected",
                 f"{_T}test_budget_cap.py::test_budget_without_alerts_is_rejected",
+                f"{_T}test_budget_cap.py::test_every_cost_bearing_resource_carries_the_stack_tag",
+                f"{_T}test_budget_cap.py::test_cluster_whose_log_group_eks_would_create_is_rejected",
+                f"{_T}test_budget_cap.py::test_log_group_without_the_stack_tag_is_rejected",
+                f"{_T}test_budget_cap.py::test_ingress_nlb_without_the_tag_annotation_is_rejected",
+                f"{_T}test_budget_cap.py::test_system_nodes_without_a_tagging_launch_template_are_rejected",
             ]),
     Control("region-residency", "Resources, restricted models and secrets stay in their residency zone",
             residency.DESCRIPTION, MANDATORY, residency.check, [
@@ -37,6 +42,10 @@ CONTROLS: list[Control] = [
                 f"{_T}test_region_residency.py::test_secret_replicated_out_of_its_zone_is_rejected",
                 f"{_T}test_region_residency.py::test_regional_resource_on_the_global_provider_is_rejected",
                 f"{_T}test_region_residency.py::test_resource_tagged_with_the_wrong_zone_is_rejected",
+                f"{_T}test_region_residency.py::test_each_zone_name_routes_only_to_its_own_regions",
+                f"{_T}test_region_residency.py::test_eu_zone_name_pointing_at_a_us_load_balancer_is_rejected",
+                f"{_T}test_region_residency.py::test_eu_zone_name_with_a_latency_record_for_a_us_region_is_rejected",
+                f"{_T}test_region_residency.py::test_stack_without_a_name_for_each_zone_is_rejected",
             ]),
     Control("failover-topology", "Losing any one region leaves every model serving, and DNS routes around it",
             failover.DESCRIPTION, MANDATORY, failover.check, [

@@ -1,9 +1,28 @@
 """Control `budget-cap`: a stack budget with alerts exists, and the stack at maximum scale costs no more than it."""
 from __future__ import annotations
 
+from typing import Any
+
 from infra.catalog import load_catalog
 from infra.plan.cost import estimate
-from infra.policy.rules.base import BUDGET, NODE_GROUP, Findings, PolicyConfig, Resources, as_list
+from infra.policy.rules.base import (BUDGET, EKS_CLUSTER, HELM_RELEASE, NODE_GROUP, TAG_STACK, Findings, PolicyConfig,
+                                     Resources, as_list)
+
+# What bills by the hour or by the byte among the resource types the program creates, each judged on its
+# own tags (provider default tags included). Node groups' instances and volumes, the clusters' log
+# groups and the ingress NLBs are not resources of the program: they are judged through what makes them.
+COST_BEARING = frozenset({
+    EKS_CLUSTER, NODE_GROUP,
+    "aws:ec2/natGateway:NatGateway", "aws:ec2/eip:Eip",
+    "aws:kms/key:Key", "aws:kms/replicaKey:ReplicaKey",
+    "aws:secretsmanager/secret:Secret",
+    "aws:cloudwatch/logGroup:LogGroup",
+    "aws:route53/healthCheck:HealthCheck",
+})
+LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
+LOG_GROUP = "aws:cloudwatch/logGroup:LogGroup"
+INGRESS_CHART = "ingress-nginx"
+NLB_TAGS_ANNOTATION = "service.beta.kubernetes.io/aws-load-balancer-additional-resource-tags"
 
 DESCRIPTION = (
     "An AWS Budgets cost budget exists for the stack: monthly, in USD, no higher than the stack's declared "
@@ -11,7 +30,12 @@ DESCRIPTION = (
     "percentage alert that e-mails someone. The estimated monthly cost with every node pool at its maximum size "
     "(dearest instance type of each pool, catalog prices, plus control planes and NAT gateways) stays within "
     "the declared budget. Preview stacks (and every pr-N copy) must in addition stay under the preview cap, "
-    "whatever their own budget says.")
+    "whatever their own budget says. The budget sees only what carries the stack tag, so every cost-bearing "
+    "resource does: clusters, node groups, NAT gateways and addresses, KMS keys, secrets, log groups and health "
+    "checks by their own tags (provider default tags included); the nodes' instances and volumes through their "
+    "node group's launch template; each cluster's control plane log group (/aws/eks/<cluster>/cluster) created "
+    "by the program, tagged, rather than by EKS; each ingress NLB through its Service's "
+    "aws-load-balancer-additional-resource-tags annotation.")
 
 
 def check(resources: Resources, policy: PolicyConfig) -> Findings:
@@ -41,6 +65,8 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
                        f"${policy.budget_usd:,.2f}")
         if not alerts:
             found.fail(f"budget {b.name} has no alert thresholds: nobody is told when spend crosses the line")
+
+    _stack_tag_coverage(resources, policy, found)
 
     catalog = load_catalog()
     priced = []
@@ -74,3 +100,62 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
             found.fail(f"preview stack {policy.stack} would cost ${cost.monthly_usd_max:,.0f}/month at maximum "
                        f"scale, above the preview cap of ${policy.preview_cap_usd:,.0f}")
     return found
+
+
+def _tagged(tags: Any, stack: str) -> bool:
+    # Mapping-like, not only dict: CrossGuard hands nested values over as proxies.
+    return hasattr(tags, "get") and tags.get(TAG_STACK) == stack
+
+
+def _annotation_tags(text: str) -> dict[str, str]:
+    """The annotation's `k1=v1,k2=v2` as the cloud provider reads it."""
+    pairs = (item.split("=", 1) for item in str(text).split(",") if "=" in item)
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _stack_tag_coverage(resources: Resources, policy: PolicyConfig, found: Findings) -> None:
+    stack = policy.stack
+    untagged = [r for r in resources.all if r.type in COST_BEARING and not _tagged(r.tags, stack)]
+    for r in untagged:
+        found.fail(f"{r.type} {r.name} in {r.region} lacks the tag {TAG_STACK}={stack}: the budget cannot see "
+                   f"what it costs")
+    found.judged(None, stack_tag=f"{TAG_STACK}={stack}",
+                 cost_bearing_resources=sum(1 for r in resources.all if r.type in COST_BEARING),
+                 untagged=[r.name for r in untagged])
+
+    templates = {str(t.outputs.get("id")): t for t in resources.of_type(LAUNCH_TEMPLATE)}
+    for group in resources.of_type(NODE_GROUP):
+        template = templates.get(str((group.inputs.get("launchTemplate") or {}).get("id")))
+        specs = {s.get("resourceType"): s.get("tags") for s in as_list(template.inputs.get("tagSpecifications"))} \
+            if template is not None else {}
+        missing = [kind for kind in ("instance", "volume") if not _tagged(specs.get(kind), stack)]
+        found.judged(group, node_group_tags_instances_and_volumes=not missing,
+                     launch_template=template.name if template is not None else None)
+        if missing:
+            found.fail(f"node group {group.name} in {group.region} starts {' and '.join(m + 's' for m in missing)} "
+                       f"without the tag {TAG_STACK}={stack} (managed node groups don't pass their tags on: a "
+                       f"launch template's tag specifications must)")
+
+    log_groups = {str(g.inputs.get("name")): g for g in resources.of_type(LOG_GROUP)}
+    for cluster in resources.of_type(EKS_CLUSTER):
+        if not as_list(cluster.inputs.get("enabledClusterLogTypes")):
+            continue
+        name = f"/aws/eks/{cluster.inputs.get('name') or cluster.outputs.get('name')}/cluster"
+        group = log_groups.get(name)
+        found.judged(cluster, control_plane_log_group=name, created_by_program=group is not None,
+                     retention_days=group.inputs.get("retentionInDays") if group is not None else None)
+        if group is None:
+            found.fail(f"cluster {cluster.name} in {cluster.region} logs to {name}, which the program does not "
+                       f"create: EKS would create it untagged, unseen by the budget and kept forever")
+        elif not group.inputs.get("retentionInDays"):
+            found.fail(f"log group {name} keeps its logs forever: set a retention")
+
+    for release in resources.of_type(HELM_RELEASE):
+        if str(release.inputs.get("chart")) != INGRESS_CHART:
+            continue
+        service = (((release.inputs.get("values") or {}).get("controller") or {}).get("service") or {})
+        tags = _annotation_tags((service.get("annotations") or {}).get(NLB_TAGS_ANNOTATION, ""))
+        found.judged(release, load_balancer_tags=tags)
+        if not _tagged(tags, stack):
+            found.fail(f"the load balancer of {release.name} in {release.region} lacks the tag {TAG_STACK}={stack}: "
+                       f"its Service has no {NLB_TAGS_ANNOTATION} annotation carrying it")

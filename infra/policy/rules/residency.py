@@ -1,10 +1,11 @@
 """Control `region-residency`: every resource stays in a region its residency zone allows; restricted models and secret replicas stay in their zone."""
 from __future__ import annotations
 
+import re
 from collections import Counter
 
-from infra.policy.rules.base import (GLOBAL, KMS_KEY, KMS_REPLICA_KEY, SECRET, TAG_RESIDENCY, Findings, PolicyConfig,
-                                     Resources, as_list)
+from infra.policy.rules.base import (DNS_RECORD, GLOBAL, KMS_KEY, KMS_REPLICA_KEY, SECRET, TAG_RESIDENCY, Findings,
+                                     PolicyConfig, Resources, as_list)
 
 # The only resource types allowed outside a region: AWS services that have none. Anything else
 # recorded as "global" was created through the global-services provider by mistake.
@@ -18,6 +19,7 @@ GLOBAL_SERVICE_TYPES = frozenset({
     "aws:route53/record:Record",
     "aws:route53/healthCheck:HealthCheck",
     "aws:budgets/budget:Budget",
+    "aws:costexplorer/costAllocationTag:CostAllocationTag",
 })
 
 # A zone named after a jurisdiction may only list that jurisdiction's AWS regions: a typo in
@@ -32,7 +34,14 @@ DESCRIPTION = (
     "jurisdiction (eu, us, ...) lists only that jurisdiction's AWS regions. Models restricted to a zone are "
     "served (vLLM releases) only in regions of that zone. Secret replicas and KMS replica keys stay in the "
     "zone of their primary. Only global services, by an explicit list (IAM roles, policies and OIDC providers, "
-    "Route53 zones, records and health checks, AWS Budgets), exist outside a region.")
+    "Route53 zones, records and health checks, AWS Budgets and the cost allocation tag's activation), exist "
+    "outside a region. Each residency zone has "
+    "its own DNS name (<zone>.<domain>) whose records route only to the zone's regions, both by their latency "
+    "region and by the load balancer they point at: Route 53 answers only from the record set asked for, even "
+    "when all of it is unhealthy, so that name never resolves outside the zone.")
+
+# ELB hostnames name their region: <name>-<hash>.elb.<region>.amazonaws.com
+_ELB_REGION = re.compile(r"\.elb\.([a-z0-9-]+)\.amazonaws\.com\.?$")
 
 
 def _arn_region(arn: str) -> str:
@@ -57,7 +66,7 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
             global_types[r.type] += 1
             if r.type not in GLOBAL_SERVICE_TYPES:
                 found.fail(f"{r.type} {r.name} is created outside any region (global-services provider); only "
-                           f"IAM, Route53 and Budgets may be")
+                           f"IAM, Route53, Budgets and Cost Explorer may be")
             continue
         zone = policy.zone_of(r.region)
         if zone is None:
@@ -88,6 +97,8 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
             found.judged(None, model=model, restricted_to=intent.residency,
                          served_in=sorted(served.get(model, set())))
 
+    _zone_names(resources, policy, found)
+
     for secret in resources.of_type(SECRET):
         zone = policy.zone_of(secret.region)
         replicas = [(str(rep.get("region")), str(rep.get("kmsKeyId") or "")) for rep in as_list(secret.inputs.get("replicas"))]
@@ -106,3 +117,38 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
             found.fail(f"KMS replica key {replica.name} in {replica.region} copies a key from {primary.region}, "
                        f"another residency zone")
     return found
+
+
+def _zone_names(resources: Resources, policy: PolicyConfig, found: Findings) -> None:
+    """Every zone's name routes only to that zone's regions, judged by the records the program creates."""
+    records_of: dict[str, list] = {zone: [] for zone in policy.residency}
+    for record in resources.of_type(DNS_RECORD):
+        label = str(record.inputs.get("name") or "").split(".", 1)[0]
+        if label in records_of:
+            records_of[label].append(record)
+    for zone, records in sorted(records_of.items()):
+        allowed = policy.residency[zone]
+        if not records:
+            found.fail(f"residency zone {zone!r} has no DNS name of its own ({zone}.<domain>): its clients can only "
+                       f"use the global name, which routes to every zone")
+        for record in records:
+            latency = [str(p.get("region")) for p in as_list(record.inputs.get("latencyRoutingPolicies"))]
+            targets = [str(t) for t in as_list(record.inputs.get("records"))]
+            target_regions = [m.group(1) if (m := _ELB_REGION.search(t)) else None for t in targets]
+            found.judged(record, zone_name=record.inputs.get("name"), zone=zone, latency_region=latency,
+                         targets=targets, target_regions=target_regions)
+            name = record.inputs.get("name")
+            for region in latency:
+                if region not in allowed:
+                    found.fail(f"DNS record {record.name} routes {name} (residency zone {zone!r}) by latency from "
+                               f"{region}, outside the zone ({', '.join(allowed)})")
+            for target, region in zip(targets, target_regions):
+                if region is None:
+                    found.fail(f"DNS record {record.name} points {name} (residency zone {zone!r}) at {target}, "
+                               f"which is not a load balancer whose region can be told")
+                elif region not in allowed:
+                    found.fail(f"DNS record {record.name} points {name} (residency zone {zone!r}) at a load "
+                               f"balancer in {region}, outside the zone ({', '.join(allowed)})")
+            if not latency and not targets:
+                found.fail(f"DNS record {record.name} for {name} (residency zone {zone!r}) is an alias or empty: "
+                           f"it cannot be shown to stay in the zone")
