@@ -21,7 +21,7 @@ def test_eu_models_never_leave_eu(prod_plan):
     assert_passes(res)
     mistral = next(e for e in res.evidence if e.get("model") == "mistral-small-24b")
     assert mistral["restricted_to"] == "eu"
-    assert mistral["served_in"] == ["eu-central-1", "eu-west-1"]
+    assert mistral["served_in"] == ["eu-north-1", "eu-west-2"]
 
 
 def test_secret_replicas_stay_in_their_zone(prod_plan):
@@ -30,7 +30,7 @@ def test_secret_replicas_stay_in_their_zone(prod_plan):
     secrets = [e for e in res.evidence if e.get("type") == SECRET]
     assert len(secrets) == 10
     for e in secrets:
-        assert {e["region"], *e["replicas"]} in ({"us-east-1", "us-west-2"}, {"eu-west-1", "eu-central-1"})
+        assert {e["region"], *e["replicas"]} in ({"us-east-1", "us-west-2"}, {"eu-north-1", "eu-west-2"})
 
 
 def test_only_iam_route53_and_budgets_live_outside_a_region(prod_plan):
@@ -43,18 +43,18 @@ def test_only_iam_route53_and_budgets_live_outside_a_region(prod_plan):
 def test_eu_zone_listing_a_us_region_is_rejected():
     """Broken config: the zone called "eu" is declared to include us-east-1, and the stack runs there as "eu"."""
     raw = stack_raw("preview")
-    raw["residency"] = {"eu": ["eu-west-1", "us-east-1"]}
+    raw["residency"] = {"eu": ["eu-north-1", "us-east-1"]}
     raw["regions"][0]["residency"] = "eu"
     assert_rejected(result(plan_of(raw, "preview"), "region-residency"),
                     "residency zone 'eu' lists us-east-1, which is outside the EU jurisdiction")
 
 
 def test_restricted_model_served_outside_its_zone_is_rejected(prod_plan):
-    """Program bug (simulated): the EU-restricted model's release in eu-west-1 lands in us-east-1 instead."""
+    """Program bug (simulated): the EU-restricted model's release in eu-north-1 lands in us-east-1 instead."""
     resources = mutated(prod_plan, lambda rs: setattr(
-        find(rs, RELEASE, "eu-west-1-mistral-small-24b"), "region", "us-east-1"))
+        find(rs, RELEASE, "eu-north-1-mistral-small-24b"), "region", "us-east-1"))
     assert_rejected(result_of_resources(prod_plan, resources, "region-residency"),
-                    "model mistral-small-24b is restricted to zone 'eu' but release eu-west-1-mistral-small-24b "
+                    "model mistral-small-24b is restricted to zone 'eu' but release eu-north-1-mistral-small-24b "
                     "serves it in us-east-1")
 
 
@@ -66,7 +66,7 @@ def test_secret_replicated_out_of_its_zone_is_rejected(prod_plan):
             "region": "us-east-1", "kmsKeyId": "arn:aws:kms:us-east-1:123456789012:key/mrk-x"}]
     resources = mutated(prod_plan, replicate_to_us)
     assert_rejected(result_of_resources(prod_plan, resources, "region-residency"),
-                    "secret llm-platform/prod/providers/openai (eu-west-1, zone 'eu') is replicated to us-east-1, "
+                    "secret llm-platform/prod/providers/openai (eu-north-1, zone 'eu') is replicated to us-east-1, "
                     "outside its zone")
 
 
@@ -80,10 +80,10 @@ def test_regional_resource_on_the_global_provider_is_rejected(prod_plan):
 
 
 def test_resource_tagged_with_the_wrong_zone_is_rejected(prod_plan):
-    """Program bug (simulated): an eu-central-1 resource carries the us residency tag (a mis-wired provider)."""
+    """Program bug (simulated): an eu-west-2 resource carries the us residency tag (a mis-wired provider)."""
     def mistag(rs):
-        vpc = find(rs, "aws:ec2/vpc:Vpc", region="eu-central-1")
+        vpc = find(rs, "aws:ec2/vpc:Vpc", region="eu-west-2")
         vpc.tags = {**vpc.tags, "llm-platform:residency": "us"}
     resources = mutated(prod_plan, mistag)
     assert_rejected(result_of_resources(prod_plan, resources, "region-residency"),
-                    "is tagged residency 'us', but eu-central-1 is in zone 'eu'")
+                    "is tagged residency 'us', but eu-west-2 is in zone 'eu'")

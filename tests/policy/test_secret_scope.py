@@ -76,7 +76,7 @@ def test_secret_policy_allowing_everyone_is_rejected(prod_plan):
         set_policy(sp, "policy", doc)
     assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, open_up), "secret-scope"),
                     "OnlyThisStacksGatewaysRead allows a wildcard principal",
-                    "secret llm-platform/prod/gateway/master-key in eu-west-1: its resource policy grants "
+                    "secret llm-platform/prod/gateway/master-key in eu-north-1: its resource policy grants "
                     "secretsmanager:GetSecretValue")
 
 
