@@ -4,7 +4,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import runpy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ class Plan:
     stack: str
     config: StackConfig
     resources: list[PlannedResource]
+    # The day the plan is judged on: controls with a calendar (version-support) read it, so a test can fix it.
+    date: date = field(default_factory=lambda: datetime.now(timezone.utc).date())
 
     def of_type(self, typ: str) -> list[PlannedResource]:
         return [r for r in self.resources if r.type == typ]
@@ -44,17 +47,20 @@ class _Errors(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def run_program(raw: dict[str, Any], stack: str, source: str = "<config>") -> Plan:
+def run_program(raw: dict[str, Any], stack: str, source: str = "<config>", on: date | None = None) -> Plan:
     """Validate `raw` (llm-platform:* values), then run the program on it under mocks."""
     cfg = parse(raw, stack, source)  # raises ConfigError before anything runs
     # The engine runs on the thread's current loop; give it one of its own, whatever ran before.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        return _run(raw, cfg, stack)
+        plan = _run(raw, cfg, stack)
     finally:
         asyncio.set_event_loop(None)
         loop.close()
+    if on is not None:
+        plan.date = on
+    return plan
 
 
 def _run(raw: dict[str, Any], cfg: StackConfig, stack: str) -> Plan:
