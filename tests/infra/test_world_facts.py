@@ -1,6 +1,7 @@
 """The stack against the world facts: instance types offered where pools run, zones, reservations, node allocatable."""
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 import pytest
@@ -195,3 +196,13 @@ def test_the_snapshot_is_dated_sourced_and_consistent() -> None:
             assert region in family.prices, (family.name, region)
     for itype in catalog.instances.values():
         assert itype.family in catalog.families, itype.name
+
+
+def test_a_capacity_block_stack_passes_every_control() -> None:
+    """The controls read a Capacity Block group's one type from its label, not from instanceTypes (it has none)."""
+    from infra.policy.rules import evaluate
+    plan = run_program(_with_reservation(kind="capacity-block"), "prod", on=date(2026, 11, 25))
+    results = evaluate(plan)
+    assert [(r.id, r.violations) for r in results if r.status != "pass"] == []
+    hygiene = next(r for r in results if r.id == "gpu-pool-hygiene")
+    assert next(e for e in hygiene.evidence if e["resource"] == "us-east-1-h100")["gpu"] is True
