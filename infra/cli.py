@@ -155,6 +155,26 @@ def cmd_ci_role(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_catalog_refresh(args: argparse.Namespace) -> int:
+    """Rebuild infra/catalog.yaml's EC2 facts from AWS's APIs (needs AWS credentials)."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from infra.catalog import CATALOG_FILE
+    from infra.catalog_refresh import refresh
+
+    session = boto3.Session(profile_name=args.profile) if args.profile else boto3.Session()
+    output = Path(args.output) if args.output else CATALOG_FILE
+    try:
+        doc = refresh(session, CATALOG_FILE, output, regions=args.region or None)
+    except (BotoCoreError, ClientError, RuntimeError) as exc:
+        print(f"llmp: catalog refresh failed, {output} is unchanged: {exc}", file=sys.stderr)
+        return EXIT_PROGRAM
+    print(f"wrote {output} (as of {doc['as_of']}, {len(doc['regions'])} regions, {len(doc['instances'])} "
+          f"instance types)", file=sys.stderr)
+    return EXIT_OK
+
+
 def _add_stack_args(p: argparse.ArgumentParser, stack_required: bool = False) -> None:
     p.add_argument("--stack", required=stack_required,
                    help="stack name: reads Pulumi.<stack>.yaml (default: prod, or the --config-file's name)")
@@ -190,6 +210,14 @@ def parser() -> argparse.ArgumentParser:
     ci_role.add_argument("--account-id", required=True, help="the AWS account the stacks live in")
     ci_role.add_argument("--repository", required=True, help="the GitHub repository, <owner>/<name>")
     ci_role.set_defaults(func=cmd_ci_role)
+
+    catalog = sub.add_parser("catalog", help="the world facts snapshot (infra/catalog.yaml)")
+    catalog_sub = catalog.add_subparsers(dest="catalog_command", required=True)
+    refresh = catalog_sub.add_parser("refresh", help="rebuild the EC2 facts from AWS's APIs (needs credentials)")
+    refresh.add_argument("--region", action="append", help="a region to read (repeat; default: the snapshot's)")
+    refresh.add_argument("--profile", help="AWS profile to use (default: the usual credential chain)")
+    refresh.add_argument("--output", "-o", help="write here instead of infra/catalog.yaml")
+    refresh.set_defaults(func=cmd_catalog_refresh)
 
     sub.add_parser("gateway", help="run the OpenAI-compatible gateway (see `llmp gateway --help`)", add_help=False)
     sub.add_parser("keys", help="virtual keys, teams and spend on a running gateway (see `llmp keys --help`)",

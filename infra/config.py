@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from infra.catalog import Catalog, load_catalog
+from infra.placement import placement_problems
 
 NAMESPACE = "llm-platform"
 PREVIEW_TEMPLATE = "preview"
@@ -71,17 +72,30 @@ class Budget(_Model):
     activate_cost_allocation_tag: bool = True
 
 
+class Reservation(_Model):
+    """Reserved GPU capacity a pool launches into: a Capacity Block for ML or an On-Demand Capacity Reservation."""
+    kind: Literal["capacity-block", "odcr"]
+    id: Annotated[str, StringConstraints(pattern=r"^cr-[0-9a-f]{17}$")]
+    # The zone ID (use1-az4), not the name (us-east-1a): names map to different zones in every account.
+    availability_zone: str
+
+
 class Pool(_Model):
     name: Slug
     instance_types: list[str] = Field(min_length=1)
-    capacity: Literal["on-demand", "spot"]
+    capacity: Literal["on-demand", "spot", "reserved"]
     min_nodes: int = Field(ge=0)
     max_nodes: int = Field(ge=1)
     disk_gib: int = Field(default=400, ge=50)
+    reservation: Reservation | None = None
 
     @property
     def spot(self) -> bool:
         return self.capacity == "spot"
+
+    @property
+    def reserved(self) -> bool:
+        return self.capacity == "reserved"
 
 
 class Region(_Model):
@@ -136,7 +150,9 @@ IamRole = Annotated[str, StringConstraints(
 
 
 class Cluster(_Model):
-    kubernetes_version: str = "1.34"
+    # Pinned, for the control plane and every node group: the newest version on EKS standard support on
+    # 2026-11-25 (infra/catalog.yaml kubernetes_versions); the version-support control says when to move.
+    kubernetes_version: str = "1.35"
     # EKS access entries with the cluster-admin access policy: the operators' way into every cluster
     # (besides the identity that created it). Authentication mode API: no aws-auth ConfigMap.
     admin_roles: list[IamRole] = Field(default_factory=list)
@@ -330,6 +346,8 @@ def _describe(error: dict[str, Any]) -> str:
     if error["type"] == "string_pattern_mismatch" and error["loc"][-2:-1] == ("admin_roles",):
         return f"{error['input']!r} is neither an IAM role name nor a role ARN (arn:aws:iam::<account>:role/<name>)"
     if error["type"] == "string_pattern_mismatch":
+        if error["loc"][-2:] == ("reservation", "id"):
+            return f"{error['input']!r} is not a capacity reservation id (cr- and 17 hex digits)"
         return f"{error['input']!r} is not a valid name (lowercase letters, digits and '-')"
     return f"{error['msg']} (got {error['input']!r})"
 
@@ -360,7 +378,7 @@ def cross_check(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
         if region_names.count(region.name) > 1:
             add(f"{at}.name", f"region {region.name!r} is listed more than once")
         if not catalog.knows_region(region.name):
-            add(f"{at}.name", f"unknown AWS region {region.name!r} (no prices in infra/catalog.yaml)")
+            add(f"{at}.name", f"unknown AWS region {region.name!r} (no facts in infra/catalog.yaml)")
         allowed = cfg.residency.get(region.residency)
         if allowed is None:
             add(f"{at}.residency", f"zone {region.residency!r} is not defined in {NAMESPACE}:residency "
@@ -380,6 +398,8 @@ def cross_check(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
                     add(f"{pat}.instance_types[{k}]", f"unknown instance type {itype!r}")
                 elif catalog.instance(itype).gpus == 0:
                     add(f"{pat}.instance_types[{k}]", f"{itype} has no GPU; GPU pools need GPU instances")
+        if catalog.knows_region(region.name):
+            problems.extend((f"{NAMESPACE}:{path}", msg) for path, msg in placement_problems(cfg, i, catalog))
     if catalog.instances.get(cfg.cluster.system_instance_type) is None:
         add("cluster.system_instance_type", f"unknown instance type {cfg.cluster.system_instance_type!r}")
     admins = cfg.cluster.admin_roles

@@ -16,7 +16,9 @@ from infra.components.network import Network, NetworkArgs
 from infra.components.node_pool import NodePool, NodePoolArgs
 from infra.components.providers import global_provider, iam_path, regional_provider, stack_tags
 from infra.components.secrets import StackSecrets, StackSecretsArgs
+from infra.catalog import load_catalog
 from infra.config import Region, StackConfig
+from infra.placement import network_zones, pool_zones
 from infra.gateway_config import gateway_config
 
 
@@ -45,9 +47,11 @@ class RegionalStack:
         self.region = region
         self.provider = regional_provider(cfg.stack, name, region.residency, extra_tags)
         tags = {**stack_tags(cfg.stack, name, region.residency), **extra_tags}  # for what default tags miss
+        catalog, system_type = load_catalog(), cfg.cluster.system_instance_type
         self.network = Network(name, NetworkArgs(
             region=name, cidr=cfg.network.cidr, cluster_name=cluster_name(cfg.stack, name),
-            nat_per_az=cfg.network.nat_gateways == "per-az"), self.provider, pulumi.ResourceOptions(parent=parent))
+            nat_per_az=cfg.network.nat_gateways == "per-az",
+            zone_ids=tuple(network_zones(region, system_type, catalog))), self.provider, pulumi.ResourceOptions(parent=parent))
         self.cluster = Cluster(name, ClusterArgs(
             region=name, cluster_name=cluster_name(cfg.stack, name),
             kubernetes_version=cfg.cluster.kubernetes_version,
@@ -60,8 +64,9 @@ class RegionalStack:
         self.pools = {
             pool.name: NodePool(f"{name}-{pool.name}", NodePoolArgs(
                 pool=pool, cluster_name=self.cluster.eks.name, node_role_arn=self.cluster.node_role.arn,
-                subnet_ids=self.network.private_subnet_ids,
-                tags=tags),
+                subnet_ids=[self.network.private_subnet_by_zone[z]
+                            for z in pool_zones(region, pool, system_type, catalog)],
+                tags=tags, kubernetes_version=cfg.cluster.kubernetes_version),
                 self.provider, pulumi.ResourceOptions(parent=parent))
             for pool in region.pools
         }

@@ -122,6 +122,9 @@ class Cluster(pulumi.ComponentResource):
             node_role_arn=self.node_role.arn,
             subnet_ids=args.private_subnet_ids,
             ami_type="AL2023_x86_64_STANDARD",
+            # Pinned with the control plane: an unpinned group follows nothing and drifts (EKS never upgrades
+            # managed node groups itself, kubernetes-versions.html "Amazon EKS version FAQs").
+            version=args.kubernetes_version,
             capacity_type="ON_DEMAND",
             instance_types=[args.system_instance_type],
             scaling_config=aws.eks.NodeGroupScalingConfigArgs(

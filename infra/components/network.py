@@ -18,6 +18,8 @@ class NetworkArgs:
     cidr: str
     cluster_name: str
     nat_per_az: bool
+    # Zone IDs to place the subnets in (infra.placement.network_zones); empty: the region's first zones by name.
+    zone_ids: tuple[str, ...] = ()
 
 
 class Network(pulumi.ComponentResource):
@@ -43,12 +45,14 @@ class Network(pulumi.ComponentResource):
             routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=igw.id)],
             tags={"Name": f"{name}-public"}, opts=child)
 
+        # Zone IDs name the same zone in every account, so the catalog's per-zone offerings apply to them.
+        where = [{"availability_zone_id": z} for z in args.zone_ids] or \
+            [{"availability_zone": zones.names[i]} for i in range(AZ_COUNT)]
         self.public_subnet_ids, self.private_subnet_ids = [], []
         nat_ids: list[pulumi.Output[str]] = []
         for i in range(AZ_COUNT):
-            az = zones.names[i]
             public = aws.ec2.Subnet(
-                f"{name}-public-{i}", vpc_id=vpc.id, cidr_block=str(blocks[AZ_COUNT + i]), availability_zone=az,
+                f"{name}-public-{i}", vpc_id=vpc.id, cidr_block=str(blocks[AZ_COUNT + i]), **where[i],
                 map_public_ip_on_launch=False,
                 tags={"Name": f"{name}-public-{i}", "kubernetes.io/role/elb": "1", cluster_tag: "shared"},
                 opts=child)
@@ -63,7 +67,7 @@ class Network(pulumi.ComponentResource):
 
         for i in range(AZ_COUNT):
             private = aws.ec2.Subnet(
-                f"{name}-private-{i}", vpc_id=vpc.id, cidr_block=str(blocks[i]), availability_zone=zones.names[i],
+                f"{name}-private-{i}", vpc_id=vpc.id, cidr_block=str(blocks[i]), **where[i],
                 tags={"Name": f"{name}-private-{i}", "kubernetes.io/role/internal-elb": "1", cluster_tag: "shared"},
                 opts=child)
             rt = aws.ec2.RouteTable(
@@ -75,6 +79,7 @@ class Network(pulumi.ComponentResource):
                                           opts=child)
             self.private_subnet_ids.append(private.id)
 
+        self.private_subnet_by_zone = dict(zip(args.zone_ids, self.private_subnet_ids))
         self.vpc_id = vpc.id
         self.nat_gateways = len(nat_ids)
         self.register_outputs({"vpc_id": vpc.id, "private_subnet_ids": self.private_subnet_ids})

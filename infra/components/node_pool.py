@@ -13,6 +13,10 @@ from infra.scheduling import CAPACITY_LABEL, POOL_LABEL, pool_taints
 # EKS spells taint effects differently from Kubernetes.
 EKS_EFFECT = {"NoSchedule": "NO_SCHEDULE", "NoExecute": "NO_EXECUTE", "PreferNoSchedule": "PREFER_NO_SCHEDULE"}
 GPU_AMI = "AL2023_x86_64_NVIDIA"
+# A reserved pool's one instance type, on its nodes and readable from the node group (a Capacity Block pool
+# names its type in the launch template only).
+INSTANCE_TYPE_LABEL = "llm-platform/instance-type"
+CAPACITY_TYPE = {"spot": "SPOT", "on-demand": "ON_DEMAND", "odcr": "ON_DEMAND", "capacity-block": "CAPACITY_BLOCK"}
 
 
 @dataclass(frozen=True)
@@ -20,13 +24,42 @@ class NodePoolArgs:
     pool: Pool
     cluster_name: pulumi.Input[str]
     node_role_arn: pulumi.Input[str]
-    subnet_ids: list[pulumi.Input[str]]
+    subnet_ids: list[pulumi.Input[str]]  # only the zones that offer the pool's types (infra.placement.pool_zones)
     tags: dict[str, str]  # stamped on the instances, their volumes and interfaces
+    kubernetes_version: str  # pinned like the control plane's, so an upgrade is a reviewed change
 
 
 def node_labels(pool: Pool) -> dict[str, str]:
     # nvidia.com/gpu.present is what the NVIDIA device plugin chart's default affinity selects.
-    return {POOL_LABEL: pool.name, CAPACITY_LABEL: pool.capacity, "nvidia.com/gpu.present": "true"}
+    labels = {POOL_LABEL: pool.name, CAPACITY_LABEL: pool.capacity, "nvidia.com/gpu.present": "true"}
+    if pool.reserved:
+        labels[INSTANCE_TYPE_LABEL] = pool.instance_types[0]
+    return labels
+
+
+def capacity_type(pool: Pool) -> str:
+    return CAPACITY_TYPE[pool.reservation.kind if pool.reservation else pool.capacity]
+
+
+def reservation_template_args(pool: Pool) -> dict:
+    """Launch template arguments that send a reserved pool's instances into its reservation.
+
+    Capacity Block (https://docs.aws.amazon.com/eks/latest/userguide/capacity-blocks-mng.html): the template
+    sets InstanceMarketOptions.MarketType "capacity-block", targets the block's id and names the instance type;
+    the node group's capacityType is CAPACITY_BLOCK and lists no instance types (EKS refuses a type in both).
+    ODCR (https://docs.aws.amazon.com/eks/latest/userguide/ml-node-groups.html, "On-Demand Capacity
+    Reservations"): the template targets the reservation; the node group stays ON_DEMAND with its type.
+    """
+    res = pool.reservation
+    if res is None:
+        return {}
+    args: dict = {"capacity_reservation_specification": aws.ec2.LaunchTemplateCapacityReservationSpecificationArgs(
+        capacity_reservation_target=aws.ec2.LaunchTemplateCapacityReservationSpecificationCapacityReservationTargetArgs(
+            capacity_reservation_id=res.id))}
+    if res.kind == "capacity-block":
+        args["instance_market_options"] = aws.ec2.LaunchTemplateInstanceMarketOptionsArgs(market_type="capacity-block")
+        args["instance_type"] = pool.instance_types[0]
+    return args
 
 
 class NodePool(pulumi.ComponentResource):
@@ -47,15 +80,18 @@ class NodePool(pulumi.ComponentResource):
                 http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=2),
             tag_specifications=[aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags=args.tags)
                                 for kind in ("instance", "volume", "network-interface")],
+            **reservation_template_args(pool),
             opts=child_opts(self, provider))
+        block = pool.reservation is not None and pool.reservation.kind == "capacity-block"
         self.node_group = aws.eks.NodeGroup(
             name,
             cluster_name=args.cluster_name,
             node_role_arn=args.node_role_arn,
             subnet_ids=args.subnet_ids,
             ami_type=GPU_AMI,
-            capacity_type="SPOT" if pool.spot else "ON_DEMAND",
-            instance_types=pool.instance_types,
+            version=args.kubernetes_version,
+            capacity_type=capacity_type(pool),
+            instance_types=None if block else pool.instance_types,
             launch_template=aws.eks.NodeGroupLaunchTemplateArgs(
                 id=template.id, version=template.latest_version.apply(str)),
             scaling_config=aws.eks.NodeGroupScalingConfigArgs(

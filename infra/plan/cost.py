@@ -58,10 +58,23 @@ class CostEstimate:
         }
 
 
+RESERVED_TYPE_LABEL = "llm-platform/instance-type"  # infra.components.node_pool.INSTANCE_TYPE_LABEL
+CAPACITY = {"SPOT": "spot", "CAPACITY_BLOCK": "reserved"}
+
+
+def node_group_types(inputs: dict) -> tuple[str, ...]:
+    """A node group's instance types; a Capacity Block group names its one type in a label (and its template)."""
+    types = inputs.get("instanceTypes") or [(inputs.get("labels") or {}).get(RESERVED_TYPE_LABEL)]
+    return tuple(t for t in types if t)
+
+
 def pool_cost(resource: PlannedResource, catalog: Catalog) -> PoolCost:
+    """Reserved pools are priced at the catalog's on-demand rate: an ODCR bills the on-demand price whether or
+    not instances run in it, and a Capacity Block is paid up front at a price quoted when it is bought
+    (describe-capacity-block-offerings UpfrontFee), which the catalog does not know. Budget for the up-front fee."""
     inputs = resource.inputs
     spot = inputs.get("capacityType") == "SPOT"
-    types = tuple(inputs["instanceTypes"])
+    types = node_group_types(inputs)
     # The engine hands numbers over as floats.
     lo, hi = int(inputs["scalingConfig"]["minSize"]), int(inputs["scalingConfig"]["maxSize"])
     prices = [catalog.hourly_usd(t, resource.region, spot) for t in types]
@@ -69,7 +82,8 @@ def pool_cost(resource: PlannedResource, catalog: Catalog) -> PoolCost:
     return PoolCost(
         region=resource.region, node_group=resource.name,
         pool=(inputs.get("labels") or {}).get("llm-platform/pool", resource.name),
-        capacity="spot" if spot else "on-demand", instance_types=types,
+        capacity=(inputs.get("labels") or {}).get("llm-platform/capacity")
+        or CAPACITY.get(str(inputs.get("capacityType")), "on-demand"), instance_types=types,
         min_nodes=lo, max_nodes=hi,
         monthly_usd_min=min(prices) * lo * HOURS_PER_MONTH,
         monthly_usd_max=max(prices) * hi * HOURS_PER_MONTH,

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from infra.plan.cost import CostEstimate
+from infra.plan.quotas import quota_needs
 from infra.plan.run import Plan
 from infra.plan.summary import RegionSummary
 
@@ -23,6 +24,10 @@ class ControlResult(Protocol):
     def as_json(self) -> dict[str, Any]: ...
 
 
+RESERVED_NOTE = ("Reserved pools are priced at the catalog's on-demand rate: an ODCR bills it whether or not "
+                 "instances run; a Capacity Block is paid up front at the fee quoted when it is bought.")
+
+
 def usd(amount: float) -> str:
     return f"${amount:,.0f}"
 
@@ -34,6 +39,7 @@ def to_json(plan: Plan, regions: list[RegionSummary], cost: CostEstimate, result
         "regions": [r.as_json() for r in regions],
         "resources": [r.as_json() for r in plan.resources],
         "cost": cost.as_json(),
+        "quotas": [q.as_json() for q in quota_needs(plan.resources)],
         "policies": [r.as_json() for r in results],
     }
     return json.dumps(doc, indent=2, default=str)
@@ -60,6 +66,12 @@ def to_markdown(plan: Plan, regions: list[RegionSummary], cost: CostEstimate, re
                          f"{models} | |")
         lines.append(f"| **{region.name}** | | | | | | | **{usd(region.monthly_usd_min)}–"
                      f"{usd(region.monthly_usd_max)}** |")
+    if any(p.capacity == "reserved" for p in cost.pools):
+        lines += ["", RESERVED_NOTE]
+    lines += ["", "EC2 vCPU quotas needed at max scale (request them before `pulumi up`):", "",
+              "| region | quota | code | vCPUs | node groups |", "|---|---|---|---|---|"]
+    for q in quota_needs(plan.resources):
+        lines.append(f"| {q.region} | {q.name} | `{q.code}` | {q.vcpus} | {', '.join(q.node_groups)} |")
     lines += ["", "| control | enforcement | result |", "|---|---|---|"]
     for r in results:
         mark = "pass" if r.status == "pass" else "**FAIL**"
@@ -90,6 +102,14 @@ def to_table(plan: Plan, regions: list[RegionSummary], cost: CostEstimate, resul
     share = cost.monthly_usd_max / cost.budget_usd * 100 if cost.budget_usd else 0
     console.print(f"[bold]Cost[/bold]: {usd(cost.monthly_usd_min)} at min scale, {usd(cost.monthly_usd_max)} at "
                   f"max scale; budget {usd(cost.budget_usd)} (max scale uses {share:.0f}% of it)")
+    if any(p.capacity == "reserved" for p in cost.pools):
+        console.print(RESERVED_NOTE)
+    quotas = Table(title="EC2 vCPU quotas needed at max scale (request before `pulumi up`)", title_justify="left")
+    for col in ("region", "quota", "code", "vCPUs", "node groups"):
+        quotas.add_column(col)
+    for q in quota_needs(plan.resources):
+        quotas.add_row(q.region, q.name, q.code, str(q.vcpus), ", ".join(q.node_groups))
+    console.print(quotas)
     counts = Counter(r.type.split(":")[0] + ":" + r.type.rsplit(":", 1)[-1] for r in plan.resources)
     console.print("[bold]Resources[/bold]: " + ", ".join(f"{n} {t}" for t, n in sorted(counts.items())))
     policy = Table(title="Policy controls", title_justify="left")

@@ -4,7 +4,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import runpy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ class Plan:
     stack: str
     config: StackConfig
     resources: list[PlannedResource]
+    # The day the plan is judged on: controls with a calendar (version-support) read it, so a test can fix it.
+    date: date = field(default_factory=lambda: datetime.now(timezone.utc).date())
 
     def of_type(self, typ: str) -> list[PlannedResource]:
         return [r for r in self.resources if r.type == typ]
@@ -58,20 +61,23 @@ class _Errors(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def run_program(raw: dict[str, Any], stack: str, source: str = "<config>", mocks: PlanMocks | None = None,
-                observe: pulumi.ResourceTransformation | None = None) -> Plan:
+def run_program(raw: dict[str, Any], stack: str, source: str = "<config>", on: date | None = None,
+                mocks: PlanMocks | None = None, observe: pulumi.ResourceTransformation | None = None) -> Plan:
     """Validate `raw` (llm-platform:* values), then run the program on it under mocks (`mocks` records
     what was created, and may play a cloud that refuses some of it; `observe` sees every resource's
-    options, which the mock engine does not record)."""
+    options, which the mock engine does not record); `on` is the plan's date (default: today)."""
     cfg = parse(raw, stack, source)  # raises ConfigError before anything runs
     # The engine runs on the thread's current loop; give it one of its own, whatever ran before.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        return _run(raw, cfg, stack, mocks or PlanMocks(), observe)
+        plan = _run(raw, cfg, stack, mocks or PlanMocks(), observe)
     finally:
         asyncio.set_event_loop(None)
         loop.close()
+    if on is not None:
+        plan.date = on
+    return plan
 
 
 def _run(raw: dict[str, Any], cfg: StackConfig, stack: str, mocks: PlanMocks,

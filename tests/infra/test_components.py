@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from infra.catalog import load_catalog
 from infra.chart_values import GATEWAY_CHART, VLLM_CHART
 from infra.components.providers import TAG_PROJECT, TAG_REGION, TAG_RESIDENCY, TAG_STACK
 from infra.plan.mocks import GLOBAL
@@ -13,7 +14,7 @@ from infra.scheduling import CAPACITY_LABEL, GPU_RESOURCE, POOL_LABEL
 
 NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
 RELEASE = "kubernetes:helm.sh/v3:Release"
-PROD_REGIONS = {"us-east-1": "us", "us-west-2": "us", "eu-west-1": "eu", "eu-central-1": "eu"}
+PROD_REGIONS = {"us-east-1": "us", "us-west-2": "us", "eu-north-1": "eu", "eu-west-2": "eu"}
 
 
 def by_region(plan: Plan, typ: str) -> dict[str, list]:
@@ -51,7 +52,9 @@ def test_network_spans_three_zones_with_public_and_private_subnets(prod_plan: Pl
         private = [s for s in subnets if s.tags.get("kubernetes.io/role/internal-elb") == "1"]
         public = [s for s in subnets if s.tags.get("kubernetes.io/role/elb") == "1"]
         assert len(private) == len(public) == 3, region
-        assert {s.inputs["availabilityZone"] for s in private} == {f"{region}{z}" for z in "abc"}
+        # Placed by zone ID (the same zone in every account), on zones the facts say offer the region's types.
+        assert len({s.inputs["availabilityZoneId"] for s in private}) == 3
+        assert all(s.inputs["availabilityZoneId"] in load_catalog().regions[region] for s in private)
         assert all(s.tags.get(f"kubernetes.io/cluster/llmp-prod-{region}") == "shared" for s in subnets)
         assert not any(s.inputs.get("mapPublicIpOnLaunch") for s in subnets)
 
@@ -104,16 +107,19 @@ def test_prod_gpu_node_groups_have_the_configured_types_and_capacity(prod_plan: 
     assert len(seen) == 12
     for region in PROD_REGIONS:
         assert seen[(region, "h100")].inputs["instanceTypes"] == ["p5.48xlarge"]
-        assert seen[(region, "h100")].inputs["capacityType"] == "ON_DEMAND"
-        assert seen[(region, "l40s")].inputs["instanceTypes"] == ["g6e.12xlarge"]
+        assert seen[(region, "h100")].inputs["capacityType"] == "ON_DEMAND"  # an ODCR is on-demand capacity
+        mid = ["g6.12xlarge"] if region == "eu-west-2" else ["g6e.12xlarge"]  # eu-west-2 offers no g6e
+        assert seen[(region, "mid")].inputs["instanceTypes"] == mid
         assert seen[(region, "batch")].inputs["capacityType"] == "SPOT"
-        assert seen[(region, "batch")].inputs["instanceTypes"] == ["g6e.xlarge", "g6.xlarge", "g6.2xlarge"]
+        batch = ["g6.xlarge", "g6.2xlarge"] if region == "eu-west-2" else ["g6e.xlarge", "g6.xlarge", "g6.2xlarge"]
+        assert seen[(region, "batch")].inputs["instanceTypes"] == batch
 
 
 def test_gpu_pools_are_labelled_and_tainted_spot_pools_twice(prod_plan: Plan) -> None:
     for r in gpu_node_groups(prod_plan):
         spot = r.inputs["capacityType"] == "SPOT"
-        assert r.inputs["labels"][CAPACITY_LABEL] == ("spot" if spot else "on-demand")
+        reserved = r.inputs["labels"][POOL_LABEL] == "h100"
+        assert r.inputs["labels"][CAPACITY_LABEL] == ("spot" if spot else "reserved" if reserved else "on-demand")
         taints = {(t["key"], t["value"], t["effect"]) for t in r.inputs["taints"]}
         expected = {("nvidia.com/gpu", "present", "NO_SCHEDULE")}
         if spot:

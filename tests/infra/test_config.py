@@ -46,17 +46,17 @@ BAD_CONFIGS: list[tuple[str, Mutation, str, str]] = [
     ("model's pool missing in one of its regions", _set("models[1].pool", "h100-only-east"),
      "llm-platform:models[1].pool", "pool 'h100-only-east' is missing in region us-east-1"),
     ("region outside its residency zone", _set("regions[2].residency", "us"),
-     "llm-platform:regions[2].name", "region eu-west-1 is outside residency zone 'us'"),
+     "llm-platform:regions[2].name", "region eu-north-1 is outside residency zone 'us'"),
     ("pool min above max", _set("regions[0].pools[1].min_nodes", 9),
      "llm-platform:regions[0].pools[1].min_nodes", "min_nodes (9) is above max_nodes (2)"),
     ("GPUs per replica above the pool's instance", _set("models[1].gpus", 8),
-     "llm-platform:models[1].gpus", "8 GPUs per replica, but pool l40s in us-east-1 has instances with only 4 GPU(s)"),
+     "llm-platform:models[1].gpus", "8 GPUs per replica, but pool mid in us-east-1 has instances with only 4 GPU(s)"),
     ("replica min above max", _set("models[0].replicas", {"min": 3, "max": 2}),
      "llm-platform:models[0].replicas.min", "min (3) is above max (2)"),
     ("undefined residency zone", _set("regions[0].residency", "apac"),
      "llm-platform:regions[0].residency", "zone 'apac' is not defined"),
-    ("capacity type not on-demand or spot", _set("regions[0].pools[2].capacity", "preemptible"),
-     "llm-platform:regions[0].pools[2].capacity", "'on-demand' or 'spot'"),
+    ("capacity type not on-demand, spot or reserved", _set("regions[0].pools[2].capacity", "preemptible"),
+     "llm-platform:regions[0].pools[2].capacity", "'on-demand', 'spot' or 'reserved'"),
     ("budget missing", _set("budget", _DELETE), "llm-platform:budget", "required key is missing"),
     ("misspelt key", _set("models[0].replica", {"min": 1, "max": 2}),
      "llm-platform:models[0].replica", "unknown key"),
@@ -70,7 +70,7 @@ BAD_CONFIGS: list[tuple[str, Mutation, str, str]] = [
      "llm-platform:cluster.public_access_cidrs[0]", "opens the API to the internet"),
     ("pool too small for its models at max replicas", _set("regions[0].pools[0].max_nodes", 1),
      "llm-platform:regions[0].pools[0].max_nodes", "needs 2 nodes for its models at max replicas"),
-    ("restricted model placed outside its zone", _set("models[2].regions", ["eu-west-1", "us-east-1"]),
+    ("restricted model placed outside its zone", _set("models[2].regions", ["eu-north-1", "us-east-1"]),
      "llm-platform:models[2].regions[1]", "restricted to zone 'eu' but us-east-1 is in zone 'us'"),
     ("non-GPU instance in a GPU pool", _set("regions[0].pools[2].instance_types", ["m7i.xlarge"]),
      "llm-platform:regions[0].pools[2].instance_types[0]", "has no GPU"),
@@ -148,10 +148,10 @@ def test_shipped_stacks_are_valid(stack: str) -> None:
 def test_prod_spans_two_zones_and_four_regions() -> None:
     cfg = parse(stack_raw("prod"), "prod")
     assert {z: [r.name for r in cfg.regions_in(z)] for z in cfg.zones} == {
-        "us": ["us-east-1", "us-west-2"], "eu": ["eu-west-1", "eu-central-1"]}
+        "us": ["us-east-1", "us-west-2"], "eu": ["eu-north-1", "eu-west-2"]}
     pools = {p.name: p for p in cfg.regions[0].pools}
     assert pools["h100"].instance_types == ["p5.48xlarge"] and not pools["h100"].spot
-    assert pools["l40s"].instance_types[0].startswith("g6e.") and not pools["l40s"].spot
+    assert pools["mid"].instance_types[0].startswith("g6e.") and not pools["mid"].spot
     assert pools["batch"].spot and {t.split(".")[0] for t in pools["batch"].instance_types} == {"g6e", "g6"}
     big = next(m for m in cfg.models if m.pool == "h100")
     assert (big.gpus, big.quantization) == (8, "fp8")
@@ -179,7 +179,7 @@ def test_a_pool_must_start_big_enough_for_its_models_floors() -> None:
 
 
 def test_replicas_of_different_models_share_nodes_when_counting() -> None:
-    """eu l40s: 2 x 8B (1 GPU) and 1 x 24B (2 GPUs) fit on one 4-GPU node."""
+    """eu mid: 2 x 8B (1 GPU) and 1 x 24B (2 GPUs) fit on one 4-GPU node."""
     raw = stack_raw("prod")
     raw["regions"][2]["pools"][1]["min_nodes"] = 1
     parse(raw, "prod")

@@ -13,7 +13,7 @@ from infra.config import ROOT
 from tests.stacks import stack_raw, write_stack
 
 CONTROLS = ["budget-cap", "region-residency", "failover-topology", "secret-scope", "gpu-pool-hygiene",
-            "cluster-hardening"]
+            "cluster-hardening", "version-support"]
 
 
 def plan_json(capsys, *args: str) -> tuple[int, dict]:
@@ -26,7 +26,7 @@ def test_prod_json_has_every_field_and_all_four_regions(capsys) -> None:
     code, doc = plan_json(capsys, "--stack", "prod")
     assert code == EXIT_OK
     assert doc["stack"] == "prod"
-    assert [r["name"] for r in doc["regions"]] == ["us-east-1", "us-west-2", "eu-west-1", "eu-central-1"]
+    assert [r["name"] for r in doc["regions"]] == ["us-east-1", "us-west-2", "eu-north-1", "eu-west-2"]
     assert all({"type", "name", "region", "inputs"} <= set(r) for r in doc["resources"])
     assert {"monthly_usd_min", "monthly_usd_max", "budget_usd"} <= set(doc["cost"])
     assert doc["cost"]["monthly_usd_min"] < doc["cost"]["monthly_usd_max"] <= doc["cost"]["budget_usd"]
@@ -40,10 +40,14 @@ def test_prod_json_shows_gpu_node_groups_with_their_types_and_capacity(capsys) -
     groups = [r for r in doc["resources"] if r["type"] == "aws:eks/nodeGroup:NodeGroup"
               and r["inputs"]["amiType"] == "AL2023_x86_64_NVIDIA"]
     seen = {(g["region"], tuple(g["inputs"]["instanceTypes"]), g["inputs"]["capacityType"]) for g in groups}
-    for region in ("us-east-1", "us-west-2", "eu-west-1", "eu-central-1"):
+    for region in ("us-east-1", "us-west-2", "eu-north-1", "eu-west-2"):
         assert (region, ("p5.48xlarge",), "ON_DEMAND") in seen
-        assert (region, ("g6e.12xlarge",), "ON_DEMAND") in seen
-        assert (region, ("g6e.xlarge", "g6.xlarge", "g6.2xlarge"), "SPOT") in seen
+        if region == "eu-west-2":  # no g6e offered there: L4s
+            assert (region, ("g6.12xlarge",), "ON_DEMAND") in seen
+            assert (region, ("g6.xlarge", "g6.2xlarge"), "SPOT") in seen
+        else:
+            assert (region, ("g6e.12xlarge",), "ON_DEMAND") in seen
+            assert (region, ("g6e.xlarge", "g6.xlarge", "g6.2xlarge"), "SPOT") in seen
 
 
 def test_preview_json(capsys) -> None:
@@ -57,7 +61,7 @@ def test_preview_json(capsys) -> None:
 def test_table_lists_regions_pools_models_cost_and_controls(capsys) -> None:
     assert main(["plan", "--stack", "prod"]) == EXIT_OK
     out = capsys.readouterr().out
-    for word in ["us-east-1", "eu-central-1", "p5.48xlarge", "llama-3-3-70b", "$500,000", *CONTROLS]:
+    for word in ["us-east-1", "eu-west-2", "p5.48xlarge", "llama-3-3-70b", "$500,000", *CONTROLS]:
         assert word in out
 
 

@@ -93,9 +93,9 @@ def test_every_cost_bearing_resource_carries_the_stack_tag(stack_plan):
 
 def test_cluster_whose_log_group_eks_would_create_is_rejected(prod_plan):
     """Program bug (simulated): the control plane log group is left for EKS to create, untagged."""
-    resources = mutated(prod_plan, lambda rs: rs.remove(find(rs, LOG_GROUP, region="eu-west-1")))
+    resources = mutated(prod_plan, lambda rs: rs.remove(find(rs, LOG_GROUP, region="eu-north-1")))
     assert_rejected(result_of_resources(prod_plan, resources, "budget-cap"),
-                    "logs to /aws/eks/llmp-prod-eu-west-1/cluster, which the program does not create")
+                    "logs to /aws/eks/llmp-prod-eu-north-1/cluster, which the program does not create")
 
 
 def test_log_group_without_the_stack_tag_is_rejected(prod_plan):

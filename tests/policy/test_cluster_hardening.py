@@ -36,11 +36,11 @@ def test_carrier_grade_nat_range_allow_list_is_rejected():
 
 
 def test_public_endpoint_without_allow_list_is_rejected(prod_plan):
-    """Program bug (simulated): the cluster in eu-central-1 is public with no allow-list (EKS then admits 0.0.0.0/0)."""
-    resources = mutated(prod_plan, lambda rs: find(rs, CLUSTER, "eu-central-1")
+    """Program bug (simulated): the cluster in eu-west-2 is public with no allow-list (EKS then admits 0.0.0.0/0)."""
+    resources = mutated(prod_plan, lambda rs: find(rs, CLUSTER, "eu-west-2")
                         .inputs["vpcConfig"].pop("publicAccessCidrs"))
     assert_rejected(result_of_resources(prod_plan, resources, "cluster-hardening"),
-                    "EKS cluster eu-central-1 in eu-central-1 has a public API endpoint open to the whole internet")
+                    "EKS cluster eu-west-2 in eu-west-2 has a public API endpoint open to the whole internet")
 
 
 def test_cluster_without_secrets_encryption_is_rejected(prod_plan):

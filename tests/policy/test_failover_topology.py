@@ -20,7 +20,7 @@ def test_every_prod_model_runs_in_two_regions_of_each_zone_it_serves(prod_plan):
     res = result(prod_plan, "failover-topology")
     assert_passes(res)
     coverage = {(e["model"], e["zone"]): e["served_in"] for e in res.evidence if "served_in" in e}
-    assert coverage[("mistral-small-24b", "eu")] == ["eu-central-1", "eu-west-1"]
+    assert coverage[("mistral-small-24b", "eu")] == ["eu-north-1", "eu-west-2"]
     assert ("mistral-small-24b", "us") not in coverage
     assert all(len(regions) >= 2 for regions in coverage.values())
     assert len(coverage) == 7  # three models in both zones, the EU-restricted one in eu only
@@ -50,17 +50,17 @@ def test_restricted_models_never_fall_back_out_of_their_zone(prod_plan):
     res = result(prod_plan, "failover-topology")
     assert_passes(res)
     chains = {e["region"]: e for e in res.evidence if e.get("restricted_model") == "mistral-small-24b"}
-    assert set(chains) == {"eu-west-1", "eu-central-1"}, "only EU gateways may offer the EU-restricted model"
+    assert set(chains) == {"eu-north-1", "eu-west-2"}, "only EU gateways may offer the EU-restricted model"
     for e in chains.values():
-        assert e["deployments"] == ["mistral-small-24b-eu-west-1", "mistral-small-24b-eu-central-1"]
+        assert e["deployments"] == ["mistral-small-24b-eu-north-1", "mistral-small-24b-eu-west-2"]
 
 
 def test_prod_model_in_one_region_only_is_rejected():
-    """Broken config: the EU-restricted model runs in eu-west-1 only; losing it loses the model."""
+    """Broken config: the EU-restricted model runs in eu-north-1 only; losing it loses the model."""
     raw = stack_raw("prod")
-    _model(raw, "mistral-small-24b")["regions"] = ["eu-west-1"]
+    _model(raw, "mistral-small-24b")["regions"] = ["eu-north-1"]
     assert_rejected(result(plan_of(raw, "prod"), "failover-topology"),
-                    "model mistral-small-24b is served in only 1 region(s) of zone 'eu' (eu-west-1); at least 2")
+                    "model mistral-small-24b is served in only 1 region(s) of zone 'eu' (eu-north-1); at least 2")
 
 
 def test_replicas_too_few_to_absorb_a_lost_region_are_rejected():
@@ -76,12 +76,12 @@ def test_replicas_too_few_to_absorb_a_lost_region_are_rejected():
 
 
 def test_pool_too_small_for_its_failover_replicas_is_rejected(prod_plan):
-    """Program bug (simulated): eu-central-1's L40S node group is created with max size 1, so the replicas the
+    """Program bug (simulated): eu-west-2's L40S node group is created with max size 1, so the replicas the
     failover math counts on there cannot be scheduled."""
-    resources = mutated(prod_plan, lambda rs: find(rs, NODE_GROUP, "eu-central-1-l40s")
+    resources = mutated(prod_plan, lambda rs: find(rs, NODE_GROUP, "eu-west-2-mid")
                         .inputs["scalingConfig"].update(maxSize=1.0))
     assert_rejected(result_of_resources(prod_plan, resources, "failover-topology"),
-                    "pool l40s in eu-central-1 needs 4 nodes to run its models at maximum replicas",
+                    "pool mid in eu-west-2 needs 4 nodes to run its models at maximum replicas",
                     "its node group stops at 1")
 
 
@@ -104,30 +104,30 @@ def test_fallback_loop_is_rejected(prod_plan):
 
 
 def test_restricted_model_falling_back_to_a_hosted_provider_is_rejected(prod_plan):
-    """Program bugs (simulated; config validation forbids hosted fallbacks for restricted models): eu-west-1's
-    gateway gets a hosted deployment for the EU-restricted model, and eu-central-1's gateway lets it fall back
+    """Program bugs (simulated; config validation forbids hosted fallbacks for restricted models): eu-north-1's
+    gateway gets a hosted deployment for the EU-restricted model, and eu-west-2's gateway lets it fall back
     to an alias that has one."""
     def leak(rs):
-        west = _gateway_models(rs, "eu-west-1")["mistral-small-24b"]
+        west = _gateway_models(rs, "eu-north-1")["mistral-small-24b"]
         west["deployments"].append({"name": "mistral-small-24b-together", "provider": "openai",
                                     "model": "mistralai/Mistral-Small-24B", "api_base": "https://api.together.xyz/v1",
-                                    "region": "eu-west-1", "residency": "eu", "tier": "fallback"})
-        _gateway_models(rs, "eu-central-1")["mistral-small-24b"]["fallbacks"] = ["llama-3-1-8b"]
+                                    "region": "eu-north-1", "residency": "eu", "tier": "fallback"})
+        _gateway_models(rs, "eu-west-2")["mistral-small-24b"]["fallbacks"] = ["llama-3-1-8b"]
     resources = mutated(prod_plan, leak)
     assert_rejected(result_of_resources(prod_plan, resources, "failover-topology"),
-                    "gateway in eu-west-1: restricted model mistral-small-24b (zone 'eu') can fall back to deployment "
+                    "gateway in eu-north-1: restricted model mistral-small-24b (zone 'eu') can fall back to deployment "
                     "mistral-small-24b-together, a hosted provider (https://api.together.xyz/v1)",
-                    "gateway in eu-central-1: restricted model mistral-small-24b (zone 'eu') can fall back to "
+                    "gateway in eu-west-2: restricted model mistral-small-24b (zone 'eu') can fall back to "
                     "deployment llama-3-1-8b-groq (through fallback alias llama-3-1-8b)")
 
 
 def test_us_gateway_offering_an_eu_restricted_model_is_rejected(prod_plan):
-    """Program bug (simulated): us-east-1's gateway lists the EU-restricted model, served from eu-west-1."""
+    """Program bug (simulated): us-east-1's gateway lists the EU-restricted model, served from eu-north-1."""
     def offer(rs):
         config = gateway_release(rs, "us-east-1").inputs["values"]["config"]
         config["models"].append({"alias": "mistral-small-24b", "deployments": [
-            {"name": "mistral-small-24b-eu-west-1", "provider": "openai", "model": "mistral-small-24b",
-             "api_base": "https://eu-west-1.api.llm.example.com/v1", "region": "eu-west-1", "residency": "eu"}]})
+            {"name": "mistral-small-24b-eu-north-1", "provider": "openai", "model": "mistral-small-24b",
+             "api_base": "https://eu-north-1.api.llm.example.com/v1", "region": "eu-north-1", "residency": "eu"}]})
     resources = mutated(prod_plan, offer)
     assert_rejected(result_of_resources(prod_plan, resources, "failover-topology"),
                     "gateway in us-east-1 (zone 'us') offers model mistral-small-24b, which is restricted to zone 'eu'")

@@ -44,10 +44,10 @@ def test_interactive_model_on_a_spot_pool_is_rejected():
 
 
 def test_gpu_pool_without_gpu_taint_is_rejected(prod_plan):
-    """Program bug (simulated): the H100 node group in eu-west-1 is created without taints."""
-    resources = mutated(prod_plan, lambda rs: find(rs, NODE_GROUP, "eu-west-1-h100").inputs.pop("taints"))
+    """Program bug (simulated): the H100 node group in eu-north-1 is created without taints."""
+    resources = mutated(prod_plan, lambda rs: find(rs, NODE_GROUP, "eu-north-1-h100").inputs.pop("taints"))
     assert_rejected(result_of_resources(prod_plan, resources, "gpu-pool-hygiene"),
-                    "GPU node group eu-west-1-h100 in eu-west-1 lacks the taint nvidia.com/gpu=present:NoSchedule")
+                    "GPU node group eu-north-1-h100 in eu-north-1 lacks the taint nvidia.com/gpu=present:NoSchedule")
 
 
 def test_spot_pool_without_spot_taint_is_rejected(prod_plan):
@@ -62,7 +62,7 @@ def test_spot_pool_without_spot_taint_is_rejected(prod_plan):
 
 def test_node_group_without_max_size_is_rejected(prod_plan):
     """Program bug (simulated): a node group's scaling config loses its max size."""
-    resources = mutated(prod_plan, lambda rs: find(rs, NODE_GROUP, "us-east-1-l40s")
+    resources = mutated(prod_plan, lambda rs: find(rs, NODE_GROUP, "us-east-1-mid")
                         .inputs["scalingConfig"].pop("maxSize"))
     assert_rejected(result_of_resources(prod_plan, resources, "gpu-pool-hygiene"),
-                    "node group us-east-1-l40s in us-east-1 has no max size")
+                    "node group us-east-1-mid in us-east-1 has no max size")

@@ -88,13 +88,13 @@ def test_pack_blocks_a_stack_missing_a_health_check_and_a_taint(prod_plan):
     """Program bugs (simulated): the same broken resources the offline tests use, through the pack."""
     def break_it(rs):
         rs.remove(find(rs, "aws:route53/healthCheck:HealthCheck", "llm-platform-dns-us-west-2"))
-        find(rs, "aws:eks/nodeGroup:NodeGroup", "eu-west-1-h100").inputs.pop("taints")
+        find(rs, "aws:eks/nodeGroup:NodeGroup", "eu-north-1-h100").inputs.pop("taints")
     violations = run_pack(prod_plan, mutated(prod_plan, break_it))
     assert violations["failover-topology"] == [
         f"Route53 record llm-platform-dns-us-west-2-{record} for the gateway in us-west-2 has no health check: DNS "
         "keeps sending traffic to us-west-2 when it is down" for record in ("latency", "zone-latency")]
     assert violations["gpu-pool-hygiene"] == [
-        "GPU node group eu-west-1-h100 in eu-west-1 lacks the taint nvidia.com/gpu=present:NoSchedule: any pod "
+        "GPU node group eu-north-1-h100 in eu-north-1 lacks the taint nvidia.com/gpu=present:NoSchedule: any pod "
         "could land on its GPUs"]
     assert not any(violations[c] for c in ("budget-cap", "region-residency", "secret-scope", "cluster-hardening"))
 

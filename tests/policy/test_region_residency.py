@@ -21,7 +21,7 @@ def test_eu_models_never_leave_eu(prod_plan):
     assert_passes(res)
     mistral = next(e for e in res.evidence if e.get("model") == "mistral-small-24b")
     assert mistral["restricted_to"] == "eu"
-    assert mistral["served_in"] == ["eu-central-1", "eu-west-1"]
+    assert mistral["served_in"] == ["eu-north-1", "eu-west-2"]
 
 
 def test_secret_replicas_stay_in_their_zone(prod_plan):
@@ -30,7 +30,7 @@ def test_secret_replicas_stay_in_their_zone(prod_plan):
     secrets = [e for e in res.evidence if e.get("type") == SECRET]
     assert len(secrets) == 12  # per zone: four provider keys, the master key, the Hugging Face token
     for e in secrets:
-        assert {e["region"], *e["replicas"]} in ({"us-east-1", "us-west-2"}, {"eu-west-1", "eu-central-1"})
+        assert {e["region"], *e["replicas"]} in ({"us-east-1", "us-west-2"}, {"eu-north-1", "eu-west-2"})
 
 
 def test_only_iam_route53_and_budgets_live_outside_a_region(prod_plan):
@@ -44,18 +44,18 @@ def test_only_iam_route53_and_budgets_live_outside_a_region(prod_plan):
 def test_eu_zone_listing_a_us_region_is_rejected():
     """Broken config: the zone called "eu" is declared to include us-east-1, and the stack runs there as "eu"."""
     raw = stack_raw("preview")
-    raw["residency"] = {"eu": ["eu-west-1", "us-east-1"]}
+    raw["residency"] = {"eu": ["eu-north-1", "us-east-1"]}
     raw["regions"][0]["residency"] = "eu"
     assert_rejected(result(plan_of(raw, "preview"), "region-residency"),
                     "residency zone 'eu' lists us-east-1, which is outside the EU jurisdiction")
 
 
 def test_restricted_model_served_outside_its_zone_is_rejected(prod_plan):
-    """Program bug (simulated): the EU-restricted model's release in eu-west-1 lands in us-east-1 instead."""
+    """Program bug (simulated): the EU-restricted model's release in eu-north-1 lands in us-east-1 instead."""
     resources = mutated(prod_plan, lambda rs: setattr(
-        find(rs, RELEASE, "eu-west-1-mistral-small-24b"), "region", "us-east-1"))
+        find(rs, RELEASE, "eu-north-1-mistral-small-24b"), "region", "us-east-1"))
     assert_rejected(result_of_resources(prod_plan, resources, "region-residency"),
-                    "model mistral-small-24b is restricted to zone 'eu' but release eu-west-1-mistral-small-24b "
+                    "model mistral-small-24b is restricted to zone 'eu' but release eu-north-1-mistral-small-24b "
                     "serves it in us-east-1")
 
 
@@ -67,7 +67,7 @@ def test_secret_replicated_out_of_its_zone_is_rejected(prod_plan):
             "region": "us-east-1", "kmsKeyId": "arn:aws:kms:us-east-1:123456789012:key/mrk-x"}]
     resources = mutated(prod_plan, replicate_to_us)
     assert_rejected(result_of_resources(prod_plan, resources, "region-residency"),
-                    "secret llm-platform/prod/providers/openai (eu-west-1, zone 'eu') is replicated to us-east-1, "
+                    "secret llm-platform/prod/providers/openai (eu-north-1, zone 'eu') is replicated to us-east-1, "
                     "outside its zone")
 
 
@@ -81,13 +81,13 @@ def test_regional_resource_on_the_global_provider_is_rejected(prod_plan):
 
 
 def test_resource_tagged_with_the_wrong_zone_is_rejected(prod_plan):
-    """Program bug (simulated): an eu-central-1 resource carries the us residency tag (a mis-wired provider)."""
+    """Program bug (simulated): an eu-west-2 resource carries the us residency tag (a mis-wired provider)."""
     def mistag(rs):
-        vpc = find(rs, "aws:ec2/vpc:Vpc", region="eu-central-1")
+        vpc = find(rs, "aws:ec2/vpc:Vpc", region="eu-west-2")
         vpc.tags = {**vpc.tags, "llm-platform:residency": "us"}
     resources = mutated(prod_plan, mistag)
     assert_rejected(result_of_resources(prod_plan, resources, "region-residency"),
-                    "is tagged residency 'us', but eu-central-1 is in zone 'eu'")
+                    "is tagged residency 'us', but eu-west-2 is in zone 'eu'")
 
 
 # -- DNS: each zone's name resolves only inside the zone ------------------------------------------
@@ -107,14 +107,14 @@ def test_each_zone_name_routes_only_to_its_own_regions(prod_plan):
     judged = [e for e in res.evidence if "zone_name" in e]
     assert sorted((e["zone_name"], e["latency_region"][0]) for e in judged) == sorted([
         ("us.api.llm.example.com", "us-east-1"), ("us.api.llm.example.com", "us-west-2"),
-        ("eu.api.llm.example.com", "eu-west-1"), ("eu.api.llm.example.com", "eu-central-1")])
+        ("eu.api.llm.example.com", "eu-north-1"), ("eu.api.llm.example.com", "eu-west-2")])
     for e in judged:
         assert set(e["target_regions"]) <= set(prod_plan.config.residency[e["zone"]]), e
 
 
 def test_eu_zone_name_pointing_at_a_us_load_balancer_is_rejected(prod_plan):
-    """Program bug (simulated): eu.<domain>'s eu-west-1 record points at us-east-1's NLB."""
-    resources = mutated(prod_plan, lambda rs: zone_record(rs, "eu", "eu-west-1").inputs.update(records=[US_NLB]))
+    """Program bug (simulated): eu.<domain>'s eu-north-1 record points at us-east-1's NLB."""
+    resources = mutated(prod_plan, lambda rs: zone_record(rs, "eu", "eu-north-1").inputs.update(records=[US_NLB]))
     assert_rejected(result_of_resources(prod_plan, resources, "region-residency"),
                     "points eu.api.llm.example.com (residency zone 'eu') at a load balancer in us-east-1, "
                     "outside the zone")
@@ -123,7 +123,7 @@ def test_eu_zone_name_pointing_at_a_us_load_balancer_is_rejected(prod_plan):
 def test_eu_zone_name_with_a_latency_record_for_a_us_region_is_rejected(prod_plan):
     """Program bug (simulated): eu.<domain> gets a record answering from us-east-1, so Route 53 may pick it."""
     def route_from_us(rs):
-        record = zone_record(rs, "eu", "eu-central-1")
+        record = zone_record(rs, "eu", "eu-west-2")
         record.inputs.update(latencyRoutingPolicies=[{"region": "us-east-1"}])
     resources = mutated(prod_plan, route_from_us)
     assert_rejected(result_of_resources(prod_plan, resources, "region-residency"),

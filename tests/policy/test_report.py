@@ -25,8 +25,8 @@ def test_markdown_report_shows_every_control_its_evidence_result_and_proof(prod_
         for test in control.proven_by:
             assert f"- `{test}`" in report
     assert report.count("**Result: PASS** (mandatory)") == len(CONTROLS)
-    assert "- eu-west-1-mistral-small-24b" not in report  # evidence is summarized per judgment, not dumped raw
-    assert "model=mistral-small-24b; restricted_to=eu; served_in=[\"eu-central-1\", \"eu-west-1\"]" in report
+    assert "- eu-north-1-mistral-small-24b" not in report  # evidence is summarized per judgment, not dumped raw
+    assert "model=mistral-small-24b; restricted_to=eu; served_in=[\"eu-north-1\", \"eu-west-2\"]" in report
 
 
 def test_report_of_a_blocked_stack_lists_the_violations(prod_plan):

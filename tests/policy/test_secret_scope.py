@@ -104,7 +104,7 @@ def test_secret_policy_allowing_everyone_is_rejected(prod_plan):
         set_policy(sp, "policy", doc)
     assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, open_up), "secret-scope"),
                     "OnlyThisStacksGatewaysRead allows a wildcard principal",
-                    "secret llm-platform/prod/gateway/master-key in eu-west-1: its resource policy grants "
+                    "secret llm-platform/prod/gateway/master-key in eu-north-1: its resource policy grants "
                     "secretsmanager:GetSecretValue")
 
 
@@ -157,22 +157,22 @@ def test_a_model_server_role_that_can_read_a_provider_key_is_rejected(prod_plan)
 
 
 def test_a_gateway_role_that_can_read_the_hugging_face_token_is_rejected(prod_plan):
-    """Program bug (simulated): the eu-west-1 gateway's role policy also reads the token, and the token's
+    """Program bug (simulated): the eu-north-1 gateway's role policy also reads the token, and the token's
     resource policy exempts the gateway role from its deny."""
     def widen(rs):
         token = find(rs, SECRET, "llm-platform-secrets-eu-huggingface-token")
-        rp = find(rs, ROLE_POLICY, "eu-west-1-gateway-secrets")
+        rp = find(rs, ROLE_POLICY, "eu-north-1-gateway-secrets")
         doc = policy_doc(rp)
         doc["Statement"][0]["Resource"].append(token.outputs["arn"])
         set_policy(rp, "policy", doc)
-        gateway_role = find(rs, "aws:iam/role:Role", "eu-west-1-gateway").outputs["arn"]
+        gateway_role = find(rs, "aws:iam/role:Role", "eu-north-1-gateway").outputs["arn"]
         sp = find(rs, SECRET_POLICY, "llm-platform-secrets-eu-huggingface-token")
         fence = policy_doc(sp)
         fence["Statement"][0]["Condition"]["StringNotEquals"]["aws:PrincipalArn"].append(gateway_role)
         set_policy(sp, "policy", fence)
-    gateway_role = find(prod_plan.resources, "aws:iam/role:Role", "eu-west-1-gateway").outputs["arn"]
+    gateway_role = find(prod_plan.resources, "aws:iam/role:Role", "eu-north-1-gateway").outputs["arn"]
     assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, widen), "secret-scope"),
-                    "eu-west-1-gateway-secrets: the eu-west-1 gateway role may read "
+                    "eu-north-1-gateway-secrets: the eu-north-1 gateway role may read "
                     "llm-platform/prod/huggingface/token, which only model server roles may read",
                     f"exempts {gateway_role} from its deny, which is not a model server role of stack prod")
 

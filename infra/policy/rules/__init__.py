@@ -1,9 +1,10 @@
 """The controls: each a pure function over the resources the program would create, and `evaluate` to run them all."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Iterable
 
-from infra.policy.rules import budget, cluster, failover, gpu_pools, residency, secrets
+from infra.policy.rules import budget, cluster, failover, gpu_pools, residency, secrets, versions
 from infra.policy.rules.base import (ADVISORY, MANDATORY, Control, ControlResult, Findings, ModelIntent, PolicyConfig,
                                      Resource, Resources)
 
@@ -105,6 +106,14 @@ CONTROLS: list[Control] = [
                 f"{_T}test_cluster_hardening.py::test_cluster_without_secrets_encryption_is_rejected",
                 f"{_T}test_cluster_hardening.py::test_cluster_without_audit_logs_is_rejected",
             ]),
+    Control("version-support", "Clusters run a Kubernetes version EKS supports well past the plan's date",
+            versions.DESCRIPTION, MANDATORY, versions.check, [
+                f"{_T}test_version_support.py::test_every_cluster_runs_a_supported_version_and_pins_its_node_groups",
+                f"{_T}test_version_support.py::test_version_whose_standard_support_ends_within_60_days_is_rejected",
+                f"{_T}test_version_support.py::test_the_plan_date_decides_not_the_clock",
+                f"{_T}test_version_support.py::test_unknown_version_is_rejected",
+                f"{_T}test_version_support.py::test_node_group_not_pinned_to_its_cluster_version_is_rejected",
+            ]),
 ]
 
 
@@ -125,5 +134,5 @@ def evaluate_resources(resources: Iterable[Resource], policy: PolicyConfig) -> l
 
 
 def evaluate(plan: "Plan") -> list[ControlResult]:
-    """Every control's result on what the plan's program would create, in CONTROLS order."""
-    return evaluate_resources(plan.resources, PolicyConfig.from_stack(plan.config))
+    """Every control's result on what the plan's program would create, on the plan's date, in CONTROLS order."""
+    return evaluate_resources(plan.resources, replace(PolicyConfig.from_stack(plan.config), plan_date=plan.date))

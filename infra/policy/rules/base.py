@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from infra.config import StackConfig
@@ -72,6 +73,8 @@ class PolicyConfig:
     models: dict[str, ModelIntent]
     # Every preview stack (and each pr-N copy of it) stays under this, whatever its own budget says.
     preview_cap_usd: float = 5000.0
+    # The day the stack is judged on (version-support reads it); None: today in UTC, as a CrossGuard run is.
+    plan_date: date | None = None
 
     @classmethod
     def from_stack(cls, cfg: StackConfig) -> "PolicyConfig":

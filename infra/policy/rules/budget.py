@@ -75,7 +75,8 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
         unknown = [t for t in as_list(group.inputs.get("instanceTypes")) if t not in catalog.instances]
         if scaling.get("maxSize") is None:
             found.fail(f"node group {group.name} in {group.region} has no max size: its cost has no upper bound")
-        elif unknown or not catalog.knows_region(group.region):
+        elif unknown or not all(catalog.prices_known(t, group.region)
+                                for t in as_list(group.inputs.get("instanceTypes"))):
             found.fail(f"node group {group.name} in {group.region} cannot be priced (instance types "
                        f"{', '.join(unknown) or '-'} or region missing from infra/catalog.yaml)")
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from urllib.parse import urlparse
 
 from infra.catalog import load_catalog
+from infra.plan.cost import node_group_types
 from infra.policy.rules.base import (DNS_RECORD, GATEWAY_CHART_DIR, HEALTH_CHECK, NODE_GROUP, POOL_LABEL, Findings,
                                      PolicyConfig, Resource, Resources, as_int, as_list)
 
@@ -46,7 +47,7 @@ def _pool_capacity(resources: Resources, found: Findings) -> None:
             found.fail(f"models {', '.join(m for m, _, _ in models)} in {region} select pool {pool!r}, "
                        f"which has no node group there")
             continue
-        types = [t for t in as_list(group.inputs.get("instanceTypes")) if t in catalog.instances]
+        types = [t for t in node_group_types(group.inputs) if t in catalog.instances]
         per_node = min((catalog.instance(t).gpus for t in types), default=0)
         max_nodes = as_int((group.inputs.get("scalingConfig") or {}).get("maxSize"))
         need = 0

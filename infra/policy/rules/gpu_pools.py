@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from infra.catalog import load_catalog
+from infra.plan.cost import node_group_types
 from infra.policy.rules.base import (NODE_GROUP, POOL_LABEL, TIER_LABEL, Findings, PolicyConfig, Resources, as_int,
                                      as_list)
 from infra.scheduling import GPU_TAINT_KEY, GPU_TAINT_VALUE, SPOT_TAINT_KEY, SPOT_TAINT_VALUE
@@ -25,7 +26,7 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
     catalog = load_catalog()
     spot_pools: set[tuple[str, str]] = set()
     for group in resources.of_type(NODE_GROUP):
-        types = [str(t) for t in as_list(group.inputs.get("instanceTypes"))]
+        types = list(node_group_types(group.inputs))  # a Capacity Block group names its type in a label
         gpu = any(t in catalog.instances and catalog.instance(t).gpus > 0 for t in types)
         spot = group.inputs.get("capacityType") == "SPOT"
         pool = (group.inputs.get("labels") or {}).get(POOL_LABEL)
