@@ -7,8 +7,10 @@ import pulumi_aws as aws
 from infra.components.addons import ClusterAddons, ClusterAddonsArgs
 from infra.components.budget import StackBudget, StackBudgetArgs
 from infra.components.cluster import Cluster, ClusterArgs
+from infra.components.deploy_hub import DeployHub, DeployHubArgs
 from infra.components.dns import FailoverDns, FailoverDnsArgs
 from infra.components.gateway import Gateway, GatewayArgs, gateway_role
+from infra.components.hub_peering import HubPeering, HubPeeringArgs
 from infra.components.model_serving import ModelServing, ModelServingArgs
 from infra.components.network import Network, NetworkArgs
 from infra.components.node_pool import NodePool, NodePoolArgs
@@ -38,21 +40,25 @@ class RegionalStack:
     """What one region holds; built in two steps because secrets need every region's gateway role first."""
 
     def __init__(self, cfg: StackConfig, region: Region, iam: aws.Provider, dns: FailoverDns,
-                 parent: pulumi.Resource, extra_tags: dict[str, str]):
+                 parent: pulumi.Resource, extra_tags: dict[str, str], hub: "RegionalStack | None" = None):
+        """`hub` is the deploy hub's region, built first; None when this region is the hub."""
         name = region.name
         self.region = region
         self.provider = regional_provider(cfg.stack, name, region.residency, extra_tags)
         tags = {**stack_tags(cfg.stack, name, region.residency), **extra_tags}  # for what default tags miss
         self.network = Network(name, NetworkArgs(
-            region=name, cidr=cfg.network.cidr, cluster_name=cluster_name(cfg.stack, name),
+            region=name, cidr=cfg.vpc_cidr(name), cluster_name=cluster_name(cfg.stack, name),
             nat_per_az=cfg.network.nat_gateways == "per-az"), self.provider, pulumi.ResourceOptions(parent=parent))
+        deployer_path = self._deploy_path(cfg, iam, parent, hub)
         self.cluster = Cluster(name, ClusterArgs(
             region=name, cluster_name=cluster_name(cfg.stack, name),
             kubernetes_version=cfg.cluster.kubernetes_version,
             private_subnet_ids=self.network.private_subnet_ids,
             public_access_cidrs=cfg.cluster.public_access_cidrs,
             system_instance_type=cfg.cluster.system_instance_type,
-            system_nodes=cfg.cluster.system_nodes, iam_path=iam_path(cfg.stack)), self.provider, iam, pulumi.ResourceOptions(parent=parent))
+            system_nodes=cfg.cluster.system_nodes, iam_path=iam_path(cfg.stack),
+            deployer_cidr=cfg.vpc_cidr(cfg.deploy_hub.name), deployer_path=deployer_path),
+            self.provider, iam, pulumi.ResourceOptions(parent=parent))
         k8s = self.cluster.kubernetes
         self.pools = {
             pool.name: NodePool(f"{name}-{pool.name}", NodePoolArgs(
@@ -76,6 +82,23 @@ class RegionalStack:
             self.cluster.oidc.arn, self.cluster.oidc_issuer, iam, parent)
 
 
+    def _deploy_path(self, cfg: StackConfig, iam: aws.Provider, parent: pulumi.Resource,
+                     hub: "RegionalStack | None") -> tuple[pulumi.Resource, ...]:
+        """The hub region holds the runner; every other region is peered with the hub's VPC."""
+        name = self.region.name
+        if hub is None:
+            self.deploy_hub = DeployHub(f"{name}-deploy-hub", DeployHubArgs(
+                stack=cfg.stack, region=name, repository=cfg.deploy.repository,
+                compute_type=cfg.deploy.runner_compute_type, vpc_id=self.network.vpc_id,
+                private_subnet_ids=self.network.private_subnet_ids, iam_path=iam_path(cfg.stack)),
+                self.provider, iam, pulumi.ResourceOptions(parent=parent))
+            return ()
+        peering = HubPeering(f"{hub.region.name}-to-{name}", HubPeeringArgs(
+            hub_region=hub.region.name, region=name, hub=hub.network, spoke=self.network),
+            hub.provider, self.provider, pulumi.ResourceOptions(parent=parent))
+        return tuple(peering.routes)
+
+
 class Platform(pulumi.ComponentResource):
     def __init__(self, name: str, cfg: StackConfig, opts: pulumi.ResourceOptions | None = None):
         super().__init__("llm-platform:platform:Platform", name, None, opts)
@@ -86,7 +109,9 @@ class Platform(pulumi.ComponentResource):
         dns = self.dns = FailoverDns(f"{name}-dns", FailoverDnsArgs(zone=cfg.gateway.zone, domain=cfg.gateway.domain),
                                      iam, here)
 
-        regions = {r.name: RegionalStack(cfg, r, iam, dns, self, extra_tags) for r in cfg.regions}
+        hub = RegionalStack(cfg, cfg.deploy_hub, iam, dns, self, extra_tags)
+        regions = {hub.region.name: hub, **{r.name: RegionalStack(cfg, r, iam, dns, self, extra_tags, hub)
+                                            for r in cfg.regions[1:]}}
         providers = {n: rs.provider for n, rs in regions.items()}
         for zone in cfg.zones:
             members = [r.name for r in cfg.regions_in(zone)]

@@ -31,6 +31,9 @@ class ClusterArgs:
     system_instance_type: str
     system_nodes: int
     iam_path: str
+    # The deploy runner's VPC block, admitted to the private endpoint, and what its path there needs first.
+    deployer_cidr: str | None = None
+    deployer_path: tuple[pulumi.Resource, ...] = ()
 
 
 def assume_role_policy(service: str) -> str:
@@ -110,13 +113,23 @@ class Cluster(pulumi.ComponentResource):
             opts=child_opts(self, provider, ignore_changes=["scalingConfig.desiredSize"]),
         )
 
+        api_path = list(args.deployer_path)
+        if args.deployer_cidr:
+            # "you must ensure that your Amazon EKS control plane security group contains rules to allow
+            # ingress traffic on port 443 from your connected network"
+            # (https://docs.aws.amazon.com/eks/latest/userguide/cluster-endpoint.html).
+            api_path.append(aws.vpc.SecurityGroupIngressRule(
+                f"{name}-api-from-deploy-hub", security_group_id=self.eks.vpc_config.cluster_security_group_id,
+                cidr_ipv4=args.deployer_cidr, ip_protocol="tcp", from_port=443, to_port=443,
+                description="Kubernetes API from the deploy runner's VPC", opts=child))
         self.kubernetes = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=pulumi.Output.all(self.eks.name, self.eks.endpoint,
                                          self.eks.certificate_authority.data).apply(
                 lambda a: kubeconfig(args.region, *a)),
             enable_server_side_apply=True,
-            opts=pulumi.ResourceOptions(parent=self),
+            # Every release waits for the network path from the runner to this API.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=api_path),
         )
         self.register_outputs({"name": self.eks.name, "endpoint": self.eks.endpoint,
                                "oidc_provider_arn": self.oidc.arn})
