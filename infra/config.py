@@ -148,8 +148,7 @@ class Network(_Model):
 
 class Deploy(_Model):
     """The deploy runner in the first region's VPC (README: Deploy path)."""
-    repository: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")] = \
-        "llm-platform/llm-platform"
+    repository: str = "llm-platform/llm-platform"  # GitHub owner/name the runner's webhook is on
     runner_compute_type: Literal["BUILD_GENERAL1_SMALL", "BUILD_GENERAL1_MEDIUM", "BUILD_GENERAL1_LARGE"] = \
         "BUILD_GENERAL1_MEDIUM"
 
@@ -400,6 +399,8 @@ def cross_check(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
             add(f"cluster.public_access_cidrs[{k}]", f"{cidr} is a documentation range (RFC 5737) that no client has; "
                                                      f"list real egress ranges, or none (the deploy runner is in the VPC)")
     problems.extend(_check_network(cfg))
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", cfg.deploy.repository):
+        add("deploy.repository", f"{cfg.deploy.repository!r} is not a GitHub repository as owner/name")
     thresholds = cfg.budget.alert_thresholds_pct
     if len(set(thresholds)) != len(thresholds):
         add("budget.alert_thresholds_pct", f"{thresholds} lists a threshold twice")

@@ -158,6 +158,8 @@ def _outputs(typ: str, name: str, region: str, inputs: dict[str, Any]) -> dict[s
         if kind == "VpcPeeringConnectionAccepter":  # the accepter's id is the connection's
             return {"id": inputs["vpcPeeringConnectionId"], "acceptStatus": "active"}
         versions = {"latestVersion": 1} if kind == "LaunchTemplate" else {}
+        if kind == "Eip":  # an address from AWS's public pool, made up
+            versions = {"publicIp": f"52.{int(h[0:2], 16)}.{int(h[2:4], 16)}.{int(h[4:6], 16)}"}
         return {**versions, "id": f"{prefix.get(kind, 'res')}-{h[:17]}",
                 "arn": f"arn:aws:ec2:{arn_region}:{ACCOUNT}:{prefix.get(kind, 'res')}/{h[:17]}"}
     return {"arn": f"arn:aws:{typ.split(':')[1].split('/')[0]}:{arn_region}:{ACCOUNT}:{physical}"}

@@ -136,3 +136,16 @@ def test_dns_changes_are_limited_to_the_stacks_names() -> None:
     assert records["Condition"]["Null"][key] == "false", "without it, ForAllValues passes when the key is absent"
     assert not any("HostedZone" in a for s in ROLES["preview"]["permissions"]["Statement"]
                    for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]]))
+
+
+def test_deploy_roles_may_build_the_deploy_runner_of_their_own_stacks(prod_plan: Plan) -> None:
+    """The bootstrap job creates the runner (a CodeBuild project and webhook) with the deploy role itself."""
+    assert any(r.type.startswith("aws:codebuild/") for r in prod_plan.resources)
+    for role, pattern in [("preview", "pr-*"), ("prod", "prod")]:
+        statements = {s["Sid"]: s for s in ROLES[role]["permissions"]["Statement"]}
+        create, change = statements["CreateOnlyWithTheStackTag"], statements["ChangeOnlyTheStacksResources"]
+        assert "codebuild:Create*" in create["Action"]
+        assert create["Condition"] == {"StringLike": {"aws:RequestTag/llm-platform:stack": pattern}}
+        # CreateWebhook carries no tags: it is allowed on a project that has the stack's tag.
+        assert "codebuild:*" in change["Action"]
+        assert change["Condition"] == {"StringLike": {"aws:ResourceTag/llm-platform:stack": pattern}}

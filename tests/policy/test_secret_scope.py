@@ -113,3 +113,18 @@ def test_unreviewed_managed_policy_is_rejected(prod_plan):
         {"role": "us-east-1-nodes-d73a9a2", "policyArn": "arn:aws:iam::aws:policy/SecretsManagerReadWrite"})))
     assert_rejected(result_of_resources(prod_plan, resources, "secret-scope"),
                     "attaches arn:aws:iam::aws:policy/SecretsManagerReadWrite, which is not on the reviewed list")
+
+
+def test_deploy_runner_vpc_grant_beside_another_action_is_rejected(preview_plan):
+    """The runner's role may hold the VPC network-interface calls on "*" (AWS documents them so) and nothing else:
+    program bug (simulated): secretsmanager:GetSecretValue slips into that statement."""
+    hub = preview_plan.config.deploy_hub.name
+
+    def widen(rs):
+        rp = find(rs, ROLE_POLICY, f"{hub}-deploy-hub-runner")
+        doc = policy_doc(rp)
+        doc["Statement"][0]["Action"].append("secretsmanager:GetSecretValue")
+        set_policy(rp, "policy", doc)
+    assert_passes(result(preview_plan, "secret-scope"))
+    assert_rejected(result_of_resources(preview_plan, mutated(preview_plan, widen), "secret-scope"),
+                    f"{hub}-deploy-hub-runner: PlaceTheRunnerInTheVpc has a wildcard Resource (*)")
