@@ -39,6 +39,25 @@ def runner_project_name(stack: str) -> str:
     return f"llmp-{stack}-deploy"
 
 
+def bootstrap_targets(stack: str, hub_region: str, project: str = "llm-platform") -> list[str]:
+    """URN globs for the first `pulumi up --target ...`: the hub region's network and the runner, with
+    their providers, and nothing that talks to a Kubernetes API. Globs also match resources not yet
+    created (https://github.com/pulumi/pulumi/pull/11150); a targeted update creates only what matches
+    (https://github.com/pulumi/pulumi/pull/3251)."""
+    root = f"urn:pulumi:{stack}::{project}::"
+    return [
+        f"{root}pulumi:providers:aws::aws-{hub_region}",
+        f"{root}pulumi:providers:aws::aws-global",
+        f"{root}llm-platform:platform:Platform::{project}",
+        f"{root}llm-platform:platform:Platform$llm-platform:network:Network::{hub_region}",
+        f"{root}llm-platform:platform:Platform$llm-platform:network:Network$**::{hub_region}-*",
+        f"{root}llm-platform:platform:Platform$llm-platform:network:Network$aws:ec2/vpc:Vpc::{hub_region}",
+        f"{root}llm-platform:platform:Platform$llm-platform:network:Network$aws:ec2/internetGateway:InternetGateway"
+        f"::{hub_region}",
+        f"{root}llm-platform:platform:Platform$llm-platform:deploy:DeployHub**",
+    ]
+
+
 def runner_policy(region: str, account_id: str, subnet_arns: list[str]) -> dict:
     return {
         "Version": "2012-10-17",
