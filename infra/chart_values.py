@@ -96,7 +96,7 @@ def vllm_values(cfg: StackConfig, model: Model, region: Region, *, role_arn: Any
             "enabled": False,
             "className": INGRESS_CLASS,
             "host": f"{model.name}.models.{region.name}.{cfg.gateway.domain}",
-            "allowSourceRanges": [cfg.network.cidr],
+            "allowSourceRanges": [cfg.vpc_cidr(region.name)],
         },
         "podLabels": {"llm-platform/model": model.name, "llm-platform/tier": model.tier},
         "serviceAccount": {"create": True, "name": model_service_account(model)},
@@ -143,7 +143,7 @@ def gateway_values(cfg: StackConfig, region: Region, *, role_arn: Any, config: d
             "modelNamespace": MODEL_NAMESPACE,
             "modelPort": VLLM_PORT,
             # Redis (ElastiCache) lives in the VPC.
-            "redis": {"cidrs": [cfg.network.cidr], "port": 6379},
+            "redis": {"cidrs": [cfg.vpc_cidr(region.name)], "port": 6379},
         },
         # The gateway reads EndpointSlices only in the namespaces its config discovers replicas in.
         "discovery": {"enabled": bool(discovered), "namespaces": discovered or [MODEL_NAMESPACE]},

@@ -6,7 +6,7 @@ from infra.components.providers import TAG_STACK
 GITHUB_OIDC = "token.actions.githubusercontent.com"
 # What the program creates. Budgets, IAM and Route53 are named or checked by name below; the
 # rest carries the stack tag (provider default tags), which the conditions test.
-TAGGED_SERVICES = ["ec2", "eks", "kms", "acm", "secretsmanager", "elasticloadbalancing", "logs"]
+TAGGED_SERVICES = ["ec2", "eks", "kms", "acm", "secretsmanager", "elasticloadbalancing", "logs", "codebuild"]
 # AWS creates a service's service-linked role the first time an account uses the service, with the
 # caller's permission (iam:CreateServiceLinkedRole): the deploy role is the caller for EKS clusters and
 # managed node groups (https://docs.aws.amazon.com/eks/latest/userguide/using-service-linked-roles.html).

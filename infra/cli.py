@@ -109,6 +109,22 @@ def cmd_preview_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_deploy_hub_targets(args: argparse.Namespace) -> int:
+    """Print the `--target` URN globs of the bootstrap `pulumi up`: the deploy hub's network and runner only."""
+    from infra.components.deploy_hub import bootstrap_targets
+    from infra.config import ConfigError, parse, read_stack
+
+    try:
+        raw, source = read_stack(args.stack)
+        cfg = parse(raw, args.stack, source)
+    except ConfigError as exc:
+        print(f"llmp: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    for target in bootstrap_targets(cfg.stack, cfg.deploy_hub.name):
+        print(f"--target={target}")
+    return EXIT_OK
+
+
 def cmd_reap(args: argparse.Namespace) -> int:
     """Destroy pr-<n> stacks past their expiry (needs the Pulumi CLI, logged in)."""
     import subprocess
@@ -200,6 +216,10 @@ def parser() -> argparse.ArgumentParser:
     preview.add_argument("stack", help="the stack, pr-<pull request number>")
     preview.add_argument("--now", help="ISO time the expiry counts from (default: now)")
     preview.set_defaults(func=cmd_preview_config)
+
+    hub = sub.add_parser("deploy-hub-targets", help="--target globs of the bootstrap `pulumi up` (deploy runner only)")
+    hub.add_argument("stack", help="the stack (prod, or pr-<number>)")
+    hub.set_defaults(func=cmd_deploy_hub_targets)
 
     reaper = sub.add_parser("reap", help="destroy ephemeral pr-<number> stacks past their expiry")
     reaper.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")

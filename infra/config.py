@@ -23,6 +23,8 @@ PREVIEW_TEMPLATE = "preview"
 PR_STACK = re.compile(r"^pr-([1-9][0-9]*)$")
 ROOT = Path(__file__).resolve().parent.parent
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
+# RFC 5737's documentation blocks: never routed on the internet, so no runner ever has such an address.
+DOCUMENTATION_RANGES = tuple(ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
 
 # Kubernetes object names are DNS-1123 labels; model and pool names end up in them.
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")]
@@ -102,6 +104,8 @@ class Region(_Model):
     name: str
     residency: str
     pools: list[Pool] = Field(min_length=1)
+    # The region's VPC block; unset: the region's index-th block of network.cidr's size after it.
+    cidr: str | None = None
 
     def pool(self, name: str) -> Pool | None:
         return next((p for p in self.pools if p.name == name), None)
@@ -163,8 +167,16 @@ class Cluster(_Model):
 
 
 class Network(_Model):
+    # The first region's VPC block, and the base the other regions' default blocks count up from.
     cidr: str = "10.40.0.0/16"
     nat_gateways: Literal["per-az", "single"] = "per-az"
+
+
+class Deploy(_Model):
+    """The deploy runner in the first region's VPC (README: Deploy path)."""
+    repository: str = "llm-platform/llm-platform"  # GitHub owner/name the runner's webhook is on
+    runner_compute_type: Literal["BUILD_GENERAL1_SMALL", "BUILD_GENERAL1_MEDIUM", "BUILD_GENERAL1_LARGE"] = \
+        "BUILD_GENERAL1_MEDIUM"
 
 
 class Secrets(_Model):
@@ -192,6 +204,7 @@ class StackConfig(_Model):
     gateway: Gateway
     cluster: Cluster = Cluster()
     network: Network = Network()
+    deploy: Deploy = Deploy()
     secrets: Secrets = Secrets()
     preview: Preview = Preview()
 
@@ -217,6 +230,23 @@ class StackConfig(_Model):
 
     def regions_in(self, zone: str) -> list[Region]:
         return [r for r in self.regions if r.residency == zone]
+
+    @property
+    def deploy_hub(self) -> Region:
+        """The region whose VPC runs the deploy runner; every other region's VPC is peered with it."""
+        return self.regions[0]
+
+    def vpc_cidr(self, region: str) -> str:
+        """The region's VPC block: its own `cidr`, or the next blocks after `network.cidr` by region index."""
+        index = next(i for i, r in enumerate(self.regions) if r.name == region)
+        return self.regions[index].cidr or default_vpc_cidr(self.network.cidr, index)
+
+
+def default_vpc_cidr(base: str, index: int) -> str:
+    """The index-th block of base's size from base (10.40.0.0/16 -> 10.41.0.0/16 for index 1): distinct
+    blocks, because peered VPCs may not overlap."""
+    net = ipaddress.IPv4Network(base)
+    return str(ipaddress.IPv4Network((int(net.network_address) + index * net.num_addresses, net.prefixlen)))
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -411,7 +441,12 @@ def cross_check(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
             add(f"cluster.public_access_cidrs[{k}]", f"{cidr!r} is not a CIDR block")
         elif ipaddress.ip_network(cidr, strict=False).prefixlen == 0:
             add(f"cluster.public_access_cidrs[{k}]", "0.0.0.0/0 opens the API to the internet; list your CI egress ranges")
-    problems.extend(_check_network(cfg.network.cidr))
+        elif is_documentation_range(cidr):
+            add(f"cluster.public_access_cidrs[{k}]", f"{cidr} is a documentation range (RFC 5737) that no client has; "
+                                                     f"list real egress ranges, or none (the deploy runner is in the VPC)")
+    problems.extend(_check_network(cfg))
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", cfg.deploy.repository):
+        add("deploy.repository", f"{cfg.deploy.repository!r} is not a GitHub repository as owner/name")
     thresholds = cfg.budget.alert_thresholds_pct
     if len(set(thresholds)) != len(thresholds):
         add("budget.alert_thresholds_pct", f"{thresholds} lists a threshold twice")
@@ -518,9 +553,38 @@ def _check_pool_capacity(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, 
     return problems
 
 
-def _check_network(cidr: str) -> list[tuple[str, str]]:
-    """The VPC is cut into /19s (three private, three public): it must be a clean /8 to /16 block."""
-    at = f"{NAMESPACE}:network.cidr"
+def _check_network(cfg: StackConfig) -> list[tuple[str, str]]:
+    """Each region's VPC is cut into /19s (three private, three public): a clean /8 to /16 block. The hub's VPC
+    is peered with every other region's, and AWS refuses to peer VPCs whose blocks overlap
+    (https://docs.aws.amazon.com/vpc/latest/peering/vpc-peering-basics.html#vpc-peering-limitations)."""
+    problems = _check_vpc_block("network.cidr", cfg.network.cidr)
+    if problems:
+        return problems
+    blocks: list[tuple[str, ipaddress.IPv4Network]] = []
+    for i, region in enumerate(cfg.regions):
+        key = f"regions[{i}].cidr" if region.cidr is not None else "network.cidr"
+        if region.cidr is not None:
+            found = _check_vpc_block(key, region.cidr)
+            if found:
+                problems.extend(found)
+                continue
+        try:
+            net = ipaddress.IPv4Network(cfg.vpc_cidr(region.name))
+        except ValueError:
+            problems.append((f"{NAMESPACE}:{key}", f"no room after {cfg.network.cidr} for a default block for "
+                                                   f"region {region.name}; give regions[{i}].cidr"))
+            continue
+        for other_key, other in blocks:
+            if net.overlaps(other):
+                problems.append((f"{NAMESPACE}:regions[{i}].cidr",
+                                 f"{region.name}'s VPC block {net} overlaps {other} ({other_key}); peered VPCs "
+                                 f"need distinct blocks"))
+        blocks.append((f"{region.name}", net))
+    return problems
+
+
+def _check_vpc_block(key: str, cidr: str) -> list[tuple[str, str]]:
+    at = f"{NAMESPACE}:{key}"
     try:
         net = ipaddress.IPv4Network(cidr)
     except ValueError as exc:
@@ -528,6 +592,11 @@ def _check_network(cidr: str) -> list[tuple[str, str]]:
     if not 8 <= net.prefixlen <= 16:
         return [(at, f"{cidr} is a /{net.prefixlen}; the VPC needs a /8 to /16 to hold six /19 subnets")]
     return []
+
+
+def is_documentation_range(cidr: str) -> bool:
+    net = ipaddress.ip_network(cidr, strict=False)
+    return any(net.version == doc.version and net.subnet_of(doc) for doc in DOCUMENTATION_RANGES)
 
 
 def _is_cidr(value: str) -> bool:

@@ -8,8 +8,10 @@ from infra.chart_values import model_service_account_subjects
 from infra.components.addons import ClusterAddons, ClusterAddonsArgs
 from infra.components.budget import StackBudget, StackBudgetArgs
 from infra.components.cluster import Cluster, ClusterArgs
+from infra.components.deploy_hub import DeployHub, DeployHubArgs
 from infra.components.dns import FailoverDns, FailoverDnsArgs
 from infra.components.gateway import Gateway, GatewayArgs, gateway_role
+from infra.components.hub_peering import HubPeering, HubPeeringArgs
 from infra.components.model_serving import ModelServing, ModelServingArgs
 from infra.components.model_token import model_server_role, model_token_policy
 from infra.components.network import Network, NetworkArgs
@@ -42,16 +44,18 @@ class RegionalStack:
     """What one region holds; built in two steps because secrets need every region's gateway role first."""
 
     def __init__(self, cfg: StackConfig, region: Region, iam: aws.Provider, dns: FailoverDns,
-                 parent: pulumi.Resource, extra_tags: dict[str, str]):
+                 parent: pulumi.Resource, extra_tags: dict[str, str], hub: "RegionalStack | None" = None):
+        """`hub` is the deploy hub's region, built first; None when this region is the hub."""
         name = region.name
         self.region = region
         self.provider = regional_provider(cfg.stack, name, region.residency, extra_tags)
         tags = {**stack_tags(cfg.stack, name, region.residency), **extra_tags}  # for what default tags miss
         catalog, system_type = load_catalog(), cfg.cluster.system_instance_type
         self.network = Network(name, NetworkArgs(
-            region=name, cidr=cfg.network.cidr, cluster_name=cluster_name(cfg.stack, name),
+            region=name, cidr=cfg.vpc_cidr(name), cluster_name=cluster_name(cfg.stack, name),
             nat_per_az=cfg.network.nat_gateways == "per-az",
             zone_ids=tuple(network_zones(region, system_type, catalog))), self.provider, pulumi.ResourceOptions(parent=parent))
+        deployer_path = self._deploy_path(cfg, iam, parent, hub)
         self.cluster = Cluster(name, ClusterArgs(
             region=name, cluster_name=cluster_name(cfg.stack, name),
             kubernetes_version=cfg.cluster.kubernetes_version,
@@ -59,7 +63,9 @@ class RegionalStack:
             public_access_cidrs=cfg.cluster.public_access_cidrs,
             system_instance_type=cfg.cluster.system_instance_type,
             system_nodes=cfg.cluster.system_nodes, iam_path=iam_path(cfg.stack), tags=tags,
-            admin_roles=tuple(cfg.cluster.admin_roles)), self.provider, iam, pulumi.ResourceOptions(parent=parent))
+            admin_roles=tuple(cfg.cluster.admin_roles),
+            deployer_cidr=cfg.vpc_cidr(cfg.deploy_hub.name), deployer_path=deployer_path),
+            self.provider, iam, pulumi.ResourceOptions(parent=parent))
         k8s = self.cluster.kubernetes
         self.pools = {
             pool.name: NodePool(f"{name}-{pool.name}", NodePoolArgs(
@@ -98,6 +104,23 @@ class RegionalStack:
         ]
 
 
+    def _deploy_path(self, cfg: StackConfig, iam: aws.Provider, parent: pulumi.Resource,
+                     hub: "RegionalStack | None") -> tuple[pulumi.Resource, ...]:
+        """The hub region holds the runner; every other region is peered with the hub's VPC."""
+        name = self.region.name
+        if hub is None:
+            self.deploy_hub = DeployHub(f"{name}-deploy-hub", DeployHubArgs(
+                stack=cfg.stack, region=name, repository=cfg.deploy.repository,
+                compute_type=cfg.deploy.runner_compute_type, vpc_id=self.network.vpc_id,
+                private_subnet_ids=self.network.private_subnet_ids, iam_path=iam_path(cfg.stack)),
+                self.provider, iam, pulumi.ResourceOptions(parent=parent))
+            return ()
+        peering = HubPeering(f"{hub.region.name}-to-{name}", HubPeeringArgs(
+            hub_region=hub.region.name, region=name, hub=hub.network, spoke=self.network),
+            hub.provider, self.provider, pulumi.ResourceOptions(parent=parent))
+        return tuple(peering.routes)
+
+
 class Platform(pulumi.ComponentResource):
     def __init__(self, name: str, cfg: StackConfig, opts: pulumi.ResourceOptions | None = None):
         super().__init__("llm-platform:platform:Platform", name, None, opts)
@@ -109,7 +132,9 @@ class Platform(pulumi.ComponentResource):
             zone=cfg.gateway.zone, domain=cfg.gateway.domain, residency={r.name: r.residency for r in cfg.regions}),
             iam, here)
 
-        regions = {r.name: RegionalStack(cfg, r, iam, dns, self, extra_tags) for r in cfg.regions}
+        hub = RegionalStack(cfg, cfg.deploy_hub, iam, dns, self, extra_tags)
+        regions = {hub.region.name: hub, **{r.name: RegionalStack(cfg, r, iam, dns, self, extra_tags, hub)
+                                            for r in cfg.regions[1:]}}
         providers = {n: rs.provider for n, rs in regions.items()}
         for zone in cfg.zones:
             members = [r.name for r in cfg.regions_in(zone)]

@@ -38,6 +38,9 @@ class ClusterArgs:
     iam_path: str
     tags: dict[str, str]  # stamped on the system nodes' instances, volumes and interfaces
     admin_roles: tuple[str, ...] = ()  # role names (in the deploying account) or role ARNs
+    # The deploy runner's VPC block, admitted to the private endpoint, and what its path there needs first.
+    deployer_cidr: str | None = None
+    deployer_path: tuple[pulumi.Resource, ...] = ()
 
 
 def assume_role_policy(service: str) -> str:
@@ -138,13 +141,23 @@ class Cluster(pulumi.ComponentResource):
 
         self._grant_admins(name, args.admin_roles, iam, child)
 
+        api_path = list(args.deployer_path)
+        if args.deployer_cidr:
+            # "you must ensure that your Amazon EKS control plane security group contains rules to allow
+            # ingress traffic on port 443 from your connected network"
+            # (https://docs.aws.amazon.com/eks/latest/userguide/cluster-endpoint.html).
+            api_path.append(aws.vpc.SecurityGroupIngressRule(
+                f"{name}-api-from-deploy-hub", security_group_id=self.eks.vpc_config.cluster_security_group_id,
+                cidr_ipv4=args.deployer_cidr, ip_protocol="tcp", from_port=443, to_port=443,
+                description="Kubernetes API from the deploy runner's VPC", opts=child))
         self.kubernetes = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=pulumi.Output.all(self.eks.name, self.eks.endpoint,
                                          self.eks.certificate_authority.data).apply(
                 lambda a: kubeconfig(args.region, *a)),
             enable_server_side_apply=True,
-            opts=pulumi.ResourceOptions(parent=self),
+            # Every release waits for the network path from the runner to this API.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=api_path),
         )
         self.register_outputs({"name": self.eks.name, "endpoint": self.eks.endpoint,
                                "oidc_provider_arn": self.oidc.arn})

@@ -24,8 +24,11 @@ class NetworkArgs:
 
 class Network(pulumi.ComponentResource):
     vpc_id: pulumi.Output[str]
+    cidr: str
     private_subnet_ids: list[pulumi.Output[str]]
     public_subnet_ids: list[pulumi.Output[str]]
+    # Peering routes to the deploy hub go in these: the runner and the API endpoints' ENIs sit in private subnets.
+    private_route_table_ids: list[pulumi.Output[str]]
 
     def __init__(self, name: str, args: NetworkArgs, provider: aws.Provider,
                  opts: pulumi.ResourceOptions | None = None):
@@ -48,7 +51,7 @@ class Network(pulumi.ComponentResource):
         # Zone IDs name the same zone in every account, so the catalog's per-zone offerings apply to them.
         where = [{"availability_zone_id": z} for z in args.zone_ids] or \
             [{"availability_zone": zones.names[i]} for i in range(AZ_COUNT)]
-        self.public_subnet_ids, self.private_subnet_ids = [], []
+        self.public_subnet_ids, self.private_subnet_ids, self.private_route_table_ids = [], [], []
         nat_ids: list[pulumi.Output[str]] = []
         for i in range(AZ_COUNT):
             public = aws.ec2.Subnet(
@@ -70,16 +73,20 @@ class Network(pulumi.ComponentResource):
                 f"{name}-private-{i}", vpc_id=vpc.id, cidr_block=str(blocks[i]), **where[i],
                 tags={"Name": f"{name}-private-{i}", "kubernetes.io/role/internal-elb": "1", cluster_tag: "shared"},
                 opts=child)
-            rt = aws.ec2.RouteTable(
-                f"{name}-private-{i}", vpc_id=vpc.id,
-                routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0",
-                                                    nat_gateway_id=nat_ids[i if args.nat_per_az else 0])],
-                tags={"Name": f"{name}-private-{i}"}, opts=child)
+            # Routes as separate resources: peering adds its own to these tables, and a table's inline
+            # routes may not be mixed with aws.ec2.Route resources ("Doing so will cause a conflict of
+            # rule settings and will overwrite rules": pulumi.com/registry/packages/aws/api-docs/ec2/route).
+            rt = aws.ec2.RouteTable(f"{name}-private-{i}", vpc_id=vpc.id, tags={"Name": f"{name}-private-{i}"},
+                                    opts=child)
+            aws.ec2.Route(f"{name}-private-{i}-egress", route_table_id=rt.id, destination_cidr_block="0.0.0.0/0",
+                          nat_gateway_id=nat_ids[i if args.nat_per_az else 0], opts=child)
             aws.ec2.RouteTableAssociation(f"{name}-private-{i}", subnet_id=private.id, route_table_id=rt.id,
                                           opts=child)
             self.private_subnet_ids.append(private.id)
+            self.private_route_table_ids.append(rt.id)
 
         self.private_subnet_by_zone = dict(zip(args.zone_ids, self.private_subnet_ids))
         self.vpc_id = vpc.id
+        self.cidr = args.cidr
         self.nat_gateways = len(nat_ids)
         self.register_outputs({"vpc_id": vpc.id, "private_subnet_ids": self.private_subnet_ids})

@@ -113,6 +113,7 @@ def _outputs(typ: str, name: str, region: str, inputs: dict[str, Any]) -> dict[s
         oidc = _hex("oidc", name, n=32).upper()
         return {"arn": f"arn:aws:eks:{region}:{ACCOUNT}:cluster/{physical}", "name": physical,
                 "endpoint": f"https://{oidc}.gr7.{region}.eks.amazonaws.com",
+                "vpcConfig": {**(inputs.get("vpcConfig") or {}), "clusterSecurityGroupId": f"sg-{h[:17]}"},
                 "certificateAuthority": {"data": "TU9DSy1DQS1EQVRB"},
                 "identities": [{"oidcs": [{"issuer": f"https://oidc.eks.{region}.amazonaws.com/id/{oidc}"}]}]}
     if typ == "aws:eks/nodeGroup:NodeGroup":
@@ -153,9 +154,13 @@ def _outputs(typ: str, name: str, region: str, inputs: dict[str, Any]) -> dict[s
     if typ.startswith("aws:ec2/"):
         prefix = {"Vpc": "vpc", "Subnet": "subnet", "InternetGateway": "igw", "NatGateway": "nat",
                   "Eip": "eipalloc", "RouteTable": "rtb", "RouteTableAssociation": "rtbassoc",
-                  "LaunchTemplate": "lt"}
+                  "LaunchTemplate": "lt", "SecurityGroup": "sg", "VpcPeeringConnection": "pcx"}
         kind = typ.rsplit(":", 1)[-1]
+        if kind == "VpcPeeringConnectionAccepter":  # the accepter's id is the connection's
+            return {"id": inputs["vpcPeeringConnectionId"], "acceptStatus": "active"}
         versions = {"latestVersion": 1} if kind == "LaunchTemplate" else {}
+        if kind == "Eip":  # an address from AWS's public pool, made up
+            versions = {"publicIp": f"52.{int(h[0:2], 16)}.{int(h[2:4], 16)}.{int(h[4:6], 16)}"}
         return {**versions, "id": f"{prefix.get(kind, 'res')}-{h[:17]}",
                 "arn": f"arn:aws:ec2:{arn_region}:{ACCOUNT}:{prefix.get(kind, 'res')}/{h[:17]}"}
     return {"arn": f"arn:aws:{typ.split(':')[1].split('/')[0]}:{arn_region}:{ACCOUNT}:{physical}"}

@@ -158,7 +158,7 @@ def test_network_policy_lets_the_gateway_reach_models_redis_aws_and_dns_only(pro
     models = [r for r in egress if _peers_allow(r, VLLM_PORT)]
     assert models and _namespaces(models[0], "to") == {MODEL_NAMESPACE}
     redis = [r for r in egress if _peers_allow(r, 6379)]
-    assert redis and {"ipBlock": {"cidr": prod.network.cidr}} in redis[0]["to"]
+    assert redis and {"ipBlock": {"cidr": prod.vpc_cidr(region)}} in redis[0]["to"]  # the region's own VPC
     https = [r for r in egress if _peers_allow(r, 443) and any("ipBlock" in p for p in r["to"])]
     assert https, "AWS APIs (STS, Secrets Manager) need HTTPS egress"
     allowed_ports = {p["port"] for r in egress for p in r["ports"]}

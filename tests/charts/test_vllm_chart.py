@@ -295,7 +295,7 @@ def test_the_ingress_hashes_on_the_session_header_so_a_conversation_keeps_its_re
     annotations = ingress["metadata"]["annotations"]
     assert annotations["nginx.ingress.kubernetes.io/upstream-hash-by"] == "$http_x_session_id"
     assert annotations["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"  # tokens stream
-    assert annotations["nginx.ingress.kubernetes.io/whitelist-source-range"] == prod.network.cidr
+    assert annotations["nginx.ingress.kubernetes.io/whitelist-source-range"] == prod.vpc_cidr(region)
     assert ingress["spec"]["ingressClassName"] == "nginx"
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend == {"name": vllm_release_name(_model(prod, model)), "port": {"name": "http"}}

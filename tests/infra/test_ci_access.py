@@ -220,3 +220,14 @@ def test_only_the_prod_role_may_activate_the_cost_allocation_tag_and_both_create
         assert ("ActivateTheStackCostTag" in statements) == (role == "prod")
         create = statements["CreateOnlyWithTheStackTag"]
         assert {"logs:Create*", "logs:TagResource"} <= set(create["Action"]) and "Condition" in create
+def test_deploy_roles_may_build_the_deploy_runner_of_their_own_stacks(prod_plan: Plan) -> None:
+    """The bootstrap job creates the runner (a CodeBuild project and webhook) with the deploy role itself."""
+    assert any(r.type.startswith("aws:codebuild/") for r in prod_plan.resources)
+    for role, pattern in [("preview", "pr-*"), ("prod", "prod")]:
+        statements = {s["Sid"]: s for s in ROLES[role]["permissions"]["Statement"]}
+        create, change = statements["CreateOnlyWithTheStackTag"], statements["ChangeOnlyTheStacksResources"]
+        assert "codebuild:Create*" in create["Action"]
+        assert create["Condition"] == {"StringLike": {"aws:RequestTag/llm-platform:stack": pattern}}
+        # CreateWebhook carries no tags: it is allowed on a project that has the stack's tag.
+        assert "codebuild:*" in change["Action"]
+        assert change["Condition"] == {"StringLike": {"aws:ResourceTag/llm-platform:stack": pattern}}

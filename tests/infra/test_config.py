@@ -1,6 +1,7 @@
 """The stack config: the shipped stacks load, and each kind of mistake is refused with exit 2 naming the key."""
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from typing import Any
 
@@ -83,6 +84,16 @@ BAD_CONFIGS: list[tuple[str, Mutation, str, str]] = [
      "llm-platform:network.cidr", "without host bits"),
     ("VPC block too small for six /19 subnets", _set("network", {"cidr": "10.60.0.0/18"}),
      "llm-platform:network.cidr", "needs a /8 to /16"),
+    ("two regions on one VPC block", _set("regions[1].cidr", "10.40.0.0/16"),
+     "llm-platform:regions[1].cidr", "VPC block 10.40.0.0/16 overlaps 10.40.0.0/16 (us-east-1)"),
+    ("a region's VPC block too small for six /19 subnets", _set("regions[2].cidr", "10.90.0.0/20"),
+     "llm-platform:regions[2].cidr", "needs a /8 to /16"),
+    ("no room after network.cidr for the other regions' blocks", _set("network", {"cidr": "255.255.0.0/16"}),
+     "llm-platform:network.cidr", "no room after 255.255.0.0/16"),
+    ("cluster API allow-listing a documentation range", _set("cluster.public_access_cidrs", ["203.0.113.0/24"]),
+     "llm-platform:cluster.public_access_cidrs[0]", "203.0.113.0/24 is a documentation range (RFC 5737)"),
+    ("deploy repository that is not owner/name", _set("deploy", {"repository": "https://github.com/x"}),
+     "llm-platform:deploy.repository", "is not a GitHub repository as owner/name"),
     ("hosted fallback that names no known provider", _set("failover.hosted_fallbacks.llama-3-1-8b", ["acme/x"]),
      "llm-platform:failover.hosted_fallbacks.llama-3-1-8b[0]", "with provider one of openai"),
     ("cost allocation tag switch not a boolean", _set("budget.activate_cost_allocation_tag", "maybe"),
@@ -114,6 +125,16 @@ def test_bad_config_exits_2_naming_the_key(case, tmp_path, capsys) -> None:
     line = next((ln for ln in err.splitlines() if ln.strip().startswith(key + ":")), None)
     assert line is not None, f"no line names {key}:\n{err}"
     assert words in line
+
+
+def test_each_region_gets_its_own_vpc_block_counting_up_from_network_cidr() -> None:
+    raw = stack_raw("prod")
+    cfg = parse(raw, "prod")
+    base = int(ipaddress.IPv4Network(cfg.network.cidr).network_address)
+    blocks = [ipaddress.IPv4Network(cfg.vpc_cidr(r.name)) for r in cfg.regions]
+    assert [int(b.network_address) - base for b in blocks] == [i * 2**16 for i in range(len(cfg.regions))]
+    raw["regions"][-1] = {**raw["regions"][-1], "cidr": "172.20.0.0/16"}
+    assert parse(raw, "prod").vpc_cidr(cfg.regions[-1].name) == "172.20.0.0/16"
 
 
 def test_all_problems_are_reported_at_once() -> None:

@@ -12,7 +12,7 @@ def test_cluster_endpoints_are_allow_listed_encrypted_and_logged(stack_plan):
     assert_passes(res)
     assert len(res.evidence) == len(stack_plan.config.regions)
     for e in res.evidence:
-        assert e["endpoint_private"] and e["public_access_cidrs"] == ["203.0.113.0/24"]
+        assert e["endpoint_private"] and not e["endpoint_public"] and e["public_access_cidrs"] == []
         assert e["encrypted_resources"] == ["secrets"] and e["secrets_encryption_key"].startswith(
             f"arn:aws:kms:{e['region']}:")
         assert {"api", "audit", "authenticator"} <= set(e["control_plane_logs"])
@@ -38,7 +38,7 @@ def test_carrier_grade_nat_range_allow_list_is_rejected():
 def test_public_endpoint_without_allow_list_is_rejected(prod_plan):
     """Program bug (simulated): the cluster in eu-west-2 is public with no allow-list (EKS then admits 0.0.0.0/0)."""
     resources = mutated(prod_plan, lambda rs: find(rs, CLUSTER, "eu-west-2")
-                        .inputs["vpcConfig"].pop("publicAccessCidrs"))
+                        .inputs["vpcConfig"].update(endpointPublicAccess=True, publicAccessCidrs=None))
     assert_rejected(result_of_resources(prod_plan, resources, "cluster-hardening"),
                     "EKS cluster eu-west-2 in eu-west-2 has a public API endpoint open to the whole internet")
 

@@ -199,3 +199,16 @@ def test_model_servers_running_as_the_gateway_role_are_rejected(prod_plan):
     gateway_role = find(prod_plan.resources, "aws:iam/role:Role", "us-east-1-gateway").outputs["arn"]
     assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, share), "secret-scope"),
                     f"{gateway_role} is both a gateway role and a model server role")
+def test_deploy_runner_vpc_grant_beside_another_action_is_rejected(preview_plan):
+    """The runner's role may hold the VPC network-interface calls on "*" (AWS documents them so) and nothing else:
+    program bug (simulated): secretsmanager:GetSecretValue slips into that statement."""
+    hub = preview_plan.config.deploy_hub.name
+
+    def widen(rs):
+        rp = find(rs, ROLE_POLICY, f"{hub}-deploy-hub-runner")
+        doc = policy_doc(rp)
+        doc["Statement"][0]["Action"].append("secretsmanager:GetSecretValue")
+        set_policy(rp, "policy", doc)
+    assert_passes(result(preview_plan, "secret-scope"))
+    assert_rejected(result_of_resources(preview_plan, mutated(preview_plan, widen), "secret-scope"),
+                    f"{hub}-deploy-hub-runner: PlaceTheRunnerInTheVpc has a wildcard Resource (*)")

@@ -123,20 +123,26 @@ def test_preview_runs_on_pull_requests_and_destroys_on_close() -> None:
     assert "make test" in plan and 'llmp plan --stack "$STACK" --format markdown' in plan
     assert "plan-comment.sh" in plan
     assert "deploy-preview" in jobs["deploy"]["if"] and "head.repo.full_name == github.repository" in jobs["deploy"]["if"]
+    assert jobs["deploy"]["needs"] == "runner" and jobs["runner"]["if"] == jobs["deploy"]["if"]
     deploy = " ".join(s.get("run", "") for s in steps(jobs["deploy"]))
     assert 'llmp preview-config "$STACK"' in deploy
     assert deploy.index("pulumi preview") < deploy.index("pulumi up")
     assert "--policy-pack infra/policy" in deploy
     destroy = " ".join(s.get("run", "") for s in steps(jobs["destroy"]))
-    assert "closed" in jobs["destroy"]["if"]
+    assert "closed" in jobs["stack-exists"]["if"] and jobs["destroy"]["needs"] == ["stack-exists", "destroy-workloads"]
     assert destroy.index("pulumi destroy") < destroy.index("pulumi stack rm")
+    # Kubernetes objects go first, through the private API from the stack's own runner.
+    workloads = jobs["destroy-workloads"]
+    assert workloads["runs-on"] == jobs["deploy"]["runs-on"]
+    assert "--target-dependents" in " ".join(s.get("run", "") for s in steps(workloads))
 
 
 def test_prod_deploys_only_from_main_behind_the_protected_environment_after_tests() -> None:
     doc = load("deploy.yml")
     assert doc["on"] == {"push": {"branches": ["main"]}}
     deploy = doc["jobs"]["deploy"]
-    assert deploy["environment"] == "production" and deploy["needs"] == "test"
+    assert deploy["environment"] == "production" and deploy["needs"] == "runner"
+    assert doc["jobs"]["runner"]["environment"] == "production" and doc["jobs"]["runner"]["needs"] == "test"
     run = " ".join(s.get("run", "") for s in steps(deploy))
     assert run.index("pulumi preview --stack prod --policy-pack infra/policy") < run.index("pulumi up --stack prod")
 
@@ -146,3 +152,19 @@ def test_reaper_runs_on_a_schedule_and_reports() -> None:
     assert doc["on"]["schedule"] and "workflow_dispatch" in doc["on"]
     run = " ".join(s.get("run", "") for s in steps(doc["jobs"]["reap"]))
     assert "llmp reap" in run and "GITHUB_STEP_SUMMARY" in run
+
+
+@pytest.mark.parametrize("workflow, stack", [("deploy.yml", "prod"), ("preview.yml", "pr-${{ github.event.pull_request.number }}")])
+def test_stacks_deploy_from_their_runner_in_the_vpc_after_a_bootstrap_that_touches_no_cluster(workflow, stack) -> None:
+    """The cluster APIs are private: the first job builds only the runner (no Kubernetes provider is in its
+    targets), and the full `up` runs on that CodeBuild-hosted runner, named by the label CodeBuild routes on."""
+    from infra.components.deploy_hub import bootstrap_targets, runner_project_name
+
+    jobs = load(workflow)["jobs"]
+    assert jobs["runner"]["runs-on"].startswith("ubuntu-")
+    bootstrap = " ".join(s.get("run", "") for s in steps(jobs["runner"]))
+    assert "llmp deploy-hub-targets" in bootstrap and '"${targets[@]}"' in bootstrap
+    assert "pulumi up" in bootstrap and "pulumi preview" not in bootstrap
+    assert not any("kubernetes" in t or "Cluster" in t for t in bootstrap_targets("prod", "any-region"))
+    assert jobs["deploy"]["runs-on"] == (f"codebuild-{runner_project_name(stack)}"
+                                         "-${{ github.run_id }}-${{ github.run_attempt }}")

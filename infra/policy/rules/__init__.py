@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Iterable
 
-from infra.policy.rules import budget, cluster, failover, gpu_pools, residency, secrets, versions
+from infra.policy.rules import budget, cluster, deployability, failover, gpu_pools, residency, secrets, versions
 from infra.policy.rules.base import (ADVISORY, MANDATORY, Control, ControlResult, Findings, ModelIntent, PolicyConfig,
                                      Resource, Resources)
 
@@ -80,6 +80,7 @@ CONTROLS: list[Control] = [
                 f"{_T}test_secret_scope.py::test_a_gateway_role_that_can_read_the_hugging_face_token_is_rejected",
                 f"{_T}test_secret_scope.py::test_a_model_server_role_reading_another_regions_token_is_rejected",
                 f"{_T}test_secret_scope.py::test_model_servers_running_as_the_gateway_role_are_rejected",
+                f"{_T}test_secret_scope.py::test_deploy_runner_vpc_grant_beside_another_action_is_rejected",
                 f"{_T}test_secret_scope_iam.py::test_preview_gateway_cannot_read_prod_secrets",
                 f"{_T}test_secret_scope_iam.py::test_prod_gateways_cannot_read_preview_secrets",
                 f"{_T}test_secret_scope_iam.py::test_a_gateway_role_reads_only_its_own_regions_secrets",
@@ -113,6 +114,19 @@ CONTROLS: list[Control] = [
                 f"{_T}test_version_support.py::test_the_plan_date_decides_not_the_clock",
                 f"{_T}test_version_support.py::test_unknown_version_is_rejected",
                 f"{_T}test_version_support.py::test_node_group_not_pinned_to_its_cluster_version_is_rejected",
+            ]),
+    Control("deployability", "The deploy runner reaches every cluster's API; VPC blocks are distinct",
+            deployability.DESCRIPTION, MANDATORY, deployability.check, [
+                f"{_T}test_deployability.py::test_the_deploy_runner_reaches_every_cluster_api",
+                f"{_T}test_deployability.py::test_clusters_outside_the_hub_are_reached_over_accepted_routed_peering",
+                f"{_T}test_deployability.py::test_vpc_blocks_are_distinct",
+                f"{_T}test_deployability.py::test_public_endpoint_allow_listing_the_hubs_nat_is_reachable",
+                f"{_T}test_deployability.py::test_missing_route_back_to_the_hub_is_rejected",
+                f"{_T}test_deployability.py::test_unaccepted_peering_is_rejected",
+                f"{_T}test_deployability.py::test_cluster_security_group_closed_to_the_hub_is_rejected",
+                f"{_T}test_deployability.py::test_documentation_range_allow_list_is_rejected",
+                f"{_T}test_deployability.py::test_overlapping_vpc_blocks_are_rejected",
+                f"{_T}test_deployability.py::test_stack_without_a_deploy_runner_is_rejected",
             ]),
 ]
 

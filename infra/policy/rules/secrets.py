@@ -22,6 +22,16 @@ REVIEWED_MANAGED_POLICIES = frozenset({
     "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore",
 })
 
+# The calls CodeBuild makes to attach a build (the deploy runner) to a VPC. The Describe calls have no
+# resource-level permissions and a new interface has no id yet, so AWS documents them on Resource "*"
+# (https://docs.aws.amazon.com/codebuild/latest/userguide/auth-and-access-control-iam-identity-based-access-control.html);
+# none reads data. A statement granting only these may use a wildcard Resource.
+VPC_INTERFACE_ACTIONS = frozenset({
+    "ec2:CreateNetworkInterface", "ec2:CreateNetworkInterfacePermission", "ec2:DeleteNetworkInterface",
+    "ec2:DescribeDhcpOptions",
+    "ec2:DescribeNetworkInterfaces", "ec2:DescribeSecurityGroups", "ec2:DescribeSubnets", "ec2:DescribeVpcs",
+})
+
 # Condition keys that pin a wildcard principal down to named principals.
 PRINCIPAL_KEYS = {"aws:principalarn", "aws:principalaccount", "aws:principalorgid", "aws:userid"}
 
@@ -40,7 +50,10 @@ DESCRIPTION = (
     "belongs to a role of that secret's kind, and such a role reads only secrets of its kind, of this stack, "
     "in its own region; every secret has a resource policy denying GetSecretValue to every principal but the "
     "roles of its kind in its zone. No policy document the program writes has a wildcard "
-    "Resource (or NotResource / NotPrincipal), or a wildcard Principal in an Allow statement. A wildcard "
+    "Resource (or NotResource / NotPrincipal), or a wildcard Principal in an Allow statement; the one exception is a "
+    "statement granting only the EC2 network-interface calls CodeBuild needs to place the deploy runner in the VPC "
+    f"({', '.join(sorted(VPC_INTERFACE_ACTIONS))}), which AWS documents on a wildcard Resource and which read no "
+    "data. A wildcard "
     "principal is accepted only in a Deny statement whose condition narrows it to named principals "
     "(aws:PrincipalArn and similar): such a statement denies everyone else and grants nothing. Only AWS managed "
     "policies from a reviewed list may be attached.")
@@ -74,7 +87,9 @@ def _wildcards(doc: dict[str, Any]) -> list[str]:
     problems = []
     for i, stmt in enumerate(statements(doc)):
         sid = stmt.get("Sid") or f"statement {i}"
-        if any("*" in str(r) for r in as_list(stmt.get("Resource"))):
+        interface_only = stmt.get("Effect") == "Allow" and bool(as_list(stmt.get("Action"))) and \
+            all(str(a) in VPC_INTERFACE_ACTIONS for a in as_list(stmt.get("Action")))
+        if any("*" in str(r) for r in as_list(stmt.get("Resource"))) and not interface_only:
             problems.append(f"{sid} has a wildcard Resource ({stmt.get('Resource')})")
         if "NotResource" in stmt:
             problems.append(f"{sid} uses NotResource (everything but a list)")
