@@ -8,9 +8,9 @@ import pytest
 from aiohttp import web
 from kubernetes import client as k8s
 
-from gateway.config import parse_native
-from gateway.discovery import EndpointSliceWatcher
-from gateway.routing import Router
+from gateway.config.native import parse_native
+from gateway.upstream.discovery import EndpointSliceWatcher
+from gateway.upstream.routing import Router
 from tests.gateway.conftest import MODEL, gateway_config
 
 

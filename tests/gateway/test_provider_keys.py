@@ -10,8 +10,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from gateway.app import build_app
-from gateway.config import ConfigError, parse_native
+from gateway.http.app import build_app
+from gateway.config.native import ConfigError, parse_native
 from tests.gateway.conftest import MODEL, deployment, gateway_config
 
 MASTER = "sk-llmp-master-from-secrets-manager-0123456789abcdef"

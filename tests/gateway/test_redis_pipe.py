@@ -6,7 +6,7 @@ import asyncio
 
 import redis
 
-from gateway.redis_pipe import RedisPipe
+from gateway.governance.limits.redis_pipe import RedisPipe
 from tests.gateway.servers import RedisServer, redis_server  # noqa: F401 - fixture
 
 PUSH_A = "redis.call('RPUSH', 'order', 'a:' .. ARGV[1]) return 1"

@@ -8,9 +8,9 @@ from collections import Counter
 import openai
 import pytest
 
-from gateway.config import parse_native
-from gateway.hashring import BoundedLoadRing
-from gateway.routing import Router
+from gateway.config.native import parse_native
+from gateway.upstream.hashring import BoundedLoadRing
+from gateway.upstream.routing import Router
 from tests.gateway.conftest import MODEL, deployment, gateway_config
 
 MESSAGES = [{"role": "user", "content": "hello"}]

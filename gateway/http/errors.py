@@ -44,7 +44,7 @@ class GatewayError(Exception):
         return b"data: " + orjson.dumps(self.body()) + b"\n\n"
 
     def anthropic_body(self) -> dict[str, Any]:
-        from gateway.messages_api import anthropic_error
+        from gateway.protocols.anthropic_clients import anthropic_error
 
         return anthropic_error(self.status, self.message)
 

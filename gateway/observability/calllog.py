@@ -9,7 +9,7 @@ from typing import BinaryIO
 
 import orjson
 
-from gateway.usage import CallRecord
+from gateway.observability.usage import CallRecord
 
 
 class CallLog:

@@ -5,19 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import GatewayError, bad_request
-from gateway.governance_config import parse_duration
-from gateway.keys import KeyCache, Limits, Team, VirtualKey, VirtualKeyAuth
-from gateway.ledger import Prices, SpendLedger, spend_row
-from gateway.limits import NO_LIMIT, RateLimiter, Scope, key_scope, reserve_tokens, team_scope
-from gateway.usage import CallRecord
+from gateway.http.errors import GatewayError, bad_request
+from gateway.config.governance import parse_duration
+from gateway.governance.keys import KeyCache, Limits, Team, VirtualKey, VirtualKeyAuth
+from gateway.governance.ledger.spend import Prices, SpendLedger, spend_row
+from gateway.governance.limits.scopes import NO_LIMIT, RateLimiter, Scope, key_scope, reserve_tokens, team_scope
+from gateway.observability.usage import CallRecord
 
 if TYPE_CHECKING:
-    from gateway.budget_sync import BudgetSync
-    from gateway.config import GatewayConfig
-    from gateway.routing import ModelRoute
-    from gateway.store import LedgerStore
-    from gateway.wire import Request
+    from gateway.governance.budget_sync import BudgetSync
+    from gateway.config.native import GatewayConfig
+    from gateway.upstream.routing import ModelRoute
+    from gateway.governance.store.sqlite import LedgerStore
+    from gateway.protocols.request import Request
 
 MASTER_TOKEN = "master"
 
@@ -120,7 +120,7 @@ class Governance:
         """On a gateway serving every zone, a pinned key's call uses only its zone's deployments."""
         pinned = self._zone_routes.get((route.alias, zone))
         if pinned is None:
-            from gateway.routing import ModelRoute
+            from gateway.upstream.routing import ModelRoute
 
             # No fallback aliases: their deployments are not filtered by the proxy, and could leave the zone.
             pinned = ModelRoute(route.alias, route.max_tokens, [],
@@ -200,11 +200,11 @@ class Governance:
 
 def build_governance(config: "GatewayConfig", on_event: Callable[..., None]) -> Governance:
     """Governance from the `ledger`, `redis` and `keys` sections (the caller checked `ledger` is set)."""
-    from gateway.budget_sync import BudgetSync
-    from gateway.limits import LocalLimiter
-    from gateway.redis_limits import RedisLimiter
-    from gateway.spool import SpendSpool
-    from gateway.store import open_store
+    from gateway.governance.budget_sync import BudgetSync
+    from gateway.governance.limits.scopes import LocalLimiter
+    from gateway.governance.limits.redis_limiter import RedisLimiter
+    from gateway.governance.ledger.spool import SpendSpool
+    from gateway.governance.store.sqlite import open_store
 
     settings = config.ledger
     assert settings is not None

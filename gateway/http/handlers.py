@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from gateway.errors import GatewayError, bad_request, model_not_found
-from gateway.relay import answer, relay_stream
-from gateway.routing import HOP_HEADER
-from gateway.usage import CallRecord
-from gateway.wire import Request
+from gateway.http.errors import GatewayError, bad_request, model_not_found
+from gateway.http.responses import answer, relay_stream
+from gateway.upstream.routing import HOP_HEADER
+from gateway.observability.usage import CallRecord
+from gateway.protocols.request import Request
 
 if TYPE_CHECKING:
-    from gateway.app import AppState
+    from gateway.http.app import AppState
 
 JSON = "application/json"
 perf = time.perf_counter

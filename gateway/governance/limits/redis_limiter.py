@@ -34,9 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import GatewayError
-from gateway.limits import Scope, Ticket, refused, window_name
-from gateway.redis_pipe import Encoded, RedisPipe, ScriptNotRun
+from gateway.http.errors import GatewayError
+from gateway.governance.limits.scopes import Scope, Ticket, refused, window_name
+from gateway.governance.limits.redis_pipe import Encoded, RedisPipe, ScriptNotRun
 from gateway.tasks import cancel
 
 LEASE_SHARE = 8  # a lease's extra is at most 1/LEASE_SHARE of what the limit leaves free

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gateway.errors import GatewayError
+from gateway.http.errors import GatewayError
 
 NO_LIMIT = -1
 

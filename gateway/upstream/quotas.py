@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gateway.errors import GatewayError
-from gateway.limits import NO_LIMIT, LocalLimiter, RateLimiter, Scope, Ticket, reserve_tokens
+from gateway.http.errors import GatewayError
+from gateway.governance.limits.scopes import NO_LIMIT, LocalLimiter, RateLimiter, Scope, Ticket, reserve_tokens
 
 if TYPE_CHECKING:
-    from gateway.config import GatewayConfig
-    from gateway.usage import CallRecord
-    from gateway.wire import Request
+    from gateway.config.native import GatewayConfig
+    from gateway.observability.usage import CallRecord
+    from gateway.protocols.request import Request
 
 
 class DeploymentQuotas:

@@ -9,11 +9,11 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from gateway.errors import GatewayError
-from gateway.proxy import Opened
-from gateway.sse import TruncatedStream, read_event
-from gateway.usage import CallRecord
-from gateway.wire import UpstreamStreamError
+from gateway.http.errors import GatewayError
+from gateway.upstream.attempts import Opened
+from gateway.protocols.sse import TruncatedStream, read_event
+from gateway.observability.usage import CallRecord
+from gateway.protocols.request import UpstreamStreamError
 
 JSON = "application/json"
 SSE_HEADERS = {

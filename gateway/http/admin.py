@@ -31,12 +31,12 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from gateway.config import format_validation_error
-from gateway.errors import GatewayError, bad_request, unauthorized
-from gateway.governance import Governance
-from gateway.governance_config import parse_duration
-from gateway.keys import KEY_PREFIX, Limits, Team, VirtualKey, hash_key, key_name, new_key
-from gateway.store import Conflict, StoreError
+from gateway.config.native import format_validation_error
+from gateway.http.errors import GatewayError, bad_request, unauthorized
+from gateway.governance.gate import Governance
+from gateway.config.governance import parse_duration
+from gateway.governance.keys import KEY_PREFIX, Limits, Team, VirtualKey, hash_key, key_name, new_key
+from gateway.governance.store.sqlite import Conflict, StoreError
 
 JSON = "application/json"
 LIMIT_FIELDS = ("max_budget", "budget_duration", "rpm_limit", "tpm_limit", "max_parallel_requests")

@@ -11,17 +11,17 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from gateway.auth import Authenticator, MasterKeyAuth, check_master_key
-from gateway.calllog import CallLog
-from gateway.config import GatewayConfig
-from gateway.discovery import EndpointSliceWatcher, default_discovery_api
-from gateway.handlers import Endpoints
-from gateway.metrics import GatewayMetrics
-from gateway.provider_keys import SecretRef, SecretRefresher, resolve_secrets
-from gateway.proxy import Proxy
-from gateway.quotas import DeploymentQuotas
-from gateway.routing import Router
-from gateway.usage import CallRecord, NoUsageAccounting, UsageHook
+from gateway.http.auth import Authenticator, MasterKeyAuth, check_master_key
+from gateway.observability.calllog import CallLog
+from gateway.config.native import GatewayConfig
+from gateway.upstream.discovery import EndpointSliceWatcher, default_discovery_api
+from gateway.http.handlers import Endpoints
+from gateway.observability.metrics import GatewayMetrics
+from gateway.governance.provider_keys import SecretRef, SecretRefresher, resolve_secrets
+from gateway.upstream.attempts import Proxy
+from gateway.upstream.quotas import DeploymentQuotas
+from gateway.upstream.routing import Router
+from gateway.observability.usage import CallRecord, NoUsageAccounting, UsageHook
 
 MAX_BODY = 32 * 1024 * 1024  # long contexts and base64 images are large
 STATE = web.AppKey("state", "AppState")
@@ -146,8 +146,8 @@ def build_app(
     state.router = Router(config, state.on_circuit)
     state.secrets = secrets
     if config.ledger is not None:
-        from gateway.admin import AdminApi
-        from gateway.governance import build_governance
+        from gateway.http.admin import AdminApi
+        from gateway.governance.gate import build_governance
 
         state.governance = state.gate = build_governance(config, log.event)
         state.auth = state.governance.auth

@@ -44,7 +44,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from gateway.config import ConfigError, GatewayConfig, parse_native, resolve_env
+from gateway.config.native import ConfigError, GatewayConfig, parse_native, resolve_env
 
 # LiteLLM provider prefixes that speak OpenAI's wire protocol.
 OPENAI_COMPATIBLE = frozenset(

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway.config import ConfigError, GatewayConfig
-from gateway.governance_config import SecretsSettings
+from gateway.config.native import ConfigError, GatewayConfig
+from gateway.config.governance import SecretsSettings
 from gateway.tasks import cancel
 
 PREFIX = "secret/"

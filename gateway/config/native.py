@@ -93,7 +93,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gateway.governance_config import KeySettings, LedgerSettings, RedisSettings, SecretsSettings
+from gateway.config.governance import KeySettings, LedgerSettings, RedisSettings, SecretsSettings
 
 
 class ConfigError(ValueError):
@@ -330,7 +330,7 @@ def parse_native(doc: Any) -> GatewayConfig:
 def parse_config(doc: Any) -> GatewayConfig:
     """Native format, or LiteLLM's when the document has a `model_list`."""
     if isinstance(doc, dict) and "model_list" in doc:
-        from gateway.litellm_config import from_litellm
+        from gateway.config.litellm import from_litellm
 
         return from_litellm(doc)
     return parse_native(doc)

@@ -7,9 +7,9 @@ from typing import Any, Protocol
 
 import orjson
 
-from gateway.anthropic import AnthropicStream, UpstreamStreamError, from_messages_response, to_messages_request
-from gateway.messages_api import ChatToMessagesStream, MessagesPassthrough, chat_to_message, messages_to_chat
-from gateway.routing import DeploymentPool, ModelRoute
+from gateway.protocols.anthropic_upstream import AnthropicStream, UpstreamStreamError, from_messages_response, to_messages_request
+from gateway.protocols.anthropic_clients import ChatToMessagesStream, MessagesPassthrough, chat_to_message, messages_to_chat
+from gateway.upstream.routing import DeploymentPool, ModelRoute
 
 
 @dataclass(slots=True)

@@ -10,16 +10,16 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
-from gateway.config import Retries
-from gateway.errors import GatewayError, unavailable
-from gateway.metrics import GatewayMetrics
-from gateway.quotas import DeploymentQuotas
-from gateway.retry import Backoff, retry_after_seconds
-from gateway.routing import DeploymentPool, ModelRoute, Replica, Router
-from gateway.sse import TruncatedStream, read_event
-from gateway.upstream_http import UpstreamClient, UpstreamClosed, UpstreamConnectError, UpstreamConnectTimeout
-from gateway.usage import CallRecord
-from gateway.wire import MalformedAnswer, Request, StreamAdapter, UpstreamStreamError, read_answer, stream_adapter
+from gateway.config.native import Retries
+from gateway.http.errors import GatewayError, unavailable
+from gateway.observability.metrics import GatewayMetrics
+from gateway.upstream.quotas import DeploymentQuotas
+from gateway.upstream.retry import Backoff, retry_after_seconds
+from gateway.upstream.routing import DeploymentPool, ModelRoute, Replica, Router
+from gateway.protocols.sse import TruncatedStream, read_event
+from gateway.upstream.client import UpstreamClient, UpstreamClosed, UpstreamConnectError, UpstreamConnectTimeout
+from gateway.observability.usage import CallRecord
+from gateway.protocols.request import MalformedAnswer, Request, StreamAdapter, UpstreamStreamError, read_answer, stream_adapter
 
 # Upstream statuses that say "the request is at fault": the client gets them as they are.
 CLIENT_FAULT = frozenset({400, 413, 422})

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from gateway.keys import Limits, Team, VirtualKey
+from gateway.governance.keys import Limits, Team, VirtualKey
 
 # Spend columns and their SQL types. Rows travel as the spool's JSON lines: a batch is one JSON array, inserted
 # by one statement that unpacks it inside the database (a single call, no per-row work in the gateway process).

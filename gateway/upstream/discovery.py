@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from gateway.config import EndpointSlices
-from gateway.routing import DeploymentPool
+from gateway.config.native import EndpointSlices
+from gateway.upstream.routing import DeploymentPool
 from gateway.tasks import cancel
 
 ServiceLabel = "kubernetes.io/service-name"

@@ -16,13 +16,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from gateway.governance_config import parse_duration
-from gateway.keys import KeyCache, Limits
-from gateway.limits import RateLimiter, key_scope, team_scope
+from gateway.config.governance import parse_duration
+from gateway.governance.keys import KeyCache, Limits
+from gateway.governance.limits.scopes import RateLimiter, key_scope, team_scope
 from gateway.tasks import cancel
 
 if TYPE_CHECKING:
-    from gateway.store import LedgerStore
+    from gateway.governance.store.sqlite import LedgerStore
 
 
 class BudgetSync:

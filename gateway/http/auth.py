@@ -7,8 +7,8 @@ import hmac
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.config import ConfigError
-from gateway.errors import GatewayError, unauthorized
+from gateway.config.native import ConfigError
+from gateway.http.errors import GatewayError, unauthorized
 
 # Keys that appear in docs, quick-starts and our own examples: never accepted for real traffic.
 KNOWN_DEFAULT_KEYS = frozenset({"sk-1234", "sk-12345", "sk-1234567890", "sk-master", "changeme", "secret", "password"})

@@ -204,7 +204,7 @@ class MessagesPassthrough:
         elif kind == "message_stop":
             self.done = True
         elif kind == "error":
-            from gateway.anthropic import UpstreamStreamError
+            from gateway.protocols.anthropic_upstream import UpstreamStreamError
 
             raise UpstreamStreamError(str((event.get("error") or {}).get("message", "upstream error")))
         return raw

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gateway.auth import Principal, key_id
-from gateway.errors import GatewayError, unauthorized
+from gateway.http.auth import Principal, key_id
+from gateway.http.errors import GatewayError, unauthorized
 from gateway.tasks import cancel
 
 KEY_PREFIX = "sk-llmp-"

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from itertools import count
 from typing import Any
 
-from gateway.config import GatewayConfig
-from gateway.spool import Segment, SpendSpool
-from gateway.store import LedgerStore
+from gateway.config.native import GatewayConfig
+from gateway.governance.ledger.spool import Segment, SpendSpool
+from gateway.governance.store.sqlite import LedgerStore
 from gateway.tasks import cancel
 
 
