@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 class _Strict(BaseModel):
-    # Same rule as gateway.config: unknown keys are typos, refused by name.
+    # Same rule as gateway.config.native: unknown keys are typos, refused by name.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -56,7 +56,7 @@ class RedisSettings(_Strict):
     @classmethod
     def _scheme(cls, value: str) -> str:
         if value.startswith(SECRET):
-            return value  # read from the secret store at start (gateway.provider_keys)
+            return value  # read from the secret store at start (gateway.governance.provider_keys)
         if not value.startswith(("redis://", "rediss://")):
             raise ValueError(f"{value!r} is not a redis:// or rediss:// URL")
         return value

@@ -44,7 +44,9 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from gateway.config.native import ConfigError, GatewayConfig, parse_native, resolve_env
+from gateway.config.env import resolve_env
+from gateway.config.errors import ConfigError
+from gateway.config.native import GatewayConfig, parse_native
 
 # LiteLLM provider prefixes that speak OpenAI's wire protocol.
 OPENAI_COMPATIBLE = frozenset(

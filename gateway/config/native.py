@@ -1,4 +1,4 @@
-"""The gateway's native YAML config format: its schema, loading, validation and error messages.
+"""The gateway's native YAML config format: its schema and validation.
 
 Native format (version 1). One file per gateway (the Pulumi program renders one
 per region into a ConfigMap)::
@@ -77,27 +77,22 @@ Governance (virtual keys, limits, the spend ledger, the admin API) is on when
 ``secret/<name>``: read from ``llm-platform/<stack>/<name>`` in Secrets Manager
 (``secret/providers/openai``, ``secret/gateway/master-key``) or, with
 ``source: env``, from ``<PROVIDER>_API_KEY`` / ``LLMP_MASTER_KEY`` /
-``LLMP_SECRET_<NAME>`` (see ``gateway.provider_keys``).
+``LLMP_SECRET_<NAME>`` (see ``gateway.governance.provider_keys``).
 
-LiteLLM's ``config.yaml`` is accepted too (see ``gateway.litellm_config``);
-``load_config`` tells the two apart by the presence of ``model_list``.
+LiteLLM's ``config.yaml`` is accepted too (see ``gateway.config.litellm``);
+``gateway.config.loading.load_config`` tells the two apart by the presence of ``model_list``.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.config.env import resolve_env
+from gateway.config.errors import ConfigError, format_validation_error
 from gateway.config.governance import KeySettings, LedgerSettings, RedisSettings, SecretsSettings
-
-
-class ConfigError(ValueError):
-    """A config file problem, worded for the person who wrote the file."""
 
 
 class _Strict(BaseModel):
@@ -273,50 +268,6 @@ def _check_url(url: str) -> str:
     return url.rstrip("/")
 
 
-ENV_PREFIX = "os.environ/"
-
-
-def resolve_env(value: Any, where: str = "") -> Any:
-    """Replace every `os.environ/NAME` string (LiteLLM's convention) by the variable's value."""
-    if isinstance(value, str):
-        if value.startswith(ENV_PREFIX):
-            name = value[len(ENV_PREFIX):]
-            if name not in os.environ:
-                raise ConfigError(f"{where or 'value'}: environment variable {name} is not set")
-            return os.environ[name]
-        return value
-    if isinstance(value, dict):
-        return {k: resolve_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [resolve_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    return value
-
-
-def format_validation_error(exc: ValidationError, doc: Any = None) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = _loc(err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif err["type"] == "missing":
-            msg = "required field is missing"
-        lines.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(lines)
-
-
-def _loc(parts: tuple[Any, ...]) -> str:
-    out = ""
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("int", "str", "float", "bool"):
-            continue  # union branch names from pydantic, not fields the user wrote
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
 def parse_native(doc: Any) -> GatewayConfig:
     if not isinstance(doc, dict):
         raise ConfigError("config: expected a mapping at the top level")
@@ -327,28 +278,3 @@ def parse_native(doc: Any) -> GatewayConfig:
         raise ConfigError(format_validation_error(exc)) from None
 
 
-def parse_config(doc: Any) -> GatewayConfig:
-    """Native format, or LiteLLM's when the document has a `model_list`."""
-    if isinstance(doc, dict) and "model_list" in doc:
-        from gateway.config.litellm import from_litellm
-
-        return from_litellm(doc)
-    return parse_native(doc)
-
-
-def load_config(path: str | Path) -> GatewayConfig:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    try:
-        return parse_config(doc)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None

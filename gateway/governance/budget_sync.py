@@ -14,19 +14,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from gateway.config.governance import parse_duration
 from gateway.governance.keys import KeyCache, Limits
 from gateway.governance.limits.scopes import RateLimiter, key_scope, team_scope
+from gateway.governance.store.protocol import LedgerStore
 from gateway.tasks import cancel
-
-if TYPE_CHECKING:
-    from gateway.governance.store.sqlite import LedgerStore
 
 
 class BudgetSync:
-    def __init__(self, store: "LedgerStore", cache: KeyCache, limiter: RateLimiter, interval: float,
+    def __init__(self, store: LedgerStore, cache: KeyCache, limiter: RateLimiter, interval: float,
                  on_event: Callable[..., None]) -> None:
         self.store = store
         self.cache = cache

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gateway.http.errors import GatewayError, bad_request
 from gateway.config.governance import parse_duration
+from gateway.config.native import GatewayConfig
+from gateway.governance.budget_sync import BudgetSync
 from gateway.governance.keys import KeyCache, Limits, Team, VirtualKey, VirtualKeyAuth
-from gateway.governance.ledger.spend import Prices, SpendLedger, spend_row
+from gateway.governance.ledger.prices import Prices
+from gateway.governance.ledger.spend import SpendLedger, spend_row
 from gateway.governance.limits.scopes import NO_LIMIT, RateLimiter, Scope, key_scope, reserve_tokens, team_scope
+from gateway.governance.store.protocol import LedgerStore
+from gateway.http.errors import GatewayError, bad_request
 from gateway.observability.usage import CallRecord
-
-if TYPE_CHECKING:
-    from gateway.governance.budget_sync import BudgetSync
-    from gateway.config.native import GatewayConfig
-    from gateway.upstream.routing import ModelRoute
-    from gateway.governance.store.sqlite import LedgerStore
-    from gateway.protocols.request import Request
+from gateway.protocols.request import Request
+from gateway.upstream.routing import ModelRoute
 
 MASTER_TOKEN = "master"
 
@@ -44,9 +43,9 @@ def _scope(name: str, label: str, limits: Limits, rpm: int | None = None, tpm: i
 class Governance:
     """The gate (`admit`) and the usage hook (`record`) of the app when governance is configured."""
 
-    def __init__(self, config: "GatewayConfig", auth: VirtualKeyAuth, cache: KeyCache, limiter: RateLimiter,
-                 ledger: SpendLedger, store: "LedgerStore", on_event: Callable[..., None],
-                 budgets: "BudgetSync | None" = None) -> None:
+    def __init__(self, config: GatewayConfig, auth: VirtualKeyAuth, cache: KeyCache, limiter: RateLimiter,
+                 ledger: SpendLedger, store: LedgerStore, on_event: Callable[..., None],
+                 budgets: BudgetSync | None = None) -> None:
         self.config = config
         self.auth = auth
         self.cache = cache
@@ -62,11 +61,11 @@ class Governance:
         self._event = on_event
         self._scopes: dict[tuple[str, str], tuple[Scope, ...]] = {}
         self._scopes_generation = -1
-        self._zone_routes: dict[tuple[str, str], "ModelRoute"] = {}
+        self._zone_routes: dict[tuple[str, str], ModelRoute] = {}
 
     # ---- on the way in --------------------------------------------------------------------------
 
-    async def admit(self, principal: Any, request: "Request", route: "ModelRoute", record: CallRecord) -> "ModelRoute":
+    async def admit(self, principal: Any, request: Request, route: ModelRoute, record: CallRecord) -> ModelRoute:
         """Refuse with a clear 400/403/429, or count the call in every scope it falls under; the route to use."""
         alias = request.alias
         size = len(request.raw)
@@ -116,12 +115,10 @@ class Governance:
         record.ticket = await self.limiter.admit(record.request_id, scopes, tokens, cost, self.deadline_s)
         return route
 
-    def _pinned(self, route: "ModelRoute", zone: str) -> "ModelRoute":
+    def _pinned(self, route: ModelRoute, zone: str) -> ModelRoute:
         """On a gateway serving every zone, a pinned key's call uses only its zone's deployments."""
         pinned = self._zone_routes.get((route.alias, zone))
         if pinned is None:
-            from gateway.upstream.routing import ModelRoute
-
             # No fallback aliases: their deployments are not filtered by the proxy, and could leave the zone.
             pinned = ModelRoute(route.alias, route.max_tokens, [],
                                 [d for d in route.deployments if d.config.residency == zone])
@@ -196,32 +193,3 @@ class Governance:
         await self.limiter.stop()
         await self.ledger.stop()
         await self.store.close()
-
-
-def build_governance(config: "GatewayConfig", on_event: Callable[..., None]) -> Governance:
-    """Governance from the `ledger`, `redis` and `keys` sections (the caller checked `ledger` is set)."""
-    from gateway.governance.budget_sync import BudgetSync
-    from gateway.governance.limits.scopes import LocalLimiter
-    from gateway.governance.limits.redis_limiter import RedisLimiter
-    from gateway.governance.ledger.spool import SpendSpool
-    from gateway.governance.store.sqlite import open_store
-
-    settings = config.ledger
-    assert settings is not None
-    store = open_store(settings.store, settings.store_timeout)
-    cache = KeyCache(store, config.keys.refresh_seconds, on_event)
-    auth = VirtualKeyAuth(config.gateway.master_key or "", cache)
-    limiter: RateLimiter
-    if config.redis is not None:
-        r = config.redis
-        limiter = RedisLimiter(r.url, fail_open=r.on_unavailable == "fail-open", timeout_ms=r.timeout_ms,
-                               retry_after_ms=r.retry_after_ms, settle_interval_ms=r.settle_interval_ms,
-                               lease_requests=r.lease_requests, on_event=on_event)
-    else:
-        limiter = LocalLimiter()
-    ledger = SpendLedger(SpendSpool(settings.spool_dir, settings.fsync == "always"), store, settings.flush_interval,
-                         settings.batch, on_event)
-    budgets = None
-    if settings.budget_sync_seconds > 0:
-        budgets = BudgetSync(store, cache, limiter, settings.budget_sync_seconds, on_event)
-    return Governance(config, auth, cache, limiter, ledger, store, on_event, budgets)

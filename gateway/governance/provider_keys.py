@@ -20,8 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway.config.native import ConfigError, GatewayConfig
+from gateway.config.errors import ConfigError
 from gateway.config.governance import SecretsSettings
+from gateway.config.native import GatewayConfig
 from gateway.tasks import cancel
 
 PREFIX = "secret/"

@@ -29,138 +29,28 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from gateway.config.native import format_validation_error
-from gateway.http.errors import GatewayError, bad_request, unauthorized
 from gateway.governance.gate import Governance
-from gateway.config.governance import parse_duration
-from gateway.governance.keys import KEY_PREFIX, Limits, Team, VirtualKey, hash_key, key_name, new_key
-from gateway.governance.store.sqlite import Conflict, StoreError
+from gateway.governance.keys import KEY_PREFIX, Team, VirtualKey, hash_key, key_name, new_key
+from gateway.governance.store.protocol import Conflict, StoreError
+from gateway.http.admin_fields import (
+    DeleteFields,
+    KeyFields,
+    TeamFields,
+    expiry,
+    key_view,
+    limits_from,
+    parse_fields,
+    team_view,
+)
+from gateway.http.errors import GatewayError, bad_request, unauthorized
 
 JSON = "application/json"
-LIMIT_FIELDS = ("max_budget", "budget_duration", "rpm_limit", "tpm_limit", "max_parallel_requests")
 _TOKEN = re.compile(r"^[0-9a-f]{64}$")
-
-
-class _Fields(BaseModel):
-    # Unknown fields are kept aside (LiteLLM has many we do not use) and reported, not refused.
-    model_config = ConfigDict(extra="allow")
-
-    models: list[str] | None = None
-    max_budget: float | None = Field(None, ge=0)
-    budget_duration: str | None = None
-    rpm_limit: int | None = Field(None, ge=0)
-    tpm_limit: int | None = Field(None, ge=0)
-    max_parallel_requests: int | None = Field(None, ge=0)
-    metadata: dict[str, Any] | None = None
-    residency: str | None = None
-    blocked: bool | None = None
-
-    @field_validator("budget_duration")
-    @classmethod
-    def _duration(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_duration(value)
-        return value
-
-
-class KeyFields(_Fields):
-    key_alias: str | None = None
-    duration: str | None = None
-    expires: str | float | None = None
-    team_id: str | None = None
-    user_id: str | None = None
-    key: str | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    max_request_bytes: int | None = Field(None, ge=1)
-    model_rpm_limit: dict[str, int] | None = None
-    model_tpm_limit: dict[str, int] | None = None
-
-    @field_validator("duration")
-    @classmethod
-    def _key_duration(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_duration(value)
-        return value
-
-
-class TeamFields(_Fields):
-    team_id: str | None = None
-    team_alias: str | None = None
-
-
-class DeleteFields(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    keys: list[str] = []
-    key_aliases: list[str] = []
-
-
-def _parse(model: type[BaseModel], body: Any) -> BaseModel:
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object.")
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        raise bad_request(format_validation_error(exc), _first_field(exc)) from None
-
-
-def _first_field(exc: ValidationError) -> str | None:
-    errors = exc.errors()
-    return str(errors[0]["loc"][0]) if errors and errors[0]["loc"] else None
-
-
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat()
-
-
-def _expires(fields: KeyFields, now: float) -> float | None:
-    if fields.duration is not None:
-        return now + parse_duration(fields.duration)
-    value = fields.expires
-    if value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise bad_request(f"expires: {value!r} is not an ISO 8601 date-time", "expires") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
-    return parsed.timestamp()
-
-
-def key_view(key: VirtualKey, revoked: bool = False) -> dict[str, Any]:
-    d = dataclasses.asdict(key)
-    limits = d.pop("limits")
-    d.update(limits)
-    d["models"] = list(key.models)
-    d["expires"] = _iso(key.expires)
-    d["created_at"] = _iso(key.created_at)
-    if revoked:
-        d["revoked"] = True
-    return d
-
-
-def team_view(team: Team) -> dict[str, Any]:
-    d = dataclasses.asdict(team)
-    d.update(d.pop("limits"))
-    d["models"] = list(team.models)
-    d["created_at"] = _iso(team.created_at)
-    return d
 
 
 def _json(payload: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(payload), content_type=JSON)
-
-
-def _limits(fields: _Fields, base: Limits | None = None) -> Limits:
-    values = dataclasses.asdict(base) if base is not None else {}
-    for name in LIMIT_FIELDS:
-        if name in fields.model_fields_set:
-            values[name] = getattr(fields, name)
-    return Limits(**values)
 
 
 class AdminApi:
@@ -233,7 +123,7 @@ class AdminApi:
     # ---- keys -----------------------------------------------------------------------------------
 
     async def key_generate(self, http: web.Request) -> web.Response:
-        fields = _parse(KeyFields, await self._body(http))
+        fields = parse_fields(KeyFields, await self._body(http))
         assert isinstance(fields, KeyFields)
         await self._team(fields.team_id)
         now = time.time()
@@ -242,10 +132,10 @@ class AdminApi:
             raise bad_request("key: a custom key must start with `sk-` and be at least 20 characters", "key")
         record = VirtualKey(
             token=hash_key(key), key_name=key_name(key), key_alias=fields.key_alias, team_id=fields.team_id,
-            models=tuple(fields.models or ()), residency=fields.residency, limits=_limits(fields),
+            models=tuple(fields.models or ()), residency=fields.residency, limits=limits_from(fields),
             model_rpm_limit=fields.model_rpm_limit or {}, model_tpm_limit=fields.model_tpm_limit or {},
             max_tokens=fields.max_tokens, max_request_bytes=fields.max_request_bytes,
-            expires=_expires(fields, now), metadata=fields.metadata or {}, user_id=fields.user_id,
+            expires=expiry(fields, now), metadata=fields.metadata or {}, user_id=fields.user_id,
             blocked=bool(fields.blocked), created_at=now,
         )
         await self.store.insert_key(record)
@@ -271,11 +161,11 @@ class AdminApi:
         key, revoked = await self._resolve_key(body.get("key"))
         if revoked:
             raise bad_request("key: this key was deleted; generate a new one", "key")
-        fields = _parse(KeyFields, {k: v for k, v in body.items() if k != "key"})
+        fields = parse_fields(KeyFields, {k: v for k, v in body.items() if k != "key"})
         assert isinstance(fields, KeyFields)
         if "team_id" in fields.model_fields_set:
             await self._team(fields.team_id)
-        changes: dict[str, Any] = {"limits": _limits(fields, key.limits)}
+        changes: dict[str, Any] = {"limits": limits_from(fields, key.limits)}
         for name in ("key_alias", "team_id", "residency", "max_tokens", "max_request_bytes", "user_id"):
             if name in fields.model_fields_set:
                 changes[name] = getattr(fields, name)
@@ -287,7 +177,7 @@ class AdminApi:
         if "blocked" in fields.model_fields_set:
             changes["blocked"] = bool(fields.blocked)
         if fields.model_fields_set & {"duration", "expires"}:
-            changes["expires"] = _expires(fields, time.time())
+            changes["expires"] = expiry(fields, time.time())
         updated = dataclasses.replace(key, **changes)
         await self.store.update_key(updated)
         await self._changed()
@@ -297,7 +187,7 @@ class AdminApi:
         return _json(view)
 
     async def key_delete(self, http: web.Request) -> web.Response:
-        fields = _parse(DeleteFields, await self._body(http))
+        fields = parse_fields(DeleteFields, await self._body(http))
         assert isinstance(fields, DeleteFields)
         if not fields.keys and not fields.key_aliases:
             raise bad_request("keys: give `keys` (keys or tokens) and/or `key_aliases`", "keys")
@@ -331,10 +221,10 @@ class AdminApi:
     # ---- teams ----------------------------------------------------------------------------------
 
     async def team_new(self, http: web.Request) -> web.Response:
-        fields = _parse(TeamFields, await self._body(http))
+        fields = parse_fields(TeamFields, await self._body(http))
         assert isinstance(fields, TeamFields)
         team = Team(team_id=fields.team_id or str(uuid.uuid4()), team_alias=fields.team_alias,
-                    models=tuple(fields.models or ()), residency=fields.residency, limits=_limits(fields),
+                    models=tuple(fields.models or ()), residency=fields.residency, limits=limits_from(fields),
                     metadata=fields.metadata or {}, blocked=bool(fields.blocked), created_at=time.time())
         try:
             await self.store.insert_team(team)
@@ -344,7 +234,7 @@ class AdminApi:
         return _json(team_view(team))
 
     async def team_update(self, http: web.Request) -> web.Response:
-        fields = _parse(TeamFields, await self._body(http))
+        fields = parse_fields(TeamFields, await self._body(http))
         assert isinstance(fields, TeamFields)
         if not fields.team_id:
             raise bad_request("team_id: required", "team_id")
@@ -352,7 +242,7 @@ class AdminApi:
         if team is None:
             raise GatewayError(404, f"team_id: team `{fields.team_id}` does not exist", "invalid_request_error",
                                "team_id", "team_not_found")
-        changes: dict[str, Any] = {"limits": _limits(fields, team.limits)}
+        changes: dict[str, Any] = {"limits": limits_from(fields, team.limits)}
         for name in ("team_alias", "residency"):
             if name in fields.model_fields_set:
                 changes[name] = getattr(fields, name)

@@ -7,7 +7,7 @@ import hmac
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.config.native import ConfigError
+from gateway.config.errors import ConfigError
 from gateway.http.errors import GatewayError, unauthorized
 
 # Keys that appear in docs, quick-starts and our own examples: never accepted for real traffic.

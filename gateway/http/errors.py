@@ -7,6 +7,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.protocols.anthropic_clients import anthropic_error
+
 JSON = "application/json"
 
 
@@ -44,8 +46,6 @@ class GatewayError(Exception):
         return b"data: " + orjson.dumps(self.body()) + b"\n\n"
 
     def anthropic_body(self) -> dict[str, Any]:
-        from gateway.protocols.anthropic_clients import anthropic_error
-
         return anthropic_error(self.status, self.message)
 
     def anthropic_response(self, extra_headers: dict[str, str] | None = None) -> web.Response:

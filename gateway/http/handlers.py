@@ -4,26 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 from gateway.http.errors import GatewayError, bad_request, model_not_found
 from gateway.http.responses import answer, relay_stream
-from gateway.upstream.routing import HOP_HEADER
+from gateway.http.state import AppState
 from gateway.observability.usage import CallRecord
 from gateway.protocols.request import Request
-
-if TYPE_CHECKING:
-    from gateway.http.app import AppState
+from gateway.upstream.routing import HOP_HEADER
 
 JSON = "application/json"
 perf = time.perf_counter
 
 
 class Endpoints:
-    def __init__(self, state: "AppState") -> None:
+    def __init__(self, state: AppState) -> None:
         self.state = state
 
     def routes(self) -> list[web.RouteDef]:

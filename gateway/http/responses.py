@@ -10,10 +10,9 @@ import orjson
 from aiohttp import web
 
 from gateway.http.errors import GatewayError
-from gateway.upstream.attempts import Opened
-from gateway.protocols.sse import TruncatedStream, read_event
 from gateway.observability.usage import CallRecord
-from gateway.protocols.request import UpstreamStreamError
+from gateway.protocols.sse import TruncatedStream, UpstreamStreamError, read_event
+from gateway.upstream.attempts import Opened
 
 JSON = "application/json"
 SSE_HEADERS = {

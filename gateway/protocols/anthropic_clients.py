@@ -6,6 +6,8 @@ from typing import Any
 
 import orjson
 
+from gateway.protocols.sse import UpstreamStreamError
+
 STOP_REASON = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
                "content_filter": "refusal"}
 
@@ -204,8 +206,6 @@ class MessagesPassthrough:
         elif kind == "message_stop":
             self.done = True
         elif kind == "error":
-            from gateway.protocols.anthropic_upstream import UpstreamStreamError
-
             raise UpstreamStreamError(str((event.get("error") or {}).get("message", "upstream error")))
         return raw
 

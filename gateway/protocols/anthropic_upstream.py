@@ -7,13 +7,11 @@ from typing import Any
 
 import orjson
 
+from gateway.protocols.sse import UpstreamStreamError
+
 DEFAULT_MAX_TOKENS = 4096  # Messages requires max_tokens; OpenAI clients often leave it out
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
           "pause_turn": "stop", "refusal": "content_filter"}
-
-
-class UpstreamStreamError(Exception):
-    """The upstream sent an error event inside the stream."""
 
 
 def to_messages_request(body: dict[str, Any], model: str, cap: int | None) -> dict[str, Any]:

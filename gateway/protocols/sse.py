@@ -1,4 +1,4 @@
-"""Reading server-sent events off an upstream response, one whole event at a time."""
+"""Reading server-sent events off an upstream response, one whole event at a time, and how such a stream fails."""
 
 from __future__ import annotations
 
@@ -35,3 +35,7 @@ async def read_event(content: StreamReader) -> tuple[bytes, bytes] | None:
 
 class TruncatedStream(Exception):
     """The upstream closed the stream before its end marker."""
+
+
+class UpstreamStreamError(Exception):
+    """The upstream sent an error event inside the stream."""

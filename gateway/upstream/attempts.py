@@ -13,13 +13,14 @@ import orjson
 from gateway.config.native import Retries
 from gateway.http.errors import GatewayError, unavailable
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.usage import CallRecord
+from gateway.protocols.answers import MalformedAnswer, StreamAdapter, read_answer, stream_adapter
+from gateway.protocols.request import Request
+from gateway.protocols.sse import TruncatedStream, UpstreamStreamError, read_event
+from gateway.upstream.client import UpstreamClient, UpstreamClosed, UpstreamConnectError, UpstreamConnectTimeout
 from gateway.upstream.quotas import DeploymentQuotas
 from gateway.upstream.retry import Backoff, retry_after_seconds
 from gateway.upstream.routing import DeploymentPool, ModelRoute, Replica, Router
-from gateway.protocols.sse import TruncatedStream, read_event
-from gateway.upstream.client import UpstreamClient, UpstreamClosed, UpstreamConnectError, UpstreamConnectTimeout
-from gateway.observability.usage import CallRecord
-from gateway.protocols.request import MalformedAnswer, Request, StreamAdapter, UpstreamStreamError, read_answer, stream_adapter
 
 # Upstream statuses that say "the request is at fault": the client gets them as they are.
 CLIENT_FAULT = frozenset({400, 413, 422})
@@ -197,7 +198,7 @@ class Proxy:
                     adapter = stream_adapter(dep, request)
                     first = await _first_output(response, adapter)
                     return Opened(dep, replica, response, first, adapter)
-            # A whole answer, through the lean client (see upstream_http.py for the measurement).
+            # A whole answer, through the lean client (see upstream/client.py for the measurement).
             t = dep.timeouts
             answer = await self.client.post(replica.connections, dep.request_head(replica, request.endpoint), payload,
                                             t.connect, min(t.first_byte, t.total))

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.config.native import EndpointSlices
-from gateway.upstream.routing import DeploymentPool
 from gateway.tasks import cancel
+from gateway.upstream.routing import DeploymentPool
 
 ServiceLabel = "kubernetes.io/service-name"
 EventSink = Callable[..., None]

@@ -8,15 +8,12 @@ the bounds gateway/README.md gives); without it they are in-process, per replica
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from gateway.config.native import GatewayConfig
+from gateway.governance.limits.in_process import LocalLimiter
+from gateway.governance.limits.scopes import NO_LIMIT, RateLimiter, Scope, Ticket, reserve_tokens
 from gateway.http.errors import GatewayError
-from gateway.governance.limits.scopes import NO_LIMIT, LocalLimiter, RateLimiter, Scope, Ticket, reserve_tokens
-
-if TYPE_CHECKING:
-    from gateway.config.native import GatewayConfig
-    from gateway.observability.usage import CallRecord
-    from gateway.protocols.request import Request
+from gateway.observability.usage import CallRecord
+from gateway.protocols.request import Request
 
 
 class DeploymentQuotas:
@@ -26,7 +23,7 @@ class DeploymentQuotas:
         self.deadline_s = deadline_s  # as governance's: the limiter keeps one heartbeat length
 
     @classmethod
-    def for_config(cls, config: "GatewayConfig", limiter: RateLimiter | None) -> "DeploymentQuotas | None":
+    def for_config(cls, config: GatewayConfig, limiter: RateLimiter | None) -> DeploymentQuotas | None:
         """None when no deployment has a quota (nothing to do on the request path)."""
         scopes = {
             d.name: (Scope(f"d:{d.name}", f"deployment `{d.name}`", rpm=NO_LIMIT if d.rpm is None else d.rpm,
@@ -37,7 +34,7 @@ class DeploymentQuotas:
             return None
         return cls(scopes, limiter or LocalLimiter(), config.gateway.timeouts.total + 60)
 
-    async def take(self, deployment: str, request: "Request", record: "CallRecord") -> bool:
+    async def take(self, deployment: str, request: Request, record: CallRecord) -> bool:
         """Count one attempt on `deployment`; False when it is at its quota (or its counter cannot be reached)."""
         scopes = self.scopes.get(deployment)
         if scopes is None:
@@ -51,7 +48,7 @@ class DeploymentQuotas:
         record.quota_tickets.append((deployment, ticket))
         return True
 
-    def settle(self, record: "CallRecord") -> None:
+    def settle(self, record: CallRecord) -> None:
         """After the call: the deployment that answered used its tokens; the attempts that failed used none."""
         tickets: list[tuple[str, Ticket]] = record.quota_tickets
         for deployment, ticket in tickets:

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import aiohttp
 from yarl import URL
 
-from gateway.upstream.circuit import CircuitBreaker
 from gateway.config.native import Deployment, GatewayConfig, Timeouts
-from gateway.upstream.hashring import BoundedLoadRing
+from gateway.upstream.circuit import CircuitBreaker
 from gateway.upstream.client import ReplicaConnections
+from gateway.upstream.hashring import BoundedLoadRing
 
 # Endpoints each wire protocol serves, and the path under the deployment's base URL.
 PATHS: dict[str, dict[str, str]] = {

@@ -11,8 +11,9 @@ import orjson
 import pytest
 from aiohttp import web
 
-from gateway.http.app import STATE, AppState, build_app
 from gateway.config.native import GatewayConfig, parse_native
+from gateway.http.app import build_app
+from gateway.http.state import STATE, AppState
 from gateway.sim import SimServer, SimSettings
 
 KEY = "sk-llmp-test-0123456789abcdef0123456789abcdef"  # fake, long enough to pass the start-up check

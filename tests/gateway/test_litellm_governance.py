@@ -7,7 +7,8 @@ from typing import Any
 import openai
 import pytest
 
-from gateway.config.native import ConfigError, parse_config
+from gateway.config.errors import ConfigError
+from gateway.config.loading import parse_config
 from tests.gateway.conftest import KEY
 from tests.gateway.servers import RedisServer, redis_server  # noqa: F401 - fixture
 from tests.gateway.test_keys_admin import admin

@@ -10,8 +10,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from gateway.config.errors import ConfigError
+from gateway.config.native import parse_native
 from gateway.http.app import build_app
-from gateway.config.native import ConfigError, parse_native
 from tests.gateway.conftest import MODEL, deployment, gateway_config
 
 MASTER = "sk-llmp-master-from-secrets-manager-0123456789abcdef"

@@ -1,4 +1,4 @@
-"""Rate limits, parallel-request limits and budgets: scopes, tickets, and the in-process limiter.
+"""Rate limits, parallel-request limits and budgets: scopes, tickets, the limiter interface, windows.
 
 Each request is admitted against a list of scopes (the key, its team, the key on this
 model); a scope has optional RPM, TPM, budget and parallel limits. Admission checks
@@ -12,17 +12,15 @@ days), or for ever when no duration is given. A request is admitted while the wi
 count (reservations included) is below the limit, so TPM and budget exceed their limit
 by at most one request's reservation, plus what in-flight requests use beyond their
 reservation (only when a client gives no max_tokens and the model has no cap, or the
-prompt has more tokens than bytes/4). `gateway.redis_limits` shares the counters across
-replicas with the same bounds.
+prompt has more tokens than bytes/4). `gateway.governance.limits.in_process` counts in
+one process; `gateway.governance.limits.redis_limiter` shares the counters across replicas with
+the same bounds.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.http.errors import GatewayError
@@ -97,98 +95,9 @@ def refused(scope: Scope, what: str, retry_after: int, detail: str = "") -> Gate
     return GatewayError(429, message, kind, None, code, {"Retry-After": str(max(1, retry_after))})
 
 
-def _raise(scope: Scope, what: str, retry: int) -> Ticket:
-    raise refused(scope, what, retry)
-
-
-# ---- in-process ----------------------------------------------------------------------------------
-
-@dataclass
-class _Counters:
-    rpm: dict[int, int] = field(default_factory=dict)
-    tpm: dict[int, int] = field(default_factory=dict)
-    spend: dict[str, float] = field(default_factory=dict)
-    parallel: dict[str, float] = field(default_factory=dict)
-
-
-class LocalLimiter:
-    """The same semantics in this process only: right for one gateway, multiplied by N replicas."""
-
-    description = "in-process counters (this replica only: configure redis.url to share limits across replicas)"
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
-        self._scopes: dict[str, _Counters] = {}
-        self._ids = itertools.count()
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    async def admit(self, request_id: str, scopes: tuple[Scope, ...], tokens: int, cost: float,
-                    deadline_s: float) -> Ticket:
-        now = self._clock()
-        now_s = int(now)
-        minute = now_s // 60
-        counters = [self._scopes.setdefault(s.name, _Counters()) for s in scopes]
-        slot = f"{request_id}:{next(self._ids)}"  # request ids come from clients: not unique
-        for s, c in zip(scopes, counters):
-            if s.rpm >= 0 and c.rpm.get(minute, 0) >= s.rpm:
-                return _raise(s, "rpm", 60 - now_s % 60)
-            if s.tpm >= 0 and c.tpm.get(minute, 0) >= s.tpm:
-                return _raise(s, "tpm", 60 - now_s % 60)
-            if s.budget >= 0 and c.spend.get(window_name(now_s, s.budget_seconds), 0.0) >= s.budget:
-                return _raise(s, "budget", s.budget_seconds - now_s % s.budget_seconds if s.budget_seconds else 86400)
-            if s.parallel >= 0:
-                for rid in [r for r, d in c.parallel.items() if d <= now]:
-                    del c.parallel[rid]
-                if len(c.parallel) >= s.parallel:
-                    return _raise(s, "parallel", 1)
-        for s, c in zip(scopes, counters):
-            if s.rpm >= 0:
-                _bump(c.rpm, minute, 1)
-            if s.tpm >= 0:
-                _bump(c.tpm, minute, tokens)
-            if s.budget >= 0:
-                w = window_name(now_s, s.budget_seconds)
-                c.spend[w] = c.spend.get(w, 0.0) + cost
-            if s.parallel >= 0:
-                c.parallel[slot] = now + deadline_s
-        return Ticket(slot, scopes, tokens, cost, minute, now_s)
-
-    def settle(self, ticket: Ticket, tokens: int, cost: float) -> None:
-        for s in ticket.scopes:
-            c = self._scopes.get(s.name)
-            if c is None:
-                continue
-            if s.tpm >= 0 and ticket.minute in c.tpm:
-                c.tpm[ticket.minute] += tokens - ticket.reserved_tokens
-            if s.budget >= 0:
-                w = window_name(ticket.now_s, s.budget_seconds)
-                if w in c.spend:
-                    c.spend[w] += cost - ticket.reserved_cost
-            if s.parallel >= 0:
-                c.parallel.pop(ticket.request_id, None)
-
-    async def raise_spend(self, spends: list[tuple[str, int, float]]) -> None:
-        now_s = int(self._clock())
-        for name, budget_seconds, amount in spends:
-            spend = self._scopes.setdefault(name, _Counters()).spend
-            w = window_name(now_s, budget_seconds)
-            spend[w] = max(spend.get(w, 0.0), amount)
-
-
 def window_name(now_s: int, budget_seconds: int) -> str:
     """The budget window `now_s` falls in, as counters are keyed: windows aligned to the epoch, or "all" (lifetime)."""
     return str(now_s // budget_seconds) if budget_seconds else "all"
-
-
-def _bump(counts: dict[int, int], minute: int, by: int) -> None:
-    counts[minute] = counts.get(minute, 0) + by
-    for old in [m for m in counts if m < minute - 1]:
-        del counts[old]
 
 
 def reserve_tokens(request_bytes: int, max_tokens: int | None) -> int:
