@@ -36,7 +36,7 @@ class SecretsSettings(_Strict):
     endpoint_url: str | None = None  # a VPC endpoint, or a local Secrets Manager in tests
 
     @model_validator(mode="after")
-    def _aws_needs_stack(self) -> "SecretsSettings":
+    def _aws_needs_stack(self) -> SecretsSettings:
         if self.source == "aws-secretsmanager" and not self.stack:
             raise ValueError("'stack' is required when source is aws-secretsmanager")
         return self

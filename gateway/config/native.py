@@ -152,7 +152,7 @@ class Replicas(_Strict):
     endpoint_slices: EndpointSlices | None = None
 
     @model_validator(mode="after")
-    def _exactly_one_source(self) -> "Replicas":
+    def _exactly_one_source(self) -> Replicas:
         if (self.static is None) == (self.endpoint_slices is None):
             raise ValueError("give exactly one of 'static' or 'endpoint_slices'")
         if self.static is not None:
@@ -187,7 +187,7 @@ class Deployment(_Strict):
         return None if value is None else _check_url(value)
 
     @model_validator(mode="after")
-    def _one_upstream(self) -> "Deployment":
+    def _one_upstream(self) -> Deployment:
         if (self.api_base is None) == (self.replicas is None):
             raise ValueError("give exactly one of 'api_base' or 'replicas'")
         return self
@@ -226,7 +226,7 @@ class GatewayConfig(_Strict):
     keys: KeySettings = KeySettings()
 
     @model_validator(mode="after")
-    def _references(self) -> "GatewayConfig":
+    def _references(self) -> GatewayConfig:
         aliases = [m.alias for m in self.models]
         seen: set[str] = set()
         for alias in aliases:

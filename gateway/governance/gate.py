@@ -1,4 +1,5 @@
-"""Governance on the request path: model access, residency, caps, limits on the way in; ledger and settlement on the way out."""
+"""Governance on the request path: model access, residency, caps, limits on the way in;
+ledger and settlement on the way out."""
 
 from __future__ import annotations
 

@@ -76,7 +76,7 @@ class AwsSecrets:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            value = self.client.get_secret_value(SecretId=self.where(name)).get("SecretString")
+            value: str | None = self.client.get_secret_value(SecretId=self.where(name)).get("SecretString")
         except ClientError as exc:
             raise LookupError(exc.response.get("Error", {}).get("Code", "ClientError")) from None
         except BotoCoreError as exc:
@@ -139,7 +139,8 @@ def read_all(source: SecretSource, refs: list[SecretRef]) -> dict[str, str]:
     return values
 
 
-def resolve_secrets(config: GatewayConfig, source: SecretSource | None = None) -> tuple[GatewayConfig, "SecretRefresher | None"]:
+def resolve_secrets(config: GatewayConfig,
+                    source: SecretSource | None = None) -> tuple[GatewayConfig, SecretRefresher | None]:
     """The config with every `secret/...` value read; and a refresher, or None when nothing names a secret."""
     refs = references(config)
     if not refs:
@@ -160,7 +161,8 @@ def apply(config: GatewayConfig, refs: list[SecretRef], values: dict[str, str]) 
         if ref.field == "gateway.master_key":
             gateway = gateway.model_copy(update={"master_key": values[ref.name]})
         elif ref.field == "ledger.store" and ledger is not None:
-            ledger = ledger.model_copy(update={"store": _checked_url(values[ref.name], ref, ("sqlite:///", "postgres"))})
+            store = _checked_url(values[ref.name], ref, ("sqlite:///", "postgres"))
+            ledger = ledger.model_copy(update={"store": store})
         elif ref.field == "redis.url" and redis is not None:
             redis = redis.model_copy(update={"url": _checked_url(values[ref.name], ref, ("redis://", "rediss://"))})
     models = [

@@ -25,6 +25,7 @@ import datetime as dt
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -46,6 +47,7 @@ from gateway.http.admin_fields import (
 from gateway.http.errors import GatewayError, bad_request, unauthorized
 
 JSON = "application/json"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _TOKEN = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -74,7 +76,7 @@ class AdminApi:
             web.get("/global/spend/report", guard(self.spend_report)),
         ]
 
-    def _guard(self, handler: Any) -> Any:
+    def _guard(self, handler: Handler) -> Handler:
         async def guarded(http: web.Request) -> web.StreamResponse:
             try:
                 authorization = http.headers.get("Authorization")
@@ -297,4 +299,4 @@ class AdminApi:
                       "data": rows, "total_spend": round(sum(r["spend"] for r in rows), 10)})
 
 
-__all__ = ["AdminApi", "KEY_PREFIX"]
+__all__ = ["KEY_PREFIX", "AdminApi"]

@@ -84,7 +84,7 @@ def _first_field(exc: ValidationError) -> str | None:
 
 
 def iso(ts: float | None) -> str | None:
-    return None if ts is None else dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat()
+    return None if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).isoformat()
 
 
 def expiry(fields: KeyFields, now: float) -> float | None:
@@ -100,7 +100,7 @@ def expiry(fields: KeyFields, now: float) -> float | None:
     except ValueError:
         raise bad_request(f"expires: {value!r} is not an ISO 8601 date-time", "expires") from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+        parsed = parsed.replace(tzinfo=dt.UTC)
     return parsed.timestamp()
 
 

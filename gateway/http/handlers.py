@@ -106,7 +106,7 @@ class Endpoints:
             record.status = 499
             record.error = f"client disconnected ({type(exc).__name__})"
             raise
-        except Exception as exc:  # a bug of ours: a clean 500 for the client, the details in the log
+        except Exception as exc:  # noqa: BLE001 - a bug of ours: a clean 500 for the client, the details in the log
             if opened is not None:
                 opened.finish(ok=False, blame=False)
             record.status = 500

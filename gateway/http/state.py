@@ -20,8 +20,6 @@ from gateway.upstream.attempts import Proxy
 from gateway.upstream.discovery import EndpointSliceWatcher
 from gateway.upstream.routing import Router
 
-STATE = web.AppKey("state", "AppState")
-
 
 @dataclass
 class AppState:
@@ -91,3 +89,5 @@ class AppState:
         self.metrics.set_circuit(deployment, replica, state)
         self.log.event("circuit", deployment=deployment, replica=replica, state=state)
 
+
+STATE = web.AppKey("state", AppState)

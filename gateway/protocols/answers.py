@@ -49,7 +49,7 @@ class StreamAdapter(Protocol):
 class OpenAIStream:
     """Passes OpenAI-style events through byte for byte, reading usage and stripping it when not asked for."""
 
-    __slots__ = ("strip_usage", "prompt_tokens", "completion_tokens", "done")
+    __slots__ = ("completion_tokens", "done", "prompt_tokens", "strip_usage")
 
     def __init__(self, strip_usage: bool) -> None:
         self.strip_usage = strip_usage

@@ -24,7 +24,8 @@ def openai_events(
         return b"data: " + orjson.dumps(data) + b"\n\n"
 
     if chat:
-        yield chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None})
+        yield chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                     "finish_reason": None})
     for i in range(n):
         word = WORDS[i % len(WORDS)]
         last = finish if i == n - 1 else None

@@ -88,10 +88,11 @@ class Simulator:
         self.stats.requests += 1
         raw = await request.read()
         try:
-            body = orjson.loads(raw)
+            body: dict[str, Any] = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise web.HTTPBadRequest(
-                body=error_body("request body is not valid JSON", "BadRequestError", 400), content_type="application/json"
+                body=error_body("request body is not valid JSON", "BadRequestError", 400),
+                content_type="application/json",
             ) from None
         if self._keep:
             self.stats.bodies.append(body)
@@ -298,8 +299,8 @@ class Simulator:
         has_key = request.headers.get("x-api-key") or request.headers.get("Authorization", "").startswith("Bearer ")
         if not has_key or not request.headers.get("anthropic-version"):
             return json_response(
-                error_body("an API key (x-api-key or Bearer) and anthropic-version are required", "authentication_error",
-                       401, True), 401
+                error_body("an API key (x-api-key or Bearer) and anthropic-version are required",
+                           "authentication_error", 401, True), 401
             )
         body = await self._begin(request)
         if not isinstance(body.get("max_tokens"), int):
@@ -319,7 +320,8 @@ class Simulator:
             ident = self._ident("msg")
             await self._pace(first=True)
             if body.get("stream"):
-                return await self._stream(request, anthropic_events(ident, body["model"], prompt, n, stop_reason), fault)
+                events = anthropic_events(ident, body["model"], prompt, n, stop_reason)
+                return await self._stream(request, events, fault)
             text = "".join(WORDS[i % len(WORDS)] for i in range(n))
             payload = orjson.dumps(
                 {
@@ -361,7 +363,7 @@ class SimServer:
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
 
-    async def start(self) -> "SimServer":
+    async def start(self) -> SimServer:
         # handler_cancellation: a client hanging up cancels the handler, as in vLLM.
         self._runner = web.AppRunner(self.sim.app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
@@ -375,7 +377,7 @@ class SimServer:
             await self._runner.cleanup()
             self._runner = None
 
-    async def __aenter__(self) -> "SimServer":
+    async def __aenter__(self) -> SimServer:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:

@@ -15,7 +15,7 @@ class CircuitBreaker:
     opens it again for another cooldown.
     """
 
-    __slots__ = ("failures", "cooldown", "_count", "_opened_at", "_trial_out", "_listener", "_clock")
+    __slots__ = ("_clock", "_count", "_listener", "_opened_at", "_trial_out", "cooldown", "failures")
 
     def __init__(self, failures: int, cooldown: float, listener: StateListener | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:

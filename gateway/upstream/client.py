@@ -38,7 +38,7 @@ class UpstreamClosed(ConnectionError):
 class Answer:
     """Status, lower-cased headers and body of a whole upstream answer."""
 
-    __slots__ = ("status", "reason", "headers", "body")
+    __slots__ = ("body", "headers", "reason", "status")
 
     def __init__(self, status: int, reason: str, headers: dict[str, str], body: bytes) -> None:
         self.status = status
@@ -123,7 +123,8 @@ class _Connection(asyncio.Protocol):
                     return
                 size = int(bytes(buf[:line_end]).split(b";", 1)[0], 16)
                 if size == 0:
-                    trailer_end = buf.find(b"\r\n\r\n", line_end) if buf[line_end + 2: line_end + 4] != b"\r\n" else line_end
+                    no_trailer = buf[line_end + 2: line_end + 4] == b"\r\n"
+                    trailer_end = line_end if no_trailer else buf.find(b"\r\n\r\n", line_end)
                     if trailer_end < 0:
                         return
                     del buf[: trailer_end + 4]

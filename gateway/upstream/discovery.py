@@ -90,7 +90,7 @@ class EndpointSliceWatcher:
                 self.last_error = None
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the API server may be briefly away; keep the last set
+            except Exception as exc:  # noqa: BLE001 - the API server may be briefly away; keep the last set
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if self._on_event:
                     self._on_event("discovery_failed", deployment=self.pool.name, error=self.last_error)

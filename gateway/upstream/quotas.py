@@ -25,7 +25,7 @@ class DeploymentQuotas:
     @classmethod
     def for_config(cls, config: GatewayConfig, limiter: RateLimiter | None) -> DeploymentQuotas | None:
         """None when no deployment has a quota (nothing to do on the request path)."""
-        scopes = {
+        scopes: dict[str, tuple[Scope, ...]] = {
             d.name: (Scope(f"d:{d.name}", f"deployment `{d.name}`", rpm=NO_LIMIT if d.rpm is None else d.rpm,
                            tpm=NO_LIMIT if d.tpm is None else d.tpm),)
             for m in config.models for d in m.deployments if d.rpm is not None or d.tpm is not None

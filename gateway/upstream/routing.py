@@ -28,7 +28,7 @@ CircuitListener = Callable[[str, str, str], None]  # deployment, replica, state
 class Replica:
     """One upstream server (a vLLM pod, or a hosted API base URL)."""
 
-    __slots__ = ("base_url", "urls", "in_flight", "breaker", "cooling_until", "connections", "host_header")
+    __slots__ = ("base_url", "breaker", "connections", "cooling_until", "host_header", "in_flight", "urls")
 
     def __init__(self, base_url: str, provider: str, breaker: CircuitBreaker) -> None:
         self.base_url = base_url

@@ -17,7 +17,7 @@ import redis
 from gateway.governance.limits.redis_limiter import RedisLimiter
 from gateway.governance.limits.scopes import NO_LIMIT, Scope, Ticket
 from gateway.http.errors import GatewayError
-from tests.gateway.servers import RedisServer, redis_server  # noqa: F401 - fixture
+from tests.gateway.servers import RedisServer
 
 DAY = 86400
 

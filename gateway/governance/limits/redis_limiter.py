@@ -70,7 +70,8 @@ class RedisLimiter(RedisSettlement):
         self._flush_failing = False
         self._task: asyncio.Task[None] | None = None
         self.round_trips = 0  # lease scripts sent (for tests and benchmarks)
-        self.description = (f"redis (shared by replicas; on_unavailable: {'fail-open' if fail_open else 'fail-closed'}; "
+        behaviour = "fail-open" if fail_open else "fail-closed"
+        self.description = (f"redis (shared by replicas; on_unavailable: {behaviour}; "
                             f"lease_requests: {lease_requests})")
 
     async def start(self) -> None:
@@ -140,10 +141,10 @@ class RedisLimiter(RedisSettlement):
             lease = leases.get(s.name)
             if lease is None:
                 return False
-            if s.rpm >= 0 or s.tpm >= 0:
-                if lease.minute != minute or (s.rpm >= 0 and lease.requests < 1) or (
-                        s.tpm >= 0 and lease.tokens < ticket.reserved_tokens):
-                    return False
+            if (s.rpm >= 0 or s.tpm >= 0) and (
+                    lease.minute != minute or (s.rpm >= 0 and lease.requests < 1)
+                    or (s.tpm >= 0 and lease.tokens < ticket.reserved_tokens)):
+                return False
             # A call that reserves no cost is checked against the budget in Redis every time.
             if s.budget >= 0 and (lease.window != window_name(now_s, s.budget_seconds) or ticket.reserved_cost <= 0
                                   or lease.cost < ticket.reserved_cost):
@@ -208,7 +209,7 @@ class RedisLimiter(RedisSettlement):
         sent = time.monotonic()
         try:
             async with asyncio.timeout(max(self.timeout * 20, 5.0)):
-                result = await self.client.script(LEASE_LUA, call.args, self._limits(scopes))
+                result: list[Any] = await self.client.script(LEASE_LUA, call.args, self._limits(scopes))
         except TimeoutError:
             # A Redis this slow is treated as gone: drop the connection, so that no late reply is half-applied.
             # If Redis still runs the script, its grant stays counted until its window ends (never over a limit).
@@ -307,7 +308,8 @@ class RedisLimiter(RedisSettlement):
                 self._encoded.clear()
             limits = self._encoded[scopes] = Encoded([
                 v for s in scopes
-                for v in (f"{self.prefix}:{s.name}", s.rpm, s.tpm, repr(float(s.budget)), s.budget_seconds, s.parallel)])
+                for v in (f"{self.prefix}:{s.name}", s.rpm, s.tpm, repr(float(s.budget)), s.budget_seconds,
+                          s.parallel)])
         return limits
 
     def _refuse(self, scopes: tuple[Scope, ...], result: list[Any]) -> Ticket:

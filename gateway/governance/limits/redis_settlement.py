@@ -47,6 +47,7 @@ class RedisSettlement:
         dt = tokens - ticket.reserved_tokens
         dc = cost - ticket.reserved_cost
         owed = self._owed
+        k: tuple[str, str, int | str, int]
         for s in ticket.scopes:
             if s.tpm >= 0 and dt:
                 k = ("t", s.name, ticket.minute, 0)
@@ -138,7 +139,7 @@ class RedisSettlement:
                     await self.client.script(FLUSH_LUA, [self.replica, self._slot_life_ms, len(ops) // 4, *ops])
                 return
         for name in idle:  # forgotten only once Redis has what they gave back
-            lease = self._leases.get(name)
-            if lease is not None and not (lease.busy or lease.pending or lease.held or lease.requests
-                                          or lease.tokens or lease.cost):
+            gone = self._leases.get(name)
+            if gone is not None and not (gone.busy or gone.pending or gone.held or gone.requests
+                                         or gone.tokens or gone.cost):
                 del self._leases[name]

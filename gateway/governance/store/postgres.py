@@ -26,12 +26,11 @@ class PostgresStore:
         try:
             pool = await asyncio.wait_for(
                 asyncpg.create_pool(self.dsn, min_size=1, max_size=4, command_timeout=self.timeout), self.timeout)
-            async with pool.acquire() as conn:
-                async with conn.transaction():
-                    # Replicas starting together must not race on CREATE TABLE IF NOT EXISTS.
-                    await conn.execute("SELECT pg_advisory_xact_lock(770501)")
-                    for statement in SCHEMA:
-                        await conn.execute(statement)
+            async with pool.acquire() as conn, conn.transaction():
+                # Replicas starting together must not race on CREATE TABLE IF NOT EXISTS.
+                await conn.execute("SELECT pg_advisory_xact_lock(770501)")
+                for statement in SCHEMA:
+                    await conn.execute(statement)
             self._pool = pool
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             raise StoreError(f"postgresql: {type(exc).__name__}: {exc}") from None
@@ -64,7 +63,8 @@ class PostgresStore:
 
     async def key_fingerprint(self) -> tuple[int, int]:
         row = await self._q("fetchrow", "SELECT (SELECT COUNT(*) FROM llmp_keys) + (SELECT COUNT(*) FROM llmp_teams),"
-                            " (SELECT COALESCE(SUM(rev), 0) FROM llmp_keys) + (SELECT COALESCE(SUM(rev), 0) FROM llmp_teams)")
+                            " (SELECT COALESCE(SUM(rev), 0) FROM llmp_keys)"
+                            " + (SELECT COALESCE(SUM(rev), 0) FROM llmp_teams)")
         return int(row[0]), int(row[1])
 
     async def load_keys(self) -> tuple[list[VirtualKey], list[Team]]:

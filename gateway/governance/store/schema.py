@@ -1,4 +1,5 @@
-"""The ledger store's tables (the same DDL on SQLite and PostgreSQL) and the one-statement batch insert of spend rows."""
+"""The ledger store's tables (the same DDL on SQLite and PostgreSQL) and the one-statement batch insert of spend
+rows."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ SPEND_COLUMNS = tuple(SPEND_TYPES)
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS llmp_teams (
-        team_id TEXT PRIMARY KEY, team_alias TEXT, doc TEXT NOT NULL, rev BIGINT NOT NULL, created_at DOUBLE PRECISION)""",
+        team_id TEXT PRIMARY KEY, team_alias TEXT, doc TEXT NOT NULL, rev BIGINT NOT NULL,
+        created_at DOUBLE PRECISION)""",
     """CREATE TABLE IF NOT EXISTS llmp_keys (
         token TEXT PRIMARY KEY, key_alias TEXT, team_id TEXT, doc TEXT NOT NULL, revoked INTEGER NOT NULL DEFAULT 0,
         rev BIGINT NOT NULL, created_at DOUBLE PRECISION)""",

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.governance.keys import Team, VirtualKey
 from gateway.governance.store.documents import key_doc, key_from_doc, new_rev, team_doc, team_from_doc
 from gateway.governance.store.protocol import Conflict, StoreError
 from gateway.governance.store.reports import chunks, report_rows, report_sql, since_sql
 from gateway.governance.store.schema import SCHEMA, SQLITE_INSERT_SPEND, json_array
+
+T = TypeVar("T")
 
 
 class SqliteStore:
@@ -43,8 +46,8 @@ class SqliteStore:
             db, self._db = self._db, None
             await asyncio.to_thread(db.close)
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        def call() -> Any:
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        def call() -> T:
             with self._lock:
                 if self._closed:
                     raise StoreError("store is closed")
