@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from gateway.governance.keys import Team, VirtualKey
 from gateway.governance.store.documents import key_doc, key_from_doc, new_rev, team_doc, team_from_doc
+from gateway.governance.store.migrations import CREATE_VERSION_TABLE, CURRENT_VERSION, VERSION_TABLE, pending
 from gateway.governance.store.protocol import Conflict, StoreError
 from gateway.governance.store.reports import chunks, report_rows, report_sql, since_sql
-from gateway.governance.store.schema import POSTGRES_INSERT_SPEND, SCHEMA, json_array
+from gateway.governance.store.schema import POSTGRES_INSERT_SPEND, json_array
 
 
 class PostgresStore:
@@ -26,14 +28,28 @@ class PostgresStore:
         try:
             pool = await asyncio.wait_for(
                 asyncpg.create_pool(self.dsn, min_size=1, max_size=4, command_timeout=self.timeout), self.timeout)
-            async with pool.acquire() as conn, conn.transaction():
-                # Replicas starting together must not race on CREATE TABLE IF NOT EXISTS.
-                await conn.execute("SELECT pg_advisory_xact_lock(770501)")
-                for statement in SCHEMA:
-                    await conn.execute(statement)
-            self._pool = pool
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             raise StoreError(f"postgresql: {type(exc).__name__}: {exc}") from None
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                # Replicas starting together take turns: one migrates, the others find it done.
+                await conn.execute("SELECT pg_advisory_xact_lock(770501)")
+                await self._migrate(conn)
+        except BaseException as exc:
+            pool.terminate()  # nothing was handed out yet: no call to wait for
+            if isinstance(exc, (OSError, TimeoutError, asyncpg.PostgresError)):
+                raise StoreError(f"postgresql: {type(exc).__name__}: {exc}") from None
+            raise
+        self._pool = pool
+
+    async def _migrate(self, conn: Any) -> None:
+        """Bring the schema to the latest version, inside the caller's transaction (see `migrations`)."""
+        await conn.execute(CREATE_VERSION_TABLE)
+        for m in pending(await conn.fetchval(CURRENT_VERSION), "postgresql"):
+            for statement in m.statements:
+                await conn.execute(statement)
+            await conn.execute(f"INSERT INTO {VERSION_TABLE} (version, description, applied_at) VALUES ($1, $2, $3)",
+                               m.version, m.description, time.time())
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -1,5 +1,7 @@
-"""The ledger store's tables (the same DDL on SQLite and PostgreSQL) and the one-statement batch insert of spend
-rows."""
+"""The spend table's columns and their types, and the one-statement batch insert of spend rows (per database).
+
+The tables themselves are made by the numbered migrations (`gateway.governance.store.migrations`).
+"""
 
 from __future__ import annotations
 
@@ -10,22 +12,6 @@ SPEND_TYPES = {"id": "text", "ts": "double precision", "day": "text", "request_i
                "status": "integer", "prompt_tokens": "bigint", "completion_tokens": "bigint",
                "cost": "double precision"}
 SPEND_COLUMNS = tuple(SPEND_TYPES)
-
-SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS llmp_teams (
-        team_id TEXT PRIMARY KEY, team_alias TEXT, doc TEXT NOT NULL, rev BIGINT NOT NULL,
-        created_at DOUBLE PRECISION)""",
-    """CREATE TABLE IF NOT EXISTS llmp_keys (
-        token TEXT PRIMARY KEY, key_alias TEXT, team_id TEXT, doc TEXT NOT NULL, revoked INTEGER NOT NULL DEFAULT 0,
-        rev BIGINT NOT NULL, created_at DOUBLE PRECISION)""",
-    "CREATE INDEX IF NOT EXISTS llmp_keys_alias ON llmp_keys (key_alias)",
-    """CREATE TABLE IF NOT EXISTS llmp_spend (
-        id TEXT PRIMARY KEY, ts DOUBLE PRECISION NOT NULL, day TEXT NOT NULL, request_id TEXT, key_token TEXT,
-        key_alias TEXT, team_id TEXT, model TEXT, deployment TEXT, region TEXT, status INTEGER,
-        prompt_tokens BIGINT, completion_tokens BIGINT, cost DOUBLE PRECISION)""",
-    "CREATE INDEX IF NOT EXISTS llmp_spend_day ON llmp_spend (day)",
-]
-
 
 SQLITE_INSERT_SPEND = (f"INSERT OR IGNORE INTO llmp_spend ({', '.join(SPEND_COLUMNS)}) SELECT "
                        + ", ".join(f"json_extract(value, '$.{c}')" for c in SPEND_COLUMNS) + " FROM json_each(?)")

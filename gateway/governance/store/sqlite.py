@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.governance.keys import Team, VirtualKey
 from gateway.governance.store.documents import key_doc, key_from_doc, new_rev, team_doc, team_from_doc
+from gateway.governance.store.migrations import CREATE_VERSION_TABLE, CURRENT_VERSION, VERSION_TABLE, pending
 from gateway.governance.store.protocol import Conflict, StoreError
 from gateway.governance.store.reports import chunks, report_rows, report_sql, since_sql
-from gateway.governance.store.schema import SCHEMA, SQLITE_INSERT_SPEND, json_array
+from gateway.governance.store.schema import SQLITE_INSERT_SPEND, json_array
 
 T = TypeVar("T")
 
@@ -36,9 +38,28 @@ class SqliteStore:
         db = sqlite3.connect(self.path, timeout=self.timeout, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable against process crashes, cheap commits
-        for statement in SCHEMA:
-            db.execute(statement)
+        try:
+            self._migrate(db)
+        except BaseException:
+            db.close()
+            raise
         self._db = db
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Bring the schema to the latest version in one transaction (see `migrations`)."""
+        db.execute("BEGIN IMMEDIATE")  # one process migrates; the others wait (`timeout`), then find it done
+        try:
+            db.execute(CREATE_VERSION_TABLE)
+            for m in pending(db.execute(CURRENT_VERSION).fetchone()[0], f"sqlite:///{self.path}"):
+                for statement in m.statements:
+                    db.execute(statement)
+                db.execute(f"INSERT INTO {VERSION_TABLE} (version, description, applied_at) VALUES (?, ?, ?)",
+                           (m.version, m.description, time.time()))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     async def close(self) -> None:
         self._closed = True
