@@ -180,7 +180,7 @@ async def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float, lo
                 async with http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
                     if resp.status == 200:
                         return
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 pass
             await asyncio.sleep(0.3)
     sys.exit(f"error: {url} not ready after {timeout:.0f}s; see {log}")
@@ -228,7 +228,8 @@ def run_wrk(wrk: str, target: Target, seconds: float, stop_after: int | None = N
     socket_errors = re.search(r"Socket errors: (.*)", out)
     lat = {p: _ms(re.search(rf"\s{p}%\s+([\d.]+\w+)", out).group(1)) for p in ("50", "99")}
     return {"rps": rps, "requests": total, "p50_ms": lat["50"], "p99_ms": lat["99"],
-            "non_2xx": int(errors.group(1)) if errors else 0, "socket_errors": socket_errors.group(1) if socket_errors else ""}
+            "non_2xx": int(errors.group(1)) if errors else 0,
+            "socket_errors": socket_errors.group(1) if socket_errors else ""}
 
 
 def _ms(text: str) -> float:
@@ -486,8 +487,8 @@ async def main() -> int:
         (BENCH / "gateway_vs_litellm.json").write_text(json.dumps(summary, indent=2))
         if litellm is not None:
             print(f"gateway / LiteLLM requests/s: {gateway.results['x_litellm']:.1f}x, median of per-round ratios "
-                  f"({min(g['rps'] / l['rps'] for g, l in zip(gateway.rounds, litellm.rounds)):.1f}x to "
-                  f"{max(g['rps'] / l['rps'] for g, l in zip(gateway.rounds, litellm.rounds)):.1f}x; target >= 40x)")
+                  f"({min(g['rps'] / lt['rps'] for g, lt in zip(gateway.rounds, litellm.rounds)):.1f}x to "
+                  f"{max(g['rps'] / lt['rps'] for g, lt in zip(gateway.rounds, litellm.rounds)):.1f}x; target >= 40x)")
         print(f"gateway / upstream alone requests/s: {gateway.results['rps'] / upstream.results['rps']:.2f}")
         print(f"added p50 at {args.rate:g}/s: {gateway.results['added_p50_ms']:.3f} ms (target < 1 ms); "
               f"RSS growth over {int(gateway.results['rss_requests']):,} requests: "

@@ -90,7 +90,8 @@ def main() -> int:
     for n, seconds, count in rows:
         print(f"{n:>8} {count:>10} {seconds:>8.2f} {seconds / baseline:>11.2f} {seconds / n:>9.2f}")
     verdict = "ok" if prod < TARGET_PROD_SECONDS else "OVER TARGET"
-    print(f"prod stack: {prod:.2f} s ({prod / baseline:.2f}x baseline; target < {TARGET_PROD_SECONDS:.0f} s: {verdict})")
+    print(f"prod stack: {prod:.2f} s ({prod / baseline:.2f}x baseline; "
+          f"target < {TARGET_PROD_SECONDS:.0f} s: {verdict})")
     return 0 if prod < TARGET_PROD_SECONDS else 1
 
 

@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import sys
 
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config.errors import ConfigError
+from gateway.config.loading import load_config
+from gateway.config.native import GatewayConfig
 from gateway.server import fail, run_workers, serve, use_uvloop
 
 
@@ -43,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check(config: GatewayConfig, dev: bool) -> None:
-    from gateway.auth import check_master_key
-    from gateway.provider_keys import resolve_secrets
+    from gateway.governance.provider_keys import resolve_secrets
+    from gateway.http.auth import check_master_key
 
     config, _ = resolve_secrets(config)  # a secret that cannot be read is a start-up error, named
     check_master_key(config.gateway.master_key, dev)
@@ -52,7 +54,7 @@ def _check(config: GatewayConfig, dev: bool) -> None:
 
 def run_one(config_path: str, host: str, port: int, dev: bool, reuse_port: bool) -> int:
     """One worker process: load config, build the app, serve."""
-    from gateway.app import build_app
+    from gateway.http.app import build_app
 
     use_uvloop()
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from gateway.config import parse_native
+from gateway.config.native import parse_native
 from gateway.server import serve
 from gateway.sim import SimServer, SimSettings
 
@@ -31,7 +31,7 @@ def demo_config(replicas: list[str]) -> dict[str, object]:
 
 
 def run_demo(host: str, port: int) -> int:
-    from gateway.app import build_app
+    from gateway.http.app import build_app
 
     async def main() -> None:
         sims = []

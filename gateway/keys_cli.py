@@ -175,16 +175,16 @@ def run(args: argparse.Namespace) -> str:
             body["team_alias"] = args.alias
         return json.dumps(call(args, "POST", "/team/new", {"team_id": args.team_id, **body}), indent=2)
     if c == "spend":
-        query = {"group_by": args.by}
+        params = {"group_by": args.by}
         for name, value in (("start_date", args.start), ("end_date", args.end), ("key", args.key),
                             ("team_id", args.team)):
             if value:
-                query[name] = value
-        out = call(args, "GET", "/spend/report?" + urllib.parse.urlencode(query))
+                params[name] = value
+        out = call(args, "GET", "/spend/report?" + urllib.parse.urlencode(params))
         if args.json:
             return json.dumps(out, indent=2)
         first = {"key": ["key_alias", "key_token"], "team": ["team_id"], "model": ["model"], "day": ["day"]}[args.by]
-        return _table(out["data"], first + ["requests", "prompt_tokens", "completion_tokens", "spend"]) + \
+        return _table(out["data"], [*first, "requests", "prompt_tokens", "completion_tokens", "spend"]) + \
             f"\ntotal spend: {out['total_spend']:.6f} USD"
     raise CliError(f"unknown command {c}")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -11,6 +10,16 @@ from typing import Any, Literal
 
 import orjson
 from aiohttp import web
+
+from gateway.sim.answers import (
+    WORDS,
+    anthropic_events,
+    count_tokens,
+    embedding,
+    error_body,
+    json_response,
+    openai_events,
+)
 
 Fault = Literal[
     "none",
@@ -23,7 +32,6 @@ Fault = Literal[
 ]
 FAULTS: tuple[str, ...] = Fault.__args__  # type: ignore[attr-defined]
 
-WORDS = (" The", " gateway", " passes", " tokens", " through", " as", " they", " arrive", ".")
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
@@ -80,10 +88,11 @@ class Simulator:
         self.stats.requests += 1
         raw = await request.read()
         try:
-            body = orjson.loads(raw)
+            body: dict[str, Any] = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise web.HTTPBadRequest(
-                body=_error("request body is not valid JSON", "BadRequestError", 400), content_type="application/json"
+                body=error_body("request body is not valid JSON", "BadRequestError", 400),
+                content_type="application/json",
             ) from None
         if self._keep:
             self.stats.bodies.append(body)
@@ -92,7 +101,7 @@ class Simulator:
         model = body.get("model")
         if model not in self.settings.models:
             raise web.HTTPNotFound(
-                body=_error(f"The model `{model}` does not exist.", "NotFoundError", 404),
+                body=error_body(f"The model `{model}` does not exist.", "NotFoundError", 404),
                 content_type="application/json",
             )
         return body
@@ -110,9 +119,9 @@ class Simulator:
     async def _early_fault(self, fault: str, anthropic: bool = False) -> web.Response | None:
         """Faults that strike before any byte of the answer."""
         if fault == "error_500":
-            return _json_response(_error("simulated engine failure", "InternalServerError", 500, anthropic), 500)
+            return json_response(error_body("simulated engine failure", "InternalServerError", 500, anthropic), 500)
         if fault == "rate_limit_429":
-            resp = _json_response(_error("simulated rate limit", "RateLimitError", 429, anthropic), 429)
+            resp = json_response(error_body("simulated rate limit", "RateLimitError", 429, anthropic), 429)
             resp.headers["Retry-After"] = f"{self.settings.retry_after:g}"
             return resp
         if fault == "hang_before_headers":
@@ -179,7 +188,7 @@ class Simulator:
             early = await self._early_fault(fault)
             if early is not None:
                 return early
-            prompt = _prompt_tokens(body.get("messages") if chat else body.get("prompt"))
+            prompt = count_tokens(body.get("messages") if chat else body.get("prompt"))
             n, finish = self._completion_len(body)
             self.stats.prompt_tokens += prompt
             self.stats.generation_tokens += n
@@ -189,7 +198,7 @@ class Simulator:
             usage = {"prompt_tokens": prompt, "total_tokens": prompt + n, "completion_tokens": n}
             if body.get("stream"):
                 opts = body.get("stream_options") or {}
-                events = _openai_events(ident, created, model, n, finish, usage, chat, bool(opts.get("include_usage")))
+                events = openai_events(ident, created, model, n, finish, usage, chat, bool(opts.get("include_usage")))
                 await self._pace(first=True)
                 return await self._stream(request, events, fault)
             await self._pace(first=True)
@@ -240,8 +249,8 @@ class Simulator:
             return early
         inputs = body.get("input")
         items = inputs if isinstance(inputs, list) and inputs and not isinstance(inputs[0], int) else [inputs]
-        data = [{"index": i, "object": "embedding", "embedding": _vector(str(item))} for i, item in enumerate(items)]
-        prompt = sum(_prompt_tokens(item) for item in items)
+        data = [{"index": i, "object": "embedding", "embedding": embedding(str(item))} for i, item in enumerate(items)]
+        prompt = sum(count_tokens(item) for item in items)
         payload = orjson.dumps(
             {
                 "id": self._ident("embd"),
@@ -262,7 +271,7 @@ class Simulator:
              "max_model_len": 8192}
             for m in self.settings.models
         ]
-        return _json_response({"object": "list", "data": data}, 200)
+        return json_response({"object": "list", "data": data}, 200)
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(status=200)
@@ -289,13 +298,13 @@ class Simulator:
     async def messages(self, request: web.Request) -> web.StreamResponse:
         has_key = request.headers.get("x-api-key") or request.headers.get("Authorization", "").startswith("Bearer ")
         if not has_key or not request.headers.get("anthropic-version"):
-            return _json_response(
-                _error("an API key (x-api-key or Bearer) and anthropic-version are required", "authentication_error",
-                       401, True), 401
+            return json_response(
+                error_body("an API key (x-api-key or Bearer) and anthropic-version are required",
+                           "authentication_error", 401, True), 401
             )
         body = await self._begin(request)
         if not isinstance(body.get("max_tokens"), int):
-            return _json_response(_error("max_tokens: Field required", "invalid_request_error", 400, True), 400)
+            return json_response(error_body("max_tokens: Field required", "invalid_request_error", 400, True), 400)
         self.stats.in_flight += 1
         try:
             fault = self._take_fault()
@@ -303,7 +312,7 @@ class Simulator:
             if early is not None:
                 return early
             system = body.get("system")
-            prompt = _prompt_tokens(body.get("messages")) + (_prompt_tokens(system) if system else 0)
+            prompt = count_tokens(body.get("messages")) + (count_tokens(system) if system else 0)
             n, finish = self._completion_len(body)
             stop_reason = "max_tokens" if finish == "length" else "end_turn"
             self.stats.prompt_tokens += prompt
@@ -311,7 +320,8 @@ class Simulator:
             ident = self._ident("msg")
             await self._pace(first=True)
             if body.get("stream"):
-                return await self._stream(request, _anthropic_events(ident, body["model"], prompt, n, stop_reason), fault)
+                events = anthropic_events(ident, body["model"], prompt, n, stop_reason)
+                return await self._stream(request, events, fault)
             text = "".join(WORDS[i % len(WORDS)] for i in range(n))
             payload = orjson.dumps(
                 {
@@ -331,80 +341,6 @@ class Simulator:
             raise
         finally:
             self.stats.in_flight -= 1
-
-
-def _openai_events(
-    ident: str, created: int, model: str, n: int, finish: str, usage: dict[str, int], chat: bool, include_usage: bool
-) -> Any:
-    obj = "chat.completion.chunk" if chat else "text_completion"
-
-    def chunk(choice: dict[str, Any] | None, extra: dict[str, Any] | None = None) -> bytes:
-        data: dict[str, Any] = {"id": ident, "object": obj, "created": created, "model": model,
-                                "choices": [choice] if choice else []}
-        if extra:
-            data.update(extra)
-        return b"data: " + orjson.dumps(data) + b"\n\n"
-
-    if chat:
-        yield chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None})
-    for i in range(n):
-        word = WORDS[i % len(WORDS)]
-        last = finish if i == n - 1 else None
-        if chat:
-            yield chunk({"index": 0, "delta": {"content": word}, "logprobs": None, "finish_reason": last})
-        else:
-            yield chunk({"index": 0, "text": word, "logprobs": None, "finish_reason": last, "stop_reason": None})
-    if include_usage:
-        yield chunk(None, {"usage": usage})
-    yield b"data: [DONE]\n\n"
-
-
-def _anthropic_events(ident: str, model: str, prompt: int, n: int, stop_reason: str) -> Any:
-    def event(name: str, data: dict[str, Any]) -> bytes:
-        return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
-
-    yield event("message_start", {"type": "message_start", "message": {
-        "id": ident, "type": "message", "role": "assistant", "content": [], "model": model,
-        "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": prompt, "output_tokens": 1}}})
-    yield event("content_block_start", {"type": "content_block_start", "index": 0,
-                                        "content_block": {"type": "text", "text": ""}})
-    yield event("ping", {"type": "ping"})
-    for i in range(n):
-        yield event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                            "delta": {"type": "text_delta", "text": WORDS[i % len(WORDS)]}})
-    yield event("content_block_stop", {"type": "content_block_stop", "index": 0})
-    yield event("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-                                  "usage": {"output_tokens": n}})
-    yield event("message_stop", {"type": "message_stop"})
-
-
-def _prompt_tokens(value: Any) -> int:
-    """About four characters a token, like the tokenizers most models use."""
-    if value is None:
-        return 0
-    if isinstance(value, str):
-        return max(1, len(value) // 4)
-    if isinstance(value, list):
-        return sum(_prompt_tokens(v.get("content") if isinstance(v, dict) else v) for v in value)
-    if isinstance(value, int):
-        return 1
-    return max(1, len(str(value)) // 4)
-
-
-def _vector(text: str, dims: int = 8) -> list[float]:
-    digest = hashlib.sha256(text.encode()).digest()
-    return [round(b / 255.0 - 0.5, 6) for b in digest[:dims]]
-
-
-def _error(message: str, kind: str, code: int, anthropic: bool = False) -> dict[str, Any]:
-    if anthropic:
-        kinds = {500: "api_error", 429: "rate_limit_error", 404: "not_found_error"}
-        return {"type": "error", "error": {"type": kinds.get(code, kind), "message": message}}
-    return {"object": "error", "message": message, "type": kind, "param": None, "code": code}
-
-
-def _json_response(data: Any, status: int) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
 class SimServer:
@@ -427,7 +363,7 @@ class SimServer:
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
 
-    async def start(self) -> "SimServer":
+    async def start(self) -> SimServer:
         # handler_cancellation: a client hanging up cancels the handler, as in vLLM.
         self._runner = web.AppRunner(self.sim.app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
@@ -441,7 +377,7 @@ class SimServer:
             await self._runner.cleanup()
             self._runner = None
 
-    async def __aenter__(self) -> "SimServer":
+    async def __aenter__(self) -> SimServer:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:

@@ -11,9 +11,14 @@ import orjson
 import pytest
 from aiohttp import web
 
-from gateway.app import STATE, AppState, build_app
-from gateway.config import GatewayConfig, parse_native
+from gateway.config.native import GatewayConfig, parse_native
+from gateway.http.app import build_app
+from gateway.http.state import STATE, AppState
 from gateway.sim import SimServer, SimSettings
+
+# Real Redis and PostgreSQL servers, as fixtures for every test here (`x as x`: re-exported, not unused).
+from tests.gateway.servers import postgres_server as postgres_server
+from tests.gateway.servers import redis_server as redis_server
 
 KEY = "sk-llmp-test-0123456789abcdef0123456789abcdef"  # fake, long enough to pass the start-up check
 MODEL = "sim-model"

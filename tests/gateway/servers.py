@@ -73,7 +73,8 @@ class PostgresServer:
     """A throwaway cluster in a temp dir (initdb + pg_ctl), run as the postgres user when we are root."""
 
     def __init__(self) -> None:
-        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or ([shutil.which("initdb")] if shutil.which("initdb") else [])
+        on_path = shutil.which("initdb")
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or ([on_path] if on_path else [])
         if not found:
             pytest.fail("PostgreSQL server is not installed: `make test` installs it (apt-get install postgresql)")
         bindir = Path(found[-1]).parent
@@ -111,7 +112,8 @@ def postgres_server() -> Iterator[PostgresServer]:
 class GatewayProcess:
     """`python -m gateway` in a process of its own, on a free port, its stdout (the JSON log) in a file."""
 
-    def __init__(self, config: dict[str, Any], workdir: Path, name: str = "gw", env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: dict[str, Any], workdir: Path, name: str = "gw",
+                 env: dict[str, str] | None = None) -> None:
         self.config_path = workdir / f"{name}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.workdir = workdir
@@ -125,7 +127,7 @@ class GatewayProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20) -> "GatewayProcess":
+    def start(self, timeout: float = 20) -> GatewayProcess:
         self.runs += 1
         out = open(self.workdir / f"{self.name}.{self.runs}.log", "wb")
         self.proc = subprocess.Popen(

@@ -34,7 +34,7 @@ async def test_chat_is_translated_to_messages_and_back(claude) -> None:
 
 @pytest.mark.parametrize("include_usage", [False, True])
 async def test_streaming_messages_become_chat_chunks(claude, include_usage) -> None:
-    sim, gw = claude
+    _sim, gw = claude
     kwargs = {"stream_options": {"include_usage": True}} if include_usage else {}
     stream = await gw.client().chat.completions.create(model="claude", messages=MESSAGES, stream=True, **kwargs)
     chunks = [c async for c in stream]

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from tests.gateway.conftest import MODEL
-from tests.gateway.servers import RedisServer, redis_server  # noqa: F401 - fixture
+from tests.gateway.servers import RedisServer
 from tests.gateway.test_keys_admin import admin, governed
 
 MESSAGES = [{"role": "user", "content": "Spend a little of the budget, please."}]

@@ -1,6 +1,6 @@
 """The circuit breaker's states, on a clock the test moves."""
 
-from gateway.circuit import CircuitBreaker
+from gateway.upstream.circuit import CircuitBreaker
 
 
 class Clock:

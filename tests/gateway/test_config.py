@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.auth import check_master_key
-from gateway.config import ConfigError, load_config, parse_config
+from gateway.config.errors import ConfigError
+from gateway.config.loading import load_config, parse_config
+from gateway.http.auth import check_master_key
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "gateway" / "examples"
 ENV = ["LLMP_MASTER_KEY", "LLMP_PEER_KEY_US_WEST_2", "TOGETHER_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY",

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from tests.gateway.conftest import KEY, MODEL, deployment, gateway_config
-from tests.gateway.servers import RedisServer, redis_server  # noqa: F401 - fixture
+from tests.gateway.servers import RedisServer
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

@@ -19,7 +19,7 @@ import aiohttp
 import asyncpg
 
 from tests.gateway.conftest import KEY, MODEL, deployment, gateway_config
-from tests.gateway.servers import GatewayProcess, PostgresServer, postgres_server  # noqa: F401 - fixture
+from tests.gateway.servers import GatewayProcess, PostgresServer
 
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "spend some tokens"}], "max_tokens": 8}
 
@@ -53,7 +53,7 @@ class Load:
                     data = await resp.read()
                     if resp.status == 200 and (not stream or data.endswith(b"data: [DONE]\n\n")):
                         self.accepted.append(rid)
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 await asyncio.sleep(0.01)  # the gateway is gone: this request was not accepted
 
     async def run_then(self, action: Any, seconds: float, workers: int = 12) -> None:
@@ -73,7 +73,7 @@ async def kill_rounds(gw: GatewayProcess, signals: list[int]) -> Load:
         for i, sig in enumerate(signals):
             await asyncio.to_thread(gw.start)
             load.prefix = f"round{i}"
-            await load.run_then(lambda: gw.kill(sig), 0.8)
+            await load.run_then(lambda sig=sig: gw.kill(sig), 0.8)
         await asyncio.to_thread(gw.start)  # replays the spool before it listens
         await asyncio.sleep(0.5)
     finally:
@@ -103,7 +103,8 @@ async def test_sigkill_under_load_loses_no_accepted_request_sqlite(sim, tmp_path
     assert not list((tmp_path / "spool").glob("*.spool")), "every segment was flushed and deleted"
 
 
-async def test_sigkill_under_load_loses_no_accepted_request_postgres(sim, tmp_path, postgres_server: PostgresServer) -> None:
+async def test_sigkill_under_load_loses_no_accepted_request_postgres(sim, tmp_path,
+                                                                     postgres_server: PostgresServer) -> None:
     gw = GatewayProcess(ledger_config(sim, tmp_path, postgres_server.url), tmp_path)
     load = await kill_rounds(gw, [signal.SIGKILL, signal.SIGKILL])
     conn = await asyncpg.connect(postgres_server.url, timeout=10)
@@ -114,7 +115,8 @@ async def test_sigkill_under_load_loses_no_accepted_request_postgres(sim, tmp_pa
     check(load, rows)
 
 
-async def test_records_wait_in_the_spool_while_the_store_is_down(sim, tmp_path, postgres_server: PostgresServer) -> None:
+async def test_records_wait_in_the_spool_while_the_store_is_down(sim, tmp_path,
+                                                                  postgres_server: PostgresServer) -> None:
     from tests.gateway.servers import free_port
 
     dead = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"  # nothing listens: the store is "down"

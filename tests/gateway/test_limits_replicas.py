@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from tests.gateway.conftest import KEY, MODEL, deployment, gateway_config
-from tests.gateway.servers import GatewayProcess, RedisServer, redis_server  # noqa: F401 - fixture
+from tests.gateway.servers import GatewayProcess, RedisServer
 
 PROMPT = [{"role": "user", "content": "Count the tokens of this sentence, please, for the budget test."}]
 IN_PRICE, OUT_PRICE = 0.001, 0.002
@@ -64,7 +64,8 @@ async def away_from_minute_boundary() -> None:
         await asyncio.sleep(61 - time.time() % 60)
 
 
-async def burst(a: GatewayProcess, b: GatewayProcess, key: str, n: int, **kwargs: Any) -> tuple[list[Any], list[Exception]]:
+async def burst(a: GatewayProcess, b: GatewayProcess, key: str, n: int,
+                **kwargs: Any) -> tuple[list[Any], list[Exception]]:
     clients = [client(a, key), client(b, key)]
     results = await asyncio.gather(*(clients[i % 2].chat.completions.create(model=MODEL, messages=PROMPT, **kwargs)
                                      for i in range(n)), return_exceptions=True)

@@ -7,9 +7,10 @@ from typing import Any
 import openai
 import pytest
 
-from gateway.config import ConfigError, parse_config
+from gateway.config.errors import ConfigError
+from gateway.config.loading import parse_config
 from tests.gateway.conftest import KEY
-from tests.gateway.servers import RedisServer, redis_server  # noqa: F401 - fixture
+from tests.gateway.servers import RedisServer
 from tests.gateway.test_keys_admin import admin
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -42,7 +43,7 @@ def test_database_url_turns_governance_on_and_redis_settings_share_the_limits(tm
 
 
 def test_a_database_url_that_is_not_a_url_names_the_field() -> None:
-    with pytest.raises(ConfigError, match="general_settings.database_url"):
+    with pytest.raises(ConfigError, match=r"general_settings\.database_url"):
         parse_config(litellm_doc("http://127.0.0.1:9/v1", ["not", "a", "url"]))  # type: ignore[arg-type]
 
 

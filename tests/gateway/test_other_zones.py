@@ -5,7 +5,8 @@ from __future__ import annotations
 import openai
 import pytest
 
-from gateway.config import ConfigError, parse_native
+from gateway.config.errors import ConfigError
+from gateway.config.native import parse_native
 from infra.config import parse
 from infra.gateway_config import other_zones
 from tests.gateway.conftest import MODEL, deployment, gateway_config

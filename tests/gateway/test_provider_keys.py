@@ -1,4 +1,5 @@
-"""Provider keys and the master key come from the stack's Secrets Manager path (moto) or the environment; rotated, never logged."""
+"""Provider keys and the master key come from the stack's Secrets Manager path (moto) or the environment;
+rotated, never logged."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from gateway.app import build_app
-from gateway.config import ConfigError, parse_native
+from gateway.config.errors import ConfigError
+from gateway.config.native import parse_native
+from gateway.http.app import build_app
 from tests.gateway.conftest import MODEL, deployment, gateway_config
 
 MASTER = "sk-llmp-master-from-secrets-manager-0123456789abcdef"
@@ -40,7 +42,8 @@ def aws_config(sim, url: str) -> dict:
     return config
 
 
-async def test_keys_are_read_from_the_stacks_path_and_rotation_is_picked_up(gateway_factory, sim, secrets_manager) -> None:
+async def test_keys_are_read_from_the_stacks_path_and_rotation_is_picked_up(gateway_factory, sim,
+                                                                            secrets_manager) -> None:
     url, sm = secrets_manager
     gw = await gateway_factory(aws_config(sim, url))
     client = gw.client(api_key=MASTER)
@@ -90,6 +93,6 @@ async def test_the_ledger_store_url_may_come_from_a_secret(gateway_factory, sim,
     await gw.state.governance.ledger.flush()
     assert (tmp_path / "l.db").exists()
     sm.put_secret_value(SecretId="llm-platform/test/gateway/ledger-store", SecretString="mysql://nope")
-    with pytest.raises(ConfigError, match="ledger.store: secret gateway/ledger-store does not hold a sqlite:/// or "
-                                          "postgres URL"):
+    with pytest.raises(ConfigError, match=r"ledger\.store: secret gateway/ledger-store does not hold a sqlite:/// or "
+                                          r"postgres URL"):
         build_app(parse_native(config))

@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator
 import pytest
 import redis
 
-from gateway.errors import GatewayError
-from gateway.limits import NO_LIMIT, Scope, Ticket
-from gateway.redis_limits import RedisLimiter
-from tests.gateway.servers import RedisServer, redis_server  # noqa: F401 - fixture
+from gateway.governance.limits.redis_limiter import RedisLimiter
+from gateway.governance.limits.scopes import NO_LIMIT, Scope, Ticket
+from gateway.http.errors import GatewayError
+from tests.gateway.servers import RedisServer
 
 DAY = 86400
 
@@ -221,7 +221,7 @@ async def test_a_caller_that_leaves_mid_round_trip_leaks_no_slot(replicas, redis
 
 
 async def test_slots_given_back_by_a_flush_that_failed_are_healed_by_the_next(replicas, redis_server) -> None:
-    from gateway import redis_limits
+    from gateway.governance.limits import redis_scripts
 
     a, b = replicas(), await start(replicas())
     scopes = (scope(parallel=8),)
@@ -233,7 +233,7 @@ async def test_slots_given_back_by_a_flush_that_failed_are_healed_by_the_next(re
     sent = a.client.script
 
     async def reset(source: str, args: list, tail: object = None, **kwargs: object) -> object:
-        if source == redis_limits.FLUSH_LUA:
+        if source == redis_scripts.FLUSH_LUA:
             raise ConnectionError("connection reset by peer")
         return await sent(source, args, tail, **kwargs)
 

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from tests.gateway.conftest import MODEL, deployment, gateway_config
-from tests.gateway.servers import RedisServer, free_port, redis_server  # noqa: F401 - fixture
+from tests.gateway.servers import RedisServer, free_port
 from tests.gateway.test_keys_admin import admin
 
 MESSAGES = [{"role": "user", "content": "hi"}]

@@ -6,8 +6,8 @@ import asyncio
 
 import redis
 
-from gateway.redis_pipe import RedisPipe
-from tests.gateway.servers import RedisServer, redis_server  # noqa: F401 - fixture
+from gateway.governance.limits.redis_pipe import RedisPipe
+from tests.gateway.servers import RedisServer
 
 PUSH_A = "redis.call('RPUSH', 'order', 'a:' .. ARGV[1]) return 1"
 PUSH_B = "redis.call('RPUSH', 'order', 'b:' .. ARGV[1]) return 1"

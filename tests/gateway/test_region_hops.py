@@ -11,9 +11,8 @@ import openai
 import pytest
 from aiohttp import web
 
-from gateway.app import build_app
-from gateway.config import parse_native
-
+from gateway.config.native import parse_native
+from gateway.http.app import build_app
 from tests.gateway.conftest import KEY, MODEL, closed_port_url, deployment, gateway_config
 
 

@@ -8,9 +8,9 @@ from collections import Counter
 import openai
 import pytest
 
-from gateway.config import parse_native
-from gateway.hashring import BoundedLoadRing
-from gateway.routing import Router
+from gateway.config.native import parse_native
+from gateway.upstream.hashring import BoundedLoadRing
+from gateway.upstream.routing import Router
 from tests.gateway.conftest import MODEL, deployment, gateway_config
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -88,7 +88,7 @@ def test_bounded_load_moves_a_session_off_an_overloaded_replica() -> None:
 def test_replica_changes_keep_most_sessions_in_place() -> None:
     names = [f"r{i}" for i in range(5)]
     before = BoundedLoadRing(names, str)
-    after = BoundedLoadRing(names + ["r5"], str)
+    after = BoundedLoadRing([*names, "r5"], str)
     keys = [f"user-{i}".encode() for i in range(1000)]
     free = lambda m: 0  # noqa: E731
     moved = sum(before.order(k, free, bool, 1.25)[0] != after.order(k, free, bool, 1.25)[0] for k in keys)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import socket
@@ -28,7 +29,7 @@ async def test_each_chunk_reaches_the_client_when_the_upstream_sends_it(sim, gat
         if chunk.choices and chunk.choices[0].delta.content:
             arrivals.append(time.monotonic() - started)
     assert len(arrivals) == 6, "one client chunk per upstream token"
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert min(gaps) > 0.02, f"chunks were coalesced: gaps {gaps}"
     assert arrivals[0] < arrivals[-1] - 0.15, "the first token arrived long before the last was generated"
 

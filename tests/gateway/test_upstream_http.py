@@ -7,7 +7,7 @@ import gzip
 
 import pytest
 
-from gateway.upstream_http import (
+from gateway.upstream.client import (
     ReplicaConnections,
     UpstreamClient,
     UpstreamClosed,

@@ -312,7 +312,7 @@ def test_rendered_gateway_configs_load_in_the_gateway(prod_plan: Plan, preview_p
     """The config each region's gateway release carries is one the gateway itself accepts."""
     import yaml
 
-    from gateway.config import load_config
+    from gateway.config.loading import load_config
 
     for plan in (prod_plan, preview_plan):
         for g in (r for r in plan.of_type(RELEASE) if r.inputs["chart"] == str(GATEWAY_CHART)):

@@ -1,0 +1,89 @@
+"""Config sections of governance: secrets, redis, ledger and keys, and the duration strings they use."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    # Same rule as gateway.config.native: unknown keys are typos, refused by name.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+SECRET = "secret/"
+_DURATION = re.compile(r"^(\d+)(s|m|h|d|mo)$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "mo": 30 * 86400}  # a month is 30 days, epoch-aligned
+
+
+def parse_duration(text: str) -> int:
+    """LiteLLM's duration strings (`30s`, `30m`, `30h`, `30d`, `1mo`) in seconds; ValueError names the problem."""
+    match = _DURATION.match(text.strip()) if isinstance(text, str) else None
+    if not match or int(match.group(1)) == 0:
+        raise ValueError(f"{text!r} is not a duration like 30s, 10m, 24h, 30d or 1mo")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+class SecretsSettings(_Strict):
+    """Where `secret/<name>` references are read: AWS Secrets Manager under the stack's path, or the environment."""
+
+    source: Literal["env", "aws-secretsmanager"] = "env"
+    stack: str | None = None
+    region: str | None = None
+    refresh_seconds: float = Field(300.0, ge=1)
+    endpoint_url: str | None = None  # a VPC endpoint, or a local Secrets Manager in tests
+
+    @model_validator(mode="after")
+    def _aws_needs_stack(self) -> SecretsSettings:
+        if self.source == "aws-secretsmanager" and not self.stack:
+            raise ValueError("'stack' is required when source is aws-secretsmanager")
+        return self
+
+
+class RedisSettings(_Strict):
+    """Shared counters for limits and budgets across replicas."""
+
+    url: str = Field(min_length=1)
+    on_unavailable: Literal["fail-open", "fail-closed"] = "fail-open"
+    timeout_ms: float = Field(100.0, gt=0)  # longest wait for one limiter round trip
+    retry_after_ms: float = Field(1000.0, ge=0)  # after a failure, skip Redis this long instead of waiting again
+    settle_interval_ms: float = Field(20.0, gt=0)  # settlements and unused leases go back once per interval
+    lease_requests: int = Field(32, ge=0, le=1000)  # calls' worth a replica may lease beyond the call; 0: none
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if value.startswith(SECRET):
+            return value  # read from the secret store at start (gateway.governance.provider_keys)
+        if not value.startswith(("redis://", "rediss://")):
+            raise ValueError(f"{value!r} is not a redis:// or rediss:// URL")
+        return value
+
+
+class LedgerSettings(_Strict):
+    """The durable local spool and the store it is flushed to (which also holds keys and teams)."""
+
+    spool_dir: str = "./llmp-spool"
+    store: str = "sqlite:///./llmp-ledger.db"
+    flush_interval: float = Field(0.5, gt=0)
+    batch: int = Field(500, ge=1, le=100_000)
+    fsync: Literal["interval", "always"] = "interval"
+    store_timeout: float = Field(10.0, gt=0)
+    budget_sync_seconds: float = Field(60.0, ge=0)  # raise budget counters to the ledger's spend; 0: never
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        if value.startswith(SECRET):
+            return value  # a DSN with a password: read from the secret store at start
+        if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError(f"{value!r}: use sqlite:///path or postgresql://user@host/db")
+        return value
+
+
+class KeySettings(_Strict):
+    """How replicas learn about key changes made anywhere."""
+
+    refresh_seconds: float = Field(2.0, gt=0, le=300)  # bound on revocation delay on every replica

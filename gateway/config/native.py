@@ -1,0 +1,283 @@
+"""The gateway's native YAML config format: its schema and validation.
+
+Native format (version 1). One file per gateway (the Pulumi program renders one
+per region into a ConfigMap)::
+
+    version: 1
+    gateway:
+      region: us-east-1          # where this gateway runs; its deployments are tried first
+      residency: us              # residency zone: a request is never sent outside it
+      master_key: os.environ/LLMP_MASTER_KEY   # >= 32 chars, not a known default (unless --dev)
+      routing: least-busy        # least-busy | weighted: how deployments of an alias are chosen
+      timeouts:                  # seconds; any deployment may override them
+        connect: 2               # TCP/TLS connect to the upstream
+        first_byte: 60           # request sent -> response headers and first body bytes
+        idle: 30                 # longest silence between two stream chunks
+        total: 600               # whole call
+      retries:
+        attempts: 2              # retries per model after the first try (connect error, 429, 5xx before first byte)
+        backoff_base: 0.05       # exponential backoff base, full jitter
+        backoff_max: 2
+        retry_after_max: 5       # longest Retry-After honoured before trying elsewhere instead
+      circuit_breaker:
+        failures: 5              # consecutive failures that open a replica's circuit
+        cooldown: 10             # seconds before one trial request (half-open)
+      affinity:
+        bounded_load: 1.25       # a replica takes at most 1.25x the mean in-flight load
+        prefix_chars: 512        # prompt prefix hashed when no x-session-id or user is given
+
+    models:
+      - alias: llama-3.1-8b      # the `model` clients send
+        max_tokens: 4096         # cap applied to max_tokens / max_completion_tokens
+        over_max_tokens: clamp   # clamp: lower a larger request to the cap | refuse: 400 naming the cap
+        fallbacks: [gpt-4o-mini] # aliases tried, in order, once every deployment here failed
+        deployments:
+          - name: llama-8b-us-east-1
+            provider: openai     # wire protocol: openai (vLLM, SGLang, TGI, Ollama, OpenAI, ...) | anthropic
+            model: meta-llama/Llama-3.1-8B-Instruct   # model name the upstream expects
+            region: us-east-1
+            residency: us
+            replicas:            # a self-hosted pool: session affinity over its replicas
+              endpoint_slices: {service: vllm-llama-8b, namespace: models, port: 8000}
+              # or: static: [http://10.0.1.5:8000/v1, http://10.0.1.6:8000/v1]
+          - name: openai-hosted
+            provider: openai
+            model: gpt-4o-mini
+            api_base: https://api.openai.com/v1   # a single upstream (hosted provider or a Service URL)
+            api_key: os.environ/OPENAI_API_KEY
+            region: us-east-1
+            residency: us
+            tier: fallback       # hosted fallback: used only after every primary deployment failed
+
+A deployment has exactly one of ``api_base`` or ``replicas``. Base URLs include
+the API version path (``.../v1``), as in the OpenAI clients. Any string value of
+the form ``os.environ/NAME`` is read from the environment at load time.
+
+Order of attempts for a request: primary deployments in the gateway's region,
+then primary deployments in other regions of the same residency zone, then
+``tier: fallback`` deployments (same residency, local region first), then each
+alias in ``fallbacks`` in the same order. Deployments outside the gateway's
+residency zone are never used.
+
+Governance sections (see gateway/README.md, "Governance", for semantics and bounds)::
+
+    secrets: {source: env | aws-secretsmanager, stack: prod, region: us-east-1, refresh_seconds: 300}
+    redis: {url: redis://host:6379/0, on_unavailable: fail-open | fail-closed, timeout_ms: 100,
+            retry_after_ms: 1000, settle_interval_ms: 20,
+            lease_requests: 32}                                 # omit: in-process counters
+    ledger: {spool_dir: ./llmp-spool, store: sqlite:///./llmp-ledger.db | postgresql://...,
+             flush_interval: 0.5, batch: 500, fsync: interval | always, store_timeout: 10,
+             budget_sync_seconds: 60}
+    keys: {refresh_seconds: 2}     # bound on revocation delay on every replica
+
+Governance (virtual keys, limits, the spend ledger, the admin API) is on when
+``ledger`` is present. Models add ``input_cost_per_token``,
+``output_cost_per_token`` (USD; deployments may override them) and
+``max_request_bytes``. Any ``api_key`` or ``gateway.master_key`` may be
+``secret/<name>``: read from ``llm-platform/<stack>/<name>`` in Secrets Manager
+(``secret/providers/openai``, ``secret/gateway/master-key``) or, with
+``source: env``, from ``<PROVIDER>_API_KEY`` / ``LLMP_MASTER_KEY`` /
+``LLMP_SECRET_<NAME>`` (see ``gateway.governance.provider_keys``).
+
+LiteLLM's ``config.yaml`` is accepted too (see ``gateway.config.litellm``);
+``gateway.config.loading.load_config`` tells the two apart by the presence of ``model_list``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gateway.config.env import resolve_env
+from gateway.config.errors import ConfigError, format_validation_error
+from gateway.config.governance import KeySettings, LedgerSettings, RedisSettings, SecretsSettings
+from gateway.config.other_zones import OtherZone, check_other_zones
+
+
+class _Strict(BaseModel):
+    # Unknown keys are typos more often than not: refuse them by name.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timeouts(_Strict):
+    connect: float = Field(2.0, gt=0)
+    first_byte: float = Field(60.0, gt=0)
+    idle: float = Field(30.0, gt=0)
+    total: float = Field(600.0, gt=0)
+
+
+class TimeoutOverrides(_Strict):
+    """Per-deployment timeouts; a field left out keeps the gateway's value."""
+
+    connect: float | None = Field(None, gt=0)
+    first_byte: float | None = Field(None, gt=0)
+    idle: float | None = Field(None, gt=0)
+    total: float | None = Field(None, gt=0)
+
+    def over(self, base: Timeouts) -> Timeouts:
+        return base.model_copy(update=self.model_dump(exclude_none=True))
+
+
+class Retries(_Strict):
+    attempts: int = Field(2, ge=0, le=10)
+    backoff_base: float = Field(0.05, ge=0)
+    backoff_max: float = Field(2.0, ge=0)
+    retry_after_max: float = Field(5.0, ge=0)
+
+
+class CircuitBreakerSettings(_Strict):
+    failures: int = Field(5, ge=1)
+    cooldown: float = Field(10.0, gt=0)
+
+
+class AffinitySettings(_Strict):
+    bounded_load: float = Field(1.25, ge=1.0)
+    prefix_chars: int = Field(512, ge=1)
+
+
+class EndpointSlices(_Strict):
+    """Replicas discovered from the EndpointSlices of a Kubernetes Service."""
+
+    service: str = Field(min_length=1)
+    namespace: str = Field(min_length=1)
+    port: int | str  # number, or the port's name in the Service
+    scheme: Literal["http", "https"] = "http"
+    base_path: str = "/v1"
+    refresh: float = Field(10.0, gt=0)
+
+
+class Replicas(_Strict):
+    static: list[str] | None = None
+    endpoint_slices: EndpointSlices | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> Replicas:
+        if (self.static is None) == (self.endpoint_slices is None):
+            raise ValueError("give exactly one of 'static' or 'endpoint_slices'")
+        if self.static is not None:
+            if not self.static:
+                raise ValueError("'static' lists no replica")
+            for url in self.static:
+                _check_url(url)
+        return self
+
+
+class Deployment(_Strict):
+    name: str = Field(min_length=1)
+    provider: Literal["openai", "anthropic"] = "openai"
+    model: str = Field(min_length=1)
+    api_base: str | None = None
+    replicas: Replicas | None = None
+    api_key: str | None = None
+    region: str | None = None
+    residency: str | None = None
+    tier: Literal["primary", "fallback"] = "primary"
+    weight: float = Field(1.0, gt=0)
+    rpm: int | None = Field(None, ge=0)  # the deployment's quota: skipped when reached (gateway/quotas.py)
+    tpm: int | None = Field(None, ge=0)
+    session_affinity: bool = True
+    timeouts: TimeoutOverrides | None = None
+    input_cost_per_token: float | None = Field(None, ge=0)  # overrides the model's price (hosted fallbacks)
+    output_cost_per_token: float | None = Field(None, ge=0)
+
+    @field_validator("api_base")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_url(value)
+
+    @model_validator(mode="after")
+    def _one_upstream(self) -> Deployment:
+        if (self.api_base is None) == (self.replicas is None):
+            raise ValueError("give exactly one of 'api_base' or 'replicas'")
+        return self
+
+
+class Model(_Strict):
+    alias: str = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    # Over the cap: `clamp` lowers the request's max_tokens to it; `refuse` answers 400 naming the cap.
+    over_max_tokens: Literal["clamp", "refuse"] = "clamp"
+    fallbacks: list[str] = []
+    deployments: list[Deployment] = Field(min_length=1)
+    input_cost_per_token: float = Field(0.0, ge=0)  # USD, as LiteLLM's model_info; spend ledger and budgets
+    output_cost_per_token: float = Field(0.0, ge=0)
+    max_request_bytes: int | None = Field(None, ge=1)  # larger request bodies get a 400 naming this cap
+
+
+class GatewaySettings(_Strict):
+    region: str | None = None
+    residency: str | None = None  # None: no residency constraint (laptop, demo)
+    master_key: str | None = None
+    routing: Literal["least-busy", "weighted"] = "least-busy"
+    timeouts: Timeouts = Timeouts()
+    retries: Retries = Retries()
+    circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
+    affinity: AffinitySettings = AffinitySettings()
+
+
+class GatewayConfig(_Strict):
+    version: Literal[1] = 1
+    gateway: GatewaySettings = GatewaySettings()
+    models: list[Model] = Field(min_length=1)
+    secrets: SecretsSettings = SecretsSettings()
+    redis: RedisSettings | None = None  # None: limits counted in-process (one replica)
+    ledger: LedgerSettings | None = None  # None: no governance (master key only, no spend ledger)
+    keys: KeySettings = KeySettings()
+    other_zones: dict[str, OtherZone] = {}  # models only another residency zone serves (config/other_zones.py)
+
+    @model_validator(mode="after")
+    def _references(self) -> GatewayConfig:
+        aliases = [m.alias for m in self.models]
+        seen: set[str] = set()
+        for alias in aliases:
+            if alias in seen:
+                raise ValueError(f"model alias {alias!r} is defined twice")
+            seen.add(alias)
+        names: set[str] = set()
+        zone = self.gateway.residency
+        for model in self.models:
+            for fallback in model.fallbacks:
+                if fallback not in seen:
+                    raise ValueError(f"model {model.alias!r}: fallback {fallback!r} is not a model alias")
+                if fallback == model.alias:
+                    raise ValueError(f"model {model.alias!r}: lists itself as a fallback")
+            for dep in model.deployments:
+                if dep.name in names:
+                    raise ValueError(f"deployment name {dep.name!r} is used twice")
+                names.add(dep.name)
+                if zone is not None and dep.residency is None:
+                    # An undeclared zone cannot be shown to stay inside the gateway's.
+                    raise ValueError(
+                        f"deployment {dep.name!r}: 'residency' is required when gateway.residency is set"
+                    )
+        check_other_zones(self.gateway.residency, self.other_zones, seen)
+        return self
+
+    def model(self, alias: str) -> Model | None:
+        for model in self.models:
+            if model.alias == alias:
+                return model
+        return None
+
+
+_URL = re.compile(r"^https?://[^/\s]+(/\S*)?$")
+
+
+def _check_url(url: str) -> str:
+    if not _URL.match(url):
+        raise ValueError(f"{url!r} is not an http(s) URL")
+    return url.rstrip("/")
+
+
+def parse_native(doc: Any) -> GatewayConfig:
+    if not isinstance(doc, dict):
+        raise ConfigError("config: expected a mapping at the top level")
+    doc = resolve_env(doc)
+    try:
+        return GatewayConfig.model_validate(doc)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+

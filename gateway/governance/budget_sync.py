@@ -1,0 +1,92 @@
+"""Budget counters kept at least at what the ledger recorded, so lost counters never let a budget be spent twice.
+
+Budget counters live in Redis (or in the process without Redis). A Redis that restarts
+without persistence, or a gateway process that restarts with in-process counters, would
+start every window at zero again. Every `ledger.budget_sync_seconds`, and once at start,
+each key's and team's budget counter for its current window is raised to the spend the
+ledger holds for that window. Raising only (never lowering) is safe: the ledger lags the
+counters (records wait in the spool up to `flush_interval`), so in normal operation the
+counter is already higher and nothing changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from gateway.config.governance import parse_duration
+from gateway.governance.keys import KeyCache, Limits
+from gateway.governance.limits.scopes import RateLimiter, key_scope, team_scope
+from gateway.governance.store.protocol import LedgerStore
+from gateway.tasks import cancel
+
+
+class BudgetSync:
+    def __init__(self, store: LedgerStore, cache: KeyCache, limiter: RateLimiter, interval: float,
+                 on_event: Callable[..., None]) -> None:
+        self.store = store
+        self.cache = cache
+        self.limiter = limiter
+        self.interval = interval
+        self._event = on_event
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+
+    async def run_once(self, now: float | None = None) -> int:
+        """Raise every budget counter to the ledger's spend of its window; how many scopes had spend."""
+        now = time.time() if now is None else now
+        groups: dict[tuple[str, int], list[str]] = {}
+        for key in self.cache.by_hash.values():
+            _add(groups, "key_token", key.token, key.limits)
+        for team in self.cache.teams.values():
+            _add(groups, "team_id", team.team_id, team.limits)
+        spends = []
+        for (column, seconds), ids in groups.items():
+            since = now - now % seconds if seconds else 0.0
+            for ident, amount in (await self.store.spend_since(column, since, ids)).items():
+                name = key_scope(ident) if column == "key_token" else team_scope(ident)
+                spends.append((name, seconds, amount))
+        if spends:
+            await self.limiter.raise_spend(spends)
+        return len(spends)
+
+    async def start(self, sync_now: bool = True) -> None:
+        """`sync_now`: once before returning (before the port opens), as well as every interval after."""
+        if sync_now:
+            await self._attempt()
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        await cancel(self._task)
+        self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self._attempt()
+
+    async def _attempt(self) -> None:
+        try:
+            async with asyncio.timeout(max(self.interval, 10.0)):
+                await self.run_once()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the store or Redis is down: counters keep what they have
+            if not self._failing:
+                self._failing = True
+                self._event("budget_sync_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            return
+        if self._failing:
+            self._failing = False
+            self._event("budget_sync_recovered")
+
+
+def _add(groups: dict[tuple[str, int], list[str]], column: str, ident: str, limits: Limits) -> None:
+    if limits.max_budget is None:
+        return
+    try:
+        seconds = parse_duration(limits.budget_duration) if limits.budget_duration else 0
+    except ValueError:
+        return  # refused when the key or team was written; nothing to sync for a value that cannot be read
+    groups.setdefault((column, seconds), []).append(ident)

@@ -1,0 +1,39 @@
+"""Governance wired from config: the store, key cache, limiter (Redis or in-process), spend ledger, budget sync."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gateway.config.native import GatewayConfig
+from gateway.governance.budget_sync import BudgetSync
+from gateway.governance.gate import Governance
+from gateway.governance.keys import KeyCache, VirtualKeyAuth
+from gateway.governance.ledger.spend import SpendLedger
+from gateway.governance.ledger.spool import SpendSpool
+from gateway.governance.limits.in_process import LocalLimiter
+from gateway.governance.limits.redis_limiter import RedisLimiter
+from gateway.governance.limits.scopes import RateLimiter
+from gateway.governance.store.connect import open_store
+
+
+def build_governance(config: GatewayConfig, on_event: Callable[..., None]) -> Governance:
+    """Governance from the `ledger`, `redis` and `keys` sections (the caller checked `ledger` is set)."""
+    settings = config.ledger
+    assert settings is not None
+    store = open_store(settings.store, settings.store_timeout)
+    cache = KeyCache(store, config.keys.refresh_seconds, on_event)
+    auth = VirtualKeyAuth(config.gateway.master_key or "", cache)
+    limiter: RateLimiter
+    if config.redis is not None:
+        r = config.redis
+        limiter = RedisLimiter(r.url, fail_open=r.on_unavailable == "fail-open", timeout_ms=r.timeout_ms,
+                               retry_after_ms=r.retry_after_ms, settle_interval_ms=r.settle_interval_ms,
+                               lease_requests=r.lease_requests, on_event=on_event)
+    else:
+        limiter = LocalLimiter()
+    ledger = SpendLedger(SpendSpool(settings.spool_dir, settings.fsync == "always"), store, settings.flush_interval,
+                         settings.batch, on_event)
+    budgets = None
+    if settings.budget_sync_seconds > 0:
+        budgets = BudgetSync(store, cache, limiter, settings.budget_sync_seconds, on_event)
+    return Governance(config, auth, cache, limiter, ledger, store, on_event, budgets)

@@ -1,0 +1,196 @@
+"""Governance on the request path: model access, residency, caps, limits on the way in;
+ledger and settlement on the way out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from gateway.config.governance import parse_duration
+from gateway.config.native import GatewayConfig
+from gateway.governance.budget_sync import BudgetSync
+from gateway.governance.keys import KeyCache, Limits, Team, VirtualKey, VirtualKeyAuth
+from gateway.governance.ledger.prices import Prices
+from gateway.governance.ledger.spend import SpendLedger, spend_row
+from gateway.governance.limits.scopes import NO_LIMIT, RateLimiter, Scope, key_scope, reserve_tokens, team_scope
+from gateway.governance.store.protocol import LedgerStore
+from gateway.http.errors import GatewayError, bad_request
+from gateway.observability.usage import CallRecord
+from gateway.protocols.request import Request
+from gateway.upstream.routing import ModelRoute
+
+MASTER_TOKEN = "master"
+
+
+def forbidden(message: str, code: str, param: str | None = None) -> GatewayError:
+    return GatewayError(403, message, "permission_error", param, code)
+
+
+def _limit(value: int | None) -> int:
+    return NO_LIMIT if value is None else int(value)
+
+
+def _scope(name: str, label: str, limits: Limits, rpm: int | None = None, tpm: int | None = None) -> Scope:
+    return Scope(
+        name, label,
+        rpm=_limit(rpm if rpm is not None else limits.rpm_limit),
+        tpm=_limit(tpm if tpm is not None else limits.tpm_limit),
+        budget=NO_LIMIT if limits.max_budget is None else float(limits.max_budget),
+        budget_seconds=parse_duration(limits.budget_duration) if limits.budget_duration else 0,
+        parallel=_limit(limits.max_parallel_requests),
+    )
+
+
+class Governance:
+    """The gate (`admit`) and the usage hook (`record`) of the app when governance is configured."""
+
+    def __init__(self, config: GatewayConfig, auth: VirtualKeyAuth, cache: KeyCache, limiter: RateLimiter,
+                 ledger: SpendLedger, store: LedgerStore, on_event: Callable[..., None],
+                 budgets: BudgetSync | None = None) -> None:
+        self.config = config
+        self.auth = auth
+        self.cache = cache
+        self.limiter = limiter
+        self.ledger = ledger
+        self.store = store
+        self.budgets = budgets
+        self.prices = Prices(config)
+        self.residency = config.gateway.residency
+        self.region = config.gateway.region or ""
+        self.deadline_s = config.gateway.timeouts.total + 60  # a parallel slot outlives any call
+        self.model_bytes = {m.alias: m.max_request_bytes for m in config.models}
+        self._event = on_event
+        self._scopes: dict[tuple[str, str], tuple[Scope, ...]] = {}
+        self._scopes_generation = -1
+        self._zone_routes: dict[tuple[str, str], ModelRoute] = {}
+
+    # ---- on the way in --------------------------------------------------------------------------
+
+    async def admit(self, principal: Any, request: Request, route: ModelRoute, record: CallRecord) -> ModelRoute:
+        """Refuse with a clear 400/403/429, or count the call in every scope it falls under; the route to use."""
+        alias = request.alias
+        size = len(request.raw)
+        model_cap = self.model_bytes.get(alias)
+        if model_cap is not None and size > model_cap:
+            raise bad_request(f"Request body is {size} bytes, over the model cap: models[{alias}].max_request_bytes "
+                              f"is {model_cap}.", "messages")
+        key: VirtualKey | None = getattr(principal, "key", None)
+        if key is None:
+            record.key_token = MASTER_TOKEN
+            return route
+        team: Team | None = getattr(principal, "team", None)
+        record.key_token = key.token
+        record.key_alias = key.key_alias
+        record.team_id = key.team_id
+        if key.models and alias not in key.models:
+            raise forbidden(f"This key may not call model `{alias}` (allowed: {', '.join(key.models)}).",
+                            "model_not_allowed", "model")
+        if team is not None and team.models and alias not in team.models:
+            raise forbidden(f"Team `{team.team_id}` may not call model `{alias}` (allowed: {', '.join(team.models)}).",
+                            "model_not_allowed", "model")
+        zone = key.residency or (team.residency if team is not None else None)
+        if zone is not None and self.residency is not None and zone != self.residency:
+            raise forbidden(f"This key is pinned to residency zone `{zone}`; this gateway serves `{self.residency}`. "
+                            f"Call the `{zone}` endpoint.", "residency_mismatch")
+        if zone is not None and self.residency is None:
+            route = self._pinned(route, zone)
+        if key.max_request_bytes is not None and size > key.max_request_bytes:
+            raise bad_request(f"Request body is {size} bytes, over the key cap: max_request_bytes is "
+                              f"{key.max_request_bytes}.", "messages")
+        body = request.body
+        asked_field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+        asked = body.get(asked_field)
+        if key.max_tokens is not None and isinstance(asked, int) and asked > key.max_tokens:
+            raise bad_request(f"`{asked_field}` is {asked}, over the key cap: max_tokens is {key.max_tokens}.",
+                                  asked_field)
+        completion_cap = asked if isinstance(asked, int) else None
+        for cap in (route.max_tokens, key.max_tokens):
+            if cap is not None:
+                completion_cap = cap if completion_cap is None else min(completion_cap, cap)
+        scopes = self._scopes_for(key, team, alias)
+        if not scopes:
+            return route
+        tokens = reserve_tokens(size, completion_cap if request.endpoint != "embeddings" else 0)
+        inp, out = self.prices.ceiling(alias)
+        cost = reserve_tokens(size, 0) * inp + (completion_cap or 0) * out
+        record.ticket = await self.limiter.admit(record.request_id, scopes, tokens, cost, self.deadline_s)
+        return route
+
+    def _pinned(self, route: ModelRoute, zone: str) -> ModelRoute:
+        """On a gateway serving every zone, a pinned key's call uses only its zone's deployments."""
+        pinned = self._zone_routes.get((route.alias, zone))
+        if pinned is None:
+            # No fallback aliases: their deployments are not filtered by the proxy, and could leave the zone.
+            pinned = ModelRoute(route.alias, route.max_tokens, [],
+                                [d for d in route.deployments if d.config.residency == zone])
+            self._zone_routes[(route.alias, zone)] = pinned
+        if not pinned.deployments:
+            raise forbidden(f"Model `{route.alias}` has no deployment in residency zone `{zone}`, "
+                            f"to which this key is pinned.", "residency_unavailable", "model")
+        return pinned
+
+    def _scopes_for(self, key: VirtualKey, team: Team | None, alias: str) -> tuple[Scope, ...]:
+        # Cached per key and model until the key cache reloads (any key or team changed): new limits apply at once.
+        if self._scopes_generation != self.cache.generation:
+            self._scopes.clear()
+            self._scopes_generation = self.cache.generation
+        cache_key = (key.token, alias)
+        scopes = self._scopes.get(cache_key)
+        if scopes is None:
+            if len(self._scopes) > 50_000:
+                self._scopes.clear()
+            found = [_scope(key_scope(key.token), "this key", key.limits)]
+            if team is not None:
+                found.append(_scope(team_scope(team.team_id), f"team `{team.team_id}`", team.limits))
+            if alias in key.model_rpm_limit or alias in key.model_tpm_limit:
+                found.append(_scope(f"km:{key.token[:24]}:{alias}", f"this key on model `{alias}`", Limits(),
+                                    key.model_rpm_limit.get(alias), key.model_tpm_limit.get(alias)))
+            scopes = self._scopes[cache_key] = tuple(s for s in found if s.any())
+        return scopes
+
+    # ---- on the way out -------------------------------------------------------------------------
+
+    def record(self, call: CallRecord) -> None:
+        """Once per call (the stream relay may call it before its last byte; later calls do nothing)."""
+        if call.accounted:
+            return
+        call.accounted = True
+        tokens = call.prompt_tokens + call.completion_tokens
+        cost = 0.0
+        if tokens:
+            cost = self.prices.cost(call.alias, call.deployment, call.prompt_tokens, call.completion_tokens)
+        ticket = call.ticket
+        if ticket is not None:
+            self.limiter.settle(ticket, tokens, cost)
+        if call.status == 200 or tokens:
+            self.ledger.write(spend_row(
+                self.ledger.next_id(), call.request_id, call.key_token or MASTER_TOKEN, call.key_alias, call.team_id,
+                call.alias, call.deployment, call.region or self.region, call.status, call.prompt_tokens,
+                call.completion_tokens, cost))
+
+    # ---- life cycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        store_up = True
+        try:
+            await self.store.open()
+            await self.cache.refresh(force=True)
+        except Exception as exc:  # noqa: BLE001 - start anyway: the master key works, the refresh keeps trying
+            store_up = False
+            self._event("key_store_unavailable", error=f"{type(exc).__name__}: {exc}"[:300], serving_cached_keys=0)
+        self.ledger.open()
+        await self.ledger.start()
+        await self.limiter.start()
+        if self.budgets is not None:
+            await self.budgets.start(sync_now=store_up)
+        self.cache.start()
+        self._event("governance", limits=self.limiter.description, keys=len(self.cache.by_hash),
+                    teams=len(self.cache.teams), key_refresh_seconds=self.cache.refresh_seconds)
+
+    async def stop(self) -> None:
+        if self.budgets is not None:
+            await self.budgets.stop()
+        await self.cache.stop()
+        await self.limiter.stop()
+        await self.ledger.stop()
+        await self.store.close()

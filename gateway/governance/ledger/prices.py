@@ -1,0 +1,39 @@
+"""Prices: USD per token by model alias and deployment, and the most a call to an alias can be charged."""
+
+from __future__ import annotations
+
+from gateway.config.native import GatewayConfig
+
+
+class Prices:
+    """USD per token by model alias, with per-deployment overrides (hosted fallbacks cost what they cost)."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.models = {m.alias: (m.input_cost_per_token, m.output_cost_per_token) for m in config.models}
+        self.deployments: dict[str, tuple[float, float]] = {}
+        own: dict[str, list[tuple[float, float]]] = {}
+        for m in config.models:
+            own[m.alias] = [self.models[m.alias]]
+            for d in m.deployments:
+                if d.input_cost_per_token is not None or d.output_cost_per_token is not None:
+                    self.deployments[d.name] = (
+                        m.input_cost_per_token if d.input_cost_per_token is None else d.input_cost_per_token,
+                        m.output_cost_per_token if d.output_cost_per_token is None else d.output_cost_per_token,
+                    )
+                    own[m.alias].append(self.deployments[d.name])
+        # The highest prices a call to an alias can be charged, on any deployment of it or of its fallbacks.
+        self.ceilings: dict[str, tuple[float, float]] = {}
+        for m in config.models:
+            found = [p for alias in (m.alias, *m.fallbacks) for p in own.get(alias, ())]
+            self.ceilings[m.alias] = (max(p[0] for p in found), max(p[1] for p in found))
+
+    def ceiling(self, alias: str) -> tuple[float, float]:
+        """What a call to `alias` reserves per token."""
+        return self.ceilings.get(alias) or (0.0, 0.0)
+
+    def of(self, alias: str, deployment: str = "") -> tuple[float, float]:
+        return self.deployments.get(deployment) or self.models.get(alias) or (0.0, 0.0)
+
+    def cost(self, alias: str, deployment: str, prompt_tokens: int, completion_tokens: int) -> float:
+        inp, out = self.of(alias, deployment)
+        return prompt_tokens * inp + completion_tokens * out

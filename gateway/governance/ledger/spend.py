@@ -1,0 +1,123 @@
+"""The spend ledger: per call, who spent what on which model, spooled durably, flushed in batches to the store."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import time
+from collections.abc import Callable
+from itertools import count
+from typing import Any
+
+from gateway.governance.ledger.spool import Segment, SpendSpool
+from gateway.governance.store.protocol import LedgerStore
+from gateway.tasks import cancel
+
+
+class SpendLedger:
+    """Writes each record to the spool at once; a background task moves spooled records to the store.
+
+    Records are never lost to a store outage (they wait in the spool, replayed by the next
+    flush or the next start) and never doubled (unique record ids, inserts ignore repeats).
+    """
+
+    def __init__(self, spool: SpendSpool, store: LedgerStore, flush_interval: float, batch: int,
+                 on_event: Callable[..., None]) -> None:
+        self.spool = spool
+        self.store = store
+        self.flush_interval = flush_interval
+        self.batch = batch
+        self._event = on_event
+        self._ids = count(1)
+        self._prefix = os.urandom(6).hex()
+        self._task: asyncio.Task[None] | None = None
+        self._store_down = False
+        self.flushed = 0  # rows inserted by this process (replays included)
+        self.write_errors = 0
+
+    def next_id(self) -> str:
+        return f"{self._prefix}-{next(self._ids):x}"
+
+    def write(self, row: dict[str, Any]) -> None:
+        try:
+            self.spool.append(row)
+        except OSError as exc:  # disk full or gone: say so loudly, never fail the call already answered
+            self.write_errors += 1
+            self._event("spool_write_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+
+    def open(self) -> None:
+        self.spool.open()
+
+    async def start(self) -> None:
+        await self.flush()  # replay what a previous process left behind before taking traffic
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            await self.flush()
+
+    async def flush(self) -> int:
+        """Rotate, then insert every closed or orphaned segment; on a store error keep them for later."""
+        segments: list[Segment] = []
+        current = self.spool.rotate()
+        if current is not None:
+            segments.append(current)
+        segments += self.spool.orphans()
+        inserted = 0
+        for i, seg in enumerate(segments):
+            try:
+                if seg is current and not self.spool.fsync_always:
+                    await asyncio.to_thread(self.spool.sync, seg)  # power-loss durability before the store has it
+                lines = seg.lines if seg.lines is not None else self.spool.read(seg)
+                for start in range(0, len(lines), self.batch):
+                    inserted += await self.store.insert_spend(lines[start:start + self.batch])
+                self.spool.done(seg)
+            except asyncio.CancelledError:
+                for rest in segments[i:]:
+                    self.spool.release(rest)
+                raise
+            except Exception as exc:  # noqa: BLE001 - the store is down: segments wait in the spool
+                for rest in segments[i:]:
+                    self.spool.release(rest)
+                if not self._store_down:
+                    self._store_down = True
+                    self._event("ledger_store_unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
+                return inserted
+        if self._store_down:
+            self._store_down = False
+            self._event("ledger_store_recovered")
+        self.flushed += inserted
+        return inserted
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Final flush (SIGTERM path); what cannot be flushed in time stays in the spool for the next start."""
+        await cancel(self._task)
+        self._task = None
+        try:
+            async with asyncio.timeout(timeout):
+                await self.flush()
+        except TimeoutError:
+            self._event("ledger_flush_timeout", note="records stay in the spool and are replayed at the next start")
+        self.spool.close()
+
+
+def _day(ts: float) -> str:
+    return _day_of_hour(int(ts // 3600))
+
+
+@functools.lru_cache(maxsize=64)
+def _day_of_hour(hour: int) -> str:
+    # The UTC day, formatted once per hour rather than once per call (a pure function, so caching is safe).
+    return time.strftime("%Y-%m-%d", time.gmtime(hour * 3600))
+
+
+def spend_row(record_id: str, request_id: str, key_token: str, key_alias: str | None, team_id: str | None,
+              model: str, deployment: str, region: str, status: int, prompt_tokens: int, completion_tokens: int,
+              cost: float, now: float | None = None) -> dict[str, Any]:
+    ts = time.time() if now is None else now
+    return {"id": record_id, "ts": ts, "day": _day(ts), "request_id": request_id,
+            "key_token": key_token, "key_alias": key_alias, "team_id": team_id, "model": model,
+            "deployment": deployment, "region": region, "status": status, "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens, "cost": cost}

@@ -1,0 +1,1 @@
+"""The ledger store (keys, teams, spend rows) in SQLite or PostgreSQL."""

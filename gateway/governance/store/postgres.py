@@ -1,0 +1,163 @@
+"""The ledger store in PostgreSQL (clusters; LiteLLM's database): an asyncpg pool, every call bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from gateway.governance.keys import Team, VirtualKey
+from gateway.governance.store.documents import key_doc, key_from_doc, new_rev, team_doc, team_from_doc
+from gateway.governance.store.migrations import CREATE_VERSION_TABLE, CURRENT_VERSION, VERSION_TABLE, pending
+from gateway.governance.store.protocol import Conflict, StoreError
+from gateway.governance.store.reports import chunks, report_rows, report_sql, since_sql
+from gateway.governance.store.schema import POSTGRES_INSERT_SPEND, json_array
+
+
+class PostgresStore:
+    """PostgreSQL through an asyncpg pool; every call bounded by the store timeout."""
+
+    def __init__(self, dsn: str, timeout: float) -> None:
+        self.dsn = dsn
+        self.timeout = timeout
+        self._pool: Any = None
+
+    async def open(self) -> None:
+        import asyncpg
+
+        try:
+            pool = await asyncio.wait_for(
+                asyncpg.create_pool(self.dsn, min_size=1, max_size=4, command_timeout=self.timeout), self.timeout)
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            raise StoreError(f"postgresql: {type(exc).__name__}: {exc}") from None
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                # Replicas starting together take turns: one migrates, the others find it done.
+                await conn.execute("SELECT pg_advisory_xact_lock(770501)")
+                await self._migrate(conn)
+        except BaseException as exc:
+            pool.terminate()  # nothing was handed out yet: no call to wait for
+            if isinstance(exc, (OSError, TimeoutError, asyncpg.PostgresError)):
+                raise StoreError(f"postgresql: {type(exc).__name__}: {exc}") from None
+            raise
+        self._pool = pool
+
+    async def _migrate(self, conn: Any) -> None:
+        """Bring the schema to the latest version, inside the caller's transaction (see `migrations`)."""
+        await conn.execute(CREATE_VERSION_TABLE)
+        for m in pending(await conn.fetchval(CURRENT_VERSION), "postgresql"):
+            for statement in m.statements:
+                await conn.execute(statement)
+            await conn.execute(f"INSERT INTO {VERSION_TABLE} (version, description, applied_at) VALUES ($1, $2, $3)",
+                               m.version, m.description, time.time())
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), 5)
+            except TimeoutError:
+                pool.terminate()
+
+    async def _ready(self) -> Any:
+        # Opened lazily again after a failed start: the store may come up after the gateway.
+        if self._pool is None:
+            await self.open()
+        return self._pool
+
+    async def _q(self, method: str, sql: str, *args: Any) -> Any:
+        import asyncpg
+
+        await self._ready()
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await getattr(self._pool, method)(sql, *args)
+        except asyncpg.UniqueViolationError as exc:
+            raise Conflict(str(exc)) from None
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"postgresql: {type(exc).__name__}: {exc}") from None
+
+    async def key_fingerprint(self) -> tuple[int, int]:
+        row = await self._q("fetchrow", "SELECT (SELECT COUNT(*) FROM llmp_keys) + (SELECT COUNT(*) FROM llmp_teams),"
+                            " (SELECT COALESCE(SUM(rev), 0) FROM llmp_keys)"
+                            " + (SELECT COALESCE(SUM(rev), 0) FROM llmp_teams)")
+        return int(row[0]), int(row[1])
+
+    async def load_keys(self) -> tuple[list[VirtualKey], list[Team]]:
+        keys = await self._q("fetch", "SELECT doc FROM llmp_keys WHERE revoked = 0")
+        teams = await self._q("fetch", "SELECT doc FROM llmp_teams")
+        return [key_from_doc(r[0]) for r in keys], [team_from_doc(r[0]) for r in teams]
+
+    async def insert_key(self, key: VirtualKey) -> None:
+        await self._q("execute", "INSERT INTO llmp_keys (token, key_alias, team_id, doc, revoked, rev, created_at) "
+                      "VALUES ($1,$2,$3,$4,0,$5,$6)", key.token, key.key_alias, key.team_id, key_doc(key).decode(),
+                      new_rev(), key.created_at)
+
+    async def update_key(self, key: VirtualKey) -> None:
+        await self._q("execute", "UPDATE llmp_keys SET key_alias = $1, team_id = $2, doc = $3, rev = $4 "
+                      "WHERE token = $5", key.key_alias, key.team_id, key_doc(key).decode(), new_rev(), key.token)
+
+    async def get_key(self, token: str) -> tuple[VirtualKey, bool] | None:
+        row = await self._q("fetchrow", "SELECT doc, revoked FROM llmp_keys WHERE token = $1", token)
+        return None if row is None else (key_from_doc(row[0]), bool(row[1]))
+
+    async def find_tokens_by_alias(self, aliases: list[str]) -> list[str]:
+        rows = await self._q("fetch", "SELECT token FROM llmp_keys WHERE revoked = 0 AND key_alias = ANY($1)",
+                             aliases)
+        return [r[0] for r in rows]
+
+    async def revoke_keys(self, tokens: list[str]) -> list[str]:
+        done = []
+        for token in tokens:
+            row = await self._q("fetchrow", "UPDATE llmp_keys SET revoked = 1, rev = $1 WHERE token = $2 "
+                                "AND revoked = 0 RETURNING token", new_rev(), token)
+            if row is not None:
+                done.append(token)
+        return done
+
+    async def list_keys(self, team_id: str | None) -> list[tuple[VirtualKey, bool]]:
+        if team_id is None:
+            rows = await self._q("fetch", "SELECT doc, revoked FROM llmp_keys ORDER BY created_at")
+        else:
+            rows = await self._q("fetch", "SELECT doc, revoked FROM llmp_keys WHERE team_id = $1 "
+                                 "ORDER BY created_at", team_id)
+        return [(key_from_doc(r[0]), bool(r[1])) for r in rows]
+
+    async def insert_team(self, team: Team) -> None:
+        await self._q("execute", "INSERT INTO llmp_teams (team_id, team_alias, doc, rev, created_at) "
+                      "VALUES ($1,$2,$3,$4,$5)", team.team_id, team.team_alias, team_doc(team).decode(), new_rev(),
+                      team.created_at)
+
+    async def update_team(self, team: Team) -> None:
+        await self._q("execute", "UPDATE llmp_teams SET team_alias = $1, doc = $2, rev = $3 WHERE team_id = $4",
+                      team.team_alias, team_doc(team).decode(), new_rev(), team.team_id)
+
+    async def get_team(self, team_id: str) -> Team | None:
+        row = await self._q("fetchrow", "SELECT doc FROM llmp_teams WHERE team_id = $1", team_id)
+        return None if row is None else team_from_doc(row[0])
+
+    async def list_teams(self) -> list[Team]:
+        return [team_from_doc(r[0]) for r in await self._q("fetch", "SELECT doc FROM llmp_teams ORDER BY created_at")]
+
+    async def insert_spend(self, lines: list[bytes]) -> int:
+        import asyncpg
+
+        await self._ready()
+        try:
+            async with asyncio.timeout(self.timeout):
+                status = await self._pool.execute(POSTGRES_INSERT_SPEND, json_array(lines))
+            return int(status.split()[-1])  # "INSERT 0 <rows>"
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"postgresql: {type(exc).__name__}: {exc}") from None
+
+    async def spend_report(self, group_by: str, start: str | None, end: str | None,
+                           key_token: str | None, team_id: str | None) -> list[dict[str, Any]]:
+        sql, args = report_sql(group_by, start, end, key_token, team_id, lambda i: f"${i}")
+        return report_rows(group_by, await self._q("fetch", sql, *args))
+
+    async def spend_since(self, column: str, since: float, ids: list[str]) -> dict[str, float]:
+        found: dict[str, float] = {}
+        for chunk in chunks(ids):
+            sql, args = since_sql(column, since, chunk, lambda i: f"${i}")
+            found.update((r[0], float(r[1])) for r in await self._q("fetch", sql, *args))
+        return found

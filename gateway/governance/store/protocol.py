@@ -1,0 +1,63 @@
+"""The ledger store's interface: virtual keys, teams and spend rows, in SQLite (default) or PostgreSQL.
+
+Keys and teams live here durably, as JSON documents beside the few columns that are
+queried; every replica holds them all in memory (`gateway.governance.keys.KeyCache`), so the store
+is never on the request path. Spend rows are keyed by a unique record id: replaying a
+spool segment twice inserts nothing twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from gateway.governance.keys import Team, VirtualKey
+
+
+class StoreError(Exception):
+    """The store could not be reached or refused the operation."""
+
+
+class Conflict(StoreError):
+    """The row already exists (a key or team id given twice)."""
+
+
+class LedgerStore(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def key_fingerprint(self) -> tuple[int, int]: ...
+
+    async def load_keys(self) -> tuple[list[VirtualKey], list[Team]]: ...
+
+    async def insert_key(self, key: VirtualKey) -> None: ...
+
+    async def update_key(self, key: VirtualKey) -> None: ...
+
+    async def get_key(self, token: str) -> tuple[VirtualKey, bool] | None: ...
+
+    async def find_tokens_by_alias(self, aliases: list[str]) -> list[str]: ...
+
+    async def revoke_keys(self, tokens: list[str]) -> list[str]: ...
+
+    async def list_keys(self, team_id: str | None) -> list[tuple[VirtualKey, bool]]: ...
+
+    async def insert_team(self, team: Team) -> None: ...
+
+    async def update_team(self, team: Team) -> None: ...
+
+    async def get_team(self, team_id: str) -> Team | None: ...
+
+    async def list_teams(self) -> list[Team]: ...
+
+    async def insert_spend(self, lines: list[bytes]) -> int:
+        """Insert spend records (JSON objects, one per line of the spool), ignoring ids already present;
+        the number inserted."""
+        ...
+
+    async def spend_report(self, group_by: str, start: str | None, end: str | None,
+                           key_token: str | None, team_id: str | None) -> list[dict[str, Any]]: ...
+
+    async def spend_since(self, column: str, since: float, ids: list[str]) -> dict[str, float]:
+        """Spend recorded since `since` (Unix seconds) per `key_token` or `team_id` in `ids`."""
+        ...

@@ -1,0 +1,202 @@
+"""The ledger store in SQLite (the default; a laptop, or one replica): WAL mode, calls in a worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.governance.keys import Team, VirtualKey
+from gateway.governance.store.documents import key_doc, key_from_doc, new_rev, team_doc, team_from_doc
+from gateway.governance.store.migrations import CREATE_VERSION_TABLE, CURRENT_VERSION, VERSION_TABLE, pending
+from gateway.governance.store.protocol import Conflict, StoreError
+from gateway.governance.store.reports import chunks, report_rows, report_sql, since_sql
+from gateway.governance.store.schema import SQLITE_INSERT_SPEND, json_array
+
+T = TypeVar("T")
+
+
+class SqliteStore:
+    """SQLite in WAL mode: several local processes may share the file. Calls run in a worker thread."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._db: sqlite3.Connection | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self._open)
+
+    def _open(self) -> None:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=self.timeout, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable against process crashes, cheap commits
+        try:
+            self._migrate(db)
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Bring the schema to the latest version in one transaction (see `migrations`)."""
+        db.execute("BEGIN IMMEDIATE")  # one process migrates; the others wait (`timeout`), then find it done
+        try:
+            db.execute(CREATE_VERSION_TABLE)
+            for m in pending(db.execute(CURRENT_VERSION).fetchone()[0], f"sqlite:///{self.path}"):
+                for statement in m.statements:
+                    db.execute(statement)
+                db.execute(f"INSERT INTO {VERSION_TABLE} (version, description, applied_at) VALUES (?, ?, ?)",
+                           (m.version, m.description, time.time()))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._db is not None:
+            db, self._db = self._db, None
+            await asyncio.to_thread(db.close)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        def call() -> T:
+            with self._lock:
+                if self._closed:
+                    raise StoreError("store is closed")
+                try:
+                    if self._db is None:
+                        # Opened lazily again after a failed start (a replica starting beside
+                        # another may find the file locked while that one creates the schema).
+                        self._open()
+                    return fn(self._db, *args)
+                except sqlite3.IntegrityError as exc:
+                    raise Conflict(str(exc)) from None
+                except sqlite3.Error as exc:
+                    raise StoreError(f"sqlite: {exc}") from None
+
+        return await asyncio.to_thread(call)
+
+    async def key_fingerprint(self) -> tuple[int, int]:
+        def q(db: sqlite3.Connection) -> tuple[int, int]:
+            a = db.execute("SELECT COUNT(*), COALESCE(SUM(rev), 0) FROM llmp_keys").fetchone()
+            b = db.execute("SELECT COUNT(*), COALESCE(SUM(rev), 0) FROM llmp_teams").fetchone()
+            return a[0] + b[0], a[1] + b[1]
+
+        return await self._run(q)
+
+    async def load_keys(self) -> tuple[list[VirtualKey], list[Team]]:
+        def q(db: sqlite3.Connection) -> tuple[list[VirtualKey], list[Team]]:
+            keys = [key_from_doc(r[0]) for r in db.execute("SELECT doc FROM llmp_keys WHERE revoked = 0")]
+            teams = [team_from_doc(r[0]) for r in db.execute("SELECT doc FROM llmp_teams")]
+            return keys, teams
+
+        return await self._run(q)
+
+    async def insert_key(self, key: VirtualKey) -> None:
+        await self._run(lambda db: db.execute(
+            "INSERT INTO llmp_keys (token, key_alias, team_id, doc, revoked, rev, created_at) VALUES (?,?,?,?,0,?,?)",
+            (key.token, key.key_alias, key.team_id, key_doc(key).decode(), new_rev(), key.created_at)))
+
+    async def update_key(self, key: VirtualKey) -> None:
+        await self._run(lambda db: db.execute(
+            "UPDATE llmp_keys SET key_alias = ?, team_id = ?, doc = ?, rev = ? WHERE token = ?",
+            (key.key_alias, key.team_id, key_doc(key).decode(), new_rev(), key.token)))
+
+    async def get_key(self, token: str) -> tuple[VirtualKey, bool] | None:
+        def q(db: sqlite3.Connection) -> tuple[VirtualKey, bool] | None:
+            row = db.execute("SELECT doc, revoked FROM llmp_keys WHERE token = ?", (token,)).fetchone()
+            return None if row is None else (key_from_doc(row[0]), bool(row[1]))
+
+        return await self._run(q)
+
+    async def find_tokens_by_alias(self, aliases: list[str]) -> list[str]:
+        def q(db: sqlite3.Connection) -> list[str]:
+            marks = ",".join("?" * len(aliases))
+            return [r[0] for r in db.execute(
+                f"SELECT token FROM llmp_keys WHERE revoked = 0 AND key_alias IN ({marks})", aliases)]
+
+        return await self._run(q) if aliases else []
+
+    async def revoke_keys(self, tokens: list[str]) -> list[str]:
+        def q(db: sqlite3.Connection) -> list[str]:
+            done = []
+            for token in tokens:
+                cur = db.execute("UPDATE llmp_keys SET revoked = 1, rev = ? WHERE token = ? AND revoked = 0",
+                                 (new_rev(), token))
+                if cur.rowcount:
+                    done.append(token)
+            return done
+
+        return await self._run(q)
+
+    async def list_keys(self, team_id: str | None) -> list[tuple[VirtualKey, bool]]:
+        def q(db: sqlite3.Connection) -> list[tuple[VirtualKey, bool]]:
+            if team_id is None:
+                rows = db.execute("SELECT doc, revoked FROM llmp_keys ORDER BY created_at")
+            else:
+                rows = db.execute("SELECT doc, revoked FROM llmp_keys WHERE team_id = ? ORDER BY created_at",
+                                  (team_id,))
+            return [(key_from_doc(r[0]), bool(r[1])) for r in rows]
+
+        return await self._run(q)
+
+    async def insert_team(self, team: Team) -> None:
+        await self._run(lambda db: db.execute(
+            "INSERT INTO llmp_teams (team_id, team_alias, doc, rev, created_at) VALUES (?,?,?,?,?)",
+            (team.team_id, team.team_alias, team_doc(team).decode(), new_rev(), team.created_at)))
+
+    async def update_team(self, team: Team) -> None:
+        await self._run(lambda db: db.execute(
+            "UPDATE llmp_teams SET team_alias = ?, doc = ?, rev = ? WHERE team_id = ?",
+            (team.team_alias, team_doc(team).decode(), new_rev(), team.team_id)))
+
+    async def get_team(self, team_id: str) -> Team | None:
+        def q(db: sqlite3.Connection) -> Team | None:
+            row = db.execute("SELECT doc FROM llmp_teams WHERE team_id = ?", (team_id,)).fetchone()
+            return None if row is None else team_from_doc(row[0])
+
+        return await self._run(q)
+
+    async def list_teams(self) -> list[Team]:
+        return await self._run(lambda db: [team_from_doc(r[0]) for r in
+                                           db.execute("SELECT doc FROM llmp_teams ORDER BY created_at")])
+
+    async def insert_spend(self, lines: list[bytes]) -> int:
+        batch = json_array(lines)
+
+        def q(db: sqlite3.Connection) -> int:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                before = db.total_changes
+                db.execute(SQLITE_INSERT_SPEND, (batch,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return db.total_changes - before
+
+        return await self._run(q)
+
+    async def spend_report(self, group_by: str, start: str | None, end: str | None,
+                           key_token: str | None, team_id: str | None) -> list[dict[str, Any]]:
+        sql, args = report_sql(group_by, start, end, key_token, team_id, lambda i: "?")
+        return await self._run(lambda db: report_rows(group_by, db.execute(sql, args).fetchall()))
+
+    async def spend_since(self, column: str, since: float, ids: list[str]) -> dict[str, float]:
+        def q(db: sqlite3.Connection) -> dict[str, float]:
+            found: dict[str, float] = {}
+            for chunk in chunks(ids):
+                sql, args = since_sql(column, since, chunk, lambda i: "?")
+                found.update((k, float(v)) for k, v in db.execute(sql, args))
+            return found
+
+        return await self._run(q)

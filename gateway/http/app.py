@@ -1,0 +1,138 @@
+"""The gateway application: the aiohttp app built from config, its start and stop, the upstream session."""
+
+from __future__ import annotations
+
+from typing import Any, BinaryIO
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from gateway.config.native import GatewayConfig
+from gateway.governance.build import build_governance
+from gateway.governance.provider_keys import resolve_secrets
+from gateway.http.admin import AdminApi
+from gateway.http.auth import MasterKeyAuth, check_master_key
+from gateway.http.handlers import Endpoints
+from gateway.http.state import STATE, AppState
+from gateway.observability.calllog import CallLog
+from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.usage import NoUsageAccounting, UsageHook
+from gateway.upstream.attempts import Proxy
+from gateway.upstream.discovery import EndpointSliceWatcher, default_discovery_api
+from gateway.upstream.quotas import DeploymentQuotas
+from gateway.upstream.routing import Router
+
+MAX_BODY = 32 * 1024 * 1024  # long contexts and base64 images are large
+
+
+def new_session() -> aiohttp.ClientSession:
+    """The one upstream client of a worker; aiohttp chosen by measurement (see gateway/README.md)."""
+    connector = aiohttp.TCPConnector(
+        limit=0,  # concurrency is bounded by upstream capacity, not by a client-side pool
+        limit_per_host=0,
+        ttl_dns_cache=300,
+        keepalive_timeout=60,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None),
+        read_bufsize=2**18,  # room for large stream events (tool-call arguments)
+        skip_auto_headers=("User-Agent",),
+        # Upstream cookies must never be kept and replayed across callers; also spares a jar lookup per call.
+        cookie_jar=aiohttp.DummyCookieJar(),
+        json_serialize=lambda obj: orjson.dumps(obj).decode(),
+        trust_env=False,
+    )
+
+
+def build_app(
+    config: GatewayConfig,
+    *,
+    dev: bool = False,
+    usage: UsageHook | None = None,
+    log_out: BinaryIO | None = None,
+    discovery_api: Any = None,
+) -> web.Application:
+    """The gateway app; raises ConfigError for a master key that must not be used, or a secret it cannot read."""
+    config, secrets = resolve_secrets(config)
+    check_master_key(config.gateway.master_key, dev)
+    metrics = GatewayMetrics()
+    log = CallLog(log_out)
+    models = {"object": "list", "data": [
+        {"id": m.alias, "object": "model", "created": 0, "owned_by": "llm-platform"} for m in config.models
+    ]}
+    state = AppState(
+        config=config,
+        router=None,  # type: ignore[arg-type]  # set below: the router reports circuit changes to the state
+        auth=MasterKeyAuth(config.gateway.master_key or ""),
+        usage=usage or NoUsageAccounting(),
+        metrics=metrics,
+        log=log,
+        prefix_chars=config.gateway.affinity.prefix_chars,
+        models_payload=orjson.dumps(models),
+        discovery_api=discovery_api,
+    )
+    state.router = Router(config, state.on_circuit)
+    state.secrets = secrets
+    if config.ledger is not None:
+        state.governance = state.gate = build_governance(config, log.event)
+        state.auth = state.governance.auth
+        state.usage = state.governance
+        app_routes = AdminApi(state.governance).routes()
+    else:
+        app_routes = []
+    state.quotas = DeploymentQuotas.for_config(config, state.governance.limiter if state.governance else None)
+    metrics.in_flight.set_function(lambda: state.in_flight)
+    app = web.Application(client_max_size=MAX_BODY)
+    app[STATE] = state
+    app.add_routes(Endpoints(state).routes())
+    app.add_routes(app_routes)
+    app.on_startup.append(_start)
+    app.on_cleanup.append(_stop)
+    return app
+
+
+async def _start(app: web.Application) -> None:
+    state = app[STATE]
+    state.session = new_session()
+    state.proxy = Proxy(state.session, state.router, state.config.gateway.retries, state.metrics,
+                        quotas=state.quotas)
+    state.log.start()
+    for pool in state.router.pools:
+        replicas = pool.config.replicas
+        if replicas is not None and replicas.endpoint_slices is not None:
+            if state.discovery_api is None:
+                try:
+                    state.discovery_api = default_discovery_api()
+                except Exception as exc:  # noqa: BLE001 - no cluster credentials: not ready, and say why
+                    state.log.event("discovery_unavailable", deployment=pool.name,
+                                    error=f"no Kubernetes credentials (in-cluster or ~/.kube/config): {exc}")
+                    continue
+            watcher = EndpointSliceWatcher(pool, replicas.endpoint_slices, state.discovery_api, state.log.event)
+            try:
+                await watcher.refresh()  # start with replicas known when the API answers; else keep polling
+            except Exception as exc:  # noqa: BLE001 - reported, and the poll loop keeps trying
+                state.log.event("discovery_failed", deployment=pool.name, error=f"{type(exc).__name__}: {exc}")
+            watcher.start()
+            state.watchers.append(watcher)
+    if state.secrets is not None:
+        state.secrets.on_change(state.on_secret)
+        state.secrets.start(state.log.event)
+    if state.governance is not None:
+        await state.governance.start()
+    state.log.event("started", models=[m.alias for m in state.config.models], region=state.config.gateway.region,
+                    residency=state.config.gateway.residency, deployments=[p.name for p in state.router.pools])
+
+
+async def _stop(app: web.Application) -> None:
+    state = app[STATE]
+    if state.governance is not None:
+        await state.governance.stop()  # after aiohttp drained in-flight calls: their records are in the spool
+    if state.secrets is not None:
+        await state.secrets.stop()
+    for watcher in state.watchers:
+        await watcher.stop()
+    await state.session.close()
+    state.proxy.client.close([r.connections for p in state.router.pools for r in p.replicas])
+    await state.log.stop()

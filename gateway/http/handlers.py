@@ -1,0 +1,237 @@
+"""HTTP endpoints: the /v1 API, /v1/models, health and metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.config.other_zones import zone_serving
+from gateway.http.errors import GatewayError, bad_request, misdirected, model_not_found
+from gateway.http.responses import answer, relay_stream
+from gateway.http.state import AppState
+from gateway.observability.usage import CallRecord
+from gateway.protocols.request import Request
+from gateway.upstream.routing import HOP_HEADER
+
+JSON = "application/json"
+perf = time.perf_counter
+
+
+class Endpoints:
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/v1/chat/completions", self.chat),
+            web.post("/v1/completions", self.completions),
+            web.post("/v1/embeddings", self.embeddings),
+            web.post("/v1/messages", self.messages),  # Anthropic's Messages API
+            web.post("/chat/completions", self.chat),  # OpenAI clients configured without /v1
+            web.post("/completions", self.completions),
+            web.post("/embeddings", self.embeddings),
+            web.get("/v1/models", self.models),
+            web.get("/models", self.models),
+            web.get("/health/live", self.live),
+            web.get("/health/ready", self.ready),
+            web.get("/metrics", self.metrics),
+        ]
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._call(request, "chat")
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._call(request, "completions")
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        return await self._call(request, "embeddings")
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        return await self._call(request, "messages")
+
+    async def _call(self, http: web.Request, endpoint: str) -> web.StreamResponse:
+        started = perf()
+        state = self.state
+        record = CallRecord(http.headers.get("x-request-id") or state.next_request_id(), endpoint=endpoint)
+        headers = {"x-request-id": record.request_id}
+        state.in_flight += 1
+        opened = None
+        waited_from = 0.0
+        try:
+            principal = state.auth.authenticate(_authorization(http))
+            record.key_id = principal.key_id
+            request = await _parse(http, endpoint)
+            record.alias = request.alias
+            record.stream = request.stream
+            route = state.router.route(request.alias)
+            if route is None:
+                elsewhere = zone_serving(state.config.other_zones, request.alias)
+                raise misdirected(request.alias, elsewhere[0], elsewhere[1].url) if elsewhere \
+                    else model_not_found(request.alias)
+            if route.refuse_over_cap:
+                _refuse_over_model_cap(request, route)
+            if state.gate is not None:
+                route = await state.gate.admit(principal, request, route, record)
+            record.prompt_hash = _prompt_hash(request.body)
+            waited_from = perf()
+            opened = await state.proxy.open(request, route, record, _session_key(http, request, state.prefix_chars))
+            upstream_wait = perf() - waited_from
+            record.deployment = opened.deployment.name
+            record.replica = opened.replica.base_url
+            record.region = opened.deployment.region
+            record.status = 200
+            overhead = perf() - started - upstream_wait
+            headers["x-gateway-overhead-ms"] = f"{overhead * 1000:.3f}"
+            if request.stream:
+                record.ttft_ms = (perf() - started) * 1000
+                response = await relay_stream(http, opened, headers, record, state.usage.record)
+            else:
+                record.prompt_tokens = opened.prompt_tokens
+                record.completion_tokens = opened.completion_tokens
+                response = answer(opened, headers)
+            record.overhead_ms = overhead * 1000
+            return response
+        except GatewayError as exc:
+            record.status = exc.status
+            record.error = exc.message
+            return exc.anthropic_response(headers) if endpoint == "messages" else exc.response(headers)
+        except web.HTTPException as exc:  # aiohttp's own refusals, e.g. a body over the size limit
+            record.status = exc.status
+            record.error = exc.reason
+            return GatewayError(exc.status, f"{exc.reason}: {exc.text or ''}".strip(": ")).response(headers)
+        except ConnectionError as exc:  # the client went away while we wrote to it
+            if opened is not None:
+                opened.finish(ok=False, blame=False)
+            record.status = 499
+            record.error = f"client disconnected ({type(exc).__name__})"
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug of ours: a clean 500 for the client, the details in the log
+            if opened is not None:
+                opened.finish(ok=False, blame=False)
+            record.status = 500
+            record.error = f"internal error: {type(exc).__name__}: {exc}"
+            error = GatewayError(500, f"Internal gateway error (request {record.request_id}).", "server_error")
+            return error.response(headers)
+        except BaseException as exc:
+            if opened is not None:
+                opened.finish(ok=False, blame=False)
+            record.status = 499  # client closed the connection (nginx's convention)
+            record.error = f"client disconnected ({type(exc).__name__})"
+            raise
+        finally:
+            record.latency_ms = (perf() - started) * 1000
+            state.in_flight -= 1
+            state.finish(record)
+
+    async def models(self, http: web.Request) -> web.Response:
+        try:
+            self.state.auth.authenticate(http.headers.get("Authorization"))
+        except GatewayError as exc:
+            return exc.response()
+        return web.Response(body=self.state.models_payload, content_type=JSON)
+
+    async def live(self, http: web.Request) -> web.Response:
+        return web.Response(body=b'{"status":"ok"}', content_type=JSON)
+
+    async def ready(self, http: web.Request) -> web.Response:
+        report = self.state.readiness()
+        status = 200 if report["ready"] else 503
+        return web.Response(status=status, body=orjson.dumps(report), content_type=JSON)
+
+    async def metrics(self, http: web.Request) -> web.Response:
+        return web.Response(body=self.state.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
+
+
+def _authorization(http: web.Request) -> str | None:
+    """The Bearer header, or Anthropic clients' x-api-key, as one Authorization value."""
+    value = http.headers.get("Authorization")
+    if value is None:
+        key = http.headers.get("x-api-key")
+        if key:
+            return "Bearer " + key
+    return value
+
+
+async def _parse(http: web.Request, endpoint: str) -> Request:
+    raw = await http.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise bad_request("The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.")
+    alias = body.get("model")
+    if not isinstance(alias, str) or not alias:
+        raise bad_request("`model` is required and must be a string.", "model")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise bad_request("`stream` must be true or false.", "stream")
+    if endpoint == "embeddings":
+        stream = False
+        if "input" not in body:
+            raise bad_request("`input` is required.", "input")
+    elif endpoint in ("chat", "messages"):
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise bad_request("`messages` is required and must be a non-empty list.", "messages")
+    elif "prompt" not in body:
+        raise bad_request("`prompt` is required.", "prompt")
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = body.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise bad_request(f"`{key}` must be a positive integer.", key)
+    if endpoint == "messages" and not isinstance(body.get("max_tokens"), int):
+        raise bad_request("`max_tokens` is required by the Messages API.", "max_tokens")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise bad_request("`stream_options` must be an object.", "stream_options")
+    wants_usage = bool(options and options.get("include_usage"))
+    return Request(endpoint, raw, body, alias, stream, wants_usage, HOP_HEADER in http.headers)
+
+
+def _refuse_over_model_cap(request: Request, route: Any) -> None:
+    field = "max_completion_tokens" if "max_completion_tokens" in request.body else "max_tokens"
+    asked = request.body.get(field)
+    if route.max_tokens is not None and isinstance(asked, int) and asked > route.max_tokens:
+        raise bad_request(f"`{field}` is {asked}, over the model cap: models[{route.alias}].max_tokens is "
+                          f"{route.max_tokens}.", field)
+
+
+def _prompt_text(body: dict[str, Any]) -> Any:
+    return body.get("messages") or body.get("prompt") or body.get("input")
+
+
+def _prompt_hash(body: dict[str, Any]) -> str:
+    # Correlates identical prompts across log lines without ever logging their text.
+    return hashlib.blake2b(orjson.dumps(_prompt_text(body)), digest_size=8).hexdigest()
+
+
+def _session_key(http: web.Request, request: Request, prefix_chars: int) -> Any:
+    """Affinity key, computed only if a pool with several replicas asks for it."""
+
+    def key() -> bytes:
+        session = http.headers.get("x-session-id")
+        if session:
+            return b"s:" + session.encode()
+        user = request.body.get("user")
+        if isinstance(user, str) and user:
+            return b"u:" + user.encode()
+        prompt = _prompt_text(request.body)
+        if isinstance(prompt, list):
+            parts = []
+            size = 0
+            for item in prompt:
+                text = item.get("content") if isinstance(item, dict) else item
+                piece = text if isinstance(text, str) else orjson.dumps(text).decode()
+                parts.append(piece)
+                size += len(piece)
+                if size >= prefix_chars:
+                    break
+            prompt = "\x1f".join(parts)
+        return b"p:" + str(prompt)[:prefix_chars].encode()
+
+    return key

@@ -1,0 +1,93 @@
+"""`AppState`: the only shared state of a gateway worker, and what happens after each call (metrics, log, usage)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from gateway.config.native import GatewayConfig
+from gateway.governance.provider_keys import SecretRef, SecretRefresher
+from gateway.http.auth import Authenticator, MasterKeyAuth
+from gateway.observability.calllog import CallLog
+from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.usage import CallRecord, UsageHook
+from gateway.upstream.attempts import Proxy
+from gateway.upstream.discovery import EndpointSliceWatcher
+from gateway.upstream.routing import Router
+
+
+@dataclass
+class AppState:
+    config: GatewayConfig
+    router: Router
+    auth: Authenticator
+    usage: UsageHook
+    metrics: GatewayMetrics
+    log: CallLog
+    prefix_chars: int
+    models_payload: bytes
+    discovery_api: Any = None
+    proxy: Proxy = field(init=False)
+    session: aiohttp.ClientSession = field(init=False)
+    watchers: list[EndpointSliceWatcher] = field(default_factory=list)
+    gate: Any = None  # governance's admission step (gateway.governance.gate.Governance), None when not configured
+    governance: Any = None
+    quotas: Any = None  # deployments' rpm/tpm (gateway.upstream.quotas.DeploymentQuotas), None when none has one
+    secrets: SecretRefresher | None = None
+    in_flight: int = 0
+    _ids: Any = field(default_factory=lambda: itertools.count(1))
+    _id_prefix: str = field(default_factory=lambda: os.urandom(4).hex())
+
+    def next_request_id(self) -> str:
+        # A per-process random prefix and a counter: unique, and far cheaper than uuid4 per call.
+        return f"req-{self._id_prefix}-{next(self._ids):x}"
+
+    def finish(self, record: CallRecord) -> None:
+        """After each call: metrics, the log line, then usage accounting (which must not block)."""
+        m = self.metrics
+        # Client-chosen names must not become label values: one series per configured alias only.
+        alias = record.alias if record.alias in self.router.routes else "unknown"
+        m.call(alias, record.deployment, record.status).inc()
+        if record.status == 200:
+            series = m.model(alias)
+            series.latency.observe(record.latency_ms / 1000)
+            m.overhead.observe(record.overhead_ms / 1000)
+            if record.ttft_ms is not None:
+                series.ttft.observe(record.ttft_ms / 1000)
+            if record.prompt_tokens:
+                series.prompt_tokens.inc(record.prompt_tokens)
+            if record.completion_tokens:
+                series.completion_tokens.inc(record.completion_tokens)
+        self.log.write(record)
+        self.usage.record(record)
+        if record.quota_tickets:
+            self.quotas.settle(record)
+
+    def readiness(self) -> dict[str, Any]:
+        deployments = {p.name: {"healthy": p.healthy(), "replicas": len(p.replicas)} for p in self.router.pools}
+        ready = any(d["healthy"] for d in deployments.values())
+        return {"ready": ready, "deployments": deployments}
+
+    def on_secret(self, ref: SecretRef, value: str) -> None:
+        """A rotated secret: the next call uses it (the value is never logged)."""
+        if ref.deployment is None:
+            if self.governance is not None:
+                self.governance.auth.set_master_key(value)
+            else:
+                self.auth = MasterKeyAuth(value)
+            return
+        for pool in self.router.pools:
+            if pool.name == ref.deployment:
+                pool.headers = pool._headers(pool.config.model_copy(update={"api_key": value}))
+
+    def on_circuit(self, deployment: str, replica: str, state: str) -> None:
+        self.metrics.set_circuit(deployment, replica, state)
+        self.log.event("circuit", deployment=deployment, replica=replica, state=state)
+
+
+STATE = web.AppKey("state", AppState)

@@ -1,0 +1,1 @@
+"""What each call leaves behind: its record and usage hook, the JSON log line, Prometheus metrics."""

@@ -1,0 +1,1 @@
+"""What crosses the wire per API: OpenAI's and Anthropic's requests, answers and streams, and translations."""

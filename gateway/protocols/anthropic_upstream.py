@@ -1,0 +1,191 @@
+"""Anthropic's Messages API behind OpenAI's chat API: requests, answers and stream events translated."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from gateway.protocols.sse import UpstreamStreamError
+
+DEFAULT_MAX_TOKENS = 4096  # Messages requires max_tokens; OpenAI clients often leave it out
+FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
+          "pause_turn": "stop", "refusal": "content_filter"}
+
+
+def to_messages_request(body: dict[str, Any], model: str, cap: int | None) -> dict[str, Any]:
+    """An OpenAI chat request as a Messages request."""
+    system: list[str] = []
+    messages: list[dict[str, Any]] = []
+    for message in body.get("messages") or []:
+        role = message.get("role")
+        content = message.get("content")
+        if role in ("system", "developer"):
+            system.append(content if isinstance(content, str) else _text_of(content))
+        elif role == "tool":
+            block = {"type": "tool_result", "tool_use_id": message.get("tool_call_id", ""),
+                     "content": content if isinstance(content, str) else _text_of(content)}
+            messages.append({"role": "user", "content": [block]})
+        elif role == "assistant" and message.get("tool_calls"):
+            blocks = _blocks(content) if content else []
+            for call in message["tool_calls"]:
+                fn = call.get("function") or {}
+                try:
+                    args = orjson.loads(fn.get("arguments") or "{}")
+                except orjson.JSONDecodeError:
+                    args = {}
+                blocks.append({"type": "tool_use", "id": call.get("id", ""), "name": fn.get("name", ""), "input": args})
+            messages.append({"role": "assistant", "content": blocks})
+        else:
+            messages.append({"role": "assistant" if role == "assistant" else "user",
+                             "content": content if isinstance(content, str) else _blocks(content)})
+    requested = body.get("max_completion_tokens") or body.get("max_tokens")
+    max_tokens = requested if isinstance(requested, int) else (cap or DEFAULT_MAX_TOKENS)
+    if cap is not None:
+        max_tokens = min(max_tokens, cap)
+    out: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": messages}
+    if system:
+        out["system"] = "\n\n".join(system)
+    for key in ("temperature", "top_p"):
+        if body.get(key) is not None:
+            out[key] = body[key]
+    stop = body.get("stop")
+    if stop:
+        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    if body.get("stream"):
+        out["stream"] = True
+    if isinstance(body.get("user"), str):
+        out["metadata"] = {"user_id": body["user"]}
+    if body.get("tools"):
+        out["tools"] = [
+            {"name": t["function"]["name"], "description": t["function"].get("description", ""),
+             "input_schema": t["function"].get("parameters") or {"type": "object", "properties": {}}}
+            for t in body["tools"] if t.get("type") == "function"
+        ]
+        choice = body.get("tool_choice")
+        if choice == "required":
+            out["tool_choice"] = {"type": "any"}
+        elif choice in ("auto", "none"):
+            out["tool_choice"] = {"type": choice}
+        elif isinstance(choice, dict) and choice.get("function"):
+            out["tool_choice"] = {"type": "tool", "name": choice["function"]["name"]}
+    return out
+
+
+def _text_of(parts: Any) -> str:
+    if not isinstance(parts, list):
+        return "" if parts is None else str(parts)
+    return "".join(p.get("text", "") for p in parts if isinstance(p, dict) and p.get("type") == "text")
+
+
+def _blocks(parts: Any) -> list[dict[str, Any]]:
+    if parts is None:
+        return []
+    if isinstance(parts, str):
+        return [{"type": "text", "text": parts}]
+    blocks = []
+    for part in parts:
+        kind = part.get("type")
+        if kind == "text":
+            blocks.append({"type": "text", "text": part.get("text", "")})
+        elif kind == "image_url":
+            url = (part.get("image_url") or {}).get("url", "")
+            if url.startswith("data:") and ";base64," in url:
+                media, data = url[5:].split(";base64,", 1)
+                blocks.append({"type": "image", "source": {"type": "base64", "media_type": media, "data": data}})
+            else:
+                blocks.append({"type": "image", "source": {"type": "url", "url": url}})
+    return blocks
+
+
+def from_messages_response(answer: dict[str, Any], alias: str) -> tuple[dict[str, Any], int, int]:
+    """A Messages answer as an OpenAI chat completion, with (prompt, completion) tokens."""
+    text = []
+    tool_calls = []
+    for block in answer.get("content") or []:
+        if block.get("type") == "text":
+            text.append(block.get("text", ""))
+        elif block.get("type") == "tool_use":
+            tool_calls.append({"id": block.get("id", ""), "type": "function",
+                               "function": {"name": block.get("name", ""),
+                                            "arguments": orjson.dumps(block.get("input") or {}).decode()}})
+    usage = answer.get("usage") or {}
+    prompt = int(usage.get("input_tokens") or 0)
+    completion = int(usage.get("output_tokens") or 0)
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(text) if text or not tool_calls else None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    completion_obj = {
+        "id": answer.get("id", ""),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": alias,
+        "choices": [{"index": 0, "message": message, "logprobs": None,
+                     "finish_reason": FINISH.get(answer.get("stop_reason") or "", "stop")}],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+    }
+    return completion_obj, prompt, completion
+
+
+class AnthropicStream:
+    """Turns Messages stream events into OpenAI chat.completion.chunk events."""
+
+    def __init__(self, alias: str, include_usage: bool) -> None:
+        self.alias = alias
+        self.include_usage = include_usage
+        self.id = ""
+        self.created = int(time.time())
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.done = False
+        self._tools: dict[int, int] = {}  # content block index -> tool call index
+
+    def _chunk(self, delta: dict[str, Any] | None, finish: str | None = None,
+               usage: dict[str, int] | None = None) -> bytes:
+        obj: dict[str, Any] = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                               "model": self.alias,
+                               "choices": [] if delta is None else
+                               [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        if usage is not None:
+            obj["usage"] = usage
+        return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+    def feed(self, raw: bytes, data: bytes) -> bytes:
+        event = orjson.loads(data)
+        kind = event.get("type")
+        if kind == "content_block_delta":
+            delta = event.get("delta") or {}
+            if delta.get("type") == "text_delta":
+                return self._chunk({"content": delta.get("text", "")})
+            if delta.get("type") == "input_json_delta" and event.get("index") in self._tools:
+                call = {"index": self._tools[event["index"]], "function": {"arguments": delta.get("partial_json", "")}}
+                return self._chunk({"tool_calls": [call]})
+            return b""
+        if kind == "message_start":
+            message = event.get("message") or {}
+            self.id = message.get("id", "")
+            self.prompt_tokens = int((message.get("usage") or {}).get("input_tokens") or 0)
+            return self._chunk({"role": "assistant", "content": ""})
+        if kind == "content_block_start":
+            block = event.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                index = self._tools.setdefault(event.get("index", 0), len(self._tools))
+                call = {"index": index, "id": block.get("id", ""), "type": "function",
+                        "function": {"name": block.get("name", ""), "arguments": ""}}
+                return self._chunk({"tool_calls": [call]})
+            return b""
+        if kind == "message_delta":
+            self.completion_tokens = int((event.get("usage") or {}).get("output_tokens") or 0)
+            reason = (event.get("delta") or {}).get("stop_reason") or ""
+            return self._chunk({}, FINISH.get(reason, "stop"))
+        if kind == "message_stop":
+            self.done = True
+            out = b""
+            if self.include_usage:
+                p, c = self.prompt_tokens, self.completion_tokens
+                out = self._chunk(None, usage={"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c})
+            return out + b"data: [DONE]\n\n"
+        if kind == "error":
+            raise UpstreamStreamError(str((event.get("error") or {}).get("message", "upstream error")))
+        return b""  # ping, content_block_stop

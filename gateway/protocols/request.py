@@ -1,0 +1,67 @@
+"""The client request, parsed once, and the body each upstream protocol is sent for it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from gateway.protocols.anthropic_clients import messages_to_chat
+from gateway.protocols.anthropic_upstream import to_messages_request
+from gateway.upstream.routing import DeploymentPool, ModelRoute
+
+
+@dataclass(slots=True)
+class Request:
+    """A client request, parsed once: the raw bytes and the few fields the gateway reads."""
+
+    endpoint: str  # chat | completions | embeddings | messages (Anthropic's API, inbound)
+    raw: bytes
+    body: dict[str, Any]
+    alias: str
+    stream: bool
+    wants_usage: bool  # the client asked for stream_options.include_usage
+    hopped: bool = False  # passed on by another region's gateway (routing.HOP_HEADER)
+    _payloads: dict[tuple[str, str, int | None], bytes] = field(default_factory=dict)
+
+    def payload_for(self, dep: DeploymentPool, route: ModelRoute) -> bytes:
+        key = (dep.provider, dep.model, route.max_tokens)
+        cached = self._payloads.get(key)
+        if cached is None:
+            cached = self._payloads[key] = self._build(dep, route)
+        return cached
+
+    def _build(self, dep: DeploymentPool, route: ModelRoute) -> bytes:
+        body = self.body
+        if self.endpoint == "messages":
+            return self._build_messages(dep, route)
+        if dep.provider == "anthropic":
+            return orjson.dumps(to_messages_request(body, dep.model, route.max_tokens))
+        changes: dict[str, Any] = {}
+        if body.get("model") != dep.model:
+            changes["model"] = dep.model
+        cap = route.max_tokens
+        if cap is not None and self.endpoint != "embeddings":
+            key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+            asked = body.get(key)
+            # Chat answers run to the context limit when no max is given: the cap applies then too.
+            if (asked is None and self.endpoint == "chat") or (isinstance(asked, int) and asked > cap):
+                changes[key] = cap
+        if self.stream and not self.wants_usage:
+            # Meter tokens even when the client did not ask; the usage chunk is stripped on the way back.
+            changes["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        if not changes:
+            return self.raw  # forwarded untouched
+        return orjson.dumps({**body, **changes})
+
+    def _build_messages(self, dep: DeploymentPool, route: ModelRoute) -> bytes:
+        body, cap = self.body, route.max_tokens
+        if dep.provider != "anthropic":
+            return orjson.dumps(messages_to_chat(body, dep.model, cap))
+        changes: dict[str, Any] = {}
+        if body.get("model") != dep.model:
+            changes["model"] = dep.model
+        if cap is not None and body.get("max_tokens", cap + 1) > cap:
+            changes["max_tokens"] = cap
+        return orjson.dumps({**body, **changes}) if changes else self.raw

@@ -1,0 +1,299 @@
+"""Getting an answer started upstream: attempts in routing order, retries with backoff, fallbacks, or a 503."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+
+from gateway.config.native import Retries
+from gateway.http.errors import GatewayError, unavailable
+from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.usage import CallRecord
+from gateway.protocols.answers import MalformedAnswer, StreamAdapter, read_answer, stream_adapter
+from gateway.protocols.request import Request
+from gateway.protocols.sse import TruncatedStream, UpstreamStreamError, read_event
+from gateway.upstream.client import UpstreamClient, UpstreamClosed, UpstreamConnectError, UpstreamConnectTimeout
+from gateway.upstream.quotas import DeploymentQuotas
+from gateway.upstream.retry import Backoff, retry_after_seconds
+from gateway.upstream.routing import DeploymentPool, ModelRoute, Replica, Router
+
+# Upstream statuses that say "the request is at fault": the client gets them as they are.
+CLIENT_FAULT = frozenset({400, 413, 422})
+# Failures that say nothing about the replica's health (it is busy, or we are misconfigured for it).
+NOT_HEALTH = frozenset({401, 403, 404, 429})
+
+
+class AttemptFailed(Exception):
+    """One attempt failed before any byte reached the client: try the next candidate."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+@dataclass(slots=True)
+class Opened:
+    """An upstream answer that has begun: the whole body, or a stream and its first output bytes."""
+
+    deployment: DeploymentPool
+    replica: Replica
+    response: aiohttp.ClientResponse | None
+    body: bytes  # non-streaming: the answer; streaming: the first bytes to send
+    adapter: StreamAdapter | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    _finished: bool = False
+
+    def finish(self, ok: bool, blame: bool = True) -> None:
+        """Release the replica; a stream that broke closes its connection instead of pooling it.
+
+        `blame=False` when the call ended for the client's reasons (it hung up): the
+        connection is closed, but the replica's health is not judged.
+        """
+        if self._finished:
+            return
+        self._finished = True
+        self.replica.in_flight -= 1
+        if self.response is not None:
+            if ok:
+                self.response.release()
+            else:
+                self.response.close()
+        if ok:
+            self.replica.breaker.on_success()
+        elif blame:
+            self.replica.breaker.on_failure()
+        else:
+            self.replica.breaker.on_abandon()
+
+
+class Proxy:
+    def __init__(self, session: aiohttp.ClientSession, router: Router, retries: Retries,
+                 metrics: GatewayMetrics, clock: Callable[[], float] = time.monotonic,
+                 client: UpstreamClient | None = None, quotas: DeploymentQuotas | None = None) -> None:
+        self.session = session  # streams
+        self.client = client or UpstreamClient()  # whole answers
+        self.router = router
+        self.retries = retries
+        self.backoff = Backoff(retries.backoff_base, retries.backoff_max)
+        self.metrics = metrics
+        self.quotas = quotas
+        self._clock = clock
+
+    async def open(self, request: Request, route: ModelRoute, record: CallRecord,
+                   session_key: Callable[[], bytes]) -> Opened:
+        """Try the alias, then its fallbacks; raise a GatewayError when nothing answered."""
+        failures: list[str] = []
+        routes = [route]
+        for name in route.fallbacks:
+            fallback = self.router.route(name)
+            if fallback is not None:
+                routes.append(fallback)
+        for position, current in enumerate(routes):
+            if position:
+                self.metrics.fallbacks.labels(route.alias, current.alias).inc()
+                record.fallbacks.append(current.alias)
+            candidates = self.router.candidates(current, request.endpoint, session_key, request.hopped)
+            if not candidates:
+                if not current.deployments:
+                    failures.append(f"{current.alias}: no deployment in this residency zone")
+                elif request.hopped:
+                    failures.append(f"{current.alias}: no usable deployment in this region "
+                                    "(the call was passed on by another region's gateway)")
+                elif not any(d.serves(request.endpoint) for d in current.deployments):
+                    failures.append(f"{current.alias}: no deployment offers the {request.endpoint} endpoint")
+                else:
+                    failures.append(f"{current.alias}: no healthy deployment")
+                continue
+            opened = await self._try_route(request, current, candidates, record, failures)
+            if opened is not None:
+                return opened
+        raise unavailable(f"No upstream could answer for model `{route.alias}`: " + "; ".join(failures[-6:]))
+
+    async def _try_route(self, request: Request, route: ModelRoute, candidates: list[tuple[DeploymentPool, Replica]],
+                         record: CallRecord, failures: list[str]) -> Opened | None:
+        index = 0
+        for attempt in range(self.retries.attempts + 1):
+            now = self._clock()
+            pick = self._pick(candidates, index, now)
+            if pick is not None and self.quotas is not None:
+                pick = await self._within_quota(candidates, pick, now, request, record, failures)
+            if pick is None:
+                break
+            index = pick + 1
+            dep, replica = candidates[pick % len(candidates)]
+            # A replica that sent Retry-After is waited for only when nothing else is left (see _pick).
+            delay = replica.cooling_until - now
+            if attempt:
+                self.metrics.retries.labels(route.alias).inc()
+                delay = max(delay, self.backoff.delay(attempt))
+            if delay > 0:
+                await asyncio.sleep(delay)
+            record.attempts += 1
+            try:
+                return await self._attempt(request, route, dep, replica)
+            except AttemptFailed as failure:
+                self.metrics.upstream_errors.labels(dep.name, failure.reason.split(":", 1)[0]).inc()
+                failures.append(f"{dep.name}: {failure.reason}")
+                if failure.retry_after is not None:
+                    replica.cooling_until = self._clock() + failure.retry_after
+        return None
+
+    async def _within_quota(self, candidates: list[tuple[DeploymentPool, Replica]], pick: int, now: float,
+                            request: Request, record: CallRecord, failures: list[str]) -> int | None:
+        """The first candidate from `pick` whose deployment is within its rpm/tpm quota (the attempt counted)."""
+        assert self.quotas is not None
+        full: set[str] = set()
+        for _ in range(len(candidates)):
+            dep = candidates[pick % len(candidates)][0]
+            if dep.name not in full:
+                if await self.quotas.take(dep.name, request, record):
+                    return pick
+                full.add(dep.name)
+                failures.append(f"{dep.name}: at its rpm/tpm quota")
+            found = self._pick(candidates, pick + 1, now)
+            if found is None:
+                return None
+            pick = found
+        return None
+
+    def _pick(self, candidates: list[tuple[DeploymentPool, Replica]], start: int, now: float) -> int | None:
+        """Index of the next usable candidate from `start`: one not cooling down after a Retry-After first,
+        else the one cooling for the shortest time within retry_after_max."""
+        waiting: tuple[float, int] | None = None
+        for offset in range(len(candidates)):
+            position = start + offset
+            replica = candidates[position % len(candidates)][1]
+            if not replica.usable():
+                continue
+            wait = replica.cooling_until - now
+            if wait <= 0:
+                return position
+            if wait <= self.retries.retry_after_max and (waiting is None or wait < waiting[0]):
+                waiting = (wait, position)
+        return None if waiting is None else waiting[1]
+
+    async def _attempt(self, request: Request, route: ModelRoute, dep: DeploymentPool, replica: Replica) -> Opened:
+        payload = request.payload_for(dep, route)
+        replica.in_flight += 1
+        replica.breaker.on_attempt()
+        response: aiohttp.ClientResponse | None = None
+        health = True
+        url = replica.urls[request.endpoint]
+        try:
+            if request.stream:
+                # Headers and the first event within first_byte: failover stays possible until then.
+                async with asyncio.timeout(dep.timeouts.first_byte):
+                    response = await self.session.post(url, data=payload, headers=dep.headers,
+                                                       timeout=dep.client_timeout)
+                    if response.status != 200:
+                        health = response.status not in NOT_HEALTH
+                        await self._refused(response, dep)
+                    adapter = stream_adapter(dep, request)
+                    first = await _first_output(response, adapter)
+                    return Opened(dep, replica, response, first, adapter)
+            # A whole answer, through the lean client (see upstream/client.py for the measurement).
+            t = dep.timeouts
+            answer = await self.client.post(replica.connections, dep.request_head(replica, request.endpoint), payload,
+                                            t.connect, min(t.first_byte, t.total))
+            if answer.status != 200:
+                health = answer.status not in NOT_HEALTH
+                _refusal(answer.status, answer.reason, answer.headers.get("retry-after"), answer.body)
+            body, prompt, completion = read_answer(dep, answer.body, route.alias, request.endpoint)
+            opened = Opened(dep, replica, None, body, None, prompt, completion)
+            opened.finish(ok=True)
+            return opened
+        except AttemptFailed:
+            self._failed(replica, response, health)
+            raise
+        except GatewayError:
+            # The upstream judged the request itself bad: not the replica's fault.
+            self._failed(replica, response, health=False)
+            raise
+        except aiohttp.ClientConnectorError as exc:
+            self._failed(replica, response, health)
+            raise AttemptFailed(f"connect_error: {exc.os_error or exc}") from None
+        except UpstreamConnectError as exc:
+            self._failed(replica, response, health)
+            raise AttemptFailed(f"connect_error: {exc}") from None
+        except UpstreamClosed as exc:
+            self._failed(replica, response, health)
+            raise AttemptFailed(f"upstream_disconnected: {exc}") from None
+        except (aiohttp.ConnectionTimeoutError, UpstreamConnectTimeout):
+            self._failed(replica, response, health)
+            raise AttemptFailed(f"connect_timeout: no connection within {dep.timeouts.connect:g}s") from None
+        except TimeoutError:
+            self._failed(replica, response, health)
+            raise AttemptFailed(f"first_byte_timeout: nothing within {dep.timeouts.first_byte:g}s") from None
+        except (MalformedAnswer, orjson.JSONDecodeError) as exc:
+            self._failed(replica, response, health)
+            raise AttemptFailed(f"malformed_response: {exc}") from None
+        except (TruncatedStream, UpstreamStreamError) as exc:
+            self._failed(replica, response, health)
+            raise AttemptFailed(f"stream_error: {exc}") from None
+        except aiohttp.ClientError as exc:
+            self._failed(replica, response, health)
+            raise AttemptFailed(f"upstream_disconnected: {type(exc).__name__}") from None
+        except BaseException:
+            # Client went away (cancellation): close the upstream call, do not blame the replica.
+            self._failed(replica, response, health=False)
+            raise
+
+    @staticmethod
+    def _failed(replica: Replica, response: aiohttp.ClientResponse | None, health: bool) -> None:
+        replica.in_flight -= 1
+        if response is not None:
+            response.close()
+        if health:
+            replica.breaker.on_failure()
+        else:
+            replica.breaker.on_abandon()
+
+    async def _refused(self, response: aiohttp.ClientResponse, dep: DeploymentPool) -> None:
+        try:
+            text = await response.read()
+        except aiohttp.ClientError:
+            text = b""
+        _refusal(response.status, response.reason or "", response.headers.get("Retry-After"), text)
+
+
+def _refusal(status: int, reason: str, retry_after_header: str | None, text: bytes) -> None:
+    """Raise what a non-200 upstream answer means: the client's fault, or a failed attempt."""
+    message = _upstream_message(text) or reason or "error"
+    if status in CLIENT_FAULT:
+        raise GatewayError(status, f"Upstream rejected the request: {message}", "invalid_request_error")
+    retry_after = retry_after_seconds(retry_after_header) if status in (429, 503) else None
+    raise AttemptFailed(f"http_{status}: {message[:200]}", retry_after)
+
+
+async def _first_output(response: aiohttp.ClientResponse, adapter: StreamAdapter) -> bytes:
+    """Read events until one produces bytes for the client, so failover stays possible until then."""
+    while True:
+        event = await read_event(response.content)
+        if event is None:
+            raise TruncatedStream("stream ended before its first event")
+        out = adapter.feed(*event)
+        if out or adapter.done:
+            return out
+
+
+def _upstream_message(text: bytes) -> str:
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text[:200].decode(errors="replace").strip()
+    if isinstance(obj, dict):
+        error = obj.get("error")
+        if isinstance(error, dict):
+            return str(error.get("message", ""))
+        if isinstance(error, str):
+            return error
+        if "message" in obj:
+            return str(obj["message"])
+    return ""

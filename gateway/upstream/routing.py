@@ -1,0 +1,224 @@
+"""Routing: model alias -> deployments -> replicas, in the order a call should try them."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+from yarl import URL
+
+from gateway.config.native import Deployment, GatewayConfig, Timeouts
+from gateway.upstream.circuit import CircuitBreaker
+from gateway.upstream.client import ReplicaConnections
+from gateway.upstream.hashring import BoundedLoadRing
+
+# Endpoints each wire protocol serves, and the path under the deployment's base URL.
+PATHS: dict[str, dict[str, str]] = {
+    "openai": {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings",
+               "messages": "/chat/completions"},  # Messages clients, translated to chat
+    "anthropic": {"chat": "/messages", "messages": "/messages"},
+}
+ANTHROPIC_VERSION = "2023-06-01"
+
+CircuitListener = Callable[[str, str, str], None]  # deployment, replica, state
+
+
+class Replica:
+    """One upstream server (a vLLM pod, or a hosted API base URL)."""
+
+    __slots__ = ("base_url", "breaker", "connections", "cooling_until", "host_header", "in_flight", "urls")
+
+    def __init__(self, base_url: str, provider: str, breaker: CircuitBreaker) -> None:
+        self.base_url = base_url
+        self.urls = {endpoint: URL(base_url + path) for endpoint, path in PATHS[provider].items()}
+        url = URL(base_url)
+        tls = url.scheme == "https"
+        port = url.port or (443 if tls else 80)
+        self.connections = ReplicaConnections(url.raw_host or "", port, tls)
+        host = f"[{url.raw_host}]" if ":" in (url.raw_host or "") else url.raw_host  # IPv6 literal
+        self.host_header = host if url.is_default_port() else f"{host}:{port}"
+        self.in_flight = 0
+        self.breaker = breaker
+        self.cooling_until = 0.0  # monotonic time until which a Retry-After asked us to stay away
+
+    def usable(self) -> bool:
+        return self.breaker.available()
+
+
+# Set on calls to another region's pool, which goes through that region's gateway: a call that
+# arrives with it is answered from the receiving region's own pools only, so two regions whose
+# pools are both down answer 503 instead of passing the call back and forth.
+HOP_HEADER = "x-llmp-hop"
+
+
+class DeploymentPool:
+    """A configured deployment at run time: its replicas, upstream headers and timeouts."""
+
+    def __init__(self, config: Deployment, gateway: GatewayConfig, on_circuit: CircuitListener | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.provider = config.provider
+        self.model = config.model
+        self.region = config.region or ""
+        self.tier = config.tier
+        self.crosses_regions = bool(gateway.gateway.region) and self.region not in ("", gateway.gateway.region) \
+            and self.tier == "primary"
+        self.weight = config.weight
+        self.timeouts: Timeouts = (
+            config.timeouts.over(gateway.gateway.timeouts) if config.timeouts else gateway.gateway.timeouts
+        )
+        # First-byte and idle limits are enforced around reads; aiohttp enforces connect and total.
+        t = self.timeouts
+        self.client_timeout = aiohttp.ClientTimeout(total=t.total, connect=t.connect, sock_connect=t.connect)
+        self.headers = self._headers(config)
+        self._heads: dict[tuple[str, str], bytes] = {}
+        self._heads_for: dict[str, str] | None = None
+        self.affinity = config.session_affinity and config.replicas is not None
+        self._breaker_settings = gateway.gateway.circuit_breaker
+        self._on_circuit = on_circuit
+        self.replicas: list[Replica] = []
+        self.ring: BoundedLoadRing[Replica] | None = None
+        self.bounded_load = gateway.gateway.affinity.bounded_load
+        if config.api_base:
+            self.set_replicas([config.api_base])
+        elif config.replicas and config.replicas.static:
+            self.set_replicas(config.replicas.static)
+
+    def _headers(self, config: Deployment) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+        if self.crosses_regions:
+            headers[HOP_HEADER] = "1"
+        if config.provider == "anthropic":
+            headers["anthropic-version"] = ANTHROPIC_VERSION
+            if config.api_key:
+                headers["x-api-key"] = config.api_key
+        elif config.api_key:
+            headers["Authorization"] = f"Bearer {config.api_key}"
+        return headers
+
+    def request_head(self, replica: Replica, endpoint: str) -> bytes:
+        """Request line and headers up to `Content-Length: `, built once per replica and endpoint."""
+        if self._heads_for is not self.headers:  # headers are replaced when a provider key rotates
+            self._heads, self._heads_for = {}, self.headers
+        key = (replica.base_url, endpoint)
+        head = self._heads.get(key)
+        if head is None:
+            lines = [f"POST {replica.urls[endpoint].raw_path} HTTP/1.1", f"Host: {replica.host_header}"]
+            if any("\r" in v or "\n" in v for v in self.headers.values()):
+                raise ValueError(f"deployment {self.name}: a header value (API key?) contains a line break")
+            lines += [f"{name}: {value}" for name, value in self.headers.items()]
+            head = self._heads[key] = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
+        return head
+
+    def serves(self, endpoint: str) -> bool:
+        return endpoint in PATHS[self.provider]
+
+    def set_replicas(self, base_urls: list[str]) -> None:
+        """Replace the replica set, keeping health and load of replicas that stay."""
+        current = {r.base_url: r for r in self.replicas}
+        replicas = []
+        for url in dict.fromkeys(u.rstrip("/") for u in base_urls):
+            replica = current.get(url)
+            if replica is None:
+                replica = Replica(url, self.provider, self._breaker(url))
+            replicas.append(replica)
+        for gone in set(current.values()) - set(replicas):
+            while gone.connections.idle:  # keep-alive connections to a replica no longer in the pool
+                gone.connections.idle.pop().close()
+        self.replicas = replicas
+        self.ring = BoundedLoadRing(replicas, lambda r: r.base_url) if self.affinity and len(replicas) > 1 else None
+
+    def _breaker(self, url: str) -> CircuitBreaker:
+        listener = None
+        if self._on_circuit is not None:
+            on_circuit, name = self._on_circuit, self.name
+            listener = lambda state: on_circuit(name, url, state)  # noqa: E731
+        return CircuitBreaker(self._breaker_settings.failures, self._breaker_settings.cooldown, listener)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(r.in_flight for r in self.replicas)
+
+    def load(self) -> float:
+        return self.in_flight / (len(self.replicas) or 1) / self.weight
+
+    def healthy(self) -> bool:
+        return any(r.usable() for r in self.replicas)
+
+    def order(self, session_key: Callable[[], bytes]) -> list[Replica]:
+        """Usable replicas in the order to try them."""
+        if self.ring is not None:
+            ordered = self.ring.order(session_key(), _load, Replica.usable, self.bounded_load)
+            return [r for r in ordered if r.usable()]
+        if len(self.replicas) == 1:
+            r = self.replicas[0]
+            return [r] if r.usable() else []
+        return sorted((r for r in self.replicas if r.usable()), key=_load)
+
+
+def _load(replica: Replica) -> int:
+    return replica.in_flight
+
+
+@dataclass
+class ModelRoute:
+    """An alias: its deployments inside the residency zone, cap and fallbacks."""
+
+    alias: str
+    max_tokens: int | None
+    fallbacks: list[str]
+    deployments: list[DeploymentPool]
+    refuse_over_cap: bool = False  # models[].over_max_tokens: refuse
+
+
+class Router:
+    """Picks, for each call, the (deployment, replica) pairs to try in order."""
+
+    def __init__(self, config: GatewayConfig, on_circuit: CircuitListener | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.region = config.gateway.region or ""
+        self.residency = config.gateway.residency
+        self.strategy = config.gateway.routing
+        self._rng = rng or random.Random()
+        self.routes: dict[str, ModelRoute] = {}
+        self.pools: list[DeploymentPool] = []
+        for model in config.models:
+            pools = []
+            for dep in model.deployments:
+                if self.residency is not None and dep.residency != self.residency:
+                    continue  # never leaves the residency zone, whatever else fails
+                pool = DeploymentPool(dep, config, on_circuit)
+                pools.append(pool)
+                self.pools.append(pool)
+            self.routes[model.alias] = ModelRoute(model.alias, model.max_tokens, list(model.fallbacks), pools,
+                                                  model.over_max_tokens == "refuse")
+
+    def route(self, alias: str) -> ModelRoute | None:
+        return self.routes.get(alias)
+
+    def candidates(self, route: ModelRoute, endpoint: str, session_key: Callable[[], bytes],
+                   hopped: bool = False) -> list[tuple[DeploymentPool, Replica]]:
+        """Primary deployments of the local region, then other regions, then hosted fallbacks.
+        A call another region's gateway passed on (`hopped`) gets the local region's primaries only."""
+        deployments = [d for d in route.deployments if d.serves(endpoint)
+                       and not (hopped and (d.region != self.region or d.tier != "primary"))]
+        if len(deployments) > 1:
+            deployments = self._rank(deployments)
+        out = []
+        for dep in deployments:
+            for replica in dep.order(session_key):
+                out.append((dep, replica))
+        return out
+
+    def _rank(self, deployments: list[DeploymentPool]) -> list[DeploymentPool]:
+        rng = self._rng
+        if self.strategy == "weighted":
+            # Weighted random order (Efraimidis-Spirakis keys): first pick is proportional to weight.
+            score = {id(d): rng.random() ** (1.0 / d.weight) for d in deployments}
+            within = lambda d: -score[id(d)]  # noqa: E731
+        else:
+            jitter = {id(d): rng.random() for d in deployments}  # breaks ties between idle deployments
+            within = lambda d: (d.load(), jitter[id(d)])  # noqa: E731
+        return sorted(deployments, key=lambda d: (d.tier != "primary", d.region != self.region, within(d)))

@@ -1,0 +1,227 @@
+"""Ledger store schema migrations: a database made before migrations existed is adopted with every row intact,
+on SQLite and PostgreSQL; the version table says the latest version; a newer schema is refused, by name."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from gateway.governance.keys import Limits, Team, VirtualKey
+from gateway.governance.store import migrations
+from gateway.governance.store.documents import key_doc, team_doc
+from gateway.governance.store.migrations import SchemaTooNew, latest
+from gateway.governance.store.postgres import PostgresStore
+from gateway.governance.store.sqlite import SqliteStore
+from tests.gateway.servers import PostgresServer
+
+# Schema v1, exactly as gateway/store.py created it before migrations existed (do not edit: it is history).
+SCHEMA_V1 = [
+    """CREATE TABLE IF NOT EXISTS llmp_teams (
+        team_id TEXT PRIMARY KEY, team_alias TEXT, doc TEXT NOT NULL, rev BIGINT NOT NULL, created_at DOUBLE PRECISION)""",  # noqa: E501
+    """CREATE TABLE IF NOT EXISTS llmp_keys (
+        token TEXT PRIMARY KEY, key_alias TEXT, team_id TEXT, doc TEXT NOT NULL, revoked INTEGER NOT NULL DEFAULT 0,
+        rev BIGINT NOT NULL, created_at DOUBLE PRECISION)""",
+    "CREATE INDEX IF NOT EXISTS llmp_keys_alias ON llmp_keys (key_alias)",
+    """CREATE TABLE IF NOT EXISTS llmp_spend (
+        id TEXT PRIMARY KEY, ts DOUBLE PRECISION NOT NULL, day TEXT NOT NULL, request_id TEXT, key_token TEXT,
+        key_alias TEXT, team_id TEXT, model TEXT, deployment TEXT, region TEXT, status INTEGER,
+        prompt_tokens BIGINT, completion_tokens BIGINT, cost DOUBLE PRECISION)""",
+    "CREATE INDEX IF NOT EXISTS llmp_spend_day ON llmp_spend (day)",
+]
+TABLES = {"llmp_teams": "team_id", "llmp_keys": "token", "llmp_spend": "id"}
+NOW = 1_760_000_000.0
+
+
+def v1_rows() -> dict[str, list[tuple[Any, ...]]]:
+    teams = [Team(team_id="search", team_alias="Search", models=("gpt-4o-mini",), created_at=NOW,
+                  limits=Limits(max_budget=10.0, budget_duration="30d"), metadata={"owner": "ana"}),
+             Team(team_id="ads", limits=Limits(rpm_limit=60), blocked=True, created_at=NOW + 1)]
+    keys = [VirtualKey(token=f"{i:064x}", key_name=f"sk-llmp-...{i:04d}", key_alias=f"key-{i}",
+                       team_id="search" if i % 2 else None, limits=Limits(tpm_limit=1000 * i),
+                       models=("gpt-4o-mini",) if i == 1 else (), model_rpm_limit={"gpt-4o-mini": i},
+                       expires=NOW + 86400 if i == 2 else None, created_at=NOW + i) for i in range(1, 4)]
+    spend = [(f"rec-{i}", NOW + i, "2025-10-09", f"req-{i}", keys[i % 3].token, keys[i % 3].key_alias,
+              keys[i % 3].team_id, "gpt-4o-mini", "openai", "us-east-1", 200, 10 * i, 5 * i, 0.0001 * i)
+             for i in range(5)]
+    return {
+        "llmp_teams": [(t.team_id, t.team_alias, team_doc(t).decode(), 11 + n, t.created_at)
+                       for n, t in enumerate(teams)],
+        "llmp_keys": [(k.token, k.key_alias, k.team_id, key_doc(k).decode(), int(n == 2), 21 + n, k.created_at)
+                      for n, k in enumerate(keys)],
+        "llmp_spend": spend,
+    }
+
+
+def sqlite_rows(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    db = sqlite3.connect(path)
+    try:
+        return {t: db.execute(f"SELECT * FROM {t} ORDER BY {pk}").fetchall() for t, pk in TABLES.items()}
+    finally:
+        db.close()
+
+
+def sqlite_versions(path: Path) -> list[int]:
+    db = sqlite3.connect(path)
+    try:
+        return [r[0] for r in db.execute("SELECT version FROM llmp_schema_version ORDER BY version")]
+    finally:
+        db.close()
+
+
+def sqlite_v1(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    db = sqlite3.connect(path, isolation_level=None)
+    for statement in SCHEMA_V1:
+        db.execute(statement)
+    rows = v1_rows()
+    for table, values in rows.items():
+        db.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(values[0]))})", values)
+    db.close()
+    return rows
+
+
+async def test_a_sqlite_ledger_made_before_migrations_keeps_every_row(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    rows = sqlite_v1(path)
+    store = SqliteStore(str(path), 5)
+    await store.open()
+    try:
+        keys, teams = await store.load_keys()
+        assert sorted(k.key_alias for k in keys) == ["key-1", "key-2"]  # key-3 was revoked
+        assert {t.team_id for t in teams} == {"search", "ads"}
+        [team] = [t for t in teams if t.team_id == "search"]
+        assert team.limits.max_budget == 10.0 and team.metadata == {"owner": "ana"}
+        report = await store.spend_report("day", None, None, None, None)
+        assert report[0]["requests"] == 5 and report[0]["prompt_tokens"] == 100
+    finally:
+        await store.close()
+    assert sqlite_rows(path) == {t: sorted(r, key=lambda row: row[0]) for t, r in rows.items()}
+    assert sqlite_versions(path) == [m.version for m in migrations.MIGRATIONS] and sqlite_versions(path)[-1] == latest()
+    again = SqliteStore(str(path), 5)
+    await again.open()  # a second start finds nothing to do
+    await again.close()
+    assert sqlite_versions(path) == [m.version for m in migrations.MIGRATIONS]
+
+
+async def test_a_new_sqlite_ledger_is_made_at_the_latest_version(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "new.db"), 5)
+    await store.open()
+    await store.close()
+    assert sqlite_versions(tmp_path / "new.db")[-1] == latest()
+    assert sqlite_rows(tmp_path / "new.db") == {t: [] for t in TABLES}
+
+
+async def test_a_pending_migration_runs_once_and_is_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "ledger.db"
+    rows = sqlite_v1(path)
+    extra = migrations.Migration(latest() + 1, "an index for the test",
+                                 ("CREATE INDEX llmp_spend_key_for_test ON llmp_spend (key_token)",))
+    monkeypatch.setattr(migrations, "MIGRATIONS", (*migrations.MIGRATIONS, extra))
+    for _ in range(2):  # not `IF NOT EXISTS`: a second run would fail
+        store = SqliteStore(str(path), 5)
+        await store.open()
+        await store.close()
+    assert sqlite_versions(path) == [*range(1, extra.version + 1)]
+    assert sqlite_rows(path) == {t: sorted(r, key=lambda row: row[0]) for t, r in rows.items()}
+
+
+async def test_a_sqlite_ledger_newer_than_the_code_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "newer.db"
+    sqlite_v1(path)
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(migrations.CREATE_VERSION_TABLE)
+    db.execute("INSERT INTO llmp_schema_version VALUES (?, 'from a newer gateway', ?)", (latest() + 1, NOW))
+    db.close()
+    before = sqlite_rows(path)
+    store = SqliteStore(str(path), 5)
+    with pytest.raises(SchemaTooNew, match=rf"schema is at version {latest() + 1}, newer than this gateway knows "
+                                           rf"\(version {latest()}\)"):
+        await store.open()
+    await store.close()
+    assert sqlite_rows(path) == before and sqlite_versions(path) == [latest() + 1]
+
+
+# ---- PostgreSQL ---------------------------------------------------------------------------------
+
+@pytest.fixture
+async def pg_database(postgres_server: PostgresServer) -> AsyncIterator[str]:
+    """A fresh database on the test cluster: its DSN."""
+    name = f"ledger_{time.monotonic_ns()}"
+    admin = await asyncpg.connect(postgres_server.url, timeout=10)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+        yield postgres_server.url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        await admin.close()
+
+
+async def pg_rows(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        return {t: [tuple(r) for r in await conn.fetch(f"SELECT * FROM {t} ORDER BY {pk}")] for t, pk in TABLES.items()}
+    finally:
+        await conn.close()
+
+
+async def pg_versions(dsn: str) -> list[int]:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        return [r[0] for r in await conn.fetch("SELECT version FROM llmp_schema_version ORDER BY version")]
+    finally:
+        await conn.close()
+
+
+async def pg_v1(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        for statement in SCHEMA_V1:
+            await conn.execute(statement)
+        rows = v1_rows()
+        for table, values in rows.items():
+            marks = ", ".join(f"${i + 1}" for i in range(len(values[0])))
+            await conn.executemany(f"INSERT INTO {table} VALUES ({marks})", values)
+    finally:
+        await conn.close()
+    return rows
+
+
+async def test_a_postgres_ledger_made_before_migrations_keeps_every_row(pg_database: str) -> None:
+    rows = await pg_v1(pg_database)
+    store = PostgresStore(pg_database, 10)
+    await store.open()
+    try:
+        keys, teams = await store.load_keys()
+        assert sorted(k.key_alias for k in keys) == ["key-1", "key-2"]
+        assert {t.team_id for t in teams} == {"search", "ads"}
+        report = await store.spend_report("day", None, None, None, None)
+        assert report[0]["requests"] == 5 and report[0]["prompt_tokens"] == 100
+    finally:
+        await store.close()
+    assert await pg_rows(pg_database) == {t: sorted(r, key=lambda row: row[0]) for t, r in rows.items()}
+    assert await pg_versions(pg_database) == [m.version for m in migrations.MIGRATIONS]
+    assert (await pg_versions(pg_database))[-1] == latest()
+    again = PostgresStore(pg_database, 10)
+    await again.open()
+    await again.close()
+    assert await pg_versions(pg_database) == [m.version for m in migrations.MIGRATIONS]
+
+
+async def test_a_postgres_ledger_newer_than_the_code_is_refused(pg_database: str) -> None:
+    await pg_v1(pg_database)
+    conn = await asyncpg.connect(pg_database, timeout=10)
+    try:
+        await conn.execute(migrations.CREATE_VERSION_TABLE)
+        await conn.execute("INSERT INTO llmp_schema_version VALUES ($1, 'from a newer gateway', $2)", latest() + 1, NOW)
+    finally:
+        await conn.close()
+    before = await pg_rows(pg_database)
+    store = PostgresStore(pg_database, 10)
+    with pytest.raises(SchemaTooNew, match=rf"postgresql: the ledger store's schema is at version {latest() + 1}"):
+        await store.open()
+    await store.close()
+    assert await pg_rows(pg_database) == before and await pg_versions(pg_database) == [latest() + 1]
