@@ -1,18 +1,51 @@
-# llm-platform: `make plan` (offline plan of the prod stack), `make test`, `make bench`.
+# llm-platform: `make plan` (offline plan of the prod stack), `make test`, `make bench`, `make lock`.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+PIP_VERSION := 26.3
 
-.PHONY: install plan test bench redis postgres checkov clean
+# Every package, transitive ones included, pinned with hashes; `make lock` writes them from pyproject.toml.
+LOCK_ALL     := requirements/all.lock
+LOCK_GATEWAY := requirements/gateway.lock
+
+.PHONY: install install-gateway lock plan test bench redis postgres checkov clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The project itself goes in with --no-deps: its dependencies are exactly the lock's, nothing resolved here.
+$(STAMP): $(LOCK_ALL) pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet pip==$(PIP_VERSION)
+	$(PY) -m pip install --quiet --require-hashes -r $(LOCK_ALL)
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
+
+# The gateway part alone, in a venv of its own (no Pulumi SDKs): what a gateway host or image installs.
+GW_VENV := .venv-gateway
+install-gateway: $(GW_VENV)/.installed
+$(GW_VENV)/.installed: $(LOCK_GATEWAY) pyproject.toml
+	test -x $(GW_VENV)/bin/python || $(PYTHON) -m venv $(GW_VENV)
+	$(GW_VENV)/bin/python -m pip install --quiet pip==$(PIP_VERSION)
+	$(GW_VENV)/bin/python -m pip install --quiet --require-hashes -r $(LOCK_GATEWAY)
+	$(GW_VENV)/bin/python -m pip install --quiet --no-deps .
+	touch $@
+
+# uv resolves the locks; pinned, from PyPI, in a venv of its own so it never enters the project's.
+UV_VERSION := 0.13.9
+UV := $(VENV)/uv/bin/uv
+$(UV):
+	$(PYTHON) -m venv $(VENV)/uv
+	$(VENV)/uv/bin/pip install --quiet uv==$(UV_VERSION)
+
+# --universal: one lock for every platform, with markers (uvloop only where sys_platform != 'win32').
+# Pins already in a lock are kept; `make lock UPGRADE=--upgrade` moves every package to its newest release.
+# The gateway lock is constrained by the full one, so a package has the same version in both.
+UV_COMPILE = $(UV) pip compile pyproject.toml --quiet --universal --generate-hashes --custom-compile-command 'make lock' $(UPGRADE)
+lock: $(UV)
+	mkdir -p requirements
+	$(UV_COMPILE) --extra test -o $(LOCK_ALL)
+	$(UV_COMPILE) --extra gateway -c $(LOCK_ALL) -o $(LOCK_GATEWAY)
 
 # The gateway's governance tests need a real Redis server; install it when missing.
 redis:
@@ -52,4 +85,4 @@ bench: install
 	$(PY) bench/gateway_governance.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache node_modules
+	rm -rf $(VENV) $(GW_VENV) .pytest_cache node_modules

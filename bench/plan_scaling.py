@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from infra.catalog import load_catalog  # noqa: E402
+from infra.catalog import load_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 # Every region infra/catalog.yaml says offers both p5 and g6: the only ones a copy of prod's pools can run in.

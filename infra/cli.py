@@ -1,4 +1,8 @@
-"""`llmp`: the project's one command line (plan, report, gateway, keys)."""
+"""`llmp`: the project's one command line (plan, report, gateway, keys).
+
+Only the standard library at module level: a gateway host installs `llm-platform[gateway]` without the
+Pulumi SDKs, and `llmp gateway` must still run there. Each command imports what it needs when it runs.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +11,19 @@ from datetime import datetime
 from pathlib import Path
 
 EXIT_OK, EXIT_POLICY, EXIT_CONFIG, EXIT_PROGRAM = 0, 1, 2, 3
+DISTRIBUTION = "llm-platform"
+# Top-level modules that only the `infra` extra installs (see pyproject.toml).
+INFRA_ONLY_MODULES = frozenset({"pulumi", "pulumi_aws", "pulumi_kubernetes", "pulumi_policy", "rich"})
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version(DISTRIBUTION)
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
 def _stack_values(args: argparse.Namespace) -> tuple[dict, str, str]:
@@ -199,6 +216,7 @@ def _add_stack_args(p: argparse.ArgumentParser, stack_required: bool = False) ->
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmp", description="llm-platform: plan, report and run the LLM serving platform")
+    p.add_argument("--version", action="version", version=f"llmp {version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     plan = sub.add_parser("plan", help="offline plan of a stack: resources, cost, policy controls")
@@ -260,6 +278,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SystemExit as exc:
         return int(exc.code or 0)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in INFRA_ONLY_MODULES:
+            raise
+        print(f"llmp {args.command}: needs the infra part of {DISTRIBUTION}, which is not installed here "
+              f"(no module {exc.name!r}); install it with: pip install '{DISTRIBUTION}[infra]'", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 if __name__ == "__main__":
