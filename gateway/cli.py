@@ -48,8 +48,9 @@ def _check(config: GatewayConfig, dev: bool) -> None:
     from gateway.governance.provider_keys import resolve_secrets
     from gateway.http.auth import check_master_key
 
-    config, _ = resolve_secrets(config)  # a secret that cannot be read is a start-up error, named
-    check_master_key(config.gateway.master_key, dev)
+    config, secrets = resolve_secrets(config)  # a secret needed to start that cannot be read: an error, named
+    if secrets is None or not secrets.master_key_unset():
+        check_master_key(config.gateway.master_key, dev)
 
 
 def run_one(config_path: str, host: str, port: int, dev: bool, reuse_port: bool) -> int:

@@ -159,17 +159,21 @@ class VirtualKeyAuth:
     """The Authenticator with governance on: the master key, or a live virtual key from the cache."""
 
     def __init__(self, master_key: str, cache: KeyCache, clock: Callable[[], float] = time.time) -> None:
-        self._master = ("Bearer " + master_key).encode()
-        self._master_principal = KeyPrincipal(key_id("master:" + master_key))
+        self.set_master_key(master_key)
         self.cache = cache
         self._clock = clock
 
     def set_master_key(self, master_key: str) -> None:
-        self._master = ("Bearer " + master_key).encode()
+        """"" while the master key's secret has no value yet: then no header is the master key."""
+        self._master = ("Bearer " + master_key).encode() if master_key else None
         self._master_principal = KeyPrincipal(key_id("master:" + master_key))
 
+    def has_master_key(self) -> bool:
+        return self._master is not None
+
     def is_master(self, authorization: str | None) -> bool:
-        return bool(authorization) and hmac.compare_digest(authorization.encode(), self._master)  # type: ignore[union-attr]
+        return bool(authorization) and self._master is not None and \
+            hmac.compare_digest(authorization.encode(), self._master)  # type: ignore[union-attr]
 
     def authenticate(self, authorization: str | None) -> KeyPrincipal:
         if not authorization:

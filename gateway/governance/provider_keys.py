@@ -10,6 +10,12 @@ environment: `providers/<p>` from `<P>_API_KEY` (OPENAI_API_KEY, ANTHROPIC_API_K
 key are re-read every `refresh_seconds`; a rotated value is used by the next call.
 `ledger.store` and `redis.url` may name a secret too (a DSN with a password), read at
 start only. Errors name the secret, never its value.
+
+A secret nobody has put a value in yet (empty, or the placeholder the Pulumi program's first deploy
+writes) does not stop the gateway: a provider key that is unset or unreadable marks its deployment
+unavailable (routing skips it, readiness says why) until a refresh reads a real value; an unset master
+key leaves the gateway refusing every call that needs it (503 `master_key_not_set`) until it is set.
+Start-only values (`ledger.store`, `redis.url`) and an unreadable master key still stop the start.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ from gateway.config.native import GatewayConfig
 from gateway.tasks import cancel
 
 PREFIX = "secret/"
+# What the Pulumi program writes as every secret's first value (infra/components/secrets.py; a test
+# keeps the two equal), so that readers start before anyone has put a key in.
+PLACEHOLDER = "llm-platform:placeholder (not set yet)"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 
 
@@ -127,16 +136,34 @@ def _check_name(value: str, where: str) -> str:
     return name
 
 
-def read_all(source: SecretSource, refs: list[SecretRef]) -> dict[str, str]:
+def is_unset(value: str | None) -> bool:
+    """A secret nobody has put a value in yet: empty, or the placeholder the first deploy wrote."""
+    return value is None or not value.strip() or value.strip() == PLACEHOLDER
+
+
+def read_all(source: SecretSource, refs: list[SecretRef]) -> tuple[dict[str, str], dict[str, str]]:
+    """Every referenced secret's value, and why each unset one is unset (secret name -> reason).
+
+    Provider keys may be unset or unreadable (their deployments wait for a value); the master key may be
+    unset (calls wait for it) but must be readable; start-only values must be readable and set."""
     values: dict[str, str] = {}
+    unset: dict[str, str] = {}
     for ref in refs:
         if ref.name in values:
             continue
+        where = source.where(ref.name)
         try:
             values[ref.name] = source.read(ref.name)
         except LookupError as exc:
-            raise ConfigError(f"{ref.field}: cannot read secret {source.where(ref.name)}: {exc}") from None
-    return values
+            if ref.deployment is None:
+                raise ConfigError(f"{ref.field}: cannot read secret {where}: {exc}") from None
+            values[ref.name], unset[ref.name] = "", f"cannot read secret {where}: {exc}"
+            continue
+        if is_unset(values[ref.name]):
+            if not ref.refreshed:
+                raise ConfigError(f"{ref.field}: secret {where} has no value yet; put one in, then restart")
+            unset[ref.name] = f"secret {where} has no value yet"
+    return values, unset
 
 
 def resolve_secrets(config: GatewayConfig,
@@ -146,20 +173,21 @@ def resolve_secrets(config: GatewayConfig,
     if not refs:
         return config, None
     source = source or secret_source(config.secrets)
-    values = read_all(source, refs)
+    values, unset = read_all(source, refs)
     config = apply(config, refs, values)
     refreshed = [r for r in refs if r.refreshed]
     if not refreshed:
         return config, None
-    return config, SecretRefresher(source, refreshed, values, config.secrets.refresh_seconds)
+    return config, SecretRefresher(source, refreshed, values, config.secrets.refresh_seconds, unset)
 
 
 def apply(config: GatewayConfig, refs: list[SecretRef], values: dict[str, str]) -> GatewayConfig:
-    by_dep = {r.deployment: values[r.name] for r in refs if r.deployment is not None}
+    value = {name: None if is_unset(v) else v for name, v in values.items()}
+    by_dep = {r.deployment: value[r.name] for r in refs if r.deployment is not None}
     gateway, ledger, redis = config.gateway, config.ledger, config.redis
     for ref in refs:
         if ref.field == "gateway.master_key":
-            gateway = gateway.model_copy(update={"master_key": values[ref.name]})
+            gateway = gateway.model_copy(update={"master_key": value[ref.name]})
         elif ref.field == "ledger.store" and ledger is not None:
             store = _checked_url(values[ref.name], ref, ("sqlite:///", "postgres"))
             ledger = ledger.model_copy(update={"store": store})
@@ -187,15 +215,24 @@ Listener = Callable[[SecretRef, str], None]
 class SecretRefresher:
     """Re-reads the referenced secrets periodically (in a thread: boto3 blocks) and reports changed values."""
 
-    def __init__(self, source: SecretSource, refs: list[SecretRef], values: dict[str, str], every: float) -> None:
+    def __init__(self, source: SecretSource, refs: list[SecretRef], values: dict[str, str], every: float,
+                 unset: dict[str, str] | None = None) -> None:
         self.source = source
         self.refs = refs
         self.values = dict(values)
+        self.unset_at_start = dict(unset or {})  # secret name -> why it had no usable value at start
         self.every = every
         self.listeners: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
         self._event: Callable[..., None] = lambda *a, **k: None
         self._failing: set[str] = set()
+
+    def unset_refs(self) -> list[SecretRef]:
+        """The references whose secret had no usable value at start."""
+        return [r for r in self.refs if r.name in self.unset_at_start]
+
+    def master_key_unset(self) -> bool:
+        return any(r.deployment is None for r in self.unset_refs())
 
     def on_change(self, listener: Listener) -> None:
         self.listeners.append(listener)

@@ -44,7 +44,7 @@ from gateway.http.admin_fields import (
     parse_fields,
     team_view,
 )
-from gateway.http.errors import GatewayError, bad_request, unauthorized
+from gateway.http.errors import GatewayError, bad_request, master_key_not_set, unauthorized
 
 JSON = "application/json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -82,6 +82,8 @@ class AdminApi:
                 authorization = http.headers.get("Authorization")
                 if not authorization:
                     raise unauthorized("Missing API key: send `Authorization: Bearer <master key>`.")
+                if not self.gov.auth.has_master_key():
+                    raise master_key_not_set()
                 if not self.gov.auth.is_master(authorization):
                     try:
                         self.gov.auth.authenticate(authorization)

@@ -54,9 +54,11 @@ def build_app(
     log_out: BinaryIO | None = None,
     discovery_api: Any = None,
 ) -> web.Application:
-    """The gateway app; raises ConfigError for a master key that must not be used, or a secret it cannot read."""
+    """The gateway app; raises ConfigError for a master key that must not be used, or a secret it needs to start
+    and cannot read. Secrets that hold no value yet lock what needs them instead (see provider_keys)."""
     config, secrets = resolve_secrets(config)
-    check_master_key(config.gateway.master_key, dev)
+    if secrets is None or not secrets.master_key_unset():
+        check_master_key(config.gateway.master_key, dev)
     metrics = GatewayMetrics()
     log = CallLog(log_out)
     models = {"object": "list", "data": [
@@ -83,6 +85,8 @@ def build_app(
     else:
         app_routes = []
     state.quotas = DeploymentQuotas.for_config(config, state.governance.limiter if state.governance else None)
+    for ref in secrets.unset_refs() if secrets is not None else []:
+        state.on_secret(ref, "")
     metrics.in_flight.set_function(lambda: state.in_flight)
     app = web.Application(client_max_size=MAX_BODY)
     app[STATE] = state
@@ -117,6 +121,10 @@ async def _start(app: web.Application) -> None:
             watcher.start()
             state.watchers.append(watcher)
     if state.secrets is not None:
+        for ref in state.secrets.unset_refs():  # names and reasons only, never a value
+            state.log.event("secret_not_set", field=ref.field, reason=state.secrets.unset_at_start[ref.name],
+                            effect="calls refused until it is set" if ref.deployment is None
+                            else f"deployment {ref.deployment} skipped until it is set")
         state.secrets.on_change(state.on_secret)
         state.secrets.start(state.log.event)
     if state.governance is not None:

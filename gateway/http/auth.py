@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.config.errors import ConfigError
-from gateway.http.errors import GatewayError, unauthorized
+from gateway.http.errors import GatewayError, master_key_not_set, unauthorized
 
 # Keys that appear in docs, quick-starts and our own examples: never accepted for real traffic.
 KNOWN_DEFAULT_KEYS = frozenset({"sk-1234", "sk-12345", "sk-1234567890", "sk-master", "changeme", "secret", "password"})
@@ -34,13 +34,16 @@ def key_id(key: str) -> str:
 
 
 class MasterKeyAuth:
-    """Accepts one master key, compared in constant time."""
+    """Accepts one master key, compared in constant time; with none set (""), refuses every call."""
 
     def __init__(self, master_key: str) -> None:
+        self._set = bool(master_key)
         self._expected = ("Bearer " + master_key).encode()
         self._principal = Principal(key_id("master:" + master_key))
 
     def authenticate(self, authorization: str | None) -> Principal:
+        if not self._set:
+            raise master_key_not_set()
         if not authorization:
             raise unauthorized("Missing API key: send `Authorization: Bearer <key>`.")
         if not hmac.compare_digest(authorization.encode(), self._expected):

@@ -78,6 +78,14 @@ def misdirected(alias: str, zone: str, url: str) -> GatewayError:
         "invalid_request_error", "model", "model_in_other_residency_zone")
 
 
+def master_key_not_set() -> GatewayError:
+    """Calls while the master key's secret still holds no value (a first deploy): refused, never let in."""
+    return GatewayError(
+        503, "This gateway's master key is not set yet: an operator must put it in the gateway's secret "
+        "(llm-platform/<stack>/gateway/master-key); calls are refused until then.",
+        "service_unavailable", None, "master_key_not_set")
+
+
 def model_not_found(alias: str) -> GatewayError:
     return GatewayError(404, f"The model `{alias}` does not exist or you do not have access to it.",
                         "invalid_request_error", "model", "model_not_found")

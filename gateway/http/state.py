@@ -11,7 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.config.native import GatewayConfig
-from gateway.governance.provider_keys import SecretRef, SecretRefresher
+from gateway.governance.provider_keys import SecretRef, SecretRefresher, is_unset
 from gateway.http.auth import Authenticator, MasterKeyAuth
 from gateway.observability.calllog import CallLog
 from gateway.observability.metrics import GatewayMetrics
@@ -69,21 +69,24 @@ class AppState:
             self.quotas.settle(record)
 
     def readiness(self) -> dict[str, Any]:
-        deployments = {p.name: {"healthy": p.healthy(), "replicas": len(p.replicas)} for p in self.router.pools}
+        deployments = {p.name: {"healthy": p.healthy(), "replicas": len(p.replicas), "api_key_set": p.api_key_set}
+                       for p in self.router.pools}
         ready = any(d["healthy"] for d in deployments.values())
         return {"ready": ready, "deployments": deployments}
 
     def on_secret(self, ref: SecretRef, value: str) -> None:
-        """A rotated secret: the next call uses it (the value is never logged)."""
+        """A rotated secret: the next call uses it (the value is never logged). A secret that holds no
+        value yet locks what needs it: its deployment is skipped, or (the master key) calls are refused."""
+        key = None if is_unset(value) else value
         if ref.deployment is None:
             if self.governance is not None:
-                self.governance.auth.set_master_key(value)
+                self.governance.auth.set_master_key(key or "")
             else:
-                self.auth = MasterKeyAuth(value)
+                self.auth = MasterKeyAuth(key or "")
             return
         for pool in self.router.pools:
             if pool.name == ref.deployment:
-                pool.headers = pool._headers(pool.config.model_copy(update={"api_key": value}))
+                pool.set_api_key(key)
 
     def on_circuit(self, deployment: str, replica: str, state: str) -> None:
         self.metrics.set_circuit(deployment, replica, state)

@@ -108,6 +108,9 @@ class Proxy:
                                     "(the call was passed on by another region's gateway)")
                 elif not any(d.serves(request.endpoint) for d in current.deployments):
                     failures.append(f"{current.alias}: no deployment offers the {request.endpoint} endpoint")
+                elif not any(d.api_key_set for d in current.deployments):
+                    failures.append(f"{current.alias}: its provider key is not set yet "
+                                    f"({', '.join(d.name for d in current.deployments)})")
                 else:
                     failures.append(f"{current.alias}: no healthy deployment")
                 continue

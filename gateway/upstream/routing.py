@@ -73,6 +73,8 @@ class DeploymentPool:
         t = self.timeouts
         self.client_timeout = aiohttp.ClientTimeout(total=t.total, connect=t.connect, sock_connect=t.connect)
         self.headers = self._headers(config)
+        # False while the provider key's secret has no value yet (a first deploy): routing skips the pool.
+        self.api_key_set = True
         self._heads: dict[tuple[str, str], bytes] = {}
         self._heads_for: dict[str, str] | None = None
         self.affinity = config.session_affinity and config.replicas is not None
@@ -97,6 +99,11 @@ class DeploymentPool:
         elif config.api_key:
             headers["Authorization"] = f"Bearer {config.api_key}"
         return headers
+
+    def set_api_key(self, api_key: str | None) -> None:
+        """A provider key read (or rotated, or found unset: None); the next call uses it."""
+        self.api_key_set = api_key is not None
+        self.headers = self._headers(self.config.model_copy(update={"api_key": api_key}))
 
     def request_head(self, replica: Replica, endpoint: str) -> bytes:
         """Request line and headers up to `Content-Length: `, built once per replica and endpoint."""
@@ -145,7 +152,7 @@ class DeploymentPool:
         return self.in_flight / (len(self.replicas) or 1) / self.weight
 
     def healthy(self) -> bool:
-        return any(r.usable() for r in self.replicas)
+        return self.api_key_set and any(r.usable() for r in self.replicas)
 
     def order(self, session_key: Callable[[], bytes]) -> list[Replica]:
         """Usable replicas in the order to try them."""
@@ -202,7 +209,7 @@ class Router:
                    hopped: bool = False) -> list[tuple[DeploymentPool, Replica]]:
         """Primary deployments of the local region, then other regions, then hosted fallbacks.
         A call another region's gateway passed on (`hopped`) gets the local region's primaries only."""
-        deployments = [d for d in route.deployments if d.serves(endpoint)
+        deployments = [d for d in route.deployments if d.serves(endpoint) and d.api_key_set
                        and not (hopped and (d.region != self.region or d.tier != "primary"))]
         if len(deployments) > 1:
             deployments = self._rank(deployments)

@@ -103,7 +103,7 @@ async def test_gateway_routes_to_replicas_found_in_endpoint_slices(api_server, g
                                                  extra_headers={"x-session-id": f"conversation-{i}"})
         assert first.stats.requests > 0 and second.stats.requests > 0
         assert first.stats.requests + second.stats.requests == 12
-        assert gw.state.readiness()["deployments"]["pool"] == {"healthy": True, "replicas": 2}
+        assert gw.state.readiness()["deployments"]["pool"] == {"healthy": True, "replicas": 2, "api_key_set": True}
     finally:
         await first.stop()
         await second.stop()
