@@ -94,7 +94,8 @@ def test_the_service_exposes_the_gateway_port(prod, region):
 
 def test_probes_use_the_gateways_health_endpoints():
     c = _defaults().container("gateway")
-    assert c["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "http"}
+    # Not tied to upstreams: the first deploy's atomic release must get ready before any model is up.
+    assert c["readinessProbe"]["httpGet"] == {"path": "/health/live", "port": "http"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": "http"}
     assert c["startupProbe"]["httpGet"]["path"] == "/health/live"
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": GATEWAY_PORT}
