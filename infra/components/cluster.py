@@ -8,7 +8,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
-from infra.components.providers import child_opts
+from infra.components.providers import TAG_STACK, child_opts
 from infra.scheduling import POOL_LABEL
 
 # The AWS-managed access policy equal to Kubernetes' cluster-admin ClusterRole
@@ -146,10 +146,17 @@ class Cluster(pulumi.ComponentResource):
             # "you must ensure that your Amazon EKS control plane security group contains rules to allow
             # ingress traffic on port 443 from your connected network"
             # (https://docs.aws.amazon.com/eks/latest/userguide/cluster-endpoint.html).
+            # EKS creates this group without the cluster's tags (terraform-aws-modules/terraform-aws-eks#1957
+            # tags it for the same reason), and the deploy role may change only EC2 resources carrying the
+            # stack tag (infra/ci_access.py): tag it first, which the role may do with that tag only.
+            sg = self.eks.vpc_config.cluster_security_group_id
+            stack_tag = aws.ec2.Tag(f"{name}-cluster-sg-stack-tag", resource_id=sg, key=TAG_STACK,
+                                    value=args.tags[TAG_STACK], opts=child)
             api_path.append(aws.vpc.SecurityGroupIngressRule(
-                f"{name}-api-from-deploy-hub", security_group_id=self.eks.vpc_config.cluster_security_group_id,
+                f"{name}-api-from-deploy-hub", security_group_id=sg,
                 cidr_ipv4=args.deployer_cidr, ip_protocol="tcp", from_port=443, to_port=443,
-                description="Kubernetes API from the deploy runner's VPC", opts=child))
+                description="Kubernetes API from the deploy runner's VPC",
+                opts=child_opts(self, provider, depends_on=[stack_tag])))
         self.kubernetes = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=pulumi.Output.all(self.eks.name, self.eks.endpoint,

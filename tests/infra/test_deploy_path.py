@@ -87,3 +87,20 @@ def test_every_cluster_admits_the_hub_to_its_api(stack_plan: Plan) -> None:
     assert sorted((r.region, r.inputs["securityGroupId"]) for r in rules) == sorted(clusters.items())
     assert all((r.inputs["cidrIpv4"], r.inputs["fromPort"], r.inputs["toPort"]) == (hub_block, 443, 443)
                for r in rules)
+
+
+def test_the_deploy_role_may_open_the_eks_made_security_group_because_the_program_tags_it(stack_plan: Plan) -> None:
+    """EKS creates the cluster security group without the stack tag, and the deploy role changes only EC2
+    resources that carry it: the program tags the group (allowed with that tag only) before adding the rule."""
+    from infra.ci_access import deploy_policy
+    from infra.components.providers import TAG_STACK
+
+    tags = {(t.inputs["resourceId"], t.inputs["key"], t.inputs["value"]) for t in stack_plan.of_type("aws:ec2/tag:Tag")}
+    for cluster in stack_plan.of_type("aws:eks/cluster:Cluster"):
+        group = cluster.outputs["vpcConfig"]["clusterSecurityGroupId"]
+        assert (group, TAG_STACK, stack_plan.stack) in tags, cluster.region
+    statements = {s["Sid"]: s for s in deploy_policy("123456789012", stack_plan.stack, [], [])["Statement"]}
+    assert "ec2:CreateTags" in statements["CreateOnlyWithTheStackTag"]["Action"]
+    assert "ec2:*" in statements["ChangeOnlyTheStacksResources"]["Action"]
+    assert statements["ChangeOnlyTheStacksResources"]["Condition"] == {
+        "StringLike": {f"aws:ResourceTag/{TAG_STACK}": stack_plan.stack}}
