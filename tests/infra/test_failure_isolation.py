@@ -25,19 +25,19 @@ class NoCapacityFor(PlanMocks):
         return super().new_resource(args)
 
 
-def created_despite(failing: str) -> list:
+def first_pool_without_capacity() -> tuple[dict, str, str, list]:
+    """Prod, in a cloud that cannot start its first region's first GPU pool: (config, region, pool, what the
+    update still creates, as `pulumi up --continue-on-error` would)."""
     raw = stack_raw("prod")
-    mocks = NoCapacityFor(failing)
+    region, pool = raw["regions"][0]["name"], raw["regions"][0]["pools"][0]["name"]
+    mocks = NoCapacityFor(f"{region}-{pool}")
     with pytest.raises(ProgramError, match="InsufficientInstanceCapacity"):
         run_program(raw, "prod", mocks=mocks)
-    return mocks.resources
+    return raw, region, pool, mocks.resources
 
 
 def test_a_gpu_pool_without_capacity_leaves_its_regions_ingress_gateway_and_dns_up() -> None:
-    raw = stack_raw("prod")
-    region = raw["regions"][0]["name"]
-    pool = raw["regions"][0]["pools"][0]["name"]
-    created = created_despite(f"{region}-{pool}")
+    _, region, _, created = first_pool_without_capacity()
     releases = {r.name for r in created if r.type == RELEASE}
     assert f"{region}-ingress-nginx" in releases
     assert f"{region}-nvidia-device-plugin" in releases
@@ -48,10 +48,7 @@ def test_a_gpu_pool_without_capacity_leaves_its_regions_ingress_gateway_and_dns_
 
 
 def test_a_gpu_pool_without_capacity_fails_only_the_models_it_carries() -> None:
-    raw = stack_raw("prod")
-    region = raw["regions"][0]["name"]
-    pool = raw["regions"][0]["pools"][0]["name"]
-    created = created_despite(f"{region}-{pool}")
+    raw, region, pool, created = first_pool_without_capacity()
     releases = {r.name for r in created if r.type == RELEASE}
     for model in raw["models"]:
         if region not in model["regions"]:
