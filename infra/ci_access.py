@@ -6,7 +6,8 @@ from infra.components.providers import TAG_STACK
 GITHUB_OIDC = "token.actions.githubusercontent.com"
 # What the program creates. Budgets, IAM and Route53 are named or checked by name below; the
 # rest carries the stack tag (provider default tags), which the conditions test.
-TAGGED_SERVICES = ["ec2", "eks", "kms", "acm", "secretsmanager", "elasticloadbalancing", "logs", "codebuild"]
+TAGGED_SERVICES = ["ec2", "eks", "kms", "acm", "secretsmanager", "elasticloadbalancing", "logs", "codebuild",
+                   "codeconnections"]
 # AWS creates a service's service-linked role the first time an account uses the service, with the
 # caller's permission (iam:CreateServiceLinkedRole): the deploy role is the caller for EKS clusters and
 # managed node groups (https://docs.aws.amazon.com/eks/latest/userguide/using-service-linked-roles.html).
@@ -71,6 +72,12 @@ def deploy_policy(account_id: str, stacks: str, dns_names: list[str], never: lis
              "Action": [f"{svc}:*" for svc in TAGGED_SERVICES],
              "Resource": "*",
              "Condition": {"StringLike": {f"aws:ResourceTag/{TAG_STACK}": stacks}}},
+            # The accepter-side copy of an inter-region peering carries none of the requester's tags
+            # (aws-cloudformation/cloudformation-coverage-roadmap#340), so accepting cannot be judged on the
+            # stack tag. AcceptVpcPeeringConnection is authorised on the peering and on the accepter VPC: the
+            # peering on any id here, the VPC only through the statement above (the stack's own VPCs).
+            {"Sid": "AcceptPeeringsIntoTheStacksVpcs", "Effect": "Allow", "Action": "ec2:AcceptVpcPeeringConnection",
+             "Resource": f"arn:aws:ec2:*:{acct}:vpc-peering-connection/*"},
             {"Sid": "TheStacksSecretsByName", "Effect": "Allow", "Action": "secretsmanager:*",
              "Resource": f"arn:aws:secretsmanager:*:{acct}:secret:llm-platform/{stacks}/*"},
             {"Sid": "TheStacksRoles", "Effect": "Allow",

@@ -58,7 +58,12 @@ def bootstrap_targets(stack: str, hub_region: str, project: str = "llm-platform"
     ]
 
 
-def runner_policy(region: str, account_id: str, subnet_arns: list[str]) -> dict:
+# The project's own role must be able to use its GitHub connection: "Grant CodeBuild project IAM role
+# access to use the connection" (https://docs.aws.amazon.com/codebuild/latest/userguide/connections-github-app.html).
+CONNECTION_ACTIONS = ["codeconnections:GetConnectionToken", "codeconnections:GetConnection"]
+
+
+def runner_policy(region: str, account_id: str, subnet_arns: list[str], connection_arn: str) -> dict:
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -67,6 +72,8 @@ def runner_policy(region: str, account_id: str, subnet_arns: list[str]) -> dict:
              "Resource": f"arn:aws:ec2:{region}:{account_id}:network-interface/*",
              "Condition": {"StringEquals": {"ec2:Subnet": subnet_arns,
                                             "ec2:AuthorizedService": "codebuild.amazonaws.com"}}},
+            {"Sid": "UseTheGitHubConnection", "Effect": "Allow", "Action": CONNECTION_ACTIONS,
+             "Resource": connection_arn},
         ],
     }
 
@@ -103,12 +110,17 @@ class DeployHub(pulumi.ComponentResource):
         self.role = aws.iam.Role(f"{name}-runner", path=args.iam_path,
                                  description=f"llm-platform deploy runner in {args.region}",
                                  assume_role_policy=assume_role_policy("codebuild.amazonaws.com"), opts=iam_child)
+        # The stack's own GitHub connection. It is created PENDING: an operator completes it once in the
+        # console (Developer Tools, Connections: install the AWS Connector for GitHub app on the repository);
+        # until then the webhook below cannot be created (README: Deploy path).
+        self.connection = aws.codeconnections.Connection(
+            f"{name}-github", name=f"llmp-{args.stack}-github"[:32], provider_type="GitHub", opts=child)
         account = aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(provider=iam, parent=self))
         aws.iam.RolePolicy(
             f"{name}-runner", role=self.role.name,
-            policy=pulumi.Output.all(account.account_id, *args.private_subnet_ids).apply(
+            policy=pulumi.Output.all(self.connection.arn, account.account_id, *args.private_subnet_ids).apply(
                 lambda a: json.dumps(runner_policy(
-                    args.region, a[0], [f"arn:aws:ec2:{args.region}:{a[0]}:subnet/{s}" for s in a[1:]]))),
+                    args.region, a[1], [f"arn:aws:ec2:{args.region}:{a[1]}:subnet/{s}" for s in a[2:]], a[0]))),
             opts=iam_child)
 
         self.project = aws.codebuild.Project(
@@ -116,7 +128,8 @@ class DeployHub(pulumi.ComponentResource):
             description=f"GitHub Actions runner that deploys llm-platform stack {args.stack}",
             service_role=self.role.arn,
             source=aws.codebuild.ProjectSourceArgs(
-                type="GITHUB", location=f"https://github.com/{args.repository}.git", git_clone_depth=1),
+                type="GITHUB", location=f"https://github.com/{args.repository}.git", git_clone_depth=1,
+                auth=aws.codebuild.ProjectSourceAuthArgs(type="CODECONNECTIONS", resource=self.connection.arn)),
             artifacts=aws.codebuild.ProjectArtifactsArgs(type="NO_ARTIFACTS"),
             environment=aws.codebuild.ProjectEnvironmentArgs(
                 type="LINUX_CONTAINER", compute_type=args.compute_type, image=RUNNER_IMAGE,
@@ -128,8 +141,7 @@ class DeployHub(pulumi.ComponentResource):
                 cloudwatch_logs=aws.codebuild.ProjectLogsConfigCloudwatchLogsArgs(status="DISABLED")),
             build_timeout=180,
             opts=child)
-        # The webhook is created on the repository with the account's CodeBuild GitHub credential (a
-        # CodeConnections connection or a token the operator imported once; README: Deploy path).
+        # The webhook is created on the repository through the project's connection.
         self.webhook = aws.codebuild.Webhook(
             name, project_name=self.project.name, build_type="BUILD",
             filter_groups=[aws.codebuild.WebhookFilterGroupArgs(filters=[

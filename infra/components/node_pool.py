@@ -37,6 +37,17 @@ def node_labels(pool: Pool) -> dict[str, str]:
     return labels
 
 
+def update_config(pool: Pool) -> aws.eks.NodeGroupUpdateConfigArgs:
+    """How a version bump or template change replaces nodes. By default EKS launches new nodes before
+    draining old ones, "up to two instances per Availability Zone"
+    (https://docs.aws.amazon.com/eks/latest/userguide/managed-node-update-behavior.html); a reservation
+    sized to its pool has no spare instance for that, so a reserved pool replaces one node at a time in
+    place (MINIMAL: terminate, then launch). A Capacity Block pool must also be scaled to 0 before a
+    version upgrade (README: Running it for real)."""
+    strategy = "MINIMAL" if pool.reserved else "DEFAULT"
+    return aws.eks.NodeGroupUpdateConfigArgs(max_unavailable=1, update_strategy=strategy)
+
+
 def capacity_type(pool: Pool) -> str:
     return CAPACITY_TYPE[pool.reservation.kind if pool.reservation else pool.capacity]
 
@@ -99,7 +110,7 @@ class NodePool(pulumi.ComponentResource):
             labels=node_labels(pool),
             taints=[aws.eks.NodeGroupTaintArgs(key=t["key"], value=t["value"], effect=EKS_EFFECT[t["effect"]])
                     for t in pool_taints(pool.spot)],
-            update_config=aws.eks.NodeGroupUpdateConfigArgs(max_unavailable=1),
+            update_config=update_config(pool),
             # The cluster autoscaler owns the desired size once the pool exists.
             opts=child_opts(self, provider, ignore_changes=["scalingConfig.desiredSize"]),
         )

@@ -18,6 +18,12 @@ PLACEHOLDER = "llm-platform:placeholder (not set yet)"
 # Values put in later (console, CLI, rotation) make a new version AWSCURRENT; the program must never
 # write its placeholder back over them, whatever the refreshed state of this version says.
 PLACEHOLDER_IGNORES = ["secretString", "versionStages"]
+# A label of its own keeps the placeholder version from ever being deleted: Secrets Manager deletes
+# versions left with no staging label (the second value put in after it would leave it so), the
+# provider would then drop it from state, and the next `up` would create it again as AWSCURRENT over
+# the real key (hashicorp/terraform-provider-aws#37302). Labels other than AWSCURRENT/AWSPREVIOUS
+# are never moved or removed by PutSecretValue.
+PLACEHOLDER_STAGES = ["AWSCURRENT", "LLMP_PLACEHOLDER"]
 
 
 def secret_names(stack: str, providers: list[str]) -> list[str]:
@@ -103,6 +109,7 @@ class StackSecrets(pulumi.ComponentResource):
                 # succeeds on its own once the token is put in.
                 aws.secretsmanager.SecretVersion(
                     f"{name}-{short}-placeholder", secret_id=secret.id, secret_string=PLACEHOLDER,
+                    version_stages=PLACEHOLDER_STAGES,
                     opts=child_opts(self, providers[primary], ignore_changes=PLACEHOLDER_IGNORES))
             copies = [secret.arn.apply(lambda arn, r=region: arn.replace(f":{primary}:", f":{r}:"))
                       for region in args.regions]  # a replica keeps the primary's ARN, with its own region

@@ -144,6 +144,9 @@ def _outputs(typ: str, name: str, region: str, inputs: dict[str, Any]) -> dict[s
         return {"fqdn": inputs["name"].rstrip(".")}
     if typ == "aws:route53/healthCheck:HealthCheck":
         return {"id": f"{h[:8]}-{h[8:12]}-{h[12:16]}", "arn": f"arn:aws:route53:::healthcheck/{h}"}
+    if typ == "aws:codeconnections/connection:Connection":
+        return {"arn": f"arn:aws:codeconnections:{region}:{ACCOUNT}:connection/{h[:8]}-{h[8:12]}-{h[12:16]}-"
+                       f"{h[16:20]}-{h[20:32]}", "connectionStatus": "PENDING"}
     if typ == "aws:budgets/budget:Budget":
         return {"arn": f"arn:aws:budgets::{ACCOUNT}:budget/{physical}", "accountId": ACCOUNT}
     if typ == "kubernetes:core/v1:Service":

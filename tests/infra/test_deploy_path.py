@@ -104,3 +104,36 @@ def test_the_deploy_role_may_open_the_eks_made_security_group_because_the_progra
     assert "ec2:*" in statements["ChangeOnlyTheStacksResources"]["Action"]
     assert statements["ChangeOnlyTheStacksResources"]["Condition"] == {
         "StringLike": {f"aws:ResourceTag/{TAG_STACK}": stack_plan.stack}}
+
+
+def test_the_runner_reaches_github_through_the_stacks_own_connection(stack_plan: Plan) -> None:
+    """CodeBuild's project role must be allowed to use its connection, or no build ever registers a runner."""
+    (connection,) = stack_plan.of_type("aws:codeconnections/connection:Connection")
+    assert connection.inputs["providerType"] == "GitHub"
+    (project,) = stack_plan.of_type("aws:codebuild/project:Project")
+    assert project.inputs["source"]["auth"] == {"type": "CODECONNECTIONS", "resource": connection.outputs["arn"]}
+    role_name = next(r for r in stack_plan.of_type("aws:iam/role:Role")
+                     if r.outputs["arn"] == project.inputs["serviceRole"]).outputs["name"]
+    (policy,) = [p for p in stack_plan.of_type("aws:iam/rolePolicy:RolePolicy") if p.inputs["role"] == role_name]
+    grants = {s["Sid"]: s for s in json.loads(policy.inputs["policy"])["Statement"]}
+    assert grants["UseTheGitHubConnection"] == {
+        "Sid": "UseTheGitHubConnection", "Effect": "Allow", "Resource": connection.outputs["arn"],
+        "Action": ["codeconnections:GetConnectionToken", "codeconnections:GetConnection"]}
+
+
+def test_the_deploy_role_may_accept_the_hubs_peerings_whose_accepter_copy_carries_no_tags() -> None:
+    """The accepter-side copy of an inter-region peering has none of the requester's tags: accepting is allowed
+    on any peering id, and on a VPC only when it carries the stack tag (both are authorised)."""
+    from infra.ci_access import deploy_policy
+    from infra.components.providers import TAG_STACK
+
+    statements = {s["Sid"]: s for s in deploy_policy("123456789012", "prod", [], [])["Statement"]}
+    accept = statements["AcceptPeeringsIntoTheStacksVpcs"]
+    assert accept["Action"] == "ec2:AcceptVpcPeeringConnection" and "Condition" not in accept
+    assert accept["Resource"] == "arn:aws:ec2:*:123456789012:vpc-peering-connection/*"
+    change = statements["ChangeOnlyTheStacksResources"]  # the accepter VPC side
+    assert "ec2:*" in change["Action"] and change["Condition"] == {
+        "StringLike": {f"aws:ResourceTag/{TAG_STACK}": "prod"}}
+    # The stack's GitHub connection is created, and later passed to CodeBuild, under the stack tag too.
+    assert "codeconnections:Create*" in statements["CreateOnlyWithTheStackTag"]["Action"]
+    assert "codeconnections:*" in change["Action"]

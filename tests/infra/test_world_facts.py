@@ -206,3 +206,15 @@ def test_a_capacity_block_stack_passes_every_control() -> None:
     assert [(r.id, r.violations) for r in results if r.status != "pass"] == []
     hygiene = next(r for r in results if r.id == "gpu-pool-hygiene")
     assert next(e for e in hygiene.evidence if e["resource"] == "us-east-1-h100")["gpu"] is True
+
+
+def test_reserved_pools_replace_nodes_in_place_since_their_reservation_has_no_spare(prod_plan: Plan) -> None:
+    """A surge node (EKS's default update launches before it drains) cannot start in a reservation sized to
+    its pool: reserved pools update with MINIMAL (terminate, then launch), the others keep DEFAULT."""
+    for (region, pool_name), group in _groups(prod_plan).items():
+        pool = prod_plan.config.region(region).pool(pool_name)
+        if pool is None:
+            continue
+        expected = "MINIMAL" if pool.reserved else "DEFAULT"
+        assert group.inputs["updateConfig"] == {"maxUnavailable": 1, "updateStrategy": expected}, (region, pool_name)
+    assert any(p.reserved for r in prod_plan.config.regions for p in r.pools)
