@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 EXIT_OK, EXIT_POLICY, EXIT_CONFIG, EXIT_PROGRAM = 0, 1, 2, 3
@@ -102,8 +102,16 @@ def cmd_preview_config(args: argparse.Namespace) -> int:
     """Print the Pulumi.<pr-n>.yaml an ephemeral PR stack is created with."""
     import yaml
 
-    from infra.config import (NAMESPACE, PREVIEW_TEMPLATE, ConfigError, parse, preview_config, read_config_map,
-                              read_stack_file, stack_file)
+    from infra.config import (
+        NAMESPACE,
+        PREVIEW_TEMPLATE,
+        ConfigError,
+        parse,
+        preview_config,
+        read_config_map,
+        read_stack_file,
+        stack_file,
+    )
 
     try:
         now = datetime.fromisoformat(args.now) if args.now else None
@@ -145,11 +153,10 @@ def cmd_deploy_hub_targets(args: argparse.Namespace) -> int:
 def cmd_reap(args: argparse.Namespace) -> int:
     """Destroy pr-<n> stacks past their expiry (needs the Pulumi CLI, logged in)."""
     import subprocess
-    from datetime import timezone
 
     from infra.reaper import reap, summary
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     try:
         verdicts = reap(now, args.dry_run)
     except FileNotFoundError:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -292,7 +292,7 @@ def preview_config(template: dict[str, Any], stack: str, now: datetime | None = 
     ttl = preview.get("ttl_hours", Preview().ttl_hours)
     if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 1:
         raise ConfigError(PREVIEW_TEMPLATE, [(f"{NAMESPACE}:preview.ttl_hours", f"{ttl!r} is not a number of hours")])
-    start = (now or datetime.now(timezone.utc)).replace(microsecond=0)
+    start = (now or datetime.now(UTC)).replace(microsecond=0)
     preview["expires_at"] = (start + timedelta(hours=ttl)).isoformat().replace("+00:00", "Z")
     return raw
 
@@ -440,10 +440,12 @@ def cross_check(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
         if not _is_cidr(cidr):
             add(f"cluster.public_access_cidrs[{k}]", f"{cidr!r} is not a CIDR block")
         elif ipaddress.ip_network(cidr, strict=False).prefixlen == 0:
-            add(f"cluster.public_access_cidrs[{k}]", "0.0.0.0/0 opens the API to the internet; list your CI egress ranges")
+            add(f"cluster.public_access_cidrs[{k}]",
+                "0.0.0.0/0 opens the API to the internet; list your CI egress ranges")
         elif is_documentation_range(cidr):
-            add(f"cluster.public_access_cidrs[{k}]", f"{cidr} is a documentation range (RFC 5737) that no client has; "
-                                                     f"list real egress ranges, or none (the deploy runner is in the VPC)")
+            add(f"cluster.public_access_cidrs[{k}]",
+                f"{cidr} is a documentation range (RFC 5737) that no client has; "
+                f"list real egress ranges, or none (the deploy runner is in the VPC)")
     problems.extend(_check_network(cfg))
     if not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", cfg.deploy.repository):
         add("deploy.repository", f"{cfg.deploy.repository!r} is not a GitHub repository as owner/name")
@@ -516,6 +518,18 @@ def _check_model(cfg: StackConfig, catalog: Catalog, i: int, model: Model,
     return problems
 
 
+def _nodes_for(models: list[Model], gpus_per_node: int, replicas: dict[str, int]) -> int:
+    """Nodes of gpus_per_node GPUs that hold `replicas` of each model."""
+    # Replicas don't span nodes but share them: pack them, largest first, onto whole nodes.
+    free: list[int] = []
+    for size in sorted((m.gpus for m in models for _ in range(replicas[m.name])), reverse=True):
+        slot = next((k for k, left in enumerate(free) if left >= size), None)
+        if slot is None:
+            free.append(gpus_per_node - size)
+        else:
+            free[slot] -= size
+    return len(free)
+
 def _check_pool_capacity(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
     """A pool holds its models: at max_nodes every model at max replicas, and at min_nodes every
     model at its floor (one replica at least: the serving chart keeps one warm, and nothing in
@@ -528,24 +542,12 @@ def _check_pool_capacity(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, 
                 continue
             gpus_per_node = min(per_node)
             models = [m for m in cfg.models_in(region.name) if m.pool == pool.name and m.gpus <= gpus_per_node]
-
-            def nodes_for(replicas: dict[str, int]) -> int:
-                # Replicas don't span nodes but share them: pack them, largest first, onto whole nodes.
-                free: list[int] = []
-                for size in sorted((m.gpus for m in models for _ in range(replicas[m.name])), reverse=True):
-                    slot = next((k for k, left in enumerate(free) if left >= size), None)
-                    if slot is None:
-                        free.append(gpus_per_node - size)
-                    else:
-                        free[slot] -= size
-                return len(free)
-
             at = f"{NAMESPACE}:regions[{i}].pools[{j}]"
-            most = nodes_for({m.name: m.replicas.max for m in models})
+            most = _nodes_for(models, gpus_per_node, {m.name: m.replicas.max for m in models})
             if most > pool.max_nodes:
                 problems.append((f"{at}.max_nodes", f"pool {pool.name} in {region.name} needs {most} nodes for its "
                                                     f"models at max replicas, but max_nodes is {pool.max_nodes}"))
-            least = nodes_for({m.name: max(1, m.replicas.min) for m in models})
+            least = _nodes_for(models, gpus_per_node, {m.name: max(1, m.replicas.min) for m in models})
             if least > pool.min_nodes:
                 problems.append((f"{at}.min_nodes", f"pool {pool.name} in {region.name} needs {least} node(s) for "
                                                     f"its models' minimum replicas (one at least), but min_nodes is "

@@ -1,4 +1,5 @@
-"""ClusterAddons: the NVIDIA device plugin, ingress-nginx and the Secrets Store CSI driver with its AWS provider, as Helm releases."""
+"""ClusterAddons: the NVIDIA device plugin, ingress-nginx and the Secrets Store CSI driver with its AWS provider, as
+Helm releases."""
 from __future__ import annotations
 
 from dataclasses import dataclass

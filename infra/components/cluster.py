@@ -171,7 +171,8 @@ class Cluster(pulumi.ComponentResource):
             return
         account = aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(provider=iam, parent=self)).account_id
         for i, role in enumerate(roles):
-            arn = role if role.startswith("arn:") else account.apply(lambda acct, r=role: f"arn:aws:iam::{acct}:role/{r}")
+            arn = (role if role.startswith("arn:")
+                   else account.apply(lambda acct, r=role: f"arn:aws:iam::{acct}:role/{r}"))
             entry = aws.eks.AccessEntry(f"{name}-admin-{i}", cluster_name=self.eks.name, principal_arn=arn,
                                         type="STANDARD", opts=child)
             aws.eks.AccessPolicyAssociation(

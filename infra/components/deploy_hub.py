@@ -1,4 +1,5 @@
-"""Deploy hub: the GitHub Actions runner (a CodeBuild project) in the first region's private subnets that runs `pulumi up`.
+"""Deploy hub: the GitHub Actions runner (a CodeBuild project) in the first region's private subnets that
+runs `pulumi up`.
 
 The cluster API endpoints are private, so whatever deploys must sit in a network that reaches them.
 AWS CodeBuild hosts self-hosted GitHub Actions runners: a project with a webhook filtered to

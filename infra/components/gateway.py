@@ -8,8 +8,13 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
-from infra.chart_values import (GATEWAY_CHART, GATEWAY_NAMESPACE, GATEWAY_RELEASE, gateway_service_account_subject,
-                                gateway_values)
+from infra.chart_values import (
+    GATEWAY_CHART,
+    GATEWAY_NAMESPACE,
+    GATEWAY_RELEASE,
+    gateway_service_account_subject,
+    gateway_values,
+)
 from infra.config import Region, StackConfig
 
 

@@ -1,4 +1,5 @@
-"""StackSecrets: a stack's secret store per residency zone, encrypted with its own KMS key, replicated only inside the zone."""
+"""StackSecrets: a stack's secret store per residency zone, encrypted with its own KMS key, replicated only inside the
+zone."""
 from __future__ import annotations
 
 import json

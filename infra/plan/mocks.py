@@ -1,4 +1,5 @@
-"""PlanMocks: Pulumi mock engine answers that look like AWS's (ARNs, ids, endpoints), and the record of every resource."""
+"""PlanMocks: Pulumi mock engine answers that look like AWS's (ARNs, ids, endpoints), and the record of every
+resource."""
 from __future__ import annotations
 
 import hashlib

@@ -1,12 +1,20 @@
-"""The CrossGuard policies: each control as a stack policy over the resources the engine reports, with its policy config schema."""
+"""The CrossGuard policies: each control as a stack policy over the resources the engine reports, with its policy config
+schema."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
-from pulumi_policy import (EnforcementLevel, PolicyConfigSchema, PolicyResource, ReportViolation,
-                           StackValidationArgs, StackValidationPolicy)
+from pulumi_policy import (
+    EnforcementLevel,
+    PolicyConfigSchema,
+    PolicyResource,
+    ReportViolation,
+    StackValidationArgs,
+    StackValidationPolicy,
+)
 
 from infra.config import StackConfig
 from infra.plan.mocks import PlannedResource

@@ -1,10 +1,12 @@
-"""What every control shares: the policy config a stack declares, the resource index a rule reads, and the result record."""
+"""What every control shares: the policy config a stack declares, the resource index a rule reads, and the result
+record."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from infra.config import StackConfig
 
@@ -77,7 +79,7 @@ class PolicyConfig:
     plan_date: date | None = None
 
     @classmethod
-    def from_stack(cls, cfg: StackConfig) -> "PolicyConfig":
+    def from_stack(cls, cfg: StackConfig) -> PolicyConfig:
         return cls(
             stack=cfg.stack, environment=cfg.environment, budget_usd=float(cfg.budget.monthly_usd),
             residency={z: list(rs) for z, rs in cfg.residency.items()},
@@ -94,7 +96,7 @@ class PolicyConfig:
                 "models": sorted(self.models)}
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> "PolicyConfig":
+    def from_json(cls, raw: Mapping[str, Any]) -> PolicyConfig:
         restricted = dict(raw.get("restricted_models") or {})
         batch = set(raw.get("batch_models") or [])
         names = list(raw.get("models") or []) or sorted({*restricted, *batch})
@@ -151,7 +153,7 @@ class Control:
     title: str
     description: str
     enforcement: str
-    check: Callable[["Resources", PolicyConfig], Findings]
+    check: Callable[[Resources, PolicyConfig], Findings]
     proven_by: list[str]
 
 

@@ -5,8 +5,17 @@ from typing import Any
 
 from infra.catalog import load_catalog
 from infra.plan.cost import estimate
-from infra.policy.rules.base import (BUDGET, EKS_CLUSTER, HELM_RELEASE, NODE_GROUP, TAG_STACK, Findings, PolicyConfig,
-                                     Resources, as_list)
+from infra.policy.rules.base import (
+    BUDGET,
+    EKS_CLUSTER,
+    HELM_RELEASE,
+    NODE_GROUP,
+    TAG_STACK,
+    Findings,
+    PolicyConfig,
+    Resources,
+    as_list,
+)
 
 # What bills by the hour or by the byte among the resource types the program creates, each judged on its
 # own tags (provider default tags included). Node groups' instances and volumes, the clusters' log

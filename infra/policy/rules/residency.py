@@ -1,11 +1,22 @@
-"""Control `region-residency`: every resource stays in a region its residency zone allows; restricted models and secret replicas stay in their zone."""
+"""Control `region-residency`: every resource stays in a region its residency zone allows; restricted models and secret
+replicas stay in their zone."""
 from __future__ import annotations
 
 import re
 from collections import Counter
 
-from infra.policy.rules.base import (DNS_RECORD, GLOBAL, KMS_KEY, KMS_REPLICA_KEY, SECRET, TAG_RESIDENCY, Findings,
-                                     PolicyConfig, Resources, as_list)
+from infra.policy.rules.base import (
+    DNS_RECORD,
+    GLOBAL,
+    KMS_KEY,
+    KMS_REPLICA_KEY,
+    SECRET,
+    TAG_RESIDENCY,
+    Findings,
+    PolicyConfig,
+    Resources,
+    as_list,
+)
 
 # The only resource types allowed outside a region: AWS services that have none. Anything else
 # recorded as "global" was created through the global-services provider by mistake.
@@ -101,7 +112,8 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
 
     for secret in resources.of_type(SECRET):
         zone = policy.zone_of(secret.region)
-        replicas = [(str(rep.get("region")), str(rep.get("kmsKeyId") or "")) for rep in as_list(secret.inputs.get("replicas"))]
+        replicas = [(str(rep.get("region")), str(rep.get("kmsKeyId") or ""))
+                    for rep in as_list(secret.inputs.get("replicas"))]
         found.judged(secret, secret=secret.inputs.get("name"), zone=zone, replicas=[r for r, _ in replicas])
         for region, key in replicas:
             if policy.zone_of(region) != zone or region not in policy.residency.get(zone or "", []):
