@@ -37,7 +37,8 @@ def max_pods(itype: dict[str, Any], known: int | None) -> int:
     if known:
         return known
     net = itype["NetworkInfo"]
-    return net["MaximumNetworkInterfaces"] * (net["Ipv4AddressesPerInterface"] - 1) + 2
+    pods: int = net["MaximumNetworkInterfaces"] * (net["Ipv4AddressesPerInterface"] - 1) + 2
+    return pods
 
 
 def instance_row(itype: dict[str, Any], price: float, pods: int) -> list[Any]:

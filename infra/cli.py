@@ -9,6 +9,12 @@ import argparse
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:  # imported where they run: these need the Pulumi SDKs
+    from infra.plan.cost import CostEstimate
+    from infra.plan.run import Plan
+    from infra.policy.rules.base import ControlResult
 
 EXIT_OK, EXIT_POLICY, EXIT_CONFIG, EXIT_PROGRAM = 0, 1, 2, 3
 DISTRIBUTION = "llm-platform"
@@ -39,7 +45,7 @@ def _stack_values(args: argparse.Namespace) -> tuple[dict, str, str]:
     return raw, stack, source
 
 
-def _plan(args: argparse.Namespace):
+def _plan(args: argparse.Namespace) -> tuple[Plan, CostEstimate, list[ControlResult]]:
     """Load, validate and run the stack under the mock engine. Returns (plan, cost, results) or exits."""
     from rich.console import Console
 
@@ -65,8 +71,8 @@ def _plan(args: argparse.Namespace):
 
 
 class _nothing:
-    def __enter__(self): return self
-    def __exit__(self, *exc): return False
+    def __enter__(self) -> _nothing: return self
+    def __exit__(self, *exc: object) -> Literal[False]: return False
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -282,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         return keys_main(argv[1:])
     args = parser().parse_args(argv)
     try:
-        return args.func(args)
+        code: int = args.func(args)
+        return code
     except SystemExit as exc:
         return int(exc.code or 0)
     except ModuleNotFoundError as exc:

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic_core import ErrorDetails
 
 from infra.catalog import Catalog, load_catalog
 from infra.placement import placement_problems
@@ -24,7 +25,7 @@ PR_STACK = re.compile(r"^pr-([1-9][0-9]*)$")
 ROOT = Path(__file__).resolve().parent.parent
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
 # RFC 5737's documentation blocks: never routed on the internet, so no runner ever has such an address.
-DOCUMENTATION_RANGES = tuple(ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
+DOCUMENTATION_RANGES = tuple(ipaddress.IPv4Network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
 
 # Kubernetes object names are DNS-1123 labels; model and pool names end up in them.
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")]
@@ -282,7 +283,7 @@ def preview_config(template: dict[str, Any], stack: str, now: datetime | None = 
     under the preview domain (in the preview's zone), and an expiry `ttl_hours` from now."""
     if not PR_STACK.match(stack):
         raise ConfigError(stack, [("(stack)", "ephemeral stacks are named pr-<number>, e.g. pr-123")])
-    raw = json.loads(json.dumps(template))  # a deep copy of plain data
+    raw: dict[str, Any] = json.loads(json.dumps(template))  # a deep copy of plain data
     if raw.get("environment") != "preview":
         raise ConfigError(PREVIEW_TEMPLATE, [(f"{NAMESPACE}:environment", "the preview template must be 'preview'")])
     gateway = raw.setdefault("gateway", {})
@@ -314,7 +315,8 @@ def read_config_map(path: Path) -> dict[str, Any]:
         raise ConfigError(source, [("(file)", f"not valid YAML: {exc}")]) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
         raise ConfigError(source, [("config", "the file has no `config:` mapping")])
-    return doc["config"]
+    config: dict[str, Any] = doc["config"]
+    return config
 
 
 def load_file(path: Path, stack: str) -> StackConfig:
@@ -359,14 +361,14 @@ def _key_path(loc: tuple[Any, ...]) -> str:
 
 
 # Keys that once existed, with what to write instead.
-REPLACED_KEYS = {
+REPLACED_KEYS: dict[tuple[int | str, ...], str] = {
     ("secrets", "huggingface_token_secret"):
         "no longer supported: the token now comes from Secrets Manager, not a Kubernetes Secret; write "
         f"`{NAMESPACE}:secrets.huggingface_token: true` and put the token in llm-platform/<stack>/huggingface/token",
 }
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: ErrorDetails) -> str:
     if error["type"] == "extra_forbidden" and tuple(error["loc"]) in REPLACED_KEYS:
         return REPLACED_KEYS[tuple(error["loc"])]
     if error["type"] == "missing":
@@ -398,9 +400,9 @@ def cross_check(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
             add("preview.expires_at", f"ephemeral stack {cfg.stack} needs an expiry: write its config with "
                                       f"`llmp preview-config {cfg.stack}`")
     for zone, regions in cfg.residency.items():
-        for region in regions:
-            if not catalog.knows_region(region):
-                add(f"residency.{zone}", f"unknown AWS region {region!r}")
+        for listed in regions:
+            if not catalog.knows_region(listed):
+                add(f"residency.{zone}", f"unknown AWS region {listed!r}")
 
     region_names = [r.name for r in cfg.regions]
     for i, region in enumerate(cfg.regions):
@@ -458,12 +460,12 @@ def cross_check(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
         problems.extend(_check_model(cfg, catalog, i, model, model_names))
 
     for name in cfg.failover.hosted_fallbacks:
-        model = next((m for m in cfg.models if m.name == name), None)
-        if model is None:
+        fallback = next((m for m in cfg.models if m.name == name), None)
+        if fallback is None:
             add(f"failover.hosted_fallbacks.{name}", f"no model named {name!r}")
-        elif model.residency is not None:
+        elif fallback.residency is not None:
             add(f"failover.hosted_fallbacks.{name}",
-                f"model {name} is restricted to zone {model.residency!r}; it may not fall back to a hosted provider")
+                f"model {name} is restricted to zone {fallback.residency!r}; it may not fall back to a hosted provider")
         for k, spec in enumerate(cfg.failover.hosted_fallbacks[name]):
             try:
                 provider = hosted_fallback(spec)[0]
@@ -598,7 +600,7 @@ def _check_vpc_block(key: str, cidr: str) -> list[tuple[str, str]]:
 
 def is_documentation_range(cidr: str) -> bool:
     net = ipaddress.ip_network(cidr, strict=False)
-    return any(net.version == doc.version and net.subnet_of(doc) for doc in DOCUMENTATION_RANGES)
+    return isinstance(net, ipaddress.IPv4Network) and any(net.subnet_of(doc) for doc in DOCUMENTATION_RANGES)
 
 
 def _is_cidr(value: str) -> bool:

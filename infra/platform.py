@@ -142,7 +142,7 @@ class Platform(pulumi.ComponentResource):
             secrets = StackSecrets(f"{name}-secrets-{zone}", StackSecretsArgs(
                 stack=cfg.stack, zone=zone, regions=members, providers=cfg.secrets.providers,
                 reader_role_arns=[regions[r].gateway_role.arn for r in members],
-                model_reader_role_arns=[regions[r].model_role.arn for r in members if regions[r].model_role],
+                model_reader_role_arns=[role.arn for r in members if (role := regions[r].model_role)],
                 recovery_window_days=0 if cfg.environment == "preview" else 7), providers, here)
             for region_name in members:
                 rs = regions[region_name]

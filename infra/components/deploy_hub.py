@@ -14,6 +14,7 @@ GitHub's OIDC token, so the runner's role is only what CodeBuild needs to put it
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -79,7 +80,7 @@ class DeployHubArgs:
     repository: str  # owner/name on GitHub
     compute_type: str
     vpc_id: pulumi.Input[str]
-    private_subnet_ids: list[pulumi.Input[str]]
+    private_subnet_ids: Sequence[pulumi.Input[str]]
     iam_path: str
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -65,7 +66,7 @@ class GatewayArgs:
     cfg: StackConfig
     region: Region
     role: aws.iam.Role
-    secret_arns: list[pulumi.Input[str]]
+    secret_arns: Sequence[pulumi.Input[str]]
     key_arn: pulumi.Input[str]
     config: dict
 

@@ -27,6 +27,7 @@ def _value(v: Any) -> str:
 
 def _evidence_line(item: dict[str, Any]) -> tuple[str, str]:
     """(what was judged, the values judged)."""
+    shown: tuple[str, ...]
     if "resource" in item:
         subject, shown = f"{item['resource']} ({item.get('type')}, {item.get('region')})", _IDENTITY
     else:

@@ -43,13 +43,20 @@ POOL_LABEL = "llm-platform/pool"
 
 
 class Resource(Protocol):
-    """A resource the program would create: infra.plan.mocks.PlannedResource, or a CrossGuard resource adapted to it."""
-    type: str
-    name: str
-    region: str
-    inputs: Mapping[str, Any]
-    tags: Mapping[str, str]
-    outputs: Mapping[str, Any]
+    """A resource the program would create: infra.plan.mocks.PlannedResource, or a CrossGuard resource adapted to it.
+    The rules only read it (read-only members, so a PlannedResource's dicts fit these Mappings)."""
+    @property
+    def type(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def region(self) -> str: ...
+    @property
+    def inputs(self) -> Mapping[str, Any]: ...
+    @property
+    def tags(self) -> Mapping[str, str]: ...
+    @property
+    def outputs(self) -> Mapping[str, Any]: ...
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,11 @@ def _net(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
 
 def _covers(block: Any, net: Any) -> bool:
     outer, inner = _net(block), _net(net)
-    return bool(outer and inner and inner.version == outer.version and inner.subnet_of(outer))
+    if isinstance(outer, ipaddress.IPv4Network) and isinstance(inner, ipaddress.IPv4Network):
+        return inner.subnet_of(outer)
+    if isinstance(outer, ipaddress.IPv6Network) and isinstance(inner, ipaddress.IPv6Network):
+        return inner.subnet_of(outer)
+    return False
 
 
 def _opens_port(rule: Resource, port: int) -> bool:
@@ -107,7 +111,8 @@ def _private_path(resources: Resources, net: Network, runner: Resource, runner_v
                   cluster_vpc: str | None) -> tuple[list[str], dict[str, Any]]:
     vpc = cluster.inputs.get("vpcConfig") or {}
     runner_cidr = net.vpc_cidr.get(runner_vpc, "")
-    problems, seen = [], {}
+    problems: list[str] = []
+    seen: dict[str, Any] = {}
     if not vpc.get("endpointPrivateAccess"):
         return ["its private endpoint is off"], seen
     group = str((cluster.outputs.get("vpcConfig") or {}).get("clusterSecurityGroupId") or "")

@@ -47,7 +47,7 @@ def _pool_capacity(resources: Resources, found: Findings) -> None:
     """Each pool must hold every model scheduled on it at maximum replicas (replicas never span nodes)."""
     catalog = load_catalog()
     groups = {(g.region, (g.inputs.get("labels") or {}).get(POOL_LABEL)): g for g in resources.of_type(NODE_GROUP)}
-    demand: dict[tuple[str, str], list[tuple[str, int, int]]] = {}
+    demand: dict[tuple[str, str | None], list[tuple[str, int, int]]] = {}
     for release, model in resources.model_releases():
         values = release.inputs.get("values") or {}
         pool = (values.get("nodeSelector") or {}).get(POOL_LABEL)
@@ -81,7 +81,7 @@ def _pool_capacity(resources: Resources, found: Findings) -> None:
 def _survives_region_loss(placement: dict[str, dict[str, tuple[int, int]]], policy: PolicyConfig,
                           found: Findings) -> None:
     for model, regions in sorted(placement.items()):
-        for zone in sorted({policy.zone_of(r) for r in regions} - {None}):
+        for zone in sorted({z for r in regions if (z := policy.zone_of(r)) is not None}):
             in_zone = {r: mm for r, mm in regions.items() if policy.zone_of(r) == zone}
             for lost, (lost_min, _) in sorted(in_zone.items()):
                 survivors = {r: mm for r, mm in in_zone.items() if r != lost}

@@ -10,6 +10,7 @@ from infra.policy.rules.base import (
     TIER_LABEL,
     Findings,
     PolicyConfig,
+    Resource,
     Resources,
     as_int,
     as_list,
@@ -25,7 +26,7 @@ DESCRIPTION = (
     f"bound.")
 
 
-def _has_taint(group, key: str, value: str) -> bool:
+def _has_taint(group: Resource, key: str, value: str) -> bool:
     return any(t.get("key") == key and t.get("value") == value and t.get("effect") == "NO_SCHEDULE"
                for t in as_list(group.inputs.get("taints")))
 

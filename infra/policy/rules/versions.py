@@ -65,7 +65,7 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
         if not version:
             found.fail(f"EKS cluster {cluster.name} in {cluster.region} does not pin a Kubernetes version: EKS "
                        f"picks its default, and the next deploy may differ from the last")
-        elif support is None:
+        elif ends is None:  # not in the calendar
             known = ", ".join(sorted(calendar, key=_key))
             found.fail(f"EKS cluster {cluster.name} in {cluster.region} runs Kubernetes {version}, which is not in "
                        f"the EKS version calendar (infra/catalog.yaml knows {known})")
