@@ -97,7 +97,7 @@ def _run(raw: dict[str, Any], cfg: StackConfig, stack: str, mocks: PlanMocks,
             runpy.run_path(str(PROGRAM))
 
         pulumi_mocks._sync_await(pulumi_mocks.run_pulumi_func(program))
-    except Exception as exc:
+    except Exception as exc:  # re-raised with the program named
         pulumi_mocks._sync_await(_settle())
         raise ProgramError(f"the Pulumi program failed under the mock engine: {exc}") from exc
     if errors.messages:
