@@ -1,4 +1,5 @@
-"""The world facts snapshot (catalog.yaml): EC2 offerings per region and zone, instance specs, prices, quotas, EKS versions."""
+"""The world facts snapshot (catalog.yaml): EC2 offerings per region and zone, instance specs, prices, quotas, EKS
+versions."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -11,7 +11,7 @@ import json
 import os
 import statistics
 import tempfile
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,8 @@ def max_pods(itype: dict[str, Any], known: int | None) -> int:
     if known:
         return known
     net = itype["NetworkInfo"]
-    return net["MaximumNetworkInterfaces"] * (net["Ipv4AddressesPerInterface"] - 1) + 2
+    pods: int = net["MaximumNetworkInterfaces"] * (net["Ipv4AddressesPerInterface"] - 1) + 2
+    return pods
 
 
 def instance_row(itype: dict[str, Any], price: float, pods: int) -> list[Any]:
@@ -89,7 +90,7 @@ def rebuild(session: Any, current: dict[str, Any], today: date, regions: list[st
     """A new snapshot: the current one's instance types and regions (or `regions`), re-read from AWS."""
     types = sorted(current["instances"])
     regions = regions or list(current["regions"])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     pricing = session.client("pricing", region_name=PRICING_REGION)
     specs = {t["InstanceType"]: t for t in session.client("ec2", region_name=BASE_REGION)
              .describe_instance_types(InstanceTypes=types)["InstanceTypes"]}
@@ -163,6 +164,6 @@ def write_atomically(doc: dict[str, Any], path: Path) -> None:
 def refresh(session: Any, source: Path = CATALOG_FILE, output: Path | None = None, today: date | None = None,
             regions: list[str] | None = None) -> dict[str, Any]:
     current = yaml.safe_load(source.read_text())
-    doc = rebuild(session, current, today or datetime.now(timezone.utc).date(), regions)
+    doc = rebuild(session, current, today or datetime.now(UTC).date(), regions)
     write_atomically(doc, output or source)
     return doc

@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:  # imported where they run: these need the Pulumi SDKs
+    from infra.plan.cost import CostEstimate
+    from infra.plan.run import Plan
+    from infra.policy.rules.base import ControlResult
 
 EXIT_OK, EXIT_POLICY, EXIT_CONFIG, EXIT_PROGRAM = 0, 1, 2, 3
 DISTRIBUTION = "llm-platform"
@@ -39,7 +45,7 @@ def _stack_values(args: argparse.Namespace) -> tuple[dict, str, str]:
     return raw, stack, source
 
 
-def _plan(args: argparse.Namespace):
+def _plan(args: argparse.Namespace) -> tuple[Plan, CostEstimate, list[ControlResult]]:
     """Load, validate and run the stack under the mock engine. Returns (plan, cost, results) or exits."""
     from rich.console import Console
 
@@ -65,8 +71,8 @@ def _plan(args: argparse.Namespace):
 
 
 class _nothing:
-    def __enter__(self): return self
-    def __exit__(self, *exc): return False
+    def __enter__(self) -> _nothing: return self
+    def __exit__(self, *exc: object) -> Literal[False]: return False
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -102,8 +108,16 @@ def cmd_preview_config(args: argparse.Namespace) -> int:
     """Print the Pulumi.<pr-n>.yaml an ephemeral PR stack is created with."""
     import yaml
 
-    from infra.config import (NAMESPACE, PREVIEW_TEMPLATE, ConfigError, parse, preview_config, read_config_map,
-                              read_stack_file, stack_file)
+    from infra.config import (
+        NAMESPACE,
+        PREVIEW_TEMPLATE,
+        ConfigError,
+        parse,
+        preview_config,
+        read_config_map,
+        read_stack_file,
+        stack_file,
+    )
 
     try:
         now = datetime.fromisoformat(args.now) if args.now else None
@@ -145,11 +159,10 @@ def cmd_deploy_hub_targets(args: argparse.Namespace) -> int:
 def cmd_reap(args: argparse.Namespace) -> int:
     """Destroy pr-<n> stacks past their expiry (needs the Pulumi CLI, logged in)."""
     import subprocess
-    from datetime import timezone
 
     from infra.reaper import reap, summary
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     try:
         verdicts = reap(now, args.dry_run)
     except FileNotFoundError:
@@ -275,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         return keys_main(argv[1:])
     args = parser().parse_args(argv)
     try:
-        return args.func(args)
+        code: int = args.func(args)
+        return code
     except SystemExit as exc:
         return int(exc.code or 0)
     except ModuleNotFoundError as exc:

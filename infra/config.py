@@ -8,12 +8,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic_core import ErrorDetails
 
 from infra.catalog import Catalog, load_catalog
 from infra.placement import placement_problems
@@ -24,7 +25,7 @@ PR_STACK = re.compile(r"^pr-([1-9][0-9]*)$")
 ROOT = Path(__file__).resolve().parent.parent
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
 # RFC 5737's documentation blocks: never routed on the internet, so no runner ever has such an address.
-DOCUMENTATION_RANGES = tuple(ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
+DOCUMENTATION_RANGES = tuple(ipaddress.IPv4Network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
 
 # Kubernetes object names are DNS-1123 labels; model and pool names end up in them.
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")]
@@ -282,7 +283,7 @@ def preview_config(template: dict[str, Any], stack: str, now: datetime | None = 
     under the preview domain (in the preview's zone), and an expiry `ttl_hours` from now."""
     if not PR_STACK.match(stack):
         raise ConfigError(stack, [("(stack)", "ephemeral stacks are named pr-<number>, e.g. pr-123")])
-    raw = json.loads(json.dumps(template))  # a deep copy of plain data
+    raw: dict[str, Any] = json.loads(json.dumps(template))  # a deep copy of plain data
     if raw.get("environment") != "preview":
         raise ConfigError(PREVIEW_TEMPLATE, [(f"{NAMESPACE}:environment", "the preview template must be 'preview'")])
     gateway = raw.setdefault("gateway", {})
@@ -292,7 +293,7 @@ def preview_config(template: dict[str, Any], stack: str, now: datetime | None = 
     ttl = preview.get("ttl_hours", Preview().ttl_hours)
     if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 1:
         raise ConfigError(PREVIEW_TEMPLATE, [(f"{NAMESPACE}:preview.ttl_hours", f"{ttl!r} is not a number of hours")])
-    start = (now or datetime.now(timezone.utc)).replace(microsecond=0)
+    start = (now or datetime.now(UTC)).replace(microsecond=0)
     preview["expires_at"] = (start + timedelta(hours=ttl)).isoformat().replace("+00:00", "Z")
     return raw
 
@@ -314,7 +315,8 @@ def read_config_map(path: Path) -> dict[str, Any]:
         raise ConfigError(source, [("(file)", f"not valid YAML: {exc}")]) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
         raise ConfigError(source, [("config", "the file has no `config:` mapping")])
-    return doc["config"]
+    config: dict[str, Any] = doc["config"]
+    return config
 
 
 def load_file(path: Path, stack: str) -> StackConfig:
@@ -359,14 +361,14 @@ def _key_path(loc: tuple[Any, ...]) -> str:
 
 
 # Keys that once existed, with what to write instead.
-REPLACED_KEYS = {
+REPLACED_KEYS: dict[tuple[int | str, ...], str] = {
     ("secrets", "huggingface_token_secret"):
         "no longer supported: the token now comes from Secrets Manager, not a Kubernetes Secret; write "
         f"`{NAMESPACE}:secrets.huggingface_token: true` and put the token in llm-platform/<stack>/huggingface/token",
 }
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: ErrorDetails) -> str:
     if error["type"] == "extra_forbidden" and tuple(error["loc"]) in REPLACED_KEYS:
         return REPLACED_KEYS[tuple(error["loc"])]
     if error["type"] == "missing":
@@ -398,9 +400,9 @@ def cross_check(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
             add("preview.expires_at", f"ephemeral stack {cfg.stack} needs an expiry: write its config with "
                                       f"`llmp preview-config {cfg.stack}`")
     for zone, regions in cfg.residency.items():
-        for region in regions:
-            if not catalog.knows_region(region):
-                add(f"residency.{zone}", f"unknown AWS region {region!r}")
+        for listed in regions:
+            if not catalog.knows_region(listed):
+                add(f"residency.{zone}", f"unknown AWS region {listed!r}")
 
     region_names = [r.name for r in cfg.regions]
     for i, region in enumerate(cfg.regions):
@@ -440,10 +442,12 @@ def cross_check(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
         if not _is_cidr(cidr):
             add(f"cluster.public_access_cidrs[{k}]", f"{cidr!r} is not a CIDR block")
         elif ipaddress.ip_network(cidr, strict=False).prefixlen == 0:
-            add(f"cluster.public_access_cidrs[{k}]", "0.0.0.0/0 opens the API to the internet; list your CI egress ranges")
+            add(f"cluster.public_access_cidrs[{k}]",
+                "0.0.0.0/0 opens the API to the internet; list your CI egress ranges")
         elif is_documentation_range(cidr):
-            add(f"cluster.public_access_cidrs[{k}]", f"{cidr} is a documentation range (RFC 5737) that no client has; "
-                                                     f"list real egress ranges, or none (the deploy runner is in the VPC)")
+            add(f"cluster.public_access_cidrs[{k}]",
+                f"{cidr} is a documentation range (RFC 5737) that no client has; "
+                f"list real egress ranges, or none (the deploy runner is in the VPC)")
     problems.extend(_check_network(cfg))
     if not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", cfg.deploy.repository):
         add("deploy.repository", f"{cfg.deploy.repository!r} is not a GitHub repository as owner/name")
@@ -456,12 +460,12 @@ def cross_check(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
         problems.extend(_check_model(cfg, catalog, i, model, model_names))
 
     for name in cfg.failover.hosted_fallbacks:
-        model = next((m for m in cfg.models if m.name == name), None)
-        if model is None:
+        fallback = next((m for m in cfg.models if m.name == name), None)
+        if fallback is None:
             add(f"failover.hosted_fallbacks.{name}", f"no model named {name!r}")
-        elif model.residency is not None:
+        elif fallback.residency is not None:
             add(f"failover.hosted_fallbacks.{name}",
-                f"model {name} is restricted to zone {model.residency!r}; it may not fall back to a hosted provider")
+                f"model {name} is restricted to zone {fallback.residency!r}; it may not fall back to a hosted provider")
         for k, spec in enumerate(cfg.failover.hosted_fallbacks[name]):
             try:
                 provider = hosted_fallback(spec)[0]
@@ -516,6 +520,18 @@ def _check_model(cfg: StackConfig, catalog: Catalog, i: int, model: Model,
     return problems
 
 
+def _nodes_for(models: list[Model], gpus_per_node: int, replicas: dict[str, int]) -> int:
+    """Nodes of gpus_per_node GPUs that hold `replicas` of each model."""
+    # Replicas don't span nodes but share them: pack them, largest first, onto whole nodes.
+    free: list[int] = []
+    for size in sorted((m.gpus for m in models for _ in range(replicas[m.name])), reverse=True):
+        slot = next((k for k, left in enumerate(free) if left >= size), None)
+        if slot is None:
+            free.append(gpus_per_node - size)
+        else:
+            free[slot] -= size
+    return len(free)
+
 def _check_pool_capacity(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
     """A pool holds its models: at max_nodes every model at max replicas, and at min_nodes every
     model at its floor (one replica at least: the serving chart keeps one warm, and nothing in
@@ -528,24 +544,12 @@ def _check_pool_capacity(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, 
                 continue
             gpus_per_node = min(per_node)
             models = [m for m in cfg.models_in(region.name) if m.pool == pool.name and m.gpus <= gpus_per_node]
-
-            def nodes_for(replicas: dict[str, int]) -> int:
-                # Replicas don't span nodes but share them: pack them, largest first, onto whole nodes.
-                free: list[int] = []
-                for size in sorted((m.gpus for m in models for _ in range(replicas[m.name])), reverse=True):
-                    slot = next((k for k, left in enumerate(free) if left >= size), None)
-                    if slot is None:
-                        free.append(gpus_per_node - size)
-                    else:
-                        free[slot] -= size
-                return len(free)
-
             at = f"{NAMESPACE}:regions[{i}].pools[{j}]"
-            most = nodes_for({m.name: m.replicas.max for m in models})
+            most = _nodes_for(models, gpus_per_node, {m.name: m.replicas.max for m in models})
             if most > pool.max_nodes:
                 problems.append((f"{at}.max_nodes", f"pool {pool.name} in {region.name} needs {most} nodes for its "
                                                     f"models at max replicas, but max_nodes is {pool.max_nodes}"))
-            least = nodes_for({m.name: max(1, m.replicas.min) for m in models})
+            least = _nodes_for(models, gpus_per_node, {m.name: max(1, m.replicas.min) for m in models})
             if least > pool.min_nodes:
                 problems.append((f"{at}.min_nodes", f"pool {pool.name} in {region.name} needs {least} node(s) for "
                                                     f"its models' minimum replicas (one at least), but min_nodes is "
@@ -596,7 +600,7 @@ def _check_vpc_block(key: str, cidr: str) -> list[tuple[str, str]]:
 
 def is_documentation_range(cidr: str) -> bool:
     net = ipaddress.ip_network(cidr, strict=False)
-    return any(net.version == doc.version and net.subnet_of(doc) for doc in DOCUMENTATION_RANGES)
+    return isinstance(net, ipaddress.IPv4Network) and any(net.subnet_of(doc) for doc in DOCUMENTATION_RANGES)
 
 
 def _is_cidr(value: str) -> bool:

@@ -6,6 +6,7 @@ from typing import Any
 from infra.chart_values import MODEL_NAMESPACE, VLLM_PORT, vllm_release_name
 from infra.components.dns import regional_host, zone_host
 from infra.config import Model, Region, StackConfig, hosted_fallback
+
 # References the gateway resolves in its stack's Secrets Manager path, llm-platform/<stack>/<name>
 # (infra/components/secrets.py creates them; the gateway's IRSA role reads exactly these).
 MASTER_KEY = "secret/gateway/master-key"

@@ -13,7 +13,7 @@ NETWORK_ZONES = 3
 ZONE_ID = re.compile(r"^[a-z]{2,5}[0-9]-az[0-9]+$")
 
 
-def network_zones(region: "Region", system_instance_type: str, catalog: Catalog) -> list[str]:
+def network_zones(region: Region, system_instance_type: str, catalog: Catalog) -> list[str]:
     """The zone IDs the region's VPC spans: reservation zones first, then the zones that offer most of the
     region's instance types (the system nodes' included), in the catalog's order."""
     zones = catalog.regions[region.name]
@@ -28,7 +28,7 @@ def network_zones(region: "Region", system_instance_type: str, catalog: Catalog)
     return sorted(chosen, key=zones.index)
 
 
-def pool_zones(region: "Region", pool: "Pool", system_instance_type: str, catalog: Catalog) -> list[str]:
+def pool_zones(region: Region, pool: Pool, system_instance_type: str, catalog: Catalog) -> list[str]:
     """The network zones a pool's nodes may start in: its reservation's zone, or every zone offering all its types."""
     if pool.reservation is not None:
         return [pool.reservation.availability_zone]
@@ -36,7 +36,7 @@ def pool_zones(region: "Region", pool: "Pool", system_instance_type: str, catalo
             if all(z in catalog.zones_offering(t, region.name) for t in pool.instance_types)]
 
 
-def placement_problems(cfg: "StackConfig", i: int, catalog: Catalog) -> list[tuple[str, str]]:
+def placement_problems(cfg: StackConfig, i: int, catalog: Catalog) -> list[tuple[str, str]]:
     """Offerings, zones and reservations of regions[i], checked against the facts; paths without the namespace."""
     region = cfg.regions[i]
     at = f"regions[{i}]"
@@ -44,9 +44,10 @@ def placement_problems(cfg: "StackConfig", i: int, catalog: Catalog) -> list[tup
     system = cfg.cluster.system_instance_type
     zones = network_zones(region, system, catalog)
     if system in catalog.instances and not all(z in catalog.zones_offering(system, region.name) for z in zones):
+        offered = ", ".join(catalog.zones_offering(system, region.name)) or "none"
         problems.append(("cluster.system_instance_type",
                          f"{system} is not offered in every zone the network of {region.name} uses "
-                         f"({', '.join(zones)}; offered in: {', '.join(catalog.zones_offering(system, region.name)) or 'none'})"))
+                         f"({', '.join(zones)}; offered in: {offered})"))
     for j, pool in enumerate(region.pools):
         pat = f"{at}.pools[{j}]"
         known = [t for t in pool.instance_types if t in catalog.instances]
@@ -56,10 +57,9 @@ def placement_problems(cfg: "StackConfig", i: int, catalog: Catalog) -> list[tup
                 continue
             if not catalog.zones_offering(itype, region.name):
                 offered_everywhere = False
-                elsewhere = catalog.regions_offering(itype)
+                elsewhere = ", ".join(catalog.regions_offering(itype)) or "no region in infra/catalog.yaml"
                 problems.append((f"{pat}.instance_types[{k}]",
-                                 f"{itype} is not offered in {region.name} "
-                                 f"(offered in: {', '.join(elsewhere) if elsewhere else 'no region in infra/catalog.yaml'})"))
+                                 f"{itype} is not offered in {region.name} (offered in: {elsewhere})"))
             elif not catalog.prices_known(itype, region.name):
                 problems.append((f"{pat}.instance_types[{k}]",
                                  f"no {itype} price for {region.name} in infra/catalog.yaml"))
@@ -73,7 +73,7 @@ def placement_problems(cfg: "StackConfig", i: int, catalog: Catalog) -> list[tup
     return problems
 
 
-def _reservation_problems(region: "Region", pool: "Pool", pat: str, catalog: Catalog) -> list[tuple[str, str]]:
+def _reservation_problems(region: Region, pool: Pool, pat: str, catalog: Catalog) -> list[tuple[str, str]]:
     res = pool.reservation
     if pool.reserved and res is None:
         return [(f"{pat}.reservation", "capacity 'reserved' needs a reservation: "
@@ -93,7 +93,8 @@ def _reservation_problems(region: "Region", pool: "Pool", pat: str, catalog: Cat
     elif res.availability_zone not in zones:
         problems.append((f"{pat}.reservation.availability_zone",
                          f"{res.availability_zone} is not a zone of {region.name} (zones: {', '.join(zones)})"))
-    elif pool.instance_types and res.availability_zone not in catalog.zones_offering(pool.instance_types[0], region.name):
+    elif (pool.instance_types
+          and res.availability_zone not in catalog.zones_offering(pool.instance_types[0], region.name)):
         problems.append((f"{pat}.reservation.availability_zone",
                          f"{pool.instance_types[0]} is not offered in {res.availability_zone} (offered in: "
                          f"{', '.join(catalog.zones_offering(pool.instance_types[0], region.name)) or 'none'})"))

@@ -1,9 +1,11 @@
-"""Platform: builds the whole stack from its config: per region network, cluster, pools, serving, gateway; globally secrets, budget, DNS."""
+"""Platform: builds the whole stack from its config: per region network, cluster, pools, serving, gateway; globally
+secrets, budget, DNS."""
 from __future__ import annotations
 
 import pulumi
 import pulumi_aws as aws
 
+from infra.catalog import load_catalog
 from infra.chart_values import model_service_account_subjects
 from infra.components.addons import ClusterAddons, ClusterAddonsArgs
 from infra.components.budget import StackBudget, StackBudgetArgs
@@ -18,11 +20,9 @@ from infra.components.network import Network, NetworkArgs
 from infra.components.node_pool import NodePool, NodePoolArgs
 from infra.components.providers import global_provider, iam_path, regional_provider, stack_tags
 from infra.components.secrets import StackSecrets, StackSecretsArgs
-from infra.catalog import load_catalog
 from infra.config import Region, StackConfig
-from infra.placement import network_zones, pool_zones
 from infra.gateway_config import gateway_config
-
+from infra.placement import network_zones, pool_zones
 
 TAG_PR = "llm-platform:pr"
 TAG_EXPIRES = "llm-platform:expires-at"
@@ -44,7 +44,7 @@ class RegionalStack:
     """What one region holds; built in two steps because secrets need every region's gateway role first."""
 
     def __init__(self, cfg: StackConfig, region: Region, iam: aws.Provider, dns: FailoverDns,
-                 parent: pulumi.Resource, extra_tags: dict[str, str], hub: "RegionalStack | None" = None):
+                 parent: pulumi.Resource, extra_tags: dict[str, str], hub: RegionalStack | None = None):
         """`hub` is the deploy hub's region, built first; None when this region is the hub."""
         name = region.name
         self.region = region
@@ -54,7 +54,8 @@ class RegionalStack:
         self.network = Network(name, NetworkArgs(
             region=name, cidr=cfg.vpc_cidr(name), cluster_name=cluster_name(cfg.stack, name),
             nat_per_az=cfg.network.nat_gateways == "per-az",
-            zone_ids=tuple(network_zones(region, system_type, catalog))), self.provider, pulumi.ResourceOptions(parent=parent))
+            zone_ids=tuple(network_zones(region, system_type, catalog))),
+            self.provider, pulumi.ResourceOptions(parent=parent))
         deployer_path = self._deploy_path(cfg, iam, parent, hub)
         self.cluster = Cluster(name, ClusterArgs(
             region=name, cluster_name=cluster_name(cfg.stack, name),
@@ -105,7 +106,7 @@ class RegionalStack:
 
 
     def _deploy_path(self, cfg: StackConfig, iam: aws.Provider, parent: pulumi.Resource,
-                     hub: "RegionalStack | None") -> tuple[pulumi.Resource, ...]:
+                     hub: RegionalStack | None) -> tuple[pulumi.Resource, ...]:
         """The hub region holds the runner; every other region is peered with the hub's VPC."""
         name = self.region.name
         if hub is None:
@@ -141,7 +142,7 @@ class Platform(pulumi.ComponentResource):
             secrets = StackSecrets(f"{name}-secrets-{zone}", StackSecretsArgs(
                 stack=cfg.stack, zone=zone, regions=members, providers=cfg.secrets.providers,
                 reader_role_arns=[regions[r].gateway_role.arn for r in members],
-                model_reader_role_arns=[regions[r].model_role.arn for r in members if regions[r].model_role],
+                model_reader_role_arns=[role.arn for r in members if (role := regions[r].model_role)],
                 recovery_window_days=0 if cfg.environment == "preview" else 7), providers, here)
             for region_name in members:
                 rs = regions[region_name]

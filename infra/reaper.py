@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Callable
+from datetime import UTC, datetime
 
 from infra.config import NAMESPACE, PR_STACK
 
@@ -32,7 +32,7 @@ def judge(stack: str, preview_value: dict | None, now: datetime) -> Verdict:
     except ValueError:
         return Verdict(stack, None, False, f"unreadable expiry {raw!r}; kept, check it by hand")
     if expires.tzinfo is None:
-        expires = expires.replace(tzinfo=timezone.utc)
+        expires = expires.replace(tzinfo=UTC)
     if expires <= now:
         return Verdict(stack, expires, True, f"expired {now - expires} ago")
     return Verdict(stack, expires, False, f"expires in {expires - now}")

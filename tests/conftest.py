@@ -8,7 +8,6 @@ import pytest
 from infra.plan.run import Plan, run_program
 from tests.stacks import stack_raw
 
-
 # The day the shipped stacks are judged on, so calendar-bound controls (version-support) give the same answer
 # every day the suite runs; tests/policy/test_version_support.py moves it.
 PLAN_DATE = date(2026, 11, 25)

@@ -1,4 +1,4 @@
-"""The gateway stays clean under ruff and mypy (their settings: pyproject.toml, [tool.ruff] and [tool.mypy]).
+"""The project stays clean under ruff and mypy (their settings: pyproject.toml, [tool.ruff] and [tool.mypy]).
 
 Both run as the developer would run them, as subprocesses of this interpreter. A missing tool is a failure,
 not a skip: they are test dependencies.
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-RUFF_PATHS = ["gateway", "tests/gateway", "tests/test_lint.py", "bench"]
+RUFF_PATHS = ["infra", "gateway", "tests", "bench"]  # all of the project's Python
 
 
 def run(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -24,12 +24,12 @@ def run(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
                           timeout=600, check=False)
 
 
-def test_ruff_finds_nothing_in_the_gateway() -> None:
+def test_ruff_finds_nothing_in_the_project() -> None:
     done = run("ruff", "check", "--no-cache", *RUFF_PATHS)
     assert done.returncode == 0, f"ruff check {' '.join(RUFF_PATHS)}:\n{done.stdout}{done.stderr}"
 
 
-def test_mypy_finds_nothing_in_the_gateway() -> None:
-    done = run("mypy")  # `files` in [tool.mypy]: the gateway
+def test_mypy_finds_nothing_in_the_gateway_or_the_program() -> None:
+    done = run("mypy")  # `files` in [tool.mypy]: the gateway and infra
     assert done.returncode == 0, f"mypy:\n{done.stdout}{done.stderr}"
     assert "Success" in done.stdout, done.stdout

@@ -1,4 +1,5 @@
-"""ClusterAddons: the NVIDIA device plugin, ingress-nginx and the Secrets Store CSI driver with its AWS provider, as Helm releases."""
+"""ClusterAddons: the NVIDIA device plugin, ingress-nginx and the Secrets Store CSI driver with its AWS provider, as
+Helm releases."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -91,5 +92,13 @@ class ClusterAddons(pulumi.ComponentResource):
         service = k8s.core.v1.Service.get(
             f"{name}-ingress-lb", f"{INGRESS_NAMESPACE}/{INGRESS_SERVICE}",
             opts=pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=[self.ingress]))
-        self.load_balancer_hostname = service.status.apply(lambda s: s.load_balancer.ingress[0].hostname)
+        self.load_balancer_hostname = service.status.apply(_ingress_hostname)
         self.register_outputs({"load_balancer_hostname": self.load_balancer_hostname})
+
+
+def _ingress_hostname(status: k8s.core.v1.outputs.ServiceStatus | None) -> str:
+    """The hostname of the Service's first load balancer ingress (read once the release has made it)."""
+    lb = status.load_balancer if status else None
+    hostname = lb.ingress[0].hostname if lb is not None and lb.ingress else None
+    assert hostname, "ingress-nginx's Service has no load balancer hostname"
+    return hostname

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -31,7 +32,7 @@ class ClusterArgs:
     region: str
     cluster_name: str
     kubernetes_version: str
-    private_subnet_ids: list[pulumi.Input[str]]
+    private_subnet_ids: Sequence[pulumi.Input[str]]
     public_access_cidrs: list[str]
     system_instance_type: str
     system_nodes: int
@@ -100,7 +101,7 @@ class Cluster(pulumi.ComponentResource):
             f"{name}-vpc-cni", cluster_name=self.eks.name, addon_name="vpc-cni",
             configuration_values=json.dumps({"enableNetworkPolicy": "true"}),
             resolve_conflicts_on_create="OVERWRITE", resolve_conflicts_on_update="OVERWRITE", opts=child)
-        issuer = self.eks.identities.apply(lambda ids: ids[0].oidcs[0].issuer)
+        issuer = self.eks.identities.apply(_oidc_issuer)
         self.oidc = aws.iam.OpenIdConnectProvider(
             f"{name}-oidc", url=issuer, client_id_lists=["sts.amazonaws.com"], opts=iam_child)
         self.oidc_issuer = issuer.apply(lambda url: url.removeprefix("https://"))
@@ -178,7 +179,7 @@ class Cluster(pulumi.ComponentResource):
             return
         account = aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(provider=iam, parent=self)).account_id
         for i, role in enumerate(roles):
-            arn = role if role.startswith("arn:") else account.apply(lambda acct, r=role: f"arn:aws:iam::{acct}:role/{r}")
+            arn = role if role.startswith("arn:") else pulumi.Output.concat("arn:aws:iam::", account, ":role/", role)
             entry = aws.eks.AccessEntry(f"{name}-admin-{i}", cluster_name=self.eks.name, principal_arn=arn,
                                         type="STANDARD", opts=child)
             aws.eks.AccessPolicyAssociation(
@@ -201,3 +202,11 @@ def kubeconfig(region: str, name: str, endpoint: str, ca_data: str) -> str:
             "args": ["eks", "get-token", "--cluster-name", name, "--region", region, "--output", "json"],
         }}}],
     })
+
+
+def _oidc_issuer(identities: Sequence[aws.eks.outputs.ClusterIdentity]) -> str:
+    """The cluster's OIDC issuer URL: EKS gives every cluster one."""
+    oidcs = identities[0].oidcs
+    issuer = oidcs[0].issuer if oidcs else None
+    assert issuer, "the EKS cluster has no OIDC issuer"
+    return issuer

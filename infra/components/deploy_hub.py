@@ -1,4 +1,5 @@
-"""Deploy hub: the GitHub Actions runner (a CodeBuild project) in the first region's private subnets that runs `pulumi up`.
+"""Deploy hub: the GitHub Actions runner (a CodeBuild project) in the first region's private subnets that
+runs `pulumi up`.
 
 The cluster API endpoints are private, so whatever deploys must sit in a network that reaches them.
 AWS CodeBuild hosts self-hosted GitHub Actions runners: a project with a webhook filtered to
@@ -13,6 +14,7 @@ GitHub's OIDC token, so the runner's role is only what CodeBuild needs to put it
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -85,7 +87,7 @@ class DeployHubArgs:
     repository: str  # owner/name on GitHub
     compute_type: str
     vpc_id: pulumi.Input[str]
-    private_subnet_ids: list[pulumi.Input[str]]
+    private_subnet_ids: Sequence[pulumi.Input[str]]
     iam_path: str
 
 

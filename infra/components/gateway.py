@@ -2,14 +2,20 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
-from infra.chart_values import (GATEWAY_CHART, GATEWAY_NAMESPACE, GATEWAY_RELEASE, gateway_service_account_subject,
-                                gateway_values)
+from infra.chart_values import (
+    GATEWAY_CHART,
+    GATEWAY_NAMESPACE,
+    GATEWAY_RELEASE,
+    gateway_service_account_subject,
+    gateway_values,
+)
 from infra.config import Region, StackConfig
 
 
@@ -60,7 +66,7 @@ class GatewayArgs:
     cfg: StackConfig
     region: Region
     role: aws.iam.Role
-    secret_arns: list[pulumi.Input[str]]
+    secret_arns: Sequence[pulumi.Input[str]]
     key_arn: pulumi.Input[str]
     config: dict
 

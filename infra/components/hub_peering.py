@@ -1,4 +1,5 @@
-"""Hub peering: an inter-region VPC peering from the deploy hub's VPC to one region's VPC, accepted there, routed both ways.
+"""Hub peering: an inter-region VPC peering from the deploy hub's VPC to one region's VPC, accepted there, routed both
+ways.
 
 Inter-region peering cannot be auto-accepted by the requester: the accepter side accepts it with its
 own region's provider (https://docs.aws.amazon.com/vpc/latest/peering/create-vpc-peering-connection.html,

@@ -49,13 +49,14 @@ class Network(pulumi.ComponentResource):
             tags={"Name": f"{name}-public"}, opts=child)
 
         # Zone IDs name the same zone in every account, so the catalog's per-zone offerings apply to them.
-        where = [{"availability_zone_id": z} for z in args.zone_ids] or \
-            [{"availability_zone": zones.names[i]} for i in range(AZ_COUNT)]
+        zone_ids: list[str | None] = list(args.zone_ids) or [None] * AZ_COUNT
+        zone_names = [None if args.zone_ids else zones.names[i] for i in range(AZ_COUNT)]
         self.public_subnet_ids, self.private_subnet_ids, self.private_route_table_ids = [], [], []
         nat_ids: list[pulumi.Output[str]] = []
         for i in range(AZ_COUNT):
             public = aws.ec2.Subnet(
-                f"{name}-public-{i}", vpc_id=vpc.id, cidr_block=str(blocks[AZ_COUNT + i]), **where[i],
+                f"{name}-public-{i}", vpc_id=vpc.id, cidr_block=str(blocks[AZ_COUNT + i]),
+                availability_zone_id=zone_ids[i], availability_zone=zone_names[i],
                 map_public_ip_on_launch=False,
                 tags={"Name": f"{name}-public-{i}", "kubernetes.io/role/elb": "1", cluster_tag: "shared"},
                 opts=child)
@@ -70,7 +71,8 @@ class Network(pulumi.ComponentResource):
 
         for i in range(AZ_COUNT):
             private = aws.ec2.Subnet(
-                f"{name}-private-{i}", vpc_id=vpc.id, cidr_block=str(blocks[i]), **where[i],
+                f"{name}-private-{i}", vpc_id=vpc.id, cidr_block=str(blocks[i]),
+                availability_zone_id=zone_ids[i], availability_zone=zone_names[i],
                 tags={"Name": f"{name}-private-{i}", "kubernetes.io/role/internal-elb": "1", cluster_tag: "shared"},
                 opts=child)
             # Routes as separate resources: peering adds its own to these tables, and a table's inline

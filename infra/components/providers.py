@@ -1,6 +1,8 @@
 """Explicit AWS providers: one per region, plus one for global services, each stamping the stack's tags."""
 from __future__ import annotations
 
+from typing import Any
+
 import pulumi
 import pulumi_aws as aws
 
@@ -45,5 +47,5 @@ def global_provider(stack: str, extra_tags: dict[str, str] | None = None) -> aws
     )
 
 
-def child_opts(parent: pulumi.Resource, provider: pulumi.ProviderResource, **kwargs) -> pulumi.ResourceOptions:
+def child_opts(parent: pulumi.Resource, provider: pulumi.ProviderResource, **kwargs: Any) -> pulumi.ResourceOptions:
     return pulumi.ResourceOptions(parent=parent, provider=provider, **kwargs)

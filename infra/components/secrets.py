@@ -1,8 +1,11 @@
-"""StackSecrets: a stack's secret store per residency zone, encrypted with its own KMS key, replicated only inside the zone."""
+"""StackSecrets: a stack's secret store per residency zone, encrypted with its own KMS key, replicated only inside the
+zone."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
@@ -36,7 +39,7 @@ def huggingface_token_name(stack: str) -> str:
     return f"llm-platform/{stack}/huggingface/token"
 
 
-def deny_all_but(readers: list[str], secret_arns: list[str], sid: str = "OnlyThisStacksGatewaysRead") -> dict:
+def deny_all_but(readers: list[str], secret_arns: list[str], sid: str = "OnlyThisStacksGatewaysRead") -> dict[str, Any]:
     """Resource policy: nobody but the listed roles may read this secret, whatever their IAM policies say.
     It names every copy: Secrets Manager gives replicas the same policy, under their own ARNs."""
     return {
@@ -58,9 +61,9 @@ class StackSecretsArgs:
     zone: str
     regions: list[str]  # the zone's regions in this stack; the first holds the primary copies
     providers: list[str]
-    reader_role_arns: list[pulumi.Input[str]]
+    reader_role_arns: Sequence[pulumi.Input[str]]
     # The model servers' roles: the only readers of the Hugging Face token, created when this is set.
-    model_reader_role_arns: list[pulumi.Input[str]] | None = None
+    model_reader_role_arns: Sequence[pulumi.Input[str]] | None = None
     # 0 deletes at once: a reaped pr-<n> stack must be re-creatable at the next push.
     recovery_window_days: int = 7
 
@@ -87,8 +90,10 @@ class StackSecrets(pulumi.ComponentResource):
 
         self.arns: dict[str, list[pulumi.Output[str]]] = {r: [] for r in args.regions}
         self.huggingface_token_arns: dict[str, pulumi.Output[str]] = {}
-        readers_of = {n: (args.reader_role_arns, "OnlyThisStacksGatewaysRead", self.arns)
-                      for n in secret_names(args.stack, args.providers)}
+        # Each secret's readers, its policy's Sid, and where its ARNs are listed (if anywhere).
+        readers_of: dict[str, tuple[Sequence[pulumi.Input[str]], str, dict[str, list[pulumi.Output[str]]] | None]] = {
+            n: (args.reader_role_arns, "OnlyThisStacksGatewaysRead", self.arns)
+            for n in secret_names(args.stack, args.providers)}
         if args.model_reader_role_arns:
             readers_of[huggingface_token_name(args.stack)] = (
                 args.model_reader_role_arns, "OnlyThisStacksModelServersRead", None)
@@ -111,13 +116,12 @@ class StackSecrets(pulumi.ComponentResource):
                     f"{name}-{short}-placeholder", secret_id=secret.id, secret_string=PLACEHOLDER,
                     version_stages=PLACEHOLDER_STAGES,
                     opts=child_opts(self, providers[primary], ignore_changes=PLACEHOLDER_IGNORES))
-            copies = [secret.arn.apply(lambda arn, r=region: arn.replace(f":{primary}:", f":{r}:"))
+            copies = [_in_region(secret.arn, primary, region)
                       for region in args.regions]  # a replica keeps the primary's ARN, with its own region
             aws.secretsmanager.SecretPolicy(
                 f"{name}-{short}",
                 secret_arn=secret.arn,
-                policy=pulumi.Output.all(pulumi.Output.all(*copies), *readers).apply(
-                    lambda a, sid=sid: json.dumps(deny_all_but(list(a[1:]), a[0], sid))),
+                policy=_policy_json(copies, readers, sid),
                 block_public_policy=True,
                 opts=child_opts(self, providers[primary]))
             for region, copy in zip(args.regions, copies):
@@ -126,3 +130,13 @@ class StackSecrets(pulumi.ComponentResource):
                 else:
                     listed[region].append(copy)
         self.register_outputs({"key_arns": self.key_arns})
+
+
+def _in_region(arn: pulumi.Output[str], primary: str, region: str) -> pulumi.Output[str]:
+    return arn.apply(lambda a: a.replace(f":{primary}:", f":{region}:"))
+
+
+def _policy_json(copies: list[pulumi.Output[str]], readers: Sequence[pulumi.Input[str]],
+                 sid: str) -> pulumi.Output[str]:
+    return pulumi.Output.all(pulumi.Output.all(*copies), *readers).apply(
+        lambda a: json.dumps(deny_all_but(list(a[1:]), a[0], sid)))

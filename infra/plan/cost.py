@@ -1,10 +1,14 @@
 """Monthly cost estimate of a plan at minimum and maximum scale, from the resources it creates and the catalog."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from infra.catalog import HOURS_PER_MONTH, Catalog, load_catalog
-from infra.plan.mocks import PlannedResource
+
+if TYPE_CHECKING:  # the policy rules import this module
+    from infra.policy.rules.base import Resource
 
 NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
 EKS_CLUSTER = "aws:eks/cluster:Cluster"
@@ -62,13 +66,13 @@ RESERVED_TYPE_LABEL = "llm-platform/instance-type"  # infra.components.node_pool
 CAPACITY = {"SPOT": "spot", "CAPACITY_BLOCK": "reserved"}
 
 
-def node_group_types(inputs: dict) -> tuple[str, ...]:
+def node_group_types(inputs: Mapping[str, Any]) -> tuple[str, ...]:
     """A node group's instance types; a Capacity Block group names its one type in a label (and its template)."""
     types = inputs.get("instanceTypes") or [(inputs.get("labels") or {}).get(RESERVED_TYPE_LABEL)]
     return tuple(t for t in types if t)
 
 
-def pool_cost(resource: PlannedResource, catalog: Catalog) -> PoolCost:
+def pool_cost(resource: Resource, catalog: Catalog) -> PoolCost:
     """Reserved pools are priced at the catalog's on-demand rate: an ODCR bills the on-demand price whether or
     not instances run in it, and a Capacity Block is paid up front at a price quoted when it is bought
     (describe-capacity-block-offerings UpfrontFee), which the catalog does not know. Budget for the up-front fee."""
@@ -90,7 +94,7 @@ def pool_cost(resource: PlannedResource, catalog: Catalog) -> PoolCost:
         gpus_max=gpus * hi)
 
 
-def estimate(resources: list[PlannedResource], budget_usd: float, catalog: Catalog | None = None) -> CostEstimate:
+def estimate(resources: Sequence[Resource], budget_usd: float, catalog: Catalog | None = None) -> CostEstimate:
     catalog = catalog or load_catalog()
     pools = [pool_cost(r, catalog) for r in resources if r.type == NODE_GROUP]
     fixed: dict[str, float] = {}

@@ -1,8 +1,10 @@
-"""PlanMocks: Pulumi mock engine answers that look like AWS's (ARNs, ids, endpoints), and the record of every resource."""
+"""PlanMocks: Pulumi mock engine answers that look like AWS's (ARNs, ids, endpoints), and the record of every
+resource."""
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,9 +20,9 @@ class PlannedResource:
     type: str
     name: str
     region: str
-    inputs: dict[str, Any]
+    inputs: Mapping[str, Any]  # a CrossGuard resource's are its engine's read-only properties
     tags: dict[str, str] = field(default_factory=dict)
-    outputs: dict[str, Any] = field(default_factory=dict)
+    outputs: Mapping[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {"type": self.type, "name": self.name, "region": self.region, "inputs": self.inputs,
@@ -31,7 +33,7 @@ def _hex(*parts: str, n: int = 16) -> str:
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:n]
 
 
-def _provider_id(ref: str) -> str:
+def _provider_id(ref: str | None) -> str:
     return ref.rsplit("::", 1)[-1] if ref else ""
 
 
@@ -73,7 +75,7 @@ class PlanMocks(pulumi.runtime.Mocks):
         pid = _provider_id(args.provider)
         region = self._provider_region.get(pid, "unknown")
         outputs = _outputs(args.typ, args.name, region, inputs)
-        if reading:
+        if reading and args.resource_id:
             return args.resource_id, {**inputs, **outputs}
         state = {**inputs, **outputs}
         tags = {**self._provider_tags.get(pid, {}), **(inputs.get("tags") or {})}
@@ -91,7 +93,8 @@ def _provider_region(typ: str, inputs: dict[str, Any]) -> str:
     if typ == "pulumi:providers:kubernetes":
         try:
             user = json.loads(inputs.get("kubeconfig", "{}"))["users"][0]["user"]["exec"]["args"]
-            return user[user.index("--region") + 1]
+            region: str = user[user.index("--region") + 1]
+            return region
         except (ValueError, KeyError, IndexError):
             return "unknown"
     return "unknown"
@@ -161,7 +164,7 @@ def _outputs(typ: str, name: str, region: str, inputs: dict[str, Any]) -> dict[s
         kind = typ.rsplit(":", 1)[-1]
         if kind == "VpcPeeringConnectionAccepter":  # the accepter's id is the connection's
             return {"id": inputs["vpcPeeringConnectionId"], "acceptStatus": "active"}
-        versions = {"latestVersion": 1} if kind == "LaunchTemplate" else {}
+        versions: dict[str, Any] = {"latestVersion": 1} if kind == "LaunchTemplate" else {}
         if kind == "Eip":  # an address from AWS's public pool, made up
             versions = {"publicIp": f"52.{int(h[0:2], 16)}.{int(h[2:4], 16)}.{int(h[4:6], 16)}"}
         return {**versions, "id": f"{prefix.get(kind, 'res')}-{h[:17]}",

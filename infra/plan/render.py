@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from rich.console import Console
@@ -32,7 +33,7 @@ def usd(amount: float) -> str:
     return f"${amount:,.0f}"
 
 
-def to_json(plan: Plan, regions: list[RegionSummary], cost: CostEstimate, results: list[ControlResult]) -> str:
+def to_json(plan: Plan, regions: list[RegionSummary], cost: CostEstimate, results: Sequence[ControlResult]) -> str:
     doc = {
         "stack": plan.stack,
         "environment": plan.config.environment,
@@ -45,7 +46,7 @@ def to_json(plan: Plan, regions: list[RegionSummary], cost: CostEstimate, result
     return json.dumps(doc, indent=2, default=str)
 
 
-def to_markdown(plan: Plan, regions: list[RegionSummary], cost: CostEstimate, results: list[ControlResult]) -> str:
+def to_markdown(plan: Plan, regions: list[RegionSummary], cost: CostEstimate, results: Sequence[ControlResult]) -> str:
     failed = [r for r in results if r.status == "fail"]
     lines = [
         f"### llm-platform plan: `{plan.stack}`",
@@ -81,7 +82,7 @@ def to_markdown(plan: Plan, regions: list[RegionSummary], cost: CostEstimate, re
     return "\n".join(lines) + "\n"
 
 
-def to_table(plan: Plan, regions: list[RegionSummary], cost: CostEstimate, results: list[ControlResult],
+def to_table(plan: Plan, regions: list[RegionSummary], cost: CostEstimate, results: Sequence[ControlResult],
              width: int | None = None) -> str:
     out = io.StringIO()
     console = Console(file=out, width=width or 140, force_terminal=False, highlight=False)

@@ -5,7 +5,7 @@ import asyncio
 import logging
 import runpy
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ class Plan:
     config: StackConfig
     resources: list[PlannedResource]
     # The day the plan is judged on: controls with a calendar (version-support) read it, so a test can fix it.
-    date: date = field(default_factory=lambda: datetime.now(timezone.utc).date())
+    date: date = field(default_factory=lambda: datetime.now(UTC).date())
 
     def of_type(self, typ: str) -> list[PlannedResource]:
         return [r for r in self.resources if r.type == typ]
@@ -97,7 +97,7 @@ def _run(raw: dict[str, Any], cfg: StackConfig, stack: str, mocks: PlanMocks,
             runpy.run_path(str(PROGRAM))
 
         pulumi_mocks._sync_await(pulumi_mocks.run_pulumi_func(program))
-    except Exception as exc:  # noqa: BLE001 re-raised with the program named
+    except Exception as exc:  # re-raised with the program named
         pulumi_mocks._sync_await(_settle())
         raise ProgramError(f"the Pulumi program failed under the mock engine: {exc}") from exc
     if errors.messages:

@@ -1,4 +1,5 @@
-"""The CrossGuard policy pack: `pulumi preview --policy-pack infra/policy --policy-pack-config infra/policy/config/<stack>.json`."""
+"""The CrossGuard policy pack: `pulumi preview --policy-pack infra/policy --policy-pack-config
+infra/policy/config/<stack>.json`."""
 import sys
 from pathlib import Path
 

@@ -1,12 +1,21 @@
-"""The CrossGuard policies: each control as a stack policy over the resources the engine reports, with its policy config schema."""
+"""The CrossGuard policies: each control as a stack policy over the resources the engine reports, with its policy config
+schema."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
-from pulumi_policy import (EnforcementLevel, PolicyConfigSchema, PolicyResource, ReportViolation,
-                           StackValidationArgs, StackValidationPolicy)
+from pulumi_policy import (
+    EnforcementLevel,
+    Policy,
+    PolicyConfigSchema,
+    PolicyResource,
+    ReportViolation,
+    StackValidationArgs,
+    StackValidationPolicy,
+)
 
 from infra.config import StackConfig
 from infra.plan.mocks import PlannedResource
@@ -80,8 +89,8 @@ def to_planned(resource: PolicyResource) -> PlannedResource:
 def policy_config(config: Mapping[str, Any], records: Iterable[PlannedResource]) -> PolicyConfig:
     raw = dict(config)
     if not raw.get("stack"):
-        stacks = {_default_tags(r.inputs).get(TAG_STACK) for r in records if r.type == "pulumi:providers:aws"}
-        stacks.discard(None)
+        stacks = {s for r in records if r.type == "pulumi:providers:aws"
+                  if (s := _default_tags(r.inputs).get(TAG_STACK)) is not None}
         if len(stacks) != 1:
             raise ValueError(f"cannot tell the stack from the providers' {TAG_STACK} tags ({sorted(stacks)}); "
                              f"set `stack` in the policy pack config")
@@ -107,7 +116,7 @@ def stack_policy(control: Control) -> StackValidationPolicy:
     )
 
 
-def policies() -> list[StackValidationPolicy]:
+def policies() -> list[Policy]:  # as PolicyPack takes them
     return [stack_policy(c) for c in CONTROLS]
 
 

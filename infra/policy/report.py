@@ -1,9 +1,10 @@
-"""The compliance report: every control, what it checks, the evidence it judged, its result and the tests that prove it."""
+"""The compliance report: every control, what it checks, the evidence it judged, its result and the tests that
+prove it."""
 from __future__ import annotations
 
 import html
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from infra.plan.cost import estimate
@@ -26,6 +27,7 @@ def _value(v: Any) -> str:
 
 def _evidence_line(item: dict[str, Any]) -> tuple[str, str]:
     """(what was judged, the values judged)."""
+    shown: tuple[str, ...]
     if "resource" in item:
         subject, shown = f"{item['resource']} ({item.get('type')}, {item.get('region')})", _IDENTITY
     else:
@@ -34,7 +36,7 @@ def _evidence_line(item: dict[str, Any]) -> tuple[str, str]:
     return subject, values
 
 
-def _facts(plan: "Plan", results: list[ControlResult], now: datetime) -> dict[str, Any]:
+def _facts(plan: Plan, results: list[ControlResult], now: datetime) -> dict[str, Any]:
     cfg = plan.config
     cost = estimate(plan.resources, cfg.budget.monthly_usd)
     failing = [r for r in results if r.status == "fail" and r.enforcement == "mandatory"]
@@ -57,7 +59,7 @@ def _description(result: ControlResult) -> str:
     return control.description if control else ""
 
 
-def _markdown(plan: "Plan", results: list[ControlResult], now: datetime) -> str:
+def _markdown(plan: Plan, results: list[ControlResult], now: datetime) -> str:
     f = _facts(plan, results, now)
     cost = f["cost"]
     out = [f"# Compliance report: stack `{f['stack']}`", "",
@@ -94,7 +96,7 @@ _STYLE = ("body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem aut
           "code{background:#f4f4f4;padding:0 .2rem}li{margin:.15rem 0}")
 
 
-def _html(plan: "Plan", results: list[ControlResult], now: datetime) -> str:
+def _html(plan: Plan, results: list[ControlResult], now: datetime) -> str:
     e = html.escape
     f = _facts(plan, results, now)
     cost = f["cost"]
@@ -136,10 +138,10 @@ def _html(plan: "Plan", results: list[ControlResult], now: datetime) -> str:
     return "\n".join(out) + "\n"
 
 
-def render_report(plan: "Plan", results: list[ControlResult], fmt: str = "markdown",
+def render_report(plan: Plan, results: list[ControlResult], fmt: str = "markdown",
                   now: datetime | None = None) -> str:
     """The compliance report of `plan` given its control results, as Markdown or HTML."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if fmt == "markdown":
         return _markdown(plan, results, now)
     if fmt == "html":

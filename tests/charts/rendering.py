@@ -10,8 +10,16 @@ from typing import Any
 import helm_python as helm
 import yaml
 
-from infra.chart_values import (GATEWAY_CHART, GATEWAY_NAMESPACE, GATEWAY_RELEASE, MODEL_NAMESPACE, VLLM_CHART,
-                                gateway_values, vllm_release_name, vllm_values)
+from infra.chart_values import (
+    GATEWAY_CHART,
+    GATEWAY_NAMESPACE,
+    GATEWAY_RELEASE,
+    MODEL_NAMESPACE,
+    VLLM_CHART,
+    gateway_values,
+    vllm_release_name,
+    vllm_values,
+)
 from infra.config import ROOT, StackConfig, load_file
 from infra.gateway_config import gateway_config
 

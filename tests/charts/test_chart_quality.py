@@ -16,8 +16,17 @@ import yaml
 
 from infra.chart_values import GATEWAY_CHART, GATEWAY_NAMESPACE, GATEWAY_RELEASE, MODEL_NAMESPACE, VLLM_CHART
 from tests.charts import custom_resources
-from tests.charts.rendering import (CHECKOV, KUBE_VERSION, MODEL_ROLE_ARN, PROD_MODEL_RELEASES, PROD_REGIONS,
-                                    Rendered, load_prod, prod_gateway_values, render)
+from tests.charts.rendering import (
+    CHECKOV,
+    KUBE_VERSION,
+    MODEL_ROLE_ARN,
+    PROD_MODEL_RELEASES,
+    PROD_REGIONS,
+    Rendered,
+    load_prod,
+    prod_gateway_values,
+    render,
+)
 
 DIGEST = "sha256:" + "0" * 64
 # What each chart accepts from checkov, with the reason in the Deployment's checkov.io/skipN annotations.

@@ -4,13 +4,28 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from infra.chart_values import (GATEWAY_CHART, GATEWAY_NAMESPACE, GATEWAY_PORT, GATEWAY_RELEASE, MODEL_NAMESPACE,
-                                VLLM_PORT, gateway_service_account_subject)
+from infra.chart_values import (
+    GATEWAY_CHART,
+    GATEWAY_NAMESPACE,
+    GATEWAY_PORT,
+    GATEWAY_RELEASE,
+    MODEL_NAMESPACE,
+    VLLM_PORT,
+    gateway_service_account_subject,
+)
 from infra.components.dns import regional_host, zone_host
 from infra.config import StackConfig
 from infra.gateway_config import gateway_config
-from tests.charts.rendering import (PROD_REGIONS, ROLE_ARN, Rendered, install_error, merged, prod_gateway_values,
-                                    render, render_prod_gateway)
+from tests.charts.rendering import (
+    PROD_REGIONS,
+    ROLE_ARN,
+    Rendered,
+    install_error,
+    merged,
+    prod_gateway_values,
+    render,
+    render_prod_gateway,
+)
 
 REGIONS = pytest.mark.parametrize("region", PROD_REGIONS)
 _RENDERED: dict[str, Rendered] = {}

@@ -4,13 +4,25 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from infra.chart_values import (MODEL_NAMESPACE, VLLM_CHART, VLLM_PORT, model_base_url, model_service_account,
-                                vllm_release_name)
+from infra.chart_values import (
+    MODEL_NAMESPACE,
+    VLLM_CHART,
+    VLLM_PORT,
+    model_base_url,
+    model_service_account,
+    vllm_release_name,
+)
 from infra.components.secrets import huggingface_token_name
 from infra.config import StackConfig
 from infra.scheduling import GPU_RESOURCE, POOL_LABEL, pool_taints, pool_tolerations
-from tests.charts.rendering import (MODEL_ROLE_ARN, PROD_MODEL_RELEASES, Rendered, install_error, render,
-                                    render_prod_model)
+from tests.charts.rendering import (
+    MODEL_ROLE_ARN,
+    PROD_MODEL_RELEASES,
+    Rendered,
+    install_error,
+    render,
+    render_prod_model,
+)
 
 RELEASES = pytest.mark.parametrize(("region", "model"), PROD_MODEL_RELEASES,
                                    ids=[f"{r}/{m}" for r, m in PROD_MODEL_RELEASES])

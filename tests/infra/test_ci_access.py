@@ -125,8 +125,9 @@ def test_ci_role_command_prints_both_documents(capsys) -> None:
 def test_prod_role_reaches_prods_own_secrets_roles_and_budget(prod_plan: Plan) -> None:
     policy = ROLES["prod"]["permissions"]
     assert not denied_resources(policy)
-    for typ, prefix in [("aws:secretsmanager/secret:Secret", "secretsmanager:"), ("aws:iam/role:Role", "iam:CreateRole"),
-                        ("aws:iam/role:Role", "iam:AttachRolePolicy"), ("aws:budgets/budget:Budget", "budgets:")]:
+    for typ, prefix in [("aws:secretsmanager/secret:Secret", "secretsmanager:"),
+                        ("aws:iam/role:Role", "iam:CreateRole"), ("aws:iam/role:Role", "iam:AttachRolePolicy"),
+                        ("aws:budgets/budget:Budget", "budgets:")]:
         for arn in arns(prod_plan, typ):
             assert reaches(allowed_resources(policy, prefix), arn), f"{prefix} does not reach {arn}"
 

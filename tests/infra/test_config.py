@@ -9,7 +9,6 @@ import pytest
 
 from infra.cli import EXIT_CONFIG, main
 from infra.config import ConfigError, parse
-
 from tests.stacks import stack_raw, write_stack
 
 Mutation = Callable[[dict[str, Any]], None]

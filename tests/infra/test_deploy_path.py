@@ -1,4 +1,5 @@
-"""The deploy path: a distinct VPC block per region, a runner in the hub region's private subnets, peering to the rest."""
+"""The deploy path: a distinct VPC block per region, a runner in the hub region's private subnets, peering to
+the rest."""
 from __future__ import annotations
 
 import json

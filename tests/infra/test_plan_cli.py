@@ -9,7 +9,6 @@ import pytest
 
 from infra.cli import EXIT_OK, EXIT_POLICY, main
 from infra.config import ROOT
-
 from tests.stacks import stack_raw, write_stack
 
 CONTROLS = ["budget-cap", "region-residency", "failover-topology", "secret-scope", "gpu-pool-hygiene",

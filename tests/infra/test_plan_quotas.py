@@ -50,6 +50,7 @@ def test_reserved_pools_are_priced_at_the_catalogs_rate_and_shown_as_reserved(pr
     assert round(h100.monthly_usd_max, 2) == round(hourly * 2 * HOURS_PER_MONTH, 2)
     batch = next(p for p in cost.pools if p.region == "eu-west-2" and p.pool == "batch")
     # Spot is priced per family and region: g6 in eu-west-2 is not g6e in us-east-1.
-    assert load_catalog().hourly_usd("g6.xlarge", "eu-west-2", True) != \
-        load_catalog().hourly_usd("g6.xlarge", "eu-west-2", False) * load_catalog().families["g6e"].prices["us-east-1"][1]
+    assert load_catalog().hourly_usd("g6.xlarge", "eu-west-2", True) != (
+        load_catalog().hourly_usd("g6.xlarge", "eu-west-2", False)
+        * load_catalog().families["g6e"].prices["us-east-1"][1])
     assert batch.capacity == "spot"

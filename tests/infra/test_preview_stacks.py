@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import yaml
@@ -14,10 +14,9 @@ from infra.plan.mocks import GLOBAL
 from infra.plan.run import Plan, run_program
 from infra.platform import TAG_EXPIRES, TAG_PR
 from infra.reaper import judge, reap, summary
-
 from tests.stacks import stack_raw
 
-NOW = datetime(2026, 11, 23, 8, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from infra.cli import EXIT_CONFIG, main
 from infra.config import ConfigError, parse
 from infra.plan.run import Plan, run_program
 from infra.scheduling import POOL_LABEL
-
 from tests.stacks import stack_raw, write_stack
 
 NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"

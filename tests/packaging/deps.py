@@ -32,7 +32,8 @@ class Requirement:
 def parse_requirement(text: str) -> Requirement:
     m = _REQUIREMENT.match(text)
     if not m:
-        raise ValueError(f"pyproject.toml: cannot read requirement {text!r} (write it as name[extras]==version; marker)")
+        raise ValueError(f"pyproject.toml: cannot read requirement {text!r} "
+                         f"(write it as name[extras]==version; marker)")
     extras = frozenset(e.strip() for e in (m.group(2) or "[]")[1:-1].split(",") if e.strip())
     return Requirement(normalize(m.group(1)), extras, m.group(3), m.group(4))
 

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import re
 
-from tests.packaging.deps import (LOCK_ALL, LOCK_GATEWAY, PYPROJECT, every_extra, lock_entries, lock_pins,
-                                  stale)
+from tests.packaging.deps import LOCK_ALL, LOCK_GATEWAY, PYPROJECT, every_extra, lock_entries, lock_pins, stale
 
 
 def test_all_lock_is_current_with_every_part_of_pyproject() -> None:

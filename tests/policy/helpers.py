@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from infra.config import parse
 from infra.plan.run import Plan, run_program

@@ -1,8 +1,16 @@
 """Control budget-cap: every stack has a monthly budget with alerts, and cannot outgrow it even at maximum scale."""
 from __future__ import annotations
 
-from tests.policy.helpers import (assert_passes, assert_rejected, find, mutated, plan_of, result, result_of_resources,
-                                  stack_raw)
+from tests.policy.helpers import (
+    assert_passes,
+    assert_rejected,
+    find,
+    mutated,
+    plan_of,
+    result,
+    result_of_resources,
+    stack_raw,
+)
 
 BUDGET = "aws:budgets/budget:Budget"
 

@@ -1,8 +1,17 @@
-"""Control cluster-hardening: EKS APIs are private or allow-listed, Kubernetes Secrets are KMS-encrypted, control planes log."""
+"""Control cluster-hardening: EKS APIs are private or allow-listed, Kubernetes Secrets are KMS-encrypted, control planes
+log."""
 from __future__ import annotations
 
-from tests.policy.helpers import (assert_passes, assert_rejected, find, mutated, plan_of, result, result_of_resources,
-                                  stack_raw)
+from tests.policy.helpers import (
+    assert_passes,
+    assert_rejected,
+    find,
+    mutated,
+    plan_of,
+    result,
+    result_of_resources,
+    stack_raw,
+)
 
 CLUSTER = "aws:eks/cluster:Cluster"
 

@@ -52,7 +52,8 @@ def _close_private_path(rs, region: str) -> None:
 
 
 def test_public_endpoint_allow_listing_the_hubs_nat_is_reachable(prod_plan):
-    """The other way in: the cluster's private path is closed, but its public allow-list holds the hub's NAT addresses."""
+    """The other way in: the cluster's private path is closed, but its public allow-list holds the hub's NAT
+    addresses."""
     hub, last = hub_and_last(prod_plan)
     nat_ips = [e.outputs["publicIp"] for e in prod_plan.of_type("aws:ec2/eip:Eip") if e.region == hub]
 
@@ -110,7 +111,8 @@ def test_documentation_range_allow_list_is_rejected(prod_plan):
 
 
 def test_overlapping_vpc_blocks_are_rejected(prod_plan):
-    """The review's finding: every region's VPC on the same block (config validation refuses it; a program bug must not slip by)."""
+    """The review's finding: every region's VPC on the same block (config validation refuses it; a program bug must
+    not slip by)."""
     hub, last = hub_and_last(prod_plan)
     block = prod_plan.config.vpc_cidr(hub)
     resources = mutated(prod_plan, lambda rs: find(rs, VPC, region=last).inputs.update(cidrBlock=block))

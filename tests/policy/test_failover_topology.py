@@ -1,8 +1,18 @@
-"""Control failover-topology: losing any one region leaves every model serving, DNS routes around it, fallbacks stay sound."""
+"""Control failover-topology: losing any one region leaves every model serving, DNS routes around it, fallbacks stay
+sound."""
 from __future__ import annotations
 
-from tests.policy.helpers import (assert_passes, assert_rejected, find, gateway_release, mutated, plan_of, result,
-                                  result_of_resources, stack_raw)
+from tests.policy.helpers import (
+    assert_passes,
+    assert_rejected,
+    find,
+    gateway_release,
+    mutated,
+    plan_of,
+    result,
+    result_of_resources,
+    stack_raw,
+)
 
 HEALTH_CHECK = "aws:route53/healthCheck:HealthCheck"
 NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
@@ -89,7 +99,8 @@ def test_gateway_without_a_health_check_is_rejected(prod_plan):
     """Program bug (simulated): the health check of us-west-2's gateway is not created."""
     resources = mutated(prod_plan, lambda rs: rs.remove(find(rs, HEALTH_CHECK, "llm-platform-dns-us-west-2")))
     assert_rejected(result_of_resources(prod_plan, resources, "failover-topology"),
-                    "Route53 record llm-platform-dns-us-west-2-latency for the gateway in us-west-2 has no health check")
+                    "Route53 record llm-platform-dns-us-west-2-latency for the gateway in us-west-2 "
+                    "has no health check")
 
 
 def test_fallback_loop_is_rejected(prod_plan):

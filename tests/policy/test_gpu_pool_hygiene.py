@@ -1,8 +1,16 @@
 """Control gpu-pool-hygiene: GPU pools are tainted, spot pools run only batch-tolerant models, every pool is bounded."""
 from __future__ import annotations
 
-from tests.policy.helpers import (assert_passes, assert_rejected, find, mutated, plan_of, result, result_of_resources,
-                                  stack_raw)
+from tests.policy.helpers import (
+    assert_passes,
+    assert_rejected,
+    find,
+    mutated,
+    plan_of,
+    result,
+    result_of_resources,
+    stack_raw,
+)
 
 NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
 GPU_TAINT = "nvidia.com/gpu=present:NO_SCHEDULE"
@@ -57,7 +65,8 @@ def test_spot_pool_without_spot_taint_is_rejected(prod_plan):
         group.inputs["taints"] = [t for t in group.inputs["taints"] if t["key"] != "llm-platform/capacity"]
     resources = mutated(prod_plan, drop_spot_taint)
     assert_rejected(result_of_resources(prod_plan, resources, "gpu-pool-hygiene"),
-                    "spot node group us-west-2-batch in us-west-2 lacks the taint llm-platform/capacity=spot:NoSchedule")
+                    "spot node group us-west-2-batch in us-west-2 "
+                    "lacks the taint llm-platform/capacity=spot:NoSchedule")
 
 
 def test_node_group_without_max_size_is_rejected(prod_plan):

@@ -11,8 +11,14 @@ import jsonschema
 import pytest
 from google.protobuf import empty_pb2, json_format, struct_pb2
 from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
-from pulumi_policy import (EnforcementLevel, PolicyProviderResource, PolicyResource,
-                           StackValidationArgs, StackValidationPolicy)
+from pulumi_policy import (
+    EnforcementLevel,
+    PolicyProviderResource,
+    PolicyResource,
+    ReportViolation,
+    StackValidationArgs,
+    StackValidationPolicy,
+)
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError, unknown_checking_proxy
 
 from infra.config import load_file, stack_file
@@ -61,9 +67,16 @@ def run_pack(plan: Plan, resources: list | None = None, stack: str | None = None
     out = {}
     for policy in policies():
         found: list[str] = []
-        policy.validate(StackValidationArgs(records, config[policy.name]), lambda msg, urn=None: found.append(msg))
+        policy.validate(StackValidationArgs(records, config[policy.name]), collect_into(found))
         out[policy.name] = found
     return out
+
+
+def collect_into(found: list[str]) -> ReportViolation:
+    """A report_violation callback that keeps each message in `found`."""
+    def report(msg: str, urn: str | None = None) -> None:
+        found.append(msg)
+    return report
 
 
 def test_pack_has_one_mandatory_stack_policy_per_control():
@@ -163,9 +176,11 @@ def test_the_pack_entry_point_serves_the_analyzer_protocol(preview_plan):
             analyzer.Configure(request, timeout=30)
 
             def proto(r):
-                provider = _provider_of(r, [p for p in preview_plan.resources if p.type.startswith("pulumi:providers:")])
-                resource = analyzer_pb2.AnalyzerResource(type=r.type, urn=_urn("preview", r), name=r.name,
-                                                         properties=json_format.ParseDict(_engine_props(r), struct_pb2.Struct()))
+                providers = [p for p in preview_plan.resources if p.type.startswith("pulumi:providers:")]
+                provider = _provider_of(r, providers)
+                resource = analyzer_pb2.AnalyzerResource(
+                    type=r.type, urn=_urn("preview", r), name=r.name,
+                    properties=json_format.ParseDict(_engine_props(r), struct_pb2.Struct()))
                 if provider and not r.type.startswith("pulumi:providers:"):
                     resource.provider.CopyFrom(analyzer_pb2.AnalyzerProviderResource(
                         type=provider.type, urn=_urn("preview", provider), name=provider.name,

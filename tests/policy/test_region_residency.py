@@ -2,8 +2,16 @@
 from __future__ import annotations
 
 from infra.plan.mocks import PlannedResource
-from tests.policy.helpers import (assert_passes, assert_rejected, find, mutated, plan_of, result, result_of_resources,
-                                  stack_raw)
+from tests.policy.helpers import (
+    assert_passes,
+    assert_rejected,
+    find,
+    mutated,
+    plan_of,
+    result,
+    result_of_resources,
+    stack_raw,
+)
 
 SECRET = "aws:secretsmanager/secret:Secret"
 RELEASE = "kubernetes:helm.sh/v3:Release"

@@ -1,7 +1,8 @@
-"""The compliance report a reviewer reads: each control, what it checks, its evidence, its result, the tests proving it."""
+"""The compliance report a reviewer reads: each control, what it checks, its evidence, its result, the tests
+proving it."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 
 import pytest
@@ -10,7 +11,7 @@ from infra.policy.report import render_report
 from infra.policy.rules import CONTROLS, evaluate
 from tests.policy.helpers import find, mutated, result_of_resources
 
-WHEN = datetime(2026, 11, 23, 9, 30, tzinfo=timezone.utc)
+WHEN = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
 
 
 def test_markdown_report_shows_every_control_its_evidence_result_and_proof(prod_plan):

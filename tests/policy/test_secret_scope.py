@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from infra.plan.mocks import PlannedResource
 from infra.policy.rules.secrets import _wildcards
-from tests.policy.helpers import (assert_passes, assert_rejected, find, mutated, policy_doc, result,
-                                  result_of_resources, set_policy)
+from tests.policy.helpers import (
+    assert_passes,
+    assert_rejected,
+    find,
+    mutated,
+    policy_doc,
+    result,
+    result_of_resources,
+    set_policy,
+)
 
 SECRET = "aws:secretsmanager/secret:Secret"
 SECRET_POLICY = "aws:secretsmanager/secretPolicy:SecretPolicy"
@@ -16,7 +24,8 @@ TOKEN = "llm-platform/{}/huggingface/token"
 def test_secrets_are_encrypted_with_the_stacks_own_keys(stack_plan):
     res = result(stack_plan, "secret-scope")
     assert_passes(res)
-    keys = {r.outputs["arn"] for r in stack_plan.resources if r.type in ("aws:kms/key:Key", "aws:kms/replicaKey:ReplicaKey")}
+    keys = {r.outputs["arn"] for r in stack_plan.resources
+            if r.type in ("aws:kms/key:Key", "aws:kms/replicaKey:ReplicaKey")}
     secrets = [e for e in res.evidence if e.get("type") == SECRET]
     assert secrets and all(e["key"] in keys for e in secrets)
     assert all(e["secret"].startswith(f"llm-platform/{stack_plan.stack}/") for e in secrets)

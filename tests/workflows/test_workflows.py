@@ -122,7 +122,8 @@ def test_preview_runs_on_pull_requests_and_destroys_on_close() -> None:
     plan = " ".join(s.get("run", "") for s in steps(jobs["test-and-plan"]))
     assert "make test" in plan and 'llmp plan --stack "$STACK" --format markdown' in plan
     assert "plan-comment.sh" in plan
-    assert "deploy-preview" in jobs["deploy"]["if"] and "head.repo.full_name == github.repository" in jobs["deploy"]["if"]
+    assert "deploy-preview" in jobs["deploy"]["if"]
+    assert "head.repo.full_name == github.repository" in jobs["deploy"]["if"]
     assert jobs["deploy"]["needs"] == "runner" and jobs["runner"]["if"] == jobs["deploy"]["if"]
     deploy = " ".join(s.get("run", "") for s in steps(jobs["deploy"]))
     assert 'llmp preview-config "$STACK"' in deploy
@@ -154,7 +155,8 @@ def test_reaper_runs_on_a_schedule_and_reports() -> None:
     assert "llmp reap" in run and "GITHUB_STEP_SUMMARY" in run
 
 
-@pytest.mark.parametrize("workflow, stack", [("deploy.yml", "prod"), ("preview.yml", "pr-${{ github.event.pull_request.number }}")])
+@pytest.mark.parametrize("workflow, stack", [("deploy.yml", "prod"),
+                                             ("preview.yml", "pr-${{ github.event.pull_request.number }}")])
 def test_stacks_deploy_from_their_runner_in_the_vpc_after_a_bootstrap_that_touches_no_cluster(workflow, stack) -> None:
     """The cluster APIs are private: the first job builds only the runner (no Kubernetes provider is in its
     targets), and the full `up` runs on that CodeBuild-hosted runner, named by the label CodeBuild routes on."""

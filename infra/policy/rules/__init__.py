@@ -1,12 +1,22 @@
 """The controls: each a pure function over the resources the program would create, and `evaluate` to run them all."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 from infra.policy.rules import budget, cluster, deployability, failover, gpu_pools, residency, secrets, versions
-from infra.policy.rules.base import (ADVISORY, MANDATORY, Control, ControlResult, Findings, ModelIntent, PolicyConfig,
-                                     Resource, Resources)
+from infra.policy.rules.base import (
+    ADVISORY,
+    MANDATORY,
+    Control,
+    ControlResult,
+    Findings,
+    ModelIntent,
+    PolicyConfig,
+    Resource,
+    Resources,
+)
 
 if TYPE_CHECKING:
     from infra.plan.run import Plan
@@ -147,6 +157,6 @@ def evaluate_resources(resources: Iterable[Resource], policy: PolicyConfig) -> l
     return [run_control(c, index, policy) for c in CONTROLS]
 
 
-def evaluate(plan: "Plan") -> list[ControlResult]:
+def evaluate(plan: Plan) -> list[ControlResult]:
     """Every control's result on what the plan's program would create, on the plan's date, in CONTROLS order."""
     return evaluate_resources(plan.resources, replace(PolicyConfig.from_stack(plan.config), plan_date=plan.date))

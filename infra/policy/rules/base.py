@@ -1,10 +1,12 @@
-"""What every control shares: the policy config a stack declares, the resource index a rule reads, and the result record."""
+"""What every control shares: the policy config a stack declares, the resource index a rule reads, and the result
+record."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from infra.config import StackConfig
 
@@ -41,13 +43,20 @@ POOL_LABEL = "llm-platform/pool"
 
 
 class Resource(Protocol):
-    """A resource the program would create: infra.plan.mocks.PlannedResource, or a CrossGuard resource adapted to it."""
-    type: str
-    name: str
-    region: str
-    inputs: Mapping[str, Any]
-    tags: Mapping[str, str]
-    outputs: Mapping[str, Any]
+    """A resource the program would create: infra.plan.mocks.PlannedResource, or a CrossGuard resource adapted to it.
+    The rules only read it (read-only members, so a PlannedResource's dicts fit these Mappings)."""
+    @property
+    def type(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def region(self) -> str: ...
+    @property
+    def inputs(self) -> Mapping[str, Any]: ...
+    @property
+    def tags(self) -> Mapping[str, str]: ...
+    @property
+    def outputs(self) -> Mapping[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -77,7 +86,7 @@ class PolicyConfig:
     plan_date: date | None = None
 
     @classmethod
-    def from_stack(cls, cfg: StackConfig) -> "PolicyConfig":
+    def from_stack(cls, cfg: StackConfig) -> PolicyConfig:
         return cls(
             stack=cfg.stack, environment=cfg.environment, budget_usd=float(cfg.budget.monthly_usd),
             residency={z: list(rs) for z, rs in cfg.residency.items()},
@@ -94,7 +103,7 @@ class PolicyConfig:
                 "models": sorted(self.models)}
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> "PolicyConfig":
+    def from_json(cls, raw: Mapping[str, Any]) -> PolicyConfig:
         restricted = dict(raw.get("restricted_models") or {})
         batch = set(raw.get("batch_models") or [])
         names = list(raw.get("models") or []) or sorted({*restricted, *batch})
@@ -151,7 +160,7 @@ class Control:
     title: str
     description: str
     enforcement: str
-    check: Callable[["Resources", PolicyConfig], Findings]
+    check: Callable[[Resources, PolicyConfig], Findings]
     proven_by: list[str]
 
 

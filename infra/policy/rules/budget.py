@@ -5,8 +5,17 @@ from typing import Any
 
 from infra.catalog import load_catalog
 from infra.plan.cost import estimate
-from infra.policy.rules.base import (BUDGET, EKS_CLUSTER, HELM_RELEASE, NODE_GROUP, TAG_STACK, Findings, PolicyConfig,
-                                     Resources, as_list)
+from infra.policy.rules.base import (
+    BUDGET,
+    EKS_CLUSTER,
+    HELM_RELEASE,
+    NODE_GROUP,
+    TAG_STACK,
+    Findings,
+    PolicyConfig,
+    Resources,
+    as_list,
+)
 
 # What bills by the hour or by the byte among the resource types the program creates, each judged on its
 # own tags (provider default tags included). Node groups' instances and volumes, the clusters' log
@@ -142,13 +151,13 @@ def _stack_tag_coverage(resources: Resources, policy: PolicyConfig, found: Findi
         if not as_list(cluster.inputs.get("enabledClusterLogTypes")):
             continue
         name = f"/aws/eks/{cluster.inputs.get('name') or cluster.outputs.get('name')}/cluster"
-        group = log_groups.get(name)
-        found.judged(cluster, control_plane_log_group=name, created_by_program=group is not None,
-                     retention_days=group.inputs.get("retentionInDays") if group is not None else None)
-        if group is None:
+        log_group = log_groups.get(name)
+        found.judged(cluster, control_plane_log_group=name, created_by_program=log_group is not None,
+                     retention_days=log_group.inputs.get("retentionInDays") if log_group is not None else None)
+        if log_group is None:
             found.fail(f"cluster {cluster.name} in {cluster.region} logs to {name}, which the program does not "
                        f"create: EKS would create it untagged, unseen by the budget and kept forever")
-        elif not group.inputs.get("retentionInDays"):
+        elif not log_group.inputs.get("retentionInDays"):
             found.fail(f"log group {name} keeps its logs forever: set a retention")
 
     for release in resources.of_type(HELM_RELEASE):

@@ -1,4 +1,5 @@
-"""Control `cluster-hardening`: EKS API endpoints are private or allow-listed, secrets are envelope-encrypted, the control plane logs."""
+"""Control `cluster-hardening`: EKS API endpoints are private or allow-listed, secrets are envelope-encrypted, the
+control plane logs."""
 from __future__ import annotations
 
 import ipaddress

@@ -1,4 +1,5 @@
-"""Control `deployability`: the deploy runner can reach every cluster's Kubernetes API, and the stack's VPC blocks do not overlap."""
+"""Control `deployability`: the deploy runner can reach every cluster's Kubernetes API, and the stack's VPC blocks do
+not overlap."""
 from __future__ import annotations
 
 import ipaddress
@@ -44,7 +45,11 @@ def _net(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
 
 def _covers(block: Any, net: Any) -> bool:
     outer, inner = _net(block), _net(net)
-    return bool(outer and inner and inner.version == outer.version and inner.subnet_of(outer))
+    if isinstance(outer, ipaddress.IPv4Network) and isinstance(inner, ipaddress.IPv4Network):
+        return inner.subnet_of(outer)
+    if isinstance(outer, ipaddress.IPv6Network) and isinstance(inner, ipaddress.IPv6Network):
+        return inner.subnet_of(outer)
+    return False
 
 
 def _opens_port(rule: Resource, port: int) -> bool:
@@ -63,7 +68,7 @@ class Network:
     routes: list[Resource]
 
     @classmethod
-    def of(cls, resources: Resources) -> "Network":
+    def of(cls, resources: Resources) -> Network:
         return cls(
             vpc_cidr={str(v.outputs.get("id")): str(v.inputs.get("cidrBlock")) for v in resources.of_type(VPC)},
             subnet_vpc={str(s.outputs.get("id")): str(s.inputs.get("vpcId")) for s in resources.of_type(SUBNET)},
@@ -106,7 +111,8 @@ def _private_path(resources: Resources, net: Network, runner: Resource, runner_v
                   cluster_vpc: str | None) -> tuple[list[str], dict[str, Any]]:
     vpc = cluster.inputs.get("vpcConfig") or {}
     runner_cidr = net.vpc_cidr.get(runner_vpc, "")
-    problems, seen = [], {}
+    problems: list[str] = []
+    seen: dict[str, Any] = {}
     if not vpc.get("endpointPrivateAccess"):
         return ["its private endpoint is off"], seen
     group = str((cluster.outputs.get("vpcConfig") or {}).get("clusterSecurityGroupId") or "")
@@ -117,13 +123,13 @@ def _private_path(resources: Resources, net: Network, runner: Resource, runner_v
     if not admitted:
         problems.append(f"its security group admits no {API_PORT} from the runner's VPC block {runner_cidr}")
     if cluster_vpc is None:
-        return problems + ["its subnets are not in one recorded VPC"], seen
+        return [*problems, "its subnets are not in one recorded VPC"], seen
     if cluster_vpc == runner_vpc:
         seen["path"] = "same VPC as the runner"
         return problems, seen
     peering, why = _accepted_peering(resources, runner_vpc, cluster_vpc)
     if peering is None:
-        return problems + [why], seen
+        return [*problems, why], seen
     seen["path"] = f"peering {peering}"
     runner_subnets = as_list((runner.inputs.get("vpcConfig") or {}).get("subnets"))
     there = net.unrouted(runner_subnets, net.vpc_cidr.get(cluster_vpc, ""), peering)
@@ -155,7 +161,7 @@ def _public_path(cluster: Resource, addresses: list[str]) -> list[str]:
     problems = [f"its allow-list entry {c} is a documentation range (RFC 5737) no runner has"
                 for c in allowed if c not in counted]
     if not addresses:
-        return problems + ["the runner's VPC records no NAT address to allow-list"]
+        return [*problems, "the runner's VPC records no NAT address to allow-list"]
     outside = [a for a in addresses if not any(_covers(c, a) for c in counted)]
     if outside:
         problems.append(f"its allow-list ({', '.join(allowed)}) leaves out the runner's addresses "

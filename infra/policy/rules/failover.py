@@ -1,12 +1,24 @@
-"""Control `failover-topology`: models survive the loss of any one region, every gateway is health-checked in DNS, fallback chains are sound."""
+"""Control `failover-topology`: models survive the loss of any one region, every gateway is health-checked in DNS,
+fallback chains are sound."""
 from __future__ import annotations
 
 from urllib.parse import urlparse
 
 from infra.catalog import load_catalog
 from infra.plan.cost import node_group_types
-from infra.policy.rules.base import (DNS_RECORD, GATEWAY_CHART_DIR, HEALTH_CHECK, NODE_GROUP, POOL_LABEL, Findings,
-                                     PolicyConfig, Resource, Resources, as_int, as_list)
+from infra.policy.rules.base import (
+    DNS_RECORD,
+    GATEWAY_CHART_DIR,
+    HEALTH_CHECK,
+    NODE_GROUP,
+    POOL_LABEL,
+    Findings,
+    PolicyConfig,
+    Resource,
+    Resources,
+    as_int,
+    as_list,
+)
 
 DESCRIPTION = (
     "From the vLLM releases the program installs: every model is served in at least min_regions_per_model "
@@ -35,7 +47,7 @@ def _pool_capacity(resources: Resources, found: Findings) -> None:
     """Each pool must hold every model scheduled on it at maximum replicas (replicas never span nodes)."""
     catalog = load_catalog()
     groups = {(g.region, (g.inputs.get("labels") or {}).get(POOL_LABEL)): g for g in resources.of_type(NODE_GROUP)}
-    demand: dict[tuple[str, str], list[tuple[str, int, int]]] = {}
+    demand: dict[tuple[str, str | None], list[tuple[str, int, int]]] = {}
     for release, model in resources.model_releases():
         values = release.inputs.get("values") or {}
         pool = (values.get("nodeSelector") or {}).get(POOL_LABEL)
@@ -69,7 +81,7 @@ def _pool_capacity(resources: Resources, found: Findings) -> None:
 def _survives_region_loss(placement: dict[str, dict[str, tuple[int, int]]], policy: PolicyConfig,
                           found: Findings) -> None:
     for model, regions in sorted(placement.items()):
-        for zone in sorted({policy.zone_of(r) for r in regions} - {None}):
+        for zone in sorted({z for r in regions if (z := policy.zone_of(r)) is not None}):
             in_zone = {r: mm for r, mm in regions.items() if policy.zone_of(r) == zone}
             for lost, (lost_min, _) in sorted(in_zone.items()):
                 survivors = {r: mm for r, mm in in_zone.items() if r != lost}
@@ -104,7 +116,8 @@ def _gateway_dns(resources: Resources, found: Findings) -> None:
             if check is None:
                 found.fail(f"Route53 record {record.name} for the gateway in {region} has no health check: DNS "
                            f"keeps sending traffic to {region} when it is down")
-            elif str(check.inputs.get("fqdn")) not in hosts or not str(check.inputs.get("fqdn")).startswith(f"{region}."):
+            elif (str(check.inputs.get("fqdn")) not in hosts
+                  or not str(check.inputs.get("fqdn")).startswith(f"{region}.")):
                 found.fail(f"health check {check.name} for {region} probes {check.inputs.get('fqdn')}, which is not "
                            f"the {region} gateway's own regional host ({', '.join(hosts)})")
 
@@ -116,9 +129,9 @@ def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
         state[node] = 1
         for nxt in graph.get(node, []):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt]
+                return [*path[path.index(nxt):], nxt] if nxt in path else [node, nxt]
             if state.get(nxt) is None:
-                cycle = visit(nxt, path + [nxt])
+                cycle = visit(nxt, [*path, nxt])
                 if cycle:
                     return cycle
         state[node] = 2
@@ -166,7 +179,8 @@ def _fallback_chains(resources: Resources, policy: PolicyConfig, found: Findings
                         found.fail(f"gateway in {gateway.region}: restricted model {alias} (zone {zone!r}) can fall "
                                    f"back to deployment {dep.get('name')}{via}, {where}")
             found.judged(gateway, restricted_model=alias, zone=zone, chain=chain,
-                         deployments=[d.get("name") for link in chain for d in as_list(models[link].get("deployments"))])
+                         deployments=[d.get("name") for link in chain
+                                      for d in as_list(models[link].get("deployments"))])
 
 
 def _leaves_zone(dep: dict, zone: str, policy: PolicyConfig) -> str | None:

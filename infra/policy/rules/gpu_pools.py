@@ -1,10 +1,20 @@
-"""Control `gpu-pool-hygiene`: GPU pools are tainted, spot pools are marked and run only batch-tolerant models, every pool is bounded."""
+"""Control `gpu-pool-hygiene`: GPU pools are tainted, spot pools are marked and run only batch-tolerant models, every
+pool is bounded."""
 from __future__ import annotations
 
 from infra.catalog import load_catalog
 from infra.plan.cost import node_group_types
-from infra.policy.rules.base import (NODE_GROUP, POOL_LABEL, TIER_LABEL, Findings, PolicyConfig, Resources, as_int,
-                                     as_list)
+from infra.policy.rules.base import (
+    NODE_GROUP,
+    POOL_LABEL,
+    TIER_LABEL,
+    Findings,
+    PolicyConfig,
+    Resource,
+    Resources,
+    as_int,
+    as_list,
+)
 from infra.scheduling import GPU_TAINT_KEY, GPU_TAINT_VALUE, SPOT_TAINT_KEY, SPOT_TAINT_VALUE
 
 DESCRIPTION = (
@@ -16,7 +26,7 @@ DESCRIPTION = (
     f"bound.")
 
 
-def _has_taint(group, key: str, value: str) -> bool:
+def _has_taint(group: Resource, key: str, value: str) -> bool:
     return any(t.get("key") == key and t.get("value") == value and t.get("effect") == "NO_SCHEDULE"
                for t in as_list(group.inputs.get("taints")))
 
@@ -32,7 +42,8 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
         pool = (group.inputs.get("labels") or {}).get(POOL_LABEL)
         scaling = group.inputs.get("scalingConfig") or {}
         found.judged(group, pool=pool, gpu=gpu, capacity="spot" if spot else "on-demand",
-                     taints=[f"{t.get('key')}={t.get('value')}:{t.get('effect')}" for t in as_list(group.inputs.get("taints"))],
+                     taints=[f"{t.get('key')}={t.get('value')}:{t.get('effect')}"
+                             for t in as_list(group.inputs.get("taints"))],
                      min_size=scaling.get("minSize"), max_size=scaling.get("maxSize"))
         if spot:
             spot_pools.add((group.region, str(pool)))

@@ -1,11 +1,22 @@
-"""Control `region-residency`: every resource stays in a region its residency zone allows; restricted models and secret replicas stay in their zone."""
+"""Control `region-residency`: every resource stays in a region its residency zone allows; restricted models and secret
+replicas stay in their zone."""
 from __future__ import annotations
 
 import re
 from collections import Counter
 
-from infra.policy.rules.base import (DNS_RECORD, GLOBAL, KMS_KEY, KMS_REPLICA_KEY, SECRET, TAG_RESIDENCY, Findings,
-                                     PolicyConfig, Resources, as_list)
+from infra.policy.rules.base import (
+    DNS_RECORD,
+    GLOBAL,
+    KMS_KEY,
+    KMS_REPLICA_KEY,
+    SECRET,
+    TAG_RESIDENCY,
+    Findings,
+    PolicyConfig,
+    Resources,
+    as_list,
+)
 
 # The only resource types allowed outside a region: AWS services that have none. Anything else
 # recorded as "global" was created through the global-services provider by mistake.
@@ -51,6 +62,7 @@ def _arn_region(arn: str) -> str:
 
 def check(resources: Resources, policy: PolicyConfig) -> Findings:
     found = Findings()
+    zone: str | None  # a declared zone here; below, the zone of a resource's region, if any
     for zone, regions in policy.residency.items():
         prefix = JURISDICTIONS.get(zone)
         found.judged(None, zone=zone, allows=list(regions), jurisdiction_prefix=prefix)
@@ -101,7 +113,8 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
 
     for secret in resources.of_type(SECRET):
         zone = policy.zone_of(secret.region)
-        replicas = [(str(rep.get("region")), str(rep.get("kmsKeyId") or "")) for rep in as_list(secret.inputs.get("replicas"))]
+        replicas = [(str(rep.get("region")), str(rep.get("kmsKeyId") or ""))
+                    for rep in as_list(secret.inputs.get("replicas"))]
         found.judged(secret, secret=secret.inputs.get("name"), zone=zone, replicas=[r for r, _ in replicas])
         for region, key in replicas:
             if policy.zone_of(region) != zone or region not in policy.residency.get(zone or "", []):
@@ -142,13 +155,13 @@ def _zone_names(resources: Resources, policy: PolicyConfig, found: Findings) -> 
                 if region not in allowed:
                     found.fail(f"DNS record {record.name} routes {name} (residency zone {zone!r}) by latency from "
                                f"{region}, outside the zone ({', '.join(allowed)})")
-            for target, region in zip(targets, target_regions):
-                if region is None:
+            for target, target_region in zip(targets, target_regions):
+                if target_region is None:
                     found.fail(f"DNS record {record.name} points {name} (residency zone {zone!r}) at {target}, "
                                f"which is not a load balancer whose region can be told")
-                elif region not in allowed:
+                elif target_region not in allowed:
                     found.fail(f"DNS record {record.name} points {name} (residency zone {zone!r}) at a load "
-                               f"balancer in {region}, outside the zone ({', '.join(allowed)})")
+                               f"balancer in {target_region}, outside the zone ({', '.join(allowed)})")
             if not latency and not targets:
                 found.fail(f"DNS record {record.name} for {name} (residency zone {zone!r}) is an alias or empty: "
                            f"it cannot be shown to stay in the zone")

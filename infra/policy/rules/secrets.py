@@ -1,14 +1,31 @@
-"""Control `secret-scope`: a stack's secrets are encrypted with its own keys and each is readable only by the roles meant for it (gateway or model server) in its own region; no policy it writes has a wildcard."""
+"""Control `secret-scope`: a stack's secrets are encrypted with its own keys and each is readable only by the roles
+meant for it (gateway or model server) in its own region; no policy it writes has a wildcard."""
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from infra.components.secrets import huggingface_token_name
-from infra.policy.rules.base import (GATEWAY_CHART_DIR, IAM_POLICY, IAM_ROLE, IAM_ROLE_POLICY,
-                                     IAM_ROLE_POLICY_ATTACHMENT, KMS_KEY, KMS_REPLICA_KEY, SECRET, SECRET_POLICY,
-                                     VLLM_CHART_DIR, Findings, PolicyConfig, Resource, Resources, as_list,
-                                     policy_document, statements)
+from infra.policy.rules.base import (
+    GATEWAY_CHART_DIR,
+    IAM_POLICY,
+    IAM_ROLE,
+    IAM_ROLE_POLICY,
+    IAM_ROLE_POLICY_ATTACHMENT,
+    KMS_KEY,
+    KMS_REPLICA_KEY,
+    SECRET,
+    SECRET_POLICY,
+    VLLM_CHART_DIR,
+    Findings,
+    PolicyConfig,
+    Resource,
+    Resources,
+    as_list,
+    policy_document,
+    statements,
+)
 
 READ_SECRET = "secretsmanager:GetSecretValue"
 
@@ -149,7 +166,8 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
         arn = str(secret.outputs.get("arn") or "")
         stack_secrets[arn] = (secret, secret.region)
         kms = str(secret.inputs.get("kmsKeyId") or "")
-        replicas = [(str(r.get("region")), str(r.get("kmsKeyId") or "")) for r in as_list(secret.inputs.get("replicas"))]
+        replicas = [(str(r.get("region")), str(r.get("kmsKeyId") or ""))
+                    for r in as_list(secret.inputs.get("replicas"))]
         for region, _ in replicas:
             stack_secrets[_replica_arn(arn, secret.region, region)] = (secret, region)
         if not name.startswith(prefix):
@@ -168,7 +186,8 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
             found.fail(f"secret {name} in {secret.region} has no resource policy: any principal of the account "
                        f"whose IAM policies allow {READ_SECRET} can read it")
         else:
-            fences = [s for s in statements(doc) if s.get("Effect") == "Deny" and _is_wildcard_principal(s.get("Principal"))
+            fences = [s for s in statements(doc)
+                      if s.get("Effect") == "Deny" and _is_wildcard_principal(s.get("Principal"))
                       and any(_matches(str(a), READ_SECRET) for a in as_list(s.get("Action")))
                       and "aws:principalarn" in _narrowing_keys(s)]
             for s in fences:

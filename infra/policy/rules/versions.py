@@ -1,7 +1,8 @@
-"""Control `version-support`: every cluster runs a Kubernetes version EKS supports well past the plan's date, node groups pinned to it."""
+"""Control `version-support`: every cluster runs a Kubernetes version EKS supports well past the plan's date, node
+groups pinned to it."""
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 from infra.catalog import VersionSupport, load_catalog
 from infra.policy.rules.base import EKS_CLUSTER, NODE_GROUP, Findings, PolicyConfig, Resources
@@ -45,7 +46,7 @@ def _key(version: str) -> tuple[int, ...]:
 
 def check(resources: Resources, policy: PolicyConfig) -> Findings:
     found = Findings()
-    today = policy.plan_date or datetime.now(timezone.utc).date()
+    today = policy.plan_date or datetime.now(UTC).date()
     calendar = load_catalog().kubernetes_versions
     clusters = resources.of_type(EKS_CLUSTER)
     if not clusters:
@@ -64,7 +65,7 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
         if not version:
             found.fail(f"EKS cluster {cluster.name} in {cluster.region} does not pin a Kubernetes version: EKS "
                        f"picks its default, and the next deploy may differ from the last")
-        elif support is None:
+        elif ends is None:  # not in the calendar
             known = ", ".join(sorted(calendar, key=_key))
             found.fail(f"EKS cluster {cluster.name} in {cluster.region} runs Kubernetes {version}, which is not in "
                        f"the EKS version calendar (infra/catalog.yaml knows {known})")
