@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -47,6 +48,15 @@ class RunningGateway:
     def calls(self) -> list[dict[str, Any]]:
         lines = [orjson.loads(line) for line in self.log_buffer.getvalue().splitlines() if line]
         return [line for line in lines if line.get("event") == "call"]
+
+    async def logged_calls(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """The call log once it holds `count` calls. A call is logged after its answer is sent, so the
+        client can have the last answer before the gateway (on the same loop) has logged it."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(calls := self.calls()) < count:
+            assert asyncio.get_running_loop().time() < deadline, f"{len(calls)} of {count} calls logged"
+            await asyncio.sleep(0.01)
+        return calls
 
 
 def gateway_config(deployments: list[dict[str, Any]] | None = None, models: list[dict[str, Any]] | None = None,
