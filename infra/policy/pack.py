@@ -19,7 +19,7 @@ from pulumi_policy import (
 
 from infra.config import StackConfig
 from infra.plan.mocks import PlannedResource
-from infra.policy.rules import CONTROLS, MANDATORY, Control, PolicyConfig, Resources
+from infra.policy.rules import CONTROLS, DEPLOY_CONTROLS, MANDATORY, Control, PolicyConfig, Resources
 from infra.policy.rules.base import GLOBAL, TAG_REGION, TAG_STACK
 
 PACK_NAME = "llm-platform"
@@ -117,13 +117,13 @@ def stack_policy(control: Control) -> StackValidationPolicy:
 
 
 def policies() -> list[Policy]:  # as PolicyPack takes them
-    return [stack_policy(c) for c in CONTROLS]
+    return [stack_policy(c) for c in [*CONTROLS, *DEPLOY_CONTROLS]]
 
 
 def pack_config(cfg: StackConfig) -> dict[str, dict[str, Any]]:
     """The `--policy-pack-config` document for a stack: the same PolicyConfig for every policy, minus the stack name."""
     intent = {k: v for k, v in PolicyConfig.from_stack(cfg).as_json().items() if k != "stack"}
-    return {c.id: dict(intent) for c in CONTROLS}
+    return {c.id: dict(intent) for c in [*CONTROLS, *DEPLOY_CONTROLS]}
 
 
 def write_pack_configs(stacks: Iterable[str] = ("prod", "preview")) -> list[Path]:

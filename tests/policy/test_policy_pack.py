@@ -24,7 +24,7 @@ from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError, unknown
 from infra.config import load_file, stack_file
 from infra.plan.run import Plan
 from infra.policy.pack import CONFIG_DIR, CONFIG_SCHEMA, pack_config, policies, to_planned
-from infra.policy.rules import CONTROLS
+from infra.policy.rules import CONTROLS, DEPLOY_CONTROLS
 from tests.policy.helpers import find, mutated
 
 PACK_DIR = Path(__file__).resolve().parents[2] / "infra" / "policy"
@@ -81,7 +81,7 @@ def collect_into(found: list[str]) -> ReportViolation:
 
 def test_pack_has_one_mandatory_stack_policy_per_control():
     pack = policies()
-    assert [p.name for p in pack] == [c.id for c in CONTROLS]
+    assert [p.name for p in pack] == [c.id for c in [*CONTROLS, *DEPLOY_CONTROLS]]
     assert all(isinstance(p, StackValidationPolicy) for p in pack)
     assert all(p.enforcement_level == EnforcementLevel.MANDATORY for p in pack)
     assert all(p.config_schema is CONFIG_SCHEMA for p in pack)
@@ -94,7 +94,29 @@ def test_pack_sees_the_same_regions_as_the_offline_plan(prod_plan):
 
 
 def test_pack_passes_prod_and_preview(stack_plan):
-    assert run_pack(stack_plan) == {c.id: [] for c in CONTROLS}
+    """Every control passes; prod, as shipped, is blocked only for its example reservation ids (next test)."""
+    violations = run_pack(stack_plan)
+    assert {c.id: violations[c.id] for c in CONTROLS} == {c.id: [] for c in CONTROLS}
+    if stack_plan.stack == "preview":
+        assert violations["no-example-values"] == []
+
+
+def test_a_real_deploy_of_shipped_prod_is_blocked_until_its_reservations_are_its_own(prod_plan):
+    """The offline plan judges the example stack as shipped; a real preview must refuse to start an update that
+    EC2 would fail in the middle, on reservation ids no account has."""
+    reserved = [r for r in prod_plan.of_type("aws:ec2/launchTemplate:LaunchTemplate")
+                if r.inputs.get("capacityReservationSpecification")]
+    assert len(reserved) == len(prod_plan.config.regions)  # one reserved H100 pool per region
+    blocked = run_pack(prod_plan)["no-example-values"]
+    assert len(blocked) == len(reserved)
+    assert all("the example reservation id the stack file ships" in v for v in blocked)
+
+    def own_reservations(rs):
+        for i, r in enumerate(r for r in rs if r.type == "aws:ec2/launchTemplate:LaunchTemplate"
+                              and r.inputs.get("capacityReservationSpecification")):
+            r.inputs["capacityReservationSpecification"]["capacityReservationTarget"]["capacityReservationId"] = \
+                f"cr-0f1e2d3c4b5a6978{i}"
+    assert run_pack(prod_plan, mutated(prod_plan, own_reservations))["no-example-values"] == []
 
 
 def test_pack_blocks_a_stack_missing_a_health_check_and_a_taint(prod_plan):
@@ -167,7 +189,7 @@ def test_the_pack_entry_point_serves_the_analyzer_protocol(preview_plan):
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             analyzer = analyzer_pb2_grpc.AnalyzerStub(channel)
             info = analyzer.GetAnalyzerInfo(empty_pb2.Empty(), timeout=30)
-            assert [p.name for p in info.policies] == [c.id for c in CONTROLS]
+            assert [p.name for p in info.policies] == [c.id for c in [*CONTROLS, *DEPLOY_CONTROLS]]
             config = json.loads((CONFIG_DIR / "preview.json").read_text())
             request = analyzer_pb2.ConfigureAnalyzerRequest()
             for name, values in config.items():

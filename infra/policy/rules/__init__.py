@@ -5,7 +5,17 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from infra.policy.rules import budget, cluster, deployability, failover, gpu_pools, residency, secrets, versions
+from infra.policy.rules import (
+    budget,
+    cluster,
+    deployability,
+    example_values,
+    failover,
+    gpu_pools,
+    residency,
+    secrets,
+    versions,
+)
 from infra.policy.rules.base import (
     ADVISORY,
     MANDATORY,
@@ -21,8 +31,8 @@ from infra.policy.rules.base import (
 if TYPE_CHECKING:
     from infra.plan.run import Plan
 
-__all__ = ["ADVISORY", "CONTROLS", "MANDATORY", "Control", "ControlResult", "Findings", "ModelIntent",
-           "PolicyConfig", "Resource", "Resources", "control", "evaluate", "evaluate_resources"]
+__all__ = ["ADVISORY", "CONTROLS", "DEPLOY_CONTROLS", "MANDATORY", "Control", "ControlResult", "Findings",
+           "ModelIntent", "PolicyConfig", "Resource", "Resources", "control", "evaluate", "evaluate_resources"]
 
 _T = "tests/policy/"
 
@@ -137,6 +147,16 @@ CONTROLS: list[Control] = [
                 f"{_T}test_deployability.py::test_documentation_range_allow_list_is_rejected",
                 f"{_T}test_deployability.py::test_overlapping_vpc_blocks_are_rejected",
                 f"{_T}test_deployability.py::test_stack_without_a_deploy_runner_is_rejected",
+            ]),
+]
+
+# Controls the CrossGuard pack adds for a real deploy only: the offline plan judges the shipped example stacks,
+# which carry example values on purpose.
+DEPLOY_CONTROLS: list[Control] = [
+    Control("no-example-values", "Nothing the stack creates uses a value shipped as an example",
+            example_values.DESCRIPTION, MANDATORY, example_values.check, [
+                f"{_T}test_policy_pack.py::test_a_real_deploy_of_shipped_prod_is_blocked_until_its_reservations_are_its_own",
+                f"{_T}test_policy_pack.py::test_pack_passes_prod_and_preview",
             ]),
 ]
 
