@@ -25,6 +25,19 @@ per region into a ConfigMap)::
       affinity:
         bounded_load: 1.25       # a replica takes at most 1.25x the mean in-flight load
         prefix_chars: 512        # prompt prefix hashed when no x-session-id or user is given
+      front_door:                # what one client connection may send and hold (gateway/config/limits.py)
+        header_bytes: 16384      # request line and each header field
+        body_bytes: 16777216     # any request body (models and keys may cap lower)
+        json_depth: 64           # nesting of a JSON body
+        keepalive_idle: 75       # s an idle keep-alive connection stays open
+        request_read: 30         # s for a request's headers and body to arrive
+        connections: 4096        # open client connections per worker
+        shutdown_grace: 50       # s calls in flight get after SIGTERM
+      upstream_limits:           # what one upstream answer may make the gateway hold
+        header_bytes: 65536
+        body_bytes: 67108864     # a whole answer as received
+        decompressed_bytes: 67108864
+        sse_event_bytes: 8388608 # one server-sent event
 
     models:
       - alias: llama-3.1-8b      # the `model` clients send
@@ -93,6 +106,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gateway.config.env import resolve_env
 from gateway.config.errors import ConfigError, format_validation_error
 from gateway.config.governance import KeySettings, LedgerSettings, RedisSettings, SecretsSettings
+from gateway.config.limits import FrontDoor, UpstreamLimits
 from gateway.config.other_zones import OtherZone, check_other_zones
 
 
@@ -215,6 +229,8 @@ class GatewaySettings(_Strict):
     retries: Retries = Retries()
     circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
     affinity: AffinitySettings = AffinitySettings()
+    front_door: FrontDoor = FrontDoor()
+    upstream_limits: UpstreamLimits = UpstreamLimits()
 
 
 class GatewayConfig(_Strict):
