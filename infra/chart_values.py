@@ -10,10 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from infra.catalog import load_catalog
 from infra.components.dns import regional_host, zone_host
 from infra.components.secrets import huggingface_token_name
-from infra.config import ROOT, Model, Region, StackConfig
+from infra.config import ROOT, Model, Pool, Region, StackConfig, _nodes_for
 from infra.scheduling import GPU_RESOURCE, pool_node_selector, pool_tolerations
+from infra.sizing import model_resources
 
 VLLM_CHART: Path = ROOT / "charts" / "vllm"
 GATEWAY_CHART: Path = ROOT / "charts" / "gateway"
@@ -29,8 +33,22 @@ VLLM_PORT = 8000
 GATEWAY_PORT = 4000
 SESSION_HEADER = "x-session-id"
 
-# Pinned: a tag, never `latest`. Bump deliberately; the chart's appVersion says the same.
-VLLM_IMAGE = {"repository": "vllm/vllm-openai", "tag": "v0.11.0"}
+# Pinned: a tag, never `latest`. Bump deliberately; the chart's appVersion says the same. v0.18.0 is the first
+# release whose `vllm serve --shutdown-timeout` drains in-flight requests on SIGTERM instead of aborting them
+# (vllm-project/vllm#34730; llm-d/llm-d#927); v0.33.0 is the newest stable release (PyPI, 2026-11).
+VLLM_IMAGE = {"repository": "vllm/vllm-openai", "tag": "v0.33.0"}
+
+# The drain contract of a model server (charts/vllm `drain`). The gateway watches EndpointSlices: a
+# terminating replica keeps serving for PRESTOP seconds while its endpoint's removal reaches the gateway and
+# every kube-proxy, then vLLM gets DRAIN seconds to finish what it holds before it exits.
+VLLM_PRESTOP_SECONDS = 15
+VLLM_DRAIN_SECONDS = 120
+# The rollout budget of one replica on top of its startup probe: pulling the vLLM image (about 10 GB) onto
+# a fresh node, and the old replica's drain on a full pool, where the new one waits for its GPUs.
+IMAGE_PULL_SECONDS = 900
+# charts/vllm adds this to preStop + drain for terminationGracePeriodSeconds: the engine's own exit after the
+# last request.
+DRAIN_MARGIN_SECONDS = 15
 
 
 def vllm_release_name(model: Model) -> str:
@@ -67,6 +85,7 @@ def vllm_values(cfg: StackConfig, model: Model, region: Region, *, role_arn: Any
     # The HPA cannot go below one replica without the HPAScaleToZero feature gate, so a model whose
     # minimum is 0 (batch on spot) keeps one warm replica and scales up to its maximum.
     min_replicas = max(1, model.replicas.min)
+    size = model_resources(model, pool, load_catalog()).values()
     values: dict[str, Any] = {
         "image": dict(VLLM_IMAGE),
         "model": {
@@ -85,6 +104,14 @@ def vllm_values(cfg: StackConfig, model: Model, region: Region, *, role_arn: Any
             "minReplicas": min_replicas,
             "maxReplicas": max(min_replicas, model.replicas.max),
         },
+        # A share of the pool's smallest node (infra/sizing.py). The memory limit is the request: replicas
+        # share nodes, and /dev/shm's pages count against it.
+        "resources": {"requests": {"cpu": size["cpu"], "memory": size["memory"]},
+                      "limits": {"memory": size["memory"]}},
+        "shm": {"sizeLimit": size["shm"]},
+        "strategy": rollout_strategy(cfg, model, region, pool),
+        "drain": {"preStopSeconds": VLLM_PRESTOP_SECONDS, "timeoutSeconds": VLLM_DRAIN_SECONDS,
+                  "marginSeconds": DRAIN_MARGIN_SECONDS},
         "nodeSelector": pool_node_selector(pool.name),
         "tolerations": pool_tolerations(pool.spot),
         "sessionAffinity": {"header": SESSION_HEADER},
@@ -112,6 +139,39 @@ def vllm_values(cfg: StackConfig, model: Model, region: Region, *, role_arn: Any
     if s3:
         # The weights live in the stack's own bucket: an init container syncs them to the node first.
         values["modelCache"] = {"s3": {"uri": model.source}}
+    return values
+
+
+def rollout_strategy(cfg: StackConfig, model: Model, region: Region, pool: Pool) -> dict[str, Any]:
+    """Surge only where the pool has room: nodes stay at min_nodes (managed node groups keep desired =
+    min_nodes, and no node autoscaler runs), so a surge replica on a full pool would wait Pending forever and
+    the rollout never finish. On a full pool a replica goes first (maxUnavailable 1): while it reloads, the
+    gateway routes to the model's other replicas, or to the other region of the zone."""
+    catalog = load_catalog()
+    per_node = [catalog.instance(t).gpus for t in pool.instance_types if t in catalog.instances]
+    gpus_per_node = min(per_node)
+    models = [m for m in cfg.models_in(region.name) if m.pool == pool.name and m.gpus <= gpus_per_node]
+    floors = {m.name: max(1, m.replicas.min) for m in models}
+    surge = {**floors, model.name: floors[model.name] + 1}
+    if _nodes_for(models, gpus_per_node, surge) <= pool.min_nodes:
+        rolling = {"maxSurge": 1, "maxUnavailable": 0}
+    else:
+        rolling = {"maxSurge": 0, "maxUnavailable": 1}
+    return {"type": "RollingUpdate", "rollingUpdate": rolling}
+
+
+def rollout_timeout_seconds(values: dict[str, Any]) -> int:
+    """How long `pulumi up` waits for a model release: each replica in turn may drain its predecessor, pull
+    the image and use its whole startup probe budget."""
+    startup = values.get("probes", _chart_defaults(VLLM_CHART)["probes"])["startup"]
+    drain = values["drain"]
+    grace = drain["preStopSeconds"] + drain["timeoutSeconds"] + drain["marginSeconds"]
+    per_replica = grace + IMAGE_PULL_SECONDS + startup["periodSeconds"] * startup["failureThreshold"]
+    return int(values["replicaCount"]) * per_replica + 300
+
+
+def _chart_defaults(chart: Path) -> dict[str, Any]:
+    values: dict[str, Any] = yaml.safe_load((chart / "values.yaml").read_text())
     return values
 
 

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
 from infra.catalog import Catalog, load_catalog
 from infra.placement import placement_problems
+from infra.sizing import fit_problems, parse_cpu, parse_memory
 
 NAMESPACE = "llm-platform"
 PREVIEW_TEMPLATE = "preview"
@@ -117,6 +118,27 @@ class Replicas(_Model):
     max: int = Field(ge=1)
 
 
+class ModelResources(_Model):
+    """What one replica requests, when the share of its pool's node that infra/sizing.py computes is not right."""
+    cpu: str | float | None = None  # Kubernetes quantity: 4, 0.5, "3500m"
+    memory: str | None = None  # "24Gi", "16384Mi"
+    shm: str | None = None  # /dev/shm, memory-backed: part of `memory`, not added to it
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu(cls, value: str | float | None) -> str | float | None:
+        if value is not None and parse_cpu(value) <= 0:
+            raise ValueError(f"{value!r} must be above zero")
+        return value
+
+    @field_validator("memory", "shm")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        if value is not None and parse_memory(value) <= 0:
+            raise ValueError(f"{value!r} must be at least 1Mi")
+        return value
+
+
 class Model(_Model):
     name: Slug
     source: str = Field(min_length=1)  # Hugging Face repo id or s3:// prefix
@@ -129,6 +151,8 @@ class Model(_Model):
     tier: Literal["interactive", "batch"] = "interactive"
     residency: str | None = None  # set: the model is restricted to this zone (data may not leave it)
     gpu_memory_utilization: float = Field(default=0.90, gt=0.1, le=0.98)
+    # Unset: a share of the pool's smallest node proportional to `gpus` (infra/sizing.py).
+    resources: ModelResources | None = None
 
     @property
     def batch_tolerant(self) -> bool:
@@ -517,6 +541,8 @@ def _check_model(cfg: StackConfig, catalog: Catalog, i: int, model: Model,
             problems.append((f"{at}.gpus",
                              f"{model.gpus} GPUs per replica, but pool {pool.name} in {name} has instances "
                              f"with only {min(fits)} GPU(s) ({', '.join(pool.instance_types)})"))
+            continue
+        problems.extend((f"{at}.resources.{key}", msg) for key, msg in fit_problems(model, pool, name, catalog))
     return problems
 
 

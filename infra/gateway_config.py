@@ -10,6 +10,9 @@ from infra.config import Model, Region, StackConfig, hosted_fallback
 # References the gateway resolves in its stack's Secrets Manager path, llm-platform/<stack>/<name>
 # (infra/components/secrets.py creates them; the gateway's IRSA role reads exactly these).
 MASTER_KEY = "secret/gateway/master-key"
+# After SIGTERM, calls in flight get this long (s) to finish (gateway.front_door.shutdown_grace); charts/gateway
+# reads it from the rendered config for terminationGracePeriodSeconds, so the two cannot disagree.
+SHUTDOWN_GRACE_SECONDS = 50
 
 
 def provider_key(provider: str) -> str:
@@ -64,7 +67,8 @@ def gateway_config(cfg: StackConfig, region: Region) -> dict[str, Any]:
             models.append({"alias": model.name, "max_tokens": model.max_model_len // 2, "deployments": deployments})
     return {
         "version": 1,
-        "gateway": {"region": region.name, "residency": region.residency, "master_key": MASTER_KEY},
+        "gateway": {"region": region.name, "residency": region.residency, "master_key": MASTER_KEY,
+                    "front_door": {"shutdown_grace": SHUTDOWN_GRACE_SECONDS}},
         "secrets": {"source": "aws-secretsmanager", "stack": cfg.stack, "region": region.name},
         "models": models,
         "other_zones": other_zones(cfg, region),

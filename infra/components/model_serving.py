@@ -7,7 +7,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.chart_values import MODEL_NAMESPACE, VLLM_CHART, vllm_release_name, vllm_values
+from infra.chart_values import MODEL_NAMESPACE, VLLM_CHART, rollout_timeout_seconds, vllm_release_name, vllm_values
 from infra.config import Model, Region, StackConfig
 
 
@@ -23,15 +23,21 @@ class ModelServing(pulumi.ComponentResource):
     def __init__(self, name: str, args: ModelServingArgs, kubernetes: k8s.Provider,
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("llm-platform:serving:ModelServing", name, None, opts)
+        values = vllm_values(args.cfg, args.model, args.region, role_arn=args.role_arn)
         self.release = k8s.helm.v3.Release(
             name,
             name=vllm_release_name(args.model),
             chart=str(VLLM_CHART),
             namespace=MODEL_NAMESPACE,
             create_namespace=True,
-            values=vllm_values(args.cfg, args.model, args.region, role_arn=args.role_arn),
-            # Model downloads take minutes; don't fail the deploy while weights load.
-            skip_await=True,
+            values=values,
+            # Awaited: a rollout that cannot finish (a replica that never gets its GPUs, a server that crashes
+            # at start) fails the deploy instead of passing unseen. The timeout covers every replica's drain,
+            # image pull and weight load in turn. Not atomic: rolling back a half-done roll on a full pool
+            # would take another replica down and reload weights for minutes; the operator decides, with the
+            # failed deploy in front of them.
+            skip_await=False,
+            timeout=rollout_timeout_seconds(values),
             opts=pulumi.ResourceOptions(parent=self, provider=kubernetes),
         )
         self.register_outputs({"release": self.release.name})

@@ -104,7 +104,7 @@ def test_the_server_serves_the_model_with_its_configured_limits(prod, region, mo
 
 
 def test_the_image_is_pinned_and_can_be_pinned_by_digest():
-    assert _defaults().container("vllm")["image"] == "vllm/vllm-openai:v0.11.0"
+    assert _defaults().container("vllm")["image"] == "vllm/vllm-openai:v0.33.0"
     digest = "sha256:" + "a" * 64
     r = _defaults(image={"digest": digest})
     assert r.container("vllm")["image"] == f"vllm/vllm-openai@{digest}"

@@ -53,3 +53,20 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.image.repository .Values.image.tag }}
 {{- end }}
 {{- end }}
+
+{{/* The gateway's own drain after SIGTERM: gateway.front_door.shutdown_grace in its config, 50 s by default. */}}
+{{- define "gateway.shutdownGraceSeconds" -}}
+{{- $grace := dig "gateway" "front_door" "shutdown_grace" 50 .Values.config }}
+{{- int (ceil (float64 $grace)) }}
+{{- end }}
+
+{{/* Seconds a terminating pod gets: preStop sleep, the gateway's shutdown grace, then a margin. */}}
+{{- define "gateway.terminationGracePeriodSeconds" -}}
+{{- add .Values.drain.preStopSeconds (include "gateway.shutdownGraceSeconds" . | int) .Values.drain.marginSeconds }}
+{{- end }}
+
+{{- define "gateway.testImage" -}}
+{{- with .Values.tests.image }}
+{{- if .digest }}{{ printf "%s@%s" .repository .digest }}{{ else }}{{ printf "%s:%s" .repository .tag }}{{ end }}
+{{- end }}
+{{- end }}

@@ -89,3 +89,25 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "vllm.hfTokenProviderClass" -}}
 {{- printf "%s-hf-token" (include "vllm.fullname" . | trunc 54 | trimSuffix "-") }}
 {{- end }}
+
+{{/* Seconds a terminating pod gets: preStop sleep, vLLM's drain, then the engine's exit. */}}
+{{- define "vllm.terminationGracePeriodSeconds" -}}
+{{- add .Values.drain.preStopSeconds .Values.drain.timeoutSeconds .Values.drain.marginSeconds }}
+{{- end }}
+
+{{/* The startup probe's budget plus 15 minutes for pulling the image. */}}
+{{- define "vllm.progressDeadlineSeconds" -}}
+{{- $s := .Values.probes.startup }}
+{{- add (mul $s.periodSeconds $s.failureThreshold) 900 }}
+{{- end }}
+
+{{/* "true" when the release may run more than one replica (spread constraints then apply). */}}
+{{- define "vllm.mayRunReplicas" -}}
+{{- if or (gt (int .Values.replicaCount) 1) (and .Values.autoscaling.enabled (gt (int .Values.autoscaling.maxReplicas) 1)) }}true{{- end }}
+{{- end }}
+
+{{- define "vllm.testImage" -}}
+{{- with .Values.tests.image }}
+{{- if .digest }}{{ printf "%s@%s" .repository .digest }}{{ else }}{{ printf "%s:%s" .repository .tag }}{{ end }}
+{{- end }}
+{{- end }}
