@@ -1,6 +1,11 @@
 """charts/vllm, rendered by real Helm with the values the Pulumi program computes for the prod stack."""
 from __future__ import annotations
 
+import os
+import pwd
+import subprocess
+import sys
+
 import pytest
 import yaml
 
@@ -378,3 +383,247 @@ def test_the_chart_the_program_and_the_defaults_pin_the_same_vllm_release():
     with helm.Chart.load(VLLM_CHART) as chart:
         assert chart.metadata["appVersion"] == chart.values["image"]["tag"] == VLLM_IMAGE["tag"]
         assert chart.values["image"]["repository"] == VLLM_IMAGE["repository"]
+
+
+# --- a uid without a passwd entry: user name and writable caches --------------------------------
+
+# Where vLLM, Hugging Face, torch.compile and Triton write (vllm/envs.py, huggingface_hub/constants.py,
+# torch/_inductor/runtime/cache_dir_utils.py, triton's cache manager): all must land on a writable volume.
+CACHE_VARIABLES = ("HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "HF_HOME", "VLLM_CACHE_ROOT",
+                   "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
+
+
+def _env(r: Rendered) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in r.container("vllm")["env"] if "value" in e}
+
+
+@RELEASES
+def test_every_cache_the_server_writes_is_on_a_writable_volume(prod, region, model):
+    r = _prod(prod, region, model)
+    env = _env(r)
+    assert r.container("vllm")["securityContext"]["readOnlyRootFilesystem"] is True
+    writable = [m["mountPath"] for m in r.container("vllm")["volumeMounts"] if not m.get("readOnly")]
+    for name in CACHE_VARIABLES:
+        assert any(env[name] == w or env[name].startswith(w + "/") for w in writable), f"{name}={env[name]}"
+
+
+def _getuser_as(uid: int, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """getpass.getuser() (what torch.compile calls for its default cache directory) in a process running as
+    `uid`, which has no passwd entry here either, with exactly `env`."""
+    # The system interpreter: the project's venv may not be readable by other uids; getpass is stdlib.
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    return subprocess.run([python, "-c", "import getpass; print(getpass.getuser())"], cwd="/",
+                          env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True, timeout=30,
+                          user=uid, group=uid, extra_groups=[])
+
+
+@RELEASES
+def test_the_server_has_a_user_name_though_its_uid_has_no_passwd_entry(prod, region, model):
+    """vLLM compiles by default, and torch's inductor cache asks getpass.getuser(), which raises
+    KeyError('getpwuid(): uid not found: 10001') for a uid without a passwd entry unless USER or LOGNAME
+    is set. Reproduced here with the rendered environment, as that very uid."""
+    r = _prod(prod, region, model)
+    uid = r.pod_spec()["securityContext"]["runAsUser"]
+    assert os.geteuid() == 0, "this check starts a process as the pod's uid, which needs root"
+    with pytest.raises(KeyError):
+        pwd.getpwuid(uid)
+    without = _getuser_as(uid, {"HOME": "/tmp"})
+    assert without.returncode != 0 and "uid not found" in without.stderr
+    env = _env(r)
+    named = _getuser_as(uid, env)
+    assert named.returncode == 0, named.stderr
+    assert named.stdout.strip() == env["USER"] == env["LOGNAME"]
+
+
+@RELEASES
+def test_no_service_links_are_injected_into_the_model_pods(prod, region, model):
+    """A Service named `vllm` in the namespace would inject VLLM_PORT=tcp://..., which vLLM reads as its own
+    setting and refuses to start on."""
+    assert _prod(prod, region, model).pod_spec()["enableServiceLinks"] is False
+
+
+# --- the drain contract --------------------------------------------------------------------------
+
+FIRST_DRAINING_VLLM = (0, 18, 0)  # `vllm serve --shutdown-timeout` (vllm-project/vllm#34730)
+
+
+def _version(tag: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in tag.lstrip("v").split(".")[:3])
+
+
+def test_the_pinned_vllm_drains_on_sigterm():
+    from infra.chart_values import VLLM_IMAGE
+    assert _version(VLLM_IMAGE["tag"]) >= FIRST_DRAINING_VLLM
+
+
+@RELEASES
+def test_a_terminating_server_keeps_serving_then_drains_within_its_grace_period(prod, region, model):
+    """preStop sleep (the endpoint's removal reaches the gateway's EndpointSlice watch), then SIGTERM and
+    vLLM's --shutdown-timeout, all inside terminationGracePeriodSeconds with a margin."""
+    r = _prod(prod, region, model)
+    pre_stop = r.container("vllm")["lifecycle"]["preStop"]["sleep"]["seconds"]
+    drain = [int(a.split("=", 1)[1]) for a in _args(r) if a.startswith("--shutdown-timeout=")]
+    assert len(drain) == 1 and drain[0] >= 60
+    assert pre_stop >= 15
+    assert r.pod_spec()["terminationGracePeriodSeconds"] >= pre_stop + drain[0] + 10
+
+
+def test_the_grace_period_is_computed_from_the_drain_values_and_cannot_be_set_apart():
+    r = _defaults(drain={"preStopSeconds": 20, "timeoutSeconds": 300, "marginSeconds": 30})
+    assert r.pod_spec()["terminationGracePeriodSeconds"] == 350
+    assert "--shutdown-timeout=300" in _args(r)
+    assert r.container("vllm")["lifecycle"]["preStop"] == {"sleep": {"seconds": 20}}
+    message = install_error(VLLM_CHART, {"terminationGracePeriodSeconds": 30}, name="vllm-demo",
+                            namespace=MODEL_NAMESPACE)
+    assert "terminationGracePeriodSeconds" in message
+
+
+def _admits(constraint: str, version: str) -> bool:
+    """Helm's `kubeVersion: ">=X.Y.Z-0"` (the only form the charts use) against a cluster version."""
+    assert constraint.startswith(">=") and constraint.endswith("-0"), constraint
+    return _version(version) >= _version(constraint[2:-2])
+
+
+def test_the_charts_need_kubernetes_1_30_for_the_pre_stop_sleep_action():
+    """The sleep action of a lifecycle hook is beta, on by default, from Kubernetes 1.30 (KEP-3960)."""
+    from infra.chart_values import GATEWAY_CHART
+    for chart in (VLLM_CHART, GATEWAY_CHART):
+        constraint = yaml.safe_load((chart / "Chart.yaml").read_text())["kubeVersion"]
+        assert not _admits(constraint, "1.29.15") and _admits(constraint, "1.30.0"), (chart, constraint)
+        rendered = render(chart, None, name=chart.name, namespace=MODEL_NAMESPACE)
+        assert "sleep" in rendered.pod_spec()["containers"][0]["lifecycle"]["preStop"]
+
+
+# --- sizes that fit their nodes ------------------------------------------------------------------
+
+def _mib(quantity: str) -> int:
+    from infra.sizing import parse_memory
+    return parse_memory(quantity)
+
+
+@RELEASES
+def test_each_replica_fits_every_instance_type_of_its_pool_beside_the_daemonsets(prod, region, model):
+    from infra.catalog import load_catalog
+    from infra.sizing import DAEMONSET_HEADROOM, parse_cpu
+    r = _prod(prod, region, model)
+    m = _model(prod, model)
+    requests = r.container("vllm")["resources"]["requests"]
+    for itype in prod.region(region).pool(m.pool).instance_types:
+        node = load_catalog().instance(itype)
+        share = m.gpus / node.gpus
+        cpu_room = (node.allocatable_cpu_millicores - DAEMONSET_HEADROOM.cpu_millicores) * share
+        memory_room = (node.allocatable_memory_mib - DAEMONSET_HEADROOM.memory_mib) * share
+        assert parse_cpu(requests["cpu"]) <= cpu_room, f"{itype}: {requests['cpu']} CPU"
+        assert _mib(requests["memory"]) <= memory_room, f"{itype}: {requests['memory']}"
+
+
+@RELEASES
+def test_dev_shm_lives_inside_the_replicas_memory_limit(prod, region, model):
+    r = _prod(prod, region, model)
+    resources = r.container("vllm")["resources"]
+    shm = next(v for v in r.pod_spec()["volumes"] if v["name"] == "dshm")["emptyDir"]
+    assert resources["limits"]["memory"] == resources["requests"]["memory"]
+    assert 1024 <= _mib(shm["sizeLimit"]) <= _mib(resources["limits"]["memory"]) // 2
+
+
+# --- rollouts that finish on a full pool ---------------------------------------------------------
+
+def _room_for_one_more(prod: StackConfig, region: str, model: str) -> bool:
+    """Whether the pool at min_nodes (nothing adds nodes) has GPUs for one more replica of `model` beside
+    every model's floor: packed the way infra/config.py counts nodes."""
+    from infra.catalog import load_catalog
+    from infra.config import _nodes_for
+    pool = prod.region(region).pool(_model(prod, model).pool)
+    per_node = min(load_catalog().instance(t).gpus for t in pool.instance_types)
+    models = [m for m in prod.models_in(region) if m.pool == pool.name]
+    floors = {m.name: max(1, m.replicas.min) for m in models}
+    return _nodes_for(models, per_node, {**floors, model: floors[model] + 1}) <= pool.min_nodes
+
+
+@RELEASES
+def test_a_rollout_surges_only_where_the_pool_has_a_free_gpu_slot(prod, region, model):
+    rolling = _prod(prod, region, model).one("Deployment")["spec"]["strategy"]["rollingUpdate"]
+    if _room_for_one_more(prod, region, model):
+        assert rolling == {"maxSurge": 1, "maxUnavailable": 0}
+    else:
+        assert rolling == {"maxSurge": 0, "maxUnavailable": 1}
+
+
+def test_the_full_prod_pools_roll_one_replica_at_a_time_and_the_us_mid_pool_surges(prod):
+    strategy = {(r, m): _prod(prod, r, m).one("Deployment")["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+                for r, m in PROD_MODEL_RELEASES}
+    for region in ("us-east-1", "us-west-2", "eu-north-1", "eu-west-2"):
+        assert strategy[region, "llama-3-3-70b"] == 0  # one p5 node, one 8-GPU replica
+        assert strategy[region, "qwen2-5-7b-batch"] == 0  # one 1-GPU node
+    assert strategy["us-east-1", "llama-3-1-8b"] == 1  # two of the g6e.12xlarge's four GPUs are free
+    assert strategy["eu-north-1", "llama-3-1-8b"] == strategy["eu-north-1", "mistral-small-24b"] == 0
+
+
+@RELEASES
+def test_a_loading_model_is_not_reported_as_a_failed_rollout(prod, region, model):
+    """The Deployment's progress deadline outlasts the startup probe's budget: the default 600 s would mark a
+    replica that is still loading weights as failed, and the awaited release with it."""
+    r = _prod(prod, region, model)
+    startup = r.container("vllm")["startupProbe"]
+    budget = startup["periodSeconds"] * startup["failureThreshold"]
+    assert r.one("Deployment")["spec"]["progressDeadlineSeconds"] > budget
+
+
+# --- spread and disruption -----------------------------------------------------------------------
+
+@RELEASES
+def test_replicas_spread_over_zones_and_nodes_when_there_can_be_more_than_one(prod, region, model):
+    r = _prod(prod, region, model)
+    m = _model(prod, model)
+    spec = r.pod_spec()
+    labels = r.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    if max(1, m.replicas.min, m.replicas.max) == 1:
+        assert "topologySpreadConstraints" not in spec
+        return
+    constraints = {c["topologyKey"]: c for c in spec["topologySpreadConstraints"]}
+    assert set(constraints) == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+    for c in constraints.values():
+        # A preference: a reservation sits in one zone and a node may hold two replicas.
+        assert c["whenUnsatisfiable"] == "ScheduleAnyway" and c["maxSkew"] == 1
+        assert c["labelSelector"]["matchLabels"].items() <= labels.items()
+        assert c["matchLabelKeys"] == ["pod-template-hash"]
+
+
+def test_a_single_replica_release_has_no_spread_constraints():
+    assert "topologySpreadConstraints" not in _defaults().pod_spec()
+    assert len(_defaults(replicaCount=2).pod_spec()["topologySpreadConstraints"]) == 2
+
+
+@RELEASES
+def test_the_disruption_budget_never_holds_a_node_drain(prod, region, model):
+    """maxUnavailable 1 even for one replica (EKS fails a managed node group update whose drain a budget
+    blocks for 15 minutes), and an unhealthy replica may always be evicted."""
+    pdb = _prod(prod, region, model).one("PodDisruptionBudget")["spec"]
+    assert pdb["maxUnavailable"] == 1
+    assert pdb["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert "minAvailable" not in pdb
+
+
+# --- helm test -----------------------------------------------------------------------------------
+
+@RELEASES
+def test_helm_test_asks_the_service_for_health_and_the_served_model(prod, region, model):
+    r = _prod(prod, region, model)
+    m = _model(prod, model)
+    job = r.one("Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert "hook-succeeded" in job["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] == 0
+    (container,) = pod["containers"]
+    script = container["args"][0]
+    base = f"http://{vllm_release_name(m)}:{VLLM_PORT}"
+    assert f'base="{base}"' in script
+    assert '"$base/health"' in script and '"$base/v1/models"' in script
+    assert f'"id":"{m.name}"' in script
+    assert container["image"].startswith("curlimages/curl:")
+    # The test pod is not one of the servers: no Service, budget or policy of the release selects it.
+    selector = r.one("Service", vllm_release_name(m))["spec"]["selector"]
+    assert not selector.items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
