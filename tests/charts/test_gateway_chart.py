@@ -259,3 +259,72 @@ def test_the_program_grants_discovery_exactly_where_the_gateway_config_discovers
     assert values["discovery"] == {"enabled": True, "namespaces": [MODEL_NAMESPACE]}
     r = render(GATEWAY_CHART, values, name=GATEWAY_RELEASE, namespace=GATEWAY_NAMESPACE)
     assert r.one("RoleBinding")["metadata"]["namespace"] == MODEL_NAMESPACE
+
+
+# --- the drain contract --------------------------------------------------------------------------
+
+def _shutdown_grace(r: Rendered) -> float:
+    """The gateway's own drain after SIGTERM, as the config it loads says (gateway/config/limits.py default)."""
+    from gateway.config.native import GatewayConfig
+    config = GatewayConfig.model_validate(yaml.safe_load(r.one("ConfigMap")["data"]["config.yaml"]))
+    return config.gateway.front_door.shutdown_grace
+
+
+@REGIONS
+def test_the_program_writes_the_gateways_shutdown_grace_into_its_config(prod, region):
+    from infra.gateway_config import SHUTDOWN_GRACE_SECONDS
+    assert _shutdown_grace(_prod(prod, region)) == SHUTDOWN_GRACE_SECONDS
+
+
+@REGIONS
+def test_the_grace_period_covers_the_pre_stop_and_the_gateways_own_shutdown_grace(prod, region):
+    """The kubelet sends SIGKILL at terminationGracePeriodSeconds, counted from before the preStop sleep: it
+    must leave the gateway its whole shutdown_grace after SIGTERM, and a margin to exit."""
+    r = _prod(prod, region)
+    pre_stop = r.container("gateway")["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pre_stop >= 5
+    assert r.pod_spec()["terminationGracePeriodSeconds"] >= pre_stop + _shutdown_grace(r) + 5
+
+
+@pytest.mark.parametrize(("grace", "expected"), [(None, 10 + 50 + 10), (90.5, 10 + 91 + 10), (0, 10 + 0 + 10)],
+                         ids=["the gateway's default", "a fraction rounds up", "none"])
+def test_the_grace_period_follows_shutdown_grace_wherever_the_config_sets_it(grace, expected):
+    front_door = {} if grace is None else {"front_door": {"shutdown_grace": grace}}
+    r = _defaults({"config": {"version": 1, "gateway": front_door, "models": []}})
+    assert r.pod_spec()["terminationGracePeriodSeconds"] == expected
+
+
+def test_the_grace_period_cannot_be_set_apart_from_the_drain():
+    message = install_error(GATEWAY_CHART, {"terminationGracePeriodSeconds": 30}, name=GATEWAY_RELEASE,
+                            namespace=GATEWAY_NAMESPACE)
+    assert "terminationGracePeriodSeconds" in message
+
+
+@REGIONS
+def test_no_service_links_are_injected_into_the_gateway_pods(prod, region):
+    assert _prod(prod, region).pod_spec()["enableServiceLinks"] is False
+
+
+@REGIONS
+def test_the_disruption_budget_never_holds_a_node_drain(prod, region):
+    pdb = _prod(prod, region).one("PodDisruptionBudget")["spec"]
+    assert pdb["maxUnavailable"] == 1 and pdb["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
+
+# --- helm test -----------------------------------------------------------------------------------
+
+@REGIONS
+def test_helm_test_checks_liveness_and_that_models_need_a_key(prod, region):
+    """/v1/models answers only with a key (gateway/http/handlers.py), and /health/ready reports upstreams that
+    may still be loading on a first deploy: the test asks /health/live, and that /v1/models refuses (401)."""
+    r = _prod(prod, region)
+    job = r.one("Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    script = container["args"][0]
+    assert f'base="http://{GATEWAY_RELEASE}:{GATEWAY_PORT}"' in script
+    assert '"$base/health/live"' in script
+    assert "%{http_code}" in script and '"$base/v1/models")" = 401' in script
+    selector = r.one("Service")["spec"]["selector"]
+    assert not selector.items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    assert job["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
