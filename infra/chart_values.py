@@ -146,7 +146,13 @@ def rollout_strategy(cfg: StackConfig, model: Model, region: Region, pool: Pool)
     """Surge only where the pool has room: nodes stay at min_nodes (managed node groups keep desired =
     min_nodes, and no node autoscaler runs), so a surge replica on a full pool would wait Pending forever and
     the rollout never finish. On a full pool a replica goes first (maxUnavailable 1): while it reloads, the
-    gateway routes to the model's other replicas, or to the other region of the zone."""
+    gateway routes to the model's other replicas, or to the other region of the zone.
+
+    A lone replica on a full pool is replaced with Recreate, which does the same thing (the old pod goes, then
+    the new one starts) but lets the awaited release see it: Helm's wait counts a Deployment ready at
+    replicas - maxUnavailable ready pods (helm pkg/kube/ready.go deploymentReady), which is none for one
+    replica with maxUnavailable 1, and the full count for Recreate. The HPA cannot add a second replica
+    there (no GPUs for it), so Recreate never takes several down at once."""
     catalog = load_catalog()
     per_node = [catalog.instance(t).gpus for t in pool.instance_types if t in catalog.instances]
     gpus_per_node = min(per_node)
@@ -154,10 +160,10 @@ def rollout_strategy(cfg: StackConfig, model: Model, region: Region, pool: Pool)
     floors = {m.name: max(1, m.replicas.min) for m in models}
     surge = {**floors, model.name: floors[model.name] + 1}
     if _nodes_for(models, gpus_per_node, surge) <= pool.min_nodes:
-        rolling = {"maxSurge": 1, "maxUnavailable": 0}
-    else:
-        rolling = {"maxSurge": 0, "maxUnavailable": 1}
-    return {"type": "RollingUpdate", "rollingUpdate": rolling}
+        return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    if floors[model.name] == 1:
+        return {"type": "Recreate"}
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
 
 
 def rollout_timeout_seconds(values: dict[str, Any]) -> int:
@@ -165,8 +171,8 @@ def rollout_timeout_seconds(values: dict[str, Any]) -> int:
     the image and use its whole startup probe budget."""
     startup = values.get("probes", _chart_defaults(VLLM_CHART)["probes"])["startup"]
     drain = values["drain"]
-    grace = drain["preStopSeconds"] + drain["timeoutSeconds"] + drain["marginSeconds"]
-    per_replica = grace + IMAGE_PULL_SECONDS + startup["periodSeconds"] * startup["failureThreshold"]
+    grace = int(drain["preStopSeconds"]) + int(drain["timeoutSeconds"]) + int(drain["marginSeconds"])
+    per_replica = grace + IMAGE_PULL_SECONDS + int(startup["periodSeconds"]) * int(startup["failureThreshold"])
     return int(values["replicaCount"]) * per_replica + 300
 
 

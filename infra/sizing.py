@@ -73,7 +73,8 @@ def default_shm_mib(memory_mib: int) -> int:
 
 def smallest_instance(instance_types: list[str], gpus: int, catalog: Catalog) -> InstanceType | None:
     """The pool's type with the least usable memory, then CPU, among those that hold `gpus` GPUs."""
-    fits = [catalog.instances[t] for t in instance_types if t in catalog.instances and catalog.instances[t].gpus >= gpus]
+    known = [catalog.instances[t] for t in instance_types if t in catalog.instances]
+    fits = [i for i in known if i.gpus >= gpus]
     return min(fits, key=lambda i: (usable(i).memory_mib, usable(i).cpu_millicores), default=None)
 
 

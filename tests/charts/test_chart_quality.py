@@ -48,9 +48,10 @@ VLLM_EVERYTHING_ON = {
     "metrics": {"serviceMonitor": {"enabled": True}},
     "priorityClassName": "llm-serving",
     "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
-                                   "whenUnsatisfiable": "ScheduleAnyway",
-                                   "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "vllm"}}}],
+                                   "whenUnsatisfiable": "DoNotSchedule", "minDomains": 2}],
+    "drain": {"preStopSeconds": 30, "timeoutSeconds": 600, "marginSeconds": 30},
     "extraEnv": [{"name": "VLLM_LOGGING_LEVEL", "value": "INFO"}],
+    "tests": {"image": {"repository": "curlimages/curl", "tag": "8.16.0", "digest": DIGEST}},
 }
 VLLM_EVERYTHING_OFF = {"ingress": {"enabled": False}, "networkPolicy": {"enabled": False},
                        "podDisruptionBudget": {"enabled": False}, "metrics": {"podAnnotations": False},
@@ -58,7 +59,7 @@ VLLM_EVERYTHING_OFF = {"ingress": {"enabled": False}, "networkPolicy": {"enabled
 GATEWAY_EVERYTHING_ON = {
     "image": {"digest": DIGEST, "pullPolicy": "Always"},
     "region": "eu-west-1",
-    "config": {"version": 1, "models": []},
+    "config": {"version": 1, "gateway": {"front_door": {"shutdown_grace": 120}}, "models": []},
     "resources": {"requests": {"cpu": "1", "memory": "512Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}},
     "serviceAccount": {"roleArn": "arn:aws:iam::123456789012:role/gw", "annotations": {"team": "platform"}},
     "ingress": {"hosts": ["api.example.com", "eu-west-1.api.example.com"],
@@ -67,6 +68,8 @@ GATEWAY_EVERYTHING_ON = {
     "discovery": {"enabled": True, "namespaces": ["llm-serving", "llm-batch"]},
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
     "extraEnv": [{"name": "LOG_LEVEL", "value": "info"}],
+    "drain": {"preStopSeconds": 15, "marginSeconds": 15},
+    "tests": {"image": {"repository": "curlimages/curl", "tag": "8.16.0", "digest": DIGEST}},
 }
 GATEWAY_EVERYTHING_OFF = {"autoscaling": {"enabled": False}, "ingress": {"enabled": False},
                           "networkPolicy": {"enabled": False}, "podDisruptionBudget": {"enabled": False},

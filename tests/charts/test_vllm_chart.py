@@ -358,6 +358,11 @@ BAD_VALUES = {
     "a token region that is not one": ({"model": {"hfToken": {"secretsManager": {"region": "Europe"}}}},
                                        "/model/hfToken/secretsManager/region"),
     "a role that is not an IAM role ARN": ({"serviceAccount": {"roleArn": "models"}}, "/serviceAccount/roleArn"),
+    "no time to drain": ({"drain": {"timeoutSeconds": 0}}, "/drain/timeoutSeconds"),
+    "a spread constraint with a selector of its own (the chart adds the release's)": (
+        {"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                                        "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {}}]},
+        "labelSelector"),
 }
 
 
@@ -540,23 +545,45 @@ def _room_for_one_more(prod: StackConfig, region: str, model: str) -> bool:
     return _nodes_for(models, per_node, {**floors, model: floors[model] + 1}) <= pool.min_nodes
 
 
+def _helm_wait_expects(r: Rendered) -> int:
+    """Ready pods of the new ReplicaSet Helm's wait asks for: replicas - maxUnavailable for a rolling update,
+    all of them otherwise (helm pkg/kube/ready.go deploymentReady, deploymentutil.MaxUnavailable)."""
+    deployment = r.one("Deployment")
+    hpas = r.all("HorizontalPodAutoscaler")
+    replicas = hpas[0]["spec"]["minReplicas"] if hpas else deployment["spec"]["replicas"]
+    strategy = deployment["spec"]["strategy"]
+    if strategy["type"] != "RollingUpdate":
+        return replicas
+    return replicas - min(replicas, strategy["rollingUpdate"]["maxUnavailable"])
+
+
 @RELEASES
 def test_a_rollout_surges_only_where_the_pool_has_a_free_gpu_slot(prod, region, model):
-    rolling = _prod(prod, region, model).one("Deployment")["spec"]["strategy"]["rollingUpdate"]
+    strategy = _prod(prod, region, model).one("Deployment")["spec"]["strategy"]
+    floor = max(1, _model(prod, model).replicas.min)
     if _room_for_one_more(prod, region, model):
-        assert rolling == {"maxSurge": 1, "maxUnavailable": 0}
+        assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    elif floor == 1:
+        assert strategy == {"type": "Recreate"}
     else:
-        assert rolling == {"maxSurge": 0, "maxUnavailable": 1}
+        assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
 
 
-def test_the_full_prod_pools_roll_one_replica_at_a_time_and_the_us_mid_pool_surges(prod):
-    strategy = {(r, m): _prod(prod, r, m).one("Deployment")["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
-                for r, m in PROD_MODEL_RELEASES}
+@RELEASES
+def test_the_awaited_release_waits_for_at_least_one_new_replica_to_be_ready(prod, region, model):
+    """Else a server that crashes at start would pass `pulumi up`."""
+    assert _helm_wait_expects(_prod(prod, region, model)) >= 1
+
+
+def test_the_full_prod_pools_replace_one_replica_at_a_time_and_the_us_mid_pool_surges(prod):
+    strategy = {(r, m): _prod(prod, r, m).one("Deployment")["spec"]["strategy"] for r, m in PROD_MODEL_RELEASES}
     for region in ("us-east-1", "us-west-2", "eu-north-1", "eu-west-2"):
-        assert strategy[region, "llama-3-3-70b"] == 0  # one p5 node, one 8-GPU replica
-        assert strategy[region, "qwen2-5-7b-batch"] == 0  # one 1-GPU node
-    assert strategy["us-east-1", "llama-3-1-8b"] == 1  # two of the g6e.12xlarge's four GPUs are free
-    assert strategy["eu-north-1", "llama-3-1-8b"] == strategy["eu-north-1", "mistral-small-24b"] == 0
+        assert strategy[region, "llama-3-3-70b"]["type"] == "Recreate"  # one p5 node, one 8-GPU replica
+        assert strategy[region, "qwen2-5-7b-batch"]["type"] == "Recreate"  # one 1-GPU node
+    # Two of the g6e.12xlarge's four GPUs are free in the US; the EU's are all taken (8b x 2, mistral x 1).
+    assert strategy["us-east-1", "llama-3-1-8b"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    assert strategy["eu-north-1", "llama-3-1-8b"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    assert strategy["eu-north-1", "mistral-small-24b"]["type"] == "Recreate"
 
 
 @RELEASES
@@ -587,6 +614,11 @@ def test_replicas_spread_over_zones_and_nodes_when_there_can_be_more_than_one(pr
         assert c["whenUnsatisfiable"] == "ScheduleAnyway" and c["maxSkew"] == 1
         assert c["labelSelector"]["matchLabels"].items() <= labels.items()
         assert c["matchLabelKeys"] == ["pod-template-hash"]
+
+
+def test_recreate_renders_no_rolling_update_settings():
+    strategy = _defaults(strategy={"type": "Recreate"}).one("Deployment")["spec"]["strategy"]
+    assert strategy == {"type": "Recreate"}
 
 
 def test_a_single_replica_release_has_no_spread_constraints():
