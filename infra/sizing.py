@@ -17,11 +17,11 @@ class Headroom:
     memory_mib: int
 
 
-# Left free on every GPU node for its DaemonSets before model replicas take their share. Their requests on
-# EKS add up to far less (aws-node 25m; kube-proxy 100m; eks-pod-identity-agent 25m; ebs-csi-node
-# 3 x 10m/40Mi; secrets-store-csi-driver 50m/100Mi + 2 x 10m/20Mi; its AWS provider 50m/100Mi; the NVIDIA
-# device plugin none): the rest covers what they use beyond their requests and a metrics agent, so model
-# pods never push a node into memory-pressure eviction. The capacity-fit control reserves the same.
+# Left free on every GPU node for its DaemonSets before model replicas take their share: aws-node (VPC CNI),
+# kube-proxy, the NVIDIA device plugin and, with a Hugging Face token, the Secrets Store CSI driver and its
+# AWS provider (infra/components/cluster.py, addons.py). Each requests tens of millicores and MiB; the rest
+# covers what they use beyond their requests and a node metrics agent, so model pods (memory limit =
+# request) never push a node into memory-pressure eviction. The capacity-fit control reserves the same.
 DAEMONSET_HEADROOM = Headroom(cpu_millicores=500, memory_mib=1024)
 
 # /dev/shm is memory-backed: its pages count against the container's memory, so it is carved out of the
