@@ -158,7 +158,7 @@ def _namespaces(rule: dict, key: str) -> set[str]:
 
 @REGIONS
 def test_network_policy_admits_the_ingress_controller_and_the_namespace_only(prod, region):
-    policy = _prod(prod, region).one("NetworkPolicy")
+    policy = _prod(prod, region).one("NetworkPolicy", GATEWAY_RELEASE)
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
     (rule,) = policy["spec"]["ingress"]
     assert "ingress-nginx" in _namespaces(rule, "from")
@@ -168,7 +168,7 @@ def test_network_policy_admits_the_ingress_controller_and_the_namespace_only(pro
 
 @REGIONS
 def test_network_policy_lets_the_gateway_reach_models_redis_aws_and_dns_only(prod, region):
-    egress = _prod(prod, region).one("NetworkPolicy")["spec"]["egress"]
+    egress = _prod(prod, region).one("NetworkPolicy", GATEWAY_RELEASE)["spec"]["egress"]
     dns = [r for r in egress if _peers_allow(r, 53, "UDP")]
     assert dns and _namespaces(dns[0], "to") == {"kube-system"}
     models = [r for r in egress if _peers_allow(r, VLLM_PORT)]
@@ -328,3 +328,17 @@ def test_helm_test_checks_liveness_and_that_models_need_a_key(prod, region):
     selector = r.one("Service")["spec"]["selector"]
     assert not selector.items() <= job["spec"]["template"]["metadata"]["labels"].items()
     assert job["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+@REGIONS
+def test_the_helm_test_job_may_reach_only_the_gateway_and_dns(prod, region):
+    r = _prod(prod, region)
+    job = r.one("Job")
+    policy = r.one("NetworkPolicy", f"{GATEWAY_RELEASE}-test")
+    assert policy["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert int(policy["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+        job["metadata"]["annotations"].get("helm.sh/hook-weight", "0"))
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    assert "ingress" not in policy["spec"] and policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    server = r.one("Service")["spec"]["selector"]
+    assert [rule["to"] for rule in policy["spec"]["egress"]][1] == [{"podSelector": {"matchLabels": server}}]

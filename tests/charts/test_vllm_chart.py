@@ -659,3 +659,20 @@ def test_helm_test_asks_the_service_for_health_and_the_served_model(prod, region
     assert not selector.items() <= job["spec"]["template"]["metadata"]["labels"].items()
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+@RELEASES
+def test_the_helm_test_job_may_reach_only_its_model_server_and_dns(prod, region, model):
+    r = _prod(prod, region, model)
+    m = _model(prod, model)
+    job = r.one("Job")
+    policy = r.one("NetworkPolicy", f"{vllm_release_name(m)}-test")
+    assert policy["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    assert "ingress" not in policy["spec"] and policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    server = r.one("Service", vllm_release_name(m))["spec"]["selector"]
+    assert policy["spec"]["egress"][1] == {"to": [{"podSelector": {"matchLabels": server}}],
+                                           "ports": [{"port": "http", "protocol": "TCP"}]}
+    # The server's own policy admits the test pod: it lets in every pod of the release namespace.
+    admits = r.one("NetworkPolicy", vllm_release_name(m))["spec"]["ingress"][0]["from"]
+    assert {"podSelector": {}} in admits

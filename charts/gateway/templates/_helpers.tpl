@@ -70,3 +70,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .digest }}{{ printf "%s@%s" .repository .digest }}{{ else }}{{ printf "%s:%s" .repository .tag }}{{ end }}
 {{- end }}
 {{- end }}
+
+{{/* The `helm test` Job's pod: never one of the release's server pods. */}}
+{{- define "gateway.testSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "gateway.name" . }}-test
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: test
+{{- end }}

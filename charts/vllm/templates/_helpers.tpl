@@ -111,3 +111,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .digest }}{{ printf "%s@%s" .repository .digest }}{{ else }}{{ printf "%s:%s" .repository .tag }}{{ end }}
 {{- end }}
 {{- end }}
+
+{{/* The `helm test` Job's pod: never one of the release's server pods. */}}
+{{- define "vllm.testSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "vllm.name" . }}-test
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: test
+{{- end }}
