@@ -17,8 +17,10 @@ VENDORED_CHARTS = Path(__file__).resolve().parent / "vendor" / "charts"
 # Pods EKS itself runs on every cluster (no Helm release records them): dated, cited facts.
 EKS_ADDONS_FILE = Path(__file__).resolve().parent / "eks_addons.yaml"
 # Stands in for a value the engine cannot know yet (a `pulumi preview` before the role or certificate exists):
-# every such value in the program's releases is an ARN, and both charts' schemas accept an empty one.
-UNKNOWN = ""
+# every such value in the program's releases is an ARN (IRSA role ARNs, which the charts' schemas check and
+# require, and the ingress certificate's, an annotation), none a size, count or scheduling field. A role ARN
+# in AWS's documentation account.
+UNKNOWN = "arn:aws:iam::123456789012:role/unknown-at-preview"
 # Only the objects the scheduler reads are parsed (the gateway's rendered config alone is thousands of YAML
 # nodes): a document's own kind is its one unindented `kind:` line.
 SCHEDULED_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "HorizontalPodAutoscaler")

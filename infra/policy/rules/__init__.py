@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from infra.policy.rules import (
     budget,
+    capacity,
     cluster,
     deployability,
     example_values,
@@ -147,6 +148,28 @@ CONTROLS: list[Control] = [
                 f"{_T}test_deployability.py::test_documentation_range_allow_list_is_rejected",
                 f"{_T}test_deployability.py::test_overlapping_vpc_blocks_are_rejected",
                 f"{_T}test_deployability.py::test_stack_without_a_deploy_runner_is_rejected",
+            ]),
+    Control("capacity-fit", "Every rendered pod fits its pool's nodes at min and max scale, and every rollout can finish",
+            capacity.DESCRIPTION, MANDATORY, capacity.check, [
+                f"{_T}test_capacity_fit.py::test_every_pool_is_judged_with_its_daemonsets_share",
+                f"{_T}test_capacity_fit.py::test_gateway_pods_fit_the_system_nodes",
+                f"{_T}test_capacity_fit.py::test_add_on_charts_render_from_their_vendored_pinned_versions",
+                f"{_T}test_capacity_fit.py::test_surge_percentages_round_up_and_unavailable_percentages_round_down",
+                f"{_T}test_capacity_fit.py::test_a_batch_model_larger_than_its_nodes_fails_naming_pod_pool_and_memory",
+                f"{_T}test_capacity_fit.py::test_a_model_needing_more_gpus_than_its_node_has_fails",
+                f"{_T}test_capacity_fit.py::test_a_pod_tolerating_no_pools_taints_fails_naming_each_pool",
+                f"{_T}test_capacity_fit.py::test_a_full_pool_with_surge_one_and_no_unavailability_fails_naming_the_rollout",
+                f"{_T}test_capacity_fit.py::test_a_full_pool_with_surge_zero_and_one_unavailable_passes",
+                f"{_T}test_capacity_fit.py::test_a_node_autoscaler_lets_a_rollout_use_the_pools_max_size",
+                f"{_T}test_capacity_fit.py::test_daemonsets_reduce_what_is_left_on_every_node_they_land_on",
+                f"{_T}test_capacity_fit.py::test_more_pods_than_a_node_takes_fail_on_pods_per_node",
+                f"{_T}test_capacity_fit.py::test_replicas_beyond_the_pools_max_scale_fail",
+                f"{_T}test_capacity_fit.py::test_a_release_whose_chart_is_not_vendored_fails",
+                f"{_T}test_capacity_fit.py::test_a_pod_requests_the_larger_of_its_containers_sum_and_its_largest_init_container",
+                f"{_T}test_capacity_fit.py::test_helm_install_hooks_are_placed_and_test_hooks_are_not",
+                f"{_T}test_capacity_fit.py::test_at_preview_values_not_yet_known_are_stood_in_for_and_the_pods_still_judged",
+                f"{_T}test_capacity_fit.py::test_prod_today_fails_on_the_batch_model_and_full_pool_rollouts",
+                f"{_T}test_capacity_fit.py::test_preview_today_fails_on_its_batch_model",
             ]),
 ]
 
