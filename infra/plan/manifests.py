@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pulumi_policy.proxy import UnknownValueError
 
 from infra.config import ROOT
 
@@ -63,11 +64,6 @@ def chart_directory(inputs: Mapping[str, Any]) -> Path | None:
 def plain(value: Any) -> tuple[Any, bool]:
     """`value` as plain JSON data, and whether a value unknown at preview had to be stood in for.
     A CrossGuard resource hands its properties over as proxies that raise on a value unknown during preview."""
-    unknown_error: type[BaseException]
-    try:
-        from pulumi_policy.proxy import UnknownValueError as unknown_error  # noqa: N813 (only inside the pack)
-    except ImportError:  # pragma: no cover (the infra part always has it)
-        unknown_error = LookupError
     seen = False
 
     def walk(v: Any) -> Any:
@@ -77,7 +73,7 @@ def plain(value: Any) -> tuple[Any, bool]:
             for key in list(v.keys()):
                 try:
                     out[str(key)] = walk(v[key])
-                except unknown_error:
+                except UnknownValueError:
                     seen = True
                     out[str(key)] = UNKNOWN
             return out
@@ -86,7 +82,7 @@ def plain(value: Any) -> tuple[Any, bool]:
             for i in range(len(v)):
                 try:
                     items.append(walk(v[i]))
-                except unknown_error:
+                except UnknownValueError:
                     seen = True
                     items.append(UNKNOWN)
             return items

@@ -3,16 +3,19 @@ scale, pods per node included, and every rolling update can finish."""
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import yaml
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
 
+from infra.cli import EXIT_POLICY, main
 from infra.config import ROOT
 from infra.plan.manifests import render_release
 from infra.policy.rules import PolicyConfig, Resources, capacity
 from infra.policy.rules.workloads import Request, pod_request, pod_templates, rollout_fenceposts
-from tests.policy.helpers import assert_rejected, find, mutated, result, result_of_resources
+from tests.policy.helpers import assert_rejected, find, mutated, result, result_of_resources, stack_raw
+from tests.stacks import write_stack
 
 NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
 RELEASE = "kubernetes:helm.sh/v3:Release"
@@ -268,3 +271,18 @@ def test_at_preview_values_not_yet_known_are_stood_in_for_and_the_pods_still_jud
     rendered = render_release(release)
     assert rendered.had_unknowns and not rendered.error
     assert [o["metadata"]["name"] for o in rendered.objects if o["kind"] == "Deployment"] == ["vllm-llama-3-1-8b"]
+
+
+def test_llmp_plan_exits_1_naming_the_pod_and_what_is_missing(tmp_path, capsys):
+    """Preview's gateway may scale to 40 replicas of half a CPU, but its system pool grows to 2 m7i.xlarge at most."""
+    raw = stack_raw("preview")
+    raw["gateway"]["replicas"] = {"min": 1, "max": 40}
+    code = main(["plan", "--stack", "preview", "--config-file", str(write_stack(tmp_path, raw, "preview")),
+                 "--format", "json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == EXIT_POLICY
+    fit = next(p for p in doc["policies"] if p["id"] == "capacity-fit")
+    assert fit["status"] == "fail"
+    assert any(v.startswith("at max scale") and "replicas of Deployment llm-gateway/gateway (us-east-1) cannot be "
+               "placed (0.5 CPU, 0.50 GiB memory each)" in v and "pool system node m7i.xlarge" in v
+               and "short of CPU" in v for v in fit["violations"]), fit["violations"]

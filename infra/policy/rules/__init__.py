@@ -149,7 +149,8 @@ CONTROLS: list[Control] = [
                 f"{_T}test_deployability.py::test_overlapping_vpc_blocks_are_rejected",
                 f"{_T}test_deployability.py::test_stack_without_a_deploy_runner_is_rejected",
             ]),
-    Control("capacity-fit", "Every rendered pod fits its pool's nodes at min and max scale, and every rollout can finish",
+    Control("capacity-fit",
+            "Every rendered pod fits its pool's nodes at min and max scale, and every rollout can finish",
             capacity.DESCRIPTION, MANDATORY, capacity.check, [
                 f"{_T}test_capacity_fit.py::test_every_pool_is_judged_with_its_daemonsets_share",
                 f"{_T}test_capacity_fit.py::test_gateway_pods_fit_the_system_nodes",
@@ -168,6 +169,7 @@ CONTROLS: list[Control] = [
                 f"{_T}test_capacity_fit.py::test_a_pod_requests_the_larger_of_its_containers_sum_and_its_largest_init_container",
                 f"{_T}test_capacity_fit.py::test_helm_install_hooks_are_placed_and_test_hooks_are_not",
                 f"{_T}test_capacity_fit.py::test_at_preview_values_not_yet_known_are_stood_in_for_and_the_pods_still_judged",
+                f"{_T}test_capacity_fit.py::test_llmp_plan_exits_1_naming_the_pod_and_what_is_missing",
                 f"{_T}test_capacity_fit.py::test_prod_today_fails_on_the_batch_model_and_full_pool_rollouts",
                 f"{_T}test_capacity_fit.py::test_preview_today_fails_on_its_batch_model",
             ]),
