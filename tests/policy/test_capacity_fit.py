@@ -169,6 +169,23 @@ def test_replicas_beyond_the_pools_max_scale_fail(prod_plan):
     assert not _mentioning(res, "at min scale 4 of 12")
 
 
+def test_a_daemonset_larger_than_the_nodes_it_must_run_on_fails(prod_plan):
+    """The device plugin asks for 200 CPUs on every GPU node; a p5.48xlarge has 192 vCPUs."""
+    resources = mutated(prod_plan, lambda rs: _values(rs, "us-east-1-nvidia-device-plugin").update(
+        resources={"requests": {"cpu": "200"}}))
+    assert_rejected(result_of_resources(prod_plan, resources, "capacity-fit"),
+                    "DaemonSet nvidia-device-plugin/nvidia-device-plugin (us-east-1) cannot run on pool h100 node "
+                    "p5.48xlarge beside the DaemonSets before it (none): short of CPU: needs 200, has 191.45")
+
+
+def test_a_node_group_of_instance_types_the_catalog_does_not_know_fails(prod_plan):
+    resources = mutated(prod_plan, lambda rs: find(rs, NODE_GROUP, "us-east-1-mid").inputs.update(
+        instanceTypes=["g9.12xlarge"]))
+    assert_rejected(result_of_resources(prod_plan, resources, "capacity-fit"),
+                    "node group us-east-1-mid (us-east-1): none of its instance types ['g9.12xlarge'] is in the "
+                    "catalog")
+
+
 # -- rolling updates ----------------------------------------------------------------------------------------------
 
 def _full_mid_pool(strategy: dict):

@@ -164,6 +164,8 @@ CONTROLS: list[Control] = [
                 f"{_T}test_capacity_fit.py::test_a_node_autoscaler_lets_a_rollout_use_the_pools_max_size",
                 f"{_T}test_capacity_fit.py::test_daemonsets_reduce_what_is_left_on_every_node_they_land_on",
                 f"{_T}test_capacity_fit.py::test_more_pods_than_a_node_takes_fail_on_pods_per_node",
+                f"{_T}test_capacity_fit.py::test_a_daemonset_larger_than_the_nodes_it_must_run_on_fails",
+                f"{_T}test_capacity_fit.py::test_a_node_group_of_instance_types_the_catalog_does_not_know_fails",
                 f"{_T}test_capacity_fit.py::test_replicas_beyond_the_pools_max_scale_fail",
                 f"{_T}test_capacity_fit.py::test_a_release_whose_chart_is_not_vendored_fails",
                 f"{_T}test_capacity_fit.py::test_a_pod_requests_the_larger_of_its_containers_sum_and_its_largest_init_container",

@@ -150,7 +150,7 @@ def _shortage(pod: PodTemplate, nodes: list[_Node]) -> str:
     """What the pod lacks on the roomiest node it may land on."""
     candidates = [n for n in nodes if _lands_on(pod, n.pool)]
     if not candidates:
-        return "the pool has no node at this scale"
+        return "no pool that admits it has a node at this scale"
     best = min(candidates, key=lambda n: (len(pod.request.shortfalls(n.free)) + (n.slots <= 0),
                                           -n.free.gpus, -n.free.cpu_m, -n.free.memory))
     lacks = pod.request.shortfalls(best.free) + (
@@ -186,14 +186,14 @@ def _place_daemonsets(pools: list[Pool], daemonsets: list[PodTemplate], found: F
         for ds in daemonsets:
             if not _lands_on(ds, pool):
                 continue
+            lacks = ds.request.shortfalls(pool.free) + (
+                [f"pods: node is at its max of {pool.instance.max_pods}"] if pool.free_pods <= 0 else [])
+            if lacks:  # it stays pending there: reported once, and takes nothing
+                found.fail(f"DaemonSet {ds.label} cannot run on {pool.node()} beside the DaemonSets before it "
+                           f"({', '.join(pool.daemons) or 'none'}): short of " + "; ".join(lacks))
+                continue
             pool.daemon_share, pool.daemon_pods = pool.daemon_share + ds.request, pool.daemon_pods + 1
             pool.daemons.append(f"{ds.namespace}/{ds.name}")
-            if not pool.daemon_share.fits(pool.allocatable):
-                found.fail(f"DaemonSet {ds.label} cannot run on {pool.node()}: with the DaemonSets before it, "
-                           + "; ".join(pool.daemon_share.shortfalls(pool.allocatable)))
-        if pool.daemon_pods > pool.instance.max_pods:
-            found.fail(f"{pool.node()} ({pool.group.region}) takes at most {pool.instance.max_pods} pods, "
-                       f"but {pool.daemon_pods} DaemonSets land on every node")
 
 
 def _fits_some_node(pod: PodTemplate, pools: list[Pool], region: str, found: Findings) -> bool:
