@@ -88,14 +88,18 @@ def gib(memory: int) -> str:
 
 
 def container_request(container: Mapping[str, Any]) -> Request:
-    # A container that sets only a limit requests that limit (the API server defaults requests to limits).
+    # A container that sets only a limit requests that limit: "If you specify a limit for a resource, but do not
+    # specify any request, ... Kubernetes copies the limit you specified and uses it as the requested value"
+    # (https://kubernetes.io/docs/concepts/configuration/manage-resources-containers/).
     resources = container.get("resources") or {}
     return Request.of({**(resources.get("limits") or {}), **(resources.get("requests") or {})})
 
 
 def pod_request(spec: Mapping[str, Any]) -> Request:
     """The pod's effective request, as the scheduler computes it: the sum of its containers (and sidecar init
-    containers) or the largest ordinary init container, whichever is larger, plus the pod overhead."""
+    containers) or the largest ordinary init container, whichever is larger, plus the pod overhead
+    (https://kubernetes.io/docs/concepts/workloads/pods/init-containers/#resource-sharing-within-containers,
+    https://kubernetes.io/docs/concepts/scheduling-eviction/pod-overhead/)."""
     inits = list(spec.get("initContainers") or [])
     sidecars = [c for c in inits if c.get("restartPolicy") == "Always"]
     total = Request()
