@@ -215,6 +215,18 @@ def test_a_full_pool_with_surge_zero_and_one_unavailable_passes(prod_plan):
     assert pods and pods[0]["replicas"] == [4, 8] and pods[0]["pools"] == ["mid"]
 
 
+def test_replicas_that_do_not_fit_before_an_update_are_reported_once(prod_plan):
+    """Five one-GPU replicas on one 4-GPU node: the fifth never runs, which is the finding, not the rollout."""
+    def five(rs):
+        _full_mid_pool(SURGE_ONE)(rs)
+        values = _values(rs, "us-east-1-llama-3-1-8b")
+        values.update(replicaCount=5)
+        values["autoscaling"].update(minReplicas=5)
+    res = result_of_resources(prod_plan, mutated(prod_plan, five), "capacity-fit")
+    assert _mentioning(res, "at min scale 1 of 5 replicas of Deployment llm-serving/vllm-llama-3-1-8b (us-east-1)")
+    assert not _mentioning(res, "rolling update of Deployment llm-serving/vllm-llama-3-1-8b (us-east-1)")
+
+
 def test_a_node_autoscaler_lets_a_rollout_use_the_pools_max_size(prod_plan):
     """With a node autoscaler (none is installed yet) the surge pod makes the mid pool grow to its second node."""
     resources = mutated(prod_plan, _full_mid_pool(SURGE_ONE))

@@ -161,6 +161,7 @@ CONTROLS: list[Control] = [
                 f"{_T}test_capacity_fit.py::test_a_pod_tolerating_no_pools_taints_fails_naming_each_pool",
                 f"{_T}test_capacity_fit.py::test_a_full_pool_with_surge_one_and_no_unavailability_fails_naming_the_rollout",
                 f"{_T}test_capacity_fit.py::test_a_full_pool_with_surge_zero_and_one_unavailable_passes",
+                f"{_T}test_capacity_fit.py::test_replicas_that_do_not_fit_before_an_update_are_reported_once",
                 f"{_T}test_capacity_fit.py::test_a_node_autoscaler_lets_a_rollout_use_the_pools_max_size",
                 f"{_T}test_capacity_fit.py::test_daemonsets_reduce_what_is_left_on_every_node_they_land_on",
                 f"{_T}test_capacity_fit.py::test_more_pods_than_a_node_takes_fail_on_pods_per_node",

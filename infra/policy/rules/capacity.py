@@ -214,8 +214,7 @@ def _fits_some_node(pod: PodTemplate, pools: list[Pool], region: str, found: Fin
     return False
 
 
-def _check_rollouts(pools: list[Pool], pods: list[PodTemplate], region: str, autoscaled: bool,
-                    found: Findings) -> None:
+def _check_rollouts(pools: list[Pool], pods: list[PodTemplate], autoscaled: bool, found: Findings) -> None:
     scale = "max" if autoscaled else "min"
     steady = [(p, p.min_replicas) for p in pods]
     for pod in pods:
@@ -227,7 +226,9 @@ def _check_rollouts(pools: list[Pool], pods: list[PodTemplate], region: str, aut
         # With maxUnavailable 0 an old pod goes only once a new one is ready, so one surge pod must fit beside
         # every replica; a second surge pod may wait for the first old pod to go (deployment_util.go,
         # NewRSNewReplicas and the rolling updater's scale-down of old replica sets).
-        _, nodes, ok = _pack(pools, scale, steady, extra=pod)
+        unplaced, nodes, ok = _pack(pools, scale, steady, extra=pod)
+        if unplaced.get(pod.label):
+            continue  # its replicas do not fit even before the update: reported as such
         found.judged(None, rollout=pod.label, max_surge=posts[0], max_unavailable=posts[1],
                      replicas=pod.min_replicas, scale=scale, surge_pod_fits=ok)
         if not ok:
@@ -269,6 +270,6 @@ def check(resources: Resources, policy: PolicyConfig, node_autoscaler: bool | No
                     found.fail(f"at {scale} scale {unplaced[pod.label]} of {wanted} replicas of {pod.kind} "
                                f"{pod.label} cannot be placed ({pod.request.describe()} each): "
                                + _shortage(pod, nodes))
-        _check_rollouts(pools, lasting, region, autoscaled, found)
+        _check_rollouts(pools, lasting, autoscaled, found)
     return found
 
