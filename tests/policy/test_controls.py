@@ -18,7 +18,8 @@ def _tests_in(path: Path) -> set[str]:
 
 def test_the_seven_controls_in_order():
     assert [c.id for c in CONTROLS] == ["budget-cap", "region-residency", "failover-topology", "secret-scope",
-                                        "gpu-pool-hygiene", "cluster-hardening", "version-support", "deployability"]
+                                        "gpu-pool-hygiene", "cluster-hardening", "version-support", "deployability",
+                                        "capacity-fit"]
     assert all(c.enforcement == "mandatory" and c.title and len(c.description) > 150 for c in CONTROLS)
 
 

@@ -1,0 +1,275 @@
+"""Control `capacity-fit`: every pod the rendered manifests would run is placed on its pool's nodes, at min and max
+scale, and every rolling update can finish."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from infra.catalog import InstanceType, load_catalog
+from infra.plan.cost import node_group_types
+from infra.plan.manifests import eks_addon_objects, render_release
+from infra.policy.rules.base import (
+    EKS_CLUSTER,
+    HELM_RELEASE,
+    NODE_GROUP,
+    POOL_LABEL,
+    Findings,
+    PolicyConfig,
+    Resource,
+    Resources,
+    as_int,
+    as_list,
+)
+from infra.policy.rules.workloads import PodTemplate, Request, Taint, pod_templates, rollout_fenceposts
+
+# Charts that add nodes when pods are pending. None is installed yet: a pool stays at its desired size (its
+# min), so a rollout must fit there; once one is recorded in a region, that region's pools may grow to max.
+NODE_AUTOSCALER_CHARTS = ("cluster-autoscaler", "karpenter")
+EKS_EFFECT = {"NO_SCHEDULE": "NoSchedule", "NO_EXECUTE": "NoExecute", "PREFER_NO_SCHEDULE": "PreferNoSchedule"}
+EKS_ADDONS = "EKS default add-ons"
+
+DESCRIPTION = (
+    "Judged on the rendered manifests, not the config: every Helm release the program records is rendered by "
+    "real Helm with its recorded values (the add-on charts from vendored copies of exactly their pinned "
+    "versions), and the pods EKS itself runs (aws-node, kube-proxy, CoreDNS; dated facts in "
+    "infra/plan/eks_addons.yaml) are added. Each node group is a pool of nodes of its smallest instance type, "
+    "with the catalog's allocatable CPU and memory (AL2023 nodeadm reservations), GPUs and max pods, and the "
+    "group's labels and taints. DaemonSets take their share of every node whose taints they tolerate and whose "
+    "labels they select, first. Every other pod must tolerate the taints and select the labels of some pool, "
+    "and fit one of its nodes; then all replicas are packed first-fit decreasing at min scale (min nodes, "
+    "min replicas) and at max scale (max nodes, HPA max replicas), counting pods per node. A Deployment whose "
+    "rolling update may not take a pod down first (maxUnavailable 0) needs room for one more pod at the size "
+    "its pool runs at: min nodes while no node autoscaler is installed. A violation names the pod, the pool "
+    "and the missing resource with both numbers.")
+
+
+@dataclass
+class Pool:
+    """One node group, as nodes of its smallest instance type."""
+    group: Resource
+    name: str
+    instance: InstanceType
+    labels: dict[str, str]
+    taints: list[Taint]
+    min_nodes: int
+    max_nodes: int
+    daemon_share: Request = field(default_factory=Request)
+    daemon_pods: int = 0
+    daemons: list[str] = field(default_factory=list)
+
+    @property
+    def allocatable(self) -> Request:
+        return Request(self.instance.allocatable_cpu_millicores, self.instance.allocatable_memory_mib * 2 ** 20,
+                       self.instance.gpus)
+
+    @property
+    def free(self) -> Request:
+        """What one node has left for other pods once the DaemonSets run on it."""
+        return self.allocatable - self.daemon_share
+
+    @property
+    def free_pods(self) -> int:
+        return self.instance.max_pods - self.daemon_pods
+
+    def node(self) -> str:
+        return f"pool {self.name} node {self.instance.name}"
+
+
+def _smallest(types: Iterable[str]) -> InstanceType | None:
+    catalog = load_catalog()
+    known = [catalog.instance(t) for t in types if t in catalog.instances]
+    return min(known, key=lambda i: (i.gpus, i.vcpus, i.memory_gib)) if known else None
+
+
+def _pool(group: Resource, found: Findings) -> Pool | None:
+    types = node_group_types(group.inputs)
+    instance = _smallest(types)
+    pool = str((group.inputs.get("labels") or {}).get(POOL_LABEL) or group.name)
+    if instance is None:
+        found.fail(f"node group {group.name} ({group.region}): none of its instance types {list(types)} is in "
+                   f"the catalog, so nothing is known of its nodes' capacity")
+        return None
+    scaling = group.inputs.get("scalingConfig") or {}
+    arm = "ARM" in str(group.inputs.get("amiType") or "")
+    # The labels the kubelet and EKS put on every managed node group's nodes, beside the group's own
+    # (https://kubernetes.io/docs/reference/labels-annotations-taints/,
+    # https://docs.aws.amazon.com/eks/latest/userguide/managed-node-groups.html).
+    labels = {"kubernetes.io/os": "linux", "kubernetes.io/arch": "arm64" if arm else "amd64",
+              "node.kubernetes.io/instance-type": instance.name,
+              "eks.amazonaws.com/nodegroup": str(group.inputs.get("nodeGroupName") or group.name),
+              "eks.amazonaws.com/capacityType": str(group.inputs.get("capacityType") or "ON_DEMAND"),
+              **{str(k): str(v) for k, v in (group.inputs.get("labels") or {}).items()}}
+    taints = [Taint(str(t.get("key")), str(t.get("value") or ""), EKS_EFFECT.get(str(t.get("effect")),
+                                                                                 str(t.get("effect"))))
+              for t in as_list(group.inputs.get("taints"))]
+    return Pool(group, pool, instance, labels, taints, as_int(scaling.get("minSize")),
+                as_int(scaling.get("maxSize")))
+
+
+def _why_not(pod: PodTemplate, pool: Pool) -> list[str]:
+    why = [f"does not tolerate its taint {t}" for t in pod.untolerated(pool.taints)]
+    return why + [f"its nodes do not match the pod's {w}" for w in pod.unselected(pool.labels)]
+
+
+def _lands_on(pod: PodTemplate, pool: Pool) -> bool:
+    return not _why_not(pod, pool)
+
+
+@dataclass
+class _Node:
+    pool: Pool
+    free: Request
+    slots: int
+
+
+def _pack(pools: list[Pool], scale: str, pods: list[tuple[PodTemplate, int]],
+          extra: PodTemplate | None = None) -> tuple[dict[str, int], list[_Node], bool]:
+    """First-fit decreasing: place `count` replicas of each pod on the pools' nodes at `scale` ("min"|"max"),
+    then `extra` (one more pod of it, a rolling update's surge) beside them. Returns the replicas left unplaced
+    per pod, the nodes as left, and whether `extra` found room."""
+    nodes = [_Node(p, p.free, p.free_pods) for p in pools
+             for _ in range(p.min_nodes if scale == "min" else p.max_nodes)]
+    replicas = sorted(((pod, i) for pod, count in pods for i in range(count)),
+                      key=lambda pi: pi[0].request.size, reverse=True)
+
+    def place(pod: PodTemplate) -> bool:
+        for node in nodes:
+            if node.slots > 0 and _lands_on(pod, node.pool) and pod.request.fits(node.free):
+                node.free, node.slots = node.free - pod.request, node.slots - 1
+                return True
+        return False
+
+    unplaced: dict[str, int] = {}
+    for pod, _ in replicas:
+        if not place(pod):
+            unplaced[pod.label] = unplaced.get(pod.label, 0) + 1
+    return unplaced, nodes, extra is None or place(extra)
+
+
+def _shortage(pod: PodTemplate, nodes: list[_Node]) -> str:
+    """What the pod lacks on the roomiest node it may land on."""
+    candidates = [n for n in nodes if _lands_on(pod, n.pool)]
+    if not candidates:
+        return "no pool that admits it has a node at this scale"
+    best = min(candidates, key=lambda n: (len(pod.request.shortfalls(n.free)) + (n.slots <= 0),
+                                          -n.free.gpus, -n.free.cpu_m, -n.free.memory))
+    lacks = pod.request.shortfalls(best.free) + (
+        [f"pods: node is at its max of {best.pool.instance.max_pods}"] if best.slots <= 0 else [])
+    return f"{best.pool.node()}, the roomiest it may land on, is short of " + "; ".join(lacks)
+
+
+def node_autoscaled(resources: Resources, region: str) -> bool:
+    return any(r.region == region and str(r.inputs.get("chart")).rstrip("/").rsplit("/", 1)[-1]
+               in NODE_AUTOSCALER_CHARTS for r in resources.of_type(HELM_RELEASE))
+
+
+def _workloads(resources: Resources, region: str, found: Findings) -> list[PodTemplate]:
+    pods: list[PodTemplate] = []
+    for release in resources.of_type(HELM_RELEASE):
+        if release.region != region:
+            continue
+        rendered = render_release(release)
+        found.judged(release, chart=rendered.chart, rendered_objects=len(rendered.objects),
+                     values_unknown_at_preview=rendered.had_unknowns)
+        if rendered.error:
+            found.fail(f"Helm release {rendered.namespace}/{rendered.name} ({region}) cannot be rendered, so its "
+                       f"pods cannot be placed: {rendered.error}")
+            continue
+        pods += pod_templates(rendered.objects, region, rendered.name, rendered.namespace)
+    if any(c.region == region for c in resources.of_type(EKS_CLUSTER)):
+        pods += pod_templates(eks_addon_objects(), region, EKS_ADDONS)
+    return pods
+
+
+def _place_daemonsets(pools: list[Pool], daemonsets: list[PodTemplate], found: Findings) -> None:
+    for pool in pools:
+        for ds in daemonsets:
+            if not _lands_on(ds, pool):
+                continue
+            lacks = ds.request.shortfalls(pool.free) + (
+                [f"pods: node is at its max of {pool.instance.max_pods}"] if pool.free_pods <= 0 else [])
+            if lacks:  # it stays pending there: reported once, and takes nothing
+                found.fail(f"DaemonSet {ds.label} cannot run on {pool.node()} beside the DaemonSets before it "
+                           f"({', '.join(pool.daemons) or 'none'}): short of " + "; ".join(lacks))
+                continue
+            pool.daemon_share, pool.daemon_pods = pool.daemon_share + ds.request, pool.daemon_pods + 1
+            pool.daemons.append(f"{ds.namespace}/{ds.name}")
+
+
+def _fits_some_node(pod: PodTemplate, pools: list[Pool], region: str, found: Findings) -> bool:
+    """A pod no node could ever take fails here: no pool admits it, or it is larger than every admitting node."""
+    admitting = [p for p in pools if _lands_on(pod, p)]
+    if not admitting:
+        reasons = "; ".join(f"pool {p.name} {', '.join(_why_not(pod, p))}" for p in pools) or "no node group"
+        found.fail(f"{pod.kind} {pod.label} can never be scheduled: no pool in {region} admits it ({reasons})")
+        return False
+    if any(pod.request.fits(p.free) and p.free_pods > 0 for p in admitting):
+        return True
+    for p in admitting:
+        lacks = pod.request.shortfalls(p.free) or [f"pods: {p.daemon_pods} DaemonSet pods fill its "
+                                                   f"{p.instance.max_pods}"]
+        found.fail(f"{pod.kind} {pod.label} can never be scheduled: it needs {pod.request.describe()}; "
+                   f"{p.node()} has {p.free.describe()} allocatable after DaemonSets "
+                   f"({', '.join(p.daemons) or 'none'}): short of " + "; ".join(lacks))
+    return False
+
+
+def _check_rollouts(pools: list[Pool], pods: list[PodTemplate], autoscaled: bool, found: Findings) -> None:
+    scale = "max" if autoscaled else "min"
+    steady = [(p, p.min_replicas) for p in pods]
+    for pod in pods:
+        if pod.kind != "Deployment":
+            continue
+        posts = rollout_fenceposts(pod.strategy, pod.min_replicas)
+        if posts is None or posts[1] > 0 or posts[0] == 0:
+            continue  # Recreate, or old pods may go first: the update always makes progress
+        # With maxUnavailable 0 an old pod goes only once a new one is ready, so one surge pod must fit beside
+        # every replica; a second surge pod may wait for the first old pod to go (deployment_util.go,
+        # NewRSNewReplicas and the rolling updater's scale-down of old replica sets).
+        unplaced, nodes, ok = _pack(pools, scale, steady, extra=pod)
+        if unplaced.get(pod.label):
+            continue  # its replicas do not fit even before the update: reported as such
+        found.judged(None, rollout=pod.label, max_surge=posts[0], max_unavailable=posts[1],
+                     replicas=pod.min_replicas, scale=scale, surge_pod_fits=ok)
+        if not ok:
+            size = ("its pools' min = desired size (no node autoscaler is installed)" if not autoscaled
+                    else "its pools' max size")
+            found.fail(f"rolling update of Deployment {pod.label} can never finish: maxSurge {posts[0]} / "
+                       f"maxUnavailable 0 needs one more pod ({pod.request.describe()}) beside its "
+                       f"{pod.min_replicas} replica(s) before any old pod goes, but at {size} "
+                       + _shortage(pod, nodes))
+
+
+def check(resources: Resources, policy: PolicyConfig, node_autoscaler: bool | None = None) -> Findings:
+    """`node_autoscaler`: whether pools grow to their max when pods are pending; None reads it from the record
+    (a cluster-autoscaler or Karpenter release in the region)."""
+    found = Findings()
+    regions = sorted({g.region for g in resources.of_type(NODE_GROUP)} |
+                     {r.region for r in resources.of_type(HELM_RELEASE)})
+    for region in regions:
+        pools = [p for g in resources.of_type(NODE_GROUP) if g.region == region if (p := _pool(g, found))]
+        pods = _workloads(resources, region, found)
+        autoscaled = node_autoscaled(resources, region) if node_autoscaler is None else node_autoscaler
+        _place_daemonsets(pools, [p for p in pods if p.kind == "DaemonSet"], found)
+        for pool in pools:
+            found.judged(pool.group, pool=pool.name, node=pool.instance.name, min_nodes=pool.min_nodes,
+                         max_nodes=pool.max_nodes, allocatable=pool.allocatable.describe(),
+                         after_daemonsets=pool.free.describe(), max_pods=pool.instance.max_pods,
+                         daemonsets=list(pool.daemons))
+        placeable = [p for p in pods if p.kind != "DaemonSet" and _fits_some_node(p, pools, region, found)]
+        lasting = [p for p in placeable if p.kind != "Job"]  # a hook Job runs alone for a moment: fitting is enough
+        for pod in placeable:
+            found.judged(None, pod=pod.label, kind=pod.kind, source=pod.source, requests=pod.request.describe(),
+                         replicas=[pod.min_replicas, pod.max_replicas],
+                         pools=[p.name for p in pools if _lands_on(pod, p)])
+        for scale in ("min", "max"):
+            counts = [(p, p.min_replicas if scale == "min" else p.max_replicas) for p in lasting]
+            unplaced, nodes, _ = _pack(pools, scale, counts)
+            for pod, wanted in counts:
+                if unplaced.get(pod.label):
+                    found.fail(f"at {scale} scale {unplaced[pod.label]} of {wanted} replicas of {pod.kind} "
+                               f"{pod.label} cannot be placed ({pod.request.describe()} each): "
+                               + _shortage(pod, nodes))
+        _check_rollouts(pools, lasting, autoscaled, found)
+    return found
+
