@@ -173,8 +173,8 @@ CONTROLS: list[Control] = [
                 f"{_T}test_capacity_fit.py::test_helm_install_hooks_are_placed_and_test_hooks_are_not",
                 f"{_T}test_capacity_fit.py::test_at_preview_values_not_yet_known_are_stood_in_for_and_the_pods_still_judged",
                 f"{_T}test_capacity_fit.py::test_llmp_plan_exits_1_naming_the_pod_and_what_is_missing",
-                f"{_T}test_capacity_fit.py::test_prod_today_fails_on_the_batch_model_and_full_pool_rollouts",
-                f"{_T}test_capacity_fit.py::test_preview_today_fails_on_its_batch_model",
+                f"{_T}test_capacity_fit.py::test_prod_places_every_pod_and_finishes_every_rollout",
+                f"{_T}test_capacity_fit.py::test_preview_places_every_pod_and_finishes_every_rollout",
             ]),
 ]
 

@@ -169,8 +169,8 @@ def _workloads(resources: Resources, region: str, found: Findings) -> list[PodTe
         if release.region != region:
             continue
         rendered = render_release(release)
-        found.judged(release, chart=rendered.chart, rendered_objects=len(rendered.objects),
-                     values_unknown_at_preview=rendered.had_unknowns)
+        found.judged(None, release=f"{rendered.namespace}/{rendered.name}", region=region, chart=rendered.chart,
+                     rendered_objects=len(rendered.objects), values_unknown_at_preview=rendered.had_unknowns)
         if rendered.error:
             found.fail(f"Helm release {rendered.namespace}/{rendered.name} ({region}) cannot be rendered, so its "
                        f"pods cannot be placed: {rendered.error}")
