@@ -16,7 +16,8 @@ class ModelServingArgs:
     cfg: StackConfig
     model: Model
     region: Region
-    role_arn: Any = None  # pulumi.Input[str]: the region's model server role, when the stack reads a HF token
+    role_arn: Any = None  # pulumi.Input[str]: the region's model server role (HF token or weights from S3)
+    weights_source: Any = None  # pulumi.Input[str]: s3://<bucket>/<model>, when the weights come from S3
 
 
 class ModelServing(pulumi.ComponentResource):
@@ -29,7 +30,8 @@ class ModelServing(pulumi.ComponentResource):
             chart=str(VLLM_CHART),
             namespace=MODEL_NAMESPACE,
             create_namespace=True,
-            values=vllm_values(args.cfg, args.model, args.region, role_arn=args.role_arn),
+            values=vllm_values(args.cfg, args.model, args.region, role_arn=args.role_arn,
+                               weights_source=args.weights_source),
             # Model downloads take minutes; don't fail the deploy while weights load.
             skip_await=True,
             opts=pulumi.ResourceOptions(parent=self, provider=kubernetes),
