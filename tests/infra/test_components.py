@@ -264,8 +264,9 @@ def test_secrets_live_under_the_stack_path_and_replicate_only_inside_their_zone(
 def test_gateway_roles_read_only_their_regions_copies(prod_plan: Plan) -> None:
     docs = [json.loads(p.inputs["policy"]) for p in prod_plan.of_type("aws:iam/rolePolicy:RolePolicy")]
     readers = [d for d in docs if any(s["Sid"] == "ReadStackSecrets" for s in d["Statement"])]
-    # The gateways' and the model servers' (the Hugging Face token); the deploy runner reads no secret.
-    assert len(readers) == 2 * len(PROD_REGIONS)
+    # The gateways', the model servers' and the weights stagers' (the Hugging Face token); the deploy runner
+    # reads no secret.
+    assert len(readers) == 3 * len(PROD_REGIONS)
     for doc in readers:
         read = next(s for s in doc["Statement"] if s["Sid"] == "ReadStackSecrets")
         regions = {arn.split(":")[3] for arn in read["Resource"]}

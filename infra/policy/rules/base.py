@@ -44,7 +44,7 @@ TAG_REGION = "llm-platform:region"
 # The Helm releases the program installs (charts/vllm as `vllm-<model>`, charts/gateway as `gateway`).
 VLLM_CHART_DIR = "vllm"
 GATEWAY_CHART_DIR = "gateway"
-MODEL_LABEL = "llm-platform/model"
+MODEL_LABEL = "llm-platform/model"  # on vLLM pods and on weights staging Jobs
 TIER_LABEL = "llm-platform/tier"
 POOL_LABEL = "llm-platform/pool"
 
