@@ -1,4 +1,4 @@
-"""ModelWeights: a region's S3 bucket of model weights, and WeightsStaging: the Jobs that copy each model into it once."""
+"""ModelWeights: a region's S3 bucket of model weights; WeightsStaging: the Jobs that copy each model into it once."""
 from __future__ import annotations
 
 import json
@@ -85,8 +85,8 @@ def stager_subject() -> str:
 
 
 def tls_only_policy(bucket_arn: str) -> dict[str, Any]:
-    """Refuse every request to the bucket that does not come over TLS (AWS's documented pattern,
-    https://docs.aws.amazon.com/AmazonS3/latest/userguide/security-best-practices.html, "Enforce encryption of data in transit")."""
+    """Refuse every request to the bucket that does not come over TLS (AWS's documented pattern: "Enforce
+    encryption of data in transit", https://docs.aws.amazon.com/AmazonS3/latest/userguide/security-best-practices.html)."""
     return {"Version": "2012-10-17", "Statement": [{
         "Sid": "TlsOnly", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
         "Resource": [bucket_arn, f"{bucket_arn}/*"],
@@ -203,7 +203,8 @@ class WeightsStaging(pulumi.ComponentResource):
         k8s.core.v1.ServiceAccount(
             f"{name}-sa", metadata=k8s.meta.v1.ObjectMetaArgs(
                 name=STAGER_SERVICE_ACCOUNT, namespace=WEIGHTS_NAMESPACE,
-                annotations={"eks.amazonaws.com/role-arn": role.arn, "eks.amazonaws.com/sts-regional-endpoints": "true"}),
+                annotations={"eks.amazonaws.com/role-arn": role.arn,
+                             "eks.amazonaws.com/sts-regional-endpoints": "true"}),
             automount_service_account_token=False, opts=in_ns)
         if args.token is not None:
             token_name, token_arn, key_arn = args.token
@@ -229,18 +230,20 @@ class WeightsStaging(pulumi.ComponentResource):
         labels = {"app.kubernetes.io/component": STAGER_COMPONENT, "app.kubernetes.io/part-of": "llm-platform",
                   MODEL_LABEL: model.name}
         token = args.token is not None
-        env = [k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in {
+        values: dict[str, pulumi.Input[str]] = {
             "HF_REPO": model.source, "BUCKET": args.weights.bucket.bucket, "PREFIX": model_prefix(model),
             "AWS_REGION": args.region, "HOME": "/tmp", "HF_HOME": "/tmp/hf", "PYTHONPATH": "/tmp/pkgs",
             # Credentials come from IRSA (the web identity token the EKS webhook mounts), never the node's role.
             "AWS_EC2_METADATA_DISABLED": "true", "HF_HUB_DISABLE_TELEMETRY": "1",
-            **({"HF_TOKEN_PATH": f"{TOKEN_MOUNT}/token"} if token else {})}.items()]
+            **({"HF_TOKEN_PATH": f"{TOKEN_MOUNT}/token"} if token else {})}
+        env = [k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in values.items()]
         mounts = [k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp")]
         volumes = [k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="2Gi"))]
         if token:
             mounts.append(k8s.core.v1.VolumeMountArgs(name="hf-token", mount_path=TOKEN_MOUNT, read_only=True))
             volumes.append(k8s.core.v1.VolumeArgs(name="hf-token", csi=k8s.core.v1.CSIVolumeSourceArgs(
-                driver="secrets-store.csi.k8s.io", read_only=True, volume_attributes={"secretProviderClass": "hf-token"})))
+                driver="secrets-store.csi.k8s.io", read_only=True,
+                volume_attributes={"secretProviderClass": "hf-token"})))
         install = f"pip install --quiet --no-cache-dir --target /tmp/pkgs {' '.join(STAGER_PACKAGES)}"
         return k8s.batch.v1.Job(
             f"{name}-{model.name}",

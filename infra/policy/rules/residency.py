@@ -10,13 +10,13 @@ from infra.policy.rules.base import (
     BUCKET_REPLICATION,
     COMPONENT_LABEL,
     DNS_RECORD,
-    JOB,
-    MODEL_LABEL,
-    STAGER_COMPONENT,
     GLOBAL,
+    JOB,
     KMS_KEY,
     KMS_REPLICA_KEY,
+    MODEL_LABEL,
     SECRET,
+    STAGER_COMPONENT,
     TAG_RESIDENCY,
     Findings,
     PolicyConfig,
@@ -231,9 +231,9 @@ def _weights(resources: Resources, policy: PolicyConfig, found: Findings) -> Non
             if "BUCKET" in env:
                 place(model, "staged_in", f"staging job {job.name}", env["BUCKET"])
     for release, model in resources.model_releases():
-        source = str(((release.inputs.get("values") or {}).get("model") or {}).get("source") or "")
-        if source.startswith("s3://"):
-            place(model, "loaded_from", f"release {release.name}", _bucket_of(source))
+        uri = str(((release.inputs.get("values") or {}).get("model") or {}).get("source") or "")
+        if uri.startswith("s3://"):
+            place(model, "loaded_from", f"release {release.name}", _bucket_of(uri))
     for model, seen in sorted(where.items()):
         intent = policy.models.get(model)
         found.judged(None, weights_of=model, restricted_to=intent.residency if intent else None,

@@ -166,8 +166,8 @@ def _stager_roles(resources: Resources) -> dict[str, str]:
             continue
         pod = ((job.inputs.get("spec") or {}).get("template") or {}).get("spec") or {}
         account = accounts.get((job.region, str(meta.get("namespace")), str(pod.get("serviceAccountName"))))
-        arn = ((account.inputs.get("metadata") or {}).get("annotations") or {}).get(IRSA_ANNOTATION) if account else None
-        if arn:
+        annotations = ((account.inputs.get("metadata") or {}).get("annotations") or {}) if account else {}
+        if arn := annotations.get(IRSA_ANNOTATION):
             roles[str(arn)] = job.region
     return roles
 
