@@ -198,8 +198,8 @@ def test_the_model_pods_mount_the_token_from_secrets_manager_through_their_own_r
     from tests.charts.rendering import render
     token = "llm-platform/prod/huggingface/token"
     roles = {r.outputs["arn"]: r for r in prod_plan.of_type("aws:iam/role:Role")}
-    policies = {p.inputs["role"]: json.loads(p.inputs["policy"])
-                for p in prod_plan.of_type("aws:iam/rolePolicy:RolePolicy")}
+    policies = {p.inputs["role"]: json.loads(p.inputs["policy"])  # the token's (not the weights') policy
+                for p in prod_plan.of_type("aws:iam/rolePolicy:RolePolicy") if "ReadStackSecrets" in p.inputs["policy"]}
     token_copies = {arn.replace(f":{s.region}:", f":{r}:"): r
                     for s in prod_plan.of_type("aws:secretsmanager/secret:Secret") if s.inputs["name"] == token
                     for arn in [s.outputs["arn"]] for r in [s.region, *(x["region"] for x in s.inputs["replicas"])]}
