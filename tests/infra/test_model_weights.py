@@ -1,6 +1,7 @@
 """Weights that load fast and once: per-region buckets, staging Jobs, the streamer's values and the startup budget."""
 from __future__ import annotations
 
+import io
 import json
 import math
 
@@ -124,11 +125,6 @@ def test_a_staging_job_per_s3_model_and_region_runs_on_the_system_nodes_as_the_s
         assert ":latest" not in container["image"] and ":" in container["image"]
 
 
-def test_the_stage_script_is_valid_python_and_writes_its_marker_last() -> None:
-    compile(STAGE_SCRIPT, "stage", "exec")
-    assert STAGE_SCRIPT.rstrip().splitlines()[-2].startswith("s3.put_object(Bucket=bucket, Key=marker")
-
-
 def test_the_stager_writes_only_its_regions_model_prefixes(prod_plan: Plan) -> None:
     roles = {r.outputs["name"]: r for r in prod_plan.of_type(ROLE)}
     for region in [r.name for r in prod_plan.config.regions]:
@@ -220,3 +216,97 @@ def test_the_startup_budget_follows_the_checkpoint_size_and_the_source(prod_plan
         startup = release.inputs["values"]["probes"]["startup"]
         expected = startup_failure_threshold(model, cfg.region(release.region), model.weights_from("prod"))
         assert startup == {"periodSeconds": 10, "failureThreshold": expected}
+
+
+# -- the stager's script, against S3 (moto) and a Hugging Face Hub played in-process ---------------
+
+class _Hub:
+    """Plays the Hugging Face Hub for the stager: a repo's files at a revision, and a log of downloads."""
+
+    def __init__(self, files: dict[str, bytes], sha: str) -> None:
+        self.files, self.sha, self.downloads = files, sha, []
+
+    def install(self, monkeypatch) -> None:
+        import sys
+        import types
+        from types import SimpleNamespace
+
+        import requests
+        hub, utils = types.ModuleType("huggingface_hub"), types.ModuleType("huggingface_hub.utils")
+        outer = self
+
+        class HfApi:
+            def model_info(self, repo: str, files_metadata: bool = False) -> SimpleNamespace:
+                assert files_metadata  # sizes let a retried Job skip what it already copied
+                return SimpleNamespace(sha=outer.sha, siblings=[SimpleNamespace(rfilename=n, size=len(b))
+                                                                for n, b in outer.files.items()])
+
+        hub.HfApi = HfApi
+        hub.hf_hub_url = lambda repo, name, revision: f"https://huggingface.co/{repo}/resolve/{revision}/{name}"
+        utils.build_hf_headers = lambda: {}
+
+        class Response:
+            def __init__(self, name: str) -> None:
+                self.raw = io.BytesIO(outer.files[name])
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc) -> None:
+                return None
+
+            def raise_for_status(self) -> None:
+                return None
+
+        def get(url: str, **kwargs) -> Response:
+            name = url.split("/resolve/", 1)[1].split("/", 1)[1]
+            outer.downloads.append(name)
+            return Response(name)
+
+        monkeypatch.setitem(sys.modules, "huggingface_hub", hub)
+        monkeypatch.setitem(sys.modules, "huggingface_hub.utils", utils)
+        monkeypatch.setattr(requests, "get", get)
+
+    def stage(self) -> None:
+        self.downloads = []
+        try:
+            # The Job's own script, run here as its container runs it (python -c).
+            exec(compile(STAGE_SCRIPT, "stage", "exec"), {"__name__": "__main__"})
+        except SystemExit as done:
+            assert done.code == 0
+
+
+def test_the_stager_copies_what_vllm_loads_once_resumes_and_restages_a_new_revision(monkeypatch) -> None:
+    import boto3
+    from moto import mock_aws
+    for var, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "HF_REPO": "org/model",
+                       "BUCKET": "llmp-prod-weights-x", "PREFIX": "model", "AWS_REGION": "eu-north-1"}.items():
+        monkeypatch.setenv(var, value)
+    hub = _Hub({"config.json": b"{}", "tokenizer.json": b"tok", "model-00001-of-00002.safetensors": b"a" * 10,
+                "model-00002-of-00002.safetensors": b"b" * 10, "README.md": b"readme",
+                "original/consolidated.00.pth": b"meta", "consolidated.safetensors": b"mistral"}, "rev1")
+    hub.install(monkeypatch)
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="eu-north-1")
+        s3.create_bucket(Bucket="llmp-prod-weights-x", CreateBucketConfiguration={"LocationConstraint": "eu-north-1"})
+
+        def keys() -> set[str]:
+            return {o["Key"] for o in s3.list_objects_v2(Bucket="llmp-prod-weights-x").get("Contents", [])}
+
+        def marker() -> dict:
+            return json.loads(s3.get_object(Bucket="llmp-prod-weights-x", Key="model/.staged")["Body"].read())
+
+        hub.stage()  # first create: only what vLLM's Run:ai loader reads, then the marker
+        assert keys() == {"model/config.json", "model/tokenizer.json", "model/model-00001-of-00002.safetensors",
+                          "model/model-00002-of-00002.safetensors", "model/.staged"}
+        assert marker() == {"source": "org/model", "revision": "rev1"}
+        hub.stage()  # staged already: nothing is downloaded
+        assert hub.downloads == []
+        s3.delete_object(Bucket="llmp-prod-weights-x", Key="model/.staged")
+        hub.stage()  # a Job that died before its marker resumes: what is there at the right size stays
+        assert hub.downloads == [] and marker() == {"source": "org/model", "revision": "rev1"}
+        hub.files["model-00002-of-00002.safetensors"] = b"c" * 12
+        hub.sha = "rev2"
+        hub.stage()  # a new revision: the changed file is copied again, and the marker names it
+        assert hub.downloads == ["model-00002-of-00002.safetensors"]
+        assert marker() == {"source": "org/model", "revision": "rev2"}
