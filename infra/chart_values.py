@@ -7,6 +7,7 @@ policy depend on them): the program installs `vllm-<model>` in `llm-serving` and
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -75,13 +76,14 @@ def model_service_account_subjects(cfg: StackConfig, region: str) -> list[str]:
     return [f"system:serviceaccount:{MODEL_NAMESPACE}:{model_service_account(m)}" for m in cfg.models_in(region)]
 
 
-def vllm_values(cfg: StackConfig, model: Model, region: Region, *, role_arn: Any = None) -> dict[str, Any]:
+def vllm_values(cfg: StackConfig, model: Model, region: Region, *, role_arn: Any = None,
+                weights_source: Any = None) -> dict[str, Any]:
     """Values for the `vllm-<model>` release serving `model` in `region`. `role_arn` (may be a Pulumi
-    Output) is the region's model server role, needed when the stack reads a Hugging Face token."""
+    Output) is the region's model server role, needed when the stack reads a Hugging Face token or the
+    weights come from S3; `weights_source` is the model's `s3://<bucket>/<model>` when they do."""
     pool = region.pool(model.pool)
     if pool is None:
         raise ValueError(f"model {model.name} uses pool {model.pool!r}, which region {region.name} does not have")
-    s3 = model.source.startswith("s3://")
     # The HPA cannot go below one replica without the HPAScaleToZero feature gate, so a model whose
     # minimum is 0 (batch on spot) keeps one warm replica and scales up to its maximum.
     min_replicas = max(1, model.replicas.min)
@@ -89,7 +91,7 @@ def vllm_values(cfg: StackConfig, model: Model, region: Region, *, role_arn: Any
     values: dict[str, Any] = {
         "image": dict(VLLM_IMAGE),
         "model": {
-            "source": f"/models/{model.name}" if s3 else model.source,
+            "source": model.source,
             "servedName": model.name,
             "maxModelLen": model.max_model_len,
             "gpuMemoryUtilization": model.gpu_memory_utilization,
@@ -136,9 +138,7 @@ def vllm_values(cfg: StackConfig, model: Model, region: Region, *, role_arn: Any
         values["serviceAccount"]["roleArn"] = role_arn
         values["model"]["hfToken"] = {"secretsManager": {
             "secretId": huggingface_token_name(cfg.stack), "region": region.name}}
-    if s3:
-        # The weights live in the stack's own bucket: an init container syncs them to the node first.
-        values["modelCache"] = {"s3": {"uri": model.source}}
+    _merge(values, weights_values(cfg, model, region, role_arn=role_arn, source=weights_source))
     return values
 
 
@@ -179,6 +179,69 @@ def rollout_timeout_seconds(values: dict[str, Any]) -> int:
 def _chart_defaults(chart: Path) -> dict[str, Any]:
     values: dict[str, Any] = yaml.safe_load((chart / "values.yaml").read_text())
     return values
+# Startup budget (README: Weights). Run:ai's streamer measured 3.51 GiB/s from S3 to a g5.12xlarge's GPUs
+# (run-ai/runai-model-streamer docs/src/benchmarks.md); budget a seventh of that. A Hugging Face download
+# from one pod is budgeted at 50 MB/s. Then torch.compile, CUDA graph capture and warm-up: 10 minutes.
+S3_LOAD_GB_PER_S = 0.5
+HF_DOWNLOAD_GB_PER_S = 0.05
+WARM_UP_SECONDS = 600
+STARTUP_PERIOD_SECONDS = 10
+
+
+def checkpoint_gb(model: Model, region: Region) -> float:
+    """The checkpoint's size: `size_gb`, or at most what the replica's GPUs hold (twice that for fp8, which
+    vLLM quantizes from a 16-bit checkpoint while loading)."""
+    if model.size_gb is not None:
+        return model.size_gb
+    pool = region.pool(model.pool)
+    catalog = load_catalog()
+    per_gpu = max((catalog.instance(t).gpu_memory_gib for t in pool.instance_types if t in catalog.instances),
+                  default=80) if pool else 80
+    return model.gpus * per_gpu * (2 if model.quantization == "fp8" else 1)
+
+
+def startup_failure_threshold(model: Model, region: Region, weights: str) -> int:
+    """Startup probe failures allowed (every STARTUP_PERIOD_SECONDS): the load at a conservative rate plus warm-up."""
+    rate = S3_LOAD_GB_PER_S if weights == "s3" else HF_DOWNLOAD_GB_PER_S
+    return math.ceil((checkpoint_gb(model, region) / rate + WARM_UP_SECONDS) / STARTUP_PERIOD_SECONDS)
+
+
+def weights_values(cfg: StackConfig, model: Model, region: Region, *, role_arn: Any, source: Any) -> dict[str, Any]:
+    """Where the release loads weights from, and the startup budget that takes.
+
+    S3: vLLM serves `s3://<bucket>/<model>` with `--load-format runai_streamer`
+    (https://docs.vllm.ai/en/stable/models/extensions/runai_model_streamer/). The streamer gets credentials
+    through boto3 (run-ai/runai-model-streamer docs/src/usage.md, "S3 authentication"), whose chain reads the
+    web identity token and role that EKS's IRSA webhook injects (AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_ARN) for
+    the ServiceAccount's role: so the release always carries the role's ARN. IRSA needs STS and S3 over HTTPS,
+    which the chart's NetworkPolicy allows (egress 443), and never the instance metadata endpoint, which it
+    blocks; AWS_EC2_METADATA_DISABLED keeps the SDKs from falling back to the node's role.
+    """
+    weights = model.weights_from(cfg.environment)
+    out: dict[str, Any] = {"probes": {"startup": {
+        "periodSeconds": STARTUP_PERIOD_SECONDS,
+        "failureThreshold": startup_failure_threshold(model, region, weights)}}}
+    if weights != "s3":
+        return out
+    if source is None or role_arn is None:
+        raise ValueError(f"model {model.name} in {region.name} loads its weights from S3: the release needs the "
+                         "weights bucket's source and the model server role's ARN")
+    out["model"] = {"source": source, "extraArgs": ["--load-format=runai_streamer"]}
+    out["serviceAccount"] = {"roleArn": role_arn}
+    out["extraEnv"] = [{"name": "AWS_REGION", "value": region.name},
+                       {"name": "AWS_EC2_METADATA_DISABLED", "value": "true"}]
+    return out
+
+
+def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Nested dicts merge, lists extend, anything else is replaced."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        elif isinstance(value, list) and isinstance(into.get(key), list):
+            into[key] = [*into[key], *value]
+        else:
+            into[key] = value
 
 
 def gateway_values(cfg: StackConfig, region: Region, *, role_arn: Any, config: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,8 @@ PREVIEW_TEMPLATE = "preview"
 PR_STACK = re.compile(r"^pr-([1-9][0-9]*)$")
 ROOT = Path(__file__).resolve().parent.parent
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
+# Prod models this large (GB on disk) load from the region's weights bucket unless `weights` says otherwise.
+S3_WEIGHTS_MIN_GB = 10.0
 # RFC 5737's documentation blocks: never routed on the internet, so no runner ever has such an address.
 DOCUMENTATION_RANGES = tuple(ipaddress.IPv4Network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
 
@@ -153,11 +155,25 @@ class Model(_Model):
     gpu_memory_utilization: float = Field(default=0.90, gt=0.1, le=0.98)
     # Unset: a share of the pool's smallest node proportional to `gpus` (infra/sizing.py).
     resources: ModelResources | None = None
+    # Where replicas load weights from: `s3` (the region's weights bucket, staged once from Hugging Face,
+    # streamed by Run:ai's streamer) or `huggingface` (each replica downloads). Unset: see `weights_from`.
+    weights: Literal["s3", "huggingface"] | None = None
+    # The checkpoint's size on disk (its safetensors, GB): sizes the startup probe and picks the default `weights`.
+    size_gb: float | None = Field(default=None, gt=0)
 
     @property
     def batch_tolerant(self) -> bool:
         """Batch models accept spot interruptions; only they may run on spot pools."""
         return self.tier == "batch"
+
+    def weights_from(self, environment: str) -> Literal["s3", "huggingface"]:
+        """`weights`, or by default: S3 for prod models of S3_WEIGHTS_MIN_GB or more (a replica then loads them
+        from its own region in seconds, and Hugging Face is asked once per region, not per replica); Hugging
+        Face for small models, models of unknown size, and previews (no bucket to stage for a short-lived stack)."""
+        if self.weights is not None:
+            return self.weights
+        large = self.size_gb is not None and self.size_gb >= S3_WEIGHTS_MIN_GB
+        return "s3" if environment == "prod" and large else "huggingface"
 
 
 class Failover(_Model):
@@ -521,6 +537,14 @@ def _check_model(cfg: StackConfig, catalog: Catalog, i: int, model: Model,
         problems.append((f"{at}.gpus", f"{model.gpus} GPUs per replica: vLLM tensor parallelism needs 1, 2, 4 or 8"))
     if model.residency is not None and model.residency not in cfg.residency:
         problems.append((f"{at}.residency", f"zone {model.residency!r} is not defined in {NAMESPACE}:residency"))
+    if "://" in model.source:
+        problems.append((f"{at}.source", f"{model.source!r}: source is the Hugging Face repo id (org/name); for "
+                                         f"weights from S3 write `weights: s3` and the program stages them into "
+                                         f"the region's own bucket"))
+    if model.weights_from(cfg.environment) == "s3" and model.size_gb is None:
+        problems.append((f"{at}.size_gb", f"weights from S3 need the checkpoint's size in GB (it sizes the startup "
+                                          f"probe); give size_gb, e.g. {model.gpus * 16} for {model.gpus} GPU(s) of "
+                                          f"bf16 weights at 8B parameters per GPU"))
     known = {r.name: r for r in cfg.regions}
     for j, name in enumerate(model.regions):
         region = known.get(name)

@@ -16,10 +16,11 @@ from infra.components.gateway import Gateway, GatewayArgs, gateway_role
 from infra.components.hub_peering import HubPeering, HubPeeringArgs
 from infra.components.model_serving import ModelServing, ModelServingArgs
 from infra.components.model_token import model_server_role, model_token_policy
+from infra.components.model_weights import ModelWeights, ModelWeightsArgs, WeightsStaging, WeightsStagingArgs
 from infra.components.network import Network, NetworkArgs
 from infra.components.node_pool import NodePool, NodePoolArgs
 from infra.components.providers import global_provider, iam_path, regional_provider, stack_tags
-from infra.components.secrets import StackSecrets, StackSecretsArgs
+from infra.components.secrets import StackSecrets, StackSecretsArgs, huggingface_token_name
 from infra.config import Region, StackConfig
 from infra.gateway_config import gateway_config
 from infra.placement import network_zones, pool_zones
@@ -48,6 +49,8 @@ class RegionalStack:
         """`hub` is the deploy hub's region, built first; None when this region is the hub."""
         name = region.name
         self.region = region
+        self.iam = iam
+        self.reads_token = cfg.secrets.huggingface_token
         self.provider = regional_provider(cfg.stack, name, region.residency, extra_tags)
         tags = {**stack_tags(cfg.stack, name, region.residency), **extra_tags}  # for what default tags miss
         catalog, system_type = load_catalog(), cfg.cluster.system_instance_type
@@ -88,21 +91,48 @@ class RegionalStack:
         self.gateway_role = gateway_role(
             f"{name}-gateway", name, iam_path(cfg.stack), tags,
             self.cluster.oidc.arn, self.cluster.oidc_issuer, iam, parent)
+        # Weights from S3 live in the region's own bucket (README: Weights): per region, so replicas read
+        # locally and a restricted model's weights exist only in its zone's regions.
+        self.s3_models = [m for m in cfg.models_in(name) if m.weights_from(cfg.environment) == "s3"]
+        self.weights = ModelWeights(f"{name}", ModelWeightsArgs(
+            stack=cfg.stack, region=name, models=tuple(self.s3_models), iam_path=iam_path(cfg.stack), tags=tags,
+            oidc_provider_arn=self.cluster.oidc.arn, oidc_issuer=self.cluster.oidc_issuer),
+            self.provider, iam, pulumi.ResourceOptions(parent=parent)) if self.s3_models else None
         self.model_role = model_server_role(
             f"{name}-models", name, iam_path(cfg.stack), tags, model_service_account_subjects(cfg, name),
             self.cluster.oidc.arn, self.cluster.oidc_issuer, iam, parent,
-        ) if cfg.secrets.huggingface_token and cfg.models_in(name) else None
+        ) if (cfg.secrets.huggingface_token or self.s3_models) and cfg.models_in(name) else None
+        self.weights_read = self.weights.read_policy(
+            f"{name}-models-weights", self.model_role, self.s3_models, iam, parent,
+        ) if self.weights and self.model_role else None
 
-    def serve(self, cfg: StackConfig, parent: pulumi.Resource, token_ready: list[pulumi.Resource]) -> None:
-        """The model releases, once the token they mount (if any) is readable by their role."""
+    @property
+    def token_reader_roles(self) -> list[aws.iam.Role]:
+        """Roles that mount the Hugging Face token here: the model servers', and the weights stager's."""
+        if not (self.reads_token and self.model_role):
+            return []
+        return [self.model_role, *([self.weights.stager_role] if self.weights else [])]
+
+    def serve(self, cfg: StackConfig, parent: pulumi.Resource, token_ready: list[pulumi.Resource],
+              token: tuple[str, pulumi.Output[str], pulumi.Output[str]] | None) -> None:
+        """The weights staging Jobs, then the model releases, once the token they mount (if any) is readable
+        by their role and (from S3) their weights are staged and readable."""
         role_arn = self.model_role.arn if self.model_role else None
-        self.serving = [
-            ModelServing(f"{self.region.name}-{model.name}", ModelServingArgs(
-                cfg=cfg, model=model, region=self.region, role_arn=role_arn), self.cluster.kubernetes,
-                pulumi.ResourceOptions(parent=parent,
-                                       depends_on=[self.addons, self.pools[model.pool], *token_ready]))
-            for model in cfg.models_in(self.region.name)
-        ]
+        name = self.region.name
+        staging = WeightsStaging(f"{name}-weights", WeightsStagingArgs(
+            region=name, weights=self.weights, models=tuple(self.s3_models), token=token),
+            self.cluster.kubernetes, self.iam, pulumi.ResourceOptions(
+                parent=parent, depends_on=[self.addons, self.cluster.system_nodes, *token_ready],
+            )) if self.weights else None
+        self.serving = []
+        for model in cfg.models_in(name):
+            after: list[pulumi.Resource] = [self.addons, self.pools[model.pool], *token_ready]
+            if staging and self.weights and self.weights_read and model.name in staging.jobs:
+                after += [staging.jobs[model.name], self.weights_read]
+            self.serving.append(ModelServing(f"{name}-{model.name}", ModelServingArgs(
+                cfg=cfg, model=model, region=self.region, role_arn=role_arn,
+                weights_source=self.weights.source(model) if staging and self.weights else None),
+                self.cluster.kubernetes, pulumi.ResourceOptions(parent=parent, depends_on=after)))
 
 
     def _deploy_path(self, cfg: StackConfig, iam: aws.Provider, parent: pulumi.Resource,
@@ -142,14 +172,17 @@ class Platform(pulumi.ComponentResource):
             secrets = StackSecrets(f"{name}-secrets-{zone}", StackSecretsArgs(
                 stack=cfg.stack, zone=zone, regions=members, providers=cfg.secrets.providers,
                 reader_role_arns=[regions[r].gateway_role.arn for r in members],
-                model_reader_role_arns=[role.arn for r in members if (role := regions[r].model_role)],
+                model_reader_role_arns=[role.arn for r in members for role in regions[r].token_reader_roles],
                 recovery_window_days=0 if cfg.environment == "preview" else 7), providers, here)
             for region_name in members:
                 rs = regions[region_name]
+                reads_token = rs.reads_token and rs.model_role is not None
                 rs.serve(cfg, self, [secrets, model_token_policy(
                     f"{region_name}-models-token", region_name, rs.model_role,
                     secrets.huggingface_token_arns[region_name], secrets.key_arns[region_name], iam, self,
-                )] if rs.model_role else [])
+                )] if reads_token and rs.model_role else [],
+                    (huggingface_token_name(cfg.stack), secrets.huggingface_token_arns[region_name],
+                     secrets.key_arns[region_name]) if reads_token else None)
                 Gateway(f"{region_name}-gateway", GatewayArgs(
                     cfg=cfg, region=rs.region, role=rs.gateway_role, secret_arns=secrets.arns[region_name],
                     key_arn=secrets.key_arns[region_name], config=gateway_config(cfg, rs.region)),

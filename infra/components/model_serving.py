@@ -16,14 +16,16 @@ class ModelServingArgs:
     cfg: StackConfig
     model: Model
     region: Region
-    role_arn: Any = None  # pulumi.Input[str]: the region's model server role, when the stack reads a HF token
+    role_arn: Any = None  # pulumi.Input[str]: the region's model server role (HF token or weights from S3)
+    weights_source: Any = None  # pulumi.Input[str]: s3://<bucket>/<model>, when the weights come from S3
 
 
 class ModelServing(pulumi.ComponentResource):
     def __init__(self, name: str, args: ModelServingArgs, kubernetes: k8s.Provider,
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("llm-platform:serving:ModelServing", name, None, opts)
-        values = vllm_values(args.cfg, args.model, args.region, role_arn=args.role_arn)
+        values = vllm_values(args.cfg, args.model, args.region, role_arn=args.role_arn,
+                             weights_source=args.weights_source)
         self.release = k8s.helm.v3.Release(
             name,
             name=vllm_release_name(args.model),

@@ -150,6 +150,10 @@ def _outputs(typ: str, name: str, region: str, inputs: dict[str, Any]) -> dict[s
     if typ == "aws:codeconnections/connection:Connection":
         return {"arn": f"arn:aws:codeconnections:{region}:{ACCOUNT}:connection/{h[:8]}-{h[8:12]}-{h[12:16]}-"
                        f"{h[16:20]}-{h[20:32]}", "connectionStatus": "PENDING"}
+    if typ == "aws:s3/bucket:Bucket":  # the provider names it: the prefix and a unique suffix
+        bucket = inputs.get("bucket") or f"{inputs.get('bucketPrefix') or name + '-'}{_hex('bucket', name, n=26)}"
+        return {"id": bucket, "bucket": bucket, "arn": f"arn:aws:s3:::{bucket}", "region": region,
+                "bucketRegionalDomainName": f"{bucket}.s3.{region}.amazonaws.com"}
     if typ == "aws:budgets/budget:Budget":
         return {"arn": f"arn:aws:budgets::{ACCOUNT}:budget/{physical}", "accountId": ACCOUNT}
     if typ == "kubernetes:core/v1:Service":

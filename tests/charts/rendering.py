@@ -27,6 +27,13 @@ KUBE_VERSION = "1.32"
 CHECKOV = Path(os.environ.get("CHECKOV_BIN", ROOT / ".venv" / "checkov" / "bin" / "checkov"))
 ROLE_ARN = "arn:aws:iam::123456789012:role/llm-gateway-us-east-1"
 MODEL_ROLE_ARN = "arn:aws:iam::123456789012:role/llm-models-us-east-1"
+# A region's weights bucket as the program names it (infra/components/model_weights.py): prefix and AWS's suffix.
+WEIGHTS_BUCKET = "llmp-prod-weights-20261126004500000000000001"
+
+
+def weights_source(model: Any) -> str:
+    """Where the program points a model whose weights come from S3 (ignored for Hugging Face downloads)."""
+    return f"s3://{WEIGHTS_BUCKET}/{model.name}"
 
 
 @dataclass
@@ -100,7 +107,7 @@ PROD_REGIONS = [r.name for r in _PROD.regions]
 def render_prod_model(cfg: StackConfig, region: str, model: str, ingress: bool = False) -> Rendered:
     """The release as the program installs it; `ingress=True` also switches on the model's ingress."""
     m = next(x for x in cfg.models if x.name == model)
-    values = vllm_values(cfg, m, cfg.region(region), role_arn=MODEL_ROLE_ARN)
+    values = vllm_values(cfg, m, cfg.region(region), role_arn=MODEL_ROLE_ARN, weights_source=weights_source(m))
     if ingress:
         values["ingress"]["enabled"] = True
     return render(VLLM_CHART, values, name=vllm_release_name(m), namespace=MODEL_NAMESPACE)

@@ -26,6 +26,7 @@ from tests.charts.rendering import (
     load_prod,
     prod_gateway_values,
     render,
+    weights_source,
 )
 
 DIGEST = "sha256:" + "0" * 64
@@ -85,7 +86,8 @@ def _vllm_scenarios() -> dict[str, tuple[dict[str, Any] | None, str]]:
         "token-from-a-kubernetes-secret": ({"model": {"hfToken": {"secret": {"name": "hf-token"}}}}, "vllm-k8s")}
     for region, name in PROD_MODEL_RELEASES:
         model = next(m for m in cfg.models if m.name == name)
-        out[f"prod-{region}-{name}"] = (vllm_values(cfg, model, cfg.region(region), role_arn=MODEL_ROLE_ARN),
+        out[f"prod-{region}-{name}"] = (vllm_values(cfg, model, cfg.region(region), role_arn=MODEL_ROLE_ARN,
+                                                    weights_source=weights_source(model)),
                                         vllm_release_name(model))
     return out
 

@@ -27,7 +27,8 @@ def test_the_await_outlasts_every_replicas_drain_pull_and_startup_budget(prod_pl
         values = release.inputs["values"]
         drain = values["drain"]
         grace = drain["preStopSeconds"] + drain["timeoutSeconds"] + drain["marginSeconds"]
-        startup_budget = 10 * 180  # charts/vllm probes.startup: 30 minutes
+        startup = values["probes"]["startup"]  # sized from the checkpoint and where it loads from
+        startup_budget = startup["periodSeconds"] * startup["failureThreshold"]
         timeout = release.inputs["timeout"]
         assert timeout == rollout_timeout_seconds(values)
         assert timeout >= values["replicaCount"] * (grace + startup_budget), release.inputs["name"]

@@ -27,6 +27,7 @@ from tests.charts.rendering import (
     install_error,
     render,
     render_prod_model,
+    weights_source,
 )
 
 RELEASES = pytest.mark.parametrize(("region", "model"), PROD_MODEL_RELEASES,
@@ -98,7 +99,9 @@ def test_the_server_serves_the_model_with_its_configured_limits(prod, region, mo
     container = r.container("vllm")
     args = _args(r)
     assert container["command"] == ["vllm", "serve"]
-    assert args[0] == m.source
+    # Weights from S3: the region's bucket, streamed by Run:ai's loader (infra/chart_values.py weights_values).
+    assert args[0] == (weights_source(m) if m.weights_from("prod") == "s3" else m.source)
+    assert ("--load-format=runai_streamer" in args) == (m.weights_from("prod") == "s3")
     assert f"--served-model-name={m.name}" in args
     assert f"--max-model-len={m.max_model_len}" in args
     assert f"--gpu-memory-utilization={m.gpu_memory_utilization}" in args
@@ -377,7 +380,7 @@ def test_the_prod_values_are_accepted_at_install(prod):
     from infra.chart_values import vllm_values
     region = prod.regions[0]
     for m in prod.models_in(region.name):
-        values = vllm_values(prod, m, region, role_arn=MODEL_ROLE_ARN)
+        values = vllm_values(prod, m, region, role_arn=MODEL_ROLE_ARN, weights_source=weights_source(m))
         assert install_error(VLLM_CHART, values, name=vllm_release_name(m), namespace=MODEL_NAMESPACE) == ""
 
 

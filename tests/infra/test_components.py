@@ -198,8 +198,8 @@ def test_the_model_pods_mount_the_token_from_secrets_manager_through_their_own_r
     from tests.charts.rendering import render
     token = "llm-platform/prod/huggingface/token"
     roles = {r.outputs["arn"]: r for r in prod_plan.of_type("aws:iam/role:Role")}
-    policies = {p.inputs["role"]: json.loads(p.inputs["policy"])
-                for p in prod_plan.of_type("aws:iam/rolePolicy:RolePolicy")}
+    policies = {p.inputs["role"]: json.loads(p.inputs["policy"])  # the token's (not the weights') policy
+                for p in prod_plan.of_type("aws:iam/rolePolicy:RolePolicy") if "ReadStackSecrets" in p.inputs["policy"]}
     token_copies = {arn.replace(f":{s.region}:", f":{r}:"): r
                     for s in prod_plan.of_type("aws:secretsmanager/secret:Secret") if s.inputs["name"] == token
                     for arn in [s.outputs["arn"]] for r in [s.region, *(x["region"] for x in s.inputs["replicas"])]}
@@ -264,8 +264,9 @@ def test_secrets_live_under_the_stack_path_and_replicate_only_inside_their_zone(
 def test_gateway_roles_read_only_their_regions_copies(prod_plan: Plan) -> None:
     docs = [json.loads(p.inputs["policy"]) for p in prod_plan.of_type("aws:iam/rolePolicy:RolePolicy")]
     readers = [d for d in docs if any(s["Sid"] == "ReadStackSecrets" for s in d["Statement"])]
-    # The gateways' and the model servers' (the Hugging Face token); the deploy runner reads no secret.
-    assert len(readers) == 2 * len(PROD_REGIONS)
+    # The gateways', the model servers' and the weights stagers' (the Hugging Face token); the deploy runner
+    # reads no secret.
+    assert len(readers) == 3 * len(PROD_REGIONS)
     for doc in readers:
         read = next(s for s in doc["Statement"] if s["Sid"] == "ReadStackSecrets")
         regions = {arn.split(":")[3] for arn in read["Resource"]}

@@ -144,3 +144,72 @@ def test_stack_without_a_name_for_each_zone_is_rejected(prod_plan):
                                                and r.inputs.get("name") == "eu.api.llm.example.com"])
     assert_rejected(result_of_resources(prod_plan, resources, "region-residency"),
                     "residency zone 'eu' has no DNS name of its own")
+
+
+# -- model weights: buckets, staging and loading stay in the zone ----------------------------------
+BUCKET = "aws:s3/bucket:Bucket"
+JOB = "kubernetes:batch/v1:Job"
+
+
+def _bucket(resources: list, region: str):
+    return find(resources, BUCKET, region=region)
+
+
+def test_restricted_models_weights_are_staged_and_loaded_only_in_their_zone(prod_plan):
+    res = result(prod_plan, "region-residency")
+    assert_passes(res)
+    mistral = next(e for e in res.evidence if e.get("weights_of") == "mistral-small-24b")
+    assert mistral == {"weights_of": "mistral-small-24b", "restricted_to": "eu",
+                       "loaded_from": ["eu-north-1", "eu-west-2"], "staged_in": ["eu-north-1", "eu-west-2"]}
+    judged = {e["region"]: e["zone"] for e in res.evidence if e.get("type") == BUCKET}
+    assert judged == {r.name: r.residency for r in prod_plan.config.regions}
+
+
+def test_restricted_model_loading_weights_from_a_bucket_outside_its_zone_is_rejected(prod_plan):
+    """Program bug (simulated): the EU-restricted model's eu-north-1 release streams from us-east-1's bucket."""
+    def load_from_us(rs):
+        us = _bucket(rs, "us-east-1").outputs["bucket"]
+        find(rs, RELEASE, "eu-north-1-mistral-small-24b").inputs["values"]["model"]["source"] = \
+            f"s3://{us}/mistral-small-24b"
+    resources = mutated(prod_plan, load_from_us)
+    assert_rejected(result_of_resources(prod_plan, resources, "region-residency"),
+                    "release eu-north-1-mistral-small-24b puts model mistral-small-24b's weights (restricted to zone "
+                    "'eu') in bucket llmp-prod-weights-", "in us-east-1 (zone 'us')")
+
+
+def test_restricted_model_staged_into_a_bucket_outside_its_zone_is_rejected(prod_plan):
+    """Program bug (simulated): the EU stager of the EU-restricted model uploads to us-east-1's bucket."""
+    def stage_to_us(rs):
+        us = _bucket(rs, "us-east-1").outputs["bucket"]
+        job = find(rs, JOB, "eu-west-2-weights-mistral-small-24b")
+        for env in job.inputs["spec"]["template"]["spec"]["containers"][0]["env"]:
+            if env["name"] == "BUCKET":
+                env["value"] = us
+    resources = mutated(prod_plan, stage_to_us)
+    assert_rejected(result_of_resources(prod_plan, resources, "region-residency"),
+                    "staging job eu-west-2-weights-mistral-small-24b puts model mistral-small-24b's weights "
+                    "(restricted to zone 'eu') in bucket llmp-prod-weights-")
+
+
+def test_restricted_model_staged_by_a_job_outside_its_zone_is_rejected(prod_plan):
+    """Program bug (simulated): the EU-restricted model's staging Job runs in the us-east-1 cluster."""
+    resources = mutated(prod_plan, lambda rs: setattr(
+        find(rs, JOB, "eu-north-1-weights-mistral-small-24b"), "region", "us-east-1"))
+    assert_rejected(result_of_resources(prod_plan, resources, "region-residency"),
+                    "staging job eu-north-1-weights-mistral-small-24b downloads model mistral-small-24b (restricted "
+                    "to zone 'eu') in us-east-1 (zone 'us')")
+
+
+def test_weights_bucket_replicated_out_of_its_zone_is_rejected(prod_plan):
+    """Program bug (simulated): the eu-north-1 weights bucket replicates to us-east-1's."""
+    def replicate(rs):
+        eu, us = _bucket(rs, "eu-north-1"), _bucket(rs, "us-east-1")
+        rs.append(PlannedResource(
+            "aws:s3/bucketReplicationConfig:BucketReplicationConfig", "eu-north-1-weights-replication", "eu-north-1",
+            {"bucket": eu.outputs["bucket"], "role": "arn:aws:iam::123456789012:role/replication",
+             "rules": [{"id": "all", "status": "Enabled", "destination": {"bucket": us.outputs["arn"]}}]},
+            {"llm-platform:residency": "eu"}))
+    resources = mutated(prod_plan, replicate)
+    assert_rejected(result_of_resources(prod_plan, resources, "region-residency"),
+                    "bucket replication eu-north-1-weights-replication copies llmp-prod-weights-",
+                    "(zone 'eu') to llmp-prod-weights-", "in us-east-1, outside its zone")

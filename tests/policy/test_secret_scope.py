@@ -55,9 +55,15 @@ def test_only_the_model_server_roles_read_the_hugging_face_token(prod_plan):
     assert not set(model_roles) & set(_roles(res, "gateway_roles"))
     tokens = [e for e in res.evidence if e.get("type") == SECRET and e["secret"] == TOKEN.format("prod")]
     assert len(tokens) == len(prod_plan.config.zones), "one token per zone, replicated inside it"
+    # The weights stagers download gated models with the token too, each in its own region.
+    stagers = _roles(res, "weights_stager_roles")
+    assert sorted(stagers.values()) == sorted(r.name for r in prod_plan.config.regions)
     for e in tokens:
         zone = prod_plan.config.zone_of(e["region"])
-        assert sorted(model_roles[r] for r in e["readers"]) == sorted(r.name for r in prod_plan.config.regions_in(zone))
+        in_zone = sorted(r.name for r in prod_plan.config.regions_in(zone))
+        assert set(e["readers"]) <= set(model_roles) | set(stagers)
+        assert sorted(model_roles[r] for r in e["readers"] if r in model_roles) == in_zone
+        assert sorted(stagers[r] for r in e["readers"] if r in stagers) == in_zone
     for e in [e for e in res.evidence if e.get("kind") == "model server"]:
         assert len(e["reads"]) == 1 and ":secret:llm-platform/prod/huggingface/token" in e["reads"][0]
 

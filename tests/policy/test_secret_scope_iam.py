@@ -76,7 +76,9 @@ def _populate(plan: Plan, secret_arns: dict, credentials: dict) -> None:
             secret_arns[(plan.stack, name, region)] = arn
             planned_to_moto[secret.outputs["arn"].replace(f":{secret.region}:", f":{region}:")] = arn
     roles = {r.outputs["arn"]: r for r in plan.of_type("aws:iam/role:Role")}
-    role_policies = {r.inputs["role"]: r for r in plan.of_type("aws:iam/rolePolicy:RolePolicy")}
+    # A model server role also has its weights policy (tests/policy/test_weights_scope_iam.py): take the secrets one.
+    role_policies = {r.inputs["role"]: r for r in plan.of_type("aws:iam/rolePolicy:RolePolicy")
+                     if "ReadStackSecrets" in r.inputs["policy"]}
     iam, sts = boto3.client("iam"), boto3.client("sts", region_name="us-east-1")
     for release in plan.of_type("kubernetes:helm.sh/v3:Release"):
         chart = release.inputs["chart"]

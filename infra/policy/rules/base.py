@@ -28,6 +28,13 @@ IAM_ROLE_POLICY_ATTACHMENT = "aws:iam/rolePolicyAttachment:RolePolicyAttachment"
 HEALTH_CHECK = "aws:route53/healthCheck:HealthCheck"
 DNS_RECORD = "aws:route53/record:Record"
 HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
+BUCKET = "aws:s3/bucket:Bucket"
+BUCKET_REPLICATION = "aws:s3/bucketReplicationConfig:BucketReplicationConfig"
+JOB = "kubernetes:batch/v1:Job"
+SERVICE_ACCOUNT = "kubernetes:core/v1:ServiceAccount"
+IRSA_ANNOTATION = "eks.amazonaws.com/role-arn"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+STAGER_COMPONENT = "weights-stager"  # infra/components/model_weights.py's staging Jobs
 
 GLOBAL = "global"
 TAG_STACK = "llm-platform:stack"
@@ -37,7 +44,7 @@ TAG_REGION = "llm-platform:region"
 # The Helm releases the program installs (charts/vllm as `vllm-<model>`, charts/gateway as `gateway`).
 VLLM_CHART_DIR = "vllm"
 GATEWAY_CHART_DIR = "gateway"
-MODEL_LABEL = "llm-platform/model"
+MODEL_LABEL = "llm-platform/model"  # on vLLM pods and on weights staging Jobs
 TIER_LABEL = "llm-platform/tier"
 POOL_LABEL = "llm-platform/pool"
 

@@ -6,11 +6,17 @@ import re
 from collections import Counter
 
 from infra.policy.rules.base import (
+    BUCKET,
+    BUCKET_REPLICATION,
+    COMPONENT_LABEL,
     DNS_RECORD,
     GLOBAL,
+    JOB,
     KMS_KEY,
     KMS_REPLICA_KEY,
+    MODEL_LABEL,
     SECRET,
+    STAGER_COMPONENT,
     TAG_RESIDENCY,
     Findings,
     PolicyConfig,
@@ -46,7 +52,9 @@ DESCRIPTION = (
     "served (vLLM releases) only in regions of that zone. Secret replicas and KMS replica keys stay in the "
     "zone of their primary. Only global services, by an explicit list (IAM roles, policies and OIDC providers, "
     "Route53 zones, records and health checks, AWS Budgets and the cost allocation tag's activation), exist "
-    "outside a region. Each residency zone has "
+    "outside a region. Model weights stay in their zone too: a bucket replicates only to buckets of the stack "
+    "in its own zone, and a restricted model's weights are staged (by its staging Jobs) and loaded (by its "
+    "releases' s3:// sources) only from buckets in regions of its zone. Each residency zone has "
     "its own DNS name (<zone>.<domain>) whose records route only to the zone's regions, both by their latency "
     "region and by the load balancer they point at: Route 53 answers only from the record set asked for, even "
     "when all of it is unhealthy, so that name never resolves outside the zone.")
@@ -110,6 +118,7 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
                          served_in=sorted(served.get(model, set())))
 
     _zone_names(resources, policy, found)
+    _weights(resources, policy, found)
 
     for secret in resources.of_type(SECRET):
         zone = policy.zone_of(secret.region)
@@ -165,3 +174,67 @@ def _zone_names(resources: Resources, policy: PolicyConfig, found: Findings) -> 
             if not latency and not targets:
                 found.fail(f"DNS record {record.name} for {name} (residency zone {zone!r}) is an alias or empty: "
                            f"it cannot be shown to stay in the zone")
+
+
+def _bucket_of(uri: str) -> str:
+    return uri.removeprefix("s3://").split("/", 1)[0]
+
+
+def _weights(resources: Resources, policy: PolicyConfig, found: Findings) -> None:
+    """Weights buckets replicate only inside their zone; a restricted model's weights are staged into and
+    loaded from buckets in its zone only."""
+    buckets = {str(b.outputs.get("bucket")): b for b in resources.of_type(BUCKET) if b.outputs.get("bucket")}
+    by_arn = {str(b.outputs.get("arn")): b for b in resources.of_type(BUCKET) if b.outputs.get("arn")}
+    for bucket in buckets.values():
+        found.judged(bucket, bucket=bucket.outputs.get("bucket"), zone=policy.zone_of(bucket.region))
+    for replication in resources.of_type(BUCKET_REPLICATION):
+        source = buckets.get(str(replication.inputs.get("bucket")))
+        zone = policy.zone_of(source.region if source else replication.region)
+        for rule in as_list(replication.inputs.get("rules")):
+            target = str((rule.get("destination") or {}).get("bucket") or "")
+            dest = by_arn.get(target) or buckets.get(target.removeprefix("arn:aws:s3:::"))
+            if dest is None:
+                found.fail(f"bucket replication {replication.name} copies {replication.inputs.get('bucket')} to "
+                           f"{target}, a bucket the stack does not create: it cannot be shown to stay in zone {zone!r}")
+            elif policy.zone_of(dest.region) != zone:
+                found.fail(f"bucket replication {replication.name} copies {replication.inputs.get('bucket')} "
+                           f"(zone {zone!r}) to {dest.outputs.get('bucket')} in {dest.region}, outside its zone")
+
+    where: dict[str, dict[str, set[str]]] = {}  # model -> {"staged_in"|"loaded_from": regions}
+
+    def place(model: str, what: str, name: str, bucket_name: str) -> None:
+        restricted = (intent.residency if (intent := policy.models.get(model)) else None)
+        bucket = buckets.get(bucket_name)
+        region = bucket.region if bucket is not None else "an unknown region"
+        where.setdefault(model, {}).setdefault(what, set()).add(region)
+        if restricted is None:
+            return
+        if bucket is None:
+            found.fail(f"{name} puts model {model}'s weights (restricted to zone {restricted!r}) in bucket "
+                       f"{bucket_name}, which the stack does not create: it cannot be shown to stay in the zone")
+        elif policy.zone_of(bucket.region) != restricted:
+            found.fail(f"{name} puts model {model}'s weights (restricted to zone {restricted!r}) in bucket "
+                       f"{bucket_name} in {bucket.region} (zone {policy.zone_of(bucket.region)!r})")
+
+    for job in resources.of_type(JOB):
+        labels = (job.inputs.get("metadata") or {}).get("labels") or {}
+        if labels.get(COMPONENT_LABEL) != STAGER_COMPONENT:
+            continue
+        model = str(labels.get(MODEL_LABEL))
+        restricted = (intent.residency if (intent := policy.models.get(model)) else None)
+        if restricted and policy.zone_of(job.region) != restricted:
+            found.fail(f"staging job {job.name} downloads model {model} (restricted to zone {restricted!r}) in "
+                       f"{job.region} (zone {policy.zone_of(job.region)!r})")
+        pod = (((job.inputs.get("spec") or {}).get("template") or {}).get("spec") or {})
+        for container in as_list(pod.get("containers")):
+            env = {str(e.get("name")): str(e.get("value")) for e in as_list(container.get("env"))}
+            if "BUCKET" in env:
+                place(model, "staged_in", f"staging job {job.name}", env["BUCKET"])
+    for release, model in resources.model_releases():
+        uri = str(((release.inputs.get("values") or {}).get("model") or {}).get("source") or "")
+        if uri.startswith("s3://"):
+            place(model, "loaded_from", f"release {release.name}", _bucket_of(uri))
+    for model, seen in sorted(where.items()):
+        intent = policy.models.get(model)
+        found.judged(None, weights_of=model, restricted_to=intent.residency if intent else None,
+                     **{k: sorted(v) for k, v in sorted(seen.items())})

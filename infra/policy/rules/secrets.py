@@ -8,15 +8,21 @@ from typing import Any
 
 from infra.components.secrets import huggingface_token_name
 from infra.policy.rules.base import (
+    BUCKET,
+    COMPONENT_LABEL,
     GATEWAY_CHART_DIR,
     IAM_POLICY,
     IAM_ROLE,
     IAM_ROLE_POLICY,
     IAM_ROLE_POLICY_ATTACHMENT,
+    IRSA_ANNOTATION,
+    JOB,
     KMS_KEY,
     KMS_REPLICA_KEY,
     SECRET,
     SECRET_POLICY,
+    SERVICE_ACCOUNT,
+    STAGER_COMPONENT,
     VLLM_CHART_DIR,
     Findings,
     PolicyConfig,
@@ -62,7 +68,8 @@ DESCRIPTION = (
     "aws/secretsmanager key). Each secret has exactly one kind of reader: the provider keys and the gateway "
     "master key are read only by the stack's gateway roles (the IRSA roles its gateway releases run as), the "
     "Hugging Face token (llm-platform/<stack>/huggingface/token) only by its model server roles (the IRSA roles "
-    "its vLLM releases' ServiceAccounts stand for, with which the Secrets Store CSI driver mounts the token). "
+    "its vLLM releases' ServiceAccounts stand for, with which the Secrets Store CSI driver mounts the token, and the "
+    "roles of its weights staging Jobs, which download gated models with it). "
     "Every identity policy the program writes that allows secretsmanager:GetSecretValue on a stack secret "
     "belongs to a role of that secret's kind, and such a role reads only secrets of its kind, of this stack, "
     "in its own region; every secret has a resource policy denying GetSecretValue to every principal but the "
@@ -70,7 +77,8 @@ DESCRIPTION = (
     "Resource (or NotResource / NotPrincipal), or a wildcard Principal in an Allow statement; the one exception is a "
     "statement granting only the EC2 network-interface calls CodeBuild needs to place the deploy runner in the VPC "
     f"({', '.join(sorted(VPC_INTERFACE_ACTIONS))}), which AWS documents on a wildcard Resource and which read no "
-    "data. A wildcard "
+    "data, and S3 object ARNs under one named prefix of a bucket the stack creates (arn:aws:s3:::<bucket>/<model>/*: "
+    "a checkpoint's file names are unknown until it is staged). A wildcard "
     "principal is accepted only in a Deny statement whose condition narrows it to named principals "
     "(aws:PrincipalArn and similar): such a statement denies everyone else and grants nothing. Only AWS managed "
     "policies from a reviewed list may be attached.")
@@ -100,13 +108,25 @@ def _narrowing_keys(stmt: dict[str, Any]) -> set[str]:
     return keys & PRINCIPAL_KEYS
 
 
-def _wildcards(doc: dict[str, Any]) -> list[str]:
+# An S3 object ARN under one named prefix of a bucket: `arn:aws:s3:::<bucket>/<prefix>/*` (object names are
+# the files of a model's checkpoint, unknown until staged, so IAM can only name the prefix).
+_S3_PREFIX_OBJECTS = re.compile(r"^arn:aws:s3:::([a-z0-9.-]{3,63})/[A-Za-z0-9._-]+/\*$")
+
+
+def _stack_prefix_objects(resource: Any, buckets: frozenset[str]) -> bool:
+    match = _S3_PREFIX_OBJECTS.match(str(resource))
+    return match is not None and match.group(1) in buckets
+
+
+def _wildcards(doc: dict[str, Any], buckets: frozenset[str] = frozenset()) -> list[str]:
+    """`buckets`: the stack's own buckets, whose objects under one named prefix a statement may grant."""
     problems = []
     for i, stmt in enumerate(statements(doc)):
         sid = stmt.get("Sid") or f"statement {i}"
         interface_only = stmt.get("Effect") == "Allow" and bool(as_list(stmt.get("Action"))) and \
             all(str(a) in VPC_INTERFACE_ACTIONS for a in as_list(stmt.get("Action")))
-        if any("*" in str(r) for r in as_list(stmt.get("Resource"))) and not interface_only:
+        wild = [r for r in as_list(stmt.get("Resource")) if "*" in str(r)]
+        if wild and not interface_only and not all(_stack_prefix_objects(r, buckets) for r in wild):
             problems.append(f"{sid} has a wildcard Resource ({stmt.get('Resource')})")
         if "NotResource" in stmt:
             problems.append(f"{sid} uses NotResource (everything but a list)")
@@ -135,6 +155,23 @@ def _release_roles(resources: Resources, chart_dir: str) -> dict[str, str]:
     return roles
 
 
+def _stager_roles(resources: Resources) -> dict[str, str]:
+    """role ARN -> region, for every weights staging Job's ServiceAccount that stands for an IAM role."""
+    accounts = {(r.region, str((r.inputs.get("metadata") or {}).get("namespace")),
+                 str((r.inputs.get("metadata") or {}).get("name"))): r for r in resources.of_type(SERVICE_ACCOUNT)}
+    roles: dict[str, str] = {}
+    for job in resources.of_type(JOB):
+        meta = job.inputs.get("metadata") or {}
+        if (meta.get("labels") or {}).get(COMPONENT_LABEL) != STAGER_COMPONENT:
+            continue
+        pod = ((job.inputs.get("spec") or {}).get("template") or {}).get("spec") or {}
+        account = accounts.get((job.region, str(meta.get("namespace")), str(pod.get("serviceAccountName"))))
+        annotations = ((account.inputs.get("metadata") or {}).get("annotations") or {}) if account else {}
+        if arn := annotations.get(IRSA_ANNOTATION):
+            roles[str(arn)] = job.region
+    return roles
+
+
 def _role_region(arn: str | None, *role_maps: dict[str, str]) -> str:
     return next(m[arn] for m in role_maps if arn in m)
 
@@ -148,8 +185,12 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
     roles_by_arn = {str(r.outputs.get("arn")): r for r in resources.of_type(IAM_ROLE) if r.outputs.get("arn")}
     gateway_roles = _release_roles(resources, GATEWAY_CHART_DIR)  # role ARN -> region of the gateway
     model_roles = _release_roles(resources, VLLM_CHART_DIR)  # role ARN -> region of the model servers
+    stager_roles = _stager_roles(resources)  # role ARN -> region of the weights staging Jobs
     found.judged(None, gateway_roles=dict(sorted(gateway_roles.items())),
-                 model_server_roles=dict(sorted(model_roles.items())))
+                 model_server_roles=dict(sorted(model_roles.items())),
+                 weights_stager_roles=dict(sorted(stager_roles.items())))
+    # The stagers download gated models with the token too: they read it as model servers do.
+    model_roles = {**stager_roles, **model_roles}
     for arn in sorted(set(gateway_roles) & set(model_roles)):
         found.fail(f"{arn} is both a gateway role and a model server role: each reads only its own kind of secret")
     token_name = huggingface_token_name(policy.stack)
@@ -264,12 +305,13 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
             if arn not in roles_by_arn:
                 found.fail(f"{who.format(region)} as {arn}, which is not a role this stack creates")
 
+    buckets = frozenset(str(b.outputs.get("bucket")) for b in resources.of_type(BUCKET) if b.outputs.get("bucket"))
     for typ, key in POLICY_INPUTS:
         for r in resources.of_type(typ):
             doc = policy_document(r.inputs.get(key))
             if r.inputs.get(key) and doc is None:
                 found.fail(f"{typ} {r.name}: its {key} is not a JSON policy document")
-            for problem in _wildcards(doc or {}):
+            for problem in _wildcards(doc or {}, buckets):
                 found.fail(f"{typ} {r.name}: {problem}")
     found.judged(None, policy_documents_checked=sum(1 for t, k in POLICY_INPUTS for r in resources.of_type(t)
                                                     if r.inputs.get(k)))
