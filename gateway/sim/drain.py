@@ -27,7 +27,7 @@ class Admission:
     def __init__(self) -> None:
         self.draining = False
         self.refused = 0  # requests refused while draining
-        self.finished_in_drain = 0
+        self.finished_in_drain = 0  # requests in flight when the drain began that ended on their own
         self._active: set[asyncio.Task[object]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -48,18 +48,16 @@ class Admission:
         self._active.add(task)
         self._idle.clear()
         try:
-            response = await handler(request)
+            return await handler(request)
         finally:
             self._active.discard(task)
             if not self._active:
                 self._idle.set()
-        if self.draining:
-            self.finished_in_drain += 1
-        return response
 
     async def drain(self, timeout: float) -> int:
         """Refuse new requests, wait up to `timeout` s for those in flight, abort the rest; how many were aborted."""
         self.draining = True
+        started = len(self._active)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._idle.wait()
@@ -68,4 +66,5 @@ class Admission:
             task.cancel()  # the client sees its connection drop mid-answer, as with vLLM's abort
         if left:
             await asyncio.wait(left, timeout=5)
+        self.finished_in_drain = started - len(left)
         return len(left)

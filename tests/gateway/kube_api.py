@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,8 @@ class FakeKubeApi:
                     await asyncio.wait_for(self._changed.wait(), timeout=left)
                 except TimeoutError:
                     pass
-        await resp.write_eof()
+        with contextlib.suppress(ConnectionResetError):  # the client went first
+            await resp.write_eof()
         return resp
 
 
