@@ -93,7 +93,7 @@ class Simulator:
             body: dict[str, Any] = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise web.HTTPBadRequest(
-                body=orjson.dumps(error_body("request body is not valid JSON", "BadRequestError", 400)),
+                text=orjson.dumps(error_body("request body is not valid JSON", "BadRequestError", 400)).decode(),
                 content_type="application/json",
             ) from None
         if self._keep:
@@ -102,10 +102,10 @@ class Simulator:
             del self.stats.bodies[: -self._keep], self.stats.headers[: -self._keep]
         model = body.get("model")
         if model not in self.settings.models:
-            # vLLM answers 404 NotFoundError for a model it does not serve (issue 18: the body
-            # must be bytes, or aiohttp answers 500 "Unsupported body type").
+            # vLLM answers 404 NotFoundError for a model it does not serve (issue 18: a dict as the
+            # body made aiohttp answer 500 "Unsupported body type").
             raise web.HTTPNotFound(
-                body=orjson.dumps(error_body(f"The model `{model}` does not exist.", "NotFoundError", 404)),
+                text=orjson.dumps(error_body(f"The model `{model}` does not exist.", "NotFoundError", 404)).decode(),
                 content_type="application/json",
             )
         return body
