@@ -197,3 +197,36 @@ async def test_gateway_routes_to_replicas_found_in_endpoint_slices(kube: FakeKub
     finally:
         await first.stop()
         await second.stop()
+
+
+async def test_a_replica_that_leaves_keeps_its_calls_in_flight(kube: FakeKubeApi, gateway_factory) -> None:
+    from gateway.sim import SimServer, SimSettings
+
+    leaving = await SimServer(SimSettings(models=(MODEL,), name="pod-a", ttft=1.5, tokens_per_s=20,
+                                          output_tokens=60), host="127.0.0.2").start()
+    staying = await SimServer(SimSettings(models=(MODEL,), name="pod-b"), host="127.0.0.3", port=leaving.port).start()
+    try:
+        await kube.put(NS, endpoint_slice("vllm-a", "vllm", [endpoint("127.0.0.2")], leaving.port))
+        config = gateway_config([{"name": "pool", "model": MODEL, "replicas": {"endpoint_slices": {
+            "service": "vllm", "namespace": NS, "port": "http", "refresh": 30}}}], timeouts={
+            "connect": 2, "first_byte": 10, "idle": 10, "total": 30})
+        gw = await gateway_factory(config, discovery_api=kube.api())
+        client = gw.client(timeout=30)
+        stream = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "stream"}],
+                                                      stream=True)  # 3 s of tokens after 1.5 s
+        whole = asyncio.create_task(client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "whole"}]))  # answered after 1.5 s
+        await until(lambda: leaving.stats.in_flight == 2)
+        await kube.put(NS, endpoint_slice("vllm-a", "vllm", [endpoint("127.0.0.2", ready=False, serving=True,
+                                                             terminating=True), endpoint("127.0.0.3")], leaving.port))
+        pool = gw.state.router.pools[0]
+        await until(lambda: urls(pool) == [f"http://127.0.0.3:{leaving.port}/v1"])
+        assert not whole.done(), "the whole answer is still in flight after its replica left"
+        answer = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "next"}])
+        assert answer.id.startswith("chatcmpl-pod-b-")
+        chunks = [c async for c in stream]
+        assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) == 60
+        assert (await whole).id.startswith("chatcmpl-pod-a-")
+    finally:
+        await leaving.stop()
+        await staying.stop()
