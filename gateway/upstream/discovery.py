@@ -148,7 +148,7 @@ class EndpointSliceWatcher:
         if self._on_event:
             self._on_event(event, deployment=self.pool.name, **fields)
 
-    def _post(self, callback: Callable[..., None], *args: Any) -> None:
+    def _post(self, callback: Callable[..., object], *args: Any) -> None:
         assert self._loop is not None
         try:
             self._loop.call_soon_threadsafe(callback, *args)

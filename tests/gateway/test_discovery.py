@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
-from gateway.config.native import parse_native
+from gateway.config.native import EndpointSlices, parse_native
 from gateway.upstream.discovery import EndpointSliceWatcher, replica_urls
 from gateway.upstream.routing import DeploymentPool, Router
 from tests.gateway.conftest import MODEL, gateway_config
@@ -31,9 +31,14 @@ def pool_for(port: object = "http", refresh: float = 30) -> DeploymentPool:
     return Router(parse_native(config)).pools[0]
 
 
+def spec_of(pool: DeploymentPool) -> EndpointSlices:
+    assert pool.config.replicas is not None and pool.config.replicas.endpoint_slices is not None
+    return pool.config.replicas.endpoint_slices
+
+
 def watcher_for(pool: DeploymentPool, api: Any, events: list[tuple[str, dict[str, Any]]] | None = None,
                 ) -> EndpointSliceWatcher:
-    spec = pool.config.replicas.endpoint_slices  # type: ignore[union-attr]
+    spec = spec_of(pool)
     sink = (lambda name, **fields: events.append((name, fields))) if events is not None else None
     return EndpointSliceWatcher(pool, spec, api, sink)
 
@@ -65,8 +70,7 @@ def test_only_ready_endpoints_that_are_not_terminating_take_new_calls() -> None:
                                      ep("10.0.0.7", ready=True, terminating=True),  # terminating wins
                                      ep("fd00::8", ready=True, serving=True, terminating=False),
                                  ])
-    spec = pool_for().config.replicas.endpoint_slices  # type: ignore[union-attr]
-    assert replica_urls([served], spec) == ["http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/v1",
+    assert replica_urls([served], spec_of(pool_for())) == ["http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/v1",
                                             "http://10.0.0.3:8000/v1", "http://[fd00::8]:8000/v1"]
 
 

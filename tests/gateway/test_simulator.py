@@ -37,8 +37,9 @@ async def test_a_model_it_does_not_serve_is_404_not_found(sim_factory) -> None:
 
 async def test_a_body_that_is_not_json_is_400(sim_factory) -> None:
     sim = await sim_factory()
+    headers = {"Content-Type": "application/json"}
     async with aiohttp.ClientSession() as session, session.post(
-            sim.base_url + "/chat/completions", data=b"{not json", headers={"Content-Type": "application/json"}) as resp:
+            sim.base_url + "/chat/completions", data=b"{not json", headers=headers) as resp:
         assert resp.status == 400
         assert (await resp.json())["message"] == "request body is not valid JSON"
 
