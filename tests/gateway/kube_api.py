@@ -41,8 +41,9 @@ class FakeKubeApi:
     As the real API server does (https://kubernetes.io/docs/reference/using-api/api-concepts/):
     a list carries the collection's resourceVersion; a watch from a resourceVersion streams every
     later change as JSON lines `{"type": ADDED|MODIFIED|DELETED, "object": ...}` and ends after
-    `timeoutSeconds`; a watch from a resourceVersion older than the kept history gets one ERROR
-    event holding a 410 Expired Status (`compact()` forgets the history).
+    `timeoutSeconds` (with a BOOKMARK of the current resourceVersion when asked for); a watch
+    from a resourceVersion older than the kept history gets one ERROR event holding a 410
+    Expired Status (`compact()` forgets the history).
     """
 
     def __init__(self) -> None:
@@ -167,6 +168,12 @@ class FakeKubeApi:
                 except TimeoutError:
                     pass
         with contextlib.suppress(ConnectionResetError):  # the client went first
+            if request.query.get("allowWatchBookmarks", "").lower() in ("true", "1"):
+                # Where the collection is now, even if nothing the client watches changed: a resume
+                # from here does not fall behind the history (the API server sends one as a watch ends).
+                bookmark = {"kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1",
+                            "metadata": {"resourceVersion": str(self.version)}}
+                await resp.write(orjson.dumps({"type": "BOOKMARK", "object": bookmark}) + b"\n")
             await resp.write_eof()
         return resp
 

@@ -234,3 +234,23 @@ async def test_a_replica_that_leaves_keeps_its_calls_in_flight(kube: FakeKubeApi
     finally:
         await leaving.stop()
         await staying.stop()
+
+
+async def test_a_watch_resumes_from_its_last_bookmark(kube: FakeKubeApi) -> None:
+    await kube.put(NS, endpoint_slice("vllm-a", "vllm", [endpoint("10.0.0.1")], 8000))
+    pool = pool_for(refresh=1)  # each watch call lasts 1 s
+    watcher = watcher_for(pool, kube.api())
+    await watcher.refresh()  # at resourceVersion 2
+    watcher.start()
+    try:
+        await until(lambda: len(kube.watches) >= 1)
+        for i in range(3):  # changes to another Service: none reaches this watch, but the history moves on
+            await kube.put(NS, endpoint_slice("other-x", "other", [endpoint(f"10.9.9.{i}")], 8000))
+        await until(lambda: len(kube.watches) >= 2)
+        kube.compact()
+        await kube.put(NS, endpoint_slice("vllm-a", "vllm", [endpoint("10.0.0.2")], 8000))
+        await until(lambda: urls(pool) == ["http://10.0.0.2:8000/v1"])
+    finally:
+        await watcher.stop()
+    assert kube.watches[0]["resourceVersion"] == "2" and kube.watches[1]["resourceVersion"] == "5"
+    assert len(kube.lists) == 1, "resumed from the bookmark, so compaction cost no new list"
