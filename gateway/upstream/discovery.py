@@ -142,6 +142,8 @@ class EndpointSliceWatcher:
             return
         if error is not None and error != self.last_error:  # once per outage, not once per retry
             self._report("discovery_failed", error=error)
+        elif error is None and self.last_error is not None:
+            self._report("discovery_recovered")
         self.last_error = error
 
     def _report(self, event: str, **fields: Any) -> None:

@@ -148,6 +148,7 @@ async def test_api_failures_keep_the_last_replicas_and_the_watch_recovers(kube: 
         assert urls(pool) == ["http://10.0.0.1:8000/v1"]
         failures = [fields for name, fields in events if name == "discovery_failed"]
         assert len(failures) == 1 and "500" in failures[0]["error"], "reported once per outage"
+        assert [name for name, _ in events][-1] == "discovery_recovered"
         await kube.put(NS, endpoint_slice("vllm-a", "vllm", [endpoint("10.0.0.2")], 8000))
         await until(lambda: urls(pool) == ["http://10.0.0.2:8000/v1"])
     finally:
