@@ -159,7 +159,7 @@ class EndpointSlices(_Strict):
     port: int | str  # number, or the port's name in the Service
     scheme: Literal["http", "https"] = "http"
     base_path: str = "/v1"
-    refresh: float = Field(10.0, gt=0)
+    refresh: float = Field(10.0, gt=0)  # s each EndpointSlice watch call lasts (then resumed); wait after an error
 
 
 class Replicas(_Strict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 
 from gateway.sim.server import FAULTS, SimServer, SimSettings
@@ -19,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-tokens", type=int, default=8)
     parser.add_argument("--fault", choices=FAULTS, default="none")
     parser.add_argument("--name", default="sim")
+    parser.add_argument("--shutdown-timeout", type=float, default=0.0,
+                        help="on SIGTERM, as vLLM's flag: refuse new requests (503) and let those in flight "
+                             "finish for up to this many seconds; 0 (vLLM's default) aborts them")
     args = parser.parse_args(argv)
     settings = SimSettings(
         models=tuple(args.model or ["sim-model"]),
@@ -40,12 +44,19 @@ def main(argv: list[str] | None = None) -> int:
         server.sim._keep = 0  # long runs keep no request bodies
         await server.start()
         print(f"simulator {args.name} serving {', '.join(settings.models)} at {server.base_url}", flush=True)
-        await asyncio.Event().wait()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # vLLM treats both alike
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        admission = server.sim.admission
+        print(f"simulator {args.name} draining: {admission.in_flight} in flight, new requests refused, "
+              f"up to {args.shutdown_timeout:g}s", flush=True)
+        aborted = await server.drain(args.shutdown_timeout)
+        print(f"simulator {args.name} stopped: {admission.finished_in_drain} finished while draining, "
+              f"{aborted} aborted, {admission.refused} refused", flush=True)
 
-    try:
-        asyncio.run(serve())
-    except KeyboardInterrupt:
-        pass
+    asyncio.run(serve())
     return 0
 
 

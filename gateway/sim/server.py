@@ -20,6 +20,7 @@ from gateway.sim.answers import (
     json_response,
     openai_events,
 )
+from gateway.sim.drain import Admission
 
 Fault = Literal[
     "none",
@@ -69,7 +70,8 @@ class Simulator:
         self.stats = SimStats()
         self._keep = keep_bodies
         self._ids = itertools.count(1)
-        self.app = web.Application()
+        self.admission = Admission()
+        self.app = web.Application(middlewares=[self.admission.middleware])
         self.app.add_routes(
             [
                 web.post("/v1/chat/completions", self.chat),
@@ -91,7 +93,7 @@ class Simulator:
             body: dict[str, Any] = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise web.HTTPBadRequest(
-                body=error_body("request body is not valid JSON", "BadRequestError", 400),
+                text=orjson.dumps(error_body("request body is not valid JSON", "BadRequestError", 400)).decode(),
                 content_type="application/json",
             ) from None
         if self._keep:
@@ -100,8 +102,10 @@ class Simulator:
             del self.stats.bodies[: -self._keep], self.stats.headers[: -self._keep]
         model = body.get("model")
         if model not in self.settings.models:
+            # vLLM answers 404 NotFoundError for a model it does not serve (issue 18: a dict as the
+            # body made aiohttp answer 500 "Unsupported body type").
             raise web.HTTPNotFound(
-                body=error_body(f"The model `{model}` does not exist.", "NotFoundError", 404),
+                text=orjson.dumps(error_body(f"The model `{model}` does not exist.", "NotFoundError", 404)).decode(),
                 content_type="application/json",
             )
         return body
@@ -371,6 +375,13 @@ class SimServer:
         await site.start()
         self.port = self._runner.addresses[0][1]
         return self
+
+    async def drain(self, timeout: float) -> int:
+        """SIGTERM under vLLM's `--shutdown-timeout`: refuse new requests (503), let those in flight
+        finish for up to `timeout` s, abort the rest and stop; returns how many were aborted."""
+        aborted = await self.sim.admission.drain(timeout)
+        await self.stop()
+        return aborted
 
     async def stop(self) -> None:
         if self._runner is not None:

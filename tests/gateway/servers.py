@@ -160,3 +160,48 @@ class GatewayProcess:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")
+
+
+def free_port_on(*hosts: str) -> int:
+    """A port free on every one of `hosts` (loopback addresses), so replicas can share it as pods do."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind((hosts[0], 0))
+            port = first.getsockname()[1]
+            try:
+                for host in hosts[1:]:
+                    with socket.socket() as other:
+                        other.bind((host, port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no port free on all of {hosts}")
+
+
+class SimProcess:
+    """`python -m gateway.sim` in a process of its own (a vLLM pod), its stdout in a file."""
+
+    def __init__(self, workdir: Path, name: str, host: str, port: int, *args: str) -> None:
+        self.name, self.host, self.port = name, host, port
+        self.out_path = workdir / f"{name}.log"
+        with open(self.out_path, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway.sim", "--name", name, "--host", host, "--port", str(port), *args],
+                stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + 20
+        while "serving" not in self.output():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"simulator {name} did not start: {self.output()}")
+            time.sleep(0.05)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def output(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
