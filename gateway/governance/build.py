@@ -4,23 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from prometheus_client import CollectorRegistry
+
 from gateway.config.native import GatewayConfig
 from gateway.governance.budget_sync import BudgetSync
 from gateway.governance.gate import Governance
 from gateway.governance.keys import KeyCache, VirtualKeyAuth
 from gateway.governance.ledger.spend import SpendLedger
-from gateway.governance.ledger.spool import SpendSpool
+from gateway.governance.ledger.spool import SpendSpool, default_spool_dir, store_identity
 from gateway.governance.limits.in_process import LocalLimiter
 from gateway.governance.limits.redis_limiter import RedisLimiter
 from gateway.governance.limits.scopes import RateLimiter
 from gateway.governance.store.connect import open_store
 
 
-def build_governance(config: GatewayConfig, on_event: Callable[..., None]) -> Governance:
-    """Governance from the `ledger`, `redis` and `keys` sections (the caller checked `ledger` is set)."""
+def build_governance(config: GatewayConfig, on_event: Callable[..., None],
+                     registry: CollectorRegistry | None = None) -> Governance:
+    """Governance from the `ledger`, `redis` and `keys` sections (the caller checked `ledger` is set);
+    its metrics go to `registry`."""
     settings = config.ledger
     assert settings is not None
-    store = open_store(settings.store, settings.store_timeout)
+    store = open_store(settings.store, settings.store_timeout, on_event)
     cache = KeyCache(store, config.keys.refresh_seconds, on_event)
     auth = VirtualKeyAuth(config.gateway.master_key or "", cache)
     limiter: RateLimiter
@@ -31,8 +35,9 @@ def build_governance(config: GatewayConfig, on_event: Callable[..., None]) -> Go
                                lease_requests=r.lease_requests, on_event=on_event)
     else:
         limiter = LocalLimiter()
-    ledger = SpendLedger(SpendSpool(settings.spool_dir, settings.fsync == "always"), store, settings.flush_interval,
-                         settings.batch, on_event)
+    spool = SpendSpool(settings.spool_dir or default_spool_dir(settings.store), settings.fsync == "always",
+                       store_identity(settings.store))
+    ledger = SpendLedger(spool, store, settings.flush_interval, settings.batch, on_event, registry)
     budgets = None
     if settings.budget_sync_seconds > 0:
         budgets = BudgetSync(store, cache, limiter, settings.budget_sync_seconds, on_event)
