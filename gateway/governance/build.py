@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
@@ -11,7 +12,7 @@ from gateway.governance.budget_sync import BudgetSync
 from gateway.governance.gate import Governance
 from gateway.governance.keys import KeyCache, VirtualKeyAuth
 from gateway.governance.ledger.spend import SpendLedger
-from gateway.governance.ledger.spool import SpendSpool, default_spool_dir, store_identity
+from gateway.governance.ledger.spool import LEGACY, SpendSpool, default_spool_dir, store_identity
 from gateway.governance.limits.in_process import LocalLimiter
 from gateway.governance.limits.redis_limiter import RedisLimiter
 from gateway.governance.limits.scopes import RateLimiter
@@ -35,8 +36,15 @@ def build_governance(config: GatewayConfig, on_event: Callable[..., None],
                                lease_requests=r.lease_requests, on_event=on_event)
     else:
         limiter = LocalLimiter()
-    spool = SpendSpool(settings.spool_dir or default_spool_dir(settings.store), settings.fsync == "always",
-                       store_identity(settings.store))
+    spool_dir = settings.spool_dir or default_spool_dir(settings.store)
+    if settings.spool_dir is None:
+        # Versions before per-store spools wrote to ./llmp-spool itself; whose database those records belong to
+        # is not known, so they are not replayed into this one: a human moves them (the event says where).
+        legacy = len(list(Path(spool_dir).parent.glob(LEGACY)))
+        if legacy:
+            on_event("spool_legacy_segments", segments=legacy, found_in=str(Path(spool_dir).parent),
+                     action=f"move those of this gateway's database into {spool_dir}; they are replayed at start")
+    spool = SpendSpool(spool_dir, settings.fsync == "always", store_identity(settings.store))
     ledger = SpendLedger(spool, store, settings.flush_interval, settings.batch, on_event, registry)
     budgets = None
     if settings.budget_sync_seconds > 0:

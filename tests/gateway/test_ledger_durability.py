@@ -216,7 +216,10 @@ def calls(gw: GatewayProcess, prefix: str, n: int) -> list[str]:
 async def test_gateways_of_two_databases_in_one_directory_never_replay_each_others_records(
         sim, tmp_path, spool_dir: str | None) -> None:
     cwd = tmp_path / "work"
-    cwd.mkdir()
+    (cwd / "llmp-spool").mkdir(parents=True)
+    # A segment from before spools were per database: nobody knows whose it is, so nobody replays it.
+    legacy = {"id": "legacy-1", "ts": 1.0, "day": "1970-01-01", "request_id": "legacy-req", "key_token": "master"}
+    (cwd / "llmp-spool" / "spend-1-2-3.spool").write_bytes(orjson.dumps(legacy) + b"\n")
     gateways = {}
     for name in ("a", "b"):
         config = ledger_config(sim, tmp_path, f"sqlite:///{tmp_path / name}.db")
@@ -239,3 +242,4 @@ async def test_gateways_of_two_databases_in_one_directory_never_replay_each_othe
         with sqlite3.connect(tmp_path / f"{name}.db") as db:
             rows = sorted(r[0] for r in db.execute("SELECT request_id FROM llmp_spend"))
         assert rows == sorted(sent[name]), f"database {name} holds exactly its own gateway's records"
+        assert ("spool_legacy_segments" in gateways[name].log()) == (spool_dir is None)
