@@ -31,7 +31,8 @@ LIMIT_FIELDS = ("max_budget", "budget_duration", "rpm_limit", "tpm_limit", "max_
 # Every number is bounded (gateway/governance/bounds.py): limits reach Redis' 64-bit counters and Lua's doubles,
 # times become ISO dates in every list; a value past a bound is a 400 naming the field, never a stored row that
 # breaks later.
-Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
+# No NUL: PostgreSQL's text and jsonb cannot hold one (the key's write, then its spend rows, would fail).
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT, pattern=r"^[^\x00]*$")]
 Limit = Annotated[int, Field(ge=0, le=MAX_LIMIT)]
 Names = Annotated[list[Text], Field(max_length=MAX_LIST)]
 PerModel = Annotated[dict[Text, Limit], Field(max_length=MAX_LIST)]

@@ -140,6 +140,7 @@ HOSTILE = [
     ({"max_request_bytes": 2**40}, "max_request_bytes"),
     ({"metadata": {"notes": "x" * 20_000}}, "metadata"),
     ({"key_alias": "a" * 1000}, "key_alias"),
+    ({"key_alias": "a\x00b"}, "key_alias"),  # PostgreSQL text cannot hold NUL: the write would fail as a 503
     ({"team_id": 5}, "team_id"),
     ({"models": ["m"] * 2000}, "models"),
 ]
@@ -189,6 +190,19 @@ async def test_a_stored_key_out_of_bounds_is_listed_blocked_not_a_500_for_everyo
     assert status == 200 and fixed["blocked"] is False
     status, deleted = await admin(gw, "POST", "/key/delete", {"keys": [bad["key"]]})
     assert status == 200 and deleted["deleted_keys"] == [bad["token"]]
+
+
+@pytest.mark.parametrize("doc", [b"not json", b"[1, 2]", b'{"token": "t", "limits": {"rpm_limit": "many"}}',
+                                 b'{"token": "t", "key_name": "k", "expires": 1e300}', b'{"token": 5}',
+                                 b'{"token": "t", "key_name": "k", "surprise": 1}'])
+def test_any_stored_document_reads_back_and_a_bad_one_reads_back_blocked(doc: bytes) -> None:
+    from gateway.governance.store.documents import UNREADABLE, key_from_doc, team_from_doc
+
+    seen: list[tuple[str, str, str]] = []
+    key = key_from_doc(doc, lambda *a: seen.append(a))
+    team = team_from_doc(doc, lambda *a: seen.append(a))
+    assert key.blocked and team.blocked and UNREADABLE in key.metadata and UNREADABLE in team.metadata
+    assert [kind for kind, _, _ in seen] == ["key", "team"]
 
 
 # ---- #5: one absurd usage number stalls the ledger ------------------------------------------------
