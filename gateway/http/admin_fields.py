@@ -100,8 +100,8 @@ class TeamFields(_Fields):
 
 class DeleteFields(BaseModel):
     model_config = ConfigDict(extra="allow")
-    keys: Annotated[list[Annotated[str, Field(max_length=MAX_TEXT)]], Field(max_length=MAX_LIST)] = []
-    key_aliases: Annotated[list[Annotated[str, Field(max_length=MAX_TEXT)]], Field(max_length=MAX_LIST)] = []
+    keys: Annotated[list[Text], Field(max_length=MAX_LIST)] = []
+    key_aliases: Annotated[list[Text], Field(max_length=MAX_LIST)] = []
 
 
 def parse_fields(model: type[BaseModel], body: Any) -> BaseModel:

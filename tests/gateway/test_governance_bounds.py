@@ -192,6 +192,24 @@ async def test_a_stored_key_out_of_bounds_is_listed_blocked_not_a_500_for_everyo
     assert status == 200 and deleted["deleted_keys"] == [bad["token"]]
 
 
+async def test_lookups_by_a_name_postgres_cannot_hold_are_400s_not_store_outages(
+        gateway_factory, sim, tmp_path, pg_dsn: str) -> None:
+    config = governed(sim, tmp_path)
+    config["ledger"]["store"] = pg_dsn
+    gw = await gateway_factory(config)
+    for method, path, body, field in (
+            ("GET", "/team/info?team_id=a%00b", None, "team_id"),
+            ("GET", "/key/list?team_id=a%00b", None, "team_id"),
+            ("GET", "/spend/report?team_id=a%00b", None, "team_id"),
+            ("GET", "/key/list?team_id=" + "t" * 300, None, "team_id"),
+            ("POST", "/key/delete", {"key_aliases": ["a\x00b"]}, "key_aliases"),
+            ("POST", "/team/update", {"team_id": "a\x00b"}, "team_id")):
+        status, answer = await admin(gw, method, path, body)
+        assert status == 400 and answer["error"]["param"] == field, (path, answer)
+    status, _ = await admin(gw, "GET", "/key/list")
+    assert status == 200
+
+
 @pytest.mark.parametrize("doc", [b"not json", b"[1, 2]", b'{"token": "t", "limits": {"rpm_limit": "many"}}',
                                  b'{"token": "t", "key_name": "k", "expires": 1e300}', b'{"token": 5}',
                                  b'{"token": "t", "key_name": "k", "surprise": 1}'])
