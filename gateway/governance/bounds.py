@@ -19,6 +19,7 @@ MAX_PARALLEL = 10**6  # max_parallel_requests
 MAX_BUDGET = 1e12  # USD, max_budget
 MAX_COST = 1e12  # USD, what one call may reserve or be charged
 MAX_DURATION_SECONDS = 100 * 365 * 86400  # budget_duration and key duration: at most 100 years
+MAX_SLOT_LIFE_MS = 30 * 86400 * 1000  # a parallel slot's heartbeat deadline (timeouts.total + 60 s), in Redis
 MAX_TIMESTAMP = 253402300799.0  # 9999-12-31T23:59:59Z: the last instant a datetime (and ISO 8601) can show
 MAX_REQUEST_BYTES = 2**31  # a key's max_request_bytes cap
 MAX_TEXT = 256  # ids, aliases, model names and zones, in characters

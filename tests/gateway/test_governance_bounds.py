@@ -110,6 +110,9 @@ async def test_reservations_and_settlements_sent_to_redis_are_bounded(redis_serv
         await limiter.flush()  # fail-closed: a flush Redis refused would raise here
         again = await limiter.admit("r2", (scope,), -(2**62), 1.0, 60)
         assert again.counted and again.reserved_tokens == 0
+        slots = Scope("k:slots", "this key", parallel=2)
+        held = await limiter.admit("r3", (slots,), 1, 0.0, 1e30)  # timeouts.total as large as config allows
+        assert held.counted
     finally:
         await limiter.stop()
 

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.governance.bounds import MAX_COST, MAX_RESERVED_TOKENS
+from gateway.governance.bounds import MAX_COST, MAX_RESERVED_TOKENS, MAX_SLOT_LIFE_MS
 from gateway.governance.limits.redis_leases import Lease, LeaseCall
 from gateway.governance.limits.redis_pipe import Encoded, RedisPipe, is_outage
 from gateway.governance.limits.redis_scripts import LEASE_LUA
@@ -98,7 +98,8 @@ class RedisLimiter(RedisSettlement):
         tokens = min(max(tokens, 0), MAX_RESERVED_TOKENS)
         cost = min(cost, MAX_COST) if cost > 0 else 0.0  # NaN compares false: counted as 0
         ticket = Ticket(request_id, scopes, tokens, cost)
-        self._slot_life_ms = int(deadline_s * 1000)
+        # From config (timeouts.total): Redis' PEXPIRE takes an integer, so a huge or fractional one is bounded.
+        self._slot_life_ms = int(min(max(deadline_s, 1.0), MAX_SLOT_LIFE_MS / 1000) * 1000)
         if self._take(ticket):
             return ticket
         # One lease request per scope set at a time: calls that queued behind it use what it brought.
