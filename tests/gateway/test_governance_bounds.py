@@ -339,6 +339,20 @@ async def test_a_batch_postgres_refuses_is_split_and_only_the_bad_row_is_set_asi
     assert metric(ledger) == 2 and not [e for e, _ in events if e == "ledger_store_unavailable"]
 
 
+async def test_the_gateway_reports_quarantined_rows_in_its_metrics(gateway_factory, sim, tmp_path) -> None:
+    import aiohttp
+
+    (tmp_path / "spool").mkdir()
+    lines = [orjson.dumps(r) for r in rows(2, "old")] + [orjson.dumps(a_bad_row("old"))]
+    (tmp_path / "spool" / "spend-1-2-3.spool").write_bytes(b"\n".join(lines) + b"\n")  # an older version's
+    gw = await gateway_factory(governed(sim, tmp_path))
+    async with aiohttp.ClientSession() as http, http.get(gw.url + "/metrics") as resp:
+        text = await resp.text()
+    assert "llmp_ledger_rows_quarantined_total 1.0" in text
+    assert await ledger_ids(f"sqlite:///{tmp_path / 'ledger.db'}") == ["old-req-0", "old-req-1"]
+    assert b'"ledger_row_quarantined"' in gw.log_buffer.getvalue()
+
+
 def test_spend_rows_are_bounded_when_made() -> None:
     row = spend_row("id", "req", "t", None, None, MODEL, "d", "r", 200, 2**64 - 1, -5, float("nan"))
     assert (row["prompt_tokens"], row["completion_tokens"], row["cost"]) == (MAX_USAGE_TOKENS, 0, 0.0)
