@@ -99,7 +99,7 @@ class RedisLimiter(RedisSettlement):
         cost = min(cost, MAX_COST) if cost > 0 else 0.0  # NaN compares false: counted as 0
         ticket = Ticket(request_id, scopes, tokens, cost)
         # From config (timeouts.total): Redis' PEXPIRE takes an integer, so a huge or fractional one is bounded.
-        self._slot_life_ms = int(min(max(deadline_s, 1.0), MAX_SLOT_LIFE_MS / 1000) * 1000)
+        self._slot_life_ms = int(min(max(deadline_s, 0.0), MAX_SLOT_LIFE_MS / 1000) * 1000)
         if self._take(ticket):
             return ticket
         # One lease request per scope set at a time: calls that queued behind it use what it brought.
