@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.governance.bounds import MAX_DURATION_SECONDS
+
 
 class _Strict(BaseModel):
     # Same rule as gateway.config.native: unknown keys are typos, refused by name.
@@ -14,7 +16,7 @@ class _Strict(BaseModel):
 
 
 SECRET = "secret/"
-_DURATION = re.compile(r"^(\d+)(s|m|h|d|mo)$")
+_DURATION = re.compile(r"^(\d{1,12})(s|m|h|d|mo)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "mo": 30 * 86400}  # a month is 30 days, epoch-aligned
 
 
@@ -22,8 +24,12 @@ def parse_duration(text: str) -> int:
     """LiteLLM's duration strings (`30s`, `30m`, `30h`, `30d`, `1mo`) in seconds; ValueError names the problem."""
     match = _DURATION.match(text.strip()) if isinstance(text, str) else None
     if not match or int(match.group(1)) == 0:
-        raise ValueError(f"{text!r} is not a duration like 30s, 10m, 24h, 30d or 1mo")
-    return int(match.group(1)) * _UNITS[match.group(2)]
+        raise ValueError(f"{str(text)[:40]!r} is not a duration like 30s, 10m, 24h, 30d or 1mo")
+    seconds = int(match.group(1)) * _UNITS[match.group(2)]
+    # Budget windows are sent to Redis as seconds and TTLs: bounded so that no count or expiry overflows there.
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError(f"{text!r} is longer than 100 years (36500d), the longest duration accepted")
+    return seconds
 
 
 class SecretsSettings(_Strict):
@@ -65,7 +71,8 @@ class RedisSettings(_Strict):
 class LedgerSettings(_Strict):
     """The durable local spool and the store it is flushed to (which also holds keys and teams)."""
 
-    spool_dir: str = "./llmp-spool"
+    # None: ./llmp-spool/<the store's identity>, so that gateways of different stores never share a spool
+    spool_dir: str | None = Field(None, min_length=1)
     store: str = "sqlite:///./llmp-ledger.db"
     flush_interval: float = Field(0.5, gt=0)
     batch: int = Field(500, ge=1, le=100_000)

@@ -31,6 +31,7 @@ What is read::
     general_settings:
       master_key: os.environ/LITELLM_MASTER_KEY
       database_url: os.environ/DATABASE_URL   # turns governance on: keys, teams and the spend ledger here
+      llmp_spool_dir: /var/lib/llmp/spool     # ours: the spend spool (default ./llmp-spool/<database's identity>)
 
 Prices come from `litellm_params.input_cost_per_token` / `output_cost_per_token` (or
 the same fields under `model_info`). With `database_url` the admin API and virtual
@@ -47,6 +48,7 @@ from urllib.parse import quote
 from gateway.config.env import resolve_env
 from gateway.config.errors import ConfigError
 from gateway.config.native import GatewayConfig, parse_native
+from gateway.governance.bounds import MAX_LIMIT, MAX_TOKENS
 
 # LiteLLM provider prefixes that speak OpenAI's wire protocol.
 OPENAI_COMPATIBLE = frozenset(
@@ -95,6 +97,9 @@ def from_litellm(doc: dict[str, Any]) -> GatewayConfig:
         model["deployments"].append(_deployment(params, entry, where, len(model["deployments"])))
         cap = params.get("max_tokens")
         if cap is not None:
+            if isinstance(cap, bool) or not isinstance(cap, int) or not 1 <= cap <= MAX_TOKENS:
+                raise ConfigError(f"{where}.litellm_params.max_tokens: {cap!r} is not a whole number "
+                                  f"from 1 to {MAX_TOKENS}")
             model["max_tokens"] = min(cap, model.get("max_tokens", cap))
 
     fallbacks = router.get("fallbacks", settings.get("fallbacks")) or []
@@ -138,13 +143,30 @@ def _governance(general: dict[str, Any], router: dict[str, Any]) -> dict[str, An
         return {}
     if not isinstance(database, str):
         raise ConfigError("general_settings.database_url: expected a postgresql:// URL")
-    sections: dict[str, Any] = {"ledger": {"store": database}}
+    ledger: dict[str, Any] = {"store": database}
+    spool = general.get("llmp_spool_dir")
+    if spool is not None:
+        if not isinstance(spool, str) or not spool:
+            raise ConfigError("general_settings.llmp_spool_dir: expected a directory path")
+        ledger["spool_dir"] = spool
+    sections: dict[str, Any] = {"ledger": ledger}
     host = router.get("redis_host")
     if host:
         password = router.get("redis_password")
         auth = f":{quote(str(password), safe='')}@" if password else ""
         sections["redis"] = {"url": f"redis://{auth}{host}:{router.get('redis_port') or 6379}/0"}
     return sections
+
+
+def _quota(params: dict[str, Any], entry: dict[str, Any], name: str, where: str) -> int | None:
+    """A deployment's rpm or tpm: a whole number from 0 to MAX_LIMIT, refused by its LiteLLM key path."""
+    value = params.get(name, entry.get(name))
+    path = f"{where}.litellm_params.{name}" if name in params else f"{where}.{name}"
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_LIMIT:
+        raise ConfigError(f"{path}: {value!r} is not a whole number from 0 to {MAX_LIMIT}")
+    return value
 
 
 def _renamed(source: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
@@ -193,8 +215,8 @@ def _deployment(params: dict[str, Any], entry: dict[str, Any], where: str, index
         "region": region,
         "residency": residency,
         "weight": params.get("weight", 1),
-        "rpm": params.get("rpm", entry.get("rpm")),
-        "tpm": params.get("tpm", entry.get("tpm")),
+        "rpm": _quota(params, entry, "rpm", where),
+        "tpm": _quota(params, entry, "tpm", where),
     }
     for price in ("input_cost_per_token", "output_cost_per_token"):
         value = params.get(price, info.get(price))

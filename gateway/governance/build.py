@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
 
 from gateway.config.native import GatewayConfig
 from gateway.governance.budget_sync import BudgetSync
 from gateway.governance.gate import Governance
 from gateway.governance.keys import KeyCache, VirtualKeyAuth
 from gateway.governance.ledger.spend import SpendLedger
-from gateway.governance.ledger.spool import SpendSpool
+from gateway.governance.ledger.spool import LEGACY, SpendSpool, default_spool_dir, store_identity
 from gateway.governance.limits.in_process import LocalLimiter
 from gateway.governance.limits.redis_limiter import RedisLimiter
 from gateway.governance.limits.scopes import RateLimiter
 from gateway.governance.store.connect import open_store
 
 
-def build_governance(config: GatewayConfig, on_event: Callable[..., None]) -> Governance:
-    """Governance from the `ledger`, `redis` and `keys` sections (the caller checked `ledger` is set)."""
+def build_governance(config: GatewayConfig, on_event: Callable[..., None],
+                     registry: CollectorRegistry | None = None) -> Governance:
+    """Governance from the `ledger`, `redis` and `keys` sections (the caller checked `ledger` is set);
+    its metrics go to `registry`."""
     settings = config.ledger
     assert settings is not None
-    store = open_store(settings.store, settings.store_timeout)
+    store = open_store(settings.store, settings.store_timeout, on_event)
     cache = KeyCache(store, config.keys.refresh_seconds, on_event)
     auth = VirtualKeyAuth(config.gateway.master_key or "", cache)
     limiter: RateLimiter
@@ -31,8 +36,16 @@ def build_governance(config: GatewayConfig, on_event: Callable[..., None]) -> Go
                                lease_requests=r.lease_requests, on_event=on_event)
     else:
         limiter = LocalLimiter()
-    ledger = SpendLedger(SpendSpool(settings.spool_dir, settings.fsync == "always"), store, settings.flush_interval,
-                         settings.batch, on_event)
+    spool_dir = settings.spool_dir or default_spool_dir(settings.store)
+    if settings.spool_dir is None:
+        # Versions before per-store spools wrote to ./llmp-spool itself; whose database those records belong to
+        # is not known, so they are not replayed into this one: a human moves them (the event says where).
+        legacy = len(list(Path(spool_dir).parent.glob(LEGACY)))
+        if legacy:
+            on_event("spool_legacy_segments", segments=legacy, found_in=str(Path(spool_dir).parent),
+                     action=f"move those of this gateway's database into {spool_dir}; they are replayed at start")
+    spool = SpendSpool(spool_dir, settings.fsync == "always", store_identity(settings.store))
+    ledger = SpendLedger(spool, store, settings.flush_interval, settings.batch, on_event, registry)
     budgets = None
     if settings.budget_sync_seconds > 0:
         budgets = BudgetSync(store, cache, limiter, settings.budget_sync_seconds, on_event)

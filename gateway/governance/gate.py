@@ -8,6 +8,7 @@ from typing import Any
 
 from gateway.config.governance import parse_duration
 from gateway.config.native import GatewayConfig
+from gateway.governance.bounds import MAX_COST, MAX_RESERVED_TOKENS, MAX_TOKENS
 from gateway.governance.budget_sync import BudgetSync
 from gateway.governance.keys import KeyCache, Limits, Team, VirtualKey, VirtualKeyAuth
 from gateway.governance.ledger.prices import Prices
@@ -100,19 +101,26 @@ class Governance:
         body = request.body
         asked_field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
         asked = body.get(asked_field)
-        if key.max_tokens is not None and isinstance(asked, int) and asked > key.max_tokens:
+        if isinstance(asked, bool) or not isinstance(asked, int):
+            asked = None  # not a count: the upstream answers for it; the reservation uses the caps alone
+        elif not 1 <= asked <= MAX_TOKENS:
+            # The reservation is counted in Redis: an absurd one must be refused here, never sent there.
+            raise bad_request(f"`{asked_field}` is {asked}: it must be a whole number from 1 to {MAX_TOKENS}.",
+                              asked_field)
+        if key.max_tokens is not None and asked is not None and asked > key.max_tokens:
             raise bad_request(f"`{asked_field}` is {asked}, over the key cap: max_tokens is {key.max_tokens}.",
                                   asked_field)
-        completion_cap = asked if isinstance(asked, int) else None
+        completion_cap = asked
         for cap in (route.max_tokens, key.max_tokens):
             if cap is not None:
                 completion_cap = cap if completion_cap is None else min(completion_cap, cap)
         scopes = self._scopes_for(key, team, alias)
         if not scopes:
             return route
-        tokens = reserve_tokens(size, completion_cap if request.endpoint != "embeddings" else 0)
+        tokens = min(reserve_tokens(size, completion_cap if request.endpoint != "embeddings" else 0),
+                     MAX_RESERVED_TOKENS)
         inp, out = self.prices.ceiling(alias)
-        cost = reserve_tokens(size, 0) * inp + (completion_cap or 0) * out
+        cost = min(reserve_tokens(size, 0) * inp + (completion_cap or 0) * out, MAX_COST)
         record.ticket = await self.limiter.admit(record.request_id, scopes, tokens, cost, self.deadline_s)
         return route
 

@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.governance.bounds import MAX_TEXT
 from gateway.governance.gate import Governance
 from gateway.governance.keys import KEY_PREFIX, Team, VirtualKey, hash_key, key_name, new_key
 from gateway.governance.store.protocol import Conflict, StoreError
@@ -53,6 +54,15 @@ _TOKEN = re.compile(r"^[0-9a-f]{64}$")
 
 def _json(payload: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(payload), content_type=JSON)
+
+
+def _query(http: web.Request, name: str) -> str | None:
+    """A query parameter naming a key, team or alias: bounded, no NUL (PostgreSQL's text cannot hold one, and the
+    lookup would fail as if the store were down)."""
+    value = http.query.get(name)
+    if value is not None and (len(value) > MAX_TEXT or "\x00" in value):
+        raise bad_request(f"{name}: at most {MAX_TEXT} characters, and no NUL", name)
+    return value
 
 
 class AdminApi:
@@ -208,7 +218,7 @@ class AdminApi:
         return _json({"deleted_keys": deleted})
 
     async def key_info(self, http: web.Request) -> web.Response:
-        given = http.query.get("key")
+        given = _query(http, "key")
         key, revoked = await self._resolve_key(given)
         spend = await self.store.spend_report("key", None, None, key.token, None)
         info = key_view(key, revoked)
@@ -216,7 +226,7 @@ class AdminApi:
         return _json({"key": given, "info": info})
 
     async def key_list(self, http: web.Request) -> web.Response:
-        rows = await self.store.list_keys(http.query.get("team_id"))
+        rows = await self.store.list_keys(_query(http, "team_id"))
         include_revoked = http.query.get("include_deleted") in ("1", "true")
         data = [key_view(k, r) for k, r in rows if include_revoked or not r]
         return _json({"keys": [d["token"] for d in data], "total_count": len(data), "current_page": 1,
@@ -262,7 +272,7 @@ class AdminApi:
         return _json(team_view(updated))
 
     async def team_info(self, http: web.Request) -> web.Response:
-        team_id = http.query.get("team_id")
+        team_id = _query(http, "team_id")
         if not team_id:
             raise bad_request("team_id: required", "team_id")
         team = await self.store.get_team(team_id)
@@ -281,6 +291,8 @@ class AdminApi:
 
     async def spend_report(self, http: web.Request) -> web.Response:
         q = http.query
+        for name in ("key", "team_id"):
+            _query(http, name)
         group_by = q.get("group_by", "key")
         if group_by not in ("key", "team", "model", "day"):
             raise bad_request(f"group_by: {group_by!r} is not one of key, team, model, day", "group_by")

@@ -4,30 +4,52 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from typing import Any
+import math
+from typing import Annotated, Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gateway.config.errors import format_validation_error
 from gateway.config.governance import parse_duration
+from gateway.governance.bounds import (
+    MAX_BUDGET,
+    MAX_LIMIT,
+    MAX_LIST,
+    MAX_METADATA_BYTES,
+    MAX_PARALLEL,
+    MAX_REQUEST_BYTES,
+    MAX_TEXT,
+    MAX_TIMESTAMP,
+    MAX_TOKENS,
+)
 from gateway.governance.keys import Limits, Team, VirtualKey
 from gateway.http.errors import bad_request
 
 LIMIT_FIELDS = ("max_budget", "budget_duration", "rpm_limit", "tpm_limit", "max_parallel_requests")
 
+# Every number is bounded (gateway/governance/bounds.py): limits reach Redis' 64-bit counters and Lua's doubles,
+# times become ISO dates in every list; a value past a bound is a 400 naming the field, never a stored row that
+# breaks later.
+# No NUL: PostgreSQL's text and jsonb cannot hold one (the key's write, then its spend rows, would fail).
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT, pattern=r"^[^\x00]*$")]
+Limit = Annotated[int, Field(ge=0, le=MAX_LIMIT)]
+Names = Annotated[list[Text], Field(max_length=MAX_LIST)]
+PerModel = Annotated[dict[Text, Limit], Field(max_length=MAX_LIST)]
+
 
 class _Fields(BaseModel):
     # Unknown fields are kept aside (LiteLLM has many we do not use) and reported, not refused.
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
-    models: list[str] | None = None
-    max_budget: float | None = Field(None, ge=0)
-    budget_duration: str | None = None
-    rpm_limit: int | None = Field(None, ge=0)
-    tpm_limit: int | None = Field(None, ge=0)
-    max_parallel_requests: int | None = Field(None, ge=0)
+    models: Names | None = None
+    max_budget: float | None = Field(None, ge=0, le=MAX_BUDGET)
+    budget_duration: str | None = Field(None, max_length=40)
+    rpm_limit: Limit | None = None
+    tpm_limit: Limit | None = None
+    max_parallel_requests: int | None = Field(None, ge=0, le=MAX_PARALLEL)
     metadata: dict[str, Any] | None = None
-    residency: str | None = None
+    residency: Text | None = None
     blocked: bool | None = None
 
     @field_validator("budget_duration")
@@ -37,18 +59,31 @@ class _Fields(BaseModel):
             parse_duration(value)
         return value
 
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        try:
+            size = len(orjson.dumps(value))
+        except orjson.JSONEncodeError:  # nested deeper than orjson writes (255): the store could not keep it
+            raise ValueError("nested too deeply") from None
+        if size > MAX_METADATA_BYTES:
+            raise ValueError(f"more than {MAX_METADATA_BYTES} bytes as JSON")
+        return value
+
 
 class KeyFields(_Fields):
-    key_alias: str | None = None
-    duration: str | None = None
-    expires: str | float | None = None
-    team_id: str | None = None
-    user_id: str | None = None
-    key: str | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    max_request_bytes: int | None = Field(None, ge=1)
-    model_rpm_limit: dict[str, int] | None = None
-    model_tpm_limit: dict[str, int] | None = None
+    key_alias: Text | None = None
+    duration: str | None = Field(None, max_length=40)
+    expires: Annotated[str, Field(max_length=64)] | float | None = None
+    team_id: Text | None = None
+    user_id: Text | None = None
+    key: Annotated[str, Field(max_length=MAX_TEXT)] | None = None
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_request_bytes: int | None = Field(None, ge=1, le=MAX_REQUEST_BYTES)
+    model_rpm_limit: PerModel | None = None
+    model_tpm_limit: PerModel | None = None
 
     @field_validator("duration")
     @classmethod
@@ -59,14 +94,14 @@ class KeyFields(_Fields):
 
 
 class TeamFields(_Fields):
-    team_id: str | None = None
-    team_alias: str | None = None
+    team_id: Text | None = None
+    team_alias: Text | None = None
 
 
 class DeleteFields(BaseModel):
     model_config = ConfigDict(extra="allow")
-    keys: list[str] = []
-    key_aliases: list[str] = []
+    keys: Annotated[list[Text], Field(max_length=MAX_LIST)] = []
+    key_aliases: Annotated[list[Text], Field(max_length=MAX_LIST)] = []
 
 
 def parse_fields(model: type[BaseModel], body: Any) -> BaseModel:
@@ -84,7 +119,10 @@ def _first_field(exc: ValidationError) -> str | None:
 
 
 def iso(ts: float | None) -> str | None:
-    return None if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).isoformat()
+    try:
+        return None if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).isoformat()
+    except (ValueError, OverflowError, OSError, TypeError):  # a row from before times were bounded: shown as unknown
+        return None
 
 
 def expiry(fields: KeyFields, now: float) -> float | None:
@@ -94,6 +132,8 @@ def expiry(fields: KeyFields, now: float) -> float | None:
     if value is None:
         return None
     if isinstance(value, (int, float)):
+        if not math.isfinite(value) or not 0 <= value <= MAX_TIMESTAMP:
+            raise bad_request(f"expires: {value!r} is not a Unix time between 1970 and 9999", "expires")
         return float(value)
     try:
         parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -101,7 +141,13 @@ def expiry(fields: KeyFields, now: float) -> float | None:
         raise bad_request(f"expires: {value!r} is not an ISO 8601 date-time", "expires") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
-    return parsed.timestamp()
+    try:
+        stamp = parsed.timestamp()
+    except (OverflowError, ValueError, OSError):
+        raise bad_request(f"expires: {value!r} is not a date-time between 1970 and 9999", "expires") from None
+    if not 0 <= stamp <= MAX_TIMESTAMP:
+        raise bad_request(f"expires: {value!r} is not a date-time between 1970 and 9999", "expires")
+    return stamp
 
 
 def key_view(key: VirtualKey, revoked: bool = False) -> dict[str, Any]:

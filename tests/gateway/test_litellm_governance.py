@@ -47,6 +47,33 @@ def test_a_database_url_that_is_not_a_url_names_the_field() -> None:
         parse_config(litellm_doc("http://127.0.0.1:9/v1", ["not", "a", "url"]))  # type: ignore[arg-type]
 
 
+def test_a_litellm_config_sets_the_spool_directory_and_the_default_is_per_database(monkeypatch) -> None:
+    from gateway.governance.ledger.spool import default_spool_dir
+
+    doc = litellm_doc("http://127.0.0.1:9/v1", "postgresql://llmp@db/llmp")
+    doc["general_settings"]["llmp_spool_dir"] = "os.environ/LLMP_SPOOL_DIR"
+    monkeypatch.setenv("LLMP_SPOOL_DIR", "/var/lib/llmp/spool")
+    config = parse_config(doc)
+    assert config.ledger is not None and config.ledger.spool_dir == "/var/lib/llmp/spool"
+    del doc["general_settings"]["llmp_spool_dir"]
+    assert parse_config(doc).ledger.spool_dir is None  # type: ignore[union-attr]
+    one, other = default_spool_dir("postgresql://llmp@db/llmp"), default_spool_dir("postgresql://llmp@db/other")
+    assert one != other and one.startswith("llmp-spool/")
+    assert default_spool_dir("postgresql://llmp:secret@db/llmp") == one, "a password never names a directory"
+    doc["general_settings"]["llmp_spool_dir"] = 5
+    with pytest.raises(ConfigError, match=r"general_settings\.llmp_spool_dir"):
+        parse_config(doc)
+
+
+@pytest.mark.parametrize(("field", "value"), [("rpm", -1), ("tpm", -5), ("rpm", 10**30), ("tpm", "many"),
+                                              ("max_tokens", 0), ("max_tokens", "lots")])
+def test_negative_or_absurd_deployment_limits_are_refused_naming_the_litellm_key(field: str, value: Any) -> None:
+    doc = litellm_doc("http://127.0.0.1:9/v1", "postgresql://llmp@db/llmp")
+    doc["model_list"][0]["litellm_params"][field] = value
+    with pytest.raises(ConfigError, match=rf"model_list\[0\]\.litellm_params\.{field}: "):
+        parse_config(doc)
+
+
 async def test_litellm_key_scripts_and_limits_work_on_a_litellm_config(gateway_factory, sim, tmp_path,
                                                                        redis_server: RedisServer) -> None:
     doc = litellm_doc(sim.base_url, f"sqlite:///{tmp_path / 'ledger.db'}", redis_server.port)

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import os
 import time
 from collections.abc import Callable
 from itertools import count
 from typing import Any
 
+import orjson
+from prometheus_client import CollectorRegistry, Counter
+
+from gateway.governance.bounds import MAX_USAGE_TOKENS, cost_in_range, tokens_in_range
 from gateway.governance.ledger.spool import Segment, SpendSpool
-from gateway.governance.store.protocol import LedgerStore
+from gateway.governance.store.protocol import BadRows, LedgerStore
 from gateway.tasks import cancel
+
+_TEXT = ("id", "day", "request_id", "key_token", "key_alias", "team_id", "model", "deployment", "region")
 
 
 class SpendLedger:
@@ -20,10 +27,12 @@ class SpendLedger:
 
     Records are never lost to a store outage (they wait in the spool, replayed by the next
     flush or the next start) and never doubled (unique record ids, inserts ignore repeats).
+    A record the store refuses for its data (`BadRows`: retrying cannot help) is found by
+    splitting its batch, and set aside in the spool's quarantine file; the rest go in.
     """
 
     def __init__(self, spool: SpendSpool, store: LedgerStore, flush_interval: float, batch: int,
-                 on_event: Callable[..., None]) -> None:
+                 on_event: Callable[..., None], registry: CollectorRegistry | None = None) -> None:
         self.spool = spool
         self.store = store
         self.flush_interval = flush_interval
@@ -35,6 +44,8 @@ class SpendLedger:
         self._store_down = False
         self.flushed = 0  # rows inserted by this process (replays included)
         self.write_errors = 0
+        self.quarantined = Counter("llmp_ledger_rows_quarantined", "Spend records the store refused, set aside "
+                                   "in the spool's quarantine.jsonl", registry=registry or CollectorRegistry())
 
     def next_id(self) -> str:
         return f"{self._prefix}-{next(self._ids):x}"
@@ -70,9 +81,9 @@ class SpendLedger:
             try:
                 if seg is current and not self.spool.fsync_always:
                     await asyncio.to_thread(self.spool.sync, seg)  # power-loss durability before the store has it
-                lines = seg.lines if seg.lines is not None else self.spool.read(seg)
+                lines = seg.lines if seg.lines is not None else self._checked(self.spool.read(seg))
                 for start in range(0, len(lines), self.batch):
-                    inserted += await self.store.insert_spend(lines[start:start + self.batch])
+                    inserted += await self._insert(lines[start:start + self.batch])
                 self.spool.done(seg)
             except asyncio.CancelledError:
                 for rest in segments[i:]:
@@ -90,6 +101,40 @@ class SpendLedger:
             self._event("ledger_store_recovered")
         self.flushed += inserted
         return inserted
+
+    async def _insert(self, lines: list[bytes]) -> int:
+        """Insert a batch; one the store refuses for its data is split until the bad records are found and set
+        aside (a few round trips per bad record), so they never hold the others back."""
+        try:
+            return await self.store.insert_spend(lines)
+        except BadRows as exc:
+            if len(lines) == 1:
+                self._quarantine(lines[0], str(exc))
+                return 0
+        half = len(lines) // 2
+        return await self._insert(lines[:half]) + await self._insert(lines[half:])
+
+    def _checked(self, lines: list[bytes]) -> list[bytes]:
+        """Records replayed from a segment another process wrote (perhaps an older version, with no bounds):
+        those that are no spend record this gateway would write are set aside instead of sent."""
+        good = []
+        for line in lines:
+            problem = row_problem(line)
+            if problem is None:
+                good.append(line)
+            else:
+                self._quarantine(line, problem)
+        return good
+
+    def _quarantine(self, line: bytes, reason: str) -> None:
+        self.spool.quarantine(line, reason)
+        self.quarantined.inc()
+        try:
+            request_id = orjson.loads(line).get("request_id")
+        except (orjson.JSONDecodeError, AttributeError):
+            request_id = None
+        self._event("ledger_row_quarantined", request_id=str(request_id)[:200] if request_id is not None else None,
+                    reason=reason[:300], file=str(self.spool.directory / "quarantine.jsonl"))
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Final flush (SIGTERM path); what cannot be flushed in time stays in the spool for the next start."""
@@ -116,8 +161,40 @@ def _day_of_hour(hour: int) -> str:
 def spend_row(record_id: str, request_id: str, key_token: str, key_alias: str | None, team_id: str | None,
               model: str, deployment: str, region: str, status: int, prompt_tokens: int, completion_tokens: int,
               cost: float, now: float | None = None) -> dict[str, Any]:
+    """A spend record, its numbers bounded (`bounds`): whatever an upstream reported, the store takes the row."""
     ts = time.time() if now is None else now
     return {"id": record_id, "ts": ts, "day": _day(ts), "request_id": request_id,
             "key_token": key_token, "key_alias": key_alias, "team_id": team_id, "model": model,
-            "deployment": deployment, "region": region, "status": status, "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens, "cost": cost}
+            "deployment": deployment, "region": region, "status": status,
+            "prompt_tokens": tokens_in_range(prompt_tokens), "completion_tokens": tokens_in_range(completion_tokens),
+            "cost": cost_in_range(cost)}
+
+
+def row_problem(line: bytes) -> str | None:
+    """Why a spool line is not a spend record as `spend_row` makes them, or None."""
+    try:
+        row = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return "not JSON"
+    if not isinstance(row, dict):
+        return "not a JSON object"
+    if not isinstance(row.get("id"), str) or not row["id"]:
+        return "id: missing"
+    if not isinstance(row.get("day"), str):
+        return "day: missing"
+    for name in _TEXT:
+        if row.get(name) is not None and not isinstance(row[name], str):
+            return f"{name}: not a string"
+    ts = row.get("ts")
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts) or not 0 <= ts < 2.6e11:
+        return "ts: not a time"
+    for name in ("prompt_tokens", "completion_tokens"):
+        v = row.get(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_USAGE_TOKENS):
+            return f"{name}: {str(v)[:40]} is not a token count in [0, {MAX_USAGE_TOKENS}]"
+    status, cost = row.get("status"), row.get("cost")
+    if status is not None and (isinstance(status, bool) or not isinstance(status, int) or not 0 <= status < 1000):
+        return "status: not an HTTP status"
+    if cost is not None and cost_in_range(cost) != cost:
+        return f"cost: {str(cost)[:40]} is not an amount in USD"
+    return None

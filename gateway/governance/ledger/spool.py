@@ -10,20 +10,46 @@ Each live segment is held with an exclusive `flock`; the kernel drops the lock w
 process dies, however it dies. A segment whose lock can be taken belongs to nobody: it
 is replayed (its records inserted, ignoring ids already present) and deleted. So several
 worker processes may share one spool directory.
+
+Segment names carry the identity of the store they are for (`store_identity`), and a spool
+replays only its own store's segments: two gateways of different databases sharing a
+directory never put each other's records in the wrong one. Segments from before names
+carried it (`spend-<ns>-<pid>-<seq>.spool`) are replayed by whichever gateway finds them,
+as they always were. The default directory is per store too (`default_spool_dir`).
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import orjson
 
 SUFFIX = ".spool"
+LEGACY = "spend-[0-9]*" + SUFFIX  # written before segment names said which store they are for
+
+
+def store_identity(url: str) -> str:
+    """Which database a store URL names, as 16 hex digits: scheme, user, host, port and database (or the
+    SQLite file's absolute path), never the password (the identity is written in file names)."""
+    if url.startswith("sqlite:///"):
+        where = "sqlite:" + os.path.abspath(url[len("sqlite:///"):])
+    else:
+        u = urlparse(url)
+        scheme = "postgresql" if u.scheme == "postgres" else u.scheme
+        where = f"{scheme}:{u.username or ''}@{u.hostname or ''}:{u.port or 5432}/{u.path.lstrip('/')}"
+    return hashlib.sha256(where.encode()).hexdigest()[:16]
+
+
+def default_spool_dir(url: str) -> str:
+    """`./llmp-spool/<store identity>`: gateways of different stores started in one directory keep apart."""
+    return os.path.join("llmp-spool", store_identity(url))
 
 
 @dataclass
@@ -35,9 +61,11 @@ class Segment:
 
 
 class SpendSpool:
-    def __init__(self, directory: str | Path, fsync_always: bool = False) -> None:
+    def __init__(self, directory: str | Path, fsync_always: bool = False, store_id: str = "") -> None:
         self.directory = Path(directory)
         self.fsync_always = fsync_always
+        self.store_id = store_id
+        self._name = f"spend-s{store_id}-" if store_id else "spend-"
         self.active: Segment | None = None
         self._seq = 0
 
@@ -47,7 +75,7 @@ class SpendSpool:
 
     def _new_segment(self) -> Segment:
         self._seq += 1
-        path = self.directory / f"spend-{time.time_ns()}-{os.getpid()}-{self._seq}{SUFFIX}"
+        path = self.directory / f"{self._name}{time.time_ns()}-{os.getpid()}-{self._seq}{SUFFIX}"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return Segment(path, fd, 0, [])
@@ -76,7 +104,8 @@ class SpendSpool:
         """Segments of dead processes (their lock is free): now locked by us, for replay."""
         ours = {self.active.path} if self.active else set()
         found = []
-        for path in sorted(self.directory.glob(f"*{SUFFIX}")):
+        paths = set(self.directory.glob(f"{self._name}*{SUFFIX}")) | set(self.directory.glob(LEGACY))
+        for path in sorted(paths):
             if path in ours:
                 continue
             try:
@@ -109,6 +138,18 @@ class SpendSpool:
                 continue  # a torn last line (power loss mid-write): its response never completed
             lines.append(line)
         return lines
+
+    def quarantine(self, line: bytes, reason: str) -> None:
+        """Set a record the store refuses aside, in `quarantine.jsonl` beside the segments, for a human to look at:
+        it never holds the rest of the spool back."""
+        entry = orjson.dumps({"ts": time.time(), "store": self.store_id, "reason": reason[:300],
+                              "record": line.decode(errors="replace")})
+        fd = os.open(self.directory / "quarantine.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, entry + b"\n")
+            os.fsync(fd)  # before the segment holding the record is deleted
+        finally:
+            os.close(fd)
 
     @staticmethod
     def sync(segment: Segment) -> None:

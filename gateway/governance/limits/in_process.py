@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gateway.governance.bounds import MAX_COST, MAX_RESERVED_TOKENS, cost_in_range, tokens_in_range
 from gateway.governance.limits.scopes import Scope, Ticket, refused, window_name
 
 
@@ -40,6 +41,9 @@ class LocalLimiter:
 
     async def admit(self, request_id: str, scopes: tuple[Scope, ...], tokens: int, cost: float,
                     deadline_s: float) -> Ticket:
+        # The same bounds as the Redis limiter: a NaN cost would otherwise never reach a budget.
+        tokens = min(max(tokens, 0), MAX_RESERVED_TOKENS)
+        cost = min(cost, MAX_COST) if cost > 0 else 0.0
         now = self._clock()
         now_s = int(now)
         minute = now_s // 60
@@ -70,6 +74,7 @@ class LocalLimiter:
         return Ticket(slot, scopes, tokens, cost, minute, now_s)
 
     def settle(self, ticket: Ticket, tokens: int, cost: float) -> None:
+        tokens, cost = tokens_in_range(tokens), cost_in_range(cost)
         for s in ticket.scopes:
             c = self._scopes.get(s.name)
             if c is None:
@@ -88,7 +93,7 @@ class LocalLimiter:
         for name, budget_seconds, amount in spends:
             spend = self._scopes.setdefault(name, _Counters()).spend
             w = window_name(now_s, budget_seconds)
-            spend[w] = max(spend.get(w, 0.0), amount)
+            spend[w] = max(spend.get(w, 0.0), cost_in_range(amount))
 
 
 def _bump(counts: dict[int, int], minute: int, by: int) -> None:

@@ -33,8 +33,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from gateway.governance.bounds import MAX_COST, MAX_RESERVED_TOKENS, MAX_SLOT_LIFE_MS
 from gateway.governance.limits.redis_leases import Lease, LeaseCall
-from gateway.governance.limits.redis_pipe import Encoded, RedisPipe
+from gateway.governance.limits.redis_pipe import Encoded, RedisPipe, is_outage
 from gateway.governance.limits.redis_scripts import LEASE_LUA
 from gateway.governance.limits.redis_settlement import RedisSettlement
 from gateway.governance.limits.scopes import Scope, Ticket, refused, window_name
@@ -93,8 +94,12 @@ class RedisLimiter(RedisSettlement):
 
     async def admit(self, request_id: str, scopes: tuple[Scope, ...], tokens: int, cost: float,
                     deadline_s: float) -> Ticket:
+        # Bounded here too, whatever the caller computed: every number sent to Redis stays exact in Lua.
+        tokens = min(max(tokens, 0), MAX_RESERVED_TOKENS)
+        cost = min(cost, MAX_COST) if cost > 0 else 0.0  # NaN compares false: counted as 0
         ticket = Ticket(request_id, scopes, tokens, cost)
-        self._slot_life_ms = int(deadline_s * 1000)
+        # From config (timeouts.total): Redis' PEXPIRE takes an integer, so a huge or fractional one is bounded.
+        self._slot_life_ms = int(min(max(deadline_s, 0.0), MAX_SLOT_LIFE_MS / 1000) * 1000)
         if self._take(ticket):
             return ticket
         # One lease request per scope set at a time: calls that queued behind it use what it brought.
@@ -113,8 +118,10 @@ class RedisLimiter(RedisSettlement):
             except (asyncio.CancelledError, GeneratorExit):
                 self._abandon(call)
                 raise
-            except BaseException as exc:  # noqa: BLE001 - any failure to count is "unavailable", never a hang
+            except BaseException as exc:  # noqa: BLE001 - every failure ends this wait; only an outage is everyone's
                 self._abandon(call)
+                if not is_outage(exc):
+                    raise self._failed(exc) from None
                 self._unavailable(exc)
                 return self._fallback(ticket)
         self._recovered()
@@ -322,6 +329,13 @@ class RedisLimiter(RedisSettlement):
         raise refused(scope, what, retry)
 
     # ---- outages --------------------------------------------------------------------------------
+
+    def _failed(self, exc: BaseException) -> GatewayError:
+        """Redis refused this call's script (a bug, or input nothing bounded): this call fails, logged; the
+        limiter stays up and keeps counting every other call."""
+        self._event("limits_error", error=f"{type(exc).__name__}: {exc}"[:300], effect="this call refused (500)")
+        return GatewayError(500, "The rate limiter could not count this call (the error is logged as "
+                            "limits_error); other calls are not affected.", "server_error", None, "limits_error")
 
     def _unavailable(self, exc: BaseException) -> None:
         self._down_until = time.monotonic() + self.retry_after

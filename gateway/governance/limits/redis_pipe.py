@@ -25,6 +25,21 @@ class ScriptNotRun(RedisReplyError):
     """Redis no longer knew the script (NOSCRIPT): nothing of it ran."""
 
 
+# Replies that say Redis cannot serve anyone right now (loading, busy, not authenticated, a replica or cluster
+# mid-failover), not that this command was wrong; redis-py likewise raises BusyLoadingError and
+# AuthenticationError, both ConnectionError subclasses, for LOADING and auth failures (redis/exceptions.py).
+OUTAGE_REPLIES = ("LOADING", "BUSY", "NOAUTH", "WRONGPASS", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN",
+                  "MISCONF")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether a failure means Redis is unreachable or unable (outage: fail-open or fail-closed for every call),
+    as opposed to a command Redis refused (`-ERR ...`: this call's bug or input, never everyone's outage)."""
+    if isinstance(exc, RedisReplyError):
+        return str(exc).split(" ", 1)[0] in OUTAGE_REPLIES
+    return isinstance(exc, (OSError, TimeoutError, EOFError))
+
+
 def encode_args(args: Any) -> bytes:
     """Arguments as RESP bulk strings, without the array header (see `Encoded`)."""
     out = []

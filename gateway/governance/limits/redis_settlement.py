@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from gateway.governance.bounds import LUA_EXACT, cost_in_range, tokens_in_range
 from gateway.governance.limits.redis_leases import Lease
 from gateway.governance.limits.redis_pipe import RedisPipe, ScriptNotRun
 from gateway.governance.limits.redis_scripts import FLUSH_LUA, RAISE_LUA
@@ -44,6 +45,8 @@ class RedisSettlement:
         with the next flush."""
         if not ticket.counted:
             return
+        # Usage comes from upstreams: bounded before it reaches Redis (an absurd count must not fail the flush).
+        tokens, cost = tokens_in_range(tokens), cost_in_range(cost)
         dt = tokens - ticket.reserved_tokens
         dc = cost - ticket.reserved_cost
         owed = self._owed
@@ -65,7 +68,7 @@ class RedisSettlement:
         args: list[Any] = []
         for name, budget_seconds, amount in spends:
             window = window_name(now_s, budget_seconds)
-            args += (f"{self.prefix}:{name}:spend:{window}", repr(amount), budget_seconds)
+            args += (f"{self.prefix}:{name}:spend:{window}", repr(cost_in_range(amount)), budget_seconds)
         while args:
             chunk, args = args[:600], args[600:]
             async with asyncio.timeout(max(self.timeout * 5, 0.5)):
@@ -96,6 +99,8 @@ class RedisSettlement:
         owed, self._owed = self._owed, {}
         for (op, name, when, bsecs), amount in owed.items():
             key = f"{self.prefix}:{name}"
+            # Sums of bounded amounts, kept exact in Lua even if a flush carries a great many of them.
+            amount = max(min(amount, LUA_EXACT // 2), -LUA_EXACT // 2)
             if op == "t":
                 ops += ("t", f"{key}:m:{when}", int(amount), 0)
             else:

@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.governance.bounds import MAX_RESERVED_TOKENS
 from gateway.http.errors import GatewayError
 
 NO_LIMIT = -1
@@ -101,5 +102,6 @@ def window_name(now_s: int, budget_seconds: int) -> str:
 
 
 def reserve_tokens(request_bytes: int, max_tokens: int | None) -> int:
-    """What a request may use: its prompt (a token is rarely under 4 bytes of JSON) and its completion cap."""
-    return math.ceil(request_bytes / 4) + (max_tokens or 0)
+    """What a request may use: its prompt (a token is rarely under 4 bytes of JSON) and its completion cap,
+    within [0, MAX_RESERVED_TOKENS] whatever the client sent (the count goes to Redis)."""
+    return min(math.ceil(request_bytes / 4) + max(max_tokens or 0, 0), MAX_RESERVED_TOKENS)

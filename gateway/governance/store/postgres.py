@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from gateway.governance.keys import Team, VirtualKey
 from gateway.governance.store.documents import key_doc, key_from_doc, new_rev, team_doc, team_from_doc
 from gateway.governance.store.migrations import CREATE_VERSION_TABLE, CURRENT_VERSION, VERSION_TABLE, pending
-from gateway.governance.store.protocol import Conflict, StoreError
+from gateway.governance.store.protocol import BadRows, Conflict, StoreError
 from gateway.governance.store.reports import chunks, report_rows, report_sql, since_sql
 from gateway.governance.store.schema import POSTGRES_INSERT_SPEND, json_array
 
@@ -17,9 +18,10 @@ from gateway.governance.store.schema import POSTGRES_INSERT_SPEND, json_array
 class PostgresStore:
     """PostgreSQL through an asyncpg pool; every call bounded by the store timeout."""
 
-    def __init__(self, dsn: str, timeout: float) -> None:
+    def __init__(self, dsn: str, timeout: float, on_event: Callable[..., None] | None = None) -> None:
         self.dsn = dsn
         self.timeout = timeout
+        self._on_event = on_event
         self._pool: Any = None
 
     async def open(self) -> None:
@@ -77,6 +79,11 @@ class PostgresStore:
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"postgresql: {type(exc).__name__}: {exc}") from None
 
+    def _bad(self, kind: str, ident: str, reason: str) -> None:
+        # Read back as blocked (see documents): one bad row never fails a list, nor loosens a limit.
+        if self._on_event is not None:
+            self._on_event("store_row_unreadable", kind=kind, id=ident, reason=reason, effect="blocked")
+
     async def key_fingerprint(self) -> tuple[int, int]:
         row = await self._q("fetchrow", "SELECT (SELECT COUNT(*) FROM llmp_keys) + (SELECT COUNT(*) FROM llmp_teams),"
                             " (SELECT COALESCE(SUM(rev), 0) FROM llmp_keys)"
@@ -86,7 +93,7 @@ class PostgresStore:
     async def load_keys(self) -> tuple[list[VirtualKey], list[Team]]:
         keys = await self._q("fetch", "SELECT doc FROM llmp_keys WHERE revoked = 0")
         teams = await self._q("fetch", "SELECT doc FROM llmp_teams")
-        return [key_from_doc(r[0]) for r in keys], [team_from_doc(r[0]) for r in teams]
+        return [key_from_doc(r[0], self._bad) for r in keys], [team_from_doc(r[0], self._bad) for r in teams]
 
     async def insert_key(self, key: VirtualKey) -> None:
         await self._q("execute", "INSERT INTO llmp_keys (token, key_alias, team_id, doc, revoked, rev, created_at) "
@@ -99,7 +106,7 @@ class PostgresStore:
 
     async def get_key(self, token: str) -> tuple[VirtualKey, bool] | None:
         row = await self._q("fetchrow", "SELECT doc, revoked FROM llmp_keys WHERE token = $1", token)
-        return None if row is None else (key_from_doc(row[0]), bool(row[1]))
+        return None if row is None else (key_from_doc(row[0], self._bad), bool(row[1]))
 
     async def find_tokens_by_alias(self, aliases: list[str]) -> list[str]:
         rows = await self._q("fetch", "SELECT token FROM llmp_keys WHERE revoked = 0 AND key_alias = ANY($1)",
@@ -121,7 +128,7 @@ class PostgresStore:
         else:
             rows = await self._q("fetch", "SELECT doc, revoked FROM llmp_keys WHERE team_id = $1 "
                                  "ORDER BY created_at", team_id)
-        return [(key_from_doc(r[0]), bool(r[1])) for r in rows]
+        return [(key_from_doc(r[0], self._bad), bool(r[1])) for r in rows]
 
     async def insert_team(self, team: Team) -> None:
         await self._q("execute", "INSERT INTO llmp_teams (team_id, team_alias, doc, rev, created_at) "
@@ -134,10 +141,11 @@ class PostgresStore:
 
     async def get_team(self, team_id: str) -> Team | None:
         row = await self._q("fetchrow", "SELECT doc FROM llmp_teams WHERE team_id = $1", team_id)
-        return None if row is None else team_from_doc(row[0])
+        return None if row is None else team_from_doc(row[0], self._bad)
 
     async def list_teams(self) -> list[Team]:
-        return [team_from_doc(r[0]) for r in await self._q("fetch", "SELECT doc FROM llmp_teams ORDER BY created_at")]
+        rows = await self._q("fetch", "SELECT doc FROM llmp_teams ORDER BY created_at")
+        return [team_from_doc(r[0], self._bad) for r in rows]
 
     async def insert_spend(self, lines: list[bytes]) -> int:
         import asyncpg
@@ -147,6 +155,10 @@ class PostgresStore:
             async with asyncio.timeout(self.timeout):
                 status = await self._pool.execute(POSTGRES_INSERT_SPEND, json_array(lines))
             return int(status.split()[-1])  # "INSERT 0 <rows>"
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            # SQLSTATE classes 22 (e.g. 22003 "bigint out of range", 22P02 bad JSON) and 23 (e.g. a null id):
+            # the rows, not the connection. https://www.postgresql.org/docs/current/errcodes-appendix.html
+            raise BadRows(f"postgresql: {type(exc).__name__}: {exc}") from None
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"postgresql: {type(exc).__name__}: {exc}") from None
 

@@ -21,6 +21,11 @@ class Conflict(StoreError):
     """The row already exists (a key or team id given twice)."""
 
 
+class BadRows(StoreError):
+    """The store refused a batch for its data (a value out of range, malformed), not for being unreachable:
+    sending it again fails again, so the ledger splits it and sets the bad rows aside."""
+
+
 class LedgerStore(Protocol):
     async def open(self) -> None: ...
 

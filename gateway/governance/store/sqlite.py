@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from gateway.governance.keys import Team, VirtualKey
 from gateway.governance.store.documents import key_doc, key_from_doc, new_rev, team_doc, team_from_doc
 from gateway.governance.store.migrations import CREATE_VERSION_TABLE, CURRENT_VERSION, VERSION_TABLE, pending
-from gateway.governance.store.protocol import Conflict, StoreError
+from gateway.governance.store.protocol import BadRows, Conflict, StoreError
 from gateway.governance.store.reports import chunks, report_rows, report_sql, since_sql
 from gateway.governance.store.schema import SQLITE_INSERT_SPEND, json_array
 
@@ -23,9 +23,10 @@ T = TypeVar("T")
 class SqliteStore:
     """SQLite in WAL mode: several local processes may share the file. Calls run in a worker thread."""
 
-    def __init__(self, path: str, timeout: float) -> None:
+    def __init__(self, path: str, timeout: float, on_event: Callable[..., None] | None = None) -> None:
         self.path = path
         self.timeout = timeout
+        self._on_event = on_event
         self._db: sqlite3.Connection | None = None
         self._closed = False
         self._lock = threading.Lock()
@@ -85,6 +86,11 @@ class SqliteStore:
 
         return await asyncio.to_thread(call)
 
+    def _bad(self, kind: str, ident: str, reason: str) -> None:
+        # Read back as blocked (see documents): one bad row never fails a list, nor loosens a limit.
+        if self._on_event is not None:
+            self._on_event("store_row_unreadable", kind=kind, id=ident, reason=reason, effect="blocked")
+
     async def key_fingerprint(self) -> tuple[int, int]:
         def q(db: sqlite3.Connection) -> tuple[int, int]:
             a = db.execute("SELECT COUNT(*), COALESCE(SUM(rev), 0) FROM llmp_keys").fetchone()
@@ -95,8 +101,8 @@ class SqliteStore:
 
     async def load_keys(self) -> tuple[list[VirtualKey], list[Team]]:
         def q(db: sqlite3.Connection) -> tuple[list[VirtualKey], list[Team]]:
-            keys = [key_from_doc(r[0]) for r in db.execute("SELECT doc FROM llmp_keys WHERE revoked = 0")]
-            teams = [team_from_doc(r[0]) for r in db.execute("SELECT doc FROM llmp_teams")]
+            keys = [key_from_doc(r[0], self._bad) for r in db.execute("SELECT doc FROM llmp_keys WHERE revoked = 0")]
+            teams = [team_from_doc(r[0], self._bad) for r in db.execute("SELECT doc FROM llmp_teams")]
             return keys, teams
 
         return await self._run(q)
@@ -114,7 +120,7 @@ class SqliteStore:
     async def get_key(self, token: str) -> tuple[VirtualKey, bool] | None:
         def q(db: sqlite3.Connection) -> tuple[VirtualKey, bool] | None:
             row = db.execute("SELECT doc, revoked FROM llmp_keys WHERE token = ?", (token,)).fetchone()
-            return None if row is None else (key_from_doc(row[0]), bool(row[1]))
+            return None if row is None else (key_from_doc(row[0], self._bad), bool(row[1]))
 
         return await self._run(q)
 
@@ -145,7 +151,7 @@ class SqliteStore:
             else:
                 rows = db.execute("SELECT doc, revoked FROM llmp_keys WHERE team_id = ? ORDER BY created_at",
                                   (team_id,))
-            return [(key_from_doc(r[0]), bool(r[1])) for r in rows]
+            return [(key_from_doc(r[0], self._bad), bool(r[1])) for r in rows]
 
         return await self._run(q)
 
@@ -162,12 +168,12 @@ class SqliteStore:
     async def get_team(self, team_id: str) -> Team | None:
         def q(db: sqlite3.Connection) -> Team | None:
             row = db.execute("SELECT doc FROM llmp_teams WHERE team_id = ?", (team_id,)).fetchone()
-            return None if row is None else team_from_doc(row[0])
+            return None if row is None else team_from_doc(row[0], self._bad)
 
         return await self._run(q)
 
     async def list_teams(self) -> list[Team]:
-        return await self._run(lambda db: [team_from_doc(r[0]) for r in
+        return await self._run(lambda db: [team_from_doc(r[0], self._bad) for r in
                                            db.execute("SELECT doc FROM llmp_teams ORDER BY created_at")])
 
     async def insert_spend(self, lines: list[bytes]) -> int:
@@ -179,8 +185,10 @@ class SqliteStore:
                 before = db.total_changes
                 db.execute(SQLITE_INSERT_SPEND, (batch,))
                 db.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 db.execute("ROLLBACK")
+                if isinstance(exc, (sqlite3.DataError, sqlite3.IntegrityError)) or "malformed JSON" in str(exc):
+                    raise BadRows(f"sqlite: {exc}") from None  # the rows, not the file: split and set aside
                 raise
             return db.total_changes - before
 
