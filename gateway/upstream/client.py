@@ -80,13 +80,15 @@ class _Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._future: asyncio.Future[Answer] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        # One parser per connection: llhttp starts the next message after a complete one (a stray one is
+        # caught in on_message_begin), and any error closes the connection with its parser.
+        self._parser = httptools.HttpResponseParser(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def expect(self, future: asyncio.Future[Answer], total: float, idle: float) -> None:
         self._future = future
-        self._parser = httptools.HttpResponseParser(self)
         self._got_bytes = False
         self._received_head = 0  # bytes received before the header section ended (a bound on it)
         self._new_head()
@@ -103,6 +105,7 @@ class _Connection(asyncio.Protocol):
 
     def _new_head(self) -> None:
         self._reason = b""
+        self._raw_headers: list[tuple[bytes, bytes]] = []
         self._headers: dict[str, str] = {}
         self._head_bytes = 0
         self._headers_done = False
@@ -120,20 +123,19 @@ class _Connection(asyncio.Protocol):
         self._head_bytes += len(reason)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > self.limits.header_bytes:
-            raise self._set_error(UpstreamLimitExceeded("header_bytes", self.limits.header_bytes))
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        self._headers[key] = f"{self._headers[key]}, {text}" if key in self._headers else text
+        self._raw_headers.append((name, value))  # decoded once, at the end of the head (the hot path)
 
     def on_headers_complete(self) -> None:
+        raw = self._raw_headers
+        self._head_bytes += sum([len(n) + len(v) + 4 for n, v in raw])
+        if self._head_bytes > self.limits.header_bytes:
+            raise self._set_error(UpstreamLimitExceeded("header_bytes", self.limits.header_bytes))
         status = self._parser.get_status_code()
         if status < 200:
             self._interim = True  # 100 Continue and friends: the real answer follows on this connection
             return
         self._headers_done = True
-        headers = self._headers
+        self._headers = headers = {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in raw}
         encoding = headers.get("content-encoding", "identity").strip().lower()
         if encoding in INFLATE:
             self._inflate = zlib.decompressobj(INFLATE[encoding])
@@ -184,10 +186,6 @@ class _Connection(asyncio.Protocol):
             # answer: drop the connection instead.
             self.close()
             return
-        if not self._got_bytes:
-            self._got_bytes = True
-            self._rearm()
-        self._last = self._loop.time()
         if not self._headers_done:
             self._received_head += len(data)
         try:
@@ -202,6 +200,13 @@ class _Connection(asyncio.Protocol):
             self._fail(self._error)
         elif not self._headers_done and self._received_head > self.limits.header_bytes:
             self._fail(UpstreamLimitExceeded("header_bytes", self.limits.header_bytes))
+        else:
+            # The answer has begun and is not whole (most arrive in one read and never get here): from now
+            # on silence longer than `idle` also ends the wait (slow-drip upstreams).
+            self._last = self._loop.time()
+            if not self._got_bytes:
+                self._got_bytes = True
+                self._rearm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -226,7 +231,6 @@ class _Connection(asyncio.Protocol):
             self._fail(self._error or UpstreamClosed("upstream closed the connection mid-answer"))
 
     def _rearm(self) -> None:
-        # Bytes are flowing: from now on silence longer than `idle` also ends the wait (slow-drip upstreams).
         if self._timer is not None:
             self._timer.cancel()
         self._timer = self._loop.call_at(min(self._deadline, self._loop.time() + self._idle), self._expire)
