@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import zlib
 from collections.abc import Callable
 from typing import Any
-
-import orjson
 
 # Script steps: bytes are written, a float sleeps that long, CLOSE closes the connection, HANG waits for good.
 CLOSE = "close"
@@ -81,7 +80,7 @@ def chat_answer(text: str = "hello from a raw upstream", usage: Any = None) -> b
                             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                          "finish_reason": "stop"}]}
     body["usage"] = usage if usage is not None else {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}
-    return orjson.dumps(body)
+    return json.dumps(body).encode()  # json: orjson refuses integers over 64 bits
 
 
 def http(body: bytes, status: bytes = b"200 OK", headers: bytes = b"Content-Type: application/json\r\n",
@@ -122,13 +121,13 @@ def sse_chunk(payload: bytes) -> bytes:
 def delta(text: str) -> bytes:
     obj = {"id": "raw-s", "object": "chat.completion.chunk", "created": 0, "model": "sim-model",
            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
 
 def usage_event(usage: Any) -> bytes:
     obj = {"id": "raw-s", "object": "chat.completion.chunk", "created": 0, "model": "sim-model", "choices": [],
            "usage": usage}
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
 
 def stream(*events: bytes, done: bool = True, end: bool = True) -> list[Step]:
