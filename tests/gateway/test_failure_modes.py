@@ -218,3 +218,20 @@ async def test_many_clients_hanging_up_mid_stream_leave_the_circuit_closed(sim, 
     replica = gw.state.router.pools[0].replicas[0]
     assert replica.breaker.state == "closed" and replica.in_flight == 0
     assert all(call["status"] in (200, 499) for call in gw.calls())
+
+
+async def test_a_non_streamed_answer_slower_than_first_byte_arrives_within_total(sim, gateway_factory) -> None:
+    # Model servers send a non-streamed answer only once it is whole: `first_byte` cannot apply to it
+    # (LiteLLM's `timeout`, mapped to `total`, would otherwise be cut at first_byte's 60 s default).
+    sim.settings.ttft = 1.0
+    gw = await gateway_factory(gateway_config([deployment("sim-a", sim.base_url)],
+                                              timeouts={"connect": 1, "first_byte": 0.3, "idle": 0.3, "total": 5}))
+    reply = await gw.client().chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert reply.choices[0].message.content and sim.stats.requests == 1
+    sim.settings.ttft = 3.0
+    gw = await gateway_factory(gateway_config([deployment("sim-a", sim.base_url)], retries={"attempts": 0},
+                                              timeouts={"connect": 1, "first_byte": 0.3, "idle": 0.3, "total": 1.5}))
+    started = time.monotonic()
+    with pytest.raises(openai.InternalServerError, match=r"timeout: no complete answer within 1\.5s"):
+        await gw.client().chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert time.monotonic() - started < 2.5
