@@ -12,7 +12,7 @@ REDACTED = "[redacted]"
 _SHAPES = re.compile(
     r"(?i)(?P<bearer>bearer\s+)[^\s\"',;}]+"
     r"|\bsk-[A-Za-z0-9_\-]{6,}"
-    r"|(?P<field>\b(?:x-api-key|api[_-]?key|authorization|token|secret|password)[\"']?\s*[:=]\s*[\"']?)"
+    r"|(?P<field>\b(?:x-api-key|api[_-]?key|authorization|token|secret|password)[\"']?\s*[:=]\s*[\"']?(?:bearer\s+)?)"
     r"[^\s\"',;}]+"
     r"|\b(?=[A-Za-z0-9_\-+/]*\d)(?=[A-Za-z0-9_\-+/]*[A-Za-z])[A-Za-z0-9_\-+/]{24,}=*"
 )

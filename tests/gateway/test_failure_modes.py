@@ -10,6 +10,7 @@ import aiohttp
 import openai
 import pytest
 
+from gateway.upstream.retry import retry_after_seconds
 from tests.gateway.conftest import KEY, MODEL, closed_port_url, deployment, gateway_config
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -235,3 +236,10 @@ async def test_a_non_streamed_answer_slower_than_first_byte_arrives_within_total
     with pytest.raises(openai.InternalServerError, match=r"timeout: no complete answer within 1\.5s"):
         await gw.client().chat.completions.create(model=MODEL, messages=MESSAGES)
     assert time.monotonic() - started < 2.5
+
+
+@pytest.mark.parametrize("header, seconds", [("inf", None), ("nan", None), ("1e12", 300.0), ("-5", 0.0), ("2.5", 2.5),
+                                             ("Fri, 01 Jan 2100 00:00:00 GMT", 300.0), ("soon", None)])
+def test_retry_after_from_an_upstream_is_bounded(header, seconds) -> None:
+    # An upstream's `Retry-After: inf` (or a year) must not take a replica out of rotation for good.
+    assert retry_after_seconds(header) == seconds

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from gateway.config.limits import UpstreamLimits
 from gateway.protocols.sse import EventReader, EventTooLarge, TruncatedStream
 from gateway.upstream.client import Answer, UpstreamClosed, UpstreamLimitExceeded, _Connection
+from gateway.upstream.redaction import redact
 from tests.gateway.conftest import KEY, MODEL, RunningGateway, deployment, gateway_config
 from tests.gateway.faulty_upstream import (
     CLOSE,
@@ -369,3 +370,16 @@ def test_well_formed_events_come_out_as_sent(datas: list[bytes], cuts: list[int]
     data = b"".join(b"data: " + d + b"\n\n" for d in datas)
     events, error = read_events(split(data, cuts), 1024)
     assert error is None and events == [d.strip() for d in datas]
+
+
+@pytest.mark.parametrize("text", [
+    "Incorrect API key provided: sk-proj-abcdefghijklmnopqrstuvwxyz0123. You can find your API key at ...",
+    "bad header Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.e30.abc123 in request",
+    '{"x-api-key": "ant-0123456789abcdef0123456789"}',
+    "key=" + "k" * 30 + "9 rejected",
+])
+def test_upstream_error_text_is_redacted_and_capped(text: str) -> None:
+    shown = redact(text * 3, ["k" * 30 + "9"])
+    assert "[redacted]" in shown and len(shown) <= 200 and "\n" not in shown
+    for secret in ("abcdefghijklmnopqrstuvwxyz0123", "eyJhbGciOiJIUzI1NiJ9", "0123456789abcdef0123456789", "k" * 30):
+        assert secret not in shown
