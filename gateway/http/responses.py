@@ -114,22 +114,21 @@ async def relay_stream(request: web.Request, opened: Opened, headers: dict[str, 
 
 
 def _account(record: CallRecord, adapter: StreamAdapter, prompt_estimate: int, relayed: int) -> None:
-    """The call's tokens: the upstream's usage when it came and is sound; else what was streamed.
+    """The call's tokens: the upstream's usage where it came and is sound; else what was streamed.
 
-    Usage arrives in the stream's last chunk: a client that hangs up before it, an upstream that fails
+    Usage arrives at the stream's end: a client that hangs up before it, an upstream that fails
     mid-stream or sends unreadable usage, would otherwise make the call free, and a key with budget for
-    one call could stream twenty. Then the call is charged the prompt's estimate (request bytes / 4, the
-    limiter's reservation rule) and the completion streamed so far (text characters / 4, at least one
-    token per chunk of text; one per relayed event for adapters that do not count text).
+    one call could stream twenty. A count the upstream did not give is replaced by an estimate: the
+    prompt's by the request's size (bytes / 4, the limiter's reservation rule), the completion's by the
+    text streamed (characters / 4, at least one token per chunk of text; one per relayed event for
+    adapters that do not count text).
     """
     prompt, completion = adapter.prompt_tokens, adapter.completion_tokens
     sound = 0 <= prompt < MAX_TOKENS and 0 <= completion < MAX_TOKENS
-    if sound and (prompt or completion):
-        record.prompt_tokens, record.completion_tokens = prompt, completion
-        return
     streamed = getattr(adapter, "streamed_tokens", None)
-    record.prompt_tokens = prompt_estimate
-    record.completion_tokens = streamed if isinstance(streamed, int) else relayed
+    record.prompt_tokens = prompt if sound and prompt else prompt_estimate
+    record.completion_tokens = completion if sound and completion else (
+        streamed if isinstance(streamed, int) else relayed)
     problem = getattr(adapter, "usage_problem", None)
     if problem and record.error is None:
         record.error = f"{problem}; charged the estimate"
