@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+import gateway.upstream.client as client_module
 from gateway.config.limits import UpstreamLimits
 from gateway.upstream.client import (
     ReplicaConnections,
@@ -281,3 +282,16 @@ async def test_idle_applies_once_an_answer_began_and_total_before_it() -> None:
         await UpstreamClient().post(pool, HEAD, b"{}", 1, 3, 0.2)
     assert 0.5 < time.monotonic() - started < 1.5, "idle applies once the answer began, total before"
     server.close()
+
+
+async def test_a_connection_idle_past_the_reuse_bound_is_not_reused(monkeypatch) -> None:
+    # A server closing an idle connection as we reuse it makes a request it may have read (uvicorn: after 5 s).
+    monkeypatch.setattr(client_module, "REUSE_IDLE_MAX", 0.05)
+    server = RawServer([ok(b"1"), ok(b"2"), ok(b"3")])
+    async with server as pool:
+        client = UpstreamClient()
+        await client.post(pool, HEAD, b"{}", 1, 2)
+        await client.post(pool, HEAD, b"{}", 1, 2)  # right away: reused
+        await asyncio.sleep(0.1)
+        await client.post(pool, HEAD, b"{}", 1, 2)
+    assert server.connections == 2
