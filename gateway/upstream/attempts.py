@@ -203,6 +203,7 @@ class Proxy:
 
     async def _attempt(self, request: Request, route: ModelRoute, dep: DeploymentPool, replica: Replica) -> Opened:
         payload = request.payload_for(dep, route)
+        head = b"" if request.stream else dep.request_head(replica, request.endpoint)  # a config error raises here
         replica.in_flight += 1
         replica.breaker.on_attempt()
         response: aiohttp.ClientResponse | None = None
@@ -229,8 +230,7 @@ class Proxy:
                                   prompt_estimate=prompt_estimate)
             # A whole answer, through the lean client (see upstream/client.py for the measurement). Model servers
             # send nothing until a whole answer is generated, so `total` bounds it, `idle` the silence once begun.
-            answer = await self.client.post(replica.connections, dep.request_head(replica, request.endpoint), payload,
-                                            t.connect, t.total, t.idle, dep.limits)
+            answer = await self.client.post(replica.connections, head, payload, t.connect, t.total, t.idle, dep.limits)
             if answer.status != 200:
                 health = answer.status not in NOT_HEALTH
                 _refusal(answer.status, answer.reason, answer.headers.get("retry-after"),
