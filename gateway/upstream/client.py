@@ -5,7 +5,8 @@ server forwarding through aiohttp's client spent about 136 us of CPU per call,
 and about 52 us through this client; the difference is ClientRequest and
 ClientResponse machinery (cookies, redirects, proxies, tracing) that a proxy to
 known upstreams never uses. Streams still go through aiohttp's client, where a
-call lasts seconds and that cost does not matter.
+call lasts seconds and that cost does not matter. Parsing with llhttp instead of
+by hand costs about 5 us more per call (client alone, 2000 calls: ~50 -> ~55 us).
 
 Answers are parsed by llhttp (Node's parser, through `httptools`), never by hand:
 it refuses signed or `0x` chunk sizes, Content-Length together with
@@ -30,8 +31,8 @@ from gateway.config.limits import UpstreamLimits
 
 IDLE_PER_REPLICA = 256
 # A pooled connection idle longer than this is closed, not reused: uvicorn (vLLM's server) closes idle
-# keep-alive connections after 5 s (vLLM's VLLM_HTTP_TIMEOUT_KEEP_ALIVE default), and reusing one as it
-# closes is a request the server may have read (see _Connection.connection_lost): stay clear of that race.
+# keep-alive connections after 5 s (vllm/envs.py: VLLM_HTTP_TIMEOUT_KEEP_ALIVE defaults to "5"), and reusing
+# one as it closes is a request the server may have read (see _Connection.connection_lost): stay clear of it.
 REUSE_IDLE_MAX = 4.0
 DEFAULT_LIMITS = UpstreamLimits()
 INFLATE = {"gzip": 47, "x-gzip": 47, "deflate": 47}  # 47: a gzip or zlib header, detected
