@@ -11,9 +11,9 @@ per region into a ConfigMap)::
       routing: least-busy        # least-busy | weighted: how deployments of an alias are chosen
       timeouts:                  # seconds; any deployment may override them
         connect: 2               # TCP/TLS connect to the upstream
-        first_byte: 60           # request sent -> response headers and first body bytes
-        idle: 30                 # longest silence between two stream chunks
-        total: 600               # whole call
+        first_byte: 60           # streams: request sent -> headers and first event (failover possible until then)
+        idle: 30                 # longest silence between two stream chunks, or within an answer once begun
+        total: 600               # whole call; a non-streamed answer (model servers send it once whole) has until then
       retries:
         attempts: 2              # retries per model after the first try (connect error, 429, 5xx before first byte)
         backoff_base: 0.05       # exponential backoff base, full jitter

@@ -9,7 +9,8 @@ import orjson
 from gateway.protocols.anthropic_clients import ChatToMessagesStream, MessagesPassthrough, chat_to_message
 from gateway.protocols.anthropic_upstream import AnthropicStream, from_messages_response
 from gateway.protocols.request import Request
-from gateway.protocols.sse import UpstreamStreamError
+from gateway.protocols.sse import UpstreamStreamError, error_message
+from gateway.protocols.tokens import estimate_tokens, usage_pair
 from gateway.upstream.routing import DeploymentPool
 
 
@@ -17,25 +18,57 @@ class MalformedAnswer(Exception):
     """The upstream answered 200 with a body that is not the JSON it should be."""
 
 
-def read_answer(dep: DeploymentPool, data: bytes, alias: str, endpoint: str = "chat") -> tuple[bytes, int, int]:
-    """Answer bytes for the client, with (prompt, completion) tokens; raises MalformedAnswer."""
+def read_answer(dep: DeploymentPool, data: bytes, alias: str, endpoint: str = "chat",
+                prompt_estimate: int = 0) -> tuple[bytes, int, int]:
+    """Answer bytes for the client, with (prompt, completion) tokens; raises MalformedAnswer.
+
+    Usage the gateway cannot trust (missing, not an object, negative, absurd) is replaced by estimates:
+    the prompt's (request bytes / 4) and the answer text's (characters / 4), so a call is never free.
+    """
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise MalformedAnswer(f"answer is not JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise MalformedAnswer("answer is not a JSON object")
-    if endpoint == "messages":
+    try:
+        if endpoint == "messages":
+            if dep.provider == "anthropic":
+                counted = usage_pair(obj.get("usage"), "input_tokens", "output_tokens")
+                return data, *(counted or _estimated(obj, prompt_estimate))
+            message, prompt, completion = chat_to_message(obj, alias)
+            return orjson.dumps(message), prompt, completion
         if dep.provider == "anthropic":
-            usage = obj.get("usage") or {}
-            return data, int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
-        message, prompt, completion = chat_to_message(obj, alias)
-        return orjson.dumps(message), prompt, completion
-    if dep.provider == "anthropic":
-        translated, prompt, completion = from_messages_response(obj, alias)
-        return orjson.dumps(translated), prompt, completion
-    usage = obj.get("usage") or {}
-    return data, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+            translated, prompt, completion = from_messages_response(obj, alias)
+            return orjson.dumps(translated), prompt, completion
+    except (AttributeError, TypeError, KeyError, ValueError) as exc:  # a shape the translation cannot read
+        raise MalformedAnswer(f"answer has an unexpected shape ({type(exc).__name__})") from None
+    counted = usage_pair(obj.get("usage"), "prompt_tokens", "completion_tokens")
+    return data, *(counted or _estimated(obj, prompt_estimate))
+
+
+def _estimated(obj: dict[str, object], prompt_estimate: int) -> tuple[int, int]:
+    return prompt_estimate, estimate_tokens(_text_chars(obj.get("choices") or obj.get("content")))
+
+
+def _text_chars(items: object) -> int:
+    """Characters of generated text in `choices` (chat, completions) or `content` (Messages) of an answer."""
+    chars = 0
+    for item in items if isinstance(items, list) else ():
+        if not isinstance(item, dict):
+            continue
+        for part in (item, item.get("message"), item.get("delta")):
+            if isinstance(part, dict):
+                for name in ("content", "text", "reasoning_content"):
+                    value = part.get(name)
+                    if isinstance(value, str):
+                        chars += len(value)
+                calls = part.get("tool_calls")
+                for call in calls if isinstance(calls, list) else ():
+                    fn = call.get("function") if isinstance(call, dict) else None
+                    if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+                        chars += len(fn["arguments"])
+    return chars
 
 
 class StreamAdapter(Protocol):
@@ -47,14 +80,21 @@ class StreamAdapter(Protocol):
 
 
 class OpenAIStream:
-    """Passes OpenAI-style events through byte for byte, reading usage and stripping it when not asked for."""
+    """Passes OpenAI-style events through byte for byte, reading usage and stripping it when not asked for.
 
-    __slots__ = ("completion_tokens", "done", "prompt_tokens", "strip_usage")
+    `streamed_tokens` estimates the completion from the text relayed so far (characters / 4, at least one
+    per chunk that carries text): what a call is charged when the upstream's usage never arrives (the
+    client hung up first) or cannot be trusted (`usage_problem` says why).
+    """
+
+    __slots__ = ("completion_tokens", "done", "prompt_tokens", "streamed_tokens", "strip_usage", "usage_problem")
 
     def __init__(self, strip_usage: bool) -> None:
         self.strip_usage = strip_usage
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.streamed_tokens = 0
+        self.usage_problem: str | None = None
         self.done = False
 
     def feed(self, raw: bytes, data: bytes) -> bytes:
@@ -64,11 +104,18 @@ class OpenAIStream:
         obj = orjson.loads(data)  # a malformed chunk must fail here, not in the client
         if isinstance(obj, dict):
             if "error" in obj and "choices" not in obj:
-                raise UpstreamStreamError(str((obj.get("error") or {}).get("message", "upstream error")))
+                raise UpstreamStreamError(error_message(obj.get("error")))
+            chars = _text_chars(obj.get("choices"))
+            if chars:
+                self.streamed_tokens += max(1, estimate_tokens(chars))
             usage = obj.get("usage")
-            if usage:
-                self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-                self.completion_tokens = int(usage.get("completion_tokens") or 0)
+            if usage is not None:
+                counted = usage_pair(usage, "prompt_tokens", "completion_tokens")
+                if counted is None:
+                    self.usage_problem = "upstream usage unreadable: " + orjson.dumps(usage)[:80].decode(
+                        errors="replace")
+                else:
+                    self.prompt_tokens, self.completion_tokens = counted
                 if self.strip_usage and not obj.get("choices"):
                     return b""
         return raw

@@ -6,7 +6,8 @@ from typing import Any
 
 import orjson
 
-from gateway.protocols.sse import UpstreamStreamError
+from gateway.protocols.sse import UpstreamStreamError, error_message
+from gateway.protocols.tokens import bounded_tokens
 
 STOP_REASON = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
                "content_filter": "refusal"}
@@ -97,8 +98,8 @@ def chat_to_message(answer: dict[str, Any], alias: str) -> tuple[dict[str, Any],
             args = {}
         content.append({"type": "tool_use", "id": call.get("id", ""), "name": fn.get("name", ""), "input": args})
     usage = answer.get("usage") or {}
-    prompt = int(usage.get("prompt_tokens") or 0)
-    completion = int(usage.get("completion_tokens") or 0)
+    prompt = bounded_tokens(usage.get("prompt_tokens"))
+    completion = bounded_tokens(usage.get("completion_tokens"))
     result = {
         "id": answer.get("id", ""),
         "type": "message",
@@ -162,8 +163,8 @@ class ChatToMessagesStream:
                 "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}})
         usage = chunk.get("usage")
         if usage:
-            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            self.completion_tokens = int(usage.get("completion_tokens") or 0)
+            self.prompt_tokens = bounded_tokens(usage.get("prompt_tokens"))
+            self.completion_tokens = bounded_tokens(usage.get("completion_tokens"))
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
             text = delta.get("content")
@@ -200,13 +201,13 @@ class MessagesPassthrough:
         event = orjson.loads(data)
         kind = event.get("type")
         if kind == "message_start":
-            self.prompt_tokens = int(((event.get("message") or {}).get("usage") or {}).get("input_tokens") or 0)
+            self.prompt_tokens = bounded_tokens(((event.get("message") or {}).get("usage") or {}).get("input_tokens"))
         elif kind == "message_delta":
-            self.completion_tokens = int((event.get("usage") or {}).get("output_tokens") or 0)
+            self.completion_tokens = bounded_tokens((event.get("usage") or {}).get("output_tokens"))
         elif kind == "message_stop":
             self.done = True
         elif kind == "error":
-            raise UpstreamStreamError(str((event.get("error") or {}).get("message", "upstream error")))
+            raise UpstreamStreamError(error_message(event.get("error")))
         return raw
 
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import orjson
 
-from gateway.protocols.sse import UpstreamStreamError
+from gateway.protocols.sse import UpstreamStreamError, error_message
+from gateway.protocols.tokens import bounded_tokens
 
 DEFAULT_MAX_TOKENS = 4096  # Messages requires max_tokens; OpenAI clients often leave it out
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
@@ -111,8 +112,8 @@ def from_messages_response(answer: dict[str, Any], alias: str) -> tuple[dict[str
                                "function": {"name": block.get("name", ""),
                                             "arguments": orjson.dumps(block.get("input") or {}).decode()}})
     usage = answer.get("usage") or {}
-    prompt = int(usage.get("input_tokens") or 0)
-    completion = int(usage.get("output_tokens") or 0)
+    prompt = bounded_tokens(usage.get("input_tokens"))
+    completion = bounded_tokens(usage.get("output_tokens"))
     message: dict[str, Any] = {"role": "assistant", "content": "".join(text) if text or not tool_calls else None}
     if tool_calls:
         message["tool_calls"] = tool_calls
@@ -165,7 +166,7 @@ class AnthropicStream:
         if kind == "message_start":
             message = event.get("message") or {}
             self.id = message.get("id", "")
-            self.prompt_tokens = int((message.get("usage") or {}).get("input_tokens") or 0)
+            self.prompt_tokens = bounded_tokens((message.get("usage") or {}).get("input_tokens"))
             return self._chunk({"role": "assistant", "content": ""})
         if kind == "content_block_start":
             block = event.get("content_block") or {}
@@ -176,7 +177,7 @@ class AnthropicStream:
                 return self._chunk({"tool_calls": [call]})
             return b""
         if kind == "message_delta":
-            self.completion_tokens = int((event.get("usage") or {}).get("output_tokens") or 0)
+            self.completion_tokens = bounded_tokens((event.get("usage") or {}).get("output_tokens"))
             reason = (event.get("delta") or {}).get("stop_reason") or ""
             return self._chunk({}, FINISH.get(reason, "stop"))
         if kind == "message_stop":
@@ -187,5 +188,5 @@ class AnthropicStream:
                 out = self._chunk(None, usage={"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c})
             return out + b"data: [DONE]\n\n"
         if kind == "error":
-            raise UpstreamStreamError(str((event.get("error") or {}).get("message", "upstream error")))
+            raise UpstreamStreamError(error_message(event.get("error")))
         return b""  # ping, content_block_stop

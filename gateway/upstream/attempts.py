@@ -16,9 +16,17 @@ from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.usage import CallRecord
 from gateway.protocols.answers import MalformedAnswer, StreamAdapter, read_answer, stream_adapter
 from gateway.protocols.request import Request
-from gateway.protocols.sse import TruncatedStream, UpstreamStreamError, read_event
-from gateway.upstream.client import UpstreamClient, UpstreamClosed, UpstreamConnectError, UpstreamConnectTimeout
+from gateway.protocols.sse import EventReader, EventTooLarge, TruncatedStream, UpstreamStreamError
+from gateway.protocols.tokens import estimate_tokens
+from gateway.upstream.client import (
+    UpstreamClient,
+    UpstreamClosed,
+    UpstreamConnectError,
+    UpstreamConnectTimeout,
+    UpstreamLimitExceeded,
+)
 from gateway.upstream.quotas import DeploymentQuotas
+from gateway.upstream.redaction import redact
 from gateway.upstream.retry import Backoff, retry_after_seconds
 from gateway.upstream.routing import DeploymentPool, ModelRoute, Replica, Router
 
@@ -26,6 +34,10 @@ from gateway.upstream.routing import DeploymentPool, ModelRoute, Replica, Router
 CLIENT_FAULT = frozenset({400, 413, 422})
 # Failures that say nothing about the replica's health (it is busy, or we are misconfigured for it).
 NOT_HEALTH = frozenset({401, 403, 404, 429})
+# Of an error answer, only enough to find its message is read: the rest is never held.
+ERROR_BODY_BYTES = 64 * 1024
+# What an adapter raises on an event whose JSON has another shape than the protocol's (a list for an object...).
+SHAPE_ERRORS = (ValueError, TypeError, KeyError, AttributeError)
 
 
 class AttemptFailed(Exception):
@@ -48,6 +60,8 @@ class Opened:
     adapter: StreamAdapter | None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    events: EventReader | None = None  # streaming: the upstream's events, each bounded in size
+    prompt_estimate: int = 0  # the prompt's tokens by the request's size, charged when usage never comes
     _finished: bool = False
 
     def finish(self, ok: bool, blame: bool = True) -> None:
@@ -117,7 +131,12 @@ class Proxy:
             opened = await self._try_route(request, current, candidates, record, failures)
             if opened is not None:
                 return opened
-        raise unavailable(f"No upstream could answer for model `{route.alias}`: " + "; ".join(failures[-6:]))
+        listed = "; ".join(failures[-6:])
+        if any(f.split(": ", 2)[1:2] == ["too_large"] for f in failures):
+            # An answer too large to hold is the upstream's fault, named as such (not "unavailable").
+            raise GatewayError(502, f"No usable upstream answer for model `{route.alias}`: {listed}", "upstream_error",
+                               None, "upstream_limit_exceeded")
+        raise unavailable(f"No upstream could answer for model `{route.alias}`: " + listed)
 
     async def _try_route(self, request: Request, route: ModelRoute, candidates: list[tuple[DeploymentPool, Replica]],
                          record: CallRecord, failures: list[str]) -> Opened | None:
@@ -184,31 +203,39 @@ class Proxy:
 
     async def _attempt(self, request: Request, route: ModelRoute, dep: DeploymentPool, replica: Replica) -> Opened:
         payload = request.payload_for(dep, route)
+        head = b"" if request.stream else dep.request_head(replica, request.endpoint)  # a config error raises here
         replica.in_flight += 1
         replica.breaker.on_attempt()
         response: aiohttp.ClientResponse | None = None
         health = True
         url = replica.urls[request.endpoint]
+        t = dep.timeouts
+        prompt_estimate = estimate_tokens(len(request.raw))
         try:
             if request.stream:
                 # Headers and the first event within first_byte: failover stays possible until then.
-                async with asyncio.timeout(dep.timeouts.first_byte):
+                async with asyncio.timeout(t.first_byte):
                     response = await self.session.post(url, data=payload, headers=dep.headers,
                                                        timeout=dep.client_timeout)
                     if response.status != 200:
                         health = response.status not in NOT_HEALTH
-                        await self._refused(response, dep)
+                        await _refused(response, dep)
+                    if response.headers.get("Content-Encoding", "identity").lower() not in ("identity", ""):
+                        # We asked for identity: a compressed stream could inflate past every bound before we see it.
+                        raise AttemptFailed("malformed_response: compressed stream (we asked for identity)")
                     adapter = stream_adapter(dep, request)
-                    first = await _first_output(response, adapter)
-                    return Opened(dep, replica, response, first, adapter)
-            # A whole answer, through the lean client (see upstream/client.py for the measurement).
-            t = dep.timeouts
-            answer = await self.client.post(replica.connections, dep.request_head(replica, request.endpoint), payload,
-                                            t.connect, min(t.first_byte, t.total))
+                    events = EventReader(response.content, dep.limits.sse_event_bytes)
+                    first = await _first_output(events, adapter)
+                    return Opened(dep, replica, response, first, adapter, events=events,
+                                  prompt_estimate=prompt_estimate)
+            # A whole answer, through the lean client (see upstream/client.py for the measurement). Model servers
+            # send nothing until a whole answer is generated, so `total` bounds it, `idle` the silence once begun.
+            answer = await self.client.post(replica.connections, head, payload, t.connect, t.total, t.idle, dep.limits)
             if answer.status != 200:
                 health = answer.status not in NOT_HEALTH
-                _refusal(answer.status, answer.reason, answer.headers.get("retry-after"), answer.body)
-            body, prompt, completion = read_answer(dep, answer.body, route.alias, request.endpoint)
+                _refusal(answer.status, answer.reason, answer.headers.get("retry-after"),
+                         answer.body[:ERROR_BODY_BYTES], _secrets(dep))
+            body, prompt, completion = read_answer(dep, answer.body, route.alias, request.endpoint, prompt_estimate)
             opened = Opened(dep, replica, None, body, None, prompt, completion)
             opened.finish(ok=True)
             return opened
@@ -227,22 +254,30 @@ class Proxy:
             raise AttemptFailed(f"connect_error: {exc}") from None
         except UpstreamClosed as exc:
             self._failed(replica, response, health)
-            raise AttemptFailed(f"upstream_disconnected: {exc}") from None
+            raise AttemptFailed(f"upstream_disconnected: {redact(str(exc), _secrets(dep))}") from None
+        except (UpstreamLimitExceeded, EventTooLarge) as exc:
+            self._failed(replica, response, health)
+            raise AttemptFailed(f"too_large: {exc}") from None
         except (aiohttp.ConnectionTimeoutError, UpstreamConnectTimeout):
             self._failed(replica, response, health)
-            raise AttemptFailed(f"connect_timeout: no connection within {dep.timeouts.connect:g}s") from None
-        except TimeoutError:
+            raise AttemptFailed(f"connect_timeout: no connection within {t.connect:g}s") from None
+        except TimeoutError as exc:
             self._failed(replica, response, health)
-            raise AttemptFailed(f"first_byte_timeout: nothing within {dep.timeouts.first_byte:g}s") from None
+            if request.stream:
+                raise AttemptFailed(f"first_byte_timeout: nothing within {t.first_byte:g}s") from None
+            raise AttemptFailed(f"timeout: {exc}") from None
         except (MalformedAnswer, orjson.JSONDecodeError) as exc:
             self._failed(replica, response, health)
             raise AttemptFailed(f"malformed_response: {exc}") from None
         except (TruncatedStream, UpstreamStreamError) as exc:
             self._failed(replica, response, health)
-            raise AttemptFailed(f"stream_error: {exc}") from None
+            raise AttemptFailed(f"stream_error: {redact(str(exc), _secrets(dep))}") from None
         except aiohttp.ClientError as exc:
             self._failed(replica, response, health)
             raise AttemptFailed(f"upstream_disconnected: {type(exc).__name__}") from None
+        except SHAPE_ERRORS as exc:
+            self._failed(replica, response, health)
+            raise AttemptFailed(f"malformed_response: unexpected event shape ({type(exc).__name__})") from None
         except BaseException:
             # Client went away (cancellation): close the upstream call, do not blame the replica.
             self._failed(replica, response, health=False)
@@ -258,27 +293,47 @@ class Proxy:
         else:
             replica.breaker.on_abandon()
 
-    async def _refused(self, response: aiohttp.ClientResponse, dep: DeploymentPool) -> None:
-        try:
-            text = await response.read()
-        except aiohttp.ClientError:
-            text = b""
-        _refusal(response.status, response.reason or "", response.headers.get("Retry-After"), text)
+
+async def _refused(response: aiohttp.ClientResponse, dep: DeploymentPool) -> None:
+    try:
+        text = await response.content.read(ERROR_BODY_BYTES)
+    except aiohttp.ClientError:
+        text = b""
+    _refusal(response.status, response.reason or "", response.headers.get("Retry-After"), text, _secrets(dep))
 
 
-def _refusal(status: int, reason: str, retry_after_header: str | None, text: bytes) -> None:
-    """Raise what a non-200 upstream answer means: the client's fault, or a failed attempt."""
-    message = _upstream_message(text) or reason or "error"
+def _secrets(dep: DeploymentPool) -> list[str]:
+    """The provider key sent to this deployment: all an upstream could echo of ours (used on errors only)."""
+    found = []
+    for name in ("Authorization", "x-api-key"):
+        value = dep.headers.get(name)
+        if value:
+            found.append(value.removeprefix("Bearer "))
+    return found
+
+
+def redact_for(dep: DeploymentPool, text: str) -> str:
+    """Upstream text as the client and the log may see it (upstream/redaction.py)."""
+    return redact(text, _secrets(dep))
+
+
+def _refusal(status: int, reason: str, retry_after_header: str | None, text: bytes, secrets: list[str]) -> None:
+    """Raise what a non-200 upstream answer means: the client's fault, or a failed attempt.
+
+    Upstream error text is never relayed as is: it may echo the provider key (a 401 quoting the
+    Authorization header) or anything else; it is capped and redacted (upstream/redaction.py).
+    """
+    message = redact(_upstream_message(text) or reason or "error", secrets)
     if status in CLIENT_FAULT:
         raise GatewayError(status, f"Upstream rejected the request: {message}", "invalid_request_error")
     retry_after = retry_after_seconds(retry_after_header) if status in (429, 503) else None
-    raise AttemptFailed(f"http_{status}: {message[:200]}", retry_after)
+    raise AttemptFailed(f"http_{status}: {message}", retry_after)
 
 
-async def _first_output(response: aiohttp.ClientResponse, adapter: StreamAdapter) -> bytes:
+async def _first_output(events: EventReader, adapter: StreamAdapter) -> bytes:
     """Read events until one produces bytes for the client, so failover stays possible until then."""
     while True:
-        event = await read_event(response.content)
+        event = await events.next()
         if event is None:
             raise TruncatedStream("stream ended before its first event")
         out = adapter.feed(*event)
@@ -290,7 +345,7 @@ def _upstream_message(text: bytes) -> str:
     try:
         obj = orjson.loads(text)
     except orjson.JSONDecodeError:
-        return text[:200].decode(errors="replace").strip()
+        return text[:4000].decode(errors="replace").strip()
     if isinstance(obj, dict):
         error = obj.get("error")
         if isinstance(error, dict):

@@ -72,6 +72,7 @@ class DeploymentPool:
         # First-byte and idle limits are enforced around reads; aiohttp enforces connect and total.
         t = self.timeouts
         self.client_timeout = aiohttp.ClientTimeout(total=t.total, connect=t.connect, sock_connect=t.connect)
+        self.limits = gateway.gateway.upstream_limits  # what one answer may make the gateway hold
         self.headers = self._headers(config)
         # False while the provider key's secret has no value yet (a first deploy): routing skips the pool.
         self.api_key_set = True

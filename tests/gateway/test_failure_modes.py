@@ -10,6 +10,7 @@ import aiohttp
 import openai
 import pytest
 
+from gateway.upstream.retry import retry_after_seconds
 from tests.gateway.conftest import KEY, MODEL, closed_port_url, deployment, gateway_config
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -19,7 +20,8 @@ async def two_replicas(sim_factory, gateway_factory, fault: str, **gateway):
     bad = await sim_factory(name="bad", fault=fault)
     good = await sim_factory(name="good")
     # least-busy with the bad replica listed first: ties are broken at random, so pin the order.
-    gateway.setdefault("timeouts", {"connect": 1, "first_byte": 1, "idle": 1, "total": 10})
+    # A non-streamed answer has until `total` (model servers send nothing before it is whole): keep it short here.
+    gateway.setdefault("timeouts", {"connect": 1, "first_byte": 1, "idle": 1, "total": 2.5})
     config = gateway_config([deployment("bad", bad.base_url, region="r1"),
                              deployment("good", good.base_url, region="r2")], region="r1", **gateway)
     return bad, good, await gateway_factory(config)
@@ -217,3 +219,27 @@ async def test_many_clients_hanging_up_mid_stream_leave_the_circuit_closed(sim, 
     replica = gw.state.router.pools[0].replicas[0]
     assert replica.breaker.state == "closed" and replica.in_flight == 0
     assert all(call["status"] in (200, 499) for call in gw.calls())
+
+
+async def test_a_non_streamed_answer_slower_than_first_byte_arrives_within_total(sim, gateway_factory) -> None:
+    # Model servers send a non-streamed answer only once it is whole: `first_byte` cannot apply to it
+    # (LiteLLM's `timeout`, mapped to `total`, would otherwise be cut at first_byte's 60 s default).
+    sim.settings.ttft = 1.0
+    gw = await gateway_factory(gateway_config([deployment("sim-a", sim.base_url)],
+                                              timeouts={"connect": 1, "first_byte": 0.3, "idle": 0.3, "total": 5}))
+    reply = await gw.client().chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert reply.choices[0].message.content and sim.stats.requests == 1
+    sim.settings.ttft = 3.0
+    gw = await gateway_factory(gateway_config([deployment("sim-a", sim.base_url)], retries={"attempts": 0},
+                                              timeouts={"connect": 1, "first_byte": 0.3, "idle": 0.3, "total": 1.5}))
+    started = time.monotonic()
+    with pytest.raises(openai.InternalServerError, match=r"timeout: no complete answer within 1\.5s"):
+        await gw.client().chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert time.monotonic() - started < 2.5
+
+
+@pytest.mark.parametrize("header, seconds", [("inf", None), ("nan", None), ("1e12", 300.0), ("-5", 0.0), ("2.5", 2.5),
+                                             ("Fri, 01 Jan 2100 00:00:00 GMT", 300.0), ("soon", None)])
+def test_retry_after_from_an_upstream_is_bounded(header, seconds) -> None:
+    # An upstream's `Retry-After: inf` (or a year) must not take a replica out of rotation for good.
+    assert retry_after_seconds(header) == seconds

@@ -13,8 +13,11 @@ import time
 
 import aiohttp
 import openai
+import pytest
 
-from tests.gateway.conftest import KEY, MODEL
+from tests.gateway.conftest import KEY, MODEL, deployment, gateway_config
+from tests.gateway.faulty_upstream import FaultyUpstream, delta, stream, usage_event
+from tests.gateway.test_keys_admin import admin
 
 MESSAGES = [{"role": "user", "content": "count slowly"}]
 
@@ -72,3 +75,66 @@ async def test_demo_mode_serves_in_one_command() -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
+
+
+async def raw_gateway(gateway_factory, script, tmp_path=None, **gateway):
+    """A gateway in front of a raw upstream answering `script`; governed (a spend ledger) when tmp_path is given."""
+    upstream = await FaultyUpstream(script).start()
+    config = gateway_config([deployment("raw", upstream.base_url)], **gateway)
+    if tmp_path is not None:
+        config["models"][0].update(input_cost_per_token=0.001, output_cost_per_token=0.002)
+        config["ledger"] = {"spool_dir": str(tmp_path / "spool"), "store": f"sqlite:///{tmp_path / 'ledger.db'}",
+                            "flush_interval": 0.05}
+    return upstream, await gateway_factory(config)
+
+
+async def test_an_event_larger_than_the_read_buffer_is_relayed_whole(gateway_factory) -> None:
+    # 600 KiB in one event (a long tool-call argument): the official client takes it; readline's 512 KiB did not.
+    text = "x" * (600 * 1024)
+    upstream, gw = await raw_gateway(gateway_factory, stream(delta(text), usage_event(
+        {"prompt_tokens": 3, "completion_tokens": 4})))
+    try:
+        chunks = [c async for c in await gw.client().chat.completions.create(model=MODEL, messages=MESSAGES,
+                                                                               stream=True)]
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+        [call] = await gw.logged_calls(1)
+        assert (call["status"], call["prompt_tokens"], call["completion_tokens"]) == (200, 3, 4)
+    finally:
+        await upstream.stop()
+
+
+async def test_a_plain_string_error_mid_stream_reaches_the_client_and_the_stream_is_charged(gateway_factory) -> None:
+    # TGI's shape: {"error": "..."}; it used to crash the relay (a string has no .get).
+    upstream, gw = await raw_gateway(gateway_factory, stream(delta("some text"), b'data: {"error": "overloaded"}\n\n'))
+    try:
+        received = []
+        with pytest.raises(openai.APIError, match="overloaded"):
+            async for chunk in await gw.client().chat.completions.create(model=MODEL, messages=MESSAGES, stream=True):
+                received.append(chunk)
+        assert received
+        [call] = await gw.logged_calls(1)
+        assert call["status"] == 502 and "overloaded" in call["error"]
+        assert call["prompt_tokens"] > 0 and call["completion_tokens"] >= 1, "what was streamed is accounted"
+    finally:
+        await upstream.stop()
+
+
+@pytest.mark.parametrize("usage", [{"prompt_tokens": -5, "completion_tokens": -7}, "many", [1, 2],
+                                   {"prompt_tokens": 2**64, "completion_tokens": 1}, {"prompt_tokens": True}])
+async def test_usage_the_gateway_cannot_trust_is_estimated_and_the_call_is_still_accounted(
+        gateway_factory, tmp_path, usage) -> None:
+    upstream, gw = await raw_gateway(gateway_factory, stream(delta("four words of text"), usage_event(usage)),
+                                     tmp_path)
+    try:
+        _, made = await admin(gw, "POST", "/key/generate", {"max_parallel_requests": 1})
+        client = gw.client(api_key=made["key"])
+        for _ in range(2):  # a parallel slot leaked by the first call would refuse the second
+            chunks = [c async for c in await client.chat.completions.create(model=MODEL, messages=MESSAGES,
+                                                                            stream=True)]
+            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "four words of text"
+        calls = await gw.logged_calls(2)
+        for call in calls:
+            assert call["status"] == 200 and call["prompt_tokens"] > 0 and call["completion_tokens"] == 5
+            assert "usage unreadable" in call["error"]
+    finally:
+        await upstream.stop()
