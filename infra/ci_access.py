@@ -1,6 +1,7 @@
 """The AWS roles GitHub Actions deploys with: OIDC trust, and permissions scoped to the stacks each may touch."""
 from __future__ import annotations
 
+from infra.components.model_weights import bucket_prefix
 from infra.components.providers import TAG_STACK
 
 GITHUB_OIDC = "token.actions.githubusercontent.com"
@@ -80,6 +81,10 @@ def deploy_policy(account_id: str, stacks: str, dns_names: list[str], never: lis
              "Resource": f"arn:aws:ec2:*:{acct}:vpc-peering-connection/*"},
             {"Sid": "TheStacksSecretsByName", "Effect": "Allow", "Action": "secretsmanager:*",
              "Resource": f"arn:aws:secretsmanager:*:{acct}:secret:llm-platform/{stacks}/*"},
+            # S3 buckets are judged by name (infra/components/model_weights.py names them llmp-<stack>-weights-...):
+            # CreateBucket cannot be conditioned on the stack tag the way the services above are.
+            {"Sid": "TheStacksWeightsBuckets", "Effect": "Allow", "Action": "s3:*",
+             "Resource": _weights_buckets(stacks)},
             {"Sid": "TheStacksRoles", "Effect": "Allow",
              "Action": ["iam:CreateRole", "iam:DeleteRole", "iam:TagRole", "iam:UntagRole", "iam:UpdateRole",
                         "iam:UpdateAssumeRolePolicy", "iam:PutRolePolicy", "iam:GetRolePolicy",
@@ -128,12 +133,18 @@ def deploy_policy(account_id: str, stacks: str, dns_names: list[str], never: lis
     }
 
 
+def _weights_buckets(stacks: str) -> list[str]:
+    """The stacks' model weights buckets and their objects."""
+    bucket = f"arn:aws:s3:::{bucket_prefix(stacks)}*"
+    return [bucket, f"{bucket}/*"]
+
+
 def _never(acct: str, stack: str) -> dict:
     """An explicit deny: it wins over any allow this role gets now or later."""
     return {"Sid": f"Never{stack.title().replace('-', '')}", "Effect": "Deny", "Action": "*",
             "Resource": [f"arn:aws:secretsmanager:*:{acct}:secret:llm-platform/{stack}/*",
                          f"arn:aws:iam::{acct}:role/llm-platform/{stack}/*",
-                         f"arn:aws:budgets::{acct}:budget/llm-platform-{stack}"]}
+                         f"arn:aws:budgets::{acct}:budget/llm-platform-{stack}", *_weights_buckets(stack)]}
 
 
 def ci_roles(account_id: str, repository: str, preview_domain: str, prod_domain: str) -> dict[str, dict]:

@@ -232,3 +232,15 @@ def test_deploy_roles_may_build_the_deploy_runner_of_their_own_stacks(prod_plan:
         # CreateWebhook carries no tags: it is allowed on a project that has the stack's tag.
         assert "codebuild:*" in change["Action"]
         assert change["Condition"] == {"StringLike": {"aws:ResourceTag/llm-platform:stack": pattern}}
+
+
+def test_deploy_roles_reach_their_own_stacks_weights_buckets_and_never_prods(prod_plan: Plan) -> None:
+    """Staging weights creates a bucket per region on the first `up`: the deploy role must be able to."""
+    buckets = arns(prod_plan, "aws:s3/bucket:Bucket")
+    assert buckets
+    for arn in buckets:
+        for target in (arn, f"{arn}/llama-3-3-70b/model-00001-of-00030.safetensors"):
+            assert reaches(allowed_resources(ROLES["prod"]["permissions"], "s3:"), target), target
+            assert not reaches(allowed_resources(ROLES["preview"]["permissions"], "s3:"), target), target
+            assert reaches(denied_resources(ROLES["preview"]["permissions"]), target), target
+    assert reaches(allowed_resources(ROLES["preview"]["permissions"], "s3:"), "arn:aws:s3:::llmp-pr-42-weights-x1")
