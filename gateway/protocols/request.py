@@ -7,9 +7,17 @@ from typing import Any
 
 import orjson
 
-from gateway.protocols.anthropic_clients import messages_to_chat
-from gateway.protocols.anthropic_upstream import to_messages_request
+from gateway.protocols.anthropic_clients import check_messages, messages_to_chat
+from gateway.protocols.anthropic_upstream import BadShape, check_chat, to_messages_request
 from gateway.upstream.routing import DeploymentPool, ModelRoute
+
+
+def check_shape(endpoint: str, body: dict[str, Any]) -> None:
+    """At parse time: the types of the fields the gateway reads or converts; raises BadShape naming one."""
+    if endpoint == "messages":
+        check_messages(body)
+    elif endpoint == "chat":
+        check_chat(body)
 
 
 @dataclass(slots=True)
@@ -29,7 +37,14 @@ class Request:
         key = (dep.provider, dep.model, route.max_tokens)
         cached = self._payloads.get(key)
         if cached is None:
-            cached = self._payloads[key] = self._build(dep, route)
+            try:
+                cached = self._payloads[key] = self._build(dep, route)
+            except BadShape:
+                raise
+            except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+                # A shape check_shape let through: still the request's fault, never a 500 of ours.
+                raise BadShape("messages", f"could not be converted for deployment {dep.name} ({type(exc).__name__}: "
+                               f"{exc})"[:300]) from None
         return cached
 
     def _build(self, dep: DeploymentPool, route: ModelRoute) -> bytes:
