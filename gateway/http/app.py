@@ -92,6 +92,7 @@ def build_app(
     app[STATE] = state
     app.add_routes(Endpoints(state).routes())
     app.add_routes(app_routes)
+    app.router.add_route("*", "/{tail:.*}", Endpoints.no_such_endpoint)  # after every other route
     app.on_startup.append(_start)
     app.on_cleanup.append(_stop)
     return app

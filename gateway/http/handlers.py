@@ -156,6 +156,12 @@ class Endpoints:
             return exc.response()
         return web.Response(body=self.state.models_payload, content_type=JSON)
 
+    @staticmethod
+    async def no_such_endpoint(http: web.Request) -> web.Response:
+        """Last route: a path or method nothing else serves gets OpenAI's error JSON too, not aiohttp's text."""
+        return GatewayError(404, f"No endpoint {http.method} {http.path[:200]} on this gateway (see /v1/models).",
+                            "invalid_request_error", None, "unknown_url").response()
+
     async def live(self, http: web.Request) -> web.Response:
         return web.Response(body=b'{"status":"ok"}', content_type=JSON)
 
