@@ -162,7 +162,8 @@ async def test_bad_requests_name_the_field(gateway, body, field) -> None:
     assert error["param"] == field
 
 
-async def raw_call(gw: RunningGateway, path: str, body: bytes, *headers: tuple[bytes, bytes]) -> tuple[int, bytes, bytes]:
+async def raw_call(gw: RunningGateway, path: str, body: bytes,
+                   *headers: tuple[bytes, bytes]) -> tuple[int, bytes, bytes]:
     """One request with header bytes no HTTP client library lets through: (status, head, body)."""
     import asyncio
 
@@ -200,7 +201,8 @@ async def test_a_request_id_that_is_not_plain_text_is_replaced_and_the_call_stil
                              headers={"Authorization": f"Bearer {KEY}"}) as resp:
             key = (await resp.json())["key"]
     body = CHAT[:-1] + (b', "stream": true}' if stream else b"}")
-    status, head, payload = await raw_call(gw, "/v1/chat/completions", body, (b"Authorization", f"Bearer {key}".encode()),
+    status, head, payload = await raw_call(gw, "/v1/chat/completions", body,
+                                           (b"Authorization", f"Bearer {key}".encode()),
                                            (b"x-request-id", b"abc\xff\xfe id"))
     assert status == 200, payload
     assert (b"data: [DONE]" in payload) if stream else payload.startswith(b"{")
