@@ -28,6 +28,8 @@ async def read_body(http: web.Request, door: FrontDoor) -> bytes:
     if size is not None and size > door.body_bytes:
         raise too_large(door.body_bytes, size)
     try:
+        if http.content.is_eof():  # the whole body came with the head (most calls): no timer to arm
+            return await http.read()
         async with asyncio.timeout(door.request_read):
             return await http.read()
     except web.HTTPRequestEntityTooLarge:
