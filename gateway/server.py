@@ -34,8 +34,10 @@ async def serve(app: web.Application, host: str, port: int, reuse_port: bool,
     state = app[STATE]
     settings = state.config.gateway.front_door
     # handler_cancellation: a client that hangs up cancels its handler, and with it the upstream call.
-    # shutdown_timeout: only bounds how long handlers cut after the grace take to unwind (aiohttp applies
-    # it twice per connection, web_protocol.RequestHandler.shutdown); the grace itself is Door.drain's.
+    # shutdown_timeout: only bounds how long handlers cut after the grace take to unwind. aiohttp applies it
+    # twice (wait for handlers "with timeout", then close what remains "with timeout again": aio-libs/aiohttp
+    # PR 7718; web_protocol.RequestHandler.shutdown), so 10 s once cut streams ~20 s after SIGTERM. The grace
+    # itself is Door.drain's, applied once.
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=UNWIND, **handler_settings(settings))
     await runner.setup()
     assert runner.server is not None

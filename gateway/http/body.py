@@ -14,6 +14,9 @@ from gateway.config.limits import FrontDoor
 from gateway.http.errors import GatewayError, bad_request
 
 
+ORJSON_MAX_DEPTH = 254
+
+
 def too_large(limit: int, size: int | None = None) -> GatewayError:
     said = f"is {size} bytes" if size is not None else "is larger"
     return GatewayError(413, f"The request body {said}, over the gateway's limit: gateway.front_door.body_bytes "
@@ -66,8 +69,11 @@ async def read_json(http: web.Request, door: FrontDoor) -> tuple[bytes, dict[str
         raise bad_request("The request body is not valid JSON (UTF-8, no NaN or Infinity).") from None
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
+    # orjson writes at most 254 levels (its recursion limit): a deeper body could not be forwarded or hashed,
+    # so a json_depth above that is held at it.
+    depth = min(door.json_depth, ORJSON_MAX_DEPTH)
     # Cheap first: fewer brackets than the limit cannot nest deeper; only larger bodies are walked.
-    if raw.count(b"[") + raw.count(b"{") > door.json_depth and nested_deeper(body, door.json_depth):
-        raise bad_request(f"The request body nests JSON deeper than {door.json_depth} levels "
+    if raw.count(b"[") + raw.count(b"{") > depth and nested_deeper(body, depth):
+        raise bad_request(f"The request body nests JSON deeper than {depth} levels "
                           f"(gateway.front_door.json_depth).", "gateway.front_door.json_depth")
     return raw, body
