@@ -13,7 +13,6 @@ from aiohttp.web_protocol import RequestPayloadError
 from gateway.config.limits import FrontDoor
 from gateway.http.errors import GatewayError, bad_request
 
-
 ORJSON_MAX_DEPTH = 254
 
 
