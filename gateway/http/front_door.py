@@ -94,7 +94,10 @@ class Guarded(web.RequestHandler):
             text = (f"A request header field (or the request line) is over {self._door.settings.header_bytes} "
                     f"bytes (gateway.front_door.header_bytes).")
         else:
-            text = f"The request is not valid HTTP/1.1: {message or exc}"[:300]
+            # aiohttp's message quotes the offending header line, which may hold a key: only its first words.
+            detail = (message or getattr(exc, "message", "") or "").strip()
+            reason = detail.split(":", 1)[0].splitlines()[0][:200] if detail else type(exc).__name__
+            text = f"The request is not valid HTTP/1.1: {reason}."
         self._door.event("bad_http_request", status=status, error=text)
         body = orjson.dumps({"error": {"message": text, "type": "invalid_request_error", "param": None,
                                        "code": "request_header_fields_too_large" if status == 431 else None}})

@@ -157,3 +157,17 @@ def test_connections_over_the_cap_are_closed_while_an_existing_client_keeps_its_
             sock.close()
         client.close()
     assert '"event": "connections_refused"' in gw.log() or '"event":"connections_refused"' in gw.log()
+
+
+def test_a_header_aiohttp_cannot_parse_is_a_json_400_and_its_line_is_never_logged(gw: GatewayProcess) -> None:
+    secret = b"sk-llmp-private-key-of-a-client-0123456789"
+    with connect(gw) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer " + secret
+                     + b"\x01\r\nContent-Length: 2\r\n\r\n{}")
+        data, _ = read_until_closed(sock)
+    status, body = answer(data)
+    assert status == 400 and body["error"]["message"].startswith("The request is not valid HTTP/1.1")  # type: ignore[index]
+    time.sleep(0.2)
+    log = gw.log()
+    assert '"bad_http_request"' in log.replace(" ", "") or "bad_http_request" in log
+    assert secret.decode() not in log and "Traceback" not in log
