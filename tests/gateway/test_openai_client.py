@@ -246,3 +246,18 @@ async def test_odd_text_in_a_field_never_breaks_the_log_line() -> None:
     out = io.BytesIO()
     CallLog(out).write(CallRecord("id-\udcff", alias="m\ud800", error="bad \udcfe"))  # lone surrogates
     assert b'"request_id":"id-\\\\udcff"' in out.getvalue()
+
+
+async def test_admin_api_answers_401_to_an_authorization_that_is_not_utf8(gateway_factory, sim, tmp_path) -> None:
+    """Once a 500: the master key comparison encoded the header, which raised on its lone surrogates."""
+    import asyncio
+    import json
+
+    gw = await gateway_factory(governed_config(sim, tmp_path))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(b"GET /key/list HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
+                 b"Authorization: Bearer sk-\xff\xfe\r\n\r\n")
+    data = await asyncio.wait_for(reader.read(), 15)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401") and json.loads(body)["error"]["type"] == "authentication_error"
