@@ -116,7 +116,7 @@ def test_a_stream_in_flight_at_sigterm_finishes_within_the_grace(tmp_path: Path,
     result, exited = terminate_mid_stream(tmp_path, slow_sim, grace=15, workers=workers)
     assert result["error"] is None and result["finished"], result  # the last chunk, finish_reason included
     assert result["text"].strip().startswith("The gateway")
-    assert exited < 15 + 3  # it left once the stream was done, well within the grace
+    assert exited < 10  # it left once the 3 s stream was done, without waiting out the 15 s grace
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -125,7 +125,7 @@ def test_a_stream_longer_than_the_grace_is_cut_and_the_process_exits(tmp_path: P
     # The grace applies once: aiohttp's shutdown_timeout applied twice would let this 3 s stream finish.
     result, exited = terminate_mid_stream(tmp_path, slow_sim, grace=1, workers=workers)
     assert result["error"] is not None or not result["finished"], result
-    assert exited < 1 + 3, exited
+    assert exited < 1 + 5, exited  # the grace, the 1 s unwind, then clean-up and exit
 
 
 async def test_ready_answers_503_from_the_start_of_shutdown_while_live_stays_200(sim_factory) -> None:
