@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from gateway.http.front_door import Door, FrontDoorSite, handler_settings
+from gateway.http.state import STATE
+
 BACKLOG = 2048
+UNWIND = 1.0  # seconds a handler cut at the end of the grace gets to account for its call
 
 
 def use_uvloop() -> None:
@@ -24,11 +29,20 @@ def use_uvloop() -> None:
 
 async def serve(app: web.Application, host: str, port: int, reuse_port: bool,
                 on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
-    """Serve until SIGINT/SIGTERM; on the way out, finish in-flight calls (aiohttp's graceful shutdown)."""
+    """Serve until SIGINT/SIGTERM, then drain: stop listening, report not ready, give calls in flight
+    `gateway.front_door.shutdown_grace` seconds in total to finish, cut the rest, clean up, return."""
+    state = app[STATE]
+    settings = state.config.gateway.front_door
     # handler_cancellation: a client that hangs up cancels its handler, and with it the upstream call.
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    # shutdown_timeout: only bounds how long handlers cut after the grace take to unwind. aiohttp applies it
+    # twice (wait for handlers "with timeout", then close what remains "with timeout again": aio-libs/aiohttp
+    # PR 7718; web_protocol.RequestHandler.shutdown), so 10 s once cut streams ~20 s after SIGTERM. The grace
+    # itself is Door.drain's, applied once.
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=UNWIND, **handler_settings(settings))
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=BACKLOG, shutdown_timeout=10)
+    assert runner.server is not None
+    door = Door(runner.server, settings, state.log.event)
+    site = FrontDoorSite(runner, door, host, port, backlog=BACKLOG, reuse_port=reuse_port or None)
     await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -38,6 +52,11 @@ async def serve(app: web.Application, host: str, port: int, reuse_port: bool,
         if on_ready is not None:
             await on_ready()
         await stop.wait()
+        state.draining = True  # /health/ready answers 503 from now on; /health/live stays 200
+        await site.stop()  # no new connections
+        state.log.event("draining", grace_s=settings.shutdown_grace, open_connections=len(door.open),
+                        in_flight=state.in_flight)
+        await door.drain(settings.shutdown_grace)
     finally:
         await runner.cleanup()
 
@@ -53,8 +72,6 @@ def run_workers(target: Callable[..., int], args: tuple[object, ...], workers: i
         for proc in procs:
             if proc.is_alive() and proc.pid is not None:
                 try:
-                    import os
-
                     os.kill(proc.pid, signum)
                 except ProcessLookupError:
                     pass

@@ -172,8 +172,9 @@ class VirtualKeyAuth:
         return self._master is not None
 
     def is_master(self, authorization: str | None) -> bool:
+        # surrogateescape: header bytes that are not UTF-8 (decoded by aiohttp to surrogates) compare unequal.
         return bool(authorization) and self._master is not None and \
-            hmac.compare_digest(authorization.encode(), self._master)  # type: ignore[union-attr]
+            hmac.compare_digest(authorization.encode("utf-8", "surrogateescape"), self._master)  # type: ignore[union-attr]
 
     def authenticate(self, authorization: str | None) -> KeyPrincipal:
         if not authorization:
@@ -181,7 +182,7 @@ class VirtualKeyAuth:
         if self.is_master(authorization):
             return self._master_principal
         scheme, _, presented = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not presented:
+        if scheme.lower() != "bearer" or not presented or not presented.isascii():
             raise unauthorized("Incorrect API key provided.")
         # Looked up by SHA-256 digest: timing reveals nothing about the key; the hit is compared in constant time.
         digest = hash_key(presented.strip())

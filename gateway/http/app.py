@@ -23,8 +23,6 @@ from gateway.upstream.discovery import EndpointSliceWatcher, default_discovery_a
 from gateway.upstream.quotas import DeploymentQuotas
 from gateway.upstream.routing import Router
 
-MAX_BODY = 32 * 1024 * 1024  # long contexts and base64 images are large
-
 
 def new_session() -> aiohttp.ClientSession:
     """The one upstream client of a worker; aiohttp chosen by measurement (see gateway/README.md)."""
@@ -88,10 +86,13 @@ def build_app(
     for ref in secrets.unset_refs() if secrets is not None else []:
         state.on_secret(ref, "")
     metrics.in_flight.set_function(lambda: state.in_flight)
-    app = web.Application(client_max_size=MAX_BODY)
+    # Bodies are bounded before they are held: Content-Length over the limit is refused unread (http/body.py),
+    # a chunked body is cut at it. Models' and keys' max_request_bytes apply on top.
+    app = web.Application(client_max_size=config.gateway.front_door.body_bytes)
     app[STATE] = state
     app.add_routes(Endpoints(state).routes())
     app.add_routes(app_routes)
+    app.router.add_route("*", "/{tail:.*}", Endpoints.no_such_endpoint)  # after every other route
     app.on_startup.append(_start)
     app.on_cleanup.append(_stop)
     return app

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from aiohttp import web
 
+from gateway.observability.calllog import safe_dumps
 from gateway.protocols.anthropic_clients import anthropic_error
 
 JSON = "application/json"
@@ -23,6 +23,7 @@ class GatewayError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        close: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -31,19 +32,26 @@ class GatewayError(Exception):
         self.param = param
         self.code = code
         self.headers = headers or {}
+        self.close = close  # end the connection after the answer (a body left unread, a slow client)
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
     def response(self, extra_headers: dict[str, str] | None = None) -> web.Response:
         headers = {**self.headers, **(extra_headers or {})}
-        return web.Response(status=self.status, body=orjson.dumps(self.body()), content_type=JSON, headers=headers)
+        return self._closing(web.Response(status=self.status, body=safe_dumps(self.body()), content_type=JSON,
+                                          headers=headers))
+
+    def _closing(self, response: web.Response) -> web.Response:
+        if self.close:
+            response.force_close()
+        return response
 
     def sse_event(self, anthropic: bool = False) -> bytes:
         """The same error as a final server-sent event, for failures after the stream began."""
         if anthropic:
-            return b"event: error\ndata: " + orjson.dumps(self.anthropic_body()) + b"\n\n"
-        return b"data: " + orjson.dumps(self.body()) + b"\n\n"
+            return b"event: error\ndata: " + safe_dumps(self.anthropic_body()) + b"\n\n"
+        return b"data: " + safe_dumps(self.body()) + b"\n\n"
 
     def anthropic_body(self) -> dict[str, Any]:
         return anthropic_error(self.status, self.message)
@@ -51,8 +59,8 @@ class GatewayError(Exception):
     def anthropic_response(self, extra_headers: dict[str, str] | None = None) -> web.Response:
         """The error in Anthropic's shape, for clients of /v1/messages."""
         headers = {**self.headers, **(extra_headers or {})}
-        return web.Response(status=self.status, body=orjson.dumps(self.anthropic_body()), content_type=JSON,
-                            headers=headers)
+        return self._closing(web.Response(status=self.status, body=safe_dumps(self.anthropic_body()),
+                                          content_type=JSON, headers=headers))
 
 
 def bad_request(message: str, param: str | None = None) -> GatewayError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from typing import Any
 
@@ -10,11 +11,13 @@ import orjson
 from aiohttp import web
 
 from gateway.config.other_zones import zone_serving
-from gateway.http.errors import GatewayError, bad_request, misdirected, model_not_found
+from gateway.http.body import read_json
+from gateway.http.errors import GatewayError, bad_request, misdirected, model_not_found, unauthorized
 from gateway.http.responses import answer, relay_stream
 from gateway.http.state import AppState
 from gateway.observability.usage import CallRecord
-from gateway.protocols.request import Request
+from gateway.protocols.anthropic_upstream import BadShape
+from gateway.protocols.request import Request, check_shape
 from gateway.upstream.routing import HOP_HEADER
 
 JSON = "application/json"
@@ -56,7 +59,7 @@ class Endpoints:
     async def _call(self, http: web.Request, endpoint: str) -> web.StreamResponse:
         started = perf()
         state = self.state
-        record = CallRecord(http.headers.get("x-request-id") or state.next_request_id(), endpoint=endpoint)
+        record = CallRecord(self._request_id(http), endpoint=endpoint)
         headers = {"x-request-id": record.request_id}
         state.in_flight += 1
         opened = None
@@ -64,7 +67,8 @@ class Endpoints:
         try:
             principal = state.auth.authenticate(_authorization(http))
             record.key_id = principal.key_id
-            request = await _parse(http, endpoint)
+            _check_session_id(http)
+            request = await _parse(http, endpoint, state)
             record.alias = request.alias
             record.stream = request.stream
             route = state.router.route(request.alias)
@@ -95,6 +99,11 @@ class Endpoints:
                 response = answer(opened, headers)
             record.overhead_ms = overhead * 1000
             return response
+        except BadShape as exc:  # a request that cannot be converted for its upstream: the client's mistake
+            error = bad_request(str(exc), exc.param)
+            record.status = error.status
+            record.error = error.message
+            return error.anthropic_response(headers) if endpoint == "messages" else error.response(headers)
         except GatewayError as exc:
             record.status = exc.status
             record.error = exc.message
@@ -127,17 +136,37 @@ class Endpoints:
             state.in_flight -= 1
             state.finish(record)
 
+    def _request_id(self, http: web.Request) -> str:
+        """The client's x-request-id when it is a plain bounded id; else one of ours (and a log line saying so):
+        it is echoed in a header and written to the log and the ledger, where odd bytes must never reach."""
+        given = http.headers.get("x-request-id")
+        if given is None:
+            return self.state.next_request_id()
+        if _REQUEST_ID(given):
+            return given
+        replaced = self.state.next_request_id()
+        self.state.log.event("request_id_replaced", request_id=replaced, given=ascii(given[:64]),
+                             rule="x-request-id must match [A-Za-z0-9._:-]{1,128}")
+        return replaced
+
     async def models(self, http: web.Request) -> web.Response:
         try:
-            self.state.auth.authenticate(http.headers.get("Authorization"))
+            self.state.auth.authenticate(_authorization(http))
         except GatewayError as exc:
             return exc.response()
         return web.Response(body=self.state.models_payload, content_type=JSON)
+
+    @staticmethod
+    async def no_such_endpoint(http: web.Request) -> web.Response:
+        """Last route: a path or method nothing else serves gets OpenAI's error JSON too, not aiohttp's text."""
+        return GatewayError(404, f"No endpoint {http.method} {http.path[:200]} on this gateway (see /v1/models).",
+                            "invalid_request_error", None, "unknown_url").response()
 
     async def live(self, http: web.Request) -> web.Response:
         return web.Response(body=b'{"status":"ok"}', content_type=JSON)
 
     async def ready(self, http: web.Request) -> web.Response:
+        # 503 from the moment shutdown starts (state.draining), while calls in flight finish.
         report = self.state.readiness()
         status = 200 if report["ready"] else 503
         return web.Response(status=status, body=orjson.dumps(report), content_type=JSON)
@@ -146,24 +175,35 @@ class Endpoints:
         return web.Response(body=self.state.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
 
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}").fullmatch
+
+
 def _authorization(http: web.Request) -> str | None:
-    """The Bearer header, or Anthropic clients' x-api-key, as one Authorization value."""
+    """The Bearer header, or Anthropic clients' x-api-key, as one Authorization value.
+
+    aiohttp decodes header bytes that are not UTF-8 to lone surrogates; a key is printable ASCII, so such a
+    value is a wrong key (401), never something to encode and compare (which would raise)."""
     value = http.headers.get("Authorization")
     if value is None:
         key = http.headers.get("x-api-key")
         if key:
-            return "Bearer " + key
+            value = "Bearer " + key
+    if value is not None and not value.isascii():
+        raise unauthorized("Incorrect API key provided: an API key is printable ASCII.")
     return value
 
 
-async def _parse(http: web.Request, endpoint: str) -> Request:
-    raw = await http.read()
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise bad_request("The request body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object.")
+def _check_session_id(http: web.Request) -> None:
+    session = http.headers.get("x-session-id")
+    if session is not None and not session.isascii():
+        try:
+            session.encode()
+        except UnicodeEncodeError:
+            raise bad_request("The `x-session-id` header is not valid UTF-8.", "x-session-id") from None
+
+
+async def _parse(http: web.Request, endpoint: str, state: AppState) -> Request:
+    raw, body = await read_json(http, state.config.gateway.front_door)
     alias = body.get("model")
     if not isinstance(alias, str) or not alias:
         raise bad_request("`model` is required and must be a string.", "model")
@@ -189,6 +229,10 @@ async def _parse(http: web.Request, endpoint: str) -> Request:
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise bad_request("`stream_options` must be an object.", "stream_options")
+    try:
+        check_shape(endpoint, body)
+    except BadShape as exc:
+        raise bad_request(str(exc), exc.param) from None
     wants_usage = bool(options and options.get("include_usage"))
     return Request(endpoint, raw, body, alias, stream, wants_usage, HOP_HEADER in http.headers)
 
@@ -216,10 +260,10 @@ def _session_key(http: web.Request, request: Request, prefix_chars: int) -> Any:
     def key() -> bytes:
         session = http.headers.get("x-session-id")
         if session:
-            return b"s:" + session.encode()
+            return b"s:" + session.encode("utf-8", "surrogateescape")  # checked in _call; never raise here
         user = request.body.get("user")
         if isinstance(user, str) and user:
-            return b"u:" + user.encode()
+            return b"u:" + user.encode()  # from JSON: always valid UTF-8
         prompt = _prompt_text(request.body)
         if isinstance(prompt, list):
             parts = []
@@ -232,6 +276,6 @@ def _session_key(http: web.Request, request: Request, prefix_chars: int) -> Any:
                 if size >= prefix_chars:
                     break
             prompt = "\x1f".join(parts)
-        return b"p:" + str(prompt)[:prefix_chars].encode()
+        return b"p:" + str(prompt)[:prefix_chars].encode("utf-8", "surrogateescape")
 
     return key

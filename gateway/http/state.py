@@ -40,6 +40,7 @@ class AppState:
     quotas: Any = None  # deployments' rpm/tpm (gateway.upstream.quotas.DeploymentQuotas), None when none has one
     secrets: SecretRefresher | None = None
     in_flight: int = 0
+    draining: bool = False  # shutting down: not ready for new calls, finishing those in flight
     _ids: Any = field(default_factory=lambda: itertools.count(1))
     _id_prefix: str = field(default_factory=lambda: os.urandom(4).hex())
 
@@ -49,6 +50,14 @@ class AppState:
 
     def finish(self, record: CallRecord) -> None:
         """After each call: metrics, the log line, then usage accounting (which must not block)."""
+        try:
+            self._observe(record)
+        finally:  # whatever the record holds, the call is accounted and its limiter slot given back
+            self.usage.record(record)
+            if record.quota_tickets:
+                self.quotas.settle(record)
+
+    def _observe(self, record: CallRecord) -> None:
         m = self.metrics
         # Client-chosen names must not become label values: one series per configured alias only.
         alias = record.alias if record.alias in self.router.routes else "unknown"
@@ -64,15 +73,12 @@ class AppState:
             if record.completion_tokens:
                 series.completion_tokens.inc(record.completion_tokens)
         self.log.write(record)
-        self.usage.record(record)
-        if record.quota_tickets:
-            self.quotas.settle(record)
 
     def readiness(self) -> dict[str, Any]:
         deployments = {p.name: {"healthy": p.healthy(), "replicas": len(p.replicas), "api_key_set": p.api_key_set}
                        for p in self.router.pools}
-        ready = any(d["healthy"] for d in deployments.values())
-        return {"ready": ready, "deployments": deployments}
+        ready = any(d["healthy"] for d in deployments.values()) and not self.draining
+        return {"ready": ready, "draining": self.draining, "deployments": deployments}
 
     def on_secret(self, ref: SecretRef, value: str) -> None:
         """A rotated secret: the next call uses it (the value is never logged). A secret that holds no

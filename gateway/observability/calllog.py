@@ -5,11 +5,33 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import orjson
 
 from gateway.observability.usage import CallRecord
+
+
+def _clean(value: Any) -> Any:
+    """`value` with every string made valid UTF-8 (lone surrogates escaped) and anything else as text."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode()
+    if isinstance(value, dict):
+        return {str(_clean(k)): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return _clean(repr(value))
+
+
+def safe_dumps(value: Any, option: int = 0) -> bytes:
+    """orjson's bytes, which never raise on content: client text can hold lone surrogates (aiohttp decodes
+    header bytes that are not UTF-8 that way), which orjson refuses; such values are escaped instead."""
+    try:
+        return orjson.dumps(value, option=option)
+    except (TypeError, orjson.JSONEncodeError):  # rare: only on odd content, so the common line costs nothing
+        return orjson.dumps(_clean(value), option=option)
 
 
 class CallLog:
@@ -45,11 +67,12 @@ class CallLog:
             line["error"] = call.error
         if call.fallbacks:
             line["fallbacks"] = call.fallbacks
-        self._out.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
+        # Never raises on a field's content: the call's usage accounting runs after this line.
+        self._out.write(safe_dumps(line, orjson.OPT_APPEND_NEWLINE))
 
     def event(self, name: str, **fields: object) -> None:
         """A non-call event (start-up, circuit changes, discovery), same JSON-lines stream."""
-        self._out.write(orjson.dumps({"ts": round(time.time(), 3), "event": name, **fields}) + b"\n")
+        self._out.write(safe_dumps({"ts": round(time.time(), 3), "event": name, **fields}, orjson.OPT_APPEND_NEWLINE))
         self.flush()
 
     def flush(self) -> None:

@@ -6,11 +6,86 @@ from typing import Any
 
 import orjson
 
+from gateway.protocols.anthropic_upstream import is_number, need
 from gateway.protocols.sse import UpstreamStreamError, error_message
 from gateway.protocols.tokens import bounded_tokens
 
 STOP_REASON = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
                "content_filter": "refusal"}
+
+
+TOOL_CHOICES = ("auto", "any", "tool", "none")
+
+
+def check_messages(body: dict[str, Any]) -> None:
+    """Types of the Messages request fields the gateway reads or converts (Anthropic's schema, not all of it:
+    https://docs.anthropic.com/en/api/messages); a wrong one is a 400 naming it, never a 500 later."""
+    for i, message in enumerate(body["messages"]):
+        at = f"messages[{i}]"
+        need(isinstance(message, dict), at, "an object with `role` and `content`")
+        need(message.get("role") in ("user", "assistant"), f"{at}.role", '"user" or "assistant"')
+        content = message.get("content")
+        if not isinstance(content, str):
+            need(isinstance(content, list), f"{at}.content", "a string or a list of content blocks")
+            for j, block in enumerate(content):
+                _check_block(block, f"{at}.content[{j}]")
+    system = body.get("system")
+    if system is not None and not isinstance(system, str):
+        need(isinstance(system, list), "system", "a string or a list of text blocks")
+        for i, block in enumerate(system):
+            need(isinstance(block, dict) and isinstance(block.get("text"), str), f"system[{i}]",
+                 "a text block (an object with a string `text`)")
+    tools = body.get("tools")
+    if tools is not None:
+        need(isinstance(tools, list), "tools", "a list of tools")
+        for i, tool in enumerate(tools):
+            need(isinstance(tool, dict), f"tools[{i}]", "an object")
+            need(isinstance(tool.get("name"), str), f"tools[{i}].name", "a string")
+            need(isinstance(tool.get("description", ""), str), f"tools[{i}].description", "a string")
+            need(isinstance(tool.get("input_schema", {}), dict), f"tools[{i}].input_schema", "an object")
+    choice = body.get("tool_choice")
+    if choice is not None:
+        need(isinstance(choice, dict) and choice.get("type") in TOOL_CHOICES, "tool_choice",
+             'an object whose `type` is "auto", "any", "tool" or "none"')
+        if choice["type"] == "tool":
+            need(isinstance(choice.get("name"), str), "tool_choice.name", "a string")
+    metadata = body.get("metadata")
+    if metadata is not None:
+        need(isinstance(metadata, dict), "metadata", "an object")
+        need(isinstance(metadata.get("user_id", ""), (str, type(None))), "metadata.user_id", "a string")
+    stops = body.get("stop_sequences")
+    need(stops is None or (isinstance(stops, list) and all(isinstance(x, str) for x in stops)), "stop_sequences",
+         "a list of strings")
+    for key in ("temperature", "top_p"):
+        need(body.get(key) is None or is_number(body[key]), key, "a number")
+
+
+def _check_block(block: Any, at: str) -> None:
+    need(isinstance(block, dict), at, "a content block (an object with a `type`)")
+    kind = block.get("type")
+    need(isinstance(kind, str), f"{at}.type", "a string")
+    if kind == "text":
+        need(isinstance(block.get("text"), str), f"{at}.text", "a string")
+    elif kind == "image":
+        source = block.get("source")
+        need(isinstance(source, dict), f"{at}.source", "an object")
+        if source.get("type") == "url":
+            need(isinstance(source.get("url"), str), f"{at}.source.url", "a string")
+        else:
+            need(source.get("type") == "base64", f"{at}.source.type", '"base64" or "url"')
+            need(isinstance(source.get("media_type"), str), f"{at}.source.media_type", "a string")
+            need(isinstance(source.get("data"), str), f"{at}.source.data", "a string")
+    elif kind == "tool_use":
+        need(isinstance(block.get("id", ""), str), f"{at}.id", "a string")
+        need(isinstance(block.get("name"), str), f"{at}.name", "a string")
+        need(isinstance(block.get("input", {}), dict), f"{at}.input", "an object")
+    elif kind == "tool_result":
+        need(isinstance(block.get("tool_use_id"), str), f"{at}.tool_use_id", "a string")
+        result = block.get("content")
+        if result is not None and not isinstance(result, str):
+            need(isinstance(result, list), f"{at}.content", "a string or a list of content blocks")
+            for j, inner in enumerate(result):
+                _check_block(inner, f"{at}.content[{j}]")
 
 
 def messages_to_chat(body: dict[str, Any], model: str, cap: int | None) -> dict[str, Any]:

@@ -15,6 +15,84 @@ FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "
           "pause_turn": "stop", "refusal": "content_filter"}
 
 
+class BadShape(ValueError):
+    """A client request whose field has the wrong type: a 400 naming `param` (e.g. `messages[0].content`)."""
+
+    def __init__(self, param: str, problem: str) -> None:
+        super().__init__(f"`{param}` {problem}.")
+        self.param = param
+
+
+def need(ok: bool, param: str, what: str) -> None:
+    if not ok:
+        raise BadShape(param, f"must be {what}")
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_chat(body: dict[str, Any]) -> None:
+    """Types of the chat request fields the gateway reads or converts (OpenAI's schema, not all of it)."""
+    for i, message in enumerate(body["messages"]):
+        at = f"messages[{i}]"
+        need(isinstance(message, dict), at, "an object")
+        need(isinstance(message.get("role", ""), str), f"{at}.role", "a string")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str):
+            need(isinstance(content, list), f"{at}.content", "a string, null or a list of content parts")
+            for j, part in enumerate(content):
+                _check_part(part, f"{at}.content[{j}]")
+        need(isinstance(message.get("tool_call_id", ""), str), f"{at}.tool_call_id", "a string")
+        calls = message.get("tool_calls")
+        if calls is not None:
+            need(isinstance(calls, list), f"{at}.tool_calls", "a list")
+            for j, call in enumerate(calls):
+                need(isinstance(call, dict), f"{at}.tool_calls[{j}]", "an object")
+                fn = call.get("function")
+                need(isinstance(fn, dict), f"{at}.tool_calls[{j}].function", "an object")
+                need(isinstance(fn.get("name"), str), f"{at}.tool_calls[{j}].function.name", "a string")
+                need(isinstance(fn.get("arguments", ""), str), f"{at}.tool_calls[{j}].function.arguments",
+                     "a string")
+                need(isinstance(call.get("id", ""), str), f"{at}.tool_calls[{j}].id", "a string")
+    tools = body.get("tools")
+    if tools is not None:
+        need(isinstance(tools, list), "tools", "a list")
+        for i, tool in enumerate(tools):
+            need(isinstance(tool, dict), f"tools[{i}]", "an object")
+            fn = tool.get("function")
+            if tool.get("type", "function") == "function":
+                need(isinstance(fn, dict), f"tools[{i}].function", "an object")
+                need(isinstance(fn.get("name"), str), f"tools[{i}].function.name", "a string")
+                need(isinstance(fn.get("description", ""), str), f"tools[{i}].function.description", "a string")
+                need(isinstance(fn.get("parameters", {}), dict), f"tools[{i}].function.parameters", "an object")
+    choice = body.get("tool_choice")
+    if choice is not None and not isinstance(choice, str):
+        need(isinstance(choice, dict), "tool_choice", "a string or an object")
+        fn = choice.get("function")
+        if fn is not None:
+            need(isinstance(fn, dict) and isinstance(fn.get("name"), str), "tool_choice.function",
+                 "an object with a string `name`")
+    stop = body.get("stop")
+    need(stop is None or isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(x, str) for x in stop)),
+         "stop", "a string or a list of strings")
+    need(isinstance(body.get("user", ""), str), "user", "a string")
+    for key in ("temperature", "top_p"):
+        need(body.get(key) is None or is_number(body[key]), key, "a number")
+
+
+def _check_part(part: Any, at: str) -> None:
+    need(isinstance(part, dict), at, "an object")
+    kind = part.get("type")
+    need(isinstance(kind, str), f"{at}.type", "a string")
+    if kind == "text":
+        need(isinstance(part.get("text"), str), f"{at}.text", "a string")
+    elif kind == "image_url":
+        image = part.get("image_url")
+        need(isinstance(image, dict) and isinstance(image.get("url"), str), f"{at}.image_url",
+             "an object with a string `url`")
+
+
 def to_messages_request(body: dict[str, Any], model: str, cap: int | None) -> dict[str, Any]:
     """An OpenAI chat request as a Messages request."""
     system: list[str] = []

@@ -62,3 +62,30 @@ async def test_embeddings_are_not_offered_by_anthropic_deployments(claude) -> No
     with pytest.raises(openai.InternalServerError) as err:
         await gw.client().embeddings.create(model="claude", input="x")
     assert "no deployment offers the embeddings endpoint" in err.value.message
+
+
+@pytest.mark.parametrize(("change", "param"), [
+    ({"messages": [1]}, "messages[0]"),
+    ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": [1]}]}, "messages[0].content[0]"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]},
+     "messages[0].content[0].image_url"),
+    ({"messages": [{"role": "assistant", "tool_calls": [{"function": "f"}]}]}, "messages[0].tool_calls[0].function"),
+    ({"messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": {}}}]}]},
+     "messages[0].tool_calls[0].function.arguments"),
+    ({"tools": [1]}, "tools[0]"),
+    ({"tools": [{"type": "function", "function": {"description": "no name"}}]}, "tools[0].function.name"),
+    ({"tool_choice": 3}, "tool_choice"),
+    ({"tool_choice": {"type": "function", "function": "f"}}, "tool_choice.function"),
+    ({"stop": 5}, "stop"),
+    ({"user": {"id": 1}}, "user"),
+])
+async def test_malformed_chat_requests_to_an_anthropic_deployment_are_400s_naming_the_field(claude, change,
+                                                                                           param) -> None:
+    """Each once answered a 500: the conversion to a Messages request raised on it."""
+    _, gw = claude
+    body = {"model": "claude", "messages": [{"role": "user", "content": "hi"}], **change}
+    with pytest.raises(openai.BadRequestError) as err:
+        await gw.client().chat.completions.create(**body)
+    assert err.value.status_code == 400 and err.value.body["param"] == param
+    assert gw.calls()[-1]["status"] == 400

@@ -77,3 +77,39 @@ async def test_messages_errors_use_anthropic_shape(over_vllm) -> None:
         async with client(gw).messages.stream(model=MODEL, max_tokens=64, messages=MESSAGES) as stream:
             async for _ in stream.text_stream:
                 pass
+
+
+USER = {"role": "user", "content": "hi"}
+
+
+@pytest.mark.parametrize(("change", "param"), [
+    ({"messages": [1]}, "messages[0]"),
+    ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": [1]}]}, "messages[0].content[0]"),
+    ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": 3}]}]}, "messages[0].content[0].text"),
+    ({"messages": [{"role": "user", "content": [{"type": "image", "source": "http://x/cat.png"}]}]},
+     "messages[0].content[0].source"),
+    ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "data": 7}}]}]},
+     "messages[0].content[0].source.media_type"),
+    ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [2]}]}]},
+     "messages[0].content[0].content[0]"),
+    ({"tools": [1]}, "tools[0]"),
+    ({"tools": [{"name": "f", "input_schema": "object"}]}, "tools[0].input_schema"),
+    ({"tools": [{"name": "f", "input_schema": {}}], "tool_choice": "auto"}, "tool_choice"),
+    ({"tool_choice": {"type": "tool"}}, "tool_choice.name"),
+    ({"system": 42}, "system"),
+    ({"system": [{"type": "text"}]}, "system[0]"),
+    ({"metadata": 1}, "metadata"),
+    ({"stop_sequences": "END"}, "stop_sequences"),
+    ({"extra_body": {"temperature": "hot"}}, "temperature"),
+])
+async def test_malformed_messages_requests_are_400s_naming_the_field(over_vllm, change, param) -> None:
+    """Each once answered a 500 (the conversion to chat raised on it); the official client sends them as given."""
+    _, gw = over_vllm
+    body = {"model": MODEL, "max_tokens": 5, "messages": [USER], **change}
+    with pytest.raises(anthropic.BadRequestError) as err:
+        await client(gw).messages.create(**body)
+    assert err.value.status_code == 400 and err.value.body["error"]["type"] == "invalid_request_error"
+    assert f"`{param}`" in err.value.body["error"]["message"]
+    assert gw.calls()[-1]["status"] == 400

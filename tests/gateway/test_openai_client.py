@@ -160,3 +160,104 @@ async def test_bad_requests_name_the_field(gateway, body, field) -> None:
             error = (await resp.json())["error"]
     assert resp.status == 400 and error["type"] == "invalid_request_error"
     assert error["param"] == field
+
+
+async def raw_call(gw: RunningGateway, path: str, body: bytes,
+                   *headers: tuple[bytes, bytes]) -> tuple[int, bytes, bytes]:
+    """One request with header bytes no HTTP client library lets through: (status, head, body)."""
+    import asyncio
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    lines = [b"POST " + path.encode() + b" HTTP/1.1", b"Host: gw", b"Content-Type: application/json",
+             b"Connection: close", b"Content-Length: " + str(len(body)).encode()]
+    lines += [name + b": " + value for name, value in headers]
+    writer.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+    data = await asyncio.wait_for(reader.read(), 15)
+    writer.close()
+    head, _, payload = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), head, payload
+
+
+def governed_config(sim, tmp_path, **gateway) -> dict:
+    config = gateway_config([deployment("sim-a", sim.base_url)], **gateway)
+    config["models"][0].update(input_cost_per_token=0.001, output_cost_per_token=0.002)
+    config["ledger"] = {"spool_dir": str(tmp_path / "spool"), "store": f"sqlite:///{tmp_path / 'ledger.db'}",
+                        "flush_interval": 0.05}
+    return config
+
+
+BEARER = (b"Authorization", b"Bearer " + KEY.encode())
+CHAT = b'{"model": "sim-model", "messages": [{"role": "user", "content": "hi"}]}'
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_request_id_that_is_not_plain_text_is_replaced_and_the_call_still_accounted(
+        gateway_factory, sim, tmp_path, stream) -> None:
+    import sqlite3
+
+    gw = await gateway_factory(governed_config(sim, tmp_path))
+    async with aiohttp.ClientSession() as http:
+        async with http.post(gw.url + "/key/generate", json={"max_parallel_requests": 1},
+                             headers={"Authorization": f"Bearer {KEY}"}) as resp:
+            key = (await resp.json())["key"]
+    body = CHAT[:-1] + (b', "stream": true}' if stream else b"}")
+    status, head, payload = await raw_call(gw, "/v1/chat/completions", body,
+                                           (b"Authorization", f"Bearer {key}".encode()),
+                                           (b"x-request-id", b"abc\xff\xfe id"))
+    assert status == 200, payload
+    assert (b"data: [DONE]" in payload) if stream else payload.startswith(b"{")
+    assert b"\nx-request-id: req-" in head.lower()  # ours: the client's is logged as replaced
+    assert '"event":"request_id_replaced"' in gw.log_buffer.getvalue().decode()
+    # The parallel slot was given back: the same key (max_parallel_requests 1) calls again at once.
+    reply = await gw.client(api_key=key).chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert reply.usage.completion_tokens == 8
+    await gw.state.governance.ledger.flush()
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        rows = db.execute("SELECT request_id, status FROM llmp_spend").fetchall()
+    assert len(rows) == 2 and all(row[1] == 200 for row in rows), rows
+
+
+@pytest.mark.parametrize(("header", "value", "status", "param"), [
+    (b"Authorization", b"Bearer sk-\xff\xfe", 401, None),
+    (b"x-api-key", b"sk-\xc3\x28", 401, None),
+    (b"x-session-id", b"session-\xff", 400, "x-session-id"),
+])
+async def test_header_bytes_that_are_not_utf8_are_client_errors(gateway, header, value, status, param) -> None:
+    headers = [(header, value)] if header != b"x-session-id" else [BEARER, (header, value)]
+    got, _, payload = await raw_call(gateway, "/v1/chat/completions", CHAT, *headers)
+    error = __import__("json").loads(payload)["error"]
+    assert got == status and error["param"] == param and error["message"], payload
+    assert gateway.calls()[-1]["status"] == status
+
+
+async def test_json_nested_255_deep_is_a_400_not_a_500(gateway) -> None:
+    deep = b'{"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "user_data": ' \
+        + b"[" * 300 + b"]" * 300 + b"}"
+    status, _, payload = await raw_call(gateway, "/v1/chat/completions", deep, BEARER)
+    assert status == 400 and b"gateway.front_door.json_depth" in payload
+
+
+async def test_odd_text_in_a_field_never_breaks_the_log_line() -> None:
+    import io
+
+    from gateway.observability.calllog import CallLog
+    from gateway.observability.usage import CallRecord
+
+    out = io.BytesIO()
+    CallLog(out).write(CallRecord("id-\udcff", alias="m\ud800", error="bad \udcfe"))  # lone surrogates
+    assert b'"request_id":"id-\\\\udcff"' in out.getvalue()
+
+
+async def test_admin_api_answers_401_to_an_authorization_that_is_not_utf8(gateway_factory, sim, tmp_path) -> None:
+    """Once a 500: the master key comparison encoded the header, which raised on its lone surrogates."""
+    import asyncio
+    import json
+
+    gw = await gateway_factory(governed_config(sim, tmp_path))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(b"GET /key/list HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
+                 b"Authorization: Bearer sk-\xff\xfe\r\n\r\n")
+    data = await asyncio.wait_for(reader.read(), 15)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401") and json.loads(body)["error"]["type"] == "authentication_error"
