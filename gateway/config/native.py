@@ -78,7 +78,7 @@ Governance sections (see gateway/README.md, "Governance", for semantics and boun
     redis: {url: redis://host:6379/0, on_unavailable: fail-open | fail-closed, timeout_ms: 100,
             retry_after_ms: 1000, settle_interval_ms: 20,
             lease_requests: 32}                                 # omit: in-process counters
-    ledger: {spool_dir: ./llmp-spool, store: sqlite:///./llmp-ledger.db | postgresql://...,
+    ledger: {spool_dir: ./llmp-spool/<store identity>, store: sqlite:///./llmp-ledger.db | postgresql://...,
              flush_interval: 0.5, batch: 500, fsync: interval | always, store_timeout: 10,
              budget_sync_seconds: 60}
     keys: {refresh_seconds: 2}     # bound on revocation delay on every replica
