@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra.chart_values import MODEL_NAMESPACE, VLLM_PORT, vllm_release_name
+from infra.chart_values import MODEL_NAMESPACE, VLLM_DRAIN_SECONDS, VLLM_PORT, vllm_release_name
 from infra.components.dns import regional_host, zone_host
 from infra.config import Model, Region, StackConfig, hosted_fallback
 
@@ -11,8 +11,9 @@ from infra.config import Model, Region, StackConfig, hosted_fallback
 # (infra/components/secrets.py creates them; the gateway's IRSA role reads exactly these).
 MASTER_KEY = "secret/gateway/master-key"
 # After SIGTERM, calls in flight get this long (s) to finish (gateway.front_door.shutdown_grace); charts/gateway
-# reads it from the rendered config for terminationGracePeriodSeconds, so the two cannot disagree.
-SHUTDOWN_GRACE_SECONDS = 50
+# reads it from the rendered config for terminationGracePeriodSeconds, so the two cannot disagree. As long as a
+# model server drains: a gateway rollout never cuts a generation its model server would have finished.
+SHUTDOWN_GRACE_SECONDS = VLLM_DRAIN_SECONDS
 
 
 def provider_key(provider: str) -> str:

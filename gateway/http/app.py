@@ -30,7 +30,9 @@ def new_session() -> aiohttp.ClientSession:
         limit=0,  # concurrency is bounded by upstream capacity, not by a client-side pool
         limit_per_host=0,
         ttl_dns_cache=300,
-        keepalive_timeout=60,
+        # Below vLLM's own keep-alive (uvicorn's 5 s, VLLM_HTTP_TIMEOUT_KEEP_ALIVE): a connection the server may
+        # already have closed is never reused for a stream.
+        keepalive_timeout=4,
     )
     return aiohttp.ClientSession(
         connector=connector,

@@ -14,6 +14,9 @@ from gateway.config.limits import FrontDoor
 from gateway.http.errors import GatewayError, bad_request
 
 ORJSON_MAX_DEPTH = 254
+# A body may take `request_read` plus this long per byte: a 16 MiB request over a 512 kbit/s uplink still arrives,
+# while a client trickling a few bytes a second is cut as before.
+MIN_UPLOAD_BYTES_PER_S = 64 * 1024
 
 
 def too_large(limit: int, size: int | None = None) -> GatewayError:
@@ -32,16 +35,22 @@ async def read_body(http: web.Request, door: FrontDoor) -> bytes:
     try:
         if http.content.is_eof():  # the whole body came with the head (most calls): no timer to arm
             return await http.read()
-        async with asyncio.timeout(door.request_read):
+        async with asyncio.timeout(body_deadline(door, size)):
             return await http.read()
     except web.HTTPRequestEntityTooLarge:
         raise too_large(door.body_bytes) from None
     except TimeoutError:
-        raise GatewayError(408, f"The request body did not arrive within {door.request_read:g}s "
-                           f"(gateway.front_door.request_read).", "invalid_request_error", None,
+        raise GatewayError(408, f"The request body did not arrive within {body_deadline(door, size):g}s "
+                           f"(gateway.front_door.request_read, plus 1s per {MIN_UPLOAD_BYTES_PER_S} bytes).",
+                           "invalid_request_error", None,
                            "request_timeout", close=True) from None
     except (RequestPayloadError, HttpProcessingError) as exc:  # bad chunked framing or content encoding
         raise GatewayError(400, f"The request body could not be read: {exc}"[:300], close=True) from None
+
+
+def body_deadline(door: FrontDoor, size: int | None) -> float:
+    """Seconds a body of `size` bytes (None: chunked, judged at the limit) may take to arrive."""
+    return door.request_read + (door.body_bytes if size is None else size) / MIN_UPLOAD_BYTES_PER_S
 
 
 def nested_deeper(value: Any, limit: int) -> bool:

@@ -28,8 +28,8 @@ def bounded_tokens(value: Any) -> int:
 
 def usage_pair(usage: Any, prompt_key: str, completion_key: str) -> tuple[int, int] | None:
     """(prompt, completion) from an upstream `usage` object; None when it is not one the gateway can trust."""
-    if not isinstance(usage, dict):
-        return None
+    if not isinstance(usage, dict) or prompt_key not in usage or completion_key not in usage:
+        return None  # `usage: {}` says nothing: the call is charged its estimate, never 0
     prompt = token_count(usage.get(prompt_key))
     completion = token_count(usage.get(completion_key))
     if prompt is None or completion is None:

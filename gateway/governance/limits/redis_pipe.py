@@ -28,8 +28,9 @@ class ScriptNotRun(RedisReplyError):
 # Replies that say Redis cannot serve anyone right now (loading, busy, not authenticated, a replica or cluster
 # mid-failover), not that this command was wrong; redis-py likewise raises BusyLoadingError and
 # AuthenticationError, both ConnectionError subclasses, for LOADING and auth failures (redis/exceptions.py).
+# OOM: maxmemory reached under noeviction, every write refused; NOREPLICAS: min-replicas-to-write unmet.
 OUTAGE_REPLIES = ("LOADING", "BUSY", "NOAUTH", "WRONGPASS", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN",
-                  "MISCONF")
+                  "MISCONF", "OOM", "NOREPLICAS")
 
 
 def is_outage(exc: BaseException) -> bool:
