@@ -205,3 +205,17 @@ class SimProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+def read_until_closed(sock: socket.socket, timeout: float = 10) -> tuple[bytes, float]:
+    """Everything a server sends on `sock` until it closes the connection, and when it closed (seconds from now).
+    A reset after the answer (a server closing with bytes of ours unread) ends the read, not the test."""
+    started = time.monotonic()
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data, time.monotonic() - started

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.gateway.conftest import KEY, MODEL, closed_port_url, deployment, gateway_config
-from tests.gateway.servers import GatewayProcess
+from tests.gateway.servers import GatewayProcess, read_until_closed
 
 LIMITS = {"header_bytes": 1024, "body_bytes": 4096, "json_depth": 8, "keepalive_idle": 2.0, "request_read": 1.0,
           "connections": 16}
@@ -39,19 +39,6 @@ def roomy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
 
 def connect(gw: GatewayProcess) -> socket.socket:
     return socket.create_connection(("127.0.0.1", gw.port), timeout=10)
-
-
-def read_until_closed(sock: socket.socket, timeout: float = 10) -> tuple[bytes, float]:
-    """Everything the gateway sends until it closes the connection, and when it closed (seconds from now)."""
-    started = time.monotonic()
-    sock.settimeout(timeout)
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except ConnectionResetError:
-        pass
-    return data, time.monotonic() - started
 
 
 def answer(data: bytes) -> tuple[int, dict[str, object]]:

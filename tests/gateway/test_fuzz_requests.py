@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.gateway.conftest import KEY, MODEL, gateway_config
-from tests.gateway.servers import ROOT, GatewayProcess, RedisServer, free_port, wait_port
+from tests.gateway.servers import ROOT, GatewayProcess, RedisServer, free_port, read_until_closed, wait_port
 
 PROVIDER_KEY = "sk-provider-SECRET-0123456789abcdef"
 REQUEST_TIMEOUT = 20  # longer than any upstream timeout of the config: a request that takes longer hangs
@@ -65,12 +65,7 @@ def exchange(port: int, request: bytes) -> tuple[int, bytes]:
             sock.sendall(request)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the gateway refused early (e.g. 413) and closed; its answer is still readable
-        data = b""
-        try:
-            while chunk := sock.recv(65536):
-                data += chunk
-        except ConnectionResetError:
-            pass
+        data, _ = read_until_closed(sock, REQUEST_TIMEOUT)
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1."), f"no answer: {data[:200]!r}"
     if b"transfer-encoding: chunked" in head.lower():
