@@ -206,22 +206,55 @@ def startup_failure_threshold(model: Model, region: Region, weights: str) -> int
     return math.ceil((checkpoint_gb(model, region) / rate + WARM_UP_SECONDS) / STARTUP_PERIOD_SECONDS)
 
 
-def weights_values(cfg: StackConfig, model: Model, region: Region, *, role_arn: Any, source: Any) -> dict[str, Any]:
-    """Where the release loads weights from, and the startup budget that takes.
+# Run:ai's streamer reads tensors into a CPU buffer on their way to the GPU. RUNAI_STREAMER_MEMORY_LIMIT (bytes)
+# bounds that buffer; unset, it is unlimited (the size of the files read) in distributed streaming, which is on by
+# default from object storage to CUDA devices, and 40 GB otherwise (run-ai/runai-model-streamer docs/src/env-vars.md;
+# usage.md, "Distributed streaming" and "CPU Memory Capping"). Either can exceed a replica's share of its node,
+# whose memory limit also holds /dev/shm: the limit is what the replica's memory request leaves once /dev/shm and
+# the server's own processes (the API server; per GPU a worker with torch, its CUDA context and pinned buffers)
+# have their share, divided among the GPU workers, each of which streams with a buffer of its own.
+SERVER_PROCESS_MIB = 4096
+GPU_WORKER_MIB = 6144
+# The buffer cannot be smaller than the largest tensor (usage.md): an embedding of a 128k vocabulary at 8192
+# dimensions in bf16 is 2 GiB.
+STREAMER_MIN_MIB = 4096
 
-    S3: vLLM serves `s3://<bucket>/<model>` with `--load-format runai_streamer`
-    (https://docs.vllm.ai/en/stable/models/extensions/runai_model_streamer/). The streamer gets credentials
-    through boto3 (run-ai/runai-model-streamer docs/src/usage.md, "S3 authentication"), whose chain reads the
-    web identity token and role that EKS's IRSA webhook injects (AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_ARN) for
-    the ServiceAccount's role: so the release always carries the role's ARN. IRSA needs STS and S3 over HTTPS,
-    which the chart's NetworkPolicy allows (egress 443), and never the instance metadata endpoint, which it
-    blocks; AWS_EC2_METADATA_DISABLED keeps the SDKs from falling back to the node's role.
+
+def streamer_memory_limit(model: Model, region: Region) -> int:
+    """RUNAI_STREAMER_MEMORY_LIMIT in bytes for one of `model`'s GPU workers in `region` (see above)."""
+    pool = region.pool(model.pool)
+    if pool is None:
+        raise ValueError(f"model {model.name} uses pool {model.pool!r}, which region {region.name} does not have")
+    size = model_resources(model, pool, load_catalog())
+    room = size.memory_mib - size.shm_mib - SERVER_PROCESS_MIB - GPU_WORKER_MIB * model.gpus
+    per_worker = room // model.gpus
+    if per_worker < STREAMER_MIN_MIB:
+        raise ValueError(f"model {model.name} in {region.name}: its replica's {size.memory_mib}Mi, less "
+                         f"{size.shm_mib}Mi of /dev/shm and the server's processes, leaves {per_worker}Mi per GPU "
+                         f"for Run:ai's read buffer, under {STREAMER_MIN_MIB}Mi; give it more memory "
+                         f"(models[].resources.memory) or less /dev/shm")
+    return per_worker * 1024 * 1024
+
+
+def weights_values(cfg: StackConfig, model: Model, region: Region, *, role_arn: Any, source: Any) -> dict[str, Any]:
+    """Where the release loads weights from, at which revision, and the startup budget that takes.
+
+    S3: vLLM serves `s3://<bucket>/<model>/<revision>` with `--load-format runai_streamer`
+    (https://docs.vllm.ai/en/stable/models/extensions/runai_model_streamer/), its read buffer capped by
+    `streamer_memory_limit`. The streamer gets credentials through boto3 (run-ai/runai-model-streamer
+    docs/src/usage.md, "S3 authentication"), whose chain reads the web identity token and role that EKS's IRSA
+    webhook injects (AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_ARN) for the ServiceAccount's role: so the release
+    always carries the role's ARN. IRSA needs STS and S3 over HTTPS, which the chart's NetworkPolicy allows
+    (egress 443), and never the instance metadata endpoint, which it blocks; AWS_EC2_METADATA_DISABLED keeps the
+    SDKs from falling back to the node's role. Hugging Face: vLLM downloads the pinned `revision`, if any.
     """
     weights = model.weights_from(cfg.environment)
     out: dict[str, Any] = {"probes": {"startup": {
         "periodSeconds": STARTUP_PERIOD_SECONDS,
         "failureThreshold": startup_failure_threshold(model, region, weights)}}}
     if weights != "s3":
+        if model.revision is not None:
+            out["model"] = {"extraArgs": [f"--revision={model.revision}", f"--tokenizer-revision={model.revision}"]}
         return out
     if source is None or role_arn is None:
         raise ValueError(f"model {model.name} in {region.name} loads its weights from S3: the release needs the "
@@ -229,7 +262,8 @@ def weights_values(cfg: StackConfig, model: Model, region: Region, *, role_arn: 
     out["model"] = {"source": source, "extraArgs": ["--load-format=runai_streamer"]}
     out["serviceAccount"] = {"roleArn": role_arn}
     out["extraEnv"] = [{"name": "AWS_REGION", "value": region.name},
-                       {"name": "AWS_EC2_METADATA_DISABLED", "value": "true"}]
+                       {"name": "AWS_EC2_METADATA_DISABLED", "value": "true"},
+                       {"name": "RUNAI_STREAMER_MEMORY_LIMIT", "value": str(streamer_memory_limit(model, region))}]
     return out
 
 

@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
 # Prod models this large (GB on disk) load from the region's weights bucket unless `weights` says otherwise.
 S3_WEIGHTS_MIN_GB = 10.0
+# A full git commit id, as the Hugging Face Hub names a repo's revisions (`ModelInfo.sha`).
+COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 # RFC 5737's documentation blocks: never routed on the internet, so no runner ever has such an address.
 DOCUMENTATION_RANGES = tuple(ipaddress.IPv4Network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
 
@@ -160,6 +162,9 @@ class Model(_Model):
     weights: Literal["s3", "huggingface"] | None = None
     # The checkpoint's size on disk (its safetensors, GB): sizes the startup probe and picks the default `weights`.
     size_gb: float | None = Field(default=None, gt=0)
+    # The Hugging Face revision served: a commit sha (required for weights from S3, whose prefix in the bucket is
+    # named after it, README: Weights), or for Hugging Face downloads also a branch or tag. Unset: the repo's main.
+    revision: str | None = Field(default=None, min_length=1)
 
     @property
     def batch_tolerant(self) -> bool:
@@ -545,6 +550,11 @@ def _check_model(cfg: StackConfig, catalog: Catalog, i: int, model: Model,
         problems.append((f"{at}.size_gb", f"weights from S3 need the checkpoint's size in GB (it sizes the startup "
                                           f"probe); give size_gb, e.g. {model.gpus * 16} for {model.gpus} GPU(s) of "
                                           f"bf16 weights at 8B parameters per GPU"))
+    if model.weights_from(cfg.environment) == "s3" and not COMMIT_SHA.match(model.revision or ""):
+        given = f" ({model.revision!r} is not one)" if model.revision else ""
+        problems.append((f"{at}.revision", f"weights from S3 are staged under their revision's commit sha, so they "
+                                           f"never change under a running replica: give revision, the full "
+                                           f"40-character commit sha of {model.source} to serve{given}"))
     known = {r.name: r for r in cfg.regions}
     for j, name in enumerate(model.regions):
         region = known.get(name)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -18,57 +19,107 @@ WEIGHTS_NAMESPACE = "llm-weights"
 STAGER_SERVICE_ACCOUNT = "weights-stager"
 STAGER_COMPONENT = "weights-stager"
 MODEL_LABEL = "llm-platform/model"
-# The marker the stager writes last: present and naming the same source and revision means "already staged".
+# The marker the stager writes last, in the revision's prefix: present and naming the same source and revision means
+# "already staged".
 MARKER = ".staged"
-# Pinned: a tag, never `latest`; the libraries are pinned below.
+# Pinned: a tag, never `latest`. No prebuilt stager image pinned by digest is available to this project, so the
+# Job installs its packages at start, from a list where each is pinned and hashed (below).
 STAGER_IMAGE = "python:3.12.11-slim-bookworm"
-STAGER_PACKAGES = ["huggingface_hub==0.35.3", "boto3==1.40.0"]
+# Every package of the stager's closure (huggingface_hub, boto3 and their dependencies) with its wheel's sha256,
+# for the image's Python and platform: pip refuses anything else (`--require-hashes`), installs no dependency it
+# resolves itself (`--no-deps`) and builds nothing from source (`--only-binary`). The stager holds the Hugging Face
+# token and write access to the weights, so what it runs is fixed here, not by PyPI on the day.
+STAGER_REQUIREMENTS = Path(__file__).with_name("weights_stager_requirements.txt")
+STAGER_INSTALL = ('printf "%s\\n" "$STAGE_REQUIREMENTS" > /tmp/requirements.txt && pip install --quiet '
+                  "--no-cache-dir --disable-pip-version-check --require-hashes --no-deps --only-binary=:all: "
+                  "--target /tmp/pkgs -r /tmp/requirements.txt")
 TOKEN_MOUNT = "/var/run/secrets/huggingface"
 
-# Runs in the Job's container. Streams each file Hugging Face serves straight into S3 (no local copy: the
-# system nodes' disks are small), skips what the bucket already holds at the same size (a retried Job
-# resumes), and writes the marker last, so a half-staged prefix never counts as staged. Only what vLLM's
-# Run:ai loader reads is copied: safetensors and the config/tokenizer files, not Meta's `original/` nor
-# Mistral's `consolidated` checkpoints (each as large again).
-STAGE_SCRIPT = r'''
-import json, os, sys
+# Runs in the Job's container. Stages the pinned revision into its own prefix, <model>/<commit sha>/, which
+# nothing else writes: a replica loads one revision's files, never a mix, and a new revision is a new prefix
+# the release moves to only once it is complete (its marker is written last; the release waits for the Job).
+# Streams each file Hugging Face serves straight into S3 (no local copy: the system nodes' disks are small) and
+# records the Hub's digest of it (the LFS sha256, or the git blob id of a small file) as object metadata; a
+# retried Job skips what the prefix already holds with the same digest, so it resumes. Existence is asked with
+# ListObjectsV2, which the stager's listing grant (conditioned on s3:prefix) allows: S3 answers a GET or HEAD
+# of a missing key with 403, not 404, to a caller without an unconditional s3:ListBucket (HeadObject/GetObject
+# API reference, "Permissions"). Only what vLLM's Run:ai loader reads is copied: safetensors and the
+# config/tokenizer files, not Meta's `original/` nor Mistral's `consolidated` checkpoints (each as large again).
+STAGE_SCRIPT = r"""
+import hashlib, json, os, sys
 import boto3, requests
 from boto3.s3.transfer import TransferConfig
-from botocore.exceptions import ClientError
 from huggingface_hub import HfApi, hf_hub_url
 from huggingface_hub.utils import build_hf_headers
 
-repo, bucket, prefix = os.environ["HF_REPO"], os.environ["BUCKET"], os.environ["PREFIX"]
+repo, revision = os.environ["HF_REPO"], os.environ["REVISION"]
+bucket, prefix = os.environ["BUCKET"], os.environ["PREFIX"]
 s3 = boto3.client("s3", region_name=os.environ["AWS_REGION"])
-info = HfApi().model_info(repo, files_metadata=True)
-want = {"source": repo, "revision": info.sha}
+want = {"source": repo, "revision": revision}
 marker = f"{prefix}/.staged"
-try:
-    if json.loads(s3.get_object(Bucket=bucket, Key=marker)["Body"].read()) == want:
-        print(f"{repo}@{info.sha} is already in s3://{bucket}/{prefix}/"); sys.exit(0)
-except ClientError as exc:
-    if exc.response["Error"]["Code"] != "NoSuchKey":
-        raise
+
+
+def listing(under):
+    found, token = {}, None
+    while True:
+        page = s3.list_objects_v2(Bucket=bucket, Prefix=under, **({"ContinuationToken": token} if token else {}))
+        found.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
+        token = page.get("NextContinuationToken")
+        if not token:
+            return found
+
+
+if marker in listing(marker) and json.loads(s3.get_object(Bucket=bucket, Key=marker)["Body"].read()) == want:
+    print(f"{repo}@{revision} is already in s3://{bucket}/{prefix}/")
+    sys.exit(0)
+info = HfApi().model_info(repo, revision=revision, files_metadata=True)
+if info.sha != revision:
+    sys.exit(f"{repo}@{revision} is commit {info.sha} on the Hub: models[].revision must be the full commit sha")
+
+
+class Hashing:
+    def __init__(self, raw):
+        self.raw, self.sha256, self.size = raw, hashlib.sha256(), 0
+
+    def read(self, n=-1):
+        chunk = self.raw.read(n)
+        self.sha256.update(chunk)
+        self.size += len(chunk)
+        return chunk
+
+
+present = listing(f"{prefix}/")
 keep = (".safetensors", ".json", ".model", ".txt", ".jinja", ".tiktoken")
 for f in info.siblings:
     name = f.rfilename
     if not name.endswith(keep) or name.startswith("original/") or name.rsplit("/", 1)[-1].startswith("consolidated"):
         continue
     key = f"{prefix}/{name}"
-    try:
-        if s3.head_object(Bucket=bucket, Key=key)["ContentLength"] == f.size:
-            continue
-    except ClientError:
-        pass
-    with requests.get(hf_hub_url(repo, name, revision=info.sha), headers=build_hf_headers(), stream=True,
+    digest = f"sha256:{f.lfs.sha256}" if f.lfs else f"git:{f.blob_id}"
+    if key in present and s3.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get("hub-digest") == digest:
+        continue
+    with requests.get(hf_hub_url(repo, name, revision=revision), headers=build_hf_headers(), stream=True,
                       timeout=60) as r:
         r.raise_for_status()
         r.raw.decode_content = True
-        s3.upload_fileobj(r.raw, bucket, key, Config=TransferConfig(multipart_chunksize=64 << 20, max_concurrency=8))
+        body = Hashing(r.raw)
+        s3.upload_fileobj(body, bucket, key, ExtraArgs={"Metadata": {"hub-digest": digest}},
+                          Config=TransferConfig(multipart_chunksize=64 << 20, max_concurrency=8))
+    if (f.lfs and body.sha256.hexdigest() != f.lfs.sha256) or body.size != f.size:
+        # Not the file the Hub describes: leave nothing that a retry would take for it.
+        s3.put_object(Bucket=bucket, Key=key, Body=b"")
+        sys.exit(f"{name}: {body.size} bytes with sha256 {body.sha256.hexdigest()} downloaded, the Hub lists "
+                 f"{f.size} bytes ({digest})")
     print(f"staged {name} ({f.size} bytes)")
 s3.put_object(Bucket=bucket, Key=marker, Body=json.dumps(want).encode())
-print(f"{repo}@{info.sha} staged in s3://{bucket}/{prefix}/")
-'''
+print(f"{repo}@{revision} staged in s3://{bucket}/{prefix}/")
+"""
+
+
+def stager_requirements() -> list[str]:
+    """The requirement lines (comments dropped) of STAGER_REQUIREMENTS."""
+    lines = STAGER_REQUIREMENTS.read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 def bucket_prefix(stack: str) -> str:
@@ -77,7 +128,15 @@ def bucket_prefix(stack: str) -> str:
 
 
 def model_prefix(model: Model) -> str:
+    """The model's prefix in the bucket: what its grants name (every revision of it below)."""
     return model.name
+
+
+def revision_prefix(model: Model) -> str:
+    """Where one revision is staged and loaded from: <model>/<commit sha>, written once and never changed."""
+    if model.revision is None:
+        raise ValueError(f"model {model.name}: weights from S3 need a pinned revision (infra/config.py checks this)")
+    return f"{model.name}/{model.revision}"
 
 
 def stager_subject() -> str:
@@ -159,8 +218,8 @@ class ModelWeights(pulumi.ComponentResource):
         self.register_outputs({"bucket": self.bucket.bucket, "stager_role": self.stager_role.arn})
 
     def source(self, model: Model) -> pulumi.Output[str]:
-        """What vLLM serves for `model`: its prefix in this bucket."""
-        return pulumi.Output.concat("s3://", self.bucket.bucket, "/", model_prefix(model))
+        """What vLLM serves for `model`: its pinned revision's prefix in this bucket."""
+        return pulumi.Output.concat("s3://", self.bucket.bucket, "/", revision_prefix(model))
 
     def read_policy(self, name: str, role: aws.iam.Role, models: list[Model], iam: aws.Provider,
                     parent: pulumi.Resource) -> aws.iam.RolePolicy:
@@ -182,13 +241,16 @@ class WeightsStagingArgs:
 
 
 class WeightsStaging(pulumi.ComponentResource):
-    """A Kubernetes Job per model, run once on the system nodes, that fills the model's prefix from Hugging Face.
+    """A Kubernetes Job per model, run once on the system nodes, that fills the model's revision prefix from
+    Hugging Face.
 
     The same shape as awslabs/ai-on-eks' model download Job (a batch/v1 Job with an IRSA ServiceAccount that
     downloads from Hugging Face and uploads to S3); here it streams file by file and is idempotent. Pulumi waits
     for a Job to complete (pulumi/pulumi-kubernetes#633), so the model's release, which depends on it, starts
-    only once its weights are there; a changed `source` replaces the Job (its template is immutable) and the
-    marker's revision no longer matches, so the prefix is staged again.
+    only once its weights are there. A changed `source` or `revision` replaces the Job (its template is
+    immutable), which stages a new prefix while the running replicas keep reading theirs; the release then
+    moves to the new prefix. A Job that failed (backoffLimit) is not run again by an unchanged `pulumi up`:
+    README: Weights says how to retry it.
     """
 
     def __init__(self, name: str, args: WeightsStagingArgs, kubernetes: k8s.Provider, iam: aws.Provider,
@@ -231,7 +293,8 @@ class WeightsStaging(pulumi.ComponentResource):
                   MODEL_LABEL: model.name}
         token = args.token is not None
         values: dict[str, pulumi.Input[str]] = {
-            "HF_REPO": model.source, "BUCKET": args.weights.bucket.bucket, "PREFIX": model_prefix(model),
+            "HF_REPO": model.source, "REVISION": model.revision or "", "BUCKET": args.weights.bucket.bucket,
+            "PREFIX": revision_prefix(model),
             "AWS_REGION": args.region, "HOME": "/tmp", "HF_HOME": "/tmp/hf", "PYTHONPATH": "/tmp/pkgs",
             # Credentials come from IRSA (the web identity token the EKS webhook mounts), never the node's role.
             "AWS_EC2_METADATA_DISABLED": "true", "HF_HUB_DISABLE_TELEMETRY": "1",
@@ -244,7 +307,6 @@ class WeightsStaging(pulumi.ComponentResource):
             volumes.append(k8s.core.v1.VolumeArgs(name="hf-token", csi=k8s.core.v1.CSIVolumeSourceArgs(
                 driver="secrets-store.csi.k8s.io", read_only=True,
                 volume_attributes={"secretProviderClass": "hf-token"})))
-        install = f"pip install --quiet --no-cache-dir --target /tmp/pkgs {' '.join(STAGER_PACKAGES)}"
         return k8s.batch.v1.Job(
             f"{name}-{model.name}",
             metadata=k8s.meta.v1.ObjectMetaArgs(name=f"stage-{model.name}", namespace=WEIGHTS_NAMESPACE, labels=labels),
@@ -260,8 +322,10 @@ class WeightsStaging(pulumi.ComponentResource):
                             seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault")),
                         containers=[k8s.core.v1.ContainerArgs(
                             name="stage", image=STAGER_IMAGE, command=["sh", "-c"],
-                            args=[f"{install} && exec python -c \"$STAGE_SCRIPT\""],
-                            env=[*env, k8s.core.v1.EnvVarArgs(name="STAGE_SCRIPT", value=STAGE_SCRIPT)],
+                            args=[f"{STAGER_INSTALL} && exec python -c \"$STAGE_SCRIPT\""],
+                            env=[*env, k8s.core.v1.EnvVarArgs(name="STAGE_SCRIPT", value=STAGE_SCRIPT),
+                                 k8s.core.v1.EnvVarArgs(name="STAGE_REQUIREMENTS",
+                                                        value="\n".join(stager_requirements()))],
                             resources=k8s.core.v1.ResourceRequirementsArgs(
                                 requests={"cpu": "500m", "memory": "1Gi"}, limits={"memory": "2Gi"}),
                             security_context=k8s.core.v1.SecurityContextArgs(

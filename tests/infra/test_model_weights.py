@@ -1,17 +1,34 @@
 """Weights that load fast and once: per-region buckets, staging Jobs, the streamer's values and the startup budget."""
 from __future__ import annotations
 
-import io
+import hashlib
 import json
 import math
+import re
 
 import pulumi
 import pytest
 
-from infra.chart_values import VLLM_CHART, startup_failure_threshold, vllm_values
-from infra.components.model_weights import STAGE_SCRIPT, STAGER_SERVICE_ACCOUNT, WEIGHTS_NAMESPACE
-from infra.config import ConfigError, parse
+from infra.catalog import load_catalog
+from infra.chart_values import (
+    GPU_WORKER_MIB,
+    SERVER_PROCESS_MIB,
+    VLLM_CHART,
+    startup_failure_threshold,
+    streamer_memory_limit,
+    vllm_values,
+)
+from infra.components.model_weights import (
+    STAGE_SCRIPT,
+    STAGER_REQUIREMENTS,
+    STAGER_SERVICE_ACCOUNT,
+    WEIGHTS_NAMESPACE,
+    stager_requirements,
+)
+from infra.config import ConfigError, ModelResources, parse
 from infra.plan.run import Plan, run_program
+from infra.sizing import model_resources, parse_memory
+from tests.played_hub import PlayedHub
 from tests.stacks import stack_raw
 
 BUCKET = "aws:s3/bucket:Bucket"
@@ -31,6 +48,14 @@ def _s3_models(plan: Plan, region: str) -> list[str]:
     return [m.name for m in plan.config.models_in(region) if m.weights_from(plan.config.environment) == "s3"]
 
 
+def _model(plan: Plan, name: str):
+    return next(m for m in plan.config.models if m.name == name)
+
+
+def _env(container: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
 def _vllm(plan: Plan) -> list:
     return [r for r in plan.of_type(RELEASE) if r.inputs["chart"] == str(VLLM_CHART)]
 
@@ -41,6 +66,9 @@ def preview_from_s3() -> Plan:
     raw = stack_raw("preview")
     raw["models"][0]["weights"] = "s3"
     return run_program(raw, "preview")
+
+
+SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
 # -- config: where each model's weights come from ------------------------------------------------
@@ -72,6 +100,26 @@ def test_weights_from_s3_need_the_checkpoint_size() -> None:
                for path, msg in err.value.problems)
 
 
+def test_weights_from_s3_are_pinned_to_a_commit() -> None:
+    """The prefix a replica loads is named after the commit: a branch would move under it."""
+    for revision, given in ((None, ""), ("main", " ('main' is not one)")):
+        raw = stack_raw("prod")
+        if revision is None:
+            raw["models"][0].pop("revision")
+        else:
+            raw["models"][0]["revision"] = revision
+        with pytest.raises(ConfigError) as err:
+            parse(raw, "prod")
+        assert ("llm-platform:models[0].revision", "weights from S3 are staged under their revision's commit sha, so "
+                "they never change under a running replica: give revision, the full 40-character commit sha of "
+                f"meta-llama/Llama-3.3-70B-Instruct to serve{given}") in err.value.problems
+
+
+def test_prod_and_previews_pin_every_models_revision_to_a_commit(prod_plan: Plan, preview_plan: Plan) -> None:
+    for plan in (prod_plan, preview_plan):
+        assert all(SHA.match(m.revision or "") for m in plan.config.models), [m.revision for m in plan.config.models]
+
+
 # -- the bucket ------------------------------------------------------------------------------------
 
 def test_each_prod_region_has_one_private_encrypted_tls_only_weights_bucket(prod_plan: Plan) -> None:
@@ -99,7 +147,11 @@ def test_previews_download_from_hugging_face_and_create_no_bucket_or_job(preview
     for release in _vllm(preview_plan):
         values = release.inputs["values"]
         assert values["model"]["source"] == "Qwen/Qwen2.5-1.5B-Instruct"
-        assert "extraArgs" not in values["model"] and "roleArn" not in values["serviceAccount"]
+        revision = preview_plan.config.models[0].revision
+        # vLLM downloads the pinned commit (model and tokenizer), not whatever `main` is when a replica starts.
+        assert values["model"]["extraArgs"] == [f"--revision={revision}", f"--tokenizer-revision={revision}"]
+        assert "roleArn" not in values["serviceAccount"]
+        assert not any(e["name"].startswith("RUNAI_") for e in values.get("extraEnv", []))
 
 
 # -- staging ---------------------------------------------------------------------------------------
@@ -118,11 +170,41 @@ def test_a_staging_job_per_s3_model_and_region_runs_on_the_system_nodes_as_the_s
             "llm-platform/pool": "system"}
         [container] = pod["containers"]
         env = {e["name"]: e["value"] for e in container["env"]}
-        assert env["HF_REPO"] == model.source and env["PREFIX"] == model.name
+        # Each revision in a prefix of its own: <model>/<commit sha>.
+        assert env["HF_REPO"] == model.source and env["REVISION"] == model.revision and SHA.match(env["REVISION"])
+        assert env["PREFIX"] == f"{model.name}/{model.revision}"
         assert env["BUCKET"] == _one(prod_plan, BUCKET, job.region).outputs["bucket"]
         assert env["AWS_REGION"] == job.region and env["HF_TOKEN_PATH"] == "/var/run/secrets/huggingface/token"
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert ":latest" not in container["image"] and ":" in container["image"]
+        assert env["STAGE_SCRIPT"] == STAGE_SCRIPT
+
+
+def test_the_stager_installs_only_pinned_hashed_wheels(prod_plan: Plan) -> None:
+    """It holds the Hugging Face token and write access to the weights: pip installs exactly the listed wheels,
+    each pinned and checked against its sha256, nothing resolved on the day and nothing built from source."""
+    lines = stager_requirements()
+    assert lines and all(re.fullmatch(r"[a-z0-9-]+==[0-9][0-9a-z.]* --hash=sha256:[0-9a-f]{64}", line)
+                         for line in lines), lines
+    pinned = {line.split("==")[0]: line.split("==")[1].split()[0] for line in lines}
+    assert pinned["huggingface-hub"] == "0.35.3" and pinned["boto3"] == "1.40.0" and pinned["botocore"] == "1.40.0"
+    # The closure of both (their Requires-Dist, for CPython 3.12 on x86_64 Linux), as generated in the file's header.
+    assert set(pinned) == {"huggingface-hub", "boto3", "botocore", "s3transfer", "jmespath", "python-dateutil",
+                           "six", "urllib3", "filelock", "fsspec", "packaging", "pyyaml", "requests", "tqdm",
+                           "typing-extensions", "hf-xet", "charset-normalizer", "idna", "certifi"}
+    assert "Generated 2026-11-26 from https://pypi.org/simple" in STAGER_REQUIREMENTS.read_text()
+    for job in prod_plan.of_type(JOB):
+        [container] = job.inputs["spec"]["template"]["spec"]["containers"]
+        env = _env(container)
+        assert env["STAGE_REQUIREMENTS"].splitlines() == lines
+        [script] = container["args"]
+        install = script.split(" && exec python", 1)[0]
+        assert install.startswith('printf "%s\\n" "$STAGE_REQUIREMENTS" > /tmp/requirements.txt && pip install ')
+        pip = install.split(" && ", 1)[1].split()
+        assert {"--require-hashes", "--no-deps", "--only-binary=:all:"} <= set(pip)
+        assert pip[pip.index("-r") + 1] == "/tmp/requirements.txt"
+        # Nothing but the hashed list: no package named on the command line.
+        assert [a for a in pip[2:] if not a.startswith("-") and a not in ("/tmp/pkgs", "/tmp/requirements.txt")] == []
 
 
 def test_the_stager_writes_only_its_regions_model_prefixes(prod_plan: Plan) -> None:
@@ -151,17 +233,23 @@ def test_s3_models_stream_their_regions_copy_with_run_ai_through_the_model_serve
         values, region = release.inputs["values"], release.region
         model = values["podLabels"]["llm-platform/model"]
         if model not in _s3_models(prod_plan, region):
-            assert "extraArgs" not in values["model"]
+            assert "--load-format=runai_streamer" not in values["model"].get("extraArgs", [])
             continue
         bucket = _one(prod_plan, BUCKET, region).outputs["bucket"]
-        assert values["model"]["source"] == f"s3://{bucket}/{model}"
+        revision = _model(prod_plan, model).revision
+        # The pinned revision's prefix, the one its staging Job fills (and the release waits for).
+        assert values["model"]["source"] == f"s3://{bucket}/{model}/{revision}"
+        [job] = [j for j in prod_plan.of_type(JOB) if j.region == region
+                 and j.inputs["metadata"]["labels"]["llm-platform/model"] == model]
+        job_env = _env(job.inputs["spec"]["template"]["spec"]["containers"][0])
+        assert values["model"]["source"] == f"s3://{job_env['BUCKET']}/{job_env['PREFIX']}"
         role = roles[values["serviceAccount"]["roleArn"]]
         assert role.name == f"{region}-models"
         read = policies[f"{region}-models-weights"]["Statement"][0]
         assert read["Action"] == ["s3:GetObject"] and f"arn:aws:s3:::{bucket}/{model}/*" in read["Resource"]
         rendered = render(VLLM_CHART, values, name=release.inputs["name"], namespace=release.inputs["namespace"])
         vllm = rendered.container("vllm")
-        assert vllm["args"][0] == f"s3://{bucket}/{model}" and "--load-format=runai_streamer" in vllm["args"]
+        assert vllm["args"][0] == f"s3://{bucket}/{model}/{revision}" and "--load-format=runai_streamer" in vllm["args"]
         env = {e["name"]: e.get("value") for e in vllm["env"]}
         assert env["AWS_REGION"] == region and env["AWS_EC2_METADATA_DISABLED"] == "true"
         assert "initContainers" not in rendered.pod_spec()
@@ -202,6 +290,44 @@ def test_a_release_loading_from_s3_without_the_role_is_refused(prod_plan: Plan) 
         vllm_values(cfg, cfg.models[0], cfg.regions[0], role_arn="arn:aws:iam::123456789012:role/x")
 
 
+def test_the_streamers_read_buffer_fits_the_replicas_memory_beside_shm_and_the_server(prod_plan: Plan) -> None:
+    """Unset, Run:ai's buffer is unlimited in distributed streaming (on from S3 to GPUs) and 40 GB otherwise,
+    per streamer, one per GPU worker; the replica's memory limit also holds /dev/shm. As rendered: the buffers of
+    all its workers, /dev/shm and the server's processes fit the container's memory limit."""
+    from tests.charts.rendering import render
+    cfg = prod_plan.config
+    checked = set()
+    for release in _vllm(prod_plan):
+        values, region = release.inputs["values"], release.region
+        model = _model(prod_plan, values["podLabels"]["llm-platform/model"])
+        if model.name not in _s3_models(prod_plan, region):
+            continue
+        rendered = render(VLLM_CHART, values, name=release.inputs["name"], namespace=release.inputs["namespace"])
+        vllm = rendered.container("vllm")
+        limit = int(_env(vllm)["RUNAI_STREAMER_MEMORY_LIMIT"])
+        assert limit == streamer_memory_limit(model, cfg.region(region)) and limit >= 4 << 30
+        memory = parse_memory(vllm["resources"]["limits"]["memory"]) << 20
+        [shm] = [v for v in rendered.pod_spec()["volumes"] if v["name"] == "dshm"]
+        shm_bytes = parse_memory(shm["emptyDir"]["sizeLimit"]) << 20
+        server = (SERVER_PROCESS_MIB + GPU_WORKER_MIB * model.gpus) << 20
+        assert model.gpus * limit + shm_bytes + server <= memory, (model.name, region)
+        checked.add((model.name, region))
+    # mistral-small-24b in eu-west-2: 2 GPUs in a share of about 94 GiB, 12 GiB of it /dev/shm.
+    mistral = _model(prod_plan, "mistral-small-24b")
+    size = model_resources(mistral, cfg.region("eu-west-2").pool("mid"), load_catalog())
+    assert ("mistral-small-24b", "eu-west-2") in checked and size.memory_mib < 100 * 1024
+    assert streamer_memory_limit(mistral, cfg.region("eu-west-2")) * 2 < (size.memory_mib - size.shm_mib) << 20
+
+
+def test_a_replica_too_small_for_the_streamers_buffer_is_refused(prod_plan: Plan) -> None:
+    """24Gi for two GPU workers: after /dev/shm and the server's processes, under 4 GiB each for its buffer, which
+    must hold the largest tensor."""
+    cfg = prod_plan.config
+    small = cfg.models[2].model_copy(update={"resources": ModelResources(memory="24Gi")})
+    with pytest.raises(ValueError, match="for Run:ai's read buffer, under 4096Mi"):
+        streamer_memory_limit(small, cfg.region("eu-west-2"))
+
+
 # -- the startup probe budget ----------------------------------------------------------------------
 
 def test_the_startup_budget_follows_the_checkpoint_size_and_the_source(prod_plan: Plan) -> None:
@@ -220,93 +346,96 @@ def test_the_startup_budget_follows_the_checkpoint_size_and_the_source(prod_plan
 
 # -- the stager's script, against S3 (moto) and a Hugging Face Hub played in-process ---------------
 
-class _Hub:
-    """Plays the Hugging Face Hub for the stager: a repo's files at a revision, and a log of downloads."""
-
-    def __init__(self, files: dict[str, bytes], sha: str) -> None:
-        self.files, self.sha, self.downloads = files, sha, []
-
-    def install(self, monkeypatch) -> None:
-        import sys
-        import types
-        from types import SimpleNamespace
-
-        import requests
-        hub, utils = types.ModuleType("huggingface_hub"), types.ModuleType("huggingface_hub.utils")
-        outer = self
-
-        class HfApi:
-            def model_info(self, repo: str, files_metadata: bool = False) -> SimpleNamespace:
-                assert files_metadata  # sizes let a retried Job skip what it already copied
-                return SimpleNamespace(sha=outer.sha, siblings=[SimpleNamespace(rfilename=n, size=len(b))
-                                                                for n, b in outer.files.items()])
-
-        hub.HfApi = HfApi
-        hub.hf_hub_url = lambda repo, name, revision: f"https://huggingface.co/{repo}/resolve/{revision}/{name}"
-        utils.build_hf_headers = lambda: {}
-
-        class Response:
-            def __init__(self, name: str) -> None:
-                self.raw = io.BytesIO(outer.files[name])
-
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc) -> None:
-                return None
-
-            def raise_for_status(self) -> None:
-                return None
-
-        def get(url: str, **kwargs) -> Response:
-            name = url.split("/resolve/", 1)[1].split("/", 1)[1]
-            outer.downloads.append(name)
-            return Response(name)
-
-        monkeypatch.setitem(sys.modules, "huggingface_hub", hub)
-        monkeypatch.setitem(sys.modules, "huggingface_hub.utils", utils)
-        monkeypatch.setattr(requests, "get", get)
-
-    def stage(self) -> None:
-        self.downloads = []
-        try:
-            # The Job's own script, run here as its container runs it (python -c).
-            exec(compile(STAGE_SCRIPT, "stage", "exec"), {"__name__": "__main__"})
-        except SystemExit as done:
-            assert done.code == 0
+REV1, REV2 = "1" * 40, "2" * 40
+WEIGHTS_BUCKET = "llmp-prod-weights-x"
 
 
-def test_the_stager_copies_what_vllm_loads_once_resumes_and_restages_a_new_revision(monkeypatch) -> None:
+@pytest.fixture
+def staging(monkeypatch):
+    """S3 (moto, no IAM: tests/policy/test_weights_scope_iam.py runs the script as the stager's role) with the
+    region's bucket, and a repo with one commit, in the Job's environment."""
     import boto3
     from moto import mock_aws
     for var, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "HF_REPO": "org/model",
-                       "BUCKET": "llmp-prod-weights-x", "PREFIX": "model", "AWS_REGION": "eu-north-1"}.items():
+                       "BUCKET": WEIGHTS_BUCKET, "AWS_REGION": "eu-north-1"}.items():
         monkeypatch.setenv(var, value)
-    hub = _Hub({"config.json": b"{}", "tokenizer.json": b"tok", "model-00001-of-00002.safetensors": b"a" * 10,
-                "model-00002-of-00002.safetensors": b"b" * 10, "README.md": b"readme",
-                "original/consolidated.00.pth": b"meta", "consolidated.safetensors": b"mistral"}, "rev1")
+    hub = PlayedHub("org/model")
+    hub.commits[REV1] = {"config.json": b"{}", "tokenizer.json": b"tok", "model-00001-of-00002.safetensors": b"a" * 10,
+                         "model-00002-of-00002.safetensors": b"b" * 10, "README.md": b"readme",
+                         "original/consolidated.00.pth": b"meta", "consolidated.safetensors": b"mistral"}
+    hub.refs["main"] = REV1
     hub.install(monkeypatch)
     with mock_aws():
         s3 = boto3.client("s3", region_name="eu-north-1")
-        s3.create_bucket(Bucket="llmp-prod-weights-x", CreateBucketConfiguration={"LocationConstraint": "eu-north-1"})
+        s3.create_bucket(Bucket=WEIGHTS_BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-north-1"})
 
-        def keys() -> set[str]:
-            return {o["Key"] for o in s3.list_objects_v2(Bucket="llmp-prod-weights-x").get("Contents", [])}
+        def stage(revision: str) -> int | str | None:
+            monkeypatch.setenv("REVISION", revision)
+            monkeypatch.setenv("PREFIX", f"model/{revision}")
+            return hub.stage(STAGE_SCRIPT)
 
-        def marker() -> dict:
-            return json.loads(s3.get_object(Bucket="llmp-prod-weights-x", Key="model/.staged")["Body"].read())
+        yield hub, s3, stage
 
-        hub.stage()  # first create: only what vLLM's Run:ai loader reads, then the marker
-        assert keys() == {"model/config.json", "model/tokenizer.json", "model/model-00001-of-00002.safetensors",
-                          "model/model-00002-of-00002.safetensors", "model/.staged"}
-        assert marker() == {"source": "org/model", "revision": "rev1"}
-        hub.stage()  # staged already: nothing is downloaded
-        assert hub.downloads == []
-        s3.delete_object(Bucket="llmp-prod-weights-x", Key="model/.staged")
-        hub.stage()  # a Job that died before its marker resumes: what is there at the right size stays
-        assert hub.downloads == [] and marker() == {"source": "org/model", "revision": "rev1"}
-        hub.files["model-00002-of-00002.safetensors"] = b"c" * 12
-        hub.sha = "rev2"
-        hub.stage()  # a new revision: the changed file is copied again, and the marker names it
-        assert hub.downloads == ["model-00002-of-00002.safetensors"]
-        assert marker() == {"source": "org/model", "revision": "rev2"}
+
+def _keys(s3, prefix: str = "") -> dict[str, bytes]:
+    listed = s3.list_objects_v2(Bucket=WEIGHTS_BUCKET, Prefix=prefix).get("Contents", [])
+    return {o["Key"]: s3.get_object(Bucket=WEIGHTS_BUCKET, Key=o["Key"])["Body"].read() for o in listed}
+
+
+def _marker(s3, revision: str) -> dict:
+    return json.loads(s3.get_object(Bucket=WEIGHTS_BUCKET, Key=f"model/{revision}/.staged")["Body"].read())
+
+
+def test_the_stager_copies_what_vllm_loads_into_the_revisions_prefix_once_and_resumes(staging) -> None:
+    hub, s3, stage = staging
+    assert stage(REV1) == 0  # first create: only what vLLM's Run:ai loader reads, then the marker
+    assert set(_keys(s3)) == {f"model/{REV1}/{n}" for n in ("config.json", "tokenizer.json", ".staged",
+                                                            "model-00001-of-00002.safetensors",
+                                                            "model-00002-of-00002.safetensors")}
+    assert _marker(s3, REV1) == {"source": "org/model", "revision": REV1}
+    head = s3.head_object(Bucket=WEIGHTS_BUCKET, Key=f"model/{REV1}/model-00001-of-00002.safetensors")
+    assert head["Metadata"] == {"hub-digest": "sha256:" + hashlib.sha256(b"a" * 10).hexdigest()}
+    assert stage(REV1) == 0 and hub.downloads == []  # staged already: nothing is downloaded
+    s3.delete_object(Bucket=WEIGHTS_BUCKET, Key=f"model/{REV1}/.staged")
+    # A Job that died before its marker resumes: what is there with the Hub's digest stays; a file of the right
+    # size but other content (no digest of the Hub on it) is copied again.
+    s3.put_object(Bucket=WEIGHTS_BUCKET, Key=f"model/{REV1}/model-00002-of-00002.safetensors", Body=b"x" * 10)
+    assert stage(REV1) == 0 and hub.downloads == ["model-00002-of-00002.safetensors"]
+    assert _keys(s3)[f"model/{REV1}/model-00002-of-00002.safetensors"] == b"b" * 10 and _marker(s3, REV1)
+
+
+def test_a_new_revision_with_files_of_the_same_size_is_staged_whole_beside_the_old_one(staging) -> None:
+    """A fine-tune: same names, same sizes, other bytes. It gets a prefix of its own, copied in full; the revision
+    the running replicas load is left as it was, so no replica ever reads a mix of two checkpoints."""
+    hub, s3, stage = staging
+    assert stage(REV1) == 0
+    before = _keys(s3, f"model/{REV1}/")
+    hub.commits[REV2] = {**hub.commits[REV1], "model-00001-of-00002.safetensors": b"c" * 10,
+                         "model-00002-of-00002.safetensors": b"d" * 10}
+    assert stage(REV2) == 0
+    assert sorted(hub.downloads) == ["config.json", "model-00001-of-00002.safetensors",
+                                     "model-00002-of-00002.safetensors", "tokenizer.json"]
+    assert _keys(s3, f"model/{REV1}/") == before
+    staged = _keys(s3, f"model/{REV2}/")
+    assert staged[f"model/{REV2}/model-00001-of-00002.safetensors"] == b"c" * 10
+    assert staged[f"model/{REV2}/model-00002-of-00002.safetensors"] == b"d" * 10
+    assert _marker(s3, REV2) == {"source": "org/model", "revision": REV2}
+
+
+def test_a_revision_that_is_not_the_commit_it_names_stages_nothing(staging) -> None:
+    """`main` (a branch) resolves to a commit of another name: refused before any copy, so a prefix named after a
+    revision always holds that commit."""
+    hub, s3, stage = staging
+    assert "models[].revision must be the full commit sha" in str(stage("main"))
+    assert _keys(s3) == {} and hub.downloads == []
+
+
+def test_a_download_that_is_not_the_file_the_hub_lists_fails_the_job_and_is_not_kept(staging) -> None:
+    hub, s3, stage = staging
+    hub.served["model-00002-of-00002.safetensors"] = b"B" * 10  # corrupted in transfer: same size, other bytes
+    assert "model-00002-of-00002.safetensors: 10 bytes with sha256" in str(stage(REV1))
+    keys = _keys(s3)
+    assert f"model/{REV1}/.staged" not in keys and keys[f"model/{REV1}/model-00002-of-00002.safetensors"] == b""
+    hub.served.clear()
+    assert stage(REV1) == 0 and hub.downloads == ["model-00002-of-00002.safetensors"]  # the retry copies it again
+    assert _marker(s3, REV1)["revision"] == REV1

@@ -177,6 +177,20 @@ def test_restricted_model_loading_weights_from_a_bucket_outside_its_zone_is_reje
                     "'eu') in bucket llmp-prod-weights-", "in us-east-1 (zone 'us')")
 
 
+def test_another_models_release_loading_a_restricted_models_prefix_outside_its_zone_is_rejected(prod_plan):
+    """Program bug (simulated): us-east-1's release of another model streams the EU-restricted model's prefix
+    (<model>/<revision>) from us-east-1's bucket: judged by the path read, not only by whose release it is."""
+    def load_mistral_in_us(rs):
+        us = _bucket(rs, "us-east-1").outputs["bucket"]
+        revision = next(m.revision for m in prod_plan.config.models if m.name == "mistral-small-24b")
+        find(rs, RELEASE, "us-east-1-llama-3-3-70b").inputs["values"]["model"]["source"] = \
+            f"s3://{us}/mistral-small-24b/{revision}"
+    resources = mutated(prod_plan, load_mistral_in_us)
+    assert_rejected(result_of_resources(prod_plan, resources, "region-residency"),
+                    "release us-east-1-llama-3-3-70b puts model mistral-small-24b's weights (restricted to zone "
+                    "'eu') in bucket llmp-prod-weights-", "in us-east-1 (zone 'us')")
+
+
 def test_restricted_model_staged_into_a_bucket_outside_its_zone_is_rejected(prod_plan):
     """Program bug (simulated): the EU stager of the EU-restricted model uploads to us-east-1's bucket."""
     def stage_to_us(rs):

@@ -3,14 +3,16 @@ nothing; the stager writes only those prefixes.
 
 Each role gets the trust policy and the weights policy the program writes, verbatim; the buckets are created in moto
 under the names the plan gives them. moto's IAM enforcement judges Action and Resource but not the `s3:prefix`
-condition of the listing grant, so listing is not exercised here (tests/infra/test_model_weights.py checks that
-statement's shape).
+condition of the listing grant, and answers a GET or HEAD of a missing key with 404 whatever the caller may list;
+where a test needs them, `S3AsAws` plays both of AWS's rules on top of it.
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import boto3
 import pytest
@@ -18,7 +20,9 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 from moto.core import enable_iam_authentication
 
+from infra.components.model_weights import STAGER_COMPONENT
 from infra.plan.run import Plan
+from tests.played_hub import PlayedHub
 
 US, EU = "us-east-1", "eu-north-1"
 
@@ -142,3 +146,116 @@ def test_a_grant_on_a_whole_bucket_or_a_bucket_of_someone_else_is_a_wildcard(pro
             policy.inputs["policy"] = json.dumps(doc)
         assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, widen), "secret-scope"),
                         f"{US}-models-weights: WeightsObjects has a wildcard Resource (['{grant}'])")
+
+
+class S3AsAws:
+    """One role's S3 client, answering as AWS does where moto does not, for that role's identity policy:
+    - a GET or HEAD of a missing key is 403, not 404, unless the caller may s3:ListBucket the bucket (HeadObject and
+      GetObject API reference, "Permissions": "If you don't have the s3:ListBucket permission, Amazon S3 returns an
+      HTTP status code 403"); a request for one key carries no s3:prefix, so a listing grant conditioned on it
+      does not count;
+    - a listing is allowed only if a grant's `s3:prefix` StringLike condition matches the prefix asked for
+      (IAM: a condition on a key the request does not carry, or does not match, does not apply the statement)."""
+
+    def __init__(self, client: Any, policy: dict, bucket: str) -> None:
+        self._client, self._bucket = client, bucket
+        self._listing = [s for s in policy["Statement"] if s["Effect"] == "Allow"
+                         and "s3:ListBucket" in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+                         and s["Resource"] in (f"arn:aws:s3:::{bucket}", [f"arn:aws:s3:::{bucket}"])]
+
+    def _may_list(self, prefix: str | None) -> bool:
+        for statement in self._listing:
+            condition = statement.get("Condition")
+            if not condition:
+                return True
+            patterns = condition.get("StringLike", {}).get("s3:prefix") if set(condition) == {"StringLike"} else None
+            patterns = [patterns] if isinstance(patterns, str) else patterns
+            if prefix is not None and patterns and any(fnmatch.fnmatchcase(prefix, p) for p in patterns):
+                return True
+        return False
+
+    def _one_key(self, operation: str, call: Any, **kwargs: Any) -> Any:
+        try:
+            return call(**kwargs)
+        except ClientError as exc:
+            missing = exc.response["Error"]["Code"] in ("NoSuchKey", "404")
+            if missing and kwargs.get("Bucket") == self._bucket and not self._may_list(None):
+                code = "403" if operation == "HeadObject" else "AccessDenied"
+                raise ClientError({"Error": {"Code": code, "Message": "Access Denied"}}, operation) from None
+            raise
+
+    def get_object(self, **kwargs: Any) -> Any:
+        return self._one_key("GetObject", self._client.get_object, **kwargs)
+
+    def head_object(self, **kwargs: Any) -> Any:
+        return self._one_key("HeadObject", self._client.head_object, **kwargs)
+
+    def list_objects_v2(self, **kwargs: Any) -> Any:
+        if kwargs.get("Bucket") == self._bucket and not self._may_list(kwargs.get("Prefix", "")):
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "ListObjectsV2")
+        return self._client.list_objects_v2(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def test_the_players_of_aws_answer_as_aws_documents(weights: Weights, prod_plan: Plan) -> None:
+    """The stager's own grants, played: a missing key is 403 to it, a listing outside its prefixes is denied."""
+    policies = {p.name: json.loads(p.inputs["policy"]) for p in prod_plan.of_type("aws:iam/rolePolicy:RolePolicy")}
+    bucket = weights.buckets[EU]
+    s3 = S3AsAws(weights.client((EU, "stager")), policies[f"{EU}-weights-stager"], bucket)
+    with enable_iam_authentication():
+        for call in (s3.get_object, s3.head_object):
+            with pytest.raises(ClientError) as err:
+                call(Bucket=bucket, Key="mistral-small-24b/missing/.staged")
+            assert err.value.response["Error"]["Code"] in ("AccessDenied", "403")
+        assert s3.list_objects_v2(Bucket=bucket, Prefix="mistral-small-24b/x/.staged").get("KeyCount") == 0
+        assert weights.denied(lambda: s3.list_objects_v2(Bucket=bucket, Prefix="elsewhere/"))
+    unconditional = {"Statement": [{"Effect": "Allow", "Action": "s3:ListBucket",
+                                    "Resource": f"arn:aws:s3:::{bucket}"}]}
+    with pytest.raises(ClientError) as err:
+        S3AsAws(weights.client((EU, "stager")), unconditional, bucket).get_object(Bucket=bucket, Key="m/missing")
+    assert err.value.response["Error"]["Code"] == "NoSuchKey"
+
+
+def test_a_first_staging_run_as_the_stager_fills_the_revision_prefix_the_release_loads(
+        weights: Weights, prod_plan: Plan, monkeypatch) -> None:
+    """First create, as AWS would judge it: the EU stager's Job, its script and environment as planned, run with
+    the stager role's credentials against an empty prefix (no marker yet). It stages the model and the model
+    servers' role then reads it at the release's source; a second run is a no-op."""
+    [job] = [j for j in prod_plan.of_type("kubernetes:batch/v1:Job") if j.region == EU
+             and j.inputs["metadata"]["labels"]["app.kubernetes.io/component"] == STAGER_COMPONENT
+             and j.inputs["metadata"]["labels"]["llm-platform/model"] == "mistral-small-24b"]
+    [container] = job.inputs["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    bucket = weights.buckets[EU]
+    assert env["BUCKET"] == bucket
+    hub = PlayedHub(env["HF_REPO"])
+    hub.commits[env["REVISION"]] = {"config.json": b"{}", "model-00001-of-00002.safetensors": b"w" * 32,
+                                    "model-00002-of-00002.safetensors": b"v" * 32, "consolidated.safetensors": b"c"}
+    hub.install(monkeypatch)
+    creds = weights.credentials[(EU, "stager")]
+    for var in ("HF_REPO", "REVISION", "BUCKET", "PREFIX", "AWS_REGION"):
+        monkeypatch.setenv(var, env[var])
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", creds["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", creds["SecretAccessKey"])
+    monkeypatch.setenv("AWS_SESSION_TOKEN", creds["SessionToken"])
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # credentials from this environment, as in the Job's pod
+    policy = json.loads(next(p for p in prod_plan.of_type("aws:iam/rolePolicy:RolePolicy")
+                             if p.name == f"{EU}-weights-stager").inputs["policy"])
+    real_client = boto3.client
+    monkeypatch.setattr(boto3, "client", lambda *a, **kw: S3AsAws(real_client(*a, **kw), policy, bucket))
+    with enable_iam_authentication():
+        assert hub.stage(env["STAGE_SCRIPT"]) == 0
+        assert sorted(hub.downloads) == ["config.json", "model-00001-of-00002.safetensors",
+                                         "model-00002-of-00002.safetensors"]
+        assert hub.stage(env["STAGE_SCRIPT"]) == 0 and hub.downloads == []
+    monkeypatch.setattr(boto3, "client", real_client)
+    [release] = [r for r in prod_plan.of_type("kubernetes:helm.sh/v3:Release") if r.region == EU
+                 and r.inputs["values"].get("podLabels", {}).get("llm-platform/model") == "mistral-small-24b"]
+    source = release.inputs["values"]["model"]["source"]
+    assert source == f"s3://{bucket}/{env['PREFIX']}"
+    models = ("eu-north-1", "models")
+    assert weights.read(models, EU, f"{env['PREFIX']}/model-00002-of-00002.safetensors") == b"v" * 32
+    assert json.loads(weights.read(models, EU, f"{env['PREFIX']}/.staged")) == {
+        "source": env["HF_REPO"], "revision": env["REVISION"]}

@@ -54,7 +54,8 @@ DESCRIPTION = (
     "Route53 zones, records and health checks, AWS Budgets and the cost allocation tag's activation), exist "
     "outside a region. Model weights stay in their zone too: a bucket replicates only to buckets of the stack "
     "in its own zone, and a restricted model's weights are staged (by its staging Jobs) and loaded (by its "
-    "releases' s3:// sources) only from buckets in regions of its zone. Each residency zone has "
+    "releases' s3:// sources) only from buckets in regions of its zone, whether the Job or release is the "
+    "model's or the path it writes or reads names the model's prefix (<model>/<revision>). Each residency zone has "
     "its own DNS name (<zone>.<domain>) whose records route only to the zone's regions, both by their latency "
     "region and by the load balancer they point at: Route 53 answers only from the record set asked for, even "
     "when all of it is unhealthy, so that name never resolves outside the zone.")
@@ -180,6 +181,11 @@ def _bucket_of(uri: str) -> str:
     return uri.removeprefix("s3://").split("/", 1)[0]
 
 
+def _model_of_path(key: str) -> str:
+    """The model whose weights a key or prefix of a weights bucket holds: its first segment (<model>/<revision>/...)."""
+    return key.split("/", 1)[0]
+
+
 def _weights(resources: Resources, policy: PolicyConfig, found: Findings) -> None:
     """Weights buckets replicate only inside their zone; a restricted model's weights are staged into and
     loaded from buckets in its zone only."""
@@ -229,11 +235,13 @@ def _weights(resources: Resources, policy: PolicyConfig, found: Findings) -> Non
         for container in as_list(pod.get("containers")):
             env = {str(e.get("name")): str(e.get("value")) for e in as_list(container.get("env"))}
             if "BUCKET" in env:
-                place(model, "staged_in", f"staging job {job.name}", env["BUCKET"])
+                for named in {model, _model_of_path(env.get("PREFIX", ""))} - {""}:
+                    place(named, "staged_in", f"staging job {job.name}", env["BUCKET"])
     for release, model in resources.model_releases():
         uri = str(((release.inputs.get("values") or {}).get("model") or {}).get("source") or "")
         if uri.startswith("s3://"):
-            place(model, "loaded_from", f"release {release.name}", _bucket_of(uri))
+            for named in {model, _model_of_path(uri.removeprefix("s3://").partition("/")[2])} - {""}:
+                place(named, "loaded_from", f"release {release.name}", _bucket_of(uri))
     for model, seen in sorted(where.items()):
         intent = policy.models.get(model)
         found.judged(None, weights_of=model, restricted_to=intent.residency if intent else None,
