@@ -20,6 +20,7 @@ from infra.chart_values import (
     vllm_release_name,
     vllm_values,
 )
+from infra.components.model_weights import revision_prefix
 from infra.config import ROOT, StackConfig, load_file
 from infra.gateway_config import gateway_config
 
@@ -33,7 +34,7 @@ WEIGHTS_BUCKET = "llmp-prod-weights-20261126004500000000000001"
 
 def weights_source(model: Any) -> str:
     """Where the program points a model whose weights come from S3 (ignored for Hugging Face downloads)."""
-    return f"s3://{WEIGHTS_BUCKET}/{model.name}"
+    return f"s3://{WEIGHTS_BUCKET}/{revision_prefix(model)}"
 
 
 @dataclass

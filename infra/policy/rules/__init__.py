@@ -73,6 +73,8 @@ CONTROLS: list[Control] = [
                 f"{_T}test_region_residency.py::test_restricted_model_staged_into_a_bucket_outside_its_zone_is_rejected",
                 f"{_T}test_region_residency.py::test_restricted_model_staged_by_a_job_outside_its_zone_is_rejected",
                 f"{_T}test_region_residency.py::test_weights_bucket_replicated_out_of_its_zone_is_rejected",
+                f"{_T}test_region_residency.py::"
+                "test_another_models_release_loading_a_restricted_models_prefix_outside_its_zone_is_rejected",
             ]),
     Control("failover-topology", "Losing any one region leaves every model serving, and DNS routes around it",
             failover.DESCRIPTION, MANDATORY, failover.check, [
@@ -101,6 +103,9 @@ CONTROLS: list[Control] = [
                 f"{_T}test_weights_scope_iam.py::test_model_servers_cannot_write_weights",
                 f"{_T}test_weights_scope_iam.py::test_the_stager_writes_only_its_regions_model_prefixes",
                 f"{_T}test_weights_scope_iam.py::test_each_weights_policy_names_only_its_own_regions_bucket",
+                f"{_T}test_weights_scope_iam.py::test_the_players_of_aws_answer_as_aws_documents",
+                f"{_T}test_weights_scope_iam.py::"
+                "test_a_first_staging_run_as_the_stager_fills_the_revision_prefix_the_release_loads",
                 f"{_T}test_secret_scope.py::test_a_deny_all_but_fence_is_not_a_wildcard_grant",
                 f"{_T}test_secret_scope.py::test_wildcard_resource_in_a_role_policy_is_rejected",
                 f"{_T}test_secret_scope.py::test_secret_policy_allowing_everyone_is_rejected",
