@@ -16,9 +16,9 @@ import yaml
 from infra.catalog import load_catalog
 from infra.components.dns import regional_host, zone_host
 from infra.components.secrets import huggingface_token_name
-from infra.config import ROOT, Model, Pool, Region, StackConfig, _nodes_for
+from infra.config import ROOT, Model, Pool, Region, StackConfig
 from infra.scheduling import GPU_RESOURCE, pool_node_selector, pool_tolerations
-from infra.sizing import model_resources
+from infra.sizing import model_resources, replica_ranges
 
 VLLM_CHART: Path = ROOT / "charts" / "vllm"
 GATEWAY_CHART: Path = ROOT / "charts" / "gateway"
@@ -85,8 +85,10 @@ def vllm_values(cfg: StackConfig, model: Model, region: Region, *, role_arn: Any
     if pool is None:
         raise ValueError(f"model {model.name} uses pool {model.pool!r}, which region {region.name} does not have")
     # The HPA cannot go below one replica without the HPAScaleToZero feature gate, so a model whose
-    # minimum is 0 (batch on spot) keeps one warm replica and scales up to its maximum.
-    min_replicas = max(1, model.replicas.min)
+    # minimum is 0 (batch on spot) keeps one warm replica and scales up to its maximum: the most its pool
+    # holds beside the pool's other models while no node autoscaler adds nodes (infra/sizing.py).
+    scale = replica_ranges(cfg, region, load_catalog())[model.name]
+    min_replicas, max_replicas = scale.floor, scale.ceiling
     size = model_resources(model, pool, load_catalog()).values()
     values: dict[str, Any] = {
         "image": dict(VLLM_IMAGE),
@@ -102,9 +104,9 @@ def vllm_values(cfg: StackConfig, model: Model, region: Region, *, role_arn: Any
         "gpuResource": GPU_RESOURCE,
         "replicaCount": min_replicas,
         "autoscaling": {
-            "enabled": model.replicas.max > min_replicas,
+            "enabled": max_replicas > min_replicas,
             "minReplicas": min_replicas,
-            "maxReplicas": max(min_replicas, model.replicas.max),
+            "maxReplicas": max_replicas,
         },
         # A share of the pool's smallest node (infra/sizing.py). The memory limit is the request: replicas
         # share nodes, and /dev/shm's pages count against it.
@@ -143,37 +145,45 @@ def vllm_values(cfg: StackConfig, model: Model, region: Region, *, role_arn: Any
 
 
 def rollout_strategy(cfg: StackConfig, model: Model, region: Region, pool: Pool) -> dict[str, Any]:
-    """Surge only where the pool has room: nodes stay at min_nodes (managed node groups keep desired =
-    min_nodes, and no node autoscaler runs), so a surge replica on a full pool would wait Pending forever and
-    the rollout never finish. On a full pool a replica goes first (maxUnavailable 1): while it reloads, the
-    gateway routes to the model's other replicas, or to the other region of the zone.
+    """Surge only where the pool has room at the model's busiest: nodes stay at min_nodes (managed node groups
+    keep desired = min_nodes, and no node autoscaler runs), and the HPA may have scaled every model of the pool
+    to its ceiling (`replica_ranges`), so a surge replica needs GPUs beside all of them, or it waits Pending
+    forever and the rollout never finishes. On a full pool a replica goes first (maxUnavailable 1): while it
+    reloads, the gateway routes to the model's other replicas, or to the other region of the zone.
 
-    A lone replica on a full pool is replaced with Recreate, which does the same thing (the old pod goes, then
-    the new one starts) but lets the awaited release see it: Helm's wait counts a Deployment ready at
+    A model whose ceiling is one replica is replaced with Recreate, which does the same thing (the old pod goes,
+    then the new one starts) but lets the awaited release see it: Helm's wait counts a Deployment ready at
     replicas - maxUnavailable ready pods (helm pkg/kube/ready.go deploymentReady), which is none for one
-    replica with maxUnavailable 1, and the full count for Recreate. The HPA cannot add a second replica
-    there (no GPUs for it), so Recreate never takes several down at once."""
-    catalog = load_catalog()
-    per_node = [catalog.instance(t).gpus for t in pool.instance_types if t in catalog.instances]
-    gpus_per_node = min(per_node)
-    models = [m for m in cfg.models_in(region.name) if m.pool == pool.name and m.gpus <= gpus_per_node]
-    floors = {m.name: max(1, m.replicas.min) for m in models}
-    surge = {**floors, model.name: floors[model.name] + 1}
-    if _nodes_for(models, gpus_per_node, surge) <= pool.min_nodes:
+    replica with maxUnavailable 1, and the full count for Recreate. One replica is never more than one, so
+    Recreate never takes several down at once."""
+    if pool.name != model.pool:
+        raise ValueError(f"model {model.name} runs on pool {model.pool}, not {pool.name}")
+    ranges = replica_ranges(cfg, region, load_catalog())
+    scale = ranges[model.name]
+    busiest = {m.name: ranges[m.name].ceiling for m in scale.pool.models}
+    if scale.pool.holds({**busiest, model.name: scale.ceiling + 1}):
         return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
-    if floors[model.name] == 1:
+    if scale.ceiling == 1:
         return {"type": "Recreate"}
     return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
 
 
+def live_replicas(values: dict[str, Any]) -> int:
+    """The most replicas a model release can run: the HPA's maximum, else replicaCount."""
+    scaling = values.get("autoscaling") or {}
+    count = int(values["replicaCount"])
+    return max(count, int(scaling["maxReplicas"])) if scaling.get("enabled") else count
+
+
 def rollout_timeout_seconds(values: dict[str, Any]) -> int:
-    """How long `pulumi up` waits for a model release: each replica in turn may drain its predecessor, pull
-    the image and use its whole startup probe budget."""
+    """How long `pulumi up` waits for a model release: each replica that can be live (the HPA may have scaled to
+    its maximum before the update) in turn may drain its predecessor, pull the image and use its whole startup
+    probe budget."""
     startup = values.get("probes", _chart_defaults(VLLM_CHART)["probes"])["startup"]
     drain = values["drain"]
     grace = int(drain["preStopSeconds"]) + int(drain["timeoutSeconds"]) + int(drain["marginSeconds"])
     per_replica = grace + IMAGE_PULL_SECONDS + int(startup["periodSeconds"]) * int(startup["failureThreshold"])
-    return int(values["replicaCount"]) * per_replica + 300
+    return live_replicas(values) * per_replica + 300
 
 
 def _chart_defaults(chart: Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from pydantic_core import ErrorDetails
 from infra.catalog import Catalog, load_catalog
 from infra.placement import placement_problems
 from infra.sizing import fit_problems, parse_cpu, parse_memory
+from infra.sizing import nodes_for as _nodes_for
 
 NAMESPACE = "llm-platform"
 PREVIEW_TEMPLATE = "preview"
@@ -579,18 +580,6 @@ def _check_model(cfg: StackConfig, catalog: Catalog, i: int, model: Model,
         problems.extend((f"{at}.resources.{key}", msg) for key, msg in fit_problems(model, pool, name, catalog))
     return problems
 
-
-def _nodes_for(models: list[Model], gpus_per_node: int, replicas: dict[str, int]) -> int:
-    """Nodes of gpus_per_node GPUs that hold `replicas` of each model."""
-    # Replicas don't span nodes but share them: pack them, largest first, onto whole nodes.
-    free: list[int] = []
-    for size in sorted((m.gpus for m in models for _ in range(replicas[m.name])), reverse=True):
-        slot = next((k for k, left in enumerate(free) if left >= size), None)
-        if slot is None:
-            free.append(gpus_per_node - size)
-        else:
-            free[slot] -= size
-    return len(free)
 
 def _check_pool_capacity(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
     """A pool holds its models: at max_nodes every model at max replicas, and at min_nodes every

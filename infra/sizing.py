@@ -1,4 +1,5 @@
-"""What one model replica requests (CPU, memory, /dev/shm), sized from its pool's instance types and its GPUs."""
+"""What one model replica requests (CPU, memory, /dev/shm), sized from its pool's instance types and its GPUs, and
+how many replicas of each model its pool can hold at the size the pool runs at."""
 from __future__ import annotations
 
 import re
@@ -8,7 +9,7 @@ from typing import TYPE_CHECKING
 from infra.catalog import Catalog, InstanceType
 
 if TYPE_CHECKING:
-    from infra.config import Model, Pool
+    from infra.config import Model, Pool, Region, StackConfig
 
 
 @dataclass(frozen=True)
@@ -142,3 +143,105 @@ def fit_problems(model: Model, pool: Pool, region: str, catalog: Catalog) -> lis
             problems.append(("shm", f"model {model.name}: /dev/shm {override.shm} is memory-backed and counted in "
                                     f"the replica's memory ({total}Mi); it cannot be larger"))
     return problems
+
+
+# --- How far a model's replicas can scale on its pool ------------------------------------------
+
+# The charts that add nodes when pods are Pending. A region whose record holds a release of one of them has
+# pools that grow to max_nodes (the capacity-fit control reads this); anywhere else a pool stays at min_nodes.
+NODE_AUTOSCALER_CHARTS = ("cluster-autoscaler", "karpenter")
+
+
+def is_node_autoscaler_chart(chart: str) -> bool:
+    """Whether a Helm release of `chart` (a name, a path or a URL) makes its cluster's pools grow."""
+    return chart.rstrip("/").rsplit("/", 1)[-1] in NODE_AUTOSCALER_CHARTS
+
+
+def installs_node_autoscaler(cfg: StackConfig, region: str) -> bool:
+    """Whether the program installs a node autoscaler (a release of a NODE_AUTOSCALER_CHARTS chart) in `region`'s
+    cluster. None yet: EKS managed node groups keep desired = min_nodes and nothing changes it, so a replica
+    beyond what min_nodes hold waits Pending for good. Karpenter (issue 13) flips this, and its release is what
+    the capacity-fit control sees in the record."""
+    return False
+
+
+def nodes_for(models: list[Model], gpus_per_node: int, replicas: dict[str, int]) -> int:
+    """Nodes of gpus_per_node GPUs that hold `replicas` of each model."""
+    # Replicas don't span nodes but share them: pack them, largest first, onto whole nodes.
+    free: list[int] = []
+    for size in sorted((m.gpus for m in models for _ in range(replicas[m.name])), reverse=True):
+        slot = next((k for k, left in enumerate(free) if left >= size), None)
+        if slot is None:
+            free.append(gpus_per_node - size)
+        else:
+            free[slot] -= size
+    return len(free)
+
+
+@dataclass(frozen=True)
+class PoolAtRest:
+    """A pool as its models are packed: nodes of its smallest GPU count, as many as it runs (min_nodes unless a
+    node autoscaler grows it to max_nodes), and its models in config order."""
+
+    name: str
+    gpus_per_node: int
+    nodes: int
+    grows: bool
+    models: tuple[Model, ...]
+
+    def holds(self, replicas: dict[str, int]) -> bool:
+        return nodes_for(list(self.models), self.gpus_per_node, replicas) <= self.nodes
+
+
+@dataclass(frozen=True)
+class ReplicaRange:
+    """How far one model scales in a region: from its floor (the HPA cannot go below one) to its ceiling, the
+    config's `replicas.max` capped by what its pool holds (see `replica_ranges`)."""
+
+    model: str
+    floor: int
+    configured_max: int
+    ceiling: int
+    pool: PoolAtRest
+
+    @property
+    def capped(self) -> bool:
+        return self.ceiling < max(self.floor, self.configured_max)
+
+    def cap_reason(self) -> str:
+        """Why the ceiling is below the config's max, for people: empty when it is not."""
+        if not self.capped:
+            return ""
+        gpus = self.pool.gpus_per_node * self.pool.nodes
+        return (f"max {self.configured_max} capped: no node autoscaler, pool {self.pool.name} holds "
+                f"{gpus} GPU{'s' if gpus != 1 else ''} at {self.pool.nodes} node{'s' if self.pool.nodes != 1 else ''}")
+
+
+def pool_at_rest(cfg: StackConfig, region: Region, pool: Pool, catalog: Catalog) -> PoolAtRest:
+    per_node = min((catalog.instances[t].gpus for t in pool.instance_types if t in catalog.instances), default=0)
+    grows = installs_node_autoscaler(cfg, region.name)
+    # A model whose replica is larger than the pool's nodes is refused by the config check; packing skips it.
+    models = tuple(m for m in cfg.models_in(region.name) if m.pool == pool.name and 0 < m.gpus <= per_node)
+    return PoolAtRest(pool.name, per_node, pool.max_nodes if grows else pool.min_nodes, grows, models)
+
+
+def replica_ranges(cfg: StackConfig, region: Region, catalog: Catalog) -> dict[str, ReplicaRange]:
+    """Each model's replica range in `region`. While no node autoscaler runs, a pool never has more than
+    min_nodes nodes, and an HPA that scales past what they hold leaves replicas Pending (and a rollout or an
+    awaited release waiting on them). So, pool by pool, models in config order: a model's ceiling is the
+    largest n, from its floor max(1, replicas.min) up to replicas.max, such that the pool's nodes hold this model
+    at n, the models before it at their ceilings and the models after it at their floors. With a node
+    autoscaler the ceiling is replicas.max (the config check holds every model at max within max_nodes)."""
+    out: dict[str, ReplicaRange] = {}
+    for pool in region.pools:
+        at_rest = pool_at_rest(cfg, region, pool, catalog)
+        chosen = {m.name: max(1, m.replicas.min) for m in at_rest.models}
+        for m in at_rest.models:
+            floor = chosen[m.name]
+            top = max(floor, m.replicas.max)
+            if not at_rest.grows:
+                while top > floor and not at_rest.holds({**chosen, m.name: top}):
+                    top -= 1
+            chosen[m.name] = top
+            out[m.name] = ReplicaRange(m.name, floor, m.replicas.max, top, at_rest)
+    return out

@@ -60,7 +60,7 @@ def to_markdown(plan: Plan, regions: list[RegionSummary], cost: CostEstimate, re
     ]
     for region in regions:
         for pool in region.pools:
-            models = ", ".join(f"{m.model} ({m.min_replicas}–{m.max_replicas})"
+            models = ", ".join(f"{m.model} ({m.replicas()})"
                                for m in region.models if m.pool == pool["name"]) or "–"
             lines.append(f"| {region.name} | {region.residency} | {pool['name']} | {pool['capacity']} | "
                          f"{', '.join(pool['instance_types'])} | {pool['min_nodes']}–{pool['max_nodes']} | "
@@ -95,7 +95,8 @@ def to_table(plan: Plan, regions: list[RegionSummary], cost: CostEstimate, resul
         for col in ("pool", "capacity", "instance types", "nodes", "max GPUs", "models (replicas min–max)"):
             table.add_column(col)
         for pool in region.pools:
-            models = "\n".join(f"{m.model} ×{m.min_replicas}–{m.max_replicas} ({m.gpus} GPU)"
+            models = "\n".join(f"{m.model} ×{m.min_replicas}–{m.max_replicas} ({m.gpus} GPU"
+                               + (f"; {m.capped})" if m.capped else ")")
                                for m in region.models if m.pool == pool["name"]) or "–"
             table.add_row(pool["name"], pool["capacity"], ", ".join(pool["instance_types"]),
                           f"{pool['min_nodes']}–{pool['max_nodes']}", str(pool["gpus_max"]), models)

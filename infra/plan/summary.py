@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from infra.catalog import load_catalog
 from infra.plan.cost import CostEstimate
 from infra.plan.run import Plan
 from infra.scheduling import POOL_LABEL
+from infra.sizing import replica_ranges
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
 
@@ -17,6 +19,14 @@ class ModelPlacement:
     gpus: int
     min_replicas: int
     max_replicas: int
+    # Why max_replicas is below the config's replicas.max (e.g. "max 8 capped: no node autoscaler, pool mid
+    # holds 4 GPUs at 1 node"), or empty.
+    capped: str = ""
+
+    def replicas(self) -> str:
+        """"2–4", or "2–4, max 8 capped: ..." when the pool cannot hold the config's max."""
+        span = f"{self.min_replicas}–{self.max_replicas}"
+        return f"{span}, {self.capped}" if self.capped else span
 
 
 @dataclass
@@ -52,10 +62,16 @@ def summarize(plan: Plan, cost: CostEstimate) -> list[RegionSummary]:
             "name": p.pool, "node_group": p.node_group, "capacity": p.capacity,
             "instance_types": list(p.instance_types), "min_nodes": p.min_nodes, "max_nodes": p.max_nodes,
             "gpus_max": p.gpus_max})
+    catalog = load_catalog()
+    ranges = {r.name: replica_ranges(plan.config, r, catalog) for r in plan.config.regions}
     for r in plan.of_type(RELEASE):
         values = r.inputs.get("values") or {}
         if r.region in regions and "model" in values and "nodeSelector" in values:
-            regions[r.region].models.append(model_placement(values))
+            placed = model_placement(values)
+            scale = ranges[r.region].get(placed.model)
+            if scale is not None and scale.capped and placed.max_replicas == scale.ceiling:
+                placed.capped = scale.cap_reason()
+            regions[r.region].models.append(placed)
     for name, amounts in cost.regions.items():
         if name in regions:
             regions[name].monthly_usd_min = amounts["monthly_usd_min"]

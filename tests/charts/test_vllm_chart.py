@@ -286,14 +286,15 @@ def test_every_release_has_a_disruption_budget_covering_its_pods(prod, region, m
 
 
 @RELEASES
-def test_replicas_follow_the_models_min_and_max(prod, region, model):
+def test_replicas_follow_the_models_min_and_the_max_its_pool_holds(prod, region, model):
     r = _prod(prod, region, model)
     m = _model(prod, model)
     floor = max(1, m.replicas.min)  # an HPA cannot scale to zero without a feature gate
+    ceiling = _ceilings(prod, region)[model]
     hpas = r.all("HorizontalPodAutoscaler")
-    if m.replicas.max > floor:
+    if ceiling > floor:
         (hpa,) = hpas
-        assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (floor, m.replicas.max)
+        assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (floor, ceiling)
         assert hpa["spec"]["scaleTargetRef"]["name"] == r.one("Deployment")["metadata"]["name"]
         assert "replicas" not in r.one("Deployment")["spec"]
     else:
@@ -536,16 +537,36 @@ def test_dev_shm_lives_inside_the_replicas_memory_limit(prod, region, model):
 
 # --- rollouts that finish on a full pool ---------------------------------------------------------
 
-def _room_for_one_more(prod: StackConfig, region: str, model: str) -> bool:
-    """Whether the pool at min_nodes (nothing adds nodes) has GPUs for one more replica of `model` beside
-    every model's floor: packed the way infra/config.py counts nodes."""
+def _pool_of(prod: StackConfig, region: str, model: str):
     from infra.catalog import load_catalog
-    from infra.config import _nodes_for
     pool = prod.region(region).pool(_model(prod, model).pool)
     per_node = min(load_catalog().instance(t).gpus for t in pool.instance_types)
-    models = [m for m in prod.models_in(region) if m.pool == pool.name]
-    floors = {m.name: max(1, m.replicas.min) for m in models}
-    return _nodes_for(models, per_node, {**floors, model: floors[model] + 1}) <= pool.min_nodes
+    return pool, per_node, [m for m in prod.models_in(region) if m.pool == pool.name]
+
+
+def _ceilings(prod: StackConfig, region: str) -> dict[str, int]:
+    """The most replicas of each model the region's pools hold at min_nodes (nothing adds nodes): pool by pool,
+    in config order, each model as high as its replicas.max allows beside the models before it at theirs and
+    the models after it at their floors; packed the way infra/config.py counts nodes."""
+    from infra.config import _nodes_for
+    out: dict[str, int] = {}
+    for model in prod.models_in(region):
+        pool, per_node, models = _pool_of(prod, region, model.name)
+        taken = {m.name: out.get(m.name, max(1, m.replicas.min)) for m in models}
+        n = max(1, model.replicas.max)
+        while n > taken[model.name] and _nodes_for(models, per_node, {**taken, model.name: n}) > pool.min_nodes:
+            n -= 1
+        out[model.name] = n
+    return out
+
+
+def _room_for_one_more(prod: StackConfig, region: str, model: str) -> bool:
+    """Whether the pool at min_nodes has GPUs for one more replica of `model` with every model of the pool at
+    the most replicas the HPAs may have scaled it to."""
+    from infra.config import _nodes_for
+    pool, per_node, models = _pool_of(prod, region, model)
+    busiest = _ceilings(prod, region)
+    return _nodes_for(models, per_node, {**busiest, model: busiest[model] + 1}) <= pool.min_nodes
 
 
 def _helm_wait_expects(r: Rendered) -> int:
@@ -561,12 +582,11 @@ def _helm_wait_expects(r: Rendered) -> int:
 
 
 @RELEASES
-def test_a_rollout_surges_only_where_the_pool_has_a_free_gpu_slot(prod, region, model):
+def test_a_rollout_surges_only_where_the_pool_has_a_free_gpu_slot_at_every_hpas_max(prod, region, model):
     strategy = _prod(prod, region, model).one("Deployment")["spec"]["strategy"]
-    floor = max(1, _model(prod, model).replicas.min)
     if _room_for_one_more(prod, region, model):
         assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
-    elif floor == 1:
+    elif _ceilings(prod, region)[model] == 1:
         assert strategy == {"type": "Recreate"}
     else:
         assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
@@ -578,13 +598,19 @@ def test_the_awaited_release_waits_for_at_least_one_new_replica_to_be_ready(prod
     assert _helm_wait_expects(_prod(prod, region, model)) >= 1
 
 
-def test_the_full_prod_pools_replace_one_replica_at_a_time_and_the_us_mid_pool_surges(prod):
+def test_the_full_prod_pools_replace_one_replica_at_a_time_and_none_surges(prod):
+    """No prod pool has a GPU to spare once its HPAs are at their max: the US mid pool's one g6e.12xlarge takes
+    the 8B model's HPA to 4 replicas (of its configured 8), and a surge replica beside them would stay Pending,
+    and the rollout with it, for good."""
     strategy = {(r, m): _prod(prod, r, m).one("Deployment")["spec"]["strategy"] for r, m in PROD_MODEL_RELEASES}
     for region in ("us-east-1", "us-west-2", "eu-north-1", "eu-west-2"):
         assert strategy[region, "llama-3-3-70b"]["type"] == "Recreate"  # one p5 node, one 8-GPU replica
         assert strategy[region, "qwen2-5-7b-batch"]["type"] == "Recreate"  # one 1-GPU node
-    # Two of the g6e.12xlarge's four GPUs are free in the US; the EU's are all taken (8b x 2, mistral x 1).
-    assert strategy["us-east-1", "llama-3-1-8b"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    hpa = _prod(prod, "us-east-1", "llama-3-1-8b").one("HorizontalPodAutoscaler")["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 4)
+    assert strategy["us-east-1", "llama-3-1-8b"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    # The EU's four GPUs hold the 8B model's floor of 2 beside mistral's 2-GPU replica: neither HPA has room.
+    assert _prod(prod, "eu-north-1", "llama-3-1-8b").all("HorizontalPodAutoscaler") == []
     assert strategy["eu-north-1", "llama-3-1-8b"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
     assert strategy["eu-north-1", "mistral-small-24b"]["type"] == "Recreate"
 
@@ -604,10 +630,9 @@ def test_a_loading_model_is_not_reported_as_a_failed_rollout(prod, region, model
 @RELEASES
 def test_replicas_spread_over_zones_and_nodes_when_there_can_be_more_than_one(prod, region, model):
     r = _prod(prod, region, model)
-    m = _model(prod, model)
     spec = r.pod_spec()
     labels = r.one("Deployment")["spec"]["template"]["metadata"]["labels"]
-    if max(1, m.replicas.min, m.replicas.max) == 1:
+    if _ceilings(prod, region)[model] == 1:
         assert "topologySpreadConstraints" not in spec
         return
     constraints = {c["topologyKey"]: c for c in spec["topologySpreadConstraints"]}

@@ -64,6 +64,20 @@ def test_table_lists_regions_pools_models_cost_and_controls(capsys) -> None:
         assert word in out
 
 
+def test_the_plan_says_where_a_pools_min_nodes_cap_a_models_configured_max(capsys) -> None:
+    """No node autoscaler adds nodes: the us-east-1 mid pool's one g6e.12xlarge caps the 8B model at 4 of its 8."""
+    main(["plan", "--stack", "prod", "--format", "markdown"])
+    markdown = capsys.readouterr().out
+    assert ("llama-3-1-8b (2–4, max 8 capped: no node autoscaler, pool mid holds 4 GPUs at 1 node)"
+            in markdown)
+    main(["plan", "--stack", "prod"])
+    table = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "llama-3-1-8b ×2–4 (1 GPU; max 8 capped: no node autoscaler, pool mid holds 4 GPUs at 1 node)" in table
+    _, doc = plan_json(capsys, "--stack", "prod")
+    us = next(m for m in doc["regions"][0]["models"] if m["model"] == "llama-3-1-8b")
+    assert (us["min_replicas"], us["max_replicas"]) == (2, 4) and us["capped"].startswith("max 8 capped")
+
+
 def test_markdown_for_the_pr_comment(capsys) -> None:
     assert main(["plan", "--stack", "preview", "--format", "markdown"]) == EXIT_OK
     out = capsys.readouterr().out

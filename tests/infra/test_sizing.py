@@ -158,3 +158,70 @@ def test_memory_quantities_read_as_kubernetes_does(quantity, mib):
 @pytest.mark.parametrize(("quantity", "millicores"), [("4", 4000), (4, 4000), (0.5, 500), ("3500m", 3500)])
 def test_cpu_quantities_read_as_kubernetes_does(quantity, millicores):
     assert parse_cpu(quantity) == millicores
+
+
+# --- how far an HPA may scale on a pool that does not grow ------------------------------------------------------
+# No node autoscaler runs (managed node groups stay at desired = min_nodes): an HPA maximum beyond what min_nodes
+# hold leaves replicas Pending for good, and a rollout or awaited release begun at that scale never finishes.
+
+def _values(cfg, region: str, model: str) -> dict:
+    m = next(x for x in cfg.models if x.name == model)
+    return vllm_values(cfg, m, cfg.region(region), role_arn="arn:aws:iam::123456789012:role/models",
+                       weights_source=f"s3://weights/{model}")
+
+
+def _with_mid_nodes(region: int, nodes: int):
+    raw = stack_raw("prod")
+    mid = raw["regions"][region]["pools"][1]
+    mid.update(min_nodes=nodes, max_nodes=max(nodes, mid["max_nodes"]))
+    return _prod(raw)
+
+
+def test_the_us_8b_model_scales_to_the_4_replicas_its_one_mid_node_holds_not_its_configured_8():
+    values = _values(_prod(), "us-east-1", "llama-3-1-8b")
+    assert values["autoscaling"] == {"enabled": True, "minReplicas": 2, "maxReplicas": 4}
+    # At 4 replicas the g6e.12xlarge's 4 GPUs are taken: a replica goes before its successor starts.
+    assert values["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+
+
+def test_a_model_whose_pool_holds_no_more_than_its_floor_gets_no_hpa():
+    cfg = _prod()
+    for region in ("us-east-1", "eu-north-1"):
+        seventy = _values(cfg, region, "llama-3-3-70b")  # one 8-GPU replica on one p5: configured max 2
+        assert seventy["autoscaling"] == {"enabled": False, "minReplicas": 1, "maxReplicas": 1}
+        assert seventy["strategy"] == {"type": "Recreate"}
+    # The EU mid node: the 8B model first in config order (2 GPUs at its floor of 2), mistral's 2-GPU replica beside.
+    eight, mistral = _values(cfg, "eu-north-1", "llama-3-1-8b"), _values(cfg, "eu-north-1", "mistral-small-24b")
+    assert eight["autoscaling"] == {"enabled": False, "minReplicas": 2, "maxReplicas": 2}
+    assert mistral["autoscaling"] == {"enabled": False, "minReplicas": 1, "maxReplicas": 1}
+    assert mistral["strategy"] == {"type": "Recreate"}
+
+
+def test_a_pool_whose_min_nodes_hold_the_configured_max_keeps_it():
+    two = _with_mid_nodes(0, 2)  # us-east-1 mid: 8 GPUs at min_nodes, the 8B model's max is 8
+    assert _values(two, "us-east-1", "llama-3-1-8b")["autoscaling"]["maxReplicas"] == 8
+    assert _values(two, "us-east-1", "llama-3-1-8b")["strategy"]["rollingUpdate"] == {"maxSurge": 0,
+                                                                                       "maxUnavailable": 1}
+    three = _with_mid_nodes(0, 3)  # a ninth GPU free beside all 8: the rollout may surge
+    assert _values(three, "us-east-1", "llama-3-1-8b")["autoscaling"]["maxReplicas"] == 8
+    assert _values(three, "us-east-1", "llama-3-1-8b")["strategy"]["rollingUpdate"] == {"maxSurge": 1,
+                                                                                         "maxUnavailable": 0}
+
+
+def test_models_earlier_in_the_config_take_the_room_first_and_later_ones_keep_their_floor():
+    """eu-north-1's mid pool at 2 nodes (8 GPUs): the 8B model (first) scales to 6 beside mistral's floor of one
+    2-GPU replica; mistral (after it) gets what is left, its floor."""
+    cfg = _with_mid_nodes(2, 2)
+    assert _values(cfg, "eu-north-1", "llama-3-1-8b")["autoscaling"]["maxReplicas"] == 6
+    assert _values(cfg, "eu-north-1", "mistral-small-24b")["autoscaling"]["maxReplicas"] == 1
+
+
+def test_with_a_node_autoscaler_every_hpa_keeps_its_configured_max(monkeypatch):
+    """The one switch (issue 13 flips it with Karpenter): pools then grow to max_nodes, which the config check
+    already holds every model at max replicas in."""
+    import infra.sizing
+    monkeypatch.setattr(infra.sizing, "installs_node_autoscaler", lambda cfg, region: True)
+    cfg = _prod()
+    assert _values(cfg, "us-east-1", "llama-3-1-8b")["autoscaling"]["maxReplicas"] == 8
+    assert _values(cfg, "us-east-1", "llama-3-3-70b")["autoscaling"] == {"enabled": True, "minReplicas": 1,
+                                                                         "maxReplicas": 2}

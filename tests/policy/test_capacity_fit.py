@@ -14,6 +14,7 @@ from infra.config import ROOT
 from infra.plan.manifests import render_release
 from infra.policy.rules import PolicyConfig, Resources, capacity
 from infra.policy.rules.workloads import Request, pod_request, pod_templates, rollout_fenceposts
+from infra.sizing import installs_node_autoscaler
 from tests.policy.helpers import assert_rejected, find, mutated, result, result_of_resources, stack_raw
 from tests.stacks import write_stack
 
@@ -158,16 +159,57 @@ def test_more_pods_than_a_node_takes_fail_on_pods_per_node(prod_plan):
                     "max of 58")
 
 
-def test_replicas_beyond_the_pools_max_scale_fail(prod_plan):
-    """12 one-GPU replicas of the 8B model on a mid pool of at most 2 nodes of 4 GPUs."""
-    def twelve(rs):
+def _karpenter(resources: list, region: str = "us-east-1"):
+    """A node autoscaler's release in `region`, as the program will record one (issue 13)."""
+    return find(resources, RELEASE, f"{region}-ingress-nginx").__class__(
+        RELEASE, f"{region}-karpenter", region, {"chart": "karpenter", "version": "1.6.0"})
+
+
+def _hpa_of_the_8b_model(max_replicas: int):
+    """The 8B model in us-east-1 (one mid node of 4 GPUs, at most 2) scaling from 2 to `max_replicas`."""
+    def change(rs):
         values = _values(rs, "us-east-1-llama-3-1-8b")
-        values["autoscaling"].update(maxReplicas=12)
+        values["autoscaling"].update(enabled=True, minReplicas=2, maxReplicas=max_replicas)
         _sized(values, "4", "32Gi")
-    res = result_of_resources(prod_plan, mutated(prod_plan, twelve), "capacity-fit")
+    return change
+
+
+def test_an_hpa_beyond_what_min_nodes_hold_fails_while_no_node_autoscaler_runs(prod_plan):
+    """Nothing adds nodes, so the mid pool is its one node however busy the model gets: the HPA's 5th to 8th
+    replicas would wait Pending for good (and a rollout begun at that scale with them)."""
+    res = result_of_resources(prod_plan, mutated(prod_plan, _hpa_of_the_8b_model(8)), "capacity-fit")
+    assert_rejected(res, "at max scale (on min nodes: no node autoscaler is installed, so pools never grow) 4 of "
+                         "8 replicas of Deployment llm-serving/vllm-llama-3-1-8b (us-east-1) cannot be placed",
+                    "pool mid node g6e.12xlarge", "nvidia.com/gpu: needs 1, has 0")
+    assert not _mentioning(res, "at min scale")
+
+
+def test_the_same_hpa_fits_once_a_node_autoscaler_release_is_recorded(prod_plan):
+    """With Karpenter in the region the mid pool may grow to its 2 nodes: 8 one-GPU replicas fit there."""
+    resources = mutated(prod_plan, _hpa_of_the_8b_model(8))
+    res = result_of_resources(prod_plan, [*resources, _karpenter(resources)], "capacity-fit")
+    assert not _mentioning(res, "vllm-llama-3-1-8b"), res.violations
+    # The stand-in release has no chart to render here; that is its only finding.
+    assert all("karpenter" in v for v in res.violations), res.violations
+
+
+def test_replicas_beyond_the_pools_max_scale_fail(prod_plan):
+    """12 one-GPU replicas of the 8B model on a mid pool of at most 2 nodes of 4 GPUs: too many even where a node
+    autoscaler (recorded here) may grow the pool to its max_nodes."""
+    resources = mutated(prod_plan, _hpa_of_the_8b_model(12))
+    res = result_of_resources(prod_plan, [*resources, _karpenter(resources)], "capacity-fit")
     assert_rejected(res, "at max scale 4 of 12 replicas of Deployment llm-serving/vllm-llama-3-1-8b (us-east-1) "
                          "cannot be placed", "pool mid node g6e.12xlarge", "nvidia.com/gpu: needs 1, has 0")
-    assert not _mentioning(res, "at min scale 4 of 12")
+    assert not _mentioning(res, "at min scale")
+
+
+def test_the_program_and_the_control_agree_on_whether_pools_grow(prod_plan, preview_plan):
+    """The program caps HPAs at what min_nodes hold unless it installs a node autoscaler; the control reads the
+    same fact from the record (a cluster-autoscaler or Karpenter release)."""
+    for plan in (prod_plan, preview_plan):
+        for region in plan.config.regions:
+            assert capacity.node_autoscaled(Resources(plan.resources), region.name) == \
+                installs_node_autoscaler(plan.config, region.name) is False, region.name
 
 
 def test_a_daemonset_larger_than_the_nodes_it_must_run_on_fails(prod_plan):
@@ -189,12 +231,12 @@ def test_a_node_group_of_instance_types_the_catalog_does_not_know_fails(prod_pla
 
 # -- rolling updates ----------------------------------------------------------------------------------------------
 
-def _full_mid_pool(strategy: dict):
-    """The 8B model fills us-east-1's one mid node (4 GPUs) with 4 one-GPU replicas."""
+def _full_mid_pool(strategy: dict, floor: int = 4):
+    """The 8B model fills us-east-1's one mid node (4 GPUs) with 4 one-GPU replicas at its HPA's max."""
     def change(rs):
         values = _values(rs, "us-east-1-llama-3-1-8b")
-        values.update(replicaCount=4, strategy=strategy)
-        values["autoscaling"].update(minReplicas=4, maxReplicas=8)
+        values.update(replicaCount=floor, strategy=strategy)
+        values["autoscaling"].update(enabled=floor < 4, minReplicas=floor, maxReplicas=4)
         _sized(values, "4", "32Gi")
     return change
 
@@ -203,9 +245,21 @@ def test_a_full_pool_with_surge_one_and_no_unavailability_fails_naming_the_rollo
     res = result_of_resources(prod_plan, mutated(prod_plan, _full_mid_pool(SURGE_ONE)), "capacity-fit")
     assert_rejected(res, "rolling update of Deployment llm-serving/vllm-llama-3-1-8b (us-east-1) can never finish: "
                          "maxSurge 1 / maxUnavailable 0 needs one more pod (4 CPU, 32.00 GiB memory, 1 GPU) beside "
-                         "its 4 replica(s) before any old pod goes, but at its pools' min = desired size (no node "
+                         "its 4 replica(s) at their HPA max and every other pod at its max, before any old pod goes, "
+                         "but at its pools' min = desired size (no node "
                          "autoscaler is installed) pool mid node g6e.12xlarge",
                     "short of nvidia.com/gpu: needs 1, has 0")
+
+
+def test_a_surge_is_judged_with_the_hpa_at_its_max_not_its_min(prod_plan):
+    """Two replicas leave two GPUs free, but the HPA may have scaled to 4 when the update starts: the surge pod
+    then has no GPU, and the rollout never progresses."""
+    res = result_of_resources(prod_plan, mutated(prod_plan, _full_mid_pool(SURGE_ONE, floor=2)), "capacity-fit")
+    assert_rejected(res, "rolling update of Deployment llm-serving/vllm-llama-3-1-8b (us-east-1) can never finish: "
+                         "maxSurge 1 / maxUnavailable 0 needs one more pod (4 CPU, 32.00 GiB memory, 1 GPU) beside "
+                         "its 4 replica(s) at their HPA max",
+                    "short of nvidia.com/gpu: needs 1, has 0")
+    assert not _mentioning(res, "cannot be placed")
 
 
 def test_a_full_pool_with_surge_zero_and_one_unavailable_passes(prod_plan):
@@ -213,7 +267,7 @@ def test_a_full_pool_with_surge_zero_and_one_unavailable_passes(prod_plan):
     res = result_of_resources(prod_plan, resources, "capacity-fit")
     assert not _mentioning(res, "vllm-llama-3-1-8b (us-east-1)"), res.violations
     pods = [e for e in res.evidence if e.get("pod") == "llm-serving/vllm-llama-3-1-8b (us-east-1)"]
-    assert pods and pods[0]["replicas"] == [4, 8] and pods[0]["pools"] == ["mid"]
+    assert pods and pods[0]["replicas"] == [4, 4] and pods[0]["pools"] == ["mid"]
 
 
 def test_replicas_that_do_not_fit_before_an_update_are_reported_once(prod_plan):
@@ -235,9 +289,7 @@ def test_a_node_autoscaler_lets_a_rollout_use_the_pools_max_size(prod_plan):
     found = capacity.check(Resources(resources), policy, node_autoscaler=True)
     assert not [v for v in found.violations if "vllm-llama-3-1-8b (us-east-1)" in v]
     assert not capacity.node_autoscaled(Resources(resources), "us-east-1")
-    karpenter = find(resources, RELEASE, "us-east-1-ingress-nginx").__class__(
-        RELEASE, "us-east-1-karpenter", "us-east-1", {"chart": "karpenter", "version": "1.6.0"})
-    assert capacity.node_autoscaled(Resources([*resources, karpenter]), "us-east-1")
+    assert capacity.node_autoscaled(Resources([*resources, _karpenter(resources)]), "us-east-1")
 
 
 # -- the shipped stacks -------------------------------------------------------------------------------------------

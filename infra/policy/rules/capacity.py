@@ -21,10 +21,11 @@ from infra.policy.rules.base import (
     as_list,
 )
 from infra.policy.rules.workloads import PodTemplate, Request, Taint, pod_templates, rollout_fenceposts
+from infra.sizing import is_node_autoscaler_chart
 
-# Charts that add nodes when pods are pending. None is installed yet: a pool stays at its desired size (its
-# min), so a rollout must fit there; once one is recorded in a region, that region's pools may grow to max.
-NODE_AUTOSCALER_CHARTS = ("cluster-autoscaler", "karpenter")
+# Charts that add nodes when pods are pending (infra/sizing.py, where the program decides whether it installs
+# one: not yet). Without one recorded in a region its pools stay at their desired size (their min), so every
+# HPA at its max and every rollout must fit there; once one is recorded, that region's pools may grow to max.
 EKS_EFFECT = {"NO_SCHEDULE": "NoSchedule", "NO_EXECUTE": "NoExecute", "PREFER_NO_SCHEDULE": "PreferNoSchedule"}
 EKS_ADDONS = "EKS default add-ons"
 
@@ -37,10 +38,11 @@ DESCRIPTION = (
     "group's labels and taints. DaemonSets take their share of every node whose taints they tolerate and whose "
     "labels they select, first. Every other pod must tolerate the taints and select the labels of some pool, "
     "and fit one of its nodes; then all replicas are packed first-fit decreasing at min scale (min nodes, "
-    "min replicas) and at max scale (max nodes, HPA max replicas), counting pods per node. A Deployment whose "
-    "rolling update may not take a pod down first (maxUnavailable 0) needs room for one more pod at the size "
-    "its pool runs at: min nodes while no node autoscaler is installed. A violation names the pod, the pool "
-    "and the missing resource with both numbers.")
+    "min replicas) and at max scale (HPA max replicas on min nodes while no node autoscaler is installed, "
+    "which is the most nodes a pool ever has then; on max nodes once one is), counting pods per node. A "
+    "Deployment whose rolling update may not take a pod down first (maxUnavailable 0) needs room for one more "
+    "pod beside every replica at max scale. A violation names the pod, the pool and the missing resource with "
+    "both numbers.")
 
 
 @dataclass
@@ -122,13 +124,12 @@ class _Node:
     slots: int
 
 
-def _pack(pools: list[Pool], scale: str, pods: list[tuple[PodTemplate, int]],
+def _pack(pools: list[Pool], grown: bool, pods: list[tuple[PodTemplate, int]],
           extra: PodTemplate | None = None) -> tuple[dict[str, int], list[_Node], bool]:
-    """First-fit decreasing: place `count` replicas of each pod on the pools' nodes at `scale` ("min"|"max"),
-    then `extra` (one more pod of it, a rolling update's surge) beside them. Returns the replicas left unplaced
-    per pod, the nodes as left, and whether `extra` found room."""
-    nodes = [_Node(p, p.free, p.free_pods) for p in pools
-             for _ in range(p.min_nodes if scale == "min" else p.max_nodes)]
+    """First-fit decreasing: place `count` replicas of each pod on the pools' nodes (max nodes if `grown`, else
+    min nodes), then `extra` (one more pod of it, a rolling update's surge) beside them. Returns the replicas
+    left unplaced per pod, the nodes as left, and whether `extra` found room."""
+    nodes = [_Node(p, p.free, p.free_pods) for p in pools for _ in range(p.max_nodes if grown else p.min_nodes)]
     replicas = sorted(((pod, i) for pod, count in pods for i in range(count)),
                       key=lambda pi: pi[0].request.size, reverse=True)
 
@@ -159,8 +160,9 @@ def _shortage(pod: PodTemplate, nodes: list[_Node]) -> str:
 
 
 def node_autoscaled(resources: Resources, region: str) -> bool:
-    return any(r.region == region and str(r.inputs.get("chart")).rstrip("/").rsplit("/", 1)[-1]
-               in NODE_AUTOSCALER_CHARTS for r in resources.of_type(HELM_RELEASE))
+    """Whether the record installs a node autoscaler in `region` (a cluster-autoscaler or Karpenter release)."""
+    return any(r.region == region and is_node_autoscaler_chart(str(r.inputs.get("chart")))
+               for r in resources.of_type(HELM_RELEASE))
 
 
 def _workloads(resources: Resources, region: str, found: Findings) -> list[PodTemplate]:
@@ -215,29 +217,35 @@ def _fits_some_node(pod: PodTemplate, pools: list[Pool], region: str, found: Fin
 
 
 def _check_rollouts(pools: list[Pool], pods: list[PodTemplate], autoscaled: bool, found: Findings) -> None:
-    scale = "max" if autoscaled else "min"
-    steady = [(p, p.min_replicas) for p in pods]
+    # An update may start at any scale the HPAs reach: judged with every Deployment at its HPA max, on the most
+    # nodes the pools can have (min nodes while nothing adds nodes).
+    busiest = [(p, p.max_replicas) for p in pods]
     for pod in pods:
         if pod.kind != "Deployment":
             continue
-        posts = rollout_fenceposts(pod.strategy, pod.min_replicas)
-        if posts is None or posts[1] > 0 or posts[0] == 0:
+        # Percentages resolve against the replicas running; the surge needs room if at any count the rollout may
+        # not take a pod down first.
+        counts = sorted({pod.min_replicas, pod.max_replicas})
+        posts = [p for n in counts if (p := rollout_fenceposts(pod.strategy, n)) is not None and p[1] == 0
+                 and p[0] > 0]
+        if not posts:
             continue  # Recreate, or old pods may go first: the update always makes progress
         # With maxUnavailable 0 an old pod goes only once a new one is ready, so one surge pod must fit beside
         # every replica; a second surge pod may wait for the first old pod to go (deployment_util.go,
         # NewRSNewReplicas and the rolling updater's scale-down of old replica sets).
-        unplaced, nodes, ok = _pack(pools, scale, steady, extra=pod)
+        unplaced, nodes, ok = _pack(pools, autoscaled, busiest, extra=pod)
         if unplaced.get(pod.label):
             continue  # its replicas do not fit even before the update: reported as such
-        found.judged(None, rollout=pod.label, max_surge=posts[0], max_unavailable=posts[1],
-                     replicas=pod.min_replicas, scale=scale, surge_pod_fits=ok)
+        found.judged(None, rollout=pod.label, max_surge=posts[0][0], max_unavailable=0,
+                     replicas=pod.max_replicas, scale="max nodes" if autoscaled else "min nodes",
+                     surge_pod_fits=ok)
         if not ok:
             size = ("its pools' min = desired size (no node autoscaler is installed)" if not autoscaled
                     else "its pools' max size")
-            found.fail(f"rolling update of Deployment {pod.label} can never finish: maxSurge {posts[0]} / "
+            found.fail(f"rolling update of Deployment {pod.label} can never finish: maxSurge {posts[0][0]} / "
                        f"maxUnavailable 0 needs one more pod ({pod.request.describe()}) beside its "
-                       f"{pod.min_replicas} replica(s) before any old pod goes, but at {size} "
-                       + _shortage(pod, nodes))
+                       f"{pod.max_replicas} replica(s) at their HPA max and every other pod at its max, before "
+                       f"any old pod goes, but at {size} " + _shortage(pod, nodes))
 
 
 def check(resources: Resources, policy: PolicyConfig, node_autoscaler: bool | None = None) -> Findings:
@@ -264,10 +272,12 @@ def check(resources: Resources, policy: PolicyConfig, node_autoscaler: bool | No
                          pools=[p.name for p in pools if _lands_on(pod, p)])
         for scale in ("min", "max"):
             counts = [(p, p.min_replicas if scale == "min" else p.max_replicas) for p in lasting]
-            unplaced, nodes, _ = _pack(pools, scale, counts)
+            unplaced, nodes, _ = _pack(pools, scale == "max" and autoscaled, counts)
             for pod, wanted in counts:
                 if unplaced.get(pod.label):
-                    found.fail(f"at {scale} scale {unplaced[pod.label]} of {wanted} replicas of {pod.kind} "
+                    where = ("" if scale == "min" or autoscaled else
+                             " (on min nodes: no node autoscaler is installed, so pools never grow)")
+                    found.fail(f"at {scale} scale{where} {unplaced[pod.label]} of {wanted} replicas of {pod.kind} "
                                f"{pod.label} cannot be placed ({pod.request.describe()} each): "
                                + _shortage(pod, nodes))
         _check_rollouts(pools, lasting, autoscaled, found)
