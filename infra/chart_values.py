@@ -151,11 +151,11 @@ def rollout_strategy(cfg: StackConfig, model: Model, region: Region, pool: Pool)
     forever and the rollout never finishes. On a full pool a replica goes first (maxUnavailable 1): while it
     reloads, the gateway routes to the model's other replicas, or to the other region of the zone.
 
-    A model whose ceiling is one replica is replaced with Recreate, which does the same thing (the old pod goes,
-    then the new one starts) but lets the awaited release see it: Helm's wait counts a Deployment ready at
+    A model whose floor is one replica is replaced with Recreate: Helm's wait counts a Deployment ready at
     replicas - maxUnavailable ready pods (helm pkg/kube/ready.go deploymentReady), which is none for one
-    replica with maxUnavailable 1, and the full count for Recreate. One replica is never more than one, so
-    Recreate never takes several down at once."""
+    replica with maxUnavailable 1, and the full count for Recreate, so the awaited release sees the new pods.
+    If the HPA had scaled it up, Recreate replaces every replica at once (all of them fit: the ceiling does);
+    the model's other region of the zone serves meanwhile."""
     if pool.name != model.pool:
         raise ValueError(f"model {model.name} runs on pool {model.pool}, not {pool.name}")
     ranges = replica_ranges(cfg, region, load_catalog())
@@ -163,7 +163,7 @@ def rollout_strategy(cfg: StackConfig, model: Model, region: Region, pool: Pool)
     busiest = {m.name: ranges[m.name].ceiling for m in scale.pool.models}
     if scale.pool.holds({**busiest, model.name: scale.ceiling + 1}):
         return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
-    if scale.ceiling == 1:
+    if scale.floor == 1:
         return {"type": "Recreate"}
     return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
 

@@ -184,14 +184,21 @@ def test_the_us_8b_model_scales_to_the_4_replicas_its_one_mid_node_holds_not_its
     assert values["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
 
 
+def _with_pool_nodes(region: int, pool: int, nodes: int):
+    raw = stack_raw("prod")
+    spec = raw["regions"][region]["pools"][pool]
+    spec.update(min_nodes=nodes, max_nodes=max(nodes, spec["max_nodes"]))
+    return _prod(raw)
+
+
 def test_a_model_whose_pool_holds_no_more_than_its_floor_gets_no_hpa():
-    cfg = _prod()
-    for region in ("us-east-1", "eu-north-1"):
-        seventy = _values(cfg, region, "llama-3-3-70b")  # one 8-GPU replica on one p5: configured max 2
-        assert seventy["autoscaling"] == {"enabled": False, "minReplicas": 1, "maxReplicas": 1}
-        assert seventy["strategy"] == {"type": "Recreate"}
-    # The EU mid node: the 8B model first in config order (2 GPUs at its floor of 2), mistral's 2-GPU replica beside.
-    eight, mistral = _values(cfg, "eu-north-1", "llama-3-1-8b"), _values(cfg, "eu-north-1", "mistral-small-24b")
+    one_p5 = _with_pool_nodes(0, 0, 1)  # us-east-1 h100 at one node: one 8-GPU replica, configured max 2
+    seventy = _values(one_p5, "us-east-1", "llama-3-3-70b")
+    assert seventy["autoscaling"] == {"enabled": False, "minReplicas": 1, "maxReplicas": 1}
+    assert seventy["strategy"] == {"type": "Recreate"}
+    # One EU mid node: the 8B model first in config order (2 GPUs at its floor of 2), mistral's 2-GPU replica beside.
+    one_mid = _with_mid_nodes(2, 1)
+    eight, mistral = _values(one_mid, "eu-north-1", "llama-3-1-8b"), _values(one_mid, "eu-north-1", "mistral-small-24b")
     assert eight["autoscaling"] == {"enabled": False, "minReplicas": 2, "maxReplicas": 2}
     assert mistral["autoscaling"] == {"enabled": False, "minReplicas": 1, "maxReplicas": 1}
     assert mistral["strategy"] == {"type": "Recreate"}

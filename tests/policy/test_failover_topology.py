@@ -91,7 +91,7 @@ def test_pool_too_small_for_its_failover_replicas_is_rejected(prod_plan):
     resources = mutated(prod_plan, lambda rs: find(rs, NODE_GROUP, "eu-west-2-mid")
                         .inputs["scalingConfig"].update(maxSize=1.0))
     assert_rejected(result_of_resources(prod_plan, resources, "failover-topology"),
-                    "pool mid in eu-west-2 needs 4 nodes to run its models at maximum replicas",
+                    "pool mid in eu-west-2 needs 3 nodes to run its models at maximum replicas",
                     "its node group stops at 1")
 
 

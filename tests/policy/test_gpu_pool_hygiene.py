@@ -43,7 +43,8 @@ def test_interactive_model_on_a_spot_pool_is_rejected():
     """Broken config: the 8B interactive model is moved onto prod's spot batch pool."""
     raw = stack_raw("prod")
     model = next(m for m in raw["models"] if m["name"] == "llama-3-1-8b")
-    model.update(pool="batch", replicas={"min": 1, "max": 2})
+    # Downloaded from Hugging Face: a batch node's memory leaves Run:ai's streamer too small a buffer.
+    model.update(pool="batch", replicas={"min": 1, "max": 2}, weights="huggingface")
     for region in raw["regions"]:
         next(p for p in region["pools"] if p["name"] == "batch").update(min_nodes=2, max_nodes=8)  # room for both
     assert_rejected(result(plan_of(raw, "prod"), "gpu-pool-hygiene"),
