@@ -8,6 +8,7 @@ import pulumi_aws as aws
 from infra.catalog import load_catalog
 from infra.chart_values import model_service_account_subjects
 from infra.components.addons import ClusterAddons, ClusterAddonsArgs
+from infra.components.autoscaling import Autoscaling, AutoscalingArgs
 from infra.components.budget import StackBudget, StackBudgetArgs
 from infra.components.cluster import Cluster, ClusterArgs
 from infra.components.deploy_hub import DeployHub, DeployHubArgs
@@ -88,6 +89,10 @@ class RegionalStack:
             secrets_store=cfg.secrets.huggingface_token), k8s,
             # ingress-nginx runs on the system nodes (GPU pools are tainted), so they must exist first.
             pulumi.ResourceOptions(parent=parent, depends_on=[self.cluster.system_nodes]))
+        # KEDA and metrics-server run on the system nodes; the model and gateway releases render ScaledObjects,
+        # which need KEDA's CRDs and admission webhook first.
+        self.autoscaling = Autoscaling(name, AutoscalingArgs(region=name), k8s,
+                                       pulumi.ResourceOptions(parent=parent, depends_on=[self.cluster.system_nodes]))
         self.gateway_role = gateway_role(
             f"{name}-gateway", name, iam_path(cfg.stack), tags,
             self.cluster.oidc.arn, self.cluster.oidc_issuer, iam, parent)
@@ -126,7 +131,7 @@ class RegionalStack:
             )) if self.weights else None
         self.serving = []
         for model in cfg.models_in(name):
-            after: list[pulumi.Resource] = [self.addons, self.pools[model.pool], *token_ready]
+            after: list[pulumi.Resource] = [self.addons, self.autoscaling, self.pools[model.pool], *token_ready]
             if staging and self.weights and self.weights_read and model.name in staging.jobs:
                 after += [staging.jobs[model.name], self.weights_read]
             self.serving.append(ModelServing(f"{name}-{model.name}", ModelServingArgs(
@@ -186,6 +191,7 @@ class Platform(pulumi.ComponentResource):
                 Gateway(f"{region_name}-gateway", GatewayArgs(
                     cfg=cfg, region=rs.region, role=rs.gateway_role, secret_arns=secrets.arns[region_name],
                     key_arn=secrets.key_arns[region_name], config=gateway_config(cfg, rs.region)),
-                    rs.cluster.kubernetes, iam, pulumi.ResourceOptions(parent=self, depends_on=[rs.addons]))
+                    rs.cluster.kubernetes, iam,
+                    pulumi.ResourceOptions(parent=self, depends_on=[rs.addons, rs.autoscaling]))
                 dns.add_region(region_name, rs.addons.load_balancer_hostname)
         self.register_outputs({"regions": list(regions), "domain": cfg.gateway.domain})

@@ -24,7 +24,7 @@ EKS_ADDONS_FILE = Path(__file__).resolve().parent / "eks_addons.yaml"
 UNKNOWN = "arn:aws:iam::123456789012:role/unknown-at-preview"
 # Only the objects the scheduler reads are parsed (the gateway's rendered config alone is thousands of YAML
 # nodes): a document's own kind is its one unindented `kind:` line.
-SCHEDULED_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "HorizontalPodAutoscaler")
+SCHEDULED_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "HorizontalPodAutoscaler", "ScaledObject")
 _SCHEDULED_KIND = re.compile(rf"^kind:\s*({'|'.join(SCHEDULED_KINDS)})\s*$", re.MULTILINE)
 _DOCUMENT = re.compile(r"^---.*$", re.MULTILINE)
 # libyaml's parser when PyYAML has it.
