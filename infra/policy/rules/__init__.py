@@ -169,6 +169,8 @@ CONTROLS: list[Control] = [
             capacity.DESCRIPTION, MANDATORY, capacity.check, [
                 f"{_T}test_capacity_fit.py::test_every_pool_is_judged_with_its_daemonsets_share",
                 f"{_T}test_capacity_fit.py::test_gateway_pods_fit_the_system_nodes",
+                f"{_T}test_capacity_fit.py::test_keda_and_metrics_server_pods_are_placed_on_the_system_nodes",
+                f"{_T}test_capacity_fit.py::test_a_scaled_objects_replica_range_is_judged_like_an_hpas",
                 f"{_T}test_capacity_fit.py::test_add_on_charts_render_from_their_vendored_pinned_versions",
                 f"{_T}test_capacity_fit.py::test_surge_percentages_round_up_and_unavailable_percentages_round_down",
                 f"{_T}test_capacity_fit.py::test_a_batch_model_larger_than_its_nodes_fails_naming_pod_pool_and_memory",
