@@ -155,7 +155,7 @@ def model_autoscaling(model: Model, min_replicas: int, max_replicas: int) -> dic
         "enabled": max_replicas > min_replicas or idle,
         "minReplicas": min_replicas,
         "maxReplicas": max_replicas,
-        "idleReplicas": 0 if idle else None,
+        **({"idleReplicas": 0} if idle else {}),  # the chart's default, null: never below minReplicas
         "prometheus": {"serverAddress": PROMETHEUS_URL},
         "wake": {"gatewayNamespace": GATEWAY_NAMESPACE, "alias": model.name, "window": "10m"},
     }

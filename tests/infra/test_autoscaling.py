@@ -8,6 +8,7 @@ import pulumi
 import pytest
 import yaml
 
+from infra.chart_values import vllm_values
 from infra.components.autoscaling import (
     HA_REPLICAS,
     KEDA,
@@ -17,7 +18,7 @@ from infra.components.autoscaling import (
     PROMETHEUS_URL,
 )
 from infra.components.cluster import SYSTEM_POOL
-from infra.config import ROOT
+from infra.config import ROOT, parse
 from infra.plan.manifests import VENDORED_CHARTS
 from infra.plan.run import Plan, run_program
 from infra.scheduling import POOL_LABEL
@@ -168,3 +169,27 @@ def test_every_scaled_release_queries_the_in_cluster_prometheus(prod_plan: Plan)
     for release in scaled:
         assert release.inputs["values"]["autoscaling"]["prometheus"]["serverAddress"] == PROMETHEUS_URL
     assert PROMETHEUS_URL == "http://prometheus-stack-prometheus.monitoring.svc:9090"
+
+
+# --- who idles at zero ---------------------------------------------------------------------------------------
+
+def _autoscaling(raw: dict, model: str) -> dict:
+    cfg = parse(raw, "prod")
+    m = next(x for x in cfg.models if x.name == model)
+    return vllm_values(cfg, m, cfg.region("us-east-1"), role_arn="arn:aws:iam::123456789012:role/models",
+                       weights_source=f"s3://weights/{model}")["autoscaling"]
+
+
+def test_only_a_batch_model_allowed_zero_replicas_idles_at_zero() -> None:
+    raw = stack_raw("prod")
+    batch = _autoscaling(raw, "qwen2-5-7b-batch")
+    assert (batch["enabled"], batch["idleReplicas"], batch["minReplicas"]) == (True, 0, 1)
+    assert batch["wake"] == {"gatewayNamespace": "llm-gateway", "alias": "qwen2-5-7b-batch", "window": "10m"}
+    # A batch model whose config keeps a replica keeps it.
+    next(m for m in raw["models"] if m["name"] == "qwen2-5-7b-batch")["replicas"]["min"] = 1
+    assert "idleReplicas" not in _autoscaling(raw, "qwen2-5-7b-batch")
+    # An interactive model allowed zero still keeps one: a caller would wait minutes for a replica to load.
+    raw = stack_raw("prod")
+    next(m for m in raw["models"] if m["name"] == "llama-3-3-70b")["replicas"]["min"] = 0
+    interactive = _autoscaling(raw, "llama-3-3-70b")
+    assert "idleReplicas" not in interactive and interactive["minReplicas"] == 1
