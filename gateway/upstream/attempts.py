@@ -163,7 +163,7 @@ class Proxy:
             except AttemptFailed as failure:
                 self.metrics.upstream_errors.labels(dep.name, failure.reason.split(":", 1)[0]).inc()
                 failures.append(f"{dep.name}: {failure.reason}")
-                failures.failed(failure.reason, failure.status, failure.headers, failure.retry_after)
+                failures.failed(failure.reason, failure.status, failure.headers)
                 if failure.retry_after is not None:
                     replica.cooling_until = self._clock() + failure.retry_after
         return None

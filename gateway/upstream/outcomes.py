@@ -53,12 +53,10 @@ class Failures(list[str]):
     last_reason: str = ""
     last_status: int | None = None  # the upstream's HTTP status, when it answered one
     last_headers: dict[str, str] | None = None  # its x-ratelimit-* headers
-    last_retry_after: float | None = None
 
-    def failed(self, reason: str, status: int | None, headers: dict[str, str] | None,
-               retry_after: float | None) -> None:
+    def failed(self, reason: str, status: int | None, headers: dict[str, str] | None) -> None:
         self.last_reason = reason.split(":", 1)[0]
-        self.last_status, self.last_headers, self.last_retry_after = status, headers, retry_after
+        self.last_status, self.last_headers = status, headers
 
 
 def final_error(alias: str, failures: Failures) -> GatewayError:
@@ -71,18 +69,18 @@ def final_error(alias: str, failures: Failures) -> GatewayError:
     message = f"No upstream could answer for model `{alias}`: {listed}"
     status = failures.last_status
     if status is not None and (status == 429 or status >= 500):
-        headers = dict(failures.last_headers or {})
-        if failures.last_retry_after is not None:
-            headers["Retry-After"] = f"{max(1, round(failures.last_retry_after))}"
+        # No Retry-After of the upstream's: LiteLLM sends one only for its own cooldowns (below), and the
+        # openai client would otherwise sleep up to 60 s on a replica's word before its own retry.
         return GatewayError(status, message, _TYPES.get(status, "internal_server_error"), None, str(status),
-                            headers)
+                            dict(failures.last_headers or {}))
     if failures.last_reason in _TIMEOUT:
         return GatewayError(408, message, "timeout_error", None, "408")
     if failures.last_reason in _CONNECTION:
         return GatewayError(500, message, "internal_server_error", None, "500")
     if not failures.last_reason and any(f.endswith(_BUSY) for f in failures):
         # Nothing was tried: every replica had an open circuit, or every deployment was at its rpm/tpm quota.
-        # LiteLLM's router: "No deployments available" (all in cooldown or over their limits).
+        # LiteLLM's router: "No deployments available" (all in cooldown or over their limits), with a
+        # retry-after (common_request_processing.py@v1.106.2 `_apply_router_cooldown_retry_after`).
         return GatewayError(429, f"No deployments available for model `{alias}`: {listed}", "throttling_error",
                             None, "429", {"Retry-After": "1"})
     return unavailable(message)
