@@ -64,9 +64,6 @@ def build_app(
         check_master_key(config.gateway.master_key, dev)
     metrics = GatewayMetrics()
     log = CallLog(log_out)
-    models = {"object": "list", "data": [
-        {"id": m.alias, "object": "model", "created": 0, "owned_by": "llm-platform"} for m in config.models
-    ]}
     state = AppState(
         config=config,
         router=None,  # type: ignore[arg-type]  # set below: the router reports circuit changes to the state
@@ -75,7 +72,6 @@ def build_app(
         metrics=metrics,
         log=log,
         prefix_chars=config.gateway.affinity.prefix_chars,
-        models_payload=orjson.dumps(models),
         discovery_api=discovery_api,
     )
     state.router = Router(config, state.on_circuit)

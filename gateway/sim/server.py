@@ -48,6 +48,11 @@ class SimSettings:
     fault_count: int | None = None  # faulty requests before healing; None: forever
     retry_after: float = 1.0
     name: str = "sim"  # echoed in the x-sim-replica header so tests see who answered
+    # Sent on every answer, 429s included, as OpenAI sends its x-ratelimit-* headers
+    # (https://platform.openai.com/docs/guides/rate-limits#rate-limits-in-headers).
+    headers: dict[str, str] = field(default_factory=dict)
+    error_status: int = 500  # the status of the "error_500" fault (502, 503, 504 as gateways in front of vLLM send)
+    error_message: str = "simulated engine failure"
 
 
 @dataclass
@@ -123,10 +128,13 @@ class Simulator:
     async def _early_fault(self, fault: str, anthropic: bool = False) -> web.Response | None:
         """Faults that strike before any byte of the answer."""
         if fault == "error_500":
-            return json_response(error_body("simulated engine failure", "InternalServerError", 500, anthropic), 500)
+            status = self.settings.error_status
+            return json_response(error_body(self.settings.error_message, "InternalServerError", status, anthropic),
+                                 status)
         if fault == "rate_limit_429":
             resp = json_response(error_body("simulated rate limit", "RateLimitError", 429, anthropic), 429)
             resp.headers["Retry-After"] = f"{self.settings.retry_after:g}"
+            resp.headers.update(self.settings.headers)
             return resp
         if fault == "hang_before_headers":
             await asyncio.Event().wait()  # until the client gives up
@@ -150,7 +158,7 @@ class Simulator:
         return f"{prefix}-{self.settings.name}-{next(self._ids)}"
 
     def _headers(self) -> dict[str, str]:
-        return {"x-sim-replica": self.settings.name}
+        return {"x-sim-replica": self.settings.name, **self.settings.headers}
 
     async def _stream(self, request: web.Request, events: Any, fault: str) -> web.StreamResponse:
         resp = web.StreamResponse(headers={**SSE_HEADERS, **self._headers()})
