@@ -17,6 +17,7 @@ from gateway.http.cors import Cors, CorsPolicy
 from gateway.http.handlers import Endpoints
 from gateway.http.health import Health
 from gateway.http.models import ModelList
+from gateway.http.passthrough import audio_routes
 from gateway.http.state import STATE, AppState
 from gateway.observability.calllog import CallLog
 from gateway.observability.metrics import GatewayMetrics
@@ -94,6 +95,7 @@ def build_app(
     app.add_routes(Endpoints(state).routes())
     app.add_routes(Health(state).routes())
     app.add_routes(ModelList(state).routes())
+    app.add_routes(audio_routes())
     app.add_routes(app_routes)
     Cors(CorsPolicy.from_env()).install(app)  # LITELLM_CORS_ORIGINS, as LiteLLM reads it (http/cors.py)
     app.router.add_route("*", "/{tail:.*}", Endpoints.no_such_endpoint)  # after every other route

@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from gateway.config.other_zones import zone_serving
+from gateway.http import passthrough
 from gateway.http.body import read_json
 from gateway.http.errors import GatewayError, bad_request, misdirected, model_not_found, unauthorized
 from gateway.http.litellm_headers import CALL_ID, LiteLLMHeaders
@@ -36,6 +37,10 @@ class Endpoints:
             web.post("/v1/completions", self.completions),
             web.post("/v1/embeddings", self.embeddings),
             web.post("/v1/messages", self.messages),  # Anthropic's Messages API
+            web.post("/v1/images/generations", self.images),  # passthrough.py
+            web.post("/v1/moderations", self.moderations),
+            web.post("/images/generations", self.images),
+            web.post("/moderations", self.moderations),
             web.post("/chat/completions", self.chat),  # OpenAI clients configured without /v1
             web.post("/completions", self.completions),
             web.post("/embeddings", self.embeddings),
@@ -55,6 +60,12 @@ class Endpoints:
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         return await self._call(request, "messages")
+
+    async def images(self, request: web.Request) -> web.StreamResponse:
+        return await self._call(request, "images")
+
+    async def moderations(self, request: web.Request) -> web.StreamResponse:
+        return await self._call(request, "moderations")
 
     async def _call(self, http: web.Request, endpoint: str) -> web.StreamResponse:
         started = perf()
@@ -211,6 +222,9 @@ async def _parse(http: web.Request, endpoint: str, state: AppState) -> Request:
         stream = False
         if "input" not in body:
             raise bad_request("`input` is required.", "input")
+    elif endpoint in passthrough.REQUIRED:
+        passthrough.check_body(endpoint, body)
+        stream = False
     elif endpoint in ("chat", "messages"):
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Protocol
 
 import orjson
@@ -45,7 +46,8 @@ def read_answer(dep: DeploymentPool, data: bytes, alias: str, endpoint: str = "c
             return orjson.dumps(translated), prompt, completion
     except (AttributeError, TypeError, KeyError, ValueError) as exc:  # a shape the translation cannot read
         raise MalformedAnswer(f"answer has an unexpected shape ({type(exc).__name__})") from None
-    counted = usage_pair(obj.get("usage"), "prompt_tokens", "completion_tokens")
+    counted = usage_pair(obj.get("usage"), *(("input_tokens", "output_tokens") if endpoint == "images"
+                                            else ("prompt_tokens", "completion_tokens")))  # gpt-image-1's usage
     if restamp and "model" in obj and obj["model"] != alias:
         data = restamp_model(data, obj, alias)
     return data, *(counted or _estimated(obj, prompt_estimate))
@@ -63,10 +65,16 @@ def restamp_model(data: bytes, obj: dict[str, object], alias: str) -> bytes:
     """
     upstream = obj["model"]
     if isinstance(upstream, str):
-        old = b'"model":' + orjson.dumps(upstream)
+        old, new = _model_fields(upstream, alias)
         if data.count(old) == 1:
-            return data.replace(old, b'"model":' + orjson.dumps(alias))
+            return data.replace(old, new)
     return orjson.dumps({**obj, "model": alias})
+
+
+@functools.lru_cache(maxsize=1024)
+def _model_fields(upstream: str, alias: str) -> tuple[bytes, bytes]:
+    # A few deployments and aliases: built once, not per answer or per stream chunk.
+    return b'"model":' + orjson.dumps(upstream), b'"model":' + orjson.dumps(alias)
 
 
 def _estimated(obj: dict[str, object], prompt_estimate: int) -> tuple[int, int]:

@@ -91,7 +91,8 @@ async def test_an_upstream_429_after_retries_is_a_rate_limit_error_with_its_head
     with pytest.raises(openai.RateLimitError) as err:
         await gw.client().chat.completions.create(model=ALIAS, messages=MESSAGES)
     assert err.value.status_code == 429 and busy.stats.requests == 3, "the first try and two retries"
-    assert (err.value.body["type"], err.value.body["param"], err.value.body["code"]) == ("throttling_error", None, "429")
+    body = err.value.body
+    assert (body["type"], body["param"], body["code"]) == ("throttling_error", None, "429")
     assert {k: err.value.response.headers[k] for k in RATELIMITS} == RATELIMITS
     assert err.value.response.headers["x-litellm-call-id"]
 
@@ -103,7 +104,7 @@ async def test_the_last_failure_decides_the_status_after_a_fallback(sim_factory,
     gw = await gateway_factory(gateway_config(models=[
         {"alias": ALIAS, "deployments": [deployment("broken", broken.base_url)], "fallbacks": ["busy"]},
         {"alias": "busy", "deployments": [deployment("busy", busy.base_url)]}], retries={"attempts": 0}))
-    with pytest.raises(openai.RateLimitError, match="broken: http_500.*busy: http_429"):
+    with pytest.raises(openai.RateLimitError, match=r"broken: http_500.*busy: http_429"):
         await gw.client().chat.completions.create(model=ALIAS, messages=MESSAGES)
     broken.settings.fault, busy.settings.fault = "rate_limit_429", "error_500"
     with pytest.raises(openai.InternalServerError) as err:
@@ -155,7 +156,8 @@ async def test_a_key_over_its_budget_gets_litellms_budget_exceeded(sim, gateway_
     gw = await gateway_factory(governed(sim, tmp_path))
     _, made = await admin(gw, "POST", "/key/generate", {"max_budget": 0.05})
     client = gw.client(api_key=made["key"])
-    for answered in range(30):
+    answered = 0
+    for _ in range(30):
         try:
             raw = await client.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES, max_tokens=8)
         except openai.UnprocessableEntityError as err:
@@ -167,6 +169,7 @@ async def test_a_key_over_its_budget_gets_litellms_budget_exceeded(sim, gateway_
         assert usage is not None
         assert float(raw.headers["x-litellm-response-cost"]) == pytest.approx(
             usage.prompt_tokens * 0.001 + usage.completion_tokens * 0.002)
+        answered += 1
     else:
         pytest.fail("the budget never refused a call")
     assert answered >= 1 and isinstance(body, dict)

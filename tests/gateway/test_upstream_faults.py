@@ -92,7 +92,8 @@ SCENARIOS: dict[str, tuple[bool, Any, str]] = {
     "usage a string": (False, [http(chat_answer(OK_TEXT, "lots"))], "ok"),
     "401 echoing the key": (False, echo(b"401 Unauthorized"), "503"),
     "400 echoing the key": (False, echo(b"400 Bad Request"), "400"),
-    "retry-after forever": (False, [http(b'{"error":"busy"}', b"429 Too Many", b"Retry-After: inf\r\n")], "429"),  # the upstream 429 reaches the client (LiteLLM)
+    # The upstream's 429 reaches the client, as with LiteLLM (gateway/upstream/outcomes.py).
+    "retry-after forever": (False, [http(b'{"error":"busy"}', b"429 Too Many", b"Retry-After: inf\r\n")], "429"),
     "stream ok": (True, stream(delta("hel"), delta("lo"), usage_event({"prompt_tokens": 5, "completion_tokens": 2})),
                   "stream_ok"),
     "stream event over the limit first": (True, stream(b"data: " + b"x" * 70000 + b"\n\n"),
