@@ -33,14 +33,20 @@ class LiteLLMHeaders:
 
     def __init__(self, prices: Any = None) -> None:
         self.prices = prices  # gateway.governance.ledger.prices.Prices, or None without governance
-        self._static: dict[str, dict[str, str]] = {}
-        self._keys: dict[str, dict[str, str]] = {}
+        self._static: dict[tuple[str, str, int, int], dict[str, str]] = {}
+        self._keys: dict[tuple[str, Any], dict[str, str]] = {}
 
-    def _deployment(self, dep: DeploymentPool) -> dict[str, str]:
-        found = self._static.get(dep.name)
+    def _fixed(self, dep: DeploymentPool, group: str, retries: int, fallbacks: int) -> dict[str, str]:
+        """The headers that depend on the deployment, group, retries and fallbacks only: built once for each."""
+        key = (dep.name, group, retries, fallbacks)
+        found = self._static.get(key)
         if found is None:
-            found = self._static[dep.name] = {"x-litellm-model-id": dep.name,
-                                              "x-litellm-model-name": f"{dep.provider}/{dep.model}"}
+            if len(self._static) > 10_000:
+                self._static.clear()
+            found = self._static[key] = {
+                "x-litellm-model-id": dep.name, "x-litellm-model-name": f"{dep.provider}/{dep.model}",
+                "x-litellm-model-group": group, "x-litellm-attempted-retries": str(retries),
+                "x-litellm-attempted-fallbacks": str(fallbacks)}
         return found
 
     def key_headers(self, principal: Any) -> dict[str, str]:
@@ -48,7 +54,8 @@ class LiteLLMHeaders:
         key = getattr(principal, "key", None)
         if key is None:
             return {}
-        found = self._keys.get(key.token)
+        cache_key = (key.token, key.limits)  # a key whose limits changed gets new headers at once
+        found = self._keys.get(cache_key)
         if found is None:
             if len(self._keys) > 50_000:
                 self._keys.clear()
@@ -56,17 +63,16 @@ class LiteLLMHeaders:
             found = {name: str(value) for name, value in (
                 ("x-litellm-key-tpm-limit", limits.tpm_limit), ("x-litellm-key-rpm-limit", limits.rpm_limit),
                 ("x-litellm-key-max-budget", limits.max_budget)) if value is not None}
-            self._keys[key.token] = found
+            self._keys[cache_key] = found
         return found
 
     def on_answer(self, headers: dict[str, str], record: CallRecord, dep: DeploymentPool, overhead_ms: str,
                   ratelimit: dict[str, str] | None, whole: bool) -> None:
         """Add the success headers to `headers` (which already holds the call id and the key's limits)."""
-        headers.update(self._deployment(dep))
         fallbacks = record.fallbacks
-        headers["x-litellm-model-group"] = fallbacks[-1] if fallbacks else record.alias
-        headers["x-litellm-attempted-retries"] = str(max(0, record.attempts - 1 - len(fallbacks)))
-        headers["x-litellm-attempted-fallbacks"] = str(len(fallbacks))
+        tried = len(fallbacks)
+        group = fallbacks[-1] if tried else record.alias
+        headers.update(self._fixed(dep, group, max(0, record.attempts - 1 - tried), tried))
         headers["x-litellm-overhead-duration-ms"] = overhead_ms
         if ratelimit:
             headers.update(ratelimit)
