@@ -27,6 +27,27 @@ def forbidden(message: str, code: str, param: str | None = None) -> GatewayError
     return GatewayError(403, message, "permission_error", param, code)
 
 
+# LiteLLM answers budget refusals with `litellm.budget_exceeded_status_code` (422 since the default moved
+# from 429: litellm/__init__.py@v1.106.2), type "budget_exceeded", param null, code the status as a string
+# (proxy/auth/auth_exception_handler.py@v1.106.2 `_as_proxy_exception`).
+BUDGET_STATUS = 422
+
+
+def model_not_allowed(alias: str, team: str | None = None) -> GatewayError:
+    """A key (or its team) asking for a model it may not use, as LiteLLM answers it: 403, type
+    `key_model_access_denied` / `team_model_access_denied`, param "model", code "403", and the same message
+    (proxy/auth/auth_checks.py@v1.106.2 `_can_object_call_model`, proxy/auth/model_access_denied.py)."""
+    kind = "team_model_access_denied" if team is not None else "key_model_access_denied"
+    return GatewayError(403, f"The requested model '{alias}' is not available for this API key, or the model name "
+                        "is invalid. Check the models available to you and try again.", kind, "model", "403")
+
+
+def budget_exceeded(refusal: GatewayError) -> GatewayError:
+    """The limiter's budget refusal in LiteLLM's shape; its message keeps LiteLLM's opening words."""
+    return GatewayError(BUDGET_STATUS, f"Budget has been exceeded! {refusal.message}", "budget_exceeded", None,
+                        str(BUDGET_STATUS), refusal.headers)
+
+
 def _limit(value: int | None) -> int:
     return NO_LIMIT if value is None else int(value)
 
@@ -84,11 +105,9 @@ class Governance:
         record.key_alias = key.key_alias
         record.team_id = key.team_id
         if key.models and alias not in key.models:
-            raise forbidden(f"This key may not call model `{alias}` (allowed: {', '.join(key.models)}).",
-                            "model_not_allowed", "model")
+            raise model_not_allowed(alias)
         if team is not None and team.models and alias not in team.models:
-            raise forbidden(f"Team `{team.team_id}` may not call model `{alias}` (allowed: {', '.join(team.models)}).",
-                            "model_not_allowed", "model")
+            raise model_not_allowed(alias, team.team_id)
         zone = key.residency or (team.residency if team is not None else None)
         if zone is not None and self.residency is not None and zone != self.residency:
             raise forbidden(f"This key is pinned to residency zone `{zone}`; this gateway serves `{self.residency}`. "
@@ -121,7 +140,12 @@ class Governance:
                      MAX_RESERVED_TOKENS)
         inp, out = self.prices.ceiling(alias)
         cost = min(reserve_tokens(size, 0) * inp + (completion_cap or 0) * out, MAX_COST)
-        record.ticket = await self.limiter.admit(record.request_id, scopes, tokens, cost, self.deadline_s)
+        try:
+            record.ticket = await self.limiter.admit(record.request_id, scopes, tokens, cost, self.deadline_s)
+        except GatewayError as refusal:
+            if refusal.kind == "budget_exceeded":
+                raise budget_exceeded(refusal) from None
+            raise
         return route
 
     def _pinned(self, route: ModelRoute, zone: str) -> ModelRoute:

@@ -17,7 +17,8 @@ from gateway.upstream.hashring import BoundedLoadRing
 # Endpoints each wire protocol serves, and the path under the deployment's base URL.
 PATHS: dict[str, dict[str, str]] = {
     "openai": {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings",
-               "messages": "/chat/completions"},  # Messages clients, translated to chat
+               "messages": "/chat/completions",  # Messages clients, translated to chat
+               "images": "/images/generations", "moderations": "/moderations"},  # http/passthrough.py
     "anthropic": {"chat": "/messages", "messages": "/messages"},
 }
 ANTHROPIC_VERSION = "2023-06-01"

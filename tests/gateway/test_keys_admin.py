@@ -88,7 +88,8 @@ async def test_expired_key_and_disallowed_model_are_refused(gov) -> None:
     with pytest.raises(openai.AuthenticationError, match="expired"):
         await gov.client(api_key=made["key"]).chat.completions.create(model=MODEL, messages=MESSAGES)
     _, made = await admin(gov, "POST", "/key/generate", {"models": ["other-model"]})
-    with pytest.raises(openai.PermissionDeniedError, match="may not call model"):
+    # LiteLLM's answer (proxy/auth/auth_checks.py@v1.106.2 `_can_object_call_model`): 403 key_model_access_denied.
+    with pytest.raises(openai.PermissionDeniedError, match="is not available for this API key"):
         await gov.client(api_key=made["key"]).chat.completions.create(model=MODEL, messages=MESSAGES)
 
 
