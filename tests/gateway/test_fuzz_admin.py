@@ -111,7 +111,7 @@ def fuzz(gw: RunningGateway, made: list[str]) -> None:
         status, answer = call(url, "POST", "/key/generate", generate)
         assert status < 500, (generate, answer)
         if status == 200:
-            made.append(answer["token"])
+            made.append(answer["token_id"])
             chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens}
             status, reply = call(url, "POST", "/v1/chat/completions", chat, key=answer["key"])
             assert status < 500, (generate, max_tokens, reply)
