@@ -218,6 +218,7 @@ def key_view(key: VirtualKey, revoked: bool = False) -> dict[str, Any]:
     d["created_at"] = iso(key.created_at)
     if revoked:
         d["revoked"] = True
+    d["budget_reset_at"] = reset_at(key.limits)
     # LiteLLM's /key/info `status`: deleted, revoked (blocked), expired or active.
     d["status"] = "deleted" if revoked else "revoked" if key.blocked else \
         "expired" if key.expires is not None and key.expires <= time.time() else "active"
@@ -230,7 +231,16 @@ def user_view(user: User) -> dict[str, Any]:
     d["models"] = list(user.models)
     d["created_at"] = iso(user.created_at)
     d["updated_at"] = iso(user.updated_at)
+    d["budget_reset_at"] = reset_at(user.limits)
     return d
+
+
+def reset_at(limits: Limits) -> str | None:
+    """When the current budget window ends (windows are aligned to the Unix epoch: gateway/governance/limits)."""
+    if limits.budget_duration is None:
+        return None
+    seconds = parse_duration(limits.budget_duration)
+    return iso((time.time() // seconds + 1) * seconds) if seconds else None
 
 
 def member_view(row: dict[str, Any]) -> dict[str, Any]:

@@ -9,8 +9,8 @@ from our answer finds it, with LiteLLM's type; a value we do not keep is LiteLLM
 A request that sets an unsupported field changing who may call or what a call costs (routes, per-model
 budgets, guardrails, aliases, organisations...) is refused with a 400 naming the field: silently dropping it
 would leave a key more powerful, or cheaper to the caller, than its creator asked for. Fields with no such
-effect (tags, a soft budget that only alerts, invite e-mails) are accepted, echoed back, and listed in
-`ignored_fields`.
+effect, or whose absence only narrows what a key can do (tags, a soft budget that only alerts, invite e-mails,
+model aliases), are accepted, echoed back, and listed in `ignored_fields`.
 """
 
 from __future__ import annotations
@@ -37,10 +37,14 @@ KEY_RESPONSE_DEFAULTS: dict[str, Any] = {
     "created_by": None, "updated_by": None, "created_at": None, "updated_at": None,
 }
 
-# Request-only fields of GenerateKeyRequest / UpdateKeyRequest / NewUserRequest with no effect on access or cost.
+# Fields accepted and not applied, because not applying them never widens access nor lowers a cost: tags and
+# alerts; `aliases` / `model_aliases` (extra model names for a key or team: unapplied, a call naming one gets a
+# 404 model_not_found); `budget_fallbacks` (another model once over budget: unapplied, the call is refused).
+# LiteLLM's own proxy tests send `aliases` with every key (tests/test_keys.py, tests/test_users.py).
 INERT = frozenset({"tags", "soft_budget", "send_invite_email", "created_by", "updated_by", "user_email",
                    "auto_create_key", "sso_user_id", "teams", "user_alias", "user_role", "key_name", "token",
-                   "token_id", "created_at", "updated_at", "litellm_budget_table", "budget_reset_at"})
+                   "token_id", "created_at", "updated_at", "litellm_budget_table", "budget_reset_at", "aliases",
+                   "model_aliases", "budget_fallbacks"})
 # Harmless values of otherwise refused fields: what LiteLLM itself treats as "no restriction".
 _HARMLESS: dict[str, tuple[Any, ...]] = {
     "key_type": ("default", "llm_api"), "auto_rotate": (False,), "spend": (0, 0.0),
@@ -48,14 +52,14 @@ _HARMLESS: dict[str, tuple[Any, ...]] = {
 # Unsupported fields that change who may call, what, or what it costs. Each is refused when set.
 REFUSED = frozenset({
     "agent_id", "budget_limits", "allowed_cache_controls", "config", "permissions", "model_max_budget",
-    "budget_fallbacks", "mcp_rpm_limit", "tag_rpm_limit", "guardrails", "policies", "prompts", "aliases",
-    "object_permission", "tpd_limit", "default_estimated_output_tokens", "default_estimated_output_tokens_per_model",
+    "mcp_rpm_limit", "tag_rpm_limit", "guardrails", "policies", "prompts", "object_permission", "tpd_limit",
+    "default_estimated_output_tokens", "default_estimated_output_tokens_per_model",
     "budget_id", "end_user_budget_id", "disable_global_guardrails", "enable_prompt_caching",
     "throttle_on_budget_exceeded", "enforced_params", "allowed_routes", "allowed_passthrough_routes",
     "denied_passthrough_routes", "allowed_vector_store_indexes", "rpm_limit_type", "tpm_limit_type",
     "router_settings", "access_group_ids", "organization_id", "project_id", "organizations", "auto_rotate",
     "rotation_interval", "spend", "temp_budget_increase", "temp_budget_expiry", "key_type", "password",
-    "object_permission_id", "model_aliases", "team_member_budget", "team_member_rpm_limit",
+    "object_permission_id", "team_member_budget", "team_member_rpm_limit",
     "team_member_tpm_limit", "team_member_key_duration", "team_member_permissions", "max_budget_in_team",
 })
 

@@ -46,6 +46,9 @@ from gateway.http.errors import bad_request
 
 # Fields of /user/new that describe the user's key, not the user (LiteLLM passes them to the key it makes).
 _KEY_ONLY = ("key_alias", "duration")
+# LiteLLM's user holding the whole proxy's spend (litellm_proxy_budget_name in proxy_server.py): made when first
+# named; its spend is every call's, the master key's included.
+PROXY_BUDGET_USER = "litellm-proxy-budget"
 
 
 class UserApi:
@@ -66,6 +69,8 @@ class UserApi:
         ]
 
     async def _user(self, user_id: str | None, user_email: str | None = None) -> User:
+        if user_id == PROXY_BUDGET_USER:
+            return await self.admin.ensure_user(user_id)
         user = await self.store.get_user(user_id) if user_id is not None else None
         if user is None and user_id is None and user_email is not None:
             user = await self.store.find_user_by_email(user_email)
@@ -96,7 +101,11 @@ class UserApi:
 
     async def _answer(self, user: User) -> dict[str, Any]:
         teams = [m["team_id"] for m in await self.store.members(user_id=user.user_id)]
-        return {**user_view(user), "teams": teams, "spend": await self.admin.spend_of("user_id", user.user_id)}
+        if user.user_id == PROXY_BUDGET_USER:
+            spend = round(sum(r["spend"] for r in await self.store.spend_grouped(("day",), {})), 10)
+        else:
+            spend = await self.admin.spend_of("user_id", user.user_id)
+        return {**user_view(user), "teams": teams, "spend": spend}
 
     async def user_new(self, http: web.Request, caller: Caller) -> web.Response:
         body = await read_body(http)
