@@ -290,7 +290,9 @@ class AdminApi:
         view = await self.team_answer(updated)
         if ignored:
             view["ignored_fields"] = ignored
-        return json_response(view)
+        # LiteLLM answers {team_id, data: <the team>} (team_endpoints.py, update_team); the fields stay at the top
+        # too, as earlier versions of this gateway answered.
+        return json_response({**view, "data": view})
 
     async def team_info(self, http: web.Request, caller: Caller) -> web.Response:
         team_id = query(http, "team_id")

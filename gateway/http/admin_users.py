@@ -222,8 +222,8 @@ class UserApi:
         await self.admin.changed()
         answer = await self.admin.team_answer(team)
         rows = await self.store.members(team_id=team.team_id)
-        added = {m.user_id for m in members} | {m.user_email for m in members}
-        mine = [r for r in rows if r["user_id"] in added or r["user_email"] in added]
+        ids, emails = {m.user_id for m in members} - {None}, {m.user_email for m in members} - {None}
+        mine = [r for r in rows if r["user_id"] in ids or r["user_email"] in emails]
         updated_users = [user_view(u) for r in mine if (u := await self.store.get_user(r["user_id"])) is not None]
         return json_response({**answer, "updated_users": updated_users, "updated_team_memberships": mine})
 
