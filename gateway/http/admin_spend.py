@@ -80,6 +80,7 @@ class SpendApi:
             web.get("/global/spend/report", guarded(g, self.global_report)),
             web.get("/model/info", guarded(g, self.model_info, self_service=True)),
             web.get("/v1/model/info", guarded(g, self.model_info, self_service=True)),
+            web.get("/model_group/info", guarded(g, self.model_group_info, self_service=True)),
         ]
 
     async def spend_report(self, http: web.Request, caller: Caller) -> web.Response:
@@ -147,18 +148,31 @@ class SpendApi:
                                      "total_tokens": r["prompt_tokens"] + r["completion_tokens"]})
         return json_response([{"group_by_day": d, "teams": list(days[d].values())} for d in sorted(days)])
 
-    async def model_info(self, http: web.Request, caller: Caller) -> web.Response:
+    def _visible(self, caller: Caller) -> list[Any]:
+        """The configured models this caller may call: all for the master key; a key's, its team's and its user's
+        lists intersected (an empty list allows every model, as on the request path)."""
         allowed = None
         if not caller.admin and caller.key is not None:
             for models in (caller.key.models, caller.team.models if caller.team else (),
                            caller.user.models if caller.user else ()):
                 if models:
                     allowed = set(models) if allowed is None else allowed & set(models)
+        return [m for m in self.admin.gov.config.models if allowed is None or m.alias in allowed]
+
+    async def model_group_info(self, http: web.Request, caller: Caller) -> web.Response:
+        """LiteLLM's /model_group/info: one entry per model name (proxy_server.py, `model_group_info`)."""
+        return json_response({"data": [{
+            "model_group": m.alias, "providers": sorted({d.provider for d in m.deployments}),
+            "max_output_tokens": m.max_tokens, "input_cost_per_token": m.input_cost_per_token,
+            "output_cost_per_token": m.output_cost_per_token, "mode": "chat"} for m in self._visible(caller)]})
+
+    async def model_info(self, http: web.Request, caller: Caller) -> web.Response:
+        wanted = query(http, "litellm_model_id")
         data = []
-        for m in self.admin.gov.config.models:
-            if allowed is not None and m.alias not in allowed:
-                continue
+        for m in self._visible(caller):
             for d in m.deployments:
+                if wanted is not None and d.name != wanted:
+                    continue
                 data.append({"model_name": m.alias,
                              "litellm_params": {"model": f"{d.provider}/{d.model}", "api_base": d.api_base},
                              "model_info": {"id": d.name, "db_model": False, "max_tokens": m.max_tokens,
