@@ -19,7 +19,7 @@ from tests.gateway.servers import PostgresServer
 
 MASTER_KEY = "sk-1234"  # LiteLLM's tests' master key; accepted here because the gateway runs with --dev
 # The model names LiteLLM's proxy tests call (their proxy_server_config.yaml), all played by the simulator.
-MODEL_NAMES = ("gpt-4", "gpt-3.5-turbo", "azure-models", "fake-openai-endpoint")
+MODEL_NAMES = ("gpt-4", "gpt-3.5-turbo", "azure-models", "fake-openai-endpoint", "text-embedding-ada-002", "dall-e-2")
 INPUT_COST, OUTPUT_COST = 0.0000015, 0.000002  # USD per token, given in the config as LiteLLM's model_info
 MESSAGES = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "Hello!"}]
 
