@@ -116,6 +116,15 @@ class TeamFields(_Fields):
     members_with_roles: Annotated[list[Member], Field(max_length=MAX_LIST)] | None = None
 
 
+class TeamRef(BaseModel):
+    """An entry of /user/new's `teams` in LiteLLM's object form (NewUserRequestTeam)."""
+
+    model_config = ConfigDict(extra="forbid")
+    team_id: Text
+    user_role: Literal["user", "admin"] = "user"
+    max_budget_in_team: float | None = None
+
+
 class UserFields(_Fields):
     """LiteLLM's NewUserRequest / UpdateUserRequest; key fields (key_alias, duration) go to the user's key."""
 
@@ -123,7 +132,7 @@ class UserFields(_Fields):
     user_email: Text | None = None
     user_alias: Text | None = None
     user_role: Literal["proxy_admin", "proxy_admin_viewer", "internal_user", "internal_user_viewer"] | None = None
-    teams: Annotated[list[Text | dict[str, Any]], Field(max_length=MAX_LIST)] | None = None
+    teams: Annotated[list[Text | TeamRef], Field(max_length=MAX_LIST)] | None = None
     auto_create_key: bool = True
     key_alias: Text | None = None
     duration: str | None = Field(None, max_length=40)

@@ -87,14 +87,10 @@ class UserApi:
             if isinstance(entry, str):
                 out.append((entry, "user"))
                 continue
-            team_id, role = entry.get("team_id"), entry.get("user_role", "user")
-            if entry.get("max_budget_in_team") is not None:
+            if entry.max_budget_in_team is not None:
                 raise bad_request(f"teams[{i}].max_budget_in_team: not supported by this gateway (a per-member "
                                   "budget); omit it", "teams")
-            if not isinstance(team_id, str) or role not in ("user", "admin") or set(entry) - {
-                    "team_id", "user_role", "max_budget_in_team"}:
-                raise bad_request(f"teams[{i}]: a team id, or {{team_id, user_role: user|admin}}", "teams")
-            out.append((team_id, role))
+            out.append((entry.team_id, entry.user_role))
         for team_id, _ in out:
             await self.admin.team(team_id, "teams")
         return out
