@@ -106,7 +106,7 @@ async def test_a_sqlite_ledger_made_before_migrations_keeps_every_row(tmp_path: 
         assert {t.team_id for t in teams} == {"search", "ads"}
         [team] = [t for t in teams if t.team_id == "search"]
         assert team.limits.max_budget == 10.0 and team.metadata == {"owner": "ana"}
-        report = await store.spend_report("day", None, None, None, None)
+        report = await store.spend_grouped(("day",), {})
         assert report[0]["requests"] == 5 and report[0]["prompt_tokens"] == 100
         assert await store.list_users() == [] and await store.members(team_id="search") == []
     finally:
@@ -210,7 +210,7 @@ async def test_a_postgres_ledger_made_before_migrations_keeps_every_row(pg_datab
         keys, teams = await store.load_keys()
         assert sorted(k.key_alias for k in keys) == ["key-1", "key-2"]
         assert {t.team_id for t in teams} == {"search", "ads"}
-        report = await store.spend_report("day", None, None, None, None)
+        report = await store.spend_grouped(("day",), {})
         assert report[0]["requests"] == 5 and report[0]["prompt_tokens"] == 100
         assert await store.list_users() == [] and await store.members(team_id="search") == []
     finally:

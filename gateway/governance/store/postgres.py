@@ -25,8 +25,6 @@ from gateway.governance.store.reports import (
     chunks,
     grouped_rows,
     grouped_sql,
-    report_rows,
-    report_sql,
     rows_sql,
     since_sql,
 )
@@ -179,11 +177,6 @@ class PostgresStore:
             raise BadRows(f"postgresql: {type(exc).__name__}: {exc}") from None
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"postgresql: {type(exc).__name__}: {exc}") from None
-
-    async def spend_report(self, group_by: str, start: str | None, end: str | None,
-                           key_token: str | None, team_id: str | None) -> list[dict[str, Any]]:
-        sql, args = report_sql(group_by, start, end, key_token, team_id, lambda i: f"${i}")
-        return report_rows(group_by, await self._q("fetch", sql, *args))
 
     async def spend_since(self, column: str, since: float, ids: list[str]) -> dict[str, float]:
         found: dict[str, float] = {}

@@ -92,9 +92,6 @@ class LedgerStore(Protocol):
         the number inserted."""
         ...
 
-    async def spend_report(self, group_by: str, start: str | None, end: str | None,
-                           key_token: str | None, team_id: str | None) -> list[dict[str, Any]]: ...
-
     async def spend_since(self, column: str, since: float, ids: list[str]) -> dict[str, float]:
         """Spend recorded since `since` (Unix seconds) per `key_token` or `team_id` in `ids`."""
         ...

@@ -28,8 +28,6 @@ from gateway.governance.store.reports import (
     chunks,
     grouped_rows,
     grouped_sql,
-    report_rows,
-    report_sql,
     rows_sql,
     since_sql,
 )
@@ -211,11 +209,6 @@ class SqliteStore:
             return db.total_changes - before
 
         return await self._run(q)
-
-    async def spend_report(self, group_by: str, start: str | None, end: str | None,
-                           key_token: str | None, team_id: str | None) -> list[dict[str, Any]]:
-        sql, args = report_sql(group_by, start, end, key_token, team_id, lambda i: "?")
-        return await self._run(lambda db: report_rows(group_by, db.execute(sql, args).fetchall()))
 
     async def spend_since(self, column: str, since: float, ids: list[str]) -> dict[str, float]:
         def q(db: sqlite3.Connection) -> dict[str, float]:
