@@ -37,6 +37,16 @@ KEY_RESPONSE_DEFAULTS: dict[str, Any] = {
     "created_by": None, "updated_by": None, "created_at": None, "updated_at": None,
 }
 
+# LiteLLM_UserTable's fields in LiteLLM 1.106.2 (litellm/models/user.py) -> default, as /user/* answer them
+# (password and organisation fields left out: never shown, not kept).
+USER_TABLE_DEFAULTS: dict[str, Any] = {
+    "user_id": None, "user_alias": None, "team_id": None, "sso_user_id": None, "teams": [], "user_role": None,
+    "max_budget": None, "spend": 0.0, "user_email": None, "models": [], "metadata": None,
+    "max_parallel_requests": None, "tpm_limit": None, "rpm_limit": None, "budget_duration": None,
+    "budget_reset_at": None, "allowed_cache_controls": [], "policies": [], "model_spend": {},
+    "model_max_budget": {}, "created_at": None, "updated_at": None,
+}
+
 # Fields accepted and not applied, because not applying them never widens access nor lowers a cost: tags and
 # alerts; `aliases` / `model_aliases` (extra model names for a key or team: unapplied, a call naming one gets a
 # 404 model_not_found); `budget_fallbacks` (another model once over budget: unapplied, the call is refused).

@@ -41,7 +41,7 @@ from gateway.http.admin_fields import (
     user_view,
 )
 from gateway.http.admin_http import AdminCore, Caller, forbidden, guarded, json_response, not_found, query, read_body
-from gateway.http.admin_litellm import refuse_unsupported
+from gateway.http.admin_litellm import USER_TABLE_DEFAULTS, refuse_unsupported
 from gateway.http.errors import bad_request
 
 # Fields of /user/new that describe the user's key, not the user (LiteLLM passes them to the key it makes).
@@ -101,7 +101,8 @@ class UserApi:
             spend = round(sum(r["spend"] for r in await self.store.spend_grouped(("day",), {})), 10)
         else:
             spend = await self.admin.spend_of("user_id", user.user_id)
-        return {**user_view(user), "teams": teams, "spend": spend}
+        defaults = {k: v.copy() if isinstance(v, (list, dict)) else v for k, v in USER_TABLE_DEFAULTS.items()}
+        return {**defaults, **user_view(user), "teams": teams, "spend": spend}
 
     async def user_new(self, http: web.Request, caller: Caller) -> web.Response:
         body = await read_body(http)
@@ -191,7 +192,12 @@ class UserApi:
         except ValueError:
             raise bad_request("page, page_size: whole numbers", "page") from None
         shown = users[(page - 1) * size: page * size]
-        return json_response({"users": [await self._answer(u) for u in shown], "total": len(users), "page": page,
+        counts: dict[str | None, int] = {}
+        for k, revoked in await self.store.list_keys(None):
+            if not revoked:
+                counts[k.user_id] = counts.get(k.user_id, 0) + 1
+        answers = [{**await self._answer(u), "key_count": counts.get(u.user_id, 0)} for u in shown]
+        return json_response({"users": answers, "total": len(users), "page": page,
                               "page_size": size, "total_pages": max(1, -(-len(users) // size))})
 
     async def user_delete(self, http: web.Request, caller: Caller) -> web.Response:
