@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,18 @@ async def admin(gw: RunningGateway, method: str, path: str, body: Any = None, ke
     async with aiohttp.ClientSession() as http:
         async with http.request(method, gw.url + path, json=body, headers={"Authorization": f"Bearer {key}"}) as resp:
             return resp.status, await resp.json(content_type=None)
+
+
+async def ledger_holds(gw: RunningGateway, calls: int) -> None:
+    """Flush until the ledger holds `calls` records: a call is recorded once its answer is sent, which the client
+    may see first."""
+    for _ in range(100):
+        await gw.state.governance.ledger.flush()
+        _, report = await admin(gw, "GET", "/spend/report?group_by=day")
+        if sum(r["requests"] for r in report["data"]) >= calls:
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"the ledger never held {calls} records")
 
 
 @pytest.fixture
@@ -160,7 +173,7 @@ async def test_spend_report_by_key_team_model_and_day(gov) -> None:
     for _ in range(3):
         await gov.client(api_key=made["key"]).chat.completions.create(model=MODEL, messages=MESSAGES)
     await gov.client().chat.completions.create(model=MODEL, messages=MESSAGES)
-    await gov.state.governance.ledger.flush()
+    await ledger_holds(gov, 4)
     _, by_team = await admin(gov, "GET", "/spend/report?group_by=team")
     rows = {r["team_id"]: r for r in by_team["data"]}
     assert rows["search"]["requests"] == 3 and rows[None]["requests"] == 1

@@ -4,6 +4,7 @@ make the tests' HTTP calls (their base URL `http://0.0.0.0:4000` becomes the gat
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -64,7 +65,12 @@ class Proxy:
         return openai.AsyncOpenAI(api_key=key, base_url=self.url, max_retries=0)
 
     async def flushed(self) -> None:
-        """Spend reaches the store: LiteLLM's tests sleep for it ("allow db log to be updated")."""
+        """Spend reaches the store: LiteLLM's tests sleep for it ("allow db log to be updated"); here, once no call
+        is in flight (each is recorded as it ends), the spool is flushed."""
+        for _ in range(200):
+            if self.gw.state.in_flight == 0:
+                break
+            await asyncio.sleep(0.01)
         await self.gw.state.governance.ledger.flush()
 
 
