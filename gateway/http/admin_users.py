@@ -79,6 +79,14 @@ class UserApi:
             raise not_found(field, f"user `{user_id or user_email}` does not exist", "user_not_found")
         return user
 
+    @staticmethod
+    def _refuse_key_only(fields: UserFields) -> None:
+        # `residency` and `blocked` are key and team fields here; a user cannot hold them, and dropping either
+        # would leave the user's keys less restricted than asked.
+        for name in ("residency", "blocked"):
+            if getattr(fields, name) is not None:
+                raise bad_request(f"{name}: not a user field here; set it on the user's keys or team", name)
+
     async def _teams(self, fields: UserFields) -> list[tuple[str, str]]:
         """`teams` as LiteLLM takes it: team ids, or {team_id, user_role}; each must exist. A per-member budget
         (`max_budget_in_team`) is not enforced here, so it is refused rather than stored for nothing."""
@@ -109,6 +117,7 @@ class UserApi:
         fields = parse_fields(UserFields, body)
         assert isinstance(fields, UserFields)
         ignored = refuse_unsupported(fields.model_extra)
+        self._refuse_key_only(fields)
         teams = await self._teams(fields)
         now = time.time()
         user = User(user_id=fields.user_id or str(uuid.uuid4()), user_email=fields.user_email,
@@ -138,6 +147,7 @@ class UserApi:
         fields = parse_fields(UserFields, body)
         assert isinstance(fields, UserFields)
         ignored = refuse_unsupported(fields.model_extra)
+        self._refuse_key_only(fields)
         if fields.user_id is None and fields.user_email is None:
             raise bad_request("user_id: give user_id or user_email", "user_id")
         user = await self._user(fields.user_id, None if fields.user_id else fields.user_email)

@@ -284,3 +284,12 @@ async def test_a_users_budget_spans_its_keys_and_is_raised_from_the_ledger(gatew
     _, info = await admin(again, "GET", "/user/info?user_id=ana")
     assert info["user_info"]["spend"] > 0 and {k["token"] for k in info["keys"]} == {
         user["token_id"], second_key["token_id"]}
+
+
+@pytest.mark.parametrize("field,value", [("residency", "eu"), ("blocked", True)])
+async def test_a_key_field_sent_for_a_user_is_refused_not_dropped(gov, field, value) -> None:
+    status, body = await admin(gov, "POST", "/user/new", {"user_id": "ana", field: value})
+    assert status == 400 and body["error"]["param"] == field
+    await admin(gov, "POST", "/user/new", {"user_id": "ana"})
+    status, body = await admin(gov, "POST", "/user/update", {"user_id": "ana", field: value})
+    assert status == 400 and body["error"]["param"] == field
