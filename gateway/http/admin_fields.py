@@ -137,6 +137,13 @@ class UserFields(_Fields):
     key_alias: Text | None = None
     duration: str | None = Field(None, max_length=40)
 
+    @field_validator("duration")
+    @classmethod
+    def _key_duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
     @field_validator("user_role")
     @classmethod
     def _admin_role(cls, value: str | None) -> str | None:

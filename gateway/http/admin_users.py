@@ -119,6 +119,8 @@ class UserApi:
         ignored = refuse_unsupported(fields.model_extra)
         self._refuse_key_only(fields)
         teams = await self._teams(fields)
+        # The key's fields are checked before anything is written: a bad one leaves no user behind.
+        key_fields = parse_fields(KeyFields, {k: getattr(fields, k) for k in _KEY_ONLY if getattr(fields, k)})
         now = time.time()
         user = User(user_id=fields.user_id or str(uuid.uuid4()), user_email=fields.user_email,
                     user_alias=fields.user_alias, user_role=fields.user_role or "internal_user",
@@ -133,7 +135,7 @@ class UserApi:
         answer: dict[str, Any] = {"key": None}
         if fields.auto_create_key:
             # The user's key carries no limits of its own: the user's apply to it (and to every other key it gets).
-            key_fields = KeyFields.model_validate({k: getattr(fields, k) for k in _KEY_ONLY if getattr(fields, k)})
+            assert isinstance(key_fields, KeyFields)
             answer = await self.admin.create_key(key_fields, {}, user_id=user.user_id)
         else:
             await self.admin.changed()

@@ -293,3 +293,10 @@ async def test_a_key_field_sent_for_a_user_is_refused_not_dropped(gov, field, va
     await admin(gov, "POST", "/user/new", {"user_id": "ana"})
     status, body = await admin(gov, "POST", "/user/update", {"user_id": "ana", field: value})
     assert status == 400 and body["error"]["param"] == field
+
+
+async def test_a_bad_key_field_in_user_new_is_a_400_and_leaves_no_user(gov) -> None:
+    status, body = await admin(gov, "POST", "/user/new", {"user_id": "ana", "duration": "727335"})
+    assert status == 400 and body["error"]["param"] == "duration", body
+    status, _ = await admin(gov, "GET", "/user/info?user_id=ana")
+    assert status == 404
