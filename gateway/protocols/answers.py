@@ -8,6 +8,7 @@ import orjson
 
 from gateway.protocols.anthropic_clients import ChatToMessagesStream, MessagesPassthrough, chat_to_message
 from gateway.protocols.anthropic_upstream import AnthropicStream, from_messages_response
+from gateway.protocols.bedrock_converse import ConverseStream, from_converse_response
 from gateway.protocols.request import Request
 from gateway.protocols.sse import UpstreamStreamError, error_message
 from gateway.protocols.tokens import estimate_tokens, usage_pair
@@ -40,6 +41,9 @@ def read_answer(dep: DeploymentPool, data: bytes, alias: str, endpoint: str = "c
             return orjson.dumps(message), prompt, completion
         if dep.provider == "anthropic":
             translated, prompt, completion = from_messages_response(obj, alias)
+            return orjson.dumps(translated), prompt, completion
+        if dep.provider == "bedrock":
+            translated, prompt, completion = from_converse_response(obj, alias)
             return orjson.dumps(translated), prompt, completion
     except (AttributeError, TypeError, KeyError, ValueError) as exc:  # a shape the translation cannot read
         raise MalformedAnswer(f"answer has an unexpected shape ({type(exc).__name__})") from None
@@ -126,4 +130,6 @@ def stream_adapter(dep: DeploymentPool, request: Request) -> StreamAdapter:
         return MessagesPassthrough() if dep.provider == "anthropic" else ChatToMessagesStream(request.alias)
     if dep.provider == "anthropic":
         return AnthropicStream(request.alias, include_usage=request.wants_usage)
+    if dep.provider == "bedrock":
+        return ConverseStream(request.alias, include_usage=request.wants_usage)
     return OpenAIStream(strip_usage=not request.wants_usage)
