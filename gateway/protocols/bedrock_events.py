@@ -23,27 +23,27 @@ _PRELUDE = 12  # total length, headers length, prelude CRC: 4 bytes each
 class ConverseEventReader:
     """Whole ConverseStream events as (`:event-type`, JSON payload); raises on exceptions the stream carries."""
 
-    __slots__ = ("_buffer", "_content", "_held", "_messages", "max_bytes")
+    __slots__ = ("_buffer", "_content", "_held", "max_bytes")
 
     def __init__(self, content: StreamReader, max_bytes: int) -> None:
         self._content = content
         self._buffer = EventStreamBuffer()
         self._held = 0  # bytes given to the buffer and not yet parsed into events
-        self._messages: list[Any] = []  # botocore EventStreamMessage (its stubs type the fields loosely)
         self.max_bytes = max_bytes
 
     async def next(self) -> tuple[bytes, bytes] | None:
-        """The next event; None at a clean end of stream (between frames)."""
-        while not self._messages:
+        """The next event; None at a clean end of stream (between frames). One frame is parsed at a time, so
+        a corrupt frame fails only when it is reached, after every good event before it was relayed."""
+        while True:
             try:
-                message: Any
-                for message in self._buffer:
-                    self._held -= message.prelude.total_length
-                    self._messages.append(message)
+                message: Any = next(self._buffer)
+            except StopIteration:
+                message = None
             except ParserError as exc:
                 raise TruncatedStream(f"unreadable event stream frame: {exc}") from None
-            if self._messages:
-                break
+            if message is not None:
+                self._held -= message.prelude.total_length
+                return _event(message, self.max_bytes)
             if self._held > self.max_bytes + _PRELUDE:
                 raise EventTooLarge(
                     f"upstream stream event over gateway.upstream_limits.sse_event_bytes ({self.max_bytes})")
@@ -54,7 +54,6 @@ class ConverseEventReader:
                 return None
             self._held += len(chunk)
             self._buffer.add_data(chunk)
-        return _event(self._messages.pop(0), self.max_bytes)
 
 
 def _event(message: Any, max_bytes: int) -> tuple[bytes, bytes]:
