@@ -26,7 +26,7 @@ from gateway.upstream.client import (
     UpstreamConnectTimeout,
     UpstreamLimitExceeded,
 )
-from gateway.upstream.cloud_calls import CLOUD_PROVIDERS, CloudCalls
+from gateway.upstream.cloud_calls import CLOUD_PROVIDERS, CloudAuthFailed, CloudCalls
 from gateway.upstream.quotas import DeploymentQuotas
 from gateway.upstream.redaction import redact
 from gateway.upstream.retry import Backoff, retry_after_seconds
@@ -271,6 +271,9 @@ class Proxy:
         except UpstreamConnectError as exc:
             self._failed(replica, response, health)
             raise AttemptFailed(f"connect_error: {exc}") from None
+        except CloudAuthFailed as exc:  # our credentials, not the upstream's health
+            self._failed(replica, response, health=False)
+            raise AttemptFailed(f"auth_error: {exc}") from None
         except UpstreamClosed as exc:
             self._failed(replica, response, health)
             raise AttemptFailed(f"upstream_disconnected: {redact(str(exc), _secrets(dep))}") from None

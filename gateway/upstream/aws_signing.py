@@ -18,13 +18,15 @@ from typing import Any
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
+from botocore.exceptions import BotoCoreError, ClientError
 from botocore.session import Session
 
 SIGNING_NAME = "bedrock"
 
 
 class NoAwsCredentials(Exception):
-    """The default chain found no credentials: no IRSA role, environment or profile."""
+    """No usable AWS credentials: the chain found none (no IRSA role, environment or profile), or a refresh
+    failed (STS refused the web identity token, or could not be reached)."""
 
 
 def _default_chain() -> Credentials | None:
@@ -62,12 +64,16 @@ class AwsCredentials:
         if credentials is None or _due(credentials):
             async with self._lock:  # one lookup or refresh at a time; the others wait for its result
                 credentials = self._credentials
-                if credentials is None:
-                    credentials = self._credentials = await asyncio.to_thread(self._chain)
+                try:
                     if credentials is None:
-                        raise NoAwsCredentials("no AWS credentials found (IRSA role, environment or profile)")
-                if _due(credentials):
-                    return await asyncio.to_thread(credentials.get_frozen_credentials)
+                        credentials = self._credentials = await asyncio.to_thread(self._chain)
+                        if credentials is None:
+                            raise NoAwsCredentials("no AWS credentials found (IRSA role, environment or profile)")
+                    if _due(credentials):
+                        return await asyncio.to_thread(credentials.get_frozen_credentials)
+                except (BotoCoreError, ClientError) as exc:
+                    # The next call tries again; botocore keeps unexpired credentials through an advisory failure.
+                    raise NoAwsCredentials(f"AWS credentials could not be refreshed: {exc}") from None
         result: Any = credentials.get_frozen_credentials()  # not due: no I/O
         return result  # type: ignore[no-any-return]
 

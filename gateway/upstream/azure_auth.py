@@ -58,8 +58,12 @@ class AzureAuth:
         form = {"grant_type": "client_credentials", "client_id": s.client_id or "",
                 "client_secret": s.client_secret or "", "scope": SCOPE}
         started = self._clock()
-        async with session.post(url, data=form, timeout=aiohttp.ClientTimeout(total=30)) as response:
-            text = await response.content.read(TOKEN_ANSWER_BYTES)
+        try:
+            async with session.post(url, data=form, timeout=aiohttp.ClientTimeout(total=30)) as response:
+                text = await response.content.read(TOKEN_ANSWER_BYTES)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AzureTokenError(f"Entra ID token endpoint {s.authority_host} unreachable: "
+                                  f"{type(exc).__name__}") from None
         try:
             answer = orjson.loads(text)
         except orjson.JSONDecodeError:

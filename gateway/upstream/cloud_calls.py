@@ -26,12 +26,16 @@ from yarl import URL
 from gateway.config.native import AzureSettings
 from gateway.protocols.bedrock_events import ConverseEventReader
 from gateway.protocols.request import Request
-from gateway.upstream.aws_signing import AwsCredentials, AwsSigner
-from gateway.upstream.azure_auth import AzureAuth
+from gateway.upstream.aws_signing import AwsCredentials, AwsSigner, NoAwsCredentials
+from gateway.upstream.azure_auth import AzureAuth, AzureTokenError
 from gateway.upstream.client import Answer, UpstreamLimitExceeded
 from gateway.upstream.routing import PATHS, DeploymentPool, Replica
 
 CLOUD_PROVIDERS = frozenset({"azure", "bedrock"})
+
+
+class CloudAuthFailed(Exception):
+    """No credentials to sign or authorize the call with (AWS chain empty, STS or Entra ID refused or away)."""
 EVENT_STREAM = "application/vnd.amazon.eventstream"
 
 
@@ -53,8 +57,11 @@ class CloudCalls:
             if auth is None:
                 auth = self._azure[dep.name] = AzureAuth(dep.config.azure or AzureSettings())
             url = url.with_query({"api-version": auth.settings.api_version})
-            headers = {"Content-Type": "application/json", "Accept-Encoding": "identity",
-                       **await auth.header(session, _api_key(dep))}
+            try:
+                credentials = await auth.header(session, _api_key(dep))
+            except AzureTokenError as exc:
+                raise CloudAuthFailed(str(exc)) from None
+            headers = {"Content-Type": "application/json", "Accept-Encoding": "identity", **credentials}
         else:
             # The model id is one path segment: `:` and `/` (ARNs) are percent-encoded, as botocore does.
             operation = "converse-stream" if request.stream else "converse"
@@ -62,7 +69,11 @@ class CloudCalls:
             signer = self._signers.get(dep.name)
             if signer is None:
                 signer = self._signers[dep.name] = AwsSigner(dep.config.aws_region, self.aws)
-            headers = await signer.headers(str(url), payload, EVENT_STREAM if request.stream else "application/json")
+            accept = EVENT_STREAM if request.stream else "application/json"
+            try:
+                headers = await signer.headers(str(url), payload, accept)
+            except NoAwsCredentials as exc:
+                raise CloudAuthFailed(str(exc)) from None
             headers["Accept-Encoding"] = "identity"  # not signed: SigV4 lists the headers it covers
         return await session.post(url, data=payload, headers=headers, timeout=dep.client_timeout)
 

@@ -174,7 +174,7 @@ class FakeAzure:
         self.requests.append({"path": request.path, "query": dict(request.query), "headers": dict(request.headers),
                               "body": body})
         authorized = request.headers.get("api-key") == self.api_key or \
-            request.headers.get("Authorization", "").removeprefix("Bearer ") in self._tokens + ["static-ad-token"]
+            request.headers.get("Authorization", "").removeprefix("Bearer ") in [*self._tokens, "static-ad-token"]
         if not authorized:
             return web.json_response({"error": {"code": "401", "message": "Access denied due to invalid "
                                                 "subscription key or wrong API endpoint."}}, status=401)

@@ -142,3 +142,12 @@ def test_incomplete_azure_settings_are_refused_by_name(params, message) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config({"model_list": [{"model_name": "m", "litellm_params": params}]})
     assert message in str(err.value)
+
+
+async def test_refused_client_credentials_fail_over_with_entras_reason(azure, gateway_factory) -> None:
+    gw = await gateway_factory(gateway_config(models=[{"alias": "gpt-4o", "deployments": [azure_deployment(
+        azure, tenant_id="tenant-1", client_id="app-1", client_secret="not-it", authority_host=azure.base_url)]}]))
+    with pytest.raises(openai.InternalServerError) as err:
+        await gw.client().chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    assert "auth_error: Entra ID token request for tenant tenant-1 failed with 401" in err.value.message
+    assert "not-it" not in err.value.message and not azure.requests

@@ -50,7 +50,8 @@ async def test_chat_is_signed_translated_to_converse_and_back(bedrock) -> None:
     assert fake.signature_problems == []
     [sent] = fake.requests
     assert sent["path"] == "/model/us.anthropic.claude-3-5-haiku-20241022-v1%3A0/converse"
-    assert sent["body"] == {"system": [{"text": "Be brief."}], "messages": [{"role": "user", "content": [{"text": "Hi"}]}],
+    assert sent["body"] == {"system": [{"text": "Be brief."}],
+                            "messages": [{"role": "user", "content": [{"text": "Hi"}]}],
                             "inferenceConfig": {"maxTokens": 64, "temperature": 0.3, "topP": 0.9,
                                                 "stopSequences": ["END"]}}
     assert reply.choices[0].message.content == "Hello from Bedrock" and reply.choices[0].finish_reason == "stop"
@@ -64,8 +65,8 @@ async def test_tools_and_tool_results_round_trip(bedrock) -> None:
     fake.answer = {"output": {"message": {"role": "assistant", "content": [
         {"text": "Checking."}, {"toolUse": {"toolUseId": "tu-1", "name": "weather", "input": {"city": "Oslo"}}}]}},
         "stopReason": "tool_use", "usage": {"inputTokens": 30, "outputTokens": 9, "totalTokens": 39}}
-    tools = [{"type": "function", "function": {"name": "weather", "description": "Weather now",
-                                               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    tools = [{"type": "function", "function": {"name": "weather", "description": "Weather now", "parameters": schema}}]
     reply = await gw.client().chat.completions.create(model="claude", messages=MESSAGES, tools=tools,
                                                       tool_choice="required")
     [call] = reply.choices[0].message.tool_calls
@@ -73,7 +74,7 @@ async def test_tools_and_tool_results_round_trip(bedrock) -> None:
     assert (call.id, call.function.name, call.function.arguments) == ("tu-1", "weather", '{"city":"Oslo"}')
     assert fake.requests[0]["body"]["toolConfig"] == {"tools": [{"toolSpec": {
         "name": "weather", "description": "Weather now",
-        "inputSchema": {"json": {"type": "object", "properties": {"city": {"type": "string"}}}}}}],
+        "inputSchema": {"json": schema}}}],
         "toolChoice": {"any": {}}}
 
     follow_up = [*MESSAGES, reply.choices[0].message.model_dump(exclude_none=True),
@@ -161,7 +162,7 @@ async def test_a_corrupt_frame_is_refused_by_botocores_parser(bedrock) -> None:
     broken[-1] ^= 0xFF  # message CRC no longer matches
     fake.stream = [good[0], bytes(broken)]
     stream = await gw.client().chat.completions.create(model="claude", messages=MESSAGES, stream=True)
-    with pytest.raises(openai.APIError, match="upstream closed the stream|unreadable"):
+    with pytest.raises(openai.APIError, match="upstream closed the stream before its end"):
         [c async for c in stream]
 
 
@@ -234,3 +235,37 @@ def test_native_bedrock_deployment_takes_no_key_and_needs_a_region() -> None:
     for extra, message in [({}, "needs 'region'"), ({"region": "us-east-1", "api_key": "k"}, "takes no 'api_key'")]:
         with pytest.raises(ConfigError, match=message):
             parse_config(gateway_config(models=[{"alias": "m", "deployments": [{**base, **extra}]}]))
+
+
+async def test_without_aws_credentials_the_call_fails_over_with_a_named_reason(aws_env, monkeypatch,
+                                                                              gateway_factory) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to find on this machine
+    fake = await FakeBedrock().start()
+    try:
+        gw = await gateway_factory(gateway_config(models=[{"alias": "claude", "deployments": [{
+            "name": "bedrock-us", "provider": "bedrock", "model": MODEL_ID, "region": "us-east-1",
+            "api_base": fake.base_url}]}]))
+        with pytest.raises(openai.InternalServerError) as err:
+            await gw.client().chat.completions.create(model="claude", messages=MESSAGES)
+        assert "auth_error: no AWS credentials found" in err.value.message and not fake.requests
+    finally:
+        await fake.stop()
+
+
+async def test_an_event_over_the_stream_event_bound_fails_by_name(aws_env, gateway_factory) -> None:
+    fake = await FakeBedrock().start()
+    fake.stream = [event("messageStart", {"role": "assistant"}),
+                   event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "x" * 5000}})]
+    try:
+        gw = await gateway_factory(gateway_config(
+            models=[{"alias": "claude", "deployments": [{"name": "bedrock-us", "provider": "bedrock",
+                                                         "model": MODEL_ID, "region": "us-east-1",
+                                                         "api_base": fake.base_url}]}],
+            upstream_limits={"sse_event_bytes": 1024}))
+        stream = await gw.client().chat.completions.create(model="claude", messages=MESSAGES, stream=True)
+        with pytest.raises(openai.APIError, match="sse_event_bytes"):
+            [c async for c in stream]
+    finally:
+        await fake.stop()
