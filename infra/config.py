@@ -555,8 +555,9 @@ def _check_bedrock_fallback(cfg: StackConfig, name: str, k: int, spec: str) -> l
     zones = {cfg.zone_of(r) for r in model.regions if r in known}
     callers = [r.name for r in cfg.regions if r.residency in zones]
     if not set(callers) & set(bedrock.geographies()[geo]):
-        return [(f"failover.hosted_fallbacks.{name}[{k}]",
-                 f"{model_id} is a {geo} inference profile, callable only from {geo} regions; no gateway "
+        article = "an" if geo[0] in "aeiou" else "a"
+        return [(f"{NAMESPACE}:failover.hosted_fallbacks.{name}[{k}]",
+                 f"{model_id} is {article} {geo} inference profile, callable only from {geo} regions; no gateway "
                  f"serving {name} runs in one ({', '.join(callers)})")]
     return []
 
