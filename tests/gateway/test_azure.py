@@ -4,6 +4,7 @@ Entra ID token the gateway fetches and refreshes, streams relayed, content-filte
 from __future__ import annotations
 
 import aiohttp
+import anthropic
 import openai
 import pytest
 
@@ -11,7 +12,7 @@ from gateway.config.errors import ConfigError
 from gateway.config.loading import parse_config
 from gateway.config.native import AzureSettings
 from gateway.upstream.azure_auth import REFRESH_BEFORE, AzureAuth, AzureTokenError
-from tests.gateway.conftest import gateway_config
+from tests.gateway.conftest import KEY, gateway_config
 from tests.gateway.fake_clouds import FakeAzure
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
@@ -151,3 +152,12 @@ async def test_refused_client_credentials_fail_over_with_entras_reason(azure, ga
         await gw.client().chat.completions.create(model="gpt-4o", messages=MESSAGES)
     assert "auth_error: Entra ID token request for tenant tenant-1 failed with 401" in err.value.message
     assert "not-it" not in err.value.message and not azure.requests
+
+
+async def test_anthropic_clients_reach_azure_deployments_too(azure, gateway_factory) -> None:
+    gw = await gateway_factory(gateway_config(models=[{"alias": "gpt-4o", "deployments": [
+        azure_deployment(azure, api_key=azure.api_key)]}]))
+    client = anthropic.AsyncAnthropic(base_url=gw.url, api_key=KEY, max_retries=0)
+    reply = await client.messages.create(model="gpt-4o", max_tokens=20, messages=[{"role": "user", "content": "Hi"}])
+    assert reply.content[0].text == "Hi from Azure" and reply.usage.output_tokens == 3
+    assert azure.requests[0]["path"] == "/openai/deployments/gpt-4o-prod/chat/completions"
