@@ -42,6 +42,7 @@ caching, guardrails...) is ignored.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 from urllib.parse import quote
 
@@ -264,9 +265,13 @@ def _cloud_deployment(prefix: str, name: str, params: dict[str, Any], entry: dic
             if params.get(key) is not None:
                 raise ConfigError(f"{at}.{key}: the gateway signs Bedrock calls with its own AWS credentials "
                                   "(the pod's IAM role, or the environment on a laptop); remove it")
-        region = params.get("aws_region_name") or params.get("region_name")
+        # As LiteLLM: the parameter, an ARN's own region, then the environment (EKS sets AWS_REGION in every pod).
+        arn_region = name.split(":")[3] if name.startswith("arn:") and name.count(":") > 3 else None
+        region = params.get("aws_region_name") or params.get("region_name") or arn_region or next(
+            (os.environ[v] for v in ("AWS_REGION_NAME", "AWS_REGION", "AWS_DEFAULT_REGION") if os.environ.get(v)), None)
         if not isinstance(region, str) or not region:
-            raise ConfigError(f"{at}.aws_region_name: required for bedrock (the region calls are signed for)")
+            raise ConfigError(f"{at}.aws_region_name: required for bedrock (the region calls are signed for), "
+                              "or AWS_REGION in the environment")
         dep.update(model=name)
         endpoint = params.get("aws_bedrock_runtime_endpoint")
         if endpoint:

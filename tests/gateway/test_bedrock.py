@@ -218,6 +218,13 @@ def test_litellm_bedrock_models_map_to_converse_deployments() -> None:
                                                             "eu-central-1")
 
 
+def test_litellm_bedrock_region_comes_from_the_environment_as_in_litellm(monkeypatch) -> None:
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")  # what EKS sets in every pod
+    entry = {"model_name": "m", "litellm_params": {"model": "bedrock/amazon.nova-lite-v1:0"}}
+    config = parse_config({"model_list": [entry]})
+    assert config.models[0].deployments[0].aws_region == "eu-west-3"
+
+
 @pytest.mark.parametrize(("params", "message"), [
     ({"model": "bedrock/amazon.nova-lite-v1:0"}, "litellm_params.aws_region_name: required for bedrock"),
     ({"model": "bedrock/invoke/anthropic.claude-v2", "aws_region_name": "us-east-1"},
@@ -225,7 +232,9 @@ def test_litellm_bedrock_models_map_to_converse_deployments() -> None:
     ({"model": "bedrock/amazon.nova-lite-v1:0", "aws_region_name": "us-east-1", "aws_access_key_id": "AKID"},
      "litellm_params.aws_access_key_id: the gateway signs Bedrock calls with its own AWS credentials"),
 ])
-def test_bedrock_settings_the_gateway_cannot_honour_are_refused_by_name(params, message) -> None:
+def test_bedrock_settings_the_gateway_cannot_honour_are_refused_by_name(params, message, monkeypatch) -> None:
+    for name in ("AWS_REGION_NAME", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
     with pytest.raises(ConfigError, match=message):
         parse_config({"model_list": [{"model_name": "m", "litellm_params": params}]})
 
