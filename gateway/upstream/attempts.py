@@ -240,7 +240,8 @@ class Proxy:
                     first = await _first_output(events, adapter)
                     return Opened(dep, replica, response, first, adapter, events=events,
                                   prompt_estimate=prompt_estimate)
-            # A whole answer, through the lean client (see upstream/client.py for the measurement). Model servers
+            # A whole answer, through the lean client (see upstream/client.py for the measurement; Azure and Bedrock
+            # through aiohttp's, upstream/cloud_calls.py). Model servers
             # send nothing until a whole answer is generated, so `total` bounds it, `idle` the silence once begun.
             if cloud:
                 async with asyncio.timeout(t.total):
