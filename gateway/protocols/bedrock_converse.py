@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from gateway.protocols.anthropic_clients import ChatToMessagesStream
 from gateway.protocols.anthropic_upstream import DEFAULT_MAX_TOKENS, BadShape
 from gateway.protocols.sse import UpstreamStreamError
 from gateway.protocols.tokens import bounded_tokens
@@ -219,3 +220,26 @@ class ConverseStream:
         if kind.endswith("Exception"):  # an exception event inside a 200 stream (ConverseStreamOutput's members)
             raise UpstreamStreamError(f"{kind[0].upper()}{kind[1:]}: {event.get('message') or 'stream failed'}")
         return b""  # contentBlockStop
+
+
+class ConverseToMessagesStream:
+    """ConverseStream events as Anthropic Messages stream events (Anthropic clients on a Bedrock deployment):
+    through OpenAI chunks, composing the two translations the gateway has."""
+
+    anthropic_events = True  # a failure mid-stream is reported as a Messages `error` event
+
+    def __init__(self, alias: str) -> None:
+        self._chat = ConverseStream(alias, include_usage=True)  # the usage chunk carries output_tokens on
+        self._messages = ChatToMessagesStream(alias)
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.done = False
+
+    def feed(self, event_type: bytes, payload: bytes) -> bytes:
+        out = b""
+        for event in self._chat.feed(event_type, payload).split(b"\n\n"):
+            if event.startswith(b"data: "):
+                out += self._messages.feed(event + b"\n\n", event[6:])
+        self.prompt_tokens, self.completion_tokens = self._chat.prompt_tokens, self._chat.completion_tokens
+        self.done = self._messages.done
+        return out

@@ -77,6 +77,8 @@ class Request:
 
     def _build_messages(self, dep: DeploymentPool, route: ModelRoute) -> bytes:
         body, cap = self.body, route.max_tokens
+        if dep.provider == "bedrock":
+            return orjson.dumps(to_converse_request(messages_to_chat(body, dep.model, cap), cap))
         if dep.provider != "anthropic":
             return orjson.dumps(messages_to_chat(body, dep.model, cap))
         changes: dict[str, Any] = {}

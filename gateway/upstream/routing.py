@@ -22,7 +22,7 @@ PATHS: dict[str, dict[str, str]] = {
     # OpenAI's protocol at Azure's URLs, and Bedrock's Converse: requests made by upstream/cloud_calls.py.
     "azure": {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings",
               "messages": "/chat/completions"},
-    "bedrock": {"chat": "/converse"},
+    "bedrock": {"chat": "/converse", "messages": "/converse"},
 }
 ANTHROPIC_VERSION = "2023-06-01"
 

@@ -7,6 +7,7 @@ import asyncio
 import threading
 from datetime import UTC, datetime, timedelta
 
+import anthropic
 import openai
 import pytest
 from botocore.credentials import Credentials, RefreshableCredentials
@@ -14,7 +15,7 @@ from botocore.credentials import Credentials, RefreshableCredentials
 from gateway.config.errors import ConfigError
 from gateway.config.loading import parse_config
 from gateway.upstream.aws_signing import AwsCredentials, NoAwsCredentials
-from tests.gateway.conftest import gateway_config
+from tests.gateway.conftest import KEY, gateway_config
 from tests.gateway.fake_clouds import ACCESS_KEY, SECRET_KEY, SESSION_TOKEN, FakeBedrock, event, frame, text_events
 
 MODEL_ID = "us.anthropic.claude-3-5-haiku-20241022-v1:0"  # a cross-region inference profile id
@@ -278,3 +279,21 @@ async def test_an_event_over_the_stream_event_bound_fails_by_name(aws_env, gatew
             [c async for c in stream]
     finally:
         await fake.stop()
+
+
+async def test_anthropic_clients_reach_bedrock_through_converse(bedrock) -> None:
+    fake, gw = bedrock
+    client = anthropic.AsyncAnthropic(base_url=gw.url, api_key=KEY, max_retries=0)
+    reply = await client.messages.create(model="claude", max_tokens=20, system="Be brief.",
+                                         messages=[{"role": "user", "content": "Hi"}])
+    assert fake.requests[0]["body"]["system"] == [{"text": "Be brief."}]
+    assert fake.requests[0]["body"]["inferenceConfig"]["maxTokens"] == 20
+    assert reply.content[0].text == "Hello from Bedrock" and reply.stop_reason == "end_turn"
+    assert (reply.usage.input_tokens, reply.usage.output_tokens) == (12, 4)
+
+    async with client.messages.stream(model="claude", max_tokens=20,
+                                      messages=[{"role": "user", "content": "Hi"}]) as stream:
+        text = "".join([piece async for piece in stream.text_stream])
+        final = await stream.get_final_message()
+    assert text == "Hello" and final.usage.output_tokens == 3 and final.stop_reason == "end_turn"
+    assert fake.requests[1]["operation"] == "converse-stream" and fake.signature_problems == []
