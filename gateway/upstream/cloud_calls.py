@@ -17,6 +17,7 @@ untouched: attempts take this path only for `provider: azure | bedrock`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import aiohttp
@@ -26,10 +27,12 @@ from yarl import URL
 from gateway.config.native import AzureSettings
 from gateway.protocols.bedrock_events import ConverseEventReader
 from gateway.protocols.request import Request
-from gateway.upstream.aws_signing import AwsCredentials, AwsSigner, NoAwsCredentials
 from gateway.upstream.azure_auth import AzureAuth, AzureTokenError
 from gateway.upstream.client import Answer, UpstreamLimitExceeded
 from gateway.upstream.routing import PATHS, DeploymentPool, Replica
+
+if TYPE_CHECKING:
+    from gateway.upstream.aws_signing import AwsCredentials, AwsSigner
 
 CLOUD_PROVIDERS = frozenset({"azure", "bedrock"})
 
@@ -43,7 +46,7 @@ class CloudCalls:
     """Sends Azure and Bedrock calls: URL, auth and signature per deployment, credentials shared."""
 
     def __init__(self, aws: AwsCredentials | None = None) -> None:
-        self.aws = aws or AwsCredentials()
+        self.aws = aws  # made on the first Bedrock call: botocore's signer costs ~0.3 s of start-up to import
         self._azure: dict[str, AzureAuth] = {}
         self._signers: dict[str, AwsSigner] = {}
 
@@ -66,8 +69,11 @@ class CloudCalls:
             # The model id is one path segment: `:` and `/` (ARNs) are percent-encoded, as botocore does.
             operation = "converse-stream" if request.stream else "converse"
             url = URL(f"{replica.base_url}/model/{quote(dep.model, safe='-_.~')}/{operation}", encoded=True)
+            from gateway.upstream.aws_signing import AwsCredentials, AwsSigner, NoAwsCredentials
+
             signer = self._signers.get(dep.name)
             if signer is None:
+                self.aws = self.aws or AwsCredentials()
                 signer = self._signers[dep.name] = AwsSigner(dep.config.aws_region, self.aws)
             accept = EVENT_STREAM if request.stream else "application/json"
             try:
