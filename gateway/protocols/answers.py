@@ -9,6 +9,7 @@ import orjson
 
 from gateway.protocols.anthropic_clients import ChatToMessagesStream, MessagesPassthrough, chat_to_message
 from gateway.protocols.anthropic_upstream import AnthropicStream, from_messages_response
+from gateway.protocols.bedrock_converse import ConverseStream, ConverseToMessagesStream, from_converse_response
 from gateway.protocols.request import Request
 from gateway.protocols.sse import UpstreamStreamError, error_message
 from gateway.protocols.tokens import estimate_tokens, usage_pair
@@ -39,10 +40,15 @@ def read_answer(dep: DeploymentPool, data: bytes, alias: str, endpoint: str = "c
             if dep.provider == "anthropic":
                 counted = usage_pair(obj.get("usage"), "input_tokens", "output_tokens")
                 return data, *(counted or _estimated(obj, prompt_estimate))
+            if dep.provider == "bedrock":
+                obj = from_converse_response(obj, alias)[0]
             message, prompt, completion = chat_to_message(obj, alias)
             return orjson.dumps(message), prompt, completion
         if dep.provider == "anthropic":
             translated, prompt, completion = from_messages_response(obj, alias)
+            return orjson.dumps(translated), prompt, completion
+        if dep.provider == "bedrock":
+            translated, prompt, completion = from_converse_response(obj, alias)
             return orjson.dumps(translated), prompt, completion
     except (AttributeError, TypeError, KeyError, ValueError) as exc:  # a shape the translation cannot read
         raise MalformedAnswer(f"answer has an unexpected shape ({type(exc).__name__})") from None
@@ -158,7 +164,11 @@ class OpenAIStream:
 
 def stream_adapter(dep: DeploymentPool, request: Request, restamp: bool = False) -> StreamAdapter:
     if request.endpoint == "messages":
+        if dep.provider == "bedrock":
+            return ConverseToMessagesStream(request.alias)
         return MessagesPassthrough() if dep.provider == "anthropic" else ChatToMessagesStream(request.alias)
     if dep.provider == "anthropic":
         return AnthropicStream(request.alias, include_usage=request.wants_usage)
+    if dep.provider == "bedrock":
+        return ConverseStream(request.alias, include_usage=request.wants_usage)
     return OpenAIStream(strip_usage=not request.wants_usage, model=request.alias if restamp else None)

@@ -15,6 +15,7 @@ from gateway.http.errors import GatewayError
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.usage import CallRecord
 from gateway.protocols.answers import MalformedAnswer, StreamAdapter, read_answer, stream_adapter
+from gateway.protocols.bedrock_events import ConverseEventReader
 from gateway.protocols.request import Request
 from gateway.protocols.sse import EventReader, EventTooLarge, TruncatedStream, UpstreamStreamError
 from gateway.protocols.tokens import estimate_tokens
@@ -25,6 +26,7 @@ from gateway.upstream.client import (
     UpstreamConnectTimeout,
     UpstreamLimitExceeded,
 )
+from gateway.upstream.cloud_calls import CLOUD_PROVIDERS, CloudAuthFailed, CloudCalls
 from gateway.upstream.outcomes import Failures, final_error, ratelimit_headers
 from gateway.upstream.quotas import DeploymentQuotas
 from gateway.upstream.redaction import redact
@@ -64,7 +66,7 @@ class Opened:
     adapter: StreamAdapter | None
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    events: EventReader | None = None  # streaming: the upstream's events, each bounded in size
+    events: EventReader | ConverseEventReader | None = None  # streaming: the upstream's events, each bounded in size
     prompt_estimate: int = 0  # the prompt's tokens by the request's size, charged when usage never comes
     ratelimit: dict[str, str] | None = None  # the upstream's x-ratelimit-* headers, relayed as LiteLLM does
     _finished: bool = False
@@ -103,6 +105,7 @@ class Proxy:
         self.backoff = Backoff(retries.backoff_base, retries.backoff_max)
         self.metrics = metrics
         self.quotas = quotas
+        self.cloud = CloudCalls()  # Azure and Bedrock (upstream/cloud_calls.py)
         self._clock = clock
 
     async def open(self, request: Request, route: ModelRoute, record: CallRecord,
@@ -204,7 +207,8 @@ class Proxy:
 
     async def _attempt(self, request: Request, route: ModelRoute, dep: DeploymentPool, replica: Replica) -> Opened:
         payload = request.payload_for(dep, route)
-        head = b"" if request.stream else dep.request_head(replica, request.endpoint)  # a config error raises here
+        cloud = dep.provider in CLOUD_PROVIDERS
+        head = b"" if request.stream or cloud else dep.request_head(replica, request.endpoint)  # config errors raise
         replica.in_flight += 1
         replica.breaker.on_attempt()
         response: aiohttp.ClientResponse | None = None
@@ -216,22 +220,37 @@ class Proxy:
             if request.stream:
                 # Headers and the first event within first_byte: failover stays possible until then.
                 async with asyncio.timeout(t.first_byte):
-                    response = await self.session.post(url, data=payload, headers=dep.headers,
-                                                       timeout=dep.client_timeout)
+                    if cloud:
+                        response = await self.cloud.post(self.session, dep, replica, request, payload)
+                    else:
+                        response = await self.session.post(url, data=payload, headers=dep.headers,
+                                                           timeout=dep.client_timeout)
                     if response.status != 200:
                         health = response.status not in NOT_HEALTH
+                        if cloud:
+                            error = await self.cloud.whole(dep, response, ERROR_BODY_BYTES)
+                            _refusal(error.status, error.reason, error.headers, error.body, _secrets(dep))
                         await _refused(response, dep)
                     if response.headers.get("Content-Encoding", "identity").lower() not in ("identity", ""):
                         # We asked for identity: a compressed stream could inflate past every bound before we see it.
                         raise AttemptFailed("malformed_response: compressed stream (we asked for identity)")
                     adapter = stream_adapter(dep, request, restamp=route.alias == request.alias)
-                    events = EventReader(response.content, dep.limits.sse_event_bytes)
+                    events = (self.cloud.events(dep, response) if dep.provider == "bedrock"
+                              else EventReader(response.content, dep.limits.sse_event_bytes))
                     first = await _first_output(events, adapter)
                     return Opened(dep, replica, response, first, adapter, events=events,
                                   prompt_estimate=prompt_estimate, ratelimit=ratelimit_headers(response.headers))
-            # A whole answer, through the lean client (see upstream/client.py for the measurement). Model servers
+            # A whole answer, through the lean client (see upstream/client.py for the measurement; Azure and Bedrock
+            # through aiohttp's, upstream/cloud_calls.py). Model servers
             # send nothing until a whole answer is generated, so `total` bounds it, `idle` the silence once begun.
-            answer = await self.client.post(replica.connections, head, payload, t.connect, t.total, t.idle, dep.limits)
+            if cloud:
+                async with asyncio.timeout(t.total):
+                    response = await self.cloud.post(self.session, dep, replica, request, payload)
+                    answer = await self.cloud.whole(dep, response)
+                response = None
+            else:
+                answer = await self.client.post(replica.connections, head, payload, t.connect, t.total, t.idle,
+                                                dep.limits)
             if answer.status != 200:
                 health = answer.status not in NOT_HEALTH
                 _refusal(answer.status, answer.reason, answer.headers, answer.body[:ERROR_BODY_BYTES], _secrets(dep))
@@ -254,6 +273,9 @@ class Proxy:
         except UpstreamConnectError as exc:
             self._failed(replica, response, health)
             raise AttemptFailed(f"connect_error: {exc}") from None
+        except CloudAuthFailed as exc:  # our credentials, not the upstream's health
+            self._failed(replica, response, health=False)
+            raise AttemptFailed(f"auth_error: {exc}") from None
         except UpstreamClosed as exc:
             self._failed(replica, response, health)
             raise AttemptFailed(f"upstream_disconnected: {redact(str(exc), _secrets(dep))}") from None
@@ -327,12 +349,14 @@ def _refusal(status: int, reason: str, headers: Mapping[str, str], text: bytes, 
     """
     message = redact(_upstream_message(text) or reason or "error", secrets)
     if status in CLIENT_FAULT:
-        raise GatewayError(status, f"Upstream rejected the request: {message}", "invalid_request_error")
+        # The upstream's own code goes along (Azure's `content_filter`, Bedrock's `ValidationException`).
+        raise GatewayError(status, f"Upstream rejected the request: {message}", "invalid_request_error",
+                           code=_upstream_code(text))
     retry_after = retry_after_seconds(headers.get("retry-after")) if status in (429, 503) else None
     raise AttemptFailed(f"http_{status}: {message}", retry_after, status, ratelimit_headers(headers))
 
 
-async def _first_output(events: EventReader, adapter: StreamAdapter) -> bytes:
+async def _first_output(events: EventReader | ConverseEventReader, adapter: StreamAdapter) -> bytes:
     """Read events until one produces bytes for the client, so failover stays possible until then."""
     while True:
         event = await events.next()
@@ -341,6 +365,15 @@ async def _first_output(events: EventReader, adapter: StreamAdapter) -> bytes:
         out = adapter.feed(*event)
         if out or adapter.done:
             return out
+
+
+def _upstream_code(text: bytes) -> str | None:
+    try:
+        error = orjson.loads(text).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code[:100] if isinstance(code, str) and code.isprintable() else None
 
 
 def _upstream_message(text: bytes) -> str:
