@@ -38,7 +38,8 @@ def test_litellm_example_loads_as_is(env) -> None:
     config = load_config(EXAMPLES / "litellm.yaml")
     assert config.gateway.master_key == "value-of-LITELLM_MASTER_KEY"
     assert config.gateway.routing == "weighted" and config.gateway.retries.attempts == 2
-    assert config.gateway.circuit_breaker.failures == 3 and config.gateway.circuit_breaker.cooldown == 30
+    # allowed_fails: 3 -> the 4th failure opens the circuit (LiteLLM cools down on fails > allowed_fails)
+    assert config.gateway.circuit_breaker.failures == 4 and config.gateway.circuit_breaker.cooldown == 30
     llama = config.model("llama-3.1-8b")
     assert [d.weight for d in llama.deployments] == [2, 1]
     first = llama.deployments[0]
