@@ -163,6 +163,8 @@ SETTINGS: tuple[Setting, ...] = (
             "them would get 404"),
     Setting("general_settings.store_model_in_db", _R, "models added through LiteLLM's UI or API live in its "
             "database and would not be served; list every model in model_list"),
+    Setting("general_settings.dangerously_permit_weak_or_unset_master_key", _I, "weak keys are refused at start; "
+            "pass --dev for local development"),
     Setting("general_settings.disable_spend_logs", _I, "the gateway's spend ledger is always written"),
     Setting("general_settings.disable_master_key_return", _I, UI),
     Setting("general_settings.disable_prisma_schema_update", _I, LITELLM_DB),
@@ -309,3 +311,18 @@ def review(doc: dict[str, Any]) -> list[Ignored]:
         for key, value in (params or {}).items() if isinstance(params, dict) else ():
             judge(f"model_list[].litellm_params.{key}", f"model_list[{i}].litellm_params.{key}", value)
     return list(found.values())
+
+
+def markdown_table() -> str:
+    """The README's table of LiteLLM settings (gateway/README.md, "LiteLLM format"), generated from SETTINGS."""
+    rows = ["| LiteLLM setting | Gateway | Why |", "|---|---|---|"]
+    for outcome in ("honoured", "ignored", "refused"):
+        for s in SETTINGS:
+            if s.outcome == outcome:
+                extra = " (refused for a custom Python plug-in)" if s.refuse_when is not None else ""
+                rows.append(f"| `{s.path}` | {s.outcome}{extra} | {s.why.replace('|', '/')} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")
