@@ -175,10 +175,10 @@ async def test_litellm_params_are_request_defaults_and_the_clients_value_wins(ga
 
 # vLLM's 400 for a prompt over the context window (vllm/renderers/params.py, TokenizeParams._token_len_check,
 # raised as VLLMValidationError and answered as an OpenAI-shaped ErrorResponse).
-VLLM_CONTEXT_ERROR = (b'{"error":{"message":"This model\'s maximum context length is 8192 tokens. However, you requested '
-                      b'16 output tokens and your prompt contains 9000 input tokens, for a total of 9016 tokens. Please '
-                      b'reduce the length of the input prompt or the number of requested output tokens.",'
-                      b'"type":"BadRequestError","param":null,"code":400}}')
+VLLM_CONTEXT_ERROR = (b'{"error":{"message":"This model\'s maximum context length is 8192 tokens. However, you '
+                      b'requested 16 output tokens and your prompt contains 9000 input tokens, for a total of 9016 '
+                      b'tokens. Please reduce the length of the input prompt or the number of requested output '
+                      b'tokens.","type":"BadRequestError","param":null,"code":400}}')
 
 
 async def test_context_window_fallbacks_answer_a_prompt_over_the_context_window(gateway_factory, sim) -> None:
