@@ -92,12 +92,20 @@ def translate(doc: dict[str, Any]) -> tuple[GatewayConfig, list[Ignored]]:
     def group(name: Any) -> Any:  # a fallback may name a model_group_alias: LiteLLM resolves it
         return aliases[name]["model"] if isinstance(name, str) and name in aliases else name
 
+    generic: dict[str, list[Any]] = {}
     for key in ("fallbacks", "context_window_fallbacks"):
         where = "router_settings" if key in router else "litellm_settings"
         for alias, targets in _fallbacks(router.get(key, settings.get(key)), f"{where}.{key}", models):
+            if alias == "*" and "*" not in models:
+                generic.setdefault(key, []).extend(targets)  # LiteLLM's generic `*` group: models without their own
+                continue
             models[alias].setdefault(key, []).extend(group(t) for t in targets)
+    for model in models.values():
+        if not model.get("context_window_fallbacks") and generic.get("context_window_fallbacks"):
+            targets = [group(t) for t in generic["context_window_fallbacks"]]
+            model["context_window_fallbacks"] = [t for t in targets if t != model["alias"]]
     default_where = "router_settings" if "default_fallbacks" in router else "litellm_settings"
-    defaults = router.get("default_fallbacks", settings.get("default_fallbacks")) or []
+    defaults = router.get("default_fallbacks", settings.get("default_fallbacks")) or generic.get("fallbacks", [])
     if not isinstance(defaults, list) or not all(isinstance(d, str) for d in defaults):
         raise ConfigError(f"{default_where}.default_fallbacks: expected a list of model names")
     for model in models.values():
@@ -170,7 +178,7 @@ def _fallbacks(value: Any, where: str, models: dict[str, Any]) -> list[tuple[str
         if not isinstance(item, dict):
             raise ConfigError(f"{where}[{j}]: expected a mapping alias -> [aliases]")
         for alias, targets in item.items():
-            if alias not in models:
+            if alias not in models and alias != "*":
                 raise ConfigError(f"{where}[{j}]: {alias!r} is not a model_name in model_list")
             out.append((alias, targets if isinstance(targets, list) else [targets]))
     return out

@@ -34,7 +34,7 @@ class Request:
     _payloads: dict[tuple[str, str, int | None, str], bytes] = field(default_factory=dict)
 
     def payload_for(self, dep: DeploymentPool, route: ModelRoute) -> bytes:
-        key = (dep.provider, route.upstream_model(dep), route.max_tokens, dep.name if dep.defaults else "")
+        key = (dep.provider, route.upstream_model(dep, self.alias), route.max_tokens, dep.name if dep.defaults else "")
         cached = self._payloads.get(key)
         if cached is None:
             try:
@@ -49,7 +49,7 @@ class Request:
 
     def _build(self, dep: DeploymentPool, route: ModelRoute) -> bytes:
         body = self.body
-        model = route.upstream_model(dep)
+        model = route.upstream_model(dep, self.alias)
         if self.endpoint == "messages":
             return self._build_messages(dep, route, model)
         if dep.defaults and self.endpoint != "embeddings":
@@ -81,10 +81,12 @@ class Request:
 
     def _build_messages(self, dep: DeploymentPool, route: ModelRoute, model: str) -> bytes:
         body, cap = self.body, route.max_tokens
+        if "fallbacks" in body:  # the gateway's to act on (upstream/fallbacks.py), never the upstream's
+            body = {k: v for k, v in body.items() if k != "fallbacks"}
         if dep.provider != "anthropic":
             return orjson.dumps(messages_to_chat(body, model, cap))
         changes: dict[str, Any] = {}
-        if body.get("model") != model:
+        if body.get("model") != model or body is not self.body:
             changes["model"] = model
         if cap is not None and body.get("max_tokens", cap + 1) > cap:
             changes["max_tokens"] = cap

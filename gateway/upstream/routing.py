@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from yarl import URL
 
-from gateway.config.model_names import by_specificity, is_pattern, match, upstream_name
+from gateway.config.model_names import by_specificity, is_pattern, match, pattern_regex, upstream_name
 from gateway.config.native import Deployment, GatewayConfig, Timeouts
 from gateway.upstream.circuit import CircuitBreaker
 from gateway.upstream.client import ReplicaConnections
@@ -187,9 +187,16 @@ class ModelRoute:
     parts: tuple[str, ...] = ()
     client_name: str = ""
 
-    def upstream_model(self, dep: DeploymentPool) -> str:
-        """The model name sent to `dep`: its own, or for a wildcard, built from the client's (model_names.py)."""
-        return upstream_name(dep.model, self.parts, self.client_name) if self.parts else dep.model
+    def upstream_model(self, dep: DeploymentPool, requested: str = "") -> str:
+        """The model name sent to `dep`: its own, or for a wildcard, built from the client's (model_names.py).
+        `requested` (the name the client sent) serves when this route is a copy made without the match."""
+        if "*" not in dep.model:
+            return dep.model
+        parts, name = self.parts, self.client_name or requested
+        if not parts and is_pattern(self.alias):
+            found = pattern_regex(self.alias).match(name)
+            parts = found.groups() if found else ()
+        return upstream_name(dep.model, parts, name)
 
 
 class Router:

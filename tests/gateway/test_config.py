@@ -259,3 +259,10 @@ def test_cli_logs_each_ignored_litellm_setting_once_as_a_json_line(tmp_path) -> 
         ("config_setting_ignored", "litellm_settings.set_verbose"),
         ("config_setting_ignored", "litellm_settings.success_callback")], "each once"
     assert all(e["file"] == str(path) and e["message"].startswith(f"{e['setting']} ignored: ") for e in events)
+
+
+def test_a_star_fallback_group_is_litellms_generic_fallback() -> None:
+    doc = {"model_list": [{"model_name": n, "litellm_params": {"model": f"openai/{n}"}} for n in ("a", "b", "c")],
+           "router_settings": {"fallbacks": [{"*": ["c"]}, {"a": ["b"]}]}}
+    config = parse_config(doc)
+    assert [config.model(n).fallbacks for n in ("a", "b", "c")] == [["b"], ["c"], []]

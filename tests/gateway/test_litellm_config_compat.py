@@ -282,3 +282,15 @@ async def test_a_virtual_key_falls_back_to_models_the_governance_layer_allows(ga
     answer = await client.chat.completions.create(model="llama", messages=MESSAGES,
                                                   extra_body={"fallbacks": ["backup"]})
     assert answer.choices[0].message.content and backup.stats.requests == 1
+
+
+def test_a_wildcard_route_rebuilt_without_its_match_still_sends_the_clients_name() -> None:
+    # The governance gate copies a route to pin it to a residency zone (governance/gate.py `_pinned`), which
+    # drops the wildcard's match: the name sent upstream is then rebuilt from the client's.
+    from gateway.upstream.routing import ModelRoute, Router
+
+    router = Router(parse_config(doc(entry("openai/*", "openai/*", "http://127.0.0.1:9/v1"))))
+    matched = router.route("openai/gpt-4o")
+    assert matched is not None and matched.parts == ("gpt-4o",)
+    copy = ModelRoute(matched.alias, matched.max_tokens, [], matched.deployments)
+    assert copy.upstream_model(copy.deployments[0], "openai/gpt-4o") == "gpt-4o"
