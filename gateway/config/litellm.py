@@ -57,8 +57,8 @@ from urllib.parse import quote
 from gateway.config.env import resolve_env
 from gateway.config.errors import ConfigError
 from gateway.config.limits import MiB
-from gateway.config.litellm_models import read_models, renamed
-from gateway.config.litellm_settings import Ignored, review
+from gateway.config.litellm_models import read_models, renamed, request_defaults
+from gateway.config.litellm_review import Ignored, review
 from gateway.config.native import GatewayConfig, parse_native
 
 STRATEGIES = {
@@ -88,6 +88,7 @@ def translate(doc: dict[str, Any]) -> tuple[GatewayConfig, list[Ignored]]:
     origins: dict[tuple[int, int], int] = {}
     models = read_models(doc.get("model_list"), origins)
     aliases = _aliases(router.get("model_group_alias"))
+    _router_defaults(router.get("default_litellm_params"), models)
 
     def group(name: Any) -> Any:  # a fallback may name a model_group_alias: LiteLLM resolves it
         return aliases[name]["model"] if isinstance(name, str) and name in aliases else name
@@ -158,6 +159,20 @@ def _their_paths(message: str, origins: dict[tuple[int, int], int], aliases: lis
     message = re.sub(r"models\[(\d+)\]\.deployments\[(\d+)\]", deployment, message)
     return re.sub(r"models\[(\d+)\]", lambda m: f"model_list (model_name {aliases[int(m[1])]!r})"
                   if int(m[1]) < len(aliases) else m[0], message)
+
+
+def _router_defaults(value: Any, models: dict[str, dict[str, Any]]) -> None:
+    """router_settings.default_litellm_params: LiteLLM `setdefault`s them into the call's kwargs, which then go
+    over the deployment's litellm_params (`{**litellm_params, **kwargs}`, router.py 1.106.2): over each
+    deployment's defaults, under the client's fields."""
+    if not value:
+        return
+    if not isinstance(value, dict):
+        raise ConfigError("router_settings.default_litellm_params: expected a mapping of request fields")
+    fields = request_defaults(value, "router_settings.default_litellm_params")
+    for model in models.values():
+        for dep in model["deployments"]:
+            dep["defaults"] = {**dep.get("defaults", {}), **fields}
 
 
 def _environment(doc: dict[str, Any]) -> dict[str, str]:
@@ -242,7 +257,10 @@ def _governance(general: dict[str, Any], router: dict[str, Any]) -> dict[str, An
     elif host:
         password = router.get("redis_password")
         auth = f":{quote(str(password), safe='')}@" if password else ""
-        sections["redis"] = {"url": f"redis://{auth}{host}:{router.get('redis_port') or 6379}/0"}
+        port, db = router.get("redis_port") or 6379, router.get("redis_db") or 0
+        sections["redis"] = {"url": f"redis://{auth}{host}:{port}/{db}"}
+    if "redis" in sections and general.get("fail_closed_rate_limit_enforcement") is True:
+        sections["redis"]["on_unavailable"] = "fail-closed"  # LiteLLM: refuse calls while limits cannot be counted
     return sections
 
 

@@ -81,13 +81,13 @@ def _provider(target: Any, where: str) -> tuple[str, str, str]:
     )
 
 
-def _defaults(params: dict[str, Any], where: str) -> dict[str, Any]:
-    """OpenAI request fields the deployment sends when the client gives none (see REQUEST_DEFAULTS)."""
+def request_defaults(params: dict[str, Any], where: str) -> dict[str, Any]:
+    """OpenAI request fields sent when the client gives none (see REQUEST_DEFAULTS); `where` names `params`."""
     out = {k: v for k, v in params.items() if k in REQUEST_DEFAULTS and v is not None}
     for key in ("max_tokens", "max_completion_tokens"):
         cap = out.get(key)
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or not 1 <= cap <= MAX_TOKENS):
-            raise ConfigError(f"{where}.litellm_params.{key}: {cap!r} is not a whole number from 1 to {MAX_TOKENS}")
+            raise ConfigError(f"{where}.{key}: {cap!r} is not a whole number from 1 to {MAX_TOKENS}")
     return out
 
 
@@ -116,7 +116,7 @@ def _deployment(params: dict[str, Any], entry: dict[str, Any], where: str, index
         "rpm": _quota(params, entry, "rpm", where),
         "tpm": _quota(params, entry, "tpm", where),
     }
-    defaults = _defaults(params, where)
+    defaults = request_defaults(params, f"{where}.litellm_params")
     if defaults:
         dep["defaults"] = defaults
     for price in ("input_cost_per_token", "output_cost_per_token"):

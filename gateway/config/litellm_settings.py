@@ -1,7 +1,8 @@
 """What the gateway does with each setting of a LiteLLM config: honoured, ignored (logged once at start) or refused.
 
-The table is the migration guide's source (gateway/README.md, "LiteLLM format", is checked against it by
-tests/gateway/test_litellm_config_compat.py). The rule for each row:
+The table is the migration guide's source: gateway/README.md, "LiteLLM format", is generated from it
+(gateway/config/litellm_review.py) and checked against it (tests/gateway/test_litellm_config_compat.py).
+The rule for each row:
 
 - honoured: gateway/config/litellm.py translates it into the native config, with LiteLLM's meaning;
 - ignored: harmless to drop (observability, UI, LiteLLM's own storage and tuning): the gateway starts and logs
@@ -22,8 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gateway.config.errors import ConfigError
-
 Outcome = Literal["honoured", "ignored", "refused"]
 
 
@@ -34,17 +33,6 @@ class Setting:
     why: str
     # For settings refused only for some values (a custom Python plug-in among `callbacks`): True to refuse.
     refuse_when: Callable[[Any], bool] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Ignored:
-    """One ignored setting of a loaded file: logged once at start."""
-
-    path: str
-    why: str
-
-    def line(self) -> str:
-        return f"{self.path} ignored: {self.why}"
 
 
 def _custom_plugin(value: Any) -> bool:
@@ -59,6 +47,9 @@ OBSERVABILITY = "callbacks are LiteLLM's logging integrations; the gateway write
 UI = "LiteLLM's admin UI is not part of the gateway"
 LITELLM_DB = "LiteLLM's own database and workers are not used; the gateway keeps its llmp_* tables"
 HONOURED = "read as LiteLLM reads it"
+FILES = "the /files and /batches endpoints are not served (404)"
+LOAD = "load is bounded by gateway.front_door.connections and per-key limits"
+NO_HEALTH_CHECKS = "no background health checks: replica health comes from calls (circuit breaker)"
 
 _H: Outcome = "honoured"
 _I: Outcome = "ignored"
@@ -76,7 +67,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mcp_builtin_servers", _R, "the gateway serves no MCP tools; clients relying on them would fail"),
     Setting("search_tools", _R, "the gateway serves no search tools; clients relying on them would fail"),
     Setting("sandbox_tools", _R, "the gateway serves no sandbox tools; clients relying on them would fail"),
-    Setting("files_settings", _I, "the /files endpoints are not served (404)"),
+    Setting("files_settings", _I, FILES),
     Setting("finetune_settings", _I, "the /fine_tuning endpoints are not served (404)"),
     # ---- litellm_settings -----------------------------------------------------------------------------------
     Setting("litellm_settings.num_retries", _H, "retries per model (router_settings.num_retries wins)"),
@@ -165,6 +156,68 @@ SETTINGS: tuple[Setting, ...] = (
             "database and would not be served; list every model in model_list"),
     Setting("general_settings.dangerously_permit_weak_or_unset_master_key", _I, "weak keys are refused at start; "
             "pass --dev for local development"),
+    Setting("general_settings.fail_closed_rate_limit_enforcement", _H, "with Redis: limits fail closed when it "
+            "is unreachable (redis.on_unavailable: fail-closed)"),
+    Setting("general_settings.plugins", _R, "custom plug-ins may rewrite or reject calls"),
+    Setting("general_settings.completion_model", _I, "a model not in model_list is a 404 naming it"),
+    Setting("general_settings.max_in_flight_requests_per_worker", _I, LOAD),
+    Setting("general_settings.max_queued_requests_per_worker", _I, LOAD),
+    Setting("general_settings.admission_queue_timeout_seconds", _I, "no admission queue"),
+    Setting("general_settings.control_plane_url", _I, UI),
+    Setting("general_settings.include_call_id_in_error_body", _I, "errors carry x-request-id"),
+    Setting("general_settings.enable_claude_code_gateway", _I, "not served"),
+    Setting("general_settings.claude_code_gateway_managed_settings", _I, "not served"),
+    Setting("general_settings.database_connect_timeout", _I, LITELLM_DB),
+    Setting("general_settings.database_socket_timeout", _I, LITELLM_DB),
+    Setting("general_settings.database_max_idle_connection_lifetime", _I, LITELLM_DB),
+    Setting("general_settings.database_extra_connection_params", _I, LITELLM_DB),
+    Setting("general_settings.database_disable_prepared_statements", _I, LITELLM_DB),
+    Setting("general_settings.database_type", _I, LITELLM_DB),
+    Setting("general_settings.database_args", _I, LITELLM_DB),
+    Setting("general_settings.user_api_key_cache_max_size", _I, "keys.refresh_seconds"),
+    Setting("general_settings.max_batch_file_size_mb", _I, FILES),
+    Setting("general_settings.max_batch_file_records", _I, FILES),
+    Setting("general_settings.max_batch_file_uploads_per_day", _I, FILES),
+    Setting("general_settings.max_file_downloads_per_minute", _I, FILES),
+    Setting("general_settings.max_file_size_mb", _I, FILES),
+    Setting("general_settings.allowed_file_extensions", _I, FILES),
+    Setting("general_settings.blocked_file_extensions", _I, FILES),
+    Setting("general_settings.proxy_config_reload_interval_seconds", _I, "read at start; roll out to change"),
+    Setting("general_settings.cancel_on_disconnect", _I, "always, as the gateway does"),
+    Setting("general_settings.health_check_concurrency", _I, NO_HEALTH_CHECKS),
+    Setting("general_settings.health_check_skip_disabled_background_models", _I, NO_HEALTH_CHECKS),
+    Setting("general_settings.background_health_check_model_groups", _I, NO_HEALTH_CHECKS),
+    Setting("general_settings.model_list_healthy_only", _I, "/v1/models lists every configured model"),
+    Setting("general_settings.alerting_args", _I, "LiteLLM's alerts"),
+    Setting("general_settings.max_failed_login_attempts_per_source", _I, UI),
+    Setting("general_settings.max_failed_login_attempts_per_source_overrides", _I, UI),
+    Setting("general_settings.failed_login_window_seconds", _I, UI),
+    Setting("general_settings.failed_login_block_seconds", _I, UI),
+    Setting("general_settings.vector_store_deny_by_default", _I, "vector stores are not served"),
+    Setting("general_settings.search_tool_deny_by_default", _I, "search tools are refused"),
+    Setting("general_settings.missing_session_id", _I, OBSERVABILITY),
+    Setting("general_settings.enable_public_model_hub", _I, UI),
+    Setting("general_settings.pass_through_request_timeout", _I, "pass-through endpoints are refused"),
+    Setting("general_settings.responses_websocket_session_limit_seconds", _I, "not served"),
+    Setting("general_settings.enable_openai_websocket_passthrough", _I, "the realtime websocket is not served"),
+    Setting("general_settings.transcribe_media_buckets", _I, "not served"),
+    Setting("general_settings.user_header_mappings", _I, OBSERVABILITY),
+    Setting("general_settings.supported_db_objects", _I, LITELLM_DB),
+    Setting("general_settings.user_mcp_management_mode", _I, "the gateway serves no MCP tools"),
+    Setting("general_settings.store_prompts_in_spend_logs", _I, "the gateway never stores prompts or answers"),
+    Setting("general_settings.spend_logs_metadata_fields", _I, LITELLM_DB),
+    Setting("general_settings.disable_auto_add_proxy_admin_to_teams", _I, UI),
+    Setting("general_settings.enforce_fallback_model_access", _I, "body fallbacks: always checked"),
+    Setting("general_settings.scheduled_job_stagger", _I, LITELLM_DB),
+    Setting("general_settings.spend_capture_rate_check", _I, LITELLM_DB),
+    Setting("general_settings.maximum_autorouter_session_retention_period", _I, LITELLM_DB),
+    Setting("general_settings.maximum_health_check_retention_period", _I, LITELLM_DB),
+    Setting("general_settings.maximum_daily_tag_spend_retention_period", _I, LITELLM_DB),
+    Setting("general_settings.use_spend_logs_partitioning", _I, LITELLM_DB),
+    Setting("general_settings.maximum_spend_logs_cleanup_batch_size", _I, LITELLM_DB),
+    Setting("general_settings.maximum_spend_logs_cleanup_max_batches", _I, LITELLM_DB),
+    Setting("general_settings.maximum_spend_logs_cleanup_run_budget", _I, LITELLM_DB),
+    Setting("general_settings.maximum_spend_logs_cleanup_batch_timeout", _I, LITELLM_DB),
     Setting("general_settings.disable_spend_logs", _I, "the gateway's spend ledger is always written"),
     Setting("general_settings.disable_master_key_return", _I, UI),
     Setting("general_settings.disable_prisma_schema_update", _I, LITELLM_DB),
@@ -188,7 +241,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("general_settings.background_health_checks", _I, "replica health comes from calls and the circuit "
             "breaker, and /health/ready"),
     Setting("general_settings.health_check_interval", _I, "no background health checks (see above)"),
-    Setting("general_settings.health_check_details", _I, "no background health checks"),
+    Setting("general_settings.health_check_details", _I, NO_HEALTH_CHECKS),
     Setting("general_settings.otel", _I, OBSERVABILITY),
     Setting("general_settings.debug", _I, "LiteLLM's debug logging"),
     Setting("general_settings.ui_access_mode", _I, UI),
@@ -216,6 +269,35 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("router_settings.redis_port", _H, HONOURED),
     Setting("router_settings.redis_password", _H, HONOURED),
     Setting("router_settings.redis_url", _H, "with database_url: limits shared through this Redis"),
+    Setting("router_settings.redis_db", _H, "the Redis database number"),
+    Setting("router_settings.default_litellm_params", _H, "OpenAI request fields in it are defaults for every "
+            "deployment, over the deployment's own, under the client's (LiteLLM's setdefault into the call)"),
+    Setting("router_settings.search_tools", _R, "the gateway serves no search tools; clients relying on them would "
+            "fail"),
+    Setting("router_settings.guardrail_list", _R, "guardrails change what is answered; the gateway runs none"),
+    Setting("router_settings.plugins", _R, "custom router plug-ins may rewrite or reject calls"),
+    Setting("router_settings.tag_routing_prefix", _R, "tag routing (see enable_tag_filtering)"),
+    Setting("router_settings.routing_groups", _R, "names clients call that map to groups of models; they would "
+            "stop working"),
+    Setting("router_settings.assistants_config", _I, "the /assistants endpoints are not served (404)"),
+    Setting("router_settings.cache_kwargs", _I, "no response cache"),
+    Setting("router_settings.default_priority", _I, "no priority queue: calls are served as they come"),
+    Setting("router_settings.alerting_config", _I, "LiteLLM's alerts"),
+    Setting("router_settings.router_general_settings", _I, "LiteLLM's router tuning"),
+    Setting("router_settings.deployment_affinity_ttl_seconds", _I, "the gateway's own session and prefix affinity "
+            "applies (gateway.affinity)"),
+    Setting("router_settings.model_group_affinity_config", _I, "the gateway's own affinity applies"),
+    Setting("router_settings.ignore_invalid_deployments", _I, "an invalid deployment is a start-up error naming it"),
+    Setting("router_settings.enable_health_check_routing", _I, "replica health comes from calls (circuit breaker)"),
+    Setting("router_settings.health_check_staleness_threshold", _I, NO_HEALTH_CHECKS),
+    Setting("router_settings.health_check_ignore_transient_errors", _I, NO_HEALTH_CHECKS),
+    Setting("router_settings.background_health_check_model_groups", _I, NO_HEALTH_CHECKS),
+    Setting("router_settings.enable_weighted_failover", _I, "failover follows the gateway's order: region, tier, "
+            "fallbacks"),
+    Setting("router_settings.fallback_access_check", _I, "request-body fallbacks are always checked against the "
+            "key; configured fallbacks are the operator's choice"),
+    Setting("router_settings.fallback_budget_check", _I, "a fallback's spend is charged to the caller's budgets"),
+    Setting("router_settings.auto_router_capability_limit", _I, "auto_router models are refused"),
     Setting("router_settings.content_policy_fallbacks", _R, "see litellm_settings.content_policy_fallbacks"),
     Setting("router_settings.enable_tag_filtering", _R, "tag routing keeps calls off deployments not tagged for "
             "them; without it they would reach any deployment"),
@@ -272,57 +354,3 @@ for _name in sorted(REQUEST_DEFAULTS):
                          "value wins, as in LiteLLM"),)
 
 BY_PATH = {s.path: s for s in SETTINGS}
-SECTIONS = ("litellm_settings", "general_settings", "router_settings")
-UNKNOWN = "not a LiteLLM setting this gateway knows"
-
-
-def _on(value: Any) -> bool:
-    """Does this value turn a setting on? `false`, `[]`, `{}`, `""` and null leave it off."""
-    return value is not None and value is not False and value != [] and value != {} and value != ""
-
-
-def review(doc: dict[str, Any]) -> list[Ignored]:
-    """Refuse (ConfigError naming the first refused setting and why) or list the ignored settings, each once."""
-    found: dict[str, Ignored] = {}
-
-    def judge(path: str, shown: str, value: Any) -> None:
-        setting = BY_PATH.get(path)
-        if setting is None:
-            if _on(value):
-                found.setdefault(path, Ignored(path, UNKNOWN))
-            return
-        if setting.outcome == "honoured" or not _on(value):
-            return
-        refused = setting.outcome == "refused" or (setting.refuse_when is not None and setting.refuse_when(value))
-        if refused:
-            reason = setting.why if setting.outcome == "refused" else \
-                "a custom Python plug-in may rewrite or reject calls, and the gateway runs none"
-            raise ConfigError(f"{shown}: not supported by the gateway: {reason}")
-        found.setdefault(path, Ignored(path, setting.why))
-
-    for name, value in doc.items():
-        if name in SECTIONS:
-            for key, inner in (value or {}).items() if isinstance(value, dict) else ():
-                judge(f"{name}.{key}", f"{name}.{key}", inner)
-        else:
-            judge(str(name), str(name), value)
-    for i, entry in enumerate(doc.get("model_list") or []):
-        params = entry.get("litellm_params") if isinstance(entry, dict) else None
-        for key, value in (params or {}).items() if isinstance(params, dict) else ():
-            judge(f"model_list[].litellm_params.{key}", f"model_list[{i}].litellm_params.{key}", value)
-    return list(found.values())
-
-
-def markdown_table() -> str:
-    """The README's table of LiteLLM settings (gateway/README.md, "LiteLLM format"), generated from SETTINGS."""
-    rows = ["| LiteLLM setting | Gateway | Why |", "|---|---|---|"]
-    for outcome in ("honoured", "ignored", "refused"):
-        for s in SETTINGS:
-            if s.outcome == outcome:
-                extra = " (refused for a custom Python plug-in)" if s.refuse_when is not None else ""
-                rows.append(f"| `{s.path}` | {s.outcome}{extra} | {s.why.replace('|', '/')} |")
-    return "\n".join(rows) + "\n"
-
-
-if __name__ == "__main__":
-    print(markdown_table(), end="")

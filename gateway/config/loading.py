@@ -10,7 +10,7 @@ import yaml
 
 from gateway.config.errors import ConfigError
 from gateway.config.litellm import LITELLM_NAMES, translate
-from gateway.config.litellm_settings import Ignored
+from gateway.config.litellm_review import Ignored
 from gateway.config.native import GatewayConfig, parse_native
 
 

@@ -266,3 +266,17 @@ def test_a_star_fallback_group_is_litellms_generic_fallback() -> None:
            "router_settings": {"fallbacks": [{"*": ["c"]}, {"a": ["b"]}]}}
     config = parse_config(doc)
     assert [config.model(n).fallbacks for n in ("a", "b", "c")] == [["b"], ["c"], []]
+
+
+def test_router_defaults_redis_db_and_fail_closed_limits_are_read_as_litellm_reads_them() -> None:
+    doc = {"model_list": [{"model_name": "m", "litellm_params": {"model": "openai/m", "temperature": 0.1,
+                                                                 "seed": 1}}],
+           "router_settings": {"default_litellm_params": {"temperature": 0.7, "timeout": 5}, "redis_host": "redis",
+                               "redis_db": 3},
+           "general_settings": {"database_url": "postgresql://llmp@db/llmp",
+                                "fail_closed_rate_limit_enforcement": True}}
+    config = parse_config(doc)
+    # deployment < router default < client: LiteLLM setdefaults the router's into kwargs, which go over litellm_params
+    assert config.model("m").deployments[0].defaults == {"temperature": 0.7, "seed": 1}
+    assert config.redis is not None and config.redis.url == "redis://redis:6379/3"
+    assert config.redis.on_unavailable == "fail-closed"

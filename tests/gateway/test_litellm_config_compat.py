@@ -12,7 +12,8 @@ import openai
 import pytest
 
 from gateway.config.errors import ConfigError
-from gateway.config.litellm_settings import SETTINGS, markdown_table
+from gateway.config.litellm_review import markdown_table
+from gateway.config.litellm_settings import SETTINGS
 from gateway.config.loading import load, parse_config
 from gateway.http.app import build_app
 from tests.gateway.conftest import KEY
@@ -98,7 +99,7 @@ def test_litellm_example_configs_start_or_are_refused_naming_the_setting(name: s
 
 def test_the_readme_lists_every_setting_as_the_table_says() -> None:
     text = README.read_text()
-    assert markdown_table() in text, "regenerate: python -m gateway.config.litellm_settings > the README table"
+    assert markdown_table() in text, "regenerate: python -m gateway.config.litellm_review > the README table"
     assert {s.outcome for s in SETTINGS} == {"honoured", "ignored", "refused"}
 
 
