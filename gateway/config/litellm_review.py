@@ -55,9 +55,10 @@ def review(doc: dict[str, Any]) -> list[Ignored]:
         else:
             judge(str(name), str(name), value)
     for i, entry in enumerate(doc.get("model_list") or []):
-        params = entry.get("litellm_params") if isinstance(entry, dict) else None
-        for key, value in (params or {}).items() if isinstance(params, dict) else ():
-            judge(f"model_list[].litellm_params.{key}", f"model_list[{i}].litellm_params.{key}", value)
+        for part in ("litellm_params", "model_info"):
+            inner = entry.get(part) if isinstance(entry, dict) else None
+            for key, value in inner.items() if isinstance(inner, dict) else ():
+                judge(f"model_list[].{part}.{key}", f"model_list[{i}].{part}.{key}", value)
     return list(found.values())
 
 

@@ -103,6 +103,23 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("litellm_settings.max_parallel_requests", _I, "load is bounded by gateway.front_door.connections and "
             "per-key limits"),
     Setting("litellm_settings.default_team_settings", _I, "per-team callback settings (LiteLLM's logging)"),
+    Setting("litellm_settings.guardrails", _R, "guardrails (LiteLLM's older place for them) change what is "
+            "answered; the gateway runs none"),
+    Setting("litellm_settings.post_call_rules", _R, "rules that reject answers change what is answered"),
+    Setting("litellm_settings.custom_provider_map", _R, "custom Python providers are not run"),
+    Setting("litellm_settings.global_prompt_directory", _R, "prompt management rewrites what is sent"),
+    Setting("litellm_settings.global_bitbucket_config", _R, "prompt management rewrites what is sent"),
+    Setting("litellm_settings.global_gitlab_config", _R, "prompt management rewrites what is sent"),
+    Setting("litellm_settings.budget_reset_time", _R, "budgets reset on the gateway's own schedule"),
+    Setting("litellm_settings.default_max_internal_user_budget", _R, "user budgets are not enforced by the "
+            "gateway"),
+    Setting("litellm_settings.priority_reservation_settings", _I, "no priority queue"),
+    Setting("litellm_settings.model_group_settings", _I, "client headers are not forwarded upstream"),
+    Setting("litellm_settings.audit_log_callbacks", _I, OBSERVABILITY),
+    Setting("litellm_settings.s3_callback_params", _I, OBSERVABILITY),
+    Setting("litellm_settings.max_ui_session_budget", _I, UI),
+    Setting("litellm_settings.key_alias_pattern", _I, "key aliases are not checked against a pattern"),
+    Setting("litellm_settings.responses", _I, "LiteLLM's Responses API settings; /v1/responses is not served here"),
     Setting("litellm_settings.content_policy_fallbacks", _R, "the gateway cannot tell a content-policy refusal "
             "apart; clients would get the refusal instead of the fallback's answer"),
     Setting("litellm_settings.max_budget", _R, "a proxy-wide budget; use keys' and teams' budgets"),
@@ -323,6 +340,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("router_settings.set_verbose", _I, "LiteLLM's debug logging"),
     Setting("router_settings.debug_level", _I, "LiteLLM's debug logging"),
     # ---- one deployment: model_list[].litellm_params ---------------------------------------------------------
+    Setting("model_list[].model_info.id", _H, "the deployment's name in logs and metrics"),
+    Setting("model_list[].model_info.residency", _H, "the gateway's own: the deployment's residency zone"),
+    Setting("model_list[].model_info.input_cost_per_token", _H, "price for the spend ledger"),
+    Setting("model_list[].model_info.output_cost_per_token", _H, "price for the spend ledger"),
+    Setting("model_list[].model_info.mode", _I, "the endpoint a client calls decides"),
+    Setting("model_list[].model_info.base_model", _I, "prices come from input/output_cost_per_token"),
+    Setting("model_list[].model_info.max_tokens", _I, "context limits are the upstream's (its context-length error "
+            "triggers context_window_fallbacks)"),
+    Setting("model_list[].model_info.max_input_tokens", _I, "see model_info.max_tokens"),
+    Setting("model_list[].model_info.access_groups", _I, "keys are given models by name; a key naming an access "
+            "group is refused its calls (403), never given more"),
     Setting("model_list[].litellm_params.model", _H, "<provider>/<model>; a bare name is OpenAI's, as in LiteLLM"),
     Setting("model_list[].litellm_params.api_base", _H, HONOURED),
     Setting("model_list[].litellm_params.api_key", _H, HONOURED),
