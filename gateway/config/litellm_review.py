@@ -20,6 +20,7 @@ class Ignored:
         return f"{self.path} ignored: {self.why}"
 
 
+PLUGIN = "a plug-in (a guardrail, an interception, a Python hook) may rewrite or reject calls; the gateway runs none"
 SECTIONS = ("litellm_settings", "general_settings", "router_settings")
 UNKNOWN = "not a LiteLLM setting this gateway knows"
 
@@ -44,7 +45,7 @@ def review(doc: dict[str, Any]) -> list[Ignored]:
         refused = setting.outcome == "refused" or (setting.refuse_when is not None and setting.refuse_when(value))
         if refused:
             reason = setting.why if setting.outcome == "refused" else \
-                "a custom Python plug-in may rewrite or reject calls, and the gateway runs none"
+                PLUGIN
             raise ConfigError(f"{shown}: not supported by the gateway: {reason}")
         found.setdefault(path, Ignored(path, setting.why))
 
@@ -68,7 +69,7 @@ def markdown_table() -> str:
     for outcome in ("honoured", "ignored", "refused"):
         for s in SETTINGS:
             if s.outcome == outcome:
-                extra = " (refused for a custom Python plug-in)" if s.refuse_when is not None else ""
+                extra = " (refused for anything but logging integrations)" if s.refuse_when is not None else ""
                 rows.append(f"| `{s.path}` | {s.outcome}{extra} | {s.why.replace('|', '/')} |")
     return "\n".join(rows) + "\n"
 

@@ -152,7 +152,9 @@ def litellm_file(tmp_path: Path, **sections: object) -> Path:
      "router_settings.provider_budget_config: not supported"),
     ({"router_settings": {"enable_tag_filtering": True}}, "router_settings.enable_tag_filtering: not supported"),
     ({"litellm_settings": {"callbacks": ["custom_callbacks.proxy_handler_instance"]}},
-     "litellm_settings.callbacks: not supported by the gateway: a custom Python plug-in may rewrite or reject calls"),
+     "litellm_settings.callbacks: not supported by the gateway: a plug-in (a guardrail, an interception, a Python "
+     "hook) may rewrite or reject calls"),
+    ({"litellm_settings": {"callbacks": ["otel", "presidio"]}}, "litellm_settings.callbacks: not supported"),
 ])
 def test_settings_that_change_who_may_call_or_what_is_answered_are_refused_naming_setting_and_file(
         tmp_path, sections, setting) -> None:
