@@ -31,7 +31,7 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 EXPECTED: dict[str, tuple[str, Any]] = {
     "_health_check_test_config.yaml": ("refused", "model_list[0].litellm_params.model: provider 'azure'"),
     "adaptive_router_example.yaml": ("refused", "model_list[0].litellm_params.model: provider 'auto_router'"),
-    "advisor_interception_config.yaml": ("refused", "litellm_settings.callbacks: not supported by the gateway: a plug-in"),
+    "advisor_interception_config.yaml": ("refused", "litellm_settings.callbacks: not supported by the gateway"),
     "agent_session_ec2_config.yaml": ("starts", {"agent_settings"}),
     "agentcore_websearch_config.yaml": ("refused", "search_tools"),
     "aliases_config.yaml": ("refused", "model_list[0].litellm_params.model: provider 'ollama'"),
