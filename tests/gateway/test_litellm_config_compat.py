@@ -195,6 +195,9 @@ async def test_context_window_fallbacks_answer_a_prompt_over_the_context_window(
         assert answer.choices[0].message.content and sim.stats.requests == before + 1
         (call,) = await gw.logged_calls(1)
         assert call["fallbacks"] == ["long"], "the context-window group, not the ordinary fallbacks"
+        stream = await gw.client().chat.completions.create(model="short", messages=MESSAGES, stream=True)
+        assert [chunk async for chunk in stream], "a stream falls back the same way (before its first byte)"
+        assert [c["fallbacks"] for c in await gw.logged_calls(2)][1] == ["long"]
 
         # context_window_fallbacks set for another model only: LiteLLM answers the error (no ordinary fallback).
         gw = await gateway_factory(parse_config(doc(*models, router={
