@@ -272,10 +272,11 @@ class GatewayConfig(_Strict):
                 raise ValueError(f"model alias {alias!r} is defined twice")
             seen.add(alias)
         names: set[str] = set()
+        patterns = [a for a in seen if is_pattern(a)]  # a fallback may be a name a wildcard alias serves
         zone = self.gateway.residency
         for model in self.models:
             for fallback in [*model.fallbacks, *model.context_window_fallbacks]:
-                if fallback not in seen:
+                if fallback not in seen and match(patterns, fallback) is None:
                     raise ValueError(f"model {model.alias!r}: fallback {fallback!r} is not a model alias")
                 if fallback == model.alias:
                     raise ValueError(f"model {model.alias!r}: lists itself as a fallback")
@@ -292,7 +293,7 @@ class GatewayConfig(_Strict):
         for name, target in self.model_aliases.items():
             if name in seen:
                 raise ValueError(f"model_aliases.{name}: is also a model alias")
-            if target.model not in seen and match([a for a in seen if is_pattern(a)], target.model) is None:
+            if target.model not in seen and match(patterns, target.model) is None:
                 raise ValueError(f"model_aliases.{name}: {target.model!r} is not a model alias")
         return self
 

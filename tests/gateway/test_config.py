@@ -282,3 +282,14 @@ def test_router_defaults_redis_db_and_fail_closed_limits_are_read_as_litellm_rea
     assert config.model("m").deployments[0].defaults == {"temperature": 0.7, "seed": 1}
     assert config.redis is not None and config.redis.url == "redis://redis:6379/3"
     assert config.redis.on_unavailable == "fail-closed"
+
+
+def test_a_fallback_may_name_a_model_a_wildcard_serves() -> None:
+    doc = {"model_list": [{"model_name": "llama", "litellm_params": {"model": "hosted_vllm/llama",
+                                                                     "api_base": "http://v/v1"}},
+                          {"model_name": "openai/*", "litellm_params": {"model": "openai/*"}}],
+           "router_settings": {"fallbacks": [{"llama": ["openai/gpt-4o-mini"]}]}}
+    assert parse_config(doc).model("llama").fallbacks == ["openai/gpt-4o-mini"]
+    del doc["model_list"][1]
+    with pytest.raises(ConfigError, match="fallback 'openai/gpt-4o-mini' is not a model alias"):
+        parse_config(doc)
