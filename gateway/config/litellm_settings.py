@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from gateway.config.litellm_callbacks import changes_calls
+
 Outcome = Literal["honoured", "ignored", "refused"]
 
 
@@ -33,29 +35,6 @@ class Setting:
     why: str
     # For settings refused only for some values (a plug-in among `callbacks`): True to refuse.
     refuse_when: Callable[[Any], bool] | None = None
-
-
-# `callbacks` entries that only observe calls: LiteLLM's logging integrations (litellm/__init__.py
-# _custom_logger_compatible_callbacks_literal, 1.106.2, less its hooks that change calls: dynamic_rate_limiter*,
-# anthropic_cache_control_hook, vector_store_pre_call_hook, compression_interception, dotprompt, bitbucket, gitlab,
-# litellm_agent) and the older logging names of its docs. Anything else (a guardrail such as `presidio` or
-# `lakera_prompt_injection`, an interception, a Python object path) may rewrite or reject calls.
-LOGGING_CALLBACKS = frozenset({
-    "lago", "openmeter", "logfire", "literalai", "langsmith", "prometheus", "otel", "datadog", "datadog_metrics",
-    "datadog_llm_observability", "galileo", "braintrust", "arize", "arize_phoenix", "langtrace", "gcs_bucket",
-    "azure_storage", "opik", "argilla", "mlflow", "langfuse", "langfuse_otel", "weave_otel", "pagerduty",
-    "humanloop", "azure_sentinel", "gcs_pubsub", "agentops", "generic_api", "resend_email", "sendgrid_email",
-    "smtp_email", "deepeval", "s3_v2", "clickhouse", "pointfive", "zerobus", "aws_sqs", "cloudzero", "focus",
-    "mavvrik", "vantage", "posthog", "levo", "newrelic", "signoz",
-    "sentry", "lunary", "helicone", "athina", "slack", "s3", "dynamodb", "supabase", "traceloop", "greenscale",
-    "wandb", "promptlayer", "cloudwatch", "email",
-})
-
-
-def _changes_calls(value: Any) -> bool:
-    """A `callbacks` value naming anything but logging integrations: a plug-in that may rewrite or reject calls."""
-    entries = value if isinstance(value, list) else [value]
-    return any(not (isinstance(e, str) and e in LOGGING_CALLBACKS) for e in entries)
 
 
 OBSERVABILITY = "callbacks are LiteLLM's logging integrations; the gateway writes one structured call log line " \
@@ -94,7 +73,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("litellm_settings.success_callback", _I, OBSERVABILITY),
     Setting("litellm_settings.failure_callback", _I, OBSERVABILITY),
     Setting("litellm_settings.service_callback", _I, OBSERVABILITY),
-    Setting("litellm_settings.callbacks", _I, OBSERVABILITY, _changes_calls),
+    Setting("litellm_settings.callbacks", _I, OBSERVABILITY, changes_calls),
     Setting("litellm_settings.turn_off_message_logging", _I, "the gateway never logs prompts or answers"),
     Setting("litellm_settings.redact_user_api_key_info", _I, "the gateway logs a key's hash, never the key"),
     Setting("litellm_settings.langfuse_default_tags", _I, OBSERVABILITY),
