@@ -11,6 +11,10 @@ from infra.policy.rules.base import (
     COMPONENT_LABEL,
     DNS_RECORD,
     GLOBAL,
+    HELM_RELEASE,
+    IAM_ROLE,
+    IAM_ROLE_POLICY,
+    IRSA_ANNOTATION,
     JOB,
     KMS_KEY,
     KMS_REPLICA_KEY,
@@ -22,6 +26,8 @@ from infra.policy.rules.base import (
     PolicyConfig,
     Resources,
     as_list,
+    policy_document,
+    statements,
 )
 
 # The only resource types allowed outside a region: AWS services that have none. Anything else
@@ -58,7 +64,13 @@ DESCRIPTION = (
     "model's or the path it writes or reads names the model's prefix (<model>/<revision>). Each residency zone has "
     "its own DNS name (<zone>.<domain>) whose records route only to the zone's regions, both by their latency "
     "region and by the load balancer they point at: Route 53 answers only from the record set asked for, even "
-    "when all of it is unhealthy, so that name never resolves outside the zone.")
+    "when all of it is unhealthy, so that name never resolves outside the zone. Each region's AWS Load Balancer "
+    "Controller manages load balancers in its own region only: its release names its cluster's region, and its "
+    "role carries a deny of every non-IAM action requested in any other region (aws:RequestedRegion), since "
+    "the controller's upstream policy names every region.")
+
+# The AWS Load Balancer Controller's chart (infra/components/load_balancer.py).
+LB_CONTROLLER_CHART = "aws-load-balancer-controller"
 
 # ELB hostnames name their region: <name>-<hash>.elb.<region>.amazonaws.com
 _ELB_REGION = re.compile(r"\.elb\.([a-z0-9-]+)\.amazonaws\.com\.?$")
@@ -120,6 +132,7 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
 
     _zone_names(resources, policy, found)
     _weights(resources, policy, found)
+    _load_balancer_controllers(resources, found)
 
     for secret in resources.of_type(SECRET):
         zone = policy.zone_of(secret.region)
@@ -246,3 +259,40 @@ def _weights(resources: Resources, policy: PolicyConfig, found: Findings) -> Non
         intent = policy.models.get(model)
         found.judged(None, weights_of=model, restricted_to=intent.residency if intent else None,
                      **{k: sorted(v) for k, v in sorted(seen.items())})
+
+
+def _fences_to(doc: dict | None, region: str) -> bool:
+    """A statement denying everything but IAM when the request names any region but `region`."""
+    for stmt in statements(doc or {}):
+        not_equals = (stmt.get("Condition") or {}).get("StringNotEquals") or {}
+        if (stmt.get("Effect") == "Deny" and as_list(stmt.get("Resource")) == ["*"]
+                and set(as_list(stmt.get("NotAction"))) <= {"iam:*"} and "Action" not in stmt
+                and as_list(not_equals.get("aws:RequestedRegion")) == [region]):
+            return True
+    return False
+
+
+def _load_balancer_controllers(resources: Resources, found: Findings) -> None:
+    roles = {str(r.outputs.get("arn")): r for r in resources.of_type(IAM_ROLE) if r.outputs.get("arn")}
+    documents: dict[str, list[dict | None]] = {}
+    for rp in resources.of_type(IAM_ROLE_POLICY):
+        documents.setdefault(str(rp.inputs.get("role")), []).append(policy_document(rp.inputs.get("policy")))
+    for release in resources.of_type(HELM_RELEASE):
+        if str(release.inputs.get("chart")) != LB_CONTROLLER_CHART:
+            continue
+        values = release.inputs.get("values") or {}
+        arn = str(((values.get("serviceAccount") or {}).get("annotations") or {}).get(IRSA_ANNOTATION) or "")
+        role = roles.get(arn)
+        fenced = role is not None and any(_fences_to(d, release.region)
+                                          for d in documents.get(str(role.outputs.get("name")), []))
+        found.judged(release, load_balancer_controller_region=values.get("region"), role=arn or None,
+                     fenced_to_region=fenced)
+        if values.get("region") != release.region:
+            found.fail(f"the AWS Load Balancer Controller {release.name} runs in {release.region} but is told region "
+                       f"{values.get('region')!r}: it would make load balancers there")
+        if role is None:
+            found.fail(f"the AWS Load Balancer Controller {release.name} ({release.region}) runs as {arn or 'no role'}, "
+                       f"which is not a role this stack creates")
+        elif not fenced:
+            found.fail(f"the AWS Load Balancer Controller's role {role.name} ({release.region}) is not fenced to "
+                       f"{release.region}: no policy of it denies requests in other regions (aws:RequestedRegion)")
