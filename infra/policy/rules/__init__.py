@@ -50,7 +50,7 @@ CONTROLS: list[Control] = [
                 f"{_T}test_budget_cap.py::test_every_cost_bearing_resource_carries_the_stack_tag",
                 f"{_T}test_budget_cap.py::test_cluster_whose_log_group_eks_would_create_is_rejected",
                 f"{_T}test_budget_cap.py::test_log_group_without_the_stack_tag_is_rejected",
-                f"{_T}test_budget_cap.py::test_ingress_nlb_without_the_tag_annotation_is_rejected",
+                f"{_T}test_budget_cap.py::test_gateway_nlb_without_the_tag_annotation_is_rejected",
                 f"{_T}test_budget_cap.py::test_system_nodes_without_a_tagging_launch_template_are_rejected",
             ]),
     Control("region-residency", "Resources, restricted models and secrets stay in their residency zone",
@@ -75,6 +75,9 @@ CONTROLS: list[Control] = [
                 f"{_T}test_region_residency.py::test_weights_bucket_replicated_out_of_its_zone_is_rejected",
                 f"{_T}test_region_residency.py::"
                 "test_another_models_release_loading_a_restricted_models_prefix_outside_its_zone_is_rejected",
+                f"{_T}test_region_residency.py::test_each_load_balancer_controller_manages_its_own_region_only",
+                f"{_T}test_region_residency.py::test_load_balancer_controller_told_another_region_is_rejected",
+                f"{_T}test_region_residency.py::test_load_balancer_controller_role_without_its_region_fence_is_rejected",
             ]),
     Control("failover-topology", "Losing any one region leaves every model serving, and DNS routes around it",
             failover.DESCRIPTION, MANDATORY, failover.check, [
@@ -134,7 +137,8 @@ CONTROLS: list[Control] = [
                 f"{_T}test_gpu_pool_hygiene.py::test_spot_pool_without_spot_taint_is_rejected",
                 f"{_T}test_gpu_pool_hygiene.py::test_node_group_without_max_size_is_rejected",
             ]),
-    Control("cluster-hardening", "Cluster APIs are fenced, Kubernetes Secrets encrypted, control planes logged",
+    Control("cluster-hardening",
+            "Cluster APIs are fenced, Kubernetes Secrets encrypted, control planes logged, only the gateway exposed",
             cluster.DESCRIPTION, MANDATORY, cluster.check, [
                 f"{_T}test_cluster_hardening.py::test_cluster_endpoints_are_allow_listed_encrypted_and_logged",
                 f"{_T}test_cluster_hardening.py::test_api_endpoint_open_to_half_the_internet_is_rejected",
@@ -142,6 +146,13 @@ CONTROLS: list[Control] = [
                 f"{_T}test_cluster_hardening.py::test_public_endpoint_without_allow_list_is_rejected",
                 f"{_T}test_cluster_hardening.py::test_cluster_without_secrets_encryption_is_rejected",
                 f"{_T}test_cluster_hardening.py::test_cluster_without_audit_logs_is_rejected",
+                f"{_T}test_cluster_hardening.py::test_each_gateway_is_exposed_by_exactly_one_tls_only_internet_facing_nlb",
+                f"{_T}test_cluster_hardening.py::test_gateway_nlb_with_a_plaintext_listener_is_rejected",
+                f"{_T}test_cluster_hardening.py::test_gateway_nlb_negotiating_tls_1_0_is_rejected",
+                f"{_T}test_cluster_hardening.py::test_gateway_nlb_that_is_internal_is_rejected",
+                f"{_T}test_cluster_hardening.py::test_gateway_without_a_load_balancer_is_rejected",
+                f"{_T}test_cluster_hardening.py::test_another_service_of_type_load_balancer_is_rejected",
+                f"{_T}test_cluster_hardening.py::test_model_server_with_an_ingress_is_rejected",
             ]),
     Control("version-support", "Clusters run a Kubernetes version EKS supports well past the plan's date",
             versions.DESCRIPTION, MANDATORY, versions.check, [
