@@ -112,8 +112,8 @@ def _check_load_balancer(lb: LoadBalancerService, found: Findings) -> None:
     if not str(a.get(SSL_CERT, "")).strip():
         found.fail(f"{where} has no {SSL_CERT}: a TLS listener needs the region's ACM certificate")
     if a.get(SSL_POLICY) != TLS_POLICY:
-        found.fail(f"{where} negotiates TLS with {a.get(SSL_POLICY) or 'the controller default ELBSecurityPolicy-2016-08'}"
-                   f", not {TLS_POLICY}")
+        policy = a.get(SSL_POLICY) or "the controller default ELBSecurityPolicy-2016-08"
+        found.fail(f"{where} negotiates TLS with {policy}, not {TLS_POLICY}")
 
 
 def gateway_load_balancer_tags(resources: Resources) -> list[tuple[Resource, dict[str, str] | None]]:

@@ -291,8 +291,8 @@ def _load_balancer_controllers(resources: Resources, found: Findings) -> None:
             found.fail(f"the AWS Load Balancer Controller {release.name} runs in {release.region} but is told region "
                        f"{values.get('region')!r}: it would make load balancers there")
         if role is None:
-            found.fail(f"the AWS Load Balancer Controller {release.name} ({release.region}) runs as {arn or 'no role'}, "
-                       f"which is not a role this stack creates")
+            found.fail(f"the AWS Load Balancer Controller {release.name} ({release.region}) runs as "
+                       f"{arn or 'no role'}, which is not a role this stack creates")
         elif not fenced:
             found.fail(f"the AWS Load Balancer Controller's role {role.name} ({release.region}) is not fenced to "
                        f"{release.region}: no policy of it denies requests in other regions (aws:RequestedRegion)")
