@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from typing import Any
 
 from infra.policy.rules.base import (
     BUCKET,
@@ -261,7 +262,7 @@ def _weights(resources: Resources, policy: PolicyConfig, found: Findings) -> Non
                      **{k: sorted(v) for k, v in sorted(seen.items())})
 
 
-def _fences_to(doc: dict | None, region: str) -> bool:
+def _fences_to(doc: dict[str, Any] | None, region: str) -> bool:
     """A statement denying everything but IAM when the request names any region but `region`."""
     for stmt in statements(doc or {}):
         not_equals = (stmt.get("Condition") or {}).get("StringNotEquals") or {}
@@ -274,7 +275,7 @@ def _fences_to(doc: dict | None, region: str) -> bool:
 
 def _load_balancer_controllers(resources: Resources, found: Findings) -> None:
     roles = {str(r.outputs.get("arn")): r for r in resources.of_type(IAM_ROLE) if r.outputs.get("arn")}
-    documents: dict[str, list[dict | None]] = {}
+    documents: dict[str, list[dict[str, Any] | None]] = {}
     for rp in resources.of_type(IAM_ROLE_POLICY):
         documents.setdefault(str(rp.inputs.get("role")), []).append(policy_document(rp.inputs.get("policy")))
     for release in resources.of_type(HELM_RELEASE):
