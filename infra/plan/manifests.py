@@ -19,7 +19,7 @@ VENDORED_CHARTS = Path(__file__).resolve().parent / "vendor" / "charts"
 EKS_ADDONS_FILE = Path(__file__).resolve().parent / "eks_addons.yaml"
 # Stands in for a value the engine cannot know yet (a `pulumi preview` before the role or certificate exists):
 # every such value in the program's releases is an ARN (IRSA role ARNs, which the charts' schemas check and
-# require, and the ingress certificate's, an annotation), none a size, count or scheduling field. A role ARN
+# require, and the gateway NLB's certificate, an annotation), none a size, count or scheduling field. A role ARN
 # in AWS's documentation account.
 UNKNOWN = "arn:aws:iam::123456789012:role/unknown-at-preview"
 # Only the objects the scheduler reads are parsed (the gateway's rendered config alone is thousands of YAML
