@@ -26,6 +26,7 @@ from tests.charts.rendering import (
     Rendered,
     certificate_arn,
     install_error,
+    merged,
     prod_gateway_values,
     render,
     render_prod_gateway,
@@ -145,6 +146,25 @@ def test_the_nlb_is_meant_for_the_global_the_regional_and_the_zone_host(prod, re
                      zone_host(prod.zone_of(region), prod.gateway.domain)]
     notes = _prod(prod, region).notes
     assert all(f"https://{host}/v1" in notes for host in hosts)
+
+
+def test_a_new_certificate_or_new_tags_change_nothing_that_replaces_the_nlb(prod):
+    """The controller replaces an NLB only when its type or scheme changes, and a target group only when its target
+    type or protocol does (pkg/deploy/elbv2/*_synthesizer.go@v3.5.0); a renewed certificate or a new tag touches
+    neither, and the Service keeps its name (a new Service would be a new NLB with a new hostname)."""
+    region = PROD_REGIONS[0]
+    before = prod_gateway_values(prod, region)
+    after = merged(before, {"service": {"loadBalancer": {
+        "certificateArns": [certificate_arn(region).replace("0f1e2d3c", "9a8b7c6d")], "tags": {"team": "platform"}}}})
+
+    def public(values: dict) -> dict:
+        return render(GATEWAY_CHART, values, name=GATEWAY_RELEASE, namespace=GATEWAY_NAMESPACE).one(
+            "Service", f"{GATEWAY_RELEASE}-public")
+    old, new = public(before), public(after)
+    changed = {k for k in old["metadata"]["annotations"].keys() | new["metadata"]["annotations"].keys()
+               if old["metadata"]["annotations"].get(k) != new["metadata"]["annotations"].get(k)}
+    assert changed == {ANNOTATION + "ssl-cert", ANNOTATION + "additional-resource-tags"}
+    assert (old["metadata"]["name"], old["spec"]) == (new["metadata"]["name"], new["spec"])
 
 
 def test_by_default_the_gateway_has_no_load_balancer():
