@@ -111,6 +111,7 @@ CONTROLS: list[Control] = [
                 "test_a_first_staging_run_as_the_stager_fills_the_revision_prefix_the_release_loads",
                 f"{_T}test_secret_scope.py::test_a_deny_all_but_fence_is_not_a_wildcard_grant",
                 f"{_T}test_secret_scope.py::test_wildcard_resource_in_a_role_policy_is_rejected",
+                f"{_T}test_secret_scope.py::test_the_load_balancer_controllers_policy_is_reviewed_only_as_upstream_publishes_it",
                 f"{_T}test_secret_scope.py::test_secret_policy_allowing_everyone_is_rejected",
                 f"{_T}test_secret_scope.py::test_secret_on_the_default_key_is_rejected",
                 f"{_T}test_secret_scope.py::test_non_gateway_role_reading_secrets_is_rejected",
