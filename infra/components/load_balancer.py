@@ -68,6 +68,13 @@ def controller_values(*, cluster_name: pulumi.Input[str], region: str, vpc_id: p
         "nodeSelector": {POOL_LABEL: SYSTEM_POOL},
         # No Ingress anywhere: no `alb` IngressClass and no IngressClassParams (a custom resource) either.
         "createIngressClassResource": False,
+        # Off: the Service webhook `mservice.elbv2.k8s.aws` only sets loadBalancerClass on LoadBalancer Services
+        # that name none, but it sees every Service created in the cluster with failurePolicy Fail
+        # (templates/webhook.yaml), so while no controller pod answers no Service could be created anywhere
+        # (the model releases' included). The gateway's Service names the class itself; no other may be a
+        # LoadBalancer (cluster-hardening). Upstream documents turning it off (annotations.md@v3.5.0,
+        # "Legacy Cloud Provider").
+        "enableServiceMutatorWebhook": False,
         "podDisruptionBudget": {"maxUnavailable": 1},
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
     }
@@ -87,10 +94,11 @@ class LoadBalancerControllerArgs:
 class LoadBalancerController(pulumi.ComponentResource):
     """Reconciles Services of class service.k8s.aws/nlb into NLBs; the gateway's release depends on it.
 
-    Order matters both ways. On create, the gateway's Service must come after the controller: the chart's
-    mutating webhook `mservice.elbv2.k8s.aws` (templates/webhook.yaml, `enableServiceMutatorWebhook`, on by
-    default) fails Services of type LoadBalancer while no controller pod serves it, and a Service without
-    the class would be the in-tree provider's (annotations.md@v3.5.0, "Legacy Cloud Provider"). On destroy,
+    Order matters both ways. On create, the gateway's Service must come after the controller: its atomic
+    release waits for the Service's load balancer (helm pkg/kube/ready.go), which only a running controller
+    with its role makes; the Service names the class service.k8s.aws/nlb, so the in-tree cloud provider never
+    makes a CLB or NLB of its own for it whatever the order (annotations.md@v3.5.0, "Legacy Cloud Provider";
+    the chart's Service webhook, which would set the class on Services naming none, is off). On destroy,
     the controller must outlive the Service: it put the finalizer `service.k8s.aws/resources` on it
     (controllers/service/service_controller.go@v3.5.0) and deletes the NLB before lifting it; uninstalled
     first, the finalizer stays and the NLB leaks. Pulumi deletes dependents first, and an atomic release's

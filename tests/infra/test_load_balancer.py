@@ -57,6 +57,8 @@ def test_each_region_runs_the_pinned_controller_with_two_replicas_on_the_system_
         assert (values["region"], values["vpcId"]) == (region, vpcs[region].outputs["id"])
         assert values["replicaCount"] == 2 and values["nodeSelector"] == {"llm-platform/pool": "system"}
         assert values["createIngressClassResource"] is False
+        # No webhook that every Service in the cluster waits on (its failurePolicy is Fail).
+        assert values["enableServiceMutatorWebhook"] is False
 
 
 def test_the_vendored_chart_is_the_pinned_version_and_renders_only_built_in_kinds(prod_plan: Plan) -> None:
@@ -70,6 +72,8 @@ def test_the_vendored_chart_is_the_pinned_version_and_renders_only_built_in_kind
     rendered = render(chart, values, name=release.inputs["name"], namespace=CONTROLLER_NAMESPACE)
     kinds = sorted({o["kind"] for o in rendered.objects})
     assert "Deployment" in kinds and "MutatingWebhookConfiguration" in kinds
+    hooks = [h["name"] for w in rendered.all("MutatingWebhookConfiguration") for h in w["webhooks"]]
+    assert "mservice.elbv2.k8s.aws" not in hooks and "mpod.elbv2.k8s.aws" in hooks
     assert not {"IngressClass", "IngressClassParams", "TargetGroupBinding"} & set(kinds)
     for obj in rendered.objects:
         kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
