@@ -1,10 +1,11 @@
 """Control `cluster-hardening`: EKS API endpoints are private or allow-listed, secrets are envelope-encrypted, the
-control plane logs."""
+control plane logs, and only the gateway is exposed, through a TLS-only NLB."""
 from __future__ import annotations
 
 import ipaddress
 
 from infra.policy.rules.base import EKS_CLUSTER, KMS_KEY, Findings, PolicyConfig, Resources, as_list
+from infra.policy.rules.load_balancers import NLB_CLASS, TLS_POLICY, check_exposure
 
 REQUIRED_LOGS = ("api", "audit", "authenticator")
 # The widest public allow-list entry accepted: a /16 is already 65,536 addresses; CI egress ranges are far smaller.
@@ -14,7 +15,12 @@ DESCRIPTION = (
     "Every EKS cluster's API endpoint is private, or public only to an allow-list of CIDR blocks none wider "
     f"than a /{WIDEST_PUBLIC_PREFIX[4]} (IPv4) or /{WIDEST_PUBLIC_PREFIX[6]} (IPv6); private access stays on. "
     "Kubernetes Secrets are envelope-encrypted with a KMS key this stack creates in the cluster's region. "
-    f"Control plane logging is on for at least {', '.join(REQUIRED_LOGS)}.")
+    f"Control plane logging is on for at least {', '.join(REQUIRED_LOGS)}. "
+    "Judged on the rendered manifests: each gateway release renders exactly one Service of type LoadBalancer, of "
+    f"the AWS Load Balancer Controller's class ({NLB_CLASS}, type external, IP targets), internet-facing, with a "
+    f"TLS listener on every port (no plaintext listener), an ACM certificate and the {TLS_POLICY} policy; no other "
+    "release renders a LoadBalancer Service, and no release renders an Ingress (the model servers are "
+    "cluster-internal).")
 
 
 def check(resources: Resources, policy: PolicyConfig) -> Findings:
@@ -60,4 +66,5 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
         if missing:
             found.fail(f"EKS cluster {cluster.name} in {cluster.region} does not log {', '.join(missing)} from "
                        f"its control plane")
+    check_exposure(resources, found)
     return found
