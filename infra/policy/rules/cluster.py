@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import ipaddress
 
-from infra.policy.rules.base import EKS_CLUSTER, KMS_KEY, Findings, PolicyConfig, Resources, as_list
+from infra.policy.rules.base import (
+    EKS_CLUSTER,
+    KMS_KEY,
+    Findings,
+    PolicyConfig,
+    Resources,
+    as_list,
+    policy_document,
+    statements,
+)
 
 REQUIRED_LOGS = ("api", "audit", "authenticator")
 # The widest public allow-list entry accepted: a /16 is already 65,536 addresses; CI egress ranges are far smaller.
@@ -14,7 +23,30 @@ DESCRIPTION = (
     "Every EKS cluster's API endpoint is private, or public only to an allow-list of CIDR blocks none wider "
     f"than a /{WIDEST_PUBLIC_PREFIX[4]} (IPv4) or /{WIDEST_PUBLIC_PREFIX[6]} (IPv6); private access stays on. "
     "Kubernetes Secrets are envelope-encrypted with a KMS key this stack creates in the cluster's region. "
-    f"Control plane logging is on for at least {', '.join(REQUIRED_LOGS)}.")
+    f"Control plane logging is on for at least {', '.join(REQUIRED_LOGS)}. Every SQS queue (Karpenter's "
+    "interruption queue, which carries the cluster's instance events) is encrypted at rest (SQS-managed SSE or a "
+    "KMS key) and its queue policy denies every request not made over TLS.")
+
+SQS_QUEUE = "aws:sqs/queue:Queue"
+SQS_QUEUE_POLICY = "aws:sqs/queuePolicy:QueuePolicy"
+
+
+def _queues(resources: Resources, found: Findings) -> None:
+    policies = {str(p.inputs.get("queueUrl")): p for p in resources.of_type(SQS_QUEUE_POLICY)}
+    for queue in resources.of_type(SQS_QUEUE):
+        encrypted = bool(queue.inputs.get("sqsManagedSseEnabled") or queue.inputs.get("kmsMasterKeyId"))
+        doc = policy_document(policies[url].inputs.get("policy")) if (url := str(queue.outputs.get("url"))) \
+            in policies else None
+        tls_only = any(s.get("Effect") == "Deny" and str((s.get("Condition") or {}).get("Bool", {})
+                                                          .get("aws:SecureTransport")).lower() == "false"
+                       for s in statements(doc or {}))
+        found.judged(queue, encrypted_at_rest=encrypted, denies_plain_http=tls_only)
+        if not encrypted:
+            found.fail(f"SQS queue {queue.name} in {queue.region} is not encrypted at rest (neither "
+                       f"sqsManagedSseEnabled nor a kmsMasterKeyId)")
+        if not tls_only:
+            found.fail(f"SQS queue {queue.name} in {queue.region} has no queue policy denying requests without TLS "
+                       f"(aws:SecureTransport false)")
 
 
 def check(resources: Resources, policy: PolicyConfig) -> Findings:
@@ -60,4 +92,5 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
         if missing:
             found.fail(f"EKS cluster {cluster.name} in {cluster.region} does not log {', '.join(missing)} from "
                        f"its control plane")
+    _queues(resources, found)
     return found
