@@ -75,7 +75,8 @@ class RegionalStack:
         # Karpenter grows and shrinks every GPU pool (README: Node autoscaling); it runs on the system nodes.
         self.karpenter = Karpenter(name, KarpenterArgs(
             region=name, cluster_name=cluster_name(cfg.stack, name), iam_path=iam_path(cfg.stack), tags=tags,
-            oidc_provider_arn=self.cluster.oidc.arn, oidc_issuer=self.cluster.oidc_issuer),
+            oidc_provider_arn=self.cluster.oidc.arn, oidc_issuer=self.cluster.oidc_issuer,
+            system_nodes=cfg.cluster.system_nodes),
             self.provider, iam, k8s, [self.cluster.system_nodes], pulumi.ResourceOptions(parent=parent))
         self.pools = {
             pool.name: NodePool(f"{name}-{pool.name}", NodePoolArgs(

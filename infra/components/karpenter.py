@@ -51,6 +51,7 @@ class KarpenterArgs:
     tags: dict[str, str]
     oidc_provider_arn: pulumi.Input[str]
     oidc_issuer: pulumi.Input[str]  # without https://
+    system_nodes: int  # the system node group's size: the chart keeps its replicas on distinct nodes
 
 
 def controller_policy(cluster: str, region: str, account: str, node_role_arn: str, queue_arn: str) -> dict[str, Any]:
@@ -143,14 +144,18 @@ def queue_policy(queue_arn: str) -> dict[str, Any]:
     ]}
 
 
-def controller_values(cluster: str, queue_name: pulumi.Input[str], role_arn: pulumi.Input[str]) -> dict[str, Any]:
+def controller_values(cluster: str, queue_name: pulumi.Input[str], role_arn: pulumi.Input[str],
+                      system_nodes: int) -> dict[str, Any]:
     return {
         "settings": {"clusterName": cluster, "interruptionQueue": queue_name,
                      # Reserved pools launch into their ODCR or Capacity Block through the `reserved` capacity
                      # type (beta, on by default since v1.6: website docs/reference/settings.md).
                      "featureGates": {"reservedCapacity": True}},
         "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": role_arn}},
-        "replicas": REPLICAS,
+        # Two for a leader and a warm standby, never more than the system nodes: the chart's podAntiAffinity
+        # (requiredDuringScheduling, topologyKey kubernetes.io/hostname) would leave a second replica on a
+        # one-node system group Pending for good.
+        "replicas": min(REPLICAS, system_nodes),
         # On the system node group: Karpenter must never run on nodes it manages (the chart's affinity also
         # requires karpenter.sh/nodepool DoesNotExist), and the GPU pools are tainted.
         "nodeSelector": {"kubernetes.io/os": "linux", POOL_LABEL: SYSTEM_POOL},
@@ -221,7 +226,7 @@ class Karpenter(pulumi.ComponentResource):
         self.release = k8s.helm.v3.Release(
             f"{name}-karpenter", name="karpenter", chart=CHART, version=VERSION, namespace=NAMESPACE,
             atomic=True, skip_crds=True,
-            values=controller_values(cluster, self.queue.name, self.role.arn),
+            values=controller_values(cluster, self.queue.name, self.role.arn, args.system_nodes),
             opts=pulumi.ResourceOptions.merge(k8s_child, pulumi.ResourceOptions(
                 depends_on=[self.crds, self.policy, self.access_entry, *after])))
         self.register_outputs({"queue": self.queue.name, "role": self.role.arn, "node_role": self.node_role.arn})

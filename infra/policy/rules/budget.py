@@ -45,7 +45,8 @@ DESCRIPTION = (
     "whatever their own budget says. The budget sees only what carries the stack tag, so every cost-bearing "
     "resource does: clusters, node groups, NAT gateways and addresses, KMS keys, secrets, log groups and health "
     "checks by their own tags (provider default tags included); the nodes' instances and volumes through their "
-    "node group's launch template or their NodePool's EC2NodeClass tags; each cluster's control plane log group (/aws/eks/<cluster>/cluster) created "
+    "node group's launch template or their NodePool's EC2NodeClass tags; each cluster's control plane log group "
+    "(/aws/eks/<cluster>/cluster) created "
     "by the program, tagged, rather than by EKS; each ingress NLB through its Service's "
     "aws-load-balancer-additional-resource-tags annotation.")
 

@@ -11,7 +11,6 @@ from infra.plan.manifests import eks_addon_objects, render_release
 from infra.policy.rules.base import (
     EKS_CLUSTER,
     HELM_RELEASE,
-    POOL_LABEL,
     Findings,
     PolicyConfig,
     Resource,
@@ -33,7 +32,8 @@ DESCRIPTION = (
     "its smallest instance type, with the catalog's allocatable CPU and memory (AL2023 nodeadm reservations), "
     "GPUs and max pods, and the pool's labels and taints (a NodePool's template labels and taints, and those "
     "Karpenter adds); a NodePool's max nodes are what its GPU and CPU limits admit of that type, its min nodes "
-    "the floor the program records on it. Karpenter's own controller is one of the pods placed. DaemonSets take their share of every node whose taints they tolerate and whose "
+    "the floor the program records on it. Karpenter's own controller is one of the pods placed. DaemonSets "
+    "take their share of every node whose taints they tolerate and whose "
     "labels they select, first. Every other pod must tolerate the taints and select the labels of some pool, "
     "and fit one of its nodes; then all replicas are packed first-fit decreasing at min scale (min nodes, "
     "min replicas) and at max scale (HPA max replicas on min nodes while no node autoscaler is installed, "

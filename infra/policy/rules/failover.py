@@ -24,7 +24,8 @@ DESCRIPTION = (
     "regions of each residency zone it is served in. In prod, for every region that could be lost, each model "
     "it serves still fits in the surviving regions of its zone: the survivors' maximum replicas cover the lost "
     "region's minimum plus their own minimums, and every pool can actually hold its models at maximum replicas "
-    "(a node group's max size, or the nodes a Karpenter NodePool's limits admit, x replicas per node). Every regional gateway has a Route53 health check probing its "
+    "(a node group's max size, or the nodes a Karpenter NodePool's limits admit, x replicas per node). Every "
+    "regional gateway has a Route53 health check probing its "
     "own regional host and a latency record for its region that uses that health check, so DNS drops a dead "
     "region. In every gateway's routing config, alias fallback chains are acyclic, and a model restricted to a "
     "zone is offered only by that zone's gateways and never falls back (directly, through other regions, "
@@ -53,7 +54,7 @@ def _pool_capacity(resources: Resources, found: Findings) -> None:
         demand.setdefault((release.region, pool), []).append((model, as_int(values.get("gpus"), 1),
                                                               _replicas(release)[1]))
     for (region, pool), models in sorted(demand.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
-        group = groups.get((region, pool))
+        group = groups.get((region, str(pool)))
         if group is None:
             found.fail(f"models {', '.join(m for m, _, _ in models)} in {region} select pool {pool!r}, "
                        f"which has no node group or NodePool there")

@@ -55,9 +55,9 @@ DESCRIPTION = (
     "outside a region. Model weights stay in their zone too: a bucket replicates only to buckets of the stack "
     "in its own zone, and a restricted model's weights are staged (by its staging Jobs) and loaded (by its "
     "releases' s3:// sources) only from buckets in regions of its zone, whether the Job or release is the "
-    "model's or the path it writes or reads names the model's prefix (<model>/<revision>). Each residency zone has "
-    "Instance events (Karpenter's interruption rules) go only to a target in the rule's own region. "
-    "Each residency zone has its own DNS name (<zone>.<domain>) whose records route only to the zone's regions, both by their latency "
+    "model's or the path it writes or reads names the model's prefix (<model>/<revision>). Instance events "
+    "(Karpenter's interruption rules) go only to a target in the rule's own region. Each residency zone has "
+    "its own DNS name (<zone>.<domain>) whose records route only to the zone's regions, both by their latency "
     "region and by the load balancer they point at: Route 53 answers only from the record set asked for, even "
     "when all of it is unhealthy, so that name never resolves outside the zone.")
 

@@ -120,8 +120,8 @@ def _karpenter(resources: Resources, versions: dict[str, str], found: Findings) 
         aliases = [str(t.get("alias")) for t in as_list(spec.get("amiSelectorTerms")) if t.get("alias")]
         found.judged(node_class, ami_aliases=aliases)
         for alias in aliases:
-            release = alias.split("@", 1)[1] if "@" in alias else ""
-            if not release or release == "latest":
+            pinned = alias.split("@", 1)[1] if "@" in alias else ""
+            if not pinned or pinned == "latest":
                 found.fail(f"EC2NodeClass {node_class.name} in {node_class.region} selects AMI alias {alias!r}: "
                            f"pin a release (e.g. al2023@v20260714), or every new AMI rolls the pool's nodes "
                            f"unreviewed")
