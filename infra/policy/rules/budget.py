@@ -107,9 +107,9 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
     if cost.monthly_usd_max > policy.budget_usd:
         dearest = sorted(cost.pools, key=lambda p: -p.monthly_usd_max)[:3]
         top = ", ".join(f"{p.region}/{p.pool} ${p.monthly_usd_max:,.0f}" for p in dearest)
-        found.fail(f"at maximum scale (node groups at max size, Karpenter NodePools at their limits) the stack would "
-                   f"cost ${cost.monthly_usd_max:,.0f}/month, above its budget of ${policy.budget_usd:,.0f} (dearest "
-                   f"pools: {top}); lower pool max_nodes or raise the budget")
+        found.fail(f"at maximum scale the stack would cost ${cost.monthly_usd_max:,.0f}/month (node groups at their "
+                   f"max size, Karpenter NodePools at their limits), above its budget of ${policy.budget_usd:,.0f} "
+                   f"(dearest pools: {top}); lower pool max_nodes or raise the budget")
     if policy.environment == "preview":
         found.judged(None, preview_cap_usd=policy.preview_cap_usd, budget_usd=policy.budget_usd)
         if policy.budget_usd > policy.preview_cap_usd:
