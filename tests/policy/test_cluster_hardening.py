@@ -19,8 +19,9 @@ CLUSTER = "aws:eks/cluster:Cluster"
 def test_cluster_endpoints_are_allow_listed_encrypted_and_logged(stack_plan):
     res = result(stack_plan, "cluster-hardening")
     assert_passes(res)
-    assert len(res.evidence) == len(stack_plan.config.regions)
-    for e in res.evidence:
+    clusters = [e for e in res.evidence if e["type"] == CLUSTER]
+    assert len(clusters) == len(stack_plan.config.regions)
+    for e in clusters:
         assert e["endpoint_private"] and not e["endpoint_public"] and e["public_access_cidrs"] == []
         assert e["encrypted_resources"] == ["secrets"] and e["secrets_encryption_key"].startswith(
             f"arn:aws:kms:{e['region']}:")
@@ -65,3 +66,21 @@ def test_cluster_without_audit_logs_is_rejected(prod_plan):
         enabledClusterLogTypes=["scheduler"]))
     assert_rejected(result_of_resources(prod_plan, resources, "cluster-hardening"),
                     "EKS cluster us-east-1 in us-east-1 does not log api, audit, authenticator from its control plane")
+
+
+def test_karpenters_interruption_queue_is_encrypted_and_refuses_plain_http(stack_plan):
+    res = result(stack_plan, "cluster-hardening")
+    queues = [e for e in res.evidence if e.get("type") == "aws:sqs/queue:Queue"]
+    assert len(queues) == len(stack_plan.config.regions)
+    assert all(e["encrypted_at_rest"] and e["denies_plain_http"] for e in queues)
+
+
+def test_interruption_queue_without_encryption_or_tls_policy_is_rejected(prod_plan):
+    """Program bug (simulated): us-west-2's queue loses SSE and its queue policy."""
+    def weaken(rs):
+        find(rs, "aws:sqs/queue:Queue", "us-west-2-karpenter-interruption").inputs.pop("sqsManagedSseEnabled")
+        rs.remove(find(rs, "aws:sqs/queuePolicy:QueuePolicy", "us-west-2-karpenter-interruption"))
+    res = result_of_resources(prod_plan, mutated(prod_plan, weaken), "cluster-hardening")
+    assert_rejected(res, "SQS queue us-west-2-karpenter-interruption in us-west-2 is not encrypted at rest",
+                    "SQS queue us-west-2-karpenter-interruption in us-west-2 has no queue policy denying requests "
+                    "without TLS")

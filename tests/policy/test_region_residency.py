@@ -227,3 +227,21 @@ def test_weights_bucket_replicated_out_of_its_zone_is_rejected(prod_plan):
     assert_rejected(result_of_resources(prod_plan, resources, "region-residency"),
                     "bucket replication eu-north-1-weights-replication copies llmp-prod-weights-",
                     "(zone 'eu') to llmp-prod-weights-", "in us-east-1, outside its zone")
+
+
+def test_instance_events_go_only_to_a_queue_in_their_rules_region(prod_plan):
+    res = result(prod_plan, "region-residency")
+    targets = [e for e in res.evidence if e.get("type") == "aws:cloudwatch/eventTarget:EventTarget"]
+    assert len(targets) == 5 * len(prod_plan.config.regions)  # Karpenter's five interruption rules per region
+    assert all(e["target_region"] == e["rule_region"] == e["region"] for e in targets)
+
+
+def test_event_rule_delivering_to_another_zones_queue_is_rejected(prod_plan):
+    """Program bug (simulated): eu-north-1's spot interruption rule targets us-east-1's queue."""
+    def cross(rs):
+        us = find(rs, "aws:sqs/queue:Queue", "us-east-1-karpenter-interruption")
+        find(rs, "aws:cloudwatch/eventTarget:EventTarget", "eu-north-1-karpenter-spot-interruption").inputs[
+            "arn"] = us.outputs["arn"]
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, cross), "region-residency"),
+                    "EventBridge target eu-north-1-karpenter-spot-interruption of a rule in eu-north-1 delivers to "
+                    "arn:aws:sqs:us-east-1:")
