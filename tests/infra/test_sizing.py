@@ -10,10 +10,10 @@ from infra.config import ConfigError, _nodes_for, parse
 from infra.sizing import (
     DAEMONSET_HEADROOM,
     Resources,
+    installs_node_autoscaler,
     model_resources,
     parse_cpu,
     parse_memory,
-    installs_node_autoscaler,
     smallest_share,
     usable,
 )
