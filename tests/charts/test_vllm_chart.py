@@ -545,7 +545,7 @@ def _pool_of(prod: StackConfig, region: str, model: str):
 
 
 def _ceilings(prod: StackConfig, region: str) -> dict[str, int]:
-    """The most replicas of each model the region's pools hold at min_nodes (nothing adds nodes): pool by pool,
+    """The most replicas of each model the region's pools hold at max_nodes (Karpenter grows them): pool by pool,
     in config order, each model as high as its replicas.max allows beside the models before it at theirs and
     the models after it at their floors; packed the way infra/config.py counts nodes."""
     from infra.config import _nodes_for
@@ -554,19 +554,19 @@ def _ceilings(prod: StackConfig, region: str) -> dict[str, int]:
         pool, per_node, models = _pool_of(prod, region, model.name)
         taken = {m.name: out.get(m.name, max(1, m.replicas.min)) for m in models}
         n = max(1, model.replicas.max)
-        while n > taken[model.name] and _nodes_for(models, per_node, {**taken, model.name: n}) > pool.min_nodes:
+        while n > taken[model.name] and _nodes_for(models, per_node, {**taken, model.name: n}) > pool.max_nodes:
             n -= 1
         out[model.name] = n
     return out
 
 
 def _room_for_one_more(prod: StackConfig, region: str, model: str) -> bool:
-    """Whether the pool at min_nodes has GPUs for one more replica of `model` with every model of the pool at
+    """Whether the pool at max_nodes has GPUs for one more replica of `model` with every model of the pool at
     the most replicas the HPAs may have scaled it to."""
     from infra.config import _nodes_for
     pool, per_node, models = _pool_of(prod, region, model)
     busiest = _ceilings(prod, region)
-    return _nodes_for(models, per_node, {**busiest, model: busiest[model] + 1}) <= pool.min_nodes
+    return _nodes_for(models, per_node, {**busiest, model: busiest[model] + 1}) <= pool.max_nodes
 
 
 def _helm_wait_expects(r: Rendered) -> int:
