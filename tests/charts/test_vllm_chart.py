@@ -600,18 +600,18 @@ def test_the_awaited_release_waits_for_at_least_one_new_replica_to_be_ready(prod
 
 
 def test_the_full_prod_pools_replace_one_replica_at_a_time_and_none_surges(prod):
-    """No prod pool has a GPU to spare once its HPAs are at their max: the US mid pool's one g6e.12xlarge takes
-    the 8B model's HPA to 4 replicas (of its configured 8), and a surge replica beside them would stay Pending,
-    and the rollout with it, for good. Models with a floor of one replica are recreated, so that Helm's wait
-    has a new pod to see."""
+    """No prod pool has a GPU to spare once its HPAs are at their max, even at max_nodes (Karpenter grows it no
+    further): the US mid pool's two g6e.12xlarge hold exactly the 8B model's 8 replicas, and a surge replica
+    beside them would stay Pending, and the rollout with it, for good. Models with a floor of one replica are
+    recreated, so that Helm's wait has a new pod to see."""
     strategy = {(r, m): _prod(prod, r, m).one("Deployment")["spec"]["strategy"] for r, m in PROD_MODEL_RELEASES}
     for region in ("us-east-1", "us-west-2", "eu-north-1", "eu-west-2"):
         assert strategy[region, "llama-3-3-70b"]["type"] == "Recreate"  # two p5 nodes, floor of one replica
         assert strategy[region, "qwen2-5-7b-batch"]["type"] == "Recreate"  # floor of one replica
         assert strategy[region, "llama-3-1-8b"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
     hpa = _prod(prod, "us-east-1", "llama-3-1-8b").one("HorizontalPodAutoscaler")["spec"]
-    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 4)
-    # The EU's three mid nodes (12 GPUs) hold the 8B model's configured 8 beside mistral's two 2-GPU replicas.
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 8)
+    # The EU's four mid nodes (16 GPUs) hold the 8B model's configured 8 beside mistral's four 2-GPU replicas.
     hpa = _prod(prod, "eu-north-1", "llama-3-1-8b").one("HorizontalPodAutoscaler")["spec"]
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 8)
     assert strategy["eu-north-1", "mistral-small-24b"]["type"] == "Recreate"
