@@ -113,6 +113,9 @@ def nodeclass_spec(pool: Pool, role: str, subnet_ids: list[str], security_group_
     spec: dict[str, Any] = {
         "role": role,
         "amiSelectorTerms": [{"alias": AMI_ALIAS}],
+        # By id, not by karpenter.sh/discovery tags (nodeclasses.md "spec.subnetSelectorTerms",
+        # "spec.securityGroupSelectorTerms": a term may name an id): only the zones that offer the pool's
+        # types, and the cluster security group managed node groups use, with no tag to keep in step.
         "subnetSelectorTerms": [{"id": s} for s in subnet_ids],
         "securityGroupSelectorTerms": [{"id": security_group_id}],
         "blockDeviceMappings": [{"deviceName": "/dev/xvda", "ebs": {
