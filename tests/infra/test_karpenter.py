@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import boto3
 import pulumi
 import pytest
+from botocore.exceptions import ClientError
+from moto import mock_aws
 
 from infra.components.karpenter import CHART, CRD_CHART, INTERRUPTION_EVENTS, VERSION, controller_policy
 from infra.components.node_pool import AMI_ALIAS, TERMINATION_GRACE_SECONDS
@@ -286,3 +289,37 @@ def test_a_refused_nodepool_fails_only_its_own_models() -> None:
     assert "us-west-2-karpenter" in releases and "us-west-2-gateway" in releases
     assert "us-west-2-llama-3-3-70b" not in releases  # the h100 pool's model
     assert {"us-west-2-llama-3-1-8b", "us-west-2-qwen2-5-7b-batch", "us-east-1-llama-3-3-70b"} <= releases
+
+
+# -- what AWS accepts --------------------------------------------------------------------------------------------
+
+@mock_aws
+def test_iam_and_sqs_accept_the_policies_the_program_writes(prod_plan: Plan) -> None:
+    """moto's IAM validates a policy document as IAM does (elements, condition operators, ARNs, unique Sids);
+    its SQS stores the queue policy and the SSE setting the program asks for."""
+    iam = boto3.client("iam", region_name="us-east-1")
+    role = next(r for r in prod_plan.of_type(ROLE) if r.name == "eu-west-2-karpenter")
+    iam.create_role(RoleName="karpenter", Path=role.inputs["path"],
+                    AssumeRolePolicyDocument=role.inputs["assumeRolePolicy"])
+    policy = next(r for r in prod_plan.of_type(ROLE_POLICY) if r.name == "eu-west-2-karpenter")
+    iam.put_role_policy(RoleName="karpenter", PolicyName="controller", PolicyDocument=policy.inputs["policy"])
+    stored = iam.get_role_policy(RoleName="karpenter", PolicyName="controller")["PolicyDocument"]
+    written = json.loads(policy.inputs["policy"])["Statement"]
+    assert {s["Sid"] for s in stored["Statement"]} == {s["Sid"] for s in written}
+    with pytest.raises(ClientError):  # and it would refuse a malformed one
+        iam.put_role_policy(RoleName="karpenter", PolicyName="broken",
+                            PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
+                                {"Effect": "Allow", "Action": "sqs:ReceiveMessage", "Resource": "*",
+                                 "Condition": {"NoSuchOperator": {"aws:SecureTransport": "true"}}}]}))
+    queue = next(q for q in prod_plan.of_type(QUEUE) if q.region == "eu-west-2")
+    sqs = boto3.client("sqs", region_name="eu-west-2")
+    url = sqs.create_queue(QueueName=queue.inputs["name"], Attributes={
+        "MessageRetentionPeriod": str(int(queue.inputs["messageRetentionSeconds"])),
+        "SqsManagedSseEnabled": "true"})["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    assert arn == queue.outputs["arn"]  # the mock engine names it as SQS does
+    queue_policy = next(p for p in prod_plan.of_type("aws:sqs/queuePolicy:QueuePolicy") if p.region == "eu-west-2")
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": queue_policy.inputs["policy"]})
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert json.loads(attributes["Policy"])["Statement"][1]["Sid"] == "DenyHTTP"
+    assert attributes["SqsManagedSseEnabled"] == "true"
