@@ -222,7 +222,8 @@ class Karpenter(pulumi.ComponentResource):
         # directory: Karpenter upgrade guide, "CRD Upgrades").
         self.crds = k8s.helm.v3.Release(
             f"{name}-karpenter-crd", name="karpenter-crd", chart=CRD_CHART, version=VERSION, namespace=NAMESPACE,
-            atomic=True, values={"additionalAnnotations": {}}, opts=pulumi.ResourceOptions.merge(k8s_child, pulumi.ResourceOptions(depends_on=after)))
+            atomic=True, values={"additionalAnnotations": {}},
+            opts=pulumi.ResourceOptions.merge(k8s_child, pulumi.ResourceOptions(depends_on=after)))
         self.release = k8s.helm.v3.Release(
             f"{name}-karpenter", name="karpenter", chart=CHART, version=VERSION, namespace=NAMESPACE,
             atomic=True, skip_crds=True,
