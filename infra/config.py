@@ -613,9 +613,9 @@ def _check_model(cfg: StackConfig, catalog: Catalog, i: int, model: Model,
 
 
 def _check_pool_capacity(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
-    """A pool holds its models: at max_nodes every model at max replicas, and at min_nodes every
-    model at its floor (one replica at least: the serving chart keeps one warm, and nothing in
-    the stack adds nodes on demand, so replicas beyond min_nodes would wait unscheduled)."""
+    """A pool holds its models: at max_nodes every model at max replicas, and min_nodes is exactly what every
+    model at its floor fills (one replica at least: the serving chart keeps one warm). Karpenter grows a pool
+    from there up to max_nodes and gives back empty nodes, so no other floor exists (README: Node autoscaling)."""
     problems = []
     for i, region in enumerate(cfg.regions):
         for j, pool in enumerate(region.pools):
@@ -634,6 +634,11 @@ def _check_pool_capacity(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, 
                 problems.append((f"{at}.min_nodes", f"pool {pool.name} in {region.name} needs {least} node(s) for "
                                                     f"its models' minimum replicas (one at least), but min_nodes is "
                                                     f"{pool.min_nodes}"))
+            elif least < pool.min_nodes:  # Karpenter has no minimum size: it removes nodes no pod needs
+                problems.append((f"{at}.min_nodes", f"pool {pool.name} in {region.name}: min_nodes {pool.min_nodes} "
+                                                    f"cannot be honoured: Karpenter keeps only the nodes pods need, "
+                                                    f"and its models' minimum replicas fill {least}; set min_nodes "
+                                                    f"to {least} or raise the models' replicas.min"))
     return problems
 
 

@@ -15,6 +15,7 @@ from infra.components.deploy_hub import DeployHub, DeployHubArgs
 from infra.components.dns import FailoverDns, FailoverDnsArgs
 from infra.components.gateway import Gateway, GatewayArgs, gateway_role
 from infra.components.hub_peering import HubPeering, HubPeeringArgs
+from infra.components.karpenter import Karpenter, KarpenterArgs
 from infra.components.load_balancer import LoadBalancerController, LoadBalancerControllerArgs, load_balancer_hostname
 from infra.components.model_serving import ModelServing, ModelServingArgs
 from infra.components.model_token import model_server_role, model_token_policy
@@ -73,14 +74,21 @@ class RegionalStack:
             deployer_cidr=cfg.vpc_cidr(cfg.deploy_hub.name), deployer_path=deployer_path),
             self.provider, iam, pulumi.ResourceOptions(parent=parent))
         k8s = self.cluster.kubernetes
+        # Karpenter grows and shrinks every GPU pool (README: Node autoscaling); it runs on the system nodes.
+        self.karpenter = Karpenter(name, KarpenterArgs(
+            region=name, cluster_name=cluster_name(cfg.stack, name), iam_path=iam_path(cfg.stack), tags=tags,
+            oidc_provider_arn=self.cluster.oidc.arn, oidc_issuer=self.cluster.oidc_issuer,
+            system_nodes=cfg.cluster.system_nodes),
+            self.provider, iam, k8s, [self.cluster.system_nodes], pulumi.ResourceOptions(parent=parent))
         self.pools = {
             pool.name: NodePool(f"{name}-{pool.name}", NodePoolArgs(
-                pool=pool, cluster_name=self.cluster.eks.name, node_role_arn=self.cluster.node_role.arn,
-                subnet_ids=[self.network.private_subnet_by_zone[z]
-                            for z in pool_zones(region, pool, system_type, catalog)],
-                tags=tags, kubernetes_version=cfg.cluster.kubernetes_version),
-                self.provider, pulumi.ResourceOptions(parent=parent))
+                pool=pool, node_role_name=self.karpenter.node_role.name,
+                subnet_ids=[self.network.private_subnet_by_zone[z] for z in zones],
+                zone_ids=zones, security_group_id=self.cluster.eks.vpc_config.cluster_security_group_id,
+                tags=tags, catalog=catalog, karpenter=self.karpenter.release),
+                k8s, pulumi.ResourceOptions(parent=parent))
             for pool in region.pools
+            for zones in [pool_zones(region, pool, system_type, catalog)]
         }
         # Failure isolation: the load balancer, gateway and DNS hang off the system nodes only, so a GPU pool that
         # cannot get capacity fails its own models and nothing else (with `pulumi up --continue-on-error`:

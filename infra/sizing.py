@@ -159,10 +159,10 @@ def is_node_autoscaler_chart(chart: str) -> bool:
 
 def installs_node_autoscaler(cfg: StackConfig, region: str) -> bool:
     """Whether the program installs a node autoscaler (a release of a NODE_AUTOSCALER_CHARTS chart) in `region`'s
-    cluster. None yet: EKS managed node groups keep desired = min_nodes and nothing changes it, so a replica
-    beyond what min_nodes hold waits Pending for good. Karpenter (issue 13) flips this, and its release is what
-    the capacity-fit control sees in the record."""
-    return False
+    cluster. Every cluster gets Karpenter (infra/components/karpenter.py), which launches a node of a pool
+    whenever a pod of the pool is Pending, up to the pool's limits (max_nodes); its release is what the
+    capacity-fit control sees in the record."""
+    return any(r.name == region for r in cfg.regions)
 
 
 def nodes_for(models: list[Model], gpus_per_node: int, replicas: dict[str, int]) -> int:
@@ -213,7 +213,8 @@ class ReplicaRange:
         if not self.capped:
             return ""
         gpus = self.pool.gpus_per_node * self.pool.nodes
-        return (f"max {self.configured_max} capped: no node autoscaler, pool {self.pool.name} holds "
+        reason = "at max_nodes" if self.pool.grows else "no node autoscaler"
+        return (f"max {self.configured_max} capped: {reason}, pool {self.pool.name} holds "
                 f"{gpus} GPU{'s' if gpus != 1 else ''} at {self.pool.nodes} node{'s' if self.pool.nodes != 1 else ''}")
 
 

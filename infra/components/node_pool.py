@@ -1,32 +1,68 @@
-"""NodePool: one EKS managed node group of GPU instances, labelled and tainted so only its models land there."""
+"""NodePool: one GPU pool as a Karpenter NodePool and its EC2NodeClass, labelled and tainted so only its models land
+there, bounded by limits from max_nodes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
-import pulumi_aws as aws
+import pulumi_kubernetes as k8s
 
-from infra.components.providers import child_opts
+from infra.catalog import Catalog
+from infra.chart_values import DRAIN_MARGIN_SECONDS, VLLM_DRAIN_SECONDS, VLLM_PRESTOP_SECONDS
 from infra.config import Pool
-from infra.scheduling import CAPACITY_LABEL, POOL_LABEL, pool_taints
+from infra.scheduling import CAPACITY_LABEL, GPU_RESOURCE, POOL_LABEL, pool_taints
 
-# EKS spells taint effects differently from Kubernetes.
-EKS_EFFECT = {"NoSchedule": "NO_SCHEDULE", "NoExecute": "NO_EXECUTE", "PreferNoSchedule": "PREFER_NO_SCHEDULE"}
-GPU_AMI = "AL2023_x86_64_NVIDIA"
-# A reserved pool's one instance type, on its nodes and readable from the node group (a Capacity Block pool
-# names its type in the launch template only).
+NODEPOOL_API = "karpenter.sh/v1"
+NODECLASS_API = "karpenter.k8s.aws/v1"
+# The EKS-optimized AL2023 AMI release every GPU node boots, pinned: Karpenter resolves the alias to the
+# release's NVIDIA variant for GPU instance types (pkg/providers/amifamily/al2023.go @ v1.14.1 reads the
+# standard, nvidia and neuron SSM parameters of the version). v20260714 is the newest release in
+# awslabs/amazon-eks-ami CHANGELOG.md @ 81fec2e, built for Kubernetes 1.33-1.36. Bumping it is a drift every
+# node replaces through the disruption budget below; never `@latest`, which moves under a running pool.
+AMI_ALIAS = "al2023@v20260714"
+# A reserved pool's one instance type, on its nodes (read by the vLLM chart values' sizing like before).
 INSTANCE_TYPE_LABEL = "llm-platform/instance-type"
-CAPACITY_TYPE = {"spot": "SPOT", "on-demand": "ON_DEMAND", "odcr": "ON_DEMAND", "capacity-block": "CAPACITY_BLOCK"}
+# Karpenter's well-known labels (website/content/en/docs/concepts/scheduling.md @ v1.14.1): the config names zones
+# by ID (the same zone in every account), which Karpenter schedules on directly.
+ZONE_ID_LABEL = "topology.k8s.aws/zone-id"
+WELL_KNOWN_INSTANCE_TYPE = "node.kubernetes.io/instance-type"
+CAPACITY_TYPE_LABEL = "karpenter.sh/capacity-type"
+# What the plan reads back: the nodes the pool keeps for its models' minimum replicas (Karpenter has no minimum
+# size: infra/config.py holds min_nodes to exactly that floor).
+MIN_NODES_ANNOTATION = "llm-platform/min-nodes"
+# Karpenter capacity types (nodepools.md, "capacity type"): `reserved` is an ODCR or a Capacity Block.
+CAPACITY_TYPE = {"spot": "spot", "on-demand": "on-demand", "reserved": "reserved"}
+# A node's termination waits at most this long for its pods: Karpenter deletes each pod early enough to give it its
+# full terminationGracePeriodSeconds before this timeout (NodePool CRD, spec.template.spec.terminationGracePeriod),
+# so a vLLM replica always gets its preStop and drain (charts/vllm: preStop + drain + margin), plus a minute for
+# the DaemonSets and the kubelet.
+TERMINATION_GRACE_SECONDS = VLLM_PRESTOP_SECONDS + VLLM_DRAIN_SECONDS + DRAIN_MARGIN_SECONDS + 60
+# Nodes are replaced after 30 days (Karpenter's default expireAfter), so a long-lived node's kernel, driver and
+# disk state are renewed even while the AMI pin stands still. A reserved pool's reservation holds exactly its
+# nodes: expiry would terminate one before a replacement can start, so those nodes do not expire; they are
+# replaced by drift (an AMI bump), one at a time within the budget.
+EXPIRE_AFTER = "720h"
+# An interactive pool gives back only empty nodes, ten minutes after their last replica went: moving a running
+# model means reloading tens of GiB of weights, and the HPA may want the node back at the next peak.
+INTERACTIVE_CONSOLIDATE_AFTER = "10m"
+# A spot batch pool may also repack underused nodes: batch work tolerates a restart, and spot bills by the node.
+BATCH_CONSOLIDATE_AFTER = "5m"
+DISRUPTION_BUDGET = [{"nodes": "1"}]  # at most one node of a pool is voluntarily disrupted at a time
 
 
 @dataclass(frozen=True)
 class NodePoolArgs:
     pool: Pool
-    cluster_name: pulumi.Input[str]
-    node_role_arn: pulumi.Input[str]
+    node_role_name: pulumi.Input[str]  # Karpenter's node role (infra/components/karpenter.py)
     subnet_ids: list[pulumi.Input[str]]  # only the zones that offer the pool's types (infra.placement.pool_zones)
+    zone_ids: list[str]
+    security_group_id: pulumi.Input[str]  # the cluster security group, as managed node groups use
     tags: dict[str, str]  # stamped on the instances, their volumes and interfaces
-    kubernetes_version: str  # pinned like the control plane's, so an upgrade is a reviewed change
+    catalog: Catalog
+    # Karpenter's controller release: the pool is created after it and, on destroy, deleted before it, while the
+    # controller still runs to drain and terminate the pool's nodes (its finalizers wait for that).
+    karpenter: pulumi.Resource
 
 
 def node_labels(pool: Pool) -> dict[str, str]:
@@ -37,81 +73,85 @@ def node_labels(pool: Pool) -> dict[str, str]:
     return labels
 
 
-def update_config(pool: Pool) -> aws.eks.NodeGroupUpdateConfigArgs:
-    """How a version bump or template change replaces nodes. By default EKS launches new nodes before
-    draining old ones, "up to two instances per Availability Zone"
-    (https://docs.aws.amazon.com/eks/latest/userguide/managed-node-update-behavior.html); a reservation
-    sized to its pool has no spare instance for that, so a reserved pool replaces one node at a time in
-    place (MINIMAL: terminate, then launch). A Capacity Block pool must also be scaled to 0 before a
-    version upgrade (README: Running it for real)."""
-    strategy = "MINIMAL" if pool.reserved else "DEFAULT"
-    return aws.eks.NodeGroupUpdateConfigArgs(max_unavailable=1, update_strategy=strategy)
+def limits(pool: Pool, catalog: Catalog) -> dict[str, str]:
+    """max_nodes of the pool's largest type, in GPUs and in vCPUs: Karpenter launches nothing that would take the
+    pool past either (nodepools.md, "spec.limits")."""
+    known = [catalog.instance(t) for t in pool.instance_types if t in catalog.instances]
+    return {GPU_RESOURCE: str(pool.max_nodes * max(i.gpus for i in known)),
+            "cpu": str(pool.max_nodes * max(i.vcpus for i in known))}
 
 
-def capacity_type(pool: Pool) -> str:
-    return CAPACITY_TYPE[pool.reservation.kind if pool.reservation else pool.capacity]
+def disruption(pool: Pool) -> dict[str, Any]:
+    policy = "WhenEmptyOrUnderutilized" if pool.spot else "WhenEmpty"
+    after = BATCH_CONSOLIDATE_AFTER if pool.spot else INTERACTIVE_CONSOLIDATE_AFTER
+    return {"consolidationPolicy": policy, "consolidateAfter": after, "budgets": DISRUPTION_BUDGET}
 
 
-def reservation_template_args(pool: Pool) -> dict:
-    """Launch template arguments that send a reserved pool's instances into its reservation.
+def nodepool_spec(pool: Pool, node_class: str, zone_ids: list[str], catalog: Catalog) -> dict[str, Any]:
+    return {
+        "template": {
+            "metadata": {"labels": node_labels(pool)},
+            "spec": {
+                "nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": node_class},
+                "requirements": [
+                    {"key": WELL_KNOWN_INSTANCE_TYPE, "operator": "In", "values": list(pool.instance_types)},
+                    {"key": CAPACITY_TYPE_LABEL, "operator": "In", "values": [CAPACITY_TYPE[pool.capacity]]},
+                    {"key": ZONE_ID_LABEL, "operator": "In", "values": list(zone_ids)},
+                ],
+                "taints": pool_taints(pool.spot),
+                "expireAfter": "Never" if pool.reserved else EXPIRE_AFTER,
+                "terminationGracePeriod": f"{TERMINATION_GRACE_SECONDS}s",
+            },
+        },
+        "limits": limits(pool, catalog),
+        "disruption": disruption(pool),
+    }
 
-    Capacity Block (https://docs.aws.amazon.com/eks/latest/userguide/capacity-blocks-mng.html): the template
-    sets InstanceMarketOptions.MarketType "capacity-block", targets the block's id and names the instance type;
-    the node group's capacityType is CAPACITY_BLOCK and lists no instance types (EKS refuses a type in both).
-    ODCR (https://docs.aws.amazon.com/eks/latest/userguide/ml-node-groups.html, "On-Demand Capacity
-    Reservations"): the template targets the reservation; the node group stays ON_DEMAND with its type.
-    """
-    res = pool.reservation
-    if res is None:
-        return {}
-    args: dict = {"capacity_reservation_specification": aws.ec2.LaunchTemplateCapacityReservationSpecificationArgs(
-        capacity_reservation_target=aws.ec2.LaunchTemplateCapacityReservationSpecificationCapacityReservationTargetArgs(
-            capacity_reservation_id=res.id))}
-    if res.kind == "capacity-block":
-        args["instance_market_options"] = aws.ec2.LaunchTemplateInstanceMarketOptionsArgs(market_type="capacity-block")
-        args["instance_type"] = pool.instance_types[0]
-    return args
+
+def nodeclass_spec(pool: Pool, role: str, subnet_ids: list[str], security_group_id: str,
+                   tags: dict[str, str]) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "role": role,
+        "amiSelectorTerms": [{"alias": AMI_ALIAS}],
+        # By id, not by karpenter.sh/discovery tags (nodeclasses.md "spec.subnetSelectorTerms",
+        # "spec.securityGroupSelectorTerms": a term may name an id): only the zones that offer the pool's
+        # types, and the cluster security group managed node groups use, with no tag to keep in step.
+        "subnetSelectorTerms": [{"id": s} for s in subnet_ids],
+        "securityGroupSelectorTerms": [{"id": security_group_id}],
+        "blockDeviceMappings": [{"deviceName": "/dev/xvda", "ebs": {
+            "volumeSize": f"{pool.disk_gib}Gi", "volumeType": "gp3", "encrypted": True,
+            "deleteOnTermination": True}}],
+        # IMDSv2 only, one hop: every pod here reaches AWS through IRSA, none through the node's role
+        # (Karpenter's default; nodeclasses.md "spec.metadataOptions").
+        "metadataOptions": {"httpEndpoint": "enabled", "httpProtocolIPv6": "disabled",
+                            "httpPutResponseHopLimit": 1, "httpTokens": "required"},
+        # Karpenter stamps these on the instances, volumes and interfaces it launches (nodeclasses.md
+        # "spec.tags"): the budget's tag filter sees the GPU spend through them.
+        "tags": dict(tags),
+    }
+    if pool.reservation is not None:
+        # The reservation by id, ODCR or Capacity Block alike (nodeclasses.md
+        # "spec.capacityReservationSelectorTerms"; ReservedCapacity is beta and on since v1.6).
+        spec["capacityReservationSelectorTerms"] = [{"id": pool.reservation.id}]
+    return spec
 
 
 class NodePool(pulumi.ComponentResource):
-    def __init__(self, name: str, args: NodePoolArgs, provider: aws.Provider,
+    def __init__(self, name: str, args: NodePoolArgs, kubernetes: k8s.Provider,
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("llm-platform:compute:NodePool", name, None, opts)
         pool = args.pool
-        # Managed node groups don't pass their tags on to the instances they start, and the budget
-        # filters on the stack tag: without this template the GPU spend would be invisible to it.
-        template = aws.ec2.LaunchTemplate(
-            name,
-            description=f"llm-platform GPU pool {pool.name}",
-            block_device_mappings=[aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
-                device_name="/dev/xvda",
-                ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
-                    volume_size=pool.disk_gib, volume_type="gp3", encrypted="true", delete_on_termination="true"))],
-            metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(  # IMDSv2 only
-                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=2),
-            tag_specifications=[aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags=args.tags)
-                                for kind in ("instance", "volume", "network-interface")],
-            **reservation_template_args(pool),
-            opts=child_opts(self, provider))
-        block = pool.reservation is not None and pool.reservation.kind == "capacity-block"
-        self.node_group = aws.eks.NodeGroup(
-            name,
-            cluster_name=args.cluster_name,
-            node_role_arn=args.node_role_arn,
-            subnet_ids=args.subnet_ids,
-            ami_type=GPU_AMI,
-            version=args.kubernetes_version,
-            capacity_type=capacity_type(pool),
-            instance_types=None if block else pool.instance_types,
-            launch_template=aws.eks.NodeGroupLaunchTemplateArgs(
-                id=template.id, version=template.latest_version.apply(str)),
-            scaling_config=aws.eks.NodeGroupScalingConfigArgs(
-                min_size=pool.min_nodes, max_size=pool.max_nodes, desired_size=pool.min_nodes),
-            labels=node_labels(pool),
-            taints=[aws.eks.NodeGroupTaintArgs(key=t["key"], value=t["value"], effect=EKS_EFFECT[t["effect"]])
-                    for t in pool_taints(pool.spot)],
-            update_config=update_config(pool),
-            # The cluster autoscaler owns the desired size once the pool exists.
-            opts=child_opts(self, provider, ignore_changes=["scalingConfig.desiredSize"]),
-        )
-        self.register_outputs({"node_group": self.node_group.node_group_name})
+        child = pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=[args.karpenter])
+        self.node_class = k8s.apiextensions.CustomResource(
+            f"{name}-nodeclass", api_version=NODECLASS_API, kind="EC2NodeClass",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=pool.name),
+            spec=pulumi.Output.all(args.node_role_name, args.security_group_id, *args.subnet_ids).apply(
+                lambda a: nodeclass_spec(pool, a[0], list(a[2:]), a[1], args.tags)),
+            opts=child)
+        self.node_pool = k8s.apiextensions.CustomResource(
+            name, api_version=NODEPOOL_API, kind="NodePool",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=pool.name,
+                                                annotations={MIN_NODES_ANNOTATION: str(pool.min_nodes)}),
+            spec=nodepool_spec(pool, pool.name, args.zone_ids, args.catalog),
+            opts=pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=[args.karpenter, self.node_class]))
+        self.register_outputs({"node_pool": pool.name})

@@ -1,7 +1,7 @@
 """Monthly cost estimate of a plan at minimum and maximum scale, from the resources it creates and the catalog."""
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,8 +17,8 @@ NAT_GATEWAY = "aws:ec2/natGateway:NatGateway"
 
 @dataclass(frozen=True)
 class PoolCost:
-    """One node group's monthly cost range. At min scale the cheapest instance type is assumed,
-    at max scale the dearest, so the range brackets any mix the autoscaler picks."""
+    """One pool's monthly cost range (`pool_cost`): at min scale the cheapest instance type is assumed, at max
+    scale the dearest the pool's bounds allow, so the range brackets any mix the autoscaler picks."""
     region: str
     node_group: str
     pool: str
@@ -64,39 +64,165 @@ class CostEstimate:
 
 RESERVED_TYPE_LABEL = "llm-platform/instance-type"  # infra.components.node_pool.INSTANCE_TYPE_LABEL
 CAPACITY = {"SPOT": "spot", "CAPACITY_BLOCK": "reserved"}
+NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
+EC2_NODE_CLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
+MIN_NODES_ANNOTATION = "llm-platform/min-nodes"  # infra.components.node_pool.MIN_NODES_ANNOTATION
+KARPENTER_INSTANCE_TYPE = "node.kubernetes.io/instance-type"
+KARPENTER_CAPACITY_TYPE = "karpenter.sh/capacity-type"
+GPU = "nvidia.com/gpu"
+EKS_TAINT_EFFECT = {"NO_SCHEDULE": "NoSchedule", "NO_EXECUTE": "NoExecute", "PREFER_NO_SCHEDULE": "PreferNoSchedule"}
 
 
 def node_group_types(inputs: Mapping[str, Any]) -> tuple[str, ...]:
-    """A node group's instance types; a Capacity Block group names its one type in a label (and its template)."""
+    """A node group's instance types; a Capacity Block group names its type in a label (and its template)."""
     types = inputs.get("instanceTypes") or [(inputs.get("labels") or {}).get(RESERVED_TYPE_LABEL)]
     return tuple(t for t in types if t)
 
 
-def pool_cost(resource: Resource, catalog: Catalog) -> PoolCost:
-    """Reserved pools are priced at the catalog's on-demand rate: an ODCR bills the on-demand price whether or
-    not instances run in it, and a Capacity Block is paid up front at a price quoted when it is bought
-    (describe-capacity-block-offerings UpfrontFee), which the catalog does not know. Budget for the up-front fee."""
-    inputs = resource.inputs
-    spot = inputs.get("capacityType") == "SPOT"
-    types = node_group_types(inputs)
-    # The engine hands numbers over as floats.
-    lo, hi = int(inputs["scalingConfig"]["minSize"]), int(inputs["scalingConfig"]["maxSize"])
-    prices = [catalog.hourly_usd(t, resource.region, spot) for t in types]
-    gpus = max(catalog.instance(t).gpus for t in types)
+def _list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) else [value]
+
+
+def _quantity(value: Any) -> int | None:
+    """A NodePool limit: a plain count of GPUs or cores ("16", 384, "384000m")."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    try:
+        return int(text[:-1]) // 1000 if text.endswith("m") else int(float(text))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class RecordedPool:
+    """One pool of nodes as the program records it: an EKS managed node group, or a Karpenter NodePool (with the
+    EC2NodeClass it references). Every pool rule and the cost and quota estimates read pools through this."""
+    resource: Resource
+    kind: str  # "node-group" | "karpenter"
+    region: str
+    name: str  # the pool label, else the resource's name
+    capacity: str  # "on-demand" | "spot" | "reserved"
+    instance_types: tuple[str, ...]
+    labels: dict[str, str]
+    taints: tuple[tuple[str, str, str], ...]  # (key, value, effect as in a Pod spec)
+    min_nodes: int
+    # A node group's max size; a NodePool's: the most nodes of its smallest type its limits admit. None: unbounded.
+    max_nodes: int | None
+    limits: dict[str, int] = field(default_factory=dict)  # a NodePool's, in GPUs and cores
+    node_class: Resource | None = None
+
+    @property
+    def spot(self) -> bool:
+        return self.capacity == "spot"
+
+    @property
+    def reservation_ids(self) -> list[str]:
+        """The capacity reservations a Karpenter pool launches into (its EC2NodeClass's selector terms)."""
+        spec = (self.node_class.inputs.get("spec") or {}) if self.node_class is not None else {}
+        return [str(t.get("id")) for t in _list(spec.get("capacityReservationSelectorTerms")) if t.get("id")]
+
+
+def _node_group_pool(group: Resource) -> RecordedPool:
+    inputs = group.inputs
+    labels = {str(k): str(v) for k, v in (inputs.get("labels") or {}).items()}
+    scaling = inputs.get("scalingConfig") or {}
+    return RecordedPool(
+        resource=group, kind="node-group", region=group.region, name=labels.get("llm-platform/pool", group.name),
+        capacity=labels.get("llm-platform/capacity") or CAPACITY.get(str(inputs.get("capacityType")), "on-demand"),
+        instance_types=node_group_types(inputs), labels=labels,
+        taints=tuple((str(t.get("key")), str(t.get("value") or ""),
+                      EKS_TAINT_EFFECT.get(str(t.get("effect")), str(t.get("effect"))))
+                     for t in _list(inputs.get("taints"))),
+        min_nodes=int(scaling.get("minSize") or 0),
+        max_nodes=int(scaling["maxSize"]) if scaling.get("maxSize") is not None else None)
+
+
+def _requirement(requirements: list[Any], key: str) -> tuple[str, ...]:
+    return tuple(str(v) for r in requirements if r.get("key") == key and r.get("operator") == "In"
+                 for v in _list(r.get("values")))
+
+
+def _node_pool(pool: Resource, classes: dict[tuple[str, str], Resource], catalog: Catalog) -> RecordedPool:
+    spec = pool.inputs.get("spec") or {}
+    template = spec.get("template") or {}
+    node_spec = template.get("spec") or {}
+    requirements = _list(node_spec.get("requirements"))
+    labels = {str(k): str(v) for k, v in ((template.get("metadata") or {}).get("labels") or {}).items()}
+    metadata = pool.inputs.get("metadata") or {}
+    name = str(metadata.get("name") or pool.name)
+    capacities = _requirement(requirements, KARPENTER_CAPACITY_TYPE)
+    capacity = ("spot" if "spot" in capacities else "reserved" if capacities == ("reserved",) else "on-demand")
+    limits = {k: q for k, v in (spec.get("limits") or {}).items() if (q := _quantity(v)) is not None}
+    types = _requirement(requirements, KARPENTER_INSTANCE_TYPE)
+    known = [catalog.instance(t) for t in types if t in catalog.instances]
+    smallest = min(known, key=lambda i: (i.gpus, i.vcpus), default=None)
+    bounds = [limits[GPU] // smallest.gpus] if smallest and smallest.gpus and GPU in limits else []
+    bounds += [limits["cpu"] // smallest.vcpus] if smallest and "cpu" in limits else []
+    annotations = metadata.get("annotations") or {}
+    node_class = classes.get((pool.region, str((node_spec.get("nodeClassRef") or {}).get("name"))))
+    return RecordedPool(
+        resource=pool, kind="karpenter", region=pool.region, name=labels.get("llm-platform/pool", name),
+        capacity=capacity, instance_types=types, labels=labels,
+        taints=tuple((str(t.get("key")), str(t.get("value") or ""), str(t.get("effect")))
+                     for t in _list(node_spec.get("taints"))),
+        min_nodes=int(annotations.get(MIN_NODES_ANNOTATION) or 0),
+        max_nodes=min(bounds) if bounds else None, limits=limits, node_class=node_class)
+
+
+def recorded_pools(resources: Iterable[Resource], catalog: Catalog | None = None) -> list[RecordedPool]:
+    """Every pool of nodes the record holds, node groups first, then NodePools."""
+    catalog = catalog or load_catalog()
+    resources = list(resources)
+    classes = {(r.region, str((r.inputs.get("metadata") or {}).get("name") or r.name)): r
+               for r in resources if r.type == EC2_NODE_CLASS}
+    return ([_node_group_pool(r) for r in resources if r.type == NODE_GROUP]
+            + [_node_pool(r, classes, catalog) for r in resources if r.type == NODE_POOL])
+
+
+def gpu_pools(resources: Iterable[Resource], catalog: Catalog | None = None) -> list[RecordedPool]:
+    """The recorded pools with GPU instance types (the system node group is not one)."""
+    catalog = catalog or load_catalog()
+    return [p for p in recorded_pools(resources, catalog)
+            if any(t in catalog.instances and catalog.instance(t).gpus > 0 for t in p.instance_types)]
+
+
+def pool_cost(pool: RecordedPool, catalog: Catalog) -> PoolCost:
+    """Min scale: min_nodes of the cheapest type. Max scale: a node group's max size of its dearest type; a
+    NodePool at its limits, the real ceiling Karpenter launches to, bounded by the dearest price per GPU times the
+    GPU limit and the dearest price per vCPU times the CPU limit, whichever is lower (exact for one type).
+
+    Reserved pools are priced at the catalog's on-demand rate: an ODCR bills the on-demand price whether or not
+    instances run in it (so a reserved pool costs its max at both ends: the reservation is sized to max_nodes),
+    and a Capacity Block is paid up front at a price quoted when it is bought (describe-capacity-block-offerings
+    UpfrontFee), which the catalog does not know. Budget for the up-front fee."""
+    types = pool.instance_types
+    prices = {t: catalog.hourly_usd(t, pool.region, pool.spot) for t in types}
+    hi = pool.max_nodes or 0
+    if pool.kind == "karpenter":
+        bounds = []
+        if GPU in pool.limits and all(catalog.instance(t).gpus for t in types):
+            bounds.append(pool.limits[GPU] * max(prices[t] / catalog.instance(t).gpus for t in types))
+        if "cpu" in pool.limits:
+            bounds.append(pool.limits["cpu"] * max(prices[t] / catalog.instance(t).vcpus for t in types))
+        hourly_max = min(bounds)
+        gpus_max = pool.limits.get(GPU, max(catalog.instance(t).gpus for t in types) * hi)
+    else:
+        hourly_max = max(prices.values()) * hi
+        gpus_max = max(catalog.instance(t).gpus for t in types) * hi
+    hourly_min = hourly_max if pool.capacity == "reserved" else min(prices.values()) * pool.min_nodes
     return PoolCost(
-        region=resource.region, node_group=resource.name,
-        pool=(inputs.get("labels") or {}).get("llm-platform/pool", resource.name),
-        capacity=(inputs.get("labels") or {}).get("llm-platform/capacity")
-        or CAPACITY.get(str(inputs.get("capacityType")), "on-demand"), instance_types=types,
-        min_nodes=lo, max_nodes=hi,
-        monthly_usd_min=min(prices) * lo * HOURS_PER_MONTH,
-        monthly_usd_max=max(prices) * hi * HOURS_PER_MONTH,
-        gpus_max=gpus * hi)
+        region=pool.region, node_group=pool.resource.name, pool=pool.name, capacity=pool.capacity,
+        instance_types=types, min_nodes=pool.min_nodes, max_nodes=hi,
+        monthly_usd_min=hourly_min * HOURS_PER_MONTH, monthly_usd_max=hourly_max * HOURS_PER_MONTH,
+        gpus_max=gpus_max)
 
 
 def estimate(resources: Sequence[Resource], budget_usd: float, catalog: Catalog | None = None) -> CostEstimate:
     catalog = catalog or load_catalog()
-    pools = [pool_cost(r, catalog) for r in resources if r.type == NODE_GROUP]
+    pools = [pool_cost(p, catalog) for p in recorded_pools(resources, catalog)]
     fixed: dict[str, float] = {}
     for r in resources:
         item = {EKS_CLUSTER: "eks_control_plane", NAT_GATEWAY: "nat_gateway"}.get(r.type)

@@ -52,6 +52,8 @@ def chart_directory(inputs: Mapping[str, Any]) -> Path | None:
     chart = str(inputs.get("chart") or "")
     if not chart:
         return None
+    if chart.startswith("oci://"):  # an OCI chart (Karpenter's): vendored as <its last path segment>-<version>
+        chart = chart.rstrip("/").rsplit("/", 1)[-1]
     local = Path(chart)
     if local.is_absolute() or "/" in chart:
         if local.is_dir():

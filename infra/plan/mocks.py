@@ -154,6 +154,13 @@ def _outputs(typ: str, name: str, region: str, inputs: dict[str, Any]) -> dict[s
         bucket = inputs.get("bucket") or f"{inputs.get('bucketPrefix') or name + '-'}{_hex('bucket', name, n=26)}"
         return {"id": bucket, "bucket": bucket, "arn": f"arn:aws:s3:::{bucket}", "region": region,
                 "bucketRegionalDomainName": f"{bucket}.s3.{region}.amazonaws.com"}
+    if typ == "aws:sqs/queue:Queue":
+        return {"name": physical, "arn": f"arn:aws:sqs:{region}:{ACCOUNT}:{physical}",
+                "url": f"https://sqs.{region}.amazonaws.com/{ACCOUNT}/{physical}"}
+    if typ == "aws:cloudwatch/eventRule:EventRule":
+        return {"name": physical, "arn": f"arn:aws:events:{region}:{ACCOUNT}:rule/{physical}"}
+    if typ == "aws:eks/accessEntry:AccessEntry":
+        return {"accessEntryArn": f"arn:aws:eks:{region}:{ACCOUNT}:access-entry/{inputs.get('clusterName')}/{h[:8]}"}
     if typ == "aws:budgets/budget:Budget":
         return {"arn": f"arn:aws:budgets::{ACCOUNT}:budget/{physical}", "accountId": ACCOUNT}
     if typ == "kubernetes:core/v1:Service":

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from infra.catalog import Catalog, load_catalog
-from infra.plan.cost import NODE_GROUP, node_group_types
+from infra.plan.cost import recorded_pools
 from infra.plan.mocks import PlannedResource
 
 
@@ -31,21 +31,25 @@ class QuotaNeed:
 
 
 def quota_needs(resources: list[PlannedResource], catalog: Catalog | None = None) -> list[QuotaNeed]:
-    """vCPUs per (region, market, quota class) with every node group at max size on its largest instance type."""
+    """vCPUs per (region, market, quota class) at max scale: a node group at max size on its largest instance type,
+    a Karpenter NodePool at its CPU limit (Karpenter launches nothing past it, whatever the mix of types)."""
     catalog = catalog or load_catalog()
     needs: dict[tuple[str, str, str], QuotaNeed] = {}
-    for group in (r for r in resources if r.type == NODE_GROUP):
-        types = [t for t in node_group_types(group.inputs) if t in catalog.instances]
+    for pool in recorded_pools(resources, catalog):
+        types = [t for t in pool.instance_types if t in catalog.instances]
         if not types:
             continue
-        market = "spot" if group.inputs.get("capacityType") == "SPOT" else "on-demand"
+        market = "spot" if pool.spot else "on-demand"
         largest = max(types, key=lambda t: catalog.instance(t).vcpus)
         family = catalog.family_of(largest)
         if family is None:
             continue
         quota = catalog.quotas[market][family.quota]
-        need = needs.setdefault((group.region, market, family.quota),
-                                QuotaNeed(group.region, market, family.quota, quota.code, quota.name))
-        need.vcpus += catalog.instance(largest).vcpus * int(group.inputs["scalingConfig"]["maxSize"])
-        need.node_groups.append(group.name)
+        need = needs.setdefault((pool.region, market, family.quota),
+                                QuotaNeed(pool.region, market, family.quota, quota.code, quota.name))
+        if pool.kind == "karpenter" and "cpu" in pool.limits:
+            need.vcpus += pool.limits["cpu"]
+        else:
+            need.vcpus += catalog.instance(largest).vcpus * (pool.max_nodes or 0)
+        need.node_groups.append(pool.resource.name)
     return sorted(needs.values(), key=lambda n: (n.region, n.market, n.quota_class))

@@ -64,7 +64,7 @@ def to_markdown(plan: Plan, regions: list[RegionSummary], cost: CostEstimate, re
                                for m in region.models if m.pool == pool["name"]) or "–"
             lines.append(f"| {region.name} | {region.residency} | {pool['name']} | {pool['capacity']} | "
                          f"{', '.join(pool['instance_types'])} | {pool['min_nodes']}–{pool['max_nodes']} | "
-                         f"{models} | |")
+                         f"{models} | {usd(pool['monthly_usd_min'])}–{usd(pool['monthly_usd_max'])} |")
         lines.append(f"| **{region.name}** | | | | | | | **{usd(region.monthly_usd_min)}–"
                      f"{usd(region.monthly_usd_max)}** |")
     if any(p.capacity == "reserved" for p in cost.pools):
@@ -99,7 +99,10 @@ def to_table(plan: Plan, regions: list[RegionSummary], cost: CostEstimate, resul
                                + (f"; {m.capped})" if m.capped else ")")
                                for m in region.models if m.pool == pool["name"]) or "–"
             table.add_row(pool["name"], pool["capacity"], ", ".join(pool["instance_types"]),
-                          f"{pool['min_nodes']}–{pool['max_nodes']}", str(pool["gpus_max"]), models)
+                          f"{pool['min_nodes']}–{pool['max_nodes']}"
+                          + (" (Karpenter)" if pool.get("autoscaler") == "karpenter" else "")
+                          + f"\n{usd(pool['monthly_usd_min'])}–{usd(pool['monthly_usd_max'])}/month",
+                          str(pool["gpus_max"]), models)
         console.print(table)
     share = cost.monthly_usd_max / cost.budget_usd * 100 if cost.budget_usd else 0
     console.print(f"[bold]Cost[/bold]: {usd(cost.monthly_usd_min)} at min scale, {usd(cost.monthly_usd_max)} at "

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from infra.catalog import load_catalog
-from infra.plan.cost import CostEstimate
+from infra.plan.cost import CostEstimate, recorded_pools
 from infra.plan.run import Plan
 from infra.scheduling import POOL_LABEL
 from infra.sizing import replica_ranges
@@ -19,8 +19,8 @@ class ModelPlacement:
     gpus: int
     min_replicas: int
     max_replicas: int
-    # Why max_replicas is below the config's replicas.max (e.g. "max 8 capped: no node autoscaler, pool mid
-    # holds 4 GPUs at 1 node"), or empty.
+    # Why max_replicas is below the config's replicas.max (e.g. "max 8 capped: at max_nodes, pool mid holds 4
+    # GPUs at 1 node"), or empty.
     capped: str = ""
 
     def replicas(self) -> str:
@@ -57,11 +57,16 @@ def model_placement(values: dict) -> ModelPlacement:
 
 def summarize(plan: Plan, cost: CostEstimate) -> list[RegionSummary]:
     regions = {r.name: RegionSummary(r.name, r.residency) for r in plan.config.regions}
+    # A NodePool grows from its floor to its limits on Pending pods; a managed node group stays at its desired size.
+    autoscalers = {(p.region, p.resource.name): "karpenter" if p.kind == "karpenter" else "none"
+                   for p in recorded_pools(plan.resources)}
     for p in cost.pools:
         regions[p.region].pools.append({
             "name": p.pool, "node_group": p.node_group, "capacity": p.capacity,
             "instance_types": list(p.instance_types), "min_nodes": p.min_nodes, "max_nodes": p.max_nodes,
-            "gpus_max": p.gpus_max})
+            "gpus_max": p.gpus_max, "autoscaler": autoscalers.get((p.region, p.node_group), "none"),
+            # What the pool costs at each end of its range (reserved pools bill in full at both).
+            "monthly_usd_min": round(p.monthly_usd_min, 2), "monthly_usd_max": round(p.monthly_usd_max, 2)})
     catalog = load_catalog()
     ranges = {r.name: replica_ranges(plan.config, r, catalog) for r in plan.config.regions}
     for r in plan.of_type(RELEASE):

@@ -558,7 +558,7 @@ def _pool_of(prod: StackConfig, region: str, model: str):
 
 
 def _ceilings(prod: StackConfig, region: str) -> dict[str, int]:
-    """The most replicas of each model the region's pools hold at min_nodes (nothing adds nodes): pool by pool,
+    """The most replicas of each model the region's pools hold at max_nodes (Karpenter grows them): pool by pool,
     in config order, each model as high as its replicas.max allows beside the models before it at theirs and
     the models after it at their floors; packed the way infra/config.py counts nodes."""
     from infra.config import _nodes_for
@@ -567,19 +567,19 @@ def _ceilings(prod: StackConfig, region: str) -> dict[str, int]:
         pool, per_node, models = _pool_of(prod, region, model.name)
         taken = {m.name: out.get(m.name, max(1, m.replicas.min)) for m in models}
         n = max(1, model.replicas.max)
-        while n > taken[model.name] and _nodes_for(models, per_node, {**taken, model.name: n}) > pool.min_nodes:
+        while n > taken[model.name] and _nodes_for(models, per_node, {**taken, model.name: n}) > pool.max_nodes:
             n -= 1
         out[model.name] = n
     return out
 
 
 def _room_for_one_more(prod: StackConfig, region: str, model: str) -> bool:
-    """Whether the pool at min_nodes has GPUs for one more replica of `model` with every model of the pool at
+    """Whether the pool at max_nodes has GPUs for one more replica of `model` with every model of the pool at
     the most replicas the HPAs may have scaled it to."""
     from infra.config import _nodes_for
     pool, per_node, models = _pool_of(prod, region, model)
     busiest = _ceilings(prod, region)
-    return _nodes_for(models, per_node, {**busiest, model: busiest[model] + 1}) <= pool.min_nodes
+    return _nodes_for(models, per_node, {**busiest, model: busiest[model] + 1}) <= pool.max_nodes
 
 
 def _helm_wait_expects(r: Rendered) -> int:
@@ -613,18 +613,18 @@ def test_the_awaited_release_waits_for_at_least_one_new_replica_to_be_ready(prod
 
 
 def test_the_full_prod_pools_replace_one_replica_at_a_time_and_none_surges(prod):
-    """No prod pool has a GPU to spare once its HPAs are at their max: the US mid pool's one g6e.12xlarge takes
-    the 8B model's HPA to 4 replicas (of its configured 8), and a surge replica beside them would stay Pending,
-    and the rollout with it, for good. Models with a floor of one replica are recreated, so that Helm's wait
-    has a new pod to see."""
+    """No prod pool has a GPU to spare once its HPAs are at their max, even at max_nodes (Karpenter grows it no
+    further): the US mid pool's two g6e.12xlarge hold exactly the 8B model's 8 replicas, and a surge replica
+    beside them would stay Pending, and the rollout with it, for good. Models with a floor of one replica are
+    recreated, so that Helm's wait has a new pod to see."""
     strategy = {(r, m): _prod(prod, r, m).one("Deployment")["spec"]["strategy"] for r, m in PROD_MODEL_RELEASES}
     for region in ("us-east-1", "us-west-2", "eu-north-1", "eu-west-2"):
         assert strategy[region, "llama-3-3-70b"]["type"] == "Recreate"  # two p5 nodes, floor of one replica
         assert strategy[region, "qwen2-5-7b-batch"]["type"] == "Recreate"  # floor of one replica
         assert strategy[region, "llama-3-1-8b"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
     scaled = _prod(prod, "us-east-1", "llama-3-1-8b").one("ScaledObject")["spec"]
-    assert (scaled["minReplicaCount"], scaled["maxReplicaCount"]) == (2, 4)
-    # The EU's three mid nodes (12 GPUs) hold the 8B model's configured 8 beside mistral's two 2-GPU replicas.
+    assert (scaled["minReplicaCount"], scaled["maxReplicaCount"]) == (2, 8)
+    # The EU's four mid nodes (16 GPUs) hold the 8B model's configured 8 beside mistral's four 2-GPU replicas.
     scaled = _prod(prod, "eu-north-1", "llama-3-1-8b").one("ScaledObject")["spec"]
     assert (scaled["minReplicaCount"], scaled["maxReplicaCount"]) == (2, 8)
     assert strategy["eu-north-1", "mistral-small-24b"]["type"] == "Recreate"

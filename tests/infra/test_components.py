@@ -24,8 +24,17 @@ def by_region(plan: Plan, typ: str) -> dict[str, list]:
     return out
 
 
-def gpu_node_groups(plan: Plan) -> list:
-    return [r for r in plan.of_type(NODE_GROUP) if r.inputs["amiType"].endswith("NVIDIA")]
+def gpu_node_pools(plan: Plan) -> list:
+    """The GPU pools: Karpenter NodePools (infra/components/node_pool.py)."""
+    return plan.of_type("kubernetes:karpenter.sh/v1:NodePool")
+
+
+def _template(pool) -> dict:
+    return pool.inputs["spec"]["template"]
+
+
+def _requirement(pool, key: str) -> list[str]:
+    return next(r["values"] for r in _template(pool)["spec"]["requirements"] if r["key"] == key)
 
 
 # -- providers and tags ---------------------------------------------------------------------------
@@ -102,38 +111,41 @@ def test_each_cluster_has_a_cpu_system_node_group(prod_plan: Plan) -> None:
 
 # -- node pools -----------------------------------------------------------------------------------
 
-def test_prod_gpu_node_groups_have_the_configured_types_and_capacity(prod_plan: Plan) -> None:
-    seen = {(r.region, r.inputs["labels"][POOL_LABEL]): r for r in gpu_node_groups(prod_plan)}
+def test_prod_gpu_pools_have_the_configured_types_and_capacity(prod_plan: Plan) -> None:
+    seen = {(r.region, _template(r)["metadata"]["labels"][POOL_LABEL]): r for r in gpu_node_pools(prod_plan)}
     assert len(seen) == 12
     for region in PROD_REGIONS:
-        assert seen[(region, "h100")].inputs["instanceTypes"] == ["p5.48xlarge"]
-        assert seen[(region, "h100")].inputs["capacityType"] == "ON_DEMAND"  # an ODCR is on-demand capacity
+        assert _requirement(seen[(region, "h100")], "node.kubernetes.io/instance-type") == ["p5.48xlarge"]
+        # The ODCR, through Karpenter's reserved capacity type.
+        assert _requirement(seen[(region, "h100")], "karpenter.sh/capacity-type") == ["reserved"]
         mid = ["g6.12xlarge"] if region == "eu-west-2" else ["g6e.12xlarge"]  # eu-west-2 offers no g6e
-        assert seen[(region, "mid")].inputs["instanceTypes"] == mid
-        assert seen[(region, "batch")].inputs["capacityType"] == "SPOT"
+        assert _requirement(seen[(region, "mid")], "node.kubernetes.io/instance-type") == mid
+        assert _requirement(seen[(region, "batch")], "karpenter.sh/capacity-type") == ["spot"]
         batch = ["g6.xlarge", "g6.2xlarge"] if region == "eu-west-2" else ["g6e.xlarge", "g6.xlarge", "g6.2xlarge"]
-        assert seen[(region, "batch")].inputs["instanceTypes"] == batch
+        assert _requirement(seen[(region, "batch")], "node.kubernetes.io/instance-type") == batch
 
 
 def test_gpu_pools_are_labelled_and_tainted_spot_pools_twice(prod_plan: Plan) -> None:
-    for r in gpu_node_groups(prod_plan):
-        spot = r.inputs["capacityType"] == "SPOT"
-        reserved = r.inputs["labels"][POOL_LABEL] == "h100"
-        assert r.inputs["labels"][CAPACITY_LABEL] == ("spot" if spot else "reserved" if reserved else "on-demand")
-        taints = {(t["key"], t["value"], t["effect"]) for t in r.inputs["taints"]}
-        expected = {("nvidia.com/gpu", "present", "NO_SCHEDULE")}
+    for r in gpu_node_pools(prod_plan):
+        capacity = _requirement(r, "karpenter.sh/capacity-type")[0]
+        spot = capacity == "spot"
+        assert _template(r)["metadata"]["labels"][CAPACITY_LABEL] == capacity
+        taints = {(t["key"], t["value"], t["effect"]) for t in _template(r)["spec"]["taints"]}
+        expected = {("nvidia.com/gpu", "present", "NoSchedule")}
         if spot:
-            expected.add(("llm-platform/capacity", "spot", "NO_SCHEDULE"))
+            expected.add(("llm-platform/capacity", "spot", "NoSchedule"))
         assert taints == expected, r.name
 
 
 def test_pool_scaling_comes_from_config(prod_plan: Plan) -> None:
+    """Karpenter has no minimum size: the floor is recorded for the plan, the ceiling is the pool's limits."""
     cfg = prod_plan.config
-    for r in gpu_node_groups(prod_plan):
-        pool = cfg.region(r.region).pool(r.inputs["labels"][POOL_LABEL])
-        scaling = r.inputs["scalingConfig"]
-        assert (scaling["minSize"], scaling["maxSize"], scaling["desiredSize"]) == \
-            (pool.min_nodes, pool.max_nodes, pool.min_nodes)
+    catalog = load_catalog()
+    for r in gpu_node_pools(prod_plan):
+        pool = cfg.region(r.region).pool(_template(r)["metadata"]["labels"][POOL_LABEL])
+        assert r.inputs["metadata"]["annotations"]["llm-platform/min-nodes"] == str(pool.min_nodes)
+        gpus = max(catalog.instance(t).gpus for t in pool.instance_types)
+        assert r.inputs["spec"]["limits"]["nvidia.com/gpu"] == str(pool.max_nodes * gpus)
 
 
 # -- add-ons, model serving, gateway --------------------------------------------------------------
@@ -330,16 +342,11 @@ def test_rendered_gateway_configs_load_in_the_gateway(prod_plan: Plan, preview_p
 
 
 def test_gpu_instances_carry_the_stack_tags_the_budget_filters_on(prod_plan: Plan) -> None:
-    """Node groups don't tag their instances; their launch templates do, or the budget could not see GPU spend."""
-    templates = {r.outputs["id"]: r for r in prod_plan.of_type("aws:ec2/launchTemplate:LaunchTemplate")}
-    for group in gpu_node_groups(prod_plan):
-        template = templates[group.inputs["launchTemplate"]["id"]]
-        kinds = {spec["resourceType"]: spec["tags"] for spec in template.inputs["tagSpecifications"]}
-        assert set(kinds) == {"instance", "volume", "network-interface"}
-        for tags in kinds.values():
-            assert tags[TAG_STACK] == "prod" and tags[TAG_REGION] == group.region
-        assert template.inputs["metadataOptions"]["httpTokens"] == "required"
-        assert "diskSize" not in group.inputs  # the size lives in the template: EKS refuses both
+    """Karpenter stamps its EC2NodeClass's tags on what it launches, or the budget could not see GPU spend."""
+    for node_class in prod_plan.of_type("kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"):
+        tags = node_class.inputs["spec"]["tags"]
+        assert tags[TAG_STACK] == "prod" and tags[TAG_REGION] == node_class.region
+        assert node_class.inputs["spec"]["metadataOptions"]["httpTokens"] == "required"
 
 
 def test_each_validation_record_has_one_owner(prod_plan: Plan) -> None:
@@ -418,7 +425,8 @@ def test_operators_administer_every_cluster_through_access_entries(prod_plan: Pl
     clusters = {c.outputs["name"]: c for c in prod_plan.of_type("aws:eks/cluster:Cluster")}
     for c in clusters.values():
         assert c.inputs["accessConfig"]["authenticationMode"] == "API"  # no aws-auth ConfigMap
-    entries = prod_plan.of_type("aws:eks/accessEntry:AccessEntry")
+    # Karpenter's nodes join through an EC2_LINUX entry of their own (tests/infra/test_karpenter.py).
+    entries = [e for e in prod_plan.of_type("aws:eks/accessEntry:AccessEntry") if e.inputs["type"] != "EC2_LINUX"]
     grants = prod_plan.of_type("aws:eks/accessPolicyAssociation:AccessPolicyAssociation")
     roles = prod_plan.config.cluster.admin_roles
     assert roles, "the prod stack names its operators"

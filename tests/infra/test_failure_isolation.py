@@ -8,20 +8,21 @@ from infra.plan.mocks import PlanMocks
 from infra.plan.run import ProgramError, run_program
 from tests.stacks import stack_raw
 
-NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
+NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
 RELEASE = "kubernetes:helm.sh/v3:Release"
 
 
 class NoCapacityFor(PlanMocks):
-    """A cloud where one node group cannot be created (EC2's InsufficientInstanceCapacity, or no quota)."""
+    """A cluster where one GPU pool's NodePool cannot be created. (Karpenter itself finds out about
+    InsufficientInstanceCapacity only when it launches: then the pool's model release waits, and fails, alone.)"""
 
-    def __init__(self, node_group: str) -> None:
+    def __init__(self, node_pool: str) -> None:
         super().__init__()
-        self.node_group = node_group
+        self.node_pool = node_pool
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
-        if args.typ == NODE_GROUP and args.name == self.node_group:
-            raise RuntimeError(f"creating EKS Node Group ({args.name}): InsufficientInstanceCapacity")
+        if args.typ == NODE_POOL and args.name == self.node_pool:
+            raise RuntimeError(f"creating NodePool ({args.name}): InsufficientInstanceCapacity")
         return super().new_resource(args)
 
 

@@ -34,19 +34,23 @@ def test_prod_json_has_every_field_and_all_four_regions(capsys) -> None:
         assert p["status"] == "pass" and p["enforcement"] in ("mandatory", "advisory") and p["violations"] == []
 
 
-def test_prod_json_shows_gpu_node_groups_with_their_types_and_capacity(capsys) -> None:
+def test_prod_json_shows_gpu_node_pools_with_their_types_and_capacity(capsys) -> None:
     _, doc = plan_json(capsys, "--stack", "prod")
-    groups = [r for r in doc["resources"] if r["type"] == "aws:eks/nodeGroup:NodeGroup"
-              and r["inputs"]["amiType"] == "AL2023_x86_64_NVIDIA"]
-    seen = {(g["region"], tuple(g["inputs"]["instanceTypes"]), g["inputs"]["capacityType"]) for g in groups}
+    pools = [r for r in doc["resources"] if r["type"] == "kubernetes:karpenter.sh/v1:NodePool"]
+
+    def requirement(pool: dict, key: str) -> tuple[str, ...]:
+        return tuple(next(r["values"] for r in pool["inputs"]["spec"]["template"]["spec"]["requirements"]
+                          if r["key"] == key))
+    seen = {(p["region"], requirement(p, "node.kubernetes.io/instance-type"),
+             requirement(p, "karpenter.sh/capacity-type")) for p in pools}
     for region in ("us-east-1", "us-west-2", "eu-north-1", "eu-west-2"):
-        assert (region, ("p5.48xlarge",), "ON_DEMAND") in seen
+        assert (region, ("p5.48xlarge",), ("reserved",)) in seen
         if region == "eu-west-2":  # no g6e offered there: L4s
-            assert (region, ("g6.12xlarge",), "ON_DEMAND") in seen
-            assert (region, ("g6.xlarge", "g6.2xlarge"), "SPOT") in seen
+            assert (region, ("g6.12xlarge",), ("on-demand",)) in seen
+            assert (region, ("g6.xlarge", "g6.2xlarge"), ("spot",)) in seen
         else:
-            assert (region, ("g6e.12xlarge",), "ON_DEMAND") in seen
-            assert (region, ("g6e.xlarge", "g6.xlarge", "g6.2xlarge"), "SPOT") in seen
+            assert (region, ("g6e.12xlarge",), ("on-demand",)) in seen
+            assert (region, ("g6e.xlarge", "g6.xlarge", "g6.2xlarge"), ("spot",)) in seen
 
 
 def test_preview_json(capsys) -> None:
@@ -64,18 +68,24 @@ def test_table_lists_regions_pools_models_cost_and_controls(capsys) -> None:
         assert word in out
 
 
-def test_the_plan_says_where_a_pools_min_nodes_cap_a_models_configured_max(capsys) -> None:
-    """No node autoscaler adds nodes: the us-east-1 mid pool's one g6e.12xlarge caps the 8B model at 4 of its 8."""
-    main(["plan", "--stack", "prod", "--format", "markdown"])
-    markdown = capsys.readouterr().out
-    assert ("llama-3-1-8b (2–4, max 8 capped: no node autoscaler, pool mid holds 4 GPUs at 1 node)"
-            in markdown)
-    main(["plan", "--stack", "prod"])
-    table = " ".join(capsys.readouterr().out.replace("│", " ").split())
-    assert "llama-3-1-8b ×2–4 (1 GPU; max 8 capped: no node autoscaler, pool mid holds 4 GPUs at 1 node)" in table
+def test_the_plan_shows_each_pools_autoscaling_range_and_its_cost_at_both_ends(capsys) -> None:
+    """Karpenter grows the us-east-1 mid pool from its one g6e.12xlarge to two: the 8B model scales to its 8."""
     _, doc = plan_json(capsys, "--stack", "prod")
     us = next(m for m in doc["regions"][0]["models"] if m["model"] == "llama-3-1-8b")
-    assert (us["min_replicas"], us["max_replicas"]) == (2, 4) and us["capped"].startswith("max 8 capped")
+    assert (us["min_replicas"], us["max_replicas"], us["capped"]) == (2, 8, "")
+    mid = next(p for p in doc["regions"][0]["pools"] if p["name"] == "mid")
+    assert (mid["min_nodes"], mid["max_nodes"], mid["autoscaler"]) == (1, 2, "karpenter")
+    assert mid["monthly_usd_max"] == 2 * mid["monthly_usd_min"] > 0
+    h100 = next(p for p in doc["regions"][0]["pools"] if p["name"] == "h100")
+    assert h100["monthly_usd_min"] == h100["monthly_usd_max"]  # the reservation bills whether used or not
+    main(["plan", "--stack", "prod", "--format", "markdown"])
+    markdown = capsys.readouterr().out
+    assert "llama-3-1-8b (2–8)" in markdown and "capped" not in markdown
+    usd = f"${mid['monthly_usd_min']:,.0f}–${mid['monthly_usd_max']:,.0f}"
+    assert f"| 1–2 | llama-3-1-8b (2–8) | {usd} |" in markdown
+    main(["plan", "--stack", "prod"])
+    table = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "1–2 (Karpenter)" in table and f"{usd}/month" in table
 
 
 def test_markdown_for_the_pr_comment(capsys) -> None:

@@ -35,8 +35,9 @@ def test_plan_table_and_markdown_show_the_quota_codes(capsys) -> None:
 
 def test_a_spot_gpu_pool_counts_against_the_spot_quota_of_its_class(prod_plan: Plan) -> None:
     resources = copy.deepcopy(prod_plan.resources)
-    h100 = next(r for r in resources if r.name == "us-west-2-h100" and r.type.endswith("NodeGroup"))
-    h100.inputs["capacityType"] = "SPOT"
+    h100 = next(r for r in resources if r.name == "us-west-2-h100" and r.type.endswith("NodePool"))
+    requirements = h100.inputs["spec"]["template"]["spec"]["requirements"]
+    next(r for r in requirements if r["key"] == "karpenter.sh/capacity-type")["values"] = ["spot"]
     needs = quota_needs(resources)
     assert _need(needs, "us-west-2", "L-7212CCBC").vcpus == 384  # All P Spot Instance Requests
     assert not any(n.region == "us-west-2" and n.code == "L-417A185B" for n in needs)

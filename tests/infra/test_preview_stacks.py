@@ -53,8 +53,9 @@ def test_secrets_live_under_the_pr_path(pr_plan: Plan) -> None:
 
 
 def test_gpu_pools_are_spot_only(pr_plan: Plan) -> None:
-    gpu = [r for r in pr_plan.of_type("aws:eks/nodeGroup:NodeGroup") if r.inputs["amiType"].endswith("NVIDIA")]
-    assert gpu and all(r.inputs["capacityType"] == "SPOT" for r in gpu)
+    gpu = pr_plan.of_type("kubernetes:karpenter.sh/v1:NodePool")
+    assert gpu and all({"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["spot"]}
+                       in r.inputs["spec"]["template"]["spec"]["requirements"] for r in gpu)
 
 
 def test_its_own_budget_stays_under_the_preview_cap(pr_plan: Plan) -> None:

@@ -10,6 +10,7 @@ from infra.config import ConfigError, _nodes_for, parse
 from infra.sizing import (
     DAEMONSET_HEADROOM,
     Resources,
+    installs_node_autoscaler,
     model_resources,
     parse_cpu,
     parse_memory,
@@ -160,9 +161,10 @@ def test_cpu_quantities_read_as_kubernetes_does(quantity, millicores):
     assert parse_cpu(quantity) == millicores
 
 
-# --- how far an HPA may scale on a pool that does not grow ------------------------------------------------------
-# No node autoscaler runs (managed node groups stay at desired = min_nodes): an HPA maximum beyond what min_nodes
-# hold leaves replicas Pending for good, and a rollout or awaited release begun at that scale never finishes.
+# --- how far an HPA may scale ------------------------------------------------------------------------------------
+# Karpenter runs in every cluster (infra/components/karpenter.py): a Pending replica gets a node of its pool, up to
+# the pool's limits (max_nodes), so every HPA keeps its configured max. The capping below min_nodes remains for a
+# cluster without a node autoscaler, where an HPA maximum beyond what min_nodes hold would leave replicas Pending.
 
 def _values(cfg, region: str, model: str) -> dict:
     m = next(x for x in cfg.models if x.name == model)
@@ -175,65 +177,92 @@ def _scaling(values: dict) -> dict:
     return {k: values["autoscaling"][k] for k in ("enabled", "minReplicas", "maxReplicas")}
 
 
-def _with_mid_nodes(region: int, nodes: int):
+@pytest.fixture
+def fixed_pools(monkeypatch):
+    """A cluster without a node autoscaler: pools stay at min_nodes."""
+    import infra.sizing
+    monkeypatch.setattr(infra.sizing, "installs_node_autoscaler", lambda cfg, region: False)
+
+
+def test_every_cluster_installs_a_node_autoscaler():
+    cfg = _prod()
+    assert all(installs_node_autoscaler(cfg, r.name) for r in cfg.regions)
+
+
+def test_with_karpenter_every_hpa_keeps_its_configured_max():
+    """Pools grow to max_nodes, which the config check already holds every model at max replicas in."""
+    cfg = _prod()
+    assert _scaling(_values(cfg, "us-east-1", "llama-3-1-8b")) == {"enabled": True, "minReplicas": 2,
+                                                                        "maxReplicas": 8}
+    assert _scaling(_values(cfg, "us-east-1", "llama-3-3-70b")) == {"enabled": True, "minReplicas": 1,
+                                                                         "maxReplicas": 2}
+    assert _values(cfg, "eu-north-1", "mistral-small-24b")["autoscaling"]["maxReplicas"] == 4
+
+
+def test_a_rollout_surges_where_max_nodes_leave_room_and_replaces_in_place_where_they_do_not():
+    cfg = _prod()
+    # us-east-1 mid: 8 replicas of one GPU fill its 2 nodes (8 GPUs): a replica goes before its successor starts.
+    assert _values(cfg, "us-east-1", "llama-3-1-8b")["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    # The batch pool's 6 nodes hold its 6 one-GPU replicas and no seventh; its floor is one replica: Recreate.
+    assert _values(cfg, "us-east-1", "qwen2-5-7b-batch")["strategy"] == {"type": "Recreate"}
     raw = stack_raw("prod")
-    mid = raw["regions"][region]["pools"][1]
-    mid.update(min_nodes=nodes, max_nodes=max(nodes, mid["max_nodes"]))
-    return _prod(raw)
+    raw["regions"][0]["pools"][1]["max_nodes"] = 3  # a ninth GPU free beside all 8: the rollout may surge
+    assert _values(_prod(raw), "us-east-1", "llama-3-1-8b")["strategy"]["rollingUpdate"] == {
+        "maxSurge": 1, "maxUnavailable": 0}
 
 
-def test_the_us_8b_model_scales_to_the_4_replicas_its_one_mid_node_holds_not_its_configured_8():
+def test_min_nodes_above_what_the_replica_floors_fill_is_refused():
+    """Karpenter has no minimum size: it consolidates empty nodes away, so a larger floor cannot be honoured."""
+    raw = stack_raw("prod")
+    raw["regions"][0]["pools"][1]["min_nodes"] = 2
+    with pytest.raises(ConfigError) as exc:
+        parse(raw, "prod")
+    assert ("llm-platform:regions[0].pools[1].min_nodes",
+            "pool mid in us-east-1: min_nodes 2 cannot be honoured: Karpenter keeps only the nodes pods need, "
+            "and its models' minimum replicas fill 1; set min_nodes to 1 or raise the models' replicas.min"
+            ) in exc.value.problems
+
+
+def test_a_larger_floor_comes_from_the_models_minimum_replicas():
+    raw = stack_raw("prod")
+    next(m for m in raw["models"] if m["name"] == "llama-3-1-8b")["replicas"]["min"] = 5  # 5 GPUs: two mid nodes
+    with pytest.raises(ConfigError) as exc:
+        parse(raw, "prod")
+    assert any(path == "llm-platform:regions[0].pools[1].min_nodes" and "needs 2 node(s)" in msg
+               for path, msg in exc.value.problems), exc.value.problems
+    for region in raw["regions"]:
+        next(p for p in region["pools"] if p["name"] == "mid")["min_nodes"] = 2
+    parse(raw, "prod")
+
+
+def test_without_a_node_autoscaler_the_us_8b_model_scales_only_to_what_one_mid_node_holds(fixed_pools):
     values = _values(_prod(), "us-east-1", "llama-3-1-8b")
     assert _scaling(values) == {"enabled": True, "minReplicas": 2, "maxReplicas": 4}
     # At 4 replicas the g6e.12xlarge's 4 GPUs are taken: a replica goes before its successor starts.
     assert values["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
 
 
-def _with_pool_nodes(region: int, pool: int, nodes: int):
-    raw = stack_raw("prod")
-    spec = raw["regions"][region]["pools"][pool]
-    spec.update(min_nodes=nodes, max_nodes=max(nodes, spec["max_nodes"]))
-    return _prod(raw)
-
-
-def test_a_model_whose_pool_holds_no_more_than_its_floor_gets_no_hpa():
-    one_p5 = _with_pool_nodes(0, 0, 1)  # us-east-1 h100 at one node: one 8-GPU replica, configured max 2
-    seventy = _values(one_p5, "us-east-1", "llama-3-3-70b")
+def test_without_a_node_autoscaler_a_model_whose_pool_holds_only_its_floor_gets_no_hpa(fixed_pools):
+    cfg = _prod()  # us-east-1 h100 at one node: one 8-GPU replica, configured max 2
+    seventy = _values(cfg, "us-east-1", "llama-3-3-70b")
     assert _scaling(seventy) == {"enabled": False, "minReplicas": 1, "maxReplicas": 1}
     assert seventy["strategy"] == {"type": "Recreate"}
     # One EU mid node: the 8B model first in config order (2 GPUs at its floor of 2), mistral's 2-GPU replica beside.
-    one_mid = _with_mid_nodes(2, 1)
-    eight, mistral = _values(one_mid, "eu-north-1", "llama-3-1-8b"), _values(one_mid, "eu-north-1", "mistral-small-24b")
+    eight, mistral = _values(cfg, "eu-north-1", "llama-3-1-8b"), _values(cfg, "eu-north-1", "mistral-small-24b")
     assert _scaling(eight) == {"enabled": False, "minReplicas": 2, "maxReplicas": 2}
     assert _scaling(mistral) == {"enabled": False, "minReplicas": 1, "maxReplicas": 1}
     assert mistral["strategy"] == {"type": "Recreate"}
 
 
-def test_a_pool_whose_min_nodes_hold_the_configured_max_keeps_it():
-    two = _with_mid_nodes(0, 2)  # us-east-1 mid: 8 GPUs at min_nodes, the 8B model's max is 8
-    assert _values(two, "us-east-1", "llama-3-1-8b")["autoscaling"]["maxReplicas"] == 8
-    assert _values(two, "us-east-1", "llama-3-1-8b")["strategy"]["rollingUpdate"] == {"maxSurge": 0,
-                                                                                       "maxUnavailable": 1}
-    three = _with_mid_nodes(0, 3)  # a ninth GPU free beside all 8: the rollout may surge
-    assert _values(three, "us-east-1", "llama-3-1-8b")["autoscaling"]["maxReplicas"] == 8
-    assert _values(three, "us-east-1", "llama-3-1-8b")["strategy"]["rollingUpdate"] == {"maxSurge": 1,
-                                                                                         "maxUnavailable": 0}
-
-
-def test_models_earlier_in_the_config_take_the_room_first_and_later_ones_keep_their_floor():
-    """eu-north-1's mid pool at 2 nodes (8 GPUs): the 8B model (first) scales to 6 beside mistral's floor of one
-    2-GPU replica; mistral (after it) gets what is left, its floor."""
-    cfg = _with_mid_nodes(2, 2)
+def test_without_a_node_autoscaler_models_earlier_in_the_config_take_the_room_first(fixed_pools):
+    """eu-north-1's mid pool at 2 nodes (8 GPUs, the floor of an 8B model at 4 and mistral at 1): the 8B model
+    (first) scales to 6 beside mistral's floor of one 2-GPU replica; mistral (after it) gets what is left."""
+    raw = stack_raw("prod")
+    next(m for m in raw["models"] if m["name"] == "llama-3-1-8b")["replicas"]["min"] = 4
+    for region in raw["regions"]:
+        mid = next(p for p in region["pools"] if p["name"] == "mid")
+        mid["min_nodes"] = 2 if region["residency"] == "eu" else 1
+    cfg = _prod(raw)
     assert _values(cfg, "eu-north-1", "llama-3-1-8b")["autoscaling"]["maxReplicas"] == 6
     assert _values(cfg, "eu-north-1", "mistral-small-24b")["autoscaling"]["maxReplicas"] == 1
-
-
-def test_with_a_node_autoscaler_every_hpa_keeps_its_configured_max(monkeypatch):
-    """The one switch (issue 13 flips it with Karpenter): pools then grow to max_nodes, which the config check
-    already holds every model at max replicas in."""
-    import infra.sizing
-    monkeypatch.setattr(infra.sizing, "installs_node_autoscaler", lambda cfg, region: True)
-    cfg = _prod()
-    assert _values(cfg, "us-east-1", "llama-3-1-8b")["autoscaling"]["maxReplicas"] == 8
-    assert _scaling(_values(cfg, "us-east-1", "llama-3-3-70b")) == {"enabled": True, "minReplicas": 1,
-                                                                    "maxReplicas": 2}

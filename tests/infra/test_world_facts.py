@@ -89,18 +89,36 @@ def _groups(plan: Plan) -> dict[tuple[str, str], Any]:
     return {(g.region, g.inputs["labels"][POOL_LABEL]): g for g in plan.of_type(NODE_GROUP)}
 
 
+def _pool_subnets(plan: Plan) -> dict[tuple[str, str], list[str]]:
+    """Each pool's subnets: a node group's, or a Karpenter EC2NodeClass's selector terms (by id)."""
+    out = {key: list(g.inputs["subnetIds"]) for key, g in _groups(plan).items()}
+    for node_class in plan.of_type("kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"):
+        out[(node_class.region, node_class.inputs["metadata"]["name"])] = [
+            t["id"] for t in node_class.inputs["spec"]["subnetSelectorTerms"]]
+    return out
+
+
+def _node_class(plan: Plan, region: str, pool: str) -> Any:
+    return next(c for c in plan.of_type("kubernetes:karpenter.k8s.aws/v1:EC2NodeClass")
+                if c.region == region and c.inputs["metadata"]["name"] == pool)
+
+
 def test_pools_use_only_the_subnets_of_zones_that_offer_their_types(prod_plan: Plan) -> None:
-    zone_of, groups = _subnet_zones(prod_plan), _groups(prod_plan)
+    zone_of, subnets = _subnet_zones(prod_plan), _pool_subnets(prod_plan)
     # eu-north-1 offers g6e and g6 in eun1-az1 and eun1-az2 only; the VPC also spans eun1-az3.
-    assert sorted(zone_of[s] for s in groups[("eu-north-1", "mid")].inputs["subnetIds"]) == ["eun1-az1", "eun1-az2"]
-    assert sorted(zone_of[s] for s in groups[("eu-north-1", "batch")].inputs["subnetIds"]) == ["eun1-az1", "eun1-az2"]
-    assert sorted(zone_of[s] for s in groups[("eu-north-1", "system")].inputs["subnetIds"]) == [
-        "eun1-az1", "eun1-az2", "eun1-az3"]
+    assert sorted(zone_of[s] for s in subnets[("eu-north-1", "mid")]) == ["eun1-az1", "eun1-az2"]
+    assert sorted(zone_of[s] for s in subnets[("eu-north-1", "batch")]) == ["eun1-az1", "eun1-az2"]
+    assert sorted(zone_of[s] for s in subnets[("eu-north-1", "system")]) == ["eun1-az1", "eun1-az2", "eun1-az3"]
     catalog = load_catalog()
-    for (region, _pool), group in groups.items():
-        types = group.inputs.get("instanceTypes") or []
-        for subnet in group.inputs["subnetIds"]:
-            assert all(zone_of[subnet] in catalog.zones_offering(t, region) for t in types), (region, _pool)
+    for (region, pool), ids in subnets.items():
+        types = prod_plan.config.region(region).pool(pool).instance_types if pool != "system" else []
+        for subnet in ids:
+            assert all(zone_of[subnet] in catalog.zones_offering(t, region) for t in types), (region, pool)
+    for node_pool in prod_plan.of_type("kubernetes:karpenter.sh/v1:NodePool"):
+        zones = next(r["values"] for r in node_pool.inputs["spec"]["template"]["spec"]["requirements"]
+                     if r["key"] == "topology.k8s.aws/zone-id")
+        assert sorted(zones) == sorted(zone_of[s] for s in subnets[(node_pool.region,
+                                                                     node_pool.inputs["metadata"]["name"])])
 
 
 # -- reserved capacity ----------------------------------------------------------------------------
@@ -134,26 +152,23 @@ def test_bad_reservation_is_rejected_naming_the_key(mutate, key: str, words: str
 
 
 def test_odcr_pool_targets_its_reservation_in_its_zone_only(prod_plan: Plan) -> None:
-    zone_of, groups = _subnet_zones(prod_plan), _groups(prod_plan)
-    h100 = groups[("us-east-1", "h100")]
-    assert h100.inputs["capacityType"] == "ON_DEMAND" and h100.inputs["instanceTypes"] == ["p5.48xlarge"]
-    assert [zone_of[s] for s in h100.inputs["subnetIds"]] == ["use1-az4"]
-    template = next(t for t in prod_plan.of_type(TEMPLATE) if t.name == "us-east-1-h100")
-    target = template.inputs["capacityReservationSpecification"]["capacityReservationTarget"]
-    assert target["capacityReservationId"] == "cr-0123456789abcdef0"
-    assert "instanceMarketOptions" not in template.inputs
+    zone_of, subnets = _subnet_zones(prod_plan), _pool_subnets(prod_plan)
+    assert [zone_of[s] for s in subnets[("us-east-1", "h100")]] == ["use1-az4"]
+    spec = _node_class(prod_plan, "us-east-1", "h100").inputs["spec"]
+    assert spec["capacityReservationSelectorTerms"] == [{"id": "cr-0123456789abcdef0"}]
 
 
-def test_capacity_block_pool_uses_capacity_block_market_and_names_its_type_in_the_template() -> None:
+def test_capacity_block_pool_selects_its_block_like_an_odcr() -> None:
+    """Karpenter reads a reservation's type (default or capacity-block) from EC2 itself (EC2NodeClass status
+    capacityReservations[].reservationType, pkg/apis/v1/ec2nodeclass_status.go @ v1.14.1) and launches into a
+    block with the capacity-block market: the pool names the block by id, as it names an ODCR."""
     plan = run_program(_with_reservation(kind="capacity-block"), "prod")
-    group = _groups(plan)[("us-east-1", "h100")]
-    assert group.inputs["capacityType"] == "CAPACITY_BLOCK"
-    assert not group.inputs.get("instanceTypes")
-    template = next(t for t in plan.of_type(TEMPLATE) if t.name == "us-east-1-h100")
-    assert template.inputs["instanceMarketOptions"] == {"marketType": "capacity-block"}
-    assert template.inputs["instanceType"] == "p5.48xlarge"
-    assert template.inputs["capacityReservationSpecification"]["capacityReservationTarget"][
-        "capacityReservationId"] == "cr-0123456789abcdef0"
+    spec = _node_class(plan, "us-east-1", "h100").inputs["spec"]
+    assert spec["capacityReservationSelectorTerms"] == [{"id": "cr-0123456789abcdef0"}]
+    pool = next(p for p in plan.of_type("kubernetes:karpenter.sh/v1:NodePool") if p.name == "us-east-1-h100")
+    requirements = {r["key"]: r["values"] for r in pool.inputs["spec"]["template"]["spec"]["requirements"]}
+    assert requirements["karpenter.sh/capacity-type"] == ["reserved"]
+    assert requirements["node.kubernetes.io/instance-type"] == ["p5.48xlarge"]
 
 
 # -- versions ---------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Control budget-cap: every stack has a monthly budget with alerts, and cannot outgrow it even at maximum scale."""
 from __future__ import annotations
 
+from infra.catalog import HOURS_PER_MONTH, load_catalog
 from tests.policy.helpers import (
     assert_passes,
     assert_rejected,
@@ -13,6 +14,8 @@ from tests.policy.helpers import (
 )
 
 BUDGET = "aws:budgets/budget:Budget"
+NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
+NODE_CLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
 
 
 def test_every_stack_has_a_monthly_budget_with_alerts(stack_plan):
@@ -46,6 +49,40 @@ def test_budget_below_max_scale_cost_is_rejected():
     raw["budget"]["monthly_usd"] = 250000
     assert_rejected(result(plan_of(raw, "prod"), "budget-cap"),
                     "at maximum scale the stack would cost", "above its budget of $250,000")
+
+
+def test_nodepool_limits_above_the_budget_at_max_scale_are_rejected_with_the_cost_named(prod_plan):
+    """Program bug (simulated): us-east-1's H100 NodePool is limited to 100 nodes' GPUs and vCPUs instead of 2.
+    Karpenter would launch up to its limits, so the budget is judged there: 100 p5.48xlarge cost millions."""
+    resources = mutated(prod_plan, lambda rs: find(rs, NODE_POOL, "us-east-1-h100").inputs["spec"].update(
+        limits={"nvidia.com/gpu": "800", "cpu": "19200"}))
+    hourly = load_catalog().hourly_usd("p5.48xlarge", "us-east-1", spot=False)
+    res = result_of_resources(prod_plan, resources, "budget-cap")
+    assert_rejected(res, "at maximum scale the stack would cost", "above its budget of $500,000",
+                    f"us-east-1/h100 ${hourly * 100 * HOURS_PER_MONTH:,.0f}")
+    pools = next(e["pools"] for e in res.evidence if "pools" in e)
+    assert round(pools["us-east-1/h100"]) == round(hourly * 100 * HOURS_PER_MONTH)
+
+
+def test_a_nodepool_is_judged_at_its_limits_not_its_floor(prod_plan):
+    res = result(prod_plan, "budget-cap")
+    pools = next(e["pools"] for e in res.evidence if "pools" in e)
+    catalog = load_catalog()
+    # batch: 6 GPUs and 48 vCPUs; the dearest per GPU of its types fills the GPU limit.
+    per_gpu = max(catalog.hourly_usd(t, "us-east-1", spot=True) / catalog.instance(t).gpus
+                  for t in ("g6e.xlarge", "g6.xlarge", "g6.2xlarge"))
+    per_cpu = max(catalog.hourly_usd(t, "us-east-1", spot=True) / catalog.instance(t).vcpus
+                  for t in ("g6e.xlarge", "g6.xlarge", "g6.2xlarge"))
+    assert round(pools["us-east-1/batch"], 2) == round(min(6 * per_gpu, 48 * per_cpu) * HOURS_PER_MONTH, 2)
+
+
+def test_nodepool_launching_untagged_instances_is_rejected(prod_plan):
+    """Program bug (simulated): an EC2NodeClass without the stack tag: its GPUs would be invisible to the budget."""
+    resources = mutated(prod_plan, lambda rs: find(rs, NODE_CLASS, "eu-west-2-h100-nodeclass").inputs["spec"]
+                        .update(tags={}))
+    assert_rejected(result_of_resources(prod_plan, resources, "budget-cap"),
+                    "NodePool eu-west-2-h100 in eu-west-2 launches instances and volumes without the tag "
+                    "llm-platform:stack=prod")
 
 
 def test_preview_budget_above_the_preview_cap_is_rejected():

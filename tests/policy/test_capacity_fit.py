@@ -19,6 +19,8 @@ from tests.policy.helpers import assert_rejected, find, mutated, result, result_
 from tests.stacks import write_stack
 
 NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
+NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
+POOLS = (NODE_GROUP, NODE_POOL)
 RELEASE = "kubernetes:helm.sh/v3:Release"
 SURGE_ONE = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
 UNAVAILABLE_ONE = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
@@ -41,8 +43,8 @@ def _mentioning(res, fragment: str) -> list[str]:
 
 def test_every_pool_is_judged_with_its_daemonsets_share(stack_plan):
     res = result(stack_plan, "capacity-fit")
-    pools = [e for e in res.evidence if e.get("type") == NODE_GROUP]
-    assert len(pools) == len(stack_plan.of_type(NODE_GROUP))
+    pools = [e for e in res.evidence if e.get("type") in POOLS]
+    assert len(pools) == sum(len(stack_plan.of_type(t)) for t in POOLS)
     for e in pools:
         assert {"kube-system/aws-node", "kube-system/kube-proxy"} <= set(e["daemonsets"])
         assert ("nvidia-device-plugin/nvidia-device-plugin" in e["daemonsets"]) == (e["pool"] != "system")
@@ -94,12 +96,14 @@ def test_add_on_charts_render_from_their_vendored_pinned_versions(prod_plan):
     for release in prod_plan.of_type(RELEASE):
         key = f"{release.inputs.get('namespace')}/{release.inputs.get('name')}"
         seen = next(e for e in res.evidence if e.get("release") == key and e.get("region") == release.region)
-        assert seen["rendered_objects"] > 0, release.name
+        # karpenter-crd holds only CustomResourceDefinitions: nothing the scheduler places.
+        assert seen["rendered_objects"] > 0 or release.inputs.get("name") == "karpenter-crd", release.name
         if release.inputs.get("version"):
             chart = ROOT / seen["chart"]
             assert chart.parent == ROOT / "infra/plan/vendor/charts", release.name
             pinned = yaml.safe_load((chart / "Chart.yaml").read_text())
-            assert (pinned["name"], str(pinned["version"])) == (release.inputs["chart"], release.inputs["version"])
+            name = str(release.inputs["chart"]).rsplit("/", 1)[-1]  # an OCI chart by its repository path
+            assert (pinned["name"], str(pinned["version"])) == (name, release.inputs["version"])
             assert (chart / "LICENSE").is_file()
     vendored = Path(ROOT / "infra/plan/vendor/charts/secrets-store-csi-driver-provider-aws-3.1.1/charts")
     assert yaml.safe_load((vendored / "secrets-store-csi-driver/Chart.yaml").read_text())["version"] == "1.6.0"
@@ -195,6 +199,12 @@ def _karpenter(resources: list, region: str = "us-east-1"):
         RELEASE, f"{region}-karpenter", region, {"chart": "karpenter", "version": "1.6.0"})
 
 
+def _without_karpenter(resources: list, region: str = "us-east-1") -> list:
+    """The record less `region`'s Karpenter releases: a cluster whose pools never grow past their min."""
+    return [r for r in resources if not (r.type == RELEASE and r.region == region
+                                         and str(r.inputs.get("chart", "")).rsplit("/", 1)[-1].startswith("karpenter"))]
+
+
 def _hpa_of_the_8b_model(max_replicas: int):
     """The 8B model in us-east-1 (one mid node of 4 GPUs, at most 2) scaling from 2 to `max_replicas`."""
     def change(rs):
@@ -204,30 +214,48 @@ def _hpa_of_the_8b_model(max_replicas: int):
     return change
 
 
-def test_an_hpa_beyond_what_min_nodes_hold_fails_while_no_node_autoscaler_runs(prod_plan):
-    """Nothing adds nodes, so the mid pool is its one node however busy the model gets: the HPA's 5th to 8th
-    replicas would wait Pending for good (and a rollout begun at that scale with them)."""
-    res = result_of_resources(prod_plan, mutated(prod_plan, _hpa_of_the_8b_model(8)), "capacity-fit")
+def test_an_hpa_beyond_what_min_nodes_hold_fails_where_no_node_autoscaler_runs(prod_plan):
+    """Without Karpenter nothing adds nodes, so the mid pool is its one node however busy the model gets: the HPA's
+    5th to 8th replicas would wait Pending for good (and a rollout begun at that scale with them)."""
+    resources = _without_karpenter(mutated(prod_plan, _hpa_of_the_8b_model(8)))
+    res = result_of_resources(prod_plan, resources, "capacity-fit")
     assert_rejected(res, "at max scale (on min nodes: no node autoscaler is installed, so pools never grow) 4 of "
                          "8 replicas of Deployment llm-serving/vllm-llama-3-1-8b (us-east-1) cannot be placed",
                     "pool mid node g6e.12xlarge", "nvidia.com/gpu: needs 1, has 0")
     assert not _mentioning(res, "at min scale")
 
 
-def test_the_same_hpa_fits_once_a_node_autoscaler_release_is_recorded(prod_plan):
-    """With Karpenter in the region the mid pool may grow to its 2 nodes: 8 one-GPU replicas fit there."""
-    resources = mutated(prod_plan, _hpa_of_the_8b_model(8))
-    res = result_of_resources(prod_plan, [*resources, _karpenter(resources)], "capacity-fit")
-    assert not _mentioning(res, "vllm-llama-3-1-8b"), res.violations
-    # The stand-in release has no chart to render here; that is its only finding.
-    assert all("karpenter" in v for v in res.violations), res.violations
+def test_the_same_hpa_fits_where_karpenter_runs(prod_plan):
+    """With Karpenter in the region the mid pool may grow to the 2 nodes its limits admit: 8 one-GPU replicas fit."""
+    res = result_of_resources(prod_plan, mutated(prod_plan, _hpa_of_the_8b_model(8)), "capacity-fit")
+    assert res.status == "pass", res.violations
+
+
+def test_a_nodepools_max_scale_is_what_its_limits_admit(prod_plan):
+    """us-east-1's mid NodePool limited to 4 GPUs (one g6e.12xlarge): Karpenter launches no second node, so the
+    HPA's 5th to 8th replicas never run."""
+    def one_node(rs):
+        _hpa_of_the_8b_model(8)(rs)
+        find(rs, NODE_POOL, "us-east-1-mid").inputs["spec"]["limits"]["nvidia.com/gpu"] = "4"
+    res = result_of_resources(prod_plan, mutated(prod_plan, one_node), "capacity-fit")
+    assert_rejected(res, "at max scale 4 of 8 replicas of Deployment llm-serving/vllm-llama-3-1-8b (us-east-1) "
+                         "cannot be placed", "pool mid node g6e.12xlarge", "nvidia.com/gpu: needs 1, has 0")
+
+
+def test_karpenter_runs_on_the_system_nodes_beside_the_gateway(stack_plan):
+    res = result(stack_plan, "capacity-fit")
+    pods = [e for e in res.evidence if str(e.get("pod", "")).startswith("kube-system/karpenter ")]
+    assert len(pods) == len(stack_plan.config.regions)
+    for e in pods:
+        assert e["pools"] == ["system"] and e["requests"] == "1 CPU, 1.00 GiB memory", e
+        assert e["replicas"] == [min(2, stack_plan.config.cluster.system_nodes)] * 2, e
+        assert not _mentioning(res, e["pod"])
 
 
 def test_replicas_beyond_the_pools_max_scale_fail(prod_plan):
-    """12 one-GPU replicas of the 8B model on a mid pool of at most 2 nodes of 4 GPUs: too many even where a node
-    autoscaler (recorded here) may grow the pool to its max_nodes."""
-    resources = mutated(prod_plan, _hpa_of_the_8b_model(12))
-    res = result_of_resources(prod_plan, [*resources, _karpenter(resources)], "capacity-fit")
+    """12 one-GPU replicas of the 8B model on a mid pool of at most 2 nodes of 4 GPUs: too many even though
+    Karpenter may grow the pool to its max_nodes."""
+    res = result_of_resources(prod_plan, mutated(prod_plan, _hpa_of_the_8b_model(12)), "capacity-fit")
     assert_rejected(res, "at max scale 4 of 12 replicas of Deployment llm-serving/vllm-llama-3-1-8b (us-east-1) "
                          "cannot be placed", "pool mid node g6e.12xlarge", "nvidia.com/gpu: needs 1, has 0")
     assert not _mentioning(res, "at min scale")
@@ -235,11 +263,11 @@ def test_replicas_beyond_the_pools_max_scale_fail(prod_plan):
 
 def test_the_program_and_the_control_agree_on_whether_pools_grow(prod_plan, preview_plan):
     """The program caps HPAs at what min_nodes hold unless it installs a node autoscaler; the control reads the
-    same fact from the record (a cluster-autoscaler or Karpenter release)."""
+    same fact from the record (a cluster-autoscaler or Karpenter release). Every cluster gets Karpenter."""
     for plan in (prod_plan, preview_plan):
         for region in plan.config.regions:
             assert capacity.node_autoscaled(Resources(plan.resources), region.name) == \
-                installs_node_autoscaler(plan.config, region.name) is False, region.name
+                installs_node_autoscaler(plan.config, region.name) is True, region.name
 
 
 def test_a_daemonset_larger_than_the_nodes_it_must_run_on_fails(prod_plan):
@@ -251,11 +279,12 @@ def test_a_daemonset_larger_than_the_nodes_it_must_run_on_fails(prod_plan):
                     "p5.48xlarge beside the DaemonSets before it (none): short of CPU: needs 200, has 191.45")
 
 
-def test_a_node_group_of_instance_types_the_catalog_does_not_know_fails(prod_plan):
-    resources = mutated(prod_plan, lambda rs: find(rs, NODE_GROUP, "us-east-1-mid").inputs.update(
-        instanceTypes=["g9.12xlarge"]))
-    assert_rejected(result_of_resources(prod_plan, resources, "capacity-fit"),
-                    "node group us-east-1-mid (us-east-1): none of its instance types ['g9.12xlarge'] is in the "
+def test_a_pool_of_instance_types_the_catalog_does_not_know_fails(prod_plan):
+    def unknown_type(rs):
+        requirements = find(rs, NODE_POOL, "us-east-1-mid").inputs["spec"]["template"]["spec"]["requirements"]
+        next(r for r in requirements if r["key"] == "node.kubernetes.io/instance-type")["values"] = ["g9.12xlarge"]
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, unknown_type), "capacity-fit"),
+                    "NodePool us-east-1-mid (us-east-1): none of its instance types ['g9.12xlarge'] is in the "
                     "catalog")
 
 
@@ -272,7 +301,9 @@ def _full_mid_pool(strategy: dict, floor: int = 4):
 
 
 def test_a_full_pool_with_surge_one_and_no_unavailability_fails_naming_the_rollout(prod_plan):
-    res = result_of_resources(prod_plan, mutated(prod_plan, _full_mid_pool(SURGE_ONE)), "capacity-fit")
+    """Where no node autoscaler runs, the pool is its min nodes when the update starts."""
+    resources = _without_karpenter(mutated(prod_plan, _full_mid_pool(SURGE_ONE)))
+    res = result_of_resources(prod_plan, resources, "capacity-fit")
     assert_rejected(res, "rolling update of Deployment llm-serving/vllm-llama-3-1-8b (us-east-1) can never finish: "
                          "maxSurge 1 / maxUnavailable 0 needs one more pod (4 CPU, 32.00 GiB memory, 1 GPU) beside "
                          "its 4 replica(s) at their HPA max and every other pod at its max, before any old pod goes, "
@@ -284,12 +315,13 @@ def test_a_full_pool_with_surge_one_and_no_unavailability_fails_naming_the_rollo
 def test_a_surge_is_judged_with_the_hpa_at_its_max_not_its_min(prod_plan):
     """Two replicas leave two GPUs free, but the HPA may have scaled to 4 when the update starts: the surge pod
     then has no GPU, and the rollout never progresses."""
-    res = result_of_resources(prod_plan, mutated(prod_plan, _full_mid_pool(SURGE_ONE, floor=2)), "capacity-fit")
+    resources = _without_karpenter(mutated(prod_plan, _full_mid_pool(SURGE_ONE, floor=2)))
+    res = result_of_resources(prod_plan, resources, "capacity-fit")
     assert_rejected(res, "rolling update of Deployment llm-serving/vllm-llama-3-1-8b (us-east-1) can never finish: "
                          "maxSurge 1 / maxUnavailable 0 needs one more pod (4 CPU, 32.00 GiB memory, 1 GPU) beside "
                          "its 4 replica(s) at their HPA max",
                     "short of nvidia.com/gpu: needs 1, has 0")
-    assert not _mentioning(res, "cannot be placed")
+    assert not _mentioning(res, "replicas of Deployment llm-serving/vllm-llama-3-1-8b (us-east-1) cannot be placed")
 
 
 def test_a_full_pool_with_surge_zero_and_one_unavailable_passes(prod_plan):
@@ -313,13 +345,15 @@ def test_replicas_that_do_not_fit_before_an_update_are_reported_once(prod_plan):
 
 
 def test_a_node_autoscaler_lets_a_rollout_use_the_pools_max_size(prod_plan):
-    """With a node autoscaler (none is installed yet) the surge pod makes the mid pool grow to its second node."""
+    """With Karpenter the surge pod makes the mid pool grow to its second node."""
     resources = mutated(prod_plan, _full_mid_pool(SURGE_ONE))
+    res = result_of_resources(prod_plan, resources, "capacity-fit")
+    assert not _mentioning(res, "vllm-llama-3-1-8b (us-east-1)"), res.violations
+    assert capacity.node_autoscaled(Resources(resources), "us-east-1")
+    assert not capacity.node_autoscaled(Resources(_without_karpenter(resources)), "us-east-1")
     policy = PolicyConfig.from_stack(prod_plan.config)
-    found = capacity.check(Resources(resources), policy, node_autoscaler=True)
-    assert not [v for v in found.violations if "vllm-llama-3-1-8b (us-east-1)" in v]
-    assert not capacity.node_autoscaled(Resources(resources), "us-east-1")
-    assert capacity.node_autoscaled(Resources([*resources, _karpenter(resources)]), "us-east-1")
+    found = capacity.check(Resources(resources), policy, node_autoscaler=False)
+    assert [v for v in found.violations if "rolling update of Deployment llm-serving/vllm-llama-3-1-8b" in v]
 
 
 # -- the shipped stacks -------------------------------------------------------------------------------------------

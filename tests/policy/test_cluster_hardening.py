@@ -170,3 +170,21 @@ spec:
         chart=chart))
     assert_rejected(result_of_resources(prod_plan, resources, "cluster-hardening"),
                     "eu-north-1-mistral-small-24b (eu-north-1) renders Ingress llm-serving/vllm-mistral-small-24b")
+
+
+def test_karpenters_interruption_queue_is_encrypted_and_refuses_plain_http(stack_plan):
+    res = result(stack_plan, "cluster-hardening")
+    queues = [e for e in res.evidence if e.get("type") == "aws:sqs/queue:Queue"]
+    assert len(queues) == len(stack_plan.config.regions)
+    assert all(e["encrypted_at_rest"] and e["denies_plain_http"] for e in queues)
+
+
+def test_interruption_queue_without_encryption_or_tls_policy_is_rejected(prod_plan):
+    """Program bug (simulated): us-west-2's queue loses SSE and its queue policy."""
+    def weaken(rs):
+        find(rs, "aws:sqs/queue:Queue", "us-west-2-karpenter-interruption").inputs.pop("sqsManagedSseEnabled")
+        rs.remove(find(rs, "aws:sqs/queuePolicy:QueuePolicy", "us-west-2-karpenter-interruption"))
+    res = result_of_resources(prod_plan, mutated(prod_plan, weaken), "cluster-hardening")
+    assert_rejected(res, "SQS queue us-west-2-karpenter-interruption in us-west-2 is not encrypted at rest",
+                    "SQS queue us-west-2-karpenter-interruption in us-west-2 has no queue policy denying requests "
+                    "without TLS")

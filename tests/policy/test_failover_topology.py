@@ -15,7 +15,7 @@ from tests.policy.helpers import (
 )
 
 HEALTH_CHECK = "aws:route53/healthCheck:HealthCheck"
-NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
+NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
 
 
 def _model(raw, name):
@@ -86,13 +86,24 @@ def test_replicas_too_few_to_absorb_a_lost_region_are_rejected():
 
 
 def test_pool_too_small_for_its_failover_replicas_is_rejected(prod_plan):
-    """Program bug (simulated): eu-west-2's L40S node group is created with max size 1, so the replicas the
-    failover math counts on there cannot be scheduled."""
-    resources = mutated(prod_plan, lambda rs: find(rs, NODE_GROUP, "eu-west-2-mid")
-                        .inputs["scalingConfig"].update(maxSize=1.0))
+    """Program bug (simulated): eu-west-2's L4 NodePool is limited to one node's GPUs and vCPUs, so Karpenter never
+    launches the nodes the failover math counts on there."""
+    resources = mutated(prod_plan, lambda rs: find(rs, NODE_POOL, "eu-west-2-mid")
+                        .inputs["spec"].update(limits={"nvidia.com/gpu": "4", "cpu": "48"}))
     assert_rejected(result_of_resources(prod_plan, resources, "failover-topology"),
-                    "pool mid in eu-west-2 needs 3 nodes to run its models at maximum replicas",
-                    "its node group stops at 1")
+                    "pool mid in eu-west-2 needs 4 nodes to run its models at maximum replicas",
+                    "its NodePool limits stop it at 1")
+
+
+def test_prod_floors_are_what_the_replica_minimums_fill_and_pools_grow_to_failover_scale(prod_plan):
+    """With Karpenter a pool grows on demand: prod keeps one node per GPU pool at rest, and the failover math
+    counts on each pool's max (its limits), where the surviving region's replicas land."""
+    for region in prod_plan.config.regions:
+        assert [p.min_nodes for p in region.pools] == [1, 1, 1], region.name
+    res = result(prod_plan, "failover-topology")
+    pools = {(e["region"], e["pool"]): e for e in res.evidence if "nodes_needed_at_max" in e}
+    assert pools[("eu-west-2", "mid")]["max_nodes"] == 4 and pools[("eu-west-2", "mid")]["nodes_needed_at_max"] == 4
+    assert pools[("us-east-1", "h100")]["max_nodes"] == 2 == pools[("us-east-1", "h100")]["nodes_needed_at_max"]
 
 
 def test_gateway_without_a_health_check_is_rejected(prod_plan):

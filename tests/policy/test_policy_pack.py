@@ -104,18 +104,17 @@ def test_pack_passes_prod_and_preview(stack_plan):
 def test_a_real_deploy_of_shipped_prod_is_blocked_until_its_reservations_are_its_own(prod_plan):
     """The offline plan judges the example stack as shipped; a real preview must refuse to start an update that
     EC2 would fail in the middle, on reservation ids no account has."""
-    reserved = [r for r in prod_plan.of_type("aws:ec2/launchTemplate:LaunchTemplate")
-                if r.inputs.get("capacityReservationSpecification")]
+    reserved = [r for r in prod_plan.of_type("kubernetes:karpenter.k8s.aws/v1:EC2NodeClass")
+                if r.inputs["spec"].get("capacityReservationSelectorTerms")]
     assert len(reserved) == len(prod_plan.config.regions)  # one reserved H100 pool per region
     blocked = run_pack(prod_plan)["no-example-values"]
     assert len(blocked) == len(reserved)
     assert all("the example reservation id the stack file ships" in v for v in blocked)
 
     def own_reservations(rs):
-        for i, r in enumerate(r for r in rs if r.type == "aws:ec2/launchTemplate:LaunchTemplate"
-                              and r.inputs.get("capacityReservationSpecification")):
-            r.inputs["capacityReservationSpecification"]["capacityReservationTarget"]["capacityReservationId"] = \
-                f"cr-0f1e2d3c4b5a6978{i}"
+        for i, r in enumerate(r for r in rs if r.type == "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
+                              and r.inputs["spec"].get("capacityReservationSelectorTerms")):
+            r.inputs["spec"]["capacityReservationSelectorTerms"] = [{"id": f"cr-0f1e2d3c4b5a6978{i}"}]
     assert run_pack(prod_plan, mutated(prod_plan, own_reservations))["no-example-values"] == []
 
 
@@ -123,13 +122,14 @@ def test_pack_blocks_a_stack_missing_a_health_check_and_a_taint(prod_plan):
     """Program bugs (simulated): the same broken resources the offline tests use, through the pack."""
     def break_it(rs):
         rs.remove(find(rs, "aws:route53/healthCheck:HealthCheck", "llm-platform-dns-us-west-2"))
-        find(rs, "aws:eks/nodeGroup:NodeGroup", "eu-north-1-h100").inputs.pop("taints")
+        find(rs, "kubernetes:karpenter.sh/v1:NodePool", "eu-north-1-h100").inputs["spec"]["template"]["spec"].pop(
+            "taints")
     violations = run_pack(prod_plan, mutated(prod_plan, break_it))
     assert violations["failover-topology"] == [
         f"Route53 record llm-platform-dns-us-west-2-{record} for the gateway in us-west-2 has no health check: DNS "
         "keeps sending traffic to us-west-2 when it is down" for record in ("latency", "zone-latency")]
     assert violations["gpu-pool-hygiene"] == [
-        "GPU node group eu-north-1-h100 in eu-north-1 lacks the taint nvidia.com/gpu=present:NoSchedule: any pod "
+        "GPU NodePool eu-north-1-h100 in eu-north-1 lacks the taint nvidia.com/gpu=present:NoSchedule: any pod "
         "could land on its GPUs"]
     assert not any(violations[c] for c in ("budget-cap", "region-residency", "secret-scope", "cluster-hardening"))
 

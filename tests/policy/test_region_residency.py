@@ -317,3 +317,21 @@ def test_load_balancer_controller_role_without_its_region_fence_is_rejected(prod
     resources = mutated(prod_plan, lambda rs: rs.remove(find(rs, ROLE_POLICY, "eu-west-2-lb-controller-region")))
     assert_rejected(result_of_resources(prod_plan, resources, "region-residency"),
                     "(eu-west-2) is not fenced to eu-west-2")
+
+
+def test_instance_events_go_only_to_a_queue_in_their_rules_region(prod_plan):
+    res = result(prod_plan, "region-residency")
+    targets = [e for e in res.evidence if e.get("type") == "aws:cloudwatch/eventTarget:EventTarget"]
+    assert len(targets) == 5 * len(prod_plan.config.regions)  # Karpenter's five interruption rules per region
+    assert all(e["target_region"] == e["rule_region"] == e["region"] for e in targets)
+
+
+def test_event_rule_delivering_to_another_zones_queue_is_rejected(prod_plan):
+    """Program bug (simulated): eu-north-1's spot interruption rule targets us-east-1's queue."""
+    def cross(rs):
+        us = find(rs, "aws:sqs/queue:Queue", "us-east-1-karpenter-interruption")
+        find(rs, "aws:cloudwatch/eventTarget:EventTarget", "eu-north-1-karpenter-spot-interruption").inputs[
+            "arn"] = us.outputs["arn"]
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, cross), "region-residency"),
+                    "EventBridge target eu-north-1-karpenter-spot-interruption of a rule in eu-north-1 delivers to "
+                    "arn:aws:sqs:us-east-1:")

@@ -9,6 +9,8 @@ from tests.policy.helpers import assert_passes, assert_rejected, find, mutated, 
 
 CLUSTER = "aws:eks/cluster:Cluster"
 NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
+NODE_CLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
+RELEASE = "kubernetes:helm.sh/v3:Release"
 
 
 def on(plan, resources, day: date):
@@ -55,11 +57,36 @@ def test_unknown_version_is_rejected(prod_plan):
 
 
 def test_node_group_not_pinned_to_its_cluster_version_is_rejected(prod_plan):
-    """Program bug (simulated): the system node group loses its version and the H100 group lags a version."""
+    """Program bug (simulated): one system node group loses its version, another lags a version."""
     def change(rs):
         find(rs, NODE_GROUP, "eu-north-1-system").inputs.pop("version")
-        find(rs, NODE_GROUP, "eu-north-1-h100").inputs["version"] = "1.34"
+        find(rs, NODE_GROUP, "eu-west-2-system").inputs["version"] = "1.34"
     assert_rejected(on(prod_plan, mutated(prod_plan, change), date(2026, 11, 25)),
                     "node group eu-north-1-system in eu-north-1 is not pinned to a version; pin it to its "
                     "cluster's 1.35",
-                    "node group eu-north-1-h100 in eu-north-1 is pinned to 1.34")
+                    "node group eu-west-2-system in eu-west-2 is pinned to 1.34")
+
+
+def test_karpenter_supports_its_clusters_version_and_pins_the_gpu_nodes_ami(stack_plan):
+    res = result(stack_plan, "version-support")
+    releases = [e for e in res.evidence if "karpenter" in e]
+    assert len(releases) == len(stack_plan.config.regions)
+    assert all((e["karpenter"], e["kubernetes"], e["oldest_supported"]) == ("1.14.1", "1.35", "1.9")
+               for e in releases)
+    classes = [e for e in res.evidence if "ami_aliases" in e]
+    assert classes and all(e["ami_aliases"] == ["al2023@v20260714"] for e in classes)
+
+
+def test_karpenter_older_than_its_clusters_version_needs_is_rejected(prod_plan):
+    """Program bug (simulated): us-east-1 pins Karpenter 1.8.0, which predates Kubernetes 1.35 support (1.9)."""
+    resources = mutated(prod_plan, lambda rs: find(rs, RELEASE, "us-east-1-karpenter").inputs.update(version="1.8.0"))
+    assert_rejected(on(prod_plan, resources, date(2026, 11, 25)),
+                    "Karpenter 1.8.0 in us-east-1 does not support Kubernetes 1.35 (Karpenter 1.9 or newer does)")
+
+
+def test_nodeclass_following_the_latest_ami_is_rejected(prod_plan):
+    """Program bug (simulated): a node class follows al2023@latest, so any new AMI would roll the H100 nodes."""
+    resources = mutated(prod_plan, lambda rs: find(rs, NODE_CLASS, "us-west-2-h100-nodeclass").inputs["spec"]
+                        .update(amiSelectorTerms=[{"alias": "al2023@latest"}]))
+    assert_rejected(on(prod_plan, resources, date(2026, 11, 25)),
+                    "EC2NodeClass us-west-2-h100-nodeclass in us-west-2 selects AMI alias 'al2023@latest'")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from infra.catalog import load_catalog
-from infra.plan.cost import estimate
+from infra.plan.cost import estimate, recorded_pools
 from infra.policy.rules.base import (
     BUDGET,
     EKS_CLUSTER,
@@ -27,6 +27,7 @@ COST_BEARING = frozenset({
     "aws:secretsmanager/secret:Secret",
     "aws:cloudwatch/logGroup:LogGroup",
     "aws:route53/healthCheck:HealthCheck",
+    "aws:sqs/queue:Queue",
 })
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
 LOG_GROUP = "aws:cloudwatch/logGroup:LogGroup"
@@ -35,13 +36,15 @@ DESCRIPTION = (
     "An AWS Budgets cost budget exists for the stack: monthly, in USD, no higher than the stack's declared "
     "budget, filtered on the stack's cost-allocation tag (user:llm-platform:stack$<stack>), with at least one "
     "percentage alert that e-mails someone. The estimated monthly cost with every node pool at its maximum size "
-    "(dearest instance type of each pool, catalog prices, plus control planes and NAT gateways) stays within "
+    "(a node group's max size of its dearest type; a Karpenter NodePool at its GPU and CPU limits, the most "
+    "Karpenter launches, at the dearest price per GPU or per vCPU among its types; reserved pools billed in full "
+    "at both ends; catalog prices, plus control planes and NAT gateways) stays within "
     "the declared budget. Preview stacks (and every pr-N copy) must in addition stay under the preview cap, "
     "whatever their own budget says. The budget sees only what carries the stack tag, so every cost-bearing "
     "resource does: clusters, node groups, NAT gateways and addresses, KMS keys, secrets, log groups and health "
     "checks by their own tags (provider default tags included); the nodes' instances and volumes through their "
-    "node group's launch template; each cluster's control plane log group (/aws/eks/<cluster>/cluster) created "
-    "by the program, tagged, rather than by EKS; each gateway's NLB through the "
+    "node group's launch template or their NodePool's EC2NodeClass tags; each cluster's control plane log group "
+    "(/aws/eks/<cluster>/cluster) created by the program, tagged, rather than by EKS; each gateway's NLB through the "
     "aws-load-balancer-additional-resource-tags annotation of the LoadBalancer Service its release renders, "
     "which the AWS Load Balancer Controller stamps on the NLB, its listener and target group.")
 
@@ -77,19 +80,23 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
     _stack_tag_coverage(resources, policy, found)
 
     catalog = load_catalog()
+    pools = recorded_pools(resources.all, catalog)
     priced = []
-    for group in resources.of_type(NODE_GROUP):
-        scaling = group.inputs.get("scalingConfig") or {}
-        unknown = [t for t in as_list(group.inputs.get("instanceTypes")) if t not in catalog.instances]
-        if scaling.get("maxSize") is None:
-            found.fail(f"node group {group.name} in {group.region} has no max size: its cost has no upper bound")
-        elif unknown or not all(catalog.prices_known(t, group.region)
-                                for t in as_list(group.inputs.get("instanceTypes"))):
-            found.fail(f"node group {group.name} in {group.region} cannot be priced (instance types "
-                       f"{', '.join(unknown) or '-'} or region missing from infra/catalog.yaml)")
+    for pool in pools:
+        what = f"{'node group' if pool.kind == 'node-group' else 'NodePool'} {pool.resource.name} in {pool.region}"
+        unknown = [t for t in pool.instance_types if t not in catalog.instances]
+        if pool.kind == "karpenter" and not pool.limits:
+            found.fail(f"{what} has no limits: Karpenter would launch nodes without bound, so its cost has none")
+        elif pool.max_nodes is None:
+            found.fail(f"{what} has no max size: its cost has no upper bound")
+        elif not pool.instance_types or unknown or not all(catalog.prices_known(t, pool.region)
+                                                           for t in pool.instance_types):
+            found.fail(f"{what} cannot be priced (instance types {', '.join(unknown) or '-'} or region missing "
+                       f"from infra/catalog.yaml)")
         else:
-            priced.append(group)
-    others = [r for r in resources.all if r.type != NODE_GROUP]
+            priced.append(pool.resource)
+    pooled = {id(p.resource) for p in pools}
+    others = [r for r in resources.all if id(r) not in pooled]
     cost = estimate(others + priced, policy.budget_usd, catalog)
     found.judged(None, estimate="monthly cost at max scale", monthly_usd_min=round(cost.monthly_usd_min, 2),
                  monthly_usd_max=round(cost.monthly_usd_max, 2), budget_usd=policy.budget_usd,
@@ -98,8 +105,9 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
     if cost.monthly_usd_max > policy.budget_usd:
         dearest = sorted(cost.pools, key=lambda p: -p.monthly_usd_max)[:3]
         top = ", ".join(f"{p.region}/{p.pool} ${p.monthly_usd_max:,.0f}" for p in dearest)
-        found.fail(f"at maximum scale the stack would cost ${cost.monthly_usd_max:,.0f}/month, above its budget "
-                   f"of ${policy.budget_usd:,.0f} (dearest pools: {top}); lower pool max_nodes or raise the budget")
+        found.fail(f"at maximum scale the stack would cost ${cost.monthly_usd_max:,.0f}/month (node groups at their "
+                   f"max size, Karpenter NodePools at their limits), above its budget of ${policy.budget_usd:,.0f} "
+                   f"(dearest pools: {top}); lower pool max_nodes or raise the budget")
     if policy.environment == "preview":
         found.judged(None, preview_cap_usd=policy.preview_cap_usd, budget_usd=policy.budget_usd)
         if policy.budget_usd > policy.preview_cap_usd:
@@ -138,6 +146,17 @@ def _stack_tag_coverage(resources: Resources, policy: PolicyConfig, found: Findi
             found.fail(f"node group {group.name} in {group.region} starts {' and '.join(m + 's' for m in missing)} "
                        f"without the tag {TAG_STACK}={stack} (managed node groups don't pass their tags on: a "
                        f"launch template's tag specifications must)")
+
+    for pool in recorded_pools(resources.all):
+        if pool.kind != "karpenter":
+            continue
+        tags = ((pool.node_class.inputs.get("spec") or {}).get("tags")) if pool.node_class is not None else None
+        found.judged(pool.resource, node_class_tags_instances_and_volumes=_tagged(tags, stack),
+                     node_class=pool.node_class.name if pool.node_class is not None else None)
+        if not _tagged(tags, stack):
+            found.fail(f"NodePool {pool.resource.name} in {pool.region} launches instances and volumes without the "
+                       f"tag {TAG_STACK}={stack}: its EC2NodeClass's spec.tags must carry it (Karpenter stamps "
+                       f"those on everything it launches)")
 
     log_groups = {str(g.inputs.get("name")): g for g in resources.of_type(LOG_GROUP)}
     for cluster in resources.of_type(EKS_CLUSTER):

@@ -6,36 +6,34 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from infra.catalog import InstanceType, load_catalog
-from infra.plan.cost import node_group_types
+from infra.plan.cost import RecordedPool, recorded_pools
 from infra.plan.manifests import eks_addon_objects, render_release
 from infra.policy.rules.base import (
     EKS_CLUSTER,
     HELM_RELEASE,
-    NODE_GROUP,
-    POOL_LABEL,
     Findings,
     PolicyConfig,
     Resource,
     Resources,
-    as_int,
-    as_list,
 )
 from infra.policy.rules.workloads import PodTemplate, Request, Taint, pod_templates, rollout_fenceposts
 from infra.sizing import is_node_autoscaler_chart
 
-# Charts that add nodes when pods are pending (infra/sizing.py, where the program decides whether it installs
-# one: not yet). Without one recorded in a region its pools stay at their desired size (their min), so every
-# HPA at its max and every rollout must fit there; once one is recorded, that region's pools may grow to max.
-EKS_EFFECT = {"NO_SCHEDULE": "NoSchedule", "NO_EXECUTE": "NoExecute", "PREFER_NO_SCHEDULE": "PreferNoSchedule"}
+# Charts that add nodes when pods are pending (infra/sizing.py: Karpenter, in every cluster). Without one recorded
+# in a region its pools stay at their desired size (their min), so every HPA at its max and every rollout must fit
+# there; once one is recorded, that region's pools may grow to max (a NodePool's max: what its limits admit).
 EKS_ADDONS = "EKS default add-ons"
 
 DESCRIPTION = (
     "Judged on the rendered manifests, not the config: every Helm release the program records is rendered by "
     "real Helm with its recorded values (the add-on charts from vendored copies of exactly their pinned "
     "versions), and the pods EKS itself runs (aws-node, kube-proxy, CoreDNS; dated facts in "
-    "infra/plan/eks_addons.yaml) are added. Each node group is a pool of nodes of its smallest instance type, "
-    "with the catalog's allocatable CPU and memory (AL2023 nodeadm reservations), GPUs and max pods, and the "
-    "group's labels and taints. DaemonSets take their share of every node whose taints they tolerate and whose "
+    "infra/plan/eks_addons.yaml) are added. Each node group and each Karpenter NodePool is a pool of nodes of "
+    "its smallest instance type, with the catalog's allocatable CPU and memory (AL2023 nodeadm reservations), "
+    "GPUs and max pods, and the pool's labels and taints (a NodePool's template labels and taints, and those "
+    "Karpenter adds); a NodePool's max nodes are what its GPU and CPU limits admit of that type, its min nodes "
+    "the floor the program records on it. Karpenter's own controller is one of the pods placed. DaemonSets "
+    "take their share of every node whose taints they tolerate and whose "
     "labels they select, first. Every other pod must tolerate the taints and select the labels of some pool, "
     "and fit one of its nodes; then all replicas are packed first-fit decreasing at min scale (min nodes, "
     "min replicas) and at max scale (HPA max replicas on min nodes while no node autoscaler is installed, "
@@ -83,29 +81,31 @@ def _smallest(types: Iterable[str]) -> InstanceType | None:
     return min(known, key=lambda i: (i.gpus, i.vcpus, i.memory_gib)) if known else None
 
 
-def _pool(group: Resource, found: Findings) -> Pool | None:
-    types = node_group_types(group.inputs)
+def _pool(recorded: RecordedPool, found: Findings) -> Pool | None:
+    group = recorded.resource
+    types = recorded.instance_types
     instance = _smallest(types)
-    pool = str((group.inputs.get("labels") or {}).get(POOL_LABEL) or group.name)
     if instance is None:
-        found.fail(f"node group {group.name} ({group.region}): none of its instance types {list(types)} is in "
-                   f"the catalog, so nothing is known of its nodes' capacity")
+        found.fail(f"{'node group' if recorded.kind == 'node-group' else 'NodePool'} {group.name} ({group.region}): "
+                   f"none of its instance types {list(types)} is in the catalog, so nothing is known of its nodes' "
+                   f"capacity")
         return None
-    scaling = group.inputs.get("scalingConfig") or {}
     arm = "ARM" in str(group.inputs.get("amiType") or "")
-    # The labels the kubelet and EKS put on every managed node group's nodes, beside the group's own
-    # (https://kubernetes.io/docs/reference/labels-annotations-taints/,
-    # https://docs.aws.amazon.com/eks/latest/userguide/managed-node-groups.html).
+    # The labels the kubelet puts on every node (https://kubernetes.io/docs/reference/labels-annotations-taints/),
+    # and those EKS puts on a managed node group's (managed-node-groups.html) or Karpenter on its own
+    # (karpenter.sh/nodepool and the single-valued requirements: website docs/concepts/scheduling.md @ v1.14.1),
+    # beside the pool's own.
     labels = {"kubernetes.io/os": "linux", "kubernetes.io/arch": "arm64" if arm else "amd64",
-              "node.kubernetes.io/instance-type": instance.name,
-              "eks.amazonaws.com/nodegroup": str(group.inputs.get("nodeGroupName") or group.name),
-              "eks.amazonaws.com/capacityType": str(group.inputs.get("capacityType") or "ON_DEMAND"),
-              **{str(k): str(v) for k, v in (group.inputs.get("labels") or {}).items()}}
-    taints = [Taint(str(t.get("key")), str(t.get("value") or ""), EKS_EFFECT.get(str(t.get("effect")),
-                                                                                 str(t.get("effect"))))
-              for t in as_list(group.inputs.get("taints"))]
-    return Pool(group, pool, instance, labels, taints, as_int(scaling.get("minSize")),
-                as_int(scaling.get("maxSize")))
+              "node.kubernetes.io/instance-type": instance.name}
+    if recorded.kind == "node-group":
+        labels |= {"eks.amazonaws.com/nodegroup": str(group.inputs.get("nodeGroupName") or group.name),
+                   "eks.amazonaws.com/capacityType": str(group.inputs.get("capacityType") or "ON_DEMAND")}
+    else:
+        labels |= {"karpenter.sh/nodepool": str((group.inputs.get("metadata") or {}).get("name") or group.name),
+                   "karpenter.sh/capacity-type": recorded.capacity}
+    labels |= recorded.labels
+    taints = [Taint(key, value, effect) for key, value, effect in recorded.taints]
+    return Pool(group, recorded.name, instance, labels, taints, recorded.min_nodes, recorded.max_nodes or 0)
 
 
 def _why_not(pod: PodTemplate, pool: Pool) -> list[str]:
@@ -252,10 +252,10 @@ def check(resources: Resources, policy: PolicyConfig, node_autoscaler: bool | No
     """`node_autoscaler`: whether pools grow to their max when pods are pending; None reads it from the record
     (a cluster-autoscaler or Karpenter release in the region)."""
     found = Findings()
-    regions = sorted({g.region for g in resources.of_type(NODE_GROUP)} |
-                     {r.region for r in resources.of_type(HELM_RELEASE)})
+    recorded = recorded_pools(resources.all)
+    regions = sorted({p.region for p in recorded} | {r.region for r in resources.of_type(HELM_RELEASE)})
     for region in regions:
-        pools = [p for g in resources.of_type(NODE_GROUP) if g.region == region if (p := _pool(g, found))]
+        pools = [p for g in recorded if g.region == region if (p := _pool(g, found))]
         pods = _workloads(resources, region, found)
         autoscaled = node_autoscaled(resources, region) if node_autoscaler is None else node_autoscaler
         _place_daemonsets(pools, [p for p in pods if p.kind == "DaemonSet"], found)

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import ipaddress
 
-from infra.policy.rules.base import EKS_CLUSTER, KMS_KEY, Findings, PolicyConfig, Resources, as_list
+from infra.policy.rules.base import (
+    EKS_CLUSTER,
+    KMS_KEY,
+    Findings,
+    PolicyConfig,
+    Resources,
+    as_list,
+    policy_document,
+    statements,
+)
 from infra.policy.rules.load_balancers import NLB_CLASS, TLS_POLICY, check_exposure
 
 REQUIRED_LOGS = ("api", "audit", "authenticator")
@@ -20,7 +29,30 @@ DESCRIPTION = (
     f"the AWS Load Balancer Controller's class ({NLB_CLASS}, type external, IP targets), internet-facing, with a "
     f"TLS listener on every port (no plaintext listener), an ACM certificate and the {TLS_POLICY} policy; no other "
     "release renders a LoadBalancer Service, and no release renders an Ingress (the model servers are "
-    "cluster-internal).")
+    "cluster-internal). Every SQS queue (Karpenter's "
+    "interruption queue, which carries the cluster's instance events) is encrypted at rest (SQS-managed SSE or a "
+    "KMS key) and its queue policy denies every request not made over TLS.")
+
+SQS_QUEUE = "aws:sqs/queue:Queue"
+SQS_QUEUE_POLICY = "aws:sqs/queuePolicy:QueuePolicy"
+
+
+def _queues(resources: Resources, found: Findings) -> None:
+    policies = {str(p.inputs.get("queueUrl")): p for p in resources.of_type(SQS_QUEUE_POLICY)}
+    for queue in resources.of_type(SQS_QUEUE):
+        encrypted = bool(queue.inputs.get("sqsManagedSseEnabled") or queue.inputs.get("kmsMasterKeyId"))
+        doc = policy_document(policies[url].inputs.get("policy")) if (url := str(queue.outputs.get("url"))) \
+            in policies else None
+        tls_only = any(s.get("Effect") == "Deny" and str((s.get("Condition") or {}).get("Bool", {})
+                                                          .get("aws:SecureTransport")).lower() == "false"
+                       for s in statements(doc or {}))
+        found.judged(queue, encrypted_at_rest=encrypted, denies_plain_http=tls_only)
+        if not encrypted:
+            found.fail(f"SQS queue {queue.name} in {queue.region} is not encrypted at rest (neither "
+                       f"sqsManagedSseEnabled nor a kmsMasterKeyId)")
+        if not tls_only:
+            found.fail(f"SQS queue {queue.name} in {queue.region} has no queue policy denying requests without TLS "
+                       f"(aws:SecureTransport false)")
 
 
 def check(resources: Resources, policy: PolicyConfig) -> Findings:
@@ -67,4 +99,5 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
             found.fail(f"EKS cluster {cluster.name} in {cluster.region} does not log {', '.join(missing)} from "
                        f"its control plane")
     check_exposure(resources, found)
+    _queues(resources, found)
     return found

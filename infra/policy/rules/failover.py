@@ -5,12 +5,11 @@ from __future__ import annotations
 from urllib.parse import urlparse
 
 from infra.catalog import load_catalog
-from infra.plan.cost import node_group_types
+from infra.plan.cost import recorded_pools
 from infra.policy.rules.base import (
     DNS_RECORD,
     GATEWAY_CHART_DIR,
     HEALTH_CHECK,
-    NODE_GROUP,
     POOL_LABEL,
     Findings,
     PolicyConfig,
@@ -25,7 +24,8 @@ DESCRIPTION = (
     "regions of each residency zone it is served in. In prod, for every region that could be lost, each model "
     "it serves still fits in the surviving regions of its zone: the survivors' maximum replicas cover the lost "
     "region's minimum plus their own minimums, and every pool can actually hold its models at maximum replicas "
-    "(node group max size x replicas per node). Every regional gateway has a Route53 health check probing its "
+    "(a node group's max size, or the nodes a Karpenter NodePool's limits admit, x replicas per node). Every "
+    "regional gateway has a Route53 health check probing its "
     "own regional host and a latency record for its region that uses that health check, so DNS drops a dead "
     "region. In every gateway's routing config, alias fallback chains are acyclic, and a model restricted to a "
     "zone is offered only by that zone's gateways and never falls back (directly, through other regions, "
@@ -46,7 +46,7 @@ def _replicas(release: Resource) -> tuple[int, int]:
 def _pool_capacity(resources: Resources, found: Findings) -> None:
     """Each pool must hold every model scheduled on it at maximum replicas (replicas never span nodes)."""
     catalog = load_catalog()
-    groups = {(g.region, (g.inputs.get("labels") or {}).get(POOL_LABEL)): g for g in resources.of_type(NODE_GROUP)}
+    groups = {(p.region, p.name): p for p in recorded_pools(resources.all, catalog)}
     demand: dict[tuple[str, str | None], list[tuple[str, int, int]]] = {}
     for release, model in resources.model_releases():
         values = release.inputs.get("values") or {}
@@ -54,14 +54,14 @@ def _pool_capacity(resources: Resources, found: Findings) -> None:
         demand.setdefault((release.region, pool), []).append((model, as_int(values.get("gpus"), 1),
                                                               _replicas(release)[1]))
     for (region, pool), models in sorted(demand.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
-        group = groups.get((region, pool))
+        group = groups.get((region, str(pool)))
         if group is None:
             found.fail(f"models {', '.join(m for m, _, _ in models)} in {region} select pool {pool!r}, "
-                       f"which has no node group there")
+                       f"which has no node group or NodePool there")
             continue
-        types = [t for t in node_group_types(group.inputs) if t in catalog.instances]
+        types = [t for t in group.instance_types if t in catalog.instances]
         per_node = min((catalog.instance(t).gpus for t in types), default=0)
-        max_nodes = as_int((group.inputs.get("scalingConfig") or {}).get("maxSize"))
+        max_nodes = group.max_nodes or 0
         need = 0
         for model, gpus, reps in models:
             slots = per_node // gpus if gpus else 0
@@ -70,11 +70,13 @@ def _pool_capacity(resources: Resources, found: Findings) -> None:
                            f"with {per_node}")
                 continue
             need += -(-reps // slots)
-        found.judged(group, pool=pool, max_nodes=max_nodes, gpus_per_node=per_node, nodes_needed_at_max=need,
+        found.judged(group.resource, pool=pool, max_nodes=max_nodes, gpus_per_node=per_node, nodes_needed_at_max=need,
                      models={m: r for m, _, r in models})
         if need > max_nodes:
             found.fail(f"pool {pool} in {region} needs {need} nodes to run its models at maximum replicas "
-                       f"({', '.join(f'{m} x{r}' for m, _, r in models)}) but its node group stops at {max_nodes}: "
+                       f"({', '.join(f'{m} x{r}' for m, _, r in models)}) but "
+                       f"{'its node group stops' if group.kind == 'node-group' else 'its NodePool limits stop it'} "
+                       f"at {max_nodes}: "
                        f"the failover capacity counted on there does not exist")
 
 

@@ -64,7 +64,8 @@ DESCRIPTION = (
     "outside a region. Model weights stay in their zone too: a bucket replicates only to buckets of the stack "
     "in its own zone, and a restricted model's weights are staged (by its staging Jobs) and loaded (by its "
     "releases' s3:// sources) only from buckets in regions of its zone, whether the Job or release is the "
-    "model's or the path it writes or reads names the model's prefix (<model>/<revision>). Each residency zone has "
+    "model's or the path it writes or reads names the model's prefix (<model>/<revision>). Instance events "
+    "(Karpenter's interruption rules) go only to a target in the rule's own region. Each residency zone has "
     "its own DNS name (<zone>.<domain>) whose records route only to the zone's regions, both by their latency "
     "region and by the load balancer they point at: Route 53 answers only from the record set asked for, even "
     "when all of it is unhealthy, so that name never resolves outside the zone. A gateway's Amazon Bedrock fallbacks "
@@ -77,6 +78,21 @@ DESCRIPTION = (
 
 # The AWS Load Balancer Controller's chart (infra/components/load_balancer.py).
 LB_CONTROLLER_CHART = "aws-load-balancer-controller"
+
+EVENT_RULE = "aws:cloudwatch/eventRule:EventRule"
+EVENT_TARGET = "aws:cloudwatch/eventTarget:EventTarget"
+
+
+def _event_targets(resources: Resources, policy: PolicyConfig, found: Findings) -> None:
+    """An EventBridge target in another region would carry the region's instance events (ids, states, zones)
+    across zones: every target (Karpenter's interruption queue) must be in its rule's region."""
+    for target in resources.of_type(EVENT_TARGET):
+        where = _arn_region(str(target.inputs.get("arn") or ""))
+        found.judged(target, rule_region=target.region, target_region=where or None)
+        if where != target.region:
+            found.fail(f"EventBridge target {target.name} of a rule in {target.region} delivers to "
+                       f"{target.inputs.get('arn')}, outside the rule's region (zone "
+                       f"{policy.zone_of(target.region)!r})")
 
 # ELB hostnames name their region: <name>-<hash>.elb.<region>.amazonaws.com
 _ELB_REGION = re.compile(r"\.elb\.([a-z0-9-]+)\.amazonaws\.com\.?$")
@@ -140,6 +156,7 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
     _weights(resources, policy, found)
     _bedrock(resources, policy, found)
     _load_balancer_controllers(resources, found)
+    _event_targets(resources, policy, found)
 
     for secret in resources.of_type(SECRET):
         zone = policy.zone_of(secret.region)

@@ -66,6 +66,22 @@ LB_CONTROLLER_POLICY = (Path(__file__).resolve().parents[2] / "components" / "ve
 REVIEWED_VENDOR_STATEMENTS = frozenset(
     json.dumps(stmt, sort_keys=True) for stmt in json.loads(LB_CONTROLLER_POLICY.read_text())["Statement"])
 
+# The calls Karpenter's controller makes on resources it creates or discovers (its getting-started CloudFormation
+# policy @ v1.14.1, infra/components/karpenter.py): instances, fleets, launch templates, volumes and interfaces it
+# launches (writes conditioned on the cluster's kubernetes.io/cluster/<name>=owned tag), instance profiles it
+# makes for its node role, the region's public AMIs and SSM parameters under /aws/service/, and Describe calls
+# with no resource-level permissions. None reads a secret, a key or an object: a statement granting only these may
+# use a wildcard Resource.
+KARPENTER_ACTIONS = frozenset({
+    "ec2:RunInstances", "ec2:CreateFleet", "ec2:CreateLaunchTemplate", "ec2:CreateTags", "ec2:TerminateInstances",
+    "ec2:DeleteLaunchTemplate", "ec2:DescribeCapacityReservations", "ec2:DescribeImages", "ec2:DescribeInstances",
+    "ec2:DescribeInstanceStatus", "ec2:DescribeInstanceTypeOfferings", "ec2:DescribeInstanceTypes",
+    "ec2:DescribeLaunchTemplates", "ec2:DescribePlacementGroups", "ec2:DescribeSecurityGroups",
+    "ec2:DescribeSpotPriceHistory", "ec2:DescribeSubnets", "iam:CreateInstanceProfile", "iam:TagInstanceProfile",
+    "iam:AddRoleToInstanceProfile", "iam:RemoveRoleFromInstanceProfile", "iam:DeleteInstanceProfile",
+    "iam:GetInstanceProfile", "iam:ListInstanceProfiles", "ssm:GetParameter", "pricing:GetProducts",
+})
+
 # Condition keys that pin a wildcard principal down to named principals.
 PRINCIPAL_KEYS = {"aws:principalarn", "aws:principalaccount", "aws:principalorgid", "aws:userid"}
 
@@ -88,7 +104,9 @@ DESCRIPTION = (
     "Resource (or NotResource / NotPrincipal), or a wildcard Principal in an Allow statement; the one exception is a "
     "statement granting only the EC2 network-interface calls CodeBuild needs to place the deploy runner in the VPC "
     f"({', '.join(sorted(VPC_INTERFACE_ACTIONS))}), which AWS documents on a wildcard Resource and which read no "
-    "data, and S3 object ARNs under one named prefix of a bucket the stack creates (arn:aws:s3:::<bucket>/<model>/*: "
+    "data, a statement granting only the EC2, instance-profile, public SSM parameter and pricing calls Karpenter's "
+    "controller makes on what it launches and discovers (its upstream policy; none reads data), and S3 object "
+    "ARNs under one named prefix of a bucket the stack creates (arn:aws:s3:::<bucket>/<model>/*: "
     "a checkpoint's file names are unknown until it is staged), the statements of the AWS Load Balancer "
     "Controller's own policy exactly as upstream publishes it for the pinned version (reviewed: no secretsmanager "
     "or kms action), and Deny statements, which grant nothing. A wildcard "
@@ -136,8 +154,9 @@ def _wildcards(doc: dict[str, Any], buckets: frozenset[str] = frozenset()) -> li
     problems = []
     for i, stmt in enumerate(statements(doc)):
         sid = stmt.get("Sid") or f"statement {i}"
-        interface_only = stmt.get("Effect") == "Allow" and bool(as_list(stmt.get("Action"))) and \
+        interface_only = stmt.get("Effect") == "Allow" and bool(as_list(stmt.get("Action"))) and (
             all(str(a) in VPC_INTERFACE_ACTIONS for a in as_list(stmt.get("Action")))
+            or all(str(a) in KARPENTER_ACTIONS for a in as_list(stmt.get("Action"))))
         reviewed = json.dumps(stmt, sort_keys=True) in REVIEWED_VENDOR_STATEMENTS
         # A Deny on everything narrows what the other statements grant; it grants nothing itself.
         wild = [r for r in as_list(stmt.get("Resource")) if "*" in str(r)] if stmt.get("Effect") != "Deny" else []

@@ -5,18 +5,28 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 
 from infra.catalog import VersionSupport, load_catalog
-from infra.policy.rules.base import EKS_CLUSTER, NODE_GROUP, Findings, PolicyConfig, Resources
+from infra.plan.cost import EC2_NODE_CLASS
+from infra.policy.rules.base import EKS_CLUSTER, HELM_RELEASE, NODE_GROUP, Findings, PolicyConfig, Resources, as_list
 
 # EKS announces the end of standard support at least 60 days ahead (kubernetes-versions.html, "Amazon EKS
 # version FAQs"); an upgrade needs that long to be planned, tested on preview and rolled out.
 MIN_DAYS_LEFT = 60
+
+# The oldest Karpenter release that supports each Kubernetes version (website/content/en/docs/upgrading/
+# compatibility.md, "Compatibility Matrix", aws/karpenter-provider-aws @ 1d927085, the v1.14.1 docs).
+KARPENTER_SUPPORTS = {"1.30": "0.37", "1.31": "1.0.5", "1.32": "1.2", "1.33": "1.5", "1.34": "1.6", "1.35": "1.9",
+                      "1.36": "1.13"}
+KARPENTER_CHART = "karpenter"
 
 DESCRIPTION = (
     "Every EKS cluster runs a Kubernetes version listed in the EKS version calendar (infra/catalog.yaml, from the "
     "EKS user guide), and its support (standard support, the program's upgrade policy) lasts at least "
     f"{MIN_DAYS_LEFT} days past the plan's date. When support ends EKS upgrades the control plane itself, and the "
     "next deploy would try to set the old version back, a downgrade EKS refuses; a failure names the version to "
-    "upgrade to and its end date. Every managed node group is pinned to its cluster's version.")
+    "upgrade to and its end date. Every managed node group is pinned to its cluster's version. Every Karpenter "
+    "release supports its cluster's Kubernetes version (Karpenter's compatibility matrix), and every "
+    "EC2NodeClass pins its AMI to a release (an alias family@vYYYYMMDD, never @latest, which moves under a "
+    "running pool; Karpenter picks that release's image for the cluster's own Kubernetes version).")
 
 
 def _version(value: object) -> str:
@@ -76,6 +86,7 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
                        f"{today.isoformat()} (at least {MIN_DAYS_LEFT} needed): EKS will then upgrade the cluster "
                        f"itself and the next deploy would ask for a downgrade; "
                        f"{_upgrade_path(version, calendar, support_type, today)}")
+    _karpenter(resources, versions, found)
     for group in resources.of_type(NODE_GROUP):
         version = _version(group.inputs.get("version"))
         want = versions.get(group.region)
@@ -85,3 +96,32 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
                        f"{'not pinned to a version' if not version else f'pinned to {version}'}; pin it to its "
                        f"cluster's {want} (EKS never upgrades managed node groups on its own)")
     return found
+
+
+def _karpenter(resources: Resources, versions: dict[str, str], found: Findings) -> None:
+    for release in resources.of_type(HELM_RELEASE):
+        chart = str(release.inputs.get("chart") or "").rstrip("/").rsplit("/", 1)[-1]
+        if chart != KARPENTER_CHART:
+            continue
+        version, kubernetes = str(release.inputs.get("version") or ""), versions.get(release.region, "")
+        oldest = KARPENTER_SUPPORTS.get(kubernetes)
+        found.judged(release, karpenter=version or None, kubernetes=kubernetes or None, oldest_supported=oldest)
+        if not version:
+            found.fail(f"Karpenter release {release.name} in {release.region} pins no chart version")
+        elif kubernetes and oldest is None:
+            found.fail(f"Karpenter's compatibility matrix (infra/policy/rules/versions.py) does not list Kubernetes "
+                       f"{kubernetes}, which {release.region}'s cluster runs: check that Karpenter {version} "
+                       f"supports it and add it")
+        elif oldest is not None and _key(version) < _key(oldest):
+            found.fail(f"Karpenter {version} in {release.region} does not support Kubernetes {kubernetes} "
+                       f"(Karpenter {oldest} or newer does): upgrade Karpenter before the cluster")
+    for node_class in resources.of_type(EC2_NODE_CLASS):
+        spec = node_class.inputs.get("spec") or {}
+        aliases = [str(t.get("alias")) for t in as_list(spec.get("amiSelectorTerms")) if t.get("alias")]
+        found.judged(node_class, ami_aliases=aliases)
+        for alias in aliases:
+            pinned = alias.split("@", 1)[1] if "@" in alias else ""
+            if not pinned or pinned == "latest":
+                found.fail(f"EC2NodeClass {node_class.name} in {node_class.region} selects AMI alias {alias!r}: "
+                           f"pin a release (e.g. al2023@v20260714), or every new AMI rolls the pool's nodes "
+                           f"unreviewed")
