@@ -34,6 +34,11 @@ PROXY_ADDRESS = re.compile(r"http://(?:0\.0\.0\.0|localhost|127\.0\.0\.1):4000")
 LEFT_OUT: dict[str, str] = {
     "test_openai_endpoints.py::test_chat_completion_old_key": "a key that exists only in LiteLLM's CI database",
     "test_users.py::test_users_budgets_reset": "skipped upstream; sleeps 70 s up to three times",
+    "test_team.py::test_team_alias": "LiteLLM-only team `model_aliases` (accepted and reported in `ignored_fields`, "
+                                     "not applied)",
+    "test_team.py::test_users_in_team_budget": "LiteLLM-only per-member budgets (`/team/member_update` with "
+                                               "`max_budget_in_team`) and a 90 s wait for LiteLLM's spend queue",
+    "test_team.py::test_team_member_add_email": "imports `tests.test_users` from LiteLLM's own repository layout",
     "test_end_users.py::test_end_user_specific_region": "LiteLLM-only `allowed_model_region` on a model "
                                                         "(`gpt-3.5-turbo-end-user-test`) with a region, "
                                                         "answered in `x-litellm-model-region`",
@@ -41,6 +46,10 @@ LEFT_OUT: dict[str, str] = {
 
 # Real differences of the gateway from LiteLLM's key API, each expected to fail until the gateway is changed.
 DIFFERENCES: dict[str, str] = {
+    "test_team.py::test_team_update_sc_2": "LiteLLM also makes the caller (the master key's user) a member of a team "
+                                           "it creates, so it counts 12 members; the gateway keeps the 11 it was "
+                                           "given",
+    "test_team.py::test_team_delete": "no POST /team/delete (404)",
     "test_end_users.py::test_end_user_new": "no POST /end_user/new (end users are not built)",
     "test_end_users.py::test_enduser_tpm_limits_non_master_key": "no POST /budget/new, no /end_user/new: the "
                                                                  "end user's tpm_limit is not enforced",
