@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -75,6 +76,7 @@ class LiteLLMTestFiles(pytest.File):
         if missing:
             raise pytest.UsageError(f"{ENV}={source}: no {', '.join(missing)} there (LiteLLM's tests/ directory?)")
         copies = Path(tempfile.mkdtemp(prefix="litellm-tests-"))
+        self.config.add_cleanup(lambda: shutil.rmtree(copies, ignore_errors=True))
         address = f"http://127.0.0.1:{proxy_port(self.config)}"
         modules = []
         for name in _listed():
