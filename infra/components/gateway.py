@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
@@ -93,7 +94,7 @@ TARGET_HEALTHY_SECONDS = 300
 NAMESPACE_DELETE_TIMEOUT = "20m"
 
 
-def rollout_timeout_seconds(values: dict) -> int:
+def rollout_timeout_seconds(values: dict[str, Any]) -> int:
     """How long `pulumi up` waits for the gateway's atomic release: with readiness gates each new pod counts only
     once it is a healthy NLB target, and in the worst case (maxSurge one pod) the replicas roll one after another.
     Old pods' drain is not waited for (Helm waits for the new ReplicaSet's readiness, not the old one's end)."""
