@@ -432,8 +432,9 @@ def _target_group_attributes(r: Rendered) -> dict[str, str]:
 
 @REGIONS
 def test_a_terminating_gateway_keeps_accepting_until_the_nlb_stops_routing_to_it(prod, region):
-    """The gateway stops accepting at SIGTERM (aiohttp closes its listener first), so the preStop sleep must outlast
-    the time the NLB still opens connections to the deregistered target, with room for the controller's reconcile."""
+    """The gateway stops accepting at SIGTERM (gateway/server.py, serve: `site.stop()` first), so the preStop must
+    outlast the time the NLB still opens connections to the deregistered target, with room for the controller's
+    reconcile."""
     pre_stop = _prod(prod, region).container("gateway")["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert pre_stop >= NLB_KEEPS_ROUTING_SECONDS + 10
 
