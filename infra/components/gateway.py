@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
@@ -16,6 +17,7 @@ from infra.chart_values import (
     GATEWAY_RELEASE,
     gateway_service_account_subject,
     gateway_values,
+    live_replicas,
 )
 from infra.config import BEDROCK, Region, StackConfig
 
@@ -78,6 +80,29 @@ def bedrock_invoke_policy(region: str, account: str, model_ids: list[str]) -> di
     return {"Version": "2012-10-17", "Statement": statements}
 
 
+# The AWS Load Balancer Controller's pod webhook (`mpod.elbv2.k8s.aws`, chart templates/webhook.yaml@3.5.0, installed
+# whatever enableServiceMutatorWebhook says) selects namespaces with this label and gives their new pods a readiness
+# gate `target-health.elbv2.k8s.aws/...`: Ready only once the NLB's target group reports the pod healthy
+# (docs/deploy/pod_readiness_gate.md@v3.5.0), so a rolling update never removes an old target before its
+# replacement serves.
+READINESS_GATE_LABEL = {"elbv2.k8s.aws/pod-readiness-gate-inject": "enabled"}
+# How long a new gateway pod may take, once started, to become a healthy NLB target: registration ("can take a few
+# minutes", and slower on an NLB than an ALB: kubernetes-sigs/aws-load-balancer-controller#3621), then the health
+# check's healthy threshold (3 checks 10 s apart, the controller's defaults for a Service: annotations.md@v3.5.0).
+TARGET_HEALTHY_SECONDS = 300
+# Deleting the namespace waits for the release's pods to end: each may take its whole terminationGracePeriodSeconds.
+NAMESPACE_DELETE_TIMEOUT = "20m"
+
+
+def rollout_timeout_seconds(values: dict[str, Any]) -> int:
+    """How long `pulumi up` waits for the gateway's atomic release: with readiness gates each new pod counts only
+    once it is a healthy NLB target, and in the worst case (maxSurge one pod) the replicas roll one after another.
+    Old pods' drain is not waited for (Helm waits for the new ReplicaSet's readiness, not the old one's end)."""
+    startup = values.get("probes", {}).get("startup", {"periodSeconds": 2, "failureThreshold": 30})
+    per_pod = int(startup["periodSeconds"]) * int(startup["failureThreshold"]) + TARGET_HEALTHY_SECONDS
+    return live_replicas(values) * per_pod + 300
+
+
 def gateway_role(name: str, region: str, path: str, tags: dict[str, str], oidc_provider_arn: pulumi.Input[str],
                  issuer: pulumi.Input[str], iam: aws.Provider, parent: pulumi.Resource) -> aws.iam.Role:
     return aws.iam.Role(
@@ -126,15 +151,29 @@ class Gateway(pulumi.ComponentResource):
                 policy=pulumi.Output.from_input(args.secret_arns[0]).apply(
                     lambda arn: json.dumps(bedrock_invoke_policy(region, str(arn).split(":")[4], models))),
                 opts=pulumi.ResourceOptions(parent=self, provider=iam)))
+        controller = [args.load_balancer_controller] if args.load_balancer_controller else []
+        # The program owns the namespace (not the release's create_namespace, which Helm neither labels nor
+        # deletes). Create: the label only matters when a pod is created, and the release's pods come after the
+        # controller, whose webhook then serves. Destroy: Pulumi deletes dependents first, so the release goes
+        # (its atomic delete waits for its objects), then the namespace (waiting for the pods' drain), then the
+        # controller, which is still there to lift the finalizers it put on the Service and its TargetGroupBinding
+        # in this namespace (`service.k8s.aws/resources`, `elbv2.k8s.aws/resources`): nothing is left stuck
+        # terminating.
+        self.namespace = k8s.core.v1.Namespace(
+            f"{name}-namespace",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=GATEWAY_NAMESPACE, labels=READINESS_GATE_LABEL),
+            opts=pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=controller,
+                                        custom_timeouts=pulumi.CustomTimeouts(delete=NAMESPACE_DELETE_TIMEOUT)))
+        values = gateway_values(args.cfg, args.region, role_arn=args.role.arn, config=args.config,
+                                certificate_arn=args.certificate_arn, tags=args.tags)
         self.release = k8s.helm.v3.Release(
             name,
             name=GATEWAY_RELEASE,
             chart=str(GATEWAY_CHART),
             namespace=GATEWAY_NAMESPACE,
-            create_namespace=True,
             atomic=True,
-            values=gateway_values(args.cfg, args.region, role_arn=args.role.arn, config=args.config,
-                                  certificate_arn=args.certificate_arn, tags=args.tags),
+            timeout=rollout_timeout_seconds(values),
+            values=values,
             opts=pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=[
-                *policies, *([args.load_balancer_controller] if args.load_balancer_controller else [])]))
+                *policies, self.namespace, *controller]))
         self.register_outputs({"role_arn": args.role.arn})

@@ -69,7 +69,7 @@ GATEWAY_EVERYTHING_ON = {
     "discovery": {"enabled": True, "namespaces": ["llm-serving", "llm-batch"]},
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
     "extraEnv": [{"name": "LOG_LEVEL", "value": "info"}],
-    "drain": {"preStopSeconds": 15, "marginSeconds": 15},
+    "drain": {"preStopSeconds": 130, "marginSeconds": 15},
     "tests": {"image": {"repository": "curlimages/curl", "tag": "8.16.0", "digest": DIGEST}},
 }
 GATEWAY_EVERYTHING_OFF = {"autoscaling": {"enabled": False}, "service": {"loadBalancer": {"enabled": False}},

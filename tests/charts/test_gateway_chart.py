@@ -411,12 +411,65 @@ def test_the_grace_period_covers_the_pre_stop_and_the_gateways_own_shutdown_grac
     assert r.pod_spec()["terminationGracePeriodSeconds"] >= pre_stop + _shutdown_grace(r) + 5
 
 
-@pytest.mark.parametrize(("grace", "expected"), [(None, 10 + 50 + 10), (90.5, 10 + 91 + 10), (0, 10 + 0 + 10)],
+@pytest.mark.parametrize(("grace", "expected"), [(None, 130 + 50 + 10), (90.5, 130 + 91 + 10), (0, 130 + 0 + 10)],
                          ids=["the gateway's default", "a fraction rounds up", "none"])
 def test_the_grace_period_follows_shutdown_grace_wherever_the_config_sets_it(grace, expected):
     front_door = {} if grace is None else {"front_door": {"shutdown_grace": grace}}
     r = _defaults({"config": {"version": 1, "gateway": front_door, "models": []}})
     assert r.pod_spec()["terminationGracePeriodSeconds"] == expected
+
+
+# An NLB keeps opening new connections to a deregistering target for about 120 s, whatever its deregistration delay
+# (kubernetes-sigs/aws-load-balancer-controller#2366, #3270; aws/containers-roadmap#470); the controller deregisters
+# the target only after it sees the pod leave the Service's endpoints.
+NLB_KEEPS_ROUTING_SECONDS = 120
+
+
+def _target_group_attributes(r: Rendered) -> dict[str, str]:
+    annotations = r.one("Service", f"{GATEWAY_RELEASE}-public")["metadata"]["annotations"]
+    return dict(pair.split("=", 1) for pair in annotations[ANNOTATION + "target-group-attributes"].split(","))
+
+
+@REGIONS
+def test_a_terminating_gateway_keeps_accepting_until_the_nlb_stops_routing_to_it(prod, region):
+    """The gateway stops accepting at SIGTERM (gateway/server.py, serve: `site.stop()` first), so the preStop must
+    outlast the time the NLB still opens connections to the deregistered target, with room for the controller's
+    reconcile."""
+    pre_stop = _prod(prod, region).container("gateway")["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pre_stop >= NLB_KEEPS_ROUTING_SECONDS + 10
+
+
+@REGIONS
+def test_the_nlb_keeps_a_draining_targets_connections_as_long_as_the_pod_may_live(prod, region):
+    """deregistration_delay.timeout_seconds (0-3600 s; docs/guide/service/annotations.md@v3.5.0,
+    target-group-attributes): a stream the gateway still drains after its preStop is never cut by the NLB first."""
+    r = _prod(prod, region)
+    delay = int(_target_group_attributes(r)["deregistration_delay.timeout_seconds"])
+    assert delay == r.pod_spec()["terminationGracePeriodSeconds"] <= 3600
+    pre_stop = r.container("gateway")["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert delay >= pre_stop + _shutdown_grace(r)
+
+
+def test_the_deregistration_delay_follows_the_drain_and_cannot_be_set_apart():
+    values = {"service": {"loadBalancer": {"enabled": True, "hosts": ["api.example.com"],
+                                           "certificateArns": [certificate_arn("us-east-1")]}},
+              "config": {"version": 1, "gateway": {"front_door": {"shutdown_grace": 30}}, "models": []},
+              "drain": {"preStopSeconds": 150, "marginSeconds": 20}}
+    assert _target_group_attributes(_defaults(values))["deregistration_delay.timeout_seconds"] == str(150 + 30 + 20)
+    message = install_error(GATEWAY_CHART, merged(values, {"service": {"loadBalancer": {
+        "deregistrationDelaySeconds": 70}}}), name=GATEWAY_RELEASE, namespace=GATEWAY_NAMESPACE)
+    assert "deregistrationDelaySeconds" in message
+
+
+@pytest.mark.parametrize(("load_balancer", "accepted"), [(True, False), (False, True)],
+                         ids=["behind the NLB: refused", "in-cluster only: accepted"])
+def test_a_pre_stop_shorter_than_the_nlbs_deregistration_is_refused_behind_the_nlb(load_balancer, accepted):
+    lb = {"enabled": load_balancer, "hosts": ["api.example.com"], "certificateArns": [certificate_arn("us-east-1")]}
+    message = install_error(GATEWAY_CHART, {"service": {"loadBalancer": lb}, "drain": {"preStopSeconds": 10}},
+                            name=GATEWAY_RELEASE, namespace=GATEWAY_NAMESPACE)
+    assert (message == "") is accepted, message
+    if not accepted:
+        assert "preStopSeconds" in message
 
 
 def test_the_grace_period_cannot_be_set_apart_from_the_drain():

@@ -12,6 +12,13 @@ import pulumi_kubernetes as k8s
 import pytest
 from moto import mock_aws
 
+from infra.chart_values import GATEWAY_NAMESPACE
+from infra.components.gateway import (
+    NAMESPACE_DELETE_TIMEOUT,
+    READINESS_GATE_LABEL,
+    TARGET_HEALTHY_SECONDS,
+    rollout_timeout_seconds,
+)
 from infra.components.load_balancer import (
     CONTROLLER_CHART,
     CONTROLLER_NAMESPACE,
@@ -172,6 +179,74 @@ def test_the_gateways_service_depends_on_the_controller_so_a_destroy_removes_it_
     assert {f"{region}-lb-controller", f"{region}-lb-controller-region"} <= _names(controller.depends_on)
     component = options[("llm-platform:cluster:LoadBalancerController", region)]
     assert f"{region}-system" in _names(component.depends_on)  # its pods run on the system nodes
+
+
+# -- readiness gates: the gateway's namespace ------------------------------------------------------
+
+NAMESPACE = "kubernetes:core/v1:Namespace"
+
+
+def test_the_controllers_pod_webhook_selects_the_labelled_namespace_even_without_the_service_webhook(
+        prod_plan: Plan) -> None:
+    """`mpod.elbv2.k8s.aws` (templates/webhook.yaml@3.5.0) is rendered with the Service webhook off, selects
+    namespaces by the readiness-gate label, and ignores its own failures (a pod created while no controller replica
+    answers gets no gate and is Ready on its probe alone, as before: a degraded rollout, never a blocked scale-up)."""
+    chart = VENDORED_CHARTS / f"{CONTROLLER_CHART[0]}-{CONTROLLER_CHART[1]}"
+    release = controllers(prod_plan)["us-east-1"]
+    values = json.loads(json.dumps(release.inputs["values"]))
+    rendered = render(chart, values, name=release.inputs["name"], namespace=CONTROLLER_NAMESPACE)
+    (hook,) = [h for w in rendered.all("MutatingWebhookConfiguration") for h in w["webhooks"]
+               if h["name"] == "mpod.elbv2.k8s.aws"]
+    (label, value), = READINESS_GATE_LABEL.items()
+    assert hook["namespaceSelector"] == {"matchExpressions": [{"key": label, "operator": "In", "values": [value]}]}
+    assert hook["failurePolicy"] == "Ignore"
+    assert [r["operations"] for r in hook["rules"]] == [["CREATE"]] and hook["rules"][0]["resources"] == ["pods"]
+
+
+@pytest.mark.parametrize("region", PROD_REGIONS)
+def test_the_program_owns_the_gateways_namespace_labelled_for_readiness_gates(prod_plan: Plan, region) -> None:
+    (namespace,) = [n for n in prod_plan.of_type(NAMESPACE) if n.name == f"{region}-gateway-namespace"]
+    metadata = namespace.inputs["metadata"]
+    assert metadata["name"] == GATEWAY_NAMESPACE
+    assert metadata["labels"] == READINESS_GATE_LABEL == {"elbv2.k8s.aws/pod-readiness-gate-inject": "enabled"}
+    release = next(r for r in prod_plan.of_type(RELEASE) if r.name == f"{region}-gateway")
+    # Helm neither labels nor deletes a namespace it creates: the release must not make its own.
+    assert release.inputs["namespace"] == GATEWAY_NAMESPACE and not release.inputs.get("createNamespace")
+
+
+@pytest.mark.parametrize("region", PROD_REGIONS)
+def test_the_release_comes_after_its_namespace_and_the_namespace_goes_before_the_controller(options, region) -> None:
+    """Create: namespace (labelled), then the release, whose pods the controller's webhook (serving: its atomic
+    release is done) gates. Destroy, in reverse: the release (its atomic delete waits for its objects), then the
+    namespace (waiting up to its delete timeout for the pods' drain), then the controller, still there to lift its
+    finalizers on the Service and the TargetGroupBinding in that namespace, so nothing is left terminating."""
+    gateway = options[(RELEASE, f"{region}-gateway")]
+    assert {f"{region}-gateway-namespace", f"{region}-aws-load-balancer-controller"} <= _names(gateway.depends_on)
+    namespace = options[(NAMESPACE, f"{region}-gateway-namespace")]
+    assert f"{region}-aws-load-balancer-controller" in _names(namespace.depends_on)
+    assert namespace.custom_timeouts is not None and namespace.custom_timeouts.delete == NAMESPACE_DELETE_TIMEOUT
+
+
+def test_the_namespace_delete_timeout_outlasts_the_gateways_drain(prod_plan: Plan) -> None:
+    minutes = int(NAMESPACE_DELETE_TIMEOUT.removesuffix("m"))
+    for region in PROD_REGIONS:
+        release = next(r for r in prod_plan.of_type(RELEASE) if r.name == f"{region}-gateway")
+        rendered = render(ROOT / "charts/gateway", json.loads(json.dumps(release.inputs["values"])),
+                          name=release.inputs["name"], namespace=GATEWAY_NAMESPACE)
+        grace = rendered.pod_spec()["terminationGracePeriodSeconds"]
+        assert minutes * 60 >= 2 * grace, (region, grace)
+
+
+@pytest.mark.parametrize("region", PROD_REGIONS)
+def test_the_release_waits_long_enough_for_every_replica_to_become_a_healthy_target(prod_plan: Plan, region) -> None:
+    """With readiness gates a new pod counts only once the NLB reports it healthy; Pulumi's default 300 s would
+    roll an atomic release back mid-rollout."""
+    release = next(r for r in prod_plan.of_type(RELEASE) if r.name == f"{region}-gateway")
+    values = release.inputs["values"]
+    timeout = release.inputs["timeout"]
+    assert timeout == rollout_timeout_seconds(values)
+    replicas = max(values["replicaCount"], values["autoscaling"]["maxReplicas"])
+    assert timeout >= replicas * TARGET_HEALTHY_SECONDS > 300
 
 
 @pytest.mark.parametrize("region", PROD_REGIONS)
