@@ -17,6 +17,7 @@ from infra.components.hub_peering import HubPeering, HubPeeringArgs
 from infra.components.model_serving import ModelServing, ModelServingArgs
 from infra.components.model_token import model_server_role, model_token_policy
 from infra.components.model_weights import ModelWeights, ModelWeightsArgs, WeightsStaging, WeightsStagingArgs
+from infra.components.monitoring import Monitoring, MonitoringArgs
 from infra.components.network import Network, NetworkArgs
 from infra.components.node_pool import NodePool, NodePoolArgs
 from infra.components.providers import global_provider, iam_path, regional_provider, stack_tags
@@ -88,6 +89,13 @@ class RegionalStack:
             secrets_store=cfg.secrets.huggingface_token), k8s,
             # ingress-nginx runs on the system nodes (GPU pools are tainted), so they must exist first.
             pulumi.ResourceOptions(parent=parent, depends_on=[self.cluster.system_nodes]))
+        # Metrics, dashboards and alerts of the region (README: Metrics and alerts), on the system nodes.
+        self.monitoring = Monitoring(f"{name}-monitoring", MonitoringArgs(
+            stack=cfg.stack, region=name, iam_path=iam_path(cfg.stack), tags=tags,
+            oidc_provider_arn=self.cluster.oidc.arn, oidc_issuer=self.cluster.oidc_issuer,
+            cluster_name=self.cluster.eks.name, alert_emails=tuple(cfg.budget.alert_emails),
+            monthly_budget_usd=cfg.budget.monthly_usd, regions=len(cfg.regions)),
+            k8s, self.provider, iam, pulumi.ResourceOptions(parent=parent, depends_on=[self.cluster.system_nodes]))
         self.gateway_role = gateway_role(
             f"{name}-gateway", name, iam_path(cfg.stack), tags,
             self.cluster.oidc.arn, self.cluster.oidc_issuer, iam, parent)
@@ -126,7 +134,8 @@ class RegionalStack:
             )) if self.weights else None
         self.serving = []
         for model in cfg.models_in(name):
-            after: list[pulumi.Resource] = [self.addons, self.pools[model.pool], *token_ready]
+            # The release renders a ServiceMonitor: its CRD comes with the metrics stack.
+            after: list[pulumi.Resource] = [self.addons, self.monitoring.stack, self.pools[model.pool], *token_ready]
             if staging and self.weights and self.weights_read and model.name in staging.jobs:
                 after += [staging.jobs[model.name], self.weights_read]
             self.serving.append(ModelServing(f"{name}-{model.name}", ModelServingArgs(
@@ -186,6 +195,7 @@ class Platform(pulumi.ComponentResource):
                 Gateway(f"{region_name}-gateway", GatewayArgs(
                     cfg=cfg, region=rs.region, role=rs.gateway_role, secret_arns=secrets.arns[region_name],
                     key_arn=secrets.key_arns[region_name], config=gateway_config(cfg, rs.region)),
-                    rs.cluster.kubernetes, iam, pulumi.ResourceOptions(parent=self, depends_on=[rs.addons]))
+                    rs.cluster.kubernetes, iam,
+                    pulumi.ResourceOptions(parent=self, depends_on=[rs.addons, rs.monitoring.stack]))
                 dns.add_region(region_name, rs.addons.load_balancer_hostname)
         self.register_outputs({"regions": list(regions), "domain": cfg.gateway.domain})
