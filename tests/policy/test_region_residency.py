@@ -227,3 +227,21 @@ def test_weights_bucket_replicated_out_of_its_zone_is_rejected(prod_plan):
     assert_rejected(result_of_resources(prod_plan, resources, "region-residency"),
                     "bucket replication eu-north-1-weights-replication copies llmp-prod-weights-",
                     "(zone 'eu') to llmp-prod-weights-", "in us-east-1, outside its zone")
+
+
+def test_every_regions_alerts_go_to_a_topic_in_that_region(prod_plan):
+    res = result(prod_plan, "region-residency")
+    sent = [e for e in res.evidence if "alert_topic" in e]
+    assert len(sent) == len(prod_plan.config.regions)
+    for e in sent:
+        assert e["alert_topic"].startswith(f"arn:aws:sns:{e['region']}:") and e["sigv4_region"] == e["region"]
+
+
+def test_alerts_sent_to_a_topic_in_another_region_are_rejected(prod_plan):
+    def to_virginia(rs):
+        release = find(rs, RELEASE, "eu-west-2-monitoring-prometheus-stack")
+        sns = release.inputs["values"]["alertmanager"]["config"]["receivers"][1]["sns_configs"][0]
+        sns["topic_arn"] = "arn:aws:sns:us-east-1:123456789012:llmp-prod-alerts-us-east-1"
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, to_virginia), "region-residency"),
+                    "Alertmanager of release eu-west-2-monitoring-prometheus-stack in eu-west-2 sends alerts to "
+                    "arn:aws:sns:us-east-1:")

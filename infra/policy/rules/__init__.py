@@ -75,6 +75,8 @@ CONTROLS: list[Control] = [
                 f"{_T}test_region_residency.py::test_weights_bucket_replicated_out_of_its_zone_is_rejected",
                 f"{_T}test_region_residency.py::"
                 "test_another_models_release_loading_a_restricted_models_prefix_outside_its_zone_is_rejected",
+                f"{_T}test_region_residency.py::test_every_regions_alerts_go_to_a_topic_in_that_region",
+                f"{_T}test_region_residency.py::test_alerts_sent_to_a_topic_in_another_region_are_rejected",
             ]),
     Control("failover-topology", "Losing any one region leaves every model serving, and DNS routes around it",
             failover.DESCRIPTION, MANDATORY, failover.check, [
@@ -142,6 +144,9 @@ CONTROLS: list[Control] = [
                 f"{_T}test_cluster_hardening.py::test_public_endpoint_without_allow_list_is_rejected",
                 f"{_T}test_cluster_hardening.py::test_cluster_without_secrets_encryption_is_rejected",
                 f"{_T}test_cluster_hardening.py::test_cluster_without_audit_logs_is_rejected",
+                f"{_T}test_cluster_hardening.py::test_metrics_are_stored_on_encrypted_volumes_and_alerts_in_encrypted_topics",
+                f"{_T}test_cluster_hardening.py::test_prometheus_on_an_unencrypted_storage_class_is_rejected",
+                f"{_T}test_cluster_hardening.py::test_an_unencrypted_alert_topic_is_rejected",
             ]),
     Control("version-support", "Clusters run a Kubernetes version EKS supports well past the plan's date",
             versions.DESCRIPTION, MANDATORY, versions.check, [

@@ -1,10 +1,19 @@
 """Control `cluster-hardening`: EKS API endpoints are private or allow-listed, secrets are envelope-encrypted, the
-control plane logs."""
+control plane logs, the metrics stack's volume and alert topic are encrypted."""
 from __future__ import annotations
 
 import ipaddress
 
-from infra.policy.rules.base import EKS_CLUSTER, KMS_KEY, Findings, PolicyConfig, Resources, as_list
+from infra.policy.rules.base import (
+    EKS_CLUSTER,
+    HELM_RELEASE,
+    KMS_KEY,
+    Findings,
+    PolicyConfig,
+    Resource,
+    Resources,
+    as_list,
+)
 
 REQUIRED_LOGS = ("api", "audit", "authenticator")
 # The widest public allow-list entry accepted: a /16 is already 65,536 addresses; CI egress ranges are far smaller.
@@ -14,7 +23,12 @@ DESCRIPTION = (
     "Every EKS cluster's API endpoint is private, or public only to an allow-list of CIDR blocks none wider "
     f"than a /{WIDEST_PUBLIC_PREFIX[4]} (IPv4) or /{WIDEST_PUBLIC_PREFIX[6]} (IPv6); private access stays on. "
     "Kubernetes Secrets are envelope-encrypted with a KMS key this stack creates in the cluster's region. "
-    f"Control plane logging is on for at least {', '.join(REQUIRED_LOGS)}.")
+    f"Control plane logging is on for at least {', '.join(REQUIRED_LOGS)}. Prometheus stores its data on a volume "
+    "of a StorageClass the stack creates in the same cluster with EBS encryption on, and every alert topic (SNS) "
+    "is encrypted with a KMS key.")
+SNS_TOPIC = "aws:sns/topic:Topic"
+STORAGE_CLASS = "kubernetes:storage.k8s.io/v1:StorageClass"
+PROMETHEUS_STACK_CHART = "kube-prometheus-stack"
 
 
 def check(resources: Resources, policy: PolicyConfig) -> Findings:
@@ -60,4 +74,42 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
         if missing:
             found.fail(f"EKS cluster {cluster.name} in {cluster.region} does not log {', '.join(missing)} from "
                        f"its control plane")
+    _metrics_at_rest(resources, found)
     return found
+
+
+def _storage_class_name(release: Resource) -> str:
+    spec = ((release.inputs.get("values") or {}).get("prometheus") or {}).get("prometheusSpec") or {}
+    claim = ((spec.get("storageSpec") or {}).get("volumeClaimTemplate") or {}).get("spec") or {}
+    return str(claim.get("storageClassName") or "")
+
+
+def _metrics_at_rest(resources: Resources, found: Findings) -> None:
+    """Prometheus' TSDB (it holds model names, teams and spend) on an encrypted EBS volume; alerts in an encrypted
+    topic. EBS encrypts a volume the CSI driver makes when the class says `encrypted: "true"`
+    (kubernetes-sigs/aws-ebs-csi-driver docs/parameters.md)."""
+    classes = {(c.region, str((c.inputs.get("metadata") or {}).get("name"))): c
+               for c in resources.of_type(STORAGE_CLASS)}
+    for release in resources.of_type(HELM_RELEASE):
+        if release.inputs.get("chart") != PROMETHEUS_STACK_CHART:
+            continue
+        name = _storage_class_name(release)
+        cls = classes.get((release.region, name))
+        params = (cls.inputs.get("parameters") or {}) if cls is not None else {}
+        found.judged(release, prometheus_storage_class=name or None, encrypted=params.get("encrypted"),
+                     volume_type=params.get("type"))
+        if not name:
+            found.fail(f"Prometheus of release {release.name} in {release.region} keeps its data on the node's disk "
+                       "(no storageSpec): it is lost with the pod and not on an encrypted volume")
+        elif cls is None:
+            found.fail(f"Prometheus of release {release.name} in {release.region} claims StorageClass {name!r}, "
+                       "which the stack does not create there")
+        elif str(params.get("encrypted")).lower() != "true":
+            found.fail(f"StorageClass {name!r} in {release.region} (Prometheus' volume) does not encrypt its EBS "
+                       "volumes (parameters.encrypted is not \"true\")")
+    for topic in resources.of_type(SNS_TOPIC):
+        key = topic.inputs.get("kmsMasterKeyId")
+        found.judged(topic, topic=topic.inputs.get("name"), kms_master_key_id=key)
+        if not key:
+            found.fail(f"SNS topic {topic.inputs.get('name') or topic.name} in {topic.region} is not encrypted at rest "
+                       "(no kmsMasterKeyId)")
