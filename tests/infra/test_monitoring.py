@@ -271,3 +271,19 @@ def test_the_vllm_and_gateway_releases_render_their_service_monitors(prod_plan: 
     for release in prod_plan.of_type(RELEASE_TYPE):
         if Path(str(release.inputs.get("chart"))).name in (VLLM_CHART.name, GATEWAY_CHART.name):
             assert release.inputs["values"]["metrics"]["serviceMonitor"]["enabled"] is True, release.name
+
+
+def test_the_cost_estimate_prices_each_regions_prometheus_volume(prod_plan: Plan) -> None:
+    """The volume bills (about 4 USD a month for 50 GiB of gp3 in us-east-1); the SNS topic does not, to speak of
+    (e-mail deliveries of a few alerts a day are within SNS' free tier)."""
+    from infra.catalog import load_catalog
+    from infra.plan.cost import estimate, prometheus_volume_gib
+    catalog = load_catalog()
+    releases = [r for r in prod_plan.of_type(RELEASE_TYPE) if r.inputs.get("chart") == PROMETHEUS_STACK[0]]
+    assert {prometheus_volume_gib(r) for r in releases} == {50}
+    with_volumes = estimate(prod_plan.resources, 1.0, catalog)
+    without = estimate([r for r in prod_plan.resources if r not in releases], 1.0, catalog)
+    for release in releases:
+        added = with_volumes.fixed_monthly_usd[release.region] - without.fixed_monthly_usd[release.region]
+        assert added == pytest.approx(catalog.fixed_monthly_usd("ebs_gp3_gib", release.region, 50))
+        assert 3 < added < 6
