@@ -112,8 +112,10 @@ def prometheus_stack_values(args: MonitoringArgs, topic_arn: Any, alertmanager_r
         },
         "grafana": {
             **_on_system_nodes({"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}),
+            # The dashboards' ConfigMaps live beside Grafana: the sidecar reads only its own namespace's (the
+            # stack's default is ALL, every ConfigMap in the cluster, the gateway's config included).
             "sidecar": {"dashboards": {"enabled": True, "label": DASHBOARD_LABEL[0], "labelValue": DASHBOARD_LABEL[1],
-                                       "searchNamespace": "ALL"}},
+                                       "searchNamespace": NAMESPACE}},
         },
         "kube-state-metrics": _on_system_nodes({"requests": {"cpu": "50m", "memory": "128Mi"},
                                                 "limits": {"memory": "256Mi"}}),

@@ -232,7 +232,7 @@ def test_the_grafana_sidecar_loads_the_dashboard_config_maps() -> None:
     sidecar = next(c for c in grafana["containers"] if c["name"] == "grafana-sc-dashboard")
     env = {e["name"]: e.get("value") for e in sidecar["env"]}
     assert env["LABEL"] == DASHBOARD_LABEL[0] and env["LABEL_VALUE"] == DASHBOARD_LABEL[1]
-    assert env["NAMESPACE"] == "ALL"
+    assert env["NAMESPACE"] == NAMESPACE  # only ConfigMaps beside it, where the component puts them
 
 
 # -- the DCGM exporter ------------------------------------------------------------------------------------------
