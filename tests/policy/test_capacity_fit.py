@@ -90,9 +90,9 @@ def test_a_batch_model_larger_than_its_nodes_fails_naming_pod_pool_and_memory(pr
     resources = mutated(prod_plan, lambda rs: _sized(_values(rs, "us-east-1-qwen2-5-7b-batch"), "4", "32Gi"))
     assert_rejected(result_of_resources(prod_plan, resources, "capacity-fit"),
                     "Deployment llm-serving/vllm-qwen2-5-7b-batch (us-east-1) can never be scheduled: it needs "
-                    "4 CPU, 32.00 GiB memory, 1 GPU; pool batch node g6.xlarge has 3.53 CPU, 14.64 GiB memory, "
+                    "4 CPU, 32.00 GiB memory, 1 GPU; pool batch node g6.xlarge has 3.5 CPU, 14.54 GiB memory, "
                     "1 GPU allocatable after DaemonSets",
-                    "short of CPU: needs 4, has 3.53; memory: needs 32.00 GiB, has 14.64 GiB")
+                    "short of CPU: needs 4, has 3.5; memory: needs 32.00 GiB, has 14.54 GiB")
 
 
 def test_a_model_needing_more_gpus_than_its_node_has_fails(prod_plan):
@@ -142,9 +142,9 @@ def test_daemonsets_reduce_what_is_left_on_every_node_they_land_on(prod_plan):
         _values(rs, "us-east-1-nvidia-device-plugin")["resources"] = {"requests": {"cpu": "1", "memory": "1Gi"}}
     res = result_of_resources(prod_plan, mutated(prod_plan, hungry_plugin), "capacity-fit")
     assert_rejected(res, "Deployment llm-serving/vllm-qwen2-5-7b-batch (us-east-1) can never be scheduled: it "
-                         "needs 3 CPU, 8.00 GiB memory, 1 GPU; pool batch node g6.xlarge has 2.53 CPU, 13.64 GiB "
+                         "needs 3 CPU, 8.00 GiB memory, 1 GPU; pool batch node g6.xlarge has 2.5 CPU, 13.54 GiB "
                          "memory, 1 GPU allocatable after DaemonSets (nvidia-device-plugin/nvidia-device-plugin",
-                    "short of CPU: needs 3, has 2.53")
+                    "short of CPU: needs 3, has 2.5")
 
 
 def test_more_pods_than_a_node_takes_fail_on_pods_per_node(prod_plan):
