@@ -71,6 +71,11 @@ def prometheus_stack_values(args: MonitoringArgs, topic_arn: Any, alertmanager_r
     """kube-prometheus-stack's values (charts' keys from its values.yaml at 88.5.3)."""
     return {
         "fullnameOverride": RELEASE,
+        # The alert rules and Karpenter's ServiceMonitor are rendered by this release, not created as objects of
+        # their own: Helm installs the chart's CRDs (its crds subchart's crds/) before its templates, so they never
+        # reach a cluster that does not know their kinds yet, and the rendered-manifest checks see them.
+        "additionalPrometheusRulesMap": {"llm-platform": {
+            "groups": alert_rules(args.region, args.monthly_budget_usd, args.regions)}},
         # EKS runs the control plane: its scheduler, controller manager and etcd are not reachable from the nodes
         # (https://docs.aws.amazon.com/eks/latest/userguide/prometheus.html lists only the API server's metrics).
         # EKS's kube-proxy binds its metrics to 127.0.0.1:10249 (its kube-proxy-config), out of Prometheus' reach.
@@ -102,7 +107,7 @@ def prometheus_stack_values(args: MonitoringArgs, topic_arn: Any, alertmanager_r
             "storageSpec": {"volumeClaimTemplate": {"spec": {
                 "storageClassName": STORAGE_CLASS, "accessModes": ["ReadWriteOnce"],
                 "resources": {"requests": {"storage": f"{VOLUME_GIB}Gi"}}}}},
-        }},
+        }, "additionalServiceMonitors": [{"name": "karpenter", **karpenter_service_monitor()}]},
         "alertmanager": {
             "serviceAccount": {"create": True, "name": ALERTMANAGER_SERVICE_ACCOUNT,
                                "annotations": {"eks.amazonaws.com/role-arn": alertmanager_role_arn}},
@@ -232,19 +237,12 @@ class Monitoring(pulumi.ComponentResource):
             values=prometheus_stack_values(args, self.topic.arn, self.alertmanager_role.arn),
             opts=pulumi.ResourceOptions(parent=self, provider=kubernetes,
                                         depends_on=[self.storage_class, publish]))
+        # The exporter renders a ServiceMonitor: after the stack, which brings its CRD.
         after_crds = pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=[self.stack])
         self.dcgm = k8s.helm.v3.Release(
             f"{name}-dcgm-exporter", name=DCGM_EXPORTER[0], chart=DCGM_EXPORTER[0], version=DCGM_EXPORTER[1],
             repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=DCGM_EXPORTER[2]),
             namespace=DCGM_NAMESPACE, create_namespace=True, atomic=True, values=dcgm_values(), opts=after_crds)
-        self.karpenter_monitor = k8s.apiextensions.CustomResource(
-            f"{name}-karpenter-monitor", api_version="monitoring.coreos.com/v1", kind="ServiceMonitor",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name="karpenter", namespace=NAMESPACE),
-            spec=karpenter_service_monitor(), opts=after_crds)
-        self.rules = k8s.apiextensions.CustomResource(
-            f"{name}-alert-rules", api_version="monitoring.coreos.com/v1", kind="PrometheusRule",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name="llm-platform", namespace=NAMESPACE),
-            spec={"groups": alert_rules(args.region, args.monthly_budget_usd, args.regions)}, opts=after_crds)
         self.dashboards = [
             k8s.core.v1.ConfigMap(
                 f"{name}-dashboard-{path.stem}",

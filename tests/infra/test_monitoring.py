@@ -159,13 +159,19 @@ def test_budget_burn_compares_the_regions_projected_month_with_its_share_of_the_
 
 # -- the objects the component creates are valid against the operator's CRDs -------------------------------------
 
-def test_the_alert_rules_and_karpenters_service_monitor_are_valid_custom_resources() -> None:
-    rule = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
-            "metadata": {"name": "llm-platform", "namespace": NAMESPACE},
-            "spec": {"groups": alert_rules("eu-west-2", 500_000, 4)}}
+def _listed(rendered: Rendered, kind: str) -> list[dict[str, Any]]:
+    """Objects of `kind`, those a chart renders inside a `kind: List` included."""
+    items = [i for lst in rendered.all("List") for i in lst["items"]]
+    return rendered.all(kind) + [i for i in items if i["kind"] == kind]
+
+
+def test_the_stack_renders_the_alert_rules_and_karpenters_service_monitor_as_valid_custom_resources() -> None:
+    rule = stack().one("PrometheusRule", f"{RELEASE}-llm-platform")
+    assert rule["spec"]["groups"] == alert_rules("eu-west-2", 500_000, 4)
     custom_resources.validate(rule)
-    monitor = {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
-               "metadata": {"name": "karpenter", "namespace": NAMESPACE}, "spec": karpenter_service_monitor()}
+    monitor = next(m for m in _listed(stack(), "ServiceMonitor") if m["metadata"]["name"] == "karpenter")
+    assert monitor["spec"]["selector"] == karpenter_service_monitor()["selector"]
+    assert monitor["spec"]["endpoints"][0]["port"] == "http-metrics"
     custom_resources.validate(monitor)
     broken = json.loads(json.dumps(rule))
     broken["spec"]["groups"][0]["rules"][0]["expression"] = broken["spec"]["groups"][0]["rules"][0].pop("expr")
@@ -174,7 +180,7 @@ def test_the_alert_rules_and_karpenters_service_monitor_are_valid_custom_resourc
 
 
 def test_every_service_monitor_the_stack_and_the_exporter_render_is_valid() -> None:
-    monitors = stack().all("ServiceMonitor") + dcgm().all("ServiceMonitor")
+    monitors = _listed(stack(), "ServiceMonitor") + dcgm().all("ServiceMonitor")
     assert len(monitors) > 5
     for monitor in monitors:
         custom_resources.validate(monitor)
