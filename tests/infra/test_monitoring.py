@@ -293,3 +293,17 @@ def test_the_cost_estimate_prices_each_regions_prometheus_volume(prod_plan: Plan
         added = with_volumes.fixed_monthly_usd[release.region] - without.fixed_monthly_usd[release.region]
         assert added == pytest.approx(catalog.fixed_monthly_usd("ebs_gp3_gib", release.region, 50))
         assert 3 < added < 6
+
+
+def test_capacity_fit_places_the_pods_the_operator_makes_for_prometheus_and_alertmanager(prod_plan: Plan) -> None:
+    """The operator, not Helm, creates their StatefulSets: the placement check must see them anyway, sidecar and all
+    (Prometheus' 500m / 3Gi plus the config reloader's 10m / 50Mi)."""
+    from infra.policy.rules import evaluate
+    res = next(r for r in evaluate(prod_plan) if r.id == "capacity-fit")
+    assert res.status == "pass", res.violations
+    pods = {e["pod"]: e for e in res.evidence if "pod" in e}
+    for region in ("us-east-1", "eu-west-2"):
+        prometheus = pods[f"{NAMESPACE}/prometheus-{RELEASE}-prometheus ({region})"]
+        assert prometheus["kind"] == "StatefulSet" and prometheus["pools"] == ["system"]
+        assert prometheus["requests"] == "0.51 CPU, 3.05 GiB memory"
+        assert pods[f"{NAMESPACE}/alertmanager-{RELEASE}-alertmanager ({region})"]["pools"] == ["system"]
