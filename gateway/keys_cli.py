@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> str:
     if c == "generate":
         out = call(args, "POST", "/key/generate", _fields(args, update=False))
         return json.dumps(out, indent=2) if args.json else (
-            f"key: {out['key']}\n(shown once: store it now)\ntoken: {out['token']}\nalias: {out.get('key_alias')}\n"
+            f"key: {out['key']}\n(shown once: store it now)\ntoken: {out['token_id']}\nalias: {out.get('key_alias')}\n"
             f"team: {out.get('team_id')}\nexpires: {out.get('expires')}")
     if c == "update":
         out = call(args, "POST", "/key/update", {"key": args.key, **_fields(args, update=True)})

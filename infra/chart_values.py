@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from infra.catalog import load_catalog
+from infra.components.autoscaling import PROMETHEUS_URL
 from infra.components.dns import regional_host, zone_host
 from infra.components.secrets import huggingface_token_name
 from infra.config import ROOT, Model, Pool, Region, StackConfig
@@ -84,9 +85,9 @@ def vllm_values(cfg: StackConfig, model: Model, region: Region, *, role_arn: Any
     pool = region.pool(model.pool)
     if pool is None:
         raise ValueError(f"model {model.name} uses pool {model.pool!r}, which region {region.name} does not have")
-    # The HPA cannot go below one replica without the HPAScaleToZero feature gate, so a model whose
-    # minimum is 0 (batch on spot) keeps one warm replica and scales up to its maximum: the most its pool
-    # holds beside the pool's other models while no node autoscaler adds nodes (infra/sizing.py).
+    # KEDA scales the release (charts/vllm scaledobject.yaml) from its floor, at least one replica, up to its
+    # ceiling: the most its pool holds beside the pool's other models while no node autoscaler adds nodes
+    # (infra/sizing.py).
     scale = replica_ranges(cfg, region, load_catalog())[model.name]
     min_replicas, max_replicas = scale.floor, scale.ceiling
     size = model_resources(model, pool, load_catalog()).values()
@@ -103,11 +104,7 @@ def vllm_values(cfg: StackConfig, model: Model, region: Region, *, role_arn: Any
         "gpus": model.gpus,
         "gpuResource": GPU_RESOURCE,
         "replicaCount": min_replicas,
-        "autoscaling": {
-            "enabled": max_replicas > min_replicas,
-            "minReplicas": min_replicas,
-            "maxReplicas": max_replicas,
-        },
+        "autoscaling": model_autoscaling(model, min_replicas, max_replicas),
         # A share of the pool's smallest node (infra/sizing.py). The memory limit is the request: replicas
         # share nodes, and /dev/shm's pages count against it.
         "resources": {"requests": {"cpu": size["cpu"], "memory": size["memory"]},
@@ -147,6 +144,26 @@ def vllm_values(cfg: StackConfig, model: Model, region: Region, *, role_arn: Any
     return values
 
 
+def idles_at_zero(model: Model) -> bool:
+    """A batch model whose config allows zero replicas gives its GPUs back while nobody calls it: KEDA scales it to
+    zero (idleReplicaCount 0, below its floor of one) and back up when the gateway sees calls for it. Interactive
+    models never do: a caller would wait minutes for a replica to load."""
+    return model.tier == "batch" and model.replicas.min == 0
+
+
+def model_autoscaling(model: Model, min_replicas: int, max_replicas: int) -> dict[str, Any]:
+    """The vLLM release's `autoscaling` values: KEDA between the floor and ceiling, to zero when idle for batch."""
+    idle = idles_at_zero(model)
+    return {
+        "enabled": max_replicas > min_replicas or idle,
+        "minReplicas": min_replicas,
+        "maxReplicas": max_replicas,
+        **({"idleReplicas": 0} if idle else {}),  # the chart's default, null: never below minReplicas
+        "prometheus": {"serverAddress": PROMETHEUS_URL},
+        "wake": {"gatewayNamespace": GATEWAY_NAMESPACE, "alias": model.name, "window": "10m"},
+    }
+
+
 def rollout_strategy(cfg: StackConfig, model: Model, region: Region, pool: Pool) -> dict[str, Any]:
     """Surge only where the pool has room at the model's busiest: nodes stay at min_nodes (managed node groups
     keep desired = min_nodes, and no node autoscaler runs), and the HPA may have scaled every model of the pool
@@ -172,7 +189,7 @@ def rollout_strategy(cfg: StackConfig, model: Model, region: Region, pool: Pool)
 
 
 def live_replicas(values: dict[str, Any]) -> int:
-    """The most replicas a model release can run: the HPA's maximum, else replicaCount."""
+    """The most replicas a model release can run: its ScaledObject's maximum, else replicaCount."""
     scaling = values.get("autoscaling") or {}
     count = int(values["replicaCount"])
     return max(count, int(scaling["maxReplicas"])) if scaling.get("enabled") else count
@@ -305,6 +322,7 @@ def gateway_values(cfg: StackConfig, region: Region, *, role_arn: Any, config: d
             "enabled": replicas.max > replicas.min,
             "minReplicas": max(1, replicas.min),
             "maxReplicas": max(1, replicas.max),
+            "prometheus": {"serverAddress": PROMETHEUS_URL},
         },
         "serviceAccount": {"create": True, "name": GATEWAY_SERVICE_ACCOUNT, "roleArn": role_arn},
         "ingress": {

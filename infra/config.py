@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
+from infra import bedrock
 from infra.catalog import Catalog, load_catalog
 from infra.placement import placement_problems
 from infra.sizing import fit_problems, parse_cpu, parse_memory
@@ -62,11 +63,20 @@ HOSTED_PROVIDERS: dict[str, tuple[str, str]] = {
 }
 
 
+# Amazon Bedrock (Converse API): called with the gateway's own IAM role, so no key in Secrets Manager; its
+# endpoint is the gateway's region's (infra/bedrock.py: model ids, inference profiles, ARNs).
+BEDROCK = "bedrock"
+
+
 def hosted_fallback(spec: str) -> tuple[str, str, str, str]:
-    """'together/meta-llama/X' -> (provider, wire protocol, api_base, upstream model)."""
+    """'together/meta-llama/X' -> (provider, wire protocol, api_base, upstream model). Bedrock has no fixed base
+    URL (''): each region's gateway calls Bedrock in its own region."""
     provider, _, upstream = spec.partition("/")
+    if provider == BEDROCK and upstream:
+        bedrock.geography(upstream)  # raises for what is not a model or profile id, and for global profiles
+        return provider, BEDROCK, "", upstream
     if provider not in HOSTED_PROVIDERS or not upstream:
-        known = ", ".join(HOSTED_PROVIDERS)
+        known = ", ".join([*HOSTED_PROVIDERS, BEDROCK])
         raise ValueError(f"{spec!r} must be <provider>/<model> with provider one of {known}")
     protocol, api_base = HOSTED_PROVIDERS[provider]
     return provider, protocol, api_base, upstream
@@ -518,7 +528,9 @@ def cross_check(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
             except ValueError as exc:
                 add(f"failover.hosted_fallbacks.{name}[{k}]", str(exc))
                 continue
-            if provider not in cfg.secrets.providers:
+            if provider == BEDROCK:
+                problems.extend(_check_bedrock_fallback(cfg, name, k, spec))
+            elif provider not in cfg.secrets.providers:
                 add(f"failover.hosted_fallbacks.{name}[{k}]",
                     f"provider {provider!r} has no key in {NAMESPACE}:secrets.providers "
                     f"({', '.join(cfg.secrets.providers)})")
@@ -529,6 +541,25 @@ def cross_check(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
 
     problems.extend(_check_pool_capacity(cfg, catalog))
     return problems
+
+
+def _check_bedrock_fallback(cfg: StackConfig, name: str, k: int, spec: str) -> list[tuple[str, str]]:
+    """A cross-region profile is rendered in the regions of its geography only (a `us.` profile cannot be
+    called from eu-north-1): at least one region serving the model must be one."""
+    model_id = spec.partition("/")[2]
+    geo = bedrock.geography(model_id)
+    model = next((m for m in cfg.models if m.name == name), None)
+    if geo is None or model is None:
+        return []
+    known = {r.name for r in cfg.regions}
+    zones = {cfg.zone_of(r) for r in model.regions if r in known}
+    callers = [r.name for r in cfg.regions if r.residency in zones]
+    if not set(callers) & set(bedrock.geographies()[geo]):
+        article = "an" if geo[0] in "aeiou" else "a"
+        return [(f"{NAMESPACE}:failover.hosted_fallbacks.{name}[{k}]",
+                 f"{model_id} is {article} {geo} inference profile, callable only from {geo} regions; no gateway "
+                 f"serving {name} runs in one ({', '.join(callers)})")]
+    return []
 
 
 def _check_model(cfg: StackConfig, catalog: Catalog, i: int, model: Model,

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from infra import bedrock
 from infra.chart_values import MODEL_NAMESPACE, VLLM_DRAIN_SECONDS, VLLM_PORT, vllm_release_name
 from infra.components.dns import regional_host, zone_host
-from infra.config import Model, Region, StackConfig, hosted_fallback
+from infra.config import BEDROCK, Model, Region, StackConfig, hosted_fallback
 
 # References the gateway resolves in its stack's Secrets Manager path, llm-platform/<stack>/<name>
 # (infra/components/secrets.py creates them; the gateway's IRSA role reads exactly these).
@@ -41,10 +42,24 @@ def _deployments(cfg: StackConfig, model: Model, region: Region) -> list[dict[st
     if model.residency is None:
         for spec in cfg.failover.hosted_fallbacks.get(model.name, []):
             provider, protocol, api_base, upstream = hosted_fallback(spec)
+            if provider == BEDROCK:
+                out.extend(_bedrock(model, region, upstream))
+                continue
             out.append({"name": f"{model.name}-{provider}", "provider": protocol, "model": upstream,
                         "api_base": api_base, "api_key": provider_key(provider),
                         "region": region.name, "residency": zone, "tier": "fallback"})
     return out
+
+
+def _bedrock(model: Model, region: Region, model_id: str) -> list[dict[str, Any]]:
+    """Bedrock in the gateway's own region, signed with the gateway's IRSA role (no key). A cross-region
+    profile only from a region of its geography (Bedrock refuses it elsewhere): `us.` and `eu.` profiles of one
+    model may both be listed, each region's gateway gets its own."""
+    geo = bedrock.geography(model_id)
+    if geo is not None and region.name not in bedrock.geographies()[geo]:
+        return []
+    return [{"name": f"{model.name}-bedrock-{geo or 'regional'}", "provider": BEDROCK, "model": model_id,
+             "region": region.name, "residency": region.residency, "tier": "fallback"}]
 
 
 def other_zones(cfg: StackConfig, region: Region) -> dict[str, Any]:

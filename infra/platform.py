@@ -8,6 +8,7 @@ import pulumi_aws as aws
 from infra.catalog import load_catalog
 from infra.chart_values import model_service_account_subjects
 from infra.components.addons import ClusterAddons, ClusterAddonsArgs
+from infra.components.autoscaling import Autoscaling, AutoscalingArgs
 from infra.components.budget import StackBudget, StackBudgetArgs
 from infra.components.cluster import Cluster, ClusterArgs
 from infra.components.deploy_hub import DeployHub, DeployHubArgs
@@ -89,6 +90,10 @@ class RegionalStack:
             secrets_store=cfg.secrets.huggingface_token), k8s,
             # ingress-nginx runs on the system nodes (GPU pools are tainted), so they must exist first.
             pulumi.ResourceOptions(parent=parent, depends_on=[self.cluster.system_nodes]))
+        # KEDA and metrics-server run on the system nodes; the model and gateway releases render ScaledObjects,
+        # which need KEDA's CRDs and admission webhook first.
+        self.autoscaling = Autoscaling(name, AutoscalingArgs(region=name), k8s,
+                                       pulumi.ResourceOptions(parent=parent, depends_on=[self.cluster.system_nodes]))
         # Metrics, dashboards and alerts of the region (README: Metrics and alerts), on the system nodes.
         self.monitoring = Monitoring(f"{name}-monitoring", MonitoringArgs(
             stack=cfg.stack, region=name, iam_path=iam_path(cfg.stack), tags=tags,
@@ -134,8 +139,9 @@ class RegionalStack:
             )) if self.weights else None
         self.serving = []
         for model in cfg.models_in(name):
-            # The release renders a ServiceMonitor: its CRD comes with the metrics stack.
-            after: list[pulumi.Resource] = [self.addons, self.monitoring.stack, self.pools[model.pool], *token_ready]
+            # The release renders a ServiceMonitor (its CRD comes with the metrics stack) and a ScaledObject.
+            after: list[pulumi.Resource] = [self.addons, self.autoscaling, self.monitoring.stack,
+                                            self.pools[model.pool], *token_ready]
             if staging and self.weights and self.weights_read and model.name in staging.jobs:
                 after += [staging.jobs[model.name], self.weights_read]
             self.serving.append(ModelServing(f"{name}-{model.name}", ModelServingArgs(
@@ -196,6 +202,6 @@ class Platform(pulumi.ComponentResource):
                     cfg=cfg, region=rs.region, role=rs.gateway_role, secret_arns=secrets.arns[region_name],
                     key_arn=secrets.key_arns[region_name], config=gateway_config(cfg, rs.region)),
                     rs.cluster.kubernetes, iam,
-                    pulumi.ResourceOptions(parent=self, depends_on=[rs.addons, rs.monitoring.stack]))
+                    pulumi.ResourceOptions(parent=self, depends_on=[rs.addons, rs.autoscaling, rs.monitoring.stack]))
                 dns.add_region(region_name, rs.addons.load_balancer_hostname)
         self.register_outputs({"regions": list(regions), "domain": cfg.gateway.domain})

@@ -42,6 +42,7 @@ caching, guardrails...) is ignored.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 from urllib.parse import quote
 
@@ -188,6 +189,8 @@ def _deployment(params: dict[str, Any], entry: dict[str, Any], where: str, index
             f"{where}.litellm_params.model: expected '<provider>/<model>' such as 'hosted_vllm/llama', got {target!r}"
         )
     prefix, name = target.split("/", 1)
+    if prefix in ("azure", "bedrock"):
+        return _cloud_deployment(prefix, name, params, entry, where, index)
     if prefix in OPENAI_COMPATIBLE:
         provider = "openai"
     elif prefix == "anthropic":
@@ -195,7 +198,7 @@ def _deployment(params: dict[str, Any], entry: dict[str, Any], where: str, index
     else:
         raise ConfigError(
             f"{where}.litellm_params.model: provider {prefix!r} is not supported; "
-            f"use one of {', '.join(sorted(OPENAI_COMPATIBLE | {'anthropic'}))}"
+            f"use one of {', '.join(sorted(OPENAI_COMPATIBLE | {'anthropic', 'azure', 'bedrock'}))}"
         )
     api_base = params.get("api_base") or DEFAULT_BASES.get(prefix)
     if not api_base:
@@ -225,4 +228,54 @@ def _deployment(params: dict[str, Any], entry: dict[str, Any], where: str, index
     timeouts = _renamed(params, {"timeout": "total", "stream_timeout": "idle"})
     if timeouts:
         dep["timeouts"] = timeouts
+    return dep
+
+
+def _cloud_deployment(prefix: str, name: str, params: dict[str, Any], entry: dict[str, Any], where: str,
+                      index: int) -> dict[str, Any]:
+    """`azure/<deployment>` and `bedrock/[converse/]<model id>` with LiteLLM's parameter names
+    (docs.litellm.ai/docs/providers/azure, docs.litellm.ai/docs/providers/bedrock)."""
+    at = f"{where}.litellm_params"
+    info = entry.get("model_info") or {}
+    dep: dict[str, Any] = {"name": str(info.get("id") or f"{entry['model_name']}-{index}"), "provider": prefix,
+                           "weight": params.get("weight", 1), "rpm": _quota(params, entry, "rpm", where),
+                           "tpm": _quota(params, entry, "tpm", where)}
+    for price in ("input_cost_per_token", "output_cost_per_token"):
+        if params.get(price, info.get(price)) is not None:
+            dep[price] = params.get(price, info.get(price))
+    timeouts = _renamed(params, {"timeout": "total", "stream_timeout": "idle"})
+    if timeouts:
+        dep["timeouts"] = timeouts
+    if prefix == "azure":
+        if not params.get("api_base"):
+            raise ConfigError(f"{at}.api_base: required for azure (https://<resource>.openai.azure.com)")
+        region = params.get("region_name")
+        azure = _renamed(params, {"api_version": "api_version", "azure_ad_token": "ad_token",
+                                  "tenant_id": "tenant_id", "client_id": "client_id",
+                                  "client_secret": "client_secret"})
+        dep.update(model=name, api_base=str(params["api_base"]).rstrip("/"), api_key=params.get("api_key"),
+                   **({"azure": azure} if azure else {}))
+    else:
+        name = name.removeprefix("converse/")  # LiteLLM's explicit route to the Converse API, the only one here
+        if "/" in name and not name.startswith("arn:"):  # bedrock/invoke/..., bedrock/llama/...: other APIs
+            raise ConfigError(f"{at}.model: bedrock/{name} is not served through the Converse API; use "
+                              "bedrock/<model id or inference profile id> or bedrock/converse/<...>")
+        for key in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "aws_role_name",
+                    "aws_profile_name", "aws_web_identity_token"):
+            if params.get(key) is not None:
+                raise ConfigError(f"{at}.{key}: the gateway signs Bedrock calls with its own AWS credentials "
+                                  "(the pod's IAM role, or the environment on a laptop); remove it")
+        # As LiteLLM: the parameter, an ARN's own region, then the environment (EKS sets AWS_REGION in every pod).
+        arn_region = name.split(":")[3] if name.startswith("arn:") and name.count(":") > 3 else None
+        region = params.get("aws_region_name") or params.get("region_name") or arn_region or next(
+            (os.environ[v] for v in ("AWS_REGION_NAME", "AWS_REGION", "AWS_DEFAULT_REGION") if os.environ.get(v)), None)
+        if not isinstance(region, str) or not region:
+            raise ConfigError(f"{at}.aws_region_name: required for bedrock (the region calls are signed for), "
+                              "or AWS_REGION in the environment")
+        dep.update(model=name)
+        endpoint = params.get("aws_bedrock_runtime_endpoint")
+        if endpoint:
+            dep["api_base"] = str(endpoint).rstrip("/")
+    dep["region"] = region
+    dep["residency"] = info.get("residency") or (region.split("-", 1)[0] if isinstance(region, str) else None)
     return dep

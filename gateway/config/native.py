@@ -61,6 +61,26 @@ per region into a ConfigMap)::
             region: us-east-1
             residency: us
             tier: fallback       # hosted fallback: used only after every primary deployment failed
+          - name: gpt-4o-azure   # Azure OpenAI (gateway/upstream/cloud_calls.py)
+            provider: azure
+            model: my-gpt-4o     # the Azure *deployment* name: {api_base}/openai/deployments/{model}/...
+            api_base: https://my-resource.openai.azure.com
+            api_key: secret/providers/azure       # sent as `api-key`; or one of the Entra ID ways below
+            azure:
+              api_version: "2024-10-21"            # the `api-version` query parameter
+              # ad_token: os.environ/AZURE_AD_TOKEN                 # a bearer token you refresh yourself, or
+              # tenant_id: ..., client_id: ..., client_secret: ...  # client credentials: the gateway fetches
+              #   and refreshes the token (authority_host: https://login.microsoftonline.com)
+            region: us-east-1
+            residency: us
+            tier: fallback
+          - name: claude-bedrock # Amazon Bedrock's Converse API, signed with the pod's own IAM role (no key)
+            provider: bedrock
+            model: us.anthropic.claude-3-5-haiku-20241022-v1:0   # model id or inference profile id
+            region: us-east-1    # Bedrock's region unless bedrock.region says otherwise
+            residency: us
+            tier: fallback
+            # api_base defaults to https://bedrock-runtime.<region>.amazonaws.com
 
 A deployment has exactly one of ``api_base`` or ``replicas``. Base URLs include
 the API version path (``.../v1``), as in the OpenAI clients. Any string value of
@@ -178,9 +198,46 @@ class Replicas(_Strict):
         return self
 
 
+# Azure OpenAI's newest GA data-plane version (learn.microsoft.com/azure/ai-services/openai/reference).
+AZURE_API_VERSION = "2024-10-21"
+
+
+class AzureSettings(_Strict):
+    """Azure OpenAI: the `api-version` and, instead of `api_key`, an Entra ID token or client credentials."""
+
+    api_version: str = Field(AZURE_API_VERSION, min_length=1)
+    ad_token: str | None = None  # a bearer token kept fresh by someone else (LiteLLM's `azure_ad_token`)
+    tenant_id: str | None = None  # client credentials: the gateway fetches and refreshes the token itself
+    client_id: str | None = None
+    client_secret: str | None = None
+    authority_host: str = "https://login.microsoftonline.com"  # Entra ID's token endpoint host (sovereign clouds)
+
+    @model_validator(mode="after")
+    def _whole_credentials(self) -> AzureSettings:
+        given = [n for n in ("tenant_id", "client_id", "client_secret") if getattr(self, n)]
+        if given and len(given) != 3:
+            missing = sorted({"tenant_id", "client_id", "client_secret"} - set(given))
+            raise ValueError(f"client credentials need tenant_id, client_id and client_secret; missing {missing}")
+        if given and self.ad_token:
+            raise ValueError("give either 'ad_token' or client credentials, not both")
+        _check_url(self.authority_host)
+        return self
+
+    @property
+    def client_credentials(self) -> bool:
+        return self.tenant_id is not None
+
+
+class BedrockSettings(_Strict):
+    """Amazon Bedrock: the region to call when it is not the deployment's own (LiteLLM's `aws_region_name`)."""
+
+    region: str | None = Field(None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+
+
 class Deployment(_Strict):
     name: str = Field(min_length=1)
-    provider: Literal["openai", "anthropic"] = "openai"
+    # openai | anthropic: wire protocols; azure: OpenAI's, at Azure's URL and auth; bedrock: Converse, SigV4-signed.
+    provider: Literal["openai", "anthropic", "azure", "bedrock"] = "openai"
     model: str = Field(min_length=1)
     api_base: str | None = None
     replicas: Replicas | None = None
@@ -195,6 +252,24 @@ class Deployment(_Strict):
     timeouts: TimeoutOverrides | None = None
     input_cost_per_token: float | None = Field(None, ge=0)  # overrides the model's price (hosted fallbacks)
     output_cost_per_token: float | None = Field(None, ge=0)
+    azure: AzureSettings | None = None
+    bedrock: BedrockSettings | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bedrock_endpoint(cls, data: Any) -> Any:
+        # Bedrock's runtime endpoint follows from the region (docs.aws.amazon.com/general/latest/gr/bedrock.html).
+        if isinstance(data, dict) and data.get("provider") == "bedrock" and not data.get("api_base"):
+            region = (data.get("bedrock") or {}).get("region") if isinstance(data.get("bedrock"), dict) else None
+            region = region or data.get("region")
+            if isinstance(region, str) and region and "replicas" not in data:
+                return {**data, "api_base": f"https://bedrock-runtime.{region}.amazonaws.com"}
+        return data
+
+    @property
+    def aws_region(self) -> str:
+        """Bedrock: the region requests are signed for."""
+        return (self.bedrock.region if self.bedrock else None) or self.region or ""
 
     @field_validator("api_base")
     @classmethod
@@ -203,8 +278,25 @@ class Deployment(_Strict):
 
     @model_validator(mode="after")
     def _one_upstream(self) -> Deployment:
+        if self.provider == "bedrock" and not self.aws_region:
+            raise ValueError("a bedrock deployment needs 'region' (or bedrock.region): the region it is signed for")
         if (self.api_base is None) == (self.replicas is None):
             raise ValueError("give exactly one of 'api_base' or 'replicas'")
+        if self.azure is not None and self.provider != "azure":
+            raise ValueError("'azure' settings apply to provider azure only")
+        if self.bedrock is not None and self.provider != "bedrock":
+            raise ValueError("'bedrock' settings apply to provider bedrock only")
+        if self.provider in ("azure", "bedrock") and self.replicas is not None:
+            raise ValueError(f"a {self.provider} deployment is one endpoint: give 'api_base', not 'replicas'")
+        if self.provider == "bedrock" and self.api_key is not None:
+            raise ValueError("a bedrock deployment takes no 'api_key': calls are signed with the gateway's AWS "
+                             "credentials (its IAM role)")
+        if self.provider == "azure":
+            azure = self.azure or AzureSettings()
+            ways = [self.api_key is not None, azure.ad_token is not None, azure.client_credentials]
+            if sum(ways) != 1:
+                raise ValueError("an azure deployment needs exactly one of 'api_key', azure.ad_token, or "
+                                 "azure.tenant_id/client_id/client_secret")
         return self
 
 

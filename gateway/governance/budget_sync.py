@@ -3,7 +3,7 @@
 Budget counters live in Redis (or in the process without Redis). A Redis that restarts
 without persistence, or a gateway process that restarts with in-process counters, would
 start every window at zero again. Every `ledger.budget_sync_seconds`, and once at start,
-each key's and team's budget counter for its current window is raised to the spend the
+each key's, team's and user's budget counter for its current window is raised to the spend the
 ledger holds for that window. Raising only (never lowering) is safe: the ledger lags the
 counters (records wait in the spool up to `flush_interval`), so in normal operation the
 counter is already higher and nothing changes.
@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from gateway.config.governance import parse_duration
 from gateway.governance.keys import KeyCache, Limits
-from gateway.governance.limits.scopes import RateLimiter, key_scope, team_scope
+from gateway.governance.limits.scopes import RateLimiter, key_scope, team_scope, user_scope
 from gateway.governance.store.protocol import LedgerStore
 from gateway.tasks import cancel
 
@@ -41,11 +41,13 @@ class BudgetSync:
             _add(groups, "key_token", key.token, key.limits)
         for team in self.cache.teams.values():
             _add(groups, "team_id", team.team_id, team.limits)
+        for user in self.cache.users.values():
+            _add(groups, "user_id", user.user_id, user.limits)
         spends = []
         for (column, seconds), ids in groups.items():
             since = now - now % seconds if seconds else 0.0
             for ident, amount in (await self.store.spend_since(column, since, ids)).items():
-                name = key_scope(ident) if column == "key_token" else team_scope(ident)
+                name = {"key_token": key_scope, "team_id": team_scope, "user_id": user_scope}[column](ident)
                 spends.append((name, seconds, amount))
         if spends:
             await self.limiter.raise_spend(spends)

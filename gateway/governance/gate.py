@@ -10,10 +10,18 @@ from gateway.config.governance import parse_duration
 from gateway.config.native import GatewayConfig
 from gateway.governance.bounds import MAX_COST, MAX_RESERVED_TOKENS, MAX_TOKENS
 from gateway.governance.budget_sync import BudgetSync
-from gateway.governance.keys import KeyCache, Limits, Team, VirtualKey, VirtualKeyAuth
+from gateway.governance.keys import KeyCache, Limits, Team, User, VirtualKey, VirtualKeyAuth
 from gateway.governance.ledger.prices import Prices
 from gateway.governance.ledger.spend import SpendLedger, spend_row
-from gateway.governance.limits.scopes import NO_LIMIT, RateLimiter, Scope, key_scope, reserve_tokens, team_scope
+from gateway.governance.limits.scopes import (
+    NO_LIMIT,
+    RateLimiter,
+    Scope,
+    key_scope,
+    reserve_tokens,
+    team_scope,
+    user_scope,
+)
 from gateway.governance.store.protocol import LedgerStore
 from gateway.http.errors import GatewayError, bad_request
 from gateway.observability.usage import CallRecord
@@ -25,6 +33,27 @@ MASTER_TOKEN = "master"
 
 def forbidden(message: str, code: str, param: str | None = None) -> GatewayError:
     return GatewayError(403, message, "permission_error", param, code)
+
+
+# LiteLLM answers budget refusals with `litellm.budget_exceeded_status_code` (422 since the default moved
+# from 429: litellm/__init__.py@v1.106.2), type "budget_exceeded", param null, code the status as a string
+# (proxy/auth/auth_exception_handler.py@v1.106.2 `_as_proxy_exception`).
+BUDGET_STATUS = 422
+
+
+def model_not_allowed(alias: str, scope: str = "key") -> GatewayError:
+    """A key (or its team or user) asking for a model it may not use, as LiteLLM answers it: 403, type
+    `key_model_access_denied` / `team_model_access_denied`, param "model", code "403", and the same message
+    (proxy/auth/auth_checks.py@v1.106.2 `_can_object_call_model`, proxy/auth/model_access_denied.py)."""
+    kind = f"{scope}_model_access_denied"  # key, team or user
+    return GatewayError(403, f"The requested model '{alias}' is not available for this API key, or the model name "
+                        "is invalid. Check the models available to you and try again.", kind, "model", "403")
+
+
+def budget_exceeded(refusal: GatewayError) -> GatewayError:
+    """The limiter's budget refusal in LiteLLM's shape; its message keeps LiteLLM's opening words."""
+    return GatewayError(BUDGET_STATUS, f"Budget has been exceeded! {refusal.message}", "budget_exceeded", None,
+                        str(BUDGET_STATUS), refusal.headers)
 
 
 def _limit(value: int | None) -> int:
@@ -86,11 +115,12 @@ class Governance:
         record.key_alias = key.key_alias
         record.team_id = key.team_id
         if key.models and alias not in key.models:
-            raise forbidden(f"This key may not call model `{alias}` (allowed: {', '.join(key.models)}).",
-                            "model_not_allowed", "model")
+            raise model_not_allowed(alias)
         if team is not None and team.models and alias not in team.models:
-            raise forbidden(f"Team `{team.team_id}` may not call model `{alias}` (allowed: {', '.join(team.models)}).",
-                            "model_not_allowed", "model")
+            raise model_not_allowed(alias, "team")
+        user: User | None = getattr(principal, "user", None)
+        if user is not None and user.models and alias not in user.models:
+            raise model_not_allowed(alias, "user")
         zone = key.residency or (team.residency if team is not None else None)
         if zone is not None and self.residency is not None and zone != self.residency:
             raise forbidden(f"This key is pinned to residency zone `{zone}`; this gateway serves `{self.residency}`. "
@@ -116,14 +146,19 @@ class Governance:
         for cap in (route.max_tokens, key.max_tokens):
             if cap is not None:
                 completion_cap = cap if completion_cap is None else min(completion_cap, cap)
-        scopes = self._scopes_for(key, team, alias)
+        scopes = self._scopes_for(key, team, alias, user)
         if not scopes:
             return route
         tokens = min(reserve_tokens(size, completion_cap if request.endpoint != "embeddings" else 0),
                      MAX_RESERVED_TOKENS)
         inp, out = self.prices.ceiling(alias)
         cost = min(reserve_tokens(size, 0) * inp + (completion_cap or 0) * out, MAX_COST)
-        record.ticket = await self.limiter.admit(record.request_id, scopes, tokens, cost, self.deadline_s)
+        try:
+            record.ticket = await self.limiter.admit(record.request_id, scopes, tokens, cost, self.deadline_s)
+        except GatewayError as refusal:
+            if refusal.kind == "budget_exceeded":
+                raise budget_exceeded(refusal) from None
+            raise
         return route
 
     def _pinned(self, route: ModelRoute, zone: str) -> ModelRoute:
@@ -139,7 +174,8 @@ class Governance:
                             f"to which this key is pinned.", "residency_unavailable", "model")
         return pinned
 
-    def _scopes_for(self, key: VirtualKey, team: Team | None, alias: str) -> tuple[Scope, ...]:
+    def _scopes_for(self, key: VirtualKey, team: Team | None, alias: str,
+                    user: User | None = None) -> tuple[Scope, ...]:
         # Cached per key and model until the key cache reloads (any key or team changed): new limits apply at once.
         if self._scopes_generation != self.cache.generation:
             self._scopes.clear()
@@ -152,6 +188,8 @@ class Governance:
             found = [_scope(key_scope(key.token), "this key", key.limits)]
             if team is not None:
                 found.append(_scope(team_scope(team.team_id), f"team `{team.team_id}`", team.limits))
+            if user is not None:  # LiteLLM: a user's budget spans all its keys
+                found.append(_scope(user_scope(user.user_id), f"user `{user.user_id}`", user.limits))
             if alias in key.model_rpm_limit or alias in key.model_tpm_limit:
                 found.append(_scope(f"km:{key.token[:24]}:{alias}", f"this key on model `{alias}`", Limits(),
                                     key.model_rpm_limit.get(alias), key.model_tpm_limit.get(alias)))
@@ -176,9 +214,13 @@ class Governance:
             self.ledger.write(spend_row(
                 self.ledger.next_id(), call.request_id, call.key_token or MASTER_TOKEN, call.key_alias, call.team_id,
                 call.alias, call.deployment, call.region or self.region, call.status, call.prompt_tokens,
-                call.completion_tokens, cost))
+                call.completion_tokens, cost, user_id=self._user_of(call.key_token)))
             if self.on_charge is not None:
                 self.on_charge(call.alias, call.team_id, cost)
+
+    def _user_of(self, token: str | None) -> str | None:
+        key = self.cache.by_hash.get(token) if token else None
+        return key.user_id if key is not None else None
 
     # ---- life cycle -----------------------------------------------------------------------------
 

@@ -56,6 +56,21 @@ class Team:
 
 
 @dataclass(frozen=True, slots=True)
+class User:
+    """A person or service owning keys (LiteLLM's internal user): a budget and limits over all its keys."""
+
+    user_id: str
+    user_email: str | None = None
+    user_alias: str | None = None
+    user_role: str | None = None
+    models: tuple[str, ...] = ()  # empty: every model
+    limits: Limits = Limits()
+    metadata: dict[str, Any] = field(default_factory=dict)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class VirtualKey:
     """A key as the request path sees it: the hash (`token`), never the key itself."""
 
@@ -87,6 +102,7 @@ class KeyPrincipal(Principal):
 
     key: VirtualKey | None = None
     team: Team | None = None
+    user: User | None = None
 
 
 class KeySource(Protocol):
@@ -95,6 +111,8 @@ class KeySource(Protocol):
     async def key_fingerprint(self) -> tuple[int, int]: ...
 
     async def load_keys(self) -> tuple[list[VirtualKey], list[Team]]: ...
+
+    async def list_users(self) -> list[User]: ...
 
 
 class KeyCache:
@@ -112,6 +130,7 @@ class KeyCache:
         self._event = on_event
         self.by_hash: dict[str, VirtualKey] = {}
         self.teams: dict[str, Team] = {}
+        self.users: dict[str, User] = {}
         self.loaded_at = 0.0
         self.generation = 0  # bumped on every reload: derived caches (limit scopes) start over
         self._fingerprint: tuple[int, int] | None = None
@@ -122,8 +141,10 @@ class KeyCache:
         fingerprint = await self.source.key_fingerprint()
         if force or fingerprint != self._fingerprint:
             keys, teams = await self.source.load_keys()
+            users = await self.source.list_users()
             self.by_hash = {k.token: k for k in keys}
             self.teams = {t.team_id: t for t in teams}
+            self.users = {u.user_id: u for u in users}
             self._fingerprint = fingerprint
             self.generation += 1
         self.loaded_at = time.time()
@@ -198,4 +219,5 @@ class VirtualKeyAuth:
             team = self.cache.teams.get(key.team_id)
             if team is not None and team.blocked:
                 raise GatewayError(403, f"Team `{key.team_id}` is blocked.", "permission_error", None, "team_blocked")
-        return KeyPrincipal(key.key_id, key, team)
+        user = self.cache.users.get(key.user_id) if key.user_id is not None else None
+        return KeyPrincipal(key.key_id, key, team, user)

@@ -1,14 +1,16 @@
-"""What the admin API reads and answers: LiteLLM's key and team fields, validated, and keys and teams as JSON."""
+"""What the admin API reads and answers: LiteLLM's key, team, user and member fields, validated, and keys, teams
+and users as JSON."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import math
-from typing import Annotated, Any
+import time
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.config.errors import format_validation_error
 from gateway.config.governance import parse_duration
@@ -23,7 +25,7 @@ from gateway.governance.bounds import (
     MAX_TIMESTAMP,
     MAX_TOKENS,
 )
-from gateway.governance.keys import Limits, Team, VirtualKey
+from gateway.governance.keys import Limits, Team, User, VirtualKey
 from gateway.http.errors import bad_request
 
 LIMIT_FIELDS = ("max_budget", "budget_duration", "rpm_limit", "tpm_limit", "max_parallel_requests")
@@ -93,9 +95,82 @@ class KeyFields(_Fields):
         return value
 
 
+class Member(BaseModel):
+    """LiteLLM's `Member`: a user in a team, by id or e-mail, as `admin` or `user`."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["admin", "user"] = "user"
+    user_id: Text | None = None
+    user_email: Text | None = None
+
+    @model_validator(mode="after")
+    def _someone(self) -> Member:
+        if self.user_id is None and self.user_email is None:
+            raise ValueError("give user_id or user_email")
+        return self
+
+
 class TeamFields(_Fields):
     team_id: Text | None = None
     team_alias: Text | None = None
+    members_with_roles: Annotated[list[Member], Field(max_length=MAX_LIST)] | None = None
+
+
+class TeamRef(BaseModel):
+    """An entry of /user/new's `teams` in LiteLLM's object form (NewUserRequestTeam)."""
+
+    model_config = ConfigDict(extra="forbid")
+    team_id: Text
+    user_role: Literal["user", "admin"] = "user"
+    max_budget_in_team: float | None = None
+
+
+class UserFields(_Fields):
+    """LiteLLM's NewUserRequest / UpdateUserRequest; key fields (key_alias, duration) go to the user's key."""
+
+    user_id: Text | None = None
+    user_email: Text | None = None
+    user_alias: Text | None = None
+    user_role: Literal["proxy_admin", "proxy_admin_viewer", "internal_user", "internal_user_viewer"] | None = None
+    teams: Annotated[list[Text | TeamRef], Field(max_length=MAX_LIST)] | None = None
+    auto_create_key: bool = True
+    key_alias: Text | None = None
+    duration: str | None = Field(None, max_length=40)
+
+    @field_validator("duration")
+    @classmethod
+    def _key_duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @field_validator("user_role")
+    @classmethod
+    def _admin_role(cls, value: str | None) -> str | None:
+        # A user's keys never reach the admin API here (only the master key does): a role that would grant it in
+        # LiteLLM is refused rather than stored with no effect.
+        if value in ("proxy_admin", "proxy_admin_viewer"):
+            raise ValueError(f"{value!r}: admin roles are not supported (the admin API takes the master key only)")
+        return value
+
+
+class MemberAddFields(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    team_id: Text
+    member: Member | Annotated[list[Member], Field(min_length=1, max_length=MAX_LIST)]
+    # max_budget_in_team is not here: a per-member budget is not enforced, so it is refused (admin_litellm.py).
+
+
+class MemberDeleteFields(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    team_id: Text
+    user_id: Text | None = None
+    user_email: Text | None = None
+
+
+class UserDeleteFields(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    user_ids: Annotated[list[Text], Field(min_length=1, max_length=MAX_LIST)]
 
 
 class DeleteFields(BaseModel):
@@ -159,7 +234,34 @@ def key_view(key: VirtualKey, revoked: bool = False) -> dict[str, Any]:
     d["created_at"] = iso(key.created_at)
     if revoked:
         d["revoked"] = True
+    d["budget_reset_at"] = reset_at(key.limits)
+    # LiteLLM's /key/info `status`: deleted, revoked (blocked), expired or active.
+    d["status"] = "deleted" if revoked else "revoked" if key.blocked else \
+        "expired" if key.expires is not None and key.expires <= time.time() else "active"
     return d
+
+
+def user_view(user: User) -> dict[str, Any]:
+    d = dataclasses.asdict(user)
+    d.update(d.pop("limits"))
+    d["models"] = list(user.models)
+    d["created_at"] = iso(user.created_at)
+    d["updated_at"] = iso(user.updated_at)
+    d["budget_reset_at"] = reset_at(user.limits)
+    return d
+
+
+def reset_at(limits: Limits) -> str | None:
+    """When the current budget window ends (windows are aligned to the Unix epoch: gateway/governance/limits)."""
+    if limits.budget_duration is None:
+        return None
+    seconds = parse_duration(limits.budget_duration)
+    return iso((time.time() // seconds + 1) * seconds) if seconds else None
+
+
+def member_view(row: dict[str, Any]) -> dict[str, Any]:
+    """LiteLLM's `Member` as `members_with_roles` lists it."""
+    return {"role": row["role"], "user_id": row["user_id"], "user_email": row["user_email"]}
 
 
 def team_view(team: Team) -> dict[str, Any]:

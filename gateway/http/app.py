@@ -13,7 +13,11 @@ from gateway.governance.build import build_governance
 from gateway.governance.provider_keys import resolve_secrets
 from gateway.http.admin import AdminApi
 from gateway.http.auth import MasterKeyAuth, check_master_key
+from gateway.http.cors import Cors, CorsPolicy
 from gateway.http.handlers import Endpoints
+from gateway.http.health import Health
+from gateway.http.models import ModelList
+from gateway.http.passthrough import audio_routes
 from gateway.http.state import STATE, AppState
 from gateway.observability.calllog import CallLog
 from gateway.observability.metrics import GatewayMetrics
@@ -61,9 +65,6 @@ def build_app(
         check_master_key(config.gateway.master_key, dev)
     metrics = GatewayMetrics()
     log = CallLog(log_out)
-    models = {"object": "list", "data": [
-        {"id": m.alias, "object": "model", "created": 0, "owned_by": "llm-platform"} for m in config.models
-    ]}
     state = AppState(
         config=config,
         router=None,  # type: ignore[arg-type]  # set below: the router reports circuit changes to the state
@@ -72,7 +73,6 @@ def build_app(
         metrics=metrics,
         log=log,
         prefix_chars=config.gateway.affinity.prefix_chars,
-        models_payload=orjson.dumps(models),
         discovery_api=discovery_api,
     )
     state.router = Router(config, state.on_circuit)
@@ -93,7 +93,11 @@ def build_app(
     app = web.Application(client_max_size=config.gateway.front_door.body_bytes)
     app[STATE] = state
     app.add_routes(Endpoints(state).routes())
+    app.add_routes(Health(state).routes())
+    app.add_routes(ModelList(state).routes())
+    app.add_routes(audio_routes())
     app.add_routes(app_routes)
+    Cors(CorsPolicy.from_env()).install(app)  # LITELLM_CORS_ORIGINS, as LiteLLM reads it (http/cors.py)
     app.router.add_route("*", "/{tail:.*}", Endpoints.no_such_endpoint)  # after every other route
     app.on_startup.append(_start)
     app.on_cleanup.append(_stop)

@@ -94,9 +94,12 @@ def master_key_not_set() -> GatewayError:
         "service_unavailable", None, "master_key_not_set")
 
 
-def model_not_found(alias: str) -> GatewayError:
-    return GatewayError(404, f"The model `{alias}` does not exist or you do not have access to it.",
-                        "invalid_request_error", "model", "model_not_found")
+def model_not_found(alias: str, path: str = "") -> GatewayError:
+    """A model no route serves: 400 with LiteLLM's message, type, param and code (litellm/proxy/
+    route_llm_request.py@v1.106.2, "Invalid model name passed in model=..."; seen side by side: param null,
+    code "400"), so clients catching `openai.BadRequestError` for it keep working."""
+    return GatewayError(400, f"{path}: Invalid model name passed in model={alias}. Call `/v1/models` to view "
+                        "available models for your key.", "invalid_request_error", None, "400")
 
 
 def unavailable(message: str) -> GatewayError:

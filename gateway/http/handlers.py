@@ -1,4 +1,4 @@
-"""HTTP endpoints: the /v1 API, /v1/models, health and metrics."""
+"""HTTP endpoints: the /v1 API, our own health probes and metrics (LiteLLM's are in health.py, models in models.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import orjson
 from aiohttp import web
 
 from gateway.config.other_zones import zone_serving
+from gateway.http import passthrough
 from gateway.http.body import read_json
 from gateway.http.errors import GatewayError, bad_request, misdirected, model_not_found, unauthorized
+from gateway.http.litellm_headers import CALL_ID, LiteLLMHeaders
 from gateway.http.responses import answer, relay_stream
 from gateway.http.state import AppState
 from gateway.observability.usage import CallRecord
@@ -27,6 +29,7 @@ perf = time.perf_counter
 class Endpoints:
     def __init__(self, state: AppState) -> None:
         self.state = state
+        self.litellm = LiteLLMHeaders(state.governance.prices if state.governance is not None else None)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -34,11 +37,13 @@ class Endpoints:
             web.post("/v1/completions", self.completions),
             web.post("/v1/embeddings", self.embeddings),
             web.post("/v1/messages", self.messages),  # Anthropic's Messages API
+            web.post("/v1/images/generations", self.images),  # passthrough.py
+            web.post("/v1/moderations", self.moderations),
+            web.post("/images/generations", self.images),
+            web.post("/moderations", self.moderations),
             web.post("/chat/completions", self.chat),  # OpenAI clients configured without /v1
             web.post("/completions", self.completions),
             web.post("/embeddings", self.embeddings),
-            web.get("/v1/models", self.models),
-            web.get("/models", self.models),
             web.get("/health/live", self.live),
             web.get("/health/ready", self.ready),
             web.get("/metrics", self.metrics),
@@ -56,17 +61,25 @@ class Endpoints:
     async def messages(self, request: web.Request) -> web.StreamResponse:
         return await self._call(request, "messages")
 
+    async def images(self, request: web.Request) -> web.StreamResponse:
+        return await self._call(request, "images")
+
+    async def moderations(self, request: web.Request) -> web.StreamResponse:
+        return await self._call(request, "moderations")
+
     async def _call(self, http: web.Request, endpoint: str) -> web.StreamResponse:
         started = perf()
         state = self.state
         record = CallRecord(self._request_id(http), endpoint=endpoint)
-        headers = {"x-request-id": record.request_id}
+        headers = {"x-request-id": record.request_id, CALL_ID: record.request_id}
         state.in_flight += 1
         opened = None
         waited_from = 0.0
         try:
-            principal = state.auth.authenticate(_authorization(http))
+            principal = state.auth.authenticate(authorization(http))
             record.key_id = principal.key_id
+            if getattr(principal, "key", None) is not None:
+                headers.update(self.litellm.key_headers(principal))
             _check_session_id(http)
             request = await _parse(http, endpoint, state)
             record.alias = request.alias
@@ -75,7 +88,7 @@ class Endpoints:
             if route is None:
                 elsewhere = zone_serving(state.config.other_zones, request.alias)
                 raise misdirected(request.alias, elsewhere[0], elsewhere[1].url) if elsewhere \
-                    else model_not_found(request.alias)
+                    else model_not_found(request.alias[:200], http.path.removeprefix("/v1"))
             if route.refuse_over_cap:
                 _refuse_over_model_cap(request, route)
             if state.gate is not None:
@@ -89,13 +102,15 @@ class Endpoints:
             record.region = opened.deployment.region
             record.status = 200
             overhead = perf() - started - upstream_wait
-            headers["x-gateway-overhead-ms"] = f"{overhead * 1000:.3f}"
+            headers["x-gateway-overhead-ms"] = overhead_ms = f"{overhead * 1000:.3f}"
             if request.stream:
                 record.ttft_ms = (perf() - started) * 1000
+                self.litellm.on_answer(headers, record, opened.deployment, overhead_ms, opened.ratelimit, False)
                 response = await relay_stream(http, opened, headers, record, state.usage.record)
             else:
                 record.prompt_tokens = opened.prompt_tokens
                 record.completion_tokens = opened.completion_tokens
+                self.litellm.on_answer(headers, record, opened.deployment, overhead_ms, opened.ratelimit, True)
                 response = answer(opened, headers)
             record.overhead_ms = overhead * 1000
             return response
@@ -149,13 +164,6 @@ class Endpoints:
                              rule="x-request-id must match [A-Za-z0-9._:-]{1,128}")
         return replaced
 
-    async def models(self, http: web.Request) -> web.Response:
-        try:
-            self.state.auth.authenticate(_authorization(http))
-        except GatewayError as exc:
-            return exc.response()
-        return web.Response(body=self.state.models_payload, content_type=JSON)
-
     @staticmethod
     async def no_such_endpoint(http: web.Request) -> web.Response:
         """Last route: a path or method nothing else serves gets OpenAI's error JSON too, not aiohttp's text."""
@@ -178,7 +186,7 @@ class Endpoints:
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}").fullmatch
 
 
-def _authorization(http: web.Request) -> str | None:
+def authorization(http: web.Request) -> str | None:
     """The Bearer header, or Anthropic clients' x-api-key, as one Authorization value.
 
     aiohttp decodes header bytes that are not UTF-8 to lone surrogates; a key is printable ASCII, so such a
@@ -214,6 +222,9 @@ async def _parse(http: web.Request, endpoint: str, state: AppState) -> Request:
         stream = False
         if "input" not in body:
             raise bad_request("`input` is required.", "input")
+    elif endpoint in passthrough.REQUIRED:
+        passthrough.check_body(endpoint, body)
+        stream = False
     elif endpoint in ("chat", "messages"):
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:

@@ -30,7 +30,6 @@ class AppState:
     metrics: GatewayMetrics
     log: CallLog
     prefix_chars: int
-    models_payload: bytes
     discovery_api: Any = None
     proxy: Proxy = field(init=False)
     session: aiohttp.ClientSession = field(init=False)

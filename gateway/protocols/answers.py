@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Protocol
 
 import orjson
 
 from gateway.protocols.anthropic_clients import ChatToMessagesStream, MessagesPassthrough, chat_to_message
 from gateway.protocols.anthropic_upstream import AnthropicStream, from_messages_response
+from gateway.protocols.bedrock_converse import ConverseStream, ConverseToMessagesStream, from_converse_response
 from gateway.protocols.request import Request
 from gateway.protocols.sse import UpstreamStreamError, error_message
 from gateway.protocols.tokens import estimate_tokens, usage_pair
@@ -19,8 +21,10 @@ class MalformedAnswer(Exception):
 
 
 def read_answer(dep: DeploymentPool, data: bytes, alias: str, endpoint: str = "chat",
-                prompt_estimate: int = 0) -> tuple[bytes, int, int]:
+                prompt_estimate: int = 0, restamp: bool = False) -> tuple[bytes, int, int]:
     """Answer bytes for the client, with (prompt, completion) tokens; raises MalformedAnswer.
+
+    `restamp`: the answer's `model` becomes `alias`, the name the client asked for (see restamp_model).
 
     Usage the gateway cannot trust (missing, not an object, negative, absurd) is replaced by estimates:
     the prompt's (request bytes / 4) and the answer text's (characters / 4), so a call is never free.
@@ -36,15 +40,47 @@ def read_answer(dep: DeploymentPool, data: bytes, alias: str, endpoint: str = "c
             if dep.provider == "anthropic":
                 counted = usage_pair(obj.get("usage"), "input_tokens", "output_tokens")
                 return data, *(counted or _estimated(obj, prompt_estimate))
+            if dep.provider == "bedrock":
+                obj = from_converse_response(obj, alias)[0]
             message, prompt, completion = chat_to_message(obj, alias)
             return orjson.dumps(message), prompt, completion
         if dep.provider == "anthropic":
             translated, prompt, completion = from_messages_response(obj, alias)
             return orjson.dumps(translated), prompt, completion
+        if dep.provider == "bedrock":
+            translated, prompt, completion = from_converse_response(obj, alias)
+            return orjson.dumps(translated), prompt, completion
     except (AttributeError, TypeError, KeyError, ValueError) as exc:  # a shape the translation cannot read
         raise MalformedAnswer(f"answer has an unexpected shape ({type(exc).__name__})") from None
-    counted = usage_pair(obj.get("usage"), "prompt_tokens", "completion_tokens")
+    counted = usage_pair(obj.get("usage"), *(("input_tokens", "output_tokens") if endpoint == "images"
+                                            else ("prompt_tokens", "completion_tokens")))  # gpt-image-1's usage
+    if restamp and "model" in obj and obj["model"] != alias:
+        data = restamp_model(data, obj, alias)
     return data, *(counted or _estimated(obj, prompt_estimate))
+
+
+def restamp_model(data: bytes, obj: dict[str, object], alias: str) -> bytes:
+    """`data` (the JSON of `obj`) with its top-level `model` set to `alias`.
+
+    LiteLLM's proxy answers with the model name the client sent, not the deployment's, in whole answers and
+    in every stream chunk, except after a fallback, when the model that answered is kept
+    (litellm/proxy/common_request_processing.py@v1.106.2 `_override_openai_response_model`,
+    proxy_server.py@v1.106.2 `_restamp_streaming_chunk_model`). vLLM and OpenAI write compact JSON: the name
+    is replaced in place (a quote inside a JSON string is escaped, so the pattern cannot match inside one);
+    anything else is re-serialised.
+    """
+    upstream = obj["model"]
+    if isinstance(upstream, str):
+        old, new = _model_fields(upstream, alias)
+        if data.count(old) == 1:
+            return data.replace(old, new)
+    return orjson.dumps({**obj, "model": alias})
+
+
+@functools.lru_cache(maxsize=1024)
+def _model_fields(upstream: str, alias: str) -> tuple[bytes, bytes]:
+    # A few deployments and aliases: built once, not per answer or per stream chunk.
+    return b'"model":' + orjson.dumps(upstream), b'"model":' + orjson.dumps(alias)
 
 
 def _estimated(obj: dict[str, object], prompt_estimate: int) -> tuple[int, int]:
@@ -87,10 +123,12 @@ class OpenAIStream:
     client hung up first) or cannot be trusted (`usage_problem` says why).
     """
 
-    __slots__ = ("completion_tokens", "done", "prompt_tokens", "streamed_tokens", "strip_usage", "usage_problem")
+    __slots__ = ("completion_tokens", "done", "model", "prompt_tokens", "streamed_tokens", "strip_usage",
+                 "usage_problem")
 
-    def __init__(self, strip_usage: bool) -> None:
+    def __init__(self, strip_usage: bool, model: str | None = None) -> None:
         self.strip_usage = strip_usage
+        self.model = model  # restamped into every chunk when set (see restamp_model)
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.streamed_tokens = 0
@@ -118,12 +156,19 @@ class OpenAIStream:
                     self.prompt_tokens, self.completion_tokens = counted
                 if self.strip_usage and not obj.get("choices"):
                     return b""
+            model = self.model
+            if model is not None and obj.get("model", model) != model:
+                return b"data: " + restamp_model(data, obj, model) + b"\n\n"
         return raw
 
 
-def stream_adapter(dep: DeploymentPool, request: Request) -> StreamAdapter:
+def stream_adapter(dep: DeploymentPool, request: Request, restamp: bool = False) -> StreamAdapter:
     if request.endpoint == "messages":
+        if dep.provider == "bedrock":
+            return ConverseToMessagesStream(request.alias)
         return MessagesPassthrough() if dep.provider == "anthropic" else ChatToMessagesStream(request.alias)
     if dep.provider == "anthropic":
         return AnthropicStream(request.alias, include_usage=request.wants_usage)
-    return OpenAIStream(strip_usage=not request.wants_usage)
+    if dep.provider == "bedrock":
+        return ConverseStream(request.alias, include_usage=request.wants_usage)
+    return OpenAIStream(strip_usage=not request.wants_usage, model=request.alias if restamp else None)

@@ -9,6 +9,7 @@ import orjson
 
 from gateway.protocols.anthropic_clients import check_messages, messages_to_chat
 from gateway.protocols.anthropic_upstream import BadShape, check_chat, to_messages_request
+from gateway.protocols.bedrock_converse import to_converse_request
 from gateway.upstream.routing import DeploymentPool, ModelRoute
 
 
@@ -54,6 +55,9 @@ class Request:
         if dep.provider == "anthropic":
             check_chat(body)
             return orjson.dumps(to_messages_request(body, dep.model, route.max_tokens))
+        if dep.provider == "bedrock":
+            check_chat(body)
+            return orjson.dumps(to_converse_request(body, route.max_tokens))
         changes: dict[str, Any] = {}
         if body.get("model") != dep.model:
             changes["model"] = dep.model
@@ -73,6 +77,8 @@ class Request:
 
     def _build_messages(self, dep: DeploymentPool, route: ModelRoute) -> bytes:
         body, cap = self.body, route.max_tokens
+        if dep.provider == "bedrock":
+            return orjson.dumps(to_converse_request(messages_to_chat(body, dep.model, cap), cap))
         if dep.provider != "anthropic":
             return orjson.dumps(messages_to_chat(body, dep.model, cap))
         changes: dict[str, Any] = {}

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 from aiohttp import web
 
+from gateway.sim import media
 from gateway.sim.answers import (
     WORDS,
     anthropic_events,
@@ -21,45 +22,11 @@ from gateway.sim.answers import (
     openai_events,
 )
 from gateway.sim.drain import Admission
-
-Fault = Literal[
-    "none",
-    "error_500",
-    "rate_limit_429",
-    "hang_before_headers",
-    "hang_mid_stream",
-    "truncate_stream",
-    "malformed_json",
-]
-FAULTS: tuple[str, ...] = Fault.__args__  # type: ignore[attr-defined]
+from gateway.sim.settings import FAULTS as FAULTS
+from gateway.sim.settings import SimSettings as SimSettings
+from gateway.sim.settings import SimStats as SimStats
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-
-
-@dataclass
-class SimSettings:
-    """Behaviour of one simulated replica; tests change it while the server runs."""
-
-    models: tuple[str, ...] = ("sim-model",)
-    ttft: float = 0.0  # seconds before the first token (and before a non-streaming answer)
-    tokens_per_s: float = 0.0  # 0: every token at once
-    output_tokens: int = 8  # completion length when max_tokens does not cut it shorter
-    fault: Fault = "none"
-    fault_count: int | None = None  # faulty requests before healing; None: forever
-    retry_after: float = 1.0
-    name: str = "sim"  # echoed in the x-sim-replica header so tests see who answered
-
-
-@dataclass
-class SimStats:
-    requests: int = 0
-    in_flight: int = 0
-    cancelled: int = 0  # requests whose client went away before the answer ended
-    completed: int = 0
-    prompt_tokens: int = 0
-    generation_tokens: int = 0
-    bodies: list[dict[str, Any]] = field(default_factory=list)  # last few request bodies
-    headers: list[dict[str, str]] = field(default_factory=list)
 
 
 class Simulator:
@@ -78,6 +45,8 @@ class Simulator:
                 web.post("/v1/completions", self.completions),
                 web.post("/v1/embeddings", self.embeddings),
                 web.post("/v1/messages", self.messages),
+                web.post("/v1/images/generations", functools.partial(media.images, self)),
+                web.post("/v1/moderations", functools.partial(media.moderations, self)),
                 web.get("/v1/models", self.models),
                 web.get("/health", self.health),
                 web.get("/metrics", self.metrics),
@@ -123,10 +92,13 @@ class Simulator:
     async def _early_fault(self, fault: str, anthropic: bool = False) -> web.Response | None:
         """Faults that strike before any byte of the answer."""
         if fault == "error_500":
-            return json_response(error_body("simulated engine failure", "InternalServerError", 500, anthropic), 500)
+            status = self.settings.error_status
+            return json_response(error_body(self.settings.error_message, "InternalServerError", status, anthropic),
+                                 status)
         if fault == "rate_limit_429":
             resp = json_response(error_body("simulated rate limit", "RateLimitError", 429, anthropic), 429)
             resp.headers["Retry-After"] = f"{self.settings.retry_after:g}"
+            resp.headers.update(self.settings.headers)
             return resp
         if fault == "hang_before_headers":
             await asyncio.Event().wait()  # until the client gives up
@@ -150,7 +122,7 @@ class Simulator:
         return f"{prefix}-{self.settings.name}-{next(self._ids)}"
 
     def _headers(self) -> dict[str, str]:
-        return {"x-sim-replica": self.settings.name}
+        return {"x-sim-replica": self.settings.name, **self.settings.headers}
 
     async def _stream(self, request: web.Request, events: Any, fault: str) -> web.StreamResponse:
         resp = web.StreamResponse(headers={**SSE_HEADERS, **self._headers()})

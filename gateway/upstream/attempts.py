@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
 import orjson
 
 from gateway.config.native import Retries
-from gateway.http.errors import GatewayError, unavailable
+from gateway.http.errors import GatewayError
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.usage import CallRecord
 from gateway.protocols.answers import MalformedAnswer, StreamAdapter, read_answer, stream_adapter
+from gateway.protocols.bedrock_events import ConverseEventReader
 from gateway.protocols.request import Request
 from gateway.protocols.sse import EventReader, EventTooLarge, TruncatedStream, UpstreamStreamError
 from gateway.protocols.tokens import estimate_tokens
@@ -25,6 +26,8 @@ from gateway.upstream.client import (
     UpstreamConnectTimeout,
     UpstreamLimitExceeded,
 )
+from gateway.upstream.cloud_calls import CLOUD_PROVIDERS, CloudAuthFailed, CloudCalls
+from gateway.upstream.outcomes import Failures, final_error, ratelimit_headers
 from gateway.upstream.quotas import DeploymentQuotas
 from gateway.upstream.redaction import redact
 from gateway.upstream.retry import Backoff, retry_after_seconds
@@ -43,10 +46,13 @@ SHAPE_ERRORS = (ValueError, TypeError, KeyError, AttributeError)
 class AttemptFailed(Exception):
     """One attempt failed before any byte reached the client: try the next candidate."""
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    def __init__(self, reason: str, retry_after: float | None = None, status: int | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.status = status  # the upstream's HTTP status, when it answered one (upstream/outcomes.py)
+        self.headers = headers  # its x-ratelimit-* headers, relayed if this is the failure the client sees
 
 
 @dataclass(slots=True)
@@ -60,8 +66,9 @@ class Opened:
     adapter: StreamAdapter | None
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    events: EventReader | None = None  # streaming: the upstream's events, each bounded in size
+    events: EventReader | ConverseEventReader | None = None  # streaming: the upstream's events, each bounded in size
     prompt_estimate: int = 0  # the prompt's tokens by the request's size, charged when usage never comes
+    ratelimit: dict[str, str] | None = None  # the upstream's x-ratelimit-* headers, relayed as LiteLLM does
     _finished: bool = False
 
     def finish(self, ok: bool, blame: bool = True) -> None:
@@ -98,12 +105,13 @@ class Proxy:
         self.backoff = Backoff(retries.backoff_base, retries.backoff_max)
         self.metrics = metrics
         self.quotas = quotas
+        self.cloud = CloudCalls()  # Azure and Bedrock (upstream/cloud_calls.py)
         self._clock = clock
 
     async def open(self, request: Request, route: ModelRoute, record: CallRecord,
                    session_key: Callable[[], bytes]) -> Opened:
         """Try the alias, then its fallbacks; raise a GatewayError when nothing answered."""
-        failures: list[str] = []
+        failures = Failures()
         routes = [route]
         for name in route.fallbacks:
             fallback = self.router.route(name)
@@ -131,15 +139,10 @@ class Proxy:
             opened = await self._try_route(request, current, candidates, record, failures)
             if opened is not None:
                 return opened
-        listed = "; ".join(failures[-6:])
-        if any(f.split(": ", 2)[1:2] == ["too_large"] for f in failures):
-            # An answer too large to hold is the upstream's fault, named as such (not "unavailable").
-            raise GatewayError(502, f"No usable upstream answer for model `{route.alias}`: {listed}", "upstream_error",
-                               None, "upstream_limit_exceeded")
-        raise unavailable(f"No upstream could answer for model `{route.alias}`: " + listed)
+        raise final_error(route.alias, failures)  # the status LiteLLM gives for the last failure
 
     async def _try_route(self, request: Request, route: ModelRoute, candidates: list[tuple[DeploymentPool, Replica]],
-                         record: CallRecord, failures: list[str]) -> Opened | None:
+                         record: CallRecord, failures: Failures) -> Opened | None:
         index = 0
         for attempt in range(self.retries.attempts + 1):
             now = self._clock()
@@ -163,6 +166,7 @@ class Proxy:
             except AttemptFailed as failure:
                 self.metrics.upstream_errors.labels(dep.name, failure.reason.split(":", 1)[0]).inc()
                 failures.append(f"{dep.name}: {failure.reason}")
+                failures.failed(failure.reason, failure.status, failure.headers)
                 if failure.retry_after is not None:
                     replica.cooling_until = self._clock() + failure.retry_after
         return None
@@ -203,7 +207,8 @@ class Proxy:
 
     async def _attempt(self, request: Request, route: ModelRoute, dep: DeploymentPool, replica: Replica) -> Opened:
         payload = request.payload_for(dep, route)
-        head = b"" if request.stream else dep.request_head(replica, request.endpoint)  # a config error raises here
+        cloud = dep.provider in CLOUD_PROVIDERS
+        head = b"" if request.stream or cloud else dep.request_head(replica, request.endpoint)  # config errors raise
         replica.in_flight += 1
         replica.breaker.on_attempt()
         response: aiohttp.ClientResponse | None = None
@@ -215,28 +220,44 @@ class Proxy:
             if request.stream:
                 # Headers and the first event within first_byte: failover stays possible until then.
                 async with asyncio.timeout(t.first_byte):
-                    response = await self.session.post(url, data=payload, headers=dep.headers,
-                                                       timeout=dep.client_timeout)
+                    if cloud:
+                        response = await self.cloud.post(self.session, dep, replica, request, payload)
+                    else:
+                        response = await self.session.post(url, data=payload, headers=dep.headers,
+                                                           timeout=dep.client_timeout)
                     if response.status != 200:
                         health = response.status not in NOT_HEALTH
+                        if cloud:
+                            error = await self.cloud.whole(dep, response, ERROR_BODY_BYTES)
+                            _refusal(error.status, error.reason, error.headers, error.body, _secrets(dep))
                         await _refused(response, dep)
                     if response.headers.get("Content-Encoding", "identity").lower() not in ("identity", ""):
                         # We asked for identity: a compressed stream could inflate past every bound before we see it.
                         raise AttemptFailed("malformed_response: compressed stream (we asked for identity)")
-                    adapter = stream_adapter(dep, request)
-                    events = EventReader(response.content, dep.limits.sse_event_bytes)
+                    adapter = stream_adapter(dep, request, restamp=route.alias == request.alias)
+                    events = (self.cloud.events(dep, response) if dep.provider == "bedrock"
+                              else EventReader(response.content, dep.limits.sse_event_bytes))
                     first = await _first_output(events, adapter)
                     return Opened(dep, replica, response, first, adapter, events=events,
-                                  prompt_estimate=prompt_estimate)
-            # A whole answer, through the lean client (see upstream/client.py for the measurement). Model servers
+                                  prompt_estimate=prompt_estimate, ratelimit=ratelimit_headers(response.headers))
+            # A whole answer, through the lean client (see upstream/client.py for the measurement; Azure and Bedrock
+            # through aiohttp's, upstream/cloud_calls.py). Model servers
             # send nothing until a whole answer is generated, so `total` bounds it, `idle` the silence once begun.
-            answer = await self.client.post(replica.connections, head, payload, t.connect, t.total, t.idle, dep.limits)
+            if cloud:
+                async with asyncio.timeout(t.total):
+                    response = await self.cloud.post(self.session, dep, replica, request, payload)
+                    answer = await self.cloud.whole(dep, response)
+                response = None
+            else:
+                answer = await self.client.post(replica.connections, head, payload, t.connect, t.total, t.idle,
+                                                dep.limits)
             if answer.status != 200:
                 health = answer.status not in NOT_HEALTH
-                _refusal(answer.status, answer.reason, answer.headers.get("retry-after"),
-                         answer.body[:ERROR_BODY_BYTES], _secrets(dep))
-            body, prompt, completion = read_answer(dep, answer.body, route.alias, request.endpoint, prompt_estimate)
-            opened = Opened(dep, replica, None, body, None, prompt, completion)
+                _refusal(answer.status, answer.reason, answer.headers, answer.body[:ERROR_BODY_BYTES], _secrets(dep))
+            body, prompt, completion = read_answer(dep, answer.body, route.alias, request.endpoint, prompt_estimate,
+                                                   restamp=route.alias == request.alias)
+            opened = Opened(dep, replica, None, body, None, prompt, completion,
+                            ratelimit=ratelimit_headers(answer.headers))
             opened.finish(ok=True)
             return opened
         except AttemptFailed:
@@ -252,6 +273,9 @@ class Proxy:
         except UpstreamConnectError as exc:
             self._failed(replica, response, health)
             raise AttemptFailed(f"connect_error: {exc}") from None
+        except CloudAuthFailed as exc:  # our credentials, not the upstream's health
+            self._failed(replica, response, health=False)
+            raise AttemptFailed(f"auth_error: {exc}") from None
         except UpstreamClosed as exc:
             self._failed(replica, response, health)
             raise AttemptFailed(f"upstream_disconnected: {redact(str(exc), _secrets(dep))}") from None
@@ -299,7 +323,7 @@ async def _refused(response: aiohttp.ClientResponse, dep: DeploymentPool) -> Non
         text = await response.content.read(ERROR_BODY_BYTES)
     except aiohttp.ClientError:
         text = b""
-    _refusal(response.status, response.reason or "", response.headers.get("Retry-After"), text, _secrets(dep))
+    _refusal(response.status, response.reason or "", response.headers, text, _secrets(dep))
 
 
 def _secrets(dep: DeploymentPool) -> list[str]:
@@ -317,7 +341,7 @@ def redact_for(dep: DeploymentPool, text: str) -> str:
     return redact(text, _secrets(dep))
 
 
-def _refusal(status: int, reason: str, retry_after_header: str | None, text: bytes, secrets: list[str]) -> None:
+def _refusal(status: int, reason: str, headers: Mapping[str, str], text: bytes, secrets: list[str]) -> None:
     """Raise what a non-200 upstream answer means: the client's fault, or a failed attempt.
 
     Upstream error text is never relayed as is: it may echo the provider key (a 401 quoting the
@@ -325,12 +349,14 @@ def _refusal(status: int, reason: str, retry_after_header: str | None, text: byt
     """
     message = redact(_upstream_message(text) or reason or "error", secrets)
     if status in CLIENT_FAULT:
-        raise GatewayError(status, f"Upstream rejected the request: {message}", "invalid_request_error")
-    retry_after = retry_after_seconds(retry_after_header) if status in (429, 503) else None
-    raise AttemptFailed(f"http_{status}: {message}", retry_after)
+        # The upstream's own code goes along (Azure's `content_filter`, Bedrock's `ValidationException`).
+        raise GatewayError(status, f"Upstream rejected the request: {message}", "invalid_request_error",
+                           code=_upstream_code(text))
+    retry_after = retry_after_seconds(headers.get("retry-after")) if status in (429, 503) else None
+    raise AttemptFailed(f"http_{status}: {message}", retry_after, status, ratelimit_headers(headers))
 
 
-async def _first_output(events: EventReader, adapter: StreamAdapter) -> bytes:
+async def _first_output(events: EventReader | ConverseEventReader, adapter: StreamAdapter) -> bytes:
     """Read events until one produces bytes for the client, so failover stays possible until then."""
     while True:
         event = await events.next()
@@ -339,6 +365,15 @@ async def _first_output(events: EventReader, adapter: StreamAdapter) -> bytes:
         out = adapter.feed(*event)
         if out or adapter.done:
             return out
+
+
+def _upstream_code(text: bytes) -> str | None:
+    try:
+        error = orjson.loads(text).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code[:100] if isinstance(code, str) and code.isprintable() else None
 
 
 def _upstream_message(text: bytes) -> str:

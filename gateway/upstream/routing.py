@@ -17,8 +17,13 @@ from gateway.upstream.hashring import BoundedLoadRing
 # Endpoints each wire protocol serves, and the path under the deployment's base URL.
 PATHS: dict[str, dict[str, str]] = {
     "openai": {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings",
-               "messages": "/chat/completions"},  # Messages clients, translated to chat
+               "messages": "/chat/completions",  # Messages clients, translated to chat
+               "images": "/images/generations", "moderations": "/moderations"},  # http/passthrough.py
     "anthropic": {"chat": "/messages", "messages": "/messages"},
+    # OpenAI's protocol at Azure's URLs, and Bedrock's Converse: requests made by upstream/cloud_calls.py.
+    "azure": {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings",
+              "messages": "/chat/completions"},
+    "bedrock": {"chat": "/converse", "messages": "/converse"},
 }
 ANTHROPIC_VERSION = "2023-06-01"
 

@@ -1,4 +1,4 @@
-"""Gateway: the regional gateway release (charts/gateway) and the IRSA role it reads its secrets with."""
+"""Gateway: the regional gateway release (charts/gateway) and its IRSA role (stack secrets, Bedrock calls)."""
 from __future__ import annotations
 
 import json
@@ -9,6 +9,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
+from infra import bedrock
 from infra.chart_values import (
     GATEWAY_CHART,
     GATEWAY_NAMESPACE,
@@ -16,7 +17,7 @@ from infra.chart_values import (
     gateway_service_account_subject,
     gateway_values,
 )
-from infra.config import Region, StackConfig
+from infra.config import BEDROCK, Region, StackConfig
 
 
 def irsa_trust_policy(oidc_provider_arn: str, issuer: str, subjects: list[str] | None = None) -> dict:
@@ -47,6 +48,34 @@ def secret_read_policy(region: str, secret_arns: list[str], key_arn: str) -> dic
              "Condition": {"StringEquals": {"kms:ViaService": f"secretsmanager.{region}.amazonaws.com"}}},
         ],
     }
+
+
+def bedrock_models(config: dict) -> list[str]:
+    """The Bedrock model and inference profile ids a rendered gateway config calls."""
+    return sorted({str(d["model"]) for m in config.get("models", []) for d in m.get("deployments", [])
+                   if d.get("provider") == BEDROCK})
+
+
+def bedrock_invoke_policy(region: str, account: str, model_ids: list[str]) -> dict:
+    """The gateway of `region` may call (Converse, ConverseStream) exactly the Bedrock models its config names,
+    there. A cross-region profile: the profile in this region, and its foundation model in each destination
+    region only through that profile (the `bedrock:InferenceProfileArn` condition, AWS's documented setup:
+    docs.aws.amazon.com/bedrock/latest/userguide/geographic-cross-region-inference.html), so the role cannot
+    call the model directly in a region the profile merely routes to."""
+    statements: list[dict[str, object]] = []
+    for i, model_id in enumerate(model_ids):
+        arns = bedrock.invoke_arns(model_id, region, account)
+        if bedrock.geography(model_id) is None:
+            statements.append({"Sid": f"InvokeModel{i}", "Effect": "Allow", "Action": bedrock.INVOKE_ACTIONS,
+                               "Resource": arns})
+            continue
+        profile, models = arns[0], arns[1:]
+        statements += [
+            {"Sid": f"InvokeProfile{i}", "Effect": "Allow", "Action": bedrock.INVOKE_ACTIONS, "Resource": profile},
+            {"Sid": f"InvokeModelThroughProfile{i}", "Effect": "Allow", "Action": bedrock.INVOKE_ACTIONS,
+             "Resource": models, "Condition": {"StringEquals": {"bedrock:InferenceProfileArn": profile}}},
+        ]
+    return {"Version": "2012-10-17", "Statement": statements}
 
 
 def gateway_role(name: str, region: str, path: str, tags: dict[str, str], oidc_provider_arn: pulumi.Input[str],
@@ -82,6 +111,16 @@ class Gateway(pulumi.ComponentResource):
             policy=pulumi.Output.all(args.key_arn, *args.secret_arns).apply(
                 lambda a: json.dumps(secret_read_policy(region, list(a[1:]), a[0]))),
             opts=pulumi.ResourceOptions(parent=self, provider=iam))
+        policies = [policy]
+        models = bedrock_models(args.config)
+        if models:
+            # The account is the one the stack's secrets live in (arn:aws:secretsmanager:<region>:<account>:...).
+            policies.append(aws.iam.RolePolicy(
+                f"{name}-bedrock",
+                role=args.role.name,
+                policy=pulumi.Output.from_input(args.secret_arns[0]).apply(
+                    lambda arn: json.dumps(bedrock_invoke_policy(region, str(arn).split(":")[4], models))),
+                opts=pulumi.ResourceOptions(parent=self, provider=iam)))
         self.release = k8s.helm.v3.Release(
             name,
             name=GATEWAY_RELEASE,
@@ -90,5 +129,5 @@ class Gateway(pulumi.ComponentResource):
             create_namespace=True,
             atomic=True,
             values=gateway_values(args.cfg, args.region, role_arn=args.role.arn, config=args.config),
-            opts=pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=[policy]))
+            opts=pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=policies))
         self.register_outputs({"role_arn": args.role.arn})

@@ -26,7 +26,8 @@ UNKNOWN = "arn:aws:iam::123456789012:role/unknown-at-preview"
 # Only the objects the scheduler reads are parsed (the gateway's rendered config alone is thousands of YAML
 # nodes): a document's own kind is its one unindented `kind:` line.
 # Prometheus and Alertmanager objects become StatefulSets through the Prometheus Operator (infra/plan/operator_pods.py).
-SCHEDULED_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "HorizontalPodAutoscaler", *OPERATOR_KINDS)
+SCHEDULED_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "HorizontalPodAutoscaler", "ScaledObject",
+                   *OPERATOR_KINDS)
 _SCHEDULED_KIND = re.compile(rf"^kind:\s*({'|'.join(SCHEDULED_KINDS)})\s*$", re.MULTILINE)
 _DOCUMENT = re.compile(r"^---.*$", re.MULTILINE)
 # libyaml's parser when PyYAML has it.

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from gateway.observability.metrics import GatewayMetrics
 from infra.chart_values import (
     GATEWAY_CHART,
     GATEWAY_NAMESPACE,
@@ -13,6 +14,7 @@ from infra.chart_values import (
     VLLM_PORT,
     gateway_service_account_subject,
 )
+from infra.components.autoscaling import PROMETHEUS_URL
 from infra.components.dns import regional_host, zone_host
 from infra.config import StackConfig
 from infra.gateway_config import gateway_config
@@ -129,14 +131,65 @@ def test_prometheus_scrapes_metrics_by_annotation_or_service_monitor():
 @REGIONS
 def test_replicas_scale_between_the_configured_min_and_max_and_survive_drains(prod, region):
     r = _prod(prod, region)
-    hpa = r.one("HorizontalPodAutoscaler")
-    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == \
+    scaled = r.one("ScaledObject")["spec"]
+    assert (scaled["minReplicaCount"], scaled["maxReplicaCount"]) == \
         (prod.gateway.replicas.min, prod.gateway.replicas.max)
+    assert scaled["scaleTargetRef"]["name"] == r.one("Deployment")["metadata"]["name"]
+    assert r.all("HorizontalPodAutoscaler") == [], "KEDA makes the one HPA; a second would fight it"
     assert "replicas" not in r.one("Deployment")["spec"]
     pdb = r.one("PodDisruptionBudget")
     labels = r.one("Deployment")["spec"]["template"]["metadata"]["labels"]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert pdb["spec"]["maxUnavailable"] == 1
+
+
+@REGIONS
+def test_the_gateway_scales_on_cpu_and_on_calls_in_flight_per_replica_of_this_release(prod, region):
+    r = _prod(prod, region)
+    triggers = {t["type"]: t for t in r.one("ScaledObject")["spec"]["triggers"]}
+    assert set(triggers) == {"cpu", "prometheus"}
+    # The HPA's own Resource metric, from metrics-server, against the container's CPU request.
+    assert triggers["cpu"]["metricType"] == "Utilization"
+    assert triggers["cpu"]["metadata"]["value"] == "70"
+    # KEDA's webhook refuses a cpu trigger unless every container requests CPU (scaledobject_webhook.go@v2.20.2,
+    # verifyCPUMemoryScalers); it reads the Deployment, which Helm applies before a kind it does not know.
+    assert all(c["resources"]["requests"]["cpu"] for c in r.pod_spec()["containers"])
+    calls = triggers["prometheus"]
+    assert calls["metricType"] == "AverageValue"
+    assert calls["metadata"]["serverAddress"] == PROMETHEUS_URL
+    assert calls["metadata"]["query"] == \
+        f'sum(llmp_gateway_in_flight{{namespace="{GATEWAY_NAMESPACE}",service="{GATEWAY_RELEASE}"}})'
+    # The gauge is one the gateway exports, and the Service the ServiceMonitor scrapes carries the selected name.
+    assert "llmp_gateway_in_flight" in GatewayMetrics().render().decode()
+    assert r.one("Service", GATEWAY_RELEASE)
+
+
+def test_with_prometheus_down_the_gateway_keeps_its_replicas_and_still_scales_up_on_cpu(prod):
+    """A `static` fallback would pin the replica count whatever the CPU says (kedacore/keda#6659); `currentReplicas`
+    makes the failing trigger report the count running, and the HPA takes the largest of its metrics."""
+    fallback = _prod(prod, "us-east-1").one("ScaledObject")["spec"]["fallback"]
+    assert fallback["behavior"] == "currentReplicas"
+    assert fallback["failureThreshold"] >= 1
+
+
+def test_the_scaled_object_takes_over_the_hpa_an_earlier_release_of_the_chart_made(prod):
+    """Helm applies the new ScaledObject before it deletes the old HPA, and KEDA's webhook refuses a ScaledObject
+    for a workload another HPA scales unless it names that HPA for transfer (scaledobject_webhook.go@v2.20.2)."""
+    scaled = _prod(prod, "us-east-1").one("ScaledObject")
+    assert scaled["metadata"]["annotations"]["scaledobject.keda.sh/transfer-hpa-ownership"] == "true"
+    assert scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["name"] == GATEWAY_RELEASE
+
+
+@pytest.mark.parametrize(("values", "field"), [
+    ({"autoscaling": {"inFlightPerReplica": 0}}, "/autoscaling/inFlightPerReplica"),
+    ({"autoscaling": {"prometheus": {"serverAddress": "prometheus:9090"}}}, "/autoscaling/prometheus/serverAddress"),
+    ({"autoscaling": {"fallback": {"failureThreshold": 0}}}, "/autoscaling/fallback/failureThreshold"),
+    ({"autoscaling": {"metrics": []}}, "metrics"),
+])
+def test_bad_scaling_values_are_refused_by_name(prod, values, field):
+    error = install_error(GATEWAY_CHART, merged(prod_gateway_values(prod, "us-east-1"), values),
+                          name=GATEWAY_RELEASE, namespace=GATEWAY_NAMESPACE)
+    assert field in error
 
 
 def test_replicas_spread_across_zones():

@@ -289,16 +289,17 @@ def test_every_release_has_a_disruption_budget_covering_its_pods(prod, region, m
 def test_replicas_follow_the_models_min_and_the_max_its_pool_holds(prod, region, model):
     r = _prod(prod, region, model)
     m = _model(prod, model)
-    floor = max(1, m.replicas.min)  # an HPA cannot scale to zero without a feature gate
+    floor = max(1, m.replicas.min)  # KEDA's minReplicaCount; a batch model goes below it only when idle
     ceiling = _ceilings(prod, region)[model]
-    hpas = r.all("HorizontalPodAutoscaler")
-    if ceiling > floor:
-        (hpa,) = hpas
-        assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (floor, ceiling)
-        assert hpa["spec"]["scaleTargetRef"]["name"] == r.one("Deployment")["metadata"]["name"]
+    scaled = r.all("ScaledObject")
+    assert r.all("HorizontalPodAutoscaler") == [], "KEDA makes the HPA; a second one would fight it"
+    if ceiling > floor or m.tier == "batch":
+        (so,) = scaled
+        assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (floor, ceiling)
+        assert so["spec"]["scaleTargetRef"]["name"] == r.one("Deployment")["metadata"]["name"]
         assert "replicas" not in r.one("Deployment")["spec"]
     else:
-        assert hpas == []
+        assert scaled == []
         assert r.one("Deployment")["spec"]["replicas"] == floor
 
 
@@ -358,7 +359,19 @@ BAD_VALUES = {
     "GPU memory above 98%": ({"model": {"gpuMemoryUtilization": 1.2}}, "/model/gpuMemoryUtilization"),
     "an unknown quantization": ({"model": {"quantization": "int3"}}, "/model/quantization"),
     "an S3 URI that is not one": ({"modelCache": {"s3": {"uri": "https://bucket/x"}}}, "/modelCache/s3/uri"),
-    "an HPA floor of zero": ({"autoscaling": {"enabled": True, "minReplicas": 0}}, "/autoscaling/minReplicas"),
+    "a floor of zero (KEDA's idleReplicaCount is the way to zero)": (
+        {"autoscaling": {"enabled": True, "minReplicas": 0}}, "/autoscaling/minReplicas"),
+    "idle at one replica (only zero)": ({"autoscaling": {"idleReplicas": 1}}, "/autoscaling/idleReplicas"),
+    "a KV-cache target above 100%": ({"autoscaling": {"targets": {"kvCacheUsage": 80}}},
+                                     "/autoscaling/targets/kvCacheUsage"),
+    "no queue target": ({"autoscaling": {"targets": {"waitingRequests": 0}}}, "/autoscaling/targets/waitingRequests"),
+    "a Prometheus address without its scheme": ({"autoscaling": {"prometheus": {"serverAddress": "prom:9090"}}},
+                                                "/autoscaling/prometheus/serverAddress"),
+    "a wake window PromQL cannot read": ({"autoscaling": {"wake": {"window": "ten minutes"}}},
+                                         "/autoscaling/wake/window"),
+    "an alias that would break out of the PromQL string": ({"autoscaling": {"wake": {"alias": 'x"} or vector(1'}}},
+                                                           "/autoscaling/wake/alias"),
+    "the prometheus-adapter HPA metrics of old": ({"autoscaling": {"metrics": [{"type": "Pods"}]}}, "'metrics'"),
     "a token region that is not one": ({"model": {"hfToken": {"secretsManager": {"region": "Europe"}}}},
                                        "/model/hfToken/secretsManager/region"),
     "a role that is not an IAM role ARN": ({"serviceAccount": {"roleArn": "models"}}, "/serviceAccount/roleArn"),
@@ -573,8 +586,8 @@ def _helm_wait_expects(r: Rendered) -> int:
     """Ready pods of the new ReplicaSet Helm's wait asks for: replicas - maxUnavailable for a rolling update,
     all of them otherwise (helm pkg/kube/ready.go deploymentReady, deploymentutil.MaxUnavailable)."""
     deployment = r.one("Deployment")
-    hpas = r.all("HorizontalPodAutoscaler")
-    replicas = hpas[0]["spec"]["minReplicas"] if hpas else deployment["spec"]["replicas"]
+    scaled = r.all("ScaledObject")
+    replicas = scaled[0]["spec"]["minReplicaCount"] if scaled else deployment["spec"]["replicas"]
     strategy = deployment["spec"]["strategy"]
     if strategy["type"] != "RollingUpdate":
         return replicas
@@ -609,11 +622,11 @@ def test_the_full_prod_pools_replace_one_replica_at_a_time_and_none_surges(prod)
         assert strategy[region, "llama-3-3-70b"]["type"] == "Recreate"  # two p5 nodes, floor of one replica
         assert strategy[region, "qwen2-5-7b-batch"]["type"] == "Recreate"  # floor of one replica
         assert strategy[region, "llama-3-1-8b"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
-    hpa = _prod(prod, "us-east-1", "llama-3-1-8b").one("HorizontalPodAutoscaler")["spec"]
-    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 4)
+    scaled = _prod(prod, "us-east-1", "llama-3-1-8b").one("ScaledObject")["spec"]
+    assert (scaled["minReplicaCount"], scaled["maxReplicaCount"]) == (2, 4)
     # The EU's three mid nodes (12 GPUs) hold the 8B model's configured 8 beside mistral's two 2-GPU replicas.
-    hpa = _prod(prod, "eu-north-1", "llama-3-1-8b").one("HorizontalPodAutoscaler")["spec"]
-    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 8)
+    scaled = _prod(prod, "eu-north-1", "llama-3-1-8b").one("ScaledObject")["spec"]
+    assert (scaled["minReplicaCount"], scaled["maxReplicaCount"]) == (2, 8)
     assert strategy["eu-north-1", "mistral-small-24b"]["type"] == "Recreate"
 
 

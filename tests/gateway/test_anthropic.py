@@ -54,7 +54,7 @@ async def test_anthropic_overload_falls_back_and_errors_are_openai_shaped(claude
     sim.settings.fault = "error_500"
     with pytest.raises(openai.InternalServerError) as err:
         await gw.client().chat.completions.create(model="claude", messages=MESSAGES)
-    assert err.value.status_code == 503 and "simulated engine failure" in err.value.message
+    assert err.value.status_code == 500 and "simulated engine failure" in err.value.message  # the upstream's status
 
 
 async def test_embeddings_are_not_offered_by_anthropic_deployments(claude) -> None:

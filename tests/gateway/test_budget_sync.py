@@ -30,7 +30,7 @@ async def spend_to_refusal(client: openai.AsyncOpenAI) -> int:
     for answered in range(200):
         try:
             await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
-        except openai.RateLimitError as exc:
+        except openai.UnprocessableEntityError as exc:  # LiteLLM's budget_exceeded_status_code, 422
             assert "max_budget" in str(exc)
             return answered
     pytest.fail("the budget never refused a call")

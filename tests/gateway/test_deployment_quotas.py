@@ -19,13 +19,15 @@ async def calls_until_refused(client: openai.AsyncOpenAI, most: int = 20, **kwar
     for answered in range(most):
         try:
             await client.chat.completions.create(model=MODEL, messages=MESSAGES, **kwargs)
-        except openai.APIStatusError as exc:
-            assert exc.status_code == 503, exc
+        except openai.RateLimitError as exc:
+            # Every deployment at its quota: LiteLLM's router "No deployments available", a 429 with a
+            # retry-after (litellm/proxy/_types.py@v1.106.2 ProxyException; gateway/upstream/outcomes.py).
+            assert exc.status_code == 429 and exc.response.headers["retry-after"], exc
             return answered, str(exc)
     pytest.fail(f"{most} calls and no deployment reached its quota")
 
 
-async def test_a_deployment_at_its_rpm_is_skipped_then_all_full_is_a_503(gateway_factory, sim) -> None:
+async def test_a_deployment_at_its_rpm_is_skipped_then_all_full_is_a_429(gateway_factory, sim) -> None:
     gw = await gateway_factory(gateway_config([deployment("small", sim.base_url, rpm=2),
                                                deployment("smaller", sim.base_url, rpm=1)]))
     answered, message = await calls_until_refused(gw.client())
@@ -66,7 +68,7 @@ async def test_quotas_hold_across_replicas_sharing_redis(gateway_factory, sim, t
         try:
             await replicas[i % 2].client(api_key=KEY).chat.completions.create(model=MODEL, messages=MESSAGES)
             answered += 1
-        except openai.APIStatusError as exc:
-            assert exc.status_code == 503 and "provider: at its rpm/tpm quota" in str(exc)
+        except openai.RateLimitError as exc:
+            assert exc.status_code == 429 and "provider: at its rpm/tpm quota" in str(exc)
             refused += 1
     assert answered == 5 and refused == 11, "one quota for the pair, not one per replica"

@@ -1,6 +1,6 @@
 """Hostile admin bodies never break the gateway: no 5xx, lists and infos still answer, limits still count.
 
-Hypothesis generates `/key/generate`, `/key/update` and `/team/new` bodies with hostile values for
+Hypothesis generates `/key/generate`, `/key/update`, `/team/new` and `/user/new` bodies with hostile values for
 every field (huge, negative, NaN and infinite numbers, huge strings, wrong types, nested junk) against
 a running gateway with a real ledger and real Redis, derandomized so that every run tries the
 same bodies, on SQLite and on PostgreSQL. Each key that is made is also used once, with a hostile
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -28,7 +29,10 @@ KEY_FIELDS = ("key_alias", "duration", "expires", "models", "max_budget", "budge
               "tpm_limit", "max_parallel_requests", "team_id", "metadata", "user_id", "key", "residency",
               "max_tokens", "max_request_bytes", "model_rpm_limit", "model_tpm_limit", "blocked")
 TEAM_FIELDS = ("team_id", "team_alias", "models", "max_budget", "budget_duration", "rpm_limit", "tpm_limit",
-               "max_parallel_requests", "metadata", "residency", "blocked")
+               "max_parallel_requests", "metadata", "residency", "blocked", "members_with_roles")
+USER_FIELDS = ("user_id", "user_email", "user_alias", "user_role", "teams", "models", "max_budget",
+               "budget_duration", "rpm_limit", "tpm_limit", "max_parallel_requests", "metadata", "key_alias",
+               "duration", "auto_create_key")
 
 wide_ints = st.one_of(
     st.integers(min_value=-(2**63), max_value=2**64 - 1),
@@ -62,7 +66,13 @@ def _nested(depth: int) -> Any:
 TYPED: dict[str, st.SearchStrategy[Any]] = {
     **{f: st.one_of(wide_ints, wide_floats) for f in ("max_budget", "rpm_limit", "tpm_limit",
                                                        "max_parallel_requests", "max_tokens", "max_request_bytes")},
-    **{f: texts for f in ("key_alias", "team_id", "user_id", "residency", "team_alias")},
+    **{f: texts for f in ("key_alias", "team_id", "user_id", "residency", "team_alias", "user_email", "user_alias",
+                          "user_role")},
+    "teams": st.lists(st.one_of(texts, st.fixed_dictionaries({"team_id": texts, "user_role": texts}), junk),
+                      max_size=3),
+    "members_with_roles": st.lists(st.one_of(st.fixed_dictionaries({"role": texts, "user_id": texts}),
+                                             st.fixed_dictionaries({"user_email": texts}), junk), max_size=3),
+    "auto_create_key": st.one_of(st.booleans(), junk),
     "duration": durations, "budget_duration": durations, "expires": times,
     "models": st.lists(texts, max_size=5) | st.integers(min_value=1001, max_value=3000).map(lambda n: ["m"] * n),
     "model_rpm_limit": st.dictionaries(texts, wide_ints, max_size=3),
@@ -106,12 +116,14 @@ def fuzz(gw: RunningGateway, made: list[str]) -> None:
 
     @settings(max_examples=80, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
-    @given(generate=bodies(KEY_FIELDS), update=bodies(KEY_FIELDS), team=bodies(TEAM_FIELDS), max_tokens=scalars)
-    def one(generate: dict[str, Any], update: dict[str, Any], team: dict[str, Any], max_tokens: Any) -> None:
+    @given(generate=bodies(KEY_FIELDS), update=bodies(KEY_FIELDS), team=bodies(TEAM_FIELDS), max_tokens=scalars,
+           user=bodies(USER_FIELDS))
+    def one(generate: dict[str, Any], update: dict[str, Any], team: dict[str, Any], max_tokens: Any,
+            user: dict[str, Any]) -> None:
         status, answer = call(url, "POST", "/key/generate", generate)
         assert status < 500, (generate, answer)
         if status == 200:
-            made.append(answer["token"])
+            made.append(answer["token_id"])
             chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens}
             status, reply = call(url, "POST", "/v1/chat/completions", chat, key=answer["key"])
             assert status < 500, (generate, max_tokens, reply)
@@ -119,6 +131,11 @@ def fuzz(gw: RunningGateway, made: list[str]) -> None:
         assert status < 500, (update, answer)
         status, answer = call(url, "POST", "/team/new", team)
         assert status < 500, (team, answer)
+        status, answer = call(url, "POST", "/user/new", user)
+        assert status < 500, (user, answer)
+        if status == 200:
+            status, answer = call(url, "GET", f"/user/info?user_id={urllib.parse.quote(answer['user_id'])}")
+            assert status == 200, (user, answer)
 
     one()
 

@@ -176,7 +176,7 @@ async def test_a_stored_key_out_of_bounds_is_listed_blocked_not_a_500_for_everyo
     # What an older gateway accepted and stored: an expiry no date can show, a negative limit.
     with sqlite3.connect(tmp_path / "ledger.db") as db:
         db.execute("UPDATE llmp_keys SET doc = json_set(doc, '$.expires', 1e20, '$.limits.rpm_limit', -1), "
-                   "rev = rev + 1 WHERE token = ?", (bad["token"],))
+                   "rev = rev + 1 WHERE token = ?", (bad["token_id"],))
     status, listed = await admin(gw, "GET", "/key/list")
     assert status == 200 and listed["total_count"] == 2, listed
     shown = {k["key_alias"]: k for k in listed["data"]}
@@ -192,7 +192,7 @@ async def test_a_stored_key_out_of_bounds_is_listed_blocked_not_a_500_for_everyo
     status, fixed = await admin(gw, "POST", "/key/update", {"key": bad["key"], "blocked": False})
     assert status == 200 and fixed["blocked"] is False
     status, deleted = await admin(gw, "POST", "/key/delete", {"keys": [bad["key"]]})
-    assert status == 200 and deleted["deleted_keys"] == [bad["token"]]
+    assert status == 200 and deleted["deleted_keys"] == [bad["token_id"]]
 
 
 async def test_lookups_by_a_name_postgres_cannot_hold_are_400s_not_store_outages(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +11,7 @@ import aiohttp
 import openai
 import pytest
 
+from gateway.http.admin_litellm import KEY_RESPONSE_DEFAULTS
 from tests.gateway.conftest import KEY, MODEL, RunningGateway, deployment, gateway_config
 
 MESSAGES = [{"role": "user", "content": "Say hello to the gateway"}]
@@ -29,6 +32,18 @@ async def admin(gw: RunningGateway, method: str, path: str, body: Any = None, ke
             return resp.status, await resp.json(content_type=None)
 
 
+async def ledger_holds(gw: RunningGateway, calls: int) -> None:
+    """Flush until the ledger holds `calls` records: a call is recorded once its answer is sent, which the client
+    may see first."""
+    for _ in range(100):
+        await gw.state.governance.ledger.flush()
+        _, report = await admin(gw, "GET", "/spend/report?group_by=day")
+        if sum(r["requests"] for r in report["data"]) >= calls:
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"the ledger never held {calls} records")
+
+
 @pytest.fixture
 async def gov(gateway_factory, sim, tmp_path) -> RunningGateway:
     return await gateway_factory(governed(sim, tmp_path))
@@ -39,7 +54,8 @@ async def test_generated_key_calls_models_and_is_stored_hashed(gov, tmp_path) ->
                                                               "max_budget": 10, "budget_duration": "30d"})
     assert status == 200, made
     assert made["key"].startswith("sk-llmp-") and made["key_name"].endswith(made["key"][-4:])
-    assert made["token"] != made["key"] and len(made["token"]) == 64
+    # As LiteLLM's generate_key_helper_fn answers: `token` is the key itself, `token_id` its stored hash.
+    assert made["token"] == made["key"] and made["token_id"] == hashlib.sha256(made["key"].encode()).hexdigest()
     assert made["max_budget"] == 10 and made["budget_duration"] == "30d" and made["models"] == [MODEL]
     reply = await gov.client(api_key=made["key"]).chat.completions.create(model=MODEL, messages=MESSAGES)
     assert reply.usage.completion_tokens == 8
@@ -76,11 +92,11 @@ async def test_deleted_key_is_refused_and_listed_as_deleted(gov) -> None:
     client = gov.client(api_key=made["key"])
     await client.chat.completions.create(model=MODEL, messages=MESSAGES)
     status, body = await admin(gov, "POST", "/key/delete", {"keys": [made["key"]]})
-    assert status == 200 and body == {"deleted_keys": [made["token"]]}
+    assert status == 200 and body == {"deleted_keys": [made["token_id"]]}
     with pytest.raises(openai.AuthenticationError):
         await client.chat.completions.create(model=MODEL, messages=MESSAGES)
     _, listed = await admin(gov, "GET", "/key/list")
-    assert made["token"] not in listed["keys"]
+    assert made["token_id"] not in listed["keys"]
 
 
 async def test_expired_key_and_disallowed_model_are_refused(gov) -> None:
@@ -88,7 +104,8 @@ async def test_expired_key_and_disallowed_model_are_refused(gov) -> None:
     with pytest.raises(openai.AuthenticationError, match="expired"):
         await gov.client(api_key=made["key"]).chat.completions.create(model=MODEL, messages=MESSAGES)
     _, made = await admin(gov, "POST", "/key/generate", {"models": ["other-model"]})
-    with pytest.raises(openai.PermissionDeniedError, match="may not call model"):
+    # LiteLLM's answer (proxy/auth/auth_checks.py@v1.106.2 `_can_object_call_model`): 403 key_model_access_denied.
+    with pytest.raises(openai.PermissionDeniedError, match="is not available for this API key"):
         await gov.client(api_key=made["key"]).chat.completions.create(model=MODEL, messages=MESSAGES)
 
 
@@ -157,7 +174,7 @@ async def test_spend_report_by_key_team_model_and_day(gov) -> None:
     for _ in range(3):
         await gov.client(api_key=made["key"]).chat.completions.create(model=MODEL, messages=MESSAGES)
     await gov.client().chat.completions.create(model=MODEL, messages=MESSAGES)
-    await gov.state.governance.ledger.flush()
+    await ledger_holds(gov, 4)
     _, by_team = await admin(gov, "GET", "/spend/report?group_by=team")
     rows = {r["team_id"]: r for r in by_team["data"]}
     assert rows["search"]["requests"] == 3 and rows[None]["requests"] == 1
@@ -167,7 +184,7 @@ async def test_spend_report_by_key_team_model_and_day(gov) -> None:
     assert by_model["data"][0]["model"] == MODEL and by_model["data"][0]["completion_tokens"] == 32
     _, by_day = await admin(gov, "GET", "/spend/report?group_by=day")
     assert len(by_day["data"]) == 1 and by_day["total_spend"] > 0
-    status, body = await admin(gov, "GET", "/spend/report?group_by=user")
+    status, body = await admin(gov, "GET", "/spend/report?group_by=customer")
     assert status == 400 and body["error"]["param"] == "group_by"
 
 
@@ -199,3 +216,88 @@ async def test_a_zone_gateway_refuses_keys_pinned_elsewhere(gateway_factory, sim
     _, made = await admin(gw, "POST", "/key/generate", {"residency": "eu"})
     with pytest.raises(openai.PermissionDeniedError, match="pinned to residency zone `eu`; this gateway serves `us`"):
         await gw.client(api_key=made["key"]).chat.completions.create(model=MODEL, messages=MESSAGES)
+
+
+# ---- LiteLLM's key fields, a key reading itself, users ---------------------------------------------
+
+async def test_generate_answers_every_field_of_litellms_generate_key_response(gov) -> None:
+    status, made = await admin(gov, "POST", "/key/generate", {"tags": ["nightly"], "soft_budget": 5})
+    assert status == 200 and set(KEY_RESPONSE_DEFAULTS) <= set(made), set(KEY_RESPONSE_DEFAULTS) - set(made)
+    assert len(KEY_RESPONSE_DEFAULTS) == 60  # LiteLLM 1.106.2's GenerateKeyResponse.model_fields
+    # Unsupported fields carry LiteLLM's defaults, with LiteLLM's types; harmless ones given are echoed.
+    assert made["spend"] == 0 and made["allowed_routes"] == [] and made["config"] == {} and made["tpd_limit"] is None
+    assert made["tags"] == ["nightly"] and made["ignored_fields"] == ["soft_budget", "tags"]
+    status, updated = await admin(gov, "POST", "/key/update", {"key": made["key"], "rpm_limit": 7})
+    assert status == 200 and updated["key"] == made["key"] and updated["rpm_limit"] == 7
+    assert updated["token_id"] == made["token_id"] and set(KEY_RESPONSE_DEFAULTS) <= set(updated)
+
+
+@pytest.mark.parametrize("field,value", [("allowed_routes", ["/key/generate"]), ("model_max_budget", {MODEL: 1}),
+                                         ("tpd_limit", 1000), ("key_type", "management"), ("permissions", {"x": 1}),
+                                         ("organization_id", "org-1"), ("spend", 3.5)])
+async def test_an_unsupported_field_that_would_widen_a_key_is_refused_by_name(gov, field, value) -> None:
+    for path, body in (("/key/generate", {field: value}), ("/team/new", {field: value}),
+                       ("/user/new", {field: value})):
+        status, answer = await admin(gov, "POST", path, body)
+        assert status == 400 and answer["error"]["param"] == field, (path, answer)
+        assert "not supported" in answer["error"]["message"]
+    _, listed = await admin(gov, "GET", "/key/list")
+    assert listed["total_count"] == 0, "nothing was made"
+
+
+async def test_a_virtual_key_reads_its_own_key_team_and_user_and_nothing_else(gov) -> None:
+    await admin(gov, "POST", "/team/new", {"team_id": "search"})
+    await admin(gov, "POST", "/team/new", {"team_id": "ads"})
+    _, mine = await admin(gov, "POST", "/key/generate", {"team_id": "search", "user_id": "ana"})
+    _, sibling = await admin(gov, "POST", "/key/generate", {"user_id": "ana"})
+    _, other = await admin(gov, "POST", "/key/generate", {"team_id": "ads", "user_id": "bob"})
+    key = mine["key"]
+    for path in ("/key/info", f"/key/info?key={mine['token_id']}", f"/key/info?key={sibling['token_id']}",
+                 "/team/info?team_id=search", "/user/info", "/user/info?user_id=ana", "/model/info"):
+        status, body = await admin(gov, "GET", path, key=key)
+        assert status == 200, (path, body)
+    for path in (f"/key/info?key={other['token_id']}", "/team/info?team_id=ads", "/user/info?user_id=bob"):
+        status, body = await admin(gov, "GET", path, key=key)
+        assert status == 403 and body["error"]["type"] == "permission_error", (path, body)
+    for method, path in (("GET", "/key/list"), ("GET", "/spend/logs"), ("POST", "/user/new"),
+                         ("GET", "/user/list"), ("POST", "/team/member_add")):
+        status, _ = await admin(gov, method, path, {}, key=key)
+        assert status == 403, path
+
+
+async def test_a_users_budget_spans_its_keys_and_is_raised_from_the_ledger(gateway_factory, sim, tmp_path) -> None:
+    config = governed(sim, tmp_path)
+    config["ledger"]["budget_sync_seconds"] = 60
+    first = await gateway_factory(config)
+    _, user = await admin(first, "POST", "/user/new", {"user_id": "ana", "max_budget": 0.05,
+                                                       "budget_duration": "30d"})
+    _, second_key = await admin(first, "POST", "/key/generate", {"user_id": "ana"})
+    calls = 0
+    with pytest.raises(openai.RateLimitError, match="user `ana`"):
+        for calls in range(1, 100):
+            key = user["key"] if calls % 2 else second_key["key"]
+            await first.client(api_key=key).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
+    assert calls >= 2, "both keys spent from the one budget"
+    await first.runner.cleanup()  # the ledger is flushed; in-process counters are gone
+    again = await gateway_factory(config)  # its budget sync raises the user's counter from the ledger
+    with pytest.raises(openai.RateLimitError, match="user `ana`"):
+        await again.client(api_key=second_key["key"]).chat.completions.create(model=MODEL, messages=MESSAGES)
+    _, info = await admin(again, "GET", "/user/info?user_id=ana")
+    assert info["user_info"]["spend"] > 0 and {k["token"] for k in info["keys"]} == {
+        user["token_id"], second_key["token_id"]}
+
+
+@pytest.mark.parametrize("field,value", [("residency", "eu"), ("blocked", True)])
+async def test_a_key_field_sent_for_a_user_is_refused_not_dropped(gov, field, value) -> None:
+    status, body = await admin(gov, "POST", "/user/new", {"user_id": "ana", field: value})
+    assert status == 400 and body["error"]["param"] == field
+    await admin(gov, "POST", "/user/new", {"user_id": "ana"})
+    status, body = await admin(gov, "POST", "/user/update", {"user_id": "ana", field: value})
+    assert status == 400 and body["error"]["param"] == field
+
+
+async def test_a_bad_key_field_in_user_new_is_a_400_and_leaves_no_user(gov) -> None:
+    status, body = await admin(gov, "POST", "/user/new", {"user_id": "ana", "duration": "727335"})
+    assert status == 400 and body["error"]["param"] == "duration", body
+    status, _ = await admin(gov, "GET", "/user/info?user_id=ana")
+    assert status == 404

@@ -31,12 +31,12 @@ async def test_generate_use_update_spend_and_revoke(gateway_factory, sim, tmp_pa
     await gw.state.governance.ledger.flush()
     code, out, _ = await llmp_keys(capsys, gw, "list")
     assert code == 0 and "nightly" in out and made["key"] not in out, "lists never show keys"
-    code, out, _ = await llmp_keys(capsys, gw, "update", made["token"], "--rpm", "none")
+    code, out, _ = await llmp_keys(capsys, gw, "update", made["token_id"], "--rpm", "none")
     assert code == 0 and json.loads(out)["rpm_limit"] is None
     code, out, _ = await llmp_keys(capsys, gw, "spend", "--by", "team")
     assert code == 0 and "research" in out and "total spend" in out
     code, out, _ = await llmp_keys(capsys, gw, "revoke", "--alias", "nightly")
-    assert code == 0 and made["token"] in out
+    assert code == 0 and made["token_id"] in out
     with pytest.raises(openai.AuthenticationError):
         await gw.client(api_key=made["key"]).chat.completions.create(model=MODEL, messages=MESSAGES)
 

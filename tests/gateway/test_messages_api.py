@@ -69,9 +69,9 @@ async def test_messages_errors_use_anthropic_shape(over_vllm) -> None:
     sim, gw = over_vllm
     with pytest.raises(anthropic.AuthenticationError):
         await client(gw, "sk-wrong").messages.create(model=MODEL, max_tokens=5, messages=MESSAGES)
-    with pytest.raises(anthropic.NotFoundError) as err:
+    with pytest.raises(anthropic.BadRequestError) as err:  # an unknown model: LiteLLM's 400
         await client(gw).messages.create(model="nope", max_tokens=5, messages=MESSAGES)
-    assert err.value.body["type"] == "error" and err.value.body["error"]["type"] == "not_found_error"
+    assert err.value.body["type"] == "error" and err.value.body["error"]["type"] == "invalid_request_error"
     sim.settings.fault = "hang_mid_stream"
     with pytest.raises(anthropic.APIStatusError):
         async with client(gw).messages.stream(model=MODEL, max_tokens=64, messages=MESSAGES) as stream:

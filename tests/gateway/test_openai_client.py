@@ -138,10 +138,14 @@ async def test_missing_or_wrong_key_is_refused_with_openai_error_shape(gateway, 
         await gateway.client(api_key=api_key).chat.completions.create(model=MODEL, messages=MESSAGES)
 
 
-async def test_unknown_model_is_a_404(gateway) -> None:
-    with pytest.raises(openai.NotFoundError) as err:
+async def test_unknown_model_is_a_400_as_litellm_answers_it(gateway) -> None:
+    """LiteLLM: 400 "/chat/completions: Invalid model name passed in model=nope. ..." (litellm/proxy/
+    route_llm_request.py@v1.106.2), param null, code "400"; clients catch openai.BadRequestError."""
+    with pytest.raises(openai.BadRequestError) as err:
         await gateway.client().chat.completions.create(model="nope", messages=MESSAGES)
-    assert err.value.body["code"] == "model_not_found"
+    assert err.value.body == {"message": "/chat/completions: Invalid model name passed in model=nope. Call "
+                              "`/v1/models` to view available models for your key.", "type": "invalid_request_error",
+                              "param": None, "code": "400"}
 
 
 @pytest.mark.parametrize(

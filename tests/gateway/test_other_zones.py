@@ -46,9 +46,9 @@ async def test_streaming_request_for_an_eu_only_model_is_refused_before_any_stre
     assert err.value.status_code == 421 and sim.stats.requests == 0
 
 
-async def test_unknown_models_are_still_not_found_and_local_models_still_answer(gateway_factory, sim) -> None:
+async def test_unknown_models_are_still_refused_and_local_models_still_answer(gateway_factory, sim) -> None:
     gw = await gateway_factory(us_gateway_config(sim.base_url))
-    with pytest.raises(openai.NotFoundError):
+    with pytest.raises(openai.BadRequestError, match="Invalid model name"):  # LiteLLM's 400 for an unknown model
         await gw.client().chat.completions.create(model="no-such-model", messages=MESSAGES)
     reply = await gw.client().chat.completions.create(model=MODEL, messages=MESSAGES)
     assert reply.choices[0].message.content

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 
-from gateway.governance.keys import Limits, Team, VirtualKey
+from gateway.governance.keys import Limits, Team, User, VirtualKey
+from gateway.governance.ledger.spend import spend_row
 from gateway.governance.store import migrations
 from gateway.governance.store.documents import key_doc, team_doc
 from gateway.governance.store.migrations import SchemaTooNew, latest
@@ -35,6 +37,7 @@ SCHEMA_V1 = [
     "CREATE INDEX IF NOT EXISTS llmp_spend_day ON llmp_spend (day)",
 ]
 TABLES = {"llmp_teams": "team_id", "llmp_keys": "token", "llmp_spend": "id"}
+NEW_TABLES = {"llmp_users": "user_id", "llmp_team_members": "team_id, user_id"}  # version 2
 NOW = 1_760_000_000.0
 
 
@@ -58,10 +61,17 @@ def v1_rows() -> dict[str, list[tuple[Any, ...]]]:
     }
 
 
-def sqlite_rows(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+def migrated(rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any, ...]]]:
+    """v1 rows as the latest schema holds them: every row kept, spend rows with no user (version 2's column)."""
+    out = {t: sorted(r, key=lambda row: row[0]) for t, r in rows.items()}
+    out["llmp_spend"] = [(*row, None) for row in out["llmp_spend"]]
+    return out
+
+
+def sqlite_rows(path: Path, tables: dict[str, str] = TABLES) -> dict[str, list[tuple[Any, ...]]]:
     db = sqlite3.connect(path)
     try:
-        return {t: db.execute(f"SELECT * FROM {t} ORDER BY {pk}").fetchall() for t, pk in TABLES.items()}
+        return {t: db.execute(f"SELECT * FROM {t} ORDER BY {pk}").fetchall() for t, pk in tables.items()}
     finally:
         db.close()
 
@@ -96,11 +106,13 @@ async def test_a_sqlite_ledger_made_before_migrations_keeps_every_row(tmp_path: 
         assert {t.team_id for t in teams} == {"search", "ads"}
         [team] = [t for t in teams if t.team_id == "search"]
         assert team.limits.max_budget == 10.0 and team.metadata == {"owner": "ana"}
-        report = await store.spend_report("day", None, None, None, None)
+        report = await store.spend_grouped(("day",), {})
         assert report[0]["requests"] == 5 and report[0]["prompt_tokens"] == 100
+        assert await store.list_users() == [] and await store.members(team_id="search") == []
     finally:
         await store.close()
-    assert sqlite_rows(path) == {t: sorted(r, key=lambda row: row[0]) for t, r in rows.items()}
+    assert sqlite_rows(path) == migrated(rows)
+    assert sqlite_rows(path, NEW_TABLES) == {t: [] for t in NEW_TABLES}
     assert sqlite_versions(path) == [m.version for m in migrations.MIGRATIONS] and sqlite_versions(path)[-1] == latest()
     again = SqliteStore(str(path), 5)
     await again.open()  # a second start finds nothing to do
@@ -113,7 +125,7 @@ async def test_a_new_sqlite_ledger_is_made_at_the_latest_version(tmp_path: Path)
     await store.open()
     await store.close()
     assert sqlite_versions(tmp_path / "new.db")[-1] == latest()
-    assert sqlite_rows(tmp_path / "new.db") == {t: [] for t in TABLES}
+    assert sqlite_rows(tmp_path / "new.db", {**TABLES, **NEW_TABLES}) == {t: [] for t in {**TABLES, **NEW_TABLES}}
 
 
 async def test_a_pending_migration_runs_once_and_is_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -127,7 +139,7 @@ async def test_a_pending_migration_runs_once_and_is_recorded(tmp_path: Path, mon
         await store.open()
         await store.close()
     assert sqlite_versions(path) == [*range(1, extra.version + 1)]
-    assert sqlite_rows(path) == {t: sorted(r, key=lambda row: row[0]) for t, r in rows.items()}
+    assert sqlite_rows(path) == migrated(rows)
 
 
 async def test_a_sqlite_ledger_newer_than_the_code_is_refused(tmp_path: Path) -> None:
@@ -198,11 +210,12 @@ async def test_a_postgres_ledger_made_before_migrations_keeps_every_row(pg_datab
         keys, teams = await store.load_keys()
         assert sorted(k.key_alias for k in keys) == ["key-1", "key-2"]
         assert {t.team_id for t in teams} == {"search", "ads"}
-        report = await store.spend_report("day", None, None, None, None)
+        report = await store.spend_grouped(("day",), {})
         assert report[0]["requests"] == 5 and report[0]["prompt_tokens"] == 100
+        assert await store.list_users() == [] and await store.members(team_id="search") == []
     finally:
         await store.close()
-    assert await pg_rows(pg_database) == {t: sorted(r, key=lambda row: row[0]) for t, r in rows.items()}
+    assert await pg_rows(pg_database) == migrated(rows)
     assert await pg_versions(pg_database) == [m.version for m in migrations.MIGRATIONS]
     assert (await pg_versions(pg_database))[-1] == latest()
     again = PostgresStore(pg_database, 10)
@@ -225,3 +238,46 @@ async def test_a_postgres_ledger_newer_than_the_code_is_refused(pg_database: str
         await store.open()
     await store.close()
     assert await pg_rows(pg_database) == before and await pg_versions(pg_database) == [latest() + 1]
+
+
+# ---- version 2: users, team members, spend by user ------------------------------------------------
+
+async def users_members_and_spend_by_user(store: Any) -> None:
+    """After migrating a v1 ledger: users and memberships are kept, spend rows carry a user and sum per user."""
+    await store.insert_user(User(user_id="ana", user_email="ana@example.com", limits=Limits(max_budget=5.0),
+                                 created_at=NOW))
+    await store.put_member("search", "ana", "admin", "ana@example.com", None, NOW)
+    row = spend_row("rec-u", "req-u", "f" * 64, None, "search", "gpt-4o-mini", "openai", "us-east-1", 200, 10, 5,
+                    0.5, now=NOW + 10, user_id="ana")
+    assert await store.insert_spend([orjson.dumps(row)]) == 1
+    [ana] = await store.list_users()
+    assert ana.user_email == "ana@example.com" and ana.limits.max_budget == 5.0
+    assert await store.find_user_by_email("ana@example.com") == ana
+    assert [m["role"] for m in await store.members(team_id="search")] == ["admin"]
+    assert await store.spend_since("user_id", NOW, ["ana"]) == {"ana": 0.5}
+    [by_user] = await store.spend_grouped(("user_id",), {"user_id": "ana"})
+    assert by_user["requests"] == 1 and by_user["spend"] == 0.5
+    assert [r["request_id"] for r in await store.spend_rows({"user_id": "ana"}, 10)] == ["req-u"]
+    assert await store.remove_member("search", "ana") and not await store.remove_member("search", "ana")
+    assert await store.delete_users(["ana", "nobody"]) == ["ana"] and await store.list_users() == []
+
+
+async def test_a_migrated_sqlite_ledger_keeps_users_members_and_spend_by_user(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    sqlite_v1(path)
+    store = SqliteStore(str(path), 5)
+    await store.open()
+    try:
+        await users_members_and_spend_by_user(store)
+    finally:
+        await store.close()
+
+
+async def test_a_migrated_postgres_ledger_keeps_users_members_and_spend_by_user(pg_database: str) -> None:
+    await pg_v1(pg_database)
+    store = PostgresStore(pg_database, 10)
+    await store.open()
+    try:
+        await users_members_and_spend_by_user(store)
+    finally:
+        await store.close()

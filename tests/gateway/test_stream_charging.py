@@ -53,7 +53,7 @@ async def test_a_key_with_budget_for_one_call_cannot_stream_twenty_by_hanging_up
             break
         charged.append(f"hangup-{i}")
         await gw.logged_calls(len(charged))  # settled before the next call is admitted
-    assert refused == 429, f"still streaming after {len(charged)} hang-ups"
+    assert refused == 422, f"still streaming after {len(charged)} hang-ups"
     assert 2 <= len(charged) < 20
     calls = {c["request_id"]: c for c in await gw.logged_calls(len(charged) + 1)}
     for rid in charged:

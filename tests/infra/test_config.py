@@ -95,6 +95,12 @@ BAD_CONFIGS: list[tuple[str, Mutation, str, str]] = [
      "llm-platform:deploy.repository", "is not a GitHub repository as owner/name"),
     ("hosted fallback that names no known provider", _set("failover.hosted_fallbacks.llama-3-1-8b", ["acme/x"]),
      "llm-platform:failover.hosted_fallbacks.llama-3-1-8b[0]", "with provider one of openai"),
+    ("Bedrock fallback through a global inference profile", _set("failover.hosted_fallbacks.llama-3-1-8b", [
+        "bedrock/global.anthropic.claude-3-5-haiku-20241022-v1:0"]),
+     "llm-platform:failover.hosted_fallbacks.llama-3-1-8b[0]", "is a global inference profile"),
+    ("Bedrock profile no gateway of the model can call", _set("failover.hosted_fallbacks.llama-3-1-8b", [
+        "bedrock/apac.anthropic.claude-3-5-haiku-20241022-v1:0"]),
+     "llm-platform:failover.hosted_fallbacks.llama-3-1-8b[0]", "callable only from apac regions"),
     ("cost allocation tag switch not a boolean", _set("budget.activate_cost_allocation_tag", "maybe"),
      "llm-platform:budget.activate_cost_allocation_tag", "boolean"),
     ("budget alert threshold given twice", _set("budget.alert_thresholds_pct", [50, 50]),

@@ -42,6 +42,7 @@ def test_a_gpu_pool_without_capacity_leaves_its_regions_ingress_gateway_and_dns_
     assert f"{region}-ingress-nginx" in releases
     assert f"{region}-nvidia-device-plugin" in releases
     assert f"{region}-gateway" in releases
+    assert {f"{region}-keda", f"{region}-metrics-server"} <= releases  # the gateway waits for them
     records = {r.name for r in created if r.type == "aws:route53/record:Record"}
     assert any(name.endswith(f"{region}-latency") for name in records), records
     assert any(name.endswith(f"{region}-direct") for name in records), records

@@ -307,3 +307,22 @@ def test_capacity_fit_places_the_pods_the_operator_makes_for_prometheus_and_aler
         assert prometheus["kind"] == "StatefulSet" and prometheus["pools"] == ["system"]
         assert prometheus["requests"] == "0.51 CPU, 3.05 GiB memory"
         assert pods[f"{NAMESPACE}/alertmanager-{RELEASE}-alertmanager ({region})"]["pools"] == ["system"]
+
+
+def test_keda_queries_this_prometheus_for_metrics_that_exist() -> None:
+    """What the ScaledObjects of prod's releases ask the region's Prometheus for is scraped there."""
+    from infra.components.autoscaling import PROMETHEUS_URL as KEDA_PROMETHEUS
+    from tests.charts.rendering import PROD_MODEL_RELEASES, load_prod, render_prod_gateway, render_prod_model
+    assert KEDA_PROMETHEUS == PROMETHEUS_URL
+    cfg = load_prod()
+    region, model = PROD_MODEL_RELEASES[0]
+    queries = []
+    for rendered in (render_prod_model(cfg, region, model), render_prod_gateway(cfg, region)):
+        for scaled in rendered.all("ScaledObject"):
+            for trigger in scaled["spec"]["triggers"]:
+                if trigger["type"] == "prometheus":
+                    assert trigger["metadata"]["serverAddress"] == PROMETHEUS_URL
+                    queries.append(trigger["metadata"]["query"])
+    assert queries
+    for query in queries:
+        assert not unknown(query), f"{query}: no source exports {sorted(unknown(query))}"

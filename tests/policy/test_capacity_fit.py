@@ -60,6 +60,35 @@ def test_gateway_pods_fit_the_system_nodes(stack_plan):
     assert pods["llm-gateway/gateway"]["requests"] == "0.5 CPU, 0.50 GiB memory"
 
 
+def test_keda_and_metrics_server_pods_are_placed_on_the_system_nodes(prod_plan):
+    """Two of each of KEDA's operator, metrics apiserver and webhooks, and two metrics-servers, per region, beside
+    the gateway at its max, each with room for its rolling update's surge."""
+    res = result(prod_plan, "capacity-fit")
+    for name in ("keda/keda-operator", "keda/keda-operator-metrics-apiserver", "keda/keda-admission-webhooks",
+                 "kube-system/metrics-server"):
+        placed = [e for e in res.evidence if e.get("pod", "").startswith(f"{name} (")]
+        assert len(placed) == len(prod_plan.config.regions), name
+        assert all(e["pools"] == ["system"] and e["replicas"] == [2, 2] for e in placed), name
+        assert not _mentioning(res, name), name
+
+
+def test_a_scaled_objects_replica_range_is_judged_like_an_hpas():
+    """KEDA creates the HPA at run time from the ScaledObject: its minReplicaCount and maxReplicaCount (KEDA's
+    defaults 0 and 100) are the range; an idleReplicaCount below the floor is not what a woken model must fit."""
+    def deployment(name: str) -> dict:
+        return {"kind": "Deployment", "metadata": {"name": name},
+                "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "c"}]}}}}
+
+    def scaled(target: str, **spec) -> dict:
+        return {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": target},
+                "spec": {"scaleTargetRef": {"name": target}, **spec}}
+    pods = pod_templates([deployment("batch"), scaled("batch", idleReplicaCount=0, minReplicaCount=1,
+                                                        maxReplicaCount=6),
+                          deployment("bare"), scaled("bare"), deployment("fixed")], "us-east-1", "vllm", "llm-serving")
+    assert {p.name: (p.min_replicas, p.max_replicas) for p in pods} == {"batch": (1, 6), "bare": (0, 100),
+                                                                        "fixed": (1, 1)}
+
+
 def test_add_on_charts_render_from_their_vendored_pinned_versions(prod_plan):
     res = result(prod_plan, "capacity-fit")
     for release in prod_plan.of_type(RELEASE):

@@ -1,6 +1,9 @@
 """Control region-residency: resources, restricted models and secret replicas stay inside their residency zone."""
 from __future__ import annotations
 
+import pytest
+
+from infra.config import ConfigError, parse
 from infra.plan.mocks import PlannedResource
 from tests.policy.helpers import (
     assert_passes,
@@ -227,6 +230,65 @@ def test_weights_bucket_replicated_out_of_its_zone_is_rejected(prod_plan):
     assert_rejected(result_of_resources(prod_plan, resources, "region-residency"),
                     "bucket replication eu-north-1-weights-replication copies llmp-prod-weights-",
                     "(zone 'eu') to llmp-prod-weights-", "in us-east-1, outside its zone")
+
+
+# -- Amazon Bedrock fallbacks: processed only inside the gateway's zone ---------------------------
+HAIKU = "anthropic.claude-3-5-haiku-20241022-v1:0"
+US_REGIONS = ["us-east-1", "us-east-2", "us-west-1", "us-west-2"]  # a us. profile's routes (bedrock_profiles.yaml)
+
+
+def bedrock_fallback_plan(model_id: str, us_zone: list[str] | None = None):
+    raw = stack_raw("preview")
+    raw["failover"] = {**raw["failover"], "hosted_fallbacks": {"qwen2-5-1-5b": [f"bedrock/{model_id}"]}}
+    if us_zone is not None:
+        raw["residency"] = {"us": us_zone}
+    return plan_of(raw, "preview")
+
+
+def test_bedrock_fallback_is_called_and_processed_in_the_gateways_own_region():
+    """A plain model id: the us-east-1 gateway calls Bedrock in us-east-1, with no key, and may invoke nothing else."""
+    plan = bedrock_fallback_plan(HAIKU)
+    res = result(plan, "region-residency")
+    assert_passes(res)
+    [called] = [e for e in res.evidence if "bedrock" in e]
+    assert (called["called_in"], called["processed_in"]) == ("us-east-1", ["us-east-1"])
+    [granted] = [e for e in res.evidence if "bedrock_invoke" in e]
+    assert granted["bedrock_invoke"] == [f"arn:aws:bedrock:us-east-1::foundation-model/{HAIKU}"]
+
+
+def test_bedrock_profile_is_allowed_when_the_zone_holds_every_region_it_may_route_to():
+    res = result(bedrock_fallback_plan(f"us.{HAIKU}", us_zone=US_REGIONS), "region-residency")
+    assert_passes(res)
+    [called] = [e for e in res.evidence if "bedrock" in e]
+    assert called["processed_in"] == US_REGIONS
+
+
+def test_bedrock_profile_that_may_route_outside_the_zone_is_rejected():
+    """The us. profile may send a call to us-east-2 or us-west-1; the zone allows only us-east-1 and us-west-2."""
+    assert_rejected(result(bedrock_fallback_plan(f"us.{HAIKU}"), "region-residency"),
+                    f"sends qwen2-5-1-5b to Bedrock us.{HAIKU} in us-east-1, which Bedrock may process in "
+                    "us-east-2, us-west-1, outside the zone (us-east-1, us-west-2)",
+                    "the zone 'us' gateway role may invoke Bedrock in us-east-2")
+
+
+def test_gateway_role_invoking_bedrock_outside_its_zone_is_rejected():
+    """Program bug (simulated): the us-east-1 gateway's Bedrock grant names a model in eu-west-1."""
+    plan = bedrock_fallback_plan(HAIKU)
+
+    def grant_eu(rs):
+        grant = find(rs, "aws:iam/rolePolicy:RolePolicy", "us-east-1-gateway-bedrock")
+        grant.inputs["policy"] = grant.inputs["policy"].replace("bedrock:us-east-1:", "bedrock:eu-west-1:")
+    assert_rejected(result_of_resources(plan, mutated(plan, grant_eu), "region-residency"),
+                    "the zone 'us' gateway role may invoke Bedrock in eu-west-1, outside the zone")
+
+
+def test_global_bedrock_profile_is_refused_by_the_stack_config():
+    """A global. profile may be processed in any commercial region: no zone can hold it."""
+    raw = stack_raw("preview")
+    raw["failover"] = {**raw["failover"], "hosted_fallbacks": {"qwen2-5-1-5b": [f"bedrock/global.{HAIKU}"]}}
+    with pytest.raises(ConfigError, match=r"failover.hosted_fallbacks.qwen2-5-1-5b\[0\]: .* is a global inference "
+                                          r"profile"):
+        parse(raw, "preview")
 
 
 def test_every_regions_alerts_go_to_a_topic_in_that_region(prod_plan):

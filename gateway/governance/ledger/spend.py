@@ -19,7 +19,7 @@ from gateway.governance.ledger.spool import Segment, SpendSpool
 from gateway.governance.store.protocol import BadRows, LedgerStore
 from gateway.tasks import cancel
 
-_TEXT = ("id", "day", "request_id", "key_token", "key_alias", "team_id", "model", "deployment", "region")
+_TEXT = ("id", "day", "request_id", "key_token", "key_alias", "team_id", "model", "deployment", "region", "user_id")
 
 
 class SpendLedger:
@@ -160,14 +160,15 @@ def _day_of_hour(hour: int) -> str:
 
 def spend_row(record_id: str, request_id: str, key_token: str, key_alias: str | None, team_id: str | None,
               model: str, deployment: str, region: str, status: int, prompt_tokens: int, completion_tokens: int,
-              cost: float, now: float | None = None) -> dict[str, Any]:
-    """A spend record, its numbers bounded (`bounds`): whatever an upstream reported, the store takes the row."""
+              cost: float, now: float | None = None, user_id: str | None = None) -> dict[str, Any]:
+    """A spend record, its numbers bounded (`bounds`): whatever an upstream reported, the store takes the row.
+    `user_id`: the key's owner (LiteLLM's `user` column), absent from rows spooled before users existed."""
     ts = time.time() if now is None else now
     return {"id": record_id, "ts": ts, "day": _day(ts), "request_id": request_id,
             "key_token": key_token, "key_alias": key_alias, "team_id": team_id, "model": model,
             "deployment": deployment, "region": region, "status": status,
             "prompt_tokens": tokens_in_range(prompt_tokens), "completion_tokens": tokens_in_range(completion_tokens),
-            "cost": cost_in_range(cost)}
+            "cost": cost_in_range(cost), "user_id": user_id}
 
 
 def row_problem(line: bytes) -> str | None:

@@ -84,6 +84,10 @@ def team_scope(team_id: str) -> str:
     return "t:" + team_id
 
 
+def user_scope(user_id: str) -> str:
+    return "u:" + user_id
+
+
 def refused(scope: Scope, what: str, retry_after: int, detail: str = "") -> GatewayError:
     names = {"rpm": "rpm_limit", "tpm": "tpm_limit", "budget": "max_budget", "parallel": "max_parallel_requests"}
     limit = {"rpm": scope.rpm, "tpm": scope.tpm, "budget": scope.budget, "parallel": scope.parallel}[what]

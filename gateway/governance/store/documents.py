@@ -24,7 +24,7 @@ from gateway.governance.bounds import (
     MAX_TIMESTAMP,
     MAX_TOKENS,
 )
-from gateway.governance.keys import Limits, Team, VirtualKey
+from gateway.governance.keys import Limits, Team, User, VirtualKey
 
 UNREADABLE = "llmp_unreadable"
 OnBad = Callable[[str, str, str], None]  # (kind, id, reason)
@@ -41,6 +41,10 @@ def key_doc(key: VirtualKey) -> bytes:
 
 def team_doc(team: Team) -> bytes:
     return orjson.dumps(dataclasses.asdict(team))
+
+
+def user_doc(user: User) -> bytes:
+    return orjson.dumps(dataclasses.asdict(user))
 
 
 def _whole(name: str, value: Any, low: int, high: int) -> None:
@@ -130,3 +134,28 @@ def team_from_doc(doc: str | bytes, on_bad: OnBad | None = None) -> Team:
     if on_bad is not None:
         on_bad("team", team_id, reason)
     return Team(team_id=team_id, team_alias=_text(d.get("team_alias")), blocked=True, metadata={UNREADABLE: reason})
+
+
+def user_from_doc(doc: str | bytes, on_bad: OnBad | None = None) -> User:
+    """A user; one whose document cannot be read keeps no limit it had: its budget reads as 0 (nothing admitted),
+    the reason in `metadata.llmp_unreadable`, so the request path refuses its keys instead of dropping a budget."""
+    d: Any = None
+    try:
+        d = orjson.loads(doc)
+        d["limits"] = Limits(**d.get("limits") or {})
+        d["models"] = tuple(d.get("models") or ())
+        user = User(**d)
+        check_limits(user.limits)
+        _time("created_at", user.created_at)
+        _time("updated_at", user.updated_at)
+        if not isinstance(user.user_id, str) or not isinstance(user.metadata, dict):
+            raise ValueError("user_id or metadata: wrong type")
+        return user
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"[:300]
+    d = d if isinstance(d, dict) else {}
+    user_id = _text(d.get("user_id")) or ""
+    if on_bad is not None:
+        on_bad("user", user_id, reason)
+    return User(user_id=user_id, user_email=_text(d.get("user_email")), limits=Limits(max_budget=0.0),
+                metadata={UNREADABLE: reason})

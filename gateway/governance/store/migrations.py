@@ -50,8 +50,25 @@ _V1 = (
 )
 
 
+# Users (LiteLLM's /user/* API) as documents like keys and teams; team membership as rows, so a team's
+# document (which every replica's key cache reads) keeps its shape; each spend row names the key's user.
+# `ALTER TABLE ... ADD COLUMN` with no default is valid on both databases and rewrites no rows.
+_V2 = (
+    """CREATE TABLE llmp_users (
+        user_id TEXT PRIMARY KEY, user_email TEXT, doc TEXT NOT NULL, rev BIGINT NOT NULL,
+        created_at DOUBLE PRECISION)""",
+    "CREATE INDEX llmp_users_email ON llmp_users (user_email)",
+    """CREATE TABLE llmp_team_members (
+        team_id TEXT NOT NULL, user_id TEXT NOT NULL, role TEXT NOT NULL, user_email TEXT,
+        max_budget_in_team DOUBLE PRECISION, created_at DOUBLE PRECISION, PRIMARY KEY (team_id, user_id))""",
+    "CREATE INDEX llmp_team_members_user ON llmp_team_members (user_id)",
+    "ALTER TABLE llmp_spend ADD COLUMN user_id TEXT",
+)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "keys, teams and spend rows", _V1),
+    Migration(2, "users, team members, spend rows by user", _V2),
 )
 
 

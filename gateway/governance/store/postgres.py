@@ -7,11 +7,27 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.governance.keys import Team, VirtualKey
-from gateway.governance.store.documents import key_doc, key_from_doc, new_rev, team_doc, team_from_doc
+from gateway.governance.keys import Team, User, VirtualKey
+from gateway.governance.store.documents import (
+    key_doc,
+    key_from_doc,
+    new_rev,
+    team_doc,
+    team_from_doc,
+    user_doc,
+    user_from_doc,
+)
 from gateway.governance.store.migrations import CREATE_VERSION_TABLE, CURRENT_VERSION, VERSION_TABLE, pending
 from gateway.governance.store.protocol import BadRows, Conflict, StoreError
-from gateway.governance.store.reports import chunks, report_rows, report_sql, since_sql
+from gateway.governance.store.reports import (
+    MEMBER_COLUMNS,
+    as_rows,
+    chunks,
+    grouped_rows,
+    grouped_sql,
+    rows_sql,
+    since_sql,
+)
 from gateway.governance.store.schema import POSTGRES_INSERT_SPEND, json_array
 
 
@@ -85,9 +101,9 @@ class PostgresStore:
             self._on_event("store_row_unreadable", kind=kind, id=ident, reason=reason, effect="blocked")
 
     async def key_fingerprint(self) -> tuple[int, int]:
-        row = await self._q("fetchrow", "SELECT (SELECT COUNT(*) FROM llmp_keys) + (SELECT COUNT(*) FROM llmp_teams),"
-                            " (SELECT COALESCE(SUM(rev), 0) FROM llmp_keys)"
-                            " + (SELECT COALESCE(SUM(rev), 0) FROM llmp_teams)")
+        tables = ("llmp_keys", "llmp_teams", "llmp_users")
+        row = await self._q("fetchrow", "SELECT " + " + ".join(f"(SELECT COUNT(*) FROM {t})" for t in tables) + ", "
+                            + " + ".join(f"(SELECT COALESCE(SUM(rev), 0) FROM {t})" for t in tables))
         return int(row[0]), int(row[1])
 
     async def load_keys(self) -> tuple[list[VirtualKey], list[Team]]:
@@ -162,14 +178,68 @@ class PostgresStore:
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"postgresql: {type(exc).__name__}: {exc}") from None
 
-    async def spend_report(self, group_by: str, start: str | None, end: str | None,
-                           key_token: str | None, team_id: str | None) -> list[dict[str, Any]]:
-        sql, args = report_sql(group_by, start, end, key_token, team_id, lambda i: f"${i}")
-        return report_rows(group_by, await self._q("fetch", sql, *args))
-
     async def spend_since(self, column: str, since: float, ids: list[str]) -> dict[str, float]:
         found: dict[str, float] = {}
         for chunk in chunks(ids):
             sql, args = since_sql(column, since, chunk, lambda i: f"${i}")
             found.update((r[0], float(r[1])) for r in await self._q("fetch", sql, *args))
         return found
+
+    # ---- users and team members -----------------------------------------------------------------
+
+    async def insert_user(self, user: User) -> None:
+        await self._q("execute", "INSERT INTO llmp_users (user_id, user_email, doc, rev, created_at) "
+                      "VALUES ($1,$2,$3,$4,$5)", user.user_id, user.user_email, user_doc(user).decode(), new_rev(),
+                      user.created_at)
+
+    async def update_user(self, user: User) -> None:
+        await self._q("execute", "UPDATE llmp_users SET user_email = $1, doc = $2, rev = $3 WHERE user_id = $4",
+                      user.user_email, user_doc(user).decode(), new_rev(), user.user_id)
+
+    async def get_user(self, user_id: str) -> User | None:
+        row = await self._q("fetchrow", "SELECT doc FROM llmp_users WHERE user_id = $1", user_id)
+        return None if row is None else user_from_doc(row[0], self._bad)
+
+    async def find_user_by_email(self, email: str) -> User | None:
+        row = await self._q("fetchrow", "SELECT doc FROM llmp_users WHERE user_email = $1 ORDER BY created_at "
+                            "LIMIT 1", email)
+        return None if row is None else user_from_doc(row[0], self._bad)
+
+    async def list_users(self) -> list[User]:
+        rows = await self._q("fetch", "SELECT doc FROM llmp_users ORDER BY created_at")
+        return [user_from_doc(r[0], self._bad) for r in rows]
+
+    async def delete_users(self, user_ids: list[str]) -> list[str]:
+        # One statement each, members first: a user is never left deleted with memberships pointing at it.
+        await self._q("execute", "DELETE FROM llmp_team_members WHERE user_id = ANY($1)", user_ids)
+        rows = await self._q("fetch", "DELETE FROM llmp_users WHERE user_id = ANY($1) RETURNING user_id", user_ids)
+        done = {r[0] for r in rows}
+        return [u for u in user_ids if u in done]
+
+    async def put_member(self, team_id: str, user_id: str, role: str, user_email: str | None,
+                         max_budget_in_team: float | None, now: float) -> None:
+        await self._q("execute", "INSERT INTO llmp_team_members (team_id, user_id, role, user_email, "
+                      "max_budget_in_team, created_at) VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (team_id, user_id) "
+                      "DO UPDATE SET role = excluded.role, user_email = excluded.user_email, "
+                      "max_budget_in_team = excluded.max_budget_in_team",
+                      team_id, user_id, role, user_email, max_budget_in_team, now)
+
+    async def remove_member(self, team_id: str, user_id: str) -> bool:
+        status = await self._q("execute", "DELETE FROM llmp_team_members WHERE team_id = $1 AND user_id = $2",
+                               team_id, user_id)
+        return bool(int(status.split()[-1]))  # "DELETE <rows>"
+
+    async def members(self, team_id: str | None = None, user_id: str | None = None) -> list[dict[str, Any]]:
+        column = "team_id" if team_id is not None else "user_id"
+        rows = await self._q("fetch", f"SELECT {', '.join(MEMBER_COLUMNS)} FROM llmp_team_members "
+                             f"WHERE {column} = $1 ORDER BY created_at, user_id",
+                             team_id if team_id is not None else user_id)
+        return [dict(zip(MEMBER_COLUMNS, r)) for r in rows]
+
+    async def spend_grouped(self, columns: tuple[str, ...], filters: dict[str, str]) -> list[dict[str, Any]]:
+        sql, args = grouped_sql(columns, filters, lambda i: f"${i}")
+        return grouped_rows(columns, await self._q("fetch", sql, *args))
+
+    async def spend_rows(self, filters: dict[str, str], limit: int) -> list[dict[str, Any]]:
+        sql, args = rows_sql(filters, limit, lambda i: f"${i}")
+        return as_rows(await self._q("fetch", sql, *args))

@@ -1,4 +1,4 @@
-"""The ledger store's interface: virtual keys, teams and spend rows, in SQLite (default) or PostgreSQL.
+"""The ledger store's interface: virtual keys, teams, users and spend rows, in SQLite (default) or PostgreSQL.
 
 Keys and teams live here durably, as JSON documents beside the few columns that are
 queried; every replica holds them all in memory (`gateway.governance.keys.KeyCache`), so the store
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from gateway.governance.keys import Team, VirtualKey
+from gateway.governance.keys import Team, User, VirtualKey
 
 
 class StoreError(Exception):
@@ -55,13 +55,42 @@ class LedgerStore(Protocol):
 
     async def list_teams(self) -> list[Team]: ...
 
+    async def insert_user(self, user: User) -> None: ...
+
+    async def update_user(self, user: User) -> None: ...
+
+    async def get_user(self, user_id: str) -> User | None: ...
+
+    async def find_user_by_email(self, email: str) -> User | None: ...
+
+    async def list_users(self) -> list[User]: ...
+
+    async def delete_users(self, user_ids: list[str]) -> list[str]:
+        """Delete these users and their team memberships; the ids that existed."""
+        ...
+
+    async def put_member(self, team_id: str, user_id: str, role: str, user_email: str | None,
+                         max_budget_in_team: float | None, now: float) -> None:
+        """Add a user to a team, or change its role there."""
+        ...
+
+    async def remove_member(self, team_id: str, user_id: str) -> bool: ...
+
+    async def members(self, team_id: str | None = None, user_id: str | None = None) -> list[dict[str, Any]]:
+        """Memberships of one team, or of one user (`MEMBER_COLUMNS` as a dict each)."""
+        ...
+
+    async def spend_grouped(self, columns: tuple[str, ...], filters: dict[str, str]) -> list[dict[str, Any]]:
+        """Spend summed per distinct value of `columns`; filters: start, end (days), key_token, team_id, user_id,
+        request_id."""
+        ...
+
+    async def spend_rows(self, filters: dict[str, str], limit: int) -> list[dict[str, Any]]: ...
+
     async def insert_spend(self, lines: list[bytes]) -> int:
         """Insert spend records (JSON objects, one per line of the spool), ignoring ids already present;
         the number inserted."""
         ...
-
-    async def spend_report(self, group_by: str, start: str | None, end: str | None,
-                           key_token: str | None, team_id: str | None) -> list[dict[str, Any]]: ...
 
     async def spend_since(self, column: str, since: float, ids: list[str]) -> dict[str, float]:
         """Spend recorded since `since` (Unix seconds) per `key_token` or `team_id` in `ids`."""

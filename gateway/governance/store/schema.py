@@ -10,7 +10,7 @@ from __future__ import annotations
 SPEND_TYPES = {"id": "text", "ts": "double precision", "day": "text", "request_id": "text", "key_token": "text",
                "key_alias": "text", "team_id": "text", "model": "text", "deployment": "text", "region": "text",
                "status": "integer", "prompt_tokens": "bigint", "completion_tokens": "bigint",
-               "cost": "double precision"}
+               "cost": "double precision", "user_id": "text"}
 SPEND_COLUMNS = tuple(SPEND_TYPES)
 
 SQLITE_INSERT_SPEND = (f"INSERT OR IGNORE INTO llmp_spend ({', '.join(SPEND_COLUMNS)}) SELECT "

@@ -10,11 +10,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.governance.keys import Team, VirtualKey
-from gateway.governance.store.documents import key_doc, key_from_doc, new_rev, team_doc, team_from_doc
+from gateway.governance.keys import Team, User, VirtualKey
+from gateway.governance.store.documents import (
+    key_doc,
+    key_from_doc,
+    new_rev,
+    team_doc,
+    team_from_doc,
+    user_doc,
+    user_from_doc,
+)
 from gateway.governance.store.migrations import CREATE_VERSION_TABLE, CURRENT_VERSION, VERSION_TABLE, pending
 from gateway.governance.store.protocol import BadRows, Conflict, StoreError
-from gateway.governance.store.reports import chunks, report_rows, report_sql, since_sql
+from gateway.governance.store.reports import (
+    MEMBER_COLUMNS,
+    as_rows,
+    chunks,
+    grouped_rows,
+    grouped_sql,
+    rows_sql,
+    since_sql,
+)
 from gateway.governance.store.schema import SQLITE_INSERT_SPEND, json_array
 
 T = TypeVar("T")
@@ -93,9 +109,9 @@ class SqliteStore:
 
     async def key_fingerprint(self) -> tuple[int, int]:
         def q(db: sqlite3.Connection) -> tuple[int, int]:
-            a = db.execute("SELECT COUNT(*), COALESCE(SUM(rev), 0) FROM llmp_keys").fetchone()
-            b = db.execute("SELECT COUNT(*), COALESCE(SUM(rev), 0) FROM llmp_teams").fetchone()
-            return a[0] + b[0], a[1] + b[1]
+            found = [db.execute(f"SELECT COUNT(*), COALESCE(SUM(rev), 0) FROM {table}").fetchone()
+                     for table in ("llmp_keys", "llmp_teams", "llmp_users")]
+            return sum(f[0] for f in found), sum(f[1] for f in found)
 
         return await self._run(q)
 
@@ -194,11 +210,6 @@ class SqliteStore:
 
         return await self._run(q)
 
-    async def spend_report(self, group_by: str, start: str | None, end: str | None,
-                           key_token: str | None, team_id: str | None) -> list[dict[str, Any]]:
-        sql, args = report_sql(group_by, start, end, key_token, team_id, lambda i: "?")
-        return await self._run(lambda db: report_rows(group_by, db.execute(sql, args).fetchall()))
-
     async def spend_since(self, column: str, since: float, ids: list[str]) -> dict[str, float]:
         def q(db: sqlite3.Connection) -> dict[str, float]:
             found: dict[str, float] = {}
@@ -208,3 +219,75 @@ class SqliteStore:
             return found
 
         return await self._run(q)
+
+    # ---- users and team members -----------------------------------------------------------------
+
+    async def insert_user(self, user: User) -> None:
+        await self._run(lambda db: db.execute(
+            "INSERT INTO llmp_users (user_id, user_email, doc, rev, created_at) VALUES (?,?,?,?,?)",
+            (user.user_id, user.user_email, user_doc(user).decode(), new_rev(), user.created_at)))
+
+    async def update_user(self, user: User) -> None:
+        await self._run(lambda db: db.execute(
+            "UPDATE llmp_users SET user_email = ?, doc = ?, rev = ? WHERE user_id = ?",
+            (user.user_email, user_doc(user).decode(), new_rev(), user.user_id)))
+
+    async def get_user(self, user_id: str) -> User | None:
+        def q(db: sqlite3.Connection) -> User | None:
+            row = db.execute("SELECT doc FROM llmp_users WHERE user_id = ?", (user_id,)).fetchone()
+            return None if row is None else user_from_doc(row[0], self._bad)
+
+        return await self._run(q)
+
+    async def find_user_by_email(self, email: str) -> User | None:
+        def q(db: sqlite3.Connection) -> User | None:
+            row = db.execute("SELECT doc FROM llmp_users WHERE user_email = ? ORDER BY created_at", (email,)).fetchone()
+            return None if row is None else user_from_doc(row[0], self._bad)
+
+        return await self._run(q)
+
+    async def list_users(self) -> list[User]:
+        return await self._run(lambda db: [user_from_doc(r[0], self._bad) for r in
+                                           db.execute("SELECT doc FROM llmp_users ORDER BY created_at")])
+
+    async def delete_users(self, user_ids: list[str]) -> list[str]:
+        def q(db: sqlite3.Connection) -> list[str]:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                done = [u for u in user_ids
+                        if db.execute("DELETE FROM llmp_users WHERE user_id = ?", (u,)).rowcount]
+                for u in done:
+                    db.execute("DELETE FROM llmp_team_members WHERE user_id = ?", (u,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return done
+
+        return await self._run(q)
+
+    async def put_member(self, team_id: str, user_id: str, role: str, user_email: str | None,
+                         max_budget_in_team: float | None, now: float) -> None:
+        await self._run(lambda db: db.execute(
+            "INSERT INTO llmp_team_members (team_id, user_id, role, user_email, max_budget_in_team, created_at) "
+            "VALUES (?,?,?,?,?,?) ON CONFLICT (team_id, user_id) DO UPDATE SET role = excluded.role, "
+            "user_email = excluded.user_email, max_budget_in_team = excluded.max_budget_in_team",
+            (team_id, user_id, role, user_email, max_budget_in_team, now)))
+
+    async def remove_member(self, team_id: str, user_id: str) -> bool:
+        return bool(await self._run(lambda db: db.execute(
+            "DELETE FROM llmp_team_members WHERE team_id = ? AND user_id = ?", (team_id, user_id)).rowcount))
+
+    async def members(self, team_id: str | None = None, user_id: str | None = None) -> list[dict[str, Any]]:
+        sql = f"SELECT {', '.join(MEMBER_COLUMNS)} FROM llmp_team_members WHERE "
+        sql += "team_id = ?" if team_id is not None else "user_id = ?"
+        return await self._run(lambda db: [dict(zip(MEMBER_COLUMNS, r)) for r in db.execute(
+            sql + " ORDER BY created_at, user_id", (team_id if team_id is not None else user_id,))])
+
+    async def spend_grouped(self, columns: tuple[str, ...], filters: dict[str, str]) -> list[dict[str, Any]]:
+        sql, args = grouped_sql(columns, filters, lambda i: "?")
+        return await self._run(lambda db: grouped_rows(columns, db.execute(sql, args).fetchall()))
+
+    async def spend_rows(self, filters: dict[str, str], limit: int) -> list[dict[str, Any]]:
+        sql, args = rows_sql(filters, limit, lambda i: "?")
+        return await self._run(lambda db: as_rows(db.execute(sql, args).fetchall()))

@@ -77,6 +77,18 @@ CONTROLS: list[Control] = [
                 "test_another_models_release_loading_a_restricted_models_prefix_outside_its_zone_is_rejected",
                 f"{_T}test_region_residency.py::test_every_regions_alerts_go_to_a_topic_in_that_region",
                 f"{_T}test_region_residency.py::test_alerts_sent_to_a_topic_in_another_region_are_rejected",
+                f"{_T}test_region_residency.py::test_bedrock_fallback_is_called_and_processed_in_the_gateways_own_region",
+                f"{_T}test_region_residency.py::"
+                "test_bedrock_profile_is_allowed_when_the_zone_holds_every_region_it_may_route_to",
+                f"{_T}test_region_residency.py::test_bedrock_profile_that_may_route_outside_the_zone_is_rejected",
+                f"{_T}test_region_residency.py::test_gateway_role_invoking_bedrock_outside_its_zone_is_rejected",
+                f"{_T}test_region_residency.py::test_global_bedrock_profile_is_refused_by_the_stack_config",
+                f"{_T}test_bedrock_scope_iam.py::test_gateway_role_may_converse_through_its_profile_in_its_region",
+                f"{_T}test_bedrock_scope_iam.py::"
+                "test_gateway_role_may_not_call_the_model_directly_where_the_profile_merely_routes",
+                f"{_T}test_bedrock_scope_iam.py::test_gateway_role_may_not_invoke_other_models_or_regions",
+                f"{_T}test_bedrock_scope_iam.py::test_gateway_role_may_do_nothing_else_with_bedrock",
+                f"{_T}test_bedrock_scope_iam.py::test_only_gateways_that_render_bedrock_get_a_bedrock_grant",
             ]),
     Control("failover-topology", "Losing any one region leaves every model serving, and DNS routes around it",
             failover.DESCRIPTION, MANDATORY, failover.check, [
@@ -174,6 +186,8 @@ CONTROLS: list[Control] = [
             capacity.DESCRIPTION, MANDATORY, capacity.check, [
                 f"{_T}test_capacity_fit.py::test_every_pool_is_judged_with_its_daemonsets_share",
                 f"{_T}test_capacity_fit.py::test_gateway_pods_fit_the_system_nodes",
+                f"{_T}test_capacity_fit.py::test_keda_and_metrics_server_pods_are_placed_on_the_system_nodes",
+                f"{_T}test_capacity_fit.py::test_a_scaled_objects_replica_range_is_judged_like_an_hpas",
                 f"{_T}test_capacity_fit.py::test_add_on_charts_render_from_their_vendored_pinned_versions",
                 f"{_T}test_capacity_fit.py::test_surge_percentages_round_up_and_unavailable_percentages_round_down",
                 f"{_T}test_capacity_fit.py::test_a_batch_model_larger_than_its_nodes_fails_naming_pod_pool_and_memory",

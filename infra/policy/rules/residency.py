@@ -5,13 +5,17 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+from infra import bedrock
 from infra.policy.rules.base import (
     BUCKET,
     BUCKET_REPLICATION,
     COMPONENT_LABEL,
     DNS_RECORD,
+    GATEWAY_CHART_DIR,
     GLOBAL,
     HELM_RELEASE,
+    IAM_ROLE,
+    IAM_ROLE_POLICY,
     JOB,
     KMS_KEY,
     KMS_REPLICA_KEY,
@@ -23,6 +27,8 @@ from infra.policy.rules.base import (
     PolicyConfig,
     Resources,
     as_list,
+    policy_document,
+    statements,
 )
 
 # The only resource types allowed outside a region: AWS services that have none. Anything else
@@ -59,7 +65,10 @@ DESCRIPTION = (
     "model's or the path it writes or reads names the model's prefix (<model>/<revision>). Each residency zone has "
     "its own DNS name (<zone>.<domain>) whose records route only to the zone's regions, both by their latency "
     "region and by the load balancer they point at: Route 53 answers only from the record set asked for, even "
-    "when all of it is unhealthy, so that name never resolves outside the zone.")
+    "when all of it is unhealthy, so that name never resolves outside the zone. A gateway's Amazon Bedrock fallbacks "
+    "(its rendered config) are processed only in regions of its zone: the region it calls and, for a cross-region "
+    "inference profile (us., eu., apac., ...), every region the profile may route to (infra/bedrock_profiles.yaml); "
+    "and its role may invoke Bedrock only in regions of its zone.")
 
 # ELB hostnames name their region: <name>-<hash>.elb.<region>.amazonaws.com
 _ELB_REGION = re.compile(r"\.elb\.([a-z0-9-]+)\.amazonaws\.com\.?$")
@@ -121,6 +130,7 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
 
     _zone_names(resources, policy, found)
     _weights(resources, policy, found)
+    _bedrock(resources, policy, found)
 
     for secret in resources.of_type(SECRET):
         zone = policy.zone_of(secret.region)
@@ -264,3 +274,54 @@ def _weights(resources: Resources, policy: PolicyConfig, found: Findings) -> Non
         intent = policy.models.get(model)
         found.judged(None, weights_of=model, restricted_to=intent.residency if intent else None,
                      **{k: sorted(v) for k, v in sorted(seen.items())})
+
+
+def _bedrock(resources: Resources, policy: PolicyConfig, found: Findings) -> None:
+    """Bedrock calls stay in the gateway's zone: where its config sends them, where Bedrock may process them, and
+    where its role may invoke Bedrock at all."""
+    zone_of_role: dict[str, str] = {}  # gateway role ARN -> the gateway's zone
+    for release in resources.releases(GATEWAY_CHART_DIR):
+        zone = policy.zone_of(release.region) or ""
+        allowed = policy.residency.get(zone, [])
+        values = release.inputs.get("values") or {}
+        if arn := (values.get("serviceAccount") or {}).get("roleArn"):
+            zone_of_role[str(arn)] = zone
+        for model in as_list((values.get("config") or {}).get("models")):
+            for dep in as_list(model.get("deployments")):
+                if dep.get("provider") != "bedrock":
+                    continue
+                model_id = str(dep.get("model"))
+                called_in = str((dep.get("bedrock") or {}).get("region") or dep.get("region"))
+                try:
+                    processed_in = bedrock.processing_regions(model_id, called_in)
+                except ValueError as exc:
+                    found.fail(f"gateway in {release.region}: Bedrock deployment {dep.get('name')}: {exc}")
+                    continue
+                found.judged(release, bedrock=model_id, gateway_region=release.region, zone=zone,
+                             called_in=called_in, processed_in=processed_in)
+                outside = [r for r in processed_in if r not in allowed]
+                if outside:
+                    found.fail(f"gateway in {release.region} (zone {zone!r}) sends {model.get('alias')} to Bedrock "
+                               f"{model_id} in {called_in}, which Bedrock may process in {', '.join(outside)}, "
+                               f"outside the zone ({', '.join(allowed)})")
+    roles = {str(r.outputs.get("name")): str(r.outputs.get("arn")) for r in resources.of_type(IAM_ROLE)}
+    for rp in resources.of_type(IAM_ROLE_POLICY):
+        doc = policy_document(rp.inputs.get("policy"))
+        for statement in statements(doc) if doc else []:
+            if statement.get("Effect") != "Allow" or not any(
+                    str(a).startswith("bedrock:Invoke") or str(a) in ("*", "bedrock:*")
+                    for a in as_list(statement.get("Action"))):
+                continue
+            role_arn = roles.get(str(rp.inputs.get("role")), "")
+            role_zone = zone_of_role.get(role_arn)
+            arns = [str(r) for r in as_list(statement.get("Resource"))]
+            regions = sorted({_arn_region(a) for a in arns})
+            found.judged(rp, bedrock_invoke=arns, zone=role_zone)
+            if role_zone is None:
+                found.fail(f"{rp.name} lets {rp.inputs.get('role')} invoke Bedrock models; only gateway roles may")
+                continue
+            allowed = policy.residency.get(role_zone, [])
+            for region in regions:
+                if region not in allowed:
+                    found.fail(f"{rp.name}: the zone {role_zone!r} gateway role may invoke Bedrock in "
+                               f"{region or 'any region'}, outside the zone ({', '.join(allowed)})")

@@ -188,24 +188,41 @@ class PodTemplate:
         return why
 
 
-def _replicas(obj: Mapping[str, Any], hpas: Mapping[tuple[str, str], Mapping[str, Any]]) -> tuple[int, int]:
+def _replicas(obj: Mapping[str, Any], hpas: Mapping[tuple[str, str], tuple[int, int]]) -> tuple[int, int]:
     spec = obj.get("spec") or {}
     if obj["kind"] == "Job":
         n = int(spec.get("parallelism", 1))
         return n, n
-    hpa = hpas.get((obj["kind"], obj["metadata"]["name"]))
-    if hpa is not None:
-        return int(hpa.get("minReplicas", 1)), int(hpa["maxReplicas"])
+    scaled = hpas.get((obj["kind"], obj["metadata"]["name"]))
+    if scaled is not None:
+        return scaled
     n = int(spec.get("replicas", 1))
     return n, n
+
+
+def scaling_ranges(objects: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], tuple[int, int]]:
+    """(kind, name) of each scaled workload -> (min, max) replicas: from an HPA, or from a KEDA ScaledObject, which
+    creates the HPA at run time from its minReplicaCount (KEDA's default 0) and maxReplicaCount (default 100)
+    (https://keda.sh/docs/2.20/reference/scaledobject-spec/). A ScaledObject's idleReplicaCount is left out: the
+    floor a woken model must fit at is minReplicaCount, and an idle one holds less."""
+    out: dict[tuple[str, str], tuple[int, int]] = {}
+    for obj in objects:
+        spec = obj.get("spec") or {}
+        target = spec.get("scaleTargetRef") or {}
+        if obj.get("kind") == "HorizontalPodAutoscaler":
+            out[(str(target["kind"]), str(target["name"]))] = (int(spec.get("minReplicas", 1)),
+                                                               int(spec["maxReplicas"]))
+        elif obj.get("kind") == "ScaledObject" and str(obj.get("apiVersion", "")).startswith("keda.sh/"):
+            out[(str(target.get("kind") or "Deployment"), str(target["name"]))] = (
+                int(spec.get("minReplicaCount", 0)), int(spec.get("maxReplicaCount", 100)))
+    return out
 
 
 def pod_templates(objects: Iterable[Mapping[str, Any]], region: str, source: str,
                   namespace: str = "default") -> list[PodTemplate]:
     """The workloads among rendered objects (Helm test hooks left out: they run on `helm test` only)."""
     objects = list(objects)
-    hpas = {(str(h["spec"]["scaleTargetRef"]["kind"]), str(h["spec"]["scaleTargetRef"]["name"])): h["spec"]
-            for h in objects if h.get("kind") == "HorizontalPodAutoscaler"}
+    hpas = scaling_ranges(objects)
     out = []
     for obj in objects:
         if obj.get("kind") not in WORKLOAD_KINDS:
