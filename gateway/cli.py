@@ -7,7 +7,7 @@ import asyncio
 import sys
 
 from gateway.config.errors import ConfigError
-from gateway.config.loading import load_config
+from gateway.config.loading import Loaded, load, load_config
 from gateway.config.native import GatewayConfig
 from gateway.server import fail, run_workers, serve, use_uvloop
 
@@ -35,10 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.config:
         return fail("--config FILE is required (or --demo)")
     try:
-        config = load_config(args.config)
-        _check(config, args.dev)
+        loaded = load(args.config)
     except ConfigError as exc:
         return fail(f"config error: {exc}")
+    try:
+        _check(loaded.config, args.dev)
+    except ConfigError as exc:
+        return fail(f"config error: {loaded.explain(exc)}")
+    _log_ignored(loaded)  # here, once, before any worker starts
     if args.workers == 1:
         return run_one(args.config, args.host, args.port, args.dev, False)
     return run_workers(run_one, (args.config, args.host, args.port, args.dev, True), args.workers)
@@ -51,6 +55,17 @@ def _check(config: GatewayConfig, dev: bool) -> None:
     config, secrets = resolve_secrets(config)  # a secret needed to start that cannot be read: an error, named
     if secrets is None or not secrets.master_key_unset():
         check_master_key(config.gateway.master_key, dev)
+
+
+def _log_ignored(loaded: Loaded) -> None:
+    """One structured line per LiteLLM setting the gateway ignores (gateway/config/litellm_settings.py)."""
+    import orjson
+
+    for item in loaded.ignored:
+        line = {"event": "config_setting_ignored", "setting": item.path, "why": item.why, "file": loaded.path,
+                "message": item.line()}
+        sys.stderr.write(orjson.dumps(line).decode() + "\n")
+    sys.stderr.flush()
 
 
 def run_one(config_path: str, host: str, port: int, dev: bool, reuse_port: bool) -> int:

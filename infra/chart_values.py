@@ -16,6 +16,7 @@ import yaml
 from infra.catalog import load_catalog
 from infra.components.autoscaling import PROMETHEUS_URL
 from infra.components.dns import regional_host, zone_host
+from infra.components.network import public_subnet_cidrs
 from infra.components.secrets import huggingface_token_name
 from infra.config import ROOT, Model, Pool, Region, StackConfig
 from infra.scheduling import GPU_RESOURCE, pool_node_selector, pool_tolerations
@@ -28,12 +29,9 @@ MODEL_NAMESPACE = "llm-serving"
 GATEWAY_NAMESPACE = "llm-gateway"
 GATEWAY_RELEASE = "gateway"
 GATEWAY_SERVICE_ACCOUNT = "llm-gateway"
-INGRESS_NAMESPACE = "ingress-nginx"
-INGRESS_CLASS = "nginx"
 
 VLLM_PORT = 8000
 GATEWAY_PORT = 4000
-SESSION_HEADER = "x-session-id"
 
 # Pinned: a tag, never `latest`. Bump deliberately; the chart's appVersion says the same. v0.18.0 is the first
 # release whose `vllm serve --shutdown-timeout` drains in-flight requests on SIGTERM instead of aborting them
@@ -115,17 +113,6 @@ def vllm_values(cfg: StackConfig, model: Model, region: Region, *, role_arn: Any
                   "marginSeconds": DRAIN_MARGIN_SECONDS},
         "nodeSelector": pool_node_selector(pool.name),
         "tolerations": pool_tolerations(pool.spot),
-        "sessionAffinity": {"header": SESSION_HEADER},
-        # Off: the gateway reaches replicas through EndpointSlices and hashes sessions itself, and
-        # ingress-nginx sits behind an internet-facing NLB whose traffic reaches it with node
-        # addresses, so a VPC allow-list would not keep the world out. Settings kept for operators
-        # who expose a model on an internal controller.
-        "ingress": {
-            "enabled": False,
-            "className": INGRESS_CLASS,
-            "host": f"{model.name}.models.{region.name}.{cfg.gateway.domain}",
-            "allowSourceRanges": [cfg.vpc_cidr(region.name)],
-        },
         "podLabels": {"llm-platform/model": model.name, "llm-platform/tier": model.tier},
         "serviceAccount": {"create": True, "name": model_service_account(model)},
         # Scraped by the region's Prometheus (infra/components/monitoring.py selects every ServiceMonitor); KEDA
@@ -308,8 +295,10 @@ def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
             into[key] = value
 
 
-def gateway_values(cfg: StackConfig, region: Region, *, role_arn: Any, config: dict[str, Any]) -> dict[str, Any]:
-    """Values for the `gateway` release in `region`. `role_arn` may be a Pulumi Output."""
+def gateway_values(cfg: StackConfig, region: Region, *, role_arn: Any, config: dict[str, Any],
+                   certificate_arn: Any, tags: dict[str, str]) -> dict[str, Any]:
+    """Values for the `gateway` release in `region`. `role_arn` and `certificate_arn` (the region's ACM
+    certificate, infra/components/dns.py) may be Pulumi Outputs; `tags` go on the NLB (and what it makes)."""
     replicas = cfg.gateway.replicas
     discovered = _discovery_namespaces(config)
     repository, _, tag = cfg.gateway.image.rpartition(":")
@@ -325,15 +314,18 @@ def gateway_values(cfg: StackConfig, region: Region, *, role_arn: Any, config: d
             "prometheus": {"serverAddress": PROMETHEUS_URL},
         },
         "serviceAccount": {"create": True, "name": GATEWAY_SERVICE_ACCOUNT, "roleArn": role_arn},
-        "ingress": {
+        "service": {"port": GATEWAY_PORT, "loadBalancer": {
             "enabled": True,
-            "className": INGRESS_CLASS,
+            "certificateArns": [certificate_arn],
             "hosts": [cfg.gateway.domain, regional_host(region.name, cfg.gateway.domain),
                       zone_host(region.residency, cfg.gateway.domain)],
-        },
+            "tags": dict(tags),
+        }},
         "networkPolicy": {
             "enabled": True,
-            "ingressControllerNamespace": INGRESS_NAMESPACE,
+            # The NLB sits in the public subnets and connects from its addresses there (charts/gateway
+            # templates/networkpolicy.yaml says why).
+            "loadBalancerCidrs": public_subnet_cidrs(cfg.vpc_cidr(region.name)),
             "modelNamespace": MODEL_NAMESPACE,
             "modelPort": VLLM_PORT,
             # Redis (ElastiCache) lives in the VPC.

@@ -6,7 +6,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.catalog import load_catalog
-from infra.chart_values import model_service_account_subjects
+from infra.chart_values import GATEWAY_NAMESPACE, GATEWAY_RELEASE, model_service_account_subjects
 from infra.components.addons import ClusterAddons, ClusterAddonsArgs
 from infra.components.autoscaling import Autoscaling, AutoscalingArgs
 from infra.components.budget import StackBudget, StackBudgetArgs
@@ -15,6 +15,7 @@ from infra.components.deploy_hub import DeployHub, DeployHubArgs
 from infra.components.dns import FailoverDns, FailoverDnsArgs
 from infra.components.gateway import Gateway, GatewayArgs, gateway_role
 from infra.components.hub_peering import HubPeering, HubPeeringArgs
+from infra.components.load_balancer import LoadBalancerController, LoadBalancerControllerArgs, load_balancer_hostname
 from infra.components.model_serving import ModelServing, ModelServingArgs
 from infra.components.model_token import model_server_role, model_token_policy
 from infra.components.model_weights import ModelWeights, ModelWeightsArgs, WeightsStaging, WeightsStagingArgs
@@ -82,13 +83,19 @@ class RegionalStack:
                 self.provider, pulumi.ResourceOptions(parent=parent))
             for pool in region.pools
         }
-        # Failure isolation: ingress, gateway and DNS hang off the system nodes only, so a GPU pool that
+        # Failure isolation: the load balancer, gateway and DNS hang off the system nodes only, so a GPU pool that
         # cannot get capacity fails its own models and nothing else (with `pulumi up --continue-on-error`:
         # by default the engine starts no new operation after the first failure).
         self.addons = ClusterAddons(name, ClusterAddonsArgs(
-            region=name, certificate_arn=dns.certificate(name, self.provider), tags=tags,
-            secrets_store=cfg.secrets.huggingface_token), k8s,
-            # ingress-nginx runs on the system nodes (GPU pools are tainted), so they must exist first.
+            region=name, secrets_store=cfg.secrets.huggingface_token), k8s,
+            pulumi.ResourceOptions(parent=parent, depends_on=[self.cluster.system_nodes]))
+        self.tags = tags
+        self.certificate_arn = dns.certificate(name, self.provider)
+        # The controller runs on the system nodes (GPU pools are tainted), so they must exist first.
+        self.load_balancer = LoadBalancerController(name, LoadBalancerControllerArgs(
+            region=name, cluster_name=self.cluster.eks.name, vpc_id=self.network.vpc_id,
+            oidc_provider_arn=self.cluster.oidc.arn, oidc_issuer=self.cluster.oidc_issuer,
+            iam_path=iam_path(cfg.stack), tags=tags), k8s, iam,
             pulumi.ResourceOptions(parent=parent, depends_on=[self.cluster.system_nodes]))
         # KEDA and metrics-server run on the system nodes; the model and gateway releases render ScaledObjects,
         # which need KEDA's CRDs and admission webhook first.
@@ -198,10 +205,14 @@ class Platform(pulumi.ComponentResource):
                 )] if reads_token and rs.model_role else [],
                     (huggingface_token_name(cfg.stack), secrets.huggingface_token_arns[region_name],
                      secrets.key_arns[region_name]) if reads_token else None)
-                Gateway(f"{region_name}-gateway", GatewayArgs(
+                gateway = Gateway(f"{region_name}-gateway", GatewayArgs(
                     cfg=cfg, region=rs.region, role=rs.gateway_role, secret_arns=secrets.arns[region_name],
-                    key_arn=secrets.key_arns[region_name], config=gateway_config(cfg, rs.region)),
+                    key_arn=secrets.key_arns[region_name], config=gateway_config(cfg, rs.region),
+                    certificate_arn=rs.certificate_arn, tags=rs.tags,
+                    load_balancer_controller=rs.load_balancer.release),
                     rs.cluster.kubernetes, iam,
                     pulumi.ResourceOptions(parent=self, depends_on=[rs.addons, rs.autoscaling, rs.monitoring.stack]))
-                dns.add_region(region_name, rs.addons.load_balancer_hostname)
+                dns.add_region(region_name, load_balancer_hostname(
+                    f"{region_name}-gateway-lb", GATEWAY_NAMESPACE, f"{GATEWAY_RELEASE}-public", gateway.release,
+                    rs.cluster.kubernetes, gateway))
         self.register_outputs({"regions": list(regions), "domain": cfg.gateway.domain})

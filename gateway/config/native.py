@@ -82,6 +82,13 @@ per region into a ConfigMap)::
             tier: fallback
             # api_base defaults to https://bedrock-runtime.<region>.amazonaws.com
 
+LiteLLM's routing names are native too: an alias with ``*`` (``openai/*``) serves every
+name it matches, each ``*`` of its deployments' ``model`` replaced by the matched part
+(gateway/config/model_names.py); ``model_aliases: {gpt-4: {model: gpt-4o, hidden: true}}``
+gives a model another name; ``context_window_fallbacks: [alias]`` are tried when the
+upstream says the prompt is over its context window; a deployment's ``defaults`` are
+request fields sent when the client gives none.
+
 A deployment has exactly one of ``api_base`` or ``replicas``. Base URLs include
 the API version path (``.../v1``), as in the OpenAI clients. Any string value of
 the form ``os.environ/NAME`` is read from the environment at load time.
@@ -127,6 +134,7 @@ from gateway.config.env import resolve_env
 from gateway.config.errors import ConfigError, format_validation_error
 from gateway.config.governance import KeySettings, LedgerSettings, RedisSettings, SecretsSettings
 from gateway.config.limits import FrontDoor, UpstreamLimits
+from gateway.config.model_names import is_pattern, match
 from gateway.config.other_zones import OtherZone, check_other_zones
 
 
@@ -252,6 +260,8 @@ class Deployment(_Strict):
     timeouts: TimeoutOverrides | None = None
     input_cost_per_token: float | None = Field(None, ge=0)  # overrides the model's price (hosted fallbacks)
     output_cost_per_token: float | None = Field(None, ge=0)
+    # Request fields sent when the client gives none (LiteLLM's litellm_params defaults: the client's value wins).
+    defaults: dict[str, Any] = {}
     azure: AzureSettings | None = None
     bedrock: BedrockSettings | None = None
 
@@ -306,10 +316,19 @@ class Model(_Strict):
     # Over the cap: `clamp` lowers the request's max_tokens to it; `refuse` answers 400 naming the cap.
     over_max_tokens: Literal["clamp", "refuse"] = "clamp"
     fallbacks: list[str] = []
+    # Aliases tried when the upstream says the prompt is over its context window (upstream/context_window.py).
+    context_window_fallbacks: list[str] = []
     deployments: list[Deployment] = Field(min_length=1)
     input_cost_per_token: float = Field(0.0, ge=0)  # USD, as LiteLLM's model_info; spend ledger and budgets
     output_cost_per_token: float = Field(0.0, ge=0)
     max_request_bytes: int | None = Field(None, ge=1)  # larger request bodies get a 400 naming this cap
+
+
+class ModelAlias(_Strict):
+    """Another name for a model (LiteLLM's model_group_alias); hidden names are not listed by /v1/models."""
+
+    model: str = Field(min_length=1)
+    hidden: bool = False
 
 
 class GatewaySettings(_Strict):
@@ -334,6 +353,7 @@ class GatewayConfig(_Strict):
     ledger: LedgerSettings | None = None  # None: no governance (master key only, no spend ledger)
     keys: KeySettings = KeySettings()
     other_zones: dict[str, OtherZone] = {}  # models only another residency zone serves (config/other_zones.py)
+    model_aliases: dict[str, ModelAlias] = {}  # name clients send -> model alias (upstream/names.py)
 
     @model_validator(mode="after")
     def _references(self) -> GatewayConfig:
@@ -344,10 +364,11 @@ class GatewayConfig(_Strict):
                 raise ValueError(f"model alias {alias!r} is defined twice")
             seen.add(alias)
         names: set[str] = set()
+        patterns = [a for a in seen if is_pattern(a)]  # a fallback may be a name a wildcard alias serves
         zone = self.gateway.residency
         for model in self.models:
-            for fallback in model.fallbacks:
-                if fallback not in seen:
+            for fallback in [*model.fallbacks, *model.context_window_fallbacks]:
+                if fallback not in seen and match(patterns, fallback) is None:
                     raise ValueError(f"model {model.alias!r}: fallback {fallback!r} is not a model alias")
                 if fallback == model.alias:
                     raise ValueError(f"model {model.alias!r}: lists itself as a fallback")
@@ -361,6 +382,11 @@ class GatewayConfig(_Strict):
                         f"deployment {dep.name!r}: 'residency' is required when gateway.residency is set"
                     )
         check_other_zones(self.gateway.residency, self.other_zones, seen)
+        for name, target in self.model_aliases.items():
+            if name in seen:
+                raise ValueError(f"model_aliases.{name}: is also a model alias")
+            if target.model not in seen and match(patterns, target.model) is None:
+                raise ValueError(f"model_aliases.{name}: {target.model!r} is not a model alias")
         return self
 
     def model(self, alias: str) -> Model | None:

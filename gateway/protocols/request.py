@@ -32,10 +32,10 @@ class Request:
     stream: bool
     wants_usage: bool  # the client asked for stream_options.include_usage
     hopped: bool = False  # passed on by another region's gateway (routing.HOP_HEADER)
-    _payloads: dict[tuple[str, str, int | None], bytes] = field(default_factory=dict)
+    _payloads: dict[tuple[str, str, int | None, str], bytes] = field(default_factory=dict)
 
     def payload_for(self, dep: DeploymentPool, route: ModelRoute) -> bytes:
-        key = (dep.provider, dep.model, route.max_tokens)
+        key = (dep.provider, route.upstream_model(dep, self.alias), route.max_tokens, dep.name if dep.defaults else "")
         cached = self._payloads.get(key)
         if cached is None:
             try:
@@ -50,17 +50,25 @@ class Request:
 
     def _build(self, dep: DeploymentPool, route: ModelRoute) -> bytes:
         body = self.body
+        model = route.upstream_model(dep, self.alias)
         if self.endpoint == "messages":
-            return self._build_messages(dep, route)
+            return self._build_messages(dep, route, model)
+        if dep.defaults and self.endpoint != "embeddings":
+            # LiteLLM's `{**litellm_params, **kwargs}`: a deployment's defaults, the client's fields over them.
+            body = {**dep.defaults, **body}
+        if "fallbacks" in body:  # the gateway's to act on (upstream/fallbacks.py), never the upstream's
+            body = {k: v for k, v in body.items() if k != "fallbacks"}
         if dep.provider == "anthropic":
             check_chat(body)
-            return orjson.dumps(to_messages_request(body, dep.model, route.max_tokens))
+            return orjson.dumps(to_messages_request(body, model, route.max_tokens))
         if dep.provider == "bedrock":
             check_chat(body)
             return orjson.dumps(to_converse_request(body, route.max_tokens))
         changes: dict[str, Any] = {}
-        if body.get("model") != dep.model:
-            changes["model"] = dep.model
+        if body is not self.body:
+            changes["model"] = model  # the body was rebuilt: never forwarded untouched
+        if body.get("model") != model:
+            changes["model"] = model
         cap = route.max_tokens
         if cap is not None and self.endpoint != "embeddings":
             key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
@@ -75,15 +83,17 @@ class Request:
             return self.raw  # forwarded untouched
         return orjson.dumps({**body, **changes})
 
-    def _build_messages(self, dep: DeploymentPool, route: ModelRoute) -> bytes:
+    def _build_messages(self, dep: DeploymentPool, route: ModelRoute, model: str) -> bytes:
         body, cap = self.body, route.max_tokens
+        if "fallbacks" in body:  # the gateway's to act on (upstream/fallbacks.py), never the upstream's
+            body = {k: v for k, v in body.items() if k != "fallbacks"}
         if dep.provider == "bedrock":
-            return orjson.dumps(to_converse_request(messages_to_chat(body, dep.model, cap), cap))
+            return orjson.dumps(to_converse_request(messages_to_chat(body, model, cap), cap))
         if dep.provider != "anthropic":
-            return orjson.dumps(messages_to_chat(body, dep.model, cap))
+            return orjson.dumps(messages_to_chat(body, model, cap))
         changes: dict[str, Any] = {}
-        if body.get("model") != dep.model:
-            changes["model"] = dep.model
+        if body.get("model") != model or body is not self.body:
+            changes["model"] = model
         if cap is not None and body.get("max_tokens", cap + 1) > cap:
             changes["max_tokens"] = cap
         return orjson.dumps({**body, **changes}) if changes else self.raw

@@ -27,6 +27,14 @@ from gateway.upstream.client import (
     UpstreamLimitExceeded,
 )
 from gateway.upstream.cloud_calls import CLOUD_PROVIDERS, CloudAuthFailed, CloudCalls
+from gateway.upstream.fallbacks import (
+    ContextWindowExceeded,
+    MayCall,
+    after_context_window,
+    context_window_exceeded,
+    fallback_names,
+    fallback_routes,
+)
 from gateway.upstream.outcomes import Failures, final_error, ratelimit_headers
 from gateway.upstream.quotas import DeploymentQuotas
 from gateway.upstream.redaction import redact
@@ -107,36 +115,39 @@ class Proxy:
         self.quotas = quotas
         self.cloud = CloudCalls()  # Azure and Bedrock (upstream/cloud_calls.py)
         self._clock = clock
+        # Whether a virtual key may use an alias named in a request's `fallbacks` (the governance layer's
+        # answer); unset, a virtual key's body fallbacks are refused (403), never tried unchecked.
+        self.may_call: MayCall | None = None
 
     async def open(self, request: Request, route: ModelRoute, record: CallRecord,
                    session_key: Callable[[], bytes]) -> Opened:
         """Try the alias, then its fallbacks; raise a GatewayError when nothing answered."""
         failures = Failures()
-        routes = [route]
-        for name in route.fallbacks:
-            fallback = self.router.route(name)
-            if fallback is not None:
-                routes.append(fallback)
-        for position, current in enumerate(routes):
+        names = fallback_names(request, route, record, self.may_call)
+        routes = [route, *fallback_routes(self.router, names)]
+        tried: set[str] = set()
+        position = -1
+        while position + 1 < len(routes):
+            position += 1
+            current = routes[position]
+            if current.alias in tried:
+                continue
+            tried.add(current.alias)
             if position:
                 self.metrics.fallbacks.labels(route.alias, current.alias).inc()
                 record.fallbacks.append(current.alias)
             candidates = self.router.candidates(current, request.endpoint, session_key, request.hopped)
             if not candidates:
-                if not current.deployments:
-                    failures.append(f"{current.alias}: no deployment in this residency zone")
-                elif request.hopped:
-                    failures.append(f"{current.alias}: no usable deployment in this region "
-                                    "(the call was passed on by another region's gateway)")
-                elif not any(d.serves(request.endpoint) for d in current.deployments):
-                    failures.append(f"{current.alias}: no deployment offers the {request.endpoint} endpoint")
-                elif not any(d.api_key_set for d in current.deployments):
-                    failures.append(f"{current.alias}: its provider key is not set yet "
-                                    f"({', '.join(d.name for d in current.deployments)})")
-                else:
-                    failures.append(f"{current.alias}: no healthy deployment")
+                failures.append(_no_candidates(current, request))
                 continue
-            opened = await self._try_route(request, current, candidates, record, failures)
+            try:
+                opened = await self._try_route(request, current, candidates, record, failures)
+            except ContextWindowExceeded:
+                after = after_context_window(self.router, current, names if position == 0 else [])
+                if not after:
+                    raise
+                routes[position + 1:] = after  # LiteLLM tries the context-window group instead of the rest
+                continue
             if opened is not None:
                 return opened
         raise final_error(route.alias, failures)  # the status LiteLLM gives for the last failure
@@ -326,6 +337,19 @@ async def _refused(response: aiohttp.ClientResponse, dep: DeploymentPool) -> Non
     _refusal(response.status, response.reason or "", response.headers, text, _secrets(dep))
 
 
+def _no_candidates(route: ModelRoute, request: Request) -> str:
+    if not route.deployments:
+        return f"{route.alias}: no deployment in this residency zone"
+    if request.hopped:
+        return (f"{route.alias}: no usable deployment in this region "
+                "(the call was passed on by another region's gateway)")
+    if not any(d.serves(request.endpoint) for d in route.deployments):
+        return f"{route.alias}: no deployment offers the {request.endpoint} endpoint"
+    if not any(d.api_key_set for d in route.deployments):
+        return f"{route.alias}: its provider key is not set yet ({', '.join(d.name for d in route.deployments)})"
+    return f"{route.alias}: no healthy deployment"
+
+
 def _secrets(dep: DeploymentPool) -> list[str]:
     """The provider key sent to this deployment: all an upstream could echo of ours (used on errors only)."""
     found = []
@@ -348,6 +372,9 @@ def _refusal(status: int, reason: str, headers: Mapping[str, str], text: bytes, 
     Authorization header) or anything else; it is capped and redacted (upstream/redaction.py).
     """
     message = redact(_upstream_message(text) or reason or "error", secrets)
+    if context_window_exceeded(status, text):  # the client's 400, unless the alias has context-window fallbacks
+        raise ContextWindowExceeded(status, f"Upstream rejected the request: {message}", "invalid_request_error",
+                                    None, "context_length_exceeded")
     if status in CLIENT_FAULT:
         # The upstream's own code goes along (Azure's `content_filter`, Bedrock's `ValidationException`).
         raise GatewayError(status, f"Upstream rejected the request: {message}", "invalid_request_error",

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from yarl import URL
 
+from gateway.config.model_names import by_specificity, is_pattern, match, pattern_regex, upstream_name
 from gateway.config.native import Deployment, GatewayConfig, Timeouts
 from gateway.upstream.circuit import CircuitBreaker
 from gateway.upstream.client import ReplicaConnections
@@ -68,6 +70,7 @@ class DeploymentPool:
         self.model = config.model
         self.region = config.region or ""
         self.tier = config.tier
+        self.defaults = config.defaults  # request fields sent when the client gives none (LiteLLM's litellm_params)
         self.crosses_regions = bool(gateway.gateway.region) and self.region not in ("", gateway.gateway.region) \
             and self.tier == "primary"
         self.weight = config.weight
@@ -184,6 +187,21 @@ class ModelRoute:
     fallbacks: list[str]
     deployments: list[DeploymentPool]
     refuse_over_cap: bool = False  # models[].over_max_tokens: refuse
+    context_window_fallbacks: list[str] = field(default_factory=list)
+    # A wildcard alias (`openai/*`) matched by a client's name: what each `*` matched, and the name itself.
+    parts: tuple[str, ...] = ()
+    client_name: str = ""
+
+    def upstream_model(self, dep: DeploymentPool, requested: str = "") -> str:
+        """The model name sent to `dep`: its own, or for a wildcard, built from the client's (model_names.py).
+        `requested` (the name the client sent) serves when this route is a copy made without the match."""
+        if "*" not in dep.model:
+            return dep.model
+        parts, name = self.parts, self.client_name or requested
+        if not parts and is_pattern(self.alias):
+            found = pattern_regex(self.alias).match(name)
+            parts = found.groups() if found else ()
+        return upstream_name(dep.model, parts, name)
 
 
 class Router:
@@ -206,10 +224,31 @@ class Router:
                 pools.append(pool)
                 self.pools.append(pool)
             self.routes[model.alias] = ModelRoute(model.alias, model.max_tokens, list(model.fallbacks), pools,
-                                                  model.over_max_tokens == "refuse")
+                                                  model.over_max_tokens == "refuse",
+                                                  list(model.context_window_fallbacks))
+        # LiteLLM sends a context-window error back when context_window_fallbacks exist but not for its alias.
+        self.context_window_configured = any(m.context_window_fallbacks for m in config.models)
+        self.aliases = {name: alias.model for name, alias in config.model_aliases.items()}
+        self.patterns = by_specificity(a for a in self.routes if is_pattern(a))
 
     def route(self, alias: str) -> ModelRoute | None:
-        return self.routes.get(alias)
+        """The route for a name a client sends: a model alias, a model_aliases name (LiteLLM's model_group_alias,
+        resolved once, as LiteLLM does), or a name a wildcard alias matches (most specific pattern first)."""
+        found = self.routes.get(alias)
+        if found is not None:
+            return found
+        name = self.aliases.get(alias, alias)
+        found = self.routes.get(name)
+        if found is not None or not self.patterns:
+            return found
+        hit = match(self.patterns, name)
+        if hit is None:
+            return None
+        pattern, parts = hit
+        # A per-call copy: the pools (health, load) are the pattern's own.
+        matched = copy.copy(self.routes[pattern])
+        matched.parts, matched.client_name = parts, name
+        return matched
 
     def candidates(self, route: ModelRoute, endpoint: str, session_key: Callable[[], bytes],
                    hopped: bool = False) -> list[tuple[DeploymentPool, Replica]]:

@@ -98,6 +98,11 @@ class GatewayArgs:
     secret_arns: Sequence[pulumi.Input[str]]
     key_arn: pulumi.Input[str]
     config: dict
+    certificate_arn: pulumi.Input[str]  # the region's ACM certificate, for the NLB's TLS listener
+    tags: dict[str, str]  # on the NLB, so the budget's tag filter sees its hours and traffic
+    # The AWS Load Balancer Controller's release: it must serve before the release's LoadBalancer Service
+    # exists, and outlive it on destroy (infra/components/load_balancer.py says why).
+    load_balancer_controller: pulumi.Resource | None = None
 
 
 class Gateway(pulumi.ComponentResource):
@@ -128,6 +133,8 @@ class Gateway(pulumi.ComponentResource):
             namespace=GATEWAY_NAMESPACE,
             create_namespace=True,
             atomic=True,
-            values=gateway_values(args.cfg, args.region, role_arn=args.role.arn, config=args.config),
-            opts=pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=policies))
+            values=gateway_values(args.cfg, args.region, role_arn=args.role.arn, config=args.config,
+                                  certificate_arn=args.certificate_arn, tags=args.tags),
+            opts=pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=[
+                *policies, *([args.load_balancer_controller] if args.load_balancer_controller else [])]))
         self.register_outputs({"role_arn": args.role.arn})

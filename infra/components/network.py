@@ -12,6 +12,16 @@ from infra.components.providers import child_opts
 AZ_COUNT = 3
 
 
+def subnet_blocks(cidr: str) -> list[str]:
+    """/16 -> eight /19s: three private (big: pods get VPC IPs), three public, two spare."""
+    return [str(b) for b in ipaddress.ip_network(cidr).subnets(new_prefix=19)]
+
+
+def public_subnet_cidrs(cidr: str) -> list[str]:
+    """The public subnets' blocks: where the internet-facing NLB sits, and so where its traffic comes from."""
+    return subnet_blocks(cidr)[AZ_COUNT:2 * AZ_COUNT]
+
+
 @dataclass(frozen=True)
 class NetworkArgs:
     region: str
@@ -36,8 +46,7 @@ class Network(pulumi.ComponentResource):
         child = child_opts(self, provider)
         zones = aws.get_availability_zones_output(
             state="available", opts=pulumi.InvokeOutputOptions(provider=provider, parent=self))
-        # /16 -> eight /19s: three private (big: pods get VPC IPs), three public, two spare.
-        blocks = list(ipaddress.ip_network(args.cidr).subnets(new_prefix=19))
+        blocks = subnet_blocks(args.cidr)
         cluster_tag = f"kubernetes.io/cluster/{args.cluster_name}"
 
         vpc = aws.ec2.Vpc(name, cidr_block=args.cidr, enable_dns_hostnames=True, enable_dns_support=True,
@@ -58,6 +67,8 @@ class Network(pulumi.ComponentResource):
                 f"{name}-public-{i}", vpc_id=vpc.id, cidr_block=str(blocks[AZ_COUNT + i]),
                 availability_zone_id=zone_ids[i], availability_zone=zone_names[i],
                 map_public_ip_on_launch=False,
+                # The AWS Load Balancer Controller places internet-facing NLBs in subnets tagged
+                # kubernetes.io/role/elb (its docs/deploy/subnet_discovery.md@v3.5.0, "Subnet Role Tag").
                 tags={"Name": f"{name}-public-{i}", "kubernetes.io/role/elb": "1", cluster_tag: "shared"},
                 opts=child)
             aws.ec2.RouteTableAssociation(f"{name}-public-{i}", subnet_id=public.id, route_table_id=public_rt.id,

@@ -20,7 +20,7 @@ VENDORED_CHARTS = Path(__file__).resolve().parent / "vendor" / "charts"
 EKS_ADDONS_FILE = Path(__file__).resolve().parent / "eks_addons.yaml"
 # Stands in for a value the engine cannot know yet (a `pulumi preview` before the role or certificate exists):
 # every such value in the program's releases is an ARN (IRSA role ARNs, which the charts' schemas check and
-# require, and the ingress certificate's, an annotation), none a size, count or scheduling field. A role ARN
+# require, and the gateway NLB's certificate, an annotation), none a size, count or scheduling field. A role ARN
 # in AWS's documentation account.
 UNKNOWN = "arn:aws:iam::123456789012:role/unknown-at-preview"
 # Only the objects the scheduler reads are parsed (the gateway's rendered config alone is thousands of YAML
@@ -28,7 +28,8 @@ UNKNOWN = "arn:aws:iam::123456789012:role/unknown-at-preview"
 # Prometheus and Alertmanager objects become StatefulSets through the Prometheus Operator (infra/plan/operator_pods.py).
 SCHEDULED_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "HorizontalPodAutoscaler", "ScaledObject",
                    *OPERATOR_KINDS)
-_SCHEDULED_KIND = re.compile(rf"^kind:\s*({'|'.join(SCHEDULED_KINDS)})\s*$", re.MULTILINE)
+# And the objects that let traffic in (the cluster-hardening control reads them).
+EXPOSING_KINDS = ("Service", "Ingress")
 _DOCUMENT = re.compile(r"^---.*$", re.MULTILINE)
 # libyaml's parser when PyYAML has it.
 _LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -97,9 +98,16 @@ def plain(value: Any) -> tuple[Any, bool]:
     return walk(value), seen
 
 
+@cache
+def _kind_line(kinds: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile(rf"^kind:\s*({'|'.join(kinds)})\s*$", re.MULTILINE)
+
+
 @lru_cache(maxsize=512)
-def _render(chart: str, values_json: str, name: str, namespace: str) -> tuple[tuple[dict[str, Any], ...], str]:
-    """Helm's render of one release (cached: every control and every test reads the same releases)."""
+def _render(chart: str, values_json: str, name: str, namespace: str,
+            kinds: tuple[str, ...] = SCHEDULED_KINDS) -> tuple[tuple[dict[str, Any], ...], str]:
+    """Helm's render of one release, the objects of `kinds` only (cached: every control and every test reads the
+    same releases)."""
     import helm_python as helm
 
     try:
@@ -113,13 +121,14 @@ def _render(chart: str, values_json: str, name: str, namespace: str) -> tuple[tu
         if path.endswith(".txt"):  # NOTES.txt: text for the operator, not objects
             continue
         for part in _DOCUMENT.split(text):
-            if _SCHEDULED_KIND.search(part):
+            if _kind_line(kinds).search(part):
                 objects.extend(doc for doc in yaml.load_all(part, Loader=_LOADER) if isinstance(doc, dict))
     return tuple(objects + operator_statefulsets(objects)), ""
 
 
-def render_release(resource: Any) -> RenderedRelease:
-    """Render a recorded `kubernetes:helm.sh/v3:Release` with its recorded values, name and namespace."""
+def render_release(resource: Any, kinds: tuple[str, ...] = SCHEDULED_KINDS) -> RenderedRelease:
+    """Render a recorded `kubernetes:helm.sh/v3:Release` with its recorded values, name and namespace (the objects
+    of `kinds`)."""
     inputs = resource.inputs
     name = str(inputs.get("name") or resource.name)
     namespace = str(inputs.get("namespace") or "default")
@@ -129,7 +138,7 @@ def render_release(resource: Any) -> RenderedRelease:
                                error=f"chart {inputs.get('chart')} {inputs.get('version') or ''} is neither one "
                                      f"of the project's charts nor vendored in {VENDORED_CHARTS.relative_to(ROOT)}")
     values, unknowns = plain(inputs.get("values") or {})
-    objects, error = _render(str(chart), json.dumps(values, sort_keys=True), name, namespace)
+    objects, error = _render(str(chart), json.dumps(values, sort_keys=True), name, namespace, kinds)
     return RenderedRelease(resource.name, resource.region, name, namespace, str(chart.relative_to(ROOT))
                            if chart.is_relative_to(ROOT) else str(chart), objects, error, unknowns)
 

@@ -21,6 +21,7 @@ from infra.chart_values import (
     vllm_values,
 )
 from infra.components.model_weights import revision_prefix
+from infra.components.providers import stack_tags
 from infra.config import ROOT, StackConfig, load_file
 from infra.gateway_config import gateway_config
 
@@ -105,18 +106,22 @@ PROD_MODEL_RELEASES = [(r.name, m.name) for r in _PROD.regions for m in _PROD.mo
 PROD_REGIONS = [r.name for r in _PROD.regions]
 
 
-def render_prod_model(cfg: StackConfig, region: str, model: str, ingress: bool = False) -> Rendered:
-    """The release as the program installs it; `ingress=True` also switches on the model's ingress."""
+def render_prod_model(cfg: StackConfig, region: str, model: str) -> Rendered:
+    """The release as the program installs it."""
     m = next(x for x in cfg.models if x.name == model)
     values = vllm_values(cfg, m, cfg.region(region), role_arn=MODEL_ROLE_ARN, weights_source=weights_source(m))
-    if ingress:
-        values["ingress"]["enabled"] = True
     return render(VLLM_CHART, values, name=vllm_release_name(m), namespace=MODEL_NAMESPACE)
+
+
+def certificate_arn(region: str) -> str:
+    """An ACM certificate ARN in `region`, shaped as ACM makes them (the program's is infra/components/dns.py's)."""
+    return f"arn:aws:acm:{region}:123456789012:certificate/0f1e2d3c-4b5a-6978-8a9b-acbdcedf0123"
 
 
 def prod_gateway_values(cfg: StackConfig, region: str) -> dict[str, Any]:
     r = cfg.region(region)
-    return gateway_values(cfg, r, role_arn=ROLE_ARN, config=gateway_config(cfg, r))
+    return gateway_values(cfg, r, role_arn=ROLE_ARN, config=gateway_config(cfg, r),
+                          certificate_arn=certificate_arn(region), tags=stack_tags(cfg.stack, region, r.residency))
 
 
 def render_prod_gateway(cfg: StackConfig, region: str) -> Rendered:

@@ -43,8 +43,6 @@ VLLM_EVERYTHING_ON = {
     "resources": {"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"cpu": "16", "memory": "128Gi"}},
     "modelCache": {"existingClaim": "weights", "s3": {"uri": "s3://weights-bucket/llama/",
                                                       "image": {"digest": DIGEST, "pullPolicy": "Always"}}},
-    "ingress": {"host": "llama.models.example.com", "allowSourceRanges": ["10.0.0.0/8"],
-                "tls": [{"secretName": "models-tls", "hosts": ["llama.models.example.com"]}]},
     "serviceAccount": {"roleArn": "arn:aws:iam::123456789012:role/models", "annotations": {"team": "platform"}},
     "metrics": {"serviceMonitor": {"enabled": True}},
     "priorityClassName": "llm-serving",
@@ -54,7 +52,7 @@ VLLM_EVERYTHING_ON = {
     "extraEnv": [{"name": "VLLM_LOGGING_LEVEL", "value": "INFO"}],
     "tests": {"image": {"repository": "curlimages/curl", "tag": "8.16.0", "digest": DIGEST}},
 }
-VLLM_EVERYTHING_OFF = {"ingress": {"enabled": False}, "networkPolicy": {"enabled": False},
+VLLM_EVERYTHING_OFF = {"networkPolicy": {"enabled": False},
                        "podDisruptionBudget": {"enabled": False}, "metrics": {"podAnnotations": False},
                        "serviceAccount": {"create": False, "name": "models"}}
 GATEWAY_EVERYTHING_ON = {
@@ -63,16 +61,18 @@ GATEWAY_EVERYTHING_ON = {
     "config": {"version": 1, "gateway": {"front_door": {"shutdown_grace": 120}}, "models": []},
     "resources": {"requests": {"cpu": "1", "memory": "512Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}},
     "serviceAccount": {"roleArn": "arn:aws:iam::123456789012:role/gw", "annotations": {"team": "platform"}},
-    "ingress": {"hosts": ["api.example.com", "eu-west-1.api.example.com"],
-                "tls": [{"secretName": "api-tls", "hosts": ["api.example.com"]}]},
-    "networkPolicy": {"redis": {"cidrs": ["10.40.0.0/16"]}},
+    "service": {"loadBalancer": {
+        "enabled": True, "hosts": ["api.example.com", "eu-west-1.api.example.com"],
+        "certificateArns": ["arn:aws:acm:eu-west-1:123456789012:certificate/0f1e2d3c-4b5a-6978-8a9b-acbdcedf0123"],
+        "tags": {"team": "platform"}}},
+    "networkPolicy": {"redis": {"cidrs": ["10.40.0.0/16"]}, "loadBalancerCidrs": ["10.40.96.0/19"]},
     "discovery": {"enabled": True, "namespaces": ["llm-serving", "llm-batch"]},
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
     "extraEnv": [{"name": "LOG_LEVEL", "value": "info"}],
     "drain": {"preStopSeconds": 15, "marginSeconds": 15},
     "tests": {"image": {"repository": "curlimages/curl", "tag": "8.16.0", "digest": DIGEST}},
 }
-GATEWAY_EVERYTHING_OFF = {"autoscaling": {"enabled": False}, "ingress": {"enabled": False},
+GATEWAY_EVERYTHING_OFF = {"autoscaling": {"enabled": False}, "service": {"loadBalancer": {"enabled": False}},
                           "networkPolicy": {"enabled": False}, "podDisruptionBudget": {"enabled": False},
                           "serviceAccount": {"create": False, "name": "default"}}
 

@@ -1,6 +1,8 @@
 """charts/gateway, rendered by real Helm with the values the Pulumi program computes for each prod region."""
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 import yaml
 
@@ -16,12 +18,15 @@ from infra.chart_values import (
 )
 from infra.components.autoscaling import PROMETHEUS_URL
 from infra.components.dns import regional_host, zone_host
+from infra.components.network import public_subnet_cidrs
+from infra.components.providers import stack_tags
 from infra.config import StackConfig
 from infra.gateway_config import gateway_config
 from tests.charts.rendering import (
     PROD_REGIONS,
     ROLE_ARN,
     Rendered,
+    certificate_arn,
     install_error,
     merged,
     prod_gateway_values,
@@ -90,23 +95,82 @@ def test_a_config_change_rolls_the_pods():
 
 # --- traffic -------------------------------------------------------------------------------------
 
+ANNOTATION = "service.beta.kubernetes.io/aws-load-balancer-"
+
+
 @REGIONS
-def test_the_ingress_answers_on_the_global_the_regional_and_the_zone_host(prod, region):
-    ingress = _prod(prod, region).one("Ingress")
-    assert ingress["spec"]["ingressClassName"] == "nginx"
-    hosts = [rule["host"] for rule in ingress["spec"]["rules"]]
+def test_the_service_exposes_the_gateway_port_inside_the_cluster(prod, region):
+    service = _prod(prod, region).one("Service", GATEWAY_RELEASE)
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [{"name": "http", "port": GATEWAY_PORT, "targetPort": "http", "protocol": "TCP"}]
+
+
+@REGIONS
+def test_the_public_service_is_an_internet_facing_nlb_of_the_load_balancer_controller_with_ip_targets(prod, region):
+    """Annotation names and values as in the controller's docs/guide/service/annotations.md@v3.5.0."""
+    service = _prod(prod, region).one("Service", f"{GATEWAY_RELEASE}-public")
+    spec, annotations = service["spec"], service["metadata"]["annotations"]
+    assert (spec["type"], spec["loadBalancerClass"]) == ("LoadBalancer", "service.k8s.aws/nlb")
+    assert annotations[ANNOTATION + "type"] == "external"
+    assert annotations[ANNOTATION + "nlb-target-type"] == "ip"
+    assert annotations[ANNOTATION + "scheme"] == "internet-facing"
+    assert annotations[ANNOTATION + "attributes"] == "load_balancing.cross_zone.enabled=true"
+    assert spec["selector"] == _prod(prod, region).one("Service", GATEWAY_RELEASE)["spec"]["selector"]
+
+
+@REGIONS
+def test_the_nlb_listens_only_with_tls_from_the_regions_certificate(prod, region):
+    service = _prod(prod, region).one("Service", f"{GATEWAY_RELEASE}-public")
+    annotations = service["metadata"]["annotations"]
+    # One port, and it is a TLS port: every port of the Service would be a listener.
+    assert service["spec"]["ports"] == [{"name": "https", "port": 443, "targetPort": "http", "protocol": "TCP"}]
+    assert annotations[ANNOTATION + "ssl-ports"] == "https"
+    assert annotations[ANNOTATION + "ssl-cert"] == certificate_arn(region)
+    assert annotations[ANNOTATION + "ssl-negotiation-policy"] == "ELBSecurityPolicy-TLS13-1-2-2021-06"
+
+
+@REGIONS
+def test_the_nlb_checks_the_pods_readiness_path_and_carries_the_stack_tags(prod, region):
+    annotations = _prod(prod, region).one("Service", f"{GATEWAY_RELEASE}-public")["metadata"]["annotations"]
+    readiness = _prod(prod, region).container("gateway")["readinessProbe"]["httpGet"]["path"]
+    assert (annotations[ANNOTATION + "healthcheck-protocol"], annotations[ANNOTATION + "healthcheck-port"],
+            annotations[ANNOTATION + "healthcheck-path"]) == ("http", "traffic-port", readiness)
+    tags = dict(pair.split("=", 1) for pair in annotations[ANNOTATION + "additional-resource-tags"].split(","))
+    assert tags == stack_tags(prod.stack, region, prod.zone_of(region))
+    # The pods see the NLB's addresses, never the client's: what the NetworkPolicy admits.
+    assert "preserve_client_ip.enabled=false" in annotations[ANNOTATION + "target-group-attributes"].split(",")
+
+
+@REGIONS
+def test_the_nlb_is_meant_for_the_global_the_regional_and_the_zone_host(prod, region):
+    hosts = prod_gateway_values(prod, region)["service"]["loadBalancer"]["hosts"]
     assert hosts == [prod.gateway.domain, regional_host(region, prod.gateway.domain),
                      zone_host(prod.zone_of(region), prod.gateway.domain)]
-    for rule in ingress["spec"]["rules"]:
-        assert rule["http"]["paths"][0]["backend"]["service"] == {"name": "gateway", "port": {"name": "http"}}
-    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+    notes = _prod(prod, region).notes
+    assert all(f"https://{host}/v1" in notes for host in hosts)
 
 
-@REGIONS
-def test_the_service_exposes_the_gateway_port(prod, region):
-    service = _prod(prod, region).one("Service")
-    assert service["metadata"]["name"] == "gateway"
-    assert service["spec"]["ports"] == [{"name": "http", "port": GATEWAY_PORT, "targetPort": "http", "protocol": "TCP"}]
+def test_a_new_certificate_or_new_tags_change_nothing_that_replaces_the_nlb(prod):
+    """The controller replaces an NLB only when its type or scheme changes, and a target group only when its target
+    type or protocol does (pkg/deploy/elbv2/*_synthesizer.go@v3.5.0); a renewed certificate or a new tag touches
+    neither, and the Service keeps its name (a new Service would be a new NLB with a new hostname)."""
+    region = PROD_REGIONS[0]
+    before = prod_gateway_values(prod, region)
+    after = merged(before, {"service": {"loadBalancer": {
+        "certificateArns": [certificate_arn(region).replace("0f1e2d3c", "9a8b7c6d")], "tags": {"team": "platform"}}}})
+
+    def public(values: dict) -> dict:
+        return render(GATEWAY_CHART, values, name=GATEWAY_RELEASE, namespace=GATEWAY_NAMESPACE).one(
+            "Service", f"{GATEWAY_RELEASE}-public")
+    old, new = public(before), public(after)
+    changed = {k for k in old["metadata"]["annotations"].keys() | new["metadata"]["annotations"].keys()
+               if old["metadata"]["annotations"].get(k) != new["metadata"]["annotations"].get(k)}
+    assert changed == {ANNOTATION + "ssl-cert", ANNOTATION + "additional-resource-tags"}
+    assert (old["metadata"]["name"], old["spec"]) == (new["metadata"]["name"], new["spec"])
+
+
+def test_by_default_the_gateway_has_no_load_balancer():
+    assert [s["spec"]["type"] for s in _defaults().all("Service")] == ["ClusterIP"]
 
 
 def test_probes_use_the_gateways_health_endpoints():
@@ -210,11 +274,16 @@ def _namespaces(rule: dict, key: str) -> set[str]:
 
 
 @REGIONS
-def test_network_policy_admits_the_ingress_controller_and_the_namespace_only(prod, region):
+def test_network_policy_admits_the_nlbs_subnets_and_the_namespace_only(prod, region):
+    """IP targets without client IP preservation: the NLB connects (traffic and health checks) from its own
+    addresses in the public subnets it sits in (controller docs/guide/service/nlb.md@v3.5.0, "NLB Subnet CIDRs")."""
     policy = _prod(prod, region).one("NetworkPolicy", GATEWAY_RELEASE)
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
     (rule,) = policy["spec"]["ingress"]
-    assert "ingress-nginx" in _namespaces(rule, "from")
+    blocks = [peer["ipBlock"]["cidr"] for peer in rule["from"] if "ipBlock" in peer]
+    assert blocks == public_subnet_cidrs(prod.vpc_cidr(region))
+    assert all(ipaddress.ip_network(b).subnet_of(ipaddress.ip_network(prod.vpc_cidr(region))) for b in blocks)
+    assert "ingress-nginx" not in _namespaces(rule, "from")
     assert {"podSelector": {}} in rule["from"]
     assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
 
@@ -231,7 +300,7 @@ def test_network_policy_lets_the_gateway_reach_models_redis_aws_and_dns_only(pro
     https = [r for r in egress if _peers_allow(r, 443) and any("ipBlock" in p for p in r["to"])]
     assert https, "AWS APIs (STS, Secrets Manager) need HTTPS egress"
     allowed_ports = {p["port"] for r in egress for p in r["ports"]}
-    assert allowed_ports == {53, VLLM_PORT, 80, 443, 6379}
+    assert allowed_ports == {53, VLLM_PORT, 443, 6379}
     assert all(r.get("to") for r in egress), "an egress rule without peers would allow every destination"
 
 
@@ -249,7 +318,7 @@ def test_the_gateway_runs_non_root_read_only_without_privilege_escalation():
 
 def test_the_notes_give_the_api_urls_and_a_health_check(prod):
     notes = _prod(prod, PROD_REGIONS[0]).notes
-    assert f"http://{prod.gateway.domain}/v1" in notes
+    assert f"https://{prod.gateway.domain}/v1" in notes
     assert "http://gateway.llm-gateway.svc.cluster.local:4000/v1" in notes
     assert "/health/ready" in notes
 
@@ -258,7 +327,15 @@ def test_the_notes_give_the_api_urls_and_a_health_check(prod):
 
 BAD_VALUES = {
     "a role that is not an IAM role ARN": ({"serviceAccount": {"roleArn": "gateway-role"}}, "/serviceAccount/roleArn"),
-    "a host with an underscore": ({"ingress": {"hosts": ["api_llm.example.com"]}}, "/ingress/hosts/0"),
+    "a host with an underscore": ({"service": {"loadBalancer": {"hosts": ["api_llm.example.com"]}}},
+                                  "/service/loadBalancer/hosts/0"),
+    "a load balancer without a certificate": (
+        {"service": {"loadBalancer": {"enabled": True, "hosts": ["a.example.com"]}}},
+        "/service/loadBalancer/certificateArns"),
+    "a TLS policy that allows TLS 1.0": ({"service": {"loadBalancer": {"sslPolicy": "ELBSecurityPolicy-2016-08"}}},
+                                         "/service/loadBalancer/sslPolicy"),
+    "a tag value that would split the annotation": ({"service": {"loadBalancer": {"tags": {"team": "a,b=c"}}}},
+                                                    "/service/loadBalancer/tags/team"),
     "an unpinned image": ({"image": {"tag": "latest"}}, "/image/tag"),
     "config that is not a mapping": ({"config": "models: []"}, "/config"),
     "a misspelt key": ({"replicas": 3}, "'replicas'"),
@@ -279,13 +356,6 @@ def test_the_prod_values_are_accepted_at_install(prod, region):
                          namespace=GATEWAY_NAMESPACE) == ""
 
 
-def test_tls_hosts_switch_the_notes_to_https():
-    r = _defaults(merged({}, {"ingress": {"hosts": ["api.example.com"],
-                                          "tls": [{"secretName": "api-tls", "hosts": ["api.example.com"]}]}}))
-    assert r.one("Ingress")["spec"]["tls"] == [{"secretName": "api-tls", "hosts": ["api.example.com"]}]
-    assert "https://api.example.com/v1" in r.notes
-
-
 def test_endpoint_slice_discovery_gets_a_token_and_read_only_access_to_the_model_namespaces():
     assert _defaults().pod_spec()["automountServiceAccountToken"] is False
     assert _defaults().all("Role") == []
@@ -304,11 +374,13 @@ def test_the_program_grants_discovery_exactly_where_the_gateway_config_discovers
     from infra.chart_values import gateway_values
     region = prod.regions[0]
     static = gateway_values(prod, region, role_arn=ROLE_ARN, config={"models": [{"alias": "m", "deployments": [
-        {"name": "m", "api_base": "http://vllm-m.llm-serving.svc.cluster.local:8000/v1"}]}]})
+        {"name": "m", "api_base": "http://vllm-m.llm-serving.svc.cluster.local:8000/v1"}]}]},
+        certificate_arn=certificate_arn(region.name), tags={})
     assert static["discovery"]["enabled"] is False
     config = {"models": [{"alias": "m", "deployments": [{"name": "m", "replicas": {"endpoint_slices": {
         "service": "vllm-m-headless", "namespace": MODEL_NAMESPACE, "port": "http"}}}]}]}
-    values = gateway_values(prod, region, role_arn=ROLE_ARN, config=config)
+    values = gateway_values(prod, region, role_arn=ROLE_ARN, config=config,
+                            certificate_arn=certificate_arn(region.name), tags={})
     assert values["discovery"] == {"enabled": True, "namespaces": [MODEL_NAMESPACE]}
     r = render(GATEWAY_CHART, values, name=GATEWAY_RELEASE, namespace=GATEWAY_NAMESPACE)
     assert r.one("RoleBinding")["metadata"]["namespace"] == MODEL_NAMESPACE
@@ -378,7 +450,7 @@ def test_helm_test_checks_liveness_and_that_models_need_a_key(prod, region):
     assert f'base="http://{GATEWAY_RELEASE}:{GATEWAY_PORT}"' in script
     assert '"$base/health/live"' in script
     assert "%{http_code}" in script and '"$base/v1/models")" = 401' in script
-    selector = r.one("Service")["spec"]["selector"]
+    selector = r.one("Service", GATEWAY_RELEASE)["spec"]["selector"]
     assert not selector.items() <= job["spec"]["template"]["metadata"]["labels"].items()
     assert job["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
 
@@ -393,5 +465,5 @@ def test_the_helm_test_job_may_reach_only_the_gateway_and_dns(prod, region):
         job["metadata"]["annotations"].get("helm.sh/hook-weight", "0"))
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
     assert "ingress" not in policy["spec"] and policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    server = r.one("Service")["spec"]["selector"]
+    server = r.one("Service", GATEWAY_RELEASE)["spec"]["selector"]
     assert [rule["to"] for rule in policy["spec"]["egress"]][1] == [{"podSelector": {"matchLabels": server}}]

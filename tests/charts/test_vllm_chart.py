@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from infra.chart_values import (
+    GATEWAY_NAMESPACE,
     MODEL_NAMESPACE,
     VLLM_CHART,
     VLLM_PORT,
@@ -303,37 +304,37 @@ def test_replicas_follow_the_models_min_and_the_max_its_pool_holds(prod, region,
         assert r.one("Deployment")["spec"]["replicas"] == floor
 
 
-# --- session affinity ----------------------------------------------------------------------------
+# --- cluster-internal only ----------------------------------------------------------------------
 
 @RELEASES
-def test_the_program_installs_models_without_an_ingress(prod, region, model):
-    assert _prod(prod, region, model).all("Ingress") == []
+def test_the_model_server_is_reachable_only_inside_the_cluster(prod, region, model):
+    """No Ingress, no LoadBalancer or NodePort: the gateway reaches the replicas through the EndpointSlices of
+    these ClusterIP Services and keeps sessions on their replica itself."""
+    r = _prod(prod, region, model)
+    assert r.all("Ingress") == []
+    assert {s["spec"].get("type", "ClusterIP") for s in r.all("Service")} == {"ClusterIP"}
 
 
 @RELEASES
-def test_the_ingress_hashes_on_the_session_header_so_a_conversation_keeps_its_replica(prod, region, model):
-    r = render_prod_model(prod, region, model, ingress=True)
-    ingress = r.one("Ingress")
-    annotations = ingress["metadata"]["annotations"]
-    assert annotations["nginx.ingress.kubernetes.io/upstream-hash-by"] == "$http_x_session_id"
-    assert annotations["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"  # tokens stream
-    assert annotations["nginx.ingress.kubernetes.io/whitelist-source-range"] == prod.vpc_cidr(region)
-    assert ingress["spec"]["ingressClassName"] == "nginx"
-    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
-    assert backend == {"name": vllm_release_name(_model(prod, model)), "port": {"name": "http"}}
+def test_only_the_gateway_and_the_release_namespace_may_call_the_model(prod, region, model):
+    rule = _prod(prod, region, model).one("NetworkPolicy", vllm_release_name(_model(prod, model)))["spec"]["ingress"][0]
+    namespaces = {p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                  for p in rule["from"] if "namespaceSelector" in p}
+    assert namespaces == {GATEWAY_NAMESPACE, "monitoring"}
+    assert {"podSelector": {}} in rule["from"] and not [p for p in rule["from"] if "ipBlock" in p]
 
 
-def test_the_session_header_is_configurable():
-    ingress = _defaults(sessionAffinity={"header": "X-Conversation-Id"}).one("Ingress")
-    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/upstream-hash-by"] == \
-        "$http_x_conversation_id"
+def test_the_chart_refuses_to_expose_a_model_through_a_load_balancer_or_an_ingress():
+    assert "/service/type" in install_error(VLLM_CHART, {"service": {"type": "LoadBalancer"}},
+                                            name="vllm-demo", namespace=MODEL_NAMESPACE)
+    assert "'ingress'" in install_error(VLLM_CHART, {"ingress": {"enabled": True}}, name="vllm-demo",
+                                        namespace=MODEL_NAMESPACE)
 
 
-def test_the_notes_say_how_to_reach_the_model_and_what_happens_without_the_header():
+def test_the_notes_say_how_to_reach_the_model():
     notes = _defaults(model={"servedName": "demo"}).notes
     assert "http://vllm-demo.llm-serving.svc.cluster.local:8000/v1" in notes
     assert '"model": "demo"' in notes
-    assert "x-session-id" in notes and "WITHOUT the header" in notes
 
 
 def test_a_service_monitor_scrapes_the_cluster_ip_service_only():
@@ -355,7 +356,6 @@ BAD_VALUES = {
     "an unpinned image": ({"image": {"tag": "latest"}}, "/image/tag"),
     "a misspelt key": ({"gpu": 2}, "'gpu'"),
     "no pool selector": ({"nodeSelector": {"llm-platform/pool": None}}, "llm-platform/pool"),
-    "a header nginx cannot hash on": ({"sessionAffinity": {"header": "x session"}}, "/sessionAffinity/header"),
     "GPU memory above 98%": ({"model": {"gpuMemoryUtilization": 1.2}}, "/model/gpuMemoryUtilization"),
     "an unknown quantization": ({"model": {"quantization": "int3"}}, "/model/quantization"),
     "an S3 URI that is not one": ({"modelCache": {"s3": {"uri": "https://bucket/x"}}}, "/modelCache/s3/uri"),

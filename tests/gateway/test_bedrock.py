@@ -128,8 +128,9 @@ async def test_streamed_tool_use_arrives_as_tool_call_deltas(bedrock) -> None:
 @pytest.mark.parametrize(("exception", "error_class", "status"), [
     # LiteLLM's mapping by status (litellm/litellm_core_utils/exception_mapping_utils.py): 400 -> BadRequestError.
     ("ValidationException", openai.BadRequestError, 400),
-    # Retried on another deployment first; nothing else left, the gateway's 503 names what Bedrock said.
-    ("ThrottlingException", openai.InternalServerError, 503),
+    # Retried first; nothing else left, the last failure's status reaches the client as LiteLLM relays it
+    # (429 -> RateLimitError), and the message names what Bedrock said.
+    ("ThrottlingException", openai.RateLimitError, 429),
     ("ModelErrorException", openai.InternalServerError, 503),
     ("ServiceUnavailableException", openai.InternalServerError, 503),
 ])

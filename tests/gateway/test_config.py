@@ -38,7 +38,8 @@ def test_litellm_example_loads_as_is(env) -> None:
     config = load_config(EXAMPLES / "litellm.yaml")
     assert config.gateway.master_key == "value-of-LITELLM_MASTER_KEY"
     assert config.gateway.routing == "weighted" and config.gateway.retries.attempts == 2
-    assert config.gateway.circuit_breaker.failures == 3 and config.gateway.circuit_breaker.cooldown == 30
+    # allowed_fails: 3 -> the 4th failure opens the circuit (LiteLLM cools down on fails > allowed_fails)
+    assert config.gateway.circuit_breaker.failures == 4 and config.gateway.circuit_breaker.cooldown == 30
     llama = config.model("llama-3.1-8b")
     assert [d.weight for d in llama.deployments] == [2, 1]
     first = llama.deployments[0]
@@ -125,3 +126,170 @@ def test_cli_refuses_an_example_key_outside_dev(tmp_path) -> None:
     config.write_text(yaml.safe_dump(native(gateway={"master_key": "sk-llmp-local-EXAMPLE-000000000000000000000"})))
     result = run_gateway("--config", str(config), "--port", "0")
     assert result.returncode == 2 and "example key" in result.stderr and "Traceback" not in result.stderr
+
+
+def litellm_file(tmp_path: Path, **sections: object) -> Path:
+    doc = {"model_list": [{"model_name": "m", "litellm_params": {"model": "openai/m", "api_base": "http://x/v1"}}],
+           "general_settings": {"master_key": "sk-llmp-test-0123456789abcdef0123456789abcdef"}}
+    for name, value in sections.items():
+        if isinstance(value, dict) and isinstance(doc.get(name), dict):
+            doc[name] = {**doc[name], **value}  # type: ignore[dict-item]
+        else:
+            doc[name] = value
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.mark.parametrize("sections, setting", [
+    ({"guardrails": [{"guardrail_name": "pii", "litellm_params": {"guardrail": "presidio", "mode": "pre_call"}}]},
+     "guardrails: not supported by the gateway: guardrails change what is answered"),
+    ({"general_settings": {"custom_auth": "custom_auth.user_api_key_auth"}},
+     "general_settings.custom_auth: not supported by the gateway: a custom Python auth hook decides who may call"),
+    ({"general_settings": {"pass_through_endpoints": [{"path": "/v1/rerank", "target": "https://x/v1/rerank"}]}},
+     "general_settings.pass_through_endpoints: not supported"),
+    ({"router_settings": {"provider_budget_config": {"openai": {"budget_limit": 100, "time_period": "1d"}}}},
+     "router_settings.provider_budget_config: not supported"),
+    ({"router_settings": {"enable_tag_filtering": True}}, "router_settings.enable_tag_filtering: not supported"),
+    ({"litellm_settings": {"callbacks": ["custom_callbacks.proxy_handler_instance"]}},
+     "litellm_settings.callbacks: not supported by the gateway: a plug-in (a guardrail, an interception, a Python "
+     "hook) may rewrite or reject calls"),
+    ({"litellm_settings": {"callbacks": ["otel", "presidio"]}}, "litellm_settings.callbacks: not supported"),
+])
+def test_settings_that_change_who_may_call_or_what_is_answered_are_refused_naming_setting_and_file(
+        tmp_path, sections, setting) -> None:
+    path = litellm_file(tmp_path, **sections)
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert str(refused.value).startswith(f"{path}: {setting}")
+
+
+def test_harmless_settings_are_listed_once_as_ignored_and_settings_turned_off_are_not_refused(tmp_path) -> None:
+    from gateway.config.loading import load
+
+    path = litellm_file(tmp_path, litellm_settings={"success_callback": ["langfuse"], "cache": True,
+                                                    "callbacks": ["otel", "prometheus"]},
+                        guardrails=[], router_settings={"enable_tag_filtering": False})
+    path.write_text(path.read_text() + "model_list_extra: 1\n")
+    lines = sorted(i.line() for i in load(path).ignored)
+    assert [line.split(" ignored: ")[0] for line in lines] == [
+        "litellm_settings.cache", "litellm_settings.callbacks", "litellm_settings.success_callback",
+        "model_list_extra"]
+    assert lines[2] == ("litellm_settings.success_callback ignored: callbacks are LiteLLM's logging integrations; "
+                        "the gateway writes one structured call log line per call and serves Prometheus metrics "
+                        "on /metrics")
+    assert lines[3] == "model_list_extra ignored: not a LiteLLM setting this gateway knows"
+
+
+def test_litellm_master_key_and_environment_variables_are_read_as_litellm_reads_them(monkeypatch) -> None:
+    doc = {"model_list": [{"model_name": "gpt-4o-mini", "litellm_params": {"model": "gpt-4o-mini",
+                                                                           "api_key": "os.environ/MY_OPENAI_KEY"}}],
+           "environment_variables": {"MY_OPENAI_KEY": "sk-from-the-file"}}
+    monkeypatch.setenv("LITELLM_MASTER_KEY", "from-the-environment")
+    config = parse_config(doc)
+    assert config.gateway.master_key == "from-the-environment"
+    dep = config.model("gpt-4o-mini").deployments[0]
+    assert (dep.provider, dep.model, dep.api_base, dep.api_key) == (
+        "openai", "gpt-4o-mini", "https://api.openai.com/v1", "sk-from-the-file")
+    doc["general_settings"] = {"master_key": "from-the-file"}
+    assert parse_config(doc).gateway.master_key == "from-the-file", "general_settings.master_key wins"
+
+
+def test_litellm_routing_names_translate_to_native_ones() -> None:
+    doc = {"model_list": [
+        {"model_name": "llama", "litellm_params": {"model": "hosted_vllm/meta/llama", "api_base": "http://v/v1",
+                                                   "temperature": 0.2, "max_tokens": 64}},
+        {"model_name": "long", "litellm_params": {"model": "hosted_vllm/meta/llama-128k", "api_base": "http://v/v1"}},
+        {"model_name": "openai/*", "litellm_params": {"model": "openai/*"}}],
+        "router_settings": {"model_group_alias": {"gpt-4": "llama", "old": {"model": "openai/gpt-4o", "hidden": True}},
+                            "context_window_fallbacks": [{"llama": ["long"]}], "default_fallbacks": ["gpt-4"]}}
+    config = parse_config(doc)
+    llama = config.model("llama")
+    assert llama.context_window_fallbacks == ["long"] and llama.fallbacks == []  # `gpt-4` is llama itself
+    assert config.model("long").fallbacks == ["llama"], "default_fallbacks, through the alias"
+    assert llama.deployments[0].defaults == {"temperature": 0.2, "max_tokens": 64} and llama.max_tokens is None
+    assert config.model("openai/*").deployments[0].model == "*"
+    assert config.model_aliases["old"].model == "openai/gpt-4o" and config.model_aliases["old"].hidden
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"model_list": [{"model_name": "m", "litellm_params": {"model": "openai/m", "api_base": "ftp://x"}}]},
+     "model_list[0].litellm_params.api_base: 'ftp://x' is not an http(s) URL"),
+    ({"model_list": [{"model_name": "m", "litellm_params": {"model": "openai/m"}}],
+      "router_settings": {"model_group_alias": {"gpt-4": "nothing"}}},
+     "model_aliases.gpt-4: 'nothing' is not a model alias"),
+    ({"model_list": [{"model_name": "m", "litellm_params": {"model": "openai/m"}}],
+      "router_settings": {"allowed_fails": -1}}, "router_settings.allowed_fails: -1 is not a whole number"),
+    ({"model_list": [{"model_name": "m", "litellm_params": {"model": "openai/m"}}],
+      "router_settings": {"context_window_fallbacks": [{"x": ["m"]}]}},
+     "router_settings.context_window_fallbacks[0]: 'x' is not a model_name in model_list"),
+])
+def test_litellm_config_errors_name_the_litellm_path(doc, message) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(doc)
+    assert message in str(err.value)
+
+
+def test_cli_names_general_settings_master_key_and_the_file(tmp_path) -> None:
+    path = litellm_file(tmp_path, general_settings={"master_key": "sk-1234"})
+    result = run_gateway("--config", str(path), "--port", "0")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{path}: general_settings.master_key (or the LITELLM_MASTER_KEY variable): is a well-known default" \
+        in result.stderr
+
+
+def test_cli_logs_each_ignored_litellm_setting_once_as_a_json_line(tmp_path) -> None:
+    import json
+    import signal
+
+    path = litellm_file(tmp_path, litellm_settings={"success_callback": ["langfuse"], "set_verbose": True})
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(path), "--port", "0",
+                             "--host", "127.0.0.1"], stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "listening on" in line:
+                break
+            lines.append(line)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    lines += proc.stderr.read().splitlines()  # up to exit: a worker must not log them again
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    assert sorted((e["event"], e["setting"]) for e in events) == [
+        ("config_setting_ignored", "litellm_settings.set_verbose"),
+        ("config_setting_ignored", "litellm_settings.success_callback")], "each once"
+    assert all(e["file"] == str(path) and e["message"].startswith(f"{e['setting']} ignored: ") for e in events)
+
+
+def test_a_star_fallback_group_is_litellms_generic_fallback() -> None:
+    doc = {"model_list": [{"model_name": n, "litellm_params": {"model": f"openai/{n}"}} for n in ("a", "b", "c")],
+           "router_settings": {"fallbacks": [{"*": ["c"]}, {"a": ["b"]}]}}
+    config = parse_config(doc)
+    assert [config.model(n).fallbacks for n in ("a", "b", "c")] == [["b"], ["c"], []]
+
+
+def test_router_defaults_redis_db_and_fail_closed_limits_are_read_as_litellm_reads_them() -> None:
+    doc = {"model_list": [{"model_name": "m", "litellm_params": {"model": "openai/m", "temperature": 0.1,
+                                                                 "seed": 1}}],
+           "router_settings": {"default_litellm_params": {"temperature": 0.7, "timeout": 5}, "redis_host": "redis",
+                               "redis_db": 3},
+           "general_settings": {"database_url": "postgresql://llmp@db/llmp",
+                                "fail_closed_rate_limit_enforcement": True}}
+    config = parse_config(doc)
+    # deployment < router default < client: LiteLLM setdefaults the router's into kwargs, which go over litellm_params
+    assert config.model("m").deployments[0].defaults == {"temperature": 0.7, "seed": 1}
+    assert config.redis is not None and config.redis.url == "redis://redis:6379/3"
+    assert config.redis.on_unavailable == "fail-closed"
+
+
+def test_a_fallback_may_name_a_model_a_wildcard_serves() -> None:
+    doc = {"model_list": [{"model_name": "llama", "litellm_params": {"model": "hosted_vllm/llama",
+                                                                     "api_base": "http://v/v1"}},
+                          {"model_name": "openai/*", "litellm_params": {"model": "openai/*"}}],
+           "router_settings": {"fallbacks": [{"llama": ["openai/gpt-4o-mini"]}]}}
+    assert parse_config(doc).model("llama").fallbacks == ["openai/gpt-4o-mini"]
+    del doc["model_list"][1]
+    with pytest.raises(ConfigError, match="fallback 'openai/gpt-4o-mini' is not a model alias"):
+        parse_config(doc)

@@ -273,14 +273,14 @@ async def test_a_users_budget_spans_its_keys_and_is_raised_from_the_ledger(gatew
                                                        "budget_duration": "30d"})
     _, second_key = await admin(first, "POST", "/key/generate", {"user_id": "ana"})
     calls = 0
-    with pytest.raises(openai.RateLimitError, match="user `ana`"):
+    with pytest.raises(openai.UnprocessableEntityError, match="user `ana`"):
         for calls in range(1, 100):
             key = user["key"] if calls % 2 else second_key["key"]
             await first.client(api_key=key).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
     assert calls >= 2, "both keys spent from the one budget"
     await first.runner.cleanup()  # the ledger is flushed; in-process counters are gone
     again = await gateway_factory(config)  # its budget sync raises the user's counter from the ledger
-    with pytest.raises(openai.RateLimitError, match="user `ana`"):
+    with pytest.raises(openai.UnprocessableEntityError, match="user `ana`"):
         await again.client(api_key=second_key["key"]).chat.completions.create(model=MODEL, messages=MESSAGES)
     _, info = await admin(again, "GET", "/user/info?user_id=ana")
     assert info["user_info"]["spend"] > 0 and {k["token"] for k in info["keys"]} == {

@@ -138,10 +138,12 @@ def test_pool_scaling_comes_from_config(prod_plan: Plan) -> None:
 
 # -- add-ons, model serving, gateway --------------------------------------------------------------
 
-def test_each_cluster_gets_the_device_plugin_and_ingress_nginx(prod_plan: Plan) -> None:
+def test_each_cluster_gets_the_device_plugin_and_the_load_balancer_controller_and_no_ingress_nginx(
+        prod_plan: Plan) -> None:
     for region, releases in by_region(prod_plan, RELEASE).items():
         charts = {r.inputs["chart"] for r in releases}
-        assert {"nvidia-device-plugin", "ingress-nginx"} <= charts, region
+        assert {"nvidia-device-plugin", "aws-load-balancer-controller"} <= charts, region
+        assert "ingress-nginx" not in charts, region
 
 
 def test_one_vllm_release_per_model_and_region_with_config_values(prod_plan: Plan) -> None:
@@ -263,12 +265,12 @@ def test_secrets_live_under_the_stack_path_and_replicate_only_inside_their_zone(
 
 def test_gateway_roles_read_only_their_regions_copies(prod_plan: Plan) -> None:
     docs = [json.loads(p.inputs["policy"]) for p in prod_plan.of_type("aws:iam/rolePolicy:RolePolicy")]
-    readers = [d for d in docs if any(s["Sid"] == "ReadStackSecrets" for s in d["Statement"])]
+    readers = [d for d in docs if any(s.get("Sid") == "ReadStackSecrets" for s in d["Statement"])]
     # The gateways', the model servers' and the weights stagers' (the Hugging Face token); the deploy runner
     # reads no secret.
     assert len(readers) == 3 * len(PROD_REGIONS)
     for doc in readers:
-        read = next(s for s in doc["Statement"] if s["Sid"] == "ReadStackSecrets")
+        read = next(s for s in doc["Statement"] if s.get("Sid") == "ReadStackSecrets")
         regions = {arn.split(":")[3] for arn in read["Resource"]}
         assert len(regions) == 1 and all(":secret:llm-platform/prod/" in a for a in read["Resource"])
 
@@ -359,10 +361,10 @@ def test_each_regions_certificate_covers_the_global_regional_and_zone_names(prod
 
 
 def test_each_gateway_answers_on_its_zone_name_and_knows_where_other_zones_models_live(prod_plan: Plan) -> None:
-    """Ingress routes the zone's name to the gateway; a US gateway tells callers of the EU-only model where to go."""
+    """The NLB's certificate names the zone's name; a US gateway tells callers of the EU-only model where to go."""
     for g in (r for r in prod_plan.of_type(RELEASE) if r.inputs["chart"] == str(GATEWAY_CHART)):
         zone = PROD_REGIONS[g.region]
-        assert f"{zone}.api.llm.example.com" in g.inputs["values"]["ingress"]["hosts"]
+        assert f"{zone}.api.llm.example.com" in g.inputs["values"]["service"]["loadBalancer"]["hosts"]
         other = g.inputs["values"]["config"]["other_zones"]
         if zone == "us":
             assert other == {"eu": {"url": "https://eu.api.llm.example.com", "models": ["mistral-small-24b"]}}
@@ -393,11 +395,11 @@ def test_each_cluster_logs_to_a_tagged_log_group_with_a_retention(prod_plan: Pla
         assert group.inputs["retentionInDays"] == 90
 
 
-def test_ingress_nlbs_are_asked_to_carry_the_stack_tags(prod_plan: Plan) -> None:
-    for release in (r for r in prod_plan.of_type(RELEASE) if r.inputs["chart"] == "ingress-nginx"):
-        annotation = release.inputs["values"]["controller"]["service"]["annotations"][
-            "service.beta.kubernetes.io/aws-load-balancer-additional-resource-tags"]
-        tags = dict(pair.split("=", 1) for pair in annotation.split(","))
+def test_gateway_nlbs_are_asked_to_carry_the_stack_tags(prod_plan: Plan) -> None:
+    gateways = [r for r in prod_plan.of_type(RELEASE) if r.inputs["chart"] == str(GATEWAY_CHART)]
+    assert len(gateways) == len(PROD_REGIONS)
+    for release in gateways:
+        tags = release.inputs["values"]["service"]["loadBalancer"]["tags"]
         assert tags[TAG_STACK] == "prod" and tags[TAG_REGION] == release.region
         assert tags[TAG_RESIDENCY] == PROD_REGIONS[release.region]
 

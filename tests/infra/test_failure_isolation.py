@@ -36,10 +36,10 @@ def first_pool_without_capacity() -> tuple[dict, str, str, list]:
     return raw, region, pool, mocks.resources
 
 
-def test_a_gpu_pool_without_capacity_leaves_its_regions_ingress_gateway_and_dns_up() -> None:
+def test_a_gpu_pool_without_capacity_leaves_its_regions_load_balancer_gateway_and_dns_up() -> None:
     _, region, _, created = first_pool_without_capacity()
     releases = {r.name for r in created if r.type == RELEASE}
-    assert f"{region}-ingress-nginx" in releases
+    assert f"{region}-aws-load-balancer-controller" in releases
     assert f"{region}-nvidia-device-plugin" in releases
     assert f"{region}-gateway" in releases
     assert {f"{region}-keda", f"{region}-metrics-server"} <= releases  # the gateway waits for them

@@ -75,12 +75,11 @@ def test_budget_without_alerts_is_rejected(prod_plan):
 # -- the budget sees the whole spend: every cost-bearing resource carries the stack tag -----------
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
 LOG_GROUP = "aws:cloudwatch/logGroup:LogGroup"
-NLB_TAGS = "service.beta.kubernetes.io/aws-load-balancer-additional-resource-tags"
 
 
-def ingress_annotations(resources: list, region: str) -> dict:
-    release = find(resources, "kubernetes:helm.sh/v3:Release", f"{region}-ingress-nginx")
-    return release.inputs["values"]["controller"]["service"]["annotations"]
+def gateway_load_balancer(resources: list, region: str) -> dict:
+    release = find(resources, "kubernetes:helm.sh/v3:Release", f"{region}-gateway")
+    return release.inputs["values"]["service"]["loadBalancer"]
 
 
 def test_every_cost_bearing_resource_carries_the_stack_tag(stack_plan):
@@ -113,11 +112,13 @@ def test_log_group_without_the_stack_tag_is_rejected(prod_plan):
                     "aws:cloudwatch/logGroup:LogGroup", "lacks the tag llm-platform:stack=prod")
 
 
-def test_ingress_nlb_without_the_tag_annotation_is_rejected(prod_plan):
-    """Program bug (simulated): ingress-nginx's Service asks for an NLB without the stack tag."""
-    resources = mutated(prod_plan, lambda rs: ingress_annotations(rs, "us-west-2").pop(NLB_TAGS))
+def test_gateway_nlb_without_the_tag_annotation_is_rejected(prod_plan):
+    """Program bug (simulated): the gateway's release is given no tags, so its rendered LoadBalancer Service has no
+    aws-load-balancer-additional-resource-tags annotation and the controller makes an untagged NLB."""
+    resources = mutated(prod_plan, lambda rs: gateway_load_balancer(rs, "us-west-2").update(tags={}))
     assert_rejected(result_of_resources(prod_plan, resources, "budget-cap"),
-                    "the load balancer of us-west-2-ingress-nginx in us-west-2 lacks the tag llm-platform:stack=prod")
+                    "the load balancer of us-west-2-gateway in us-west-2 lacks the tag llm-platform:stack=prod",
+                    "service.beta.kubernetes.io/aws-load-balancer-additional-resource-tags")
 
 
 def test_system_nodes_without_a_tagging_launch_template_are_rejected(prod_plan):

@@ -54,7 +54,7 @@ def test_every_pool_is_judged_with_its_daemonsets_share(stack_plan):
 def test_gateway_pods_fit_the_system_nodes(stack_plan):
     res = result(stack_plan, "capacity-fit")
     pods = {e["pod"].split(" (")[0]: e for e in res.evidence if "pod" in e}
-    for name in ("llm-gateway/gateway", "ingress-nginx/ingress-nginx-controller", "kube-system/coredns"):
+    for name in ("llm-gateway/gateway", "kube-system/aws-load-balancer-controller", "kube-system/coredns"):
         assert pods[name]["pools"] == ["system"], name
         assert not _mentioning(res, name), name
     assert pods["llm-gateway/gateway"]["requests"] == "0.5 CPU, 0.50 GiB memory"
@@ -146,12 +146,13 @@ def test_a_pod_tolerating_no_pools_taints_fails_naming_each_pool(prod_plan):
 
 
 def test_a_release_whose_chart_is_not_vendored_fails(prod_plan):
-    """ingress-nginx is bumped in the program but its chart is not vendored: nothing is known of its pods."""
-    resources = mutated(prod_plan, lambda rs: find(rs, RELEASE, "us-east-1-ingress-nginx").inputs.update(
-        version="4.99.0"))
+    """The load balancer controller is bumped in the program but its chart is not vendored: nothing is known of its
+    pods."""
+    resources = mutated(prod_plan, lambda rs: find(rs, RELEASE, "us-east-1-aws-load-balancer-controller").inputs.update(
+        version="3.99.0"))
     assert_rejected(result_of_resources(prod_plan, resources, "capacity-fit"),
-                    "Helm release ingress-nginx/ingress-nginx (us-east-1) cannot be rendered",
-                    "chart ingress-nginx 4.99.0 is neither one of the project's charts nor vendored")
+                    "Helm release kube-system/aws-load-balancer-controller (us-east-1) cannot be rendered",
+                    "chart aws-load-balancer-controller 3.99.0 is neither one of the project's charts nor vendored")
 
 
 # -- what DaemonSets and pods per node leave -------------------------------------------------------------------------
@@ -190,7 +191,7 @@ def test_more_pods_than_a_node_takes_fail_on_pods_per_node(prod_plan):
 
 def _karpenter(resources: list, region: str = "us-east-1"):
     """A node autoscaler's release in `region`, as the program will record one (issue 13)."""
-    return find(resources, RELEASE, f"{region}-ingress-nginx").__class__(
+    return find(resources, RELEASE, f"{region}-gateway").__class__(
         RELEASE, f"{region}-karpenter", region, {"chart": "karpenter", "version": "1.6.0"})
 
 
@@ -352,7 +353,7 @@ def test_helm_install_hooks_are_placed_and_test_hooks_are_not():
         return {"kind": "Job", "metadata": {"name": name, "annotations": {"helm.sh/hook": hook}},
                 "spec": {"template": {"spec": {"containers": [{"name": "c"}]}}}}
     pods = pod_templates([job("admission-create", "pre-install,pre-upgrade"), job("smoke", "test")],
-                         "us-east-1", "ingress-nginx", "ingress-nginx")
+                         "us-east-1", "kube-system", "aws-load-balancer-controller")
     assert [p.name for p in pods] == ["admission-create"]
 
 

@@ -1,11 +1,16 @@
 """Control cluster-hardening: EKS APIs are private or allow-listed, Kubernetes Secrets are KMS-encrypted, control planes
-log."""
+log, and only the gateway is exposed, through a TLS-only NLB."""
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
+from infra.config import ROOT
 from tests.policy.helpers import (
     assert_passes,
     assert_rejected,
     find,
+    gateway_release,
     mutated,
     plan_of,
     result,
@@ -19,7 +24,7 @@ CLUSTER = "aws:eks/cluster:Cluster"
 def test_cluster_endpoints_are_allow_listed_encrypted_and_logged(stack_plan):
     res = result(stack_plan, "cluster-hardening")
     assert_passes(res)
-    clusters = [e for e in res.evidence if e["type"] == CLUSTER]
+    clusters = [e for e in res.evidence if "endpoint_private" in e]
     assert len(clusters) == len(stack_plan.config.regions)
     for e in clusters:
         assert e["endpoint_private"] and not e["endpoint_public"] and e["public_access_cidrs"] == []
@@ -100,3 +105,102 @@ def test_an_unencrypted_alert_topic_is_rejected(prod_plan):
         del find(rs, TOPIC, region="eu-west-2").inputs["kmsMasterKeyId"]
     assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, plain_topic), "cluster-hardening"),
                     "SNS topic llmp-prod-alerts-eu-west-2 in eu-west-2 is not encrypted at rest")
+
+
+# -- what lets traffic in: the rendered Services and Ingresses ------------------------------------
+RELEASE = "kubernetes:helm.sh/v3:Release"
+
+
+def _chart_copy(tmp_path: Path, chart: str, template: str, text: str) -> str:
+    """charts/<chart> with one more template: the program's chart as a careless change would leave it."""
+    copy = tmp_path / "charts" / chart
+    shutil.copytree(ROOT / "charts" / chart, copy)
+    (copy / "templates" / template).write_text(text)
+    return str(copy)
+
+
+def _lb_values(resources: list, region: str) -> dict:
+    return gateway_release(resources, region).inputs["values"]["service"]["loadBalancer"]
+
+
+def test_each_gateway_is_exposed_by_exactly_one_tls_only_internet_facing_nlb(stack_plan):
+    res = result(stack_plan, "cluster-hardening")
+    assert_passes(res)
+    lbs = [e for e in res.evidence if "load_balancer_class" in e]
+    assert sorted(e["region"] for e in lbs) == sorted(r.name for r in stack_plan.config.regions)
+    for e in lbs:
+        assert e["service"] == "llm-gateway/gateway-public"
+        assert (e["load_balancer_class"], e["lb_type"], e["target_type"], e["scheme"]) == \
+            ("service.k8s.aws/nlb", "external", "ip", "internet-facing")
+        assert e["ports"] == [443] and e["tls_ports"] == ["https"]
+        assert e["ssl_policy"] == "ELBSecurityPolicy-TLS13-1-2-2021-06"
+        assert e["certificate"].startswith(f"arn:aws:acm:{e['region']}:")
+
+
+def test_gateway_nlb_with_a_plaintext_listener_is_rejected(prod_plan, tmp_path):
+    """Program bug (simulated): the gateway chart gains a port 80 on its LoadBalancer Service, which the controller
+    turns into a plain TCP listener on the internet."""
+    chart = _chart_copy(tmp_path, "gateway", "service.yaml", (ROOT / "charts/gateway/templates/service.yaml")
+                        .read_text().replace("  ports:\n    - name: https\n", "  ports:\n    - name: plain\n"
+                                             "      port: 80\n      targetPort: http\n    - name: https\n"))
+    resources = mutated(prod_plan, lambda rs: gateway_release(rs, "us-east-1").inputs.update(chart=chart))
+    assert_rejected(result_of_resources(prod_plan, resources, "cluster-hardening"),
+                    "Service llm-gateway/gateway-public of us-east-1-gateway (us-east-1) has a plaintext listener on "
+                    "plain")
+
+
+def test_gateway_nlb_negotiating_tls_1_0_is_rejected(prod_plan):
+    """Broken values: a TLS 1.3 policy that still accepts TLS 1.0 (the chart's schema lets any TLS13 policy by)."""
+    resources = mutated(prod_plan, lambda rs: _lb_values(rs, "eu-west-2").update(
+        sslPolicy="ELBSecurityPolicy-TLS13-1-0-2021-06"))
+    assert_rejected(result_of_resources(prod_plan, resources, "cluster-hardening"),
+                    "negotiates TLS with ELBSecurityPolicy-TLS13-1-0-2021-06, not ELBSecurityPolicy-TLS13-1-2-2021-06")
+
+
+def test_gateway_nlb_that_is_internal_is_rejected(prod_plan):
+    """Broken values: an internal NLB answers only inside the VPC; DNS would point the world at it."""
+    resources = mutated(prod_plan, lambda rs: _lb_values(rs, "us-west-2").update(scheme="internal"))
+    assert_rejected(result_of_resources(prod_plan, resources, "cluster-hardening"),
+                    "gateway-public of us-west-2-gateway (us-west-2) has scheme internal")
+
+
+def test_gateway_without_a_load_balancer_is_rejected(prod_plan):
+    resources = mutated(prod_plan, lambda rs: _lb_values(rs, "eu-north-1").update(enabled=False))
+    assert_rejected(result_of_resources(prod_plan, resources, "cluster-hardening"),
+                    "the gateway release eu-north-1-gateway (eu-north-1) renders 0 Services of type LoadBalancer")
+
+
+def test_another_service_of_type_load_balancer_is_rejected(prod_plan, tmp_path):
+    """Program bug (simulated): a model release renders a LoadBalancer Service (the vLLM schema refuses the value,
+    so the template itself is changed)."""
+    chart = _chart_copy(tmp_path, "vllm", "exposed.yaml", """apiVersion: v1
+kind: Service
+metadata:
+  name: {{ .Release.Name }}-exposed
+  namespace: {{ .Release.Namespace }}
+spec:
+  type: LoadBalancer
+  ports: [{name: http, port: 8000, targetPort: http}]
+  selector: {app: vllm}
+""")
+    resources = mutated(prod_plan, lambda rs: find(rs, RELEASE, "us-east-1-llama-3-1-8b").inputs.update(chart=chart))
+    assert_rejected(result_of_resources(prod_plan, resources, "cluster-hardening"),
+                    "Service llm-serving/vllm-llama-3-1-8b-exposed of us-east-1-llama-3-1-8b (us-east-1) is of type "
+                    "LoadBalancer: only the gateway is exposed through a load balancer")
+
+
+def test_model_server_with_an_ingress_is_rejected(prod_plan, tmp_path):
+    """Program bug (simulated): the model chart gains an Ingress again; the controller would make an ALB for it."""
+    chart = _chart_copy(tmp_path, "vllm", "ingress.yaml", """apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: {{ .Release.Name }}
+  namespace: {{ .Release.Namespace }}
+spec:
+  ingressClassName: alb
+  defaultBackend: {service: {name: {{ .Release.Name }}, port: {name: http}}}
+""")
+    resources = mutated(prod_plan, lambda rs: find(rs, RELEASE, "eu-north-1-mistral-small-24b").inputs.update(
+        chart=chart))
+    assert_rejected(result_of_resources(prod_plan, resources, "cluster-hardening"),
+                    "eu-north-1-mistral-small-24b (eu-north-1) renders Ingress llm-serving/vllm-mistral-small-24b")

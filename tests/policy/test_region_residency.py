@@ -307,3 +307,33 @@ def test_alerts_sent_to_a_topic_in_another_region_are_rejected(prod_plan):
     assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, to_virginia), "region-residency"),
                     "Alertmanager of release eu-west-2-monitoring-prometheus-stack in eu-west-2 sends alerts to "
                     "arn:aws:sns:us-east-1:")
+
+
+# -- the AWS Load Balancer Controller acts in its own region only ---------------------------------
+ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
+
+
+def test_each_load_balancer_controller_manages_its_own_region_only(stack_plan):
+    res = result(stack_plan, "region-residency")
+    assert_passes(res)
+    controllers = [e for e in res.evidence if "load_balancer_controller_region" in e]
+    assert sorted(e["region"] for e in controllers) == sorted(r.name for r in stack_plan.config.regions)
+    for e in controllers:
+        assert e["load_balancer_controller_region"] == e["region"] and e["fenced_to_region"], e
+        assert e["role"].startswith("arn:aws:iam::")
+
+
+def test_load_balancer_controller_told_another_region_is_rejected(prod_plan):
+    """Program bug (simulated): eu-north-1's controller is told us-east-1, where it would make the EU gateway's NLB."""
+    resources = mutated(prod_plan, lambda rs: find(rs, RELEASE, "eu-north-1-aws-load-balancer-controller")
+                        .inputs["values"].update(region="us-east-1"))
+    assert_rejected(result_of_resources(prod_plan, resources, "region-residency"),
+                    "the AWS Load Balancer Controller eu-north-1-aws-load-balancer-controller runs in eu-north-1 but "
+                    "is told region 'us-east-1'")
+
+
+def test_load_balancer_controller_role_without_its_region_fence_is_rejected(prod_plan):
+    """Program bug (simulated): the role keeps upstream's policy, which names every region, without the fence."""
+    resources = mutated(prod_plan, lambda rs: rs.remove(find(rs, ROLE_POLICY, "eu-west-2-lb-controller-region")))
+    assert_rejected(result_of_resources(prod_plan, resources, "region-residency"),
+                    "(eu-west-2) is not fenced to eu-west-2")

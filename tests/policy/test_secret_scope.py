@@ -97,6 +97,18 @@ def test_a_deny_all_but_fence_is_not_a_wildcard_grant():
     assert _wildcards({"Statement": [grant]}) == ["statement 0 allows a wildcard principal ({'AWS': '*'})"]
 
 
+def test_the_load_balancer_controllers_policy_is_reviewed_only_as_upstream_publishes_it(prod_plan):
+    """Program bug (simulated): one of upstream's Describe statements on "*" gains secretsmanager:GetSecretValue. The
+    exception covers upstream's statements verbatim, nothing near them."""
+    def widen(rs):
+        rp = find(rs, ROLE_POLICY, "eu-west-2-lb-controller")
+        doc = policy_doc(rp)
+        doc["Statement"][1]["Action"] = [*doc["Statement"][1]["Action"], "secretsmanager:GetSecretValue"]
+        set_policy(rp, "policy", doc)
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, widen), "secret-scope"),
+                    "aws:iam/rolePolicy:RolePolicy eu-west-2-lb-controller: statement 1 has a wildcard Resource (*)")
+
+
 def test_wildcard_resource_in_a_role_policy_is_rejected(prod_plan):
     """Program bug (simulated): the us-east-1 gateway's role policy reads every secret ("Resource": "*")."""
     def widen(rs):

@@ -77,3 +77,12 @@ app.kubernetes.io/name: {{ include "gateway.name" . }}-test
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: test
 {{- end }}
+
+{{/* A tag map as the controller's stringMap annotations take it: `k1=v1,k2=v2`, sorted by key. */}}
+{{- define "gateway.tagList" -}}
+{{- $pairs := list }}
+{{- range $key := keys . | sortAlpha }}
+{{- $pairs = append $pairs (printf "%s=%s" $key (index $ $key)) }}
+{{- end }}
+{{- join "," $pairs }}
+{{- end }}

@@ -62,15 +62,6 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{/* The nginx variable holding the session header: `x-session-id` -> `$http_x_session_id`. */}}
-{{- define "vllm.sessionHashKey" -}}
-{{- printf "$http_%s" (.Values.sessionAffinity.header | lower | replace "-" "_") }}
-{{- end }}
-
-{{- define "vllm.ingressHost" -}}
-{{- default (printf "%s.%s.models.internal" (include "vllm.fullname" .) .Release.Namespace) .Values.ingress.host }}
-{{- end }}
-
 {{/* Where the Hugging Face token comes from: "secretsManager", "secret" or "" (none). */}}
 {{- define "vllm.hfTokenSource" -}}
 {{- $t := .Values.model.hfToken }}

@@ -8,7 +8,6 @@ from infra.plan.cost import estimate
 from infra.policy.rules.base import (
     BUDGET,
     EKS_CLUSTER,
-    HELM_RELEASE,
     NODE_GROUP,
     TAG_STACK,
     Findings,
@@ -16,10 +15,11 @@ from infra.policy.rules.base import (
     Resources,
     as_list,
 )
+from infra.policy.rules.load_balancers import TAGS, gateway_load_balancer_tags
 
 # What bills by the hour or by the byte among the resource types the program creates, each judged on its
 # own tags (provider default tags included). Node groups' instances and volumes, the clusters' log
-# groups and the ingress NLBs are not resources of the program: they are judged through what makes them.
+# groups and the gateways' NLBs are not resources of the program: they are judged through what makes them.
 COST_BEARING = frozenset({
     EKS_CLUSTER, NODE_GROUP,
     "aws:ec2/natGateway:NatGateway", "aws:ec2/eip:Eip",
@@ -30,8 +30,6 @@ COST_BEARING = frozenset({
 })
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
 LOG_GROUP = "aws:cloudwatch/logGroup:LogGroup"
-INGRESS_CHART = "ingress-nginx"
-NLB_TAGS_ANNOTATION = "service.beta.kubernetes.io/aws-load-balancer-additional-resource-tags"
 
 DESCRIPTION = (
     "An AWS Budgets cost budget exists for the stack: monthly, in USD, no higher than the stack's declared "
@@ -43,8 +41,9 @@ DESCRIPTION = (
     "resource does: clusters, node groups, NAT gateways and addresses, KMS keys, secrets, log groups and health "
     "checks by their own tags (provider default tags included); the nodes' instances and volumes through their "
     "node group's launch template; each cluster's control plane log group (/aws/eks/<cluster>/cluster) created "
-    "by the program, tagged, rather than by EKS; each ingress NLB through its Service's "
-    "aws-load-balancer-additional-resource-tags annotation.")
+    "by the program, tagged, rather than by EKS; each gateway's NLB through the "
+    "aws-load-balancer-additional-resource-tags annotation of the LoadBalancer Service its release renders, "
+    "which the AWS Load Balancer Controller stamps on the NLB, its listener and target group.")
 
 
 def check(resources: Resources, policy: PolicyConfig) -> Findings:
@@ -117,12 +116,6 @@ def _tagged(tags: Any, stack: str) -> bool:
     return hasattr(tags, "get") and tags.get(TAG_STACK) == stack
 
 
-def _annotation_tags(text: str) -> dict[str, str]:
-    """The annotation's `k1=v1,k2=v2` as the cloud provider reads it."""
-    pairs = (item.split("=", 1) for item in str(text).split(",") if "=" in item)
-    return {key.strip(): value.strip() for key, value in pairs}
-
-
 def _stack_tag_coverage(resources: Resources, policy: PolicyConfig, found: Findings) -> None:
     stack = policy.stack
     untagged = [r for r in resources.all if r.type in COST_BEARING and not _tagged(r.tags, stack)]
@@ -160,12 +153,8 @@ def _stack_tag_coverage(resources: Resources, policy: PolicyConfig, found: Findi
         elif not log_group.inputs.get("retentionInDays"):
             found.fail(f"log group {name} keeps its logs forever: set a retention")
 
-    for release in resources.of_type(HELM_RELEASE):
-        if str(release.inputs.get("chart")) != INGRESS_CHART:
-            continue
-        service = (((release.inputs.get("values") or {}).get("controller") or {}).get("service") or {})
-        tags = _annotation_tags((service.get("annotations") or {}).get(NLB_TAGS_ANNOTATION, ""))
+    for release, tags in gateway_load_balancer_tags(resources):
         found.judged(release, load_balancer_tags=tags)
-        if not _tagged(tags, stack):
+        if tags is not None and not _tagged(tags, stack):  # no load balancer at all is cluster-hardening's
             found.fail(f"the load balancer of {release.name} in {release.region} lacks the tag {TAG_STACK}={stack}: "
-                       f"its Service has no {NLB_TAGS_ANNOTATION} annotation carrying it")
+                       f"its Service has no {TAGS} annotation carrying it")

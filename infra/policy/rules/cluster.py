@@ -1,5 +1,6 @@
 """Control `cluster-hardening`: EKS API endpoints are private or allow-listed, secrets are envelope-encrypted, the
-control plane logs, the metrics stack's volume and alert topic are encrypted."""
+control plane logs, only the gateway is exposed, through a TLS-only NLB, and the metrics stack's volume and alert
+topic are encrypted."""
 from __future__ import annotations
 
 import ipaddress
@@ -14,6 +15,7 @@ from infra.policy.rules.base import (
     Resources,
     as_list,
 )
+from infra.policy.rules.load_balancers import NLB_CLASS, TLS_POLICY, check_exposure
 
 REQUIRED_LOGS = ("api", "audit", "authenticator")
 # The widest public allow-list entry accepted: a /16 is already 65,536 addresses; CI egress ranges are far smaller.
@@ -23,9 +25,13 @@ DESCRIPTION = (
     "Every EKS cluster's API endpoint is private, or public only to an allow-list of CIDR blocks none wider "
     f"than a /{WIDEST_PUBLIC_PREFIX[4]} (IPv4) or /{WIDEST_PUBLIC_PREFIX[6]} (IPv6); private access stays on. "
     "Kubernetes Secrets are envelope-encrypted with a KMS key this stack creates in the cluster's region. "
-    f"Control plane logging is on for at least {', '.join(REQUIRED_LOGS)}. Prometheus stores its data on a volume "
-    "of a StorageClass the stack creates in the same cluster with EBS encryption on, and every alert topic (SNS) "
-    "is encrypted with a KMS key.")
+    f"Control plane logging is on for at least {', '.join(REQUIRED_LOGS)}. "
+    "Judged on the rendered manifests: each gateway release renders exactly one Service of type LoadBalancer, of "
+    f"the AWS Load Balancer Controller's class ({NLB_CLASS}, type external, IP targets), internet-facing, with a "
+    f"TLS listener on every port (no plaintext listener), an ACM certificate and the {TLS_POLICY} policy; no other "
+    "release renders a LoadBalancer Service, and no release renders an Ingress (the model servers are "
+    "cluster-internal). Prometheus stores its data on a volume of a StorageClass the stack creates in the "
+    "same cluster with EBS encryption on, and every alert topic (SNS) is encrypted with a KMS key.")
 SNS_TOPIC = "aws:sns/topic:Topic"
 STORAGE_CLASS = "kubernetes:storage.k8s.io/v1:StorageClass"
 PROMETHEUS_STACK_CHART = "kube-prometheus-stack"
@@ -74,6 +80,7 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
         if missing:
             found.fail(f"EKS cluster {cluster.name} in {cluster.region} does not log {', '.join(missing)} from "
                        f"its control plane")
+    check_exposure(resources, found)
     _metrics_at_rest(resources, found)
     return found
 

@@ -100,7 +100,8 @@ def _gateway_dns(resources: Resources, found: Findings) -> None:
     records = resources.of_type(DNS_RECORD)
     for gateway in resources.releases(GATEWAY_CHART_DIR):
         region = gateway.region
-        hosts = [str(h) for h in as_list(((gateway.inputs.get("values") or {}).get("ingress") or {}).get("hosts"))]
+        service = (gateway.inputs.get("values") or {}).get("service") or {}
+        hosts = [str(h) for h in as_list((service.get("loadBalancer") or {}).get("hosts"))]
         latency = [r for r in records
                    if r.inputs.get("setIdentifier") == region
                    or any(p.get("region") == region for p in as_list(r.inputs.get("latencyRoutingPolicies")))]

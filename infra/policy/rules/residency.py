@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from typing import Any
 
 from infra import bedrock
 from infra.policy.rules.base import (
@@ -16,6 +17,7 @@ from infra.policy.rules.base import (
     HELM_RELEASE,
     IAM_ROLE,
     IAM_ROLE_POLICY,
+    IRSA_ANNOTATION,
     JOB,
     KMS_KEY,
     KMS_REPLICA_KEY,
@@ -68,7 +70,13 @@ DESCRIPTION = (
     "when all of it is unhealthy, so that name never resolves outside the zone. A gateway's Amazon Bedrock fallbacks "
     "(its rendered config) are processed only in regions of its zone: the region it calls and, for a cross-region "
     "inference profile (us., eu., apac., ...), every region the profile may route to (infra/bedrock_profiles.yaml); "
-    "and its role may invoke Bedrock only in regions of its zone.")
+    "and its role may invoke Bedrock only in regions of its zone. Each region's AWS Load Balancer "
+    "Controller manages load balancers in its own region only: its release names its cluster's region, and its "
+    "role carries a deny of every non-IAM action requested in any other region (aws:RequestedRegion), since "
+    "the controller's upstream policy names every region.")
+
+# The AWS Load Balancer Controller's chart (infra/components/load_balancer.py).
+LB_CONTROLLER_CHART = "aws-load-balancer-controller"
 
 # ELB hostnames name their region: <name>-<hash>.elb.<region>.amazonaws.com
 _ELB_REGION = re.compile(r"\.elb\.([a-z0-9-]+)\.amazonaws\.com\.?$")
@@ -131,6 +139,7 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
     _zone_names(resources, policy, found)
     _weights(resources, policy, found)
     _bedrock(resources, policy, found)
+    _load_balancer_controllers(resources, found)
 
     for secret in resources.of_type(SECRET):
         zone = policy.zone_of(secret.region)
@@ -325,3 +334,40 @@ def _bedrock(resources: Resources, policy: PolicyConfig, found: Findings) -> Non
                 if region not in allowed:
                     found.fail(f"{rp.name}: the zone {role_zone!r} gateway role may invoke Bedrock in "
                                f"{region or 'any region'}, outside the zone ({', '.join(allowed)})")
+
+
+def _fences_to(doc: dict[str, Any] | None, region: str) -> bool:
+    """A statement denying everything but IAM when the request names any region but `region`."""
+    for stmt in statements(doc or {}):
+        not_equals = (stmt.get("Condition") or {}).get("StringNotEquals") or {}
+        if (stmt.get("Effect") == "Deny" and as_list(stmt.get("Resource")) == ["*"]
+                and set(as_list(stmt.get("NotAction"))) <= {"iam:*"} and "Action" not in stmt
+                and as_list(not_equals.get("aws:RequestedRegion")) == [region]):
+            return True
+    return False
+
+
+def _load_balancer_controllers(resources: Resources, found: Findings) -> None:
+    roles = {str(r.outputs.get("arn")): r for r in resources.of_type(IAM_ROLE) if r.outputs.get("arn")}
+    documents: dict[str, list[dict[str, Any] | None]] = {}
+    for rp in resources.of_type(IAM_ROLE_POLICY):
+        documents.setdefault(str(rp.inputs.get("role")), []).append(policy_document(rp.inputs.get("policy")))
+    for release in resources.of_type(HELM_RELEASE):
+        if str(release.inputs.get("chart")) != LB_CONTROLLER_CHART:
+            continue
+        values = release.inputs.get("values") or {}
+        arn = str(((values.get("serviceAccount") or {}).get("annotations") or {}).get(IRSA_ANNOTATION) or "")
+        role = roles.get(arn)
+        fenced = role is not None and any(_fences_to(d, release.region)
+                                          for d in documents.get(str(role.outputs.get("name")), []))
+        found.judged(release, load_balancer_controller_region=values.get("region"), role=arn or None,
+                     fenced_to_region=fenced)
+        if values.get("region") != release.region:
+            found.fail(f"the AWS Load Balancer Controller {release.name} runs in {release.region} but is told region "
+                       f"{values.get('region')!r}: it would make load balancers there")
+        if role is None:
+            found.fail(f"the AWS Load Balancer Controller {release.name} ({release.region}) runs as "
+                       f"{arn or 'no role'}, which is not a role this stack creates")
+        elif not fenced:
+            found.fail(f"the AWS Load Balancer Controller's role {role.name} ({release.region}) is not fenced to "
+                       f"{release.region}: no policy of it denies requests in other regions (aws:RequestedRegion)")

@@ -2,8 +2,10 @@
 meant for it (gateway or model server) in its own region; no policy it writes has a wildcard."""
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from infra.components.secrets import huggingface_token_name
@@ -57,6 +59,15 @@ VPC_INTERFACE_ACTIONS = frozenset({
     "ec2:DescribeNetworkInterfaces", "ec2:DescribeSecurityGroups", "ec2:DescribeSubnets", "ec2:DescribeVpcs",
 })
 
+# The AWS Load Balancer Controller's own policy, vendored verbatim at the pinned tag (its Describe calls have no
+# resource-level permissions; creation and mutation are conditioned on the elbv2.k8s.aws/cluster tag the
+# controller stamps, as upstream scopes them). Reviewed: it grants no secretsmanager or kms action. Its
+# statements, exactly as published, may use a wildcard Resource; any other statement may not.
+LB_CONTROLLER_POLICY = (Path(__file__).resolve().parents[2] / "components" / "vendor"
+                        / "aws-load-balancer-controller-v3.5.0" / "iam_policy.json")
+REVIEWED_VENDOR_STATEMENTS = frozenset(
+    json.dumps(stmt, sort_keys=True) for stmt in json.loads(LB_CONTROLLER_POLICY.read_text())["Statement"])
+
 # Condition keys that pin a wildcard principal down to named principals.
 PRINCIPAL_KEYS = {"aws:principalarn", "aws:principalaccount", "aws:principalorgid", "aws:userid"}
 
@@ -80,7 +91,9 @@ DESCRIPTION = (
     "statement granting only the EC2 network-interface calls CodeBuild needs to place the deploy runner in the VPC "
     f"({', '.join(sorted(VPC_INTERFACE_ACTIONS))}), which AWS documents on a wildcard Resource and which read no "
     "data, and S3 object ARNs under one named prefix of a bucket the stack creates (arn:aws:s3:::<bucket>/<model>/*: "
-    "a checkpoint's file names are unknown until it is staged). A wildcard "
+    "a checkpoint's file names are unknown until it is staged), the statements of the AWS Load Balancer "
+    "Controller's own policy exactly as upstream publishes it for the pinned version (reviewed: no secretsmanager "
+    "or kms action), and Deny statements, which grant nothing. A wildcard "
     "principal is accepted only in a Deny statement whose condition narrows it to named principals "
     "(aws:PrincipalArn and similar): such a statement denies everyone else and grants nothing. Only AWS managed "
     "policies from a reviewed list may be attached.")
@@ -127,8 +140,10 @@ def _wildcards(doc: dict[str, Any], buckets: frozenset[str] = frozenset()) -> li
         sid = stmt.get("Sid") or f"statement {i}"
         interface_only = stmt.get("Effect") == "Allow" and bool(as_list(stmt.get("Action"))) and \
             all(str(a) in VPC_INTERFACE_ACTIONS for a in as_list(stmt.get("Action")))
-        wild = [r for r in as_list(stmt.get("Resource")) if "*" in str(r)]
-        if wild and not interface_only and not all(_stack_prefix_objects(r, buckets) for r in wild):
+        reviewed = json.dumps(stmt, sort_keys=True) in REVIEWED_VENDOR_STATEMENTS
+        # A Deny on everything narrows what the other statements grant; it grants nothing itself.
+        wild = [r for r in as_list(stmt.get("Resource")) if "*" in str(r)] if stmt.get("Effect") != "Deny" else []
+        if wild and not interface_only and not reviewed and not all(_stack_prefix_objects(r, buckets) for r in wild):
             problems.append(f"{sid} has a wildcard Resource ({stmt.get('Resource')})")
         if "NotResource" in stmt:
             problems.append(f"{sid} uses NotResource (everything but a list)")

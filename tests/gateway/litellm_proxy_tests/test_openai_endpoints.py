@@ -3,8 +3,6 @@ with a generated key and with a new user's key."""
 
 from __future__ import annotations
 
-import pytest
-
 from tests.gateway.litellm_proxy_tests.conftest import MESSAGES, Proxy
 
 MODELS = {"models": ["gpt-4", "text-embedding-ada-002", "dall-e-2"], "duration": None}
@@ -35,8 +33,6 @@ async def test_embeddings(proxy: Proxy) -> None:
         assert status == 200 and reply["data"][0]["embedding"], reply
 
 
-@pytest.mark.xfail(strict=True, reason="images (responses engineer): the gateway serves no /images/generations "
-                                       "yet; LiteLLM's test expects a 200")
 async def test_image_generation(proxy: Proxy) -> None:
     for key in await keys(proxy):
         status, reply = await proxy.call("POST", "/images/generations", {"model": "dall-e-2",
