@@ -115,6 +115,9 @@ def vllm_values(cfg: StackConfig, model: Model, region: Region, *, role_arn: Any
         "tolerations": pool_tolerations(pool.spot),
         "podLabels": {"llm-platform/model": model.name, "llm-platform/tier": model.tier},
         "serviceAccount": {"create": True, "name": model_service_account(model)},
+        # Scraped by the region's Prometheus (infra/components/monitoring.py selects every ServiceMonitor); KEDA
+        # scales on these series, so every 15 s.
+        "metrics": {"serviceMonitor": {"enabled": True, "interval": "15s"}},
     }
     if cfg.secrets.huggingface_token:
         if role_arn is None:
@@ -332,6 +335,8 @@ def gateway_values(cfg: StackConfig, region: Region, *, role_arn: Any, config: d
         "discovery": {"enabled": bool(discovered), "namespaces": discovered or [MODEL_NAMESPACE]},
         "region": region.name,
         "config": config,
+        # Scraped by the region's Prometheus (infra/components/monitoring.py selects every ServiceMonitor).
+        "metrics": {"serviceMonitor": {"enabled": True, "interval": "15s"}},
     }
 
 

@@ -8,7 +8,7 @@ GITHUB_OIDC = "token.actions.githubusercontent.com"
 # What the program creates. Budgets, IAM and Route53 are named or checked by name below; the
 # rest carries the stack tag (provider default tags), which the conditions test.
 TAGGED_SERVICES = ["ec2", "eks", "kms", "acm", "secretsmanager", "elasticloadbalancing", "logs", "codebuild",
-                   "codeconnections", "sqs", "events"]  # sqs, events: Karpenter's interruption queue and rules
+                   "codeconnections", "sqs", "events", "sns"]  # sqs, events: Karpenter's interruption queue and rules
 # AWS creates a service's service-linked role the first time an account uses the service, with the
 # caller's permission (iam:CreateServiceLinkedRole): the deploy role is the caller for EKS clusters and
 # managed node groups (https://docs.aws.amazon.com/eks/latest/userguide/using-service-linked-roles.html).
@@ -24,6 +24,7 @@ EKS_MANAGED_POLICIES = [
     "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy",
     "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly",
     "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore",
+    "arn:aws:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy",  # the EBS CSI add-on's role (monitoring.py)
 ]
 
 
@@ -67,7 +68,7 @@ def deploy_policy(account_id: str, stacks: str, dns_names: list[str], never: lis
              + ["ec2:RunInstances", "ec2:AllocateAddress", "acm:RequestCertificate", "kms:ReplicateKey",
                 "ec2:CreateTags", "eks:TagResource", "kms:TagResource", "acm:AddTagsToCertificate",
                 "secretsmanager:TagResource", "logs:TagResource", "sqs:TagQueue", "events:PutRule",
-                "events:TagResource"],
+                "events:TagResource", "sns:TagResource"],
              "Resource": "*",
              "Condition": {"StringLike": {f"aws:RequestTag/{TAG_STACK}": stacks}}},
             {"Sid": "ChangeOnlyTheStacksResources", "Effect": "Allow",

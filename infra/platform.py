@@ -20,6 +20,7 @@ from infra.components.load_balancer import LoadBalancerController, LoadBalancerC
 from infra.components.model_serving import ModelServing, ModelServingArgs
 from infra.components.model_token import model_server_role, model_token_policy
 from infra.components.model_weights import ModelWeights, ModelWeightsArgs, WeightsStaging, WeightsStagingArgs
+from infra.components.monitoring import Monitoring, MonitoringArgs
 from infra.components.network import Network, NetworkArgs
 from infra.components.node_pool import NodePool, NodePoolArgs
 from infra.components.providers import global_provider, iam_path, regional_provider, stack_tags
@@ -108,6 +109,13 @@ class RegionalStack:
         # which need KEDA's CRDs and admission webhook first.
         self.autoscaling = Autoscaling(name, AutoscalingArgs(region=name), k8s,
                                        pulumi.ResourceOptions(parent=parent, depends_on=[self.cluster.system_nodes]))
+        # Metrics, dashboards and alerts of the region (README: Metrics and alerts), on the system nodes.
+        self.monitoring = Monitoring(f"{name}-monitoring", MonitoringArgs(
+            stack=cfg.stack, region=name, iam_path=iam_path(cfg.stack), tags=tags,
+            oidc_provider_arn=self.cluster.oidc.arn, oidc_issuer=self.cluster.oidc_issuer,
+            cluster_name=self.cluster.eks.name, alert_emails=tuple(cfg.budget.alert_emails),
+            monthly_budget_usd=cfg.budget.monthly_usd, regions=len(cfg.regions)),
+            k8s, self.provider, iam, pulumi.ResourceOptions(parent=parent, depends_on=[self.cluster.system_nodes]))
         self.gateway_role = gateway_role(
             f"{name}-gateway", name, iam_path(cfg.stack), tags,
             self.cluster.oidc.arn, self.cluster.oidc_issuer, iam, parent)
@@ -146,7 +154,9 @@ class RegionalStack:
             )) if self.weights else None
         self.serving = []
         for model in cfg.models_in(name):
-            after: list[pulumi.Resource] = [self.addons, self.autoscaling, self.pools[model.pool], *token_ready]
+            # The release renders a ServiceMonitor (its CRD comes with the metrics stack) and a ScaledObject.
+            after: list[pulumi.Resource] = [self.addons, self.autoscaling, self.monitoring.stack,
+                                            self.pools[model.pool], *token_ready]
             if staging and self.weights and self.weights_read and model.name in staging.jobs:
                 after += [staging.jobs[model.name], self.weights_read]
             self.serving.append(ModelServing(f"{name}-{model.name}", ModelServingArgs(
@@ -209,7 +219,7 @@ class Platform(pulumi.ComponentResource):
                     certificate_arn=rs.certificate_arn, tags=rs.tags,
                     load_balancer_controller=rs.load_balancer.release),
                     rs.cluster.kubernetes, iam,
-                    pulumi.ResourceOptions(parent=self, depends_on=[rs.addons, rs.autoscaling]))
+                    pulumi.ResourceOptions(parent=self, depends_on=[rs.addons, rs.autoscaling, rs.monitoring.stack]))
                 dns.add_region(region_name, load_balancer_hostname(
                     f"{region_name}-gateway-lb", GATEWAY_NAMESPACE, f"{GATEWAY_RELEASE}-public", gateway.release,
                     rs.cluster.kubernetes, gateway))

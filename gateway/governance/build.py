@@ -20,9 +20,10 @@ from gateway.governance.store.connect import open_store
 
 
 def build_governance(config: GatewayConfig, on_event: Callable[..., None],
-                     registry: CollectorRegistry | None = None) -> Governance:
+                     registry: CollectorRegistry | None = None,
+                     on_charge: Callable[[str, str | None, float], None] | None = None) -> Governance:
     """Governance from the `ledger`, `redis` and `keys` sections (the caller checked `ledger` is set);
-    its metrics go to `registry`."""
+    its metrics go to `registry`, and each charge to the ledger also to `on_charge`."""
     settings = config.ledger
     assert settings is not None
     store = open_store(settings.store, settings.store_timeout, on_event)
@@ -49,4 +50,4 @@ def build_governance(config: GatewayConfig, on_event: Callable[..., None],
     budgets = None
     if settings.budget_sync_seconds > 0:
         budgets = BudgetSync(store, cache, limiter, settings.budget_sync_seconds, on_event)
-    return Governance(config, auth, cache, limiter, ledger, store, on_event, budgets)
+    return Governance(config, auth, cache, limiter, ledger, store, on_event, budgets, on_charge)

@@ -76,7 +76,8 @@ class Governance:
 
     def __init__(self, config: GatewayConfig, auth: VirtualKeyAuth, cache: KeyCache, limiter: RateLimiter,
                  ledger: SpendLedger, store: LedgerStore, on_event: Callable[..., None],
-                 budgets: BudgetSync | None = None) -> None:
+                 budgets: BudgetSync | None = None,
+                 on_charge: Callable[[str, str | None, float], None] | None = None) -> None:
         self.config = config
         self.auth = auth
         self.cache = cache
@@ -84,6 +85,7 @@ class Governance:
         self.ledger = ledger
         self.store = store
         self.budgets = budgets
+        self.on_charge = on_charge  # the spend metric (GatewayMetrics.charge): alias, team, USD
         self.prices = Prices(config)
         self.residency = config.gateway.residency
         self.region = config.gateway.region or ""
@@ -213,6 +215,8 @@ class Governance:
                 self.ledger.next_id(), call.request_id, call.key_token or MASTER_TOKEN, call.key_alias, call.team_id,
                 call.alias, call.deployment, call.region or self.region, call.status, call.prompt_tokens,
                 call.completion_tokens, cost, user_id=self._user_of(call.key_token)))
+            if self.on_charge is not None:
+                self.on_charge(call.alias, call.team_id, cost)
 
     def _user_of(self, token: str | None) -> str | None:
         key = self.cache.by_hash.get(token) if token else None

@@ -78,7 +78,7 @@ def build_app(
     state.router = Router(config, state.on_circuit)
     state.secrets = secrets
     if config.ledger is not None:
-        state.governance = state.gate = build_governance(config, log.event, metrics.registry)
+        state.governance = state.gate = build_governance(config, log.event, metrics.registry, metrics.charge)
         state.auth = state.governance.auth
         state.usage = state.governance
         app_routes = AdminApi(state.governance).routes()

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
+MAX_SPEND_SERIES = 2_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,9 @@ class GatewayMetrics:
         self.circuit = Gauge("llmp_gateway_circuit_state", "Replica circuit: 0 closed, 1 half-open, 2 open",
                              ["deployment", "replica"], registry=r)
         self.in_flight = Gauge("llmp_gateway_in_flight", "Calls in progress", registry=r)
+        self.spend = Counter("llmp_gateway_spend_usd", "USD charged to the spend ledger, by model alias and team",
+                             ["model", "team"], registry=r)
+        self._spend: dict[tuple[str, str], Any] = {}
 
     def model(self, alias: str) -> ModelSeries:
         series = self._models.get(alias)
@@ -64,6 +68,21 @@ class GatewayMetrics:
                 return self.requests.labels(alias, deployment, str(status))
             child = self._calls[key] = self.requests.labels(alias, deployment, str(status))
         return child
+
+    def charge(self, alias: str, team: str | None, usd: float) -> None:
+        """Count spend the ledger was charged. Teams are admin-made, but a label per team is still bounded: past
+        MAX_SPEND_SERIES pairs the team is folded into `other` (the ledger keeps the exact figures)."""
+        if not usd > 0:  # nothing charged, or NaN
+            return
+        key = (alias, team or "none")
+        child = self._spend.get(key)
+        if child is None:
+            if len(self._spend) >= MAX_SPEND_SERIES:
+                key = (alias, "other")
+                child = self._spend.get(key) or self.spend.labels(*key)
+            else:
+                child = self._spend[key] = self.spend.labels(*key)
+        child.inc(usd)
 
     def set_circuit(self, deployment: str, replica: str, state: str) -> None:
         self.circuit.labels(deployment, replica).set(CIRCUIT_STATES[state])

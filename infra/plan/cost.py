@@ -13,6 +13,19 @@ if TYPE_CHECKING:  # the policy rules import this module
 NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
 EKS_CLUSTER = "aws:eks/cluster:Cluster"
 NAT_GATEWAY = "aws:ec2/natGateway:NatGateway"
+HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
+
+
+def prometheus_volume_gib(resource: Resource) -> int:
+    """The gp3 volume a kube-prometheus-stack release's Prometheus claims (infra/components/monitoring.py), in GiB;
+    0 for any other resource. The EBS CSI driver creates it, so no recorded AWS resource stands for it."""
+    if resource.type != HELM_RELEASE or resource.inputs.get("chart") != "kube-prometheus-stack":
+        return 0
+    spec = ((resource.inputs.get("values") or {}).get("prometheus") or {}).get("prometheusSpec") or {}
+    claim = ((spec.get("storageSpec") or {}).get("volumeClaimTemplate") or {}).get("spec") or {}
+    size = str(((claim.get("resources") or {}).get("requests") or {}).get("storage") or "0Gi")
+    replicas = int(spec.get("replicas") or 1)
+    return int(size.removesuffix("Gi")) * replicas if size.endswith("Gi") else 0
 
 
 @dataclass(frozen=True)
@@ -34,7 +47,7 @@ class PoolCost:
 @dataclass
 class CostEstimate:
     pools: list[PoolCost]
-    fixed_monthly_usd: dict[str, float]  # per region: control planes and NAT gateways
+    fixed_monthly_usd: dict[str, float]  # per region: control planes, NAT gateways, Prometheus' volume
     budget_usd: float
     catalog_as_of: str
     regions: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -228,6 +241,8 @@ def estimate(resources: Sequence[Resource], budget_usd: float, catalog: Catalog 
         item = {EKS_CLUSTER: "eks_control_plane", NAT_GATEWAY: "nat_gateway"}.get(r.type)
         if item:
             fixed[r.region] = fixed.get(r.region, 0.0) + catalog.fixed_monthly_usd(item, r.region)
+        if gib := prometheus_volume_gib(r):
+            fixed[r.region] = fixed.get(r.region, 0.0) + catalog.fixed_monthly_usd("ebs_gp3_gib", r.region, gib)
     result = CostEstimate(pools=pools, fixed_monthly_usd=fixed, budget_usd=budget_usd, catalog_as_of=catalog.as_of)
     for p in pools:
         region = result.regions.setdefault(p.region, {"monthly_usd_min": 0.0, "monthly_usd_max": 0.0})

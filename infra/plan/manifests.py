@@ -13,6 +13,7 @@ import yaml
 from pulumi_policy.proxy import UnknownValueError
 
 from infra.config import ROOT
+from infra.plan.operator_pods import OPERATOR_KINDS, operator_statefulsets
 
 VENDORED_CHARTS = Path(__file__).resolve().parent / "vendor" / "charts"
 # Pods EKS itself runs on every cluster (no Helm release records them): dated, cited facts.
@@ -24,7 +25,9 @@ EKS_ADDONS_FILE = Path(__file__).resolve().parent / "eks_addons.yaml"
 UNKNOWN = "arn:aws:iam::123456789012:role/unknown-at-preview"
 # Only the objects the scheduler reads are parsed (the gateway's rendered config alone is thousands of YAML
 # nodes): a document's own kind is its one unindented `kind:` line.
-SCHEDULED_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "HorizontalPodAutoscaler", "ScaledObject")
+# Prometheus and Alertmanager objects become StatefulSets through the Prometheus Operator (infra/plan/operator_pods.py).
+SCHEDULED_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "HorizontalPodAutoscaler", "ScaledObject",
+                   *OPERATOR_KINDS)
 # And the objects that let traffic in (the cluster-hardening control reads them).
 EXPOSING_KINDS = ("Service", "Ingress")
 _DOCUMENT = re.compile(r"^---.*$", re.MULTILINE)
@@ -122,7 +125,7 @@ def _render(chart: str, values_json: str, name: str, namespace: str,
         for part in _DOCUMENT.split(text):
             if _kind_line(kinds).search(part):
                 objects.extend(doc for doc in yaml.load_all(part, Loader=_LOADER) if isinstance(doc, dict))
-    return tuple(objects), ""
+    return tuple(objects + operator_statefulsets(objects)), ""
 
 
 def render_release(resource: Any, kinds: tuple[str, ...] = SCHEDULED_KINDS) -> RenderedRelease:

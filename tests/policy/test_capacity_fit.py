@@ -123,9 +123,9 @@ def test_a_batch_model_larger_than_its_nodes_fails_naming_pod_pool_and_memory(pr
     resources = mutated(prod_plan, lambda rs: _sized(_values(rs, "us-east-1-qwen2-5-7b-batch"), "4", "32Gi"))
     assert_rejected(result_of_resources(prod_plan, resources, "capacity-fit"),
                     "Deployment llm-serving/vllm-qwen2-5-7b-batch (us-east-1) can never be scheduled: it needs "
-                    "4 CPU, 32.00 GiB memory, 1 GPU; pool batch node g6.xlarge has 3.65 CPU, 14.80 GiB memory, "
+                    "4 CPU, 32.00 GiB memory, 1 GPU; pool batch node g6.xlarge has 3.5 CPU, 14.54 GiB memory, "
                     "1 GPU allocatable after DaemonSets",
-                    "short of CPU: needs 4, has 3.65; memory: needs 32.00 GiB, has 14.80 GiB")
+                    "short of CPU: needs 4, has 3.5; memory: needs 32.00 GiB, has 14.54 GiB")
 
 
 def test_a_model_needing_more_gpus_than_its_node_has_fails(prod_plan):
@@ -176,16 +176,16 @@ def test_daemonsets_reduce_what_is_left_on_every_node_they_land_on(prod_plan):
         _values(rs, "us-east-1-nvidia-device-plugin")["resources"] = {"requests": {"cpu": "1", "memory": "1Gi"}}
     res = result_of_resources(prod_plan, mutated(prod_plan, hungry_plugin), "capacity-fit")
     assert_rejected(res, "Deployment llm-serving/vllm-qwen2-5-7b-batch (us-east-1) can never be scheduled: it "
-                         "needs 3 CPU, 8.00 GiB memory, 1 GPU; pool batch node g6.xlarge has 2.65 CPU, 13.80 GiB "
+                         "needs 3 CPU, 8.00 GiB memory, 1 GPU; pool batch node g6.xlarge has 2.5 CPU, 13.54 GiB "
                          "memory, 1 GPU allocatable after DaemonSets (nvidia-device-plugin/nvidia-device-plugin",
-                    "short of CPU: needs 3, has 2.65")
+                    "short of CPU: needs 3, has 2.5")
 
 
 def test_more_pods_than_a_node_takes_fail_on_pods_per_node(prod_plan):
-    """180 tiny gateway pods on three m7i.xlarge system nodes, which take 58 pods each (the DaemonSets' included)."""
+    """200 tiny gateway pods on three m7i.xlarge system nodes, which take 58 pods each (the DaemonSets' included)."""
     def many_gateways(rs):
         values = _values(rs, "us-east-1-gateway")
-        values["autoscaling"].update(minReplicas=180, maxReplicas=180)
+        values["autoscaling"].update(minReplicas=200, maxReplicas=200)
         values["resources"] = {"requests": {"cpu": "1m", "memory": "1Mi"}, "limits": {"memory": "1Mi"}}
     res = result_of_resources(prod_plan, mutated(prod_plan, many_gateways), "capacity-fit")
     assert_rejected(res, "at min scale", "replicas of Deployment llm-gateway/gateway (us-east-1) cannot be placed",

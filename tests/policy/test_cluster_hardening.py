@@ -73,6 +73,40 @@ def test_cluster_without_audit_logs_is_rejected(prod_plan):
                     "EKS cluster us-east-1 in us-east-1 does not log api, audit, authenticator from its control plane")
 
 
+STACK_RELEASE = "kubernetes:helm.sh/v3:Release"
+STORAGE_CLASS = "kubernetes:storage.k8s.io/v1:StorageClass"
+TOPIC = "aws:sns/topic:Topic"
+
+
+def test_metrics_are_stored_on_encrypted_volumes_and_alerts_in_encrypted_topics(stack_plan):
+    res = result(stack_plan, "cluster-hardening")
+    volumes = [e for e in res.evidence if "prometheus_storage_class" in e]
+    topics = [e for e in res.evidence if e["type"] == TOPIC]
+    assert len(volumes) == len(topics) == len(stack_plan.config.regions)
+    assert all(e["encrypted"] == "true" and e["volume_type"] == "gp3" for e in volumes)
+    assert all(e["kms_master_key_id"] == "alias/aws/sns" for e in topics)
+
+
+def test_prometheus_on_an_unencrypted_storage_class_is_rejected(prod_plan):
+    def plain_gp3(rs):
+        find(rs, STORAGE_CLASS, "us-east-1-monitoring-gp3").inputs["parameters"]["encrypted"] = "false"
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, plain_gp3), "cluster-hardening"),
+                    "StorageClass 'gp3-encrypted' in us-east-1 (Prometheus' volume) does not encrypt")
+
+    def no_volume(rs):
+        spec = find(rs, STACK_RELEASE, "us-east-1-monitoring-prometheus-stack").inputs["values"]["prometheus"]
+        del spec["prometheusSpec"]["storageSpec"]
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, no_volume), "cluster-hardening"),
+                    "keeps its data on the node's disk")
+
+
+def test_an_unencrypted_alert_topic_is_rejected(prod_plan):
+    def plain_topic(rs):
+        del find(rs, TOPIC, region="eu-west-2").inputs["kmsMasterKeyId"]
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, plain_topic), "cluster-hardening"),
+                    "SNS topic llmp-prod-alerts-eu-west-2 in eu-west-2 is not encrypted at rest")
+
+
 # -- what lets traffic in: the rendered Services and Ingresses ------------------------------------
 RELEASE = "kubernetes:helm.sh/v3:Release"
 

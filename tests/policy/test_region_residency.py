@@ -289,6 +289,26 @@ def test_global_bedrock_profile_is_refused_by_the_stack_config():
     with pytest.raises(ConfigError, match=r"failover.hosted_fallbacks.qwen2-5-1-5b\[0\]: .* is a global inference "
                                           r"profile"):
         parse(raw, "preview")
+
+
+def test_every_regions_alerts_go_to_a_topic_in_that_region(prod_plan):
+    res = result(prod_plan, "region-residency")
+    sent = [e for e in res.evidence if "alert_topic" in e]
+    assert len(sent) == len(prod_plan.config.regions)
+    for e in sent:
+        assert e["alert_topic"].startswith(f"arn:aws:sns:{e['region']}:") and e["sigv4_region"] == e["region"]
+
+
+def test_alerts_sent_to_a_topic_in_another_region_are_rejected(prod_plan):
+    def to_virginia(rs):
+        release = find(rs, RELEASE, "eu-west-2-monitoring-prometheus-stack")
+        sns = release.inputs["values"]["alertmanager"]["config"]["receivers"][1]["sns_configs"][0]
+        sns["topic_arn"] = "arn:aws:sns:us-east-1:123456789012:llmp-prod-alerts-us-east-1"
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, to_virginia), "region-residency"),
+                    "Alertmanager of release eu-west-2-monitoring-prometheus-stack in eu-west-2 sends alerts to "
+                    "arn:aws:sns:us-east-1:")
+
+
 # -- the AWS Load Balancer Controller acts in its own region only ---------------------------------
 ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 

@@ -78,6 +78,8 @@ CONTROLS: list[Control] = [
                 f"{_T}test_region_residency.py::test_weights_bucket_replicated_out_of_its_zone_is_rejected",
                 f"{_T}test_region_residency.py::"
                 "test_another_models_release_loading_a_restricted_models_prefix_outside_its_zone_is_rejected",
+                f"{_T}test_region_residency.py::test_every_regions_alerts_go_to_a_topic_in_that_region",
+                f"{_T}test_region_residency.py::test_alerts_sent_to_a_topic_in_another_region_are_rejected",
                 f"{_T}test_region_residency.py::test_bedrock_fallback_is_called_and_processed_in_the_gateways_own_region",
                 f"{_T}test_region_residency.py::"
                 "test_bedrock_profile_is_allowed_when_the_zone_holds_every_region_it_may_route_to",
@@ -179,6 +181,9 @@ CONTROLS: list[Control] = [
                 f"{_T}test_cluster_hardening.py::test_model_server_with_an_ingress_is_rejected",
                 f"{_T}test_cluster_hardening.py::test_karpenters_interruption_queue_is_encrypted_and_refuses_plain_http",
                 f"{_T}test_cluster_hardening.py::test_interruption_queue_without_encryption_or_tls_policy_is_rejected",
+                f"{_T}test_cluster_hardening.py::test_metrics_are_stored_on_encrypted_volumes_and_alerts_in_encrypted_topics",
+                f"{_T}test_cluster_hardening.py::test_prometheus_on_an_unencrypted_storage_class_is_rejected",
+                f"{_T}test_cluster_hardening.py::test_an_unencrypted_alert_topic_is_rejected",
             ]),
     Control("version-support", "Clusters run a Kubernetes version EKS supports well past the plan's date",
             versions.DESCRIPTION, MANDATORY, versions.check, [

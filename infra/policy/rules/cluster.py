@@ -1,14 +1,17 @@
 """Control `cluster-hardening`: EKS API endpoints are private or allow-listed, secrets are envelope-encrypted, the
-control plane logs, and only the gateway is exposed, through a TLS-only NLB."""
+control plane logs, only the gateway is exposed, through a TLS-only NLB, and the metrics stack's volume and alert
+topic are encrypted."""
 from __future__ import annotations
 
 import ipaddress
 
 from infra.policy.rules.base import (
     EKS_CLUSTER,
+    HELM_RELEASE,
     KMS_KEY,
     Findings,
     PolicyConfig,
+    Resource,
     Resources,
     as_list,
     policy_document,
@@ -31,8 +34,13 @@ DESCRIPTION = (
     "release renders a LoadBalancer Service, and no release renders an Ingress (the model servers are "
     "cluster-internal). Every SQS queue (Karpenter's "
     "interruption queue, which carries the cluster's instance events) is encrypted at rest (SQS-managed SSE or a "
-    "KMS key) and its queue policy denies every request not made over TLS.")
+    "KMS key) and its queue policy denies every request not made over TLS. Prometheus stores its data on a volume of "
+    "a StorageClass the stack creates in the same cluster with EBS encryption on, and every alert topic (SNS) is "
+    "encrypted with a KMS key.")
 
+SNS_TOPIC = "aws:sns/topic:Topic"
+STORAGE_CLASS = "kubernetes:storage.k8s.io/v1:StorageClass"
+PROMETHEUS_STACK_CHART = "kube-prometheus-stack"
 SQS_QUEUE = "aws:sqs/queue:Queue"
 SQS_QUEUE_POLICY = "aws:sqs/queuePolicy:QueuePolicy"
 
@@ -100,4 +108,42 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
                        f"its control plane")
     check_exposure(resources, found)
     _queues(resources, found)
+    _metrics_at_rest(resources, found)
     return found
+
+
+def _storage_class_name(release: Resource) -> str:
+    spec = ((release.inputs.get("values") or {}).get("prometheus") or {}).get("prometheusSpec") or {}
+    claim = ((spec.get("storageSpec") or {}).get("volumeClaimTemplate") or {}).get("spec") or {}
+    return str(claim.get("storageClassName") or "")
+
+
+def _metrics_at_rest(resources: Resources, found: Findings) -> None:
+    """Prometheus' TSDB (it holds model names, teams and spend) on an encrypted EBS volume; alerts in an encrypted
+    topic. EBS encrypts a volume the CSI driver makes when the class says `encrypted: "true"`
+    (kubernetes-sigs/aws-ebs-csi-driver docs/parameters.md)."""
+    classes = {(c.region, str((c.inputs.get("metadata") or {}).get("name"))): c
+               for c in resources.of_type(STORAGE_CLASS)}
+    for release in resources.of_type(HELM_RELEASE):
+        if release.inputs.get("chart") != PROMETHEUS_STACK_CHART:
+            continue
+        name = _storage_class_name(release)
+        cls = classes.get((release.region, name))
+        params = (cls.inputs.get("parameters") or {}) if cls is not None else {}
+        found.judged(release, prometheus_storage_class=name or None, encrypted=params.get("encrypted"),
+                     volume_type=params.get("type"))
+        if not name:
+            found.fail(f"Prometheus of release {release.name} in {release.region} keeps its data on the node's disk "
+                       "(no storageSpec): it is lost with the pod and not on an encrypted volume")
+        elif cls is None:
+            found.fail(f"Prometheus of release {release.name} in {release.region} claims StorageClass {name!r}, "
+                       "which the stack does not create there")
+        elif str(params.get("encrypted")).lower() != "true":
+            found.fail(f"StorageClass {name!r} in {release.region} (Prometheus' volume) does not encrypt its EBS "
+                       "volumes (parameters.encrypted is not \"true\")")
+    for topic in resources.of_type(SNS_TOPIC):
+        key = topic.inputs.get("kmsMasterKeyId")
+        found.judged(topic, topic=topic.inputs.get("name"), kms_master_key_id=key)
+        if not key:
+            found.fail(f"SNS topic {topic.inputs.get('name') or topic.name} in {topic.region} is not encrypted at rest "
+                       "(no kmsMasterKeyId)")

@@ -176,7 +176,24 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
         if primary is not None and policy.zone_of(primary.region) != policy.zone_of(replica.region):
             found.fail(f"KMS replica key {replica.name} in {replica.region} copies a key from {primary.region}, "
                        f"another residency zone")
+    _alert_destinations(resources, found)
     return found
+
+
+def _alert_destinations(resources: Resources, found: Findings) -> None:
+    """Alerts carry model, team and region names: each region's Alertmanager sends them to an SNS topic in its own
+    region, signing for that region, never elsewhere."""
+    for release in resources.of_type(HELM_RELEASE):
+        if release.inputs.get("chart") != "kube-prometheus-stack":
+            continue
+        config = (((release.inputs.get("values") or {}).get("alertmanager") or {}).get("config") or {})
+        for receiver in as_list(config.get("receivers")):
+            for sns in as_list((receiver or {}).get("sns_configs")):
+                arn, signed = str(sns.get("topic_arn") or ""), str((sns.get("sigv4") or {}).get("region") or "")
+                found.judged(release, alert_topic=arn, sigv4_region=signed)
+                if _arn_region(arn) != release.region or signed != release.region:
+                    found.fail(f"Alertmanager of release {release.name} in {release.region} sends alerts to {arn} "
+                               f"(signed for {signed or 'no region'}), outside its own region")
 
 
 def _zone_names(resources: Resources, policy: PolicyConfig, found: Findings) -> None:

@@ -45,6 +45,8 @@ REVIEWED_MANAGED_POLICIES = frozenset({
     "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy",
     "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly",
     "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore",
+    # EC2 volume, snapshot and tag actions only (AWS managed policy reference, AmazonEBSCSIDriverPolicy).
+    "arn:aws:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy",
 })
 
 # The calls CodeBuild makes to attach a build (the deploy runner) to a VPC. The Describe calls have no
