@@ -131,16 +131,9 @@ def vllm_values(cfg: StackConfig, model: Model, region: Region, *, role_arn: Any
     return values
 
 
-def idles_at_zero(model: Model) -> bool:
-    """A batch model whose config allows zero replicas gives its GPUs back while nobody calls it: KEDA scales it to
-    zero (idleReplicaCount 0, below its floor of one) and back up when the gateway sees calls for it. Interactive
-    models never do: a caller would wait minutes for a replica to load."""
-    return model.tier == "batch" and model.replicas.min == 0
-
-
 def model_autoscaling(model: Model, min_replicas: int, max_replicas: int) -> dict[str, Any]:
     """The vLLM release's `autoscaling` values: KEDA between the floor and ceiling, to zero when idle for batch."""
-    idle = idles_at_zero(model)
+    idle = model.idles_at_zero
     return {
         "enabled": max_replicas > min_replicas or idle,
         "minReplicas": min_replicas,

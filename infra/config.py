@@ -182,6 +182,19 @@ class Model(_Model):
         """Batch models accept spot interruptions; only they may run on spot pools."""
         return self.tier == "batch"
 
+    @property
+    def idles_at_zero(self) -> bool:
+        """A batch model whose config allows zero replicas gives its GPUs back while nobody calls it: KEDA scales it
+        to zero (idleReplicaCount 0, below its floor of one) and back up when the gateway sees calls for it.
+        Interactive models never do: a caller would wait minutes for a replica to load."""
+        return self.tier == "batch" and self.replicas.min == 0
+
+    @property
+    def floor(self) -> int:
+        """Replicas the model keeps while idle: none for a model that idles at zero, else its minimum (one at
+        least: an interactive model keeps one warm)."""
+        return 0 if self.idles_at_zero else max(1, self.replicas.min)
+
     def weights_from(self, environment: str) -> Literal["s3", "huggingface"]:
         """`weights`, or by default: S3 for prod models of S3_WEIGHTS_MIN_GB or more (a replica then loads them
         from its own region in seconds, and Hugging Face is asked once per region, not per replica); Hugging
@@ -614,8 +627,9 @@ def _check_model(cfg: StackConfig, catalog: Catalog, i: int, model: Model,
 
 def _check_pool_capacity(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
     """A pool holds its models: at max_nodes every model at max replicas, and min_nodes is exactly what every
-    model at its floor fills (one replica at least: the serving chart keeps one warm). Karpenter grows a pool
-    from there up to max_nodes and gives back empty nodes, so no other floor exists (README: Node autoscaling)."""
+    model at its floor fills (`Model.floor`: none for a batch model that idles at zero, else one replica at least).
+    Karpenter grows a pool from there up to max_nodes and gives back empty nodes, so no other floor exists (README:
+    Node autoscaling)."""
     problems = []
     for i, region in enumerate(cfg.regions):
         for j, pool in enumerate(region.pools):
@@ -629,10 +643,11 @@ def _check_pool_capacity(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, 
             if most > pool.max_nodes:
                 problems.append((f"{at}.max_nodes", f"pool {pool.name} in {region.name} needs {most} nodes for its "
                                                     f"models at max replicas, but max_nodes is {pool.max_nodes}"))
-            least = _nodes_for(models, gpus_per_node, {m.name: max(1, m.replicas.min) for m in models})
+            least = _nodes_for(models, gpus_per_node, {m.name: m.floor for m in models})
             if least > pool.min_nodes:
                 problems.append((f"{at}.min_nodes", f"pool {pool.name} in {region.name} needs {least} node(s) for "
-                                                    f"its models' minimum replicas (one at least), but min_nodes is "
+                                                    f"its models' minimum replicas (one at least, none for a batch "
+                                                    f"model that idles at zero), but min_nodes is "
                                                     f"{pool.min_nodes}"))
             elif least < pool.min_nodes:  # Karpenter has no minimum size: it removes nodes no pod needs
                 problems.append((f"{at}.min_nodes", f"pool {pool.name} in {region.name}: min_nodes {pool.min_nodes} "

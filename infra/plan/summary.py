@@ -51,7 +51,9 @@ def model_placement(values: dict) -> ModelPlacement:
     hpa = bool(scaling.get("enabled"))
     return ModelPlacement(
         model=values["model"]["servedName"], pool=values["nodeSelector"][POOL_LABEL], gpus=int(values["gpus"]),
-        min_replicas=int(scaling.get("minReplicas", replicas)) if hpa else replicas,
+        # A batch model that idles at zero (KEDA's idleReplicaCount 0) runs none while nobody calls it.
+        min_replicas=(0 if scaling.get("idleReplicas") == 0 else int(scaling.get("minReplicas", replicas)))
+        if hpa else replicas,
         max_replicas=int(scaling.get("maxReplicas", replicas)) if hpa else replicas)
 
 

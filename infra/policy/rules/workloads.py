@@ -203,8 +203,9 @@ def _replicas(obj: Mapping[str, Any], hpas: Mapping[tuple[str, str], tuple[int, 
 def scaling_ranges(objects: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], tuple[int, int]]:
     """(kind, name) of each scaled workload -> (min, max) replicas: from an HPA, or from a KEDA ScaledObject, which
     creates the HPA at run time from its minReplicaCount (KEDA's default 0) and maxReplicaCount (default 100)
-    (https://keda.sh/docs/2.20/reference/scaledobject-spec/). A ScaledObject's idleReplicaCount is left out: the
-    floor a woken model must fit at is minReplicaCount, and an idle one holds less."""
+    (https://keda.sh/docs/2.20/reference/scaledobject-spec/). With an idleReplicaCount the workload rests there while
+    every trigger reads zero (a batch model idling at zero), so that is its min: once woken it scales between
+    minReplicaCount and its max, which the max scale judges (a node autoscaler grows the pool for it)."""
     out: dict[tuple[str, str], tuple[int, int]] = {}
     for obj in objects:
         spec = obj.get("spec") or {}
@@ -213,8 +214,9 @@ def scaling_ranges(objects: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str]
             out[(str(target["kind"]), str(target["name"]))] = (int(spec.get("minReplicas", 1)),
                                                                int(spec["maxReplicas"]))
         elif obj.get("kind") == "ScaledObject" and str(obj.get("apiVersion", "")).startswith("keda.sh/"):
+            rest = spec.get("idleReplicaCount", spec.get("minReplicaCount", 0))
             out[(str(target.get("kind") or "Deployment"), str(target["name"]))] = (
-                int(spec.get("minReplicaCount", 0)), int(spec.get("maxReplicaCount", 100)))
+                int(rest), int(spec.get("maxReplicaCount", 100)))
     return out
 
 
