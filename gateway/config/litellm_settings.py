@@ -71,6 +71,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("litellm_settings.fallbacks", _H, "fallbacks (router_settings.fallbacks wins)"),
     Setting("litellm_settings.context_window_fallbacks", _H, "context-window fallbacks (router_settings' win)"),
     Setting("litellm_settings.default_fallbacks", _H, "fallbacks for every model without its own"),
+    Setting("litellm_settings.budget_exceeded_status_code", _H, "the status of budget refusals (422 by default)"),
     Setting("litellm_settings.success_callback", _I, OBSERVABILITY),
     Setting("litellm_settings.failure_callback", _I, OBSERVABILITY),
     Setting("litellm_settings.service_callback", _I, OBSERVABILITY),

@@ -9,6 +9,7 @@ per region into a ConfigMap)::
       residency: us              # residency zone: a request is never sent outside it
       master_key: os.environ/LLMP_MASTER_KEY   # >= 32 chars, not a known default (unless --dev)
       routing: least-busy        # least-busy | weighted: how deployments of an alias are chosen
+      budget_exceeded_status: 422  # the status of budget refusals (LiteLLM's budget_exceeded_status_code)
       timeouts:                  # seconds; any deployment may override them
         connect: 2               # TCP/TLS connect to the upstream
         first_byte: 60           # streams: request sent -> headers and first event (failover possible until then)
@@ -301,6 +302,8 @@ class GatewaySettings(_Strict):
     residency: str | None = None  # None: no residency constraint (laptop, demo)
     master_key: str | None = None
     routing: Literal["least-busy", "weighted"] = "least-busy"
+    # LiteLLM's litellm_settings.budget_exceeded_status_code: 422 since v1.104, 429 restores the older answer.
+    budget_exceeded_status: int = Field(422, ge=400, le=599)
     timeouts: Timeouts = Timeouts()
     retries: Retries = Retries()
     circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()

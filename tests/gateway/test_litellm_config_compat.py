@@ -289,14 +289,15 @@ async def test_a_virtual_key_falls_back_to_models_the_governance_layer_allows(ga
     status, made = await admin(gw, "POST", "/key/generate", {"models": ["llama", "backup"]})
     assert status == 200, made
     client = gw.client(api_key=made["key"])
-    # The Proxy asks the governance layer through `may_call`; unset, a virtual key's body fallbacks are refused.
-    with pytest.raises(openai.PermissionDeniedError, match="may not call model `backup`"):
-        await client.chat.completions.create(model="llama", messages=MESSAGES, extra_body={"fallbacks": ["backup"]})
-    allowed = {"backup"}
-    gw.state.proxy.may_call = lambda record, alias: alias in allowed
+    # The Proxy asks the governance layer (Governance.may_call, set at start): the key's lists allow `backup`.
+    assert gw.state.proxy.may_call == gw.state.governance.may_call
     answer = await client.chat.completions.create(model="llama", messages=MESSAGES,
                                                   extra_body={"fallbacks": ["backup"]})
     assert answer.choices[0].message.content and backup.stats.requests == 1
+    # Unset (no governance layer to ask), a virtual key's body fallbacks are refused, never tried unchecked.
+    gw.state.proxy.may_call = None
+    with pytest.raises(openai.PermissionDeniedError, match="may not call model `backup`"):
+        await client.chat.completions.create(model="llama", messages=MESSAGES, extra_body={"fallbacks": ["backup"]})
 
 
 def test_a_wildcard_route_rebuilt_without_its_match_still_sends_the_clients_name() -> None:
