@@ -126,7 +126,7 @@ def test_litellm_budget_exceeded_status_code_is_honoured_and_checked() -> None:
     config = parse_config({"model_list": [entry], "litellm_settings": {"budget_exceeded_status_code": 429}})
     assert config.gateway.budget_exceeded_status == 429
     assert parse_config({"model_list": [entry]}).gateway.budget_exceeded_status == 422  # LiteLLM's default
-    with pytest.raises(ConfigError, match="litellm_settings.budget_exceeded_status_code: 200 is not an HTTP error"):
+    with pytest.raises(ConfigError, match=r"litellm_settings\.budget_exceeded_status_code: 200 is not an HTTP error"):
         parse_config({"model_list": [entry], "litellm_settings": {"budget_exceeded_status_code": 200}})
 
 
