@@ -10,6 +10,10 @@ shape, which the openai client reads the same way: `openai.NotFoundError`). A mo
 A model_aliases name (LiteLLM's model_group_alias) is listed after the aliases unless it is `hidden`, as LiteLLM's
 `Router.get_model_list_from_model_alias` (litellm/router.py@v1.106.2) lists it; a key's lists are read as for a
 call (governance/model_access.py: wildcards, `*`, the alias's target).
+
+`?only_model_access_groups=true` lists access groups only (litellm/proxy/auth/model_checks.py@v1.106.2
+`get_complete_model_list`); the gateway has none (model_info.access_groups is ignored by the settings table), so
+the list is empty, as LiteLLM's is on a config without them.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from gateway.http.handlers import authorization
 from gateway.http.state import AppState
 
 JSON = "application/json"
+# How FastAPI reads a bool query parameter (LiteLLM's `only_model_access_groups: bool`): these are true.
+TRUE = frozenset({"1", "true", "on", "yes"})
+EMPTY = orjson.dumps({"object": "list", "data": []})
 # A caller's model lists as /v1/models reads them: its key's, its team's, and whether the key is in a team.
 Allowed = tuple[tuple[str, ...], tuple[str, ...], bool]
 
@@ -64,6 +71,8 @@ class ModelList:
             principal = self.state.auth.authenticate(authorization(http))
         except GatewayError as exc:
             return exc.response()
+        if http.query.get("only_model_access_groups", "").lower() in TRUE:
+            return web.Response(body=EMPTY, content_type=JSON)
         allowed = self._allowed(principal)
         payload = self._lists.get(allowed)
         if payload is None:
