@@ -155,3 +155,18 @@ async def test_metrics_name_calls_as_the_client_called_them_within_configured_na
     assert 'llmp_gateway_requests_total{deployment="llama",model="gpt-4",status="200"} 1.0' in text
     assert 'llmp_gateway_requests_total{deployment="openai-any",model="openai/*",status="200"} 2.0' in text
     assert 'model="unknown",status="400"' in text and "made-up-name" not in text
+
+
+async def test_a_key_pinned_to_a_zone_names_no_body_fallback_on_a_gateway_serving_every_zone(
+        gateway_factory, sim_factory, tmp_path) -> None:
+    # Such a key's calls use only its zone's deployments, without fallback aliases (governance/gate.py `_pinned`):
+    # a fallback named in the body would reach deployments no zone filter has seen.
+    sim = await sim_factory(models=("sim-model", "gpt-4o"))
+    cfg = config(sim, sim, tmp_path)
+    for model in cfg["models"]:
+        model["deployments"][0]["residency"] = "eu"
+    gw = await gateway_factory(parse_config(cfg))
+    pinned = await key_for(gw, [], residency="eu")
+    await pinned.chat.completions.create(model="llama", messages=MESSAGES)
+    with pytest.raises(openai.PermissionDeniedError, match="may not call model `backup`"):
+        await pinned.chat.completions.create(model="llama", messages=MESSAGES, extra_body={"fallbacks": ["backup"]})
