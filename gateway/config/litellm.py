@@ -126,6 +126,12 @@ def translate(doc: dict[str, Any]) -> tuple[GatewayConfig, list[Ignored]]:
     timeout = router.get("timeout", settings.get("request_timeout"))
     if timeout is not None:
         gateway["timeouts"] = {"total": timeout}
+    budget_status = settings.get("budget_exceeded_status_code")
+    if budget_status is not None:
+        if isinstance(budget_status, bool) or not isinstance(budget_status, int) or not 400 <= budget_status <= 599:
+            raise ConfigError(f"litellm_settings.budget_exceeded_status_code: {budget_status!r} is not an HTTP error "
+                              "status (400 to 599)")
+        gateway["budget_exceeded_status"] = budget_status
     breaker = renamed(router, {"allowed_fails": "failures", "cooldown_time": "cooldown"})
     if "failures" in breaker:
         fails = breaker["failures"]

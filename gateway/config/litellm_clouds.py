@@ -9,7 +9,8 @@ from typing import Any
 from gateway.config.errors import ConfigError
 
 CLOUD_PREFIXES = frozenset({"azure", "bedrock"})
-# Static AWS credentials LiteLLM accepts per deployment; the gateway signs with its own (the pod's IAM role).
+# Static AWS credentials LiteLLM accepts per deployment; the gateway signs with its own (the pod's IAM role), so
+# the settings table (litellm_settings.py) refuses them by name before any entry is mapped.
 AWS_CREDENTIAL_PARAMS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "aws_role_name",
                          "aws_profile_name", "aws_web_identity_token")
 AZURE_PARAMS = {"api_version": "api_version", "azure_ad_token": "ad_token", "tenant_id": "tenant_id",
@@ -32,10 +33,6 @@ def cloud_deployment(prefix: str, name: str, params: dict[str, Any], info: dict[
         if "/" in name and not name.startswith("arn:"):  # bedrock/invoke/..., bedrock/llama/...: other APIs
             raise ConfigError(f"{at}.model: bedrock/{name} is not served through the Converse API; use "
                               "bedrock/<model id or inference profile id> or bedrock/converse/<...>")
-        for key in AWS_CREDENTIAL_PARAMS:
-            if params.get(key) is not None:
-                raise ConfigError(f"{at}.{key}: the gateway signs Bedrock calls with its own AWS credentials "
-                                  "(the pod's IAM role, or the environment on a laptop); remove it")
         # As LiteLLM: the parameter, an ARN's own region, then the environment (EKS sets AWS_REGION in every pod).
         arn_region = name.split(":")[3] if name.startswith("arn:") and name.count(":") > 3 else None
         region = params.get("aws_region_name") or params.get("region_name") or arn_region or next(

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway.config.litellm_callbacks import changes_calls
+from gateway.config.litellm_clouds import AWS_CREDENTIAL_PARAMS
 
 Outcome = Literal["honoured", "ignored", "refused"]
 
@@ -70,6 +71,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("litellm_settings.fallbacks", _H, "fallbacks (router_settings.fallbacks wins)"),
     Setting("litellm_settings.context_window_fallbacks", _H, "context-window fallbacks (router_settings' win)"),
     Setting("litellm_settings.default_fallbacks", _H, "fallbacks for every model without its own"),
+    Setting("litellm_settings.budget_exceeded_status_code", _H, "the status of budget refusals (422 by default)"),
     Setting("litellm_settings.success_callback", _I, OBSERVABILITY),
     Setting("litellm_settings.failure_callback", _I, OBSERVABILITY),
     Setting("litellm_settings.service_callback", _I, OBSERVABILITY),
@@ -365,9 +367,8 @@ SETTINGS: tuple[Setting, ...] = (
       for n in ("azure_ad_token", "tenant_id", "client_id", "client_secret")),
     Setting("model_list[].litellm_params.aws_region_name", _H, "the region Bedrock calls are signed for"),
     Setting("model_list[].litellm_params.aws_bedrock_runtime_endpoint", _H, "Bedrock's endpoint (a VPC endpoint)"),
-    *(Setting(f"model_list[].litellm_params.{n}", _R, "the gateway signs Bedrock calls with its own credentials "
-              "(the pod's IAM role)") for n in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token",
-                                                "aws_role_name", "aws_profile_name", "aws_web_identity_token")),
+    *(Setting(f"model_list[].litellm_params.{n}", _R, "the gateway signs Bedrock calls with its own AWS credentials "
+              "(the pod's IAM role, or the environment on a laptop); remove it") for n in AWS_CREDENTIAL_PARAMS),
     Setting("model_list[].litellm_params.extra_body", _I, "not merged into requests"),
     Setting("model_list[].litellm_params.mock_response", _R, "LiteLLM answers with this text instead of the model"),
 )

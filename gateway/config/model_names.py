@@ -12,7 +12,7 @@ a client's `openai/gpt-4o`; `model_name: "*"` with `model: openai/*` sends the c
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 WILDCARD = "*"
 
@@ -57,3 +57,31 @@ def upstream_name(model: str, parts: tuple[str, ...], client_name: str) -> str:
     for part in parts:
         model = model.replace(WILDCARD, part, 1)
     return model
+
+
+class ModelGroups:
+    """Which configured model alias serves a name a client sends: the alias itself, a model_aliases name's target
+    (LiteLLM's model_group_alias), or the most specific wildcard alias matching it, as the router resolves it
+    (upstream/routing.py `Router.route`)."""
+
+    def __init__(self, aliases: Iterable[str], renames: Mapping[str, str]) -> None:
+        self.aliases = frozenset(aliases)
+        self.renames = dict(renames)
+        self.patterns = by_specificity(a for a in self.aliases if is_pattern(a))
+
+    def of(self, name: str) -> str | None:
+        """The model alias serving `name`, or None when no route serves it."""
+        if name in self.aliases:
+            return name
+        target = self.renames.get(name, name)
+        if target in self.aliases:
+            return target
+        hit = match(self.patterns, target)
+        return hit[0] if hit is not None else None
+
+    def label(self, name: str) -> str:
+        """`name` as a metrics label: a configured name as the client called it, a wildcard match by its pattern,
+        anything else "unknown" (client-chosen strings never become label values)."""
+        if name in self.aliases or name in self.renames:
+            return name
+        return self.of(name) or "unknown"

@@ -9,6 +9,7 @@ per region into a ConfigMap)::
       residency: us              # residency zone: a request is never sent outside it
       master_key: os.environ/LLMP_MASTER_KEY   # >= 32 chars, not a known default (unless --dev)
       routing: least-busy        # least-busy | weighted: how deployments of an alias are chosen
+      budget_exceeded_status: 422  # the status of budget refusals (LiteLLM's budget_exceeded_status_code)
       timeouts:                  # seconds; any deployment may override them
         connect: 2               # TCP/TLS connect to the upstream
         first_byte: 60           # streams: request sent -> headers and first event (failover possible until then)
@@ -125,17 +126,18 @@ LiteLLM's ``config.yaml`` is accepted too (see ``gateway.config.litellm``);
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.config.clouds import AzureSettings, BedrockSettings
 from gateway.config.env import resolve_env
 from gateway.config.errors import ConfigError, format_validation_error
 from gateway.config.governance import KeySettings, LedgerSettings, RedisSettings, SecretsSettings
 from gateway.config.limits import FrontDoor, UpstreamLimits
 from gateway.config.model_names import is_pattern, match
 from gateway.config.other_zones import OtherZone, check_other_zones
+from gateway.config.urls import check_url
 
 
 class _Strict(BaseModel):
@@ -202,44 +204,8 @@ class Replicas(_Strict):
             if not self.static:
                 raise ValueError("'static' lists no replica")
             for url in self.static:
-                _check_url(url)
+                check_url(url)
         return self
-
-
-# Azure OpenAI's newest GA data-plane version (learn.microsoft.com/azure/ai-services/openai/reference).
-AZURE_API_VERSION = "2024-10-21"
-
-
-class AzureSettings(_Strict):
-    """Azure OpenAI: the `api-version` and, instead of `api_key`, an Entra ID token or client credentials."""
-
-    api_version: str = Field(AZURE_API_VERSION, min_length=1)
-    ad_token: str | None = None  # a bearer token kept fresh by someone else (LiteLLM's `azure_ad_token`)
-    tenant_id: str | None = None  # client credentials: the gateway fetches and refreshes the token itself
-    client_id: str | None = None
-    client_secret: str | None = None
-    authority_host: str = "https://login.microsoftonline.com"  # Entra ID's token endpoint host (sovereign clouds)
-
-    @model_validator(mode="after")
-    def _whole_credentials(self) -> AzureSettings:
-        given = [n for n in ("tenant_id", "client_id", "client_secret") if getattr(self, n)]
-        if given and len(given) != 3:
-            missing = sorted({"tenant_id", "client_id", "client_secret"} - set(given))
-            raise ValueError(f"client credentials need tenant_id, client_id and client_secret; missing {missing}")
-        if given and self.ad_token:
-            raise ValueError("give either 'ad_token' or client credentials, not both")
-        _check_url(self.authority_host)
-        return self
-
-    @property
-    def client_credentials(self) -> bool:
-        return self.tenant_id is not None
-
-
-class BedrockSettings(_Strict):
-    """Amazon Bedrock: the region to call when it is not the deployment's own (LiteLLM's `aws_region_name`)."""
-
-    region: str | None = Field(None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
 
 
 class Deployment(_Strict):
@@ -284,7 +250,7 @@ class Deployment(_Strict):
     @field_validator("api_base")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        return None if value is None else _check_url(value)
+        return None if value is None else check_url(value)
 
     @model_validator(mode="after")
     def _one_upstream(self) -> Deployment:
@@ -336,6 +302,8 @@ class GatewaySettings(_Strict):
     residency: str | None = None  # None: no residency constraint (laptop, demo)
     master_key: str | None = None
     routing: Literal["least-busy", "weighted"] = "least-busy"
+    # LiteLLM's litellm_settings.budget_exceeded_status_code: 422 since v1.104, 429 restores the older answer.
+    budget_exceeded_status: int = Field(422, ge=400, le=599)
     timeouts: Timeouts = Timeouts()
     retries: Retries = Retries()
     circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
@@ -394,15 +362,6 @@ class GatewayConfig(_Strict):
             if model.alias == alias:
                 return model
         return None
-
-
-_URL = re.compile(r"^https?://[^/\s]+(/\S*)?$")
-
-
-def _check_url(url: str) -> str:
-    if not _URL.match(url):
-        raise ValueError(f"{url!r} is not an http(s) URL")
-    return url.rstrip("/")
 
 
 def parse_native(doc: Any) -> GatewayConfig:

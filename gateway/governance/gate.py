@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.config.governance import parse_duration
+from gateway.config.model_names import ModelGroups
 from gateway.config.native import GatewayConfig
 from gateway.governance.bounds import MAX_COST, MAX_RESERVED_TOKENS, MAX_TOKENS
 from gateway.governance.budget_sync import BudgetSync
@@ -22,10 +23,12 @@ from gateway.governance.limits.scopes import (
     team_scope,
     user_scope,
 )
+from gateway.governance.model_access import may_use
 from gateway.governance.store.protocol import LedgerStore
 from gateway.http.errors import GatewayError, bad_request
 from gateway.observability.usage import CallRecord
 from gateway.protocols.request import Request
+from gateway.upstream.fallbacks import MAX_BODY_FALLBACKS
 from gateway.upstream.routing import ModelRoute
 
 MASTER_TOKEN = "master"
@@ -37,7 +40,8 @@ def forbidden(message: str, code: str, param: str | None = None) -> GatewayError
 
 # LiteLLM answers budget refusals with `litellm.budget_exceeded_status_code` (422 since the default moved
 # from 429: litellm/__init__.py@v1.106.2), type "budget_exceeded", param null, code the status as a string
-# (proxy/auth/auth_exception_handler.py@v1.106.2 `_as_proxy_exception`).
+# (proxy/auth/auth_exception_handler.py@v1.106.2 `_as_proxy_exception`). The status is the config's
+# (gateway.budget_exceeded_status, LiteLLM's litellm_settings.budget_exceeded_status_code); this is its default.
 BUDGET_STATUS = 422
 
 
@@ -50,10 +54,10 @@ def model_not_allowed(alias: str, scope: str = "key") -> GatewayError:
                         "is invalid. Check the models available to you and try again.", kind, "model", "403")
 
 
-def budget_exceeded(refusal: GatewayError) -> GatewayError:
+def budget_exceeded(refusal: GatewayError, status: int = BUDGET_STATUS) -> GatewayError:
     """The limiter's budget refusal in LiteLLM's shape; its message keeps LiteLLM's opening words."""
-    return GatewayError(BUDGET_STATUS, f"Budget has been exceeded! {refusal.message}", "budget_exceeded", None,
-                        str(BUDGET_STATUS), refusal.headers)
+    return GatewayError(status, f"Budget has been exceeded! {refusal.message}", "budget_exceeded", None,
+                        str(status), refusal.headers)
 
 
 def _limit(value: int | None) -> int:
@@ -87,6 +91,9 @@ class Governance:
         self.budgets = budgets
         self.on_charge = on_charge  # the spend metric (GatewayMetrics.charge): alias, team, USD
         self.prices = Prices(config)
+        self.groups = ModelGroups((m.alias for m in config.models),
+                                  {name: a.model for name, a in config.model_aliases.items()})
+        self.budget_status = config.gateway.budget_exceeded_status
         self.residency = config.gateway.residency
         self.region = config.gateway.region or ""
         self.deadline_s = config.gateway.timeouts.total + 60  # a parallel slot outlives any call
@@ -114,13 +121,10 @@ class Governance:
         record.key_token = key.token
         record.key_alias = key.key_alias
         record.team_id = key.team_id
-        if key.models and alias not in key.models:
-            raise model_not_allowed(alias)
-        if team is not None and team.models and alias not in team.models:
-            raise model_not_allowed(alias, "team")
         user: User | None = getattr(principal, "user", None)
-        if user is not None and user.models and alias not in user.models:
-            raise model_not_allowed(alias, "user")
+        refused_by = self._refused_by(key, team, user, alias, route.alias)
+        if refused_by is not None:
+            raise model_not_allowed(alias, refused_by)
         zone = key.residency or (team.residency if team is not None else None)
         if zone is not None and self.residency is not None and zone != self.residency:
             raise forbidden(f"This key is pinned to residency zone `{zone}`; this gateway serves `{self.residency}`. "
@@ -151,15 +155,48 @@ class Governance:
             return route
         tokens = min(reserve_tokens(size, completion_cap if request.endpoint != "embeddings" else 0),
                      MAX_RESERVED_TOKENS)
-        inp, out = self.prices.ceiling(alias)
+        inp, out = self._ceiling(alias, request.body.get("fallbacks"))
         cost = min(reserve_tokens(size, 0) * inp + (completion_cap or 0) * out, MAX_COST)
         try:
             record.ticket = await self.limiter.admit(record.request_id, scopes, tokens, cost, self.deadline_s)
         except GatewayError as refusal:
             if refusal.kind == "budget_exceeded":
-                raise budget_exceeded(refusal) from None
+                raise budget_exceeded(refusal, self.budget_status) from None
             raise
         return route
+
+    def _ceiling(self, alias: str, body_fallbacks: Any) -> tuple[float, float]:
+        """Per-token prices to reserve: the alias's ceiling, and the ceilings of the fallbacks its request body
+        names (they replace the configured ones, upstream/fallbacks.py), so a budget holds whichever answers."""
+        prices = [self.prices.ceiling(alias)]
+        if isinstance(body_fallbacks, list):
+            prices += [self.prices.ceiling(n) for n in body_fallbacks[:MAX_BODY_FALLBACKS] if isinstance(n, str)]
+        return max(p[0] for p in prices), max(p[1] for p in prices)
+
+    @staticmethod
+    def _refused_by(key: VirtualKey, team: Team | None, user: User | None, name: str, group: str) -> str | None:
+        """Which of key, team, user may not call `name` (served by the model alias `group`), or None: each list as
+        LiteLLM reads it (governance/model_access.py)."""
+        if not may_use(key.models, name, group, in_team=key.team_id is not None):
+            return "key"
+        if team is not None and not may_use(team.models, name, group):
+            return "team"
+        if user is not None and not may_use(user.models, name, group):
+            return "user"
+        return None
+
+    def may_call(self, record: CallRecord, name: str) -> bool:
+        """May the virtual key of this admitted call use `name` as a fallback named in its request body? The same
+        lists as `admit`; a key pinned to a zone on a gateway serving every zone may name none, since a fallback's
+        deployments are not filtered to its zone (see `_pinned`)."""
+        key = self.cache.by_hash.get(record.key_token or "")
+        if key is None:
+            return False
+        team = self.cache.teams.get(key.team_id) if key.team_id is not None else None
+        user = self.cache.users.get(key.user_id) if key.user_id is not None else None
+        if (key.residency or (team.residency if team is not None else None)) is not None and self.residency is None:
+            return False
+        return self._refused_by(key, team, user, name, self.groups.of(name) or name) is None
 
     def _pinned(self, route: ModelRoute, zone: str) -> ModelRoute:
         """On a gateway serving every zone, a pinned key's call uses only its zone's deployments."""

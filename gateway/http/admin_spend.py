@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.governance.model_access import may_use
 from gateway.http.admin_http import AdminCore, Caller, guarded, json_response, query, token_of
 from gateway.http.errors import bad_request
 
@@ -150,14 +151,14 @@ class SpendApi:
 
     def _visible(self, caller: Caller) -> list[Any]:
         """The configured models this caller may call: all for the master key; a key's, its team's and its user's
-        lists intersected (an empty list allows every model, as on the request path)."""
-        allowed = None
-        if not caller.admin and caller.key is not None:
-            for models in (caller.key.models, caller.team.models if caller.team else (),
-                           caller.user.models if caller.user else ()):
-                if models:
-                    allowed = set(models) if allowed is None else allowed & set(models)
-        return [m for m in self.admin.gov.config.models if allowed is None or m.alias in allowed]
+        lists each allowing it, read as on the request path (governance/model_access.py)."""
+        models = self.admin.gov.config.models
+        key = caller.key
+        if caller.admin or key is None:
+            return list(models)
+        lists = [(key.models, key.team_id is not None), (caller.team.models if caller.team else (), False),
+                 (caller.user.models if caller.user else (), False)]
+        return [m for m in models if all(may_use(names, m.alias, None, in_team) for names, in_team in lists)]
 
     async def model_group_info(self, http: web.Request, caller: Caller) -> web.Response:
         """LiteLLM's /model_group/info: one entry per model name (proxy_server.py, `model_group_info`)."""

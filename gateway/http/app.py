@@ -109,6 +109,8 @@ async def _start(app: web.Application) -> None:
     state.session = new_session()
     state.proxy = Proxy(state.session, state.router, state.config.gateway.retries, state.metrics,
                         quotas=state.quotas)
+    if state.governance is not None:  # a virtual key's body fallbacks: only models its lists allow
+        state.proxy.may_call = state.governance.may_call
     state.log.start()
     for pool in state.router.pools:
         replicas = pool.config.replicas

@@ -6,6 +6,14 @@ proxy_server.py@v1.106.2 `model_list` via `get_available_models_for_user`), and 
 (seen side by side; LiteLLM sends that 404 as FastAPI's `{"detail": ...}`, this gateway in OpenAI's error
 shape, which the openai client reads the same way: `openai.NotFoundError`). A model the key may not use is
 "not accessible": 404 too, so a key cannot probe which models exist.
+
+A model_aliases name (LiteLLM's model_group_alias) is listed after the aliases unless it is `hidden`, as LiteLLM's
+`Router.get_model_list_from_model_alias` (litellm/router.py@v1.106.2) lists it; a key's lists are read as for a
+call (governance/model_access.py: wildcards, `*`, the alias's target).
+
+`?only_model_access_groups=true` lists access groups only (litellm/proxy/auth/model_checks.py@v1.106.2
+`get_complete_model_list`); the gateway has none (model_info.access_groups is ignored by the settings table), so
+the list is empty, as LiteLLM's is on a config without them.
 """
 
 from __future__ import annotations
@@ -15,11 +23,17 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.governance.model_access import may_use
 from gateway.http.errors import GatewayError
 from gateway.http.handlers import authorization
 from gateway.http.state import AppState
 
 JSON = "application/json"
+# How FastAPI reads a bool query parameter (LiteLLM's `only_model_access_groups: bool`): these are true.
+TRUE = frozenset({"1", "true", "on", "yes"})
+EMPTY = orjson.dumps({"object": "list", "data": []})
+# A caller's model lists as /v1/models reads them: its key's, its team's, and whether the key is in a team.
+Allowed = tuple[tuple[str, ...], tuple[str, ...], bool]
 
 
 def model_entry(alias: str) -> dict[str, Any]:
@@ -29,29 +43,36 @@ def model_entry(alias: str) -> dict[str, Any]:
 class ModelList:
     def __init__(self, state: AppState) -> None:
         self.state = state
-        self.aliases = tuple(m.alias for m in state.config.models)
-        self._lists: dict[tuple[tuple[str, ...], tuple[str, ...]], bytes] = {}
+        config = state.config
+        # Each listed name and the model alias serving it.
+        self.groups = {m.alias: m.alias for m in config.models}
+        self.groups.update({name: a.model for name, a in config.model_aliases.items() if not a.hidden})
+        self.aliases = tuple(self.groups)
+        self._lists: dict[Allowed, bytes] = {}
         self._entries = {alias: orjson.dumps(model_entry(alias)) for alias in self.aliases}
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/v1/models", self.list), web.get("/models", self.list),
                 web.get("/v1/models/{model_id:.+}", self.retrieve), web.get("/models/{model_id:.+}", self.retrieve)]
 
-    def _allowed(self, principal: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    def _allowed(self, principal: Any) -> Allowed:
         key = getattr(principal, "key", None)
         team = getattr(principal, "team", None)
-        return (key.models if key is not None else ()), (team.models if team is not None else ())
+        return ((key.models if key is not None else ()), (team.models if team is not None else ()),
+                key is not None and key.team_id is not None)
 
-    def visible(self, allowed: tuple[tuple[str, ...], tuple[str, ...]]) -> list[str]:
-        key_models, team_models = allowed
-        return [a for a in self.aliases
-                if (not key_models or a in key_models) and (not team_models or a in team_models)]
+    def visible(self, allowed: Allowed) -> list[str]:
+        key_models, team_models, in_team = allowed
+        return [a for a, group in self.groups.items()
+                if may_use(key_models, a, group, in_team) and may_use(team_models, a, group)]
 
     async def list(self, http: web.Request) -> web.Response:
         try:
             principal = self.state.auth.authenticate(authorization(http))
         except GatewayError as exc:
             return exc.response()
+        if http.query.get("only_model_access_groups", "").lower() in TRUE:
+            return web.Response(body=EMPTY, content_type=JSON)
         allowed = self._allowed(principal)
         payload = self._lists.get(allowed)
         if payload is None:

@@ -13,7 +13,8 @@ from gateway.observability.usage import CallRecord
 from gateway.protocols.answers import StreamAdapter
 from gateway.protocols.sse import EventTooLarge, TruncatedStream, UpstreamStreamError
 from gateway.protocols.tokens import MAX_TOKENS
-from gateway.upstream.attempts import SHAPE_ERRORS, Opened, redact_for
+from gateway.upstream.attempts import SHAPE_ERRORS, Opened
+from gateway.upstream.refusals import redact_for
 
 JSON = "application/json"
 SSE_HEADERS = {

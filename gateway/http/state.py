@@ -58,8 +58,9 @@ class AppState:
 
     def _observe(self, record: CallRecord) -> None:
         m = self.metrics
-        # Client-chosen names must not become label values: one series per configured alias only.
-        alias = record.alias if record.alias in self.router.routes else "unknown"
+        # Client-chosen names must not become label values: one series per configured name (alias or model_aliases
+        # name, as the client called it), a wildcard match under its pattern, anything else "unknown".
+        alias = self.router.groups.label(record.alias)
         m.call(alias, record.deployment, record.status).inc()
         if record.status == 200:
             series = m.model(alias)

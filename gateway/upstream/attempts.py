@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -31,36 +31,20 @@ from gateway.upstream.fallbacks import (
     ContextWindowExceeded,
     MayCall,
     after_context_window,
-    context_window_exceeded,
     fallback_names,
     fallback_routes,
 )
 from gateway.upstream.outcomes import Failures, final_error, ratelimit_headers
 from gateway.upstream.quotas import DeploymentQuotas
 from gateway.upstream.redaction import redact
-from gateway.upstream.retry import Backoff, retry_after_seconds
+from gateway.upstream.refusals import ERROR_BODY_BYTES, AttemptFailed, refusal, refused, secrets_of
+from gateway.upstream.retry import Backoff
 from gateway.upstream.routing import DeploymentPool, ModelRoute, Replica, Router
 
-# Upstream statuses that say "the request is at fault": the client gets them as they are.
-CLIENT_FAULT = frozenset({400, 413, 422})
 # Failures that say nothing about the replica's health (it is busy, or we are misconfigured for it).
 NOT_HEALTH = frozenset({401, 403, 404, 429})
-# Of an error answer, only enough to find its message is read: the rest is never held.
-ERROR_BODY_BYTES = 64 * 1024
 # What an adapter raises on an event whose JSON has another shape than the protocol's (a list for an object...).
 SHAPE_ERRORS = (ValueError, TypeError, KeyError, AttributeError)
-
-
-class AttemptFailed(Exception):
-    """One attempt failed before any byte reached the client: try the next candidate."""
-
-    def __init__(self, reason: str, retry_after: float | None = None, status: int | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
-        self.status = status  # the upstream's HTTP status, when it answered one (upstream/outcomes.py)
-        self.headers = headers  # its x-ratelimit-* headers, relayed if this is the failure the client sees
 
 
 @dataclass(slots=True)
@@ -240,8 +224,8 @@ class Proxy:
                         health = response.status not in NOT_HEALTH
                         if cloud:
                             error = await self.cloud.whole(dep, response, ERROR_BODY_BYTES)
-                            _refusal(error.status, error.reason, error.headers, error.body, _secrets(dep))
-                        await _refused(response, dep)
+                            refusal(error.status, error.reason, error.headers, error.body, secrets_of(dep))
+                        await refused(response, dep)
                     if response.headers.get("Content-Encoding", "identity").lower() not in ("identity", ""):
                         # We asked for identity: a compressed stream could inflate past every bound before we see it.
                         raise AttemptFailed("malformed_response: compressed stream (we asked for identity)")
@@ -264,7 +248,7 @@ class Proxy:
                                                 dep.limits)
             if answer.status != 200:
                 health = answer.status not in NOT_HEALTH
-                _refusal(answer.status, answer.reason, answer.headers, answer.body[:ERROR_BODY_BYTES], _secrets(dep))
+                refusal(answer.status, answer.reason, answer.headers, answer.body[:ERROR_BODY_BYTES], secrets_of(dep))
             body, prompt, completion = read_answer(dep, answer.body, route.alias, request.endpoint, prompt_estimate,
                                                    restamp=route.alias == request.alias)
             opened = Opened(dep, replica, None, body, None, prompt, completion,
@@ -289,7 +273,7 @@ class Proxy:
             raise AttemptFailed(f"auth_error: {exc}") from None
         except UpstreamClosed as exc:
             self._failed(replica, response, health)
-            raise AttemptFailed(f"upstream_disconnected: {redact(str(exc), _secrets(dep))}") from None
+            raise AttemptFailed(f"upstream_disconnected: {redact(str(exc), secrets_of(dep))}") from None
         except (UpstreamLimitExceeded, EventTooLarge) as exc:
             self._failed(replica, response, health)
             raise AttemptFailed(f"too_large: {exc}") from None
@@ -306,7 +290,7 @@ class Proxy:
             raise AttemptFailed(f"malformed_response: {exc}") from None
         except (TruncatedStream, UpstreamStreamError) as exc:
             self._failed(replica, response, health)
-            raise AttemptFailed(f"stream_error: {redact(str(exc), _secrets(dep))}") from None
+            raise AttemptFailed(f"stream_error: {redact(str(exc), secrets_of(dep))}") from None
         except aiohttp.ClientError as exc:
             self._failed(replica, response, health)
             raise AttemptFailed(f"upstream_disconnected: {type(exc).__name__}") from None
@@ -329,14 +313,6 @@ class Proxy:
             replica.breaker.on_abandon()
 
 
-async def _refused(response: aiohttp.ClientResponse, dep: DeploymentPool) -> None:
-    try:
-        text = await response.content.read(ERROR_BODY_BYTES)
-    except aiohttp.ClientError:
-        text = b""
-    _refusal(response.status, response.reason or "", response.headers, text, _secrets(dep))
-
-
 def _no_candidates(route: ModelRoute, request: Request) -> str:
     if not route.deployments:
         return f"{route.alias}: no deployment in this residency zone"
@@ -350,39 +326,6 @@ def _no_candidates(route: ModelRoute, request: Request) -> str:
     return f"{route.alias}: no healthy deployment"
 
 
-def _secrets(dep: DeploymentPool) -> list[str]:
-    """The provider key sent to this deployment: all an upstream could echo of ours (used on errors only)."""
-    found = []
-    for name in ("Authorization", "x-api-key"):
-        value = dep.headers.get(name)
-        if value:
-            found.append(value.removeprefix("Bearer "))
-    return found
-
-
-def redact_for(dep: DeploymentPool, text: str) -> str:
-    """Upstream text as the client and the log may see it (upstream/redaction.py)."""
-    return redact(text, _secrets(dep))
-
-
-def _refusal(status: int, reason: str, headers: Mapping[str, str], text: bytes, secrets: list[str]) -> None:
-    """Raise what a non-200 upstream answer means: the client's fault, or a failed attempt.
-
-    Upstream error text is never relayed as is: it may echo the provider key (a 401 quoting the
-    Authorization header) or anything else; it is capped and redacted (upstream/redaction.py).
-    """
-    message = redact(_upstream_message(text) or reason or "error", secrets)
-    if context_window_exceeded(status, text):  # the client's 400, unless the alias has context-window fallbacks
-        raise ContextWindowExceeded(status, f"Upstream rejected the request: {message}", "invalid_request_error",
-                                    None, "context_length_exceeded")
-    if status in CLIENT_FAULT:
-        # The upstream's own code goes along (Azure's `content_filter`, Bedrock's `ValidationException`).
-        raise GatewayError(status, f"Upstream rejected the request: {message}", "invalid_request_error",
-                           code=_upstream_code(text))
-    retry_after = retry_after_seconds(headers.get("retry-after")) if status in (429, 503) else None
-    raise AttemptFailed(f"http_{status}: {message}", retry_after, status, ratelimit_headers(headers))
-
-
 async def _first_output(events: EventReader | ConverseEventReader, adapter: StreamAdapter) -> bytes:
     """Read events until one produces bytes for the client, so failover stays possible until then."""
     while True:
@@ -392,28 +335,3 @@ async def _first_output(events: EventReader | ConverseEventReader, adapter: Stre
         out = adapter.feed(*event)
         if out or adapter.done:
             return out
-
-
-def _upstream_code(text: bytes) -> str | None:
-    try:
-        error = orjson.loads(text).get("error")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    code = error.get("code") if isinstance(error, dict) else None
-    return code[:100] if isinstance(code, str) and code.isprintable() else None
-
-
-def _upstream_message(text: bytes) -> str:
-    try:
-        obj = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return text[:4000].decode(errors="replace").strip()
-    if isinstance(obj, dict):
-        error = obj.get("error")
-        if isinstance(error, dict):
-            return str(error.get("message", ""))
-        if isinstance(error, str):
-            return error
-        if "message" in obj:
-            return str(obj["message"])
-    return ""

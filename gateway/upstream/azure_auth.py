@@ -20,7 +20,7 @@ from collections.abc import Callable
 import aiohttp
 import orjson
 
-from gateway.config.native import AzureSettings
+from gateway.config.clouds import AzureSettings
 
 SCOPE = "https://cognitiveservices.azure.com/.default"
 REFRESH_BEFORE = 300.0  # s: fetch a new token this long before the current one expires

@@ -24,7 +24,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from gateway.config.native import AzureSettings
+from gateway.config.clouds import AzureSettings
 from gateway.protocols.bedrock_events import ConverseEventReader
 from gateway.protocols.request import Request
 from gateway.upstream.azure_auth import AzureAuth, AzureTokenError

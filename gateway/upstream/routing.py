@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from yarl import URL
 
-from gateway.config.model_names import by_specificity, is_pattern, match, pattern_regex, upstream_name
+from gateway.config.model_names import ModelGroups, by_specificity, is_pattern, match, pattern_regex, upstream_name
 from gateway.config.native import Deployment, GatewayConfig, Timeouts
 from gateway.upstream.circuit import CircuitBreaker
 from gateway.upstream.client import ReplicaConnections
@@ -230,6 +230,7 @@ class Router:
         self.context_window_configured = any(m.context_window_fallbacks for m in config.models)
         self.aliases = {name: alias.model for name, alias in config.model_aliases.items()}
         self.patterns = by_specificity(a for a in self.routes if is_pattern(a))
+        self.groups = ModelGroups(self.routes, self.aliases)  # names as metrics labels (http/state.py)
 
     def route(self, alias: str) -> ModelRoute | None:
         """The route for a name a client sends: a model alias, a model_aliases name (LiteLLM's model_group_alias,
@@ -269,8 +270,12 @@ class Router:
         if self.strategy == "weighted":
             # Weighted random order (Efraimidis-Spirakis keys): first pick is proportional to weight.
             score = {id(d): rng.random() ** (1.0 / d.weight) for d in deployments}
-            within = lambda d: -score[id(d)]  # noqa: E731
+
+            def within(d: DeploymentPool) -> tuple[float, float]:
+                return -score[id(d)], 0.0
         else:
             jitter = {id(d): rng.random() for d in deployments}  # breaks ties between idle deployments
-            within = lambda d: (d.load(), jitter[id(d)])  # noqa: E731
+
+            def within(d: DeploymentPool) -> tuple[float, float]:
+                return d.load(), jitter[id(d)]
         return sorted(deployments, key=lambda d: (d.tier != "primary", d.region != self.region, within(d)))

@@ -8,9 +8,9 @@ import anthropic
 import openai
 import pytest
 
+from gateway.config.clouds import AzureSettings
 from gateway.config.errors import ConfigError
 from gateway.config.loading import parse_config
-from gateway.config.native import AzureSettings
 from gateway.upstream.azure_auth import REFRESH_BEFORE, AzureAuth, AzureTokenError
 from tests.gateway.conftest import KEY, gateway_config
 from tests.gateway.fake_clouds import FakeAzure

@@ -232,7 +232,8 @@ def test_litellm_bedrock_region_comes_from_the_environment_as_in_litellm(monkeyp
     ({"model": "bedrock/invoke/anthropic.claude-v2", "aws_region_name": "us-east-1"},
      "is not served through the Converse API"),
     ({"model": "bedrock/amazon.nova-lite-v1:0", "aws_region_name": "us-east-1", "aws_access_key_id": "AKID"},
-     "litellm_params.aws_access_key_id: the gateway signs Bedrock calls with its own AWS credentials"),
+     "litellm_params.aws_access_key_id: not supported by the gateway: the gateway signs Bedrock calls with its "
+     "own AWS credentials"),
 ])
 def test_bedrock_settings_the_gateway_cannot_honour_are_refused_by_name(params, message, monkeypatch) -> None:
     for name in ("AWS_REGION_NAME", "AWS_REGION", "AWS_DEFAULT_REGION"):

@@ -1,7 +1,11 @@
-"""Prices: USD per token by model alias and deployment, and the most a call to an alias can be charged."""
+"""Prices: USD per token by model alias and deployment, and the most a call to an alias can be charged.
+
+A name clients send that is not itself an alias (a model_aliases name, a name a wildcard alias serves) costs what
+the alias serving it costs (config/model_names.py `ModelGroups`): budgets hold for every name that reaches a model."""
 
 from __future__ import annotations
 
+from gateway.config.model_names import ModelGroups
 from gateway.config.native import GatewayConfig
 
 
@@ -10,6 +14,7 @@ class Prices:
 
     def __init__(self, config: GatewayConfig) -> None:
         self.models = {m.alias: (m.input_cost_per_token, m.output_cost_per_token) for m in config.models}
+        self.groups = ModelGroups(self.models, {name: a.model for name, a in config.model_aliases.items()})
         self.deployments: dict[str, tuple[float, float]] = {}
         own: dict[str, list[tuple[float, float]]] = {}
         for m in config.models:
@@ -28,11 +33,12 @@ class Prices:
             self.ceilings[m.alias] = (max(p[0] for p in found), max(p[1] for p in found))
 
     def ceiling(self, alias: str) -> tuple[float, float]:
-        """What a call to `alias` reserves per token."""
-        return self.ceilings.get(alias) or (0.0, 0.0)
+        """What a call to `alias` (or a name it serves) reserves per token."""
+        return self.ceilings.get(alias) or self.ceilings.get(self.groups.of(alias) or "") or (0.0, 0.0)
 
     def of(self, alias: str, deployment: str = "") -> tuple[float, float]:
-        return self.deployments.get(deployment) or self.models.get(alias) or (0.0, 0.0)
+        return (self.deployments.get(deployment) or self.models.get(alias)
+                or self.models.get(self.groups.of(alias) or "") or (0.0, 0.0))
 
     def cost(self, alias: str, deployment: str, prompt_tokens: int, completion_tokens: int) -> float:
         inp, out = self.of(alias, deployment)

@@ -3,8 +3,6 @@ one deployment by id, and /model_group/info a user's models."""
 
 from __future__ import annotations
 
-import pytest
-
 from tests.gateway.litellm_proxy_tests.conftest import MODEL_NAMES, Proxy
 
 
@@ -38,10 +36,8 @@ async def test_get_models_multiple_tests(proxy: Proxy) -> None:
     assert status == 200 and len(models["data"]) > 0
 
 
-@pytest.mark.xfail(strict=True, reason="/models (responses engineer, gateway/http/handlers.py): "
-                                       "`only_model_access_groups=True` is not read; LiteLLM lists no model when "
-                                       "no access group is configured")
 async def test_get_models_only_access_groups(proxy: Proxy) -> None:
+    # LiteLLM lists access groups only (proxy/auth/model_checks.py@v1.106.2); none is configured here.
     _, made = await proxy.call("POST", "/key/generate", {"models": [], "duration": None})
     _, models = await proxy.call("GET", "/models?only_model_access_groups=True", key=made["key"])
     assert models["data"] == []
