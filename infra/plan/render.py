@@ -67,6 +67,11 @@ def to_markdown(plan: Plan, regions: list[RegionSummary], cost: CostEstimate, re
                          f"{models} | {usd(pool['monthly_usd_min'])}–{usd(pool['monthly_usd_max'])} |")
         lines.append(f"| **{region.name}** | | | | | | | **{usd(region.monthly_usd_min)}–"
                      f"{usd(region.monthly_usd_max)}** |")
+    for region in regions:
+        if region.addons or region.elastic:
+            lines += ["", f"**{region.name}** add-ons: "
+                      + ", ".join(f"{n} {v}" for n, v in sorted(region.addons.items()))
+                      + "".join(f"; {e}" for e in region.elastic)]
     if any(p.capacity == "reserved" for p in cost.pools):
         lines += ["", RESERVED_NOTE]
     lines += ["", "EC2 vCPU quotas needed at max scale (request them before `pulumi up`):", "",
@@ -104,6 +109,10 @@ def to_table(plan: Plan, regions: list[RegionSummary], cost: CostEstimate, resul
                           + f"\n{usd(pool['monthly_usd_min'])}–{usd(pool['monthly_usd_max'])}/month",
                           str(pool["gpus_max"]), models)
         console.print(table)
+        if region.addons:
+            console.print("add-ons: " + ", ".join(f"{n} {v}" for n, v in sorted(region.addons.items())))
+        for line in region.elastic:
+            console.print(line)
     share = cost.monthly_usd_max / cost.budget_usd * 100 if cost.budget_usd else 0
     console.print(f"[bold]Cost[/bold]: {usd(cost.monthly_usd_min)} at min scale, {usd(cost.monthly_usd_max)} at "
                   f"max scale; budget {usd(cost.budget_usd)} (max scale uses {share:.0f}% of it)")

@@ -10,6 +10,11 @@ from infra.scheduling import POOL_LABEL
 from infra.sizing import replica_ranges
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
+NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
+QUEUE = "aws:sqs/queue:Queue"
+EVENT_RULE = "aws:cloudwatch/eventRule:EventRule"
+CONFIG_MAP = "kubernetes:core/v1:ConfigMap"
+DASHBOARD_LABEL = "grafana_dashboard"
 
 
 @dataclass
@@ -37,10 +42,13 @@ class RegionSummary:
     models: list[ModelPlacement] = field(default_factory=list)
     monthly_usd_min: float = 0.0
     monthly_usd_max: float = 0.0
+    # What runs beside the models: add-on charts (name -> version) and what scales, alerts and shows them.
+    addons: dict[str, str] = field(default_factory=dict)
+    elastic: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict:
         return {"name": self.name, "residency": self.residency, "pools": self.pools,
-                "models": [vars(m) for m in self.models],
+                "models": [vars(m) for m in self.models], "addons": self.addons, "elastic": self.elastic,
                 "monthly_usd_min": round(self.monthly_usd_min, 2), "monthly_usd_max": round(self.monthly_usd_max, 2)}
 
 
@@ -79,8 +87,35 @@ def summarize(plan: Plan, cost: CostEstimate) -> list[RegionSummary]:
             if scale is not None and scale.capped and placed.max_replicas == scale.ceiling:
                 placed.capped = scale.cap_reason()
             regions[r.region].models.append(placed)
+    for region in regions.values():
+        _elastic(plan, region)
     for name, amounts in cost.regions.items():
         if name in regions:
             regions[name].monthly_usd_min = amounts["monthly_usd_min"]
             regions[name].monthly_usd_max = amounts["monthly_usd_max"]
     return list(regions.values())
+
+
+def _elastic(plan: Plan, region: RegionSummary) -> None:
+    """The region's add-on releases (charts from a repository, by version) and, in words, its elastic capacity:
+    Karpenter's NodePools and interruption queue, KEDA's scaled models, the dashboards."""
+    here = [r for r in plan.resources if r.region == region.name]
+    for r in here:
+        chart = str(r.inputs.get("chart") or "") if r.type == RELEASE else ""
+        if chart.startswith("oci://") or (chart and "/" not in chart):  # a repository's chart, not charts/<own>
+            region.addons[chart.rsplit("/", 1)[-1]] = str(r.inputs.get("version") or "")
+    node_pools = [r for r in here if r.type == NODE_POOL]
+    queues, rules = (sum(r.type == t for r in here) for t in (QUEUE, EVENT_RULE))
+    if node_pools:
+        region.elastic.append(f"Karpenter: {len(node_pools)} NodePools with their EC2NodeClasses, "
+                              f"{queues} interruption queue(s) fed by {rules} EventBridge rules")
+    scaled = [m for m in region.models if m.max_replicas > m.min_replicas]
+    idle = [m.model for m in region.models if m.min_replicas == 0]
+    if scaled:
+        region.elastic.append(f"KEDA: {len(scaled)} model(s) scale on vLLM's queue and KV cache"
+                              + (f", {', '.join(idle)} idle at 0 until called" if idle else "")
+                              + "; the gateway on CPU and calls in flight")
+    dashboards = sorted(str(r.name).rsplit("-", 1)[-1] for r in here if r.type == CONFIG_MAP
+                        and DASHBOARD_LABEL in ((r.inputs.get("metadata") or {}).get("labels") or {}))
+    if dashboards:
+        region.elastic.append(f"dashboards: {', '.join(dashboards)}")
