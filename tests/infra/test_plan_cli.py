@@ -115,3 +115,22 @@ def test_json_output_is_only_json_even_as_a_process() -> None:
 def test_an_ephemeral_stack_plans_from_the_preview_template(capsys, stack: str) -> None:
     code, doc = plan_json(capsys, "--stack", stack)
     assert code == EXIT_OK and doc["stack"] == stack and doc["environment"] == "preview"
+
+
+def test_the_plan_shows_each_regions_elastic_capacity_add_ons_and_no_ingress_nginx(capsys) -> None:
+    """Per region: Karpenter with a NodePool per GPU pool and its interruption queue and rules, KEDA scaling each
+    model (the batch one idling at zero), the metrics stack and dashboards, the AWS Load Balancer Controller."""
+    _, doc = plan_json(capsys, "--stack", "prod")
+    for region in doc["regions"]:
+        assert {"karpenter", "karpenter-crd", "keda", "metrics-server", "kube-prometheus-stack", "dcgm-exporter",
+                "aws-load-balancer-controller"} <= set(region["addons"]), region["name"]
+        assert "ingress-nginx" not in region["addons"]
+        assert region["elastic"][0] == ("Karpenter: 3 NodePools with their EC2NodeClasses, 1 interruption queue(s) "
+                                        "fed by 5 EventBridge rules")
+        assert "qwen2-5-7b-batch idle at 0 until called" in region["elastic"][1]
+        assert region["elastic"][2] == "dashboards: gateway, gpu, vllm"
+        batch = next(m for m in region["models"] if m["model"] == "qwen2-5-7b-batch")
+        assert batch["min_replicas"] == 0
+    main(["plan", "--stack", "prod"])
+    table = capsys.readouterr().out
+    assert "add-ons: aws-load-balancer-controller 3.5.0" in table and "nginx" not in table
