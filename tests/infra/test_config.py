@@ -194,14 +194,15 @@ def test_preview_is_one_region_spot_only_with_a_small_budget() -> None:
 
 
 def test_a_pool_must_start_big_enough_for_its_models_floors() -> None:
-    """Nothing adds nodes on demand: a model's first replica must fit on the pool's min_nodes."""
+    """min_nodes says what the models' floors fill: a pool of an interactive model keeps its first replica's node
+    (the batch pool may be 0: its model idles at zero)."""
     raw = stack_raw("prod")
-    raw["regions"][0]["pools"][2]["min_nodes"] = 0
+    raw["regions"][0]["pools"][1]["min_nodes"] = 0
     with pytest.raises(ConfigError) as exc:
         parse(raw, "prod")
-    assert ("llm-platform:regions[0].pools[2].min_nodes",
-            "pool batch in us-east-1 needs 1 node(s) for its models' minimum replicas (one at least), "
-            "but min_nodes is 0") in exc.value.problems
+    assert ("llm-platform:regions[0].pools[1].min_nodes",
+            "pool mid in us-east-1 needs 1 node(s) for its models' minimum replicas (one at least, none for a batch "
+            "model that idles at zero), but min_nodes is 0") in exc.value.problems
 
 
 def test_replicas_of_different_models_share_nodes_when_counting() -> None:

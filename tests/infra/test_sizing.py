@@ -84,14 +84,14 @@ def test_every_prod_pool_at_min_nodes_holds_its_models_floors_by_cpu_and_memory_
             nodes = [[node.gpus, room.cpu_millicores, room.memory_mib] for _ in range(pool.min_nodes)]
             for m in sorted(models, key=lambda x: -x.gpus):
                 size = model_resources(m, pool, CATALOG)
-                for _ in range(max(1, m.replicas.min)):
+                for _ in range(m.floor):
                     slot = next((n for n in nodes if n[0] >= m.gpus and n[1] >= size.cpu_millicores
                                  and n[2] >= size.memory_mib), None)
                     assert slot is not None, f"{m.name} in {region.name}: no node of pool {pool.name} holds it"
                     slot[0] -= m.gpus
                     slot[1] -= size.cpu_millicores
                     slot[2] -= size.memory_mib
-            assert _nodes_for(models, node.gpus, {m.name: max(1, m.replicas.min) for m in models}) <= pool.min_nodes
+            assert _nodes_for(models, node.gpus, {m.name: m.floor for m in models}) <= pool.min_nodes
 
 
 def test_a_model_may_override_its_requests():

@@ -76,7 +76,8 @@ def test_keda_and_metrics_server_pods_are_placed_on_the_system_nodes(prod_plan):
 
 def test_a_scaled_objects_replica_range_is_judged_like_an_hpas():
     """KEDA creates the HPA at run time from the ScaledObject: its minReplicaCount and maxReplicaCount (KEDA's
-    defaults 0 and 100) are the range; an idleReplicaCount below the floor is not what a woken model must fit."""
+    defaults 0 and 100) are the range; with an idleReplicaCount the workload rests there (a batch model idling at
+    zero needs no node at min scale; woken, it is judged at its max with the pool grown)."""
     def deployment(name: str) -> dict:
         return {"kind": "Deployment", "metadata": {"name": name},
                 "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "c"}]}}}}
@@ -87,7 +88,7 @@ def test_a_scaled_objects_replica_range_is_judged_like_an_hpas():
     pods = pod_templates([deployment("batch"), scaled("batch", idleReplicaCount=0, minReplicaCount=1,
                                                         maxReplicaCount=6),
                           deployment("bare"), scaled("bare"), deployment("fixed")], "us-east-1", "vllm", "llm-serving")
-    assert {p.name: (p.min_replicas, p.max_replicas) for p in pods} == {"batch": (1, 6), "bare": (0, 100),
+    assert {p.name: (p.min_replicas, p.max_replicas) for p in pods} == {"batch": (0, 6), "bare": (0, 100),
                                                                         "fixed": (1, 1)}
 
 

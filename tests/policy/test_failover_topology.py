@@ -96,10 +96,11 @@ def test_pool_too_small_for_its_failover_replicas_is_rejected(prod_plan):
 
 
 def test_prod_floors_are_what_the_replica_minimums_fill_and_pools_grow_to_failover_scale(prod_plan):
-    """With Karpenter a pool grows on demand: prod keeps one node per GPU pool at rest, and the failover math
-    counts on each pool's max (its limits), where the surviving region's replicas land."""
+    """With Karpenter a pool grows on demand: prod keeps one node per interactive GPU pool at rest (none for the
+    batch pool, whose model idles at zero), and the failover math counts on each pool's max (its limits), where
+    the surviving region's replicas land."""
     for region in prod_plan.config.regions:
-        assert [p.min_nodes for p in region.pools] == [1, 1, 1], region.name
+        assert [p.min_nodes for p in region.pools] == [1, 1, 0], region.name
     res = result(prod_plan, "failover-topology")
     pools = {(e["region"], e["pool"]): e for e in res.evidence if "nodes_needed_at_max" in e}
     assert pools[("eu-west-2", "mid")]["max_nodes"] == 4 and pools[("eu-west-2", "mid")]["nodes_needed_at_max"] == 4

@@ -61,7 +61,8 @@ def test_interactive_model_on_a_spot_pool_is_rejected():
     for region in raw["regions"]:
         # Room for both at max; the floor is one one-GPU replica of each. The US mid pools are left without a
         # model, so nothing keeps a node there (the EU ones keep mistral's).
-        next(p for p in region["pools"] if p["name"] == "batch").update(min_nodes=2, max_nodes=8)
+        # The batch model idles at zero: the pool's floor is the 8B model's one replica.
+        next(p for p in region["pools"] if p["name"] == "batch").update(min_nodes=1, max_nodes=8)
         next(p for p in region["pools"] if p["name"] == "mid").update(min_nodes=int(region["residency"] == "eu"))
     assert_rejected(result(plan_of(raw, "prod"), "gpu-pool-hygiene"),
                     "model llama-3-1-8b runs on spot pool batch in us-east-1 but is not marked batch-tolerant "
