@@ -131,15 +131,21 @@ class LoadBalancerController(pulumi.ComponentResource):
         self.register_outputs({"role_arn": self.role.arn})
 
 
-def load_balancer_hostname(name: str, namespace: str, service: str, release: pulumi.Resource,
+def load_balancer_hostname(name: str, service: str, release: k8s.helm.v3.Release,
                            kubernetes: k8s.Provider, parent: pulumi.Resource) -> pulumi.Output[str]:
     """The NLB's hostname from the Service's status, read once the release that made the Service is done (an
     atomic release waits for a LoadBalancer Service to have its ingress: helm pkg/kube/ready.go
     serviceReady)."""
+    # The read's id comes from the release's own output, not a literal with depends_on: `depends_on` does not defer
+    # a `.get` at preview (pulumi/pulumi#16395, pulumi/pulumi-kubernetes#2789 "Preview failed: resource ... does not
+    # exist"), so a stack whose cluster exists but whose Service does not yet would fail its preview. While the
+    # release is created or changed its status is unknown at preview, so is the id, and the engine skips the read
+    # and leaves its outputs unknown (pulumi/pulumi#1124 "Skip reading unknown IDs"; pkg/resource/deploy/step.go
+    # ReadStep). At `up` the id resolves once the release is done, so the read also waits for it.
+    service_id = release.status.apply(lambda status: f"{status.namespace}/{service}")
     read = k8s.core.v1.Service.get(
-        name, f"{namespace}/{service}",
-        opts=pulumi.ResourceOptions(parent=parent, provider=kubernetes, depends_on=[release]))
-    return read.status.apply(lambda status: _hostname(status, f"{namespace}/{service}"))
+        name, service_id, opts=pulumi.ResourceOptions(parent=parent, provider=kubernetes, depends_on=[release]))
+    return read.status.apply(lambda status: service_id.apply(lambda sid: _hostname(status, sid)))
 
 
 def _hostname(status: k8s.core.v1.outputs.ServiceStatus | None, service: str) -> str:
