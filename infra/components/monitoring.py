@@ -42,6 +42,7 @@ STORAGE_CLASS = "gp3-encrypted"
 RETENTION = "15d"
 VOLUME_GIB = 50
 RETENTION_SIZE = "40GB"
+PVC_RETENTION = {"whenDeleted": "Delete", "whenScaled": "Retain"}
 KARPENTER_RELEASE = ("kube-system", "karpenter")  # where the karpenter branch installs it; metrics on 8080
 SYSTEM_POOL = "system"
 GPU_TOLERATIONS = [{"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"},
@@ -104,6 +105,14 @@ def prometheus_stack_values(args: MonitoringArgs, topic_arn: Any, alertmanager_r
             "evaluationInterval": "15s",
             "retention": RETENTION,
             "retentionSize": RETENTION_SIZE,
+            # The StatefulSet's PVC goes with it (Kubernetes keeps a StatefulSet's PVCs by default; the policy is GA
+            # since 1.32: https://kubernetes.io/docs/concepts/workloads/controllers/statefulset/
+            # #persistentvolumeclaim-retention), and with the PVC its 50 GiB gp3 volume (the StorageClass's
+            # reclaimPolicy Delete): a destroy or a
+            # removed region leaks no volume. A scale-down keeps it, so scaling back up finds the data. The field is
+            # in the Prometheus CRD of operator v0.93.1 (the chart's crd-prometheuses.yaml), which the operator copies
+            # onto the StatefulSet.
+            "persistentVolumeClaimRetentionPolicy": PVC_RETENTION,
             "storageSpec": {"volumeClaimTemplate": {"spec": {
                 "storageClassName": STORAGE_CLASS, "accessModes": ["ReadWriteOnce"],
                 "resources": {"requests": {"storage": f"{VOLUME_GIB}Gi"}}}}},
@@ -111,6 +120,9 @@ def prometheus_stack_values(args: MonitoringArgs, topic_arn: Any, alertmanager_r
         "alertmanager": {
             "serviceAccount": {"create": True, "name": ALERTMANAGER_SERVICE_ACCOUNT,
                                "annotations": {"eks.amazonaws.com/role-arn": alertmanager_role_arn}},
+            # No `storage`: Alertmanager keeps its silences and notification log on an emptyDir (the chart's
+            # alertmanagerSpec.storage is {}), so it has no PVC to leak; a restart forgets silences, which live in
+            # the alert rules' `for` windows here, not in hand-made silences.
             "alertmanagerSpec": _on_system_nodes({"requests": {"cpu": "50m", "memory": "128Mi"},
                                                   "limits": {"memory": "256Mi"}}),
             "config": alertmanager_config(args.region, topic_arn),

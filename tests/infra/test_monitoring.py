@@ -208,6 +208,21 @@ def test_prometheus_keeps_fifteen_days_on_an_encrypted_gp3_volume() -> None:
     assert claim["storageClassName"] == STORAGE_CLASS and claim["resources"]["requests"]["storage"] == "50Gi"
 
 
+def test_destroying_prometheus_deletes_its_volume_and_scaling_it_down_keeps_it() -> None:
+    """Kubernetes retains a StatefulSet's PVCs unless told otherwise: without the policy, every destroy leaks each
+    region's 50 GiB gp3 volume. Alertmanager has no volume claim at all (emptyDir), so nothing of its leaks."""
+    spec = stack().one("Prometheus")["spec"]
+    assert spec["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Delete", "whenScaled": "Retain"}
+    # The field is in the CRD the chart installs (operator v0.93.1), checked strictly: an unknown field would fail.
+    crd = yaml.safe_load((VENDORED_CHARTS / f"{PROMETHEUS_STACK[0]}-{PROMETHEUS_STACK[1]}" / "charts/crds/crds"
+                          / "crd-prometheuses.yaml").read_text())
+    (served,) = [v for v in crd["spec"]["versions"] if v["served"]]
+    schema = custom_resources._strict(served["schema"]["openAPIV3Schema"])
+    jsonschema.Draft7Validator(schema).validate(stack().one("Prometheus"))
+    alertmanager = stack().one("Alertmanager")["spec"]
+    assert "storage" not in alertmanager or "volumeClaimTemplate" not in alertmanager["storage"]
+
+
 def test_control_plane_components_eks_hides_are_not_scraped() -> None:
     names = {m["metadata"]["name"] for m in stack().all("ServiceMonitor")}
     for hidden in ("kube-scheduler", "kube-controller-manager", "kube-etcd", "kube-proxy"):
