@@ -151,6 +151,29 @@ def test_the_metric_check_catches_a_misspelt_metric_and_a_broken_query() -> None
         metric_names("sum(rate(llmp_gateway_requests_total[5m])")
 
 
+def _xid_selections(node: Any, inside: str | None = None) -> list[str | None]:
+    """For every selection of the XID gauge in a parsed query: the function it is an argument of (None: none)."""
+    if type(node).__name__ == "VectorSelector" and node.name == "DCGM_FI_DEV_XID_ERRORS":
+        return [inside]
+    if type(node).__name__ == "Call":
+        return [s for arg in node.args for s in _xid_selections(arg, node.func.name)]
+    found: list[str | None] = []
+    for attr in ("lhs", "rhs", "expr", "vector_selector"):
+        child = getattr(node, attr, None)
+        if type(child).__module__.startswith("promql_parser"):
+            found += _xid_selections(child, inside if attr == "vector_selector" else None)
+    return found
+
+
+def test_gpu_xid_error_fires_on_a_new_xid_and_resolves_when_none_came_for_ten_minutes() -> None:
+    """DCGM's XID field holds the last XID a GPU reported, not a count: an alert on its value alone never resolves.
+    The rule must look at the gauge's changes over a window, keeping the value only to show which XID it was."""
+    rule = next(r for g in alert_rules("us-east-1", 400_000, 4) for r in g["rules"] if r["alert"] == "GpuXidError")
+    assert _xid_selections(promql_parser.parse(rule["expr"])) == [None, "changes"]
+    assert "changes(DCGM_FI_DEV_XID_ERRORS[10m])" in rule["expr"]
+    assert _xid_selections(promql_parser.parse("max by (Hostname, gpu) (DCGM_FI_DEV_XID_ERRORS) > 0")) == [None]
+
+
 def test_budget_burn_compares_the_regions_projected_month_with_its_share_of_the_budget() -> None:
     rule = next(r for g in alert_rules("us-east-1", 400_000, 4) for r in g["rules"] if r["alert"] == "BudgetBurn")
     assert rule["expr"].endswith("* 2592000 > 100000.00")
