@@ -86,7 +86,8 @@ class RegionalStack:
                 pool=pool, node_role_name=self.karpenter.node_role.name,
                 subnet_ids=[self.network.private_subnet_by_zone[z] for z in zones],
                 zone_ids=zones, security_group_id=self.cluster.eks.vpc_config.cluster_security_group_id,
-                tags=tags, catalog=catalog, karpenter=self.karpenter.release),
+                tags=tags, catalog=catalog, karpenter=self.karpenter.release,
+                node_role_policies=self.karpenter.node_policies),
                 k8s, pulumi.ResourceOptions(parent=parent))
             for pool in region.pools
             for zones in [pool_zones(region, pool, system_type, catalog)]

@@ -180,9 +180,12 @@ class Karpenter(pulumi.ComponentResource):
         self.node_role = aws.iam.Role(f"{name}-karpenter-nodes", path=args.iam_path,
                                       description=f"llm-platform GPU nodes Karpenter launches in {cluster}",
                                       assume_role_policy=assume_role_policy("ec2.amazonaws.com"), opts=iam_child)
-        for short, arn in NODE_POLICIES.items():
+        # The NodePools depend on these (infra/components/node_pool.py): a node launches with its ECR, CNI and EKS
+        # worker permissions in place, and a destroy drains and terminates the pools' nodes before they go.
+        self.node_policies = [
             aws.iam.RolePolicyAttachment(f"{name}-karpenter-nodes-{short}", role=self.node_role.name,
                                          policy_arn=arn, opts=iam_child)
+            for short, arn in NODE_POLICIES.items()]
         # Authentication mode API: nodes Karpenter launches join only through an EC2_LINUX access entry
         # (EKS user guide grant-k8s-access.adoc, access entry types; Karpenter getting-started "Create the
         # EKS cluster" maps KarpenterNodeRole the same way).

@@ -63,6 +63,11 @@ class NodePoolArgs:
     # Karpenter's controller release: the pool is created after it and, on destroy, deleted before it, while the
     # controller still runs to drain and terminate the pool's nodes (its finalizers wait for that).
     karpenter: pulumi.Resource
+    # The node role's policy attachments: created before the pool, so its first node can pull images and set up pod
+    # networking (AmazonEC2ContainerRegistryReadOnly, AmazonEKS_CNI_Policy); deleted after it, so nodes being
+    # drained on a destroy keep them until Karpenter has terminated them. Pulumi orders only what depends_on names
+    # (the role's name alone is known before the attachments exist).
+    node_role_policies: list[pulumi.Resource]
 
 
 def node_labels(pool: Pool) -> dict[str, str]:
@@ -141,7 +146,8 @@ class NodePool(pulumi.ComponentResource):
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("llm-platform:compute:NodePool", name, None, opts)
         pool = args.pool
-        child = pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=[args.karpenter])
+        after = [args.karpenter, *args.node_role_policies]
+        child = pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=after)
         self.node_class = k8s.apiextensions.CustomResource(
             f"{name}-nodeclass", api_version=NODECLASS_API, kind="EC2NodeClass",
             metadata=k8s.meta.v1.ObjectMetaArgs(name=pool.name),
@@ -153,5 +159,5 @@ class NodePool(pulumi.ComponentResource):
             metadata=k8s.meta.v1.ObjectMetaArgs(name=pool.name,
                                                 annotations={MIN_NODES_ANNOTATION: str(pool.min_nodes)}),
             spec=nodepool_spec(pool, pool.name, args.zone_ids, args.catalog),
-            opts=pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=[args.karpenter, self.node_class]))
+            opts=pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=[*after, self.node_class]))
         self.register_outputs({"node_pool": pool.name})
