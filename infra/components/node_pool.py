@@ -2,6 +2,7 @@
 there, bounded by limits from max_nodes."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +68,7 @@ class NodePoolArgs:
     # networking (AmazonEC2ContainerRegistryReadOnly, AmazonEKS_CNI_Policy); deleted after it, so nodes being
     # drained on a destroy keep them until Karpenter has terminated them. Pulumi orders only what depends_on names
     # (the role's name alone is known before the attachments exist).
-    node_role_policies: list[pulumi.Resource]
+    node_role_policies: Sequence[pulumi.Resource]
 
 
 def node_labels(pool: Pool) -> dict[str, str]:
