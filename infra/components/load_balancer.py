@@ -14,6 +14,7 @@ import pulumi_kubernetes as k8s
 
 from infra.components.cluster import SYSTEM_POOL
 from infra.components.gateway import irsa_trust_policy
+from infra.components.releases import helm_release
 from infra.scheduling import POOL_LABEL
 
 # The newest stable release when pinned: chart 3.5.0 (app v3.5.0) in https://aws.github.io/eks-charts, from
@@ -119,15 +120,13 @@ class LoadBalancerController(pulumi.ComponentResource):
                                     policy=json.dumps(upstream_policy()), opts=on_iam)
         fence = aws.iam.RolePolicy(f"{name}-lb-controller-region", role=self.role.name,
                                    policy=json.dumps(region_fence(args.region)), opts=on_iam)
-        chart, version, repo = CONTROLLER_CHART
-        self.release = k8s.helm.v3.Release(
-            f"{name}-{chart}", name=chart, chart=chart, version=version,
-            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=repo), namespace=CONTROLLER_NAMESPACE,
-            atomic=True,
-            values=controller_values(cluster_name=args.cluster_name, region=args.region, vpc_id=args.vpc_id,
-                                     role_arn=self.role.arn),
+        self.release = helm_release(
+            f"{name}-{CONTROLLER_CHART[0]}", CONTROLLER_CHART, CONTROLLER_NAMESPACE,
+            controller_values(cluster_name=args.cluster_name, region=args.region, vpc_id=args.vpc_id,
+                              role_arn=self.role.arn),
             # The pods start with the role; its permissions must be there by the first reconcile.
-            opts=pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=[grants, fence]))
+            pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=[grants, fence]),
+            create_namespace=False)
         self.register_outputs({"role_arn": self.role.arn})
 
 

@@ -14,6 +14,7 @@ import pulumi_kubernetes as k8s
 
 from infra.alert_rules import alert_rules
 from infra.components.gateway import irsa_trust_policy
+from infra.components.releases import helm_release
 from infra.config import ROOT
 from infra.scheduling import GPU_TAINT_KEY, POOL_LABEL, SPOT_TAINT_KEY
 
@@ -242,19 +243,14 @@ class Monitoring(pulumi.ComponentResource):
             f"{name}-alertmanager-publish", role=self.alertmanager_role.name,
             policy=self.topic.arn.apply(lambda arn: json.dumps(alert_publish_policy(arn))), opts=iam_child)
 
-        self.stack = k8s.helm.v3.Release(
-            f"{name}-prometheus-stack", name=RELEASE, chart=PROMETHEUS_STACK[0], version=PROMETHEUS_STACK[1],
-            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=PROMETHEUS_STACK[2]),
-            namespace=NAMESPACE, create_namespace=True, atomic=True,
-            values=prometheus_stack_values(args, self.topic.arn, self.alertmanager_role.arn),
-            opts=pulumi.ResourceOptions(parent=self, provider=kubernetes,
-                                        depends_on=[self.storage_class, publish]))
+        self.stack = helm_release(
+            f"{name}-prometheus-stack", PROMETHEUS_STACK, NAMESPACE,
+            prometheus_stack_values(args, self.topic.arn, self.alertmanager_role.arn),
+            pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=[self.storage_class, publish]),
+            release_name=RELEASE)
         # The exporter renders a ServiceMonitor: after the stack, which brings its CRD.
         after_crds = pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=[self.stack])
-        self.dcgm = k8s.helm.v3.Release(
-            f"{name}-dcgm-exporter", name=DCGM_EXPORTER[0], chart=DCGM_EXPORTER[0], version=DCGM_EXPORTER[1],
-            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=DCGM_EXPORTER[2]),
-            namespace=DCGM_NAMESPACE, create_namespace=True, atomic=True, values=dcgm_values(), opts=after_crds)
+        self.dcgm = helm_release(f"{name}-dcgm-exporter", DCGM_EXPORTER, DCGM_NAMESPACE, dcgm_values(), after_crds)
         self.dashboards = [
             k8s.core.v1.ConfigMap(
                 f"{name}-dashboard-{path.stem}",
