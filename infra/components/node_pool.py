@@ -45,7 +45,7 @@ TERMINATION_GRACE_SECONDS = VLLM_PRESTOP_SECONDS + VLLM_DRAIN_SECONDS + DRAIN_MA
 # replaced by drift (an AMI bump), one at a time within the budget.
 EXPIRE_AFTER = "720h"
 # An interactive pool gives back only empty nodes, ten minutes after their last replica went: moving a running
-# model means reloading tens of GiB of weights, and the HPA may want the node back at the next peak.
+# model means reloading tens of GiB of weights, and KEDA may scale the model out again at the next peak.
 INTERACTIVE_CONSOLIDATE_AFTER = "10m"
 # A spot batch pool may also repack underused nodes: batch work tolerates a restart, and spot bills by the node.
 BATCH_CONSOLIDATE_AFTER = "5m"
