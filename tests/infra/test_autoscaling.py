@@ -187,6 +187,10 @@ def test_only_a_batch_model_allowed_zero_replicas_idles_at_zero() -> None:
     assert batch["wake"] == {"gatewayNamespace": "llm-gateway", "alias": "qwen2-5-7b-batch", "window": "10m"}
     # A batch model whose config keeps a replica keeps it.
     next(m for m in raw["models"] if m["name"] == "qwen2-5-7b-batch")["replicas"]["min"] = 1
+    for region in raw["regions"]:  # and its pool keeps the node that replica needs (min_nodes is exactly the floor)
+        for pool in region["pools"]:
+            if pool["name"] == "batch":
+                pool["min_nodes"] = 1
     assert "idleReplicas" not in _autoscaling(raw, "qwen2-5-7b-batch")
     # An interactive model allowed zero still keeps one: a caller would wait minutes for a replica to load.
     raw = stack_raw("prod")
