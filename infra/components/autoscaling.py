@@ -80,8 +80,8 @@ class Autoscaling(pulumi.ComponentResource):
     """What scales replicas in one cluster: KEDA with its CRDs and admission webhook, and metrics-server.
 
     The API server reaches KEDA's webhooks (9443), its external metrics APIService (6443) and metrics-server's
-    resource metrics APIService (10250) on their pods through the EKS cluster security group, which the managed node
-    groups' launch templates leave on the nodes (https://docs.aws.amazon.com/eks/latest/userguide/sec-group-reqs.html).
+    resource metrics APIService (10250) on their pods through the EKS cluster security group, which the system node
+    group's launch template leaves on its nodes (https://docs.aws.amazon.com/eks/latest/userguide/sec-group-reqs.html).
 
     First create: both releases wait (atomic) for their pods, so a release that renders a ScaledObject and
     depends on this component finds KEDA's CRDs and webhook in place. Update: KEDA's CRDs move with the chart.
