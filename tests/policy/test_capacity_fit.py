@@ -84,7 +84,8 @@ def test_keda_and_metrics_server_pods_are_placed_on_the_system_nodes(prod_plan):
 
 def test_a_scaled_objects_replica_range_is_judged_like_an_hpas():
     """KEDA creates the HPA at run time from the ScaledObject: its minReplicaCount and maxReplicaCount (KEDA's
-    defaults 0 and 100) are the range; an idleReplicaCount below the floor is not what a woken model must fit."""
+    defaults 0 and 100) are the range; with an idleReplicaCount the workload rests there while its triggers read
+    zero, so that is its min (a batch model idling at zero), and once woken it scales up to its max."""
     def deployment(name: str) -> dict:
         return {"kind": "Deployment", "metadata": {"name": name},
                 "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "c"}]}}}}
@@ -95,7 +96,7 @@ def test_a_scaled_objects_replica_range_is_judged_like_an_hpas():
     pods = pod_templates([deployment("batch"), scaled("batch", idleReplicaCount=0, minReplicaCount=1,
                                                         maxReplicaCount=6),
                           deployment("bare"), scaled("bare"), deployment("fixed")], "us-east-1", "vllm", "llm-serving")
-    assert {p.name: (p.min_replicas, p.max_replicas) for p in pods} == {"batch": (1, 6), "bare": (0, 100),
+    assert {p.name: (p.min_replicas, p.max_replicas) for p in pods} == {"batch": (0, 6), "bare": (0, 100),
                                                                         "fixed": (1, 1)}
 
 
