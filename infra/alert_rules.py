@@ -20,6 +20,9 @@ from typing import Any
 
 from infra.chart_values import GATEWAY_NAMESPACE, GATEWAY_RELEASE
 
+# How long a GPU's new XID keeps GpuXidError firing.
+XID_WINDOW = "10m"
+
 # A month as Prometheus projects it: 30 days of the recent rate.
 MONTH_SECONDS = 30 * 24 * 3600
 # The GPU resource Karpenter reports usage and limits for (the device plugin's extended resource).
@@ -76,8 +79,15 @@ def alert_rules(region: str, monthly_budget_usd: float, regions: int) -> list[di
                  "10m", "warning",
                  "{{ $labels.model_name }} has more than " + str(VLLM_QUEUE_ALERT) +
                  " requests waiting on one replica for 10 minutes."),
+            # DCGM_FI_DEV_XID_ERRORS is a gauge of the LAST XID a GPU reported ("Value of the last XID error
+            # encountered", dcgm-exporter etc/default-counters.csv; DCGM dcgm_fields.h DCGM_FI_DEV_XID_ERRORS): it
+            # keeps that value until the driver reloads, so `> 0` alone would fire forever after one XID. The alert
+            # fires when a GPU reports a new XID (the gauge changed) and resolves 10 minutes after the last one;
+            # `and` keeps the left side's value, so $value is still the XID number. (An XID equal to the previous
+            # one leaves the gauge unchanged and is not seen: the first of a burst is what pages.)
             rule("GpuXidError",
-                 "max by (Hostname, gpu) (DCGM_FI_DEV_XID_ERRORS) > 0",
+                 f"max by (Hostname, gpu) (DCGM_FI_DEV_XID_ERRORS) > 0 and max by (Hostname, gpu) "
+                 f"(changes(DCGM_FI_DEV_XID_ERRORS[{XID_WINDOW}])) > 0",
                  "0m", "critical",
                  "GPU {{ $labels.gpu }} on {{ $labels.Hostname }} reported XID {{ $value }} "
                  "(NVIDIA's XID catalogue says which need a node drain)."),

@@ -145,9 +145,9 @@ def model_autoscaling(model: Model, min_replicas: int, max_replicas: int) -> dic
 
 
 def rollout_strategy(cfg: StackConfig, model: Model, region: Region, pool: Pool) -> dict[str, Any]:
-    """Surge only where the pool has room at the model's busiest: nodes stay at min_nodes (managed node groups
-    keep desired = min_nodes, and no node autoscaler runs), and the HPA may have scaled every model of the pool
-    to its ceiling (`replica_ranges`), so a surge replica needs GPUs beside all of them, or it waits Pending
+    """Surge only where the pool has room at the model's busiest: the pool's nodes at their most (max_nodes where
+    Karpenter grows the pool; min_nodes where no node autoscaler runs), and the HPA may have scaled every model of
+    the pool to its ceiling (`replica_ranges`), so a surge replica needs GPUs beside all of them, or it waits Pending
     forever and the rollout never finishes. On a full pool a replica goes first (maxUnavailable 1): while it
     reloads, the gateway routes to the model's other replicas, or to the other region of the zone.
 

@@ -6,7 +6,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.catalog import load_catalog
-from infra.chart_values import GATEWAY_NAMESPACE, GATEWAY_RELEASE, model_service_account_subjects
+from infra.chart_values import GATEWAY_RELEASE, model_service_account_subjects
 from infra.components.addons import ClusterAddons, ClusterAddonsArgs
 from infra.components.autoscaling import Autoscaling, AutoscalingArgs
 from infra.components.budget import StackBudget, StackBudgetArgs
@@ -86,7 +86,8 @@ class RegionalStack:
                 pool=pool, node_role_name=self.karpenter.node_role.name,
                 subnet_ids=[self.network.private_subnet_by_zone[z] for z in zones],
                 zone_ids=zones, security_group_id=self.cluster.eks.vpc_config.cluster_security_group_id,
-                tags=tags, catalog=catalog, karpenter=self.karpenter.release),
+                tags=tags, catalog=catalog, karpenter=self.karpenter.release,
+                node_role_policies=self.karpenter.node_policies),
                 k8s, pulumi.ResourceOptions(parent=parent))
             for pool in region.pools
             for zones in [pool_zones(region, pool, system_type, catalog)]
@@ -221,6 +222,6 @@ class Platform(pulumi.ComponentResource):
                     rs.cluster.kubernetes, iam,
                     pulumi.ResourceOptions(parent=self, depends_on=[rs.addons, rs.autoscaling, rs.monitoring.stack]))
                 dns.add_region(region_name, load_balancer_hostname(
-                    f"{region_name}-gateway-lb", GATEWAY_NAMESPACE, f"{GATEWAY_RELEASE}-public", gateway.release,
+                    f"{region_name}-gateway-lb", f"{GATEWAY_RELEASE}-public", gateway.release,
                     rs.cluster.kubernetes, gateway))
         self.register_outputs({"regions": list(regions), "domain": cfg.gateway.domain})

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
+from infra.components.releases import helm_release
 from infra.scheduling import GPU_TAINT_KEY, SPOT_TAINT_KEY
 
 DEVICE_PLUGIN = ("nvidia-device-plugin", "0.17.1", "https://nvidia.github.io/k8s-device-plugin")
@@ -24,15 +25,6 @@ class ClusterAddonsArgs:
     secrets_store: bool = False  # the model pods mount a secret from Secrets Manager
 
 
-def _release(name: str, chart: tuple[str, str, str], namespace: str, values: dict,
-             opts: pulumi.ResourceOptions) -> k8s.helm.v3.Release:
-    chart_name, version, repo = chart
-    return k8s.helm.v3.Release(
-        name, name=chart_name, chart=chart_name, version=version,
-        repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=repo),
-        namespace=namespace, create_namespace=True, atomic=True, values=values, opts=opts)
-
-
 class ClusterAddons(pulumi.ComponentResource):
     """Cluster services the model servers and the gateway rely on."""
 
@@ -42,11 +34,11 @@ class ClusterAddons(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self, provider=kubernetes)
         gpu_nodes = [{"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"},
                      {"key": SPOT_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}]
-        self.device_plugin = _release(f"{name}-nvidia-device-plugin", DEVICE_PLUGIN, "nvidia-device-plugin", {
+        self.device_plugin = helm_release(f"{name}-nvidia-device-plugin", DEVICE_PLUGIN, "nvidia-device-plugin", {
             # The plugin must run on every GPU node, spot ones included, whatever their taints.
             "tolerations": gpu_nodes,
         }, child)
-        self.secrets_store = _release(f"{name}-secrets-store", SECRETS_STORE_AWS, SECRETS_STORE_NAMESPACE, {
+        self.secrets_store = helm_release(f"{name}-secrets-store", SECRETS_STORE_AWS, SECRETS_STORE_NAMESPACE, {
             # The mount happens on the model pod's node: the provider must run on the tainted GPU nodes too
             # (the driver's DaemonSet tolerates every taint by default; the provider's tolerates none).
             "tolerations": gpu_nodes,

@@ -9,6 +9,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.components.cluster import SYSTEM_POOL
+from infra.components.releases import helm_release
 from infra.scheduling import POOL_LABEL
 
 # kedacore/charts tag v2.20.2 (commit cbb9bb8c), the newest release of the chart; the chart's appVersion is KEDA
@@ -75,21 +76,12 @@ class AutoscalingArgs:
     region: str
 
 
-def _release(name: str, chart: tuple[str, str, str], namespace: str, values: dict[str, Any],
-             opts: pulumi.ResourceOptions) -> k8s.helm.v3.Release:
-    chart_name, version, repo = chart
-    return k8s.helm.v3.Release(
-        name, name=chart_name, chart=chart_name, version=version,
-        repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=repo),
-        namespace=namespace, create_namespace=True, atomic=True, values=values, opts=opts)
-
-
 class Autoscaling(pulumi.ComponentResource):
     """What scales replicas in one cluster: KEDA with its CRDs and admission webhook, and metrics-server.
 
     The API server reaches KEDA's webhooks (9443), its external metrics APIService (6443) and metrics-server's
-    resource metrics APIService (10250) on their pods through the EKS cluster security group, which the managed node
-    groups' launch templates leave on the nodes (https://docs.aws.amazon.com/eks/latest/userguide/sec-group-reqs.html).
+    resource metrics APIService (10250) on their pods through the EKS cluster security group, which the system node
+    group's launch template leaves on its nodes (https://docs.aws.amazon.com/eks/latest/userguide/sec-group-reqs.html).
 
     First create: both releases wait (atomic) for their pods, so a release that renders a ScaledObject and
     depends on this component finds KEDA's CRDs and webhook in place. Update: KEDA's CRDs move with the chart.
@@ -101,8 +93,8 @@ class Autoscaling(pulumi.ComponentResource):
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("llm-platform:cluster:Autoscaling", name, None, opts)
         child = pulumi.ResourceOptions(parent=self, provider=kubernetes)
-        self.keda = _release(f"{name}-keda", KEDA, KEDA_NAMESPACE, keda_values(), child)
-        self.metrics_server = _release(f"{name}-metrics-server", METRICS_SERVER, METRICS_SERVER_NAMESPACE,
-                                       metrics_server_values(), child)
+        self.keda = helm_release(f"{name}-keda", KEDA, KEDA_NAMESPACE, keda_values(), child)
+        self.metrics_server = helm_release(f"{name}-metrics-server", METRICS_SERVER, METRICS_SERVER_NAMESPACE,
+                                             metrics_server_values(), child)
         self.register_outputs({"keda": self.keda.status, "metrics_server": self.metrics_server.status,
                                "prometheus_url": PROMETHEUS_URL})

@@ -13,6 +13,7 @@ import pulumi_kubernetes as k8s
 from infra.components.cluster import NODE_POLICIES, assume_role_policy
 from infra.components.gateway import irsa_trust_policy
 from infra.components.providers import child_opts
+from infra.components.releases import helm_release
 from infra.scheduling import POOL_LABEL
 
 # The newest stable release (github.com/aws/karpenter-provider-aws tag v1.14.1, 2026-08-20; charts/karpenter and
@@ -180,9 +181,12 @@ class Karpenter(pulumi.ComponentResource):
         self.node_role = aws.iam.Role(f"{name}-karpenter-nodes", path=args.iam_path,
                                       description=f"llm-platform GPU nodes Karpenter launches in {cluster}",
                                       assume_role_policy=assume_role_policy("ec2.amazonaws.com"), opts=iam_child)
-        for short, arn in NODE_POLICIES.items():
+        # The NodePools depend on these (infra/components/node_pool.py): a node launches with its ECR, CNI and EKS
+        # worker permissions in place, and a destroy drains and terminates the pools' nodes before they go.
+        self.node_policies = [
             aws.iam.RolePolicyAttachment(f"{name}-karpenter-nodes-{short}", role=self.node_role.name,
                                          policy_arn=arn, opts=iam_child)
+            for short, arn in NODE_POLICIES.items()]
         # Authentication mode API: nodes Karpenter launches join only through an EC2_LINUX access entry
         # (EKS user guide grant-k8s-access.adoc, access entry types; Karpenter getting-started "Create the
         # EKS cluster" maps KarpenterNodeRole the same way).
@@ -220,14 +224,13 @@ class Karpenter(pulumi.ComponentResource):
         k8s_child = pulumi.ResourceOptions(parent=self, provider=kubernetes)
         # CRDs through their own chart, so an upgrade updates them (Helm never upgrades a chart's crds/
         # directory: Karpenter upgrade guide, "CRD Upgrades").
-        self.crds = k8s.helm.v3.Release(
-            f"{name}-karpenter-crd", name="karpenter-crd", chart=CRD_CHART, version=VERSION, namespace=NAMESPACE,
-            atomic=True, values={"additionalAnnotations": {}},
-            opts=pulumi.ResourceOptions.merge(k8s_child, pulumi.ResourceOptions(depends_on=after)))
-        self.release = k8s.helm.v3.Release(
-            f"{name}-karpenter", name="karpenter", chart=CHART, version=VERSION, namespace=NAMESPACE,
-            atomic=True, skip_crds=True,
-            values=controller_values(cluster, self.queue.name, self.role.arn, args.system_nodes),
-            opts=pulumi.ResourceOptions.merge(k8s_child, pulumi.ResourceOptions(
-                depends_on=[self.crds, self.policy, self.access_entry, *after])))
+        self.crds = helm_release(
+            f"{name}-karpenter-crd", (CRD_CHART, VERSION, ""), NAMESPACE, {"additionalAnnotations": {}},
+            pulumi.ResourceOptions.merge(k8s_child, pulumi.ResourceOptions(depends_on=after)), create_namespace=False)
+        self.release = helm_release(
+            f"{name}-karpenter", (CHART, VERSION, ""), NAMESPACE,
+            controller_values(cluster, self.queue.name, self.role.arn, args.system_nodes),
+            pulumi.ResourceOptions.merge(k8s_child, pulumi.ResourceOptions(
+                depends_on=[self.crds, self.policy, self.access_entry, *after])),
+            create_namespace=False, skip_crds=True)
         self.register_outputs({"queue": self.queue.name, "role": self.role.arn, "node_role": self.node_role.arn})

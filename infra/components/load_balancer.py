@@ -14,6 +14,7 @@ import pulumi_kubernetes as k8s
 
 from infra.components.cluster import SYSTEM_POOL
 from infra.components.gateway import irsa_trust_policy
+from infra.components.releases import helm_release
 from infra.scheduling import POOL_LABEL
 
 # The newest stable release when pinned: chart 3.5.0 (app v3.5.0) in https://aws.github.io/eks-charts, from
@@ -119,27 +120,31 @@ class LoadBalancerController(pulumi.ComponentResource):
                                     policy=json.dumps(upstream_policy()), opts=on_iam)
         fence = aws.iam.RolePolicy(f"{name}-lb-controller-region", role=self.role.name,
                                    policy=json.dumps(region_fence(args.region)), opts=on_iam)
-        chart, version, repo = CONTROLLER_CHART
-        self.release = k8s.helm.v3.Release(
-            f"{name}-{chart}", name=chart, chart=chart, version=version,
-            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=repo), namespace=CONTROLLER_NAMESPACE,
-            atomic=True,
-            values=controller_values(cluster_name=args.cluster_name, region=args.region, vpc_id=args.vpc_id,
-                                     role_arn=self.role.arn),
+        self.release = helm_release(
+            f"{name}-{CONTROLLER_CHART[0]}", CONTROLLER_CHART, CONTROLLER_NAMESPACE,
+            controller_values(cluster_name=args.cluster_name, region=args.region, vpc_id=args.vpc_id,
+                              role_arn=self.role.arn),
             # The pods start with the role; its permissions must be there by the first reconcile.
-            opts=pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=[grants, fence]))
+            pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=[grants, fence]),
+            create_namespace=False)
         self.register_outputs({"role_arn": self.role.arn})
 
 
-def load_balancer_hostname(name: str, namespace: str, service: str, release: pulumi.Resource,
+def load_balancer_hostname(name: str, service: str, release: k8s.helm.v3.Release,
                            kubernetes: k8s.Provider, parent: pulumi.Resource) -> pulumi.Output[str]:
     """The NLB's hostname from the Service's status, read once the release that made the Service is done (an
     atomic release waits for a LoadBalancer Service to have its ingress: helm pkg/kube/ready.go
     serviceReady)."""
+    # The read's id comes from the release's own output, not a literal with depends_on: `depends_on` does not defer
+    # a `.get` at preview (pulumi/pulumi#16395, pulumi/pulumi-kubernetes#2789 "Preview failed: resource ... does not
+    # exist"), so a stack whose cluster exists but whose Service does not yet would fail its preview. While the
+    # release is created or changed its status is unknown at preview, so is the id, and the engine skips the read
+    # and leaves its outputs unknown (pulumi/pulumi#1124 "Skip reading unknown IDs"; pkg/resource/deploy/step.go
+    # ReadStep). At `up` the id resolves once the release is done, so the read also waits for it.
+    service_id = release.status.apply(lambda status: f"{status.namespace}/{service}")
     read = k8s.core.v1.Service.get(
-        name, f"{namespace}/{service}",
-        opts=pulumi.ResourceOptions(parent=parent, provider=kubernetes, depends_on=[release]))
-    return read.status.apply(lambda status: _hostname(status, f"{namespace}/{service}"))
+        name, service_id, opts=pulumi.ResourceOptions(parent=parent, provider=kubernetes, depends_on=[release]))
+    return read.status.apply(lambda status: service_id.apply(lambda sid: _hostname(status, sid)))
 
 
 def _hostname(status: k8s.core.v1.outputs.ServiceStatus | None, service: str) -> str:

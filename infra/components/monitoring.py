@@ -14,6 +14,7 @@ import pulumi_kubernetes as k8s
 
 from infra.alert_rules import alert_rules
 from infra.components.gateway import irsa_trust_policy
+from infra.components.releases import helm_release
 from infra.config import ROOT
 from infra.scheduling import GPU_TAINT_KEY, POOL_LABEL, SPOT_TAINT_KEY
 
@@ -42,6 +43,7 @@ STORAGE_CLASS = "gp3-encrypted"
 RETENTION = "15d"
 VOLUME_GIB = 50
 RETENTION_SIZE = "40GB"
+PVC_RETENTION = {"whenDeleted": "Delete", "whenScaled": "Retain"}
 KARPENTER_RELEASE = ("kube-system", "karpenter")  # where the karpenter branch installs it; metrics on 8080
 SYSTEM_POOL = "system"
 GPU_TOLERATIONS = [{"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"},
@@ -104,6 +106,14 @@ def prometheus_stack_values(args: MonitoringArgs, topic_arn: Any, alertmanager_r
             "evaluationInterval": "15s",
             "retention": RETENTION,
             "retentionSize": RETENTION_SIZE,
+            # The StatefulSet's PVC goes with it (Kubernetes keeps a StatefulSet's PVCs by default; the policy is GA
+            # since 1.32: https://kubernetes.io/docs/concepts/workloads/controllers/statefulset/
+            # #persistentvolumeclaim-retention), and with the PVC its 50 GiB gp3 volume (the StorageClass's
+            # reclaimPolicy Delete): a destroy or a
+            # removed region leaks no volume. A scale-down keeps it, so scaling back up finds the data. The field is
+            # in the Prometheus CRD of operator v0.93.1 (the chart's crd-prometheuses.yaml), which the operator copies
+            # onto the StatefulSet.
+            "persistentVolumeClaimRetentionPolicy": PVC_RETENTION,
             "storageSpec": {"volumeClaimTemplate": {"spec": {
                 "storageClassName": STORAGE_CLASS, "accessModes": ["ReadWriteOnce"],
                 "resources": {"requests": {"storage": f"{VOLUME_GIB}Gi"}}}}},
@@ -111,6 +121,9 @@ def prometheus_stack_values(args: MonitoringArgs, topic_arn: Any, alertmanager_r
         "alertmanager": {
             "serviceAccount": {"create": True, "name": ALERTMANAGER_SERVICE_ACCOUNT,
                                "annotations": {"eks.amazonaws.com/role-arn": alertmanager_role_arn}},
+            # No `storage`: Alertmanager keeps its silences and notification log on an emptyDir (the chart's
+            # alertmanagerSpec.storage is {}), so it has no PVC to leak; a restart forgets silences, which live in
+            # the alert rules' `for` windows here, not in hand-made silences.
             "alertmanagerSpec": _on_system_nodes({"requests": {"cpu": "50m", "memory": "128Mi"},
                                                   "limits": {"memory": "256Mi"}}),
             "config": alertmanager_config(args.region, topic_arn),
@@ -230,19 +243,14 @@ class Monitoring(pulumi.ComponentResource):
             f"{name}-alertmanager-publish", role=self.alertmanager_role.name,
             policy=self.topic.arn.apply(lambda arn: json.dumps(alert_publish_policy(arn))), opts=iam_child)
 
-        self.stack = k8s.helm.v3.Release(
-            f"{name}-prometheus-stack", name=RELEASE, chart=PROMETHEUS_STACK[0], version=PROMETHEUS_STACK[1],
-            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=PROMETHEUS_STACK[2]),
-            namespace=NAMESPACE, create_namespace=True, atomic=True,
-            values=prometheus_stack_values(args, self.topic.arn, self.alertmanager_role.arn),
-            opts=pulumi.ResourceOptions(parent=self, provider=kubernetes,
-                                        depends_on=[self.storage_class, publish]))
+        self.stack = helm_release(
+            f"{name}-prometheus-stack", PROMETHEUS_STACK, NAMESPACE,
+            prometheus_stack_values(args, self.topic.arn, self.alertmanager_role.arn),
+            pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=[self.storage_class, publish]),
+            release_name=RELEASE)
         # The exporter renders a ServiceMonitor: after the stack, which brings its CRD.
         after_crds = pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=[self.stack])
-        self.dcgm = k8s.helm.v3.Release(
-            f"{name}-dcgm-exporter", name=DCGM_EXPORTER[0], chart=DCGM_EXPORTER[0], version=DCGM_EXPORTER[1],
-            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=DCGM_EXPORTER[2]),
-            namespace=DCGM_NAMESPACE, create_namespace=True, atomic=True, values=dcgm_values(), opts=after_crds)
+        self.dcgm = helm_release(f"{name}-dcgm-exporter", DCGM_EXPORTER, DCGM_NAMESPACE, dcgm_values(), after_crds)
         self.dashboards = [
             k8s.core.v1.ConfigMap(
                 f"{name}-dashboard-{path.stem}",

@@ -2,6 +2,7 @@
 there, bounded by limits from max_nodes."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +45,7 @@ TERMINATION_GRACE_SECONDS = VLLM_PRESTOP_SECONDS + VLLM_DRAIN_SECONDS + DRAIN_MA
 # replaced by drift (an AMI bump), one at a time within the budget.
 EXPIRE_AFTER = "720h"
 # An interactive pool gives back only empty nodes, ten minutes after their last replica went: moving a running
-# model means reloading tens of GiB of weights, and the HPA may want the node back at the next peak.
+# model means reloading tens of GiB of weights, and KEDA may scale the model out again at the next peak.
 INTERACTIVE_CONSOLIDATE_AFTER = "10m"
 # A spot batch pool may also repack underused nodes: batch work tolerates a restart, and spot bills by the node.
 BATCH_CONSOLIDATE_AFTER = "5m"
@@ -63,6 +64,11 @@ class NodePoolArgs:
     # Karpenter's controller release: the pool is created after it and, on destroy, deleted before it, while the
     # controller still runs to drain and terminate the pool's nodes (its finalizers wait for that).
     karpenter: pulumi.Resource
+    # The node role's policy attachments: created before the pool, so its first node can pull images and set up pod
+    # networking (AmazonEC2ContainerRegistryReadOnly, AmazonEKS_CNI_Policy); deleted after it, so nodes being
+    # drained on a destroy keep them until Karpenter has terminated them. Pulumi orders only what depends_on names
+    # (the role's name alone is known before the attachments exist).
+    node_role_policies: Sequence[pulumi.Resource]
 
 
 def node_labels(pool: Pool) -> dict[str, str]:
@@ -141,7 +147,8 @@ class NodePool(pulumi.ComponentResource):
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("llm-platform:compute:NodePool", name, None, opts)
         pool = args.pool
-        child = pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=[args.karpenter])
+        after = [args.karpenter, *args.node_role_policies]
+        child = pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=after)
         self.node_class = k8s.apiextensions.CustomResource(
             f"{name}-nodeclass", api_version=NODECLASS_API, kind="EC2NodeClass",
             metadata=k8s.meta.v1.ObjectMetaArgs(name=pool.name),
@@ -153,5 +160,5 @@ class NodePool(pulumi.ComponentResource):
             metadata=k8s.meta.v1.ObjectMetaArgs(name=pool.name,
                                                 annotations={MIN_NODES_ANNOTATION: str(pool.min_nodes)}),
             spec=nodepool_spec(pool, pool.name, args.zone_ids, args.catalog),
-            opts=pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=[args.karpenter, self.node_class]))
+            opts=pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=[*after, self.node_class]))
         self.register_outputs({"node_pool": pool.name})

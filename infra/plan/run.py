@@ -62,16 +62,18 @@ class _Errors(logging.Handler):
 
 
 def run_program(raw: dict[str, Any], stack: str, source: str = "<config>", on: date | None = None,
-                mocks: PlanMocks | None = None, observe: pulumi.ResourceTransformation | None = None) -> Plan:
+                mocks: PlanMocks | None = None, observe: pulumi.ResourceTransformation | None = None,
+                preview: bool = False) -> Plan:
     """Validate `raw` (llm-platform:* values), then run the program on it under mocks (`mocks` records
     what was created, and may play a cloud that refuses some of it; `observe` sees every resource's
-    options, which the mock engine does not record); `on` is the plan's date (default: today)."""
+    options, which the mock engine does not record); `on` is the plan's date (default: today); `preview`
+    runs it as `pulumi preview` does (outputs a mock leaves unknown stay unknown, applies on them do not run)."""
     cfg = parse(raw, stack, source)  # raises ConfigError before anything runs
     # The engine runs on the thread's current loop; give it one of its own, whatever ran before.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        plan = _run(raw, cfg, stack, mocks or PlanMocks(), observe)
+        plan = _run(raw, cfg, stack, mocks or PlanMocks(), observe, preview)
     finally:
         asyncio.set_event_loop(None)
         loop.close()
@@ -81,13 +83,13 @@ def run_program(raw: dict[str, Any], stack: str, source: str = "<config>", on: d
 
 
 def _run(raw: dict[str, Any], cfg: StackConfig, stack: str, mocks: PlanMocks,
-         observe: pulumi.ResourceTransformation | None) -> Plan:
+         observe: pulumi.ResourceTransformation | None, preview: bool) -> Plan:
     errors = _Errors()
     logger = logging.getLogger(f"llm-platform.plan.{stack}")
     logger.addHandler(errors)
     logger.propagate = False
     pulumi.runtime.set_all_config(to_pulumi_config(raw))
-    pulumi_mocks.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, logger=logger)
+    pulumi_mocks.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview, logger=logger)
     pulumi_settings.SETTINGS.rpc_manager.clear()
     pulumi_settings.SETTINGS.outputs.clear()
     try:

@@ -336,6 +336,11 @@ BAD_VALUES = {
                                          "/service/loadBalancer/sslPolicy"),
     "a tag value that would split the annotation": ({"service": {"loadBalancer": {"tags": {"team": "a,b=c"}}}},
                                                     "/service/loadBalancer/tags/team"),
+    # Helm's schema error names a bad property name, not its path.
+    "a tag key with a comma": ({"service": {"loadBalancer": {"tags": {"team,cost": "a"}}}}, "'team,cost'"),
+    "a tag key with an equals sign": ({"service": {"loadBalancer": {"tags": {"team=a": "b"}}}}, "'team=a'"),
+    "a tag value with an equals sign": ({"service": {"loadBalancer": {"tags": {"team": "a=b"}}}},
+                                        "/service/loadBalancer/tags/team"),
     "an unpinned image": ({"image": {"tag": "latest"}}, "/image/tag"),
     "config that is not a mapping": ({"config": "models: []"}, "/config"),
     "a misspelt key": ({"replicas": 3}, "'replicas'"),

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from infra.catalog import load_catalog
 from infra.chart_values import GATEWAY_CHART, VLLM_CHART
 from infra.components.providers import TAG_PROJECT, TAG_REGION, TAG_RESIDENCY, TAG_STACK
+from infra.components.releases import helm_release
 from infra.plan.mocks import GLOBAL
 from infra.plan.run import Plan
 from infra.scheduling import CAPACITY_LABEL, GPU_RESOURCE, POOL_LABEL
@@ -440,3 +442,19 @@ def test_operators_administer_every_cluster_through_access_entries(prod_plan: Pl
     for g in grants:
         assert g.inputs["policyArn"] == "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
         assert g.inputs["accessScope"] == {"type": "cluster"}
+
+
+def test_every_third_party_chart_is_installed_atomically_at_its_pinned_version(prod_plan: Plan) -> None:
+    """One helper (infra/components/releases.py) installs every add-on chart; the project's own charts (the gateway,
+    the model servers) are installed from the repository. A component with a release helper of its own is the
+    duplication this guards against."""
+    components = Path(helm_release.__code__.co_filename).parent
+    own = {p.name for p in components.glob("*.py") if "k8s.helm.v3.Release(" in p.read_text()}
+    assert own == {"releases.py", "gateway.py", "model_serving.py"}
+    third_party = [r for r in prod_plan.of_type("kubernetes:helm.sh/v3:Release")
+                   if r.inputs["chart"] not in (GATEWAY_CHART, VLLM_CHART) and not r.inputs["chart"].startswith("/")]
+    assert len(third_party) >= 9 * 4
+    for release in third_party:
+        assert release.inputs["atomic"] is True and release.inputs["version"], release.name
+        chart = release.inputs["chart"]
+        assert chart.startswith("oci://") or release.inputs["repositoryOpts"]["repo"].startswith("https://"), chart

@@ -11,6 +11,7 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
+from infra.components.cluster import NODE_POLICIES
 from infra.components.karpenter import CHART, CRD_CHART, INTERRUPTION_EVENTS, VERSION, controller_policy
 from infra.components.node_pool import AMI_ALIAS, TERMINATION_GRACE_SECONDS
 from infra.config import ROOT
@@ -247,6 +248,20 @@ def test_pools_are_created_after_and_deleted_before_the_controller() -> None:
             assert f"{name}-nodeclass" in _names(opts.depends_on), name
     controller = seen[(RELEASE, "us-east-1-karpenter")]
     assert {"us-east-1-karpenter-crd", "us-east-1-karpenter", "us-east-1-system"} <= _names(controller.depends_on)
+
+
+def test_pools_are_created_after_and_deleted_before_their_nodes_role_policies() -> None:
+    """A node Karpenter launches needs its role's ECR, CNI and worker policies from its first second, and keeps them
+    while a destroy drains it: every NodePool and EC2NodeClass depends on each of the node role's attachments."""
+    seen = _options(stack_raw("prod"))
+    attachments = {name for (typ, name) in seen if typ == "aws:iam/rolePolicyAttachment:RolePolicyAttachment"}
+    pools = [(name, opts) for (typ, name), opts in seen.items() if typ in (NODE_POOL, NODE_CLASS)]
+    assert pools
+    for name, opts in pools:
+        region = name.split("-h100")[0].split("-mid")[0].split("-batch")[0]
+        wanted = {a for a in attachments if a.startswith(f"{region}-karpenter-nodes-")}
+        assert len(wanted) == len(NODE_POLICIES), (region, wanted)
+        assert wanted <= _names(opts.depends_on), name
 
 
 def test_a_pools_size_change_patches_its_nodepool_in_place() -> None:

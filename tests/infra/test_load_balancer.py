@@ -11,6 +11,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pytest
 from moto import mock_aws
+from pulumi.runtime.rpc import UNKNOWN
 
 from infra.chart_values import GATEWAY_NAMESPACE
 from infra.components.gateway import (
@@ -31,6 +32,7 @@ from infra.components.load_balancer import (
 from infra.components.network import public_subnet_cidrs
 from infra.config import ROOT
 from infra.plan.manifests import VENDORED_CHARTS
+from infra.plan.mocks import PlanMocks
 from infra.plan.run import Plan, run_program
 from tests.charts.rendering import KUBE_VERSION, render
 from tests.stacks import stack_raw
@@ -252,8 +254,42 @@ def test_the_release_waits_long_enough_for_every_replica_to_become_a_healthy_tar
 @pytest.mark.parametrize("region", PROD_REGIONS)
 def test_dns_reads_the_nlb_hostname_from_the_gateways_public_service_after_its_release(options, region) -> None:
     read = options[("kubernetes:core/v1:Service", f"{region}-gateway-lb")]
-    assert read.id == "llm-gateway/gateway-public"
+    # An Output of the release (a literal id with depends_on would be read at preview, before the Service exists).
+    assert isinstance(read.id, pulumi.Output)
     assert _names(read.depends_on) == {f"{region}-gateway"}
+
+
+class _ServiceReads(PlanMocks):
+    """Records the id of every Service the program reads. `creating_gateway` plays `pulumi preview` of a stack whose
+    gateway release is being created (or changed): the provider leaves its status unknown until the apply."""
+
+    def __init__(self, creating_gateway: bool) -> None:
+        super().__init__()
+        self.creating_gateway = creating_gateway
+        self.service_reads: dict[str, str] = {}
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
+        if args.typ == "kubernetes:core/v1:Service" and args.resource_id:
+            self.service_reads[args.name] = args.resource_id
+        rid, state = super().new_resource(args)
+        if self.creating_gateway and args.typ == RELEASE and args.inputs.get("name") == "gateway":
+            state = {**state, "status": UNKNOWN}
+        return rid, state
+
+
+def test_preview_skips_reading_the_service_while_the_gateway_release_is_created() -> None:
+    """On the prod stack whose cluster exists but whose gateway-public Service does not yet, preview must not read
+    the Service: its id derives from the release's status, unknown while the release is created or changed, and the
+    engine skips reads of unknown ids (pulumi/pulumi#1124) instead of failing "resource ... does not exist"."""
+    mocks = _ServiceReads(creating_gateway=True)
+    run_program(stack_raw("prod"), "prod", mocks=mocks, preview=True)
+    assert mocks.service_reads == {f"{region}-gateway-lb": UNKNOWN for region in PROD_REGIONS}
+
+
+def test_up_reads_the_service_in_the_namespace_the_release_reports() -> None:
+    mocks = _ServiceReads(creating_gateway=False)
+    run_program(stack_raw("prod"), "prod", mocks=mocks)
+    assert mocks.service_reads == {f"{region}-gateway-lb": "llm-gateway/gateway-public" for region in PROD_REGIONS}
 
 
 def test_every_regional_name_points_at_its_own_regions_nlb(prod_plan: Plan) -> None:

@@ -151,6 +151,29 @@ def test_the_metric_check_catches_a_misspelt_metric_and_a_broken_query() -> None
         metric_names("sum(rate(llmp_gateway_requests_total[5m])")
 
 
+def _xid_selections(node: Any, inside: str | None = None) -> list[str | None]:
+    """For every selection of the XID gauge in a parsed query: the function it is an argument of (None: none)."""
+    if type(node).__name__ == "VectorSelector" and node.name == "DCGM_FI_DEV_XID_ERRORS":
+        return [inside]
+    if type(node).__name__ == "Call":
+        return [s for arg in node.args for s in _xid_selections(arg, node.func.name)]
+    found: list[str | None] = []
+    for attr in ("lhs", "rhs", "expr", "vector_selector"):
+        child = getattr(node, attr, None)
+        if type(child).__module__.startswith("promql_parser"):
+            found += _xid_selections(child, inside if attr == "vector_selector" else None)
+    return found
+
+
+def test_gpu_xid_error_fires_on_a_new_xid_and_resolves_when_none_came_for_ten_minutes() -> None:
+    """DCGM's XID field holds the last XID a GPU reported, not a count: an alert on its value alone never resolves.
+    The rule must look at the gauge's changes over a window, keeping the value only to show which XID it was."""
+    rule = next(r for g in alert_rules("us-east-1", 400_000, 4) for r in g["rules"] if r["alert"] == "GpuXidError")
+    assert _xid_selections(promql_parser.parse(rule["expr"])) == [None, "changes"]
+    assert "changes(DCGM_FI_DEV_XID_ERRORS[10m])" in rule["expr"]
+    assert _xid_selections(promql_parser.parse("max by (Hostname, gpu) (DCGM_FI_DEV_XID_ERRORS) > 0")) == [None]
+
+
 def test_budget_burn_compares_the_regions_projected_month_with_its_share_of_the_budget() -> None:
     rule = next(r for g in alert_rules("us-east-1", 400_000, 4) for r in g["rules"] if r["alert"] == "BudgetBurn")
     assert rule["expr"].endswith("* 2592000 > 100000.00")
@@ -206,6 +229,21 @@ def test_prometheus_keeps_fifteen_days_on_an_encrypted_gp3_volume() -> None:
     assert spec["retention"] == "15d" and spec["retentionSize"] == "40GB"
     claim = spec["storage"]["volumeClaimTemplate"]["spec"]
     assert claim["storageClassName"] == STORAGE_CLASS and claim["resources"]["requests"]["storage"] == "50Gi"
+
+
+def test_destroying_prometheus_deletes_its_volume_and_scaling_it_down_keeps_it() -> None:
+    """Kubernetes retains a StatefulSet's PVCs unless told otherwise: without the policy, every destroy leaks each
+    region's 50 GiB gp3 volume. Alertmanager has no volume claim at all (emptyDir), so nothing of its leaks."""
+    spec = stack().one("Prometheus")["spec"]
+    assert spec["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Delete", "whenScaled": "Retain"}
+    # The field is in the CRD the chart installs (operator v0.93.1), checked strictly: an unknown field would fail.
+    crd = yaml.safe_load((VENDORED_CHARTS / f"{PROMETHEUS_STACK[0]}-{PROMETHEUS_STACK[1]}" / "charts/crds/crds"
+                          / "crd-prometheuses.yaml").read_text())
+    (served,) = [v for v in crd["spec"]["versions"] if v["served"]]
+    schema = custom_resources._strict(served["schema"]["openAPIV3Schema"])
+    jsonschema.Draft7Validator(schema).validate(stack().one("Prometheus"))
+    alertmanager = stack().one("Alertmanager")["spec"]
+    assert "storage" not in alertmanager or "volumeClaimTemplate" not in alertmanager["storage"]
 
 
 def test_control_plane_components_eks_hides_are_not_scraped() -> None:

@@ -15,7 +15,15 @@ from infra.plan.manifests import render_release
 from infra.policy.rules import PolicyConfig, Resources, capacity
 from infra.policy.rules.workloads import Request, pod_request, pod_templates, rollout_fenceposts
 from infra.sizing import installs_node_autoscaler
-from tests.policy.helpers import assert_rejected, find, mutated, result, result_of_resources, stack_raw
+from tests.policy.helpers import (
+    assert_passes,
+    assert_rejected,
+    find,
+    mutated,
+    result,
+    result_of_resources,
+    stack_raw,
+)
 from tests.stacks import write_stack
 
 NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
@@ -251,6 +259,35 @@ def test_karpenter_runs_on_the_system_nodes_beside_the_gateway(stack_plan):
         assert e["pools"] == ["system"] and e["requests"] == "1 CPU, 1.00 GiB memory", e
         assert e["replicas"] == [min(2, stack_plan.config.cluster.system_nodes)] * 2, e
         assert not _mentioning(res, e["pod"])
+
+
+KARPENTER_POD = "kube-system/karpenter (us-east-1)"
+
+
+def test_the_prod_system_nodes_hold_karpenters_two_replicas_on_distinct_nodes(prod_plan):
+    """Karpenter's chart requires its replicas on distinct nodes (a required pod anti-affinity on the hostname) with
+    1 CPU each: prod's three m7i.xlarge system nodes, beside the gateway, the add-ons and the DaemonSets as rendered,
+    hold the two replicas on two different nodes."""
+    release = find(prod_plan.resources, RELEASE, "us-east-1-karpenter")
+    rendered = render_release(release)
+    (pod,) = [p for p in pod_templates(rendered.objects, "us-east-1", rendered.name, "kube-system")
+              if p.kind == "Deployment"]
+    assert pod.one_per_node and (pod.min_replicas, pod.max_replicas) == (2, 2)
+    nodes = capacity.nodes_at_min_scale(Resources(prod_plan.resources), "us-east-1")
+    system = [held for pool, held in nodes if pool == "system"]
+    assert len(system) == prod_plan.config.cluster.system_nodes == 3
+    assert sum(KARPENTER_POD in held for held in system) == 2, system
+    assert_passes(result(prod_plan, "capacity-fit"))
+
+
+def test_more_karpenter_replicas_than_system_nodes_fail_on_its_hostname_anti_affinity(prod_plan):
+    """Four replicas on three system nodes: there is CPU for a fourth, but no node without one already."""
+    resources = mutated(prod_plan, lambda rs: find(rs, RELEASE, "us-east-1-karpenter").inputs["values"].update(
+        replicas=4))
+    res = result_of_resources(prod_plan, resources, "capacity-fit")
+    assert_rejected(res, f"1 of 4 replicas of Deployment {KARPENTER_POD} cannot be placed",
+                    "each of the 3 node(s) it may land on already runs one of its replicas (required pod "
+                    "anti-affinity on kubernetes.io/hostname)")
 
 
 def test_replicas_beyond_the_pools_max_scale_fail(prod_plan):

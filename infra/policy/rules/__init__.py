@@ -234,6 +234,8 @@ CONTROLS: list[Control] = [
                 f"{_T}test_capacity_fit.py::test_the_same_hpa_fits_where_karpenter_runs",
                 f"{_T}test_capacity_fit.py::test_a_nodepools_max_scale_is_what_its_limits_admit",
                 f"{_T}test_capacity_fit.py::test_karpenter_runs_on_the_system_nodes_beside_the_gateway",
+                f"{_T}test_capacity_fit.py::test_the_prod_system_nodes_hold_karpenters_two_replicas_on_distinct_nodes",
+                f"{_T}test_capacity_fit.py::test_more_karpenter_replicas_than_system_nodes_fail_on_its_hostname_anti_affinity",
                 f"{_T}test_capacity_fit.py::test_the_program_and_the_control_agree_on_whether_pools_grow",
                 f"{_T}test_capacity_fit.py::test_a_surge_is_judged_with_the_hpa_at_its_max_not_its_min",
                 f"{_T}test_capacity_fit.py::test_a_release_whose_chart_is_not_vendored_fails",

@@ -16,7 +16,7 @@ from infra.policy.rules.base import (
     Resource,
     Resources,
 )
-from infra.policy.rules.workloads import PodTemplate, Request, Taint, pod_templates, rollout_fenceposts
+from infra.policy.rules.workloads import HOSTNAME, PodTemplate, Request, Taint, pod_templates, rollout_fenceposts
 from infra.sizing import is_node_autoscaler_chart
 
 # Charts that add nodes when pods are pending (infra/sizing.py: Karpenter, in every cluster). Without one recorded
@@ -35,7 +35,9 @@ DESCRIPTION = (
     "the floor the program records on it. Karpenter's own controller is one of the pods placed. DaemonSets "
     "take their share of every node whose taints they tolerate and whose "
     "labels they select, first. Every other pod must tolerate the taints and select the labels of some pool, "
-    "and fit one of its nodes; then all replicas are packed first-fit decreasing at min scale (min nodes, "
+    "and fit one of its nodes; then all replicas are packed first-fit decreasing (a pod whose required pod "
+    "anti-affinity on the hostname selects its own replicas, as Karpenter's controller does, at most one per "
+    "node; topology spread over zones is not judged) at min scale (min nodes, "
     "min replicas) and at max scale (HPA max replicas on min nodes while no node autoscaler is installed, "
     "which is the most nodes a pool ever has then; on max nodes once one is), counting pods per node. A "
     "Deployment whose rolling update may not take a pod down first (maxUnavailable 0) needs room for one more "
@@ -122,6 +124,7 @@ class _Node:
     pool: Pool
     free: Request
     slots: int
+    holds: set[str] = field(default_factory=set)  # the pods placed here, by label
 
 
 def _pack(pools: list[Pool], grown: bool, pods: list[tuple[PodTemplate, int]],
@@ -135,8 +138,11 @@ def _pack(pools: list[Pool], grown: bool, pods: list[tuple[PodTemplate, int]],
 
     def place(pod: PodTemplate) -> bool:
         for node in nodes:
+            if pod.one_per_node and pod.label in node.holds:
+                continue  # its required hostname anti-affinity: never two of its replicas on one node
             if node.slots > 0 and _lands_on(pod, node.pool) and pod.request.fits(node.free):
                 node.free, node.slots = node.free - pod.request, node.slots - 1
+                node.holds.add(pod.label)
                 return True
         return False
 
@@ -152,6 +158,12 @@ def _shortage(pod: PodTemplate, nodes: list[_Node]) -> str:
     candidates = [n for n in nodes if _lands_on(pod, n.pool)]
     if not candidates:
         return "no pool that admits it has a node at this scale"
+    if pod.one_per_node:
+        free = [n for n in candidates if pod.label not in n.holds]
+        if not free:
+            return (f"each of the {len(candidates)} node(s) it may land on already runs one of its replicas "
+                    f"(required pod anti-affinity on {HOSTNAME})")
+        candidates = free
     best = min(candidates, key=lambda n: (len(pod.request.shortfalls(n.free)) + (n.slots <= 0),
                                           -n.free.gpus, -n.free.cpu_m, -n.free.memory))
     lacks = pod.request.shortfalls(best.free) + (
@@ -283,3 +295,15 @@ def check(resources: Resources, policy: PolicyConfig, node_autoscaler: bool | No
         _check_rollouts(pools, lasting, autoscaled, found)
     return found
 
+
+
+def nodes_at_min_scale(resources: Resources, region: str) -> list[tuple[str, list[str]]]:
+    """Each node of `region`'s pools at min scale (min nodes, min replicas) as the control packs it: its pool's name
+    and the pods placed on it, by label. What a reader checks a placement rule against (spread, anti-affinity)."""
+    found = Findings()
+    pools = [p for g in recorded_pools(resources.all) if g.region == region if (p := _pool(g, found))]
+    pods = _workloads(resources, region, found)
+    _place_daemonsets(pools, [p for p in pods if p.kind == "DaemonSet"], found)
+    lasting = [p for p in pods if p.kind not in ("DaemonSet", "Job") and _fits_some_node(p, pools, region, found)]
+    _, nodes, _ = _pack(pools, False, [(p, p.min_replicas) for p in lasting])
+    return [(n.pool.name, sorted(n.holds)) for n in nodes]

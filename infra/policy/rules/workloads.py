@@ -171,6 +171,8 @@ class PodTemplate:
     min_replicas: int
     max_replicas: int
     strategy: Mapping[str, Any] = field(default_factory=dict)
+    # A required pod anti-affinity on the node's hostname against its own pods: no two replicas share a node.
+    one_per_node: bool = False
 
     @property
     def label(self) -> str:
@@ -220,6 +222,27 @@ def scaling_ranges(objects: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str]
     return out
 
 
+HOSTNAME = "kubernetes.io/hostname"
+
+
+def _one_per_node(pod: Mapping[str, Any], own_labels: Mapping[str, str]) -> bool:
+    """Whether a required podAntiAffinity term on the hostname selects the pod's own labels (in its own namespace:
+    no `namespaces` or `namespaceSelector`), so the scheduler puts no two of its replicas on one node
+    (https://kubernetes.io/docs/concepts/scheduling-eviction/assign-pod-node/#inter-pod-affinity-and-anti-affinity).
+    Karpenter's chart renders one (values.yaml `affinity`, with its pod selector labels patched in)."""
+    terms = ((pod.get("affinity") or {}).get("podAntiAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution") or []
+    for term in terms:
+        selector = term.get("labelSelector") or {}
+        if term.get("topologyKey") != HOSTNAME or not selector or term.get("namespaces") \
+                or term.get("namespaceSelector") is not None:
+            continue
+        if all(own_labels.get(str(k)) == str(v) for k, v in (selector.get("matchLabels") or {}).items()) and \
+                all(_matches(e, own_labels) for e in selector.get("matchExpressions") or []):
+            return True
+    return False
+
+
 def pod_templates(objects: Iterable[Mapping[str, Any]], region: str, source: str,
                   namespace: str = "default") -> list[PodTemplate]:
     """The workloads among rendered objects (Helm test hooks left out: they run on `helm test` only)."""
@@ -234,6 +257,8 @@ def pod_templates(objects: Iterable[Mapping[str, Any]], region: str, source: str
             continue
         spec = obj.get("spec") or {}
         pod = (spec.get("template") or {}).get("spec") or {}
+        own_labels = {str(k): str(v) for k, v in (((spec.get("template") or {}).get("metadata") or {})
+                                                  .get("labels") or {}).items()}
         required = ((pod.get("affinity") or {}).get("nodeAffinity") or {}).get(
             "requiredDuringSchedulingIgnoredDuringExecution")
         terms = None if required is None else tuple(
@@ -245,7 +270,7 @@ def pod_templates(objects: Iterable[Mapping[str, Any]], region: str, source: str
             name=str(meta["name"]), request=pod_request(pod),
             node_selector={str(k): str(v) for k, v in (pod.get("nodeSelector") or {}).items()},
             required_terms=terms, tolerations=tuple(pod.get("tolerations") or []),
-            min_replicas=lo, max_replicas=hi, strategy=strategy))
+            min_replicas=lo, max_replicas=hi, strategy=strategy, one_per_node=_one_per_node(pod, own_labels)))
     return out
 
 
