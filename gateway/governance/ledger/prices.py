@@ -15,17 +15,19 @@ class Prices:
     def __init__(self, config: GatewayConfig) -> None:
         self.models = {m.alias: (m.input_cost_per_token, m.output_cost_per_token) for m in config.models}
         self.groups = ModelGroups(self.models, {name: a.model for name, a in config.model_aliases.items()})
+        # Every deployment (names are unique across models, config/native.py) costs its own model's price unless
+        # it has its own: a call that falls back (alias fallbacks, a body's `fallbacks`, context-window fallbacks)
+        # is charged for the model that answered, not the name the client sent.
         self.deployments: dict[str, tuple[float, float]] = {}
         own: dict[str, list[tuple[float, float]]] = {}
         for m in config.models:
             own[m.alias] = [self.models[m.alias]]
             for d in m.deployments:
-                if d.input_cost_per_token is not None or d.output_cost_per_token is not None:
-                    self.deployments[d.name] = (
-                        m.input_cost_per_token if d.input_cost_per_token is None else d.input_cost_per_token,
-                        m.output_cost_per_token if d.output_cost_per_token is None else d.output_cost_per_token,
-                    )
-                    own[m.alias].append(self.deployments[d.name])
+                self.deployments[d.name] = (
+                    m.input_cost_per_token if d.input_cost_per_token is None else d.input_cost_per_token,
+                    m.output_cost_per_token if d.output_cost_per_token is None else d.output_cost_per_token,
+                )
+                own[m.alias].append(self.deployments[d.name])
         # The highest prices a call to an alias can be charged, on any deployment of it or of its fallbacks.
         self.ceilings: dict[str, tuple[float, float]] = {}
         for m in config.models:
@@ -37,7 +39,9 @@ class Prices:
         return self.ceilings.get(alias) or self.ceilings.get(self.groups.of(alias) or "") or (0.0, 0.0)
 
     def of(self, alias: str, deployment: str = "") -> tuple[float, float]:
-        return (self.deployments.get(deployment) or self.models.get(alias)
+        if deployment in self.deployments:  # the deployment that answered decides, even at a price of 0
+            return self.deployments[deployment]
+        return (self.models.get(alias)
                 or self.models.get(self.groups.of(alias) or "") or (0.0, 0.0))
 
     def cost(self, alias: str, deployment: str, prompt_tokens: int, completion_tokens: int) -> float:
