@@ -108,10 +108,14 @@ class Governance:
     async def admit(self, principal: Any, request: Request, route: ModelRoute, record: CallRecord) -> ModelRoute:
         """Refuse with a clear 400/403/429, or count the call in every scope it falls under; the route to use."""
         alias = request.alias
+        # Per-model caps and limits belong to the model group the name resolved to (a model_aliases name, a name
+        # a wildcard serves), as LiteLLM's parallel_request_limiter_v3.py@v1.106.2 reads them
+        # (`get_key_model_rpm_limit(..., model_name=model.group)`): another name for a model is not a way around.
+        group = route.alias
         size = len(request.raw)
-        model_cap = self.model_bytes.get(alias)
+        model_cap = self.model_bytes.get(group)
         if model_cap is not None and size > model_cap:
-            raise bad_request(f"Request body is {size} bytes, over the model cap: models[{alias}].max_request_bytes "
+            raise bad_request(f"Request body is {size} bytes, over the model cap: models[{group}].max_request_bytes "
                               f"is {model_cap}.", "messages")
         key: VirtualKey | None = getattr(principal, "key", None)
         if key is None:
@@ -150,7 +154,7 @@ class Governance:
         for cap in (route.max_tokens, key.max_tokens):
             if cap is not None:
                 completion_cap = cap if completion_cap is None else min(completion_cap, cap)
-        scopes = self._scopes_for(key, team, alias, user)
+        scopes = self._scopes_for(key, team, group, user)
         if not scopes:
             return route
         tokens = min(reserve_tokens(size, completion_cap if request.endpoint != "embeddings" else 0),

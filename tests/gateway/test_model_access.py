@@ -121,6 +121,20 @@ async def test_a_budget_holds_for_calls_by_alias_name_with_the_configured_budget
     assert isinstance(body, dict) and (body["type"], body["code"]) == ("budget_exceeded", "429")
 
 
+async def test_per_model_limits_hold_for_every_name_that_reaches_the_model(gateway_factory, sim_factory,
+                                                                           tmp_path) -> None:
+    # LiteLLM reads a key's model_rpm_limit under the model group the name resolved to
+    # (parallel_request_limiter_v3.py@v1.106.2, `get_key_model_rpm_limit(..., model_name=model.group)`).
+    sim = await sim_factory(models=("sim-model", "gpt-4o", "gpt-4o-mini"))
+    gw = await gateway_factory(parse_config(config(sim, sim, tmp_path)))
+    client = await key_for(gw, [], model_rpm_limit={"llama": 1, "openai/*": 1})
+    for first, other in (("llama", "gpt-4"), ("openai/gpt-4o", "openai/gpt-4o-mini")):
+        await client.chat.completions.create(model=first, messages=MESSAGES)
+        with pytest.raises(openai.RateLimitError):
+            await client.chat.completions.create(model=other, messages=MESSAGES)
+    await client.chat.completions.create(model="backup", messages=MESSAGES)  # another model, its own limits
+
+
 def test_litellm_budget_exceeded_status_code_is_honoured_and_checked() -> None:
     entry = {"model_name": "m", "litellm_params": {"model": "hosted_vllm/m", "api_base": "http://127.0.0.1:9/v1"}}
     config = parse_config({"model_list": [entry], "litellm_settings": {"budget_exceeded_status_code": 429}})
