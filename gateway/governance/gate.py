@@ -24,6 +24,7 @@ from gateway.governance.limits.scopes import (
     user_scope,
 )
 from gateway.governance.model_access import may_use
+from gateway.governance.store.migrations import SchemaTooNew
 from gateway.governance.store.protocol import LedgerStore
 from gateway.http.errors import GatewayError, bad_request
 from gateway.observability.usage import CallRecord
@@ -102,6 +103,7 @@ class Governance:
         self._scopes: dict[tuple[str, str], tuple[Scope, ...]] = {}
         self._scopes_generation = -1
         self._zone_routes: dict[tuple[str, str], ModelRoute] = {}
+        self.unreadable_store: str | None = None  # why this replica must not be ready, when it must not
 
     # ---- on the way in --------------------------------------------------------------------------
 
@@ -270,6 +272,12 @@ class Governance:
         try:
             await self.store.open()
             await self.cache.refresh(force=True)
+        except SchemaTooNew as exc:
+            # Serving with no keys would answer every virtual key 401: report not ready instead (health.py), so a
+            # rollout stops here and the replicas that can read the store keep serving.
+            store_up = False
+            self.unreadable_store = "the ledger store's schema is newer than this gateway can read"
+            self._event("key_store_unreadable", error=str(exc)[:300], ready=False)
         except Exception as exc:  # noqa: BLE001 - start anyway: the master key works, the refresh keeps trying
             store_up = False
             self._event("key_store_unavailable", error=f"{type(exc).__name__}: {exc}"[:300], serving_cached_keys=0)
