@@ -341,6 +341,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("model_list[].model_info.residency", _H, "the gateway's own: the deployment's residency zone"),
     Setting("model_list[].model_info.input_cost_per_token", _H, "price for the spend ledger"),
     Setting("model_list[].model_info.output_cost_per_token", _H, "price for the spend ledger"),
+    Setting("model_list[].model_info.output_cost_per_image", _H, "price per image of an images answer without "
+            "usage (dall-e-2/3)"),
     Setting("model_list[].model_info.mode", _I, "the endpoint a client calls decides"),
     Setting("model_list[].model_info.base_model", _I, "prices come from input/output_cost_per_token"),
     Setting("model_list[].model_info.max_tokens", _I, "context limits are the upstream's (its context-length error "
@@ -359,6 +361,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("model_list[].litellm_params.region_name", _H, "the deployment's region (and residency zone)"),
     Setting("model_list[].litellm_params.input_cost_per_token", _H, "price for the spend ledger"),
     Setting("model_list[].litellm_params.output_cost_per_token", _H, "price for the spend ledger"),
+    Setting("model_list[].litellm_params.output_cost_per_image", _H, "price per image of an images answer "
+            "without usage (dall-e-2/3)"),
     Setting("model_list[].litellm_params.max_retries", _I, "the gateway's num_retries apply"),
     Setting("model_list[].litellm_params.organization", _I, "OpenAI organization header is not sent"),
     Setting("model_list[].litellm_params.tags", _I, "tags only matter with tag routing, which is refused"),

@@ -162,7 +162,8 @@ class Governance:
         tokens = min(reserve_tokens(size, completion_cap if request.endpoint != "embeddings" else 0),
                      MAX_RESERVED_TOKENS)
         inp, out = self._ceiling(alias, request.body.get("fallbacks"))
-        cost = min(reserve_tokens(size, 0) * inp + (completion_cap or 0) * out, MAX_COST)
+        cost = min(reserve_tokens(size, 0) * inp + (completion_cap or 0) * out + self._images(request, group, scopes),
+                   MAX_COST)
         try:
             record.ticket = await self.limiter.admit(record.request_id, scopes, tokens, cost, self.deadline_s)
         except GatewayError as refusal:
@@ -170,6 +171,25 @@ class Governance:
                 raise budget_exceeded(refusal, self.budget_status) from None
             raise
         return route
+
+    def _images(self, request: Request, group: str, scopes: tuple[Scope, ...]) -> float:
+        """What the images a call asks for may cost. Images without usage in the answer (dall-e-2/3) are priced
+        per image; a model without that price would let a budget be spent without bound, so a key, team or user
+        with a budget is refused it."""
+        if request.endpoint != "images":
+            return 0.0
+        price = self.prices.image_ceiling(group)
+        fallbacks = request.body.get("fallbacks")
+        for name in fallbacks[:MAX_BODY_FALLBACKS] if isinstance(fallbacks, list) else ():
+            more = self.prices.image_ceiling(name) if isinstance(name, str) else None
+            price = None if more is None or price is None else max(price, more)
+        if price is None:
+            if any(s.budget != NO_LIMIT for s in scopes):
+                raise bad_request(f"Images from `{group}` cannot be metered: it has no per-image price "
+                                  f"(models[{group}].output_cost_per_image), and this key has a budget.", "model")
+            return 0.0
+        n = request.body.get("n", 1)
+        return price * (n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 10 else 10)
 
     def _ceiling(self, alias: str, body_fallbacks: Any) -> tuple[float, float]:
         """Per-token prices to reserve: the alias's ceiling, and the ceilings of the fallbacks its request body
@@ -248,8 +268,9 @@ class Governance:
         call.accounted = True
         tokens = call.prompt_tokens + call.completion_tokens
         cost = 0.0
-        if tokens:
-            cost = self.prices.cost(call.alias, call.deployment, call.prompt_tokens, call.completion_tokens)
+        if tokens or call.images:
+            cost = self.prices.cost(call.alias, call.deployment, call.prompt_tokens, call.completion_tokens,
+                                    call.images)
         ticket = call.ticket
         if ticket is not None:
             self.limiter.settle(ticket, tokens, cost)

@@ -110,6 +110,7 @@ class Endpoints:
             else:
                 record.prompt_tokens = opened.prompt_tokens
                 record.completion_tokens = opened.completion_tokens
+                record.images = opened.images
                 self.litellm.on_answer(headers, record, opened.deployment, overhead_ms, opened.ratelimit, True)
                 response = answer(opened, headers)
             record.overhead_ms = overhead * 1000
