@@ -310,6 +310,10 @@ class Governance:
         self.cache.start()
         self._event("governance", limits=self.limiter.description, keys=len(self.cache.by_hash),
                     teams=len(self.cache.teams), key_refresh_seconds=self.cache.refresh_seconds)
+        for alias in self.prices.unpriced():
+            # A call to it costs $0, so no budget binds on it: say so once, at start (README, "Prices").
+            self._event("model_unpriced", model=alias, hint="set input_cost_per_token / output_cost_per_token; "
+                        "calls to this model cost $0 and never reach a budget")
 
     async def stop(self) -> None:
         if self.budgets is not None:

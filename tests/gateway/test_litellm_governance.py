@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import openai
+import orjson
 import pytest
 
 from gateway.config.errors import ConfigError
@@ -88,3 +89,18 @@ async def test_litellm_key_scripts_and_limits_work_on_a_litellm_config(gateway_f
     with pytest.raises(openai.RateLimitError, match="rpm_limit 2"):
         await client.chat.completions.create(model="llama", messages=MESSAGES)
     assert b"redis (shared by replicas" in gw.log_buffer.getvalue()
+
+
+async def test_a_model_without_a_price_is_named_once_at_start_when_budgets_are_on(gateway_factory, sim,
+                                                                                  tmp_path) -> None:
+    # LiteLLM prices unknown models from its model cost map; the gateway has none: an unpriced model costs $0,
+    # so no budget ever binds on it, and the operator is told at start.
+    priced = {"model_name": "priced", "litellm_params": {"model": "hosted_vllm/sim-model", "api_base": sim.base_url,
+                                                         "input_cost_per_token": 0.001}}
+    free = {"model_name": "free", "litellm_params": {"model": "hosted_vllm/sim-model", "api_base": sim.base_url}}
+    gw = await gateway_factory(parse_config({
+        "model_list": [priced, free, {**free, "model_info": {"id": "free-2"}}],
+        "general_settings": {"master_key": KEY, "database_url": f"sqlite:///{tmp_path / 'ledger.db'}",
+                             "llmp_spool_dir": str(tmp_path / "spool")}}))
+    lines = [orjson.loads(line) for line in gw.log_buffer.getvalue().splitlines() if line]
+    assert [line["model"] for line in lines if line.get("event") == "model_unpriced"] == ["free"]

@@ -31,6 +31,7 @@ class Prices:
                     m.output_cost_per_token if d.output_cost_per_token is None else d.output_cost_per_token,
                 )
                 own[m.alias].append(self.deployments[d.name])
+        self.own = own
         # The highest prices a call to an alias can be charged, on any deployment of it or of its fallbacks.
         self.ceilings: dict[str, tuple[float, float]] = {}
         for m in config.models:
@@ -46,6 +47,10 @@ class Prices:
     def ceiling(self, alias: str) -> tuple[float, float]:
         """What a call to `alias` (or a name it serves) reserves per token."""
         return self.ceilings.get(alias) or self.ceilings.get(self.groups.of(alias) or "") or (0.0, 0.0)
+
+    def unpriced(self) -> list[str]:
+        """Aliases whose every deployment costs nothing per token: budgets never bind on calls to them."""
+        return [alias for alias, prices in self.own.items() if not any(inp or out for inp, out in prices)]
 
     def image_ceiling(self, alias: str) -> float | None:
         """What one image from `alias` (or a name it serves) reserves; None when it cannot be priced."""
