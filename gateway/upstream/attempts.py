@@ -162,7 +162,8 @@ class Proxy:
             except AttemptFailed as failure:
                 self.metrics.upstream_errors.labels(dep.name, failure.reason.split(":", 1)[0]).inc()
                 failures.append(f"{dep.name}: {failure.reason}")
-                failures.failed(failure.reason, failure.status, failure.headers)
+                failures.failed(failure.reason, failure.status, failure.headers, f"{dep.name}: {failure.detail}"
+                                if failure.detail else None)
                 if failure.retry_after is not None:
                     replica.cooling_until = self._clock() + failure.retry_after
         return None
@@ -266,13 +267,13 @@ class Proxy:
             raise
         except aiohttp.ClientConnectorError as exc:
             self._failed(replica, response, health)
-            raise AttemptFailed(f"connect_error: {exc.os_error or exc}") from None
+            raise AttemptFailed("connect_error", detail=f"connect_error: {exc.os_error or exc}") from None
         except UpstreamConnectError as exc:
             self._failed(replica, response, health)
-            raise AttemptFailed(f"connect_error: {exc}") from None
+            raise AttemptFailed("connect_error", detail=f"connect_error: {exc}") from None
         except CloudAuthFailed as exc:  # our credentials, not the upstream's health
             self._failed(replica, response, health=False)
-            raise AttemptFailed(f"auth_error: {exc}") from None
+            raise AttemptFailed("auth_error", detail=f"auth_error: {exc}") from None
         except UpstreamClosed as exc:
             self._failed(replica, response, health)
             raise AttemptFailed(f"upstream_disconnected: {redact(str(exc), secrets_of(dep))}") from None

@@ -178,8 +178,12 @@ async def test_refused_client_credentials_fail_over_with_entras_reason(azure, ga
         azure, tenant_id="tenant-1", client_id="app-1", client_secret="not-it", authority_host=azure.base_url)]}]))
     with pytest.raises(openai.InternalServerError) as err:
         await gw.client().chat.completions.create(model="gpt-4o", messages=MESSAGES)
-    assert "auth_error: Entra ID token request for tenant tenant-1 failed with 401" in err.value.message
-    assert "not-it" not in err.value.message and not azure.requests
+    # The client learns the class of failure; Entra's words (tenant and client ids) reach only the call log.
+    assert "azure-eastus: auth_error" in err.value.message
+    assert "tenant-1" not in err.value.message and "AADSTS" not in err.value.message
+    [logged] = await gw.logged_calls(1)
+    assert "auth_error: Entra ID token request for tenant tenant-1 failed with 401" in logged["error"]
+    assert "not-it" not in err.value.message + logged["error"] and not azure.requests
 
 
 async def test_anthropic_clients_reach_azure_deployments_too(azure, gateway_factory) -> None:

@@ -261,7 +261,9 @@ async def test_without_aws_credentials_the_call_fails_over_with_a_named_reason(a
             "api_base": fake.base_url}]}]))
         with pytest.raises(openai.InternalServerError) as err:
             await gw.client().chat.completions.create(model="claude", messages=MESSAGES)
-        assert "auth_error: no AWS credentials found" in err.value.message and not fake.requests
+        assert "bedrock-us: auth_error" in err.value.message and "credentials" not in err.value.message
+        [logged] = await gw.logged_calls(1)
+        assert "auth_error: no AWS credentials found" in logged["error"] and not fake.requests
     finally:
         await fake.stop()
 
@@ -299,3 +301,16 @@ async def test_anthropic_clients_reach_bedrock_through_converse(bedrock) -> None
         final = await stream.get_final_message()
     assert text == "Hello" and final.usage.output_tokens == 3 and final.stop_reason == "end_turn"
     assert fake.requests[1]["operation"] == "converse-stream" and fake.signature_problems == []
+
+
+async def test_an_access_denied_answer_names_no_account_or_role_to_the_client(bedrock) -> None:
+    """Bedrock's 403 AccessDeniedException quotes the caller's role ARN and account: the client gets the class of
+    failure, the call log the text."""
+    fake, gw = bedrock
+    arn = "arn:aws:sts::123456789012:assumed-role/llmp-gateway/i-0abc"
+    fake.error = ("AccessDeniedException", f"User: {arn} is not authorized to perform: bedrock:InvokeModel")
+    with pytest.raises(openai.APIStatusError) as err:
+        await gw.client().chat.completions.create(model="claude", messages=MESSAGES)
+    assert "bedrock-us: http_403" in err.value.message and "123456789012" not in err.value.message
+    [logged] = await gw.logged_calls(1)
+    assert "AccessDeniedException: User: arn:aws:sts::123456789012:" in logged["error"]
