@@ -4,8 +4,11 @@ requests and answers translated, ConverseStream's binary events relayed as OpenA
 from __future__ import annotations
 
 import asyncio
+import importlib
 import threading
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
 
 import anthropic
 import openai
@@ -14,6 +17,7 @@ from botocore.credentials import Credentials, RefreshableCredentials
 
 from gateway.config.errors import ConfigError
 from gateway.config.loading import parse_config
+from gateway.upstream import cloud_calls
 from gateway.upstream.aws_signing import AwsCredentials, NoAwsCredentials
 from tests.gateway.conftest import KEY, gateway_config
 from tests.gateway.fake_clouds import ACCESS_KEY, SECRET_KEY, SESSION_TOKEN, FakeBedrock, event, frame, text_events
@@ -314,3 +318,24 @@ async def test_an_access_denied_answer_names_no_account_or_role_to_the_client(be
     assert "bedrock-us: http_403" in err.value.message and "123456789012" not in err.value.message
     [logged] = await gw.logged_calls(1)
     assert "AccessDeniedException: User: arn:aws:sts::123456789012:" in logged["error"]
+
+
+async def test_botocore_is_imported_at_start_in_a_thread_only_when_bedrock_is_configured(aws_env, gateway_factory,
+                                                                                       monkeypatch) -> None:
+    # Importing botocore's signer takes ~0.3 s: on the first Bedrock call it would stall the event loop.
+    imported_in: list[tuple[str, int]] = []
+
+    def import_module(name: str) -> Any:
+        imported_in.append((name, threading.get_ident()))
+        return importlib.import_module(name)
+
+    monkeypatch.setattr(cloud_calls, "importlib", SimpleNamespace(import_module=import_module))
+    plain = await gateway_factory(gateway_config(models=[{"alias": "m", "deployments": [
+        {"name": "a", "model": "m", "api_base": "http://127.0.0.1:9/v1"}]}]))
+    assert imported_in == [] and plain.state.proxy.cloud.aws is None
+    gw = await gateway_factory(gateway_config(models=[{"alias": "claude", "deployments": [{
+        "name": "bedrock-us", "provider": "bedrock", "model": MODEL_ID, "region": "us-east-1",
+        "api_base": "http://127.0.0.1:9"}]}]))
+    assert [name for name, _ in imported_in] == ["gateway.upstream.aws_signing"]
+    assert imported_in[0][1] != threading.get_ident(), "imported in a thread, not on the event loop"
+    assert gw.state.proxy.cloud.aws is not None, "ready before the first call"
