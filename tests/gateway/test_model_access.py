@@ -154,6 +154,16 @@ async def test_v1_models_lists_aliases_that_are_not_hidden_as_the_key_may_see_th
     assert (await narrow.models.retrieve("gpt-4")).id == "gpt-4"
 
 
+async def test_v1_models_lists_only_what_the_keys_user_may_call(gateway_factory, sim, tmp_path) -> None:
+    gw = await gateway_factory(parse_config(config(sim, sim, tmp_path)))
+    status, made = await admin(gw, "POST", "/user/new", {"user_id": "ana", "models": ["backup"]})
+    assert status == 200, made
+    client = await key_for(gw, [], user_id="ana")
+    assert [m.id async for m in client.models.list()] == ["backup"]
+    with pytest.raises(openai.NotFoundError):
+        await client.models.retrieve("llama")
+
+
 async def test_metrics_name_calls_as_the_client_called_them_within_configured_names(gateway_factory, sim_factory,
                                                                                    tmp_path) -> None:
     sim = await sim_factory(models=("sim-model", "gpt-4o", "gpt-4o-mini"))
