@@ -108,8 +108,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("litellm_settings.global_bitbucket_config", _R, "prompt management rewrites what is sent"),
     Setting("litellm_settings.global_gitlab_config", _R, "prompt management rewrites what is sent"),
     Setting("litellm_settings.budget_reset_time", _R, "budgets reset on the gateway's own schedule"),
-    Setting("litellm_settings.default_max_internal_user_budget", _R, "user budgets are not enforced by the "
-            "gateway"),
+    Setting("litellm_settings.default_max_internal_user_budget", _H, "max_internal_user_budget when that is unset"),
     Setting("litellm_settings.priority_reservation_settings", _I, "no priority queue"),
     Setting("litellm_settings.model_group_settings", _I, "client headers are not forwarded upstream"),
     Setting("litellm_settings.audit_log_callbacks", _I, OBSERVABILITY),
@@ -121,8 +120,10 @@ SETTINGS: tuple[Setting, ...] = (
             "apart; clients would get the refusal instead of the fallback's answer"),
     Setting("litellm_settings.max_budget", _R, "a proxy-wide budget; use keys' and teams' budgets"),
     Setting("litellm_settings.budget_duration", _R, "a proxy-wide budget; use keys' and teams' budgets"),
-    Setting("litellm_settings.max_internal_user_budget", _R, "user budgets are not enforced by the gateway"),
-    Setting("litellm_settings.internal_user_budget_duration", _R, "user budgets are not enforced by the gateway"),
+    Setting("litellm_settings.max_internal_user_budget", _H, "the max_budget of users /user/new creates with role "
+            "internal_user and no budget of their own"),
+    Setting("litellm_settings.internal_user_budget_duration", _H, "the budget_duration of users /user/new creates "
+            "with role internal_user and none of their own"),
     Setting("litellm_settings.default_internal_user_params", _R, "defaults for users created by LiteLLM's SSO"),
     Setting("litellm_settings.key_generation_settings", _R, "restrictions on who may create keys"),
     Setting("litellm_settings.upperbound_key_generate_params", _R, "bounds on what new keys may do"),
