@@ -297,7 +297,8 @@ class Governance:
             # Serving with no keys would answer every virtual key 401: report not ready instead (health.py), so a
             # rollout stops here and the replicas that can read the store keep serving.
             store_up = False
-            self.unreadable_store = "the ledger store's schema is newer than this gateway can read"
+            why = "the ledger store's schema is newer than this gateway can read"
+            self.unreadable_store = self.auth.unreadable = why
             self._event("key_store_unreadable", error=str(exc)[:300], ready=False)
         except Exception as exc:  # noqa: BLE001 - start anyway: the master key works, the refresh keeps trying
             store_up = False

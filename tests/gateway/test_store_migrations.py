@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import openai
 import orjson
 import pytest
 
@@ -21,7 +22,7 @@ from gateway.governance.store.documents import key_doc, team_doc
 from gateway.governance.store.migrations import SchemaTooNew, latest
 from gateway.governance.store.postgres import PostgresStore
 from gateway.governance.store.sqlite import SqliteStore
-from tests.gateway.conftest import deployment, gateway_config
+from tests.gateway.conftest import MODEL, deployment, gateway_config
 from tests.gateway.servers import PostgresServer
 
 # Schema v1, exactly as gateway/store.py created it before migrations existed (do not edit: it is history).
@@ -41,6 +42,7 @@ SCHEMA_V1 = [
 TABLES = {"llmp_teams": "team_id", "llmp_keys": "token", "llmp_spend": "id"}
 NEW_TABLES = {"llmp_users": "user_id", "llmp_team_members": "team_id, user_id"}  # version 2
 NOW = 1_760_000_000.0
+MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 def v1_rows() -> dict[str, list[tuple[Any, ...]]]:
@@ -326,3 +328,8 @@ async def test_a_newer_ledger_unreadable_by_this_code_is_refused_and_the_gateway
     gw = await gateway_factory(config)
     async with aiohttp.ClientSession() as http, http.get(gw.url + "/health/readiness") as resp:
         assert resp.status == 503 and "schema is newer" in (await resp.json())["db"]
+    # A virtual key is not told it is wrong (401): this replica cannot tell; the master key still works.
+    with pytest.raises(openai.APIStatusError) as refused:
+        await gw.client(api_key="sk-llmp-" + "0" * 32).chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert refused.value.status_code == 503 and refused.value.code == "key_store_unreadable"
+    await gw.client().chat.completions.create(model=MODEL, messages=MESSAGES)
