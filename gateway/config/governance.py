@@ -94,3 +94,14 @@ class KeySettings(_Strict):
     """How replicas learn about key changes made anywhere."""
 
     refresh_seconds: float = Field(2.0, gt=0, le=300)  # bound on revocation delay on every replica
+    # What /user/new gives a user with role internal_user that names no max_budget / budget_duration (LiteLLM's
+    # litellm_settings.max_internal_user_budget and internal_user_budget_duration).
+    internal_user_max_budget: float | None = Field(None, ge=0)
+    internal_user_budget_duration: str | None = None
+
+    @field_validator("internal_user_budget_duration")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value

@@ -56,6 +56,7 @@ from urllib.parse import quote
 
 from gateway.config.env import resolve_env
 from gateway.config.errors import ConfigError
+from gateway.config.governance import parse_duration
 from gateway.config.limits import MiB
 from gateway.config.litellm_models import read_models, renamed, request_defaults
 from gateway.config.litellm_review import Ignored, review
@@ -148,6 +149,9 @@ def translate(doc: dict[str, Any]) -> tuple[GatewayConfig, list[Ignored]]:
         if general.get(key) is not None:
             gateway[key] = general[key]
     native = {"version": 1, "gateway": gateway, "models": list(models.values()), **_governance(general, router)}
+    user_defaults = _internal_user_defaults(settings)
+    if user_defaults:
+        native["keys"] = user_defaults
     if aliases:
         native["model_aliases"] = aliases
     try:
@@ -240,6 +244,28 @@ def _sizes(general: dict[str, Any]) -> dict[str, Any]:
         size = int(value * MiB)
         out[section] = {field: size, **({"decompressed_bytes": max(size, 64 * MiB)}
                                         if section == "upstream_limits" else {})}
+    return out
+
+
+def _internal_user_defaults(settings: dict[str, Any]) -> dict[str, Any]:
+    """LiteLLM's defaults for users /user/new creates with role internal_user (proxy/management_endpoints/
+    internal_user_endpoints.py@v1.106.2 `new_user`); `default_max_internal_user_budget` stands in when
+    `max_internal_user_budget` is unset (proxy_server.py@v1.106.2, `load_config`)."""
+    out: dict[str, Any] = {}
+    for name in ("max_internal_user_budget", "default_max_internal_user_budget"):
+        value = settings.get(name)
+        if value is None or "internal_user_max_budget" in out:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"litellm_settings.{name}: {value!r} is not a budget in USD (a number from 0)")
+        out["internal_user_max_budget"] = float(value)
+    duration = settings.get("internal_user_budget_duration")
+    if duration is not None:
+        try:
+            parse_duration(duration)
+        except ValueError as exc:
+            raise ConfigError(f"litellm_settings.internal_user_budget_duration: {exc}") from None
+        out["internal_user_budget_duration"] = duration
     return out
 
 

@@ -106,7 +106,7 @@ def _deployment(params: dict[str, Any], entry: dict[str, Any], where: str, index
     defaults = request_defaults(params, f"{where}.litellm_params")
     if defaults:
         dep["defaults"] = defaults
-    for price in ("input_cost_per_token", "output_cost_per_token"):
+    for price in ("input_cost_per_token", "output_cost_per_token", "output_cost_per_image"):
         value = params.get(price, info.get(price))
         if value is not None:
             dep[price] = value

@@ -108,8 +108,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("litellm_settings.global_bitbucket_config", _R, "prompt management rewrites what is sent"),
     Setting("litellm_settings.global_gitlab_config", _R, "prompt management rewrites what is sent"),
     Setting("litellm_settings.budget_reset_time", _R, "budgets reset on the gateway's own schedule"),
-    Setting("litellm_settings.default_max_internal_user_budget", _R, "user budgets are not enforced by the "
-            "gateway"),
+    Setting("litellm_settings.default_max_internal_user_budget", _H, "max_internal_user_budget when that is unset"),
     Setting("litellm_settings.priority_reservation_settings", _I, "no priority queue"),
     Setting("litellm_settings.model_group_settings", _I, "client headers are not forwarded upstream"),
     Setting("litellm_settings.audit_log_callbacks", _I, OBSERVABILITY),
@@ -121,8 +120,10 @@ SETTINGS: tuple[Setting, ...] = (
             "apart; clients would get the refusal instead of the fallback's answer"),
     Setting("litellm_settings.max_budget", _R, "a proxy-wide budget; use keys' and teams' budgets"),
     Setting("litellm_settings.budget_duration", _R, "a proxy-wide budget; use keys' and teams' budgets"),
-    Setting("litellm_settings.max_internal_user_budget", _R, "user budgets are not enforced by the gateway"),
-    Setting("litellm_settings.internal_user_budget_duration", _R, "user budgets are not enforced by the gateway"),
+    Setting("litellm_settings.max_internal_user_budget", _H, "the max_budget of users /user/new creates with role "
+            "internal_user and no budget of their own"),
+    Setting("litellm_settings.internal_user_budget_duration", _H, "the budget_duration of users /user/new creates "
+            "with role internal_user and none of their own"),
     Setting("litellm_settings.default_internal_user_params", _R, "defaults for users created by LiteLLM's SSO"),
     Setting("litellm_settings.key_generation_settings", _R, "restrictions on who may create keys"),
     Setting("litellm_settings.upperbound_key_generate_params", _R, "bounds on what new keys may do"),
@@ -341,6 +342,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("model_list[].model_info.residency", _H, "the gateway's own: the deployment's residency zone"),
     Setting("model_list[].model_info.input_cost_per_token", _H, "price for the spend ledger"),
     Setting("model_list[].model_info.output_cost_per_token", _H, "price for the spend ledger"),
+    Setting("model_list[].model_info.output_cost_per_image", _H, "price per image of an images answer without "
+            "usage (dall-e-2/3)"),
     Setting("model_list[].model_info.mode", _I, "the endpoint a client calls decides"),
     Setting("model_list[].model_info.base_model", _I, "prices come from input/output_cost_per_token"),
     Setting("model_list[].model_info.max_tokens", _I, "context limits are the upstream's (its context-length error "
@@ -359,6 +362,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("model_list[].litellm_params.region_name", _H, "the deployment's region (and residency zone)"),
     Setting("model_list[].litellm_params.input_cost_per_token", _H, "price for the spend ledger"),
     Setting("model_list[].litellm_params.output_cost_per_token", _H, "price for the spend ledger"),
+    Setting("model_list[].litellm_params.output_cost_per_image", _H, "price per image of an images answer "
+            "without usage (dall-e-2/3)"),
     Setting("model_list[].litellm_params.max_retries", _I, "the gateway's num_retries apply"),
     Setting("model_list[].litellm_params.organization", _I, "OpenAI organization header is not sent"),
     Setting("model_list[].litellm_params.tags", _I, "tags only matter with tag routing, which is refused"),

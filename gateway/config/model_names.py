@@ -11,6 +11,7 @@ a client's `openai/gpt-4o`; `model_name: "*"` with `model: openai/*` sends the c
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 
@@ -21,7 +22,9 @@ def is_pattern(name: str) -> bool:
     return WILDCARD in name
 
 
+@functools.lru_cache(maxsize=1024)
 def pattern_regex(pattern: str) -> re.Pattern[str]:
+    # Cached: called per request with the config's few patterns (re's own cache still escapes and looks up).
     # Used with `.match` as LiteLLM does: anchored at the start only, so `gpt-*-mini` also takes
     # `gpt-4o-mini-tts` (and sends `gpt-4o-mini` upstream), exactly as a LiteLLM proxy would.
     return re.compile(re.escape(pattern).replace(r"\*", "(.*)"))

@@ -226,6 +226,7 @@ class Deployment(_Strict):
     timeouts: TimeoutOverrides | None = None
     input_cost_per_token: float | None = Field(None, ge=0)  # overrides the model's price (hosted fallbacks)
     output_cost_per_token: float | None = Field(None, ge=0)
+    output_cost_per_image: float | None = Field(None, ge=0)  # overrides the model's per-image price
     # Request fields sent when the client gives none (LiteLLM's litellm_params defaults: the client's value wins).
     defaults: dict[str, Any] = {}
     azure: AzureSettings | None = None
@@ -287,6 +288,9 @@ class Model(_Strict):
     deployments: list[Deployment] = Field(min_length=1)
     input_cost_per_token: float = Field(0.0, ge=0)  # USD, as LiteLLM's model_info; spend ledger and budgets
     output_cost_per_token: float = Field(0.0, ge=0)
+    # USD per image in an images answer that reports no usage (dall-e-2/3), LiteLLM's model_info name; None: none
+    # set, and then a key, team or user with a budget may not call /v1/images/generations on it.
+    output_cost_per_image: float | None = Field(None, ge=0)
     max_request_bytes: int | None = Field(None, ge=1)  # larger request bodies get a 400 naming this cap
 
 

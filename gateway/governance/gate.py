@@ -24,6 +24,7 @@ from gateway.governance.limits.scopes import (
     user_scope,
 )
 from gateway.governance.model_access import may_use
+from gateway.governance.store.migrations import SchemaTooNew
 from gateway.governance.store.protocol import LedgerStore
 from gateway.http.errors import GatewayError, bad_request
 from gateway.observability.usage import CallRecord
@@ -102,16 +103,21 @@ class Governance:
         self._scopes: dict[tuple[str, str], tuple[Scope, ...]] = {}
         self._scopes_generation = -1
         self._zone_routes: dict[tuple[str, str], ModelRoute] = {}
+        self.unreadable_store: str | None = None  # why this replica must not be ready, when it must not
 
     # ---- on the way in --------------------------------------------------------------------------
 
     async def admit(self, principal: Any, request: Request, route: ModelRoute, record: CallRecord) -> ModelRoute:
         """Refuse with a clear 400/403/429, or count the call in every scope it falls under; the route to use."""
         alias = request.alias
+        # Per-model caps and limits belong to the model group the name resolved to (a model_aliases name, a name
+        # a wildcard serves), as LiteLLM's parallel_request_limiter_v3.py@v1.106.2 reads them
+        # (`get_key_model_rpm_limit(..., model_name=model.group)`): another name for a model is not a way around.
+        group = route.alias
         size = len(request.raw)
-        model_cap = self.model_bytes.get(alias)
+        model_cap = self.model_bytes.get(group)
         if model_cap is not None and size > model_cap:
-            raise bad_request(f"Request body is {size} bytes, over the model cap: models[{alias}].max_request_bytes "
+            raise bad_request(f"Request body is {size} bytes, over the model cap: models[{group}].max_request_bytes "
                               f"is {model_cap}.", "messages")
         key: VirtualKey | None = getattr(principal, "key", None)
         if key is None:
@@ -150,13 +156,14 @@ class Governance:
         for cap in (route.max_tokens, key.max_tokens):
             if cap is not None:
                 completion_cap = cap if completion_cap is None else min(completion_cap, cap)
-        scopes = self._scopes_for(key, team, alias, user)
+        scopes = self._scopes_for(key, team, group, user)
         if not scopes:
             return route
         tokens = min(reserve_tokens(size, completion_cap if request.endpoint != "embeddings" else 0),
                      MAX_RESERVED_TOKENS)
         inp, out = self._ceiling(alias, request.body.get("fallbacks"))
-        cost = min(reserve_tokens(size, 0) * inp + (completion_cap or 0) * out, MAX_COST)
+        cost = min(reserve_tokens(size, 0) * inp + (completion_cap or 0) * out + self._images(request, group, scopes),
+                   MAX_COST)
         try:
             record.ticket = await self.limiter.admit(record.request_id, scopes, tokens, cost, self.deadline_s)
         except GatewayError as refusal:
@@ -164,6 +171,25 @@ class Governance:
                 raise budget_exceeded(refusal, self.budget_status) from None
             raise
         return route
+
+    def _images(self, request: Request, group: str, scopes: tuple[Scope, ...]) -> float:
+        """What the images a call asks for may cost. Images without usage in the answer (dall-e-2/3) are priced
+        per image; a model without that price would let a budget be spent without bound, so a key, team or user
+        with a budget is refused it."""
+        if request.endpoint != "images":
+            return 0.0
+        price = self.prices.image_ceiling(group)
+        fallbacks = request.body.get("fallbacks")
+        for name in fallbacks[:MAX_BODY_FALLBACKS] if isinstance(fallbacks, list) else ():
+            more = self.prices.image_ceiling(name) if isinstance(name, str) else None
+            price = None if more is None or price is None else max(price, more)
+        if price is None:
+            if any(s.budget != NO_LIMIT for s in scopes):
+                raise bad_request(f"Images from `{group}` cannot be metered: it has no per-image price "
+                                  f"(models[{group}].output_cost_per_image), and this key has a budget.", "model")
+            return 0.0
+        n = request.body.get("n", 1)
+        return price * (n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 10 else 10)
 
     def _ceiling(self, alias: str, body_fallbacks: Any) -> tuple[float, float]:
         """Per-token prices to reserve: the alias's ceiling, and the ceilings of the fallbacks its request body
@@ -242,8 +268,9 @@ class Governance:
         call.accounted = True
         tokens = call.prompt_tokens + call.completion_tokens
         cost = 0.0
-        if tokens:
-            cost = self.prices.cost(call.alias, call.deployment, call.prompt_tokens, call.completion_tokens)
+        if tokens or call.images:
+            cost = self.prices.cost(call.alias, call.deployment, call.prompt_tokens, call.completion_tokens,
+                                    call.images)
         ticket = call.ticket
         if ticket is not None:
             self.limiter.settle(ticket, tokens, cost)
@@ -266,6 +293,13 @@ class Governance:
         try:
             await self.store.open()
             await self.cache.refresh(force=True)
+        except SchemaTooNew as exc:
+            # Serving with no keys would answer every virtual key 401: report not ready instead (health.py), so a
+            # rollout stops here and the replicas that can read the store keep serving.
+            store_up = False
+            why = "the ledger store's schema is newer than this gateway can read"
+            self.unreadable_store = self.auth.unreadable = why
+            self._event("key_store_unreadable", error=str(exc)[:300], ready=False)
         except Exception as exc:  # noqa: BLE001 - start anyway: the master key works, the refresh keeps trying
             store_up = False
             self._event("key_store_unavailable", error=f"{type(exc).__name__}: {exc}"[:300], serving_cached_keys=0)
@@ -277,6 +311,10 @@ class Governance:
         self.cache.start()
         self._event("governance", limits=self.limiter.description, keys=len(self.cache.by_hash),
                     teams=len(self.cache.teams), key_refresh_seconds=self.cache.refresh_seconds)
+        for alias in self.prices.unpriced():
+            # A call to it costs $0, so no budget binds on it: say so once, at start (README, "Prices").
+            self._event("model_unpriced", model=alias, hint="set input_cost_per_token / output_cost_per_token; "
+                        "calls to this model cost $0 and never reach a budget")
 
     async def stop(self) -> None:
         if self.budgets is not None:

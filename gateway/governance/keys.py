@@ -183,6 +183,7 @@ class VirtualKeyAuth:
         self.set_master_key(master_key)
         self.cache = cache
         self._clock = clock
+        self.unreadable: str | None = None  # why no virtual key can be checked here (the key store is unreadable)
 
     def set_master_key(self, master_key: str) -> None:
         """"" while the master key's secret has no value yet: then no header is the master key."""
@@ -208,6 +209,10 @@ class VirtualKeyAuth:
         # Looked up by SHA-256 digest: timing reveals nothing about the key; the hit is compared in constant time.
         digest = hash_key(presented.strip())
         key = self.cache.by_hash.get(digest)
+        if key is None and self.unreadable is not None:
+            # Not a 401: the key may well be valid; this replica cannot read the store that would say so.
+            raise GatewayError(503, f"Virtual keys cannot be checked on this replica: {self.unreadable}.",
+                               "service_unavailable", None, "key_store_unreadable")
         if key is None or not hmac.compare_digest(key.token, digest):
             raise unauthorized("Incorrect API key provided.")
         if key.blocked:

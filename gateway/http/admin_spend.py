@@ -174,8 +174,10 @@ class SpendApi:
             for d in m.deployments:
                 if wanted is not None and d.name != wanted:
                     continue
-                data.append({"model_name": m.alias,
-                             "litellm_params": {"model": f"{d.provider}/{d.model}", "api_base": d.api_base},
+                params: dict[str, Any] = {"model": f"{d.provider}/{d.model}"}
+                if caller.admin:  # where the platform's servers are is the admin's to know (as /health)
+                    params["api_base"] = d.api_base
+                data.append({"model_name": m.alias, "litellm_params": params,
                              "model_info": {"id": d.name, "db_model": False, "max_tokens": m.max_tokens,
                                             "input_cost_per_token": d.input_cost_per_token
                                             if d.input_cost_per_token is not None else m.input_cost_per_token,

@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.governance.keys import User
+from gateway.governance.keys import Limits, User
 from gateway.governance.store.protocol import Conflict
 from gateway.http.admin_fields import (
     KeyFields,
@@ -112,6 +112,18 @@ class UserApi:
         defaults = {k: v.copy() if isinstance(v, (list, dict)) else v for k, v in USER_TABLE_DEFAULTS.items()}
         return {**defaults, **user_view(user), "teams": teams, "spend": spend}
 
+    def _internal_defaults(self, role: str, limits: Limits) -> Limits:
+        """An internal user naming no budget gets the configured one, as LiteLLM's `new_user` gives
+        max_internal_user_budget / internal_user_budget_duration (internal_user_endpoints.py@v1.106.2)."""
+        settings = self.admin.gov.config.keys
+        if role != "internal_user":
+            return limits
+        if limits.max_budget is None and settings.internal_user_max_budget is not None:
+            limits = dataclasses.replace(limits, max_budget=settings.internal_user_max_budget)
+        if limits.budget_duration is None and settings.internal_user_budget_duration is not None:
+            limits = dataclasses.replace(limits, budget_duration=settings.internal_user_budget_duration)
+        return limits
+
     async def user_new(self, http: web.Request, caller: Caller) -> web.Response:
         body = await read_body(http)
         fields = parse_fields(UserFields, body)
@@ -122,9 +134,10 @@ class UserApi:
         # The key's fields are checked before anything is written: a bad one leaves no user behind.
         key_fields = parse_fields(KeyFields, {k: getattr(fields, k) for k in _KEY_ONLY if getattr(fields, k)})
         now = time.time()
+        user_role = fields.user_role or "internal_user"
         user = User(user_id=fields.user_id or str(uuid.uuid4()), user_email=fields.user_email,
-                    user_alias=fields.user_alias, user_role=fields.user_role or "internal_user",
-                    models=tuple(fields.models or ()), limits=limits_from(fields), metadata=fields.metadata or {},
+                    user_alias=fields.user_alias, user_role=user_role, models=tuple(fields.models or ()),
+                    limits=self._internal_defaults(user_role, limits_from(fields)), metadata=fields.metadata or {},
                     created_at=now, updated_at=now)
         try:
             await self.store.insert_user(user)

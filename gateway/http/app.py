@@ -111,6 +111,7 @@ async def _start(app: web.Application) -> None:
                         quotas=state.quotas)
     if state.governance is not None:  # a virtual key's body fallbacks: only models its lists allow
         state.proxy.may_call = state.governance.may_call
+    await state.proxy.cloud.prepare(state.router.pools)
     state.log.start()
     for pool in state.router.pools:
         replicas = pool.config.replicas

@@ -33,6 +33,7 @@ class GatewayError(Exception):
         self.code = code
         self.headers = headers or {}
         self.close = close  # end the connection after the answer (a body left unread, a slow client)
+        self.detail: str | None = None  # for the call log, never the client: what names our infrastructure
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}

@@ -110,6 +110,7 @@ class Endpoints:
             else:
                 record.prompt_tokens = opened.prompt_tokens
                 record.completion_tokens = opened.completion_tokens
+                record.images = opened.images
                 self.litellm.on_answer(headers, record, opened.deployment, overhead_ms, opened.ratelimit, True)
                 response = answer(opened, headers)
             record.overhead_ms = overhead * 1000
@@ -121,7 +122,7 @@ class Endpoints:
             return error.anthropic_response(headers) if endpoint == "messages" else error.response(headers)
         except GatewayError as exc:
             record.status = exc.status
-            record.error = exc.message
+            record.error = exc.detail or exc.message
             return exc.anthropic_response(headers) if endpoint == "messages" else exc.response(headers)
         except web.HTTPException as exc:  # aiohttp's own refusals, e.g. a body over the size limit
             record.status = exc.status

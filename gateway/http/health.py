@@ -49,6 +49,11 @@ class Health:
     async def readiness(self, http: web.Request) -> web.Response:
         if self.state.draining:
             return web.Response(status=503, body=b'{"status":"shutting_down"}', content_type=JSON)
+        gate = self.state.gate
+        unreadable = getattr(gate, "unreadable_store", None)
+        if unreadable:
+            return web.Response(status=503, body=orjson.dumps({"status": "unhealthy", "db": unreadable}),
+                                content_type=JSON)
         db = "connected" if self.state.governance is not None else "Not connected"
         return web.Response(body=orjson.dumps({"status": "healthy", "db": db}), content_type=JSON)
 

@@ -77,5 +77,6 @@ class LiteLLMHeaders:
         if ratelimit:
             headers.update(ratelimit)
         if whole and self.prices is not None:
-            cost = self.prices.cost(record.alias, dep.name, record.prompt_tokens, record.completion_tokens)
+            cost = self.prices.cost(record.alias, dep.name, record.prompt_tokens, record.completion_tokens,
+                                    record.images)
             headers["x-litellm-response-cost"] = repr(float(cost))

@@ -33,7 +33,7 @@ JSON = "application/json"
 TRUE = frozenset({"1", "true", "on", "yes"})
 EMPTY = orjson.dumps({"object": "list", "data": []})
 # A caller's model lists as /v1/models reads them: its key's, its team's, and whether the key is in a team.
-Allowed = tuple[tuple[str, ...], tuple[str, ...], bool]
+Allowed = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], bool]  # key's, team's, user's lists; in a team
 
 
 def model_entry(alias: str) -> dict[str, Any]:
@@ -58,13 +58,14 @@ class ModelList:
     def _allowed(self, principal: Any) -> Allowed:
         key = getattr(principal, "key", None)
         team = getattr(principal, "team", None)
+        user = getattr(principal, "user", None)  # a user's list bounds its keys, as on the request path (gate.py)
         return ((key.models if key is not None else ()), (team.models if team is not None else ()),
-                key is not None and key.team_id is not None)
+                (user.models if user is not None else ()), key is not None and key.team_id is not None)
 
     def visible(self, allowed: Allowed) -> list[str]:
-        key_models, team_models, in_team = allowed
-        return [a for a, group in self.groups.items()
-                if may_use(key_models, a, group, in_team) and may_use(team_models, a, group)]
+        key_models, team_models, user_models, in_team = allowed
+        return [a for a, group in self.groups.items() if may_use(key_models, a, group, in_team)
+                and may_use(team_models, a, group) and may_use(user_models, a, group)]
 
     async def list(self, http: web.Request) -> web.Response:
         try:

@@ -6,9 +6,11 @@ routes (litellm/proxy/image_endpoints/endpoints.py@v1.106.2 `/v1/images/generati
 proxy_server.py@v1.106.2 `/v1/moderations`), and so with the same paths without `/v1`.
 
 Spend: from the upstream's usage when it reports one (gpt-image-1 answers `usage.input_tokens` /
-`output_tokens`, read by protocols/answers.py), priced per token as every other call; else the request's
-size as prompt tokens (the gateway's estimate rule). LiteLLM's per-image prices (`output_cost_per_image`,
-`input_cost_per_pixel` in its model cost map) are not configurable here yet.
+`output_tokens`, read by protocols/answers.py), priced per token as every other call; else (dall-e-2/3 report
+none) each image in `data` at the model's `output_cost_per_image` (LiteLLM's name and rule,
+litellm/llms/recraft/cost_calculator.py@v1.106.2), plus the request's size as prompt tokens. A key, team or user
+with a budget is refused images from a model without a per-image price (governance/gate.py `_images`): such
+images could not be charged, and the budget would not bind.
 
 The audio endpoints are refused with a 501 that says so: `/v1/audio/transcriptions` takes a multipart
 upload, and both are priced per second or per character in LiteLLM (`input_cost_per_second` for whisper-1,

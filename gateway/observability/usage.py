@@ -21,6 +21,7 @@ class CallRecord:
     stream: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    images: int = 0  # images in an answer that reported no usage: priced per image (ledger/prices.py)
     latency_ms: float = 0.0
     ttft_ms: float | None = None
     overhead_ms: float = 0.0

@@ -83,6 +83,18 @@ def _model_fields(upstream: str, alias: str) -> tuple[bytes, bytes]:
     return b'"model":' + orjson.dumps(upstream), b'"model":' + orjson.dumps(alias)
 
 
+def unmetered_images(data: bytes) -> int:
+    """Images in an images answer that reports no usage (dall-e-2/3 answer `data` alone): charged per image."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return 0
+    if not isinstance(obj, dict) or usage_pair(obj.get("usage"), "input_tokens", "output_tokens") is not None:
+        return 0
+    images = obj.get("data")
+    return len(images) if isinstance(images, list) else 0
+
+
 def _estimated(obj: dict[str, object], prompt_estimate: int) -> tuple[int, int]:
     return prompt_estimate, estimate_tokens(_text_chars(obj.get("choices") or obj.get("content")))
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from gateway.protocols.chunks import ChatChunks
 from gateway.protocols.sse import UpstreamStreamError, error_message
 from gateway.protocols.tokens import bounded_tokens
 
@@ -207,7 +208,7 @@ def from_messages_response(answer: dict[str, Any], alias: str) -> tuple[dict[str
     return completion_obj, prompt, completion
 
 
-class AnthropicStream:
+class AnthropicStream(ChatChunks):
     """Turns Messages stream events into OpenAI chat.completion.chunk events."""
 
     def __init__(self, alias: str, include_usage: bool) -> None:
@@ -219,16 +220,6 @@ class AnthropicStream:
         self.completion_tokens = 0
         self.done = False
         self._tools: dict[int, int] = {}  # content block index -> tool call index
-
-    def _chunk(self, delta: dict[str, Any] | None, finish: str | None = None,
-               usage: dict[str, int] | None = None) -> bytes:
-        obj: dict[str, Any] = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                               "model": self.alias,
-                               "choices": [] if delta is None else
-                               [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
-        if usage is not None:
-            obj["usage"] = usage
-        return b"data: " + orjson.dumps(obj) + b"\n\n"
 
     def feed(self, raw: bytes, data: bytes) -> bytes:
         event = orjson.loads(data)

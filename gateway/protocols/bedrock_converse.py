@@ -14,6 +14,7 @@ import orjson
 
 from gateway.protocols.anthropic_clients import ChatToMessagesStream
 from gateway.protocols.anthropic_upstream import DEFAULT_MAX_TOKENS, BadShape
+from gateway.protocols.chunks import ChatChunks
 from gateway.protocols.sse import UpstreamStreamError
 from gateway.protocols.tokens import bounded_tokens
 
@@ -155,7 +156,7 @@ def from_converse_response(answer: dict[str, Any], alias: str) -> tuple[dict[str
     }, prompt, completion
 
 
-class ConverseStream:
+class ConverseStream(ChatChunks):
     """Turns ConverseStream events into OpenAI chat.completion.chunk events, with a final usage chunk.
 
     `feed(event_type, payload)`: the event's `:event-type` header and its JSON payload, as
@@ -172,16 +173,6 @@ class ConverseStream:
         self.completion_tokens = 0
         self.done = False
         self._tools: dict[int, int] = {}  # contentBlockIndex -> tool call index
-
-    def _chunk(self, delta: dict[str, Any] | None, finish: str | None = None,
-               usage: dict[str, int] | None = None) -> bytes:
-        obj: dict[str, Any] = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                               "model": self.alias,
-                               "choices": [] if delta is None else
-                               [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
-        if usage is not None:
-            obj["usage"] = usage
-        return b"data: " + orjson.dumps(obj) + b"\n\n"
 
     def feed(self, event_type: bytes, payload: bytes) -> bytes:
         event = orjson.loads(payload) if payload else {}

@@ -14,7 +14,7 @@ from gateway.config.native import Retries
 from gateway.http.errors import GatewayError
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.usage import CallRecord
-from gateway.protocols.answers import MalformedAnswer, StreamAdapter, read_answer, stream_adapter
+from gateway.protocols.answers import MalformedAnswer, StreamAdapter, read_answer, stream_adapter, unmetered_images
 from gateway.protocols.bedrock_events import ConverseEventReader
 from gateway.protocols.request import Request
 from gateway.protocols.sse import EventReader, EventTooLarge, TruncatedStream, UpstreamStreamError
@@ -61,6 +61,7 @@ class Opened:
     events: EventReader | ConverseEventReader | None = None  # streaming: the upstream's events, each bounded in size
     prompt_estimate: int = 0  # the prompt's tokens by the request's size, charged when usage never comes
     ratelimit: dict[str, str] | None = None  # the upstream's x-ratelimit-* headers, relayed as LiteLLM does
+    images: int = 0  # an images answer without usage: how many images it holds, priced per image
     _finished: bool = False
 
     def finish(self, ok: bool, blame: bool = True) -> None:
@@ -161,7 +162,8 @@ class Proxy:
             except AttemptFailed as failure:
                 self.metrics.upstream_errors.labels(dep.name, failure.reason.split(":", 1)[0]).inc()
                 failures.append(f"{dep.name}: {failure.reason}")
-                failures.failed(failure.reason, failure.status, failure.headers)
+                failures.failed(failure.reason, failure.status, failure.headers, f"{dep.name}: {failure.detail}"
+                                if failure.detail else None)
                 if failure.retry_after is not None:
                     replica.cooling_until = self._clock() + failure.retry_after
         return None
@@ -252,7 +254,8 @@ class Proxy:
             body, prompt, completion = read_answer(dep, answer.body, route.alias, request.endpoint, prompt_estimate,
                                                    restamp=route.alias == request.alias)
             opened = Opened(dep, replica, None, body, None, prompt, completion,
-                            ratelimit=ratelimit_headers(answer.headers))
+                            ratelimit=ratelimit_headers(answer.headers),
+                            images=unmetered_images(body) if request.endpoint == "images" else 0)
             opened.finish(ok=True)
             return opened
         except AttemptFailed:
@@ -264,13 +267,13 @@ class Proxy:
             raise
         except aiohttp.ClientConnectorError as exc:
             self._failed(replica, response, health)
-            raise AttemptFailed(f"connect_error: {exc.os_error or exc}") from None
+            raise AttemptFailed("connect_error", detail=f"connect_error: {exc.os_error or exc}") from None
         except UpstreamConnectError as exc:
             self._failed(replica, response, health)
-            raise AttemptFailed(f"connect_error: {exc}") from None
+            raise AttemptFailed("connect_error", detail=f"connect_error: {exc}") from None
         except CloudAuthFailed as exc:  # our credentials, not the upstream's health
             self._failed(replica, response, health=False)
-            raise AttemptFailed(f"auth_error: {exc}") from None
+            raise AttemptFailed("auth_error", detail=f"auth_error: {exc}") from None
         except UpstreamClosed as exc:
             self._failed(replica, response, health)
             raise AttemptFailed(f"upstream_disconnected: {redact(str(exc), secrets_of(dep))}") from None

@@ -17,6 +17,8 @@ untouched: attempts take this path only for `provider: azure | bedrock`.
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -46,9 +48,17 @@ class CloudCalls:
     """Sends Azure and Bedrock calls: URL, auth and signature per deployment, credentials shared."""
 
     def __init__(self, aws: AwsCredentials | None = None) -> None:
-        self.aws = aws  # made on the first Bedrock call: botocore's signer costs ~0.3 s of start-up to import
+        self.aws = aws  # made at start when a Bedrock deployment is configured (`prepare`)
         self._azure: dict[str, AzureAuth] = {}
         self._signers: dict[str, AwsSigner] = {}
+
+    async def prepare(self, pools: list[DeploymentPool]) -> None:
+        """At start: import botocore's signer when a Bedrock deployment is configured, in a thread. Importing it
+        costs ~0.3 s, which on the first Bedrock call would stall every call on the event loop; a gateway
+        without Bedrock deployments never pays it."""
+        if any(pool.provider == "bedrock" for pool in pools):
+            module = await asyncio.to_thread(importlib.import_module, "gateway.upstream.aws_signing")
+            self.aws = self.aws or module.AwsCredentials()
 
     async def post(self, session: aiohttp.ClientSession, dep: DeploymentPool, replica: Replica, request: Request,
                    payload: bytes) -> aiohttp.ClientResponse:

@@ -53,14 +53,26 @@ class Failures(list[str]):
     last_reason: str = ""
     last_status: int | None = None  # the upstream's HTTP status, when it answered one
     last_headers: dict[str, str] | None = None  # its x-ratelimit-* headers
+    details: list[str] | None = None  # what the log may read and the client may not (AttemptFailed.detail)
 
-    def failed(self, reason: str, status: int | None, headers: dict[str, str] | None) -> None:
+    def failed(self, reason: str, status: int | None, headers: dict[str, str] | None,
+               detail: str | None = None) -> None:
         self.last_reason = reason.split(":", 1)[0]
         self.last_status, self.last_headers = status, headers
+        if detail is not None:
+            self.details = [*(self.details or []), detail]
 
 
 def final_error(alias: str, failures: Failures) -> GatewayError:
-    """The error for a call no attempt answered, with the status LiteLLM gives for its last failure."""
+    """The error for a call no attempt answered, with the status LiteLLM gives for its last failure; what the
+    client may not read (connect targets, credential refusals) goes to the call log only (`GatewayError.detail`)."""
+    error = _final_error(alias, failures)
+    if failures.details:
+        error.detail = f"{error.message} (details: {'; '.join(failures.details[-6:])})"
+    return error
+
+
+def _final_error(alias: str, failures: Failures) -> GatewayError:
     listed = "; ".join(failures[-6:])
     if any(f.split(": ", 2)[1:2] == ["too_large"] for f in failures):
         # An answer too large to hold is the upstream's fault, named as such (not "unavailable").

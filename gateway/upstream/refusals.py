@@ -16,6 +16,9 @@ from gateway.upstream.routing import DeploymentPool
 
 # Upstream statuses that say "the request is at fault": the client gets them as they are.
 CLIENT_FAULT = frozenset({400, 413, 422})
+# Upstream statuses about our credentials or permissions: their text names our tenant, account or role (Bedrock's
+# 403 AccessDeniedException quotes the role ARN), so clients get the status alone.
+CREDENTIALS = frozenset({401, 403, 407})
 # Of an error answer, only enough to find its message is read: the rest is never held.
 ERROR_BODY_BYTES = 64 * 1024
 
@@ -24,9 +27,10 @@ class AttemptFailed(Exception):
     """One attempt failed before any byte reached the client: try the next candidate."""
 
     def __init__(self, reason: str, retry_after: float | None = None, status: int | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, detail: str | None = None) -> None:
         super().__init__(reason)
-        self.reason = reason
+        self.reason = reason  # what the client may read: the class of failure, and the upstream's words if harmless
+        self.detail = detail  # for the log only: what names our infrastructure (hosts, tenants, accounts, roles)
         self.retry_after = retry_after
         self.status = status  # the upstream's HTTP status, when it answered one (upstream/outcomes.py)
         self.headers = headers  # its x-ratelimit-* headers, relayed if this is the failure the client sees
@@ -71,6 +75,9 @@ def refusal(status: int, reason: str, headers: Mapping[str, str], text: bytes, s
         raise GatewayError(status, f"Upstream rejected the request: {message}", "invalid_request_error",
                            code=_upstream_code(text))
     retry_after = retry_after_seconds(headers.get("retry-after")) if status in (429, 503) else None
+    if status in CREDENTIALS:  # the upstream refused our credentials: the client gets the class, the log the text
+        raise AttemptFailed(f"http_{status}", retry_after, status, ratelimit_headers(headers),
+                            detail=f"http_{status}: {message}")
     raise AttemptFailed(f"http_{status}: {message}", retry_after, status, ratelimit_headers(headers))
 
 

@@ -101,7 +101,9 @@ async def test_an_entra_token_is_refreshed_before_it_expires(azure) -> None:
         assert await auth.header(session, None) == {"Authorization": "Bearer entra-token-0"}
         now[0] += 3600 - REFRESH_BEFORE - 1  # still comfortably valid
         assert await auth.header(session, None) == {"Authorization": "Bearer entra-token-0"}
-        now[0] += 2  # inside the refresh window: a new token before the old one expires
+        now[0] += 2  # inside the refresh window: calls go on with the valid token while one task refreshes it
+        assert {(await auth.header(session, None))["Authorization"] for _ in range(5)} == {"Bearer entra-token-0"}
+        await refreshed(auth)
         assert await auth.header(session, None) == {"Authorization": "Bearer entra-token-1"}
         assert len(azure.token_requests) == 2
 
@@ -109,6 +111,32 @@ async def test_an_entra_token_is_refreshed_before_it_expires(azure) -> None:
         with pytest.raises(AzureTokenError, match="AADSTS7000215: Invalid client secret provided") as err:
             await bad.header(session, None)
         assert "wrong" not in str(err.value)
+
+
+async def refreshed(auth: AzureAuth) -> None:
+    """Wait for the background refresh `header` started."""
+    task = auth._refreshing
+    assert task is not None, "no refresh was started"
+    await task
+
+
+async def test_a_failed_refresh_keeps_the_valid_token_and_no_call_waits_on_entra(azure) -> None:
+    now = [1000.0]
+    settings = AzureSettings(tenant_id="t", client_id="c", client_secret="entra-secret-FAKE",
+                             authority_host=azure.base_url)
+    auth = AzureAuth(settings, clock=lambda: now[0])
+    async with aiohttp.ClientSession() as session:
+        assert await auth.header(session, None) == {"Authorization": "Bearer entra-token-0"}
+        auth.settings = settings.model_copy(update={"client_secret": "wrong"})  # Entra now refuses the app
+        now[0] += 3600 - REFRESH_BEFORE + 1
+        assert await auth.header(session, None) == {"Authorization": "Bearer entra-token-0"}
+        await refreshed(auth)
+        assert auth.refresh_error is not None and "AADSTS7000215" in auth.refresh_error
+        assert await auth.header(session, None) == {"Authorization": "Bearer entra-token-0"}
+        assert auth._refreshing is None, "a failed refresh is not retried at once"
+        now[0] += REFRESH_BEFORE  # expired: now a call must wait for a token, and fails with Entra's reason
+        with pytest.raises(AzureTokenError, match="AADSTS7000215"):
+            await auth.header(session, None)
 
 
 async def test_a_given_ad_token_is_sent_as_a_bearer_token(azure, gateway_factory) -> None:
@@ -150,8 +178,12 @@ async def test_refused_client_credentials_fail_over_with_entras_reason(azure, ga
         azure, tenant_id="tenant-1", client_id="app-1", client_secret="not-it", authority_host=azure.base_url)]}]))
     with pytest.raises(openai.InternalServerError) as err:
         await gw.client().chat.completions.create(model="gpt-4o", messages=MESSAGES)
-    assert "auth_error: Entra ID token request for tenant tenant-1 failed with 401" in err.value.message
-    assert "not-it" not in err.value.message and not azure.requests
+    # The client learns the class of failure; Entra's words (tenant and client ids) reach only the call log.
+    assert "azure-eastus: auth_error" in err.value.message
+    assert "tenant-1" not in err.value.message and "AADSTS" not in err.value.message
+    [logged] = await gw.logged_calls(1)
+    assert "auth_error: Entra ID token request for tenant tenant-1 failed with 401" in logged["error"]
+    assert "not-it" not in err.value.message + logged["error"] and not azure.requests
 
 
 async def test_anthropic_clients_reach_azure_deployments_too(azure, gateway_factory) -> None:

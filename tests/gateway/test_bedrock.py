@@ -4,8 +4,11 @@ requests and answers translated, ConverseStream's binary events relayed as OpenA
 from __future__ import annotations
 
 import asyncio
+import importlib
 import threading
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
 
 import anthropic
 import openai
@@ -14,6 +17,7 @@ from botocore.credentials import Credentials, RefreshableCredentials
 
 from gateway.config.errors import ConfigError
 from gateway.config.loading import parse_config
+from gateway.upstream import cloud_calls
 from gateway.upstream.aws_signing import AwsCredentials, NoAwsCredentials
 from tests.gateway.conftest import KEY, gateway_config
 from tests.gateway.fake_clouds import ACCESS_KEY, SECRET_KEY, SESSION_TOKEN, FakeBedrock, event, frame, text_events
@@ -261,7 +265,9 @@ async def test_without_aws_credentials_the_call_fails_over_with_a_named_reason(a
             "api_base": fake.base_url}]}]))
         with pytest.raises(openai.InternalServerError) as err:
             await gw.client().chat.completions.create(model="claude", messages=MESSAGES)
-        assert "auth_error: no AWS credentials found" in err.value.message and not fake.requests
+        assert "bedrock-us: auth_error" in err.value.message and "credentials" not in err.value.message
+        [logged] = await gw.logged_calls(1)
+        assert "auth_error: no AWS credentials found" in logged["error"] and not fake.requests
     finally:
         await fake.stop()
 
@@ -299,3 +305,37 @@ async def test_anthropic_clients_reach_bedrock_through_converse(bedrock) -> None
         final = await stream.get_final_message()
     assert text == "Hello" and final.usage.output_tokens == 3 and final.stop_reason == "end_turn"
     assert fake.requests[1]["operation"] == "converse-stream" and fake.signature_problems == []
+
+
+async def test_an_access_denied_answer_names_no_account_or_role_to_the_client(bedrock) -> None:
+    """Bedrock's 403 AccessDeniedException quotes the caller's role ARN and account: the client gets the class of
+    failure, the call log the text."""
+    fake, gw = bedrock
+    arn = "arn:aws:sts::123456789012:assumed-role/llmp-gateway/i-0abc"
+    fake.error = ("AccessDeniedException", f"User: {arn} is not authorized to perform: bedrock:InvokeModel")
+    with pytest.raises(openai.APIStatusError) as err:
+        await gw.client().chat.completions.create(model="claude", messages=MESSAGES)
+    assert "bedrock-us: http_403" in err.value.message and "123456789012" not in err.value.message
+    [logged] = await gw.logged_calls(1)
+    assert "AccessDeniedException: User: arn:aws:sts::123456789012:" in logged["error"]
+
+
+async def test_botocore_is_imported_at_start_in_a_thread_only_when_bedrock_is_configured(aws_env, gateway_factory,
+                                                                                       monkeypatch) -> None:
+    # Importing botocore's signer takes ~0.3 s: on the first Bedrock call it would stall the event loop.
+    imported_in: list[tuple[str, int]] = []
+
+    def import_module(name: str) -> Any:
+        imported_in.append((name, threading.get_ident()))
+        return importlib.import_module(name)
+
+    monkeypatch.setattr(cloud_calls, "importlib", SimpleNamespace(import_module=import_module))
+    plain = await gateway_factory(gateway_config(models=[{"alias": "m", "deployments": [
+        {"name": "a", "model": "m", "api_base": "http://127.0.0.1:9/v1"}]}]))
+    assert imported_in == [] and plain.state.proxy.cloud.aws is None
+    gw = await gateway_factory(gateway_config(models=[{"alias": "claude", "deployments": [{
+        "name": "bedrock-us", "provider": "bedrock", "model": MODEL_ID, "region": "us-east-1",
+        "api_base": "http://127.0.0.1:9"}]}]))
+    assert [name for name, _ in imported_in] == ["gateway.upstream.aws_signing"]
+    assert imported_in[0][1] != threading.get_ident(), "imported in a thread, not on the event loop"
+    assert gw.state.proxy.cloud.aws is not None, "ready before the first call"

@@ -249,3 +249,16 @@ async def test_a_non_streamed_answer_slower_than_first_byte_arrives_within_total
 def test_retry_after_from_an_upstream_is_bounded(header, seconds) -> None:
     # An upstream's `Retry-After: inf` (or a year) must not take a replica out of rotation for good.
     assert retry_after_seconds(header) == seconds
+
+
+async def test_a_replica_that_refuses_connections_is_not_named_to_the_client(gateway_factory) -> None:
+    """The replica's host and port are the platform's, not the client's: the class of failure goes out, the
+    address only to the call log."""
+    dead = closed_port_url()
+    gw = await gateway_factory(gateway_config([deployment("dead", dead)]))
+    with pytest.raises(openai.APIStatusError) as err:
+        await gw.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    port = dead.rsplit(":", 1)[1].split("/")[0]
+    assert "dead: connect_error" in err.value.message and port not in err.value.message
+    [logged] = await gw.logged_calls(1)
+    assert port in logged["error"]

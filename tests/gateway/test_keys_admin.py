@@ -265,6 +265,16 @@ async def test_a_virtual_key_reads_its_own_key_team_and_user_and_nothing_else(go
         assert status == 403, path
 
 
+async def test_model_info_shows_where_models_are_served_to_the_admin_only(gov, sim) -> None:
+    # As /health: a replica's address is the platform's to know, not every key holder's.
+    _, made = await admin(gov, "POST", "/key/generate", {})
+    _, as_admin = await admin(gov, "GET", "/model/info")
+    _, as_key = await admin(gov, "GET", "/model/info", key=made["key"])
+    assert [m["litellm_params"]["api_base"] for m in as_admin["data"]] == [sim.base_url]
+    assert [m["litellm_params"] for m in as_key["data"]] == [{"model": f"openai/{MODEL}"}]
+    assert sim.base_url.split("//")[1] not in str(as_key)
+
+
 async def test_a_users_budget_spans_its_keys_and_is_raised_from_the_ledger(gateway_factory, sim, tmp_path) -> None:
     config = governed(sim, tmp_path)
     config["ledger"]["budget_sync_seconds"] = 60

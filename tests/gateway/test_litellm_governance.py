@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import openai
+import orjson
 import pytest
 
 from gateway.config.errors import ConfigError
@@ -88,3 +89,45 @@ async def test_litellm_key_scripts_and_limits_work_on_a_litellm_config(gateway_f
     with pytest.raises(openai.RateLimitError, match="rpm_limit 2"):
         await client.chat.completions.create(model="llama", messages=MESSAGES)
     assert b"redis (shared by replicas" in gw.log_buffer.getvalue()
+
+
+async def test_a_model_without_a_price_is_named_once_at_start_when_budgets_are_on(gateway_factory, sim,
+                                                                                  tmp_path) -> None:
+    # LiteLLM prices unknown models from its model cost map; the gateway has none: an unpriced model costs $0,
+    # so no budget ever binds on it, and the operator is told at start.
+    priced = {"model_name": "priced", "litellm_params": {"model": "hosted_vllm/sim-model", "api_base": sim.base_url,
+                                                         "input_cost_per_token": 0.001}}
+    free = {"model_name": "free", "litellm_params": {"model": "hosted_vllm/sim-model", "api_base": sim.base_url}}
+    gw = await gateway_factory(parse_config({
+        "model_list": [priced, free, {**free, "model_info": {"id": "free-2"}}],
+        "general_settings": {"master_key": KEY, "database_url": f"sqlite:///{tmp_path / 'ledger.db'}",
+                             "llmp_spool_dir": str(tmp_path / "spool")}}))
+    lines = [orjson.loads(line) for line in gw.log_buffer.getvalue().splitlines() if line]
+    assert [line["model"] for line in lines if line.get("event") == "model_unpriced"] == ["free"]
+
+
+async def test_internal_users_get_the_configured_budget_unless_they_name_one(gateway_factory, sim, tmp_path) -> None:
+    # LiteLLM's new_user (internal_user_endpoints.py@v1.106.2): an internal_user with no max_budget /
+    # budget_duration gets litellm_settings.max_internal_user_budget / internal_user_budget_duration.
+    entry = {"model_name": "llama", "litellm_params": {"model": "hosted_vllm/sim-model", "api_base": sim.base_url}}
+    gw = await gateway_factory(parse_config({
+        "model_list": [entry], "litellm_settings": {"max_internal_user_budget": 5, "internal_user_budget_duration":
+                                                    "30d"},
+        "general_settings": {"master_key": KEY, "database_url": f"sqlite:///{tmp_path / 'ledger.db'}",
+                             "llmp_spool_dir": str(tmp_path / "spool")}}))
+    for body, expected in (({"user_id": "ana"}, (5, "30d")), ({"user_id": "bob", "max_budget": 50}, (50, "30d")),
+                           ({"user_id": "cy", "user_role": "internal_user_viewer"}, (None, None))):
+        status, made = await admin(gw, "POST", "/user/new", body)
+        assert status == 200, made
+        _, info = await admin(gw, "GET", f"/user/info?user_id={body['user_id']}")
+        assert (info["user_info"]["max_budget"], info["user_info"]["budget_duration"]) == expected, body
+
+
+def test_internal_user_budget_settings_are_checked_by_name() -> None:
+    entry = {"model_name": "m", "litellm_params": {"model": "hosted_vllm/m", "api_base": "http://127.0.0.1:9/v1"}}
+    with pytest.raises(ConfigError, match=r"litellm_settings\.internal_user_budget_duration: '3 weeks' is not a dur"):
+        parse_config({"model_list": [entry], "litellm_settings": {"internal_user_budget_duration": "3 weeks"}})
+    with pytest.raises(ConfigError, match=r"litellm_settings\.max_internal_user_budget: -1 is not a budget"):
+        parse_config({"model_list": [entry], "litellm_settings": {"max_internal_user_budget": -1}})
+    config = parse_config({"model_list": [entry], "litellm_settings": {"default_max_internal_user_budget": 2}})
+    assert config.keys.internal_user_max_budget == 2.0

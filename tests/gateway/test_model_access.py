@@ -121,6 +121,20 @@ async def test_a_budget_holds_for_calls_by_alias_name_with_the_configured_budget
     assert isinstance(body, dict) and (body["type"], body["code"]) == ("budget_exceeded", "429")
 
 
+async def test_per_model_limits_hold_for_every_name_that_reaches_the_model(gateway_factory, sim_factory,
+                                                                           tmp_path) -> None:
+    # LiteLLM reads a key's model_rpm_limit under the model group the name resolved to
+    # (parallel_request_limiter_v3.py@v1.106.2, `get_key_model_rpm_limit(..., model_name=model.group)`).
+    sim = await sim_factory(models=("sim-model", "gpt-4o", "gpt-4o-mini"))
+    gw = await gateway_factory(parse_config(config(sim, sim, tmp_path)))
+    client = await key_for(gw, [], model_rpm_limit={"llama": 1, "openai/*": 1})
+    for first, other in (("llama", "gpt-4"), ("openai/gpt-4o", "openai/gpt-4o-mini")):
+        await client.chat.completions.create(model=first, messages=MESSAGES)
+        with pytest.raises(openai.RateLimitError):
+            await client.chat.completions.create(model=other, messages=MESSAGES)
+    await client.chat.completions.create(model="backup", messages=MESSAGES)  # another model, its own limits
+
+
 def test_litellm_budget_exceeded_status_code_is_honoured_and_checked() -> None:
     entry = {"model_name": "m", "litellm_params": {"model": "hosted_vllm/m", "api_base": "http://127.0.0.1:9/v1"}}
     config = parse_config({"model_list": [entry], "litellm_settings": {"budget_exceeded_status_code": 429}})
@@ -138,6 +152,16 @@ async def test_v1_models_lists_aliases_that_are_not_hidden_as_the_key_may_see_th
     narrow = await key_for(gw, ["llama"])
     assert [m.id async for m in narrow.models.list()] == ["llama", "gpt-4"]
     assert (await narrow.models.retrieve("gpt-4")).id == "gpt-4"
+
+
+async def test_v1_models_lists_only_what_the_keys_user_may_call(gateway_factory, sim, tmp_path) -> None:
+    gw = await gateway_factory(parse_config(config(sim, sim, tmp_path)))
+    status, made = await admin(gw, "POST", "/user/new", {"user_id": "ana", "models": ["backup"]})
+    assert status == 200, made
+    client = await key_for(gw, [], user_id="ana")
+    assert [m.id async for m in client.models.list()] == ["backup"]
+    with pytest.raises(openai.NotFoundError):
+        await client.models.retrieve("llama")
 
 
 async def test_metrics_name_calls_as_the_client_called_them_within_configured_names(gateway_factory, sim_factory,

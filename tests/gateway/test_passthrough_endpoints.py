@@ -17,8 +17,43 @@ ALIAS = "team-images"
 
 def with_alias(config: dict[str, Any], sim: Any) -> dict[str, Any]:
     config["models"].append({"alias": ALIAS, "deployments": [deployment("sim-img", sim.base_url)],
-                             "input_cost_per_token": 0.00001, "output_cost_per_token": 0.00004})
+                             "input_cost_per_token": 0.00001, "output_cost_per_token": 0.00004,
+                             "output_cost_per_image": 0.04})  # used only when an answer reports no usage
     return config
+
+
+def dall_e(sim: Any, tmp_path: Path, price: float | None) -> dict[str, Any]:
+    """A dall-e-3 deployment (answers without usage), with a per-image price or none."""
+    config = governed(sim, tmp_path)
+    config["models"].append({"alias": "dall-e-3", "deployments": [{"name": "sim-dall-e", "model": "dall-e-3",
+                                                                   "api_base": sim.base_url}],
+                             "input_cost_per_token": 0.00001, "output_cost_per_image": price})
+    return config
+
+
+async def test_images_without_usage_are_charged_per_image(sim_factory, gateway_factory, tmp_path: Path) -> None:
+    """dall-e-2/3 report no usage: each image costs the model's `output_cost_per_image`, as LiteLLM prices
+    images (`output_cost_per_image * len(response.data)`, litellm/llms/recraft/cost_calculator.py@v1.106.2)."""
+    sim = await sim_factory(models=(MODEL, "dall-e-3"))
+    gw = await gateway_factory(dall_e(sim, tmp_path, 0.04))
+    _, made = await admin(gw, "POST", "/key/generate", {"max_budget": 1})
+    raw = await gw.client(api_key=made["key"]).images.with_raw_response.generate(model="dall-e-3", prompt="a fox",
+                                                                                  n=2)
+    assert raw.parse().usage is None
+    [call] = await gw.logged_calls(1)
+    assert float(raw.headers["x-litellm-response-cost"]) == pytest.approx(2 * 0.04 + call["prompt_tokens"] * 0.00001)
+
+
+async def test_a_key_with_a_budget_may_not_generate_images_that_cannot_be_priced(sim_factory, gateway_factory,
+                                                                                 tmp_path: Path) -> None:
+    sim = await sim_factory(models=(MODEL, "dall-e-3"))
+    gw = await gateway_factory(dall_e(sim, tmp_path, None))
+    _, budgeted = await admin(gw, "POST", "/key/generate", {"max_budget": 1})
+    with pytest.raises(openai.BadRequestError, match=r"no per-image price \(models\[dall-e-3\]\.output_cost_per_"):
+        await gw.client(api_key=budgeted["key"]).images.generate(model="dall-e-3", prompt="a fox")
+    assert sim.stats.requests == 0
+    _, unbounded = await admin(gw, "POST", "/key/generate", {})
+    await gw.client(api_key=unbounded["key"]).images.generate(model="dall-e-3", prompt="a fox")
 
 
 async def test_image_generation_passes_through_and_is_charged_from_the_upstreams_usage(sim, gateway_factory,

@@ -8,6 +8,7 @@ from collections import Counter
 import openai
 import pytest
 
+from gateway.config.model_names import match, pattern_regex
 from gateway.config.native import parse_native
 from gateway.upstream.hashring import BoundedLoadRing
 from gateway.upstream.routing import Router
@@ -120,3 +121,10 @@ async def test_fallback_alias_answers_when_the_model_fails(sim_factory, gateway_
     assert reply.model == "gpt-4o-mini"
     [call] = gw.calls()
     assert call["fallbacks"] == ["gpt-4o-mini"] and call["attempts"] == 4  # 1 + 2 retries, then the fallback
+
+
+def test_a_wildcard_pattern_is_compiled_once_not_per_request() -> None:
+    pattern_regex.cache_clear()
+    for _ in range(3):
+        assert match(["openai/*"], "openai/gpt-4o") == ("openai/*", ("gpt-4o",))
+    assert pattern_regex.cache_info().misses == 1 and pattern_regex("openai/*") is pattern_regex("openai/*")

@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
+import openai
 import orjson
 import pytest
 
@@ -20,6 +22,7 @@ from gateway.governance.store.documents import key_doc, team_doc
 from gateway.governance.store.migrations import SchemaTooNew, latest
 from gateway.governance.store.postgres import PostgresStore
 from gateway.governance.store.sqlite import SqliteStore
+from tests.gateway.conftest import MODEL, deployment, gateway_config
 from tests.gateway.servers import PostgresServer
 
 # Schema v1, exactly as gateway/store.py created it before migrations existed (do not edit: it is history).
@@ -39,6 +42,7 @@ SCHEMA_V1 = [
 TABLES = {"llmp_teams": "team_id", "llmp_keys": "token", "llmp_spend": "id"}
 NEW_TABLES = {"llmp_users": "user_id", "llmp_team_members": "team_id, user_id"}  # version 2
 NOW = 1_760_000_000.0
+MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 def v1_rows() -> dict[str, list[tuple[Any, ...]]]:
@@ -281,3 +285,51 @@ async def test_a_migrated_postgres_ledger_keeps_users_members_and_spend_by_user(
         await users_members_and_spend_by_user(store)
     finally:
         await store.close()
+
+
+# ---- a rolling update or a rollback: older code meets a newer schema it can still read ----------------------
+
+async def test_version_1_code_reads_and_writes_a_version_2_ledger(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "ledger.db"
+    rows = sqlite_v1(path)
+    store = SqliteStore(str(path), 5)  # today's code migrates it to version 2 ...
+    await store.open()
+    await store.close()
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])  # ... and version 1 code opens it
+    old = SqliteStore(str(path), 5)
+    await old.open()
+    try:
+        keys, teams = await old.load_keys()
+        assert {k.token for k in keys} and {t.team_id for t in teams} == {r[0] for r in rows["llmp_teams"]}
+        row = spend_row("rec-old", "req-old", "f" * 64, None, None, "gpt-4o-mini", "openai", "us-east-1", 200, 1, 1,
+                        0.1, now=NOW + 20)
+        assert await old.insert_spend([orjson.dumps(row)]) == 1
+    finally:
+        await old.close()
+    assert sqlite_versions(path) == [1, 2]
+
+
+async def test_a_newer_ledger_unreadable_by_this_code_is_refused_and_the_gateway_is_not_ready(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gateway_factory: Any, sim: Any) -> None:
+    path = tmp_path / "ledger.db"
+    sqlite_v1(path)
+    breaking = migrations.Migration(latest() + 1, "a change older code cannot read",
+                                    ("ALTER TABLE llmp_spend ADD COLUMN breaking_for_test TEXT",))
+    with monkeypatch.context() as newer:
+        newer.setattr(migrations, "MIGRATIONS", (*migrations.MIGRATIONS, breaking))
+        store = SqliteStore(str(path), 5)
+        await store.open()
+        await store.close()
+    with pytest.raises(SchemaTooNew, match=rf"readable only by a gateway that knows version {latest() + 1}"):
+        await SqliteStore(str(path), 5).open()
+    config = gateway_config([deployment("sim-a", sim.base_url)])
+    config["ledger"] = {"spool_dir": str(tmp_path / "spool"), "store": f"sqlite:///{path}"}
+    gw = await gateway_factory(config)
+    async with aiohttp.ClientSession() as http, http.get(gw.url + "/health/readiness") as resp:
+        assert resp.status == 503 and "schema is newer" in (await resp.json())["db"]
+    # A virtual key is not told it is wrong (401): this replica cannot tell; the master key still works.
+    with pytest.raises(openai.APIStatusError) as refused:
+        await gw.client(api_key="sk-llmp-" + "0" * 32).chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert refused.value.status_code == 503 and refused.value.code == "key_store_unreadable"
+    await gw.client().chat.completions.create(model=MODEL, messages=MESSAGES)

@@ -3,8 +3,11 @@
 Each migration is a list of statements valid on both databases. At start, inside one transaction
 (PostgreSQL: under an advisory lock, so replicas starting together take turns), the store creates
 `llmp_schema_version` if missing, reads the highest version recorded there, runs every later migration
-in order and records each. A database at a version this code does not know (a newer gateway migrated it)
-is refused with `SchemaTooNew`: nothing is read or written there.
+in order and records each. Each migration also says the oldest schema version whose code can still read and
+write a database it has been applied to (`readable_by`), recorded in `llmp_schema_readers`: a database at a
+version this code does not know (a newer gateway migrated it, as in a rolling update or a rollback) is used as
+it is when every newer migration there is readable by this code's version, and refused with `SchemaTooNew`
+otherwise (nothing is read or written there; the gateway then reports itself not ready).
 
 Version 1 is the schema as it was before migrations existed; its statements say `IF NOT EXISTS`, so a
 database made then is adopted as version 1 without a change. To change the schema, append a migration:
@@ -21,6 +24,13 @@ VERSION_TABLE = "llmp_schema_version"
 CREATE_VERSION_TABLE = (f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INTEGER PRIMARY KEY, "
                         "description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
 CURRENT_VERSION = f"SELECT COALESCE(MAX(version), 0) FROM {VERSION_TABLE}"
+READERS_TABLE = "llmp_schema_readers"
+CREATE_READERS_TABLE = (f"CREATE TABLE IF NOT EXISTS {READERS_TABLE} (version INTEGER PRIMARY KEY, "
+                        "readable_by INTEGER NOT NULL)")
+READERS = f"SELECT version, readable_by FROM {READERS_TABLE}"
+# ON CONFLICT ... DO NOTHING: SQLite >= 3.24 and PostgreSQL >= 9.5 alike; `{}` is the driver's placeholder style.
+RECORD_READER = (f"INSERT INTO {READERS_TABLE} (version, readable_by) VALUES ({{}}, {{}}) "
+                 "ON CONFLICT (version) DO NOTHING")
 
 
 @dataclass(frozen=True)
@@ -28,6 +38,10 @@ class Migration:
     version: int
     description: str
     statements: tuple[str, ...]
+    readable_by: int = 0  # the oldest schema version whose code reads and writes the result; 0: this one only
+
+    def reader(self) -> int:
+        return self.readable_by or self.version
 
 
 class SchemaTooNew(StoreError):
@@ -68,7 +82,8 @@ _V2 = (
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "keys, teams and spend rows", _V1),
-    Migration(2, "users, team members, spend rows by user", _V2),
+    # Only new tables and a nullable column: version 1 code reads and writes such a database unchanged.
+    Migration(2, "users, team members, spend rows by user", _V2, readable_by=1),
 )
 
 
@@ -76,9 +91,20 @@ def latest() -> int:
     return MIGRATIONS[-1].version
 
 
-def pending(current: int, where: str) -> list[Migration]:
-    """The migrations a database at `current` needs, in order; `SchemaTooNew` when it is ahead of this code."""
+def pending(current: int, readers: dict[int, int], where: str) -> list[Migration]:
+    """The migrations a database at `current` needs, in order: none when it is ahead of this code but readable by
+    it (`readers`: each applied version's `readable_by`), `SchemaTooNew` when it is ahead and not readable."""
     if current > latest():
-        raise SchemaTooNew(f"{where}: the ledger store's schema is at version {current}, newer than this gateway "
-                           f"knows (version {latest()}); run a gateway at least as new as the one that migrated it")
+        # A newer version with no reader row was recorded by a gateway that predates the rows: refuse it.
+        needs = max((readers.get(v, v) for v in range(latest() + 1, current + 1)), default=0)
+        if needs > latest():
+            raise SchemaTooNew(f"{where}: the ledger store's schema is at version {current}, newer than this gateway "
+                               f"knows (version {latest()}), and readable only by a gateway that knows version "
+                               f"{needs}; run a gateway at least that new")
+        return []
     return [m for m in MIGRATIONS if m.version > current]
+
+
+def reader_rows() -> list[tuple[int, int]]:
+    """(version, readable_by) for every migration this code knows, recorded at each start (idempotent)."""
+    return [(m.version, m.reader()) for m in MIGRATIONS]

@@ -17,7 +17,16 @@ from gateway.governance.store.documents import (
     user_doc,
     user_from_doc,
 )
-from gateway.governance.store.migrations import CREATE_VERSION_TABLE, CURRENT_VERSION, VERSION_TABLE, pending
+from gateway.governance.store.migrations import (
+    CREATE_READERS_TABLE,
+    CREATE_VERSION_TABLE,
+    CURRENT_VERSION,
+    READERS,
+    RECORD_READER,
+    VERSION_TABLE,
+    pending,
+    reader_rows,
+)
 from gateway.governance.store.protocol import BadRows, Conflict, StoreError
 from gateway.governance.store.reports import (
     MEMBER_COLUMNS,
@@ -63,11 +72,14 @@ class PostgresStore:
     async def _migrate(self, conn: Any) -> None:
         """Bring the schema to the latest version, inside the caller's transaction (see `migrations`)."""
         await conn.execute(CREATE_VERSION_TABLE)
-        for m in pending(await conn.fetchval(CURRENT_VERSION), "postgresql"):
+        await conn.execute(CREATE_READERS_TABLE)
+        readers = {r[0]: r[1] for r in await conn.fetch(READERS)}
+        for m in pending(await conn.fetchval(CURRENT_VERSION), readers, "postgresql"):
             for statement in m.statements:
                 await conn.execute(statement)
             await conn.execute(f"INSERT INTO {VERSION_TABLE} (version, description, applied_at) VALUES ($1, $2, $3)",
                                m.version, m.description, time.time())
+        await conn.executemany(RECORD_READER.format("$1", "$2"), reader_rows())
 
     async def close(self) -> None:
         if self._pool is not None:

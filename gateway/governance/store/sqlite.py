@@ -20,7 +20,16 @@ from gateway.governance.store.documents import (
     user_doc,
     user_from_doc,
 )
-from gateway.governance.store.migrations import CREATE_VERSION_TABLE, CURRENT_VERSION, VERSION_TABLE, pending
+from gateway.governance.store.migrations import (
+    CREATE_READERS_TABLE,
+    CREATE_VERSION_TABLE,
+    CURRENT_VERSION,
+    READERS,
+    RECORD_READER,
+    VERSION_TABLE,
+    pending,
+    reader_rows,
+)
 from gateway.governance.store.protocol import BadRows, Conflict, StoreError
 from gateway.governance.store.reports import (
     MEMBER_COLUMNS,
@@ -67,11 +76,14 @@ class SqliteStore:
         db.execute("BEGIN IMMEDIATE")  # one process migrates; the others wait (`timeout`), then find it done
         try:
             db.execute(CREATE_VERSION_TABLE)
-            for m in pending(db.execute(CURRENT_VERSION).fetchone()[0], f"sqlite:///{self.path}"):
+            db.execute(CREATE_READERS_TABLE)
+            readers = dict(db.execute(READERS).fetchall())
+            for m in pending(db.execute(CURRENT_VERSION).fetchone()[0], readers, f"sqlite:///{self.path}"):
                 for statement in m.statements:
                     db.execute(statement)
                 db.execute(f"INSERT INTO {VERSION_TABLE} (version, description, applied_at) VALUES (?, ?, ?)",
                            (m.version, m.description, time.time()))
+            db.executemany(RECORD_READER.format("?", "?"), reader_rows())
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
