@@ -176,7 +176,7 @@ def test_by_default_the_gateway_has_no_load_balancer():
 def test_probes_use_the_gateways_health_endpoints():
     c = _defaults().container("gateway")
     # Not tied to upstreams: the first deploy's atomic release must get ready before any model is up.
-    assert c["readinessProbe"]["httpGet"] == {"path": "/health/live", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/health/readiness", "port": "http"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": "http"}
     assert c["startupProbe"]["httpGet"]["path"] == "/health/live"
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": GATEWAY_PORT}
