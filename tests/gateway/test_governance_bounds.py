@@ -367,3 +367,32 @@ async def test_the_ledger_keeps_flushing_while_a_store_is_merely_down(tmp_path: 
     await asyncio.wait_for(ledger.flush(), 30)
     assert quarantined(tmp_path / "spool") == [] and [e for e, _ in events] == ["ledger_store_unavailable"]
     ledger.spool.close()
+
+
+async def test_a_flush_returns_only_once_every_record_written_before_it_is_in_the_store(tmp_path: Path) -> None:
+    """The background loop may be mid-flush (its segment taken, its insert under way) when someone asks for a flush
+    (SIGTERM's final flush, a test, an admin read): that flush waits for it, so nothing written before is missing."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger = new_ledger(url, tmp_path / "spool", Events())
+    await ledger.store.open()
+    first, second = rows(2, "race")
+    inserting, release = asyncio.Event(), asyncio.Event()
+    insert = ledger.store.insert_spend
+
+    async def slow_first_insert(lines: list[bytes]) -> int:
+        if not inserting.is_set():
+            inserting.set()
+            await release.wait()
+        return await insert(lines)
+    ledger.store.insert_spend = slow_first_insert  # type: ignore[method-assign]
+    ledger.write(first)
+    background = asyncio.create_task(ledger.flush())  # the loop's flush, stuck in its insert
+    await inserting.wait()
+    ledger.write(second)
+    asked = asyncio.create_task(ledger.flush())
+    await asyncio.sleep(0.2)
+    assert not asked.done(), "a flush returned while an earlier record was still on its way to the store"
+    release.set()
+    await asyncio.gather(background, asked)
+    assert await ledger_ids(url) == sorted([first["request_id"], second["request_id"]])
+    await ledger.stop()

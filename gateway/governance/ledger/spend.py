@@ -41,6 +41,9 @@ class SpendLedger:
         self._ids = count(1)
         self._prefix = os.urandom(6).hex()
         self._task: asyncio.Task[None] | None = None
+        # One flush at a time: a flush takes the spool's segments while it inserts them, so a second one running
+        # beside it would find nothing and return before the first's rows are in the store.
+        self._flushing = asyncio.Lock()
         self._store_down = False
         self.flushed = 0  # rows inserted by this process (replays included)
         self.write_errors = 0
@@ -70,7 +73,13 @@ class SpendLedger:
             await self.flush()
 
     async def flush(self) -> int:
-        """Rotate, then insert every closed or orphaned segment; on a store error keep them for later."""
+        """Rotate, then insert every closed or orphaned segment; on a store error keep them for later. When it
+        returns, every record written before the call is in the store (or waits in the spool for a store that is
+        down): a flush already under way (the background loop's) is waited for first."""
+        async with self._flushing:
+            return await self._flush()
+
+    async def _flush(self) -> int:
         segments: list[Segment] = []
         current = self.spool.rotate()
         if current is not None:
