@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from gateway.protocols.chunks import ChatChunks
+from gateway.protocols.chunks import ChatChunks, assistant_message, tool_call
 from gateway.protocols.sse import UpstreamStreamError, error_message
 from gateway.protocols.tokens import bounded_tokens
 
@@ -187,15 +187,11 @@ def from_messages_response(answer: dict[str, Any], alias: str) -> tuple[dict[str
         if block.get("type") == "text":
             text.append(block.get("text", ""))
         elif block.get("type") == "tool_use":
-            tool_calls.append({"id": block.get("id", ""), "type": "function",
-                               "function": {"name": block.get("name", ""),
-                                            "arguments": orjson.dumps(block.get("input") or {}).decode()}})
+            tool_calls.append(tool_call(block.get("id", ""), block.get("name", ""), block.get("input")))
     usage = answer.get("usage") or {}
     prompt = bounded_tokens(usage.get("input_tokens"))
     completion = bounded_tokens(usage.get("output_tokens"))
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(text) if text or not tool_calls else None}
-    if tool_calls:
-        message["tool_calls"] = tool_calls
+    message = assistant_message(text, tool_calls)
     completion_obj = {
         "id": answer.get("id", ""),
         "object": "chat.completion",

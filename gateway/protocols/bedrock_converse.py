@@ -14,7 +14,7 @@ import orjson
 
 from gateway.protocols.anthropic_clients import ChatToMessagesStream
 from gateway.protocols.anthropic_upstream import DEFAULT_MAX_TOKENS, BadShape
-from gateway.protocols.chunks import ChatChunks
+from gateway.protocols.chunks import ChatChunks, assistant_message, tool_call
 from gateway.protocols.sse import UpstreamStreamError
 from gateway.protocols.tokens import bounded_tokens
 
@@ -136,15 +136,11 @@ def from_converse_response(answer: dict[str, Any], alias: str) -> tuple[dict[str
             text.append(str(block["text"]))
         elif "toolUse" in block:
             use = block["toolUse"]
-            calls.append({"id": use.get("toolUseId", ""), "type": "function",
-                          "function": {"name": use.get("name", ""),
-                                       "arguments": orjson.dumps(use.get("input") or {}).decode()}})
+            calls.append(tool_call(use.get("toolUseId", ""), use.get("name", ""), use.get("input")))
     usage = answer.get("usage") or {}
     prompt = bounded_tokens(usage.get("inputTokens"))
     completion = bounded_tokens(usage.get("outputTokens"))
-    reply: dict[str, Any] = {"role": "assistant", "content": "".join(text) if text or not calls else None}
-    if calls:
-        reply["tool_calls"] = calls
+    reply = assistant_message(text, calls)
     return {
         "id": "chatcmpl-bedrock-" + str(time.time_ns()),
         "object": "chat.completion",

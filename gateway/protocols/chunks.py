@@ -7,6 +7,20 @@ from typing import Any
 import orjson
 
 
+def tool_call(call_id: str, name: str, arguments: Any) -> dict[str, Any]:
+    """One OpenAI `tool_calls` entry of a whole answer, from a translated provider's tool use."""
+    return {"id": call_id, "type": "function",
+            "function": {"name": name, "arguments": orjson.dumps(arguments or {}).decode()}}
+
+
+def assistant_message(text: list[str], calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """OpenAI's assistant message: the text (null when the answer is only tool calls) and the tool calls."""
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(text) if text or not calls else None}
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
 class ChatChunks:
     """Writes one SSE `data:` event per chunk of one streamed answer; `id`, `created` and `alias` (the model name
     the client asked for) are set by the translator using it."""
