@@ -96,8 +96,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "keys, teams and spend rows", _V1),
     # Only new tables and a nullable column: version 1 code reads and writes such a database unchanged.
     Migration(2, "users, team members, spend rows by user", _V2, readable_by=1),
-    # Nullable columns only: version 2 code reads and writes it (its writes carry no version: not shared to peers).
-    Migration(3, "record versions, for peers in other regions", _V3, readable_by=2),
+    # Nullable columns and indexes only: older code reads and writes it (its writes carry no version, so peers do
+    # not hear of them until a newer gateway writes the record again).
+    Migration(3, "record versions, for peers in other regions", _V3, readable_by=1),
 )
 
 
