@@ -64,6 +64,7 @@ class PeerSync:
         self._task: asyncio.Task[None] | None = None
         self.pulls = 0  # completed rounds (tests wait on it)
         self.round_seconds = 0.0  # how long the last round took (the README's bound adds it to the interval)
+        self.longest_round = 0.0
         registry = registry or CollectorRegistry()
         self.failures = Counter("llmp_gateway_peer_pull_failures", "Pulls from a peer gateway that failed",
                                 ["peer", "reason"], registry=registry)
@@ -91,6 +92,7 @@ class PeerSync:
         except Exception as exc:  # noqa: BLE001 - BudgetSync's own loop reports a store or Redis outage
             self._event("peer_budget_raise_failed", error=f"{type(exc).__name__}: {exc}"[:300])
         self.round_seconds = time.monotonic() - started
+        self.longest_round = max(self.longest_round, self.round_seconds)
         self.pulls += 1
 
     async def _pull(self, peer: Peer) -> int:
