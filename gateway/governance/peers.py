@@ -65,6 +65,7 @@ class PeerSync:
         self.pulls = 0  # completed rounds (tests wait on it)
         self.round_seconds = 0.0  # how long the last round took (the README's bound adds it to the interval)
         self.longest_round = 0.0
+        self._raise_failing = False
         registry = registry or CollectorRegistry()
         self.failures = Counter("llmp_gateway_peer_pull_failures", "Pulls from a peer gateway that failed",
                                 ["peer", "reason"], registry=registry)
@@ -89,8 +90,14 @@ class PeerSync:
                 self._event("peer_records_not_loaded", error=f"{type(exc).__name__}: {exc}"[:300])
         try:
             await self.budgets.run_once()
-        except Exception as exc:  # noqa: BLE001 - BudgetSync's own loop reports a store or Redis outage
-            self._event("peer_budget_raise_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+        except Exception as exc:  # noqa: BLE001 - the store or Redis is down: counters keep what they have
+            if not self._raise_failing:
+                self._event("peer_budget_raise_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            self._raise_failing = True
+        else:
+            if self._raise_failing:
+                self._event("peer_budget_raise_recovered")
+            self._raise_failing = False
         self.round_seconds = time.monotonic() - started
         self.longest_round = max(self.longest_round, self.round_seconds)
         self.pulls += 1
@@ -110,6 +117,9 @@ class PeerSync:
             return merged
         except StoreError as exc:
             self._down(peer, "store", f"the local store did not take its records: {exc}")
+            return merged
+        except Exception as exc:  # noqa: BLE001 - one peer's surprise must not stop the others being pulled
+            self._down(peer, "error", f"{type(exc).__name__}: {exc}")
             return merged
         peer.last_pull = time.time()
         self.last_success.labels(peer.label).set(peer.last_pull)

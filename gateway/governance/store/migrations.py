@@ -88,6 +88,8 @@ _V3 = tuple(
         f"ALTER TABLE {table} ADD COLUMN updated_at DOUBLE PRECISION",
         f"ALTER TABLE {table} ADD COLUMN changed_at DOUBLE PRECISION",
         f"CREATE INDEX {table}_changed ON {table} (changed_at)",
+        # Records made before versions existed: version their creation, and offer them to peers' first pull.
+        f"UPDATE {table} SET updated_at = COALESCE(created_at, 0), changed_at = 0",
     )
 )
 
