@@ -106,7 +106,9 @@ class PeerSync:
         """Records merged from `peer` (its totals are replaced when it answered); 0 when it failed."""
         merged = 0
         try:
-            async with asyncio.timeout(self.settings.timeout * (MAX_PAGES + 1)):
+            # Pages stop being fetched after one timeout (the cursor keeps the place): a round waits on a peer for
+            # at most one page in flight past that, and its spend totals.
+            async with asyncio.timeout(self.settings.timeout * 3):
                 merged = await self._pull_records(peer)
                 peer.totals = parse_spend(await self._get(peer, SPEND, {}))
         except PeerAnswerError as exc:
@@ -133,6 +135,7 @@ class PeerSync:
     async def _pull_records(self, peer: Peer) -> int:
         merged = 0
         since = max(peer.cursor - OVERLAP, 0.0)
+        started = time.monotonic()
         for _ in range(MAX_PAGES):
             records, more = parse_changes(await self._get(peer, CHANGES, {"since": repr(since), "limit": str(PAGE)}),
                                           time.time())
@@ -143,7 +146,7 @@ class PeerSync:
                 if newest <= since:
                     break  # a page of one instant: nothing newer can follow from this cursor
                 since = newest
-            if not more:
+            if not more or time.monotonic() - started > self.settings.timeout:
                 break
         return merged
 
@@ -183,7 +186,12 @@ class PeerSync:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None), trust_env=False, cookie_jar=aiohttp.DummyCookieJar(),
             connector=aiohttp.TCPConnector(limit_per_host=4))
-        await self.pull_once()
+        try:
+            # Bounded, since the port waits for it: a peer that is slow to answer is pulled again in the loop.
+            async with asyncio.timeout(self.settings.timeout * 4):
+                await self.pull_once()
+        except TimeoutError:
+            self._event("peer_first_pull_slow", seconds=self.settings.timeout * 4)
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
