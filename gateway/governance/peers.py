@@ -24,8 +24,9 @@ from gateway.config.governance import PeerSettings
 from gateway.governance.budget_sync import BudgetSync
 from gateway.governance.keys import KeyCache
 from gateway.governance.peer_wire import MAX_ANSWER_BYTES, PeerAnswerError, SpendKey, parse_changes, parse_spend
+from gateway.governance.store.documents import key_from_doc
 from gateway.governance.store.protocol import LedgerStore, StoreError
-from gateway.governance.store.replication import PAGE
+from gateway.governance.store.replication import PAGE, PeerRecord
 from gateway.tasks import cancel
 
 CHANGES = "/peer/v1/changes"
@@ -66,6 +67,7 @@ class PeerSync:
         self.round_seconds = 0.0  # how long the last round took (the README's bound adds it to the interval)
         self.longest_round = 0.0
         self._raise_failing = False
+        self._store_failing = False
         registry = registry or CollectorRegistry()
         self.failures = Counter("llmp_gateway_peer_pull_failures", "Pulls from a peer gateway that failed",
                                 ["peer", "reason"], registry=registry)
@@ -117,9 +119,6 @@ class PeerSync:
         except (PeerUnavailable, TimeoutError) as exc:
             self._down(peer, "unreachable", f"{type(exc).__name__}: {exc}")
             return merged
-        except StoreError as exc:
-            self._down(peer, "store", f"the local store did not take its records: {exc}")
-            return merged
         except Exception as exc:  # noqa: BLE001 - one peer's surprise must not stop the others being pulled
             self._down(peer, "error", f"{type(exc).__name__}: {exc}")
             return merged
@@ -140,15 +139,33 @@ class PeerSync:
             records, more = parse_changes(await self._get(peer, CHANGES, {"since": repr(since), "limit": str(PAGE)}),
                                           time.time())
             if records:
-                merged += await self.store.merge_records(records)
                 newest = max(r.changed_at for r in records)
-                peer.cursor = max(peer.cursor, newest)
+                stored = await self._store(records)
+                if stored is not None:
+                    merged += stored
+                    peer.cursor = max(peer.cursor, newest)  # else pulled again until the store takes them
                 if newest <= since:
                     break  # a page of one instant: nothing newer can follow from this cursor
                 since = newest
             if not more or time.monotonic() - started > self.settings.timeout:
                 break
         return merged
+
+    async def _store(self, records: list[PeerRecord]) -> int | None:
+        """Merge into the local store (how many were newer there); while it is down, hold the keys' revocations and
+        new keys in memory (None)."""
+        try:
+            stored = await self.store.merge_records(records)
+        except StoreError as exc:
+            held = self.cache.hold_peer_keys([(key_from_doc(r.doc), r.revoked) for r in records if r.kind == "key"])
+            if not self._store_failing:
+                self._event("peer_records_held_in_memory", error=str(exc)[:300], keys_changed=held)
+            self._store_failing = True
+            return None
+        if self._store_failing:
+            self._event("peer_records_stored")
+        self._store_failing = False
+        return stored
 
     async def _get(self, peer: Peer, path: str, params: dict[str, str]) -> bytes:
         assert self._session is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from gateway.config.native import parse_native
 from gateway.http.app import build_app
 from gateway.sim import SimServer
 from tests.gateway.conftest import KEY, MODEL, RunningGateway, closed_port_url, deployment, gateway_config
-from tests.gateway.servers import free_port
+from tests.gateway.servers import PostgresServer, free_port
 from tests.gateway.test_keys_admin import admin
 
 PEER_KEY = "peer-key-for-tests-0123456789abcdef0123456789"
@@ -192,3 +193,47 @@ async def test_a_peer_down_or_answering_garbage_is_reported_once_and_the_others_
 
 async def time_passes() -> None:
     await asyncio.sleep(0.02)
+
+
+async def test_a_revocation_made_elsewhere_is_refused_here_while_the_local_store_is_down(
+        sim: SimServer, tmp_path: Path, started: list[RunningGateway]) -> None:
+    pg = PostgresServer()
+    try:
+        a_port, b_port = free_port(), free_port()
+        b = await start(config(sim, tmp_path, "b", [f"http://127.0.0.1:{a_port}"]), b_port)
+        started.append(b)
+        doc = config(sim, tmp_path, "a", [f"http://127.0.0.1:{b_port}"])
+        doc["ledger"].update(store=pg.url, store_timeout=1)
+        doc["keys"] = {"refresh_seconds": 0.2}
+        a = await start(doc, a_port)
+        started.append(a)
+        _, first = await admin(b, "POST", "/key/generate", {})
+        await pulls(a, 3)
+        assert await answers(a, first["key"]) == 200
+        subprocess.run([*pg._prefix, pg._pg_ctl, "-D", pg._data, "-m", "immediate", "-w", "-t", "30", "stop"],
+                       check=True, capture_output=True, timeout=60)
+        _, second = await admin(b, "POST", "/key/generate", {})
+        assert (await admin(b, "POST", "/key/delete", {"keys": [first["key"]]}))[0] == 200
+        await pulls(a, 3)
+        assert await answers(a, first["key"]) == 401, "revoked in region b, refused here from memory"
+        assert await answers(a, second["key"]) == 200, "made in region b, served here from memory"
+        assert len(events(a, "peer_records_held_in_memory")) == 1
+        assert events(a, "peer_unavailable") == [], "the peer is fine: the local store is what is down"
+    finally:
+        pg.stop()
+
+
+async def pulls(gw: RunningGateway, count: int) -> None:
+    peers = gw.state.governance.peers
+    target = peers.pulls + count
+    deadline = time.monotonic() + 30
+    while peers.pulls < target:
+        assert time.monotonic() < deadline, "peers stopped pulling"
+        await time_passes()
+
+
+async def answers(gw: RunningGateway, key: str) -> int:
+    async with aiohttp.ClientSession() as http, http.post(
+            gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+            json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}) as resp:
+        return resp.status
