@@ -20,6 +20,7 @@ from prometheus_client import generate_latest
 from gateway.config.errors import ConfigError
 from gateway.config.native import parse_native
 from gateway.http.app import build_app
+from gateway.http.state import STATE
 from gateway.sim import SimServer
 from tests.gateway.conftest import KEY, MODEL, RunningGateway, closed_port_url, deployment, gateway_config
 from tests.gateway.servers import PostgresServer, free_port
@@ -237,3 +238,17 @@ async def answers(gw: RunningGateway, key: str) -> int:
             gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
             json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}) as resp:
         return resp.status
+
+
+def test_the_peer_key_is_read_from_the_secret_store_at_start(sim: SimServer, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = config(sim, tmp_path, "a", ["https://gateway.eu-west-1.example.com"], key="secret/gateway/peer-key")
+    monkeypatch.delenv("LLMP_SECRET_GATEWAY_PEER_KEY", raising=False)
+    with pytest.raises(ConfigError, match=r"peers\.key: cannot read secret LLMP_SECRET_GATEWAY_PEER_KEY"):
+        build_app(parse_native(doc))
+    monkeypatch.setenv("LLMP_SECRET_GATEWAY_PEER_KEY", "short")
+    with pytest.raises(ConfigError, match="at least 32 characters"):
+        build_app(parse_native(doc))
+    monkeypatch.setenv("LLMP_SECRET_GATEWAY_PEER_KEY", PEER_KEY)
+    app = build_app(parse_native(doc))
+    assert app[STATE].governance.peers.settings.key == PEER_KEY
