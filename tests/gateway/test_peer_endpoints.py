@@ -89,12 +89,21 @@ async def test_peer_endpoints_answer_the_peer_key_and_nothing_else(sim: SimServe
     assert [(r["kind"], r["id"], r["revoked"]) for r in records] == [("key", made["token_id"], False)]
     assert made["key"] not in body.decode() and made["key"][8:] not in body.decode()
 
-    async with gw.client(api_key=made["key"]) as client:
-        await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert (await admin(gw, "POST", "/team/new", {"team_id": "search", "max_budget": 9,
+                                                  "budget_duration": "30d"}))[0] == 200
+    _, member = await admin(gw, "POST", "/key/generate", {"team_id": "search"})
+    for key in (made["key"], member["key"]):
+        async with gw.client(api_key=key) as client:
+            await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     await gw.state.governance.ledger.flush()
     status, body = await get(gw.url + "/peer/v1/spend", PEER_KEY)
-    [row] = orjson.loads(body)["spend"]
-    assert row[:4] == ["key_token", made["token_id"], 0, 0.0] and row[4] > 0
+    answer = orjson.loads(body)
+    month = 30 * 86400
+    rows = {tuple(r[:4]): r[4] for r in answer["spend"]}
+    # A lifetime budget's window starts at 0; a 30d one at the epoch-aligned start of the current window.
+    assert set(rows) == {("key_token", made["token_id"], 0, 0.0),
+                         ("team_id", "search", month, answer["now"] - answer["now"] % month)}
+    assert all(usd > 0 for usd in rows.values())
 
     status, body = await get(changes + "?since=yesterday", PEER_KEY)
     assert status == 400 and b"since" in body
