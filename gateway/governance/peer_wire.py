@@ -40,7 +40,9 @@ def changes_answer(records: list[PeerRecord], more: bool) -> bytes:
 
 
 def spend_answer(now: float, rows: list[tuple[str, str, int, float, float]]) -> bytes:
-    return orjson.dumps({"now": now, "spend": [list(r) for r in rows if r[4] > 0]})
+    # A window starts at a whole multiple of its whole seconds (or 0): sent as an integer, matched exactly on the
+    # other side, whatever a float's text form would be.
+    return orjson.dumps({"now": now, "spend": [[c, i, s, int(since), usd] for c, i, s, since, usd in rows if usd > 0]})
 
 
 def _time(value: Any, where: str, high: float = MAX_TIMESTAMP) -> float:
@@ -116,9 +118,10 @@ def parse_spend(body: bytes) -> dict[SpendKey, float]:
             raise PeerAnswerError(f"spend[{i}]: not a key_token, team_id or user_id and its id")
         if isinstance(seconds, bool) or not isinstance(seconds, int) or not 0 <= seconds <= MAX_DURATION_SECONDS:
             raise PeerAnswerError(f"spend[{i}]: budget seconds out of range")
-        since = _time(since, f"spend[{i}] window start")
+        if isinstance(since, bool) or not isinstance(since, int) or not 0 <= since <= MAX_TIMESTAMP:
+            raise PeerAnswerError(f"spend[{i}]: window start is not whole seconds in range")
         if isinstance(usd, bool) or not isinstance(usd, (int, float)) or not math.isfinite(usd) \
                 or not 0 <= usd <= MAX_BUDGET:
             raise PeerAnswerError(f"spend[{i}]: not an amount in [0, {MAX_BUDGET:g}] USD")
-        totals[(column, ident, seconds, since)] = float(usd)
+        totals[(column, ident, seconds, float(since))] = float(usd)
     return totals

@@ -153,7 +153,7 @@ class FakePeer:
     async def spent(self, request: web.Request) -> web.Response:
         if self.garbage:
             return web.Response(body=b"<html>not a peer</html>")
-        return web.json_response({"now": time.time(), "spend": [["key_token", self.token, 0, 0.0, self.spend]]})
+        return web.json_response({"now": time.time(), "spend": [["key_token", self.token, 0, 0, self.spend]]})
 
 
 async def test_a_peer_down_or_answering_garbage_is_reported_once_and_the_others_still_served(
