@@ -291,7 +291,9 @@ class PostgresStore:
                 for record, changed_at in zip(records, record_times(len(records))):
                     sql, columns = merge_sql(record.kind, lambda i: f"${i}")
                     status = await conn.execute(sql, *merge_args(record, columns, new_rev(), changed_at))
-                    merged += int(status.split()[-1])  # "INSERT 0 <rows>": 0 where the local version was newer
+                    # "INSERT 0 <count>", the rows inserted or updated: 0 where the local version was as new
+                    # (https://www.postgresql.org/docs/current/sql-insert.html, "Outputs").
+                    merged += int(status.split()[-1])
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"postgresql: {type(exc).__name__}: {exc}") from None
         return merged
