@@ -137,6 +137,19 @@ def test_cost_chart_draws_stack_regions_and_pools_against_the_budget_line(prod_p
     assert f"${cost.monthly_usd_min:,.0f} - ${cost.monthly_usd_max:,.0f}" in shown
 
 
+def test_plan_as_html_shows_both_pictures_above_its_tables(capsys):
+    from infra.cli import EXIT_OK, main
+
+    assert main(["plan", "--stack", "preview", "--format", "html"]) == EXIT_OK
+    page = capsys.readouterr().out
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    topo = page[page.index('<figure id="topology">') + 22:page.index("</figure>")]
+    assert "<title>Topology of stack preview</title>" in topo
+    ET.fromstring(topo)
+    assert '<figure id="cost">' in page and "<title>Monthly cost of stack preview against its budget</title>" in page
+    assert page.index('<figure id="cost">') < page.index("<th>pool</th>") < page.index("<h2>Policy controls</h2>")
+
+
 # --- what a browser shows -------------------------------------------------------------------------------------
 
 def decode_png(data: bytes) -> tuple[int, int, list[bytes], int]:
