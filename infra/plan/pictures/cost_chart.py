@@ -47,8 +47,9 @@ def cost_svg(cost: CostEstimate, stack: str) -> str:
     def x(amount: float) -> float:
         return x0 + PLOT * amount / scale
 
-    body = [text(MARGIN, MARGIN + 14, f"llm-platform stack {stack}: monthly cost at min and max scale against "
-                                      f"the budget (prices as of {cost.catalog_as_of})", 14, "bold"),
+    title = (f"llm-platform stack {stack}: monthly cost at min and max scale against the budget "
+             f"(prices as of {cost.catalog_as_of})")
+    body = [text(MARGIN, MARGIN + 14, title, 14, "bold"),
             rect(MARGIN, MARGIN + ROW + 2, 12, 10, MIN_FILL), text(MARGIN + 16, MARGIN + ROW + 11, "min scale"),
             rect(MARGIN + 110, MARGIN + ROW + 2, 12, 10, MAX_FILL),
             text(MARGIN + 126, MARGIN + ROW + 11, "max scale")]
@@ -63,5 +64,5 @@ def cost_svg(cost: CostEstimate, stack: str) -> str:
     bx = x(cost.budget_usd)
     body.append(line(bx, top - 6, bx, bottom, BUDGET_STROKE, 2, dash="6 3"))
     body.append(text(bx, bottom + 16, f"budget {_usd(cost.budget_usd)}", SIZE, "bold", BUDGET_STROKE, "middle"))
-    width = x0 + PLOT + value_w + MARGIN
+    width = max(x0 + PLOT + value_w, MARGIN + text_width(title, 14)) + MARGIN
     return document(width, bottom + 24 + MARGIN, f"Monthly cost of stack {stack} against its budget", body)

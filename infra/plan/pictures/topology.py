@@ -96,7 +96,8 @@ def _secret_lines(topo: Topology, zone: str, width_chars: int) -> list[Line]:
     for s in (s for s in topo.secrets if s.zone == zone):
         where = f"replicated to {', '.join(s.replicas)}" if s.replicas else "not replicated"
         lines.append(Line(f"secrets ({len(s.names)}): kept in {s.primary}, {where}", bold=True))
-        lines += [Line(chunk, colour=MUTED) for chunk in textwrap.wrap(", ".join(s.names), max(width_chars, 40))]
+        wrapped = textwrap.wrap(", ".join(s.names), max(width_chars, 40), break_on_hyphens=False)
+        lines += [Line(chunk, colour=MUTED) for chunk in wrapped]
     return lines
 
 
