@@ -212,3 +212,21 @@ def test_topology_svg_option_writes_the_picture_only(tmp_path, capsys):
     assert main(["report", "--stack", "preview", "--topology-svg", str(out)]) == EXIT_OK
     assert ET.parse(out).getroot().tag == "{http://www.w3.org/2000/svg}svg"
     assert capsys.readouterr().out == ""
+
+
+def test_with_tests_runs_the_proof_tests_in_pytest_and_shows_their_results(tmp_path, monkeypatch):
+    import dataclasses
+
+    import infra.policy.report
+    import infra.policy.rules
+
+    # The real proof lists take minutes; here each control names one quick real test, run by real pytest.
+    quick = "tests/policy/test_controls.py::test_the_seven_controls_in_order"
+    controls = [dataclasses.replace(c, proven_by=[quick]) for c in CONTROLS]
+    monkeypatch.setattr(infra.policy.rules, "CONTROLS", controls)
+    monkeypatch.setattr(infra.policy.report, "CONTROLS", controls)
+    out = tmp_path / "report.html"
+    assert main(["report", "--stack", "preview", "--format", "html", "--with-tests", "-o", str(out)]) == EXIT_OK
+    page = out.read_text()
+    assert page.count(f'<li><code>{quick}</code> <span class="passed">passed</span></li>') == len(CONTROLS)
+    assert "every test proving them passed in this run" in page and "<td>1/1 passed</td>" in page
