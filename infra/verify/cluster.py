@@ -9,12 +9,14 @@ unreachable API server costs one timeout and gives one FAIL line naming the clus
 """
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from infra.verify.results import Check, failed, passed
 from infra.verify.targets import RegionTarget, Targets
 
 KARPENTER_GROUP, KARPENTER_VERSION, NODEPOOLS = "karpenter.sh", "v1", "nodepools"
+LOAD_TIMEOUTS = 3  # a kube context's credentials may take this many request timeouts (an STS round trip or two)
 
 
 class Unreachable(Exception):
@@ -28,10 +30,24 @@ class Cluster:
         from kubernetes import client, config
 
         configuration = client.Configuration()
-        try:
-            config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
-        except Exception as exc:  # noqa: BLE001 - a missing file or context, an exec plugin that failed
-            raise Unreachable(f"cannot load kube context {context!r}: {_short(exc)}") from None
+        failures: list[BaseException] = []
+
+        def load() -> None:
+            try:
+                config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+            except Exception as exc:  # noqa: BLE001 - a missing file or context, an exec plugin that failed
+                failures.append(exc)
+
+        # An EKS context gets its token from an exec plugin (`aws eks get-token`), which the client runs with no
+        # timeout (kubernetes/config/exec_provider.py@v35.0.0 `communicate()`): it gets LOAD_TIMEOUTS of ours.
+        loader = threading.Thread(target=load, name=f"kubeconfig-{context}", daemon=True)
+        loader.start()
+        loader.join(timeout * LOAD_TIMEOUTS)
+        if loader.is_alive():
+            raise Unreachable(f"kube context {context!r}: its credentials took over {timeout * LOAD_TIMEOUTS:g} s "
+                              "(the exec plugin, e.g. `aws eks get-token`, did not finish)")
+        if failures:
+            raise Unreachable(f"cannot load kube context {context!r}: {_short(failures[0])}")
         configuration.retries = False  # one attempt per call: the timeout is the whole wait
         api = client.ApiClient(configuration)
         self.core, self.apps = client.CoreV1Api(api), client.AppsV1Api(api)

@@ -270,6 +270,27 @@ async def test_an_unknown_kube_context_fails_that_region(deploy: Any, capsys: py
     assert "cannot load kube context 'nowhere'" in line(out, "eu-west-2", "cluster nowhere")
 
 
+def test_a_credential_plugin_that_hangs_is_a_fail_line_within_the_timeout(tmp_path: Path) -> None:
+    """`aws eks get-token` that never answers (the client would wait forever): one FAIL after 3 timeouts."""
+    import time
+
+    from infra.verify.cluster import cluster_checks
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "stuck",
+        "clusters": [{"name": "stuck", "cluster": {"server": "https://127.0.0.1:9"}}],
+        "users": [{"name": "eks", "user": {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1",
+                                                    "command": "sleep", "args": ["10"]}}}],
+        "contexts": [{"name": "stuck", "context": {"cluster": "stuck", "user": "eks"}}]}))
+    t = targets(PROD)
+    started = time.monotonic()
+    checks = cluster_checks(t.regions[0], t, str(kubeconfig), "stuck", 0.3)
+    assert time.monotonic() - started < 5
+    assert [(c.status, c.name) for c in checks] == [("FAIL", "cluster stuck")]
+    assert "its credentials took over 0.9 s" in checks[0].reason
+
+
 async def _round_robin(upstreams: list[str]) -> tuple[web.AppRunner, str]:
     """A load balancer in front of two gateway replicas, each call to the next one."""
     turn = itertools.cycle(upstreams)
