@@ -160,6 +160,31 @@ def test_a_discovered_replica_is_named_after_its_pod_never_its_address() -> None
     assert replica_names([slice_], spec) == {url: "vllm-a-5d9f-x2"}
 
 
+async def test_a_watched_pool_names_its_replicas_after_their_pods() -> None:
+    """Through the real watcher and the fake API server: the EndpointSlice's targetRef becomes the replica's name."""
+    from gateway.config.native import parse_native
+    from gateway.upstream.discovery import EndpointSliceWatcher
+    from gateway.upstream.routing import Router
+    from tests.gateway.conftest import MODEL
+    from tests.gateway.kube_api import endpoint, endpoint_slice
+
+    kube = await FakeKubeApi().start()
+    try:
+        pods = [endpoint("10.0.0.1"), endpoint("10.0.0.2")]
+        for i, pod in enumerate(pods):
+            pod["targetRef"] = {"kind": "Pod", "name": f"vllm-a-7c9d-{i}", "namespace": "models"}
+        await kube.put("models", endpoint_slice("vllm-abc", "vllm", pods, 8000))
+        config = gateway_config([{"name": "pool", "model": MODEL, "replicas": {"endpoint_slices": {
+            "service": "vllm", "namespace": "models", "port": "http"}}}])
+        pool = Router(parse_native(config)).pools[0]
+        assert pool.config.replicas is not None and pool.config.replicas.endpoint_slices is not None
+        await EndpointSliceWatcher(pool, pool.config.replicas.endpoint_slices, kube.api()).refresh()
+        assert {r.base_url: r.name for r in pool.replicas} == {"http://10.0.0.1:8000/v1": "vllm-a-7c9d-0",
+                                                              "http://10.0.0.2:8000/v1": "vllm-a-7c9d-1"}
+    finally:
+        await kube.stop()
+
+
 # ---- the whole stack ---------------------------------------------------------------------------------------------
 
 async def test_a_healthy_prod_stack_passes_every_check(deploy: Any, capsys: pytest.CaptureFixture[str]) -> None:
