@@ -1,4 +1,4 @@
-"""`llmp`: the project's one command line (plan, report, gateway, keys).
+"""`llmp`: the project's one command line (plan, report, gateway, keys, verify).
 
 Only the standard library at module level: a gateway host installs `llm-platform[gateway]` without the
 Pulumi SDKs, and `llmp gateway` must still run there. Each command imports what it needs when it runs.
@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # imported where they run: these need the Pulumi SDKs
 EXIT_OK, EXIT_POLICY, EXIT_CONFIG, EXIT_PROGRAM = 0, 1, 2, 3
 DISTRIBUTION = "llm-platform"
 # Top-level modules that only the `infra` extra installs (see pyproject.toml).
-INFRA_ONLY_MODULES = frozenset({"pulumi", "pulumi_aws", "pulumi_kubernetes", "pulumi_policy", "rich"})
+INFRA_ONLY_MODULES = frozenset({"pulumi", "pulumi_aws", "pulumi_kubernetes", "pulumi_policy", "rich", "httpx2"})
 
 
 def version() -> str:
@@ -247,6 +247,13 @@ def cmd_catalog_refresh(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check a stack after `pulumi up`: clusters, gateways, chat, sessions, residency (infra/verify/)."""
+    from infra.verify.run import verify
+
+    return verify(args)
+
+
 def _add_stack_args(p: argparse.ArgumentParser, stack_required: bool = False) -> None:
     p.add_argument("--stack", required=stack_required,
                    help="stack name: reads Pulumi.<stack>.yaml (default: prod, or the --config-file's name)")
@@ -301,6 +308,19 @@ def parser() -> argparse.ArgumentParser:
     refresh.add_argument("--profile", help="AWS profile to use (default: the usual credential chain)")
     refresh.add_argument("--output", "-o", help="write here instead of infra/catalog.yaml")
     refresh.set_defaults(func=cmd_catalog_refresh)
+
+    check = sub.add_parser("verify", help="check a deployed stack after `pulumi up` (clusters, gateways, chat)")
+    check.add_argument("--stack", required=True, help="the stack: reads Pulumi.<stack>.yaml")
+    check.add_argument("--config-file", help="a Pulumi.<stack>.yaml to read instead of the stack's own file")
+    check.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)")
+    check.add_argument("--context", action="append", metavar="REGION=NAME",
+                       help="kube context of a region (repeat; default: the cluster's name, llmp-<stack>-<region>)")
+    check.add_argument("--endpoint", action="append", metavar="NAME=URL",
+                       help="call this URL for a gateway DNS name (repeat; default: https://NAME)")
+    check.add_argument("--key", help="gateway key for the chat calls (default: $LLMP_VERIFY_KEY); never printed")
+    check.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default: 10)")
+    check.add_argument("--format", choices=["text", "json"], default="text")
+    check.set_defaults(func=cmd_verify)
 
     sub.add_parser("gateway", help="run the OpenAI-compatible gateway (see `llmp gateway --help`)", add_help=False)
     sub.add_parser("keys", help="virtual keys, teams and spend on a running gateway (see `llmp keys --help`)",
