@@ -293,3 +293,29 @@ def test_a_fallback_may_name_a_model_a_wildcard_serves() -> None:
     del doc["model_list"][1]
     with pytest.raises(ConfigError, match="fallback 'openai/gpt-4o-mini' is not a model alias"):
         parse_config(doc)
+
+
+def test_every_missing_environment_variable_of_a_file_is_named_in_one_run(monkeypatch) -> None:
+    # examples/native.yaml reads five variables: a new user learns all five from one start, each with its field.
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError) as err:
+        load_config(EXAMPLES / "native.yaml")
+    message = str(err.value)
+    for field, name in [("gateway.master_key", "LLMP_MASTER_KEY"),
+                        ("models[0].deployments[1].api_key", "LLMP_PEER_KEY_US_WEST_2"),
+                        ("models[0].deployments[3].api_key", "TOGETHER_API_KEY"),
+                        ("models[1].deployments[0].api_key", "OPENAI_API_KEY"),
+                        ("models[2].deployments[0].api_key", "ANTHROPIC_API_KEY")]:
+        assert f"{field}: environment variable {name} is not set" in message
+    assert message.endswith("(5 variables to set: LLMP_MASTER_KEY LLMP_PEER_KEY_US_WEST_2 TOGETHER_API_KEY "
+                            "OPENAI_API_KEY ANTHROPIC_API_KEY)")
+
+
+def test_litellm_file_names_every_missing_variable_at_once(monkeypatch) -> None:
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError) as err:
+        load_config(EXAMPLES / "litellm.yaml")
+    for name in ("VLLM_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "LITELLM_MASTER_KEY"):
+        assert f"environment variable {name} is not set" in str(err.value)
