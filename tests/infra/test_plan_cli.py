@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from infra.cli import EXIT_OK, EXIT_POLICY, main
+from infra.cli import EXIT_CONFIG, EXIT_OK, EXIT_POLICY, main
 from infra.config import ROOT
 from tests.stacks import stack_raw, write_stack
 
@@ -134,3 +134,17 @@ def test_the_plan_shows_each_regions_elastic_capacity_add_ons_and_no_ingress_ngi
     main(["plan", "--stack", "prod"])
     table = capsys.readouterr().out
     assert "add-ons: aws-load-balancer-controller 3.5.0" in table and "nginx" not in table
+
+
+def test_a_stack_that_does_not_exist_is_named_with_the_stacks_that_do(capsys) -> None:
+    assert main(["plan", "--stack", "prdo"]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "no stack 'prdo': there is no Pulumi.prdo.yaml. Stacks here: preview, prod, and pr-<number>" in err
+    assert err.rstrip().endswith("did you mean prod?")
+
+
+def test_the_program_run_by_python_itself_says_how_to_run_it_in_one_line() -> None:
+    result = subprocess.run([sys.executable, "-m", "infra"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "use `pulumi up`" in result.stderr and "`llmp plan --stack <name>`" in result.stderr
