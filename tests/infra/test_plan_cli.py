@@ -148,3 +148,33 @@ def test_the_program_run_by_python_itself_says_how_to_run_it_in_one_line() -> No
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert "use `pulumi up`" in result.stderr and "`llmp plan --stack <name>`" in result.stderr
+
+
+def test_on_a_terminal_the_plan_shows_its_phases_and_piped_it_prints_nothing_on_stderr(capsys, monkeypatch) -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from infra.plan import progress
+
+    screen, seen = StringIO(), []
+    enter = progress.Progress.__enter__
+    monkeypatch.setattr(progress.Progress, "__enter__", lambda self: seen.append(self) or enter(self))
+    monkeypatch.setattr(progress, "Console", lambda **_: Console(file=screen, force_terminal=True, width=200))
+    code, doc = plan_json(capsys, "--stack", "preview")
+    charts = sum(r["type"] == "kubernetes:helm.sh/v3:Release" for r in doc["resources"])
+    assert code == EXIT_OK and charts > 0
+    assert seen[0].phases == ["running the Pulumi program for stack preview under the mock engine",
+                              f"rendering {charts} Helm charts", "evaluating policy controls"]
+    assert "running the Pulumi program for stack preview under the mock engine…" in screen.getvalue()
+    monkeypatch.undo()
+    assert main(["plan", "--stack", "preview", "--format", "json"]) == EXIT_OK
+    assert capsys.readouterr().err == ""  # not a terminal: nothing but the JSON on stdout
+
+
+def test_every_command_says_what_its_exit_codes_mean(capsys) -> None:
+    for command in ("plan", "preview-config", "deploy-hub-targets", "reap", "ci-role"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert "exit codes:" in text and "\n  2  something to fix on your side" in text, command
