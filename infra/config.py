@@ -647,6 +647,12 @@ def _check_model(cfg: StackConfig, catalog: Catalog, i: int, model: Model,
         problems.append((f"{at}.name", f"model {model.name!r} is defined more than once"))
     if model.replicas.min > model.replicas.max:
         problems.append((f"{at}.replicas.min", f"min ({model.replicas.min}) is above max ({model.replicas.max})"))
+    if model.replicas.min == 0 and not model.idles_at_zero:
+        # Refused rather than raised to one in silence (Model.floor): the plan and the bill would show a replica
+        # the config says is not there.
+        problems.append((f"{at}.replicas.min", "0 is only for `tier: batch` models, which scale to zero while idle; "
+                                               "an interactive model keeps one replica warm, since a caller would "
+                                               "wait minutes for one to load: write min: 1, or tier: batch"))
     if model.gpus not in TENSOR_PARALLEL_SIZES:
         problems.append((f"{at}.gpus", f"{model.gpus} GPUs per replica: vLLM tensor parallelism needs 1, 2, 4 or 8"))
     if model.residency is not None and model.residency not in cfg.residency:

@@ -116,6 +116,8 @@ BAD_CONFIGS: list[tuple[str, Mutation, str, str]] = [
     ("the Hugging Face token named as a Kubernetes Secret (the old key)",
      _set("secrets", {"providers": ["openai"], "huggingface_token_secret": "hf-token"}),
      "llm-platform:secrets.huggingface_token_secret", "write `llm-platform:secrets.huggingface_token: true`"),
+    ("an interactive model at zero replicas", _set("models[1].replicas.min", 0),
+     "llm-platform:models[1].replicas.min", "0 is only for `tier: batch` models, which scale to zero while idle"),
     ("a real region the catalog has no GPU facts for", _set("regions[3].name", "eu-central-2"),
      "llm-platform:regions[3].name", "eu-central-2 (Europe (Zurich)) is an AWS region, but infra/catalog.yaml"),
     ("a misspelt region", _set("regions[3].name", "eu-wset-2"),
