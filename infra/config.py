@@ -459,7 +459,8 @@ def from_pulumi() -> StackConfig:
     import pulumi
     from pulumi.runtime.config import CONFIG
 
-    # The engine hands the program every key of the stack, namespaced; one it would never read is refused by name.
+    # The language host hands the program every key of the stack, namespaced (pulumi-language-python-exec:
+    # set_all_config(get_config_env())); one the program would never read is refused by name.
     problems = namespace_problems(dict(CONFIG.get()))
     if problems:
         raise ConfigError(f"stack {pulumi.get_stack()}", problems)
