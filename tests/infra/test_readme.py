@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from gateway import keys_cli
 from infra.cli import parser
 from infra.config import StackConfig
 from infra.plan.readme_numbers import CLAIMS, COMMAND, README, PlanNumbers, differences, plan_numbers, rewrite
@@ -36,6 +37,9 @@ def test_every_llmp_command_is_in_the_readmes_command_table() -> None:
     sub = next(a for a in parser()._actions if a.dest == "command")
     commands: list[str] = list(sub.choices)  # type: ignore[arg-type]
     missing = [c for c in commands if f"`llmp {c}" not in rows]
+    keys_row = next((r for r in table_rows(README.read_text()) if r.startswith("| `llmp keys ")), "")
+    keys = next(a for a in keys_cli.parser()._actions if a.dest == "command")
+    missing += [f"keys {c}" for c in keys.choices if not re.search(rf"[ |]{re.escape(c)}[\\ `]", keys_row)]
     assert not missing, f"llmp commands missing from README.md's tables: {missing}"
 
 
