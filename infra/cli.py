@@ -85,27 +85,53 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     plan, cost, results = _plan(args)
     regions = summarize(plan, cost)
-    fmt = {"json": render.to_json, "markdown": render.to_markdown, "table": render.to_table}[args.format]
+    fmt = {"json": render.to_json, "markdown": render.to_markdown, "table": render.to_table,
+           "html": render.to_html}[args.format]
     sys.stdout.write(fmt(plan, regions, cost, results))
     failed = [r for r in results if r.status == "fail" and r.enforcement == "mandatory"]
     return EXIT_POLICY if failed else EXIT_OK
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from infra.policy.report import render_report
+def _write(path: str, text: str, option: str) -> bool:
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        print(f"llmp: {option}: cannot write {path}: {exc.strerror}", file=sys.stderr)
+        return False
+    print(f"wrote {path}", file=sys.stderr)
+    return True
 
-    plan, _cost, results = _plan(args)
-    text = render_report(plan, results, args.format)
-    if args.output:
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from infra.policy.proof_run import ProofRunError, run_proofs
+    from infra.policy.report import PICTURES, picture_file, pictures, render_report, verdict
+    from infra.policy.rules import CONTROLS
+
+    plan, cost, results = _plan(args)
+    if args.topology_svg:  # only the picture (the README's docs/prod-topology.svg is made this way)
+        return EXIT_OK if _write(args.topology_svg, pictures(plan, cost).topology, "--topology-svg") else EXIT_CONFIG
+    proofs = None
+    if args.with_tests:
+        print("running the tests that prove the controls…", file=sys.stderr)
         try:
-            Path(args.output).write_text(text)
-        except OSError as exc:
-            print(f"llmp: --output: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
+            proofs = run_proofs(t for c in CONTROLS for t in c.proven_by)
+        except ProofRunError as exc:
+            print(f"llmp: --with-tests: {exc}", file=sys.stderr)
+            return EXIT_PROGRAM
+    files = None
+    if args.output and args.format == "markdown":  # Markdown links its pictures as files beside it
+        files = {name: picture_file(Path(args.output).name, name) for name in PICTURES}
+        drawn = pictures(plan, cost).named()
+        for name, file in files.items():
+            if not _write(str(Path(args.output).with_name(file)), drawn[name], "--output"):
+                return EXIT_CONFIG
+    text = render_report(plan, results, args.format, proofs=proofs, picture_files=files)
+    if args.output:
+        if not _write(args.output, text, "--output"):
             return EXIT_CONFIG
-        print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
-    return EXIT_OK
+    return EXIT_POLICY if verdict(results, proofs)[1] else EXIT_OK
 
 
 def cmd_preview_config(args: argparse.Namespace) -> int:
@@ -239,14 +265,21 @@ def parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="offline plan of a stack: resources, cost, policy controls")
     _add_stack_args(plan)
-    plan.add_argument("--format", choices=["table", "json", "markdown"], default="table",
-                      help="table (default: for a terminal), json (only JSON on stdout) or markdown (a PR comment)")
+    plan.add_argument("--format", choices=["table", "json", "markdown", "html"], default="table",
+                      help="table (default: for a terminal), json (only JSON on stdout), markdown (a PR comment) "
+                           "or html (with its pictures)")
     plan.set_defaults(func=cmd_plan)
 
-    report = sub.add_parser("report", help="compliance report of a stack's policy controls")
-    _add_stack_args(report, stack_required=True)
-    report.add_argument("--format", choices=["markdown", "html"], default="markdown")
+    report = sub.add_parser("report", help="compliance report of a stack's policy controls; exits 1 when a "
+                                           "mandatory control fails (or, with --with-tests, a proof test fails)")
+    _add_stack_args(report)
+    report.add_argument("--format", choices=["markdown", "html"], default="markdown",
+                        help="html carries its pictures inline; markdown links them as SVG files beside --output")
     report.add_argument("--output", "-o", help="write to this file instead of standard output")
+    report.add_argument("--with-tests", action="store_true",
+                        help="run the tests that prove each control (pytest, from a checkout) and show their results")
+    report.add_argument("--topology-svg", metavar="PATH",
+                        help="write only the topology picture of the stack's plan to PATH (no report)")
     report.set_defaults(func=cmd_report)
 
     preview = sub.add_parser("preview-config", help="print the config of an ephemeral pr-<number> stack")
