@@ -38,6 +38,8 @@ class BudgetSync:
         # What the stack's other regions spent in a window: (column, id, budget seconds, window start) -> USD
         # (gateway.governance.peers); None with no peers.
         self.peer_spend: Callable[[str, str, int, float], float] | None = None
+        # The last ledger_spend answer and when (monotonic): peers asking every interval are answered from it.
+        self._recent: tuple[float, list[tuple[str, str, int, float, float]]] | None = None
 
     async def run_once(self, now: float | None = None) -> int:
         """Raise every budget counter to the ledger's spend of its window, plus what the stack's other regions spent
@@ -49,7 +51,7 @@ class BudgetSync:
                 amount += self.peer_spend(column, ident, seconds, since)
             if amount > 0:
                 name = {"key_token": key_scope, "team_id": team_scope, "user_id": user_scope}[column](ident)
-                spends.append((name, seconds, amount))
+                spends.append((name, seconds, amount, since))
         if spends:
             await self.limiter.raise_spend(spends)
         return len(spends)
@@ -69,7 +71,17 @@ class BudgetSync:
             since = now - now % seconds if seconds else 0.0
             spent = await self.store.spend_since(column, since, ids)
             found += [(column, ident, seconds, since, spent.get(ident, 0.0)) for ident in ids]
+        self._recent = (time.monotonic(), found)
         return found
+
+    async def recent_spend(self, now: float, max_age: float) -> list[tuple[str, str, int, float, float]]:
+        """`ledger_spend`, as last computed (here or by a round of the budget sync) when that was less than `max_age`
+        seconds ago: every peer asks each of its rounds, and a query per budgeted scope each time would load the
+        ledger store with the number of regions. Each row carries its own window, so an answer computed in the
+        last window still counts where it belongs."""
+        if self._recent is not None and time.monotonic() - self._recent[0] < max_age:
+            return self._recent[1]
+        return await self.ledger_spend(now)
 
     async def start(self, sync_now: bool = True) -> None:
         """`sync_now`: once before returning (before the port opens), as well as every interval after."""

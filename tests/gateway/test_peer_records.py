@@ -1,5 +1,7 @@
 """Records from peers merge into the store the same way on SQLite and PostgreSQL: the newest version wins whatever
-order versions arrive in, a revoked key stays revoked, and a peer pages through every change by cursor."""
+order versions arrive in, a revoked key stays revoked (and a revocation is taken against a newer version), a local
+write supersedes a version merged from a faster clock, writes by older gateway code are shared, and a peer pages
+through every change by cursor, however many share one instant."""
 
 from __future__ import annotations
 
@@ -8,16 +10,15 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from gateway.governance.keys import Limits, Team, VirtualKey
 from gateway.governance.store.documents import key_doc, team_doc
 from gateway.governance.store.postgres import PostgresStore
 from gateway.governance.store.protocol import LedgerStore
-from gateway.governance.store.replication import PeerRecord
+from gateway.governance.store.replication import PAGE_BYTES, START, Cursor, PeerRecord, changed_page
 from gateway.governance.store.sqlite import SqliteStore
-from tests.gateway.servers import PostgresServer
+from tests.gateway.servers import PostgresServer, new_database
 
 TOKEN = "ab" * 32
 
@@ -29,13 +30,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         opened = SqliteStore(str(tmp_path / "ledger.db"), 5)
     else:
         server: PostgresServer = request.getfixturevalue("postgres_server")
-        name = f"records_{time.monotonic_ns()}"
-        conn = await asyncpg.connect(server.url, timeout=10)
-        try:
-            await conn.execute(f"CREATE DATABASE {name}")
-        finally:
-            await conn.close()
-        opened = PostgresStore(server.url.rsplit("/", 1)[0] + "/" + name, 10)
+        opened = PostgresStore(await new_database(server, "records"), 10)
     await opened.open()
     yield opened
     await opened.close()
@@ -76,10 +71,23 @@ async def test_local_writes_are_versions_a_peer_pulls(store: LedgerStore) -> Non
     before = time.time() - 1
     await store.insert_team(Team(team_id="search", created_at=1.0))
     await store.revoke_keys([TOKEN])  # nothing to revoke: no version made
-    records, more = await store.changed_since(before, 100)
+    records, more, _ = await store.changed_since((before, "", ""), 100)
     assert [(r.kind, r.id) for r in records] == [("team", "search")] and not more
     team = Team(team_id="search", created_at=1.0)
     assert records[0].updated_at >= before and records[0].doc == team_doc(team).decode()
+
+
+async def every_change(store: LedgerStore, after: Cursor = START, limit: int = 100) -> tuple[list[PeerRecord], int]:
+    """Everything after `after`, paged by the store's cursor as a peer does; and the number of pages."""
+    seen: list[PeerRecord] = []
+    pages = 0
+    while True:
+        records, more, after = await store.changed_since(after, limit)
+        pages += 1
+        assert pages < 100, "paging does not advance"
+        seen += records
+        if not more:
+            return seen, pages
 
 
 async def test_a_peer_pages_through_many_changes_by_cursor(store: LedgerStore) -> None:
@@ -87,17 +95,88 @@ async def test_a_peer_pages_through_many_changes_by_cursor(store: LedgerStore) -
     merged = await store.merge_records([PeerRecord("team", t.team_id, team_doc(t).decode(), False, 5.0)
                                         for t in teams])
     assert merged == 250
-    seen: set[str] = set()
-    since, pages = 0.0, 0
-    while True:
-        records, more = await store.changed_since(since, 100)
-        pages += 1
-        seen |= {r.id for r in records}
-        if not more:
-            break
-        since = max(r.changed_at for r in records)
-    assert seen == {t.team_id for t in teams} and pages <= 4
+    seen, pages = await every_change(store)
+    assert sorted(r.id for r in seen) == [t.team_id for t in teams] and pages <= 4
     # Merged again (a peer's overlap): nothing changes, no new versions offered.
-    again = await store.merge_records([dataclasses.replace(r, changed_at=0.0) for r in
-                                       (await store.changed_since(0.0, 1000))[0]])
+    again = await store.merge_records([dataclasses.replace(r, changed_at=0.0) for r in seen])
     assert again == 0
+
+
+async def test_rows_of_one_instant_are_paged_through_however_many(store: LedgerStore) -> None:
+    """Migration 3 stamped every existing row `changed_at = 0`: more rows of one value than a page still all
+    arrive, each once."""
+    for i in range(250):
+        await store.insert_team(Team(team_id=f"team-{i:04d}", created_at=1.0))
+    await execute(store, "UPDATE llmp_teams SET changed_at = 0")
+    seen, pages = await every_change(store)
+    assert sorted(r.id for r in seen) == [f"team-{i:04d}" for i in range(250)] and pages == 3
+    assert {r.changed_at for r in seen} == {0.0}
+
+
+async def execute(store: LedgerStore, sql: str, *args: object) -> None:
+    """A statement run on the store's database as another program (older gateway code, a migration) would."""
+    if isinstance(store, SqliteStore):
+        assert store._db is not None
+        store._db.execute(sql.replace("$1", "?").replace("$2", "?"), args)
+    else:
+        assert isinstance(store, PostgresStore)
+        await store._q("execute", sql, *args)
+
+
+async def test_a_local_write_supersedes_a_version_merged_from_a_faster_clock(store: LedgerStore) -> None:
+    """A region whose clock runs ahead (within the skew peers accept) made the newest version: the next write
+    here must still be newer, or a revocation here would lose to it in every region."""
+    ahead = time.time() + 200
+    await store.merge_records([key_record(5, updated_at=ahead)])
+    assert await store.revoke_keys([TOKEN]) == [TOKEN]
+    records, _, _ = await store.changed_since(START, 100)
+    assert records[0].revoked and records[0].updated_at > ahead
+
+
+
+async def test_an_edit_here_supersedes_a_version_merged_from_a_faster_clock(store: LedgerStore) -> None:
+    ahead = time.time() + 200
+    await store.merge_records([PeerRecord("team", "search", team_doc(Team(team_id="search")).decode(), False, ahead)])
+    await store.update_team(Team(team_id="search", team_alias="renamed here"))
+    records, _, _ = await store.changed_since(START, 100)
+    assert records[0].updated_at > ahead
+
+
+async def test_a_revocation_is_taken_even_against_a_newer_version(store: LedgerStore) -> None:
+    """Three regions: one revoked the key at version 20 while another edited it at version 30 without having heard
+    of it; the revocation arriving after the edit still revokes the key (keeping the edit), and every region ends
+    with the same record."""
+    await store.merge_records([key_record(9, updated_at=30)])
+    assert await store.merge_records([key_record(5, updated_at=20, revoked=True)]) == 1
+    key, revoked = await stored_key(store)
+    assert revoked and key.limits.max_budget == 9
+    records, _, _ = await store.changed_since(START, 100)
+    assert (records[0].revoked, records[0].updated_at) == (True, 30)
+    assert TOKEN not in {k.token for k in (await store.load_keys())[0]}
+
+
+async def test_a_revocation_by_older_gateway_code_reaches_peers(store: LedgerStore) -> None:
+    """A version 1-3 gateway (a rolling update, a rollback) revokes with `SET revoked = 1, rev = ?` and stamps no
+    version: the sweep before the next listing stamps it, so peers hear of it."""
+    await store.merge_records([key_record(5, updated_at=20)])
+    _, _, cursor = await store.changed_since(START, 100)
+    await execute(store, "UPDATE llmp_keys SET revoked = 1, rev = $1 WHERE token = $2 AND revoked = 0", 12345, TOKEN)
+    records, _, _ = await store.changed_since(cursor, 100)
+    assert [(r.id, r.revoked) for r in records] == [(TOKEN, True)] and records[0].updated_at > 20
+    # Stamped once: not offered again.
+    assert (await store.changed_since(records and (records[0].changed_at, "key", TOKEN) or cursor, 100))[0] == []
+    # A key an older gateway inserted (no version at all) is offered too.
+    await execute(store, "INSERT INTO llmp_keys (token, doc, revoked, rev) VALUES ($1, $2, 0, 7)", "cd" * 32,
+                  key_doc(VirtualKey(token="cd" * 32, key_name="sk-llmp-...cdcd")).decode())
+    records, _, _ = await store.changed_since(cursor, 100)
+    assert "cd" * 32 in {r.id for r in records}
+
+
+def test_a_page_is_cut_by_the_size_of_its_documents() -> None:
+    big = "x" * (PAGE_BYTES // 3)
+    found = {"team": [PeerRecord("team", f"t{i}", big, False, 1.0, float(i)) for i in range(5)], "key": [], "user": []}
+    page, more, cursor = changed_page(found, 100, START)  # type: ignore[arg-type]
+    assert [r.id for r in page] == ["t0", "t1", "t2"] and more and cursor == (2.0, "team", "t2")
+    huge = {"team": [PeerRecord("team", "t0", "x" * (2 * PAGE_BYTES), False, 1.0, 1.0)], "key": [], "user": []}
+    page, more, _ = changed_page(huge, 100, START)  # type: ignore[arg-type]
+    assert len(page) == 1 and not more, "a record larger than a page still goes, alone"
