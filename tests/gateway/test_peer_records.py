@@ -164,7 +164,7 @@ async def test_a_revocation_by_older_gateway_code_reaches_peers(store: LedgerSto
     records, _, _ = await store.changed_since(cursor, 100)
     assert [(r.id, r.revoked) for r in records] == [(TOKEN, True)] and records[0].updated_at > 20
     # Stamped once: not offered again.
-    assert (await store.changed_since(records and (records[0].changed_at, "key", TOKEN) or cursor, 100))[0] == []
+    assert (await store.changed_since((records[0].changed_at, "key", TOKEN), 100))[0] == []
     # A key an older gateway inserted (no version at all) is offered too.
     await execute(store, "INSERT INTO llmp_keys (token, doc, revoked, rev) VALUES ($1, $2, 0, 7)", "cd" * 32,
                   key_doc(VirtualKey(token="cd" * 32, key_name="sk-llmp-...cdcd")).decode())
