@@ -59,6 +59,7 @@ def build_governance(config: GatewayConfig, on_event: Callable[..., None],
     governance = Governance(config, auth, cache, limiter, ledger, store, on_event, budgets, on_charge)
     if config.peers is not None:
         governance.peers = build_peers(config, store, cache, limiter, budgets, on_event, registry)
+        governance.peers.budgets.ledger_written = lambda: ledger.flushed
     return governance
 
 

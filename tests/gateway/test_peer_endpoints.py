@@ -3,8 +3,6 @@ is checked with clear errors; a peer that is down or answers garbage is reported
 
 from __future__ import annotations
 
-import asyncio
-import io
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -19,14 +17,16 @@ from prometheus_client import generate_latest
 
 from gateway.config.errors import ConfigError
 from gateway.config.native import parse_native
+from gateway.governance.keys import VirtualKey
+from gateway.governance.store.documents import key_doc
 from gateway.http.app import build_app
 from gateway.http.state import STATE
 from gateway.sim import SimServer
 from tests.gateway.conftest import KEY, MODEL, RunningGateway, closed_port_url, deployment, gateway_config
+from tests.gateway.peering import PEER_KEY, peers_of, start_gateway, wait_for_pulls
 from tests.gateway.servers import PostgresServer, free_port
 from tests.gateway.test_keys_admin import admin
 
-PEER_KEY = "peer-key-for-tests-0123456789abcdef0123456789"
 INTERVAL = 0.1
 
 
@@ -40,12 +40,7 @@ def config(sim: SimServer, tmp_path: Path, name: str, peer_urls: list[str], **pe
 
 
 async def start(doc: dict[str, Any], port: int = 0) -> RunningGateway:
-    log = io.BytesIO()
-    app = build_app(parse_native(doc), log_out=log)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return RunningGateway(runner, app, log)
+    return await start_gateway(doc, port)
 
 
 @pytest.fixture
@@ -108,7 +103,9 @@ async def test_peer_endpoints_answer_the_peer_key_and_nothing_else(sim: SimServe
     status, body = await get(changes + "?since=yesterday", PEER_KEY)
     assert status == 400 and b"since" in body
     status, body = await get(changes + f"?since={time.time() + 5}", PEER_KEY)
-    assert status == 200 and orjson.loads(body) == {"records": [], "more": False}
+    assert status == 200 and orjson.loads(body)["records"] == [] and not orjson.loads(body)["more"]
+    status, body = await get(changes + "?after=%5B1%2C2%5D", PEER_KEY)
+    assert status == 400 and b"after: not a cursor" in body
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -173,9 +170,7 @@ async def test_a_peer_down_or_answering_garbage_is_reported_once_and_the_others_
         started.append(a)
         peers = a.state.governance.peers
         _, made = await admin(b, "POST", "/key/generate", {"max_budget": 1.0})
-        target = peers.pulls + 4
-        while peers.pulls < target:
-            await time_passes()
+        await wait_for_pulls(peers, count=4)
         async with a.client(api_key=made["key"]) as client:  # learned from b, though two peers fail
             await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
         failing = {e["peer"]: e["reason"] for e in events(a, "peer_unavailable")}
@@ -187,22 +182,14 @@ async def test_a_peer_down_or_answering_garbage_is_reported_once_and_the_others_
 
         # The garbage peer heals and reports spend for the key; then it answers garbage again: its last totals stay.
         fake.token, fake.spend, fake.garbage = made["token_id"], 0.75, False
-        target = peers.pulls + 3
-        while peers.pulls < target:
-            await time_passes()
+        await wait_for_pulls(peers, count=3)
         assert [e["peer"] for e in events(a, "peer_recovered")] == [f"127.0.0.1:{fake_port}"]
         fake.garbage = True
-        target = peers.pulls + 3
-        while peers.pulls < target:
-            await time_passes()
+        await wait_for_pulls(peers, count=3)
         assert peers.peer_spend("key_token", made["token_id"], 0, 0.0) == 0.75
         assert [e["peer"] for e in events(a, "peer_unavailable")].count(f"127.0.0.1:{fake_port}") == 2
     finally:
         await runner.cleanup()
-
-
-async def time_passes() -> None:
-    await asyncio.sleep(0.02)
 
 
 async def test_a_revocation_made_elsewhere_is_refused_here_while_the_local_store_is_down(
@@ -234,12 +221,7 @@ async def test_a_revocation_made_elsewhere_is_refused_here_while_the_local_store
 
 
 async def pulls(gw: RunningGateway, count: int) -> None:
-    peers = gw.state.governance.peers
-    target = peers.pulls + count
-    deadline = time.monotonic() + 30
-    while peers.pulls < target:
-        assert time.monotonic() < deadline, "peers stopped pulling"
-        await time_passes()
+    await wait_for_pulls(peers_of(gw), count=count)
 
 
 async def answers(gw: RunningGateway, key: str) -> int:
@@ -261,3 +243,61 @@ def test_the_peer_key_is_read_from_the_secret_store_at_start(sim: SimServer, tmp
     monkeypatch.setenv("LLMP_SECRET_GATEWAY_PEER_KEY", PEER_KEY)
     app = build_app(parse_native(doc))
     assert app[STATE].governance.peers.settings.key == PEER_KEY
+
+
+class PagingPeer:
+    """A peer with three records in two pages: a record the puller must refuse, then a valid key whose document is
+    over 400 KB (a key listing 1000 models, as the admin API allows), then on the next page a small valid key."""
+
+    def __init__(self) -> None:
+        names = [f"model-{i:04d}-" + "x" * 200 for i in range(1000)]
+        self.big = VirtualKey(token="ab" * 32, key_name="sk-llmp-...abab", models=tuple(names),
+                              model_rpm_limit=dict.fromkeys(names, 5), created_at=1.0)
+        self.small = VirtualKey(token="cd" * 32, key_name="sk-llmp-...cdcd", created_at=1.0)
+        self.asked: list[dict[str, str]] = []
+        self.app = web.Application()
+        self.app.add_routes([web.get("/peer/v1/changes", self.changes), web.get("/peer/v1/spend", self.spent)])
+
+    @staticmethod
+    def record(key: VirtualKey, changed_at: float) -> dict[str, Any]:
+        return {"kind": "key", "id": key.token, "doc": key_doc(key).decode(), "revoked": False, "updated_at": 1.0,
+                "changed_at": changed_at}
+
+    async def changes(self, request: web.Request) -> web.Response:
+        self.asked.append(dict(request.query))
+        if request.query.get("after") == "page-2":
+            return web.json_response({"records": [self.record(self.small, 0.0)], "more": False, "cursor": "end"})
+        if request.query.get("after") == "end":
+            return web.json_response({"records": [], "more": False, "cursor": "end"})
+        bad = {"kind": "team", "id": "x", "doc": "{}", "revoked": True, "updated_at": 1.0, "changed_at": 0.0}
+        return web.json_response({"records": [bad, self.record(self.big, 0.0)], "more": True, "cursor": "page-2"})
+
+    async def spent(self, request: web.Request) -> web.Response:
+        return web.json_response({"now": time.time(), "spend": [["key_token", "ef" * 32, 0, 0, 1.0]]})
+
+
+async def test_a_record_the_puller_refuses_is_skipped_and_counted_and_the_rest_still_arrives(
+        sim: SimServer, tmp_path: Path, started: list[RunningGateway]) -> None:
+    assert len(key_doc(PagingPeer().big)) > 400_000
+    fake = PagingPeer()
+    runner = web.AppRunner(fake.app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        gw = await start(config(sim, tmp_path, "a", [f"http://127.0.0.1:{port}"]))
+        started.append(gw)
+        await pulls(gw, 2)
+        store = gw.state.governance.store
+        assert await store.get_key(fake.big.token) is not None and await store.get_key(fake.small.token) is not None
+        assert events(gw, "peer_unavailable") == []
+        refused = events(gw, "peer_records_refused")
+        assert refused and refused[0]["count"] == 1 and "revoked" in refused[0]["first"]
+        metrics = generate_latest(gw.state.metrics.registry).decode()
+        assert f'llmp_gateway_peer_records_refused_total{{peer="127.0.0.1:{port}"}} 1.0' in metrics
+        # Each later round starts from the last cursor, reaching back (the peer applies its overlap).
+        assert {"after": "end", "back": "1", "limit": "1000"} in fake.asked
+        # Totals are kept only for keys, teams and users this region knows: a peer cannot fill its memory.
+        assert peers_of(gw).peers[0].totals == {}
+    finally:
+        await runner.cleanup()

@@ -66,11 +66,12 @@ def v1_rows() -> dict[str, list[tuple[Any, ...]]]:
 
 def migrated(rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any, ...]]]:
     """v1 rows as the latest schema holds them: every row kept, spend rows with no user (version 2's column), keys
-    and teams versioned by their creation, offered to peers from the start (version 3's updated_at and changed_at)."""
+    and teams versioned by their creation, offered to peers from the start (version 3's updated_at and changed_at),
+    recorded as stamped at their revision (version 4's stamped_rev: the sweep does not restamp them)."""
     out = {t: sorted(r, key=lambda row: row[0]) for t, r in rows.items()}
     out["llmp_spend"] = [(*row, None) for row in out["llmp_spend"]]
-    for table in ("llmp_keys", "llmp_teams"):  # created_at is the last column of version 1
-        out[table] = [(*row, row[-1], 0.0) for row in out[table]]
+    for table, rev in (("llmp_keys", 5), ("llmp_teams", 3)):  # created_at is the last column of version 1
+        out[table] = [(*row, row[-1], 0.0, row[rev]) for row in out[table]]
     return out
 
 
