@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from typing import Any
 
 import openai
 import pytest
 import redis
 
+from gateway.governance.limits.in_process import LocalLimiter
+from gateway.governance.limits.scopes import window_name
 from tests.gateway.conftest import MODEL
 from tests.gateway.servers import RedisServer
 from tests.gateway.test_keys_admin import admin, governed
@@ -91,3 +94,15 @@ async def test_a_restarted_gateway_with_in_process_counters_keeps_the_budget(gat
         assert spent(tmp_path) <= BUDGET + ONE_CALL, f"{again} more calls after the restart ({answered} before)"
     else:
         assert spent(tmp_path) > BUDGET + ONE_CALL
+
+
+async def test_spend_summed_over_last_window_is_not_carried_into_the_new_one() -> None:
+    """At a window boundary the ledger's window (the gateway's clock when the sync began) and the counter's window
+    (the limiter's clock when it raises) can differ: the raise is keyed by the window the amount was summed over."""
+    day = 86400
+    new_window = (int(time.time()) // day) * day
+    limiter = LocalLimiter(clock=lambda: new_window + 0.5)  # the limiter's clock is already in the new window
+    await limiter.raise_spend([("k:abc", day, 5.0, float(new_window - day))])
+    spend = limiter._scopes["k:abc"].spend
+    assert spend.get(window_name(new_window, day), 0.0) == 0.0, "last window's spend counted in the new one"
+    assert spend[window_name(new_window - day, day)] == 5.0

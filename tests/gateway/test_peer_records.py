@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.governance.keys import Limits, Team, VirtualKey
+from gateway.governance.keys import KeyCache, Limits, Team, User, VirtualKey
 from gateway.governance.store.documents import key_doc, team_doc
 from gateway.governance.store.postgres import PostgresStore
-from gateway.governance.store.protocol import LedgerStore
+from gateway.governance.store.protocol import LedgerStore, StoreError
 from gateway.governance.store.replication import PAGE_BYTES, START, Cursor, PeerRecord, changed_page
 from gateway.governance.store.sqlite import SqliteStore
 from tests.gateway.servers import PostgresServer, new_database
@@ -180,3 +180,27 @@ def test_a_page_is_cut_by_the_size_of_its_documents() -> None:
     huge = {"team": [PeerRecord("team", "t0", "x" * (2 * PAGE_BYTES), False, 1.0, 1.0)], "key": [], "user": []}
     page, more, _ = changed_page(huge, 100, START)  # type: ignore[arg-type]
     assert len(page) == 1 and not more, "a record larger than a page still goes, alone"
+
+
+class NoStore:
+    """The local store, down: every read fails as a real one does (StoreError)."""
+
+    async def key_fingerprint(self) -> tuple[int, int]:
+        raise StoreError("down")
+
+    async def load_keys(self) -> tuple[list[VirtualKey], list[Team]]:
+        raise StoreError("down")
+
+    async def list_users(self) -> list[User]:
+        raise StoreError("down")
+
+
+def test_a_revocation_held_in_memory_is_not_undone_by_a_stale_peer() -> None:
+    """Three regions while the local store is down: region b sends the revocation, region c (not yet told) still
+    sends the live key, in either order and in the same round: the key stays refused."""
+    cache = KeyCache(NoStore(), 5, lambda *a, **k: None)
+    key = VirtualKey(token=TOKEN, key_name="sk-llmp-...abab")
+    cache.by_hash = {TOKEN: key}
+    assert cache.hold_peer_keys([(key, True)]) == 1
+    assert cache.hold_peer_keys([(key, False)]) == 0 and TOKEN not in cache.by_hash
+    assert cache.hold_peer_keys([(key, False), (key, True)]) == 0 and TOKEN not in cache.by_hash
