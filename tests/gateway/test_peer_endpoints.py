@@ -301,3 +301,22 @@ async def test_a_record_the_puller_refuses_is_skipped_and_counted_and_the_rest_s
         assert peers_of(gw).peers[0].totals == {}
     finally:
         await runner.cleanup()
+
+
+async def test_every_replica_of_a_region_serves_a_key_made_elsewhere_after_its_next_pull(
+        sim: SimServer, tmp_path: Path, started: list[RunningGateway]) -> None:
+    """Two replicas of region a share its store: whichever merges a peer's key first, the other finds nothing newer
+    to merge, and still serves the key after its pull (not a key-cache refresh interval later)."""
+    b_port = free_port()
+    replicas = []
+    for n in range(2):
+        doc = config(sim, tmp_path, "a", [f"http://127.0.0.1:{b_port}"])
+        doc["ledger"]["spool_dir"] = str(tmp_path / f"a-{n}" / "spool")
+        doc["keys"] = {"refresh_seconds": 300}
+        replicas.append(await start(doc))
+    started.extend(replicas)
+    b = await start(config(sim, tmp_path, "b", [replicas[0].url]), b_port)
+    started.append(b)
+    _, made = await admin(b, "POST", "/key/generate", {})
+    await wait_for_pulls(*(peers_of(r) for r in replicas), count=2)
+    assert [await answers(r, made["key"]) for r in replicas] == [200, 200]
