@@ -5,6 +5,7 @@ through every change by cursor, however many share one instant."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator
@@ -204,3 +205,52 @@ def test_a_revocation_held_in_memory_is_not_undone_by_a_stale_peer() -> None:
     assert cache.hold_peer_keys([(key, True)]) == 1
     assert cache.hold_peer_keys([(key, False)]) == 0 and TOKEN not in cache.by_hash
     assert cache.hold_peer_keys([(key, False), (key, True)]) == 0 and TOKEN not in cache.by_hash
+
+
+async def test_a_postgresql_write_is_stamped_when_it_runs_not_when_it_was_asked_for(
+        postgres_server: PostgresServer) -> None:
+    """A write that waited for a pool connection must not carry an earlier time than it commits with: a peer whose
+    cursor already passed that time would never see it (the reach-back covers the statement, not the wait)."""
+    store = PostgresStore(await new_database(postgres_server, "stamp"), 10)
+    await store.open()
+    try:
+        await store.insert_team(Team(team_id="search"))
+        held = [await store._pool.acquire() for _ in range(4)]  # the pool's max_size: the write waits
+        write = asyncio.create_task(store.update_team(Team(team_id="search", team_alias="waited")))
+        await asyncio.sleep(0.5)
+        released = time.time()
+        for conn in held:
+            await store._pool.release(conn)
+        await write
+        records, _, _ = await store.changed_since(START, 10)
+        assert records[0].changed_at >= released - 0.05 and records[0].updated_at >= released - 0.05
+    finally:
+        await store.close()
+
+
+async def test_postgresql_breaks_a_version_tie_by_bytes_as_sqlite_does(postgres_server: PostgresServer) -> None:
+    """Two versions of one instant are ordered by their documents byte-wise on both databases, whatever the
+    database's collation: under a language collation ('a' before 'B') PostgreSQL would pick the other version
+    than SQLite and the regions would never agree."""
+    import asyncpg
+
+    name = f"icu_{time.monotonic_ns()}"
+    conn = await asyncpg.connect(postgres_server.url, timeout=10)
+    try:
+        await conn.execute(f"CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' "
+                           "LOCALE 'C.UTF-8'")
+    finally:
+        await conn.close()
+    store = PostgresStore(postgres_server.url.rsplit("/", 1)[0] + "/" + name, 10)
+    await store.open()
+    try:
+        assert await store._q("fetchval", "SELECT 'a' < 'B'"), "the database orders by language"
+        upper, lower = (PeerRecord("team", "t", team_doc(Team(team_id="t", team_alias=alias)).decode(), False, 7.0)
+                        for alias in ("B", "a"))
+        assert lower.doc.encode() > upper.doc.encode()
+        await store.merge_records([lower])
+        assert await store.merge_records([upper]) == 0, "the byte-wise larger document stays"
+        found = await store.get_team("t")
+        assert found is not None and found.team_alias == "a"
+    finally:
+        await store.close()
