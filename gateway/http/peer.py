@@ -48,28 +48,32 @@ class PeerApi:
         try:
             self._check(http)
             limit = int(_number(http, "limit", 1, PAGE, PAGE))
-            after = self._after(http)
+            after, given = self._after(http)
             try:
                 records, more, cursor = await self.store.changed_since(after, limit)
+                if not more and given is not None:
+                    # The last page after reaching back: the cursor never ends before the one sent (else, with nothing
+                    # past it, each round would move it back by the overlap).
+                    cursor = max(cursor, given)
             except StoreError as exc:
                 raise unavailable(f"The key store cannot be read here: {str(exc)[:200]}") from None
         except GatewayError as exc:
             return exc.response()
         return web.Response(body=changes_answer(records, more, cursor), content_type="application/json")
 
-    def _after(self, http: web.Request) -> Cursor:
-        """Where to list from: the cursor a previous answer carried (`after`, from `back=1`: reaching back by the
-        overlap), or a time (`since`, as gateways before cursors asked)."""
+    def _after(self, http: web.Request) -> tuple[Cursor, Cursor | None]:
+        """Where to list from: the cursor a previous answer carried (`after`; with `back=1`, reaching back by the
+        overlap from it, and it too), or a time (`since`, as gateways before cursors asked)."""
         text = http.query.get("after")
         if text is None:
-            return (_number(http, "since", 0.0, MAX_TIMESTAMP, 0.0), "", "")
+            return (_number(http, "since", 0.0, MAX_TIMESTAMP, 0.0), "", ""), None
         try:
             after = decode_cursor(text[:4096])
         except ValueError:
             raise bad_request("after: not a cursor this gateway answered", "after") from None
         if http.query.get("back") == "1":
-            return (max(after[0] - self.overlap, 0.0), *START[1:])
-        return after
+            return (max(after[0] - self.overlap, 0.0), *START[1:]), after
+        return after, None
 
     async def spend(self, http: web.Request) -> web.Response:
         try:

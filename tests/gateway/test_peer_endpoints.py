@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import orjson
@@ -104,6 +105,9 @@ async def test_peer_endpoints_answer_the_peer_key_and_nothing_else(sim: SimServe
     assert status == 400 and b"since" in body
     status, body = await get(changes + f"?since={time.time() + 5}", PEER_KEY)
     assert status == 200 and orjson.loads(body)["records"] == [] and not orjson.loads(body)["more"]
+    later = orjson.dumps([time.time() + 50, "key", "f" * 64]).decode()
+    status, body = await get(changes + "?" + urlencode({"after": later, "back": "1"}), PEER_KEY)
+    assert status == 200 and orjson.loads(body)["cursor"] == later, "reaching back never moves the cursor back"
     status, body = await get(changes + "?after=%5B1%2C2%5D", PEER_KEY)
     assert status == 400 and b"after: not a cursor" in body
 
@@ -142,7 +146,7 @@ class FakePeer:
         self.app.add_routes([web.get("/peer/v1/changes", self.changes), web.get("/peer/v1/spend", self.spent)])
 
     async def changes(self, request: web.Request) -> web.Response:
-        if self.garbage:  # a record whose key is not a hash: refused as a whole answer
+        if self.garbage:  # a record whose key is not a hash: skipped (its spend answer below fails the peer)
             return web.json_response({"records": [{"kind": "key", "id": "sk-llmp-raw", "doc": "{}", "revoked": False,
                                                    "updated_at": 1.0, "changed_at": 1.0}], "more": False})
         return web.json_response({"records": [], "more": False})

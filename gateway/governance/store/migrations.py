@@ -105,6 +105,8 @@ _V4 = tuple(
     statement for table in ("llmp_keys", "llmp_teams", "llmp_users") for statement in (
         f"ALTER TABLE {table} ADD COLUMN stamped_rev BIGINT",
         f"UPDATE {table} SET stamped_rev = rev",
+        # Partial (SQLite >= 3.8, PostgreSQL): the sweep reads only the rows it stamps, not the table, each pull.
+        f"CREATE INDEX {table}_unstamped ON {table} (rev) WHERE stamped_rev IS NULL OR stamped_rev <> rev",
     )
 ) + tuple(f"CREATE INDEX llmp_spend_{column}_ts ON llmp_spend ({column}, ts)"
           for column in ("key_token", "team_id", "user_id"))
