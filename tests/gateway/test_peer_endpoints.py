@@ -19,6 +19,8 @@ from prometheus_client import generate_latest
 from gateway.config.errors import ConfigError
 from gateway.config.native import parse_native
 from gateway.governance.keys import VirtualKey
+from gateway.governance.peer_wire import MAX_SPEND_BYTES, PeerAnswerError, parse_spend
+from gateway.governance.peers import OVERLAP_MARGIN
 from gateway.governance.store.documents import key_doc
 from gateway.http.app import build_app
 from gateway.http.state import STATE
@@ -324,3 +326,20 @@ async def test_every_replica_of_a_region_serves_a_key_made_elsewhere_after_its_n
     _, made = await admin(b, "POST", "/key/generate", {})
     await wait_for_pulls(*(peers_of(r) for r in replicas), count=2)
     assert [await answers(r, made["key"]) for r in replicas] == [200, 200]
+
+
+def test_a_spend_answer_is_read_up_to_a_small_cap_and_only_for_scopes_known_here() -> None:
+    known = {("key_token", "ab" * 32)}
+    rows = [["key_token", "ab" * 32, 0, 0, 1.5], ["team_id", "elsewhere", 0, 0, 9.0]]
+    body = orjson.dumps({"now": 1.0, "spend": rows})
+    assert parse_spend(body, lambda column, ident: (column, ident) in known) == {("key_token", "ab" * 32, 0, 0.0): 1.5}
+    with pytest.raises(PeerAnswerError, match=f"answer over {MAX_SPEND_BYTES} bytes"):
+        parse_spend(b" " * (MAX_SPEND_BYTES + 1), lambda column, ident: True)
+    assert MAX_SPEND_BYTES <= 8 * 2**20, "a hostile peer's answer is not held whole in memory at 32 MiB"
+
+
+def test_a_round_reaches_back_by_the_store_timeout_and_a_margin(sim: SimServer, tmp_path: Path) -> None:
+    doc = config(sim, tmp_path, "a", ["https://gateway.eu-west-1.example.com"])
+    doc["ledger"]["store_timeout"] = 3
+    peers = build_app(parse_native(doc))[STATE].governance.peers
+    assert peers.overlap == 3 + OVERLAP_MARGIN
