@@ -173,11 +173,11 @@ class PeerSync:
             if refused:
                 self.refused.labels(peer.label).inc(len(refused))
                 self._event("peer_records_refused", peer=peer.label, count=len(refused), first=refused[0][:300])
-            counts[1] += len(records)
             stored = await self._store(records)
             if stored is None:
-                break  # pulled again from the same cursor until the store takes them
+                break  # pulled again from the same cursor until the store takes them (memory holds the keys)
             counts[0] += stored
+            counts[1] += len(records)
             if cursor is None:
                 break  # a gateway that predates cursors: the next round asks again from its start
             peer.cursor = cursor

@@ -42,10 +42,6 @@ def config(sim: SimServer, tmp_path: Path, name: str, peer_urls: list[str], **pe
     return doc
 
 
-async def start(doc: dict[str, Any], port: int = 0) -> RunningGateway:
-    return await start_gateway(doc, port)
-
-
 @pytest.fixture
 async def started() -> AsyncIterator[list[RunningGateway]]:
     gateways: list[RunningGateway] = []
@@ -67,7 +63,7 @@ def events(gw: RunningGateway, name: str) -> list[dict[str, Any]]:
 
 async def test_peer_endpoints_answer_the_peer_key_and_nothing_else(sim: SimServer, tmp_path: Path,
                                                                    started: list[RunningGateway]) -> None:
-    gw = await start(config(sim, tmp_path, "a", [closed_port_url().removesuffix("/v1")]))
+    gw = await start_gateway(config(sim, tmp_path, "a", [closed_port_url().removesuffix("/v1")]))
     started.append(gw)
     _, made = await admin(gw, "POST", "/key/generate", {"max_budget": 5})
     changes = gw.url + "/peer/v1/changes"
@@ -169,9 +165,9 @@ async def test_a_peer_down_or_answering_garbage_is_reported_once_and_the_others_
     try:
         a_port, b_port = free_port(), free_port()
         down = closed_port_url().removesuffix("/v1")
-        b = await start(config(sim, tmp_path, "b", [f"http://127.0.0.1:{a_port}"]), b_port)
+        b = await start_gateway(config(sim, tmp_path, "b", [f"http://127.0.0.1:{a_port}"]), b_port)
         started.append(b)
-        a = await start(config(sim, tmp_path, "a", [f"http://127.0.0.1:{b_port}", f"http://127.0.0.1:{fake_port}",
+        a = await start_gateway(config(sim, tmp_path, "a", [f"http://127.0.0.1:{b_port}", f"http://127.0.0.1:{fake_port}",
                                                     down]), a_port)
         started.append(a)
         peers = a.state.governance.peers
@@ -203,12 +199,12 @@ async def test_a_revocation_made_elsewhere_is_refused_here_while_the_local_store
     pg = PostgresServer()
     try:
         a_port, b_port = free_port(), free_port()
-        b = await start(config(sim, tmp_path, "b", [f"http://127.0.0.1:{a_port}"]), b_port)
+        b = await start_gateway(config(sim, tmp_path, "b", [f"http://127.0.0.1:{a_port}"]), b_port)
         started.append(b)
         doc = config(sim, tmp_path, "a", [f"http://127.0.0.1:{b_port}"])
         doc["ledger"].update(store=pg.url, store_timeout=1)
         doc["keys"] = {"refresh_seconds": 0.2}
-        a = await start(doc, a_port)
+        a = await start_gateway(doc, a_port)
         started.append(a)
         _, first = await admin(b, "POST", "/key/generate", {})
         await pulls(a, 3)
@@ -291,7 +287,7 @@ async def test_a_record_the_puller_refuses_is_skipped_and_counted_and_the_rest_s
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        gw = await start(config(sim, tmp_path, "a", [f"http://127.0.0.1:{port}"]))
+        gw = await start_gateway(config(sim, tmp_path, "a", [f"http://127.0.0.1:{port}"]))
         started.append(gw)
         await pulls(gw, 2)
         store = gw.state.governance.store
@@ -319,9 +315,9 @@ async def test_every_replica_of_a_region_serves_a_key_made_elsewhere_after_its_n
         doc = config(sim, tmp_path, "a", [f"http://127.0.0.1:{b_port}"])
         doc["ledger"]["spool_dir"] = str(tmp_path / f"a-{n}" / "spool")
         doc["keys"] = {"refresh_seconds": 300}
-        replicas.append(await start(doc))
+        replicas.append(await start_gateway(doc))
     started.extend(replicas)
-    b = await start(config(sim, tmp_path, "b", [replicas[0].url]), b_port)
+    b = await start_gateway(config(sim, tmp_path, "b", [replicas[0].url]), b_port)
     started.append(b)
     _, made = await admin(b, "POST", "/key/generate", {})
     await wait_for_pulls(*(peers_of(r) for r in replicas), count=2)
