@@ -107,6 +107,9 @@ class KeySettings(_Strict):
         return value
 
 
+PEER_KEY_CHARS = 32  # the shortest peer key taken, here and once its secret is read (governance/build.py)
+
+
 class PeerSettings(_Strict):
     """The other regions' gateways of the stack: keys, teams, users and budget spend pulled from each every interval
     (gateway.governance.peers; README "Several regions: keys and budgets across the stack")."""
@@ -137,6 +140,6 @@ class PeerSettings(_Strict):
     @field_validator("key")
     @classmethod
     def _key(cls, value: str) -> str:
-        if not value.startswith(SECRET) and len(value) < 32:
-            raise ValueError("at least 32 characters (or a secret/... reference)")
+        if not value.startswith(SECRET) and len(value) < PEER_KEY_CHARS:
+            raise ValueError(f"at least {PEER_KEY_CHARS} characters (or a secret/... reference)")
         return value

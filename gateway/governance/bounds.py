@@ -25,6 +25,11 @@ MAX_REQUEST_BYTES = 2**31  # a key's max_request_bytes cap
 MAX_TEXT = 256  # ids, aliases, model names and zones, in characters
 MAX_LIST = 1000  # entries in a key's or team's list of models, or per-model limits
 MAX_METADATA_BYTES = 16384  # metadata, as JSON
+# A stored key, team or user document at its largest: up to three lists of MAX_LIST names (a key's models and its
+# per-model rpm and tpm limits), each name at most 6 bytes a character as JSON (orjson writes a control character as
+# \uXXXX, anything else in at most 4 bytes of UTF-8) plus quotes, separators and a number; metadata; and the
+# fixed fields. A record a peer sends may be this large (gateway.governance.peer_wire).
+MAX_DOC_BYTES = 3 * MAX_LIST * (6 * MAX_TEXT + 32) + MAX_METADATA_BYTES + 65536
 
 assert MAX_LIMIT < LUA_EXACT and 1000 * (MAX_RESERVED_TOKENS + MAX_USAGE_TOKENS) < LUA_EXACT
 

@@ -38,6 +38,11 @@ class BudgetSync:
         # What the stack's other regions spent in a window: (column, id, budget seconds, window start) -> USD
         # (gateway.governance.peers); None with no peers.
         self.peer_spend: Callable[[str, str, int, float], float] | None = None
+        # The last ledger_spend answer and when (monotonic): peers asking every interval are answered from it.
+        self._recent: tuple[float, int, list[tuple[str, str, int, float, float]]] | None = None
+        # Rows this process's ledger has written so far (gateway.governance.ledger.spend, `flushed`): totals computed
+        # before its last flush are not reused.
+        self.ledger_written: Callable[[], int] = lambda: 0
 
     async def run_once(self, now: float | None = None) -> int:
         """Raise every budget counter to the ledger's spend of its window, plus what the stack's other regions spent
@@ -49,7 +54,7 @@ class BudgetSync:
                 amount += self.peer_spend(column, ident, seconds, since)
             if amount > 0:
                 name = {"key_token": key_scope, "team_id": team_scope, "user_id": user_scope}[column](ident)
-                spends.append((name, seconds, amount))
+                spends.append((name, seconds, amount, since))
         if spends:
             await self.limiter.raise_spend(spends)
         return len(spends)
@@ -57,6 +62,7 @@ class BudgetSync:
     async def ledger_spend(self, now: float) -> list[tuple[str, str, int, float, float]]:
         """(column, id, budget seconds, window start, spend) of every key, team and user with a budget, as this
         region's ledger holds it for the window `now` falls in (0 where it holds none)."""
+        written = self.ledger_written()
         groups: dict[tuple[str, int], list[str]] = {}
         for key in self.cache.by_hash.values():
             _add(groups, "key_token", key.token, key.limits)
@@ -69,7 +75,19 @@ class BudgetSync:
             since = now - now % seconds if seconds else 0.0
             spent = await self.store.spend_since(column, since, ids)
             found += [(column, ident, seconds, since, spent.get(ident, 0.0)) for ident in ids]
+        self._recent = (time.monotonic(), written, found)
         return found
+
+    async def recent_spend(self, now: float, max_age: float) -> list[tuple[str, str, int, float, float]]:
+        """`ledger_spend`, as last computed (here or by a round of the budget sync) when that was less than `max_age`
+        seconds ago and before nothing more was flushed here: every peer asks each of its rounds, and a query per
+        budgeted scope each time would load the ledger store with the number of regions. (Rows other replicas of
+        this region flushed meanwhile are seen up to `max_age` late: gateway/README.md's bound counts it.) Each row
+        carries its own window, so an answer computed in the last window still counts where it belongs."""
+        if self._recent is not None and time.monotonic() - self._recent[0] < max_age \
+                and self._recent[1] == self.ledger_written():
+            return self._recent[2]
+        return await self.ledger_spend(now)
 
     async def start(self, sync_now: bool = True) -> None:
         """`sync_now`: once before returning (before the port opens), as well as every interval after."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from gateway.config.errors import ConfigError
+from gateway.config.governance import PEER_KEY_CHARS
 from gateway.config.native import GatewayConfig
 from gateway.governance.budget_sync import BudgetSync
 from gateway.governance.gate import Governance
@@ -19,7 +20,7 @@ from gateway.governance.ledger.spool import LEGACY, SpendSpool, default_spool_di
 from gateway.governance.limits.in_process import LocalLimiter
 from gateway.governance.limits.redis_limiter import RedisLimiter
 from gateway.governance.limits.scopes import RateLimiter
-from gateway.governance.peers import PeerSync
+from gateway.governance.peers import OVERLAP_MARGIN, PeerSync
 from gateway.governance.store.connect import open_store
 from gateway.governance.store.protocol import LedgerStore
 
@@ -58,6 +59,7 @@ def build_governance(config: GatewayConfig, on_event: Callable[..., None],
     governance = Governance(config, auth, cache, limiter, ledger, store, on_event, budgets, on_charge)
     if config.peers is not None:
         governance.peers = build_peers(config, store, cache, limiter, budgets, on_event, registry)
+        governance.peers.budgets.ledger_written = lambda: ledger.flushed
     return governance
 
 
@@ -67,10 +69,11 @@ def build_peers(config: GatewayConfig, store: LedgerStore, cache: KeyCache, limi
     """The puller of the `peers` section; ConfigError for a peer key that would also be another credential."""
     peers = config.peers
     assert peers is not None
-    if peers.key.startswith("secret/") or len(peers.key) < 32:
-        raise ConfigError("peers.key: the peer key must hold at least 32 characters")
+    if peers.key.startswith("secret/") or len(peers.key) < PEER_KEY_CHARS:
+        raise ConfigError(f"peers.key: the peer key must hold at least {PEER_KEY_CHARS} characters")
     if config.gateway.master_key and hmac.compare_digest(peers.key.encode(), config.gateway.master_key.encode()):
         raise ConfigError("peers.key: must differ from gateway.master_key (a peer must not be able to administer)")
     # Without a periodic budget sync (budget_sync_seconds 0), one that runs only after each pull.
     raising = budgets or BudgetSync(store, cache, limiter, peers.interval, on_event)
-    return PeerSync(peers, peers.key, store, cache, raising, on_event, registry)
+    overlap = config.ledger.store_timeout + OVERLAP_MARGIN if config.ledger is not None else OVERLAP_MARGIN
+    return PeerSync(peers, peers.key, store, cache, raising, on_event, registry, overlap=overlap)

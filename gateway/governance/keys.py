@@ -136,13 +136,16 @@ class KeyCache:
         self._fingerprint: tuple[int, int] | None = None
         self._task: asyncio.Task[None] | None = None
         self._store_down = False
+        # Keys revoked in another region while the local store was down (hold_peer_keys): revocation is for ever,
+        # so they stay out of memory whatever arrives or reloads before the store holds the revocation too.
+        self.revoked_tokens: set[str] = set()
 
     async def refresh(self, force: bool = False) -> bool:
         fingerprint = await self.source.key_fingerprint()
         if force or fingerprint != self._fingerprint:
             keys, teams = await self.source.load_keys()
             users = await self.source.list_users()
-            self.by_hash = {k.token: k for k in keys}
+            self.by_hash = {k.token: k for k in keys if k.token not in self.revoked_tokens}
             self.teams = {t.team_id: t for t in teams}
             self.users = {u.user_id: u for u in users}
             self._fingerprint = fingerprint
@@ -154,13 +157,19 @@ class KeyCache:
         """Keys (and whether revoked) that peers in other regions sent while the local store cannot take them
         (gateway.governance.peers): a revocation drops the key from memory, a key unknown here is added. Edits of
         known keys wait for the store, since memory holds no versions to compare; the peers send them again until
-        the store has them, and its next reload replaces all of this. How many keys changed."""
+        the store has them, and its next reload replaces all of this. How many keys changed.
+
+        Revocations are taken first and remembered (`revoked_tokens`): a revoked key is not in `by_hash`, so a stale
+        live version of it from a peer that has not heard of the revocation yet (three regions or more) would
+        otherwise be added back."""
         by_hash = dict(self.by_hash)
         changed = 0
         for key, revoked in keys:
             if revoked:
+                self.revoked_tokens.add(key.token)
                 changed += by_hash.pop(key.token, None) is not None
-            elif key.token not in by_hash:
+        for key, revoked in keys:
+            if not revoked and key.token not in by_hash and key.token not in self.revoked_tokens:
                 by_hash[key.token] = key
                 changed += 1
         if changed:

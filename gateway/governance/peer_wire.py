@@ -1,27 +1,35 @@
 """What gateways of one stack send each other (records changed since a cursor, spend totals of budget windows):
 the answers' shape, built on one side and checked on the other, since a peer is a network party like any other.
 
-Changes: `{"records": [{"kind", "id", "doc", "revoked", "updated_at", "changed_at"}, ...], "more": bool}`; a key
-travels as its SHA-256 token and its stored document, never as the key. Spend: `{"now": t, "spend": [[column,
-id, budget_seconds, window_start, usd], ...]}`, one row per key, team or user with a budget and spend in its
-current window, from the answering region's own ledger only (so totals from several peers add up, never twice).
+Changes: `{"records": [{"kind", "id", "doc", "revoked", "updated_at", "changed_at"}, ...], "more": bool, "cursor":
+str}`; a key travels as its SHA-256 token and its stored document, never as the key; `cursor` is opaque to the
+puller, which sends it back (gateway.governance.store.replication). One record the puller refuses is skipped and
+counted, never the whole answer: a record that cannot be taken must not stop every later one from arriving.
+Spend: `{"now": t, "spend": [[column, id, budget_seconds, window_start, usd], ...]}`, one row per key, team or user
+with a budget and spend in its current window, from the answering region's own ledger only (so totals from several
+peers add up, never twice).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-from gateway.governance.bounds import MAX_BUDGET, MAX_DURATION_SECONDS, MAX_TEXT, MAX_TIMESTAMP
+from gateway.governance.bounds import MAX_BUDGET, MAX_DOC_BYTES, MAX_DURATION_SECONDS, MAX_TEXT, MAX_TIMESTAMP
 from gateway.governance.store.documents import key_from_doc, team_from_doc, user_from_doc
-from gateway.governance.store.replication import PAGE, TABLES, PeerRecord
+from gateway.governance.store.replication import PAGE, PAGE_BYTES, TABLES, PeerRecord, encode_cursor
 
-MAX_ANSWER_BYTES = 32 * 2**20  # one answer, read whole before parsing: far over PAGE records of bounded documents
-MAX_DOC_BYTES = 256 * 1024  # one record's document (metadata is at most 16 KiB, lists at most 1000 names)
-MAX_SPEND_ROWS = 500_000  # spend totals in one answer
+# A changes answer, read whole before parsing: a page is cut after PAGE_BYTES of documents, so at most that plus
+# one record at its largest, each document escaped once more inside the answer (at most twice its size).
+MAX_ANSWER_BYTES = PAGE_BYTES + 2 * MAX_DOC_BYTES + PAGE * 1024
+# A spend answer: [column, id, seconds, window start, usd] rows, about 150 bytes each for a 64-hex key token; 8 MiB
+# holds some 50,000 budgeted keys, teams and users with spend in their current window.
+MAX_SPEND_BYTES = 8 * 2**20
+MAX_CURSOR = 4096  # characters of an opaque cursor sent back
 CLOCK_SKEW = 300.0  # a version stamped further ahead of this clock is refused (it would win over every later edit)
 COLUMNS = ("key_token", "team_id", "user_id")
 TOKEN = re.compile(r"^[0-9a-f]{64}$")
@@ -33,10 +41,10 @@ class PeerAnswerError(ValueError):
     """A peer's answer that is not what the protocol allows; the message says where and what, never a value."""
 
 
-def changes_answer(records: list[PeerRecord], more: bool) -> bytes:
+def changes_answer(records: list[PeerRecord], more: bool, cursor: tuple[float, str, str]) -> bytes:
     return orjson.dumps({"records": [{"kind": r.kind, "id": r.id, "doc": r.doc, "revoked": r.revoked,
                                       "updated_at": r.updated_at, "changed_at": r.changed_at} for r in records],
-                         "more": more})
+                         "more": more, "cursor": encode_cursor(cursor)})
 
 
 def spend_answer(now: float, rows: list[tuple[str, str, int, float, float]]) -> bytes:
@@ -52,9 +60,9 @@ def _time(value: Any, where: str, high: float = MAX_TIMESTAMP) -> float:
     return float(value)
 
 
-def _object(body: bytes, fields: tuple[str, ...]) -> dict[str, Any]:
-    if len(body) > MAX_ANSWER_BYTES:
-        raise PeerAnswerError(f"answer over {MAX_ANSWER_BYTES} bytes")
+def _object(body: bytes, fields: tuple[str, ...], cap: int) -> dict[str, Any]:
+    if len(body) > cap:
+        raise PeerAnswerError(f"answer over {cap} bytes")
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -64,13 +72,26 @@ def _object(body: bytes, fields: tuple[str, ...]) -> dict[str, Any]:
     return doc
 
 
-def parse_changes(body: bytes, now: float) -> tuple[list[PeerRecord], bool]:
-    """The records of a changes answer, each checked (a document the admin API would refuse fails the answer)."""
-    doc = _object(body, ("records", "more"))
-    items, more = doc["records"], doc["more"]
+def parse_changes(body: bytes, now: float) -> tuple[list[PeerRecord], list[str], bool, str | None]:
+    """The records of a changes answer that pass the checks the admin API makes; what was wrong with each one that
+    did not (skipped); whether more are waiting; the cursor to send back (None from a gateway before cursors)."""
+    doc = _object(body, ("records", "more"), MAX_ANSWER_BYTES)
+    items, more, cursor = doc["records"], doc["more"], doc.get("cursor")
     if not isinstance(items, list) or len(items) > PAGE or not isinstance(more, bool):
         raise PeerAnswerError(f"records: not a list of at most {PAGE}, or more: not true/false")
-    return [_record(item, f"records[{i}]", now) for i, item in enumerate(items)], more
+    if cursor is not None and (not isinstance(cursor, str) or not 0 < len(cursor) <= MAX_CURSOR):
+        raise PeerAnswerError(f"cursor: not text of at most {MAX_CURSOR} characters")
+    records: list[PeerRecord] = []
+    refused: list[str] = []
+    for i, item in enumerate(items):
+        try:
+            records.append(_record(item, f"records[{i}]", now))
+        except PeerAnswerError as exc:
+            refused.append(str(exc))
+    return records, refused, more, cursor
+
+
+PARSERS = {"key": key_from_doc, "team": team_from_doc, "user": user_from_doc}
 
 
 def _record(item: Any, where: str, now: float) -> PeerRecord:
@@ -82,7 +103,8 @@ def _record(item: Any, where: str, now: float) -> PeerRecord:
     if not isinstance(ident, str) or not 0 < len(ident) <= MAX_TEXT or "\x00" in ident \
             or (kind == "key" and not TOKEN.match(ident)):
         raise PeerAnswerError(f"{where}.id: not a {'SHA-256 token' if kind == 'key' else 'name'}")
-    if not isinstance(text, str) or len(text) > MAX_DOC_BYTES or "\x00" in text:
+    if not isinstance(text, str) or len(text) > MAX_DOC_BYTES or "\x00" in text \
+            or len(text.encode("utf-8", "surrogatepass")) > MAX_DOC_BYTES:
         raise PeerAnswerError(f"{where}.doc: not a document of at most {MAX_DOC_BYTES} bytes")
     if not isinstance(revoked, bool) or (revoked and kind != "key"):
         raise PeerAnswerError(f"{where}.revoked: not true/false (true for keys only)")
@@ -93,9 +115,8 @@ def _record(item: Any, where: str, now: float) -> PeerRecord:
     def bad(_kind: str, _ident: str, reason: str) -> None:
         problems.append(reason)
 
-    parse = {"key": key_from_doc, "team": team_from_doc, "user": user_from_doc}[kind]
-    parsed = parse(text, bad)
-    own = {"key": "token", "team": "team_id", "user": "user_id"}[kind]
+    parsed = PARSERS[kind](text, bad)
+    own = TABLES[kind].id
     if problems:
         raise PeerAnswerError(f"{where}.doc: {problems[0][:200]}")
     if getattr(parsed, own) != ident:
@@ -103,12 +124,13 @@ def _record(item: Any, where: str, now: float) -> PeerRecord:
     return PeerRecord(kind, ident, text, revoked, updated_at, changed_at)
 
 
-def parse_spend(body: bytes) -> dict[SpendKey, float]:
-    """The totals of a spend answer, per (column, id, budget seconds, window start)."""
-    doc = _object(body, ("now", "spend"))
+def parse_spend(body: bytes, known: Callable[[str, str], bool]) -> dict[SpendKey, float]:
+    """The totals of a spend answer, per (column, id, budget seconds, window start), of the keys, teams and users
+    `known` here (a peer cannot make this region hold totals for scopes it has no budget for)."""
+    doc = _object(body, ("now", "spend"), MAX_SPEND_BYTES)
     rows = doc["spend"]
-    if not isinstance(rows, list) or len(rows) > MAX_SPEND_ROWS:
-        raise PeerAnswerError(f"spend: not a list of at most {MAX_SPEND_ROWS} rows")
+    if not isinstance(rows, list):
+        raise PeerAnswerError("spend: not a list of rows")
     totals: dict[SpendKey, float] = {}
     for i, row in enumerate(rows):
         if not isinstance(row, list) or len(row) != 5:
@@ -123,5 +145,6 @@ def parse_spend(body: bytes) -> dict[SpendKey, float]:
         if isinstance(usd, bool) or not isinstance(usd, (int, float)) or not math.isfinite(usd) \
                 or not 0 <= usd <= MAX_BUDGET:
             raise PeerAnswerError(f"spend[{i}]: not an amount in [0, {MAX_BUDGET:g}] USD")
-        totals[(column, ident, seconds, float(since))] = float(usd)
+        if known(column, ident):
+            totals[(column, ident, seconds, float(since))] = float(usd)
     return totals

@@ -86,7 +86,8 @@ def build_app(
         app_routes = AdminApi(state.governance).routes()
         peers = state.governance.peers
         if peers is not None:  # answered to the stack's other regions, by the peer key alone (http/peer.py)
-            app_routes += PeerApi(peers.settings.key, state.governance.store, peers.budgets).routes()
+            app_routes += PeerApi(peers.settings.key, state.governance.store, peers.budgets, peers.overlap,
+                                  config.ledger.flush_interval if config.ledger else 0.0).routes()
     else:
         app_routes = governance_off_routes()  # the admin paths answer how to turn governance on
     state.quotas = DeploymentQuotas.for_config(config, state.governance.limiter if state.governance else None)

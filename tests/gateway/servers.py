@@ -102,6 +102,19 @@ class PostgresServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+async def new_database(server: PostgresServer, prefix: str) -> str:
+    """A fresh, empty database on `server` (one per test: tests never see each other's rows): its DSN."""
+    import asyncpg
+
+    name = f"{prefix}_{time.monotonic_ns()}"
+    conn = await asyncpg.connect(server.url, timeout=10)
+    try:
+        await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+    return server.url.rsplit("/", 1)[0] + "/" + name
+
+
 @pytest.fixture(scope="module")
 def postgres_server() -> Iterator[PostgresServer]:
     server = PostgresServer()

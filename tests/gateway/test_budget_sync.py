@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from typing import Any
 
 import openai
 import pytest
 import redis
 
+from gateway.governance.limits.in_process import LocalLimiter
+from gateway.governance.limits.redis_limiter import RedisLimiter
+from gateway.governance.limits.scopes import window_name
 from tests.gateway.conftest import MODEL
 from tests.gateway.servers import RedisServer
 from tests.gateway.test_keys_admin import admin, governed
@@ -91,3 +95,35 @@ async def test_a_restarted_gateway_with_in_process_counters_keeps_the_budget(gat
         assert spent(tmp_path) <= BUDGET + ONE_CALL, f"{again} more calls after the restart ({answered} before)"
     else:
         assert spent(tmp_path) > BUDGET + ONE_CALL
+
+
+async def test_spend_summed_over_last_window_is_not_carried_into_the_new_one() -> None:
+    """At a window boundary the ledger's window (the gateway's clock when the sync began) and the counter's window
+    (the limiter's clock when it raises) can differ: the raise is keyed by the window the amount was summed over."""
+    day = 86400
+    new_window = (int(time.time()) // day) * day
+    limiter = LocalLimiter(clock=lambda: new_window + 0.5)  # the limiter's clock is already in the new window
+    await limiter.raise_spend([("k:abc", day, 5.0, float(new_window - day))])
+    spend = limiter._scopes["k:abc"].spend
+    assert spend.get(window_name(new_window, day), 0.0) == 0.0, "last window's spend counted in the new one"
+    assert spend[window_name(new_window - day, day)] == 5.0
+
+
+async def test_redis_keys_a_raise_by_the_window_its_amount_was_summed_over(redis_server: RedisServer) -> None:
+    """Redis's clock is in the current window; a raise summed over the last one lands in the last one's counter."""
+    limiter = RedisLimiter(redis_server.url, fail_open=False, timeout_ms=1000, retry_after_ms=0,
+                           settle_interval_ms=50, lease_requests=0, on_event=lambda *a, **k: None,
+                           prefix=f"window{time.monotonic_ns()}")
+    await limiter.start()
+    try:
+        day = 86400
+        current = (int(time.time()) // day) * day
+        await limiter.raise_spend([("k:abc", day, 5.0, float(current - day))])
+        r = redis.Redis.from_url(redis_server.url)
+        try:
+            assert r.get(f"{limiter.prefix}:k:abc:spend:{window_name(current, day)}") is None
+            assert float(r.get(f"{limiter.prefix}:k:abc:spend:{window_name(current - day, day)}")) == 5.0
+        finally:
+            r.close()
+    finally:
+        await limiter.stop()

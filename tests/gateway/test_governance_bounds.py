@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from gateway.governance.limits.scopes import Scope
 from gateway.governance.store.connect import open_store
 from gateway.http.errors import GatewayError
 from tests.gateway.conftest import MODEL, RunningGateway, deployment, gateway_config
-from tests.gateway.servers import PostgresServer, RedisServer
+from tests.gateway.servers import PostgresServer, RedisServer, new_database
 from tests.gateway.test_keys_admin import admin
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -247,13 +246,7 @@ class Events(list[tuple[str, dict[str, Any]]]):
 
 @pytest.fixture
 async def pg_dsn(postgres_server: PostgresServer) -> AsyncIterator[str]:
-    name = f"bounds_{time.monotonic_ns()}"
-    conn = await asyncpg.connect(postgres_server.url, timeout=10)
-    try:
-        await conn.execute(f"CREATE DATABASE {name}")
-        yield postgres_server.url.rsplit("/", 1)[0] + "/" + name
-    finally:
-        await conn.close()
+    yield await new_database(postgres_server, "bounds")
 
 
 async def ledger_ids(url: str) -> list[str]:

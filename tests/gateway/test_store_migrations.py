@@ -4,7 +4,6 @@ on SQLite and PostgreSQL; the version table says the latest version; a newer sch
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from gateway.governance.store.migrations import SchemaTooNew, latest
 from gateway.governance.store.postgres import PostgresStore
 from gateway.governance.store.sqlite import SqliteStore
 from tests.gateway.conftest import MODEL, deployment, gateway_config
-from tests.gateway.servers import PostgresServer
+from tests.gateway.servers import PostgresServer, new_database
 
 # Schema v1, exactly as gateway/store.py created it before migrations existed (do not edit: it is history).
 SCHEMA_V1 = [
@@ -67,11 +66,12 @@ def v1_rows() -> dict[str, list[tuple[Any, ...]]]:
 
 def migrated(rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any, ...]]]:
     """v1 rows as the latest schema holds them: every row kept, spend rows with no user (version 2's column), keys
-    and teams versioned by their creation, offered to peers from the start (version 3's updated_at and changed_at)."""
+    and teams versioned by their creation, offered to peers from the start (version 3's updated_at and changed_at),
+    recorded as stamped at their revision (version 4's stamped_rev: the sweep does not restamp them)."""
     out = {t: sorted(r, key=lambda row: row[0]) for t, r in rows.items()}
     out["llmp_spend"] = [(*row, None) for row in out["llmp_spend"]]
-    for table in ("llmp_keys", "llmp_teams"):  # created_at is the last column of version 1
-        out[table] = [(*row, row[-1], 0.0) for row in out[table]]
+    for table, rev in (("llmp_keys", 5), ("llmp_teams", 3)):  # created_at is the last column of version 1
+        out[table] = [(*row, row[-1], 0.0, row[rev]) for row in out[table]]
     return out
 
 
@@ -170,13 +170,7 @@ async def test_a_sqlite_ledger_newer_than_the_code_is_refused(tmp_path: Path) ->
 @pytest.fixture
 async def pg_database(postgres_server: PostgresServer) -> AsyncIterator[str]:
     """A fresh database on the test cluster: its DSN."""
-    name = f"ledger_{time.monotonic_ns()}"
-    admin = await asyncpg.connect(postgres_server.url, timeout=10)
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-        yield postgres_server.url.rsplit("/", 1)[0] + "/" + name
-    finally:
-        await admin.close()
+    yield await new_database(postgres_server, "ledger")
 
 
 async def pg_rows(dsn: str) -> dict[str, list[tuple[Any, ...]]]:

@@ -88,11 +88,10 @@ class LocalLimiter:
             if s.parallel >= 0:
                 c.parallel.pop(ticket.request_id, None)
 
-    async def raise_spend(self, spends: list[tuple[str, int, float]]) -> None:
-        now_s = int(self._clock())
-        for name, budget_seconds, amount in spends:
+    async def raise_spend(self, spends: list[tuple[str, int, float, float]]) -> None:
+        for name, budget_seconds, amount, window_start in spends:
             spend = self._scopes.setdefault(name, _Counters()).spend
-            w = window_name(now_s, budget_seconds)
+            w = window_name(int(window_start), budget_seconds)
             spend[w] = max(spend.get(w, 0.0), cost_in_range(amount))
 
 

@@ -63,11 +63,11 @@ class RedisSettlement:
                 if lease is not None and lease.used > 0:
                     lease.used -= 1
 
-    async def raise_spend(self, spends: list[tuple[str, int, float]]) -> None:
-        now_s = self._clock()[1] if self._offset is not None else int(time.time())
+    async def raise_spend(self, spends: list[tuple[str, int, float, float]]) -> None:
         args: list[Any] = []
-        for name, budget_seconds, amount in spends:
-            window = window_name(now_s, budget_seconds)
+        for name, budget_seconds, amount, window_start in spends:
+            # The window the amount was summed over (limits/scopes.py): not this clock's, which may be past it.
+            window = window_name(int(window_start), budget_seconds)
             args += (f"{self.prefix}:{name}:spend:{window}", repr(cost_in_range(amount)), budget_seconds)
         while args:
             chunk, args = args[:600], args[600:]

@@ -66,8 +66,10 @@ class RateLimiter(Protocol):
 
     def settle(self, ticket: Ticket, tokens: int, cost: float) -> None: ...
 
-    async def raise_spend(self, spends: list[tuple[str, int, float]]) -> None:
-        """Raise each (scope, budget_seconds, amount) budget counter of the current window to at least `amount`."""
+    async def raise_spend(self, spends: list[tuple[str, int, float, float]]) -> None:
+        """Raise each (scope, budget_seconds, amount, window start) budget counter of the window starting there to at
+        least `amount`: the window the amount was summed over, whatever this clock says now (at a boundary, last
+        window's spend must not land in the new window)."""
         ...
 
     async def start(self) -> None: ...

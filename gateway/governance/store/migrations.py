@@ -94,6 +94,24 @@ _V3 = tuple(
 )
 
 
+# Writes by older code reach peers (gateway.governance.store.replication): `stamped_rev` is the revision this code
+# last stamped a version for; a row whose `rev` differs was written by code that does not stamp (a version 1-3
+# gateway in a rolling update or a rollback: `SET revoked = 1, rev = ?`), and the sweep before each listing stamps
+# it. Chosen over a trigger: one UPDATE valid on both databases, where a trigger needs PL/pgSQL on PostgreSQL and
+# another dialect on SQLite. Rows present now were stamped by migration 3 or by version 3 code: recorded as stamped.
+# Spend per key, team and user since a window start (gateway.governance.budget_sync, every round and for every
+# peer): by the scope first, so a lifetime budget's query reads that scope's rows, not every day of the ledger.
+_V4 = tuple(
+    statement for table in ("llmp_keys", "llmp_teams", "llmp_users") for statement in (
+        f"ALTER TABLE {table} ADD COLUMN stamped_rev BIGINT",
+        f"UPDATE {table} SET stamped_rev = rev",
+        # Partial (SQLite >= 3.8, PostgreSQL): the sweep reads only the rows it stamps, not the table, each pull.
+        f"CREATE INDEX {table}_unstamped ON {table} (rev) WHERE stamped_rev IS NULL OR stamped_rev <> rev",
+    )
+) + tuple(f"CREATE INDEX llmp_spend_{column}_ts ON llmp_spend ({column}, ts)"
+          for column in ("key_token", "team_id", "user_id"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "keys, teams and spend rows", _V1),
     # Only new tables and a nullable column: version 1 code reads and writes such a database unchanged.
@@ -101,6 +119,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     # Nullable columns and indexes only: older code reads and writes it (its writes carry no version, so peers do
     # not hear of them until a newer gateway writes the record again).
     Migration(3, "record versions, for peers in other regions", _V3, readable_by=1),
+    # A nullable column and indexes: older code reads and writes it (its writes are stamped by the sweep).
+    Migration(4, "writes by older gateways stamped for peers; spend by scope and time", _V4, readable_by=1),
 )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from gateway.governance.keys import Team, User, VirtualKey
-from gateway.governance.store.replication import PeerRecord
+from gateway.governance.store.replication import Cursor, PeerRecord
 
 
 class StoreError(Exception):
@@ -97,11 +97,13 @@ class LedgerStore(Protocol):
         """Spend recorded since `since` (Unix seconds) per `key_token` or `team_id` in `ids`."""
         ...
 
-    async def changed_since(self, since: float, limit: int) -> tuple[list[PeerRecord], bool]:
-        """Keys, teams and users this store took a version of at or after `since` (its `changed_at`), oldest first,
-        at most `limit`; and whether more are waiting (gateway.governance.store.replication)."""
+    async def changed_since(self, after: Cursor, limit: int) -> tuple[list[PeerRecord], bool, Cursor]:
+        """Keys, teams and users this store took a version of after the cursor `after` ((changed_at, kind, id)), in
+        cursor order, at most `limit` (and about PAGE_BYTES); whether more are waiting; the cursor after the last
+        (gateway.governance.store.replication). Rows written by older gateway code are stamped first."""
         ...
 
     async def merge_records(self, records: list[PeerRecord]) -> int:
-        """Write each peer record where it is newer than the local version, in one transaction; how many were."""
+        """Write each peer record where it is newer than the local version (a revocation: where the key is live), in
+        one transaction; how many were."""
         ...

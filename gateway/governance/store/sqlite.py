@@ -32,13 +32,17 @@ from gateway.governance.store.migrations import (
 )
 from gateway.governance.store.protocol import BadRows, Conflict, StoreError
 from gateway.governance.store.replication import (
+    SQLITE,
     TABLES,
+    Cursor,
     PeerRecord,
     changed_page,
     changed_sql,
     merge_args,
+    merge_order,
     merge_sql,
-    record_times,
+    stamp,
+    sweep_sql,
 )
 from gateway.governance.store.reports import (
     MEMBER_COLUMNS,
@@ -52,12 +56,7 @@ from gateway.governance.store.reports import (
 from gateway.governance.store.schema import SQLITE_INSERT_SPEND, json_array
 
 T = TypeVar("T")
-
-
-def _now() -> tuple[float, float]:
-    """(updated_at, changed_at) of a write made here: a new version of the record (gateway.governance.peers)."""
-    now = time.time()
-    return now, now
+NOW = SQLITE.now  # a version stamped by the database's clock when the write runs (replication.stamp)
 
 
 class SqliteStore:
@@ -152,14 +151,14 @@ class SqliteStore:
 
     async def insert_key(self, key: VirtualKey) -> None:
         await self._run(lambda db: db.execute(
-            "INSERT INTO llmp_keys (token, key_alias, team_id, doc, revoked, rev, created_at, updated_at, changed_at) "
-            "VALUES (?,?,?,?,0,?,?,?,?)",
-            (key.token, key.key_alias, key.team_id, key_doc(key).decode(), new_rev(), key.created_at, *_now())))
+            "INSERT INTO llmp_keys (token, key_alias, team_id, doc, revoked, rev, created_at, updated_at, changed_at, "
+            f"stamped_rev) VALUES (?1,?2,?3,?4,0,?5,?6,{NOW},{NOW},?5)",
+            (key.token, key.key_alias, key.team_id, key_doc(key).decode(), new_rev(), key.created_at)))
 
     async def update_key(self, key: VirtualKey) -> None:
         await self._run(lambda db: db.execute(
-            "UPDATE llmp_keys SET key_alias = ?, team_id = ?, doc = ?, rev = ?, updated_at = ?, changed_at = ? "
-            "WHERE token = ?", (key.key_alias, key.team_id, key_doc(key).decode(), new_rev(), *_now(), key.token)))
+            f"UPDATE llmp_keys SET key_alias = ?1, team_id = ?2, doc = ?3, rev = ?4, {stamp(SQLITE, 4)} "
+            "WHERE token = ?5", (key.key_alias, key.team_id, key_doc(key).decode(), new_rev(), key.token)))
 
     async def get_key(self, token: str) -> tuple[VirtualKey, bool] | None:
         def q(db: sqlite3.Connection) -> tuple[VirtualKey, bool] | None:
@@ -180,8 +179,8 @@ class SqliteStore:
         def q(db: sqlite3.Connection) -> list[str]:
             done = []
             for token in tokens:
-                cur = db.execute("UPDATE llmp_keys SET revoked = 1, rev = ?, updated_at = ?, changed_at = ? "
-                                 "WHERE token = ? AND revoked = 0", (new_rev(), *_now(), token))
+                cur = db.execute(f"UPDATE llmp_keys SET revoked = 1, rev = ?1, {stamp(SQLITE, 1)} "
+                                 "WHERE token = ?2 AND revoked = 0", (new_rev(), token))
                 if cur.rowcount:
                     done.append(token)
             return done
@@ -201,14 +200,14 @@ class SqliteStore:
 
     async def insert_team(self, team: Team) -> None:
         await self._run(lambda db: db.execute(
-            "INSERT INTO llmp_teams (team_id, team_alias, doc, rev, created_at, updated_at, changed_at) "
-            "VALUES (?,?,?,?,?,?,?)",
-            (team.team_id, team.team_alias, team_doc(team).decode(), new_rev(), team.created_at, *_now())))
+            "INSERT INTO llmp_teams (team_id, team_alias, doc, rev, created_at, updated_at, changed_at, stamped_rev) "
+            f"VALUES (?1,?2,?3,?4,?5,{NOW},{NOW},?4)",
+            (team.team_id, team.team_alias, team_doc(team).decode(), new_rev(), team.created_at)))
 
     async def update_team(self, team: Team) -> None:
         await self._run(lambda db: db.execute(
-            "UPDATE llmp_teams SET team_alias = ?, doc = ?, rev = ?, updated_at = ?, changed_at = ? WHERE team_id = ?",
-            (team.team_alias, team_doc(team).decode(), new_rev(), *_now(), team.team_id)))
+            f"UPDATE llmp_teams SET team_alias = ?1, doc = ?2, rev = ?3, {stamp(SQLITE, 3)} WHERE team_id = ?4",
+            (team.team_alias, team_doc(team).decode(), new_rev(), team.team_id)))
 
     async def get_team(self, team_id: str) -> Team | None:
         def q(db: sqlite3.Connection) -> Team | None:
@@ -253,14 +252,14 @@ class SqliteStore:
 
     async def insert_user(self, user: User) -> None:
         await self._run(lambda db: db.execute(
-            "INSERT INTO llmp_users (user_id, user_email, doc, rev, created_at, updated_at, changed_at) "
-            "VALUES (?,?,?,?,?,?,?)",
-            (user.user_id, user.user_email, user_doc(user).decode(), new_rev(), user.created_at, *_now())))
+            "INSERT INTO llmp_users (user_id, user_email, doc, rev, created_at, updated_at, changed_at, stamped_rev) "
+            f"VALUES (?1,?2,?3,?4,?5,{NOW},{NOW},?4)",
+            (user.user_id, user.user_email, user_doc(user).decode(), new_rev(), user.created_at)))
 
     async def update_user(self, user: User) -> None:
         await self._run(lambda db: db.execute(
-            "UPDATE llmp_users SET user_email = ?, doc = ?, rev = ?, updated_at = ?, changed_at = ? WHERE user_id = ?",
-            (user.user_email, user_doc(user).decode(), new_rev(), *_now(), user.user_id)))
+            f"UPDATE llmp_users SET user_email = ?1, doc = ?2, rev = ?3, {stamp(SQLITE, 3)} WHERE user_id = ?4",
+            (user.user_email, user_doc(user).decode(), new_rev(), user.user_id)))
 
     async def get_user(self, user_id: str) -> User | None:
         def q(db: sqlite3.Connection) -> User | None:
@@ -324,11 +323,13 @@ class SqliteStore:
 
     # ---- records shared with peers in other regions (gateway.governance.peers) ---------------------
 
-    async def changed_since(self, since: float, limit: int) -> tuple[list[PeerRecord], bool]:
-        def q(db: sqlite3.Connection) -> tuple[list[PeerRecord], bool]:
+    async def changed_since(self, after: Cursor, limit: int) -> tuple[list[PeerRecord], bool, Cursor]:
+        def q(db: sqlite3.Connection) -> tuple[list[PeerRecord], bool, Cursor]:
+            for kind in TABLES:
+                db.execute(sweep_sql(kind, SQLITE))
             found = {kind: [PeerRecord(kind, r[0], r[1], bool(r[2]), float(r[3]), float(r[4]))
-                            for r in db.execute(changed_sql(kind, lambda i: "?"), (since, limit))] for kind in TABLES}
-            return changed_page(found, limit)
+                            for r in db.execute(changed_sql(kind, SQLITE), (*after, limit))] for kind in TABLES}
+            return changed_page(found, limit, after)
 
         return await self._run(q)
 
@@ -337,9 +338,9 @@ class SqliteStore:
             db.execute("BEGIN IMMEDIATE")
             try:
                 before = db.total_changes
-                for record, changed_at in zip(records, record_times(len(records))):
-                    sql, columns = merge_sql(record.kind, lambda i: "?")
-                    db.execute(sql, merge_args(record, columns, new_rev(), changed_at))
+                for record in merge_order(records):
+                    sql, columns = merge_sql(record.kind, SQLITE)
+                    db.execute(sql, merge_args(record, columns, new_rev()))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")

@@ -5,18 +5,16 @@ make the tests' HTTP calls (their base URL `http://0.0.0.0:4000` becomes the gat
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import asyncpg
 import openai
 import pytest
 
 from gateway.config.loading import parse_config
 from tests.gateway.conftest import RunningGateway
-from tests.gateway.servers import PostgresServer
+from tests.gateway.servers import PostgresServer, new_database
 
 MASTER_KEY = "sk-1234"  # LiteLLM's tests' master key; accepted here because the gateway runs with --dev
 # The model names LiteLLM's proxy tests call (their proxy_server_config.yaml), all played by the simulator.
@@ -38,13 +36,7 @@ def litellm_config(sim_url: str, database_url: str) -> dict[str, Any]:
 @pytest.fixture
 async def database(postgres_server: PostgresServer) -> AsyncIterator[str]:
     """A fresh database on the test cluster (LiteLLM keeps keys in PostgreSQL): its URL."""
-    name = f"litellm_compat_{time.monotonic_ns()}"
-    admin = await asyncpg.connect(postgres_server.url, timeout=10)
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-        yield postgres_server.url.rsplit("/", 1)[0] + "/" + name
-    finally:
-        await admin.close()
+    yield await new_database(postgres_server, "litellm_compat")
 
 
 class Proxy:
