@@ -17,7 +17,9 @@ from collections import Counter
 from pathlib import Path
 
 import asyncpg
+import yaml
 
+from infra.chart_values import GATEWAY_CHART
 from tests.gateway.servers import GatewayProcess, PostgresServer
 from tests.gateway.test_ledger_durability import Forwarder, Load, ledger_config
 
@@ -78,6 +80,11 @@ def exactly_once(load: Load, rows: list[str]) -> None:
     assert not doubled, f"{len(doubled)} records in the ledger twice, e.g. {doubled[:3]}"
     assert not missing, f"{len(missing)} accepted calls missing from the ledger, e.g. {missing[:3]}"
     assert set(counts) <= set(load.sent)
+
+
+def test_the_pods_margin_is_the_one_these_tests_hold_the_last_flush_to() -> None:
+    values = yaml.safe_load((GATEWAY_CHART / "values.yaml").read_text())
+    assert values["drain"]["marginSeconds"] == MARGIN_SECONDS
 
 
 async def test_sigterm_under_load_puts_every_accepted_call_in_the_store_before_the_process_exits(
