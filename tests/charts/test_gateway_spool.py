@@ -3,14 +3,18 @@ gateway's config says, that a replacement pod (same name) re-attaches; rendered 
 values for each prod region."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import yaml
 
 from gateway.config.native import parse_native
+from infra.catalog import load_catalog
 from infra.chart_values import GATEWAY_CHART, GATEWAY_NAMESPACE, GATEWAY_RELEASE, SPOOL_STORAGE_CLASS
 from infra.components.gateway import TARGET_HEALTHY_SECONDS, rollout_timeout_seconds, termination_grace_seconds
 from infra.components.monitoring import STORAGE_CLASS
 from infra.config import StackConfig
+from infra.plan.cost import estimate, gateway_spool_gib
 from tests.charts.rendering import (
     PROD_REGIONS,
     Rendered,
@@ -124,3 +128,16 @@ def test_the_release_waits_for_every_pod_to_drain_before_its_replacement_starts(
     assert termination_grace_seconds(values) == grace
     replicas = max(values["replicaCount"], values["autoscaling"]["maxReplicas"])
     assert rollout_timeout_seconds(values) >= replicas * (grace + TARGET_HEALTHY_SECONDS)
+
+
+def test_the_cost_estimate_prices_every_spool_volume_the_gateway_may_keep(prod: StackConfig):
+    """One volume per replica the release may ever run (a scale-down keeps them), of the chart's size, at the
+    catalog's gp3 price: pennies, but the budget sees every volume the stack makes."""
+    values = prod_gateway_values(prod, "us-east-1")
+    release = SimpleNamespace(type="kubernetes:helm.sh/v3:Release", name="us-east-1-gateway", region="us-east-1",
+                              tags={}, inputs={"chart": str(GATEWAY_CHART), "values": values})
+    assert gateway_spool_gib(release) == prod.gateway.replicas.max * 1
+    catalog = load_catalog()
+    added = estimate([release], 1.0, catalog).fixed_monthly_usd["us-east-1"]
+    assert added == pytest.approx(catalog.fixed_monthly_usd("ebs_gp3_gib", "us-east-1", prod.gateway.replicas.max))
+    assert gateway_spool_gib(SimpleNamespace(**{**vars(release), "inputs": {"chart": "vllm", "values": values}})) == 0
