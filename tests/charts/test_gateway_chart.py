@@ -323,6 +323,8 @@ def test_the_notes_give_the_api_urls_and_a_health_check(prod):
     assert f"https://{prod.gateway.domain}/v1" in notes
     assert "http://gateway.llm-gateway.svc.cluster.local:4000/v1" in notes
     assert "/health/ready" in notes
+    assert "rollout status statefulset/gateway" in notes
+    assert "PVC spool-gateway-<n>, mounted at /var/lib/llmp/spool" in notes
 
 
 # --- bad values ----------------------------------------------------------------------------------
