@@ -218,7 +218,7 @@ def test_the_gateway_scales_on_cpu_and_on_calls_in_flight_per_replica_of_this_re
     assert triggers["cpu"]["metricType"] == "Utilization"
     assert triggers["cpu"]["metadata"]["value"] == "70"
     # KEDA's webhook refuses a cpu trigger unless every container requests CPU (scaledobject_webhook.go@v2.20.2,
-    # verifyCPUMemoryScalers); it reads the Deployment, which Helm applies before a kind it does not know.
+    # verifyCPUMemoryScalers); it reads the StatefulSet, which Helm applies before a kind it does not know.
     assert all(c["resources"]["requests"]["cpu"] for c in r.pod_spec()["containers"])
     calls = triggers["prometheus"]
     assert calls["metricType"] == "AverageValue"
