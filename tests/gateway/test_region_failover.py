@@ -153,7 +153,9 @@ async def test_a_regions_model_servers_die_under_load_and_the_other_region_of_it
     stop = asyncio.Event()
     sent = 0
 
-    async def worker() -> None:
+    streamed: list[str] = []
+
+    async def worker(stream: bool = False) -> None:
         nonlocal sent
         while not stop.is_set():
             sent += 1
@@ -162,9 +164,14 @@ async def test_a_regions_model_servers_die_under_load_and_the_other_region_of_it
             try:
                 raw = await client.chat.completions.with_raw_response.create(
                     model=MODEL, messages=[{"role": "user", "content": "where are you?"}], max_tokens=8,
-                    extra_headers={"x-request-id": rid})
-                reply = raw.parse()
-                assert reply.choices[0].message.content and raw.status_code == 200
+                    stream=stream, extra_headers={"x-request-id": rid})
+                assert raw.status_code == 200
+                if stream:
+                    text = "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices])
+                    streamed.append(rid)
+                else:
+                    text = raw.parse().choices[0].message.content or ""
+                assert text
                 answered[rid] = (started, raw.headers["x-litellm-model-id"])
             except openai.APIError as exc:
                 failed.append(f"{rid}: {exc}")
@@ -175,6 +182,8 @@ async def test_a_regions_model_servers_die_under_load_and_the_other_region_of_it
     for sim in stack["sims"][A]:
         await asyncio.to_thread(sim.kill)  # A's model servers are gone mid-load
     killed_at = time.monotonic()  # every one of them is dead (reaped) from here
+    # Streams too, from here on (one cut by the kill mid-body could not move: its first bytes were sent).
+    tasks += [asyncio.create_task(worker(stream=True)) for _ in range(2)]
     await asyncio.sleep(1.5)
     stop.set()
     await asyncio.gather(*tasks)
@@ -190,6 +199,7 @@ async def test_a_regions_model_servers_die_under_load_and_the_other_region_of_it
     assert set(before) <= {f"{MODEL}-{A}", f"{MODEL}-{B}"}
     assert f"{MODEL}-{A}" in before, "A serves from its own region while it can"
     assert set(after) == {f"{MODEL}-{B}"}, "after the kill, B answers every call"
+    assert streamed, "streams through B are answered and charged as whole calls are"
 
     # Exactly one ledger, exactly once: A's, under the caller's key, naming where the tokens were made.
     rows = {region: ledger(stack["dir"], region) for region in SIMS}
