@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
@@ -152,3 +153,22 @@ async def test_sigterm_with_the_store_down_leaves_the_records_for_the_replacemen
         new.kill(signal.SIGTERM)
         await store.cut()
     assert not list((tmp_path / "spool").glob("*.spool"))
+
+
+async def test_a_spool_volume_holding_another_databases_records_says_so_and_keeps_them(sim, tmp_path) -> None:
+    """The volume outlives the pod, and the store URL may change under it (a database moved or renamed): the old
+    database's segments are never replayed into the new one, and the gateway reports them at start."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    other = spool / "spend-s0123456789abcdef-1795600000000000000-7-1.spool"
+    other.write_bytes(b'{"id":"old-1","ts":1.0,"day":"2026-11-25","request_id":"old-req","key_token":"master"}\n')
+    store = tmp_path / "ledger.db"
+    gw = GatewayProcess(rollout_config(sim, tmp_path, f"sqlite:///{store}"), tmp_path)
+    try:
+        await asyncio.to_thread(gw.start)
+    finally:
+        gw.kill(signal.SIGTERM)
+    assert '"event":"spool_other_store_segments","segments":1' in gw.log().replace(" ", "")
+    assert other.exists(), "kept for a gateway of that database"
+    with sqlite3.connect(store) as db:
+        assert db.execute("SELECT COUNT(*) FROM llmp_spend").fetchone()[0] == 0
