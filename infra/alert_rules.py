@@ -3,8 +3,8 @@
 Each expression names only metrics that really exist (tests/infra/test_monitoring.py parses every expression with
 promql-parser and checks each metric against its source):
 - the gateway's own (gateway/observability/metrics.py; prometheus_client adds `_total` to counters);
-- kube-state-metrics' `kube_deployment_status_replicas_available` (kubernetes/kube-state-metrics
-  docs/metrics/workload/deployment-metrics.md);
+- kube-state-metrics' `kube_statefulset_status_replicas_ready` (kubernetes/kube-state-metrics
+  docs/metrics/workload/statefulset-metrics.md; the gateway is a StatefulSet, charts/gateway);
 - Karpenter's `karpenter_nodepools_usage` / `karpenter_nodepools_limit` (gauges labelled `nodepool` and
   `resource_type`: kubernetes-sigs/karpenter pkg/controllers/metrics/nodepool/controller.go @ 6e7eab7a0f48, the
   core module aws/karpenter-provider-aws v1.14.1's go.mod pins) and
@@ -42,7 +42,7 @@ def alert_rules(region: str, monthly_budget_usd: float, regions: int) -> list[di
     spend with its share of the stack's monthly budget (each region's Prometheus sees its own gateway only)."""
     share = monthly_budget_usd / max(1, regions)
     labels = {"region": region}
-    gateway = f'namespace="{GATEWAY_NAMESPACE}",deployment="{GATEWAY_RELEASE}"'
+    gateway = f'namespace="{GATEWAY_NAMESPACE}",statefulset="{GATEWAY_RELEASE}"'
 
     def rule(alert: str, expr: str, for_: str, severity: str, summary: str) -> dict[str, Any]:
         return {"alert": alert, "expr": expr, "for": for_, "labels": {**labels, "severity": severity},
@@ -51,7 +51,7 @@ def alert_rules(region: str, monthly_budget_usd: float, regions: int) -> list[di
     return [
         {"name": "llm-platform.gateway", "rules": [
             rule("GatewayDown",
-                 f"(sum(kube_deployment_status_replicas_available{{{gateway}}}) or vector(0)) < 1",
+                 f"(sum(kube_statefulset_status_replicas_ready{{{gateway}}}) or vector(0)) < 1",
                  "3m", "critical",
                  f"No ready gateway pod in {region}: Route 53's health check takes the region out of DNS."),
             rule("GatewayNoSuccessfulCalls",

@@ -288,6 +288,11 @@ def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
             into[key] = value
 
 
+# infra/components/monitoring.py STORAGE_CLASS (not imported: monitoring imports the gateway component, which
+# imports this module); tests/infra/test_spool_volume.py holds them equal.
+SPOOL_STORAGE_CLASS = "gp3-encrypted"
+
+
 def gateway_values(cfg: StackConfig, region: Region, *, role_arn: Any, config: dict[str, Any],
                    certificate_arn: Any, tags: dict[str, str]) -> dict[str, Any]:
     """Values for the `gateway` release in `region`. `role_arn` and `certificate_arn` (the region's ACM
@@ -330,6 +335,9 @@ def gateway_values(cfg: StackConfig, region: Region, *, role_arn: Any, config: d
         "config": config,
         # Scraped by the region's Prometheus (infra/components/monitoring.py selects every ServiceMonitor).
         "metrics": {"serviceMonitor": {"enabled": True, "interval": "15s"}},
+        # Each pod's spend spool on the encrypted gp3 class the program makes for Prometheus
+        # (infra/components/monitoring.py STORAGE_CLASS; the release waits for it through the monitoring stack).
+        "spool": {"storageClassName": SPOOL_STORAGE_CLASS},
     }
 
 

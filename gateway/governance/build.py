@@ -16,7 +16,7 @@ from gateway.governance.budget_sync import BudgetSync
 from gateway.governance.gate import Governance
 from gateway.governance.keys import KeyCache, VirtualKeyAuth
 from gateway.governance.ledger.spend import SpendLedger
-from gateway.governance.ledger.spool import LEGACY, SpendSpool, default_spool_dir, store_identity
+from gateway.governance.ledger.spool import LEGACY, SUFFIX, SpendSpool, default_spool_dir, store_identity
 from gateway.governance.limits.in_process import LocalLimiter
 from gateway.governance.limits.redis_limiter import RedisLimiter
 from gateway.governance.limits.scopes import RateLimiter
@@ -51,7 +51,15 @@ def build_governance(config: GatewayConfig, on_event: Callable[..., None],
         if legacy:
             on_event("spool_legacy_segments", segments=legacy, found_in=str(Path(spool_dir).parent),
                      action=f"move those of this gateway's database into {spool_dir}; they are replayed at start")
-    spool = SpendSpool(spool_dir, settings.fsync == "always", store_identity(settings.store))
+    identity = store_identity(settings.store)
+    # A pod's spool outlives the pod (charts/gateway: a volume per StatefulSet pod): segments another store URL
+    # left there (the database moved or was renamed) are never replayed into this one, so say they are there.
+    others = [p.name for p in Path(spool_dir).glob(f"spend-s*{SUFFIX}") if not p.name.startswith(f"spend-s{identity}-")]
+    if others:
+        on_event("spool_other_store_segments", segments=len(others), found_in=spool_dir,
+                 action="records of another database (was the store URL changed?): replay them with a gateway "
+                        "configured for that database and this spool_dir")
+    spool = SpendSpool(spool_dir, settings.fsync == "always", identity)
     ledger = SpendLedger(spool, store, settings.flush_interval, settings.batch, on_event, registry)
     budgets = None
     if settings.budget_sync_seconds > 0:

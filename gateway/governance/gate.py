@@ -124,6 +124,9 @@ class Governance:
         key: VirtualKey | None = getattr(principal, "key", None)
         if key is None:
             record.key_token = MASTER_TOKEN
+            # Passed on by another region's gateway (with the zone's master key): that gateway records the call in
+            # its ledger under the caller's key, so it is not recorded here too (README: "Calls between regions").
+            record.passed_on = request.hopped
             return route
         team: Team | None = getattr(principal, "team", None)
         record.key_token = key.token
@@ -276,7 +279,7 @@ class Governance:
         ticket = call.ticket
         if ticket is not None:
             self.limiter.settle(ticket, tokens, cost)
-        if call.status == 200 or tokens:
+        if (call.status == 200 or tokens) and not call.passed_on:
             self.ledger.write(spend_row(
                 self.ledger.next_id(), call.request_id, call.key_token or MASTER_TOKEN, call.key_alias, call.team_id,
                 call.alias, call.deployment, call.region or self.region, call.status, call.prompt_tokens,

@@ -35,6 +35,7 @@ class CallRecord:
     team_id: str | None = None
     ticket: Any = None
     accounted: bool = False
+    passed_on: bool = False  # a master-key call another region's gateway passed on: its ledger has the call
     quota_tickets: list[Any] = field(default_factory=list)  # (deployment, ticket) per attempt on a quota
 
 

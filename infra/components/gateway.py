@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
+import yaml
 
 from infra import bedrock
 from infra.chart_values import (
@@ -94,12 +96,24 @@ TARGET_HEALTHY_SECONDS = 300
 NAMESPACE_DELETE_TIMEOUT = "20m"
 
 
+def termination_grace_seconds(values: dict[str, Any]) -> int:
+    """The pod's terminationGracePeriodSeconds as the chart computes it (charts/gateway/templates/_helpers.tpl):
+    preStop sleep + the gateway's shutdown_grace (50 s unset, gateway/config/limits.py) + margin."""
+    drain = {**yaml.safe_load((GATEWAY_CHART / "values.yaml").read_text())["drain"], **values.get("drain", {})}
+    grace = ((values.get("config") or {}).get("gateway") or {}).get("front_door", {}).get("shutdown_grace", 50)
+    return int(drain["preStopSeconds"]) + math.ceil(float(grace)) + int(drain["marginSeconds"])
+
+
 def rollout_timeout_seconds(values: dict[str, Any]) -> int:
-    """How long `pulumi up` waits for the gateway's atomic release: with readiness gates each new pod counts only
-    once it is a healthy NLB target, and in the worst case (maxSurge one pod) the replicas roll one after another.
-    Old pods' drain is not waited for (Helm waits for the new ReplicaSet's readiness, not the old one's end)."""
+    """How long `pulumi up` waits for the gateway's atomic release. The gateway is a StatefulSet: a rolling update
+    replaces one pod at a time, highest ordinal first, and creates the replacement only once the old pod is gone
+    (https://kubernetes.io/docs/concepts/workloads/controllers/statefulset/#rolling-updates), so each replica that
+    can be live costs its predecessor's whole drain (terminationGracePeriodSeconds), its startup probe's budget and,
+    with readiness gates, becoming a healthy NLB target; Helm waits for every pod of the update revision to be ready
+    (helm pkg/kube/ready.go, statefulSetReady)."""
     startup = values.get("probes", {}).get("startup", {"periodSeconds": 2, "failureThreshold": 30})
-    per_pod = int(startup["periodSeconds"]) * int(startup["failureThreshold"]) + TARGET_HEALTHY_SECONDS
+    per_pod = (termination_grace_seconds(values) + int(startup["periodSeconds"]) * int(startup["failureThreshold"])
+               + TARGET_HEALTHY_SECONDS)
     return live_replicas(values) * per_pod + 300
 
 

@@ -28,6 +28,22 @@ def prometheus_volume_gib(resource: Resource) -> int:
     return int(size.removesuffix("Gi")) * replicas if size.endswith("Gi") else 0
 
 
+def gateway_spool_gib(resource: Resource) -> int:
+    """The gp3 volumes a gateway release's pods claim for their spend spool (charts/gateway `spool.size`, 1Gi unless
+    set), in GiB: one per replica the release may ever run, since a scale-down keeps its volumes (whenScaled
+    Retain). 0 for any other resource."""
+    chart = str(resource.inputs.get("chart") or "")
+    if resource.type != HELM_RELEASE or chart.rstrip("/").rsplit("/", 1)[-1] != "gateway":
+        return 0
+    values = resource.inputs.get("values") or {}
+    size = str((values.get("spool") or {}).get("size") or "1Gi")
+    scaling = values.get("autoscaling") or {}
+    replicas = int(values.get("replicaCount") or 1)
+    if scaling.get("enabled", True):
+        replicas = max(replicas, int(scaling.get("maxReplicas") or replicas))
+    return int(size.removesuffix("Gi")) * replicas if size.endswith("Gi") else 0
+
+
 @dataclass(frozen=True)
 class PoolCost:
     """One pool's monthly cost range (`pool_cost`): at min scale the cheapest instance type is assumed, at max
@@ -241,7 +257,7 @@ def estimate(resources: Sequence[Resource], budget_usd: float, catalog: Catalog 
         item = {EKS_CLUSTER: "eks_control_plane", NAT_GATEWAY: "nat_gateway"}.get(r.type)
         if item:
             fixed[r.region] = fixed.get(r.region, 0.0) + catalog.fixed_monthly_usd(item, r.region)
-        if gib := prometheus_volume_gib(r):
+        if gib := prometheus_volume_gib(r) + gateway_spool_gib(r):
             fixed[r.region] = fixed.get(r.region, 0.0) + catalog.fixed_monthly_usd("ebs_gp3_gib", r.region, gib)
     result = CostEstimate(pools=pools, fixed_monthly_usd=fixed, budget_usd=budget_usd, catalog_as_of=catalog.as_of)
     for p in pools:

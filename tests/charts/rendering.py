@@ -56,8 +56,15 @@ class Rendered:
         assert len(found) == 1, f"expected one {kind} {name or ''}, found {[o['metadata']['name'] for o in found]}"
         return found[0]
 
+    def workload(self) -> dict[str, Any]:
+        """The release's one Deployment or StatefulSet (the gateway runs as a StatefulSet, vLLM as a Deployment)."""
+        found = self.all("Deployment") + self.all("StatefulSet")
+        assert len(found) == 1, f"expected one workload, found {[o['metadata']['name'] for o in found]}"
+        return found[0]
+
     def pod_spec(self) -> dict[str, Any]:
-        return self.one("Deployment")["spec"]["template"]["spec"]
+        spec: dict[str, Any] = self.workload()["spec"]["template"]["spec"]
+        return spec
 
     def container(self, name: str) -> dict[str, Any]:
         return next(c for c in self.pod_spec()["containers"] if c["name"] == name)

@@ -87,7 +87,7 @@ def test_the_gateway_config_is_rendered_into_a_config_map_and_passed_with_config
 
 def test_a_config_change_rolls_the_pods():
     def checksum(config: dict) -> str:
-        return _defaults({"config": config}).one("Deployment")["spec"]["template"]["metadata"]["annotations"][
+        return _defaults({"config": config}).one("StatefulSet")["spec"]["template"]["metadata"]["annotations"][
             "checksum/config"]
     assert checksum({"version": 1}) == checksum({"version": 1})
     assert checksum({"version": 1}) != checksum({"version": 2})
@@ -183,7 +183,7 @@ def test_probes_use_the_gateways_health_endpoints():
 
 
 def test_prometheus_scrapes_metrics_by_annotation_or_service_monitor():
-    annotations = _defaults().one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    annotations = _defaults().one("StatefulSet")["spec"]["template"]["metadata"]["annotations"]
     assert (annotations["prometheus.io/scrape"], annotations["prometheus.io/port"], annotations["prometheus.io/path"]) \
         == ("true", str(GATEWAY_PORT), "/metrics")
     monitor = _defaults({"metrics": {"serviceMonitor": {"enabled": True}}}).one("ServiceMonitor")
@@ -198,11 +198,13 @@ def test_replicas_scale_between_the_configured_min_and_max_and_survive_drains(pr
     scaled = r.one("ScaledObject")["spec"]
     assert (scaled["minReplicaCount"], scaled["maxReplicaCount"]) == \
         (prod.gateway.replicas.min, prod.gateway.replicas.max)
-    assert scaled["scaleTargetRef"]["name"] == r.one("Deployment")["metadata"]["name"]
+    workload = r.one("StatefulSet")
+    assert (scaled["scaleTargetRef"]["kind"], scaled["scaleTargetRef"]["name"]) == ("StatefulSet",
+                                                                                  workload["metadata"]["name"])
     assert r.all("HorizontalPodAutoscaler") == [], "KEDA makes the one HPA; a second would fight it"
-    assert "replicas" not in r.one("Deployment")["spec"]
+    assert "replicas" not in r.one("StatefulSet")["spec"]
     pdb = r.one("PodDisruptionBudget")
-    labels = r.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    labels = r.one("StatefulSet")["spec"]["template"]["metadata"]["labels"]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert pdb["spec"]["maxUnavailable"] == 1
 
@@ -216,7 +218,7 @@ def test_the_gateway_scales_on_cpu_and_on_calls_in_flight_per_replica_of_this_re
     assert triggers["cpu"]["metricType"] == "Utilization"
     assert triggers["cpu"]["metadata"]["value"] == "70"
     # KEDA's webhook refuses a cpu trigger unless every container requests CPU (scaledobject_webhook.go@v2.20.2,
-    # verifyCPUMemoryScalers); it reads the Deployment, which Helm applies before a kind it does not know.
+    # verifyCPUMemoryScalers); it reads the StatefulSet, which Helm applies before a kind it does not know.
     assert all(c["resources"]["requests"]["cpu"] for c in r.pod_spec()["containers"])
     calls = triggers["prometheus"]
     assert calls["metricType"] == "AverageValue"
@@ -321,6 +323,8 @@ def test_the_notes_give_the_api_urls_and_a_health_check(prod):
     assert f"https://{prod.gateway.domain}/v1" in notes
     assert "http://gateway.llm-gateway.svc.cluster.local:4000/v1" in notes
     assert "/health/ready" in notes
+    assert "rollout status statefulset/gateway" in notes
+    assert "PVC spool-gateway-<n>, mounted at /var/lib/llmp/spool" in notes
 
 
 # --- bad values ----------------------------------------------------------------------------------

@@ -197,7 +197,7 @@ def test_more_pods_than_a_node_takes_fail_on_pods_per_node(prod_plan):
         values["autoscaling"].update(minReplicas=200, maxReplicas=200)
         values["resources"] = {"requests": {"cpu": "1m", "memory": "1Mi"}, "limits": {"memory": "1Mi"}}
     res = result_of_resources(prod_plan, mutated(prod_plan, many_gateways), "capacity-fit")
-    assert_rejected(res, "at min scale", "replicas of Deployment llm-gateway/gateway (us-east-1) cannot be placed",
+    assert_rejected(res, "at min scale", "replicas of StatefulSet llm-gateway/gateway (us-east-1) cannot be placed",
                     "pool system node m7i.xlarge, the roomiest it may land on, is short of pods: node is at its "
                     "max of 58")
 
@@ -450,6 +450,6 @@ def test_llmp_plan_exits_1_naming_the_pod_and_what_is_missing(tmp_path, capsys):
     assert code == EXIT_POLICY
     fit = next(p for p in doc["policies"] if p["id"] == "capacity-fit")
     assert fit["status"] == "fail"
-    assert any(v.startswith("at max scale") and "replicas of Deployment llm-gateway/gateway (us-east-1) cannot be "
+    assert any(v.startswith("at max scale") and "replicas of StatefulSet llm-gateway/gateway (us-east-1) cannot be "
                "placed (0.5 CPU, 0.50 GiB memory each)" in v and "pool system node m7i.xlarge" in v
                and "short of CPU" in v for v in fit["violations"]), fit["violations"]

@@ -87,6 +87,26 @@ def test_metrics_are_stored_on_encrypted_volumes_and_alerts_in_encrypted_topics(
     assert all(e["kms_master_key_id"] == "alias/aws/sns" for e in topics)
 
 
+def test_the_gateways_spend_spool_is_on_an_encrypted_volume_in_every_region(stack_plan):
+    res = result(stack_plan, "cluster-hardening")
+    spools = [e for e in res.evidence if "spool_storage_class" in e]
+    assert len(spools) == len(stack_plan.config.regions)
+    assert all(e["encrypted"] == "true" for e in spools)
+
+
+def test_a_gateway_spool_on_the_default_or_an_unencrypted_storage_class_is_rejected(prod_plan):
+    def default_class(rs):
+        find(rs, STACK_RELEASE, "us-east-1-gateway").inputs["values"]["spool"]["storageClassName"] = ""
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, default_class), "cluster-hardening"),
+                    "the gateway's spool volume in us-east-1 claims StorageClass (default), which the stack does not "
+                    "create there")
+
+    def plain_gp3(rs):
+        find(rs, STORAGE_CLASS, "eu-west-2-monitoring-gp3").inputs["parameters"]["encrypted"] = "false"
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, plain_gp3), "cluster-hardening"),
+                    "the gateway's spool volume in eu-west-2 claims StorageClass gp3-encrypted: not a class")
+
+
 def test_prometheus_on_an_unencrypted_storage_class_is_rejected(prod_plan):
     def plain_gp3(rs):
         find(rs, STORAGE_CLASS, "us-east-1-monitoring-gp3").inputs["parameters"]["encrypted"] = "false"

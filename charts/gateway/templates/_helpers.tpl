@@ -60,6 +60,25 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- int (ceil (float64 $grace)) }}
 {{- end }}
 
+{{/* Where the spend spool lives: the config's ledger.spool_dir, else values spool.path (the config is given it). */}}
+{{- define "gateway.spoolDir" -}}
+{{- $dir := dig "ledger" "spool_dir" .Values.spool.path .Values.config }}
+{{- if not (and (kindIs "string" $dir) (hasPrefix "/" $dir)) }}
+{{- fail (printf "config.ledger.spool_dir: %v is not an absolute path; the spool volume is mounted there (the root filesystem is read-only)" $dir) }}
+{{- end }}
+{{- $dir }}
+{{- end }}
+
+{{/* The gateway's config as the ConfigMap carries it: a ledger without a spool_dir spools on the pod's volume, not
+in ./llmp-spool under a read-only root filesystem. */}}
+{{- define "gateway.config" -}}
+{{- $config := deepCopy .Values.config }}
+{{- if and (kindIs "map" (get $config "ledger")) (not (dig "ledger" "spool_dir" "" $config)) }}
+{{- $_ := set (get $config "ledger") "spool_dir" .Values.spool.path }}
+{{- end }}
+{{- toYaml $config }}
+{{- end }}
+
 {{/* Seconds a terminating pod gets: preStop sleep, the gateway's shutdown grace, then a margin. */}}
 {{- define "gateway.terminationGracePeriodSeconds" -}}
 {{- add .Values.drain.preStopSeconds (include "gateway.shutdownGraceSeconds" . | int) .Values.drain.marginSeconds }}

@@ -183,6 +183,8 @@ CONTROLS: list[Control] = [
                 f"{_T}test_cluster_hardening.py::test_interruption_queue_without_encryption_or_tls_policy_is_rejected",
                 f"{_T}test_cluster_hardening.py::test_metrics_are_stored_on_encrypted_volumes_and_alerts_in_encrypted_topics",
                 f"{_T}test_cluster_hardening.py::test_prometheus_on_an_unencrypted_storage_class_is_rejected",
+                f"{_T}test_cluster_hardening.py::test_the_gateways_spend_spool_is_on_an_encrypted_volume_in_every_region",
+                f"{_T}test_cluster_hardening.py::test_a_gateway_spool_on_the_default_or_an_unencrypted_storage_class_is_rejected",
                 f"{_T}test_cluster_hardening.py::test_an_unencrypted_alert_topic_is_rejected",
             ]),
     Control("version-support", "Clusters run a Kubernetes version EKS supports well past the plan's date",

@@ -233,6 +233,9 @@ def _check_rollouts(pools: list[Pool], pods: list[PodTemplate], autoscaled: bool
     # nodes the pools can have (min nodes while nothing adds nodes).
     busiest = [(p, p.max_replicas) for p in pods]
     for pod in pods:
+        # Only a Deployment surges: a StatefulSet's rolling update deletes a pod before it creates the replacement
+        # (https://kubernetes.io/docs/concepts/workloads/controllers/statefulset/#rolling-updates), so it always
+        # has room (the gateway's pods, each on its own spool volume).
         if pod.kind != "Deployment":
             continue
         # Percentages resolve against the replicas running; the surge needs room if at any count the rollout may

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import ipaddress
 
+from infra.plan.manifests import render_release
 from infra.policy.rules.base import (
     EKS_CLUSTER,
+    GATEWAY_CHART_DIR,
     HELM_RELEASE,
     KMS_KEY,
     Findings,
@@ -35,7 +37,8 @@ DESCRIPTION = (
     "cluster-internal). Every SQS queue (Karpenter's "
     "interruption queue, which carries the cluster's instance events) is encrypted at rest (SQS-managed SSE or a "
     "KMS key) and its queue policy denies every request not made over TLS. Prometheus stores its data on a volume of "
-    "a StorageClass the stack creates in the same cluster with EBS encryption on, and every alert topic (SNS) is "
+    "a StorageClass the stack creates in the same cluster with EBS encryption on, so does every spend spool volume "
+    "the gateway's rendered StatefulSet claims, and every alert topic (SNS) is "
     "encrypted with a KMS key.")
 
 SNS_TOPIC = "aws:sns/topic:Topic"
@@ -141,6 +144,20 @@ def _metrics_at_rest(resources: Resources, found: Findings) -> None:
         elif str(params.get("encrypted")).lower() != "true":
             found.fail(f"StorageClass {name!r} in {release.region} (Prometheus' volume) does not encrypt its EBS "
                        "volumes (parameters.encrypted is not \"true\")")
+    # The gateway's spend spool (who spent what on which model, until the store has it): every volume its rendered
+    # StatefulSet claims is of an encrypted class the stack creates in that region.
+    for gateway in resources.releases(GATEWAY_CHART_DIR):
+        rendered = render_release(gateway, ("StatefulSet",))
+        claims = [c for o in rendered.objects for c in (o.get("spec") or {}).get("volumeClaimTemplates") or []]
+        for claim in claims:
+            name = str((claim.get("spec") or {}).get("storageClassName") or "")
+            cls = classes.get((gateway.region, name))
+            params = (cls.inputs.get("parameters") or {}) if cls is not None else {}
+            found.judged(gateway, spool_storage_class=name or None, encrypted=params.get("encrypted"))
+            if cls is None or str(params.get("encrypted")).lower() != "true":
+                found.fail(f"the gateway's spool volume in {gateway.region} claims StorageClass {name or '(default)'}"
+                           f"{', which the stack does not create there' if cls is None else ''}: not a class the "
+                           "stack makes with EBS encryption on")
     for topic in resources.of_type(SNS_TOPIC):
         key = topic.inputs.get("kmsMasterKeyId")
         found.judged(topic, topic=topic.inputs.get("name"), kms_master_key_id=key)

@@ -264,7 +264,8 @@ def pod_templates(objects: Iterable[Mapping[str, Any]], region: str, source: str
         terms = None if required is None else tuple(
             tuple(t.get("matchExpressions") or []) for t in required.get("nodeSelectorTerms") or [])
         lo, hi = _replicas(obj, hpas)
-        strategy = spec.get("updateStrategy" if obj["kind"] == "DaemonSet" else "strategy") or {}
+        # A DaemonSet's and a StatefulSet's rollout is `updateStrategy`, a Deployment's `strategy`.
+        strategy = spec.get("updateStrategy" if obj["kind"] in ("DaemonSet", "StatefulSet") else "strategy") or {}
         out.append(PodTemplate(
             region=region, source=source, kind=str(obj["kind"]), namespace=str(meta.get("namespace") or namespace),
             name=str(meta["name"]), request=pod_request(pod),
