@@ -21,14 +21,14 @@ $(STAMP): $(LOCK_ALL) pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
-# The gateway part alone, in a venv of its own (no Pulumi SDKs): what a gateway host or image installs.
+# The gateway part alone, in a venv of its own (no Pulumi SDKs): what a gateway host or image installs. The steps
+# are requirements/install-gateway.sh's, the very script the image's builder stage runs (gateway/Dockerfile).
 GW_VENV := .venv-gateway
+GW_INSTALL := requirements/install-gateway.sh
 install-gateway: $(GW_VENV)/.installed
-$(GW_VENV)/.installed: $(LOCK_GATEWAY) pyproject.toml
-	test -x $(GW_VENV)/bin/python || $(PYTHON) -m venv $(GW_VENV)
-	$(GW_VENV)/bin/python -m pip install --quiet pip==$(PIP_VERSION)
-	$(GW_VENV)/bin/python -m pip install --quiet --require-hashes -r $(LOCK_GATEWAY)
-	$(GW_VENV)/bin/python -m pip install --quiet --no-deps .
+$(GW_VENV)/.installed: $(LOCK_GATEWAY) pyproject.toml $(GW_INSTALL)
+	PYTHON=$(PYTHON) sh $(GW_INSTALL) deps $(GW_VENV)
+	sh $(GW_INSTALL) project $(GW_VENV)
 	touch $@
 
 # uv resolves the locks; pinned, from PyPI, in a venv of its own so it never enters the project's.
