@@ -1,0 +1,116 @@
+"""The gateway image's registry: one ECR repository per stack in its first region, replicated to the others, and
+every region's gateway pulling the stack's digest from its own region; previews pull prod's image."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from infra.components.registry import lifecycle_policy, repository_name, repository_prefix
+from infra.config import PLACEHOLDER_DIGEST, ConfigError, parse
+from infra.plan.mocks import ACCOUNT
+from infra.plan.run import Plan, run_program
+from tests.stacks import stack_raw
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+def gateway_images(plan: Plan) -> dict[str, dict]:
+    """{region: the gateway release's image values} as the program installs them."""
+    releases = [r for r in plan.of_type("kubernetes:helm.sh/v3:Release") if r.inputs.get("name") == "gateway"]
+    assert releases
+    return {r.region: r.inputs["values"]["image"] for r in releases}
+
+
+def test_prod_has_one_repository_in_its_first_region_immutable_scanned_and_kms_encrypted(prod_plan: Plan) -> None:
+    (repo,) = prod_plan.of_type("aws:ecr/repository:Repository")
+    assert repo.region == prod_plan.config.regions[0].name
+    assert repo.inputs["name"] == repository_name("prod") == "llm-platform/prod/gateway"
+    assert repo.inputs["imageTagMutability"] == "IMMUTABLE"
+    assert repo.inputs["imageScanningConfiguration"] == {"scanOnPush": True}
+    assert repo.inputs["encryptionConfigurations"] == [{"encryptionType": "KMS"}]
+    assert not repo.inputs.get("forceDelete"), "a destroy must not delete images running pods pull"
+    (lifecycle,) = prod_plan.of_type("aws:ecr/lifecyclePolicy:LifecyclePolicy")
+    assert lifecycle.region == repo.region and json.loads(lifecycle.inputs["policy"]) == json.loads(lifecycle_policy())
+
+
+def test_prod_replicates_only_its_own_prefix_to_every_other_region(prod_plan: Plan) -> None:
+    regions = [r.name for r in prod_plan.config.regions]
+    (replication,) = prod_plan.of_type("aws:ecr/replicationConfiguration:ReplicationConfiguration")
+    assert replication.region == regions[0]
+    (rule,) = replication.inputs["replicationConfiguration"]["rules"]
+    assert [d["region"] for d in rule["destinations"]] == regions[1:]
+    assert {d["registryId"] for d in rule["destinations"]} == {ACCOUNT}
+    assert rule["repositoryFilters"] == [{"filter": "llm-platform/prod/", "filterType": "PREFIX_MATCH"}]
+    # The replicas ECR creates take their settings from a template in their own region.
+    templates = prod_plan.of_type("aws:ecr/repositoryCreationTemplate:RepositoryCreationTemplate")
+    assert sorted(t.region for t in templates) == sorted(regions[1:])
+    for t in templates:
+        assert t.inputs["prefix"] == repository_prefix("prod").rstrip("/") and t.inputs["appliedFors"] == ["REPLICATION"]
+        assert t.inputs["imageTagMutability"] == "IMMUTABLE"
+        assert t.inputs["encryptionConfigurations"] == [{"encryptionType": "KMS"}]
+
+
+def test_every_region_pulls_the_stacks_digest_from_its_own_regions_replica(prod_plan: Plan) -> None:
+    images = gateway_images(prod_plan)
+    assert sorted(images) == sorted(r.name for r in prod_plan.config.regions)
+    for region, image in images.items():
+        assert image == {"repository": f"{ACCOUNT}.dkr.ecr.{region}.amazonaws.com/llm-platform/prod/gateway",
+                         "digest": prod_plan.config.gateway.image_digest, "pullPolicy": "Always"}
+
+
+def test_a_preview_creates_no_registry_and_pulls_prods_image(preview_plan: Plan) -> None:
+    assert not preview_plan.of_type("aws:ecr/repository:Repository")
+    assert not preview_plan.of_type("aws:ecr/replicationConfiguration:ReplicationConfiguration")
+    for region, image in gateway_images(preview_plan).items():
+        assert image["repository"] == f"{ACCOUNT}.dkr.ecr.{region}.amazonaws.com/llm-platform/prod/gateway"
+
+
+def test_a_single_region_stack_has_no_replication() -> None:
+    raw = stack_raw("prod")
+    raw["gateway"]["image_digest"] = DIGEST
+    raw["regions"] = raw["regions"][:1]
+    raw["residency"] = {"us": ["us-east-1"]}
+    raw["failover"] = {"min_regions_per_model": 1}
+    raw["models"] = [dict(m, regions=["us-east-1"]) for m in raw["models"] if "us-east-1" in m["regions"]]
+    plan = run_program(raw, "prod")
+    assert len(plan.of_type("aws:ecr/repository:Repository")) == 1
+    assert not plan.of_type("aws:ecr/replicationConfiguration:ReplicationConfiguration")
+    assert gateway_images(plan)["us-east-1"]["digest"] == DIGEST
+
+
+def test_the_shipped_stacks_hold_the_placeholder_digest_until_an_image_is_built(prod_plan: Plan) -> None:
+    """All zeros says "not built yet": the plan and a first `up` (which creates the repository) still run."""
+    assert prod_plan.config.gateway.image_digest == PLACEHOLDER_DIGEST
+    assert stack_raw("preview")["gateway"]["image_digest"] == PLACEHOLDER_DIGEST
+
+
+@pytest.mark.parametrize("value, says", [
+    ("0.1.0", "is a tag"),
+    ("ghcr.io/llm-platform/gateway:0.1.0", "not a digest"),
+    ("sha256:" + "AB" * 32, "not a digest"),
+    ("sha256:abc", "not a digest"),
+])
+def test_an_image_pinned_otherwise_than_by_digest_is_refused_naming_the_field(value: str, says: str) -> None:
+    raw = stack_raw("prod")
+    raw["gateway"]["image_digest"] = value
+    with pytest.raises(ConfigError) as exc:
+        parse(raw, "prod", "Pulumi.prod.yaml")
+    (problem,) = [p for p in exc.value.problems if p[0] == "llm-platform:gateway.image_digest"]
+    assert says in problem[1] and "sha256:" in problem[1]
+
+
+def test_the_old_image_key_says_what_replaced_it() -> None:
+    raw = stack_raw("prod")
+    raw["gateway"]["image"] = "ghcr.io/llm-platform/gateway:0.1.0"
+    with pytest.raises(ConfigError) as exc:
+        parse(raw, "prod", "Pulumi.prod.yaml")
+    assert any(path == "llm-platform:gateway.image" and "image_digest" in msg for path, msg in exc.value.problems)
+
+
+def test_a_missing_digest_is_refused_naming_the_field() -> None:
+    raw = stack_raw("prod")
+    del raw["gateway"]["image_digest"]
+    with pytest.raises(ConfigError) as exc:
+        parse(raw, "prod", "Pulumi.prod.yaml")
+    assert ("llm-platform:gateway.image_digest", "required key is missing") in exc.value.problems
