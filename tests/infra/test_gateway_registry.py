@@ -46,7 +46,8 @@ def test_prod_replicates_only_its_own_prefix_to_every_other_region(prod_plan: Pl
     templates = prod_plan.of_type("aws:ecr/repositoryCreationTemplate:RepositoryCreationTemplate")
     assert sorted(t.region for t in templates) == sorted(regions[1:])
     for t in templates:
-        assert t.inputs["prefix"] == repository_prefix("prod").rstrip("/") and t.inputs["appliedFors"] == ["REPLICATION"]
+        assert t.inputs["prefix"] == repository_prefix("prod").rstrip("/")
+        assert t.inputs["appliedFors"] == ["REPLICATION"]
         assert t.inputs["imageTagMutability"] == "IMMUTABLE"
         assert t.inputs["encryptionConfigurations"] == [{"encryptionType": "KMS"}]
 
