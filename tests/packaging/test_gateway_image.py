@@ -291,3 +291,48 @@ def test_the_image_venv_serves_a_chat_call_from_the_official_client(image_venv: 
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+# -- the workflow that builds, scans and pushes it ---------------------------------------------------------------
+
+def _workflow() -> dict:
+    doc = yaml.safe_load((ROOT / ".github" / "workflows" / "gateway-image.yml").read_text())
+    doc["on"] = doc.pop(True, doc.get("on"))  # YAML 1.1 reads the key `on` as True
+    return doc
+
+
+def test_the_workflow_runs_on_main_when_what_goes_into_the_image_changes() -> None:
+    push = _workflow()["on"]["push"]
+    assert push["branches"] == ["main"]
+    _, (builder, _) = stages()
+    copied = [src.rstrip("/") for rest in (r for w, r in builder if w == "COPY") for src in rest.split()[:-1]]
+    for source in copied:
+        pattern = f"{source}/**" if (ROOT / source).is_dir() else source
+        if source == "infra":  # the image holds infra/ for `llmp` (infra/cli.py), which is all the gateway runs of it
+            pattern = "infra/cli.py"
+        assert pattern in push["paths"], source
+    assert {"gateway/**", ".dockerignore", "requirements/gateway.lock"} <= set(push["paths"])
+
+
+def test_the_workflow_scans_the_image_before_pushing_it_to_prods_first_region() -> None:
+    from infra.components.registry import IMAGE_SOURCE_STACK, repository_name
+    from infra.config import load_file
+
+    doc = _workflow()
+    (job,) = doc["jobs"].values()
+    steps = job["steps"]
+    uses = [s.get("uses", "").split("@")[0] for s in steps]
+    assert job["permissions"] == {"contents": "read", "id-token": "write"}  # OIDC, nothing else
+    assert uses.index("aws-actions/configure-aws-credentials") < uses.index("aws-actions/amazon-ecr-login")
+    build, scan, push = (next(s for s in steps if s.get("name") == n) for n in ("Build", "Scan", "Push"))
+    assert steps.index(build) < steps.index(scan) < steps.index(push)
+    assert build["with"]["load"] is True and build["with"]["push"] is False and push["with"]["push"] is True
+    assert scan["with"]["image-ref"] == build["with"]["tags"] == push["with"]["tags"]
+    assert scan["with"]["exit-code"] == "1" and set(scan["with"]["severity"].split(",")) == {"HIGH", "CRITICAL"}
+    assert scan["with"]["ignore-unfixed"] is True
+    for step in (build, push):
+        assert step["with"]["file"] == "gateway/Dockerfile" and step["with"]["context"] == "."
+        assert step["with"]["provenance"] is False, "one manifest per build (registry.py's lifecycle rule)"
+    prod = load_file(ROOT / "Pulumi.prod.yaml", IMAGE_SOURCE_STACK)
+    assert doc["env"] == {"REPOSITORY": repository_name(IMAGE_SOURCE_STACK), "AWS_REGION": prod.regions[0].name}
+    assert "image_digest: ${DIGEST}" in steps[-1]["run"] and "GITHUB_STEP_SUMMARY" in steps[-1]["run"]
