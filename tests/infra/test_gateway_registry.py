@@ -115,3 +115,33 @@ def test_a_missing_digest_is_refused_naming_the_field() -> None:
     with pytest.raises(ConfigError) as exc:
         parse(raw, "prod", "Pulumi.prod.yaml")
     assert ("llm-platform:gateway.image_digest", "required key is missing") in exc.value.problems
+
+
+# -- who may push and who may manage it ------------------------------------------------------------------------
+
+def test_the_push_role_pushes_to_prods_repository_only_and_trusts_only_its_environment(prod_plan: Plan) -> None:
+    from infra.ci_access import image_push_role
+    from tests.infra.test_ci_access import ACCOUNT as ROLE_ACCOUNT
+    from tests.infra.test_ci_access import allowed_resources, reaches
+
+    role = image_push_role(ROLE_ACCOUNT, "example-org/llm-platform")
+    assert role["trust"]["Statement"][0]["Condition"]["StringEquals"][
+        "token.actions.githubusercontent.com:sub"] == "repo:example-org/llm-platform:environment:gateway-image"
+    (repo,) = prod_plan.of_type("aws:ecr/repository:Repository")
+    pushable = allowed_resources(role["permissions"], "ecr:PutImage")
+    assert reaches(pushable, repo.outputs["arn"])
+    assert not reaches(pushable, f"arn:aws:ecr:us-east-1:{ACCOUNT}:repository/llm-platform/pr-1/gateway")
+    assert not reaches(pushable, f"arn:aws:ecr:us-east-1:{ACCOUNT}:repository/other-team/app")
+    actions = {a for s in role["permissions"]["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str)
+                                                                       else s["Action"])}
+    assert not {a for a in actions if a.startswith("ecr:Delete") or a == "ecr:*"}
+
+
+def test_only_prods_deploy_role_manages_the_repository_and_previews_may_look_it_up(prod_plan: Plan) -> None:
+    from tests.infra.test_ci_access import ROLES, allowed_resources, reaches
+
+    (repo,) = prod_plan.of_type("aws:ecr/repository:Repository")
+    assert reaches(allowed_resources(ROLES["prod"]["permissions"], "ecr:*"), repo.outputs["arn"])
+    assert not reaches(allowed_resources(ROLES["preview"]["permissions"], "ecr:*"), repo.outputs["arn"])
+    discover = next(s for s in ROLES["preview"]["permissions"]["Statement"] if s["Sid"] == "Discover")
+    assert "ecr:DescribeRepositories" in discover["Action"]
