@@ -145,3 +145,23 @@ def test_only_prods_deploy_role_manages_the_repository_and_previews_may_look_it_
     assert not reaches(allowed_resources(ROLES["preview"]["permissions"], "ecr:*"), repo.outputs["arn"])
     discover = next(s for s in ROLES["preview"]["permissions"]["Statement"] if s["Sid"] == "Discover")
     assert "ecr:DescribeRepositories" in discover["Action"]
+
+
+def test_helm_renders_the_gateway_container_pulling_the_regional_replica_by_digest() -> None:
+    """The chart (schema and template, real Helm) takes the program's digest-only image: `<repository>@<digest>`."""
+    from infra.chart_values import GATEWAY_CHART, GATEWAY_NAMESPACE, GATEWAY_RELEASE, gateway_values
+    from infra.components.providers import stack_tags
+    from infra.gateway_config import gateway_config
+    from tests.charts.rendering import ROLE_ARN, certificate_arn, load_prod, render
+
+    cfg = load_prod()
+    region = cfg.regions[1]
+    url = f"{ACCOUNT}.dkr.ecr.{region.name}.amazonaws.com/llm-platform/prod/gateway"
+    values = gateway_values(cfg, region, role_arn=ROLE_ARN, config=gateway_config(cfg, region),
+                            certificate_arn=certificate_arn(region.name),
+                            tags=stack_tags(cfg.stack, region.name, region.residency), image_repository=url)
+    rendered = render(GATEWAY_CHART, values, name=GATEWAY_RELEASE, namespace=GATEWAY_NAMESPACE)
+    (workload,) = [o for o in rendered.objects if o["kind"] in ("Deployment", "StatefulSet")]
+    (container,) = [c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == "gateway"]
+    assert container["image"] == f"{url}@{cfg.gateway.image_digest}"
+    assert container["imagePullPolicy"] == "Always"
