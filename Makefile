@@ -26,7 +26,7 @@ $(STAMP): $(LOCK_ALL) pyproject.toml
 GW_VENV := .venv-gateway
 GW_INSTALL := requirements/install-gateway.sh
 install-gateway: $(GW_VENV)/.installed
-$(GW_VENV)/.installed: $(LOCK_GATEWAY) pyproject.toml $(GW_INSTALL)
+$(GW_VENV)/.installed: $(LOCK_GATEWAY) requirements/build.lock pyproject.toml $(GW_INSTALL)
 	PYTHON=$(PYTHON) sh $(GW_INSTALL) deps $(GW_VENV)
 	sh $(GW_INSTALL) project $(GW_VENV)
 	touch $@
@@ -46,6 +46,7 @@ lock: $(UV)
 	mkdir -p requirements
 	$(UV_COMPILE) --extra test -o $(LOCK_ALL)
 	$(UV_COMPILE) --extra gateway -c $(LOCK_ALL) -o $(LOCK_GATEWAY)
+	$(UV) pip compile requirements/build.in --quiet --universal --generate-hashes --custom-compile-command 'make lock' $(UPGRADE) -c $(LOCK_ALL) -o requirements/build.lock
 
 # The gateway's governance tests need a real Redis server; install it when missing.
 redis:

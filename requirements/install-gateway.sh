@@ -5,7 +5,8 @@
 #
 #   requirements/install-gateway.sh deps VENV      # a venv, the pinned pip, then every package of the gateway
 #                                                  # lock, each checked against its hash; nothing resolved
-#   requirements/install-gateway.sh project VENV   # the project itself, --no-deps: its dependencies are the lock's
+#   requirements/install-gateway.sh project VENV   # the project itself, --no-deps: its dependencies are the lock's,
+#                                                  # built with the backend requirements/build.lock pins
 #
 # Two steps so that an image build caches the dependency layer while only the source changes.
 # Run from the repository root (or the image's copy of it). PYTHON picks the interpreter (default python3).
@@ -22,7 +23,8 @@ case "$step" in
     "$venv/bin/python" -m pip install --quiet --require-hashes -r requirements/gateway.lock
     ;;
   project)
-    "$venv/bin/python" -m pip install --quiet --no-deps .
+    # The build backend, too, only as build.lock pins and hashes it.
+    "$venv/bin/python" -m pip install --quiet --no-deps --build-constraint requirements/build.lock .
     ;;
   *)
     echo "install-gateway.sh: unknown step '$step' (deps or project)" >&2

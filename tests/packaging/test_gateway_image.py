@@ -116,10 +116,11 @@ def test_the_builder_installs_the_gateway_lock_through_the_shared_script() -> No
     assert runs(builder) == [f"sh {INSTALL} deps {VENV}",
                              f"sh {INSTALL} project {VENV} && {VENV}/bin/python -m pip uninstall --quiet --yes pip"]
     script = (ROOT / INSTALL).read_text()
-    assert "--require-hashes -r requirements/gateway.lock" in script and "--no-deps ." in script
+    assert "--require-hashes -r requirements/gateway.lock" in script
+    assert "--no-deps --build-constraint requirements/build.lock ." in script
     # Only the gateway lock, the project and its two packages go into the build.
     copied = [rest for word, rest in builder if word == "COPY"]
-    assert copied == [f"requirements/gateway.lock {INSTALL} requirements/", "pyproject.toml ./",
+    assert copied == [f"requirements/gateway.lock requirements/build.lock {INSTALL} requirements/", "pyproject.toml ./",
                       "gateway/ gateway/", "infra/ infra/"]
 
 
@@ -202,6 +203,19 @@ def test_the_build_context_lets_in_what_the_stages_copy_and_nothing_else() -> No
     for outside in ("tests/conftest.py", "Pulumi.prod.yaml", ".venv/bin/python", ".git/HEAD", "charts/gateway",
                     "requirements/all.lock", "llmp-spool/x", "gateway/__pycache__/cli.cpython-312.pyc"):
         assert _ignored(outside, patterns), outside
+
+
+def test_the_build_backend_is_pinned_with_hashes_as_pyproject_asks_for_it() -> None:
+    """`pip install .` builds in an isolated env; build.lock, passed as --build-constraint, pins what goes in it."""
+    import tomllib
+
+    wanted = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    asked = [line.strip() for line in (ROOT / "requirements" / "build.in").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert asked == wanted
+    entries = lock_entries(ROOT / "requirements" / "build.lock")
+    assert set(entries) == {normalize(r.split(">")[0].split("=")[0]) for r in wanted}
+    assert all(re.search(r"--hash=sha256:[0-9a-f]{64}", text) for text in entries.values())
 
 
 def test_the_gateway_lock_holds_no_pulumi_or_infra_only_package() -> None:
