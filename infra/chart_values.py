@@ -17,6 +17,7 @@ from infra.catalog import load_catalog
 from infra.components.autoscaling import PROMETHEUS_URL
 from infra.components.dns import regional_host, zone_host
 from infra.components.network import public_subnet_cidrs
+from infra.components.registry import IMAGE_SOURCE_STACK, repository_name
 from infra.components.secrets import huggingface_token_name
 from infra.config import ROOT, Model, Pool, Region, StackConfig
 from infra.scheduling import GPU_RESOURCE, pool_node_selector, pool_tolerations
@@ -294,16 +295,15 @@ SPOOL_STORAGE_CLASS = "gp3-encrypted"
 
 
 def gateway_values(cfg: StackConfig, region: Region, *, role_arn: Any, config: dict[str, Any],
-                   certificate_arn: Any, tags: dict[str, str]) -> dict[str, Any]:
+                   certificate_arn: Any, tags: dict[str, str], image_repository: Any = None) -> dict[str, Any]:
     """Values for the `gateway` release in `region`. `role_arn` and `certificate_arn` (the region's ACM
-    certificate, infra/components/dns.py) may be Pulumi Outputs; `tags` go on the NLB (and what it makes)."""
+    certificate, infra/components/dns.py) may be Pulumi Outputs; `tags` go on the NLB (and what it makes).
+    `image_repository`: the region's ECR repository URL (infra/components/registry.py, an Output); the program
+    always passes it; without it the chart's name form of the repository stands in (renders, never pulls)."""
     replicas = cfg.gateway.replicas
     discovered = _discovery_namespaces(config)
-    repository, _, tag = cfg.gateway.image.rpartition(":")
-    if not repository or "/" in tag:
-        raise ValueError(f"gateway image {cfg.gateway.image!r} must be pinned as <repository>:<tag>")
     return {
-        "image": {"repository": repository, "tag": tag},
+        "image": gateway_image(cfg, image_repository),
         "replicaCount": max(1, replicas.min),
         "autoscaling": {
             "enabled": replicas.max > replicas.min,
@@ -339,6 +339,16 @@ def gateway_values(cfg: StackConfig, region: Region, *, role_arn: Any, config: d
         # (infra/components/monitoring.py STORAGE_CLASS; the release waits for it through the monitoring stack).
         "spool": {"storageClassName": SPOOL_STORAGE_CLASS},
     }
+
+
+def gateway_image(cfg: StackConfig, repository: Any = None) -> dict[str, Any]:
+    """The chart's `image`: the repository and the stack's digest, which the chart pulls by (`<repo>@<digest>`).
+    Always pulled: the kubelet then asks the region's ECR replica for the digest's manifest and reuses a cached
+    image with that digest (https://kubernetes.io/docs/concepts/containers/images/#image-pull-policy), and the
+    chart's checkov findings stay the accepted ones."""
+    name = repository_name(IMAGE_SOURCE_STACK if cfg.environment == "preview" else cfg.stack)
+    return {"repository": name if repository is None else repository, "digest": cfg.gateway.image_digest,
+            "pullPolicy": "Always"}
 
 
 def _discovery_namespaces(config: Any) -> list[str]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from infra.components.model_weights import bucket_prefix
 from infra.components.providers import TAG_STACK
+from infra.components.registry import IMAGE_SOURCE_STACK, repository_name
 
 GITHUB_OIDC = "token.actions.githubusercontent.com"
 # What the program creates. Budgets, IAM and Route53 are named or checked by name below; the
@@ -46,18 +47,22 @@ def github_trust_policy(account_id: str, repository: str, environment: str) -> d
 
 
 def deploy_policy(account_id: str, stacks: str, dns_names: list[str], never: list[str],
-                  activates_cost_tag: bool = False) -> dict:
+                  activates_cost_tag: bool = False, owns_image_registry: bool = False) -> dict:
     """Permissions to create, change and destroy the resources of the stacks matching `stacks`
     (a pattern such as `pr-*`), and nothing of the stacks in `never`, whatever else grants it.
 
     `dns_names` are the record names the role may change (e.g. `*.preview.llm.example.com`);
-    `activates_cost_tag`: the role may activate cost allocation tags (account-wide: prod's role only)."""
+    `activates_cost_tag`: the role may activate cost allocation tags (account-wide: prod's role only);
+    `owns_image_registry`: the role manages the gateway image's repository, its replication and creation templates
+    (prod's role only: previews pull prod's image, infra/components/registry.py)."""
     acct = account_id
     read_only = ["ec2:Describe*", "eks:Describe*", "eks:List*", "iam:GetRole", "iam:ListRoles",
                  "iam:GetOpenIDConnectProvider", "iam:ListOpenIDConnectProviders", "kms:DescribeKey",
                  "kms:ListAliases", "kms:ListKeys", "acm:DescribeCertificate", "acm:ListCertificates",
                  "route53:Get*", "route53:List*", "secretsmanager:ListSecrets", "sts:GetCallerIdentity",
-                 "budgets:ViewBudget", "logs:DescribeLogGroups"]
+                 "budgets:ViewBudget", "logs:DescribeLogGroups",
+                 # previews look prod's gateway image repository up by name (infra/components/registry.py)
+                 "ecr:DescribeRepositories"]
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -130,7 +135,41 @@ def deploy_policy(account_id: str, stacks: str, dns_names: list[str], never: lis
             *([{"Sid": "ActivateTheStackCostTag", "Effect": "Allow",
                 "Action": ["ce:UpdateCostAllocationTagsStatus", "ce:ListCostAllocationTags"], "Resource": "*"}]
               if activates_cost_tag else []),
+            *(_image_registry(acct, stacks) if owns_image_registry else []),
             *(_never(acct, stack) for stack in never),
+        ],
+    }
+
+
+def _image_registry(acct: str, stacks: str) -> list[dict]:
+    """The stack's gateway image repository by name, and the registry-wide settings it needs: the replication
+    configuration and creation templates have no resource-level scoping (`*`). The first replication configuration
+    of an account makes ECR create its replication service-linked role with the caller's permission
+    (https://docs.aws.amazon.com/AmazonECR/latest/userguide/slr-replication.html): README, Running it for real,
+    has an operator create it once instead, so the deploy role gets no further iam:CreateServiceLinkedRole."""
+    return [
+        {"Sid": "TheStacksImageRepository", "Effect": "Allow", "Action": "ecr:*",
+         "Resource": f"arn:aws:ecr:*:{acct}:repository/llm-platform/{stacks}/*"},
+        {"Sid": "ImageReplicationSettings", "Effect": "Allow",
+         "Action": ["ecr:PutReplicationConfiguration", "ecr:DescribeRegistry",
+                    "ecr:CreateRepositoryCreationTemplate", "ecr:UpdateRepositoryCreationTemplate",
+                    "ecr:DeleteRepositoryCreationTemplate", "ecr:DescribeRepositoryCreationTemplates"],
+         "Resource": "*"},
+    ]
+
+
+def image_push_policy(account_id: str, repository_name: str) -> dict:
+    """The gateway-image workflow's role: push to (and read) the one repository, nothing else. A registry login
+    token (GetAuthorizationToken) has no resource-level scoping."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "RegistryLogin", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
+            {"Sid": "PushTheGatewayImage", "Effect": "Allow",
+             "Action": ["ecr:BatchCheckLayerAvailability", "ecr:InitiateLayerUpload", "ecr:UploadLayerPart",
+                        "ecr:CompleteLayerUpload", "ecr:PutImage", "ecr:BatchGetImage",
+                        "ecr:GetDownloadUrlForLayer", "ecr:DescribeImages"],
+             "Resource": f"arn:aws:ecr:*:{account_id}:repository/{repository_name}"},
         ],
     }
 
@@ -159,6 +198,12 @@ def ci_roles(account_id: str, repository: str, preview_domain: str, prod_domain:
         "prod": {
             "trust": github_trust_policy(account_id, repository, "production"),
             "permissions": deploy_policy(account_id, "prod", [prod_domain, f"*.{prod_domain}"], never=[],
-                                         activates_cost_tag=True),
+                                         activates_cost_tag=True, owns_image_registry=True),
         },
     }
+
+
+def image_push_role(account_id: str, repository: str) -> dict[str, dict]:
+    """.github/workflows/gateway-image.yml's role, assumed in the GitHub environment `gateway-image`."""
+    return {"trust": github_trust_policy(account_id, repository, "gateway-image"),
+            "permissions": image_push_policy(account_id, repository_name(IMAGE_SOURCE_STACK))}

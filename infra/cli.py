@@ -212,7 +212,7 @@ def cmd_ci_role(args: argparse.Namespace) -> int:
     """Print the trust and permission policies of a GitHub Actions deploy role."""
     import json
 
-    from infra.ci_access import ci_roles
+    from infra.ci_access import ci_roles, image_push_role
     from infra.config import ConfigError, load_file, stack_file
 
     if not (args.account_id.isdigit() and len(args.account_id) == 12):
@@ -226,7 +226,8 @@ def cmd_ci_role(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"llmp: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    roles = ci_roles(args.account_id, args.repository, preview.gateway.domain, prod.gateway.domain)
+    roles = {**ci_roles(args.account_id, args.repository, preview.gateway.domain, prod.gateway.domain),
+             "gateway-image": image_push_role(args.account_id, args.repository)}
     print(json.dumps(roles[args.role], indent=2))
     return EXIT_OK
 
@@ -303,7 +304,7 @@ def parser() -> argparse.ArgumentParser:
     reaper.set_defaults(func=cmd_reap)
 
     ci_role = sub.add_parser("ci-role", help="IAM trust and permission policies for a GitHub deploy role")
-    ci_role.add_argument("role", choices=["preview", "prod"])
+    ci_role.add_argument("role", choices=["preview", "prod", "gateway-image"])
     ci_role.add_argument("--account-id", required=True, help="the AWS account the stacks live in")
     ci_role.add_argument("--repository", required=True, help="the GitHub repository, <owner>/<name>")
     ci_role.set_defaults(func=cmd_ci_role)

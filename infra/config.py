@@ -212,11 +212,40 @@ class Failover(_Model):
     hosted_fallbacks: dict[str, list[str]] = Field(default_factory=dict)
 
 
+# The gateway image's digest, as a registry prints it (the OCI image spec's `sha256:` descriptor digest).
+IMAGE_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+# All zeros: no image built yet. Accepted, so that the offline plan runs and a stack's first `up` creates the
+# repository the first image is pushed to; the program warns, and a pod cannot pull it (README: The gateway image).
+PLACEHOLDER_DIGEST = "sha256:" + "0" * 64
+
+
 class Gateway(_Model):
     domain: Hostname
     zone: Hostname
     replicas: Replicas
-    image: str = "ghcr.io/llm-platform/gateway:0.1.0"
+    # The image in the stack's ECR repository, by digest only: the registry host holds the account id, so the
+    # program composes `<registry>/llm-platform/<stack>/gateway@<digest>` from the repository it creates (previews:
+    # prod's). The gateway-image workflow prints the line to put here.
+    image_digest: str
+    # Replaced by image_digest; kept as a field only to say so by name.
+    image: str | None = None
+
+    @field_validator("image_digest")
+    @classmethod
+    def _digest(cls, value: str) -> str:
+        if not IMAGE_DIGEST.match(value):
+            kind = "a tag" if ":" not in value and "@" not in value else "not a digest"
+            raise ValueError(f"{value!r} is {kind}: write the digest the gateway-image workflow printed, "
+                             "sha256: and 64 lowercase hex digits (an image is pinned by digest, never by tag)")
+        return value
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError(f"{value!r}: no longer supported; write gateway.image_digest: sha256:<64 hex> (the "
+                             "program takes the repository from the ECR repository it creates)")
+        return value
 
 
 # An IAM role name (resolved in the deploying account) or a role ARN: whoever may administer the clusters.

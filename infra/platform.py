@@ -24,6 +24,7 @@ from infra.components.monitoring import Monitoring, MonitoringArgs
 from infra.components.network import Network, NetworkArgs
 from infra.components.node_pool import NodePool, NodePoolArgs
 from infra.components.providers import global_provider, iam_path, regional_provider, stack_tags
+from infra.components.registry import gateway_image_repositories
 from infra.components.secrets import StackSecrets, StackSecretsArgs, huggingface_token_name
 from infra.config import Region, StackConfig
 from infra.gateway_config import gateway_config
@@ -198,6 +199,8 @@ class Platform(pulumi.ComponentResource):
         regions = {hub.region.name: hub, **{r.name: RegionalStack(cfg, r, iam, dns, self, extra_tags, hub)
                                             for r in cfg.regions[1:]}}
         providers = {n: rs.provider for n, rs in regions.items()}
+        # The gateway image's repository per region (README: The gateway image); the stack config pins the digest.
+        images = gateway_image_repositories(cfg, providers, self)
         for zone in cfg.zones:
             members = [r.name for r in cfg.regions_in(zone)]
             secrets = StackSecrets(f"{name}-secrets-{zone}", StackSecretsArgs(
@@ -218,7 +221,7 @@ class Platform(pulumi.ComponentResource):
                     cfg=cfg, region=rs.region, role=rs.gateway_role, secret_arns=secrets.arns[region_name],
                     key_arn=secrets.key_arns[region_name], config=gateway_config(cfg, rs.region),
                     certificate_arn=rs.certificate_arn, tags=rs.tags,
-                    load_balancer_controller=rs.load_balancer.release),
+                    load_balancer_controller=rs.load_balancer.release, image_repository=images[region_name]),
                     rs.cluster.kubernetes, iam,
                     pulumi.ResourceOptions(parent=self, depends_on=[rs.addons, rs.autoscaling, rs.monitoring.stack]))
                 dns.add_region(region_name, load_balancer_hostname(

@@ -57,6 +57,10 @@ def bootstrap_targets(stack: str, hub_region: str, project: str = "llm-platform"
         f"{root}llm-platform:platform:Platform$llm-platform:network:Network$aws:ec2/internetGateway:InternetGateway"
         f"::{hub_region}",
         f"{root}llm-platform:platform:Platform$llm-platform:deploy:DeployHub**",
+        # The gateway image's repository (infra/components/registry.py), so the first image can be pushed before
+        # the first full `up`; its replication templates live in the other regions, under their providers.
+        f"{root}pulumi:providers:aws::aws-*",
+        f"{root}llm-platform:platform:Platform$llm-platform:registry:GatewayRegistry**",
     ]
 
 

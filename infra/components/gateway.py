@@ -142,6 +142,8 @@ class GatewayArgs:
     # The AWS Load Balancer Controller's release: it must serve before the release's LoadBalancer Service
     # exists, and outlive it on destroy (infra/components/load_balancer.py says why).
     load_balancer_controller: pulumi.Resource | None = None
+    # The region's ECR repository URL of the gateway image (infra/components/registry.py); the digest is the stack's.
+    image_repository: pulumi.Input[str] | None = None
 
 
 class Gateway(pulumi.ComponentResource):
@@ -179,7 +181,8 @@ class Gateway(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=controller,
                                         custom_timeouts=pulumi.CustomTimeouts(delete=NAMESPACE_DELETE_TIMEOUT)))
         values = gateway_values(args.cfg, args.region, role_arn=args.role.arn, config=args.config,
-                                certificate_arn=args.certificate_arn, tags=args.tags)
+                                certificate_arn=args.certificate_arn, tags=args.tags,
+                                image_repository=args.image_repository)
         self.release = k8s.helm.v3.Release(
             name,
             name=GATEWAY_RELEASE,

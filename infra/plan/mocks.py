@@ -56,6 +56,10 @@ class PlanMocks(pulumi.runtime.Mocks):
             zone_id = "Z" + _hex("zone", str(args.args.get("name")), n=13).upper()
             return {"zoneId": zone_id, "id": zone_id, "name": args.args.get("name"),
                     "arn": f"arn:aws:route53:::hostedzone/{zone_id}"}, []
+        if args.token == "aws:ecr/getRepository:getRepository":  # an existing repository (previews read prod's)
+            name = str(args.args.get("name"))
+            return {"name": name, "registryId": ACCOUNT, "arn": f"arn:aws:ecr:{region}:{ACCOUNT}:repository/{name}",
+                    "repositoryUrl": f"{ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{name}", "id": name}, []
         if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
             return {"accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/plan", "userId": "PLAN"}, []
         return {}, []
@@ -161,6 +165,9 @@ def _outputs(typ: str, name: str, region: str, inputs: dict[str, Any]) -> dict[s
         return {"name": physical, "arn": f"arn:aws:events:{region}:{ACCOUNT}:rule/{physical}"}
     if typ == "aws:eks/accessEntry:AccessEntry":
         return {"accessEntryArn": f"arn:aws:eks:{region}:{ACCOUNT}:access-entry/{inputs.get('clusterName')}/{h[:8]}"}
+    if typ == "aws:ecr/repository:Repository":
+        return {"name": physical, "registryId": ACCOUNT, "arn": f"arn:aws:ecr:{region}:{ACCOUNT}:repository/{physical}",
+                "repositoryUrl": f"{ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{physical}"}
     if typ == "aws:budgets/budget:Budget":
         return {"arn": f"arn:aws:budgets::{ACCOUNT}:budget/{physical}", "accountId": ACCOUNT}
     if typ == "kubernetes:core/v1:Service":

@@ -87,7 +87,8 @@ def test_tag_scoped_statements_scope_on_the_stack_tag() -> None:
             actions = s["Action"] if isinstance(s["Action"], list) else [s["Action"]]
             read_only = all(a.split(":")[1].startswith(READ_VERBS) for a in actions)
             # Cost Explorer has no resource-level permissions: activating the stack tag needs "*" (prod only).
-            exempt = role == "prod" and s["Sid"] == "ActivateTheStackCostTag"
+            # Nor have ECR's registry-wide replication settings (prod only: it owns the gateway image's registry).
+            exempt = role == "prod" and s["Sid"] in ("ActivateTheStackCostTag", "ImageReplicationSettings")
             assert read_only or "Condition" in s or exempt, f"{role}: {s['Sid']} grants writes on * unconditionally"
             for test in s.get("Condition", {}).values():
                 for key, value in test.items():

@@ -15,11 +15,14 @@ def recipe(target: str) -> list[str]:
     return [line for line in done.stdout.splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize("target", ["install", "install-gateway"])
-def test_each_install_step_says_what_it_does_before_it_runs(target: str) -> None:
+# install-gateway runs requirements/install-gateway.sh (the image's builder stage runs the same script): a step there
+# is one call of the script.
+@pytest.mark.parametrize(("target", "least"), [("install", 4), ("install-gateway", 2)])
+def test_each_install_step_says_what_it_does_before_it_runs(target: str, least: int) -> None:
     lines = recipe(target)
-    steps = [i for i, line in enumerate(lines) if "pip install" in line or " -m venv " in line]
-    assert len(steps) >= 4, lines
+    steps = [i for i, line in enumerate(lines)
+             if "pip install" in line or " -m venv " in line or "install-gateway.sh" in line]
+    assert len(steps) >= least, lines
     for i in steps:
         assert lines[i - 1].startswith("echo ") and f'"{target}: ' in lines[i - 1], (lines[i - 1], lines[i])
 

@@ -41,8 +41,8 @@ def steps(job: dict) -> list[dict]:
     return job.get("steps", [])
 
 
-def test_there_are_three_workflows() -> None:
-    assert [w.name for w in WORKFLOWS] == ["deploy.yml", "preview.yml", "reaper.yml"]
+def test_there_are_four_workflows() -> None:
+    assert [w.name for w in WORKFLOWS] == ["deploy.yml", "gateway-image.yml", "preview.yml", "reaper.yml"]
 
 
 def test_workflows_pass_actionlint() -> None:

@@ -257,6 +257,7 @@ DEPLOY_CONTROLS: list[Control] = [
             example_values.DESCRIPTION, MANDATORY, example_values.check, [
                 f"{_T}test_policy_pack.py::test_a_real_deploy_of_shipped_prod_is_blocked_until_its_reservations_are_its_own",
                 f"{_T}test_policy_pack.py::test_pack_passes_prod_and_preview",
+                f"{_T}test_policy_pack.py::test_a_real_deploy_of_prod_is_blocked_until_its_gateway_image_is_built",
             ]),
 ]
 
