@@ -1,4 +1,4 @@
-"""`llmp`: the project's one command line (plan, report, gateway, keys).
+"""`llmp`: the project's one command line (plan, report, gateway, keys, verify).
 
 Only the standard library at module level: a gateway host installs `llm-platform[gateway]` without the
 Pulumi SDKs, and `llmp gateway` must still run there. Each command imports what it needs when it runs.
@@ -9,7 +9,7 @@ import argparse
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported where they run: these need the Pulumi SDKs
     from infra.plan.cost import CostEstimate
@@ -17,9 +17,16 @@ if TYPE_CHECKING:  # imported where they run: these need the Pulumi SDKs
     from infra.policy.rules.base import ControlResult
 
 EXIT_OK, EXIT_POLICY, EXIT_CONFIG, EXIT_PROGRAM = 0, 1, 2, 3
+EPILOG = """exit codes:
+  0  done (plan: no mandatory policy control fails)
+  1  plan: a mandatory policy control fails (the output lists it)
+  2  something to fix on your side, named in one message: the command line, the stack config or a file it
+     names, or a part of llm-platform (or the Pulumi CLI) this command needs that is not installed here
+  3  something failed that is not your input: the program under the mock engine (a bug), or an outside
+     command or API (reap's Pulumi CLI, catalog refresh's AWS calls)"""
 DISTRIBUTION = "llm-platform"
 # Top-level modules that only the `infra` extra installs (see pyproject.toml).
-INFRA_ONLY_MODULES = frozenset({"pulumi", "pulumi_aws", "pulumi_kubernetes", "pulumi_policy", "rich"})
+INFRA_ONLY_MODULES = frozenset({"pulumi", "pulumi_aws", "pulumi_kubernetes", "pulumi_policy", "rich", "httpx2"})
 
 
 def version() -> str:
@@ -47,32 +54,29 @@ def _stack_values(args: argparse.Namespace) -> tuple[dict, str, str]:
 
 def _plan(args: argparse.Namespace) -> tuple[Plan, CostEstimate, list[ControlResult]]:
     """Load, validate and run the stack under the mock engine. Returns (plan, cost, results) or exits."""
-    from rich.console import Console
-
     from infra.config import ConfigError
-    from infra.plan.cost import estimate
+    from infra.plan.cost import HELM_RELEASE, estimate
+    from infra.plan.progress import Progress, render_charts
     from infra.plan.run import ProgramError, run_program
 
-    err = Console(stderr=True, highlight=False)
-    try:
-        raw, stack, source = _stack_values(args)
-        with err.status(f"Running the Pulumi program for stack {stack} under the mock engine…",
-                        spinner="dots") if err.is_terminal else _nothing():
+    with Progress() as progress:  # the phases on stderr, when it is a terminal
+        try:
+            raw, stack, source = _stack_values(args)
+            progress.phase(f"running the Pulumi program for stack {stack} under the mock engine")
             plan = run_program(raw, stack, source)
-    except ConfigError as exc:
-        print(f"llmp: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
-    except ProgramError as exc:
-        print(f"llmp: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_PROGRAM) from None
-    from infra.policy.rules import evaluate
+        except ConfigError as exc:
+            print(f"llmp: {exc}", file=sys.stderr)
+            raise SystemExit(EXIT_CONFIG) from None
+        except ProgramError as exc:
+            print(f"llmp: {exc}", file=sys.stderr)
+            raise SystemExit(EXIT_PROGRAM) from None
+        from infra.policy.rules import evaluate
 
-    return plan, estimate(plan.resources, plan.config.budget.monthly_usd), evaluate(plan)
-
-
-class _nothing:
-    def __enter__(self) -> _nothing: return self
-    def __exit__(self, *exc: object) -> Literal[False]: return False
+        progress.phase(f"rendering {len(plan.of_type(HELM_RELEASE))} Helm charts")
+        render_charts(plan)
+        progress.phase("evaluating policy controls")
+        results = evaluate(plan)
+    return plan, estimate(plan.resources, plan.config.budget.monthly_usd), results
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -81,27 +85,53 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     plan, cost, results = _plan(args)
     regions = summarize(plan, cost)
-    fmt = {"json": render.to_json, "markdown": render.to_markdown, "table": render.to_table}[args.format]
+    fmt = {"json": render.to_json, "markdown": render.to_markdown, "table": render.to_table,
+           "html": render.to_html}[args.format]
     sys.stdout.write(fmt(plan, regions, cost, results))
     failed = [r for r in results if r.status == "fail" and r.enforcement == "mandatory"]
     return EXIT_POLICY if failed else EXIT_OK
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from infra.policy.report import render_report
+def _write(path: str, text: str, option: str) -> bool:
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        print(f"llmp: {option}: cannot write {path}: {exc.strerror}", file=sys.stderr)
+        return False
+    print(f"wrote {path}", file=sys.stderr)
+    return True
 
-    plan, _cost, results = _plan(args)
-    text = render_report(plan, results, args.format)
-    if args.output:
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from infra.policy.proof_run import ProofRunError, run_proofs
+    from infra.policy.report import PICTURES, picture_file, pictures, render_report, verdict
+    from infra.policy.rules import CONTROLS
+
+    plan, cost, results = _plan(args)
+    if args.topology_svg:  # only the picture (the README's docs/prod-topology.svg is made this way)
+        return EXIT_OK if _write(args.topology_svg, pictures(plan, cost).topology, "--topology-svg") else EXIT_CONFIG
+    proofs = None
+    if args.with_tests:
+        print("running the tests that prove the controls…", file=sys.stderr)
         try:
-            Path(args.output).write_text(text)
-        except OSError as exc:
-            print(f"llmp: --output: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
+            proofs = run_proofs(t for c in CONTROLS for t in c.proven_by)
+        except ProofRunError as exc:
+            print(f"llmp: --with-tests: {exc}", file=sys.stderr)
+            return EXIT_PROGRAM
+    files = None
+    if args.output and args.format == "markdown":  # Markdown links its pictures as files beside it
+        files = {name: picture_file(Path(args.output).name, name) for name in PICTURES}
+        drawn = pictures(plan, cost).named()
+        for name, file in files.items():
+            if not _write(str(Path(args.output).with_name(file)), drawn[name], "--output"):
+                return EXIT_CONFIG
+    text = render_report(plan, results, args.format, proofs=proofs, picture_files=files)
+    if args.output:
+        if not _write(args.output, text, "--output"):
             return EXIT_CONFIG
-        print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
-    return EXIT_OK
+    return EXIT_POLICY if verdict(results, proofs)[1] else EXIT_OK
 
 
 def cmd_preview_config(args: argparse.Namespace) -> int:
@@ -221,6 +251,13 @@ def cmd_catalog_refresh(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check a stack after `pulumi up`: clusters, gateways, chat, sessions, residency (infra/verify/)."""
+    from infra.verify.run import verify
+
+    return verify(args)
+
+
 def _add_stack_args(p: argparse.ArgumentParser, stack_required: bool = False) -> None:
     p.add_argument("--stack", required=stack_required,
                    help="stack name: reads Pulumi.<stack>.yaml (default: prod, or the --config-file's name)")
@@ -228,19 +265,28 @@ def _add_stack_args(p: argparse.ArgumentParser, stack_required: bool = False) ->
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llmp", description="llm-platform: plan, report and run the LLM serving platform")
+    p = argparse.ArgumentParser(prog="llmp", description="llm-platform: plan, report and run the LLM serving platform",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"llmp {version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     plan = sub.add_parser("plan", help="offline plan of a stack: resources, cost, policy controls")
     _add_stack_args(plan)
-    plan.add_argument("--format", choices=["table", "json", "markdown"], default="table")
+    plan.add_argument("--format", choices=["table", "json", "markdown", "html"], default="table",
+                      help="table (default: for a terminal), json (only JSON on stdout), markdown (a PR comment) "
+                           "or html (with its pictures)")
     plan.set_defaults(func=cmd_plan)
 
-    report = sub.add_parser("report", help="compliance report of a stack's policy controls")
-    _add_stack_args(report, stack_required=True)
-    report.add_argument("--format", choices=["markdown", "html"], default="markdown")
+    report = sub.add_parser("report", help="compliance report of a stack's policy controls; exits 1 when a "
+                                           "mandatory control fails (or, with --with-tests, a proof test fails)")
+    _add_stack_args(report)
+    report.add_argument("--format", choices=["markdown", "html"], default="markdown",
+                        help="html carries its pictures inline; markdown links them as SVG files beside --output")
     report.add_argument("--output", "-o", help="write to this file instead of standard output")
+    report.add_argument("--with-tests", action="store_true",
+                        help="run the tests that prove each control (pytest, from a checkout) and show their results")
+    report.add_argument("--topology-svg", metavar="PATH",
+                        help="write only the topology picture of the stack's plan to PATH (no report)")
     report.set_defaults(func=cmd_report)
 
     preview = sub.add_parser("preview-config", help="print the config of an ephemeral pr-<number> stack")
@@ -270,6 +316,22 @@ def parser() -> argparse.ArgumentParser:
     refresh.add_argument("--output", "-o", help="write here instead of infra/catalog.yaml")
     refresh.set_defaults(func=cmd_catalog_refresh)
 
+    check = sub.add_parser("verify", help="check a deployed stack after `pulumi up` (clusters, gateways, chat)")
+    check.add_argument("--stack", required=True, help="the stack: reads Pulumi.<stack>.yaml")
+    check.add_argument("--config-file", help="a Pulumi.<stack>.yaml to read instead of the stack's own file")
+    check.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)")
+    check.add_argument("--context", action="append", metavar="REGION=NAME",
+                       help="kube context of a region (repeat; default: the cluster's name, llmp-<stack>-<region>)")
+    check.add_argument("--endpoint", action="append", metavar="NAME=URL",
+                       help="call this URL for a gateway DNS name (repeat; default: https://NAME)")
+    check.add_argument("--key", help="gateway key for the chat calls (default: $LLMP_VERIFY_KEY); never printed")
+    check.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default: 10)")
+    check.add_argument("--format", choices=["text", "json"], default="text", help="text (default) or json")
+    check.set_defaults(func=cmd_verify)
+
+    for name, command in sub.choices.items():  # every command's --help says what its exit code means
+        if name != "report":  # report's exit codes are its own (see `llmp report --help`)
+            command.epilog, command.formatter_class = EPILOG, argparse.RawDescriptionHelpFormatter
     sub.add_parser("gateway", help="run the OpenAI-compatible gateway (see `llmp gateway --help`)", add_help=False)
     sub.add_parser("keys", help="virtual keys, teams and spend on a running gateway (see `llmp keys --help`)",
                    add_help=False)

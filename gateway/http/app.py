@@ -12,12 +12,14 @@ from gateway.config.native import GatewayConfig
 from gateway.governance.build import build_governance
 from gateway.governance.provider_keys import resolve_secrets
 from gateway.http.admin import AdminApi
+from gateway.http.admin_off import governance_off_routes
 from gateway.http.auth import MasterKeyAuth, check_master_key
 from gateway.http.cors import Cors, CorsPolicy
 from gateway.http.handlers import Endpoints
 from gateway.http.health import Health
 from gateway.http.models import ModelList
 from gateway.http.passthrough import audio_routes
+from gateway.http.peer import PeerApi
 from gateway.http.state import STATE, AppState
 from gateway.observability.calllog import CallLog
 from gateway.observability.metrics import GatewayMetrics
@@ -82,8 +84,11 @@ def build_app(
         state.auth = state.governance.auth
         state.usage = state.governance
         app_routes = AdminApi(state.governance).routes()
+        peers = state.governance.peers
+        if peers is not None:  # answered to the stack's other regions, by the peer key alone (http/peer.py)
+            app_routes += PeerApi(peers.settings.key, state.governance.store, peers.budgets).routes()
     else:
-        app_routes = []
+        app_routes = governance_off_routes()  # the admin paths answer how to turn governance on
     state.quotas = DeploymentQuotas.for_config(config, state.governance.limiter if state.governance else None)
     for ref in secrets.unset_refs() if secrets is not None else []:
         state.on_secret(ref, "")
