@@ -178,10 +178,7 @@ def test_one_peer_key_for_the_stack_replicated_to_every_region(prod_plan: Plan) 
 # -- the rendered config --------------------------------------------------------------------------
 
 def _loaded(config: dict[str, Any], path: Path) -> GatewayConfig:
-    """The gateway's own loader on the rendered config. Until the gateway's config knows `peers` (the peer sync
-    adds it), that section is judged by the test below instead of the loader."""
-    if "peers" not in GatewayConfig.model_fields:
-        config = {k: v for k, v in config.items() if k != "peers"}
+    """The gateway's own loader on the rendered config, `peers` included."""
     path.write_text(yaml.safe_dump(config))
     return load_config(path)
 
@@ -202,6 +199,9 @@ def test_every_regional_gateway_config_turns_governance_on_with_its_own_stores(
         assert config.ledger.store_password_secret == db.outputs["masterUserSecrets"][0]["secretArn"]
         assert config.ledger.spool_dir == "/var/lib/llmp/spool"
         assert config.keys.refresh_seconds == 2
+        others = [r.name for r in plan.config.regions if r.name != region]
+        assert (config.peers.urls if config.peers else []) == [f"https://{o}.{plan.config.gateway.domain}"
+                                                                for o in others]
 
 
 def test_every_prod_gateway_syncs_with_every_other_region(prod_plan: Plan) -> None:
