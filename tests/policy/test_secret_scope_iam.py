@@ -75,6 +75,15 @@ def _populate(plan: Plan, secret_arns: dict, credentials: dict) -> None:
                 Name=name, SecretString=f"{plan.stack}:{name}:{region}")["ARN"]
             secret_arns[(plan.stack, name, region)] = arn
             planned_to_moto[secret.outputs["arn"].replace(f":{secret.region}:", f":{region}:")] = arn
+    # RDS's own secret of each gateway ledger (its managed master password), named rds!db-<id> by RDS; the mock
+    # engine names both stacks' alike, so the stack goes in front here.
+    for db in plan.of_type("aws:rds/instance:Instance"):
+        for managed in db.outputs.get("masterUserSecrets") or []:
+            name = managed["secretArn"].split(":secret:", 1)[1][:-7]  # less RDS's -<6 characters> suffix
+            arn = boto3.client("secretsmanager", region_name=db.region).create_secret(
+                Name=f"{plan.stack}-{name}", SecretString=f"{plan.stack}:{name}:{db.region}")["ARN"]
+            secret_arns[(plan.stack, name, db.region)] = arn
+            planned_to_moto[managed["secretArn"]] = arn
     roles = {r.outputs["arn"]: r for r in plan.of_type("aws:iam/role:Role")}
     # A model server role also has its weights policy (tests/policy/test_weights_scope_iam.py): take the secrets one.
     role_policies = {r.inputs["role"]: r for r in plan.of_type("aws:iam/rolePolicy:RolePolicy")
