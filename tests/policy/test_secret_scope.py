@@ -42,7 +42,9 @@ def test_only_the_stacks_gateway_roles_may_read_its_gateway_secrets(stack_plan):
     assert sorted(gateway_roles.values()) == sorted(r.name for r in stack_plan.config.regions)
     readers = [e for e in res.evidence if e.get("kind") == "gateway"]
     assert len(readers) == len(gateway_roles), "each gateway role reads its region's copies"
-    for e in [e for e in res.evidence if e.get("type") == SECRET and e["secret"] != TOKEN.format(stack_plan.stack)]:
+    peer_key = f"llm-platform/{stack_plan.stack}/gateway/peer-key"  # every zone's gateways: see the test below
+    for e in [e for e in res.evidence if e.get("type") == SECRET
+              and e["secret"] not in (TOKEN.format(stack_plan.stack), peer_key)]:
         zone = stack_plan.config.zone_of(e["region"])
         assert e["readers"] and all(stack_plan.config.zone_of(gateway_roles[r]) == zone for r in e["readers"])
 

@@ -214,6 +214,8 @@ def _gateway_stores(resources: Resources, policy: PolicyConfig, found: Findings)
     db_by_ref = {str(ref): db for db in dbs for ref in (db.outputs.get("arn"), db.outputs.get("identifier"),
                                                          db.inputs.get("identifier")) if ref}
     for store in resources.of_type(REPLICATION_GROUP) + dbs:
+        if store.inputs.get("replicateSourceDb"):
+            continue  # a read replica: judged below by its source's zone
         named_for = store.name.split("-gateway-", 1)[0] if "-gateway-" in store.name else None
         found.judged(store, store_of_gateway_in=named_for, zone=policy.zone_of(store.region))
         if named_for and named_for != store.region:
