@@ -1,6 +1,7 @@
 """The gateway config (gateway's native format, see gateway/config.py) the program renders for each region."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from infra import bedrock
@@ -11,6 +12,17 @@ from infra.config import BEDROCK, Model, Region, StackConfig, hosted_fallback
 # References the gateway resolves in its stack's Secrets Manager path, llm-platform/<stack>/<name>
 # (infra/components/secrets.py creates them; the gateway's IRSA role reads exactly these).
 MASTER_KEY = "secret/gateway/master-key"
+# The region's Redis URL (infra/components/gateway_stores.py writes it) and the stack-wide peer key
+# (infra/components/secrets.py PeerKey).
+REDIS_URL = "secret/gateway/redis-url"
+PEER_KEY = "secret/gateway/peer-key"
+# The spool's volume in the gateway pod (charts/gateway: one PVC per pod).
+SPOOL_DIR = "/var/lib/llmp/spool"
+# Replicas re-read changed keys this often: the bound on how long a revoked key still works in its region.
+KEY_REFRESH_SECONDS = 2
+# Each gateway pulls key records and spend totals from every peer this often (s): with the ledger's flush
+# interval, what bounds a budget's overshoot across regions (README: Gateway state stores).
+PEER_INTERVAL_SECONDS = 5
 # After SIGTERM, calls in flight get this long (s) to finish (gateway.front_door.shutdown_grace); charts/gateway
 # reads it from the rendered config for terminationGracePeriodSeconds, so the two cannot disagree. As long as a
 # model server drains: a gateway rollout never cuts a generation its model server would have finished.
@@ -74,8 +86,37 @@ def other_zones(cfg: StackConfig, region: Region) -> dict[str, Any]:
     return out
 
 
-def gateway_config(cfg: StackConfig, region: Region) -> dict[str, Any]:
-    """Models this region's gateway offers: every model served somewhere in its residency zone."""
+@dataclass(frozen=True)
+class StoreRefs:
+    """Where a region's gateway keeps its state (infra/components/gateway_stores.py): strings, or Pulumi Outputs
+    when the program renders the release (the release's values then resolve once the stores exist)."""
+
+    ledger_dsn: Any  # postgresql://llmp@<address>:5432/llmp?sslmode=..., no password
+    ledger_password_secret: Any  # the ARN of RDS's own secret holding the password
+
+
+def peer_urls(cfg: StackConfig, region: Region) -> list[str]:
+    """Every other region of the stack, in any zone: peers exchange key records and spend totals only."""
+    return [f"https://{regional_host(r.name, cfg.gateway.domain)}" for r in cfg.regions if r.name != region.name]
+
+
+def governance(cfg: StackConfig, region: Region, stores: StoreRefs) -> dict[str, Any]:
+    """The config sections that turn keys, limits, budgets and the spend ledger on, with this region's stores."""
+    out: dict[str, Any] = {
+        "redis": {"url": REDIS_URL},
+        "ledger": {"store": stores.ledger_dsn, "store_password_secret": stores.ledger_password_secret,
+                   "spool_dir": SPOOL_DIR},
+        "keys": {"refresh_seconds": KEY_REFRESH_SECONDS},
+    }
+    peers = peer_urls(cfg, region)
+    if peers:  # a one-region stack has nobody to sync with
+        out["peers"] = {"urls": peers, "key": PEER_KEY, "interval": PEER_INTERVAL_SECONDS}
+    return out
+
+
+def gateway_config(cfg: StackConfig, region: Region, stores: StoreRefs | None = None) -> dict[str, Any]:
+    """Models this region's gateway offers: every model served somewhere in its residency zone; with `stores`,
+    governance on those stores (the program always passes them; None renders the stateless gateway)."""
     models = []
     for model in cfg.models:
         deployments = _deployments(cfg, model, region)
@@ -88,4 +129,5 @@ def gateway_config(cfg: StackConfig, region: Region) -> dict[str, Any]:
         "secrets": {"source": "aws-secretsmanager", "stack": cfg.stack, "region": region.name},
         "models": models,
         "other_zones": other_zones(cfg, region),
+        **(governance(cfg, region, stores) if stores is not None else {}),
     }

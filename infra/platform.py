@@ -14,6 +14,7 @@ from infra.components.cluster import Cluster, ClusterArgs
 from infra.components.deploy_hub import DeployHub, DeployHubArgs
 from infra.components.dns import FailoverDns, FailoverDnsArgs
 from infra.components.gateway import Gateway, GatewayArgs, gateway_role
+from infra.components.gateway_stores import GatewayStores, GatewayStoresArgs
 from infra.components.hub_peering import HubPeering, HubPeeringArgs
 from infra.components.karpenter import Karpenter, KarpenterArgs
 from infra.components.load_balancer import LoadBalancerController, LoadBalancerControllerArgs, load_balancer_hostname
@@ -24,9 +25,9 @@ from infra.components.monitoring import Monitoring, MonitoringArgs
 from infra.components.network import Network, NetworkArgs
 from infra.components.node_pool import NodePool, NodePoolArgs
 from infra.components.providers import global_provider, iam_path, regional_provider, stack_tags
-from infra.components.secrets import StackSecrets, StackSecretsArgs, huggingface_token_name
+from infra.components.secrets import PeerKey, PeerKeyArgs, StackSecrets, StackSecretsArgs, huggingface_token_name
 from infra.config import Region, StackConfig
-from infra.gateway_config import gateway_config
+from infra.gateway_config import StoreRefs, gateway_config
 from infra.placement import network_zones, pool_zones
 
 TAG_PR = "llm-platform:pr"
@@ -198,9 +199,10 @@ class Platform(pulumi.ComponentResource):
         regions = {hub.region.name: hub, **{r.name: RegionalStack(cfg, r, iam, dns, self, extra_tags, hub)
                                             for r in cfg.regions[1:]}}
         providers = {n: rs.provider for n, rs in regions.items()}
+        zone_secrets: dict[str, StackSecrets] = {}
         for zone in cfg.zones:
             members = [r.name for r in cfg.regions_in(zone)]
-            secrets = StackSecrets(f"{name}-secrets-{zone}", StackSecretsArgs(
+            secrets = zone_secrets[zone] = StackSecrets(f"{name}-secrets-{zone}", StackSecretsArgs(
                 stack=cfg.stack, zone=zone, regions=members, providers=cfg.secrets.providers,
                 reader_role_arns=[regions[r].gateway_role.arn for r in members],
                 model_reader_role_arns=[role.arn for r in members for role in regions[r].token_reader_roles],
@@ -214,14 +216,33 @@ class Platform(pulumi.ComponentResource):
                 )] if reads_token and rs.model_role else [],
                     (huggingface_token_name(cfg.stack), secrets.huggingface_token_arns[region_name],
                      secrets.key_arns[region_name]) if reads_token else None)
-                gateway = Gateway(f"{region_name}-gateway", GatewayArgs(
-                    cfg=cfg, region=rs.region, role=rs.gateway_role, secret_arns=secrets.arns[region_name],
-                    key_arn=secrets.key_arns[region_name], config=gateway_config(cfg, rs.region),
-                    certificate_arn=rs.certificate_arn, tags=rs.tags,
-                    load_balancer_controller=rs.load_balancer.release),
-                    rs.cluster.kubernetes, iam,
-                    pulumi.ResourceOptions(parent=self, depends_on=[rs.addons, rs.autoscaling, rs.monitoring.stack]))
-                dns.add_region(region_name, load_balancer_hostname(
-                    f"{region_name}-gateway-lb", f"{GATEWAY_RELEASE}-public", gateway.release,
-                    rs.cluster.kubernetes, gateway))
+        # The gateways' state: one peer key for the whole stack, and each region's own stores (README: Gateway
+        # state stores).
+        key_arns = {r: zone_secrets[cfg.zone_of(r)].key_arns[r] for r in regions}
+        peer_key = PeerKey("gateway-peer-key", PeerKeyArgs(
+            stack=cfg.stack, regions=list(regions), key_arns=dict(key_arns),
+            reader_role_arns=[rs.gateway_role.arn for rs in regions.values()],
+            recovery_window_days=0 if cfg.environment == "preview" else 7), providers, here)
+        for region_name, rs in regions.items():
+            stores = GatewayStores(f"{region_name}-gateway-stores", GatewayStoresArgs(
+                stack=cfg.stack, region=region_name, environment=cfg.environment, vpc_id=rs.network.vpc_id,
+                private_subnet_ids=rs.network.private_subnet_ids,
+                cluster_security_group_id=rs.cluster.eks.vpc_config.cluster_security_group_id,
+                kms_key_arn=key_arns[region_name], reader_role_arn=rs.gateway_role.arn, tags=rs.tags,
+                recovery_window_days=0 if cfg.environment == "preview" else 7), rs.provider, here)
+            secrets = zone_secrets[cfg.zone_of(region_name)]
+            gateway = Gateway(f"{region_name}-gateway", GatewayArgs(
+                cfg=cfg, region=rs.region, role=rs.gateway_role,
+                secret_arns=[*secrets.arns[region_name], stores.redis_url_secret_arn,
+                             stores.ledger_password_secret_arn, peer_key.arns[region_name]],
+                key_arn=key_arns[region_name],
+                config=gateway_config(cfg, rs.region, StoreRefs(stores.ledger_dsn, stores.ledger_password_secret_arn)),
+                certificate_arn=rs.certificate_arn, tags=rs.tags,
+                load_balancer_controller=rs.load_balancer.release),
+                rs.cluster.kubernetes, iam,
+                pulumi.ResourceOptions(parent=self, depends_on=[rs.addons, rs.autoscaling, rs.monitoring.stack,
+                                                                stores, peer_key]))
+            dns.add_region(region_name, load_balancer_hostname(
+                f"{region_name}-gateway-lb", f"{GATEWAY_RELEASE}-public", gateway.release,
+                rs.cluster.kubernetes, gateway))
         self.register_outputs({"regions": list(regions), "domain": cfg.gateway.domain})

@@ -140,3 +140,50 @@ def _policy_json(copies: list[pulumi.Output[str]], readers: Sequence[pulumi.Inpu
                  sid: str) -> pulumi.Output[str]:
     return pulumi.Output.all(pulumi.Output.all(*copies), *readers).apply(
         lambda a: json.dumps(deny_all_but(list(a[1:]), a[0], sid)))
+
+
+def peer_key_name(stack: str) -> str:
+    """The key the stack's regional gateways authenticate each other with when they sync keys and spend totals."""
+    return f"llm-platform/{stack}/gateway/peer-key"
+
+
+@dataclass(frozen=True)
+class PeerKeyArgs:
+    stack: str
+    regions: list[str]  # every region of the stack; the first holds the primary copy
+    key_arns: dict[str, pulumi.Input[str]]  # the stack's secrets key in each region (its zone's key there)
+    reader_role_arns: Sequence[pulumi.Input[str]]  # every region's gateway role
+    recovery_window_days: int = 7
+
+
+class PeerKey(pulumi.ComponentResource):
+    """One stack-wide secret, replicated to every region of the stack (across zones: it is a shared credential,
+    never data). `arns[region]` is the copy the gateway of that region reads.
+
+    It must hold the same value everywhere before any gateway starts, so the program writes it: a random value
+    drawn at the first `up` (Secrets Manager's GetRandomPassword, no extra provider plugin). The invoke draws anew
+    at every `up`; the version ignores its value after the first, like the placeholders above, so a value put in
+    later (a rotation) stays."""
+
+    def __init__(self, name: str, args: PeerKeyArgs, providers: dict[str, aws.Provider],
+                 opts: pulumi.ResourceOptions | None = None):
+        super().__init__("llm-platform:secrets:PeerKey", name, None, opts)
+        primary, replicas = args.regions[0], args.regions[1:]
+        secret = aws.secretsmanager.Secret(
+            name, name=peer_key_name(args.stack), kms_key_id=args.key_arns[primary],
+            description="shared key of the stack's regional gateways (peer sync)",
+            recovery_window_in_days=args.recovery_window_days,
+            replicas=[aws.secretsmanager.SecretReplicaArgs(region=r, kms_key_id=args.key_arns[r]) for r in replicas],
+            opts=child_opts(self, providers[primary]))
+        value = aws.secretsmanager.get_random_password_output(
+            password_length=48, exclude_punctuation=True,
+            opts=pulumi.InvokeOutputOptions(provider=providers[primary], parent=self))
+        aws.secretsmanager.SecretVersion(
+            f"{name}-value", secret_id=secret.id, secret_string=pulumi.Output.secret(value.random_password),
+            opts=child_opts(self, providers[primary], ignore_changes=["secretString"]))
+        self.arns = {region: _in_region(secret.arn, primary, region) for region in args.regions}
+        aws.secretsmanager.SecretPolicy(
+            name, secret_arn=secret.arn, block_public_policy=True,
+            policy=_policy_json(list(self.arns.values()), args.reader_role_arns, "OnlyThisStacksGatewaysRead"),
+            opts=child_opts(self, providers[primary]))
+        self.register_outputs({"arns": self.arns})

@@ -58,6 +58,9 @@ class PlanMocks(pulumi.runtime.Mocks):
                     "arn": f"arn:aws:route53:::hostedzone/{zone_id}"}, []
         if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
             return {"accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/plan", "userId": "PLAN"}, []
+        if args.token == "aws:secretsmanager/getRandomPassword:getRandomPassword":  # made up, stable per plan
+            length = int(args.args.get("passwordLength") or 32)
+            return {"randomPassword": _hex("password", region, str(length), n=64)[:length], "id": region}, []
         return {}, []
 
     # -- resources ------------------------------------------------------------------------------
@@ -83,6 +86,12 @@ class PlanMocks(pulumi.runtime.Mocks):
             state["tagsAll"] = tags
         self.resources.append(PlannedResource(args.typ, args.name, region, inputs, tags, outputs))
         return state.get("id", rid), state
+
+
+def _short(region: str) -> str:
+    """ElastiCache's endpoint spelling of a region: us-east-1 -> use1."""
+    parts = region.split("-")
+    return parts[0] + "".join(p[0] for p in parts[1:-1]) + parts[-1]
 
 
 def _provider_region(typ: str, inputs: dict[str, Any]) -> str:
@@ -135,6 +144,21 @@ def _outputs(typ: str, name: str, region: str, inputs: dict[str, Any]) -> dict[s
     if typ == "aws:secretsmanager/secret:Secret":
         arn = f"arn:aws:secretsmanager:{region}:{ACCOUNT}:secret:{physical}-{h[:6]}"
         return {"arn": arn, "id": arn}  # the provider's id for a secret is its ARN
+    if typ == "aws:elasticache/replicationGroup:ReplicationGroup":
+        group = inputs.get("replicationGroupId") or physical
+        return {"replicationGroupId": group, "arn": f"arn:aws:elasticache:{region}:{ACCOUNT}:replicationgroup:{group}",
+                "primaryEndpointAddress": f"master.{group}.{h[:6]}.{_short(region)}.cache.amazonaws.com"}
+    if typ == "aws:rds/instance:Instance":  # RDS's own master user secret: rds!db-<resource id>-<suffix>
+        dbi = inputs.get("identifier") or physical
+        address = f"{dbi}.c{h[:11]}.{region}.rds.amazonaws.com"
+        u = _hex("rds", name, n=32)
+        secret = f"arn:aws:secretsmanager:{region}:{ACCOUNT}:secret:rds!db-{u[:8]}-{u[8:12]}-{u[12:16]}-{u[16:20]}-" \
+                 f"{u[20:32]}-{h[:6]}"
+        return {"identifier": dbi, "address": address, "endpoint": f"{address}:{inputs.get('port') or 5432}",
+                "arn": f"arn:aws:rds:{region}:{ACCOUNT}:db:{dbi}",
+                "masterUserSecrets": [{"secretArn": secret, "secretStatus": "active",
+                                       "kmsKeyId": inputs.get("masterUserSecretKmsKeyId") or ""}]
+                if inputs.get("manageMasterUserPassword") else []}
     if typ == "aws:acm/certificate:Certificate":
         names = [inputs["domainName"], *(inputs.get("subjectAlternativeNames") or [])]
         return {"arn": f"arn:aws:acm:{region}:{ACCOUNT}:certificate/{_hex('cert', name, n=32)}",
