@@ -139,7 +139,7 @@ class CostEstimate:
         return (sum(p.monthly_usd_max for p in self.pools) + sum(self.fixed_monthly_usd.values())
                 + sum(s.monthly_usd_max for s in self.stores))
 
-    def as_json(self) -> dict:
+    def as_json(self) -> dict[str, Any]:
         return {
             "monthly_usd_min": round(self.monthly_usd_min, 2),
             "monthly_usd_max": round(self.monthly_usd_max, 2),
@@ -326,7 +326,8 @@ def estimate(resources: Sequence[Resource], budget_usd: float, catalog: Catalog 
     stores, _ = store_costs(resources, catalog)  # what cannot be priced fails budget-cap
     result = CostEstimate(pools=pools, fixed_monthly_usd=fixed, budget_usd=budget_usd, catalog_as_of=catalog.as_of,
                           stores=stores)
-    for p in [*pools, *stores]:
+    ranges: list[PoolCost | StoreCost] = [*pools, *stores]
+    for p in ranges:
         region = result.regions.setdefault(p.region, {"monthly_usd_min": 0.0, "monthly_usd_max": 0.0})
         region["monthly_usd_min"] += p.monthly_usd_min
         region["monthly_usd_max"] += p.monthly_usd_max

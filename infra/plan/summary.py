@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from infra.catalog import load_catalog
 from infra.plan.cost import DB_INSTANCE, REPLICATION_GROUP, CostEstimate, recorded_pools
@@ -39,7 +40,7 @@ class ModelPlacement:
 class RegionSummary:
     name: str
     residency: str
-    pools: list[dict] = field(default_factory=list)
+    pools: list[dict[str, Any]] = field(default_factory=list)
     models: list[ModelPlacement] = field(default_factory=list)
     monthly_usd_min: float = 0.0
     monthly_usd_max: float = 0.0
@@ -47,16 +48,16 @@ class RegionSummary:
     addons: dict[str, str] = field(default_factory=dict)
     elastic: list[str] = field(default_factory=list)
     # The gateway's state stores: its Redis and its ledger, each with its secrets, network rule and cost.
-    stores: list[dict] = field(default_factory=list)
+    stores: list[dict[str, Any]] = field(default_factory=list)
 
-    def as_json(self) -> dict:
+    def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "residency": self.residency, "pools": self.pools,
                 "models": [vars(m) for m in self.models], "addons": self.addons, "elastic": self.elastic,
                 "stores": self.stores,
                 "monthly_usd_min": round(self.monthly_usd_min, 2), "monthly_usd_max": round(self.monthly_usd_max, 2)}
 
 
-def model_placement(values: dict) -> ModelPlacement:
+def model_placement(values: dict[str, Any]) -> ModelPlacement:
     """A vLLM release's values -> where the model runs and how far it scales."""
     scaling = values.get("autoscaling") or {}
     replicas = int(values.get("replicaCount", 1))
@@ -159,16 +160,16 @@ def _forces_tls(plan: Plan, db: PlannedResource) -> bool:
                                      for p in group.inputs.get("parameters") or [])
 
 
-def gateway_stores(plan: Plan, region: str, cost: CostEstimate) -> list[dict]:
+def gateway_stores(plan: Plan, region: str, cost: CostEstimate) -> list[dict[str, Any]]:
     """The region's gateway stores as the plan shows them: engine, size, Multi-AZ, secrets, network rule, cost."""
     costs = {(c.region, c.name): c for c in cost.stores}
     secrets = {str(s.inputs.get("name")) for s in plan.of_type(SECRET) if s.region == region}
-    out: list[dict] = []
+    out: list[dict[str, Any]] = []
     for r in plan.resources:
         if r.region != region or r.type not in (REPLICATION_GROUP, DB_INSTANCE):
             continue
         i, priced = r.inputs, costs.get((r.region, r.name))
-        item: dict = {"name": r.name, "engine": f"{i.get('engine')} {i.get('engineVersion') or ''}".strip(),
+        item: dict[str, Any] = {"name": r.name, "engine": f"{i.get('engine')} {i.get('engineVersion') or ''}".strip(),
                       "monthly_usd_min": round(priced.monthly_usd_min, 2) if priced else None,
                       "monthly_usd_max": round(priced.monthly_usd_max, 2) if priced else None}
         if r.type == REPLICATION_GROUP:
@@ -197,7 +198,7 @@ def gateway_stores(plan: Plan, region: str, cost: CostEstimate) -> list[dict]:
     return sorted(out, key=lambda item: item["kind"], reverse=True)  # Redis first, then the ledger
 
 
-def store_line(store: dict) -> str:
+def store_line(store: dict[str, Any]) -> str:
     """One store in one line, for the table and the PR comment."""
     size = (f"{store['nodes']} × {store['size']}" if store["kind"] == "redis"
             else f"{store['size']}, {store['storage']}")

@@ -27,6 +27,7 @@ from infra.policy.rules.base import (
     TAG_RESIDENCY,
     Findings,
     PolicyConfig,
+    Resource,
     Resources,
     as_list,
     policy_document,
@@ -292,7 +293,7 @@ def _alert_destinations(resources: Resources, found: Findings) -> None:
 
 def _zone_names(resources: Resources, policy: PolicyConfig, found: Findings) -> None:
     """Every zone's name routes only to that zone's regions, judged by the records the program creates."""
-    records_of: dict[str, list] = {zone: [] for zone in policy.residency}
+    records_of: dict[str, list[Resource]] = {zone: [] for zone in policy.residency}
     for record in resources.of_type(DNS_RECORD):
         label = str(record.inputs.get("name") or "").split(".", 1)[0]
         if label in records_of:
