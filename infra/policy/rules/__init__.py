@@ -159,6 +159,7 @@ CONTROLS: list[Control] = [
                 f"{_T}test_secret_scope_iam.py::"
                 "test_a_model_server_role_reads_the_hugging_face_token_in_its_region_and_no_provider_key",
                 f"{_T}test_secret_scope_iam.py::test_a_gateway_role_cannot_read_the_hugging_face_token",
+                f"{_T}test_secret_scope_iam.py::test_a_gateway_role_reads_its_regions_ledger_password_and_no_other",
                 f"{_T}test_secret_scope.py::test_each_gateway_reads_its_regions_redis_url_peer_key_and_ledger_password",
                 f"{_T}test_secret_scope.py::test_the_peer_key_is_the_only_secret_every_zones_gateways_read",
                 f"{_T}test_secret_scope.py::test_another_regions_gateway_reading_a_redis_url_or_ledger_password_is_rejected",
