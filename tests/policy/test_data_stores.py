@@ -185,3 +185,23 @@ def test_ledger_without_backups_is_rejected(preview_plan):
         backupRetentionPeriod=0))
     assert_rejected(result_of_resources(preview_plan, resources, "data-stores"),
                     "keeps automated backups 0 day(s) (backupRetentionPeriod); at least 1 in preview")
+
+
+def test_gateway_connects_to_its_ledger_over_tls_without_a_password_in_its_config(stack_plan):
+    res = result(stack_plan, "data-stores")
+    assert_passes(res)
+    seen = [e for e in res.evidence if "ledger_sslmode" in e]
+    assert len(seen) == len(stack_plan.config.regions)
+    assert all(e["ledger_sslmode"] in ("require", "verify-ca", "verify-full") and not e["ledger_password_in_dsn"]
+               for e in seen)
+
+
+def test_gateway_config_that_lets_libpq_fall_back_to_plaintext_or_carries_the_password_is_rejected(prod_plan):
+    def weaken(rs):
+        release = next(r for r in rs if r.type == "kubernetes:helm.sh/v3:Release" and r.region == "us-west-2"
+                       and str(r.inputs.get("chart", "")).endswith("charts/gateway"))
+        ledger = release.inputs["values"]["config"]["ledger"]
+        ledger["store"] = ledger["store"].replace("llmp@", "llmp:hunter2@").split("?")[0] + "?sslmode=prefer"
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, weaken), "data-stores"),
+                    "the gateway in us-west-2 connects to its ledger with sslmode=prefer",
+                    "the gateway in us-west-2 has its ledger password in the rendered DSN")

@@ -444,3 +444,16 @@ def test_the_peer_key_alone_is_replicated_across_zones(prod_plan):
         secret.inputs["replicas"] = [*secret.inputs["replicas"], {"region": "eu-north-1", "kmsKeyId": ""}]
     assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, replicate_master_key), "region-residency"),
                     "secret llm-platform/prod/gateway/master-key (us-east-1, zone 'us') is replicated to eu-north-1")
+
+
+def test_a_config_putting_a_store_outside_its_zone_is_rejected_naming_it():
+    """Broken config: the zone called "eu" is declared to include us-east-1: that region's gateway stores would keep
+    the EU zone's key records, spend rows and counters in the US."""
+    raw = stack_raw("preview")
+    raw["residency"] = {"eu": ["eu-north-1", "us-east-1"]}
+    raw["regions"][0]["residency"] = "eu"
+    assert_rejected(result(plan_of(raw, "preview"), "region-residency"),
+                    "Instance us-east-1-gateway-ledger would keep zone 'eu''s key records and spend rows in us-east-1, "
+                    "outside the EU jurisdiction",
+                    "ReplicationGroup us-east-1-gateway-redis would keep zone 'eu''s limit and budget counters in "
+                    "us-east-1")

@@ -108,6 +108,7 @@ CONTROLS: list[Control] = [
                 f"{_T}test_region_residency.py::test_ledger_copies_outside_its_zone_are_rejected",
                 f"{_T}test_region_residency.py::test_gateway_pointing_at_another_regions_ledger_is_rejected",
                 f"{_T}test_region_residency.py::test_the_peer_key_alone_is_replicated_across_zones",
+                f"{_T}test_region_residency.py::test_a_config_putting_a_store_outside_its_zone_is_rejected_naming_it",
             ]),
     Control("failover-topology", "Losing any one region leaves every model serving, and DNS routes around it",
             failover.DESCRIPTION, MANDATORY, failover.check, [
@@ -220,6 +221,9 @@ CONTROLS: list[Control] = [
                 f"{_T}test_data_stores.py::test_prod_ledger_without_standby_protection_or_final_snapshot_is_rejected",
                 f"{_T}test_data_stores.py::test_prod_redis_on_one_node_is_rejected",
                 f"{_T}test_data_stores.py::test_ledger_without_backups_is_rejected",
+                f"{_T}test_data_stores.py::test_gateway_connects_to_its_ledger_over_tls_without_a_password_in_its_config",
+                f"{_T}test_data_stores.py::"
+                "test_gateway_config_that_lets_libpq_fall_back_to_plaintext_or_carries_the_password_is_rejected",
             ]),
     Control("version-support", "Clusters run a Kubernetes version EKS supports well past the plan's date",
             versions.DESCRIPTION, MANDATORY, versions.check, [

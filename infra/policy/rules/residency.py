@@ -218,7 +218,13 @@ def _gateway_stores(resources: Resources, policy: PolicyConfig, found: Findings)
         if store.inputs.get("replicateSourceDb"):
             continue  # a read replica: judged below by its source's zone
         named_for = store.name.split("-gateway-", 1)[0] if "-gateway-" in store.name else None
-        found.judged(store, store_of_gateway_in=named_for, zone=policy.zone_of(store.region))
+        zone = policy.zone_of(store.region)
+        found.judged(store, store_of_gateway_in=named_for, zone=zone)
+        prefix = JURISDICTIONS.get(zone or "")
+        if zone and prefix and not store.region.startswith(prefix):
+            held = "key records and spend rows" if store.type == DB_INSTANCE else "limit and budget counters"
+            found.fail(f"{store.type.rsplit(':', 1)[-1]} {store.name} would keep zone {zone!r}'s {held} in "
+                       f"{store.region}, outside the {zone.upper()} jurisdiction")
         if named_for and named_for != store.region:
             found.fail(f"{store.type.rsplit(':', 1)[-1]} {store.name}, the store of the gateway in {named_for} (zone "
                        f"{policy.zone_of(named_for)!r}), is created in {store.region} (zone "
@@ -257,7 +263,8 @@ def _gateway_store_references(resources: Resources, policy: PolicyConfig, found:
         ledger = ((release.inputs.get("values") or {}).get("config") or {}).get("ledger") or {}
         if not ledger:
             continue
-        host = str(ledger.get("store") or "").partition("@")[2].partition("/")[0].rpartition(":")[0]
+        authority = str(ledger.get("store") or "").partition("://")[2].partition("/")[0].rpartition("@")[2]
+        host = authority.rpartition(":")[0] if authority.count(":") == 1 else authority
         secret = str(ledger.get("store_password_secret") or "")
         db = addresses.get(host)
         found.judged(release, ledger_host=host, ledger_region=db.region if db else None,

@@ -58,7 +58,10 @@ DESCRIPTION = (
     f"{PROD_BACKUP_DAYS}). In prod both stores are Multi-AZ (a replication group of at least two nodes with automatic "
     "failover; an instance with a synchronous standby), and the ledger has deletion protection and takes a final "
     "snapshot when deleted. Redis needs no backups: it holds counters the gateway raises again from the ledger and "
-    "its peers (gateway/governance/budget_sync.py) and rate windows that expire within a minute.")
+    "its peers (gateway/governance/budget_sync.py) and rate windows that expire within a minute. Each gateway's "
+    "rendered config connects to its ledger with an sslmode that never sends in the clear (require, verify-ca or "
+    "verify-full; libpq's default, prefer, would fall back to plaintext) and carries no password in its DSN: the "
+    "gateway reads it from RDS's secret.")
 
 
 def redis_url_secret_name(stack: str) -> str:
@@ -304,8 +307,34 @@ def _ledger(db: Resource, policy: PolicyConfig, net: _Network, subnets: dict[str
                        f"finalSnapshotIdentifier): in prod, deleting it would lose the spend ledger")
 
 
+# libpq's sslmode values that never send a byte without TLS (https://www.postgresql.org/docs/current/
+# libpq-ssl.html#LIBPQ-SSL-PROTECTION); verify-full also checks the server is the ledger it names.
+TLS_SSLMODES = ("require", "verify-ca", "verify-full")
+
+
+def _gateway_connections(resources: Resources, found: Findings) -> None:
+    """The rendered gateway config connects to its ledger over TLS whatever the server allows."""
+    for release in resources.releases(GATEWAY_CHART_DIR):
+        ledger = ((release.inputs.get("values") or {}).get("config") or {}).get("ledger") or {}
+        dsn = str(ledger.get("store") or "")
+        if not dsn.startswith(("postgresql://", "postgres://")):
+            continue
+        query = dict(part.partition("=")[::2] for part in dsn.partition("?")[2].split("&") if part)
+        mode = query.get("sslmode") or "prefer"  # libpq's default: TLS only if the server offers it
+        authority = dsn.split("://", 1)[1].partition("/")[0]
+        password_in_dsn = "@" in authority and ":" in authority.rpartition("@")[0]
+        found.judged(release, ledger_sslmode=mode, ledger_password_in_dsn=password_in_dsn)
+        if mode not in TLS_SSLMODES:
+            found.fail(f"the gateway in {release.region} connects to its ledger with sslmode={mode}; it must be one "
+                       f"of {', '.join(TLS_SSLMODES)} (libpq sends in the clear otherwise)")
+        if password_in_dsn:
+            found.fail(f"the gateway in {release.region} has its ledger password in the rendered DSN; it reads it "
+                       f"from RDS's secret (store_password_secret)")
+
+
 def check(resources: Resources, policy: PolicyConfig) -> Findings:
     found = Findings()
+    _gateway_connections(resources, found)
     net = _Network(resources)
     keys = stack_key_regions(resources)
     cache_subnets = _by_ref(resources, CACHE_SUBNET_GROUP)
