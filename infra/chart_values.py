@@ -16,7 +16,8 @@ import yaml
 from infra.catalog import load_catalog
 from infra.components.autoscaling import PROMETHEUS_URL
 from infra.components.dns import regional_host, zone_host
-from infra.components.network import public_subnet_cidrs
+from infra.components.gateway_stores import POSTGRES_PORT, REDIS_PORT
+from infra.components.network import private_subnet_cidrs, public_subnet_cidrs
 from infra.components.secrets import huggingface_token_name
 from infra.config import ROOT, Model, Pool, Region, StackConfig
 from infra.scheduling import GPU_RESOURCE, pool_node_selector, pool_tolerations
@@ -321,8 +322,10 @@ def gateway_values(cfg: StackConfig, region: Region, *, role_arn: Any, config: d
             "loadBalancerCidrs": public_subnet_cidrs(cfg.vpc_cidr(region.name)),
             "modelNamespace": MODEL_NAMESPACE,
             "modelPort": VLLM_PORT,
-            # Redis (ElastiCache) lives in the VPC.
-            "redis": {"cidrs": [cfg.vpc_cidr(region.name)], "port": 6379},
+            # The region's Redis (ElastiCache) and PostgreSQL (RDS) live in its private subnets
+            # (infra/components/gateway_stores.py), and nowhere else: no store of another region is reachable.
+            "redis": {"cidrs": private_subnet_cidrs(cfg.vpc_cidr(region.name)), "port": REDIS_PORT},
+            "postgres": {"cidrs": private_subnet_cidrs(cfg.vpc_cidr(region.name)), "port": POSTGRES_PORT},
         },
         # The gateway reads EndpointSlices only in the namespaces its config discovers replicas in.
         "discovery": {"enabled": bool(discovered), "namespaces": discovered or [MODEL_NAMESPACE]},

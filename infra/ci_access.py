@@ -8,7 +8,8 @@ GITHUB_OIDC = "token.actions.githubusercontent.com"
 # What the program creates. Budgets, IAM and Route53 are named or checked by name below; the
 # rest carries the stack tag (provider default tags), which the conditions test.
 TAGGED_SERVICES = ["ec2", "eks", "kms", "acm", "secretsmanager", "elasticloadbalancing", "logs", "codebuild",
-                   "codeconnections", "sqs", "events", "sns"]  # sqs, events: Karpenter's interruption queue and rules
+                   "codeconnections", "sqs", "events", "sns",  # sqs, events: Karpenter's interruption queue and rules
+                   "elasticache", "rds"]  # the gateway's state stores (infra/components/gateway_stores.py)
 # AWS creates a service's service-linked role the first time an account uses the service, with the
 # caller's permission (iam:CreateServiceLinkedRole): the deploy role is the caller for EKS clusters and
 # managed node groups (https://docs.aws.amazon.com/eks/latest/userguide/using-service-linked-roles.html).
@@ -17,7 +18,11 @@ TAGGED_SERVICES = ["ec2", "eks", "kms", "acm", "secretsmanager", "elasticloadbal
 # autoscaling's by the node group role (AWSServiceRoleForAmazonEKSNodegroup), Spot's by autoscaling's
 # (AutoScalingServiceRolePolicy). KMS, Secrets Manager, ACM, Route53, Budgets, CloudWatch Logs and
 # Cost Explorer need none for what the program does.
-SERVICE_LINKED_ROLES = ["eks.amazonaws.com", "eks-nodegroup.amazonaws.com"]
+# RDS and ElastiCache create theirs at the first DB instance / replication group, also with the caller's
+# permission (docs.aws.amazon.com/AmazonRDS/latest/UserGuide/UsingWithRDS.IAM.ServiceLinkedRoles.html,
+# docs.aws.amazon.com/AmazonElastiCache/latest/dg/using-service-linked-roles.html).
+SERVICE_LINKED_ROLES = ["eks.amazonaws.com", "eks-nodegroup.amazonaws.com", "rds.amazonaws.com",
+                        "elasticache.amazonaws.com"]
 EKS_MANAGED_POLICIES = [
     "arn:aws:iam::aws:policy/AmazonEKSClusterPolicy",
     "arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
@@ -68,7 +73,7 @@ def deploy_policy(account_id: str, stacks: str, dns_names: list[str], never: lis
              + ["ec2:RunInstances", "ec2:AllocateAddress", "acm:RequestCertificate", "kms:ReplicateKey",
                 "ec2:CreateTags", "eks:TagResource", "kms:TagResource", "acm:AddTagsToCertificate",
                 "secretsmanager:TagResource", "logs:TagResource", "sqs:TagQueue", "events:PutRule",
-                "events:TagResource", "sns:TagResource"],
+                "events:TagResource", "sns:TagResource", "rds:AddTagsToResource", "elasticache:AddTagsToResource"],
              "Resource": "*",
              "Condition": {"StringLike": {f"aws:RequestTag/{TAG_STACK}": stacks}}},
             {"Sid": "ChangeOnlyTheStacksResources", "Effect": "Allow",
@@ -83,6 +88,12 @@ def deploy_policy(account_id: str, stacks: str, dns_names: list[str], never: lis
              "Resource": f"arn:aws:ec2:*:{acct}:vpc-peering-connection/*"},
             {"Sid": "TheStacksSecretsByName", "Effect": "Allow", "Action": "secretsmanager:*",
              "Resource": f"arn:aws:secretsmanager:*:{acct}:secret:llm-platform/{stacks}/*"},
+            # RDS creates the ledger's managed password secret (rds!db-<id>, named by RDS, without the stack tag) with
+            # the caller's permission (docs.aws.amazon.com/AmazonRDS/latest/UserGuide/rds-secrets-manager.html,
+            # "Required permissions"): creating and tagging only, which reads and changes no existing secret.
+            {"Sid": "RdsManagedPasswordSecrets", "Effect": "Allow",
+             "Action": ["secretsmanager:CreateSecret", "secretsmanager:TagResource"],
+             "Resource": f"arn:aws:secretsmanager:*:{acct}:secret:rds!*"},
             # S3 buckets are judged by name (infra/components/model_weights.py names them llmp-<stack>-weights-...):
             # CreateBucket cannot be conditioned on the stack tag the way the services above are.
             {"Sid": "TheStacksWeightsBuckets", "Effect": "Allow", "Action": "s3:*",

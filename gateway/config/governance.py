@@ -74,6 +74,11 @@ class LedgerSettings(_Strict):
     # None: ./llmp-spool/<the store's identity>, so that gateways of different stores never share a spool
     spool_dir: str | None = Field(None, min_length=1)
     store: str = "sqlite:///./llmp-ledger.db"
+    # A PostgreSQL store's password, from a Secrets Manager secret in the JSON form RDS writes for a managed
+    # master password ({"username", "password"}): read at every new connection, and again when it is refused
+    # (gateway/governance/store/managed_password.py), so RDS's rotation never stops the gateway.
+    store_password_secret: str | None = Field(
+        None, pattern=r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:.+")
     flush_interval: float = Field(0.5, gt=0)
     batch: int = Field(500, ge=1, le=100_000)
     fsync: Literal["interval", "always"] = "interval"
@@ -88,6 +93,12 @@ class LedgerSettings(_Strict):
         if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ValueError(f"{value!r}: use sqlite:///path or postgresql://user@host/db")
         return value
+
+    @model_validator(mode="after")
+    def _password_secret_for_postgres(self) -> LedgerSettings:
+        if self.store_password_secret and self.store.startswith("sqlite:///"):
+            raise ValueError("store_password_secret: only a postgresql:// store has a password")
+        return self
 
 
 class KeySettings(_Strict):

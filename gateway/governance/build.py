@@ -26,7 +26,8 @@ def build_governance(config: GatewayConfig, on_event: Callable[..., None],
     its metrics go to `registry`, and each charge to the ledger also to `on_charge`."""
     settings = config.ledger
     assert settings is not None
-    store = open_store(settings.store, settings.store_timeout, on_event)
+    store = open_store(settings.store, settings.store_timeout, on_event, settings.store_password_secret,
+                       config.secrets.endpoint_url)
     cache = KeyCache(store, config.keys.refresh_seconds, on_event)
     auth = VirtualKeyAuth(config.gateway.master_key or "", cache)
     limiter: RateLimiter

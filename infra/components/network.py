@@ -17,6 +17,11 @@ def subnet_blocks(cidr: str) -> list[str]:
     return [str(b) for b in ipaddress.ip_network(cidr).subnets(new_prefix=19)]
 
 
+def private_subnet_cidrs(cidr: str) -> list[str]:
+    """The private subnets' blocks: where the nodes, the pods and the gateway's state stores live."""
+    return subnet_blocks(cidr)[:AZ_COUNT]
+
+
 def public_subnet_cidrs(cidr: str) -> list[str]:
     """The public subnets' blocks: where the internet-facing NLB sits, and so where its traffic comes from."""
     return subnet_blocks(cidr)[AZ_COUNT:2 * AZ_COUNT]

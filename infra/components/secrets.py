@@ -178,9 +178,12 @@ class PeerKey(pulumi.ComponentResource):
         value = aws.secretsmanager.get_random_password_output(
             password_length=48, exclude_punctuation=True,
             opts=pulumi.InvokeOutputOptions(provider=providers[primary], parent=self))
+        # Labelled and ignored like a placeholder (see PLACEHOLDER_STAGES): a rotated value is never written over,
+        # nor this version re-created as AWSCURRENT once rotations have left it unlabelled.
         aws.secretsmanager.SecretVersion(
             f"{name}-value", secret_id=secret.id, secret_string=pulumi.Output.secret(value.random_password),
-            opts=child_opts(self, providers[primary], ignore_changes=["secretString"]))
+            version_stages=PLACEHOLDER_STAGES,
+            opts=child_opts(self, providers[primary], ignore_changes=PLACEHOLDER_IGNORES))
         self.arns = {region: _in_region(secret.arn, primary, region) for region in args.regions}
         aws.secretsmanager.SecretPolicy(
             name, secret_arn=secret.arn, block_public_policy=True,

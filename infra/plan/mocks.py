@@ -144,6 +144,11 @@ def _outputs(typ: str, name: str, region: str, inputs: dict[str, Any]) -> dict[s
     if typ == "aws:secretsmanager/secret:Secret":
         arn = f"arn:aws:secretsmanager:{region}:{ACCOUNT}:secret:{physical}-{h[:6]}"
         return {"arn": arn, "id": arn}  # the provider's id for a secret is its ARN
+    if typ in ("aws:rds/parameterGroup:ParameterGroup", "aws:rds/subnetGroup:SubnetGroup",
+               "aws:elasticache/subnetGroup:SubnetGroup"):  # auto-named: the name is their id
+        kind = {"parameterGroup": "pg", "subnetGroup": "subgrp"}[typ.split("/")[1].split(":")[0]]
+        service = typ.split(":")[1].split("/")[0]
+        return {"name": physical, "id": physical, "arn": f"arn:aws:{service}:{region}:{ACCOUNT}:{kind}:{physical}"}
     if typ == "aws:elasticache/replicationGroup:ReplicationGroup":
         group = inputs.get("replicationGroupId") or physical
         return {"replicationGroupId": group, "arn": f"arn:aws:elasticache:{region}:{ACCOUNT}:replicationgroup:{group}",

@@ -18,7 +18,7 @@ from infra.chart_values import (
 )
 from infra.components.autoscaling import PROMETHEUS_URL
 from infra.components.dns import regional_host, zone_host
-from infra.components.network import public_subnet_cidrs
+from infra.components.network import private_subnet_cidrs, public_subnet_cidrs
 from infra.components.providers import stack_tags
 from infra.config import StackConfig
 from infra.gateway_config import gateway_config
@@ -289,18 +289,22 @@ def test_network_policy_admits_the_nlbs_subnets_and_the_namespace_only(prod, reg
 
 
 @REGIONS
-def test_network_policy_lets_the_gateway_reach_models_redis_aws_and_dns_only(prod, region):
+def test_network_policy_lets_the_gateway_reach_models_its_stores_aws_and_dns_only(prod, region):
     egress = _prod(prod, region).one("NetworkPolicy", GATEWAY_RELEASE)["spec"]["egress"]
     dns = [r for r in egress if _peers_allow(r, 53, "UDP")]
     assert dns and _namespaces(dns[0], "to") == {"kube-system"}
     models = [r for r in egress if _peers_allow(r, VLLM_PORT)]
     assert models and _namespaces(models[0], "to") == {MODEL_NAMESPACE}
-    redis = [r for r in egress if _peers_allow(r, 6379)]
-    assert redis and {"ipBlock": {"cidr": prod.vpc_cidr(region)}} in redis[0]["to"]  # the region's own VPC
+    # The region's own stores, in its private subnets only (infra/components/gateway_stores.py).
+    private = private_subnet_cidrs(prod.vpc_cidr(region))
+    for port in (6379, 5432):
+        (store,) = [r for r in egress if _peers_allow(r, port)]
+        assert [p["ipBlock"]["cidr"] for p in store["to"] if "ipBlock" in p] == private, port
+        assert store["ports"] == [{"port": port, "protocol": "TCP"}]
     https = [r for r in egress if _peers_allow(r, 443) and any("ipBlock" in p for p in r["to"])]
     assert https, "AWS APIs (STS, Secrets Manager) need HTTPS egress"
     allowed_ports = {p["port"] for r in egress for p in r["ports"]}
-    assert allowed_ports == {53, VLLM_PORT, 443, 6379}
+    assert allowed_ports == {53, VLLM_PORT, 443, 6379, 5432}
     assert all(r.get("to") for r in egress), "an egress rule without peers would allow every destination"
 
 

@@ -201,7 +201,8 @@ def _may_create_service_linked_role(client, service: str) -> bool:
 def test_deploy_role_creates_the_eks_service_linked_roles_on_first_use(deploy_clients, role: str) -> None:
     """A new account's first cluster and first managed node group make EKS create its service-linked roles,
     with the caller's permission: without it the first `pulumi up` fails at the first cluster."""
-    for service in ("eks.amazonaws.com", "eks-nodegroup.amazonaws.com"):
+    for service in ("eks.amazonaws.com", "eks-nodegroup.amazonaws.com", "rds.amazonaws.com",
+                    "elasticache.amazonaws.com"):  # the last two: the gateway's ledger and Redis
         assert _may_create_service_linked_role(deploy_clients[role], service), service
 
 
@@ -210,7 +211,7 @@ def test_deploy_role_creates_no_other_service_linked_role(deploy_clients, role: 
     """ELB's, Auto Scaling's and Spot's are made by the cluster and node group roles, not by the deployer;
     any other service's role would be a grant nobody needs."""
     for service in ("elasticloadbalancing.amazonaws.com", "autoscaling.amazonaws.com", "spot.amazonaws.com",
-                    "rds.amazonaws.com"):
+                    "dynamodb.amazonaws.com"):
         assert not _may_create_service_linked_role(deploy_clients[role], service), service
 
 

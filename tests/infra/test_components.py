@@ -273,8 +273,13 @@ def test_secrets_live_under_the_stack_path_and_replicate_only_inside_their_zone(
     for s in secrets:
         zone = PROD_REGIONS[s.region]
         replicas = [r["region"] for r in s.inputs.get("replicas", [])]
-        assert replicas and all(PROD_REGIONS[r] == zone for r in replicas), s.name
         assert s.inputs["kmsKeyId"].startswith(f"arn:aws:kms:{s.region}:")
+        if s.inputs["name"] == "llm-platform/prod/gateway/redis-url":
+            assert not replicas, "a region's Redis URL stays in its region"
+        elif s.inputs["name"] == "llm-platform/prod/gateway/peer-key":  # the gateways' shared key: everywhere
+            assert sorted([s.region, *replicas]) == sorted(PROD_REGIONS)
+        else:
+            assert replicas and all(PROD_REGIONS[r] == zone for r in replicas), s.name
 
 
 def test_gateway_roles_read_only_their_regions_copies(prod_plan: Plan) -> None:
@@ -286,7 +291,9 @@ def test_gateway_roles_read_only_their_regions_copies(prod_plan: Plan) -> None:
     for doc in readers:
         read = next(s for s in doc["Statement"] if s.get("Sid") == "ReadStackSecrets")
         regions = {arn.split(":")[3] for arn in read["Resource"]}
-        assert len(regions) == 1 and all(":secret:llm-platform/prod/" in a for a in read["Resource"])
+        # Under the stack's path, but for RDS's own secret of the region's gateway ledger (its managed password).
+        ledger = [a for a in read["Resource"] if ":secret:llm-platform/prod/" not in a]
+        assert len(regions) == 1 and all(":secret:rds!db-" in a for a in ledger) and len(ledger) <= 1
 
 
 def test_budget_filters_on_the_stack_tag_and_alerts_at_each_threshold(prod_plan: Plan) -> None:
@@ -326,17 +333,24 @@ def test_iam_roles_live_under_the_stack_path(prod_plan: Plan, preview_plan: Plan
 
 
 def test_rendered_gateway_configs_load_in_the_gateway(prod_plan: Plan, preview_plan: Plan, tmp_path) -> None:
-    """The config each region's gateway release carries is one the gateway itself accepts."""
+    """The config each region's gateway release carries is one the gateway itself accepts, governance on (keys,
+    limits, budgets and the ledger on the region's stores: tests/infra/test_gateway_stores.py)."""
     import yaml
 
     from gateway.config.loading import load_config
+    from gateway.config.native import GatewayConfig
 
     for plan in (prod_plan, preview_plan):
         for g in (r for r in plan.of_type(RELEASE) if r.inputs["chart"] == str(GATEWAY_CHART)):
             path = tmp_path / f"{plan.stack}-{g.region}.yaml"
-            path.write_text(yaml.safe_dump(g.inputs["values"]["config"]))
+            rendered = dict(g.inputs["values"]["config"])
+            if "peers" not in GatewayConfig.model_fields:  # the peer sync adds it to the gateway's config
+                rendered.pop("peers", None)
+            path.write_text(yaml.safe_dump(rendered))
             config = load_config(path)
             assert config.gateway.region == g.region
+            assert config.redis is not None and config.ledger is not None
+            assert config.ledger.store.startswith("postgresql://") and config.ledger.store_password_secret
             assert config.secrets.source == "aws-secretsmanager" and config.secrets.stack == plan.stack
             assert {m.alias for m in config.models} == {m.name for m in plan.config.models
                                                         if plan.config.zone_of(g.region) in

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from gateway.governance.keys import Team, User, VirtualKey
 from gateway.governance.store.documents import (
@@ -17,6 +17,7 @@ from gateway.governance.store.documents import (
     user_doc,
     user_from_doc,
 )
+from gateway.governance.store.managed_password import ManagedPassword
 from gateway.governance.store.migrations import (
     CREATE_READERS_TABLE,
     CREATE_VERSION_TABLE,
@@ -39,22 +40,41 @@ from gateway.governance.store.reports import (
 )
 from gateway.governance.store.schema import POSTGRES_INSERT_SPEND, json_array
 
+T = TypeVar("T")
+
 
 class PostgresStore:
     """PostgreSQL through an asyncpg pool; every call bounded by the store timeout."""
 
-    def __init__(self, dsn: str, timeout: float, on_event: Callable[..., None] | None = None) -> None:
+    def __init__(self, dsn: str, timeout: float, on_event: Callable[..., None] | None = None,
+                 password: ManagedPassword | None = None) -> None:
+        """`password`: read from a secret (RDS's own) instead of the DSN, and again when it is refused."""
         self.dsn = dsn
         self.timeout = timeout
         self._on_event = on_event
+        self._password = password
         self._pool: Any = None
+
+    async def _reread_on_refusal(self, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()`, and once more with the secret read again if PostgreSQL refused the password: it was rotated
+        since it was read (asyncpg asks for it at each new connection of the pool)."""
+        import asyncpg
+
+        try:
+            return await call()
+        except asyncpg.InvalidPasswordError:
+            if self._password is None:
+                raise
+            self._password.forget()
+            return await call()
 
     async def open(self) -> None:
         import asyncpg
 
         try:
-            pool = await asyncio.wait_for(
-                asyncpg.create_pool(self.dsn, min_size=1, max_size=4, command_timeout=self.timeout), self.timeout)
+            pool = await self._reread_on_refusal(lambda: asyncio.wait_for(asyncpg.create_pool(
+                self.dsn, min_size=1, max_size=4, command_timeout=self.timeout, password=self._password),
+                self.timeout))
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             raise StoreError(f"postgresql: {type(exc).__name__}: {exc}") from None
         try:
@@ -101,7 +121,7 @@ class PostgresStore:
         await self._ready()
         try:
             async with asyncio.timeout(self.timeout):
-                return await getattr(self._pool, method)(sql, *args)
+                return await self._reread_on_refusal(lambda: getattr(self._pool, method)(sql, *args))
         except asyncpg.UniqueViolationError as exc:
             raise Conflict(str(exc)) from None
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -181,7 +201,8 @@ class PostgresStore:
         await self._ready()
         try:
             async with asyncio.timeout(self.timeout):
-                status = await self._pool.execute(POSTGRES_INSERT_SPEND, json_array(lines))
+                status = await self._reread_on_refusal(
+                    lambda: self._pool.execute(POSTGRES_INSERT_SPEND, json_array(lines)))
             return int(status.split()[-1])  # "INSERT 0 <rows>"
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
             # SQLSTATE classes 22 (e.g. 22003 "bigint out of range", 22P02 bad JSON) and 23 (e.g. a null id):

@@ -1,0 +1,264 @@
+"""The gateway's state stores, as Pulumi's mock engine sees the program create them: per region an ElastiCache
+(Valkey) for limits and an RDS PostgreSQL for keys and spend, reachable only from the cluster, their credentials in
+secrets only the region's gateway reads, and a rendered config that turns governance on with them."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway.config.loading import load_config
+from gateway.config.native import GatewayConfig
+from infra.chart_values import GATEWAY_CHART
+from infra.components.gateway_stores import LEDGER_SSLMODE, POSTGRES_VERSION, VALKEY_VERSION
+from infra.components.network import private_subnet_cidrs
+from infra.components.providers import TAG_REGION, TAG_STACK
+from infra.components.secrets import secret_names
+from infra.plan.run import Plan
+from tests.policy.test_secret_scope_iam import Account, account_with
+
+CACHE = "aws:elasticache/replicationGroup:ReplicationGroup"
+DB = "aws:rds/instance:Instance"
+SG = "aws:ec2/securityGroup:SecurityGroup"
+INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+SECRET = "aws:secretsmanager/secret:Secret"
+VERSION = "aws:secretsmanager/secretVersion:SecretVersion"
+RELEASE = "kubernetes:helm.sh/v3:Release"
+PROD_REGIONS = ["us-east-1", "us-west-2", "eu-north-1", "eu-west-2"]
+
+
+def one(plan: Plan, typ: str, name: str) -> Any:
+    (found,) = [r for r in plan.of_type(typ) if r.name == name]
+    return found
+
+
+def gateway_configs(plan: Plan) -> dict[str, dict[str, Any]]:
+    return {r.region: r.inputs["values"]["config"] for r in plan.of_type(RELEASE)
+            if r.inputs["chart"] == str(GATEWAY_CHART)}
+
+
+def stack_key(plan: Plan, region: str) -> str:
+    """The stack's secrets key in `region` (its zone's key, or that key's replica there)."""
+    keys = [k for k in plan.of_type("aws:kms/key:Key") + plan.of_type("aws:kms/replicaKey:ReplicaKey")
+            if k.region == region and k.name.startswith("llm-platform-secrets-")]
+    (key,) = keys
+    arn: str = key.outputs["arn"]
+    return arn
+
+
+def cluster_sg(plan: Plan, region: str) -> str:
+    (cluster,) = [c for c in plan.of_type("aws:eks/cluster:Cluster") if c.region == region]
+    sg: str = cluster.outputs["vpcConfig"]["clusterSecurityGroupId"]
+    return sg
+
+
+# -- what each region gets ------------------------------------------------------------------------
+
+def test_each_prod_region_has_one_redis_and_one_ledger_that_survive_a_zone(prod_plan: Plan) -> None:
+    for typ in (CACHE, DB):
+        assert sorted(r.region for r in prod_plan.of_type(typ)) == sorted(PROD_REGIONS), typ
+    for region in PROD_REGIONS:
+        redis = one(prod_plan, CACHE, f"{region}-gateway-redis").inputs
+        assert (redis["engine"], redis["engineVersion"]) == ("valkey", VALKEY_VERSION)
+        assert redis["nodeType"] == "cache.r7g.large" and redis["numCacheClusters"] == 2
+        assert redis["automaticFailoverEnabled"] is True and redis["multiAzEnabled"] is True
+        assert redis["transitEncryptionEnabled"] is True and redis["atRestEncryptionEnabled"] is True
+        assert redis["kmsKeyId"] == stack_key(prod_plan, region)
+        assert len(redis["authToken"]["value"]) >= 16  # AUTH needs 16 to 128 characters
+        assert redis["applyImmediately"] is False  # changes wait for the maintenance window
+
+        db = one(prod_plan, DB, f"{region}-gateway-ledger")
+        i = db.inputs
+        assert (i["engine"], i["engineVersion"]) == ("postgres", POSTGRES_VERSION)
+        assert i["instanceClass"] == "db.r7g.large" and i["multiAz"] is True
+        assert i["storageType"] == "gp3" and i["storageEncrypted"] is True
+        assert i["kmsKeyId"] == i["masterUserSecretKmsKeyId"] == stack_key(prod_plan, region)
+        assert i["manageMasterUserPassword"] is True and "password" not in i
+        assert i["publiclyAccessible"] is False
+        assert i["backupRetentionPeriod"] == 7
+        assert i["deletionProtection"] is True and i["skipFinalSnapshot"] is False
+        assert i["finalSnapshotIdentifier"] == f"llmp-prod-{region}-gateway-ledger-final"
+        assert i["applyImmediately"] is False
+        assert db.tags[TAG_STACK] == "prod" and db.tags[TAG_REGION] == region
+
+
+def test_the_ledger_refuses_connections_without_tls(prod_plan: Plan, preview_plan: Plan) -> None:
+    for plan in (prod_plan, preview_plan):
+        groups = {g.outputs.get("name") or g.name: g for g in plan.of_type("aws:rds/parameterGroup:ParameterGroup")}
+        for db in plan.of_type(DB):
+            group = groups[db.inputs["parameterGroupName"]]
+            assert group.inputs["family"] == f"postgres{POSTGRES_VERSION.split('.')[0]}"
+            assert {p["name"]: p["value"] for p in group.inputs["parameters"]} == {"rds.force_ssl": "1"}
+
+
+def test_a_preview_gets_small_stores_that_destroy_cleanly(preview_plan: Plan) -> None:
+    (redis,) = preview_plan.of_type(CACHE)
+    assert redis.inputs["nodeType"] == "cache.t4g.small" and redis.inputs["numCacheClusters"] == 1
+    assert redis.inputs["automaticFailoverEnabled"] is False and redis.inputs["multiAzEnabled"] is False
+    assert redis.inputs["transitEncryptionEnabled"] is True and redis.inputs["atRestEncryptionEnabled"] is True
+    (db,) = preview_plan.of_type(DB)
+    assert db.inputs["instanceClass"] == "db.t4g.small" and db.inputs["multiAz"] is False
+    assert db.inputs["backupRetentionPeriod"] == 1
+    # `pulumi destroy` of a pr-<n> stack: no protection to lift, no snapshot left behind, secrets gone at once.
+    assert db.inputs["deletionProtection"] is False and db.inputs["skipFinalSnapshot"] is True
+    assert "finalSnapshotIdentifier" not in db.inputs
+    for secret in preview_plan.of_type(SECRET):
+        if secret.inputs["name"].endswith(("/gateway/redis-url", "/gateway/peer-key")):
+            assert secret.inputs["recoveryWindowInDays"] == 0, secret.name
+
+
+# -- network --------------------------------------------------------------------------------------
+
+def test_stores_sit_in_the_private_subnets(prod_plan: Plan) -> None:
+    for region in PROD_REGIONS:
+        private = [s.outputs["id"] for s in prod_plan.of_type("aws:ec2/subnet:Subnet")
+                   if s.region == region and s.tags.get("kubernetes.io/role/internal-elb") == "1"]
+        for typ, name in (("aws:elasticache/subnetGroup:SubnetGroup", f"{region}-gateway-redis"),
+                          ("aws:rds/subnetGroup:SubnetGroup", f"{region}-gateway-ledger")):
+            group = one(prod_plan, typ, name)
+            assert group.region == region and sorted(group.inputs["subnetIds"]) == sorted(private), name
+
+
+@pytest.mark.parametrize("plan_name", ["prod_plan", "preview_plan"])
+def test_security_groups_admit_only_the_cluster_on_the_store_port(plan_name: str,
+                                                                  request: pytest.FixtureRequest) -> None:
+    plan: Plan = request.getfixturevalue(plan_name)
+    for region in {r.region for r in plan.of_type(CACHE)}:
+        for store, port, users in (("redis", 6379, (CACHE, "securityGroupIds")),
+                                   ("ledger", 5432, (DB, "vpcSecurityGroupIds"))):
+            sg = one(plan, SG, f"{region}-gateway-{store}-sg")
+            # No inline rules: the provider then removes AWS's default allow-all egress.
+            assert not sg.inputs.get("ingress") and not sg.inputs.get("egress")
+            (vpc,) = [v for v in plan.of_type("aws:ec2/vpc:Vpc") if v.region == region]
+            assert sg.inputs["vpcId"] == vpc.outputs["id"]
+            rules = [r for r in plan.of_type(INGRESS) if r.inputs["securityGroupId"] == sg.outputs["id"]]
+            assert [(r.inputs["referencedSecurityGroupId"], r.inputs["ipProtocol"], r.inputs["fromPort"],
+                     r.inputs["toPort"]) for r in rules] == [(cluster_sg(plan, region), "tcp", port, port)]
+            assert not any(r.inputs.get("cidrIpv4") or r.inputs.get("cidrIpv6") for r in rules)
+            typ, field = users
+            (user,) = [u for u in plan.of_type(typ) if u.region == region]
+            assert user.inputs[field] == [sg.outputs["id"]]
+
+
+# -- credentials ----------------------------------------------------------------------------------
+
+def test_the_redis_url_secret_holds_the_token_and_the_primary_endpoint(prod_plan: Plan) -> None:
+    for region in PROD_REGIONS:
+        redis = one(prod_plan, CACHE, f"{region}-gateway-redis")
+        secret = one(prod_plan, SECRET, f"{region}-gateway-redis-url")
+        assert secret.region == region and secret.inputs["name"] == "llm-platform/prod/gateway/redis-url"
+        assert secret.inputs["kmsKeyId"] == stack_key(prod_plan, region) and not secret.inputs.get("replicas")
+        version = one(prod_plan, VERSION, f"{region}-gateway-redis-url")
+        assert version.inputs["secretId"] == secret.outputs["arn"]
+        token, address = redis.inputs["authToken"]["value"], redis.outputs["primaryEndpointAddress"]
+        assert version.inputs["secretString"]["value"] == f"rediss://:{token}@{address}:6379/0"
+        policy = one(prod_plan, "aws:secretsmanager/secretPolicy:SecretPolicy", f"{region}-gateway-redis-url")
+        (stmt,) = json.loads(policy.inputs["policy"])["Statement"]
+        gateway_role = one(prod_plan, "aws:iam/role:Role", f"{region}-gateway").outputs["arn"]
+        assert stmt["Effect"] == "Deny" and stmt["Condition"]["StringNotEquals"]["aws:PrincipalArn"] == [gateway_role]
+
+
+def test_one_peer_key_for_the_stack_replicated_to_every_region(prod_plan: Plan) -> None:
+    (key,) = [s for s in prod_plan.of_type(SECRET) if s.name == "gateway-peer-key"]
+    assert key.inputs["name"] == "llm-platform/prod/gateway/peer-key"
+    copies = {key.region: key.inputs["kmsKeyId"], **{r["region"]: r["kmsKeyId"] for r in key.inputs["replicas"]}}
+    assert copies == {region: stack_key(prod_plan, region) for region in PROD_REGIONS}
+    version = one(prod_plan, VERSION, "gateway-peer-key-value")
+    assert len(version.inputs["secretString"]["value"]) >= 32
+    policy = one(prod_plan, "aws:secretsmanager/secretPolicy:SecretPolicy", "gateway-peer-key")
+    (stmt,) = json.loads(policy.inputs["policy"])["Statement"]
+    roles = sorted(one(prod_plan, "aws:iam/role:Role", f"{r}-gateway").outputs["arn"] for r in PROD_REGIONS)
+    assert stmt["Condition"]["StringNotEquals"]["aws:PrincipalArn"] == roles
+
+
+# -- the rendered config --------------------------------------------------------------------------
+
+def _loaded(config: dict[str, Any], path: Path) -> GatewayConfig:
+    """The gateway's own loader on the rendered config. Until the gateway's config knows `peers` (the peer sync
+    adds it), that section is judged by the test below instead of the loader."""
+    if "peers" not in GatewayConfig.model_fields:
+        config = {k: v for k, v in config.items() if k != "peers"}
+    path.write_text(yaml.safe_dump(config))
+    return load_config(path)
+
+
+@pytest.mark.parametrize("plan_name", ["prod_plan", "preview_plan"])
+def test_every_regional_gateway_config_turns_governance_on_with_its_own_stores(
+        plan_name: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    plan: Plan = request.getfixturevalue(plan_name)
+    configs = gateway_configs(plan)
+    assert sorted(configs) == sorted(r.name for r in plan.config.regions)
+    for region, raw in configs.items():
+        db = one(plan, DB, f"{region}-gateway-ledger")
+        config = _loaded(raw, tmp_path / f"{region}.yaml")
+        assert config.redis is not None and config.redis.url == "secret/gateway/redis-url"
+        assert config.ledger is not None
+        assert config.ledger.store == \
+            f"postgresql://llmp@{db.outputs['address']}:5432/llmp?sslmode={LEDGER_SSLMODE}"
+        assert config.ledger.store_password_secret == db.outputs["masterUserSecrets"][0]["secretArn"]
+        assert config.ledger.spool_dir == "/var/lib/llmp/spool"
+        assert config.keys.refresh_seconds == 2
+
+
+def test_every_prod_gateway_syncs_with_every_other_region(prod_plan: Plan) -> None:
+    for region, config in gateway_configs(prod_plan).items():
+        assert config["peers"] == {
+            "urls": [f"https://{other}.api.llm.example.com" for other in PROD_REGIONS if other != region],
+            "key": "secret/gateway/peer-key", "interval": 5}
+
+
+def test_a_one_region_stack_has_no_peers(preview_plan: Plan) -> None:
+    assert [("peers" in c) for c in gateway_configs(preview_plan).values()] == [False]
+
+
+def test_the_network_policy_reaches_the_stores_in_the_private_subnets_only(prod_plan: Plan) -> None:
+    for release in (r for r in prod_plan.of_type(RELEASE) if r.inputs["chart"] == str(GATEWAY_CHART)):
+        policy = release.inputs["values"]["networkPolicy"]
+        private = private_subnet_cidrs(prod_plan.config.vpc_cidr(release.region))
+        assert policy["redis"] == {"cidrs": private, "port": 6379}
+        assert policy["postgres"] == {"cidrs": private, "port": 5432}
+
+
+# -- the gateway role (IAM enforcement, moto) -----------------------------------------------------
+
+@pytest.fixture
+def account(prod_plan: Plan, monkeypatch: pytest.MonkeyPatch) -> Iterator[Account]:
+    with account_with(monkeypatch, prod_plan) as acct:
+        yield acct
+
+
+def _ledger_secret(plan: Plan, region: str) -> str:
+    arn: str = one(plan, DB, f"{region}-gateway-ledger").outputs["masterUserSecrets"][0]["secretArn"]
+    return arn.split(":secret:", 1)[1][:-7]
+
+
+def test_a_gateway_reads_its_regions_stores_credentials_and_no_other_regions(account: Account,
+                                                                            prod_plan: Plan) -> None:
+    for reader in PROD_REGIONS:
+        gateway = ("prod", reader)
+        for name in ("llm-platform/prod/gateway/redis-url", "llm-platform/prod/gateway/peer-key",
+                     _ledger_secret(prod_plan, reader)):
+            assert account.read(gateway, "prod", name, reader) == f"prod:{name}:{reader}"
+        for region in (r for r in PROD_REGIONS if r != reader):
+            for name in ("llm-platform/prod/gateway/redis-url", "llm-platform/prod/gateway/peer-key",
+                         _ledger_secret(prod_plan, region)):
+                assert account.denied(gateway, "prod", name, region), f"the {reader} gateway read {name} in {region}"
+
+
+def test_the_gateway_role_names_exactly_its_secrets(prod_plan: Plan) -> None:
+    """Nothing more than the zone's provider keys and master key, and the three new ones, all in its region."""
+    for region in PROD_REGIONS:
+        (policy,) = [p for p in prod_plan.of_type("aws:iam/rolePolicy:RolePolicy")
+                     if p.name == f"{region}-gateway-secrets"]
+        (read, decrypt) = json.loads(policy.inputs["policy"])["Statement"]
+        names = sorted(arn.split(":secret:", 1)[1] for arn in read["Resource"])
+        assert all(f":secretsmanager:{region}:" in arn for arn in read["Resource"])
+        stack = sorted(n[:-7] for n in names if n.startswith("llm-platform/"))
+        assert stack == sorted([*secret_names("prod", prod_plan.config.secrets.providers),
+                                "llm-platform/prod/gateway/peer-key", "llm-platform/prod/gateway/redis-url"])
+        assert [n[:-7] for n in names if not n.startswith("llm-platform/")] == [_ledger_secret(prod_plan, region)]
+        assert decrypt["Resource"] == stack_key(prod_plan, region)
