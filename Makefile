@@ -9,7 +9,7 @@ PIP_VERSION := 26.3
 LOCK_ALL     := requirements/all.lock
 LOCK_GATEWAY := requirements/gateway.lock
 
-.PHONY: install install-gateway lock plan test bench redis postgres checkov clean
+.PHONY: install install-gateway lock plan test bench redis postgres chromium checkov clean
 
 install: $(STAMP)
 
@@ -61,6 +61,13 @@ postgres:
 	  (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null) || \
 	  { echo "error: postgresql is missing and could not be installed" >&2; exit 1; }; }
 
+# The compliance report's screenshot test renders it in headless Chromium; install the browser when missing.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (Debian package)"; \
+	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
+	  { echo "error: chromium is missing and could not be installed" >&2; exit 1; }; }
+
 # checkov pins many packages of its own, so it gets a venv of its own; tests/charts runs it as a subprocess.
 CHECKOV := $(VENV)/checkov/bin/checkov
 checkov: $(CHECKOV)
@@ -76,7 +83,7 @@ node_modules/.installed: package.json package-lock.json
 plan: install
 	$(VENV)/bin/llmp plan --stack prod
 
-test: install redis postgres checkov node_modules/.installed
+test: install redis postgres chromium checkov node_modules/.installed
 	$(PY) -m pytest
 
 bench: install

@@ -1,4 +1,4 @@
-"""`llmp`: the project's one command line (plan, report, gateway, keys).
+"""`llmp`: the project's one command line (plan, report, gateway, keys, verify).
 
 Only the standard library at module level: a gateway host installs `llm-platform[gateway]` without the
 Pulumi SDKs, and `llmp gateway` must still run there. Each command imports what it needs when it runs.
@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # imported where they run: these need the Pulumi SDKs
 EXIT_OK, EXIT_POLICY, EXIT_CONFIG, EXIT_PROGRAM = 0, 1, 2, 3
 DISTRIBUTION = "llm-platform"
 # Top-level modules that only the `infra` extra installs (see pyproject.toml).
-INFRA_ONLY_MODULES = frozenset({"pulumi", "pulumi_aws", "pulumi_kubernetes", "pulumi_policy", "rich"})
+INFRA_ONLY_MODULES = frozenset({"pulumi", "pulumi_aws", "pulumi_kubernetes", "pulumi_policy", "rich", "httpx2"})
 
 
 def version() -> str:
@@ -81,27 +81,53 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     plan, cost, results = _plan(args)
     regions = summarize(plan, cost)
-    fmt = {"json": render.to_json, "markdown": render.to_markdown, "table": render.to_table}[args.format]
+    fmt = {"json": render.to_json, "markdown": render.to_markdown, "table": render.to_table,
+           "html": render.to_html}[args.format]
     sys.stdout.write(fmt(plan, regions, cost, results))
     failed = [r for r in results if r.status == "fail" and r.enforcement == "mandatory"]
     return EXIT_POLICY if failed else EXIT_OK
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from infra.policy.report import render_report
+def _write(path: str, text: str, option: str) -> bool:
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        print(f"llmp: {option}: cannot write {path}: {exc.strerror}", file=sys.stderr)
+        return False
+    print(f"wrote {path}", file=sys.stderr)
+    return True
 
-    plan, _cost, results = _plan(args)
-    text = render_report(plan, results, args.format)
-    if args.output:
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from infra.policy.proof_run import ProofRunError, run_proofs
+    from infra.policy.report import PICTURES, picture_file, pictures, render_report, verdict
+    from infra.policy.rules import CONTROLS
+
+    plan, cost, results = _plan(args)
+    if args.topology_svg:  # only the picture (the README's docs/prod-topology.svg is made this way)
+        return EXIT_OK if _write(args.topology_svg, pictures(plan, cost).topology, "--topology-svg") else EXIT_CONFIG
+    proofs = None
+    if args.with_tests:
+        print("running the tests that prove the controls…", file=sys.stderr)
         try:
-            Path(args.output).write_text(text)
-        except OSError as exc:
-            print(f"llmp: --output: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
+            proofs = run_proofs(t for c in CONTROLS for t in c.proven_by)
+        except ProofRunError as exc:
+            print(f"llmp: --with-tests: {exc}", file=sys.stderr)
+            return EXIT_PROGRAM
+    files = None
+    if args.output and args.format == "markdown":  # Markdown links its pictures as files beside it
+        files = {name: picture_file(Path(args.output).name, name) for name in PICTURES}
+        drawn = pictures(plan, cost).named()
+        for name, file in files.items():
+            if not _write(str(Path(args.output).with_name(file)), drawn[name], "--output"):
+                return EXIT_CONFIG
+    text = render_report(plan, results, args.format, proofs=proofs, picture_files=files)
+    if args.output:
+        if not _write(args.output, text, "--output"):
             return EXIT_CONFIG
-        print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
-    return EXIT_OK
+    return EXIT_POLICY if verdict(results, proofs)[1] else EXIT_OK
 
 
 def cmd_preview_config(args: argparse.Namespace) -> int:
@@ -221,6 +247,13 @@ def cmd_catalog_refresh(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check a stack after `pulumi up`: clusters, gateways, chat, sessions, residency (infra/verify/)."""
+    from infra.verify.run import verify
+
+    return verify(args)
+
+
 def _add_stack_args(p: argparse.ArgumentParser, stack_required: bool = False) -> None:
     p.add_argument("--stack", required=stack_required,
                    help="stack name: reads Pulumi.<stack>.yaml (default: prod, or the --config-file's name)")
@@ -234,13 +267,19 @@ def parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="offline plan of a stack: resources, cost, policy controls")
     _add_stack_args(plan)
-    plan.add_argument("--format", choices=["table", "json", "markdown"], default="table")
+    plan.add_argument("--format", choices=["table", "json", "markdown", "html"], default="table")
     plan.set_defaults(func=cmd_plan)
 
-    report = sub.add_parser("report", help="compliance report of a stack's policy controls")
-    _add_stack_args(report, stack_required=True)
-    report.add_argument("--format", choices=["markdown", "html"], default="markdown")
+    report = sub.add_parser("report", help="compliance report of a stack's policy controls; exits 1 when a "
+                                           "mandatory control fails (or, with --with-tests, a proof test fails)")
+    _add_stack_args(report)
+    report.add_argument("--format", choices=["markdown", "html"], default="markdown",
+                        help="html carries its pictures inline; markdown links them as SVG files beside --output")
     report.add_argument("--output", "-o", help="write to this file instead of standard output")
+    report.add_argument("--with-tests", action="store_true",
+                        help="run the tests that prove each control (pytest, from a checkout) and show their results")
+    report.add_argument("--topology-svg", metavar="PATH",
+                        help="write only the topology picture of the stack's plan to PATH (no report)")
     report.set_defaults(func=cmd_report)
 
     preview = sub.add_parser("preview-config", help="print the config of an ephemeral pr-<number> stack")
@@ -269,6 +308,19 @@ def parser() -> argparse.ArgumentParser:
     refresh.add_argument("--profile", help="AWS profile to use (default: the usual credential chain)")
     refresh.add_argument("--output", "-o", help="write here instead of infra/catalog.yaml")
     refresh.set_defaults(func=cmd_catalog_refresh)
+
+    check = sub.add_parser("verify", help="check a deployed stack after `pulumi up` (clusters, gateways, chat)")
+    check.add_argument("--stack", required=True, help="the stack: reads Pulumi.<stack>.yaml")
+    check.add_argument("--config-file", help="a Pulumi.<stack>.yaml to read instead of the stack's own file")
+    check.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)")
+    check.add_argument("--context", action="append", metavar="REGION=NAME",
+                       help="kube context of a region (repeat; default: the cluster's name, llmp-<stack>-<region>)")
+    check.add_argument("--endpoint", action="append", metavar="NAME=URL",
+                       help="call this URL for a gateway DNS name (repeat; default: https://NAME)")
+    check.add_argument("--key", help="gateway key for the chat calls (default: $LLMP_VERIFY_KEY); never printed")
+    check.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default: 10)")
+    check.add_argument("--format", choices=["text", "json"], default="text")
+    check.set_defaults(func=cmd_verify)
 
     sub.add_parser("gateway", help="run the OpenAI-compatible gateway (see `llmp gateway --help`)", add_help=False)
     sub.add_parser("keys", help="virtual keys, teams and spend on a running gateway (see `llmp keys --help`)",

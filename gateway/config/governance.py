@@ -116,3 +116,38 @@ class KeySettings(_Strict):
         if value is not None:
             parse_duration(value)
         return value
+
+
+class PeerSettings(_Strict):
+    """The other regions' gateways of the stack: keys, teams, users and budget spend pulled from each every interval
+    (gateway.governance.peers; README "Several regions: keys and budgets across the stack")."""
+
+    urls: list[str] = Field(min_length=1, max_length=32)  # each peer's base URL, e.g. https://gateway.eu-west-1...
+    key: str = Field(min_length=1)  # secret/gateway/peer-key (or os.environ/...): the stack-wide peer credential
+    interval: float = Field(5.0, ge=0.05, le=300)  # seconds between two pulls from each peer
+    timeout: float = Field(2.0, gt=0, le=60)  # longest wait for one peer's answer
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        from urllib.parse import urlsplit
+
+        for i, url in enumerate(value):
+            parts = urlsplit(url) if isinstance(url, str) else None
+            if parts is None or parts.scheme not in ("https", "http") or not parts.hostname:
+                raise ValueError(f"urls[{i}]: {str(url)[:80]!r} is not an https:// URL")
+            # The peer key travels in every pull: in clear text only to this machine (tests, a laptop).
+            if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+                raise ValueError(f"urls[{i}]: {url[:80]!r}: a peer is reached over https (http only on localhost)")
+            if parts.query or parts.fragment:
+                raise ValueError(f"urls[{i}]: {url[:80]!r}: a base URL has no query or fragment")
+        if len(set(value)) != len(value):
+            raise ValueError("urls: a peer is listed twice")
+        return [u.rstrip("/") for u in value]
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        if not value.startswith(SECRET) and len(value) < 32:
+            raise ValueError("at least 32 characters (or a secret/... reference)")
+        return value

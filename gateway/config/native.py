@@ -133,7 +133,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gateway.config.clouds import AzureSettings, BedrockSettings
 from gateway.config.env import resolve_env
 from gateway.config.errors import ConfigError, format_validation_error
-from gateway.config.governance import KeySettings, LedgerSettings, RedisSettings, SecretsSettings
+from gateway.config.governance import KeySettings, LedgerSettings, PeerSettings, RedisSettings, SecretsSettings
 from gateway.config.limits import FrontDoor, UpstreamLimits
 from gateway.config.model_names import is_pattern, match
 from gateway.config.other_zones import OtherZone, check_other_zones
@@ -324,11 +324,14 @@ class GatewayConfig(_Strict):
     redis: RedisSettings | None = None  # None: limits counted in-process (one replica)
     ledger: LedgerSettings | None = None  # None: no governance (master key only, no spend ledger)
     keys: KeySettings = KeySettings()
+    peers: PeerSettings | None = None  # the stack's other regions: keys and budget spend shared (governance/peers.py)
     other_zones: dict[str, OtherZone] = {}  # models only another residency zone serves (config/other_zones.py)
     model_aliases: dict[str, ModelAlias] = {}  # name clients send -> model alias (upstream/names.py)
 
     @model_validator(mode="after")
     def _references(self) -> GatewayConfig:
+        if self.peers is not None and self.ledger is None:
+            raise ValueError("peers: needs a 'ledger' section (the keys and spend it shares live there)")
         aliases = [m.alias for m in self.models]
         seen: set[str] = set()
         for alias in aliases:

@@ -7,6 +7,9 @@ each key's, team's and user's budget counter for its current window is raised to
 ledger holds for that window. Raising only (never lowering) is safe: the ledger lags the
 counters (records wait in the spool up to `flush_interval`), so in normal operation the
 counter is already higher and nothing changes.
+
+With peers (other regions of the stack, gateway.governance.peers), the target is the local ledger's spend plus
+the peers' spend of the same window, raised as soon as a pull brings new totals.
 """
 
 from __future__ import annotations
@@ -32,10 +35,28 @@ class BudgetSync:
         self._event = on_event
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        # What the stack's other regions spent in a window: (column, id, budget seconds, window start) -> USD
+        # (gateway.governance.peers); None with no peers.
+        self.peer_spend: Callable[[str, str, int, float], float] | None = None
 
     async def run_once(self, now: float | None = None) -> int:
-        """Raise every budget counter to the ledger's spend of its window; how many scopes had spend."""
+        """Raise every budget counter to the ledger's spend of its window, plus what the stack's other regions spent
+        there (`peer_spend`); how many scopes had spend."""
         now = time.time() if now is None else now
+        spends = []
+        for column, ident, seconds, since, amount in await self.ledger_spend(now):
+            if self.peer_spend is not None:
+                amount += self.peer_spend(column, ident, seconds, since)
+            if amount > 0:
+                name = {"key_token": key_scope, "team_id": team_scope, "user_id": user_scope}[column](ident)
+                spends.append((name, seconds, amount))
+        if spends:
+            await self.limiter.raise_spend(spends)
+        return len(spends)
+
+    async def ledger_spend(self, now: float) -> list[tuple[str, str, int, float, float]]:
+        """(column, id, budget seconds, window start, spend) of every key, team and user with a budget, as this
+        region's ledger holds it for the window `now` falls in (0 where it holds none)."""
         groups: dict[tuple[str, int], list[str]] = {}
         for key in self.cache.by_hash.values():
             _add(groups, "key_token", key.token, key.limits)
@@ -43,15 +64,12 @@ class BudgetSync:
             _add(groups, "team_id", team.team_id, team.limits)
         for user in self.cache.users.values():
             _add(groups, "user_id", user.user_id, user.limits)
-        spends = []
+        found = []
         for (column, seconds), ids in groups.items():
             since = now - now % seconds if seconds else 0.0
-            for ident, amount in (await self.store.spend_since(column, since, ids)).items():
-                name = {"key_token": key_scope, "team_id": team_scope, "user_id": user_scope}[column](ident)
-                spends.append((name, seconds, amount))
-        if spends:
-            await self.limiter.raise_spend(spends)
-        return len(spends)
+            spent = await self.store.spend_since(column, since, ids)
+            found += [(column, ident, seconds, since, spent.get(ident, 0.0)) for ident in ids]
+        return found
 
     async def start(self, sync_now: bool = True) -> None:
         """`sync_now`: once before returning (before the port opens), as well as every interval after."""

@@ -1,12 +1,15 @@
-"""Governance wired from config: the store, key cache, limiter (Redis or in-process), spend ledger, budget sync."""
+"""Governance wired from config: the store, key cache, limiter (Redis or in-process), spend ledger, budget sync,
+and the puller from peers in the stack's other regions."""
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from gateway.config.errors import ConfigError
 from gateway.config.native import GatewayConfig
 from gateway.governance.budget_sync import BudgetSync
 from gateway.governance.gate import Governance
@@ -16,7 +19,9 @@ from gateway.governance.ledger.spool import LEGACY, SpendSpool, default_spool_di
 from gateway.governance.limits.in_process import LocalLimiter
 from gateway.governance.limits.redis_limiter import RedisLimiter
 from gateway.governance.limits.scopes import RateLimiter
+from gateway.governance.peers import PeerSync
 from gateway.governance.store.connect import open_store
+from gateway.governance.store.protocol import LedgerStore
 
 
 def build_governance(config: GatewayConfig, on_event: Callable[..., None],
@@ -51,4 +56,22 @@ def build_governance(config: GatewayConfig, on_event: Callable[..., None],
     budgets = None
     if settings.budget_sync_seconds > 0:
         budgets = BudgetSync(store, cache, limiter, settings.budget_sync_seconds, on_event)
-    return Governance(config, auth, cache, limiter, ledger, store, on_event, budgets, on_charge)
+    governance = Governance(config, auth, cache, limiter, ledger, store, on_event, budgets, on_charge)
+    if config.peers is not None:
+        governance.peers = build_peers(config, store, cache, limiter, budgets, on_event, registry)
+    return governance
+
+
+def build_peers(config: GatewayConfig, store: LedgerStore, cache: KeyCache, limiter: RateLimiter,
+                budgets: BudgetSync | None, on_event: Callable[..., None],
+                registry: CollectorRegistry | None) -> PeerSync:
+    """The puller of the `peers` section; ConfigError for a peer key that would also be another credential."""
+    peers = config.peers
+    assert peers is not None
+    if peers.key.startswith("secret/") or len(peers.key) < 32:
+        raise ConfigError("peers.key: the peer key must hold at least 32 characters")
+    if config.gateway.master_key and hmac.compare_digest(peers.key.encode(), config.gateway.master_key.encode()):
+        raise ConfigError("peers.key: must differ from gateway.master_key (a peer must not be able to administer)")
+    # Without a periodic budget sync (budget_sync_seconds 0), one that runs only after each pull.
+    raising = budgets or BudgetSync(store, cache, limiter, peers.interval, on_event)
+    return PeerSync(peers, peers.key, store, cache, raising, on_event, registry)

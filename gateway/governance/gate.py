@@ -24,6 +24,7 @@ from gateway.governance.limits.scopes import (
     user_scope,
 )
 from gateway.governance.model_access import may_use
+from gateway.governance.peers import PeerSync
 from gateway.governance.store.migrations import SchemaTooNew
 from gateway.governance.store.protocol import LedgerStore
 from gateway.http.errors import GatewayError, bad_request
@@ -104,6 +105,7 @@ class Governance:
         self._scopes_generation = -1
         self._zone_routes: dict[tuple[str, str], ModelRoute] = {}
         self.unreadable_store: str | None = None  # why this replica must not be ready, when it must not
+        self.peers: PeerSync | None = None  # the stack's other regions (governance/peers.py), when configured
 
     # ---- on the way in --------------------------------------------------------------------------
 
@@ -308,6 +310,8 @@ class Governance:
         await self.limiter.start()
         if self.budgets is not None:
             await self.budgets.start(sync_now=store_up)
+        if self.peers is not None:
+            await self.peers.start()
         self.cache.start()
         self._event("governance", limits=self.limiter.description, keys=len(self.cache.by_hash),
                     teams=len(self.cache.teams), key_refresh_seconds=self.cache.refresh_seconds)
@@ -317,6 +321,8 @@ class Governance:
                         "calls to this model cost $0 and never reach a budget")
 
     async def stop(self) -> None:
+        if self.peers is not None:
+            await self.peers.stop()
         if self.budgets is not None:
             await self.budgets.stop()
         await self.cache.stop()

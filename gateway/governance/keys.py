@@ -150,6 +150,24 @@ class KeyCache:
         self.loaded_at = time.time()
         return True
 
+    def hold_peer_keys(self, keys: list[tuple[VirtualKey, bool]]) -> int:
+        """Keys (and whether revoked) that peers in other regions sent while the local store cannot take them
+        (gateway.governance.peers): a revocation drops the key from memory, a key unknown here is added. Edits of
+        known keys wait for the store, since memory holds no versions to compare; the peers send them again until
+        the store has them, and its next reload replaces all of this. How many keys changed."""
+        by_hash = dict(self.by_hash)
+        changed = 0
+        for key, revoked in keys:
+            if revoked:
+                changed += by_hash.pop(key.token, None) is not None
+            elif key.token not in by_hash:
+                by_hash[key.token] = key
+                changed += 1
+        if changed:
+            self.by_hash = by_hash
+            self.generation += 1
+        return changed
+
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self.refresh_seconds)

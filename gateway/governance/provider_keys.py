@@ -8,7 +8,7 @@ environment: `providers/<p>` from `<P>_API_KEY` (OPENAI_API_KEY, ANTHROPIC_API_K
 `gateway/master-key` from `LLMP_MASTER_KEY`, anything else from
 `LLMP_SECRET_<NAME>` (upper case, `/` and `-` as `_`). Provider keys and the master
 key are re-read every `refresh_seconds`; a rotated value is used by the next call.
-`ledger.store` and `redis.url` may name a secret too (a DSN with a password), read at
+`ledger.store`, `redis.url` and `peers.key` may name a secret too (a DSN with a password), read at
 start only. Errors name the secret, never its value.
 
 A secret nobody has put a value in yet (empty, or the placeholder the Pulumi program's first deploy
@@ -123,7 +123,8 @@ def references(config: GatewayConfig) -> list[SecretRef]:
                 where = f"models[{model.alias}].deployments[{dep.name}].api_key"
                 refs.append(SecretRef(where, _check_name(dep.api_key, where), dep.name))
     for where, value in (("ledger.store", config.ledger.store if config.ledger else None),
-                         ("redis.url", config.redis.url if config.redis else None)):
+                         ("redis.url", config.redis.url if config.redis else None),
+                         ("peers.key", config.peers.key if config.peers else None)):
         if value and value.startswith(PREFIX):
             refs.append(SecretRef(where, _check_name(value, where), None, refreshed=False))
     return refs
@@ -184,7 +185,7 @@ def resolve_secrets(config: GatewayConfig,
 def apply(config: GatewayConfig, refs: list[SecretRef], values: dict[str, str]) -> GatewayConfig:
     value = {name: None if is_unset(v) else v for name, v in values.items()}
     by_dep = {r.deployment: value[r.name] for r in refs if r.deployment is not None}
-    gateway, ledger, redis = config.gateway, config.ledger, config.redis
+    gateway, ledger, redis, peers = config.gateway, config.ledger, config.redis, config.peers
     for ref in refs:
         if ref.field == "gateway.master_key":
             gateway = gateway.model_copy(update={"master_key": value[ref.name]})
@@ -193,13 +194,16 @@ def apply(config: GatewayConfig, refs: list[SecretRef], values: dict[str, str]) 
             ledger = ledger.model_copy(update={"store": store})
         elif ref.field == "redis.url" and redis is not None:
             redis = redis.model_copy(update={"url": _checked_url(values[ref.name], ref, ("redis://", "rediss://"))})
+        elif ref.field == "peers.key" and peers is not None:
+            peers = peers.model_copy(update={"key": values[ref.name]})  # read at start; a new value needs a restart
     models = [
         m.model_copy(update={"deployments": [
             d.model_copy(update={"api_key": by_dep[d.name]}) if d.name in by_dep else d for d in m.deployments
         ]})
         for m in config.models
     ]
-    return config.model_copy(update={"gateway": gateway, "models": models, "ledger": ledger, "redis": redis})
+    return config.model_copy(update={"gateway": gateway, "models": models, "ledger": ledger, "redis": redis,
+                              "peers": peers})
 
 
 def _checked_url(value: str, ref: SecretRef, schemes: tuple[str, ...]) -> str:

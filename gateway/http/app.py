@@ -18,6 +18,7 @@ from gateway.http.handlers import Endpoints
 from gateway.http.health import Health
 from gateway.http.models import ModelList
 from gateway.http.passthrough import audio_routes
+from gateway.http.peer import PeerApi
 from gateway.http.state import STATE, AppState
 from gateway.observability.calllog import CallLog
 from gateway.observability.metrics import GatewayMetrics
@@ -82,6 +83,9 @@ def build_app(
         state.auth = state.governance.auth
         state.usage = state.governance
         app_routes = AdminApi(state.governance).routes()
+        peers = state.governance.peers
+        if peers is not None:  # answered to the stack's other regions, by the peer key alone (http/peer.py)
+            app_routes += PeerApi(peers.settings.key, state.governance.store, peers.budgets).routes()
     else:
         app_routes = []
     state.quotas = DeploymentQuotas.for_config(config, state.governance.limiter if state.governance else None)

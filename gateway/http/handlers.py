@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from gateway.config.other_zones import zone_serving
+from gateway.governance.store_health import StoreHealth
 from gateway.http import passthrough
 from gateway.http.body import read_json
 from gateway.http.errors import GatewayError, bad_request, misdirected, model_not_found, unauthorized
@@ -20,7 +21,7 @@ from gateway.http.state import AppState
 from gateway.observability.usage import CallRecord
 from gateway.protocols.anthropic_upstream import BadShape
 from gateway.protocols.request import Request, check_shape
-from gateway.upstream.routing import HOP_HEADER
+from gateway.upstream.routing import HOP_HEADER, REPLICA_HEADER
 
 JSON = "application/json"
 perf = time.perf_counter
@@ -30,6 +31,7 @@ class Endpoints:
     def __init__(self, state: AppState) -> None:
         self.state = state
         self.litellm = LiteLLMHeaders(state.governance.prices if state.governance is not None else None)
+        self.stores = StoreHealth(state)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -99,6 +101,7 @@ class Endpoints:
             upstream_wait = perf() - waited_from
             record.deployment = opened.deployment.name
             record.replica = opened.replica.base_url
+            headers[REPLICA_HEADER] = opened.replica.name
             record.region = opened.deployment.region
             record.status = 200
             overhead = perf() - started - upstream_wait
@@ -178,6 +181,9 @@ class Endpoints:
         # 503 from the moment shutdown starts (state.draining), while calls in flight finish.
         report = self.state.readiness()
         status = 200 if report["ready"] else 503
+        stores = await self.stores.report()
+        if stores is not None:  # reported, never a reason to be unready (store_health.py says why)
+            report["stores"] = stores
         return web.Response(status=status, body=orjson.dumps(report), content_type=JSON)
 
     async def metrics(self, http: web.Request) -> web.Response:

@@ -57,6 +57,22 @@ def replica_urls(slices: list[Any], spec: EndpointSlices) -> list[str]:
     return sorted(set(urls))
 
 
+def replica_names(slices: list[Any], spec: EndpointSlices) -> dict[str, str]:
+    """Base URL -> the name of the Pod behind it (the endpoint's `targetRef`, which the EndpointSlice controller
+    sets for a Service's Pods: endpoint-slice-v1 reference, `endpoints.targetRef`)."""
+    names: dict[str, str] = {}
+    for endpoint_slice in slices:
+        port = _port(endpoint_slice, spec)
+        for endpoint in endpoint_slice.endpoints or []:
+            ref = endpoint.target_ref
+            if port is None or ref is None or not ref.name:
+                continue
+            for address in (endpoint.addresses or [])[:1]:
+                host = f"[{address}]" if ":" in address else address
+                names[f"{spec.scheme}://{host}:{port}{spec.base_path}".rstrip("/")] = ref.name
+    return names
+
+
 def _port(endpoint_slice: Any, spec: EndpointSlices) -> int | None:
     ports = endpoint_slice.ports or []
     if isinstance(spec.port, int):
@@ -133,7 +149,7 @@ class EndpointSliceWatcher:
         urls = replica_urls(list(self._slices.values()), self.spec)
         if urls != [r.base_url for r in self.pool.replicas]:
             # A replica that leaves keeps its calls in flight: they hold the Replica itself.
-            self.pool.set_replicas(urls)
+            self.pool.set_replicas(urls, replica_names(list(self._slices.values()), self.spec))
             self._report("replicas_changed", replicas=urls)
         return urls
 

@@ -35,10 +35,11 @@ CircuitListener = Callable[[str, str, str], None]  # deployment, replica, state
 class Replica:
     """One upstream server (a vLLM pod, or a hosted API base URL)."""
 
-    __slots__ = ("base_url", "breaker", "connections", "cooling_until", "host_header", "in_flight", "urls")
+    __slots__ = ("base_url", "breaker", "connections", "cooling_until", "host_header", "in_flight", "name", "urls")
 
-    def __init__(self, base_url: str, provider: str, breaker: CircuitBreaker) -> None:
+    def __init__(self, base_url: str, provider: str, breaker: CircuitBreaker, name: str = "") -> None:
         self.base_url = base_url
+        self.name = name or base_url  # what REPLICA_HEADER says: a pod's name, never its address
         self.urls = {endpoint: URL(base_url + path) for endpoint, path in PATHS[provider].items()}
         url = URL(base_url)
         tls = url.scheme == "https"
@@ -58,6 +59,10 @@ class Replica:
 # arrives with it is answered from the receiving region's own pools only, so two regions whose
 # pools are both down answer 503 instead of passing the call back and forth.
 HOP_HEADER = "x-llmp-hop"
+# On every answer: the name of the replica that served it (its pod's name when discovered from EndpointSlices,
+# else `<deployment>-<index>` in the configured list), so a client can see its session stay on one replica
+# (`llmp verify` does). Never the replica's address: that is not the caller's business (litellm_headers.py).
+REPLICA_HEADER = "x-llmp-replica"
 
 
 class DeploymentPool:
@@ -131,14 +136,15 @@ class DeploymentPool:
     def serves(self, endpoint: str) -> bool:
         return endpoint in PATHS[self.provider]
 
-    def set_replicas(self, base_urls: list[str]) -> None:
-        """Replace the replica set, keeping health and load of replicas that stay."""
+    def set_replicas(self, base_urls: list[str], names: dict[str, str] | None = None) -> None:
+        """Replace the replica set, keeping health and load of replicas that stay; `names`: url -> pod name."""
         current = {r.base_url: r for r in self.replicas}
         replicas = []
-        for url in dict.fromkeys(u.rstrip("/") for u in base_urls):
+        for index, url in enumerate(dict.fromkeys(u.rstrip("/") for u in base_urls)):
             replica = current.get(url)
             if replica is None:
                 replica = Replica(url, self.provider, self._breaker(url))
+            replica.name = (names or {}).get(url) or f"{self.name}-{index}"
             replicas.append(replica)
         for gone in set(current.values()) - set(replicas):
             while gone.connections.idle:  # keep-alive connections to a replica no longer in the pool

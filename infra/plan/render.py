@@ -138,3 +138,40 @@ def to_table(plan: Plan, regions: list[RegionSummary], cost: CostEstimate, resul
         policy.add_row(r.id, r.enforcement, status, "\n".join(r.violations) or "–")
     console.print(policy)
     return out.getvalue()
+
+
+def to_html(plan: Plan, regions: list[RegionSummary], cost: CostEstimate, results: Sequence[ControlResult]) -> str:
+    """The plan as one HTML page: the topology and cost pictures inline, then the pools and the controls."""
+    from html import escape as e
+
+    from infra.plan.pictures.cost_chart import cost_svg
+    from infra.plan.pictures.facts import read_topology
+    from infra.plan.pictures.topology import topology_svg
+
+    out = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
+           f"<title>llm-platform plan: {e(plan.stack)}</title><style>"
+           "body{font-family:system-ui,sans-serif;max-width:84rem;margin:2rem auto;padding:0 1rem}"
+           "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left}"
+           "svg{max-width:100%;height:auto}.fail{color:#a31515;font-weight:bold}</style></head><body>",
+           f"<h1>llm-platform plan: <code>{e(plan.stack)}</code></h1>",
+           f"<p>{len(plan.resources)} resources in {len(regions)} region(s). Estimated monthly cost "
+           f"{usd(cost.monthly_usd_min)} (min scale) to {usd(cost.monthly_usd_max)} (max scale), budget "
+           f"{usd(cost.budget_usd)}; prices as of {e(cost.catalog_as_of)}.</p>",
+           f"<figure id=\"topology\">{topology_svg(read_topology(plan.stack, plan.resources, cost.pools))}</figure>",
+           f"<figure id=\"cost\">{cost_svg(cost, plan.stack)}</figure>",
+           "<table><tr><th>region</th><th>zone</th><th>pool</th><th>capacity</th><th>instance types</th>"
+           "<th>nodes</th><th>models (replicas)</th><th>monthly (min–max)</th></tr>"]
+    for region in regions:
+        for pool in region.pools:
+            models = ", ".join(f"{m.model} ({m.replicas()})" for m in region.models if m.pool == pool["name"]) or "–"
+            out.append(f"<tr><td>{e(region.name)}</td><td>{e(region.residency)}</td><td>{e(pool['name'])}</td>"
+                       f"<td>{e(pool['capacity'])}</td><td>{e(', '.join(pool['instance_types']))}</td>"
+                       f"<td>{pool['min_nodes']}–{pool['max_nodes']}</td><td>{e(models)}</td>"
+                       f"<td>{usd(pool['monthly_usd_min'])}–{usd(pool['monthly_usd_max'])}</td></tr>")
+    out += ["</table>", "<h2>Policy controls</h2>", "<table><tr><th>control</th><th>enforcement</th><th>result</th>"
+            "<th>violations</th></tr>"]
+    for r in results:
+        out.append(f"<tr><td><code>{e(r.id)}</code></td><td>{e(r.enforcement)}</td><td class=\"{e(r.status)}\">"
+                   f"{e(r.status)}</td><td>{'<br>'.join(e(v) for v in r.violations) or '–'}</td></tr>")
+    out.append("</table></body></html>")
+    return "\n".join(out) + "\n"

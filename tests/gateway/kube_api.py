@@ -1,4 +1,5 @@
-"""A small Kubernetes API server for tests: EndpointSlices listed and watched, with resourceVersions."""
+"""A small Kubernetes API server for tests: EndpointSlices listed and watched, with resourceVersions; NodePools,
+Nodes, Deployments and StatefulSets read (what `llmp verify` reads)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,39 @@ def endpoint_slice(name: str, service: str, endpoints: list[dict[str, Any]], por
             "ports": [{"name": port_name, "port": port, "protocol": "TCP"}]}
 
 
+def _ready_condition(kind: str, ready: bool, reason: str) -> dict[str, Any]:
+    return {"type": kind, "status": "True" if ready else "False", "reason": reason,
+            "message": "" if ready else f"simulated: {reason}", "lastTransitionTime": "2026-11-26T00:00:00Z"}
+
+
+def node_pool(name: str, ready: bool = True) -> dict[str, Any]:
+    """A karpenter.sh/v1 NodePool with its `Ready` condition (Karpenter sets it from the NodeClass's readiness)."""
+    reason = "Ready" if ready else "NodeClassNotReady"
+    return {"apiVersion": "karpenter.sh/v1", "kind": "NodePool", "metadata": {"name": name},
+            "spec": {"template": {"spec": {"nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass",
+                                                             "name": name}, "requirements": []}}},
+            "status": {"conditions": [_ready_condition("Ready", ready, reason)]}}
+
+
+def node(name: str, labels: dict[str, str], ready: bool = True) -> dict[str, Any]:
+    reason = "KubeletReady" if ready else "KubeletNotReady"
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels},
+            "status": {"conditions": [_ready_condition("Ready", ready, reason)]}}
+
+
+def workload(kind: str, name: str, ready: int, replicas: int | None = None) -> dict[str, Any]:
+    """An apps/v1 Deployment or StatefulSet whose status says `ready` replicas are ready."""
+    labels = {"app.kubernetes.io/name": name}
+    spec: dict[str, Any] = {"replicas": replicas if replicas is not None else max(ready, 1),
+                            "selector": {"matchLabels": labels},
+                            "template": {"metadata": {"labels": labels},
+                                         "spec": {"containers": [{"name": "main", "image": "example:1"}]}}}
+    if kind == "StatefulSet":
+        spec["serviceName"] = name
+    status = {"replicas": spec["replicas"], "readyReplicas": ready} if ready else {"replicas": spec["replicas"]}
+    return {"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name}, "spec": spec, "status": status}
+
+
 class FakeKubeApi:
     """Serves `GET /apis/discovery.k8s.io/v1/namespaces/<ns>/endpointslices`, plain and `?watch=true`.
 
@@ -54,6 +88,8 @@ class FakeKubeApi:
         self.lists: list[tuple[str, str | None]] = []  # (namespace, labelSelector) of each list
         self.watches: list[dict[str, str]] = []  # the query of each watch
         self.failing = 0  # answer this many next requests with 500
+        # What is read, not watched: (plural, namespace, name) -> object; namespace "" for cluster-scoped kinds.
+        self.resources: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._changed = asyncio.Condition()
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -66,6 +102,9 @@ class FakeKubeApi:
     async def start(self) -> FakeKubeApi:
         app = web.Application()
         app.router.add_get("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices", self._endpointslices)
+        app.router.add_get("/apis/karpenter.sh/v1/{plural:nodepools}/{name}", self._read)
+        app.router.add_get("/api/v1/{plural:nodes}", self._list)
+        app.router.add_get("/apis/apps/v1/namespaces/{ns}/{plural:deployments|statefulsets}/{name}", self._read)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
@@ -106,6 +145,14 @@ class FakeKubeApi:
         doc = self.objects[(namespace, name)]
         return await self._record(namespace, "DELETED", doc, (namespace, name))
 
+    def set(self, doc: dict[str, Any], namespace: str = "") -> None:
+        """Create or replace a NodePool, Node (cluster-scoped: no namespace), Deployment or StatefulSet."""
+        plural = doc["kind"].lower() + "s"
+        stored = copy.deepcopy(doc)
+        if namespace:
+            stored["metadata"]["namespace"] = namespace
+        self.resources[(plural, namespace, doc["metadata"]["name"])] = stored
+
     def compact(self) -> None:
         """Forget the history, as etcd compaction does: older resourceVersions now answer 410."""
         self.history.clear()
@@ -137,6 +184,22 @@ class FakeKubeApi:
         self.lists.append((namespace, selector))
         items = [o for (ns, _), o in sorted(self.objects.items()) if ns == namespace and _matches(o, selector)]
         return web.json_response({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSliceList",
+                                  "metadata": {"resourceVersion": str(self.version)}, "items": items})
+
+    async def _read(self, request: web.Request) -> web.Response:
+        info = request.match_info
+        doc = self.resources.get((info["plural"], info.get("ns", ""), info["name"]))
+        if doc is None:
+            return web.json_response(_status(404, "NotFound", f'{info["plural"]} "{info["name"]}" not found'),
+                                     status=404)
+        return web.json_response(doc)
+
+    async def _list(self, request: web.Request) -> web.Response:
+        plural = request.match_info["plural"]
+        selector = request.query.get("labelSelector")
+        items = [o for (p, _, _), o in sorted(self.resources.items()) if p == plural and _matches(o, selector)]
+        kind = items[0]["kind"] if items else plural[:-1].capitalize()
+        return web.json_response({"apiVersion": "v1", "kind": f"{kind}List",
                                   "metadata": {"resourceVersion": str(self.version)}, "items": items})
 
     async def _watch(self, request: web.Request, namespace: str, selector: str | None) -> web.StreamResponse:

@@ -66,9 +66,12 @@ def v1_rows() -> dict[str, list[tuple[Any, ...]]]:
 
 
 def migrated(rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any, ...]]]:
-    """v1 rows as the latest schema holds them: every row kept, spend rows with no user (version 2's column)."""
+    """v1 rows as the latest schema holds them: every row kept, spend rows with no user (version 2's column), keys
+    and teams versioned by their creation, offered to peers from the start (version 3's updated_at and changed_at)."""
     out = {t: sorted(r, key=lambda row: row[0]) for t, r in rows.items()}
     out["llmp_spend"] = [(*row, None) for row in out["llmp_spend"]]
+    for table in ("llmp_keys", "llmp_teams"):  # created_at is the last column of version 1
+        out[table] = [(*row, row[-1], 0.0) for row in out[table]]
     return out
 
 
@@ -289,6 +292,9 @@ async def test_a_migrated_postgres_ledger_keeps_users_members_and_spend_by_user(
 
 # ---- a rolling update or a rollback: older code meets a newer schema it can still read ----------------------
 
+MIGRATIONS_NOW = migrations.MIGRATIONS
+
+
 async def test_version_1_code_reads_and_writes_a_version_2_ledger(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "ledger.db"
@@ -307,7 +313,7 @@ async def test_version_1_code_reads_and_writes_a_version_2_ledger(tmp_path: Path
         assert await old.insert_spend([orjson.dumps(row)]) == 1
     finally:
         await old.close()
-    assert sqlite_versions(path) == [1, 2]
+    assert sqlite_versions(path) == [m.version for m in MIGRATIONS_NOW]
 
 
 async def test_a_newer_ledger_unreadable_by_this_code_is_refused_and_the_gateway_is_not_ready(

@@ -80,10 +80,27 @@ _V2 = (
 )
 
 
+# Keys, teams and users shared with the stack's other regions (gateway.governance.peers): `updated_at` is the
+# record's version (the newest wins wherever it arrives), `changed_at` when this database last took a version of it
+# (the cursor a peer pulls from, so a record learned late from a third region still reaches every other).
+_V3 = tuple(
+    statement for table in ("llmp_keys", "llmp_teams", "llmp_users") for statement in (
+        f"ALTER TABLE {table} ADD COLUMN updated_at DOUBLE PRECISION",
+        f"ALTER TABLE {table} ADD COLUMN changed_at DOUBLE PRECISION",
+        f"CREATE INDEX {table}_changed ON {table} (changed_at)",
+        # Records made before versions existed: version their creation, and offer them to peers' first pull.
+        f"UPDATE {table} SET updated_at = COALESCE(created_at, 0), changed_at = 0",
+    )
+)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "keys, teams and spend rows", _V1),
     # Only new tables and a nullable column: version 1 code reads and writes such a database unchanged.
     Migration(2, "users, team members, spend rows by user", _V2, readable_by=1),
+    # Nullable columns and indexes only: older code reads and writes it (its writes carry no version, so peers do
+    # not hear of them until a newer gateway writes the record again).
+    Migration(3, "record versions, for peers in other regions", _V3, readable_by=1),
 )
 
 

@@ -29,6 +29,16 @@ from gateway.governance.store.migrations import (
     reader_rows,
 )
 from gateway.governance.store.protocol import BadRows, Conflict, StoreError
+from gateway.governance.store.replication import (
+    TABLES,
+    Kind,
+    PeerRecord,
+    changed_page,
+    changed_sql,
+    merge_args,
+    merge_sql,
+    record_times,
+)
 from gateway.governance.store.reports import (
     MEMBER_COLUMNS,
     as_rows,
@@ -144,13 +154,14 @@ class PostgresStore:
         return [key_from_doc(r[0], self._bad) for r in keys], [team_from_doc(r[0], self._bad) for r in teams]
 
     async def insert_key(self, key: VirtualKey) -> None:
-        await self._q("execute", "INSERT INTO llmp_keys (token, key_alias, team_id, doc, revoked, rev, created_at) "
-                      "VALUES ($1,$2,$3,$4,0,$5,$6)", key.token, key.key_alias, key.team_id, key_doc(key).decode(),
-                      new_rev(), key.created_at)
+        await self._q("execute", "INSERT INTO llmp_keys (token, key_alias, team_id, doc, revoked, rev, created_at, "
+                      "updated_at, changed_at) VALUES ($1,$2,$3,$4,0,$5,$6,$7,$7)", key.token, key.key_alias,
+                      key.team_id, key_doc(key).decode(), new_rev(), key.created_at, time.time())
 
     async def update_key(self, key: VirtualKey) -> None:
-        await self._q("execute", "UPDATE llmp_keys SET key_alias = $1, team_id = $2, doc = $3, rev = $4 "
-                      "WHERE token = $5", key.key_alias, key.team_id, key_doc(key).decode(), new_rev(), key.token)
+        await self._q("execute", "UPDATE llmp_keys SET key_alias = $1, team_id = $2, doc = $3, rev = $4, "
+                      "updated_at = $6, changed_at = $6 WHERE token = $5", key.key_alias, key.team_id,
+                      key_doc(key).decode(), new_rev(), key.token, time.time())
 
     async def get_key(self, token: str) -> tuple[VirtualKey, bool] | None:
         row = await self._q("fetchrow", "SELECT doc, revoked FROM llmp_keys WHERE token = $1", token)
@@ -164,8 +175,9 @@ class PostgresStore:
     async def revoke_keys(self, tokens: list[str]) -> list[str]:
         done = []
         for token in tokens:
-            row = await self._q("fetchrow", "UPDATE llmp_keys SET revoked = 1, rev = $1 WHERE token = $2 "
-                                "AND revoked = 0 RETURNING token", new_rev(), token)
+            row = await self._q("fetchrow", "UPDATE llmp_keys SET revoked = 1, rev = $1, updated_at = $3, "
+                                "changed_at = $3 WHERE token = $2 AND revoked = 0 RETURNING token", new_rev(), token,
+                                time.time())
             if row is not None:
                 done.append(token)
         return done
@@ -179,13 +191,14 @@ class PostgresStore:
         return [(key_from_doc(r[0], self._bad), bool(r[1])) for r in rows]
 
     async def insert_team(self, team: Team) -> None:
-        await self._q("execute", "INSERT INTO llmp_teams (team_id, team_alias, doc, rev, created_at) "
-                      "VALUES ($1,$2,$3,$4,$5)", team.team_id, team.team_alias, team_doc(team).decode(), new_rev(),
-                      team.created_at)
+        await self._q("execute", "INSERT INTO llmp_teams (team_id, team_alias, doc, rev, created_at, updated_at, "
+                      "changed_at) VALUES ($1,$2,$3,$4,$5,$6,$6)", team.team_id, team.team_alias,
+                      team_doc(team).decode(), new_rev(), team.created_at, time.time())
 
     async def update_team(self, team: Team) -> None:
-        await self._q("execute", "UPDATE llmp_teams SET team_alias = $1, doc = $2, rev = $3 WHERE team_id = $4",
-                      team.team_alias, team_doc(team).decode(), new_rev(), team.team_id)
+        await self._q("execute", "UPDATE llmp_teams SET team_alias = $1, doc = $2, rev = $3, updated_at = $5, "
+                      "changed_at = $5 WHERE team_id = $4", team.team_alias, team_doc(team).decode(), new_rev(),
+                      team.team_id, time.time())
 
     async def get_team(self, team_id: str) -> Team | None:
         row = await self._q("fetchrow", "SELECT doc FROM llmp_teams WHERE team_id = $1", team_id)
@@ -221,13 +234,14 @@ class PostgresStore:
     # ---- users and team members -----------------------------------------------------------------
 
     async def insert_user(self, user: User) -> None:
-        await self._q("execute", "INSERT INTO llmp_users (user_id, user_email, doc, rev, created_at) "
-                      "VALUES ($1,$2,$3,$4,$5)", user.user_id, user.user_email, user_doc(user).decode(), new_rev(),
-                      user.created_at)
+        await self._q("execute", "INSERT INTO llmp_users (user_id, user_email, doc, rev, created_at, updated_at, "
+                      "changed_at) VALUES ($1,$2,$3,$4,$5,$6,$6)", user.user_id, user.user_email,
+                      user_doc(user).decode(), new_rev(), user.created_at, time.time())
 
     async def update_user(self, user: User) -> None:
-        await self._q("execute", "UPDATE llmp_users SET user_email = $1, doc = $2, rev = $3 WHERE user_id = $4",
-                      user.user_email, user_doc(user).decode(), new_rev(), user.user_id)
+        await self._q("execute", "UPDATE llmp_users SET user_email = $1, doc = $2, rev = $3, updated_at = $5, "
+                      "changed_at = $5 WHERE user_id = $4", user.user_email, user_doc(user).decode(), new_rev(),
+                      user.user_id, time.time())
 
     async def get_user(self, user_id: str) -> User | None:
         row = await self._q("fetchrow", "SELECT doc FROM llmp_users WHERE user_id = $1", user_id)
@@ -276,3 +290,31 @@ class PostgresStore:
     async def spend_rows(self, filters: dict[str, str], limit: int) -> list[dict[str, Any]]:
         sql, args = rows_sql(filters, limit, lambda i: f"${i}")
         return as_rows(await self._q("fetch", sql, *args))
+
+    # ---- records shared with peers in other regions (gateway.governance.peers) ---------------------
+
+    async def changed_since(self, since: float, limit: int) -> tuple[list[PeerRecord], bool]:
+        found: dict[Kind, list[PeerRecord]] = {}
+        for kind in TABLES:
+            rows = await self._q("fetch", changed_sql(kind, lambda i: f"${i}"), since, limit)
+            found[kind] = [PeerRecord(kind, r[0], r[1], bool(r[2]), float(r[3]), float(r[4])) for r in rows]
+        return changed_page(found, limit)
+
+    async def merge_records(self, records: list[PeerRecord]) -> int:
+        import asyncpg
+
+        if not records:
+            return 0
+        await self._ready()
+        merged = 0
+        try:
+            async with asyncio.timeout(self.timeout), self._pool.acquire() as conn, conn.transaction():
+                for record, changed_at in zip(records, record_times(len(records))):
+                    sql, columns = merge_sql(record.kind, lambda i: f"${i}")
+                    status = await conn.execute(sql, *merge_args(record, columns, new_rev(), changed_at))
+                    # "INSERT 0 <count>", the rows inserted or updated: 0 where the local version was as new
+                    # (https://www.postgresql.org/docs/current/sql-insert.html, "Outputs").
+                    merged += int(status.split()[-1])
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"postgresql: {type(exc).__name__}: {exc}") from None
+        return merged

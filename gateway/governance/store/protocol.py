@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from gateway.governance.keys import Team, User, VirtualKey
+from gateway.governance.store.replication import PeerRecord
 
 
 class StoreError(Exception):
@@ -94,4 +95,13 @@ class LedgerStore(Protocol):
 
     async def spend_since(self, column: str, since: float, ids: list[str]) -> dict[str, float]:
         """Spend recorded since `since` (Unix seconds) per `key_token` or `team_id` in `ids`."""
+        ...
+
+    async def changed_since(self, since: float, limit: int) -> tuple[list[PeerRecord], bool]:
+        """Keys, teams and users this store took a version of at or after `since` (its `changed_at`), oldest first,
+        at most `limit`; and whether more are waiting (gateway.governance.store.replication)."""
+        ...
+
+    async def merge_records(self, records: list[PeerRecord]) -> int:
+        """Write each peer record where it is newer than the local version, in one transaction; how many were."""
         ...

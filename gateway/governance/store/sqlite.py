@@ -31,6 +31,15 @@ from gateway.governance.store.migrations import (
     reader_rows,
 )
 from gateway.governance.store.protocol import BadRows, Conflict, StoreError
+from gateway.governance.store.replication import (
+    TABLES,
+    PeerRecord,
+    changed_page,
+    changed_sql,
+    merge_args,
+    merge_sql,
+    record_times,
+)
 from gateway.governance.store.reports import (
     MEMBER_COLUMNS,
     as_rows,
@@ -43,6 +52,12 @@ from gateway.governance.store.reports import (
 from gateway.governance.store.schema import SQLITE_INSERT_SPEND, json_array
 
 T = TypeVar("T")
+
+
+def _now() -> tuple[float, float]:
+    """(updated_at, changed_at) of a write made here: a new version of the record (gateway.governance.peers)."""
+    now = time.time()
+    return now, now
 
 
 class SqliteStore:
@@ -137,13 +152,14 @@ class SqliteStore:
 
     async def insert_key(self, key: VirtualKey) -> None:
         await self._run(lambda db: db.execute(
-            "INSERT INTO llmp_keys (token, key_alias, team_id, doc, revoked, rev, created_at) VALUES (?,?,?,?,0,?,?)",
-            (key.token, key.key_alias, key.team_id, key_doc(key).decode(), new_rev(), key.created_at)))
+            "INSERT INTO llmp_keys (token, key_alias, team_id, doc, revoked, rev, created_at, updated_at, changed_at) "
+            "VALUES (?,?,?,?,0,?,?,?,?)",
+            (key.token, key.key_alias, key.team_id, key_doc(key).decode(), new_rev(), key.created_at, *_now())))
 
     async def update_key(self, key: VirtualKey) -> None:
         await self._run(lambda db: db.execute(
-            "UPDATE llmp_keys SET key_alias = ?, team_id = ?, doc = ?, rev = ? WHERE token = ?",
-            (key.key_alias, key.team_id, key_doc(key).decode(), new_rev(), key.token)))
+            "UPDATE llmp_keys SET key_alias = ?, team_id = ?, doc = ?, rev = ?, updated_at = ?, changed_at = ? "
+            "WHERE token = ?", (key.key_alias, key.team_id, key_doc(key).decode(), new_rev(), *_now(), key.token)))
 
     async def get_key(self, token: str) -> tuple[VirtualKey, bool] | None:
         def q(db: sqlite3.Connection) -> tuple[VirtualKey, bool] | None:
@@ -164,8 +180,8 @@ class SqliteStore:
         def q(db: sqlite3.Connection) -> list[str]:
             done = []
             for token in tokens:
-                cur = db.execute("UPDATE llmp_keys SET revoked = 1, rev = ? WHERE token = ? AND revoked = 0",
-                                 (new_rev(), token))
+                cur = db.execute("UPDATE llmp_keys SET revoked = 1, rev = ?, updated_at = ?, changed_at = ? "
+                                 "WHERE token = ? AND revoked = 0", (new_rev(), *_now(), token))
                 if cur.rowcount:
                     done.append(token)
             return done
@@ -185,13 +201,14 @@ class SqliteStore:
 
     async def insert_team(self, team: Team) -> None:
         await self._run(lambda db: db.execute(
-            "INSERT INTO llmp_teams (team_id, team_alias, doc, rev, created_at) VALUES (?,?,?,?,?)",
-            (team.team_id, team.team_alias, team_doc(team).decode(), new_rev(), team.created_at)))
+            "INSERT INTO llmp_teams (team_id, team_alias, doc, rev, created_at, updated_at, changed_at) "
+            "VALUES (?,?,?,?,?,?,?)",
+            (team.team_id, team.team_alias, team_doc(team).decode(), new_rev(), team.created_at, *_now())))
 
     async def update_team(self, team: Team) -> None:
         await self._run(lambda db: db.execute(
-            "UPDATE llmp_teams SET team_alias = ?, doc = ?, rev = ? WHERE team_id = ?",
-            (team.team_alias, team_doc(team).decode(), new_rev(), team.team_id)))
+            "UPDATE llmp_teams SET team_alias = ?, doc = ?, rev = ?, updated_at = ?, changed_at = ? WHERE team_id = ?",
+            (team.team_alias, team_doc(team).decode(), new_rev(), *_now(), team.team_id)))
 
     async def get_team(self, team_id: str) -> Team | None:
         def q(db: sqlite3.Connection) -> Team | None:
@@ -236,13 +253,14 @@ class SqliteStore:
 
     async def insert_user(self, user: User) -> None:
         await self._run(lambda db: db.execute(
-            "INSERT INTO llmp_users (user_id, user_email, doc, rev, created_at) VALUES (?,?,?,?,?)",
-            (user.user_id, user.user_email, user_doc(user).decode(), new_rev(), user.created_at)))
+            "INSERT INTO llmp_users (user_id, user_email, doc, rev, created_at, updated_at, changed_at) "
+            "VALUES (?,?,?,?,?,?,?)",
+            (user.user_id, user.user_email, user_doc(user).decode(), new_rev(), user.created_at, *_now())))
 
     async def update_user(self, user: User) -> None:
         await self._run(lambda db: db.execute(
-            "UPDATE llmp_users SET user_email = ?, doc = ?, rev = ? WHERE user_id = ?",
-            (user.user_email, user_doc(user).decode(), new_rev(), user.user_id)))
+            "UPDATE llmp_users SET user_email = ?, doc = ?, rev = ?, updated_at = ?, changed_at = ? WHERE user_id = ?",
+            (user.user_email, user_doc(user).decode(), new_rev(), *_now(), user.user_id)))
 
     async def get_user(self, user_id: str) -> User | None:
         def q(db: sqlite3.Connection) -> User | None:
@@ -303,3 +321,29 @@ class SqliteStore:
     async def spend_rows(self, filters: dict[str, str], limit: int) -> list[dict[str, Any]]:
         sql, args = rows_sql(filters, limit, lambda i: "?")
         return await self._run(lambda db: as_rows(db.execute(sql, args).fetchall()))
+
+    # ---- records shared with peers in other regions (gateway.governance.peers) ---------------------
+
+    async def changed_since(self, since: float, limit: int) -> tuple[list[PeerRecord], bool]:
+        def q(db: sqlite3.Connection) -> tuple[list[PeerRecord], bool]:
+            found = {kind: [PeerRecord(kind, r[0], r[1], bool(r[2]), float(r[3]), float(r[4]))
+                            for r in db.execute(changed_sql(kind, lambda i: "?"), (since, limit))] for kind in TABLES}
+            return changed_page(found, limit)
+
+        return await self._run(q)
+
+    async def merge_records(self, records: list[PeerRecord]) -> int:
+        def q(db: sqlite3.Connection) -> int:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                before = db.total_changes
+                for record, changed_at in zip(records, record_times(len(records))):
+                    sql, columns = merge_sql(record.kind, lambda i: "?")
+                    db.execute(sql, merge_args(record, columns, new_rev(), changed_at))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return db.total_changes - before
+
+        return await self._run(q) if records else 0
