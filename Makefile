@@ -14,22 +14,31 @@ LOCK_GATEWAY := requirements/gateway.lock
 install: $(STAMP)
 
 # The project itself goes in with --no-deps: its dependencies are exactly the lock's, nothing resolved here.
+# Each step says what it does first: on a fresh machine the whole install takes minutes, with pip kept quiet.
 $(STAMP): $(LOCK_ALL) pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet pip==$(PIP_VERSION)
-	$(PY) -m pip install --quiet --require-hashes -r $(LOCK_ALL)
-	$(PY) -m pip install --quiet --no-deps -e .
-	touch $@
+	@echo "install: creating the virtualenv $(VENV) (when missing)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "install: pip $(PIP_VERSION)"
+	@$(PY) -m pip install --quiet pip==$(PIP_VERSION)
+	@echo "install: every pinned package of $(LOCK_ALL), hashes checked (about 1.1 GB; minutes on a fresh machine)"
+	@$(PY) -m pip install --quiet --require-hashes -r $(LOCK_ALL)
+	@echo "install: llm-platform itself, editable, no dependencies"
+	@$(PY) -m pip install --quiet --no-deps -e .
+	@touch $@
 
 # The gateway part alone, in a venv of its own (no Pulumi SDKs): what a gateway host or image installs.
 GW_VENV := .venv-gateway
 install-gateway: $(GW_VENV)/.installed
 $(GW_VENV)/.installed: $(LOCK_GATEWAY) pyproject.toml
-	test -x $(GW_VENV)/bin/python || $(PYTHON) -m venv $(GW_VENV)
-	$(GW_VENV)/bin/python -m pip install --quiet pip==$(PIP_VERSION)
-	$(GW_VENV)/bin/python -m pip install --quiet --require-hashes -r $(LOCK_GATEWAY)
-	$(GW_VENV)/bin/python -m pip install --quiet --no-deps .
-	touch $@
+	@echo "install-gateway: creating the virtualenv $(GW_VENV) (when missing)"
+	@test -x $(GW_VENV)/bin/python || $(PYTHON) -m venv $(GW_VENV)
+	@echo "install-gateway: pip $(PIP_VERSION)"
+	@$(GW_VENV)/bin/python -m pip install --quiet pip==$(PIP_VERSION)
+	@echo "install-gateway: every pinned package of $(LOCK_GATEWAY), hashes checked (about 163 MB)"
+	@$(GW_VENV)/bin/python -m pip install --quiet --require-hashes -r $(LOCK_GATEWAY)
+	@echo "install-gateway: llm-platform itself, no dependencies"
+	@$(GW_VENV)/bin/python -m pip install --quiet --no-deps .
+	@touch $@
 
 # uv resolves the locks; pinned, from PyPI, in a venv of its own so it never enters the project's.
 UV_VERSION := 0.13.9
@@ -80,8 +89,10 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# On a terminal the plan shows its phases (program, charts, controls) on stderr while it runs.
 plan: install
-	$(VENV)/bin/llmp plan --stack prod
+	@echo "plan: llmp plan --stack prod (a minute or two)"
+	@$(VENV)/bin/llmp plan --stack prod
 
 test: install redis postgres chromium checkov node_modules/.installed
 	$(PY) -m pytest

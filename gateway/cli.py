@@ -4,22 +4,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 from gateway.config.errors import ConfigError
 from gateway.config.loading import Loaded, load, load_config
 from gateway.config.native import GatewayConfig
-from gateway.server import fail, run_workers, serve, use_uvloop
+from gateway.server import EXIT_OK, cannot_listen, fail, run_workers, serve, use_uvloop
+
+EPILOG = """exit codes:
+  0  stopped cleanly (Ctrl-C or SIGTERM, after draining)
+  2  the command line or the config is wrong (one line names the option or field)
+  3  cannot listen on --host:--port (the port is in use, or binding it is not permitted)"""
+LOOPBACK_HOST = "127.0.0.1"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llmp gateway", description="OpenAI-compatible LLM gateway")
-    p.add_argument("--config", help="native or LiteLLM config YAML file")
-    p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--port", type=int, default=4000)
+    p = argparse.ArgumentParser(prog="llmp gateway", description="OpenAI-compatible LLM gateway", epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="FILE", help="native or LiteLLM config YAML file")
+    p.add_argument("--host", help="address to listen on (default 0.0.0.0, every interface; with --demo 127.0.0.1, "
+                                  "this machine only)")
+    p.add_argument("--port", type=int, default=4000, help="TCP port to listen on (default 4000)")
     p.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (SO_REUSEPORT)")
     p.add_argument("--dev", action="store_true", help="local development: accept example and short master keys")
-    p.add_argument("--demo", action="store_true", help="run in front of two simulated vLLM replicas (implies --dev)")
+    p.add_argument("--demo", action="store_true",
+                   help="run in front of two simulated vLLM replicas, with virtual keys on (implies --dev); beyond "
+                        "this machine (--host 0.0.0.0) only with a master key of your own in LLMP_MASTER_KEY")
     return p
 
 
@@ -28,12 +39,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1:
         return fail("--workers: must be at least 1")
     if args.demo:
-        from gateway.demo import run_demo
+        from gateway.demo import demo_master_key, run_demo
 
+        host = args.host or LOOPBACK_HOST
+        try:
+            master_key = demo_master_key(host, os.environ.get("LLMP_MASTER_KEY"))
+        except ConfigError as exc:
+            return fail(str(exc))
         use_uvloop()
-        return run_demo(args.host, args.port)
+        return run_demo(host, args.port, master_key)
     if not args.config:
         return fail("--config FILE is required (or --demo)")
+    host = args.host or "0.0.0.0"
     try:
         loaded = load(args.config)
     except ConfigError as exc:
@@ -44,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"config error: {loaded.explain(exc)}")
     _log_ignored(loaded)  # here, once, before any worker starts
     if args.workers == 1:
-        return run_one(args.config, args.host, args.port, args.dev, False)
-    return run_workers(run_one, (args.config, args.host, args.port, args.dev, True), args.workers)
+        return run_one(args.config, host, args.port, args.dev, False)
+    return run_workers(run_one, (args.config, host, args.port, args.dev, True), args.workers)
 
 
 def _check(config: GatewayConfig, dev: bool) -> None:
@@ -84,5 +101,6 @@ def run_one(config_path: str, host: str, port: int, dev: bool, reuse_port: bool)
     try:
         asyncio.run(serve(app, host, port, reuse_port, announce))
     except OSError as exc:
-        return fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
-    return 0
+        return cannot_listen(host, port, exc)
+    return EXIT_OK
+

@@ -27,72 +27,105 @@ from typing import Any
 DEFAULT_URL = "http://127.0.0.1:4000"
 
 
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EPILOG = """exit codes:
+  0  done
+  1  the gateway answered with an error (its status and message are printed)
+  2  the command line is wrong, or no master key was given
+  3  the gateway cannot be reached at --url"""
+
+
 class CliError(Exception):
-    pass
+    """A failure `main` prints as one line, with the exit code it means."""
+
+    def __init__(self, message: str, code: int = EXIT_REFUSED) -> None:
+        super().__init__(message)
+        self.code = code
 
 
-def _nullable_int(text: str) -> int | None:
-    return None if text.lower() == "none" else int(text)
+def _whole_number_or_none(text: str) -> int | None:
+    if text.lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (or `none` to clear it)") from None
 
 
-def _nullable_float(text: str) -> float | None:
-    return None if text.lower() == "none" else float(text)
+def _amount_or_none(text: str) -> float | None:
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an amount in USD (or `none` to clear it)") from None
 
 
 def _limit_options(p: argparse.ArgumentParser) -> None:
     # SUPPRESS: an option not given is absent (unchanged on update); `none` given means "clear it".
     keep = argparse.SUPPRESS
-    p.add_argument("--alias", dest="alias", default=keep)
+    p.add_argument("--alias", dest="alias", default=keep, help="a name for it, unique")
     p.add_argument("--models", default=keep, help="comma-separated model aliases (default: all)")
-    p.add_argument("--max-budget", type=_nullable_float, default=keep)
-    p.add_argument("--budget-duration", default=keep, help="30s, 10m, 24h, 30d, 1mo")
-    p.add_argument("--rpm", type=_nullable_int, default=keep)
-    p.add_argument("--tpm", type=_nullable_int, default=keep)
-    p.add_argument("--parallel", type=_nullable_int, default=keep, help="max parallel requests")
-    p.add_argument("--residency", default=keep)
+    p.add_argument("--max-budget", type=_amount_or_none, default=keep, metavar="USD", help="spend cap per period")
+    p.add_argument("--budget-duration", default=keep, metavar="PERIOD", help="30s, 10m, 24h, 30d, 1mo")
+    p.add_argument("--rpm", type=_whole_number_or_none, default=keep, metavar="N", help="requests per minute")
+    p.add_argument("--tpm", type=_whole_number_or_none, default=keep, metavar="N", help="tokens per minute")
+    p.add_argument("--parallel", type=_whole_number_or_none, default=keep, metavar="N",
+                   help="max parallel requests")
+    p.add_argument("--residency", default=keep, metavar="ZONE", help="the only residency zone it may reach")
 
 
 def _key_options(p: argparse.ArgumentParser) -> None:
     keep = argparse.SUPPRESS
-    p.add_argument("--team", default=keep)
-    p.add_argument("--duration", default=keep, help="expires after: 30d, 24h, ...")
-    p.add_argument("--max-tokens", type=_nullable_int, default=keep)
-    p.add_argument("--max-request-bytes", type=_nullable_int, default=keep)
+    p.add_argument("--team", default=keep, metavar="TEAM_ID", help="the team it belongs to")
+    p.add_argument("--duration", default=keep, metavar="PERIOD", help="expires after: 30d, 24h, ...")
+    p.add_argument("--max-tokens", type=_whole_number_or_none, default=keep, metavar="N",
+                   help="cap on max_tokens per call")
+    p.add_argument("--max-request-bytes", type=_whole_number_or_none, default=keep, metavar="N",
+                   help="largest request body")
 
 
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=os.environ.get("LLMP_GATEWAY_URL", DEFAULT_URL))
-    common.add_argument("--master-key", default=os.environ.get("LLMP_MASTER_KEY"))
+    common.add_argument("--url", default=os.environ.get("LLMP_GATEWAY_URL", DEFAULT_URL),
+                        help=f"the gateway's base URL (default: $LLMP_GATEWAY_URL, else {DEFAULT_URL})")
+    common.add_argument("--master-key", default=os.environ.get("LLMP_MASTER_KEY"), metavar="KEY",
+                        help="the gateway's master key (default: $LLMP_MASTER_KEY)")
     common.add_argument("--json", action="store_true", help="print the API's JSON")
-    p = argparse.ArgumentParser(prog="llmp keys", description="Manage virtual keys through the gateway's admin API")
+    p = argparse.ArgumentParser(prog="llmp keys", description="Manage virtual keys through the gateway's admin API",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", parents=[common], help="create a key (shown once)")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:  # every command's --help lists the exit codes
+        return sub.add_parser(name, parents=[common], help=help, epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    gen = command("generate", help="create a key (shown once)")
     _limit_options(gen)
     _key_options(gen)
-    upd = sub.add_parser("update", parents=[common], help="change a key's settings")
+    upd = command("update", help="change a key's settings")
     upd.add_argument("key")
     _limit_options(upd)
     _key_options(upd)
-    upd.add_argument("--block", action="store_true")
-    upd.add_argument("--unblock", action="store_true")
-    ls = sub.add_parser("list", parents=[common], help="list live keys")
-    ls.add_argument("--team")
-    info = sub.add_parser("info", parents=[common], help="one key's settings and spend")
-    info.add_argument("key")
+    upd.add_argument("--block", action="store_true", help="refuse every call with it until --unblock")
+    upd.add_argument("--unblock", action="store_true", help="accept calls with it again")
+    ls = command("list", help="list live keys")
+    ls.add_argument("--team", metavar="TEAM_ID", help="only this team's keys")
+    info = command("info", help="one key's settings and spend")
+    info.add_argument("key", help="the key, or its token")
     for name in ("delete", "revoke"):
-        d = sub.add_parser(name, parents=[common], help="revoke keys (refused on every replica within seconds)")
-        d.add_argument("keys", nargs="*")
-        d.add_argument("--alias", action="append", default=[], dest="aliases")
-    team = sub.add_parser("team-new", parents=[common], help="create a team")
+        d = command(name, help="revoke keys (refused on every replica within seconds)")
+        d.add_argument("keys", nargs="*", help="keys, or their tokens")
+        d.add_argument("--alias", action="append", default=[], dest="aliases", help="revoke the key with this alias")
+    team = command("team-new", help="create a team")
     team.add_argument("team_id")
     _limit_options(team)
-    spend = sub.add_parser("spend", parents=[common], help="spend per key, team, model or day")
-    spend.add_argument("--by", choices=("key", "team", "model", "day"), default="key")
-    spend.add_argument("--start")
-    spend.add_argument("--end")
-    spend.add_argument("--key")
-    spend.add_argument("--team")
+    spend = command("spend", help="spend per key, team, model or day")
+    spend.add_argument("--by", choices=("key", "team", "model", "day"), default="key", help="group by (default key)")
+    spend.add_argument("--start", metavar="YYYY-MM-DD", help="first day counted")
+    spend.add_argument("--end", metavar="YYYY-MM-DD", help="last day counted")
+    spend.add_argument("--key", help="only this key (or token)")
+    spend.add_argument("--team", metavar="TEAM_ID", help="only this team")
     return p
 
 
@@ -120,7 +153,7 @@ def _fields(args: argparse.Namespace, update: bool) -> dict[str, Any]:
 
 def call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
     if not args.master_key:
-        raise CliError("no master key: pass --master-key or set LLMP_MASTER_KEY")
+        raise CliError("no master key: pass --master-key or set LLMP_MASTER_KEY", EXIT_USAGE)
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(args.url.rstrip("/") + path, data=data, method=method, headers={
         "Authorization": f"Bearer {args.master_key}", "Content-Type": "application/json"})
@@ -135,11 +168,16 @@ def call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> 
         raise CliError(f"{exc.code}: {message}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise CliError(f"cannot reach the gateway at {args.url}: {reason}") from None
+        raise CliError(f"cannot reach the gateway at {args.url}: {reason}", EXIT_UNREACHABLE) from None
+
+
+def _shown(value: Any) -> str:
+    """A value as a person reads it: `-` for none (not Python's `None`)."""
+    return "-" if value is None or value == "" else str(value)
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    cells = [[_shown(r.get(c)) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
@@ -151,8 +189,9 @@ def run(args: argparse.Namespace) -> str:
     if c == "generate":
         out = call(args, "POST", "/key/generate", _fields(args, update=False))
         return json.dumps(out, indent=2) if args.json else (
-            f"key: {out['key']}\n(shown once: store it now)\ntoken: {out['token_id']}\nalias: {out.get('key_alias')}\n"
-            f"team: {out.get('team_id')}\nexpires: {out.get('expires')}")
+            f"key: {out['key']}\n(shown once: store it now)\ntoken: {out['token_id']}\n"
+            f"alias: {_shown(out.get('key_alias'))}\nteam: {_shown(out.get('team_id'))}\n"
+            f"expires: {_shown(out.get('expires'))}")
     if c == "update":
         out = call(args, "POST", "/key/update", {"key": args.key, **_fields(args, update=True)})
         return json.dumps(out, indent=2)
@@ -166,7 +205,7 @@ def run(args: argparse.Namespace) -> str:
         return json.dumps(call(args, "GET", "/key/info?key=" + urllib.parse.quote(args.key)), indent=2)
     if c in ("delete", "revoke"):
         if not args.keys and not args.aliases:
-            raise CliError("give keys (or tokens) to revoke, or --alias")
+            raise CliError("give keys (or tokens) to revoke, or --alias", EXIT_USAGE)
         out = call(args, "POST", "/key/delete", {"keys": args.keys, "key_aliases": args.aliases})
         return json.dumps(out, indent=2) if args.json else "revoked: " + ", ".join(out["deleted_keys"])
     if c == "team-new":
@@ -195,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         print(run(args))
     except CliError as exc:
         print(f"llmp keys: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return exc.code
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import asyncio
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 
@@ -38,17 +39,24 @@ async def serve(app: web.Application, host: str, port: int, reuse_port: bool,
     # twice (wait for handlers "with timeout", then close what remains "with timeout again": aio-libs/aiohttp
     # PR 7718; web_protocol.RequestHandler.shutdown), so 10 s once cut streams ~20 s after SIGTERM. The grace
     # itself is Door.drain's, applied once.
+    # The port first: a port in use (OSError, the caller names it) fails before the app starts anything, so
+    # nothing says "started", and no upstream session, spool or background task is left to close.
+    sock = listen_socket(host, port, reuse_port)
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=UNWIND, **handler_settings(settings))
-    await runner.setup()
-    assert runner.server is not None
-    door = Door(runner.server, settings, state.log.event)
-    site = FrontDoorSite(runner, door, host, port, backlog=BACKLOG, reuse_port=reuse_port or None)
-    await site.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
+        await runner.setup()  # the app's on_startup: upstream session, governance, the "started" event
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        assert runner.server is not None
+        door = Door(runner.server, settings, state.log.event)
+        site = FrontDoorSite(runner, door, host, port, backlog=BACKLOG, reuse_port=reuse_port or None, sock=sock)
+        await site.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         if on_ready is not None:
             await on_ready()
         await stop.wait()
@@ -59,6 +67,29 @@ async def serve(app: web.Application, host: str, port: int, reuse_port: bool,
         await door.drain(settings.shutdown_grace)
     finally:
         await runner.cleanup()
+        sock.close()
+
+
+def listen_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
+    """A listening socket on host:port, as asyncio's create_server would make it (SO_REUSEADDR on POSIX, IPv6 only
+    for an IPv6 address: Lib/asyncio/base_events.py, create_server), made before the app starts."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        if os.name == "posix":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def run_workers(target: Callable[..., int], args: tuple[object, ...], workers: int) -> int:
@@ -85,6 +116,16 @@ def run_workers(target: Callable[..., int], args: tuple[object, ...], workers: i
     return code
 
 
+EXIT_OK, EXIT_USAGE, EXIT_LISTEN = 0, 2, 3  # `llmp gateway --help` says what each means (gateway/cli.py)
+
+
 def fail(message: str) -> int:
+    """A mistake in the command line or the config: one line, exit 2."""
     print(f"llmp gateway: {message}", file=sys.stderr)
-    return 2
+    return EXIT_USAGE
+
+
+def cannot_listen(host: str, port: int, exc: OSError) -> int:
+    """The port is in use or may not be bound: one line naming it, exit 3."""
+    print(f"llmp gateway: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+    return EXIT_LISTEN

@@ -2,6 +2,7 @@
 versions."""
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from datetime import date
 from functools import cache
@@ -106,13 +107,29 @@ class Catalog:
     fixed_hourly: dict[str, float]
     quotas: dict[str, dict[str, Quota]]  # "on-demand" | "spot" -> quota class -> quota
     kubernetes_versions: dict[str, VersionSupport]
+    commercial_regions: dict[str, str] = field(default_factory=dict)  # every region of partition `aws` -> its name
     stores: StorePrices = field(default_factory=StorePrices)
 
     def instance(self, name: str) -> InstanceType:
         return self.instances[name]
 
     def knows_region(self, region: str) -> bool:
+        """The catalog has GPU facts (zones, offerings, prices) for the region."""
         return region in self.regions
+
+    def region_problem(self, region: str) -> str | None:
+        """Why a region cannot run GPU pools here: not a commercial AWS region at all (with the closest names), or
+        a real one the snapshot has no GPU facts for. None when the catalog knows it."""
+        if self.knows_region(region):
+            return None
+        if region in self.commercial_regions:
+            return (f"{region} ({self.commercial_regions[region]}) is an AWS region, but infra/catalog.yaml (as of "
+                    f"{self.as_of}) has no GPU facts for it (zones, instance offerings, prices); regions with facts: "
+                    f"{', '.join(sorted(self.regions))}. Add it with `llmp catalog refresh --region {region}` plus a "
+                    f"--region for each region to keep (needs AWS credentials)")
+        close = difflib.get_close_matches(region, list(self.commercial_regions), n=3, cutoff=0.75)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        return f"unknown AWS region {region!r} (not one of the commercial regions in infra/catalog.yaml{hint})"
 
     def family_of(self, instance_type: str) -> Family | None:
         return self.families.get(instance_type.split(".", 1)[0])
@@ -193,7 +210,9 @@ def parse_catalog(raw: dict[str, Any]) -> Catalog:
     return Catalog(as_of=str(raw["as_of"]), sources=dict(raw.get("sources") or {}),
                    regions={r: list(z) for r, z in raw["regions"].items()}, families=families,
                    instances=instances, fixed_hourly=raw["fixed_hourly"], quotas=quotas,
-                   kubernetes_versions=versions, stores=_store_prices(raw.get("data_stores")))
+                   kubernetes_versions=versions,
+                   commercial_regions={str(r): str(n) for r, n in (raw.get("commercial_regions") or {}).items()},
+                   stores=_store_prices(raw.get("data_stores")))
 
 
 @cache

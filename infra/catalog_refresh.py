@@ -142,7 +142,9 @@ def rebuild(session: Any, current: dict[str, Any], today: date, regions: list[st
     sources["region-prices"] = "per family and region: median on-demand ratio to us-east-1 and median spot fraction"
     return {"as_of": today.isoformat(), "sources": sources, "regions": zones, "families": families,
             "fixed_hourly": current["fixed_hourly"], "instances": instances, "quotas": current["quotas"],
-            "kubernetes_versions": current["kubernetes_versions"], "data_stores": current.get("data_stores") or {}}
+            "kubernetes_versions": current["kubernetes_versions"],
+            "commercial_regions": current.get("commercial_regions", {}),
+            "data_stores": current.get("data_stores") or {}}
 
 
 def write_atomically(doc: dict[str, Any], path: Path) -> None:

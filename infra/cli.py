@@ -9,7 +9,7 @@ import argparse
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported where they run: these need the Pulumi SDKs
     from infra.plan.cost import CostEstimate
@@ -17,6 +17,13 @@ if TYPE_CHECKING:  # imported where they run: these need the Pulumi SDKs
     from infra.policy.rules.base import ControlResult
 
 EXIT_OK, EXIT_POLICY, EXIT_CONFIG, EXIT_PROGRAM = 0, 1, 2, 3
+EPILOG = """exit codes:
+  0  done (plan: no mandatory policy control fails)
+  1  plan: a mandatory policy control fails (the output lists it)
+  2  something to fix on your side, named in one message: the command line, the stack config or a file it
+     names, or a part of llm-platform (or the Pulumi CLI) this command needs that is not installed here
+  3  something failed that is not your input: the program under the mock engine (a bug), or an outside
+     command or API (reap's Pulumi CLI, catalog refresh's AWS calls)"""
 DISTRIBUTION = "llm-platform"
 # Top-level modules that only the `infra` extra installs (see pyproject.toml).
 INFRA_ONLY_MODULES = frozenset({"pulumi", "pulumi_aws", "pulumi_kubernetes", "pulumi_policy", "rich", "httpx2"})
@@ -47,32 +54,29 @@ def _stack_values(args: argparse.Namespace) -> tuple[dict, str, str]:
 
 def _plan(args: argparse.Namespace) -> tuple[Plan, CostEstimate, list[ControlResult]]:
     """Load, validate and run the stack under the mock engine. Returns (plan, cost, results) or exits."""
-    from rich.console import Console
-
     from infra.config import ConfigError
-    from infra.plan.cost import estimate
+    from infra.plan.cost import HELM_RELEASE, estimate
+    from infra.plan.progress import Progress, render_charts
     from infra.plan.run import ProgramError, run_program
 
-    err = Console(stderr=True, highlight=False)
-    try:
-        raw, stack, source = _stack_values(args)
-        with err.status(f"Running the Pulumi program for stack {stack} under the mock engine…",
-                        spinner="dots") if err.is_terminal else _nothing():
+    with Progress() as progress:  # the phases on stderr, when it is a terminal
+        try:
+            raw, stack, source = _stack_values(args)
+            progress.phase(f"running the Pulumi program for stack {stack} under the mock engine")
             plan = run_program(raw, stack, source)
-    except ConfigError as exc:
-        print(f"llmp: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
-    except ProgramError as exc:
-        print(f"llmp: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_PROGRAM) from None
-    from infra.policy.rules import evaluate
+        except ConfigError as exc:
+            print(f"llmp: {exc}", file=sys.stderr)
+            raise SystemExit(EXIT_CONFIG) from None
+        except ProgramError as exc:
+            print(f"llmp: {exc}", file=sys.stderr)
+            raise SystemExit(EXIT_PROGRAM) from None
+        from infra.policy.rules import evaluate
 
-    return plan, estimate(plan.resources, plan.config.budget.monthly_usd), evaluate(plan)
-
-
-class _nothing:
-    def __enter__(self) -> _nothing: return self
-    def __exit__(self, *exc: object) -> Literal[False]: return False
+        progress.phase(f"rendering {len(plan.of_type(HELM_RELEASE))} Helm charts")
+        render_charts(plan)
+        progress.phase("evaluating policy controls")
+        results = evaluate(plan)
+    return plan, estimate(plan.resources, plan.config.budget.monthly_usd), results
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -261,13 +265,16 @@ def _add_stack_args(p: argparse.ArgumentParser, stack_required: bool = False) ->
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llmp", description="llm-platform: plan, report and run the LLM serving platform")
+    p = argparse.ArgumentParser(prog="llmp", description="llm-platform: plan, report and run the LLM serving platform",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"llmp {version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     plan = sub.add_parser("plan", help="offline plan of a stack: resources, cost, policy controls")
     _add_stack_args(plan)
-    plan.add_argument("--format", choices=["table", "json", "markdown", "html"], default="table")
+    plan.add_argument("--format", choices=["table", "json", "markdown", "html"], default="table",
+                      help="table (default: for a terminal), json (only JSON on stdout), markdown (a PR comment) "
+                           "or html (with its pictures)")
     plan.set_defaults(func=cmd_plan)
 
     report = sub.add_parser("report", help="compliance report of a stack's policy controls; exits 1 when a "
@@ -319,9 +326,12 @@ def parser() -> argparse.ArgumentParser:
                        help="call this URL for a gateway DNS name (repeat; default: https://NAME)")
     check.add_argument("--key", help="gateway key for the chat calls (default: $LLMP_VERIFY_KEY); never printed")
     check.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default: 10)")
-    check.add_argument("--format", choices=["text", "json"], default="text")
+    check.add_argument("--format", choices=["text", "json"], default="text", help="text (default) or json")
     check.set_defaults(func=cmd_verify)
 
+    for name, command in sub.choices.items():  # every command's --help says what its exit code means
+        if name != "report":  # report's exit codes are its own (see `llmp report --help`)
+            command.epilog, command.formatter_class = EPILOG, argparse.RawDescriptionHelpFormatter
     sub.add_parser("gateway", help="run the OpenAI-compatible gateway (see `llmp gateway --help`)", add_help=False)
     sub.add_parser("keys", help="virtual keys, teams and spend on a running gateway (see `llmp keys --help`)",
                    add_help=False)

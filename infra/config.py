@@ -5,6 +5,7 @@ user would edit (`llm-platform:models[1].pool`) and what is wrong, all problems 
 """
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import re
@@ -342,9 +343,24 @@ def read_stack(stack: str, root: Path = ROOT, now: datetime | None = None) -> tu
     the preview template made into that PR's config."""
     own = stack_file(stack, root)
     if own.exists() or not PR_STACK.match(stack):
+        if not own.exists():
+            raise ConfigError(str(own), [("(stack)", no_such_stack(stack, root))])
         return read_stack_file(own), str(own)
     template = stack_file(PREVIEW_TEMPLATE, root)
     return preview_config(read_stack_file(template), stack, now), f"{template} (as {stack})"
+
+
+def existing_stacks(root: Path = ROOT) -> list[str]:
+    """Stacks with a file of their own (Pulumi.<stack>.yaml), besides which any pr-<n> stack exists."""
+    return sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in root.glob("Pulumi.*.yaml"))
+
+
+def no_such_stack(stack: str, root: Path = ROOT) -> str:
+    stacks = existing_stacks(root)
+    close = difflib.get_close_matches(stack, stacks, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return (f"no stack {stack!r}: there is no {stack_file(stack, root).name}. Stacks here: {', '.join(stacks)}, and "
+            f"pr-<number> (made from {stack_file(PREVIEW_TEMPLATE, root).name}){hint}")
 
 
 def preview_config(template: dict[str, Any], stack: str, now: datetime | None = None) -> dict[str, Any]:
@@ -368,9 +384,50 @@ def preview_config(template: dict[str, Any], stack: str, now: datetime | None = 
 
 
 def read_stack_file(path: Path) -> dict[str, Any]:
-    """The `llm-platform:*` values of a Pulumi.<stack>.yaml, namespace stripped."""
+    """The `llm-platform:*` values of a Pulumi.<stack>.yaml, namespace stripped; a key meant for this project
+    under another namespace, or none, is refused by name rather than left out."""
     prefix = NAMESPACE + ":"
-    return {k[len(prefix):]: v for k, v in read_config_map(path).items() if k.startswith(prefix)}
+    config_map = read_config_map(path)
+    problems = namespace_problems(config_map)
+    if problems:
+        raise ConfigError(str(path), problems)
+    return {k[len(prefix):]: v for k, v in config_map.items() if k.startswith(prefix)}
+
+
+# Namespaces of other packages whose keys a stack file may carry: the engine's own and the providers'.
+# Pulumi reads `pulumi:disable-default-providers` (both shipped stacks set it) and `<provider>:<key>` for a default
+# provider (https://www.pulumi.com/docs/iac/concepts/config/#provider-configuration-options).
+OTHER_NAMESPACES = frozenset({"pulumi", "aws", "kubernetes", "policy"})
+
+
+def namespace_problems(config_map: dict[str, Any]) -> list[tuple[str, str]]:
+    """Keys of a stack's `config:` that look meant for llm-platform but that the program would never read.
+
+    Pulumi hands the program `<namespace>:<key>` pairs and `pulumi.Config("llm-platform")` reads only its own
+    namespace, so `gatway:` or `llm-platfrom:gateway` would be silently ignored. Refused: a key without a
+    namespace, an llm-platform key that is not a config field, a namespace spelled like ours, and any other
+    namespace's key named like one of our fields."""
+    fields = [f for f in StackConfig.model_fields if f != "stack"]
+    problems: list[tuple[str, str]] = []
+    for key in config_map:
+        namespace, sep, name = str(key).partition(":")
+        if not sep:
+            if key in fields:
+                problems.append((str(key), f"a key without its namespace is not read: write `{NAMESPACE}:{key}`"))
+            else:
+                problems.append((str(key), f"a key without a namespace is not read: write `<namespace>:{key}` "
+                                           f"(`{NAMESPACE}:` for this project's settings)"))
+        elif namespace == NAMESPACE:
+            top = name.split(".", 1)[0].split("[", 1)[0]
+            if top not in fields:
+                close = difflib.get_close_matches(top, fields, n=1)
+                hint = f"; did you mean {NAMESPACE}:{close[0]}?" if close else f" (keys: {', '.join(fields)})"
+                problems.append((str(key), f"unknown key{hint}"))
+        elif namespace not in OTHER_NAMESPACES and (
+                name in fields or difflib.SequenceMatcher(None, namespace, NAMESPACE).ratio() >= 0.75):
+            problems.append((str(key), f"namespace {namespace!r} is not this project's: write `{NAMESPACE}:{name}` "
+                                       f"(the program reads only {NAMESPACE}:*)"))
+    return problems
 
 
 def read_config_map(path: Path) -> dict[str, Any]:
@@ -400,7 +457,13 @@ def to_pulumi_config(raw: dict[str, Any]) -> dict[str, str]:
 def from_pulumi() -> StackConfig:
     """The running stack's config, read through the Pulumi SDK (used by infra/__main__.py)."""
     import pulumi
+    from pulumi.runtime.config import CONFIG
 
+    # The language host hands the program every key of the stack, namespaced (pulumi-language-python-exec:
+    # set_all_config(get_config_env())); one the program would never read is refused by name.
+    problems = namespace_problems(dict(CONFIG.get()))
+    if problems:
+        raise ConfigError(f"stack {pulumi.get_stack()}", problems)
     config = pulumi.Config(NAMESPACE)
     raw: dict[str, Any] = {}
     for key in StackConfig.model_fields:
@@ -470,16 +533,18 @@ def cross_check(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
                                       f"`llmp preview-config {cfg.stack}`")
     for zone, regions in cfg.residency.items():
         for listed in regions:
-            if not catalog.knows_region(listed):
-                add(f"residency.{zone}", f"unknown AWS region {listed!r}")
+            # A zone may allow a real region that runs no pool (a Bedrock profile's destination, a future region):
+            # only a name that is no commercial region at all is a mistake here.
+            if listed not in catalog.commercial_regions and not catalog.knows_region(listed):
+                add(f"residency.{zone}", catalog.region_problem(listed) or f"unknown AWS region {listed!r}")
 
     region_names = [r.name for r in cfg.regions]
     for i, region in enumerate(cfg.regions):
         at = f"regions[{i}]"
         if region_names.count(region.name) > 1:
             add(f"{at}.name", f"region {region.name!r} is listed more than once")
-        if not catalog.knows_region(region.name):
-            add(f"{at}.name", f"unknown AWS region {region.name!r} (no facts in infra/catalog.yaml)")
+        if (problem := catalog.region_problem(region.name)) is not None:
+            add(f"{at}.name", problem)
         allowed = cfg.residency.get(region.residency)
         if allowed is None:
             add(f"{at}.residency", f"zone {region.residency!r} is not defined in {NAMESPACE}:residency "
@@ -583,6 +648,12 @@ def _check_model(cfg: StackConfig, catalog: Catalog, i: int, model: Model,
         problems.append((f"{at}.name", f"model {model.name!r} is defined more than once"))
     if model.replicas.min > model.replicas.max:
         problems.append((f"{at}.replicas.min", f"min ({model.replicas.min}) is above max ({model.replicas.max})"))
+    if model.replicas.min == 0 and not model.idles_at_zero:
+        # Refused rather than raised to one in silence (Model.floor): the plan and the bill would show a replica
+        # the config says is not there.
+        problems.append((f"{at}.replicas.min", "0 is only for `tier: batch` models, which scale to zero while idle; "
+                                               "an interactive model keeps one replica warm, since a caller would "
+                                               "wait minutes for one to load: write min: 1, or tier: batch"))
     if model.gpus not in TENSOR_PARALLEL_SIZES:
         problems.append((f"{at}.gpus", f"{model.gpus} GPUs per replica: vLLM tensor parallelism needs 1, 2, 4 or 8"))
     if model.residency is not None and model.residency not in cfg.residency:

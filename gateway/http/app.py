@@ -12,6 +12,7 @@ from gateway.config.native import GatewayConfig
 from gateway.governance.build import build_governance
 from gateway.governance.provider_keys import resolve_secrets
 from gateway.http.admin import AdminApi
+from gateway.http.admin_off import governance_off_routes
 from gateway.http.auth import MasterKeyAuth, check_master_key
 from gateway.http.cors import Cors, CorsPolicy
 from gateway.http.handlers import Endpoints
@@ -87,7 +88,7 @@ def build_app(
         if peers is not None:  # answered to the stack's other regions, by the peer key alone (http/peer.py)
             app_routes += PeerApi(peers.settings.key, state.governance.store, peers.budgets).routes()
     else:
-        app_routes = []
+        app_routes = governance_off_routes()  # the admin paths answer how to turn governance on
     state.quotas = DeploymentQuotas.for_config(config, state.governance.limiter if state.governance else None)
     for ref in secrets.unset_refs() if secrets is not None else []:
         state.on_secret(ref, "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -163,14 +164,18 @@ class FrontDoorSite(web.TCPSite):
     """aiohttp's TCP site, with `Door` as the protocol factory instead of the runner's server."""
 
     def __init__(self, runner: web.BaseRunner, door: Door, host: str, port: int, *,
-                 backlog: int, reuse_port: bool | None) -> None:
+                 backlog: int, reuse_port: bool | None, sock: socket.socket | None = None) -> None:
         super().__init__(runner, host, port, backlog=backlog, reuse_port=reuse_port)
         self.door = door
+        self.sock = sock  # already bound and listening (gateway/server.py binds before anything starts)
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner
-        self._server = await self.door.loop.create_server(
-            self.door, self._host, self._port, backlog=self._backlog, reuse_address=self._reuse_address,
-            reuse_port=self._reuse_port)
+        if self.sock is not None:
+            self._server = await self.door.loop.create_server(self.door, sock=self.sock, backlog=self._backlog)
+        else:
+            self._server = await self.door.loop.create_server(
+                self.door, self._host, self._port, backlog=self._backlog, reuse_address=self._reuse_address,
+                reuse_port=self._reuse_port)
         sockets = self._server.sockets
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port

@@ -14,7 +14,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway.sim", description="vLLM-compatible model server simulator")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
-    parser.add_argument("--model", action="append", help="served model name (repeatable); default sim-model")
+    parser.add_argument("--model", action="append", metavar="NAME",
+                        help="serve only this model name (repeatable), as vLLM's --served-model-name; other "
+                             "names get vLLM's 404. Default: any name a request gives (listed as sim-model)")
     parser.add_argument("--ttft", type=float, default=0.0, help="seconds before the first token")
     parser.add_argument("--tokens-per-s", type=float, default=0.0, help="stream pace; 0 = all at once")
     parser.add_argument("--output-tokens", type=int, default=8)
@@ -26,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = SimSettings(
         models=tuple(args.model or ["sim-model"]),
+        any_model=not args.model,
         ttft=args.ttft,
         tokens_per_s=args.tokens_per_s,
         output_tokens=args.output_tokens,
@@ -43,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         server = SimServer(settings, args.host, args.port)
         server.sim._keep = 0  # long runs keep no request bodies
         await server.start()
-        print(f"simulator {args.name} serving {', '.join(settings.models)} at {server.base_url}", flush=True)
+        serving = "any model name" if settings.any_model else ", ".join(settings.models)
+        print(f"simulator {args.name} serving {serving} at {server.base_url}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):  # vLLM treats both alike

@@ -79,7 +79,9 @@ def error_body(message: str, kind: str, code: int, anthropic: bool = False) -> d
     if anthropic:
         kinds = {500: "api_error", 429: "rate_limit_error", 404: "not_found_error"}
         return {"type": "error", "error": {"type": kinds.get(code, kind), "message": message}}
-    return {"object": "error", "message": message, "type": kind, "param": None, "code": code}
+    # OpenAI's shape, which vLLM answers too since its ErrorResponse became `{"error": ErrorInfo}`
+    # (vllm/entrypoints/openai/protocol.py: ErrorInfo{message, type, param, code}, code the HTTP status).
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
 def json_response(data: Any, status: int) -> web.Response:

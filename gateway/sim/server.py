@@ -70,9 +70,9 @@ class Simulator:
             self.stats.headers.append(dict(request.headers))
             del self.stats.bodies[: -self._keep], self.stats.headers[: -self._keep]
         model = body.get("model")
-        if model not in self.settings.models:
-            # vLLM answers 404 NotFoundError for a model it does not serve (issue 18: a dict as the
-            # body made aiohttp answer 500 "Unsupported body type").
+        if model not in self.settings.models and not self.settings.any_model:
+            # vLLM answers 404 NotFoundError for a model it does not serve (a dict as the body once made
+            # aiohttp answer 500 "Unsupported body type": the body is serialized text).
             raise web.HTTPNotFound(
                 text=orjson.dumps(error_body(f"The model `{model}` does not exist.", "NotFoundError", 404)).decode(),
                 content_type="application/json",

@@ -21,6 +21,9 @@ class SimSettings:
     """Behaviour of one simulated replica; tests change it while the server runs."""
 
     models: tuple[str, ...] = ("sim-model",)
+    # Serve whatever `model` a request names (what `python -m gateway.sim` does without --model), so that any
+    # config, examples/litellm.yaml's Llama names included, works against it as is; /v1/models lists `models`.
+    any_model: bool = False
     ttft: float = 0.0  # seconds before the first token (and before a non-streaming answer)
     tokens_per_s: float = 0.0  # 0: every token at once
     output_tokens: int = 8  # completion length when max_tokens does not cut it shorter

@@ -39,7 +39,9 @@ def irsa_trust_policy(oidc_provider_arn: str, issuer: str, subjects: list[str] |
 
 
 def secret_read_policy(region: str, secret_arns: list[str], key_arn: str) -> dict:
-    """The gateway of `region` reads exactly its stack's secrets in its own region, nothing else."""
+    """The gateway of `region` reads exactly its stack's secrets in its own region, nothing else: its zone's
+    provider keys and master key, the region's Redis URL, the peer key's copy there, and RDS's own secret of the
+    region's ledger (infra/components/gateway_stores.py), all encrypted with `key_arn`."""
     return {
         "Version": "2012-10-17",
         "Statement": [

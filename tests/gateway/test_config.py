@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +15,8 @@ import yaml
 from gateway.config.errors import ConfigError
 from gateway.config.loading import load_config, parse_config
 from gateway.http.auth import check_master_key
+from tests.gateway.conftest import KEY as KEY_FOR_CLI
+from tests.gateway.servers import free_port, wait_port
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "gateway" / "examples"
 ENV = ["LLMP_MASTER_KEY", "LLMP_PEER_KEY_US_WEST_2", "TOGETHER_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY",
@@ -293,3 +298,88 @@ def test_a_fallback_may_name_a_model_a_wildcard_serves() -> None:
     del doc["model_list"][1]
     with pytest.raises(ConfigError, match="fallback 'openai/gpt-4o-mini' is not a model alias"):
         parse_config(doc)
+
+
+def test_every_missing_environment_variable_of_a_file_is_named_in_one_run(monkeypatch) -> None:
+    # examples/native.yaml reads five variables: a new user learns all five from one start, each with its field.
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError) as err:
+        load_config(EXAMPLES / "native.yaml")
+    message = str(err.value)
+    for field, name in [("gateway.master_key", "LLMP_MASTER_KEY"),
+                        ("models[0].deployments[1].api_key", "LLMP_PEER_KEY_US_WEST_2"),
+                        ("models[0].deployments[3].api_key", "TOGETHER_API_KEY"),
+                        ("models[1].deployments[0].api_key", "OPENAI_API_KEY"),
+                        ("models[2].deployments[0].api_key", "ANTHROPIC_API_KEY")]:
+        assert f"{field}: environment variable {name} is not set" in message
+    assert message.endswith("(5 variables to set: LLMP_MASTER_KEY LLMP_PEER_KEY_US_WEST_2 TOGETHER_API_KEY "
+                            "OPENAI_API_KEY ANTHROPIC_API_KEY)")
+
+
+def test_litellm_file_names_every_missing_variable_at_once(monkeypatch) -> None:
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError) as err:
+        load_config(EXAMPLES / "litellm.yaml")
+    for name in ("VLLM_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "LITELLM_MASTER_KEY"):
+        assert f"environment variable {name} is not set" in str(err.value)
+
+
+def test_a_port_in_use_is_one_line_naming_it_and_nothing_starts(tmp_path) -> None:
+    # Bound first: no "started" event, no upstream session left open (aiohttp warns "Unclosed client session"
+    # for one that is, shown under -X dev), exit 3 (`llmp gateway --help` lists the codes).
+    config = tmp_path / "gw.yaml"
+    config.write_text(yaml.safe_dump(native(gateway={"master_key": KEY_FOR_CLI})))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for argv in (["--config", str(config)], ["--demo"]):
+            result = subprocess.run([sys.executable, "-X", "dev", "-m", "gateway", *argv, "--host", "127.0.0.1",
+                                     "--port", str(port)], capture_output=True, text=True, timeout=60,
+                                    env={**os.environ, "LLMP_MASTER_KEY": KEY_FOR_CLI})
+            assert result.returncode == 3, result.stderr
+            assert result.stderr == f"llmp gateway: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+            assert "started" not in result.stdout
+
+
+def test_the_demo_listens_on_this_machine_only_unless_given_a_key_of_your_own() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "LLMP_MASTER_KEY"}
+    result = subprocess.run([sys.executable, "-m", "gateway", "--demo", "--host", "0.0.0.0"], capture_output=True,
+                            text=True, timeout=60, env=env)
+    assert result.returncode == 2
+    assert result.stderr.startswith("llmp gateway: --host 0.0.0.0: the demo's master key is published")
+    from gateway.demo import DEMO_KEY, demo_master_key
+
+    with pytest.raises(ConfigError, match="LLMP_MASTER_KEY is an example key"):
+        demo_master_key("0.0.0.0", DEMO_KEY)
+    assert demo_master_key("0.0.0.0", KEY_FOR_CLI) == KEY_FOR_CLI
+    assert demo_master_key("127.0.0.1", None) == demo_master_key("::1", None) == DEMO_KEY
+
+
+def test_the_demo_binds_loopback_by_default() -> None:
+    from gateway.cli import parser
+
+    port = free_port()
+    demo = subprocess.Popen([sys.executable, "-m", "gateway", "--demo", "--port", str(port)],
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, 30, demo)
+        assert listening_addresses(port) == ["127.0.0.1"]
+    finally:
+        demo.send_signal(signal.SIGINT)
+        demo.wait(timeout=60)
+    assert parser().parse_args(["--demo"]).host is None  # resolved to 127.0.0.1 for --demo, 0.0.0.0 otherwise
+
+
+def listening_addresses(port: int) -> list[str]:
+    """IPv4 addresses listening on `port`, from the kernel's socket table (/proc/net/tcp: hex little-endian
+    address:port, state 0A is LISTEN)."""
+    found = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:
+            found.append(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return found

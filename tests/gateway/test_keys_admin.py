@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from gateway.http.admin_litellm import KEY_RESPONSE_DEFAULTS
+from gateway.http.admin_off import ADMIN_PATHS
 from tests.gateway.conftest import KEY, MODEL, RunningGateway, deployment, gateway_config
 
 MESSAGES = [{"role": "user", "content": "Say hello to the gateway"}]
@@ -311,3 +312,22 @@ async def test_a_bad_key_field_in_user_new_is_a_400_and_leaves_no_user(gov) -> N
     assert status == 400 and body["error"]["param"] == "duration", body
     status, _ = await admin(gov, "GET", "/user/info?user_id=ana")
     assert status == 404
+
+
+async def test_admin_paths_are_the_same_with_governance_off_and_on(gov, gateway_factory, sim) -> None:
+    # Without governance every admin path still answers (with how to turn it on): the list in http/admin_off.py
+    # is exactly what a governed gateway serves, and nothing else differs.
+    def paths(gw: RunningGateway) -> set[tuple[str, str]]:
+        return {(r.method, r.resource.canonical) for r in gw.app.router.routes()
+                if r.resource is not None and r.method != "HEAD"}
+    off = await gateway_factory(gateway_config([deployment("d", sim.base_url)]))
+    assert set(ADMIN_PATHS) <= paths(off)
+    assert paths(gov) == paths(off)
+
+
+async def test_an_admin_call_without_governance_says_which_section_turns_it_on(gateway_factory, sim) -> None:
+    gw = await gateway_factory(gateway_config([deployment("d", sim.base_url)]))
+    status, body = await admin(gw, "GET", "/key/list")
+    assert status == 501 and body["error"]["code"] == "governance_off"
+    assert body["error"]["message"].startswith("GET /key/list needs governance")
+    assert "add a `ledger:` section" in body["error"]["message"]

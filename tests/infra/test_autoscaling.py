@@ -18,7 +18,7 @@ from infra.components.autoscaling import (
     PROMETHEUS_URL,
 )
 from infra.components.cluster import SYSTEM_POOL
-from infra.config import ROOT, parse
+from infra.config import ROOT, ConfigError, parse
 from infra.plan.manifests import VENDORED_CHARTS
 from infra.plan.run import Plan, run_program
 from infra.scheduling import POOL_LABEL
@@ -190,8 +190,13 @@ def test_only_a_batch_model_allowed_zero_replicas_idles_at_zero() -> None:
     for region in raw["regions"]:  # its pool then keeps the replica's node
         next(p for p in region["pools"] if p["name"] == "batch")["min_nodes"] = 1
     assert "idleReplicas" not in _autoscaling(raw, "qwen2-5-7b-batch")
-    # An interactive model allowed zero still keeps one: a caller would wait minutes for a replica to load.
+    # An interactive model is never allowed zero (a caller would wait minutes for a replica to load): refused by
+    # the config with that reason, not raised to one in silence.
     raw = stack_raw("prod")
     next(m for m in raw["models"] if m["name"] == "llama-3-3-70b")["replicas"]["min"] = 0
-    interactive = _autoscaling(raw, "llama-3-3-70b")
-    assert "idleReplicas" not in interactive and interactive["minReplicas"] == 1
+    with pytest.raises(ConfigError) as refused:
+        parse(raw, "prod")
+    assert refused.value.problems == [("llm-platform:models[0].replicas.min",
+                                       "0 is only for `tier: batch` models, which scale to zero while idle; an "
+                                       "interactive model keeps one replica warm, since a caller would wait minutes "
+                                       "for one to load: write min: 1, or tier: batch")]

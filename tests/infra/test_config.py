@@ -6,9 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import yaml
 
+from infra.catalog import load_catalog
 from infra.cli import EXIT_CONFIG, main
-from infra.config import ConfigError, parse
+from infra.config import ROOT, ConfigError, namespace_problems, parse
 from tests.stacks import stack_raw, write_stack
 
 Mutation = Callable[[dict[str, Any]], None]
@@ -114,6 +116,14 @@ BAD_CONFIGS: list[tuple[str, Mutation, str, str]] = [
     ("the Hugging Face token named as a Kubernetes Secret (the old key)",
      _set("secrets", {"providers": ["openai"], "huggingface_token_secret": "hf-token"}),
      "llm-platform:secrets.huggingface_token_secret", "write `llm-platform:secrets.huggingface_token: true`"),
+    ("an interactive model at zero replicas", _set("models[1].replicas.min", 0),
+     "llm-platform:models[1].replicas.min", "0 is only for `tier: batch` models, which scale to zero while idle"),
+    ("a real region the catalog has no GPU facts for", _set("regions[3].name", "eu-central-2"),
+     "llm-platform:regions[3].name", "eu-central-2 (Europe (Zurich)) is an AWS region, but infra/catalog.yaml"),
+    ("a misspelt region", _set("regions[3].name", "eu-wset-2"),
+     "llm-platform:regions[3].name", "unknown AWS region 'eu-wset-2' (not one of the commercial regions"),
+    ("a misspelt region in a residency zone", _set("residency.eu", ["eu-north-1", "eu-west-2", "eu-wset-1"]),
+     "llm-platform:residency.eu", "did you mean eu-west-1"),
 ]
 
 
@@ -210,3 +220,59 @@ def test_replicas_of_different_models_share_nodes_when_counting() -> None:
     raw = stack_raw("prod")
     raw["regions"][2]["pools"][1]["min_nodes"] = 1
     parse(raw, "prod")
+
+
+def test_the_catalog_knows_every_commercial_region_from_its_dated_source() -> None:
+    catalog = load_catalog()
+    assert "commercial-regions" in catalog.sources and catalog.as_of
+    # Regions that opened after the GPU facts were gathered are still regions, not "unknown".
+    for region in ("eu-central-2", "ap-southeast-5", "mx-central-1", "ca-west-1", "il-central-1"):
+        assert region in catalog.commercial_regions
+        assert "has no GPU facts" in (catalog.region_problem(region) or "")
+    assert set(catalog.regions) <= set(catalog.commercial_regions)  # every region with facts is a real one
+    assert catalog.region_problem("us-east-1") is None
+
+
+def test_a_residency_zone_may_list_a_real_region_that_runs_no_pool() -> None:
+    raw = stack_raw("prod")
+    raw["residency"]["eu"].append("eu-central-2")
+    assert "eu-central-2" in parse(raw, "prod").residency["eu"]
+
+
+@pytest.mark.parametrize("key, words", [
+    ("gateway", "a key without its namespace is not read: write `llm-platform:gateway`"),
+    ("llm-platform:gatway", "unknown key; did you mean llm-platform:gateway?"),
+    ("llm-platfrom:gateway", "namespace 'llm-platfrom' is not this project's: write `llm-platform:gateway`"),
+    ("llmp:budget", "namespace 'llmp' is not this project's: write `llm-platform:budget`"),
+])
+def test_a_key_the_program_would_never_read_is_refused_by_name(key, words, tmp_path, capsys) -> None:
+    # Pulumi gives the program only `llm-platform:*` through pulumi.Config("llm-platform"): a key under another
+    # namespace, or none, would be silently dropped.
+    doc = yaml.safe_load((ROOT / "Pulumi.prod.yaml").read_text())
+    doc["config"][key] = doc["config"]["llm-platform:gateway"]
+    path = tmp_path / "Pulumi.prod.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["plan", "--config-file", str(path)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert f"  {key}: {words}" in err and "Traceback" not in err
+
+
+def test_keys_of_the_engine_and_providers_are_not_ours_to_refuse() -> None:
+    assert namespace_problems({"pulumi:disable-default-providers": ["*"], "aws:region": "us-east-1",
+                               "llm-platform:gateway": {}}) == []
+
+
+def test_the_program_refuses_a_stray_key_the_engine_hands_it(monkeypatch) -> None:
+    import pulumi
+    from pulumi.runtime.config import CONFIG
+
+    from infra.config import from_pulumi, to_pulumi_config
+
+    monkeypatch.setattr(pulumi, "get_stack", lambda: "prod")
+    token = CONFIG.set({**to_pulumi_config(stack_raw("prod")), "llm-platform:gatway": "{}"})
+    try:
+        with pytest.raises(ConfigError) as exc:
+            from_pulumi()
+    finally:
+        CONFIG.reset(token)
+    assert exc.value.problems == [("llm-platform:gatway", "unknown key; did you mean llm-platform:gateway?")]

@@ -262,3 +262,39 @@ def test_the_gateway_role_names_exactly_its_secrets(prod_plan: Plan) -> None:
                                 "llm-platform/prod/gateway/peer-key", "llm-platform/prod/gateway/redis-url"])
         assert [n[:-7] for n in names if not n.startswith("llm-platform/")] == [_ledger_secret(prod_plan, region)]
         assert decrypt["Resource"] == stack_key(prod_plan, region)
+
+
+# -- first create and update ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def options() -> dict[tuple[str, str], Any]:
+    """Each resource's options as the program gives them, by (type, name)."""
+    import pulumi
+
+    from infra.plan.run import run_program
+    from tests.stacks import stack_raw
+
+    seen: dict[tuple[str, str], Any] = {}
+
+    def observe(args: pulumi.ResourceTransformationArgs) -> None:
+        seen[(args.type_, args.name)] = args.opts
+
+    run_program(stack_raw("prod"), "prod", observe=observe)
+    return seen
+
+
+def test_each_gateway_starts_only_once_its_stores_and_the_peer_key_exist(options: dict[tuple[str, str], Any]) -> None:
+    """The gateway reads the Redis URL and the peer key at start and refuses to start without them."""
+    for region in PROD_REGIONS:
+        after = {getattr(r, "_name", None) for r in options[("llm-platform:gateway:Gateway", f"{region}-gateway")]
+                 .depends_on}
+        assert {f"{region}-gateway-stores", "gateway-peer-key"} <= after, region
+
+
+def test_an_update_keeps_the_redis_token_and_the_url_follows_the_store(options: dict[tuple[str, str], Any]) -> None:
+    """GetRandomPassword draws anew at every `up`: the group keeps its first token, and the URL secret, built from
+    the group's own state, changes only when the endpoint does."""
+    for region in PROD_REGIONS:
+        assert options[(CACHE, f"{region}-gateway-redis")].ignore_changes == ["authToken"]
+        assert not options[(VERSION, f"{region}-gateway-redis-url")].ignore_changes
+    assert options[(VERSION, "gateway-peer-key-value")].ignore_changes == ["secretString", "versionStages"]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from infra.cli import EXIT_OK, EXIT_POLICY, main
+from infra.cli import EXIT_CONFIG, EXIT_OK, EXIT_POLICY, main
 from infra.config import ROOT
 from tests.stacks import stack_raw, write_stack
 
@@ -134,3 +134,47 @@ def test_the_plan_shows_each_regions_elastic_capacity_add_ons_and_no_ingress_ngi
     main(["plan", "--stack", "prod"])
     table = capsys.readouterr().out
     assert "add-ons: aws-load-balancer-controller 3.5.0" in table and "nginx" not in table
+
+
+def test_a_stack_that_does_not_exist_is_named_with_the_stacks_that_do(capsys) -> None:
+    assert main(["plan", "--stack", "prdo"]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "no stack 'prdo': there is no Pulumi.prdo.yaml. Stacks here: preview, prod, and pr-<number>" in err
+    assert err.rstrip().endswith("did you mean prod?")
+
+
+def test_the_program_run_by_python_itself_says_how_to_run_it_in_one_line() -> None:
+    result = subprocess.run([sys.executable, "-m", "infra"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "use `pulumi up`" in result.stderr and "`llmp plan --stack <name>`" in result.stderr
+
+
+def test_on_a_terminal_the_plan_shows_its_phases_and_piped_it_prints_nothing_on_stderr(capsys, monkeypatch) -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from infra.plan import progress
+
+    screen, seen = StringIO(), []
+    enter = progress.Progress.__enter__
+    monkeypatch.setattr(progress.Progress, "__enter__", lambda self: seen.append(self) or enter(self))
+    monkeypatch.setattr(progress, "Console", lambda **_: Console(file=screen, force_terminal=True, width=200))
+    code, doc = plan_json(capsys, "--stack", "preview")
+    charts = sum(r["type"] == "kubernetes:helm.sh/v3:Release" for r in doc["resources"])
+    assert code == EXIT_OK and charts > 0
+    assert seen[0].phases == ["running the Pulumi program for stack preview under the mock engine",
+                              f"rendering {charts} Helm charts", "evaluating policy controls"]
+    assert "running the Pulumi program for stack preview under the mock engine…" in screen.getvalue()
+    monkeypatch.undo()
+    assert main(["plan", "--stack", "preview", "--format", "json"]) == EXIT_OK
+    assert capsys.readouterr().err == ""  # not a terminal: nothing but the JSON on stdout
+
+
+def test_every_command_says_what_its_exit_codes_mean(capsys) -> None:
+    for command in ("plan", "preview-config", "deploy-hub-targets", "reap", "ci-role"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert "exit codes:" in text and "\n  2  something to fix on your side" in text, command
