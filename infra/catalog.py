@@ -89,6 +89,15 @@ class VersionSupport:
 
 
 @dataclass(frozen=True)
+class StorePrices:
+    """us-east-1 list prices of the gateway's state stores (catalog.yaml `data_stores`), dated."""
+    as_of: str = ""
+    cache_node_usd_h: dict[str, dict[str, float]] = field(default_factory=dict)  # engine -> node type -> USD/h
+    db_instance_usd_h: dict[str, dict[str, float]] = field(default_factory=dict)  # engine -> class -> USD/h
+    db_storage_usd_gib_month: dict[str, float] = field(default_factory=dict)  # storage type -> USD per GiB-month
+
+
+@dataclass(frozen=True)
 class Catalog:
     as_of: str
     sources: dict[str, str]
@@ -99,6 +108,7 @@ class Catalog:
     quotas: dict[str, dict[str, Quota]]  # "on-demand" | "spot" -> quota class -> quota
     kubernetes_versions: dict[str, VersionSupport]
     commercial_regions: dict[str, str] = field(default_factory=dict)  # every region of partition `aws` -> its name
+    stores: StorePrices = field(default_factory=StorePrices)
 
     def instance(self, name: str) -> InstanceType:
         return self.instances[name]
@@ -153,6 +163,33 @@ class Catalog:
         return self.fixed_hourly[item] * factor * HOURS_PER_MONTH * count
 
 
+    def cache_node_monthly_usd(self, engine: str, node_type: str, region: str) -> float | None:
+        """One ElastiCache node for a month in `region`; None if the catalog does not price it."""
+        price = self.stores.cache_node_usd_h.get(engine, {}).get(node_type)
+        return None if price is None else price * self.region_price_factor(region) * HOURS_PER_MONTH
+
+    def db_instance_monthly_usd(self, engine: str, instance_class: str, region: str) -> float | None:
+        """One Single-AZ RDS instance for a month in `region` (a Multi-AZ one bills two); None if unpriced."""
+        price = self.stores.db_instance_usd_h.get(engine, {}).get(instance_class)
+        return None if price is None else price * self.region_price_factor(region) * HOURS_PER_MONTH
+
+    def db_storage_monthly_usd(self, storage_type: str, gib: int, region: str) -> float | None:
+        """`gib` of Single-AZ RDS storage for a month in `region`; None if the storage type is unpriced."""
+        price = self.stores.db_storage_usd_gib_month.get(storage_type)
+        return None if price is None else price * gib * self.region_price_factor(region)
+
+
+def _store_prices(raw: dict[str, Any] | None) -> StorePrices:
+    raw = raw or {}
+    return StorePrices(
+        as_of=str(raw.get("as_of") or ""),
+        cache_node_usd_h={e: {t: float(p) for t, p in types.items()}
+                          for e, types in (raw.get("cache_node_usd_h") or {}).items()},
+        db_instance_usd_h={e: {c: float(p) for c, p in classes.items()}
+                           for e, classes in (raw.get("db_instance_usd_h") or {}).items()},
+        db_storage_usd_gib_month={t: float(p) for t, p in (raw.get("db_storage_usd_gib_month") or {}).items()})
+
+
 def parse_catalog(raw: dict[str, Any]) -> Catalog:
     instances = {
         name: InstanceType(name, gpu, gpus, gmem, vcpus, ram, nvme, pods, price)
@@ -174,7 +211,8 @@ def parse_catalog(raw: dict[str, Any]) -> Catalog:
                    regions={r: list(z) for r, z in raw["regions"].items()}, families=families,
                    instances=instances, fixed_hourly=raw["fixed_hourly"], quotas=quotas,
                    kubernetes_versions=versions,
-                   commercial_regions={str(r): str(n) for r, n in (raw.get("commercial_regions") or {}).items()})
+                   commercial_regions={str(r): str(n) for r, n in (raw.get("commercial_regions") or {}).items()},
+                   stores=_store_prices(raw.get("data_stores")))
 
 
 @cache

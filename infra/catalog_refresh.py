@@ -143,7 +143,8 @@ def rebuild(session: Any, current: dict[str, Any], today: date, regions: list[st
     return {"as_of": today.isoformat(), "sources": sources, "regions": zones, "families": families,
             "fixed_hourly": current["fixed_hourly"], "instances": instances, "quotas": current["quotas"],
             "kubernetes_versions": current["kubernetes_versions"],
-            "commercial_regions": current.get("commercial_regions", {})}
+            "commercial_regions": current.get("commercial_regions", {}),
+            "data_stores": current.get("data_stores") or {}}
 
 
 def write_atomically(doc: dict[str, Any], path: Path) -> None:

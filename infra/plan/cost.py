@@ -60,6 +60,82 @@ class PoolCost:
     gpus_max: int
 
 
+REPLICATION_GROUP = "aws:elasticache/replicationGroup:ReplicationGroup"
+DB_INSTANCE = "aws:rds/instance:Instance"
+
+
+@dataclass(frozen=True)
+class StoreCost:
+    """One of the gateway's state stores for a month: an ElastiCache replication group (its node-hours times its
+    nodes) or an RDS instance (its instance-hours and storage, both twice when Multi-AZ: a standby bills like the
+    primary). The range is the storage's: allocated at min scale, the autoscaling ceiling (maxAllocatedStorage)
+    at max."""
+    region: str
+    name: str
+    kind: str  # "redis" | "ledger"
+    engine: str
+    size: str  # node type or instance class
+    nodes: int  # cache nodes; for a ledger 2 when Multi-AZ, else 1
+    multi_az: bool
+    storage_gib: tuple[int, int]  # (allocated, ceiling); (0, 0) for Redis
+    monthly_usd_min: float
+    monthly_usd_max: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {"region": self.region, "name": self.name, "kind": self.kind, "engine": self.engine,
+                "size": self.size, "nodes": self.nodes, "multi_az": self.multi_az,
+                "storage_gib": list(self.storage_gib), "monthly_usd_min": round(self.monthly_usd_min, 2),
+                "monthly_usd_max": round(self.monthly_usd_max, 2)}
+
+
+def _num(value: Any, default: int = 0) -> int:
+    return default if value is None else int(value)
+
+
+def store_cost(store: Resource, catalog: Catalog) -> StoreCost | str:
+    """A store's monthly cost, or why the catalog cannot price it."""
+    i = store.inputs
+    if store.type == REPLICATION_GROUP:
+        engine, size = str(i.get("engine") or "redis"), str(i.get("nodeType"))
+        nodes = _num(i.get("numCacheClusters")) or _num(i.get("numNodeGroups"), 1) * (
+            _num(i.get("replicasPerNodeGroup")) + 1)
+        node = catalog.cache_node_monthly_usd(engine, size, store.region)
+        if node is None:
+            return f"ElastiCache node type {size} ({engine})"
+        multi_az = bool(i.get("multiAzEnabled")) and nodes > 1
+        return StoreCost(store.region, store.name, "redis", engine, size, nodes, multi_az, (0, 0),
+                         node * nodes, node * nodes)
+    engine, size = str(i.get("engine") or ""), str(i.get("instanceClass"))
+    storage = str(i.get("storageType") or "gp2")  # RDS's default when none is named
+    multi_az = bool(i.get("multiAz"))
+    copies = 2 if multi_az else 1
+    allocated = _num(i.get("allocatedStorage"))
+    ceiling = max(allocated, _num(i.get("maxAllocatedStorage")))
+    instance = catalog.db_instance_monthly_usd(engine, size, store.region)
+    low, high = (catalog.db_storage_monthly_usd(storage, gib, store.region) for gib in (allocated, ceiling))
+    if instance is None:
+        return f"RDS instance class {size} ({engine})"
+    if low is None or high is None:
+        return f"RDS storage type {storage}"
+    return StoreCost(store.region, store.name, "ledger", engine, size, copies, multi_az, (allocated, ceiling),
+                     (instance + low) * copies, (instance + high) * copies)
+
+
+def store_costs(resources: Sequence[Resource], catalog: Catalog | None = None) -> tuple[list[StoreCost], list[str]]:
+    """Every gateway store's monthly cost, and the ones the catalog cannot price (named, with what is missing)."""
+    catalog = catalog or load_catalog()
+    priced: list[StoreCost] = []
+    unpriced: list[str] = []
+    for store in resources:
+        if store.type in (REPLICATION_GROUP, DB_INSTANCE):
+            cost = store_cost(store, catalog)
+            if isinstance(cost, str):
+                unpriced.append(f"{store.name} in {store.region}: {cost} is not in infra/catalog.yaml")
+            else:
+                priced.append(cost)
+    return priced, unpriced
+
+
 @dataclass
 class CostEstimate:
     pools: list[PoolCost]
@@ -67,16 +143,19 @@ class CostEstimate:
     budget_usd: float
     catalog_as_of: str
     regions: dict[str, dict[str, float]] = field(default_factory=dict)
+    stores: list[StoreCost] = field(default_factory=list)  # the gateway's Redis and ledger, per region
 
     @property
     def monthly_usd_min(self) -> float:
-        return sum(p.monthly_usd_min for p in self.pools) + sum(self.fixed_monthly_usd.values())
+        return (sum(p.monthly_usd_min for p in self.pools) + sum(self.fixed_monthly_usd.values())
+                + sum(s.monthly_usd_min for s in self.stores))
 
     @property
     def monthly_usd_max(self) -> float:
-        return sum(p.monthly_usd_max for p in self.pools) + sum(self.fixed_monthly_usd.values())
+        return (sum(p.monthly_usd_max for p in self.pools) + sum(self.fixed_monthly_usd.values())
+                + sum(s.monthly_usd_max for s in self.stores))
 
-    def as_json(self) -> dict:
+    def as_json(self) -> dict[str, Any]:
         return {
             "monthly_usd_min": round(self.monthly_usd_min, 2),
             "monthly_usd_max": round(self.monthly_usd_max, 2),
@@ -88,6 +167,7 @@ class CostEstimate:
                        "instance_types": list(p.instance_types), "min_nodes": p.min_nodes,
                        "max_nodes": p.max_nodes, "monthly_usd_min": round(p.monthly_usd_min, 2),
                        "monthly_usd_max": round(p.monthly_usd_max, 2)} for p in self.pools],
+            "stores": [st.as_json() for st in self.stores],
         }
 
 
@@ -259,8 +339,11 @@ def estimate(resources: Sequence[Resource], budget_usd: float, catalog: Catalog 
             fixed[r.region] = fixed.get(r.region, 0.0) + catalog.fixed_monthly_usd(item, r.region)
         if gib := prometheus_volume_gib(r) + gateway_spool_gib(r):
             fixed[r.region] = fixed.get(r.region, 0.0) + catalog.fixed_monthly_usd("ebs_gp3_gib", r.region, gib)
-    result = CostEstimate(pools=pools, fixed_monthly_usd=fixed, budget_usd=budget_usd, catalog_as_of=catalog.as_of)
-    for p in pools:
+    stores, _ = store_costs(resources, catalog)  # what cannot be priced fails budget-cap
+    result = CostEstimate(pools=pools, fixed_monthly_usd=fixed, budget_usd=budget_usd, catalog_as_of=catalog.as_of,
+                          stores=stores)
+    ranges: list[PoolCost | StoreCost] = [*pools, *stores]
+    for p in ranges:
         region = result.regions.setdefault(p.region, {"monthly_usd_min": 0.0, "monthly_usd_max": 0.0})
         region["monthly_usd_min"] += p.monthly_usd_min
         region["monthly_usd_max"] += p.monthly_usd_max

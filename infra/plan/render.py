@@ -13,7 +13,7 @@ from rich.table import Table
 from infra.plan.cost import CostEstimate
 from infra.plan.quotas import quota_needs
 from infra.plan.run import Plan
-from infra.plan.summary import RegionSummary
+from infra.plan.summary import RegionSummary, store_line
 
 
 class ControlResult(Protocol):
@@ -72,6 +72,8 @@ def to_markdown(plan: Plan, regions: list[RegionSummary], cost: CostEstimate, re
             lines += ["", f"**{region.name}** add-ons: "
                       + ", ".join(f"{n} {v}" for n, v in sorted(region.addons.items()))
                       + "".join(f"; {e}" for e in region.elastic)]
+        if region.stores:
+            lines += ["", f"**{region.name}** gateway stores:"] + [f"- {store_line(st)}" for st in region.stores]
     if any(p.capacity == "reserved" for p in cost.pools):
         lines += ["", RESERVED_NOTE]
     lines += ["", "EC2 vCPU quotas needed at max scale (request them before `pulumi up`):", "",
@@ -113,6 +115,8 @@ def to_table(plan: Plan, regions: list[RegionSummary], cost: CostEstimate, resul
             console.print("add-ons: " + ", ".join(f"{n} {v}" for n, v in sorted(region.addons.items())))
         for line in region.elastic:
             console.print(line)
+        for store in region.stores:
+            console.print(f"gateway {store_line(store)}")
     share = cost.monthly_usd_max / cost.budget_usd * 100 if cost.budget_usd else 0
     console.print(f"[bold]Cost[/bold]: {usd(cost.monthly_usd_min)} at min scale, {usd(cost.monthly_usd_max)} at "
                   f"max scale; budget {usd(cost.budget_usd)} (max scale uses {share:.0f}% of it)")

@@ -12,7 +12,7 @@ from infra.config import ROOT
 from tests.stacks import stack_raw, write_stack
 
 CONTROLS = ["budget-cap", "region-residency", "failover-topology", "secret-scope", "gpu-pool-hygiene",
-            "cluster-hardening", "version-support", "deployability", "capacity-fit"]
+            "cluster-hardening", "data-stores", "version-support", "deployability", "capacity-fit"]
 
 
 def plan_json(capsys, *args: str) -> tuple[int, dict]:

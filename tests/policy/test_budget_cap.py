@@ -1,7 +1,13 @@
 """Control budget-cap: every stack has a monthly budget with alerts, and cannot outgrow it even at maximum scale."""
 from __future__ import annotations
 
+import pytest
+
 from infra.catalog import HOURS_PER_MONTH, load_catalog
+from infra.plan.cost import estimate, store_cost
+from infra.plan.render import to_markdown, to_table
+from infra.plan.summary import summarize
+from infra.policy.rules import evaluate
 from tests.policy.helpers import (
     assert_passes,
     assert_rejected,
@@ -167,3 +173,90 @@ def test_system_nodes_without_a_tagging_launch_template_are_rejected(prod_plan):
     resources = mutated(prod_plan, untag_volumes)
     assert_rejected(result_of_resources(prod_plan, resources, "budget-cap"),
                     "node group us-east-1-system in us-east-1 starts volumes without the tag llm-platform:stack=prod")
+
+
+REDIS = "aws:elasticache/replicationGroup:ReplicationGroup"
+LEDGER = "aws:rds/instance:Instance"
+
+
+def test_budget_prices_the_gateway_stores(stack_plan):
+    """Each region's Redis at its node type's price times its nodes, its ledger at its class's price plus its storage,
+    both twice when Multi-AZ; us-east-1 list prices scaled by the region's price level, like NAT gateways."""
+    catalog = load_catalog()
+    res = result(stack_plan, "budget-cap")
+    assert_passes(res)
+    stores = next(e for e in res.evidence if e.get("estimate"))["stores"]
+    cost = estimate(stack_plan.resources, stack_plan.config.budget.monthly_usd, catalog)
+    for region in (r.name for r in stack_plan.config.regions):
+        redis = find(stack_plan.resources, REDIS, f"{region}-gateway-redis").inputs
+        ledger = find(stack_plan.resources, LEDGER, f"{region}-gateway-ledger").inputs
+        factor = catalog.region_price_factor(region) * HOURS_PER_MONTH
+        expected_redis = catalog.stores.cache_node_usd_h[redis["engine"]][redis["nodeType"]] * factor \
+            * redis["numCacheClusters"]
+        copies = 2 if ledger["multiAz"] else 1
+        instance = catalog.stores.db_instance_usd_h["postgres"][ledger["instanceClass"]] * factor
+        gib = catalog.stores.db_storage_usd_gib_month[ledger["storageType"]] * catalog.region_price_factor(region)
+        assert stores[f"{region}/redis"] == [round(expected_redis, 2)] * 2
+        assert stores[f"{region}/ledger"] == [round((instance + gib * ledger["allocatedStorage"]) * copies, 2),
+                                              round((instance + gib * ledger["maxAllocatedStorage"]) * copies, 2)]
+        # included in the region's min and max, and so in the stack's
+        here = [s for s in cost.stores if s.region == region]
+        pools = [p for p in cost.pools if p.region == region]
+        assert cost.regions[region]["monthly_usd_min"] == pytest.approx(
+            sum(p.monthly_usd_min for p in pools) + cost.fixed_monthly_usd[region]
+            + sum(s.monthly_usd_min for s in here))
+        assert cost.regions[region]["monthly_usd_max"] == pytest.approx(
+            sum(p.monthly_usd_max for p in pools) + cost.fixed_monthly_usd[region]
+            + sum(s.monthly_usd_max for s in here))
+    assert catalog.stores.as_of and {"elasticache-pricing", "rds-postgresql-pricing"} <= set(catalog.sources)
+
+
+def test_a_multi_az_ledger_bills_its_standby_and_a_multi_node_redis_each_node(prod_plan):
+    catalog = load_catalog()
+    ledger = find(prod_plan.resources, LEDGER, "eu-west-2-gateway-ledger")
+    redis = find(prod_plan.resources, REDIS, "eu-west-2-gateway-redis")
+    single = mutated(prod_plan, lambda rs: (find(rs, LEDGER, "eu-west-2-gateway-ledger").inputs.update(multiAz=False),
+                                            find(rs, REDIS, "eu-west-2-gateway-redis").inputs.update(
+                                                numCacheClusters=1)))
+    one_ledger, one_redis = (store_cost(find(single, t, n), catalog) for t, n in
+                             ((LEDGER, "eu-west-2-gateway-ledger"), (REDIS, "eu-west-2-gateway-redis")))
+    assert store_cost(ledger, catalog).monthly_usd_max == pytest.approx(2 * one_ledger.monthly_usd_max)
+    assert store_cost(redis, catalog).monthly_usd_max == pytest.approx(2 * one_redis.monthly_usd_max)
+
+
+def test_a_gateway_store_the_catalog_cannot_price_is_rejected(prod_plan):
+    """Program bug (simulated): eu-north-1's Redis grows to a node type the catalog has no price for, and its ledger
+    moves to io2 storage: the stack's cost then has no known bound."""
+    def unknown(rs):
+        find(rs, REDIS, "eu-north-1-gateway-redis").inputs.update(nodeType="cache.r7g.16xlarge")
+        find(rs, LEDGER, "eu-north-1-gateway-ledger").inputs.update(storageType="io2")
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, unknown), "budget-cap"),
+                    "gateway store eu-north-1-gateway-redis in eu-north-1: ElastiCache node type cache.r7g.16xlarge "
+                    "(valkey) is not in infra/catalog.yaml",
+                    "eu-north-1-gateway-ledger in eu-north-1: RDS storage type io2 is not in infra/catalog.yaml")
+
+
+def test_an_untagged_gateway_store_is_rejected(prod_plan):
+    def untag(rs):
+        find(rs, LEDGER, "us-east-1-gateway-ledger").tags.pop("llm-platform:stack")
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, untag), "budget-cap"),
+                    "aws:rds/instance:Instance us-east-1-gateway-ledger in us-east-1 lacks the tag "
+                    "llm-platform:stack=prod")
+
+
+def test_the_plan_shows_each_regions_gateway_stores_and_their_cost(prod_plan):
+    cost = estimate(prod_plan.resources, prod_plan.config.budget.monthly_usd)
+    regions = summarize(prod_plan, cost)
+    results = evaluate(prod_plan)
+    markdown, table = to_markdown(prod_plan, regions, cost, results), to_table(prod_plan, regions, cost, results, 400)
+    for region in regions:
+        kinds = [(s["kind"], s["multi_az"]) for s in region.stores]
+        assert kinds == [("redis", True), ("ledger", True)], region.name
+        redis, ledger = region.stores
+        assert redis["ingress"] == "TCP 6379 from the cluster security group"
+        assert ledger["ingress"] == "TCP 5432 from the cluster security group"
+        assert "llm-platform/prod/gateway/redis-url" in redis["credentials"]
+        assert "rds!db-" in ledger["credentials"] and "rds.force_ssl=1" in ledger["encryption"]
+    line = next(ln for ln in markdown.splitlines() if ln.startswith("- ledger") and "db.r7g.large" in ln)
+    assert "Multi-AZ" in line and "100–1000 GiB gp3" in line and "/month" in line
+    assert table.count("gateway Redis valkey") == table.count("gateway ledger postgres") == len(regions)

@@ -38,10 +38,13 @@ def test_eu_models_never_leave_eu(prod_plan):
 def test_secret_replicas_stay_in_their_zone(prod_plan):
     res = result(prod_plan, "region-residency")
     assert_passes(res)
-    secrets = [e for e in res.evidence if e.get("type") == SECRET]
-    assert len(secrets) == 12  # per zone: four provider keys, the master key, the Hugging Face token
+    secrets = [e for e in res.evidence
+               if e.get("type") == SECRET and e["secret"] != "llm-platform/prod/gateway/peer-key"]
+    # per zone: four provider keys, the master key, the Hugging Face token; per region: the Redis URL
+    assert len(secrets) == 12 + 4
     for e in secrets:
-        assert {e["region"], *e["replicas"]} in ({"us-east-1", "us-west-2"}, {"eu-north-1", "eu-west-2"})
+        assert {e["region"], *e["replicas"]} in ({"us-east-1", "us-west-2"}, {"eu-north-1", "eu-west-2"}) or (
+            e["secret"] == "llm-platform/prod/gateway/redis-url" and e["replicas"] == [])
 
 
 def test_only_iam_route53_and_budgets_live_outside_a_region(prod_plan):
@@ -355,3 +358,102 @@ def test_event_rule_delivering_to_another_zones_queue_is_rejected(prod_plan):
     assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, cross), "region-residency"),
                     "EventBridge target eu-north-1-karpenter-spot-interruption of a rule in eu-north-1 delivers to "
                     "arn:aws:sqs:us-east-1:")
+
+
+REDIS = "aws:elasticache/replicationGroup:ReplicationGroup"
+LEDGER = "aws:rds/instance:Instance"
+HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
+
+
+def test_no_gateway_store_outside_its_zone(stack_plan):
+    res = result(stack_plan, "region-residency")
+    assert_passes(res)
+    stores = [e for e in res.evidence if e.get("type") in (REDIS, LEDGER)]
+    assert sorted(e["resource"] for e in stores) == sorted(
+        f"{r.name}-gateway-{kind}" for r in stack_plan.config.regions for kind in ("redis", "ledger"))
+    assert all(e["store_of_gateway_in"] == e["region"] for e in stores)
+    ledgers = {e["region"]: e for e in res.evidence if "ledger_host" in e}
+    assert sorted(ledgers) == sorted(r.name for r in stack_plan.config.regions)
+    assert all(e["ledger_region"] == e["ledger_password_secret_region"] == region for region, e in ledgers.items())
+
+
+def test_gateway_store_created_in_another_zones_region_is_rejected(prod_plan):
+    """Program bug (simulated): eu-north-1's ledger is created through the us-east-1 provider, and its Redis names
+    us-east-1 as its own region (pulumi-aws 7's per-resource region) while going through the EU provider."""
+    def move(rs):
+        find(rs, LEDGER, "eu-north-1-gateway-ledger").region = "us-east-1"
+        find(rs, REDIS, "eu-north-1-gateway-redis").inputs["region"] = "us-east-1"
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, move), "region-residency"),
+                    "Instance eu-north-1-gateway-ledger, the store of the gateway in eu-north-1 (zone 'eu'), is "
+                    "created in us-east-1 (zone 'us')",
+                    "replicationGroup:ReplicationGroup eu-north-1-gateway-redis is created through the eu-north-1 "
+                    "provider but names region us-east-1 itself (zone 'us')",
+                    "the gateway in eu-north-1 (zone 'eu') keeps its ledger in eu-north-1-gateway-ledger in us-east-1")
+
+
+def test_ledger_copies_outside_its_zone_are_rejected(prod_plan):
+    """Program bug (simulated): an EU ledger gets a read replica in us-west-2, and its automated backups are
+    replicated to us-east-1; a replica inside the zone (eu-west-2) is fine."""
+    source = find(prod_plan.resources, LEDGER, "eu-north-1-gateway-ledger").outputs["arn"]
+
+    def copy_out(rs):
+        rs.append(PlannedResource(LEDGER, "eu-north-1-gateway-ledger-replica-us", "us-west-2", {
+            "engine": "postgres", "instanceClass": "db.r7g.large", "replicateSourceDb": source},
+            {"llm-platform:residency": "us"}))
+        rs.append(PlannedResource(LEDGER, "eu-north-1-gateway-ledger-replica-eu", "eu-west-2", {
+            "engine": "postgres", "instanceClass": "db.r7g.large", "replicateSourceDb": source},
+            {"llm-platform:residency": "eu"}))
+        rs.append(PlannedResource(
+            "aws:rds/instanceAutomatedBackupsReplication:InstanceAutomatedBackupsReplication",
+            "eu-north-1-gateway-ledger-backups", "us-east-1", {"sourceDbInstanceArn": source},
+            {"llm-platform:residency": "us"}))
+    res = result_of_resources(prod_plan, mutated(prod_plan, copy_out), "region-residency")
+    assert_rejected(res, "RDS read replica eu-north-1-gateway-ledger-replica-us in us-west-2 (zone 'us') copies "
+                         "eu-north-1-gateway-ledger in eu-north-1, outside its zone",
+                    "InstanceAutomatedBackupsReplication eu-north-1-gateway-ledger-backups copies the ledger's "
+                    "backups from eu-north-1 (zone 'eu') to us-east-1, outside its zone")
+    assert not any("replica-eu" in v for v in res.violations)
+
+
+def test_gateway_pointing_at_another_regions_ledger_is_rejected(prod_plan):
+    """Program bug (simulated): the eu-west-2 gateway's rendered config names us-east-1's ledger and its secret."""
+    us = find(prod_plan.resources, LEDGER, "us-east-1-gateway-ledger")
+
+    def repoint(rs):
+        release = next(r for r in rs if r.type == HELM_RELEASE and r.region == "eu-west-2"
+                       and str(r.inputs.get("chart", "")).endswith("charts/gateway"))
+        ledger = release.inputs["values"]["config"]["ledger"]
+        ledger["store"] = f"postgresql://llmp@{us.outputs['address']}:5432/llmp?sslmode=require"
+        ledger["store_password_secret"] = us.outputs["masterUserSecrets"][0]["secretArn"]
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, repoint), "region-residency"),
+                    "the gateway in eu-west-2 (zone 'eu') keeps its ledger in us-east-1-gateway-ledger in us-east-1 "
+                    "(zone 'us')",
+                    "the gateway in eu-west-2 reads its ledger password from arn:aws:secretsmanager:us-east-1:")
+
+
+def test_the_peer_key_alone_is_replicated_across_zones(prod_plan):
+    """The gateway peer key is in every region of the stack, both zones; the same replication of the master key is
+    refused."""
+    res = result(prod_plan, "region-residency")
+    assert_passes(res)
+    peer = next(e for e in res.evidence if e.get("secret") == "llm-platform/prod/gateway/peer-key")
+    assert {peer["region"], *peer["replicas"]} == {r.name for r in prod_plan.config.regions}
+
+    def replicate_master_key(rs):
+        secret = find(rs, SECRET, "llm-platform-secrets-us-gateway-master-key")
+        secret.inputs["replicas"] = [*secret.inputs["replicas"], {"region": "eu-north-1", "kmsKeyId": ""}]
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, replicate_master_key), "region-residency"),
+                    "secret llm-platform/prod/gateway/master-key (us-east-1, zone 'us') is replicated to eu-north-1")
+
+
+def test_a_config_putting_a_store_outside_its_zone_is_rejected_naming_it():
+    """Broken config: the zone called "eu" is declared to include us-east-1: that region's gateway stores would keep
+    the EU zone's key records, spend rows and counters in the US."""
+    raw = stack_raw("preview")
+    raw["residency"] = {"eu": ["eu-north-1", "us-east-1"]}
+    raw["regions"][0]["residency"] = "eu"
+    assert_rejected(result(plan_of(raw, "preview"), "region-residency"),
+                    "Instance us-east-1-gateway-ledger would keep zone 'eu''s key records and spend rows in us-east-1, "
+                    "outside the EU jurisdiction",
+                    "ReplicationGroup us-east-1-gateway-redis would keep zone 'eu''s limit and budget counters in "
+                    "us-east-1")

@@ -42,7 +42,9 @@ def test_only_the_stacks_gateway_roles_may_read_its_gateway_secrets(stack_plan):
     assert sorted(gateway_roles.values()) == sorted(r.name for r in stack_plan.config.regions)
     readers = [e for e in res.evidence if e.get("kind") == "gateway"]
     assert len(readers) == len(gateway_roles), "each gateway role reads its region's copies"
-    for e in [e for e in res.evidence if e.get("type") == SECRET and e["secret"] != TOKEN.format(stack_plan.stack)]:
+    peer_key = f"llm-platform/{stack_plan.stack}/gateway/peer-key"  # every zone's gateways: see the test below
+    for e in [e for e in res.evidence if e.get("type") == SECRET
+              and e["secret"] not in (TOKEN.format(stack_plan.stack), peer_key)]:
         zone = stack_plan.config.zone_of(e["region"])
         assert e["readers"] and all(stack_plan.config.zone_of(gateway_roles[r]) == zone for r in e["readers"])
 
@@ -239,3 +241,98 @@ def test_deploy_runner_vpc_grant_beside_another_action_is_rejected(preview_plan)
     assert_passes(result(preview_plan, "secret-scope"))
     assert_rejected(result_of_resources(preview_plan, mutated(preview_plan, widen), "secret-scope"),
                     f"{hub}-deploy-hub-runner: PlaceTheRunnerInTheVpc has a wildcard Resource (*)")
+
+
+LEDGER = "aws:rds/instance:Instance"
+ROLE = "aws:iam/role:Role"
+
+
+def _managed_secret(plan_resources, region: str) -> str:
+    return find(plan_resources, LEDGER, f"{region}-gateway-ledger").outputs["masterUserSecrets"][0]["secretArn"]
+
+
+def test_each_gateway_reads_its_regions_redis_url_peer_key_and_ledger_password(stack_plan):
+    res = result(stack_plan, "secret-scope")
+    assert_passes(res)
+    stack = stack_plan.stack
+    for region in (r.name for r in stack_plan.config.regions):
+        needs = next(e for e in res.evidence if e.get("gateway_region") == region)
+        assert sorted(needs["reads_store_secrets"]) == sorted([
+            f"llm-platform/{stack}/gateway/peer-key", f"llm-platform/{stack}/gateway/redis-url",
+            f"the RDS-managed master password of {region}-gateway-ledger"])
+        grant = policy_doc(find(stack_plan.resources, ROLE_POLICY, f"{region}-gateway-secrets"))
+        assert _managed_secret(stack_plan.resources, region) in grant["Statement"][0]["Resource"]
+    # The Redis URL's own fence exempts its region's gateway role alone.
+    for url in (e for e in res.evidence if e.get("secret") == f"llm-platform/{stack}/gateway/redis-url"):
+        assert url["replicas"] == []
+        assert url["readers"] == [find(stack_plan.resources, ROLE, f"{url['region']}-gateway").outputs["arn"]]
+
+
+def test_the_peer_key_is_the_only_secret_every_zones_gateways_read(prod_plan):
+    res = result(prod_plan, "secret-scope")
+    assert_passes(res)
+    peer = next(e for e in res.evidence if e.get("secret") == "llm-platform/prod/gateway/peer-key")
+    assert sorted(peer["readers"]) == sorted(find(prod_plan.resources, ROLE, f"{r.name}-gateway").outputs["arn"]
+                                             for r in prod_plan.config.regions)
+    # The same exemption on a zone's own secret is refused: only the peer key crosses zones.
+    us_role = find(prod_plan.resources, ROLE, "us-east-1-gateway").outputs["arn"]
+
+    def exempt_us_gateway(rs):
+        sp = find(rs, SECRET_POLICY, "llm-platform-secrets-eu-gateway-master-key")
+        fence = policy_doc(sp)
+        fence["Statement"][0]["Condition"]["StringNotEquals"]["aws:PrincipalArn"].append(us_role)
+        set_policy(sp, "policy", fence)
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, exempt_us_gateway), "secret-scope"),
+                    "secret llm-platform/prod/gateway/master-key (zone 'eu') exempts the gateway role of "
+                    "us-east-1, in another zone")
+
+
+def test_another_regions_gateway_reading_a_redis_url_or_ledger_password_is_rejected(prod_plan):
+    """Program bug (simulated): the us-west-2 gateway role may read us-east-1's Redis URL and ledger password, and
+    that Redis URL's fence exempts it."""
+    east = {r.inputs["name"]: r for r in prod_plan.of_type(SECRET) if r.region == "us-east-1"}
+    url = east["llm-platform/prod/gateway/redis-url"]
+    west_role = find(prod_plan.resources, ROLE, "us-west-2-gateway").outputs["arn"]
+
+    def widen(rs):
+        rp = find(rs, ROLE_POLICY, "us-west-2-gateway-secrets")
+        doc = policy_doc(rp)
+        doc["Statement"][0]["Resource"] += [url.outputs["arn"], _managed_secret(rs, "us-east-1")]
+        set_policy(rp, "policy", doc)
+        sp = find(rs, SECRET_POLICY, url.name)
+        fence = policy_doc(sp)
+        fence["Statement"][0]["Condition"]["StringNotEquals"]["aws:PrincipalArn"] = [
+            *fence["Statement"][0]["Condition"]["StringNotEquals"]["aws:PrincipalArn"], west_role]
+        set_policy(sp, "policy", fence)
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, widen), "secret-scope"),
+                    "us-west-2-gateway-secrets: the us-west-2 gateway role may read "
+                    "llm-platform/prod/gateway/redis-url in us-east-1",
+                    "may read the RDS-managed master password of us-east-1-gateway-ledger in us-east-1",
+                    "secret llm-platform/prod/gateway/redis-url in us-east-1 exempts the gateway role of us-west-2")
+
+
+def test_a_role_other_than_the_gateway_reading_the_ledger_password_is_rejected(prod_plan):
+    """Program bug (simulated): the eu-north-1 model server role may read that region's ledger password."""
+    def widen(rs):
+        rp = find(rs, ROLE_POLICY, "eu-north-1-models-token")
+        doc = policy_doc(rp)
+        granted = doc["Statement"][0]["Resource"]
+        doc["Statement"][0]["Resource"] = [*([granted] if isinstance(granted, str) else granted),
+                                           _managed_secret(rs, "eu-north-1")]
+        set_policy(rp, "policy", doc)
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, widen), "secret-scope"),
+                    "model server role may read the RDS-managed master password of eu-north-1-gateway-ledger, which "
+                    "only gateway roles may read")
+
+
+def test_a_gateway_role_that_cannot_read_its_stores_secrets_is_rejected(prod_plan):
+    """Program bug (simulated): the eu-west-2 gateway's grant lost the peer key and the ledger password."""
+    def narrow(rs):
+        rp = find(rs, ROLE_POLICY, "eu-west-2-gateway-secrets")
+        doc = policy_doc(rp)
+        doc["Statement"][0]["Resource"] = [a for a in doc["Statement"][0]["Resource"]
+                                           if "peer-key" not in a and "rds!db-" not in a]
+        set_policy(rp, "policy", doc)
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, narrow), "secret-scope"),
+                    "the gateway role of eu-west-2 may not read llm-platform/prod/gateway/peer-key in eu-west-2",
+                    "may not read the RDS-managed master password of eu-west-2-gateway-ledger in eu-west-2")

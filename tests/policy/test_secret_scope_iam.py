@@ -27,6 +27,8 @@ from infra.plan.run import Plan, run_program
 
 SECRET = "aws:secretsmanager/secret:Secret"
 TOKEN = "llm-platform/prod/huggingface/token"
+LEDGER = "aws:rds/instance:Instance"
+LEDGER_PASSWORD = "the ledger's RDS-managed password"
 
 
 def _secret_arn(self: SecretsManagerResponse) -> str:
@@ -75,15 +77,16 @@ def _populate(plan: Plan, secret_arns: dict, credentials: dict) -> None:
                 Name=name, SecretString=f"{plan.stack}:{name}:{region}")["ARN"]
             secret_arns[(plan.stack, name, region)] = arn
             planned_to_moto[secret.outputs["arn"].replace(f":{secret.region}:", f":{region}:")] = arn
-    # RDS's own secret of each gateway ledger (its managed master password), named rds!db-<id> by RDS; the mock
-    # engine names both stacks' alike, so the stack goes in front here.
-    for db in plan.of_type("aws:rds/instance:Instance"):
+    # RDS creates each ledger's master password secret itself (rds!db-<id>, in the ledger's region): play it. The
+    # mock engine derives the id from the logical name, the same in every stack, so moto's copy carries the stack.
+    for db in plan.of_type(LEDGER):
         for managed in db.outputs.get("masterUserSecrets") or []:
-            name = managed["secretArn"].split(":secret:", 1)[1][:-7]  # less RDS's -<6 characters> suffix
+            planned = managed["secretArn"]
             arn = boto3.client("secretsmanager", region_name=db.region).create_secret(
-                Name=f"{plan.stack}-{name}", SecretString=f"{plan.stack}:{name}:{db.region}")["ARN"]
-            secret_arns[(plan.stack, name, db.region)] = arn
-            planned_to_moto[managed["secretArn"]] = arn
+                Name=planned.split(":secret:", 1)[1].rsplit("-", 1)[0].replace("rds!db-", f"rds!db-{plan.stack}-"),
+                SecretString=json.dumps({"username": "llmp", "password": f"{plan.stack}:{db.region}"}))["ARN"]
+            secret_arns[(plan.stack, LEDGER_PASSWORD, db.region)] = arn
+            planned_to_moto[planned] = arn
     roles = {r.outputs["arn"]: r for r in plan.of_type("aws:iam/role:Role")}
     # A model server role also has its weights policy (tests/policy/test_weights_scope_iam.py): take the secrets one.
     role_policies = {r.inputs["role"]: r for r in plan.of_type("aws:iam/rolePolicy:RolePolicy")
@@ -199,3 +202,18 @@ def test_a_model_server_role_reads_the_hugging_face_token_in_its_region_and_no_p
 def test_a_gateway_role_cannot_read_the_hugging_face_token(account, prod_plan):
     for region in [r.name for r in prod_plan.config.regions]:
         assert account.denied(("prod", region), "prod", TOKEN, region), f"the {region} gateway read the token"
+
+
+def test_a_gateway_role_reads_its_regions_ledger_password_and_no_other(account, prod_plan):
+    """RDS's own secret for each region's ledger password: its gateway reads it; no other region's gateway, no model
+    server and no preview gateway can."""
+    regions = [r.name for r in prod_plan.config.regions]
+    for reader in regions:
+        own = json.loads(account.read(("prod", reader), "prod", LEDGER_PASSWORD, reader))
+        assert own == {"username": "llmp", "password": f"prod:{reader}"}
+        for region in regions:
+            if region != reader:
+                assert account.denied(("prod", reader), "prod", LEDGER_PASSWORD, region), \
+                    f"the {reader} gateway read {region}'s ledger password"
+        assert account.denied(("prod", reader, "models"), "prod", LEDGER_PASSWORD, reader)
+        assert account.denied(("preview", "us-east-1"), "prod", LEDGER_PASSWORD, reader)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from infra.catalog import load_catalog
-from infra.plan.cost import estimate, recorded_pools
+from infra.plan.cost import DB_INSTANCE, REPLICATION_GROUP, estimate, recorded_pools, store_costs
 from infra.policy.rules.base import (
     BUDGET,
     EKS_CLUSTER,
@@ -28,6 +28,7 @@ COST_BEARING = frozenset({
     "aws:cloudwatch/logGroup:LogGroup",
     "aws:route53/healthCheck:HealthCheck",
     "aws:sqs/queue:Queue",
+    REPLICATION_GROUP, DB_INSTANCE,
 })
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
 LOG_GROUP = "aws:cloudwatch/logGroup:LogGroup"
@@ -38,12 +39,18 @@ DESCRIPTION = (
     "percentage alert that e-mails someone. The estimated monthly cost with every node pool at its maximum size "
     "(a node group's max size of its dearest type; a Karpenter NodePool at its GPU and CPU limits, the most "
     "Karpenter launches, at the dearest price per GPU or per vCPU among its types; reserved pools billed in full "
-    "at both ends; catalog prices, plus control planes and NAT gateways) stays within "
+    "at both ends; catalog prices, plus control planes, NAT gateways and the gateway's state stores) stays within "
     "the declared budget. Preview stacks (and every pr-N copy) must in addition stay under the preview cap, "
-    "whatever their own budget says. The budget sees only what carries the stack tag, so every cost-bearing "
-    "resource does: clusters, node groups, NAT gateways and addresses, KMS keys, secrets, log groups and health "
-    "checks by their own tags (provider default tags included); the nodes' instances and volumes through their "
-    "node group's launch template or their NodePool's EC2NodeClass tags; each cluster's control plane log group "
+    "whatever their own budget says. Each region's gateway stores are priced from dated catalog rows (us-east-1 "
+    "list prices scaled by the region's price level, like NAT gateways): an ElastiCache replication group at its "
+    "node type's hourly price times its nodes; an RDS instance at its class's hourly price, plus its storage per "
+    "GiB-month (allocated at min scale, the storage autoscaling ceiling at max), both twice when Multi-AZ (the "
+    "standby bills like the primary); a node type, instance class or storage type the catalog does not price fails "
+    "the control, since the stack's cost would then have no bound. The budget sees only what carries the stack "
+    "tag, so every cost-bearing resource does: clusters, node groups, NAT gateways and addresses, KMS keys, "
+    "secrets, log groups, health checks, ElastiCache replication groups and RDS instances by their own tags "
+    "(provider default tags included); the nodes' instances and volumes through their node group's launch "
+    "template or their NodePool's EC2NodeClass tags; each cluster's control plane log group "
     "(/aws/eks/<cluster>/cluster) created by the program, tagged, rather than by EKS; each gateway's NLB through the "
     "aws-load-balancer-additional-resource-tags annotation of the LoadBalancer Service its release renders, "
     "which the AWS Load Balancer Controller stamps on the NLB, its listener and target group.")
@@ -97,11 +104,15 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
             priced.append(pool.resource)
     pooled = {id(p.resource) for p in pools}
     others = [r for r in resources.all if id(r) not in pooled]
+    for problem in store_costs(resources.all, catalog)[1]:
+        found.fail(f"gateway store {problem}: the stack's cost cannot be bounded; add its price, with its source")
     cost = estimate(others + priced, policy.budget_usd, catalog)
     found.judged(None, estimate="monthly cost at max scale", monthly_usd_min=round(cost.monthly_usd_min, 2),
                  monthly_usd_max=round(cost.monthly_usd_max, 2), budget_usd=policy.budget_usd,
-                 catalog_as_of=cost.catalog_as_of,
-                 pools={f"{p.region}/{p.pool}": round(p.monthly_usd_max, 2) for p in cost.pools})
+                 catalog_as_of=cost.catalog_as_of, store_prices_as_of=catalog.stores.as_of,
+                 pools={f"{p.region}/{p.pool}": round(p.monthly_usd_max, 2) for p in cost.pools},
+                 stores={f"{st.region}/{st.kind}": [round(st.monthly_usd_min, 2), round(st.monthly_usd_max, 2)]
+                         for st in cost.stores})
     if cost.monthly_usd_max > policy.budget_usd:
         dearest = sorted(cost.pools, key=lambda p: -p.monthly_usd_max)[:3]
         top = ", ".join(f"{p.region}/{p.pool} ${p.monthly_usd_max:,.0f}" for p in dearest)

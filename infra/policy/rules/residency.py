@@ -27,10 +27,20 @@ from infra.policy.rules.base import (
     TAG_RESIDENCY,
     Findings,
     PolicyConfig,
+    Resource,
     Resources,
     as_list,
     policy_document,
     statements,
+)
+from infra.policy.rules.stores import (
+    DB_BACKUP_REPLICATION,
+    DB_INSTANCE,
+    DB_SNAPSHOT_COPY,
+    GLOBAL_REPLICATION_GROUP,
+    REPLICATION_GROUP,
+    managed_secret_arns,
+    peer_key_secret_name,
 )
 
 # The only resource types allowed outside a region: AWS services that have none. Anything else
@@ -58,8 +68,9 @@ DESCRIPTION = (
     "resources through the region's cluster) sits in a region that the residency zone the stack declares for "
     "it allows, and AWS resources carry that zone in their llm-platform:residency tag. A zone named after a "
     "jurisdiction (eu, us, ...) lists only that jurisdiction's AWS regions. Models restricted to a zone are "
-    "served (vLLM releases) only in regions of that zone. Secret replicas and KMS replica keys stay in the "
-    "zone of their primary. Only global services, by an explicit list (IAM roles, policies and OIDC providers, "
+    "served (vLLM releases) only in regions of that zone. Secret replicas (but the gateway peer key's, below) and "
+    "KMS replica keys stay in the zone of their primary. Only global services, by an explicit list (IAM roles, "
+    "policies and OIDC providers, "
     "Route53 zones, records and health checks, AWS Budgets and the cost allocation tag's activation), exist "
     "outside a region. Model weights stay in their zone too: a bucket replicates only to buckets of the stack "
     "in its own zone, and a restricted model's weights are staged (by its staging Jobs) and loaded (by its "
@@ -74,7 +85,15 @@ DESCRIPTION = (
     "and its role may invoke Bedrock only in regions of its zone. Each region's AWS Load Balancer "
     "Controller manages load balancers in its own region only: its release names its cluster's region, and its "
     "role carries a deny of every non-IAM action requested in any other region (aws:RequestedRegion), since "
-    "the controller's upstream policy names every region.")
+    "the controller's upstream policy names every region. "
+    "No AWS resource names a region of its own (pulumi-aws 7's per-resource region) other than its provider's. "
+    "Each gateway's stores live in its own region: its ElastiCache replication group (<region>-gateway-redis) and "
+    "its RDS PostgreSQL ledger (<region>-gateway-ledger) are created in that region, the ledger its rendered config "
+    "names is an instance the stack creates there, and the secret RDS keeps the ledger's master password in, and the "
+    "one the gateway reads it from, are in that region too. Copies of a ledger (read replicas, snapshot copies, "
+    "replicated automated backups) stay in its zone, and no ElastiCache global datastore copies a Redis elsewhere. "
+    "Secret replicas stay in their zone, except the gateway peer key, which every region of the stack holds: a random "
+    "token gateways authenticate each other with, carrying no user data (see secret-scope).")
 
 # The AWS Load Balancer Controller's chart (infra/components/load_balancer.py).
 LB_CONTROLLER_CHART = "aws-load-balancer-controller"
@@ -128,6 +147,11 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
             found.fail(f"{r.type} {r.name} is in {r.region}, which is not one of the stack's regions")
             continue
         placed[(r.region, zone)] += 1
+        # pulumi-aws 7 lets a resource name its own region, overriding its provider's: every per-region rule
+        # would then judge it where it is not.
+        if r.type.startswith("aws:") and r.inputs.get("region") and str(r.inputs.get("region")) != r.region:
+            found.fail(f"{r.type} {r.name} is created through the {r.region} provider but names region "
+                       f"{r.inputs.get('region')} itself (zone {policy.zone_of(str(r.inputs.get('region')))!r})")
         if r.region not in policy.residency.get(zone, []):
             found.fail(f"{r.type} {r.name} is in {r.region}, outside residency zone {zone!r} "
                        f"({', '.join(policy.residency.get(zone, []))})")
@@ -163,8 +187,11 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
         replicas = [(str(rep.get("region")), str(rep.get("kmsKeyId") or ""))
                     for rep in as_list(secret.inputs.get("replicas"))]
         found.judged(secret, secret=secret.inputs.get("name"), zone=zone, replicas=[r for r, _ in replicas])
+        shared = secret.inputs.get("name") == peer_key_secret_name(policy.stack)
         for region, key in replicas:
-            if policy.zone_of(region) != zone or region not in policy.residency.get(zone or "", []):
+            if shared and policy.zone_of(region) is not None:
+                pass  # the gateway peer key: a random token every zone's gateways share, no user data (secret-scope)
+            elif policy.zone_of(region) != zone or region not in policy.residency.get(zone or "", []):
                 found.fail(f"secret {secret.inputs.get('name')} ({secret.region}, zone {zone!r}) is replicated to "
                            f"{region}, outside its zone")
             if key and _arn_region(key) != region:
@@ -177,7 +204,82 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
             found.fail(f"KMS replica key {replica.name} in {replica.region} copies a key from {primary.region}, "
                        f"another residency zone")
     _alert_destinations(resources, found)
+    _gateway_stores(resources, policy, found)
     return found
+
+
+def _gateway_stores(resources: Resources, policy: PolicyConfig, found: Findings) -> None:
+    """Each gateway's stores, and every copy of them, stay in the gateway's region (copies at most in its zone):
+    spend rows and key records never leave their zone."""
+    dbs = resources.of_type(DB_INSTANCE)
+    db_by_ref = {str(ref): db for db in dbs for ref in (db.outputs.get("arn"), db.outputs.get("identifier"),
+                                                         db.inputs.get("identifier")) if ref}
+    for store in resources.of_type(REPLICATION_GROUP) + dbs:
+        if store.inputs.get("replicateSourceDb"):
+            continue  # a read replica: judged below by its source's zone
+        named_for = store.name.split("-gateway-", 1)[0] if "-gateway-" in store.name else None
+        zone = policy.zone_of(store.region)
+        found.judged(store, store_of_gateway_in=named_for, zone=zone)
+        prefix = JURISDICTIONS.get(zone or "")
+        if zone and prefix and not store.region.startswith(prefix):
+            held = "key records and spend rows" if store.type == DB_INSTANCE else "limit and budget counters"
+            found.fail(f"{store.type.rsplit(':', 1)[-1]} {store.name} would keep zone {zone!r}'s {held} in "
+                       f"{store.region}, outside the {zone.upper()} jurisdiction")
+        if named_for and named_for != store.region:
+            found.fail(f"{store.type.rsplit(':', 1)[-1]} {store.name}, the store of the gateway in {named_for} (zone "
+                       f"{policy.zone_of(named_for)!r}), is created in {store.region} (zone "
+                       f"{policy.zone_of(store.region)!r})")
+    for db in dbs:
+        for arn in managed_secret_arns(db):
+            if _arn_region(arn) != db.region:
+                found.fail(f"the master password secret of {db.name} ({db.region}) is in {_arn_region(arn)}")
+        source_ref = db.inputs.get("replicateSourceDb")
+        if source_ref:
+            source = db_by_ref.get(str(source_ref))
+            found.judged(db, read_replica_of=str(source_ref), zone=policy.zone_of(db.region))
+            if source is None or policy.zone_of(source.region) != policy.zone_of(db.region):
+                found.fail(f"RDS read replica {db.name} in {db.region} (zone {policy.zone_of(db.region)!r}) copies "
+                           f"{source.name + ' in ' + source.region if source else source_ref}, "
+                           f"{'outside its zone' if source else 'a database the stack does not create'}")
+    for copy in resources.of_type(DB_SNAPSHOT_COPY) + resources.of_type(DB_BACKUP_REPLICATION):
+        source_arn = str(copy.inputs.get("sourceDbSnapshotIdentifier") or copy.inputs.get("sourceDbInstanceArn") or "")
+        into = str(copy.inputs.get("destinationRegion") or copy.region)
+        source_region = _arn_region(source_arn) or copy.region
+        found.judged(copy, copies=source_arn, into=into)
+        if policy.zone_of(into) is None or policy.zone_of(into) != policy.zone_of(source_region):
+            found.fail(f"{copy.type.rsplit(':', 1)[-1]} {copy.name} copies the ledger's backups from {source_region} "
+                       f"(zone {policy.zone_of(source_region)!r}) to {into}, outside its zone")
+    for datastore in resources.of_type(GLOBAL_REPLICATION_GROUP):
+        found.fail(f"ElastiCache global datastore {datastore.name} ({datastore.region}): a region's Redis is its own; "
+                   f"a global datastore would copy it to other regions")
+    _gateway_store_references(resources, policy, found)
+
+
+def _gateway_store_references(resources: Resources, policy: PolicyConfig, found: Findings) -> None:
+    """The ledger each gateway's rendered config names is an instance the stack creates in the gateway's region."""
+    addresses = {str(db.outputs.get("address")): db for db in resources.of_type(DB_INSTANCE)
+                 if db.outputs.get("address")}
+    for release in resources.releases(GATEWAY_CHART_DIR):
+        ledger = ((release.inputs.get("values") or {}).get("config") or {}).get("ledger") or {}
+        if not ledger:
+            continue
+        authority = str(ledger.get("store") or "").partition("://")[2].partition("/")[0].rpartition("@")[2]
+        host = authority.rpartition(":")[0] if authority.count(":") == 1 else authority
+        secret = str(ledger.get("store_password_secret") or "")
+        db = addresses.get(host)
+        found.judged(release, ledger_host=host, ledger_region=db.region if db else None,
+                     ledger_password_secret_region=_arn_region(secret) or None)
+        if db is None:
+            found.fail(f"the gateway in {release.region} keeps its ledger at {host or '(no host)'}, which is not an "
+                       f"RDS instance the stack creates: it cannot be shown to stay in zone "
+                       f"{policy.zone_of(release.region)!r}")
+        elif db.region != release.region:
+            found.fail(f"the gateway in {release.region} (zone {policy.zone_of(release.region)!r}) keeps its ledger in "
+                       f"{db.name} in {db.region} (zone {policy.zone_of(db.region)!r}); each gateway's stores are in "
+                       f"its own region")
+        if secret and _arn_region(secret) != release.region:
+            found.fail(f"the gateway in {release.region} reads its ledger password from {secret}, in "
+                       f"{_arn_region(secret)}")
 
 
 def _alert_destinations(resources: Resources, found: Findings) -> None:
@@ -198,7 +300,7 @@ def _alert_destinations(resources: Resources, found: Findings) -> None:
 
 def _zone_names(resources: Resources, policy: PolicyConfig, found: Findings) -> None:
     """Every zone's name routes only to that zone's regions, judged by the records the program creates."""
-    records_of: dict[str, list] = {zone: [] for zone in policy.residency}
+    records_of: dict[str, list[Resource]] = {zone: [] for zone in policy.residency}
     for record in resources.of_type(DNS_RECORD):
         label = str(record.inputs.get("name") or "").split(".", 1)[0]
         if label in records_of:

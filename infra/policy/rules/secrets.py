@@ -34,8 +34,10 @@ from infra.policy.rules.base import (
     policy_document,
     statements,
 )
+from infra.policy.rules.stores import managed_secrets, peer_key_secret_name, redis_url_secret_name
 
 READ_SECRET = "secretsmanager:GetSecretValue"
+MANAGED_SECRET = "the RDS-managed master password of"
 
 # AWS managed policies the program may attach, each reviewed to grant no secretsmanager:GetSecretValue.
 # Attaching anything else fails the control until it has been reviewed and added here.
@@ -99,6 +101,15 @@ DESCRIPTION = (
     "Hugging Face token (llm-platform/<stack>/huggingface/token) only by its model server roles (the IRSA roles "
     "its vLLM releases' ServiceAccounts stand for, with which the Secrets Store CSI driver mounts the token, and the "
     "roles of its weights staging Jobs, which download gated models with it). "
+    "Each region has store secrets of its own too: the gateway's Redis URL (llm-platform/<stack>/gateway/redis-url, "
+    "which carries the AUTH token), never replicated and exempted from its deny for that region's gateway role only, "
+    "and the secret RDS creates for the ledger's master password (rds!db-...), which only that region's gateway role "
+    "may read (RDS owns that secret, so the fence is the identity policies: no other role's grants it). The gateway "
+    "peer key (llm-platform/<stack>/gateway/peer-key) is the only stack secret replicated outside a residency zone: "
+    "to every region of the stack, so that gateways in every zone can authenticate each other when they exchange key "
+    "records and spend totals. It carries no user data, only a random token the program draws once, and its "
+    "readers are the stack's gateway roles in any zone. Every gateway role may read its own region's copies of the "
+    "Redis URL, the peer key and its ledger's password (without them the gateway cannot start or sync). "
     "Every identity policy the program writes that allows secretsmanager:GetSecretValue on a stack secret "
     "belongs to a role of that secret's kind, and such a role reads only secrets of its kind, of this stack, "
     "in its own region; every secret has a resource policy denying GetSecretValue to every principal but the "
@@ -212,6 +223,19 @@ def _role_region(arn: str | None, *role_maps: dict[str, str]) -> str:
     return next(m[arn] for m in role_maps if arn in m)
 
 
+def _gateway_needs(gateway_roles: dict[str, str], reads: dict[str, set[str]],
+                   stack_secrets: dict[str, tuple[str, str]], needed_names: set[str], found: Findings) -> None:
+    """Each gateway role reads its own region's copy of the Redis URL and the peer key, and its region's ledger
+    password: without one the gateway cannot start (the stores) or cannot sync with its peers."""
+    for role_arn, region in sorted(gateway_roles.items(), key=lambda item: item[1]):
+        needed = {arn: name for arn, (name, where) in stack_secrets.items()
+                  if where == region and (name in needed_names or name.startswith(MANAGED_SECRET))}
+        missing = sorted(name for arn, name in needed.items() if arn not in reads.get(role_arn, set()))
+        found.judged(None, gateway_region=region, role=role_arn, reads_store_secrets=sorted(set(needed.values())))
+        for name in missing:
+            found.fail(f"the gateway role of {region} may not read {name} in {region}: the gateway there needs it")
+
+
 def check(resources: Resources, policy: PolicyConfig) -> Findings:
     found = Findings()
     prefix = f"llm-platform/{policy.stack}/"
@@ -235,18 +259,26 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
         """Who a secret is for: (what its readers are called, their roles)."""
         return ("model server", model_roles) if secret_name == token_name else ("gateway", gateway_roles)
 
-    # secret ARN (primary or replica) -> (secret, region it is readable in)
-    stack_secrets: dict[str, tuple[Resource, str]] = {}
+    peer_key, redis_url = peer_key_secret_name(policy.stack), redis_url_secret_name(policy.stack)
+    # secret ARN (primary or replica) -> (secret's name, region it is readable in). RDS's own secret for each
+    # ledger's master password counts as a gateway secret of the ledger's region: the gateway alone reads it.
+    stack_secrets: dict[str, tuple[str, str]] = {
+        arn: (f"{MANAGED_SECRET} {db.name}", db.region) for arn, db in managed_secrets(resources).items()}
+    for arn, (what, region) in sorted(stack_secrets.items()):
+        found.judged(None, secret=what, arn=arn, region=region, readers="the gateway role of its region")
     policies_by_secret = {str(p.inputs.get("secretArn")): p for p in resources.of_type(SECRET_POLICY)}
     for secret in resources.of_type(SECRET):
         name = str(secret.inputs.get("name") or "")
         arn = str(secret.outputs.get("arn") or "")
-        stack_secrets[arn] = (secret, secret.region)
+        stack_secrets[arn] = (name, secret.region)
         kms = str(secret.inputs.get("kmsKeyId") or "")
         replicas = [(str(r.get("region")), str(r.get("kmsKeyId") or ""))
                     for r in as_list(secret.inputs.get("replicas"))]
         for region, _ in replicas:
-            stack_secrets[_replica_arn(arn, secret.region, region)] = (secret, region)
+            stack_secrets[_replica_arn(arn, secret.region, region)] = (name, region)
+        if name == redis_url and replicas:
+            found.fail(f"secret {name} in {secret.region} is replicated to {', '.join(r for r, _ in replicas)}: a "
+                       f"region's Redis URL (with its AUTH token) stays in that region")
         if not name.startswith(prefix):
             found.fail(f"secret {name or secret.name} is not under the stack's path {prefix}")
         for region, key in [(secret.region, kms), *replicas]:
@@ -285,6 +317,11 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
                 if reader not in meant:
                     found.fail(f"secret {name} in {secret.region} exempts {reader} from its deny, which is not a "
                                f"{kind} role of stack {policy.stack}")
+                elif name == peer_key:
+                    continue  # every region's gateway, in every zone, authenticates to its peers with it
+                elif name == redis_url and meant[reader] != secret.region:
+                    found.fail(f"secret {name} in {secret.region} exempts the gateway role of {meant[reader]}: only "
+                               f"the gateway of {secret.region} may read that region's Redis URL")
                 elif policy.zone_of(meant[reader]) != zone:
                     found.fail(f"secret {name} (zone {zone!r}) exempts the {kind} role of "
                                f"{meant[reader]}, in another zone")
@@ -307,11 +344,15 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
         elif arn not in REVIEWED_MANAGED_POLICIES:
             found.fail(f"{attachment.name} attaches {arn}, which is not on the reviewed list of managed policies "
                        f"(it may grant {READ_SECRET}); review it and add it to REVIEWED_MANAGED_POLICIES")
+    gateway_reads: dict[str, set[str]] = {}  # gateway role ARN -> the stack secret copies it may read
     for source, role, doc in documents:
         role_arn = str(role.outputs.get("arn")) if role else None
         role_kind = "gateway" if role_arn in gateway_roles else "model server" if role_arn in model_roles else None
         granted = {str(r) for s in statements(doc) if _grants_read(s) for r in as_list(s.get("Resource"))}
         readable = sorted(r for r in granted if any(_matches(r, arn) for arn in stack_secrets))
+        if role_kind == "gateway":
+            gateway_reads.setdefault(str(role_arn), set()).update(
+                arn for arn in stack_secrets if any(_matches(r, arn) for r in readable))
         if role_kind:
             for foreign in sorted(granted - set(readable)):
                 found.fail(f"{source.name}: the {_role_region(role_arn, gateway_roles, model_roles)} {role_kind} "
@@ -325,10 +366,9 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
             continue
         region = _role_region(role_arn, gateway_roles, model_roles)
         for pattern in readable:
-            for arn, (secret, where) in stack_secrets.items():
+            for arn, (secret_name, where) in stack_secrets.items():
                 if not _matches(pattern, arn):
                     continue
-                secret_name = str(secret.inputs.get("name"))
                 kind, _ = kind_of(secret_name)
                 if kind != role_kind:
                     found.fail(f"{source.name}: the {region} {role_kind} role may read {secret_name}, which only "
@@ -336,6 +376,7 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
                 elif where != region:
                     found.fail(f"{source.name}: the {region} {role_kind} role may read {secret_name} in "
                                f"{where}; a {role_kind} reads only its own region's copy")
+    _gateway_needs(gateway_roles, gateway_reads, stack_secrets, {peer_key, redis_url}, found)
     for who, roles in (("the gateway in {} runs", gateway_roles), ("the model servers in {} run", model_roles)):
         for arn, region in roles.items():
             if arn not in roles_by_arn:
