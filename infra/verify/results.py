@@ -1,4 +1,4 @@
-"""`Check`: one verify result (PASS, FAIL or NOT JUDGED, and why), and the two ways they are printed (lines by group, JSON)."""
+"""`Check`: one verify result (PASS, FAIL or NOT JUDGED, and why), and its two printings (lines by group, JSON)."""
 from __future__ import annotations
 
 import json
