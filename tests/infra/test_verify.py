@@ -16,7 +16,7 @@ import yaml
 from aiohttp import ClientSession, web
 
 from gateway.upstream import routing
-from gateway.upstream.discovery import replica_names
+from gateway.upstream.discovery import replicas
 from infra import cli
 from infra.config import ROOT, StackConfig, load_file
 from infra.verify import calls
@@ -177,7 +177,7 @@ def test_a_discovered_replica_is_named_after_its_pod_never_its_address() -> None
         k8s.V1Endpoint(addresses=["10.0.0.7"], target_ref=k8s.V1ObjectReference(kind="Pod", name="vllm-a-5d9f-x2"))],
         ports=[k8s.DiscoveryV1EndpointPort(name="http", port=8000)])
     url = f"{spec.scheme}://10.0.0.7:8000{spec.base_path}".rstrip("/")
-    assert replica_names([slice_], spec) == {url: "vllm-a-5d9f-x2"}
+    assert replicas([slice_], spec) == [(url, "vllm-a-5d9f-x2")]
 
 
 async def test_a_watched_pool_names_its_replicas_after_their_pods() -> None:
@@ -201,6 +201,48 @@ async def test_a_watched_pool_names_its_replicas_after_their_pods() -> None:
         await EndpointSliceWatcher(pool, pool.config.replicas.endpoint_slices, kube.api()).refresh()
         assert {r.base_url: r.name for r in pool.replicas} == {"http://10.0.0.1:8000/v1": "vllm-a-7c9d-0",
                                                               "http://10.0.0.2:8000/v1": "vllm-a-7c9d-1"}
+    finally:
+        await kube.stop()
+
+
+def test_a_replica_without_a_pod_name_keeps_its_name_when_others_join_or_leave() -> None:
+    from gateway.config.native import parse_native
+    from gateway.upstream.routing import Router
+    from tests.gateway.conftest import MODEL
+
+    pool = Router(parse_native(gateway_config([{"name": "pool", "model": MODEL, "replicas": {
+        "static": ["http://10.0.0.2:8000/v1", "http://10.0.0.3:8000/v1"]}}]))).pools[0]
+    assert [r.name for r in pool.replicas] == ["pool-0", "pool-1"]
+    pool.set_replicas(["http://10.0.0.1:8000/v1", "http://10.0.0.3:8000/v1"])  # .2 left, .1 joined
+    assert {r.base_url: r.name for r in pool.replicas} == {"http://10.0.0.1:8000/v1": "pool-0",
+                                                          "http://10.0.0.3:8000/v1": "pool-1"}
+    pool.set_replicas(["http://10.0.0.3:8000/v1"], {"http://10.0.0.3:8000/v1": "vllm-x"})
+    assert [r.name for r in pool.replicas] == ["vllm-x"]
+
+
+async def test_a_pod_name_that_arrives_later_renames_its_replica() -> None:
+    """Same addresses, a targetRef set afterwards (or an address reused by a new pod): the name follows."""
+    from gateway.config.native import parse_native
+    from gateway.upstream.discovery import EndpointSliceWatcher
+    from gateway.upstream.routing import Router
+    from tests.gateway.conftest import MODEL
+    from tests.gateway.kube_api import endpoint, endpoint_slice
+
+    kube = await FakeKubeApi().start()
+    try:
+        await kube.put("models", endpoint_slice("vllm-abc", "vllm", [endpoint("10.0.0.1")], 8000))
+        config = gateway_config([{"name": "pool", "model": MODEL, "replicas": {"endpoint_slices": {
+            "service": "vllm", "namespace": "models", "port": "http"}}}])
+        pool = Router(parse_native(config)).pools[0]
+        assert pool.config.replicas is not None and pool.config.replicas.endpoint_slices is not None
+        watcher = EndpointSliceWatcher(pool, pool.config.replicas.endpoint_slices, kube.api())
+        await watcher.refresh()
+        assert [r.name for r in pool.replicas] == ["pool-0"]
+        pod = endpoint("10.0.0.1")
+        pod["targetRef"] = {"kind": "Pod", "name": "vllm-a-new", "namespace": "models"}
+        await kube.put("models", endpoint_slice("vllm-abc", "vllm", [pod], 8000))
+        await watcher.refresh()
+        assert [r.name for r in pool.replicas] == ["vllm-a-new"]
     finally:
         await kube.stop()
 
