@@ -81,6 +81,24 @@ def test_topology_shows_fallback_chains_hosted_providers_and_secret_replication(
     assert len(both_ways) == 2  # one cross-region lane per zone, each region falling back to the other
 
 
+def test_a_fallback_out_of_its_residency_zone_is_drawn_red_never_dropped(prod_plan):
+    """A gateway in eu whose config reaches us-east-1 (a wrong plan): the picture shows that lane in red."""
+    def eu_falls_back_to_the_us(rs: list) -> None:
+        gateway = next(r for r in rs if r.type == RELEASE and r.region == "eu-north-1"
+                       and "config" in (r.inputs.get("values") or {}))
+        model = next(m for m in gateway.inputs["values"]["config"]["models"] if m["alias"] == "llama-3-3-70b")
+        model["deployments"].append({"name": "llama-3-3-70b-us-east-1", "region": "us-east-1", "residency": "us",
+                                     "api_base": "https://us-east-1.api.llm.example.com/v1"})
+
+    svg = picture_of("prod", mutated(prod_plan, eu_falls_back_to_the_us))
+    label = "cross-ZONE fallback eu-north-1 - us-east-1 (leaves zone eu): llama-3-3-70b"
+    assert label in zone_texts(svg)["eu"]
+    assert "cross-ZONE fallback us-east-1 - eu-north-1 (leaves zone us): llama-3-3-70b" in zone_texts(svg)["us"]
+    red = [p for p in ET.fromstring(svg).iter(f"{SVG}path") if p.get("stroke") == topology.CROSS_ZONE]
+    assert len(red) == 1 and (red[0].get("marker-start") or red[0].get("marker-end"))
+    assert not any("cross-ZONE" in t for t in texts(picture_of("prod", prod_plan.resources)))
+
+
 def test_topology_is_drawn_from_the_recorded_resources_not_the_config(prod_plan):
     def drop_replica_and_model(rs: list) -> None:
         find(rs, SECRET, "llm-platform-secrets-eu-gateway-master-key").inputs["replicas"] = []
