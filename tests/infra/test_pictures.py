@@ -2,6 +2,7 @@
 fallback, secrets) and cost against budget, as valid, escaped, deterministic SVG that a browser really shows."""
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 import subprocess
@@ -226,15 +227,21 @@ def test_a_headless_browser_shows_the_reports_topology_and_cost_pictures(prod_pl
     if browser is None:
         pytest.fail("chromium is missing: install it with `make chromium` (Debian package chromium)")
     page = tmp_path / "report.html"
-    page.write_text(render_report(prod_plan, evaluate(prod_plan), "html", now=datetime(2026, 11, 25, tzinfo=UTC)))
+    html = render_report(prod_plan, evaluate(prod_plan), "html", now=datetime(2026, 11, 25, tzinfo=UTC))
+    page.write_text(html)
+    # The window is as tall as the pictures plus the text around them (title, provenance, captions), so the cost
+    # chart is on screen whatever the pictures' sizes become.
+    window = round(sum(float(h) for h in re.findall(r'<svg [^>]*?height="([0-9.]+)"', html))) + 700
     shot = tmp_path / "report.png"
-    # --no-sandbox: the suite may run as root, where Chromium refuses its sandbox.
+    # --no-sandbox: the suite may run as root, where Chromium refuses its sandbox; a profile of its own
+    # (--user-data-dir) so no state of another Chromium run on this machine is shared or left behind.
     done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                           "--force-device-scale-factor=1", f"--screenshot={shot}", "--window-size=1280,1900",
-                           page.as_uri()], capture_output=True, text=True, timeout=120, check=False)
+                           f"--user-data-dir={tmp_path / 'profile'}", "--force-device-scale-factor=1",
+                           f"--screenshot={shot}", f"--window-size=1280,{window}", page.as_uri()],
+                          capture_output=True, text=True, timeout=120, check=False)
     assert shot.is_file(), f"chromium wrote no screenshot (exit {done.returncode}):\n{done.stderr[-2000:]}"
     width, height, rows, bpp = decode_png(shot.read_bytes())
-    assert (width, height) == (1280, 1900)
+    assert (width, height) == (1280, window)
     boxes = {name: colour_box(rows, bpp, colour) for name, colour in [
         ("zone", topology.ZONE_FILL), ("region", topology.REGION_FILL), ("hosted", topology.HOSTED_FILL),
         ("min", cost_chart.MIN_FILL), ("max", cost_chart.MAX_FILL)]}
@@ -247,7 +254,12 @@ def test_a_headless_browser_shows_the_reports_topology_and_cost_pictures(prod_pl
     assert boxes["region"][0] > 0.4 * boxes["zone"][0]
     cost_top = min(boxes["min"][1][1], boxes["max"][1][1])
     assert cost_top > zone[3], "the cost chart comes after the topology"
-    assert boxes["min"][1][3] < height
+    # The whole cost chart is on screen: every min-scale bar's pixels are there (anti-aliased edges aside).
+    cost = html[html.index('<figure id="cost">'):]
+    drawn = sum(float(w) * float(h) for w, h in re.findall(
+        rf'<rect x="[^"]*" y="[^"]*" width="([^"]*)" height="([^"]*)" rx="[^"]*" fill="{cost_chart.MIN_FILL}"', cost))
+    assert drawn > 2000 and boxes["min"][0] >= 0.9 * drawn, (boxes["min"], drawn)
+    assert boxes["min"][1][3] < height - 1, "the cost chart reaches the bottom edge: it is cut off"
 
 
 def test_png_decoder_reads_every_filter():
