@@ -82,13 +82,14 @@ def _plan(args: argparse.Namespace) -> tuple[Plan, CostEstimate, list[ControlRes
 def cmd_plan(args: argparse.Namespace) -> int:
     from infra.plan import render
     from infra.plan.summary import summarize
+    from infra.policy.rules import MANDATORY
 
     plan, cost, results = _plan(args)
     regions = summarize(plan, cost)
     fmt = {"json": render.to_json, "markdown": render.to_markdown, "table": render.to_table,
            "html": render.to_html}[args.format]
     sys.stdout.write(fmt(plan, regions, cost, results))
-    failed = [r for r in results if r.status == "fail" and r.enforcement == "mandatory"]
+    failed = [r for r in results if r.status == "fail" and r.enforcement == MANDATORY]
     return EXIT_POLICY if failed else EXIT_OK
 
 
