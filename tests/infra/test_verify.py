@@ -321,8 +321,19 @@ async def test_a_gateway_still_a_deployment_is_accepted_and_a_missing_one_fails(
 
 async def test_a_gateway_whose_redis_is_down_fails_readiness_of_its_stores(
         deploy: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.governance import store_health
+
     d = await deploy()
     d.redis["eu-west-2"].stop()
+    # The gateway notices at its next background probe (every MIN_INTERVAL s), never inside /health/ready.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + store_health.MIN_INTERVAL + store_health.PROBE_TIMEOUT + 2
+    async with ClientSession() as http:
+        while loop.time() < deadline:
+            async with http.get(d.gateways["eu-west-2"].url + "/health/ready") as resp:
+                if (await resp.json())["stores"]["redis"]["status"] == "unreachable":
+                    break
+            await asyncio.sleep(0.1)
     code, out = await verify(d, capsys)
     assert code == 1
     got = line(out, "eu-west-2", "readiness of eu-west-2.api.llm.example.com")
