@@ -546,6 +546,21 @@ def test_a_readiness_body_of_the_wrong_shape_is_a_fail_line(body: Any, says: str
     assert check.status == "FAIL" and says in check.reason
 
 
+@pytest.mark.parametrize(("headers", "says"), [
+    ({"x-litellm-model-id": "m-r", "x-litellm-attempted-fallbacks": "1"}, "answered after 1 fallback(s)"),
+    ({"x-litellm-model-id": "m-r"}, "answered after unreported fallback(s)"),
+    ({"x-litellm-model-id": "m-openai", "x-litellm-attempted-fallbacks": "0"},
+     "answered by deployment m-openai, not m-r"),
+    ({}, "answered by deployment (not named), not m-r"),
+])
+def test_a_chat_answer_not_from_the_regions_own_deployment_fails(headers: dict[str, str], says: str) -> None:
+    gateways = calls.Gateways(calls.Endpoints({}), KEY, 1.0)
+    gateways.client = httpx2.Client(transport=httpx2.MockTransport(lambda _: httpx2.Response(
+        200, headers=headers, json={"choices": [{"message": {"content": "ok"}}]})))
+    check = calls.chat(gateways, "zones", "r.example.com", "m", {"m-r"})
+    assert check.status == "FAIL" and check.reason == f"m: {says}"
+
+
 def test_an_unparsable_url_is_a_fail_line_not_a_traceback() -> None:
     gateways = calls.Gateways(calls.Endpoints({"r.example.com": "http://[::1"}), KEY, 1.0)
     check = calls.health(gateways, "r", "r.example.com", {})
