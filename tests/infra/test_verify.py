@@ -558,7 +558,7 @@ def test_a_chat_answer_not_from_the_regions_own_deployment_fails(headers: dict[s
     gateways.client = httpx2.Client(transport=httpx2.MockTransport(lambda _: httpx2.Response(
         200, headers=headers, json={"choices": [{"message": {"content": "ok"}}]})))
     check = calls.chat(gateways, "zones", "r.example.com", "m", {"m-r"})
-    assert check.status == "FAIL" and check.reason == f"m: {says}"
+    assert check.status == "FAIL" and check.reason.startswith(f"m: {says}")
 
 
 def test_an_unparsable_url_is_a_fail_line_not_a_traceback() -> None:
