@@ -118,7 +118,8 @@ def verify(args: argparse.Namespace) -> int:
             raise UsageError(f"--timeout: {args.timeout} is not a positive number of seconds")
         key = args.key or os.environ.get(KEY_ENV, "")
         if not key:
-            raise UsageError(f"a gateway key is needed for the chat checks: give --key or set {KEY_ENV}")
+            raise UsageError(f"a gateway key is needed for the chat checks: set {KEY_ENV} (or give --key, which "
+                             "shows in `ps`)")
     except (UsageError, ConfigError) as exc:
         print(f"llmp verify: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -581,5 +581,5 @@ def test_without_a_key_verify_says_where_to_give_one(monkeypatch: pytest.MonkeyP
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("LLMP_VERIFY_KEY", raising=False)
     assert cli.main(["verify", "--stack", "prod"]) == 2
-    assert capsys.readouterr().err == "llmp verify: a gateway key is needed for the chat checks: give --key or " \
-                                      "set LLMP_VERIFY_KEY\n"
+    assert capsys.readouterr().err == "llmp verify: a gateway key is needed for the chat checks: set " \
+                                      "LLMP_VERIFY_KEY (or give --key, which shows in `ps`)\n"
