@@ -70,11 +70,16 @@ postgres:
 	  { echo "error: postgresql is missing and could not be installed" >&2; exit 1; }; }
 
 # The compliance report's screenshot test renders it in headless Chromium; install the browser when missing.
+# The pictures name DejaVu Sans Mono first (infra/plan/pictures/svg.py FONT): their boxes are sized for its 0.6 em
+# glyphs, so the screenshot test needs it installed (fonts-dejavu-core), not a fallback font. apt only when missing.
+DEJAVU_MONO := /usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf
 chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing chromium (Debian package)"; \
-	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
-	  { echo "error: chromium is missing and could not be installed" >&2; exit 1; }; }
+	@missing=""; command -v chromium >/dev/null 2>&1 || missing=" chromium"; \
+	test -f $(DEJAVU_MONO) || missing="$$missing fonts-dejavu-core"; \
+	test -z "$$missing" || { \
+	  echo "installing$$missing (Debian packages)"; \
+	  (apt-get update -qq && apt-get install -y -qq $$missing >/dev/null) || \
+	  { echo "error:$$missing missing and could not be installed" >&2; exit 1; }; }
 
 # checkov pins many packages of its own, so it gets a venv of its own; tests/charts runs it as a subprocess.
 CHECKOV := $(VENV)/checkov/bin/checkov

@@ -82,13 +82,14 @@ def _plan(args: argparse.Namespace) -> tuple[Plan, CostEstimate, list[ControlRes
 def cmd_plan(args: argparse.Namespace) -> int:
     from infra.plan import render
     from infra.plan.summary import summarize
+    from infra.policy.rules import MANDATORY
 
     plan, cost, results = _plan(args)
     regions = summarize(plan, cost)
     fmt = {"json": render.to_json, "markdown": render.to_markdown, "table": render.to_table,
            "html": render.to_html}[args.format]
     sys.stdout.write(fmt(plan, regions, cost, results))
-    failed = [r for r in results if r.status == "fail" and r.enforcement == "mandatory"]
+    failed = [r for r in results if r.status == "fail" and r.enforcement == MANDATORY]
     return EXIT_POLICY if failed else EXIT_OK
 
 
@@ -325,7 +326,8 @@ def parser() -> argparse.ArgumentParser:
                        help="kube context of a region (repeat; default: the cluster's name, llmp-<stack>-<region>)")
     check.add_argument("--endpoint", action="append", metavar="NAME=URL",
                        help="call this URL for a gateway DNS name (repeat; default: https://NAME)")
-    check.add_argument("--key", help="gateway key for the chat calls (default: $LLMP_VERIFY_KEY); never printed")
+    check.add_argument("--key", help="gateway key for the chat calls; prefer setting $LLMP_VERIFY_KEY (a flag shows "
+                                      "in `ps` to every user of the machine); never printed")
     check.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default: 10)")
     check.add_argument("--format", choices=["text", "json"], default="text", help="text (default) or json")
     check.set_defaults(func=cmd_verify)

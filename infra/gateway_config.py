@@ -33,13 +33,18 @@ def provider_key(provider: str) -> str:
     return f"secret/providers/{provider}"
 
 
+def deployment_name(model: str, region: str) -> str:
+    """A model's deployment in a region: its gateways' `x-litellm-model-id` and readiness key (llmp verify)."""
+    return f"{model}-{region}"
+
+
 def _deployments(cfg: StackConfig, model: Model, region: Region) -> list[dict[str, Any]]:
     zone = region.residency
     out: list[dict[str, Any]] = []
     for name in model.regions:
         if cfg.zone_of(name) != zone:
             continue  # other zones are never reachable from this gateway
-        common = {"name": f"{model.name}-{name}", "provider": "openai", "model": model.name,
+        common = {"name": deployment_name(model.name, name), "provider": "openai", "model": model.name,
                   "region": name, "residency": zone}
         if name == region.name:
             # The gateway spreads sessions over the replicas itself (bounded-load consistent

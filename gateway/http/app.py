@@ -98,7 +98,8 @@ def build_app(
     # a chunked body is cut at it. Models' and keys' max_request_bytes apply on top.
     app = web.Application(client_max_size=config.gateway.front_door.body_bytes)
     app[STATE] = state
-    app.add_routes(Endpoints(state).routes())
+    endpoints = Endpoints(state)
+    app.add_routes(endpoints.routes())
     app.add_routes(Health(state).routes())
     app.add_routes(ModelList(state).routes())
     app.add_routes(audio_routes())
@@ -106,6 +107,8 @@ def build_app(
     Cors(CorsPolicy.from_env()).install(app)  # LITELLM_CORS_ORIGINS, as LiteLLM reads it (http/cors.py)
     app.router.add_route("*", "/{tail:.*}", Endpoints.no_such_endpoint)  # after every other route
     app.on_startup.append(_start)
+    app.on_startup.append(endpoints.stores.start)  # after _start: the store probe runs in the background
+    app.on_cleanup.append(endpoints.stores.stop)
     app.on_cleanup.append(_stop)
     return app
 

@@ -181,7 +181,7 @@ class Endpoints:
         # 503 from the moment shutdown starts (state.draining), while calls in flight finish.
         report = self.state.readiness()
         status = 200 if report["ready"] else 503
-        stores = await self.stores.report()
+        stores = self.stores.report()  # the last known state: never a store call on this path (store_health.py)
         if stores is not None:  # reported, never a reason to be unready (store_health.py says why)
             report["stores"] = stores
         return web.Response(status=status, body=orjson.dumps(report), content_type=JSON)

@@ -41,9 +41,11 @@ def routable(conditions: Any) -> bool:
     return conditions.ready is not False and not conditions.terminating
 
 
-def replica_urls(slices: list[Any], spec: EndpointSlices) -> list[str]:
-    """Base URLs of the endpoints that take new calls in a Service's EndpointSlices."""
-    urls: list[str] = []
+def replicas(slices: list[Any], spec: EndpointSlices) -> list[tuple[str, str | None]]:
+    """(base URL, the name of the Pod behind it) for each endpoint that takes new calls in a Service's
+    EndpointSlices, by URL. The name is the endpoint's `targetRef`, which the EndpointSlice controller sets for a
+    Service's Pods (endpoint-slice-v1 reference, `endpoints.targetRef`); None when it is not set."""
+    found: dict[str, str | None] = {}
     for endpoint_slice in slices:
         port = _port(endpoint_slice, spec)
         if port is None:
@@ -51,26 +53,17 @@ def replica_urls(slices: list[Any], spec: EndpointSlices) -> list[str]:
         for endpoint in endpoint_slice.endpoints or []:
             if not routable(endpoint.conditions):
                 continue
-            for address in (endpoint.addresses or [])[:1]:
-                host = f"[{address}]" if ":" in address else address
-                urls.append(f"{spec.scheme}://{host}:{port}{spec.base_path}")
-    return sorted(set(urls))
-
-
-def replica_names(slices: list[Any], spec: EndpointSlices) -> dict[str, str]:
-    """Base URL -> the name of the Pod behind it (the endpoint's `targetRef`, which the EndpointSlice controller
-    sets for a Service's Pods: endpoint-slice-v1 reference, `endpoints.targetRef`)."""
-    names: dict[str, str] = {}
-    for endpoint_slice in slices:
-        port = _port(endpoint_slice, spec)
-        for endpoint in endpoint_slice.endpoints or []:
             ref = endpoint.target_ref
-            if port is None or ref is None or not ref.name:
-                continue
             for address in (endpoint.addresses or [])[:1]:
                 host = f"[{address}]" if ":" in address else address
-                names[f"{spec.scheme}://{host}:{port}{spec.base_path}".rstrip("/")] = ref.name
-    return names
+                url = f"{spec.scheme}://{host}:{port}{spec.base_path}".rstrip("/")
+                found[url] = (ref.name if ref is not None and ref.name else None) or found.get(url)
+    return sorted(found.items())
+
+
+def replica_urls(slices: list[Any], spec: EndpointSlices) -> list[str]:
+    """Base URLs of the endpoints that take new calls in a Service's EndpointSlices."""
+    return [url for url, _ in replicas(slices, spec)]
 
 
 def _port(endpoint_slice: Any, spec: EndpointSlices) -> int | None:
@@ -146,10 +139,14 @@ class EndpointSliceWatcher:
         self._apply()
 
     def _apply(self) -> list[str]:
-        urls = replica_urls(list(self._slices.values()), self.spec)
-        if urls != [r.base_url for r in self.pool.replicas]:
+        found = replicas(list(self._slices.values()), self.spec)
+        urls = [url for url, _ in found]
+        current = {r.base_url: r.name for r in self.pool.replicas}
+        # (url, name) pairs, not URLs alone: a pod that gets its targetRef later, or an address reused by a new pod,
+        # renames the replica while the URL set stays the same.
+        if urls != list(current) or any(name is not None and current.get(url) != name for url, name in found):
             # A replica that leaves keeps its calls in flight: they hold the Replica itself.
-            self.pool.set_replicas(urls, replica_names(list(self._slices.values()), self.spec))
+            self.pool.set_replicas(urls, {url: name for url, name in found if name is not None})
             self._report("replicas_changed", replicas=urls)
         return urls
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,9 +38,9 @@ class Replica:
 
     __slots__ = ("base_url", "breaker", "connections", "cooling_until", "host_header", "in_flight", "name", "urls")
 
-    def __init__(self, base_url: str, provider: str, breaker: CircuitBreaker, name: str = "") -> None:
+    def __init__(self, base_url: str, provider: str, breaker: CircuitBreaker, name: str) -> None:
         self.base_url = base_url
-        self.name = name or base_url  # what REPLICA_HEADER says: a pod's name, never its address
+        self.name = name  # what REPLICA_HEADER says: a pod's name, never its address
         self.urls = {endpoint: URL(base_url + path) for endpoint, path in PATHS[provider].items()}
         url = URL(base_url)
         tls = url.scheme == "https"
@@ -137,14 +138,21 @@ class DeploymentPool:
         return endpoint in PATHS[self.provider]
 
     def set_replicas(self, base_urls: list[str], names: dict[str, str] | None = None) -> None:
-        """Replace the replica set, keeping health and load of replicas that stay; `names`: url -> pod name."""
+        """Replace the replica set, keeping health and load of replicas that stay; `names`: url -> pod name.
+
+        A replica without a pod name is `<deployment>-<n>`, n the lowest number free when it joined, and keeps it
+        while it stays: a name that shifted as others join or leave would say a session moved when it did not."""
+        given = names or {}
         current = {r.base_url: r for r in self.replicas}
+        urls = list(dict.fromkeys(u.rstrip("/") for u in base_urls))
+        kept = {url: current[url].name for url in urls if url in current and url not in given}
+        taken = {*kept.values(), *given.values()}
+        free = (name for i in itertools.count() if (name := f"{self.name}-{i}") not in taken)
         replicas = []
-        for index, url in enumerate(dict.fromkeys(u.rstrip("/") for u in base_urls)):
-            replica = current.get(url)
-            if replica is None:
-                replica = Replica(url, self.provider, self._breaker(url))
-            replica.name = (names or {}).get(url) or f"{self.name}-{index}"
+        for url in urls:
+            name = given.get(url) or kept.get(url) or next(free)
+            replica = current.get(url) or Replica(url, self.provider, self._breaker(url), name)
+            replica.name = name
             replicas.append(replica)
         for gone in set(current.values()) - set(replicas):
             while gone.connections.idle:  # keep-alive connections to a replica no longer in the pool

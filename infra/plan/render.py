@@ -144,21 +144,16 @@ def to_html(plan: Plan, regions: list[RegionSummary], cost: CostEstimate, result
     """The plan as one HTML page: the topology and cost pictures inline, then the pools and the controls."""
     from html import escape as e
 
-    from infra.plan.pictures.cost_chart import cost_svg
-    from infra.plan.pictures.facts import read_topology
-    from infra.plan.pictures.topology import topology_svg
+    from infra.policy.report import STYLE, pictures
 
+    drawn = pictures(plan, cost)  # the compliance report's very pictures and style: one drawing, one look
     out = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
-           f"<title>llm-platform plan: {e(plan.stack)}</title><style>"
-           "body{font-family:system-ui,sans-serif;max-width:84rem;margin:2rem auto;padding:0 1rem}"
-           "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left}"
-           "svg{max-width:100%;height:auto}.fail{color:#a31515;font-weight:bold}</style></head><body>",
+           f"<title>llm-platform plan: {e(plan.stack)}</title><style>{STYLE}</style></head><body>",
            f"<h1>llm-platform plan: <code>{e(plan.stack)}</code></h1>",
            f"<p>{len(plan.resources)} resources in {len(regions)} region(s). Estimated monthly cost "
            f"{usd(cost.monthly_usd_min)} (min scale) to {usd(cost.monthly_usd_max)} (max scale), budget "
            f"{usd(cost.budget_usd)}; prices as of {e(cost.catalog_as_of)}.</p>",
-           f"<figure id=\"topology\">{topology_svg(read_topology(plan.stack, plan.resources, cost.pools))}</figure>",
-           f"<figure id=\"cost\">{cost_svg(cost, plan.stack)}</figure>",
+           f"<figure id=\"topology\">{drawn.topology}</figure>", f"<figure id=\"cost\">{drawn.cost}</figure>",
            "<table><tr><th>region</th><th>zone</th><th>pool</th><th>capacity</th><th>instance types</th>"
            "<th>nodes</th><th>models (replicas)</th><th>monthly (min–max)</th></tr>"]
     for region in regions:

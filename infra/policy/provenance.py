@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-DISTRIBUTION = "llm-platform"
+from infra.config import ROOT
+
 SDKS = ("pulumi", "pulumi_aws", "pulumi_kubernetes", "pulumi_policy")
 
 
@@ -55,10 +55,11 @@ def collect(stack: str, catalog_as_of: str, now: datetime, root: Path = ROOT) ->
     # `git status --porcelain` prints one line per changed or untracked path, nothing when clean
     # (https://git-scm.com/docs/git-status#_porcelain_format_version_1).
     status = _git("status", "--porcelain", root=root) if head else None
-    program = _version(DISTRIBUTION)
+    from infra.cli import version  # the version `llmp --version` says; imported late: the CLI imports this module
+
     return Provenance(
         commit=head.strip() if head else "not a git checkout",
         dirty=None if status is None else bool(status.strip()),
-        program_version=program if program != "not installed" else "unknown (not installed)",
+        program_version=version(),
         stack=stack, catalog_as_of=catalog_as_of, run_at=now.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         python=platform.python_version(), sdks=tuple((name, _version(name)) for name in SDKS))

@@ -174,7 +174,8 @@ def _markdown(plan: Plan, results: list[ControlResult], now: datetime, proofs: M
     return "\n".join(out) + "\n"
 
 
-_STYLE = ("body{font-family:system-ui,sans-serif;max-width:84rem;margin:2rem auto;padding:0 1rem;line-height:1.4}"
+# One style sheet for every HTML page of the project (this report, `llmp plan --format html`).
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:84rem;margin:2rem auto;padding:0 1rem;line-height:1.4}"
           "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left}"
           ".pass,.passed{color:#176117;font-weight:bold}.fail,.failed{color:#a31515;font-weight:bold}"
           ".verdict-red{background:#ffebe9;border:2px solid #a31515;padding:.5rem}"
@@ -190,7 +191,7 @@ def _html(plan: Plan, results: list[ControlResult], now: datetime, proofs: Mappi
     f = _facts(plan, results, now, proofs, provenance)
     drawn = pictures(plan, f.cost)
     out = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
-           f"<title>Compliance report: {e(f.stack)}</title><style>{_STYLE}</style></head><body>",
+           f"<title>Compliance report: {e(f.stack)}</title><style>{STYLE}</style></head><body>",
            f"<h1>Compliance report: stack <code>{e(f.stack)}</code></h1><ul>",
            f"<li>Environment: {e(f.environment)}</li><li>Date: {e(f.date)}</li>",
            f"<li>Regions: {e(f.regions)}</li>",

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import math
 import os
 import sys
 from pathlib import Path
+
+import httpx2
 
 from infra.verify.calls import Endpoints, Gateways, chat, health, refused_outside_zone, session
 from infra.verify.cluster import cluster_checks
@@ -29,6 +33,26 @@ def pairs(values: list[str] | None, flag: str, what: str) -> dict[str, str]:
     return out
 
 
+def check_url(url: str) -> None:
+    """An --endpoint URL httpx2 can call: parsed now, so a bad one is a usage error, not a traceback later."""
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"--endpoint: {url} is not an http:// or https:// URL")
+    try:
+        host = httpx2.URL(url).host
+    except (httpx2.InvalidURL, ValueError) as exc:
+        raise UsageError(f"--endpoint: {url} is not a valid URL ({exc})") from None
+    if not host:
+        raise UsageError(f"--endpoint: {url} names no host")
+
+
+def _loopback(url: str) -> bool:
+    host = httpx2.URL(url).host
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def known_stacks(root: Path) -> list[str]:
     return sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in root.glob("Pulumi.*.yaml"))
 
@@ -44,17 +68,19 @@ def run(t: Targets, kubeconfig: str | None, contexts: dict[str, str], gateways: 
     checks: list[Check] = []
     for region in t.regions:
         checks += cluster_checks(region, t, kubeconfig, contexts.get(region.name, region.context), timeout)
-        checks.append(health(gateways, region.name, region.host))
+        own = {r.deployment: r.floor for r in region.releases if r.floor >= 1}
+        checks.append(health(gateways, region.name, region.host, own))
         if region.session_model is not None:
-            checks.append(session(gateways, region.name, region.host, region.session_model))
+            checks.append(session(gateways, region.name, region.host, region.session_model,
+                                  next(r.deployment for r in region.releases if r.model == region.session_model)))
         for model, zone in region.restricted_elsewhere:
             checks.append(refused_outside_zone(gateways, region.name, region.host, model, zone))
     for zone, host in t.zone_hosts.items():
         zone_model = t.zone_models.get(zone)
-        checks.append(chat(gateways, "zones", host, zone_model) if zone_model else
+        checks.append(chat(gateways, "zones", host, zone_model, t.deployments(zone_model, zone)) if zone_model else
                       failed("zones", f"chat via {host}", f"no model is served warm in every region of zone {zone}"))
     if t.global_model is not None:
-        checks.append(chat(gateways, "global", t.global_host, t.global_model))
+        checks.append(chat(gateways, "global", t.global_host, t.global_model, t.deployments(t.global_model)))
     else:
         checks.append(failed("global", f"chat via {t.global_host}", "no model is served warm in every zone"))
     return checks
@@ -86,17 +112,21 @@ def verify(args: argparse.Namespace) -> int:
         strays = sorted(n for n in endpoints if n.lower() not in hosts)
         if strays:
             raise UsageError(f"--endpoint: {', '.join(strays)} is not a name verify calls (names: {', '.join(hosts)})")
-        bad_urls = sorted(u for u in endpoints.values() if not u.startswith(("http://", "https://")))
-        if bad_urls:
-            raise UsageError(f"--endpoint: {', '.join(bad_urls)} is not an http:// or https:// URL")
-        if not args.timeout > 0:
+        for url in endpoints.values():
+            check_url(url)
+        if not (math.isfinite(args.timeout) and args.timeout > 0):  # inf and nan overflow the socket timeouts
             raise UsageError(f"--timeout: {args.timeout} is not a positive number of seconds")
         key = args.key or os.environ.get(KEY_ENV, "")
         if not key:
-            raise UsageError(f"a gateway key is needed for the chat checks: give --key or set {KEY_ENV}")
+            raise UsageError(f"a gateway key is needed for the chat checks: set {KEY_ENV} (or give --key, which "
+                             "shows in `ps`)")
     except (UsageError, ConfigError) as exc:
         print(f"llmp verify: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    for url in endpoints.values():
+        if url.startswith("http://") and not _loopback(url):
+            print(f"llmp verify: warning: {url} is plain http:// off this machine: the key travels in clear",
+                  file=sys.stderr)
     gateways = Gateways(Endpoints(endpoints), key, args.timeout)
     try:
         checks = run(t, args.kubeconfig, contexts, gateways, args.timeout)

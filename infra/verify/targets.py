@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from infra.chart_values import GATEWAY_NAMESPACE, GATEWAY_RELEASE, MODEL_NAMESPACE, vllm_release_name
 from infra.components.dns import regional_host, zone_host
 from infra.config import Model, StackConfig
+from infra.gateway_config import deployment_name
 from infra.platform import cluster_name
 from infra.scheduling import POOL_LABEL
 
@@ -27,6 +28,7 @@ class ReleaseTarget:
     model: str
     name: str  # the Deployment's name in MODEL_NAMESPACE
     floor: int  # ready replicas it must have at rest
+    deployment: str  # the region's own gateway deployment of the model (infra/gateway_config.py)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,11 @@ class Targets:
     gateway_workload: str = GATEWAY_RELEASE  # the chart names its objects after the release
     model_namespace: str = MODEL_NAMESPACE
 
+    def deployments(self, model: str, zone: str | None = None) -> set[str]:
+        """The regions' own deployments of `model` (in `zone`, or everywhere): who may answer a call through
+        a shared name without a fallback."""
+        return {deployment_name(model, r.name) for r in self.regions if zone is None or r.zone == zone}
+
 
 def _serves_zone(cfg: StackConfig, model: Model, zone: str) -> bool:
     """Served warm in every region of the zone, and allowed there: a call through the zone's name cannot miss."""
@@ -61,10 +68,9 @@ def _serves_zone(cfg: StackConfig, model: Model, zone: str) -> bool:
     return model.floor >= 1 and model.residency in (None, zone) and all(r in model.regions for r in regions)
 
 
-def _call_model(cfg: StackConfig, zone: str) -> str | None:
+def _first_interactive(models: list[Model]) -> str | None:
     # Interactive first: a batch model may sit on spot capacity that is away right now.
-    fits = [m for m in cfg.models if _serves_zone(cfg, m, zone)]
-    fits.sort(key=lambda m: m.tier != "interactive")
+    fits = sorted(models, key=lambda m: m.tier != "interactive")
     return fits[0].name if fits else None
 
 
@@ -73,7 +79,8 @@ def targets(cfg: StackConfig) -> Targets:
     regions = []
     for region in cfg.regions:
         models = cfg.models_in(region.name)
-        releases = tuple(ReleaseTarget(m.name, vllm_release_name(m), m.floor) for m in models)
+        releases = tuple(ReleaseTarget(m.name, vllm_release_name(m), m.floor, deployment_name(m.name, region.name))
+                         for m in models)
         warm = [m for m in models if m.floor >= 1 and m.residency in (None, region.residency)]
         session = max(warm, key=lambda m: m.floor).name if warm else None
         restricted = tuple((m.name, m.residency) for m in cfg.models
@@ -84,9 +91,9 @@ def targets(cfg: StackConfig) -> Targets:
             pools=tuple(PoolTarget(p.name, p.min_nodes, f"{POOL_LABEL}={p.name}") for p in region.pools),
             releases=releases, gateway_floor=max(1, cfg.gateway.replicas.min), session_model=session,
             restricted_elsewhere=restricted))
-    zone_models = {z: m for z in cfg.zones if (m := _call_model(cfg, z)) is not None}
+    zone_models = {z: m for z in cfg.zones
+                   if (m := _first_interactive([m for m in cfg.models if _serves_zone(cfg, m, z)])) is not None}
     everywhere = [m for m in cfg.models if all(_serves_zone(cfg, m, z) and m.residency is None for z in cfg.zones)]
-    everywhere.sort(key=lambda m: m.tier != "interactive")
     return Targets(stack=cfg.stack, regions=tuple(regions), global_host=domain,
                    zone_hosts={z: zone_host(z, domain) for z in cfg.zones}, zone_models=zone_models,
-                   global_model=everywhere[0].name if everywhere else None)
+                   global_model=_first_interactive(everywhere))

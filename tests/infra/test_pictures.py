@@ -2,6 +2,7 @@
 fallback, secrets) and cost against budget, as valid, escaped, deterministic SVG that a browser really shows."""
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 import subprocess
@@ -79,6 +80,24 @@ def test_topology_shows_fallback_chains_hosted_providers_and_secret_replication(
     arrows = [p for p in ET.fromstring(svg).iter(f"{SVG}path") if p.get("marker-end") or p.get("marker-start")]
     both_ways = [p for p in arrows if p.get("marker-end") and p.get("marker-start")]
     assert len(both_ways) == 2  # one cross-region lane per zone, each region falling back to the other
+
+
+def test_a_fallback_out_of_its_residency_zone_is_drawn_red_never_dropped(prod_plan):
+    """A gateway in eu whose config reaches us-east-1 (a wrong plan): the picture shows that lane in red."""
+    def eu_falls_back_to_the_us(rs: list) -> None:
+        gateway = next(r for r in rs if r.type == RELEASE and r.region == "eu-north-1"
+                       and "config" in (r.inputs.get("values") or {}))
+        model = next(m for m in gateway.inputs["values"]["config"]["models"] if m["alias"] == "llama-3-3-70b")
+        model["deployments"].append({"name": "llama-3-3-70b-us-east-1", "region": "us-east-1", "residency": "us",
+                                     "api_base": "https://us-east-1.api.llm.example.com/v1"})
+
+    svg = picture_of("prod", mutated(prod_plan, eu_falls_back_to_the_us))
+    label = "cross-ZONE fallback eu-north-1 - us-east-1 (leaves zone eu): llama-3-3-70b"
+    assert label in zone_texts(svg)["eu"]
+    assert "cross-ZONE fallback us-east-1 - eu-north-1 (leaves zone us): llama-3-3-70b" in zone_texts(svg)["us"]
+    red = [p for p in ET.fromstring(svg).iter(f"{SVG}path") if p.get("stroke") == topology.CROSS_ZONE]
+    assert len(red) == 1 and (red[0].get("marker-start") or red[0].get("marker-end"))
+    assert not any("cross-ZONE" in t for t in texts(picture_of("prod", prod_plan.resources)))
 
 
 def test_topology_is_drawn_from_the_recorded_resources_not_the_config(prod_plan):
@@ -208,15 +227,21 @@ def test_a_headless_browser_shows_the_reports_topology_and_cost_pictures(prod_pl
     if browser is None:
         pytest.fail("chromium is missing: install it with `make chromium` (Debian package chromium)")
     page = tmp_path / "report.html"
-    page.write_text(render_report(prod_plan, evaluate(prod_plan), "html", now=datetime(2026, 11, 25, tzinfo=UTC)))
+    html = render_report(prod_plan, evaluate(prod_plan), "html", now=datetime(2026, 11, 25, tzinfo=UTC))
+    page.write_text(html)
+    # The window is as tall as the pictures plus the text around them (title, provenance, captions), so the cost
+    # chart is on screen whatever the pictures' sizes become.
+    window = round(sum(float(h) for h in re.findall(r'<svg [^>]*?height="([0-9.]+)"', html))) + 700
     shot = tmp_path / "report.png"
-    # --no-sandbox: the suite may run as root, where Chromium refuses its sandbox.
+    # --no-sandbox: the suite may run as root, where Chromium refuses its sandbox; a profile of its own
+    # (--user-data-dir) so no state of another Chromium run on this machine is shared or left behind.
     done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                           "--force-device-scale-factor=1", f"--screenshot={shot}", "--window-size=1280,1900",
-                           page.as_uri()], capture_output=True, text=True, timeout=120, check=False)
+                           f"--user-data-dir={tmp_path / 'profile'}", "--force-device-scale-factor=1",
+                           f"--screenshot={shot}", f"--window-size=1280,{window}", page.as_uri()],
+                          capture_output=True, text=True, timeout=120, check=False)
     assert shot.is_file(), f"chromium wrote no screenshot (exit {done.returncode}):\n{done.stderr[-2000:]}"
     width, height, rows, bpp = decode_png(shot.read_bytes())
-    assert (width, height) == (1280, 1900)
+    assert (width, height) == (1280, window)
     boxes = {name: colour_box(rows, bpp, colour) for name, colour in [
         ("zone", topology.ZONE_FILL), ("region", topology.REGION_FILL), ("hosted", topology.HOSTED_FILL),
         ("min", cost_chart.MIN_FILL), ("max", cost_chart.MAX_FILL)]}
@@ -229,7 +254,12 @@ def test_a_headless_browser_shows_the_reports_topology_and_cost_pictures(prod_pl
     assert boxes["region"][0] > 0.4 * boxes["zone"][0]
     cost_top = min(boxes["min"][1][1], boxes["max"][1][1])
     assert cost_top > zone[3], "the cost chart comes after the topology"
-    assert boxes["min"][1][3] < height
+    # The whole cost chart is on screen: every min-scale bar's pixels are there (anti-aliased edges aside).
+    cost = html[html.index('<figure id="cost">'):]
+    drawn = sum(float(w) * float(h) for w, h in re.findall(
+        rf'<rect x="[^"]*" y="[^"]*" width="([^"]*)" height="([^"]*)" rx="[^"]*" fill="{cost_chart.MIN_FILL}"', cost))
+    assert drawn > 2000 and boxes["min"][0] >= 0.9 * drawn, (boxes["min"], drawn)
+    assert boxes["min"][1][3] < height - 1, "the cost chart reaches the bottom edge: it is cut off"
 
 
 def test_png_decoder_reads_every_filter():

@@ -10,12 +10,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 import yaml
 from aiohttp import ClientSession, web
 
 from gateway.upstream import routing
-from gateway.upstream.discovery import replica_names
+from gateway.upstream.discovery import replicas
 from infra import cli
 from infra.config import ROOT, StackConfig, load_file
 from infra.verify import calls
@@ -69,7 +70,7 @@ async def deploy(tmp_path: Path, sim_factory: Any,
     """Deploys the prod stack; `serve_eu_only_in` gives that region's gateway the EU-only model (a wrong config)."""
     started: list[Deployed] = []
 
-    async def start(serve_eu_only_in: str | None = None) -> Deployed:
+    async def start(serve_eu_only_in: str | None = None, sims_in: dict[str, int] | None = None) -> Deployed:
         d = Deployed(tmp_path)
         started.append(d)
         all_models = tuple(m.name for m in PROD.models)
@@ -84,7 +85,8 @@ async def deploy(tmp_path: Path, sim_factory: Any,
             kube.set(workload("StatefulSet", d.targets.gateway_workload, region.gateway_floor),
                      d.targets.gateway_namespace)
             redis = d.redis[region.name] = RedisServer()
-            sims = [(await sim_factory(name=f"{region.name}-{i}", models=all_models)).base_url for i in range(2)]
+            sims = [(await sim_factory(name=f"{region.name}-{i}", models=all_models)).base_url
+                    for i in range((sims_in or {}).get(region.name, 2))]
             wrong = region.name == serve_eu_only_in
             config = gateway_config(models=_models(region.name, sims, (EU_ONLY,) if wrong else ()),
                                     region=region.name, residency=region.zone)
@@ -121,7 +123,8 @@ def line(out: str, region: str, name: str) -> str:
     for text in out.splitlines():
         if not text.startswith(" ") and text.endswith(":"):
             group = text[:-1]
-        elif group == region and text.strip()[len("PASS "):].startswith(name):
+        elif group == region and text.strip().split(" ", 2 if text.strip().startswith("NOT ") else 1)[-1].startswith(
+                name):
             return text.strip()
     raise AssertionError(f"no line {name!r} under {region}:\n{out}")
 
@@ -144,7 +147,24 @@ def test_targets_follow_the_programs_names_for_prod() -> None:
 
 
 def test_verify_relies_on_the_gateways_own_header_names() -> None:
+    import inspect
+
+    from gateway.http import litellm_headers
+
     assert calls.REPLICA_HEADER == routing.REPLICA_HEADER
+    source = inspect.getsource(litellm_headers.LiteLLMHeaders._fixed)
+    assert f'"{calls.DEPLOYMENT_HEADER}": dep.name' in source
+    assert f'"{calls.FALLBACKS_HEADER}": str(fallbacks)' in source
+
+
+def test_the_own_deployment_verify_expects_is_the_one_the_program_renders() -> None:
+    from infra.gateway_config import gateway_config as rendered
+
+    t = targets(PROD)
+    for region in PROD.regions:
+        names = {d["name"] for m in rendered(PROD, region)["models"] for d in m["deployments"]}
+        target = next(r for r in t.regions if r.name == region.name)
+        assert {r.deployment for r in target.releases} <= names
 
 
 def test_a_discovered_replica_is_named_after_its_pod_never_its_address() -> None:
@@ -157,7 +177,7 @@ def test_a_discovered_replica_is_named_after_its_pod_never_its_address() -> None
         k8s.V1Endpoint(addresses=["10.0.0.7"], target_ref=k8s.V1ObjectReference(kind="Pod", name="vllm-a-5d9f-x2"))],
         ports=[k8s.DiscoveryV1EndpointPort(name="http", port=8000)])
     url = f"{spec.scheme}://10.0.0.7:8000{spec.base_path}".rstrip("/")
-    assert replica_names([slice_], spec) == {url: "vllm-a-5d9f-x2"}
+    assert replicas([slice_], spec) == [(url, "vllm-a-5d9f-x2")]
 
 
 async def test_a_watched_pool_names_its_replicas_after_their_pods() -> None:
@@ -185,6 +205,48 @@ async def test_a_watched_pool_names_its_replicas_after_their_pods() -> None:
         await kube.stop()
 
 
+def test_a_replica_without_a_pod_name_keeps_its_name_when_others_join_or_leave() -> None:
+    from gateway.config.native import parse_native
+    from gateway.upstream.routing import Router
+    from tests.gateway.conftest import MODEL
+
+    pool = Router(parse_native(gateway_config([{"name": "pool", "model": MODEL, "replicas": {
+        "static": ["http://10.0.0.2:8000/v1", "http://10.0.0.3:8000/v1"]}}]))).pools[0]
+    assert [r.name for r in pool.replicas] == ["pool-0", "pool-1"]
+    pool.set_replicas(["http://10.0.0.1:8000/v1", "http://10.0.0.3:8000/v1"])  # .2 left, .1 joined
+    assert {r.base_url: r.name for r in pool.replicas} == {"http://10.0.0.1:8000/v1": "pool-0",
+                                                          "http://10.0.0.3:8000/v1": "pool-1"}
+    pool.set_replicas(["http://10.0.0.3:8000/v1"], {"http://10.0.0.3:8000/v1": "vllm-x"})
+    assert [r.name for r in pool.replicas] == ["vllm-x"]
+
+
+async def test_a_pod_name_that_arrives_later_renames_its_replica() -> None:
+    """Same addresses, a targetRef set afterwards (or an address reused by a new pod): the name follows."""
+    from gateway.config.native import parse_native
+    from gateway.upstream.discovery import EndpointSliceWatcher
+    from gateway.upstream.routing import Router
+    from tests.gateway.conftest import MODEL
+    from tests.gateway.kube_api import endpoint, endpoint_slice
+
+    kube = await FakeKubeApi().start()
+    try:
+        await kube.put("models", endpoint_slice("vllm-abc", "vllm", [endpoint("10.0.0.1")], 8000))
+        config = gateway_config([{"name": "pool", "model": MODEL, "replicas": {"endpoint_slices": {
+            "service": "vllm", "namespace": "models", "port": "http"}}}])
+        pool = Router(parse_native(config)).pools[0]
+        assert pool.config.replicas is not None and pool.config.replicas.endpoint_slices is not None
+        watcher = EndpointSliceWatcher(pool, pool.config.replicas.endpoint_slices, kube.api())
+        await watcher.refresh()
+        assert [r.name for r in pool.replicas] == ["pool-0"]
+        pod = endpoint("10.0.0.1")
+        pod["targetRef"] = {"kind": "Pod", "name": "vllm-a-new", "namespace": "models"}
+        await kube.put("models", endpoint_slice("vllm-abc", "vllm", [pod], 8000))
+        await watcher.refresh()
+        assert [r.name for r in pool.replicas] == ["vllm-a-new"]
+    finally:
+        await kube.stop()
+
+
 # ---- the whole stack ---------------------------------------------------------------------------------------------
 
 async def test_a_healthy_prod_stack_passes_every_check(deploy: Any, capsys: pytest.CaptureFixture[str]) -> None:
@@ -197,7 +259,10 @@ async def test_a_healthy_prod_stack_passes_every_check(deploy: Any, capsys: pyte
         assert "2 replica(s) ready, floor 2" in line(out, region, "model llama-3-1-8b")
         assert "StatefulSet llm-gateway/gateway" in line(out, region, "gateway workload")
         assert "redis connected, ledger connected" in line(out, region, f"readiness of {region}.api.llm.example.com")
-        assert "4 calls, all on replica llama-3-1-8b-" in line(out, region, f"session affinity via {region}.api")
+        affinity = line(out, region, f"session affinity via {region}.api")
+        assert f"sessions of 4 calls, each on one replica, 2 replicas in all (llama-3-1-8b-{region}-0, " \
+               f"llama-3-1-8b-{region}-1)" in affinity and "bounded-load ring moves a session" in affinity
+        assert "own deployment(s) at their floor" in line(out, region, f"readiness of {region}.api")
     assert "421 model_in_other_residency_zone" in line(out, "us-west-2", f"{EU_ONLY} refused outside zone eu")
     assert line(out, "zones", "chat via eu.api.llm.example.com").startswith("PASS")
     assert line(out, "global", "chat via api.llm.example.com").startswith("PASS")
@@ -256,8 +321,19 @@ async def test_a_gateway_still_a_deployment_is_accepted_and_a_missing_one_fails(
 
 async def test_a_gateway_whose_redis_is_down_fails_readiness_of_its_stores(
         deploy: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.governance import store_health
+
     d = await deploy()
     d.redis["eu-west-2"].stop()
+    # The gateway notices at its next background probe (every MIN_INTERVAL s), never inside /health/ready.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + store_health.MIN_INTERVAL + store_health.PROBE_TIMEOUT + 2
+    async with ClientSession() as http:
+        while loop.time() < deadline:
+            async with http.get(d.gateways["eu-west-2"].url + "/health/ready") as resp:
+                if (await resp.json())["stores"]["redis"]["status"] == "unreachable":
+                    break
+            await asyncio.sleep(0.1)
     code, out = await verify(d, capsys)
     assert code == 1
     got = line(out, "eu-west-2", "readiness of eu-west-2.api.llm.example.com")
@@ -316,13 +392,13 @@ def test_a_credential_plugin_that_hangs_is_a_fail_line_within_the_timeout(tmp_pa
     assert "its credentials took over 0.9 s" in checks[0].reason
 
 
-async def _round_robin(upstreams: list[str]) -> tuple[web.AppRunner, str]:
-    """A load balancer in front of two gateway replicas, each call to the next one."""
+async def _round_robin(upstreams: list[str], drop: str = "") -> tuple[web.AppRunner, str]:
+    """A load balancer in front of gateway replicas, each call to the next one; `drop` a request header it loses."""
     turn = itertools.cycle(upstreams)
 
     async def forward(request: web.Request) -> web.Response:
         body = await request.read()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length", drop)}
         async with ClientSession() as http, http.request(request.method, next(turn) + request.path_qs, data=body,
                                                          headers=headers) as resp:
             return web.Response(status=resp.status, body=await resp.read(), headers={
@@ -348,7 +424,8 @@ async def test_a_session_that_moves_between_replicas_fails(deploy: Any, sim_fact
     for model in config["models"]:
         model["deployments"][0]["name"] += "-new"
     other = await gateway_factory(config)
-    runner, url = await _round_robin([d.gateways["us-east-1"].url, other.url])
+    # Readiness (first call) lands on the other half, the session check's readiness read on the original one.
+    runner, url = await _round_robin([other.url, d.gateways["us-east-1"].url])
     d.endpoints["us-east-1.api.llm.example.com"] = url
     try:
         code, out = await verify(d, capsys)
@@ -356,8 +433,60 @@ async def test_a_session_that_moves_between_replicas_fails(deploy: Any, sim_fact
         await runner.cleanup()
     assert code == 1
     got = line(out, "us-east-1", "session affinity via us-east-1.api.llm.example.com")
-    assert got.startswith("FAIL") and "one session moved between replicas" in got
-    assert "llama-3-1-8b-us-east-1-new-" in got
+    # The other half answers from a deployment that is not the region's own: failed on the first call it serves.
+    assert got.startswith("FAIL") and "llama-3-1-8b-us-east-1-new" in got
+
+
+async def test_a_gateway_that_ignores_the_session_id_fails_affinity(deploy: Any,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A proxy that loses x-session-id: the gateway keys each call on its prompt, which differs per call, so
+    one session's calls spread over the replicas (with one prompt for all calls, this passed)."""
+    d = await deploy()
+    runner, url = await _round_robin([d.gateways["eu-west-2"].url], drop=calls.SESSION_HEADER)
+    d.endpoints["eu-west-2.api.llm.example.com"] = url
+    try:
+        code, out = await verify(d, capsys)
+    finally:
+        await runner.cleanup()
+    assert code == 1
+    got = line(out, "eu-west-2", "session affinity via eu-west-2.api.llm.example.com")
+    assert got.startswith("FAIL session affinity via eu-west-2.api.llm.example.com: llama-3-1-8b: one session moved "
+                          "between replicas"), got
+    assert line(out, "eu-north-1", "session affinity via eu-north-1.api.llm.example.com").startswith("PASS")
+
+
+async def test_one_replica_leaves_affinity_not_judged_and_readiness_below_the_floor(
+        deploy: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    d = await deploy(sims_in={"us-west-2": 1})
+    code, out = await verify(d, capsys)
+    assert code == 1
+    assert line(out, "us-west-2", "session affinity via us-west-2.api.llm.example.com") == \
+        "NOT JUDGED session affinity via us-west-2.api.llm.example.com: llama-3-1-8b: deployment " \
+        "llama-3-1-8b-us-west-2 has 1 replica(s); affinity shows only with 2 or more"
+    assert "deployment llama-3-1-8b-us-west-2 has 1 replica(s), floor 2" in \
+        line(out, "us-west-2", "readiness of us-west-2.api.llm.example.com")
+    assert out.rstrip().endswith(", 1 not judged")
+
+
+async def test_answers_from_another_deployment_fail_readiness_and_chat(
+        deploy: Any, gateway_factory: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """us-west-2's gateway (behind the global name) without its own llama-3-3-70b, a hosted deployment in its
+    place: /health/ready is 200 (a deployment is usable) and the call answers 200, both from the wrong one."""
+    d = await deploy()
+    west = d.gateways["us-west-2"]
+    sims = [r.base_url for r in west.state.router.pools[0].replicas]
+    config = gateway_config(models=_models("us-west-2", sims), region="us-west-2", residency="us")
+    for model in config["models"]:
+        if model["alias"] == "llama-3-3-70b":
+            model["deployments"][0]["name"] = "llama-3-3-70b-openai"
+    hosted = await gateway_factory(config)
+    d.endpoints["us-west-2.api.llm.example.com"] = d.endpoints["api.llm.example.com"] = hosted.url
+    code, out = await verify(d, capsys)
+    assert code == 1
+    assert "200, but deployment llama-3-3-70b-us-west-2 not reported" in \
+        line(out, "us-west-2", "readiness of us-west-2.api.llm.example.com")
+    assert line(out, "global", "chat via api.llm.example.com").startswith(
+        "FAIL chat via api.llm.example.com: llama-3-3-70b: answered by deployment llama-3-3-70b-openai, not ")
 
 
 async def test_a_restricted_model_served_outside_its_zone_fails(deploy: Any,
@@ -387,6 +516,10 @@ def test_an_unknown_stack_is_bad_usage_and_lists_the_stacks(capsys: pytest.Captu
     (["--endpoint", "api.example.org=http://x"], "--endpoint: api.example.org is not a name verify calls"),
     (["--endpoint", "api.llm.example.com=ftp://x"], "--endpoint: ftp://x is not an http:// or https:// URL"),
     (["--timeout", "0"], "--timeout: 0.0 is not a positive number of seconds"),
+    (["--timeout", "inf"], "--timeout: inf is not a positive number of seconds"),
+    (["--timeout", "nan"], "--timeout: nan is not a positive number of seconds"),
+    (["--endpoint", "api.llm.example.com=http://[::1"], "--endpoint: http://[::1 is not a valid URL"),
+    (["--endpoint", "api.llm.example.com=https://"], "--endpoint: https:// names no host"),
 ])
 def test_bad_arguments_are_bad_usage_naming_the_flag(argv: list[str], says: str,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
@@ -394,9 +527,59 @@ def test_bad_arguments_are_bad_usage_naming_the_flag(argv: list[str], says: str,
     assert says in capsys.readouterr().err
 
 
+def _gateways(body: Any) -> calls.Gateways:
+    """verify's client with its transport answering every call with `body` (httpx2.MockTransport)."""
+    gateways = calls.Gateways(calls.Endpoints({}), KEY, 1.0)
+    gateways.client = httpx2.Client(transport=httpx2.MockTransport(lambda _: httpx2.Response(200, json=body)))
+    return gateways
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    ({"stores": {"redis": "ok", "ledger": {"status": "connected"}}}, "redis reported as 'ok', not a status"),
+    ({"stores": ["redis"]}, "no stores reported"),
+    ([1, 2], "deployment m-r not reported"),
+    ({"deployments": {"m-r": {"healthy": True, "replicas": "2"}}}, "deployment m-r has '2' replica(s), floor 1"),
+    ({"deployments": {"m-r": {"healthy": "yes", "replicas": 2}}}, "deployment m-r unhealthy"),
+])
+def test_a_readiness_body_of_the_wrong_shape_is_a_fail_line(body: Any, says: str) -> None:
+    check = calls.health(_gateways(body), "r", "r.example.com", {"m-r": 1})
+    assert check.status == "FAIL" and says in check.reason
+
+
+@pytest.mark.parametrize(("headers", "says"), [
+    ({"x-litellm-model-id": "m-r", "x-litellm-attempted-fallbacks": "1"}, "answered after 1 fallback(s)"),
+    ({"x-litellm-model-id": "m-r"}, "answered after unreported fallback(s)"),
+    ({"x-litellm-model-id": "m-openai", "x-litellm-attempted-fallbacks": "0"},
+     "answered by deployment m-openai, not m-r"),
+    ({}, "answered by deployment (not named), not m-r"),
+])
+def test_a_chat_answer_not_from_the_regions_own_deployment_fails(headers: dict[str, str], says: str) -> None:
+    gateways = calls.Gateways(calls.Endpoints({}), KEY, 1.0)
+    gateways.client = httpx2.Client(transport=httpx2.MockTransport(lambda _: httpx2.Response(
+        200, headers=headers, json={"choices": [{"message": {"content": "ok"}}]})))
+    check = calls.chat(gateways, "zones", "r.example.com", "m", {"m-r"})
+    assert check.status == "FAIL" and check.reason.startswith(f"m: {says}")
+
+
+def test_an_unparsable_url_is_a_fail_line_not_a_traceback() -> None:
+    gateways = calls.Gateways(calls.Endpoints({"r.example.com": "http://[::1"}), KEY, 1.0)
+    check = calls.health(gateways, "r", "r.example.com", {})
+    assert check.status == "FAIL" and "http://[::1 is not a URL verify can call" in check.reason
+
+
+def test_a_key_sent_over_plain_http_off_the_machine_is_warned_about(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("infra.verify.run.run", lambda *a: [])
+    assert cli.main(["verify", "--stack", "prod", "--key", KEY, "--endpoint", "api.llm.example.com=http://10.1.2.3",
+                     "--endpoint", "us.api.llm.example.com=http://127.0.0.1:8080"]) == 0
+    err = capsys.readouterr().err
+    assert "http://10.1.2.3 is plain http:// off this machine: the key travels in clear" in err
+    assert "127.0.0.1" not in err
+
+
 def test_without_a_key_verify_says_where_to_give_one(monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("LLMP_VERIFY_KEY", raising=False)
     assert cli.main(["verify", "--stack", "prod"]) == 2
-    assert capsys.readouterr().err == "llmp verify: a gateway key is needed for the chat checks: give --key or " \
-                                      "set LLMP_VERIFY_KEY\n"
+    assert capsys.readouterr().err == "llmp verify: a gateway key is needed for the chat checks: set " \
+                                      "LLMP_VERIFY_KEY (or give --key, which shows in `ps`)\n"

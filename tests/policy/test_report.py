@@ -182,10 +182,28 @@ def test_proof_run_reads_each_tests_outcome_from_pytests_junit_xml(tmp_path):
     assert "tests/test_sample.py::test_not_asked" not in found  # exactly the ids asked for run
 
 
-def test_a_proof_pytest_does_not_report_is_not_run():
-    xml = '<testsuites><testsuite><testcase classname="tests.policy.test_x" name="test_a"/></testsuite></testsuites>'
-    assert outcomes(xml) == {"tests/policy/test_x.py::test_a": PASSED}
-    assert NOT_RUN == "not run"
+def test_a_proof_pytest_does_not_report_is_not_run(tmp_path):
+    """A proof a plugin deselects (here a conftest hook) runs nowhere: it is `not run`, never passed."""
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "conftest.py").write_text(
+        "def pytest_collection_modifyitems(config, items):\n"
+        "    kept = [i for i in items if i.name != 'test_dropped']\n"
+        "    config.hook.pytest_deselected(items=[i for i in items if i not in kept])\n"
+        "    items[:] = kept\n")
+    (tmp_path / "tests" / "test_sample.py").write_text(
+        "def test_holds():\n    assert True\n"
+        "def test_dropped():\n    assert True\n")
+    ids = ["tests/test_sample.py::test_holds", "tests/test_sample.py::test_dropped"]
+    assert run_proofs(ids, root=tmp_path) == {ids[0]: PASSED, ids[1]: NOT_RUN}
+
+
+def test_a_parametrized_proof_with_a_skipped_case_is_not_passed():
+    cases = ('<testcase classname="tests.policy.test_x" name="test_a[1]"/>'
+             '<testcase classname="tests.policy.test_x" name="test_a[2]"><skipped message="no"/></testcase>'
+             '<testcase classname="tests.policy.test_x" name="test_b[1]"><skipped message="no"/></testcase>'
+             '<testcase classname="tests.policy.test_x" name="test_b[2]"><failure message="x"/></testcase>')
+    assert outcomes(f"<testsuites><testsuite>{cases}</testsuite></testsuites>") == {
+        "tests/policy/test_x.py::test_a": SKIPPED, "tests/policy/test_x.py::test_b": FAILED}
 
 
 def test_report_without_stack_is_prods_as_its_help_says_with_its_pictures_beside_it(tmp_path, capsys):

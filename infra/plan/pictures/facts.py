@@ -55,7 +55,6 @@ class Region:
     zone: str
     pools: list[Pool] = field(default_factory=list)
     models: list[Model] = field(default_factory=list)
-    gateway_hosts: list[str] = field(default_factory=list)  # the hosts its gateway's load balancer answers for
     # region it falls back to -> the aliases that do
     falls_back_to: dict[str, list[str]] = field(default_factory=dict)
     # hosted provider host -> the aliases that fall back to it
@@ -128,8 +127,6 @@ def _fallbacks(resources: Resources, regions: Mapping[str, Region]) -> None:
         if region is None:
             continue
         values: Mapping[str, Any] = gateway.inputs.get("values") or {}
-        service = values.get("service") or {}
-        region.gateway_hosts = sorted(str(h) for h in as_list((service.get("loadBalancer") or {}).get("hosts")))
         config = values.get("config") or {}
         for model in as_list(config.get("models")):
             alias = str(model.get("alias"))

@@ -43,24 +43,26 @@ def text(x: float, y: float, content: str, size: float = 12, weight: str = "norm
             f"{escape(content)}</text>")
 
 
-def line(x1: float, y1: float, x2: float, y2: float, stroke: str, width: float = 1, dash: str = "",
-         arrows: str = "") -> str:
+def _stroke(dash: str, arrows: str) -> dict[str, str | float]:
+    """A dash pattern, and the arrow marker at the "start", "end" or both of a line or path."""
     extra: dict[str, str | float] = {"stroke_dasharray": dash} if dash else {}
     if "end" in arrows:
         extra["marker_end"] = "url(#llmp-arrow)"
     if "start" in arrows:
         extra["marker_start"] = "url(#llmp-arrow)"
+    return extra
+
+
+def line(x1: float, y1: float, x2: float, y2: float, stroke: str, width: float = 1, dash: str = "",
+         arrows: str = "") -> str:
+    extra = _stroke(dash, arrows)
     return f"<line {attrs(x1=x1, y1=y1, x2=x2, y2=y2, stroke=stroke, stroke_width=width, **extra)}/>"
 
 
 def path(points: list[tuple[float, float]], stroke: str, width: float = 1, dash: str = "",
          arrows: str = "") -> str:
     """A polyline through `points`; `arrows` "start", "end" or both put the arrow marker there."""
-    extra: dict[str, str | float] = {"stroke_dasharray": dash} if dash else {}
-    if "end" in arrows:
-        extra["marker_end"] = "url(#llmp-arrow)"
-    if "start" in arrows:
-        extra["marker_start"] = "url(#llmp-arrow)"
+    extra = _stroke(dash, arrows)
     d = "M" + "L".join(f"{num(x)},{num(y)}" for x, y in points)
     return f"<path {attrs(d=d, fill='none', stroke=stroke, stroke_width=width, **extra)}/>"
 

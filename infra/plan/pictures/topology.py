@@ -17,6 +17,9 @@ REGION_FILL, REGION_STROKE = "#fff1c7", "#9a6700"
 HOSTED_FILL, HOSTED_STROKE = "#fbe3ec", "#bf3989"
 CAPACITY_COLOURS = {"reserved": "#8250df", "on-demand": "#0969da", "spot": "#bf8700"}
 MUTED = "#57606a"
+# A fallback that leaves its residency zone breaks the platform's promise (DESIGN.md: DNS "never carry a request
+# out of its residency zone"): drawn red, never left out, so a reviewer sees it.
+CROSS_ZONE = "#cf222e"
 
 SIZE, HEAD, LH = 12.0, 14.0, 17.0  # body font, heading font, line height
 PAD, GAP, MARGIN, LANE = 12.0, 28.0, 20.0, 34.0
@@ -77,6 +80,20 @@ def _pairs(regions: list[Region]) -> list[tuple[int, int, list[str], str]]:
     return out
 
 
+def _cross_zone_pairs(topo: Topology) -> list[tuple[Region, Region, list[str], str]]:
+    """(region, region in another zone, aliases, arrows) for each such pair where one falls back to the other."""
+    regions = topo.regions()
+    out = []
+    for i, a in enumerate(regions):
+        for b in regions[i + 1:]:
+            if a.zone == b.zone:
+                continue
+            there, back = a.falls_back_to.get(b.name, []), b.falls_back_to.get(a.name, [])
+            if there or back:
+                out.append((a, b, sorted(set(there) | set(back)), ("end" if there else "") + ("start" if back else "")))
+    return out
+
+
 def _hosted_lines(regions: list[Region]) -> list[Line]:
     providers: dict[str, dict[str, list[str]]] = {}
     for r in regions:
@@ -120,10 +137,14 @@ def topology_svg(topo: Topology) -> str:
                for z in topo.zones}
     zone_w = max([zone_w, *(ln.width() + 2 * PAD for ls in (*headers.values(), *secrets.values()) for ln in ls)])
 
+    crossing = _cross_zone_pairs(topo)
+    ends: dict[int, list[tuple[float, float, float]]] = {k: [] for k in range(len(crossing))}  # (x, box bottom, row y)
+    column = MARGIN + zone_w + 10  # the cross-zone lanes run down the gap right of the zones, one column each
+
     title = [Line(f"llm-platform stack {topo.stack}: topology of the recorded plan", bold=True)]
     title += [Line(f"DNS {_serves(d)}") for d in global_names]
     width = MARGIN * 2 + zone_w + (GAP * 2 + hosted_w if any(hosted.values()) else 0)
-    width = max(width, MARGIN * 2 + max(ln.width() for ln in title))
+    width = max(width, MARGIN * 2 + max(ln.width() for ln in title), column + 8 * len(crossing) + MARGIN)
     body = _draw_lines(MARGIN, MARGIN, title)
     y = MARGIN + len(title) * LH + GAP / 2
 
@@ -145,7 +166,15 @@ def topology_svg(topo: Topology) -> str:
             inner.append(path([(xa, lane_y), (xa, ly), (xb, ly), (xb, lane_y)], ZONE_STROKE, 1.5, arrows=arrows))
             inner.append(text(xa, ly + 14, f"cross-region fallback: {', '.join(aliases)}", SIZE - 1,
                               fill=ZONE_STROKE))
-        sy = lane_y + len(pairs) * LANE + PAD
+        here = [(k, a, b, aliases) for k, (a, b, aliases, _) in enumerate(crossing) if zone in (a.zone, b.zone)]
+        for row, (k, a, b, aliases) in enumerate(here):
+            ly = lane_y + 12 + (len(pairs) + row) * LANE
+            i = next(n for n, r in enumerate(regions) if r.name in (a.name, b.name))
+            ends[k].append((MARGIN + PAD + i * (rw + GAP) + rw / 2 - 20 - row * 8, lane_y, ly))
+            other = b if regions[i].name == a.name else a
+            inner.append(text(MARGIN + PAD, ly + 14, f"cross-ZONE fallback {regions[i].name} - {other.name} (leaves "
+                                                     f"zone {zone}): {', '.join(aliases)}", SIZE - 1, fill=CROSS_ZONE))
+        sy = lane_y + (len(pairs) + len(here)) * LANE + PAD
         inner += _draw_lines(MARGIN + PAD, sy, secrets[zone])
         bottom = sy + len(secrets[zone]) * LH + PAD
         inner.append("</g>")
@@ -159,4 +188,8 @@ def topology_svg(topo: Topology) -> str:
             body.append(path([(MARGIN + zone_w, hy + hh / 2), (hx, hy + hh / 2)], HOSTED_STROKE, 1.5, dash="5 3",
                              arrows="end"))
         y = bottom + GAP
+    for k, (_, _, _, arrows) in enumerate(crossing):
+        (xa, ba, ya), (xb, bb, yb) = ends[k]
+        x = column + k * 8
+        body.append(path([(xa, ba), (xa, ya), (x, ya), (x, yb), (xb, yb), (xb, bb)], CROSS_ZONE, 2, arrows=arrows))
     return document(width, y - GAP + MARGIN, f"Topology of stack {topo.stack}", body, arrows=True)
