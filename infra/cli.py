@@ -242,8 +242,12 @@ def cmd_catalog_refresh(args: argparse.Namespace) -> int:
     except (BotoCoreError, ClientError, RuntimeError) as exc:
         print(f"llmp: catalog refresh failed, {output} is unchanged: {exc}", file=sys.stderr)
         return EXIT_PROGRAM
+    from infra.plan.readme_numbers import COMMAND as README_COMMAND
+
+    # New prices move the prod plan's cost, which README.md states (tests/infra/test_readme.py checks it).
     print(f"wrote {output} (as of {doc['as_of']}, {len(doc['regions'])} regions, {len(doc['instances'])} "
-          f"instance types)", file=sys.stderr)
+          f"instance types)\nREADME.md states the prod plan's cost: rewrite its numbers with `{README_COMMAND}`",
+          file=sys.stderr)
     return EXIT_OK
 
 
