@@ -193,8 +193,8 @@ class Model(_Model):
     @property
     def floor(self) -> int:
         """Replicas the model keeps while idle: none for a model that idles at zero, else its minimum (one at
-        least: an interactive model keeps one warm)."""
-        return 0 if self.idles_at_zero else max(1, self.replicas.min)
+        least, since validation refuses `replicas.min: 0` for any model that does not idle at zero)."""
+        return 0 if self.idles_at_zero else self.replicas.min
 
     def weights_from(self, environment: str) -> Literal["s3", "huggingface"]:
         """`weights`, or by default: S3 for prod models of S3_WEIGHTS_MIN_GB or more (a replica then loads them
@@ -764,7 +764,7 @@ def _check_model(cfg: StackConfig, catalog: Catalog, i: int, model: Model,
 
 def _check_pool_capacity(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
     """A pool holds its models: at max_nodes every model at max replicas, and min_nodes is exactly what every
-    model at its floor fills (`Model.floor`: none for a batch model that idles at zero, else one replica at least).
+    model at its floor fills (`Model.floor`: none for a batch model that idles at zero, else its `replicas.min`, one at least).
     Karpenter grows a pool from there up to max_nodes and gives back empty nodes, so no other floor exists (README:
     Node autoscaling)."""
     problems = []
