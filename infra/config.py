@@ -764,7 +764,7 @@ def _check_model(cfg: StackConfig, catalog: Catalog, i: int, model: Model,
 
 def _check_pool_capacity(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
     """A pool holds its models: at max_nodes every model at max replicas, and min_nodes is exactly what every
-    model at its floor fills (`Model.floor`: none for a batch model that idles at zero, else its `replicas.min`, one at least).
+    model at its floor fills (`Model.floor`: none for a batch model that idles at zero, else its replicas.min).
     Karpenter grows a pool from there up to max_nodes and gives back empty nodes, so no other floor exists (README:
     Node autoscaling)."""
     problems = []
