@@ -24,15 +24,12 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from gateway.exit_codes import EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, KEYS_EPILOG
+
 DEFAULT_URL = "http://127.0.0.1:4000"
 
 
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-EPILOG = """exit codes:
-  0  done
-  1  the gateway answered with an error (its status and message are printed)
-  2  the command line is wrong, or no master key was given
-  3  the gateway cannot be reached at --url"""
+EPILOG = KEYS_EPILOG
 
 
 class CliError(Exception):

@@ -86,6 +86,21 @@ def spot_prices(ec2: Any, types: list[str], now: datetime) -> dict[str, list[flo
     return found
 
 
+def commercial_regions() -> tuple[dict[str, str], str]:
+    """Every region of the commercial partition with its name, from the installed botocore's endpoints.json (the
+    SDK's own list: partition `aws`, `regions`), and the source line that says which botocore it came from."""
+    import botocore
+    import botocore.loaders
+
+    endpoints = botocore.loaders.Loader().load_data("endpoints")
+    partition = next(p for p in endpoints["partitions"] if p["partition"] == "aws")
+    regions = {name: str(info.get("description", name)) for name, info in sorted(partition["regions"].items())}
+    source = (f"botocore {botocore.__version__} botocore/data/endpoints.json, partition \"aws\", `regions` (the "
+              f"SDK's list of the commercial partition's regions and their descriptions), read by `llmp catalog "
+              f"refresh`; https://docs.aws.amazon.com/global-infrastructure/latest/regions/aws-regions.html")
+    return regions, source
+
+
 def rebuild(session: Any, current: dict[str, Any], today: date, regions: list[str] | None = None) -> dict[str, Any]:
     """A new snapshot: the current one's instance types and regions (or `regions`), re-read from AWS."""
     types = sorted(current["instances"])
@@ -140,10 +155,12 @@ def rebuild(session: Any, current: dict[str, Any], today: date, regions: list[st
                             f"ec2:DescribeSpotPriceHistory and pricing:GetProducts, read by `llmp catalog refresh` "
                             f"on {today.isoformat()}")
     sources["region-prices"] = "per family and region: median on-demand ratio to us-east-1 and median spot fraction"
+    # Rebuilt, not copied forward: as_of moves with every refresh, so every list under it must be as fresh.
+    every_region, sources["commercial-regions"] = commercial_regions()
     return {"as_of": today.isoformat(), "sources": sources, "regions": zones, "families": families,
             "fixed_hourly": current["fixed_hourly"], "instances": instances, "quotas": current["quotas"],
             "kubernetes_versions": current["kubernetes_versions"],
-            "commercial_regions": current.get("commercial_regions", {}),
+            "commercial_regions": every_region,
             "data_stores": current.get("data_stores") or {}}
 
 

@@ -11,19 +11,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gateway.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_POLICY, EXIT_PROGRAM  # stdlib only, shared with the gateway
+from gateway.exit_codes import INFRA_EPILOG as EPILOG
+
 if TYPE_CHECKING:  # imported where they run: these need the Pulumi SDKs
     from infra.plan.cost import CostEstimate
     from infra.plan.run import Plan
     from infra.policy.rules.base import ControlResult
 
-EXIT_OK, EXIT_POLICY, EXIT_CONFIG, EXIT_PROGRAM = 0, 1, 2, 3
-EPILOG = """exit codes:
-  0  done (plan: no mandatory policy control fails)
-  1  plan: a mandatory policy control fails (the output lists it)
-  2  something to fix on your side, named in one message: the command line, the stack config or a file it
-     names, or a part of llm-platform (or the Pulumi CLI) this command needs that is not installed here
-  3  something failed that is not your input: the program under the mock engine (a bug), or an outside
-     command or API (reap's Pulumi CLI, catalog refresh's AWS calls)"""
 DISTRIBUTION = "llm-platform"
 # Top-level modules that only the `infra` extra installs (see pyproject.toml).
 INFRA_ONLY_MODULES = frozenset({"pulumi", "pulumi_aws", "pulumi_kubernetes", "pulumi_policy", "rich", "httpx2"})
@@ -248,8 +243,12 @@ def cmd_catalog_refresh(args: argparse.Namespace) -> int:
     except (BotoCoreError, ClientError, RuntimeError) as exc:
         print(f"llmp: catalog refresh failed, {output} is unchanged: {exc}", file=sys.stderr)
         return EXIT_PROGRAM
+    from infra.plan.readme_numbers import COMMAND as README_COMMAND
+
+    # New prices move the prod plan's cost, which README.md states (tests/infra/test_readme.py checks it).
     print(f"wrote {output} (as of {doc['as_of']}, {len(doc['regions'])} regions, {len(doc['instances'])} "
-          f"instance types)", file=sys.stderr)
+          f"instance types)\nREADME.md states the prod plan's cost: rewrite its numbers with `{README_COMMAND}`",
+          file=sys.stderr)
     return EXIT_OK
 
 

@@ -193,8 +193,8 @@ class Model(_Model):
     @property
     def floor(self) -> int:
         """Replicas the model keeps while idle: none for a model that idles at zero, else its minimum (one at
-        least: an interactive model keeps one warm)."""
-        return 0 if self.idles_at_zero else max(1, self.replicas.min)
+        least, since validation refuses `replicas.min: 0` for any model that does not idle at zero)."""
+        return 0 if self.idles_at_zero else self.replicas.min
 
     def weights_from(self, environment: str) -> Literal["s3", "huggingface"]:
         """`weights`, or by default: S3 for prod models of S3_WEIGHTS_MIN_GB or more (a replica then loads them
@@ -416,8 +416,8 @@ def read_stack_file(path: Path) -> dict[str, Any]:
     """The `llm-platform:*` values of a Pulumi.<stack>.yaml, namespace stripped; a key meant for this project
     under another namespace, or none, is refused by name rather than left out."""
     prefix = NAMESPACE + ":"
-    config_map = read_config_map(path)
-    problems = namespace_problems(config_map)
+    config_map = {normalise_key(str(k)): v for k, v in read_config_map(path).items()}
+    problems, _ = namespace_problems(config_map)
     if problems:
         raise ConfigError(str(path), problems)
     return {k[len(prefix):]: v for k, v in config_map.items() if k.startswith(prefix)}
@@ -427,36 +427,69 @@ def read_stack_file(path: Path) -> dict[str, Any]:
 # Pulumi reads `pulumi:disable-default-providers` (both shipped stacks set it) and `<provider>:<key>` for a default
 # provider (https://www.pulumi.com/docs/iac/concepts/config/#provider-configuration-options).
 OTHER_NAMESPACES = frozenset({"pulumi", "aws", "kubernetes", "policy"})
+# Namespaces taken for ours: within this many edits of `llm-platform` (`llm_platform`, `llm-platfrom`), or the
+# project's other name (its CLI). A provider's namespace is never this close (`azure:environment` is a real key).
+NAMESPACE_EDITS = 3
+OUR_OTHER_NAMES = frozenset({"llmp"})
+LEGACY_KEY = re.compile(r"^(?P<namespace>[^:]+):config:(?P<name>.+)$")
 
 
-def namespace_problems(config_map: dict[str, Any]) -> list[tuple[str, str]]:
-    """Keys of a stack's `config:` that look meant for llm-platform but that the program would never read.
+def normalise_key(key: str) -> str:
+    """`<namespace>:config:<name>`, the old form Pulumi still accepts, as the `<namespace>:<name>` it is read as
+    (pulumi/pulumi sdk/go/common/resource/config/key.go, ParseKey; sdk/nodejs/runtime/config.ts, cleanKey)."""
+    match = LEGACY_KEY.match(key)
+    return f"{match['namespace']}:{match['name']}" if match else key
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: insertions, deletions and substitutions, one character each."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def spelled_like_ours(namespace: str) -> bool:
+    return namespace in OUR_OTHER_NAMES or edit_distance(namespace, NAMESPACE) <= NAMESPACE_EDITS
+
+
+def namespace_problems(config_map: dict[str, Any], strict: bool = True) -> tuple[list[tuple[str, str]],
+                                                                                  list[tuple[str, str]]]:
+    """(problems, warnings) for the keys of a stack's config that the program would never read.
 
     Pulumi hands the program `<namespace>:<key>` pairs and `pulumi.Config("llm-platform")` reads only its own
-    namespace, so `gatway:` or `llm-platfrom:gateway` would be silently ignored. Refused: a key without a
-    namespace, an llm-platform key that is not a config field, a namespace spelled like ours, and any other
-    namespace's key named like one of our fields."""
+    namespace, so `gatway:` or `llm-platfrom:gateway` would be silently ignored. Refused: an llm-platform key that
+    closely matches a field (a typo) and a namespace spelled like ours. Strict (a stack file, read offline): also a
+    key without a namespace and any unknown llm-platform key. Not strict (the keys the engine hands a running
+    program, which include an ESC environment's `pulumiConfig`, whose un-namespaced keys land in the project's
+    namespace: https://www.pulumi.com/docs/esc/integrations/infrastructure/pulumi-iac/): those are warnings."""
     fields = [f for f in StackConfig.model_fields if f != "stack"]
     problems: list[tuple[str, str]] = []
+    warnings: list[tuple[str, str]] = []
     for key in config_map:
-        namespace, sep, name = str(key).partition(":")
+        namespace, sep, name = normalise_key(str(key)).partition(":")
         if not sep:
             if key in fields:
                 problems.append((str(key), f"a key without its namespace is not read: write `{NAMESPACE}:{key}`"))
             else:
-                problems.append((str(key), f"a key without a namespace is not read: write `<namespace>:{key}` "
-                                           f"(`{NAMESPACE}:` for this project's settings)"))
+                (problems if strict else warnings).append(
+                    (str(key), f"a key without a namespace is not read: write `<namespace>:{key}` "
+                               f"(`{NAMESPACE}:` for this project's settings)"))
         elif namespace == NAMESPACE:
             top = name.split(".", 1)[0].split("[", 1)[0]
             if top not in fields:
                 close = difflib.get_close_matches(top, fields, n=1)
-                hint = f"; did you mean {NAMESPACE}:{close[0]}?" if close else f" (keys: {', '.join(fields)})"
-                problems.append((str(key), f"unknown key{hint}"))
-        elif namespace not in OTHER_NAMESPACES and (
-                name in fields or difflib.SequenceMatcher(None, namespace, NAMESPACE).ratio() >= 0.75):
+                if close:
+                    problems.append((str(key), f"unknown key; did you mean {NAMESPACE}:{close[0]}?"))
+                else:
+                    (problems if strict else warnings).append(
+                        (str(key), f"unknown key, not read by llm-platform (keys: {', '.join(fields)})"))
+        elif namespace not in OTHER_NAMESPACES and spelled_like_ours(namespace):
             problems.append((str(key), f"namespace {namespace!r} is not this project's: write `{NAMESPACE}:{name}` "
                                        f"(the program reads only {NAMESPACE}:*)"))
-    return problems
+    return problems, warnings
 
 
 def read_config_map(path: Path) -> dict[str, Any]:
@@ -490,15 +523,19 @@ def from_pulumi() -> StackConfig:
 
     # The language host hands the program every key of the stack, namespaced (pulumi-language-python-exec:
     # set_all_config(get_config_env())); one the program would never read is refused by name.
-    problems = namespace_problems(dict(CONFIG.get()))
+    # A typo of ours is refused; a key only an ESC environment or a tool put there is named in a warning.
+    problems, warnings = namespace_problems(dict(CONFIG.get()), strict=False)
     if problems:
         raise ConfigError(f"stack {pulumi.get_stack()}", problems)
+    for key, why in warnings:
+        pulumi.log.warn(f"{key}: {why}")
     config = pulumi.Config(NAMESPACE)
+    given = {normalise_key(k): v for k, v in CONFIG.get().items()}  # the engine normalises too; a test may not
     raw: dict[str, Any] = {}
     for key in StackConfig.model_fields:
         if key == "stack":
             continue
-        value = config.get(key)
+        value = given.get(f"{NAMESPACE}:{key}", config.get(key))
         if value is not None:
             raw[key] = _maybe_json(value)
     return parse(raw, pulumi.get_stack(), f"stack {pulumi.get_stack()}")
@@ -727,7 +764,7 @@ def _check_model(cfg: StackConfig, catalog: Catalog, i: int, model: Model,
 
 def _check_pool_capacity(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
     """A pool holds its models: at max_nodes every model at max replicas, and min_nodes is exactly what every
-    model at its floor fills (`Model.floor`: none for a batch model that idles at zero, else one replica at least).
+    model at its floor fills (`Model.floor`: none for a batch model that idles at zero, else its replicas.min).
     Karpenter grows a pool from there up to max_nodes and gives back empty nodes, so no other floor exists (README:
     Node autoscaling)."""
     problems = []

@@ -90,7 +90,8 @@ class BudgetSync:
         return await self.ledger_spend(now)
 
     async def start(self, sync_now: bool = True) -> None:
-        """`sync_now`: once before returning (before the port opens), as well as every interval after."""
+        """`sync_now`: once before returning (before the gateway serves: the port is already bound, and calls wait in
+        its backlog), as well as every interval after."""
         if sync_now:
             await self._attempt()
         self._task = asyncio.get_running_loop().create_task(self._loop())

@@ -239,12 +239,13 @@ class PeerSync:
             await self.pull_once()
 
     async def start(self) -> None:
-        """One round before returning (before the port opens: keys made elsewhere work from the first call)."""
+        """One round before returning (before the gateway serves: the port is already bound, and calls wait in its
+        backlog), so keys made elsewhere work from the first call."""
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None), trust_env=False, cookie_jar=aiohttp.DummyCookieJar(),
             connector=aiohttp.TCPConnector(limit_per_host=4))
         try:
-            # Bounded, since the port waits for it: a peer that is slow to answer is pulled again in the loop.
+            # Bounded, since the first call waits for it: a peer that is slow to answer is pulled again in the loop.
             async with asyncio.timeout(self.settings.timeout * 4):
                 await self.pull_once()
         except TimeoutError:

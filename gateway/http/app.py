@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, BinaryIO
 
 import aiohttp
@@ -106,11 +107,32 @@ def build_app(
     app.add_routes(app_routes)
     Cors(CorsPolicy.from_env()).install(app)  # LITELLM_CORS_ORIGINS, as LiteLLM reads it (http/cors.py)
     app.router.add_route("*", "/{tail:.*}", Endpoints.no_such_endpoint)  # after every other route
-    app.on_startup.append(_start)
-    app.on_startup.append(endpoints.stores.start)  # after _start: the store probe runs in the background
-    app.on_cleanup.append(endpoints.stores.stop)
-    app.on_cleanup.append(_stop)
+    app.cleanup_ctx.append(_lifetime)
+    app.cleanup_ctx.append(_probing(endpoints.stores))  # after _lifetime: its probe needs the started stores
     return app
+
+
+async def _lifetime(app: web.Application) -> AsyncIterator[None]:
+    # A cleanup context, not on_startup/on_cleanup: aiohttp freezes on_cleanup only after every on_startup handler
+    # returned, so a failed start never reaches an on_cleanup handler, while a context that fails on entry still
+    # runs its own `finally` (aiohttp 3.14 web_app.py, CleanupContext and Application.cleanup). _stop stops only what
+    # _start got to.
+    try:
+        await _start(app)
+        yield
+    finally:
+        await _stop(app)
+
+
+def _probing(stores: Any) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The stores' readiness probe, run in the background while the app serves (gateway/governance/store_health.py)."""
+    async def probe(app: web.Application) -> AsyncIterator[None]:
+        await stores.start(app)
+        try:
+            yield
+        finally:
+            await stores.stop(app)
+    return probe
 
 
 async def _start(app: web.Application) -> None:
@@ -153,13 +175,23 @@ async def _start(app: web.Application) -> None:
 
 
 async def _stop(app: web.Application) -> None:
+    # Also runs after a failed _start: stop only what exists, and let one part's failure not leave the others running.
     state = app[STATE]
-    if state.governance is not None:
-        await state.governance.stop()  # after aiohttp drained in-flight calls: their records are in the spool
+    parts: list[tuple[str, Callable[[], Awaitable[object]]]] = []
+    if state.governance is not None:  # after aiohttp drained in-flight calls: their records are in the spool
+        parts.append(("governance", state.governance.stop))
     if state.secrets is not None:
-        await state.secrets.stop()
-    for watcher in state.watchers:
-        await watcher.stop()
-    await state.session.close()
-    state.proxy.client.close([r.connections for p in state.router.pools for r in p.replicas])
+        parts.append(("secrets", state.secrets.stop))
+    parts += [("discovery", watcher.stop) for watcher in state.watchers]
+    session = getattr(state, "session", None)  # unset when _start failed before making it
+    if session is not None:
+        parts.append(("upstream_session", session.close))
+    for part, stop in parts:
+        try:
+            await stop()
+        except Exception as exc:  # noqa: BLE001 - reported; the other parts still stop
+            state.log.event("stop_failed", part=part, error=f"{type(exc).__name__}: {exc}"[:300])
+    proxy = getattr(state, "proxy", None)
+    if proxy is not None:
+        proxy.client.close([r.connections for p in state.router.pools for r in p.replicas])
     await state.log.stop()

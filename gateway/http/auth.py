@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -67,4 +68,31 @@ def check_master_key(key: str | None, dev: bool) -> None:
         )
 
 
-__all__ = ["Authenticator", "GatewayError", "MasterKeyAuth", "Principal", "check_master_key", "key_id"]
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_master_key_on(host: str, key: str | None, dev: bool) -> None:
+    """check_master_key for a gateway listening on `host`: --dev's leniency (example, default and short keys) holds
+    on this machine only, since anyone who can reach the port can try a published key."""
+    if is_loopback(host):
+        check_master_key(key, dev)
+        return
+    try:
+        check_master_key(key, False)
+    except ConfigError as exc:
+        if not dev or not key:
+            raise
+        reason = str(exc).removeprefix("gateway.master_key: ").removesuffix(" (or pass --dev)")
+        raise ConfigError(f"--host {host}: gateway.master_key {reason}; --dev accepts example and short keys on this "
+                          f"machine only (--host 127.0.0.1, its default)") from None
+
+
+__all__ = ["Authenticator", "GatewayError", "MasterKeyAuth", "Principal", "check_master_key", "check_master_key_on",
+           "is_loopback", "key_id"]

@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-tokens", type=int, default=8)
     parser.add_argument("--fault", choices=FAULTS, default="none")
     parser.add_argument("--name", default="sim")
+    parser.add_argument("--legacy-errors", action="store_true",
+                        help="answer faults in older vLLM's flat error shape ({\"object\": \"error\", ...})")
     parser.add_argument("--shutdown-timeout", type=float, default=0.0,
                         help="on SIGTERM, as vLLM's flag: refuse new requests (503) and let those in flight "
                              "finish for up to this many seconds; 0 (vLLM's default) aborts them")
@@ -34,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         output_tokens=args.output_tokens,
         fault=args.fault,
         name=args.name,
+        legacy_errors=args.legacy_errors,
     )
     try:
         import uvloop

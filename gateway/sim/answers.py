@@ -75,10 +75,13 @@ def embedding(text: str, dims: int = 8) -> list[float]:
     return [round(b / 255.0 - 0.5, 6) for b in digest[:dims]]
 
 
-def error_body(message: str, kind: str, code: int, anthropic: bool = False) -> dict[str, Any]:
+def error_body(message: str, kind: str, code: int, anthropic: bool = False, legacy: bool = False) -> dict[str, Any]:
     if anthropic:
         kinds = {500: "api_error", 429: "rate_limit_error", 404: "not_found_error"}
         return {"type": "error", "error": {"type": kinds.get(code, kind), "message": message}}
+    if legacy:  # vLLM before its ErrorResponse nested the error: the fields at the top, `object: "error"`
+        # (vllm/entrypoints/openai/protocol.py@v0.10.0, ErrorResponse{object, message, type, param, code})
+        return {"object": "error", "message": message, "type": kind, "param": None, "code": code}
     # OpenAI's shape, which vLLM answers too since its ErrorResponse became `{"error": ErrorInfo}`
     # (vllm/entrypoints/openai/protocol.py: ErrorInfo{message, type, param, code}, code the HTTP status).
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}

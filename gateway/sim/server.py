@@ -93,10 +93,11 @@ class Simulator:
         """Faults that strike before any byte of the answer."""
         if fault == "error_500":
             status = self.settings.error_status
-            return json_response(error_body(self.settings.error_message, "InternalServerError", status, anthropic),
-                                 status)
+            return json_response(error_body(self.settings.error_message, "InternalServerError", status, anthropic,
+                                            self.settings.legacy_errors), status)
         if fault == "rate_limit_429":
-            resp = json_response(error_body("simulated rate limit", "RateLimitError", 429, anthropic), 429)
+            resp = json_response(error_body("simulated rate limit", "RateLimitError", 429, anthropic,
+                                            self.settings.legacy_errors), 429)
             resp.headers["Retry-After"] = f"{self.settings.retry_after:g}"
             resp.headers.update(self.settings.headers)
             return resp

@@ -36,6 +36,7 @@ class SimSettings:
     headers: dict[str, str] = field(default_factory=dict)
     error_status: int = 500  # the status of the "error_500" fault (502, 503, 504 as gateways in front of vLLM send)
     error_message: str = "simulated engine failure"
+    legacy_errors: bool = False  # the "error_500" and "rate_limit_429" faults in older vLLM's flat error shape
 
 
 @dataclass

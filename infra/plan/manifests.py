@@ -105,11 +105,9 @@ def _kind_line(kinds: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile(rf"^kind:\s*({'|'.join(kinds)})\s*$", re.MULTILINE)
 
 
-@lru_cache(maxsize=512)
-def _render(chart: str, values_json: str, name: str, namespace: str,
-            kinds: tuple[str, ...] = SCHEDULED_KINDS) -> tuple[tuple[dict[str, Any], ...], str]:
-    """Helm's render of one release, the objects of `kinds` only (cached: every control and every test reads the
-    same releases)."""
+@lru_cache(maxsize=256)
+def _helm(chart: str, values_json: str, name: str, namespace: str) -> tuple[tuple[tuple[str, str], ...], str]:
+    """Helm's render of one release, every file (cached: one render per release, whichever kinds are read)."""
     import helm_python as helm
 
     try:
@@ -118,8 +116,19 @@ def _render(chart: str, values_json: str, name: str, namespace: str,
                                       is_install=True)
     except helm.HelmError as exc:
         return (), str(exc)
+    return tuple(sorted(manifests.items())), ""
+
+
+@lru_cache(maxsize=512)
+def _render(chart: str, values_json: str, name: str, namespace: str,
+            kinds: tuple[str, ...] = SCHEDULED_KINDS) -> tuple[tuple[dict[str, Any], ...], str]:
+    """The objects of `kinds` in Helm's render of one release (parsed once per kinds: every control and every
+    test reads the same releases)."""
+    manifests, error = _helm(chart, values_json, name, namespace)
+    if error:
+        return (), error
     objects: list[dict[str, Any]] = []
-    for path, text in sorted(manifests.items()):
+    for path, text in manifests:
         if path.endswith(".txt"):  # NOTES.txt: text for the operator, not objects
             continue
         for part in _DOCUMENT.split(text):
@@ -130,7 +139,7 @@ def _render(chart: str, values_json: str, name: str, namespace: str,
 
 def render_release(resource: Any, kinds: tuple[str, ...] = SCHEDULED_KINDS) -> RenderedRelease:
     """Render a recorded `kubernetes:helm.sh/v3:Release` with its recorded values, name and namespace (the objects
-    of `kinds`)."""
+    of `kinds`; none for `()`, which only fills Helm's cache)."""
     inputs = resource.inputs
     name = str(inputs.get("name") or resource.name)
     namespace = str(inputs.get("namespace") or "default")
@@ -140,7 +149,11 @@ def render_release(resource: Any, kinds: tuple[str, ...] = SCHEDULED_KINDS) -> R
                                error=f"chart {inputs.get('chart')} {inputs.get('version') or ''} is neither one "
                                      f"of the project's charts nor vendored in {VENDORED_CHARTS.relative_to(ROOT)}")
     values, unknowns = plain(inputs.get("values") or {})
-    objects, error = _render(str(chart), json.dumps(values, sort_keys=True), name, namespace, kinds)
+    values_json = json.dumps(values, sort_keys=True)
+    if kinds:
+        objects, error = _render(str(chart), values_json, name, namespace, kinds)
+    else:  # Helm's render only, cached for whichever kinds are read later (infra/plan/progress.py)
+        objects, error = (), _helm(str(chart), values_json, name, namespace)[1]
     return RenderedRelease(resource.name, resource.region, name, namespace, str(chart.relative_to(ROOT))
                            if chart.is_relative_to(ROOT) else str(chart), objects, error, unknowns)
 

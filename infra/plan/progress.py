@@ -43,11 +43,10 @@ class Progress:
 
 
 def render_charts(plan: Plan) -> None:
-    """Render every recorded Helm release once, for both controls that read them (capacity-fit: workloads;
-    cluster-hardening: what lets traffic in). Helm's output is cached (infra/plan/manifests.py), so the controls
-    then read it at no cost, and the slow part of a plan shows as its own phase."""
-    from infra.plan.manifests import EXPOSING_KINDS, render_release
+    """Render every recorded Helm release once, before the controls read them: Helm's output is cached per release
+    (infra/plan/manifests.py, `_helm`), whichever kinds each control then picks out of it, so the slow part of a
+    plan shows as its own phase and no control renders a chart again."""
+    from infra.plan.manifests import render_release
 
     for release in plan.of_type(HELM_RELEASE):
-        render_release(release)
-        render_release(release, EXPOSING_KINDS)
+        render_release(release, ())

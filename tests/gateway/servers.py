@@ -19,13 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, timeout: float, proc: subprocess.Popen[Any] | None = None) -> None:
@@ -173,22 +169,6 @@ class GatewayProcess:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")
-
-
-def free_port_on(*hosts: str) -> int:
-    """A port free on every one of `hosts` (loopback addresses), so replicas can share it as pods do."""
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind((hosts[0], 0))
-            port = first.getsockname()[1]
-            try:
-                for host in hosts[1:]:
-                    with socket.socket() as other:
-                        other.bind((host, port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError(f"no port free on all of {hosts}")
 
 
 class SimProcess:

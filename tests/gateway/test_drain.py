@@ -16,7 +16,8 @@ import pytest
 
 from tests.gateway.conftest import KEY, MODEL, gateway_config
 from tests.gateway.kube_api import FakeKubeApi, endpoint, endpoint_slice
-from tests.gateway.servers import GatewayProcess, SimProcess, free_port_on
+from tests.gateway.servers import GatewayProcess, SimProcess
+from tests.ports import free_port_on
 
 NS = "models"
 POD_A, POD_B = "127.0.0.2", "127.0.0.3"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 
 from gateway import keys_cli
 from gateway.demo import DEMO_KEY
+from gateway.demo import banner as demo_banner
 from tests.gateway.conftest import KEY, MODEL, deployment, gateway_config
 from tests.gateway.servers import ROOT, free_port, wait_port
 from tests.gateway.test_keys_admin import MESSAGES, governed
@@ -111,8 +113,10 @@ def test_keys_work_against_the_demo_as_its_banner_shows(capsys) -> None:
     # `llmp gateway --demo`, then the two `llmp keys` lines it prints: virtual keys are on, in a SQLite ledger
     # in a temporary directory that the banner names and the demo removes when it stops.
     port = free_port()
+    # The demo's own key: a LLMP_MASTER_KEY in the caller's environment would replace it (as the user's key).
+    env = {k: v for k, v in os.environ.items() if k != "LLMP_MASTER_KEY"}
     demo = subprocess.Popen([sys.executable, "-m", "gateway", "--demo", "--port", str(port)], cwd=ROOT,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=env)
     try:
         wait_port(port, 30, demo)
         url = f"http://127.0.0.1:{port}"
@@ -126,4 +130,14 @@ def test_keys_work_against_the_demo_as_its_banner_shows(capsys) -> None:
     ledger = re.search(r"virtual keys on: SQLite ledger in (\S+) \(removed when the demo stops\)", banner)
     assert ledger is not None, banner
     assert f"llmp keys list --url {url}" in banner
+    assert f"export LLMP_MASTER_KEY={DEMO_KEY}" in banner
     assert not Path(ledger.group(1)).exists()
+
+
+def test_the_demo_banner_does_not_export_a_key_of_your_own() -> None:
+    # The user's key came from LLMP_MASTER_KEY: `export LLMP_MASTER_KEY=$LLMP_MASTER_KEY` would be noise.
+    own = demo_banner("127.0.0.1", 4000, ["http://127.0.0.1:1"], Path("/tmp/x"), "a-key-of-my-own-" * 3)
+    assert "export LLMP_MASTER_KEY" not in own and "Bearer $LLMP_MASTER_KEY" in own
+    assert "llmp keys list\n" in own  # the default --url
+    demo = demo_banner("127.0.0.1", 4000, ["http://127.0.0.1:1"], Path("/tmp/x"), DEMO_KEY)
+    assert f"  export LLMP_MASTER_KEY={DEMO_KEY}\n" in demo

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import socket
 import time
 
 import openai
@@ -14,12 +13,7 @@ from aiohttp import web
 from gateway.config.native import parse_native
 from gateway.http.app import build_app
 from tests.gateway.conftest import KEY, MODEL, closed_port_url, deployment, gateway_config
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.ports import free_port
 
 
 async def two_regions(east_pool: str, west_pool: str) -> tuple[list[web.AppRunner], str, dict[str, io.BytesIO]]:

@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 from tests.gateway.conftest import KEY, MODEL, deployment, gateway_config
 from tests.gateway.faulty_upstream import FaultyUpstream, delta, stream, usage_event
 from tests.gateway.test_keys_admin import admin
+from tests.ports import free_port
 
 MESSAGES = [{"role": "user", "content": "count slowly"}]
 
@@ -48,16 +48,11 @@ async def test_stream_headers_disable_proxy_buffering(gateway) -> None:
     assert body.endswith(b"data: [DONE]\n\n")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_demo_mode_serves_in_one_command() -> None:
     port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "LLMP_MASTER_KEY"}  # the demo key, not the caller's own
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "--demo", "--host", "127.0.0.1", "--port", str(port)],
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            stderr=subprocess.PIPE, text=True, env={**env, "PYTHONUNBUFFERED": "1"})
     try:
         banner = ""
         deadline = time.monotonic() + 15

@@ -89,6 +89,31 @@ def test_refresh_rebuilds_the_snapshot_from_aws_apis_in_the_same_format(aws, sna
     assert fresh.instance("m7i.xlarge").max_pods == 58
 
 
+def test_refresh_rebuilds_the_commercial_regions_from_botocore_and_names_its_version(aws, snapshot: Path) -> None:
+    # Copied forward, the list would carry an old date's regions under a new as_of.
+    import botocore
+
+    doc = yaml.safe_load(snapshot.read_text())
+    doc["commercial_regions"] = {"us-east-1": "stale"}
+    snapshot.write_text(yaml.safe_dump(doc))
+    refresh(Session(stubbed_pricing()), snapshot, today=date(2026, 11, 25), regions=REGIONS)
+    fresh = parse_catalog(yaml.safe_load(snapshot.read_text()))
+    assert fresh.commercial_regions["us-east-1"] == "US East (N. Virginia)"
+    assert fresh.commercial_regions["eu-north-1"] == "Europe (Stockholm)"
+    assert set(fresh.regions) <= set(fresh.commercial_regions)
+    assert fresh.sources["commercial-regions"].startswith(f"botocore {botocore.__version__} ")
+
+
+def test_catalog_refresh_says_how_to_rewrite_the_readmes_numbers(aws, monkeypatch, capsys) -> None:
+    import infra.catalog_refresh
+    from infra.cli import EXIT_OK, main
+
+    monkeypatch.setattr(infra.catalog_refresh, "refresh", lambda *a, **k: {"as_of": "2026-11-25", "regions": {},
+                                                                           "instances": {}})
+    assert main(["catalog", "refresh", "--output", "/dev/null"]) == EXIT_OK
+    assert "python -m infra.plan.readme_numbers" in capsys.readouterr().err
+
+
 def test_a_refresh_that_fails_midway_leaves_the_snapshot_untouched(aws, snapshot: Path) -> None:
     before = snapshot.read_text()
     with pytest.raises(Exception, match="Rate exceeded"):

@@ -258,8 +258,52 @@ def test_a_key_the_program_would_never_read_is_refused_by_name(key, words, tmp_p
 
 
 def test_keys_of_the_engine_and_providers_are_not_ours_to_refuse() -> None:
+    # Only a namespace spelled like ours is taken for a typo: a provider's key named like one of our fields
+    # (`azure:environment`, a real azure-native setting) is that provider's.
     assert namespace_problems({"pulumi:disable-default-providers": ["*"], "aws:region": "us-east-1",
-                               "llm-platform:gateway": {}}) == []
+                               "azure:environment": "public", "gcp:region": "europe-west1",
+                               "llm-platform:gateway": {}}) == ([], [])
+    assert namespace_problems({"llm_platform:gateway": {}})[0] == [
+        ("llm_platform:gateway", "namespace 'llm_platform' is not this project's: write `llm-platform:gateway` "
+                                 "(the program reads only llm-platform:*)")]
+
+
+def test_the_legacy_config_form_is_read_as_pulumi_reads_it(tmp_path) -> None:
+    # `<namespace>:config:<name>` is still accepted by Pulumi and read as `<namespace>:<name>`
+    # (pulumi/pulumi sdk/go/common/resource/config/key.go, ParseKey).
+    from infra.config import read_stack_file
+
+    doc = yaml.safe_load((ROOT / "Pulumi.prod.yaml").read_text())
+    doc["config"]["llm-platform:config:gateway"] = doc["config"].pop("llm-platform:gateway")
+    path = tmp_path / "Pulumi.prod.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert read_stack_file(path) == stack_raw("prod")
+
+
+def test_the_running_program_warns_about_keys_it_does_not_read_and_refuses_only_typos(monkeypatch) -> None:
+    # A running stack's config includes an ESC environment's pulumiConfig (un-namespaced keys land in the project's
+    # namespace); such a key is named in a warning, not a reason to refuse `pulumi up`.
+    import pulumi
+    from pulumi.runtime.config import CONFIG
+
+    from infra.config import from_pulumi, to_pulumi_config
+
+    warned: list[str] = []
+    monkeypatch.setattr(pulumi, "get_stack", lambda: "prod")
+    monkeypatch.setattr(pulumi.log, "warn", lambda message, *a, **k: warned.append(message))
+    legacy = {k.replace("llm-platform:", "llm-platform:config:", 1) if k == "llm-platform:gateway" else k: v
+              for k, v in to_pulumi_config(stack_raw("prod")).items()}
+    token = CONFIG.set({**legacy, "llm-platform:escDatabaseUrl": "postgres://x", "azure:environment": "public"})
+    try:
+        config = from_pulumi()
+    finally:
+        CONFIG.reset(token)
+    assert config.gateway.domain == stack_raw("prod")["gateway"]["domain"]
+    assert warned == ["llm-platform:escDatabaseUrl: unknown key, not read by llm-platform (keys: "
+                      + ", ".join(f for f in type(config).model_fields if f != "stack") + ")"]
+    # A stack file, read offline, stays strict: nothing but this project and the providers writes it.
+    assert namespace_problems({"llm-platform:escDatabaseUrl": "x"})[0] == [("llm-platform:escDatabaseUrl", warned[0]
+                                                                            .split(": ", 1)[1])]
 
 
 def test_the_program_refuses_a_stray_key_the_engine_hands_it(monkeypatch) -> None:

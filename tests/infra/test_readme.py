@@ -10,15 +10,17 @@ from pydantic import BaseModel
 from gateway import keys_cli
 from infra.cli import parser
 from infra.config import StackConfig
-from infra.plan.readme_numbers import CLAIMS, COMMAND, README, PlanNumbers, differences, plan_numbers, rewrite
+from infra.plan.readme_numbers import CLAIMS, COMMAND, README, PlanNumbers, differences, numbers_of, rewrite
+from infra.plan.run import Plan
 
 
 def table_rows(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("|")]
 
 
-def test_every_number_the_readme_states_about_the_prod_plan_is_the_plans() -> None:
-    problems = differences(README.read_text(), plan_numbers())
+def test_every_number_the_readme_states_about_the_prod_plan_is_the_plans(prod_plan: Plan) -> None:
+    # The session's prod plan (tests/conftest.py), the same program and stack file `plan_numbers` runs.
+    problems = differences(README.read_text(), numbers_of(prod_plan))
     assert not problems, "README.md and a fresh plan disagree:\n  " + "\n  ".join(problems) + \
         f"\nregenerate them with: {COMMAND}"
 
