@@ -146,6 +146,9 @@ class GatewayArgs:
     load_balancer_controller: pulumi.Resource | None = None
     # The region's ECR repository URL of the gateway image (infra/components/registry.py); the digest is the stack's.
     image_repository: pulumi.Input[str] | None = None
+    # The region's store addresses (the Redis primary endpoint): hashed into a pod annotation, so a replaced store
+    # rolls the pods, which read the Redis URL secret only at start (charts/gateway values `storeEndpoints`).
+    store_endpoints: Sequence[pulumi.Input[str]] = ()
 
 
 class Gateway(pulumi.ComponentResource):
@@ -185,6 +188,8 @@ class Gateway(pulumi.ComponentResource):
         values = gateway_values(args.cfg, args.region, role_arn=args.role.arn, config=args.config,
                                 certificate_arn=args.certificate_arn, tags=args.tags,
                                 image_repository=args.image_repository)
+        if args.store_endpoints:
+            values["storeEndpoints"] = list(args.store_endpoints)
         self.release = k8s.helm.v3.Release(
             name,
             name=GATEWAY_RELEASE,

@@ -96,6 +96,7 @@ class GatewayStores(pulumi.ComponentResource):
     the rendered config."""
 
     redis_url_secret_arn: pulumi.Output[str]
+    redis_endpoint: pulumi.Output[str]  # the primary endpoint's address: a new one (a replacement) rolls the gateways
     ledger_password_secret_arn: pulumi.Output[str]
     ledger_dsn: pulumi.Output[str]
 
@@ -150,6 +151,7 @@ class GatewayStores(pulumi.ComponentResource):
                 lambda a: redis_url(a[0], a[1])),
             opts=child)
         self.redis_url_secret_arn = url_secret.arn
+        self.redis_endpoint = self.redis.primary_endpoint_address
 
         # -- PostgreSQL: keys, teams, users and the spend ledger: the durable record.
         db_subnets = aws.rds.SubnetGroup(
@@ -186,7 +188,7 @@ class GatewayStores(pulumi.ComponentResource):
             opts=child_opts(self, provider, protect=size.protected))
         self.ledger_password_secret_arn = self.ledger.master_user_secrets.apply(_secret_arn)
         self.ledger_dsn = self.ledger.address.apply(ledger_dsn)
-        self.register_outputs({"redis_url_secret_arn": self.redis_url_secret_arn,
+        self.register_outputs({"redis_url_secret_arn": self.redis_url_secret_arn, "redis_endpoint": self.redis_endpoint,
                                "ledger_password_secret_arn": self.ledger_password_secret_arn,
                                "ledger_dsn": self.ledger_dsn})
 

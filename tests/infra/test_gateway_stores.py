@@ -388,3 +388,12 @@ def test_prod_refuses_to_replace_its_stores_at_preview_and_a_preview_destroys_fr
     run_program(stack_raw("preview"), "preview", observe=observe)
     stores = [opts for (typ, _), opts in preview.items() if typ in (DB, CACHE)]
     assert len(stores) == 2 and not any(opts.protect for opts in stores)
+
+
+def test_each_gateway_release_follows_its_regions_redis_endpoint(prod_plan: Plan) -> None:
+    """The release's values carry the Redis primary endpoint the URL secret names (hashed into the pod template by
+    the chart): a replaced group rolls that region's gateways and no other's."""
+    releases = {r.region: r for r in prod_plan.of_type(RELEASE) if r.inputs["chart"] == str(GATEWAY_CHART)}
+    for region in PROD_REGIONS:
+        redis = one(prod_plan, CACHE, f"{region}-gateway-redis")
+        assert releases[region].inputs["values"]["storeEndpoints"] == [redis.outputs["primaryEndpointAddress"]]
