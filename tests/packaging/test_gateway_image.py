@@ -200,7 +200,8 @@ def test_the_build_context_lets_in_what_the_stages_copy_and_nothing_else() -> No
             assert not _ignored(source.rstrip("/"), patterns), f"COPY {source}: left out of the context"
     for inside in ("gateway/cli.py", "infra/cli.py", "requirements/gateway.lock"):
         assert not _ignored(inside, patterns), inside
-    for outside in ("infra/platform.py", "infra/plan/vendor/charts", "tests/conftest.py", "Pulumi.prod.yaml", ".venv/bin/python", ".git/HEAD", "charts/gateway",
+    for outside in ("infra/platform.py", "infra/plan/vendor/charts",  # the Pulumi program is not in the image
+                    "tests/conftest.py", "Pulumi.prod.yaml", ".venv/bin/python", ".git/HEAD", "charts/gateway",
                     "requirements/all.lock", "llmp-spool/x", "gateway/__pycache__/cli.cpython-312.pyc"):
         assert _ignored(outside, patterns), outside
 
