@@ -27,7 +27,8 @@ from tests.charts.rendering import (
 )
 
 REGIONS = pytest.mark.parametrize("region", PROD_REGIONS)
-DEFAULT_SPOOL = "/var/lib/llmp/spool"
+# The one place the spool's path is written (the program's config leaves ledger.spool_dir to the chart).
+DEFAULT_SPOOL = yaml.safe_load((GATEWAY_CHART / "values.yaml").read_text())["spool"]["path"]
 KEY = "sk-llmp-chart-0123456789abcdef0123456789abcdef"
 MODELS = [{"alias": "m", "deployments": [{"name": "m-1", "model": "m", "api_base": "http://vllm-m:8000/v1"}]}]
 
