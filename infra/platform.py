@@ -244,7 +244,8 @@ class Platform(pulumi.ComponentResource):
                 config=gateway_config(cfg, rs.region, StoreRefs(stores.ledger_dsn, stores.ledger_password_secret_arn)),
                 certificate_arn=rs.certificate_arn, tags=rs.tags,
                 load_balancer_controller=rs.load_balancer.release, image_repository=images[region_name],
-                store_endpoints=[stores.redis_endpoint]),
+                store_endpoints=[stores.redis_endpoint],
+                spool_storage=[rs.monitoring.ebs_csi, rs.monitoring.storage_class]),
                 rs.cluster.kubernetes, iam,
                 pulumi.ResourceOptions(parent=self, depends_on=[rs.addons, rs.autoscaling, rs.monitoring.stack,
                                                                 stores, peer_key]))

@@ -398,3 +398,17 @@ def test_each_gateway_release_follows_its_regions_redis_endpoint(prod_plan: Plan
     for region in PROD_REGIONS:
         redis = one(prod_plan, CACHE, f"{region}-gateway-redis")
         assert releases[region].inputs["values"]["storeEndpoints"] == [redis.outputs["primaryEndpointAddress"]]
+
+
+def test_a_destroy_removes_the_gateway_namespace_while_the_ebs_csi_driver_still_runs(
+        options: dict[tuple[str, str], Any]) -> None:
+    """Pulumi deletes a resource before what it depends on. The namespace (whose deletion waits for the spool PVCs,
+    deleted with the StatefulSet: whenDeleted Delete) depends on the EBS CSI add-on and the StorageClass, so the
+    driver is still there to delete each released volume; the release depends on the namespace."""
+    for region in PROD_REGIONS:
+        namespace = options[("kubernetes:core/v1:Namespace", f"{region}-gateway-namespace")]
+        after = {getattr(r, "_name", None) for r in namespace.depends_on}
+        assert {f"{region}-monitoring-ebs-csi", f"{region}-monitoring-gp3"} <= after, region
+        assert namespace.custom_timeouts.delete
+        release = options[(RELEASE, f"{region}-gateway")]
+        assert any(getattr(r, "_name", None) == f"{region}-gateway-namespace" for r in release.depends_on)
