@@ -66,8 +66,13 @@ def deploy_policy(account_id: str, stacks: str, dns_names: list[str], never: lis
                  "kms:ListAliases", "kms:ListKeys", "acm:DescribeCertificate", "acm:ListCertificates",
                  "route53:Get*", "route53:List*", "secretsmanager:ListSecrets", "sts:GetCallerIdentity",
                  "budgets:ViewBudget", "logs:DescribeLogGroups",
-                 # previews look prod's gateway image repository up by name (infra/components/registry.py)
-                 "ecr:DescribeRepositories"]
+                 # previews look prod's gateway image repository up by name (infra/components/registry.py); the
+                 # data source reads its tags too
+                 "ecr:DescribeRepositories", "ecr:ListTagsForResource",
+                 # The Redis AUTH token and the peer key are drawn at every preview/up
+                 # (aws.secretsmanager.get_random_password): the action has no resource type, so only "*" grants
+                 # it (docs.aws.amazon.com/service-authorization/latest/reference/list_awssecretsmanager.html).
+                 "secretsmanager:GetRandomPassword"]
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -95,9 +100,14 @@ def deploy_policy(account_id: str, stacks: str, dns_names: list[str], never: lis
              "Resource": f"arn:aws:secretsmanager:*:{acct}:secret:llm-platform/{stacks}/*"},
             # RDS creates the ledger's managed password secret (rds!db-<id>, named by RDS, without the stack tag) with
             # the caller's permission (docs.aws.amazon.com/AmazonRDS/latest/UserGuide/rds-secrets-manager.html,
-            # "Required permissions"): creating and tagging only, which reads and changes no existing secret.
+            # "Permissions required for Secrets Manager integration": kms:DescribeKey, secretsmanager:CreateSecret,
+            # secretsmanager:TagResource; secretsmanager:RotateSecret to rotate it, which a rotation schedule change
+            # or `rotate_master_user_password` does). None reads a secret's value. The KMS calls RDS makes through
+            # Secrets Manager (kms:DescribeKey, GenerateDataKey, Decrypt, CreateGrant) are on the stack's own key
+            # (tagged: ChangeOnlyTheStacksResources) or on Secrets Manager's AWS-managed key, whose key policy admits
+            # every principal of the account via Secrets Manager.
             {"Sid": "RdsManagedPasswordSecrets", "Effect": "Allow",
-             "Action": ["secretsmanager:CreateSecret", "secretsmanager:TagResource"],
+             "Action": ["secretsmanager:CreateSecret", "secretsmanager:TagResource", "secretsmanager:RotateSecret"],
              "Resource": f"arn:aws:secretsmanager:*:{acct}:secret:rds!*"},
             # S3 buckets are judged by name (infra/components/model_weights.py names them llmp-<stack>-weights-...):
             # CreateBucket cannot be conditioned on the stack tag the way the services above are.

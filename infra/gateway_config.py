@@ -16,8 +16,6 @@ MASTER_KEY = "secret/gateway/master-key"
 # (infra/components/secrets.py PeerKey).
 REDIS_URL = "secret/gateway/redis-url"
 PEER_KEY = "secret/gateway/peer-key"
-# The spool's volume in the gateway pod (charts/gateway: one PVC per pod).
-SPOOL_DIR = "/var/lib/llmp/spool"
 # Replicas re-read changed keys this often: the bound on how long a revoked key still works in its region.
 KEY_REFRESH_SECONDS = 2
 # Each gateway pulls key records and spend totals from every peer this often (s): with the ledger's flush
@@ -109,8 +107,9 @@ def governance(cfg: StackConfig, region: Region, stores: StoreRefs) -> dict[str,
     """The config sections that turn keys, limits, budgets and the spend ledger on, with this region's stores."""
     out: dict[str, Any] = {
         "redis": {"url": REDIS_URL},
-        "ledger": {"store": stores.ledger_dsn, "store_password_secret": stores.ledger_password_secret,
-                   "spool_dir": SPOOL_DIR},
+        # No spool_dir: the chart gives the ledger its volume's mount path (charts/gateway values `spool.path`, the
+        # one place the path is written), so the config and the mount cannot disagree.
+        "ledger": {"store": stores.ledger_dsn, "store_password_secret": stores.ledger_password_secret},
         "keys": {"refresh_seconds": KEY_REFRESH_SECONDS},
     }
     peers = peer_urls(cfg, region)

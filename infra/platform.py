@@ -203,13 +203,15 @@ class Platform(pulumi.ComponentResource):
         # The gateway image's repository per region (README: The gateway image); the stack config pins the digest.
         images = gateway_image_repositories(cfg, providers, self)
         zone_secrets: dict[str, StackSecrets] = {}
+        # Prod's secrets can be restored for a week after a delete; a preview's go at once (re-creatable).
+        recovery_window = 0 if cfg.environment == "preview" else 7
         for zone in cfg.zones:
             members = [r.name for r in cfg.regions_in(zone)]
             secrets = zone_secrets[zone] = StackSecrets(f"{name}-secrets-{zone}", StackSecretsArgs(
                 stack=cfg.stack, zone=zone, regions=members, providers=cfg.secrets.providers,
                 reader_role_arns=[regions[r].gateway_role.arn for r in members],
                 model_reader_role_arns=[role.arn for r in members for role in regions[r].token_reader_roles],
-                recovery_window_days=0 if cfg.environment == "preview" else 7), providers, here)
+                recovery_window_days=recovery_window), providers, here)
             for region_name in members:
                 rs = regions[region_name]
                 reads_token = rs.reads_token and rs.model_role is not None
@@ -225,14 +227,14 @@ class Platform(pulumi.ComponentResource):
         peer_key = PeerKey("gateway-peer-key", PeerKeyArgs(
             stack=cfg.stack, regions=list(regions), key_arns=dict(key_arns),
             reader_role_arns=[rs.gateway_role.arn for rs in regions.values()],
-            recovery_window_days=0 if cfg.environment == "preview" else 7), providers, here)
+            recovery_window_days=recovery_window), providers, here)
         for region_name, rs in regions.items():
             stores = GatewayStores(f"{region_name}-gateway-stores", GatewayStoresArgs(
                 stack=cfg.stack, region=region_name, environment=cfg.environment, vpc_id=rs.network.vpc_id,
                 private_subnet_ids=rs.network.private_subnet_ids,
                 cluster_security_group_id=rs.cluster.eks.vpc_config.cluster_security_group_id,
                 kms_key_arn=key_arns[region_name], reader_role_arn=rs.gateway_role.arn, tags=rs.tags,
-                recovery_window_days=0 if cfg.environment == "preview" else 7), rs.provider, here)
+                recovery_window_days=recovery_window), rs.provider, here)
             secrets = zone_secrets[cfg.zone_of(region_name)]
             gateway = Gateway(f"{region_name}-gateway", GatewayArgs(
                 cfg=cfg, region=rs.region, role=rs.gateway_role,
@@ -241,7 +243,9 @@ class Platform(pulumi.ComponentResource):
                 key_arn=key_arns[region_name],
                 config=gateway_config(cfg, rs.region, StoreRefs(stores.ledger_dsn, stores.ledger_password_secret_arn)),
                 certificate_arn=rs.certificate_arn, tags=rs.tags,
-                load_balancer_controller=rs.load_balancer.release, image_repository=images[region_name]),
+                load_balancer_controller=rs.load_balancer.release, image_repository=images[region_name],
+                store_endpoints=[stores.redis_endpoint],
+                spool_storage=[rs.monitoring.ebs_csi, rs.monitoring.storage_class]),
                 rs.cluster.kubernetes, iam,
                 pulumi.ResourceOptions(parent=self, depends_on=[rs.addons, rs.autoscaling, rs.monitoring.stack,
                                                                 stores, peer_key]))

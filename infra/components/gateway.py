@@ -146,6 +146,13 @@ class GatewayArgs:
     load_balancer_controller: pulumi.Resource | None = None
     # The region's ECR repository URL of the gateway image (infra/components/registry.py); the digest is the stack's.
     image_repository: pulumi.Input[str] | None = None
+    # The region's store addresses (the Redis primary endpoint): hashed into a pod annotation, so a replaced store
+    # rolls the pods, which read the Redis URL secret only at start (charts/gateway values `storeEndpoints`).
+    store_endpoints: Sequence[pulumi.Input[str]] = ()
+    # What provisions and deletes the spool volumes (the EBS CSI add-on, the StorageClass): the namespace depends on
+    # them, so a destroy deletes the release and the namespace (which waits for the PVCs) while the driver still
+    # runs to delete each PV's EBS volume (README: The spool on destroy).
+    spool_storage: Sequence[pulumi.Resource] = ()
 
 
 class Gateway(pulumi.ComponentResource):
@@ -180,11 +187,14 @@ class Gateway(pulumi.ComponentResource):
         self.namespace = k8s.core.v1.Namespace(
             f"{name}-namespace",
             metadata=k8s.meta.v1.ObjectMetaArgs(name=GATEWAY_NAMESPACE, labels=READINESS_GATE_LABEL),
-            opts=pulumi.ResourceOptions(parent=self, provider=kubernetes, depends_on=controller,
+            opts=pulumi.ResourceOptions(parent=self, provider=kubernetes,
+                                        depends_on=[*controller, *args.spool_storage],
                                         custom_timeouts=pulumi.CustomTimeouts(delete=NAMESPACE_DELETE_TIMEOUT)))
         values = gateway_values(args.cfg, args.region, role_arn=args.role.arn, config=args.config,
                                 certificate_arn=args.certificate_arn, tags=args.tags,
                                 image_repository=args.image_repository)
+        if args.store_endpoints:
+            values["storeEndpoints"] = list(args.store_endpoints)
         self.release = k8s.helm.v3.Release(
             name,
             name=GATEWAY_RELEASE,

@@ -19,13 +19,18 @@ from infra.components.secrets import deny_all_but
 
 REDIS_PORT = 6379
 POSTGRES_PORT = 5432
-# Pinned: a version change is a deliberate update (ElastiCache and RDS never upgrade a major on their own).
+# Pinned: a major version change is a deliberate update (ElastiCache and RDS never upgrade a major on their own).
 # Valkey 8.1 is offered by ElastiCache for node-based clusters (docs.aws.amazon.com/AmazonElastiCache/latest/dg/
-# engine-versions.html); PostgreSQL 17.7 is the minor RDS moves 17.x to after 2026-05-31 (RDS notice of end of
-# standard support for 17.1-17.4), so it is created and kept in standard support.
+# engine-versions.html). PostgreSQL is pinned to the major only: with auto_minor_version_upgrade RDS moves the
+# minor in the maintenance window, and a pinned minor (e.g. "17.7") would make the next `up` try to go back and
+# fail (hashicorp/terraform-provider-aws#49496). The provider accepts a major prefix for exactly this
+# (pulumi_aws 7.51.1 rds.Instance engine_version: "If `auto_minor_version_upgrade` is enabled, you can provide a
+# prefix of the version such as `8.0` (for `8.0.36`)"; the version running is `engine_version_actual`).
 VALKEY_VERSION = "8.1"
-POSTGRES_VERSION = "17.7"
-POSTGRES_FAMILY = "postgres17"
+POSTGRES_VERSION = "17"
+# The parameter group's family follows the major; the group's resource name carries it, so a new major creates a
+# new group (next to the old one, which the instance still uses) instead of replacing the group in place.
+POSTGRES_FAMILY = f"postgres{POSTGRES_VERSION}"
 LEDGER_DB = "llmp"
 LEDGER_USER = "llmp"
 # `require`: TLS always (the parameter group refuses plain connections), without checking the server's
@@ -50,16 +55,16 @@ class StoreSize:
     db_storage_gb: int
     db_max_storage_gb: int
     backup_days: int
-    protected: bool  # deletion protection, a final snapshot, changes in the maintenance window
-
-    @property
-    def multi_az(self) -> bool:
-        return self.cache_nodes > 1
+    # Survive the loss of a zone: a Redis replica with automatic failover, and an RDS Multi-AZ standby.
+    multi_az: bool
+    # Deletion protection, a final snapshot, changes in the maintenance window, and Pulumi's `protect` (a
+    # replacement is refused at preview instead of failing halfway: README, Gateway state stores).
+    protected: bool
 
 
 SIZES: dict[str, StoreSize] = {
-    "prod": StoreSize("cache.r7g.large", 2, "db.r7g.large", 100, 1000, 7, True),
-    "preview": StoreSize("cache.t4g.small", 1, "db.t4g.small", 20, 100, 1, False),
+    "prod": StoreSize("cache.r7g.large", 2, "db.r7g.large", 100, 1000, 7, multi_az=True, protected=True),
+    "preview": StoreSize("cache.t4g.small", 1, "db.t4g.small", 20, 100, 1, multi_az=False, protected=False),
 }
 
 
@@ -91,6 +96,7 @@ class GatewayStores(pulumi.ComponentResource):
     the rendered config."""
 
     redis_url_secret_arn: pulumi.Output[str]
+    redis_endpoint: pulumi.Output[str]  # the primary endpoint's address: a new one (a replacement) rolls the gateways
     ledger_password_secret_arn: pulumi.Output[str]
     ledger_dsn: pulumi.Output[str]
 
@@ -126,7 +132,8 @@ class GatewayStores(pulumi.ComponentResource):
             # The invoke draws a new password at every `up`: only the first one is used. Ignoring the input keeps
             # the token in state (on update and replacement alike: the engine substitutes the old input before
             # diffing), and the URL below is built from that state value, so it never drifts from the token.
-            opts=child_opts(self, provider, ignore_changes=["authToken"], additional_secret_outputs=["authToken"]))
+            opts=child_opts(self, provider, ignore_changes=["authToken"], additional_secret_outputs=["authToken"],
+                            protect=size.protected))
         url_secret = aws.secretsmanager.Secret(
             f"{region}-gateway-redis-url", name=f"llm-platform/{args.stack}/{REDIS_URL_NAME}",
             description=f"rediss:// URL of the gateway's Redis in {region} (written by the program)",
@@ -144,13 +151,14 @@ class GatewayStores(pulumi.ComponentResource):
                 lambda a: redis_url(a[0], a[1])),
             opts=child)
         self.redis_url_secret_arn = url_secret.arn
+        self.redis_endpoint = self.redis.primary_endpoint_address
 
         # -- PostgreSQL: keys, teams, users and the spend ledger: the durable record.
         db_subnets = aws.rds.SubnetGroup(
             f"{region}-gateway-ledger", description=f"llm-platform {args.stack} gateway ledger ({region})",
             subnet_ids=list(args.private_subnet_ids), tags=args.tags, opts=child)
         params = aws.rds.ParameterGroup(
-            f"{region}-gateway-ledger", family=POSTGRES_FAMILY,
+            f"{region}-gateway-ledger-{POSTGRES_FAMILY}", family=POSTGRES_FAMILY,
             description=f"llm-platform {args.stack} gateway ledger: TLS only",
             # Refuses every connection without TLS (docs.aws.amazon.com/AmazonRDS/latest/UserGuide/
             # PostgreSQL.Concepts.General.SSL.html); dynamic, so no reboot.
@@ -171,10 +179,16 @@ class GatewayStores(pulumi.ComponentResource):
             backup_retention_period=size.backup_days, copy_tags_to_snapshot=True,
             deletion_protection=size.protected, skip_final_snapshot=not size.protected,
             final_snapshot_identifier=f"llmp-{args.stack}-{region}-gateway-ledger-final" if size.protected else None,
-            apply_immediately=not size.protected, auto_minor_version_upgrade=True, tags=args.tags, opts=child)
+            apply_immediately=not size.protected, auto_minor_version_upgrade=True,
+            # A change of POSTGRES_VERSION's major is refused by RDS without it (InvalidParameterCombination); it
+            # takes effect in the maintenance window in prod (README: Gateway state stores).
+            allow_major_version_upgrade=True, tags=args.tags,
+            # Prod: deletion protection makes a replacement fail after the new instance exists; `protect` refuses
+            # it at preview instead (README says how to replace it deliberately).
+            opts=child_opts(self, provider, protect=size.protected))
         self.ledger_password_secret_arn = self.ledger.master_user_secrets.apply(_secret_arn)
         self.ledger_dsn = self.ledger.address.apply(ledger_dsn)
-        self.register_outputs({"redis_url_secret_arn": self.redis_url_secret_arn,
+        self.register_outputs({"redis_url_secret_arn": self.redis_url_secret_arn, "redis_endpoint": self.redis_endpoint,
                                "ledger_password_secret_arn": self.ledger_password_secret_arn,
                                "ledger_dsn": self.ledger_dsn})
 

@@ -23,6 +23,8 @@ BUILD_TAG_PREFIX = "sha-"
 # Builds kept: well past any digest a stack still pins (the workflow builds once per merged gateway change).
 KEEP_BUILDS = 200
 UNTAGGED_DAYS = 14
+# The replicas' encryption at rest (see the creation templates below for why not KMS).
+REPLICA_ENCRYPTION = "AES256"
 
 
 def repository_name(stack: str) -> str:
@@ -90,8 +92,14 @@ class GatewayRegistry(pulumi.ComponentResource):
                 f"{name}-{region}-template", prefix=repository_prefix(args.stack).rstrip("/"),
                 description=f"llm-platform {args.stack}: replicas of the gateway image",
                 applied_fors=["REPLICATION"], image_tag_mutability="IMMUTABLE",
+                # AES256 (S3-managed keys), not KMS: a template that creates KMS-encrypted repositories needs a
+                # custom role for ECR to assume (pulumi_aws 7.51.1 RepositoryCreationTemplate custom_role_arn:
+                # "Required if using repository tags or KMS encryption"; docs.aws.amazon.com/AmazonECR/latest/
+                # userguide/repository-creation-templates-create.html). A role with kms:CreateGrant for ECR's
+                # AWS-managed key buys no control the replicas need: both keep the image encrypted at rest, and
+                # the image is public to nobody either way. Without a role, ECR uses its service-linked role.
                 encryption_configurations=[aws.ecr.RepositoryCreationTemplateEncryptionConfigurationArgs(
-                    encryption_type="KMS")],
+                    encryption_type=REPLICA_ENCRYPTION)],
                 lifecycle_policy=lifecycle_policy(),
                 opts=child_opts(self, providers[region])) for region in replicas]
             # A registry (account and region) has ONE replication configuration: this resource owns the source

@@ -3,6 +3,7 @@ gateway's config says, that a replacement pod (same name) re-attaches; rendered 
 values for each prod region."""
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -26,7 +27,8 @@ from tests.charts.rendering import (
 )
 
 REGIONS = pytest.mark.parametrize("region", PROD_REGIONS)
-DEFAULT_SPOOL = "/var/lib/llmp/spool"
+# The one place the spool's path is written (the program's config leaves ledger.spool_dir to the chart).
+DEFAULT_SPOOL = yaml.safe_load((GATEWAY_CHART / "values.yaml").read_text())["spool"]["path"]
 KEY = "sk-llmp-chart-0123456789abcdef0123456789abcdef"
 MODELS = [{"alias": "m", "deployments": [{"name": "m-1", "model": "m", "api_base": "http://vllm-m:8000/v1"}]}]
 
@@ -141,3 +143,62 @@ def test_the_cost_estimate_prices_every_spool_volume_the_gateway_may_keep(prod: 
     added = estimate([release], 1.0, catalog).fixed_monthly_usd["us-east-1"]
     assert added == pytest.approx(catalog.fixed_monthly_usd("ebs_gp3_gib", "us-east-1", prod.gateway.replicas.max))
     assert gateway_spool_gib(SimpleNamespace(**{**vars(release), "inputs": {"chart": "vllm", "values": values}})) == 0
+
+
+# -- the switch from a Deployment, and KEDA owning the count afterwards ------------------------------
+
+@REGIONS
+def test_the_first_rollout_of_the_statefulset_starts_at_the_autoscaling_floor(prod: StackConfig, region):
+    """The upgrade that replaces the Deployment deletes its pods: a StatefulSet created without replicas would
+    start with Kubernetes' default of 1. With no StatefulSet to look up (the first rollout; also every
+    `helm template` and dry run) the chart renders minReplicas."""
+    values = prod_gateway_values(prod, region)
+    assert values["autoscaling"]["enabled"] is True
+    r = render_prod_gateway(prod, region)
+    assert r.one("StatefulSet")["spec"]["replicas"] == values["autoscaling"]["minReplicas"]
+    assert r.one("ScaledObject")["spec"]["minReplicaCount"] == values["autoscaling"]["minReplicas"]
+
+
+def _replicas_given(tmp_path, existing: dict | None, minimum: int) -> str:
+    """The chart's replica helper, given what `lookup` would answer: rendered by Helm in a copy of the chart with
+    one more template (lookup itself needs a cluster)."""
+    import shutil
+
+    chart = tmp_path / "gateway"
+    shutil.copytree(GATEWAY_CHART, chart)
+    (chart / "templates" / "probe.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: probe}\ndata:\n"
+        "  replicas: {{ include \"gateway.autoscaledReplicas\" (dict \"minReplicas\" .Values.probe.minimum "
+        "\"existing\" .Values.probe.existing) | quote }}\n")
+    schema = json.loads((chart / "values.schema.json").read_text())
+    schema["properties"]["probe"] = {"type": "object"}
+    (chart / "values.schema.json").write_text(json.dumps(schema))
+    r = render(chart, {"probe": {"existing": existing or {}, "minimum": minimum}}, name=GATEWAY_RELEASE,
+               namespace=GATEWAY_NAMESPACE)
+    value: str = r.one("ConfigMap", "probe")["data"]["replicas"]
+    return value
+
+
+def test_once_the_statefulset_exists_the_chart_keeps_the_count_keda_set(tmp_path):
+    """Afterwards KEDA's HPA owns the count: the chart renders the live value back. Leaving the field out would
+    not leave it alone: Helm's three-way merge removes a field the previous manifest had (the first rollout's
+    floor), and Kubernetes then defaults it to 1."""
+    assert _replicas_given(tmp_path, {"kind": "StatefulSet", "spec": {"replicas": 7}}, 2) == "7"
+    assert _replicas_given(tmp_path / "none", None, 2) == "2"
+
+
+# -- a replaced store rolls the pods ------------------------------------------------------------------
+
+def test_a_new_store_endpoint_rolls_the_gateway_pods():
+    """The gateway reads the Redis URL secret at start only: the endpoint's hash is in the pod template, so a Redis
+    group replaced under a new address makes a new revision."""
+    def annotation(endpoints: list[str]) -> str | None:
+        values = {"storeEndpoints": endpoints} if endpoints else None
+        meta = _defaults(values).one("StatefulSet")["spec"]["template"]["metadata"]
+        found: str | None = meta["annotations"].get("checksum/stores")
+        return found
+
+    one = annotation(["master.a-redis.abc123.use1.cache.amazonaws.com"])
+    other = annotation(["master.a-redis.def456.use1.cache.amazonaws.com"])
+    assert one and other and one != other
+    assert annotation([]) is None  # no stores given: nothing to follow

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import re
 from fnmatch import fnmatchcase
+from pathlib import Path
 
 import boto3
 import pytest
@@ -246,3 +248,64 @@ def test_deploy_roles_reach_their_own_stacks_weights_buckets_and_never_prods(pro
             assert not reaches(allowed_resources(ROLES["preview"]["permissions"], "s3:"), target), target
             assert reaches(denied_resources(ROLES["preview"]["permissions"]), target), target
     assert reaches(allowed_resources(ROLES["preview"]["permissions"], "s3:"), "arn:aws:s3:::llmp-pr-42-weights-x1")
+
+
+# -- data sources: every invoke the program makes at preview and up --------------------------------
+# Each aws.* data source (invoke) the program calls, and the API actions the provider makes for it (the
+# terraform-provider-aws data source reads its tags as well). A new invoke not listed here fails the test below,
+# so it cannot ship without its permission.
+INVOKE_ACTIONS: dict[str, list[str]] = {
+    "secretsmanager.get_random_password": ["secretsmanager:GetRandomPassword"],
+    "get_caller_identity": ["sts:GetCallerIdentity"],
+    "get_availability_zones": ["ec2:DescribeAvailabilityZones"],
+    "route53.get_zone": ["route53:ListHostedZones", "route53:GetHostedZone", "route53:ListTagsForResource"],
+    "ecr.get_repository": ["ecr:DescribeRepositories", "ecr:ListTagsForResource"],
+}
+_INVOKE = re.compile(r"\baws\.((?:[a-z0-9_]+\.)?get_[a-z0-9_]+?)(?:_output)?\(")
+
+
+def program_invokes() -> set[str]:
+    root = Path(__file__).resolve().parents[2] / "infra"
+    return {m.group(1) for path in root.rglob("*.py") for m in _INVOKE.finditer(path.read_text())}
+
+
+def allows_unconditionally(policy: dict, action: str, resource: str = "*") -> bool:
+    """IAM's answer where no tag condition can hold: an action with no resource type (`resource` "*": only a
+    statement on Resource "*" grants it) or a resource without the stack tag (RDS's own secret). Explicit denies
+    win."""
+    def matches(s: dict) -> bool:
+        actions = s["Action"] if isinstance(s["Action"], list) else [s["Action"]]
+        resources = s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]]
+        return (any(fnmatchcase(action.lower(), a.lower()) for a in actions)
+                and any(fnmatchcase(resource, r) if resource != "*" else r == "*" for r in resources))
+
+    if any(s["Effect"] == "Deny" and matches(s) for s in policy["Statement"]):
+        return False
+    return any(s["Effect"] == "Allow" and matches(s) and "Condition" not in s for s in policy["Statement"])
+
+
+def test_every_data_source_the_program_calls_is_mapped_to_its_actions() -> None:
+    found = program_invokes()
+    assert "secretsmanager.get_random_password" in found  # the scan sees the Redis token's and peer key's draw
+    assert found <= set(INVOKE_ACTIONS), f"map these invokes to their IAM actions: {found - set(INVOKE_ACTIONS)}"
+
+
+@pytest.mark.parametrize("role", ["preview", "prod"])
+def test_deploy_roles_may_make_every_data_source_call_of_a_preview_or_up(role: str) -> None:
+    """Without secretsmanager:GetRandomPassword on "*" every preview fails at the first gateway store."""
+    policy = ROLES[role]["permissions"]
+    for invoke in sorted(program_invokes()):
+        for action in INVOKE_ACTIONS[invoke]:
+            assert allows_unconditionally(policy, action), f"{role}: {invoke} needs {action}"
+
+
+@pytest.mark.parametrize("role", ["preview", "prod"])
+def test_deploy_roles_may_create_and_rotate_the_ledgers_rds_managed_secret(role: str) -> None:
+    """RDS's "Permissions required for Secrets Manager integration" (rds-secrets-manager.html): the secret RDS
+    names rds!db-<id> carries no stack tag, so only the by-name statement can grant it."""
+    secret = f"arn:aws:secretsmanager:eu-west-1:{ACCOUNT}:secret:rds!db-0123abcd-4567-ef89-AbCdEf"
+    policy = ROLES[role]["permissions"]
+    for action in ("secretsmanager:CreateSecret", "secretsmanager:TagResource", "secretsmanager:RotateSecret"):
+        assert allows_unconditionally(policy, action, secret), action
+    assert allows_unconditionally(policy, "kms:DescribeKey")
+    assert not allows_unconditionally(policy, "secretsmanager:GetSecretValue", secret)  # never its value

@@ -49,7 +49,9 @@ def test_prod_replicates_only_its_own_prefix_to_every_other_region(prod_plan: Pl
         assert t.inputs["prefix"] == repository_prefix("prod").rstrip("/")
         assert t.inputs["appliedFors"] == ["REPLICATION"]
         assert t.inputs["imageTagMutability"] == "IMMUTABLE"
-        assert t.inputs["encryptionConfigurations"] == [{"encryptionType": "KMS"}]
+        # KMS in a creation template needs custom_role_arn (a role ECR assumes); AES256 needs none.
+        assert t.inputs["encryptionConfigurations"] == [{"encryptionType": "AES256"}]
+        assert "customRoleArn" not in t.inputs and "resourceTags" not in t.inputs
 
 
 def test_every_region_pulls_the_stacks_digest_from_its_own_regions_replica(prod_plan: Plan) -> None:

@@ -8,16 +8,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pulumi
 import pytest
 import yaml
 
 from gateway.config.loading import load_config
 from gateway.config.native import GatewayConfig
 from infra.chart_values import GATEWAY_CHART
-from infra.components.gateway_stores import LEDGER_SSLMODE, POSTGRES_VERSION, VALKEY_VERSION
+from infra.components.gateway_stores import LEDGER_SSLMODE, TOKEN_LENGTH, VALKEY_VERSION
 from infra.components.network import private_subnet_cidrs
 from infra.components.providers import TAG_REGION, TAG_STACK
 from infra.components.secrets import secret_names
+from infra.plan.mocks import PlanMocks
 from infra.plan.run import Plan
 from tests.policy.test_secret_scope_iam import Account, account_with
 
@@ -68,12 +70,11 @@ def test_each_prod_region_has_one_redis_and_one_ledger_that_survive_a_zone(prod_
         assert redis["automaticFailoverEnabled"] is True and redis["multiAzEnabled"] is True
         assert redis["transitEncryptionEnabled"] is True and redis["atRestEncryptionEnabled"] is True
         assert redis["kmsKeyId"] == stack_key(prod_plan, region)
-        assert len(redis["authToken"]["value"]) >= 16  # AUTH needs 16 to 128 characters
         assert redis["applyImmediately"] is False  # changes wait for the maintenance window
 
         db = one(prod_plan, DB, f"{region}-gateway-ledger")
         i = db.inputs
-        assert (i["engine"], i["engineVersion"]) == ("postgres", POSTGRES_VERSION)
+        assert (i["engine"], i["engineVersion"]) == ("postgres", "17")
         assert i["instanceClass"] == "db.r7g.large" and i["multiAz"] is True
         assert i["storageType"] == "gp3" and i["storageEncrypted"] is True
         assert i["kmsKeyId"] == i["masterUserSecretKmsKeyId"] == stack_key(prod_plan, region)
@@ -91,7 +92,7 @@ def test_the_ledger_refuses_connections_without_tls(prod_plan: Plan, preview_pla
         groups = {g.outputs.get("name") or g.name: g for g in plan.of_type("aws:rds/parameterGroup:ParameterGroup")}
         for db in plan.of_type(DB):
             group = groups[db.inputs["parameterGroupName"]]
-            assert group.inputs["family"] == f"postgres{POSTGRES_VERSION.split('.')[0]}"
+            assert group.inputs["family"] == "postgres17"
             assert {p["name"]: p["value"] for p in group.inputs["parameters"]} == {"rds.force_ssl": "1"}
 
 
@@ -109,6 +110,27 @@ def test_a_preview_gets_small_stores_that_destroy_cleanly(preview_plan: Plan) ->
     for secret in preview_plan.of_type(SECRET):
         if secret.inputs["name"].endswith(("/gateway/redis-url", "/gateway/peer-key")):
             assert secret.inputs["recoveryWindowInDays"] == 0, secret.name
+
+
+def test_the_ledger_pins_the_major_only_so_rds_minor_upgrades_never_fight_the_program(prod_plan: Plan,
+                                                                                      preview_plan: Plan) -> None:
+    """RDS moves the minor in the maintenance window (auto minor upgrades); an engine_version naming a minor would
+    make the next `up` try to downgrade and fail (hashicorp/terraform-provider-aws#49496). A new major is a
+    change of the pinned major, which RDS applies only with allow_major_version_upgrade."""
+    for plan in (prod_plan, preview_plan):
+        for db in plan.of_type(DB):
+            assert db.inputs["autoMinorVersionUpgrade"] is True
+            assert db.inputs["engineVersion"].isdigit(), db.inputs["engineVersion"]  # "17", never "17.7"
+            assert db.inputs["allowMajorVersionUpgrade"] is True
+
+
+def test_a_new_postgres_major_gets_a_new_parameter_group_beside_the_old(prod_plan: Plan) -> None:
+    """The group's family cannot change in place (a replacement), and the old group is in use until the instance
+    moves: the family in the resource name makes the new major's group a new resource, created first."""
+    for region in PROD_REGIONS:
+        db = one(prod_plan, DB, f"{region}-gateway-ledger")
+        group = one(prod_plan, "aws:rds/parameterGroup:ParameterGroup", f"{region}-gateway-ledger-postgres17")
+        assert db.inputs["parameterGroupName"] == group.outputs["name"]
 
 
 # -- network --------------------------------------------------------------------------------------
@@ -197,7 +219,8 @@ def test_every_regional_gateway_config_turns_governance_on_with_its_own_stores(
         assert config.ledger.store == \
             f"postgresql://llmp@{db.outputs['address']}:5432/llmp?sslmode={LEDGER_SSLMODE}"
         assert config.ledger.store_password_secret == db.outputs["masterUserSecrets"][0]["secretArn"]
-        assert config.ledger.spool_dir == "/var/lib/llmp/spool"
+        # The chart fills it with its volume's path (tests/charts/test_gateway_spool.py): one place says where.
+        assert "spool_dir" not in raw["ledger"]
         assert config.keys.refresh_seconds == 2
         others = [r.name for r in plan.config.regions if r.name != region]
         assert (config.peers.urls if config.peers else []) == [f"https://{o}.{plan.config.gateway.domain}"
@@ -269,7 +292,6 @@ def test_the_gateway_role_names_exactly_its_secrets(prod_plan: Plan) -> None:
 @pytest.fixture(scope="module")
 def options() -> dict[tuple[str, str], Any]:
     """Each resource's options as the program gives them, by (type, name)."""
-    import pulumi
 
     from infra.plan.run import run_program
     from tests.stacks import stack_raw
@@ -292,9 +314,101 @@ def test_each_gateway_starts_only_once_its_stores_and_the_peer_key_exist(options
 
 
 def test_an_update_keeps_the_redis_token_and_the_url_follows_the_store(options: dict[tuple[str, str], Any]) -> None:
-    """GetRandomPassword draws anew at every `up`: the group keeps its first token, and the URL secret, built from
-    the group's own state, changes only when the endpoint does."""
+    """GetRandomPassword draws anew at every `up`: the group keeps its first token (the engine keeps the old input
+    of an ignored property), and the peer key's value is never rewritten."""
     for region in PROD_REGIONS:
         assert options[(CACHE, f"{region}-gateway-redis")].ignore_changes == ["authToken"]
         assert not options[(VERSION, f"{region}-gateway-redis-url")].ignore_changes
     assert options[(VERSION, "gateway-peer-key-value")].ignore_changes == ["secretString", "versionStages"]
+
+
+class _SecondUp(PlanMocks):
+    """A later `up`: GetRandomPassword draws `draw`, while each replication group's state keeps the token it was
+    created with (what the engine hands back for an ignored input)."""
+
+    STORED = "tokenTheGroupWasCreatedWith0123456789abcdefABCDEF0123456789abcd"
+
+    def __init__(self, draw: str) -> None:
+        super().__init__()
+        self.draw = draw
+        self.asked: list[dict[str, Any]] = []
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list | None]:
+        if args.token == "aws:secretsmanager/getRandomPassword:getRandomPassword":
+            self.asked.append(dict(args.args))
+            return {"randomPassword": self.draw, "id": self.draw}, []
+        return super().call(args)
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
+        rid, state = super().new_resource(args)
+        if args.typ == CACHE:
+            state = {**state, "authToken": self.STORED}
+        return rid, state
+
+
+def _secret_string(version: Any) -> str:
+    value = version.inputs["secretString"]
+    return str(value["value"] if isinstance(value, dict) else value)
+
+
+@pytest.mark.parametrize("draw", ["firstDrawOf64" * 4 + "abcdefghijkl", "secondDrawOf64" * 4 + "abcdefgh"])
+def test_the_redis_url_carries_the_groups_stored_token_whatever_a_new_up_draws(draw: str) -> None:
+    """Two `up`s drawing different passwords write the same URL: the one built from the group's own token. Built
+    from the draw instead, every `up` would hand the gateways a token the group refuses."""
+    from infra.plan.run import run_program
+    from tests.stacks import stack_raw
+
+    mocks = _SecondUp(draw)
+    plan = run_program(stack_raw("prod"), "prod", mocks=mocks)
+    for region in PROD_REGIONS:
+        url = _secret_string(one(plan, VERSION, f"{region}-gateway-redis-url"))
+        assert url.startswith(f"rediss://:{_SecondUp.STORED}@master.") and draw not in url, region
+    # What is asked of Secrets Manager: a token ElastiCache's AUTH accepts (16-128 characters, no punctuation
+    # that would need escaping in the URL: docs.aws.amazon.com/AmazonElastiCache/latest/dg/auth.html).
+    tokens = [a for a in mocks.asked if a.get("passwordLength") == TOKEN_LENGTH]
+    assert len(tokens) == len(PROD_REGIONS) and 16 <= TOKEN_LENGTH <= 128
+    assert all(a.get("excludePunctuation") is True for a in tokens)
+
+
+def test_prod_refuses_to_replace_its_stores_at_preview_and_a_preview_destroys_freely(
+        options: dict[tuple[str, str], Any]) -> None:
+    """A replacement of the prod ledger creates the new instance, then fails deleting the old (deletion
+    protection): `protect` makes `pulumi preview` refuse it before anything is created (README says how to
+    replace one deliberately). The Redis group likewise: its replacement moves the endpoint under every gateway."""
+    from infra.plan.run import run_program
+    from tests.stacks import stack_raw
+
+    for region in PROD_REGIONS:
+        assert options[(DB, f"{region}-gateway-ledger")].protect is True
+        assert options[(CACHE, f"{region}-gateway-redis")].protect is True
+    preview: dict[tuple[str, str], Any] = {}
+
+    def observe(args: pulumi.ResourceTransformationArgs) -> None:
+        preview[(args.type_, args.name)] = args.opts
+
+    run_program(stack_raw("preview"), "preview", observe=observe)
+    stores = [opts for (typ, _), opts in preview.items() if typ in (DB, CACHE)]
+    assert len(stores) == 2 and not any(opts.protect for opts in stores)
+
+
+def test_each_gateway_release_follows_its_regions_redis_endpoint(prod_plan: Plan) -> None:
+    """The release's values carry the Redis primary endpoint the URL secret names (hashed into the pod template by
+    the chart): a replaced group rolls that region's gateways and no other's."""
+    releases = {r.region: r for r in prod_plan.of_type(RELEASE) if r.inputs["chart"] == str(GATEWAY_CHART)}
+    for region in PROD_REGIONS:
+        redis = one(prod_plan, CACHE, f"{region}-gateway-redis")
+        assert releases[region].inputs["values"]["storeEndpoints"] == [redis.outputs["primaryEndpointAddress"]]
+
+
+def test_a_destroy_removes_the_gateway_namespace_while_the_ebs_csi_driver_still_runs(
+        options: dict[tuple[str, str], Any]) -> None:
+    """Pulumi deletes a resource before what it depends on. The namespace (whose deletion waits for the spool PVCs,
+    deleted with the StatefulSet: whenDeleted Delete) depends on the EBS CSI add-on and the StorageClass, so the
+    driver is still there to delete each released volume; the release depends on the namespace."""
+    for region in PROD_REGIONS:
+        namespace = options[("kubernetes:core/v1:Namespace", f"{region}-gateway-namespace")]
+        after = {getattr(r, "_name", None) for r in namespace.depends_on}
+        assert {f"{region}-monitoring-ebs-csi", f"{region}-monitoring-gp3"} <= after, region
+        assert namespace.custom_timeouts.delete
+        release = options[(RELEASE, f"{region}-gateway")]
+        assert any(getattr(r, "_name", None) == f"{region}-gateway-namespace" for r in release.depends_on)

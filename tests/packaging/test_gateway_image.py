@@ -121,7 +121,7 @@ def test_the_builder_installs_the_gateway_lock_through_the_shared_script() -> No
     # Only the gateway lock, the project and its two packages go into the build.
     copied = [rest for word, rest in builder if word == "COPY"]
     assert copied == [f"requirements/gateway.lock requirements/build.lock {INSTALL} requirements/", "pyproject.toml ./",
-                      "gateway/ gateway/", "infra/ infra/"]
+                      "gateway/ gateway/", "infra/__init__.py infra/cli.py infra/py.typed infra/"]
 
 
 def test_make_install_gateway_runs_the_same_script_the_same_way(tmp_path: Path) -> None:
@@ -200,7 +200,8 @@ def test_the_build_context_lets_in_what_the_stages_copy_and_nothing_else() -> No
             assert not _ignored(source.rstrip("/"), patterns), f"COPY {source}: left out of the context"
     for inside in ("gateway/cli.py", "infra/cli.py", "requirements/gateway.lock"):
         assert not _ignored(inside, patterns), inside
-    for outside in ("tests/conftest.py", "Pulumi.prod.yaml", ".venv/bin/python", ".git/HEAD", "charts/gateway",
+    for outside in ("infra/platform.py", "infra/plan/vendor/charts",  # the Pulumi program is not in the image
+                    "tests/conftest.py", "Pulumi.prod.yaml", ".venv/bin/python", ".git/HEAD", "charts/gateway",
                     "requirements/all.lock", "llmp-spool/x", "gateway/__pycache__/cli.cpython-312.pyc"):
         assert _ignored(outside, patterns), outside
 
@@ -322,8 +323,6 @@ def test_the_workflow_runs_on_main_when_what_goes_into_the_image_changes() -> No
     copied = [src.rstrip("/") for rest in (r for w, r in builder if w == "COPY") for src in rest.split()[:-1]]
     for source in copied:
         pattern = f"{source}/**" if (ROOT / source).is_dir() else source
-        if source == "infra":  # the image holds infra/ for `llmp` (infra/cli.py), which is all the gateway runs of it
-            pattern = "infra/cli.py"
         assert pattern in push["paths"], source
     assert {"gateway/**", ".dockerignore", "requirements/gateway.lock"} <= set(push["paths"])
 
@@ -351,3 +350,37 @@ def test_the_workflow_scans_the_image_before_pushing_it_to_prods_first_region() 
     prod = load_file(ROOT / "Pulumi.prod.yaml", IMAGE_SOURCE_STACK)
     assert doc["env"] == {"REPOSITORY": repository_name(IMAGE_SOURCE_STACK), "AWS_REGION": prod.regions[0].name}
     assert "image_digest: ${DIGEST}" in steps[-1]["run"] and "GITHUB_STEP_SUMMARY" in steps[-1]["run"]
+
+
+def test_the_builder_stages_copies_build_a_distribution_whose_llmp_runs_the_gateway(tmp_path: Path) -> None:
+    """The builder copies infra/'s entry point only: the project, built from exactly what the stage copies, still
+    installs `llmp` (infra.cli:main) and the whole gateway, and none of the Pulumi program."""
+    import zipfile
+
+    _, (builder, _) = stages()
+    context = tmp_path / "context"
+    for rest in (r for w, r in builder if w == "COPY" and not r.startswith("--from")):
+        *sources, dest = rest.split()
+        for source in sources:
+            if source.startswith("requirements/"):
+                continue  # the lock and the script, not part of the distribution
+            # Each COPY keeps the path it had in the repository (a directory's contents into the same directory, a
+            # file into its parent): checked here, so the copy below is the stage's.
+            assert dest == (source if source.endswith("/") else f"{Path(source).parent}/"), rest
+            target = context / source.rstrip("/")
+            if (ROOT / source).is_dir():
+                shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / source, target)
+    assert sorted(p.name for p in (context / "infra").iterdir()) == ["__init__.py", "cli.py", "py.typed"]
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                           "-w", str(tmp_path / "dist"), str(context)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert sorted(n for n in names if n.startswith("infra/")) == ["infra/__init__.py", "infra/cli.py",
+                                                                 "infra/py.typed"]
+    assert "gateway/cli.py" in names and "gateway/config/native.py" in names
+    (entry_points,) = [n for n in names if n.endswith("entry_points.txt")]
+    assert "llmp = infra.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
