@@ -90,10 +90,12 @@ class CannotStart(Exception):
 
 
 def listen_socket(host: str, port: int, reuse_port: bool) -> list[socket.socket]:
-    """Listening sockets on host:port, one per address it resolves to, as asyncio's create_server makes them
+    """Sockets bound to host:port, one per address it resolves to, as asyncio's create_server makes them
     (Lib/asyncio/base_events.py@v3.12.0, create_server: every getaddrinfo result, de-duplicated, SO_REUSEADDR on
     POSIX, IPV6_V6ONLY on each IPv6 socket so the IPv4 and IPv6 sockets of "localhost" do not collide), made before
-    the app starts."""
+    the app starts: a port in use fails here, before anything starts. They listen only once the app has started
+    (the event loop's create_server(sock=...) calls listen: base_events.Server._start_serving), so a client or a
+    probe connecting earlier is refused, never accepted by a gateway that has not replayed its spool yet."""
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except OSError as exc:  # socket.gaierror: a --host that does not resolve
@@ -110,7 +112,6 @@ def listen_socket(host: str, port: int, reuse_port: bool) -> list[socket.socket]
             if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
-            sock.listen(BACKLOG)
             sock.setblocking(False)
     except OSError as exc:
         for sock in socks:
