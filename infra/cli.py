@@ -117,16 +117,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     files = None
     if args.output and args.format == "markdown":  # Markdown links its pictures as files beside it
         files = {name: picture_file(Path(args.output).name, name) for name in PICTURES}
-        drawn = pictures(plan, cost).named()
-        for name, file in files.items():
-            if not _write(str(Path(args.output).with_name(file)), drawn[name], "--output"):
-                return EXIT_CONFIG
     text = render_report(plan, results, args.format, proofs=proofs, picture_files=files)
-    if args.output:
-        if not _write(args.output, text, "--output"):
-            return EXIT_CONFIG
-    else:
+    if not args.output:
         sys.stdout.write(text)
+    elif not _write(args.output, text, "--output"):  # the report first: a path that fails is the one asked for
+        return EXIT_CONFIG
+    drawn = pictures(plan, cost).named() if files else {}
+    for name, file in (files or {}).items():
+        if not _write(str(Path(args.output).with_name(file)), drawn[name], "--output"):
+            return EXIT_CONFIG
     return EXIT_POLICY if verdict(results, proofs)[1] else EXIT_OK
 
 

@@ -21,7 +21,7 @@ from infra.components.providers import TAG_REGION, TAG_STACK
 from infra.components.secrets import secret_names
 from infra.plan.mocks import PlanMocks
 from infra.plan.run import Plan
-from tests.policy.test_secret_scope_iam import Account, account_with
+from tests.policy.test_secret_scope_iam import LEDGER_PASSWORD, Account, account_with
 
 CACHE = "aws:elasticache/replicationGroup:ReplicationGroup"
 DB = "aws:rds/instance:Instance"
@@ -259,16 +259,15 @@ def _ledger_secret(plan: Plan, region: str) -> str:
     return arn.split(":secret:", 1)[1][:-7]
 
 
-def test_a_gateway_reads_its_regions_stores_credentials_and_no_other_regions(account: Account,
-                                                                            prod_plan: Plan) -> None:
+def test_a_gateway_reads_its_regions_stores_credentials_and_no_other_regions(account: Account) -> None:
+    stores = ("llm-platform/prod/gateway/redis-url", "llm-platform/prod/gateway/peer-key")
     for reader in PROD_REGIONS:
         gateway = ("prod", reader)
-        for name in ("llm-platform/prod/gateway/redis-url", "llm-platform/prod/gateway/peer-key",
-                     _ledger_secret(prod_plan, reader)):
+        for name in stores:
             assert account.read(gateway, "prod", name, reader) == f"prod:{name}:{reader}"
+        assert json.loads(account.read(gateway, "prod", LEDGER_PASSWORD, reader))["password"] == f"prod:{reader}"
         for region in (r for r in PROD_REGIONS if r != reader):
-            for name in ("llm-platform/prod/gateway/redis-url", "llm-platform/prod/gateway/peer-key",
-                         _ledger_secret(prod_plan, region)):
+            for name in (*stores, LEDGER_PASSWORD):
                 assert account.denied(gateway, "prod", name, region), f"the {reader} gateway read {name} in {region}"
 
 

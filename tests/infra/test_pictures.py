@@ -108,7 +108,8 @@ def test_topology_is_drawn_from_the_recorded_resources_not_the_config(prod_plan)
 
     svg = picture_of("prod", mutated(prod_plan, drop_replica_and_model))
     eu = zone_texts(svg)["eu"]
-    assert "secrets (1): kept in eu-north-1, not replicated" in eu
+    # its own Redis URL was never replicated; the master key now is not either
+    assert "secrets (2): kept in eu-north-1, not replicated" in eu
     assert "secrets (5): kept in eu-north-1, replicated to eu-west-2" in eu
     assert eu.count("mistral-small-24b  x1-4  on mid") == 1  # only eu-north-1 still serves it
 
