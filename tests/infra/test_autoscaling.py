@@ -196,7 +196,8 @@ def test_only_a_batch_model_allowed_zero_replicas_idles_at_zero() -> None:
     next(m for m in raw["models"] if m["name"] == "llama-3-3-70b")["replicas"]["min"] = 0
     with pytest.raises(ConfigError) as refused:
         parse(raw, "prod")
-    assert refused.value.problems == [("llm-platform:models[0].replicas.min",
-                                       "0 is only for `tier: batch` models, which scale to zero while idle; an "
-                                       "interactive model keeps one replica warm, since a caller would wait minutes "
-                                       "for one to load: write min: 1, or tier: batch")]
+    # (the pools whose min_nodes its replica filled are named too: every problem is reported at once)
+    assert ("llm-platform:models[0].replicas.min",
+            "0 is only for `tier: batch` models, which scale to zero while idle; an interactive model keeps one "
+            "replica warm, since a caller would wait minutes for one to load: write min: 1, or tier: batch") \
+        in refused.value.problems

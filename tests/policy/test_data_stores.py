@@ -117,7 +117,7 @@ def test_ledger_with_a_program_password_or_without_force_ssl_is_rejected(prod_pl
                     "PostgreSQL us-west-2-gateway-ledger in us-west-2 does not let RDS manage its master password")
 
     def plain_allowed(rs):
-        find(rs, PARAMETER_GROUP, "us-west-2-gateway-ledger").inputs["parameters"] = [
+        find(rs, PARAMETER_GROUP, "us-west-2-gateway-ledger-postgres17").inputs["parameters"] = [
             {"name": "rds.force_ssl", "value": "0", "applyMethod": "immediate"}]
     assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, plain_allowed), "data-stores"),
                     "PostgreSQL us-west-2-gateway-ledger in us-west-2 accepts plaintext connections")

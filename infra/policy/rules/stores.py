@@ -108,11 +108,12 @@ def _by_ref(resources: Resources, typ: str) -> dict[str, Resource]:
 def _referenced(refs: dict[str, Resource], ref: Any, store: Resource, typ: str) -> Resource | None:
     """The group a store names. An autonamed group's name is computed by the provider, so the mock engine records
     the store's reference as absent (a real preview knows it); then the group the same component made for the
-    store, by the naming contract (the store's own name, in its region), stands in."""
+    store, by the naming contract (the store's own name, or it with a suffix such as the parameter family, in its
+    region), stands in."""
     if ref:
         return refs.get(str(ref))
-    return next((r for r in refs.values() if r.type == typ and r.name == store.name and r.region == store.region),
-                None)
+    return next((r for r in refs.values() if r.type == typ and r.region == store.region
+                 and (r.name == store.name or r.name.startswith(f"{store.name}-"))), None)
 
 
 def _truthy(value: Any) -> bool:
