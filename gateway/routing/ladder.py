@@ -109,16 +109,24 @@ class Ladders:
         if request.endpoint not in ENDPOINTS:
             raise bad_request(f"`{ladder.alias}` is a ladder of models: it serves /v1/chat/completions and "
                               f"/v1/completions; call one of its rungs ({', '.join(ladder.rungs)}) here.", "model")
-        _may_call(principal, ladder.alias)
+        refused_by = _refused_by(principal, ladder.alias)
+        if refused_by is not None:
+            raise model_not_allowed(ladder.alias, refused_by)
         escalate_on = self.escalate_on[ladder.alias]
         want = wanted(request.body) if "invalid_json" in escalate_on else ANY
         plan = self.plan(ladder, request, principal)
         buffered = request.stream and want.json
         route = list(plan.route)
-        refusal: GatewayError | None = None
+        # Rungs this caller may not use are skipped, not tried (the gate would refuse them): the last rung it may
+        # use is the one whose answer is sent whatever its checks say.
+        allowed = [rung for rung in plan.rungs if _refused_by(principal, rung) is None]
         tried = 0
-        for position, rung in enumerate(plan.rungs):
-            last = position == len(plan.rungs) - 1
+        for rung in plan.rungs:
+            if rung not in allowed:
+                route.append(f"{rung}=skipped:not_allowed")
+                self.metrics.ladder_escalations.labels(ladder.alias, rung, "not_allowed").inc()
+                continue
+            last = rung == allowed[-1]
             call = CallRecord(record.request_id, key_id=record.key_id, endpoint=record.endpoint, alias=rung,
                               stream=request.stream)
             answered = f"{rung}={'pinned' if plan.pinned else 'answered'}"
@@ -130,18 +138,14 @@ class Ladders:
                 response = await serve(http, principal, _as_rung(request, rung), call, rung_headers, started, buffer)
             except GatewayError as error:
                 outcome = escalation(error, call)
-                if outcome == "not_allowed":  # this caller may not use the rung: the next one may serve it
-                    route.append(f"{rung}=skipped:not_allowed")
-                    self.metrics.ladder_escalations.labels(ladder.alias, rung, "not_allowed").inc()
-                    refusal = refusal or error
-                    if not last:
-                        continue
-                    headers[ROUTE] = _header(route, buffered)
-                    raise model_not_allowed(ladder.alias) from None
-                route.append(f"{rung}={outcome or 'error'}")
-                if outcome is None or last or "error" not in escalate_on:
-                    headers[ROUTE] = record.route = _header(route, buffered)
+                if outcome is not None:
+                    route.append(f"{rung}={outcome}")
+                if outcome is None or outcome == "not_allowed" or last or "error" not in escalate_on:
                     adopt(record, call)
+                    # A caller's refusal (budget, limits, its request) adds nothing: it is not the rung's doing.
+                    record.route = _header(route, buffered) if route else ""
+                    if route:
+                        headers[ROUTE] = record.route
                     raise
                 tried += 1
                 call.status, call.error = error.status, error.detail or error.message
@@ -173,8 +177,9 @@ class Ladders:
                 assert buffer is response
                 return await replay(http, buffer, rung_headers, record, self.before_eof)
             return response
-        # Unreachable: the last rung either answers or raises.
-        raise refusal or model_not_allowed(ladder.alias)
+        # Every rung skipped: this caller may use none of them.
+        headers[ROUTE] = record.route = _header(route, buffered)
+        raise model_not_allowed(ladder.alias)
 
     def _escalated(self, ladder: Ladder, call: CallRecord, tried: int, outcome: str, route: list[str],
                    buffered: bool, started: float) -> None:
@@ -204,17 +209,19 @@ def _matches(tokens_over: int | None, tools: bool | None, request: Request) -> b
     return bool(tools) and bool(body.get("tools") or body.get("functions"))
 
 
-def _may_call(principal: Any, alias: str) -> None:
-    """The ladder alias itself must be allowed by the caller's lists (governance/model_access.py); each rung is
-    then checked again when admitted (a rung the caller may not use is skipped: `skipped:not_allowed`)."""
+def _refused_by(principal: Any, name: str) -> str | None:
+    """Which of the caller's lists (key, team, user) refuses `name`, as the gate reads them (governance/gate.py,
+    model_access.py), or None. The ladder alias must be allowed; each rung is checked too, so a key given `auto` and
+    only its cheap rung has the others skipped (`skipped:not_allowed`)."""
     key = getattr(principal, "key", None)
     if key is None:
-        return  # the master key
-    if not may_use(key.models, alias, None, in_team=key.team_id is not None):
-        raise model_not_allowed(alias, "key")
+        return None  # the master key
+    if not may_use(key.models, name, None, in_team=key.team_id is not None):
+        return "key"
     team = getattr(principal, "team", None)
-    if team is not None and not may_use(team.models, alias):
-        raise model_not_allowed(alias, "team")
+    if team is not None and not may_use(team.models, name):
+        return "team"
     user = getattr(principal, "user", None)
-    if user is not None and not may_use(user.models, alias):
-        raise model_not_allowed(alias, "user")
+    if user is not None and not may_use(user.models, name):
+        return "user"
+    return None
