@@ -121,6 +121,7 @@ class Ladders:
         # use is the one whose answer is sent whatever its checks say.
         allowed = [rung for rung in plan.rungs if _refused_by(principal, rung) is None]
         tried = 0
+        first_rung = perf()
         for rung in plan.rungs:
             if rung not in allowed:
                 route.append(f"{rung}=skipped:not_allowed")
@@ -134,8 +135,11 @@ class Ladders:
             rung_headers[ROUTE] = call.route = _header([*route, answered], buffered)
             buffer = Buffer(self.buffer_bytes) if buffered else None
             rung_started = perf()
+            # Overhead and time to first token count from this rung's start: earlier rungs' upstream time is not the
+            # gateway's overhead (the call's latency still counts from its start).
+            shifted = started + (rung_started - first_rung)
             try:
-                response = await serve(http, principal, _as_rung(request, rung), call, rung_headers, started, buffer)
+                response = await serve(http, principal, _as_rung(request, rung), call, rung_headers, shifted, buffer)
             except GatewayError as error:
                 outcome = escalation(error, call)
                 if outcome is not None:
