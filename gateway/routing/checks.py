@@ -7,7 +7,7 @@ response_format): `{"type": "json_object"}` asks for a JSON object, `{"type": "j
 (docs.vllm.ai/en/latest/features/structured_outputs.html), but a small model without it, or one cut short, answers
 text that is not the JSON asked for: that is what `invalid_json` catches. Schemas are checked with `jsonschema`
 (python-jsonschema.readthedocs.io), the reference implementation, with the draft the schema's `$schema` names
-(2020-12 when it names none, as OpenAI's structured outputs read them).
+(2020-12 when it names none).
 """
 
 from __future__ import annotations

@@ -156,3 +156,13 @@ def test_a_ladder_defined_twice_is_refused_and_a_good_one_loads() -> None:
         parse_native({"version": 1, "models": MODELS, "ladders": [good, good]})
     [ladder] = parse_native({"version": 1, "models": MODELS, "ladders": [good]}).ladders
     assert ladder.escalate_on == list(ESCALATE_ON) and ladder.rules == []
+
+
+def test_the_native_example_has_a_ladder(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.config.loading import load_config
+    from tests.gateway.test_config import ENV, EXAMPLES
+
+    for name in ENV:
+        monkeypatch.setenv(name, f"value-of-{name}")
+    [ladder] = load_config(EXAMPLES / "native.yaml").ladders
+    assert ladder.alias == "auto" and ladder.rungs == ["llama-3.1-8b", "gpt-4o-mini"]
