@@ -10,8 +10,9 @@ the call itself, under the client's request id.
 
 Not escalated: what the caller caused or owns (a 400/413/422 about its request, its budget or rate limits, a
 residency refusal): another rung would be refused the same. A stream escalates only before its first byte, unless
-the request asks for JSON (`response_format`): then each rung's stream is buffered, checked and replayed
-(`; buffered` in the header), since the check needs the whole answer.
+the request asks for JSON (`response_format`): then each rung's stream but the last is buffered, checked and
+replayed (`; buffered` in the header), since the check needs the whole answer; the last rung, whose answer is sent
+whatever it is, streams as it comes.
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ class Ladders:
         escalate_on = self.escalate_on[ladder.alias]
         want = wanted(request.body) if "invalid_json" in escalate_on else ANY
         plan = self.plan(ladder, request, principal)
-        buffered = request.stream and want.json
+        check_stream = request.stream and want.json
+        buffered = False  # whether a rung's stream was held to be checked (the last rung's never is: not checked)
         route = list(plan.route)
         # Rungs this caller may not use are skipped, not tried (the gate would refuse them): the last rung it may
         # use is the one whose answer is sent whatever its checks say.
@@ -131,9 +133,10 @@ class Ladders:
             call = CallRecord(record.request_id, key_id=record.key_id, endpoint=record.endpoint, alias=rung,
                               stream=request.stream)
             answered = f"{rung}={'pinned' if plan.pinned else 'answered'}"
+            buffer = Buffer(self.buffer_bytes) if check_stream and not last else None
+            buffered = buffered or buffer is not None
             rung_headers = dict(headers)
             rung_headers[ROUTE] = call.route = _header([*route, answered], buffered)
-            buffer = Buffer(self.buffer_bytes) if buffered else None
             rung_started = perf()
             # Overhead and time to first token count from this rung's start: earlier rungs' upstream time is not the
             # gateway's overhead (the call's latency still counts from its start).
@@ -163,7 +166,7 @@ class Ladders:
                 failed = ("error", call.error or "stream failed") if call.status != 200 else \
                     ("error", "stream larger than upstream_limits.body_bytes") if buffer.overflow else \
                     failed_check(streamed_answer(bytes(buffer.data)), want, escalate_on)
-                if failed is not None and failed[0] == "error" and "error" not in escalate_on:
+                if failed is not None and failed[0] == "error" and "error" not in escalate_on and not buffer.overflow:
                     failed = None
             elif not last and not request.stream:
                 assert isinstance(response, web.Response)

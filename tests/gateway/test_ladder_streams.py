@@ -79,3 +79,13 @@ async def test_a_good_json_stream_from_the_cheap_rung_is_replayed_whole(gateway_
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
     [row] = await spend_rows(gw, tmp_path)
     assert row["model"] == CHEAP and big.stats.requests == 0
+
+
+async def test_a_json_stream_on_the_last_rung_is_not_held(gateway_factory, sim_factory, tmp_path) -> None:
+    cheap, big = await sim_factory(name="cheap"), await sim_factory(name="big")
+    gw = await gateway_factory(ladder_config(cheap.base_url, big.base_url, tmp_path,
+                                             {"rules": [{"tools": True, "start_at": BIG}]}))
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
+    headers, text, _ = await stream(gw, response_format=AS_SCHEMA, tools=tools)
+    assert headers["x-llmp-route"] == f"{CHEAP}=skipped:tools,{BIG}=answered", "nothing was checked: no buffering"
+    jsonschema.validate(orjson.loads(text), SCHEMA)
