@@ -13,6 +13,7 @@ text that is not the JSON asked for: that is what `invalid_json` catches. Schema
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import jsonschema
@@ -54,13 +55,21 @@ def wanted(body: dict[str, Any]) -> Wanted:
     if not isinstance(schema, (dict, bool)):
         raise bad_request("`response_format.json_schema.schema` must be a JSON Schema object.",
                           "response_format.json_schema.schema")
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     try:
-        cls.check_schema(schema)
+        return Wanted("json_schema", _validator(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)))
     except SchemaError as exc:
         raise bad_request(f"`response_format.json_schema.schema` is not a valid JSON Schema: {exc.message[:200]}",
                           "response_format.json_schema.schema") from None
-    return Wanted("json_schema", cls(schema))
+
+
+@lru_cache(maxsize=256)
+def _validator(schema: bytes) -> Any:
+    """A schema's validator, checked against its draft's meta-schema first. Cached: that check costs about 2 ms
+    (jsonschema 4.26, a two-property schema), and a client sends the same schema call after call."""
+    value = orjson.loads(schema)
+    cls = jsonschema.validators.validator_for(value, default=jsonschema.Draft202012Validator)
+    cls.check_schema(value)
+    return cls(value)
 
 
 @dataclass(slots=True)
