@@ -120,6 +120,13 @@ Governance (virtual keys, limits, the spend ledger, the admin API) is on when
 ``source: env``, from ``<PROVIDER>_API_KEY`` / ``LLMP_MASTER_KEY`` /
 ``LLMP_SECRET_<NAME>`` (see ``gateway.governance.provider_keys``).
 
+Ladders, cheap-then-expensive aliases (gateway/routing/ladder.py; gateway/README.md, "Ladders")::
+
+    ladders: [{alias: auto, rungs: [llama-3-1-8b, llama-3-3-70b],       # cheapest first, two or more
+               escalate_on: [error, invalid_json, length, empty],       # the default: all four
+               rules: [{prompt_tokens_over: 6000, start_at: llama-3-3-70b}, {tools: true, start_at: ...}],
+               pins: {teams: {research: llama-3-3-70b}, keys: {batch-ingest: llama-3-1-8b}}}]
+
 LiteLLM's ``config.yaml`` is accepted too (see ``gateway.config.litellm``);
 ``gateway.config.loading.load_config`` tells the two apart by the presence of ``model_list``.
 """
@@ -134,6 +141,7 @@ from gateway.config.clouds import AzureSettings, BedrockSettings
 from gateway.config.env import resolve_env
 from gateway.config.errors import ConfigError, format_validation_error
 from gateway.config.governance import KeySettings, LedgerSettings, PeerSettings, RedisSettings, SecretsSettings
+from gateway.config.ladders import Ladder, check_ladders
 from gateway.config.limits import FrontDoor, UpstreamLimits
 from gateway.config.model_names import is_pattern, match
 from gateway.config.other_zones import OtherZone, check_other_zones
@@ -327,6 +335,7 @@ class GatewayConfig(_Strict):
     peers: PeerSettings | None = None  # the stack's other regions: keys and budget spend shared (governance/peers.py)
     other_zones: dict[str, OtherZone] = {}  # models only another residency zone serves (config/other_zones.py)
     model_aliases: dict[str, ModelAlias] = {}  # name clients send -> model alias (upstream/names.py)
+    ladders: list[Ladder] = []  # cheap-then-expensive aliases (config/ladders.py, routing/ladder.py)
 
     @model_validator(mode="after")
     def _references(self) -> GatewayConfig:
@@ -362,6 +371,7 @@ class GatewayConfig(_Strict):
                 raise ValueError(f"model_aliases.{name}: is also a model alias")
             if target.model not in seen and match(patterns, target.model) is None:
                 raise ValueError(f"model_aliases.{name}: {target.model!r} is not a model alias")
+        check_ladders(self.ladders, seen, self.model_aliases)
         return self
 
     def model(self, alias: str) -> Model | None:
