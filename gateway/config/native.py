@@ -111,6 +111,12 @@ Governance sections (see gateway/README.md, "Governance", for semantics and boun
              budget_sync_seconds: 60}
     keys: {refresh_seconds: 2}     # bound on revocation delay on every replica
 
+The response cache (gateway/config/cache.py, gateway/cache/; README "Response cache")::
+
+    cache: {ttl_seconds: 3600, max_entry_bytes: 1048576, max_bytes: 268435456, hit_cost_fraction: 0.0,
+            scope: team | key, models: [alias | "*"], teams: [team_id], keys: [key_alias],
+            temperature_above_zero: false}   # stored in `redis` when set, else in-process
+
 Governance (virtual keys, limits, the spend ledger, the admin API) is on when
 ``ledger`` is present. Models add ``input_cost_per_token``,
 ``output_cost_per_token`` (USD; deployments may override them) and
@@ -130,6 +136,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.config.cache import CacheSettings, check_cache
 from gateway.config.clouds import AzureSettings, BedrockSettings
 from gateway.config.env import resolve_env
 from gateway.config.errors import ConfigError, format_validation_error
@@ -327,6 +334,7 @@ class GatewayConfig(_Strict):
     peers: PeerSettings | None = None  # the stack's other regions: keys and budget spend shared (governance/peers.py)
     other_zones: dict[str, OtherZone] = {}  # models only another residency zone serves (config/other_zones.py)
     model_aliases: dict[str, ModelAlias] = {}  # name clients send -> model alias (upstream/names.py)
+    cache: CacheSettings | None = None  # the response cache (config/cache.py); None: off
 
     @model_validator(mode="after")
     def _references(self) -> GatewayConfig:
@@ -362,6 +370,7 @@ class GatewayConfig(_Strict):
                 raise ValueError(f"model_aliases.{name}: is also a model alias")
             if target.model not in seen and match(patterns, target.model) is None:
                 raise ValueError(f"model_aliases.{name}: {target.model!r} is not a model alias")
+        check_cache(self.cache, seen | set(self.model_aliases))
         return self
 
     def model(self, alias: str) -> Model | None:

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.cache.response_cache import lookup
 from gateway.config.other_zones import zone_serving
 from gateway.governance.store_health import StoreHealth
 from gateway.http import passthrough
@@ -96,6 +97,9 @@ class Endpoints:
             if state.gate is not None:
                 route = await state.gate.admit(principal, request, route, record)
             record.prompt_hash = _prompt_hash(request.body)
+            cached = await lookup(state.cache, http, request, route.alias, record, headers)  # gateway/cache/
+            if cached is not None and cached.answer is not None:
+                return await cached.replay(http, started, state.usage.record)
             waited_from = perf()
             opened = await state.proxy.open(request, route, record, _session_key(http, request, state.prefix_chars))
             upstream_wait = perf() - waited_from
@@ -109,12 +113,18 @@ class Endpoints:
             if request.stream:
                 record.ttft_ms = (perf() - started) * 1000
                 self.litellm.on_answer(headers, record, opened.deployment, overhead_ms, opened.ratelimit, False)
+                if cached is not None:
+                    cached.tap(opened)
                 response = await relay_stream(http, opened, headers, record, state.usage.record)
+                if cached is not None:
+                    cached.keep_stream(opened.adapter)
             else:
                 record.prompt_tokens = opened.prompt_tokens
                 record.completion_tokens = opened.completion_tokens
                 record.images = opened.images
                 self.litellm.on_answer(headers, record, opened.deployment, overhead_ms, opened.ratelimit, True)
+                if cached is not None:
+                    await cached.keep_body(opened.body)
                 response = answer(opened, headers)
             record.overhead_ms = overhead * 1000
             return response

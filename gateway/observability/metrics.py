@@ -50,6 +50,11 @@ class GatewayMetrics:
         self.spend = Counter("llmp_gateway_spend_usd", "USD charged to the spend ledger, by model alias and team",
                              ["model", "team"], registry=r)
         self._spend: dict[tuple[str, str], Any] = {}
+        # The response cache (gateway/cache/): lookups by result (hit | miss | bypass), and USD hits did not pay.
+        self.cache_requests = Counter("llmp_cache_requests", "Calls the response cache covers, by model alias and "
+                                      "result", ["model", "result"], registry=r)
+        self.cache_saved = Counter("llmp_cache_saved_usd", "USD cache hits did not pay, by model alias", ["model"],
+                                   registry=r)
 
     def model(self, alias: str) -> ModelSeries:
         series = self._models.get(alias)
