@@ -3,8 +3,8 @@
 Normalised: the request body as canonical JSON (keys sorted at every depth, orjson's OPT_SORT_KEYS) without the
 fields that do not change the answer (`IGNORED`), so `messages`, `tools`, `temperature`, `top_p`, `max_tokens`,
 `stop`, `seed`, `response_format`, `tool_choice`, `n`, `logprobs` and every other field (known to us or not) are
-part of the key. The key is a hash of the scope, the endpoint and that JSON: the raw API key never appears in it
-(a key's scope is its stored SHA-256 token, hashed again here).
+part of the key. The key is a hash of the scope, the endpoint, the model alias serving the call and that JSON:
+the raw API key never appears in it (a key's scope is its stored SHA-256 token, hashed again here).
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ ENDPOINTS = frozenset({"chat", "completions"})
 DEFAULT_TEMPERATURE = 1.0
 
 
-def entry_id(scope: str, endpoint: str, body: Mapping[str, Any]) -> str:
-    """The entry's name in the store: a hash of scope, endpoint and the normalised request."""
+def entry_id(scope: str, endpoint: str, group: str, body: Mapping[str, Any]) -> str:
+    """The entry's name in the store: a hash of scope, endpoint, the model alias serving the call (a ladder's rung:
+    each rung's answers are its own) and the normalised request."""
     canonical = orjson.dumps({k: v for k, v in body.items() if k not in IGNORED}, option=orjson.OPT_SORT_KEYS)
     digest = hashlib.blake2b(digest_size=20)
     digest.update(scope.encode("utf-8", "surrogateescape"))
-    digest.update(b"\x00" + endpoint.encode() + b"\x00")
+    digest.update(b"\x00" + endpoint.encode() + b"\x00" + group.encode("utf-8", "surrogateescape") + b"\x00")
     digest.update(canonical)
     return digest.hexdigest()
 

@@ -54,7 +54,8 @@ class ResponseCache:
         call = CacheCall(self, request, record, headers, "")
         if (not read and not write) or (samples(request.body) and not s.temperature_above_zero):
             return call.result("bypass")
-        call.entry = entry_id(scope_of(s.scope, record.key_token, record.team_id), request.endpoint, request.body)
+        call.entry = entry_id(scope_of(s.scope, record.key_token, record.team_id), request.endpoint, group,
+                              request.body)
         call.write = write
         if not read:
             return call.result("bypass")

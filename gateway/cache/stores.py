@@ -22,8 +22,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from gateway.governance.limits.redis_pipe import RedisPipe, is_outage
 
@@ -136,24 +136,21 @@ class RedisStore:
         self.description = f"redis (shared by replicas; max_bytes {max_bytes})"
 
     async def get(self, entry: str) -> bytes | None:
-        found = await self._run("GET", self.prefix + "e:" + entry)
+        found = await self._run(lambda: self.client.call("GET", self.prefix + "e:" + entry))
         return found if isinstance(found, bytes) else None
 
     async def put(self, entry: str, answer: bytes) -> None:
-        evicted = await self._run(None, PUT_LUA, [self.prefix, entry, answer, self.ttl_ms, self.max_bytes])
+        args = [self.prefix, entry, answer, self.ttl_ms, self.max_bytes]
+        evicted = await self._run(lambda: self.client.script(PUT_LUA, args))
         if isinstance(evicted, int):
             self.evicted += evicted
 
-    async def _run(self, command: str | None, *args: object) -> object:
+    async def _run(self, command: Callable[[], Awaitable[Any]]) -> Any:
         if self._down and time.monotonic() < self._down_until:
             raise StoreDown("redis unavailable (retrying later)")
         try:
             async with asyncio.timeout(self.timeout):
-                if command is None:
-                    source, script_args = args
-                    result = await self.client.script(str(source), list(script_args))  # type: ignore[call-overload]
-                else:
-                    result = await self.client.call(command, *args)
+                result = await command()
         except Exception as exc:  # noqa: BLE001 - judged below: an outage bypasses, anything else too, once said
             if not is_outage(exc):
                 self._event("cache_store_error", error=f"{type(exc).__name__}: {exc}"[:300])
