@@ -141,7 +141,10 @@ def _choice(held: dict[str, Any], index: int, endpoint: str) -> dict[str, Any]:
     if endpoint != "chat":
         choice["text"] = held.get("text", "")
         return choice
-    message: dict[str, Any] = {"role": held.get("role", "assistant"), "content": held.get("content")}
+    content = held.get("content")
+    if content == "" and "tool_calls" in held:
+        content = None  # the role chunk's empty text: a tool-call answer's content is null, as OpenAI sends it whole
+    message: dict[str, Any] = {"role": held.get("role", "assistant"), "content": content}
     for field in ("reasoning_content", "refusal"):
         if field in held:
             message[field] = held[field]
