@@ -48,7 +48,10 @@ class ResponseCache:
                      headers: dict[str, str]) -> CacheCall | None:
         """None when the call is not covered; else its `CacheCall` (`answer` set on a hit)."""
         s = self.settings
-        if request.endpoint not in ENDPOINTS or not s.covers(request.alias, group, record.team_id, record.key_alias):
+        # A call another region's gateway passed on arrives with the zone's master key, whoever made it: its scope
+        # is not known here, so only the gateway that took it from the client (and knows its team) caches it.
+        if request.hopped or request.endpoint not in ENDPOINTS or \
+                not s.covers(request.alias, group, record.team_id, record.key_alias):
             return None
         read, write = opt_out(http.headers, request.body)
         call = CacheCall(self, request, record, headers, "")

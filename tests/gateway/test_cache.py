@@ -230,3 +230,13 @@ async def test_calls_the_section_does_not_cover_get_no_header(gateway_factory, s
     assert [(await ask(gw, search))[0] for _ in range(2)] == ["miss", "hit"]
     assert (await ask(gw, other["key"]))[0] is None
     assert "cache" not in (await gw.logged_calls(3))[-1]
+
+
+async def test_a_call_passed_on_by_another_regions_gateway_is_not_cached_here(gw, sim) -> None:
+    # It carries the zone's master key whoever made it: cached here, it would be shared across teams.
+    client = gw.client()
+    for _ in range(2):
+        raw = await client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=ASK, temperature=0, extra_headers={"x-llmp-hop": "1"})
+        assert "x-llmp-cache" not in raw.headers
+    assert sim.stats.requests == 2
