@@ -165,15 +165,24 @@ class CacheCall:
         if keepable(answer):
             await self.cache.put(self.entry, body)
 
-    def tap(self, opened: Any) -> None:
-        """Watch the stream relayed for this call (the adapter's output is what the client gets)."""
-        if self.write and opened.adapter is not None:
-            if opened.body:
-                self._sent.append(opened.body)
-            opened.adapter = _Tap(opened.adapter, self._sent.append)
+    def tap(self, opened: Any, account: Callable[[CallRecord], None]) -> Callable[[CallRecord], None]:
+        """Watch the stream relayed for this call (the adapter's output is what the client gets); the relay's
+        `before_eof` step to use: `account`, then the stream kept, before the client has the stream's last byte."""
+        if not self.write or opened.adapter is None:
+            return account
+        if opened.body:
+            self._sent.append(opened.body)
+        adapter = opened.adapter = _Tap(opened.adapter, self._sent.append)
+
+        def before_eof(record: CallRecord) -> None:
+            account(record)
+            self.keep_stream(adapter)
+
+        return before_eof
 
     def keep_stream(self, adapter: Any) -> None:
-        """After the relay: a stream that ended whole and unharmed is kept as the answer it amounts to."""
+        """At the relay's end: a stream that ended whole and unharmed is kept as the answer it amounts to (stored in
+        the background; the store is under way before the stream's last byte is sent)."""
         record = self.record
         if not self.write or record.status != 200 or record.error or not self._sent:
             return

@@ -113,11 +113,8 @@ class Endpoints:
             if request.stream:
                 record.ttft_ms = (perf() - started) * 1000
                 self.litellm.on_answer(headers, record, opened.deployment, overhead_ms, opened.ratelimit, False)
-                if cached is not None:
-                    cached.tap(opened)
-                response = await relay_stream(http, opened, headers, record, state.usage.record)
-                if cached is not None:
-                    cached.keep_stream(opened.adapter)
+                account = state.usage.record if cached is None else cached.tap(opened, state.usage.record)
+                response = await relay_stream(http, opened, headers, record, account)
             else:
                 record.prompt_tokens = opened.prompt_tokens
                 record.completion_tokens = opened.completion_tokens
