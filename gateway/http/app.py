@@ -181,7 +181,7 @@ async def _stop(app: web.Application) -> None:
     state = app[STATE]
     parts: list[tuple[str, Callable[[], Awaitable[object]]]] = []
     if state.governance is not None:  # after aiohttp drained in-flight calls: their records are in the spool
-        parts.append(("governance", state.governance.stop))
+        parts.append(("governance", lambda: state.governance.stop(state.flush_within())))
     if state.secrets is not None:
         parts.append(("secrets", state.secrets.stop))
     parts += [("discovery", watcher.stop) for watcher in state.watchers]
