@@ -26,6 +26,7 @@ from gateway.observability.usage import CallRecord
 from gateway.protocols.request import Request
 
 HEADER = "x-llmp-cache"
+LITELLM_KEY_HEADER = "x-litellm-cache-key"
 JSON = "application/json"
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 perf = time.perf_counter
@@ -141,6 +142,9 @@ class CacheCall:
         cache.saved(record.alias, full - full * fraction)
         record.overhead_ms = (perf() - started) * 1000
         self.headers["x-gateway-overhead-ms"] = f"{record.overhead_ms:.3f}"
+        # LiteLLM's proxy sends its cache key on hits only, and LiteLLM clients tell a hit by this header's presence
+        # (docs.litellm.ai/docs/proxy/caching, "Viewing Cache Keys from responses"). Ours is a hash: no key, no prompt.
+        self.headers[LITELLM_KEY_HEADER] = self.entry
         if not self.request.stream:
             return web.Response(body=self.raw, content_type=JSON, headers=self.headers)
         response = web.StreamResponse(headers={**SSE_HEADERS, **self.headers})

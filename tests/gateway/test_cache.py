@@ -47,7 +47,10 @@ async def ask(gw: RunningGateway, key: str, **extra: Any) -> tuple[str | None, A
     extra.setdefault("temperature", 0)
     raw = await gw.client(api_key=key).chat.completions.with_raw_response.create(
         model=MODEL, messages=extra.pop("messages", ASK), **extra)
-    return raw.headers.get("x-llmp-cache"), raw.parse()
+    header = raw.headers.get("x-llmp-cache")
+    # LiteLLM's proxy names its cache key on hits only: LiteLLM clients tell a hit by it.
+    assert ("x-litellm-cache-key" in raw.headers) == (header == "hit")
+    return header, raw.parse()
 
 
 async def spend_rows(gw: RunningGateway, calls: int) -> list[dict[str, Any]]:
