@@ -6,6 +6,7 @@ answer replays as a stream the client parses."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.gateway.conftest import MODEL, RunningGateway
-from tests.gateway.servers import RedisServer
+from tests.gateway.servers import RedisServer, wait_port
 from tests.gateway.test_keys_admin import admin, governed
 
 IN_PRICE, OUT_PRICE = 0.001, 0.002  # governed(): the model's prices
@@ -215,7 +216,7 @@ async def test_a_hit_costs_the_configured_fraction(gateway_factory, sim, tmp_pat
     assert (await scraped(gw, "llmp_cache_saved_usd"))[(MODEL,)] == pytest.approx(0.9 * full)
 
 
-async def test_a_redis_outage_bypasses_the_cache_and_the_call_is_answered(gw, sim, redis_server) -> None:
+async def test_a_redis_outage_bypasses_the_cache_and_it_comes_back_with_redis(gw, sim, redis_server) -> None:
     key = await team_key(gw, "search")
     assert (await ask(gw, key))[0] == "miss"
     redis_server.stop()
@@ -223,6 +224,17 @@ async def test_a_redis_outage_bypasses_the_cache_and_the_call_is_answered(gw, si
     assert header == "bypass" and answer.choices[0].message.content
     assert sim.stats.requests == 2
     assert gw.log_buffer.getvalue().count(b'"cache_store_unavailable"') == 1
+    # Redis back on its address: once retry_after_ms has passed, answers are stored and served again.
+    back = subprocess.Popen(["redis-server", "--port", str(redis_server.port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(redis_server.port, 10, back)
+        await asyncio.sleep(0.6)
+        assert [(await ask(gw, key))[0] for _ in range(2)] == ["miss", "hit"]
+        assert b'"cache_store_recovered"' in gw.log_buffer.getvalue()
+    finally:
+        back.kill()
+        back.wait(timeout=10)
 
 
 async def test_calls_the_section_does_not_cover_get_no_header(gateway_factory, sim, tmp_path) -> None:
