@@ -118,6 +118,17 @@ class CacheCall:
         self.answer: dict[str, Any] | None = None
         self.raw = b""
         self._sent: list[bytes] = []
+        self._held = 0
+
+    def _hold(self, out: bytes) -> None:
+        # A stream's chunks wrap each token or so of text in about 150 bytes of JSON: up to some 40 times the whole
+        # answer's size. Past that the answer would be over max_entry_bytes anyway: stop holding it (bounded memory).
+        self._held += len(out)
+        if self._held > 40 * self.cache.settings.max_entry_bytes:
+            self.write = False
+            self._sent = []
+        elif self.write:
+            self._sent.append(out)
 
     def result(self, result: str) -> CacheCall:
         self.record.cache = result
@@ -175,8 +186,8 @@ class CacheCall:
         if not self.write or opened.adapter is None:
             return account
         if opened.body:
-            self._sent.append(opened.body)
-        adapter = opened.adapter = _Tap(opened.adapter, self._sent.append)
+            self._hold(opened.body)
+        adapter = opened.adapter = _Tap(opened.adapter, self._hold)
 
         def before_eof(record: CallRecord) -> None:
             account(record)
