@@ -255,3 +255,15 @@ async def test_a_call_passed_on_by_another_regions_gateway_is_not_cached_here(gw
             model=MODEL, messages=ASK, temperature=0, extra_headers={"x-llmp-hop": "1"})
         assert "x-llmp-cache" not in raw.headers
     assert sim.stats.requests == 2
+
+
+async def test_scope_key_keeps_each_keys_answers_its_own(gateway_factory, sim, tmp_path, redis_server) -> None:
+    gw = await gateway_factory(cached_config(sim, tmp_path, redis_server.url, models=[], keys=["alice", "bob"],
+                                             scope="key"))
+    await admin(gw, "POST", "/team/new", {"team_id": "search"})
+    made = {}
+    for alias in ("alice", "bob", "carol"):
+        _, made[alias] = await admin(gw, "POST", "/key/generate", {"team_id": "search", "key_alias": alias})
+    assert [(await ask(gw, made["alice"]["key"]))[0] for _ in range(2)] == ["miss", "hit"]
+    assert (await ask(gw, made["bob"]["key"]))[0] == "miss", "same team, but scope: key"
+    assert (await ask(gw, made["carol"]["key"]))[0] is None, "a key the section does not name is not covered"
