@@ -87,9 +87,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("litellm_settings.enable_preview_features", _I, "LiteLLM feature flag"),
     Setting("litellm_settings.force_ipv4", _I, "the gateway connects as the resolver answers"),
     Setting("litellm_settings.ssl_verify", _I, "the gateway always verifies upstream TLS certificates"),
-    Setting("litellm_settings.cache", _I, "no response cache: every call is answered by the upstream (correct "
-            "answers, no cache savings)"),
-    Setting("litellm_settings.cache_params", _I, "no response cache (see litellm_settings.cache)"),
+    Setting("litellm_settings.cache", _I, "not read: the response cache is the native config's `cache:` section "
+            "(gateway/README.md, Response cache)"),
+    Setting("litellm_settings.cache_params", _I, "not read (see litellm_settings.cache)"),
     Setting("litellm_settings.include_cost_in_streaming_usage", _I, "usage chunks carry tokens, not cost; spend "
             "is in the ledger"),
     Setting("litellm_settings.disable_end_user_cost_tracking", _I, OBSERVABILITY),

@@ -111,6 +111,12 @@ Governance sections (see gateway/README.md, "Governance", for semantics and boun
              budget_sync_seconds: 60}
     keys: {refresh_seconds: 2}     # bound on revocation delay on every replica
 
+The response cache (gateway/config/cache.py, gateway/cache/; README "Response cache")::
+
+    cache: {ttl_seconds: 3600, max_entry_bytes: 1048576, max_bytes: 268435456, hit_cost_fraction: 0.0,
+            scope: team | key, models: [alias | "*"], teams: [team_id], keys: [key_alias],
+            temperature_above_zero: false}   # stored in `redis` when set, else in-process
+
 Governance (virtual keys, limits, the spend ledger, the admin API) is on when
 ``ledger`` is present. Models add ``input_cost_per_token``,
 ``output_cost_per_token`` (USD; deployments may override them) and
@@ -137,6 +143,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.config.cache import CacheSettings, check_cache
 from gateway.config.clouds import AzureSettings, BedrockSettings
 from gateway.config.env import resolve_env
 from gateway.config.errors import ConfigError, format_validation_error
@@ -145,75 +152,19 @@ from gateway.config.ladders import Ladder, check_ladders
 from gateway.config.limits import FrontDoor, UpstreamLimits
 from gateway.config.model_names import is_pattern, match
 from gateway.config.other_zones import OtherZone, check_other_zones
+from gateway.config.upstreams import AffinitySettings as AffinitySettings
+from gateway.config.upstreams import CircuitBreakerSettings as CircuitBreakerSettings
+from gateway.config.upstreams import EndpointSlices as EndpointSlices
+from gateway.config.upstreams import Replicas as Replicas
+from gateway.config.upstreams import Retries as Retries
+from gateway.config.upstreams import TimeoutOverrides as TimeoutOverrides
+from gateway.config.upstreams import Timeouts as Timeouts
 from gateway.config.urls import check_url
 
 
 class _Strict(BaseModel):
     # Unknown keys are typos more often than not: refuse them by name.
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Timeouts(_Strict):
-    connect: float = Field(2.0, gt=0)
-    first_byte: float = Field(60.0, gt=0)
-    idle: float = Field(30.0, gt=0)
-    total: float = Field(600.0, gt=0)
-
-
-class TimeoutOverrides(_Strict):
-    """Per-deployment timeouts; a field left out keeps the gateway's value."""
-
-    connect: float | None = Field(None, gt=0)
-    first_byte: float | None = Field(None, gt=0)
-    idle: float | None = Field(None, gt=0)
-    total: float | None = Field(None, gt=0)
-
-    def over(self, base: Timeouts) -> Timeouts:
-        return base.model_copy(update=self.model_dump(exclude_none=True))
-
-
-class Retries(_Strict):
-    attempts: int = Field(2, ge=0, le=10)
-    backoff_base: float = Field(0.05, ge=0)
-    backoff_max: float = Field(2.0, ge=0)
-    retry_after_max: float = Field(5.0, ge=0)
-
-
-class CircuitBreakerSettings(_Strict):
-    failures: int = Field(5, ge=1)
-    cooldown: float = Field(10.0, gt=0)
-
-
-class AffinitySettings(_Strict):
-    bounded_load: float = Field(1.25, ge=1.0)
-    prefix_chars: int = Field(512, ge=1)
-
-
-class EndpointSlices(_Strict):
-    """Replicas discovered from the EndpointSlices of a Kubernetes Service."""
-
-    service: str = Field(min_length=1)
-    namespace: str = Field(min_length=1)
-    port: int | str  # number, or the port's name in the Service
-    scheme: Literal["http", "https"] = "http"
-    base_path: str = "/v1"
-    refresh: float = Field(10.0, gt=0)  # s each EndpointSlice watch call lasts (then resumed); wait after an error
-
-
-class Replicas(_Strict):
-    static: list[str] | None = None
-    endpoint_slices: EndpointSlices | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one_source(self) -> Replicas:
-        if (self.static is None) == (self.endpoint_slices is None):
-            raise ValueError("give exactly one of 'static' or 'endpoint_slices'")
-        if self.static is not None:
-            if not self.static:
-                raise ValueError("'static' lists no replica")
-            for url in self.static:
-                check_url(url)
-        return self
 
 
 class Deployment(_Strict):
@@ -336,6 +287,7 @@ class GatewayConfig(_Strict):
     other_zones: dict[str, OtherZone] = {}  # models only another residency zone serves (config/other_zones.py)
     model_aliases: dict[str, ModelAlias] = {}  # name clients send -> model alias (upstream/names.py)
     ladders: list[Ladder] = []  # cheap-then-expensive aliases (config/ladders.py, routing/ladder.py)
+    cache: CacheSettings | None = None  # the response cache (config/cache.py); None: off
 
     @model_validator(mode="after")
     def _references(self) -> GatewayConfig:
@@ -372,6 +324,7 @@ class GatewayConfig(_Strict):
             if target.model not in seen and match(patterns, target.model) is None:
                 raise ValueError(f"model_aliases.{name}: {target.model!r} is not a model alias")
         check_ladders(self.ladders, seen, self.model_aliases)
+        check_cache(self.cache, seen | set(self.model_aliases))
         return self
 
     def model(self, alias: str) -> Model | None:

@@ -276,6 +276,10 @@ class Governance:
         if tokens or call.images:
             cost = self.prices.cost(call.alias, call.deployment, call.prompt_tokens, call.completion_tokens,
                                     call.images)
+        saved = None
+        if call.cache == "hit":  # the answer's full cost, of which a hit pays cache.hit_cost_fraction (gateway/cache/)
+            full, cost = cost, cost * call.cache_charge
+            saved, tokens = full - cost, 0  # no model did the work: nothing counts against TPM
         ticket = call.ticket
         if ticket is not None:
             self.limiter.settle(ticket, tokens, cost)
@@ -283,7 +287,8 @@ class Governance:
             self.ledger.write(spend_row(
                 self.ledger.next_id(), call.request_id, call.key_token or MASTER_TOKEN, call.key_alias, call.team_id,
                 call.alias, call.deployment, call.region or self.region, call.status, call.prompt_tokens,
-                call.completion_tokens, cost, user_id=self._user_of(call.key_token)))
+                call.completion_tokens, cost, user_id=self._user_of(call.key_token),
+                cache_hit=(call.cache == "hit") if call.cache else None, saved=saved))
             if self.on_charge is not None:
                 self.on_charge(call.alias, call.team_id, cost)
 

@@ -65,7 +65,10 @@ def _log_row(row: dict[str, Any]) -> dict[str, Any]:
             "startTime": ts, "endTime": ts, "model": row["model"], "model_group": row["model"],
             "model_id": row["deployment"], "user": row["user_id"] or "", "team_id": row["team_id"],
             "metadata": {"user_api_key_alias": row["key_alias"], "region": row["region"]},
-            "status": "success" if row["status"] == 200 else "failure", "region": row["region"]}
+            "status": "success" if row["status"] == 200 else "failure", "region": row["region"],
+            # LiteLLM's cache_hit is a string column ("True"/"False"; "" when unknown); `saved`: USD a hit did not pay
+            "cache_hit": "" if row.get("cache_hit") is None else str(bool(row["cache_hit"])),
+            "saved": row.get("saved") or 0.0}
 
 
 class SpendApi:

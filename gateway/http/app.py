@@ -9,6 +9,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from gateway.cache.response_cache import build_cache
 from gateway.config.native import GatewayConfig
 from gateway.governance.build import build_governance
 from gateway.governance.provider_keys import resolve_secrets
@@ -79,6 +80,7 @@ def build_app(
         discovery_api=discovery_api,
     )
     state.router = Router(config, state.on_circuit)
+    state.cache = build_cache(config, metrics, state.router.groups.label, log.event)
     state.secrets = secrets
     if config.ledger is not None:
         state.governance = state.gate = build_governance(config, log.event, metrics.registry, metrics.charge)
@@ -183,6 +185,8 @@ async def _stop(app: web.Application) -> None:
     if state.secrets is not None:
         parts.append(("secrets", state.secrets.stop))
     parts += [("discovery", watcher.stop) for watcher in state.watchers]
+    if state.cache is not None:
+        parts.append(("cache", state.cache.close))
     session = getattr(state, "session", None)  # unset when _start failed before making it
     if session is not None:
         parts.append(("upstream_session", session.close))

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from gateway.cache.response_cache import lookup
 from gateway.config.other_zones import zone_serving
 from gateway.governance.store_health import StoreHealth
 from gateway.http import passthrough
@@ -139,6 +141,9 @@ class Endpoints:
         if state.gate is not None:
             route = await state.gate.admit(principal, request, route, record)
         record.prompt_hash = _prompt_hash(request.body)
+        cached = await lookup(state.cache, http, request, route.alias, record, headers)  # gateway/cache/
+        if cached is not None and cached.answer is not None:
+            return await cached.replay(http, started, state.usage.record if into is None else None, into)
         opened = None
         try:
             waited_from = perf()
@@ -154,13 +159,17 @@ class Endpoints:
             if request.stream:
                 record.ttft_ms = (perf() - started) * 1000
                 self.litellm.on_answer(headers, record, opened.deployment, overhead_ms, opened.ratelimit, False)
-                response = await relay_stream(http, opened, headers, record,
-                                              state.usage.record if into is None else None, into)
+                account: Callable[[CallRecord], None] | None = None  # a buffered rung: the ladder accounts it
+                if into is None:
+                    account = state.usage.record if cached is None else cached.tap(opened, state.usage.record)
+                response = await relay_stream(http, opened, headers, record, account, into)
             else:
                 record.prompt_tokens = opened.prompt_tokens
                 record.completion_tokens = opened.completion_tokens
                 record.images = opened.images
                 self.litellm.on_answer(headers, record, opened.deployment, overhead_ms, opened.ratelimit, True)
+                if cached is not None:
+                    await cached.keep_body(opened.body)
                 response = answer(opened, headers)
             record.overhead_ms = overhead * 1000
             return response

@@ -38,6 +38,7 @@ class AppState:
     gate: Any = None  # governance's admission step (gateway.governance.gate.Governance), None when not configured
     governance: Any = None
     quotas: Any = None  # deployments' rpm/tpm (gateway.upstream.quotas.DeploymentQuotas), None when none has one
+    cache: Any = None  # the response cache (gateway.cache.response_cache.ResponseCache), None when not configured
     secrets: SecretRefresher | None = None
     in_flight: int = 0
     draining: bool = False  # shutting down: not ready for new calls, finishing those in flight

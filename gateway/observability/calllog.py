@@ -69,6 +69,8 @@ class CallLog:
             line["fallbacks"] = call.fallbacks
         if call.route:
             line["route"] = call.route
+        if call.cache:
+            line["cache"] = call.cache
         # Never raises on a field's content: the call's usage accounting runs after this line.
         self._out.write(safe_dumps(line, orjson.OPT_APPEND_NEWLINE))
 

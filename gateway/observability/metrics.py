@@ -55,6 +55,11 @@ class GatewayMetrics:
                                           ["ladder", "from_rung", "reason"], registry=r)
         self.ladder_answers = Counter("llmp_ladder_answers", "Ladder calls answered, by the rung that answered",
                                       ["ladder", "rung"], registry=r)
+        # The response cache (gateway/cache/): lookups by result (hit | miss | bypass), and USD hits did not pay.
+        self.cache_requests = Counter("llmp_cache_requests", "Calls the response cache covers, by model alias and "
+                                      "result", ["model", "result"], registry=r)
+        self.cache_saved = Counter("llmp_cache_saved_usd", "USD cache hits did not pay, by model alias", ["model"],
+                                   registry=r)
 
     def model(self, alias: str) -> ModelSeries:
         series = self._models.get(alias)

@@ -38,6 +38,8 @@ class CallRecord:
     accounted: bool = False
     passed_on: bool = False  # a master-key call another region's gateway passed on: its ledger has the call
     quota_tickets: list[Any] = field(default_factory=list)  # (deployment, ticket) per attempt on a quota
+    cache: str = ""  # the response cache: hit | miss | bypass; "" when it does not cover the call (gateway/cache/)
+    cache_charge: float = 1.0  # a hit: the fraction of the answer's full cost charged (cache.hit_cost_fraction)
 
 
 class UsageHook(Protocol):

@@ -67,9 +67,10 @@ def v1_rows() -> dict[str, list[tuple[Any, ...]]]:
 def migrated(rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any, ...]]]:
     """v1 rows as the latest schema holds them: every row kept, spend rows with no user (version 2's column), keys
     and teams versioned by their creation, offered to peers from the start (version 3's updated_at and changed_at),
-    recorded as stamped at their revision (version 4's stamped_rev: the sweep does not restamp them)."""
+    recorded as stamped at their revision (version 4's stamped_rev: the sweep does not restamp them); spend rows
+    say nothing about the response cache (version 5's cache_hit and saved)."""
     out = {t: sorted(r, key=lambda row: row[0]) for t, r in rows.items()}
-    out["llmp_spend"] = [(*row, None) for row in out["llmp_spend"]]
+    out["llmp_spend"] = [(*row, None, None, None) for row in out["llmp_spend"]]  # user_id (2), cache_hit, saved (5)
     for table, rev in (("llmp_keys", 5), ("llmp_teams", 3)):  # created_at is the last column of version 1
         out[table] = [(*row, row[-1], 0.0, row[rev]) for row in out[table]]
     return out
@@ -333,3 +334,62 @@ async def test_a_newer_ledger_unreadable_by_this_code_is_refused_and_the_gateway
         await gw.client(api_key="sk-llmp-" + "0" * 32).chat.completions.create(model=MODEL, messages=MESSAGES)
     assert refused.value.status_code == 503 and refused.value.code == "key_store_unreadable"
     await gw.client().chat.completions.create(model=MODEL, messages=MESSAGES)
+
+
+# ---- version 5: spend rows say whether the response cache answered, and what it saved ----------------------------
+
+async def cache_columns(store: Any) -> None:
+    """A hit's row keeps cache_hit and saved; a row written without them (older code) reads as NULL."""
+    hit = spend_row("rec-hit", "req-hit", "f" * 64, None, "search", "gpt-4o-mini", "cache", "us-east-1", 200, 10, 5,
+                    0.0, now=NOW + 30, cache_hit=True, saved=0.25)
+    miss = spend_row("rec-miss", "req-miss", "f" * 64, None, "search", "gpt-4o-mini", "openai", "us-east-1", 200, 10,
+                     5, 0.25, now=NOW + 31, cache_hit=False)
+    old = spend_row("rec-v4", "req-v4", "f" * 64, None, "search", "gpt-4o-mini", "openai", "us-east-1", 200, 1, 1,
+                    0.1, now=NOW + 32)
+    assert await store.insert_spend([orjson.dumps(r) for r in (hit, miss, old)]) == 3
+    rows = {r["request_id"]: r for r in await store.spend_rows({"team_id": "search"}, 10)}
+    assert (rows["req-hit"]["cache_hit"], rows["req-hit"]["saved"], rows["req-hit"]["cost"]) == (1, 0.25, 0.0)
+    assert (rows["req-miss"]["cache_hit"], rows["req-miss"]["saved"]) == (0, None)
+    assert (rows["req-v4"]["cache_hit"], rows["req-v4"]["saved"]) == (None, None)
+
+
+async def test_a_migrated_sqlite_ledger_records_cache_hits_and_savings(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    sqlite_v1(path)
+    store = SqliteStore(str(path), 5)
+    await store.open()
+    try:
+        await cache_columns(store)
+    finally:
+        await store.close()
+    assert 5 in sqlite_versions(path)
+
+
+async def test_a_migrated_postgres_ledger_records_cache_hits_and_savings(pg_database: str) -> None:
+    await pg_v1(pg_database)
+    store = PostgresStore(pg_database, 10)
+    await store.open()
+    try:
+        await cache_columns(store)
+    finally:
+        await store.close()
+    assert 5 in await pg_versions(pg_database)
+
+
+async def test_version_4_code_reads_and_writes_a_version_5_ledger(pg_database: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    store = PostgresStore(pg_database, 10)  # today's code migrates a new database to the latest version ...
+    await store.open()
+    await store.close()
+    monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS_NOW[:4])  # ... and version 4 code opens it
+    old = PostgresStore(pg_database, 10)
+    await old.open()
+    try:
+        row = spend_row("rec-v4", "req-v4", "f" * 64, None, "search", "gpt-4o-mini", "openai", "us-east-1", 200, 1,
+                        1, 0.1, now=NOW)
+        assert await old.insert_spend([orjson.dumps(row)]) == 1
+        [report] = await old.spend_grouped(("team_id",), {"team_id": "search"})
+        assert report["requests"] == 1
+    finally:
+        await old.close()
+    assert await pg_versions(pg_database) == [m.version for m in MIGRATIONS_NOW]

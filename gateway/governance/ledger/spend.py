@@ -178,15 +178,23 @@ def _day_of_hour(hour: int) -> str:
 
 def spend_row(record_id: str, request_id: str, key_token: str, key_alias: str | None, team_id: str | None,
               model: str, deployment: str, region: str, status: int, prompt_tokens: int, completion_tokens: int,
-              cost: float, now: float | None = None, user_id: str | None = None) -> dict[str, Any]:
+              cost: float, now: float | None = None, user_id: str | None = None, cache_hit: bool | None = None,
+              saved: float | None = None) -> dict[str, Any]:
     """A spend record, its numbers bounded (`bounds`): whatever an upstream reported, the store takes the row.
-    `user_id`: the key's owner (LiteLLM's `user` column), absent from rows spooled before users existed."""
+    `user_id`: the key's owner (LiteLLM's `user` column), absent from rows spooled before users existed.
+    `cache_hit`: 1 for an answer from the response cache, 0 for a call it covered and did not answer, absent when
+    it did not cover the call; `saved`: USD a hit did not pay (gateway/cache/)."""
     ts = time.time() if now is None else now
-    return {"id": record_id, "ts": ts, "day": _day(ts), "request_id": request_id,
-            "key_token": key_token, "key_alias": key_alias, "team_id": team_id, "model": model,
-            "deployment": deployment, "region": region, "status": status,
-            "prompt_tokens": tokens_in_range(prompt_tokens), "completion_tokens": tokens_in_range(completion_tokens),
-            "cost": cost_in_range(cost), "user_id": user_id}
+    row = {"id": record_id, "ts": ts, "day": _day(ts), "request_id": request_id,
+           "key_token": key_token, "key_alias": key_alias, "team_id": team_id, "model": model,
+           "deployment": deployment, "region": region, "status": status,
+           "prompt_tokens": tokens_in_range(prompt_tokens), "completion_tokens": tokens_in_range(completion_tokens),
+           "cost": cost_in_range(cost), "user_id": user_id}
+    if cache_hit is not None:  # 0/1, not JSON's true/false: PostgreSQL's jsonb_to_recordset reads it as integer
+        row["cache_hit"] = int(cache_hit)
+    if saved is not None:
+        row["saved"] = cost_in_range(saved)
+    return row
 
 
 def row_problem(line: bytes) -> str | None:
@@ -216,4 +224,9 @@ def row_problem(line: bytes) -> str | None:
         return "status: not an HTTP status"
     if cost is not None and cost_in_range(cost) != cost:
         return f"cost: {str(cost)[:40]} is not an amount in USD"
+    hit, saved = row.get("cache_hit"), row.get("saved")
+    if hit is not None and (isinstance(hit, bool) or hit not in (0, 1)):
+        return f"cache_hit: {str(hit)[:40]} is not 0 or 1"
+    if saved is not None and cost_in_range(saved) != saved:
+        return f"saved: {str(saved)[:40]} is not an amount in USD"
     return None

@@ -112,6 +112,15 @@ _V4 = tuple(
           for column in ("key_token", "team_id", "user_id"))
 
 
+# The response cache (gateway/cache/): a spend row says whether the cache answered the call (1), covered it and did
+# not (0) or did not cover it (NULL), and what a hit did not pay, as LiteLLM's LiteLLM_SpendLogs has `cache_hit`
+# (schema.prisma@v1.106.2). Nullable columns: older code's inserts leave them NULL.
+_V5 = (
+    "ALTER TABLE llmp_spend ADD COLUMN cache_hit INTEGER",
+    "ALTER TABLE llmp_spend ADD COLUMN saved DOUBLE PRECISION",
+)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "keys, teams and spend rows", _V1),
     # Only new tables and a nullable column: version 1 code reads and writes such a database unchanged.
@@ -121,6 +130,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "record versions, for peers in other regions", _V3, readable_by=1),
     # A nullable column and indexes: older code reads and writes it (its writes are stamped by the sweep).
     Migration(4, "writes by older gateways stamped for peers; spend by scope and time", _V4, readable_by=1),
+    # Two nullable columns: older code reads and writes it (its rows leave them NULL).
+    Migration(5, "spend rows say whether the response cache answered, and what it saved", _V5, readable_by=1),
 )
 
 

@@ -24,7 +24,7 @@ def chunks(ids: list[str], size: int = 500) -> list[list[str]]:
 
 # Columns a spend query may group or filter by (never taken from a request as text: checked against these).
 ROW_COLUMNS = ("id", "ts", "day", "request_id", "key_token", "key_alias", "team_id", "user_id", "model",
-               "deployment", "region", "status", "prompt_tokens", "completion_tokens", "cost")
+               "deployment", "region", "status", "prompt_tokens", "completion_tokens", "cost", "cache_hit", "saved")
 MEMBER_COLUMNS = ("team_id", "user_id", "role", "user_email", "max_budget_in_team", "created_at")
 FILTERS = {"start": "day >= {}", "end": "day <= {}", "key_token": "key_token = {}", "team_id": "team_id = {}",
            "user_id": "user_id = {}", "request_id": "request_id = {}"}

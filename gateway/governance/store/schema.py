@@ -10,7 +10,8 @@ from __future__ import annotations
 SPEND_TYPES = {"id": "text", "ts": "double precision", "day": "text", "request_id": "text", "key_token": "text",
                "key_alias": "text", "team_id": "text", "model": "text", "deployment": "text", "region": "text",
                "status": "integer", "prompt_tokens": "bigint", "completion_tokens": "bigint",
-               "cost": "double precision", "user_id": "text"}
+               "cost": "double precision", "user_id": "text",
+               "cache_hit": "integer", "saved": "double precision"}  # migration 5: the response cache
 SPEND_COLUMNS = tuple(SPEND_TYPES)
 
 SQLITE_INSERT_SPEND = (f"INSERT OR IGNORE INTO llmp_spend ({', '.join(SPEND_COLUMNS)}) SELECT "

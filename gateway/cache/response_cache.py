@@ -1,0 +1,258 @@
+"""The response cache on the request path: after admission, a lookup that answers a hit from the store (JSON or
+SSE) or marks the call a miss (its answer stored once whole) or a bypass; what a hit costs and saves.
+
+Every call the `cache:` section covers gets `x-llmp-cache: hit | miss | bypass`, a `cache` field in its log line,
+and counts in `llmp_cache_requests_total{model, result}`; a hit's savings go to `llmp_cache_saved_usd_total{model}`
+and to its spend row (`cache_hit`, `saved`, governance/gate.py). Calls it does not cover get none of these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.cache.answers import assemble, events, keepable, read_entry, sse_chunks, usage_of
+from gateway.cache.request_key import ENDPOINTS, entry_id, opt_out, samples, scope_of
+from gateway.cache.stores import AnswerStore, InProcessStore, RedisStore, StoreDown
+from gateway.config.cache import CacheSettings
+from gateway.config.native import GatewayConfig
+from gateway.governance.ledger.prices import Prices
+from gateway.observability.usage import CallRecord
+from gateway.protocols.request import Request
+
+HEADER = "x-llmp-cache"
+LITELLM_KEY_HEADER = "x-litellm-cache-key"
+JSON = "application/json"
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+perf = time.perf_counter
+
+
+class ResponseCache:
+    """The `cache:` section at work: which calls it covers, the store, and the numbers it reports."""
+
+    def __init__(self, settings: CacheSettings, store: AnswerStore, prices: Prices, metrics: Any,
+                 label: Callable[[str], str], on_event: Callable[..., None]) -> None:
+        self.settings = settings
+        self.store = store
+        self.prices = prices
+        self.metrics = metrics  # GatewayMetrics: cache_requests, cache_saved
+        self.label = label  # a client-sent name as a bounded metric label (config/model_names.py)
+        self._event = on_event
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def lookup(self, http: web.Request, request: Request, group: str, record: CallRecord,
+                     headers: dict[str, str]) -> CacheCall | None:
+        """None when the call is not covered; else its `CacheCall` (`answer` set on a hit)."""
+        s = self.settings
+        # A call another region's gateway passed on arrives with the zone's master key, whoever made it: its scope
+        # is not known here, so only the gateway that took it from the client (and knows its team) caches it.
+        if request.hopped or request.endpoint not in ENDPOINTS or \
+                not s.covers(request.alias, group, record.team_id, record.key_alias):
+            return None
+        read, write = opt_out(http.headers, request.body)
+        call = CacheCall(self, request, record, headers, "")
+        if (not read and not write) or (samples(request.body) and not s.temperature_above_zero):
+            return call.result("bypass")
+        call.entry = entry_id(scope_of(s.scope, record.key_token, record.team_id), request.endpoint, group,
+                              request.body)
+        call.write = write
+        if not read:
+            return call.result("bypass")
+        try:
+            found = await self.store.get(call.entry)
+        except StoreDown:
+            call.write = False
+            return call.result("bypass")
+        call.answer = read_entry(found) if found is not None else None
+        if found is None or call.answer is None:
+            return call.result("miss")
+        call.raw = found
+        return call.result("hit")
+
+    def count(self, alias: str, result: str) -> None:
+        self.metrics.cache_requests.labels(self.label(alias), result).inc()
+
+    def saved(self, alias: str, usd: float) -> None:
+        if usd > 0:
+            self.metrics.cache_saved.labels(self.label(alias)).inc(usd)
+
+    def keep(self, entry: str, answer: bytes) -> None:
+        """Store in the background (a stream's end: the client already has every byte)."""
+        task = asyncio.get_running_loop().create_task(self.put(entry, answer))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def put(self, entry: str, answer: bytes) -> None:
+        if len(answer) > self.settings.max_entry_bytes:
+            return
+        try:
+            await self.store.put(entry, answer)
+        except StoreDown:
+            pass  # said once by the store; the next call stores again
+
+    async def settle(self) -> None:
+        """Wait for stores under way (shutdown, tests)."""
+        await asyncio.gather(*self._pending, return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.settle()
+        await self.store.close()
+
+
+class CacheCall:
+    """One covered call: its entry, what the lookup found, and how its answer is replayed or kept."""
+
+    def __init__(self, cache: ResponseCache, request: Request, record: CallRecord, headers: dict[str, str],
+                 entry: str) -> None:
+        self.cache = cache
+        self.request = request
+        self.record = record
+        self.headers = headers
+        self.entry = entry
+        self.write = False
+        self.answer: dict[str, Any] | None = None
+        self.raw = b""
+        self._sent: list[bytes] = []
+        self._held = 0
+
+    def _hold(self, out: bytes) -> None:
+        # A stream's chunks wrap each token or so of text in about 150 bytes of JSON: up to some 40 times the whole
+        # answer's size. Past that the answer would be over max_entry_bytes anyway: stop holding it (bounded memory).
+        self._held += len(out)
+        if self._held > 40 * self.cache.settings.max_entry_bytes:
+            self.write = False
+            self._sent = []
+        elif self.write:
+            self._sent.append(out)
+
+    def result(self, result: str) -> CacheCall:
+        self.record.cache = result
+        self.headers[HEADER] = result
+        self.cache.count(self.request.alias, result)
+        return self
+
+    # ---- a hit ------------------------------------------------------------------------------------------------
+
+    async def replay(self, http: web.Request, started: float, before_eof: Callable[[CallRecord], None] | None,
+                     into: web.StreamResponse | None = None) -> web.StreamResponse:
+        """The stored answer to the client (or, for a stream a ladder checks, `into` its buffer, accounted by the
+        ladder: `before_eof` None); the record says what it would have cost and what it costs."""
+        answer, record, cache = self.answer, self.record, self.cache
+        assert answer is not None
+        prompt, completion = usage_of(answer) or (0, 0)
+        record.deployment = "cache"
+        record.status = 200
+        record.prompt_tokens, record.completion_tokens = prompt, completion
+        fraction = cache.settings.hit_cost_fraction
+        record.cache_charge = fraction
+        full = cache.prices.cost(record.alias, "cache", prompt, completion)
+        cache.saved(record.alias, full - full * fraction)
+        record.overhead_ms = (perf() - started) * 1000
+        self.headers["x-gateway-overhead-ms"] = f"{record.overhead_ms:.3f}"
+        # LiteLLM's proxy sends its cache key on hits only, and LiteLLM clients tell a hit by this header's presence
+        # (docs.litellm.ai/docs/proxy/caching, "Viewing Cache Keys from responses"). Ours is a hash: no key, no prompt.
+        self.headers[LITELLM_KEY_HEADER] = self.entry
+        if not self.request.stream:
+            return web.Response(body=self.raw, content_type=JSON, headers=self.headers)
+        response = into if into is not None else web.StreamResponse(headers={**SSE_HEADERS, **self.headers})
+        await response.prepare(http)
+        record.ttft_ms = (perf() - started) * 1000
+        await response.write(b"".join(sse_chunks(self.request.endpoint, answer, self.request.wants_usage)))
+        if before_eof is not None:
+            before_eof(record)
+        await response.write_eof()
+        return response
+
+    # ---- a miss: the answer kept once whole ----------------------------------------------------------------------
+
+    async def keep_body(self, body: bytes) -> None:
+        """A non-streamed answer, stored before it is sent (one store round trip, bounded by redis.timeout_ms), so
+        that the same call made once this one is answered is a hit."""
+        if not self.write or self.record.status != 200 or len(body) > self.cache.settings.max_entry_bytes:
+            return
+        try:
+            answer = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return
+        if keepable(answer):
+            await self.cache.put(self.entry, body)
+
+    def tap(self, opened: Any, account: Callable[[CallRecord], None]) -> Callable[[CallRecord], None]:
+        """Watch the stream relayed for this call (the adapter's output is what the client gets); the relay's
+        `before_eof` step to use: `account`, then the stream kept, before the client has the stream's last byte."""
+        if not self.write or opened.adapter is None:
+            return account
+        if opened.body:
+            self._hold(opened.body)
+        adapter = opened.adapter = _Tap(opened.adapter, self._hold)
+
+        def before_eof(record: CallRecord) -> None:
+            account(record)
+            self.keep_stream(adapter)
+
+        return before_eof
+
+    def keep_stream(self, adapter: Any) -> None:
+        """At the relay's end: a stream that ended whole and unharmed is kept as the answer it amounts to (stored in
+        the background; the store is under way before the stream's last byte is sent)."""
+        record = self.record
+        if not self.write or record.status != 200 or record.error or not self._sent:
+            return
+        tokens = (getattr(adapter, "prompt_tokens", 0), getattr(adapter, "completion_tokens", 0))
+        answer = assemble(self.request.endpoint, events(b"".join(self._sent)), tokens)
+        self._sent = []
+        if answer is not None and keepable(answer) and tokens[0] + tokens[1] > 0:
+            self.cache.keep(self.entry, orjson.dumps(answer))
+
+
+class _Tap:
+    """A stream adapter that also hands each output to `sink`; everything else is the adapter's."""
+
+    def __init__(self, inner: Any, sink: Callable[[bytes], None]) -> None:
+        self._inner = inner
+        self._sink = sink
+
+    def feed(self, raw: bytes, data: bytes) -> bytes:
+        out: bytes = self._inner.feed(raw, data)
+        if out:
+            self._sink(out)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def build_cache(config: GatewayConfig, metrics: Any, label: Callable[[str], str],
+                on_event: Callable[..., None]) -> ResponseCache | None:
+    """The cache of the `cache:` section (None when absent), in `redis` when configured."""
+    s = config.cache
+    if s is None:
+        return None
+    store: AnswerStore
+    if config.redis is not None:
+        r = config.redis
+        store = RedisStore(r.url, s.ttl_seconds, s.max_bytes, r.timeout_ms, r.retry_after_ms, on_event)
+    else:
+        store = InProcessStore(s.ttl_seconds, s.max_bytes)
+    return ResponseCache(s, store, Prices(config), metrics, label, on_event)
+
+
+def strip_controls(request: Request) -> None:
+    """LiteLLM's per-call `cache` field is the gateway's to read, never the upstream's."""
+    body: Mapping[str, Any] = request.body
+    if "cache" in body:
+        request.body = {k: v for k, v in body.items() if k != "cache"}
+        request.raw = orjson.dumps(request.body)
+
+
+async def lookup(cache: ResponseCache | None, http: web.Request, request: Request, group: str, record: CallRecord,
+                 headers: dict[str, str]) -> CacheCall | None:
+    """The hook in the request path (http/handlers.py): after admission, before the upstream is called."""
+    call = await cache.lookup(http, request, group, record, headers) if cache is not None else None
+    strip_controls(request)
+    return call
