@@ -111,6 +111,11 @@ Governance sections (see gateway/README.md, "Governance", for semantics and boun
              budget_sync_seconds: 60}
     keys: {refresh_seconds: 2}     # bound on revocation delay on every replica
 
+Batch (OpenAI's Files and Batch API; lines run on ``tier: batch`` models; see gateway/batch/)::
+
+    batch: {files: {local_dir: ./llmp-files}, price_fraction: 0.5, concurrency: 8, yield_to_interactive: 1,
+            max_file_bytes: 209715200, max_lines: 50000, models: {llama-3-1-8b: qwen2-5-7b-batch}}
+
 Governance (virtual keys, limits, the spend ledger, the admin API) is on when
 ``ledger`` is present. Models add ``input_cost_per_token``,
 ``output_cost_per_token`` (USD; deployments may override them) and
@@ -130,6 +135,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.config.batch import BatchSettings, check_batch
 from gateway.config.clouds import AzureSettings, BedrockSettings
 from gateway.config.env import resolve_env
 from gateway.config.errors import ConfigError, format_validation_error
@@ -292,6 +298,7 @@ class Model(_Strict):
     # set, and then a key, team or user with a budget may not call /v1/images/generations on it.
     output_cost_per_image: float | None = Field(None, ge=0)
     max_request_bytes: int | None = Field(None, ge=1)  # larger request bodies get a 400 naming this cap
+    tier: Literal["interactive", "batch"] = "interactive"  # batch: may run Batch API lines (gateway/batch/)
 
 
 class ModelAlias(_Strict):
@@ -327,6 +334,7 @@ class GatewayConfig(_Strict):
     peers: PeerSettings | None = None  # the stack's other regions: keys and budget spend shared (governance/peers.py)
     other_zones: dict[str, OtherZone] = {}  # models only another residency zone serves (config/other_zones.py)
     model_aliases: dict[str, ModelAlias] = {}  # name clients send -> model alias (upstream/names.py)
+    batch: BatchSettings | None = None  # OpenAI's Files and Batch API (gateway/batch/)
 
     @model_validator(mode="after")
     def _references(self) -> GatewayConfig:
@@ -362,6 +370,7 @@ class GatewayConfig(_Strict):
                 raise ValueError(f"model_aliases.{name}: is also a model alias")
             if target.model not in seen and match(patterns, target.model) is None:
                 raise ValueError(f"model_aliases.{name}: {target.model!r} is not a model alias")
+        check_batch(self)
         return self
 
     def model(self, alias: str) -> Model | None:

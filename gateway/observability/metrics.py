@@ -50,6 +50,17 @@ class GatewayMetrics:
         self.spend = Counter("llmp_gateway_spend_usd", "USD charged to the spend ledger, by model alias and team",
                              ["model", "team"], registry=r)
         self._spend: dict[tuple[str, str], Any] = {}
+        self.batch_lines = Counter("llmp_batch_lines", "Batch lines finished, by model alias and result",
+                                   ["model", "result"], registry=r)
+        self.batches = Gauge("llmp_batches", "Batches in the ledger store, by status", ["status"], registry=r)
+
+    def batch_line(self, alias: str, result: str) -> None:
+        self.batch_lines.labels(alias, result).inc()
+
+    def batch_statuses(self, counts: dict[str, int]) -> None:
+        for status in ("validating", "in_progress", "finalizing", "completed", "failed", "expired", "cancelling",
+                       "cancelled"):
+            self.batches.labels(status).set(counts.get(status, 0))
 
     def model(self, alias: str) -> ModelSeries:
         series = self._models.get(alias)
