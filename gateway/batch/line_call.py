@@ -106,8 +106,7 @@ class LineCall:
             failure = answer["error"]
         result = {"id": new_id("batch_req_"), "custom_id": line.custom_id,
                   "response": {"status_code": status, "request_id": f"{batch_id}:{line.custom_id}", "body": answer},
-                  "error": None if ok else {"code": failure.get("code") or failure.get("type"),
-                                            "message": failure.get("message")}}
+                  "error": None if ok else {"code": _code(failure), "message": failure.get("message")}}
         text = orjson.dumps(result).decode()
         spend_bytes = orjson.dumps(spend) if spend is not None else None
         for attempt in range(STORE_TRIES):
@@ -124,3 +123,9 @@ class LineCall:
             self.metrics.batch_line(line.alias, "completed" if ok else "failed")
             if spend is not None and self.gate.on_charge is not None:
                 self.gate.on_charge(line.alias, spend["team_id"], spend["cost"])
+
+
+def _code(failure: dict[str, Any]) -> Any:
+    """The error's code, or its type where the code is only the status again (LiteLLM's budget refusal: "422")."""
+    code = failure.get("code")
+    return failure.get("type") if code is None or (isinstance(code, str) and code.isdigit()) else code

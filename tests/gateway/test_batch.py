@@ -30,6 +30,7 @@ def batch_config(sim: SimServer, tmp_path: Path, **batch: Any) -> dict[str, Any]
          "input_cost_per_token": PRICE_IN, "output_cost_per_token": PRICE_OUT},
         {"alias": BATCH_MODEL, "tier": "batch", "deployments": [deployment("sim-spot", sim.base_url)],
          "input_cost_per_token": PRICE_IN, "output_cost_per_token": PRICE_OUT},
+        {"alias": "sim-unbatched", "deployments": [deployment("sim-other", sim.base_url)]},
     ])
     config["ledger"] = {"spool_dir": str(tmp_path / "spool"), "store": f"sqlite:///{tmp_path / 'ledger.db'}",
                         "flush_interval": 0.2}
