@@ -1,0 +1,66 @@
+"""The batch governor: a batch yields its deployments to interactive calls, and runs at most `concurrency` lines."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+from typing import Any
+
+from tests.gateway.conftest import KEY
+from tests.gateway.test_batch import BATCH_MODEL, batch_config, jsonl
+
+
+async def start_batch(oai: Any, n: int) -> str:
+    uploaded = await oai.files.create(file=("in.jsonl", io.BytesIO(jsonl(n))), purpose="batch")
+    batch = await oai.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                     completion_window="24h")
+    return str(batch.id)
+
+
+async def completed(oai: Any, batch_id: str) -> int:
+    batch = await oai.batches.retrieve(batch_id)
+    return int(batch.request_counts.completed)
+
+
+async def test_a_batch_pauses_while_interactive_calls_are_in_flight_on_its_deployments(
+        sim_factory: Any, gateway_factory: Any, tmp_path: Path) -> None:
+    sim = await sim_factory(name="spot", ttft=0.2)
+    gw = await gateway_factory(batch_config(sim, tmp_path, yield_to_interactive=1, concurrency=4))
+    oai = gw.client()
+    stop = asyncio.Event()
+
+    async def interactive(delay: float) -> None:  # two callers a half-call apart: one is always in flight
+        await asyncio.sleep(delay)
+        while not stop.is_set():
+            await oai.chat.completions.create(model=BATCH_MODEL, messages=[{"role": "user", "content": "now"}],
+                                              max_tokens=4)
+
+    callers = [asyncio.create_task(interactive(d)) for d in (0.0, 0.1)]
+    await asyncio.sleep(0.3)
+    batch_id = await start_batch(oai, 20)
+    await asyncio.sleep(1.5)
+    during = await completed(oai, batch_id)
+    stop.set()
+    await asyncio.gather(*callers)
+    assert during == 0, "no batch line ran while interactive calls were in flight on its deployment"
+    for _ in range(100):
+        if (await oai.batches.retrieve(batch_id)).status == "completed":
+            break
+        await asyncio.sleep(0.1)
+    assert await completed(oai, batch_id) == 20  # once the interactive calls ended, the batch ran
+    yielded = [line for line in gw.log_buffer.getvalue().splitlines() if b'"batch_yielded"' in line]
+    assert yielded and b'"paused_s"' in yielded[0]
+
+
+async def test_a_batch_runs_at_most_its_concurrency_upstream_at_once(
+        sim_factory: Any, gateway_factory: Any, tmp_path: Path) -> None:
+    sim = await sim_factory(name="spot", ttft=0.05)
+    gw = await gateway_factory(batch_config(sim, tmp_path, concurrency=3))
+    oai = gw.client(api_key=KEY)
+    batch_id = await start_batch(oai, 30)
+    peak = 0
+    while (await oai.batches.retrieve(batch_id)).status != "completed":
+        peak = max(peak, sim.stats.in_flight)
+        await asyncio.sleep(0.005)
+    assert 2 <= peak <= 3  # the sim's own count of requests in progress: never over the batch's concurrency
