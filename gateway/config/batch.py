@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-if TYPE_CHECKING:
-    from gateway.config.native import GatewayConfig
 
 
 class _Strict(BaseModel):
@@ -51,14 +46,12 @@ class BatchSettings(_Strict):
     completion_window_seconds: int = Field(86_400, ge=1)  # `24h`: a batch not done by then expires
 
 
-def check_batch(config: GatewayConfig) -> None:
-    """Cross-checks against the rest of the config (called from GatewayConfig._references)."""
-    batch = config.batch
+def check_batch(batch: BatchSettings | None, has_ledger: bool, tiers: dict[str, str]) -> None:
+    """Cross-checks against the rest of the config (GatewayConfig._references; `tiers`: each model alias's tier)."""
     if batch is None:
         return
-    if config.ledger is None:
+    if not has_ledger:
         raise ValueError("batch: needs a 'ledger' section (batches, their lines and spend live there)")
-    tiers = {m.alias: m.tier for m in config.models}
     for name, target in batch.models.items():
         if name not in tiers:
             raise ValueError(f"batch.models.{name}: {name!r} is not a model alias")

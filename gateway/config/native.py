@@ -370,7 +370,7 @@ class GatewayConfig(_Strict):
                 raise ValueError(f"model_aliases.{name}: is also a model alias")
             if target.model not in seen and match(patterns, target.model) is None:
                 raise ValueError(f"model_aliases.{name}: {target.model!r} is not a model alias")
-        check_batch(self)
+        check_batch(self.batch, self.ledger is not None, {m.alias: m.tier for m in self.models})
         return self
 
     def model(self, alias: str) -> Model | None:
