@@ -138,3 +138,44 @@ async def test_a_batch_killed_mid_way_resumes_and_runs_no_line_twice(sim: SimSer
         assert 1000 <= sim.stats.requests <= 1000 + 8
     finally:
         gw.kill(signal.SIGTERM)
+
+
+async def test_two_replicas_share_a_batch_by_lease_and_the_survivor_takes_over_a_dead_ones(
+        sim: SimServer, tmp_path: Path) -> None:
+    sim.settings.ttft = 0.02  # about 1.5 s of lines: the kill lands mid-batch
+    config = batch_config(sim, tmp_path)
+    one = GatewayProcess(config, tmp_path, name="one").start()
+    two = GatewayProcess({**config, "ledger": {**config["ledger"], "spool_dir": str(tmp_path / "spool2")}},
+                         tmp_path, name="two").start()
+    try:
+        oai = client(one)
+        batch_id = await asyncio.to_thread(submit, oai, jsonl(600))
+        await asyncio.to_thread(wait_for, oai, batch_id,
+                                lambda b: b.request_counts is not None and b.request_counts.completed >= 100)
+        holders = [gw for gw in (one, two) if f'"batch_claimed","batch":"{batch_id}"' in gw.log()]
+        assert len(holders) == 1, "one replica runs the batch at a time"
+        holders[0].kill(signal.SIGKILL)
+        survivor = two if holders[0] is one else one
+        batch = await asyncio.to_thread(wait_for, client(survivor), batch_id, final)
+        await asyncio.to_thread(check_exactly_once, client(survivor), batch, tmp_path, 600)
+        assert f'"batch_claimed","batch":"{batch_id}"' in survivor.log()  # after the dead one's lease expired
+    finally:
+        one.kill(signal.SIGTERM)
+        two.kill(signal.SIGTERM)
+
+
+async def test_a_batch_past_its_window_expires_with_the_rest_as_batch_expired_errors(
+        sim: SimServer, tmp_path: Path) -> None:
+    sim.settings.ttft = 0.05
+    gw = GatewayProcess(batch_config(sim, tmp_path, concurrency=1, completion_window_seconds=2), tmp_path).start()
+    try:
+        oai = client(gw)
+        batch = await asyncio.to_thread(wait_for, oai, await asyncio.to_thread(submit, oai, jsonl(200)), final)
+        assert batch.status == "expired" and batch.expired_at and batch.request_counts is not None
+        done, failed = batch.request_counts.completed, batch.request_counts.failed
+        assert done >= 1 and failed >= 1 and done + failed == 200
+        expired = await asyncio.to_thread(lines_of, oai, batch.error_file_id)
+        assert {e["error"]["code"] for e in expired} == {"batch_expired"} and len(expired) == failed
+        assert len(await asyncio.to_thread(lines_of, oai, batch.output_file_id)) == done
+    finally:
+        gw.kill(signal.SIGTERM)
