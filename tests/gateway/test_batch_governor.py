@@ -7,6 +7,10 @@ import io
 from pathlib import Path
 from typing import Any
 
+import openai
+import orjson
+import pytest
+
 from tests.gateway.conftest import KEY
 from tests.gateway.test_batch import BATCH_MODEL, batch_config, jsonl
 
@@ -64,3 +68,40 @@ async def test_a_batch_runs_at_most_its_concurrency_upstream_at_once(
         peak = max(peak, sim.stats.in_flight)
         await asyncio.sleep(0.005)
     assert 2 <= peak <= 3  # the sim's own count of requests in progress: never over the batch's concurrency
+
+
+async def test_an_embeddings_batch_runs_and_counts_in_the_batch_metrics(
+        sim_factory: Any, gateway_factory: Any, tmp_path: Path) -> None:
+    sim = await sim_factory(name="spot")
+    gw = await gateway_factory(batch_config(sim, tmp_path))
+    oai = gw.client()
+    data = b"".join(orjson.dumps({"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings",
+                                  "body": {"model": BATCH_MODEL, "input": f"text {i}"}}) + b"\n" for i in range(5))
+    uploaded = await oai.files.create(file=("e.jsonl", io.BytesIO(data)), purpose="batch")
+    batch = await oai.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h")
+    for _ in range(100):
+        batch = await oai.batches.retrieve(batch.id)
+        if batch.status == "completed":
+            break
+        await asyncio.sleep(0.05)
+    assert batch.status == "completed" and batch.request_counts.completed == 5
+    out = [orjson.loads(x) for x in (await oai.files.content(batch.output_file_id)).content.splitlines()]
+    assert {x["response"]["body"]["object"] for x in out} == {"list"}
+    metrics = gw.state.metrics.render().decode()
+    assert f'llmp_batch_lines_total{{model="{BATCH_MODEL}",result="completed"}} 5.0' in metrics
+
+
+async def test_an_upload_may_exceed_the_request_body_cap_but_not_max_file_bytes(
+        sim_factory: Any, gateway_factory: Any, tmp_path: Path) -> None:
+    sim = await sim_factory(name="spot")
+    config = batch_config(sim, tmp_path, max_file_bytes=300_000)
+    config["gateway"]["front_door"] = {"body_bytes": 100_000}
+    gw = await gateway_factory(config)
+    oai = gw.client()
+    fits = jsonl(2000)[:250_000]
+    uploaded = await oai.files.create(file=("big.jsonl", io.BytesIO(fits)), purpose="batch")
+    assert uploaded.bytes == len(fits)
+    assert (await oai.files.content(uploaded.id)).content == fits
+    with pytest.raises(openai.APIStatusError) as refused:
+        await oai.files.create(file=("huge.jsonl", io.BytesIO(jsonl(4000))), purpose="batch")
+    assert refused.value.status_code == 413 and "batch.max_file_bytes" in refused.value.message
