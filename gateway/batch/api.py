@@ -12,12 +12,13 @@ from typing import Any
 import orjson
 from aiohttp import BodyPartReader, web
 
-from gateway.batch.files import FileStore
+from gateway.batch.files import FileMissing, FileStore
 from gateway.batch.lines import ENDPOINTS, batch_object, file_object, new_id
 from gateway.batch.runner import BatchRunner
 from gateway.config.batch import BatchSettings
 from gateway.governance.gate import MASTER_TOKEN
 from gateway.governance.store.batches import BatchRows, Owner
+from gateway.governance.store.protocol import StoreError
 from gateway.http.body import read_json
 from gateway.http.errors import GatewayError, bad_request
 from gateway.http.handlers import authorization
@@ -25,6 +26,11 @@ from gateway.http.handlers import authorization
 JSON = "application/json"
 MAX_LIST = 100  # `limit` on list calls, as OpenAI's (1 to 100)
 CANCELLABLE = ("validating", "in_progress")
+
+
+def store_down() -> GatewayError:
+    return GatewayError(503, "The ledger store holding files and batches is unavailable; try again shortly.",
+                        "service_unavailable", None, "store_unavailable")
 
 
 def not_found(kind: str, ident: str) -> GatewayError:
@@ -62,6 +68,9 @@ class BatchApi:
                 return web.Response(body=orjson.dumps(await handler(http, self._owner(http))), content_type=JSON)
             except GatewayError as exc:
                 return exc.response()
+            except StoreError as exc:  # the ledger store is down: say so, never a traceback
+                self.state.log.event("batch_store_unavailable", error=str(exc)[:300])
+                return store_down().response()
         return answer
 
     def _owner(self, http: web.Request) -> tuple[str, str | None, Owner]:
@@ -83,14 +92,17 @@ class BatchApi:
         if not http.content_type.startswith("multipart/"):
             raise bad_request("Upload a file as multipart/form-data with fields `purpose` and `file`.", "file")
         purpose, filename, data = None, None, None
-        async for part in await http.multipart():
-            if not isinstance(part, BodyPartReader):
-                continue
-            if part.name == "purpose":
-                purpose = (await part.read_chunk(64)).decode(errors="replace").strip()
-            elif part.name == "file":
-                filename = part.filename or "upload.jsonl"
-                data = await self._read_capped(part)
+        try:
+            async for part in await http.multipart():
+                if not isinstance(part, BodyPartReader):
+                    continue
+                if part.name == "purpose":
+                    purpose = (await part.read_chunk(64)).decode(errors="replace").strip()
+                elif part.name == "file":
+                    filename = part.filename or "upload.jsonl"
+                    data = await self._read_capped(part)
+        except (ValueError, AssertionError, web.HTTPException) as exc:  # aiohttp's multipart parser refusing
+            raise bad_request(f"The multipart body could not be read: {exc}"[:300], "file") from None
         if purpose != "batch":
             raise bad_request(f"`purpose` is {str(purpose)[:40]!r}: this gateway takes files for `batch` only.",
                               "purpose")
@@ -131,6 +143,10 @@ class BatchApi:
             data = await self.files.get(row["id"])
         except GatewayError as exc:
             return exc.response()
+        except StoreError:
+            return store_down().response()
+        except FileMissing:
+            return not_found("File", http.match_info["file_id"]).response()
         return web.Response(body=data, content_type="application/octet-stream")
 
     async def delete_file(self, http: web.Request, who: tuple[str, str | None, Owner]) -> dict[str, Any]:

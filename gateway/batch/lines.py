@@ -117,7 +117,7 @@ def file_object(row: dict[str, Any]) -> dict[str, Any]:
 
 def batch_object(doc: dict[str, Any], counts: tuple[int, int] | None) -> dict[str, Any]:
     """The batch as the openai client parses it; `counts` (completed, failed) from its line rows."""
-    total = int(doc.get("total", 0))
     done, failed = counts or (0, 0)
+    total = max(int(doc.get("total", 0)), done + failed)
     shown = {k: v for k, v in doc.items() if k not in ("total", "owner_user")}
     return {**shown, "request_counts": {"total": total, "completed": done, "failed": failed}}

@@ -34,6 +34,7 @@ from gateway.tasks import cancel
 POLL_S = 1.0  # how often a replica looks for batches to run (a create or cancel here wakes it at once)
 MAX_JOBS = 4  # batches one replica runs at once (each has its own concurrency)
 GAUGE_S = 15.0  # how often the llmp_batches gauge is read from the store
+WATCH_S = 1.0  # how often a running batch reads its status again (a cancel made on another replica)
 
 
 def output_file_id(batch_id: str, kind: str) -> str:
@@ -185,16 +186,20 @@ class BatchJob:
             return None
 
     async def _watch(self) -> None:
-        """Renew the lease; notice a cancel (from any replica) and the completion window's end."""
+        """Renew the lease; notice a cancel (from any replica) within a second, and the completion window's end."""
         lease = self.runner.settings.lease_seconds
+        tick = min(WATCH_S, lease / 3)
+        renew_at = time.monotonic() + lease / 3
         while True:
-            await asyncio.sleep(lease / 3)
-            now = time.time()
+            await asyncio.sleep(tick)
             try:
-                if not await self.rows.claim(self.id, self.runner.owner, now, now + lease):
-                    self.lost = True
-                    self.runner.event("batch_lease_lost", batch=self.id, owner=self.runner.owner)
-                    return
+                if time.monotonic() >= renew_at:
+                    renew_at = time.monotonic() + lease / 3
+                    now = time.time()
+                    if not await self.rows.claim(self.id, self.runner.owner, now, now + lease):
+                        self.lost = True
+                        self.runner.event("batch_lease_lost", batch=self.id, owner=self.runner.owner)
+                        return
                 await self._load()
             except StoreError as exc:
                 self.runner.event("batch_store_unavailable", batch=self.id, error=str(exc)[:300])
@@ -260,8 +265,8 @@ class BatchJob:
             ids[kind] = output_file_id(self.id, kind) if results else None
             if results:
                 await self._write(ids[kind] or "", kind, ("\n".join(results) + "\n").encode())
-        moved = await self._move(final, ("in_progress", "finalizing", "cancelling"), **{f"{final}_at": now},
-                                 output_file_id=ids["output"], error_file_id=ids["error"])
+        moved = await self._move(final, ("validating", "in_progress", "finalizing", "cancelling"),
+                                 **{f"{final}_at": now}, output_file_id=ids["output"], error_file_id=ids["error"])
         if moved:
             completed, failed = await self.rows.line_counts(self.id)
             self.runner.event("batch_" + final, batch=self.id, completed=completed, failed=failed)
