@@ -238,6 +238,12 @@ class BatchJob:
             self.runner.event("batch_yielded", batch=self.id, paused_s=round(governor.paused_s, 3))
         if self.expired and not self.lost:
             await self._expire_rest(todo)
+        elif not self.stopping():
+            # A line whose result could not be written (the store was down) is not done: no output without it.
+            left = len(todo) - len(await self.rows.done_lines(self.id) & {line.custom_id for line in todo})
+            if left:
+                self.runner.event("batch_lines_unwritten", batch=self.id, lines=left, effect="run again")
+                raise StoreError(f"{left} lines of batch {self.id} could not be written")
 
     async def _expire_rest(self, todo: list[Line]) -> None:
         """OpenAI's expiry: the lines not run by the window's end go to the error file as `batch_expired`
