@@ -17,8 +17,9 @@ from gateway.governance.keys import KeyPrincipal
 from gateway.governance.ledger.spend import spend_row
 from gateway.governance.store.batches import BatchRows
 from gateway.governance.store.protocol import StoreError
-from gateway.http.errors import GatewayError, model_not_found, unauthorized
+from gateway.http.errors import GatewayError, bad_request, model_not_found, unauthorized
 from gateway.observability.usage import CallRecord
+from gateway.protocols.anthropic_upstream import BadShape
 from gateway.protocols.request import Request
 
 STORE_TRIES = 5  # a line's result is written again after a store error, then left for a re-run
@@ -35,6 +36,8 @@ def owner_principal(gate: Governance, key_token: str) -> KeyPrincipal:
     if key.expires is not None and key.expires <= time.time():
         raise unauthorized("The key that created this batch has expired.")
     team = gate.cache.teams.get(key.team_id) if key.team_id is not None else None
+    if team is not None and team.blocked:
+        raise GatewayError(403, f"Team `{key.team_id}` is blocked.", "permission_error", None, "team_blocked")
     user = gate.cache.users.get(key.user_id) if key.user_id is not None else None
     return KeyPrincipal(key.key_id, key, team, user)
 
@@ -68,6 +71,7 @@ class LineCall:
             route = self.state.router.route(line.alias)
             if route is None:
                 raise model_not_found(line.alias, batch["endpoint"])
+            _refuse_over_cap(body, route)
             route = await self.gate.admit(owner_principal(self.gate, batch["key_token"]), request, route, record)
             opened = await self.state.proxy.open(request, route, record,
                                                  lambda: b"b:" + line.custom_id.encode())
@@ -83,6 +87,8 @@ class LineCall:
                               opened.completion_tokens, cost, user_id=self.gate._user_of(record.key_token))
         except GatewayError as exc:  # refused (budget, limits, access) or no upstream answered: this line fails
             status, answer = exc.status, exc.body()
+        except BadShape as exc:  # a body that cannot be converted for its upstream: the line's mistake
+            status, answer = 400, bad_request(str(exc), exc.param).body()
         except orjson.JSONDecodeError:
             status, answer = 502, GatewayError(502, "The upstream answer was not JSON.", "api_error").body()
         except Exception as exc:  # noqa: BLE001 - a bug of ours: this line fails (every custom_id gets an answer)
@@ -129,3 +135,12 @@ def _code(failure: dict[str, Any]) -> Any:
     """The error's code, or its type where the code is only the status again (LiteLLM's budget refusal: "422")."""
     code = failure.get("code")
     return failure.get("type") if code is None or (isinstance(code, str) and code.isdigit()) else code
+
+
+def _refuse_over_cap(body: dict[str, Any], route: Any) -> None:
+    """A model with `over_max_tokens: refuse` refuses a line asking for more, as it refuses such a call."""
+    field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    asked = body.get(field)
+    if route.refuse_over_cap and route.max_tokens is not None and isinstance(asked, int) and asked > route.max_tokens:
+        raise bad_request(f"`{field}` is {asked}, over the model cap: models[{route.alias}].max_tokens is "
+                          f"{route.max_tokens}.", field)

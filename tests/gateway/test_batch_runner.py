@@ -142,3 +142,28 @@ async def test_a_line_the_store_could_not_take_is_run_again_and_answered_once(
     assert sorted(out) == sorted(f"req-{i}" for i in range(10))
     assert sim.stats.requests == 11  # req-3 ran again; nothing else did
     assert b'"batch_lines_unwritten"' in gw.log_buffer.getvalue()
+
+
+async def test_a_line_over_the_model_cap_fails_as_its_call_would_and_the_rest_run(
+        sim_factory: Any, gateway_factory: Any, tmp_path: Path) -> None:
+    sim = await sim_factory(name="spot")
+    config = batch_config(sim, tmp_path)
+    config["models"][1].update(max_tokens=8, over_max_tokens="refuse")
+    gw = await gateway_factory(config)
+    oai = gw.client()
+    data = b"".join(orjson.dumps({"custom_id": f"c{n}", "method": "POST", "url": "/v1/chat/completions",
+                                  "body": {"model": BATCH_MODEL, "messages": [{"role": "user", "content": "hi"}],
+                                           "max_tokens": n}}) + b"\n" for n in (4, 100))
+    uploaded = await oai.files.create(file=("c.jsonl", io.BytesIO(data)), purpose="batch")
+    batch = await oai.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                     completion_window="24h")
+    for _ in range(100):
+        batch = await oai.batches.retrieve(batch.id)
+        if batch.status == "completed":
+            break
+        await asyncio.sleep(0.05)
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (1, 1)
+    [failed] = [orjson.loads(x) for x in (await oai.files.content(batch.error_file_id)).content.splitlines()]
+    assert failed["custom_id"] == "c100" and failed["response"]["status_code"] == 400
+    assert "over the model cap" in failed["error"]["message"]
+    assert sim.stats.requests == 1
