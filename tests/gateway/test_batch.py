@@ -12,13 +12,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import openai
 import orjson
 import pytest
 
 from gateway.sim import SimServer
 from tests.gateway.conftest import KEY, MODEL, deployment, gateway_config
-from tests.gateway.servers import GatewayProcess
+from tests.gateway.servers import GatewayProcess, PostgresServer, new_database
 
 BATCH_MODEL = "sim-batch"
 PRICE_IN, PRICE_OUT = 0.001, 0.002
@@ -76,19 +77,28 @@ def lines_of(oai: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
     return [] if file_id is None else [orjson.loads(x) for x in oai.files.content(file_id).content.splitlines()]
 
 
-def spend_rows(tmp_path: Path, batch_id: str, flushed: int, timeout: float = 10) -> list[tuple[Any, ...]]:
-    """The batch's spend rows once `flushed` of them are in the store (written with each line: no spool)."""
+SPEND = "SELECT request_id, cost, prompt_tokens, completion_tokens, model FROM llmp_spend WHERE request_id LIKE "
+
+
+def spend_rows(tmp_path: Path, batch_id: str, dsn: str | None = None) -> list[tuple[Any, ...]]:
+    """The batch's spend rows, read from the store (written with each line's result: no spool between)."""
+    if dsn is not None:
+        async def fetch() -> list[tuple[Any, ...]]:
+            conn = await asyncpg.connect(dsn, timeout=10)
+            try:
+                return [tuple(r) for r in await conn.fetch(SPEND + "$1", batch_id + ":%")]
+            finally:
+                await conn.close()
+        return asyncio.run(fetch())
     db = sqlite3.connect(tmp_path / "ledger.db")
     try:
-        rows = db.execute("SELECT request_id, cost, prompt_tokens, completion_tokens, model FROM llmp_spend "
-                          "WHERE request_id LIKE ?", (batch_id + ":%",)).fetchall()
-        assert len(rows) == flushed
-        return rows
+        return db.execute(SPEND + "?", (batch_id + ":%",)).fetchall()
     finally:
         db.close()
 
 
-def check_exactly_once(oai: openai.OpenAI, batch: openai.types.Batch, tmp_path: Path, n: int) -> None:
+def check_exactly_once(oai: openai.OpenAI, batch: openai.types.Batch, tmp_path: Path, n: int,
+                       dsn: str | None = None) -> None:
     assert batch.status == "completed" and batch.completed_at and batch.finalizing_at and batch.in_progress_at
     assert batch.request_counts is not None
     assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (n, n, 0)
@@ -100,7 +110,7 @@ def check_exactly_once(oai: openai.OpenAI, batch: openai.types.Batch, tmp_path: 
     assert first["id"].startswith("batch_req_") and first["error"] is None
     assert first["response"]["status_code"] == 200 and first["response"]["body"]["object"] == "chat.completion"
     assert first["response"]["body"]["model"] == BATCH_MODEL
-    rows = spend_rows(tmp_path, batch.id, n)
+    rows = spend_rows(tmp_path, batch.id, dsn)
     assert Counter(r[0] for r in rows) == Counter(f"{batch.id}:req-{i}" for i in range(n))  # charged once each
     for _, cost, prompt, completion, model in rows:
         assert model == BATCH_MODEL
@@ -120,9 +130,17 @@ async def test_a_thousand_line_batch_answers_every_custom_id_once_at_the_batch_p
         gw.kill(signal.SIGTERM)
 
 
-async def test_a_batch_killed_mid_way_resumes_and_runs_no_line_twice(sim: SimServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+async def test_a_batch_killed_mid_way_resumes_and_runs_no_line_twice(sim: SimServer, tmp_path: Path, store: str,
+                                                                      request: pytest.FixtureRequest) -> None:
     sim.settings.ttft = 0.01  # about 1.3 s of lines at concurrency 8: the kill lands mid-batch
-    gw = GatewayProcess(batch_config(sim, tmp_path), tmp_path).start()
+    config = batch_config(sim, tmp_path)
+    dsn = None
+    if store == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        dsn = await new_database(server, "batchkill")
+        config["ledger"]["store"] = dsn
+    gw = GatewayProcess(config, tmp_path).start()
     try:
         oai = client(gw)
         batch_id = await asyncio.to_thread(submit, oai, jsonl(1000))
@@ -132,7 +150,7 @@ async def test_a_batch_killed_mid_way_resumes_and_runs_no_line_twice(sim: SimSer
         gw.kill(signal.SIGKILL)
         await asyncio.to_thread(gw.start)  # takes the batch over once the dead process's lease expires (1 s)
         batch = await asyncio.to_thread(wait_for, oai, batch_id, final)
-        await asyncio.to_thread(check_exactly_once, oai, batch, tmp_path, 1000)
+        await asyncio.to_thread(check_exactly_once, oai, batch, tmp_path, 1000, dsn)
         assert "batch_claimed" in gw.log().split("batch_completed")[0]
         # Lines in flight at the kill ran twice upstream (their answers were lost with the process), no others.
         assert 1000 <= sim.stats.requests <= 1000 + 8
