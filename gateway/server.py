@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -66,6 +67,7 @@ async def serve(app: web.Application, host: str, port: int, reuse_port: bool,
             await on_ready()
         await stop.wait()
         state.draining = True  # /health/ready answers 503 from now on; /health/live stays 200
+        state.grace_ends = time.monotonic() + settings.shutdown_grace
         for site in sites:
             await site.stop()  # no new connections
         state.log.event("draining", grace_s=settings.shutdown_grace, open_connections=len(door.open),

@@ -110,11 +110,7 @@ Governance sections (see gateway/README.md, "Governance", for semantics and boun
              flush_interval: 0.5, batch: 500, fsync: interval | always, store_timeout: 10,
              budget_sync_seconds: 60}
     keys: {refresh_seconds: 2}     # bound on revocation delay on every replica
-
-Batch (OpenAI's Files and Batch API; lines run on ``tier: batch`` models; see gateway/batch/)::
-
-    batch: {files: {local_dir: ./llmp-files}, price_fraction: 0.5, concurrency: 8, yield_to_interactive: 1,
-            max_file_bytes: 209715200, max_lines: 50000, models: {llama-3-1-8b: qwen2-5-7b-batch}}
+    batch: {files: {local_dir: ./f}, price_fraction: 0.5, models: {a: a-batch}}  # Batch API (README, tier: batch)
 
 Governance (virtual keys, limits, the spend ledger, the admin API) is on when
 ``ledger`` is present. Models add ``input_cost_per_token``,
@@ -124,6 +120,13 @@ Governance (virtual keys, limits, the spend ledger, the admin API) is on when
 (``secret/providers/openai``, ``secret/gateway/master-key``) or, with
 ``source: env``, from ``<PROVIDER>_API_KEY`` / ``LLMP_MASTER_KEY`` /
 ``LLMP_SECRET_<NAME>`` (see ``gateway.governance.provider_keys``).
+
+Ladders, cheap-then-expensive aliases (gateway/routing/ladder.py; gateway/README.md, "Ladders")::
+
+    ladders: [{alias: auto, rungs: [llama-3-1-8b, llama-3-3-70b],       # cheapest first, two or more
+               escalate_on: [error, invalid_json, length, empty],       # the default: all four
+               rules: [{prompt_tokens_over: 6000, start_at: llama-3-3-70b}, {tools: true, start_at: ...}],
+               pins: {teams: {research: llama-3-3-70b}, keys: {batch-ingest: llama-3-1-8b}}}]
 
 LiteLLM's ``config.yaml`` is accepted too (see ``gateway.config.litellm``);
 ``gateway.config.loading.load_config`` tells the two apart by the presence of ``model_list``.
@@ -140,6 +143,7 @@ from gateway.config.clouds import AzureSettings, BedrockSettings
 from gateway.config.env import resolve_env
 from gateway.config.errors import ConfigError, format_validation_error
 from gateway.config.governance import KeySettings, LedgerSettings, PeerSettings, RedisSettings, SecretsSettings
+from gateway.config.ladders import Ladder, check_ladders
 from gateway.config.limits import FrontDoor, UpstreamLimits
 from gateway.config.model_names import is_pattern, match
 from gateway.config.other_zones import OtherZone, check_other_zones
@@ -334,6 +338,7 @@ class GatewayConfig(_Strict):
     peers: PeerSettings | None = None  # the stack's other regions: keys and budget spend shared (governance/peers.py)
     other_zones: dict[str, OtherZone] = {}  # models only another residency zone serves (config/other_zones.py)
     model_aliases: dict[str, ModelAlias] = {}  # name clients send -> model alias (upstream/names.py)
+    ladders: list[Ladder] = []  # cheap-then-expensive aliases (config/ladders.py, routing/ladder.py)
     batch: BatchSettings | None = None  # OpenAI's Files and Batch API (gateway/batch/)
 
     @model_validator(mode="after")
@@ -370,6 +375,7 @@ class GatewayConfig(_Strict):
                 raise ValueError(f"model_aliases.{name}: is also a model alias")
             if target.model not in seen and match(patterns, target.model) is None:
                 raise ValueError(f"model_aliases.{name}: {target.model!r} is not a model alias")
+        check_ladders(self.ladders, seen, self.model_aliases)
         check_batch(self.batch, self.ledger is not None, {m.alias: m.tier for m in self.models})
         return self
 

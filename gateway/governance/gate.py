@@ -323,12 +323,21 @@ class Governance:
             self._event("model_unpriced", model=alias, hint="set input_cost_per_token / output_cost_per_token; "
                         "calls to this model cost $0 and never reach a budget")
 
-    async def stop(self) -> None:
-        if self.peers is not None:
-            await self.peers.stop()
-        if self.budgets is not None:
-            await self.budgets.stop()
-        await self.cache.stop()
-        await self.limiter.stop()
-        await self.ledger.stop()
-        await self.store.close()
+    async def stop(self, flush_within: float = 5.0) -> None:
+        """Stop the background parts, then the ledger's final flush (given `flush_within` seconds: what is left of
+        the shutdown grace), then the store. A part that fails to stop is reported and never keeps the final flush
+        from running: the records of calls already answered are what must not wait for the next start."""
+        try:
+            for name, part in (("peers", self.peers), ("budget_sync", self.budgets), ("key_cache", self.cache),
+                               ("limiter", self.limiter)):
+                if part is None:
+                    continue
+                try:
+                    await part.stop()
+                except Exception as exc:  # noqa: BLE001 - reported; the ledger still flushes
+                    self._event("stop_failed", part=name, error=f"{type(exc).__name__}: {exc}"[:300])
+        finally:
+            try:
+                await self.ledger.stop(flush_within)
+            finally:
+                await self.store.close()

@@ -187,7 +187,7 @@ async def _stop(app: web.Application) -> None:
     if BATCH in app:  # first: its lines in flight use governance and the upstream session
         parts.append(("batch", app[BATCH].stop))
     if state.governance is not None:  # after aiohttp drained in-flight calls: their records are in the spool
-        parts.append(("governance", state.governance.stop))
+        parts.append(("governance", lambda: state.governance.stop(state.flush_within())))
     if state.secrets is not None:
         parts.append(("secrets", state.secrets.stop))
     parts += [("discovery", watcher.stop) for watcher in state.watchers]

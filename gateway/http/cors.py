@@ -28,7 +28,8 @@ EXPOSED = ("x-request-id, x-litellm-call-id, x-litellm-model-id, x-litellm-model
            "x-litellm-attempted-retries, x-litellm-attempted-fallbacks, x-litellm-response-cost, "
            "x-litellm-overhead-duration-ms, x-litellm-key-tpm-limit, x-litellm-key-rpm-limit, "
            "x-litellm-key-max-budget, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, "
-           "x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, retry-after")
+           "x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, retry-after"
+           ", x-llmp-route")  # a ladder's rungs and outcomes (routing/ladder.py)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from gateway.http.state import AppState
 from gateway.observability.usage import CallRecord
 from gateway.protocols.anthropic_upstream import BadShape
 from gateway.protocols.request import Request, check_shape
+from gateway.routing.ladder import Ladders
 from gateway.upstream.routing import HOP_HEADER, REPLICA_HEADER
 
 JSON = "application/json"
@@ -32,6 +33,8 @@ class Endpoints:
         self.state = state
         self.litellm = LiteLLMHeaders(state.governance.prices if state.governance is not None else None)
         self.stores = StoreHealth(state)
+        self.ladders = Ladders(state.config.ladders, state.metrics, state.finish, state.usage.record,
+                               state.config.gateway.upstream_limits.body_bytes)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -75,8 +78,6 @@ class Endpoints:
         record = CallRecord(self._request_id(http), endpoint=endpoint)
         headers = {"x-request-id": record.request_id, CALL_ID: record.request_id}
         state.in_flight += 1
-        opened = None
-        waited_from = 0.0
         try:
             principal = state.auth.authenticate(authorization(http))
             record.key_id = principal.key_id
@@ -86,38 +87,11 @@ class Endpoints:
             request = await _parse(http, endpoint, state)
             record.alias = request.alias
             record.stream = request.stream
-            route = state.router.route(request.alias)
-            if route is None:
-                elsewhere = zone_serving(state.config.other_zones, request.alias)
-                raise misdirected(request.alias, elsewhere[0], elsewhere[1].url) if elsewhere \
-                    else model_not_found(request.alias[:200], http.path.removeprefix("/v1"))
-            if route.refuse_over_cap:
-                _refuse_over_model_cap(request, route)
-            if state.gate is not None:
-                route = await state.gate.admit(principal, request, route, record)
-            record.prompt_hash = _prompt_hash(request.body)
-            waited_from = perf()
-            opened = await state.proxy.open(request, route, record, _session_key(http, request, state.prefix_chars))
-            upstream_wait = perf() - waited_from
-            record.deployment = opened.deployment.name
-            record.replica = opened.replica.base_url
-            headers[REPLICA_HEADER] = opened.replica.name
-            record.region = opened.deployment.region
-            record.status = 200
-            overhead = perf() - started - upstream_wait
-            headers["x-gateway-overhead-ms"] = overhead_ms = f"{overhead * 1000:.3f}"
-            if request.stream:
-                record.ttft_ms = (perf() - started) * 1000
-                self.litellm.on_answer(headers, record, opened.deployment, overhead_ms, opened.ratelimit, False)
-                response = await relay_stream(http, opened, headers, record, state.usage.record)
-            else:
-                record.prompt_tokens = opened.prompt_tokens
-                record.completion_tokens = opened.completion_tokens
-                record.images = opened.images
-                self.litellm.on_answer(headers, record, opened.deployment, overhead_ms, opened.ratelimit, True)
-                response = answer(opened, headers)
-            record.overhead_ms = overhead * 1000
-            return response
+            ladder = self.ladders.get(request.alias)
+            if ladder is not None:  # rung by rung, each through _serve (routing/ladder.py)
+                return await self.ladders.serve(ladder, self._serve, http, principal, request, record, headers,
+                                                started)
+            return await self._serve(http, principal, request, record, headers, started)
         except BadShape as exc:  # a request that cannot be converted for its upstream: the client's mistake
             error = bad_request(str(exc), exc.param)
             record.status = error.status
@@ -132,21 +106,15 @@ class Endpoints:
             record.error = exc.reason
             return GatewayError(exc.status, f"{exc.reason}: {exc.text or ''}".strip(": ")).response(headers)
         except ConnectionError as exc:  # the client went away while we wrote to it
-            if opened is not None:
-                opened.finish(ok=False, blame=False)
             record.status = 499
             record.error = f"client disconnected ({type(exc).__name__})"
             raise
         except Exception as exc:  # noqa: BLE001 - a bug of ours: a clean 500 for the client, the details in the log
-            if opened is not None:
-                opened.finish(ok=False, blame=False)
             record.status = 500
             record.error = f"internal error: {type(exc).__name__}: {exc}"
             error = GatewayError(500, f"Internal gateway error (request {record.request_id}).", "server_error")
             return error.response(headers)
         except BaseException as exc:
-            if opened is not None:
-                opened.finish(ok=False, blame=False)
             record.status = 499  # client closed the connection (nginx's convention)
             record.error = f"client disconnected ({type(exc).__name__})"
             raise
@@ -154,6 +122,52 @@ class Endpoints:
             record.latency_ms = (perf() - started) * 1000
             state.in_flight -= 1
             state.finish(record)
+
+    async def _serve(self, http: web.Request, principal: Any, request: Request, record: CallRecord,
+                     headers: dict[str, str], started: float, into: web.StreamResponse | None = None
+                     ) -> web.StreamResponse:
+        """One alias's call, from routing to the response; a ladder calls it per rung, a stream it must check
+        written `into` a buffer (routing/ladder.py). Raises GatewayError when the call is refused or failed."""
+        state = self.state
+        route = state.router.route(request.alias)
+        if route is None:
+            elsewhere = zone_serving(state.config.other_zones, request.alias)
+            raise misdirected(request.alias, elsewhere[0], elsewhere[1].url) if elsewhere \
+                else model_not_found(request.alias[:200], http.path.removeprefix("/v1"))
+        if route.refuse_over_cap:
+            _refuse_over_model_cap(request, route)
+        if state.gate is not None:
+            route = await state.gate.admit(principal, request, route, record)
+        record.prompt_hash = _prompt_hash(request.body)
+        opened = None
+        try:
+            waited_from = perf()
+            opened = await state.proxy.open(request, route, record, _session_key(http, request, state.prefix_chars))
+            upstream_wait = perf() - waited_from
+            record.deployment = opened.deployment.name
+            record.replica = opened.replica.base_url
+            headers[REPLICA_HEADER] = opened.replica.name
+            record.region = opened.deployment.region
+            record.status = 200
+            overhead = perf() - started - upstream_wait
+            headers["x-gateway-overhead-ms"] = overhead_ms = f"{overhead * 1000:.3f}"
+            if request.stream:
+                record.ttft_ms = (perf() - started) * 1000
+                self.litellm.on_answer(headers, record, opened.deployment, overhead_ms, opened.ratelimit, False)
+                response = await relay_stream(http, opened, headers, record,
+                                              state.usage.record if into is None else None, into)
+            else:
+                record.prompt_tokens = opened.prompt_tokens
+                record.completion_tokens = opened.completion_tokens
+                record.images = opened.images
+                self.litellm.on_answer(headers, record, opened.deployment, overhead_ms, opened.ratelimit, True)
+                response = answer(opened, headers)
+            record.overhead_ms = overhead * 1000
+            return response
+        except BaseException:
+            if opened is not None:  # the client went away, or a bug of ours: the upstream call is closed
+                opened.finish(ok=False, blame=False)
+            raise
 
     def _request_id(self, http: web.Request) -> str:
         """The client's x-request-id when it is a plain bounded id; else one of ours (and a log line saying so):

@@ -14,6 +14,8 @@ call (governance/model_access.py: wildcards, `*`, the alias's target).
 `?only_model_access_groups=true` lists access groups only (litellm/proxy/auth/model_checks.py@v1.106.2
 `get_complete_model_list`); the gateway has none (model_info.access_groups is ignored by the settings table), so
 the list is empty, as LiteLLM's is on a config without them.
+
+Ladder aliases (routing/ladder.py) are listed last, for a key whose lists allow the ladder's own name.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class ModelList:
         # Each listed name and the model alias serving it.
         self.groups = {m.alias: m.alias for m in config.models}
         self.groups.update({name: a.model for name, a in config.model_aliases.items() if not a.hidden})
+        self.groups.update({ladder.alias: ladder.alias for ladder in config.ladders})  # routing/ladder.py
         self.aliases = tuple(self.groups)
         self._lists: dict[Allowed, bytes] = {}
         self._entries = {alias: orjson.dumps(model_entry(alias)) for alias in self.aliases}

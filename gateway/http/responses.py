@@ -41,14 +41,16 @@ def answer(opened: Opened, headers: dict[str, str]) -> web.Response:
 
 
 async def relay_stream(request: web.Request, opened: Opened, headers: dict[str, str], record: CallRecord,
-                       before_eof: Callable[[CallRecord], None] | None = None) -> web.StreamResponse:
+                       before_eof: Callable[[CallRecord], None] | None = None,
+                       response: web.StreamResponse | None = None) -> web.StreamResponse:
     """Relay the stream; a failure after the first byte ends it with an OpenAI error event.
 
     `before_eof` sees the record before the stream's last byte, so usage accounting is
     durable before the client holds a complete response. Whatever way the stream ends (done,
-    upstream failure, client gone), the record holds its tokens: see `_account`.
+    upstream failure, client gone), the record holds its tokens: see `_account`. `response`: where to write
+    instead of a new response to the client (a ladder's buffer, routing/replay.py).
     """
-    response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
+    response = response if response is not None else web.StreamResponse(headers={**SSE_HEADERS, **headers})
     adapter = opened.adapter
     events = opened.events
     assert adapter is not None and events is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ class AppState:
     secrets: SecretRefresher | None = None
     in_flight: int = 0
     draining: bool = False  # shutting down: not ready for new calls, finishing those in flight
+    grace_ends: float = 0.0  # time.monotonic() at which the shutdown grace ends; 0 until SIGTERM
     _ids: Any = field(default_factory=lambda: itertools.count(1))
     _id_prefix: str = field(default_factory=lambda: os.urandom(4).hex())
 
@@ -73,6 +75,12 @@ class AppState:
             if record.completion_tokens:
                 series.completion_tokens.inc(record.completion_tokens)
         self.log.write(record)
+
+    def flush_within(self) -> float:
+        """Seconds the ledger's final flush may take: what is left of the shutdown grace (a second kept for the rest
+        of the stop), and never less than 5 s (a stop with no grace: tests, a failed start)."""
+        left = self.grace_ends - time.monotonic() - 1.0 if self.grace_ends else 0.0
+        return max(5.0, left)
 
     def readiness(self) -> dict[str, Any]:
         deployments = {p.name: {"healthy": p.healthy(), "replicas": len(p.replicas), "api_key_set": p.api_key_set}

@@ -67,6 +67,8 @@ class CallLog:
             line["error"] = call.error
         if call.fallbacks:
             line["fallbacks"] = call.fallbacks
+        if call.route:
+            line["route"] = call.route
         # Never raises on a field's content: the call's usage accounting runs after this line.
         self._out.write(safe_dumps(line, orjson.OPT_APPEND_NEWLINE))
 

@@ -50,6 +50,11 @@ class GatewayMetrics:
         self.spend = Counter("llmp_gateway_spend_usd", "USD charged to the spend ledger, by model alias and team",
                              ["model", "team"], registry=r)
         self._spend: dict[tuple[str, str], Any] = {}
+        # Ladders (routing/ladder.py): labels are config names and a fixed set of reasons, so bounded.
+        self.ladder_escalations = Counter("llmp_ladder_escalations", "Ladder rungs moved past, by reason",
+                                          ["ladder", "from_rung", "reason"], registry=r)
+        self.ladder_answers = Counter("llmp_ladder_answers", "Ladder calls answered, by the rung that answered",
+                                      ["ladder", "rung"], registry=r)
         self.batch_lines = Counter("llmp_batch_lines", "Batch lines finished, by model alias and result",
                                    ["model", "result"], registry=r)
         self.batches = Gauge("llmp_batches", "Batches in the ledger store, by status", ["status"], registry=r)

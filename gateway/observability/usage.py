@@ -29,6 +29,7 @@ class CallRecord:
     prompt_hash: str = ""
     error: str | None = None
     fallbacks: list[str] = field(default_factory=list)
+    route: str = ""  # a ladder's rungs and their outcomes, as the x-llmp-route header (routing/ladder.py)
     # Governance: who pays (the key's hash, never the key), the limiter's ticket, and whether it was accounted.
     key_token: str = ""
     key_alias: str | None = None

@@ -8,6 +8,7 @@ import signal
 import sys
 
 from gateway.sim.server import FAULTS, SimServer, SimSettings
+from gateway.sim.structured import MISBEHAVIOURS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,10 +25,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="sim")
     parser.add_argument("--legacy-errors", action="store_true",
                         help="answer faults in older vLLM's flat error shape ({\"object\": \"error\", ...})")
+    parser.add_argument("--misbehave", action="append", default=[], metavar="MODEL=KIND",
+                        help=f"answer requests for MODEL (* for any) as a weak model does, KIND one of "
+                             f"{', '.join(MISBEHAVIOURS)} (repeatable): what a ladder escalates on")
     parser.add_argument("--shutdown-timeout", type=float, default=0.0,
                         help="on SIGTERM, as vLLM's flag: refuse new requests (503) and let those in flight "
                              "finish for up to this many seconds; 0 (vLLM's default) aborts them")
     args = parser.parse_args(argv)
+    misbehave = {}
+    for item in args.misbehave:
+        model, _, kind = item.partition("=")
+        if not model or kind not in MISBEHAVIOURS:
+            parser.error(f"--misbehave {item!r}: expected MODEL=KIND, KIND one of {', '.join(MISBEHAVIOURS)}")
+        misbehave[model] = kind
     settings = SimSettings(
         models=tuple(args.model or ["sim-model"]),
         any_model=not args.model,
@@ -37,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         fault=args.fault,
         name=args.name,
         legacy_errors=args.legacy_errors,
+        misbehave=misbehave,
     )
     try:
         import uvloop

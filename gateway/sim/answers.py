@@ -12,7 +12,8 @@ WORDS = (" The", " gateway", " passes", " tokens", " through", " as", " they", "
 
 
 def openai_events(
-    ident: str, created: int, model: str, n: int, finish: str, usage: dict[str, int], chat: bool, include_usage: bool
+    ident: str, created: int, model: str, n: int, finish: str, usage: dict[str, int], chat: bool, include_usage: bool,
+    pieces: list[str] | None = None,
 ) -> Any:
     obj = "chat.completion.chunk" if chat else "text_completion"
 
@@ -27,7 +28,7 @@ def openai_events(
         yield chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                      "finish_reason": None})
     for i in range(n):
-        word = WORDS[i % len(WORDS)]
+        word = pieces[i] if pieces is not None else WORDS[i % len(WORDS)]
         last = finish if i == n - 1 else None
         if chat:
             yield chunk({"index": 0, "delta": {"content": word}, "logprobs": None, "finish_reason": last})

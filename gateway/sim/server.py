@@ -25,6 +25,7 @@ from gateway.sim.drain import Admission
 from gateway.sim.settings import FAULTS as FAULTS
 from gateway.sim.settings import SimSettings as SimSettings
 from gateway.sim.settings import SimStats as SimStats
+from gateway.sim.structured import shaped
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
@@ -167,6 +168,8 @@ class Simulator:
                 return early
             prompt = count_tokens(body.get("messages") if chat else body.get("prompt"))
             n, finish = self._completion_len(body)
+            misbehave = self.settings.misbehave
+            pieces, finish = shaped(body, n, finish, misbehave.get(str(body.get("model"))) or misbehave.get("*"))
             self.stats.prompt_tokens += prompt
             self.stats.generation_tokens += n
             model = body["model"]
@@ -175,11 +178,12 @@ class Simulator:
             usage = {"prompt_tokens": prompt, "total_tokens": prompt + n, "completion_tokens": n}
             if body.get("stream"):
                 opts = body.get("stream_options") or {}
-                events = openai_events(ident, created, model, n, finish, usage, chat, bool(opts.get("include_usage")))
+                events = openai_events(ident, created, model, n, finish, usage, chat, bool(opts.get("include_usage")),
+                                       pieces)
                 await self._pace(first=True)
                 return await self._stream(request, events, fault)
             await self._pace(first=True)
-            text = "".join(WORDS[i % len(WORDS)] for i in range(n))
+            text = "".join(pieces) if pieces is not None else "".join(WORDS[i % len(WORDS)] for i in range(n))
             if chat:
                 choice = {
                     "index": 0,

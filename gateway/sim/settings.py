@@ -37,6 +37,9 @@ class SimSettings:
     error_status: int = 500  # the status of the "error_500" fault (502, 503, 504 as gateways in front of vLLM send)
     error_message: str = "simulated engine failure"
     legacy_errors: bool = False  # the "error_500" and "rate_limit_429" faults in older vLLM's flat error shape
+    # Upstream model name ("*": any) -> bad-json | bad-schema | length | empty: answers a ladder escalates on
+    # (sim/structured.py); requests with a response_format get JSON from the others.
+    misbehave: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -389,3 +390,56 @@ async def test_a_flush_returns_only_once_every_record_written_before_it_is_in_th
     await asyncio.gather(background, asked)
     assert await ledger_ids(url) == sorted([first["request_id"], second["request_id"]])
     await ledger.stop()
+
+
+async def test_the_final_flush_runs_when_the_flush_loop_died_and_the_store_closes_after_its_statement(
+        tmp_path: Path) -> None:
+    """SIGTERM's final flush is what puts the last calls' records in the store: a flush loop that died of something
+    unexpected does not skip it, and closing the store waits for a statement still running in its worker thread
+    (one whose caller was cancelled) instead of closing the connection under it."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    events = Events()
+    ledger = new_ledger(url, tmp_path / "spool", events)
+    await ledger.start()
+
+    async def died() -> None:
+        raise RuntimeError("flush loop broke")
+
+    assert ledger._task is not None
+    ledger._task.cancel()
+    ledger._task = asyncio.get_running_loop().create_task(died())
+    await asyncio.sleep(0)
+    for row in rows(5, "last"):
+        ledger.write(row)
+    await ledger.stop()
+    assert await ledger_ids(url) == sorted(r["request_id"] for r in rows(5, "last"))
+    assert [f["error"] for e, f in events if e == "ledger_flush_loop_failed"] == ["RuntimeError: flush loop broke"]
+
+    store = open_store(url, 10)
+    await store.open()
+
+    def slow_insert(db: sqlite3.Connection) -> None:
+        db.execute("CREATE TABLE IF NOT EXISTS closing (n INTEGER)")
+        time.sleep(0.3)
+        db.execute("INSERT INTO closing VALUES (1)")
+
+    slow = asyncio.ensure_future(store._run(slow_insert))  # type: ignore[attr-defined]
+    await asyncio.sleep(0.05)
+    slow.cancel()  # its caller gives up (a flush cut by its timeout); the statement still runs in its thread
+    await store.close()  # must wait for it: a close under it would fail it half way
+    with pytest.raises(asyncio.CancelledError):
+        await slow
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        assert db.execute("SELECT n FROM closing").fetchall() == [(1,)]
+
+
+def test_the_final_flush_gets_what_is_left_of_the_shutdown_grace() -> None:
+    from gateway.http.state import AppState
+
+    state = AppState.__new__(AppState)
+    state.grace_ends = 0.0
+    assert state.flush_within() == 5.0  # no SIGTERM yet (a failed start): the old fixed bound
+    state.grace_ends = time.monotonic() + 60
+    assert 58.0 < state.flush_within() <= 59.0
+    state.grace_ends = time.monotonic() + 2
+    assert state.flush_within() == 5.0

@@ -132,6 +132,23 @@ def ledger(workdir: Path, region: str) -> list[tuple[str, str, str, str, float]]
         return list(db.execute("SELECT request_id, key_token, deployment, region, cost FROM llmp_spend"))
 
 
+def where_they_are(workdir: Path, gateways: dict[str, GatewayProcess], ids: list[str],
+                   counted: Counter[str]) -> str:
+    """What a failure needs to be understood: each missing call's count of rows, whether its record still waits in
+    a spool (or its quarantine), and every gateway's events other than calls (a flush cut short says so there)."""
+    wanted = set(ids)
+    spooled: dict[str, list[str]] = {}
+    for path in sorted(workdir.glob("*-spool/*")):
+        for line in path.read_bytes().splitlines():
+            if any(i.encode() in line for i in wanted):
+                spooled.setdefault(path.name, []).append(line.decode(errors="replace")[:200])
+    events = {name: [line[:300] for line in gw.log().splitlines()
+                     if line.startswith("{") and orjson.loads(line).get("event") not in ("call", "circuit")]
+              for name, gw in gateways.items()}
+    return orjson.dumps({"rows": {i: counted[i] for i in ids[:5]}, "spooled": spooled, "events": events},
+                        option=orjson.OPT_INDENT_2).decode()
+
+
 def calls_logged(gw: GatewayProcess) -> list[dict[str, Any]]:
     out = []
     for line in gw.log().splitlines():
@@ -205,7 +222,8 @@ async def test_a_regions_model_servers_die_under_load_and_the_other_region_of_it
     rows = {region: ledger(stack["dir"], region) for region in SIMS}
     everywhere = Counter(rid for region_rows in rows.values() for rid, *_ in region_rows)
     doubled = [rid for rid in answered if everywhere[rid] != 1]
-    assert not doubled, f"{len(doubled)} calls not in exactly one ledger once, e.g. {doubled[:3]}"
+    assert not doubled, (f"{len(doubled)} calls not in exactly one ledger once, e.g. {doubled[:3]}: "
+                         f"{where_they_are(stack['dir'], gateways, doubled, everywhere)}")
     in_a = {rid: (key, dep, region, cost) for rid, key, dep, region, cost in rows[A]}
     assert set(answered) <= set(in_a)
     assert {in_a[rid][0] for rid in answered} == {made["token_id"]}, "charged to the caller's key, not a master key"

@@ -146,14 +146,23 @@ class SpendLedger:
                     reason=reason[:300], file=str(self.spool.directory / "quarantine.jsonl"))
 
     async def stop(self, timeout: float = 5.0) -> None:
-        """Final flush (SIGTERM path); what cannot be flushed in time stays in the spool for the next start."""
-        await cancel(self._task)
+        """Final flush (SIGTERM path), within `timeout` seconds; what cannot be flushed in time stays in the spool
+        for the next start, and the event says how much."""
+        try:
+            await cancel(self._task)
+        except Exception as exc:  # noqa: BLE001 - the loop died of something unexpected: the final flush still runs
+            self._event("ledger_flush_loop_failed", error=f"{type(exc).__name__}: {exc}"[:300])
         self._task = None
+        started = time.monotonic()
         try:
             async with asyncio.timeout(timeout):
                 await self.flush()
         except TimeoutError:
-            self._event("ledger_flush_timeout", note="records stay in the spool and are replayed at the next start")
+            self._event("ledger_flush_timeout", seconds=round(time.monotonic() - started, 3),
+                        note="records stay in the spool and are replayed at the next start")
+        if self._store_down:
+            self._event("ledger_flush_incomplete", note="the store is down: records stay in the spool and are "
+                        "replayed at the next start")
         self.spool.close()
 
 

@@ -107,9 +107,16 @@ class SqliteStore:
 
     async def close(self) -> None:
         self._closed = True
-        if self._db is not None:
-            db, self._db = self._db, None
-            await asyncio.to_thread(db.close)
+
+        def close() -> None:
+            # Under the lock: a statement still running in another worker thread (one whose caller was cancelled,
+            # such as a flush cut by its timeout) ends before the connection closes, never rolled back half way.
+            with self._lock:
+                db, self._db = self._db, None
+                if db is not None:
+                    db.close()
+
+        await asyncio.to_thread(close)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         def call() -> T:
