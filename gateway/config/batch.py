@@ -36,8 +36,8 @@ class BatchSettings(_Strict):
     concurrency: int = Field(8, ge=1, le=1024)  # lines of one batch in flight at once
     # A batch pauses its next line while this many interactive calls are in flight on its deployments; 0: never.
     yield_to_interactive: int = Field(1, ge=0)
-    # OpenAI's limits: 200 MB per batch input file, 50,000 requests per batch
-    # (https://platform.openai.com/docs/guides/batch#rate-limits).
+    # OpenAI's limits: "up to 50,000 requests, and can be up to 200 MB in size" (the input file, in
+    # https://platform.openai.com/docs/api-reference/batch/create).
     max_file_bytes: int = Field(209_715_200, ge=1)
     max_lines: int = Field(50_000, ge=1)
     models: dict[str, str] = {}  # a line naming the key runs on the value, a `tier: batch` model
