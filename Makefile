@@ -111,6 +111,7 @@ bench: install
 	$(PY) bench/gateway_vs_litellm.py
 	$(PY) bench/gateway_governance.py
 	$(PY) bench/gateway_cache.py
+	$(PY) bench/gateway_batch.py
 
 clean:
 	rm -rf $(VENV) $(GW_VENV) .pytest_cache node_modules

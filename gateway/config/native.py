@@ -110,6 +110,7 @@ Governance sections (see gateway/README.md, "Governance", for semantics and boun
              flush_interval: 0.5, batch: 500, fsync: interval | always, store_timeout: 10,
              budget_sync_seconds: 60}
     keys: {refresh_seconds: 2}     # bound on revocation delay on every replica
+    batch: {files: {local_dir: ./f}, price_fraction: 0.5, models: {a: a-batch}}  # Batch API (README, tier: batch)
 
 The response cache (gateway/config/cache.py, gateway/cache/; README "Response cache")::
 
@@ -143,6 +144,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.config.batch import BatchSettings, check_batch
 from gateway.config.cache import CacheSettings, check_cache
 from gateway.config.clouds import AzureSettings, BedrockSettings
 from gateway.config.env import resolve_env
@@ -251,6 +253,7 @@ class Model(_Strict):
     # set, and then a key, team or user with a budget may not call /v1/images/generations on it.
     output_cost_per_image: float | None = Field(None, ge=0)
     max_request_bytes: int | None = Field(None, ge=1)  # larger request bodies get a 400 naming this cap
+    tier: Literal["interactive", "batch"] = "interactive"  # batch: may run Batch API lines (gateway/batch/)
 
 
 class ModelAlias(_Strict):
@@ -288,6 +291,7 @@ class GatewayConfig(_Strict):
     model_aliases: dict[str, ModelAlias] = {}  # name clients send -> model alias (upstream/names.py)
     ladders: list[Ladder] = []  # cheap-then-expensive aliases (config/ladders.py, routing/ladder.py)
     cache: CacheSettings | None = None  # the response cache (config/cache.py); None: off
+    batch: BatchSettings | None = None  # OpenAI's Files and Batch API (gateway/batch/)
 
     @model_validator(mode="after")
     def _references(self) -> GatewayConfig:
@@ -325,6 +329,7 @@ class GatewayConfig(_Strict):
                 raise ValueError(f"model_aliases.{name}: {target.model!r} is not a model alias")
         check_ladders(self.ladders, seen, self.model_aliases)
         check_cache(self.cache, seen | set(self.model_aliases))
+        check_batch(self.batch, self.ledger is not None, {m.alias: m.tier for m in self.models})
         return self
 
     def model(self, alias: str) -> Model | None:

@@ -9,6 +9,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from gateway.batch.service import BATCH, BatchService
 from gateway.cache.response_cache import build_cache
 from gateway.config.native import GatewayConfig
 from gateway.governance.build import build_governance
@@ -107,6 +108,9 @@ def build_app(
     app.add_routes(ModelList(state).routes())
     app.add_routes(audio_routes())
     app.add_routes(app_routes)
+    if config.batch is not None and state.governance is not None:  # /v1/files, /v1/batches (gateway/batch/)
+        app[BATCH] = BatchService(state, state.governance)
+        app.add_routes(app[BATCH].routes())
     Cors(CorsPolicy.from_env()).install(app)  # LITELLM_CORS_ORIGINS, as LiteLLM reads it (http/cors.py)
     app.router.add_route("*", "/{tail:.*}", Endpoints.no_such_endpoint)  # after every other route
     app.cleanup_ctx.append(_lifetime)
@@ -172,6 +176,8 @@ async def _start(app: web.Application) -> None:
         state.secrets.start(state.log.event)
     if state.governance is not None:
         await state.governance.start()
+    if BATCH in app:
+        await app[BATCH].start()
     state.log.event("started", models=[m.alias for m in state.config.models], region=state.config.gateway.region,
                     residency=state.config.gateway.residency, deployments=[p.name for p in state.router.pools])
 
@@ -180,6 +186,8 @@ async def _stop(app: web.Application) -> None:
     # Also runs after a failed _start: stop only what exists, and let one part's failure not leave the others running.
     state = app[STATE]
     parts: list[tuple[str, Callable[[], Awaitable[object]]]] = []
+    if BATCH in app:  # first: its lines in flight use governance and the upstream session
+        parts.append(("batch", app[BATCH].stop))
     if state.governance is not None:  # after aiohttp drained in-flight calls: their records are in the spool
         parts.append(("governance", lambda: state.governance.stop(state.flush_within())))
     if state.secrets is not None:

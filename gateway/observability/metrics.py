@@ -60,6 +60,17 @@ class GatewayMetrics:
                                       "result", ["model", "result"], registry=r)
         self.cache_saved = Counter("llmp_cache_saved_usd", "USD cache hits did not pay, by model alias", ["model"],
                                    registry=r)
+        self.batch_lines = Counter("llmp_batch_lines", "Batch lines finished, by model alias and result",
+                                   ["model", "result"], registry=r)
+        self.batches = Gauge("llmp_batches", "Batches in the ledger store, by status", ["status"], registry=r)
+
+    def batch_line(self, alias: str, result: str) -> None:
+        self.batch_lines.labels(alias, result).inc()
+
+    def batch_statuses(self, counts: dict[str, int]) -> None:
+        for status in ("validating", "in_progress", "finalizing", "completed", "failed", "expired", "cancelling",
+                       "cancelled"):
+            self.batches.labels(status).set(counts.get(status, 0))
 
     def model(self, alias: str) -> ModelSeries:
         series = self._models.get(alias)

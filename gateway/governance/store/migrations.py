@@ -121,6 +121,23 @@ _V5 = (
 )
 
 
+# OpenAI's Files and Batch API (gateway/batch/): file metadata (contents are in the file store), batches with the
+# lease a replica holds while it runs one, and one row per finished line, unique per (batch, custom_id): the line's
+# result and its spend row are written in one transaction, so a re-run after a crash finds it done.
+_V6 = (
+    """CREATE TABLE llmp_files (
+        id TEXT PRIMARY KEY, key_token TEXT NOT NULL, team_id TEXT, purpose TEXT NOT NULL, filename TEXT NOT NULL,
+        bytes BIGINT NOT NULL, created_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE llmp_batches (
+        id TEXT PRIMARY KEY, key_token TEXT NOT NULL, team_id TEXT, status TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL, lease_owner TEXT, lease_until DOUBLE PRECISION, doc TEXT NOT NULL)""",
+    "CREATE INDEX llmp_batches_status ON llmp_batches (status)",
+    """CREATE TABLE llmp_batch_lines (
+        batch_id TEXT NOT NULL, custom_id TEXT NOT NULL, line_no INTEGER NOT NULL, ok INTEGER NOT NULL,
+        result TEXT NOT NULL, PRIMARY KEY (batch_id, custom_id))""",
+)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "keys, teams and spend rows", _V1),
     # Only new tables and a nullable column: version 1 code reads and writes such a database unchanged.
@@ -132,6 +149,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "writes by older gateways stamped for peers; spend by scope and time", _V4, readable_by=1),
     # Two nullable columns: older code reads and writes it (its rows leave them NULL).
     Migration(5, "spend rows say whether the response cache answered, and what it saved", _V5, readable_by=1),
+    # New tables only: older code reads and writes the rest unchanged (it serves no /v1/batches).
+    Migration(6, "files, batches and batch lines", _V6, readable_by=1),
 )
 
 

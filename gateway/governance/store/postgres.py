@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from gateway.governance.keys import Team, User, VirtualKey
+from gateway.governance.store.batches import BatchRows, PostgresBatchRows
 from gateway.governance.store.documents import (
     key_doc,
     key_from_doc,
@@ -139,6 +140,20 @@ class PostgresStore:
                 return await self._reread_on_refusal(lambda: getattr(self._pool, method)(sql, *args))
         except asyncpg.UniqueViolationError as exc:
             raise Conflict(str(exc)) from None
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"postgresql: {type(exc).__name__}: {exc}") from None
+
+    def batches(self) -> BatchRows:
+        return PostgresBatchRows(self)
+
+    async def transaction(self, work: Callable[[], Awaitable[T]]) -> T:
+        """`work()`, which runs one transaction on the pool: bounded, its failures a StoreError."""
+        import asyncpg
+
+        await self._ready()
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await work()
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"postgresql: {type(exc).__name__}: {exc}") from None
 

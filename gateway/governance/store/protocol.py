@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from gateway.governance.keys import Team, User, VirtualKey
+from gateway.governance.store.batches import BatchRows
 from gateway.governance.store.replication import Cursor, PeerRecord
 
 
@@ -33,6 +34,10 @@ class LedgerStore(Protocol):
     async def close(self) -> None: ...
 
     async def key_fingerprint(self) -> tuple[int, int]: ...
+
+    def batches(self) -> BatchRows:
+        """The Batch API's files, batches and lines (gateway.governance.store.batches)."""
+        ...
 
     async def load_keys(self) -> tuple[list[VirtualKey], list[Team]]: ...
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.governance.keys import Team, User, VirtualKey
+from gateway.governance.store.batches import BatchRows, SqliteBatchRows
 from gateway.governance.store.documents import (
     key_doc,
     key_from_doc,
@@ -134,6 +135,9 @@ class SqliteStore:
                     raise StoreError(f"sqlite: {exc}") from None
 
         return await asyncio.to_thread(call)
+
+    def batches(self) -> BatchRows:
+        return SqliteBatchRows(self)
 
     def _bad(self, kind: str, ident: str, reason: str) -> None:
         # Read back as blocked (see documents): one bad row never fails a list, nor loosens a limit.
