@@ -815,8 +815,6 @@ def check_gateway_features(cfg: StackConfig, catalog: Catalog) -> list[tuple[str
             elif models[target].tier != "batch":
                 problems.append((f"{at}.batch.models.{name}", f"{target} is a `tier: {models[target].tier}` model; "
                                                               f"batch lines run on `tier: batch` models only"))
-        if not any(m.tier == "batch" for m in cfg.models):
-            problems.append((f"{at}.batch", "no model has `tier: batch`: batch lines would have nothing to run on"))
     return problems
 
 
