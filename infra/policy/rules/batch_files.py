@@ -185,7 +185,7 @@ def judge_access(resources: Resources, policy: PolicyConfig, gateway_roles: Mapp
     roles = {str(r.outputs.get("name")): str(r.outputs.get("arn")) for r in resources.of_type(IAM_ROLE)}
     buckets = {str(b.outputs.get("bucket")): b for b in batch_buckets(resources)}
     uses: dict[str, dict[str, set[str]]] = {}  # role ARN -> bucket -> actions granted on it or its objects
-    key_uses: dict[str, set[str]] = {}  # role ARN -> KMS key ARNs it may use
+    key_uses: dict[str, dict[str, set[str]]] = {}  # role ARN -> KMS key ARN -> kms actions granted on it
     for p in resources.of_type(IAM_ROLE_POLICY):
         role_arn = roles.get(str(p.inputs.get("role")), str(p.inputs.get("role")))
         for actions, targets in _grants(policy_document(p.inputs.get("policy"))):
@@ -193,8 +193,8 @@ def judge_access(resources: Resources, policy: PolicyConfig, gateway_roles: Mapp
                 name = target.removeprefix("arn:aws:s3:::").split("/", 1)[0]
                 if target.startswith("arn:aws:s3:::") and name in buckets:
                     uses.setdefault(role_arn, {}).setdefault(name, set()).update(actions)
-                if target.startswith("arn:aws:kms:") and {"kms:Decrypt", "kms:GenerateDataKey"} & set(actions):
-                    key_uses.setdefault(role_arn, set()).add(target)
+                if target.startswith("arn:aws:kms:"):
+                    key_uses.setdefault(role_arn, {}).setdefault(target, set()).update(actions)
     for role_arn, granted in sorted(uses.items()):
         for name in sorted(granted):
             bucket = buckets[name]
@@ -215,6 +215,7 @@ def judge_access(resources: Resources, policy: PolicyConfig, gateway_roles: Mapp
         if missing:
             found.fail(f"the gateway role of {release.region} may not {', '.join(missing)} in its batch bucket "
                        f"{name}: the gateway there could not keep batch files")
-        if key and key not in key_uses.get(role_arn, set()):
+        # Writing asks KMS for a data key, reading for its decryption: the secrets' kms:Decrypt alone is not enough.
+        if key and not {"kms:GenerateDataKey", "kms:Decrypt"} <= key_uses.get(role_arn, {}).get(key, set()):
             found.fail(f"the gateway role of {release.region} may not use {key}, the key its batch files are "
-                       f"encrypted with")
+                       f"encrypted with (kms:GenerateDataKey and kms:Decrypt)")
