@@ -222,6 +222,7 @@ PLACEHOLDER_DIGEST = "sha256:" + "0" * 64
 # -- the gateway's cost features (issue 19): the shapes of the gateway's own `ladders`, `cache`, `batch` sections
 # (gateway/config/ladders.py, cache.py, batch.py); infra/gateway_config.py renders them per region.
 EscalateOn = Literal["error", "invalid_json", "length", "empty"]
+ESCALATE_ON_ALL: list[EscalateOn] = ["error", "invalid_json", "length", "empty"]
 
 
 class LadderRule(_Model):
@@ -240,7 +241,7 @@ class Ladder(_Model):
     """A cheap-then-expensive alias: `rungs` are model names, cheapest first."""
     alias: Slug
     rungs: list[str] = Field(min_length=2)
-    escalate_on: list[EscalateOn] = Field(default_factory=lambda: ["error", "invalid_json", "length", "empty"])
+    escalate_on: list[EscalateOn] = Field(default_factory=lambda: list(ESCALATE_ON_ALL))
     rules: list[LadderRule] = Field(default_factory=list)
     pins: LadderPins = LadderPins()
 
@@ -259,7 +260,7 @@ class ResponseCache(_Model):
 
 
 class Batch(_Model):
-    """OpenAI's Files and Batch API on the gateway; files in the zone's batch bucket (infra/components/batch_files.py)."""
+    """OpenAI's Files and Batch API on the gateway; files in the zone's bucket (infra/components/batch_files.py)."""
     price_fraction: float = Field(default=0.5, gt=0.0, le=1.0)
     concurrency: int = Field(default=8, ge=1)
     yield_to_interactive: int = Field(default=1, ge=0)

@@ -138,7 +138,7 @@ def gateway_config(cfg: StackConfig, region: Region, stores: StoreRefs | None = 
         "models": models,
         "other_zones": other_zones(cfg, region),
         **(governance(cfg, region, stores) if stores is not None else {}),
-        **cost_features(cfg, region, {m["alias"] for m in models}, stores),
+        **cost_features(cfg, region, {str(m["alias"]) for m in models}, stores),
     }
 
 

@@ -9,8 +9,8 @@ from infra.catalog import load_catalog
 from infra.chart_values import GATEWAY_RELEASE, model_service_account_subjects
 from infra.components.addons import ClusterAddons, ClusterAddonsArgs
 from infra.components.autoscaling import Autoscaling, AutoscalingArgs
-from infra.components.budget import StackBudget, StackBudgetArgs
 from infra.components.batch_files import BatchFiles, BatchFilesArgs, s3_settings
+from infra.components.budget import StackBudget, StackBudgetArgs
 from infra.components.cluster import Cluster, ClusterArgs
 from infra.components.deploy_hub import DeployHub, DeployHubArgs
 from infra.components.dns import FailoverDns, FailoverDnsArgs
@@ -248,7 +248,7 @@ class Platform(pulumi.ComponentResource):
                 pulumi.log.warn(f"gateway.ladders {alias}: not offered in {region_name}: its zone "
                                 f"{rs.region.residency!r} serves no {', '.join(missing)} (a gateway never calls "
                                 f"another zone's models)")
-            files = batch_files.get(rs.region.residency)
+            zone_files = batch_files.get(rs.region.residency)
             stores = GatewayStores(f"{region_name}-gateway-stores", GatewayStoresArgs(
                 stack=cfg.stack, region=region_name, environment=cfg.environment, vpc_id=rs.network.vpc_id,
                 private_subnet_ids=rs.network.private_subnet_ids,
@@ -263,7 +263,8 @@ class Platform(pulumi.ComponentResource):
                 key_arn=key_arns[region_name],
                 config=gateway_config(cfg, rs.region, StoreRefs(
                     stores.ledger_dsn, stores.ledger_password_secret_arn,
-                    s3_settings(files.bucket, files.region, key_arns[files.region]) if files else None)),
+                    s3_settings(zone_files.bucket, zone_files.region, key_arns[zone_files.region])
+                    if zone_files else None)),
                 certificate_arn=rs.certificate_arn, tags=rs.tags,
                 load_balancer_controller=rs.load_balancer.release, image_repository=images[region_name],
                 store_endpoints=[stores.redis_endpoint],

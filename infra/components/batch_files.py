@@ -2,8 +2,9 @@
 
 Per zone, not per region: a batch (and its files) belongs to a key, and a key's calls land on any region of its
 zone, so every gateway of the zone reads and writes the same files; the bucket lives in the zone's first region and
-nothing replicates it, so a file never leaves the zone (README: Batch files). The gateway stores content only, under
-`files/<file id>` (gateway/batch/s3_files.py); what a file is and who owns it lives in the region's ledger.
+nothing replicates it, so a file never leaves the zone (README: Ladders, cache and batch). The gateway stores
+content only, under `files/<file id>` (gateway/batch/s3_files.py); what a file is and who owns it lives in the
+region's ledger.
 """
 from __future__ import annotations
 

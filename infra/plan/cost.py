@@ -143,8 +143,8 @@ def _bucket_cost(bucket: Resource, catalog: Catalog) -> StoreCost | str:
     BATCH_REQUESTS_PER_MONTH PUTs and GETs; S3 list prices scaled by the region's level like the other stores."""
     tags = bucket.inputs.get("tags") or {}
     try:
-        gib = float(tags.get(TAG_BUDGET_GIB))
-    except (TypeError, ValueError):
+        gib = float(str(tags.get(TAG_BUDGET_GIB)))
+    except ValueError:
         return f"the storage batch bucket {bucket.outputs.get('bucket')} reserves (tag {TAG_BUDGET_GIB})"
     s = catalog.stores
     if not s.s3_standard_usd_gb_month:

@@ -204,4 +204,5 @@ def test_a_batch_bucket_without_its_reserved_storage_is_rejected(prod_plan):
         del find(rs, BUCKET, "eu-batch-files").inputs["tags"]["llm-platform:budget-gib"]
 
     assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, untagged), "budget-cap"),
-                    "gateway store eu-batch-files in eu-north-1: the storage batch bucket", "(tag llm-platform:budget-gib)")
+                    "gateway store eu-batch-files in eu-north-1: the storage batch bucket",
+                    "(tag llm-platform:budget-gib)")

@@ -132,17 +132,17 @@ def judge_stores(resources: Resources, policy: PolicyConfig, keys: Mapping[str, 
             found.fail(f"{where} is force-destroyed with its files: in prod a destroy must stop at a non-empty bucket")
     by_name = {str(b.outputs.get("bucket")): b for b in buckets}
     for release, s3 in gateway_files(resources):
-        bucket = by_name.get(str(s3.get("bucket")))
+        named = by_name.get(str(s3.get("bucket")))
         found.judged(release, batch_files_bucket=s3.get("bucket"), batch_files_region=s3.get("region"))
-        if bucket is None:
+        if named is None:
             found.fail(f"the gateway in {release.region} keeps batch files in {s3.get('bucket')}, which is not a "
                        f"batch bucket this stack creates")
             continue
-        if s3.get("region") != bucket.region:
+        if s3.get("region") != named.region:
             found.fail(f"the gateway in {release.region} calls batch bucket {s3.get('bucket')} in "
-                       f"{s3.get('region')}, but it is in {bucket.region}")
+                       f"{s3.get('region')}, but it is in {named.region}")
         kms = [str((rule.get("applyServerSideEncryptionByDefault") or {}).get("kmsMasterKeyId") or "")
-               for c in _attached(resources, BUCKET_SSE, bucket) for rule in as_list(c.inputs.get("rules"))]
+               for c in _attached(resources, BUCKET_SSE, named) for rule in as_list(c.inputs.get("rules"))]
         if s3.get("kms_key_id") and str(s3.get("kms_key_id")) not in kms:
             found.fail(f"the gateway in {release.region} writes batch files with key {s3.get('kms_key_id')}, not "
                        f"the bucket's ({', '.join(kms) or 'none'})")
@@ -154,8 +154,8 @@ def judge_stores(resources: Resources, policy: PolicyConfig, keys: Mapping[str, 
     for zone, names in sorted(zones_used.items()):
         found.judged(None, batch_zone=zone, batch_buckets=sorted(names))
         if len(names) != 1:
-            found.fail(f"residency zone {zone!r} has {len(names) or 'no'} batch buckets ({', '.join(sorted(names)) or 'none'}); "
-                       f"its gateways share exactly one")
+            found.fail(f"residency zone {zone!r} has {len(names) or 'no'} batch buckets "
+                       f"({', '.join(sorted(names)) or 'none'}); its gateways share exactly one")
 
 
 def judge_residency(resources: Resources, policy: PolicyConfig, found: Findings) -> None:
