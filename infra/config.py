@@ -249,7 +249,7 @@ class Ladder(_Model):
 class ResponseCache(_Model):
     """The gateway's response cache, in the region's Redis (its `redis` section)."""
     ttl_seconds: int = Field(default=3600, ge=1)
-    max_entry_bytes: int = Field(default=1 << 20, ge=1)
+    max_entry_bytes: int = Field(default=1 << 20, ge=1, le=512 << 20)  # 512 MiB: Redis's largest string value
     max_bytes: int = Field(default=256 << 20, ge=1)
     hit_cost_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
     scope: Literal["team", "key"] = "team"
@@ -783,9 +783,13 @@ def check_gateway_features(cfg: StackConfig, catalog: Catalog) -> list[tuple[str
             if rule.start_at not in ladder.rungs:
                 problems.append((f"{lat}.rules[{j}].start_at", f"{rule.start_at!r} is not a rung of {ladder.alias} "
                                                                f"({', '.join(ladder.rungs)})"))
-            if rule.prompt_tokens_over is None and rule.tools is None:
-                problems.append((f"{lat}.rules[{j}]", "a rule needs prompt_tokens_over or tools (else it matches "
-                                                      "every call: reorder the rungs instead)"))
+            # The gateway's rule has exactly one condition (gateway/config/ladders.py LadderRule).
+            if (rule.prompt_tokens_over is None) == (rule.tools is None):
+                problems.append((f"{lat}.rules[{j}]", "a rule has exactly one condition: prompt_tokens_over: N or "
+                                                      "tools: true (write two rules for both)"))
+            elif rule.tools is False:
+                problems.append((f"{lat}.rules[{j}].tools", "tools: false matches nothing a ladder would skip for: "
+                                                            "write tools: true"))
         for kind, pins in (("teams", ladder.pins.teams), ("keys", ladder.pins.keys)):
             for who, rung in pins.items():
                 if rung not in ladder.rungs:
@@ -797,6 +801,9 @@ def check_gateway_features(cfg: StackConfig, catalog: Catalog) -> list[tuple[str
             if name != "*" and name not in models:
                 problems.append((f"{at}.cache.models[{j}]", f"no model named {name!r} (models: {names}; a ladder "
                                                             f"is cached per rung: list its rungs)"))
+        if not (cache.models or cache.teams or cache.keys):
+            problems.append((f"{at}.cache.models", "the cache names no model, team or key to cache for (e.g. "
+                                                   "models: [\"*\"])"))
         if cache.max_entry_bytes > cache.max_bytes:
             problems.append((f"{at}.cache.max_entry_bytes",
                              f"{cache.max_entry_bytes} is above max_bytes ({cache.max_bytes})"))

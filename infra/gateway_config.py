@@ -168,7 +168,8 @@ def cost_features(cfg: StackConfig, region: Region, offered: set[str], stores: S
     cache = cfg.gateway.cache
     if cache is not None and stores is not None:
         models = [m for m in cache.models if m == "*" or m in offered]
-        out["cache"] = {**cache.model_dump(exclude={"models"}), "models": models}
+        if models or cache.teams or cache.keys:  # else nothing here to cache (the gateway refuses an empty cache)
+            out["cache"] = {**cache.model_dump(exclude={"models"}), "models": models}
     batch = cfg.gateway.batch
     if batch is not None and stores is not None and stores.batch_files is not None:
         mapped = {k: v for k, v in batch.models.items() if k in offered and v in offered}

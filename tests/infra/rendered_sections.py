@@ -24,6 +24,12 @@ class LadderRule(_Strict):
     tools: bool | None = None
     start_at: str
 
+    @model_validator(mode="after")
+    def _one_condition(self) -> LadderRule:
+        if (self.prompt_tokens_over is None) == (self.tools is None) or self.tools is False:
+            raise ValueError("a rule has exactly one condition: prompt_tokens_over: N or tools: true")
+        return self
+
 
 class LadderPins(_Strict):
     teams: dict[str, str] = {}
@@ -41,7 +47,7 @@ class Ladder(_Strict):
 
 class CacheSettings(_Strict):
     ttl_seconds: int = Field(3600, ge=1)
-    max_entry_bytes: int = Field(1 << 20, ge=1)
+    max_entry_bytes: int = Field(1 << 20, ge=1, le=512 << 20)
     max_bytes: int = Field(256 << 20, ge=1)
     hit_cost_fraction: float = Field(0.0, ge=0, le=1)
     scope: Literal["team", "key"] = "team"
@@ -103,6 +109,8 @@ class Sections(_Strict):
             unknown = [m for m in self.cache.models if m != "*" and m not in self.tiers]
             if unknown:
                 raise ValueError(f"cache.models {unknown} are not configured aliases")
+            if not (self.cache.models or self.cache.teams or self.cache.keys):
+                raise ValueError("cache names no model, team or key")
         if self.batch is not None:
             if not self.has_ledger:
                 raise ValueError("batch needs the ledger section")

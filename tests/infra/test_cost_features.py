@@ -163,7 +163,12 @@ def test_the_plan_warns_for_each_region_a_ladder_is_dropped_in() -> None:
     (lambda g: g["ladders"][0]["rules"][0].update(start_at="gpt-4o"), "gateway.ladders[0].rules[0].start_at",
      "not a rung of auto"),
     (lambda g: g["ladders"][0]["rules"].append({"start_at": "llama-3-3-70b"}), "gateway.ladders[0].rules[2]",
-     "needs prompt_tokens_over or tools"),
+     "exactly one condition"),
+    (lambda g: g["ladders"][0]["rules"].append({"tools": True, "prompt_tokens_over": 9, "start_at": "llama-3-3-70b"}),
+     "gateway.ladders[0].rules[2]", "exactly one condition"),
+    (lambda g: g["ladders"][0]["rules"].append({"tools": False, "start_at": "llama-3-3-70b"}),
+     "gateway.ladders[0].rules[2].tools", "write tools: true"),
+    (lambda g: g["cache"].update(models=[]), "gateway.cache.models", "names no model, team or key"),
     (lambda g: g["ladders"][0].update(pins={"teams": {"research": "gpt-4o"}}), "gateway.ladders[0].pins.teams.research",
      "not a rung of auto"),
     (lambda g: g["ladders"][0].update(escalate_on=["error", "slow"]), "gateway.ladders[0].escalate_on[1]",
@@ -175,7 +180,8 @@ def test_the_plan_warns_for_each_region_a_ladder_is_dropped_in() -> None:
     (lambda g: g["cache"].update(hit_cost_fraction=1.5), "gateway.cache.hit_cost_fraction", "less than or equal"),
     (lambda g: g["cache"].update(scope="org"), "gateway.cache.scope", "'team' or 'key'"),
     (lambda g: g["cache"].update(ttl=60), "gateway.cache.ttl", "unknown key"),
-    (lambda g: g["cache"].update(max_entry_bytes=8 << 30), "gateway.cache.max_entry_bytes", "above max_bytes"),
+    (lambda g: g["cache"].update(max_entry_bytes=300 << 20, max_bytes=200 << 20), "gateway.cache.max_entry_bytes",
+     "above max_bytes"),
     (lambda g: g["batch"].update(models={"llama-3-1-8b": "llama-3-3-70b"}), "gateway.batch.models.llama-3-1-8b",
      "`tier: interactive` model; batch lines run on `tier: batch` models only"),
     (lambda g: g["batch"].update(models={"gpt-4o": "qwen2-5-7b-batch"}), "gateway.batch.models.gpt-4o",
@@ -184,7 +190,8 @@ def test_the_plan_warns_for_each_region_a_ladder_is_dropped_in() -> None:
     (lambda g: g["batch"].update(retention_days=0), "gateway.batch.retention_days", "greater than or equal to 1"),
     (lambda g: g["batch"].update(files={"local_dir": "/tmp"}), "gateway.batch.files", "unknown key"),
 ], ids=["unknown rung", "alias is a model", "one rung", "rule start_at not a rung", "rule matching every call",
-        "pin not a rung", "unknown escalation", "alias twice", "cache model unknown", "cache larger than redis",
+        "rule with both conditions", "tools false", "cache for nobody", "pin not a rung", "unknown escalation",
+        "alias twice", "cache model unknown", "cache larger than redis",
         "hit fraction above 1", "unknown scope", "unknown cache key", "entry above the cap", "batch to interactive",
         "batch from unknown", "free batch", "no retention", "files are the program's"])
 def test_a_bad_ladder_cache_or_batch_setting_is_refused_naming_the_key(edit, key: str, words: str) -> None:
@@ -214,3 +221,14 @@ def test_llmp_plan_exits_2_naming_the_bad_ladder(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert "llm-platform:gateway.ladders[0].rungs[1]: no model named 'llama-9'" in err and str(path.name) in err
     assert "Traceback" not in err
+
+
+def test_a_cache_for_models_a_zone_does_not_serve_is_left_out_of_that_zones_gateways() -> None:
+    """The gateway refuses a cache that names nothing to cache: a region offering none of its models gets none."""
+    raw = stack_raw("prod")
+    raw["gateway"]["cache"]["models"] = ["mistral-small-24b"]
+    cfg = parse(raw, "prod")
+    for region in cfg.regions:
+        config = gateway_config(cfg, region, StoreRefs("postgresql://x", "arn", None))
+        assert ("cache" in config) == (region.residency == "eu"), region.name
+        sections(config)
