@@ -177,7 +177,12 @@ def json_problem(text: str, want: Wanted) -> str | None:
     if want.kind == "json_object" and not isinstance(value, dict):
         return f"JSON but not an object ({type(value).__name__})"
     if want.validator is not None:
-        error = jsonschema.exceptions.best_match(want.validator.iter_errors(value))
+        try:
+            error = jsonschema.exceptions.best_match(want.validator.iter_errors(value))
+        except RecursionError:
+            # A `$ref` that loops back without consuming the instance (`{"$ref": "#"}`) passes the meta-schema yet
+            # recurses without end in jsonschema: the answer cannot be shown to match, as no answer could.
+            return "the schema could not be applied: a `$ref` in it loops without end"
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "(root)"
             return f"does not match the schema at {where}: {error.message[:160]}"

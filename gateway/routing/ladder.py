@@ -3,16 +3,19 @@
 Each rung is served as a call to its own alias (`Endpoints._serve`): admitted through the gate (model access,
 limits, budget reserved per rung), proxied, its answer stamped with the rung's name. What a rung did is its
 outcome in the `x-llmp-route` header and the call log's `route`: `error`, `timeout`, `circuit_open`,
-`invalid_json`, `length`, `empty` (escalated), `skipped:<rule>` / `skipped:not_allowed` (never tried), `pinned` /
-`answered` (the answer sent). A rung that was tried and escalated from is accounted as a call of its own (log
-line, metrics, spend row under `<request id>:rung<N>`, N counting the rungs tried from 1); the answering rung is
-the call itself, under the client's request id.
+`invalid_json`, `length`, `empty` (escalated), `skipped:<rule>` / `skipped:not_allowed` / `skipped:model_cap`
+(never tried), `pinned` / `answered` (the answer sent). A rung that was tried and escalated from is accounted as a
+call of its own (log line, metrics, spend row under `<request id>:rung<N>`, N counting the rungs tried from 1); the
+answering rung is the call itself, under the client's request id.
 
 Not escalated: what the caller caused or owns (a 400/413/422 about its request, its budget or rate limits, a
-residency refusal): another rung would be refused the same. A stream escalates only before its first byte, unless
-the request asks for JSON (`response_format`): then each rung's stream but the last is buffered, checked and
-replayed (`; buffered` in the header), since the check needs the whole answer; the last rung, whose answer is sent
-whatever it is, streams as it comes.
+residency refusal): another rung would be refused the same. A rung's own cap is not the caller's: a request over a
+rung's `max_request_bytes` or its refused `max_tokens` (`over_max_tokens: refuse`) skips that rung
+(`skipped:model_cap`) while a rung above can take it; the last rung that may is called, and refuses as it would.
+
+A stream escalates only before its first byte, unless the request asks for JSON (`response_format`): then each
+rung's stream but the last is buffered, checked and replayed (`; buffered` in the header), since the check needs
+the whole answer; the last rung, whose answer is sent whatever it is, streams as it comes.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.config.ladders import Ladder
+from gateway.config.native import Model
 from gateway.governance.gate import model_not_allowed
 from gateway.governance.model_access import may_use
 from gateway.http.errors import GatewayError, bad_request
@@ -32,7 +36,7 @@ from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.usage import CallRecord
 from gateway.protocols.request import Request
 from gateway.protocols.tokens import estimate_tokens
-from gateway.routing.checks import ANY, failed_check, streamed_answer, wanted, whole_answer
+from gateway.routing.checks import ANY, Wanted, failed_check, streamed_answer, wanted, whole_answer
 from gateway.routing.replay import Buffer, replay
 
 ROUTE = "x-llmp-route"
@@ -78,8 +82,13 @@ class Ladders:
     """The config's ladders, served through `serve` (Endpoints._serve); `finish` accounts a rung escalated from."""
 
     def __init__(self, ladders: list[Ladder], metrics: GatewayMetrics, finish: Callable[[CallRecord], None],
-                 before_eof: Callable[[CallRecord], None], buffer_bytes: int) -> None:
+                 before_eof: Callable[[CallRecord], None], buffer_bytes: int, models: list[Model] | None = None
+                 ) -> None:
         self.ladders = {ladder.alias: ladder for ladder in ladders}
+        # Each rung's caps that refuse a request (http/handlers.py `_refuse_over_model_cap`, governance/gate.py
+        # `admit`): the refused max_tokens cap and max_request_bytes.
+        self.caps = {m.alias: (m.max_tokens if m.over_max_tokens == "refuse" else None, m.max_request_bytes)
+                     for m in models or ()}
         self.escalate_on = {ladder.alias: frozenset(ladder.escalate_on) for ladder in ladders}
         self.metrics = metrics
         self.finish = finish
@@ -122,14 +131,17 @@ class Ladders:
         # Rungs this caller may not use are skipped, not tried (the gate would refuse them): the last rung it may
         # use is the one whose answer is sent whatever its checks say.
         allowed = [rung for rung in plan.rungs if _refused_by(principal, rung) is None]
+        # Rungs whose own caps refuse this request are skipped while one above takes it; else the last is called.
+        fits = [rung for rung in allowed if not self._over_cap(rung, request)] or allowed[-1:]
         tried = 0
         first_rung = perf()
         for rung in plan.rungs:
-            if rung not in allowed:
-                route.append(f"{rung}=skipped:not_allowed")
-                self.metrics.ladder_escalations.labels(ladder.alias, rung, "not_allowed").inc()
+            if rung not in fits:
+                skipped = "skipped:not_allowed" if rung not in allowed else "skipped:model_cap"
+                route.append(f"{rung}={skipped}")
+                self.metrics.ladder_escalations.labels(ladder.alias, rung, skipped).inc()
                 continue
-            last = rung == allowed[-1]
+            last = rung == fits[-1]
             call = CallRecord(record.request_id, key_id=record.key_id, endpoint=record.endpoint, alias=rung,
                               stream=request.stream)
             answered = f"{rung}={'pinned' if plan.pinned else 'answered'}"
@@ -161,17 +173,11 @@ class Ladders:
             except BaseException:
                 adopt(record, call)
                 raise
-            failed = None
-            if not last and buffer is not None:
-                failed = ("error", call.error or "stream failed") if call.status != 200 else \
-                    ("error", "stream larger than upstream_limits.body_bytes") if buffer.overflow else \
-                    failed_check(streamed_answer(bytes(buffer.data)), want, escalate_on)
-                if failed is not None and failed[0] == "error" and "error" not in escalate_on and not buffer.overflow:
-                    failed = None
-            elif not last and not request.stream:
-                assert isinstance(response, web.Response)
-                failed = failed_check(whole_answer(response.body if isinstance(response.body, bytes) else b""),
-                                      want, escalate_on)
+            try:
+                failed = None if last else _failed(response, buffer, call, request, want, escalate_on)
+            except BaseException:
+                adopt(record, call)  # the rung's answer is paid for and its limiter ticket settled, whatever failed
+                raise
             if failed is not None:
                 tried += 1
                 route.append(f"{rung}={failed[0]}")
@@ -188,6 +194,14 @@ class Ladders:
         headers[ROUTE] = record.route = _header(route, buffered)
         raise model_not_allowed(ladder.alias)
 
+    def _over_cap(self, rung: str, request: Request) -> bool:
+        max_tokens, max_bytes = self.caps.get(rung, (None, None))
+        if max_bytes is not None and len(request.raw) > max_bytes:
+            return True
+        field = "max_completion_tokens" if "max_completion_tokens" in request.body else "max_tokens"
+        asked = request.body.get(field)
+        return max_tokens is not None and isinstance(asked, int) and asked > max_tokens
+
     def _escalated(self, ladder: Ladder, call: CallRecord, tried: int, outcome: str, route: list[str],
                    buffered: bool, started: float) -> None:
         """Account a rung escalated from as a call of its own (`<request id>:rung<N>`), then move on."""
@@ -196,6 +210,21 @@ class Ladders:
         call.latency_ms = (perf() - started) * 1000
         self.metrics.ladder_escalations.labels(ladder.alias, call.alias, outcome).inc()
         self.finish(call)
+
+
+def _failed(response: web.StreamResponse, buffer: Buffer | None, call: CallRecord, request: Request, want: Wanted,
+            escalate_on: frozenset[str]) -> tuple[str, str] | None:
+    """Why a rung's answer (not the last rung's) is not sent, as (outcome, why); None when it passes."""
+    if buffer is not None:
+        if buffer.overflow:  # a stream cut short by the buffer's bound cannot be checked, nor sent
+            return "error", "stream larger than upstream_limits.body_bytes"
+        if call.status != 200:
+            return ("error", call.error or "stream failed") if "error" in escalate_on else None
+        return failed_check(streamed_answer(bytes(buffer.data)), want, escalate_on)
+    if request.stream:
+        return None  # bytes were sent: the call stays on this rung
+    assert isinstance(response, web.Response)
+    return failed_check(whole_answer(response.body if isinstance(response.body, bytes) else b""), want, escalate_on)
 
 
 def _header(route: list[str], buffered: bool) -> str:

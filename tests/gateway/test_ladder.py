@@ -178,12 +178,12 @@ async def test_a_timeout_and_an_open_circuit_escalate_by_name(gateway_factory, s
 
 async def test_the_callers_own_refusals_are_not_escalated(gateway_factory, sim_factory, tmp_path) -> None:
     cheap, big = await sim_factory(name="cheap"), await sim_factory(name="big")
-    config = ladder_config(cheap.base_url, big.base_url, tmp_path)
-    config["models"][0]["max_tokens"], config["models"][0]["over_max_tokens"] = 16, "refuse"
-    gw = await gateway_factory(config)
-    with pytest.raises(openai.BadRequestError, match="over the model cap"):
-        await chat(gw, max_tokens=100)
+    gw = await gateway_factory(ladder_config(cheap.base_url, big.base_url, tmp_path))
+    _, capped = await admin(gw, "POST", "/key/generate", {"max_tokens": 16})
+    with pytest.raises(openai.BadRequestError, match="over the key cap") as refused:
+        await chat(gw, api_key=capped["key"], max_tokens=100)
     assert big.stats.requests == 0, "a request the cheap rung refuses as the caller's mistake goes back to it"
+    assert "x-llmp-route" not in refused.value.response.headers
     _, made = await admin(gw, "POST", "/key/generate", {"max_budget": 0.0000001})
     await chat(gw, api_key=made["key"])  # spends the budget
     await gw.state.governance.ledger.flush()
