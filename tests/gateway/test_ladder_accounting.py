@@ -3,12 +3,15 @@ tried is paid for and gives its limiter slot back, whatever happened after its a
 
 from __future__ import annotations
 
+import asyncio
+
+import aiohttp
 import openai
 import pytest
 
 import gateway.routing.ladder as ladder_module
 from tests.gateway.test_keys_admin import admin
-from tests.gateway.test_ladder import BIG, CHEAP, chat, ladder_config, spend_rows
+from tests.gateway.test_ladder import AS_SCHEMA, BIG, CHEAP, MESSAGES, chat, ladder_config, spend_rows
 
 # Passes jsonschema's meta-schema, yet validating anything against it recurses without end.
 LOOPING = {"type": "json_schema", "json_schema": {"name": "loop", "schema": {"$ref": "#"}}}
@@ -72,3 +75,28 @@ async def test_a_rungs_own_caps_skip_it_while_a_rung_above_takes_the_request(gat
     with pytest.raises(openai.BadRequestError, match=r"over the model cap: models\[llama-3-1-8b\].max_tokens"):
         await chat(gw, api_key=lower["key"], max_tokens=100)  # its last usable rung refuses, as it would alone
     assert cheap.stats.requests == 1
+
+
+async def test_a_client_gone_while_a_rung_is_held_frees_the_upstream_and_the_slot(gateway_factory, sim_factory,
+                                                                                  tmp_path) -> None:
+    hung = await sim_factory(name="cheap", fault="hang_mid_stream")
+    big = await sim_factory(name="big")
+    gw = await gateway_factory(ladder_config(hung.base_url, big.base_url, tmp_path,
+                                             cheap_extra={"timeouts": {"total": 60, "idle": 60}}))
+    key = await one_at_a_time(gw)
+    body = {"model": "auto", "messages": MESSAGES, "stream": True, "response_format": AS_SCHEMA}
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(1):  # the cheap rung's stream is held to be checked, and hangs: hang up
+                async with http.post(gw.url + "/v1/chat/completions", json=body,
+                                     headers={"Authorization": f"Bearer {key}", "x-request-id": "gone"}) as resp:
+                    await resp.read()
+    [call] = await gw.logged_calls(1)
+    assert (call["request_id"], call["status"], call["model"]) == ("gone", 499, CHEAP)
+    assert [r.in_flight for pool in gw.state.router.pools for r in pool.replicas] == [0, 0]
+    assert big.stats.requests == 0
+    reply = await gw.client(api_key=key).chat.completions.create(model=BIG, messages=MESSAGES)
+    assert reply.model == BIG, "the key's one slot was given back"
+    spent = {r["request_id"]: r for r in await spend_rows(gw, tmp_path)}
+    assert (spent["gone"]["model"], spent["gone"]["status"]) == (CHEAP, 499), "what the held rung streamed is paid"
+    assert spent["gone"]["cost"] > 0
