@@ -3,15 +3,16 @@
 Each rung is served as a call to its own alias (`Endpoints._serve`): admitted through the gate (model access,
 limits, budget reserved per rung), proxied, its answer stamped with the rung's name. What a rung did is its
 outcome in the `x-llmp-route` header and the call log's `route`: `error`, `timeout`, `circuit_open`,
-`invalid_json`, `length`, `empty` (escalated), `skipped:<rule>` / `skipped:not_allowed` / `skipped:model_cap`
-(never tried), `pinned` / `answered` (the answer sent). A rung that was tried and escalated from is accounted as a
+`invalid_json`, `length`, `empty` (escalated), `skipped:<rule>` / `skipped:not_allowed` / `skipped:model_cap` /
+`skipped:residency` (never tried), `pinned` / `answered` (the answer sent). A rung that was tried and escalated from is accounted as a
 call of its own (log line, metrics, spend row under `<request id>:rung<N>`, N counting the rungs tried from 1); the
 answering rung is the call itself, under the client's request id.
 
 Not escalated: what the caller caused or owns (a 400/413/422 about its request, its budget or rate limits, a
-residency refusal): another rung would be refused the same. A rung's own cap is not the caller's: a request over a
+residency mismatch): another rung would be refused the same. A rung's own cap is not the caller's: a request over a
 rung's `max_request_bytes` or its refused `max_tokens` (`over_max_tokens: refuse`) skips that rung
 (`skipped:model_cap`) while a rung above can take it; the last rung that may is called, and refuses as it would.
+So does a rung with no deployment in the zone the caller is pinned to (`skipped:residency`).
 
 A stream escalates only before its first byte, unless the request asks for JSON (`response_format`): then each
 rung's stream but the last is buffered, checked and replayed (`; buffered` in the header), since the check needs
@@ -62,6 +63,10 @@ def escalation(error: GatewayError, record: CallRecord) -> str | None:
     """The outcome a rung's error is, or None when it is the caller's (sent to the client as it is)."""
     if error.kind.endswith("_model_access_denied"):
         return "not_allowed"
+    if error.code == "residency_unavailable":
+        # The rung has no deployment in the zone the caller is pinned to (governance/gate.py `_pinned`): the rung's
+        # gap, not the caller's; refused before any attempt or limiter ticket, so the rung is skipped, not tried.
+        return "skipped:residency"
     if error.status in CALLERS_STATUS or error.kind in CALLERS_KINDS:
         return None
     if error.status in (408, 504):
@@ -159,6 +164,9 @@ class Ladders:
                 outcome = escalation(error, call)
                 if outcome is not None:
                     route.append(f"{rung}={outcome}")
+                if outcome is not None and outcome.startswith("skipped:") and not last:
+                    self.metrics.ladder_escalations.labels(ladder.alias, rung, outcome).inc()
+                    continue
                 if outcome is None or outcome == "not_allowed" or last or "error" not in escalate_on:
                     adopt(record, call)
                     # A caller's refusal (budget, limits, its request) adds nothing: it is not the rung's doing.

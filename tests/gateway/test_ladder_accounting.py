@@ -100,3 +100,23 @@ async def test_a_client_gone_while_a_rung_is_held_frees_the_upstream_and_the_slo
     spent = {r["request_id"]: r for r in await spend_rows(gw, tmp_path)}
     assert (spent["gone"]["model"], spent["gone"]["status"]) == (CHEAP, 499), "what the held rung streamed is paid"
     assert spent["gone"]["cost"] > 0
+
+
+async def test_a_rung_with_no_deployment_in_the_callers_zone_is_skipped(gateway_factory, sim_factory,
+                                                                        tmp_path) -> None:
+    cheap, big = await sim_factory(name="cheap"), await sim_factory(name="big")
+    config = ladder_config(cheap.base_url, big.base_url, tmp_path)  # a gateway serving every zone
+    config["models"][0]["deployments"][0]["residency"] = "us"
+    config["models"][1]["deployments"][0]["residency"] = "eu"
+    gw = await gateway_factory(config)
+    _, eu = await admin(gw, "POST", "/key/generate", {"residency": "eu"})
+    headers, reply = await chat(gw, api_key=eu["key"])
+    assert headers["x-llmp-route"] == f"{CHEAP}=skipped:residency,{BIG}=answered" and reply.model == BIG
+    assert cheap.stats.requests == 0
+    _, us = await admin(gw, "POST", "/key/generate", {"residency": "us"})
+    headers, reply = await chat(gw, api_key=us["key"])
+    assert headers["x-llmp-route"] == f"{CHEAP}=answered"
+    _, apac = await admin(gw, "POST", "/key/generate", {"residency": "apac"})
+    with pytest.raises(openai.PermissionDeniedError, match="no deployment in residency zone `apac`") as refused:
+        await chat(gw, api_key=apac["key"])
+    assert refused.value.response.headers["x-llmp-route"] == f"{CHEAP}=skipped:residency,{BIG}=skipped:residency"
