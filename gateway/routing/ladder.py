@@ -4,9 +4,9 @@ Each rung is served as a call to its own alias (`Endpoints._serve`): admitted th
 limits, budget reserved per rung), proxied, its answer stamped with the rung's name. What a rung did is its
 outcome in the `x-llmp-route` header and the call log's `route`: `error`, `timeout`, `circuit_open`,
 `invalid_json`, `length`, `empty` (escalated), `skipped:<rule>` / `skipped:not_allowed` / `skipped:model_cap` /
-`skipped:residency` (never tried), `pinned` / `answered` (the answer sent). A rung that was tried and escalated from is accounted as a
-call of its own (log line, metrics, spend row under `<request id>:rung<N>`, N counting the rungs tried from 1); the
-answering rung is the call itself, under the client's request id.
+`skipped:residency` (never tried), `pinned` / `answered` (the answer sent). A rung that was tried and escalated
+from is accounted as a call of its own (log line, metrics, spend row under `<request id>:rung<N>`, N counting the
+rungs tried from 1); the answering rung is the call itself, under the client's request id.
 
 Not escalated: what the caller caused or owns (a 400/413/422 about its request, its budget or rate limits, a
 residency mismatch): another rung would be refused the same. A rung's own cap is not the caller's: a request over a
