@@ -21,6 +21,8 @@ the whole answer; the last rung, whose answer is sent whatever it is, streams as
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
@@ -37,7 +39,7 @@ from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.usage import CallRecord
 from gateway.protocols.request import Request
 from gateway.protocols.tokens import estimate_tokens
-from gateway.routing.checks import ANY, Wanted, failed_check, streamed_answer, wanted, whole_answer
+from gateway.routing.checks import ANY, Wanted, checked, failed_check, streamed_answer, whole_answer
 from gateway.routing.replay import Buffer, replay
 
 ROUTE = "x-llmp-route"
@@ -45,6 +47,7 @@ ENDPOINTS = ("chat", "completions")  # answers the checks can read; other endpoi
 # A rung's failure that another rung would meet the same way: the caller's to see, never escalated.
 CALLERS_STATUS = frozenset({400, 413, 422})
 CALLERS_KINDS = frozenset({"budget_exceeded", "rate_limit_error", "permission_error"})
+OFF_LOOP_BYTES = 256 * 1024  # an answer larger than this is checked in a worker thread
 perf = time.perf_counter
 
 # Endpoints._serve: one alias's call, from routing to the response (`into`: a buffer for a stream to check).
@@ -128,7 +131,7 @@ class Ladders:
         if refused_by is not None:
             raise model_not_allowed(ladder.alias, refused_by)
         escalate_on = self.escalate_on[ladder.alias]
-        want = wanted(request.body) if "invalid_json" in escalate_on else ANY
+        want = await checked(request.body) if "invalid_json" in escalate_on else ANY
         plan = self.plan(ladder, request, principal)
         check_stream = request.stream and want.json
         buffered = False  # whether a rung's stream was held to be checked (the last rung's never is: not checked)
@@ -182,7 +185,11 @@ class Ladders:
                 adopt(record, call)
                 raise
             try:
-                failed = None if last else _failed(response, buffer, call, request, want, escalate_on)
+                failed = None
+                if not last:
+                    check = functools.partial(_failed, response, buffer, call, request, want, escalate_on)
+                    # Validating a large answer against a schema is pure Python: off the event loop.
+                    failed = await asyncio.to_thread(check) if _size(response, buffer) > OFF_LOOP_BYTES else check()
             except BaseException:
                 adopt(record, call)  # the rung's answer is paid for and its limiter ticket settled, whatever failed
                 raise
@@ -233,6 +240,13 @@ def _failed(response: web.StreamResponse, buffer: Buffer | None, call: CallRecor
         return None  # bytes were sent: the call stays on this rung
     assert isinstance(response, web.Response)
     return failed_check(whole_answer(response.body if isinstance(response.body, bytes) else b""), want, escalate_on)
+
+
+def _size(response: web.StreamResponse, buffer: Buffer | None) -> int:
+    if buffer is not None:
+        return len(buffer.data)
+    body = response.body if isinstance(response, web.Response) else None
+    return len(body) if isinstance(body, bytes) else 0
 
 
 def _header(route: list[str], buffered: bool) -> str:
