@@ -78,6 +78,8 @@ async def test_rungs_a_key_may_not_use_are_skipped(gateway_factory, sim_factory,
         f"{CHEAP}=skipped:not_allowed,{BIG}=skipped:not_allowed"
     skipped = 'llmp_ladder_escalations_total{from_rung="llama-3-1-8b",ladder="auto",reason="skipped:not_allowed"}'
     assert await metric(gw, skipped) == 2, "the metric's reason is the header's outcome"
+    refused_calls = 'llmp_gateway_requests_total{deployment="",model="auto",status="403"}'
+    assert await metric(gw, refused_calls) == 1, "a call refused before any rung answered counts under the ladder"
     _, rung_only = await admin(gw, "POST", "/key/generate", {"models": [CHEAP, BIG]})
     with pytest.raises(openai.PermissionDeniedError, match="'auto' is not available"):
         await chat(gw, api_key=rung_only["key"])
