@@ -9,10 +9,11 @@ from is accounted as a call of its own (log line, metrics, spend row under `<req
 rungs tried from 1); the answering rung is the call itself, under the client's request id.
 
 Not escalated: what the caller caused or owns (a 400/413/422 about its request, its budget or rate limits, a
-residency mismatch): another rung would be refused the same. A rung's own cap is not the caller's: a request over a
-rung's `max_request_bytes` or its refused `max_tokens` (`over_max_tokens: refuse`) skips that rung
-(`skipped:model_cap`) while a rung above can take it; the last rung that may is called, and refuses as it would.
-So does a rung with no deployment in the zone the caller is pinned to (`skipped:residency`).
+residency mismatch): another rung would be refused the same. What is the rung's is escalated or skipped: its
+upstream refusing the prompt as over its context window (`error`: a larger rung may hold it); a request over the
+rung's `max_request_bytes` or its refused `max_tokens` (`over_max_tokens: refuse`) skips it (`skipped:model_cap`),
+as does having no deployment in the zone the caller is pinned to (`skipped:residency`), while a rung above can
+take the request; the last rung that may is called, and refuses as it would.
 
 A stream escalates only before its first byte, unless the request asks for JSON (`response_format`): then each
 rung's stream but the last is buffered, checked and replayed (`; buffered` in the header), since the check needs
@@ -70,6 +71,10 @@ def escalation(error: GatewayError, record: CallRecord) -> str | None:
         # The rung has no deployment in the zone the caller is pinned to (governance/gate.py `_pinned`): the rung's
         # gap, not the caller's; refused before any attempt or limiter ticket, so the rung is skipped, not tried.
         return "skipped:residency"
+    if error.code == "context_length_exceeded" and record.attempts:
+        # The rung's upstream refused the prompt as longer than its context window (upstream/refusals.py): a larger
+        # rung's window may hold it, as LiteLLM's context_window_fallbacks assume. An `error`: it was tried.
+        return "error"
     if error.status in CALLERS_STATUS or error.kind in CALLERS_KINDS:
         return None
     if error.status in (408, 504):

@@ -193,6 +193,21 @@ async def test_the_callers_own_refusals_are_not_escalated(gateway_factory, sim_f
     assert big.stats.requests == 0
 
 
+async def test_a_prompt_over_the_cheap_rungs_context_window_escalates(gateway_factory, sim_factory, tmp_path) -> None:
+    too_long = "This model's maximum context length is 4096 tokens. However, you requested 9000 tokens."
+    short = await sim_factory(name="cheap", fault="error_500", error_status=400, error_message=too_long)
+    big = await sim_factory(name="big")
+    gw = await gateway_factory(ladder_config(short.base_url, big.base_url, tmp_path))
+    headers, reply = await chat(gw, extra_headers={"x-request-id": "long"})
+    assert headers["x-llmp-route"] == f"{CHEAP}=error,{BIG}=answered" and reply.model == BIG
+    calls = {c["request_id"]: c for c in await gw.logged_calls(2)}
+    assert "maximum context length" in calls["long:rung1"]["error"]
+    _, lower = await admin(gw, "POST", "/key/generate", {"models": ["auto", CHEAP]})
+    with pytest.raises(openai.BadRequestError, match="maximum context length") as refused:
+        await chat(gw, api_key=lower["key"])  # no rung above it may take the prompt: the rung's 400 as it is
+    assert refused.value.code == "context_length_exceeded"
+
+
 async def test_a_ladder_serves_chat_and_completions_only(gateway_factory, sim_factory, tmp_path) -> None:
     cheap, big = await sim_factory(name="cheap"), await sim_factory(name="big")
     gw = await gateway_factory(ladder_config(cheap.base_url, big.base_url, tmp_path))

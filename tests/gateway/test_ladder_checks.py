@@ -119,6 +119,10 @@ def test_the_simulators_json_is_valid_against_the_schema_it_was_asked_for() -> N
     (GatewayError(400, "bad", "invalid_request_error"), 0, None),
     (GatewayError(403, "pinned elsewhere", "permission_error"), 0, None),
     (GatewayError(403, "no", "key_model_access_denied"), 0, "not_allowed"),
+    (GatewayError(400, "maximum context length", "invalid_request_error", None, "context_length_exceeded"), 1,
+     "error"),
+    (GatewayError(403, "no deployment in zone", "permission_error", "model", "residency_unavailable"), 0,
+     "skipped:residency"),
 ])
 def test_which_rung_errors_escalate(error: GatewayError, attempts: int, outcome: str | None) -> None:
     assert escalation(error, CallRecord("r", attempts=attempts)) == outcome
