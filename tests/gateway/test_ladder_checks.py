@@ -145,6 +145,9 @@ MODELS = [{"alias": a, "deployments": [{"name": f"{a}-d", "model": "m", "api_bas
     ({"pins": {"keys": {"ingest": "huge"}}}, {}, "ladders[auto].pins.keys.ingest: 'huge' is not one of"),
     ({"pins": {"teams": {"research": "medium"}}}, {}, "ladders[auto].pins.teams.research: 'medium' is not one of"),
     ({"escalate": ["error"]}, {}, "ladders[0].escalate: unknown field"),
+    ({"rungs": ["small", "openai/*"]}, {"models": [*MODELS, {"alias": "openai/*", "deployments": [
+        {"name": "o", "model": "*", "api_base": "http://127.0.0.1:9/v1"}]}]},
+     "ladders[auto].rungs: 'openai/*' is a wildcard alias; a rung names one model"),
 ])
 def test_config_errors_name_the_field(ladder: dict[str, Any], extra: dict[str, Any], message: str) -> None:
     doc = {"version": 1, "models": MODELS, "ladders": [{"alias": "auto", "rungs": ["small", "large"], **ladder}],
