@@ -89,3 +89,20 @@ async def test_a_json_stream_on_the_last_rung_is_not_held(gateway_factory, sim_f
     headers, text, _ = await stream(gw, response_format=AS_SCHEMA, tools=tools)
     assert headers["x-llmp-route"] == f"{CHEAP}=skipped:tools,{BIG}=answered", "nothing was checked: no buffering"
     jsonschema.validate(orjson.loads(text), SCHEMA)
+
+
+async def test_a_held_stream_over_the_answer_cap_is_dropped_and_escalated(gateway_factory, sim_factory,
+                                                                          tmp_path) -> None:
+    cheap, big = await sim_factory(name="cheap"), await sim_factory(name="big")
+    # The buffer holds at most upstream_limits.body_bytes (1 KiB here; the sim's JSON stream is some 8 chunks of
+    # about 200 bytes): what is past it is dropped, so the held answer cannot be checked, nor sent.
+    gw = await gateway_factory(ladder_config(cheap.base_url, big.base_url, tmp_path,
+                                             upstream_limits={"body_bytes": 1024}))
+    headers, text, chunks = await stream(gw, response_format=AS_SCHEMA, extra_headers={"x-request-id": "big-1"})
+    assert headers["x-llmp-route"] == f"{CHEAP}=error,{BIG}=answered; buffered"
+    jsonschema.validate(orjson.loads(text), SCHEMA)
+    assert {c.model for c in chunks} == {BIG}, "nothing of the dropped stream reached the client"
+    calls = {c["request_id"]: c for c in await gw.logged_calls(2)}
+    assert calls["big-1:rung1"]["error"] == "error: stream larger than upstream_limits.body_bytes"
+    rows = {r["request_id"]: r for r in await spend_rows(gw, tmp_path)}
+    assert rows["big-1:rung1"]["model"] == CHEAP and rows["big-1:rung1"]["cost"] > 0, "its tokens are paid for"
