@@ -97,6 +97,8 @@ async def test_json_that_fails_the_schema_escalates_and_valid_json_comes_back(ga
     assert headers["x-llmp-route"] == f"{CHEAP}=invalid_json,{BIG}=answered"
     jsonschema.validate(orjson.loads(reply.choices[0].message.content), SCHEMA)
     assert reply.model == BIG and headers["x-litellm-model-id"] == "big-a"
+    assert (headers["x-litellm-model-group"], headers["x-litellm-attempted-fallbacks"]) == (BIG, "0"), \
+        "the answering rung's LiteLLM headers, none of the rung escalated from"
     assert float(headers["x-litellm-response-cost"]) == pytest.approx(price(reply.usage, BIG_PRICE))
     rows = {r["request_id"]: r for r in await spend_rows(gw, tmp_path)}
     assert set(rows) == {"call-2:rung1", "call-2"}, "every rung tried is a spend row"
