@@ -159,9 +159,8 @@ class Ladders:
                               stream=request.stream)
             answered = f"{rung}={'pinned' if plan.pinned else 'answered'}"
             buffer = Buffer(self.buffer_bytes) if check_stream and not last else None
-            buffered = buffered or buffer is not None
             rung_headers = dict(headers)
-            rung_headers[ROUTE] = call.route = _header([*route, answered], buffered)
+            rung_headers[ROUTE] = call.route = _header([*route, answered], buffered or buffer is not None)
             rung_started = perf()
             # Overhead and time to first token count from this rung's start: earlier rungs' upstream time is not the
             # gateway's overhead (the call's latency still counts from its start).
@@ -189,6 +188,8 @@ class Ladders:
             except BaseException:
                 adopt(record, call)
                 raise
+            # A rung refused or failed before its first byte held nothing: only a stream that came is "buffered".
+            buffered = buffered or buffer is not None
             try:
                 failed = None
                 if not last:

@@ -32,6 +32,15 @@ async def test_a_failing_rung_escalates_before_the_first_byte(gateway_factory, s
     assert row["model"] == BIG and row["cost"] > 0
 
 
+async def test_a_json_stream_that_fails_before_its_first_byte_was_not_held(gateway_factory, sim_factory,
+                                                                          tmp_path) -> None:
+    broken, big = await sim_factory(name="cheap", fault="error_500"), await sim_factory(name="big")
+    gw = await gateway_factory(ladder_config(broken.base_url, big.base_url, tmp_path))
+    headers, text, _ = await stream(gw, response_format=AS_SCHEMA)
+    assert headers["x-llmp-route"] == f"{CHEAP}=error,{BIG}=answered", "nothing came to hold: not `; buffered`"
+    jsonschema.validate(orjson.loads(text), SCHEMA)
+
+
 async def test_a_stream_is_not_escalated_after_its_first_byte(gateway_factory, sim_factory, tmp_path) -> None:
     cut, big = await sim_factory(name="cheap", fault="truncate_stream"), await sim_factory(name="big")
     gw = await gateway_factory(ladder_config(cut.base_url, big.base_url, tmp_path))
