@@ -209,6 +209,8 @@ class Ladders:
             self.metrics.ladder_answers.labels(ladder.alias, rung).inc()
             if buffer is not None:
                 assert buffer is response
+                # The client's first byte is the replay's: the held stream's first chunk came to the buffer, not it.
+                record.ttft_ms = (perf() - shifted) * 1000
                 return await replay(http, buffer, rung_headers, record, self.before_eof)
             return response
         # Every rung skipped: this caller may use none of them.

@@ -90,6 +90,16 @@ async def test_a_good_json_stream_from_the_cheap_rung_is_replayed_whole(gateway_
     assert row["model"] == CHEAP and big.stats.requests == 0
 
 
+async def test_a_held_streams_time_to_first_token_is_when_the_client_got_it(gateway_factory, sim_factory,
+                                                                           tmp_path) -> None:
+    cheap = await sim_factory(name="cheap", tokens_per_s=20)  # 8 tokens: some 0.35 s from first to last
+    gw = await gateway_factory(ladder_config(cheap.base_url, (await sim_factory(name="big")).base_url, tmp_path))
+    headers, _, _ = await stream(gw, response_format=AS_SCHEMA)
+    assert headers["x-llmp-route"] == f"{CHEAP}=answered; buffered"
+    [call] = await gw.logged_calls(1)
+    assert call["ttft_ms"] >= 300, "the first byte left once the whole stream was held and checked"
+
+
 async def test_a_json_stream_on_the_last_rung_is_not_held(gateway_factory, sim_factory, tmp_path) -> None:
     cheap, big = await sim_factory(name="cheap"), await sim_factory(name="big")
     gw = await gateway_factory(ladder_config(cheap.base_url, big.base_url, tmp_path,
