@@ -24,6 +24,8 @@ from gateway.config.native import GatewayConfig
 from gateway.governance.ledger.prices import Prices
 from gateway.observability.usage import CallRecord
 from gateway.protocols.request import Request
+from gateway.upstream.fallbacks import MayCall, fallback_names
+from gateway.upstream.routing import ModelRoute
 
 HEADER = "x-llmp-cache"
 LITELLM_KEY_HEADER = "x-litellm-cache-key"
@@ -45,10 +47,11 @@ class ResponseCache:
         self._event = on_event
         self._pending: set[asyncio.Task[None]] = set()
 
-    async def lookup(self, http: web.Request, request: Request, group: str, record: CallRecord,
-                     headers: dict[str, str]) -> CacheCall | None:
+    async def lookup(self, http: web.Request, request: Request, route: ModelRoute, record: CallRecord,
+                     headers: dict[str, str], may_call: MayCall | None = None) -> CacheCall | None:
         """None when the call is not covered; else its `CacheCall` (`answer` set on a hit)."""
         s = self.settings
+        group = route.alias
         # A call another region's gateway passed on arrives with the zone's master key, whoever made it: its scope
         # is not known here, so only the gateway that took it from the client (and knows its team) caches it.
         if request.hopped or request.endpoint not in ENDPOINTS or \
@@ -63,6 +66,11 @@ class ResponseCache:
         call.write = write
         if not read:
             return call.result("bypass")
+        if "fallbacks" in request.body:
+            # The gate admitted the alias; the aliases the body names as fallbacks are checked by the proxy
+            # (upstream/fallbacks.py: a key may not name one it may not call, 403). A hit never reaches the proxy, and
+            # a teammate's key with fewer models would be answered what it must be refused: checked here first.
+            fallback_names(request, route, record, may_call)
         try:
             found = await self.store.get(call.entry)
         except StoreDown:
@@ -130,6 +138,14 @@ class CacheCall:
         elif self.write:
             self._sent.append(out)
 
+    def _own_answer(self) -> bool:
+        """A 200 from the alias the call named. An answer from one of its fallbacks (configured, the body's, or after
+        a context-window error: upstream/fallbacks.py) is another model's: kept under this alias it would be served
+        for `ttl_seconds` after the alias is back, and a hit priced at this alias's rates. LiteLLM's router likewise
+        makes a fallback's call under the fallback's own model name, and caches it there (litellm/router.py,
+        async_function_with_fallbacks)."""
+        return self.record.status == 200 and not self.record.fallbacks
+
     def result(self, result: str) -> CacheCall:
         self.record.cache = result
         self.headers[HEADER] = result
@@ -173,7 +189,7 @@ class CacheCall:
     async def keep_body(self, body: bytes) -> None:
         """A non-streamed answer, stored before it is sent (one store round trip, bounded by redis.timeout_ms), so
         that the same call made once this one is answered is a hit."""
-        if not self.write or self.record.status != 200 or len(body) > self.cache.settings.max_entry_bytes:
+        if not self.write or not self._own_answer() or len(body) > self.cache.settings.max_entry_bytes:
             return
         try:
             answer = orjson.loads(body)
@@ -182,9 +198,12 @@ class CacheCall:
         if keepable(answer):
             await self.cache.put(self.entry, body)
 
-    def tap(self, opened: Any, account: Callable[[CallRecord], None]) -> Callable[[CallRecord], None]:
+    def tap(self, opened: Any, account: Callable[[CallRecord], None] | None
+            ) -> Callable[[CallRecord], None] | None:
         """Watch the stream relayed for this call (the adapter's output is what the client gets); the relay's
-        `before_eof` step to use: `account`, then the stream kept, before the client has the stream's last byte."""
+        `before_eof` step to use: `account`, then the stream kept, before the client has the stream's last byte.
+        `account` None: a ladder's rung buffered to be checked (the ladder accounts it): its stream is kept all the
+        same, as a non-streamed rung's answer is, so a repeat of the call is a hit on that rung."""
         if not self.write or opened.adapter is None:
             return account
         if opened.body:
@@ -192,7 +211,8 @@ class CacheCall:
         adapter = opened.adapter = _Tap(opened.adapter, self._hold)
 
         def before_eof(record: CallRecord) -> None:
-            account(record)
+            if account is not None:
+                account(record)
             self.keep_stream(adapter)
 
         return before_eof
@@ -200,8 +220,7 @@ class CacheCall:
     def keep_stream(self, adapter: Any) -> None:
         """At the relay's end: a stream that ended whole and unharmed is kept as the answer it amounts to (stored in
         the background; the store is under way before the stream's last byte is sent)."""
-        record = self.record
-        if not self.write or record.status != 200 or record.error or not self._sent:
+        if not self.write or not self._own_answer() or self.record.error or not self._sent:
             return
         tokens = (getattr(adapter, "prompt_tokens", 0), getattr(adapter, "completion_tokens", 0))
         answer = assemble(self.request.endpoint, events(b"".join(self._sent)), tokens)
@@ -250,9 +269,10 @@ def strip_controls(request: Request) -> None:
         request.raw = orjson.dumps(request.body)
 
 
-async def lookup(cache: ResponseCache | None, http: web.Request, request: Request, group: str, record: CallRecord,
-                 headers: dict[str, str]) -> CacheCall | None:
-    """The hook in the request path (http/handlers.py): after admission, before the upstream is called."""
-    call = await cache.lookup(http, request, group, record, headers) if cache is not None else None
+async def lookup(cache: ResponseCache | None, http: web.Request, request: Request, route: ModelRoute,
+                 record: CallRecord, headers: dict[str, str], may_call: MayCall | None) -> CacheCall | None:
+    """The hook in the request path (http/handlers.py): after admission, before the upstream is called. `may_call`:
+    the proxy's check of the fallbacks a request body names (governance's `may_call`)."""
+    call = await cache.lookup(http, request, route, record, headers, may_call) if cache is not None else None
     strip_controls(request)
     return call
