@@ -90,7 +90,7 @@ class ResponseCache:
             self.metrics.cache_saved.labels(self.label(alias)).inc(usd)
 
     def keep(self, entry: str, answer: bytes) -> None:
-        """Store in the background (a stream's end: the client already has every byte)."""
+        """Store in the background: the answer is sent meanwhile."""
         task = asyncio.get_running_loop().create_task(self.put(entry, answer))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
@@ -187,8 +187,11 @@ class CacheCall:
     # ---- a miss: the answer kept once whole ----------------------------------------------------------------------
 
     async def keep_body(self, body: bytes) -> None:
-        """A non-streamed answer, stored before it is sent (one store round trip, bounded by redis.timeout_ms), so
-        that the same call made once this one is answered is a hit."""
+        """A non-streamed answer, stored in the background: the client never waits for the store (a Redis round trip
+        and the eviction script, up to redis.timeout_ms on a slow Redis). A repeat of the call is still a hit on this
+        replica: the store's task runs at the event loop's next turn, before any later request has been read, and
+        its command goes out on the store's one ordered connection (RedisPipe) ahead of any later lookup; on
+        another replica, once the store has reached Redis (well under the client's own round trip)."""
         if not self.write or not self._own_answer() or len(body) > self.cache.settings.max_entry_bytes:
             return
         try:
@@ -196,7 +199,7 @@ class CacheCall:
         except orjson.JSONDecodeError:
             return
         if keepable(answer):
-            await self.cache.put(self.entry, body)
+            self.cache.keep(self.entry, body)
 
     def tap(self, opened: Any, account: Callable[[CallRecord], None] | None
             ) -> Callable[[CallRecord], None] | None:

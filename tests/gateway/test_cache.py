@@ -267,3 +267,25 @@ async def test_scope_key_keeps_each_keys_answers_its_own(gateway_factory, sim, t
     assert [(await ask(gw, made["alice"]["key"]))[0] for _ in range(2)] == ["miss", "hit"]
     assert (await ask(gw, made["bob"]["key"]))[0] == "miss", "same team, but scope: key"
     assert (await ask(gw, made["carol"]["key"]))[0] is None, "a key the section does not name is not covered"
+
+
+async def test_a_miss_is_answered_without_waiting_for_its_store(gateway_factory, sim, tmp_path) -> None:
+    # A slow Redis (under timeout_ms, or a long eviction script) delays the store, never the answer: misses are most
+    # calls, and their answer is ready.
+    gw = await gateway_factory(cached_config(sim, tmp_path, None))
+    store, release = gw.state.cache.store, asyncio.Event()
+    put = store.put
+
+    async def slow_put(entry: str, answer: bytes) -> None:
+        await release.wait()
+        await put(entry, answer)
+
+    store.put = slow_put
+    key = await team_key(gw, "search")
+    try:
+        header, answer = await asyncio.wait_for(ask(gw, key), 5)
+        assert header == "miss" and answer.choices[0].message.content
+    finally:
+        release.set()
+    await gw.state.cache.settle()
+    assert (await ask(gw, key))[0] == "hit"
