@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.cache.answers import assemble, events, keepable, read_entry, sse_chunks, usage_of
+from gateway.cache.answers import Assembler, keepable, read_entry, sse_chunks, usage_of
 from gateway.cache.request_key import ENDPOINTS, entry_id, opt_out, samples, scope_of
 from gateway.cache.stores import AnswerStore, InProcessStore, RedisStore, StoreDown
 from gateway.config.cache import CacheSettings
@@ -82,6 +82,9 @@ class ResponseCache:
         call.raw = found
         return call.result("hit")
 
+    def failed(self, event: str, exc: Exception) -> None:
+        self._event(event, error=f"{type(exc).__name__}: {exc}"[:300])
+
     def count(self, alias: str, result: str) -> None:
         self.metrics.cache_requests.labels(self.label(alias), result).inc()
 
@@ -125,18 +128,22 @@ class CacheCall:
         self.write = False
         self.answer: dict[str, Any] | None = None
         self.raw = b""
-        self._sent: list[bytes] = []
-        self._held = 0
+        self._assembler: Assembler | None = None
 
     def _hold(self, out: bytes) -> None:
-        # A stream's chunks wrap each token or so of text in about 150 bytes of JSON: up to some 40 times the whole
-        # answer's size. Past that the answer would be over max_entry_bytes anyway: stop holding it (bounded memory).
-        self._held += len(out)
-        if self._held > 40 * self.cache.settings.max_entry_bytes:
+        # What the client was sent, merged into the answer as it goes: an answer past max_entry_bytes would not be
+        # stored, so past that it is dropped (what a stream holds stays about max_entry_bytes, whatever its length).
+        assembler = self._assembler
+        if assembler is None:
+            return
+        try:
+            assembler.feed(out)
+        except Exception as exc:  # noqa: BLE001 - never the relay's failure: the stream goes on, unkept
+            assembler.broken = True
+            self.cache.failed("cache_keep_failed", exc)
+        if assembler.broken or assembler.size > self.cache.settings.max_entry_bytes:
             self.write = False
-            self._sent = []
-        elif self.write:
-            self._sent.append(out)
+            self._assembler = None
 
     def _own_answer(self) -> bool:
         """A 200 from the alias the call named. An answer from one of its fallbacks (configured, the body's, or after
@@ -209,6 +216,7 @@ class CacheCall:
         same, as a non-streamed rung's answer is, so a repeat of the call is a hit on that rung."""
         if not self.write or opened.adapter is None:
             return account
+        self._assembler = Assembler(self.request.endpoint)
         if opened.body:
             self._hold(opened.body)
         adapter = opened.adapter = _Tap(opened.adapter, self._hold)
@@ -216,18 +224,21 @@ class CacheCall:
         def before_eof(record: CallRecord) -> None:
             if account is not None:
                 account(record)
-            self.keep_stream(adapter)
+            try:
+                self.keep_stream(adapter)
+            except Exception as exc:  # noqa: BLE001 - a stream the cache cannot read is not kept; the call goes on
+                self.cache.failed("cache_keep_failed", exc)
 
         return before_eof
 
     def keep_stream(self, adapter: Any) -> None:
         """At the relay's end: a stream that ended whole and unharmed is kept as the answer it amounts to (stored in
         the background; the store is under way before the stream's last byte is sent)."""
-        if not self.write or not self._own_answer() or self.record.error or not self._sent:
+        assembler, self._assembler = self._assembler, None
+        if not self.write or not self._own_answer() or self.record.error or assembler is None:
             return
         tokens = (getattr(adapter, "prompt_tokens", 0), getattr(adapter, "completion_tokens", 0))
-        answer = assemble(self.request.endpoint, events(b"".join(self._sent)), tokens)
-        self._sent = []
+        answer = assembler.answer(tokens)
         if answer is not None and keepable(answer) and tokens[0] + tokens[1] > 0:
             self.cache.keep(self.entry, orjson.dumps(answer))
 
