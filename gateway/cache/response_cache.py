@@ -32,6 +32,8 @@ LITELLM_KEY_HEADER = "x-litellm-cache-key"
 JSON = "application/json"
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 perf = time.perf_counter
+# Stores in flight at once (`ResponseCache.keep`): with answers of max_entry_bytes (1 MiB by default), 256 MiB held.
+MAX_PENDING = 256
 
 
 class ResponseCache:
@@ -46,6 +48,7 @@ class ResponseCache:
         self.label = label  # a client-sent name as a bounded metric label (config/model_names.py)
         self._event = on_event
         self._pending: set[asyncio.Task[None]] = set()
+        self.max_pending = MAX_PENDING
 
     async def lookup(self, http: web.Request, request: Request, route: ModelRoute, record: CallRecord,
                      headers: dict[str, str], may_call: MayCall | None = None) -> CacheCall | None:
@@ -93,7 +96,11 @@ class ResponseCache:
             self.metrics.cache_saved.labels(self.label(alias)).inc(usd)
 
     def keep(self, entry: str, answer: bytes) -> None:
-        """Store in the background: the answer is sent meanwhile."""
+        """Store in the background: the answer is sent meanwhile. A store slower than the calls coming in (each
+        store waits up to redis.timeout_ms) would hold every answer waiting for it: past `max_pending` stores in
+        flight, an answer is not stored."""
+        if len(self._pending) >= self.max_pending:
+            return
         task = asyncio.get_running_loop().create_task(self.put(entry, answer))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)

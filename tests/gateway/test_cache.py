@@ -289,3 +289,25 @@ async def test_a_miss_is_answered_without_waiting_for_its_store(gateway_factory,
         release.set()
     await gw.state.cache.settle()
     assert (await ask(gw, key))[0] == "hit"
+
+
+async def test_stores_in_flight_are_bounded_when_the_store_is_slow(gateway_factory, sim, tmp_path) -> None:
+    gw = await gateway_factory(cached_config(sim, tmp_path, None))
+    cache, release = gw.state.cache, asyncio.Event()
+    put = cache.store.put
+
+    async def slow_put(entry: str, answer: bytes) -> None:
+        await release.wait()
+        await put(entry, answer)
+
+    cache.store.put, cache.max_pending = slow_put, 2
+    key = await team_key(gw, "search")
+    asks = [[{"role": "user", "content": f"Question {i}"}] for i in range(4)]
+    try:
+        for messages in asks:
+            assert (await asyncio.wait_for(ask(gw, key, messages=messages), 5))[0] == "miss"
+        assert len(cache._pending) == 2, "answers waiting for a slow store are held: at most max_pending"
+    finally:
+        release.set()
+    await cache.settle()
+    assert [(await ask(gw, key, messages=m))[0] for m in asks] == ["hit", "hit", "miss", "miss"]
