@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from multidict import CIMultiDict
 
 from tests.gateway.conftest import MODEL, closed_port_url, deployment
 from tests.gateway.test_cache import ASK, ask, cached_config, team_key
@@ -120,3 +121,16 @@ async def test_browsers_may_read_the_cache_headers(gateway_factory, sim, tmp_pat
         assert resp.headers["x-llmp-cache"] == "hit"
         exposed = {h.strip() for h in resp.headers["Access-Control-Expose-Headers"].split(",")}
     assert {"x-llmp-cache", "x-litellm-cache-key"} <= exposed
+
+
+async def test_no_store_on_a_second_cache_control_line_is_honoured(gateway_factory, sim, tmp_path,
+                                                                    redis_server) -> None:
+    gw = await gateway_factory(cached_config(sim, tmp_path, redis_server.url))
+    key = await team_key(gw, "search")
+    body = {"model": MODEL, "messages": ASK, "temperature": 0}
+    headers = CIMultiDict([("Authorization", f"Bearer {key}"), ("Cache-Control", "max-age=0"),
+                           ("Cache-Control", "no-store")])
+    async with aiohttp.ClientSession() as http, http.post(gw.url + "/v1/chat/completions", json=body,
+                                                          headers=headers) as resp:
+        assert resp.status == 200 and resp.headers["x-llmp-cache"] == "bypass"
+    assert (await ask(gw, key))[0] == "miss", "the no-store answer was not kept"
