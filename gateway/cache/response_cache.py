@@ -9,6 +9,7 @@ and to its spend row (`cache_hit`, `saved`, governance/gate.py). Calls it does n
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -40,8 +41,10 @@ class ResponseCache:
     """The `cache:` section at work: which calls it covers, the store, and the numbers it reports."""
 
     def __init__(self, settings: CacheSettings, store: AnswerStore, prices: Prices, metrics: Any,
-                 label: Callable[[str], str], on_event: Callable[..., None]) -> None:
+                 label: Callable[[str], str], on_event: Callable[..., None],
+                 served_by: Mapping[str, str] | None = None) -> None:
         self.settings = settings
+        self.served_by = served_by or {}  # model alias: what answers it (`served_by` below)
         self.store = store
         self.prices = prices
         self.metrics = metrics  # GatewayMetrics: cache_requests, cache_saved
@@ -64,8 +67,8 @@ class ResponseCache:
         call = CacheCall(self, request, record, headers, "")
         if (not read and not write) or (samples(request.body) and not s.temperature_above_zero):
             return call.result("bypass")
-        call.entry = entry_id(scope_of(s.scope, record.key_token, record.team_id), request.endpoint, group,
-                              request.body)
+        call.entry = entry_id(scope_of(s.scope, record.key_token, record.team_id), request.endpoint,
+                              f"{group}@{self.served_by.get(group, '')}", request.body)
         call.write = write
         if not read:
             return call.result("bypass")
@@ -279,7 +282,19 @@ def build_cache(config: GatewayConfig, metrics: Any, label: Callable[[str], str]
         store = RedisStore(r.url, s.ttl_seconds, s.max_bytes, r.timeout_ms, r.retry_after_ms, on_event)
     else:
         store = InProcessStore(s.ttl_seconds, s.max_bytes)
-    return ResponseCache(s, store, Prices(config), metrics, label, on_event)
+    return ResponseCache(s, store, Prices(config), metrics, label, on_event, served_by(config))
+
+
+def served_by(config: GatewayConfig) -> dict[str, str]:
+    """Per model alias, a hash of the upstream models that answer it (each deployment's provider, model and request
+    defaults). It is part of every entry's key: an alias moved to another model (a new version, a fine-tune) is a new
+    set of answers at once, never the old model's for `ttl_seconds` (the store outlives a rollout in Redis)."""
+    out = {}
+    for model in config.models:
+        parts = sorted(orjson.dumps([d.provider, d.model, d.defaults], option=orjson.OPT_SORT_KEYS)
+                       for d in model.deployments)
+        out[model.alias] = hashlib.blake2b(b"\x00".join(parts), digest_size=8).hexdigest()
+    return out
 
 
 def strip_controls(request: Request) -> None:

@@ -6,6 +6,7 @@ answer replays as a stream the client parses."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -311,3 +312,19 @@ async def test_stores_in_flight_are_bounded_when_the_store_is_slow(gateway_facto
         release.set()
     await cache.settle()
     assert [(await ask(gw, key, messages=m))[0] for m in asks] == ["hit", "hit", "miss", "miss"]
+
+
+async def test_an_alias_moved_to_another_model_starts_afresh(gateway_factory, sim_factory, tmp_path,
+                                                             redis_server) -> None:
+    # The answers outlive a rollout in Redis: an alias now answered by another model (a new version, a fine-tune)
+    # must not be served the old model's answers for ttl_seconds.
+    sim = await sim_factory(name="sim-a", models=(MODEL, "llama-3-3-70b-instruct"))
+    config = cached_config(sim, tmp_path, redis_server.url)
+    before = await gateway_factory(config)
+    key = await team_key(before, "search")
+    assert [(await ask(before, key))[0] for _ in range(2)] == ["miss", "hit"]
+    for name, upstream, expected in (("same", MODEL, "hit"), ("moved", "llama-3-3-70b-instruct", "miss")):
+        rolled = copy.deepcopy(config)
+        rolled["ledger"]["spool_dir"] = str(tmp_path / f"spool-{name}")
+        rolled["models"][0]["deployments"][0]["model"] = upstream
+        assert (await ask(await gateway_factory(rolled), key))[0] == expected, name
