@@ -182,6 +182,8 @@ def config_with(cache: Any) -> dict[str, Any]:
     ({"models": [MODEL], "hit_cost_fraction": 2}, "cache.hit_cost_fraction: Input should be less than or equal to 1"),
     ({"models": [MODEL], "scope": "org"}, "cache.scope: Input should be 'team' or 'key'"),
     ({"models": [MODEL], "ttl_seconds": 0}, "cache.ttl_seconds: Input should be greater than 0"),
+    ({"models": [MODEL], "max_entry_bytes": 17 << 20}, "cache.max_entry_bytes: Input should be less than or equal to "
+     "16777216"),
     ({"models": [MODEL], "max_bytes": 10, "max_entry_bytes": 100}, "cache.max_entry_bytes (100) is larger than"),
     ({"models": [MODEL], "temprature_above_zero": True}, "cache.temprature_above_zero: unknown field"),
     ({}, "cache: names no model, team or key to cache for"),
