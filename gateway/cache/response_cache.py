@@ -185,6 +185,8 @@ class CacheCall:
         record.cache_charge = fraction
         full = cache.prices.cost(record.alias, "cache", prompt, completion)
         cache.saved(record.alias, full - full * fraction)
+        if not self.request.stream:  # what the call is charged, as a miss's answer says it (http/litellm_headers.py)
+            self.headers["x-litellm-response-cost"] = repr(float(full * fraction))
         record.overhead_ms = (perf() - started) * 1000
         self.headers["x-gateway-overhead-ms"] = f"{record.overhead_ms:.3f}"
         # LiteLLM's proxy sends its cache key on hits only, and LiteLLM clients tell a hit by this header's presence

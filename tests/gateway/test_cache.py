@@ -210,8 +210,11 @@ async def test_a_hit_costs_the_configured_fraction(gateway_factory, sim, tmp_pat
     gw = await gateway_factory(cached_config(sim, tmp_path, redis_server.url, hit_cost_fraction=0.1))
     key = await team_key(gw, "search")
     _, first = await ask(gw, key)
-    assert (await ask(gw, key))[0] == "hit"
+    raw = await gw.client(api_key=key).chat.completions.with_raw_response.create(model=MODEL, messages=ASK,
+                                                                                 temperature=0)
+    assert raw.headers["x-llmp-cache"] == "hit"
     full = first.usage.prompt_tokens * IN_PRICE + first.usage.completion_tokens * OUT_PRICE
+    assert float(raw.headers["x-litellm-response-cost"]) == pytest.approx(0.1 * full), "what the hit is charged"
     _, hit_row = await spend_rows(gw, 2)
     assert hit_row["spend"] == pytest.approx(0.1 * full) and hit_row["saved"] == pytest.approx(0.9 * full)
     assert (await scraped(gw, "llmp_cache_saved_usd"))[(MODEL,)] == pytest.approx(0.9 * full)
