@@ -18,6 +18,10 @@ Both keep each answer for `ttl_seconds` and the total of answers' bytes under `m
   `MAX_EVICTIONS` entries, and an answer that would need more to fit is not stored (the evictions stand, so a later
   store finds the room); a `max_bytes` lowered under what is stored is thus reached over several stores, never in one
   long script. Expired entries the script has not yet forgotten still count, which only makes eviction start earlier.
+  The script names its keys itself (no KEYS: the entries it evicts are found as it runs), as the limiter's scripts
+  do: right for one Redis primary (the stack's ElastiCache replication group, cluster mode off:
+  infra/components/gateway_stores.py), not for Redis Cluster, where every key a script touches must be declared
+  (same page, "Script parameterization").
 
 A Redis that fails or is slower than `redis.timeout_ms` makes the call bypass the cache (never fail it); after a
 failure the store is skipped for `redis.retry_after_ms`, as the limiter does (governance/limits/redis_limiter.py).
