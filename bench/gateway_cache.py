@@ -1,14 +1,18 @@
 """Benchmark: what the response cache's hit path adds, measured in one run on the simulator.
 
-Three targets, each sent the same non-streamed chat request one at a time over a kept-alive connection (latency,
-not throughput, is the question), in alternating rounds so that machine noise hits all three:
+Each target is sent chat requests one at a time over a kept-alive connection (latency, not throughput, is the
+question), in rounds whose order alternates so that machine noise hits every target alike:
 
+- bare: a bare aiohttp server on uvloop, as the gateway runs, answering the very bytes the hit returns (JSON, or
+  the replayed SSE stream for `stream: true`): the floor, HTTP in and out and nothing else;
 - hit: the gateway (one worker, the cache in a real Redis) answering from the cache (`x-llmp-cache: hit`);
-- bare: a bare aiohttp server answering the very bytes the hit returns (the floor: HTTP in and out, no gateway);
-- miss: the gateway with a new prompt each time, so every call is a miss: auth, lookup, the simulator, the store.
+- hit, streamed: the same request with `stream: true`, replayed from the same entry as SSE;
+- no cache: a second gateway, the same config without `cache:`, sent the hit's request: auth, routing, the simulator;
+- miss: the first gateway with a new prompt each time: the same path plus the lookup and the store.
 
-The hit's added latency is hit minus bare (p50, p99); the ratio hit/miss says what a hit costs next to going to the
-model at all (here a simulator answering at once: against a real model a miss takes seconds, a hit the same).
+The hit path's added latency is hit minus bare (p50, p99), streamed and not; what the cache adds to a call it does
+not answer is miss minus no cache; hit / no cache says what a hit costs next to asking the model at all (here a
+simulator answering at once: against a real model a miss takes seconds, a hit the same).
 
     python bench/gateway_cache.py [--rounds 5] [--calls 400]
 """
@@ -57,26 +61,37 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> 
     sys.exit(f"error: nothing listening on {port} after {timeout}s")
 
 
-def config(sim_port: int, redis_url: str) -> dict[str, object]:
-    return {
+def config(sim_port: int, redis_url: str, cache: bool = True) -> dict[str, object]:
+    settings: dict[str, object] = {
         "version": 1,
         "gateway": {"master_key": MASTER, "retries": {"attempts": 0}},
         "models": [{"alias": "bench-model", "input_cost_per_token": 1e-7, "output_cost_per_token": 2e-7,
                     "deployments": [{"name": "sim", "model": "sim-model",
                                      "api_base": f"http://127.0.0.1:{sim_port}/v1"}]}],
         "redis": {"url": redis_url},
-        "cache": {"models": ["bench-model"]},
     }
+    if cache:
+        settings["cache"] = {"models": ["bench-model"]}
+    return settings
 
 
 def serve_bytes(path: str, port: int) -> None:
-    """The bare server: every POST gets the bytes in `path`, as JSON (run in a process of its own)."""
-    answer = Path(path).read_bytes()
+    """The bare server: a POST gets the bytes in `path` as JSON, or those in `path`.sse as SSE for `stream: true`
+    (run in a process of its own, on uvloop like the gateway, so the floor is not a slower event loop's)."""
+    from gateway.server import use_uvloop
 
-    async def handle(request: web.Request) -> web.Response:
-        await request.read()
+    answer, stream = Path(path).read_bytes(), Path(path + ".sse").read_bytes()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if orjson.loads(await request.read()).get("stream"):
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write(stream)
+            await response.write_eof()
+            return response
         return web.Response(body=answer, content_type="application/json")
 
+    use_uvloop()
     app = web.Application()
     app.router.add_post("/{tail:.*}", handle)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
@@ -87,32 +102,37 @@ async def timed(http: aiohttp.ClientSession, url: str, body: bytes, expect: str 
     async with http.post(url, data=body, headers={"Authorization": f"Bearer {MASTER}",
                                                   "Content-Type": "application/json"}) as resp:
         await resp.read()
-        if resp.status != 200 or (expect is not None and resp.headers.get("x-llmp-cache") != expect):
+        if resp.status != 200 or resp.headers.get("x-llmp-cache") != expect:
             raise SystemExit(f"error: {url} answered {resp.status}, x-llmp-cache "
                              f"{resp.headers.get('x-llmp-cache')!r} (expected {expect!r})")
     return (time.perf_counter() - started) * 1000
 
 
-async def measure(gateway: str, bare: str, rounds: int, calls: int) -> dict[str, list[float]]:
-    samples: dict[str, list[float]] = {"hit": [], "bare": [], "miss": []}
-    same = orjson.dumps(BODY)
+TARGETS = ("bare", "hit", "bare_stream", "hit_stream", "nocache", "miss")
+
+
+async def measure(gateway: str, nocache: str, bare: str, rounds: int, calls: int) -> dict[str, list[float]]:
+    samples: dict[str, list[float]] = {name: [] for name in TARGETS}
+    same, streamed = orjson.dumps(BODY), orjson.dumps({**BODY, "stream": True})
     fresh = 0
+
+    def call(name: str) -> tuple[str, bytes, str | None]:
+        nonlocal fresh
+        if name == "miss":
+            fresh += 1
+            return gateway, orjson.dumps({**BODY, "messages": [{"role": "user", "content": f"Hi, call {fresh}."}]}), \
+                "miss"
+        return {"bare": (bare, same, None), "hit": (gateway, same, "hit"), "bare_stream": (bare, streamed, None),
+                "hit_stream": (gateway, streamed, "hit"), "nocache": (nocache, same, None)}[name]
+
     async with aiohttp.ClientSession() as http:
-        for _ in range(50):  # warm-up, and the first call stores the answer
-            await timed(http, gateway, same, None)
-            await timed(http, bare, same, None)
+        for _ in range(50):  # warm-up (the answer is stored already)
+            for name in TARGETS:
+                await timed(http, *call(name))
         for r in range(rounds):
-            order = ("hit", "bare", "miss") if r % 2 == 0 else ("miss", "bare", "hit")
-            for name in order:
+            for name in TARGETS if r % 2 == 0 else tuple(reversed(TARGETS)):
                 for _ in range(calls):
-                    if name == "hit":
-                        samples[name].append(await timed(http, gateway, same, "hit"))
-                    elif name == "bare":
-                        samples[name].append(await timed(http, bare, same, None))
-                    else:
-                        fresh += 1
-                        body = {**BODY, "messages": [{"role": "user", "content": f"Say hello, call {fresh}."}]}
-                        samples[name].append(await timed(http, gateway, orjson.dumps(body), "miss"))
+                    samples[name].append(await timed(http, *call(name)))
     return samples
 
 
@@ -150,23 +170,32 @@ def main() -> int:
         wait_port(redis_port, spawn([redis_bin, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                                      "--appendonly", "no"], "redis"))
         wait_port(sim_port, spawn([sys.executable, "-m", "gateway.sim", "--port", str(sim_port)], "sim"))
-        path = work / "gateway.yaml"
-        path.write_text(yaml.safe_dump(config(sim_port, f"redis://127.0.0.1:{redis_port}/0")))
-        wait_port(gw_port, spawn([sys.executable, "-m", "gateway", "--config", str(path), "--host", "127.0.0.1",
-                                  "--port", str(gw_port)], "gateway"))
+        nocache_port = free_port()
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        for port, name, cached in ((gw_port, "gateway", True), (nocache_port, "nocache", False)):
+            path = work / f"{name}.yaml"
+            path.write_text(yaml.safe_dump(config(sim_port, redis_url, cached)))
+            wait_port(port, spawn([sys.executable, "-m", "gateway", "--config", str(path), "--host", "127.0.0.1",
+                                   "--port", str(port)], name))
         gateway = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
 
-        async def first_answer() -> bytes:
-            async with aiohttp.ClientSession() as http, http.post(
-                    gateway, data=orjson.dumps(BODY), headers={"Authorization": f"Bearer {MASTER}"}) as resp:
-                return await resp.read()
+        async def hit_bytes() -> tuple[bytes, bytes]:
+            """The answer as stored (the first call), and the streamed hit's bytes: what the bare server sends."""
+            headers = {"Authorization": f"Bearer {MASTER}"}
+            async with aiohttp.ClientSession() as http:
+                async with http.post(gateway, data=orjson.dumps(BODY), headers=headers) as resp:
+                    answer = await resp.read()
+                async with http.post(gateway, data=orjson.dumps({**BODY, "stream": True}), headers=headers) as resp:
+                    return answer, await resp.read()
 
         answer = work / "answer.json"
-        answer.write_bytes(asyncio.run(first_answer()))
+        whole, stream = asyncio.run(hit_bytes())
+        answer.write_bytes(whole)
+        (work / "answer.json.sse").write_bytes(stream)
         wait_port(bare_port, spawn([sys.executable, __file__, "--serve-bytes", str(answer), "--port",
                                     str(bare_port)], "bare"))
-        samples = asyncio.run(measure(gateway, f"http://127.0.0.1:{bare_port}/v1/chat/completions", args.rounds,
-                                      args.calls))
+        samples = asyncio.run(measure(gateway, f"http://127.0.0.1:{nocache_port}/v1/chat/completions",
+                                      f"http://127.0.0.1:{bare_port}/v1/chat/completions", args.rounds, args.calls))
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -179,15 +208,23 @@ def main() -> int:
     stats = {name: (pct(v, 50), pct(v, 99), statistics.fmean(v)) for name, v in samples.items()}
     print(f"\ngateway response cache: hit path latency ({args.rounds} rounds x {args.calls} sequential calls each, "
           f"one connection)")
-    print(f"{'target':<46}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}")
+    print(f"{'target':<50}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}")
     labels = {"bare": "bare aiohttp server, same bytes (floor)", "hit": "gateway, cache hit (redis)",
+              "bare_stream": "bare aiohttp server, same SSE bytes (floor)",
+              "hit_stream": "gateway, cache hit replayed as a stream",
+              "nocache": "gateway without cache:, to the simulator",
               "miss": "gateway, cache miss (to the simulator)"}
-    for name in ("bare", "hit", "miss"):
+    for name in TARGETS:
         p50, p99, mean = stats[name]
-        print(f"{labels[name]:<46}{p50:>10.3f}{p99:>10.3f}{mean:>10.3f}")
-    added50, added99 = stats["hit"][0] - stats["bare"][0], stats["hit"][1] - stats["bare"][1]
-    print(f"hit path added latency over the floor: p50 {added50:.3f} ms, p99 {added99:.3f} ms")
-    print(f"hit / miss latency (p50): {stats['hit'][0] / stats['miss'][0]:.2f}")
+        print(f"{labels[name]:<50}{p50:>10.3f}{p99:>10.3f}{mean:>10.3f}")
+
+    def over(a: str, b: str) -> str:
+        return f"p50 {stats[a][0] - stats[b][0]:.3f} ms, p99 {stats[a][1] - stats[b][1]:.3f} ms"
+
+    print(f"hit path added latency over the floor: {over('hit', 'bare')}")
+    print(f"the same, streamed: {over('hit_stream', 'bare_stream')}")
+    print(f"what the cache adds to a call it does not answer (miss - no cache): {over('miss', 'nocache')}")
+    print(f"hit / no cache latency (p50): {stats['hit'][0] / stats['nocache'][0]:.2f}")
     return 0
 
 

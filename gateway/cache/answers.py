@@ -61,40 +61,87 @@ def events(data: bytes) -> list[bytes]:
     return out
 
 
-def assemble(endpoint: str, chunks: list[bytes], usage: tuple[int, int]) -> dict[str, Any] | None:
-    """The non-streamed answer a stream amounts to, or None when the chunks are not a whole OpenAI stream.
-    `usage`: the stream's (prompt, completion) tokens as the relay metered them (the usage chunk may have been
-    stripped for a client that did not ask for it)."""
-    head: dict[str, Any] | None = None
-    choices: dict[int, dict[str, Any]] = {}
-    done = False
-    for data in chunks:
+class Assembler:
+    """A stream's answer built as its chunks are relayed, so a covered stream holds about its answer's size, never
+    its chunks (some 40 times more: each token or so wrapped in some 150 bytes of JSON). `size`: a bound on what it
+    holds (the text merged, and the whole chunk for each carrying logprobs); the caller stops feeding past a limit."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.head: dict[str, Any] | None = None
+        self.choices: dict[int, dict[str, Any]] = {}
+        self.done = False
+        self.broken = False
+        self.size = 0
+
+    def feed(self, data: bytes) -> None:
+        """SSE bytes, whole events (as the relay writes them)."""
+        for payload in events(data):
+            self.event(payload)
+
+    def event(self, data: bytes) -> None:
+        """One event's `data:` payload."""
+        if self.broken:
+            return
         if data == b"[DONE]":
-            done = True
-            continue
+            self.done = True
+            return
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return None
+            self.broken = True
+            return
         if not isinstance(chunk, dict) or not isinstance(chunk.get("choices"), list):
-            return None
-        if head is None:
-            head = chunk
+            self.broken = True
+            return
+        if self.head is None:
+            self.head = {k: chunk.get(k) for k in ("id", "created", "model", "system_fingerprint")}
         for part in chunk["choices"]:
             if not isinstance(part, dict) or not isinstance(part.get("index", 0), int):
-                return None
-            _merge(choices.setdefault(part.get("index", 0), {}), part, endpoint)
-    if not done or head is None or not choices:
-        return None
-    prompt, completion = usage
-    answer = {"id": head.get("id"), "object": "chat.completion" if endpoint == "chat" else "text_completion",
-              "created": head.get("created"), "model": head.get("model"),
-              "choices": [_choice(choices[i], i, endpoint) for i in sorted(choices)],
-              "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                        "total_tokens": prompt + completion}}
-    if head.get("system_fingerprint") is not None:
-        answer["system_fingerprint"] = head["system_fingerprint"]
-    return answer
+                self.broken = True
+                return
+            self.size += len(data) if part.get("logprobs") else _text_size(part)
+            _merge(self.choices.setdefault(part.get("index", 0), {}), part, self.endpoint)
+
+    def answer(self, usage: tuple[int, int]) -> dict[str, Any] | None:
+        """The non-streamed answer the stream amounts to, or None when it was not a whole OpenAI stream.
+        `usage`: the stream's (prompt, completion) tokens as the relay metered them (the usage chunk may have been
+        stripped for a client that did not ask for it)."""
+        head = self.head
+        if self.broken or not self.done or head is None or not self.choices:
+            return None
+        prompt, completion = usage
+        endpoint = self.endpoint
+        answer = {"id": head["id"], "object": "chat.completion" if endpoint == "chat" else "text_completion",
+                  "created": head["created"], "model": head["model"],
+                  "choices": [_choice(self.choices[i], i, endpoint) for i in sorted(self.choices)],
+                  "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                            "total_tokens": prompt + completion}}
+        if head["system_fingerprint"] is not None:
+            answer["system_fingerprint"] = head["system_fingerprint"]
+        return answer
+
+
+def assemble(endpoint: str, chunks: list[bytes], usage: tuple[int, int]) -> dict[str, Any] | None:
+    """The answer of a whole stream's `data:` payloads (`Assembler`), or None."""
+    assembler = Assembler(endpoint)
+    for data in chunks:
+        assembler.event(data)
+    return assembler.answer(usage)
+
+
+def _text_size(part: dict[str, Any]) -> int:
+    text = part.get("text") if "text" in part else part.get("delta")
+    if isinstance(text, str):
+        return len(text)
+    if not isinstance(text, dict):
+        return 0
+    size = sum(len(v) for v in text.values() if isinstance(v, str))
+    for call in text.get("tool_calls") or ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            size += sum(len(v) for v in function.values() if isinstance(v, str)) + 64
+    return size
 
 
 def _merge(into: dict[str, Any], part: dict[str, Any], endpoint: str) -> None:
@@ -108,10 +155,12 @@ def _merge(into: dict[str, Any], part: dict[str, Any], endpoint: str) -> None:
                 held.setdefault(name, []).extend(value)
             else:
                 held[name] = value
+    # Text is gathered in lists (`_append`), joined in _choice: `+=` on a string held in a dict copies it each time
+    # (quadratic in the answer's length).
     if endpoint != "chat":
         text = part.get("text")
         if isinstance(text, str):
-            into["text"] = into.get("text", "") + text
+            _append(into.setdefault("text", []), text)
         return
     delta = part.get("delta")
     if not isinstance(delta, dict):
@@ -120,36 +169,50 @@ def _merge(into: dict[str, Any], part: dict[str, Any], endpoint: str) -> None:
         into["role"] = delta["role"]
     for field in ("content", "reasoning_content", "refusal"):
         if isinstance(delta.get(field), str):
-            into[field] = into.get(field, "") + delta[field]
+            _append(into.setdefault(field, []), delta[field])
     for call in delta.get("tool_calls") or ():
         if not isinstance(call, dict):
             continue
         calls = into.setdefault("tool_calls", {})
-        held = calls.setdefault(call.get("index", len(calls)), {"type": "function",
-                                                                "function": {"name": "", "arguments": ""}})
+        index = call.get("index", len(calls))
+        if not isinstance(index, int):
+            continue
+        held = calls.setdefault(index, {"type": "function",
+                                "function": {"name": [], "arguments": []}})
         if call.get("id"):
             held["id"] = call["id"]
         function = call.get("function") or {}
+        if not isinstance(function, dict):
+            continue
         for name in ("name", "arguments"):
             if isinstance(function.get(name), str):
-                held["function"][name] += function[name]
+                _append(held["function"][name], function[name])
+
+
+def _append(parts: list[str], text: str) -> None:
+    # A token's text is a few characters in a string object of some 50 bytes: joined every 256 pieces, the pieces
+    # held stay about the text's own size, and the copying linear but for a 256th of its square.
+    parts.append(text)
+    if len(parts) >= 256:
+        parts[:] = ["".join(parts)]
 
 
 def _choice(held: dict[str, Any], index: int, endpoint: str) -> dict[str, Any]:
     choice: dict[str, Any] = {"index": index, "finish_reason": held.get("finish_reason"),
                               "logprobs": held.get("logprobs")}
     if endpoint != "chat":
-        choice["text"] = held.get("text", "")
+        choice["text"] = "".join(held.get("text", ()))
         return choice
-    content = held.get("content")
+    content = "".join(held["content"]) if "content" in held else None
     if content == "" and "tool_calls" in held:
         content = None  # the role chunk's empty text: a tool-call answer's content is null, as OpenAI sends it whole
     message: dict[str, Any] = {"role": held.get("role", "assistant"), "content": content}
     for field in ("reasoning_content", "refusal"):
         if field in held:
-            message[field] = held[field]
+            message[field] = "".join(held[field])
     if "tool_calls" in held:
-        message["tool_calls"] = [held["tool_calls"][i] for i in sorted(held["tool_calls"])]
+        message["tool_calls"] = [{**call, "function": {k: "".join(v) for k, v in call["function"].items()}}
+                                 for _, call in sorted(held["tool_calls"].items())]
     choice["message"] = message
     return choice
 

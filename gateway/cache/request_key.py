@@ -63,7 +63,10 @@ def opt_out(headers: Mapping[str, str], body: Mapping[str, Any]) -> tuple[bool, 
     the same way (docs.litellm.ai/docs/proxy/caching_controls; litellm/caching/caching_handler.py: `no-cache`
     skips the read, `no-store` the write)."""
     read = write = True
-    control = headers.get("Cache-Control", "").lower()
+    # Several Cache-Control lines are one comma-separated list (RFC 9110 5.3): a `no-store` on the second line counts.
+    getall = getattr(headers, "getall", None)
+    lines = getall("Cache-Control", []) if getall is not None else [headers.get("Cache-Control", "")]
+    control = ",".join(lines).lower()
     directives = {part.strip().split("=", 1)[0] for part in control.split(",")} if control else set()
     per_call = body.get("cache")
     if not isinstance(per_call, dict):

@@ -9,6 +9,7 @@ and to its spend row (`cache_hit`, `saved`, governance/gate.py). Calls it does n
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.cache.answers import assemble, events, keepable, read_entry, sse_chunks, usage_of
+from gateway.cache.answers import Assembler, keepable, read_entry, sse_chunks, usage_of
 from gateway.cache.request_key import ENDPOINTS, entry_id, opt_out, samples, scope_of
 from gateway.cache.stores import AnswerStore, InProcessStore, RedisStore, StoreDown
 from gateway.config.cache import CacheSettings
@@ -24,31 +25,39 @@ from gateway.config.native import GatewayConfig
 from gateway.governance.ledger.prices import Prices
 from gateway.observability.usage import CallRecord
 from gateway.protocols.request import Request
+from gateway.upstream.fallbacks import MayCall, fallback_names
+from gateway.upstream.routing import ModelRoute
 
 HEADER = "x-llmp-cache"
 LITELLM_KEY_HEADER = "x-litellm-cache-key"
 JSON = "application/json"
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 perf = time.perf_counter
+# Stores in flight at once (`ResponseCache.keep`): with answers of max_entry_bytes (1 MiB by default), 256 MiB held.
+MAX_PENDING = 256
 
 
 class ResponseCache:
     """The `cache:` section at work: which calls it covers, the store, and the numbers it reports."""
 
     def __init__(self, settings: CacheSettings, store: AnswerStore, prices: Prices, metrics: Any,
-                 label: Callable[[str], str], on_event: Callable[..., None]) -> None:
+                 label: Callable[[str], str], on_event: Callable[..., None],
+                 served_by: Mapping[str, str] | None = None) -> None:
         self.settings = settings
+        self.served_by = served_by or {}  # model alias: what answers it (`served_by` below)
         self.store = store
         self.prices = prices
         self.metrics = metrics  # GatewayMetrics: cache_requests, cache_saved
         self.label = label  # a client-sent name as a bounded metric label (config/model_names.py)
         self._event = on_event
         self._pending: set[asyncio.Task[None]] = set()
+        self.max_pending = MAX_PENDING
 
-    async def lookup(self, http: web.Request, request: Request, group: str, record: CallRecord,
-                     headers: dict[str, str]) -> CacheCall | None:
+    async def lookup(self, http: web.Request, request: Request, route: ModelRoute, record: CallRecord,
+                     headers: dict[str, str], may_call: MayCall | None = None) -> CacheCall | None:
         """None when the call is not covered; else its `CacheCall` (`answer` set on a hit)."""
         s = self.settings
+        group = route.alias
         # A call another region's gateway passed on arrives with the zone's master key, whoever made it: its scope
         # is not known here, so only the gateway that took it from the client (and knows its team) caches it.
         if request.hopped or request.endpoint not in ENDPOINTS or \
@@ -58,11 +67,16 @@ class ResponseCache:
         call = CacheCall(self, request, record, headers, "")
         if (not read and not write) or (samples(request.body) and not s.temperature_above_zero):
             return call.result("bypass")
-        call.entry = entry_id(scope_of(s.scope, record.key_token, record.team_id), request.endpoint, group,
-                              request.body)
+        call.entry = entry_id(scope_of(s.scope, record.key_token, record.team_id), request.endpoint,
+                              f"{group}@{self.served_by.get(group, '')}", request.body)
         call.write = write
         if not read:
             return call.result("bypass")
+        if "fallbacks" in request.body:
+            # The gate admitted the alias; the aliases the body names as fallbacks are checked by the proxy
+            # (upstream/fallbacks.py: a key may not name one it may not call, 403). A hit never reaches the proxy, and
+            # a teammate's key with fewer models would be answered what it must be refused: checked here first.
+            fallback_names(request, route, record, may_call)
         try:
             found = await self.store.get(call.entry)
         except StoreDown:
@@ -74,6 +88,9 @@ class ResponseCache:
         call.raw = found
         return call.result("hit")
 
+    def failed(self, event: str, exc: Exception) -> None:
+        self._event(event, error=f"{type(exc).__name__}: {exc}"[:300])
+
     def count(self, alias: str, result: str) -> None:
         self.metrics.cache_requests.labels(self.label(alias), result).inc()
 
@@ -82,7 +99,11 @@ class ResponseCache:
             self.metrics.cache_saved.labels(self.label(alias)).inc(usd)
 
     def keep(self, entry: str, answer: bytes) -> None:
-        """Store in the background (a stream's end: the client already has every byte)."""
+        """Store in the background: the answer is sent meanwhile. A store slower than the calls coming in (each
+        store waits up to redis.timeout_ms) would hold every answer waiting for it: past `max_pending` stores in
+        flight, an answer is not stored."""
+        if len(self._pending) >= self.max_pending:
+            return
         task = asyncio.get_running_loop().create_task(self.put(entry, answer))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
@@ -117,18 +138,30 @@ class CacheCall:
         self.write = False
         self.answer: dict[str, Any] | None = None
         self.raw = b""
-        self._sent: list[bytes] = []
-        self._held = 0
+        self._assembler: Assembler | None = None
 
     def _hold(self, out: bytes) -> None:
-        # A stream's chunks wrap each token or so of text in about 150 bytes of JSON: up to some 40 times the whole
-        # answer's size. Past that the answer would be over max_entry_bytes anyway: stop holding it (bounded memory).
-        self._held += len(out)
-        if self._held > 40 * self.cache.settings.max_entry_bytes:
+        # What the client was sent, merged into the answer as it goes: an answer past max_entry_bytes would not be
+        # stored, so past that it is dropped (what a stream holds stays about max_entry_bytes, whatever its length).
+        assembler = self._assembler
+        if assembler is None:
+            return
+        try:
+            assembler.feed(out)
+        except Exception as exc:  # noqa: BLE001 - never the relay's failure: the stream goes on, unkept
+            assembler.broken = True
+            self.cache.failed("cache_keep_failed", exc)
+        if assembler.broken or assembler.size > self.cache.settings.max_entry_bytes:
             self.write = False
-            self._sent = []
-        elif self.write:
-            self._sent.append(out)
+            self._assembler = None
+
+    def _own_answer(self) -> bool:
+        """A 200 from the alias the call named. An answer from one of its fallbacks (configured, the body's, or after
+        a context-window error: upstream/fallbacks.py) is another model's: kept under this alias it would be served
+        for `ttl_seconds` after the alias is back, and a hit priced at this alias's rates. LiteLLM's router likewise
+        makes a fallback's call under the fallback's own model name, and caches it there (litellm/router.py,
+        async_function_with_fallbacks)."""
+        return self.record.status == 200 and not self.record.fallbacks
 
     def result(self, result: str) -> CacheCall:
         self.record.cache = result
@@ -152,6 +185,8 @@ class CacheCall:
         record.cache_charge = fraction
         full = cache.prices.cost(record.alias, "cache", prompt, completion)
         cache.saved(record.alias, full - full * fraction)
+        if not self.request.stream:  # what the call is charged, as a miss's answer says it (http/litellm_headers.py)
+            self.headers["x-litellm-response-cost"] = repr(float(full * fraction))
         record.overhead_ms = (perf() - started) * 1000
         self.headers["x-gateway-overhead-ms"] = f"{record.overhead_ms:.3f}"
         # LiteLLM's proxy sends its cache key on hits only, and LiteLLM clients tell a hit by this header's presence
@@ -171,41 +206,51 @@ class CacheCall:
     # ---- a miss: the answer kept once whole ----------------------------------------------------------------------
 
     async def keep_body(self, body: bytes) -> None:
-        """A non-streamed answer, stored before it is sent (one store round trip, bounded by redis.timeout_ms), so
-        that the same call made once this one is answered is a hit."""
-        if not self.write or self.record.status != 200 or len(body) > self.cache.settings.max_entry_bytes:
+        """A non-streamed answer, stored in the background: the client never waits for the store (a Redis round trip
+        and the eviction script, up to redis.timeout_ms on a slow Redis). A repeat of the call is still a hit on this
+        replica: the store's task runs at the event loop's next turn, before any later request has been read, and
+        its command goes out on the store's one ordered connection (RedisPipe) ahead of any later lookup; on
+        another replica, once the store has reached Redis (well under the client's own round trip)."""
+        if not self.write or not self._own_answer() or len(body) > self.cache.settings.max_entry_bytes:
             return
         try:
             answer = orjson.loads(body)
         except orjson.JSONDecodeError:
             return
         if keepable(answer):
-            await self.cache.put(self.entry, body)
+            self.cache.keep(self.entry, body)
 
-    def tap(self, opened: Any, account: Callable[[CallRecord], None]) -> Callable[[CallRecord], None]:
+    def tap(self, opened: Any, account: Callable[[CallRecord], None] | None
+            ) -> Callable[[CallRecord], None] | None:
         """Watch the stream relayed for this call (the adapter's output is what the client gets); the relay's
-        `before_eof` step to use: `account`, then the stream kept, before the client has the stream's last byte."""
+        `before_eof` step to use: `account`, then the stream kept, before the client has the stream's last byte.
+        `account` None: a ladder's rung buffered to be checked (the ladder accounts it): its stream is kept all the
+        same, as a non-streamed rung's answer is, so a repeat of the call is a hit on that rung."""
         if not self.write or opened.adapter is None:
             return account
+        self._assembler = Assembler(self.request.endpoint)
         if opened.body:
             self._hold(opened.body)
         adapter = opened.adapter = _Tap(opened.adapter, self._hold)
 
         def before_eof(record: CallRecord) -> None:
-            account(record)
-            self.keep_stream(adapter)
+            if account is not None:
+                account(record)
+            try:
+                self.keep_stream(adapter)
+            except Exception as exc:  # noqa: BLE001 - a stream the cache cannot read is not kept; the call goes on
+                self.cache.failed("cache_keep_failed", exc)
 
         return before_eof
 
     def keep_stream(self, adapter: Any) -> None:
         """At the relay's end: a stream that ended whole and unharmed is kept as the answer it amounts to (stored in
         the background; the store is under way before the stream's last byte is sent)."""
-        record = self.record
-        if not self.write or record.status != 200 or record.error or not self._sent:
+        assembler, self._assembler = self._assembler, None
+        if not self.write or not self._own_answer() or self.record.error or assembler is None:
             return
         tokens = (getattr(adapter, "prompt_tokens", 0), getattr(adapter, "completion_tokens", 0))
-        answer = assemble(self.request.endpoint, events(b"".join(self._sent)), tokens)
-        self._sent = []
+        answer = assembler.answer(tokens)
         if answer is not None and keepable(answer) and tokens[0] + tokens[1] > 0:
             self.cache.keep(self.entry, orjson.dumps(answer))
 
@@ -239,7 +284,19 @@ def build_cache(config: GatewayConfig, metrics: Any, label: Callable[[str], str]
         store = RedisStore(r.url, s.ttl_seconds, s.max_bytes, r.timeout_ms, r.retry_after_ms, on_event)
     else:
         store = InProcessStore(s.ttl_seconds, s.max_bytes)
-    return ResponseCache(s, store, Prices(config), metrics, label, on_event)
+    return ResponseCache(s, store, Prices(config), metrics, label, on_event, served_by(config))
+
+
+def served_by(config: GatewayConfig) -> dict[str, str]:
+    """Per model alias, a hash of the upstream models that answer it (each deployment's provider, model and request
+    defaults). It is part of every entry's key: an alias moved to another model (a new version, a fine-tune) is a new
+    set of answers at once, never the old model's for `ttl_seconds` (the store outlives a rollout in Redis)."""
+    out = {}
+    for model in config.models:
+        parts = sorted(orjson.dumps([d.provider, d.model, d.defaults], option=orjson.OPT_SORT_KEYS)
+                       for d in model.deployments)
+        out[model.alias] = hashlib.blake2b(b"\x00".join(parts), digest_size=8).hexdigest()
+    return out
 
 
 def strip_controls(request: Request) -> None:
@@ -250,9 +307,10 @@ def strip_controls(request: Request) -> None:
         request.raw = orjson.dumps(request.body)
 
 
-async def lookup(cache: ResponseCache | None, http: web.Request, request: Request, group: str, record: CallRecord,
-                 headers: dict[str, str]) -> CacheCall | None:
-    """The hook in the request path (http/handlers.py): after admission, before the upstream is called."""
-    call = await cache.lookup(http, request, group, record, headers) if cache is not None else None
+async def lookup(cache: ResponseCache | None, http: web.Request, request: Request, route: ModelRoute,
+                 record: CallRecord, headers: dict[str, str], may_call: MayCall | None) -> CacheCall | None:
+    """The hook in the request path (http/handlers.py): after admission, before the upstream is called. `may_call`:
+    the proxy's check of the fallbacks a request body names (governance's `may_call`)."""
+    call = await cache.lookup(http, request, route, record, headers, may_call) if cache is not None else None
     strip_controls(request)
     return call

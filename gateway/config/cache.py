@@ -2,7 +2,7 @@
 
     cache:
       ttl_seconds: 3600              # an answer is served for this long after it was stored
-      max_entry_bytes: 1048576       # an answer larger than this is not stored
+      max_entry_bytes: 1048576       # an answer larger than this is not stored (at most 16 MiB)
       max_bytes: 268435456           # all cached answers of this gateway's store; the soonest to expire go first
       hit_cost_fraction: 0.0         # a hit costs this fraction of what the call would have cost
       scope: team                    # team: a team's keys share answers (a key without a team is its own scope)
@@ -32,7 +32,11 @@ class CacheSettings(BaseModel):
 
     # Redis takes TTLs in milliseconds as a 64-bit integer: a year bounds it far below that, and far above any use.
     ttl_seconds: float = Field(3600.0, gt=0, le=366 * 86400)
-    max_entry_bytes: int = Field(MIB, ge=1, le=512 * MIB)  # 512 MB: Redis's largest string value
+    # A hit reads its entry in one Redis GET, bounded by redis.timeout_ms (100 ms by default), and a GET that times out
+    # makes every call bypass the cache for redis.retry_after_ms: 16 MiB took 46 ms on loopback here (Redis sends a
+    # reply 64 KiB per event loop turn: networking.c `writeToClient`, NET_MAX_WRITES_PER_EVENT), more across a VPC.
+    # Larger answers are not worth the risk.
+    max_entry_bytes: int = Field(MIB, ge=1, le=16 * MIB)
     max_bytes: int = Field(256 * MIB, ge=1)
     hit_cost_fraction: float = Field(0.0, ge=0, le=1)
     scope: Literal["team", "key"] = "team"

@@ -29,7 +29,8 @@ EXPOSED = ("x-request-id, x-litellm-call-id, x-litellm-model-id, x-litellm-model
            "x-litellm-overhead-duration-ms, x-litellm-key-tpm-limit, x-litellm-key-rpm-limit, "
            "x-litellm-key-max-budget, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, "
            "x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, retry-after"
-           ", x-llmp-route")  # a ladder's rungs and outcomes (routing/ladder.py)
+           ", x-llmp-route"  # a ladder's rungs and outcomes (routing/ladder.py)
+           ", x-llmp-cache, x-litellm-cache-key")  # the response cache's result and a hit's key (gateway/cache/)
 
 
 @dataclass(frozen=True)

@@ -141,7 +141,8 @@ class Endpoints:
         if state.gate is not None:
             route = await state.gate.admit(principal, request, route, record)
         record.prompt_hash = _prompt_hash(request.body)
-        cached = await lookup(state.cache, http, request, route.alias, record, headers)  # gateway/cache/
+        # gateway/cache/: answered from the response cache, or its answer kept
+        cached = await lookup(state.cache, http, request, route, record, headers, state.proxy.may_call)
         if cached is not None and cached.answer is not None:
             return await cached.replay(http, started, state.usage.record if into is None else None, into)
         opened = None
@@ -159,10 +160,10 @@ class Endpoints:
             if request.stream:
                 record.ttft_ms = (perf() - started) * 1000
                 self.litellm.on_answer(headers, record, opened.deployment, overhead_ms, opened.ratelimit, False)
-                # A buffered rung is accounted by the ladder (routing/ladder.py); its stream is still kept in the cache.
+                # A buffered rung: the ladder accounts it (None).
                 account: Callable[[CallRecord], None] | None = state.usage.record if into is None else None
                 if cached is not None:
-                    account = cached.tap(opened, account or _accounted_later)
+                    account = cached.tap(opened, account)
                 response = await relay_stream(http, opened, headers, record, account, into)
             else:
                 record.prompt_tokens = opened.prompt_tokens
@@ -277,10 +278,6 @@ async def _parse(http: web.Request, endpoint: str, state: AppState) -> Request:
         raise bad_request(str(exc), exc.param) from None
     wants_usage = bool(options and options.get("include_usage"))
     return Request(endpoint, raw, body, alias, stream, wants_usage, HOP_HEADER in http.headers)
-
-
-def _accounted_later(record: CallRecord) -> None:
-    return None
 
 
 def _refuse_over_model_cap(request: Request, route: Any) -> None:

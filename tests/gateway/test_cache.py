@@ -6,6 +6,7 @@ answer replays as a stream the client parses."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ ASK = [{"role": "user", "content": "What does the gateway do with tokens?"}]
 def cached_config(sim: Any, tmp_path: Path, redis_url: str | None, **cache: Any) -> dict[str, Any]:
     config = governed(sim, tmp_path)
     if redis_url is not None:
-        config["redis"] = {"url": redis_url, "timeout_ms": 300, "retry_after_ms": 500}
+        # 3 s: these are no tests of timeouts, and a loaded test machine can stall its loop past a short one
+    config["redis"] = {"url": redis_url, "timeout_ms": 3000, "retry_after_ms": 500}
     config["cache"] = {"models": [MODEL], **cache}
     return config
 
@@ -209,8 +211,11 @@ async def test_a_hit_costs_the_configured_fraction(gateway_factory, sim, tmp_pat
     gw = await gateway_factory(cached_config(sim, tmp_path, redis_server.url, hit_cost_fraction=0.1))
     key = await team_key(gw, "search")
     _, first = await ask(gw, key)
-    assert (await ask(gw, key))[0] == "hit"
+    raw = await gw.client(api_key=key).chat.completions.with_raw_response.create(model=MODEL, messages=ASK,
+                                                                                 temperature=0)
+    assert raw.headers["x-llmp-cache"] == "hit"
     full = first.usage.prompt_tokens * IN_PRICE + first.usage.completion_tokens * OUT_PRICE
+    assert float(raw.headers["x-litellm-response-cost"]) == pytest.approx(0.1 * full), "what the hit is charged"
     _, hit_row = await spend_rows(gw, 2)
     assert hit_row["spend"] == pytest.approx(0.1 * full) and hit_row["saved"] == pytest.approx(0.9 * full)
     assert (await scraped(gw, "llmp_cache_saved_usd"))[(MODEL,)] == pytest.approx(0.9 * full)
@@ -267,3 +272,63 @@ async def test_scope_key_keeps_each_keys_answers_its_own(gateway_factory, sim, t
     assert [(await ask(gw, made["alice"]["key"]))[0] for _ in range(2)] == ["miss", "hit"]
     assert (await ask(gw, made["bob"]["key"]))[0] == "miss", "same team, but scope: key"
     assert (await ask(gw, made["carol"]["key"]))[0] is None, "a key the section does not name is not covered"
+
+
+async def test_a_miss_is_answered_without_waiting_for_its_store(gateway_factory, sim, tmp_path) -> None:
+    # A slow Redis (under timeout_ms, or a long eviction script) delays the store, never the answer: misses are most
+    # calls, and their answer is ready.
+    gw = await gateway_factory(cached_config(sim, tmp_path, None))
+    store, release = gw.state.cache.store, asyncio.Event()
+    put = store.put
+
+    async def slow_put(entry: str, answer: bytes) -> None:
+        await release.wait()
+        await put(entry, answer)
+
+    store.put = slow_put
+    key = await team_key(gw, "search")
+    try:
+        header, answer = await asyncio.wait_for(ask(gw, key), 5)
+        assert header == "miss" and answer.choices[0].message.content
+    finally:
+        release.set()
+    await gw.state.cache.settle()
+    assert (await ask(gw, key))[0] == "hit"
+
+
+async def test_stores_in_flight_are_bounded_when_the_store_is_slow(gateway_factory, sim, tmp_path) -> None:
+    gw = await gateway_factory(cached_config(sim, tmp_path, None))
+    cache, release = gw.state.cache, asyncio.Event()
+    put = cache.store.put
+
+    async def slow_put(entry: str, answer: bytes) -> None:
+        await release.wait()
+        await put(entry, answer)
+
+    cache.store.put, cache.max_pending = slow_put, 2
+    key = await team_key(gw, "search")
+    asks = [[{"role": "user", "content": f"Question {i}"}] for i in range(4)]
+    try:
+        for messages in asks:
+            assert (await asyncio.wait_for(ask(gw, key, messages=messages), 5))[0] == "miss"
+        assert len(cache._pending) == 2, "answers waiting for a slow store are held: at most max_pending"
+    finally:
+        release.set()
+    await cache.settle()
+    assert [(await ask(gw, key, messages=m))[0] for m in asks] == ["hit", "hit", "miss", "miss"]
+
+
+async def test_an_alias_moved_to_another_model_starts_afresh(gateway_factory, sim_factory, tmp_path,
+                                                             redis_server) -> None:
+    # The answers outlive a rollout in Redis: an alias now answered by another model (a new version, a fine-tune)
+    # must not be served the old model's answers for ttl_seconds.
+    sim = await sim_factory(name="sim-a", models=(MODEL, "llama-3-3-70b-instruct"))
+    config = cached_config(sim, tmp_path, redis_server.url)
+    before = await gateway_factory(config)
+    key = await team_key(before, "search")
+    assert [(await ask(before, key))[0] for _ in range(2)] == ["miss", "hit"]
+    for name, upstream, expected in (("same", MODEL, "hit"), ("moved", "llama-3-3-70b-instruct", "miss")):
+        rolled = copy.deepcopy(config)
+        rolled["ledger"]["spool_dir"] = str(tmp_path / f"spool-{name}")
+        rolled["models"][0]["deployments"][0]["model"] = upstream
+        assert (await ask(await gateway_factory(rolled), key))[0] == expected, name

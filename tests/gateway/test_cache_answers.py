@@ -4,6 +4,8 @@ choices included; a stream assembled from its chunks is the answer the upstream 
 
 from __future__ import annotations
 
+import tracemalloc
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -12,6 +14,11 @@ from openai.types.chat import ChatCompletionChunk
 
 from gateway.cache.answers import assemble, events, keepable, sse_chunks
 from gateway.cache.request_key import entry_id, opt_out, samples
+from gateway.cache.response_cache import CacheCall, ResponseCache
+from gateway.cache.stores import InProcessStore
+from gateway.config.cache import CacheSettings
+from gateway.observability.usage import CallRecord
+from gateway.protocols.request import Request
 
 ANSWER: dict[str, Any] = {
     "id": "chatcmpl-1", "object": "chat.completion", "created": 1_760_000_000, "model": "llama-3-1-8b",
@@ -92,3 +99,47 @@ def test_sampling_and_opt_outs_are_read_as_documented() -> None:
     assert opt_out({"Cache-Control": "no-store"}, {}) == (False, False)
     assert opt_out({}, {"cache": {"no-store": True}}) == (False, False)
     assert opt_out({}, {"cache": {"no-cache": "yes"}}) == (True, True), "only a JSON true opts out"
+
+
+class Relayed:
+    """A stream adapter that sends what it is fed (the relay's view of one), with the stream's metered tokens."""
+
+    prompt_tokens, completion_tokens, done = 12, 5000, False
+
+    def feed(self, raw: bytes, data: bytes) -> bytes:
+        return data
+
+
+def token_chunk(text: str, finish: str | None = None) -> bytes:
+    return b"data: " + orjson.dumps({"id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 1,
+                                     "model": "m", "choices": [{"index": 0, "delta": {"content": text},
+                                                                "logprobs": None, "finish_reason": finish}]}) + b"\n\n"
+
+
+async def test_a_covered_stream_holds_about_its_answer_not_its_chunks() -> None:
+    # Each token comes wrapped in some 170 bytes of JSON: holding a stream's chunks until its end cost some 40 times
+    # its answer, per stream in flight.
+    settings = CacheSettings(models=["m"])
+    cache = ResponseCache(settings, InProcessStore(60, 1 << 30), None, None, str, lambda *a, **k: None)
+    record = CallRecord("r-1", endpoint="chat", status=200)
+    call = CacheCall(cache, Request("chat", b"{}", {}, "m", True, False), record, {}, "entry")
+    call.write = True
+    opened = SimpleNamespace(adapter=Relayed(), body=b"")
+    before_eof = call.tap(opened, None)
+    assert before_eof is not None
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        for _ in range(5000):
+            opened.adapter.feed(b"", token_chunk("word "))
+        held = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    relayed = 5000 * len(token_chunk("word "))
+    assert held < relayed / 10, f"{held} bytes held for a {relayed}-byte stream of a 25,000-character answer"
+    opened.adapter.feed(b"", token_chunk("", "stop") + b"data: [DONE]\n\n")
+    before_eof(record)
+    await cache.settle()
+    stored = orjson.loads(await cache.store.get("entry") or b"{}")
+    assert stored["choices"][0]["message"]["content"] == "word " * 5000
+    assert stored["usage"] == {"prompt_tokens": 12, "completion_tokens": 5000, "total_tokens": 5012}

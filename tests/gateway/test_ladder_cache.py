@@ -19,7 +19,8 @@ from tests.gateway.test_ladder_streams import stream
 
 def cached_ladder(cheap: Any, big: Any, tmp_path: Path, redis: RedisServer) -> dict[str, Any]:
     config = ladder_config(cheap.base_url, big.base_url, tmp_path)
-    config["redis"] = {"url": redis.url, "timeout_ms": 300, "retry_after_ms": 500}
+    # 3 s: these are no tests of timeouts, and a loaded test machine can stall its loop past a short one
+    config["redis"] = {"url": redis.url, "timeout_ms": 3000, "retry_after_ms": 500}
     config["cache"] = {"models": [CHEAP, BIG]}
     return config
 
