@@ -27,7 +27,7 @@ def cached_config(sim: Any, tmp_path: Path, redis_url: str | None, **cache: Any)
     config = governed(sim, tmp_path)
     if redis_url is not None:
         # 3 s: these are no tests of timeouts, and a loaded test machine can stall its loop past a short one
-    config["redis"] = {"url": redis_url, "timeout_ms": 3000, "retry_after_ms": 500}
+        config["redis"] = {"url": redis_url, "timeout_ms": 3000, "retry_after_ms": 500}
     config["cache"] = {"models": [MODEL], **cache}
     return config
 
