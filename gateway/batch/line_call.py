@@ -49,7 +49,8 @@ def spend_id(batch_id: str, custom_id: str) -> str:
 
 class LineCall:
     def __init__(self, state: Any, gate: Governance, rows: BatchRows, price_fraction: float,
-                 in_flight: Counter[str], metrics: Any) -> None:
+                 in_flight: Counter[str], metrics: Any, owner: str) -> None:
+        self.owner = owner  # this replica's lease name: a line is written only while it holds the batch's lease
         self.state = state
         self.gate = gate
         self.rows = rows
@@ -58,10 +59,17 @@ class LineCall:
         self.metrics = metrics
 
     async def run(self, batch: dict[str, Any], line: Line) -> None:
+        """Run the line and write its result; LeaseLost (from the store) if another replica holds the batch by then:
+        nothing is written, the holder runs the line."""
         batch_id = batch["id"]
+        if line.refused is not None:  # this config cannot run it any more (lines.read_lines, rerun)
+            refusal = GatewayError(400, line.refused["message"], "invalid_request_error", line.refused["param"],
+                                   line.refused["code"])
+            await self._finish(batch_id, line, 400, refusal.body(), None)
+            return
         endpoint = ENDPOINTS[batch["endpoint"]]
         record = CallRecord(f"{batch_id}:{line.custom_id}", endpoint=endpoint)
-        body = {**line.body, "model": line.alias}
+        body = {**line.body(), "model": line.alias}
         body.pop("stream", None)
         body.pop("stream_options", None)
         request = Request(endpoint, orjson.dumps(body), body, line.alias, False, False, False)
@@ -117,7 +125,8 @@ class LineCall:
         spend_bytes = orjson.dumps(spend) if spend is not None else None
         for attempt in range(STORE_TRIES):
             try:
-                new = await self.rows.finish_line(batch_id, line.custom_id, line.number, ok, text, spend_bytes)
+                new = await self.rows.finish_line(batch_id, line.custom_id, line.number, ok, text, spend_bytes,
+                                                  self.owner)
                 break
             except StoreError as exc:
                 self.state.log.event("batch_line_write_failed", batch=batch_id, error=str(exc)[:300],

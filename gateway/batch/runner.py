@@ -2,9 +2,10 @@
 governor, and writes their output and error files.
 
 Several replicas share one store: a replica runs a batch only while it holds its lease (owner and expiry, renewed
-every third of `batch.lease_seconds`); a replica that dies leaves its lease to expire, and another (or itself,
-restarted) takes the batch over. A line is done when its row is in the store (written with its spend row, in one
-transaction): a batch taken over re-runs only the lines without one.
+every third of `batch.lease_seconds`, timed by the store's clock); a replica that dies leaves its lease to expire, and
+another (or itself, restarted) takes the batch over. A line is done when its row is in the store (written with its
+spend row, in one transaction, by the lease's holder only): a batch taken over re-runs only the lines without one,
+and a replica that lost its lease (paused, then resumed) writes nothing more.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from gateway.batch.line_call import LineCall
 from gateway.batch.lines import Line, error, read_lines
 from gateway.config.native import GatewayConfig
 from gateway.governance.gate import Governance
-from gateway.governance.store.batches import BatchRows
+from gateway.governance.store.batches import BatchRows, LeaseLost
 from gateway.governance.store.protocol import StoreError
 from gateway.tasks import cancel
 
@@ -54,7 +55,7 @@ class BatchRunner:
         self.metrics = metrics
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.in_flight: Counter[str] = Counter()
-        self.calls = LineCall(state, gate, rows, self.settings.price_fraction, self.in_flight, metrics)
+        self.calls = LineCall(state, gate, rows, self.settings.price_fraction, self.in_flight, metrics, self.owner)
         self.jobs: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -93,7 +94,7 @@ class BatchRunner:
     async def _claim(self) -> None:
         if len(self.jobs) >= MAX_JOBS:
             return
-        now = time.time()
+        now = await self.rows.clock()
         for batch_id in await self.rows.claimable(now, MAX_JOBS):
             if batch_id in self.jobs or len(self.jobs) >= MAX_JOBS:
                 continue
@@ -106,6 +107,8 @@ class BatchRunner:
             await BatchJob(self, batch_id).run()
         except StoreError as exc:  # the lease runs out and the batch is taken up again, here or elsewhere
             self.event("batch_store_unavailable", batch=batch_id, error=str(exc)[:300])
+        except LeaseLost:  # another replica holds it now (this one was paused past its lease): it finishes the batch
+            self.event("batch_lease_lost", batch=batch_id, owner=self.owner)
         except Exception as exc:  # noqa: BLE001 - a bug of ours: logged; the lease is released and the batch retried
             self.event("batch_run_failed", batch=batch_id, error=f"{type(exc).__name__}: {exc}"[:300])
             await asyncio.sleep(POLL_S)
@@ -140,7 +143,7 @@ class BatchJob:
         self.row, self.doc = row, orjson.loads(row["doc"])
         self.cancelled = self.cancelled or row["status"] == "cancelling"
         self.expired = self.expired or (row["status"] in ("validating", "in_progress")
-                                        and time.time() >= float(self.doc["expires_at"]))
+                                        and await self.rows.clock() >= float(self.doc["expires_at"]))
         return str(row["status"])
 
     async def _move(self, status: str, only_from: tuple[str, ...], **fields: Any) -> bool:
@@ -195,7 +198,7 @@ class BatchJob:
             try:
                 if time.monotonic() >= renew_at:
                     renew_at = time.monotonic() + lease / 3
-                    now = time.time()
+                    now = await self.rows.clock()
                     if not await self.rows.claim(self.id, self.runner.owner, now, now + lease):
                         self.lost = True
                         self.runner.event("batch_lease_lost", batch=self.id, owner=self.runner.owner)
@@ -212,7 +215,8 @@ class BatchJob:
             except FileMissing:  # deleted while the batch ran: the lines left cannot run; what ran is kept
                 self.cancelled = True
                 self.runner.event("batch_input_missing", batch=self.id, file=self.doc["input_file_id"])
-        lines, _ = read_lines(data, self.doc["endpoint"], self.runner.config) if data else ([], [])
+        lines, _ = read_lines(data, self.doc["endpoint"], self.runner.config, rerun=True) if data else ([], [])
+        del data  # the lines hold their own bytes
         done = await self.rows.done_lines(self.id)
         todo = [line for line in lines if line.custom_id not in done]
         router = self.runner.state.router
@@ -225,7 +229,7 @@ class BatchJob:
             for line in todo:
                 if self.stopping() or not await governor.turn():
                     break
-                task = asyncio.get_running_loop().create_task(self.runner.calls.run(self.doc | self.row, line))
+                task = asyncio.get_running_loop().create_task(self._line(line))
                 tasks.add(task)
                 task.add_done_callback(_finished(tasks, governor))
             if tasks:  # cancel and expiry let lines in flight finish
@@ -245,6 +249,14 @@ class BatchJob:
                 self.runner.event("batch_lines_unwritten", batch=self.id, lines=left, effect="run again")
                 raise StoreError(f"{left} lines of batch {self.id} could not be written")
 
+    async def _line(self, line: Line) -> None:
+        try:
+            await self.runner.calls.run(self.doc | self.row, line)
+        except LeaseLost:  # taken over (this replica was paused or cut off past its lease): the holder runs the rest
+            if not self.lost:
+                self.runner.event("batch_lease_lost", batch=self.id, owner=self.runner.owner)
+            self.lost = True
+
     async def _expire_rest(self, todo: list[Line]) -> None:
         """OpenAI's expiry: the lines not run by the window's end go to the error file as `batch_expired`
         (https://platform.openai.com/docs/guides/batch#batch-expiration)."""
@@ -255,7 +267,7 @@ class BatchJob:
                           "error": {"code": "batch_expired", "message": "This request could not be executed before "
                                     "the completion window expired."}}
                 await self.rows.finish_line(self.id, line.custom_id, line.number, False,
-                                            orjson.dumps(result).decode(), None)
+                                            orjson.dumps(result).decode(), None, self.runner.owner)
 
     async def _finalize(self) -> None:
         now = int(time.time())

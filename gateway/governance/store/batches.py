@@ -1,9 +1,12 @@
 """The Batch API's rows in the ledger store (llmp_files, llmp_batches, llmp_batch_lines), on SQLite and PostgreSQL.
 
-One SQL text per operation, written with `?` and numbered for asyncpg (`$1`...). The two guarantees the runner
+One SQL text per operation, written with `?` and numbered for asyncpg (`$1`...). The guarantees the runner
 (gateway/batch/runner.py) builds on: a line's result and its spend row go in together or not at all, keyed unique
-by (batch_id, custom_id), so a line is answered and charged once however often it is run; and a batch is run by
-the one replica holding its unexpired lease (a conditional UPDATE: of two replicas claiming at once, one wins).
+by (batch_id, custom_id), so a line is answered and charged once however often it is run; a batch is run by the
+one replica holding its unexpired lease (a conditional UPDATE: of two replicas claiming at once, one wins); a line
+is written only by the lease's holder (a fence: a replica paused past its lease, then resumed, writes nothing, so
+nothing lands after the new holder finalized the batch); and leases are timed by the store's clock, never by a
+replica's own (two replicas' clocks apart by more than a lease would otherwise take each other's batches).
 """
 
 from __future__ import annotations
@@ -33,11 +36,22 @@ CLAIM = ("UPDATE llmp_batches SET lease_owner = ?, lease_until = ? WHERE id = ? 
          "(lease_owner IS NULL OR lease_owner = ? OR lease_until < ?)")
 RELEASE = "UPDATE llmp_batches SET lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?"
 DONE_LINES = "SELECT custom_id FROM llmp_batch_lines WHERE batch_id = ?"
+# The fence, read in the line's transaction: on PostgreSQL `FOR SHARE` holds the batch row until the commit, so a
+# claim (an UPDATE of it) waits for the line to be in, or the line's SELECT sees the claim and writes nothing
+# (https://www.postgresql.org/docs/current/explicit-locking.html#LOCKING-ROWS). SQLite's BEGIN IMMEDIATE already
+# serializes every writer.
+HOLDER = "SELECT 1 FROM llmp_batches WHERE id = ? AND lease_owner = ?"
+SQLITE_CLOCK = "SELECT (julianday('now') - 2440587.5) * 86400.0"  # Unix seconds (https://sqlite.org/lang_datefunc.html)
+POSTGRES_CLOCK = "SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8"
 INSERT_LINE = ("INSERT INTO llmp_batch_lines (batch_id, custom_id, line_no, ok, result) VALUES (?,?,?,?,?) "
                "ON CONFLICT (batch_id, custom_id) DO NOTHING")
 COUNTS = "SELECT ok, COUNT(*) FROM llmp_batch_lines WHERE batch_id = ? GROUP BY ok"
 STATUS_COUNTS = "SELECT status, COUNT(*) FROM llmp_batches GROUP BY status"
 RESULTS = "SELECT result FROM llmp_batch_lines WHERE batch_id = ? AND ok = ? ORDER BY line_no"
+
+
+class LeaseLost(Exception):
+    """The batch's lease is no longer this replica's: another took it over; what this one ran is not written."""
 
 
 def numbered(sql: str) -> str:
@@ -79,6 +93,9 @@ class BatchRows(Protocol):
     async def set_batch(self, batch_id: str, status: str, doc: str, only_from: tuple[str, ...]) -> bool:
         """Move a batch to `status` (its object `doc`) if it is in one of `only_from`; whether it was."""
         ...
+    async def clock(self) -> float:
+        """The store's time (Unix seconds): the one clock every replica times leases by."""
+        ...
     async def claimable(self, now: float, limit: int) -> list[str]: ...
     async def claim(self, batch_id: str, owner: str, now: float, until: float) -> bool:
         """Take (or renew) the lease if it is free, expired or ours; whether we hold it now."""
@@ -86,8 +103,9 @@ class BatchRows(Protocol):
     async def release(self, batch_id: str, owner: str) -> None: ...
     async def done_lines(self, batch_id: str) -> set[str]: ...
     async def finish_line(self, batch_id: str, custom_id: str, line_no: int, ok: bool, result: str,
-                          spend: bytes | None) -> bool:
-        """The line's result and its spend row (if any) in one transaction; False if the line was already done."""
+                          spend: bytes | None, owner: str) -> bool:
+        """The line's result and its spend row (if any) in one transaction if `owner` holds the batch's lease (else
+        LeaseLost); False if the line was already done."""
         ...
     async def line_counts(self, batch_id: str) -> tuple[int, int]: ...
     async def results(self, batch_id: str, ok: bool) -> list[str]: ...
@@ -134,6 +152,9 @@ class SqliteBatchRows:
     async def set_batch(self, batch_id: str, status: str, doc: str, only_from: tuple[str, ...]) -> bool:
         return bool(await self._count(_set_batch(only_from), status, doc, batch_id))
 
+    async def clock(self) -> float:
+        return float((await self._all(SQLITE_CLOCK))[0][0])
+
     async def claimable(self, now: float, limit: int) -> list[str]:
         return [r[0] for r in await self._all(CLAIMABLE, now, limit)]
 
@@ -147,10 +168,12 @@ class SqliteBatchRows:
         return {r[0] for r in await self._all(DONE_LINES, batch_id)}
 
     async def finish_line(self, batch_id: str, custom_id: str, line_no: int, ok: bool, result: str,
-                          spend: bytes | None) -> bool:
+                          spend: bytes | None, owner: str) -> bool:
         def q(db: sqlite3.Connection) -> bool:
             db.execute("BEGIN IMMEDIATE")
             try:
+                if db.execute(HOLDER, (batch_id, owner)).fetchone() is None:
+                    raise LeaseLost(batch_id)
                 new = db.execute(INSERT_LINE, (batch_id, custom_id, line_no, int(ok), result)).rowcount > 0
                 if new and spend is not None:
                     db.execute(SQLITE_INSERT_SPEND, (json_array([spend]),))
@@ -214,6 +237,9 @@ class PostgresBatchRows:
     async def set_batch(self, batch_id: str, status: str, doc: str, only_from: tuple[str, ...]) -> bool:
         return bool(await self._count(_set_batch(only_from), status, doc, batch_id))
 
+    async def clock(self) -> float:
+        return float((await self._all(POSTGRES_CLOCK))[0][0])
+
     async def claimable(self, now: float, limit: int) -> list[str]:
         return [r[0] for r in await self._all(CLAIMABLE, now, limit)]
 
@@ -230,9 +256,11 @@ class PostgresBatchRows:
         return {r[0] for r in await self._all(DONE_LINES, batch_id)}
 
     async def finish_line(self, batch_id: str, custom_id: str, line_no: int, ok: bool, result: str,
-                          spend: bytes | None) -> bool:
+                          spend: bytes | None, owner: str) -> bool:
         async def q() -> bool:
             async with self._store._pool.acquire() as conn, conn.transaction():
+                if await conn.fetchval(numbered(HOLDER) + " FOR SHARE", batch_id, owner) is None:
+                    raise LeaseLost(batch_id)
                 status = await conn.execute(numbered(INSERT_LINE), batch_id, custom_id, line_no, int(ok), result)
                 new = int(status.split()[-1]) > 0
                 if new and spend is not None:
