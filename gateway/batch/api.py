@@ -24,7 +24,10 @@ from gateway.http.errors import GatewayError, bad_request
 from gateway.http.handlers import authorization
 
 JSON = "application/json"
-MAX_LIST = 100  # `limit` on list calls, as OpenAI's (1 to 100)
+# `limit` on list calls, as OpenAI's: batches 1 to 100, default 20 (https://platform.openai.com/docs/api-reference/
+# batch/list); files 1 to 10,000, default 10,000, with `order` (https://platform.openai.com/docs/api-reference/files/list).
+BATCH_LIST = (20, 100)
+FILE_LIST = (10_000, 10_000)
 CANCELLABLE = ("validating", "in_progress")
 
 
@@ -156,8 +159,11 @@ class BatchApi:
         return {"id": row["id"], "object": "file", "deleted": True}
 
     async def list_files(self, http: web.Request, who: tuple[str, str | None, Owner]) -> dict[str, Any]:
-        after, limit = _page(http)
-        rows = await self.rows.list_files(who[2], http.query.get("purpose"), after, limit + 1)
+        after, limit = _page(http, *FILE_LIST)
+        order = http.query.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise bad_request("`order` must be `asc` or `desc`.", "order")
+        rows = await self.rows.list_files(who[2], http.query.get("purpose"), after, limit + 1, order == "desc")
         return _listing([file_object(r) for r in rows], limit)
 
     # ---- batches --------------------------------------------------------------------------------
@@ -211,7 +217,7 @@ class BatchApi:
         return await self._shown(await self._batch(http, who[2]))
 
     async def list_batches(self, http: web.Request, who: tuple[str, str | None, Owner]) -> dict[str, Any]:
-        after, limit = _page(http)
+        after, limit = _page(http, *BATCH_LIST)
         rows = await self.rows.list_batches(who[2], after, limit + 1)
         return _listing([await self._shown(r) for r in rows], limit)
 
@@ -231,10 +237,10 @@ class BatchApi:
         return await self._shown(row)
 
 
-def _page(http: web.Request) -> tuple[str | None, int]:
-    raw = http.query.get("limit", "20")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST:
-        raise bad_request(f"`limit` must be a whole number from 1 to {MAX_LIST}.", "limit")
+def _page(http: web.Request, default: int, most: int) -> tuple[str | None, int]:
+    raw = http.query.get("limit", str(default))
+    if not raw.isdigit() or not 1 <= int(raw) <= most:
+        raise bad_request(f"`limit` must be a whole number from 1 to {most}.", "limit")
     return http.query.get("after") or None, int(raw)
 
 

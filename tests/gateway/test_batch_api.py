@@ -107,6 +107,12 @@ def _files_and_batches_are_seen_by_their_team_and_are_404_to_another(gw: Gateway
     assert [b.id for b in owner.batches.list()] == [second, batch_id]
     assert [b.id for b in owner.batches.list(limit=1)] == [second, batch_id]  # auto-paginated over `after`
     assert {f.purpose for f in owner.files.list()} == {"batch", "batch_output"}
+    # Files list as OpenAI's: `limit` up to 10,000, `order` asc or desc by creation.
+    newest = [f.id for f in owner.files.list(limit=10_000).data]
+    assert [f.id for f in owner.files.list(limit=10_000, order="asc").data] == newest[::-1]
+    assert [f.id for f in owner.files.list(limit=1, order="asc")] == newest[::-1]  # auto-paginated, oldest first
+    with pytest.raises(openai.BadRequestError):
+        owner.batches.list(limit=101)
     assert owner.files.delete(batch.input_file_id).deleted
     with pytest.raises(openai.NotFoundError):
         owner.files.retrieve(batch.input_file_id)

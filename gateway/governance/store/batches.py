@@ -21,8 +21,8 @@ Owner = tuple[str, str | None] | None  # (key token, team id) whose rows a calle
 FILE_COLUMNS = ("id", "key_token", "team_id", "purpose", "filename", "bytes", "created_at")
 BATCH_COLUMNS = ("id", "key_token", "team_id", "status", "created_at", "lease_owner", "lease_until", "doc")
 _OWNED = "(key_token = ? OR (team_id IS NOT NULL AND team_id = ?))"
-_AFTER = "(created_at < (SELECT created_at FROM {t} WHERE id = ?) OR (created_at = (SELECT created_at FROM {t} " \
-         "WHERE id = ?) AND id < ?))"
+_AFTER = "(created_at {op} (SELECT created_at FROM {t} WHERE id = ?) OR (created_at = (SELECT created_at FROM {t} " \
+         "WHERE id = ?) AND id {op} ?))"
 
 INSERT_FILE = f"INSERT INTO llmp_files ({', '.join(FILE_COLUMNS)}) VALUES (?,?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING"
 GET_FILE = f"SELECT {', '.join(FILE_COLUMNS)} FROM llmp_files WHERE id = ?"
@@ -66,26 +66,27 @@ def _set_batch(statuses: tuple[str, ...]) -> str:
 
 
 def _list(table: str, columns: tuple[str, ...], owner: Owner, after: str | None, limit: int,
-          extra: tuple[str, Any] | None = None) -> tuple[str, list[Any]]:
+          extra: tuple[str, Any] | None = None, newest_first: bool = True) -> tuple[str, list[Any]]:
     where, args = [], []
     if owner is not None:
         where.append(_OWNED)
         args += [owner[0], owner[1]]
     if after is not None:
-        where.append(_AFTER.format(t=table))
+        where.append(_AFTER.format(t=table, op="<" if newest_first else ">"))
         args += [after, after, after]
     if extra is not None:
         where.append(extra[0])
         args.append(extra[1])
     sql = f"SELECT {', '.join(columns)} FROM {table}" + (" WHERE " + " AND ".join(where) if where else "")
-    return sql + " ORDER BY created_at DESC, id DESC LIMIT ?", [*args, limit]
+    order = "DESC" if newest_first else "ASC"
+    return sql + f" ORDER BY created_at {order}, id {order} LIMIT ?", [*args, limit]
 
 
 class BatchRows(Protocol):
     async def insert_file(self, row: dict[str, Any]) -> None: ...
     async def get_file(self, file_id: str) -> dict[str, Any] | None: ...
-    async def list_files(self, owner: Owner, purpose: str | None, after: str | None,
-                         limit: int) -> list[dict[str, Any]]: ...
+    async def list_files(self, owner: Owner, purpose: str | None, after: str | None, limit: int,
+                         newest_first: bool = True) -> list[dict[str, Any]]: ...
     async def delete_file(self, file_id: str) -> bool: ...
     async def insert_batch(self, row: dict[str, Any]) -> None: ...
     async def get_batch(self, batch_id: str) -> dict[str, Any] | None: ...
@@ -129,10 +130,10 @@ class SqliteBatchRows:
         rows = await self._all(GET_FILE, file_id)
         return dict(zip(FILE_COLUMNS, rows[0])) if rows else None
 
-    async def list_files(self, owner: Owner, purpose: str | None, after: str | None,
-                         limit: int) -> list[dict[str, Any]]:
+    async def list_files(self, owner: Owner, purpose: str | None, after: str | None, limit: int,
+                         newest_first: bool = True) -> list[dict[str, Any]]:
         sql, args = _list("llmp_files", FILE_COLUMNS, owner, after, limit,
-                          ("purpose = ?", purpose) if purpose else None)
+                          ("purpose = ?", purpose) if purpose else None, newest_first)
         return [dict(zip(FILE_COLUMNS, r)) for r in await self._all(sql, *args)]
 
     async def delete_file(self, file_id: str) -> bool:
@@ -214,10 +215,10 @@ class PostgresBatchRows:
         rows = await self._all(GET_FILE, file_id)
         return dict(zip(FILE_COLUMNS, rows[0])) if rows else None
 
-    async def list_files(self, owner: Owner, purpose: str | None, after: str | None,
-                         limit: int) -> list[dict[str, Any]]:
+    async def list_files(self, owner: Owner, purpose: str | None, after: str | None, limit: int,
+                         newest_first: bool = True) -> list[dict[str, Any]]:
         sql, args = _list("llmp_files", FILE_COLUMNS, owner, after, limit,
-                          ("purpose = ?", purpose) if purpose else None)
+                          ("purpose = ?", purpose) if purpose else None, newest_first)
         return [dict(zip(FILE_COLUMNS, r)) for r in await self._all(sql, *args)]
 
     async def delete_file(self, file_id: str) -> bool:
