@@ -6,13 +6,15 @@ other caller gets 404 (never 403: existence is not leaked); the master key sees 
 
 from __future__ import annotations
 
+import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
 from aiohttp import BodyPartReader, web
 
-from gateway.batch.files import FileMissing, FileStore
+from gateway.batch.files import FileMissing, FileStore, LocalFileStore, put_path, scratch
 from gateway.batch.lines import ENDPOINTS, batch_object, file_object, new_id
 from gateway.batch.runner import BatchRunner
 from gateway.config.batch import BatchSettings
@@ -94,41 +96,55 @@ class BatchApi:
     async def upload(self, http: web.Request, who: tuple[str, str | None, Owner]) -> dict[str, Any]:
         if not http.content_type.startswith("multipart/"):
             raise bad_request("Upload a file as multipart/form-data with fields `purpose` and `file`.", "file")
-        purpose, filename, data = None, None, None
+        purpose, filename, size = None, None, None
+        staged = scratch(self.files)  # the upload goes to disk as it arrives: never 200 MB in memory
         try:
-            async for part in await http.multipart():
-                if not isinstance(part, BodyPartReader):
-                    continue
-                if part.name == "purpose":
-                    purpose = (await part.read_chunk(64)).decode(errors="replace").strip()
-                elif part.name == "file":
-                    filename = part.filename or "upload.jsonl"
-                    data = await self._read_capped(part)
-        except (ValueError, AssertionError, web.HTTPException) as exc:  # aiohttp's multipart parser refusing
-            raise bad_request(f"The multipart body could not be read: {exc}"[:300], "file") from None
-        if purpose != "batch":
-            raise bad_request(f"`purpose` is {str(purpose)[:40]!r}: this gateway takes files for `batch` only.",
-                              "purpose")
-        if data is None:
-            raise bad_request("`file` is required.", "file")
-        file_id = new_id("file-")
-        row = {"id": file_id, "key_token": who[0], "team_id": who[1], "purpose": purpose,
-               "filename": (filename or "upload.jsonl")[:255], "bytes": len(data), "created_at": time.time()}
-        await self.files.put(file_id, data)
+            try:
+                async for part in await http.multipart():
+                    if not isinstance(part, BodyPartReader):
+                        continue
+                    if part.name == "purpose":
+                        purpose = (await part.read_chunk(64)).decode(errors="replace").strip()
+                    elif part.name == "file":
+                        filename = part.filename or "upload.jsonl"
+                        size = await self._read_capped(part, staged)
+            except (ValueError, AssertionError, web.HTTPException) as exc:  # aiohttp's multipart parser refusing
+                raise bad_request(f"The multipart body could not be read: {exc}"[:300], "file") from None
+            if purpose != "batch":
+                raise bad_request(f"`purpose` is {str(purpose)[:40]!r}: this gateway takes files for `batch` only.",
+                                  "purpose")
+            if size is None:
+                raise bad_request("`file` is required.", "file")
+            file_id = new_id("file-")
+            row = {"id": file_id, "key_token": who[0], "team_id": who[1], "purpose": purpose,
+                   "filename": (filename or "upload.jsonl")[:255], "bytes": size, "created_at": time.time()}
+            await put_path(self.files, file_id, staged)
+        finally:
+            staged.unlink(missing_ok=True)
         await self.rows.insert_file(row)
         return file_object(row)
 
-    async def _read_capped(self, part: BodyPartReader) -> bytes:
+    async def _read_capped(self, part: BodyPartReader, staged: Path) -> int:
+        """The part written to `staged` (413 past batch.max_file_bytes); its size."""
         cap = self.settings.max_file_bytes
-        chunks: list[bytes] = []
         size = 0
-        while chunk := await part.read_chunk(1 << 16):
-            size += len(chunk)
-            if size > cap:
-                raise GatewayError(413, f"The file is over this gateway's limit of {cap} bytes "
-                                   "(batch.max_file_bytes).", "invalid_request_error", "file", close=True)
-            chunks.append(chunk)
-        return b"".join(chunks)
+        # A second part named `file` replaces the first, as a form field would.
+        out = await asyncio.to_thread(open, staged, "wb")
+        try:
+            pending: list[bytes] = []
+            while chunk := await part.read_chunk(1 << 16):
+                size += len(chunk)
+                if size > cap:
+                    raise GatewayError(413, f"The file is over this gateway's limit of {cap} bytes "
+                                       "(batch.max_file_bytes).", "invalid_request_error", "file", close=True)
+                pending.append(chunk)
+                if len(pending) >= 16:  # a megabyte per write, off the event loop
+                    await asyncio.to_thread(out.writelines, pending)
+                    pending = []
+            await asyncio.to_thread(out.writelines, pending)
+        finally:
+            await asyncio.to_thread(out.close)
+        return size
 
     async def _file(self, http: web.Request, owner: Owner) -> dict[str, Any]:
         ident = http.match_info["file_id"]
@@ -140,9 +156,14 @@ class BatchApi:
     async def get_file(self, http: web.Request, who: tuple[str, str | None, Owner]) -> dict[str, Any]:
         return file_object(await self._file(http, who[2]))
 
-    async def content(self, http: web.Request) -> web.Response:
+    async def content(self, http: web.Request) -> web.StreamResponse:
         try:
             row = await self._file(http, self._owner(http)[2])
+            if isinstance(self.files, LocalFileStore):  # streamed from disk: an output file may be GBs of embeddings
+                path = self.files.path(row["id"])
+                if not await asyncio.to_thread(path.is_file):
+                    raise FileMissing(row["id"])
+                return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
             data = await self.files.get(row["id"])
         except GatewayError as exc:
             return exc.response()

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from gateway.batch.files import FileMissing, FileStore
+from gateway.batch.files import FileMissing, FileStore, put_path, scratch
 from gateway.batch.governor import Governor
 from gateway.batch.line_call import LineCall
 from gateway.batch.lines import Line, error, read_lines
@@ -35,6 +35,7 @@ from gateway.tasks import cancel
 POLL_S = 1.0  # how often a replica looks for batches to run (a create or cancel here wakes it at once)
 MAX_JOBS = 4  # batches one replica runs at once (each has its own concurrency)
 GAUGE_S = 15.0  # how often the llmp_batches gauge is read from the store
+RESULTS_PAGE = 1000  # lines read from the store at a time to assemble an output file
 WATCH_S = 1.0  # how often a running batch reads its status again (a cancel made on another replica)
 
 
@@ -279,21 +280,38 @@ class BatchJob:
                 return
         ids: dict[str, str | None] = {}
         for kind, ok in (("output", True), ("error", False)):
-            results = await self.rows.results(self.id, ok)
-            ids[kind] = output_file_id(self.id, kind) if results else None
-            if results:
-                await self._write(ids[kind] or "", kind, ("\n".join(results) + "\n").encode())
+            ids[kind] = await self._write(kind, ok)
         moved = await self._move(final, ("validating", "in_progress", "finalizing", "cancelling"),
                                  **{f"{final}_at": now}, output_file_id=ids["output"], error_file_id=ids["error"])
         if moved:
             completed, failed = await self.rows.line_counts(self.id)
             self.runner.event("batch_" + final, batch=self.id, completed=completed, failed=failed)
 
-    async def _write(self, file_id: str, kind: str, data: bytes) -> None:
-        await self.runner.files.put(file_id, data)
+    async def _write(self, kind: str, ok: bool) -> str | None:
+        """The output (ok) or error file, assembled a page of lines at a time in a staged file (50,000 answers are
+        never held at once); its id, None when no line belongs in it."""
+        file_id = output_file_id(self.id, kind)
+        staged = scratch(self.runner.files)
+        try:
+            size, after = 0, 0
+            out = await asyncio.to_thread(open, staged, "wb")
+            try:
+                while page := await self.rows.results(self.id, ok, after, RESULTS_PAGE):
+                    after = page[-1][0]
+                    data = "".join(f"{result}\n" for _, result in page).encode()
+                    size += len(data)
+                    await asyncio.to_thread(out.write, data)
+            finally:
+                await asyncio.to_thread(out.close)
+            if not size:
+                return None
+            await put_path(self.runner.files, file_id, staged)
+        finally:
+            staged.unlink(missing_ok=True)
         await self.rows.insert_file({"id": file_id, "key_token": self.row["key_token"], "team_id": self.row["team_id"],
                                      "purpose": "batch_output", "filename": f"{self.id}_{kind}.jsonl",
-                                     "bytes": len(data), "created_at": time.time()})
+                                     "bytes": size, "created_at": time.time()})
+        return file_id
 
 
 def _finished(tasks: set[asyncio.Task[None]], governor: Governor) -> Callable[[asyncio.Task[None]], None]:

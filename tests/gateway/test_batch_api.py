@@ -64,8 +64,8 @@ def _create_refuses_a_wrong_endpoint_window_or_file_by_name(gw: GatewayProcess) 
     uploaded = oai.files.create(file=("in.jsonl", io.BytesIO(line("a"))), purpose="batch")
     for kwargs, param in (({"endpoint": "/v1/images/generations"}, "endpoint"),
                           ({"completion_window": "1h"}, "completion_window")):
-        args = {"input_file_id": uploaded.id, "endpoint": "/v1/chat/completions", "completion_window": "24h",
-                **kwargs}
+        args: dict[str, Any] = {"input_file_id": uploaded.id, "endpoint": "/v1/chat/completions",
+                                "completion_window": "24h", **kwargs}
         with pytest.raises(openai.BadRequestError) as refused:
             oai.batches.create(**args)
         assert refused.value.body["param"] == param  # type: ignore[index]

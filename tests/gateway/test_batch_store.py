@@ -68,7 +68,7 @@ async def test_a_line_is_answered_and_charged_once_however_often_it_is_finished(
     assert await a.finish_line("batch_2", "c2", 2, False, '{"e": 1}', None, "replica-a")
     assert await a.done_lines("batch_2") == {"c1", "c2"}
     assert await a.line_counts("batch_2") == (1, 1)
-    assert len(await a.results("batch_2", True)) == 1 and await a.results("batch_2", False) == ['{"e": 1}']
+    assert len(await a.results("batch_2", True)) == 1 and await a.results("batch_2", False) == [(2, '{"e": 1}')]
     rows = await stores[0].spend_rows({"request_id": "batch_2:c1"}, 10)
     assert len(rows) == 1 and rows[0]["cost"] == pytest.approx(0.5)
 
@@ -86,7 +86,19 @@ async def test_a_replica_that_lost_the_lease_writes_no_line_and_charges_nothing(
     assert await a.done_lines("batch_f") == set()
     assert await stores[0].spend_rows({"request_id": "batch_f:c1"}, 10) == []
     assert await b.finish_line("batch_f", "c1", 1, True, '{"n": 1}', spend, "survivor")
-    assert await a.results("batch_f", True) == ['{"n": 1}']
+    assert await a.results("batch_f", True) == [(1, '{"n": 1}')]
+
+
+async def test_results_are_read_a_page_at_a_time_in_file_order(stores: tuple[Any, Any]) -> None:
+    a = stores[0].batches()
+    await a.insert_batch(batch("batch_p", "k1", None, 1.0))
+    assert await a.claim("batch_p", "r", 100.0, 130.0)
+    for n in (5, 1, 4, 2, 3):
+        assert await a.finish_line("batch_p", f"c{n}", n, n != 4, f'"{n}"', None, "r")
+    assert await a.results("batch_p", True, 0, 2) == [(1, '"1"'), (2, '"2"')]
+    assert await a.results("batch_p", True, 2, 2) == [(3, '"3"'), (5, '"5"')]
+    assert await a.results("batch_p", True, 5, 2) == []
+    assert await a.results("batch_p", False) == [(4, '"4"')]
 
 
 async def test_leases_are_timed_by_the_stores_clock(stores: tuple[Any, Any]) -> None:

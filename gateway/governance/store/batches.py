@@ -47,7 +47,9 @@ INSERT_LINE = ("INSERT INTO llmp_batch_lines (batch_id, custom_id, line_no, ok, 
                "ON CONFLICT (batch_id, custom_id) DO NOTHING")
 COUNTS = "SELECT ok, COUNT(*) FROM llmp_batch_lines WHERE batch_id = ? GROUP BY ok"
 STATUS_COUNTS = "SELECT status, COUNT(*) FROM llmp_batches GROUP BY status"
-RESULTS = "SELECT result FROM llmp_batch_lines WHERE batch_id = ? AND ok = ? ORDER BY line_no"
+# A page of results in file order after a line number: output files are assembled a page at a time.
+RESULTS = ("SELECT line_no, result FROM llmp_batch_lines WHERE batch_id = ? AND ok = ? AND line_no > ? "
+           "ORDER BY line_no LIMIT ?")
 
 
 class LeaseLost(Exception):
@@ -109,7 +111,9 @@ class BatchRows(Protocol):
         LeaseLost); False if the line was already done."""
         ...
     async def line_counts(self, batch_id: str) -> tuple[int, int]: ...
-    async def results(self, batch_id: str, ok: bool) -> list[str]: ...
+    async def results(self, batch_id: str, ok: bool, after: int = 0, limit: int = 1000) -> list[tuple[int, str]]:
+        """(line number, result) of the lines answered (ok) or failed, in file order, after line `after`."""
+        ...
     async def status_counts(self) -> dict[str, int]: ...
 
 
@@ -190,8 +194,8 @@ class SqliteBatchRows:
         found = dict(await self._all(COUNTS, batch_id))
         return int(found.get(1, 0)), int(found.get(0, 0))
 
-    async def results(self, batch_id: str, ok: bool) -> list[str]:
-        return [r[0] for r in await self._all(RESULTS, batch_id, int(ok))]
+    async def results(self, batch_id: str, ok: bool, after: int = 0, limit: int = 1000) -> list[tuple[int, str]]:
+        return [(int(r[0]), r[1]) for r in await self._all(RESULTS, batch_id, int(ok), after, limit)]
 
     async def status_counts(self) -> dict[str, int]:
         return {r[0]: int(r[1]) for r in await self._all(STATUS_COUNTS)}
@@ -274,8 +278,8 @@ class PostgresBatchRows:
         found = {r[0]: r[1] for r in await self._all(COUNTS, batch_id)}
         return int(found.get(1, 0)), int(found.get(0, 0))
 
-    async def results(self, batch_id: str, ok: bool) -> list[str]:
-        return [r[0] for r in await self._all(RESULTS, batch_id, int(ok))]
+    async def results(self, batch_id: str, ok: bool, after: int = 0, limit: int = 1000) -> list[tuple[int, str]]:
+        return [(int(r[0]), r[1]) for r in await self._all(RESULTS, batch_id, int(ok), after, limit)]
 
     async def status_counts(self) -> dict[str, int]:
         return {r[0]: int(r[1]) for r in await self._all(STATUS_COUNTS)}
