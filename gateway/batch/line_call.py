@@ -74,43 +74,49 @@ class LineCall:
         body.pop("stream_options", None)
         request = Request(endpoint, orjson.dumps(body), body, line.alias, False, False, False)
         status, answer, spend = 500, None, None
-        self.in_flight[line.alias] += 1
+        tokens, cost, written = 0, 0.0, False
         try:
-            route = self.state.router.route(line.alias)
-            if route is None:
-                raise model_not_found(line.alias, batch["endpoint"])
-            _refuse_over_cap(body, route)
-            route = await self.gate.admit(owner_principal(self.gate, batch["key_token"]), request, route, record)
-            opened = await self.state.proxy.open(request, route, record,
-                                                 lambda: b"b:" + line.custom_id.encode())
-            status, answer = 200, orjson.loads(opened.body)
-            cost = self.gate.prices.cost(line.alias, opened.deployment.name, opened.prompt_tokens,
-                                         opened.completion_tokens) * self.price_fraction
-            if record.ticket is not None:
-                self.gate.limiter.settle(record.ticket, opened.prompt_tokens + opened.completion_tokens, cost)
-                record.ticket = None
-            spend = spend_row(spend_id(batch_id, line.custom_id), record.request_id, record.key_token or MASTER_TOKEN,
-                              record.key_alias, record.team_id, line.alias, opened.deployment.name,
-                              opened.deployment.region or self.gate.region, 200, opened.prompt_tokens,
-                              opened.completion_tokens, cost, user_id=self.gate._user_of(record.key_token))
-        except GatewayError as exc:  # refused (budget, limits, access) or no upstream answered: this line fails
-            status, answer = exc.status, exc.body()
-        except BadShape as exc:  # a body that cannot be converted for its upstream: the line's mistake
-            status, answer = 400, bad_request(str(exc), exc.param).body()
-        except orjson.JSONDecodeError:
-            status, answer = 502, GatewayError(502, "The upstream answer was not JSON.", "api_error").body()
-        except Exception as exc:  # noqa: BLE001 - a bug of ours: this line fails (every custom_id gets an answer)
-            self.state.log.event("batch_line_error", batch=batch_id, error=f"{type(exc).__name__}: {exc}"[:300])
-            status, answer = 500, GatewayError(500, f"Internal gateway error (request {record.request_id}).",
-                                               "server_error").body()
+            self.in_flight[line.alias] += 1
+            try:
+                route = self.state.router.route(line.alias)
+                if route is None:
+                    raise model_not_found(line.alias, batch["endpoint"])
+                _refuse_over_cap(body, route)
+                route = await self.gate.admit(owner_principal(self.gate, batch["key_token"]), request, route, record)
+                opened = await self.state.proxy.open(request, route, record,
+                                                     lambda: b"b:" + line.custom_id.encode())
+                tokens = opened.prompt_tokens + opened.completion_tokens
+                status, answer = 200, orjson.loads(opened.body)
+                cost = self.gate.prices.cost(line.alias, opened.deployment.name, opened.prompt_tokens,
+                                             opened.completion_tokens) * self.price_fraction
+                spend = spend_row(spend_id(batch_id, line.custom_id), record.request_id,
+                                  record.key_token or MASTER_TOKEN, record.key_alias, record.team_id, line.alias,
+                                  opened.deployment.name, opened.deployment.region or self.gate.region, 200,
+                                  opened.prompt_tokens, opened.completion_tokens, cost,
+                                  user_id=self.gate._user_of(record.key_token))
+            except GatewayError as exc:  # refused (budget, limits, access) or no upstream answered: this line fails
+                status, answer = exc.status, exc.body()
+            except BadShape as exc:  # a body that cannot be converted for its upstream: the line's mistake
+                status, answer = 400, bad_request(str(exc), exc.param).body()
+            except orjson.JSONDecodeError:
+                status, answer = 502, GatewayError(502, "The upstream answer was not JSON.", "api_error").body()
+            except Exception as exc:  # noqa: BLE001 - a bug of ours: this line fails (every custom_id gets an answer)
+                self.state.log.event("batch_line_error", batch=batch_id, error=f"{type(exc).__name__}: {exc}"[:300])
+                status, answer = 500, GatewayError(500, f"Internal gateway error (request {record.request_id}).",
+                                                   "server_error").body()
+            finally:
+                self.in_flight[line.alias] -= 1
+            written = await self._finish(batch_id, line, status, answer, spend)
         finally:
-            self.in_flight[line.alias] -= 1
+            # The budget pays for a line once, as the ledger does: only the run whose result was written. A run
+            # after a crash, on a replica that lost the lease, or whose write the store refused (the line runs
+            # again) counts its tokens, never its cost: budget counters only ever rise (budget_sync.py).
             if record.ticket is not None:
-                self.gate.limiter.settle(record.ticket, 0, 0.0)
-        await self._finish(batch_id, line, status, answer, spend)
+                self.gate.limiter.settle(record.ticket, tokens, cost if written else 0.0)
 
     async def _finish(self, batch_id: str, line: Line, status: int, answer: Any,
-                      spend: dict[str, Any] | None) -> None:
+                      spend: dict[str, Any] | None) -> bool:
+        """Write the line's result (and spend row); whether this run's was the one written."""
         ok = status == 200
         # OpenAI's per-line output object (openapi.yaml `BatchRequestOutput`,
         # https://platform.openai.com/docs/api-reference/batch/request-output): a failed line keeps the answer it
@@ -133,11 +139,12 @@ class LineCall:
                                      attempt=attempt + 1)
                 await asyncio.sleep(0.2 * 2 ** attempt)
         else:
-            return  # left undone: the batch's next run runs it again
+            return False  # left undone: the batch's next run runs it again
         if new:
             self.metrics.batch_line(line.alias, "completed" if ok else "failed")
             if spend is not None and self.gate.on_charge is not None:
                 self.gate.on_charge(line.alias, spend["team_id"], spend["cost"])
+        return new
 
 
 def _code(failure: dict[str, Any]) -> Any:

@@ -14,9 +14,12 @@ import pytest
 
 from gateway.batch import line_call
 from gateway.batch.service import BATCH
+from gateway.governance.keys import hash_key
+from gateway.governance.limits.scopes import key_scope
 from gateway.governance.store.protocol import StoreError
 from tests.gateway.conftest import KEY
-from tests.gateway.test_batch import BATCH_MODEL, batch_config, jsonl
+from tests.gateway.test_batch import BATCH_MODEL, batch_config, jsonl, spend_rows
+from tests.gateway.test_keys_admin import admin
 
 
 async def start_batch(oai: Any, n: int) -> str:
@@ -142,6 +145,38 @@ async def test_a_line_the_store_could_not_take_is_run_again_and_answered_once(
     assert sorted(out) == sorted(f"req-{i}" for i in range(10))
     assert sim.stats.requests == 11  # req-3 ran again; nothing else did
     assert b'"batch_lines_unwritten"' in gw.log_buffer.getvalue()
+
+
+async def test_a_line_run_twice_is_charged_to_the_budget_once(
+        sim_factory: Any, gateway_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Budget counters only rise (governance/budget_sync.py): a line whose first run's result the store refused, and
+    which ran again, must add its cost once, as the ledger holds it."""
+    sim = await sim_factory(name="spot")
+    gw = await gateway_factory(batch_config(sim, tmp_path))
+    monkeypatch.setattr(line_call, "STORE_TRIES", 1)
+    rows = gw.app[BATCH].runner.calls.rows
+    finish = rows.finish_line
+    refused: list[str] = []
+
+    async def flaky(batch_id: str, custom_id: str, *args: Any) -> bool:
+        if custom_id in ("req-2", "req-5") and custom_id not in refused:
+            refused.append(custom_id)
+            raise StoreError("sqlite: database is locked")
+        return bool(await finish(batch_id, custom_id, *args))
+
+    monkeypatch.setattr(rows, "finish_line", flaky)
+    _, made = await admin(gw, "POST", "/key/generate", {"max_budget": 100.0})
+    oai = gw.client(api_key=made["key"])
+    batch_id = await start_batch(oai, 10)
+    for _ in range(100):
+        batch = await oai.batches.retrieve(batch_id)
+        if batch.status == "completed":
+            break
+        await asyncio.sleep(0.05)
+    assert batch.status == "completed" and sorted(refused) == ["req-2", "req-5"] and sim.stats.requests == 12
+    ledger = sum(r[1] for r in spend_rows(tmp_path, batch_id))
+    counters = gw.state.gate.limiter._scopes[key_scope(hash_key(made["key"]))]
+    assert ledger > 0 and sum(counters.spend.values()) == pytest.approx(ledger)
 
 
 async def test_a_line_over_the_model_cap_fails_as_its_call_would_and_the_rest_run(
