@@ -211,7 +211,9 @@ class BatchApi:
                 for k, v in metadata.items())):
             raise bad_request("`metadata` holds at most 16 pairs of strings (keys up to 64 characters, values up "
                               "to 512).", "metadata")
-        now = int(time.time())
+        # The store's clock, by which the runner judges the window's end (runner.BatchJob._load): one clock for both.
+        created = await self.rows.clock()
+        now = int(created)
         doc: dict[str, Any] = {
             "id": new_id("batch_"), "object": "batch", "endpoint": endpoint, "errors": None, "input_file_id": ident,
             "completion_window": "24h", "status": "validating", "output_file_id": None, "error_file_id": None,
@@ -219,7 +221,7 @@ class BatchApi:
             "finalizing_at": None, "completed_at": None, "failed_at": None, "expired_at": None,
             "cancelling_at": None, "cancelled_at": None, "metadata": metadata, "model": None, "total": 0}
         await self.rows.insert_batch({"id": doc["id"], "key_token": who[0], "team_id": who[1],
-                                      "status": "validating", "created_at": time.time(),
+                                      "status": "validating", "created_at": created,
                                       "doc": orjson.dumps(doc).decode()})
         self.runner.poke()
         return batch_object(doc, None)

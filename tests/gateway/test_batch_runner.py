@@ -202,3 +202,28 @@ async def test_a_line_over_the_model_cap_fails_as_its_call_would_and_the_rest_ru
     assert failed["custom_id"] == "c100" and failed["response"]["status_code"] == 400
     assert "over the model cap" in failed["error"]["message"]
     assert sim.stats.requests == 1
+
+
+async def test_a_key_revoked_mid_batch_fails_the_lines_left_and_every_custom_id_is_answered_once(
+        sim_factory: Any, gateway_factory: Any, tmp_path: Path) -> None:
+    sim = await sim_factory(name="spot", ttft=0.05)
+    gw = await gateway_factory(batch_config(sim, tmp_path, concurrency=2))
+    _, made = await admin(gw, "POST", "/key/generate", {})
+    batch_id = await start_batch(gw.client(api_key=made["key"]), 60)
+    master = gw.client()
+    while await completed(master, batch_id) < 5:
+        await asyncio.sleep(0.02)
+    assert (await admin(gw, "POST", "/key/delete", {"keys": [made["key"]]}))[0] == 200
+    for _ in range(200):
+        batch = await master.batches.retrieve(batch_id)
+        if batch.status == "completed":
+            break
+        await asyncio.sleep(0.05)
+    counts = batch.request_counts
+    assert batch.status == "completed" and counts.completed >= 5 and counts.failed >= 1
+    assert counts.completed + counts.failed == 60
+    errors = [orjson.loads(x) for x in (await master.files.content(batch.error_file_id)).content.splitlines()]
+    out = [orjson.loads(x) for x in (await master.files.content(batch.output_file_id)).content.splitlines()]
+    assert {(e["response"]["status_code"], e["error"]["code"]) for e in errors} == {(401, "invalid_api_key")}
+    assert sorted(x["custom_id"] for x in errors + out) == sorted(f"req-{i}" for i in range(60))
+    assert sim.stats.requests == len(out)  # no line of the revoked key reached the upstream
