@@ -161,13 +161,16 @@ class BatchJob:
             data = await self._input()
             if data is None:
                 return
-            lines, errors = read_lines(data, self.doc["endpoint"], self.runner.config)
+            # Off the event loop: 150 MB of lines take a second to check, a second no interactive call may wait.
+            lines, errors = await asyncio.to_thread(read_lines, data, self.doc["endpoint"], self.runner.config)
+            total = len(lines)
+            del data, lines  # read again, line by line, to run: not held twice
             now = int(time.time())
             if errors:
                 await self._move("failed", ("validating",), failed_at=now, errors={"object": "list", "data": errors})
                 self.runner.event("batch_failed", batch=self.id, errors=len(errors))
                 return
-            moved = await self._move("in_progress", ("validating",), in_progress_at=now, total=len(lines))
+            moved = await self._move("in_progress", ("validating",), in_progress_at=now, total=total)
             if not moved and self.row.get("status") != "cancelling":
                 return
         if self.row["status"] not in ("validating", "in_progress", "cancelling", "finalizing"):
@@ -216,7 +219,8 @@ class BatchJob:
             except FileMissing:  # deleted while the batch ran: the lines left cannot run; what ran is kept
                 self.cancelled = True
                 self.runner.event("batch_input_missing", batch=self.id, file=self.doc["input_file_id"])
-        lines, _ = read_lines(data, self.doc["endpoint"], self.runner.config, rerun=True) if data else ([], [])
+        lines, _ = await asyncio.to_thread(read_lines, data, self.doc["endpoint"], self.runner.config, True) \
+            if data else ([], [])
         del data  # the lines hold their own bytes
         done = await self.rows.done_lines(self.id)
         todo = [line for line in lines if line.custom_id not in done]
