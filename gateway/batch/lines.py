@@ -101,6 +101,10 @@ def _check(number: int, raw: bytes, url: str, config: GatewayConfig,
         return None, error("duplicate_custom_id", f"Line {number}: `custom_id` {custom_id[:80]!r} is used by an "
                            "earlier line; each request needs its own.", number, "custom_id")
     seen.add(custom_id)
+    cap = config.gateway.front_door.body_bytes  # as the call would be refused at the door (a 413), so is the line
+    if len(raw) > cap:
+        return custom_id, error("line_too_large", f"Line {number} is {len(raw)} bytes, over this gateway's limit of "
+                                f"{cap} bytes per request (gateway.front_door.body_bytes).", number)
     if item.get("method") != "POST":
         return custom_id, error("invalid_method", f"Line {number}: `method` must be \"POST\".", number, "method")
     if item.get("url") != url:

@@ -44,3 +44,13 @@ def test_a_file_read_again_under_a_narrower_config_returns_every_line_refusing_w
     assert errors == [] and [x.custom_id for x in lines] == [f"c{i}" for i in range(5)] + ["direct"]
     assert {x.refused["code"] for x in lines[:5] if x.refused} == {"model_not_batch_capable"}
     assert lines[5].refused is None and lines[5].alias == "chat-batch"
+
+
+def test_a_line_larger_than_a_request_may_be_is_refused_naming_the_cap() -> None:
+    doc = config({"files": {"local_dir": "f"}, "models": {"chat": "chat-batch"}})
+    doc["gateway"]["front_door"] = {"body_bytes": 2048}
+    parsed = parse_native(doc)
+    lines, errors = read_lines(line("small") + line("big", extra="x" * 4000), URL, parsed)
+    assert [x.custom_id for x in lines] == ["small"]
+    assert [(e["line"], e["code"]) for e in errors] == [(2, "line_too_large")]
+    assert "gateway.front_door.body_bytes" in errors[0]["message"]
