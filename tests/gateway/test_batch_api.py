@@ -95,7 +95,9 @@ def _files_and_batches_are_seen_by_their_team_and_are_404_to_another(gw: Gateway
     for call in (lambda: stranger.batches.retrieve(batch_id), lambda: stranger.batches.cancel(batch_id),
                  lambda: stranger.files.retrieve(batch.input_file_id),
                  lambda: stranger.files.content(batch.output_file_id or ""),
-                 lambda: stranger.files.delete(batch.input_file_id)):
+                 lambda: stranger.files.delete(batch.input_file_id),
+                 lambda: stranger.batches.create(input_file_id=batch.input_file_id, endpoint="/v1/chat/completions",
+                                                 completion_window="24h")):
         with pytest.raises(openai.NotFoundError):
             call()
     assert [b.id for b in stranger.batches.list()] == []
