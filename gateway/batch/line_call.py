@@ -76,15 +76,20 @@ class LineCall:
         status, answer, spend = 500, None, None
         tokens, cost, written = 0, 0.0, False
         try:
-            self.in_flight[line.alias] += 1
             try:
                 route = self.state.router.route(line.alias)
                 if route is None:
                     raise model_not_found(line.alias, batch["endpoint"])
                 _refuse_over_cap(body, route)
                 route = await self.gate.admit(owner_principal(self.gate, batch["key_token"]), request, route, record)
-                opened = await self.state.proxy.open(request, route, record,
-                                                     lambda: b"b:" + line.custom_id.encode())
+                # Counted around the upstream path only, as the deployments count their calls: a line waiting for
+                # admission (a Redis round trip, a slow limiter) must not hide an interactive call from the governor.
+                self.in_flight[line.alias] += 1
+                try:
+                    opened = await self.state.proxy.open(request, route, record,
+                                                         lambda: b"b:" + line.custom_id.encode())
+                finally:
+                    self.in_flight[line.alias] -= 1
                 tokens = opened.prompt_tokens + opened.completion_tokens
                 status, answer = 200, orjson.loads(opened.body)
                 cost = self.gate.prices.cost(line.alias, opened.deployment.name, opened.prompt_tokens,
@@ -104,8 +109,6 @@ class LineCall:
                 self.state.log.event("batch_line_error", batch=batch_id, error=f"{type(exc).__name__}: {exc}"[:300])
                 status, answer = 500, GatewayError(500, f"Internal gateway error (request {record.request_id}).",
                                                    "server_error").body()
-            finally:
-                self.in_flight[line.alias] -= 1
             written = await self._finish(batch_id, line, status, answer, spend)
         finally:
             # The budget pays for a line once, as the ledger does: only the run whose result was written. A run

@@ -255,3 +255,32 @@ async def test_input_files_are_checked_off_the_event_loop(
         await asyncio.sleep(0.05)
     assert await completed(oai, batch_id) == 5
     assert checked_on == [False, False], "an input file was checked on the event loop's thread"
+
+
+async def test_a_line_waiting_for_admission_hides_no_interactive_call_from_the_governor(
+        sim_factory: Any, gateway_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The governor counts interactive calls as the deployments' calls in flight less this gateway's batch lines in
+    flight: a line counted while it waits for admission (a Redis round trip) is subtracted from calls it is not
+    part of, and an interactive call in flight goes unseen."""
+    sim = await sim_factory(name="spot")
+    gw = await gateway_factory(batch_config(sim, tmp_path, concurrency=1))
+    runner = gw.app[BATCH].runner
+    gate = runner.calls.gate
+    admit = gate.admit
+    counted_while_admitted: list[int] = []
+
+    async def slow_admit(principal: Any, request: Any, route: Any, record: Any) -> Any:
+        if record.request_id.startswith("batch_"):
+            await asyncio.sleep(0.05)  # the limiter's round trip
+            counted_while_admitted.append(runner.in_flight[BATCH_MODEL])
+        return await admit(principal, request, route, record)
+
+    monkeypatch.setattr(gate, "admit", slow_admit)
+    oai = gw.client()
+    batch_id = await start_batch(oai, 3)
+    for _ in range(100):
+        if (await oai.batches.retrieve(batch_id)).status == "completed":
+            break
+        await asyncio.sleep(0.05)
+    assert await completed(oai, batch_id) == 3
+    assert counted_while_admitted == [0, 0, 0]
