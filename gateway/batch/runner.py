@@ -213,7 +213,7 @@ class BatchJob:
 
     async def _lines(self) -> None:
         data = b""
-        if self.row["status"] != "cancelling":
+        if self.row["status"] not in ("cancelling", "finalizing"):  # finalizing: every line is done already
             try:
                 data = await self.runner.files.get(self.doc["input_file_id"])
             except FileMissing:  # deleted while the batch ran: the lines left cannot run; what ran is kept

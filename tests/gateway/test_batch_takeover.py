@@ -111,3 +111,30 @@ async def test_a_batch_resumed_under_a_config_that_cannot_run_its_lines_fails_th
     finally:
         first.kill(signal.SIGTERM)
         second.kill(signal.SIGTERM)
+
+
+async def test_a_batch_killed_while_finalizing_completes_though_its_input_file_was_deleted_since(
+        sim: SimServer, gateway_factory: Any, tmp_path: Path) -> None:
+    """Every line was done and the batch `finalizing` when its replica died; the owner deleted the input file, as
+    it may once the lines ran. The batch taken over writes its output and completes (not `cancelled`)."""
+    gw = await gateway_factory(batch_config(sim, tmp_path))
+    rows = gw.app[BATCH].runner.rows
+    now = time.time()
+    doc = {"id": "batch_fin", "object": "batch", "status": "finalizing", "endpoint": "/v1/chat/completions",
+           "input_file_id": "file-deleted", "expires_at": now + 86_400, "created_at": int(now), "total": 2,
+           "finalizing_at": int(now)}
+    await rows.insert_batch({"id": "batch_fin", "key_token": "k", "team_id": None, "status": "finalizing",
+                             "created_at": now, "doc": orjson.dumps(doc).decode()})
+    assert await rows.claim("batch_fin", "dead-replica", now, now + 30)
+    for n in (1, 2):
+        await rows.finish_line("batch_fin", f"c{n}", n, True, orjson.dumps({"custom_id": f"c{n}"}).decode(), None,
+                               "dead-replica")
+    assert await rows.claim("batch_fin", "dead-replica", now, now - 30)  # then it died: its lease ran out
+    gw.app[BATCH].runner.poke()
+    for _ in range(100):
+        row = await rows.get_batch("batch_fin")
+        if row["status"] not in ("finalizing",):
+            break
+        await asyncio.sleep(0.05)
+    assert row["status"] == "completed"
+    assert orjson.loads(row["doc"])["output_file_id"] is not None
