@@ -213,7 +213,7 @@ class BatchJob:
 
     async def _lines(self) -> None:
         data = b""
-        if self.row["status"] not in ("cancelling", "finalizing"):  # finalizing: every line is done already
+        if self.row["status"] != "finalizing":  # finalizing: every line is done already
             try:
                 data = await self.runner.files.get(self.doc["input_file_id"])
             except FileMissing:  # deleted while the batch ran: the lines left cannot run; what ran is kept
@@ -245,8 +245,11 @@ class BatchJob:
             raise
         if governor.paused_s:
             self.runner.event("batch_yielded", batch=self.id, paused_s=round(governor.paused_s, 3))
-        if self.expired and not self.lost:
-            await self._expire_rest(todo)
+        if self.cancelled and not self.lost and self.doc.get("in_progress_at") is not None:  # not when validating
+            await self._fail_rest(todo, "batch_cancelled", "The batch was cancelled before this request executed.")
+        elif self.expired and not self.lost:
+            await self._fail_rest(todo, "batch_expired", "This request could not be executed before the completion "
+                                  "window expired.")
         elif not self.stopping():
             # A line whose result could not be written (the store was down) is not done: no output without it.
             left = len(todo) - len(await self.rows.done_lines(self.id) & {line.custom_id for line in todo})
@@ -262,15 +265,15 @@ class BatchJob:
                 self.runner.event("batch_lease_lost", batch=self.id, owner=self.runner.owner)
             self.lost = True
 
-    async def _expire_rest(self, todo: list[Line]) -> None:
-        """OpenAI's expiry: the lines not run by the window's end go to the error file as `batch_expired`
-        (https://platform.openai.com/docs/guides/batch#batch-expiration)."""
+    async def _fail_rest(self, todo: list[Line], code: str, message: str) -> None:
+        """OpenAI's cancel and expiry: every line not run goes to the error file with `response: null` and the
+        reason (`batch_cancelled`, `batch_expired`: openapi.yaml `BatchRequestOutput.error.code`,
+        https://platform.openai.com/docs/guides/batch#batch-expiration), so every custom_id is answered once."""
         done = await self.rows.done_lines(self.id)
         for line in todo:
             if line.custom_id not in done:
-                result = {"id": f"batch_req_expired_{line.number}", "custom_id": line.custom_id, "response": None,
-                          "error": {"code": "batch_expired", "message": "This request could not be executed before "
-                                    "the completion window expired."}}
+                result = {"id": f"batch_req_{code.removeprefix('batch_')}_{line.number}", "custom_id": line.custom_id,
+                          "response": None, "error": {"code": code, "message": message}}
                 await self.rows.finish_line(self.id, line.custom_id, line.number, False,
                                             orjson.dumps(result).decode(), None, self.runner.owner)
 

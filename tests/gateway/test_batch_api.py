@@ -139,6 +139,11 @@ def _cancel_stops_new_lines_and_keeps_the_partial_output(sim: SimServer, gw: Gat
     out = lines_of(oai, batch.output_file_id)
     assert len(out) == batch.request_counts.completed and len({x["custom_id"] for x in out}) == len(out)
     assert sim.stats.requests == len(out)  # lines in flight at the cancel finished; none started after
+    # As OpenAI's: every line not run is in the error file as `batch_cancelled`; each custom_id answered once.
+    rest = lines_of(oai, batch.error_file_id)
+    assert {(x["response"], x["error"]["code"]) for x in rest} == {(None, "batch_cancelled")}
+    assert (batch.request_counts.total, batch.request_counts.failed) == (200, len(rest))
+    assert sorted(x["custom_id"] for x in out + rest) == sorted(f"req-{i}" for i in range(200))
     with pytest.raises(openai.ConflictError):
         done = submit(oai, jsonl(1, prefix="done"))
         wait_for(oai, done, final)
