@@ -95,6 +95,11 @@ class StorePrices:
     cache_node_usd_h: dict[str, dict[str, float]] = field(default_factory=dict)  # engine -> node type -> USD/h
     db_instance_usd_h: dict[str, dict[str, float]] = field(default_factory=dict)  # engine -> class -> USD/h
     db_storage_usd_gib_month: dict[str, float] = field(default_factory=dict)  # storage type -> USD per GiB-month
+    cache_node_memory_gib: dict[str, float] = field(default_factory=dict)  # ElastiCache node type -> memory GiB
+    # S3 Standard: USD per GB-month, per 1,000 PUT/COPY/POST/LIST and per 1,000 GET requests (the batch buckets)
+    s3_standard_usd_gb_month: float = 0.0
+    s3_put_usd_per_1000: float = 0.0
+    s3_get_usd_per_1000: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -187,7 +192,11 @@ def _store_prices(raw: dict[str, Any] | None) -> StorePrices:
                           for e, types in (raw.get("cache_node_usd_h") or {}).items()},
         db_instance_usd_h={e: {c: float(p) for c, p in classes.items()}
                            for e, classes in (raw.get("db_instance_usd_h") or {}).items()},
-        db_storage_usd_gib_month={t: float(p) for t, p in (raw.get("db_storage_usd_gib_month") or {}).items()})
+        db_storage_usd_gib_month={t: float(p) for t, p in (raw.get("db_storage_usd_gib_month") or {}).items()},
+        cache_node_memory_gib={t: float(g) for t, g in (raw.get("cache_node_memory_gib") or {}).items()},
+        s3_standard_usd_gb_month=float((raw.get("s3") or {}).get("standard_usd_gb_month", 0.0)),
+        s3_put_usd_per_1000=float((raw.get("s3") or {}).get("put_usd_per_1000", 0.0)),
+        s3_get_usd_per_1000=float((raw.get("s3") or {}).get("get_usd_per_1000", 0.0)))
 
 
 def parse_catalog(raw: dict[str, Any]) -> Catalog:

@@ -113,6 +113,12 @@ def deploy_policy(account_id: str, stacks: str, dns_names: list[str], never: lis
             # CreateBucket cannot be conditioned on the stack tag the way the services above are.
             {"Sid": "TheStacksWeightsBuckets", "Effect": "Allow", "Action": "s3:*",
              "Resource": _weights_buckets(stacks)},
+            # Likewise the batch file buckets (infra/components/batch_files.py: llmp-<stack>-batch-<zone>-...): the
+            # program creates each with its encryption, public access block, policy, versioning and lifecycle
+            # (s3:PutEncryptionConfiguration, PutBucketPublicAccessBlock, PutBucketPolicy, PutBucketVersioning,
+            # PutLifecycleConfiguration and their Get*), and a preview's destroy empties it (force_destroy).
+            {"Sid": "TheStacksBatchBuckets", "Effect": "Allow", "Action": "s3:*",
+             "Resource": _batch_buckets(stacks)},
             {"Sid": "TheStacksRoles", "Effect": "Allow",
              "Action": ["iam:CreateRole", "iam:DeleteRole", "iam:TagRole", "iam:UntagRole", "iam:UpdateRole",
                         "iam:UpdateAssumeRolePolicy", "iam:PutRolePolicy", "iam:GetRolePolicy",
@@ -201,12 +207,19 @@ def _weights_buckets(stacks: str) -> list[str]:
     return [bucket, f"{bucket}/*"]
 
 
+def _batch_buckets(stacks: str) -> list[str]:
+    """The stacks' batch file buckets and their objects."""
+    bucket = f"arn:aws:s3:::llmp-{stacks}-batch-*"
+    return [bucket, f"{bucket}/*"]
+
+
 def _never(acct: str, stack: str) -> dict:
     """An explicit deny: it wins over any allow this role gets now or later."""
     return {"Sid": f"Never{stack.title().replace('-', '')}", "Effect": "Deny", "Action": "*",
             "Resource": [f"arn:aws:secretsmanager:*:{acct}:secret:llm-platform/{stack}/*",
                          f"arn:aws:iam::{acct}:role/llm-platform/{stack}/*",
-                         f"arn:aws:budgets::{acct}:budget/llm-platform-{stack}", *_weights_buckets(stack)]}
+                         f"arn:aws:budgets::{acct}:budget/llm-platform-{stack}", *_weights_buckets(stack),
+                         *_batch_buckets(stack)]}
 
 
 def ci_roles(account_id: str, repository: str, preview_domain: str, prod_domain: str) -> dict[str, dict]:

@@ -219,6 +219,60 @@ IMAGE_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 PLACEHOLDER_DIGEST = "sha256:" + "0" * 64
 
 
+# -- the gateway's cost features (issue 19): the shapes of the gateway's own `ladders`, `cache`, `batch` sections
+# (gateway/config/ladders.py, cache.py, batch.py); infra/gateway_config.py renders them per region.
+EscalateOn = Literal["error", "invalid_json", "length", "empty"]
+ESCALATE_ON_ALL: list[EscalateOn] = ["error", "invalid_json", "length", "empty"]
+
+
+class LadderRule(_Model):
+    """A request rule: a call matching it starts at `start_at` instead of the cheapest rung."""
+    prompt_tokens_over: int | None = Field(default=None, ge=0)
+    tools: bool | None = None
+    start_at: str
+
+
+class LadderPins(_Model):
+    teams: dict[str, str] = Field(default_factory=dict)  # team_id -> rung
+    keys: dict[str, str] = Field(default_factory=dict)  # key_alias -> rung
+
+
+class Ladder(_Model):
+    """A cheap-then-expensive alias: `rungs` are model names, cheapest first."""
+    alias: Slug
+    rungs: list[str] = Field(min_length=2)
+    escalate_on: list[EscalateOn] = Field(default_factory=lambda: list(ESCALATE_ON_ALL))
+    rules: list[LadderRule] = Field(default_factory=list)
+    pins: LadderPins = LadderPins()
+
+
+class ResponseCache(_Model):
+    """The gateway's response cache, in the region's Redis (its `redis` section)."""
+    ttl_seconds: int = Field(default=3600, ge=1)
+    max_entry_bytes: int = Field(default=1 << 20, ge=1, le=512 << 20)  # 512 MiB: Redis's largest string value
+    max_bytes: int = Field(default=256 << 20, ge=1)
+    hit_cost_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    scope: Literal["team", "key"] = "team"
+    models: list[str] = Field(default_factory=list)  # model names, or "*"
+    teams: list[str] = Field(default_factory=list)
+    keys: list[str] = Field(default_factory=list)
+    temperature_above_zero: bool = False
+
+
+class Batch(_Model):
+    """OpenAI's Files and Batch API on the gateway; files in the zone's bucket (infra/components/batch_files.py)."""
+    price_fraction: float = Field(default=0.5, gt=0.0, le=1.0)
+    concurrency: int = Field(default=8, ge=1)
+    yield_to_interactive: int = Field(default=1, ge=0)
+    max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1)  # OpenAI's 200 MB
+    max_lines: int = Field(default=50_000, ge=1)  # OpenAI's 50,000 requests per batch
+    models: dict[str, str] = Field(default_factory=dict)  # model a line names -> the `tier: batch` model it runs on
+    # Infra only (not rendered): the bucket's lifecycle expires files this many days after upload, and the storage
+    # the budget reserves per zone's bucket (S3 has no size cap: the budget prices this much).
+    retention_days: int = Field(default=30, ge=1, le=3650)
+    budget_gib: float = Field(default=100.0, gt=0)
+
+
 class Gateway(_Model):
     domain: Hostname
     zone: Hostname
@@ -229,6 +283,9 @@ class Gateway(_Model):
     image_digest: str
     # Replaced by image_digest; kept as a field only to say so by name.
     image: str | None = None
+    ladders: list[Ladder] = Field(default_factory=list)
+    cache: ResponseCache | None = None
+    batch: Batch | None = None
 
     @field_validator("image_digest")
     @classmethod
@@ -684,7 +741,107 @@ def cross_check(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
         add("gateway.replicas.min", f"min ({cfg.gateway.replicas.min}) is above max ({cfg.gateway.replicas.max})")
 
     problems.extend(_check_pool_capacity(cfg, catalog))
+    problems.extend(check_gateway_features(cfg, catalog))
     return problems
+
+
+def ladder_zones(cfg: StackConfig, ladder: Ladder) -> list[str]:
+    """The zones where every rung of `ladder` is served (a gateway offers a model served in its own zone only)."""
+    known = {m.name: m for m in cfg.models}
+    zones = []
+    for zone in cfg.zones:
+        members = {r.name for r in cfg.regions_in(zone)}
+        if all(rung in known and members & set(known[rung].regions) for rung in ladder.rungs):
+            zones.append(zone)
+    return zones
+
+
+def check_gateway_features(cfg: StackConfig, catalog: Catalog) -> list[tuple[str, str]]:
+    """`gateway.ladders`, `gateway.cache` and `gateway.batch` name models the stack serves, in a zone that serves
+    them, and the cache fits the Redis it lives in."""
+    at = f"{NAMESPACE}:gateway"
+    problems: list[tuple[str, str]] = []
+    models = {m.name: m for m in cfg.models}
+    names = ", ".join(models)
+    aliases = [ladder.alias for ladder in cfg.gateway.ladders]
+    for i, ladder in enumerate(cfg.gateway.ladders):
+        lat = f"{at}.ladders[{i}]"
+        if ladder.alias in models:
+            problems.append((f"{lat}.alias", f"{ladder.alias!r} is a model's name: a ladder needs a name of its own"))
+        if aliases.count(ladder.alias) > 1:
+            problems.append((f"{lat}.alias", f"ladder {ladder.alias!r} is defined more than once"))
+        for j, rung in enumerate(ladder.rungs):
+            if rung not in models:
+                problems.append((f"{lat}.rungs[{j}]", f"no model named {rung!r} (models: {names})"))
+            elif ladder.rungs.index(rung) != j:
+                problems.append((f"{lat}.rungs[{j}]", f"{rung} is listed twice"))
+        if all(r in models for r in ladder.rungs) and not ladder_zones(cfg, ladder):
+            problems.append((f"{lat}.rungs", f"no residency zone serves every rung ({', '.join(ladder.rungs)}): a "
+                                             f"gateway never calls a model of another zone, so no gateway could "
+                                             f"offer {ladder.alias!r}"))
+        for j, rule in enumerate(ladder.rules):
+            if rule.start_at not in ladder.rungs:
+                problems.append((f"{lat}.rules[{j}].start_at", f"{rule.start_at!r} is not a rung of {ladder.alias} "
+                                                               f"({', '.join(ladder.rungs)})"))
+            # The gateway's rule has exactly one condition (gateway/config/ladders.py LadderRule).
+            if (rule.prompt_tokens_over is None) == (rule.tools is None):
+                problems.append((f"{lat}.rules[{j}]", "a rule has exactly one condition: prompt_tokens_over: N or "
+                                                      "tools: true (write two rules for both)"))
+            elif rule.tools is False:
+                problems.append((f"{lat}.rules[{j}].tools", "tools: false matches nothing a ladder would skip for: "
+                                                            "write tools: true"))
+        for kind, pins in (("teams", ladder.pins.teams), ("keys", ladder.pins.keys)):
+            for who, rung in pins.items():
+                if rung not in ladder.rungs:
+                    problems.append((f"{lat}.pins.{kind}.{who}", f"{rung!r} is not a rung of {ladder.alias} "
+                                                                 f"({', '.join(ladder.rungs)})"))
+    cache = cfg.gateway.cache
+    if cache is not None:
+        for j, name in enumerate(cache.models):
+            if name != "*" and name not in models:
+                problems.append((f"{at}.cache.models[{j}]", f"no model named {name!r} (models: {names}; a ladder "
+                                                            f"is cached per rung: list its rungs)"))
+        if not (cache.models or cache.teams or cache.keys):
+            problems.append((f"{at}.cache.models", "the cache names no model, team or key to cache for (e.g. "
+                                                   "models: [\"*\"])"))
+        if cache.max_entry_bytes > cache.max_bytes:
+            problems.append((f"{at}.cache.max_entry_bytes",
+                             f"{cache.max_entry_bytes} is above max_bytes ({cache.max_bytes})"))
+        room = cache_room_bytes(cfg.environment, catalog)
+        if room is not None and cache.max_bytes > room:
+            problems.append((f"{at}.cache.max_bytes",
+                             f"{cache.max_bytes} bytes do not fit the {cfg.environment} Redis: half of what its node "
+                             f"leaves for data is {room} bytes (infra/catalog.yaml data_stores "
+                             f"cache_node_memory_gib); the rest holds limits and budget counters"))
+    batch = cfg.gateway.batch
+    if batch is not None:
+        for name, target in batch.models.items():
+            if name not in models:
+                problems.append((f"{at}.batch.models.{name}", f"no model named {name!r} (models: {names})"))
+            if target not in models:
+                problems.append((f"{at}.batch.models.{name}", f"{target!r} is not a model (models: {names})"))
+            elif models[target].tier != "batch":
+                problems.append((f"{at}.batch.models.{name}", f"{target} is a `tier: {models[target].tier}` model; "
+                                                              f"batch lines run on `tier: batch` models only"))
+    return problems
+
+
+# Of a cache node's memory, ElastiCache keeps reserved-memory-percent (25 in the default parameter groups) for
+# non-data use (https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/redis-memory-management.html); the response
+# cache may take half of the rest, the other half stays for limits and budget counters.
+CACHE_RESERVED_FRACTION = 0.25
+CACHE_SHARE = 0.5
+
+
+def cache_room_bytes(environment: str, catalog: Catalog) -> int | None:
+    """The most `gateway.cache.max_bytes` may be in `environment`'s gateway Redis, or None if its node is unknown."""
+    from infra.components.gateway_stores import SIZES  # the components import this module
+
+    size = SIZES.get(environment)
+    gib = catalog.stores.cache_node_memory_gib.get(size.cache_node_type) if size else None
+    if gib is None:
+        return None
+    return int(gib * (1 << 30) * (1 - CACHE_RESERVED_FRACTION) * CACHE_SHARE)
 
 
 def _check_bedrock_fallback(cfg: StackConfig, name: str, k: int, spec: str) -> list[tuple[str, str]]:

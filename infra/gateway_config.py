@@ -96,6 +96,9 @@ class StoreRefs:
 
     ledger_dsn: Any  # postgresql://llmp@<address>:5432/llmp?sslmode=..., no password
     ledger_password_secret: Any  # the ARN of RDS's own secret holding the password
+    # The zone's batch bucket as the gateway config's `batch.files` (infra/components/batch_files.py s3_settings);
+    # None: no batch section is rendered.
+    batch_files: Any = None
 
 
 def peer_urls(cfg: StackConfig, region: Region) -> list[str]:
@@ -125,7 +128,8 @@ def gateway_config(cfg: StackConfig, region: Region, stores: StoreRefs | None = 
     for model in cfg.models:
         deployments = _deployments(cfg, model, region)
         if any(d.get("tier") != "fallback" for d in deployments):
-            models.append({"alias": model.name, "max_tokens": model.max_model_len // 2, "deployments": deployments})
+            models.append({"alias": model.name, "max_tokens": model.max_model_len // 2, "tier": model.tier,
+                           "deployments": deployments})
     return {
         "version": 1,
         "gateway": {"region": region.name, "residency": region.residency, "master_key": MASTER_KEY,
@@ -134,4 +138,41 @@ def gateway_config(cfg: StackConfig, region: Region, stores: StoreRefs | None = 
         "models": models,
         "other_zones": other_zones(cfg, region),
         **(governance(cfg, region, stores) if stores is not None else {}),
+        **cost_features(cfg, region, {str(m["alias"]) for m in models}, stores),
     }
+
+
+def dropped_ladders(cfg: StackConfig, region: Region) -> list[tuple[str, list[str]]]:
+    """Ladders this region's gateway cannot offer, with the rungs its zone does not serve: the program warns."""
+    offered = {m.name for m in cfg.models if any(cfg.zone_of(r) == region.residency for r in m.regions
+                                                 if r in {x.name for x in cfg.regions})}
+    return [(ladder.alias, [r for r in ladder.rungs if r not in offered]) for ladder in cfg.gateway.ladders
+            if any(r not in offered for r in ladder.rungs)]
+
+
+def cost_features(cfg: StackConfig, region: Region, offered: set[str], stores: StoreRefs | None) -> dict[str, Any]:
+    """The gateway's `ladders`, `cache` and `batch` sections for `region` (gateway/config/ladders.py, cache.py,
+    batch.py): only what names models this gateway offers (its zone's), never a model of another zone. The cache
+    and batch need the stores: the cache lives in the region's Redis, batches in the ledger."""
+    out: dict[str, Any] = {}
+    ladders = []
+    for ladder in cfg.gateway.ladders:
+        if not set(ladder.rungs) <= offered:
+            continue  # dropped_ladders names it; the program warns
+        pins = {kind: dict(v) for kind, v in (("teams", ladder.pins.teams), ("keys", ladder.pins.keys)) if v}
+        ladders.append({"alias": ladder.alias, "rungs": list(ladder.rungs), "escalate_on": list(ladder.escalate_on),
+                        **({"rules": [r.model_dump(exclude_none=True) for r in ladder.rules]} if ladder.rules else {}),
+                        **({"pins": pins} if pins else {})})
+    if ladders:
+        out["ladders"] = ladders
+    cache = cfg.gateway.cache
+    if cache is not None and stores is not None:
+        models = [m for m in cache.models if m == "*" or m in offered]
+        if models or cache.teams or cache.keys:  # else nothing here to cache (the gateway refuses an empty cache)
+            out["cache"] = {**cache.model_dump(exclude={"models"}), "models": models}
+    batch = cfg.gateway.batch
+    if batch is not None and stores is not None and stores.batch_files is not None:
+        mapped = {k: v for k, v in batch.models.items() if k in offered and v in offered}
+        out["batch"] = {"files": stores.batch_files,
+                        **batch.model_dump(exclude={"models", "retention_days", "budget_gib"}), "models": mapped}
+    return out

@@ -9,6 +9,7 @@ from infra.catalog import load_catalog
 from infra.chart_values import GATEWAY_RELEASE, model_service_account_subjects
 from infra.components.addons import ClusterAddons, ClusterAddonsArgs
 from infra.components.autoscaling import Autoscaling, AutoscalingArgs
+from infra.components.batch_files import BatchFiles, BatchFilesArgs, s3_settings
 from infra.components.budget import StackBudget, StackBudgetArgs
 from infra.components.cluster import Cluster, ClusterArgs
 from infra.components.deploy_hub import DeployHub, DeployHubArgs
@@ -28,7 +29,7 @@ from infra.components.providers import global_provider, iam_path, regional_provi
 from infra.components.registry import gateway_image_repositories
 from infra.components.secrets import PeerKey, PeerKeyArgs, StackSecrets, StackSecretsArgs, huggingface_token_name
 from infra.config import Region, StackConfig
-from infra.gateway_config import StoreRefs, gateway_config
+from infra.gateway_config import StoreRefs, dropped_ladders, gateway_config
 from infra.placement import network_zones, pool_zones
 
 TAG_PR = "llm-platform:pr"
@@ -228,7 +229,26 @@ class Platform(pulumi.ComponentResource):
             stack=cfg.stack, regions=list(regions), key_arns=dict(key_arns),
             reader_role_arns=[rs.gateway_role.arn for rs in regions.values()],
             recovery_window_days=recovery_window), providers, here)
+        # Batch files: one bucket per zone, in its first region, used by every gateway of the zone (README: Batch
+        # files); each of those gateway roles, and no other, gets access.
+        batch_files: dict[str, BatchFiles] = {}
+        batch_grants: dict[str, list[pulumi.Resource]] = {r: [] for r in regions}
+        if cfg.gateway.batch is not None:
+            for zone in cfg.zones:
+                home = cfg.regions_in(zone)[0].name
+                files = batch_files[zone] = BatchFiles(f"{zone}-batch-files", BatchFilesArgs(
+                    stack=cfg.stack, zone=zone, region=home, kms_key_arn=key_arns[home],
+                    retention_days=cfg.gateway.batch.retention_days, budget_gib=cfg.gateway.batch.budget_gib,
+                    protected=cfg.environment == "prod", tags=regions[home].tags), regions[home].provider, here)
+                for member in cfg.regions_in(zone):
+                    batch_grants[member.name].append(files.grant(
+                        f"{member.name}-gateway-batch-files", regions[member.name].gateway_role, iam, self))
         for region_name, rs in regions.items():
+            for alias, missing in dropped_ladders(cfg, rs.region):
+                pulumi.log.warn(f"gateway.ladders {alias}: not offered in {region_name}: its zone "
+                                f"{rs.region.residency!r} serves no {', '.join(missing)} (a gateway never calls "
+                                f"another zone's models)")
+            zone_files = batch_files.get(rs.region.residency)
             stores = GatewayStores(f"{region_name}-gateway-stores", GatewayStoresArgs(
                 stack=cfg.stack, region=region_name, environment=cfg.environment, vpc_id=rs.network.vpc_id,
                 private_subnet_ids=rs.network.private_subnet_ids,
@@ -241,14 +261,18 @@ class Platform(pulumi.ComponentResource):
                 secret_arns=[*secrets.arns[region_name], stores.redis_url_secret_arn,
                              stores.ledger_password_secret_arn, peer_key.arns[region_name]],
                 key_arn=key_arns[region_name],
-                config=gateway_config(cfg, rs.region, StoreRefs(stores.ledger_dsn, stores.ledger_password_secret_arn)),
+                config=gateway_config(cfg, rs.region, StoreRefs(
+                    stores.ledger_dsn, stores.ledger_password_secret_arn,
+                    s3_settings(zone_files.bucket, zone_files.region, key_arns[zone_files.region])
+                    if zone_files else None)),
                 certificate_arn=rs.certificate_arn, tags=rs.tags,
                 load_balancer_controller=rs.load_balancer.release, image_repository=images[region_name],
                 store_endpoints=[stores.redis_endpoint],
                 spool_storage=[rs.monitoring.ebs_csi, rs.monitoring.storage_class]),
                 rs.cluster.kubernetes, iam,
                 pulumi.ResourceOptions(parent=self, depends_on=[rs.addons, rs.autoscaling, rs.monitoring.stack,
-                                                                stores, peer_key]))
+                                                                stores, peer_key,
+                                                                *batch_grants[region_name]]))
             dns.add_region(region_name, load_balancer_hostname(
                 f"{region_name}-gateway-lb", f"{GATEWAY_RELEASE}-public", gateway.release,
                 rs.cluster.kubernetes, gateway))

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Protocol
 
 from gateway.config.batch import BatchFiles
-from gateway.config.errors import ConfigError
 
 STALE_S = 86_400.0  # a staged file this old was left by a crash
 _NAME = re.compile(r"file-[A-Za-z0-9]{1,64}").fullmatch
@@ -137,9 +136,8 @@ class LocalFileStore:
 def file_store(settings: BatchFiles) -> FileStore:
     if settings.local_dir is not None:
         return LocalFileStore(settings.local_dir)
-    try:
-        from gateway.batch.s3_files import S3FileStore  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        raise ConfigError("batch.files.s3: s3 file store not available in this gateway build") from None
+    assert settings.s3 is not None  # BatchFiles holds exactly one of local_dir and s3
+    from gateway.batch.s3_files import S3FileStore  # boto3 is imported only by gateways that use S3
+
     store: FileStore = S3FileStore(settings.s3)
     return store

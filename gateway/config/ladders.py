@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.config.model_names import is_pattern
+
 # Why a rung's answer or failure sends the call one rung up (gateway/routing/checks.py names each).
 ESCALATE_ON = ("error", "invalid_json", "length", "empty")
 
@@ -89,6 +91,10 @@ def check_ladders(ladders: Iterable[Ladder], model_aliases: set[str], other_name
         for rung in ladder.rungs:
             if rung not in model_aliases:
                 raise ValueError(f"{where}.rungs: {rung!r} is not a model alias (a rung is one of `models`)")
+            if is_pattern(rung):
+                # A wildcard alias serves the names it matches; called by its pattern, the upstream would get the `*`.
+                raise ValueError(f"{where}.rungs: {rung!r} is a wildcard alias; a rung names one model (a name "
+                                 "it matches, given its own entry in `models`)")
         rungs = set(ladder.rungs)
         for index, rule in enumerate(ladder.rules):
             _rung(where, f"rules[{index}].start_at", rule.start_at, rungs)

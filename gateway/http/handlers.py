@@ -36,7 +36,7 @@ class Endpoints:
         self.litellm = LiteLLMHeaders(state.governance.prices if state.governance is not None else None)
         self.stores = StoreHealth(state)
         self.ladders = Ladders(state.config.ladders, state.metrics, state.finish, state.usage.record,
-                               state.config.gateway.upstream_limits.body_bytes)
+                               state.config.gateway.upstream_limits.body_bytes, state.config.models)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -159,9 +159,10 @@ class Endpoints:
             if request.stream:
                 record.ttft_ms = (perf() - started) * 1000
                 self.litellm.on_answer(headers, record, opened.deployment, overhead_ms, opened.ratelimit, False)
-                account: Callable[[CallRecord], None] | None = None  # a buffered rung: the ladder accounts it
-                if into is None:
-                    account = state.usage.record if cached is None else cached.tap(opened, state.usage.record)
+                # A buffered rung is accounted by the ladder (routing/ladder.py); its stream is still kept in the cache.
+                account: Callable[[CallRecord], None] | None = state.usage.record if into is None else None
+                if cached is not None:
+                    account = cached.tap(opened, account or _accounted_later)
                 response = await relay_stream(http, opened, headers, record, account, into)
             else:
                 record.prompt_tokens = opened.prompt_tokens
@@ -276,6 +277,10 @@ async def _parse(http: web.Request, endpoint: str, state: AppState) -> Request:
         raise bad_request(str(exc), exc.param) from None
     wants_usage = bool(options and options.get("include_usage"))
     return Request(endpoint, raw, body, alias, stream, wants_usage, HOP_HEADER in http.headers)
+
+
+def _accounted_later(record: CallRecord) -> None:
+    return None
 
 
 def _refuse_over_model_cap(request: Request, route: Any) -> None:

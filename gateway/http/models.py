@@ -15,7 +15,8 @@ call (governance/model_access.py: wildcards, `*`, the alias's target).
 `get_complete_model_list`); the gateway has none (model_info.access_groups is ignored by the settings table), so
 the list is empty, as LiteLLM's is on a config without them.
 
-Ladder aliases (routing/ladder.py) are listed last, for a key whose lists allow the ladder's own name.
+Ladder aliases (routing/ladder.py) are listed last, for a key whose lists allow the ladder's own name and at least one
+of its rungs.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class ModelList:
         self.groups = {m.alias: m.alias for m in config.models}
         self.groups.update({name: a.model for name, a in config.model_aliases.items() if not a.hidden})
         self.groups.update({ladder.alias: ladder.alias for ladder in config.ladders})  # routing/ladder.py
+        self.rungs = {ladder.alias: ladder.rungs for ladder in config.ladders}
         self.aliases = tuple(self.groups)
         self._lists: dict[Allowed, bytes] = {}
         self._entries = {alias: orjson.dumps(model_entry(alias)) for alias in self.aliases}
@@ -67,8 +69,11 @@ class ModelList:
 
     def visible(self, allowed: Allowed) -> list[str]:
         key_models, team_models, user_models, in_team = allowed
-        return [a for a, group in self.groups.items() if may_use(key_models, a, group, in_team)
-                and may_use(team_models, a, group) and may_use(user_models, a, group)]
+        found = [a for a, group in self.groups.items() if may_use(key_models, a, group, in_team)
+                 and may_use(team_models, a, group) and may_use(user_models, a, group)]
+        # A ladder whose rungs the caller may use none of answers it 403 (routing/ladder.py): not listed either.
+        may = set(found)
+        return [a for a in found if a not in self.rungs or any(r in may for r in self.rungs[a])]
 
     async def list(self, http: web.Request) -> web.Response:
         try:

@@ -12,8 +12,10 @@ text that is not the JSON asked for: that is what `invalid_json` catches. Schema
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import jsonschema
@@ -27,7 +29,7 @@ from gateway.http.errors import bad_request
 class Wanted:
     """What a request asks its answer to be: JSON (an object, or valid against a schema), or anything."""
 
-    kind: str  # "" (no JSON asked), "json_object" or "json_schema"
+    kind: str  # "" (no JSON asked), "json_object", "json_schema", or "json" (any JSON: a schema too large to check)
     validator: Any = None  # jsonschema's validator for json_schema
 
     @property
@@ -36,10 +38,38 @@ class Wanted:
 
 
 ANY = Wanted("")
+JSON = Wanted("json")  # valid JSON of any kind: a schema too large to check on the request path
+# jsonschema's meta-schema check is pure Python at about 15 us per byte of schema (4.26, draft 2020-12: 2 s for a
+# 160 KB schema of 5,000 properties), so it never runs on the event loop: a schema not seen before is checked in a
+# worker thread (`checked`). OpenAI's structured outputs take at most 5,000 properties and 120,000 characters of names
+# (developers.openai.com/api/docs/guides/structured-outputs#supported-schemas); a schema over CHECKED_SCHEMA_BYTES
+# (as sorted JSON) is beyond that: its answers are checked as JSON only.
+CHECKED_SCHEMA_BYTES = 256 * 1024
+CACHED_SCHEMA_BYTES = 64 * 1024  # only schemas up to this size are kept: 256 of them hold at most 16 MiB of keys
+_SCHEMA = "response_format.json_schema.schema"
 
 
 def wanted(body: dict[str, Any]) -> Wanted:
-    """The request's `response_format`; a schema that is not a schema is the client's 400, naming the field."""
+    """The request's `response_format` (a schema checked here, on the caller's thread); a schema that is not a
+    schema is the client's 400, naming the field."""
+    found = _asked(body)
+    return found if isinstance(found, Wanted) else _compiled(found)
+
+
+async def checked(body: dict[str, Any]) -> Wanted:
+    """`wanted`, for the request path: a schema not cached yet is checked in a worker thread, off the event loop."""
+    found = _asked(body)
+    if isinstance(found, Wanted):
+        return found
+    with _lock:
+        validator = _cache.get(found)
+    if validator is not None:
+        return Wanted("json_schema", validator)
+    return await asyncio.to_thread(_compiled, found)
+
+
+def _asked(body: dict[str, Any]) -> Wanted | bytes:
+    """What `response_format` asks for, or the schema (as sorted JSON) when it names one."""
     fmt = body.get("response_format")
     if not isinstance(fmt, dict):
         return ANY
@@ -53,19 +83,36 @@ def wanted(body: dict[str, Any]) -> Wanted:
     if schema is None:
         return Wanted("json_object")  # a json_schema without one: at least it must be JSON
     if not isinstance(schema, (dict, bool)):
-        raise bad_request("`response_format.json_schema.schema` must be a JSON Schema object.",
-                          "response_format.json_schema.schema")
-    try:
-        return Wanted("json_schema", _validator(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)))
-    except SchemaError as exc:
-        raise bad_request(f"`response_format.json_schema.schema` is not a valid JSON Schema: {exc.message[:200]}",
-                          "response_format.json_schema.schema") from None
+        raise bad_request("`response_format.json_schema.schema` must be a JSON Schema object.", _SCHEMA)
+    text = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
+    return JSON if len(text) > CHECKED_SCHEMA_BYTES else text
 
 
-@lru_cache(maxsize=256)
-def _validator(schema: bytes) -> Any:
-    """A schema's validator, checked against its draft's meta-schema first. Cached: that check costs about 2 ms
-    (jsonschema 4.26, a two-property schema), and a client sends the same schema call after call."""
+def _compiled(schema: bytes) -> Wanted:
+    with _lock:
+        validator = _cache.get(schema)
+    if validator is None:
+        try:
+            validator = _build(schema)
+        except SchemaError as exc:
+            raise bad_request(f"`response_format.json_schema.schema` is not a valid JSON Schema: "
+                              f"{exc.message[:200]}", _SCHEMA) from None
+        if len(schema) <= CACHED_SCHEMA_BYTES:
+            with _lock:
+                _cache[schema] = validator
+                while len(_cache) > 256:
+                    _cache.popitem(last=False)
+    return Wanted("json_schema", validator)
+
+
+# Validators by schema, oldest first: a client sends the same schema call after call. Read on the event loop, written
+# from worker threads too.
+_cache: OrderedDict[bytes, Any] = OrderedDict()
+_lock = threading.Lock()
+
+
+def _build(schema: bytes) -> Any:
+    """A schema's validator, the schema checked against its draft's meta-schema first."""
     value = orjson.loads(schema)
     cls = jsonschema.validators.validator_for(value, default=jsonschema.Draft202012Validator)
     cls.check_schema(value)
@@ -177,7 +224,12 @@ def json_problem(text: str, want: Wanted) -> str | None:
     if want.kind == "json_object" and not isinstance(value, dict):
         return f"JSON but not an object ({type(value).__name__})"
     if want.validator is not None:
-        error = jsonschema.exceptions.best_match(want.validator.iter_errors(value))
+        try:
+            error = jsonschema.exceptions.best_match(want.validator.iter_errors(value))
+        except RecursionError:
+            # A `$ref` that loops back without consuming the instance (`{"$ref": "#"}`) passes the meta-schema yet
+            # recurses without end in jsonschema: the answer cannot be shown to match, as no answer could.
+            return "the schema could not be applied: a `$ref` in it loops without end"
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "(root)"
             return f"does not match the schema at {where}: {error.message[:160]}"

@@ -244,7 +244,8 @@ class Router:
         self.context_window_configured = any(m.context_window_fallbacks for m in config.models)
         self.aliases = {name: alias.model for name, alias in config.model_aliases.items()}
         self.patterns = by_specificity(a for a in self.routes if is_pattern(a))
-        self.groups = ModelGroups(self.routes, self.aliases)  # names as metrics labels (http/state.py)
+        # Names as metrics labels (http/state.py); a ladder's name too, for the calls refused before any rung answers.
+        self.groups = ModelGroups([*self.routes, *(ladder.alias for ladder in config.ladders)], self.aliases)
 
     def route(self, alias: str) -> ModelRoute | None:
         """The route for a name a client sends: a model alias, a model_aliases name (LiteLLM's model_group_alias,

@@ -1,6 +1,7 @@
 """Monthly cost estimate of a plan at minimum and maximum scale, from the resources it creates and the catalog."""
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -62,6 +63,15 @@ class PoolCost:
 
 REPLICATION_GROUP = "aws:elasticache/replicationGroup:ReplicationGroup"
 DB_INSTANCE = "aws:rds/instance:Instance"
+BUCKET = "aws:s3/bucket:Bucket"
+# A batch file bucket (infra/components/batch_files.py): named llmp-<stack>-batch-<zone>-..., and tagged with the
+# storage the budget reserves for it (S3 has no size cap of its own).
+BATCH_BUCKET_PREFIX = re.compile(r"^llmp-.+-batch-")
+TAG_BUDGET_GIB = "llm-platform:budget-gib"
+# Requests priced per batch bucket and month, PUTs and GETs each: a million, far above what the reserved storage
+# holds in files of OpenAI's sizes (a batch is one input, one output and one error file).
+BATCH_REQUESTS_PER_MONTH = 1_000_000
+GIB_IN_GB = 1.073741824  # S3 prices per GB (10^9 bytes)
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,8 @@ def store_cost(store: Resource, catalog: Catalog) -> StoreCost | str:
         multi_az = bool(i.get("multiAzEnabled")) and nodes > 1
         return StoreCost(store.region, store.name, "redis", engine, size, nodes, multi_az, (0, 0),
                          node * nodes, node * nodes)
+    if store.type == BUCKET:
+        return _bucket_cost(store, catalog)
     engine, size = str(i.get("engine") or ""), str(i.get("instanceClass"))
     storage = str(i.get("storageType") or "gp2")  # RDS's default when none is named
     multi_az = bool(i.get("multiAz"))
@@ -121,13 +133,36 @@ def store_cost(store: Resource, catalog: Catalog) -> StoreCost | str:
                      (instance + low) * copies, (instance + high) * copies)
 
 
+def is_batch_bucket(resource: Resource) -> bool:
+    name = str(resource.outputs.get("bucket") or resource.inputs.get("bucketPrefix") or "")
+    return resource.type == BUCKET and bool(BATCH_BUCKET_PREFIX.match(name))
+
+
+def _bucket_cost(bucket: Resource, catalog: Catalog) -> StoreCost | str:
+    """A batch bucket at min scale empty, at max scale holding its reserved storage (its budget tag) and serving
+    BATCH_REQUESTS_PER_MONTH PUTs and GETs; S3 list prices scaled by the region's level like the other stores."""
+    tags = bucket.inputs.get("tags") or {}
+    try:
+        gib = float(str(tags.get(TAG_BUDGET_GIB)))
+    except ValueError:
+        return f"the storage batch bucket {bucket.outputs.get('bucket')} reserves (tag {TAG_BUDGET_GIB})"
+    s = catalog.stores
+    if not s.s3_standard_usd_gb_month:
+        return "S3 Standard storage price (data_stores.s3)"
+    factor = catalog.region_price_factor(bucket.region)
+    storage = gib * GIB_IN_GB * s.s3_standard_usd_gb_month * factor
+    requests = BATCH_REQUESTS_PER_MONTH / 1000 * (s.s3_put_usd_per_1000 + s.s3_get_usd_per_1000) * factor
+    return StoreCost(bucket.region, bucket.name, "batch-files", "s3", "STANDARD", 0, False, (0, int(gib)),
+                     0.0, storage + requests)
+
+
 def store_costs(resources: Sequence[Resource], catalog: Catalog | None = None) -> tuple[list[StoreCost], list[str]]:
     """Every gateway store's monthly cost, and the ones the catalog cannot price (named, with what is missing)."""
     catalog = catalog or load_catalog()
     priced: list[StoreCost] = []
     unpriced: list[str] = []
     for store in resources:
-        if store.type in (REPLICATION_GROUP, DB_INSTANCE):
+        if store.type in (REPLICATION_GROUP, DB_INSTANCE) or is_batch_bucket(store):
             cost = store_cost(store, catalog)
             if isinstance(cost, str):
                 unpriced.append(f"{store.name} in {store.region}: {cost} is not in infra/catalog.yaml")

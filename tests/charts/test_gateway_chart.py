@@ -406,7 +406,8 @@ def test_the_program_grants_discovery_exactly_where_the_gateway_config_discovers
 def _shutdown_grace(r: Rendered) -> float:
     """The gateway's own drain after SIGTERM, as the config it loads says (gateway/config/limits.py default)."""
     from gateway.config.native import GatewayConfig
-    config = GatewayConfig.model_validate(yaml.safe_load(r.one("ConfigMap")["data"]["config.yaml"]))
+    from tests.infra.rendered_sections import gateway_parsable
+    config = GatewayConfig.model_validate(gateway_parsable(yaml.safe_load(r.one("ConfigMap")["data"]["config.yaml"])))
     return config.gateway.front_door.shutdown_grace
 
 

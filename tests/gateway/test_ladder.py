@@ -97,6 +97,8 @@ async def test_json_that_fails_the_schema_escalates_and_valid_json_comes_back(ga
     assert headers["x-llmp-route"] == f"{CHEAP}=invalid_json,{BIG}=answered"
     jsonschema.validate(orjson.loads(reply.choices[0].message.content), SCHEMA)
     assert reply.model == BIG and headers["x-litellm-model-id"] == "big-a"
+    assert (headers["x-litellm-model-group"], headers["x-litellm-attempted-fallbacks"]) == (BIG, "0"), \
+        "the answering rung's LiteLLM headers, none of the rung escalated from"
     assert float(headers["x-litellm-response-cost"]) == pytest.approx(price(reply.usage, BIG_PRICE))
     rows = {r["request_id"]: r for r in await spend_rows(gw, tmp_path)}
     assert set(rows) == {"call-2:rung1", "call-2"}, "every rung tried is a spend row"
@@ -178,12 +180,12 @@ async def test_a_timeout_and_an_open_circuit_escalate_by_name(gateway_factory, s
 
 async def test_the_callers_own_refusals_are_not_escalated(gateway_factory, sim_factory, tmp_path) -> None:
     cheap, big = await sim_factory(name="cheap"), await sim_factory(name="big")
-    config = ladder_config(cheap.base_url, big.base_url, tmp_path)
-    config["models"][0]["max_tokens"], config["models"][0]["over_max_tokens"] = 16, "refuse"
-    gw = await gateway_factory(config)
-    with pytest.raises(openai.BadRequestError, match="over the model cap"):
-        await chat(gw, max_tokens=100)
+    gw = await gateway_factory(ladder_config(cheap.base_url, big.base_url, tmp_path))
+    _, capped = await admin(gw, "POST", "/key/generate", {"max_tokens": 16})
+    with pytest.raises(openai.BadRequestError, match="over the key cap") as refused:
+        await chat(gw, api_key=capped["key"], max_tokens=100)
     assert big.stats.requests == 0, "a request the cheap rung refuses as the caller's mistake goes back to it"
+    assert "x-llmp-route" not in refused.value.response.headers
     _, made = await admin(gw, "POST", "/key/generate", {"max_budget": 0.0000001})
     await chat(gw, api_key=made["key"])  # spends the budget
     await gw.state.governance.ledger.flush()
@@ -191,6 +193,21 @@ async def test_the_callers_own_refusals_are_not_escalated(gateway_factory, sim_f
         await chat(gw, api_key=made["key"])
     assert "x-llmp-route" not in refused.value.response.headers, "the caller's budget is not a rung's failure"
     assert big.stats.requests == 0
+
+
+async def test_a_prompt_over_the_cheap_rungs_context_window_escalates(gateway_factory, sim_factory, tmp_path) -> None:
+    too_long = "This model's maximum context length is 4096 tokens. However, you requested 9000 tokens."
+    short = await sim_factory(name="cheap", fault="error_500", error_status=400, error_message=too_long)
+    big = await sim_factory(name="big")
+    gw = await gateway_factory(ladder_config(short.base_url, big.base_url, tmp_path))
+    headers, reply = await chat(gw, extra_headers={"x-request-id": "long"})
+    assert headers["x-llmp-route"] == f"{CHEAP}=error,{BIG}=answered" and reply.model == BIG
+    calls = {c["request_id"]: c for c in await gw.logged_calls(2)}
+    assert "maximum context length" in calls["long:rung1"]["error"]
+    _, lower = await admin(gw, "POST", "/key/generate", {"models": ["auto", CHEAP]})
+    with pytest.raises(openai.BadRequestError, match="maximum context length") as refused:
+        await chat(gw, api_key=lower["key"])  # no rung above it may take the prompt: the rung's 400 as it is
+    assert refused.value.code == "context_length_exceeded"
 
 
 async def test_a_ladder_serves_chat_and_completions_only(gateway_factory, sim_factory, tmp_path) -> None:

@@ -119,6 +119,10 @@ def test_the_simulators_json_is_valid_against_the_schema_it_was_asked_for() -> N
     (GatewayError(400, "bad", "invalid_request_error"), 0, None),
     (GatewayError(403, "pinned elsewhere", "permission_error"), 0, None),
     (GatewayError(403, "no", "key_model_access_denied"), 0, "not_allowed"),
+    (GatewayError(400, "maximum context length", "invalid_request_error", None, "context_length_exceeded"), 1,
+     "error"),
+    (GatewayError(403, "no deployment in zone", "permission_error", "model", "residency_unavailable"), 0,
+     "skipped:residency"),
 ])
 def test_which_rung_errors_escalate(error: GatewayError, attempts: int, outcome: str | None) -> None:
     assert escalation(error, CallRecord("r", attempts=attempts)) == outcome
@@ -141,6 +145,9 @@ MODELS = [{"alias": a, "deployments": [{"name": f"{a}-d", "model": "m", "api_bas
     ({"pins": {"keys": {"ingest": "huge"}}}, {}, "ladders[auto].pins.keys.ingest: 'huge' is not one of"),
     ({"pins": {"teams": {"research": "medium"}}}, {}, "ladders[auto].pins.teams.research: 'medium' is not one of"),
     ({"escalate": ["error"]}, {}, "ladders[0].escalate: unknown field"),
+    ({"rungs": ["small", "openai/*"]}, {"models": [*MODELS, {"alias": "openai/*", "deployments": [
+        {"name": "o", "model": "*", "api_base": "http://127.0.0.1:9/v1"}]}]},
+     "ladders[auto].rungs: 'openai/*' is a wildcard alias; a rung names one model"),
 ])
 def test_config_errors_name_the_field(ladder: dict[str, Any], extra: dict[str, Any], message: str) -> None:
     doc = {"version": 1, "models": MODELS, "ladders": [{"alias": "auto", "rungs": ["small", "large"], **ladder}],
@@ -166,3 +173,48 @@ def test_the_native_example_has_a_ladder(monkeypatch: pytest.MonkeyPatch) -> Non
         monkeypatch.setenv(name, f"value-of-{name}")
     [ladder] = load_config(EXAMPLES / "native.yaml").ladders
     assert ladder.alias == "auto" and ladder.rungs == ["llama-3.1-8b", "gpt-4o-mini"]
+
+
+def big_schema(properties: int, variant: int = 0) -> dict[str, Any]:
+    return {"response_format": {"type": "json_schema", "json_schema": {"name": "big", "schema": {
+        "type": "object", "description": f"variant {variant}",
+        "properties": {f"field_{i:06d}": {"type": "string"} for i in range(properties)}}}}}
+
+
+async def test_a_large_schema_is_checked_off_the_event_loop_and_not_kept() -> None:
+    import asyncio
+    import time
+
+    from gateway.routing import checks
+
+    checks._cache.clear()
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticking = asyncio.create_task(ticker())
+    started = time.perf_counter()
+    want = await checks.checked(big_schema(2000))  # about 66 KB: the meta-schema check takes most of a second
+    took = time.perf_counter() - started
+    ticking.cancel()
+    assert want.kind == "json_schema" and want.validator is not None
+    assert gaps, "the event loop never ran during the check"
+    assert max(gaps) < max(0.3, took / 2), f"the event loop stalled {max(gaps):.2f}s of a {took:.2f}s check"
+    assert failed_check(whole_answer(chat_answer('{"field_000001": 1}')), want, ALL)[0] == "invalid_json"  # type: ignore[index]
+    assert not checks._cache, "a schema over CACHED_SCHEMA_BYTES is not kept"
+    await checks.checked(AS_SCHEMA)
+    assert len(checks._cache) == 1 and (await checks.checked(AS_SCHEMA)).validator is checks._cache[next(iter(
+        checks._cache))], "a usual schema is checked once, then served from the cache"
+
+
+def test_a_schema_too_large_to_check_asks_for_json_only() -> None:
+    want = wanted(big_schema(9000))  # over CHECKED_SCHEMA_BYTES: never given to the meta-schema check
+    assert want.kind == "json" and want.validator is None
+    assert failed_check(whole_answer(chat_answer('{"anything": 1}')), want, ALL) is None
+    assert failed_check(whole_answer(chat_answer('{"cut": ')), want, ALL)[0] == "invalid_json"  # type: ignore[index]

@@ -9,7 +9,7 @@ import pytest
 
 from tests.gateway.conftest import MODEL
 from tests.gateway.test_keys_admin import admin
-from tests.gateway.test_ladder import BIG, CHEAP, chat, ladder_config, spend_rows
+from tests.gateway.test_ladder import BIG, CHEAP, chat, ladder_config, metric, spend_rows
 
 TOOLS = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}]
 RULES = {"rules": [{"prompt_tokens_over": 200, "start_at": BIG}, {"tools": True, "start_at": BIG}],
@@ -76,6 +76,10 @@ async def test_rungs_a_key_may_not_use_are_skipped(gateway_factory, sim_factory,
         await chat(gw, api_key=only["key"])
     assert refused.value.response.headers["x-llmp-route"] == \
         f"{CHEAP}=skipped:not_allowed,{BIG}=skipped:not_allowed"
+    skipped = 'llmp_ladder_escalations_total{from_rung="llama-3-1-8b",ladder="auto",reason="skipped:not_allowed"}'
+    assert await metric(gw, skipped) == 2, "the metric's reason is the header's outcome"
+    refused_calls = 'llmp_gateway_requests_total{deployment="",model="auto",status="403"}'
+    assert await metric(gw, refused_calls) == 1, "a call refused before any rung answered counts under the ladder"
     _, rung_only = await admin(gw, "POST", "/key/generate", {"models": [CHEAP, BIG]})
     with pytest.raises(openai.PermissionDeniedError, match="'auto' is not available"):
         await chat(gw, api_key=rung_only["key"])
@@ -88,3 +92,8 @@ async def test_models_lists_ladders_to_the_keys_that_may_call_them(ruled) -> Non
     assert [m.id for m in (await ruled.client(api_key=upper["key"]).models.list()).data] == [BIG, "auto"]
     _, rungs = await admin(ruled, "POST", "/key/generate", {"models": [CHEAP, BIG]})
     assert [m.id for m in (await ruled.client(api_key=rungs["key"]).models.list()).data] == [CHEAP, BIG]
+    _, ladder_only = await admin(ruled, "POST", "/key/generate", {"models": ["auto"]})
+    client = ruled.client(api_key=ladder_only["key"])
+    assert [m.id for m in (await client.models.list()).data] == [], "a ladder it may use no rung of answers it 403"
+    with pytest.raises(openai.NotFoundError):
+        await client.models.retrieve("auto")

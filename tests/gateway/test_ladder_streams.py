@@ -32,6 +32,15 @@ async def test_a_failing_rung_escalates_before_the_first_byte(gateway_factory, s
     assert row["model"] == BIG and row["cost"] > 0
 
 
+async def test_a_json_stream_that_fails_before_its_first_byte_was_not_held(gateway_factory, sim_factory,
+                                                                          tmp_path) -> None:
+    broken, big = await sim_factory(name="cheap", fault="error_500"), await sim_factory(name="big")
+    gw = await gateway_factory(ladder_config(broken.base_url, big.base_url, tmp_path))
+    headers, text, _ = await stream(gw, response_format=AS_SCHEMA)
+    assert headers["x-llmp-route"] == f"{CHEAP}=error,{BIG}=answered", "nothing came to hold: not `; buffered`"
+    jsonschema.validate(orjson.loads(text), SCHEMA)
+
+
 async def test_a_stream_is_not_escalated_after_its_first_byte(gateway_factory, sim_factory, tmp_path) -> None:
     cut, big = await sim_factory(name="cheap", fault="truncate_stream"), await sim_factory(name="big")
     gw = await gateway_factory(ladder_config(cut.base_url, big.base_url, tmp_path))
@@ -81,6 +90,16 @@ async def test_a_good_json_stream_from_the_cheap_rung_is_replayed_whole(gateway_
     assert row["model"] == CHEAP and big.stats.requests == 0
 
 
+async def test_a_held_streams_time_to_first_token_is_when_the_client_got_it(gateway_factory, sim_factory,
+                                                                           tmp_path) -> None:
+    cheap = await sim_factory(name="cheap", tokens_per_s=20)  # 8 tokens: some 0.35 s from first to last
+    gw = await gateway_factory(ladder_config(cheap.base_url, (await sim_factory(name="big")).base_url, tmp_path))
+    headers, _, _ = await stream(gw, response_format=AS_SCHEMA)
+    assert headers["x-llmp-route"] == f"{CHEAP}=answered; buffered"
+    [call] = await gw.logged_calls(1)
+    assert call["ttft_ms"] >= 300, "the first byte left once the whole stream was held and checked"
+
+
 async def test_a_json_stream_on_the_last_rung_is_not_held(gateway_factory, sim_factory, tmp_path) -> None:
     cheap, big = await sim_factory(name="cheap"), await sim_factory(name="big")
     gw = await gateway_factory(ladder_config(cheap.base_url, big.base_url, tmp_path,
@@ -89,3 +108,20 @@ async def test_a_json_stream_on_the_last_rung_is_not_held(gateway_factory, sim_f
     headers, text, _ = await stream(gw, response_format=AS_SCHEMA, tools=tools)
     assert headers["x-llmp-route"] == f"{CHEAP}=skipped:tools,{BIG}=answered", "nothing was checked: no buffering"
     jsonschema.validate(orjson.loads(text), SCHEMA)
+
+
+async def test_a_held_stream_over_the_answer_cap_is_dropped_and_escalated(gateway_factory, sim_factory,
+                                                                          tmp_path) -> None:
+    cheap, big = await sim_factory(name="cheap"), await sim_factory(name="big")
+    # The buffer holds at most upstream_limits.body_bytes (1 KiB here; the sim's JSON stream is some 8 chunks of
+    # about 200 bytes): what is past it is dropped, so the held answer cannot be checked, nor sent.
+    gw = await gateway_factory(ladder_config(cheap.base_url, big.base_url, tmp_path,
+                                             upstream_limits={"body_bytes": 1024}))
+    headers, text, chunks = await stream(gw, response_format=AS_SCHEMA, extra_headers={"x-request-id": "big-1"})
+    assert headers["x-llmp-route"] == f"{CHEAP}=error,{BIG}=answered; buffered"
+    jsonschema.validate(orjson.loads(text), SCHEMA)
+    assert {c.model for c in chunks} == {BIG}, "nothing of the dropped stream reached the client"
+    calls = {c["request_id"]: c for c in await gw.logged_calls(2)}
+    assert calls["big-1:rung1"]["error"] == "error: stream larger than upstream_limits.body_bytes"
+    rows = {r["request_id"]: r for r in await spend_rows(gw, tmp_path)}
+    assert rows["big-1:rung1"]["model"] == CHEAP and rows["big-1:rung1"]["cost"] > 0, "its tokens are paid for"

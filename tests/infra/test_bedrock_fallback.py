@@ -5,6 +5,7 @@ from __future__ import annotations
 from gateway.config.native import parse_native
 from infra.config import parse
 from infra.gateway_config import gateway_config
+from tests.infra.rendered_sections import gateway_parsable
 from tests.stacks import stack_raw
 
 HAIKU = "anthropic.claude-3-5-haiku-20241022-v1:0"
@@ -26,7 +27,8 @@ def test_each_zones_gateways_get_their_own_geographys_profile_and_no_key() -> No
         assert fallback == {"name": f"llama-3-1-8b-bedrock-{geo}", "provider": "bedrock", "model": f"{geo}.{HAIKU}",
                             "region": region, "residency": cfg.zone_of(region), "tier": "fallback"}
         # The gateway accepts what the program renders, and calls Bedrock's endpoint in its own region.
-        [dep] = [d for m in parse_native(rendered).models for d in m.deployments if d.provider == "bedrock"]
+        [dep] = [d for m in parse_native(gateway_parsable(rendered)).models for d in m.deployments
+                 if d.provider == "bedrock"]
         assert dep.api_base == f"https://bedrock-runtime.{region}.amazonaws.com" and dep.api_key is None
 
 

@@ -250,6 +250,34 @@ def test_deploy_roles_reach_their_own_stacks_weights_buckets_and_never_prods(pro
     assert reaches(allowed_resources(ROLES["preview"]["permissions"], "s3:"), "arn:aws:s3:::llmp-pr-42-weights-x1")
 
 
+# The S3 calls the provider makes for what infra/components/batch_files.py creates, on the bucket itself (create,
+# encryption, public access block, policy, versioning, lifecycle, tags, the reads a refresh makes, and a preview's
+# force_destroy emptying it).
+BATCH_BUCKET_ACTIONS = ["s3:CreateBucket", "s3:PutEncryptionConfiguration", "s3:GetEncryptionConfiguration",
+                        "s3:PutBucketPublicAccessBlock", "s3:GetBucketPublicAccessBlock", "s3:PutBucketPolicy",
+                        "s3:GetBucketPolicy", "s3:PutBucketVersioning", "s3:GetBucketVersioning",
+                        "s3:PutLifecycleConfiguration", "s3:GetLifecycleConfiguration", "s3:PutBucketTagging",
+                        "s3:GetBucketTagging", "s3:ListBucket", "s3:DeleteBucket"]
+
+
+def test_deploy_roles_reach_their_own_stacks_batch_buckets_and_never_prods(prod_plan: Plan, pr_plan: Plan) -> None:
+    """The first `up` creates each zone's batch bucket with its settings: the deploy role must be able to, on its own
+    stacks' buckets only (a preview's destroy deletes the files its force_destroy empties)."""
+    prod = [arn for arn in arns(prod_plan, "aws:s3/bucket:Bucket") if "-batch-" in arn]
+    pr = [arn for arn in arns(pr_plan, "aws:s3/bucket:Bucket") if "-batch-" in arn]
+    assert len(prod) == 2 and len(pr) == 1
+    for role, own, other in (("prod", prod, pr), ("preview", pr, prod)):
+        policy = ROLES[role]["permissions"]
+        for arn in own:
+            for action in BATCH_BUCKET_ACTIONS:
+                assert allows_unconditionally(policy, action, arn), (role, action, arn)
+            assert allows_unconditionally(policy, "s3:DeleteObject", f"{arn}/files/file-0a1b"), (role, arn)
+        for arn in other:
+            assert not reaches(allowed_resources(policy, "s3:"), arn), (role, arn)
+    for arn in prod:
+        assert reaches(denied_resources(ROLES["preview"]["permissions"]), arn), arn
+
+
 # -- data sources: every invoke the program makes at preview and up --------------------------------
 # Each aws.* data source (invoke) the program calls, and the API actions the provider makes for it (the
 # terraform-provider-aws data source reads its tags as well). A new invoke not listed here fails the test below,

@@ -338,11 +338,12 @@ def test_rendered_gateway_configs_load_in_the_gateway(prod_plan: Plan, preview_p
     import yaml
 
     from gateway.config.loading import load_config
+    from tests.infra.rendered_sections import gateway_parsable
 
     for plan in (prod_plan, preview_plan):
         for g in (r for r in plan.of_type(RELEASE) if r.inputs["chart"] == str(GATEWAY_CHART)):
             path = tmp_path / f"{plan.stack}-{g.region}.yaml"
-            path.write_text(yaml.safe_dump(g.inputs["values"]["config"]))
+            path.write_text(yaml.safe_dump(gateway_parsable(g.inputs["values"]["config"])))
             config = load_config(path)
             assert config.gateway.region == g.region
             assert config.redis is not None and config.ledger is not None

@@ -21,6 +21,7 @@ from infra.components.providers import TAG_REGION, TAG_STACK
 from infra.components.secrets import secret_names
 from infra.plan.mocks import PlanMocks
 from infra.plan.run import Plan
+from tests.infra.rendered_sections import gateway_parsable
 from tests.policy.test_secret_scope_iam import LEDGER_PASSWORD, Account, account_with
 
 CACHE = "aws:elasticache/replicationGroup:ReplicationGroup"
@@ -201,7 +202,7 @@ def test_one_peer_key_for_the_stack_replicated_to_every_region(prod_plan: Plan) 
 
 def _loaded(config: dict[str, Any], path: Path) -> GatewayConfig:
     """The gateway's own loader on the rendered config, `peers` included."""
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(gateway_parsable(config)))
     return load_config(path)
 
 

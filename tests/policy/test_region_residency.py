@@ -158,7 +158,7 @@ JOB = "kubernetes:batch/v1:Job"
 
 
 def _bucket(resources: list, region: str):
-    return find(resources, BUCKET, region=region)
+    return find(resources, BUCKET, f"{region}-weights")
 
 
 def test_restricted_models_weights_are_staged_and_loaded_only_in_their_zone(prod_plan):
@@ -167,7 +167,8 @@ def test_restricted_models_weights_are_staged_and_loaded_only_in_their_zone(prod
     mistral = next(e for e in res.evidence if e.get("weights_of") == "mistral-small-24b")
     assert mistral == {"weights_of": "mistral-small-24b", "restricted_to": "eu",
                        "loaded_from": ["eu-north-1", "eu-west-2"], "staged_in": ["eu-north-1", "eu-west-2"]}
-    judged = {e["region"]: e["zone"] for e in res.evidence if e.get("type") == BUCKET}
+    judged = {e["region"]: e["zone"] for e in res.evidence
+              if e.get("type") == BUCKET and e["resource"].endswith("-weights")}
     assert judged == {r.name: r.residency for r in prod_plan.config.regions}
 
 

@@ -56,7 +56,8 @@ class Weights:
 
 
 def _setup(plan: Plan) -> Weights:
-    buckets = {b.region: b.outputs["bucket"] for b in plan.of_type("aws:s3/bucket:Bucket")}
+    buckets = {b.region: b.outputs["bucket"] for b in plan.of_type("aws:s3/bucket:Bucket")
+               if b.name.endswith("-weights")}  # not the zones' batch file buckets
     names = [m.name for m in plan.config.models]
     for region, bucket in buckets.items():
         s3 = boto3.client("s3", region_name=region)
@@ -122,7 +123,8 @@ def test_the_stager_writes_only_its_regions_model_prefixes(weights: Weights) -> 
 
 
 def test_each_weights_policy_names_only_its_own_regions_bucket(prod_plan: Plan) -> None:
-    buckets = {b.region: b.outputs["bucket"] for b in prod_plan.of_type("aws:s3/bucket:Bucket")}
+    buckets = {b.region: b.outputs["bucket"] for b in prod_plan.of_type("aws:s3/bucket:Bucket")
+               if b.name.endswith("-weights")}
     for region, bucket in buckets.items():
         for name in (f"{region}-models-weights", f"{region}-weights-stager"):
             [policy] = [p for p in prod_plan.of_type("aws:iam/rolePolicy:RolePolicy") if p.name == name]
@@ -136,7 +138,7 @@ def test_a_grant_on_a_whole_bucket_or_a_bucket_of_someone_else_is_a_wildcard(pro
     """secret-scope accepts `*` only in an object ARN under one named prefix of a bucket the stack creates."""
     from tests.policy.helpers import assert_passes, assert_rejected, find, mutated, result, result_of_resources
     assert_passes(result(prod_plan, "secret-scope"))
-    bucket = find(prod_plan.resources, "aws:s3/bucket:Bucket", region=US).outputs["bucket"]
+    bucket = find(prod_plan.resources, "aws:s3/bucket:Bucket", f"{US}-weights").outputs["bucket"]
     for grant in (f"arn:aws:s3:::{bucket}/*", "arn:aws:s3:::someone-elses-bucket/llama-3-3-70b/*",
                   f"arn:aws:s3:::{bucket}/*/config.json"):
         def widen(rs, grant=grant):

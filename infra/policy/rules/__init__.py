@@ -61,6 +61,8 @@ CONTROLS: list[Control] = [
                 f"{_T}test_budget_cap.py::test_a_gateway_store_the_catalog_cannot_price_is_rejected",
                 f"{_T}test_budget_cap.py::test_an_untagged_gateway_store_is_rejected",
                 f"{_T}test_budget_cap.py::test_the_plan_shows_each_regions_gateway_stores_and_their_cost",
+                f"{_T}test_batch_files.py::test_budget_prices_the_batch_buckets",
+                f"{_T}test_batch_files.py::test_a_batch_bucket_without_its_reserved_storage_is_rejected",
             ]),
     Control("region-residency", "Resources, restricted models and secrets stay in their residency zone",
             residency.DESCRIPTION, MANDATORY, residency.check, [
@@ -109,6 +111,9 @@ CONTROLS: list[Control] = [
                 f"{_T}test_region_residency.py::test_gateway_pointing_at_another_regions_ledger_is_rejected",
                 f"{_T}test_region_residency.py::test_the_peer_key_alone_is_replicated_across_zones",
                 f"{_T}test_region_residency.py::test_a_config_putting_a_store_outside_its_zone_is_rejected_naming_it",
+                f"{_T}test_batch_files.py::test_a_gateways_batch_files_stay_in_its_zone",
+                f"{_T}test_batch_files.py::test_gateway_keeping_batch_files_in_another_zones_bucket_is_rejected",
+                f"{_T}test_batch_files.py::test_batch_bucket_replicated_out_of_its_zone_is_rejected",
             ]),
     Control("failover-topology", "Losing any one region leaves every model serving, and DNS routes around it",
             failover.DESCRIPTION, MANDATORY, failover.check, [
@@ -166,6 +171,12 @@ CONTROLS: list[Control] = [
                 f"{_T}test_secret_scope.py::test_another_regions_gateway_reading_a_redis_url_or_ledger_password_is_rejected",
                 f"{_T}test_secret_scope.py::test_a_role_other_than_the_gateway_reading_the_ledger_password_is_rejected",
                 f"{_T}test_secret_scope.py::test_a_gateway_role_that_cannot_read_its_stores_secrets_is_rejected",
+                f"{_T}test_batch_files.py::test_only_a_zones_gateway_roles_reach_its_batch_bucket",
+                f"{_T}test_batch_files.py::test_another_zones_gateway_role_granted_a_batch_bucket_is_rejected",
+                f"{_T}test_batch_files.py::test_a_role_other_than_a_gateways_or_a_gateway_without_its_grant_is_rejected",
+                f"{_T}test_batch_files_iam.py::test_every_gateway_of_a_zone_keeps_batch_files_in_its_zones_bucket",
+                f"{_T}test_batch_files_iam.py::test_no_gateway_of_another_zone_can_read_write_or_delete_a_zones_batch_files",
+                f"{_T}test_batch_files_iam.py::test_a_gateway_touches_only_the_files_prefix_of_its_bucket",
             ]),
     Control("gpu-pool-hygiene", "GPU pools are tainted, spot runs only batch models, every pool is bounded",
             gpu_pools.DESCRIPTION, MANDATORY, gpu_pools.check, [
@@ -206,7 +217,8 @@ CONTROLS: list[Control] = [
                 f"{_T}test_cluster_hardening.py::test_an_unencrypted_alert_topic_is_rejected",
             ]),
     Control("data-stores",
-            "The gateway's Redis and PostgreSQL are encrypted, authenticated, private and, in prod, survive a zone",
+            "The gateway's Redis, PostgreSQL and batch file buckets are encrypted, private and, in prod, survive a "
+            "zone or a mistaken delete",
             stores.DESCRIPTION, MANDATORY, stores.check, [
                 f"{_T}test_data_stores.py::test_every_gateway_has_its_own_redis_and_ledger_in_its_region",
                 f"{_T}test_data_stores.py::test_gateway_stores_are_encrypted_in_transit_and_at_rest",
@@ -226,6 +238,11 @@ CONTROLS: list[Control] = [
                 f"{_T}test_data_stores.py::test_gateway_connects_to_its_ledger_over_tls_without_a_password_in_its_config",
                 f"{_T}test_data_stores.py::"
                 "test_gateway_config_that_lets_libpq_fall_back_to_plaintext_or_carries_the_password_is_rejected",
+                f"{_T}test_batch_files.py::test_each_zones_batch_bucket_is_encrypted_private_tls_only_and_expiring",
+                f"{_T}test_batch_files.py::test_batch_bucket_without_kms_or_on_another_regions_key_is_rejected",
+                f"{_T}test_batch_files.py::test_public_or_plaintext_batch_bucket_is_rejected",
+                f"{_T}test_batch_files.py::test_versioned_never_expiring_or_force_destroyed_prod_batch_bucket_is_rejected",
+                f"{_T}test_batch_files.py::test_gateway_naming_a_bucket_the_stack_does_not_create_or_the_wrong_region_is_rejected",
             ]),
     Control("version-support", "Clusters run a Kubernetes version EKS supports well past the plan's date",
             versions.DESCRIPTION, MANDATORY, versions.check, [

@@ -29,6 +29,7 @@ COST_BEARING = frozenset({
     "aws:route53/healthCheck:HealthCheck",
     "aws:sqs/queue:Queue",
     REPLICATION_GROUP, DB_INSTANCE,
+    "aws:s3/bucket:Bucket",
 })
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
 LOG_GROUP = "aws:cloudwatch/logGroup:LogGroup"
@@ -46,9 +47,13 @@ DESCRIPTION = (
     "node type's hourly price times its nodes; an RDS instance at its class's hourly price, plus its storage per "
     "GiB-month (allocated at min scale, the storage autoscaling ceiling at max), both twice when Multi-AZ (the "
     "standby bills like the primary); a node type, instance class or storage type the catalog does not price fails "
-    "the control, since the stack's cost would then have no bound. The budget sees only what carries the stack "
-    "tag, so every cost-bearing resource does: clusters, node groups, NAT gateways and addresses, KMS keys, "
-    "secrets, log groups, health checks, ElastiCache replication groups and RDS instances by their own tags "
+    "the control, since the stack's cost would then have no bound. Each batch file bucket is priced at S3 Standard "
+    "storage for the GiB it reserves (its llm-platform:budget-gib tag, from gateway.batch.budget_gib) plus a "
+    "million PUTs and a million GETs a month (catalog `data_stores.s3`, scaled like the others); a batch bucket "
+    "without the tag, or without S3 prices in the catalog, fails the control. The budget sees only what carries "
+    "the stack tag, so every cost-bearing resource does: clusters, node groups, NAT gateways and addresses, KMS keys, "
+    "secrets, log groups, health checks, ElastiCache replication groups, RDS instances and S3 buckets by their own "
+    "tags "
     "(provider default tags included); the nodes' instances and volumes through their node group's launch "
     "template or their NodePool's EC2NodeClass tags; each cluster's control plane log group "
     "(/aws/eks/<cluster>/cluster) created by the program, tagged, rather than by EKS; each gateway's NLB through the "

@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Any
 
 from infra import bedrock
+from infra.policy.rules import batch_files
 from infra.policy.rules.base import (
     BUCKET,
     BUCKET_REPLICATION,
@@ -93,7 +94,8 @@ DESCRIPTION = (
     "one the gateway reads it from, are in that region too. Copies of a ledger (read replicas, snapshot copies, "
     "replicated automated backups) stay in its zone, and no ElastiCache global datastore copies a Redis elsewhere. "
     "Secret replicas stay in their zone, except the gateway peer key, which every region of the stack holds: a random "
-    "token gateways authenticate each other with, carrying no user data (see secret-scope).")
+    "token gateways authenticate each other with, carrying no user data (see secret-scope)."
+    + batch_files.RESIDENCY_DESCRIPTION)
 
 # The AWS Load Balancer Controller's chart (infra/components/load_balancer.py).
 LB_CONTROLLER_CHART = "aws-load-balancer-controller"
@@ -178,6 +180,7 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
 
     _zone_names(resources, policy, found)
     _weights(resources, policy, found)
+    batch_files.judge_residency(resources, policy, found)
     _bedrock(resources, policy, found)
     _load_balancer_controllers(resources, found)
     _event_targets(resources, policy, found)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.components.secrets import huggingface_token_name
+from infra.policy.rules import batch_files
 from infra.policy.rules.base import (
     BUCKET,
     COMPONENT_LABEL,
@@ -125,7 +126,7 @@ DESCRIPTION = (
     "or kms action), and Deny statements, which grant nothing. A wildcard "
     "principal is accepted only in a Deny statement whose condition narrows it to named principals "
     "(aws:PrincipalArn and similar): such a statement denies everyone else and grants nothing. Only AWS managed "
-    "policies from a reviewed list may be attached.")
+    "policies from a reviewed list may be attached." + batch_files.ACCESS_DESCRIPTION)
 
 
 def _matches(pattern: str, value: str) -> bool:
@@ -377,6 +378,7 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
                     found.fail(f"{source.name}: the {region} {role_kind} role may read {secret_name} in "
                                f"{where}; a {role_kind} reads only its own region's copy")
     _gateway_needs(gateway_roles, gateway_reads, stack_secrets, {peer_key, redis_url}, found)
+    batch_files.judge_access(resources, policy, gateway_roles, found)
     for who, roles in (("the gateway in {} runs", gateway_roles), ("the model servers in {} run", model_roles)):
         for arn, region in roles.items():
             if arn not in roles_by_arn:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from infra.policy.rules import batch_files
 from infra.policy.rules.base import (
     EKS_CLUSTER,
     GATEWAY_CHART_DIR,
@@ -61,7 +62,7 @@ DESCRIPTION = (
     "its peers (gateway/governance/budget_sync.py) and rate windows that expire within a minute. Each gateway's "
     "rendered config connects to its ledger with an sslmode that never sends in the clear (require, verify-ca or "
     "verify-full; libpq's default, prefer, would fall back to plaintext) and carries no password in its DSN: the "
-    "gateway reads it from RDS's secret.")
+    "gateway reads it from RDS's secret." + batch_files.STORES_DESCRIPTION)
 
 
 def redis_url_secret_name(stack: str) -> str:
@@ -357,4 +358,5 @@ def check(resources: Resources, policy: PolicyConfig) -> Findings:
             if len(names) != 1:
                 found.fail(f"the gateway in {region} has {len(names) or 'no'} {store} in its region "
                            f"({', '.join(names) or 'none'}); it needs exactly one of its own")
+    batch_files.judge_stores(resources, policy, keys, found)
     return found

@@ -1,0 +1,101 @@
+"""The S3 file store (`batch.files.s3`) against moto's S3: contents put, read back, deleted; a missing file is
+FileMissing; every object is written with SSE-KMS under the configured key; S3's refusals surface as errors naming
+the object, never as a missing file."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from gateway.batch.files import FileMissing
+from gateway.batch.s3_files import FileStoreError, S3FileStore
+
+REGION = "eu-north-1"
+BUCKET = "llmp-prod-batch-eu-20261126000000000000000001"
+
+
+@dataclass(frozen=True)
+class Location:
+    """What the rendered config's `batch.files.s3` carries (infra/components/batch_files.py s3_settings)."""
+    bucket: str
+    region: str
+    prefix: str
+    kms_key_id: str | None
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """moto's S3 and KMS; yields the stack key's ARN."""
+    for var, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": REGION}.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    with mock_aws():
+        boto3.client("s3", region_name=REGION).create_bucket(
+            Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+        yield boto3.client("kms", region_name=REGION).create_key()["KeyMetadata"]["Arn"]
+
+
+async def test_a_file_is_put_read_back_and_deleted(aws: str) -> None:
+    store = S3FileStore(Location(BUCKET, REGION, "files/", aws))
+    await store.open()
+    try:
+        data = b'{"custom_id": "a", "method": "POST"}\n' * 1000
+        await store.put("file-0a1b2c", data)
+        assert await store.get("file-0a1b2c") == data
+        # Under the prefix the gateway role's grant names, nowhere else.
+        keys = [o["Key"] for o in boto3.client("s3", region_name=REGION).list_objects_v2(Bucket=BUCKET)["Contents"]]
+        assert keys == ["files/file-0a1b2c"]
+        await store.delete("file-0a1b2c")
+        with pytest.raises(FileMissing):
+            await store.get("file-0a1b2c")
+    finally:
+        await store.close()
+
+
+async def test_a_missing_file_is_file_missing_and_deleting_it_is_no_error(aws: str) -> None:
+    store = S3FileStore(Location(BUCKET, REGION, "files/", aws))
+    await store.open()
+    with pytest.raises(FileMissing):
+        await store.get("file-neverwritten")
+    await store.delete("file-neverwritten")
+    await store.close()
+
+
+async def test_every_object_is_written_with_sse_kms_under_the_configured_key(aws: str) -> None:
+    store = S3FileStore(Location(BUCKET, REGION, "files/", aws))
+    await store.open()
+    await store.put("file-0a1b2c", b"{}\n")
+    head = boto3.client("s3", region_name=REGION).head_object(Bucket=BUCKET, Key="files/file-0a1b2c")
+    assert head["ServerSideEncryption"] == "aws:kms"
+    assert head["SSEKMSKeyId"] == aws
+    await store.close()
+
+
+async def test_a_name_that_is_not_a_file_id_never_becomes_a_key(aws: str) -> None:
+    store = S3FileStore(Location(BUCKET, REGION, "files/", aws))
+    await store.open()
+    for name in ("../weights/x", "file-a/../../b", ""):
+        with pytest.raises(ValueError, match="not a file id"):
+            await store.put(name, b"x")
+    await store.close()
+
+
+async def test_a_refusal_is_an_error_naming_the_object_not_a_missing_file(aws: str) -> None:
+    store = S3FileStore(Location("llmp-prod-batch-eu-nosuchbucket", REGION, "files/", aws))
+    await store.open()
+    with pytest.raises(FileStoreError, match=r"s3://llmp-prod-batch-eu-nosuchbucket/files/file-a: put refused: "
+                                             r"NoSuchBucket"):
+        await store.put("file-a", b"x")
+    with pytest.raises(FileStoreError, match="get refused: NoSuchBucket"):
+        await store.get("file-a")
+    await store.close()
+
+
+async def test_a_store_used_before_open_says_so() -> None:
+    store = S3FileStore(Location(BUCKET, REGION, "files/", None))
+    with pytest.raises(FileStoreError, match="not open"):
+        await store.get("file-a")
