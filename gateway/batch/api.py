@@ -17,6 +17,7 @@ from aiohttp import BodyPartReader, web
 from gateway.batch.files import FileMissing, FileStore, LocalFileStore, put_path, scratch
 from gateway.batch.lines import ENDPOINTS, batch_object, file_object, new_id
 from gateway.batch.runner import BatchRunner
+from gateway.batch.s3_files import FileStoreError  # no boto3 at import: it is imported by a store that is used
 from gateway.config.batch import BatchSettings
 from gateway.governance.gate import MASTER_TOKEN
 from gateway.governance.store.batches import BatchRows, Owner
@@ -36,6 +37,11 @@ CANCELLABLE = ("validating", "in_progress")
 def store_down() -> GatewayError:
     return GatewayError(503, "The ledger store holding files and batches is unavailable; try again shortly.",
                         "service_unavailable", None, "store_unavailable")
+
+
+def file_store_down() -> GatewayError:
+    return GatewayError(503, "The file store holding file contents is unavailable; try again shortly.",
+                        "service_unavailable", None, "file_store_unavailable")
 
 
 def not_found(kind: str, ident: str) -> GatewayError:
@@ -76,6 +82,9 @@ class BatchApi:
             except StoreError as exc:  # the ledger store is down: say so, never a traceback
                 self.state.log.event("batch_store_unavailable", error=str(exc)[:300])
                 return store_down().response()
+            except FileStoreError as exc:  # S3 refused or failed: likewise
+                self.state.log.event("batch_file_store_unavailable", error=str(exc)[:300])
+                return file_store_down().response()
         return answer
 
     def _owner(self, http: web.Request) -> tuple[str, str | None, Owner]:
@@ -169,6 +178,9 @@ class BatchApi:
             return exc.response()
         except StoreError:
             return store_down().response()
+        except FileStoreError as exc:
+            self.state.log.event("batch_file_store_unavailable", error=str(exc)[:300])
+            return file_store_down().response()
         except FileMissing:
             return not_found("File", http.match_info["file_id"]).response()
         return web.Response(body=data, content_type="application/octet-stream")

@@ -17,8 +17,6 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from gateway.config.batch import BatchFiles
-
 STALE_S = 86_400.0  # a staged file this old was left by a crash
 _NAME = re.compile(r"file-[A-Za-z0-9]{1,64}").fullmatch
 
@@ -131,13 +129,3 @@ class LocalFileStore:
 
     async def delete(self, name: str) -> None:
         await asyncio.to_thread(self._path(name).unlink, missing_ok=True)
-
-
-def file_store(settings: BatchFiles) -> FileStore:
-    if settings.local_dir is not None:
-        return LocalFileStore(settings.local_dir)
-    assert settings.s3 is not None  # BatchFiles holds exactly one of local_dir and s3
-    from gateway.batch.s3_files import S3FileStore  # boto3 is imported only by gateways that use S3
-
-    store: FileStore = S3FileStore(settings.s3)
-    return store

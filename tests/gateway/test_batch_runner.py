@@ -16,6 +16,8 @@ import pytest
 from gateway.batch import line_call
 from gateway.batch import lines as lines_module
 from gateway.batch import runner as runner_module
+from gateway.batch.files import LocalFileStore
+from gateway.batch.s3_files import FileStoreError
 from gateway.batch.service import BATCH
 from gateway.governance.keys import hash_key
 from gateway.governance.limits.scopes import key_scope
@@ -284,3 +286,24 @@ async def test_a_line_waiting_for_admission_hides_no_interactive_call_from_the_g
         await asyncio.sleep(0.05)
     assert await completed(oai, batch_id) == 3
     assert counted_while_admitted == [0, 0, 0]
+
+
+async def test_a_file_store_that_refuses_answers_503_naming_it_not_a_traceback(
+        sim_factory: Any, gateway_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sim = await sim_factory(name="spot")
+    gw = await gateway_factory(batch_config(sim, tmp_path))
+    oai = gw.client()
+    kept = await oai.files.create(file=("in.jsonl", io.BytesIO(jsonl(1))), purpose="batch")
+
+    async def refused(*args: Any) -> None:
+        raise FileStoreError("s3://bucket/files/file-x: put refused: AccessDenied")
+
+    monkeypatch.setattr(LocalFileStore, "put_file", refused)
+    monkeypatch.setattr(LocalFileStore, "path", lambda self, name: (_ for _ in ()).throw(
+        FileStoreError("s3://bucket/files/file-x: get refused: SlowDown")))
+    for call in (lambda: oai.files.create(file=("in.jsonl", io.BytesIO(jsonl(1))), purpose="batch"),
+                 lambda: oai.files.content(kept.id)):
+        with pytest.raises(openai.APIStatusError) as failed:
+            await call()
+        assert failed.value.status_code == 503 and "file store" in failed.value.message
+    assert b'"batch_file_store_unavailable"' in gw.log_buffer.getvalue()

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import boto3
 import pytest
 from moto import mock_aws
 
-from gateway.batch.files import FileMissing
-from gateway.batch.s3_files import FileStoreError, S3FileStore
+from gateway.batch.files import FileMissing, put_path
+from gateway.batch.s3_files import PART_BYTES, FileStoreError, S3FileStore
 
 REGION = "eu-north-1"
 BUCKET = "llmp-prod-batch-eu-20261126000000000000000001"
@@ -99,3 +100,21 @@ async def test_a_store_used_before_open_says_so() -> None:
     store = S3FileStore(Location(BUCKET, REGION, "files/", None))
     with pytest.raises(FileStoreError, match="not open"):
         await store.get("file-a")
+
+
+async def test_a_staged_file_is_streamed_to_s3_with_sse_kms(aws: str, tmp_path: Path) -> None:
+    """Uploads and output files reach the store by path (gateway/batch/files.put_path): sent from disk in parts,
+    encrypted under the configured key like any put."""
+    store = S3FileStore(Location(BUCKET, REGION, "files/", aws))
+    await store.open()
+    try:
+        staged = tmp_path / "staged"
+        for size in (1000, PART_BYTES, 2 * PART_BYTES + 5):  # one PUT; one exactly; a multipart upload of three
+            staged.write_bytes(bytes(range(256)) * (size // 256) + b"x" * (size % 256))
+            await put_path(store, "file-big", staged)
+            assert await store.get("file-big") == staged.read_bytes()
+            head = boto3.client("s3", region_name=REGION).head_object(Bucket=BUCKET, Key="files/file-big")
+            assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"] == aws
+            assert head["ContentLength"] == size
+    finally:
+        await store.close()
