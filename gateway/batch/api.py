@@ -173,7 +173,12 @@ class BatchApi:
                 if not await asyncio.to_thread(path.is_file):
                     raise FileMissing(row["id"])
                 return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
-            data = await self.files.get(row["id"])
+            opener = getattr(self.files, "reader", None)
+            if opener is None:
+                data = await self.files.get(row["id"])
+            else:  # streamed from the store (S3) a megabyte at a time
+                read = await opener(row["id"])
+                first = await read(1 << 20)
         except GatewayError as exc:
             return exc.response()
         except StoreError:
@@ -183,7 +188,20 @@ class BatchApi:
             return file_store_down().response()
         except FileMissing:
             return not_found("File", http.match_info["file_id"]).response()
-        return web.Response(body=data, content_type="application/octet-stream")
+        if opener is None:
+            return web.Response(body=data, content_type="application/octet-stream")
+        answer = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await answer.prepare(http)
+        chunk = first
+        try:
+            while chunk:
+                await answer.write(chunk)
+                chunk = await read(1 << 20)
+        except FileStoreError as exc:  # mid-download: the status is sent; the connection is cut, the client sees it
+            self.state.log.event("batch_file_store_unavailable", error=str(exc)[:300])
+            raise
+        await answer.write_eof()
+        return answer
 
     async def delete_file(self, http: web.Request, who: tuple[str, str | None, Owner]) -> dict[str, Any]:
         row = await self._file(http, who[2])

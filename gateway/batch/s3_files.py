@@ -9,6 +9,7 @@ Credentials are boto3's defaults: the gateway pod's IRSA role in EKS.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -147,6 +148,33 @@ class S3FileStore:
                 raise FileMissing(name) from None
             raise self._error("get", name, exc) from None
         return body
+
+    async def reader(self, name: str) -> Callable[[int], Awaitable[bytes]]:
+        """The object opened for reading a chunk at a time (`await read(n)`, b"" at its end), for a download that
+        must not hold a GB output file in memory; FileMissing or FileStoreError before any byte is sent."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            body = (await asyncio.to_thread(self.client.get_object, Bucket=self.bucket, Key=self.key(name)))["Body"]
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                raise FileMissing(name) from None
+            raise self._error("get", name, exc) from None
+        except BotoCoreError as exc:
+            raise FileStoreError(f"s3://{self.bucket}/{self.key(name)}: get failed: {type(exc).__name__}") from None
+
+        async def read(size: int) -> bytes:
+            try:
+                chunk: bytes = await asyncio.to_thread(body.read, size)
+            except (BotoCoreError, OSError) as exc:
+                body.close()
+                raise FileStoreError(f"s3://{self.bucket}/{self.key(name)}: read failed: {type(exc).__name__}") \
+                    from None
+            if not chunk:
+                body.close()
+            return chunk
+
+        return read
 
     async def delete(self, name: str) -> None:
         # S3 answers 204 for a key that is not there: missing is not an error, as the protocol wants.
