@@ -6,15 +6,18 @@ other caller gets 404 (never 403: existence is not leaked); the master key sees 
 
 from __future__ import annotations
 
+import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
 from aiohttp import BodyPartReader, web
 
-from gateway.batch.files import FileMissing, FileStore
+from gateway.batch.files import FileMissing, FileStore, LocalFileStore, put_path, scratch
 from gateway.batch.lines import ENDPOINTS, batch_object, file_object, new_id
 from gateway.batch.runner import BatchRunner
+from gateway.batch.s3_files import FileStoreError  # no boto3 at import: it is imported by a store that is used
 from gateway.config.batch import BatchSettings
 from gateway.governance.gate import MASTER_TOKEN
 from gateway.governance.store.batches import BatchRows, Owner
@@ -24,13 +27,21 @@ from gateway.http.errors import GatewayError, bad_request
 from gateway.http.handlers import authorization
 
 JSON = "application/json"
-MAX_LIST = 100  # `limit` on list calls, as OpenAI's (1 to 100)
+# `limit` on list calls, as OpenAI's: batches 1 to 100, default 20 (https://platform.openai.com/docs/api-reference/
+# batch/list); files 1 to 10,000, default 10,000, with `order` (https://platform.openai.com/docs/api-reference/files/list).
+BATCH_LIST = (20, 100)
+FILE_LIST = (10_000, 10_000)
 CANCELLABLE = ("validating", "in_progress")
 
 
 def store_down() -> GatewayError:
     return GatewayError(503, "The ledger store holding files and batches is unavailable; try again shortly.",
                         "service_unavailable", None, "store_unavailable")
+
+
+def file_store_down() -> GatewayError:
+    return GatewayError(503, "The file store holding file contents is unavailable; try again shortly.",
+                        "service_unavailable", None, "file_store_unavailable")
 
 
 def not_found(kind: str, ident: str) -> GatewayError:
@@ -71,6 +82,9 @@ class BatchApi:
             except StoreError as exc:  # the ledger store is down: say so, never a traceback
                 self.state.log.event("batch_store_unavailable", error=str(exc)[:300])
                 return store_down().response()
+            except FileStoreError as exc:  # S3 refused or failed: likewise
+                self.state.log.event("batch_file_store_unavailable", error=str(exc)[:300])
+                return file_store_down().response()
         return answer
 
     def _owner(self, http: web.Request) -> tuple[str, str | None, Owner]:
@@ -91,41 +105,55 @@ class BatchApi:
     async def upload(self, http: web.Request, who: tuple[str, str | None, Owner]) -> dict[str, Any]:
         if not http.content_type.startswith("multipart/"):
             raise bad_request("Upload a file as multipart/form-data with fields `purpose` and `file`.", "file")
-        purpose, filename, data = None, None, None
+        purpose, filename, size = None, None, None
+        staged = scratch(self.files)  # the upload goes to disk as it arrives: never 200 MB in memory
         try:
-            async for part in await http.multipart():
-                if not isinstance(part, BodyPartReader):
-                    continue
-                if part.name == "purpose":
-                    purpose = (await part.read_chunk(64)).decode(errors="replace").strip()
-                elif part.name == "file":
-                    filename = part.filename or "upload.jsonl"
-                    data = await self._read_capped(part)
-        except (ValueError, AssertionError, web.HTTPException) as exc:  # aiohttp's multipart parser refusing
-            raise bad_request(f"The multipart body could not be read: {exc}"[:300], "file") from None
-        if purpose != "batch":
-            raise bad_request(f"`purpose` is {str(purpose)[:40]!r}: this gateway takes files for `batch` only.",
-                              "purpose")
-        if data is None:
-            raise bad_request("`file` is required.", "file")
-        file_id = new_id("file-")
-        row = {"id": file_id, "key_token": who[0], "team_id": who[1], "purpose": purpose,
-               "filename": (filename or "upload.jsonl")[:255], "bytes": len(data), "created_at": time.time()}
-        await self.files.put(file_id, data)
+            try:
+                async for part in await http.multipart():
+                    if not isinstance(part, BodyPartReader):
+                        continue
+                    if part.name == "purpose":
+                        purpose = (await part.read_chunk(64)).decode(errors="replace").strip()
+                    elif part.name == "file":
+                        filename = part.filename or "upload.jsonl"
+                        size = await self._read_capped(part, staged)
+            except (ValueError, AssertionError, web.HTTPException) as exc:  # aiohttp's multipart parser refusing
+                raise bad_request(f"The multipart body could not be read: {exc}"[:300], "file") from None
+            if purpose != "batch":
+                raise bad_request(f"`purpose` is {str(purpose)[:40]!r}: this gateway takes files for `batch` only.",
+                                  "purpose")
+            if size is None:
+                raise bad_request("`file` is required.", "file")
+            file_id = new_id("file-")
+            row = {"id": file_id, "key_token": who[0], "team_id": who[1], "purpose": purpose,
+                   "filename": (filename or "upload.jsonl")[:255], "bytes": size, "created_at": time.time()}
+            await put_path(self.files, file_id, staged)
+        finally:
+            staged.unlink(missing_ok=True)
         await self.rows.insert_file(row)
         return file_object(row)
 
-    async def _read_capped(self, part: BodyPartReader) -> bytes:
+    async def _read_capped(self, part: BodyPartReader, staged: Path) -> int:
+        """The part written to `staged` (413 past batch.max_file_bytes); its size."""
         cap = self.settings.max_file_bytes
-        chunks: list[bytes] = []
         size = 0
-        while chunk := await part.read_chunk(1 << 16):
-            size += len(chunk)
-            if size > cap:
-                raise GatewayError(413, f"The file is over this gateway's limit of {cap} bytes "
-                                   "(batch.max_file_bytes).", "invalid_request_error", "file", close=True)
-            chunks.append(chunk)
-        return b"".join(chunks)
+        # A second part named `file` replaces the first, as a form field would.
+        out = await asyncio.to_thread(open, staged, "wb")
+        try:
+            pending: list[bytes] = []
+            while chunk := await part.read_chunk(1 << 16):
+                size += len(chunk)
+                if size > cap:
+                    raise GatewayError(413, f"The file is over this gateway's limit of {cap} bytes "
+                                       "(batch.max_file_bytes).", "invalid_request_error", "file", close=True)
+                pending.append(chunk)
+                if len(pending) >= 16:  # a megabyte per write, off the event loop
+                    await asyncio.to_thread(out.writelines, pending)
+                    pending = []
+            await asyncio.to_thread(out.writelines, pending)
+        finally:
+            await asyncio.to_thread(out.close)
+        return size
 
     async def _file(self, http: web.Request, owner: Owner) -> dict[str, Any]:
         ident = http.match_info["file_id"]
@@ -137,17 +165,43 @@ class BatchApi:
     async def get_file(self, http: web.Request, who: tuple[str, str | None, Owner]) -> dict[str, Any]:
         return file_object(await self._file(http, who[2]))
 
-    async def content(self, http: web.Request) -> web.Response:
+    async def content(self, http: web.Request) -> web.StreamResponse:
         try:
             row = await self._file(http, self._owner(http)[2])
-            data = await self.files.get(row["id"])
+            if isinstance(self.files, LocalFileStore):  # streamed from disk: an output file may be GBs of embeddings
+                path = self.files.path(row["id"])
+                if not await asyncio.to_thread(path.is_file):
+                    raise FileMissing(row["id"])
+                return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+            opener = getattr(self.files, "reader", None)
+            if opener is None:
+                data = await self.files.get(row["id"])
+            else:  # streamed from the store (S3) a megabyte at a time
+                read = await opener(row["id"])
+                first = await read(1 << 20)
         except GatewayError as exc:
             return exc.response()
         except StoreError:
             return store_down().response()
+        except FileStoreError as exc:
+            self.state.log.event("batch_file_store_unavailable", error=str(exc)[:300])
+            return file_store_down().response()
         except FileMissing:
             return not_found("File", http.match_info["file_id"]).response()
-        return web.Response(body=data, content_type="application/octet-stream")
+        if opener is None:
+            return web.Response(body=data, content_type="application/octet-stream")
+        answer = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await answer.prepare(http)
+        chunk = first
+        try:
+            while chunk:
+                await answer.write(chunk)
+                chunk = await read(1 << 20)
+        except FileStoreError as exc:  # mid-download: the status is sent; the connection is cut, the client sees it
+            self.state.log.event("batch_file_store_unavailable", error=str(exc)[:300])
+            raise
+        await answer.write_eof()
+        return answer
 
     async def delete_file(self, http: web.Request, who: tuple[str, str | None, Owner]) -> dict[str, Any]:
         row = await self._file(http, who[2])
@@ -156,8 +210,11 @@ class BatchApi:
         return {"id": row["id"], "object": "file", "deleted": True}
 
     async def list_files(self, http: web.Request, who: tuple[str, str | None, Owner]) -> dict[str, Any]:
-        after, limit = _page(http)
-        rows = await self.rows.list_files(who[2], http.query.get("purpose"), after, limit + 1)
+        after, limit = _page(http, *FILE_LIST)
+        order = http.query.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise bad_request("`order` must be `asc` or `desc`.", "order")
+        rows = await self.rows.list_files(who[2], http.query.get("purpose"), after, limit + 1, order == "desc")
         return _listing([file_object(r) for r in rows], limit)
 
     # ---- batches --------------------------------------------------------------------------------
@@ -184,7 +241,9 @@ class BatchApi:
                 for k, v in metadata.items())):
             raise bad_request("`metadata` holds at most 16 pairs of strings (keys up to 64 characters, values up "
                               "to 512).", "metadata")
-        now = int(time.time())
+        # The store's clock, by which the runner judges the window's end (runner.BatchJob._load): one clock for both.
+        created = await self.rows.clock()
+        now = int(created)
         doc: dict[str, Any] = {
             "id": new_id("batch_"), "object": "batch", "endpoint": endpoint, "errors": None, "input_file_id": ident,
             "completion_window": "24h", "status": "validating", "output_file_id": None, "error_file_id": None,
@@ -192,7 +251,7 @@ class BatchApi:
             "finalizing_at": None, "completed_at": None, "failed_at": None, "expired_at": None,
             "cancelling_at": None, "cancelled_at": None, "metadata": metadata, "model": None, "total": 0}
         await self.rows.insert_batch({"id": doc["id"], "key_token": who[0], "team_id": who[1],
-                                      "status": "validating", "created_at": time.time(),
+                                      "status": "validating", "created_at": created,
                                       "doc": orjson.dumps(doc).decode()})
         self.runner.poke()
         return batch_object(doc, None)
@@ -211,7 +270,7 @@ class BatchApi:
         return await self._shown(await self._batch(http, who[2]))
 
     async def list_batches(self, http: web.Request, who: tuple[str, str | None, Owner]) -> dict[str, Any]:
-        after, limit = _page(http)
+        after, limit = _page(http, *BATCH_LIST)
         rows = await self.rows.list_batches(who[2], after, limit + 1)
         return _listing([await self._shown(r) for r in rows], limit)
 
@@ -231,10 +290,10 @@ class BatchApi:
         return await self._shown(row)
 
 
-def _page(http: web.Request) -> tuple[str | None, int]:
-    raw = http.query.get("limit", "20")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST:
-        raise bad_request(f"`limit` must be a whole number from 1 to {MAX_LIST}.", "limit")
+def _page(http: web.Request, default: int, most: int) -> tuple[str | None, int]:
+    raw = http.query.get("limit", str(default))
+    if not raw.isdigit() or not 1 <= int(raw) <= most:
+        raise bad_request(f"`limit` must be a whole number from 1 to {most}.", "limit")
     return http.query.get("after") or None, int(raw)
 
 

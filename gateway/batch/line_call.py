@@ -49,7 +49,8 @@ def spend_id(batch_id: str, custom_id: str) -> str:
 
 class LineCall:
     def __init__(self, state: Any, gate: Governance, rows: BatchRows, price_fraction: float,
-                 in_flight: Counter[str], metrics: Any) -> None:
+                 in_flight: Counter[str], metrics: Any, owner: str) -> None:
+        self.owner = owner  # this replica's lease name: a line is written only while it holds the batch's lease
         self.state = state
         self.gate = gate
         self.rows = rows
@@ -58,51 +59,67 @@ class LineCall:
         self.metrics = metrics
 
     async def run(self, batch: dict[str, Any], line: Line) -> None:
+        """Run the line and write its result; LeaseLost (from the store) if another replica holds the batch by then:
+        nothing is written, the holder runs the line."""
         batch_id = batch["id"]
+        if line.refused is not None:  # this config cannot run it any more (lines.read_lines, rerun)
+            refusal = GatewayError(400, line.refused["message"], "invalid_request_error", line.refused["param"],
+                                   line.refused["code"])
+            await self._finish(batch_id, line, 400, refusal.body(), None)
+            return
         endpoint = ENDPOINTS[batch["endpoint"]]
         record = CallRecord(f"{batch_id}:{line.custom_id}", endpoint=endpoint)
-        body = {**line.body, "model": line.alias}
+        body = {**line.body(), "model": line.alias}
         body.pop("stream", None)
         body.pop("stream_options", None)
         request = Request(endpoint, orjson.dumps(body), body, line.alias, False, False, False)
         status, answer, spend = 500, None, None
-        self.in_flight[line.alias] += 1
+        tokens, cost, written = 0, 0.0, False
         try:
-            route = self.state.router.route(line.alias)
-            if route is None:
-                raise model_not_found(line.alias, batch["endpoint"])
-            _refuse_over_cap(body, route)
-            route = await self.gate.admit(owner_principal(self.gate, batch["key_token"]), request, route, record)
-            opened = await self.state.proxy.open(request, route, record,
-                                                 lambda: b"b:" + line.custom_id.encode())
-            status, answer = 200, orjson.loads(opened.body)
-            cost = self.gate.prices.cost(line.alias, opened.deployment.name, opened.prompt_tokens,
-                                         opened.completion_tokens) * self.price_fraction
-            if record.ticket is not None:
-                self.gate.limiter.settle(record.ticket, opened.prompt_tokens + opened.completion_tokens, cost)
-                record.ticket = None
-            spend = spend_row(spend_id(batch_id, line.custom_id), record.request_id, record.key_token or MASTER_TOKEN,
-                              record.key_alias, record.team_id, line.alias, opened.deployment.name,
-                              opened.deployment.region or self.gate.region, 200, opened.prompt_tokens,
-                              opened.completion_tokens, cost, user_id=self.gate._user_of(record.key_token))
-        except GatewayError as exc:  # refused (budget, limits, access) or no upstream answered: this line fails
-            status, answer = exc.status, exc.body()
-        except BadShape as exc:  # a body that cannot be converted for its upstream: the line's mistake
-            status, answer = 400, bad_request(str(exc), exc.param).body()
-        except orjson.JSONDecodeError:
-            status, answer = 502, GatewayError(502, "The upstream answer was not JSON.", "api_error").body()
-        except Exception as exc:  # noqa: BLE001 - a bug of ours: this line fails (every custom_id gets an answer)
-            self.state.log.event("batch_line_error", batch=batch_id, error=f"{type(exc).__name__}: {exc}"[:300])
-            status, answer = 500, GatewayError(500, f"Internal gateway error (request {record.request_id}).",
-                                               "server_error").body()
+            try:
+                route = self.state.router.route(line.alias)
+                if route is None:
+                    raise model_not_found(line.alias, batch["endpoint"])
+                _refuse_over_cap(body, route)
+                route = await self.gate.admit(owner_principal(self.gate, batch["key_token"]), request, route, record)
+                # Counted around the upstream path only, as the deployments count their calls: a line waiting for
+                # admission (a Redis round trip, a slow limiter) must not hide an interactive call from the governor.
+                self.in_flight[line.alias] += 1
+                try:
+                    opened = await self.state.proxy.open(request, route, record,
+                                                         lambda: b"b:" + line.custom_id.encode())
+                finally:
+                    self.in_flight[line.alias] -= 1
+                tokens = opened.prompt_tokens + opened.completion_tokens
+                status, answer = 200, orjson.loads(opened.body)
+                cost = self.gate.prices.cost(line.alias, opened.deployment.name, opened.prompt_tokens,
+                                             opened.completion_tokens) * self.price_fraction
+                spend = spend_row(spend_id(batch_id, line.custom_id), record.request_id,
+                                  record.key_token or MASTER_TOKEN, record.key_alias, record.team_id, line.alias,
+                                  opened.deployment.name, opened.deployment.region or self.gate.region, 200,
+                                  opened.prompt_tokens, opened.completion_tokens, cost,
+                                  user_id=self.gate._user_of(record.key_token))
+            except GatewayError as exc:  # refused (budget, limits, access) or no upstream answered: this line fails
+                status, answer = exc.status, exc.body()
+            except BadShape as exc:  # a body that cannot be converted for its upstream: the line's mistake
+                status, answer = 400, bad_request(str(exc), exc.param).body()
+            except orjson.JSONDecodeError:
+                status, answer = 502, GatewayError(502, "The upstream answer was not JSON.", "api_error").body()
+            except Exception as exc:  # noqa: BLE001 - a bug of ours: this line fails (every custom_id gets an answer)
+                self.state.log.event("batch_line_error", batch=batch_id, error=f"{type(exc).__name__}: {exc}"[:300])
+                status, answer = 500, GatewayError(500, f"Internal gateway error (request {record.request_id}).",
+                                                   "server_error").body()
+            written = await self._finish(batch_id, line, status, answer, spend)
         finally:
-            self.in_flight[line.alias] -= 1
+            # The budget pays for a line once, as the ledger does: only the run whose result was written. A run
+            # after a crash, on a replica that lost the lease, or whose write the store refused (the line runs
+            # again) counts its tokens, never its cost: budget counters only ever rise (budget_sync.py).
             if record.ticket is not None:
-                self.gate.limiter.settle(record.ticket, 0, 0.0)
-        await self._finish(batch_id, line, status, answer, spend)
+                self.gate.limiter.settle(record.ticket, tokens, cost if written else 0.0)
 
     async def _finish(self, batch_id: str, line: Line, status: int, answer: Any,
-                      spend: dict[str, Any] | None) -> None:
+                      spend: dict[str, Any] | None) -> bool:
+        """Write the line's result (and spend row); whether this run's was the one written."""
         ok = status == 200
         # OpenAI's per-line output object (openapi.yaml `BatchRequestOutput`,
         # https://platform.openai.com/docs/api-reference/batch/request-output): a failed line keeps the answer it
@@ -117,18 +134,20 @@ class LineCall:
         spend_bytes = orjson.dumps(spend) if spend is not None else None
         for attempt in range(STORE_TRIES):
             try:
-                new = await self.rows.finish_line(batch_id, line.custom_id, line.number, ok, text, spend_bytes)
+                new = await self.rows.finish_line(batch_id, line.custom_id, line.number, ok, text, spend_bytes,
+                                                  self.owner)
                 break
             except StoreError as exc:
                 self.state.log.event("batch_line_write_failed", batch=batch_id, error=str(exc)[:300],
                                      attempt=attempt + 1)
                 await asyncio.sleep(0.2 * 2 ** attempt)
         else:
-            return  # left undone: the batch's next run runs it again
+            return False  # left undone: the batch's next run runs it again
         if new:
             self.metrics.batch_line(line.alias, "completed" if ok else "failed")
             if spend is not None and self.gate.on_charge is not None:
                 self.gate.on_charge(line.alias, spend["team_id"], spend["cost"])
+        return new
 
 
 def _code(failure: dict[str, Any]) -> Any:

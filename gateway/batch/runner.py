@@ -2,9 +2,10 @@
 governor, and writes their output and error files.
 
 Several replicas share one store: a replica runs a batch only while it holds its lease (owner and expiry, renewed
-every third of `batch.lease_seconds`); a replica that dies leaves its lease to expire, and another (or itself,
-restarted) takes the batch over. A line is done when its row is in the store (written with its spend row, in one
-transaction): a batch taken over re-runs only the lines without one.
+every third of `batch.lease_seconds`, timed by the store's clock); a replica that dies leaves its lease to expire, and
+another (or itself, restarted) takes the batch over. A line is done when its row is in the store (written with its
+spend row, in one transaction, by the lease's holder only): a batch taken over re-runs only the lines without one,
+and a replica that lost its lease (paused, then resumed) writes nothing more.
 """
 
 from __future__ import annotations
@@ -21,19 +22,20 @@ from typing import Any
 
 import orjson
 
-from gateway.batch.files import FileMissing, FileStore
+from gateway.batch.files import FileMissing, FileStore, put_path, scratch
 from gateway.batch.governor import Governor
 from gateway.batch.line_call import LineCall
 from gateway.batch.lines import Line, error, read_lines
 from gateway.config.native import GatewayConfig
 from gateway.governance.gate import Governance
-from gateway.governance.store.batches import BatchRows
+from gateway.governance.store.batches import BatchRows, LeaseLost
 from gateway.governance.store.protocol import StoreError
 from gateway.tasks import cancel
 
 POLL_S = 1.0  # how often a replica looks for batches to run (a create or cancel here wakes it at once)
 MAX_JOBS = 4  # batches one replica runs at once (each has its own concurrency)
 GAUGE_S = 15.0  # how often the llmp_batches gauge is read from the store
+RESULTS_PAGE = 1000  # lines read from the store at a time to assemble an output file
 WATCH_S = 1.0  # how often a running batch reads its status again (a cancel made on another replica)
 
 
@@ -54,7 +56,7 @@ class BatchRunner:
         self.metrics = metrics
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.in_flight: Counter[str] = Counter()
-        self.calls = LineCall(state, gate, rows, self.settings.price_fraction, self.in_flight, metrics)
+        self.calls = LineCall(state, gate, rows, self.settings.price_fraction, self.in_flight, metrics, self.owner)
         self.jobs: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -93,7 +95,7 @@ class BatchRunner:
     async def _claim(self) -> None:
         if len(self.jobs) >= MAX_JOBS:
             return
-        now = time.time()
+        now = await self.rows.clock()
         for batch_id in await self.rows.claimable(now, MAX_JOBS):
             if batch_id in self.jobs or len(self.jobs) >= MAX_JOBS:
                 continue
@@ -106,6 +108,8 @@ class BatchRunner:
             await BatchJob(self, batch_id).run()
         except StoreError as exc:  # the lease runs out and the batch is taken up again, here or elsewhere
             self.event("batch_store_unavailable", batch=batch_id, error=str(exc)[:300])
+        except LeaseLost:  # another replica holds it now (this one was paused past its lease): it finishes the batch
+            self.event("batch_lease_lost", batch=batch_id, owner=self.owner)
         except Exception as exc:  # noqa: BLE001 - a bug of ours: logged; the lease is released and the batch retried
             self.event("batch_run_failed", batch=batch_id, error=f"{type(exc).__name__}: {exc}"[:300])
             await asyncio.sleep(POLL_S)
@@ -140,7 +144,7 @@ class BatchJob:
         self.row, self.doc = row, orjson.loads(row["doc"])
         self.cancelled = self.cancelled or row["status"] == "cancelling"
         self.expired = self.expired or (row["status"] in ("validating", "in_progress")
-                                        and time.time() >= float(self.doc["expires_at"]))
+                                        and await self.rows.clock() >= float(self.doc["expires_at"]))
         return str(row["status"])
 
     async def _move(self, status: str, only_from: tuple[str, ...], **fields: Any) -> bool:
@@ -157,13 +161,16 @@ class BatchJob:
             data = await self._input()
             if data is None:
                 return
-            lines, errors = read_lines(data, self.doc["endpoint"], self.runner.config)
+            # Off the event loop: 150 MB of lines take a second to check, a second no interactive call may wait.
+            lines, errors = await asyncio.to_thread(read_lines, data, self.doc["endpoint"], self.runner.config)
+            total = len(lines)
+            del data, lines  # read again, line by line, to run: not held twice
             now = int(time.time())
             if errors:
                 await self._move("failed", ("validating",), failed_at=now, errors={"object": "list", "data": errors})
                 self.runner.event("batch_failed", batch=self.id, errors=len(errors))
                 return
-            moved = await self._move("in_progress", ("validating",), in_progress_at=now, total=len(lines))
+            moved = await self._move("in_progress", ("validating",), in_progress_at=now, total=total)
             if not moved and self.row.get("status") != "cancelling":
                 return
         if self.row["status"] not in ("validating", "in_progress", "cancelling", "finalizing"):
@@ -195,7 +202,7 @@ class BatchJob:
             try:
                 if time.monotonic() >= renew_at:
                     renew_at = time.monotonic() + lease / 3
-                    now = time.time()
+                    now = await self.rows.clock()
                     if not await self.rows.claim(self.id, self.runner.owner, now, now + lease):
                         self.lost = True
                         self.runner.event("batch_lease_lost", batch=self.id, owner=self.runner.owner)
@@ -206,13 +213,15 @@ class BatchJob:
 
     async def _lines(self) -> None:
         data = b""
-        if self.row["status"] != "cancelling":
+        if self.row["status"] != "finalizing":  # finalizing: every line is done already
             try:
                 data = await self.runner.files.get(self.doc["input_file_id"])
             except FileMissing:  # deleted while the batch ran: the lines left cannot run; what ran is kept
                 self.cancelled = True
                 self.runner.event("batch_input_missing", batch=self.id, file=self.doc["input_file_id"])
-        lines, _ = read_lines(data, self.doc["endpoint"], self.runner.config) if data else ([], [])
+        lines, _ = await asyncio.to_thread(read_lines, data, self.doc["endpoint"], self.runner.config, True) \
+            if data else ([], [])
+        del data  # the lines hold their own bytes
         done = await self.rows.done_lines(self.id)
         todo = [line for line in lines if line.custom_id not in done]
         router = self.runner.state.router
@@ -225,7 +234,7 @@ class BatchJob:
             for line in todo:
                 if self.stopping() or not await governor.turn():
                     break
-                task = asyncio.get_running_loop().create_task(self.runner.calls.run(self.doc | self.row, line))
+                task = asyncio.get_running_loop().create_task(self._line(line))
                 tasks.add(task)
                 task.add_done_callback(_finished(tasks, governor))
             if tasks:  # cancel and expiry let lines in flight finish
@@ -236,8 +245,11 @@ class BatchJob:
             raise
         if governor.paused_s:
             self.runner.event("batch_yielded", batch=self.id, paused_s=round(governor.paused_s, 3))
-        if self.expired and not self.lost:
-            await self._expire_rest(todo)
+        if self.cancelled and not self.lost and self.doc.get("in_progress_at") is not None:  # not when validating
+            await self._fail_rest(todo, "batch_cancelled", "The batch was cancelled before this request executed.")
+        elif self.expired and not self.lost:
+            await self._fail_rest(todo, "batch_expired", "This request could not be executed before the completion "
+                                  "window expired.")
         elif not self.stopping():
             # A line whose result could not be written (the store was down) is not done: no output without it.
             left = len(todo) - len(await self.rows.done_lines(self.id) & {line.custom_id for line in todo})
@@ -245,17 +257,25 @@ class BatchJob:
                 self.runner.event("batch_lines_unwritten", batch=self.id, lines=left, effect="run again")
                 raise StoreError(f"{left} lines of batch {self.id} could not be written")
 
-    async def _expire_rest(self, todo: list[Line]) -> None:
-        """OpenAI's expiry: the lines not run by the window's end go to the error file as `batch_expired`
-        (https://platform.openai.com/docs/guides/batch#batch-expiration)."""
+    async def _line(self, line: Line) -> None:
+        try:
+            await self.runner.calls.run(self.doc | self.row, line)
+        except LeaseLost:  # taken over (this replica was paused or cut off past its lease): the holder runs the rest
+            if not self.lost:
+                self.runner.event("batch_lease_lost", batch=self.id, owner=self.runner.owner)
+            self.lost = True
+
+    async def _fail_rest(self, todo: list[Line], code: str, message: str) -> None:
+        """OpenAI's cancel and expiry: every line not run goes to the error file with `response: null` and the
+        reason (`batch_cancelled`, `batch_expired`: openapi.yaml `BatchRequestOutput.error.code`,
+        https://platform.openai.com/docs/guides/batch#batch-expiration), so every custom_id is answered once."""
         done = await self.rows.done_lines(self.id)
         for line in todo:
             if line.custom_id not in done:
-                result = {"id": f"batch_req_expired_{line.number}", "custom_id": line.custom_id, "response": None,
-                          "error": {"code": "batch_expired", "message": "This request could not be executed before "
-                                    "the completion window expired."}}
+                result = {"id": f"batch_req_{code.removeprefix('batch_')}_{line.number}", "custom_id": line.custom_id,
+                          "response": None, "error": {"code": code, "message": message}}
                 await self.rows.finish_line(self.id, line.custom_id, line.number, False,
-                                            orjson.dumps(result).decode(), None)
+                                            orjson.dumps(result).decode(), None, self.runner.owner)
 
     async def _finalize(self) -> None:
         now = int(time.time())
@@ -267,21 +287,38 @@ class BatchJob:
                 return
         ids: dict[str, str | None] = {}
         for kind, ok in (("output", True), ("error", False)):
-            results = await self.rows.results(self.id, ok)
-            ids[kind] = output_file_id(self.id, kind) if results else None
-            if results:
-                await self._write(ids[kind] or "", kind, ("\n".join(results) + "\n").encode())
+            ids[kind] = await self._write(kind, ok)
         moved = await self._move(final, ("validating", "in_progress", "finalizing", "cancelling"),
                                  **{f"{final}_at": now}, output_file_id=ids["output"], error_file_id=ids["error"])
         if moved:
             completed, failed = await self.rows.line_counts(self.id)
             self.runner.event("batch_" + final, batch=self.id, completed=completed, failed=failed)
 
-    async def _write(self, file_id: str, kind: str, data: bytes) -> None:
-        await self.runner.files.put(file_id, data)
+    async def _write(self, kind: str, ok: bool) -> str | None:
+        """The output (ok) or error file, assembled a page of lines at a time in a staged file (50,000 answers are
+        never held at once); its id, None when no line belongs in it."""
+        file_id = output_file_id(self.id, kind)
+        staged = scratch(self.runner.files)
+        try:
+            size, after = 0, 0
+            out = await asyncio.to_thread(open, staged, "wb")
+            try:
+                while page := await self.rows.results(self.id, ok, after, RESULTS_PAGE):
+                    after = page[-1][0]
+                    data = "".join(f"{result}\n" for _, result in page).encode()
+                    size += len(data)
+                    await asyncio.to_thread(out.write, data)
+            finally:
+                await asyncio.to_thread(out.close)
+            if not size:
+                return None
+            await put_path(self.runner.files, file_id, staged)
+        finally:
+            staged.unlink(missing_ok=True)
         await self.rows.insert_file({"id": file_id, "key_token": self.row["key_token"], "team_id": self.row["team_id"],
                                      "purpose": "batch_output", "filename": f"{self.id}_{kind}.jsonl",
-                                     "bytes": len(data), "created_at": time.time()})
+                                     "bytes": size, "created_at": time.time()})
+        return file_id
 
 
 def _finished(tasks: set[asyncio.Task[None]], governor: Governor) -> Callable[[asyncio.Task[None]], None]:

@@ -9,6 +9,8 @@ Credentials are boto3's defaults: the gateway pod's IRSA role in EKS.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.batch.files import FileMissing, check_name
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
 # may list its prefix, so a missing key is a 404 and never the 403 S3 gives a caller without s3:ListBucket
 # (GetObject API reference, "Permissions"): a 403 here is a real denial and is raised as one.
 _MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
+PART_BYTES = 16 * 1024 * 1024  # a staged file is sent in parts of this size: 200 MB in 13, 16 MB held at a time
 
 
 class S3Location(Protocol):
@@ -81,14 +84,56 @@ class S3FileStore:
             raise FileStoreError(f"the S3 file store of bucket {self.bucket} is not open")
         return self._client
 
-    async def put(self, name: str, data: bytes) -> None:
+    def _encryption(self) -> dict[str, Any]:
         # Asked for on every PUT, not only left to the bucket's default: an object is never written under another
         # key than the one the config names, whatever the bucket's default says.
         encryption: dict[str, Any] = {"ServerSideEncryption": "aws:kms", "BucketKeyEnabled": True}
         if self.kms_key_id:
             encryption["SSEKMSKeyId"] = self.kms_key_id
+        return encryption
+
+    async def put(self, name: str, data: bytes) -> None:
         await self._call("put", name, self.client.put_object, Bucket=self.bucket, Key=self.key(name), Body=data,
-                         **encryption)
+                         **self._encryption())
+
+    async def put_file(self, name: str, staged: Path) -> None:
+        """A staged file (an upload, an output file) sent from disk a part at a time, never read whole into memory:
+        one PUT up to PART_BYTES, else a multipart upload (CreateMultipartUpload takes the same SSE-KMS arguments
+        as PutObject, BucketKeyEnabled included, which boto3's managed `upload_file` does not pass on; parts of
+        5 MiB or more, at most 10,000: https://docs.aws.amazon.com/AmazonS3/latest/userguide/qfacts.html)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            await asyncio.to_thread(self._put_file, name, staged)
+        except ClientError as exc:
+            raise self._error("put", name, exc) from None
+        except BotoCoreError as exc:
+            raise FileStoreError(f"s3://{self.bucket}/{self.key(name)}: put failed: {type(exc).__name__}") from None
+
+    def _put_file(self, name: str, staged: Path) -> None:
+        key = self.key(name)
+        with open(staged, "rb") as f:
+            first = f.read(PART_BYTES)
+            more = f.read(1)
+            if not more:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=first, **self._encryption())
+                return
+            upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **self._encryption())
+            parts: list[dict[str, Any]] = []
+            try:
+                chunk = first + more + f.read(PART_BYTES - 1)
+                while chunk:
+                    number = len(parts) + 1
+                    sent = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload["UploadId"],
+                                                   PartNumber=number, Body=chunk)
+                    parts.append({"PartNumber": number, "ETag": sent["ETag"]})
+                    chunk = f.read(PART_BYTES)
+                self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload["UploadId"],
+                                                      MultipartUpload={"Parts": parts})
+            except BaseException:
+                # An unfinished upload's parts are billed until aborted (or the bucket's lifecycle rule aborts it).
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload["UploadId"])
+                raise
 
     async def get(self, name: str) -> bytes:
         return await asyncio.to_thread(self._get, name)
@@ -103,6 +148,33 @@ class S3FileStore:
                 raise FileMissing(name) from None
             raise self._error("get", name, exc) from None
         return body
+
+    async def reader(self, name: str) -> Callable[[int], Awaitable[bytes]]:
+        """The object opened for reading a chunk at a time (`await read(n)`, b"" at its end), for a download that
+        must not hold a GB output file in memory; FileMissing or FileStoreError before any byte is sent."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            body = (await asyncio.to_thread(self.client.get_object, Bucket=self.bucket, Key=self.key(name)))["Body"]
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                raise FileMissing(name) from None
+            raise self._error("get", name, exc) from None
+        except BotoCoreError as exc:
+            raise FileStoreError(f"s3://{self.bucket}/{self.key(name)}: get failed: {type(exc).__name__}") from None
+
+        async def read(size: int) -> bytes:
+            try:
+                chunk: bytes = await asyncio.to_thread(body.read, size)
+            except (BotoCoreError, OSError) as exc:
+                body.close()
+                raise FileStoreError(f"s3://{self.bucket}/{self.key(name)}: read failed: {type(exc).__name__}") \
+                    from None
+            if not chunk:
+                body.close()
+            return chunk
+
+        return read
 
     async def delete(self, name: str) -> None:
         # S3 answers 204 for a key that is not there: missing is not an error, as the protocol wants.

@@ -7,9 +7,20 @@ from typing import Any
 from aiohttp import web
 
 from gateway.batch.api import BatchApi
-from gateway.batch.files import file_store
+from gateway.batch.files import FileStore, LocalFileStore
 from gateway.batch.runner import BatchRunner
+from gateway.batch.s3_files import S3FileStore  # boto3 is imported only by a store that opens
+from gateway.config.batch import BatchFiles
 from gateway.governance.gate import Governance
+
+
+def file_store(settings: BatchFiles) -> FileStore:
+    """The store `batch.files` names: local disk (a laptop) or the zone's S3 bucket (a stack). Here, not in
+    files.py: s3_files.py builds on files.py, and the factory needs both."""
+    if settings.local_dir is not None:
+        return LocalFileStore(settings.local_dir)
+    assert settings.s3 is not None  # BatchFiles holds exactly one of local_dir and s3
+    return S3FileStore(settings.s3)
 
 
 class BatchService:

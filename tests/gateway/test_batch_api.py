@@ -64,8 +64,8 @@ def _create_refuses_a_wrong_endpoint_window_or_file_by_name(gw: GatewayProcess) 
     uploaded = oai.files.create(file=("in.jsonl", io.BytesIO(line("a"))), purpose="batch")
     for kwargs, param in (({"endpoint": "/v1/images/generations"}, "endpoint"),
                           ({"completion_window": "1h"}, "completion_window")):
-        args = {"input_file_id": uploaded.id, "endpoint": "/v1/chat/completions", "completion_window": "24h",
-                **kwargs}
+        args: dict[str, Any] = {"input_file_id": uploaded.id, "endpoint": "/v1/chat/completions",
+                                "completion_window": "24h", **kwargs}
         with pytest.raises(openai.BadRequestError) as refused:
             oai.batches.create(**args)
         assert refused.value.body["param"] == param  # type: ignore[index]
@@ -95,7 +95,9 @@ def _files_and_batches_are_seen_by_their_team_and_are_404_to_another(gw: Gateway
     for call in (lambda: stranger.batches.retrieve(batch_id), lambda: stranger.batches.cancel(batch_id),
                  lambda: stranger.files.retrieve(batch.input_file_id),
                  lambda: stranger.files.content(batch.output_file_id or ""),
-                 lambda: stranger.files.delete(batch.input_file_id)):
+                 lambda: stranger.files.delete(batch.input_file_id),
+                 lambda: stranger.batches.create(input_file_id=batch.input_file_id, endpoint="/v1/chat/completions",
+                                                 completion_window="24h")):
         with pytest.raises(openai.NotFoundError):
             call()
     assert [b.id for b in stranger.batches.list()] == []
@@ -107,6 +109,12 @@ def _files_and_batches_are_seen_by_their_team_and_are_404_to_another(gw: Gateway
     assert [b.id for b in owner.batches.list()] == [second, batch_id]
     assert [b.id for b in owner.batches.list(limit=1)] == [second, batch_id]  # auto-paginated over `after`
     assert {f.purpose for f in owner.files.list()} == {"batch", "batch_output"}
+    # Files list as OpenAI's: `limit` up to 10,000, `order` asc or desc by creation.
+    newest = [f.id for f in owner.files.list(limit=10_000).data]
+    assert [f.id for f in owner.files.list(limit=10_000, order="asc").data] == newest[::-1]
+    assert [f.id for f in owner.files.list(limit=1, order="asc")] == newest[::-1]  # auto-paginated, oldest first
+    with pytest.raises(openai.BadRequestError):
+        owner.batches.list(limit=101)
     assert owner.files.delete(batch.input_file_id).deleted
     with pytest.raises(openai.NotFoundError):
         owner.files.retrieve(batch.input_file_id)
@@ -131,6 +139,11 @@ def _cancel_stops_new_lines_and_keeps_the_partial_output(sim: SimServer, gw: Gat
     out = lines_of(oai, batch.output_file_id)
     assert len(out) == batch.request_counts.completed and len({x["custom_id"] for x in out}) == len(out)
     assert sim.stats.requests == len(out)  # lines in flight at the cancel finished; none started after
+    # As OpenAI's: every line not run is in the error file as `batch_cancelled`; each custom_id answered once.
+    rest = lines_of(oai, batch.error_file_id)
+    assert {(x["response"], x["error"]["code"]) for x in rest} == {(None, "batch_cancelled")}
+    assert (batch.request_counts.total, batch.request_counts.failed) == (200, len(rest))
+    assert sorted(x["custom_id"] for x in out + rest) == sorted(f"req-{i}" for i in range(200))
     with pytest.raises(openai.ConflictError):
         done = submit(oai, jsonl(1, prefix="done"))
         wait_for(oai, done, final)

@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 
-from gateway.batch.files import LocalFileStore, file_store
+from gateway.batch.files import LocalFileStore
+from gateway.batch.s3_files import S3FileStore
+from gateway.batch.service import file_store
 from gateway.config.batch import BatchFiles, S3Files
 from gateway.config.errors import ConfigError
 from gateway.config.native import parse_native
@@ -48,13 +50,11 @@ def test_a_valid_batch_section_maps_interactive_models_to_batch_tier_ones() -> N
     assert [m.tier for m in parsed.models] == ["interactive", "batch"]
 
 
-def test_the_file_store_is_local_disk_or_says_s3_is_not_in_this_build() -> None:
+def test_the_file_store_is_local_disk_or_the_s3_bucket_named() -> None:
     assert isinstance(file_store(BatchFiles(local_dir="f")), LocalFileStore)
-    try:
-        import gateway.batch.s3_files  # noqa: F401
-    except ImportError:
-        with pytest.raises(ConfigError, match="s3 file store not available"):
-            file_store(BatchFiles(s3=S3Files(bucket="bkt", region="eu-north-1")))
+    s3 = file_store(BatchFiles(s3=S3Files(bucket="bkt", region="eu-north-1", kms_key_id="alias/k")))
+    assert isinstance(s3, S3FileStore)
+    assert (s3.bucket, s3.region, s3.prefix, s3.kms_key_id) == ("bkt", "eu-north-1", "files/", "alias/k")
 
 
 async def test_local_files_are_written_whole_and_named_only_by_file_ids(tmp_path: Any) -> None:

@@ -3,15 +3,22 @@ FileMissing; every object is written with SSE-KMS under the configured key; S3's
 the object, never as a missing file."""
 from __future__ import annotations
 
+import asyncio
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import boto3
+import openai
+import orjson
 import pytest
 from moto import mock_aws
 
-from gateway.batch.files import FileMissing
-from gateway.batch.s3_files import FileStoreError, S3FileStore
+from gateway.batch.files import FileMissing, put_path
+from gateway.batch.s3_files import PART_BYTES, FileStoreError, S3FileStore
+from tests.gateway.test_batch import batch_config, jsonl
 
 REGION = "eu-north-1"
 BUCKET = "llmp-prod-batch-eu-20261126000000000000000001"
@@ -99,3 +106,53 @@ async def test_a_store_used_before_open_says_so() -> None:
     store = S3FileStore(Location(BUCKET, REGION, "files/", None))
     with pytest.raises(FileStoreError, match="not open"):
         await store.get("file-a")
+
+
+async def test_a_staged_file_is_streamed_to_s3_with_sse_kms(aws: str, tmp_path: Path) -> None:
+    """Uploads and output files reach the store by path (gateway/batch/files.put_path): sent from disk in parts,
+    encrypted under the configured key like any put."""
+    store = S3FileStore(Location(BUCKET, REGION, "files/", aws))
+    await store.open()
+    try:
+        staged = tmp_path / "staged"
+        for size in (1000, PART_BYTES, 2 * PART_BYTES + 5):  # one PUT; one exactly; a multipart upload of three
+            staged.write_bytes(bytes(range(256)) * (size // 256) + b"x" * (size % 256))
+            await put_path(store, "file-big", staged)
+            assert await store.get("file-big") == staged.read_bytes()
+            head = boto3.client("s3", region_name=REGION).head_object(Bucket=BUCKET, Key="files/file-big")
+            assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"] == aws
+            assert head["ContentLength"] == size
+    finally:
+        await store.close()
+
+
+async def test_a_batch_runs_on_the_s3_store_and_its_files_download_in_chunks(
+        aws: str, sim: Any, gateway_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole path on S3: upload (staged, then put), the runner's read, the output file (a part at a time), and
+    downloads streamed from S3 a megabyte at a time, never read whole (an output file of embeddings may be GBs)."""
+    config = batch_config(sim, tmp_path)
+    config["batch"]["files"] = {"s3": {"bucket": BUCKET, "region": REGION, "kms_key_id": aws}}
+    gw = await gateway_factory(config)
+    oai = gw.client()
+    data = jsonl(5)
+    uploaded = await oai.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
+    batch = await oai.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                     completion_window="24h")
+    for _ in range(100):
+        batch = await oai.batches.retrieve(batch.id)
+        if batch.status == "completed":
+            break
+        await asyncio.sleep(0.05)
+    assert batch.status == "completed" and batch.output_file_id is not None
+
+    async def whole(self: S3FileStore, name: str) -> bytes:
+        raise AssertionError("a download read the whole object into memory")
+
+    monkeypatch.setattr(S3FileStore, "get", whole)
+    assert (await oai.files.content(uploaded.id)).content == data
+    out = (await oai.files.content(batch.output_file_id)).content.splitlines()
+    assert sorted(orjson.loads(x)["custom_id"] for x in out) == [f"req-{i}" for i in range(5)]
+    keys = {o["Key"] for o in boto3.client("s3", region_name=REGION).list_objects_v2(Bucket=BUCKET)["Contents"]}
+    assert keys == {f"files/{uploaded.id}", f"files/{batch.output_file_id}"}
+    with pytest.raises(openai.NotFoundError):
+        await gw.client().files.content("file-" + "0" * 24)

@@ -4,6 +4,7 @@ answered and charged once however often it is finished, lists scoped to their ow
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import orjson
 import pytest
 
 from gateway.governance.ledger.spend import spend_row
+from gateway.governance.store.batches import LeaseLost
 from gateway.governance.store.postgres import PostgresStore
 from gateway.governance.store.sqlite import SqliteStore
 from tests.gateway.servers import PostgresServer, new_database
@@ -58,16 +60,52 @@ async def test_one_replica_holds_a_batch_until_its_lease_expires(stores: tuple[A
 async def test_a_line_is_answered_and_charged_once_however_often_it_is_finished(stores: tuple[Any, Any]) -> None:
     a, b = (s.batches() for s in stores)
     await a.insert_batch(batch("batch_2", "k1", "t1", 1.0))
+    assert await a.claim("batch_2", "replica-a", 100.0, 130.0)
     spend = orjson.dumps(spend_row("batch-x1", "batch_2:c1", "k1", None, "t1", "m", "d", "r", 200, 10, 2, 0.5))
-    first = await asyncio.gather(a.finish_line("batch_2", "c1", 1, True, '{"n": 1}', spend),
-                                 b.finish_line("batch_2", "c1", 1, True, '{"n": 2}', spend))
+    first = await asyncio.gather(a.finish_line("batch_2", "c1", 1, True, '{"n": 1}', spend, "replica-a"),
+                                 b.finish_line("batch_2", "c1", 1, True, '{"n": 2}', spend, "replica-a"))
     assert sorted(first) == [False, True]
-    assert await a.finish_line("batch_2", "c2", 2, False, '{"e": 1}', None)
+    assert await a.finish_line("batch_2", "c2", 2, False, '{"e": 1}', None, "replica-a")
     assert await a.done_lines("batch_2") == {"c1", "c2"}
     assert await a.line_counts("batch_2") == (1, 1)
-    assert len(await a.results("batch_2", True)) == 1 and await a.results("batch_2", False) == ['{"e": 1}']
+    assert len(await a.results("batch_2", True)) == 1 and await a.results("batch_2", False) == [(2, '{"e": 1}')]
     rows = await stores[0].spend_rows({"request_id": "batch_2:c1"}, 10)
     assert len(rows) == 1 and rows[0]["cost"] == pytest.approx(0.5)
+
+
+async def test_a_replica_that_lost_the_lease_writes_no_line_and_charges_nothing(stores: tuple[Any, Any]) -> None:
+    """A replica paused (SIGSTOP, a long GC, a network partition) past its lease, then resumed, still has lines in
+    flight: once another holds the lease, their answers are not written, so none lands after the holder finalized."""
+    a, b = (s.batches() for s in stores)
+    await a.insert_batch(batch("batch_f", "k1", "t1", 1.0))
+    assert await a.claim("batch_f", "paused", 100.0, 130.0)
+    assert await b.claim("batch_f", "survivor", 131.0, 161.0)  # the paused one's lease expired: taken over
+    spend = orjson.dumps(spend_row("batch-f1", "batch_f:c1", "k1", None, "t1", "m", "d", "r", 200, 10, 2, 0.5))
+    with pytest.raises(LeaseLost):
+        await a.finish_line("batch_f", "c1", 1, True, '{"late": true}', spend, "paused")
+    assert await a.done_lines("batch_f") == set()
+    assert await stores[0].spend_rows({"request_id": "batch_f:c1"}, 10) == []
+    assert await b.finish_line("batch_f", "c1", 1, True, '{"n": 1}', spend, "survivor")
+    assert await a.results("batch_f", True) == [(1, '{"n": 1}')]
+
+
+async def test_results_are_read_a_page_at_a_time_in_file_order(stores: tuple[Any, Any]) -> None:
+    a = stores[0].batches()
+    await a.insert_batch(batch("batch_p", "k1", None, 1.0))
+    assert await a.claim("batch_p", "r", 100.0, 130.0)
+    for n in (5, 1, 4, 2, 3):
+        assert await a.finish_line("batch_p", f"c{n}", n, n != 4, f'"{n}"', None, "r")
+    assert await a.results("batch_p", True, 0, 2) == [(1, '"1"'), (2, '"2"')]
+    assert await a.results("batch_p", True, 2, 2) == [(3, '"3"'), (5, '"5"')]
+    assert await a.results("batch_p", True, 5, 2) == []
+    assert await a.results("batch_p", False) == [(4, '"4"')]
+
+
+async def test_leases_are_timed_by_the_stores_clock(stores: tuple[Any, Any]) -> None:
+    a, b = (s.batches() for s in stores)
+    before = time.time()
+    now = [await a.clock(), await b.clock()]
+    assert before - 5 < min(now) <= max(now) < time.time() + 5
 
 
 async def test_a_batch_moves_only_from_the_statuses_named(stores: tuple[Any, Any]) -> None:

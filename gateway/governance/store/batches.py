@@ -1,9 +1,12 @@
 """The Batch API's rows in the ledger store (llmp_files, llmp_batches, llmp_batch_lines), on SQLite and PostgreSQL.
 
-One SQL text per operation, written with `?` and numbered for asyncpg (`$1`...). The two guarantees the runner
+One SQL text per operation, written with `?` and numbered for asyncpg (`$1`...). The guarantees the runner
 (gateway/batch/runner.py) builds on: a line's result and its spend row go in together or not at all, keyed unique
-by (batch_id, custom_id), so a line is answered and charged once however often it is run; and a batch is run by
-the one replica holding its unexpired lease (a conditional UPDATE: of two replicas claiming at once, one wins).
+by (batch_id, custom_id), so a line is answered and charged once however often it is run; a batch is run by the
+one replica holding its unexpired lease (a conditional UPDATE: of two replicas claiming at once, one wins); a line
+is written only by the lease's holder (a fence: a replica paused past its lease, then resumed, writes nothing, so
+nothing lands after the new holder finalized the batch); and leases are timed by the store's clock, never by a
+replica's own (two replicas' clocks apart by more than a lease would otherwise take each other's batches).
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ Owner = tuple[str, str | None] | None  # (key token, team id) whose rows a calle
 FILE_COLUMNS = ("id", "key_token", "team_id", "purpose", "filename", "bytes", "created_at")
 BATCH_COLUMNS = ("id", "key_token", "team_id", "status", "created_at", "lease_owner", "lease_until", "doc")
 _OWNED = "(key_token = ? OR (team_id IS NOT NULL AND team_id = ?))"
-_AFTER = "(created_at < (SELECT created_at FROM {t} WHERE id = ?) OR (created_at = (SELECT created_at FROM {t} " \
-         "WHERE id = ?) AND id < ?))"
+_AFTER = "(created_at {op} (SELECT created_at FROM {t} WHERE id = ?) OR (created_at = (SELECT created_at FROM {t} " \
+         "WHERE id = ?) AND id {op} ?))"
 
 INSERT_FILE = f"INSERT INTO llmp_files ({', '.join(FILE_COLUMNS)}) VALUES (?,?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING"
 GET_FILE = f"SELECT {', '.join(FILE_COLUMNS)} FROM llmp_files WHERE id = ?"
@@ -33,11 +36,24 @@ CLAIM = ("UPDATE llmp_batches SET lease_owner = ?, lease_until = ? WHERE id = ? 
          "(lease_owner IS NULL OR lease_owner = ? OR lease_until < ?)")
 RELEASE = "UPDATE llmp_batches SET lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?"
 DONE_LINES = "SELECT custom_id FROM llmp_batch_lines WHERE batch_id = ?"
+# The fence, read in the line's transaction: on PostgreSQL `FOR SHARE` holds the batch row until the commit, so a
+# claim (an UPDATE of it) waits for the line to be in, or the line's SELECT sees the claim and writes nothing
+# (https://www.postgresql.org/docs/current/explicit-locking.html#LOCKING-ROWS). SQLite's BEGIN IMMEDIATE already
+# serializes every writer.
+HOLDER = "SELECT 1 FROM llmp_batches WHERE id = ? AND lease_owner = ?"
+SQLITE_CLOCK = "SELECT (julianday('now') - 2440587.5) * 86400.0"  # Unix seconds (https://sqlite.org/lang_datefunc.html)
+POSTGRES_CLOCK = "SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8"
 INSERT_LINE = ("INSERT INTO llmp_batch_lines (batch_id, custom_id, line_no, ok, result) VALUES (?,?,?,?,?) "
                "ON CONFLICT (batch_id, custom_id) DO NOTHING")
 COUNTS = "SELECT ok, COUNT(*) FROM llmp_batch_lines WHERE batch_id = ? GROUP BY ok"
 STATUS_COUNTS = "SELECT status, COUNT(*) FROM llmp_batches GROUP BY status"
-RESULTS = "SELECT result FROM llmp_batch_lines WHERE batch_id = ? AND ok = ? ORDER BY line_no"
+# A page of results in file order after a line number: output files are assembled a page at a time.
+RESULTS = ("SELECT line_no, result FROM llmp_batch_lines WHERE batch_id = ? AND ok = ? AND line_no > ? "
+           "ORDER BY line_no LIMIT ?")
+
+
+class LeaseLost(Exception):
+    """The batch's lease is no longer this replica's: another took it over; what this one ran is not written."""
 
 
 def numbered(sql: str) -> str:
@@ -52,32 +68,36 @@ def _set_batch(statuses: tuple[str, ...]) -> str:
 
 
 def _list(table: str, columns: tuple[str, ...], owner: Owner, after: str | None, limit: int,
-          extra: tuple[str, Any] | None = None) -> tuple[str, list[Any]]:
+          extra: tuple[str, Any] | None = None, newest_first: bool = True) -> tuple[str, list[Any]]:
     where, args = [], []
     if owner is not None:
         where.append(_OWNED)
         args += [owner[0], owner[1]]
     if after is not None:
-        where.append(_AFTER.format(t=table))
+        where.append(_AFTER.format(t=table, op="<" if newest_first else ">"))
         args += [after, after, after]
     if extra is not None:
         where.append(extra[0])
         args.append(extra[1])
     sql = f"SELECT {', '.join(columns)} FROM {table}" + (" WHERE " + " AND ".join(where) if where else "")
-    return sql + " ORDER BY created_at DESC, id DESC LIMIT ?", [*args, limit]
+    order = "DESC" if newest_first else "ASC"
+    return sql + f" ORDER BY created_at {order}, id {order} LIMIT ?", [*args, limit]
 
 
 class BatchRows(Protocol):
     async def insert_file(self, row: dict[str, Any]) -> None: ...
     async def get_file(self, file_id: str) -> dict[str, Any] | None: ...
-    async def list_files(self, owner: Owner, purpose: str | None, after: str | None,
-                         limit: int) -> list[dict[str, Any]]: ...
+    async def list_files(self, owner: Owner, purpose: str | None, after: str | None, limit: int,
+                         newest_first: bool = True) -> list[dict[str, Any]]: ...
     async def delete_file(self, file_id: str) -> bool: ...
     async def insert_batch(self, row: dict[str, Any]) -> None: ...
     async def get_batch(self, batch_id: str) -> dict[str, Any] | None: ...
     async def list_batches(self, owner: Owner, after: str | None, limit: int) -> list[dict[str, Any]]: ...
     async def set_batch(self, batch_id: str, status: str, doc: str, only_from: tuple[str, ...]) -> bool:
         """Move a batch to `status` (its object `doc`) if it is in one of `only_from`; whether it was."""
+        ...
+    async def clock(self) -> float:
+        """The store's time (Unix seconds): the one clock every replica times leases by."""
         ...
     async def claimable(self, now: float, limit: int) -> list[str]: ...
     async def claim(self, batch_id: str, owner: str, now: float, until: float) -> bool:
@@ -86,11 +106,14 @@ class BatchRows(Protocol):
     async def release(self, batch_id: str, owner: str) -> None: ...
     async def done_lines(self, batch_id: str) -> set[str]: ...
     async def finish_line(self, batch_id: str, custom_id: str, line_no: int, ok: bool, result: str,
-                          spend: bytes | None) -> bool:
-        """The line's result and its spend row (if any) in one transaction; False if the line was already done."""
+                          spend: bytes | None, owner: str) -> bool:
+        """The line's result and its spend row (if any) in one transaction if `owner` holds the batch's lease (else
+        LeaseLost); False if the line was already done."""
         ...
     async def line_counts(self, batch_id: str) -> tuple[int, int]: ...
-    async def results(self, batch_id: str, ok: bool) -> list[str]: ...
+    async def results(self, batch_id: str, ok: bool, after: int = 0, limit: int = 1000) -> list[tuple[int, str]]:
+        """(line number, result) of the lines answered (ok) or failed, in file order, after line `after`."""
+        ...
     async def status_counts(self) -> dict[str, int]: ...
 
 
@@ -111,10 +134,10 @@ class SqliteBatchRows:
         rows = await self._all(GET_FILE, file_id)
         return dict(zip(FILE_COLUMNS, rows[0])) if rows else None
 
-    async def list_files(self, owner: Owner, purpose: str | None, after: str | None,
-                         limit: int) -> list[dict[str, Any]]:
+    async def list_files(self, owner: Owner, purpose: str | None, after: str | None, limit: int,
+                         newest_first: bool = True) -> list[dict[str, Any]]:
         sql, args = _list("llmp_files", FILE_COLUMNS, owner, after, limit,
-                          ("purpose = ?", purpose) if purpose else None)
+                          ("purpose = ?", purpose) if purpose else None, newest_first)
         return [dict(zip(FILE_COLUMNS, r)) for r in await self._all(sql, *args)]
 
     async def delete_file(self, file_id: str) -> bool:
@@ -134,6 +157,9 @@ class SqliteBatchRows:
     async def set_batch(self, batch_id: str, status: str, doc: str, only_from: tuple[str, ...]) -> bool:
         return bool(await self._count(_set_batch(only_from), status, doc, batch_id))
 
+    async def clock(self) -> float:
+        return float((await self._all(SQLITE_CLOCK))[0][0])
+
     async def claimable(self, now: float, limit: int) -> list[str]:
         return [r[0] for r in await self._all(CLAIMABLE, now, limit)]
 
@@ -147,10 +173,12 @@ class SqliteBatchRows:
         return {r[0] for r in await self._all(DONE_LINES, batch_id)}
 
     async def finish_line(self, batch_id: str, custom_id: str, line_no: int, ok: bool, result: str,
-                          spend: bytes | None) -> bool:
+                          spend: bytes | None, owner: str) -> bool:
         def q(db: sqlite3.Connection) -> bool:
             db.execute("BEGIN IMMEDIATE")
             try:
+                if db.execute(HOLDER, (batch_id, owner)).fetchone() is None:
+                    raise LeaseLost(batch_id)
                 new = db.execute(INSERT_LINE, (batch_id, custom_id, line_no, int(ok), result)).rowcount > 0
                 if new and spend is not None:
                     db.execute(SQLITE_INSERT_SPEND, (json_array([spend]),))
@@ -166,8 +194,8 @@ class SqliteBatchRows:
         found = dict(await self._all(COUNTS, batch_id))
         return int(found.get(1, 0)), int(found.get(0, 0))
 
-    async def results(self, batch_id: str, ok: bool) -> list[str]:
-        return [r[0] for r in await self._all(RESULTS, batch_id, int(ok))]
+    async def results(self, batch_id: str, ok: bool, after: int = 0, limit: int = 1000) -> list[tuple[int, str]]:
+        return [(int(r[0]), r[1]) for r in await self._all(RESULTS, batch_id, int(ok), after, limit)]
 
     async def status_counts(self) -> dict[str, int]:
         return {r[0]: int(r[1]) for r in await self._all(STATUS_COUNTS)}
@@ -191,10 +219,10 @@ class PostgresBatchRows:
         rows = await self._all(GET_FILE, file_id)
         return dict(zip(FILE_COLUMNS, rows[0])) if rows else None
 
-    async def list_files(self, owner: Owner, purpose: str | None, after: str | None,
-                         limit: int) -> list[dict[str, Any]]:
+    async def list_files(self, owner: Owner, purpose: str | None, after: str | None, limit: int,
+                         newest_first: bool = True) -> list[dict[str, Any]]:
         sql, args = _list("llmp_files", FILE_COLUMNS, owner, after, limit,
-                          ("purpose = ?", purpose) if purpose else None)
+                          ("purpose = ?", purpose) if purpose else None, newest_first)
         return [dict(zip(FILE_COLUMNS, r)) for r in await self._all(sql, *args)]
 
     async def delete_file(self, file_id: str) -> bool:
@@ -214,6 +242,9 @@ class PostgresBatchRows:
     async def set_batch(self, batch_id: str, status: str, doc: str, only_from: tuple[str, ...]) -> bool:
         return bool(await self._count(_set_batch(only_from), status, doc, batch_id))
 
+    async def clock(self) -> float:
+        return float((await self._all(POSTGRES_CLOCK))[0][0])
+
     async def claimable(self, now: float, limit: int) -> list[str]:
         return [r[0] for r in await self._all(CLAIMABLE, now, limit)]
 
@@ -230,9 +261,11 @@ class PostgresBatchRows:
         return {r[0] for r in await self._all(DONE_LINES, batch_id)}
 
     async def finish_line(self, batch_id: str, custom_id: str, line_no: int, ok: bool, result: str,
-                          spend: bytes | None) -> bool:
+                          spend: bytes | None, owner: str) -> bool:
         async def q() -> bool:
             async with self._store._pool.acquire() as conn, conn.transaction():
+                if await conn.fetchval(numbered(HOLDER) + " FOR SHARE", batch_id, owner) is None:
+                    raise LeaseLost(batch_id)
                 status = await conn.execute(numbered(INSERT_LINE), batch_id, custom_id, line_no, int(ok), result)
                 new = int(status.split()[-1]) > 0
                 if new and spend is not None:
@@ -245,8 +278,8 @@ class PostgresBatchRows:
         found = {r[0]: r[1] for r in await self._all(COUNTS, batch_id)}
         return int(found.get(1, 0)), int(found.get(0, 0))
 
-    async def results(self, batch_id: str, ok: bool) -> list[str]:
-        return [r[0] for r in await self._all(RESULTS, batch_id, int(ok))]
+    async def results(self, batch_id: str, ok: bool, after: int = 0, limit: int = 1000) -> list[tuple[int, str]]:
+        return [(int(r[0]), r[1]) for r in await self._all(RESULTS, batch_id, int(ok), after, limit)]
 
     async def status_counts(self) -> dict[str, int]:
         return {r[0]: int(r[1]) for r in await self._all(STATUS_COUNTS)}
