@@ -134,8 +134,10 @@ def store_cost(store: Resource, catalog: Catalog) -> StoreCost | str:
 
 
 def is_batch_bucket(resource: Resource) -> bool:
+    if resource.type != BUCKET:
+        return False
     name = str(resource.outputs.get("bucket") or resource.inputs.get("bucketPrefix") or "")
-    return resource.type == BUCKET and bool(BATCH_BUCKET_PREFIX.match(name))
+    return bool(BATCH_BUCKET_PREFIX.match(name))
 
 
 def _bucket_cost(bucket: Resource, catalog: Catalog) -> StoreCost | str:
