@@ -117,15 +117,20 @@ class BatchRows(Protocol):
     async def status_counts(self) -> dict[str, int]: ...
 
 
-class SqliteBatchRows:
-    def __init__(self, store: Any) -> None:
-        self._run = store._run  # the SqliteStore's worker-thread call, errors mapped to StoreError
+class _BatchQueries:
+    """The queries both databases run alike; a subclass gives `_all` (rows), `_count` (rows changed), its clock's
+    SQL and `finish_line` (one transaction, written each database's way)."""
 
-    async def _all(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        return list(await self._run(lambda db: db.execute(sql, args).fetchall()))
+    CLOCK = ""
+
+    async def _all(self, sql: str, *args: Any) -> list[Any]:
+        raise NotImplementedError
 
     async def _count(self, sql: str, *args: Any) -> int:
-        return int(await self._run(lambda db: db.execute(sql, args).rowcount))
+        raise NotImplementedError
+
+    async def clock(self) -> float:
+        return float((await self._all(self.CLOCK))[0][0])
 
     async def insert_file(self, row: dict[str, Any]) -> None:
         await self._count(INSERT_FILE, *(row[c] for c in FILE_COLUMNS))
@@ -157,13 +162,13 @@ class SqliteBatchRows:
     async def set_batch(self, batch_id: str, status: str, doc: str, only_from: tuple[str, ...]) -> bool:
         return bool(await self._count(_set_batch(only_from), status, doc, batch_id))
 
-    async def clock(self) -> float:
-        return float((await self._all(SQLITE_CLOCK))[0][0])
-
     async def claimable(self, now: float, limit: int) -> list[str]:
         return [r[0] for r in await self._all(CLAIMABLE, now, limit)]
 
     async def claim(self, batch_id: str, owner: str, now: float, until: float) -> bool:
+        # Under READ COMMITTED a second UPDATE of the row waits for the first, then re-checks this WHERE against the
+        # row the first committed (https://www.postgresql.org/docs/current/transaction-iso.html#XACT-READ-COMMITTED):
+        # the lease just taken is neither free, ours nor expired, so the second claim updates nothing.
         return bool(await self._count(CLAIM, owner, until, batch_id, owner, now))
 
     async def release(self, batch_id: str, owner: str) -> None:
@@ -171,6 +176,29 @@ class SqliteBatchRows:
 
     async def done_lines(self, batch_id: str) -> set[str]:
         return {r[0] for r in await self._all(DONE_LINES, batch_id)}
+
+    async def line_counts(self, batch_id: str) -> tuple[int, int]:
+        found = dict(await self._all(COUNTS, batch_id))
+        return int(found.get(1, 0)), int(found.get(0, 0))
+
+    async def results(self, batch_id: str, ok: bool, after: int = 0, limit: int = 1000) -> list[tuple[int, str]]:
+        return [(int(r[0]), r[1]) for r in await self._all(RESULTS, batch_id, int(ok), after, limit)]
+
+    async def status_counts(self) -> dict[str, int]:
+        return {r[0]: int(r[1]) for r in await self._all(STATUS_COUNTS)}
+
+
+class SqliteBatchRows(_BatchQueries):
+    CLOCK = SQLITE_CLOCK
+
+    def __init__(self, store: Any) -> None:
+        self._run = store._run  # the SqliteStore's worker-thread call, errors mapped to StoreError
+
+    async def _all(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return list(await self._run(lambda db: db.execute(sql, args).fetchall()))
+
+    async def _count(self, sql: str, *args: Any) -> int:
+        return int(await self._run(lambda db: db.execute(sql, args).rowcount))
 
     async def finish_line(self, batch_id: str, custom_id: str, line_no: int, ok: bool, result: str,
                           spend: bytes | None, owner: str) -> bool:
@@ -190,18 +218,10 @@ class SqliteBatchRows:
 
         return bool(await self._run(q))
 
-    async def line_counts(self, batch_id: str) -> tuple[int, int]:
-        found = dict(await self._all(COUNTS, batch_id))
-        return int(found.get(1, 0)), int(found.get(0, 0))
 
-    async def results(self, batch_id: str, ok: bool, after: int = 0, limit: int = 1000) -> list[tuple[int, str]]:
-        return [(int(r[0]), r[1]) for r in await self._all(RESULTS, batch_id, int(ok), after, limit)]
+class PostgresBatchRows(_BatchQueries):
+    CLOCK = POSTGRES_CLOCK
 
-    async def status_counts(self) -> dict[str, int]:
-        return {r[0]: int(r[1]) for r in await self._all(STATUS_COUNTS)}
-
-
-class PostgresBatchRows:
     def __init__(self, store: Any) -> None:
         self._store = store  # the PostgresStore: its bounded calls (`_q`) and, for one transaction, its pool
 
@@ -211,54 +231,6 @@ class PostgresBatchRows:
     async def _count(self, sql: str, *args: Any) -> int:
         status = await self._store._q("execute", numbered(sql), *args)
         return int(status.split()[-1])  # "UPDATE <rows>", "INSERT 0 <rows>", "DELETE <rows>"
-
-    async def insert_file(self, row: dict[str, Any]) -> None:
-        await self._count(INSERT_FILE, *(row[c] for c in FILE_COLUMNS))
-
-    async def get_file(self, file_id: str) -> dict[str, Any] | None:
-        rows = await self._all(GET_FILE, file_id)
-        return dict(zip(FILE_COLUMNS, rows[0])) if rows else None
-
-    async def list_files(self, owner: Owner, purpose: str | None, after: str | None, limit: int,
-                         newest_first: bool = True) -> list[dict[str, Any]]:
-        sql, args = _list("llmp_files", FILE_COLUMNS, owner, after, limit,
-                          ("purpose = ?", purpose) if purpose else None, newest_first)
-        return [dict(zip(FILE_COLUMNS, r)) for r in await self._all(sql, *args)]
-
-    async def delete_file(self, file_id: str) -> bool:
-        return bool(await self._count(DELETE_FILE, file_id))
-
-    async def insert_batch(self, row: dict[str, Any]) -> None:
-        await self._count(INSERT_BATCH, *(row[c] for c in BATCH_COLUMNS if c not in ("lease_owner", "lease_until")))
-
-    async def get_batch(self, batch_id: str) -> dict[str, Any] | None:
-        rows = await self._all(GET_BATCH, batch_id)
-        return dict(zip(BATCH_COLUMNS, rows[0])) if rows else None
-
-    async def list_batches(self, owner: Owner, after: str | None, limit: int) -> list[dict[str, Any]]:
-        sql, args = _list("llmp_batches", BATCH_COLUMNS, owner, after, limit)
-        return [dict(zip(BATCH_COLUMNS, r)) for r in await self._all(sql, *args)]
-
-    async def set_batch(self, batch_id: str, status: str, doc: str, only_from: tuple[str, ...]) -> bool:
-        return bool(await self._count(_set_batch(only_from), status, doc, batch_id))
-
-    async def clock(self) -> float:
-        return float((await self._all(POSTGRES_CLOCK))[0][0])
-
-    async def claimable(self, now: float, limit: int) -> list[str]:
-        return [r[0] for r in await self._all(CLAIMABLE, now, limit)]
-
-    async def claim(self, batch_id: str, owner: str, now: float, until: float) -> bool:
-        # Under READ COMMITTED a second UPDATE of the row waits for the first, then re-checks this WHERE against the
-        # row the first committed (https://www.postgresql.org/docs/current/transaction-iso.html#XACT-READ-COMMITTED):
-        # the lease just taken is neither free, ours nor expired, so the second claim updates nothing.
-        return bool(await self._count(CLAIM, owner, until, batch_id, owner, now))
-
-    async def release(self, batch_id: str, owner: str) -> None:
-        await self._count(RELEASE, batch_id, owner)
-
-    async def done_lines(self, batch_id: str) -> set[str]:
-        return {r[0] for r in await self._all(DONE_LINES, batch_id)}
 
     async def finish_line(self, batch_id: str, custom_id: str, line_no: int, ok: bool, result: str,
                           spend: bytes | None, owner: str) -> bool:
@@ -273,13 +245,3 @@ class PostgresBatchRows:
                 return new
 
         return bool(await self._store.transaction(q))
-
-    async def line_counts(self, batch_id: str) -> tuple[int, int]:
-        found = {r[0]: r[1] for r in await self._all(COUNTS, batch_id)}
-        return int(found.get(1, 0)), int(found.get(0, 0))
-
-    async def results(self, batch_id: str, ok: bool, after: int = 0, limit: int = 1000) -> list[tuple[int, str]]:
-        return [(int(r[0]), r[1]) for r in await self._all(RESULTS, batch_id, int(ok), after, limit)]
-
-    async def status_counts(self) -> dict[str, int]:
-        return {r[0]: int(r[1]) for r in await self._all(STATUS_COUNTS)}
