@@ -184,6 +184,44 @@ def test_a_role_other_than_a_gateways_or_a_gateway_without_its_grant_is_rejected
                     f"bucket {us}", "the gateway role of us-east-1 may not use arn:aws:kms:us-east-1:")
 
 
+def test_a_batch_bucket_reached_by_a_managed_policy_a_wildcard_or_its_bucket_policy_is_rejected(prod_plan):
+    """However the grant is written, one zone's files stay out of another zone's reach: a managed policy attached
+    to an EU gateway role, a wildcard that happens to cover the US bucket, or a bucket policy granting a role."""
+    from infra.plan.mocks import PlannedResource
+
+    us = _name(prod_plan.resources, "us")
+    eu_role = find(prod_plan.resources, "aws:iam/role:Role", "eu-west-2-gateway").outputs
+
+    def managed(rs):
+        arn = "arn:aws:iam::123456789012:policy/llm-platform/prod/us-files"
+        rs.append(PlannedResource(
+            type="aws:iam/policy:Policy", name="us-files", region="eu-west-2",
+            inputs={"policy": json.dumps({"Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{us}/files/*"}]})},
+            outputs={"arn": arn}))
+        rs.append(PlannedResource(type="aws:iam/rolePolicyAttachment:RolePolicyAttachment", name="us-files",
+                                  region="eu-west-2", inputs={"role": eu_role["name"], "policyArn": arn}))
+
+    def wildcard(rs):
+        grant = find(rs, ROLE_POLICY, "eu-west-2-gateway-batch-files")
+        doc = json.loads(grant.inputs["policy"])
+        doc["Statement"].append({"Effect": "Allow", "Action": "s3:Get*", "Resource": "arn:aws:s3:::llmp-prod-*"})
+        grant.inputs["policy"] = json.dumps(doc)
+
+    def bucket_policy(rs):
+        policy = find(rs, POLICY, "us-batch-files")
+        doc = json.loads(policy.inputs["policy"])
+        doc["Statement"].append({"Effect": "Allow", "Principal": {"AWS": eu_role["arn"]}, "Action": "s3:GetObject",
+                                 "Resource": f"arn:aws:s3:::{us}/*"})
+        policy.inputs["policy"] = json.dumps(doc)
+
+    for change in (managed, wildcard):
+        assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, change), "secret-scope"),
+                        f"the gateway role of eu-west-2 (zone 'eu') may use batch bucket {us} of zone 'us'")
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, bucket_policy), "secret-scope"),
+                    f"batch bucket {us}: its bucket policy grants s3:GetObject to {{'AWS': '{eu_role['arn']}'}}")
+
+
 # -- budget-cap -------------------------------------------------------------------------------------------------
 
 def test_budget_prices_the_batch_buckets(stack_plan):

@@ -10,8 +10,10 @@ from typing import Any
 from infra.policy.rules.base import (
     BUCKET,
     GATEWAY_CHART_DIR,
+    IAM_POLICY,
     IAM_ROLE,
     IAM_ROLE_POLICY,
+    IAM_ROLE_POLICY_ATTACHMENT,
     Findings,
     PolicyConfig,
     Resource,
@@ -48,8 +50,10 @@ RESIDENCY_DESCRIPTION = (
     "gateway's own zone, and no batch bucket replicates outside its zone.")
 ACCESS_DESCRIPTION = (
     " A batch file bucket is reachable (any s3 action on it or its objects) only by the gateway roles of its own "
-    "zone's regions, and each of those gateway roles whose config enables batch may get, put and delete the files "
-    "and use the bucket's key through S3 in the bucket's region only.")
+    "zone's regions, whatever grants it (a role's inline policies, managed policies the stack attaches, wildcards "
+    "matching the bucket as IAM matches them, NotAction / NotResource taken as everything), and its bucket policy "
+    "grants nothing (it only denies); each of those gateway roles whose config enables batch may get, put and delete "
+    "the files and use the bucket's key through S3 in the bucket's region only.")
 
 
 def batch_buckets(resources: Resources) -> list[Resource]:
@@ -175,8 +179,40 @@ def judge_residency(resources: Resources, policy: PolicyConfig, found: Findings)
 
 
 def _grants(doc: Mapping[str, Any] | None) -> list[tuple[list[str], list[str]]]:
-    return [([str(a) for a in as_list(s.get("Action"))], [str(r) for r in as_list(s.get("Resource"))])
+    """(actions, resources) of each Allow; NotAction / NotResource grant all but a list: taken as `*`."""
+    return [([str(a) for a in as_list(s.get("Action"))] if "NotAction" not in s else ["*"],
+             [str(r) for r in as_list(s.get("Resource"))] if "NotResource" not in s else ["*"])
             for s in statements(doc or {}) if s.get("Effect") == "Allow"]
+
+
+def _iam_match(pattern: str, value: str) -> bool:
+    """IAM's wildcards: `*` spans any characters, `/` included; `?` is one character; case-sensitive (ARNs)."""
+    return re.fullmatch(re.escape(pattern).replace(r"\*", ".*").replace(r"\?", "."), value) is not None
+
+
+# What a statement's Action must match (one of) to count as reaching a bucket: S3's object and bucket calls.
+_S3_PROBES = ("s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket", "s3:PutBucketPolicy")
+
+
+def _reaches_s3(actions: list[str]) -> bool:
+    return any(_iam_match(a.lower(), probe.lower()) for a in actions for probe in _S3_PROBES)
+
+
+def _role_documents(resources: Resources) -> list[tuple[str, Resource, Mapping[str, Any] | None]]:
+    """(role name or ARN, the resource granting it, the document) for every identity policy a role gets: inline
+    (RolePolicy, or the role's own inlinePolicies) and managed policies this stack creates and attaches."""
+    docs: list[tuple[str, Resource, Mapping[str, Any] | None]] = [
+        (str(p.inputs.get("role")), p, policy_document(p.inputs.get("policy")))
+        for p in resources.of_type(IAM_ROLE_POLICY)]
+    for role in resources.of_type(IAM_ROLE):
+        for inline in as_list(role.inputs.get("inlinePolicies")):
+            docs.append((str(role.outputs.get("name")), role, policy_document((inline or {}).get("policy"))))
+    managed = {str(p.outputs.get("arn")): p for p in resources.of_type(IAM_POLICY)}
+    for attachment in resources.of_type(IAM_ROLE_POLICY_ATTACHMENT):
+        policy = managed.get(str(attachment.inputs.get("policyArn")))
+        if policy is not None:
+            docs.append((str(attachment.inputs.get("role")), policy, policy_document(policy.inputs.get("policy"))))
+    return docs
 
 
 def judge_access(resources: Resources, policy: PolicyConfig, gateway_roles: Mapping[str, str],
@@ -186,15 +222,25 @@ def judge_access(resources: Resources, policy: PolicyConfig, gateway_roles: Mapp
     buckets = {str(b.outputs.get("bucket")): b for b in batch_buckets(resources)}
     uses: dict[str, dict[str, set[str]]] = {}  # role ARN -> bucket -> actions granted on it or its objects
     key_uses: dict[str, dict[str, set[str]]] = {}  # role ARN -> KMS key ARN -> kms actions granted on it
-    for p in resources.of_type(IAM_ROLE_POLICY):
-        role_arn = roles.get(str(p.inputs.get("role")), str(p.inputs.get("role")))
-        for actions, targets in _grants(policy_document(p.inputs.get("policy"))):
+    for role, _, doc in _role_documents(resources):
+        role_arn = roles.get(role, role)
+        for actions, targets in _grants(doc):
             for target in targets:
-                name = target.removeprefix("arn:aws:s3:::").split("/", 1)[0]
-                if target.startswith("arn:aws:s3:::") and name in buckets:
-                    uses.setdefault(role_arn, {}).setdefault(name, set()).update(actions)
+                # A pattern reaches a bucket if it matches the bucket or an object in it (IAM's `*` spans `/`).
+                for name in buckets:
+                    arn = f"arn:aws:s3:::{name}"
+                    if _reaches_s3(actions) and (_iam_match(target, arn) or _iam_match(target, f"{arn}/files/x")):
+                        uses.setdefault(role_arn, {}).setdefault(name, set()).update(actions)
                 if target.startswith("arn:aws:kms:"):
                     key_uses.setdefault(role_arn, {}).setdefault(target, set()).update(actions)
+    # A bucket policy could grant what no identity policy does (same account: either one suffices): a batch bucket's
+    # policy only denies (TLS), and every grant is a gateway role's own policy, judged above.
+    for name, bucket in sorted(buckets.items()):
+        for p in _attached(resources, BUCKET_POLICY, bucket):
+            for s in statements(policy_document(p.inputs.get("policy")) or {}):
+                if s.get("Effect") == "Allow":
+                    found.fail(f"batch bucket {name}: its bucket policy grants {s.get('Action')} to "
+                               f"{s.get('Principal')}; only its zone's gateway roles' own policies may grant access")
     for role_arn, granted in sorted(uses.items()):
         for name in sorted(granted):
             bucket = buckets[name]
