@@ -213,6 +213,23 @@ def test_a_bad_ladder_cache_or_batch_setting_is_refused_naming_the_key(edit, key
     assert words in found[f"llm-platform:{key}"], found
 
 
+@pytest.mark.parametrize("zone", ["europe-north-and-west-long", "EU", "eu_1"])
+def test_a_zone_name_no_batch_bucket_can_carry_is_refused_naming_it(zone: str) -> None:
+    """llmp-prod-batch-<zone>- is the bucket's prefix: more than 37 characters, or anything but lowercase letters,
+    digits and hyphens, and S3 (or the provider) refuses the bucket at the first `up`."""
+    raw = stack_raw("prod")
+    raw["residency"][zone] = raw["residency"].pop("eu")
+    for region in raw["regions"]:
+        region["residency"] = zone if region["residency"] == "eu" else region["residency"]
+    for model in raw["models"]:
+        if model.get("residency") == "eu":
+            model["residency"] = zone
+    found = problems(raw)
+    assert f"names the batch bucket prefix 'llmp-prod-batch-{zone}-'" in found[f"llm-platform:residency.{zone}"]
+    del raw["gateway"]["batch"]  # no batch, no bucket: the name is never used
+    parse(raw, "prod")
+
+
 def test_a_ladder_no_zone_can_serve_is_refused() -> None:
     raw = stack_raw("prod")
     for model in raw["models"]:
