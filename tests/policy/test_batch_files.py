@@ -90,8 +90,17 @@ def test_versioned_never_expiring_or_force_destroyed_prod_batch_bucket_is_reject
     def force_destroyed(rs):
         find(rs, BUCKET, "us-batch-files").inputs["forceDestroy"] = True
 
+    def only_tagged(rs):  # expires only the files carrying a tag the gateway never sets
+        find(rs, LIFECYCLE, "us-batch-files").inputs["rules"][0]["filter"] = {
+            "and": {"prefix": "files/", "tags": {"expire": "yes"}}}
+
+    def only_large(rs):
+        find(rs, LIFECYCLE, "us-batch-files").inputs["rules"][0]["filter"] = {"objectSizeGreaterThan": 1 << 30}
+
     name = _name(prod_plan.resources, "us")
     for change, words in ((versioned, "is versioned"), (forever, "has no enabled lifecycle rule expiring its files"),
+                          (only_tagged, "has no enabled lifecycle rule expiring its files"),
+                          (only_large, "has no enabled lifecycle rule expiring its files"),
                           (force_destroyed, "is force-destroyed with its files")):
         assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, change), "data-stores"),
                         f"batch bucket {name} in us-east-1 {words}")

@@ -42,7 +42,8 @@ STORES_DESCRIPTION = (
     "gateway, in the zone's first region) encrypt with SSE-KMS under a key this stack creates in the bucket's "
     "region, block every kind of public access (all four public access block settings), refuse requests without "
     "TLS (a bucket policy denying every principal when aws:SecureTransport is false, on the bucket and its "
-    f"objects), are not versioned, and expire their files through an enabled lifecycle rule within "
+    f"objects), are not versioned, and expire all their files (a rule filtered by tag or size does not count) "
+    f"through an enabled lifecycle rule within "
     f"{MAX_RETENTION_DAYS} days; in prod they are not force-destroyed with their files. Each gateway's rendered "
     "`batch.files.s3` names its zone's bucket, in that bucket's region, with the key that bucket encrypts with.")
 RESIDENCY_DESCRIPTION = (
@@ -89,13 +90,17 @@ def _tls_only(doc: Mapping[str, Any] | None, arn: str) -> bool:
 
 
 def _expiry_days(lifecycle: list[Resource]) -> int | None:
-    """The shortest expiry of an enabled rule covering the files (no filter, or a prefix of `files/`)."""
+    """The shortest expiry of an enabled rule covering every file: no filter, or a prefix of `files/` alone. A rule
+    filtered by tag or object size (`tag`, `and`, `objectSize*`) expires only the files that match it, so it does
+    not count (S3 lifecycle filters: https://docs.aws.amazon.com/AmazonS3/latest/userguide/intro-lifecycle-filters.html)."""
     days = []
     for config in lifecycle:
         for rule in as_list(config.inputs.get("rules")):
-            prefix = str(((rule.get("filter") or {}).get("prefix")) or rule.get("prefix") or "")
+            filtered = rule.get("filter") or {}
+            prefix = str(filtered.get("prefix") or rule.get("prefix") or "")
+            narrowed = any(v not in (None, "", {}, [], 0) for k, v in filtered.items() if k != "prefix")
             expiry = as_int((rule.get("expiration") or {}).get("days"))
-            if rule.get("status") == "Enabled" and expiry > 0 and "files/".startswith(prefix):
+            if rule.get("status") == "Enabled" and expiry > 0 and "files/".startswith(prefix) and not narrowed:
                 days.append(expiry)
     return min(days) if days else None
 
