@@ -99,3 +99,39 @@ async def test_a_store_used_before_open_says_so() -> None:
     store = S3FileStore(Location(BUCKET, REGION, "files/", None))
     with pytest.raises(FileStoreError, match="not open"):
         await store.get("file-a")
+
+
+async def test_an_unreachable_s3_is_an_error_naming_the_object_on_every_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing listens at the endpoint: get, put and delete each fail with FileStoreError (what the batch runner
+    reports), never with botocore's own exception escaping into the request."""
+    for var, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(var, value)
+    store = S3FileStore(Location(BUCKET, REGION, "files/", None), endpoint_url="http://127.0.0.1:9")
+    store.max_attempts = 1
+    await store.open()
+    try:
+        calls = {"get": lambda: store.get("file-a"), "put": lambda: store.put("file-a", b"x"),
+                 "delete": lambda: store.delete("file-a")}
+        for what, call in calls.items():
+            with pytest.raises(FileStoreError, match=rf"s3://{BUCKET}/files/file-a: {what} failed: "
+                                                     r"EndpointConnectionError"):
+                await call()
+    finally:
+        await store.close()
+
+
+async def test_the_client_calls_the_buckets_region_from_a_pod_in_another(aws: str,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway in eu-west-2 (EKS sets AWS_REGION to the pod's region) keeps its files in the zone's bucket in
+    eu-north-1: its client signs for and calls eu-north-1."""
+    monkeypatch.setenv("AWS_REGION", "eu-west-2")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
+    store = S3FileStore(Location(BUCKET, REGION, "files/", aws))
+    await store.open()
+    try:
+        assert store.client.meta.region_name == REGION
+        assert store.client.meta.endpoint_url == f"https://s3.{REGION}.amazonaws.com"
+        await store.put("file-0a1b2c", b"{}\n")
+        assert await store.get("file-0a1b2c") == b"{}\n"
+    finally:
+        await store.close()
