@@ -77,12 +77,19 @@ def test_the_preview_gateway_caches_and_batches_like_prod_without_a_ladder(previ
     assert checked.batch.files.s3 is not None and checked.batch.files.s3.region == "us-east-1"
 
 
-def test_rendered_configs_load_in_the_gateway(prod_plan: Plan) -> None:
+@pytest.mark.parametrize("stack", ["prod", "preview"])
+def test_rendered_configs_load_in_the_gateway(stack: str, prod_plan: Plan, preview_plan: Plan) -> None:
+    """Every stack's every gateway config, as rendered, is accepted by the gateway's own parser (what it runs at
+    start): a rejected one would crash-loop the pods after a successful `up`."""
     from gateway.config.native import parse_native
 
-    for config in gateway_configs(prod_plan).values():
+    plan = {"prod": prod_plan, "preview": preview_plan}[stack]
+    configs = gateway_configs(plan)
+    assert sorted(configs) == sorted(r.name for r in plan.config.regions)
+    for config in configs.values():
         parsed = parse_native(config)
-        assert parsed.ladders and parsed.cache is not None and parsed.batch is not None
+        assert bool(parsed.ladders) == bool(plan.config.gateway.ladders)
+        assert parsed.cache is not None and parsed.batch is not None and parsed.batch.files.s3 is not None
 
 
 def test_the_gateway_refuses_the_sections_the_program_must_never_render() -> None:
