@@ -84,6 +84,9 @@ def test_versioned_never_expiring_or_force_destroyed_prod_batch_bucket_is_reject
     def versioned(rs):
         find(rs, VERSIONING, "us-batch-files").inputs["versioningConfiguration"] = {"status": "Enabled"}
 
+    def suspended(rs):  # the versions kept while it was enabled outlive every expiry
+        find(rs, VERSIONING, "us-batch-files").inputs["versioningConfiguration"] = {"status": "Suspended"}
+
     def forever(rs):
         find(rs, LIFECYCLE, "us-batch-files").inputs["rules"][0]["status"] = "Disabled"
 
@@ -98,7 +101,8 @@ def test_versioned_never_expiring_or_force_destroyed_prod_batch_bucket_is_reject
         find(rs, LIFECYCLE, "us-batch-files").inputs["rules"][0]["filter"] = {"objectSizeGreaterThan": 1 << 30}
 
     name = _name(prod_plan.resources, "us")
-    for change, words in ((versioned, "is versioned"), (forever, "has no enabled lifecycle rule expiring its files"),
+    for change, words in ((versioned, "is versioned"), (suspended, "is versioned (Suspended)"),
+                          (forever, "has no enabled lifecycle rule expiring its files"),
                           (only_tagged, "has no enabled lifecycle rule expiring its files"),
                           (only_large, "has no enabled lifecycle rule expiring its files"),
                           (force_destroyed, "is force-destroyed with its files")):

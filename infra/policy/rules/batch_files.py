@@ -42,7 +42,7 @@ STORES_DESCRIPTION = (
     "gateway, in the zone's first region) encrypt with SSE-KMS under a key this stack creates in the bucket's "
     "region, block every kind of public access (all four public access block settings), refuse requests without "
     "TLS (a bucket policy denying every principal when aws:SecureTransport is false, on the bucket and its "
-    f"objects), are not versioned, and expire all their files (a rule filtered by tag or size does not count) "
+    f"objects), are not versioned (nor suspended), and expire all their files (a rule filtered by tag or size does not count) "
     f"through an enabled lifecycle rule within "
     f"{MAX_RETENTION_DAYS} days; in prod they are not force-destroyed with their files. Each gateway's rendered "
     "`batch.files.s3` names its zone's bucket, in that bucket's region, with the key that bucket encrypts with.")
@@ -132,8 +132,10 @@ def judge_stores(resources: Resources, policy: PolicyConfig, keys: Mapping[str, 
         if not tls:
             found.fail(f"{where} has no bucket policy refusing requests without TLS (Deny, Principal *, "
                        f"aws:SecureTransport false, on the bucket and its objects)")
-        if "Enabled" in versioning:
-            found.fail(f"{where} is versioned: a deleted file would live on as an old version past its retention")
+        # Suspended is no better: the versions kept while it was enabled stay, and no expiry here removes them.
+        if {"Enabled", "Suspended"} & set(versioning):
+            found.fail(f"{where} is versioned ({', '.join(versioning)}): a deleted file would live on as an old "
+                       f"version past its retention")
         if expiry is None or expiry > MAX_RETENTION_DAYS:
             found.fail(f"{where} has no enabled lifecycle rule expiring its files within {MAX_RETENTION_DAYS} days "
                        f"(found: {expiry or 'none'})")
