@@ -42,9 +42,9 @@ STORES_DESCRIPTION = (
     "gateway, in the zone's first region) encrypt with SSE-KMS under a key this stack creates in the bucket's "
     "region, block every kind of public access (all four public access block settings), refuse requests without "
     "TLS (a bucket policy denying every principal when aws:SecureTransport is false, on the bucket and its "
-    f"objects), are not versioned (nor suspended), and expire all their files (a rule filtered by tag or size does not count) "
-    f"through an enabled lifecycle rule within "
-    f"{MAX_RETENTION_DAYS} days; in prod they are not force-destroyed with their files. Each gateway's rendered "
+    "objects), are not versioned (nor suspended), and expire all their files (a rule filtered by tag or size does "
+    f"not count) through an enabled lifecycle rule within {MAX_RETENTION_DAYS} days; in prod they are not "
+    "force-destroyed with their files. Each gateway's rendered "
     "`batch.files.s3` names its zone's bucket, in that bucket's region, with the key that bucket encrypts with.")
 RESIDENCY_DESCRIPTION = (
     " A gateway's batch files (its rendered `batch.files.s3`) live in a bucket this stack creates in a region of the "
