@@ -235,6 +235,30 @@ def test_a_batch_bucket_reached_by_a_managed_policy_a_wildcard_or_its_bucket_pol
                     f"batch bucket {us}: its bucket policy grants s3:GetObject to {{'AWS': '{eu_role['arn']}'}}")
 
 
+def test_a_gateway_using_its_batch_key_other_than_through_s3_in_the_buckets_region_is_rejected(prod_plan):
+    """The key is used only through S3 where the bucket is (kms:ViaService): a grant without the condition, or via
+    another region's S3, would let the role decrypt outside the bucket."""
+    def grant(rs):
+        return find(rs, ROLE_POLICY, "eu-west-2-gateway-batch-files")
+
+    def unconditioned(rs):
+        doc = json.loads(grant(rs).inputs["policy"])
+        del doc["Statement"][2]["Condition"]
+        grant(rs).inputs["policy"] = json.dumps(doc)
+
+    def other_region(rs):
+        doc = json.loads(grant(rs).inputs["policy"])
+        doc["Statement"][2]["Condition"]["StringEquals"]["kms:ViaService"] = "s3.eu-west-2.amazonaws.com"
+        grant(rs).inputs["policy"] = json.dumps(doc)
+
+    for change, words in ((unconditioned, "without a kms:ViaService condition"),
+                          (other_region, "via ['s3.eu-west-2.amazonaws.com']")):
+        assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, change), "secret-scope"),
+                        "eu-west-2-gateway-batch-files: the gateway role of eu-west-2 may use arn:aws:kms:eu-north-1:",
+                        f"its batch files' key, {words}: only through S3 in the bucket's region "
+                        f"(s3.eu-north-1.amazonaws.com)")
+
+
 # -- budget-cap -------------------------------------------------------------------------------------------------
 
 def test_budget_prices_the_batch_buckets(stack_plan):

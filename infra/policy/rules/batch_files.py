@@ -229,7 +229,8 @@ def judge_access(resources: Resources, policy: PolicyConfig, gateway_roles: Mapp
     buckets = {str(b.outputs.get("bucket")): b for b in batch_buckets(resources)}
     uses: dict[str, dict[str, set[str]]] = {}  # role ARN -> bucket -> actions granted on it or its objects
     key_uses: dict[str, dict[str, set[str]]] = {}  # role ARN -> KMS key ARN -> kms actions granted on it
-    for role, _, doc in _role_documents(resources):
+    role_documents = _role_documents(resources)
+    for role, _, doc in role_documents:
         role_arn = roles.get(role, role)
         for actions, targets in _grants(doc):
             for target in targets:
@@ -272,3 +273,40 @@ def judge_access(resources: Resources, policy: PolicyConfig, gateway_roles: Mapp
         if key and not {"kms:GenerateDataKey", "kms:Decrypt"} <= key_uses.get(role_arn, {}).get(key, set()):
             found.fail(f"the gateway role of {release.region} may not use {key}, the key its batch files are "
                        f"encrypted with (kms:GenerateDataKey and kms:Decrypt)")
+        bucket = buckets.get(name)
+        if key and bucket is not None:
+            _judge_key_use(role_documents, roles, role_arn, key, bucket.region, release.region, found)
+
+
+def _via_services(statement: Mapping[str, Any]) -> set[str] | None:
+    """The services a statement's kms:ViaService condition (StringEquals / StringLike) names; None without one."""
+    for operator in ("StringEquals", "StringLike"):
+        for k, v in ((statement.get("Condition") or {}).get(operator) or {}).items():
+            if str(k).lower() == "kms:viaservice":
+                return {str(x) for x in as_list(v)}
+    return None
+
+
+def _judge_key_use(documents: list[tuple[str, Resource, Mapping[str, Any] | None]], roles: Mapping[str, str],
+                   role_arn: str, key: str, bucket_region: str, gateway_region: str, found: Findings) -> None:
+    """The gateway uses the batch key only through S3 in the bucket's region (kms:ViaService): its credentials alone
+    cannot decrypt a file's data key taken from elsewhere, nor make data keys for anything but S3's objects."""
+    s3 = f"s3.{bucket_region}.amazonaws.com"
+    for role, source, doc in documents:
+        if roles.get(role, role) != role_arn:
+            continue
+        for statement in statements(doc or {}):
+            actions = [str(a) for a in as_list(statement.get("Action"))] if "NotAction" not in statement else ["*"]
+            targets = [str(r) for r in as_list(statement.get("Resource"))] if "NotResource" not in statement \
+                else ["*"]
+            if statement.get("Effect") != "Allow" or not any(_iam_match(t, key) for t in targets):
+                continue
+            uses = {a for a in actions if any(_iam_match(a.lower(), x) for x in ("kms:decrypt", "kms:generatedatakey"))}
+            via = _via_services(statement)
+            # The secrets' statement (kms:Decrypt via Secrets Manager) names a service too; what it must not be is
+            # unconditioned, and a data key is made for S3 alone.
+            if uses and (via is None or not via or any("*" in v for v in via)
+                         or (any(_iam_match(a.lower(), "kms:generatedatakey") for a in actions) and via != {s3})):
+                found.fail(f"{source.name}: the gateway role of {gateway_region} may use {key}, its batch files' key, "
+                           f"{'without a kms:ViaService condition' if not via else f'via {sorted(via)}'}: only "
+                           f"through S3 in the bucket's region ({s3})")
