@@ -273,9 +273,9 @@ def judge_access(resources: Resources, policy: PolicyConfig, gateway_roles: Mapp
         if key and not {"kms:GenerateDataKey", "kms:Decrypt"} <= key_uses.get(role_arn, {}).get(key, set()):
             found.fail(f"the gateway role of {release.region} may not use {key}, the key its batch files are "
                        f"encrypted with (kms:GenerateDataKey and kms:Decrypt)")
-        bucket = buckets.get(name)
-        if key and bucket is not None:
-            _judge_key_use(role_documents, roles, role_arn, key, bucket.region, release.region, found)
+        home = buckets.get(name)
+        if key and home is not None:
+            _judge_key_use(role_documents, roles, role_arn, key, home.region, release.region, found)
 
 
 def _via_services(statement: Mapping[str, Any]) -> set[str] | None:
