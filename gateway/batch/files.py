@@ -7,17 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 from pathlib import Path
 from typing import Protocol
 
+from gateway.batch.file_names import FileMissing, check_name
 from gateway.config.batch import BatchFiles
 
-_NAME = re.compile(r"file-[A-Za-z0-9]{1,64}").fullmatch
-
-
-class FileMissing(Exception):
-    """No content under that name (deleted, or never written)."""
+__all__ = ["FileMissing", "FileStore", "LocalFileStore", "check_name", "file_store"]
 
 
 class FileStore(Protocol):
@@ -30,13 +26,6 @@ class FileStore(Protocol):
     async def get(self, name: str) -> bytes: ...  # raises FileMissing
 
     async def delete(self, name: str) -> None: ...  # missing is not an error
-
-
-def check_name(name: str) -> str:
-    """A file id as we mint them (`file-<hex>`): never a path of its own (no `/`, no `..`)."""
-    if not _NAME(name):
-        raise ValueError(f"not a file id: {name[:80]!r}")
-    return name
 
 
 class LocalFileStore:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gateway.batch.files import FileMissing, check_name
+from gateway.batch.file_names import FileMissing, check_name
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
