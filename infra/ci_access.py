@@ -123,8 +123,9 @@ def deploy_policy(account_id: str, stacks: str, dns_names: list[str], never: lis
             {"Sid": "TheStacksBatchBuckets", "Effect": "Allow", "Action": "s3:*",
              "Resource": _batch_buckets(stacks)},
             # ...but never their contents: batch files are customer prompts and answers, which only the zone's
-            # gateways read. The role manages each bucket and empties a preview's (s3:ListBucketVersions,
-            # s3:DeleteObject, s3:DeleteObjectVersion: what force_destroy calls), and it holds kms:* on the stack's
+            # gateways read. The role manages each bucket and empties a preview's (force_destroy: the provider's
+            # EmptyBucket lists object versions and deletes them, terraform-provider-aws internal/service/s3; it
+            # reads no object), and it holds kms:* on the stack's
             # keys (ChangeOnlyTheStacksResources), so without this deny a deploy workflow could download every file.
             # Replication is denied too: it would copy each new file to a bucket of the role's choosing (and out of
             # the zone). An explicit deny wins over every allow (https://docs.aws.amazon.com/IAM/latest/UserGuide/
