@@ -11,6 +11,9 @@ GITHUB_OIDC = "token.actions.githubusercontent.com"
 TAGGED_SERVICES = ["ec2", "eks", "kms", "acm", "secretsmanager", "elasticloadbalancing", "logs", "codebuild",
                    "codeconnections", "sqs", "events", "sns",  # sqs, events: Karpenter's interruption queue and rules
                    "elasticache", "rds"]  # the gateway's state stores (infra/components/gateway_stores.py)
+# What reads a batch file's contents or sends them elsewhere: GetObject (also HEAD and SelectObjectContent),
+# GetObjectVersion, and a replication configuration (which copies every new object).
+BATCH_FILES_READS = ["s3:GetObject", "s3:GetObjectVersion", "s3:PutReplicationConfiguration"]
 # AWS creates a service's service-linked role the first time an account uses the service, with the
 # caller's permission (iam:CreateServiceLinkedRole): the deploy role is the caller for EKS clusters and
 # managed node groups (https://docs.aws.amazon.com/eks/latest/userguide/using-service-linked-roles.html).
@@ -118,6 +121,16 @@ def deploy_policy(account_id: str, stacks: str, dns_names: list[str], never: lis
             # (s3:PutEncryptionConfiguration, PutBucketPublicAccessBlock, PutBucketPolicy, PutBucketVersioning,
             # PutLifecycleConfiguration and their Get*), and a preview's destroy empties it (force_destroy).
             {"Sid": "TheStacksBatchBuckets", "Effect": "Allow", "Action": "s3:*",
+             "Resource": _batch_buckets(stacks)},
+            # ...but never their contents: batch files are customer prompts and answers, which only the zone's
+            # gateways read. The role manages each bucket and empties a preview's (force_destroy: the provider's
+            # EmptyBucket lists object versions and deletes them, terraform-provider-aws internal/service/s3; it
+            # reads no object), and it holds kms:* on the stack's
+            # keys (ChangeOnlyTheStacksResources), so without this deny a deploy workflow could download every file.
+            # Replication is denied too: it would copy each new file to a bucket of the role's choosing (and out of
+            # the zone). An explicit deny wins over every allow (https://docs.aws.amazon.com/IAM/latest/UserGuide/
+            # reference_policies_evaluation-logic.html).
+            {"Sid": "NeverTheBatchFilesContents", "Effect": "Deny", "Action": BATCH_FILES_READS,
              "Resource": _batch_buckets(stacks)},
             {"Sid": "TheStacksRoles", "Effect": "Allow",
              "Action": ["iam:CreateRole", "iam:DeleteRole", "iam:TagRole", "iam:UntagRole", "iam:UpdateRole",

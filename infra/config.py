@@ -815,6 +815,7 @@ def check_gateway_features(cfg: StackConfig, catalog: Catalog) -> list[tuple[str
                              f"cache_node_memory_gib); the rest holds limits and budget counters"))
     batch = cfg.gateway.batch
     if batch is not None:
+        problems.extend(_batch_bucket_names(cfg))
         for name, target in batch.models.items():
             if name not in models:
                 problems.append((f"{at}.batch.models.{name}", f"no model named {name!r} (models: {names})"))
@@ -823,6 +824,29 @@ def check_gateway_features(cfg: StackConfig, catalog: Catalog) -> list[tuple[str
             elif models[target].tier != "batch":
                 problems.append((f"{at}.batch.models.{name}", f"{target} is a `tier: {models[target].tier}` model; "
                                                               f"batch lines run on `tier: batch` models only"))
+    return problems
+
+
+# The provider appends a 26-character unique suffix to a bucket_prefix, which may hold at most 37 characters of
+# lowercase letters, digits and hyphens (pulumi-aws s3.Bucket `bucketPrefix`; S3's naming rules:
+# https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html, at most 63 characters in all).
+BUCKET_PREFIX_MAX = 37
+_BUCKET_PREFIX = re.compile(r"^[a-z0-9][a-z0-9-]*-$")
+
+
+def _batch_bucket_names(cfg: StackConfig) -> list[tuple[str, str]]:
+    """Each zone's batch bucket is named llmp-<stack>-batch-<zone>-<suffix>: the stack and zone names must make a
+    valid prefix, or the first `up` fails at CreateBucket after half the stack exists."""
+    from infra.components.batch_files import bucket_prefix  # the components import this module
+
+    problems = []
+    for zone in cfg.zones:
+        prefix = bucket_prefix(cfg.stack, zone)
+        if len(prefix) > BUCKET_PREFIX_MAX or not _BUCKET_PREFIX.match(prefix):
+            problems.append((f"{NAMESPACE}:residency.{zone}",
+                             f"zone {zone!r} of stack {cfg.stack!r} names the batch bucket prefix {prefix!r} "
+                             f"({len(prefix)} characters): S3 takes at most {BUCKET_PREFIX_MAX}, of lowercase "
+                             f"letters, digits and hyphens; use a shorter lowercase zone name (e.g. 'eu')"))
     return problems
 
 

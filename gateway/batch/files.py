@@ -11,18 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import tempfile
 import time
 from pathlib import Path
 from typing import Protocol
 
+from gateway.batch.file_names import FileMissing, check_name
+
+__all__ = ["FileMissing", "FileStore", "LocalFileStore", "check_name", "put_path", "scratch"]
+
 STALE_S = 86_400.0  # a staged file this old was left by a crash
-_NAME = re.compile(r"file-[A-Za-z0-9]{1,64}").fullmatch
-
-
-class FileMissing(Exception):
-    """No content under that name (deleted, or never written)."""
 
 
 class FileStore(Protocol):
@@ -53,13 +51,6 @@ def scratch(store: FileStore) -> Path:
     handle, name = tempfile.mkstemp(prefix=".staged-", suffix=".tmp", dir=directory)
     os.close(handle)
     return Path(name)
-
-
-def check_name(name: str) -> str:
-    """A file id as we mint them (`file-<hex>`): never a path of its own (no `/`, no `..`)."""
-    if not _NAME(name):
-        raise ValueError(f"not a file id: {name[:80]!r}")
-    return name
 
 
 class LocalFileStore:

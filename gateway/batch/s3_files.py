@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gateway.batch.files import FileMissing, check_name
+from gateway.batch.file_names import FileMissing, check_name
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
@@ -48,6 +48,8 @@ class FileStoreError(Exception):
 class S3FileStore:
     """Contents under `<prefix><file id>` in one bucket; the client's region is the bucket's."""
 
+    max_attempts = 5  # per call, the first included (botocore's standard retry mode)
+
     def __init__(self, location: S3Location, endpoint_url: str | None = None) -> None:
         self.bucket = location.bucket
         self.region = location.region
@@ -65,7 +67,11 @@ class S3FileStore:
 
         # Standard retries back off on throttling (503 SlowDown) and transient errors
         # (https://docs.aws.amazon.com/sdkref/latest/guide/feature-retry-behavior.html).
-        config = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=60)
+        config = Config(retries={"mode": "standard", "max_attempts": self.max_attempts}, connect_timeout=5,
+                        read_timeout=60)
+        # The bucket's region, never the pod's: a zone's bucket lives in its first region, and the gateways of the
+        # zone's other regions call it there (AWS_REGION, which EKS sets to the pod's region, is not consulted when
+        # region_name is given).
         client: BaseClient = boto3.client("s3", region_name=self.region, endpoint_url=self.endpoint_url,
                                           config=config)
         return client
@@ -139,7 +145,7 @@ class S3FileStore:
         return await asyncio.to_thread(self._get, name)
 
     def _get(self, name: str) -> bytes:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             body: bytes = self.client.get_object(Bucket=self.bucket, Key=self.key(name))["Body"].read()
@@ -147,6 +153,8 @@ class S3FileStore:
             if _code(exc) in _MISSING:
                 raise FileMissing(name) from None
             raise self._error("get", name, exc) from None
+        except BotoCoreError as exc:  # unreachable, timed out, or the body cut off while read
+            raise self._failed("get", name, exc) from None
         return body
 
     async def reader(self, name: str) -> Callable[[int], Awaitable[bytes]]:
@@ -188,7 +196,10 @@ class S3FileStore:
         except ClientError as exc:
             raise self._error(what, name, exc) from None
         except BotoCoreError as exc:
-            raise FileStoreError(f"s3://{self.bucket}/{self.key(name)}: {what} failed: {type(exc).__name__}") from None
+            raise self._failed(what, name, exc) from None
+
+    def _failed(self, what: str, name: str, exc: Exception) -> FileStoreError:
+        return FileStoreError(f"s3://{self.bucket}/{self.key(name)}: {what} failed: {type(exc).__name__}")
 
     def _error(self, what: str, name: str, exc: Any) -> FileStoreError:
         return FileStoreError(f"s3://{self.bucket}/{self.key(name)}: {what} refused: {_code(exc)}")

@@ -126,6 +126,25 @@ async def test_a_staged_file_is_streamed_to_s3_with_sse_kms(aws: str, tmp_path: 
         await store.close()
 
 
+async def test_an_unreachable_s3_is_an_error_naming_the_object_on_every_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing listens at the endpoint: get, put and delete each fail with FileStoreError (what the batch runner
+    reports), never with botocore's own exception escaping into the request."""
+    for var, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(var, value)
+    store = S3FileStore(Location(BUCKET, REGION, "files/", None), endpoint_url="http://127.0.0.1:9")
+    store.max_attempts = 1
+    await store.open()
+    try:
+        calls = {"get": lambda: store.get("file-a"), "put": lambda: store.put("file-a", b"x"),
+                 "delete": lambda: store.delete("file-a")}
+        for what, call in calls.items():
+            with pytest.raises(FileStoreError, match=rf"s3://{BUCKET}/files/file-a: {what} failed: "
+                                                     r"EndpointConnectionError"):
+                await call()
+    finally:
+        await store.close()
+
+
 async def test_a_batch_runs_on_the_s3_store_and_its_files_download_in_chunks(
         aws: str, sim: Any, gateway_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole path on S3: upload (staged, then put), the runner's read, the output file (a part at a time), and
@@ -156,3 +175,20 @@ async def test_a_batch_runs_on_the_s3_store_and_its_files_download_in_chunks(
     assert keys == {f"files/{uploaded.id}", f"files/{batch.output_file_id}"}
     with pytest.raises(openai.NotFoundError):
         await gw.client().files.content("file-" + "0" * 24)
+
+
+async def test_the_client_calls_the_buckets_region_from_a_pod_in_another(aws: str,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway in eu-west-2 (EKS sets AWS_REGION to the pod's region) keeps its files in the zone's bucket in
+    eu-north-1: its client signs for and calls eu-north-1."""
+    monkeypatch.setenv("AWS_REGION", "eu-west-2")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
+    store = S3FileStore(Location(BUCKET, REGION, "files/", aws))
+    await store.open()
+    try:
+        assert store.client.meta.region_name == REGION
+        assert store.client.meta.endpoint_url == f"https://s3.{REGION}.amazonaws.com"
+        await store.put("file-0a1b2c", b"{}\n")
+        assert await store.get("file-0a1b2c") == b"{}\n"
+    finally:
+        await store.close()

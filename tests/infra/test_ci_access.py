@@ -127,7 +127,8 @@ def test_ci_role_command_prints_both_documents(capsys) -> None:
 
 def test_prod_role_reaches_prods_own_secrets_roles_and_budget(prod_plan: Plan) -> None:
     policy = ROLES["prod"]["permissions"]
-    assert not denied_resources(policy)
+    # Its one deny is the batch files' contents (test_deploy_roles_empty_a_batch_bucket_but_never_read_its_files).
+    assert [s["Sid"] for s in policy["Statement"] if s["Effect"] == "Deny"] == ["NeverTheBatchFilesContents"]
     for typ, prefix in [("aws:secretsmanager/secret:Secret", "secretsmanager:"),
                         ("aws:iam/role:Role", "iam:CreateRole"), ("aws:iam/role:Role", "iam:AttachRolePolicy"),
                         ("aws:budgets/budget:Budget", "budgets:")]:
@@ -276,6 +277,44 @@ def test_deploy_roles_reach_their_own_stacks_batch_buckets_and_never_prods(prod_
             assert not reaches(allowed_resources(policy, "s3:"), arn), (role, arn)
     for arn in prod:
         assert reaches(denied_resources(ROLES["preview"]["permissions"]), arn), arn
+
+
+@pytest.mark.parametrize(("role", "stack"), [("prod", "prod"), ("preview", "pr-42")])
+def test_deploy_roles_empty_a_batch_bucket_but_never_read_its_files(role: str, stack: str, prod_plan: Plan,
+                                                                     pr_plan: Plan, monkeypatch) -> None:
+    """Batch files are customer prompts and answers: a deploy workflow manages and (a preview's destroy) empties the
+    bucket, but moto's IAM enforcement refuses it the files' contents, whatever its s3:* and kms:* grants say."""
+    from moto.core import enable_iam_authentication
+
+    plan = {"prod": prod_plan, "pr-42": pr_plan}[stack]
+    bucket = next(b.outputs["bucket"] for b in plan.of_type("aws:s3/bucket:Bucket") if "-batch-" in b.name)
+    for var, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    with mock_aws():
+        admin_s3, iam = boto3.client("s3", region_name="us-east-1"), boto3.client("iam", region_name="us-east-1")
+        admin_s3.create_bucket(Bucket=bucket)
+        admin_s3.put_object(Bucket=bucket, Key="files/file-0a1b", Body=b'{"custom_id": "a"}')
+        iam.create_user(UserName="deployer")
+        iam.put_user_policy(UserName="deployer", PolicyName="deploy",
+                            PolicyDocument=json.dumps(ROLES[role]["permissions"]))
+        key = iam.create_access_key(UserName="deployer")["AccessKey"]
+        s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id=key["AccessKeyId"],
+                          aws_secret_access_key=key["SecretAccessKey"])
+        with enable_iam_authentication():
+            with pytest.raises(s3.exceptions.ClientError) as refused:
+                s3.get_object(Bucket=bucket, Key="files/file-0a1b")
+            assert refused.value.response["Error"]["Code"] == "AccessDenied"
+            # What managing the bucket and a preview's force_destroy call still works.
+            s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Suspended"})
+            versions = s3.list_object_versions(Bucket=bucket)["Versions"]
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": [
+                {"Key": v["Key"], "VersionId": v["VersionId"]} for v in versions]})
+            s3.delete_bucket(Bucket=bucket)
+    # Nor may it copy them away: a replication configuration would send every new file to a bucket of its choosing.
+    for arn in (f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/files/file-0a1b"):
+        for action in ("s3:PutReplicationConfiguration", "s3:GetObjectVersion", "s3:GetObject"):
+            assert not allows_unconditionally(ROLES[role]["permissions"], action, arn), (action, arn)
 
 
 # -- data sources: every invoke the program makes at preview and up --------------------------------

@@ -77,12 +77,19 @@ def test_the_preview_gateway_caches_and_batches_like_prod_without_a_ladder(previ
     assert checked.batch.files.s3 is not None and checked.batch.files.s3.region == "us-east-1"
 
 
-def test_rendered_configs_load_in_the_gateway(prod_plan: Plan) -> None:
+@pytest.mark.parametrize("stack", ["prod", "preview"])
+def test_rendered_configs_load_in_the_gateway(stack: str, prod_plan: Plan, preview_plan: Plan) -> None:
+    """Every stack's every gateway config, as rendered, is accepted by the gateway's own parser (what it runs at
+    start): a rejected one would crash-loop the pods after a successful `up`."""
     from gateway.config.native import parse_native
 
-    for config in gateway_configs(prod_plan).values():
+    plan = {"prod": prod_plan, "preview": preview_plan}[stack]
+    configs = gateway_configs(plan)
+    assert sorted(configs) == sorted(r.name for r in plan.config.regions)
+    for config in configs.values():
         parsed = parse_native(config)
-        assert parsed.ladders and parsed.cache is not None and parsed.batch is not None
+        assert bool(parsed.ladders) == bool(plan.config.gateway.ladders)
+        assert parsed.cache is not None and parsed.batch is not None and parsed.batch.files.s3 is not None
 
 
 def test_the_gateway_refuses_the_sections_the_program_must_never_render() -> None:
@@ -211,6 +218,23 @@ def test_a_bad_ladder_cache_or_batch_setting_is_refused_naming_the_key(edit, key
     found = problems(raw)
     assert f"llm-platform:{key}" in found, found
     assert words in found[f"llm-platform:{key}"], found
+
+
+@pytest.mark.parametrize("zone", ["europe-north-and-west-long", "EU", "eu_1"])
+def test_a_zone_name_no_batch_bucket_can_carry_is_refused_naming_it(zone: str) -> None:
+    """llmp-prod-batch-<zone>- is the bucket's prefix: more than 37 characters, or anything but lowercase letters,
+    digits and hyphens, and S3 (or the provider) refuses the bucket at the first `up`."""
+    raw = stack_raw("prod")
+    raw["residency"][zone] = raw["residency"].pop("eu")
+    for region in raw["regions"]:
+        region["residency"] = zone if region["residency"] == "eu" else region["residency"]
+    for model in raw["models"]:
+        if model.get("residency") == "eu":
+            model["residency"] = zone
+    found = problems(raw)
+    assert f"names the batch bucket prefix 'llmp-prod-batch-{zone}-'" in found[f"llm-platform:residency.{zone}"]
+    del raw["gateway"]["batch"]  # no batch, no bucket: the name is never used
+    parse(raw, "prod")
 
 
 def test_a_ladder_no_zone_can_serve_is_refused() -> None:

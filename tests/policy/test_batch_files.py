@@ -84,14 +84,27 @@ def test_versioned_never_expiring_or_force_destroyed_prod_batch_bucket_is_reject
     def versioned(rs):
         find(rs, VERSIONING, "us-batch-files").inputs["versioningConfiguration"] = {"status": "Enabled"}
 
+    def suspended(rs):  # the versions kept while it was enabled outlive every expiry
+        find(rs, VERSIONING, "us-batch-files").inputs["versioningConfiguration"] = {"status": "Suspended"}
+
     def forever(rs):
         find(rs, LIFECYCLE, "us-batch-files").inputs["rules"][0]["status"] = "Disabled"
 
     def force_destroyed(rs):
         find(rs, BUCKET, "us-batch-files").inputs["forceDestroy"] = True
 
+    def only_tagged(rs):  # expires only the files carrying a tag the gateway never sets
+        find(rs, LIFECYCLE, "us-batch-files").inputs["rules"][0]["filter"] = {
+            "and": {"prefix": "files/", "tags": {"expire": "yes"}}}
+
+    def only_large(rs):
+        find(rs, LIFECYCLE, "us-batch-files").inputs["rules"][0]["filter"] = {"objectSizeGreaterThan": 1 << 30}
+
     name = _name(prod_plan.resources, "us")
-    for change, words in ((versioned, "is versioned"), (forever, "has no enabled lifecycle rule expiring its files"),
+    for change, words in ((versioned, "is versioned"), (suspended, "is versioned (Suspended)"),
+                          (forever, "has no enabled lifecycle rule expiring its files"),
+                          (only_tagged, "has no enabled lifecycle rule expiring its files"),
+                          (only_large, "has no enabled lifecycle rule expiring its files"),
                           (force_destroyed, "is force-destroyed with its files")):
         assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, change), "data-stores"),
                         f"batch bucket {name} in us-east-1 {words}")
@@ -182,6 +195,68 @@ def test_a_role_other_than_a_gateways_or_a_gateway_without_its_grant_is_rejected
     assert_rejected(res, f"may use batch bucket {us}, but it is no gateway's role",
                     f"the gateway role of us-east-1 may not s3:DeleteObject, s3:GetObject, s3:PutObject in its batch "
                     f"bucket {us}", "the gateway role of us-east-1 may not use arn:aws:kms:us-east-1:")
+
+
+def test_a_batch_bucket_reached_by_a_managed_policy_a_wildcard_or_its_bucket_policy_is_rejected(prod_plan):
+    """However the grant is written, one zone's files stay out of another zone's reach: a managed policy attached
+    to an EU gateway role, a wildcard that happens to cover the US bucket, or a bucket policy granting a role."""
+    from infra.plan.mocks import PlannedResource
+
+    us = _name(prod_plan.resources, "us")
+    eu_role = find(prod_plan.resources, "aws:iam/role:Role", "eu-west-2-gateway").outputs
+
+    def managed(rs):
+        arn = "arn:aws:iam::123456789012:policy/llm-platform/prod/us-files"
+        rs.append(PlannedResource(
+            type="aws:iam/policy:Policy", name="us-files", region="eu-west-2",
+            inputs={"policy": json.dumps({"Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{us}/files/*"}]})},
+            outputs={"arn": arn}))
+        rs.append(PlannedResource(type="aws:iam/rolePolicyAttachment:RolePolicyAttachment", name="us-files",
+                                  region="eu-west-2", inputs={"role": eu_role["name"], "policyArn": arn}))
+
+    def wildcard(rs):
+        grant = find(rs, ROLE_POLICY, "eu-west-2-gateway-batch-files")
+        doc = json.loads(grant.inputs["policy"])
+        doc["Statement"].append({"Effect": "Allow", "Action": "s3:Get*", "Resource": "arn:aws:s3:::llmp-prod-*"})
+        grant.inputs["policy"] = json.dumps(doc)
+
+    def bucket_policy(rs):
+        policy = find(rs, POLICY, "us-batch-files")
+        doc = json.loads(policy.inputs["policy"])
+        doc["Statement"].append({"Effect": "Allow", "Principal": {"AWS": eu_role["arn"]}, "Action": "s3:GetObject",
+                                 "Resource": f"arn:aws:s3:::{us}/*"})
+        policy.inputs["policy"] = json.dumps(doc)
+
+    for change in (managed, wildcard):
+        assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, change), "secret-scope"),
+                        f"the gateway role of eu-west-2 (zone 'eu') may use batch bucket {us} of zone 'us'")
+    assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, bucket_policy), "secret-scope"),
+                    f"batch bucket {us}: its bucket policy grants s3:GetObject to {{'AWS': '{eu_role['arn']}'}}")
+
+
+def test_a_gateway_using_its_batch_key_other_than_through_s3_in_the_buckets_region_is_rejected(prod_plan):
+    """The key is used only through S3 where the bucket is (kms:ViaService): a grant without the condition, or via
+    another region's S3, would let the role decrypt outside the bucket."""
+    def grant(rs):
+        return find(rs, ROLE_POLICY, "eu-west-2-gateway-batch-files")
+
+    def unconditioned(rs):
+        doc = json.loads(grant(rs).inputs["policy"])
+        del doc["Statement"][2]["Condition"]
+        grant(rs).inputs["policy"] = json.dumps(doc)
+
+    def other_region(rs):
+        doc = json.loads(grant(rs).inputs["policy"])
+        doc["Statement"][2]["Condition"]["StringEquals"]["kms:ViaService"] = "s3.eu-west-2.amazonaws.com"
+        grant(rs).inputs["policy"] = json.dumps(doc)
+
+    for change, words in ((unconditioned, "without a kms:ViaService condition"),
+                          (other_region, "via ['s3.eu-west-2.amazonaws.com']")):
+        assert_rejected(result_of_resources(prod_plan, mutated(prod_plan, change), "secret-scope"),
+                        "eu-west-2-gateway-batch-files: the gateway role of eu-west-2 may use arn:aws:kms:eu-north-1:",
+                        f"its batch files' key, {words}: only through S3 in the bucket's region "
+                        f"(s3.eu-north-1.amazonaws.com)")
 
 
 # -- budget-cap -------------------------------------------------------------------------------------------------

@@ -174,6 +174,10 @@ CONTROLS: list[Control] = [
                 f"{_T}test_batch_files.py::test_only_a_zones_gateway_roles_reach_its_batch_bucket",
                 f"{_T}test_batch_files.py::test_another_zones_gateway_role_granted_a_batch_bucket_is_rejected",
                 f"{_T}test_batch_files.py::test_a_role_other_than_a_gateways_or_a_gateway_without_its_grant_is_rejected",
+                f"{_T}test_batch_files.py::"
+                "test_a_batch_bucket_reached_by_a_managed_policy_a_wildcard_or_its_bucket_policy_is_rejected",
+                f"{_T}test_batch_files.py::"
+                "test_a_gateway_using_its_batch_key_other_than_through_s3_in_the_buckets_region_is_rejected",
                 f"{_T}test_batch_files_iam.py::test_every_gateway_of_a_zone_keeps_batch_files_in_its_zones_bucket",
                 f"{_T}test_batch_files_iam.py::test_no_gateway_of_another_zone_can_read_write_or_delete_a_zones_batch_files",
                 f"{_T}test_batch_files_iam.py::test_a_gateway_touches_only_the_files_prefix_of_its_bucket",

@@ -10,8 +10,10 @@ from typing import Any
 from infra.policy.rules.base import (
     BUCKET,
     GATEWAY_CHART_DIR,
+    IAM_POLICY,
     IAM_ROLE,
     IAM_ROLE_POLICY,
+    IAM_ROLE_POLICY_ATTACHMENT,
     Findings,
     PolicyConfig,
     Resource,
@@ -40,16 +42,19 @@ STORES_DESCRIPTION = (
     "gateway, in the zone's first region) encrypt with SSE-KMS under a key this stack creates in the bucket's "
     "region, block every kind of public access (all four public access block settings), refuse requests without "
     "TLS (a bucket policy denying every principal when aws:SecureTransport is false, on the bucket and its "
-    f"objects), are not versioned, and expire their files through an enabled lifecycle rule within "
-    f"{MAX_RETENTION_DAYS} days; in prod they are not force-destroyed with their files. Each gateway's rendered "
+    "objects), are not versioned (nor suspended), and expire all their files (a rule filtered by tag or size does "
+    f"not count) through an enabled lifecycle rule within {MAX_RETENTION_DAYS} days; in prod they are not "
+    "force-destroyed with their files. Each gateway's rendered "
     "`batch.files.s3` names its zone's bucket, in that bucket's region, with the key that bucket encrypts with.")
 RESIDENCY_DESCRIPTION = (
     " A gateway's batch files (its rendered `batch.files.s3`) live in a bucket this stack creates in a region of the "
     "gateway's own zone, and no batch bucket replicates outside its zone.")
 ACCESS_DESCRIPTION = (
     " A batch file bucket is reachable (any s3 action on it or its objects) only by the gateway roles of its own "
-    "zone's regions, and each of those gateway roles whose config enables batch may get, put and delete the files "
-    "and use the bucket's key through S3 in the bucket's region only.")
+    "zone's regions, whatever grants it (a role's inline policies, managed policies the stack attaches, wildcards "
+    "matching the bucket as IAM matches them, NotAction / NotResource taken as everything), and its bucket policy "
+    "grants nothing (it only denies); each of those gateway roles whose config enables batch may get, put and delete "
+    "the files and use the bucket's key through S3 in the bucket's region only.")
 
 
 def batch_buckets(resources: Resources) -> list[Resource]:
@@ -85,13 +90,17 @@ def _tls_only(doc: Mapping[str, Any] | None, arn: str) -> bool:
 
 
 def _expiry_days(lifecycle: list[Resource]) -> int | None:
-    """The shortest expiry of an enabled rule covering the files (no filter, or a prefix of `files/`)."""
+    """The shortest expiry of an enabled rule covering every file: no filter, or a prefix of `files/` alone. A rule
+    filtered by tag or object size (`tag`, `and`, `objectSize*`) expires only the files that match it, so it does
+    not count (S3 lifecycle filters: https://docs.aws.amazon.com/AmazonS3/latest/userguide/intro-lifecycle-filters.html)."""
     days = []
     for config in lifecycle:
         for rule in as_list(config.inputs.get("rules")):
-            prefix = str(((rule.get("filter") or {}).get("prefix")) or rule.get("prefix") or "")
+            filtered = rule.get("filter") or {}
+            prefix = str(filtered.get("prefix") or rule.get("prefix") or "")
+            narrowed = any(v not in (None, "", {}, [], 0) for k, v in filtered.items() if k != "prefix")
             expiry = as_int((rule.get("expiration") or {}).get("days"))
-            if rule.get("status") == "Enabled" and expiry > 0 and "files/".startswith(prefix):
+            if rule.get("status") == "Enabled" and expiry > 0 and "files/".startswith(prefix) and not narrowed:
                 days.append(expiry)
     return min(days) if days else None
 
@@ -123,8 +132,10 @@ def judge_stores(resources: Resources, policy: PolicyConfig, keys: Mapping[str, 
         if not tls:
             found.fail(f"{where} has no bucket policy refusing requests without TLS (Deny, Principal *, "
                        f"aws:SecureTransport false, on the bucket and its objects)")
-        if "Enabled" in versioning:
-            found.fail(f"{where} is versioned: a deleted file would live on as an old version past its retention")
+        # Suspended is no better: the versions kept while it was enabled stay, and no expiry here removes them.
+        if {"Enabled", "Suspended"} & set(versioning):
+            found.fail(f"{where} is versioned ({', '.join(versioning)}): a deleted file would live on as an old "
+                       f"version past its retention")
         if expiry is None or expiry > MAX_RETENTION_DAYS:
             found.fail(f"{where} has no enabled lifecycle rule expiring its files within {MAX_RETENTION_DAYS} days "
                        f"(found: {expiry or 'none'})")
@@ -175,8 +186,40 @@ def judge_residency(resources: Resources, policy: PolicyConfig, found: Findings)
 
 
 def _grants(doc: Mapping[str, Any] | None) -> list[tuple[list[str], list[str]]]:
-    return [([str(a) for a in as_list(s.get("Action"))], [str(r) for r in as_list(s.get("Resource"))])
+    """(actions, resources) of each Allow; NotAction / NotResource grant all but a list: taken as `*`."""
+    return [([str(a) for a in as_list(s.get("Action"))] if "NotAction" not in s else ["*"],
+             [str(r) for r in as_list(s.get("Resource"))] if "NotResource" not in s else ["*"])
             for s in statements(doc or {}) if s.get("Effect") == "Allow"]
+
+
+def _iam_match(pattern: str, value: str) -> bool:
+    """IAM's wildcards: `*` spans any characters, `/` included; `?` is one character; case-sensitive (ARNs)."""
+    return re.fullmatch(re.escape(pattern).replace(r"\*", ".*").replace(r"\?", "."), value) is not None
+
+
+# What a statement's Action must match (one of) to count as reaching a bucket: S3's object and bucket calls.
+_S3_PROBES = ("s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket", "s3:PutBucketPolicy")
+
+
+def _reaches_s3(actions: list[str]) -> bool:
+    return any(_iam_match(a.lower(), probe.lower()) for a in actions for probe in _S3_PROBES)
+
+
+def _role_documents(resources: Resources) -> list[tuple[str, Resource, Mapping[str, Any] | None]]:
+    """(role name or ARN, the resource granting it, the document) for every identity policy a role gets: inline
+    (RolePolicy, or the role's own inlinePolicies) and managed policies this stack creates and attaches."""
+    docs: list[tuple[str, Resource, Mapping[str, Any] | None]] = [
+        (str(p.inputs.get("role")), p, policy_document(p.inputs.get("policy")))
+        for p in resources.of_type(IAM_ROLE_POLICY)]
+    for role in resources.of_type(IAM_ROLE):
+        for inline in as_list(role.inputs.get("inlinePolicies")):
+            docs.append((str(role.outputs.get("name")), role, policy_document((inline or {}).get("policy"))))
+    managed = {str(p.outputs.get("arn")): p for p in resources.of_type(IAM_POLICY)}
+    for attachment in resources.of_type(IAM_ROLE_POLICY_ATTACHMENT):
+        policy = managed.get(str(attachment.inputs.get("policyArn")))
+        if policy is not None:
+            docs.append((str(attachment.inputs.get("role")), policy, policy_document(policy.inputs.get("policy"))))
+    return docs
 
 
 def judge_access(resources: Resources, policy: PolicyConfig, gateway_roles: Mapping[str, str],
@@ -186,15 +229,26 @@ def judge_access(resources: Resources, policy: PolicyConfig, gateway_roles: Mapp
     buckets = {str(b.outputs.get("bucket")): b for b in batch_buckets(resources)}
     uses: dict[str, dict[str, set[str]]] = {}  # role ARN -> bucket -> actions granted on it or its objects
     key_uses: dict[str, dict[str, set[str]]] = {}  # role ARN -> KMS key ARN -> kms actions granted on it
-    for p in resources.of_type(IAM_ROLE_POLICY):
-        role_arn = roles.get(str(p.inputs.get("role")), str(p.inputs.get("role")))
-        for actions, targets in _grants(policy_document(p.inputs.get("policy"))):
+    role_documents = _role_documents(resources)
+    for role, _, doc in role_documents:
+        role_arn = roles.get(role, role)
+        for actions, targets in _grants(doc):
             for target in targets:
-                name = target.removeprefix("arn:aws:s3:::").split("/", 1)[0]
-                if target.startswith("arn:aws:s3:::") and name in buckets:
-                    uses.setdefault(role_arn, {}).setdefault(name, set()).update(actions)
+                # A pattern reaches a bucket if it matches the bucket or an object in it (IAM's `*` spans `/`).
+                for name in buckets:
+                    arn = f"arn:aws:s3:::{name}"
+                    if _reaches_s3(actions) and (_iam_match(target, arn) or _iam_match(target, f"{arn}/files/x")):
+                        uses.setdefault(role_arn, {}).setdefault(name, set()).update(actions)
                 if target.startswith("arn:aws:kms:"):
                     key_uses.setdefault(role_arn, {}).setdefault(target, set()).update(actions)
+    # A bucket policy could grant what no identity policy does (same account: either one suffices): a batch bucket's
+    # policy only denies (TLS), and every grant is a gateway role's own policy, judged above.
+    for name, bucket in sorted(buckets.items()):
+        for p in _attached(resources, BUCKET_POLICY, bucket):
+            for s in statements(policy_document(p.inputs.get("policy")) or {}):
+                if s.get("Effect") == "Allow":
+                    found.fail(f"batch bucket {name}: its bucket policy grants {s.get('Action')} to "
+                               f"{s.get('Principal')}; only its zone's gateway roles' own policies may grant access")
     for role_arn, granted in sorted(uses.items()):
         for name in sorted(granted):
             bucket = buckets[name]
@@ -219,3 +273,40 @@ def judge_access(resources: Resources, policy: PolicyConfig, gateway_roles: Mapp
         if key and not {"kms:GenerateDataKey", "kms:Decrypt"} <= key_uses.get(role_arn, {}).get(key, set()):
             found.fail(f"the gateway role of {release.region} may not use {key}, the key its batch files are "
                        f"encrypted with (kms:GenerateDataKey and kms:Decrypt)")
+        home = buckets.get(name)
+        if key and home is not None:
+            _judge_key_use(role_documents, roles, role_arn, key, home.region, release.region, found)
+
+
+def _via_services(statement: Mapping[str, Any]) -> set[str] | None:
+    """The services a statement's kms:ViaService condition (StringEquals / StringLike) names; None without one."""
+    for operator in ("StringEquals", "StringLike"):
+        for k, v in ((statement.get("Condition") or {}).get(operator) or {}).items():
+            if str(k).lower() == "kms:viaservice":
+                return {str(x) for x in as_list(v)}
+    return None
+
+
+def _judge_key_use(documents: list[tuple[str, Resource, Mapping[str, Any] | None]], roles: Mapping[str, str],
+                   role_arn: str, key: str, bucket_region: str, gateway_region: str, found: Findings) -> None:
+    """The gateway uses the batch key only through S3 in the bucket's region (kms:ViaService): its credentials alone
+    cannot decrypt a file's data key taken from elsewhere, nor make data keys for anything but S3's objects."""
+    s3 = f"s3.{bucket_region}.amazonaws.com"
+    for role, source, doc in documents:
+        if roles.get(role, role) != role_arn:
+            continue
+        for statement in statements(doc or {}):
+            actions = [str(a) for a in as_list(statement.get("Action"))] if "NotAction" not in statement else ["*"]
+            targets = [str(r) for r in as_list(statement.get("Resource"))] if "NotResource" not in statement \
+                else ["*"]
+            if statement.get("Effect") != "Allow" or not any(_iam_match(t, key) for t in targets):
+                continue
+            uses = {a for a in actions if any(_iam_match(a.lower(), x) for x in ("kms:decrypt", "kms:generatedatakey"))}
+            via = _via_services(statement)
+            # The secrets' statement (kms:Decrypt via Secrets Manager) names a service too; what it must not be is
+            # unconditioned, and a data key is made for S3 alone.
+            if uses and (via is None or not via or any("*" in v for v in via)
+                         or (any(_iam_match(a.lower(), "kms:generatedatakey") for a in actions) and via != {s3})):
+                found.fail(f"{source.name}: the gateway role of {gateway_region} may use {key}, its batch files' key, "
+                           f"{'without a kms:ViaService condition' if not via else f'via {sorted(via)}'}: only "
+                           f"through S3 in the bucket's region ({s3})")
