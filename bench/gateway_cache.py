@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,30 +34,12 @@ import aiohttp
 import orjson
 import yaml
 from aiohttp import web
+from procs import free_port, wait_port  # bench/procs.py (scripts run from bench/, beside it)
 
 ROOT = Path(__file__).resolve().parents[1]
 MASTER = "sk-bench-master-FAKE-0123456789abcdef0123456789"
 BODY = {"model": "bench-model", "max_tokens": 16, "temperature": 0,
         "messages": [{"role": "user", "content": "Say hello in one short sentence."}]}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"error: a process exited during start-up (code {proc.returncode})")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.1)
-    sys.exit(f"error: nothing listening on {port} after {timeout}s")
 
 
 def config(sim_port: int, redis_url: str, cache: bool = True) -> dict[str, object]:

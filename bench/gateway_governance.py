@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -32,30 +31,12 @@ import urllib.request
 from pathlib import Path
 
 import yaml
+from procs import free_port, wait_port  # bench/procs.py (scripts run from bench/, beside it)
 
 ROOT = Path(__file__).resolve().parents[1]
 MASTER = "sk-bench-master-FAKE-0123456789abcdef0123456789"
 CONNECTIONS = 16
 TARGET_RATIO = 0.60
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"error: a process exited during start-up (code {proc.returncode})")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.1)
-    sys.exit(f"error: nothing listening on {port} after {timeout}s")
 
 
 def ensure(binary: str, package: str) -> str:
