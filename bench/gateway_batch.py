@@ -17,7 +17,6 @@ import asyncio
 import io
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 import aiohttp
 import openai
 import yaml
-from procs import free_port, wait_port  # bench/procs.py (scripts run from bench/, beside it)
+from procs import free_port, stop_all, wait_port  # bench/procs.py (scripts run from bench/, beside it)
 
 ROOT = Path(__file__).resolve().parents[1]
 MASTER = "sk-bench-master-FAKE-0123456789abcdef0123456789"
@@ -130,12 +129,7 @@ def main() -> int:
             batch_rates.append(run_batch(oai, args.lines))
             call_rates.append(asyncio.run(run_interactive(url, key, args.lines, args.concurrency)))
     finally:
-        for proc in reversed(procs):
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
     batch_rate, call_rate = statistics.median(batch_rates), statistics.median(call_rates)
     print(f"\ngateway batch throughput ({args.rounds} rounds x {args.lines} lines, concurrency {args.concurrency}, "
           f"simulator ttft {args.ttft * 1000:.0f} ms)")

@@ -34,7 +34,7 @@ import aiohttp
 import orjson
 import yaml
 from aiohttp import web
-from procs import free_port, wait_port  # bench/procs.py (scripts run from bench/, beside it)
+from procs import free_port, stop_all, wait_port  # bench/procs.py (scripts run from bench/, beside it)
 
 ROOT = Path(__file__).resolve().parents[1]
 MASTER = "sk-bench-master-FAKE-0123456789abcdef0123456789"
@@ -178,13 +178,7 @@ def main() -> int:
         samples = asyncio.run(measure(gateway, f"http://127.0.0.1:{nocache_port}/v1/chat/completions",
                                       f"http://127.0.0.1:{bare_port}/v1/chat/completions", args.rounds, args.calls))
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
         shutil.rmtree(work, ignore_errors=True)
     stats = {name: (pct(v, 50), pct(v, 99), statistics.fmean(v)) for name, v in samples.items()}
     print(f"\ngateway response cache: hit path latency ({args.rounds} rounds x {args.calls} sequential calls each, "

@@ -31,7 +31,7 @@ import urllib.request
 from pathlib import Path
 
 import yaml
-from procs import free_port, wait_port  # bench/procs.py (scripts run from bench/, beside it)
+from procs import free_port, stop_all, wait_port  # bench/procs.py (scripts run from bench/, beside it)
 
 ROOT = Path(__file__).resolve().parents[1]
 MASTER = "sk-bench-master-FAKE-0123456789abcdef0123456789"
@@ -168,13 +168,7 @@ def main() -> int:
         with sqlite3.connect(work / "ledger.db") as db:
             rows = db.execute("SELECT COUNT(*) FROM llmp_spend WHERE key_token != 'master'").fetchone()[0]
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
     med = {name: {k: statistics.median(x[k] for x in rs) for k in ("rps", "p50_ms", "p99_ms", "non_2xx", "cpu_us",
                                                                    "redis_us", "redis_calls")}
            for name, rs in rounds.items()}

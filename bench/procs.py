@@ -25,3 +25,14 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> 
         except OSError:
             time.sleep(0.1)
     sys.exit(f"error: nothing listening on {port} after {timeout}s")
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM the processes a benchmark started (last started first), then wait for each, killing a straggler."""
+    for proc in reversed(procs):
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
